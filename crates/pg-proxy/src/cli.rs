@@ -1,0 +1,260 @@
+//! Command-line interface.
+//!
+//! Exit codes, for scripts: `0` success; `1` the policy cannot be read or
+//! is invalid, or (`policy test`) a test failed; `2` bad usage.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use policy_core::{Actor, Decision, Engine, Identity, Policy, Session};
+use serde::Deserialize;
+
+/// Portcullis: a policy-enforcing gateway for PostgreSQL.
+#[derive(Parser)]
+#[command(name = "pg-proxy", version, about, long_about = None)]
+#[command(after_help = "Exit codes: 0 success, 1 invalid policy or failed test, 2 bad usage.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check, test and explain policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Load a policy and report the first problem with its file:line:column.
+    ///
+    /// Runs nothing. Exit 0 when the policy is valid, 1 when it is not.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+    },
+    /// Run the `[[test]]` entries of a policy file.
+    ///
+    /// Prints each failing test with the decision the engine reached; exit 1
+    /// when any test fails (or the policy is invalid).
+    Test {
+        /// The policy file (TOML).
+        file: PathBuf,
+        /// Print passing tests too.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Show the decision the engine reaches for a SQL string, as JSON.
+    ///
+    /// With --jsonl, reads one request per line from standard input,
+    /// `{"sql": "...", "subject": "...", "groups": [...], "actor": "...", "search_path": [...]}`
+    /// (all but `sql` optional), and writes one decision per line in the same
+    /// order; a line that cannot be read gives `{"error": "..."}` and the run
+    /// goes on. Exit 0 unless the policy fails to load.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// The policy file (TOML).
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+    /// The caller's subject.
+    #[arg(long, default_value = "cli-user")]
+    subject: String,
+    /// The caller's groups, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    /// The agent acting for the subject.
+    #[arg(long)]
+    actor: Option<String>,
+    /// The session's search_path, comma-separated (default: the policy's).
+    #[arg(long, value_delimiter = ',')]
+    search_path: Option<Vec<String>>,
+    /// Parse as a server with standard_conforming_strings = off.
+    #[arg(long)]
+    no_standard_conforming_strings: bool,
+    /// Batch mode: JSON requests on stdin, one decision per line on stdout.
+    #[arg(long, conflicts_with = "sql")]
+    jsonl: bool,
+    /// The SQL string to decide.
+    #[arg(required_unless_present = "jsonl")]
+    sql: Option<String>,
+}
+
+/// One `--jsonl` request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    sql: String,
+    subject: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    actor: Option<String>,
+    search_path: Option<Vec<String>>,
+    standard_conforming_strings: Option<bool>,
+}
+
+pub(crate) fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Policy(PolicyCommand::Check { file }) => match load(&file) {
+            Ok(engine) => {
+                let p = engine.policy();
+                println!(
+                    "{}: ok ({} rules, {} masks, {} detectors, {} tests)",
+                    file.display(),
+                    p.rules.len(),
+                    p.masks.len(),
+                    p.detectors.len(),
+                    p.tests.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Policy(PolicyCommand::Test { file, verbose }) => {
+            let engine = match load(&file) {
+                Ok(e) => e,
+                Err(code) => return code,
+            };
+            test(&engine, verbose)
+        }
+        Command::Policy(PolicyCommand::Explain(args)) => {
+            let engine = match load(&args.policy) {
+                Ok(e) => e,
+                Err(code) => return code,
+            };
+            if args.jsonl {
+                explain_jsonl(&engine, &args)
+            } else {
+                explain_one(&engine, &args)
+            }
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Engine, ExitCode> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("error: cannot read policy `{name}`: {e}");
+        ExitCode::FAILURE
+    })?;
+    let policy = Policy::from_toml_str(&text, &name).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })?;
+    Engine::new(policy, Default::default()).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn identity(subject: &str, groups: &[String], actor: Option<&str>) -> Identity {
+    let mut id = Identity::new(subject).with_groups(groups.iter().filter(|g| !g.is_empty()).cloned());
+    if let Some(a) = actor {
+        id = id.with_actor(Actor::new(a));
+    }
+    id
+}
+
+fn session(engine: &Engine, search_path: Option<&Vec<String>>, scs: bool) -> Session {
+    let mut s = engine.new_session();
+    if let Some(p) = search_path {
+        s.search_path.clone_from(p);
+    }
+    s.standard_conforming_strings = scs;
+    s
+}
+
+fn explain_one(engine: &Engine, args: &ExplainArgs) -> ExitCode {
+    let id = identity(&args.subject, &args.groups, args.actor.as_deref());
+    let s = session(engine, args.search_path.as_ref(), !args.no_standard_conforming_strings);
+    let decision = engine.decide(&id, &s, args.sql.as_deref().unwrap_or_default());
+    match serde_json::to_string_pretty(&decision) {
+        Ok(json) => println!("{json}"),
+        Err(_) => println!("{}", decision.to_json()),
+    }
+    ExitCode::SUCCESS
+}
+
+fn error_line(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+fn explain_jsonl(engine: &Engine, args: &ExplainArgs) -> ExitCode {
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut line = Vec::new();
+    let mut number = 0usize;
+    loop {
+        line.clear();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: reading standard input: {e}");
+                break;
+            }
+        }
+        number += 1;
+        let answer = match decide_line(engine, args, &line) {
+            Ok(d) => d.to_json(),
+            Err(msg) => error_line(&format!("line {number}: {msg}")),
+        };
+        if writeln!(out, "{answer}").and_then(|()| out.flush()).is_err() {
+            // The reader went away: nothing left to do.
+            return ExitCode::SUCCESS;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn decide_line(engine: &Engine, args: &ExplainArgs, line: &[u8]) -> Result<Decision, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8: {e}"))?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.trim().is_empty() {
+        return Err("empty line: expected a JSON object".to_string());
+    }
+    let req: Request = serde_json::from_str(text).map_err(|e| format!("not a request: {e}"))?;
+    let subject = req.subject.as_deref().unwrap_or(&args.subject);
+    let id = identity(subject, &req.groups, req.actor.as_deref());
+    let scs = req.standard_conforming_strings.unwrap_or(!args.no_standard_conforming_strings);
+    let s = session(engine, req.search_path.as_ref().or(args.search_path.as_ref()), scs);
+    Ok(engine.decide(&id, &s, &req.sql))
+}
+
+fn test(engine: &Engine, verbose: bool) -> ExitCode {
+    let outcomes = engine.run_tests();
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    for o in &outcomes {
+        let label = o.test.name.clone().unwrap_or_else(|| o.test.sql.clone());
+        if o.passed {
+            if verbose {
+                println!("ok    {}  {label}", o.test.location);
+            }
+            continue;
+        }
+        let expected_rule = match o.test.rule.as_deref() {
+            Some("") => " (no rule)".to_string(),
+            Some(r) => format!(" by rule `{r}`"),
+            None => String::new(),
+        };
+        let got_rule = o.decision.rule.as_deref().map_or_else(|| "no rule".to_string(), |r| format!("rule `{r}`"));
+        println!("FAIL  {}  {label}", o.test.location);
+        println!("      expected {}{expected_rule}", o.test.expect);
+        println!("      got      {} by {got_rule}: {}", o.decision.verdict, o.decision.reason);
+        println!("      decision {}", o.decision.to_json());
+    }
+    println!("{} passed, {} failed", outcomes.len() - failed, failed);
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,10 @@
+//! `pg-proxy`: the Portcullis gateway binary and its command-line tools.
+//!
+//! For now it carries the policy tools (`pg-proxy policy check|test|explain`);
+//! the gateway itself (`serve`, `demo`, `token`) builds on the same engine.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::run()
+}

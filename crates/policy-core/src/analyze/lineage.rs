@@ -1,0 +1,472 @@
+//! Output-column lineage: which source columns each result column of a read
+//! derives from.
+//!
+//! The masking engine consumes it: a result column whose sources include a
+//! masked column is masked. Lineage errs towards "derived from more": a
+//! column whose origin cannot be proven (a function in FROM, a correlated
+//! reference, a recursive CTE, a star over a subquery of unknown shape) is
+//! marked `unknown`, and a consumer masks such a column whole.
+
+use std::collections::BTreeSet;
+
+use pg_query::protobuf as pb;
+use pg_query::{NodeEnum, NodeRef};
+use serde::{Deserialize, Serialize};
+
+use super::{names, node, nodes, walk};
+
+/// Where one result column comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputColumn {
+    /// The column's name in the result (`*` for an unexpanded star).
+    pub name: String,
+    /// Source columns, `schema.table.column`; `schema.table.*` for a whole
+    /// row or an unexpanded star.
+    pub sources: Vec<String>,
+    /// A plain reference to its source (through aliases, subqueries, CTEs
+    /// and casts to text), as opposed to a value computed from it.
+    pub direct: bool,
+    /// Lineage could not be proven: treat the column as derived from anything.
+    pub unknown: bool,
+}
+
+/// What lineage needs from the session.
+pub(crate) struct Env {
+    pub search_path: Vec<String>,
+    pub user: Option<String>,
+}
+
+/// A FROM item as lineage sees it.
+#[derive(Clone)]
+enum Item {
+    Relation { alias: String, tables: Vec<String> },
+    Derived { alias: String, columns: Vec<OutputColumn> },
+    Unknown { alias: String },
+}
+
+impl Item {
+    fn alias(&self) -> &str {
+        match self {
+            Item::Relation { alias, .. } | Item::Derived { alias, .. } | Item::Unknown { alias } => alias,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Lin {
+    sources: BTreeSet<String>,
+    direct: bool,
+    unknown: bool,
+    contributors: usize,
+}
+
+impl Lin {
+    fn merge(&mut self, other: Lin) {
+        self.sources.extend(other.sources);
+        self.unknown |= other.unknown;
+        self.contributors += other.contributors;
+        self.direct = false;
+    }
+
+    fn from_column(c: &OutputColumn) -> Lin {
+        Lin { sources: c.sources.iter().cloned().collect(), direct: c.direct, unknown: c.unknown, contributors: 1 }
+    }
+
+    fn into_column(self, name: String) -> OutputColumn {
+        let direct = self.direct && self.contributors == 1 && !self.unknown;
+        OutputColumn { name, sources: self.sources.into_iter().collect(), direct, unknown: self.unknown }
+    }
+}
+
+struct Ctx<'e> {
+    env: &'e Env,
+    /// CTE outputs in scope, innermost last.
+    ctes: Vec<Vec<(String, Vec<OutputColumn>)>>,
+    depth: usize,
+}
+
+/// Lineage of the result columns of a statement that returns rows.
+pub(crate) fn outputs(stmt: NodeRef<'_>, env: &Env) -> Vec<OutputColumn> {
+    let mut ctx = Ctx { env, ctes: Vec::new(), depth: 0 };
+    match stmt {
+        NodeRef::SelectStmt(s) if s.into_clause.is_none() => ctx.select(s),
+        NodeRef::DeclareCursorStmt(d) => node(&d.query).map_or_else(Vec::new, |q| outputs(q, env)),
+        NodeRef::PrepareStmt(p) => node(&p.query).map_or_else(Vec::new, |q| outputs(q, env)),
+        NodeRef::ExplainStmt(_) => Vec::new(),
+        NodeRef::CopyStmt(c) => match (node(&c.query), &c.relation) {
+            (Some(q), _) => outputs(q, env),
+            (None, Some(rv)) if !c.is_from => {
+                let tables = ctx.relation_tables(rv);
+                vec![OutputColumn {
+                    name: "*".into(),
+                    sources: tables.iter().map(|t| format!("{t}.*")).collect(),
+                    direct: true,
+                    unknown: false,
+                }]
+            }
+            _ => Vec::new(),
+        },
+        NodeRef::InsertStmt(s) => ctx.returning(s.relation.as_ref(), s.returning_clause.as_ref()),
+        NodeRef::UpdateStmt(s) => ctx.returning(s.relation.as_ref(), s.returning_clause.as_ref()),
+        NodeRef::DeleteStmt(s) => ctx.returning(s.relation.as_ref(), s.returning_clause.as_ref()),
+        NodeRef::MergeStmt(s) => ctx.returning(s.relation.as_ref(), s.returning_clause.as_ref()),
+        _ => Vec::new(),
+    }
+}
+
+impl Ctx<'_> {
+    fn relation_tables(&self, rv: &pb::RangeVar) -> Vec<String> {
+        if rv.schemaname.is_empty() {
+            names::relation_candidates(&self.env.search_path, self.env.user.as_deref(), &rv.relname)
+        } else {
+            vec![names::qualified(&rv.schemaname, &rv.relname)]
+        }
+    }
+
+    fn cte(&self, name: &str) -> Option<&Vec<OutputColumn>> {
+        self.ctes.iter().rev().flat_map(|scope| scope.iter().rev()).find(|(n, _)| n == name).map(|(_, c)| c)
+    }
+
+    fn returning(
+        &mut self,
+        target: Option<&pb::RangeVar>,
+        returning: Option<&pb::ReturningClause>,
+    ) -> Vec<OutputColumn> {
+        let (Some(rv), Some(ret)) = (target, returning) else { return Vec::new() };
+        let alias = rv.alias.as_ref().map_or_else(|| rv.relname.clone(), |a| a.aliasname.clone());
+        let items = vec![Item::Relation { alias, tables: self.relation_tables(rv) }];
+        self.target_list(&ret.exprs, &items)
+    }
+
+    fn with(&mut self, with: Option<&pb::WithClause>) -> bool {
+        let Some(with) = with else { return false };
+        self.ctes.push(Vec::new());
+        for c in nodes(&with.ctes) {
+            let NodeRef::CommonTableExpr(c) = c else { continue };
+            let mut cols = if with.recursive {
+                // A recursive CTE feeds on itself: its lineage is not proven.
+                vec![OutputColumn { name: "*".into(), sources: Vec::new(), direct: false, unknown: true }]
+            } else {
+                match node(&c.ctequery) {
+                    Some(NodeRef::SelectStmt(s)) => self.select(s),
+                    Some(other) => outputs(other, self.env),
+                    None => Vec::new(),
+                }
+            };
+            rename(&mut cols, &c.aliascolnames);
+            if let Some(scope) = self.ctes.last_mut() {
+                scope.push((c.ctename.clone(), cols));
+            }
+        }
+        true
+    }
+
+    fn select(&mut self, s: &pb::SelectStmt) -> Vec<OutputColumn> {
+        self.depth += 1;
+        if self.depth > 200 {
+            self.depth -= 1;
+            return vec![OutputColumn { name: "*".into(), sources: Vec::new(), direct: false, unknown: true }];
+        }
+        let pushed = self.with(s.with_clause.as_ref());
+        let out = if let (Some(l), Some(r)) = (&s.larg, &s.rarg) {
+            let left = self.select(l);
+            let right = self.select(r);
+            if left.len() != right.len() || left.iter().chain(&right).any(|c| c.name == "*") {
+                let mut cols = left;
+                for c in &mut cols {
+                    c.unknown = true;
+                    c.direct = false;
+                }
+                cols
+            } else {
+                left.into_iter()
+                    .zip(right)
+                    .map(|(l, r)| {
+                        let mut lin = Lin::from_column(&l);
+                        let direct = l.direct && r.direct;
+                        lin.merge(Lin::from_column(&r));
+                        let mut col = lin.into_column(l.name);
+                        col.direct = direct && !col.unknown;
+                        col
+                    })
+                    .collect()
+            }
+        } else if !s.values_lists.is_empty() {
+            let mut cols: Vec<Lin> = Vec::new();
+            for row in nodes(&s.values_lists) {
+                let NodeRef::List(row) = row else { continue };
+                for (i, e) in nodes(&row.items).enumerate() {
+                    let lin = self.expr(e, &[]);
+                    match cols.get_mut(i) {
+                        Some(c) => c.merge(lin),
+                        None => cols.push(Lin { direct: false, ..lin }),
+                    }
+                }
+            }
+            cols.into_iter().enumerate().map(|(i, l)| l.into_column(format!("column{}", i + 1))).collect()
+        } else {
+            let mut items = Vec::new();
+            for f in nodes(&s.from_clause) {
+                self.add_from_item(f, &mut items);
+            }
+            self.target_list(&s.target_list, &items)
+        };
+        if pushed {
+            self.ctes.pop();
+        }
+        self.depth -= 1;
+        out
+    }
+
+    fn add_from_item(&mut self, f: NodeRef<'_>, items: &mut Vec<Item>) {
+        match f {
+            NodeRef::RangeVar(rv) => {
+                let alias = rv.alias.as_ref().map_or_else(|| rv.relname.clone(), |a| a.aliasname.clone());
+                let cte = if rv.schemaname.is_empty() { self.cte(&rv.relname).cloned() } else { None };
+                match cte {
+                    Some(mut columns) => {
+                        if let Some(a) = &rv.alias {
+                            rename(&mut columns, &a.colnames);
+                        }
+                        items.push(Item::Derived { alias, columns });
+                    }
+                    None => items.push(Item::Relation { alias, tables: self.relation_tables(rv) }),
+                }
+            }
+            NodeRef::RangeSubselect(sub) => {
+                let alias = sub.alias.as_ref().map_or_else(String::new, |a| a.aliasname.clone());
+                let mut columns = match node(&sub.subquery) {
+                    Some(NodeRef::SelectStmt(s)) => self.select(s),
+                    _ => vec![OutputColumn { name: "*".into(), sources: Vec::new(), direct: false, unknown: true }],
+                };
+                if let Some(a) = &sub.alias {
+                    rename(&mut columns, &a.colnames);
+                }
+                items.push(Item::Derived { alias, columns });
+            }
+            NodeRef::JoinExpr(j) => {
+                if let Some(l) = node(&j.larg) {
+                    self.add_from_item(l, items);
+                }
+                if let Some(r) = node(&j.rarg) {
+                    self.add_from_item(r, items);
+                }
+            }
+            NodeRef::RangeFunction(rf) => {
+                let alias = rf.alias.as_ref().map_or_else(String::new, |a| a.aliasname.clone());
+                items.push(Item::Unknown { alias });
+            }
+            _ => items.push(Item::Unknown { alias: String::new() }),
+        }
+    }
+
+    fn target_list(&mut self, targets: &[pb::Node], items: &[Item]) -> Vec<OutputColumn> {
+        let mut out = Vec::new();
+        for t in nodes(targets) {
+            let NodeRef::ResTarget(rt) = t else { continue };
+            let Some(val) = node(&rt.val) else { continue };
+            if let NodeRef::ColumnRef(c) = val {
+                if let Some(star) = star_columns(c, items) {
+                    out.extend(star);
+                    continue;
+                }
+            }
+            let lin = self.expr(val, items);
+            let name = if rt.name.is_empty() { default_name(val) } else { rt.name.clone() };
+            out.push(lin.into_column(name));
+        }
+        out
+    }
+
+    fn column(&mut self, c: &pb::ColumnRef, items: &[Item]) -> Lin {
+        let parts: Vec<&str> = nodes(&c.fields)
+            .filter_map(|f| match f {
+                NodeRef::String(s) => Some(s.sval.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut lin = Lin::default();
+        match parts.as_slice() {
+            [col] => {
+                let mut found = false;
+                for item in items {
+                    match item {
+                        Item::Relation { tables, alias } => {
+                            found = true;
+                            lin.contributors += 1;
+                            for t in tables {
+                                lin.sources.insert(format!("{t}.{}", names::part(col)));
+                                if alias == col {
+                                    // `SELECT u FROM users u`: a whole row.
+                                    lin.sources.insert(format!("{t}.*"));
+                                }
+                            }
+                            lin.direct = true;
+                        }
+                        Item::Derived { columns, alias } => {
+                            for c in columns.iter().filter(|c| c.name == *col || c.name == "*" || alias == col) {
+                                found = true;
+                                lin.contributors += 1;
+                                lin.sources.extend(c.sources.iter().cloned());
+                                lin.direct = c.direct && c.name == *col;
+                                lin.unknown |= c.unknown || c.name == "*";
+                            }
+                        }
+                        Item::Unknown { .. } => {
+                            found = true;
+                            lin.unknown = true;
+                        }
+                    }
+                }
+                if !found {
+                    // A correlated reference to an outer query.
+                    lin.unknown = true;
+                }
+            }
+            [q, col] => match items.iter().find(|i| i.alias() == *q) {
+                Some(Item::Relation { tables, .. }) => {
+                    lin.contributors = 1;
+                    lin.direct = true;
+                    lin.sources = tables.iter().map(|t| format!("{t}.{}", names::part(col))).collect();
+                }
+                Some(Item::Derived { columns, .. }) => match columns.iter().find(|c| c.name == *col) {
+                    Some(c) => lin = Lin::from_column(c),
+                    None => {
+                        lin.unknown = true;
+                        for c in columns {
+                            lin.sources.extend(c.sources.iter().cloned());
+                        }
+                    }
+                },
+                Some(Item::Unknown { .. }) | None => lin.unknown = true,
+            },
+            [schema, table, col] | [_, schema, table, col] => {
+                lin.contributors = 1;
+                lin.direct = true;
+                lin.sources.insert(format!("{}.{}", names::qualified(schema, table), names::part(col)));
+            }
+            _ => lin.unknown = true,
+        }
+        lin
+    }
+
+    fn expr(&mut self, e: NodeRef<'_>, items: &[Item]) -> Lin {
+        match e {
+            NodeRef::ColumnRef(c) => self.column(c, items),
+            NodeRef::AConst(_) | NodeRef::ParamRef(_) => Lin::default(),
+            NodeRef::TypeCast(tc) => {
+                let mut lin = node(&tc.arg).map_or_else(Lin::default, |a| self.expr(a, items));
+                let to_text = tc.type_name.as_ref().is_some_and(|t| {
+                    let last = t.names.iter().rev().find_map(|n| match &n.node {
+                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                        _ => None,
+                    });
+                    matches!(last, Some("text" | "varchar" | "bpchar" | "name")) && t.array_bounds.is_empty()
+                });
+                lin.direct &= to_text;
+                lin
+            }
+            NodeRef::CollateClause(c) => node(&c.arg).map_or_else(Lin::default, |a| self.expr(a, items)),
+            NodeRef::SubLink(s) => {
+                let mut lin = Lin::default();
+                if let Some(NodeRef::SelectStmt(sel)) = node(&s.subselect) {
+                    for c in self.select(sel) {
+                        lin.merge(Lin::from_column(&c));
+                    }
+                }
+                if let Some(t) = node(&s.testexpr) {
+                    lin.merge(self.expr(t, items));
+                }
+                lin.direct = false;
+                lin
+            }
+            NodeRef::SelectStmt(sel) => {
+                let mut lin = Lin::default();
+                for c in self.select(sel) {
+                    lin.merge(Lin::from_column(&c));
+                }
+                lin
+            }
+            other => {
+                let mut lin = Lin::default();
+                let mut parts = Vec::new();
+                walk::for_each_child(other, &mut |_, child| parts.push(child));
+                for child in parts {
+                    lin.merge(self.expr(child, items));
+                }
+                lin.direct = false;
+                lin
+            }
+        }
+    }
+}
+
+/// `*` and `q.*` expand to the columns of the FROM items they name.
+fn star_columns(c: &pb::ColumnRef, items: &[Item]) -> Option<Vec<OutputColumn>> {
+    let last_is_star = matches!(c.fields.last().and_then(|f| f.node.as_ref()), Some(NodeEnum::AStar(_)));
+    if !last_is_star {
+        return None;
+    }
+    let qualifier = match c.fields.len() {
+        1 => None,
+        2 => match c.fields.first().and_then(|f| f.node.as_ref()) {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for item in items.iter().filter(|i| qualifier.is_none_or(|q| i.alias() == q)) {
+        match item {
+            Item::Relation { tables, .. } => out.push(OutputColumn {
+                name: "*".into(),
+                sources: tables.iter().map(|t| format!("{t}.*")).collect(),
+                direct: true,
+                unknown: false,
+            }),
+            Item::Derived { columns, .. } => out.extend(columns.iter().cloned()),
+            Item::Unknown { .. } => {
+                out.push(OutputColumn { name: "*".into(), sources: Vec::new(), direct: false, unknown: true });
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(OutputColumn { name: "*".into(), sources: Vec::new(), direct: false, unknown: true });
+    }
+    Some(out)
+}
+
+fn rename(columns: &mut [OutputColumn], names: &[pb::Node]) {
+    for (c, n) in columns.iter_mut().zip(names) {
+        if let Some(NodeEnum::String(s)) = &n.node {
+            c.name = s.sval.clone();
+        }
+    }
+}
+
+/// The name PostgreSQL gives an unnamed result column.
+fn default_name(e: NodeRef<'_>) -> String {
+    match e {
+        NodeRef::ColumnRef(c) => match c.fields.last().and_then(|f| f.node.as_ref()) {
+            Some(NodeEnum::String(s)) => s.sval.clone(),
+            _ => "?column?".into(),
+        },
+        NodeRef::FuncCall(f) => match f.funcname.last().and_then(|n| n.node.as_ref()) {
+            Some(NodeEnum::String(s)) => s.sval.clone(),
+            _ => "?column?".into(),
+        },
+        NodeRef::TypeCast(tc) => match node(&tc.arg) {
+            Some(inner @ (NodeRef::ColumnRef(_) | NodeRef::FuncCall(_))) => default_name(inner),
+            _ => tc
+                .type_name
+                .as_ref()
+                .and_then(|t| t.names.last())
+                .and_then(|n| match &n.node {
+                    Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| "?column?".into()),
+        },
+        _ => "?column?".into(),
+    }
+}

@@ -1,0 +1,1618 @@
+//! Statement analysis: SQL text → [`StatementFacts`], on PostgreSQL's own
+//! grammar.
+//!
+//! The text is parsed once by libpg_query (the server's parser, through the
+//! `pg_query` crate) with the session's `standard_conforming_strings`. Each
+//! statement's tree is then walked completely: the generated walk in
+//! [`walk`] visits every child of every node type, so a relation or a
+//! function call hidden in a node the hand-written rules below do not
+//! mention is still seen. The hand-written part gives meaning to the nodes
+//! that carry it (relations, function calls, operators, CTE scopes, DML
+//! targets, WHERE clauses), and an exhaustive `match` over the statement
+//! kinds (no catch-all arm) decides the class and the command tag.
+//!
+//! ```
+//! use policy_core::{Class, Engine, Policy};
+//! let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
+//! let session = engine.new_session();
+//! let a = engine.analyze(&session, "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d");
+//! let facts = &a.statements[0];
+//! assert_eq!(facts.class, Class::Write);
+//! assert_eq!(facts.written_tables, ["public.orders"]);
+//! assert_eq!(facts.has_where, Some(false));
+//! # Ok::<(), policy_core::PolicyError>(())
+//! ```
+
+mod catalog;
+mod lineage;
+mod names;
+mod predicate;
+pub(crate) mod walk;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::sync::Arc;
+
+use pg_query::protobuf::{self as pb, a_const::Val};
+use pg_query::{NodeEnum, NodeRef, ParserOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::fingerprint;
+use crate::session::{Prepared, Session, SessionEffect};
+
+pub use lineage::OutputColumn;
+
+/// What kind of thing a statement does. Ordered from least to most
+/// privileged where that matters: `read < write < ddl < dcl < admin`;
+/// a statement takes the most privileged class of anything it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// SELECT, VALUES, TABLE, SHOW, EXPLAIN, COPY ... TO STDOUT, cursors over reads.
+    Read,
+    /// INSERT, UPDATE, DELETE, MERGE, COPY FROM STDIN, data-modifying CTEs, sequences.
+    Write,
+    /// Schema changes, TRUNCATE, COMMENT, SELECT INTO, CREATE TABLE AS, REFRESH.
+    Ddl,
+    /// Roles and privileges.
+    Dcl,
+    /// The server itself: databases, maintenance, files, signals, `ALTER SYSTEM`.
+    Admin,
+    /// DO and CALL: code the engine cannot see.
+    Procedural,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT, SET TRANSACTION.
+    Transaction,
+    /// Ordinary settings, DISCARD, PREPARE/DEALLOCATE, LISTEN.
+    Session,
+    /// The grammar rejected the text.
+    Unknown,
+}
+
+impl Class {
+    /// The class names as the policy writes them.
+    pub const ALL: [Class; 9] = [
+        Class::Read,
+        Class::Write,
+        Class::Ddl,
+        Class::Dcl,
+        Class::Admin,
+        Class::Procedural,
+        Class::Transaction,
+        Class::Session,
+        Class::Unknown,
+    ];
+
+    /// The name used in policies and decisions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Read => "read",
+            Class::Write => "write",
+            Class::Ddl => "ddl",
+            Class::Dcl => "dcl",
+            Class::Admin => "admin",
+            Class::Procedural => "procedural",
+            Class::Transaction => "transaction",
+            Class::Session => "session",
+            Class::Unknown => "unknown",
+        }
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Class::Transaction | Class::Session => 0,
+            Class::Read => 1,
+            Class::Write => 2,
+            Class::Procedural => 3,
+            Class::Ddl => 4,
+            Class::Dcl => 5,
+            Class::Admin => 6,
+            Class::Unknown => 7,
+        }
+    }
+
+    /// The more privileged of the two.
+    fn max(self, other: Class) -> Class {
+        if other.rank() > self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl std::fmt::Display for Class {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything the rules look at about one statement (POLICY.md §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatementFacts {
+    /// Position of the statement in the string, from 0.
+    pub index: usize,
+    /// The statement's class.
+    pub class: Class,
+    /// PostgreSQL's command tag (`SELECT`, `DROP TABLE`, ...); empty for `unknown`.
+    pub command: String,
+    /// Every relation read or written, schema-qualified, sorted.
+    pub tables: Vec<String>,
+    /// The relations written, sorted.
+    pub written_tables: Vec<String>,
+    /// Referenced columns, `schema.table.column` where resolvable, sorted.
+    pub columns: Vec<String>,
+    /// Every function called, lower-cased, qualified when written so, sorted.
+    pub functions: Vec<String>,
+    /// For statements holding an UPDATE or DELETE (anywhere): whether every
+    /// one of them has a WHERE that bounds its rows. `None` otherwise.
+    pub has_where: Option<bool>,
+    /// Whether the outer result is bounded (constant LIMIT/FETCH FIRST, SHOW,
+    /// EXPLAIN, counted FETCH).
+    pub has_limit: bool,
+    /// The statement runs SQL the engine cannot see.
+    pub opaque: bool,
+    /// 16 hex digits identifying the statement's normalised form.
+    pub fingerprint: String,
+    /// Lineage of each result column (reads only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_columns: Vec<OutputColumn>,
+    /// Changes to the session state the engine reads, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub session_effects: Vec<SessionEffect>,
+    /// Why the statement is opaque or unknown, and other findings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Byte range of the statement in the analysed string.
+    #[serde(skip)]
+    pub span: Range<usize>,
+}
+
+/// The facts of every statement in one string.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    /// One entry per statement; a single `unknown` entry when the grammar
+    /// rejected the text; none for an empty string.
+    pub statements: Vec<StatementFacts>,
+}
+
+/// Settings the analysis reads from the policy.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AnalyzeOptions {
+    /// Where `RESET search_path` goes back to.
+    pub start_search_path: Vec<String>,
+    /// Function names (globs, matched on the written name) the policy
+    /// declares free of hidden SQL.
+    pub trusted_functions: Option<globset::GlobSet>,
+}
+
+/// Analyses `sql` as the session would run it.
+pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) -> Analysis {
+    let parser_options = parser_options(session.standard_conforming_strings);
+    let parsed = match pg_query::parse(sql, parser_options) {
+        Ok(parsed) => parsed,
+        Err(err) => return Analysis { statements: vec![unknown(sql, &err.to_string())] },
+    };
+    let mut state = State {
+        search_path: session.search_path.clone(),
+        user: session.user.clone(),
+        session_prepared: &session.prepared,
+        prepared: BTreeMap::new(),
+        scs: session.standard_conforming_strings,
+    };
+    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    for (index, raw) in parsed.protobuf.stmts.iter().enumerate() {
+        let Some(stmt) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
+        let start = usize::try_from(raw.stmt_location).unwrap_or(0).min(sql.len());
+        let end = match usize::try_from(raw.stmt_len) {
+            Ok(0) | Err(_) => sql.len(),
+            Ok(len) => start.saturating_add(len).min(sql.len()),
+        };
+        let text = sql.get(start..end).unwrap_or(sql);
+        let mut facts = analyze_statement(stmt.to_ref(), text, &mut state, options);
+        facts.index = index;
+        facts.span = start..end;
+        statements.push(facts);
+    }
+    Analysis { statements }
+}
+
+fn parser_options(standard_conforming_strings: bool) -> ParserOptions {
+    if standard_conforming_strings {
+        ParserOptions::DEFAULT
+    } else {
+        ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS
+    }
+}
+
+pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
+    StatementFacts {
+        index: 0,
+        class: Class::Unknown,
+        command: String::new(),
+        tables: Vec::new(),
+        written_tables: Vec::new(),
+        columns: Vec::new(),
+        functions: Vec::new(),
+        has_where: None,
+        has_limit: false,
+        opaque: false,
+        fingerprint: fingerprint::fingerprint_text(sql),
+        output_columns: Vec::new(),
+        session_effects: Vec::new(),
+        notes: vec![format!("the grammar rejects this text: {error}")],
+        span: 0..sql.len(),
+    }
+}
+
+/// Session state as it evolves through the statements of one string.
+struct State<'s> {
+    search_path: Vec<String>,
+    user: Option<String>,
+    session_prepared: &'s BTreeMap<String, Prepared>,
+    /// PREPARE/DEALLOCATE earlier in this string (`None` = deallocated).
+    prepared: BTreeMap<String, Option<Prepared>>,
+    scs: bool,
+}
+
+impl State<'_> {
+    fn lookup(&self, name: &str) -> Option<Prepared> {
+        match self.prepared.get(name) {
+            Some(local) => local.clone(),
+            None => self.session_prepared.get(name).cloned(),
+        }
+    }
+
+    fn apply(&mut self, effect: &SessionEffect, options: &AnalyzeOptions) {
+        match effect {
+            SessionEffect::SetSearchPath { path, .. } => self.search_path.clone_from(path),
+            SessionEffect::ResetSearchPath => self.search_path.clone_from(&options.start_search_path),
+            SessionEffect::Prepare { name, prepared } => {
+                self.prepared.insert(name.clone(), Some(prepared.clone()));
+            }
+            SessionEffect::Deallocate { name: Some(name) } => {
+                self.prepared.insert(name.clone(), None);
+            }
+            SessionEffect::Deallocate { name: None } => {
+                let names: Vec<String> = self.session_prepared.keys().chain(self.prepared.keys()).cloned().collect();
+                for name in names {
+                    self.prepared.insert(name, None);
+                }
+            }
+        }
+    }
+}
+
+fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, options: &AnalyzeOptions) -> StatementFacts {
+    let (class, command) = classify(stmt);
+    let mut w = Walker::new(state, options);
+    w.class = class;
+    w.visit(stmt);
+    let has_limit = has_limit(stmt);
+    let output_columns = lineage::outputs(stmt, &w.lineage_env());
+    let Walker { class, tables, written, columns, functions, opaque, notes, modifies, unbounded, mut effects, .. } = w;
+    for effect in &mut effects {
+        if let SessionEffect::Prepare { prepared, .. } = effect {
+            prepared.sql = Arc::from(text);
+        }
+        state.apply(effect, options);
+    }
+    StatementFacts {
+        index: 0,
+        class,
+        command,
+        tables: tables.into_iter().collect(),
+        written_tables: written.into_iter().collect(),
+        columns: columns.into_iter().collect(),
+        functions: functions.into_iter().collect(),
+        has_where: modifies.then_some(!unbounded),
+        has_limit,
+        opaque,
+        fingerprint: fingerprint::fingerprint(stmt),
+        output_columns,
+        session_effects: effects,
+        notes,
+        span: 0..text.len(),
+    }
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn node(n: &Option<Box<pb::Node>>) -> Option<NodeRef<'_>> {
+    n.as_ref().and_then(|n| n.node.as_ref()).map(NodeEnum::to_ref)
+}
+
+fn nodes(v: &[pb::Node]) -> impl Iterator<Item = NodeRef<'_>> {
+    v.iter().filter_map(|n| n.node.as_ref()).map(NodeEnum::to_ref)
+}
+
+fn string_parts(v: &[pb::Node]) -> Vec<&str> {
+    v.iter()
+        .filter_map(|n| match &n.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The text of a constant string argument, looking through casts.
+fn const_text(n: NodeRef<'_>) -> Option<&str> {
+    match n {
+        NodeRef::AConst(c) if !c.isnull => match &c.val {
+            Some(Val::Sval(s)) => Some(s.sval.as_str()),
+            _ => None,
+        },
+        NodeRef::TypeCast(tc) => node(&tc.arg).and_then(const_text),
+        _ => None,
+    }
+}
+
+fn def_elem_is_true(d: &pb::DefElem) -> bool {
+    match node(&d.arg) {
+        None => true,
+        Some(NodeRef::AConst(c)) => match &c.val {
+            Some(Val::Boolval(b)) => b.boolval,
+            Some(Val::Ival(i)) => i.ival != 0,
+            Some(Val::Sval(s)) => !matches!(s.sval.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0"),
+            _ => true,
+        },
+        Some(NodeRef::String(s)) => !matches!(s.sval.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0"),
+        Some(NodeRef::Boolean(b)) => b.boolval,
+        Some(NodeRef::Integer(i)) => i.ival != 0,
+        Some(_) => true,
+    }
+}
+
+fn explain_analyzes(e: &pb::ExplainStmt) -> bool {
+    nodes(&e.options).any(|o| match o {
+        NodeRef::DefElem(d) => d.defname.eq_ignore_ascii_case("analyze") && def_elem_is_true(d),
+        _ => false,
+    })
+}
+
+// ------------------------------------------------------------------ walker
+
+/// Accumulates the facts of one statement while walking its tree.
+struct Walker<'st, 's> {
+    state: &'st mut State<'s>,
+    options: &'st AnalyzeOptions,
+    class: Class,
+    tables: BTreeSet<String>,
+    written: BTreeSet<String>,
+    columns: BTreeSet<String>,
+    functions: BTreeSet<String>,
+    opaque: bool,
+    notes: Vec<String>,
+    /// An UPDATE/DELETE/MERGE was seen.
+    modifies: bool,
+    /// One of them has no bounding WHERE.
+    unbounded: bool,
+    /// CTE names in scope, innermost last.
+    ctes: Vec<Vec<String>>,
+    /// FROM items in scope (alias, relation), innermost last.
+    from_scopes: Vec<Vec<(String, Option<String>)>>,
+    /// Whether nested statements run now (false under plain EXPLAIN).
+    executing: bool,
+    effects: Vec<SessionEffect>,
+    depth: usize,
+}
+
+impl<'st, 's> Walker<'st, 's> {
+    fn new(state: &'st mut State<'s>, options: &'st AnalyzeOptions) -> Self {
+        Walker {
+            state,
+            options,
+            class: Class::Read,
+            tables: BTreeSet::new(),
+            written: BTreeSet::new(),
+            columns: BTreeSet::new(),
+            functions: BTreeSet::new(),
+            opaque: false,
+            notes: Vec::new(),
+            modifies: false,
+            unbounded: false,
+            ctes: Vec::new(),
+            from_scopes: Vec::new(),
+            executing: true,
+            effects: Vec::new(),
+            depth: 0,
+        }
+    }
+
+    fn lineage_env(&self) -> lineage::Env {
+        lineage::Env { search_path: self.state.search_path.clone(), user: self.state.user.clone() }
+    }
+
+    fn raise(&mut self, class: Class) {
+        self.class = self.class.max(class);
+    }
+
+    fn make_opaque(&mut self, why: String) {
+        self.opaque = true;
+        if !self.notes.contains(&why) {
+            self.notes.push(why);
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        if !self.notes.contains(&what) {
+            self.notes.push(what);
+        }
+    }
+
+    fn children(&mut self, n: NodeRef<'_>) {
+        walk::for_each_child(n, &mut |_, child| self.visit(child));
+    }
+
+    fn opt(&mut self, n: &Option<Box<pb::Node>>) {
+        if let Some(n) = node(n) {
+            self.visit(n);
+        }
+    }
+
+    fn list(&mut self, v: &[pb::Node]) {
+        for n in nodes(v) {
+            self.visit(n);
+        }
+    }
+
+    fn cte_visible(&self, name: &str) -> bool {
+        self.ctes.iter().any(|scope| scope.iter().any(|c| c == name))
+    }
+
+    /// Resolves a relation name to its candidates.
+    fn resolve(&mut self, schema: &str, name: &str, temp: bool) -> Vec<String> {
+        if !schema.is_empty() {
+            return vec![names::qualified(schema, name)];
+        }
+        if temp {
+            return vec![names::qualified("pg_temp", name)];
+        }
+        let candidates = names::relation_candidates(&self.state.search_path, self.state.user.as_deref(), name);
+        if candidates.is_empty() {
+            self.make_opaque(format!("`{name}` cannot be resolved: the search_path names no schema"));
+        }
+        candidates
+    }
+
+    fn add_relation(&mut self, schema: &str, name: &str, temp: bool, written: bool) -> Vec<String> {
+        let resolved = self.resolve(schema, name, temp);
+        for t in &resolved {
+            self.tables.insert(t.clone());
+            if written && self.executing {
+                self.written.insert(t.clone());
+            }
+        }
+        resolved
+    }
+
+    /// A relation read where a CTE of the same name may shadow it.
+    fn range_var(&mut self, rv: &pb::RangeVar, written: bool, may_be_cte: bool) {
+        if may_be_cte && rv.schemaname.is_empty() && self.cte_visible(&rv.relname) {
+            return;
+        }
+        self.add_relation(&rv.schemaname, &rv.relname, rv.relpersistence == "t", written);
+    }
+
+    /// A relation named by a list of strings (DROP, COMMENT, ...).
+    fn named_relation(&mut self, parts: &[&str]) {
+        match parts {
+            [name] => {
+                self.add_relation("", name, false, false);
+            }
+            [schema, name] | [_, schema, name] => {
+                self.add_relation(schema, name, false, false);
+            }
+            _ => self.make_opaque("a relation name the engine cannot read".to_string()),
+        }
+    }
+
+    /// A relation named inside a string (`nextval('s')`).
+    fn relation_from_text(&mut self, text: &str, written: bool) -> bool {
+        let Some(parts) = names::split_identifiers(text, '.') else { return false };
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        match parts.as_slice() {
+            [name] => !self.add_relation("", name, false, written).is_empty(),
+            [schema, name] | [_, schema, name] => !self.add_relation(schema, name, false, written).is_empty(),
+            _ => false,
+        }
+    }
+
+    fn with_clause(&mut self, with: Option<&pb::WithClause>) -> bool {
+        let Some(with) = with else { return false };
+        let names: Vec<String> = nodes(&with.ctes)
+            .filter_map(|c| match c {
+                NodeRef::CommonTableExpr(c) => Some(c.ctename.clone()),
+                _ => None,
+            })
+            .collect();
+        if with.recursive {
+            self.ctes.push(names);
+            for c in nodes(&with.ctes) {
+                self.visit(c);
+            }
+        } else {
+            // A non-recursive CTE sees the CTEs before it, not itself.
+            self.ctes.push(Vec::new());
+            for c in nodes(&with.ctes) {
+                self.visit(c);
+                if let (NodeRef::CommonTableExpr(c), Some(scope)) = (c, self.ctes.last_mut()) {
+                    scope.push(c.ctename.clone());
+                }
+            }
+        }
+        true
+    }
+
+    fn end_with(&mut self, pushed: bool) {
+        if pushed {
+            self.ctes.pop();
+        }
+    }
+
+    fn push_from(&mut self, from: &[pb::Node]) {
+        let mut scope = Vec::new();
+        for item in nodes(from) {
+            self.collect_from(item, &mut scope);
+        }
+        self.from_scopes.push(scope);
+    }
+
+    fn collect_from(&mut self, item: NodeRef<'_>, scope: &mut Vec<(String, Option<String>)>) {
+        match item {
+            NodeRef::RangeVar(rv) => {
+                let alias = rv.alias.as_ref().map_or_else(|| rv.relname.clone(), |a| a.aliasname.clone());
+                let table = if rv.schemaname.is_empty() && self.cte_visible(&rv.relname) {
+                    None
+                } else if rv.schemaname.is_empty() {
+                    names::relation_candidates(&self.state.search_path, self.state.user.as_deref(), &rv.relname)
+                        .into_iter()
+                        .next()
+                } else {
+                    Some(names::qualified(&rv.schemaname, &rv.relname))
+                };
+                scope.push((alias, table));
+            }
+            NodeRef::JoinExpr(j) => {
+                if let Some(l) = node(&j.larg) {
+                    self.collect_from(l, scope);
+                }
+                if let Some(r) = node(&j.rarg) {
+                    self.collect_from(r, scope);
+                }
+            }
+            NodeRef::RangeSubselect(s) => {
+                if let Some(a) = &s.alias {
+                    scope.push((a.aliasname.clone(), None));
+                }
+            }
+            NodeRef::RangeFunction(f) => {
+                if let Some(a) = &f.alias {
+                    scope.push((a.aliasname.clone(), None));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn column_ref(&mut self, c: &pb::ColumnRef) {
+        let mut parts: Vec<&str> = Vec::with_capacity(c.fields.len());
+        let mut star = false;
+        for f in nodes(&c.fields) {
+            match f {
+                NodeRef::String(s) => parts.push(&s.sval),
+                NodeRef::AStar(_) => star = true,
+                _ => {}
+            }
+        }
+        let column = if star { "*" } else { parts.pop().unwrap_or("*") };
+        let rendered = match parts.as_slice() {
+            [] => {
+                let tables: Vec<&String> =
+                    self.from_scopes.last().into_iter().flatten().filter_map(|(_, t)| t.as_ref()).collect();
+                match (tables.as_slice(), self.from_scopes.last().map_or(0, Vec::len)) {
+                    ([t], 1) => format!("{t}.{}", names::part(column)),
+                    _ => names::part(column).into_owned(),
+                }
+            }
+            [q] => {
+                let hit = self.from_scopes.iter().rev().flatten().find(|(alias, _)| alias == q).map(|(_, t)| t.clone());
+                match hit {
+                    Some(Some(t)) => format!("{t}.{}", names::part(column)),
+                    Some(None) => format!("{}.{}", names::part(q), names::part(column)),
+                    None => {
+                        let resolved =
+                            names::relation_candidates(&self.state.search_path, self.state.user.as_deref(), q);
+                        match resolved.first() {
+                            Some(t) => format!("{t}.{}", names::part(column)),
+                            None => format!("{}.{}", names::part(q), names::part(column)),
+                        }
+                    }
+                }
+            }
+            [schema, table] | [_, schema, table] => {
+                format!("{}.{}", names::qualified(schema, table), names::part(column))
+            }
+            _ => return,
+        };
+        self.columns.insert(rendered);
+    }
+
+    fn func_call(&mut self, fc: &pb::FuncCall) {
+        let parts = string_parts(&fc.funcname);
+        let written = parts.iter().map(|p| names::part(p)).collect::<Vec<_>>().join(".");
+        self.functions.insert(written.clone());
+        let (schema, name) = match parts.as_slice() {
+            [name] => (None, *name),
+            [schema, name] => (Some(*schema), *name),
+            [_, schema, name] => (Some(*schema), *name),
+            _ => {
+                self.make_opaque(format!("calls `{written}`, a function name the engine cannot read"));
+                return;
+            }
+        };
+        let trusted = self.options.trusted_functions.as_ref().is_some_and(|g| g.is_match(&written));
+        let builtin = match schema {
+            None => catalog::is_builtin_function(name) && self.catalog_first(),
+            Some("pg_catalog") => catalog::is_builtin_function(name),
+            Some(_) => false,
+        };
+        if !builtin {
+            if !trusted {
+                self.make_opaque(format!(
+                    "calls `{written}`, which is not a built-in function: its body is not visible"
+                ));
+            }
+            return;
+        }
+        let args: Vec<NodeRef<'_>> = nodes(&fc.args).collect();
+        match catalog::effect(name) {
+            catalog::Effect::None => {}
+            catalog::Effect::Opaque => {
+                self.make_opaque(format!(
+                    "calls `{written}`, which runs SQL text or reads a relation named by a string"
+                ));
+            }
+            catalog::Effect::Write => self.raise(Class::Write),
+            catalog::Effect::Admin => self.raise(Class::Admin),
+            catalog::Effect::Sequence => {
+                self.raise(Class::Write);
+                let named = args.first().copied().and_then(const_text).map(str::to_string);
+                let ok = named.is_some_and(|text| self.relation_from_text(&text, true));
+                if !ok {
+                    self.make_opaque(format!("calls `{written}` on a sequence that is not a constant name"));
+                }
+            }
+            catalog::Effect::LargeObject(class) => {
+                self.raise(class);
+                self.tables.insert("pg_catalog.pg_largeobject".to_string());
+                if class == Class::Write && self.executing {
+                    self.written.insert("pg_catalog.pg_largeobject".to_string());
+                }
+            }
+            catalog::Effect::SetConfig => self.set_config(&args),
+        }
+    }
+
+    /// Whether unqualified function names reach `pg_catalog` before any
+    /// other schema.
+    fn catalog_first(&self) -> bool {
+        self.state
+            .search_path
+            .iter()
+            .filter(|s| *s != "pg_temp" && !s.starts_with("pg_temp_"))
+            .position(|s| s == "pg_catalog")
+            .is_none_or(|i| i == 0)
+    }
+
+    fn set_config(&mut self, args: &[NodeRef<'_>]) {
+        let Some(setting) = args.first().copied().and_then(const_text).map(str::to_ascii_lowercase) else {
+            self.raise(Class::Admin);
+            self.note("set_config of a setting named by a non-constant".to_string());
+            return;
+        };
+        let class = catalog::setting_class(&setting);
+        if class != Class::Session && class != Class::Transaction {
+            self.raise(class);
+        }
+        if setting == "search_path" {
+            let value = args.get(1).copied().and_then(const_text);
+            let local = match args.get(2) {
+                Some(NodeRef::AConst(c)) => matches!(&c.val, Some(Val::Boolval(b)) if b.boolval),
+                _ => false,
+            };
+            match value.and_then(|v| names::split_identifiers(v, ',')) {
+                Some(path) => self.effects.push(SessionEffect::SetSearchPath { path, local }),
+                None => {
+                    self.raise(Class::Admin);
+                    self.note("set_config sets search_path to a value the engine cannot read".to_string());
+                }
+            }
+        }
+    }
+
+    fn operator(&mut self, name: &[pb::Node]) {
+        let parts = string_parts(name);
+        let (schema, op) = match parts.as_slice() {
+            [op] => (None, *op),
+            [schema, op] => (Some(*schema), *op),
+            _ => return,
+        };
+        let builtin = match schema {
+            None => catalog::is_builtin_operator(op) && self.catalog_first(),
+            Some("pg_catalog") => catalog::is_builtin_operator(op),
+            Some(_) => false,
+        };
+        if !builtin {
+            self.make_opaque(format!(
+                "uses operator `{}`, which is not built in: its function is not visible",
+                parts.join(".")
+            ));
+        }
+    }
+
+    fn modify(&mut self, target: Option<&pb::RangeVar>, where_clause: Option<NodeRef<'_>>) {
+        self.modifies = true;
+        let mut target_names: Vec<&str> = Vec::new();
+        if let Some(rv) = target {
+            target_names.push(&rv.relname);
+            if let Some(a) = &rv.alias {
+                target_names.push(&a.aliasname);
+            }
+        }
+        if !predicate::bounds_rows(where_clause, &target_names) {
+            self.unbounded = true;
+        }
+    }
+
+    fn enter_dml(&mut self) {
+        if self.executing {
+            self.raise(Class::Write);
+        }
+    }
+
+    // -------------------------------------------------------------- visit
+
+    fn visit(&mut self, n: NodeRef<'_>) {
+        self.depth += 1;
+        if self.depth > 10_000 {
+            self.make_opaque("the statement nests deeper than the engine follows".to_string());
+            self.depth -= 1;
+            return;
+        }
+        self.visit_node(n);
+        self.depth -= 1;
+    }
+
+    fn visit_node(&mut self, n: NodeRef<'_>) {
+        match n {
+            NodeRef::RangeVar(rv) => self.range_var(rv, false, true),
+            NodeRef::ColumnRef(c) => self.column_ref(c),
+            NodeRef::FuncCall(fc) => {
+                self.func_call(fc);
+                self.children(n);
+            }
+            NodeRef::AExpr(a) => {
+                let kind = pb::AExprKind::try_from(a.kind).unwrap_or(pb::AExprKind::Undefined);
+                if !matches!(
+                    kind,
+                    pb::AExprKind::AexprBetween
+                        | pb::AExprKind::AexprNotBetween
+                        | pb::AExprKind::AexprBetweenSym
+                        | pb::AExprKind::AexprNotBetweenSym
+                ) {
+                    self.operator(&a.name);
+                }
+                self.children(n);
+            }
+            NodeRef::SortBy(s) => {
+                self.operator(&s.use_op);
+                self.children(n);
+            }
+            NodeRef::SubLink(s) => {
+                self.operator(&s.oper_name);
+                self.children(n);
+            }
+            NodeRef::SelectStmt(s) => self.select(s),
+            NodeRef::InsertStmt(s) => {
+                let pushed = self.with_clause(s.with_clause.as_ref());
+                self.enter_dml();
+                if let Some(rv) = &s.relation {
+                    self.range_var(rv, true, false);
+                }
+                self.list(&s.cols);
+                self.opt(&s.select_stmt);
+                if let Some(c) = &s.on_conflict_clause {
+                    self.visit(NodeRef::OnConflictClause(c));
+                }
+                if let Some(r) = &s.returning_clause {
+                    self.visit(NodeRef::ReturningClause(r));
+                }
+                self.end_with(pushed);
+            }
+            NodeRef::UpdateStmt(s) => {
+                let pushed = self.with_clause(s.with_clause.as_ref());
+                self.enter_dml();
+                if let Some(rv) = &s.relation {
+                    self.range_var(rv, true, false);
+                }
+                self.modify(s.relation.as_ref(), node(&s.where_clause));
+                let mut from = s.from_clause.clone();
+                if let Some(rv) = &s.relation {
+                    from.push(pb::Node { node: Some(NodeEnum::RangeVar(rv.clone())) });
+                }
+                self.push_from(&from);
+                self.list(&s.target_list);
+                self.list(&s.from_clause);
+                self.opt(&s.where_clause);
+                if let Some(r) = &s.returning_clause {
+                    self.visit(NodeRef::ReturningClause(r));
+                }
+                self.from_scopes.pop();
+                self.end_with(pushed);
+            }
+            NodeRef::DeleteStmt(s) => {
+                let pushed = self.with_clause(s.with_clause.as_ref());
+                self.enter_dml();
+                if let Some(rv) = &s.relation {
+                    self.range_var(rv, true, false);
+                }
+                self.modify(s.relation.as_ref(), node(&s.where_clause));
+                let mut from = s.using_clause.clone();
+                if let Some(rv) = &s.relation {
+                    from.push(pb::Node { node: Some(NodeEnum::RangeVar(rv.clone())) });
+                }
+                self.push_from(&from);
+                self.list(&s.using_clause);
+                self.opt(&s.where_clause);
+                if let Some(r) = &s.returning_clause {
+                    self.visit(NodeRef::ReturningClause(r));
+                }
+                self.from_scopes.pop();
+                self.end_with(pushed);
+            }
+            NodeRef::MergeStmt(s) => {
+                let pushed = self.with_clause(s.with_clause.as_ref());
+                self.enter_dml();
+                if let Some(rv) = &s.relation {
+                    self.range_var(rv, true, false);
+                }
+                let changes = nodes(&s.merge_when_clauses).any(|c| match c {
+                    NodeRef::MergeWhenClause(w) => {
+                        w.command_type == pb::CmdType::CmdUpdate as i32
+                            || w.command_type == pb::CmdType::CmdDelete as i32
+                    }
+                    _ => false,
+                });
+                if changes {
+                    self.modify(s.relation.as_ref(), node(&s.join_condition));
+                }
+                self.opt(&s.source_relation);
+                self.opt(&s.join_condition);
+                self.list(&s.merge_when_clauses);
+                if let Some(r) = &s.returning_clause {
+                    self.visit(NodeRef::ReturningClause(r));
+                }
+                self.end_with(pushed);
+            }
+            NodeRef::LockingClause(l) => {
+                // `FOR UPDATE OF a` names FROM items, not new relations.
+                let _ = l;
+            }
+            NodeRef::IntoClause(i) => {
+                if let Some(rv) = &i.rel {
+                    self.range_var(rv, true, false);
+                }
+                if let Some(q) = &i.view_query {
+                    self.visit(NodeRef::Query(q));
+                }
+            }
+            NodeRef::CopyStmt(c) => self.copy(c),
+            NodeRef::ExplainStmt(e) => {
+                let analyze = explain_analyzes(e);
+                let was = self.executing;
+                self.executing = was && analyze;
+                self.opt(&e.query);
+                self.executing = was;
+            }
+            NodeRef::DropStmt(d) => {
+                self.drop_objects(d.remove_type, &d.objects);
+            }
+            NodeRef::CommentStmt(c) => {
+                if let Some(obj) = node(&c.object) {
+                    self.object(c.objtype, obj);
+                }
+            }
+            NodeRef::SecLabelStmt(c) => {
+                if let Some(obj) = node(&c.object) {
+                    self.object(c.objtype, obj);
+                }
+            }
+            NodeRef::VariableSetStmt(v) => self.variable_set(v),
+            NodeRef::PrepareStmt(p) => {
+                self.list(&p.argtypes);
+                self.opt(&p.query);
+                self.effects.push(SessionEffect::Prepare {
+                    name: p.name.clone(),
+                    prepared: Prepared { sql: Arc::from(""), standard_conforming_strings: self.state.scs },
+                });
+            }
+            NodeRef::ExecuteStmt(e) => self.execute(e),
+            NodeRef::DeallocateStmt(d) => {
+                let name = if d.isall || d.name.is_empty() { None } else { Some(d.name.clone()) };
+                self.effects.push(SessionEffect::Deallocate { name });
+            }
+            NodeRef::DiscardStmt(d) => {
+                if d.target == pb::DiscardMode::DiscardAll as i32 {
+                    self.effects.push(SessionEffect::ResetSearchPath);
+                    self.effects.push(SessionEffect::Deallocate { name: None });
+                }
+            }
+            NodeRef::DoStmt(_) => {
+                self.make_opaque("DO runs a code block the engine cannot see".to_string());
+            }
+            NodeRef::CallStmt(c) => {
+                self.make_opaque("CALL runs a procedure whose body the engine cannot see".to_string());
+                if let Some(fc) = &c.funccall {
+                    self.visit(NodeRef::FuncCall(fc));
+                }
+            }
+            NodeRef::CreateFunctionStmt(_) | NodeRef::CreateTrigStmt(_) | NodeRef::CreateEventTrigStmt(_) => {
+                // Defining code is ddl; a function body given as a string is
+                // not run now. A SQL-standard body (BEGIN ATOMIC) is a tree,
+                // and its relations count.
+                self.children(n);
+            }
+            _ => self.children(n),
+        }
+    }
+
+    fn select(&mut self, s: &pb::SelectStmt) {
+        let pb::SelectStmt {
+            distinct_clause,
+            into_clause,
+            target_list,
+            from_clause,
+            where_clause,
+            group_clause,
+            group_distinct: _,
+            having_clause,
+            window_clause,
+            values_lists,
+            sort_clause,
+            limit_offset,
+            limit_count,
+            limit_option: _,
+            locking_clause,
+            with_clause,
+            op: _,
+            all: _,
+            larg,
+            rarg,
+        } = s;
+        let pushed = self.with_clause(with_clause.as_ref());
+        if let Some(into) = into_clause {
+            self.raise(Class::Ddl);
+            self.visit(NodeRef::IntoClause(into));
+        }
+        if !locking_clause.is_empty() && self.executing {
+            // Row locks need UPDATE privilege and block writers.
+            self.raise(Class::Write);
+        }
+        self.push_from(from_clause);
+        self.list(from_clause);
+        self.list(distinct_clause);
+        self.list(target_list);
+        self.opt(where_clause);
+        self.list(group_clause);
+        self.opt(having_clause);
+        self.list(window_clause);
+        self.list(values_lists);
+        self.list(sort_clause);
+        self.opt(limit_offset);
+        self.opt(limit_count);
+        self.from_scopes.pop();
+        if let Some(l) = larg {
+            self.select(l);
+        }
+        if let Some(r) = rarg {
+            self.select(r);
+        }
+        self.end_with(pushed);
+    }
+
+    fn copy(&mut self, c: &pb::CopyStmt) {
+        let to_client = c.filename.is_empty() && !c.is_program;
+        if !to_client {
+            self.raise(Class::Admin);
+        }
+        if let Some(rv) = &c.relation {
+            self.range_var(rv, c.is_from, false);
+            if c.is_from {
+                self.raise(Class::Write);
+            }
+        }
+        self.opt(&c.query);
+        self.list(&c.attlist);
+        self.list(&c.options);
+        self.opt(&c.where_clause);
+    }
+
+    fn drop_objects(&mut self, object_type: i32, objects: &[pb::Node]) {
+        for obj in nodes(objects) {
+            self.object(object_type, obj);
+        }
+    }
+
+    /// An object named in DROP/COMMENT/SECURITY LABEL: relations count as tables.
+    fn object(&mut self, object_type: i32, obj: NodeRef<'_>) {
+        use pb::ObjectType as O;
+        let relation_like =
+            [O::ObjectTable, O::ObjectView, O::ObjectMatview, O::ObjectIndex, O::ObjectSequence, O::ObjectForeignTable]
+                .iter()
+                .any(|t| *t as i32 == object_type);
+        let on_relation = [O::ObjectRule, O::ObjectTrigger, O::ObjectPolicy, O::ObjectTabconstraint, O::ObjectColumn]
+            .iter()
+            .any(|t| *t as i32 == object_type);
+        match obj {
+            NodeRef::List(l) if relation_like => self.named_relation(&string_parts(&l.items)),
+            NodeRef::List(l) if on_relation => {
+                // The last name is the rule/trigger/policy/column; the rest is the relation.
+                let parts = string_parts(&l.items);
+                if let Some((_, rel)) = parts.split_last() {
+                    self.named_relation(rel);
+                }
+            }
+            NodeRef::String(s) if relation_like => self.named_relation(&[s.sval.as_str()]),
+            other => self.children(other),
+        }
+    }
+
+    fn variable_set(&mut self, v: &pb::VariableSetStmt) {
+        use pb::VariableSetKind as K;
+        let kind = K::try_from(v.kind).unwrap_or(K::Undefined);
+        let name = v.name.to_ascii_lowercase();
+        match kind {
+            K::VarResetAll => {
+                self.effects.push(SessionEffect::ResetSearchPath);
+            }
+            K::VarSetValue if name == "search_path" => {
+                let mut path = Vec::new();
+                let mut readable = true;
+                for arg in nodes(&v.args) {
+                    match const_text(arg) {
+                        // `SET search_path = 'a, b'` is one string holding a list.
+                        Some(text) => match names::split_identifiers(text, ',') {
+                            Some(parts) if v.args.len() == 1 => path.extend(parts),
+                            Some(_) => path.push(names::truncate_identifier(text).to_string()),
+                            None => readable = false,
+                        },
+                        None => readable = false,
+                    }
+                }
+                if readable {
+                    self.effects.push(SessionEffect::SetSearchPath { path, local: v.is_local });
+                } else {
+                    self.raise(Class::Admin);
+                    self.note("SET search_path to a value the engine cannot read".to_string());
+                }
+            }
+            K::VarSetDefault | K::VarReset if name == "search_path" => {
+                self.effects.push(SessionEffect::ResetSearchPath);
+            }
+            _ => {}
+        }
+        self.list(&v.args);
+    }
+
+    fn execute(&mut self, e: &pb::ExecuteStmt) {
+        self.list(&e.params);
+        let Some(prepared) = self.state.lookup(&e.name) else {
+            self.raise(Class::Write);
+            self.make_opaque(format!("EXECUTE of `{}`, which this session did not prepare", e.name));
+            return;
+        };
+        let parsed = match pg_query::parse(&prepared.sql, parser_options(prepared.standard_conforming_strings)) {
+            Ok(p) => p,
+            Err(_) => {
+                self.raise(Class::Write);
+                self.make_opaque(format!("EXECUTE of `{}`, whose recorded text does not parse", e.name));
+                return;
+            }
+        };
+        let mut stmts = parsed.protobuf.stmts.iter().filter_map(|r| r.stmt.as_ref().and_then(|n| n.node.as_ref()));
+        let (Some(stmt), None) = (stmts.next(), stmts.next()) else {
+            self.raise(Class::Write);
+            self.make_opaque(format!("EXECUTE of `{}`, whose recorded text is not one statement", e.name));
+            return;
+        };
+        let inner = match stmt.to_ref() {
+            NodeRef::PrepareStmt(p) => node(&p.query),
+            other => Some(other),
+        };
+        let Some(inner) = inner else {
+            self.raise(Class::Write);
+            self.make_opaque(format!("EXECUTE of `{}`, whose recorded text holds no statement", e.name));
+            return;
+        };
+        let (class, _) = classify(inner);
+        self.raise(class);
+        self.visit(inner);
+    }
+}
+
+// ------------------------------------------------------------------ class
+
+/// Whether a statement's outermost result is bounded.
+fn has_limit(stmt: NodeRef<'_>) -> bool {
+    match stmt {
+        NodeRef::SelectStmt(s) => select_is_bounded(s),
+        NodeRef::VariableShowStmt(_) | NodeRef::ExplainStmt(_) => true,
+        NodeRef::FetchStmt(f) => f.how_many != i64::MAX && f.how_many >= 0,
+        NodeRef::DeclareCursorStmt(d) => match node(&d.query) {
+            Some(NodeRef::SelectStmt(s)) => select_is_bounded(s),
+            _ => false,
+        },
+        NodeRef::PrepareStmt(p) => node(&p.query).is_some_and(has_limit),
+        NodeRef::CopyStmt(c) => match node(&c.query) {
+            Some(NodeRef::SelectStmt(s)) => select_is_bounded(s),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn select_is_bounded(s: &pb::SelectStmt) -> bool {
+    if s.limit_option == pb::LimitOption::WithTies as i32 {
+        return false;
+    }
+    match node(&s.limit_count) {
+        Some(NodeRef::AConst(c)) => !c.isnull && matches!(c.val, Some(Val::Ival(_) | Val::Fval(_))),
+        Some(NodeRef::TypeCast(tc)) => {
+            matches!(node(&tc.arg), Some(NodeRef::AConst(c)) if !c.isnull && matches!(c.val, Some(Val::Ival(_))))
+        }
+        _ => false,
+    }
+}
+
+fn object_name(object_type: i32) -> &'static str {
+    use pb::ObjectType as O;
+    match O::try_from(object_type).unwrap_or(O::Undefined) {
+        O::Undefined => "OBJECT",
+        O::ObjectAccessMethod => "ACCESS METHOD",
+        O::ObjectAggregate => "AGGREGATE",
+        O::ObjectAmop | O::ObjectAmproc | O::ObjectOpfamily => "OPERATOR FAMILY",
+        O::ObjectAttribute => "ATTRIBUTE",
+        O::ObjectCast => "CAST",
+        O::ObjectColumn => "COLUMN",
+        O::ObjectCollation => "COLLATION",
+        O::ObjectConversion => "CONVERSION",
+        O::ObjectDatabase => "DATABASE",
+        O::ObjectDefault => "DEFAULT",
+        O::ObjectDefacl => "DEFAULT PRIVILEGES",
+        O::ObjectDomain => "DOMAIN",
+        O::ObjectDomconstraint => "CONSTRAINT",
+        O::ObjectEventTrigger => "EVENT TRIGGER",
+        O::ObjectExtension => "EXTENSION",
+        O::ObjectFdw => "FOREIGN DATA WRAPPER",
+        O::ObjectForeignServer => "SERVER",
+        O::ObjectForeignTable => "FOREIGN TABLE",
+        O::ObjectFunction => "FUNCTION",
+        O::ObjectIndex => "INDEX",
+        O::ObjectLanguage => "LANGUAGE",
+        O::ObjectLargeobject => "LARGE OBJECT",
+        O::ObjectMatview => "MATERIALIZED VIEW",
+        O::ObjectOpclass => "OPERATOR CLASS",
+        O::ObjectOperator => "OPERATOR",
+        O::ObjectParameterAcl => "PARAMETER",
+        O::ObjectPolicy => "POLICY",
+        O::ObjectProcedure => "PROCEDURE",
+        O::ObjectPublication | O::ObjectPublicationNamespace | O::ObjectPublicationRel => "PUBLICATION",
+        O::ObjectRole => "ROLE",
+        O::ObjectRoutine => "ROUTINE",
+        O::ObjectRule => "RULE",
+        O::ObjectSchema => "SCHEMA",
+        O::ObjectSequence => "SEQUENCE",
+        O::ObjectSubscription => "SUBSCRIPTION",
+        O::ObjectStatisticExt => "STATISTICS",
+        O::ObjectTabconstraint => "CONSTRAINT",
+        O::ObjectTable => "TABLE",
+        O::ObjectTablespace => "TABLESPACE",
+        O::ObjectTransform => "TRANSFORM",
+        O::ObjectTrigger => "TRIGGER",
+        O::ObjectTsconfiguration => "TEXT SEARCH CONFIGURATION",
+        O::ObjectTsdictionary => "TEXT SEARCH DICTIONARY",
+        O::ObjectTsparser => "TEXT SEARCH PARSER",
+        O::ObjectTstemplate => "TEXT SEARCH TEMPLATE",
+        O::ObjectType => "TYPE",
+        O::ObjectUserMapping => "USER MAPPING",
+        O::ObjectView => "VIEW",
+    }
+}
+
+fn object_class(object_type: i32) -> Class {
+    use pb::ObjectType as O;
+    match O::try_from(object_type).unwrap_or(O::Undefined) {
+        O::ObjectRole | O::ObjectDefacl | O::ObjectUserMapping | O::ObjectParameterAcl => Class::Dcl,
+        O::ObjectDatabase
+        | O::ObjectTablespace
+        | O::ObjectExtension
+        | O::ObjectLanguage
+        | O::ObjectEventTrigger
+        | O::ObjectSubscription
+        | O::ObjectPublication
+        | O::ObjectPublicationNamespace
+        | O::ObjectPublicationRel
+        | O::ObjectFdw
+        | O::ObjectAccessMethod => Class::Admin,
+        _ => Class::Ddl,
+    }
+}
+
+// Every node kind that is not a statement, for the exhaustive match below.
+macro_rules! not_a_statement {
+    () => {
+        NodeRef::Alias(_)
+            | NodeRef::RangeVar(_)
+            | NodeRef::TableFunc(_)
+            | NodeRef::IntoClause(_)
+            | NodeRef::Var(_)
+            | NodeRef::Param(_)
+            | NodeRef::Aggref(_)
+            | NodeRef::GroupingFunc(_)
+            | NodeRef::WindowFunc(_)
+            | NodeRef::WindowFuncRunCondition(_)
+            | NodeRef::MergeSupportFunc(_)
+            | NodeRef::SubscriptingRef(_)
+            | NodeRef::FuncExpr(_)
+            | NodeRef::NamedArgExpr(_)
+            | NodeRef::OpExpr(_)
+            | NodeRef::DistinctExpr(_)
+            | NodeRef::NullIfExpr(_)
+            | NodeRef::ScalarArrayOpExpr(_)
+            | NodeRef::BoolExpr(_)
+            | NodeRef::SubLink(_)
+            | NodeRef::SubPlan(_)
+            | NodeRef::AlternativeSubPlan(_)
+            | NodeRef::FieldSelect(_)
+            | NodeRef::FieldStore(_)
+            | NodeRef::RelabelType(_)
+            | NodeRef::CoerceViaIo(_)
+            | NodeRef::ArrayCoerceExpr(_)
+            | NodeRef::ConvertRowtypeExpr(_)
+            | NodeRef::CollateExpr(_)
+            | NodeRef::CaseExpr(_)
+            | NodeRef::CaseWhen(_)
+            | NodeRef::CaseTestExpr(_)
+            | NodeRef::ArrayExpr(_)
+            | NodeRef::RowExpr(_)
+            | NodeRef::RowCompareExpr(_)
+            | NodeRef::CoalesceExpr(_)
+            | NodeRef::MinMaxExpr(_)
+            | NodeRef::SqlvalueFunction(_)
+            | NodeRef::XmlExpr(_)
+            | NodeRef::JsonFormat(_)
+            | NodeRef::JsonReturning(_)
+            | NodeRef::JsonValueExpr(_)
+            | NodeRef::JsonConstructorExpr(_)
+            | NodeRef::JsonIsPredicate(_)
+            | NodeRef::JsonBehavior(_)
+            | NodeRef::JsonExpr(_)
+            | NodeRef::JsonTablePath(_)
+            | NodeRef::JsonTablePathScan(_)
+            | NodeRef::JsonTableSiblingJoin(_)
+            | NodeRef::NullTest(_)
+            | NodeRef::BooleanTest(_)
+            | NodeRef::MergeAction(_)
+            | NodeRef::CoerceToDomain(_)
+            | NodeRef::CoerceToDomainValue(_)
+            | NodeRef::SetToDefault(_)
+            | NodeRef::CurrentOfExpr(_)
+            | NodeRef::NextValueExpr(_)
+            | NodeRef::InferenceElem(_)
+            | NodeRef::ReturningExpr(_)
+            | NodeRef::TargetEntry(_)
+            | NodeRef::RangeTblRef(_)
+            | NodeRef::JoinExpr(_)
+            | NodeRef::FromExpr(_)
+            | NodeRef::OnConflictExpr(_)
+            | NodeRef::Query(_)
+            | NodeRef::TypeName(_)
+            | NodeRef::ColumnRef(_)
+            | NodeRef::ParamRef(_)
+            | NodeRef::AExpr(_)
+            | NodeRef::TypeCast(_)
+            | NodeRef::CollateClause(_)
+            | NodeRef::RoleSpec(_)
+            | NodeRef::FuncCall(_)
+            | NodeRef::AStar(_)
+            | NodeRef::AIndices(_)
+            | NodeRef::AIndirection(_)
+            | NodeRef::AArrayExpr(_)
+            | NodeRef::ResTarget(_)
+            | NodeRef::MultiAssignRef(_)
+            | NodeRef::SortBy(_)
+            | NodeRef::WindowDef(_)
+            | NodeRef::RangeSubselect(_)
+            | NodeRef::RangeFunction(_)
+            | NodeRef::RangeTableFunc(_)
+            | NodeRef::RangeTableFuncCol(_)
+            | NodeRef::RangeTableSample(_)
+            | NodeRef::ColumnDef(_)
+            | NodeRef::TableLikeClause(_)
+            | NodeRef::IndexElem(_)
+            | NodeRef::DefElem(_)
+            | NodeRef::LockingClause(_)
+            | NodeRef::XmlSerialize(_)
+            | NodeRef::PartitionElem(_)
+            | NodeRef::PartitionSpec(_)
+            | NodeRef::PartitionBoundSpec(_)
+            | NodeRef::PartitionRangeDatum(_)
+            | NodeRef::PartitionCmd(_)
+            | NodeRef::AtalterConstraint(_)
+            | NodeRef::RangeTblEntry(_)
+            | NodeRef::RtepermissionInfo(_)
+            | NodeRef::RangeTblFunction(_)
+            | NodeRef::TableSampleClause(_)
+            | NodeRef::WithCheckOption(_)
+            | NodeRef::SortGroupClause(_)
+            | NodeRef::GroupingSet(_)
+            | NodeRef::WindowClause(_)
+            | NodeRef::RowMarkClause(_)
+            | NodeRef::WithClause(_)
+            | NodeRef::InferClause(_)
+            | NodeRef::OnConflictClause(_)
+            | NodeRef::CtesearchClause(_)
+            | NodeRef::CtecycleClause(_)
+            | NodeRef::CommonTableExpr(_)
+            | NodeRef::MergeWhenClause(_)
+            | NodeRef::ReturningOption(_)
+            | NodeRef::ReturningClause(_)
+            | NodeRef::TriggerTransition(_)
+            | NodeRef::JsonOutput(_)
+            | NodeRef::JsonArgument(_)
+            | NodeRef::JsonFuncExpr(_)
+            | NodeRef::JsonTablePathSpec(_)
+            | NodeRef::JsonTable(_)
+            | NodeRef::JsonTableColumn(_)
+            | NodeRef::JsonKeyValue(_)
+            | NodeRef::JsonParseExpr(_)
+            | NodeRef::JsonScalarExpr(_)
+            | NodeRef::JsonSerializeExpr(_)
+            | NodeRef::JsonObjectConstructor(_)
+            | NodeRef::JsonArrayConstructor(_)
+            | NodeRef::JsonArrayQueryConstructor(_)
+            | NodeRef::JsonAggConstructor(_)
+            | NodeRef::JsonObjectAgg(_)
+            | NodeRef::JsonArrayAgg(_)
+            | NodeRef::RawStmt(_)
+            | NodeRef::SetOperationStmt(_)
+            | NodeRef::ReturnStmt(_)
+            | NodeRef::PlassignStmt(_)
+            | NodeRef::AlterTableCmd(_)
+            | NodeRef::ObjectWithArgs(_)
+            | NodeRef::AccessPriv(_)
+            | NodeRef::Constraint(_)
+            | NodeRef::StatsElem(_)
+            | NodeRef::FunctionParameter(_)
+            | NodeRef::InlineCodeBlock(_)
+            | NodeRef::CallContext(_)
+            | NodeRef::CreateOpClassItem(_)
+            | NodeRef::PublicationTable(_)
+            | NodeRef::PublicationObjSpec(_)
+            | NodeRef::VacuumRelation(_)
+            | NodeRef::Integer(_)
+            | NodeRef::Float(_)
+            | NodeRef::Boolean(_)
+            | NodeRef::String(_)
+            | NodeRef::BitString(_)
+            | NodeRef::List(_)
+            | NodeRef::IntList(_)
+            | NodeRef::OidList(_)
+            | NodeRef::AConst(_)
+    };
+}
+
+fn ddl(command: String) -> (Class, String) {
+    (Class::Ddl, command)
+}
+
+/// The class and command tag of a statement, from its kind alone (what it
+/// calls or nests raises the class later). Exhaustive on purpose: a new
+/// statement kind in a grammar upgrade must be looked at before it builds.
+fn classify(stmt: NodeRef<'_>) -> (Class, String) {
+    use pb::TransactionStmtKind as T;
+    let s = |x: &str| x.to_string();
+    match stmt {
+        NodeRef::SelectStmt(sel) => {
+            if sel.into_clause.is_some() {
+                (Class::Ddl, s("SELECT INTO"))
+            } else {
+                (Class::Read, s("SELECT"))
+            }
+        }
+        NodeRef::InsertStmt(_) => (Class::Write, s("INSERT")),
+        NodeRef::UpdateStmt(_) => (Class::Write, s("UPDATE")),
+        NodeRef::DeleteStmt(_) => (Class::Write, s("DELETE")),
+        NodeRef::MergeStmt(_) => (Class::Write, s("MERGE")),
+        NodeRef::CopyStmt(c) => {
+            if !c.filename.is_empty() || c.is_program {
+                (Class::Admin, s("COPY"))
+            } else if c.is_from {
+                (Class::Write, s("COPY"))
+            } else {
+                (Class::Read, s("COPY"))
+            }
+        }
+        NodeRef::ExplainStmt(e) => {
+            if explain_analyzes(e) {
+                let inner = node(&e.query).map_or(Class::Read, |q| classify(q).0);
+                (inner.max(Class::Read), s("EXPLAIN"))
+            } else {
+                (Class::Read, s("EXPLAIN"))
+            }
+        }
+        NodeRef::VariableShowStmt(_) => (Class::Read, s("SHOW")),
+        NodeRef::DeclareCursorStmt(d) => {
+            let inner = node(&d.query).map_or(Class::Read, |q| classify(q).0);
+            (inner, s("DECLARE CURSOR"))
+        }
+        NodeRef::FetchStmt(f) => (Class::Read, s(if f.ismove { "MOVE" } else { "FETCH" })),
+        NodeRef::ClosePortalStmt(_) => (Class::Session, s("CLOSE CURSOR")),
+        NodeRef::PrepareStmt(p) => {
+            let inner = node(&p.query).map_or(Class::Read, |q| classify(q).0);
+            (inner, s("PREPARE"))
+        }
+        NodeRef::ExecuteStmt(_) => (Class::Read, s("EXECUTE")),
+        NodeRef::DeallocateStmt(_) => (Class::Session, s("DEALLOCATE")),
+        NodeRef::TransactionStmt(t) => {
+            let tag = match T::try_from(t.kind).unwrap_or(T::Undefined) {
+                T::TransStmtBegin | T::TransStmtStart => "BEGIN",
+                T::TransStmtCommit => "COMMIT",
+                T::TransStmtRollback => "ROLLBACK",
+                T::TransStmtSavepoint => "SAVEPOINT",
+                T::TransStmtRelease => "RELEASE",
+                T::TransStmtRollbackTo => "ROLLBACK",
+                // Two-phase commit outlives the session: an administrator's tool.
+                T::TransStmtPrepare => return (Class::Admin, s("PREPARE TRANSACTION")),
+                T::TransStmtCommitPrepared => return (Class::Admin, s("COMMIT PREPARED")),
+                T::TransStmtRollbackPrepared => return (Class::Admin, s("ROLLBACK PREPARED")),
+                T::Undefined => return (Class::Unknown, String::new()),
+            };
+            (Class::Transaction, s(tag))
+        }
+        NodeRef::VariableSetStmt(v) => {
+            use pb::VariableSetKind as K;
+            let kind = K::try_from(v.kind).unwrap_or(K::Undefined);
+            let name = v.name.to_ascii_lowercase();
+            let tag = if matches!(kind, K::VarReset | K::VarResetAll) { "RESET" } else { "SET" };
+            match kind {
+                // RESET ALL also resets the role.
+                K::VarResetAll => (Class::Dcl, s(tag)),
+                K::VarSetMulti if name == "transaction" || name == "session characteristics" => {
+                    (Class::Transaction, s("SET"))
+                }
+                _ => (catalog::setting_class(&name), s(tag)),
+            }
+        }
+        NodeRef::ConstraintsSetStmt(_) => (Class::Transaction, s("SET CONSTRAINTS")),
+        NodeRef::DiscardStmt(_) => (Class::Session, s("DISCARD")),
+        NodeRef::ListenStmt(_) => (Class::Session, s("LISTEN")),
+        NodeRef::UnlistenStmt(_) => (Class::Session, s("UNLISTEN")),
+        NodeRef::NotifyStmt(_) => (Class::Write, s("NOTIFY")),
+        NodeRef::LockStmt(_) => (Class::Admin, s("LOCK TABLE")),
+        NodeRef::DoStmt(_) => (Class::Procedural, s("DO")),
+        NodeRef::CallStmt(_) => (Class::Procedural, s("CALL")),
+        NodeRef::TruncateStmt(_) => (Class::Ddl, s("TRUNCATE TABLE")),
+        NodeRef::CommentStmt(_) => (Class::Ddl, s("COMMENT")),
+        NodeRef::SecLabelStmt(_) => (Class::Ddl, s("SECURITY LABEL")),
+        NodeRef::CreateTableAsStmt(c) => {
+            if c.objtype == pb::ObjectType::ObjectMatview as i32 {
+                (Class::Ddl, s("CREATE MATERIALIZED VIEW"))
+            } else if c.is_select_into {
+                (Class::Ddl, s("SELECT INTO"))
+            } else {
+                (Class::Ddl, s("CREATE TABLE AS"))
+            }
+        }
+        NodeRef::RefreshMatViewStmt(_) => (Class::Ddl, s("REFRESH MATERIALIZED VIEW")),
+        NodeRef::CreateStmt(_) => (Class::Ddl, s("CREATE TABLE")),
+        NodeRef::CreateForeignTableStmt(_) => (Class::Ddl, s("CREATE FOREIGN TABLE")),
+        NodeRef::ViewStmt(_) => (Class::Ddl, s("CREATE VIEW")),
+        NodeRef::IndexStmt(_) => (Class::Ddl, s("CREATE INDEX")),
+        NodeRef::CreateSeqStmt(_) => (Class::Ddl, s("CREATE SEQUENCE")),
+        NodeRef::AlterSeqStmt(_) => (Class::Ddl, s("ALTER SEQUENCE")),
+        NodeRef::CreateSchemaStmt(c) => {
+            // CREATE SCHEMA may carry GRANTs among its elements.
+            let inner = nodes(&c.schema_elts).map(|e| classify(e).0).fold(Class::Ddl, Class::max);
+            (inner, s("CREATE SCHEMA"))
+        }
+        NodeRef::CreateFunctionStmt(f) => ddl(s(if f.is_procedure { "CREATE PROCEDURE" } else { "CREATE FUNCTION" })),
+        NodeRef::AlterFunctionStmt(f) => ddl(format!("ALTER {}", object_name(f.objtype))),
+        NodeRef::CreateTrigStmt(_) => ddl(s("CREATE TRIGGER")),
+        NodeRef::RuleStmt(_) => ddl(s("CREATE RULE")),
+        NodeRef::CreatePolicyStmt(_) => ddl(s("CREATE POLICY")),
+        NodeRef::AlterPolicyStmt(_) => ddl(s("ALTER POLICY")),
+        NodeRef::CreateDomainStmt(_) => ddl(s("CREATE DOMAIN")),
+        NodeRef::AlterDomainStmt(_) => ddl(s("ALTER DOMAIN")),
+        NodeRef::CreateEnumStmt(_) => ddl(s("CREATE TYPE")),
+        NodeRef::AlterEnumStmt(_) => ddl(s("ALTER TYPE")),
+        NodeRef::CreateRangeStmt(_) => ddl(s("CREATE TYPE")),
+        NodeRef::CompositeTypeStmt(_) => ddl(s("CREATE TYPE")),
+        NodeRef::AlterTypeStmt(_) => ddl(s("ALTER TYPE")),
+        NodeRef::DefineStmt(d) => ddl(format!("CREATE {}", object_name(d.kind))),
+        NodeRef::CreateCastStmt(_) => ddl(s("CREATE CAST")),
+        NodeRef::CreateConversionStmt(_) => ddl(s("CREATE CONVERSION")),
+        NodeRef::CreateOpClassStmt(_) => ddl(s("CREATE OPERATOR CLASS")),
+        NodeRef::CreateOpFamilyStmt(_) => ddl(s("CREATE OPERATOR FAMILY")),
+        NodeRef::AlterOpFamilyStmt(_) => ddl(s("ALTER OPERATOR FAMILY")),
+        NodeRef::AlterOperatorStmt(_) => ddl(s("ALTER OPERATOR")),
+        NodeRef::CreateStatsStmt(_) => ddl(s("CREATE STATISTICS")),
+        NodeRef::AlterStatsStmt(_) => ddl(s("ALTER STATISTICS")),
+        NodeRef::CreateTransformStmt(_) => ddl(s("CREATE TRANSFORM")),
+        NodeRef::CreateAmStmt(_) => (Class::Admin, s("CREATE ACCESS METHOD")),
+        NodeRef::AlterCollationStmt(_) => ddl(s("ALTER COLLATION")),
+        NodeRef::AlterTsconfigurationStmt(_) => ddl(s("ALTER TEXT SEARCH CONFIGURATION")),
+        NodeRef::AlterTsdictionaryStmt(_) => ddl(s("ALTER TEXT SEARCH DICTIONARY")),
+        NodeRef::AlterTableStmt(a) => {
+            (object_class(a.objtype).max(Class::Ddl), format!("ALTER {}", object_name(a.objtype)))
+        }
+        NodeRef::AlterTableMoveAllStmt(_) => (Class::Admin, s("ALTER TABLE")),
+        NodeRef::ReplicaIdentityStmt(_) => ddl(s("ALTER TABLE")),
+        NodeRef::RenameStmt(r) => {
+            (object_class(r.rename_type).max(Class::Ddl), format!("ALTER {}", object_name(r.rename_type)))
+        }
+        NodeRef::AlterObjectSchemaStmt(a) => {
+            (object_class(a.object_type).max(Class::Ddl), format!("ALTER {}", object_name(a.object_type)))
+        }
+        NodeRef::AlterObjectDependsStmt(a) => {
+            (object_class(a.object_type).max(Class::Ddl), format!("ALTER {}", object_name(a.object_type)))
+        }
+        NodeRef::AlterOwnerStmt(a) => (Class::Dcl, format!("ALTER {}", object_name(a.object_type))),
+        NodeRef::DropStmt(d) => {
+            (object_class(d.remove_type).max(Class::Ddl), format!("DROP {}", object_name(d.remove_type)))
+        }
+        NodeRef::CreateForeignServerStmt(_) => ddl(s("CREATE SERVER")),
+        NodeRef::AlterForeignServerStmt(_) => ddl(s("ALTER SERVER")),
+        NodeRef::ImportForeignSchemaStmt(_) => ddl(s("IMPORT FOREIGN SCHEMA")),
+        NodeRef::CreateFdwStmt(_) => (Class::Admin, s("CREATE FOREIGN DATA WRAPPER")),
+        NodeRef::AlterFdwStmt(_) => (Class::Admin, s("ALTER FOREIGN DATA WRAPPER")),
+        NodeRef::CreateUserMappingStmt(_) => (Class::Dcl, s("CREATE USER MAPPING")),
+        NodeRef::AlterUserMappingStmt(_) => (Class::Dcl, s("ALTER USER MAPPING")),
+        NodeRef::DropUserMappingStmt(_) => (Class::Dcl, s("DROP USER MAPPING")),
+        NodeRef::GrantStmt(g) => (Class::Dcl, s(if g.is_grant { "GRANT" } else { "REVOKE" })),
+        NodeRef::GrantRoleStmt(g) => (Class::Dcl, s(if g.is_grant { "GRANT ROLE" } else { "REVOKE ROLE" })),
+        NodeRef::AlterDefaultPrivilegesStmt(_) => (Class::Dcl, s("ALTER DEFAULT PRIVILEGES")),
+        NodeRef::CreateRoleStmt(_) => (Class::Dcl, s("CREATE ROLE")),
+        NodeRef::AlterRoleStmt(_) => (Class::Dcl, s("ALTER ROLE")),
+        NodeRef::AlterRoleSetStmt(_) => (Class::Dcl, s("ALTER ROLE")),
+        NodeRef::DropRoleStmt(_) => (Class::Dcl, s("DROP ROLE")),
+        NodeRef::DropOwnedStmt(_) => (Class::Dcl, s("DROP OWNED")),
+        NodeRef::ReassignOwnedStmt(_) => (Class::Dcl, s("REASSIGN OWNED")),
+        NodeRef::CreatedbStmt(_) => (Class::Admin, s("CREATE DATABASE")),
+        NodeRef::AlterDatabaseStmt(_) => (Class::Admin, s("ALTER DATABASE")),
+        NodeRef::AlterDatabaseSetStmt(_) => (Class::Admin, s("ALTER DATABASE")),
+        NodeRef::AlterDatabaseRefreshCollStmt(_) => (Class::Admin, s("ALTER DATABASE")),
+        NodeRef::DropdbStmt(_) => (Class::Admin, s("DROP DATABASE")),
+        NodeRef::VacuumStmt(v) => (Class::Admin, s(if v.is_vacuumcmd { "VACUUM" } else { "ANALYZE" })),
+        NodeRef::ClusterStmt(_) => (Class::Admin, s("CLUSTER")),
+        NodeRef::ReindexStmt(_) => (Class::Admin, s("REINDEX")),
+        NodeRef::CheckPointStmt(_) => (Class::Admin, s("CHECKPOINT")),
+        NodeRef::LoadStmt(_) => (Class::Admin, s("LOAD")),
+        NodeRef::AlterSystemStmt(_) => (Class::Admin, s("ALTER SYSTEM")),
+        NodeRef::CreateTableSpaceStmt(_) => (Class::Admin, s("CREATE TABLESPACE")),
+        NodeRef::DropTableSpaceStmt(_) => (Class::Admin, s("DROP TABLESPACE")),
+        NodeRef::AlterTableSpaceOptionsStmt(_) => (Class::Admin, s("ALTER TABLESPACE")),
+        NodeRef::CreateExtensionStmt(_) => (Class::Admin, s("CREATE EXTENSION")),
+        NodeRef::AlterExtensionStmt(_) => (Class::Admin, s("ALTER EXTENSION")),
+        NodeRef::AlterExtensionContentsStmt(_) => (Class::Admin, s("ALTER EXTENSION")),
+        NodeRef::CreatePlangStmt(_) => (Class::Admin, s("CREATE LANGUAGE")),
+        NodeRef::CreateEventTrigStmt(_) => (Class::Admin, s("CREATE EVENT TRIGGER")),
+        NodeRef::AlterEventTrigStmt(_) => (Class::Admin, s("ALTER EVENT TRIGGER")),
+        NodeRef::CreatePublicationStmt(_) => (Class::Admin, s("CREATE PUBLICATION")),
+        NodeRef::AlterPublicationStmt(_) => (Class::Admin, s("ALTER PUBLICATION")),
+        NodeRef::CreateSubscriptionStmt(_) => (Class::Admin, s("CREATE SUBSCRIPTION")),
+        NodeRef::AlterSubscriptionStmt(_) => (Class::Admin, s("ALTER SUBSCRIPTION")),
+        NodeRef::DropSubscriptionStmt(_) => (Class::Admin, s("DROP SUBSCRIPTION")),
+        not_a_statement!() => (Class::Unknown, String::new()),
+    }
+}

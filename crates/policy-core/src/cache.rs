@@ -1,0 +1,185 @@
+//! The decision cache: a repeated statement is decided once.
+//!
+//! A decision depends on the SQL text, the caller (subject, groups, actor),
+//! and the session (search_path, `standard_conforming_strings`, the
+//! database user). The cache keys on all of them and compares them in full
+//! on a hit (the 64-bit hash only picks the bucket). Strings holding an
+//! `EXECUTE` also depend on the session's prepared statements and are not
+//! cached.
+//!
+//! Memory is bounded: 16 shards, each holding at most 1/16 of the byte
+//! budget (8 MiB by default), counting the key's bytes and an estimate of
+//! the decision's. Texts longer than 16 KiB are not cached. When a shard is
+//! full, entries not hit since the last sweep are dropped (second chance);
+//! if that frees too little, the shard is emptied.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use crate::decision::Decision;
+use crate::identity::Identity;
+use crate::session::Session;
+
+/// Default byte budget of the whole cache.
+pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
+/// Longest SQL text that is cached.
+pub const MAX_CACHED_SQL: usize = 16 << 10;
+const SHARDS: usize = 16;
+
+#[derive(Debug, PartialEq, Eq)]
+struct Key {
+    sql: Box<str>,
+    identity: Identity,
+    search_path: Vec<String>,
+    standard_conforming_strings: bool,
+    user: Option<String>,
+}
+
+impl Key {
+    fn same(&self, sql: &str, identity: &Identity, session: &Session) -> bool {
+        *self.sql == *sql
+            && self.identity == *identity
+            && self.search_path == session.search_path
+            && self.standard_conforming_strings == session.standard_conforming_strings
+            && self.user == session.user
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: Key,
+    decision: Arc<Decision>,
+    bytes: usize,
+    hit: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<u64, Vec<Entry>>,
+    bytes: usize,
+}
+
+/// A bounded, sharded map from (text, caller, session) to decisions.
+#[derive(Debug)]
+pub(crate) struct DecisionCache {
+    shards: Vec<Mutex<Shard>>,
+    shard_budget: usize,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+fn key_hash(state: &std::collections::hash_map::RandomState, sql: &str, identity: &Identity, session: &Session) -> u64 {
+    let mut h = state.build_hasher();
+    sql.hash(&mut h);
+    identity.hash(&mut h);
+    session.search_path.hash(&mut h);
+    session.standard_conforming_strings.hash(&mut h);
+    session.user.hash(&mut h);
+    h.finish()
+}
+
+fn decision_bytes(d: &Decision) -> usize {
+    let strings = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
+    256 + d.reason.len()
+        + d.statements
+            .iter()
+            .map(|s| {
+                let f = &s.facts;
+                320 + s.reason.len()
+                    + strings(&f.tables)
+                    + strings(&f.written_tables)
+                    + strings(&f.columns)
+                    + strings(&f.functions)
+                    + strings(&f.notes)
+                    + f.output_columns.iter().map(|c| 64 + c.name.len() + strings(&c.sources)).sum::<usize>()
+            })
+            .sum::<usize>()
+}
+
+impl DecisionCache {
+    pub(crate) fn new(budget: usize) -> Self {
+        DecisionCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_budget: budget / SHARDS,
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> Option<&Mutex<Shard>> {
+        self.shards.get((hash as usize) % SHARDS)
+    }
+
+    pub(crate) fn get(&self, sql: &str, identity: &Identity, session: &Session) -> Option<Arc<Decision>> {
+        if self.shard_budget == 0 || sql.len() > MAX_CACHED_SQL {
+            return None;
+        }
+        let hash = key_hash(&self.hasher, sql, identity, session);
+        let mut shard = self.shard(hash)?.lock().ok()?;
+        let entry = shard.map.get_mut(&hash)?.iter_mut().find(|e| e.key.same(sql, identity, session))?;
+        entry.hit = true;
+        Some(Arc::clone(&entry.decision))
+    }
+
+    pub(crate) fn insert(&self, sql: &str, identity: &Identity, session: &Session, decision: Arc<Decision>) {
+        if self.shard_budget == 0 || sql.len() > MAX_CACHED_SQL {
+            return;
+        }
+        let bytes = 128
+            + sql.len()
+            + identity.subject.len()
+            + identity.groups.iter().map(|g| g.len() + 24).sum::<usize>()
+            + session.search_path.iter().map(|s| s.len() + 24).sum::<usize>()
+            + decision_bytes(&decision);
+        if bytes > self.shard_budget {
+            return;
+        }
+        let hash = key_hash(&self.hasher, sql, identity, session);
+        let Some(Ok(mut shard)) = self.shard(hash).map(Mutex::lock) else { return };
+        if shard.bytes + bytes > self.shard_budget {
+            shard.sweep(self.shard_budget.saturating_sub(bytes));
+        }
+        let key = Key {
+            sql: sql.into(),
+            identity: identity.clone(),
+            search_path: session.search_path.clone(),
+            standard_conforming_strings: session.standard_conforming_strings,
+            user: session.user.clone(),
+        };
+        let bucket = shard.map.entry(hash).or_default();
+        if bucket.iter().any(|e| e.key == key) {
+            return;
+        }
+        bucket.push(Entry { key, decision, bytes, hit: false });
+        shard.bytes += bytes;
+    }
+
+    /// Bytes held, for tests and diagnostics.
+    pub(crate) fn bytes(&self) -> usize {
+        self.shards.iter().filter_map(|s| s.lock().ok().map(|s| s.bytes)).sum()
+    }
+}
+
+impl Shard {
+    /// Second chance: drop entries not hit since the last sweep, clear the
+    /// marks of the others; empty the shard if that is not enough.
+    fn sweep(&mut self, target: usize) {
+        let mut freed = 0;
+        for bucket in self.map.values_mut() {
+            bucket.retain_mut(|e| {
+                if e.hit {
+                    e.hit = false;
+                    true
+                } else {
+                    freed += e.bytes;
+                    false
+                }
+            });
+        }
+        self.map.retain(|_, b| !b.is_empty());
+        self.bytes -= freed.min(self.bytes);
+        if self.bytes > target {
+            self.map.clear();
+            self.bytes = 0;
+        }
+    }
+}

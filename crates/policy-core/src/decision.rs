@@ -1,0 +1,102 @@
+//! The answer: a [`Decision`] for a SQL string (POLICY.md §6).
+
+use serde::{Deserialize, Serialize};
+
+use crate::analyze::StatementFacts;
+
+/// What happens to a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Run it.
+    Allow,
+    /// Hold it until a person in one of the approver groups approves.
+    RequireApproval,
+    /// Refuse it.
+    Deny,
+}
+
+impl Verdict {
+    /// The name used in policies and decisions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::RequireApproval => "require_approval",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One statement's facts and verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatementDecision {
+    /// What the analysis found.
+    #[serde(flatten)]
+    pub facts: StatementFacts,
+    /// This statement's own verdict.
+    pub verdict: Verdict,
+    /// The deciding rule; `None` when no rule matched.
+    pub rule: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// The decision for one SQL string: the strictest of its statements.
+///
+/// ```
+/// use policy_core::{Engine, Identity, Policy, Verdict};
+/// let policy = Policy::from_toml_str(r#"
+///     version = 1
+///     [[rule]]
+///     name = "read-orders"
+///     effect = "allow"
+///     classes = ["read"]
+///     tables = ["public.orders"]
+/// "#, "inline.toml")?;
+/// let engine = Engine::new(policy, Default::default())?;
+/// let session = engine.new_session();
+/// let me = Identity::new("alice");
+/// let d = engine.decide(&me, &session, "SELECT * FROM orders; SELECT * FROM secrets");
+/// assert_eq!(d.verdict, Verdict::Deny);
+/// assert_eq!(d.statements[0].verdict, Verdict::Allow);
+/// assert_eq!(d.statements[1].verdict, Verdict::Deny);
+/// # Ok::<(), policy_core::PolicyError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The strictest statement verdict (allow for an empty string).
+    pub verdict: Verdict,
+    /// Why, as shown to the client and recorded.
+    pub reason: String,
+    /// The rule behind the verdict; `None` when no rule matched.
+    pub rule: Option<String>,
+    /// Cap on rows any statement may return; 0 = none.
+    pub max_rows: u64,
+    /// Groups that may approve (require_approval only).
+    pub approvers: Vec<String>,
+    /// The person or workload the decision was made for.
+    pub subject: String,
+    /// The agent acting for the subject, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Every statement, in order.
+    pub statements: Vec<StatementDecision>,
+    /// Problems met while deciding (each one made the answer stricter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<String>,
+}
+
+impl Decision {
+    /// The decision as one line of JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!("{{\"verdict\":\"deny\",\"reason\":\"decision could not be serialised: {e}\"}}")
+        })
+    }
+}

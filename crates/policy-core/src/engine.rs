@@ -1,0 +1,225 @@
+//! The engine: a compiled policy that decides statements.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use globset::{Glob, GlobSetBuilder};
+
+use crate::analyze::{self, Analysis, AnalyzeOptions};
+use crate::cache::{DecisionCache, DEFAULT_CACHE_BYTES};
+use crate::decision::{Decision, Verdict};
+use crate::identity::{Actor, Identity};
+use crate::policy::{Policy, PolicyError, PolicyTest, Strategy};
+use crate::rules;
+use crate::session::Session;
+
+/// Key material the engine is built with (never read from the environment).
+#[derive(Clone, Default)]
+pub struct Keys {
+    /// Key of the `hash` masking strategy (HMAC-SHA256).
+    pub pseudonym_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").field("pseudonym_key", &self.pseudonym_key.as_ref().map(|_| "<redacted>")).finish()
+    }
+}
+
+/// Engine tuning.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Byte budget of the decision cache; 0 turns it off.
+    pub cache_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { cache_bytes: DEFAULT_CACHE_BYTES }
+    }
+}
+
+struct Inner {
+    policy: Policy,
+    options: AnalyzeOptions,
+    cache: DecisionCache,
+    #[allow(dead_code)]
+    keys: Keys,
+}
+
+/// A compiled policy. Cheap to clone, `Send + Sync`: build once, share
+/// between connections.
+///
+/// ```
+/// use policy_core::{Engine, Identity, Policy, Verdict};
+/// let policy = Policy::from_toml_str(r#"
+///     version = 1
+///     [[rule]]
+///     name = "agents-read"
+///     effect = "allow"
+///     groups = ["ai-agents"]
+///     classes = ["read"]
+///     tables = ["public.*", "!public.secrets"]
+/// "#, "inline.toml")?;
+/// let engine = Engine::new(policy, Default::default())?;
+/// let agent = Identity::new("bot").with_groups(["ai-agents"]);
+/// let session = engine.new_session();
+/// assert_eq!(engine.decide(&agent, &session, "SELECT * FROM orders").verdict, Verdict::Allow);
+/// assert_eq!(engine.decide(&agent, &session, "TABLE secrets").verdict, Verdict::Deny);
+/// assert_eq!(engine.decide(&agent, &session, "SELECT * FROM orders UNION ALL TABLE secrets").verdict, Verdict::Deny);
+/// # Ok::<(), policy_core::PolicyError>(())
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("policy", &self.inner.policy.source).finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one `[[test]]` of a policy.
+#[derive(Debug, Clone)]
+pub struct TestOutcome {
+    /// The test.
+    pub test: PolicyTest,
+    /// What the engine decided.
+    pub decision: Decision,
+    /// Whether the verdict (and the rule, when the test names one) matched.
+    pub passed: bool,
+}
+
+impl Engine {
+    /// Builds an engine with default options.
+    pub fn new(policy: Policy, keys: Keys) -> Result<Engine, PolicyError> {
+        Engine::with_options(policy, keys, EngineOptions::default())
+    }
+
+    /// Builds an engine.
+    pub fn with_options(policy: Policy, keys: Keys, options: EngineOptions) -> Result<Engine, PolicyError> {
+        if keys.pseudonym_key.is_none() {
+            if let Some(m) = policy.masks.iter().find(|m| m.strategy == Strategy::Hash) {
+                return Err(PolicyError::Keys(format!(
+                    "{}: mask `{}` uses strategy \"hash\", which needs a pseudonymisation key",
+                    m.location, m.name
+                )));
+            }
+        }
+        let trusted_functions = if policy.settings.trusted_functions.is_empty() {
+            None
+        } else {
+            let mut b = GlobSetBuilder::new();
+            for t in &policy.settings.trusted_functions {
+                if let Ok(g) = Glob::new(t) {
+                    b.add(g);
+                }
+            }
+            b.build().ok()
+        };
+        let analyze_options =
+            AnalyzeOptions { start_search_path: policy.settings.search_path.clone(), trusted_functions };
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                policy,
+                options: analyze_options,
+                cache: DecisionCache::new(options.cache_bytes),
+                keys,
+            }),
+        })
+    }
+
+    /// The policy the engine was built from.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// A session at the policy's starting state.
+    pub fn new_session(&self) -> Session {
+        Session { search_path: self.inner.policy.settings.search_path.clone(), ..Session::default() }
+    }
+
+    /// The facts of every statement in `sql`, without judging them.
+    pub fn analyze(&self, session: &Session, sql: &str) -> Analysis {
+        match catch_unwind(AssertUnwindSafe(|| analyze::analyze(sql, session, &self.inner.options))) {
+            Ok(a) => a,
+            Err(_) => Analysis {
+                statements: vec![analyze::unknown(
+                    sql,
+                    "internal error in the analysis (this is a bug, please report it)",
+                )],
+            },
+        }
+    }
+
+    /// Decides `sql` for `identity` in `session`. Never fails: anything that
+    /// stops a safe answer is a deny that says why.
+    pub fn decide(&self, identity: &Identity, session: &Session, sql: &str) -> Decision {
+        let inner = &self.inner;
+        if let Some(hit) = inner.cache.get(sql, identity, session) {
+            return (*hit).clone();
+        }
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            let analysis = analyze::analyze(sql, session, &inner.options);
+            rules::decide(&inner.policy, identity, analysis, sql)
+        }));
+        let decision = match decided {
+            Ok(d) => d,
+            Err(_) => return internal_error(identity),
+        };
+        let cacheable = !decision.statements.iter().any(|s| s.facts.command == "EXECUTE");
+        if cacheable {
+            let shared = Arc::new(decision);
+            inner.cache.insert(sql, identity, session, Arc::clone(&shared));
+            return Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
+        }
+        decision
+    }
+
+    /// Runs the policy's own `[[test]]` entries.
+    pub fn run_tests(&self) -> Vec<TestOutcome> {
+        self.inner
+            .policy
+            .tests
+            .iter()
+            .map(|t| {
+                let mut identity = Identity::new(t.subject.clone()).with_groups(t.groups.iter().cloned());
+                if let Some(a) = &t.actor {
+                    identity = identity.with_actor(Actor::new(a.clone()));
+                }
+                let mut session = self.new_session();
+                if let Some(p) = &t.search_path {
+                    session.search_path.clone_from(p);
+                }
+                let decision = self.decide(&identity, &session, &t.sql);
+                let rule_ok = match &t.rule {
+                    None => true,
+                    Some(r) if r.is_empty() => decision.rule.is_none(),
+                    Some(r) => decision.rule.as_deref() == Some(r.as_str()),
+                };
+                let passed = decision.verdict == t.expect && rule_ok;
+                TestOutcome { test: t.clone(), decision, passed }
+            })
+            .collect()
+    }
+
+    /// Bytes the decision cache holds now.
+    pub fn cache_bytes(&self) -> usize {
+        self.inner.cache.bytes()
+    }
+}
+
+fn internal_error(identity: &Identity) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        reason: "internal error in the decision engine (this is a bug, please report it)".to_string(),
+        rule: None,
+        max_rows: 0,
+        approvers: Vec::new(),
+        subject: identity.subject.clone(),
+        actor: identity.actor.as_ref().map(|a| a.name().to_string()),
+        statements: Vec::new(),
+        diagnostics: vec!["the analysis panicked; the statement is denied".to_string()],
+    }
+}

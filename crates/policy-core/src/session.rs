@@ -1,0 +1,119 @@
+//! The connection state a decision depends on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A statement recorded by SQL-level `PREPARE`, kept per connection by the
+/// caller so that a later `EXECUTE name` is judged by what it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepared {
+    /// The recorded text: the whole `PREPARE name AS ...` statement, or the
+    /// bare statement.
+    #[serde(with = "arc_str")]
+    pub sql: Arc<str>,
+    /// The `standard_conforming_strings` the text was written under.
+    pub standard_conforming_strings: bool,
+}
+
+/// What a connection has that changes how SQL is read: its `search_path`,
+/// its `standard_conforming_strings`, its SQL-level prepared statements and
+/// its database user (for `$user` in the search path).
+///
+/// The caller (the gateway) keeps one per connection and applies the
+/// [`SessionEffect`]s of every statement the server ran.
+///
+/// ```
+/// use policy_core::{Engine, Policy, Session, SessionEffect};
+/// let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
+/// let mut session = engine.new_session();
+/// assert_eq!(session.search_path, ["public"]);
+/// let analysis = engine.analyze(&session, "SET search_path = app, public");
+/// for effect in &analysis.statements[0].session_effects {
+///     session.apply(effect, &["public".to_string()]);
+/// }
+/// assert_eq!(session.search_path, ["app", "public"]);
+/// # Ok::<(), policy_core::PolicyError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Schemas searched for unqualified names, in order (`$user` allowed).
+    pub search_path: Vec<String>,
+    /// The server's `standard_conforming_strings` (on by default).
+    pub standard_conforming_strings: bool,
+    /// SQL-level prepared statements by name.
+    pub prepared: BTreeMap<String, Prepared>,
+    /// The database user the connection runs as, when known.
+    pub user: Option<String>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            search_path: vec!["public".to_string()],
+            standard_conforming_strings: true,
+            prepared: BTreeMap::new(),
+            user: None,
+        }
+    }
+}
+
+/// A change a statement makes to the session state the engine reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum SessionEffect {
+    /// `SET [LOCAL] search_path`, `set_config('search_path', ...)`.
+    SetSearchPath {
+        /// The new path.
+        path: Vec<String>,
+        /// Whether it lasts only until the end of the transaction.
+        local: bool,
+    },
+    /// `RESET search_path`, `SET search_path TO DEFAULT`, `RESET ALL`,
+    /// `DISCARD ALL`: back to the session's start value.
+    ResetSearchPath,
+    /// `PREPARE name AS ...`.
+    Prepare {
+        /// The statement name.
+        name: String,
+        /// The recorded statement.
+        prepared: Prepared,
+    },
+    /// `DEALLOCATE name`, or `DEALLOCATE ALL` / `DISCARD ALL` when `None`.
+    Deallocate {
+        /// The statement name, or all of them.
+        name: Option<String>,
+    },
+}
+
+impl Session {
+    /// Applies one effect; `start_search_path` is what a reset returns to.
+    pub fn apply(&mut self, effect: &SessionEffect, start_search_path: &[String]) {
+        match effect {
+            SessionEffect::SetSearchPath { path, .. } => self.search_path.clone_from(path),
+            SessionEffect::ResetSearchPath => self.search_path = start_search_path.to_vec(),
+            SessionEffect::Prepare { name, prepared } => {
+                self.prepared.insert(name.clone(), prepared.clone());
+            }
+            SessionEffect::Deallocate { name: Some(name) } => {
+                self.prepared.remove(name);
+            }
+            SessionEffect::Deallocate { name: None } => self.prepared.clear(),
+        }
+    }
+}
+
+mod arc_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(de).map(Arc::from)
+    }
+}
