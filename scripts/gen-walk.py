@@ -91,7 +91,8 @@ def main():
     def scalar_stmts(name, fields):
         lines = []
         for idx, (fname, ftype, attrs) in enumerate(fields):
-            if fname in ("location", "stmt_location", "stmt_len") or fname.endswith("_location"):
+            # Source positions are not part of what a statement is.
+            if fname in ("location", "stmt_len") or fname.endswith(("_location", "list_start", "list_end")):
                 continue
             if ftype in ("i32", "u32", "i64"):
                 lines.append(f"            h.int({idx}, i64::from(*{fname}));")

@@ -81,16 +81,19 @@ impl Hasher {
 
 /// Hashes one subtree into `h`.
 pub(crate) fn hash_tree(node: NodeRef<'_>, h: &mut Hasher) {
-    h.str(0xffff, walk::node_name(node));
     match node {
         NodeRef::AConst(c) if h.with_constants => {
+            h.str(0xffff, walk::node_name(node));
             h.str(0xfffe, &format!("{:?}", c.val));
             h.int(0xfffd, i64::from(c.isnull));
             return;
         }
-        NodeRef::AConst(_) => return,
-        NodeRef::ParamRef(_) if !h.with_constants => return,
-        _ => {}
+        // A constant and a `$n` parameter are the same placeholder.
+        NodeRef::AConst(_) | NodeRef::ParamRef(_) if !h.with_constants => {
+            h.str(0xffff, "?");
+            return;
+        }
+        _ => h.str(0xffff, walk::node_name(node)),
     }
     walk::hash_scalars(node, h);
     let mut last: Option<(u16, bool)> = None;

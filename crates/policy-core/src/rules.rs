@@ -97,7 +97,7 @@ struct Outcome {
 fn decide_statement(policy: &Policy, rules: &[&Rule], facts: &StatementFacts, text: &str) -> Outcome {
     let settings = &policy.settings;
     if facts.class == Class::Unknown {
-        let why = facts.notes.first().cloned().unwrap_or_else(|| "the grammar rejects this text".to_string());
+        let why = facts.notes.first().cloned().unwrap_or_else(|| "the parser cannot read this text".to_string());
         return Outcome {
             verdict: settings.on_parse_error.verdict(),
             rule: None,

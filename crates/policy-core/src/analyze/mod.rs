@@ -190,7 +190,7 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
     let parser_options = parser_options(session.standard_conforming_strings);
     let parsed = match pg_query::parse(sql, parser_options) {
         Ok(parsed) => parsed,
-        Err(err) => return Analysis { statements: vec![unknown(sql, &err.to_string())] },
+        Err(err) => return Analysis { statements: vec![unknown(sql, &parse_failure(&err))] },
     };
     let mut state = State {
         search_path: session.search_path.clone(),
@@ -216,6 +216,21 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
     Analysis { statements }
 }
 
+/// Why the parser gave no tree, in words for the client.
+fn parse_failure(err: &pg_query::Error) -> String {
+    match err {
+        pg_query::Error::Parse(message) => format!("the grammar rejects this text: {message}"),
+        pg_query::Error::Conversion(_) => {
+            "the text holds a NUL byte, which PostgreSQL would read as its end".to_string()
+        }
+        pg_query::Error::Decode(_) => {
+            "the statement nests deeper than the engine reads (about 50 levels of expressions or subqueries)"
+                .to_string()
+        }
+        other => format!("the parser failed: {other}"),
+    }
+}
+
 fn parser_options(standard_conforming_strings: bool) -> ParserOptions {
     if standard_conforming_strings {
         ParserOptions::DEFAULT
@@ -239,7 +254,7 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
         fingerprint: fingerprint::fingerprint_text(sql),
         output_columns: Vec::new(),
         session_effects: Vec::new(),
-        notes: vec![format!("the grammar rejects this text: {error}")],
+        notes: vec![error.to_string()],
         span: 0..sql.len(),
     }
 }
@@ -907,6 +922,14 @@ impl<'st, 's> Walker<'st, 's> {
                 }
             }
             NodeRef::CopyStmt(c) => self.copy(c),
+            NodeRef::TruncateStmt(t) => {
+                for rel in nodes(&t.relations) {
+                    match rel {
+                        NodeRef::RangeVar(rv) => self.range_var(rv, true, false),
+                        other => self.visit(other),
+                    }
+                }
+            }
             NodeRef::ExplainStmt(e) => {
                 let analyze = explain_analyzes(e);
                 let was = self.executing;
@@ -1113,9 +1136,9 @@ impl<'st, 's> Walker<'st, 's> {
         };
         let parsed = match pg_query::parse(&prepared.sql, parser_options(prepared.standard_conforming_strings)) {
             Ok(p) => p,
-            Err(_) => {
+            Err(err) => {
                 self.raise(Class::Write);
-                self.make_opaque(format!("EXECUTE of `{}`, whose recorded text does not parse", e.name));
+                self.make_opaque(format!("EXECUTE of `{}`: {}", e.name, parse_failure(&err)));
                 return;
             }
         };
