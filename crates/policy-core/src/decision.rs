@@ -1,5 +1,7 @@
 //! The answer: a [`Decision`] for a SQL string (POLICY.md §6).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::analyze::StatementFacts;
@@ -85,8 +87,8 @@ pub struct Decision {
     /// The agent acting for the subject, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
-    /// Every statement, in order.
-    pub statements: Vec<StatementDecision>,
+    /// Every statement, in order (shared: cloning a decision is cheap).
+    pub statements: Arc<[StatementDecision]>,
     /// Problems met while deciding (each one made the answer stricter).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<String>,

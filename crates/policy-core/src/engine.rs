@@ -149,6 +149,7 @@ impl Engine {
                     sql,
                     "internal error in the analysis (this is a bug, please report it)",
                 )],
+                reads_prepared: false,
             },
         }
     }
@@ -162,13 +163,15 @@ impl Engine {
         }
         let decided = catch_unwind(AssertUnwindSafe(|| {
             let analysis = analyze::analyze(sql, session, &inner.options);
-            rules::decide(&inner.policy, identity, analysis, sql)
+            // An EXECUTE's decision depends on the session's prepared
+            // statements, which the cache key does not hold.
+            let cacheable = !analysis.reads_prepared;
+            (rules::decide(&inner.policy, identity, analysis, sql), cacheable)
         }));
-        let decision = match decided {
+        let (decision, cacheable) = match decided {
             Ok(d) => d,
             Err(_) => return internal_error(identity),
         };
-        let cacheable = !decision.statements.iter().any(|s| s.facts.command == "EXECUTE");
         if cacheable {
             let shared = Arc::new(decision);
             inner.cache.insert(sql, identity, session, Arc::clone(&shared));
@@ -219,7 +222,7 @@ fn internal_error(identity: &Identity) -> Decision {
         approvers: Vec::new(),
         subject: identity.subject.clone(),
         actor: identity.actor.as_ref().map(|a| a.name().to_string()),
-        statements: Vec::new(),
+        statements: Arc::from(Vec::new()),
         diagnostics: vec!["the analysis panicked; the statement is denied".to_string()],
     }
 }

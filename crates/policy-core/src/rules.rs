@@ -51,7 +51,14 @@ pub(crate) fn matches(rule: &Rule, facts: &StatementFacts, text: &str) -> bool {
         }
     }
     if let Some(commands) = &rule.commands {
-        if !commands.contains(&facts.command) {
+        // Same asymmetry as tables: an allow rule covers every command the
+        // statement runs, a deny or approval rule matches any of them.
+        let covered = |c: &String| commands.contains(c);
+        let hit = match rule.effect {
+            Effect::Allow => facts.commands.iter().all(covered),
+            Effect::Deny | Effect::RequireApproval => facts.commands.iter().any(covered),
+        };
+        if !hit {
             return false;
         }
     }
@@ -205,7 +212,7 @@ pub(crate) fn decide(policy: &Policy, identity: &Identity, analysis: Analysis, s
         approvers,
         subject: identity.subject.clone(),
         actor: identity.actor.as_ref().map(|a| a.name().to_string()),
-        statements,
+        statements: statements.into(),
         diagnostics: Vec::new(),
     }
 }

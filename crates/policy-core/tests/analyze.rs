@@ -45,14 +45,20 @@ fn relations_are_found_wherever_they_hide() {
         ("SELECT * FROM orders UNION ALL TABLE secrets", &["public.orders", "public.secrets"]),
         ("SELECT (SELECT max(v) FROM secrets) FROM orders", &["public.orders", "public.secrets"]),
         ("SELECT * FROM orders WHERE EXISTS (SELECT 1 FROM secrets)", &["public.orders", "public.secrets"]),
-        ("SELECT * FROM orders o, LATERAL (SELECT * FROM secrets s WHERE s.id = o.id) x", &["public.orders", "public.secrets"]),
+        (
+            "SELECT * FROM orders o, LATERAL (SELECT * FROM secrets s WHERE s.id = o.id) x",
+            &["public.orders", "public.secrets"],
+        ),
         ("SELECT 1 FROM orders ORDER BY (SELECT v FROM secrets LIMIT 1)", &["public.orders", "public.secrets"]),
         ("SELECT 1 FROM orders LIMIT (SELECT count(*) FROM secrets)", &["public.orders", "public.secrets"]),
         ("VALUES ((SELECT v FROM secrets))", &["public.secrets"]),
         ("INSERT INTO orders SELECT * FROM secrets", &["public.orders", "public.secrets"]),
         ("UPDATE orders SET x = s.v FROM secrets s WHERE s.id = orders.id", &["public.orders", "public.secrets"]),
         ("DELETE FROM orders USING secrets WHERE secrets.id = orders.id", &["public.orders", "public.secrets"]),
-        ("MERGE INTO orders o USING secrets s ON s.id = o.id WHEN MATCHED THEN DELETE", &["public.orders", "public.secrets"]),
+        (
+            "MERGE INTO orders o USING secrets s ON s.id = o.id WHEN MATCHED THEN DELETE",
+            &["public.orders", "public.secrets"],
+        ),
         ("COPY (SELECT * FROM secrets) TO STDOUT", &["public.secrets"]),
         ("COPY secrets TO STDOUT", &["public.secrets"]),
         ("DECLARE c CURSOR FOR SELECT * FROM secrets", &["public.secrets"]),
@@ -61,7 +67,10 @@ fn relations_are_found_wherever_they_hide() {
         ("CREATE VIEW v AS SELECT * FROM secrets", &["public.secrets", "public.v"]),
         ("CREATE TABLE t AS SELECT * FROM secrets", &["public.secrets", "public.t"]),
         ("SELECT * INTO t FROM secrets", &["public.secrets", "public.t"]),
-        ("CREATE RULE r AS ON INSERT TO orders DO ALSO INSERT INTO secrets VALUES (1)", &["public.orders", "public.secrets"]),
+        (
+            "CREATE RULE r AS ON INSERT TO orders DO ALSO INSERT INTO secrets VALUES (1)",
+            &["public.orders", "public.secrets"],
+        ),
         ("DROP TABLE secrets, app.other", &["app.other", "public.secrets"]),
         ("TRUNCATE secrets", &["public.secrets"]),
         ("LOCK TABLE secrets", &["public.secrets"]),
@@ -163,7 +172,11 @@ fn search_path_changes_apply_to_later_statements() {
         [SessionEffect::SetSearchPath { path: vec!["private".into(), "public".into()], local: false }]
     );
     assert_eq!(f[1].tables, ["private.orders", "public.orders"]);
-    let f = facts("SET search_path TO 'x, \"Y\"'; SELECT * FROM t");
+    // Each SET argument is one schema name, even one holding a comma.
+    let f = facts("SET search_path TO 'x, y', \"Z\"; SELECT * FROM t");
+    assert_eq!(f[1].tables, ["Z.t", "x, y.t"]);
+    // set_config's value is a list.
+    let f = facts("SELECT set_config('search_path', 'x, \"Y\"', true); SELECT * FROM t");
     assert_eq!(f[1].tables, ["Y.t", "x.t"]);
     let f = facts("SELECT set_config('search_path', 'private', false); SELECT * FROM orders");
     assert_eq!(f[1].tables, ["private.orders"]);
@@ -318,7 +331,10 @@ fn writes_are_found_in_every_nesting() {
         ("WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM d", &["public.orders"]),
         ("EXPLAIN ANALYZE UPDATE orders SET a = 1 WHERE id = 2", &["public.orders"]),
         ("PREPARE p AS INSERT INTO orders VALUES ($1)", &["public.orders"]),
-        ("CREATE TABLE t2 AS WITH x AS (INSERT INTO orders VALUES (1) RETURNING *) SELECT * FROM x", &["public.orders", "public.t2"]),
+        (
+            "CREATE TABLE t2 AS WITH x AS (INSERT INTO orders VALUES (1) RETURNING *) SELECT * FROM x",
+            &["public.orders", "public.t2"],
+        ),
         ("COPY orders FROM STDIN", &["public.orders"]),
         ("TRUNCATE orders, items", &["public.items", "public.orders"]),
         ("MERGE INTO orders USING s ON orders.id = s.id WHEN MATCHED THEN UPDATE SET a = 1", &["public.orders"]),
@@ -350,7 +366,11 @@ fn where_is_judged_everywhere_an_update_or_delete_hides() {
     for sql in missing {
         assert_eq!(one(sql).has_where, Some(false), "{sql}");
     }
-    for sql in ["DELETE FROM t WHERE id = 1", "UPDATE t SET a = 1 WHERE a IS NULL", "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE"] {
+    for sql in [
+        "DELETE FROM t WHERE id = 1",
+        "UPDATE t SET a = 1 WHERE a IS NULL",
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+    ] {
         assert_eq!(one(sql).has_where, Some(true), "{sql}");
     }
     assert_eq!(one("SELECT * FROM t").has_where, None);

@@ -59,16 +59,18 @@ fn corpus_decides_as_expected() {
         let engine = engines
             .entry(policy_path.clone())
             .or_insert_with(|| {
-                let text = std::fs::read_to_string(&policy_path).unwrap_or_else(|e| panic!("{}: {e}", policy_path.display()));
-                let policy = Policy::from_toml_str(&text, &policy_path.display().to_string()).unwrap_or_else(|e| panic!("{e}"));
+                let text =
+                    std::fs::read_to_string(&policy_path).unwrap_or_else(|e| panic!("{}: {e}", policy_path.display()));
+                let policy =
+                    Policy::from_toml_str(&text, &policy_path.display().to_string()).unwrap_or_else(|e| panic!("{e}"));
                 Engine::new(policy, Default::default()).unwrap_or_else(|e| panic!("{e}"))
             })
             .clone();
         for case in &corpus.case {
             total += 1;
             bypasses += usize::from(case.bypass);
-            let mut identity =
-                Identity::new(case.subject.clone().unwrap_or_else(|| "corpus-user".into())).with_groups(case.groups.clone());
+            let mut identity = Identity::new(case.subject.clone().unwrap_or_else(|| "corpus-user".into()))
+                .with_groups(case.groups.clone());
             if let Some(a) = &case.actor {
                 identity = identity.with_actor(Actor::new(a.clone()));
             }
@@ -82,7 +84,10 @@ fn corpus_decides_as_expected() {
             for (name, sql) in &case.prepared {
                 session.prepared.insert(
                     name.clone(),
-                    Prepared { sql: Arc::from(sql.as_str()), standard_conforming_strings: session.standard_conforming_strings },
+                    Prepared {
+                        sql: Arc::from(sql.as_str()),
+                        standard_conforming_strings: session.standard_conforming_strings,
+                    },
                 );
             }
             let d = engine.decide(&identity, &session, &case.sql);

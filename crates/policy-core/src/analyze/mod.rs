@@ -133,8 +133,16 @@ pub struct StatementFacts {
     pub index: usize,
     /// The statement's class.
     pub class: Class,
-    /// PostgreSQL's command tag (`SELECT`, `DROP TABLE`, ...); empty for `unknown`.
+    /// PostgreSQL's command tag (`SELECT`, `DROP TABLE`, ...); empty for
+    /// `unknown`. As in PostgreSQL, an `EXECUTE` reports the tag of the
+    /// statement it runs.
     pub command: String,
+    /// Every command the statement runs or prepares, sorted: the command
+    /// itself, the statement a `PREPARE`, `EXECUTE` or `EXPLAIN ANALYZE`
+    /// wraps (instead of the wrapper), and every data-modifying statement
+    /// nested in it (`WITH d AS (DELETE ...) SELECT` runs `DELETE` and
+    /// `SELECT`). Rules with `commands` match on these.
+    pub commands: Vec<String>,
     /// Every relation read or written, schema-qualified, sorted.
     pub tables: Vec<String>,
     /// The relations written, sorted.
@@ -173,6 +181,9 @@ pub struct Analysis {
     /// One entry per statement; a single `unknown` entry when the grammar
     /// rejected the text; none for an empty string.
     pub statements: Vec<StatementFacts>,
+    /// Whether an `EXECUTE` looked up the session's prepared statements:
+    /// the facts then depend on them, not only on the text.
+    pub reads_prepared: bool,
 }
 
 /// Settings the analysis reads from the policy.
@@ -190,7 +201,7 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
     let parser_options = parser_options(session.standard_conforming_strings);
     let parsed = match pg_query::parse(sql, parser_options) {
         Ok(parsed) => parsed,
-        Err(err) => return Analysis { statements: vec![unknown(sql, &parse_failure(&err))] },
+        Err(err) => return Analysis { statements: vec![unknown(sql, &parse_failure(&err))], reads_prepared: false },
     };
     let mut state = State {
         search_path: session.search_path.clone(),
@@ -200,6 +211,7 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
         scs: session.standard_conforming_strings,
     };
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    let mut reads_prepared = false;
     for (index, raw) in parsed.protobuf.stmts.iter().enumerate() {
         let Some(stmt) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
         let start = usize::try_from(raw.stmt_location).unwrap_or(0).min(sql.len());
@@ -208,12 +220,22 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
             Ok(len) => start.saturating_add(len).min(sql.len()),
         };
         let text = sql.get(start..end).unwrap_or(sql);
+        reads_prepared |= contains_execute(stmt.to_ref());
         let mut facts = analyze_statement(stmt.to_ref(), text, &mut state, options);
         facts.index = index;
         facts.span = start..end;
         statements.push(facts);
     }
-    Analysis { statements }
+    Analysis { statements, reads_prepared }
+}
+
+fn contains_execute(stmt: NodeRef<'_>) -> bool {
+    match stmt {
+        NodeRef::ExecuteStmt(_) => true,
+        NodeRef::ExplainStmt(e) => node(&e.query).is_some_and(contains_execute),
+        NodeRef::CreateTableAsStmt(c) => node(&c.query).is_some_and(contains_execute),
+        _ => false,
+    }
 }
 
 /// Why the parser gave no tree, in words for the client.
@@ -244,6 +266,7 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
         index: 0,
         class: Class::Unknown,
         command: String::new(),
+        commands: Vec::new(),
         tables: Vec::new(),
         written_tables: Vec::new(),
         columns: Vec::new(),
@@ -298,10 +321,30 @@ impl State<'_> {
 }
 
 fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, options: &AnalyzeOptions) -> StatementFacts {
-    let (class, command) = classify(stmt);
+    let (class, mut command) = classify(stmt);
     let mut w = Walker::new(state, options);
     w.class = class;
     w.visit(stmt);
+    let mut commands = std::mem::take(&mut w.runs);
+    match (stmt, w.executed.take()) {
+        (NodeRef::ExecuteStmt(_), Some(inner)) => {
+            command.clone_from(&inner);
+            commands.insert(inner);
+        }
+        (NodeRef::PrepareStmt(p), _) => {
+            if let Some(inner) = node(&p.query) {
+                commands.insert(classify(inner).1);
+            }
+        }
+        (NodeRef::ExplainStmt(e), _) if explain_analyzes(e) => {
+            if let Some(inner) = node(&e.query) {
+                commands.insert(classify(inner).1);
+            }
+        }
+        _ => {
+            commands.insert(command.clone());
+        }
+    }
     let has_limit = has_limit(stmt);
     let output_columns = lineage::outputs(stmt, &w.lineage_env());
     let Walker { class, tables, written, columns, functions, opaque, notes, modifies, unbounded, mut effects, .. } = w;
@@ -315,6 +358,7 @@ fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, optio
         index: 0,
         class,
         command,
+        commands: commands.into_iter().collect(),
         tables: tables.into_iter().collect(),
         written_tables: written.into_iter().collect(),
         columns: columns.into_iter().collect(),
@@ -408,6 +452,10 @@ struct Walker<'st, 's> {
     /// Whether nested statements run now (false under plain EXPLAIN).
     executing: bool,
     effects: Vec<SessionEffect>,
+    /// Command tags of the data-modifying statements run.
+    runs: BTreeSet<String>,
+    /// The command tag of the statement a resolved EXECUTE runs.
+    executed: Option<String>,
     depth: usize,
 }
 
@@ -429,6 +477,8 @@ impl<'st, 's> Walker<'st, 's> {
             from_scopes: Vec::new(),
             executing: true,
             effects: Vec::new(),
+            runs: BTreeSet::new(),
+            executed: None,
             depth: 0,
         }
     }
@@ -779,9 +829,10 @@ impl<'st, 's> Walker<'st, 's> {
         }
     }
 
-    fn enter_dml(&mut self) {
+    fn enter_dml(&mut self, tag: &str) {
         if self.executing {
             self.raise(Class::Write);
+            self.runs.insert(tag.to_string());
         }
     }
 
@@ -830,7 +881,7 @@ impl<'st, 's> Walker<'st, 's> {
             NodeRef::SelectStmt(s) => self.select(s),
             NodeRef::InsertStmt(s) => {
                 let pushed = self.with_clause(s.with_clause.as_ref());
-                self.enter_dml();
+                self.enter_dml("INSERT");
                 if let Some(rv) = &s.relation {
                     self.range_var(rv, true, false);
                 }
@@ -846,7 +897,7 @@ impl<'st, 's> Walker<'st, 's> {
             }
             NodeRef::UpdateStmt(s) => {
                 let pushed = self.with_clause(s.with_clause.as_ref());
-                self.enter_dml();
+                self.enter_dml("UPDATE");
                 if let Some(rv) = &s.relation {
                     self.range_var(rv, true, false);
                 }
@@ -867,7 +918,7 @@ impl<'st, 's> Walker<'st, 's> {
             }
             NodeRef::DeleteStmt(s) => {
                 let pushed = self.with_clause(s.with_clause.as_ref());
-                self.enter_dml();
+                self.enter_dml("DELETE");
                 if let Some(rv) = &s.relation {
                     self.range_var(rv, true, false);
                 }
@@ -887,7 +938,7 @@ impl<'st, 's> Walker<'st, 's> {
             }
             NodeRef::MergeStmt(s) => {
                 let pushed = self.with_clause(s.with_clause.as_ref());
-                self.enter_dml();
+                self.enter_dml("MERGE");
                 if let Some(rv) = &s.relation {
                     self.range_var(rv, true, false);
                 }
@@ -1099,17 +1150,15 @@ impl<'st, 's> Walker<'st, 's> {
                 self.effects.push(SessionEffect::ResetSearchPath);
             }
             K::VarSetValue if name == "search_path" => {
+                // Each argument is one schema name, verbatim: the server
+                // quotes it as an identifier before splitting the list, so
+                // `SET search_path = 'a, b'` names one schema called `a, b`.
                 let mut path = Vec::new();
                 let mut readable = true;
                 for arg in nodes(&v.args) {
                     match const_text(arg) {
-                        // `SET search_path = 'a, b'` is one string holding a list.
-                        Some(text) => match names::split_identifiers(text, ',') {
-                            Some(parts) if v.args.len() == 1 => path.extend(parts),
-                            Some(_) => path.push(names::truncate_identifier(text).to_string()),
-                            None => readable = false,
-                        },
-                        None => readable = false,
+                        Some(text) if !text.is_empty() => path.push(names::truncate_identifier(text).to_string()),
+                        _ => readable = false,
                     }
                 }
                 if readable {
@@ -1157,8 +1206,9 @@ impl<'st, 's> Walker<'st, 's> {
             self.make_opaque(format!("EXECUTE of `{}`, whose recorded text holds no statement", e.name));
             return;
         };
-        let (class, _) = classify(inner);
+        let (class, tag) = classify(inner);
         self.raise(class);
+        self.executed = Some(tag);
         self.visit(inner);
     }
 }

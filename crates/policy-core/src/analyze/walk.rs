@@ -5,8 +5,8 @@
 
 #![allow(clippy::too_many_lines, unused_variables, clippy::match_same_arms, clippy::useless_conversion)]
 
-use pg_query::NodeRef;
 use pg_query::protobuf as pb;
+use pg_query::NodeRef;
 
 use crate::fingerprint::Hasher;
 
@@ -15,1136 +15,3582 @@ pub(crate) fn for_each_child<'a>(node: NodeRef<'a>, f: &mut dyn FnMut(u16, NodeR
     match node {
         NodeRef::Alias(node) => {
             let pb::Alias { aliasname, colnames } = node;
-            for c in colnames { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in colnames {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::RangeVar(node) => {
             let pb::RangeVar { catalogname, schemaname, relname, inh, relpersistence, alias, location } = node;
-            if let Some(c) = alias { f(5, NodeRef::Alias(c)); }
+            if let Some(c) = alias {
+                f(5, NodeRef::Alias(c));
+            }
         }
         NodeRef::TableFunc(node) => {
-            let pb::TableFunc { functype, ns_uris, ns_names, docexpr, rowexpr, colnames, coltypes, coltypmods, colcollations, colexprs, coldefexprs, colvalexprs, passingvalexprs, notnulls, plan, ordinalitycol, location } = node;
-            for c in ns_uris { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in ns_names { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = docexpr { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = rowexpr { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in colnames { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            for c in coltypes { if let Some(n) = &c.node { f(6, n.to_ref()); } }
-            for c in coltypmods { if let Some(n) = &c.node { f(7, n.to_ref()); } }
-            for c in colcollations { if let Some(n) = &c.node { f(8, n.to_ref()); } }
-            for c in colexprs { if let Some(n) = &c.node { f(9, n.to_ref()); } }
-            for c in coldefexprs { if let Some(n) = &c.node { f(10, n.to_ref()); } }
-            for c in colvalexprs { if let Some(n) = &c.node { f(11, n.to_ref()); } }
-            for c in passingvalexprs { if let Some(n) = &c.node { f(12, n.to_ref()); } }
-            if let Some(c) = plan { if let Some(n) = &c.node { f(14, n.to_ref()); } }
+            let pb::TableFunc {
+                functype,
+                ns_uris,
+                ns_names,
+                docexpr,
+                rowexpr,
+                colnames,
+                coltypes,
+                coltypmods,
+                colcollations,
+                colexprs,
+                coldefexprs,
+                colvalexprs,
+                passingvalexprs,
+                notnulls,
+                plan,
+                ordinalitycol,
+                location,
+            } = node;
+            for c in ns_uris {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in ns_names {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = docexpr {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = rowexpr {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in colnames {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            for c in coltypes {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
+            for c in coltypmods {
+                if let Some(n) = &c.node {
+                    f(7, n.to_ref());
+                }
+            }
+            for c in colcollations {
+                if let Some(n) = &c.node {
+                    f(8, n.to_ref());
+                }
+            }
+            for c in colexprs {
+                if let Some(n) = &c.node {
+                    f(9, n.to_ref());
+                }
+            }
+            for c in coldefexprs {
+                if let Some(n) = &c.node {
+                    f(10, n.to_ref());
+                }
+            }
+            for c in colvalexprs {
+                if let Some(n) = &c.node {
+                    f(11, n.to_ref());
+                }
+            }
+            for c in passingvalexprs {
+                if let Some(n) = &c.node {
+                    f(12, n.to_ref());
+                }
+            }
+            if let Some(c) = plan {
+                if let Some(n) = &c.node {
+                    f(14, n.to_ref());
+                }
+            }
         }
         NodeRef::IntoClause(node) => {
-            let pb::IntoClause { rel, col_names, access_method, options, on_commit, table_space_name, view_query, skip_data } = node;
-            if let Some(c) = rel { f(0, NodeRef::RangeVar(c)); }
-            for c in col_names { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = view_query { f(6, NodeRef::Query(c)); }
+            let pb::IntoClause {
+                rel,
+                col_names,
+                access_method,
+                options,
+                on_commit,
+                table_space_name,
+                view_query,
+                skip_data,
+            } = node;
+            if let Some(c) = rel {
+                f(0, NodeRef::RangeVar(c));
+            }
+            for c in col_names {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = view_query {
+                f(6, NodeRef::Query(c));
+            }
         }
         NodeRef::Var(node) => {
-            let pb::Var { xpr, varno, varattno, vartype, vartypmod, varcollid, varnullingrels, varlevelsup, varreturningtype, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            let pb::Var {
+                xpr,
+                varno,
+                varattno,
+                vartype,
+                vartypmod,
+                varcollid,
+                varnullingrels,
+                varlevelsup,
+                varreturningtype,
+                location,
+            } = node;
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::Param(node) => {
             let pb::Param { xpr, paramkind, paramid, paramtype, paramtypmod, paramcollid, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::Aggref(node) => {
-            let pb::Aggref { xpr, aggfnoid, aggtype, aggcollid, inputcollid, aggargtypes, aggdirectargs, args, aggorder, aggdistinct, aggfilter, aggstar, aggvariadic, aggkind, agglevelsup, aggsplit, aggno, aggtransno, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in aggargtypes { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            for c in aggdirectargs { if let Some(n) = &c.node { f(6, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(7, n.to_ref()); } }
-            for c in aggorder { if let Some(n) = &c.node { f(8, n.to_ref()); } }
-            for c in aggdistinct { if let Some(n) = &c.node { f(9, n.to_ref()); } }
-            if let Some(c) = aggfilter { if let Some(n) = &c.node { f(10, n.to_ref()); } }
+            let pb::Aggref {
+                xpr,
+                aggfnoid,
+                aggtype,
+                aggcollid,
+                inputcollid,
+                aggargtypes,
+                aggdirectargs,
+                args,
+                aggorder,
+                aggdistinct,
+                aggfilter,
+                aggstar,
+                aggvariadic,
+                aggkind,
+                agglevelsup,
+                aggsplit,
+                aggno,
+                aggtransno,
+                location,
+            } = node;
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in aggargtypes {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            for c in aggdirectargs {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(7, n.to_ref());
+                }
+            }
+            for c in aggorder {
+                if let Some(n) = &c.node {
+                    f(8, n.to_ref());
+                }
+            }
+            for c in aggdistinct {
+                if let Some(n) = &c.node {
+                    f(9, n.to_ref());
+                }
+            }
+            if let Some(c) = aggfilter {
+                if let Some(n) = &c.node {
+                    f(10, n.to_ref());
+                }
+            }
         }
         NodeRef::GroupingFunc(node) => {
             let pb::GroupingFunc { xpr, args, refs, agglevelsup, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in refs { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in refs {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::WindowFunc(node) => {
-            let pb::WindowFunc { xpr, winfnoid, wintype, wincollid, inputcollid, args, aggfilter, run_condition, winref, winstar, winagg, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            if let Some(c) = aggfilter { if let Some(n) = &c.node { f(6, n.to_ref()); } }
-            for c in run_condition { if let Some(n) = &c.node { f(7, n.to_ref()); } }
+            let pb::WindowFunc {
+                xpr,
+                winfnoid,
+                wintype,
+                wincollid,
+                inputcollid,
+                args,
+                aggfilter,
+                run_condition,
+                winref,
+                winstar,
+                winagg,
+                location,
+            } = node;
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            if let Some(c) = aggfilter {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
+            for c in run_condition {
+                if let Some(n) = &c.node {
+                    f(7, n.to_ref());
+                }
+            }
         }
         NodeRef::WindowFuncRunCondition(node) => {
             let pb::WindowFuncRunCondition { xpr, opno, inputcollid, wfunc_left, arg } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(4, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
         }
         NodeRef::MergeSupportFunc(node) => {
             let pb::MergeSupportFunc { xpr, msftype, msfcollid, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::SubscriptingRef(node) => {
-            let pb::SubscriptingRef { xpr, refcontainertype, refelemtype, refrestype, reftypmod, refcollid, refupperindexpr, reflowerindexpr, refexpr, refassgnexpr } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in refupperindexpr { if let Some(n) = &c.node { f(6, n.to_ref()); } }
-            for c in reflowerindexpr { if let Some(n) = &c.node { f(7, n.to_ref()); } }
-            if let Some(c) = refexpr { if let Some(n) = &c.node { f(8, n.to_ref()); } }
-            if let Some(c) = refassgnexpr { if let Some(n) = &c.node { f(9, n.to_ref()); } }
+            let pb::SubscriptingRef {
+                xpr,
+                refcontainertype,
+                refelemtype,
+                refrestype,
+                reftypmod,
+                refcollid,
+                refupperindexpr,
+                reflowerindexpr,
+                refexpr,
+                refassgnexpr,
+            } = node;
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in refupperindexpr {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
+            for c in reflowerindexpr {
+                if let Some(n) = &c.node {
+                    f(7, n.to_ref());
+                }
+            }
+            if let Some(c) = refexpr {
+                if let Some(n) = &c.node {
+                    f(8, n.to_ref());
+                }
+            }
+            if let Some(c) = refassgnexpr {
+                if let Some(n) = &c.node {
+                    f(9, n.to_ref());
+                }
+            }
         }
         NodeRef::FuncExpr(node) => {
-            let pb::FuncExpr { xpr, funcid, funcresulttype, funcretset, funcvariadic, funcformat, funccollid, inputcollid, args, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(8, n.to_ref()); } }
+            let pb::FuncExpr {
+                xpr,
+                funcid,
+                funcresulttype,
+                funcretset,
+                funcvariadic,
+                funcformat,
+                funccollid,
+                inputcollid,
+                args,
+                location,
+            } = node;
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(8, n.to_ref());
+                }
+            }
         }
         NodeRef::NamedArgExpr(node) => {
             let pb::NamedArgExpr { xpr, arg, name, argnumber, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::OpExpr(node) => {
             let pb::OpExpr { xpr, opno, opresulttype, opretset, opcollid, inputcollid, args, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(6, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
         }
         NodeRef::DistinctExpr(node) => {
             let pb::DistinctExpr { xpr, opno, opresulttype, opretset, opcollid, inputcollid, args, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(6, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
         }
         NodeRef::NullIfExpr(node) => {
             let pb::NullIfExpr { xpr, opno, opresulttype, opretset, opcollid, inputcollid, args, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(6, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
         }
         NodeRef::ScalarArrayOpExpr(node) => {
             let pb::ScalarArrayOpExpr { xpr, opno, use_or, inputcollid, args, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(4, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
         }
         NodeRef::BoolExpr(node) => {
             let pb::BoolExpr { xpr, boolop, args, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::SubLink(node) => {
             let pb::SubLink { xpr, sub_link_type, sub_link_id, testexpr, oper_name, subselect, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = testexpr { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in oper_name { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            if let Some(c) = subselect { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = testexpr {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in oper_name {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            if let Some(c) = subselect {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::SubPlan(node) => {
-            let pb::SubPlan { xpr, sub_link_type, testexpr, param_ids, plan_id, plan_name, first_col_type, first_col_typmod, first_col_collation, use_hash_table, unknown_eq_false, parallel_safe, set_param, par_param, args, startup_cost, per_call_cost } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = testexpr { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in param_ids { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in set_param { if let Some(n) = &c.node { f(12, n.to_ref()); } }
-            for c in par_param { if let Some(n) = &c.node { f(13, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(14, n.to_ref()); } }
+            let pb::SubPlan {
+                xpr,
+                sub_link_type,
+                testexpr,
+                param_ids,
+                plan_id,
+                plan_name,
+                first_col_type,
+                first_col_typmod,
+                first_col_collation,
+                use_hash_table,
+                unknown_eq_false,
+                parallel_safe,
+                set_param,
+                par_param,
+                args,
+                startup_cost,
+                per_call_cost,
+            } = node;
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = testexpr {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in param_ids {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in set_param {
+                if let Some(n) = &c.node {
+                    f(12, n.to_ref());
+                }
+            }
+            for c in par_param {
+                if let Some(n) = &c.node {
+                    f(13, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(14, n.to_ref());
+                }
+            }
         }
         NodeRef::AlternativeSubPlan(node) => {
             let pb::AlternativeSubPlan { xpr, subplans } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in subplans { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in subplans {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::FieldSelect(node) => {
             let pb::FieldSelect { xpr, arg, fieldnum, resulttype, resulttypmod, resultcollid } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::FieldStore(node) => {
             let pb::FieldStore { xpr, arg, newvals, fieldnums, resulttype } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in newvals { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in fieldnums { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in newvals {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in fieldnums {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::RelabelType(node) => {
             let pb::RelabelType { xpr, arg, resulttype, resulttypmod, resultcollid, relabelformat, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::CoerceViaIo(node) => {
             let pb::CoerceViaIo { xpr, arg, resulttype, resultcollid, coerceformat, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::ArrayCoerceExpr(node) => {
-            let pb::ArrayCoerceExpr { xpr, arg, elemexpr, resulttype, resulttypmod, resultcollid, coerceformat, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = elemexpr { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            let pb::ArrayCoerceExpr {
+                xpr,
+                arg,
+                elemexpr,
+                resulttype,
+                resulttypmod,
+                resultcollid,
+                coerceformat,
+                location,
+            } = node;
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = elemexpr {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::ConvertRowtypeExpr(node) => {
             let pb::ConvertRowtypeExpr { xpr, arg, resulttype, convertformat, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::CollateExpr(node) => {
             let pb::CollateExpr { xpr, arg, coll_oid, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::CaseExpr(node) => {
             let pb::CaseExpr { xpr, casetype, casecollid, arg, args, defresult, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            if let Some(c) = defresult { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            if let Some(c) = defresult {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::CaseWhen(node) => {
             let pb::CaseWhen { xpr, expr, result, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = expr { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = result { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = expr {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = result {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::CaseTestExpr(node) => {
             let pb::CaseTestExpr { xpr, type_id, type_mod, collation } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::ArrayExpr(node) => {
-            let pb::ArrayExpr { xpr, array_typeid, array_collid, element_typeid, elements, multidims, list_start, list_end, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in elements { if let Some(n) = &c.node { f(4, n.to_ref()); } }
+            let pb::ArrayExpr {
+                xpr,
+                array_typeid,
+                array_collid,
+                element_typeid,
+                elements,
+                multidims,
+                list_start,
+                list_end,
+                location,
+            } = node;
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in elements {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
         }
         NodeRef::RowExpr(node) => {
             let pb::RowExpr { xpr, args, row_typeid, row_format, colnames, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in colnames { if let Some(n) = &c.node { f(4, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in colnames {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
         }
         NodeRef::RowCompareExpr(node) => {
             let pb::RowCompareExpr { xpr, cmptype, opnos, opfamilies, inputcollids, largs, rargs } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in opnos { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in opfamilies { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in inputcollids { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in largs { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            for c in rargs { if let Some(n) = &c.node { f(6, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in opnos {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in opfamilies {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in inputcollids {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in largs {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            for c in rargs {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
         }
         NodeRef::CoalesceExpr(node) => {
             let pb::CoalesceExpr { xpr, coalescetype, coalescecollid, args, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::MinMaxExpr(node) => {
             let pb::MinMaxExpr { xpr, minmaxtype, minmaxcollid, inputcollid, op, args, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::SqlvalueFunction(node) => {
             let pb::SqlValueFunction { xpr, op, r#type, typmod, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::XmlExpr(node) => {
-            let pb::XmlExpr { xpr, op, name, named_args, arg_names, args, xmloption, indent, r#type, typmod, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in named_args { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in arg_names { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            let pb::XmlExpr { xpr, op, name, named_args, arg_names, args, xmloption, indent, r#type, typmod, location } =
+                node;
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in named_args {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in arg_names {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::JsonFormat(node) => {
             let pb::JsonFormat { format_type, encoding, location } = node;
         }
         NodeRef::JsonReturning(node) => {
             let pb::JsonReturning { format, typid, typmod } = node;
-            if let Some(c) = format { f(0, NodeRef::JsonFormat(c)); }
+            if let Some(c) = format {
+                f(0, NodeRef::JsonFormat(c));
+            }
         }
         NodeRef::JsonValueExpr(node) => {
             let pb::JsonValueExpr { raw_expr, formatted_expr, format } = node;
-            if let Some(c) = raw_expr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = formatted_expr { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = format { f(2, NodeRef::JsonFormat(c)); }
+            if let Some(c) = raw_expr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = formatted_expr {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = format {
+                f(2, NodeRef::JsonFormat(c));
+            }
         }
         NodeRef::JsonConstructorExpr(node) => {
-            let pb::JsonConstructorExpr { xpr, r#type, args, func, coercion, returning, absent_on_null, unique, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = func { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = coercion { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            if let Some(c) = returning { f(5, NodeRef::JsonReturning(c)); }
+            let pb::JsonConstructorExpr {
+                xpr,
+                r#type,
+                args,
+                func,
+                coercion,
+                returning,
+                absent_on_null,
+                unique,
+                location,
+            } = node;
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = func {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = coercion {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            if let Some(c) = returning {
+                f(5, NodeRef::JsonReturning(c));
+            }
         }
         NodeRef::JsonIsPredicate(node) => {
             let pb::JsonIsPredicate { expr, format, item_type, unique_keys, location } = node;
-            if let Some(c) = expr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = format { f(1, NodeRef::JsonFormat(c)); }
+            if let Some(c) = expr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = format {
+                f(1, NodeRef::JsonFormat(c));
+            }
         }
         NodeRef::JsonBehavior(node) => {
             let pb::JsonBehavior { btype, expr, coerce, location } = node;
-            if let Some(c) = expr { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = expr {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::JsonExpr(node) => {
-            let pb::JsonExpr { xpr, op, column_name, formatted_expr, format, path_spec, returning, passing_names, passing_values, on_empty, on_error, use_io_coercion, use_json_coercion, wrapper, omit_quotes, collation, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = formatted_expr { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = format { f(4, NodeRef::JsonFormat(c)); }
-            if let Some(c) = path_spec { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            if let Some(c) = returning { f(6, NodeRef::JsonReturning(c)); }
-            for c in passing_names { if let Some(n) = &c.node { f(7, n.to_ref()); } }
-            for c in passing_values { if let Some(n) = &c.node { f(8, n.to_ref()); } }
-            if let Some(c) = on_empty { f(9, NodeRef::JsonBehavior(c)); }
-            if let Some(c) = on_error { f(10, NodeRef::JsonBehavior(c)); }
+            let pb::JsonExpr {
+                xpr,
+                op,
+                column_name,
+                formatted_expr,
+                format,
+                path_spec,
+                returning,
+                passing_names,
+                passing_values,
+                on_empty,
+                on_error,
+                use_io_coercion,
+                use_json_coercion,
+                wrapper,
+                omit_quotes,
+                collation,
+                location,
+            } = node;
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = formatted_expr {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = format {
+                f(4, NodeRef::JsonFormat(c));
+            }
+            if let Some(c) = path_spec {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            if let Some(c) = returning {
+                f(6, NodeRef::JsonReturning(c));
+            }
+            for c in passing_names {
+                if let Some(n) = &c.node {
+                    f(7, n.to_ref());
+                }
+            }
+            for c in passing_values {
+                if let Some(n) = &c.node {
+                    f(8, n.to_ref());
+                }
+            }
+            if let Some(c) = on_empty {
+                f(9, NodeRef::JsonBehavior(c));
+            }
+            if let Some(c) = on_error {
+                f(10, NodeRef::JsonBehavior(c));
+            }
         }
         NodeRef::JsonTablePath(node) => {
             let pb::JsonTablePath { name } = node;
         }
         NodeRef::JsonTablePathScan(node) => {
             let pb::JsonTablePathScan { plan, path, error_on_error, child, col_min, col_max } = node;
-            if let Some(c) = plan { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = path { f(1, NodeRef::JsonTablePath(c)); }
-            if let Some(c) = child { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = plan {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = path {
+                f(1, NodeRef::JsonTablePath(c));
+            }
+            if let Some(c) = child {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::JsonTableSiblingJoin(node) => {
             let pb::JsonTableSiblingJoin { plan, lplan, rplan } = node;
-            if let Some(c) = plan { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = lplan { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = rplan { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = plan {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = lplan {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = rplan {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::NullTest(node) => {
             let pb::NullTest { xpr, arg, nulltesttype, argisrow, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::BooleanTest(node) => {
             let pb::BooleanTest { xpr, arg, booltesttype, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::MergeAction(node) => {
             let pb::MergeAction { match_kind, command_type, r#override, qual, target_list, update_colnos } = node;
-            if let Some(c) = qual { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in target_list { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in update_colnos { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            if let Some(c) = qual {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in target_list {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in update_colnos {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::CoerceToDomain(node) => {
-            let pb::CoerceToDomain { xpr, arg, resulttype, resulttypmod, resultcollid, coercionformat, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = arg { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            let pb::CoerceToDomain { xpr, arg, resulttype, resulttypmod, resultcollid, coercionformat, location } =
+                node;
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::CoerceToDomainValue(node) => {
             let pb::CoerceToDomainValue { xpr, type_id, type_mod, collation, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::SetToDefault(node) => {
             let pb::SetToDefault { xpr, type_id, type_mod, collation, location } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::CurrentOfExpr(node) => {
             let pb::CurrentOfExpr { xpr, cvarno, cursor_name, cursor_param } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::NextValueExpr(node) => {
             let pb::NextValueExpr { xpr, seqid, type_id } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::InferenceElem(node) => {
             let pb::InferenceElem { xpr, expr, infercollid, inferopclass } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = expr { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = expr {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::ReturningExpr(node) => {
             let pb::ReturningExpr { xpr, retlevelsup, retold, retexpr } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = retexpr { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = retexpr {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::TargetEntry(node) => {
             let pb::TargetEntry { xpr, expr, resno, resname, ressortgroupref, resorigtbl, resorigcol, resjunk } = node;
-            if let Some(c) = xpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = expr { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = xpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = expr {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::RangeTblRef(node) => {
             let pb::RangeTblRef { rtindex } = node;
         }
         NodeRef::JoinExpr(node) => {
-            let pb::JoinExpr { jointype, is_natural, larg, rarg, using_clause, join_using_alias, quals, alias, rtindex } = node;
-            if let Some(c) = larg { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = rarg { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in using_clause { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            if let Some(c) = join_using_alias { f(5, NodeRef::Alias(c)); }
-            if let Some(c) = quals { if let Some(n) = &c.node { f(6, n.to_ref()); } }
-            if let Some(c) = alias { f(7, NodeRef::Alias(c)); }
+            let pb::JoinExpr {
+                jointype,
+                is_natural,
+                larg,
+                rarg,
+                using_clause,
+                join_using_alias,
+                quals,
+                alias,
+                rtindex,
+            } = node;
+            if let Some(c) = larg {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = rarg {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in using_clause {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            if let Some(c) = join_using_alias {
+                f(5, NodeRef::Alias(c));
+            }
+            if let Some(c) = quals {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
+            if let Some(c) = alias {
+                f(7, NodeRef::Alias(c));
+            }
         }
         NodeRef::FromExpr(node) => {
             let pb::FromExpr { fromlist, quals } = node;
-            for c in fromlist { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = quals { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in fromlist {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = quals {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::OnConflictExpr(node) => {
-            let pb::OnConflictExpr { action, arbiter_elems, arbiter_where, constraint, on_conflict_set, on_conflict_where, excl_rel_index, excl_rel_tlist } = node;
-            for c in arbiter_elems { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = arbiter_where { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in on_conflict_set { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            if let Some(c) = on_conflict_where { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            for c in excl_rel_tlist { if let Some(n) = &c.node { f(7, n.to_ref()); } }
+            let pb::OnConflictExpr {
+                action,
+                arbiter_elems,
+                arbiter_where,
+                constraint,
+                on_conflict_set,
+                on_conflict_where,
+                excl_rel_index,
+                excl_rel_tlist,
+            } = node;
+            for c in arbiter_elems {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = arbiter_where {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in on_conflict_set {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            if let Some(c) = on_conflict_where {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            for c in excl_rel_tlist {
+                if let Some(n) = &c.node {
+                    f(7, n.to_ref());
+                }
+            }
         }
         NodeRef::Query(node) => {
-            let pb::Query { command_type, query_source, can_set_tag, utility_stmt, result_relation, has_aggs, has_window_funcs, has_target_srfs, has_sub_links, has_distinct_on, has_recursive, has_modifying_cte, has_for_update, has_row_security, has_group_rte, is_return, cte_list, rtable, rteperminfos, jointree, merge_action_list, merge_target_relation, merge_join_condition, target_list, r#override, on_conflict, returning_old_alias, returning_new_alias, returning_list, group_clause, group_distinct, grouping_sets, having_qual, window_clause, distinct_clause, sort_clause, limit_offset, limit_count, limit_option, row_marks, set_operations, constraint_deps, with_check_options, stmt_location, stmt_len } = node;
-            if let Some(c) = utility_stmt { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in cte_list { if let Some(n) = &c.node { f(16, n.to_ref()); } }
-            for c in rtable { if let Some(n) = &c.node { f(17, n.to_ref()); } }
-            for c in rteperminfos { if let Some(n) = &c.node { f(18, n.to_ref()); } }
-            if let Some(c) = jointree { f(19, NodeRef::FromExpr(c)); }
-            for c in merge_action_list { if let Some(n) = &c.node { f(20, n.to_ref()); } }
-            if let Some(c) = merge_join_condition { if let Some(n) = &c.node { f(22, n.to_ref()); } }
-            for c in target_list { if let Some(n) = &c.node { f(23, n.to_ref()); } }
-            if let Some(c) = on_conflict { f(25, NodeRef::OnConflictExpr(c)); }
-            for c in returning_list { if let Some(n) = &c.node { f(28, n.to_ref()); } }
-            for c in group_clause { if let Some(n) = &c.node { f(29, n.to_ref()); } }
-            for c in grouping_sets { if let Some(n) = &c.node { f(31, n.to_ref()); } }
-            if let Some(c) = having_qual { if let Some(n) = &c.node { f(32, n.to_ref()); } }
-            for c in window_clause { if let Some(n) = &c.node { f(33, n.to_ref()); } }
-            for c in distinct_clause { if let Some(n) = &c.node { f(34, n.to_ref()); } }
-            for c in sort_clause { if let Some(n) = &c.node { f(35, n.to_ref()); } }
-            if let Some(c) = limit_offset { if let Some(n) = &c.node { f(36, n.to_ref()); } }
-            if let Some(c) = limit_count { if let Some(n) = &c.node { f(37, n.to_ref()); } }
-            for c in row_marks { if let Some(n) = &c.node { f(39, n.to_ref()); } }
-            if let Some(c) = set_operations { if let Some(n) = &c.node { f(40, n.to_ref()); } }
-            for c in constraint_deps { if let Some(n) = &c.node { f(41, n.to_ref()); } }
-            for c in with_check_options { if let Some(n) = &c.node { f(42, n.to_ref()); } }
+            let pb::Query {
+                command_type,
+                query_source,
+                can_set_tag,
+                utility_stmt,
+                result_relation,
+                has_aggs,
+                has_window_funcs,
+                has_target_srfs,
+                has_sub_links,
+                has_distinct_on,
+                has_recursive,
+                has_modifying_cte,
+                has_for_update,
+                has_row_security,
+                has_group_rte,
+                is_return,
+                cte_list,
+                rtable,
+                rteperminfos,
+                jointree,
+                merge_action_list,
+                merge_target_relation,
+                merge_join_condition,
+                target_list,
+                r#override,
+                on_conflict,
+                returning_old_alias,
+                returning_new_alias,
+                returning_list,
+                group_clause,
+                group_distinct,
+                grouping_sets,
+                having_qual,
+                window_clause,
+                distinct_clause,
+                sort_clause,
+                limit_offset,
+                limit_count,
+                limit_option,
+                row_marks,
+                set_operations,
+                constraint_deps,
+                with_check_options,
+                stmt_location,
+                stmt_len,
+            } = node;
+            if let Some(c) = utility_stmt {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in cte_list {
+                if let Some(n) = &c.node {
+                    f(16, n.to_ref());
+                }
+            }
+            for c in rtable {
+                if let Some(n) = &c.node {
+                    f(17, n.to_ref());
+                }
+            }
+            for c in rteperminfos {
+                if let Some(n) = &c.node {
+                    f(18, n.to_ref());
+                }
+            }
+            if let Some(c) = jointree {
+                f(19, NodeRef::FromExpr(c));
+            }
+            for c in merge_action_list {
+                if let Some(n) = &c.node {
+                    f(20, n.to_ref());
+                }
+            }
+            if let Some(c) = merge_join_condition {
+                if let Some(n) = &c.node {
+                    f(22, n.to_ref());
+                }
+            }
+            for c in target_list {
+                if let Some(n) = &c.node {
+                    f(23, n.to_ref());
+                }
+            }
+            if let Some(c) = on_conflict {
+                f(25, NodeRef::OnConflictExpr(c));
+            }
+            for c in returning_list {
+                if let Some(n) = &c.node {
+                    f(28, n.to_ref());
+                }
+            }
+            for c in group_clause {
+                if let Some(n) = &c.node {
+                    f(29, n.to_ref());
+                }
+            }
+            for c in grouping_sets {
+                if let Some(n) = &c.node {
+                    f(31, n.to_ref());
+                }
+            }
+            if let Some(c) = having_qual {
+                if let Some(n) = &c.node {
+                    f(32, n.to_ref());
+                }
+            }
+            for c in window_clause {
+                if let Some(n) = &c.node {
+                    f(33, n.to_ref());
+                }
+            }
+            for c in distinct_clause {
+                if let Some(n) = &c.node {
+                    f(34, n.to_ref());
+                }
+            }
+            for c in sort_clause {
+                if let Some(n) = &c.node {
+                    f(35, n.to_ref());
+                }
+            }
+            if let Some(c) = limit_offset {
+                if let Some(n) = &c.node {
+                    f(36, n.to_ref());
+                }
+            }
+            if let Some(c) = limit_count {
+                if let Some(n) = &c.node {
+                    f(37, n.to_ref());
+                }
+            }
+            for c in row_marks {
+                if let Some(n) = &c.node {
+                    f(39, n.to_ref());
+                }
+            }
+            if let Some(c) = set_operations {
+                if let Some(n) = &c.node {
+                    f(40, n.to_ref());
+                }
+            }
+            for c in constraint_deps {
+                if let Some(n) = &c.node {
+                    f(41, n.to_ref());
+                }
+            }
+            for c in with_check_options {
+                if let Some(n) = &c.node {
+                    f(42, n.to_ref());
+                }
+            }
         }
         NodeRef::TypeName(node) => {
             let pb::TypeName { names, type_oid, setof, pct_type, typmods, typemod, array_bounds, location } = node;
-            for c in names { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in typmods { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in array_bounds { if let Some(n) = &c.node { f(6, n.to_ref()); } }
+            for c in names {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in typmods {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in array_bounds {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
         }
         NodeRef::ColumnRef(node) => {
             let pb::ColumnRef { fields, location } = node;
-            for c in fields { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in fields {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::ParamRef(node) => {
             let pb::ParamRef { number, location } = node;
         }
         NodeRef::AExpr(node) => {
             let pb::AExpr { kind, name, lexpr, rexpr, rexpr_list_start, rexpr_list_end, location } = node;
-            for c in name { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = lexpr { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = rexpr { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            for c in name {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = lexpr {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = rexpr {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::TypeCast(node) => {
             let pb::TypeCast { arg, type_name, location } = node;
-            if let Some(c) = arg { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = type_name { f(1, NodeRef::TypeName(c)); }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = type_name {
+                f(1, NodeRef::TypeName(c));
+            }
         }
         NodeRef::CollateClause(node) => {
             let pb::CollateClause { arg, collname, location } = node;
-            if let Some(c) = arg { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in collname { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in collname {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::RoleSpec(node) => {
             let pb::RoleSpec { roletype, rolename, location } = node;
         }
         NodeRef::FuncCall(node) => {
-            let pb::FuncCall { funcname, args, agg_order, agg_filter, over, agg_within_group, agg_star, agg_distinct, func_variadic, funcformat, location } = node;
-            for c in funcname { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in agg_order { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = agg_filter { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = over { f(4, NodeRef::WindowDef(c)); }
+            let pb::FuncCall {
+                funcname,
+                args,
+                agg_order,
+                agg_filter,
+                over,
+                agg_within_group,
+                agg_star,
+                agg_distinct,
+                func_variadic,
+                funcformat,
+                location,
+            } = node;
+            for c in funcname {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in agg_order {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = agg_filter {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = over {
+                f(4, NodeRef::WindowDef(c));
+            }
         }
         NodeRef::AStar(node) => {
-            let pb::AStar {  } = node;
+            let pb::AStar {} = node;
         }
         NodeRef::AIndices(node) => {
             let pb::AIndices { is_slice, lidx, uidx } = node;
-            if let Some(c) = lidx { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = uidx { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = lidx {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = uidx {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::AIndirection(node) => {
             let pb::AIndirection { arg, indirection } = node;
-            if let Some(c) = arg { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in indirection { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in indirection {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::AArrayExpr(node) => {
             let pb::AArrayExpr { elements, list_start, list_end, location } = node;
-            for c in elements { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in elements {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::ResTarget(node) => {
             let pb::ResTarget { name, indirection, val, location } = node;
-            for c in indirection { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = val { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in indirection {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = val {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::MultiAssignRef(node) => {
             let pb::MultiAssignRef { source, colno, ncolumns } = node;
-            if let Some(c) = source { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            if let Some(c) = source {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::SortBy(node) => {
             let pb::SortBy { node, sortby_dir, sortby_nulls, use_op, location } = node;
-            if let Some(c) = node { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in use_op { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = node {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in use_op {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::WindowDef(node) => {
-            let pb::WindowDef { name, refname, partition_clause, order_clause, frame_options, start_offset, end_offset, location } = node;
-            for c in partition_clause { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in order_clause { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = start_offset { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            if let Some(c) = end_offset { if let Some(n) = &c.node { f(6, n.to_ref()); } }
+            let pb::WindowDef {
+                name,
+                refname,
+                partition_clause,
+                order_clause,
+                frame_options,
+                start_offset,
+                end_offset,
+                location,
+            } = node;
+            for c in partition_clause {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in order_clause {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = start_offset {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            if let Some(c) = end_offset {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
         }
         NodeRef::RangeSubselect(node) => {
             let pb::RangeSubselect { lateral, subquery, alias } = node;
-            if let Some(c) = subquery { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = alias { f(2, NodeRef::Alias(c)); }
+            if let Some(c) = subquery {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = alias {
+                f(2, NodeRef::Alias(c));
+            }
         }
         NodeRef::RangeFunction(node) => {
             let pb::RangeFunction { lateral, ordinality, is_rowsfrom, functions, alias, coldeflist } = node;
-            for c in functions { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = alias { f(4, NodeRef::Alias(c)); }
-            for c in coldeflist { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            for c in functions {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = alias {
+                f(4, NodeRef::Alias(c));
+            }
+            for c in coldeflist {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::RangeTableFunc(node) => {
             let pb::RangeTableFunc { lateral, docexpr, rowexpr, namespaces, columns, alias, location } = node;
-            if let Some(c) = docexpr { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = rowexpr { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in namespaces { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in columns { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            if let Some(c) = alias { f(5, NodeRef::Alias(c)); }
+            if let Some(c) = docexpr {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = rowexpr {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in namespaces {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in columns {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            if let Some(c) = alias {
+                f(5, NodeRef::Alias(c));
+            }
         }
         NodeRef::RangeTableFuncCol(node) => {
-            let pb::RangeTableFuncCol { colname, type_name, for_ordinality, is_not_null, colexpr, coldefexpr, location } = node;
-            if let Some(c) = type_name { f(1, NodeRef::TypeName(c)); }
-            if let Some(c) = colexpr { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            if let Some(c) = coldefexpr { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            let pb::RangeTableFuncCol {
+                colname,
+                type_name,
+                for_ordinality,
+                is_not_null,
+                colexpr,
+                coldefexpr,
+                location,
+            } = node;
+            if let Some(c) = type_name {
+                f(1, NodeRef::TypeName(c));
+            }
+            if let Some(c) = colexpr {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            if let Some(c) = coldefexpr {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::RangeTableSample(node) => {
             let pb::RangeTableSample { relation, method, args, repeatable, location } = node;
-            if let Some(c) = relation { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in method { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = repeatable { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = relation {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in method {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = repeatable {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::ColumnDef(node) => {
-            let pb::ColumnDef { colname, type_name, compression, inhcount, is_local, is_not_null, is_from_type, storage, storage_name, raw_default, cooked_default, identity, identity_sequence, generated, coll_clause, coll_oid, constraints, fdwoptions, location } = node;
-            if let Some(c) = type_name { f(1, NodeRef::TypeName(c)); }
-            if let Some(c) = raw_default { if let Some(n) = &c.node { f(9, n.to_ref()); } }
-            if let Some(c) = cooked_default { if let Some(n) = &c.node { f(10, n.to_ref()); } }
-            if let Some(c) = identity_sequence { f(12, NodeRef::RangeVar(c)); }
-            if let Some(c) = coll_clause { f(14, NodeRef::CollateClause(c)); }
-            for c in constraints { if let Some(n) = &c.node { f(16, n.to_ref()); } }
-            for c in fdwoptions { if let Some(n) = &c.node { f(17, n.to_ref()); } }
+            let pb::ColumnDef {
+                colname,
+                type_name,
+                compression,
+                inhcount,
+                is_local,
+                is_not_null,
+                is_from_type,
+                storage,
+                storage_name,
+                raw_default,
+                cooked_default,
+                identity,
+                identity_sequence,
+                generated,
+                coll_clause,
+                coll_oid,
+                constraints,
+                fdwoptions,
+                location,
+            } = node;
+            if let Some(c) = type_name {
+                f(1, NodeRef::TypeName(c));
+            }
+            if let Some(c) = raw_default {
+                if let Some(n) = &c.node {
+                    f(9, n.to_ref());
+                }
+            }
+            if let Some(c) = cooked_default {
+                if let Some(n) = &c.node {
+                    f(10, n.to_ref());
+                }
+            }
+            if let Some(c) = identity_sequence {
+                f(12, NodeRef::RangeVar(c));
+            }
+            if let Some(c) = coll_clause {
+                f(14, NodeRef::CollateClause(c));
+            }
+            for c in constraints {
+                if let Some(n) = &c.node {
+                    f(16, n.to_ref());
+                }
+            }
+            for c in fdwoptions {
+                if let Some(n) = &c.node {
+                    f(17, n.to_ref());
+                }
+            }
         }
         NodeRef::TableLikeClause(node) => {
             let pb::TableLikeClause { relation, options, relation_oid } = node;
-            if let Some(c) = relation { f(0, NodeRef::RangeVar(c)); }
+            if let Some(c) = relation {
+                f(0, NodeRef::RangeVar(c));
+            }
         }
         NodeRef::IndexElem(node) => {
-            let pb::IndexElem { name, expr, indexcolname, collation, opclass, opclassopts, ordering, nulls_ordering } = node;
-            if let Some(c) = expr { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in collation { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in opclass { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in opclassopts { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            let pb::IndexElem { name, expr, indexcolname, collation, opclass, opclassopts, ordering, nulls_ordering } =
+                node;
+            if let Some(c) = expr {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in collation {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in opclass {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in opclassopts {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::DefElem(node) => {
             let pb::DefElem { defnamespace, defname, arg, defaction, location, arg_location } = node;
-            if let Some(c) = arg { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = arg {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::LockingClause(node) => {
             let pb::LockingClause { locked_rels, strength, wait_policy } = node;
-            for c in locked_rels { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in locked_rels {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::XmlSerialize(node) => {
             let pb::XmlSerialize { xmloption, expr, type_name, indent, location } = node;
-            if let Some(c) = expr { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = type_name { f(2, NodeRef::TypeName(c)); }
+            if let Some(c) = expr {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = type_name {
+                f(2, NodeRef::TypeName(c));
+            }
         }
         NodeRef::PartitionElem(node) => {
             let pb::PartitionElem { name, expr, collation, opclass, location } = node;
-            if let Some(c) = expr { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in collation { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in opclass { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = expr {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in collation {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in opclass {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::PartitionSpec(node) => {
             let pb::PartitionSpec { strategy, part_params, location } = node;
-            for c in part_params { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in part_params {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::PartitionBoundSpec(node) => {
-            let pb::PartitionBoundSpec { strategy, is_default, modulus, remainder, listdatums, lowerdatums, upperdatums, location } = node;
-            for c in listdatums { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in lowerdatums { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            for c in upperdatums { if let Some(n) = &c.node { f(6, n.to_ref()); } }
+            let pb::PartitionBoundSpec {
+                strategy,
+                is_default,
+                modulus,
+                remainder,
+                listdatums,
+                lowerdatums,
+                upperdatums,
+                location,
+            } = node;
+            for c in listdatums {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in lowerdatums {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            for c in upperdatums {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
         }
         NodeRef::PartitionRangeDatum(node) => {
             let pb::PartitionRangeDatum { kind, value, location } = node;
-            if let Some(c) = value { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = value {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::PartitionCmd(node) => {
             let pb::PartitionCmd { name, bound, concurrent } = node;
-            if let Some(c) = name { f(0, NodeRef::RangeVar(c)); }
-            if let Some(c) = bound { f(1, NodeRef::PartitionBoundSpec(c)); }
+            if let Some(c) = name {
+                f(0, NodeRef::RangeVar(c));
+            }
+            if let Some(c) = bound {
+                f(1, NodeRef::PartitionBoundSpec(c));
+            }
         }
         NodeRef::RangeTblEntry(node) => {
-            let pb::RangeTblEntry { alias, eref, rtekind, relid, inh, relkind, rellockmode, perminfoindex, tablesample, subquery, security_barrier, jointype, joinmergedcols, joinaliasvars, joinleftcols, joinrightcols, join_using_alias, functions, funcordinality, tablefunc, values_lists, ctename, ctelevelsup, self_reference, coltypes, coltypmods, colcollations, enrname, enrtuples, groupexprs, lateral, in_from_cl, security_quals } = node;
-            if let Some(c) = alias { f(0, NodeRef::Alias(c)); }
-            if let Some(c) = eref { f(1, NodeRef::Alias(c)); }
-            if let Some(c) = tablesample { f(8, NodeRef::TableSampleClause(c)); }
-            if let Some(c) = subquery { f(9, NodeRef::Query(c)); }
-            for c in joinaliasvars { if let Some(n) = &c.node { f(13, n.to_ref()); } }
-            for c in joinleftcols { if let Some(n) = &c.node { f(14, n.to_ref()); } }
-            for c in joinrightcols { if let Some(n) = &c.node { f(15, n.to_ref()); } }
-            if let Some(c) = join_using_alias { f(16, NodeRef::Alias(c)); }
-            for c in functions { if let Some(n) = &c.node { f(17, n.to_ref()); } }
-            if let Some(c) = tablefunc { f(19, NodeRef::TableFunc(c)); }
-            for c in values_lists { if let Some(n) = &c.node { f(20, n.to_ref()); } }
-            for c in coltypes { if let Some(n) = &c.node { f(24, n.to_ref()); } }
-            for c in coltypmods { if let Some(n) = &c.node { f(25, n.to_ref()); } }
-            for c in colcollations { if let Some(n) = &c.node { f(26, n.to_ref()); } }
-            for c in groupexprs { if let Some(n) = &c.node { f(29, n.to_ref()); } }
-            for c in security_quals { if let Some(n) = &c.node { f(32, n.to_ref()); } }
+            let pb::RangeTblEntry {
+                alias,
+                eref,
+                rtekind,
+                relid,
+                inh,
+                relkind,
+                rellockmode,
+                perminfoindex,
+                tablesample,
+                subquery,
+                security_barrier,
+                jointype,
+                joinmergedcols,
+                joinaliasvars,
+                joinleftcols,
+                joinrightcols,
+                join_using_alias,
+                functions,
+                funcordinality,
+                tablefunc,
+                values_lists,
+                ctename,
+                ctelevelsup,
+                self_reference,
+                coltypes,
+                coltypmods,
+                colcollations,
+                enrname,
+                enrtuples,
+                groupexprs,
+                lateral,
+                in_from_cl,
+                security_quals,
+            } = node;
+            if let Some(c) = alias {
+                f(0, NodeRef::Alias(c));
+            }
+            if let Some(c) = eref {
+                f(1, NodeRef::Alias(c));
+            }
+            if let Some(c) = tablesample {
+                f(8, NodeRef::TableSampleClause(c));
+            }
+            if let Some(c) = subquery {
+                f(9, NodeRef::Query(c));
+            }
+            for c in joinaliasvars {
+                if let Some(n) = &c.node {
+                    f(13, n.to_ref());
+                }
+            }
+            for c in joinleftcols {
+                if let Some(n) = &c.node {
+                    f(14, n.to_ref());
+                }
+            }
+            for c in joinrightcols {
+                if let Some(n) = &c.node {
+                    f(15, n.to_ref());
+                }
+            }
+            if let Some(c) = join_using_alias {
+                f(16, NodeRef::Alias(c));
+            }
+            for c in functions {
+                if let Some(n) = &c.node {
+                    f(17, n.to_ref());
+                }
+            }
+            if let Some(c) = tablefunc {
+                f(19, NodeRef::TableFunc(c));
+            }
+            for c in values_lists {
+                if let Some(n) = &c.node {
+                    f(20, n.to_ref());
+                }
+            }
+            for c in coltypes {
+                if let Some(n) = &c.node {
+                    f(24, n.to_ref());
+                }
+            }
+            for c in coltypmods {
+                if let Some(n) = &c.node {
+                    f(25, n.to_ref());
+                }
+            }
+            for c in colcollations {
+                if let Some(n) = &c.node {
+                    f(26, n.to_ref());
+                }
+            }
+            for c in groupexprs {
+                if let Some(n) = &c.node {
+                    f(29, n.to_ref());
+                }
+            }
+            for c in security_quals {
+                if let Some(n) = &c.node {
+                    f(32, n.to_ref());
+                }
+            }
         }
         NodeRef::RtepermissionInfo(node) => {
-            let pb::RtePermissionInfo { relid, inh, required_perms, check_as_user, selected_cols, inserted_cols, updated_cols } = node;
+            let pb::RtePermissionInfo {
+                relid,
+                inh,
+                required_perms,
+                check_as_user,
+                selected_cols,
+                inserted_cols,
+                updated_cols,
+            } = node;
         }
         NodeRef::RangeTblFunction(node) => {
-            let pb::RangeTblFunction { funcexpr, funccolcount, funccolnames, funccoltypes, funccoltypmods, funccolcollations, funcparams } = node;
-            if let Some(c) = funcexpr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in funccolnames { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in funccoltypes { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in funccoltypmods { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in funccolcollations { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            let pb::RangeTblFunction {
+                funcexpr,
+                funccolcount,
+                funccolnames,
+                funccoltypes,
+                funccoltypmods,
+                funccolcollations,
+                funcparams,
+            } = node;
+            if let Some(c) = funcexpr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in funccolnames {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in funccoltypes {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in funccoltypmods {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in funccolcollations {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::TableSampleClause(node) => {
             let pb::TableSampleClause { tsmhandler, args, repeatable } = node;
-            for c in args { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = repeatable { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = repeatable {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::WithCheckOption(node) => {
             let pb::WithCheckOption { kind, relname, polname, qual, cascaded } = node;
-            if let Some(c) = qual { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = qual {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::SortGroupClause(node) => {
             let pb::SortGroupClause { tle_sort_group_ref, eqop, sortop, reverse_sort, nulls_first, hashable } = node;
         }
         NodeRef::GroupingSet(node) => {
             let pb::GroupingSet { kind, content, location } = node;
-            for c in content { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in content {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::WindowClause(node) => {
-            let pb::WindowClause { name, refname, partition_clause, order_clause, frame_options, start_offset, end_offset, start_in_range_func, end_in_range_func, in_range_coll, in_range_asc, in_range_nulls_first, winref, copied_order } = node;
-            for c in partition_clause { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in order_clause { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = start_offset { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            if let Some(c) = end_offset { if let Some(n) = &c.node { f(6, n.to_ref()); } }
+            let pb::WindowClause {
+                name,
+                refname,
+                partition_clause,
+                order_clause,
+                frame_options,
+                start_offset,
+                end_offset,
+                start_in_range_func,
+                end_in_range_func,
+                in_range_coll,
+                in_range_asc,
+                in_range_nulls_first,
+                winref,
+                copied_order,
+            } = node;
+            for c in partition_clause {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in order_clause {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = start_offset {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            if let Some(c) = end_offset {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
         }
         NodeRef::RowMarkClause(node) => {
             let pb::RowMarkClause { rti, strength, wait_policy, pushed_down } = node;
         }
         NodeRef::WithClause(node) => {
             let pb::WithClause { ctes, recursive, location } = node;
-            for c in ctes { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in ctes {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::InferClause(node) => {
             let pb::InferClause { index_elems, where_clause, conname, location } = node;
-            for c in index_elems { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = where_clause { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in index_elems {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = where_clause {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::OnConflictClause(node) => {
             let pb::OnConflictClause { action, infer, target_list, where_clause, location } = node;
-            if let Some(c) = infer { f(1, NodeRef::InferClause(c)); }
-            for c in target_list { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = where_clause { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = infer {
+                f(1, NodeRef::InferClause(c));
+            }
+            for c in target_list {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = where_clause {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::CtesearchClause(node) => {
             let pb::CteSearchClause { search_col_list, search_breadth_first, search_seq_column, location } = node;
-            for c in search_col_list { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in search_col_list {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::CtecycleClause(node) => {
-            let pb::CteCycleClause { cycle_col_list, cycle_mark_column, cycle_mark_value, cycle_mark_default, cycle_path_column, location, cycle_mark_type, cycle_mark_typmod, cycle_mark_collation, cycle_mark_neop } = node;
-            for c in cycle_col_list { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = cycle_mark_value { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = cycle_mark_default { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            let pb::CteCycleClause {
+                cycle_col_list,
+                cycle_mark_column,
+                cycle_mark_value,
+                cycle_mark_default,
+                cycle_path_column,
+                location,
+                cycle_mark_type,
+                cycle_mark_typmod,
+                cycle_mark_collation,
+                cycle_mark_neop,
+            } = node;
+            for c in cycle_col_list {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = cycle_mark_value {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = cycle_mark_default {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::CommonTableExpr(node) => {
-            let pb::CommonTableExpr { ctename, aliascolnames, ctematerialized, ctequery, search_clause, cycle_clause, location, cterecursive, cterefcount, ctecolnames, ctecoltypes, ctecoltypmods, ctecolcollations } = node;
-            for c in aliascolnames { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = ctequery { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = search_clause { f(4, NodeRef::CtesearchClause(c)); }
-            if let Some(c) = cycle_clause { f(5, NodeRef::CtecycleClause(c)); }
-            for c in ctecolnames { if let Some(n) = &c.node { f(9, n.to_ref()); } }
-            for c in ctecoltypes { if let Some(n) = &c.node { f(10, n.to_ref()); } }
-            for c in ctecoltypmods { if let Some(n) = &c.node { f(11, n.to_ref()); } }
-            for c in ctecolcollations { if let Some(n) = &c.node { f(12, n.to_ref()); } }
+            let pb::CommonTableExpr {
+                ctename,
+                aliascolnames,
+                ctematerialized,
+                ctequery,
+                search_clause,
+                cycle_clause,
+                location,
+                cterecursive,
+                cterefcount,
+                ctecolnames,
+                ctecoltypes,
+                ctecoltypmods,
+                ctecolcollations,
+            } = node;
+            for c in aliascolnames {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = ctequery {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = search_clause {
+                f(4, NodeRef::CtesearchClause(c));
+            }
+            if let Some(c) = cycle_clause {
+                f(5, NodeRef::CtecycleClause(c));
+            }
+            for c in ctecolnames {
+                if let Some(n) = &c.node {
+                    f(9, n.to_ref());
+                }
+            }
+            for c in ctecoltypes {
+                if let Some(n) = &c.node {
+                    f(10, n.to_ref());
+                }
+            }
+            for c in ctecoltypmods {
+                if let Some(n) = &c.node {
+                    f(11, n.to_ref());
+                }
+            }
+            for c in ctecolcollations {
+                if let Some(n) = &c.node {
+                    f(12, n.to_ref());
+                }
+            }
         }
         NodeRef::MergeWhenClause(node) => {
             let pb::MergeWhenClause { match_kind, command_type, r#override, condition, target_list, values } = node;
-            if let Some(c) = condition { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in target_list { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in values { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            if let Some(c) = condition {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in target_list {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in values {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::ReturningOption(node) => {
             let pb::ReturningOption { option, value, location } = node;
         }
         NodeRef::ReturningClause(node) => {
             let pb::ReturningClause { options, exprs } = node;
-            for c in options { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in exprs { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in exprs {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::TriggerTransition(node) => {
             let pb::TriggerTransition { name, is_new, is_table } = node;
         }
         NodeRef::JsonOutput(node) => {
             let pb::JsonOutput { type_name, returning } = node;
-            if let Some(c) = type_name { f(0, NodeRef::TypeName(c)); }
-            if let Some(c) = returning { f(1, NodeRef::JsonReturning(c)); }
+            if let Some(c) = type_name {
+                f(0, NodeRef::TypeName(c));
+            }
+            if let Some(c) = returning {
+                f(1, NodeRef::JsonReturning(c));
+            }
         }
         NodeRef::JsonArgument(node) => {
             let pb::JsonArgument { val, name } = node;
-            if let Some(c) = val { f(0, NodeRef::JsonValueExpr(c)); }
+            if let Some(c) = val {
+                f(0, NodeRef::JsonValueExpr(c));
+            }
         }
         NodeRef::JsonFuncExpr(node) => {
-            let pb::JsonFuncExpr { op, column_name, context_item, pathspec, passing, output, on_empty, on_error, wrapper, quotes, location } = node;
-            if let Some(c) = context_item { f(2, NodeRef::JsonValueExpr(c)); }
-            if let Some(c) = pathspec { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in passing { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            if let Some(c) = output { f(5, NodeRef::JsonOutput(c)); }
-            if let Some(c) = on_empty { f(6, NodeRef::JsonBehavior(c)); }
-            if let Some(c) = on_error { f(7, NodeRef::JsonBehavior(c)); }
+            let pb::JsonFuncExpr {
+                op,
+                column_name,
+                context_item,
+                pathspec,
+                passing,
+                output,
+                on_empty,
+                on_error,
+                wrapper,
+                quotes,
+                location,
+            } = node;
+            if let Some(c) = context_item {
+                f(2, NodeRef::JsonValueExpr(c));
+            }
+            if let Some(c) = pathspec {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in passing {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            if let Some(c) = output {
+                f(5, NodeRef::JsonOutput(c));
+            }
+            if let Some(c) = on_empty {
+                f(6, NodeRef::JsonBehavior(c));
+            }
+            if let Some(c) = on_error {
+                f(7, NodeRef::JsonBehavior(c));
+            }
         }
         NodeRef::JsonTablePathSpec(node) => {
             let pb::JsonTablePathSpec { string, name, name_location, location } = node;
-            if let Some(c) = string { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            if let Some(c) = string {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::JsonTable(node) => {
             let pb::JsonTable { context_item, pathspec, passing, columns, on_error, alias, lateral, location } = node;
-            if let Some(c) = context_item { f(0, NodeRef::JsonValueExpr(c)); }
-            if let Some(c) = pathspec { f(1, NodeRef::JsonTablePathSpec(c)); }
-            for c in passing { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in columns { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = on_error { f(4, NodeRef::JsonBehavior(c)); }
-            if let Some(c) = alias { f(5, NodeRef::Alias(c)); }
+            if let Some(c) = context_item {
+                f(0, NodeRef::JsonValueExpr(c));
+            }
+            if let Some(c) = pathspec {
+                f(1, NodeRef::JsonTablePathSpec(c));
+            }
+            for c in passing {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in columns {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = on_error {
+                f(4, NodeRef::JsonBehavior(c));
+            }
+            if let Some(c) = alias {
+                f(5, NodeRef::Alias(c));
+            }
         }
         NodeRef::JsonTableColumn(node) => {
-            let pb::JsonTableColumn { coltype, name, type_name, pathspec, format, wrapper, quotes, columns, on_empty, on_error, location } = node;
-            if let Some(c) = type_name { f(2, NodeRef::TypeName(c)); }
-            if let Some(c) = pathspec { f(3, NodeRef::JsonTablePathSpec(c)); }
-            if let Some(c) = format { f(4, NodeRef::JsonFormat(c)); }
-            for c in columns { if let Some(n) = &c.node { f(7, n.to_ref()); } }
-            if let Some(c) = on_empty { f(8, NodeRef::JsonBehavior(c)); }
-            if let Some(c) = on_error { f(9, NodeRef::JsonBehavior(c)); }
+            let pb::JsonTableColumn {
+                coltype,
+                name,
+                type_name,
+                pathspec,
+                format,
+                wrapper,
+                quotes,
+                columns,
+                on_empty,
+                on_error,
+                location,
+            } = node;
+            if let Some(c) = type_name {
+                f(2, NodeRef::TypeName(c));
+            }
+            if let Some(c) = pathspec {
+                f(3, NodeRef::JsonTablePathSpec(c));
+            }
+            if let Some(c) = format {
+                f(4, NodeRef::JsonFormat(c));
+            }
+            for c in columns {
+                if let Some(n) = &c.node {
+                    f(7, n.to_ref());
+                }
+            }
+            if let Some(c) = on_empty {
+                f(8, NodeRef::JsonBehavior(c));
+            }
+            if let Some(c) = on_error {
+                f(9, NodeRef::JsonBehavior(c));
+            }
         }
         NodeRef::JsonKeyValue(node) => {
             let pb::JsonKeyValue { key, value } = node;
-            if let Some(c) = key { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = value { f(1, NodeRef::JsonValueExpr(c)); }
+            if let Some(c) = key {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = value {
+                f(1, NodeRef::JsonValueExpr(c));
+            }
         }
         NodeRef::JsonParseExpr(node) => {
             let pb::JsonParseExpr { expr, output, unique_keys, location } = node;
-            if let Some(c) = expr { f(0, NodeRef::JsonValueExpr(c)); }
-            if let Some(c) = output { f(1, NodeRef::JsonOutput(c)); }
+            if let Some(c) = expr {
+                f(0, NodeRef::JsonValueExpr(c));
+            }
+            if let Some(c) = output {
+                f(1, NodeRef::JsonOutput(c));
+            }
         }
         NodeRef::JsonScalarExpr(node) => {
             let pb::JsonScalarExpr { expr, output, location } = node;
-            if let Some(c) = expr { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = output { f(1, NodeRef::JsonOutput(c)); }
+            if let Some(c) = expr {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = output {
+                f(1, NodeRef::JsonOutput(c));
+            }
         }
         NodeRef::JsonSerializeExpr(node) => {
             let pb::JsonSerializeExpr { expr, output, location } = node;
-            if let Some(c) = expr { f(0, NodeRef::JsonValueExpr(c)); }
-            if let Some(c) = output { f(1, NodeRef::JsonOutput(c)); }
+            if let Some(c) = expr {
+                f(0, NodeRef::JsonValueExpr(c));
+            }
+            if let Some(c) = output {
+                f(1, NodeRef::JsonOutput(c));
+            }
         }
         NodeRef::JsonObjectConstructor(node) => {
             let pb::JsonObjectConstructor { exprs, output, absent_on_null, unique, location } = node;
-            for c in exprs { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = output { f(1, NodeRef::JsonOutput(c)); }
+            for c in exprs {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = output {
+                f(1, NodeRef::JsonOutput(c));
+            }
         }
         NodeRef::JsonArrayConstructor(node) => {
             let pb::JsonArrayConstructor { exprs, output, absent_on_null, location } = node;
-            for c in exprs { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = output { f(1, NodeRef::JsonOutput(c)); }
+            for c in exprs {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = output {
+                f(1, NodeRef::JsonOutput(c));
+            }
         }
         NodeRef::JsonArrayQueryConstructor(node) => {
             let pb::JsonArrayQueryConstructor { query, output, format, absent_on_null, location } = node;
-            if let Some(c) = query { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = output { f(1, NodeRef::JsonOutput(c)); }
-            if let Some(c) = format { f(2, NodeRef::JsonFormat(c)); }
+            if let Some(c) = query {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = output {
+                f(1, NodeRef::JsonOutput(c));
+            }
+            if let Some(c) = format {
+                f(2, NodeRef::JsonFormat(c));
+            }
         }
         NodeRef::JsonAggConstructor(node) => {
             let pb::JsonAggConstructor { output, agg_filter, agg_order, over, location } = node;
-            if let Some(c) = output { f(0, NodeRef::JsonOutput(c)); }
-            if let Some(c) = agg_filter { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in agg_order { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = over { f(3, NodeRef::WindowDef(c)); }
+            if let Some(c) = output {
+                f(0, NodeRef::JsonOutput(c));
+            }
+            if let Some(c) = agg_filter {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in agg_order {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = over {
+                f(3, NodeRef::WindowDef(c));
+            }
         }
         NodeRef::JsonObjectAgg(node) => {
             let pb::JsonObjectAgg { constructor, arg, absent_on_null, unique } = node;
-            if let Some(c) = constructor { f(0, NodeRef::JsonAggConstructor(c)); }
-            if let Some(c) = arg { f(1, NodeRef::JsonKeyValue(c)); }
+            if let Some(c) = constructor {
+                f(0, NodeRef::JsonAggConstructor(c));
+            }
+            if let Some(c) = arg {
+                f(1, NodeRef::JsonKeyValue(c));
+            }
         }
         NodeRef::JsonArrayAgg(node) => {
             let pb::JsonArrayAgg { constructor, arg, absent_on_null } = node;
-            if let Some(c) = constructor { f(0, NodeRef::JsonAggConstructor(c)); }
-            if let Some(c) = arg { f(1, NodeRef::JsonValueExpr(c)); }
+            if let Some(c) = constructor {
+                f(0, NodeRef::JsonAggConstructor(c));
+            }
+            if let Some(c) = arg {
+                f(1, NodeRef::JsonValueExpr(c));
+            }
         }
         NodeRef::RawStmt(node) => {
             let pb::RawStmt { stmt, stmt_location, stmt_len } = node;
-            if let Some(c) = stmt { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            if let Some(c) = stmt {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::InsertStmt(node) => {
-            let pb::InsertStmt { relation, cols, select_stmt, on_conflict_clause, returning_clause, with_clause, r#override } = node;
-            if let Some(c) = relation { f(0, NodeRef::RangeVar(c)); }
-            for c in cols { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = select_stmt { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = on_conflict_clause { f(3, NodeRef::OnConflictClause(c)); }
-            if let Some(c) = returning_clause { f(4, NodeRef::ReturningClause(c)); }
-            if let Some(c) = with_clause { f(5, NodeRef::WithClause(c)); }
+            let pb::InsertStmt {
+                relation,
+                cols,
+                select_stmt,
+                on_conflict_clause,
+                returning_clause,
+                with_clause,
+                r#override,
+            } = node;
+            if let Some(c) = relation {
+                f(0, NodeRef::RangeVar(c));
+            }
+            for c in cols {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = select_stmt {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = on_conflict_clause {
+                f(3, NodeRef::OnConflictClause(c));
+            }
+            if let Some(c) = returning_clause {
+                f(4, NodeRef::ReturningClause(c));
+            }
+            if let Some(c) = with_clause {
+                f(5, NodeRef::WithClause(c));
+            }
         }
         NodeRef::DeleteStmt(node) => {
             let pb::DeleteStmt { relation, using_clause, where_clause, returning_clause, with_clause } = node;
-            if let Some(c) = relation { f(0, NodeRef::RangeVar(c)); }
-            for c in using_clause { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = where_clause { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = returning_clause { f(3, NodeRef::ReturningClause(c)); }
-            if let Some(c) = with_clause { f(4, NodeRef::WithClause(c)); }
+            if let Some(c) = relation {
+                f(0, NodeRef::RangeVar(c));
+            }
+            for c in using_clause {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = where_clause {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = returning_clause {
+                f(3, NodeRef::ReturningClause(c));
+            }
+            if let Some(c) = with_clause {
+                f(4, NodeRef::WithClause(c));
+            }
         }
         NodeRef::UpdateStmt(node) => {
-            let pb::UpdateStmt { relation, target_list, where_clause, from_clause, returning_clause, with_clause } = node;
-            if let Some(c) = relation { f(0, NodeRef::RangeVar(c)); }
-            for c in target_list { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = where_clause { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in from_clause { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = returning_clause { f(4, NodeRef::ReturningClause(c)); }
-            if let Some(c) = with_clause { f(5, NodeRef::WithClause(c)); }
+            let pb::UpdateStmt { relation, target_list, where_clause, from_clause, returning_clause, with_clause } =
+                node;
+            if let Some(c) = relation {
+                f(0, NodeRef::RangeVar(c));
+            }
+            for c in target_list {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = where_clause {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in from_clause {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = returning_clause {
+                f(4, NodeRef::ReturningClause(c));
+            }
+            if let Some(c) = with_clause {
+                f(5, NodeRef::WithClause(c));
+            }
         }
         NodeRef::MergeStmt(node) => {
-            let pb::MergeStmt { relation, source_relation, join_condition, merge_when_clauses, returning_clause, with_clause } = node;
-            if let Some(c) = relation { f(0, NodeRef::RangeVar(c)); }
-            if let Some(c) = source_relation { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = join_condition { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in merge_when_clauses { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = returning_clause { f(4, NodeRef::ReturningClause(c)); }
-            if let Some(c) = with_clause { f(5, NodeRef::WithClause(c)); }
+            let pb::MergeStmt {
+                relation,
+                source_relation,
+                join_condition,
+                merge_when_clauses,
+                returning_clause,
+                with_clause,
+            } = node;
+            if let Some(c) = relation {
+                f(0, NodeRef::RangeVar(c));
+            }
+            if let Some(c) = source_relation {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = join_condition {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in merge_when_clauses {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = returning_clause {
+                f(4, NodeRef::ReturningClause(c));
+            }
+            if let Some(c) = with_clause {
+                f(5, NodeRef::WithClause(c));
+            }
         }
         NodeRef::SelectStmt(node) => {
-            let pb::SelectStmt { distinct_clause, into_clause, target_list, from_clause, where_clause, group_clause, group_distinct, having_clause, window_clause, values_lists, sort_clause, limit_offset, limit_count, limit_option, locking_clause, with_clause, op, all, larg, rarg } = node;
-            for c in distinct_clause { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = into_clause { f(1, NodeRef::IntoClause(c)); }
-            for c in target_list { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in from_clause { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = where_clause { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in group_clause { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            if let Some(c) = having_clause { if let Some(n) = &c.node { f(7, n.to_ref()); } }
-            for c in window_clause { if let Some(n) = &c.node { f(8, n.to_ref()); } }
-            for c in values_lists { if let Some(n) = &c.node { f(9, n.to_ref()); } }
-            for c in sort_clause { if let Some(n) = &c.node { f(10, n.to_ref()); } }
-            if let Some(c) = limit_offset { if let Some(n) = &c.node { f(11, n.to_ref()); } }
-            if let Some(c) = limit_count { if let Some(n) = &c.node { f(12, n.to_ref()); } }
-            for c in locking_clause { if let Some(n) = &c.node { f(14, n.to_ref()); } }
-            if let Some(c) = with_clause { f(15, NodeRef::WithClause(c)); }
-            if let Some(c) = larg { f(18, NodeRef::SelectStmt(c)); }
-            if let Some(c) = rarg { f(19, NodeRef::SelectStmt(c)); }
+            let pb::SelectStmt {
+                distinct_clause,
+                into_clause,
+                target_list,
+                from_clause,
+                where_clause,
+                group_clause,
+                group_distinct,
+                having_clause,
+                window_clause,
+                values_lists,
+                sort_clause,
+                limit_offset,
+                limit_count,
+                limit_option,
+                locking_clause,
+                with_clause,
+                op,
+                all,
+                larg,
+                rarg,
+            } = node;
+            for c in distinct_clause {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = into_clause {
+                f(1, NodeRef::IntoClause(c));
+            }
+            for c in target_list {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in from_clause {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = where_clause {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in group_clause {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            if let Some(c) = having_clause {
+                if let Some(n) = &c.node {
+                    f(7, n.to_ref());
+                }
+            }
+            for c in window_clause {
+                if let Some(n) = &c.node {
+                    f(8, n.to_ref());
+                }
+            }
+            for c in values_lists {
+                if let Some(n) = &c.node {
+                    f(9, n.to_ref());
+                }
+            }
+            for c in sort_clause {
+                if let Some(n) = &c.node {
+                    f(10, n.to_ref());
+                }
+            }
+            if let Some(c) = limit_offset {
+                if let Some(n) = &c.node {
+                    f(11, n.to_ref());
+                }
+            }
+            if let Some(c) = limit_count {
+                if let Some(n) = &c.node {
+                    f(12, n.to_ref());
+                }
+            }
+            for c in locking_clause {
+                if let Some(n) = &c.node {
+                    f(14, n.to_ref());
+                }
+            }
+            if let Some(c) = with_clause {
+                f(15, NodeRef::WithClause(c));
+            }
+            if let Some(c) = larg {
+                f(18, NodeRef::SelectStmt(c));
+            }
+            if let Some(c) = rarg {
+                f(19, NodeRef::SelectStmt(c));
+            }
         }
         NodeRef::SetOperationStmt(node) => {
-            let pb::SetOperationStmt { op, all, larg, rarg, col_types, col_typmods, col_collations, group_clauses } = node;
-            if let Some(c) = larg { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = rarg { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in col_types { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in col_typmods { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            for c in col_collations { if let Some(n) = &c.node { f(6, n.to_ref()); } }
-            for c in group_clauses { if let Some(n) = &c.node { f(7, n.to_ref()); } }
+            let pb::SetOperationStmt { op, all, larg, rarg, col_types, col_typmods, col_collations, group_clauses } =
+                node;
+            if let Some(c) = larg {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = rarg {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in col_types {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in col_typmods {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            for c in col_collations {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
+            for c in group_clauses {
+                if let Some(n) = &c.node {
+                    f(7, n.to_ref());
+                }
+            }
         }
         NodeRef::ReturnStmt(node) => {
             let pb::ReturnStmt { returnval } = node;
-            if let Some(c) = returnval { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            if let Some(c) = returnval {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::PlassignStmt(node) => {
             let pb::PlAssignStmt { name, indirection, nnames, val, location } = node;
-            for c in indirection { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = val { f(3, NodeRef::SelectStmt(c)); }
+            for c in indirection {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = val {
+                f(3, NodeRef::SelectStmt(c));
+            }
         }
         NodeRef::CreateSchemaStmt(node) => {
             let pb::CreateSchemaStmt { schemaname, authrole, schema_elts, if_not_exists } = node;
-            if let Some(c) = authrole { f(1, NodeRef::RoleSpec(c)); }
-            for c in schema_elts { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = authrole {
+                f(1, NodeRef::RoleSpec(c));
+            }
+            for c in schema_elts {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterTableStmt(node) => {
             let pb::AlterTableStmt { relation, cmds, objtype, missing_ok } = node;
-            if let Some(c) = relation { f(0, NodeRef::RangeVar(c)); }
-            for c in cmds { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = relation {
+                f(0, NodeRef::RangeVar(c));
+            }
+            for c in cmds {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterTableCmd(node) => {
             let pb::AlterTableCmd { subtype, name, num, newowner, def, behavior, missing_ok, recurse } = node;
-            if let Some(c) = newowner { f(3, NodeRef::RoleSpec(c)); }
-            if let Some(c) = def { if let Some(n) = &c.node { f(4, n.to_ref()); } }
+            if let Some(c) = newowner {
+                f(3, NodeRef::RoleSpec(c));
+            }
+            if let Some(c) = def {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
         }
         NodeRef::AtalterConstraint(node) => {
-            let pb::AtAlterConstraint { conname, alter_enforceability, is_enforced, alter_deferrability, deferrable, initdeferred, alter_inheritability, noinherit } = node;
+            let pb::AtAlterConstraint {
+                conname,
+                alter_enforceability,
+                is_enforced,
+                alter_deferrability,
+                deferrable,
+                initdeferred,
+                alter_inheritability,
+                noinherit,
+            } = node;
         }
         NodeRef::ReplicaIdentityStmt(node) => {
             let pb::ReplicaIdentityStmt { identity_type, name } = node;
         }
         NodeRef::AlterCollationStmt(node) => {
             let pb::AlterCollationStmt { collname } = node;
-            for c in collname { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in collname {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterDomainStmt(node) => {
             let pb::AlterDomainStmt { subtype, type_name, name, def, behavior, missing_ok } = node;
-            for c in type_name { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = def { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            for c in type_name {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = def {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::GrantStmt(node) => {
-            let pb::GrantStmt { is_grant, targtype, objtype, objects, privileges, grantees, grant_option, grantor, behavior } = node;
-            for c in objects { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in privileges { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in grantees { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            if let Some(c) = grantor { f(7, NodeRef::RoleSpec(c)); }
+            let pb::GrantStmt {
+                is_grant,
+                targtype,
+                objtype,
+                objects,
+                privileges,
+                grantees,
+                grant_option,
+                grantor,
+                behavior,
+            } = node;
+            for c in objects {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in privileges {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in grantees {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            if let Some(c) = grantor {
+                f(7, NodeRef::RoleSpec(c));
+            }
         }
         NodeRef::ObjectWithArgs(node) => {
             let pb::ObjectWithArgs { objname, objargs, objfuncargs, args_unspecified } = node;
-            for c in objname { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in objargs { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in objfuncargs { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in objname {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in objargs {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in objfuncargs {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::AccessPriv(node) => {
             let pb::AccessPriv { priv_name, cols } = node;
-            for c in cols { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in cols {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::GrantRoleStmt(node) => {
             let pb::GrantRoleStmt { granted_roles, grantee_roles, is_grant, opt, grantor, behavior } = node;
-            for c in granted_roles { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in grantee_roles { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in opt { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = grantor { f(4, NodeRef::RoleSpec(c)); }
+            for c in granted_roles {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in grantee_roles {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in opt {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = grantor {
+                f(4, NodeRef::RoleSpec(c));
+            }
         }
         NodeRef::AlterDefaultPrivilegesStmt(node) => {
             let pb::AlterDefaultPrivilegesStmt { options, action } = node;
-            for c in options { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = action { f(1, NodeRef::GrantStmt(c)); }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = action {
+                f(1, NodeRef::GrantStmt(c));
+            }
         }
         NodeRef::CopyStmt(node) => {
             let pb::CopyStmt { relation, query, attlist, is_from, is_program, filename, options, where_clause } = node;
-            if let Some(c) = relation { f(0, NodeRef::RangeVar(c)); }
-            if let Some(c) = query { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in attlist { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(6, n.to_ref()); } }
-            if let Some(c) = where_clause { if let Some(n) = &c.node { f(7, n.to_ref()); } }
+            if let Some(c) = relation {
+                f(0, NodeRef::RangeVar(c));
+            }
+            if let Some(c) = query {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in attlist {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
+            if let Some(c) = where_clause {
+                if let Some(n) = &c.node {
+                    f(7, n.to_ref());
+                }
+            }
         }
         NodeRef::VariableSetStmt(node) => {
             let pb::VariableSetStmt { kind, name, args, jumble_args, is_local, location } = node;
-            for c in args { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::VariableShowStmt(node) => {
             let pb::VariableShowStmt { name } = node;
         }
         NodeRef::CreateStmt(node) => {
-            let pb::CreateStmt { relation, table_elts, inh_relations, partbound, partspec, of_typename, constraints, nnconstraints, options, oncommit, tablespacename, access_method, if_not_exists } = node;
-            if let Some(c) = relation { f(0, NodeRef::RangeVar(c)); }
-            for c in table_elts { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in inh_relations { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = partbound { f(3, NodeRef::PartitionBoundSpec(c)); }
-            if let Some(c) = partspec { f(4, NodeRef::PartitionSpec(c)); }
-            if let Some(c) = of_typename { f(5, NodeRef::TypeName(c)); }
-            for c in constraints { if let Some(n) = &c.node { f(6, n.to_ref()); } }
-            for c in nnconstraints { if let Some(n) = &c.node { f(7, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(8, n.to_ref()); } }
+            let pb::CreateStmt {
+                relation,
+                table_elts,
+                inh_relations,
+                partbound,
+                partspec,
+                of_typename,
+                constraints,
+                nnconstraints,
+                options,
+                oncommit,
+                tablespacename,
+                access_method,
+                if_not_exists,
+            } = node;
+            if let Some(c) = relation {
+                f(0, NodeRef::RangeVar(c));
+            }
+            for c in table_elts {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in inh_relations {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = partbound {
+                f(3, NodeRef::PartitionBoundSpec(c));
+            }
+            if let Some(c) = partspec {
+                f(4, NodeRef::PartitionSpec(c));
+            }
+            if let Some(c) = of_typename {
+                f(5, NodeRef::TypeName(c));
+            }
+            for c in constraints {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
+            for c in nnconstraints {
+                if let Some(n) = &c.node {
+                    f(7, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(8, n.to_ref());
+                }
+            }
         }
         NodeRef::Constraint(node) => {
-            let pb::Constraint { contype, conname, deferrable, initdeferred, is_enforced, skip_validation, initially_valid, is_no_inherit, raw_expr, cooked_expr, generated_when, generated_kind, nulls_not_distinct, keys, without_overlaps, including, exclusions, options, indexname, indexspace, reset_default_tblspc, access_method, where_clause, pktable, fk_attrs, pk_attrs, fk_with_period, pk_with_period, fk_matchtype, fk_upd_action, fk_del_action, fk_del_set_cols, old_conpfeqop, old_pktable_oid, location } = node;
-            if let Some(c) = raw_expr { if let Some(n) = &c.node { f(8, n.to_ref()); } }
-            for c in keys { if let Some(n) = &c.node { f(13, n.to_ref()); } }
-            for c in including { if let Some(n) = &c.node { f(15, n.to_ref()); } }
-            for c in exclusions { if let Some(n) = &c.node { f(16, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(17, n.to_ref()); } }
-            if let Some(c) = where_clause { if let Some(n) = &c.node { f(22, n.to_ref()); } }
-            if let Some(c) = pktable { f(23, NodeRef::RangeVar(c)); }
-            for c in fk_attrs { if let Some(n) = &c.node { f(24, n.to_ref()); } }
-            for c in pk_attrs { if let Some(n) = &c.node { f(25, n.to_ref()); } }
-            for c in fk_del_set_cols { if let Some(n) = &c.node { f(31, n.to_ref()); } }
-            for c in old_conpfeqop { if let Some(n) = &c.node { f(32, n.to_ref()); } }
+            let pb::Constraint {
+                contype,
+                conname,
+                deferrable,
+                initdeferred,
+                is_enforced,
+                skip_validation,
+                initially_valid,
+                is_no_inherit,
+                raw_expr,
+                cooked_expr,
+                generated_when,
+                generated_kind,
+                nulls_not_distinct,
+                keys,
+                without_overlaps,
+                including,
+                exclusions,
+                options,
+                indexname,
+                indexspace,
+                reset_default_tblspc,
+                access_method,
+                where_clause,
+                pktable,
+                fk_attrs,
+                pk_attrs,
+                fk_with_period,
+                pk_with_period,
+                fk_matchtype,
+                fk_upd_action,
+                fk_del_action,
+                fk_del_set_cols,
+                old_conpfeqop,
+                old_pktable_oid,
+                location,
+            } = node;
+            if let Some(c) = raw_expr {
+                if let Some(n) = &c.node {
+                    f(8, n.to_ref());
+                }
+            }
+            for c in keys {
+                if let Some(n) = &c.node {
+                    f(13, n.to_ref());
+                }
+            }
+            for c in including {
+                if let Some(n) = &c.node {
+                    f(15, n.to_ref());
+                }
+            }
+            for c in exclusions {
+                if let Some(n) = &c.node {
+                    f(16, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(17, n.to_ref());
+                }
+            }
+            if let Some(c) = where_clause {
+                if let Some(n) = &c.node {
+                    f(22, n.to_ref());
+                }
+            }
+            if let Some(c) = pktable {
+                f(23, NodeRef::RangeVar(c));
+            }
+            for c in fk_attrs {
+                if let Some(n) = &c.node {
+                    f(24, n.to_ref());
+                }
+            }
+            for c in pk_attrs {
+                if let Some(n) = &c.node {
+                    f(25, n.to_ref());
+                }
+            }
+            for c in fk_del_set_cols {
+                if let Some(n) = &c.node {
+                    f(31, n.to_ref());
+                }
+            }
+            for c in old_conpfeqop {
+                if let Some(n) = &c.node {
+                    f(32, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateTableSpaceStmt(node) => {
             let pb::CreateTableSpaceStmt { tablespacename, owner, location, options } = node;
-            if let Some(c) = owner { f(1, NodeRef::RoleSpec(c)); }
-            for c in options { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = owner {
+                f(1, NodeRef::RoleSpec(c));
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::DropTableSpaceStmt(node) => {
             let pb::DropTableSpaceStmt { tablespacename, missing_ok } = node;
         }
         NodeRef::AlterTableSpaceOptionsStmt(node) => {
             let pb::AlterTableSpaceOptionsStmt { tablespacename, options, is_reset } = node;
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterTableMoveAllStmt(node) => {
             let pb::AlterTableMoveAllStmt { orig_tablespacename, objtype, roles, new_tablespacename, nowait } = node;
-            for c in roles { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in roles {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateExtensionStmt(node) => {
             let pb::CreateExtensionStmt { extname, if_not_exists, options } = node;
-            for c in options { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterExtensionStmt(node) => {
             let pb::AlterExtensionStmt { extname, options } = node;
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterExtensionContentsStmt(node) => {
             let pb::AlterExtensionContentsStmt { extname, action, objtype, object } = node;
-            if let Some(c) = object { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = object {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateFdwStmt(node) => {
             let pb::CreateFdwStmt { fdwname, func_options, options } = node;
-            for c in func_options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in func_options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterFdwStmt(node) => {
             let pb::AlterFdwStmt { fdwname, func_options, options } = node;
-            for c in func_options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in func_options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateForeignServerStmt(node) => {
             let pb::CreateForeignServerStmt { servername, servertype, version, fdwname, if_not_exists, options } = node;
-            for c in options { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterForeignServerStmt(node) => {
             let pb::AlterForeignServerStmt { servername, version, options, has_version } = node;
-            for c in options { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateForeignTableStmt(node) => {
             let pb::CreateForeignTableStmt { base_stmt, servername, options } = node;
-            if let Some(c) = base_stmt { f(0, NodeRef::CreateStmt(c)); }
-            for c in options { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = base_stmt {
+                f(0, NodeRef::CreateStmt(c));
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateUserMappingStmt(node) => {
             let pb::CreateUserMappingStmt { user, servername, if_not_exists, options } = node;
-            if let Some(c) = user { f(0, NodeRef::RoleSpec(c)); }
-            for c in options { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = user {
+                f(0, NodeRef::RoleSpec(c));
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterUserMappingStmt(node) => {
             let pb::AlterUserMappingStmt { user, servername, options } = node;
-            if let Some(c) = user { f(0, NodeRef::RoleSpec(c)); }
-            for c in options { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = user {
+                f(0, NodeRef::RoleSpec(c));
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::DropUserMappingStmt(node) => {
             let pb::DropUserMappingStmt { user, servername, missing_ok } = node;
-            if let Some(c) = user { f(0, NodeRef::RoleSpec(c)); }
+            if let Some(c) = user {
+                f(0, NodeRef::RoleSpec(c));
+            }
         }
         NodeRef::ImportForeignSchemaStmt(node) => {
-            let pb::ImportForeignSchemaStmt { server_name, remote_schema, local_schema, list_type, table_list, options } = node;
-            for c in table_list { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            let pb::ImportForeignSchemaStmt {
+                server_name,
+                remote_schema,
+                local_schema,
+                list_type,
+                table_list,
+                options,
+            } = node;
+            for c in table_list {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::CreatePolicyStmt(node) => {
             let pb::CreatePolicyStmt { policy_name, table, cmd_name, permissive, roles, qual, with_check } = node;
-            if let Some(c) = table { f(1, NodeRef::RangeVar(c)); }
-            for c in roles { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            if let Some(c) = qual { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            if let Some(c) = with_check { if let Some(n) = &c.node { f(6, n.to_ref()); } }
+            if let Some(c) = table {
+                f(1, NodeRef::RangeVar(c));
+            }
+            for c in roles {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            if let Some(c) = qual {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            if let Some(c) = with_check {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterPolicyStmt(node) => {
             let pb::AlterPolicyStmt { policy_name, table, roles, qual, with_check } = node;
-            if let Some(c) = table { f(1, NodeRef::RangeVar(c)); }
-            for c in roles { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = qual { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = with_check { if let Some(n) = &c.node { f(4, n.to_ref()); } }
+            if let Some(c) = table {
+                f(1, NodeRef::RangeVar(c));
+            }
+            for c in roles {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = qual {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = with_check {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateAmStmt(node) => {
             let pb::CreateAmStmt { amname, handler_name, amtype } = node;
-            for c in handler_name { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in handler_name {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateTrigStmt(node) => {
-            let pb::CreateTrigStmt { replace, isconstraint, trigname, relation, funcname, args, row, timing, events, columns, when_clause, transition_rels, deferrable, initdeferred, constrrel } = node;
-            if let Some(c) = relation { f(3, NodeRef::RangeVar(c)); }
-            for c in funcname { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            for c in columns { if let Some(n) = &c.node { f(9, n.to_ref()); } }
-            if let Some(c) = when_clause { if let Some(n) = &c.node { f(10, n.to_ref()); } }
-            for c in transition_rels { if let Some(n) = &c.node { f(11, n.to_ref()); } }
-            if let Some(c) = constrrel { f(14, NodeRef::RangeVar(c)); }
+            let pb::CreateTrigStmt {
+                replace,
+                isconstraint,
+                trigname,
+                relation,
+                funcname,
+                args,
+                row,
+                timing,
+                events,
+                columns,
+                when_clause,
+                transition_rels,
+                deferrable,
+                initdeferred,
+                constrrel,
+            } = node;
+            if let Some(c) = relation {
+                f(3, NodeRef::RangeVar(c));
+            }
+            for c in funcname {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            for c in columns {
+                if let Some(n) = &c.node {
+                    f(9, n.to_ref());
+                }
+            }
+            if let Some(c) = when_clause {
+                if let Some(n) = &c.node {
+                    f(10, n.to_ref());
+                }
+            }
+            for c in transition_rels {
+                if let Some(n) = &c.node {
+                    f(11, n.to_ref());
+                }
+            }
+            if let Some(c) = constrrel {
+                f(14, NodeRef::RangeVar(c));
+            }
         }
         NodeRef::CreateEventTrigStmt(node) => {
             let pb::CreateEventTrigStmt { trigname, eventname, whenclause, funcname } = node;
-            for c in whenclause { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in funcname { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            for c in whenclause {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in funcname {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterEventTrigStmt(node) => {
             let pb::AlterEventTrigStmt { trigname, tgenabled } = node;
         }
         NodeRef::CreatePlangStmt(node) => {
             let pb::CreatePLangStmt { replace, plname, plhandler, plinline, plvalidator, pltrusted } = node;
-            for c in plhandler { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in plinline { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in plvalidator { if let Some(n) = &c.node { f(4, n.to_ref()); } }
+            for c in plhandler {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in plinline {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in plvalidator {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateRoleStmt(node) => {
             let pb::CreateRoleStmt { stmt_type, role, options } = node;
-            for c in options { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterRoleStmt(node) => {
             let pb::AlterRoleStmt { role, options, action } = node;
-            if let Some(c) = role { f(0, NodeRef::RoleSpec(c)); }
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = role {
+                f(0, NodeRef::RoleSpec(c));
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterRoleSetStmt(node) => {
             let pb::AlterRoleSetStmt { role, database, setstmt } = node;
-            if let Some(c) = role { f(0, NodeRef::RoleSpec(c)); }
-            if let Some(c) = setstmt { f(2, NodeRef::VariableSetStmt(c)); }
+            if let Some(c) = role {
+                f(0, NodeRef::RoleSpec(c));
+            }
+            if let Some(c) = setstmt {
+                f(2, NodeRef::VariableSetStmt(c));
+            }
         }
         NodeRef::DropRoleStmt(node) => {
             let pb::DropRoleStmt { roles, missing_ok } = node;
-            for c in roles { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in roles {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateSeqStmt(node) => {
             let pb::CreateSeqStmt { sequence, options, owner_id, for_identity, if_not_exists } = node;
-            if let Some(c) = sequence { f(0, NodeRef::RangeVar(c)); }
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = sequence {
+                f(0, NodeRef::RangeVar(c));
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterSeqStmt(node) => {
             let pb::AlterSeqStmt { sequence, options, for_identity, missing_ok } = node;
-            if let Some(c) = sequence { f(0, NodeRef::RangeVar(c)); }
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = sequence {
+                f(0, NodeRef::RangeVar(c));
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::DefineStmt(node) => {
             let pb::DefineStmt { kind, oldstyle, defnames, args, definition, if_not_exists, replace } = node;
-            for c in defnames { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in args { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in definition { if let Some(n) = &c.node { f(4, n.to_ref()); } }
+            for c in defnames {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in definition {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateDomainStmt(node) => {
             let pb::CreateDomainStmt { domainname, type_name, coll_clause, constraints } = node;
-            for c in domainname { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = type_name { f(1, NodeRef::TypeName(c)); }
-            if let Some(c) = coll_clause { f(2, NodeRef::CollateClause(c)); }
-            for c in constraints { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            for c in domainname {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = type_name {
+                f(1, NodeRef::TypeName(c));
+            }
+            if let Some(c) = coll_clause {
+                f(2, NodeRef::CollateClause(c));
+            }
+            for c in constraints {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateOpClassStmt(node) => {
             let pb::CreateOpClassStmt { opclassname, opfamilyname, amname, datatype, items, is_default } = node;
-            for c in opclassname { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in opfamilyname { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = datatype { f(3, NodeRef::TypeName(c)); }
-            for c in items { if let Some(n) = &c.node { f(4, n.to_ref()); } }
+            for c in opclassname {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in opfamilyname {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = datatype {
+                f(3, NodeRef::TypeName(c));
+            }
+            for c in items {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateOpClassItem(node) => {
             let pb::CreateOpClassItem { itemtype, name, number, order_family, class_args, storedtype } = node;
-            if let Some(c) = name { f(1, NodeRef::ObjectWithArgs(c)); }
-            for c in order_family { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in class_args { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            if let Some(c) = storedtype { f(5, NodeRef::TypeName(c)); }
+            if let Some(c) = name {
+                f(1, NodeRef::ObjectWithArgs(c));
+            }
+            for c in order_family {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in class_args {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            if let Some(c) = storedtype {
+                f(5, NodeRef::TypeName(c));
+            }
         }
         NodeRef::CreateOpFamilyStmt(node) => {
             let pb::CreateOpFamilyStmt { opfamilyname, amname } = node;
-            for c in opfamilyname { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in opfamilyname {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterOpFamilyStmt(node) => {
             let pb::AlterOpFamilyStmt { opfamilyname, amname, is_drop, items } = node;
-            for c in opfamilyname { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in items { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            for c in opfamilyname {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in items {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::DropStmt(node) => {
             let pb::DropStmt { objects, remove_type, behavior, missing_ok, concurrent } = node;
-            for c in objects { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in objects {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::TruncateStmt(node) => {
             let pb::TruncateStmt { relations, restart_seqs, behavior } = node;
-            for c in relations { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in relations {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::CommentStmt(node) => {
             let pb::CommentStmt { objtype, object, comment } = node;
-            if let Some(c) = object { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = object {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::SecLabelStmt(node) => {
             let pb::SecLabelStmt { objtype, object, provider, label } = node;
-            if let Some(c) = object { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = object {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::DeclareCursorStmt(node) => {
             let pb::DeclareCursorStmt { portalname, options, query } = node;
-            if let Some(c) = query { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = query {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::ClosePortalStmt(node) => {
             let pb::ClosePortalStmt { portalname } = node;
@@ -1153,101 +3599,274 @@ pub(crate) fn for_each_child<'a>(node: NodeRef<'a>, f: &mut dyn FnMut(u16, NodeR
             let pb::FetchStmt { direction, how_many, portalname, ismove } = node;
         }
         NodeRef::IndexStmt(node) => {
-            let pb::IndexStmt { idxname, relation, access_method, table_space, index_params, index_including_params, options, where_clause, exclude_op_names, idxcomment, index_oid, old_number, old_create_subid, old_first_relfilelocator_subid, unique, nulls_not_distinct, primary, isconstraint, iswithoutoverlaps, deferrable, initdeferred, transformed, concurrent, if_not_exists, reset_default_tblspc } = node;
-            if let Some(c) = relation { f(1, NodeRef::RangeVar(c)); }
-            for c in index_params { if let Some(n) = &c.node { f(4, n.to_ref()); } }
-            for c in index_including_params { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(6, n.to_ref()); } }
-            if let Some(c) = where_clause { if let Some(n) = &c.node { f(7, n.to_ref()); } }
-            for c in exclude_op_names { if let Some(n) = &c.node { f(8, n.to_ref()); } }
+            let pb::IndexStmt {
+                idxname,
+                relation,
+                access_method,
+                table_space,
+                index_params,
+                index_including_params,
+                options,
+                where_clause,
+                exclude_op_names,
+                idxcomment,
+                index_oid,
+                old_number,
+                old_create_subid,
+                old_first_relfilelocator_subid,
+                unique,
+                nulls_not_distinct,
+                primary,
+                isconstraint,
+                iswithoutoverlaps,
+                deferrable,
+                initdeferred,
+                transformed,
+                concurrent,
+                if_not_exists,
+                reset_default_tblspc,
+            } = node;
+            if let Some(c) = relation {
+                f(1, NodeRef::RangeVar(c));
+            }
+            for c in index_params {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
+            for c in index_including_params {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
+            if let Some(c) = where_clause {
+                if let Some(n) = &c.node {
+                    f(7, n.to_ref());
+                }
+            }
+            for c in exclude_op_names {
+                if let Some(n) = &c.node {
+                    f(8, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateStatsStmt(node) => {
-            let pb::CreateStatsStmt { defnames, stat_types, exprs, relations, stxcomment, transformed, if_not_exists } = node;
-            for c in defnames { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in stat_types { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in exprs { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in relations { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            let pb::CreateStatsStmt { defnames, stat_types, exprs, relations, stxcomment, transformed, if_not_exists } =
+                node;
+            for c in defnames {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in stat_types {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in exprs {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in relations {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::StatsElem(node) => {
             let pb::StatsElem { name, expr } = node;
-            if let Some(c) = expr { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = expr {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterStatsStmt(node) => {
             let pb::AlterStatsStmt { defnames, stxstattarget, missing_ok } = node;
-            for c in defnames { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = stxstattarget { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in defnames {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = stxstattarget {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateFunctionStmt(node) => {
-            let pb::CreateFunctionStmt { is_procedure, replace, funcname, parameters, return_type, options, sql_body } = node;
-            for c in funcname { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in parameters { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            if let Some(c) = return_type { f(4, NodeRef::TypeName(c)); }
-            for c in options { if let Some(n) = &c.node { f(5, n.to_ref()); } }
-            if let Some(c) = sql_body { if let Some(n) = &c.node { f(6, n.to_ref()); } }
+            let pb::CreateFunctionStmt { is_procedure, replace, funcname, parameters, return_type, options, sql_body } =
+                node;
+            for c in funcname {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in parameters {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            if let Some(c) = return_type {
+                f(4, NodeRef::TypeName(c));
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
+            if let Some(c) = sql_body {
+                if let Some(n) = &c.node {
+                    f(6, n.to_ref());
+                }
+            }
         }
         NodeRef::FunctionParameter(node) => {
             let pb::FunctionParameter { name, arg_type, mode, defexpr, location } = node;
-            if let Some(c) = arg_type { f(1, NodeRef::TypeName(c)); }
-            if let Some(c) = defexpr { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = arg_type {
+                f(1, NodeRef::TypeName(c));
+            }
+            if let Some(c) = defexpr {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterFunctionStmt(node) => {
             let pb::AlterFunctionStmt { objtype, func, actions } = node;
-            if let Some(c) = func { f(1, NodeRef::ObjectWithArgs(c)); }
-            for c in actions { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = func {
+                f(1, NodeRef::ObjectWithArgs(c));
+            }
+            for c in actions {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::DoStmt(node) => {
             let pb::DoStmt { args } = node;
-            for c in args { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in args {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::InlineCodeBlock(node) => {
             let pb::InlineCodeBlock { source_text, lang_oid, lang_is_trusted, atomic } = node;
         }
         NodeRef::CallStmt(node) => {
             let pb::CallStmt { funccall, funcexpr, outargs } = node;
-            if let Some(c) = funccall { f(0, NodeRef::FuncCall(c)); }
-            if let Some(c) = funcexpr { f(1, NodeRef::FuncExpr(c)); }
-            for c in outargs { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = funccall {
+                f(0, NodeRef::FuncCall(c));
+            }
+            if let Some(c) = funcexpr {
+                f(1, NodeRef::FuncExpr(c));
+            }
+            for c in outargs {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::CallContext(node) => {
             let pb::CallContext { atomic } = node;
         }
         NodeRef::RenameStmt(node) => {
-            let pb::RenameStmt { rename_type, relation_type, relation, object, subname, newname, behavior, missing_ok } = node;
-            if let Some(c) = relation { f(2, NodeRef::RangeVar(c)); }
-            if let Some(c) = object { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            let pb::RenameStmt { rename_type, relation_type, relation, object, subname, newname, behavior, missing_ok } =
+                node;
+            if let Some(c) = relation {
+                f(2, NodeRef::RangeVar(c));
+            }
+            if let Some(c) = object {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterObjectDependsStmt(node) => {
             let pb::AlterObjectDependsStmt { object_type, relation, object, extname, remove } = node;
-            if let Some(c) = relation { f(1, NodeRef::RangeVar(c)); }
-            if let Some(c) = object { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = extname { f(3, NodeRef::String(c)); }
+            if let Some(c) = relation {
+                f(1, NodeRef::RangeVar(c));
+            }
+            if let Some(c) = object {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = extname {
+                f(3, NodeRef::String(c));
+            }
         }
         NodeRef::AlterObjectSchemaStmt(node) => {
             let pb::AlterObjectSchemaStmt { object_type, relation, object, newschema, missing_ok } = node;
-            if let Some(c) = relation { f(1, NodeRef::RangeVar(c)); }
-            if let Some(c) = object { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = relation {
+                f(1, NodeRef::RangeVar(c));
+            }
+            if let Some(c) = object {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterOwnerStmt(node) => {
             let pb::AlterOwnerStmt { object_type, relation, object, newowner } = node;
-            if let Some(c) = relation { f(1, NodeRef::RangeVar(c)); }
-            if let Some(c) = object { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            if let Some(c) = newowner { f(3, NodeRef::RoleSpec(c)); }
+            if let Some(c) = relation {
+                f(1, NodeRef::RangeVar(c));
+            }
+            if let Some(c) = object {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            if let Some(c) = newowner {
+                f(3, NodeRef::RoleSpec(c));
+            }
         }
         NodeRef::AlterOperatorStmt(node) => {
             let pb::AlterOperatorStmt { opername, options } = node;
-            if let Some(c) = opername { f(0, NodeRef::ObjectWithArgs(c)); }
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = opername {
+                f(0, NodeRef::ObjectWithArgs(c));
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterTypeStmt(node) => {
             let pb::AlterTypeStmt { type_name, options } = node;
-            for c in type_name { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in type_name {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::RuleStmt(node) => {
             let pb::RuleStmt { relation, rulename, where_clause, event, instead, actions, replace } = node;
-            if let Some(c) = relation { f(0, NodeRef::RangeVar(c)); }
-            if let Some(c) = where_clause { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in actions { if let Some(n) = &c.node { f(5, n.to_ref()); } }
+            if let Some(c) = relation {
+                f(0, NodeRef::RangeVar(c));
+            }
+            if let Some(c) = where_clause {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in actions {
+                if let Some(n) = &c.node {
+                    f(5, n.to_ref());
+                }
+            }
         }
         NodeRef::NotifyStmt(node) => {
             let pb::NotifyStmt { conditionname, payload, payload_location } = node;
@@ -1260,186 +3879,411 @@ pub(crate) fn for_each_child<'a>(node: NodeRef<'a>, f: &mut dyn FnMut(u16, NodeR
         }
         NodeRef::TransactionStmt(node) => {
             let pb::TransactionStmt { kind, options, savepoint_name, gid, chain, location } = node;
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::CompositeTypeStmt(node) => {
             let pb::CompositeTypeStmt { typevar, coldeflist } = node;
-            if let Some(c) = typevar { f(0, NodeRef::RangeVar(c)); }
-            for c in coldeflist { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = typevar {
+                f(0, NodeRef::RangeVar(c));
+            }
+            for c in coldeflist {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateEnumStmt(node) => {
             let pb::CreateEnumStmt { type_name, vals } = node;
-            for c in type_name { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in vals { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in type_name {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in vals {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateRangeStmt(node) => {
             let pb::CreateRangeStmt { type_name, params } = node;
-            for c in type_name { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in params { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in type_name {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in params {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterEnumStmt(node) => {
-            let pb::AlterEnumStmt { type_name, old_val, new_val, new_val_neighbor, new_val_is_after, skip_if_new_val_exists } = node;
-            for c in type_name { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            let pb::AlterEnumStmt {
+                type_name,
+                old_val,
+                new_val,
+                new_val_neighbor,
+                new_val_is_after,
+                skip_if_new_val_exists,
+            } = node;
+            for c in type_name {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::ViewStmt(node) => {
             let pb::ViewStmt { view, aliases, query, replace, options, with_check_option } = node;
-            if let Some(c) = view { f(0, NodeRef::RangeVar(c)); }
-            for c in aliases { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = query { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(4, n.to_ref()); } }
+            if let Some(c) = view {
+                f(0, NodeRef::RangeVar(c));
+            }
+            for c in aliases {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = query {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
         }
         NodeRef::LoadStmt(node) => {
             let pb::LoadStmt { filename } = node;
         }
         NodeRef::CreatedbStmt(node) => {
             let pb::CreatedbStmt { dbname, options } = node;
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterDatabaseStmt(node) => {
             let pb::AlterDatabaseStmt { dbname, options } = node;
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterDatabaseRefreshCollStmt(node) => {
             let pb::AlterDatabaseRefreshCollStmt { dbname } = node;
         }
         NodeRef::AlterDatabaseSetStmt(node) => {
             let pb::AlterDatabaseSetStmt { dbname, setstmt } = node;
-            if let Some(c) = setstmt { f(1, NodeRef::VariableSetStmt(c)); }
+            if let Some(c) = setstmt {
+                f(1, NodeRef::VariableSetStmt(c));
+            }
         }
         NodeRef::DropdbStmt(node) => {
             let pb::DropdbStmt { dbname, missing_ok, options } = node;
-            for c in options { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterSystemStmt(node) => {
             let pb::AlterSystemStmt { setstmt } = node;
-            if let Some(c) = setstmt { f(0, NodeRef::VariableSetStmt(c)); }
+            if let Some(c) = setstmt {
+                f(0, NodeRef::VariableSetStmt(c));
+            }
         }
         NodeRef::ClusterStmt(node) => {
             let pb::ClusterStmt { relation, indexname, params } = node;
-            if let Some(c) = relation { f(0, NodeRef::RangeVar(c)); }
-            for c in params { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = relation {
+                f(0, NodeRef::RangeVar(c));
+            }
+            for c in params {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::VacuumStmt(node) => {
             let pb::VacuumStmt { options, rels, is_vacuumcmd } = node;
-            for c in options { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in rels { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in rels {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::VacuumRelation(node) => {
             let pb::VacuumRelation { relation, oid, va_cols } = node;
-            if let Some(c) = relation { f(0, NodeRef::RangeVar(c)); }
-            for c in va_cols { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = relation {
+                f(0, NodeRef::RangeVar(c));
+            }
+            for c in va_cols {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::ExplainStmt(node) => {
             let pb::ExplainStmt { query, options } = node;
-            if let Some(c) = query { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            if let Some(c) = query {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateTableAsStmt(node) => {
             let pb::CreateTableAsStmt { query, into, objtype, is_select_into, if_not_exists } = node;
-            if let Some(c) = query { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = into { f(1, NodeRef::IntoClause(c)); }
+            if let Some(c) = query {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = into {
+                f(1, NodeRef::IntoClause(c));
+            }
         }
         NodeRef::RefreshMatViewStmt(node) => {
             let pb::RefreshMatViewStmt { concurrent, skip_data, relation } = node;
-            if let Some(c) = relation { f(2, NodeRef::RangeVar(c)); }
+            if let Some(c) = relation {
+                f(2, NodeRef::RangeVar(c));
+            }
         }
         NodeRef::CheckPointStmt(node) => {
-            let pb::CheckPointStmt {  } = node;
+            let pb::CheckPointStmt {} = node;
         }
         NodeRef::DiscardStmt(node) => {
             let pb::DiscardStmt { target } = node;
         }
         NodeRef::LockStmt(node) => {
             let pb::LockStmt { relations, mode, nowait } = node;
-            for c in relations { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in relations {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::ConstraintsSetStmt(node) => {
             let pb::ConstraintsSetStmt { constraints, deferred } = node;
-            for c in constraints { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in constraints {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::ReindexStmt(node) => {
             let pb::ReindexStmt { kind, relation, name, params } = node;
-            if let Some(c) = relation { f(1, NodeRef::RangeVar(c)); }
-            for c in params { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            if let Some(c) = relation {
+                f(1, NodeRef::RangeVar(c));
+            }
+            for c in params {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateConversionStmt(node) => {
-            let pb::CreateConversionStmt { conversion_name, for_encoding_name, to_encoding_name, func_name, def } = node;
-            for c in conversion_name { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in func_name { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            let pb::CreateConversionStmt { conversion_name, for_encoding_name, to_encoding_name, func_name, def } =
+                node;
+            for c in conversion_name {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in func_name {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateCastStmt(node) => {
             let pb::CreateCastStmt { sourcetype, targettype, func, context, inout } = node;
-            if let Some(c) = sourcetype { f(0, NodeRef::TypeName(c)); }
-            if let Some(c) = targettype { f(1, NodeRef::TypeName(c)); }
-            if let Some(c) = func { f(2, NodeRef::ObjectWithArgs(c)); }
+            if let Some(c) = sourcetype {
+                f(0, NodeRef::TypeName(c));
+            }
+            if let Some(c) = targettype {
+                f(1, NodeRef::TypeName(c));
+            }
+            if let Some(c) = func {
+                f(2, NodeRef::ObjectWithArgs(c));
+            }
         }
         NodeRef::CreateTransformStmt(node) => {
             let pb::CreateTransformStmt { replace, type_name, lang, fromsql, tosql } = node;
-            if let Some(c) = type_name { f(1, NodeRef::TypeName(c)); }
-            if let Some(c) = fromsql { f(3, NodeRef::ObjectWithArgs(c)); }
-            if let Some(c) = tosql { f(4, NodeRef::ObjectWithArgs(c)); }
+            if let Some(c) = type_name {
+                f(1, NodeRef::TypeName(c));
+            }
+            if let Some(c) = fromsql {
+                f(3, NodeRef::ObjectWithArgs(c));
+            }
+            if let Some(c) = tosql {
+                f(4, NodeRef::ObjectWithArgs(c));
+            }
         }
         NodeRef::PrepareStmt(node) => {
             let pb::PrepareStmt { name, argtypes, query } = node;
-            for c in argtypes { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            if let Some(c) = query { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in argtypes {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            if let Some(c) = query {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::ExecuteStmt(node) => {
             let pb::ExecuteStmt { name, params } = node;
-            for c in params { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in params {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::DeallocateStmt(node) => {
             let pb::DeallocateStmt { name, isall, location } = node;
         }
         NodeRef::DropOwnedStmt(node) => {
             let pb::DropOwnedStmt { roles, behavior } = node;
-            for c in roles { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in roles {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::ReassignOwnedStmt(node) => {
             let pb::ReassignOwnedStmt { roles, newrole } = node;
-            for c in roles { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            if let Some(c) = newrole { f(1, NodeRef::RoleSpec(c)); }
+            for c in roles {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            if let Some(c) = newrole {
+                f(1, NodeRef::RoleSpec(c));
+            }
         }
         NodeRef::AlterTsdictionaryStmt(node) => {
             let pb::AlterTsDictionaryStmt { dictname, options } = node;
-            for c in dictname { if let Some(n) = &c.node { f(0, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
+            for c in dictname {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterTsconfigurationStmt(node) => {
-            let pb::AlterTsConfigurationStmt { kind, cfgname, tokentype, dicts, r#override, replace, missing_ok } = node;
-            for c in cfgname { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in tokentype { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in dicts { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            let pb::AlterTsConfigurationStmt { kind, cfgname, tokentype, dicts, r#override, replace, missing_ok } =
+                node;
+            for c in cfgname {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in tokentype {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in dicts {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::PublicationTable(node) => {
             let pb::PublicationTable { relation, where_clause, columns } = node;
-            if let Some(c) = relation { f(0, NodeRef::RangeVar(c)); }
-            if let Some(c) = where_clause { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in columns { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            if let Some(c) = relation {
+                f(0, NodeRef::RangeVar(c));
+            }
+            if let Some(c) = where_clause {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in columns {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::PublicationObjSpec(node) => {
             let pb::PublicationObjSpec { pubobjtype, name, pubtable, location } = node;
-            if let Some(c) = pubtable { f(2, NodeRef::PublicationTable(c)); }
+            if let Some(c) = pubtable {
+                f(2, NodeRef::PublicationTable(c));
+            }
         }
         NodeRef::CreatePublicationStmt(node) => {
             let pb::CreatePublicationStmt { pubname, options, pubobjects, for_all_tables } = node;
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in pubobjects { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in pubobjects {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterPublicationStmt(node) => {
             let pb::AlterPublicationStmt { pubname, options, pubobjects, for_all_tables, action } = node;
-            for c in options { if let Some(n) = &c.node { f(1, n.to_ref()); } }
-            for c in pubobjects { if let Some(n) = &c.node { f(2, n.to_ref()); } }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(1, n.to_ref());
+                }
+            }
+            for c in pubobjects {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
         }
         NodeRef::CreateSubscriptionStmt(node) => {
             let pb::CreateSubscriptionStmt { subname, conninfo, publication, options, conninfo_location } = node;
-            for c in publication { if let Some(n) = &c.node { f(2, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(3, n.to_ref()); } }
+            for c in publication {
+                if let Some(n) = &c.node {
+                    f(2, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
         }
         NodeRef::AlterSubscriptionStmt(node) => {
             let pb::AlterSubscriptionStmt { kind, subname, conninfo, publication, options, conninfo_location } = node;
-            for c in publication { if let Some(n) = &c.node { f(3, n.to_ref()); } }
-            for c in options { if let Some(n) = &c.node { f(4, n.to_ref()); } }
+            for c in publication {
+                if let Some(n) = &c.node {
+                    f(3, n.to_ref());
+                }
+            }
+            for c in options {
+                if let Some(n) = &c.node {
+                    f(4, n.to_ref());
+                }
+            }
         }
         NodeRef::DropSubscriptionStmt(node) => {
             let pb::DropSubscriptionStmt { subname, missing_ok, behavior } = node;
@@ -1461,15 +4305,27 @@ pub(crate) fn for_each_child<'a>(node: NodeRef<'a>, f: &mut dyn FnMut(u16, NodeR
         }
         NodeRef::List(node) => {
             let pb::List { items } = node;
-            for c in items { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in items {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::IntList(node) => {
             let pb::IntList { items } = node;
-            for c in items { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in items {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::OidList(node) => {
             let pb::OidList { items } = node;
-            for c in items { if let Some(n) = &c.node { f(0, n.to_ref()); } }
+            for c in items {
+                if let Some(n) = &c.node {
+                    f(0, n.to_ref());
+                }
+            }
         }
         NodeRef::AConst(node) => {
             let pb::AConst { isnull, location, val } = node;
@@ -1493,26 +4349,68 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.str(4, relpersistence);
         }
         NodeRef::TableFunc(node) => {
-            let pb::TableFunc { functype, ns_uris, ns_names, docexpr, rowexpr, colnames, coltypes, coltypmods, colcollations, colexprs, coldefexprs, colvalexprs, passingvalexprs, notnulls, plan, ordinalitycol, location } = node;
+            let pb::TableFunc {
+                functype,
+                ns_uris,
+                ns_names,
+                docexpr,
+                rowexpr,
+                colnames,
+                coltypes,
+                coltypmods,
+                colcollations,
+                colexprs,
+                coldefexprs,
+                colvalexprs,
+                passingvalexprs,
+                notnulls,
+                plan,
+                ordinalitycol,
+                location,
+            } = node;
             h.int(0, i64::from(*functype));
-            for v in notnulls { h.uint(13, *v); }
+            for v in notnulls {
+                h.uint(13, *v);
+            }
             h.int(15, i64::from(*ordinalitycol));
         }
         NodeRef::IntoClause(node) => {
-            let pb::IntoClause { rel, col_names, access_method, options, on_commit, table_space_name, view_query, skip_data } = node;
+            let pb::IntoClause {
+                rel,
+                col_names,
+                access_method,
+                options,
+                on_commit,
+                table_space_name,
+                view_query,
+                skip_data,
+            } = node;
             h.str(2, access_method);
             h.int(4, i64::from(*on_commit));
             h.str(5, table_space_name);
             h.int(7, i64::from(*skip_data));
         }
         NodeRef::Var(node) => {
-            let pb::Var { xpr, varno, varattno, vartype, vartypmod, varcollid, varnullingrels, varlevelsup, varreturningtype, location } = node;
+            let pb::Var {
+                xpr,
+                varno,
+                varattno,
+                vartype,
+                vartypmod,
+                varcollid,
+                varnullingrels,
+                varlevelsup,
+                varreturningtype,
+                location,
+            } = node;
             h.int(1, i64::from(*varno));
             h.int(2, i64::from(*varattno));
             h.int(3, i64::from(*vartype));
             h.int(4, i64::from(*vartypmod));
             h.int(5, i64::from(*varcollid));
-            for v in varnullingrels { h.uint(6, *v); }
+            for v in varnullingrels {
+                h.uint(6, *v);
+            }
             h.int(7, i64::from(*varlevelsup));
             h.int(8, i64::from(*varreturningtype));
         }
@@ -1525,7 +4423,27 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(5, i64::from(*paramcollid));
         }
         NodeRef::Aggref(node) => {
-            let pb::Aggref { xpr, aggfnoid, aggtype, aggcollid, inputcollid, aggargtypes, aggdirectargs, args, aggorder, aggdistinct, aggfilter, aggstar, aggvariadic, aggkind, agglevelsup, aggsplit, aggno, aggtransno, location } = node;
+            let pb::Aggref {
+                xpr,
+                aggfnoid,
+                aggtype,
+                aggcollid,
+                inputcollid,
+                aggargtypes,
+                aggdirectargs,
+                args,
+                aggorder,
+                aggdistinct,
+                aggfilter,
+                aggstar,
+                aggvariadic,
+                aggkind,
+                agglevelsup,
+                aggsplit,
+                aggno,
+                aggtransno,
+                location,
+            } = node;
             h.int(1, i64::from(*aggfnoid));
             h.int(2, i64::from(*aggtype));
             h.int(3, i64::from(*aggcollid));
@@ -1543,7 +4461,20 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(3, i64::from(*agglevelsup));
         }
         NodeRef::WindowFunc(node) => {
-            let pb::WindowFunc { xpr, winfnoid, wintype, wincollid, inputcollid, args, aggfilter, run_condition, winref, winstar, winagg, location } = node;
+            let pb::WindowFunc {
+                xpr,
+                winfnoid,
+                wintype,
+                wincollid,
+                inputcollid,
+                args,
+                aggfilter,
+                run_condition,
+                winref,
+                winstar,
+                winagg,
+                location,
+            } = node;
             h.int(1, i64::from(*winfnoid));
             h.int(2, i64::from(*wintype));
             h.int(3, i64::from(*wincollid));
@@ -1564,7 +4495,18 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(2, i64::from(*msfcollid));
         }
         NodeRef::SubscriptingRef(node) => {
-            let pb::SubscriptingRef { xpr, refcontainertype, refelemtype, refrestype, reftypmod, refcollid, refupperindexpr, reflowerindexpr, refexpr, refassgnexpr } = node;
+            let pb::SubscriptingRef {
+                xpr,
+                refcontainertype,
+                refelemtype,
+                refrestype,
+                reftypmod,
+                refcollid,
+                refupperindexpr,
+                reflowerindexpr,
+                refexpr,
+                refassgnexpr,
+            } = node;
             h.int(1, i64::from(*refcontainertype));
             h.int(2, i64::from(*refelemtype));
             h.int(3, i64::from(*refrestype));
@@ -1572,7 +4514,18 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(5, i64::from(*refcollid));
         }
         NodeRef::FuncExpr(node) => {
-            let pb::FuncExpr { xpr, funcid, funcresulttype, funcretset, funcvariadic, funcformat, funccollid, inputcollid, args, location } = node;
+            let pb::FuncExpr {
+                xpr,
+                funcid,
+                funcresulttype,
+                funcretset,
+                funcvariadic,
+                funcformat,
+                funccollid,
+                inputcollid,
+                args,
+                location,
+            } = node;
             h.int(1, i64::from(*funcid));
             h.int(2, i64::from(*funcresulttype));
             h.int(3, i64::from(*funcretset));
@@ -1626,7 +4579,25 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(2, i64::from(*sub_link_id));
         }
         NodeRef::SubPlan(node) => {
-            let pb::SubPlan { xpr, sub_link_type, testexpr, param_ids, plan_id, plan_name, first_col_type, first_col_typmod, first_col_collation, use_hash_table, unknown_eq_false, parallel_safe, set_param, par_param, args, startup_cost, per_call_cost } = node;
+            let pb::SubPlan {
+                xpr,
+                sub_link_type,
+                testexpr,
+                param_ids,
+                plan_id,
+                plan_name,
+                first_col_type,
+                first_col_typmod,
+                first_col_collation,
+                use_hash_table,
+                unknown_eq_false,
+                parallel_safe,
+                set_param,
+                par_param,
+                args,
+                startup_cost,
+                per_call_cost,
+            } = node;
             h.int(1, i64::from(*sub_link_type));
             h.int(4, i64::from(*plan_id));
             h.str(5, plan_name);
@@ -1667,7 +4638,16 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(4, i64::from(*coerceformat));
         }
         NodeRef::ArrayCoerceExpr(node) => {
-            let pb::ArrayCoerceExpr { xpr, arg, elemexpr, resulttype, resulttypmod, resultcollid, coerceformat, location } = node;
+            let pb::ArrayCoerceExpr {
+                xpr,
+                arg,
+                elemexpr,
+                resulttype,
+                resulttypmod,
+                resultcollid,
+                coerceformat,
+                location,
+            } = node;
             h.int(3, i64::from(*resulttype));
             h.int(4, i64::from(*resulttypmod));
             h.int(5, i64::from(*resultcollid));
@@ -1697,7 +4677,17 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(3, i64::from(*collation));
         }
         NodeRef::ArrayExpr(node) => {
-            let pb::ArrayExpr { xpr, array_typeid, array_collid, element_typeid, elements, multidims, list_start, list_end, location } = node;
+            let pb::ArrayExpr {
+                xpr,
+                array_typeid,
+                array_collid,
+                element_typeid,
+                elements,
+                multidims,
+                list_start,
+                list_end,
+                location,
+            } = node;
             h.int(1, i64::from(*array_typeid));
             h.int(2, i64::from(*array_collid));
             h.int(3, i64::from(*element_typeid));
@@ -1731,7 +4721,8 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(3, i64::from(*typmod));
         }
         NodeRef::XmlExpr(node) => {
-            let pb::XmlExpr { xpr, op, name, named_args, arg_names, args, xmloption, indent, r#type, typmod, location } = node;
+            let pb::XmlExpr { xpr, op, name, named_args, arg_names, args, xmloption, indent, r#type, typmod, location } =
+                node;
             h.int(1, i64::from(*op));
             h.str(2, name);
             h.int(6, i64::from(*xmloption));
@@ -1753,7 +4744,17 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             let pb::JsonValueExpr { raw_expr, formatted_expr, format } = node;
         }
         NodeRef::JsonConstructorExpr(node) => {
-            let pb::JsonConstructorExpr { xpr, r#type, args, func, coercion, returning, absent_on_null, unique, location } = node;
+            let pb::JsonConstructorExpr {
+                xpr,
+                r#type,
+                args,
+                func,
+                coercion,
+                returning,
+                absent_on_null,
+                unique,
+                location,
+            } = node;
             h.int(1, i64::from(*r#type));
             h.int(6, i64::from(*absent_on_null));
             h.int(7, i64::from(*unique));
@@ -1769,7 +4770,25 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(2, i64::from(*coerce));
         }
         NodeRef::JsonExpr(node) => {
-            let pb::JsonExpr { xpr, op, column_name, formatted_expr, format, path_spec, returning, passing_names, passing_values, on_empty, on_error, use_io_coercion, use_json_coercion, wrapper, omit_quotes, collation, location } = node;
+            let pb::JsonExpr {
+                xpr,
+                op,
+                column_name,
+                formatted_expr,
+                format,
+                path_spec,
+                returning,
+                passing_names,
+                passing_values,
+                on_empty,
+                on_error,
+                use_io_coercion,
+                use_json_coercion,
+                wrapper,
+                omit_quotes,
+                collation,
+                location,
+            } = node;
             h.int(1, i64::from(*op));
             h.str(2, column_name);
             h.int(11, i64::from(*use_io_coercion));
@@ -1807,7 +4826,8 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(2, i64::from(*r#override));
         }
         NodeRef::CoerceToDomain(node) => {
-            let pb::CoerceToDomain { xpr, arg, resulttype, resulttypmod, resultcollid, coercionformat, location } = node;
+            let pb::CoerceToDomain { xpr, arg, resulttype, resulttypmod, resultcollid, coercionformat, location } =
+                node;
             h.int(2, i64::from(*resulttype));
             h.int(3, i64::from(*resulttypmod));
             h.int(4, i64::from(*resultcollid));
@@ -1860,7 +4880,17 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(0, i64::from(*rtindex));
         }
         NodeRef::JoinExpr(node) => {
-            let pb::JoinExpr { jointype, is_natural, larg, rarg, using_clause, join_using_alias, quals, alias, rtindex } = node;
+            let pb::JoinExpr {
+                jointype,
+                is_natural,
+                larg,
+                rarg,
+                using_clause,
+                join_using_alias,
+                quals,
+                alias,
+                rtindex,
+            } = node;
             h.int(0, i64::from(*jointype));
             h.int(1, i64::from(*is_natural));
             h.int(8, i64::from(*rtindex));
@@ -1869,13 +4899,68 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             let pb::FromExpr { fromlist, quals } = node;
         }
         NodeRef::OnConflictExpr(node) => {
-            let pb::OnConflictExpr { action, arbiter_elems, arbiter_where, constraint, on_conflict_set, on_conflict_where, excl_rel_index, excl_rel_tlist } = node;
+            let pb::OnConflictExpr {
+                action,
+                arbiter_elems,
+                arbiter_where,
+                constraint,
+                on_conflict_set,
+                on_conflict_where,
+                excl_rel_index,
+                excl_rel_tlist,
+            } = node;
             h.int(0, i64::from(*action));
             h.int(3, i64::from(*constraint));
             h.int(6, i64::from(*excl_rel_index));
         }
         NodeRef::Query(node) => {
-            let pb::Query { command_type, query_source, can_set_tag, utility_stmt, result_relation, has_aggs, has_window_funcs, has_target_srfs, has_sub_links, has_distinct_on, has_recursive, has_modifying_cte, has_for_update, has_row_security, has_group_rte, is_return, cte_list, rtable, rteperminfos, jointree, merge_action_list, merge_target_relation, merge_join_condition, target_list, r#override, on_conflict, returning_old_alias, returning_new_alias, returning_list, group_clause, group_distinct, grouping_sets, having_qual, window_clause, distinct_clause, sort_clause, limit_offset, limit_count, limit_option, row_marks, set_operations, constraint_deps, with_check_options, stmt_location, stmt_len } = node;
+            let pb::Query {
+                command_type,
+                query_source,
+                can_set_tag,
+                utility_stmt,
+                result_relation,
+                has_aggs,
+                has_window_funcs,
+                has_target_srfs,
+                has_sub_links,
+                has_distinct_on,
+                has_recursive,
+                has_modifying_cte,
+                has_for_update,
+                has_row_security,
+                has_group_rte,
+                is_return,
+                cte_list,
+                rtable,
+                rteperminfos,
+                jointree,
+                merge_action_list,
+                merge_target_relation,
+                merge_join_condition,
+                target_list,
+                r#override,
+                on_conflict,
+                returning_old_alias,
+                returning_new_alias,
+                returning_list,
+                group_clause,
+                group_distinct,
+                grouping_sets,
+                having_qual,
+                window_clause,
+                distinct_clause,
+                sort_clause,
+                limit_offset,
+                limit_count,
+                limit_option,
+                row_marks,
+                set_operations,
+                constraint_deps,
+                with_check_options,
+                stmt_location,
+                stmt_len,
+            } = node;
             h.int(0, i64::from(*command_type));
             h.int(1, i64::from(*query_source));
             h.int(2, i64::from(*can_set_tag));
@@ -1928,7 +5013,19 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.str(1, rolename);
         }
         NodeRef::FuncCall(node) => {
-            let pb::FuncCall { funcname, args, agg_order, agg_filter, over, agg_within_group, agg_star, agg_distinct, func_variadic, funcformat, location } = node;
+            let pb::FuncCall {
+                funcname,
+                args,
+                agg_order,
+                agg_filter,
+                over,
+                agg_within_group,
+                agg_star,
+                agg_distinct,
+                func_variadic,
+                funcformat,
+                location,
+            } = node;
             h.int(5, i64::from(*agg_within_group));
             h.int(6, i64::from(*agg_star));
             h.int(7, i64::from(*agg_distinct));
@@ -1936,7 +5033,7 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(9, i64::from(*funcformat));
         }
         NodeRef::AStar(node) => {
-            let pb::AStar {  } = node;
+            let pb::AStar {} = node;
         }
         NodeRef::AIndices(node) => {
             let pb::AIndices { is_slice, lidx, uidx } = node;
@@ -1963,7 +5060,16 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(2, i64::from(*sortby_nulls));
         }
         NodeRef::WindowDef(node) => {
-            let pb::WindowDef { name, refname, partition_clause, order_clause, frame_options, start_offset, end_offset, location } = node;
+            let pb::WindowDef {
+                name,
+                refname,
+                partition_clause,
+                order_clause,
+                frame_options,
+                start_offset,
+                end_offset,
+                location,
+            } = node;
             h.str(0, name);
             h.str(1, refname);
             h.int(4, i64::from(*frame_options));
@@ -1983,7 +5089,15 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(0, i64::from(*lateral));
         }
         NodeRef::RangeTableFuncCol(node) => {
-            let pb::RangeTableFuncCol { colname, type_name, for_ordinality, is_not_null, colexpr, coldefexpr, location } = node;
+            let pb::RangeTableFuncCol {
+                colname,
+                type_name,
+                for_ordinality,
+                is_not_null,
+                colexpr,
+                coldefexpr,
+                location,
+            } = node;
             h.str(0, colname);
             h.int(2, i64::from(*for_ordinality));
             h.int(3, i64::from(*is_not_null));
@@ -1992,7 +5106,27 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             let pb::RangeTableSample { relation, method, args, repeatable, location } = node;
         }
         NodeRef::ColumnDef(node) => {
-            let pb::ColumnDef { colname, type_name, compression, inhcount, is_local, is_not_null, is_from_type, storage, storage_name, raw_default, cooked_default, identity, identity_sequence, generated, coll_clause, coll_oid, constraints, fdwoptions, location } = node;
+            let pb::ColumnDef {
+                colname,
+                type_name,
+                compression,
+                inhcount,
+                is_local,
+                is_not_null,
+                is_from_type,
+                storage,
+                storage_name,
+                raw_default,
+                cooked_default,
+                identity,
+                identity_sequence,
+                generated,
+                coll_clause,
+                coll_oid,
+                constraints,
+                fdwoptions,
+                location,
+            } = node;
             h.str(0, colname);
             h.str(2, compression);
             h.int(3, i64::from(*inhcount));
@@ -2011,7 +5145,8 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(2, i64::from(*relation_oid));
         }
         NodeRef::IndexElem(node) => {
-            let pb::IndexElem { name, expr, indexcolname, collation, opclass, opclassopts, ordering, nulls_ordering } = node;
+            let pb::IndexElem { name, expr, indexcolname, collation, opclass, opclassopts, ordering, nulls_ordering } =
+                node;
             h.str(0, name);
             h.str(2, indexcolname);
             h.int(6, i64::from(*ordering));
@@ -2042,7 +5177,16 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(0, i64::from(*strategy));
         }
         NodeRef::PartitionBoundSpec(node) => {
-            let pb::PartitionBoundSpec { strategy, is_default, modulus, remainder, listdatums, lowerdatums, upperdatums, location } = node;
+            let pb::PartitionBoundSpec {
+                strategy,
+                is_default,
+                modulus,
+                remainder,
+                listdatums,
+                lowerdatums,
+                upperdatums,
+                location,
+            } = node;
             h.str(0, strategy);
             h.int(1, i64::from(*is_default));
             h.int(2, i64::from(*modulus));
@@ -2057,7 +5201,41 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(2, i64::from(*concurrent));
         }
         NodeRef::RangeTblEntry(node) => {
-            let pb::RangeTblEntry { alias, eref, rtekind, relid, inh, relkind, rellockmode, perminfoindex, tablesample, subquery, security_barrier, jointype, joinmergedcols, joinaliasvars, joinleftcols, joinrightcols, join_using_alias, functions, funcordinality, tablefunc, values_lists, ctename, ctelevelsup, self_reference, coltypes, coltypmods, colcollations, enrname, enrtuples, groupexprs, lateral, in_from_cl, security_quals } = node;
+            let pb::RangeTblEntry {
+                alias,
+                eref,
+                rtekind,
+                relid,
+                inh,
+                relkind,
+                rellockmode,
+                perminfoindex,
+                tablesample,
+                subquery,
+                security_barrier,
+                jointype,
+                joinmergedcols,
+                joinaliasvars,
+                joinleftcols,
+                joinrightcols,
+                join_using_alias,
+                functions,
+                funcordinality,
+                tablefunc,
+                values_lists,
+                ctename,
+                ctelevelsup,
+                self_reference,
+                coltypes,
+                coltypmods,
+                colcollations,
+                enrname,
+                enrtuples,
+                groupexprs,
+                lateral,
+                in_from_cl,
+                security_quals,
+            } = node;
             h.int(2, i64::from(*rtekind));
             h.int(3, i64::from(*relid));
             h.int(4, i64::from(*inh));
@@ -2077,19 +5255,43 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(31, i64::from(*in_from_cl));
         }
         NodeRef::RtepermissionInfo(node) => {
-            let pb::RtePermissionInfo { relid, inh, required_perms, check_as_user, selected_cols, inserted_cols, updated_cols } = node;
+            let pb::RtePermissionInfo {
+                relid,
+                inh,
+                required_perms,
+                check_as_user,
+                selected_cols,
+                inserted_cols,
+                updated_cols,
+            } = node;
             h.int(0, i64::from(*relid));
             h.int(1, i64::from(*inh));
             h.uint(2, *required_perms);
             h.int(3, i64::from(*check_as_user));
-            for v in selected_cols { h.uint(4, *v); }
-            for v in inserted_cols { h.uint(5, *v); }
-            for v in updated_cols { h.uint(6, *v); }
+            for v in selected_cols {
+                h.uint(4, *v);
+            }
+            for v in inserted_cols {
+                h.uint(5, *v);
+            }
+            for v in updated_cols {
+                h.uint(6, *v);
+            }
         }
         NodeRef::RangeTblFunction(node) => {
-            let pb::RangeTblFunction { funcexpr, funccolcount, funccolnames, funccoltypes, funccoltypmods, funccolcollations, funcparams } = node;
+            let pb::RangeTblFunction {
+                funcexpr,
+                funccolcount,
+                funccolnames,
+                funccoltypes,
+                funccoltypmods,
+                funccolcollations,
+                funcparams,
+            } = node;
             h.int(1, i64::from(*funccolcount));
-            for v in funcparams { h.uint(6, *v); }
+            for v in funcparams {
+                h.uint(6, *v);
+            }
         }
         NodeRef::TableSampleClause(node) => {
             let pb::TableSampleClause { tsmhandler, args, repeatable } = node;
@@ -2116,7 +5318,22 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(0, i64::from(*kind));
         }
         NodeRef::WindowClause(node) => {
-            let pb::WindowClause { name, refname, partition_clause, order_clause, frame_options, start_offset, end_offset, start_in_range_func, end_in_range_func, in_range_coll, in_range_asc, in_range_nulls_first, winref, copied_order } = node;
+            let pb::WindowClause {
+                name,
+                refname,
+                partition_clause,
+                order_clause,
+                frame_options,
+                start_offset,
+                end_offset,
+                start_in_range_func,
+                end_in_range_func,
+                in_range_coll,
+                in_range_asc,
+                in_range_nulls_first,
+                winref,
+                copied_order,
+            } = node;
             h.str(0, name);
             h.str(1, refname);
             h.int(4, i64::from(*frame_options));
@@ -2153,7 +5370,18 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.str(2, search_seq_column);
         }
         NodeRef::CtecycleClause(node) => {
-            let pb::CteCycleClause { cycle_col_list, cycle_mark_column, cycle_mark_value, cycle_mark_default, cycle_path_column, location, cycle_mark_type, cycle_mark_typmod, cycle_mark_collation, cycle_mark_neop } = node;
+            let pb::CteCycleClause {
+                cycle_col_list,
+                cycle_mark_column,
+                cycle_mark_value,
+                cycle_mark_default,
+                cycle_path_column,
+                location,
+                cycle_mark_type,
+                cycle_mark_typmod,
+                cycle_mark_collation,
+                cycle_mark_neop,
+            } = node;
             h.str(1, cycle_mark_column);
             h.str(4, cycle_path_column);
             h.int(6, i64::from(*cycle_mark_type));
@@ -2162,7 +5390,21 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(9, i64::from(*cycle_mark_neop));
         }
         NodeRef::CommonTableExpr(node) => {
-            let pb::CommonTableExpr { ctename, aliascolnames, ctematerialized, ctequery, search_clause, cycle_clause, location, cterecursive, cterefcount, ctecolnames, ctecoltypes, ctecoltypmods, ctecolcollations } = node;
+            let pb::CommonTableExpr {
+                ctename,
+                aliascolnames,
+                ctematerialized,
+                ctequery,
+                search_clause,
+                cycle_clause,
+                location,
+                cterecursive,
+                cterefcount,
+                ctecolnames,
+                ctecoltypes,
+                ctecoltypmods,
+                ctecolcollations,
+            } = node;
             h.str(0, ctename);
             h.int(2, i64::from(*ctematerialized));
             h.int(7, i64::from(*cterecursive));
@@ -2196,7 +5438,19 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.str(1, name);
         }
         NodeRef::JsonFuncExpr(node) => {
-            let pb::JsonFuncExpr { op, column_name, context_item, pathspec, passing, output, on_empty, on_error, wrapper, quotes, location } = node;
+            let pb::JsonFuncExpr {
+                op,
+                column_name,
+                context_item,
+                pathspec,
+                passing,
+                output,
+                on_empty,
+                on_error,
+                wrapper,
+                quotes,
+                location,
+            } = node;
             h.int(0, i64::from(*op));
             h.str(1, column_name);
             h.int(8, i64::from(*wrapper));
@@ -2211,7 +5465,19 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(6, i64::from(*lateral));
         }
         NodeRef::JsonTableColumn(node) => {
-            let pb::JsonTableColumn { coltype, name, type_name, pathspec, format, wrapper, quotes, columns, on_empty, on_error, location } = node;
+            let pb::JsonTableColumn {
+                coltype,
+                name,
+                type_name,
+                pathspec,
+                format,
+                wrapper,
+                quotes,
+                columns,
+                on_empty,
+                on_error,
+                location,
+            } = node;
             h.int(0, i64::from(*coltype));
             h.str(1, name);
             h.int(5, i64::from(*wrapper));
@@ -2259,27 +5525,65 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             let pb::RawStmt { stmt, stmt_location, stmt_len } = node;
         }
         NodeRef::InsertStmt(node) => {
-            let pb::InsertStmt { relation, cols, select_stmt, on_conflict_clause, returning_clause, with_clause, r#override } = node;
+            let pb::InsertStmt {
+                relation,
+                cols,
+                select_stmt,
+                on_conflict_clause,
+                returning_clause,
+                with_clause,
+                r#override,
+            } = node;
             h.int(6, i64::from(*r#override));
         }
         NodeRef::DeleteStmt(node) => {
             let pb::DeleteStmt { relation, using_clause, where_clause, returning_clause, with_clause } = node;
         }
         NodeRef::UpdateStmt(node) => {
-            let pb::UpdateStmt { relation, target_list, where_clause, from_clause, returning_clause, with_clause } = node;
+            let pb::UpdateStmt { relation, target_list, where_clause, from_clause, returning_clause, with_clause } =
+                node;
         }
         NodeRef::MergeStmt(node) => {
-            let pb::MergeStmt { relation, source_relation, join_condition, merge_when_clauses, returning_clause, with_clause } = node;
+            let pb::MergeStmt {
+                relation,
+                source_relation,
+                join_condition,
+                merge_when_clauses,
+                returning_clause,
+                with_clause,
+            } = node;
         }
         NodeRef::SelectStmt(node) => {
-            let pb::SelectStmt { distinct_clause, into_clause, target_list, from_clause, where_clause, group_clause, group_distinct, having_clause, window_clause, values_lists, sort_clause, limit_offset, limit_count, limit_option, locking_clause, with_clause, op, all, larg, rarg } = node;
+            let pb::SelectStmt {
+                distinct_clause,
+                into_clause,
+                target_list,
+                from_clause,
+                where_clause,
+                group_clause,
+                group_distinct,
+                having_clause,
+                window_clause,
+                values_lists,
+                sort_clause,
+                limit_offset,
+                limit_count,
+                limit_option,
+                locking_clause,
+                with_clause,
+                op,
+                all,
+                larg,
+                rarg,
+            } = node;
             h.int(6, i64::from(*group_distinct));
             h.int(13, i64::from(*limit_option));
             h.int(16, i64::from(*op));
             h.int(17, i64::from(*all));
         }
         NodeRef::SetOperationStmt(node) => {
-            let pb::SetOperationStmt { op, all, larg, rarg, col_types, col_typmods, col_collations, group_clauses } = node;
+            let pb::SetOperationStmt { op, all, larg, rarg, col_types, col_typmods, col_collations, group_clauses } =
+                node;
             h.int(0, i64::from(*op));
             h.int(1, i64::from(*all));
         }
@@ -2311,7 +5615,16 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(7, i64::from(*recurse));
         }
         NodeRef::AtalterConstraint(node) => {
-            let pb::AtAlterConstraint { conname, alter_enforceability, is_enforced, alter_deferrability, deferrable, initdeferred, alter_inheritability, noinherit } = node;
+            let pb::AtAlterConstraint {
+                conname,
+                alter_enforceability,
+                is_enforced,
+                alter_deferrability,
+                deferrable,
+                initdeferred,
+                alter_inheritability,
+                noinherit,
+            } = node;
             h.str(0, conname);
             h.int(1, i64::from(*alter_enforceability));
             h.int(2, i64::from(*is_enforced));
@@ -2337,7 +5650,17 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(5, i64::from(*missing_ok));
         }
         NodeRef::GrantStmt(node) => {
-            let pb::GrantStmt { is_grant, targtype, objtype, objects, privileges, grantees, grant_option, grantor, behavior } = node;
+            let pb::GrantStmt {
+                is_grant,
+                targtype,
+                objtype,
+                objects,
+                privileges,
+                grantees,
+                grant_option,
+                grantor,
+                behavior,
+            } = node;
             h.int(0, i64::from(*is_grant));
             h.int(1, i64::from(*targtype));
             h.int(2, i64::from(*objtype));
@@ -2378,14 +5701,64 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.str(0, name);
         }
         NodeRef::CreateStmt(node) => {
-            let pb::CreateStmt { relation, table_elts, inh_relations, partbound, partspec, of_typename, constraints, nnconstraints, options, oncommit, tablespacename, access_method, if_not_exists } = node;
+            let pb::CreateStmt {
+                relation,
+                table_elts,
+                inh_relations,
+                partbound,
+                partspec,
+                of_typename,
+                constraints,
+                nnconstraints,
+                options,
+                oncommit,
+                tablespacename,
+                access_method,
+                if_not_exists,
+            } = node;
             h.int(9, i64::from(*oncommit));
             h.str(10, tablespacename);
             h.str(11, access_method);
             h.int(12, i64::from(*if_not_exists));
         }
         NodeRef::Constraint(node) => {
-            let pb::Constraint { contype, conname, deferrable, initdeferred, is_enforced, skip_validation, initially_valid, is_no_inherit, raw_expr, cooked_expr, generated_when, generated_kind, nulls_not_distinct, keys, without_overlaps, including, exclusions, options, indexname, indexspace, reset_default_tblspc, access_method, where_clause, pktable, fk_attrs, pk_attrs, fk_with_period, pk_with_period, fk_matchtype, fk_upd_action, fk_del_action, fk_del_set_cols, old_conpfeqop, old_pktable_oid, location } = node;
+            let pb::Constraint {
+                contype,
+                conname,
+                deferrable,
+                initdeferred,
+                is_enforced,
+                skip_validation,
+                initially_valid,
+                is_no_inherit,
+                raw_expr,
+                cooked_expr,
+                generated_when,
+                generated_kind,
+                nulls_not_distinct,
+                keys,
+                without_overlaps,
+                including,
+                exclusions,
+                options,
+                indexname,
+                indexspace,
+                reset_default_tblspc,
+                access_method,
+                where_clause,
+                pktable,
+                fk_attrs,
+                pk_attrs,
+                fk_with_period,
+                pk_with_period,
+                fk_matchtype,
+                fk_upd_action,
+                fk_del_action,
+                fk_del_set_cols,
+                old_conpfeqop,
+                old_pktable_oid,
+                location,
+            } = node;
             h.int(0, i64::from(*contype));
             h.str(1, conname);
             h.int(2, i64::from(*deferrable));
@@ -2487,7 +5860,14 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(2, i64::from(*missing_ok));
         }
         NodeRef::ImportForeignSchemaStmt(node) => {
-            let pb::ImportForeignSchemaStmt { server_name, remote_schema, local_schema, list_type, table_list, options } = node;
+            let pb::ImportForeignSchemaStmt {
+                server_name,
+                remote_schema,
+                local_schema,
+                list_type,
+                table_list,
+                options,
+            } = node;
             h.str(0, server_name);
             h.str(1, remote_schema);
             h.str(2, local_schema);
@@ -2509,7 +5889,23 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.str(2, amtype);
         }
         NodeRef::CreateTrigStmt(node) => {
-            let pb::CreateTrigStmt { replace, isconstraint, trigname, relation, funcname, args, row, timing, events, columns, when_clause, transition_rels, deferrable, initdeferred, constrrel } = node;
+            let pb::CreateTrigStmt {
+                replace,
+                isconstraint,
+                trigname,
+                relation,
+                funcname,
+                args,
+                row,
+                timing,
+                events,
+                columns,
+                when_clause,
+                transition_rels,
+                deferrable,
+                initdeferred,
+                constrrel,
+            } = node;
             h.int(0, i64::from(*replace));
             h.int(1, i64::from(*isconstraint));
             h.str(2, trigname);
@@ -2632,7 +6028,33 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(3, i64::from(*ismove));
         }
         NodeRef::IndexStmt(node) => {
-            let pb::IndexStmt { idxname, relation, access_method, table_space, index_params, index_including_params, options, where_clause, exclude_op_names, idxcomment, index_oid, old_number, old_create_subid, old_first_relfilelocator_subid, unique, nulls_not_distinct, primary, isconstraint, iswithoutoverlaps, deferrable, initdeferred, transformed, concurrent, if_not_exists, reset_default_tblspc } = node;
+            let pb::IndexStmt {
+                idxname,
+                relation,
+                access_method,
+                table_space,
+                index_params,
+                index_including_params,
+                options,
+                where_clause,
+                exclude_op_names,
+                idxcomment,
+                index_oid,
+                old_number,
+                old_create_subid,
+                old_first_relfilelocator_subid,
+                unique,
+                nulls_not_distinct,
+                primary,
+                isconstraint,
+                iswithoutoverlaps,
+                deferrable,
+                initdeferred,
+                transformed,
+                concurrent,
+                if_not_exists,
+                reset_default_tblspc,
+            } = node;
             h.str(0, idxname);
             h.str(2, access_method);
             h.str(3, table_space);
@@ -2654,7 +6076,8 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(24, i64::from(*reset_default_tblspc));
         }
         NodeRef::CreateStatsStmt(node) => {
-            let pb::CreateStatsStmt { defnames, stat_types, exprs, relations, stxcomment, transformed, if_not_exists } = node;
+            let pb::CreateStatsStmt { defnames, stat_types, exprs, relations, stxcomment, transformed, if_not_exists } =
+                node;
             h.str(4, stxcomment);
             h.int(5, i64::from(*transformed));
             h.int(6, i64::from(*if_not_exists));
@@ -2668,7 +6091,8 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(2, i64::from(*missing_ok));
         }
         NodeRef::CreateFunctionStmt(node) => {
-            let pb::CreateFunctionStmt { is_procedure, replace, funcname, parameters, return_type, options, sql_body } = node;
+            let pb::CreateFunctionStmt { is_procedure, replace, funcname, parameters, return_type, options, sql_body } =
+                node;
             h.int(0, i64::from(*is_procedure));
             h.int(1, i64::from(*replace));
         }
@@ -2699,7 +6123,8 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(0, i64::from(*atomic));
         }
         NodeRef::RenameStmt(node) => {
-            let pb::RenameStmt { rename_type, relation_type, relation, object, subname, newname, behavior, missing_ok } = node;
+            let pb::RenameStmt { rename_type, relation_type, relation, object, subname, newname, behavior, missing_ok } =
+                node;
             h.int(0, i64::from(*rename_type));
             h.int(1, i64::from(*relation_type));
             h.str(4, subname);
@@ -2765,7 +6190,14 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             let pb::CreateRangeStmt { type_name, params } = node;
         }
         NodeRef::AlterEnumStmt(node) => {
-            let pb::AlterEnumStmt { type_name, old_val, new_val, new_val_neighbor, new_val_is_after, skip_if_new_val_exists } = node;
+            let pb::AlterEnumStmt {
+                type_name,
+                old_val,
+                new_val,
+                new_val_neighbor,
+                new_val_is_after,
+                skip_if_new_val_exists,
+            } = node;
             h.str(1, old_val);
             h.str(2, new_val);
             h.str(3, new_val_neighbor);
@@ -2832,7 +6264,7 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.int(1, i64::from(*skip_data));
         }
         NodeRef::CheckPointStmt(node) => {
-            let pb::CheckPointStmt {  } = node;
+            let pb::CheckPointStmt {} = node;
         }
         NodeRef::DiscardStmt(node) => {
             let pb::DiscardStmt { target } = node;
@@ -2853,7 +6285,8 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             h.str(2, name);
         }
         NodeRef::CreateConversionStmt(node) => {
-            let pb::CreateConversionStmt { conversion_name, for_encoding_name, to_encoding_name, func_name, def } = node;
+            let pb::CreateConversionStmt { conversion_name, for_encoding_name, to_encoding_name, func_name, def } =
+                node;
             h.str(1, for_encoding_name);
             h.str(2, to_encoding_name);
             h.int(4, i64::from(*def));
@@ -2892,7 +6325,8 @@ pub(crate) fn hash_scalars(node: NodeRef<'_>, h: &mut Hasher) {
             let pb::AlterTsDictionaryStmt { dictname, options } = node;
         }
         NodeRef::AlterTsconfigurationStmt(node) => {
-            let pb::AlterTsConfigurationStmt { kind, cfgname, tokentype, dicts, r#override, replace, missing_ok } = node;
+            let pb::AlterTsConfigurationStmt { kind, cfgname, tokentype, dicts, r#override, replace, missing_ok } =
+                node;
             h.int(0, i64::from(*kind));
             h.int(4, i64::from(*r#override));
             h.int(5, i64::from(*replace));
