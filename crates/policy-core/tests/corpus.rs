@@ -1,5 +1,6 @@
 //! Replays the shared decision corpus (`testdata/decisions/*.toml`) through
 //! the engine: every case's verdict, and its rule when the case names one.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
