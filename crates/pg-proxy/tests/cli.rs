@@ -1,0 +1,148 @@
+//! The `pg-proxy policy` commands, run as a user runs them.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pg-proxy"))
+}
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn temp_policy(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_accepts_the_example_and_names_the_line_of_an_error() {
+    let ok = run(&["policy", "check", repo("examples/policy.toml").to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).contains("ok"));
+
+    let bad = temp_policy("bad", "version = 1\n[[rule]]\nname = \"r\"\neffect = \"allow\"\nclasses = [\"reed\"]\n");
+    let out = run(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("{}:5:", bad.display())), "{err}");
+    assert!(err.contains("reed"), "{err}");
+
+    let missing = run(&["policy", "check", "/nonexistent/policy.toml"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("cannot read policy"));
+}
+
+#[test]
+fn test_runs_embedded_tests_and_fails_loudly() {
+    let ok = run(&["policy", "test", repo("examples/policy.toml").to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
+    assert!(text(&ok.stdout).contains(" 0 failed"));
+
+    let failing = temp_policy(
+        "failing",
+        "version = 1\n[[rule]]\nname = \"r\"\neffect = \"allow\"\nclasses = [\"read\"]\n\n[[test]]\nsql = \"DROP TABLE t\"\nexpect = \"allow\"\n",
+    );
+    let out = run(&["policy", "test", failing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.contains(":7:"), "the failing test's line: {stdout}");
+    assert!(stdout.contains("got      deny"), "{stdout}");
+    assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn explain_prints_the_decision() {
+    let out = run(&[
+        "policy",
+        "explain",
+        "--policy",
+        repo("examples/policy.toml").to_str().unwrap(),
+        "--groups",
+        "ai-agents",
+        "SELECT * FROM orders; DROP TABLE orders",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["verdict"], "deny");
+    assert_eq!(d["rule"], "no-ddl-for-agents");
+    assert_eq!(d["statements"][0]["verdict"], "allow");
+    assert_eq!(d["statements"][1]["command"], "DROP TABLE");
+
+    let usage = run(&["policy", "explain", "--policy", repo("examples/policy.toml").to_str().unwrap()]);
+    assert_eq!(usage.status.code(), Some(2), "no SQL and no --jsonl is a usage error");
+}
+
+#[test]
+fn explain_jsonl_answers_line_for_line() {
+    let mut child = bin()
+        .args(["policy", "explain", "--policy", repo("examples/policy.toml").to_str().unwrap(), "--jsonl"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = concat!(
+        r#"{"sql": "SELECT * FROM orders", "groups": ["ai-agents"]}"#,
+        "\n",
+        "this is not json\n",
+        r#"{"sql": "SELECT * FROM orders"}"#,
+        "\n",
+        "\n",
+        r#"{"sql": "SELECT * FROM orders", "groups": ["ai-agents"], "search_path": ["private"]}"#,
+        "\n",
+        r#"{"sql": "DELETE FROM orders WHERE id = 1", "groups": ["ai-agents"], "actor": "copilot-1", "subject": "alice"}"#,
+        "\n",
+        r#"{"query": "SELECT 1"}"#,
+        "\n",
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    stdin.write_all(&[0xff, 0xfe, b'\n']).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert_eq!(lines[0]["verdict"], "allow");
+    assert!(lines[1]["error"].as_str().unwrap().starts_with("line 2:"), "{}", lines[1]);
+    assert_eq!(lines[2]["verdict"], "deny", "no groups: default deny");
+    assert!(lines[3]["error"].as_str().unwrap().contains("empty"));
+    assert_eq!(lines[4]["verdict"], "deny", "private.orders is not allowed");
+    assert_eq!(lines[5]["verdict"], "require_approval");
+    assert_eq!(lines[5]["subject"], "alice");
+    assert_eq!(lines[5]["actor"], "copilot-1");
+    assert!(lines[6]["error"].as_str().unwrap().contains("query"), "{}", lines[6]);
+    assert!(lines[7]["error"].as_str().unwrap().contains("UTF-8"), "{}", lines[7]);
+
+    let bad = bin()
+        .args(["policy", "explain", "--policy", "/nonexistent.toml", "--jsonl"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = run(&["policy", "explain", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    assert!(help.contains("--jsonl") && help.contains("--search-path"), "{help}");
+}

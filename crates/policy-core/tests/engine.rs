@@ -1,0 +1,375 @@
+//! Rule matching (POLICY.md §4), decisions (§6) and the decision cache.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::sync::Arc;
+
+use policy_core::{Actor, Engine, EngineOptions, Identity, Policy, Prepared, Session, Verdict};
+
+fn engine(policy: &str) -> Engine {
+    let p = Policy::from_toml_str(policy, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    Engine::new(p, Default::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn verdict(e: &Engine, who: &Identity, sql: &str) -> (Verdict, Option<String>) {
+    let d = e.decide(who, &e.new_session(), sql);
+    (d.verdict, d.rule)
+}
+
+fn anyone() -> Identity {
+    Identity::new("someone")
+}
+
+const BASE: &str = r#"
+version = 1
+[settings]
+max_rows = 500
+
+[[rule]]
+name = "read-public"
+effect = "allow"
+classes = ["read"]
+tables = ["public.*", "!public.secrets"]
+max_rows = 100
+
+[[rule]]
+name = "read-orders-small"
+effect = "allow"
+classes = ["read"]
+tables = ["public.orders"]
+max_rows = 10
+
+[[rule]]
+name = "no-secrets"
+effect = "deny"
+tables = ["public.secrets"]
+"#;
+
+#[test]
+fn allow_rules_need_every_table_deny_rules_any() {
+    let e = engine(BASE);
+    assert_eq!(verdict(&e, &anyone(), "SELECT * FROM customers").0, Verdict::Allow);
+    // An allowed table never launders a forbidden one.
+    assert_eq!(verdict(&e, &anyone(), "SELECT * FROM customers, private.t").0, Verdict::Deny);
+    assert_eq!(
+        verdict(&e, &anyone(), "SELECT * FROM customers JOIN secrets USING (id)"),
+        (Verdict::Deny, Some("no-secrets".into()))
+    );
+}
+
+#[test]
+fn opaque_statements_touch_every_table() {
+    let e = engine(BASE);
+    // Deny rules with tables match an opaque statement...
+    assert_eq!(verdict(&e, &anyone(), "SELECT leak()"), (Verdict::Deny, Some("no-secrets".into())));
+    // ...and allow rules with tables never do.
+    let e = engine("version = 1\n[[rule]]\nname = \"r\"\neffect = \"allow\"\ntables = [\"*\"]\n");
+    assert_eq!(verdict(&e, &anyone(), "SELECT leak()"), (Verdict::Deny, None));
+    // An allow rule without table or function conditions can still allow it.
+    let e = engine("version = 1\n[[rule]]\nname = \"r\"\neffect = \"allow\"\nclasses = [\"read\"]\n");
+    assert_eq!(verdict(&e, &anyone(), "SELECT leak()"), (Verdict::Allow, Some("r".into())));
+}
+
+#[test]
+fn function_conditions_follow_the_same_asymmetry() {
+    let e = engine(
+        r#"
+version = 1
+[[rule]]
+name = "allow-safe"
+effect = "allow"
+functions = ["lower", "upper"]
+[[rule]]
+name = "no-sleep"
+effect = "deny"
+functions = ["pg_sleep"]
+"#,
+    );
+    assert_eq!(verdict(&e, &anyone(), "SELECT lower('a'), upper('b')").0, Verdict::Allow);
+    assert_eq!(verdict(&e, &anyone(), "SELECT lower('a'), now()").0, Verdict::Deny);
+    assert_eq!(verdict(&e, &anyone(), "SELECT lower('a'), pg_sleep(1)"), (Verdict::Deny, Some("no-sleep".into())));
+}
+
+#[test]
+fn max_rows_is_the_tightest_cap() {
+    let e = engine(BASE);
+    let d = e.decide(&anyone(), &e.new_session(), "SELECT * FROM orders");
+    assert_eq!(d.max_rows, 10);
+    let d = e.decide(&anyone(), &e.new_session(), "SELECT * FROM customers");
+    assert_eq!(d.max_rows, 100);
+    let d = e.decide(&anyone(), &e.new_session(), "SELECT * FROM customers; SELECT * FROM orders");
+    assert_eq!(d.max_rows, 10);
+    let e =
+        engine("version = 1\n[settings]\nmax_rows = 5\n[[rule]]\nname = \"r\"\neffect = \"allow\"\nmax_rows = 50\n");
+    assert_eq!(e.decide(&anyone(), &e.new_session(), "SELECT 1").max_rows, 5);
+}
+
+#[test]
+fn deny_beats_approval_beats_allow_whatever_the_order() {
+    let rules = [
+        "[[rule]]\nname = \"a\"\neffect = \"allow\"\n",
+        "[[rule]]\nname = \"q\"\neffect = \"require_approval\"\ncommands = [\"DELETE\"]\napprovers = [\"dba\"]\n",
+        "[[rule]]\nname = \"q2\"\neffect = \"require_approval\"\ntables = [\"public.orders\"]\napprovers = [\"leads\", \"dba\"]\n",
+        "[[rule]]\nname = \"d\"\neffect = \"deny\"\nwhere_missing = true\n",
+    ];
+    for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
+        let text: String =
+            std::iter::once("version = 1\n".to_string()).chain(order.iter().map(|&i| rules[i].to_string())).collect();
+        let e = engine(&text);
+        assert_eq!(verdict(&e, &anyone(), "SELECT 1").0, Verdict::Allow);
+        let d = e.decide(&anyone(), &e.new_session(), "DELETE FROM orders WHERE id = 1");
+        assert_eq!(d.verdict, Verdict::RequireApproval);
+        let mut approvers = d.approvers.clone();
+        approvers.sort();
+        assert_eq!(approvers, ["dba", "leads"], "approvers are collected from every matching approval rule");
+        assert_eq!(verdict(&e, &anyone(), "DELETE FROM orders"), (Verdict::Deny, Some("d".into())));
+    }
+}
+
+#[test]
+fn who_conditions() {
+    let e = engine(
+        r#"
+version = 1
+[[rule]]
+name = "people-delete"
+effect = "allow"
+groups = ["developers"]
+[[rule]]
+name = "agents-approve"
+effect = "require_approval"
+groups = ["developers"]
+actors = ["copilot-*"]
+commands = ["DELETE"]
+approvers = ["dba"]
+[[rule]]
+name = "alice-only"
+effect = "deny"
+subjects = ["mallory"]
+"#,
+    );
+    let alice = Identity::new("alice").with_groups(["developers"]);
+    let agent = alice.clone().with_actor(Actor::new("copilot-7"));
+    let other_agent = alice.clone().with_actor(Actor::new("claude"));
+    let sql = "DELETE FROM t WHERE id = 1";
+    assert_eq!(verdict(&e, &alice, sql).0, Verdict::Allow);
+    assert_eq!(verdict(&e, &agent, sql).0, Verdict::RequireApproval);
+    assert_eq!(verdict(&e, &other_agent, sql).0, Verdict::Allow);
+    let by_client =
+        alice.clone().with_actor(Actor { subject: None, client_id: Some("copilot-x".into()), chain: vec![] });
+    assert_eq!(verdict(&e, &by_client, sql).0, Verdict::RequireApproval);
+    let mallory = Identity::new("mallory").with_groups(["developers"]);
+    assert_eq!(verdict(&e, &mallory, "SELECT 1").0, Verdict::Deny);
+    assert_eq!(verdict(&e, &Identity::new("nobody"), "SELECT 1"), (Verdict::Deny, None));
+    // Both the person and the agent are named.
+    let d = e.decide(&agent, &e.new_session(), sql);
+    assert_eq!((d.subject.as_str(), d.actor.as_deref()), ("alice", Some("copilot-7")));
+}
+
+#[test]
+fn commands_match_what_runs_not_the_wrapper() {
+    let e = engine(
+        r#"
+version = 1
+[[rule]]
+name = "reads"
+effect = "allow"
+commands = ["SELECT"]
+[[rule]]
+name = "no-delete"
+effect = "deny"
+commands = ["DELETE"]
+"#,
+    );
+    assert_eq!(verdict(&e, &anyone(), "SELECT 1").0, Verdict::Allow);
+    for sql in [
+        "WITH d AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM d",
+        "EXPLAIN ANALYZE DELETE FROM t WHERE id = 1",
+        "PREPARE p AS DELETE FROM t WHERE id = $1",
+    ] {
+        assert_eq!(verdict(&e, &anyone(), sql), (Verdict::Deny, Some("no-delete".into())), "{sql}");
+    }
+    let mut s = e.new_session();
+    s.prepared.insert(
+        "p".into(),
+        Prepared { sql: Arc::from("DELETE FROM t WHERE id = $1"), standard_conforming_strings: true },
+    );
+    let d = e.decide(&anyone(), &s, "EXECUTE p(1)");
+    assert_eq!((d.verdict, d.rule.as_deref()), (Verdict::Deny, Some("no-delete")));
+    assert_eq!(d.statements[0].facts.command, "DELETE");
+}
+
+#[test]
+fn where_limit_and_pattern_conditions() {
+    let e = engine(
+        r#"
+version = 1
+[settings]
+default = "allow"
+[[rule]]
+name = "unbounded"
+effect = "deny"
+where_missing = true
+[[rule]]
+name = "big-read"
+effect = "require_approval"
+limit_missing = true
+[[rule]]
+name = "no-pg-sleep-text"
+effect = "deny"
+pattern = "(?i)pg_sleep"
+"#,
+    );
+    assert_eq!(verdict(&e, &anyone(), "UPDATE t SET a = 1").1.as_deref(), Some("unbounded"));
+    assert_eq!(verdict(&e, &anyone(), "UPDATE t SET a = 1 WHERE id = 3").0, Verdict::Allow);
+    assert_eq!(verdict(&e, &anyone(), "SELECT * FROM t").1.as_deref(), Some("big-read"));
+    assert_eq!(verdict(&e, &anyone(), "SELECT * FROM t LIMIT 5").0, Verdict::Allow);
+    assert_eq!(verdict(&e, &anyone(), "INSERT INTO t VALUES (1)").0, Verdict::Allow);
+    assert_eq!(verdict(&e, &anyone(), "SELECT PG_SLEEP(1) LIMIT 1").1.as_deref(), Some("no-pg-sleep-text"));
+}
+
+#[test]
+fn unreadable_text_gets_on_parse_error_and_several_statements_the_strictest() {
+    let e = engine(
+        "version = 1\n[settings]\ndefault = \"allow\"\non_parse_error = \"require_approval\"\n[[rule]]\nname = \"d\"\neffect = \"deny\"\ncommands = [\"DROP TABLE\"]\n",
+    );
+    let d = e.decide(&anyone(), &e.new_session(), "SELEC 1");
+    assert_eq!((d.verdict, d.rule.as_deref()), (Verdict::RequireApproval, None));
+    assert!(d.reason.contains("syntax error"), "{}", d.reason);
+    let d = e.decide(&anyone(), &e.new_session(), "SELECT 1; DROP TABLE t; SELECT 2");
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.rule.as_deref(), Some("d"));
+    let per: Vec<Verdict> = d.statements.iter().map(|s| s.verdict).collect();
+    assert_eq!(per, [Verdict::Allow, Verdict::Deny, Verdict::Allow]);
+    let d = e.decide(&anyone(), &e.new_session(), "  -- only a comment\n");
+    assert_eq!((d.verdict, d.statements.len()), (Verdict::Allow, 0));
+}
+
+#[test]
+fn decisions_serialise_as_the_spec_shows() {
+    let e = engine(BASE);
+    let d = e.decide(&anyone(), &e.new_session(), "DROP TABLE secrets");
+    let v: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
+    for key in ["verdict", "reason", "rule", "max_rows", "approvers", "statements"] {
+        assert!(v.get(key).is_some(), "{key} missing: {v}");
+    }
+    let s = &v["statements"][0];
+    for key in ["index", "class", "command", "tables", "functions", "opaque", "fingerprint", "verdict", "rule"] {
+        assert!(s.get(key).is_some(), "{key} missing: {s}");
+    }
+    assert_eq!(s["class"], "ddl");
+    assert_eq!(s["command"], "DROP TABLE");
+    assert_eq!(s["tables"][0], "public.secrets");
+    assert_eq!(v["verdict"], "deny");
+}
+
+#[test]
+fn the_cache_keys_on_every_input() {
+    let e = engine(
+        r#"
+version = 1
+[[rule]]
+name = "agents"
+effect = "allow"
+groups = ["agents"]
+tables = ["public.*"]
+"#,
+    );
+    let agent = Identity::new("a").with_groups(["agents"]);
+    let stranger = Identity::new("a");
+    let mut s = e.new_session();
+    let sql = "SELECT * FROM orders";
+    for _ in 0..3 {
+        assert_eq!(e.decide(&agent, &s, sql).verdict, Verdict::Allow);
+        assert_eq!(e.decide(&stranger, &s, sql).verdict, Verdict::Deny);
+    }
+    s.search_path = vec!["private".into()];
+    assert_eq!(e.decide(&agent, &s, sql).verdict, Verdict::Deny);
+    s.search_path = vec!["public".into()];
+    assert_eq!(e.decide(&agent, &s, sql).verdict, Verdict::Allow);
+
+    let tricky = r"SELECT 'a\'; SELECT * FROM private.x; --'";
+    let mut off = e.new_session();
+    off.standard_conforming_strings = false;
+    assert_eq!(e.decide(&agent, &e.new_session(), tricky).verdict, Verdict::Deny);
+    assert_eq!(e.decide(&agent, &off, tricky).verdict, Verdict::Allow);
+    assert_eq!(e.decide(&agent, &e.new_session(), tricky).verdict, Verdict::Deny);
+
+    // EXECUTE depends on the prepared statements, which change under it.
+    let mut p = e.new_session();
+    p.prepared
+        .insert("q".into(), Prepared { sql: Arc::from("SELECT * FROM orders"), standard_conforming_strings: true });
+    assert_eq!(e.decide(&agent, &p, "EXECUTE q").verdict, Verdict::Allow);
+    p.prepared
+        .insert("q".into(), Prepared { sql: Arc::from("SELECT * FROM private.x"), standard_conforming_strings: true });
+    assert_eq!(e.decide(&agent, &p, "EXECUTE q").verdict, Verdict::Deny);
+}
+
+#[test]
+fn the_cache_stays_within_its_budget() {
+    let budget = 64 * 1024;
+    let p = Policy::from_toml_str("version = 1\n[settings]\ndefault = \"allow\"\n", "t.toml").unwrap();
+    let e = Engine::with_options(p, Default::default(), EngineOptions { cache_bytes: budget }).unwrap();
+    let s = e.new_session();
+    for i in 0..5_000 {
+        let d = e.decide(&anyone(), &s, &format!("SELECT * FROM t{i} WHERE a = {i}"));
+        assert_eq!(d.verdict, Verdict::Allow);
+        assert!(e.cache_bytes() <= budget, "{} > {budget} after {i}", e.cache_bytes());
+    }
+    assert!(e.cache_bytes() > 0);
+    let off = Engine::with_options(
+        Policy::from_toml_str("version = 1\n", "t.toml").unwrap(),
+        Default::default(),
+        EngineOptions { cache_bytes: 0 },
+    )
+    .unwrap();
+    off.decide(&anyone(), &Session::default(), "SELECT 1");
+    assert_eq!(off.cache_bytes(), 0);
+}
+
+#[test]
+fn engines_are_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Engine>();
+    let e = engine(BASE);
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                for j in 0..200 {
+                    let sql = if (i + j) % 2 == 0 { "SELECT * FROM orders" } else { "SELECT * FROM secrets" };
+                    let want = if (i + j) % 2 == 0 { Verdict::Allow } else { Verdict::Deny };
+                    assert_eq!(e.decide(&anyone(), &e.new_session(), sql).verdict, want);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn policy_tests_run_and_report() {
+    let e = engine(
+        r#"
+version = 1
+[[rule]]
+name = "r"
+effect = "allow"
+classes = ["read"]
+[[test]]
+sql = "SELECT 1"
+expect = "allow"
+rule = "r"
+[[test]]
+sql = "DROP TABLE t"
+expect = "allow"
+"#,
+    );
+    let out = e.run_tests();
+    assert_eq!(out.len(), 2);
+    assert!(out[0].passed);
+    assert!(!out[1].passed);
+    assert_eq!(out[1].decision.verdict, Verdict::Deny);
+    assert_eq!(out[1].test.location.line, 11);
+}
