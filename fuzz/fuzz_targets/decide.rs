@@ -29,7 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -600,9 +600,20 @@ fn check_equal(what: &str, a: &Decision, b: &Decision, ctx: &dyn Fn() -> String)
     }
 }
 
+/// `PORTCULLIS_FUZZ_DEBUG=1`: print each input's policy and decision (to
+/// look at what a crashing or seed input means).
+fn debug() -> bool {
+    static DEBUG: OnceLock<bool> = OnceLock::new();
+    *DEBUG.get_or_init(|| std::env::var_os("PORTCULLIS_FUZZ_DEBUG").is_some())
+}
+
 fuzz_target!(|input: Input| {
     let toml = render(&input);
-    let Ok(policy) = Policy::from_toml_str(&toml, "fuzz-policy.toml") else { return };
+    let loaded = Policy::from_toml_str(&toml, "fuzz-policy.toml");
+    if debug() {
+        eprintln!("--- policy\n{toml}--- loaded: {}", loaded.as_ref().map_or_else(|e| e.to_string(), |_| "ok".into()));
+    }
+    let Ok(policy) = loaded else { return };
     let Ok(engine) = Engine::new(policy.clone(), Keys::default()) else { return };
     let Ok(uncached) = Engine::with_options(policy, Keys::default(), EngineOptions { cache_bytes: 0 }) else {
         return;
@@ -613,6 +624,9 @@ fuzz_target!(|input: Input| {
     let ctx = || format!("policy:\n{toml}\nidentity: {id:?}\nsession: {session:?}\nsql: {sql:?}");
 
     let first = engine.decide(&id, &session, sql);
+    if debug() {
+        eprintln!("--- identity: {id:?}\n--- session: {session:?}\n--- sql: {sql:?}\n--- decision: {}", first.to_json());
+    }
     check_decision(&engine, &first, &ctx);
 
     // 5. Again (from the cache, when the string is cacheable).

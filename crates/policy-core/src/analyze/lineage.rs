@@ -295,7 +295,7 @@ impl Ctx<'_> {
                             found = true;
                             lin.contributors += 1;
                             for t in tables {
-                                lin.sources.insert(format!("{t}.{}", names::part(col)));
+                                lin.sources.insert(names::dotted(t, col));
                                 if alias == col {
                                     // `SELECT u FROM users u`: a whole row.
                                     lin.sources.insert(format!("{t}.*"));
@@ -327,7 +327,7 @@ impl Ctx<'_> {
                 Some(Item::Relation { tables, .. }) => {
                     lin.contributors = 1;
                     lin.direct = true;
-                    lin.sources = tables.iter().map(|t| format!("{t}.{}", names::part(col))).collect();
+                    lin.sources = tables.iter().map(|t| names::dotted(t, col)).collect();
                 }
                 Some(Item::Derived { columns, .. }) => match columns.iter().find(|c| c.name == *col) {
                     Some(c) => lin = Lin::from_column(c),

@@ -675,27 +675,27 @@ impl<'st, 's> Walker<'st, 's> {
                 let tables: Vec<&String> =
                     self.from_scopes.last().into_iter().flatten().filter_map(|(_, t)| t.as_ref()).collect();
                 match (tables.as_slice(), self.from_scopes.last().map_or(0, Vec::len)) {
-                    ([t], 1) => format!("{t}.{}", names::part(column)),
+                    ([t], 1) => names::dotted(t, column),
                     _ => names::part(column).into_owned(),
                 }
             }
             [q] => {
                 let hit = self.from_scopes.iter().rev().flatten().find(|(alias, _)| alias == q).map(|(_, t)| t.clone());
                 match hit {
-                    Some(Some(t)) => format!("{t}.{}", names::part(column)),
-                    Some(None) => format!("{}.{}", names::part(q), names::part(column)),
+                    Some(Some(t)) => names::dotted(&t, column),
+                    Some(None) => names::dotted(&names::part(q), column),
                     None => {
                         let resolved =
                             names::relation_candidates(&self.state.search_path, self.state.user.as_deref(), q);
                         match resolved.first() {
-                            Some(t) => format!("{t}.{}", names::part(column)),
-                            None => format!("{}.{}", names::part(q), names::part(column)),
+                            Some(t) => names::dotted(t, column),
+                            None => names::dotted(&names::part(q), column),
                         }
                     }
                 }
             }
             [schema, table] | [_, schema, table] => {
-                format!("{}.{}", names::qualified(schema, table), names::part(column))
+                names::dotted(&names::qualified(schema, table), column)
             }
             _ => return,
         };

@@ -17,7 +17,27 @@ pub(crate) fn part(name: &str) -> std::borrow::Cow<'_, str> {
 
 /// `schema.name`, each part rendered with [`part`].
 pub(crate) fn qualified(schema: &str, name: &str) -> String {
-    format!("{}.{}", part(schema), part(name))
+    let mut out = String::with_capacity(schema.len() + name.len() + 1);
+    push_part(&mut out, schema);
+    out.push('.');
+    push_part(&mut out, name);
+    out
+}
+
+/// `prefix.name`, where `prefix` is already rendered.
+pub(crate) fn dotted(prefix: &str, name: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + name.len() + 1);
+    out.push_str(prefix);
+    out.push('.');
+    push_part(&mut out, name);
+    out
+}
+
+fn push_part(out: &mut String, name: &str) {
+    match part(name) {
+        std::borrow::Cow::Borrowed(s) => out.push_str(s),
+        std::borrow::Cow::Owned(s) => out.push_str(&s),
+    }
 }
 
 /// Truncates an identifier to 63 bytes on a character boundary, as the
