@@ -51,6 +51,55 @@
 //! # Ok::<(), policy_core::PolicyError>(())
 //! ```
 //!
+//! ## How the engine reads POLICY.md where it is silent
+//!
+//! - **Names.** Unqualified relations resolve through the session's
+//!   `search_path`; a name starting with `pg_` is also a `pg_catalog`
+//!   candidate (every system relation's name starts so). A name that could
+//!   be in several schemas counts as all of them. `$user` stands for
+//!   [`Session::user`] (kept literally when unknown). `pg_temp` is never a
+//!   candidate for unqualified names: it holds only the session's own
+//!   temporary tables, and creating one is `ddl`. An empty search path makes
+//!   unqualified names opaque.
+//! - **Functions.** Built-in functions and operators are known by name (the
+//!   list comes from PostgreSQL's bootstrap catalog). Calling anything else,
+//!   or a built-in name qualified with another schema, or an unqualified
+//!   name when the search path puts a schema before `pg_catalog`, makes the
+//!   statement opaque: its body runs SQL the engine cannot see. Policies can
+//!   vouch for functions with `settings.trusted_functions`.
+//! - **Commands.** `command` is PostgreSQL's tag (an `EXECUTE` reports the
+//!   tag of what it runs, as the server does). Rules with `commands` match on
+//!   [`StatementFacts::commands`], every command a statement runs or
+//!   prepares, with the same asymmetry as tables: `WITH d AS (DELETE ...)
+//!   SELECT` runs `DELETE` too, and `EXPLAIN ANALYZE DELETE` is a `DELETE`.
+//! - **Classes** where §3 leaves room: `SELECT ... FOR UPDATE` and `NOTIFY`
+//!   are `write`; `SHOW` is `read`; `RESET ALL` is `dcl` (it resets the
+//!   role); changing `client_encoding` is `admin` like
+//!   `standard_conforming_strings` (both change how later bytes are read);
+//!   `PREPARE TRANSACTION`/`COMMIT PREPARED` are `admin`; `LOCK` is `admin`.
+//! - **Statements with no tables** satisfy an allow rule's `tables`
+//!   condition (every one of none is covered): `SELECT 1` is a read any read
+//!   rule allows.
+//! - **Several allow rules** matching one statement: the tightest `max_rows`
+//!   of all of them applies; the first in file order is named.
+//! - **The gateway's duty.** The engine assumes the server's `search_path`
+//!   starts at `settings.search_path` and resets to it (the gateway sets it
+//!   as a startup parameter), and that the gateway applies every
+//!   [`SessionEffect`] of the statements the server ran.
+//!
+//! ## Known limits
+//!
+//! - Views and functions are judged by name: a view in an allowed schema
+//!   that selects from a forbidden table is allowed. Exclude such views by
+//!   name, or keep them out of reach of the roles the gateway uses.
+//! - PostgreSQL's functional notation (`t.f` meaning `f(t)` when `t` has no
+//!   column `f`) and overloads of built-in names created in other schemas
+//!   are not visible without the catalog; both require an earlier `CREATE
+//!   FUNCTION`, which a policy should keep from agents.
+//! - A statement nesting deeper than about 50 levels of expressions or
+//!   subqueries exceeds the protobuf decoder's recursion limit; it is
+//!   `unknown`, so `on_parse_error` applies.
+//!
 //! ## Resource usage
 //!
 //! Deciding costs one parse by libpg_query plus one walk of the tree; see

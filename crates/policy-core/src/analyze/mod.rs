@@ -694,9 +694,7 @@ impl<'st, 's> Walker<'st, 's> {
                     }
                 }
             }
-            [schema, table] | [_, schema, table] => {
-                names::dotted(&names::qualified(schema, table), column)
-            }
+            [schema, table] | [_, schema, table] => names::dotted(&names::qualified(schema, table), column),
             _ => return,
         };
         self.columns.insert(rendered);
