@@ -46,6 +46,8 @@ pub(crate) enum Effect {
     LargeObject(Class),
     /// `set_config(name, value, is_local)`: judged by its arguments.
     SetConfig,
+    /// Reads a system view's data by another path: counts as reading it.
+    Reads(&'static str),
 }
 
 /// The effect of a built-in function, by its lower-case name.
@@ -81,6 +83,9 @@ pub(crate) fn effect(name: &str) -> Effect {
         | "lowrite" => Effect::LargeObject(Class::Write),
 
         "set_config" => Effect::SetConfig,
+
+        // Other sessions' query texts, which may quote anything.
+        "pg_stat_get_activity" | "pg_stat_get_backend_activity" => Effect::Reads("pg_catalog.pg_stat_activity"),
 
         // Server signalling, configuration, files, replication, backups.
         "pg_cancel_backend"
@@ -154,9 +159,18 @@ pub(crate) fn setting_class(name: &str) -> Class {
         // How later text is lexed or decoded: the engine parses with the
         // session's settings, so changing them is not an ordinary setting.
         "standard_conforming_strings" | "backslash_quote" | "client_encoding" | "names" => Class::Admin,
-        // Server-wide or security-relevant knobs a session may still set.
-        "session_replication_role" | "default_transaction_read_only" | "transaction_read_only" => Class::Admin,
-        "transaction_isolation" | "transaction_deferrable" => Class::Transaction,
+        // Server-side behaviour a session should not steer: triggers and
+        // rules (replication role), logging and what gets loaded.
+        "session_replication_role"
+        | "session_preload_libraries"
+        | "local_preload_libraries"
+        | "dynamic_library_path"
+        | "jit_provider"
+        | "allow_system_table_mods"
+        | "ignore_system_indexes"
+        | "zero_damaged_pages" => Class::Admin,
+        n if n.starts_with("log_") || n.starts_with("debug_") || n.starts_with("track_") => Class::Admin,
+        "transaction_isolation" | "transaction_read_only" | "transaction_deferrable" => Class::Transaction,
         _ => Class::Session,
     }
 }

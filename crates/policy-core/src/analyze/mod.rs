@@ -545,6 +545,12 @@ impl<'st, 's> Walker<'st, 's> {
             self.tables.insert(t.clone());
             if written && self.executing {
                 self.written.insert(t.clone());
+                if t.starts_with("pg_catalog.") {
+                    // `UPDATE pg_settings SET setting = ...` is SET in
+                    // disguise; other catalogs are the server's own.
+                    self.raise(Class::Admin);
+                    self.note(format!("writes `{t}`, a system catalog"));
+                }
             }
         }
         resolved
@@ -753,6 +759,9 @@ impl<'st, 's> Walker<'st, 's> {
                 }
             }
             catalog::Effect::SetConfig => self.set_config(&args),
+            catalog::Effect::Reads(relation) => {
+                self.tables.insert(relation.to_string());
+            }
         }
     }
 
@@ -940,15 +949,26 @@ impl<'st, 's> Walker<'st, 's> {
                 if let Some(rv) = &s.relation {
                     self.range_var(rv, true, false);
                 }
-                let changes = nodes(&s.merge_when_clauses).any(|c| match c {
-                    NodeRef::MergeWhenClause(w) => {
-                        w.command_type == pb::CmdType::CmdUpdate as i32
-                            || w.command_type == pb::CmdType::CmdDelete as i32
-                    }
-                    _ => false,
-                });
-                if changes {
+                let changing: Vec<&pb::MergeWhenClause> = nodes(&s.merge_when_clauses)
+                    .filter_map(|c| match c {
+                        NodeRef::MergeWhenClause(w)
+                            if w.command_type == pb::CmdType::CmdUpdate as i32
+                                || w.command_type == pb::CmdType::CmdDelete as i32 =>
+                        {
+                            Some(w)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if !changing.is_empty() {
                     self.modify(s.relation.as_ref(), node(&s.join_condition));
+                    // WHEN NOT MATCHED BY SOURCE changes the target rows the
+                    // join did *not* find: with no condition of its own, all
+                    // of them when the source is empty.
+                    let by_source = pb::MergeMatchKind::MergeWhenNotMatchedBySource as i32;
+                    if changing.iter().any(|w| w.match_kind == by_source && w.condition.is_none()) {
+                        self.unbounded = true;
+                    }
                 }
                 self.opt(&s.source_relation);
                 self.opt(&s.join_condition);

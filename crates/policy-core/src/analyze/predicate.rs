@@ -225,9 +225,10 @@ fn fold_a_expr(a: &pb::AExpr) -> Option<Value> {
             if let (Some(lv), Some(rv)) = (fold(l), fold(r)) {
                 return compare(op, &lv, &rv);
             }
-            // x = x, x >= x, x <= x: true for every non-NULL x.
-            if matches!(op, "=" | ">=" | "<=") && same_tree(l, r) {
-                return Some(Value::Bool(true));
+            // x = x, x >= x, x <= x: true for every non-NULL x; x <> x,
+            // x < x, x > x: false.
+            if matches!(op, "=" | ">=" | "<=" | "<>" | "<" | ">") && same_tree(l, r) {
+                return Some(Value::Bool(matches!(op, "=" | ">=" | "<=")));
             }
             None
         }
@@ -382,6 +383,8 @@ mod tests {
             "DELETE FROM t WHERE id IS NOT DISTINCT FROM id",
             "UPDATE t SET a = 1 WHERE NOT (1 = 2)",
             "UPDATE t SET a = 1 WHERE true AND 1 = 1",
+            "UPDATE t SET a = 1 WHERE NOT (id <> id)",
+            "UPDATE t SET a = 1 WHERE NOT (id < id)",
         ] {
             assert!(!where_of(sql), "{sql}");
         }
