@@ -33,9 +33,7 @@ use std::sync::{Arc, OnceLock};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use policy_core::{
-    Actor, Class, Decision, Engine, EngineOptions, Identity, Keys, Policy, Prepared, Session, Verdict,
-};
+use policy_core::{Actor, Class, Decision, Engine, EngineOptions, Identity, Keys, Policy, Prepared, Session, Verdict};
 
 const MAX_RULES: usize = 6;
 const MAX_LIST: usize = 4;
@@ -469,8 +467,7 @@ fn render(input: &Input) -> String {
 }
 
 fn identity(input: &Input) -> Identity {
-    let mut id = Identity::new(input.subject.name())
-        .with_groups(input.groups.iter().take(MAX_LIST).map(|g| g.name()));
+    let mut id = Identity::new(input.subject.name()).with_groups(input.groups.iter().take(MAX_LIST).map(|g| g.name()));
     if let Some(a) = &input.actor {
         id = id.with_actor(Actor {
             subject: a.subject.map(|n| n.name().to_string()),
@@ -529,8 +526,8 @@ fn without_spans(d: &Decision) -> Decision {
 fn check_decision(engine: &Engine, d: &Decision, ctx: &dyn Fn() -> String) {
     // 1. JSON.
     let json = d.to_json();
-    let value: serde_json::Value = serde_json::from_str(&json)
-        .unwrap_or_else(|e| panic!("to_json() is not JSON ({e}): {json}\n{}", ctx()));
+    let value: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("to_json() is not JSON ({e}): {json}\n{}", ctx()));
     let Some(obj) = value.as_object() else { panic!("to_json() is not an object: {json}\n{}", ctx()) };
     match obj.get("verdict").and_then(|v| v.as_str()) {
         Some(v) if v == d.verdict.as_str() => {}
@@ -568,14 +565,24 @@ fn check_decision(engine: &Engine, d: &Decision, ctx: &dyn Fn() -> String) {
         });
         if let Some(r) = rule {
             if r.effect.verdict() != s.verdict {
-                panic!("statement {i}: verdict {} from rule `{}` whose effect is {:?}\n{}", s.verdict, r.name, r.effect, ctx());
+                panic!(
+                    "statement {i}: verdict {} from rule `{}` whose effect is {:?}\n{}",
+                    s.verdict,
+                    r.name,
+                    r.effect,
+                    ctx()
+                );
             }
         }
         // 4. Opaque statements are not allowed through table/function conditions.
         if s.facts.opaque && s.verdict == Verdict::Allow {
             if let Some(r) = rule {
                 if r.tables.is_some() {
-                    panic!("opaque statement {i} allowed by rule `{}`, which has a tables condition: {s:?}\n{}", r.name, ctx());
+                    panic!(
+                        "opaque statement {i} allowed by rule `{}`, which has a tables condition: {s:?}\n{}",
+                        r.name,
+                        ctx()
+                    );
                 }
                 if r.functions.is_some() {
                     panic!(
@@ -625,7 +632,10 @@ fuzz_target!(|input: Input| {
 
     let first = engine.decide(&id, &session, sql);
     if debug() {
-        eprintln!("--- identity: {id:?}\n--- session: {session:?}\n--- sql: {sql:?}\n--- decision: {}", first.to_json());
+        eprintln!(
+            "--- identity: {id:?}\n--- session: {session:?}\n--- sql: {sql:?}\n--- decision: {}",
+            first.to_json()
+        );
     }
     check_decision(&engine, &first, &ctx);
 
@@ -637,7 +647,10 @@ fuzz_target!(|input: Input| {
     let decided: Vec<_> = first.statements.iter().map(|s| &s.facts).collect();
     let analysed: Vec<_> = analysis.statements.iter().collect();
     if decided != analysed {
-        panic!("analyze() and decide() see different facts:\n  decide:  {decided:?}\n  analyze: {analysed:?}\n{}", ctx());
+        panic!(
+            "analyze() and decide() see different facts:\n  decide:  {decided:?}\n  analyze: {analysed:?}\n{}",
+            ctx()
+        );
     }
 
     // 6. The cache changes nothing.

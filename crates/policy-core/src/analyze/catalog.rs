@@ -11,22 +11,23 @@ use std::sync::OnceLock;
 use super::Class;
 
 static FUNCTIONS_TXT: &str = include_str!("builtin_functions.txt");
+static FUNCTIONS_ADDED_TXT: &str = include_str!("builtin_functions_added.txt");
 static OPERATORS_TXT: &str = include_str!("builtin_operators.txt");
 
-fn set(text: &'static str) -> HashSet<&'static str> {
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
+fn set(texts: &[&'static str]) -> HashSet<&'static str> {
+    texts.iter().flat_map(|t| t.lines()).map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
 }
 
 /// Whether `name` (lower case, unqualified) is a built-in function.
 pub(crate) fn is_builtin_function(name: &str) -> bool {
     static SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
-    SET.get_or_init(|| set(FUNCTIONS_TXT)).contains(name)
+    SET.get_or_init(|| set(&[FUNCTIONS_TXT, FUNCTIONS_ADDED_TXT])).contains(name)
 }
 
 /// Whether `name` is a built-in operator.
 pub(crate) fn is_builtin_operator(name: &str) -> bool {
     static SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
-    SET.get_or_init(|| set(OPERATORS_TXT)).contains(name)
+    SET.get_or_init(|| set(&[OPERATORS_TXT])).contains(name)
 }
 
 /// What calling a built-in function does, beyond computing a value.
@@ -184,6 +185,8 @@ mod tests {
         assert!(is_builtin_function("lower"));
         assert!(is_builtin_function("query_to_xml"));
         assert!(!is_builtin_function("leak"));
+        assert!(is_builtin_function("system_user"));
+        assert!(!is_builtin_function("# Built-in functions added in PostgreSQL 16, 17 and 18 (from their release"));
         assert!(is_builtin_operator("="));
         assert!(is_builtin_operator("||"));
         assert!(!is_builtin_operator("===>"));
