@@ -441,6 +441,13 @@ fn prepared_statements_are_judged_by_what_they_run() {
     let f = &e.analyze(&e.new_session(), "EXECUTE q").statements[0];
     assert!(f.opaque);
     assert_eq!(f.class, Class::Write);
+    // A recorded text that is not preparable is not followed (no loop).
+    let mut looping = e.new_session();
+    looping.prepared.insert("q".into(), Prepared { sql: Arc::from("EXECUTE q"), standard_conforming_strings: true });
+    let f = &e.analyze(&looping, "EXECUTE q").statements[0];
+    assert!(f.opaque, "{f:?}");
+    looping.prepared.insert("q".into(), Prepared { sql: Arc::from("DROP TABLE t"), standard_conforming_strings: true });
+    assert!(e.analyze(&looping, "EXECUTE q").statements[0].opaque);
 }
 
 #[test]

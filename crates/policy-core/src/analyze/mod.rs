@@ -1219,9 +1219,22 @@ impl<'st, 's> Walker<'st, 's> {
             NodeRef::PrepareStmt(p) => node(&p.query),
             other => Some(other),
         };
+        // Only what PREPARE accepts can have been prepared; anything else
+        // (an EXECUTE recorded as the text of a statement, say) is refused
+        // rather than followed.
+        let inner = inner.filter(|i| {
+            matches!(
+                i,
+                NodeRef::SelectStmt(_)
+                    | NodeRef::InsertStmt(_)
+                    | NodeRef::UpdateStmt(_)
+                    | NodeRef::DeleteStmt(_)
+                    | NodeRef::MergeStmt(_)
+            )
+        });
         let Some(inner) = inner else {
             self.raise(Class::Write);
-            self.make_opaque(format!("EXECUTE of `{}`, whose recorded text holds no statement", e.name));
+            self.make_opaque(format!("EXECUTE of `{}`, whose recorded text is not a preparable statement", e.name));
             return;
         };
         let (class, tag) = classify(inner);
