@@ -621,11 +621,46 @@ impl<'st, 's> Walker<'st, 's> {
     }
 
     fn push_from(&mut self, from: &[pb::Node]) {
+        self.push_from_with(from, None);
+    }
+
+    /// FROM items in scope, plus a DML target (which is one too).
+    fn push_from_with(&mut self, from: &[pb::Node], target: Option<&pb::RangeVar>) {
         let mut scope = Vec::new();
-        for item in nodes(from) {
+        for item in nodes(from).chain(target.map(NodeRef::RangeVar)) {
             self.collect_from(item, &mut scope);
         }
         self.from_scopes.push(scope);
+    }
+
+    /// UPDATE and DELETE: a written target, more FROM/USING items, SET
+    /// expressions, and a WHERE that has to bound the target's rows.
+    #[expect(clippy::too_many_arguments, reason = "the two statements' parts, borrowed from different structs")]
+    fn update_or_delete(
+        &mut self,
+        tag: &str,
+        with: Option<&pb::WithClause>,
+        target: Option<&pb::RangeVar>,
+        from: &[pb::Node],
+        set: &[pb::Node],
+        where_clause: &Option<Box<pb::Node>>,
+        returning: Option<&pb::ReturningClause>,
+    ) {
+        let pushed = self.with_clause(with);
+        self.enter_dml(tag);
+        if let Some(rv) = target {
+            self.range_var(rv, true, false);
+        }
+        self.modify(target, node(where_clause));
+        self.push_from_with(from, target);
+        self.list(set);
+        self.list(from);
+        self.opt(where_clause);
+        if let Some(r) = returning {
+            self.visit(NodeRef::ReturningClause(r));
+        }
+        self.from_scopes.pop();
+        self.end_with(pushed);
     }
 
     fn collect_from(&mut self, item: NodeRef<'_>, scope: &mut Vec<(String, Option<String>)>) {
@@ -902,47 +937,24 @@ impl<'st, 's> Walker<'st, 's> {
                 }
                 self.end_with(pushed);
             }
-            NodeRef::UpdateStmt(s) => {
-                let pushed = self.with_clause(s.with_clause.as_ref());
-                self.enter_dml("UPDATE");
-                if let Some(rv) = &s.relation {
-                    self.range_var(rv, true, false);
-                }
-                self.modify(s.relation.as_ref(), node(&s.where_clause));
-                let mut from = s.from_clause.clone();
-                if let Some(rv) = &s.relation {
-                    from.push(pb::Node { node: Some(NodeEnum::RangeVar(rv.clone())) });
-                }
-                self.push_from(&from);
-                self.list(&s.target_list);
-                self.list(&s.from_clause);
-                self.opt(&s.where_clause);
-                if let Some(r) = &s.returning_clause {
-                    self.visit(NodeRef::ReturningClause(r));
-                }
-                self.from_scopes.pop();
-                self.end_with(pushed);
-            }
-            NodeRef::DeleteStmt(s) => {
-                let pushed = self.with_clause(s.with_clause.as_ref());
-                self.enter_dml("DELETE");
-                if let Some(rv) = &s.relation {
-                    self.range_var(rv, true, false);
-                }
-                self.modify(s.relation.as_ref(), node(&s.where_clause));
-                let mut from = s.using_clause.clone();
-                if let Some(rv) = &s.relation {
-                    from.push(pb::Node { node: Some(NodeEnum::RangeVar(rv.clone())) });
-                }
-                self.push_from(&from);
-                self.list(&s.using_clause);
-                self.opt(&s.where_clause);
-                if let Some(r) = &s.returning_clause {
-                    self.visit(NodeRef::ReturningClause(r));
-                }
-                self.from_scopes.pop();
-                self.end_with(pushed);
-            }
+            NodeRef::UpdateStmt(s) => self.update_or_delete(
+                "UPDATE",
+                s.with_clause.as_ref(),
+                s.relation.as_ref(),
+                &s.from_clause,
+                &s.target_list,
+                &s.where_clause,
+                s.returning_clause.as_ref(),
+            ),
+            NodeRef::DeleteStmt(s) => self.update_or_delete(
+                "DELETE",
+                s.with_clause.as_ref(),
+                s.relation.as_ref(),
+                &s.using_clause,
+                &[],
+                &s.where_clause,
+                s.returning_clause.as_ref(),
+            ),
             NodeRef::MergeStmt(s) => {
                 let pushed = self.with_clause(s.with_clause.as_ref());
                 self.enter_dml("MERGE");
