@@ -43,7 +43,7 @@ struct Inner {
     policy: Policy,
     options: AnalyzeOptions,
     cache: DecisionCache,
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "the masking engine's `hash` strategy reads the pseudonym key")]
     keys: Keys,
 }
 
