@@ -24,6 +24,13 @@
 //! 6. the cache is invisible: an engine with the cache turned off decides
 //!    the same, also for a second session that differs only in its
 //!    prepared statements, asked after the first one filled the cache.
+//!
+//! A panic inside policy-core, which `Engine::decide` would catch and turn
+//! into an "internal error" deny, is reported too: libfuzzer-sys's panic
+//! hook aborts on every panic, caught or not, with its message and stack.
+//!
+//! `PORTCULLIS_FUZZ_DEBUG=1 fuzz/target/*/release/decide FILE` prints what an
+//! input decodes to (policy text, caller, session, SQL, decision).
 
 #![no_main]
 
