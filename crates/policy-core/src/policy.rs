@@ -173,6 +173,39 @@ pub struct IdentityConfig {
     /// Claim holding the acting agent.
     #[serde(default = "default_actor_claim")]
     pub actor_claim: String,
+    /// Claims naming the OAuth client an agent uses (`azp`, `client_id`);
+    /// a token carrying one has an actor even without `act`.
+    #[serde(default)]
+    pub client_id_claims: Vec<String>,
+    /// Required `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (any one suffices).
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Clock skew tolerated, in seconds (at most 300).
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+
+impl IdentityConfig {
+    /// The rules [`verify_jwt`](crate::verify_jwt) applies.
+    pub fn rules(&self) -> crate::IdentityRules {
+        crate::IdentityRules {
+            subject_claim: self.subject_claim.clone(),
+            groups_claim: self.groups_claim.clone(),
+            actor_claim: self.actor_claim.clone(),
+            client_id_claims: self.client_id_claims.clone(),
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            leeway_seconds: self.leeway_seconds,
+            ..crate::IdentityRules::default()
+        }
+    }
 }
 
 fn default_subject_claim() -> String {
@@ -191,6 +224,10 @@ impl Default for IdentityConfig {
             subject_claim: default_subject_claim(),
             groups_claim: default_groups_claim(),
             actor_claim: default_actor_claim(),
+            client_id_claims: Vec::new(),
+            issuer: None,
+            audience: Vec::new(),
+            leeway_seconds: default_leeway(),
         }
     }
 }
@@ -340,7 +377,7 @@ struct RawPolicy {
     #[serde(default)]
     settings: Option<Spanned<RawSettings>>,
     #[serde(default)]
-    identity: Option<IdentityConfig>,
+    identity: Option<Spanned<IdentityConfig>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
@@ -510,6 +547,31 @@ impl Policy {
             ));
         }
 
+        let identity = match raw.identity {
+            Some(spanned) => {
+                let at = spanned.span().start;
+                let identity = spanned.into_inner();
+                if identity.leeway_seconds > crate::MAX_LEEWAY_SECONDS {
+                    return Err(loader.invalid(
+                        at,
+                        format!(
+                            "identity.leeway_seconds is {}; at most {} is accepted",
+                            identity.leeway_seconds,
+                            crate::MAX_LEEWAY_SECONDS
+                        ),
+                    ));
+                }
+                for (what, value) in
+                    [("subject_claim", &identity.subject_claim), ("groups_claim", &identity.groups_claim)]
+                {
+                    if value.is_empty() || value.split('.').any(str::is_empty) {
+                        return Err(loader.invalid(at, format!("identity.{what} `{value}` is not a claim path")));
+                    }
+                }
+                identity
+            }
+            None => IdentityConfig::default(),
+        };
         let (settings_span, raw_settings) = match raw.settings {
             Some(s) => (s.span().start, s.into_inner()),
             None => (0, RawSettings::default()),
@@ -672,15 +734,7 @@ impl Policy {
             })
             .collect();
 
-        Ok(Policy {
-            source: file.to_string(),
-            settings,
-            identity: raw.identity.unwrap_or_default(),
-            rules,
-            masks,
-            detectors,
-            tests,
-        })
+        Ok(Policy { source: file.to_string(), settings, identity, rules, masks, detectors, tests })
     }
 }
 
@@ -810,6 +864,24 @@ mod tests {
         let t = p.rules[0].tables.as_ref().unwrap_or_else(|| panic!("no tables"));
         assert!(t.covers("public.secrets"));
         assert!(!t.covers("public.orders"));
+    }
+
+    #[test]
+    fn identity_section_is_checked() {
+        let e = err("version = 1\n[identity]\nleeway_seconds = 3600\n");
+        assert!(e.to_string().contains("leeway_seconds"), "{e}");
+        let e = err("version = 1\n[identity]\ngroups_claim = \"realm_access..roles\"\n");
+        assert!(e.to_string().contains("groups_claim"), "{e}");
+        let p = Policy::from_toml_str(
+            "version = 1\n[identity]\nissuer = \"https://idp\"\naudience = [\"pc\"]\nclient_id_claims = [\"azp\"]\n",
+            "p.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let rules = p.identity.rules();
+        assert_eq!(rules.issuer.as_deref(), Some("https://idp"));
+        assert_eq!(rules.audience, ["pc"]);
+        assert_eq!(rules.client_id_claims, ["azp"]);
+        assert_eq!(rules.leeway_seconds, 60);
     }
 
     #[test]
