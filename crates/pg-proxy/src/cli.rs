@@ -25,6 +25,52 @@ enum Command {
     /// Check, test and explain policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Development keys and tokens (never for production identities).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Write a development signing key and its JWKS into a directory.
+    ///
+    /// Writes DIR/signing-key.pem (PKCS#8, mode 0600) and DIR/jwks.json,
+    /// the public key set the gateway verifies tokens with.
+    Keygen {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Key type.
+        #[arg(long, value_enum, default_value = "ed25519")]
+        key_type: crate::token::KeyType,
+    },
+    /// Print a signed development JWT.
+    ///
+    /// Example: pg-proxy token mint --key dev/signing-key.pem --sub alice@example.com
+    /// --groups developers --actor copilot-7 --ttl 1h
+    Mint {
+        /// The private key from `token keygen`.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Groups, comma-separated (`groups` claim).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// The agent acting for the subject (RFC 8693 `act`).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Lifetime: 90s, 15m, 1h, 2d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Issuer (`iss`).
+        #[arg(long)]
+        iss: Option<String>,
+        /// Audience (`aud`).
+        #[arg(long)]
+        aud: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,6 +147,42 @@ struct Request {
 pub(crate) fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Token(TokenCommand::Keygen { out, key_type }) => match crate::token::keygen(&out, key_type) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Token(TokenCommand::Mint { key, sub, groups, actor, ttl, iss, aud }) => {
+            let ttl_seconds = match crate::token::parse_ttl(&ttl) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: --ttl {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+            let request = crate::token::MintRequest {
+                key: &key,
+                subject: &sub,
+                groups: &groups,
+                actor: actor.as_deref(),
+                ttl_seconds,
+                issuer: iss.as_deref(),
+                audience: aud.as_deref(),
+            };
+            match crate::token::mint(&request) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Policy(PolicyCommand::Check { file }) => match load(&file) {
             Ok(engine) => {
                 let p = engine.policy();

@@ -1,9 +1,11 @@
 //! `pg-proxy`: the Portcullis gateway binary and its command-line tools.
 //!
-//! For now it carries the policy tools (`pg-proxy policy check|test|explain`);
-//! the gateway itself (`serve`, `demo`, `token`) builds on the same engine.
+//! For now it carries the policy tools (`pg-proxy policy check|test|explain`)
+//! and development tokens (`pg-proxy token keygen|mint`); the gateway itself
+//! (`serve`, `demo`) builds on the same engine.
 
 mod cli;
+mod token;
 
 fn main() -> std::process::ExitCode {
     cli::run()

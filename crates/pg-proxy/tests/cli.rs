@@ -146,3 +146,68 @@ fn help_explains_the_commands() {
     let help = text(&out.stdout);
     assert!(help.contains("--jsonl") && help.contains("--search-path"), "{help}");
 }
+
+#[test]
+fn minted_tokens_verify_and_tampered_ones_do_not() {
+    use policy_core::{verify_jwt, IdentityError, IdentityRules, Jwks};
+    for key_type in ["ed25519", "rsa"] {
+        let dir = std::env::temp_dir().join(format!("portcullis-token-{}-{key_type}", std::process::id()));
+        let out = run(&["token", "keygen", "--out", dir.to_str().unwrap(), "--key-type", key_type]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let key = dir.join("signing-key.pem");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let jwks = Jwks::from_json(&std::fs::read(dir.join("jwks.json")).unwrap()).unwrap();
+        assert_eq!(jwks.len(), 1, "{:?}", jwks.diagnostics());
+
+        let out = run(&[
+            "token",
+            "mint",
+            "--key",
+            key.to_str().unwrap(),
+            "--sub",
+            "alice@example.com",
+            "--groups",
+            "developers,ai-agents",
+            "--actor",
+            "copilot-7",
+            "--ttl",
+            "10m",
+            "--iss",
+            "https://idp.test",
+            "--aud",
+            "portcullis",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let token = text(&out.stdout).trim().to_string();
+        let rules = IdentityRules {
+            issuer: Some("https://idp.test".into()),
+            audience: vec!["portcullis".into()],
+            ..IdentityRules::default()
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let id = verify_jwt(&token, &jwks, &rules, now).unwrap_or_else(|e| panic!("{key_type}: {e}"));
+        assert_eq!(id.subject, "alice@example.com");
+        assert_eq!(id.groups, ["developers", "ai-agents"]);
+        assert_eq!(id.actor.as_ref().and_then(|a| a.subject.as_deref()), Some("copilot-7"));
+        // Expired after its ttl.
+        assert_eq!(verify_jwt(&token, &jwks, &rules, now + 3600), Err(IdentityError::Expired));
+
+        // Tampered claims.
+        let parts: Vec<&str> = token.split('.').collect();
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut claims: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+        claims["groups"] = serde_json::json!(["dba"]);
+        let forged = format!("{}.{}.{}", parts[0], b64.encode(claims.to_string()), parts[2]);
+        assert_eq!(verify_jwt(&forged, &jwks, &rules, now), Err(IdentityError::BadSignature));
+    }
+
+    let bad = run(&["token", "mint", "--key", "/nonexistent.pem", "--sub", "x"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let ttl = run(&["token", "mint", "--key", "/nonexistent.pem", "--sub", "x", "--ttl", "1w"]);
+    assert_eq!(ttl.status.code(), Some(2));
+}
