@@ -24,7 +24,7 @@ pub(crate) enum KeyType {
 
 enum SigningKey {
     Ed(ed25519_dalek::SigningKey),
-    Rsa(Box<rsa::RsaPrivateKey>),
+    Rsa(rsa::RsaPrivateKey),
 }
 
 impl SigningKey {
@@ -63,7 +63,7 @@ impl SigningKey {
             }
             SigningKey::Rsa(k) => {
                 use rsa::signature::{SignatureEncoding, Signer};
-                rsa::pkcs1v15::SigningKey::<Sha256>::new((**k).clone()).sign(input).to_vec()
+                rsa::pkcs1v15::SigningKey::<Sha256>::new(k.clone()).sign(input).to_vec()
             }
         }
     }
@@ -86,7 +86,7 @@ impl SigningKey {
             return Ok(SigningKey::Ed(k));
         }
         <rsa::RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_pem(pem)
-            .map(|k| SigningKey::Rsa(Box::new(k)))
+            .map(SigningKey::Rsa)
             .map_err(|_| "not a PKCS#8 Ed25519 or RSA private key in PEM".to_string())
     }
 }
@@ -97,9 +97,9 @@ pub(crate) fn keygen(dir: &Path, key_type: KeyType) -> Result<(), String> {
     let mut rng = rand::rngs::OsRng;
     let key = match key_type {
         KeyType::Ed25519 => SigningKey::Ed(ed25519_dalek::SigningKey::generate(&mut rng)),
-        KeyType::Rsa => SigningKey::Rsa(Box::new(
+        KeyType::Rsa => SigningKey::Rsa(
             rsa::RsaPrivateKey::new(&mut rng, 2048).map_err(|e| format!("RSA key generation failed: {e}"))?,
-        )),
+        ),
     };
     let key_path = dir.join("signing-key.pem");
     write_private(&key_path, key.to_pem()?.as_bytes())?;
