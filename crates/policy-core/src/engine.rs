@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use globset::{Glob, GlobSetBuilder};
 
+use crate::analyze::StatementFacts;
 use crate::analyze::{self, Analysis, AnalyzeOptions};
 use crate::cache::{DecisionCache, DEFAULT_CACHE_BYTES};
 use crate::decision::{Decision, Verdict};
 use crate::identity::{Actor, Identity};
+use crate::mask::{ColumnInfo, ColumnMask, RowMasker};
 use crate::policy::{Policy, PolicyError, PolicyTest, Strategy};
 use crate::rules;
 use crate::session::Session;
@@ -43,8 +45,7 @@ struct Inner {
     policy: Policy,
     options: AnalyzeOptions,
     cache: DecisionCache,
-    #[expect(dead_code, reason = "the masking engine's `hash` strategy reads the pseudonym key")]
-    keys: Keys,
+    masks: Vec<ColumnMask>,
 }
 
 /// A compiled policy. Cheap to clone, `Send + Sync`: build once, share
@@ -120,12 +121,14 @@ impl Engine {
         };
         let analyze_options =
             AnalyzeOptions { start_search_path: policy.settings.search_path.clone(), trusted_functions };
+        let key: Option<Arc<[u8]>> = keys.pseudonym_key.as_deref().map(Arc::from);
+        let masks = policy.masks.iter().map(|m| ColumnMask::compile(m, key.clone())).collect();
         Ok(Engine {
             inner: Arc::new(Inner {
                 policy,
                 options: analyze_options,
                 cache: DecisionCache::new(options.cache_bytes),
-                keys,
+                masks,
             }),
         })
     }
@@ -205,6 +208,13 @@ impl Engine {
                 TestOutcome { test: t.clone(), decision, passed }
             })
             .collect()
+    }
+
+    /// Prepares the masking of one statement's result rows for `identity`:
+    /// `facts` is the statement's analysis (its output-column lineage),
+    /// `columns` what the server said about the result's columns.
+    pub fn masker(&self, identity: &Identity, facts: &StatementFacts, columns: &[ColumnInfo]) -> RowMasker {
+        RowMasker::new(&self.inner.masks, identity, facts, columns)
     }
 
     /// Bytes the decision cache holds now.

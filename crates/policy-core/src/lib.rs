@@ -123,7 +123,7 @@ pub use cache::{DEFAULT_CACHE_BYTES, MAX_CACHED_SQL};
 pub use decision::{Decision, StatementDecision, Verdict};
 pub use engine::{Engine, EngineOptions, Keys, TestOutcome};
 pub use identity::{verify_jwt, Actor, Identity, IdentityError, IdentityRules, Jwks, MAX_LEEWAY_SECONDS};
-pub use mask::{Masking, REDACTED};
+pub use mask::{ColumnInfo, Masking, RowMasker, REDACTED};
 pub use policy::{
     Detector, DetectorKind, Effect, IdentityConfig, Location, Mask, Patterns, Policy, PolicyError, PolicyTest, Rule,
     Settings, Strategy,
