@@ -51,6 +51,29 @@
 //! # Ok::<(), policy_core::PolicyError>(())
 //! ```
 //!
+//! ## Identity: people and the agents acting for them
+//!
+//! [`verify_jwt`] checks an OIDC token against a [`Jwks`] (keys parsed once;
+//! unusable ones skipped with a diagnostic) and maps its claims with the
+//! policy's `[identity]` section ([`IdentityConfig::rules`]). The algorithm
+//! comes from the key the `kid` selects, never from the header alone; time
+//! is an argument. An [`Identity`] names the subject and, when the token
+//! carries an RFC 8693 `act` claim (or a configured client id claim such as
+//! `azp`), the [`Actor`]. Rules say who they apply to with `groups`,
+//! `subjects` and `actors`: `actors = ["copilot-*"]` matches an agent by
+//! its subject or client id, `actors = ["*"]` any agent acting for the
+//! subject, and no `actors` condition anyone, with or without an agent. So
+//! one policy can let Alice delete with a WHERE while an agent acting for
+//! Alice needs approval. Decisions name both.
+//!
+//! ## Masking
+//!
+//! [`Engine::masker`] plans the masking of one statement's result from the
+//! columns the server describes and the statement's lineage
+//! ([`OutputColumn`]); [`RowMasker::mask_row`] applies it to each row, and
+//! leaves rows with no masked column untouched. See the `mask` strategies on
+//! [`Masking`].
+//!
 //! ## How the engine reads POLICY.md where it is silent
 //!
 //! - **Names.** Unqualified relations resolve through the session's
