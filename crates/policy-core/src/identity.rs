@@ -272,6 +272,46 @@ fn algorithms_for(jwk: &Jwk) -> Result<Vec<Algorithm>, String> {
     }
 }
 
+/// Checks the lengths of key material that verifiers slice without checking.
+fn key_material_fits(jwk: &Jwk) -> Result<(), String> {
+    use base64::Engine as _;
+    let decoded = |v: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v)
+            .map_err(|_| "key material is not base64url".to_string())
+    };
+    match &jwk.algorithm {
+        AlgorithmParameters::OctetKeyPair(p) => match decoded(&p.x)?.len() {
+            32 => Ok(()),
+            n => Err(format!("an Ed25519 public key is 32 bytes, this one {n}")),
+        },
+        AlgorithmParameters::EllipticCurve(p) => {
+            let want = match p.curve {
+                EllipticCurve::P256 => 32,
+                EllipticCurve::P384 => 48,
+                _ => return Err("unsupported elliptic curve".into()),
+            };
+            if decoded(&p.x)?.len() == want && decoded(&p.y)?.len() == want {
+                Ok(())
+            } else {
+                Err(format!("EC coordinates must be {want} bytes each"))
+            }
+        }
+        AlgorithmParameters::RSA(p) => {
+            let n = decoded(&p.n)?;
+            let e = decoded(&p.e)?;
+            if n.len() < 256 {
+                Err(format!("RSA modulus of {} bits; at least 2048 are accepted", n.len() * 8))
+            } else if e.is_empty() || e.len() > 8 {
+                Err("RSA exponent is unusable".into())
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Jwks {
     /// Parses a JWKS document (`{"keys": [...]}`).
     pub fn from_json(bytes: &[u8]) -> Result<Jwks, IdentityError> {
@@ -309,6 +349,10 @@ impl Jwks {
                     continue;
                 }
             };
+            if let Err(e) = key_material_fits(&jwk) {
+                diagnostics.push(format!("key {label} skipped: {e}"));
+                continue;
+            }
             let key = match DecodingKey::from_jwk(&jwk) {
                 Ok(k) => k,
                 Err(e) => {
@@ -442,8 +486,13 @@ pub fn verify_jwt(token: &str, jwks: &Jwks, rules: &IdentityRules, now: u64) -> 
     }
     strict_base64url(s64)?;
     let signed = token.get(..h64.len() + 1 + c64.len()).ok_or(IdentityError::Malformed("token boundaries"))?;
-    match jsonwebtoken::crypto::verify(s64, signed.as_bytes(), &key.key, algorithm) {
-        Ok(true) => {}
+    // A panic in a verifier (bad key material a check above missed) is a
+    // refusal, not a crash.
+    let verified = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        jsonwebtoken::crypto::verify(s64, signed.as_bytes(), &key.key, algorithm)
+    }));
+    match verified {
+        Ok(Ok(true)) => {}
         _ => return Err(IdentityError::BadSignature),
     }
 

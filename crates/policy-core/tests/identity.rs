@@ -289,6 +289,18 @@ fn unusable_keys_are_skipped_with_a_diagnostic() {
     .unwrap();
     assert_eq!(set.len(), 1);
     assert_eq!(set.diagnostics().len(), 6, "{:?}", set.diagnostics());
+
+    // Found by fuzzing: a short Ed25519 key made the verifier slice past its
+    // end. It is skipped at load time now.
+    let short =
+        Jwks::from_json(br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"11qYAYKxCrfVS_7TywaIaPcHURo"}]}"#)
+            .unwrap();
+    assert!(short.is_empty(), "{:?}", short.diagnostics());
+    assert!(short.diagnostics()[0].contains("32 bytes"), "{:?}", short.diagnostics());
+    let t = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsifQ.eyJzdWIiOiJhIiwiZXhwIjMDAwfQ.c2ln";
+    assert_eq!(verify_jwt(t, &short, &IdentityRules::default(), NOW), Err(IdentityError::NoKeys));
+    let small_rsa = Jwks::from_json(br#"{"keys":[{"kty":"RSA","kid":"r","n":"AQAB","e":"AQAB"}]}"#).unwrap();
+    assert!(small_rsa.is_empty(), "{:?}", small_rsa.diagnostics());
     assert!(set.has_kid("ed") && !set.has_kid("hmac"));
     assert!(verify_jwt(&token("EdDSA", "ed", &claims()), &set, &IdentityRules::default(), NOW).is_ok());
     for bad in [&b"not json"[..], br#"{"nokeys": []}"#, br#"{"keys": {}}"#] {
