@@ -133,6 +133,7 @@
 mod analyze;
 mod cache;
 mod decision;
+mod detect;
 mod engine;
 mod fingerprint;
 mod identity;
@@ -144,6 +145,7 @@ mod session;
 pub use analyze::{Analysis, Class, OutputColumn, StatementFacts};
 pub use cache::{DEFAULT_CACHE_BYTES, MAX_CACHED_SQL};
 pub use decision::{Decision, StatementDecision, Verdict};
+pub use detect::{DetectorMatch, Detectors};
 pub use engine::{Engine, EngineOptions, Keys, TestOutcome};
 pub use identity::{verify_jwt, Actor, Identity, IdentityError, IdentityRules, Jwks, MAX_LEEWAY_SECONDS};
 pub use mask::{ColumnInfo, Masking, RowMasker, REDACTED};
