@@ -108,6 +108,7 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, Input, MatchKind};
 use regex::Regex;
 
+use crate::identity::Identity;
 use crate::mask::{Masking, REDACTED};
 use crate::policy::{Detector, DetectorKind};
 
@@ -123,6 +124,8 @@ pub struct Detectors {
 struct Inner {
     /// One masking per detector, in policy order.
     maskings: Vec<Masking>,
+    /// Each detector's exempt groups.
+    exempt_groups: Vec<Vec<String>>,
     /// Every (kind, detector) pair, in policy order.
     kinds: Vec<(DetectorKind, usize)>,
     /// Custom patterns with their detector.
@@ -193,12 +196,46 @@ impl Detectors {
                 .ok()
                 .map(|ac| Anchors { ac, kinds: literal_kinds })
         };
-        Detectors { inner: Arc::new(Inner { maskings, kinds, patterns, anchors }) }
+        let exempt_groups = detectors.iter().map(|d| d.exempt_groups.clone()).collect();
+        Detectors { inner: Arc::new(Inner { maskings, exempt_groups, kinds, patterns, anchors }) }
     }
 
     /// Whether there is nothing to scan for.
     pub fn is_empty(&self) -> bool {
         self.inner.maskings.is_empty()
+    }
+
+    /// How many detectors there are (the length of an `active` list).
+    pub fn len(&self) -> usize {
+        self.inner.maskings.len()
+    }
+
+    /// Which detectors apply to `identity` (one flag per detector, in
+    /// policy order): those it has no exempt group of. Exempt groups are
+    /// any-of: one suffices.
+    ///
+    /// ```
+    /// use policy_core::{Detectors, Identity, Policy};
+    /// let policy = Policy::from_toml_str(r#"
+    ///     version = 1
+    ///     [[detector]]
+    ///     name = "cards"
+    ///     kinds = ["credit_card"]
+    ///     strategy = "redact"
+    ///     exempt_groups = ["billing"]
+    /// "#, "p.toml")?;
+    /// let detectors = Detectors::new(&policy.detectors, None);
+    /// assert_eq!(detectors.active_for(&Identity::new("bob")), [true]);
+    /// assert_eq!(detectors.active_for(&Identity::new("ann").with_groups(["billing".to_string()])), [false]);
+    /// # Ok::<(), policy_core::PolicyError>(())
+    /// ```
+    pub fn active_for(&self, identity: &Identity) -> Vec<bool> {
+        self.inner.exempt_groups.iter().map(|exempt| !exempt.iter().any(|g| identity.groups.contains(g))).collect()
+    }
+
+    /// The masking of detector `d`.
+    pub(crate) fn masking(&self, d: usize) -> Option<&Masking> {
+        self.inner.maskings.get(d)
     }
 
     /// Finds every match in `text` (non-overlapping, leftmost-first, sorted

@@ -9,8 +9,9 @@ use crate::analyze::StatementFacts;
 use crate::analyze::{self, Analysis, AnalyzeOptions};
 use crate::cache::{DecisionCache, DEFAULT_CACHE_BYTES};
 use crate::decision::{Decision, Verdict};
+use crate::detect::Detectors;
 use crate::identity::{Actor, Identity};
-use crate::mask::{ColumnInfo, ColumnMask, RowMasker};
+use crate::mask::{ColumnInfo, ColumnMask, MessageScrubber, RowMasker};
 use crate::policy::{Policy, PolicyError, PolicyTest, Strategy};
 use crate::rules;
 use crate::session::Session;
@@ -46,6 +47,7 @@ struct Inner {
     options: AnalyzeOptions,
     cache: DecisionCache,
     masks: Vec<ColumnMask>,
+    detectors: Detectors,
 }
 
 /// A compiled policy. Cheap to clone, `Send + Sync`: build once, share
@@ -123,12 +125,14 @@ impl Engine {
             AnalyzeOptions { start_search_path: policy.settings.search_path.clone(), trusted_functions };
         let key: Option<Arc<[u8]>> = keys.pseudonym_key.as_deref().map(Arc::from);
         let masks = policy.masks.iter().map(|m| ColumnMask::compile(m, key.clone())).collect();
+        let detectors = Detectors::new(&policy.detectors, key);
         Ok(Engine {
             inner: Arc::new(Inner {
                 policy,
                 options: analyze_options,
                 cache: DecisionCache::new(options.cache_bytes),
                 masks,
+                detectors,
             }),
         })
     }
@@ -214,7 +218,19 @@ impl Engine {
     /// `facts` is the statement's analysis (its output-column lineage),
     /// `columns` what the server said about the result's columns.
     pub fn masker(&self, identity: &Identity, facts: &StatementFacts, columns: &[ColumnInfo]) -> RowMasker {
-        RowMasker::new(&self.inner.masks, identity, facts, columns)
+        RowMasker::new(&self.inner.masks, &self.inner.detectors, identity, facts, columns)
+    }
+
+    /// Prepares the scrubbing of the server's error and notice texts for
+    /// `identity` while `statements` run (see [`MessageScrubber`]); pass no
+    /// statements for messages outside any statement.
+    pub fn scrubber(&self, identity: &Identity, statements: &[StatementFacts]) -> MessageScrubber {
+        MessageScrubber::new(&self.inner.masks, &self.inner.detectors, identity, statements)
+    }
+
+    /// The policy's detectors, compiled.
+    pub fn detectors(&self) -> &Detectors {
+        &self.inner.detectors
     }
 
     /// Bytes the decision cache holds now.

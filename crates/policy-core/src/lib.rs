@@ -148,7 +148,7 @@ pub use decision::{Decision, StatementDecision, Verdict};
 pub use detect::{DetectorMatch, Detectors};
 pub use engine::{Engine, EngineOptions, Keys, TestOutcome};
 pub use identity::{verify_jwt, Actor, Identity, IdentityError, IdentityRules, Jwks, MAX_LEEWAY_SECONDS};
-pub use mask::{ColumnInfo, Masking, RowMasker, REDACTED};
+pub use mask::{quotes_values, ColumnInfo, Masking, MessageScrubber, RowMasker, Scrubbed, REDACTED};
 pub use policy::{
     Detector, DetectorKind, Effect, IdentityConfig, Location, Mask, Patterns, Policy, PolicyError, PolicyTest, Rule,
     Settings, Strategy,

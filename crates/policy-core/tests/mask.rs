@@ -63,7 +63,7 @@ fn plain_references_keep_the_strategy() {
         ColumnInfo::text("id", Some("public.users.id")),
         ColumnInfo::text("ssn", Some("public.users.ssn")),
         ColumnInfo::text("email", Some("public.users.email")),
-        ColumnInfo { text_type: false, ..ColumnInfo::text("salary", Some("public.users.salary")) },
+        ColumnInfo { type_oid: 1700, ..ColumnInfo::text("salary", Some("public.users.salary")) },
         ColumnInfo::text("name", Some("public.users.name")),
     ];
     let m = e.masker(&bob(), &a.statements[0], &cols);
@@ -148,7 +148,7 @@ fn lineage_carries_masks_through_expressions() {
 fn non_text_columns_are_retyped_and_binary_values_masked_whole() {
     let e = engine();
     let a = e.analyze(&e.new_session(), "SELECT ssn FROM users");
-    let cols = [ColumnInfo { text_type: false, binary: true, ..ColumnInfo::text("ssn", Some("public.users.ssn")) }];
+    let cols = [ColumnInfo { type_oid: 23, binary: true, ..ColumnInfo::text("ssn", Some("public.users.ssn")) }];
     let m = e.masker(&bob(), &a.statements[0], &cols);
     assert_eq!(m.retyped_columns(), [0]);
     let mut row = vec![Some(Cow::Borrowed(&[0u8, 0, 0, 42][..]))];
@@ -158,4 +158,165 @@ fn non_text_columns_are_retyped_and_binary_values_masked_whole() {
     let mut row: Vec<Option<Cow<'_, [u8]>>> = vec![None];
     m.mask_row(&mut row);
     assert!(row[0].is_none());
+}
+
+const DETECTING: &str = r#"
+version = 1
+[[mask]]
+name = "ssn"
+columns = ["*.*.ssn"]
+strategy = "partial"
+show_last = 4
+exempt_groups = ["pii-readers"]
+
+[[detector]]
+name = "cards"
+kinds = ["credit_card"]
+strategy = "partial"
+show_last = 4
+exempt_groups = ["billing"]
+
+[[detector]]
+name = "contacts"
+kinds = ["email", "us_ssn"]
+strategy = "redact"
+"#;
+
+fn detecting() -> Engine {
+    Engine::new(Policy::from_toml_str(DETECTING, "detect.toml").unwrap(), Keys::default()).unwrap()
+}
+
+fn typed(name: &str, source: Option<&str>, type_oid: u32, binary: bool) -> ColumnInfo {
+    ColumnInfo::new(name, source, type_oid, binary)
+}
+
+#[test]
+fn detectors_scan_every_unmasked_text_value() {
+    let e = detecting();
+    let a = e.analyze(&e.new_session(), "SELECT note, ssn, amount, doc, tags FROM notes");
+    let cols = [
+        typed("note", Some("public.notes.note"), 25, false),
+        typed("ssn", Some("public.notes.ssn"), 25, false),
+        typed("amount", Some("public.notes.amount"), 1700, false),
+        typed("doc", Some("public.notes.doc"), 3802, true),
+        typed("tags", Some("public.notes.tags"), 1009, false),
+    ];
+    let m = e.masker(&bob(), &a.statements[0], &cols);
+    assert!(!m.is_noop());
+    let mut row: Vec<Option<Cow<'_, [u8]>>> = vec![
+        Some(Cow::Borrowed(b"card 4111 1111 1111 1111, mail bob@example.com")),
+        Some(Cow::Borrowed(b"123-45-6789")),
+        Some(Cow::Borrowed(b"4111111111111111")),
+        Some(Cow::Borrowed(b"\x01{\"card\": 4111111111111111}")),
+        Some(Cow::Borrowed(b"{\"ssn 123-45-6789\",plain}")),
+    ];
+    assert_eq!(m.mask_row(&mut row), 4);
+    assert_eq!(row[0].as_deref(), Some(&b"card ****1111, mail [redacted]"[..]));
+    // The column mask decides, the detectors do not run on top of it.
+    assert_eq!(row[1].as_deref(), Some(&b"****6789"[..]));
+    // Numbers hold no text: a numeric column is never rewritten by detectors.
+    assert!(matches!(row[2], Some(Cow::Borrowed(b"4111111111111111"))));
+    // Binary jsonb keeps its version byte and stays valid JSON.
+    assert_eq!(row[3].as_deref(), Some(&b"\x01{\"card\": \"****1111\"}"[..]));
+    assert_eq!(row[4].as_deref(), Some(&b"{\"ssn [redacted]\",plain}"[..]));
+}
+
+#[test]
+fn detectors_honour_exempt_groups_and_leave_clean_rows_borrowed() {
+    let e = detecting();
+    let a = e.analyze(&e.new_session(), "SELECT note FROM notes");
+    let cols = [typed("note", Some("public.notes.note"), 25, false)];
+    let billing = Identity::new("ann").with_groups(["billing"]);
+    let m = e.masker(&billing, &a.statements[0], &cols);
+    let mut row = vec![Some(Cow::Borrowed(&b"4111 1111 1111 1111 / ann@example.com"[..]))];
+    assert_eq!(m.mask_row(&mut row), 1);
+    assert_eq!(row[0].as_deref(), Some(&b"4111 1111 1111 1111 / [redacted]"[..]), "billing sees cards only");
+
+    let m = e.masker(&bob(), &a.statements[0], &cols);
+    let mut row = vec![Some(Cow::Borrowed(&b"order 1234 shipped 2024-01-15"[..])), None];
+    assert_eq!(m.mask_row(&mut row), 0);
+    assert!(matches!(row[0], Some(Cow::Borrowed(_))), "nothing matched: the value is not copied");
+
+    // Columns whose types hold no text leave nothing to scan.
+    let a = e.analyze(&e.new_session(), "SELECT id, total FROM orders");
+    let cols = [typed("id", None, 23, true), typed("total", None, 1700, false)];
+    assert!(e.masker(&bob(), &a.statements[0], &cols).is_noop());
+}
+
+#[test]
+fn binary_arrays_holding_a_match_become_null() {
+    let e = detecting();
+    let a = e.analyze(&e.new_session(), "SELECT tags FROM notes");
+    let cols = [typed("tags", Some("public.notes.tags"), 1009, true)];
+    let m = e.masker(&bob(), &a.statements[0], &cols);
+    let mut value = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 25, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 15];
+    value.extend_from_slice(b"bob@example.com");
+    let mut row = vec![Some(Cow::Owned(value))];
+    assert_eq!(m.mask_row(&mut row), 1);
+    assert!(row[0].is_none(), "a binary array cannot be edited in place: NULL keeps it decodable");
+}
+
+mod scrub {
+    use super::*;
+    use policy_core::Scrubbed;
+
+    const QUOTING: &str = r#"invalid input syntax for type integer: "123-45-6789""#;
+
+    fn scrubber(sql: &str, who: &Identity) -> policy_core::MessageScrubber {
+        let e = detecting();
+        let a = e.analyze(&e.new_session(), sql);
+        e.scrubber(who, &a.statements)
+    }
+
+    #[test]
+    fn value_quoting_errors_of_masked_reads_become_generic() {
+        for sql in [
+            "SELECT ssn::int FROM users",
+            "SELECT 1 FROM users WHERE ssn::int = 1",
+            "SELECT * FROM users",
+            "SELECT 1 FROM users u WHERE u::text::int = 1",
+            "SELECT ssn::int FROM users JOIN orders ON true",
+            "INSERT INTO archive SELECT ssn::int FROM users",
+            "DO $$ BEGIN RAISE EXCEPTION '%', (SELECT ssn FROM users LIMIT 1); END $$",
+        ] {
+            let s = scrubber(sql, &bob());
+            assert!(s.reads_masked(), "{sql}");
+            match s.scrub("22P02", b'M', QUOTING) {
+                Scrubbed::Replace(m) => {
+                    assert!(!m.contains("6789") && m.contains("22P02"), "{sql}: {m}")
+                }
+                other => panic!("{sql}: {other:?}"),
+            }
+            assert_eq!(s.scrub("23505", b'D', "Key (ssn)=(123-45-6789) already exists."), Scrubbed::Drop, "{sql}");
+            assert_eq!(s.scrub("P0001", b'W', "PL/pgSQL function inline_code_block"), Scrubbed::Drop, "{sql}");
+            // Identifiers, positions and codes are kept.
+            assert_eq!(s.scrub("22P02", b'C', "22P02"), Scrubbed::Keep, "{sql}");
+            assert_eq!(s.scrub("23505", b'n', "users_ssn_key"), Scrubbed::Keep, "{sql}");
+            // Errors that quote no values pass (through the detectors).
+            assert_eq!(s.scrub("42P01", b'M', r#"relation "users" does not exist"#), Scrubbed::Keep, "{sql}");
+        }
+    }
+
+    #[test]
+    fn other_messages_pass_through_the_detectors() {
+        for sql in ["SELECT '123-45-6789'::int", "SELECT id::int FROM orders", "SELECT name FROM users"] {
+            let s = scrubber(sql, &bob());
+            assert!(!s.reads_masked(), "{sql}");
+            assert_eq!(
+                s.scrub("22P02", b'M', QUOTING),
+                Scrubbed::Replace(r#"invalid input syntax for type integer: "[redacted]""#.to_string()),
+                "{sql}"
+            );
+            assert_eq!(s.scrub("22P02", b'M', r#"invalid input syntax for type integer: "abc""#), Scrubbed::Keep);
+        }
+        // Exempt from the mask: the detectors still apply.
+        let reader = Identity::new("carol").with_groups(["pii-readers"]);
+        let s = scrubber("SELECT ssn::int FROM users", &reader);
+        assert!(!s.reads_masked());
+        assert!(matches!(s.scrub("22P02", b'M', QUOTING), Scrubbed::Replace(m) if m.contains("[redacted]")));
+        // Messages outside any statement.
+        let e = detecting();
+        let s = e.scrubber(&bob(), &[]);
+        assert_eq!(s.scrub("XX000", b'M', "mail bob@example.com"), Scrubbed::Replace("mail [redacted]".to_string()));
+    }
 }

@@ -713,6 +713,16 @@ impl<'st, 's> Walker<'st, 's> {
         let column = if star { "*" } else { parts.pop().unwrap_or("*") };
         let rendered = match parts.as_slice() {
             [] => {
+                // `u` naming a FROM item is the whole row: every column of
+                // its table is read (`WHERE u::text LIKE ...`).
+                let whole_rows: Vec<String> = self
+                    .from_scopes
+                    .iter()
+                    .flatten()
+                    .filter(|(alias, _)| !star && alias == column)
+                    .filter_map(|(_, t)| t.as_ref().map(|t| names::dotted(t, "*")))
+                    .collect();
+                self.columns.extend(whole_rows);
                 let tables: Vec<&String> =
                     self.from_scopes.last().into_iter().flatten().filter_map(|(_, t)| t.as_ref()).collect();
                 match (tables.as_slice(), self.from_scopes.last().map_or(0, Vec::len)) {

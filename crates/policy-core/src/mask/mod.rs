@@ -25,6 +25,25 @@
 //! text is listed in [`RowMasker::retyped_columns`], and the gateway
 //! describes it to the client as `text`.
 //!
+//! Every value of a column no mask covers then passes through the policy's
+//! detectors the caller is not exempt from ([`crate::Detectors`]). Only the
+//! matched span is replaced, written so the value still decodes for its
+//! type ([`ColumnInfo::type_oid`]):
+//!
+//! - text-like types take any replacement;
+//! - in `json` and `jsonb`, a replacement inside a JSON string is escaped,
+//!   one outside a string (a bare number) becomes a JSON string, so the
+//!   value stays valid JSON and the column keeps its type;
+//! - in the text form of arrays, composites and types the engine does not
+//!   know, a replacement holding `{}(),"\` or white space is written as
+//!   [`REDACTED`];
+//! - binary arrays and composites cannot be edited in place (their lengths
+//!   are encoded): a value holding a match becomes NULL;
+//! - numbers, dates, times, UUIDs, network addresses, booleans and `bytea`
+//!   hold no free text and are not scanned: cover such columns with a mask.
+//!
+//! Server error and notice texts go through a [`MessageScrubber`].
+//!
 //! ```
 //! use std::borrow::Cow;
 //! use policy_core::{ColumnInfo, Engine, Identity, Policy};
@@ -51,16 +70,21 @@
 //! # Ok::<(), policy_core::PolicyError>(())
 //! ```
 
+mod scrub;
 mod strategy;
+mod values;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
+pub use scrub::{quotes_values, MessageScrubber, Scrubbed};
 pub use strategy::{Masking, REDACTED};
 
-use crate::analyze::StatementFacts;
+use crate::analyze::{Class, StatementFacts};
+use crate::detect::Detectors;
 use crate::identity::Identity;
 use crate::policy::{Mask, Patterns, Strategy};
+use values::{Scanned, Syntax};
 
 /// One result column, as the gateway knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,17 +95,36 @@ pub struct ColumnInfo {
     /// reference to a table column (RowDescription's table OID and
     /// attribute number, resolved through the catalog).
     pub source: Option<String>,
-    /// Whether the column's type is text-like (`text`, `varchar`,
-    /// `bpchar`, `name`, `unknown`): masked values fit it as they are.
-    pub text_type: bool,
+    /// The column's type OID, as RowDescription gives it (0 when unknown).
+    /// It says whether masked text fits the column as it is, and how
+    /// detectors read and rewrite its values.
+    pub type_oid: u32,
     /// Whether values arrive in binary format.
     pub binary: bool,
 }
 
 impl ColumnInfo {
-    /// A text-format, text-typed column.
+    /// A text-format column of type `text`.
     pub fn text(name: &str, source: Option<&str>) -> Self {
-        ColumnInfo { name: name.to_string(), source: source.map(str::to_string), text_type: true, binary: false }
+        ColumnInfo::new(name, source, values::oid::TEXT, false)
+    }
+
+    /// A column of any type and format.
+    ///
+    /// ```
+    /// use policy_core::ColumnInfo;
+    /// let salary = ColumnInfo::new("salary", Some("public.users.salary"), 1700, true);
+    /// assert!(!salary.is_text_type());
+    /// assert!(ColumnInfo::text("name", None).is_text_type());
+    /// ```
+    pub fn new(name: &str, source: Option<&str>, type_oid: u32, binary: bool) -> Self {
+        ColumnInfo { name: name.to_string(), source: source.map(str::to_string), type_oid, binary }
+    }
+
+    /// Whether the type is text-like (`text`, `varchar`, `bpchar`, `name`,
+    /// `unknown`): masked values fit it as they are.
+    pub fn is_text_type(&self) -> bool {
+        values::is_text_type(self.type_oid)
     }
 }
 
@@ -114,12 +157,52 @@ impl ColumnMask {
     }
 }
 
+/// The column masks that apply to `identity`.
+pub(crate) fn active_masks<'m>(masks: &'m [ColumnMask], identity: &Identity) -> Vec<&'m ColumnMask> {
+    masks.iter().filter(|m| m.applies_to(identity)).collect()
+}
+
+/// Whether a statement may read a column one of `active` covers: a
+/// covered column, a column whose table is not resolved and could be
+/// covered, a star or whole-row reference, lineage that is not proven, or a
+/// statement the engine cannot see into.
+pub(crate) fn reads_masked(active: &[&ColumnMask], facts: &StatementFacts) -> bool {
+    if active.is_empty() {
+        return false;
+    }
+    if facts.opaque || facts.class == Class::Unknown || facts.output_columns.iter().any(|o| o.unknown) {
+        return true;
+    }
+    let covered = |c: &str| active.iter().any(|m| m.columns.covers(c));
+    let sources = facts.output_columns.iter().flat_map(|o| o.sources.iter());
+    facts.columns.iter().chain(sources).any(|c| {
+        if c == "*" || c.ends_with(".*") {
+            return true;
+        }
+        covered(c) || (c.matches('.').count() < 2 && facts.tables.iter().any(|t| covered(&format!("{t}.{c}"))))
+    })
+}
+
 /// What happens to one column.
 #[derive(Debug, Clone)]
 struct ColumnPlan {
     masking: Masking,
     /// The mask that decided it (for diagnostics).
     mask: String,
+}
+
+/// The detectors that apply to one caller.
+#[derive(Debug, Clone)]
+struct ActiveDetectors {
+    detectors: Detectors,
+    active: Vec<bool>,
+}
+
+impl ActiveDetectors {
+    fn for_identity(detectors: &Detectors, identity: &Identity) -> Option<ActiveDetectors> {
+        let active = detectors.active_for(identity);
+        active.iter().any(|&a| a).then(|| ActiveDetectors { detectors: detectors.clone(), active })
+    }
 }
 
 /// Masks the rows of one statement's result. Built by
@@ -130,17 +213,22 @@ pub struct RowMasker {
     binary: Vec<bool>,
     retyped: Vec<usize>,
     masked: usize,
+    /// How detectors read each column (`Skip` for masked columns).
+    syntax: Vec<Syntax>,
+    detectors: Option<ActiveDetectors>,
 }
 
 impl RowMasker {
     pub(crate) fn new(
         masks: &[ColumnMask],
+        detectors: &Detectors,
         identity: &Identity,
         facts: &StatementFacts,
         columns: &[ColumnInfo],
     ) -> Self {
-        let active: Vec<&ColumnMask> = masks.iter().filter(|m| m.applies_to(identity)).collect();
-        if active.is_empty() || columns.is_empty() {
+        let active = active_masks(masks, identity);
+        let detectors = ActiveDetectors::for_identity(detectors, identity);
+        if (active.is_empty() && detectors.is_none()) || columns.is_empty() {
             return RowMasker::default();
         }
         // Lineage lines up with the result only when no star was expanded.
@@ -176,19 +264,29 @@ impl RowMasker {
                 }),
             };
             if let Some(p) = &decided {
-                if p.masking.strategy != Strategy::Null && !column.text_type {
+                if p.masking.strategy != Strategy::Null && !column.is_text_type() {
                     retyped.push(i);
                 }
             }
             plan.push(decided);
         }
         let masked = plan.iter().filter(|p| p.is_some()).count();
-        RowMasker { plan, binary: columns.iter().map(|c| c.binary).collect(), retyped, masked }
+        let syntax: Vec<Syntax> = columns
+            .iter()
+            .zip(&plan)
+            .map(|(c, p)| match (p, &detectors) {
+                (None, Some(_)) => Syntax::of(c.type_oid, c.binary),
+                _ => Syntax::Skip,
+            })
+            .collect();
+        let detectors = detectors.filter(|_| syntax.iter().any(|s| *s != Syntax::Skip));
+        RowMasker { plan, binary: columns.iter().map(|c| c.binary).collect(), retyped, masked, syntax, detectors }
     }
 
-    /// Whether rows pass untouched.
+    /// Whether rows pass untouched: no column is masked and no detector
+    /// scans any column.
     pub fn is_noop(&self) -> bool {
-        self.masked == 0
+        self.masked == 0 && self.detectors.is_none()
     }
 
     /// Columns to describe to the client as `text` (masked values are text).
@@ -201,27 +299,51 @@ impl RowMasker {
         self.plan.get(i).and_then(|p| p.as_ref()).map(|p| p.mask.as_str())
     }
 
-    /// Masks one row in place; untouched values stay borrowed. Values are
-    /// in the format [`ColumnInfo::binary`] said; masked ones come back as
-    /// UTF-8 text (or NULL).
-    pub fn mask_row(&self, row: &mut [Option<Cow<'_, [u8]>>]) {
+    /// Masks one row in place and returns how many values it changed;
+    /// untouched values stay borrowed, and a row with nothing to change
+    /// allocates nothing. Values are in the format [`ColumnInfo::binary`]
+    /// said; column-masked ones come back as UTF-8 text (or NULL), and
+    /// detector matches are replaced in the value's own syntax (see the
+    /// crate docs on detectors).
+    pub fn mask_row(&self, row: &mut [Option<Cow<'_, [u8]>>]) -> usize {
         if self.is_noop() {
-            return;
+            return 0;
         }
-        for (i, (value, plan)) in row.iter_mut().zip(&self.plan).enumerate() {
-            let (Some(plan), Some(bytes)) = (plan, value.as_ref()) else { continue };
-            let binary = self.binary.get(i).copied().unwrap_or(false);
-            let masked = match std::str::from_utf8(bytes) {
-                // Binary values of non-text types have no text to show a
-                // part of: hashed on their bytes, otherwise masked whole.
-                Ok(text) if !binary || self.retyped.binary_search(&i).is_err() => plan.masking.apply(text),
-                _ => match plan.masking.strategy {
-                    Strategy::Hash => plan.masking.key.as_ref().map(|k| strategy::pseudonym(k, bytes)),
-                    Strategy::Null => None,
-                    _ => plan.masking.whole().apply(""),
-                },
-            };
-            *value = masked.map(|m| Cow::Owned(m.into_bytes()));
+        let mut changed = 0;
+        for (i, value) in row.iter_mut().enumerate() {
+            let Some(bytes) = value.as_ref() else { continue };
+            if let Some(Some(plan)) = self.plan.get(i) {
+                *value = self.mask_value(i, plan, bytes).map(|m| Cow::Owned(m.into_bytes()));
+                changed += 1;
+                continue;
+            }
+            let (Some(d), Some(&syntax)) = (&self.detectors, self.syntax.get(i)) else { continue };
+            match values::scan(&d.detectors, &d.active, syntax, bytes) {
+                Scanned::Clean => {}
+                Scanned::Replaced(v) => {
+                    *value = Some(Cow::Owned(v));
+                    changed += 1;
+                }
+                Scanned::Null => {
+                    *value = None;
+                    changed += 1;
+                }
+            }
+        }
+        changed
+    }
+
+    fn mask_value(&self, i: usize, plan: &ColumnPlan, bytes: &[u8]) -> Option<String> {
+        let binary = self.binary.get(i).copied().unwrap_or(false);
+        match std::str::from_utf8(bytes) {
+            // Binary values of non-text types have no text to show a part
+            // of: hashed on their bytes, otherwise masked whole.
+            Ok(text) if !binary || self.retyped.binary_search(&i).is_err() => plan.masking.apply(text),
+            _ => match plan.masking.strategy {
+                Strategy::Hash => plan.masking.key.as_ref().map(|k| strategy::pseudonym(k, bytes)),
+                Strategy::Null => None,
+                _ => plan.masking.whole().apply(""),
+            },
         }
     }
 }
