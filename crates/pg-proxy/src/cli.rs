@@ -28,6 +28,27 @@ enum Command {
     /// Development keys and tokens (never for production identities).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run the gateway.
+    ///
+    /// Clients connect as to PostgreSQL and log in with an OIDC token as the
+    /// password; the gateway decides every statement with the policy and
+    /// masks every result row. SIGHUP reloads the policy (a policy that does
+    /// not load is rejected and the one in force kept); SIGTERM or Ctrl-C
+    /// stops. Logs go to standard error; set RUST_LOG (e.g. `info`,
+    /// `pg_proxy=debug`) and PORTCULLIS_LOG_FORMAT=json for JSON lines.
+    Serve {
+        /// The configuration file (TOML; see the README).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check a gateway configuration and everything it names (policy, key
+    /// set, TLS files), without starting.
+    ///
+    /// Exit 0 when everything loads, 1 when something does not.
+    Check {
+        /// The configuration file.
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +168,8 @@ struct Request {
 pub(crate) fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Check { config } => check(&config),
         Command::Token(TokenCommand::Keygen { out, key_type }) => match crate::token::keygen(&out, key_type) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -216,6 +239,76 @@ pub(crate) fn run() -> ExitCode {
                 explain_one(&engine, &args)
             }
         }
+    }
+}
+
+fn serve(path: &Path) -> ExitCode {
+    init_logging();
+    let config = match pg_proxy::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pg_proxy::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match pg_proxy::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match pg_proxy::server::Gateway::new(config) {
+        Ok(gw) => {
+            let engine = gw.engine();
+            let p = engine.policy();
+            println!(
+                "{}: ok (listen {}, upstream {}:{}, policy {} with {} rules, {} masks, {} detectors)",
+                path.display(),
+                gw.config.listen,
+                gw.config.upstream.host,
+                gw.config.upstream.port,
+                gw.config.policy.display(),
+                p.rules.len(),
+                p.masks.len(),
+                p.detectors.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to standard error; `RUST_LOG` filters (default `info`),
+/// `PORTCULLIS_LOG_FORMAT=json` writes JSON lines.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("PORTCULLIS_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 

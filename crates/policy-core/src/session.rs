@@ -88,6 +88,26 @@ pub enum SessionEffect {
 }
 
 impl Session {
+    /// Reads a `search_path` setting as the server shows it
+    /// (`current_setting('search_path')`, `SHOW search_path`) into the
+    /// schema list the engine uses, with PostgreSQL's rules: quoted
+    /// elements keep their case, others are folded to lower case.
+    ///
+    /// ```
+    /// use policy_core::Session;
+    /// assert_eq!(
+    ///     Session::search_path_from_setting(r#""$user", public, "App""#),
+    ///     Some(vec!["$user".to_string(), "public".to_string(), "App".to_string()]),
+    /// );
+    /// assert_eq!(Session::search_path_from_setting(""), Some(vec![]));
+    /// ```
+    pub fn search_path_from_setting(value: &str) -> Option<Vec<String>> {
+        if value.trim().is_empty() {
+            return Some(Vec::new());
+        }
+        crate::analyze::split_identifiers(value, ',')
+    }
+
     /// Applies one effect; `start_search_path` is what a reset returns to.
     pub fn apply(&mut self, effect: &SessionEffect, start_search_path: &[String]) {
         match effect {

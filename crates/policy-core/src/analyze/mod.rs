@@ -41,11 +41,12 @@ use crate::fingerprint;
 use crate::session::{Prepared, Session, SessionEffect};
 
 pub use lineage::OutputColumn;
+pub(crate) use names::{dotted, qualified, split_identifiers};
 
 /// What kind of thing a statement does. Ordered from least to most
 /// privileged where that matters: `read < write < ddl < dcl < admin`;
 /// a statement takes the most privileged class of anything it does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Class {
     /// SELECT, VALUES, TABLE, SHOW, EXPLAIN, COPY ... TO STDOUT, cursors over reads.
@@ -65,6 +66,7 @@ pub enum Class {
     /// Ordinary settings, DISCARD, PREPARE/DEALLOCATE, LISTEN.
     Session,
     /// The grammar rejected the text.
+    #[default]
     Unknown,
 }
 
@@ -127,7 +129,9 @@ impl std::fmt::Display for Class {
 }
 
 /// Everything the rules look at about one statement (POLICY.md §3).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The default is an `unknown` statement with no facts: lineage unproven.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct StatementFacts {
     /// Position of the statement in the string, from 0.
     pub index: usize,

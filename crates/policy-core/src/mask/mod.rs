@@ -121,6 +121,18 @@ impl ColumnInfo {
         ColumnInfo { name: name.to_string(), source: source.map(str::to_string), type_oid, binary }
     }
 
+    /// The name of a table column as masks and facts write it:
+    /// `schema.table.column`, a part holding `.` or `"` double-quoted.
+    ///
+    /// ```
+    /// use policy_core::ColumnInfo;
+    /// assert_eq!(ColumnInfo::source_name("public", "users", "ssn"), "public.users.ssn");
+    /// assert_eq!(ColumnInfo::source_name("public", "a.b", "c"), "public.\"a.b\".c");
+    /// ```
+    pub fn source_name(schema: &str, table: &str, column: &str) -> String {
+        crate::analyze::dotted(&crate::analyze::qualified(schema, table), column)
+    }
+
     /// Whether the type is text-like (`text`, `varchar`, `bpchar`, `name`,
     /// `unknown`): masked values fit it as they are.
     pub fn is_text_type(&self) -> bool {

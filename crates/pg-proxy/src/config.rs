@@ -1,0 +1,438 @@
+//! The gateway's configuration file (TOML).
+//!
+//! ```toml
+//! listen = "127.0.0.1:6432"          # where clients connect
+//! policy = "policy.toml"             # relative paths are relative to this file
+//!
+//! [tls]                              # optional: TLS for clients (rustls)
+//! cert = "server.crt"                # PEM certificate chain
+//! key  = "server.key"                # PEM private key
+//!
+//! [auth]
+//! jwks_file = "jwks.json"            # the identity provider's keys
+//! allow_cleartext_without_tls = false  # tokens over plain TCP from non-loopback clients
+//!
+//! [upstream]
+//! host = "127.0.0.1"
+//! port = 5432
+//! user = "app"
+//! password_env = "PORTCULLIS_UPSTREAM_PASSWORD"   # or password_file, or password
+//! database = "app"                   # optional: pin the database; default: the client's
+//! tls = "prefer"                     # disable | prefer | require
+//!
+//! [limits]
+//! max_message_bytes = 67108864       # largest frontend message accepted
+//! max_connections = 1000
+//! login_timeout = "30s"
+//!
+//! [masking]
+//! pseudonym_key_env = "PORTCULLIS_PSEUDONYM_KEY"  # for `hash` masks; or pseudonym_key_file
+//! ```
+//!
+//! Errors name the file, line and column ([`ConfigError`]). The upstream
+//! password is read when the configuration is loaded and is never printed:
+//! [`Secret`]'s `Debug` writes `"***"`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::codec::DEFAULT_MAX_MESSAGE_BYTES;
+
+/// What went wrong loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or a key has the wrong type.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is well-formed but not usable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A secret value: never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Wraps bytes.
+    pub fn new(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
+
+    /// The secret bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// Upstream TLS mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, plain TCP otherwise.
+    #[default]
+    Prefer,
+    /// TLS or no connection. The server certificate is verified against
+    /// `ca_file` (or the system's roots when none is given).
+    Require,
+}
+
+/// The gateway's configuration, loaded and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The policy file.
+    pub policy: PathBuf,
+    /// Client TLS.
+    pub tls: Option<TlsFiles>,
+    /// Client authentication.
+    pub auth: Auth,
+    /// The database.
+    pub upstream: Upstream,
+    /// Limits.
+    pub limits: Limits,
+    /// The key of `hash` masks.
+    pub pseudonym_key: Option<Secret>,
+}
+
+/// Certificate and key files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Client authentication settings.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// The JWKS file.
+    pub jwks_file: PathBuf,
+    /// Accept tokens over plain TCP from non-loopback clients.
+    pub allow_cleartext_without_tls: bool,
+}
+
+/// The upstream server and the credential the gateway holds.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Database role.
+    pub user: String,
+    /// Its password (none for `trust`).
+    pub password: Option<Secret>,
+    /// The database every session uses; `None`: the client's choice.
+    pub database: Option<String>,
+    /// TLS mode.
+    pub tls: UpstreamTls,
+    /// CA certificates to verify the server with (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// How long a connection attempt may take.
+    pub connect_timeout: Duration,
+}
+
+/// Limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frontend message accepted.
+    pub max_message_bytes: usize,
+    /// Most concurrent client connections.
+    pub max_connections: usize,
+    /// Time a client has to complete the login.
+    pub login_timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    policy: PathBuf,
+    tls: Option<RawTls>,
+    auth: RawAuth,
+    upstream: RawUpstream,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    masking: RawMasking,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    jwks_file: PathBuf,
+    #[serde(default)]
+    allow_cleartext_without_tls: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    #[serde(default = "default_host")]
+    host: String,
+    #[serde(default = "default_port")]
+    port: u16,
+    user: String,
+    password: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    database: Option<String>,
+    #[serde(default)]
+    tls: UpstreamTls,
+    ca_file: Option<PathBuf>,
+    connect_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_message_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    login_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMasking {
+    pseudonym_key_env: Option<String>,
+    pseudonym_key_file: Option<PathBuf>,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".to_string()
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+impl Config {
+    /// Loads and checks the configuration file; reads the secrets it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::from_toml_str(&text, path, |name| std::env::var(name).ok())
+    }
+
+    /// Parses configuration text; `path` names it in errors and anchors
+    /// relative paths; `env` reads environment variables.
+    pub fn from_toml_str(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            ConfigError::Syntax { path: path.to_path_buf(), line, column, message: e.message().to_string() }
+        })?;
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+            invalid(format!("listen = {:?} is not an address:port (e.g. \"127.0.0.1:6432\")", raw.listen))
+        })?;
+
+        let up = raw.upstream;
+        let sources = [up.password.is_some(), up.password_env.is_some(), up.password_file.is_some()];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(invalid(
+                "[upstream] gives more than one of password, password_env and password_file".to_string(),
+            ));
+        }
+        let password = if let Some(p) = up.password {
+            Some(Secret::new(p.into_bytes()))
+        } else if let Some(var) = &up.password_env {
+            match env(var) {
+                Some(v) => Some(Secret::new(v.into_bytes())),
+                None => return Err(invalid(format!("[upstream] password_env: the variable {var} is not set"))),
+            }
+        } else if let Some(file) = &up.password_file {
+            let file = resolve(file);
+            let bytes = std::fs::read(&file)
+                .map_err(|e| invalid(format!("[upstream] password_file {}: {e}", file.display())))?;
+            // A trailing newline is not part of the password.
+            let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+            let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+            Some(Secret::new(trimmed.to_vec()))
+        } else {
+            None
+        };
+        let connect_timeout = match &up.connect_timeout {
+            Some(t) => parse_duration(t).map_err(|e| invalid(format!("[upstream] connect_timeout: {e}")))?,
+            None => Duration::from_secs(10),
+        };
+
+        let limits = Limits {
+            max_message_bytes: raw.limits.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            max_connections: raw.limits.max_connections.unwrap_or(1000),
+            login_timeout: match &raw.limits.login_timeout {
+                Some(t) => parse_duration(t).map_err(|e| invalid(format!("[limits] login_timeout: {e}")))?,
+                None => Duration::from_secs(30),
+            },
+        };
+        if limits.max_message_bytes < 1024 || limits.max_message_bytes > i32::MAX as usize {
+            return Err(invalid(format!(
+                "[limits] max_message_bytes = {} is outside 1024..=2147483647",
+                limits.max_message_bytes
+            )));
+        }
+
+        let pseudonym_key = match (raw.masking.pseudonym_key_env, raw.masking.pseudonym_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("[masking] gives both pseudonym_key_env and pseudonym_key_file".to_string()))
+            }
+            (Some(var), None) => match env(&var) {
+                Some(v) => Some(Secret::new(v.into_bytes())),
+                None => return Err(invalid(format!("[masking] pseudonym_key_env: the variable {var} is not set"))),
+            },
+            (None, Some(file)) => {
+                let file = resolve(&file);
+                Some(Secret::new(
+                    std::fs::read(&file)
+                        .map_err(|e| invalid(format!("[masking] pseudonym_key_file {}: {e}", file.display())))?,
+                ))
+            }
+            (None, None) => None,
+        };
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            listen,
+            policy: resolve(&raw.policy),
+            tls: raw.tls.map(|t| TlsFiles { cert: resolve(&t.cert), key: resolve(&t.key) }),
+            auth: Auth {
+                jwks_file: resolve(&raw.auth.jwks_file),
+                allow_cleartext_without_tls: raw.auth.allow_cleartext_without_tls,
+            },
+            upstream: Upstream {
+                host: up.host,
+                port: up.port,
+                user: up.user,
+                password,
+                database: up.database,
+                tls: up.tls,
+                ca_file: up.ca_file.map(|p| resolve(&p)),
+                connect_timeout,
+            },
+            limits,
+            pseudonym_key,
+        })
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a duration (e.g. \"30s\", \"5m\", \"500ms\")"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+listen = "127.0.0.1:6432"
+policy = "policy.toml"
+[auth]
+jwks_file = "jwks.json"
+[upstream]
+user = "app"
+password_env = "PW"
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "PW").then(|| "s3cret".to_string())
+    }
+
+    #[test]
+    fn loads_and_resolves_relative_paths() {
+        let c = Config::from_toml_str(MINIMAL, Path::new("/etc/portcullis/gw.toml"), env).unwrap();
+        assert_eq!(c.policy, Path::new("/etc/portcullis/policy.toml"));
+        assert_eq!(c.auth.jwks_file, Path::new("/etc/portcullis/jwks.json"));
+        assert_eq!(c.upstream.password.as_ref().map(Secret::expose), Some(&b"s3cret"[..]));
+        assert_eq!(c.upstream.port, 5432);
+        assert!(!format!("{c:?}").contains("s3cret"), "the password never reaches Debug output");
+    }
+
+    #[test]
+    fn errors_name_the_place() {
+        let bad = MINIMAL.replace("user = \"app\"", "user = 5");
+        let e = Config::from_toml_str(&bad, Path::new("gw.toml"), env).unwrap_err().to_string();
+        assert!(e.starts_with("gw.toml:8:"), "{e}");
+        let unknown = format!("{MINIMAL}\nbogus = 1\n");
+        let e = Config::from_toml_str(&unknown, Path::new("gw.toml"), env).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = Config::from_toml_str(MINIMAL, Path::new("gw.toml"), |_| None).unwrap_err().to_string();
+        assert!(e.contains("PW is not set"), "{e}");
+        let both = MINIMAL.replace("password_env = \"PW\"", "password_env = \"PW\"\npassword = \"x\"");
+        assert!(Config::from_toml_str(&both, Path::new("gw.toml"), env).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}

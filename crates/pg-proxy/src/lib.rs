@@ -1,0 +1,26 @@
+//! `pg-proxy`: the Portcullis PostgreSQL gateway.
+//!
+//! A tokio driver around `policy-core`: it speaks the PostgreSQL wire
+//! protocol (v3) to clients and to the server, and asks the engine about
+//! every statement and every result row. It holds no policy logic of its
+//! own.
+//!
+//! - [`config`]: the configuration file;
+//! - [`server`]: accepting clients, TLS, login, cancel requests;
+//! - [`session`]: one client session, statement by statement;
+//! - [`upstream`]: the database side, with the held credential;
+//! - [`catalog`]: table OIDs to names, for masking;
+//! - [`codec`]: frontend and backend messages, parsed without copying;
+//! - [`auth`]: the identity provider's key set;
+//! - [`tls`]: rustls on both sides;
+//! - [`cluster`]: throwaway PostgreSQL clusters for the demo and the tests.
+
+pub mod auth;
+pub mod catalog;
+pub mod cluster;
+pub mod codec;
+pub mod config;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod upstream;

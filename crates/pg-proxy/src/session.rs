@@ -1,0 +1,1231 @@
+//! One client session: every statement decided before it is sent, every
+//! row masked before it comes back.
+//!
+//! The session reads the client and the server at once. Client messages are
+//! decided and forwarded (or refused) in order; each forwarded message that
+//! the server answers leaves an entry in a queue of what is expected back,
+//! so every server message is matched with the statement it answers. A
+//! refusal is an entry too: it is written to the client when everything
+//! before it has been answered, so answers stay in order in a pipeline.
+//!
+//! - **Simple query**: the whole string is decided first. Refused: an
+//!   `ErrorResponse` (`42501`, naming the rule and the reason) and
+//!   `ReadyForQuery` with the transaction status the server is in — the
+//!   server never saw the statement, so a transaction stays usable.
+//! - **Extended query**: `Parse` is decided. A refused `Parse` is answered
+//!   with the error, and the client's messages up to `Sync` are dropped,
+//!   as PostgreSQL does after an error. `Bind`, `Describe` and `Execute` of
+//!   a statement or portal the gateway does not know, or refused, fail the
+//!   same way. `Close`, `Sync` and `Flush` pass.
+//! - **Row cap**: when a result has sent `max_rows` rows and another
+//!   arrives, the gateway stops forwarding, cancels the query upstream,
+//!   drops what is left of the result and answers `54000`. In a
+//!   multi-statement simple query, statements after the capped one may
+//!   already have run on the server (the cancel interrupts whatever is
+//!   running); their results are not forwarded.
+//! - **Masking**: at each `RowDescription`, the columns' table OIDs are
+//!   resolved through the [`catalog`](crate::catalog) and the engine plans
+//!   the masking ([`policy_core::RowMasker`]); a column whose masked values
+//!   no longer fit its type is described as `text`. Rows with nothing to
+//!   mask are forwarded as the same bytes.
+//! - **Errors and notices** from the server pass through the engine's
+//!   [`policy_core::MessageScrubber`].
+//! - **Session state**: `search_path` changes are applied to the engine's
+//!   view when the statement is sent; after any statement that changes a
+//!   setting, and after a transaction that did ends, the session holds
+//!   the client's next messages, reads the server's `search_path` back and
+//!   takes it as the truth (so a `SET LOCAL`, a rolled-back `SET` or a
+//!   failed statement cannot leave the two views apart).
+//!   `standard_conforming_strings` follows the server's `ParameterStatus`.
+//! - **COPY**: `COPY ... FROM STDIN` data is forwarded only while the
+//!   server is in COPY IN for an allowed statement. `COPY ... TO STDOUT`
+//!   rows are masked like result rows (text format), column by column.
+//! - `F` (function call) is refused; `require_approval` is refused with a
+//!   message saying approval is not available in this version.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use policy_core::{
+    ColumnInfo, Decision, Engine, Identity, RowMasker, Scrubbed, Session as EngineSession, SessionEffect,
+    StatementFacts, Verdict,
+};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::codec::{self, BackendFrame, FieldDescription, Frontend, FrontendMessage, Str};
+use crate::server::{Gateway, Ready};
+use crate::tls::Stream;
+use crate::upstream::Connection;
+
+/// SQLSTATE of a refusal by policy.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+/// SQLSTATE of the row cap.
+const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+/// SQLSTATE of a protocol violation.
+const PROTOCOL_VIOLATION: &str = "08P01";
+
+/// A statement prepared with `Parse`, as the gateway knows it.
+#[derive(Debug, Clone)]
+struct Prepared {
+    /// Facts of the statement (the first one of the text).
+    facts: Option<Arc<StatementFacts>>,
+    /// The whole decision.
+    decision: Arc<Decision>,
+    /// The columns, once a `Describe` showed them (formats not yet known).
+    fields: Option<Arc<Vec<FieldDescription>>>,
+}
+
+/// A portal made by `Bind`.
+#[derive(Debug, Clone)]
+struct Portal {
+    prepared: Prepared,
+    /// The columns with their formats, once known.
+    fields: Option<Arc<Vec<FieldDescription>>>,
+    /// Rows sent so far (across `Execute`s of the portal).
+    rows: u64,
+}
+
+/// The result being relayed.
+#[derive(Debug)]
+struct Result_ {
+    facts: Option<Arc<StatementFacts>>,
+    masker: Option<RowMasker>,
+    rows: u64,
+    cap: u64,
+    rule: Option<String>,
+    capped: bool,
+    /// COPY TO STDOUT in text format: masked per line.
+    copy_out: bool,
+    /// The result may not be relayed (why): its rows are dropped and the
+    /// client gets this as an error.
+    refused: Option<String>,
+}
+
+impl Result_ {
+    fn new(facts: Option<Arc<StatementFacts>>, decision: &Decision) -> Self {
+        Result_ {
+            facts,
+            masker: None,
+            rows: 0,
+            cap: decision.max_rows,
+            rule: decision.rule.clone(),
+            capped: false,
+            copy_out: false,
+            refused: None,
+        }
+    }
+}
+
+/// What the server is expected to answer, in order.
+#[derive(Debug)]
+enum Pending {
+    /// A simple query, up to its `ReadyForQuery`.
+    Query { decision: Arc<Decision>, index: usize, result: Result_, failed: bool },
+    /// `ParseComplete`.
+    Parse,
+    /// `BindComplete`.
+    Bind,
+    /// `ParameterDescription` and `RowDescription` or `NoData`.
+    DescribeStatement { name: String },
+    /// `RowDescription` or `NoData`; `internal` when the gateway asked.
+    DescribePortal { name: String, internal: bool },
+    /// Rows and the end of an `Execute`.
+    Execute { portal: String, result: Result_ },
+    /// `CloseComplete`.
+    Close,
+    /// `ReadyForQuery` after `Sync`.
+    Sync,
+    /// A refusal the gateway writes when it reaches the front.
+    Refusal { code: &'static str, message: String },
+    /// A `ReadyForQuery` the gateway writes (after a refused simple query).
+    Ready,
+    /// The gateway's own `search_path` read-back; the client's
+    /// `ReadyForQuery` is held until it is done.
+    ReadSearchPath { held: BackendFrame, value: Option<String> },
+}
+
+/// Runs a session to its end.
+pub async fn run(gw: Arc<Gateway>, ready: Ready, id: u64) {
+    let Ready {
+        client,
+        client_buf,
+        upstream,
+        identity,
+        database,
+        start_search_path,
+        standard_conforming_strings,
+        user,
+        gateway_pid,
+    } = ready;
+    let mut engine_session = EngineSession {
+        search_path: start_search_path.clone(),
+        standard_conforming_strings,
+        user: Some(user),
+        ..EngineSession::default()
+    };
+    engine_session.prepared.clear();
+    let mut s = SessionLoop {
+        gw,
+        id,
+        client,
+        cbuf: client_buf,
+        cout: BytesMut::with_capacity(16 * 1024),
+        up: upstream,
+        uout: BytesMut::with_capacity(16 * 1024),
+        identity,
+        database,
+        state: engine_session,
+        start_search_path,
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        pending: VecDeque::new(),
+        tx_status: b'I',
+        discard_until_sync: false,
+        block_failed: false,
+        resync_after_sync: false,
+        barrier: false,
+        setting_touched_in_tx: false,
+        copy_in: false,
+        gateway_pid,
+        closing: false,
+        skip_until_ready: false,
+    };
+    match s.run().await {
+        Ok(()) => tracing::info!("session ended"),
+        Err(e) => tracing::info!("session ended: {e}"),
+    }
+}
+
+struct SessionLoop {
+    gw: Arc<Gateway>,
+    #[allow(dead_code)]
+    id: u64,
+    client: Stream,
+    cbuf: BytesMut,
+    cout: BytesMut,
+    up: Connection,
+    uout: BytesMut,
+    identity: Identity,
+    database: String,
+    state: EngineSession,
+    start_search_path: Vec<String>,
+    statements: HashMap<String, Option<Prepared>>,
+    portals: HashMap<String, Portal>,
+    pending: VecDeque<Pending>,
+    /// The transaction status of the last `ReadyForQuery`.
+    tx_status: u8,
+    /// A client message failed: drop its messages up to `Sync`.
+    discard_until_sync: bool,
+    /// A failure was reported in the current `Sync` block.
+    block_failed: bool,
+    /// Hold the client's messages after its next `Sync` (an `Execute`
+    /// changed a setting).
+    resync_after_sync: bool,
+    /// Hold the client's messages until the settings are read back.
+    barrier: bool,
+    /// A setting changed in the current transaction.
+    setting_touched_in_tx: bool,
+    /// The server is in COPY IN.
+    copy_in: bool,
+    gateway_pid: i32,
+    closing: bool,
+    /// Drop the server's messages up to its next `ReadyForQuery` (after a
+    /// row cap ended a block early).
+    skip_until_ready: bool,
+}
+
+type SessionResult = Result<(), String>;
+
+impl SessionLoop {
+    async fn run(&mut self) -> SessionResult {
+        let max = self.gw.config.limits.max_message_bytes;
+        // Bytes that came with the login.
+        self.on_client_bytes(max).await?;
+        self.on_upstream_bytes(max).await?;
+        self.flush().await?;
+        while !self.closing {
+            self.cbuf.reserve(8192);
+            self.up.buf.reserve(8192);
+            let hold_client = self.barrier;
+            tokio::select! {
+                r = self.client.read_buf(&mut self.cbuf), if !hold_client => {
+                    if r.map_err(|e| format!("client: {e}"))? == 0 {
+                        let mut out = BytesMut::new();
+                        frontend::terminate(&mut out);
+                        let _ = self.up.stream.write_all(&out).await;
+                        return Err("the client went away".to_string());
+                    }
+                    self.on_client_bytes(max).await?;
+                }
+                r = self.up.stream.read_buf(&mut self.up.buf) => {
+                    if r.map_err(|e| format!("upstream: {e}"))? == 0 {
+                        self.cout.clear();
+                        let _ = codec::error_response(
+                            &mut self.cout, "FATAL", "08006", "the database closed the connection", &[]);
+                        let _ = self.client.write_all(&self.cout).await;
+                        return Err("the database closed the connection".to_string());
+                    }
+                    self.on_upstream_bytes(max).await?;
+                    if !self.barrier && !self.cbuf.is_empty() {
+                        // Messages held while the settings were read back.
+                        self.on_client_bytes(max).await?;
+                    }
+                }
+            }
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> SessionResult {
+        if !self.uout.is_empty() {
+            self.up.stream.write_all(&self.uout).await.map_err(|e| format!("upstream: {e}"))?;
+            self.uout.clear();
+        }
+        if !self.cout.is_empty() {
+            self.client.write_all(&self.cout).await.map_err(|e| format!("client: {e}"))?;
+            self.cout.clear();
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------- client
+
+    async fn on_client_bytes(&mut self, max: usize) -> SessionResult {
+        while !self.barrier && !self.closing {
+            let message = match codec::decode_frontend(&mut self.cbuf, max) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!("invalid client message: {e}");
+                    self.emit_error("FATAL", PROTOCOL_VIOLATION, &format!("invalid message: {e}"))?;
+                    self.closing = true;
+                    break;
+                }
+            };
+            self.on_client_message(message)?;
+        }
+        self.emit_synthetic()?;
+        Ok(())
+    }
+
+    fn on_client_message(&mut self, m: FrontendMessage) -> SessionResult {
+        if self.discard_until_sync && !matches!(m.message, Frontend::Sync | Frontend::Terminate) {
+            return Ok(());
+        }
+        match m.message {
+            Frontend::Query { sql } => self.on_query(&sql, m.frame),
+            Frontend::Parse { name, sql, .. } => self.on_parse(name.as_str(), &sql, m.frame),
+            Frontend::Bind { portal, statement, result_formats, .. } => {
+                let Some(Some(prepared)) = self.statements.get(statement.as_str()).cloned() else {
+                    return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_statement(statement.as_str()));
+                };
+                let fields = prepared.fields.as_ref().map(|f| Arc::new(with_formats(f, &result_formats)));
+                self.portals.insert(portal.as_str().to_string(), Portal { prepared, fields, rows: 0 });
+                self.forward(&m.frame, Some(Pending::Bind));
+                Ok(())
+            }
+            Frontend::Describe { kind: b'S', name } => {
+                if !matches!(self.statements.get(name.as_str()), Some(Some(_))) {
+                    return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_statement(name.as_str()));
+                }
+                self.forward(&m.frame, Some(Pending::DescribeStatement { name: name.as_str().to_string() }));
+                Ok(())
+            }
+            Frontend::Describe { name, .. } => {
+                if !self.portals.contains_key(name.as_str()) {
+                    return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_portal(name.as_str()));
+                }
+                let pending = Pending::DescribePortal { name: name.as_str().to_string(), internal: false };
+                self.forward(&m.frame, Some(pending));
+                Ok(())
+            }
+            Frontend::Execute { portal, .. } => self.on_execute(portal.as_str(), m.frame),
+            Frontend::Close { kind, name } => {
+                if kind == b'S' {
+                    self.statements.remove(name.as_str());
+                } else {
+                    self.portals.remove(name.as_str());
+                }
+                self.forward(&m.frame, Some(Pending::Close));
+                Ok(())
+            }
+            Frontend::Sync => {
+                self.discard_until_sync = false;
+                if self.resync_after_sync {
+                    self.resync_after_sync = false;
+                    self.barrier = true;
+                }
+                self.forward(&m.frame, Some(Pending::Sync));
+                Ok(())
+            }
+            Frontend::Flush => {
+                self.forward(&m.frame, None);
+                Ok(())
+            }
+            Frontend::Terminate => {
+                self.forward(&m.frame, None);
+                self.closing = true;
+                Ok(())
+            }
+            Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail { .. } => {
+                // Only while the server is in COPY IN for an allowed
+                // statement; otherwise dropped, as the server would.
+                if self.copy_in {
+                    if !matches!(m.message, Frontend::CopyData(_)) {
+                        self.copy_in = false;
+                    }
+                    self.forward(&m.frame, None);
+                }
+                Ok(())
+            }
+            Frontend::FunctionCall => {
+                self.pending.push_back(Pending::Refusal {
+                    code: INSUFFICIENT_PRIVILEGE,
+                    message: "the function-call protocol message (F) is refused by the gateway: call the function \
+                              in a statement"
+                        .to_string(),
+                });
+                self.pending.push_back(Pending::Ready);
+                Ok(())
+            }
+            Frontend::Password(_) => {
+                self.emit_error("FATAL", PROTOCOL_VIOLATION, "unexpected password message")?;
+                self.closing = true;
+                Ok(())
+            }
+        }
+    }
+
+    fn forward(&mut self, frame: &Bytes, pending: Option<Pending>) {
+        self.uout.extend_from_slice(frame);
+        if let Some(p) = pending {
+            self.pending.push_back(p);
+        }
+    }
+
+    /// Refuses a message of the extended protocol: the error in turn, then
+    /// the client's messages up to `Sync` are dropped.
+    fn fail_block(&mut self, code: &'static str, message: String) -> SessionResult {
+        self.pending.push_back(Pending::Refusal { code, message });
+        self.discard_until_sync = true;
+        Ok(())
+    }
+
+    fn decide(&self, engine: &Engine, sql: &Str) -> Decision {
+        let decision = engine.decide(&self.identity, &self.state, sql.as_str());
+        tracing::info!(
+            subject = %decision.subject,
+            actor = decision.actor.as_deref(),
+            verdict = %decision.verdict,
+            rule = decision.rule.as_deref(),
+            fingerprint = decision.statements.first().map(|s| s.facts.fingerprint.as_str()),
+            "statement decided"
+        );
+        decision
+    }
+
+    fn on_query(&mut self, sql: &Str, frame: Bytes) -> SessionResult {
+        let engine = self.gw.engine();
+        let decision = self.decide(&engine, sql);
+        if let Some(message) = refusal(&decision) {
+            self.pending.push_back(Pending::Refusal { code: INSUFFICIENT_PRIVILEGE, message });
+            self.pending.push_back(Pending::Ready);
+            return Ok(());
+        }
+        let mut settings = false;
+        for s in decision.statements.iter() {
+            settings |= self.apply_effects(&s.facts);
+        }
+        let decision = Arc::new(decision);
+        let first = decision.statements.first().map(|s| Arc::new(s.facts.clone()));
+        let result = Result_::new(first, &decision);
+        self.forward(&frame, Some(Pending::Query { decision, index: 0, result, failed: false }));
+        if settings {
+            self.barrier = true;
+        }
+        Ok(())
+    }
+
+    /// Applies a statement's effects to the engine's view when it is sent;
+    /// returns whether the settings must be read back afterwards.
+    fn apply_effects(&mut self, facts: &StatementFacts) -> bool {
+        for effect in &facts.session_effects {
+            self.state.apply(effect, &self.start_search_path);
+        }
+        let changes_setting = facts
+            .session_effects
+            .iter()
+            .any(|e| matches!(e, SessionEffect::SetSearchPath { .. } | SessionEffect::ResetSearchPath))
+            || facts.commands.iter().any(|c| matches!(c.as_str(), "SET" | "RESET" | "DISCARD ALL" | "DISCARD"));
+        if changes_setting {
+            self.setting_touched_in_tx = true;
+        }
+        let ends_tx = facts.commands.iter().any(|c| {
+            matches!(
+                c.as_str(),
+                "COMMIT" | "ROLLBACK" | "PREPARE TRANSACTION" | "COMMIT PREPARED" | "ROLLBACK PREPARED"
+            )
+        });
+        changes_setting || (ends_tx && self.setting_touched_in_tx)
+    }
+
+    fn on_parse(&mut self, name: &str, sql: &Str, frame: Bytes) -> SessionResult {
+        let engine = self.gw.engine();
+        let decision = self.decide(&engine, sql);
+        if let Some(message) = refusal(&decision) {
+            self.statements.insert(name.to_string(), None);
+            return self.fail_block(INSUFFICIENT_PRIVILEGE, message);
+        }
+        let facts = decision.statements.first().map(|s| Arc::new(s.facts.clone()));
+        let prepared = Prepared { facts, decision: Arc::new(decision), fields: None };
+        self.statements.insert(name.to_string(), Some(prepared));
+        self.forward(&frame, Some(Pending::Parse));
+        Ok(())
+    }
+
+    fn on_execute(&mut self, portal: &str, frame: Bytes) -> SessionResult {
+        let Some(p) = self.portals.get(portal).cloned() else {
+            return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_portal(portal));
+        };
+        if let Some(facts) = &p.prepared.facts {
+            if self.apply_effects(facts) {
+                self.resync_after_sync = true;
+            }
+        }
+        if p.fields.is_none() {
+            // The client did not ask for the columns: the gateway does, to
+            // know what to mask.
+            let mut describe = BytesMut::new();
+            frontend::describe(b'P', portal, &mut describe).map_err(|e| e.to_string())?;
+            self.forward(
+                &describe.freeze(),
+                Some(Pending::DescribePortal { name: portal.to_string(), internal: true }),
+            );
+        }
+        let mut result = Result_::new(p.prepared.facts.clone(), &p.prepared.decision);
+        result.rows = p.rows;
+        self.forward(&frame, Some(Pending::Execute { portal: portal.to_string(), result }));
+        Ok(())
+    }
+
+    // --------------------------------------------------------------- upstream
+
+    async fn on_upstream_bytes(&mut self, max: usize) -> SessionResult {
+        loop {
+            let frame = match codec::decode_backend(&mut self.up.buf, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("invalid message from the database: {e}");
+                    self.emit_error("FATAL", "08006", "the database sent an invalid message")?;
+                    self.closing = true;
+                    break;
+                }
+            };
+            self.on_backend(frame).await?;
+            self.emit_synthetic()?;
+        }
+        Ok(())
+    }
+
+    async fn on_backend(&mut self, frame: BackendFrame) -> SessionResult {
+        // Messages that can come at any time.
+        match frame.kind {
+            b'S' => {
+                if let Ok((name, value)) = codec::parse_parameter_status(&frame) {
+                    if name.as_str() == "standard_conforming_strings" {
+                        self.state.standard_conforming_strings = value.as_str() == "on";
+                    }
+                }
+                self.cout.extend_from_slice(&frame.frame);
+                return Ok(());
+            }
+            b'A' => {
+                self.cout.extend_from_slice(&frame.frame);
+                return Ok(());
+            }
+            b'N' => return self.relay_report(&frame),
+            _ => {}
+        }
+        if self.skip_until_ready {
+            if frame.kind != b'Z' {
+                return Ok(());
+            }
+            self.skip_until_ready = false;
+        }
+        let Some(head) = self.pending.front_mut() else {
+            if frame.kind == b'E' {
+                // A FATAL error outside any statement (shutdown, terminated backend).
+                return self.relay_report(&frame);
+            }
+            return Err(format!("unexpected message '{}' from the database", frame.kind as char));
+        };
+        match head {
+            Pending::Query { .. } => self.on_query_frame(frame).await,
+            Pending::Execute { .. } => self.on_execute_frame(frame).await,
+            Pending::Parse | Pending::Bind | Pending::Close => {
+                if frame.kind == b'E' {
+                    return self.on_block_error(&frame);
+                }
+                self.pending.pop_front();
+                self.forward_to_client(&frame);
+                Ok(())
+            }
+            Pending::DescribeStatement { .. } | Pending::DescribePortal { .. } => self.on_describe_frame(frame).await,
+            Pending::Sync => {
+                if frame.kind == b'E' {
+                    return self.relay_report(&frame);
+                }
+                if frame.kind != b'Z' {
+                    return Err(format!("unexpected message '{}' before ReadyForQuery", frame.kind as char));
+                }
+                self.pending.pop_front();
+                self.on_ready(frame)
+            }
+            Pending::ReadSearchPath { .. } => self.on_read_search_path(frame),
+            Pending::Refusal { .. } | Pending::Ready => {
+                Err("internal error: a gateway answer is waiting behind a server message".to_string())
+            }
+        }
+    }
+
+    /// A `ReadyForQuery` that ends a client's block.
+    fn on_ready(&mut self, frame: BackendFrame) -> SessionResult {
+        let status = codec::parse_ready_for_query(&frame).map_err(|e| e.to_string())?;
+        self.block_failed = false;
+        let tx_ended = status == b'I';
+        if tx_ended {
+            // Portals do not outlive their transaction.
+            self.portals.clear();
+        }
+        self.tx_status = status;
+        if self.barrier && self.pending.is_empty() && status != b'E' {
+            // Read the settings back before the client goes on.
+            let mut q = BytesMut::new();
+            frontend::query("SELECT pg_catalog.current_setting('search_path')", &mut q).map_err(|e| e.to_string())?;
+            self.uout.extend_from_slice(&q);
+            self.pending.push_back(Pending::ReadSearchPath { held: frame, value: None });
+            return Ok(());
+        }
+        if self.barrier && self.pending.is_empty() {
+            // A failed transaction: the settings are read back once it ends.
+            self.barrier = false;
+        }
+        if tx_ended {
+            self.setting_touched_in_tx = false;
+        }
+        self.forward_to_client(&frame);
+        Ok(())
+    }
+
+    fn on_read_search_path(&mut self, frame: BackendFrame) -> SessionResult {
+        let Some(Pending::ReadSearchPath { value, .. }) = self.pending.front_mut() else { return Ok(()) };
+        match frame.kind {
+            b'D' => {
+                if let Ok(values) = codec::data_row_values(&frame) {
+                    *value = values.into_iter().next().flatten().map(|b| String::from_utf8_lossy(&b).into_owned());
+                }
+                Ok(())
+            }
+            b'Z' => {
+                let Some(Pending::ReadSearchPath { held, value }) = self.pending.pop_front() else { return Ok(()) };
+                match value.as_deref().and_then(EngineSession::search_path_from_setting) {
+                    Some(path) => self.state.search_path = path,
+                    None => {
+                        // Unknown: no schema is searched, so unqualified
+                        // names resolve to nothing and are refused.
+                        tracing::warn!("could not read the search_path back; unqualified names will be refused");
+                        self.state.search_path.clear();
+                    }
+                }
+                self.barrier = false;
+                if held.kind == b'Z' && self.tx_status == b'I' {
+                    self.setting_touched_in_tx = false;
+                }
+                self.forward_to_client(&held);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A server error inside a `Sync` block: relayed, and the entries up to
+    /// the block's `Sync` are dropped (the server skips those messages).
+    fn on_block_error(&mut self, frame: &BackendFrame) -> SessionResult {
+        self.relay_report(frame)?;
+        self.block_failed = true;
+        while let Some(p) = self.pending.front() {
+            if matches!(p, Pending::Sync | Pending::Query { .. } | Pending::ReadSearchPath { .. }) {
+                break;
+            }
+            self.pending.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn on_describe_frame(&mut self, frame: BackendFrame) -> SessionResult {
+        let (name, statement, internal) = match self.pending.front() {
+            Some(Pending::DescribeStatement { name }) => (name.clone(), true, false),
+            Some(Pending::DescribePortal { name, internal }) => (name.clone(), false, *internal),
+            _ => return Ok(()),
+        };
+        match frame.kind {
+            b't' => {
+                self.forward_to_client(&frame);
+                Ok(())
+            }
+            b'n' => {
+                self.pending.pop_front();
+                if statement {
+                    if let Some(Some(p)) = self.statements.get_mut(&name) {
+                        p.fields = Some(Arc::new(Vec::new()));
+                    }
+                } else if let Some(p) = self.portals.get_mut(&name) {
+                    p.fields = Some(Arc::new(Vec::new()));
+                }
+                if !internal {
+                    self.forward_to_client(&frame);
+                }
+                Ok(())
+            }
+            b'T' => {
+                self.pending.pop_front();
+                let fields = codec::parse_row_description(&frame).map_err(|e| e.to_string())?;
+                let facts = if statement {
+                    self.statements.get(&name).and_then(|p| p.as_ref()).and_then(|p| p.facts.clone())
+                } else {
+                    self.portals.get(&name).and_then(|p| p.prepared.facts.clone())
+                };
+                let fields = Arc::new(fields);
+                if statement {
+                    if let Some(Some(p)) = self.statements.get_mut(&name) {
+                        p.fields = Some(Arc::clone(&fields));
+                    }
+                } else if let Some(p) = self.portals.get_mut(&name) {
+                    p.fields = Some(Arc::clone(&fields));
+                }
+                if !internal {
+                    let masker = self.masker(facts.as_deref(), &fields).await;
+                    self.forward_row_description(&frame, &fields, &masker)?;
+                }
+                Ok(())
+            }
+            b'E' => self.on_block_error(&frame),
+            other => Err(format!("unexpected message '{}' after Describe", other as char)),
+        }
+    }
+
+    async fn on_execute_frame(&mut self, frame: BackendFrame) -> SessionResult {
+        let Some(Pending::Execute { portal, .. }) = self.pending.front() else { return Ok(()) };
+        let portal = portal.clone();
+        // The masker is planned at the first frame of the result.
+        let needs_masker =
+            matches!(self.pending.front(), Some(Pending::Execute { result, .. }) if result.masker.is_none());
+        if needs_masker && matches!(frame.kind, b'D' | b'H' | b'd') {
+            let (facts, fields) = match self.portals.get(&portal) {
+                Some(p) => (p.prepared.facts.clone(), p.fields.clone()),
+                None => (None, None),
+            };
+            let fields = fields.unwrap_or_default();
+            let masker = self.masker(facts.as_deref(), &fields).await;
+            if let Some(Pending::Execute { result, .. }) = self.pending.front_mut() {
+                result.masker = Some(masker);
+            }
+        }
+        match frame.kind {
+            b'D' | b'd' => self.on_row(frame).await,
+            b'H' => self.start_copy_out(&frame, None).await,
+            b'c' => {
+                self.forward_to_client(&frame);
+                Ok(())
+            }
+            b'G' => {
+                self.copy_in = true;
+                self.forward_to_client(&frame);
+                Ok(())
+            }
+            b'C' | b's' | b'I' => {
+                let Some(Pending::Execute { result, .. }) = self.pending.pop_front() else { return Ok(()) };
+                if let Some(p) = self.portals.get_mut(&portal) {
+                    p.rows = result.rows;
+                }
+                if result.capped || result.refused.is_some() {
+                    self.report_cap(&result)?;
+                    self.drop_block();
+                    return Ok(());
+                }
+                if frame.kind == b'C' {
+                    self.after_command(result.facts.as_deref()).await;
+                }
+                self.forward_to_client(&frame);
+                Ok(())
+            }
+            b'E' => {
+                let capped = matches!(self.pending.front(),
+                    Some(Pending::Execute { result, .. }) if result.capped || result.refused.is_some());
+                if capped {
+                    let Some(Pending::Execute { result, .. }) = self.pending.pop_front() else { return Ok(()) };
+                    self.report_cap(&result)?;
+                    self.drop_block();
+                    return Ok(());
+                }
+                self.copy_in = false;
+                self.on_block_error(&frame)
+            }
+            other => Err(format!("unexpected message '{}' during Execute", other as char)),
+        }
+    }
+
+    /// After a capped result: the client sees the cap as the block's error.
+    fn drop_block(&mut self) {
+        self.block_failed = true;
+        while let Some(p) = self.pending.front() {
+            if matches!(p, Pending::Sync | Pending::Query { .. } | Pending::ReadSearchPath { .. }) {
+                break;
+            }
+            self.pending.pop_front();
+        }
+        // The server still answers what was sent after the capped
+        // Execute; those answers are not the client's.
+        self.skip_until_ready = true;
+    }
+}
+
+impl SessionLoop {
+    async fn on_query_frame(&mut self, frame: BackendFrame) -> SessionResult {
+        let Some(Pending::Query { decision, index, failed, .. }) = self.pending.front() else { return Ok(()) };
+        let (decision, index, failed) = (Arc::clone(decision), *index, *failed);
+        if frame.kind == b'Z' {
+            self.pending.pop_front();
+            self.copy_in = false;
+            return self.on_ready(frame);
+        }
+        if failed {
+            return Ok(());
+        }
+        let facts = decision.statements.get(index).map(|s| Arc::new(s.facts.clone()));
+        match frame.kind {
+            b'T' => {
+                let fields = codec::parse_row_description(&frame).map_err(|e| e.to_string())?;
+                let masker = self.masker(facts.as_deref(), &fields).await;
+                self.forward_row_description(&frame, &fields, &masker)?;
+                if let Some(Pending::Query { result, .. }) = self.pending.front_mut() {
+                    let mut fresh = Result_::new(facts, &decision);
+                    fresh.masker = Some(masker);
+                    *result = fresh;
+                }
+                Ok(())
+            }
+            b'D' | b'd' => self.on_row(frame).await,
+            b'H' => self.start_copy_out(&frame, facts).await,
+            b'G' => {
+                self.copy_in = true;
+                self.forward_to_client(&frame);
+                Ok(())
+            }
+            b'c' | b'W' | b'I' => {
+                self.forward_to_client(&frame);
+                Ok(())
+            }
+            b'C' => {
+                let capped = self.current_result().is_some_and(|r| r.capped || r.refused.is_some());
+                if capped {
+                    self.end_capped_query()?;
+                    return Ok(());
+                }
+                self.copy_in = false;
+                self.after_command(facts.as_deref()).await;
+                self.forward_to_client(&frame);
+                if let Some(Pending::Query { index, result, .. }) = self.pending.front_mut() {
+                    *index += 1;
+                    let next = decision.statements.get(*index).map(|s| Arc::new(s.facts.clone()));
+                    *result = Result_::new(next, &decision);
+                }
+                Ok(())
+            }
+            b'E' => {
+                let capped = self.current_result().is_some_and(|r| r.capped || r.refused.is_some());
+                if capped {
+                    self.end_capped_query()?;
+                    return Ok(());
+                }
+                self.copy_in = false;
+                self.relay_report(&frame)?;
+                if let Some(Pending::Query { failed, .. }) = self.pending.front_mut() {
+                    *failed = true;
+                }
+                Ok(())
+            }
+            other => Err(format!("unexpected message '{}' in a query result", other as char)),
+        }
+    }
+
+    fn end_capped_query(&mut self) -> SessionResult {
+        let report = match self.pending.front_mut() {
+            Some(Pending::Query { result, failed, .. }) => {
+                *failed = true;
+                Some(std::mem::replace(result, Result_::empty()))
+            }
+            _ => None,
+        };
+        if let Some(r) = report {
+            self.report_cap(&r)?;
+        }
+        Ok(())
+    }
+
+    fn current_result(&self) -> Option<&Result_> {
+        match self.pending.front() {
+            Some(Pending::Query { result, .. }) | Some(Pending::Execute { result, .. }) => Some(result),
+            _ => None,
+        }
+    }
+
+    fn current_result_mut(&mut self) -> Option<&mut Result_> {
+        match self.pending.front_mut() {
+            Some(Pending::Query { result, .. }) | Some(Pending::Execute { result, .. }) => Some(result),
+            _ => None,
+        }
+    }
+
+    /// A result row (`DataRow`, or `CopyData` of a COPY TO STDOUT).
+    async fn on_row(&mut self, frame: BackendFrame) -> SessionResult {
+        let Some(result) = self.current_result_mut() else { return Ok(()) };
+        if result.refused.is_some() {
+            return Ok(());
+        }
+        if frame.kind == b'd' && !result.copy_out {
+            // COPY data outside a COPY OUT: not ours to judge.
+            self.forward_to_client(&frame);
+            return Ok(());
+        }
+        result.rows += 1;
+        if result.cap > 0 && result.rows > result.cap {
+            if !result.capped {
+                result.capped = true;
+                tracing::info!(cap = result.cap, "row cap reached; cancelling the query");
+                self.gw.cancel_session(self.gateway_pid).await;
+            }
+            return Ok(());
+        }
+        let Some(masker) = result.masker.as_ref().filter(|m| !m.is_noop()) else {
+            self.cout.extend_from_slice(&frame.frame);
+            return Ok(());
+        };
+        if frame.kind == b'd' {
+            match mask_copy_line(masker, frame.body()) {
+                Some(line) => {
+                    self.cout.extend_from_slice(b"d");
+                    let len = i32::try_from(line.len() + 4).map_err(|_| "COPY line too long".to_string())?;
+                    self.cout.extend_from_slice(&len.to_be_bytes());
+                    self.cout.extend_from_slice(&line);
+                }
+                None => self.cout.extend_from_slice(&frame.frame),
+            }
+            return Ok(());
+        }
+        let values = codec::data_row_values(&frame).map_err(|e| e.to_string())?;
+        let mut row: Vec<Option<Cow<'_, [u8]>>> = values.iter().map(|v| v.as_deref().map(Cow::Borrowed)).collect();
+        if masker.mask_row(&mut row) == 0 {
+            self.cout.extend_from_slice(&frame.frame);
+        } else {
+            codec::data_row(&mut self.cout, row).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn start_copy_out(&mut self, frame: &BackendFrame, facts: Option<Arc<StatementFacts>>) -> SessionResult {
+        let (format, columns) = codec::parse_copy_response(frame).map_err(|e| e.to_string())?;
+        let facts = facts.or_else(|| self.current_result().and_then(|r| r.facts.clone()));
+        let engine = self.gw.engine();
+        let fields: Vec<ColumnInfo> = match facts.as_deref() {
+            Some(f) if f.output_columns.len() == columns.len() => {
+                f.output_columns.iter().map(|c| ColumnInfo::text(&c.name, None)).collect()
+            }
+            _ => (0..columns.len()).map(|i| ColumnInfo::text(&format!("column{}", i + 1), None)).collect(),
+        };
+        let masker = engine.masker(&self.identity, facts.as_deref().unwrap_or(&StatementFacts::default()), &fields);
+        let refuse = format != 0 && !masker.is_noop();
+        if let Some(result) = self.current_result_mut() {
+            result.copy_out = true;
+            result.masker = Some(masker);
+            if refuse {
+                result.refused = Some("COPY in binary format of a result with masked columns is refused".to_string());
+            }
+        }
+        if refuse {
+            self.gw.cancel_session(self.gateway_pid).await;
+            return Ok(());
+        }
+        self.forward_to_client(frame);
+        Ok(())
+    }
+
+    fn report_cap(&mut self, result: &Result_) -> SessionResult {
+        let message = match &result.refused {
+            Some(reason) => reason.clone(),
+            None => {
+                let rule = result.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
+                format!(
+                    "row limit reached: the statement returned more than {} rows, the most this identity may read \
+                     at once{rule}; add a LIMIT or narrow the query",
+                    result.cap
+                )
+            }
+        };
+        let code = if result.refused.is_some() { INSUFFICIENT_PRIVILEGE } else { PROGRAM_LIMIT_EXCEEDED };
+        self.emit_error("ERROR", code, &message)
+    }
+
+    async fn after_command(&mut self, facts: Option<&StatementFacts>) {
+        if facts.is_some_and(|f| f.class == policy_core::Class::Ddl) {
+            self.gw.catalog.invalidate(&self.database).await;
+        }
+    }
+
+    /// Plans the masking of a result.
+    async fn masker(&mut self, facts: Option<&StatementFacts>, fields: &[FieldDescription]) -> RowMasker {
+        let engine = self.gw.engine();
+        if engine.policy().masks.is_empty() && engine.detectors().is_empty() {
+            return RowMasker::default();
+        }
+        let mut oids: Vec<u32> = fields.iter().map(|f| f.table_oid).filter(|o| *o != 0).collect();
+        oids.sort_unstable();
+        oids.dedup();
+        let tables = if engine.policy().masks.is_empty() || oids.is_empty() {
+            HashMap::new()
+        } else {
+            self.gw.catalog.tables(&self.database, &oids).await
+        };
+        let columns: Vec<ColumnInfo> = fields
+            .iter()
+            .map(|f| {
+                let source = tables.get(&f.table_oid).and_then(|t| t.column(f.column));
+                ColumnInfo::new(f.name.as_str(), source.as_deref(), f.type_oid, f.format == 1)
+            })
+            .collect();
+        let default = StatementFacts::default();
+        engine.masker(&self.identity, facts.unwrap_or(&default), &columns)
+    }
+
+    fn forward_row_description(
+        &mut self,
+        frame: &BackendFrame,
+        fields: &[FieldDescription],
+        masker: &RowMasker,
+    ) -> SessionResult {
+        if masker.retyped_columns().is_empty() {
+            self.forward_to_client(frame);
+            return Ok(());
+        }
+        let mut fields = fields.to_vec();
+        for &i in masker.retyped_columns() {
+            if let Some(f) = fields.get_mut(i) {
+                f.type_oid = 25;
+                f.type_size = -1;
+                f.type_modifier = -1;
+            }
+        }
+        codec::row_description(&mut self.cout, &fields).map_err(|e| e.to_string())
+    }
+
+    fn forward_to_client(&mut self, frame: &BackendFrame) {
+        self.cout.extend_from_slice(&frame.frame);
+    }
+
+    /// Relays a server error or notice, scrubbed for this client.
+    fn relay_report(&mut self, frame: &BackendFrame) -> SessionResult {
+        let fields = codec::parse_fields(frame).map_err(|e| e.to_string())?;
+        let engine = self.gw.engine();
+        let facts: Vec<StatementFacts> = match self.pending.front() {
+            Some(Pending::Query { decision, .. }) => decision.statements.iter().map(|s| s.facts.clone()).collect(),
+            Some(Pending::Execute { result, .. }) => result.facts.iter().map(|f| (**f).clone()).collect(),
+            _ => Vec::new(),
+        };
+        let scrubber = engine.scrubber(&self.identity, &facts);
+        let sqlstate = fields.iter().find(|(c, _)| *c == b'C').map(|(_, v)| v.as_str().to_string()).unwrap_or_default();
+        let mut changed = false;
+        let mut out: Vec<(u8, Cow<'_, str>)> = Vec::with_capacity(fields.len());
+        for (code, value) in &fields {
+            match scrubber.scrub(&sqlstate, *code, value.as_str()) {
+                Scrubbed::Keep => out.push((*code, Cow::Borrowed(value.as_str()))),
+                Scrubbed::Replace(v) => {
+                    changed = true;
+                    out.push((*code, Cow::Owned(v)));
+                }
+                Scrubbed::Drop => changed = true,
+            }
+        }
+        if !changed {
+            self.forward_to_client(frame);
+            return Ok(());
+        }
+        let borrowed: Vec<(u8, &str)> = out.iter().map(|(c, v)| (*c, v.as_ref())).collect();
+        codec::fields_message(&mut self.cout, frame.kind, &borrowed).map_err(|e| e.to_string())
+    }
+
+    /// Writes the gateway's own answers that have reached the front.
+    fn emit_synthetic(&mut self) -> SessionResult {
+        loop {
+            match self.pending.front() {
+                Some(Pending::Refusal { .. }) => {
+                    let Some(Pending::Refusal { code, message }) = self.pending.pop_front() else { break };
+                    if !self.block_failed {
+                        self.emit_error("ERROR", code, &message)?;
+                        self.block_failed = true;
+                    }
+                }
+                Some(Pending::Ready) => {
+                    self.pending.pop_front();
+                    self.block_failed = false;
+                    codec::ready_for_query(&mut self.cout, self.tx_status);
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_error(&mut self, severity: &str, code: &str, message: &str) -> SessionResult {
+        codec::error_response(&mut self.cout, severity, code, message, &[]).map_err(|e| e.to_string())
+    }
+}
+
+impl Result_ {
+    fn empty() -> Self {
+        Result_ {
+            facts: None,
+            masker: None,
+            rows: 0,
+            cap: 0,
+            rule: None,
+            capped: false,
+            copy_out: false,
+            refused: None,
+        }
+    }
+}
+
+/// The refusal message of a decision that is not an allow.
+fn refusal(decision: &Decision) -> Option<String> {
+    let rule = decision.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
+    match decision.verdict {
+        Verdict::Allow => None,
+        Verdict::Deny => Some(format!("refused by policy{rule}: {}", decision.reason)),
+        Verdict::RequireApproval => Some(format!(
+            "this statement needs approval{rule}: {}; approvals are not available in this version of the gateway, \
+             so it is refused",
+            decision.reason
+        )),
+    }
+}
+
+fn unknown_statement(name: &str) -> String {
+    format!("prepared statement \"{name}\" does not exist or was refused by policy")
+}
+
+fn unknown_portal(name: &str) -> String {
+    format!("portal \"{name}\" does not exist or its statement was refused by policy")
+}
+
+/// The statement's columns with the formats a `Bind` asked for.
+fn with_formats(fields: &[FieldDescription], formats: &[i16]) -> Vec<FieldDescription> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let format = match formats {
+                [] => 0,
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(0),
+            };
+            FieldDescription { format, ..f.clone() }
+        })
+        .collect()
+}
+
+/// Masks one line of COPY text format (`\t`-separated, `\N` for NULL,
+/// backslash escapes); `None` when nothing changed.
+fn mask_copy_line(masker: &RowMasker, line: &[u8]) -> Option<Vec<u8>> {
+    let (body, newline) = match line.strip_suffix(b"\n") {
+        Some(b) => (b, true),
+        None => (line, false),
+    };
+    let raw: Vec<&[u8]> = body.split(|b| *b == b'\t').collect();
+    let decoded: Vec<Option<Vec<u8>>> = raw.iter().map(|f| copy_unescape(f)).collect();
+    let mut row: Vec<Option<Cow<'_, [u8]>>> = decoded.iter().map(|v| v.as_deref().map(Cow::Borrowed)).collect();
+    if masker.mask_row(&mut row) == 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(line.len());
+    for (i, value) in row.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        match value {
+            None => out.extend_from_slice(b"\\N"),
+            Some(v) => copy_escape(v, &mut out),
+        }
+    }
+    if newline {
+        out.push(b'\n');
+    }
+    Some(out)
+}
+
+fn copy_unescape(field: &[u8]) -> Option<Vec<u8>> {
+    if field == b"\\N" {
+        return None;
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut bytes = field.iter().copied();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'n') => out.push(b'\n'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'b') => out.push(8),
+            Some(b'f') => out.push(12),
+            Some(b'v') => out.push(11),
+            Some(other) => out.push(other),
+            None => out.push(b'\\'),
+        }
+    }
+    Some(out)
+}
+
+fn copy_escape(value: &[u8], out: &mut Vec<u8>) {
+    for &b in value {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.push(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_round_trips() {
+        for field in [&b"plain"[..], b"tab\\there", b"back\\\\slash", b"new\\nline"] {
+            let decoded = copy_unescape(field).unwrap();
+            let mut out = Vec::new();
+            copy_escape(&decoded, &mut out);
+            assert_eq!(out, field);
+        }
+        assert_eq!(copy_unescape(b"\\N"), None);
+    }
+}
