@@ -124,9 +124,62 @@ impl Catalog {
         Ok(())
     }
 
+    /// The columns `COPY table TO STDOUT` writes, in order, as masks name
+    /// them: `table` is a name as facts write it (`schema.table`). `None`
+    /// when the table cannot be looked up.
+    pub async fn copy_columns(&self, database: &str, table: &str) -> Option<Vec<String>> {
+        let parts = ColumnInfo::split_name(table)?;
+        let [schema, name] = parts.as_slice() else { return None };
+        let db = self.database(database).await;
+        let mut db = db.lock().await;
+        if db.conn.is_none() {
+            let params = [("application_name", "portcullis-catalog"), ("client_encoding", "UTF8")];
+            match upstream::connect(&self.target, database, &params).await {
+                Ok(c) => db.conn = Some(c),
+                Err(e) => {
+                    tracing::warn!(database, "catalog connection failed: {e}");
+                    return None;
+                }
+            }
+        }
+        let conn = db.conn.as_mut()?;
+        let sql = format!(
+            "SELECT a.attname FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = {} AND c.relname = {} AND a.attnum > 0 AND NOT a.attisdropped \
+             AND a.attgenerated = '' ORDER BY a.attnum",
+            literal(schema),
+            literal(name)
+        );
+        match conn.simple_query(&sql, self.target.max_message_bytes).await {
+            Ok(rows) => Some(
+                rows.into_iter()
+                    .filter_map(|r| r.into_iter().next().flatten())
+                    .map(|c| ColumnInfo::source_name(schema, name, &c))
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(database, "catalog lookup failed: {e}");
+                db.conn = None;
+                None
+            }
+        }
+    }
+
     /// Forgets what is cached for `database` (after DDL there).
     pub async fn invalidate(&self, database: &str) {
         let db = self.database(database).await;
         db.lock().await.tables.clear();
     }
+}
+
+/// A string literal for the gateway's own catalog queries (the connection
+/// runs with `standard_conforming_strings` on, the server default, so only
+/// quotes need doubling; a backslash or NUL is refused).
+fn literal(s: &str) -> String {
+    if s.contains(['\\', '\0']) {
+        return "NULL".to_string();
+    }
+    format!("'{}'", s.replace('\'', "''"))
 }

@@ -942,12 +942,26 @@ impl SessionLoop {
         let (format, columns) = codec::parse_copy_response(frame).map_err(|e| e.to_string())?;
         let facts = facts.or_else(|| self.current_result().and_then(|r| r.facts.clone()));
         let engine = self.gw.engine();
-        let fields: Vec<ColumnInfo> = match facts.as_deref() {
-            Some(f) if f.output_columns.len() == columns.len() => {
+        let mut fields: Vec<ColumnInfo> = match facts.as_deref() {
+            Some(f) if f.output_columns.len() == columns.len() && f.output_columns.iter().all(|c| c.name != "*") => {
                 f.output_columns.iter().map(|c| ColumnInfo::text(&c.name, None)).collect()
             }
             _ => (0..columns.len()).map(|i| ColumnInfo::text(&format!("column{}", i + 1), None)).collect(),
         };
+        // `COPY table TO STDOUT`: the table's columns, from the catalog.
+        let whole_table = facts.as_deref().and_then(|f| match f.output_columns.as_slice() {
+            [only] if only.name == "*" && only.sources.len() == 1 => {
+                only.sources.first().and_then(|s| s.strip_suffix(".*")).map(str::to_string)
+            }
+            _ => None,
+        });
+        if let Some(table) = whole_table.filter(|_| !engine.policy().masks.is_empty()) {
+            if let Some(names) = self.gw.catalog.copy_columns(&self.database, &table).await {
+                if names.len() == columns.len() {
+                    fields = names.iter().map(|n| ColumnInfo::text(n, Some(n))).collect();
+                }
+            }
+        }
         let masker = engine.masker(&self.identity, facts.as_deref().unwrap_or(&StatementFacts::default()), &fields);
         let refuse = format != 0 && !masker.is_noop();
         if let Some(result) = self.current_result_mut() {

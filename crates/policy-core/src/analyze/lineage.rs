@@ -95,6 +95,22 @@ pub(crate) fn outputs(stmt: NodeRef<'_>, env: &Env) -> Vec<OutputColumn> {
         NodeRef::ExplainStmt(_) => Vec::new(),
         NodeRef::CopyStmt(c) => match (node(&c.query), &c.relation) {
             (Some(q), _) => outputs(q, env),
+            (None, Some(rv)) if !c.is_from && !c.attlist.is_empty() => {
+                // `COPY t (a, b) TO STDOUT`: the listed columns, in order.
+                let tables = ctx.relation_tables(rv);
+                nodes(&c.attlist)
+                    .filter_map(|n| match n {
+                        NodeRef::String(s) => Some(s.sval.as_str()),
+                        _ => None,
+                    })
+                    .map(|col| OutputColumn {
+                        name: col.to_string(),
+                        sources: tables.iter().map(|t| names::dotted(t, col)).collect(),
+                        direct: true,
+                        unknown: false,
+                    })
+                    .collect()
+            }
             (None, Some(rv)) if !c.is_from => {
                 let tables = ctx.relation_tables(rv);
                 vec![OutputColumn {

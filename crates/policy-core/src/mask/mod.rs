@@ -133,6 +133,57 @@ impl ColumnInfo {
         crate::analyze::dotted(&crate::analyze::qualified(schema, table), column)
     }
 
+    /// Splits a name as facts and masks write it (`schema.table` or
+    /// `schema.table.column`, a part holding `.` or `"` double-quoted) into
+    /// its parts; `None` when it is not well-formed.
+    ///
+    /// ```
+    /// use policy_core::ColumnInfo;
+    /// assert_eq!(ColumnInfo::split_name("public.users"), Some(vec!["public".into(), "users".into()]));
+    /// assert_eq!(ColumnInfo::split_name("public.\"a.b\""), Some(vec!["public".into(), "a.b".into()]));
+    /// assert_eq!(ColumnInfo::split_name("public.\"open"), None);
+    /// ```
+    pub fn split_name(name: &str) -> Option<Vec<String>> {
+        let mut parts = Vec::new();
+        let mut chars = name.chars().peekable();
+        loop {
+            let mut part = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                loop {
+                    match chars.next()? {
+                        '"' if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            part.push('"');
+                        }
+                        '"' => break,
+                        c => part.push(c),
+                    }
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c == '.' {
+                        break;
+                    }
+                    if c == '"' {
+                        return None;
+                    }
+                    part.push(c);
+                    chars.next();
+                }
+                if part.is_empty() {
+                    return None;
+                }
+            }
+            parts.push(part);
+            match chars.next() {
+                None => return Some(parts),
+                Some('.') => {}
+                Some(_) => return None,
+            }
+        }
+    }
+
     /// Whether the type is text-like (`text`, `varchar`, `bpchar`, `name`,
     /// `unknown`): masked values fit it as they are.
     pub fn is_text_type(&self) -> bool {

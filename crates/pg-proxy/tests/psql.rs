@@ -1,0 +1,78 @@
+//! The gateway through psql: `-c` with several statements, `\d`, `\copy`
+//! both ways, and the errors a person sees.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+mod support;
+
+use support::{text, Stack};
+
+#[test]
+fn psql_sessions() {
+    let stack = Stack::start();
+    let agent = stack.token("alice", &["ai-agents"], Some("copilot-cli"));
+    let developer = stack.token("dave", &["developers"], None);
+
+    // Several statements in one -c: one string, decided as a whole.
+    let out =
+        stack.psql(&agent, &["-At", "-c", "SELECT name, ssn FROM customers WHERE id = 1; SELECT count(*) FROM orders"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "Alice Martin|****6789\n5000\n");
+
+    // A denied statement anywhere in the string refuses the whole string.
+    let out = stack.psql(&agent, &["-At", "-c", "SELECT 1; DROP TABLE orders"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("refused by policy (rule no-ddl-for-agents)"), "{err}");
+    assert!(text(&out.stdout).is_empty(), "nothing ran: {}", text(&out.stdout));
+
+    // \d works for an agent: the catalog reads psql makes are allowed.
+    let out = stack.psql(&agent, &["-c", "\\d customers"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let described = text(&out.stdout);
+    assert!(described.contains("Table \"public.customers\"") && described.contains("ssn"), "{described}");
+
+    // \copy out: masked in COPY text format, the detector on free text.
+    let file = stack.path("customers.tsv");
+    let copy = format!("\\copy (SELECT id, ssn, note FROM customers ORDER BY id) TO '{}'", file.display());
+    let out = stack.psql(&agent, &["-c", &copy]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let copied = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(copied.lines().next(), Some("1\t****6789\tprefers e-mail"));
+    assert!(copied.contains("2\t****7890\tcard on file: ****1881"), "{copied}");
+
+    // A whole table copied out: columns resolved through the catalog.
+    let whole = stack.path("whole.tsv");
+    let out = stack.psql(&agent, &["-c", &format!("\\copy customers TO '{}'", whole.display())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let copied = std::fs::read_to_string(&whole).unwrap();
+    assert!(copied.starts_with("1\tAlice Martin\t****@example.com\t****6789\t****1111\t"), "{copied}");
+
+    // \copy in: allowed for developers into orders, refused for agents into customers.
+    let input = stack.path("orders.tsv");
+    std::fs::write(&input, "1\t10.50\tshipped\n2\t20.00\trefunded\n").unwrap();
+    let load = format!("\\copy orders (customer_id, total, status) FROM '{}'", input.display());
+    let out = stack.psql(&developer, &["-c", &load]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "COPY 2");
+    let load = format!("\\copy customers (id, name) FROM '{}'", input.display());
+    let out = stack.psql(&agent, &["-c", &load]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("refused by policy"), "{}", text(&out.stderr));
+    let out = stack.psql(&developer, &["-At", "-c", "SELECT count(*) FROM orders"]);
+    assert_eq!(text(&out.stdout), "5002\n");
+    let out = stack.psql(&developer, &["-At", "-c", "SELECT count(*) FROM customers"]);
+    assert_eq!(text(&out.stdout), "3\n");
+
+    // An error quoting a masked value is withheld; others keep their text.
+    let out = stack.psql(&agent, &["-At", "-c", "SELECT ssn::int FROM customers"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("22P02") || err.contains("withheld"), "{err}");
+    assert!(!err.contains("6789"), "{err}");
+    let out = stack.psql(&agent, &["-At", "-c", "SELECT 'x'::int"]);
+    assert!(text(&out.stderr).contains("invalid input syntax for type integer: \"x\""), "{}", text(&out.stderr));
+
+    // A wrong token: psql's usual message, nothing about why.
+    let out = stack.psql("nope", &["-c", "SELECT 1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("invalid token"), "{}", text(&out.stderr));
+}
