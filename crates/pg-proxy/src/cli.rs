@@ -41,6 +41,26 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Start a throwaway PostgreSQL with sample data, the gateway in front
+    /// of it, and print how to connect as a person and as an AI agent.
+    ///
+    /// Everything lives in a temporary directory; Ctrl-C stops it all and
+    /// removes it. Needs PostgreSQL's server binaries (`initdb`, `pg_ctl`;
+    /// `scripts/demo` installs them with apt when missing). With --script,
+    /// plays a short agent session (a masked read, a refused DROP TABLE, a
+    /// refused unbounded DELETE, a bulk read stopped by the row cap) and
+    /// exits.
+    Demo {
+        /// The policy (default: examples/policy.toml).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// The gateway's port (default: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Play the scripted agent session, then exit.
+        #[arg(long)]
+        script: bool,
+    },
     /// Check a gateway configuration and everything it names (policy, key
     /// set, TLS files), without starting.
     ///
@@ -63,7 +83,7 @@ enum TokenCommand {
         out: PathBuf,
         /// Key type.
         #[arg(long, value_enum, default_value = "ed25519")]
-        key_type: crate::token::KeyType,
+        key_type: pg_proxy::token::KeyType,
     },
     /// Print a signed development JWT.
     ///
@@ -170,15 +190,20 @@ pub(crate) fn run() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Check { config } => check(&config),
-        Command::Token(TokenCommand::Keygen { out, key_type }) => match crate::token::keygen(&out, key_type) {
-            Ok(()) => ExitCode::SUCCESS,
+        Command::Demo { policy, port, script } => demo(pg_proxy::demo::DemoOptions { policy, port, script }),
+        Command::Token(TokenCommand::Keygen { out, key_type }) => match pg_proxy::token::keygen(&out, key_type) {
+            Ok((key, jwks)) => {
+                println!("wrote {} (private, development only)", key.display());
+                println!("wrote {}", jwks.display());
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
         },
         Command::Token(TokenCommand::Mint { key, sub, groups, actor, ttl, iss, aud }) => {
-            let ttl_seconds = match crate::token::parse_ttl(&ttl) {
+            let ttl_seconds = match pg_proxy::token::parse_ttl(&ttl) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("error: --ttl {e}");
@@ -186,7 +211,7 @@ pub(crate) fn run() -> ExitCode {
                 }
             };
             let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
-            let request = crate::token::MintRequest {
+            let request = pg_proxy::token::MintRequest {
                 key: &key,
                 subject: &sub,
                 groups: &groups,
@@ -195,7 +220,7 @@ pub(crate) fn run() -> ExitCode {
                 issuer: iss.as_deref(),
                 audience: aud.as_deref(),
             };
-            match crate::token::mint(&request) {
+            match pg_proxy::token::mint(&request) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS
@@ -259,6 +284,26 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     match runtime.block_on(pg_proxy::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(options: pg_proxy::demo::DemoOptions) -> ExitCode {
+    if std::env::var_os("RUST_LOG").is_some() {
+        init_logging();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pg_proxy::demo::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

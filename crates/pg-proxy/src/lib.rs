@@ -13,14 +13,18 @@
 //! - [`codec`]: frontend and backend messages, parsed without copying;
 //! - [`auth`]: the identity provider's key set;
 //! - [`tls`]: rustls on both sides;
-//! - [`cluster`]: throwaway PostgreSQL clusters for the demo and the tests.
+//! - [`cluster`]: throwaway PostgreSQL clusters for the demo and the tests;
+//! - [`token`]: development keys and tokens;
+//! - [`demo`]: `pg-proxy demo`.
 
 pub mod auth;
 pub mod catalog;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod demo;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod token;
 pub mod upstream;

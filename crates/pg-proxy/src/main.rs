@@ -5,7 +5,6 @@
 //! (`serve`, `demo`) builds on the same engine.
 
 mod cli;
-mod token;
 
 fn main() -> std::process::ExitCode {
     cli::run()

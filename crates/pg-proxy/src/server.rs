@@ -140,6 +140,12 @@ impl Gateway {
         Ok(())
     }
 
+    /// Verifies a client's token with the key set and the policy's
+    /// identity rules.
+    pub fn verify_token(&self, token: &str) -> Result<Identity, policy_core::IdentityError> {
+        self.keys.verify(token, &self.engine().policy().identity.rules())
+    }
+
     /// Accepts clients until the listener fails.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         loop {
@@ -364,7 +370,7 @@ impl Gateway {
         let token = token.strip_suffix(b"\0").unwrap_or(&token);
         let identity = match std::str::from_utf8(token)
             .map_err(|_| "the token is not UTF-8".to_string())
-            .and_then(|t| self.keys.verify(t, &engine.policy().identity.rules()).map_err(|e| e.to_string()))
+            .and_then(|t| self.verify_token(t).map_err(|e| e.to_string()))
         {
             Ok(identity) => identity,
             Err(reason) => {

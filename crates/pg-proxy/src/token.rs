@@ -5,7 +5,7 @@
 //! 0600) and the matching JWKS; `mint` signs a token with it. The key id is
 //! derived from the public key, so `mint` finds it without another file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 /// Key types `keygen` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum KeyType {
+pub enum KeyType {
     /// Ed25519 (EdDSA): small and fast.
     Ed25519,
     /// RSA 2048 (RS256).
@@ -92,7 +92,7 @@ impl SigningKey {
 }
 
 /// `token keygen`: writes `signing-key.pem` and `jwks.json` into `dir`.
-pub(crate) fn keygen(dir: &Path, key_type: KeyType) -> Result<(), String> {
+pub fn keygen(dir: &Path, key_type: KeyType) -> Result<(PathBuf, PathBuf), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
     let mut rng = rand::rngs::OsRng;
     let key = match key_type {
@@ -107,9 +107,7 @@ pub(crate) fn keygen(dir: &Path, key_type: KeyType) -> Result<(), String> {
     let jwks = json!({ "keys": [key.jwk()] });
     let text = serde_json::to_string_pretty(&jwks).map_err(|e| e.to_string())?;
     std::fs::write(&jwks_path, text + "\n").map_err(|e| format!("cannot write `{}`: {e}", jwks_path.display()))?;
-    println!("wrote {} (private, development only)", key_path.display());
-    println!("wrote {}", jwks_path.display());
-    Ok(())
+    Ok((key_path, jwks_path))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -126,18 +124,25 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// What `token mint` puts in a token.
-pub(crate) struct MintRequest<'a> {
+pub struct MintRequest<'a> {
+    /// The private key file (PEM).
     pub key: &'a Path,
+    /// The `sub` claim.
     pub subject: &'a str,
+    /// The `groups` claim.
     pub groups: &'a [String],
+    /// The agent acting for the subject (`act.sub`).
     pub actor: Option<&'a str>,
+    /// Lifetime in seconds.
     pub ttl_seconds: u64,
+    /// The `iss` claim.
     pub issuer: Option<&'a str>,
+    /// The `aud` claim.
     pub audience: Option<&'a str>,
 }
 
 /// `token mint`: a signed JWT.
-pub(crate) fn mint(req: &MintRequest<'_>) -> Result<String, String> {
+pub fn mint(req: &MintRequest<'_>) -> Result<String, String> {
     let pem = std::fs::read_to_string(req.key).map_err(|e| format!("cannot read key `{}`: {e}", req.key.display()))?;
     let key = SigningKey::from_pem(&pem).map_err(|e| format!("`{}`: {e}", req.key.display()))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
@@ -163,7 +168,7 @@ pub(crate) fn mint(req: &MintRequest<'_>) -> Result<String, String> {
 }
 
 /// Parses `90s`, `15m`, `1h`, `2d` or plain seconds.
-pub(crate) fn parse_ttl(text: &str) -> Result<u64, String> {
+pub fn parse_ttl(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),

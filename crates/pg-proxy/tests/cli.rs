@@ -211,3 +211,23 @@ fn minted_tokens_verify_and_tampered_ones_do_not() {
     let ttl = run(&["token", "mint", "--key", "/nonexistent.pem", "--sub", "x", "--ttl", "1w"]);
     assert_eq!(ttl.status.code(), Some(2));
 }
+
+#[test]
+fn demo_script_plays_the_agent_session_and_cleans_up() {
+    let out = bin().args(["demo", "--script", "--policy"]).arg(repo("examples/policy.toml")).output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    // The psql command lines for both identities.
+    assert_eq!(stdout.matches("psql \"host=127.0.0.1 port=").count(), 2, "{stdout}");
+    // The masked read, the two refusals and the row cap.
+    assert!(stdout.contains("| ****@example.com | ****6789 | ****1111 |"), "{stdout}");
+    assert!(stdout.contains("card on file: ****1881"), "{stdout}");
+    assert!(!stdout.contains("123-45-6789") && !stdout.contains("4111 1111"), "{stdout}");
+    assert!(stdout.contains("ERROR 42501: refused by policy (rule no-ddl-for-agents)"), "{stdout}");
+    assert!(stdout.contains("ERROR 42501: refused by policy (rule no-unbounded-writes)"), "{stdout}");
+    assert!(stdout.contains("ERROR 54000: row limit reached"), "{stdout}");
+    // Everything it made is gone.
+    let dir = stdout.lines().find_map(|l| l.strip_prefix("Stopping PostgreSQL and removing ")).unwrap();
+    let dir = dir.trim_end_matches(" ...");
+    assert!(!std::path::Path::new(dir).exists(), "{dir} is still there");
+}

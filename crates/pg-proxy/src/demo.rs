@@ -1,0 +1,260 @@
+//! `pg-proxy demo`: the whole product on one machine, in one command.
+//!
+//! It starts a throwaway PostgreSQL cluster (initdb and pg_ctl on a free
+//! loopback port, in a temporary directory; as an unprivileged user when
+//! run as root), loads a small shop with planted PII (`examples/demo.sql`),
+//! writes a development key pair, mints tokens for a person (`alice`, group
+//! `developers`) and for an agent acting for her (`copilot-cli`, group
+//! `ai-agents`), starts the gateway with the policy, and prints the psql
+//! command lines for both. Ctrl-C stops everything and removes the
+//! directory.
+//!
+//! With `--script`, it then plays a short agent session through the
+//! gateway (an allowed read with masked columns, a refused `DROP TABLE`, a
+//! refused unbounded `DELETE`, a bulk read stopped by the row cap) and
+//! exits.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::config::Config;
+use crate::server::Gateway;
+use crate::token::{self, KeyType, MintRequest};
+
+/// The sample schema.
+pub const DEMO_SQL: &str = include_str!("../../../examples/demo.sql");
+/// The example policy, used when no policy file is given and
+/// `examples/policy.toml` is not in the working directory.
+pub const EXAMPLE_POLICY: &str = include_str!("../../../examples/policy.toml");
+
+/// Options of `pg-proxy demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The policy file; `None`: `examples/policy.toml` if present, else the
+    /// built-in copy of it.
+    pub policy: Option<PathBuf>,
+    /// The gateway's port (0: any free port).
+    pub port: u16,
+    /// Play the scripted agent session, then exit.
+    pub script: bool,
+}
+
+/// Runs the demo; returns when the script is done or on Ctrl-C.
+pub async fn run(options: DemoOptions) -> Result<(), String> {
+    println!("Portcullis demo: starting a throwaway PostgreSQL cluster...");
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(&ClusterOptions::default()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let result = run_with(&cluster, &options).await;
+    println!("Stopping PostgreSQL and removing {} ...", cluster.dir().display());
+    tokio::task::spawn_blocking(move || cluster.stop()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    result
+}
+
+const APP_USER: &str = "app";
+
+async fn run_with(cluster: &Cluster, options: &DemoOptions) -> Result<(), String> {
+    let app_password = random_password();
+    cluster.create_role(APP_USER, &app_password, false).map_err(|e| e.to_string())?;
+    cluster.create_database("app", APP_USER).map_err(|e| e.to_string())?;
+    load_schema(cluster, &app_password).await?;
+
+    let dir = cluster.dir().join("gateway");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (key, _jwks) = token::keygen(&dir.join("keys"), KeyType::Ed25519)?;
+    let policy_path = match &options.policy {
+        Some(p) => std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None if Path::new("examples/policy.toml").is_file() => {
+            std::fs::canonicalize("examples/policy.toml").map_err(|e| format!("examples/policy.toml: {e}"))?
+        }
+        None => {
+            let p = dir.join("policy.toml");
+            std::fs::write(&p, EXAMPLE_POLICY).map_err(|e| format!("{}: {e}", p.display()))?;
+            p
+        }
+    };
+    write_private(&dir.join("upstream-password"), &app_password)?;
+    let config_text = format!(
+        "listen = \"127.0.0.1:{port}\"\npolicy = {policy:?}\n\n[auth]\njwks_file = \"keys/jwks.json\"\n\n\
+         [upstream]\nhost = \"127.0.0.1\"\nport = {upstream}\nuser = \"{APP_USER}\"\n\
+         password_file = \"upstream-password\"\ntls = \"disable\"\n",
+        port = options.port,
+        policy = policy_path.display().to_string(),
+        upstream = cluster.port(),
+    );
+    let config_path = dir.join("gateway.toml");
+    std::fs::write(&config_path, config_text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+    let gateway = Arc::new(Gateway::new(config)?);
+    let listener = TcpListener::bind(("127.0.0.1", options.port))
+        .await
+        .map_err(|e| format!("listening on 127.0.0.1:{}: {e}", options.port))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let server = tokio::spawn(Arc::clone(&gateway).serve(listener));
+
+    let person = mint(&key, "alice", &["developers"], None)?;
+    let agent = mint(&key, "alice", &["ai-agents"], Some("copilot-cli"))?;
+    let person_file = dir.join("alice.token");
+    let agent_file = dir.join("agent.token");
+    write_private(&person_file, &person)?;
+    write_private(&agent_file, &agent)?;
+    let conninfo = format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable");
+
+    println!();
+    println!("  PostgreSQL   127.0.0.1:{} (data in {})", cluster.port(), cluster.data_dir().display());
+    println!("  sample data  customers (names, e-mails, SSNs, card numbers), orders (5000 rows), secrets");
+    println!("  gateway      127.0.0.1:{port}, policy {}", policy_path.display());
+    println!();
+    println!("Connect as the person (alice, group developers):");
+    println!("  PGPASSWORD=\"$(cat {})\" psql \"{conninfo}\"", person_file.display());
+    println!("Connect as the agent acting for alice (copilot-cli, group ai-agents):");
+    println!("  PGPASSWORD=\"$(cat {})\" psql \"{conninfo}\"", agent_file.display());
+    println!();
+
+    let outcome = if options.script {
+        play_script(&gateway, &conninfo, &agent).await
+    } else {
+        println!("Press Ctrl-C to stop and remove everything.");
+        tokio::signal::ctrl_c().await.map_err(|e| e.to_string())
+    };
+    server.abort();
+    outcome
+}
+
+async fn load_schema(cluster: &Cluster, password: &str) -> Result<(), String> {
+    let conninfo = format!("host=127.0.0.1 port={} user={APP_USER} dbname=app password={password}", cluster.port());
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("loading the schema: {e}"))?;
+    let task = tokio::spawn(connection);
+    client.batch_execute(DEMO_SQL).await.map_err(|e| format!("loading the schema: {e}"))?;
+    drop(client);
+    let _ = task.await;
+    Ok(())
+}
+
+fn mint(key: &Path, subject: &str, groups: &[&str], actor: Option<&str>) -> Result<String, String> {
+    let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    token::mint(&MintRequest {
+        key,
+        subject,
+        groups: &groups,
+        actor,
+        ttl_seconds: 12 * 3600,
+        issuer: None,
+        audience: None,
+    })
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn random_password() -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng;
+    rand::thread_rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect()
+}
+
+/// The scripted agent session.
+const SCRIPT: [(&str, &str); 4] = [
+    ("an allowed read: masked columns", "SELECT id, name, email, ssn, card, note FROM customers ORDER BY id"),
+    ("the agent tries to drop a table", "DROP TABLE customers"),
+    ("the agent tries to delete every order", "DELETE FROM orders"),
+    ("a bulk read: more rows than the agent's cap", "SELECT * FROM orders"),
+];
+
+async fn play_script(gateway: &Gateway, conninfo: &str, token: &str) -> Result<(), String> {
+    println!("Playing an agent session (copilot-cli acting for alice) through the gateway:");
+    let conninfo = format!("{conninfo} password={token} application_name=copilot-cli");
+    let (client, connection) =
+        tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.map_err(|e| format!("connecting: {e}"))?;
+    let task = tokio::spawn(connection);
+    let engine = gateway.engine();
+    let verified = gateway.verify_token(token).map_err(|e| e.to_string())?;
+    for (what, sql) in SCRIPT {
+        println!();
+        println!("-- {what}");
+        println!("agent=> {sql};");
+        let decision = engine.decide(&verified, &engine.new_session(), sql);
+        match client.simple_query(sql).await {
+            Ok(messages) => {
+                let rule = decision.rule.as_deref().unwrap_or("-");
+                println!("   allowed (rule {rule})");
+                print!("{}", render(&messages));
+            }
+            Err(e) => match e.as_db_error() {
+                Some(db) => println!("   ERROR {}: {}", db.code().code(), db.message()),
+                None => println!("   ERROR {e}"),
+            },
+        }
+    }
+    drop(client);
+    let _ = task.await;
+    println!();
+    println!("Done. Run `pg-proxy demo` without --script to try it yourself with psql.");
+    Ok(())
+}
+
+/// Rows as a small aligned table.
+fn render(messages: &[SimpleQueryMessage]) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut header: Vec<String> = Vec::new();
+    for m in messages {
+        match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                header = cols.iter().map(|c| c.name().to_string()).collect();
+            }
+            SimpleQueryMessage::Row(r) => {
+                if header.is_empty() {
+                    header = r.columns().iter().map(|c| c.name().to_string()).collect();
+                }
+                rows.push((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect());
+            }
+            _ => {}
+        }
+    }
+    if header.is_empty() {
+        return String::new();
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, v) in widths.iter_mut().zip(row) {
+            *w = (*w).max(v.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::from("   ");
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                s.push_str(" | ");
+            }
+            let _ = write!(s, "{c:<w$}");
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&header);
+    out.push_str("   ");
+    out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"));
+    out.push('\n');
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    let _ = writeln!(out, "   ({} rows)", rows.len());
+    out
+}
