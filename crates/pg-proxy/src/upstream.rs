@@ -172,9 +172,7 @@ pub async fn connect(target: &Target, database: &str, params: &[(&str, &str)]) -
                                 "the password in cleartext over an unencrypted connection".to_string(),
                             ));
                         }
-                        let mut p = password()?.to_vec();
-                        p.push(0);
-                        frontend::password_message(&p, &mut out).map_err(io)?;
+                        frontend::password_message(password()?, &mut out).map_err(io)?;
                     }
                     Authentication::Md5Password { salt } => {
                         let hash = postgres_protocol::authentication::md5_hash(cfg.user.as_bytes(), password()?, salt);
