@@ -45,7 +45,12 @@ impl Stack {
 
     /// `extra` is appended to the gateway's configuration.
     pub fn with(policy: &str, extra: &str) -> Stack {
-        let cluster = Cluster::start(&ClusterOptions::default()).unwrap();
+        Stack::with_cluster(policy, extra, &ClusterOptions::default(), "tls = \"disable\"")
+    }
+
+    /// The full form: the cluster's options, and extra `[upstream]` keys.
+    pub fn with_cluster(policy: &str, extra: &str, options: &ClusterOptions, upstream_extra: &str) -> Stack {
+        let cluster = Cluster::start(options).unwrap();
         cluster.create_role("app", APP_PASSWORD, false).unwrap();
         cluster.create_database("app", "app").unwrap();
         let schema = std::fs::read_to_string(repo("examples/demo.sql")).unwrap();
@@ -77,7 +82,7 @@ impl Stack {
         let config_text = format!(
             "listen = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n{extra}\n[auth]\njwks_file = \"keys/jwks.json\"\n\
              [upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"app\"\npassword_file = \"upstream-password\"\n\
-             tls = \"disable\"\n",
+             {upstream_extra}\n",
             cluster.port()
         );
         std::fs::write(dir.join("gateway.toml"), &config_text).unwrap();
@@ -93,6 +98,19 @@ impl Stack {
             let _ = gw.serve(listener).await;
         });
         Stack { cluster, addr, dir, gateway, runtime: Some(runtime) }
+    }
+
+    /// Serves the same gateway on another address too (port chosen freely).
+    pub fn listen_also(&self, ip: &str) -> SocketAddr {
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gw = Arc::clone(&self.gateway);
+        self.runtime.as_ref().unwrap().spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let _ = gw.serve(listener).await;
+        });
+        addr
     }
 
     pub fn key(&self) -> PathBuf {

@@ -1,0 +1,68 @@
+//! pgbench through the gateway: the tpcb-like and select-only scripts in
+//! the simple, extended and prepared protocols, every transaction
+//! processed, none failed.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use support::{text, Stack, APP_PASSWORD};
+
+fn pgbench(stack: &Stack) -> Command {
+    let local = stack.cluster.bin_dir().join("pgbench");
+    Command::new(if local.exists() { local } else { PathBuf::from("pgbench") })
+}
+
+#[test]
+fn pgbench_runs_unchanged_through_the_gateway() {
+    let stack = Stack::start();
+    let init = pgbench(&stack)
+        .args(["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p"])
+        .arg(stack.cluster.port().to_string())
+        .args(["-U", "app", "app"])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "pgbench -i: {}", text(&init.stderr));
+
+    let token = stack.token("bench", &["developers"], None);
+    for args in [
+        &["-M", "simple"][..],
+        &["-M", "extended"],
+        &["-M", "prepared"],
+        &["-S", "-M", "prepared"],
+        &["-S", "-M", "simple"],
+    ] {
+        let out = pgbench(&stack)
+            .args(["-n", "-t", "100", "-c", "4", "-j", "2", "-h", "127.0.0.1", "-p"])
+            .arg(stack.addr.port().to_string())
+            .args(["-U", "bench"])
+            .args(args)
+            .arg("app")
+            .env("PGPASSWORD", &token)
+            .env("PGSSLMODE", "disable")
+            .output()
+            .unwrap();
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "pgbench {args:?}: {stdout}\n{}", text(&out.stderr));
+        assert!(stdout.contains("number of transactions actually processed: 400/400"), "{args:?}: {stdout}");
+        assert!(
+            !stdout.contains("number of failed transactions: ") || stdout.contains("number of failed transactions: 0"),
+            "{stdout}"
+        );
+    }
+
+    // An agent may read but not write: the tpcb-like script is refused on its first UPDATE.
+    let agent = stack.token("agent", &["ai-agents"], None);
+    let out = pgbench(&stack)
+        .args(["-n", "-t", "5", "-c", "1", "-h", "127.0.0.1", "-p"])
+        .arg(stack.addr.port().to_string())
+        .args(["-U", "agent", "app"])
+        .env("PGPASSWORD", &agent)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("refused by policy"), "{}", text(&out.stderr));
+}

@@ -1,0 +1,168 @@
+//! Transport and login: client TLS (SSLRequest and direct TLS with ALPN),
+//! GSSENCRequest refused politely, tokens refused over plain TCP from
+//! non-loopback clients, and the upstream side with MD5 and trust.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pg_proxy::cluster::{Auth, ClusterOptions};
+use pg_proxy::codec;
+use postgres_protocol::message::frontend;
+use rustls::pki_types::{CertificateDer, ServerName};
+use support::{repo, text, Stack};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A self-signed certificate for 127.0.0.1 and localhost, written to a
+/// fresh directory: (cert path, key path, DER).
+fn certificate(tag: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+    let dir = std::env::temp_dir().join(format!("portcullis-tls-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    (cert_path, key_path, cert.cert.der().to_vec())
+}
+
+fn policy() -> String {
+    std::fs::read_to_string(repo("examples/policy.toml")).unwrap()
+}
+
+/// Logs in over `stream` and runs `sql`; returns the first column of the
+/// first row, or the error's SQLSTATE and message.
+async fn login_and_query<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    token: &str,
+    sql: &str,
+) -> Result<Option<String>, (String, String)> {
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", "t"), ("database", "app")].into_iter(), &mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut sent = false;
+    let mut value = None;
+    loop {
+        let frame = loop {
+            if let Some(f) = codec::decode_backend(&mut buf, 1 << 20).unwrap() {
+                break f;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "closed");
+        };
+        out.clear();
+        match frame.kind {
+            b'R' => {
+                if codec::parse_authentication(&frame).unwrap() == codec::Authentication::CleartextPassword {
+                    frontend::password_message(token.as_bytes(), &mut out).unwrap();
+                }
+            }
+            b'E' => {
+                let f = codec::parse_fields(&frame).unwrap();
+                let get = |c: u8| f.iter().find(|(k, _)| *k == c).map(|(_, v)| v.as_str().to_string()).unwrap();
+                return Err((get(b'C'), get(b'M')));
+            }
+            b'D' => value = codec::data_row_values(&frame).unwrap()[0].as_ref().map(|b| text(b)),
+            b'Z' if !sent => {
+                frontend::query(sql, &mut out).unwrap();
+                sent = true;
+            }
+            b'Z' => return Ok(value),
+            _ => {}
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tls_both_ways_and_plain_tcp_rules() {
+    let (cert, key, der) = certificate("client");
+    let extra = format!("[tls]\ncert = {:?}\nkey = {:?}", cert.display().to_string(), key.display().to_string());
+    let stack = Stack::with(&policy(), &extra);
+    let token = stack.token("alice", &["developers"], None);
+
+    // psql with SSLRequest (sslmode=require).
+    let out = std::process::Command::new(stack.cluster.bin_dir().join("psql"))
+        .args(["-X", "-At", "-d"])
+        .arg(format!("host=127.0.0.1 port={} user=alice dbname=app sslmode=require", stack.addr.port()))
+        .args(["-c", "SELECT count(*) FROM customers"])
+        .env("PGPASSWORD", &token)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "3\n");
+
+    // Direct TLS (PostgreSQL 17's sslnegotiation=direct): ALPN "postgresql".
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(der)).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(stack.addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        login_and_query(&mut tls, &token, "SELECT ssn FROM customers WHERE id = 1").await,
+        Ok(Some("****6789".into()))
+    );
+
+    // Direct TLS without the ALPN: closed, as PostgreSQL does.
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(stack.addr).await.unwrap();
+    if let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+    {
+        let mut out = BytesMut::new();
+        frontend::startup_message([("user", "t")].into_iter(), &mut out).unwrap();
+        let _ = tls.write_all(&out).await;
+        let mut b = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut b)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "no ALPN: the gateway must close");
+    }
+
+    // GSSENCRequest: answered 'N', and the login goes on in the clear (loopback).
+    let mut tcp = tokio::net::TcpStream::connect(stack.addr).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"N");
+    assert_eq!(login_and_query(&mut tcp, &token, "SELECT 41 + 1").await, Ok(Some("42".into())));
+
+    // Plain TCP from a non-loopback address: refused before the token is sent.
+    let ip = String::from_utf8(std::process::Command::new("hostname").arg("-I").output().unwrap().stdout).unwrap();
+    let ip = ip.split_whitespace().find(|a| a.parse::<std::net::Ipv4Addr>().is_ok_and(|a| !a.is_loopback()));
+    let ip = ip.unwrap_or_else(|| panic!("this test needs a non-loopback IPv4 address on the machine"));
+    let outside = stack.listen_also(ip);
+    let mut tcp = tokio::net::TcpStream::connect(outside).await.unwrap();
+    let err = login_and_query(&mut tcp, &token, "SELECT 1").await.unwrap_err();
+    assert_eq!(err.0, "28000", "{err:?}");
+    assert!(err.1.contains("only over TLS"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_md5_and_trust() {
+    for auth in [Auth::Md5, Auth::Trust] {
+        let options = ClusterOptions { auth, ..ClusterOptions::default() };
+        let stack = Stack::with_cluster(&policy(), "", &options, "tls = \"prefer\"");
+        let client = stack.connect(&["developers"]).await;
+        let row = client.query_one("SELECT count(*) FROM orders", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i64>(0), 5000, "{auth:?}");
+    }
+}
