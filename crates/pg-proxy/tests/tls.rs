@@ -154,6 +154,7 @@ async fn client_tls_both_ways_and_plain_tcp_rules() {
     let err = login_and_query(&mut tcp, &token, "SELECT 1").await.unwrap_err();
     assert_eq!(err.0, "28000", "{err:?}");
     assert!(err.1.contains("only over TLS"), "{err:?}");
+    let _ = std::fs::remove_dir_all(cert.parent().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,4 +166,69 @@ async fn upstream_md5_and_trust() {
         let row = client.query_one("SELECT count(*) FROM orders", &[]).await.unwrap();
         assert_eq!(row.get::<_, i64>(0), 5000, "{auth:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_verified_against_the_ca() {
+    use std::os::unix::fs::MetadataExt;
+
+    // A CA and a server certificate it signs.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let server = params.signed_by(&server_key, &ca, &ca_key).unwrap();
+
+    // First a plain stack; then the server gets its certificate and ssl = on.
+    let dir = std::env::temp_dir().join(format!("portcullis-upstream-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let upstream = format!("tls = \"require\"\nca_file = {:?}", ca_file.display().to_string());
+
+    // The cluster must have TLS before the gateway connects: start it through the harness with
+    // `prefer` (no TLS yet), switch TLS on, then build a second gateway that requires it.
+    let stack = Stack::with_cluster(&policy(), "", &ClusterOptions::default(), "tls = \"prefer\"");
+    let data = stack.cluster.data_dir().to_path_buf();
+    let owner = std::fs::metadata(&data).unwrap();
+    for (name, body) in [("server.crt", server.pem()), ("server.key", server_key.serialize_pem())] {
+        let path = data.join(name);
+        std::fs::write(&path, body).unwrap();
+        std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        std::fs::set_permissions(&path, perms).unwrap();
+    }
+    stack.cluster.psql("postgres", "ALTER SYSTEM SET ssl = on").unwrap();
+    stack.cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let config_path = stack.path("gateway-tls.toml");
+    let base = std::fs::read_to_string(stack.path("gateway.toml")).unwrap().replace("tls = \"prefer\"", &upstream);
+    std::fs::write(&config_path, base).unwrap();
+    let config = pg_proxy::config::Config::load(&config_path).unwrap();
+    let gateway = Arc::new(pg_proxy::server::Gateway::new(config).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(Arc::clone(&gateway).serve(listener));
+
+    let token = stack.token("alice", &["developers"], None);
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let ssl = login_and_query(&mut tcp, &token, "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await;
+    assert_eq!(ssl, Ok(Some("true".into())), "the upstream connection is TLS");
+
+    // A CA that did not sign the server's certificate: no connection.
+    let other = rcgen::generate_simple_self_signed(vec!["other".to_string()]).unwrap();
+    std::fs::write(&ca_file, other.cert.pem()).unwrap();
+    let config = pg_proxy::config::Config::load(&config_path).unwrap();
+    let gateway = Arc::new(pg_proxy::server::Gateway::new(config).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(Arc::clone(&gateway).serve(listener));
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let err = login_and_query(&mut tcp, &token, "SELECT 1").await.unwrap_err();
+    assert_eq!(err.0, "08006", "{err:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
