@@ -41,7 +41,7 @@ async fn login_and_query<S: AsyncRead + AsyncWrite + Unpin>(
     sql: &str,
 ) -> Result<Option<String>, (String, String)> {
     let mut out = BytesMut::new();
-    frontend::startup_message([("user", "t"), ("database", "app")].into_iter(), &mut out).unwrap();
+    frontend::startup_message([("user", "t"), ("database", "app")], &mut out).unwrap();
     stream.write_all(&out).await.unwrap();
     let mut buf = BytesMut::new();
     let mut sent = false;
@@ -56,10 +56,8 @@ async fn login_and_query<S: AsyncRead + AsyncWrite + Unpin>(
         };
         out.clear();
         match frame.kind {
-            b'R' => {
-                if codec::parse_authentication(&frame).unwrap() == codec::Authentication::CleartextPassword {
-                    frontend::password_message(token.as_bytes(), &mut out).unwrap();
-                }
+            b'R' if codec::parse_authentication(&frame).unwrap() == codec::Authentication::CleartextPassword => {
+                frontend::password_message(token.as_bytes(), &mut out).unwrap();
             }
             b'E' => {
                 let f = codec::parse_fields(&frame).unwrap();
@@ -130,7 +128,7 @@ async fn client_tls_both_ways_and_plain_tcp_rules() {
         .await
     {
         let mut out = BytesMut::new();
-        frontend::startup_message([("user", "t")].into_iter(), &mut out).unwrap();
+        frontend::startup_message([("user", "t")], &mut out).unwrap();
         let _ = tls.write_all(&out).await;
         let mut b = [0u8; 64];
         let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut b)).await.unwrap().unwrap_or(0);
