@@ -70,6 +70,10 @@ const PROTOCOL_VIOLATION: &str = "08P01";
 /// A statement prepared with `Parse`, as the gateway knows it.
 #[derive(Debug, Clone)]
 struct Prepared {
+    /// Unique in the session: answers are matched by id, not by name (a
+    /// name is reused while answers about its previous holder are still
+    /// on their way).
+    id: u64,
     /// Facts of the statement (the first one of the text).
     facts: Option<Arc<StatementFacts>>,
     /// The whole decision.
@@ -81,6 +85,8 @@ struct Prepared {
 /// A portal made by `Bind`.
 #[derive(Debug, Clone)]
 struct Portal {
+    /// Unique in the session, as [`Prepared::id`].
+    id: u64,
     prepared: Prepared,
     /// The columns with their formats, once known.
     fields: Option<Arc<Vec<FieldDescription>>>,
@@ -129,11 +135,12 @@ enum Pending {
     /// `BindComplete`.
     Bind,
     /// `ParameterDescription` and `RowDescription` or `NoData`.
-    DescribeStatement { name: String },
+    DescribeStatement { name: String, id: u64 },
     /// `RowDescription` or `NoData`; `internal` when the gateway asked.
-    DescribePortal { name: String, internal: bool },
-    /// Rows and the end of an `Execute`.
-    Execute { portal: String, result: Result_ },
+    DescribePortal { name: String, id: u64, internal: bool },
+    /// Rows and the end of an `Execute`, with the portal's columns as
+    /// known when it was sent (or filled in by the `Describe` before it).
+    Execute { portal: String, id: u64, fields: Option<Arc<Vec<FieldDescription>>>, result: Result_ },
     /// `CloseComplete`.
     Close,
     /// `ReadyForQuery` after `Sync`.
@@ -192,6 +199,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, id: u64) {
         gateway_pid,
         closing: false,
         skip_until_ready: false,
+        ids: 0,
     };
     match s.run().await {
         Ok(()) => tracing::info!("session ended"),
@@ -235,6 +243,8 @@ struct SessionLoop {
     /// Drop the server's messages up to its next `ReadyForQuery` (after a
     /// row cap ended a block early).
     skip_until_ready: bool,
+    /// The last id given to a prepared statement or portal.
+    ids: u64,
 }
 
 type SessionResult = Result<(), String>;
@@ -324,22 +334,24 @@ impl SessionLoop {
                     return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_statement(statement.as_str()));
                 };
                 let fields = prepared.fields.as_ref().map(|f| Arc::new(with_formats(f, &result_formats)));
-                self.portals.insert(portal.as_str().to_string(), Portal { prepared, fields, rows: 0 });
+                let id = self.next_id();
+                self.portals.insert(portal.as_str().to_string(), Portal { id, prepared, fields, rows: 0 });
                 self.forward(&m.frame, Some(Pending::Bind));
                 Ok(())
             }
             Frontend::Describe { kind: b'S', name } => {
-                if !matches!(self.statements.get(name.as_str()), Some(Some(_))) {
+                let Some(Some(p)) = self.statements.get(name.as_str()) else {
                     return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_statement(name.as_str()));
-                }
-                self.forward(&m.frame, Some(Pending::DescribeStatement { name: name.as_str().to_string() }));
+                };
+                let pending = Pending::DescribeStatement { name: name.as_str().to_string(), id: p.id };
+                self.forward(&m.frame, Some(pending));
                 Ok(())
             }
             Frontend::Describe { name, .. } => {
-                if !self.portals.contains_key(name.as_str()) {
+                let Some(p) = self.portals.get(name.as_str()) else {
                     return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_portal(name.as_str()));
-                }
-                let pending = Pending::DescribePortal { name: name.as_str().to_string(), internal: false };
+                };
+                let pending = Pending::DescribePortal { name: name.as_str().to_string(), id: p.id, internal: false };
                 self.forward(&m.frame, Some(pending));
                 Ok(())
             }
@@ -481,7 +493,7 @@ impl SessionLoop {
             return self.fail_block(INSUFFICIENT_PRIVILEGE, message);
         }
         let facts = decision.statements.first().map(|s| Arc::new(s.facts.clone()));
-        let prepared = Prepared { facts, decision: Arc::new(decision), fields: None };
+        let prepared = Prepared { id: self.next_id(), facts, decision: Arc::new(decision), fields: None };
         self.statements.insert(name.to_string(), Some(prepared));
         self.forward(&frame, Some(Pending::Parse));
         Ok(())
@@ -496,20 +508,28 @@ impl SessionLoop {
                 self.resync_after_sync = true;
             }
         }
-        if p.fields.is_none() {
-            // The client did not ask for the columns: the gateway does, to
-            // know what to mask.
+        // The columns: known from a Describe, or about to be told by a
+        // Describe of this portal already on its way; otherwise the
+        // gateway asks (and keeps the answer from the client).
+        let describing = self.pending.iter().any(|e| matches!(e, Pending::DescribePortal { id, .. } if *id == p.id));
+        if p.fields.is_none() && !describing {
             let mut describe = BytesMut::new();
             frontend::describe(b'P', portal, &mut describe).map_err(|e| e.to_string())?;
             self.forward(
                 &describe.freeze(),
-                Some(Pending::DescribePortal { name: portal.to_string(), internal: true }),
+                Some(Pending::DescribePortal { name: portal.to_string(), id: p.id, internal: true }),
             );
         }
         let mut result = Result_::new(p.prepared.facts.clone(), &p.prepared.decision);
         result.rows = p.rows;
-        self.forward(&frame, Some(Pending::Execute { portal: portal.to_string(), result }));
+        let pending = Pending::Execute { portal: portal.to_string(), id: p.id, fields: p.fields.clone(), result };
+        self.forward(&frame, Some(pending));
         Ok(())
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.ids += 1;
+        self.ids
     }
 
     // --------------------------------------------------------------- upstream
@@ -598,8 +618,9 @@ impl SessionLoop {
         let status = codec::parse_ready_for_query(&frame).map_err(|e| e.to_string())?;
         self.block_failed = false;
         let tx_ended = status == b'I';
-        if tx_ended {
-            // Portals do not outlive their transaction.
+        if tx_ended && self.pending.is_empty() {
+            // Portals do not outlive their transaction (unless messages
+            // after this Sync already made new ones).
             self.portals.clear();
         }
         self.tx_status = status;
@@ -668,70 +689,73 @@ impl SessionLoop {
     }
 
     async fn on_describe_frame(&mut self, frame: BackendFrame) -> SessionResult {
-        let (name, statement, internal) = match self.pending.front() {
-            Some(Pending::DescribeStatement { name }) => (name.clone(), true, false),
-            Some(Pending::DescribePortal { name, internal }) => (name.clone(), false, *internal),
+        let (name, id, statement, internal) = match self.pending.front() {
+            Some(Pending::DescribeStatement { name, id }) => (name.clone(), *id, true, false),
+            Some(Pending::DescribePortal { name, id, internal }) => (name.clone(), *id, false, *internal),
             _ => return Ok(()),
         };
-        match frame.kind {
+        let fields = match frame.kind {
             b't' => {
                 self.forward_to_client(&frame);
-                Ok(())
+                return Ok(());
             }
-            b'n' => {
-                self.pending.pop_front();
-                if statement {
-                    if let Some(Some(p)) = self.statements.get_mut(&name) {
-                        p.fields = Some(Arc::new(Vec::new()));
-                    }
-                } else if let Some(p) = self.portals.get_mut(&name) {
-                    p.fields = Some(Arc::new(Vec::new()));
-                }
-                if !internal {
-                    self.forward_to_client(&frame);
-                }
-                Ok(())
-            }
-            b'T' => {
-                self.pending.pop_front();
-                let fields = codec::parse_row_description(&frame).map_err(|e| e.to_string())?;
-                let facts = if statement {
-                    self.statements.get(&name).and_then(|p| p.as_ref()).and_then(|p| p.facts.clone())
-                } else {
-                    self.portals.get(&name).and_then(|p| p.prepared.facts.clone())
-                };
-                let fields = Arc::new(fields);
-                if statement {
-                    if let Some(Some(p)) = self.statements.get_mut(&name) {
-                        p.fields = Some(Arc::clone(&fields));
-                    }
-                } else if let Some(p) = self.portals.get_mut(&name) {
+            b'n' => Vec::new(),
+            b'T' => codec::parse_row_description(&frame).map_err(|e| e.to_string())?,
+            b'E' => return self.on_block_error(&frame),
+            other => return Err(format!("unexpected message '{}' after Describe", other as char)),
+        };
+        self.pending.pop_front();
+        let fields = Arc::new(fields);
+        let facts = if statement {
+            match self.statements.get_mut(&name) {
+                Some(Some(p)) if p.id == id => {
                     p.fields = Some(Arc::clone(&fields));
+                    p.facts.clone()
                 }
-                if !internal {
-                    let masker = self.masker(facts.as_deref(), &fields).await;
-                    self.forward_row_description(&frame, &fields, &masker)?;
-                }
-                Ok(())
+                _ => None,
             }
-            b'E' => self.on_block_error(&frame),
-            other => Err(format!("unexpected message '{}' after Describe", other as char)),
+        } else {
+            for entry in self.pending.iter_mut() {
+                if let Pending::Execute { id: e, fields: f @ None, .. } = entry {
+                    if *e == id {
+                        *f = Some(Arc::clone(&fields));
+                    }
+                }
+            }
+            match self.portals.get_mut(&name) {
+                Some(p) if p.id == id => {
+                    p.fields = Some(Arc::clone(&fields));
+                    p.prepared.facts.clone()
+                }
+                _ => None,
+            }
+        };
+        if internal {
+            return Ok(());
         }
+        if frame.kind == b'n' {
+            self.forward_to_client(&frame);
+            return Ok(());
+        }
+        let masker = self.masker(facts.as_deref(), &fields).await;
+        self.forward_row_description(&frame, &fields, &masker)
     }
 
     async fn on_execute_frame(&mut self, frame: BackendFrame) -> SessionResult {
-        let Some(Pending::Execute { portal, .. }) = self.pending.front() else { return Ok(()) };
+        let Some(Pending::Execute { portal, fields, result, .. }) = self.pending.front() else { return Ok(()) };
         let portal = portal.clone();
-        // The masker is planned at the first frame of the result.
-        let needs_masker =
-            matches!(self.pending.front(), Some(Pending::Execute { result, .. }) if result.masker.is_none());
-        if needs_masker && matches!(frame.kind, b'D' | b'H' | b'd') {
-            let (facts, fields) = match self.portals.get(&portal) {
-                Some(p) => (p.prepared.facts.clone(), p.fields.clone()),
-                None => (None, None),
+        // The masker is planned at the first row of the result.
+        if result.masker.is_none() && frame.kind == b'D' {
+            let facts = result.facts.clone();
+            let masker = match fields.clone() {
+                Some(fields) => self.masker(facts.as_deref(), &fields).await,
+                None => {
+                    // Columns unknown: every value is masked whole.
+                    let n = codec::data_row_values(&frame).map_err(|e| e.to_string())?.len();
+                    tracing::warn!("result columns unknown; masking every value");
+                    self.unknown_columns_masker(n)
+                }
             };
-            let fields = fields.unwrap_or_default();
-            let masker = self.masker(facts.as_deref(), &fields).await;
             if let Some(Pending::Execute { result, .. }) = self.pending.front_mut() {
                 result.masker = Some(masker);
             }
@@ -999,6 +1023,13 @@ impl SessionLoop {
         if facts.is_some_and(|f| f.class == policy_core::Class::Ddl) {
             self.gw.catalog.invalidate(&self.database).await;
         }
+    }
+
+    /// A masker for a result whose columns the gateway does not know.
+    fn unknown_columns_masker(&self, n: usize) -> RowMasker {
+        let engine = self.gw.engine();
+        let columns: Vec<ColumnInfo> = (0..n).map(|i| ColumnInfo::new(&format!("column{i}"), None, 0, true)).collect();
+        engine.masker(&self.identity, &StatementFacts::default(), &columns)
     }
 
     /// Plans the masking of a result.

@@ -159,3 +159,150 @@ async fn search_path_follows_the_server() {
         .unwrap_err();
     assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepare_and_execute_are_judged_by_what_they_run() {
+    let stack = Stack::start();
+    let agent = stack.connect(&["ai-agents"]).await;
+    // PREPARE of a refused statement is refused; EXECUTE of a name the
+    // session never prepared is refused too (the engine cannot see it).
+    let e = agent.simple_query("PREPARE q AS SELECT * FROM secrets").await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    let e = agent.simple_query("EXECUTE q").await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    // An allowed one runs, and EXECUTE keeps the masks of what it reads.
+    agent.simple_query("PREPARE c(int) AS SELECT ssn FROM customers WHERE id = $1").await.unwrap();
+    let rows = simple_rows(&agent, "EXECUTE c(1)").await;
+    assert_eq!(rows[0][0].as_deref(), Some("****6789"));
+    agent.simple_query("DEALLOCATE c").await.unwrap();
+    let e = agent.simple_query("EXECUTE c(1)").await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_cache_follows_ddl() {
+    let stack = Stack::start();
+    let dba = stack.connect(&["dba"]).await;
+    let rows = simple_rows(&dba, "SELECT email FROM customers WHERE id = 1").await;
+    assert_eq!(rows[0][0].as_deref(), Some("****@example.com"));
+    // The column named email is now the name column: still masked by name.
+    dba.simple_query("ALTER TABLE customers RENAME COLUMN email TO contact").await.unwrap();
+    dba.simple_query("ALTER TABLE customers RENAME COLUMN name TO email").await.unwrap();
+    let rows = simple_rows(&dba, "SELECT email, contact FROM customers WHERE id = 1").await;
+    assert_eq!(rows[0][0].as_deref(), Some(policy_core::REDACTED), "an e-mail mask on a value with no @");
+    assert_eq!(rows[0][1].as_deref(), Some("alice@example.com"), "contact is not masked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_conforming_strings_follows_the_server() {
+    let policy = r#"
+version = 1
+[settings]
+default = "deny"
+[[rule]]
+name = "admins"
+effect = "allow"
+groups = ["admins"]
+[[rule]]
+name = "no-secrets"
+effect = "deny"
+tables = ["public.secrets"]
+"#;
+    let stack = Stack::with_policy(policy);
+    let admin = stack.connect(&["admins"]).await;
+    let trick = r"SELECT 'x\' ; SELECT * FROM secrets; --'";
+    // On (the default): the backslash is a character, the quote ends the
+    // literal, and a second statement reads secrets.
+    let e = admin.simple_query(trick).await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    // Off: the server reads one literal, and so does the engine.
+    admin.simple_query("SET standard_conforming_strings = off").await.unwrap();
+    let rows = simple_rows(&admin, trick).await;
+    assert_eq!(rows.len(), 1, "one statement, one row");
+    admin.simple_query("SET standard_conforming_strings = on").await.unwrap();
+    let e = admin.simple_query(trick).await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reload_applies_to_running_sessions_and_a_bad_one_is_rejected() {
+    let stack = Stack::start();
+    let agent = stack.connect(&["ai-agents"]).await;
+    assert_eq!(simple_rows(&agent, "SELECT count(*) FROM customers").await[0][0].as_deref(), Some("3"));
+    let policy_path = stack.path("policy.toml");
+    let original = std::fs::read_to_string(&policy_path).unwrap();
+    std::fs::write(
+        &policy_path,
+        original.replace("\"!public.secrets\",", "\"!public.secrets\", \"!public.customers\","),
+    )
+    .unwrap();
+    stack.gateway.reload_policy().unwrap();
+    let e = agent.simple_query("SELECT count(*) FROM customers").await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    std::fs::write(&policy_path, "version = 1\n[[rule]]\nname = 1\n").unwrap();
+    let err = stack.gateway.reload_policy().unwrap_err();
+    assert!(err.contains("policy.toml:3"), "{err}");
+    let e = agent.simple_query("SELECT count(*) FROM customers").await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "the policy in force is kept: {e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_pipelines_never_leak_a_masked_value() {
+    let stack = Stack::start();
+    let agent = stack.connect(&["ai-agents"]).await;
+    let by_id = agent.prepare("SELECT ssn, note FROM customers WHERE id = $1").await.unwrap();
+    let expected = ["****6789", "****7890", "****8901"];
+    for round in 0..5 {
+        let mut futures = Vec::new();
+        for i in 0..60 {
+            let agent = &agent;
+            let by_id = &by_id;
+            futures.push(async move {
+                match i % 4 {
+                    // Refusals, unnamed statements and named ones interleaved.
+                    0 => agent.query("DROP TABLE customers", &[]).await.map(|_| None),
+                    1 => agent
+                        .query("SELECT ssn FROM customers WHERE id = $1", &[&(1 + i % 3)])
+                        .await
+                        .map(|r| Some((1 + i % 3, r[0].get::<_, String>(0)))),
+                    _ => {
+                        agent.query_one(by_id, &[&(1 + i % 3)]).await.map(|r| Some((1 + i % 3, r.get::<_, String>(0))))
+                    }
+                }
+            });
+        }
+        for (i, outcome) in futures_join(futures).await.into_iter().enumerate() {
+            match outcome {
+                Ok(Some((id, ssn))) => assert_eq!(ssn, expected[(id - 1) as usize], "round {round}, query {i}"),
+                Ok(None) => panic!("round {round}, query {i}: DROP TABLE was allowed"),
+                Err(e) => {
+                    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "round {round}, query {i}: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// Polls all futures concurrently (tokio-postgres pipelines what is polled together).
+async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|v| v.unwrap()).collect()
+}
