@@ -2,26 +2,69 @@
 //! with `policy-core`'s [`verify_jwt`] against the identity provider's key
 //! set.
 //!
-//! The key set is read from a file when the gateway starts. A token naming
-//! a key id the set does not hold makes the gateway read the file again
-//! (the provider rotated its keys), at most once every
-//! [`REFRESH_INTERVAL`], so a flood of tokens with made-up key ids costs
-//! one file read per interval, not one per login.
+//! The key set comes from a file or from a URL (the provider's `jwks_uri`;
+//! `https://`, or `http://` to a loopback address only). It is loaded when
+//! the gateway starts — a gateway that cannot load it does not start — and
+//! loaded again:
+//!
+//! - when a token names a key id the set does not hold (the provider
+//!   rotated its keys), at most once per `min_refresh` (default 30 s), so a
+//!   flood of tokens with made-up key ids costs one fetch per interval, not
+//!   one per login;
+//! - when the copy is older than `max_age` (default 1 h), at the next login.
+//!
+//! A failed reload keeps the keys already loaded and is logged.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use policy_core::{verify_jwt, Identity, IdentityError, IdentityRules, Jwks};
 
-/// Shortest time between two reloads of the key set.
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// Largest key set document accepted.
+pub const MAX_JWKS_BYTES: u64 = 1 << 20;
+
+/// Where the key set comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file.
+    File(PathBuf),
+    /// A URL.
+    Url(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+/// When the key set is loaded again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refresh {
+    /// Shortest time between two loads.
+    pub min_interval: Duration,
+    /// Oldest copy used without loading again.
+    pub max_age: Duration,
+}
+
+impl Default for Refresh {
+    fn default() -> Self {
+        Refresh { min_interval: Duration::from_secs(30), max_age: Duration::from_secs(3600) }
+    }
+}
 
 /// The identity provider's key set, as the gateway holds it.
 #[derive(Debug)]
 pub struct KeySet {
-    path: PathBuf,
+    source: Source,
+    refresh: Refresh,
     state: RwLock<State>,
+    /// Serialises reloads.
+    loading: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -31,38 +74,48 @@ struct State {
 }
 
 impl KeySet {
-    /// Reads the key set file. Keys that cannot be used are skipped; their
+    /// Loads the key set. Keys that cannot be used are skipped; their
     /// diagnostics are returned for the log.
-    pub fn load(path: &Path) -> Result<(KeySet, Vec<String>), String> {
-        let jwks = read(path)?;
+    pub fn load(source: Source, refresh: Refresh) -> Result<(KeySet, Vec<String>), String> {
+        if let Source::Url(url) = &source {
+            check_url(url)?;
+        }
+        let jwks = read(&source)?;
         let diagnostics = jwks.diagnostics().to_vec();
         let state = State { jwks: Arc::new(jwks), loaded: Instant::now() };
-        Ok((KeySet { path: path.to_path_buf(), state: RwLock::new(state) }, diagnostics))
+        Ok((KeySet { source, refresh, state: RwLock::new(state), loading: tokio::sync::Mutex::new(()) }, diagnostics))
     }
 
-    fn current(&self) -> Arc<Jwks> {
+    fn current(&self) -> (Arc<Jwks>, Instant) {
         match self.state.read() {
-            Ok(s) => Arc::clone(&s.jwks),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner().jwks),
+            Ok(s) => (Arc::clone(&s.jwks), s.loaded),
+            Err(poisoned) => {
+                let s = poisoned.into_inner();
+                (Arc::clone(&s.jwks), s.loaded)
+            }
         }
     }
 
-    /// Reloads the file if the last load is older than
-    /// [`REFRESH_INTERVAL`]; returns whether it did.
-    fn refresh(&self) -> bool {
+    /// Loads the key set again unless a load happened less than the
+    /// minimum interval ago; returns whether the keys changed hands.
+    async fn reload(&self) -> bool {
+        let _one_at_a_time = self.loading.lock().await;
+        if self.current().1.elapsed() < self.refresh.min_interval {
+            return false;
+        }
+        let source = self.source.clone();
+        let loaded = tokio::task::spawn_blocking(move || read(&source)).await.map_err(|e| e.to_string());
         let mut state = match self.state.write() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if state.loaded.elapsed() < REFRESH_INTERVAL {
-            return false;
-        }
         state.loaded = Instant::now();
-        match read(&self.path) {
+        match loaded.and_then(|r| r) {
             Ok(jwks) => {
                 for d in jwks.diagnostics() {
-                    tracing::warn!(path = %self.path.display(), "{d}");
+                    tracing::warn!(source = %self.source, "{d}");
                 }
+                tracing::info!(source = %self.source, "key set reloaded");
                 state.jwks = Arc::new(jwks);
                 true
             }
@@ -74,12 +127,16 @@ impl KeySet {
     }
 
     /// Verifies `token` now.
-    pub fn verify(&self, token: &str, rules: &IdentityRules) -> Result<Identity, IdentityError> {
+    pub async fn verify(&self, token: &str, rules: &IdentityRules) -> Result<Identity, IdentityError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        match verify_jwt(token, &self.current(), rules, now) {
+        let (jwks, loaded) = self.current();
+        if loaded.elapsed() > self.refresh.max_age && self.reload().await {
+            return verify_jwt(token, &self.current().0, rules, now);
+        }
+        match verify_jwt(token, &jwks, rules, now) {
             Err(IdentityError::UnknownKeyId(kid)) => {
-                if self.refresh() {
-                    verify_jwt(token, &self.current(), rules, now)
+                if self.reload().await {
+                    verify_jwt(token, &self.current().0, rules, now)
                 } else {
                     Err(IdentityError::UnknownKeyId(kid))
                 }
@@ -89,7 +146,53 @@ impl KeySet {
     }
 }
 
-fn read(path: &Path) -> Result<Jwks, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Jwks::from_json(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+/// Key sets travel over TLS, except from the machine itself.
+fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!("jwks_url {url:?}: only https:// (or http:// to a loopback address) is accepted"));
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let loopback = host == "localhost"
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || host.trim_matches(['[', ']']).parse::<std::net::Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!("jwks_url {url:?}: plain http is accepted only for a loopback address; use https"))
+    }
+}
+
+fn read(source: &Source) -> Result<Jwks, String> {
+    let bytes = match source {
+        Source::File(path) => std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        Source::Url(url) => fetch(url)?,
+    };
+    Jwks::from_json(&bytes).map_err(|e| format!("{source}: {e}"))
+}
+
+fn fetch(url: &str) -> Result<Vec<u8>, String> {
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).max_redirects(3).build().into();
+    let mut response = agent.get(url).header("Accept", "application/json").call().map_err(|e| format!("{url}: {e}"))?;
+    response.body_mut().with_config().limit(MAX_JWKS_BYTES).read_to_vec().map_err(|e| format!("{url}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_url;
+
+    #[test]
+    fn key_sets_travel_over_tls_or_loopback() {
+        assert!(check_url("https://idp.example.com/.well-known/jwks.json").is_ok());
+        assert!(check_url("http://127.0.0.1:8080/jwks").is_ok());
+        assert!(check_url("http://localhost/jwks").is_ok());
+        assert!(check_url("http://[::1]:99/jwks").is_ok());
+        assert!(check_url("http://idp.example.com/jwks").is_err());
+        assert!(check_url("http://127.0.0.1.evil.example/jwks").is_err());
+        assert!(check_url("ftp://x/jwks").is_err());
+    }
 }

@@ -9,7 +9,10 @@
 //! key  = "server.key"                # PEM private key
 //!
 //! [auth]
-//! jwks_file = "jwks.json"            # the identity provider's keys
+//! jwks_file = "jwks.json"            # the identity provider's keys, or:
+//! # jwks_url = "https://idp.example.com/.well-known/jwks.json"
+//! # jwks_min_refresh = "30s"         # reload on an unknown key id at most this often
+//! # jwks_max_age = "1h"              # reload a copy older than this
 //! allow_cleartext_without_tls = false  # tokens over plain TCP from non-loopback clients
 //!
 //! [upstream]
@@ -143,8 +146,10 @@ pub struct TlsFiles {
 /// Client authentication settings.
 #[derive(Debug, Clone)]
 pub struct Auth {
-    /// The JWKS file.
-    pub jwks_file: PathBuf,
+    /// Where the key set comes from.
+    pub jwks: crate::auth::Source,
+    /// When it is loaded again.
+    pub refresh: crate::auth::Refresh,
     /// Accept tokens over plain TCP from non-loopback clients.
     pub allow_cleartext_without_tls: bool,
 }
@@ -205,7 +210,10 @@ struct RawTls {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
-    jwks_file: PathBuf,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    jwks_min_refresh: Option<String>,
+    jwks_max_age: Option<String>,
     #[serde(default)]
     allow_cleartext_without_tls: bool,
 }
@@ -319,6 +327,23 @@ impl Config {
             )));
         }
 
+        let jwks = match (raw.auth.jwks_file, raw.auth.jwks_url) {
+            (Some(file), None) => crate::auth::Source::File(resolve(&file)),
+            (None, Some(url)) => crate::auth::Source::Url(url),
+            _ => return Err(invalid("[auth] needs exactly one of jwks_file and jwks_url".to_string())),
+        };
+        let defaults = crate::auth::Refresh::default();
+        let refresh = crate::auth::Refresh {
+            min_interval: match &raw.auth.jwks_min_refresh {
+                Some(t) => parse_duration(t).map_err(|e| invalid(format!("[auth] jwks_min_refresh: {e}")))?,
+                None => defaults.min_interval,
+            },
+            max_age: match &raw.auth.jwks_max_age {
+                Some(t) => parse_duration(t).map_err(|e| invalid(format!("[auth] jwks_max_age: {e}")))?,
+                None => defaults.max_age,
+            },
+        };
+
         let pseudonym_key = match (raw.masking.pseudonym_key_env, raw.masking.pseudonym_key_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid("[masking] gives both pseudonym_key_env and pseudonym_key_file".to_string()))
@@ -342,10 +367,7 @@ impl Config {
             listen,
             policy: resolve(&raw.policy),
             tls: raw.tls.map(|t| TlsFiles { cert: resolve(&t.cert), key: resolve(&t.key) }),
-            auth: Auth {
-                jwks_file: resolve(&raw.auth.jwks_file),
-                allow_cleartext_without_tls: raw.auth.allow_cleartext_without_tls,
-            },
+            auth: Auth { jwks, refresh, allow_cleartext_without_tls: raw.auth.allow_cleartext_without_tls },
             upstream: Upstream {
                 host: up.host,
                 port: up.port,
@@ -407,7 +429,7 @@ password_env = "PW"
     fn loads_and_resolves_relative_paths() {
         let c = Config::from_toml_str(MINIMAL, Path::new("/etc/portcullis/gw.toml"), env).unwrap();
         assert_eq!(c.policy, Path::new("/etc/portcullis/policy.toml"));
-        assert_eq!(c.auth.jwks_file, Path::new("/etc/portcullis/jwks.json"));
+        assert_eq!(c.auth.jwks, crate::auth::Source::File("/etc/portcullis/jwks.json".into()));
         assert_eq!(c.upstream.password.as_ref().map(Secret::expose), Some(&b"s3cret"[..]));
         assert_eq!(c.upstream.port, 5432);
         assert!(!format!("{c:?}").contains("s3cret"), "the password never reaches Debug output");

@@ -186,7 +186,7 @@ async fn play_script(gateway: &Gateway, conninfo: &str, token: &str) -> Result<(
         tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.map_err(|e| format!("connecting: {e}"))?;
     let task = tokio::spawn(connection);
     let engine = gateway.engine();
-    let verified = gateway.verify_token(token).map_err(|e| e.to_string())?;
+    let verified = gateway.verify_token(token).await.map_err(|e| e.to_string())?;
     for (what, sql) in SCRIPT {
         println!();
         println!("-- {what}");

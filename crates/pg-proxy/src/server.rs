@@ -98,9 +98,9 @@ impl Gateway {
     /// files) and checks it.
     pub fn new(config: Config) -> Result<Gateway, String> {
         let engine = load_engine(&config)?;
-        let (keys, diagnostics) = KeySet::load(&config.auth.jwks_file)?;
+        let (keys, diagnostics) = KeySet::load(config.auth.jwks.clone(), config.auth.refresh)?;
         for d in diagnostics {
-            tracing::warn!(path = %config.auth.jwks_file.display(), "{d}");
+            tracing::warn!(source = %config.auth.jwks, "{d}");
         }
         let tls = match &config.tls {
             Some(t) => Some(crate::tls::server_config(&t.cert, &t.key)?),
@@ -142,8 +142,9 @@ impl Gateway {
 
     /// Verifies a client's token with the key set and the policy's
     /// identity rules.
-    pub fn verify_token(&self, token: &str) -> Result<Identity, policy_core::IdentityError> {
-        self.keys.verify(token, &self.engine().policy().identity.rules())
+    pub async fn verify_token(&self, token: &str) -> Result<Identity, policy_core::IdentityError> {
+        let rules = self.engine().policy().identity.rules();
+        self.keys.verify(token, &rules).await
     }
 
     /// Accepts clients until the listener fails.
@@ -368,10 +369,11 @@ impl Gateway {
             }
         };
         let token = token.strip_suffix(b"\0").unwrap_or(&token);
-        let identity = match std::str::from_utf8(token)
-            .map_err(|_| "the token is not UTF-8".to_string())
-            .and_then(|t| self.verify_token(t).map_err(|e| e.to_string()))
-        {
+        let verified = match std::str::from_utf8(token) {
+            Ok(t) => self.verify_token(t).await.map_err(|e| e.to_string()),
+            Err(_) => Err("the token is not UTF-8".to_string()),
+        };
+        let identity = match verified {
             Ok(identity) => identity,
             Err(reason) => {
                 tracing::warn!(user = %user, reason = %reason, "login refused");

@@ -230,3 +230,81 @@ async fn upstream_tls_verified_against_the_ca() {
     assert_eq!(err.0, "08006", "{err:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_sets_from_a_url_follow_rotation_with_a_rate_limit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    let stack = Stack::start();
+    let keygen = |name: &str| {
+        let dir = stack.path(name);
+        let out = support::bin().args(["token", "keygen", "--out"]).arg(&dir).output().unwrap();
+        assert!(out.status.success());
+        dir
+    };
+    let (rotated, stranger) = (keygen("rotated"), keygen("stranger"));
+    let served = Arc::new(Mutex::new(std::fs::read_to_string(stack.path("keys/jwks.json")).unwrap()));
+    let fetches = Arc::new(AtomicUsize::new(0));
+
+    // A small HTTP server for the key set.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let (body, count) = (Arc::clone(&served), Arc::clone(&fetches));
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 4096];
+            let _ = sock.read(&mut request).await;
+            count.fetch_add(1, Ordering::SeqCst);
+            let json = body.lock().unwrap().clone();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                json.len()
+            );
+            let _ = sock.write_all(response.as_bytes()).await;
+        }
+    });
+
+    let config_path = stack.path("gateway-url.toml");
+    let text = std::fs::read_to_string(stack.path("gateway.toml"))
+        .unwrap()
+        .replace("jwks_file = \"keys/jwks.json\"", &format!("jwks_url = {url:?}\njwks_min_refresh = \"300ms\""));
+    std::fs::write(&config_path, text).unwrap();
+    let config = pg_proxy::config::Config::load(&config_path).unwrap();
+    let gateway =
+        Arc::new(tokio::task::spawn_blocking(move || pg_proxy::server::Gateway::new(config)).await.unwrap().unwrap());
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "loaded once at start");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(Arc::clone(&gateway).serve(listener));
+    let mint = |key_dir: &std::path::Path| {
+        let out = support::bin()
+            .args(["token", "mint", "--key"])
+            .arg(key_dir.join("signing-key.pem"))
+            .args(["--sub", "alice", "--groups", "developers"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let login = |token: String| async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        login_and_query(&mut tcp, &token, "SELECT 1").await
+    };
+    assert_eq!(login(mint(&stack.path("keys"))).await, Ok(Some("1".into())));
+
+    // The provider rotates its keys: a token from the new key loads the set again.
+    *served.lock().unwrap() = std::fs::read_to_string(rotated.join("jwks.json")).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(login(mint(&rotated)).await, Ok(Some("1".into())));
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+
+    // Tokens naming unknown keys, in a burst: at most one more fetch.
+    for _ in 0..20 {
+        let err = login(mint(&stranger)).await.unwrap_err();
+        assert_eq!(err.0, "28P01");
+    }
+    assert!(fetches.load(Ordering::SeqCst) <= 3, "{} fetches", fetches.load(Ordering::SeqCst));
+    // The old key is gone with the rotation.
+    assert_eq!(login(mint(&stack.path("keys"))).await.unwrap_err().0, "28P01");
+}
