@@ -439,7 +439,7 @@ password_env = "PW"
     fn errors_name_the_place() {
         let bad = MINIMAL.replace("user = \"app\"", "user = 5");
         let e = Config::from_toml_str(&bad, Path::new("gw.toml"), env).unwrap_err().to_string();
-        assert!(e.starts_with("gw.toml:8:"), "{e}");
+        assert!(e.starts_with("gw.toml:7:8:"), "{e}");
         let unknown = format!("{MINIMAL}\nbogus = 1\n");
         let e = Config::from_toml_str(&unknown, Path::new("gw.toml"), env).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
