@@ -76,3 +76,17 @@ fn psql_sessions() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("invalid token"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn masked_values_cannot_be_laundered_through_a_write() {
+    let stack = Stack::start();
+    let developer = stack.token("dave", &["developers"], None);
+    let launder = "UPDATE orders SET status = c.ssn FROM customers c WHERE c.id = orders.customer_id";
+    let out = stack.psql(&developer, &["-At", "-c", launder]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("masked data may not be copied"), "{}", text(&out.stderr));
+    let out = stack.psql(&developer, &["-At", "-c", "SELECT set_config('my.v', ssn, false) FROM customers"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = stack.psql(&developer, &["-At", "-c", "SELECT count(*) FROM orders WHERE status LIKE '%-%-%'"]);
+    assert_eq!(text(&out.stdout), "0\n", "no SSN reached orders");
+}

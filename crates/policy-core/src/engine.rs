@@ -173,7 +173,9 @@ impl Engine {
             // An EXECUTE's decision depends on the session's prepared
             // statements, which the cache key does not hold.
             let cacheable = !analysis.reads_prepared;
-            (rules::decide(&inner.policy, identity, analysis, sql), cacheable)
+            let active = crate::mask::active_masks(&inner.masks, identity);
+            let guard = |facts: &StatementFacts| crate::mask::masked_write(&active, facts);
+            (rules::decide(&inner.policy, identity, analysis, sql, guard), cacheable)
         }));
         let (decision, cacheable) = match decided {
             Ok(d) => d,

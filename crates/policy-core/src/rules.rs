@@ -172,7 +172,16 @@ fn decide_statement(policy: &Policy, rules: &[&Rule], facts: &StatementFacts, te
 }
 
 /// Decides every statement of an analysis and combines them.
-pub(crate) fn decide(policy: &Policy, identity: &Identity, analysis: Analysis, sql: &str) -> Decision {
+///
+/// `guard` may refuse a statement the rules would let through (the
+/// masking's data-flow check): it returns the reason.
+pub(crate) fn decide(
+    policy: &Policy,
+    identity: &Identity,
+    analysis: Analysis,
+    sql: &str,
+    guard: impl Fn(&StatementFacts) -> Option<String>,
+) -> Decision {
     let rules: Vec<&Rule> = policy.rules.iter().filter(|r| applies_to(r, identity)).collect();
     let mut statements = Vec::with_capacity(analysis.statements.len());
     let mut verdict = Verdict::Allow;
@@ -182,7 +191,18 @@ pub(crate) fn decide(policy: &Policy, identity: &Identity, analysis: Analysis, s
     let mut approvers: Vec<String> = Vec::new();
     for (i, facts) in analysis.statements.into_iter().enumerate() {
         let text = sql.get(facts.span.clone()).unwrap_or(sql);
-        let outcome = decide_statement(policy, &rules, &facts, text);
+        let mut outcome = decide_statement(policy, &rules, &facts, text);
+        if outcome.verdict != Verdict::Deny {
+            if let Some(reason) = guard(&facts) {
+                outcome = Outcome {
+                    verdict: Verdict::Deny,
+                    rule: None,
+                    reason,
+                    max_rows: outcome.max_rows,
+                    approvers: Vec::new(),
+                };
+            }
+        }
         if i == 0 || outcome.verdict > verdict {
             verdict = outcome.verdict;
             rule.clone_from(&outcome.rule);

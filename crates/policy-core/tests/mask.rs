@@ -320,3 +320,55 @@ mod scrub {
         assert_eq!(s.scrub("XX000", b'M', "mail bob@example.com"), Scrubbed::Replace("mail [redacted]".to_string()));
     }
 }
+
+mod data_flow {
+    use super::*;
+    use policy_core::Verdict;
+
+    const POLICY: &str = r#"
+version = 1
+[[rule]]
+name = "everything"
+effect = "allow"
+[[mask]]
+name = "ssn"
+columns = ["*.*.ssn"]
+strategy = "partial"
+exempt_groups = ["pii-readers"]
+"#;
+
+    #[test]
+    fn masked_values_may_not_be_stored_where_they_read_back_unmasked() {
+        let e = Engine::new(Policy::from_toml_str(POLICY, "flow.toml").unwrap(), Keys::default()).unwrap();
+        let s = e.new_session();
+        let bob = Identity::new("bob");
+        let reader = Identity::new("carol").with_groups(["pii-readers"]);
+        for sql in [
+            "UPDATE orders SET note = c.ssn FROM customers c WHERE c.id = orders.customer_id",
+            "INSERT INTO notes (body) SELECT ssn FROM customers",
+            "UPDATE customers SET name = ssn WHERE id = 1",
+            "CREATE TABLE copy AS SELECT ssn FROM customers",
+            "SELECT ssn INTO copy FROM customers",
+            "CREATE VIEW v AS SELECT ssn AS x FROM customers",
+            "SELECT set_config('my.v', ssn, false) FROM customers",
+            "SELECT pg_catalog.pg_notify('c', ssn) FROM customers",
+            "INSERT INTO notes SELECT * FROM customers",
+            "WITH x AS (SELECT ssn FROM customers) INSERT INTO notes SELECT * FROM x",
+        ] {
+            let d = e.decide(&bob, &s, sql);
+            assert_eq!(d.verdict, Verdict::Deny, "{sql}");
+            assert!(d.reason.contains("masked"), "{sql}: {}", d.reason);
+            assert_eq!(e.decide(&reader, &s, sql).verdict, Verdict::Allow, "exempt: {sql}");
+        }
+        for sql in [
+            "UPDATE orders SET status = 'x' WHERE id = 1",
+            "INSERT INTO customers (id, ssn) VALUES (9, '123-45-6789')",
+            "UPDATE customers SET ssn = '000-00-0000' WHERE id = 1",
+            "DELETE FROM customers WHERE id = 1",
+            "SELECT ssn FROM customers",
+            "SELECT set_config('my.v', 'x', false)",
+        ] {
+            assert_eq!(e.decide(&bob, &s, sql).verdict, Verdict::Allow, "{sql}");
+        }
+    }
+}

@@ -44,6 +44,20 @@
 //!
 //! Server error and notice texts go through a [`MessageScrubber`].
 //!
+//! Masking a result is not enough if the caller can store the value and
+//! read it back: `UPDATE orders SET note = c.ssn FROM customers c ...`,
+//! then `SELECT note FROM orders`. So the engine refuses a statement that
+//! may read a column masked for the caller (a covered column, a star or
+//! whole-row reference, a column it cannot resolve, an opaque statement)
+//! and stores what it reads: `INSERT`, `UPDATE`, `MERGE` (also inside a
+//! CTE), DDL that materialises a query (`CREATE TABLE AS`, `SELECT INTO`,
+//! views), or a call to a function that stores a value (`set_config`,
+//! `pg_notify`, large objects, dblink, `pg_file_write`,
+//! `pg_logical_emit_message`). The decision is a deny with no rule and a
+//! reason that says so; identities exempt from the masks are not affected.
+//! Writing literal values into masked columns, deleting by them and
+//! reading them (masked) stay allowed.
+//!
 //! ```
 //! use std::borrow::Cow;
 //! use policy_core::{ColumnInfo, Engine, Identity, Policy};
@@ -244,6 +258,51 @@ pub(crate) fn reads_masked(active: &[&ColumnMask], facts: &StatementFacts) -> bo
         }
         covered(c) || (c.matches('.').count() < 2 && facts.tables.iter().any(|t| covered(&format!("{t}.{c}"))))
     })
+}
+
+/// Functions that store a value where a later statement can read it back
+/// unmasked: settings, notifications, large objects, other databases.
+const STORING_FUNCTIONS: [&str; 11] = [
+    "set_config",
+    "pg_notify",
+    "lo_from_bytea",
+    "lo_put",
+    "lowrite",
+    "lo_import",
+    "dblink",
+    "dblink_exec",
+    "dblink_send_query",
+    "pg_file_write",
+    "pg_logical_emit_message",
+];
+
+/// The masking's data-flow check (POLICY.md §5 extended to writes): a
+/// statement that may read a column masked for the caller must not store
+/// what it reads where the caller could read it back unmasked: an
+/// `INSERT`, `UPDATE` or `MERGE` (`UPDATE orders SET note = c.ssn FROM
+/// customers c ...`), DDL that materialises a query (`CREATE TABLE AS`,
+/// `SELECT INTO`, a view), or a function that stores a value
+/// (`set_config`, `pg_notify`, large objects, dblink). Returns the reason
+/// for refusing it.
+pub(crate) fn masked_write(active: &[&ColumnMask], facts: &StatementFacts) -> Option<String> {
+    if active.is_empty() {
+        return None;
+    }
+    let writes = facts.class == Class::Ddl
+        || facts.commands.iter().any(|c| matches!(c.as_str(), "INSERT" | "UPDATE" | "MERGE"))
+        || facts.functions.iter().any(|f| {
+            let name = f.rsplit('.').next().unwrap_or(f);
+            STORING_FUNCTIONS.contains(&name)
+        });
+    if !writes || !reads_masked(active, facts) {
+        return None;
+    }
+    let masks: Vec<&str> = active.iter().map(|m| m.name.as_str()).collect();
+    Some(format!(
+        "the statement reads columns masked for this identity (masks: {}) and stores what it reads; \
+         masked data may not be copied into tables, settings or notifications",
+        masks.join(", ")
+    ))
 }
 
 /// What happens to one column.
