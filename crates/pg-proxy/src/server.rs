@@ -129,6 +129,11 @@ impl Gateway {
         }
     }
 
+    /// Sessions open now (logged in or logging in).
+    pub fn active_sessions(&self) -> usize {
+        self.config.limits.max_connections.saturating_sub(self.connections.available_permits())
+    }
+
     /// Reloads the policy; a policy that does not load is rejected and the
     /// one in force is kept.
     pub fn reload_policy(&self) -> Result<(), String> {
@@ -487,6 +492,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C; SIGHUP reloads the policy.
+/// On SIGTERM it stops accepting and waits for the sessions to end (at
+/// most [`SHUTDOWN_GRACE`]).
 pub async fn run(config: Config) -> Result<(), String> {
     let listen = config.listen;
     let gw = Arc::new(Gateway::new(config)?);
@@ -507,7 +514,18 @@ pub async fn run(config: Config) -> Result<(), String> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    tracing::info!("shutting down");
+    // Stop accepting; sessions end when their clients leave, or when the
+    // grace period is over.
     serve.abort();
+    let grace = SHUTDOWN_GRACE;
+    tracing::info!(sessions = gw.active_sessions(), "shutting down; waiting up to {}s for sessions", grace.as_secs());
+    let all = u32::try_from(gw.config.limits.max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(grace, Arc::clone(&gw.connections).acquire_many_owned(all)).await {
+        Ok(_) => tracing::info!("all sessions ended"),
+        Err(_) => tracing::warn!(sessions = gw.active_sessions(), "grace period over; closing the remaining sessions"),
+    }
     Ok(())
 }
+
+/// How long a stopping gateway waits for its sessions.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);

@@ -1,0 +1,106 @@
+//! `pg-proxy serve` and `pg-proxy check` as an operator runs them: a real
+//! process, SIGHUP reloading the policy (a bad one rejected), SIGTERM
+//! waiting for the open session, structured logs without secrets.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{bin, text, Stack, APP_PASSWORD};
+
+fn signal(pid: u32, name: &str) {
+    assert!(Command::new("kill").args(["-s", name, &pid.to_string()]).status().unwrap().success());
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "pg-proxy serve did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_reloads_on_sighup_and_drains_on_sigterm() {
+    let stack = Stack::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = stack.path("serve.toml");
+    let text_config = std::fs::read_to_string(stack.path("gateway.toml"))
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(&config, text_config).unwrap();
+
+    let check = bin().arg("check").arg(&config).output().unwrap();
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stderr));
+    assert!(text(&check.stdout).contains(": ok"), "{}", text(&check.stdout));
+
+    let mut child = bin()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("PORTCULLIS_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let token = stack.token("alice", &["ai-agents"], None);
+    let psql = |sql: &str| {
+        Command::new(stack.cluster.bin_dir().join("psql"))
+            .args(["-X", "-At", "-d"])
+            .arg(format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable"))
+            .args(["-c", sql])
+            .env("PGPASSWORD", &token)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(text(&psql("SELECT count(*) FROM customers").stdout), "3\n");
+
+    // A policy that forbids customers, reloaded by SIGHUP.
+    let policy = stack.path("policy.toml");
+    let original = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, original.replace("\"!public.secrets\",", "\"!public.secrets\", \"!public.customers\","))
+        .unwrap();
+    signal(child.id(), "HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(text(&psql("SELECT count(*) FROM customers").stderr).contains("refused by policy"));
+    // A broken one is rejected; the one in force stays.
+    std::fs::write(&policy, "version = 1\n[[rule]\n").unwrap();
+    signal(child.id(), "HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(text(&psql("SELECT count(*) FROM customers").stderr).contains("refused by policy"));
+    assert_eq!(text(&psql("SELECT count(*) FROM orders").stdout), "5000\n");
+
+    // SIGTERM with a session open: the gateway waits for it.
+    let mut open = Command::new(stack.cluster.bin_dir().join("psql"))
+        .args(["-X", "-At", "-d"])
+        .arg(format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable"))
+        .args(["-c", "SELECT pg_sleep(2), 'slept'"])
+        .env("PGPASSWORD", stack.token("dba", &["dba"], None))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    signal(child.id(), "TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the gateway waits for the open session");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "no new connections after SIGTERM");
+    let mut slept = String::new();
+    open.stdout.take().unwrap().read_to_string(&mut slept).unwrap();
+    assert!(open.wait().unwrap().success());
+    assert_eq!(slept, "|slept\n", "the statement finished");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // Logs: JSON lines, the decisions with subject and rule; never a secret.
+    let mut logs = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    assert!(logs.lines().all(|l| l.starts_with('{')), "{logs}");
+    assert!(logs.contains("\"subject\":\"alice\"") && logs.contains("statement decided"), "{logs}");
+    assert!(logs.contains("policy not reloaded"), "{logs}");
+    assert!(!logs.contains(APP_PASSWORD), "the upstream password leaked into the logs");
+    assert!(!logs.contains(&token), "a token leaked into the logs");
+}
