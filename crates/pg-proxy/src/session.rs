@@ -201,7 +201,15 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, id: u64) {
         skip_until_ready: false,
         ids: 0,
     };
-    match s.run().await {
+    let outcome = s.run().await;
+    if s.pending.iter().any(|p| !matches!(p, Pending::Refusal { .. } | Pending::Ready)) {
+        // The client is gone with a statement in flight: the server would
+        // run it to the end (it notices a vanished client only when it
+        // writes), holding a connection and whatever it locks.
+        tracing::info!("cancelling the statement of a session that ended");
+        s.gw.cancel_session(s.gateway_pid).await;
+    }
+    match outcome {
         Ok(()) => tracing::info!("session ended"),
         Err(e) => tracing::info!("session ended: {e}"),
     }
@@ -489,7 +497,13 @@ impl SessionLoop {
         let engine = self.gw.engine();
         let decision = self.decide(&engine, sql);
         if let Some(message) = refusal(&decision) {
-            self.statements.insert(name.to_string(), None);
+            // The unnamed statement, or a name in use, now stands for the
+            // refused text: a later Bind must not reach what the server
+            // still holds under that name. Other names are unknown anyway
+            // (and are not kept: a client could pile them up).
+            if name.is_empty() || self.statements.contains_key(name) {
+                self.statements.insert(name.to_string(), None);
+            }
             return self.fail_block(INSUFFICIENT_PRIVILEGE, message);
         }
         let facts = decision.statements.first().map(|s| Arc::new(s.facts.clone()));
