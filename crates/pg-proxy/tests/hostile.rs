@@ -571,9 +571,8 @@ async fn a_client_vanishing_mid_query_leaves_nothing_behind() {
         assert!(gone, "{app}: the server connection outlived its client");
     }
 
-    // A short query running on the server when the client goes: the server
-    // connection ends once the query is over (the gateway does not cancel
-    // it: see the ignored test below).
+    // A short query running on the server when the client goes: the
+    // gateway cancels it and the server connection ends.
     let app = "hostile-vanish-short";
     let mut raw = login(addr, &token, &[("application_name", app)], app).await;
     let mut out = BytesMut::new();
