@@ -1,0 +1,258 @@
+//! The gateway through psycopg 3 (from PyPI, in the virtualenv that
+//! `scripts/python-deps` makes): allowed queries unchanged, refusals as
+//! 42501 with the connection still usable, masked values decodable in text
+//! and binary, server-side prepared statements, pipelines, COPY both ways.
+//! The checks run in `tests/python/psycopg_client.py`, which prints what it
+//! saw as JSON; the assertions are here.
+//!
+//! `PORTCULLIS_SKIP_PYTHON=1` skips these tests (and says so) where PyPI
+//! cannot be reached; otherwise a failed install fails the test.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+mod support;
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde_json::{json, Value};
+use support::{repo, text, Stack};
+
+/// The virtualenv's python, made once per test binary; `None` when skipped.
+fn venv_python() -> Option<&'static str> {
+    static PYTHON: OnceLock<Option<String>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            if std::env::var("PORTCULLIS_SKIP_PYTHON").is_ok_and(|v| v == "1") {
+                return None;
+            }
+            let out = Command::new(repo("scripts/python-deps")).output().unwrap();
+            assert!(
+                out.status.success(),
+                "scripts/python-deps failed (set PORTCULLIS_SKIP_PYTHON=1 to skip the psycopg tests):\n{}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            let stdout = text(&out.stdout);
+            let python = stdout.lines().last().expect("python-deps prints the venv's python last").trim().to_string();
+            assert!(std::path::Path::new(&python).exists(), "python-deps printed {python:?}");
+            Some(python)
+        })
+        .as_deref()
+}
+
+/// Runs the client against `stack` (only `sections` when not empty) and
+/// returns its JSON; fails with its stderr when it failed.
+fn run_client(stack: &Stack, python: &str, sections: &str) -> Value {
+    let agent = stack.conninfo(&stack.token("alice", &["ai-agents"], None));
+    let reader = stack.conninfo(&stack.token("rita", &["developers", "pii-readers"], None));
+    let developer = stack.conninfo(&stack.token("dave", &["developers"], None));
+    let out = Command::new(python)
+        .arg(repo("crates/pg-proxy/tests/python/psycopg_client.py"))
+        .args([&agent, &reader, &developer])
+        .env("PSYCOPG_SECTIONS", sections)
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "psycopg_client.py exited with {}\nstderr:\n{stderr}\nstdout:\n{stdout}", out.status);
+    let value: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("psycopg_client.py printed no JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
+    if !stderr.trim().is_empty() {
+        eprintln!("psycopg_client.py stderr:\n{stderr}");
+    }
+    value
+}
+
+/// Asserts that `error` is a policy refusal (42501, InsufficientPrivilege).
+#[track_caller]
+fn assert_refused(error: &Value, what: &str) {
+    assert_eq!(error["sqlstate"], "42501", "{what}: {error}");
+    assert_eq!(error["class"], "InsufficientPrivilege", "{what}: {error}");
+}
+
+#[test]
+fn psycopg_sessions() {
+    let Some(python) = venv_python() else {
+        eprintln!(
+            "psycopg_sessions: SKIPPED because PORTCULLIS_SKIP_PYTHON=1 (psycopg not installed, nothing checked)"
+        );
+        return;
+    };
+    let stack = Stack::start();
+    let r = run_client(&stack, python, "");
+    eprintln!("psycopg {} ({}), libpq {}", r["versions"]["psycopg"], r["versions"]["impl"], r["versions"]["libpq"]);
+    assert!(r["versions"]["psycopg"].as_str().unwrap().starts_with("3."), "{}", r["versions"]);
+
+    // (a) An allowed read: masks applied, other values unchanged, both protocols.
+    let read = &r["read"];
+    let masked = json!([
+        [1, "Alice Martin", "****@example.com", "****6789"],
+        [2, "Bob Chen", "****@example.org", "****7890"],
+        [3, "Carol Diaz", "****@example.net", "****8901"],
+    ]);
+    assert_eq!(read["simple"], masked, "simple query protocol");
+    assert_eq!(read["extended"], masked, "extended query protocol");
+    assert_eq!(read["columns"], json!([["id", 23], ["name", 25], ["email", 25], ["ssn", 25]]));
+    assert_eq!(read["notes"][0], json!([1, "****1111", "prefers e-mail"]), "card detector");
+    assert_eq!(read["notes"][1], json!([2, "****0004", "card on file: ****1881"]), "only the span is replaced");
+    assert_eq!(
+        read["order_1"],
+        json!({"total": "1.99", "total_type": "Decimal", "created_at": "2024-01-15T10:30:00+00:00"})
+    );
+
+    // (b) Server-side binding: named prepared statements really exist on the server.
+    let bind = &r["bind"];
+    assert_eq!(bind["prepare_true"], json!(["****7890", "****7890", "****7890", "****7890"]));
+    assert_eq!(bind["prepared_by_psycopg"], json!(["_pg3_0"]));
+    assert_eq!(bind["server_prepared"], json!([["_pg3_0", "SELECT ssn FROM customers WHERE id = $1"]]));
+    assert_eq!(bind["prepare_threshold"], 5);
+    assert_eq!(
+        bind["threshold_values"],
+        json!(["****6789", "****7890", "****8901", "****6789", "****7890", "****8901", "****6789", "****7890"])
+    );
+    assert_eq!(bind["threshold_server_prepared"], 1, "prepared after prepare_threshold executions");
+    // Binary results: masked text decodes, other types intact.
+    assert_eq!(bind["binary_rows"], Value::Array(vec![json!([2, "****7890", "****@example.org", "Bob Chen"]); 3]));
+    assert_eq!(bind["binary_formats"], json!([1, 1, 1, 1]));
+    assert_eq!(
+        bind["binary_order_1"],
+        json!({"total": "1.99", "created_at": "2024-01-15T10:30:00+00:00", "customer_id": 2})
+    );
+    assert_eq!(bind["binary_param"], "****8901");
+    assert_refused(&bind["refused_prepared"], "DROP TABLE with prepare=True");
+    assert!(bind["refused_prepared"]["message"].as_str().unwrap().contains("rule no-ddl-for-agents"));
+    assert_refused(&bind["refused_prepared_param"], "DELETE FROM customers with prepare=True");
+    assert_eq!(bind["after_refusal"], json!([2, "****7890", "****@example.org", "Bob Chen"]));
+    assert_eq!(bind["status_after"], "IDLE");
+
+    // Pipeline mode: executemany, and a refusal in the middle of a pipeline
+    // behaves as a PostgreSQL error does there (the next statement is skipped).
+    let pipeline = &r["pipeline"];
+    assert_eq!(pipeline["inserted"], 3, "{pipeline}");
+    let explicit = &pipeline["explicit"];
+    assert_refused(&explicit["sync"], "the refused statement of a pipeline");
+    assert_eq!(explicit["first"], "****6789", "{explicit}");
+    assert_eq!(explicit["second"]["class"], "ProgrammingError", "{explicit}");
+    assert_eq!(explicit["third"]["class"], "ProgrammingError", "skipped after the error: {explicit}");
+    assert_eq!(explicit["after_sync"], "****7890", "{explicit}");
+    assert!(explicit.get("pipeline_error").is_none(), "{explicit}");
+    assert_eq!(pipeline["usable_after"], true);
+
+    // (c) Refusals: 42501, and the connection goes on.
+    let refusals = &r["refusals"];
+    assert_refused(&refusals["autocommit"], "DROP TABLE in autocommit");
+    assert_eq!(refusals["autocommit_status"], "IDLE");
+    assert_eq!(refusals["autocommit_usable"], true);
+    assert_eq!(refusals["orders_exist"], 1, "nothing was dropped");
+    assert_refused(&refusals["secrets"], "SELECT * FROM secrets");
+    // In `with conn.transaction()`: the server never saw the refused
+    // statement, so the transaction is not failed (INTRANS, where a
+    // PostgreSQL error would leave INERROR) and takes further statements;
+    // the exception leaving the block rolls it back.
+    let tx = &refusals["transaction"];
+    assert_eq!(tx["status_before_refusal"], "INTRANS", "{tx}");
+    assert_refused(&tx["error"], "DROP TABLE in a transaction block");
+    assert_eq!(tx["status_after_refusal"], "INTRANS", "{tx}");
+    assert_eq!(tx["rows_seen_in_tx"], 1, "{tx}");
+    assert_eq!(tx["status_after_next_statement"], "INTRANS", "{tx}");
+    assert_eq!(tx["raised_out_of_block"], "42501", "{tx}");
+    assert_eq!(tx["status_after_block"], "IDLE", "{tx}");
+    assert_eq!(tx["rows_after_rollback"], 0, "the block was rolled back: {tx}");
+    assert_eq!(tx["usable_after"], true, "{tx}");
+    let savepoint = &refusals["savepoint"];
+    assert_eq!(savepoint["error"], "42501", "{savepoint}");
+    assert_eq!(savepoint["status_after_savepoint"], "INTRANS", "{savepoint}");
+    assert_eq!(savepoint["committed_rows"], 2, "the outer block committed: {savepoint}");
+    assert_eq!(savepoint["status_after"], "IDLE", "{savepoint}");
+    let ext = &refusals["extended_in_transaction"];
+    assert_refused(&ext["error"], "DELETE with a parameter in a transaction");
+    assert_eq!(ext["status_after_refusal"], "INTRANS", "{ext}");
+    assert_eq!(ext["next"], "****6789", "{ext}");
+    assert_eq!(ext["status_after"], "IDLE", "{ext}");
+    let implicit = &refusals["implicit_transaction"];
+    assert_refused(&implicit["error"], "DROP TABLE without autocommit");
+    assert_eq!(implicit["status_after_refusal"], "INTRANS", "{implicit}");
+    assert_eq!(implicit["status_after_rollback"], "IDLE", "{implicit}");
+    assert_eq!(implicit["usable"], true, "{implicit}");
+
+    // (d) COPY TO STDOUT, text format: masked line by line, detector included.
+    let copy_out = &r["copy_out"];
+    let copied = json!([
+        ["1", "****6789", "prefers e-mail"],
+        ["2", "****7890", "card on file: ****1881"],
+        ["3", "****8901", "VIP since 2019"],
+    ]);
+    assert_eq!(copy_out["text_rows"], copied);
+    assert_eq!(copy_out["text_rowcount"], 3);
+    assert_eq!(
+        copy_out["typed_rows"],
+        json!([
+            [1, "****6789", "prefers e-mail"],
+            [2, "****7890", "card on file: ****1881"],
+            [3, "****8901", "VIP since 2019"],
+        ])
+    );
+    assert_eq!(
+        copy_out["whole_table"][1],
+        json!(["2", "Bob Chen", "****@example.org", "****7890", "****0004", "card on file: ****1881"])
+    );
+    assert_eq!(copy_out["whole_table"].as_array().unwrap().len(), 3);
+    // Binary COPY of masked columns is refused, not leaked, and the session goes on.
+    assert_refused(&copy_out["binary_error"], "COPY (FORMAT BINARY) of masked columns");
+    assert!(copy_out.get("binary_rows").is_none(), "{copy_out}");
+    assert_eq!(copy_out["binary_status_after"], "IDLE");
+    assert_eq!(copy_out["binary_usable_after"], true);
+    assert_eq!(copy_out["usable_after"], true);
+
+    // COPY FROM STDIN: a developer writes orders (text and binary); an agent
+    // into customers is refused and nothing lands; an agent into orders passes.
+    let copy_in = &r["copy_in"];
+    assert_eq!(copy_in["developer_rowcount"], 3, "{copy_in}");
+    assert_eq!(copy_in["developer_copied"], 3, "{copy_in}");
+    assert_eq!(copy_in["developer_total_delta"], 3, "{copy_in}");
+    assert_eq!(copy_in["developer_binary_copied"], 1, "{copy_in}");
+    assert_refused(&copy_in["agent_error"], "an agent's COPY customers FROM STDIN");
+    assert_eq!(copy_in["agent_status_after"], "IDLE", "{copy_in}");
+    assert_eq!(copy_in["agent_customers_delta"], 0, "{copy_in}");
+    assert_eq!(copy_in["agent_mallory"], 0, "{copy_in}");
+    assert_eq!(copy_in["agent_orders_copied"], 1, "{copy_in}");
+
+    // (e) pii-readers see the SSN (text, binary, COPY); the e-mail mask has no exemption.
+    let reader = &r["reader"];
+    assert_eq!(reader["rows"][0], json!([1, "Alice Martin", "****@example.com", "123-45-6789"]));
+    assert_eq!(reader["binary_ssn"], "123-45-6789");
+    assert_eq!(reader["copy_rows"][0], json!(["1", "123-45-6789"]));
+}
+
+/// COPY TO STDOUT in the other layouts of the text format (CSV, another
+/// delimiter, a header line) and binary COPY of unmasked columns.
+/// Ignored until the gateway handles them: today CSV and `DELIMITER '|'`
+/// return the SSNs unmasked (the masker splits lines on tabs only), the
+/// header line's `ssn` comes back as `****`, and a binary COPY of id and
+/// total is refused because detectors make every masker non-empty.
+#[test]
+#[ignore = "gateway bugs in COPY TO STDOUT: CSV/DELIMITER leak masked columns, HEADER masked, binary over-refused"]
+fn psycopg_copy_out_in_other_layouts_is_masked_or_refused() {
+    let Some(python) = venv_python() else {
+        eprintln!("psycopg_copy_out_in_other_layouts: SKIPPED because PORTCULLIS_SKIP_PYTHON=1");
+        return;
+    };
+    let stack = Stack::start();
+    let r = run_client(&stack, python, "copy_out");
+    let copy_out = &r["copy_out"];
+    for key in ["csv", "delimiter"] {
+        let v = &copy_out[key];
+        match v.as_str() {
+            Some(data) => {
+                for ssn in ["123-45-6789", "234-56-7890", "345-67-8901"] {
+                    assert!(!data.contains(ssn), "{key}: the SSN {ssn} leaked: {data:?}");
+                }
+                assert!(data.contains("****6789"), "{key}: {data:?}");
+            }
+            None => assert_refused(v, key),
+        }
+    }
+    assert_eq!(copy_out["text_header"], "id\tssn\n1\t****6789\n2\t****7890\n3\t****8901\n", "the header is not data");
+    assert!(copy_out["binary_plain_error"].is_null(), "nothing to mask: {}", copy_out["binary_plain_error"]);
+    assert_eq!(copy_out["binary_plain_rows"], json!([[1, "1.99"], [2, "2.99"], [3, "3.99"]]));
+}
