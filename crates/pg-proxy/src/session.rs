@@ -8,15 +8,19 @@
 //! refusal is an entry too: it is written to the client when everything
 //! before it has been answered, so answers stay in order in a pipeline.
 //!
-//! - **Simple query**: the whole string is decided first. Refused: an
-//!   `ErrorResponse` (`42501`, naming the rule and the reason) and
-//!   `ReadyForQuery` with the transaction status the server is in — the
-//!   server never saw the statement, so a transaction stays usable.
+//! - **Simple query**: the whole string is decided first. Refused: none of
+//!   it is sent; the server runs a statement that fails while being parsed
+//!   ([`REFUSED_SQL`]) in its place, and the client gets an
+//!   `ErrorResponse` (`42501`, naming the rule and the reason) instead of
+//!   that failure, then the server's `ReadyForQuery`. So a refusal does to
+//!   a transaction what an error does in PostgreSQL: an open transaction is
+//!   aborted, and a client that ignores the refusal cannot commit the rest.
 //! - **Extended query**: `Parse` is decided. A refused `Parse` is answered
-//!   with the error, and the client's messages up to `Sync` are dropped,
-//!   as PostgreSQL does after an error. `Bind`, `Describe` and `Execute` of
-//!   a statement or portal the gateway does not know, or refused, fail the
-//!   same way. `Close`, `Sync` and `Flush` pass.
+//!   the same way (the substitute is a `Parse`), and the client's messages
+//!   up to `Sync` are dropped, as the server skips them after an error.
+//!   `Bind`, `Describe` and `Execute` of a statement or portal the gateway
+//!   does not know, or refused, fail the same way. `Close`, `Sync` and
+//!   `Flush` pass.
 //! - **Row cap**: when a result has sent `max_rows` rows and another
 //!   arrives, the gateway stops forwarding, cancels the query upstream,
 //!   drops what is left of the result and answers `54000`. In a
@@ -66,6 +70,14 @@ const INSUFFICIENT_PRIVILEGE: &str = "42501";
 const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 /// SQLSTATE of a protocol violation.
 const PROTOCOL_VIOLATION: &str = "08P01";
+
+/// What the server runs in place of a refused statement: it fails while
+/// being parsed, without touching anything, so the server's transaction
+/// takes the failure exactly as it would the refused statement's own
+/// error (an open transaction is aborted, as PostgreSQL does, and the
+/// client cannot commit half of it by ignoring the refusal). The server's
+/// log shows this text; the client sees the refusal instead.
+const REFUSED_SQL: &str = "SELECT 'portcullis: statement refused by policy'::pg_catalog.int4";
 
 /// A statement prepared with `Parse`, as the gateway knows it.
 #[derive(Debug, Clone)]
@@ -129,7 +141,7 @@ impl Result_ {
 #[derive(Debug)]
 enum Pending {
     /// A simple query, up to its `ReadyForQuery`.
-    Query { decision: Arc<Decision>, index: usize, result: Result_, failed: bool },
+    Query { decision: Arc<Decision>, index: usize, result: Result_, failed: bool, refusal: Option<String> },
     /// `ParseComplete`.
     Parse,
     /// `BindComplete`.
@@ -145,10 +157,11 @@ enum Pending {
     Close,
     /// `ReadyForQuery` after `Sync`.
     Sync,
-    /// A refusal the gateway writes when it reaches the front.
-    Refusal { code: &'static str, message: String },
-    /// A `ReadyForQuery` the gateway writes (after a refused simple query).
-    Ready,
+    /// The server's failure of [`REFUSED_SQL`], sent in place of a refused
+    /// message: the client gets this refusal instead. In the extended
+    /// protocol the server then skips to `Sync`; a simple query's entry
+    /// is a `Query` with a refusal.
+    Refused { code: &'static str, message: String },
     /// The gateway's own `search_path` read-back; the client's
     /// `ReadyForQuery` is held until it is done.
     ReadSearchPath { held: BackendFrame, value: Option<String> },
@@ -202,7 +215,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, id: u64) {
         ids: 0,
     };
     let outcome = s.run().await;
-    if s.pending.iter().any(|p| !matches!(p, Pending::Refusal { .. } | Pending::Ready)) {
+    if !s.pending.is_empty() {
         // The client is gone with a statement in flight: the server would
         // run it to the end (it notices a vanished client only when it
         // writes), holding a connection and whatever it locks.
@@ -326,7 +339,6 @@ impl SessionLoop {
             };
             self.on_client_message(message)?;
         }
-        self.emit_synthetic()?;
         Ok(())
     }
 
@@ -402,16 +414,11 @@ impl SessionLoop {
                 }
                 Ok(())
             }
-            Frontend::FunctionCall => {
-                self.pending.push_back(Pending::Refusal {
-                    code: INSUFFICIENT_PRIVILEGE,
-                    message: "the function-call protocol message (F) is refused by the gateway: call the function \
-                              in a statement"
-                        .to_string(),
-                });
-                self.pending.push_back(Pending::Ready);
-                Ok(())
-            }
+            Frontend::FunctionCall => self.refuse_query(
+                "the function-call protocol message (F) is refused by the gateway: call the function in a \
+                 statement"
+                    .to_string(),
+            ),
             Frontend::Password(_) => {
                 self.emit_error("FATAL", PROTOCOL_VIOLATION, "unexpected password message")?;
                 self.closing = true;
@@ -430,8 +437,41 @@ impl SessionLoop {
     /// Refuses a message of the extended protocol: the error in turn, then
     /// the client's messages up to `Sync` are dropped.
     fn fail_block(&mut self, code: &'static str, message: String) -> SessionResult {
-        self.pending.push_back(Pending::Refusal { code, message });
         self.discard_until_sync = true;
+        if self.block_failed {
+            // The server is already skipping to Sync: one error per block.
+            return Ok(());
+        }
+        let mut substitute = BytesMut::new();
+        frontend::parse("", REFUSED_SQL, std::iter::empty(), &mut substitute).map_err(|e| e.to_string())?;
+        self.forward(&substitute.freeze(), Some(Pending::Refused { code, message }));
+        Ok(())
+    }
+
+    /// Refuses a simple query (or a function call): the server runs
+    /// [`REFUSED_SQL`] in its place, and the client gets the refusal and
+    /// the server's `ReadyForQuery`.
+    fn refuse_query(&mut self, message: String) -> SessionResult {
+        let mut substitute = BytesMut::new();
+        frontend::query(REFUSED_SQL, &mut substitute).map_err(|e| e.to_string())?;
+        let pending = Pending::Query {
+            decision: Arc::new(Decision {
+                verdict: Verdict::Deny,
+                reason: message.clone(),
+                rule: None,
+                max_rows: 0,
+                approvers: Vec::new(),
+                subject: self.identity.subject.clone(),
+                actor: None,
+                statements: Arc::from(Vec::new()),
+                diagnostics: Vec::new(),
+            }),
+            index: 0,
+            result: Result_::empty(),
+            failed: false,
+            refusal: Some(message),
+        };
+        self.forward(&substitute.freeze(), Some(pending));
         Ok(())
     }
 
@@ -452,9 +492,7 @@ impl SessionLoop {
         let engine = self.gw.engine();
         let decision = self.decide(&engine, sql);
         if let Some(message) = refusal(&decision) {
-            self.pending.push_back(Pending::Refusal { code: INSUFFICIENT_PRIVILEGE, message });
-            self.pending.push_back(Pending::Ready);
-            return Ok(());
+            return self.refuse_query(message);
         }
         let mut settings = false;
         for s in decision.statements.iter() {
@@ -463,7 +501,7 @@ impl SessionLoop {
         let decision = Arc::new(decision);
         let first = decision.statements.first().map(|s| Arc::new(s.facts.clone()));
         let result = Result_::new(first, &decision);
-        self.forward(&frame, Some(Pending::Query { decision, index: 0, result, failed: false }));
+        self.forward(&frame, Some(Pending::Query { decision, index: 0, result, failed: false, refusal: None }));
         if settings {
             self.barrier = true;
         }
@@ -561,7 +599,6 @@ impl SessionLoop {
                 }
             };
             self.on_backend(frame).await?;
-            self.emit_synthetic()?;
         }
         Ok(())
     }
@@ -621,8 +658,18 @@ impl SessionLoop {
                 self.on_ready(frame)
             }
             Pending::ReadSearchPath { .. } => self.on_read_search_path(frame),
-            Pending::Refusal { .. } | Pending::Ready => {
-                Err("internal error: a gateway answer is waiting behind a server message".to_string())
+            Pending::Refused { .. } => {
+                let Some(Pending::Refused { code, message }) = self.pending.pop_front() else { return Ok(()) };
+                // The substitute failed (as it always does): the client gets the refusal.
+                self.emit_error("ERROR", code, &message)?;
+                self.drop_block();
+                // After its error the server skips to Sync by itself; had the
+                // substitute not failed, what it answers next is not the client's.
+                self.skip_until_ready = frame.kind != b'E';
+                if frame.kind != b'E' {
+                    tracing::warn!("the refusal's substitute statement did not fail; skipping to Sync");
+                }
+                Ok(())
             }
         }
     }
@@ -835,12 +882,24 @@ impl SessionLoop {
 
 impl SessionLoop {
     async fn on_query_frame(&mut self, frame: BackendFrame) -> SessionResult {
-        let Some(Pending::Query { decision, index, failed, .. }) = self.pending.front() else { return Ok(()) };
-        let (decision, index, failed) = (Arc::clone(decision), *index, *failed);
+        let Some(Pending::Query { decision, index, failed, refusal, .. }) = self.pending.front() else {
+            return Ok(());
+        };
+        let (decision, index, failed, refusal) = (Arc::clone(decision), *index, *failed, refusal.clone());
         if frame.kind == b'Z' {
             self.pending.pop_front();
             self.copy_in = false;
             return self.on_ready(frame);
+        }
+        if let Some(message) = refusal {
+            // The substitute's failure becomes the refusal; nothing else of it reaches the client.
+            if frame.kind == b'E' && !failed {
+                self.emit_error("ERROR", INSUFFICIENT_PRIVILEGE, &message)?;
+                if let Some(Pending::Query { failed, .. }) = self.pending.front_mut() {
+                    *failed = true;
+                }
+            }
+            return Ok(());
         }
         if failed {
             return Ok(());
@@ -1125,28 +1184,6 @@ impl SessionLoop {
         }
         let borrowed: Vec<(u8, &str)> = out.iter().map(|(c, v)| (*c, v.as_ref())).collect();
         codec::fields_message(&mut self.cout, frame.kind, &borrowed).map_err(|e| e.to_string())
-    }
-
-    /// Writes the gateway's own answers that have reached the front.
-    fn emit_synthetic(&mut self) -> SessionResult {
-        loop {
-            match self.pending.front() {
-                Some(Pending::Refusal { .. }) => {
-                    let Some(Pending::Refusal { code, message }) = self.pending.pop_front() else { break };
-                    if !self.block_failed {
-                        self.emit_error("ERROR", code, &message)?;
-                        self.block_failed = true;
-                    }
-                }
-                Some(Pending::Ready) => {
-                    self.pending.pop_front();
-                    self.block_failed = false;
-                    codec::ready_for_query(&mut self.cout, self.tx_status);
-                }
-                _ => break,
-            }
-        }
-        Ok(())
     }
 
     fn emit_error(&mut self, severity: &str, code: &str, message: &str) -> SessionResult {

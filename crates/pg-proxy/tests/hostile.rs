@@ -498,8 +498,8 @@ async fn hostile_messages_after_login_end_the_session_and_only_it() {
         healthy(&client, what).await;
     }
 
-    // 4. The function-call message: refused, the session goes on; also in
-    //    a transaction (which stays open) and pipelined with a query.
+    // 4. The function-call message: refused, the session goes on; in a
+    //    transaction it aborts it like any error; pipelined with a query.
     let mut raw = login(addr, &token, &app, "function call").await;
     raw.send(&function_call()).await;
     let (_, errors, status) = raw.until_ready().await;
@@ -508,9 +508,18 @@ async fn hostile_messages_after_login_end_the_session_and_only_it() {
     assert_eq!(raw.query("BEGIN").await.2, b'T');
     raw.send(&function_call()).await;
     let (_, errors, status) = raw.until_ready().await;
-    assert_eq!((errors, status), (vec!["42501".to_string()], b'T'), "a refused F leaves the transaction open");
-    assert_eq!(raw.query("SELECT 2").await, (vec![Some("2".to_string())], vec![], b'T'));
-    assert_eq!(raw.query("COMMIT").await.2, b'I');
+    assert_eq!(
+        (errors, status),
+        (vec!["42501".to_string()], b'E'),
+        "a refused F aborts the transaction, as an error does"
+    );
+    let (rows, errors, status) = raw.query("SELECT 2").await;
+    assert_eq!(
+        (rows, errors, status),
+        (vec![], vec!["25P02".to_string()], b'E'),
+        "nothing runs in an aborted transaction"
+    );
+    assert_eq!(raw.query("ROLLBACK").await.2, b'I');
     let mut bytes = message(b'Q', b"SELECT 3\0");
     bytes.extend_from_slice(&function_call());
     bytes.extend_from_slice(&message(b'Q', b"SELECT 4\0"));
