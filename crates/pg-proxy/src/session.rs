@@ -10,7 +10,7 @@
 //!
 //! - **Simple query**: the whole string is decided first. Refused: none of
 //!   it is sent; the server runs a statement that fails while being parsed
-//!   ([`REFUSED_SQL`]) in its place, and the client gets an
+//!   ((`REFUSED_SQL`)) in its place, and the client gets an
 //!   `ErrorResponse` (`42501`, naming the rule and the reason) instead of
 //!   that failure, then the server's `ReadyForQuery`. So a refusal does to
 //!   a transaction what an error does in PostgreSQL: an open transaction is
@@ -117,6 +117,8 @@ struct Result_ {
     capped: bool,
     /// COPY TO STDOUT in text format: masked per line.
     copy_out: bool,
+    /// Its number of columns.
+    copy_columns: usize,
     /// The result may not be relayed (why): its rows are dropped and the
     /// client gets this as an error.
     refused: Option<String>,
@@ -132,6 +134,7 @@ impl Result_ {
             rule: decision.rule.clone(),
             capped: false,
             copy_out: false,
+            copy_columns: 0,
             refused: None,
         }
     }
@@ -157,7 +160,7 @@ enum Pending {
     Close,
     /// `ReadyForQuery` after `Sync`.
     Sync,
-    /// The server's failure of [`REFUSED_SQL`], sent in place of a refused
+    /// The server's failure of (`REFUSED_SQL`), sent in place of a refused
     /// message: the client gets this refusal instead. In the extended
     /// protocol the server then skips to `Sync`; a simple query's entry
     /// is a `Query` with a refusal.
@@ -449,7 +452,7 @@ impl SessionLoop {
     }
 
     /// Refuses a simple query (or a function call): the server runs
-    /// [`REFUSED_SQL`] in its place, and the client gets the refusal and
+    /// (`REFUSED_SQL`) in its place, and the client gets the refusal and
     /// the server's `ReadyForQuery`.
     fn refuse_query(&mut self, message: String) -> SessionResult {
         let mut substitute = BytesMut::new();
@@ -1014,14 +1017,25 @@ impl SessionLoop {
             return Ok(());
         };
         if frame.kind == b'd' {
-            match mask_copy_line(masker, frame.body()) {
-                Some(line) => {
+            let columns = result.copy_columns;
+            match mask_copy_line(masker, frame.body(), columns) {
+                Err(()) => {
+                    // A line that does not split into the result's columns
+                    // cannot be masked: the rest of the COPY is refused.
+                    result.refused = Some(
+                        "a COPY line did not split into the result's columns, so it could not be masked; the COPY \
+                         is refused"
+                            .to_string(),
+                    );
+                    self.gw.cancel_session(self.gateway_pid).await;
+                }
+                Ok(Some(line)) => {
                     self.cout.extend_from_slice(b"d");
                     let len = i32::try_from(line.len() + 4).map_err(|_| "COPY line too long".to_string())?;
                     self.cout.extend_from_slice(&len.to_be_bytes());
                     self.cout.extend_from_slice(&line);
                 }
-                None => self.cout.extend_from_slice(&frame.frame),
+                Ok(None) => self.cout.extend_from_slice(&frame.frame),
             }
             return Ok(());
         }
@@ -1060,15 +1074,35 @@ impl SessionLoop {
             }
         }
         let masker = engine.masker(&self.identity, facts.as_deref().unwrap_or(&StatementFacts::default()), &fields);
-        let refuse = format != 0 && !masker.is_noop();
+        // Only the plain text layout is masked: tab-separated, `\N` for
+        // NULL, no header. Anything else with something to mask is refused.
+        let plain =
+            facts.as_deref().is_none_or(|f| f.copy_options.iter().all(|o| o.eq_ignore_ascii_case("format=text")));
+        let column_masks = (0..fields.len()).any(|i| masker.mask_of(i).is_some());
+        let refuse = match (masker.is_noop(), format != 0, plain) {
+            (true, _, _) => None,
+            (false, true, _) if column_masks => {
+                Some("COPY in binary format of a result with masked columns is refused; use the text format")
+            }
+            (false, true, _) => Some(
+                "COPY in binary format cannot be scanned by the policy's PII detectors and is refused; use the text \
+                 format",
+            ),
+            (false, false, false) => Some(
+                "COPY of masked data is done in the plain text format only (no CSV, DELIMITER, HEADER, NULL, QUOTE, \
+                 ESCAPE or ENCODING options); this one is refused",
+            ),
+            (false, false, true) => None,
+        };
         if let Some(result) = self.current_result_mut() {
             result.copy_out = true;
+            result.copy_columns = columns.len();
             result.masker = Some(masker);
-            if refuse {
-                result.refused = Some("COPY in binary format of a result with masked columns is refused".to_string());
+            if let Some(reason) = refuse {
+                result.refused = Some(reason.to_string());
             }
         }
-        if refuse {
+        if refuse.is_some() {
             self.gw.cancel_session(self.gateway_pid).await;
             return Ok(());
         }
@@ -1201,6 +1235,7 @@ impl Result_ {
             rule: None,
             capped: false,
             copy_out: false,
+            copy_columns: 0,
             refused: None,
         }
     }
@@ -1245,17 +1280,21 @@ fn with_formats(fields: &[FieldDescription], formats: &[i16]) -> Vec<FieldDescri
 }
 
 /// Masks one line of COPY text format (`\t`-separated, `\N` for NULL,
-/// backslash escapes); `None` when nothing changed.
-fn mask_copy_line(masker: &RowMasker, line: &[u8]) -> Option<Vec<u8>> {
+/// backslash escapes); `None` when nothing changed, an error when the line
+/// does not have `columns` fields.
+fn mask_copy_line(masker: &RowMasker, line: &[u8], columns: usize) -> Result<Option<Vec<u8>>, ()> {
     let (body, newline) = match line.strip_suffix(b"\n") {
         Some(b) => (b, true),
         None => (line, false),
     };
     let raw: Vec<&[u8]> = body.split(|b| *b == b'\t').collect();
+    if raw.len() != columns {
+        return Err(());
+    }
     let decoded: Vec<Option<Vec<u8>>> = raw.iter().map(|f| copy_unescape(f)).collect();
     let mut row: Vec<Option<Cow<'_, [u8]>>> = decoded.iter().map(|v| v.as_deref().map(Cow::Borrowed)).collect();
     if masker.mask_row(&mut row) == 0 {
-        return None;
+        return Ok(None);
     }
     let mut out = Vec::with_capacity(line.len());
     for (i, value) in row.iter().enumerate() {
@@ -1270,7 +1309,7 @@ fn mask_copy_line(masker: &RowMasker, line: &[u8]) -> Option<Vec<u8>> {
     if newline {
         out.push(b'\n');
     }
-    Some(out)
+    Ok(Some(out))
 }
 
 fn copy_unescape(field: &[u8]) -> Option<Vec<u8>> {

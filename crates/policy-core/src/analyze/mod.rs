@@ -161,6 +161,12 @@ pub struct StatementFacts {
     /// Whether the outer result is bounded (constant LIMIT/FETCH FIRST, SHOW,
     /// EXPLAIN, counted FETCH).
     pub has_limit: bool,
+    /// The options of a `COPY` (`format=csv`, `delimiter=|`, `header`...),
+    /// names lower-cased, in order; empty for other statements. The
+    /// gateway masks `COPY ... TO STDOUT` data only in the plain text
+    /// layout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copy_options: Vec<String>,
     /// The statement runs SQL the engine cannot see.
     pub opaque: bool,
     /// 16 hex digits identifying the statement's normalised form.
@@ -277,6 +283,7 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
         functions: Vec::new(),
         has_where: None,
         has_limit: false,
+        copy_options: Vec::new(),
         opaque: false,
         fingerprint: fingerprint::fingerprint_text(sql),
         output_columns: Vec::new(),
@@ -350,6 +357,7 @@ fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, optio
         }
     }
     let has_limit = has_limit(stmt);
+    let copy_options = copy_options(stmt);
     let output_columns = lineage::outputs(stmt, &w.lineage_env());
     let Walker { class, tables, written, columns, functions, opaque, notes, modifies, unbounded, mut effects, .. } = w;
     for effect in &mut effects {
@@ -369,6 +377,7 @@ fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, optio
         functions: functions.into_iter().collect(),
         has_where: modifies.then_some(!unbounded),
         has_limit,
+        copy_options,
         opaque,
         fingerprint: fingerprint::fingerprint(stmt),
         output_columns,
@@ -379,6 +388,23 @@ fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, optio
 }
 
 // ------------------------------------------------------------------ helpers
+
+/// The options of a `COPY`, as `name` or `name=value` (names lower-cased).
+fn copy_options(stmt: NodeRef<'_>) -> Vec<String> {
+    let NodeRef::CopyStmt(c) = stmt else { return Vec::new() };
+    nodes(&c.options)
+        .filter_map(|n| match n {
+            NodeRef::DefElem(d) => Some(match node(&d.arg) {
+                None => d.defname.to_ascii_lowercase(),
+                Some(NodeRef::String(v)) => format!("{}={}", d.defname.to_ascii_lowercase(), v.sval),
+                Some(NodeRef::Integer(v)) => format!("{}={}", d.defname.to_ascii_lowercase(), v.ival),
+                Some(NodeRef::Boolean(v)) => format!("{}={}", d.defname.to_ascii_lowercase(), v.boolval),
+                Some(_) => format!("{}=(...)", d.defname.to_ascii_lowercase()),
+            }),
+            _ => None,
+        })
+        .collect()
+}
 
 fn node(n: &Option<Box<pb::Node>>) -> Option<NodeRef<'_>> {
     n.as_ref().and_then(|n| n.node.as_ref()).map(NodeEnum::to_ref)
