@@ -618,10 +618,7 @@ impl SessionLoop {
                 self.cout.extend_from_slice(&frame.frame);
                 return Ok(());
             }
-            b'A' => {
-                self.cout.extend_from_slice(&frame.frame);
-                return Ok(());
-            }
+            b'A' => return self.relay_notification(&frame),
             b'N' => return self.relay_report(&frame),
             _ => {}
         }
@@ -1189,6 +1186,36 @@ impl SessionLoop {
         self.cout.extend_from_slice(&frame.frame);
     }
 
+    /// Relays a `NotificationResponse` (LISTEN/NOTIFY); its payload is data
+    /// any session may have sent, so it passes through the detectors.
+    fn relay_notification(&mut self, frame: &BackendFrame) -> SessionResult {
+        let body = frame.body();
+        let parsed = body.get(4..).and_then(|rest| {
+            let channel_end = rest.iter().position(|b| *b == 0)?;
+            let payload = rest.get(channel_end + 1..)?.strip_suffix(b"\0")?;
+            Some((rest.get(..channel_end)?, std::str::from_utf8(payload).ok()?))
+        });
+        let Some((channel, payload)) = parsed else {
+            return Err("malformed NotificationResponse from the database".to_string());
+        };
+        let scrubber = self.gw.engine().scrubber(&self.identity, &[]);
+        let Scrubbed::Replace(clean) = scrubber.scrub("00000", b'M', payload) else {
+            self.forward_to_client(frame);
+            return Ok(());
+        };
+        let mut body = Vec::with_capacity(frame.frame.len());
+        body.extend_from_slice(body_pid(frame));
+        body.extend_from_slice(channel);
+        body.push(0);
+        body.extend_from_slice(clean.as_bytes());
+        body.push(0);
+        let len = i32::try_from(body.len() + 4).map_err(|_| "notification too long".to_string())?;
+        self.cout.extend_from_slice(b"A");
+        self.cout.extend_from_slice(&len.to_be_bytes());
+        self.cout.extend_from_slice(&body);
+        Ok(())
+    }
+
     /// Relays a server error or notice, scrubbed for this client.
     fn relay_report(&mut self, frame: &BackendFrame) -> SessionResult {
         let fields = codec::parse_fields(frame).map_err(|e| e.to_string())?;
@@ -1239,6 +1266,11 @@ impl Result_ {
             refused: None,
         }
     }
+}
+
+/// The sending backend's pid at the start of a `NotificationResponse`.
+fn body_pid(frame: &BackendFrame) -> &[u8] {
+    frame.body().get(..4).unwrap_or_default()
 }
 
 /// The refusal message of a decision that is not an allow.

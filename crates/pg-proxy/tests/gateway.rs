@@ -306,3 +306,28 @@ async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
     .await;
     out.into_iter().map(|v| v.unwrap()).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_payloads_pass_through_the_detectors() {
+    let stack = Stack::start();
+    let token = stack.token("alice", &["developers"], None);
+    let (listener, mut connection) =
+        tokio_postgres::connect(&stack.conninfo(&token), tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Drive the connection and pass on the payloads of its notifications.
+    tokio::spawn(std::future::poll_fn(move |cx| loop {
+        match connection.poll_message(cx) {
+            std::task::Poll::Ready(Some(Ok(tokio_postgres::AsyncMessage::Notification(n)))) => {
+                let _ = tx.send(n.payload().to_string());
+            }
+            std::task::Poll::Ready(Some(Ok(_))) => {}
+            std::task::Poll::Ready(_) => return std::task::Poll::Ready(()),
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        }
+    }));
+    listener.batch_execute("LISTEN payments").await.unwrap();
+    // Another session (on the server directly) notifies with a card number in the payload.
+    stack.cluster.psql("app", "NOTIFY payments, 'paid with 4111 1111 1111 1111'").unwrap();
+    let payload = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(payload, "paid with ****1111");
+}
