@@ -64,6 +64,10 @@ use crate::server::{Gateway, Ready};
 use crate::tls::Stream;
 use crate::upstream::Connection;
 
+/// Read size, and the most buffer capacity an idle session keeps.
+const READ_BYTES: usize = 8 * 1024;
+const KEEP_BUFFER_BYTES: usize = 64 * 1024;
+
 /// SQLSTATE of a refusal by policy.
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATE of the row cap.
@@ -110,7 +114,7 @@ struct Portal {
 #[derive(Debug)]
 struct Result_ {
     facts: Option<Arc<StatementFacts>>,
-    masker: Option<RowMasker>,
+    masker: Option<Arc<RowMasker>>,
     rows: u64,
     cap: u64,
     rule: Option<String>,
@@ -138,6 +142,19 @@ impl Result_ {
             refused: None,
         }
     }
+}
+
+/// Most masking plans a session keeps (by statement shape).
+const MASKER_CACHE_ENTRIES: usize = 256;
+
+/// A masking plan, with what it was made from.
+#[derive(Debug)]
+struct CachedMasker {
+    /// The engine (policy) it was made under.
+    engine: usize,
+    lineage: Vec<policy_core::OutputColumn>,
+    fields: Vec<FieldDescription>,
+    masker: Arc<RowMasker>,
 }
 
 /// What the server is expected to answer, in order.
@@ -195,9 +212,9 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, id: u64) {
         id,
         client,
         cbuf: client_buf,
-        cout: BytesMut::with_capacity(16 * 1024),
+        cout: BytesMut::new(),
         up: upstream,
-        uout: BytesMut::with_capacity(16 * 1024),
+        uout: BytesMut::new(),
         identity,
         database,
         state: engine_session,
@@ -216,6 +233,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, id: u64) {
         closing: false,
         skip_until_ready: false,
         ids: 0,
+        maskers: HashMap::new(),
     };
     let outcome = s.run().await;
     if !s.pending.is_empty() {
@@ -269,6 +287,8 @@ struct SessionLoop {
     skip_until_ready: bool,
     /// The last id given to a prepared statement or portal.
     ids: u64,
+    /// Masking plans by statement fingerprint.
+    maskers: HashMap<String, Vec<CachedMasker>>,
 }
 
 type SessionResult = Result<(), String>;
@@ -281,8 +301,8 @@ impl SessionLoop {
         self.on_upstream_bytes(max).await?;
         self.flush().await?;
         while !self.closing {
-            self.cbuf.reserve(8192);
-            self.up.buf.reserve(8192);
+            self.cbuf.reserve(READ_BYTES);
+            self.up.buf.reserve(READ_BYTES);
             let hold_client = self.barrier;
             tokio::select! {
                 r = self.client.read_buf(&mut self.cbuf), if !hold_client => {
@@ -322,6 +342,18 @@ impl SessionLoop {
         if !self.cout.is_empty() {
             self.client.write_all(&self.cout).await.map_err(|e| format!("client: {e}"))?;
             self.cout.clear();
+        }
+        // A large result leaves large buffers: an idle session gives them back.
+        for buf in [&mut self.cout, &mut self.uout] {
+            if buf.capacity() > KEEP_BUFFER_BYTES {
+                *buf = BytesMut::new();
+            }
+        }
+        if self.cbuf.is_empty() && self.cbuf.capacity() > KEEP_BUFFER_BYTES {
+            self.cbuf = BytesMut::new();
+        }
+        if self.up.buf.is_empty() && self.up.buf.capacity() > KEEP_BUFFER_BYTES {
+            self.up.buf = BytesMut::new();
         }
         Ok(())
     }
@@ -761,7 +793,12 @@ impl SessionLoop {
                 return Ok(());
             }
             b'n' => Vec::new(),
-            b'T' => codec::parse_row_description(&frame).map_err(|e| e.to_string())?,
+            // Names copied out: kept fields must not pin the read buffer.
+            b'T' => codec::parse_row_description(&frame)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|f| FieldDescription { name: Str::from(f.name.as_str().to_string()), ..f })
+                .collect(),
             b'E' => return self.on_block_error(&frame),
             other => return Err(format!("unexpected message '{}' after Describe", other as char)),
         };
@@ -1094,7 +1131,7 @@ impl SessionLoop {
         if let Some(result) = self.current_result_mut() {
             result.copy_out = true;
             result.copy_columns = columns.len();
-            result.masker = Some(masker);
+            result.masker = Some(Arc::new(masker));
             if let Some(reason) = refuse {
                 result.refused = Some(reason.to_string());
             }
@@ -1126,21 +1163,31 @@ impl SessionLoop {
     async fn after_command(&mut self, facts: Option<&StatementFacts>) {
         if facts.is_some_and(|f| f.class == policy_core::Class::Ddl) {
             self.gw.catalog.invalidate(&self.database).await;
+            self.maskers.clear();
         }
     }
 
     /// A masker for a result whose columns the gateway does not know.
-    fn unknown_columns_masker(&self, n: usize) -> RowMasker {
+    fn unknown_columns_masker(&self, n: usize) -> Arc<RowMasker> {
         let engine = self.gw.engine();
         let columns: Vec<ColumnInfo> = (0..n).map(|i| ColumnInfo::new(&format!("column{i}"), None, 0, true)).collect();
-        engine.masker(&self.identity, &StatementFacts::default(), &columns)
+        Arc::new(engine.masker(&self.identity, &StatementFacts::default(), &columns))
     }
 
-    /// Plans the masking of a result.
-    async fn masker(&mut self, facts: Option<&StatementFacts>, fields: &[FieldDescription]) -> RowMasker {
+    /// Plans the masking of a result, or finds the plan made for the same
+    /// statement shape, lineage and columns under the same policy.
+    async fn masker(&mut self, facts: Option<&StatementFacts>, fields: &[FieldDescription]) -> Arc<RowMasker> {
         let engine = self.gw.engine();
         if engine.policy().masks.is_empty() && engine.detectors().is_empty() {
-            return RowMasker::default();
+            return Arc::new(RowMasker::default());
+        }
+        let engine_id = Arc::as_ptr(&engine) as usize;
+        let key = facts.map(|f| f.fingerprint.clone()).unwrap_or_default();
+        let lineage = facts.map(|f| f.output_columns.as_slice()).unwrap_or_default();
+        if let Some(hit) = self.maskers.get(&key).and_then(|entries| {
+            entries.iter().find(|e| e.engine == engine_id && e.lineage == lineage && e.fields == fields)
+        }) {
+            return Arc::clone(&hit.masker);
         }
         let mut oids: Vec<u32> = fields.iter().map(|f| f.table_oid).filter(|o| *o != 0).collect();
         oids.sort_unstable();
@@ -1158,7 +1205,17 @@ impl SessionLoop {
             })
             .collect();
         let default = StatementFacts::default();
-        engine.masker(&self.identity, facts.unwrap_or(&default), &columns)
+        let masker = Arc::new(engine.masker(&self.identity, facts.unwrap_or(&default), &columns));
+        if self.maskers.len() >= MASKER_CACHE_ENTRIES {
+            self.maskers.clear();
+        }
+        self.maskers.entry(key).or_default().push(CachedMasker {
+            engine: engine_id,
+            lineage: lineage.to_vec(),
+            fields: fields.to_vec(),
+            masker: Arc::clone(&masker),
+        });
+        masker
     }
 
     fn forward_row_description(
