@@ -67,6 +67,8 @@ use crate::upstream::Connection;
 /// Read size, and the most buffer capacity an idle session keeps.
 const READ_BYTES: usize = 8 * 1024;
 const KEEP_BUFFER_BYTES: usize = 64 * 1024;
+/// The largest read from the server while a result streams.
+const MAX_READ_BYTES: usize = 256 * 1024;
 
 /// SQLSTATE of a refusal by policy.
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
@@ -300,9 +302,13 @@ impl SessionLoop {
         self.on_client_bytes(max).await?;
         self.on_upstream_bytes(max).await?;
         self.flush().await?;
+        // Reads from the server grow while results stream (a read that
+        // fills the space doubles it, up to MAX_READ_BYTES) and start small
+        // again when the session is idle.
+        let mut up_read = READ_BYTES;
         while !self.closing {
             self.cbuf.reserve(READ_BYTES);
-            self.up.buf.reserve(READ_BYTES);
+            self.up.buf.reserve(up_read);
             let hold_client = self.barrier;
             tokio::select! {
                 r = self.client.read_buf(&mut self.cbuf), if !hold_client => {
@@ -315,7 +321,11 @@ impl SessionLoop {
                     self.on_client_bytes(max).await?;
                 }
                 r = self.up.stream.read_buf(&mut self.up.buf) => {
-                    if r.map_err(|e| format!("upstream: {e}"))? == 0 {
+                    let n = r.map_err(|e| format!("upstream: {e}"))?;
+                    if n >= up_read {
+                        up_read = (up_read * 2).min(MAX_READ_BYTES);
+                    }
+                    if n == 0 {
                         self.cout.clear();
                         let _ = codec::error_response(
                             &mut self.cout, "FATAL", "08006", "the database closed the connection", &[]);
@@ -330,6 +340,9 @@ impl SessionLoop {
                 }
             }
             self.flush().await?;
+            if self.pending.is_empty() {
+                up_read = READ_BYTES;
+            }
         }
         Ok(())
     }
@@ -344,6 +357,9 @@ impl SessionLoop {
             self.cout.clear();
         }
         // A large result leaves large buffers: an idle session gives them back.
+        if !self.pending.is_empty() {
+            return Ok(());
+        }
         for buf in [&mut self.cout, &mut self.uout] {
             if buf.capacity() > KEEP_BUFFER_BYTES {
                 *buf = BytesMut::new();
