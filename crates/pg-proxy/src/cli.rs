@@ -269,22 +269,8 @@ pub(crate) fn run() -> ExitCode {
 
 fn serve(path: &Path) -> ExitCode {
     init_logging();
-    let config = match pg_proxy::config::Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(pg_proxy::server::run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match pg_proxy::config::Config::load(path) {
+        Ok(config) => run_async(pg_proxy::server::run(config)),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -296,14 +282,17 @@ fn demo(options: pg_proxy::demo::DemoOptions) -> ExitCode {
     if std::env::var_os("RUST_LOG").is_some() {
         init_logging();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(pg_proxy::demo::run(options)) {
+    run_async(pg_proxy::demo::run(options))
+}
+
+/// Runs `work` on a multi-threaded runtime: exit 0, or 1 with the error.
+fn run_async(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))
+        .and_then(|runtime| runtime.block_on(work));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

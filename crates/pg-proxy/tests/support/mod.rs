@@ -54,22 +54,14 @@ impl Stack {
         cluster.create_role("app", APP_PASSWORD, false).unwrap();
         cluster.create_database("app", "app").unwrap();
         let schema = std::fs::read_to_string(repo("examples/demo.sql")).unwrap();
-        let out = Command::new(cluster.bin_dir().join("psql"))
+        let psql = cluster.bin_dir().join("psql");
+        let out = Command::new(if psql.exists() { psql } else { PathBuf::from("psql") })
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
             .arg(format!("host=127.0.0.1 port={} user=app dbname=app", cluster.port()))
             .env("PGPASSWORD", APP_PASSWORD)
             .arg("-c")
             .arg(&schema)
             .output()
-            .or_else(|_| {
-                Command::new("psql")
-                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-                    .arg(format!("host=127.0.0.1 port={} user=app dbname=app", cluster.port()))
-                    .env("PGPASSWORD", APP_PASSWORD)
-                    .arg("-c")
-                    .arg(&schema)
-                    .output()
-            })
             .unwrap();
         assert!(out.status.success(), "loading demo.sql: {}", String::from_utf8_lossy(&out.stderr));
 
