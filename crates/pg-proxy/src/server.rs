@@ -1,5 +1,5 @@
-//! The gateway: accepting clients, logging them in, and handing each to a
-//! [`session`](crate::session).
+//! The gateway: accepting clients, logging them in, and handing each to the
+//! [`session`] module.
 //!
 //! A connection goes through:
 //!

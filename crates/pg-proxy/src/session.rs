@@ -46,6 +46,28 @@
 //!   rows are masked like result rows (text format), column by column.
 //! - `F` (function call) is refused; `require_approval` is refused with a
 //!   message saying approval is not available in this version.
+//!
+//! ## Where audit and approvals fit
+//!
+//! Every statement passes one point before it is forwarded: `on_query` and
+//! `on_parse` hold the decision and the frame, and nothing reaches the
+//! server until they return. That is where the next pieces of PROXY.md go:
+//!
+//! - the durable audit record is written (awaited) there, and a failure to
+//!   write it turns the statement into a refusal, with the same substitute
+//!   statement as a policy refusal; results are recorded where the session
+//!   already sees them (`CommandComplete`, the row counts of each result,
+//!   the masked-cell counts `mask_row` returns, errors);
+//! - a statement that needs approval becomes a held entry: its frame is
+//!   kept, the session stops reading the client's next messages exactly as
+//!   it does while it reads `search_path` back (the `barrier`), and the
+//!   loop waits on the approval as well as the client and the server; a
+//!   client `CancelRequest` reaches the session through the gateway's
+//!   cancel registry and ends the wait with `57014`. Approved, the frame is
+//!   forwarded as if it had just arrived; refused or timed out, it becomes
+//!   a refusal. The session goes on either way;
+//! - approvals and audit records shared by replicas live in PostgreSQL,
+//!   reached through the same upstream connector as the catalog.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
