@@ -572,7 +572,7 @@ impl SessionLoop {
             settings |= self.apply_effects(&s.facts);
         }
         let decision = Arc::new(decision);
-        let first = decision.statements.first().map(|s| Arc::new(s.facts.clone()));
+        let first = decision.statements.first().map(|s| Arc::clone(&s.facts));
         let result = Result_::new(first, &decision);
         self.forward(&frame, Some(Pending::Query { decision, index: 0, result, failed: false, refusal: None }));
         if settings {
@@ -617,7 +617,7 @@ impl SessionLoop {
             }
             return self.fail_block(INSUFFICIENT_PRIVILEGE, message);
         }
-        let facts = decision.statements.first().map(|s| Arc::new(s.facts.clone()));
+        let facts = decision.statements.first().map(|s| Arc::clone(&s.facts));
         let prepared = Prepared { id: self.next_id(), facts, decision: Arc::new(decision), fields: None };
         self.statements.insert(name.to_string(), Some(prepared));
         self.forward(&frame, Some(Pending::Parse));
@@ -979,7 +979,7 @@ impl SessionLoop {
         if failed {
             return Ok(());
         }
-        let facts = decision.statements.get(index).map(|s| Arc::new(s.facts.clone()));
+        let facts = decision.statements.get(index).map(|s| Arc::clone(&s.facts));
         match frame.kind {
             b'T' => {
                 let fields = codec::parse_row_description(&frame).map_err(|e| e.to_string())?;
@@ -1014,7 +1014,7 @@ impl SessionLoop {
                 self.forward_to_client(&frame);
                 if let Some(Pending::Query { index, result, .. }) = self.pending.front_mut() {
                     *index += 1;
-                    let next = decision.statements.get(*index).map(|s| Arc::new(s.facts.clone()));
+                    let next = decision.statements.get(*index).map(|s| Arc::clone(&s.facts));
                     *result = Result_::new(next, &decision);
                 }
                 Ok(())
@@ -1066,7 +1066,10 @@ impl SessionLoop {
 
     /// A result row (`DataRow`, or `CopyData` of a COPY TO STDOUT).
     async fn on_row(&mut self, frame: BackendFrame) -> SessionResult {
-        let Some(result) = self.current_result_mut() else { return Ok(()) };
+        let result = match self.pending.front_mut() {
+            Some(Pending::Query { result, .. }) | Some(Pending::Execute { result, .. }) => result,
+            _ => return Ok(()),
+        };
         if result.refused.is_some() {
             return Ok(());
         }
@@ -1090,7 +1093,8 @@ impl SessionLoop {
         };
         if frame.kind == b'd' {
             let columns = result.copy_columns;
-            match mask_copy_line(masker, frame.body(), columns) {
+            let outcome = mask_copy_line(masker, frame.body(), columns, &mut self.cout);
+            match outcome {
                 Err(()) => {
                     // A line that does not split into the result's columns
                     // cannot be masked: the rest of the COPY is refused.
@@ -1099,15 +1103,12 @@ impl SessionLoop {
                          is refused"
                             .to_string(),
                     );
-                    self.gw.cancel_session(self.gateway_pid).await;
                 }
-                Ok(Some(line)) => {
-                    self.cout.extend_from_slice(b"d");
-                    let len = i32::try_from(line.len() + 4).map_err(|_| "COPY line too long".to_string())?;
-                    self.cout.extend_from_slice(&len.to_be_bytes());
-                    self.cout.extend_from_slice(&line);
-                }
-                Ok(None) => self.cout.extend_from_slice(&frame.frame),
+                Ok(true) => {}
+                Ok(false) => self.cout.extend_from_slice(&frame.frame),
+            }
+            if outcome.is_err() {
+                self.gw.cancel_session(self.gateway_pid).await;
             }
             return Ok(());
         }
@@ -1293,7 +1294,7 @@ impl SessionLoop {
         let Some((channel, payload)) = parsed else {
             return Err("malformed NotificationResponse from the database".to_string());
         };
-        let scrubber = self.gw.engine().scrubber(&self.identity, &[]);
+        let scrubber = self.gw.engine().scrubber(&self.identity, []);
         let Scrubbed::Replace(clean) = scrubber.scrub("00000", b'M', payload) else {
             self.forward_to_client(frame);
             return Ok(());
@@ -1315,12 +1316,12 @@ impl SessionLoop {
     fn relay_report(&mut self, frame: &BackendFrame) -> SessionResult {
         let fields = codec::parse_fields(frame).map_err(|e| e.to_string())?;
         let engine = self.gw.engine();
-        let facts: Vec<StatementFacts> = match self.pending.front() {
-            Some(Pending::Query { decision, .. }) => decision.statements.iter().map(|s| s.facts.clone()).collect(),
-            Some(Pending::Execute { result, .. }) => result.facts.iter().map(|f| (**f).clone()).collect(),
+        let facts: Vec<Arc<StatementFacts>> = match self.pending.front() {
+            Some(Pending::Query { decision, .. }) => decision.statements.iter().map(|s| Arc::clone(&s.facts)).collect(),
+            Some(Pending::Execute { result, .. }) => result.facts.iter().cloned().collect(),
             _ => Vec::new(),
         };
-        let scrubber = engine.scrubber(&self.identity, &facts);
+        let scrubber = engine.scrubber(&self.identity, facts.iter().map(|f| &**f));
         let sqlstate = fields.iter().find(|(c, _)| *c == b'C').map(|(_, v)| v.as_str().to_string()).unwrap_or_default();
         let mut changed = false;
         let mut out: Vec<(u8, Cow<'_, str>)> = Vec::with_capacity(fields.len());
@@ -1407,41 +1408,53 @@ fn with_formats(fields: &[FieldDescription], formats: &[i16]) -> Vec<FieldDescri
 }
 
 /// Masks one line of COPY text format (`\t`-separated, `\N` for NULL,
-/// backslash escapes); `None` when nothing changed, an error when the line
-/// does not have `columns` fields.
-fn mask_copy_line(masker: &RowMasker, line: &[u8], columns: usize) -> Result<Option<Vec<u8>>, ()> {
+/// backslash escapes) and, when something changed, appends the masked
+/// `CopyData` message to `out` and returns true. Fields without an escape
+/// are not copied; an error when the line does not have `columns` fields.
+fn mask_copy_line(masker: &RowMasker, line: &[u8], columns: usize, out: &mut BytesMut) -> Result<bool, ()> {
     let (body, newline) = match line.strip_suffix(b"\n") {
         Some(b) => (b, true),
         None => (line, false),
     };
-    let raw: Vec<&[u8]> = body.split(|b| *b == b'\t').collect();
-    if raw.len() != columns {
+    let mut row: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(columns);
+    row.extend(body.split(|b| *b == b'\t').map(copy_unescape));
+    if row.len() != columns {
         return Err(());
     }
-    let decoded: Vec<Option<Vec<u8>>> = raw.iter().map(|f| copy_unescape(f)).collect();
-    let mut row: Vec<Option<Cow<'_, [u8]>>> = decoded.iter().map(|v| v.as_deref().map(Cow::Borrowed)).collect();
     if masker.mask_row(&mut row) == 0 {
-        return Ok(None);
+        return Ok(false);
     }
-    let mut out = Vec::with_capacity(line.len());
+    let start = out.len();
+    out.extend_from_slice(b"d\0\0\0\0");
     for (i, value) in row.iter().enumerate() {
         if i > 0 {
-            out.push(b'\t');
+            out.extend_from_slice(b"\t");
         }
         match value {
             None => out.extend_from_slice(b"\\N"),
-            Some(v) => copy_escape(v, &mut out),
+            Some(v) => copy_escape(v, out),
         }
     }
     if newline {
-        out.push(b'\n');
+        out.extend_from_slice(b"\n");
     }
-    Ok(Some(out))
+    let Ok(len) = i32::try_from(out.len() - start - 1) else {
+        out.truncate(start);
+        return Err(());
+    };
+    if let Some(word) = out.get_mut(start + 1..start + 5) {
+        word.copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(true)
 }
 
-fn copy_unescape(field: &[u8]) -> Option<Vec<u8>> {
+/// One COPY text field: `None` for `\N`, borrowed when it has no escape.
+fn copy_unescape(field: &[u8]) -> Option<Cow<'_, [u8]>> {
     if field == b"\\N" {
         return None;
+    }
+    if !field.contains(&b'\\') {
+        return Some(Cow::Borrowed(field));
     }
     let mut out = Vec::with_capacity(field.len());
     let mut bytes = field.iter().copied();
@@ -1461,19 +1474,24 @@ fn copy_unescape(field: &[u8]) -> Option<Vec<u8>> {
             None => out.push(b'\\'),
         }
     }
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
-fn copy_escape(value: &[u8], out: &mut Vec<u8>) {
-    for &b in value {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => out.push(b),
-        }
+fn copy_escape(value: &[u8], out: &mut BytesMut) {
+    let mut plain = 0;
+    for (i, &b) in value.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            _ => continue,
+        };
+        out.extend_from_slice(value.get(plain..i).unwrap_or_default());
+        out.extend_from_slice(escaped);
+        plain = i + 1;
     }
+    out.extend_from_slice(value.get(plain..).unwrap_or_default());
 }
 
 #[cfg(test)]
@@ -1484,9 +1502,9 @@ mod tests {
     fn copy_text_round_trips() {
         for field in [&b"plain"[..], b"tab\\there", b"back\\\\slash", b"new\\nline"] {
             let decoded = copy_unescape(field).unwrap();
-            let mut out = Vec::new();
+            let mut out = BytesMut::new();
             copy_escape(&decoded, &mut out);
-            assert_eq!(out, field);
+            assert_eq!(&out[..], field);
         }
         assert_eq!(copy_unescape(b"\\N"), None);
     }

@@ -40,7 +40,7 @@ impl std::fmt::Display for Verdict {
 pub struct StatementDecision {
     /// What the analysis found.
     #[serde(flatten)]
-    pub facts: StatementFacts,
+    pub facts: Arc<StatementFacts>,
     /// This statement's own verdict.
     pub verdict: Verdict,
     /// The deciding rule; `None` when no rule matched.

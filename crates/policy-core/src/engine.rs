@@ -226,7 +226,11 @@ impl Engine {
     /// Prepares the scrubbing of the server's error and notice texts for
     /// `identity` while `statements` run (see [`MessageScrubber`]); pass no
     /// statements for messages outside any statement.
-    pub fn scrubber(&self, identity: &Identity, statements: &[StatementFacts]) -> MessageScrubber {
+    pub fn scrubber<'a>(
+        &self,
+        identity: &Identity,
+        statements: impl IntoIterator<Item = &'a StatementFacts>,
+    ) -> MessageScrubber {
         MessageScrubber::new(&self.inner.masks, &self.inner.detectors, identity, statements)
     }
 

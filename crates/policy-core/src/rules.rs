@@ -9,6 +9,8 @@
 //! `unknown` always gets `settings.on_parse_error`. Rule order never changes
 //! a verdict; it only picks which of several matching rules is named.
 
+use std::sync::Arc;
+
 use crate::analyze::{Analysis, Class, StatementFacts};
 use crate::decision::{Decision, StatementDecision, Verdict};
 use crate::identity::Identity;
@@ -215,7 +217,7 @@ pub(crate) fn decide(
             }
         }
         statements.push(StatementDecision {
-            facts,
+            facts: Arc::new(facts),
             verdict: outcome.verdict,
             rule: outcome.rule,
             reason: outcome.reason,

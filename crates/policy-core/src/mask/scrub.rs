@@ -61,15 +61,15 @@ pub struct MessageScrubber {
 }
 
 impl MessageScrubber {
-    pub(crate) fn new(
+    pub(crate) fn new<'a>(
         masks: &[ColumnMask],
         detectors: &Detectors,
         identity: &Identity,
-        statements: &[StatementFacts],
+        statements: impl IntoIterator<Item = &'a StatementFacts>,
     ) -> Self {
         let active = active_masks(masks, identity);
         MessageScrubber {
-            reads_masked: statements.iter().any(|f| reads_masked(&active, f)),
+            reads_masked: statements.into_iter().any(|f| reads_masked(&active, f)),
             detectors: ActiveDetectors::for_identity(detectors, identity),
         }
     }
