@@ -58,6 +58,9 @@ Options:
   --pg-proxy PATH         the gateway binary (default: target/release/pg-proxy, or $PG_PROXY_BIN)
   --help                  this text
 
+Environment: GATEWAY_BENCH_THREADS=N gives the gateway N runtime threads
+(default: one per CPU).
+
 Needs PostgreSQL's server binaries (initdb, pg_ctl), pgbench, psql and pgbouncer.";
 
 /// Where pgbench and psql connect.
@@ -455,6 +458,11 @@ fn start_gateway(tools: &Tools, cluster: &Cluster, password: &str) -> Result<(Pr
         cluster.port(),
         policy = policy.display().to_string(),
     );
+    // The gateway's runtime threads, for comparing (0 or unset: one per CPU).
+    let config = match std::env::var("GATEWAY_BENCH_THREADS") {
+        Ok(n) => format!("{config}\n[limits]\nworker_threads = {}\n", number::<usize>(&n)?),
+        Err(_) => config,
+    };
     let config_path = dir.join("gateway.toml");
     write_file(&config_path, &config)?;
     let log = dir.join("gateway.log");

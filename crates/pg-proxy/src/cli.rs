@@ -270,7 +270,10 @@ pub(crate) fn run() -> ExitCode {
 fn serve(path: &Path) -> ExitCode {
     init_logging();
     match pg_proxy::config::Config::load(path) {
-        Ok(config) => run_async(pg_proxy::server::run(config)),
+        Ok(config) => {
+            let threads = config.limits.worker_threads;
+            run_async_with(threads, pg_proxy::server::run(config))
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -287,7 +290,16 @@ fn demo(options: pg_proxy::demo::DemoOptions) -> ExitCode {
 
 /// Runs `work` on a multi-threaded runtime: exit 0, or 1 with the error.
 fn run_async(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let outcome = tokio::runtime::Builder::new_multi_thread()
+    run_async_with(0, work)
+}
+
+/// `run_async` with `threads` worker threads (0: one per CPU).
+fn run_async_with(threads: usize, work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    let outcome = builder
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))

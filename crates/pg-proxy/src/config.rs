@@ -27,6 +27,7 @@
 //! max_message_bytes = 67108864       # largest frontend message accepted
 //! max_connections = 1000
 //! login_timeout = "30s"
+//! worker_threads = 0                 # runtime threads; 0: one per CPU
 //!
 //! [masking]
 //! pseudonym_key_env = "PORTCULLIS_PSEUDONYM_KEY"  # for `hash` masks; or pseudonym_key_file
@@ -184,6 +185,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time a client has to complete the login.
     pub login_timeout: Duration,
+    /// Threads of the runtime (0: one per CPU).
+    pub worker_threads: usize,
 }
 
 #[derive(Deserialize)]
@@ -242,6 +245,7 @@ struct RawLimits {
     max_message_bytes: Option<usize>,
     max_connections: Option<usize>,
     login_timeout: Option<String>,
+    worker_threads: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -319,6 +323,7 @@ impl Config {
                 Some(t) => parse_duration(t).map_err(|e| invalid(format!("[limits] login_timeout: {e}")))?,
                 None => Duration::from_secs(30),
             },
+            worker_threads: raw.limits.worker_threads.unwrap_or(0),
         };
         if limits.max_message_bytes < 1024 || limits.max_message_bytes > i32::MAX as usize {
             return Err(invalid(format!(
