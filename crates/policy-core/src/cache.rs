@@ -7,6 +7,11 @@
 //! `EXECUTE` also depend on the session's prepared statements and are not
 //! cached.
 //!
+//! A text is cached the second time it is decided (a per-shard set of the
+//! key hashes seen once, emptied when it reaches [`SEEN_ONCE_LIMIT`]): the
+//! statements that never repeat (a new literal in every one) cost no cache
+//! entry, no sweep and no copy of their key.
+//!
 //! Memory is bounded: 16 shards, each holding at most 1/16 of the byte
 //! budget (8 MiB by default), counting the key's bytes and an estimate of
 //! the decision's. Texts longer than 16 KiB are not cached. When a shard is
@@ -26,6 +31,8 @@ pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
 /// Longest SQL text that is cached.
 pub const MAX_CACHED_SQL: usize = 16 << 10;
 const SHARDS: usize = 16;
+/// Key hashes a shard remembers as seen once.
+pub const SEEN_ONCE_LIMIT: usize = 4096;
 
 #[derive(Debug, PartialEq, Eq)]
 struct Key {
@@ -58,6 +65,8 @@ struct Entry {
 struct Shard {
     map: HashMap<u64, Vec<Entry>>,
     bytes: usize,
+    /// Key hashes decided once and not cached yet.
+    seen_once: std::collections::HashSet<u64>,
 }
 
 /// A bounded, sharded map from (text, caller, session) to decisions.
@@ -135,6 +144,13 @@ impl DecisionCache {
         }
         let hash = key_hash(&self.hasher, sql, identity, session);
         let Some(Ok(mut shard)) = self.shard(hash).map(Mutex::lock) else { return };
+        if !shard.seen_once.remove(&hash) {
+            if shard.seen_once.len() >= SEEN_ONCE_LIMIT {
+                shard.seen_once.clear();
+            }
+            shard.seen_once.insert(hash);
+            return;
+        }
         if shard.bytes + bytes > self.shard_budget {
             shard.sweep(self.shard_budget.saturating_sub(bytes));
         }
