@@ -550,14 +550,25 @@ impl SessionLoop {
 
     fn decide(&self, engine: &Engine, sql: &Str) -> Decision {
         let decision = engine.decide(&self.identity, &self.state, sql.as_str());
-        tracing::info!(
-            subject = %decision.subject,
-            actor = decision.actor.as_deref(),
-            verdict = %decision.verdict,
-            rule = decision.rule.as_deref(),
-            fingerprint = decision.statements.first().map(|s| s.facts.fingerprint.as_str()),
-            "statement decided"
-        );
+        // Refusals are logged at info; allowed statements at debug (a line
+        // per statement is the audit log's job, not the process log's).
+        macro_rules! decided {
+            ($level:ident) => {
+                tracing::$level!(
+                    subject = %decision.subject,
+                    actor = decision.actor.as_deref(),
+                    verdict = %decision.verdict,
+                    rule = decision.rule.as_deref(),
+                    fingerprint = decision.statements.first().map(|s| s.facts.fingerprint.as_str()),
+                    "statement decided"
+                )
+            };
+        }
+        if decision.verdict == Verdict::Allow {
+            decided!(debug);
+        } else {
+            decided!(info);
+        }
         decision
     }
 
