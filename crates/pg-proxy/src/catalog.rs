@@ -77,51 +77,41 @@ impl Catalog {
     pub async fn tables(&self, database: &str, oids: &[u32]) -> HashMap<u32, Arc<Table>> {
         let db = self.database(database).await;
         let mut db = db.lock().await;
-        let missing: Vec<u32> = oids.iter().copied().filter(|o| *o != 0 && !db.tables.contains_key(o)).collect();
+        let missing: Vec<String> =
+            oids.iter().filter(|o| **o != 0 && !db.tables.contains_key(o)).map(u32::to_string).collect();
         if !missing.is_empty() {
-            if let Err(e) = self.load(&mut db, database, &missing).await {
-                tracing::warn!(database, "catalog lookup failed: {e}");
-                db.conn = None;
+            // The OIDs are integers the gateway formats itself.
+            let sql = format!(
+                "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname \
+                 FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+                 WHERE c.oid IN ({}) AND a.attnum > 0 AND NOT a.attisdropped",
+                missing.join(",")
+            );
+            if let Some(rows) = self.query(&mut db, database, &sql).await {
+                if db.tables.len() + missing.len() > MAX_TABLES {
+                    db.tables.clear();
+                }
+                let mut found: HashMap<u32, Table> = HashMap::new();
+                for row in rows {
+                    let [Some(oid), Some(schema), Some(name), Some(attnum), Some(attname)] = row.as_slice() else {
+                        continue;
+                    };
+                    let (Ok(oid), Ok(attnum)) = (oid.parse::<u32>(), attnum.parse::<i16>()) else { continue };
+                    let table = found.entry(oid).or_insert_with(|| Table {
+                        schema: schema.clone(),
+                        name: name.clone(),
+                        columns: HashMap::new(),
+                    });
+                    table.columns.insert(attnum, attname.clone());
+                }
+                for (oid, table) in found {
+                    db.tables.insert(oid, Arc::new(table));
+                }
             }
         }
         oids.iter().filter_map(|o| db.tables.get(o).map(|t| (*o, Arc::clone(t)))).collect()
-    }
-
-    async fn load(&self, db: &mut Database, database: &str, oids: &[u32]) -> Result<(), upstream::UpstreamError> {
-        if db.conn.is_none() {
-            let params = [("application_name", "portcullis-catalog"), ("client_encoding", "UTF8")];
-            db.conn = Some(upstream::connect(&self.target, database, &params).await?);
-        }
-        let Some(conn) = db.conn.as_mut() else { return Ok(()) };
-        // The OIDs are integers the gateway formats itself.
-        let list: Vec<String> = oids.iter().map(u32::to_string).collect();
-        let sql = format!(
-            "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname \
-             FROM pg_catalog.pg_class c \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
-             WHERE c.oid IN ({}) AND a.attnum > 0 AND NOT a.attisdropped",
-            list.join(",")
-        );
-        let rows = conn.simple_query(&sql, self.target.max_message_bytes).await?;
-        if db.tables.len() + oids.len() > MAX_TABLES {
-            db.tables.clear();
-        }
-        let mut found: HashMap<u32, Table> = HashMap::new();
-        for row in rows {
-            let [Some(oid), Some(schema), Some(name), Some(attnum), Some(attname)] = row.as_slice() else { continue };
-            let (Ok(oid), Ok(attnum)) = (oid.parse::<u32>(), attnum.parse::<i16>()) else { continue };
-            let table = found.entry(oid).or_insert_with(|| Table {
-                schema: schema.clone(),
-                name: name.clone(),
-                columns: HashMap::new(),
-            });
-            table.columns.insert(attnum, attname.clone());
-        }
-        for (oid, table) in found {
-            db.tables.insert(oid, Arc::new(table));
-        }
-        Ok(())
     }
 
     /// The columns `COPY table TO STDOUT` writes, in order, as masks name
@@ -130,8 +120,29 @@ impl Catalog {
     pub async fn copy_columns(&self, database: &str, table: &str) -> Option<Vec<String>> {
         let parts = ColumnInfo::split_name(table)?;
         let [schema, name] = parts.as_slice() else { return None };
+        let sql = format!(
+            "SELECT a.attname FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = {} AND c.relname = {} AND a.attnum > 0 AND NOT a.attisdropped \
+             AND a.attgenerated = '' ORDER BY a.attnum",
+            literal(schema),
+            literal(name)
+        );
         let db = self.database(database).await;
         let mut db = db.lock().await;
+        let rows = self.query(&mut db, database, &sql).await?;
+        Some(
+            rows.into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .map(|c| ColumnInfo::source_name(schema, name, &c))
+                .collect(),
+        )
+    }
+
+    /// Runs one of the gateway's catalog queries on the database's own
+    /// connection (made when needed, dropped after a failure).
+    async fn query(&self, db: &mut Database, database: &str, sql: &str) -> Option<Vec<Vec<Option<String>>>> {
         if db.conn.is_none() {
             let params = [("application_name", "portcullis-catalog"), ("client_encoding", "UTF8")];
             match upstream::connect(&self.target, database, &params).await {
@@ -142,23 +153,8 @@ impl Catalog {
                 }
             }
         }
-        let conn = db.conn.as_mut()?;
-        let sql = format!(
-            "SELECT a.attname FROM pg_catalog.pg_attribute a \
-             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = {} AND c.relname = {} AND a.attnum > 0 AND NOT a.attisdropped \
-             AND a.attgenerated = '' ORDER BY a.attnum",
-            literal(schema),
-            literal(name)
-        );
-        match conn.simple_query(&sql, self.target.max_message_bytes).await {
-            Ok(rows) => Some(
-                rows.into_iter()
-                    .filter_map(|r| r.into_iter().next().flatten())
-                    .map(|c| ColumnInfo::source_name(schema, name, &c))
-                    .collect(),
-            ),
+        match db.conn.as_mut()?.simple_query(sql, self.target.max_message_bytes).await {
+            Ok(rows) => Some(rows),
             Err(e) => {
                 tracing::warn!(database, "catalog lookup failed: {e}");
                 db.conn = None;

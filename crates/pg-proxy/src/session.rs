@@ -426,7 +426,15 @@ impl SessionLoop {
                 let Some(Some(prepared)) = self.statements.get(statement.as_str()).cloned() else {
                     return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_statement(statement.as_str()));
                 };
-                let fields = prepared.fields.as_ref().map(|f| Arc::new(with_formats(f, &result_formats)));
+                let fields = prepared.fields.as_ref().map(|f| {
+                    // Columns already in the asked formats (text, the usual
+                    // case) are shared, not copied.
+                    if f.iter().enumerate().all(|(i, c)| c.format == format_at(&result_formats, i)) {
+                        Arc::clone(f)
+                    } else {
+                        Arc::new(with_formats(f, &result_formats))
+                    }
+                });
                 let id = self.next_id();
                 self.portals.insert(portal.as_str().to_string(), Portal { id, prepared, fields, rows: 0 });
                 self.forward(&m.frame, Some(Pending::Bind));
@@ -990,10 +998,13 @@ impl SessionLoop {
         if failed {
             return Ok(());
         }
-        let facts = decision.statements.get(index).map(|s| Arc::clone(&s.facts));
+        // Only the frames that start or end a result need the statement's facts
+        // (not every row).
+        let facts = || decision.statements.get(index).map(|s| Arc::clone(&s.facts));
         match frame.kind {
             b'T' => {
                 let fields = codec::parse_row_description(&frame).map_err(|e| e.to_string())?;
+                let facts = facts();
                 let masker = self.masker(facts.as_deref(), &fields).await;
                 self.forward_row_description(&frame, &fields, &masker)?;
                 if let Some(Pending::Query { result, .. }) = self.pending.front_mut() {
@@ -1004,7 +1015,7 @@ impl SessionLoop {
                 Ok(())
             }
             b'D' | b'd' => self.on_row(frame).await,
-            b'H' => self.start_copy_out(&frame, facts).await,
+            b'H' => self.start_copy_out(&frame, facts()).await,
             b'G' => {
                 self.copy_in = true;
                 self.forward_to_client(&frame);
@@ -1021,7 +1032,7 @@ impl SessionLoop {
                     return Ok(());
                 }
                 self.copy_in = false;
-                self.after_command(facts.as_deref()).await;
+                self.after_command(facts().as_deref()).await;
                 self.forward_to_client(&frame);
                 if let Some(Pending::Query { index, result, .. }) = self.pending.front_mut() {
                     *index += 1;
@@ -1404,18 +1415,17 @@ fn unknown_portal(name: &str) -> String {
 
 /// The statement's columns with the formats a `Bind` asked for.
 fn with_formats(fields: &[FieldDescription], formats: &[i16]) -> Vec<FieldDescription> {
-    fields
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let format = match formats {
-                [] => 0,
-                [one] => *one,
-                many => many.get(i).copied().unwrap_or(0),
-            };
-            FieldDescription { format, ..f.clone() }
-        })
-        .collect()
+    fields.iter().enumerate().map(|(i, f)| FieldDescription { format: format_at(formats, i), ..f.clone() }).collect()
+}
+
+/// The format of result column `i` under a `Bind`'s format codes: none
+/// (text), one for all, or one per column.
+fn format_at(formats: &[i16], i: usize) -> i16 {
+    match formats {
+        [] => 0,
+        [one] => *one,
+        many => many.get(i).copied().unwrap_or(0),
+    }
 }
 
 /// Masks one line of COPY text format (`\t`-separated, `\N` for NULL,
