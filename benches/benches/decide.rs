@@ -4,8 +4,10 @@
 //!
 //! Run: `cargo bench -p portcullis-benches --bench decide`.
 //! Each group measures, side by side in one run: `pg_query::parse` alone,
-//! `Engine::decide` with the cache off (parse + analysis + rules), and
-//! `Engine::decide` served from the cache.
+//! `Engine::decide` with the cache off (parse + analysis + rules),
+//! `Engine::decide` served from the cache, and `Engine::decide` of texts
+//! that differ from each other in a constant (the cache serves them by
+//! shape: one scan, no parse).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use policy_core::{Engine, EngineOptions, Identity, Policy, Verdict};
@@ -94,6 +96,17 @@ fn bench(c: &mut Criterion) {
         });
         group.bench_function("decide_uncached", |b| b.iter(|| uncached.decide(&who, &session, black_box(sql))));
         group.bench_function("decide_cached", |b| b.iter(|| cached.decide(&who, &session, black_box(sql))));
+        // 1024 texts, each with its own constant (`id = 1000`, `id = 1001`...).
+        let texts: Vec<String> = (1000..2024)
+            .map(|n| sql.replace("= 42", &format!("= {n}")).replace("OFFSET 0", &format!("OFFSET {n}")))
+            .collect();
+        let mut i = 0usize;
+        group.bench_function("decide_new_constants", |b| {
+            b.iter(|| {
+                i = (i + 1) % texts.len();
+                cached.decide(&who, &session, black_box(&texts[i]))
+            })
+        });
         group.finish();
     }
 }

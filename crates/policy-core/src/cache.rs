@@ -7,6 +7,12 @@
 //! `EXECUTE` also depend on the session's prepared statements and are not
 //! cached.
 //!
+//! A key is a text or a shape (the text with its constants replaced by
+//! markers, [`crate::shape`]); the two never match each other. A decision
+//! that never read a constant's value is cached under its shape, so
+//! `... WHERE aid = 17` and `... WHERE aid = 42` share one entry; a text
+//! seen twice is also kept as itself, so that it skips the scan.
+//!
 //! A text is cached the second time it is decided (a per-shard set of the
 //! key hashes seen once, emptied when it reaches [`SEEN_ONCE_LIMIT`]): the
 //! statements that never repeat (a new literal in every one) cost no cache
@@ -36,7 +42,9 @@ pub const SEEN_ONCE_LIMIT: usize = 4096;
 
 #[derive(Debug, PartialEq, Eq)]
 struct Key {
+    /// The text, or its shape's key (see [`crate::shape`]).
     sql: Box<str>,
+    shape: bool,
     identity: Identity,
     search_path: Vec<String>,
     standard_conforming_strings: bool,
@@ -44,8 +52,9 @@ struct Key {
 }
 
 impl Key {
-    fn same(&self, sql: &str, identity: &Identity, session: &Session) -> bool {
+    fn same(&self, sql: &str, shape: bool, identity: &Identity, session: &Session) -> bool {
         *self.sql == *sql
+            && self.shape == shape
             && self.identity == *identity
             && self.search_path == session.search_path
             && self.standard_conforming_strings == session.standard_conforming_strings
@@ -77,9 +86,16 @@ pub(crate) struct DecisionCache {
     hasher: std::collections::hash_map::RandomState,
 }
 
-fn key_hash(state: &std::collections::hash_map::RandomState, sql: &str, identity: &Identity, session: &Session) -> u64 {
+fn key_hash(
+    state: &std::collections::hash_map::RandomState,
+    sql: &str,
+    shape: bool,
+    identity: &Identity,
+    session: &Session,
+) -> u64 {
     let mut h = state.build_hasher();
     sql.hash(&mut h);
+    shape.hash(&mut h);
     identity.hash(&mut h);
     session.search_path.hash(&mut h);
     session.standard_conforming_strings.hash(&mut h);
@@ -118,19 +134,27 @@ impl DecisionCache {
         self.shards.get((hash as usize) % SHARDS)
     }
 
-    pub(crate) fn get(&self, sql: &str, identity: &Identity, session: &Session) -> Option<Arc<Decision>> {
-        if self.shard_budget == 0 || sql.len() > MAX_CACHED_SQL {
+    /// Whether texts of `len` bytes are cached at all.
+    pub(crate) fn takes(&self, len: usize) -> bool {
+        self.shard_budget > 0 && len <= MAX_CACHED_SQL
+    }
+
+    /// The decision cached for `sql` (a shape's key when `shape`).
+    pub(crate) fn get(&self, sql: &str, shape: bool, identity: &Identity, session: &Session) -> Option<Arc<Decision>> {
+        if !self.takes(sql.len()) {
             return None;
         }
-        let hash = key_hash(&self.hasher, sql, identity, session);
+        let hash = key_hash(&self.hasher, sql, shape, identity, session);
         let mut shard = self.shard(hash)?.lock().ok()?;
-        let entry = shard.map.get_mut(&hash)?.iter_mut().find(|e| e.key.same(sql, identity, session))?;
+        let entry = shard.map.get_mut(&hash)?.iter_mut().find(|e| e.key.same(sql, shape, identity, session))?;
         entry.hit = true;
         Some(Arc::clone(&entry.decision))
     }
 
-    pub(crate) fn insert(&self, sql: &str, identity: &Identity, session: &Session, decision: Arc<Decision>) {
-        if self.shard_budget == 0 || sql.len() > MAX_CACHED_SQL {
+    /// Caches `decision` for `sql` (a shape's key when `shape`), from the
+    /// second time it is offered.
+    pub(crate) fn insert(&self, sql: &str, shape: bool, identity: &Identity, session: &Session, decision: &Decision) {
+        if !self.takes(sql.len()) {
             return;
         }
         let bytes = 128
@@ -138,11 +162,11 @@ impl DecisionCache {
             + identity.subject.len()
             + identity.groups.iter().map(|g| g.len() + 24).sum::<usize>()
             + session.search_path.iter().map(|s| s.len() + 24).sum::<usize>()
-            + decision_bytes(&decision);
+            + decision_bytes(decision);
         if bytes > self.shard_budget {
             return;
         }
-        let hash = key_hash(&self.hasher, sql, identity, session);
+        let hash = key_hash(&self.hasher, sql, shape, identity, session);
         let Some(Ok(mut shard)) = self.shard(hash).map(Mutex::lock) else { return };
         if !shard.seen_once.remove(&hash) {
             if shard.seen_once.len() >= SEEN_ONCE_LIMIT {
@@ -156,6 +180,7 @@ impl DecisionCache {
         }
         let key = Key {
             sql: sql.into(),
+            shape,
             identity: identity.clone(),
             search_path: session.search_path.clone(),
             standard_conforming_strings: session.standard_conforming_strings,
@@ -165,7 +190,7 @@ impl DecisionCache {
         if bucket.iter().any(|e| e.key == key) {
             return;
         }
-        bucket.push(Entry { key, decision, bytes, hit: false });
+        bucket.push(Entry { key, decision: Arc::new(decision.clone()), bytes, hit: false });
         shard.bytes += bytes;
     }
 

@@ -1,20 +1,23 @@
 //! The engine: a compiled policy that decides statements.
 
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use globset::{Glob, GlobSetBuilder};
 
+use crate::analyze::literal;
 use crate::analyze::StatementFacts;
 use crate::analyze::{self, Analysis, AnalyzeOptions};
 use crate::cache::{DecisionCache, DEFAULT_CACHE_BYTES};
-use crate::decision::{Decision, Verdict};
+use crate::decision::{Decision, StatementDecision, Verdict};
 use crate::detect::Detectors;
 use crate::identity::{Actor, Identity};
 use crate::mask::{ColumnInfo, ColumnMask, MessageScrubber, RowMasker};
 use crate::policy::{Policy, PolicyError, PolicyTest, Strategy};
 use crate::rules;
 use crate::session::Session;
+use crate::shape::Shape;
 
 /// Key material the engine is built with (never read from the environment).
 #[derive(Clone, Default)]
@@ -157,34 +160,82 @@ impl Engine {
                     "internal error in the analysis (this is a bug, please report it)",
                 )],
                 reads_prepared: false,
+                only_dml: false,
             },
         }
     }
 
     /// Decides `sql` for `identity` in `session`. Never fails: anything that
     /// stops a safe answer is a deny that says why.
+    ///
+    /// Decisions are cached. A statement whose decision never looked at a
+    /// constant's value (`SELECT abalance FROM accounts WHERE aid = 17`)
+    /// shares its cache entry with every text of the same shape (`... aid =
+    /// 42`): see [`crate::shape`]. Statements whose decision read a
+    /// constant (`WHERE 1 = 1`, `set_config('search_path', ...)`, a rule's
+    /// `pattern`) are cached for their exact text only.
+    ///
+    /// ```
+    /// use policy_core::{Engine, Identity, Policy, Verdict};
+    ///
+    /// let policy = Policy::from_toml_str(r#"
+    ///     version = 1
+    ///     [[rule]]
+    ///     name = "read"
+    ///     effect = "allow"
+    ///     classes = ["read"]
+    /// "#, "inline.toml")?;
+    /// let engine = Engine::new(policy, Default::default())?;
+    /// let (me, session) = (Identity::new("ann"), engine.new_session());
+    /// for aid in 1..4 {
+    ///     let d = engine.decide(&me, &session, &format!("SELECT * FROM accounts WHERE aid = {aid}"));
+    ///     assert_eq!(d.verdict, Verdict::Allow);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn decide(&self, identity: &Identity, session: &Session, sql: &str) -> Decision {
         let inner = &self.inner;
-        if let Some(hit) = inner.cache.get(sql, identity, session) {
+        if let Some(hit) = inner.cache.get(sql, false, identity, session) {
             return (*hit).clone();
         }
+        // The scanner behind the shape lexes with standard_conforming_strings on.
+        let shape = (session.standard_conforming_strings && inner.cache.takes(sql.len()))
+            .then(|| Shape::of(sql))
+            .flatten()
+            .filter(Shape::has_constants);
+        if let Some(shape) = &shape {
+            if let Some(hit) = inner.cache.get(&shape.key, true, identity, session) {
+                let decision = restore_spans(&hit, shape);
+                // A text seen before is kept as itself too: its next
+                // sighting needs no scan.
+                inner.cache.insert(sql, false, identity, session, &decision);
+                return decision;
+            }
+        }
         let decided = catch_unwind(AssertUnwindSafe(|| {
+            literal::start();
             let analysis = analyze::analyze(sql, session, &inner.options);
             // An EXECUTE's decision depends on the session's prepared
             // statements, which the cache key does not hold.
             let cacheable = !analysis.reads_prepared;
+            let only_dml = analysis.only_dml;
             let active = crate::mask::active_masks(&inner.masks, identity);
             let guard = |facts: &StatementFacts| crate::mask::masked_write(&active, facts);
-            (rules::decide(&inner.policy, identity, analysis, sql, guard), cacheable)
+            let decision = rules::decide(&inner.policy, identity, analysis, sql, guard);
+            (decision, cacheable, only_dml && !literal::was_read())
         }));
-        let (decision, cacheable) = match decided {
+        let (decision, cacheable, literal_free) = match decided {
             Ok(d) => d,
             Err(_) => return internal_error(identity),
         };
-        if cacheable {
-            let shared = Arc::new(decision);
-            inner.cache.insert(sql, identity, session, Arc::clone(&shared));
-            return Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
+        if !cacheable {
+            return decision;
+        }
+        match shape {
+            Some(shape) if literal_free => {
+                inner.cache.insert(&shape.key, true, identity, session, &store_spans(&decision, &shape));
+            }
+            _ => inner.cache.insert(sql, false, identity, session, &decision),
         }
         decision
     }
@@ -257,4 +308,30 @@ fn internal_error(identity: &Identity) -> Decision {
         statements: Arc::from(Vec::new()),
         diagnostics: vec!["the analysis panicked; the statement is denied".to_string()],
     }
+}
+
+/// `decision` with its statements' spans moved from `shape`'s text to its key.
+fn store_spans(decision: &Decision, shape: &Shape) -> Decision {
+    map_spans(decision, |r| shape.key_offset(r.start)..shape.key_offset(r.end))
+}
+
+/// A decision cached under `shape`'s key, with its spans moved to the text.
+fn restore_spans(decision: &Decision, shape: &Shape) -> Decision {
+    map_spans(decision, |r| shape.text_offset(r.start)..shape.text_offset(r.end))
+}
+
+fn map_spans(decision: &Decision, map: impl Fn(&Range<usize>) -> Range<usize>) -> Decision {
+    let mut out = decision.clone();
+    if decision.statements.iter().any(|s| map(&s.facts.span) != s.facts.span) {
+        out.statements = decision
+            .statements
+            .iter()
+            .map(|s| {
+                let mut facts = (*s.facts).clone();
+                facts.span = map(&facts.span);
+                StatementDecision { facts: Arc::new(facts), ..s.clone() }
+            })
+            .collect();
+    }
+    out
 }

@@ -84,7 +84,7 @@ pub(crate) fn hash_tree(node: NodeRef<'_>, h: &mut Hasher) {
     match node {
         NodeRef::AConst(c) if h.with_constants => {
             h.str(0xffff, walk::node_name(node));
-            h.str(0xfffe, &format!("{:?}", c.val));
+            h.str(0xfffe, &format!("{:?}", crate::analyze::literal::value(c)));
             h.int(0xfffd, i64::from(c.isnull));
             return;
         }
@@ -127,6 +127,15 @@ pub(crate) fn fingerprint_text(text: &str) -> String {
 
 /// Whether two expressions are the same tree (constants compared by value).
 pub(crate) fn same_tree(a: NodeRef<'_>, b: NodeRef<'_>) -> bool {
+    // Trees of different shapes differ whatever their constants hold: only
+    // trees of one shape read their constants' values.
+    let mut ha = Hasher::new();
+    hash_tree(a, &mut ha);
+    let mut hb = Hasher::new();
+    hash_tree(b, &mut hb);
+    if ha.finish() != hb.finish() {
+        return false;
+    }
     let mut ha = Hasher::with_constants();
     hash_tree(a, &mut ha);
     let mut hb = Hasher::with_constants();

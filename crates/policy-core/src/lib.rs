@@ -141,6 +141,7 @@ mod mask;
 mod policy;
 mod rules;
 mod session;
+mod shape;
 
 pub use analyze::{Analysis, Class, OutputColumn, StatementFacts};
 pub use cache::{DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT};

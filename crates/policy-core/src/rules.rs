@@ -81,6 +81,8 @@ pub(crate) fn matches(rule: &Rule, facts: &StatementFacts, text: &str) -> bool {
         return false;
     }
     if let Some(pattern) = &rule.pattern {
+        // The decision now depends on the text itself, constants included.
+        crate::analyze::literal::note_read();
         if !pattern.is_match(text) {
             return false;
         }

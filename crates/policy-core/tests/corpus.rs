@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use policy_core::{Actor, Engine, Identity, Policy, Prepared, Verdict};
+use pg_query::protobuf::Token;
+use policy_core::{Actor, Engine, EngineOptions, Identity, Policy, Prepared, Session, Verdict};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -40,8 +41,16 @@ fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/decisions")
 }
 
-#[test]
-fn corpus_decides_as_expected() {
+/// One corpus case, ready to decide.
+struct Loaded {
+    file: String,
+    policy: PathBuf,
+    case: Case,
+    identity: Identity,
+    session: Session,
+}
+
+fn load_corpus() -> Vec<Loaded> {
     let dir = corpus_dir();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -50,32 +59,19 @@ fn corpus_decides_as_expected() {
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no corpus files in {}", dir.display());
-
-    let mut engines: BTreeMap<PathBuf, Engine> = BTreeMap::new();
-    let (mut total, mut bypasses, mut failures) = (0usize, 0usize, Vec::new());
+    let blank = engine(&dir.join("policy.toml"), Default::default());
+    let mut out = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let corpus: CorpusFile = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let policy_path = file.parent().unwrap_or(&dir).join(&corpus.policy);
-        let engine = engines
-            .entry(policy_path.clone())
-            .or_insert_with(|| {
-                let text =
-                    std::fs::read_to_string(&policy_path).unwrap_or_else(|e| panic!("{}: {e}", policy_path.display()));
-                let policy =
-                    Policy::from_toml_str(&text, &policy_path.display().to_string()).unwrap_or_else(|e| panic!("{e}"));
-                Engine::new(policy, Default::default()).unwrap_or_else(|e| panic!("{e}"))
-            })
-            .clone();
-        for case in &corpus.case {
-            total += 1;
-            bypasses += usize::from(case.bypass);
+        let policy = file.parent().unwrap_or(&dir).join(&corpus.policy);
+        for case in corpus.case {
             let mut identity = Identity::new(case.subject.clone().unwrap_or_else(|| "corpus-user".into()))
                 .with_groups(case.groups.clone());
             if let Some(a) = &case.actor {
                 identity = identity.with_actor(Actor::new(a.clone()));
             }
-            let mut session = engine.new_session();
+            let mut session = blank.new_session();
             if let Some(p) = &case.search_path {
                 session.search_path.clone_from(p);
             }
@@ -91,29 +87,138 @@ fn corpus_decides_as_expected() {
                     },
                 );
             }
-            let d = engine.decide(&identity, &session, &case.sql);
-            let rule_ok = match case.rule.as_deref() {
-                None => true,
-                Some("") => d.rule.is_none(),
-                Some(r) => d.rule.as_deref() == Some(r),
-            };
-            if d.verdict != case.expect || !rule_ok {
-                failures.push(format!(
-                    "{} / {}: expected {} {:?}, got {} {:?}\n    sql: {}\n    decision: {}",
-                    file.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-                    case.name,
-                    case.expect,
-                    case.rule,
-                    d.verdict,
-                    d.rule,
-                    case.sql,
-                    d.to_json()
-                ));
-            }
+            let file = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            out.push(Loaded { file, policy: policy.clone(), case, identity, session });
+        }
+    }
+    out
+}
+
+fn engine(policy_path: &Path, options: EngineOptions) -> Engine {
+    let text = std::fs::read_to_string(policy_path).unwrap_or_else(|e| panic!("{}: {e}", policy_path.display()));
+    let policy = Policy::from_toml_str(&text, &policy_path.display().to_string()).unwrap_or_else(|e| panic!("{e}"));
+    Engine::with_options(policy, Default::default(), options).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn corpus_decides_as_expected() {
+    let mut engines: BTreeMap<PathBuf, Engine> = BTreeMap::new();
+    let (mut total, mut bypasses, mut failures) = (0usize, 0usize, Vec::new());
+    for Loaded { file, policy, case, identity, session } in load_corpus() {
+        let engine = engines.entry(policy.clone()).or_insert_with(|| engine(&policy, Default::default()));
+        total += 1;
+        bypasses += usize::from(case.bypass);
+        let d = engine.decide(&identity, &session, &case.sql);
+        let rule_ok = match case.rule.as_deref() {
+            None => true,
+            Some("") => d.rule.is_none(),
+            Some(r) => d.rule.as_deref() == Some(r),
+        };
+        if d.verdict != case.expect || !rule_ok {
+            failures.push(format!(
+                "{file} / {}: expected {} {:?}, got {} {:?}\n    sql: {}\n    decision: {}",
+                case.name,
+                case.expect,
+                case.rule,
+                d.verdict,
+                d.rule,
+                case.sql,
+                d.to_json()
+            ));
         }
     }
     println!("corpus: {total} cases, {bypasses} bypass attempts, {} failures", failures.len());
     assert!(failures.is_empty(), "{} of {total} corpus cases failed:\n{}", failures.len(), failures.join("\n"));
     assert!(total >= 300, "the corpus should hold at least 300 cases, it has {total}");
     assert!(bypasses * 2 >= total, "at least half the corpus should be bypass attempts ({bypasses} of {total})");
+}
+
+/// `sql` with every constant the scanner finds replaced by `pick(kind, n)`
+/// (`n` counts the constants), or `None` when the scanner fails.
+fn with_constants(sql: &str, pick: impl Fn(Token, usize) -> Option<String>) -> Option<String> {
+    if sql.trim().is_empty() {
+        return None; // scan_tokens would build a slice from a null pointer
+    }
+    let tokens = pg_query::scan_tokens(sql).ok()?;
+    let (mut out, mut copied, mut n) = (String::new(), 0usize, 0usize);
+    for t in tokens {
+        let Ok(kind) = Token::try_from(t.token) else { continue };
+        let (start, end) = (usize::try_from(t.start).ok()?, usize::try_from(t.end).ok()?);
+        if let Some(value) = pick(kind, n) {
+            out.push_str(sql.get(copied..start)?);
+            out.push_str(&value);
+            copied = end;
+            n += 1;
+        }
+    }
+    out.push_str(sql.get(copied..)?);
+    Some(out)
+}
+
+/// The decision cache shares a decision among texts that differ only in
+/// their constants. Over the whole corpus, with constants made equal,
+/// distinct, true-ish and wildcard-ish: a cached engine that first saw the
+/// original text twice decides every variant exactly as an engine without
+/// a cache does (verdict, rule, reason, facts, spans).
+#[test]
+fn constants_never_change_a_shared_decision() {
+    let variants: [&dyn Fn(Token, usize) -> Option<String>; 4] = [
+        &|k, _| match k {
+            Token::Iconst => Some("1".into()),
+            Token::Fconst => Some("1.0".into()),
+            Token::Sconst => Some("'1'".into()),
+            _ => None,
+        },
+        &|k, n| match k {
+            Token::Iconst => Some(format!("{}", 100 + n)),
+            Token::Fconst => Some(format!("{n}.25")),
+            Token::Sconst => Some(format!("'v{n}'")),
+            Token::Bconst => Some("B'1'".into()),
+            Token::Xconst => Some("X'1f'".into()),
+            _ => None,
+        },
+        &|k, _| match k {
+            Token::Iconst => Some("0".into()),
+            Token::Fconst => Some("0.0".into()),
+            Token::Sconst => Some("'true'".into()),
+            _ => None,
+        },
+        &|k, n| match k {
+            Token::Iconst => Some(format!("{}", n % 2)),
+            Token::Sconst => Some(if n % 2 == 0 { "'%'".into() } else { "$$public.secrets$$".into() }),
+            _ => None,
+        },
+    ];
+    let mut cached: BTreeMap<PathBuf, Engine> = BTreeMap::new();
+    let mut uncached: BTreeMap<PathBuf, Engine> = BTreeMap::new();
+    let (mut compared, mut failures) = (0usize, Vec::new());
+    for Loaded { file, policy, case, identity, session } in load_corpus() {
+        let cached = cached.entry(policy.clone()).or_insert_with(|| engine(&policy, Default::default()));
+        let uncached =
+            uncached.entry(policy.clone()).or_insert_with(|| engine(&policy, EngineOptions { cache_bytes: 0 }));
+        for (i, pick) in variants.iter().enumerate() {
+            let Some(variant) = with_constants(&case.sql, pick) else { continue };
+            if variant == case.sql {
+                continue;
+            }
+            // Seen twice: cached (by shape when its decision reads no constant).
+            cached.decide(&identity, &session, &case.sql);
+            cached.decide(&identity, &session, &case.sql);
+            let got = cached.decide(&identity, &session, &variant);
+            let want = uncached.decide(&identity, &session, &variant);
+            compared += 1;
+            if got != want {
+                failures.push(format!(
+                    "{file} / {} (variant {i}):\n    sql: {}\n    variant: {variant}\n    cached: {}\n    uncached: {}",
+                    case.name,
+                    case.sql,
+                    got.to_json(),
+                    want.to_json()
+                ));
+            }
+        }
+    }
+    println!("{compared} variants compared, {} differ", failures.len());
+    assert!(compared >= 500, "only {compared} variants were compared");
+    assert!(failures.is_empty(), "{} variants decided differently:\n{}", failures.len(), failures.join("\n"));
 }

@@ -378,3 +378,102 @@ expect = "allow"
     assert_eq!(out[1].decision.verdict, Verdict::Deny);
     assert_eq!(out[1].test.location.line, 11);
 }
+
+fn uncached(policy: &str) -> Engine {
+    let p = Policy::from_toml_str(policy, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    Engine::with_options(p, Default::default(), EngineOptions { cache_bytes: 0 }).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Decides `sql` twice, so the cache has taken it.
+fn decide_twice(e: &Engine, who: &Identity, s: &Session, sql: &str) -> policy_core::Decision {
+    e.decide(who, s, sql);
+    e.decide(who, s, sql)
+}
+
+#[test]
+fn texts_differing_in_constants_share_one_cache_entry() {
+    let e = engine(BASE);
+    let (who, s) = (anyone(), e.new_session());
+    decide_twice(&e, &who, &s, "SELECT * FROM orders WHERE id = 1 AND note = 'a'");
+    let held = e.cache_bytes();
+    assert!(held > 0);
+    for (id, note) in [(2, "bb"), (123456, ""), (7, "it''s")] {
+        let sql = format!("SELECT * FROM orders WHERE id = {id} AND note = '{note}'");
+        let d = e.decide(&who, &s, &sql);
+        assert_eq!(d, uncached(BASE).decide(&who, &s, &sql), "{sql}");
+    }
+    assert_eq!(e.cache_bytes(), held, "one entry serves every constant");
+    // A text met twice is also kept as itself, so that it needs no scan.
+    decide_twice(&e, &who, &s, "SELECT * FROM orders WHERE id = 2 AND note = 'bb'");
+    let held = e.cache_bytes();
+    // Another constant kind, a keyword or an identifier is another shape.
+    for sql in [
+        "SELECT * FROM orders WHERE id = '1' AND note = 'a'",
+        "SELECT * FROM orders WHERE id = NULL AND note = 'a'",
+        "SELECT * FROM secrets WHERE id = 1 AND note = 'a'",
+    ] {
+        decide_twice(&e, &who, &s, sql);
+    }
+    assert!(e.cache_bytes() > held);
+    assert_eq!(verdict(&e, &who, "SELECT * FROM secrets WHERE id = 1 AND note = 'a'").0, Verdict::Deny);
+}
+
+#[test]
+fn a_decision_that_read_a_constant_is_not_shared() {
+    let e = engine(
+        r#"
+version = 1
+[settings]
+default = "allow"
+[[rule]]
+name = "unbounded"
+effect = "deny"
+where_missing = true
+[[rule]]
+name = "no-magic-word"
+effect = "deny"
+pattern = "xyzzy"
+"#,
+    );
+    let (who, s) = (anyone(), e.new_session());
+    // Tautologies fold constants: each order of first sighting.
+    for (first, second) in [
+        ("DELETE FROM t WHERE id + 1 = id + 1", "DELETE FROM t WHERE id + 1 = id + 2"),
+        ("DELETE FROM t WHERE id + 1 = id + 2", "DELETE FROM t WHERE id + 1 = id + 1"),
+        ("DELETE FROM t WHERE id = 5 OR 1 = 2", "DELETE FROM t WHERE id = 5 OR 1 = 1"),
+        ("DELETE FROM t WHERE id = 5 OR 'no'::bool", "DELETE FROM t WHERE id = 5 OR 'yes'::bool"),
+        ("DELETE FROM t WHERE id = 5 OR 3 IN (1, 2)", "DELETE FROM t WHERE id = 5 OR 1 IN (1, 2)"),
+    ] {
+        let want = |sql: &str| {
+            if sql.contains("= id + 1") || sql.contains("1 = 1") || sql.contains("yes") || sql.contains("1 IN") {
+                Verdict::Deny
+            } else {
+                Verdict::Allow
+            }
+        };
+        assert_eq!(decide_twice(&e, &who, &s, first).verdict, want(first), "{first}");
+        assert_eq!(decide_twice(&e, &who, &s, second).verdict, want(second), "{second}");
+    }
+    // A rule's pattern reads the text, constants included.
+    assert_eq!(decide_twice(&e, &who, &s, "SELECT * FROM t WHERE w = 'plugh'").verdict, Verdict::Allow);
+    assert_eq!(decide_twice(&e, &who, &s, "SELECT * FROM t WHERE w = 'xyzzy'").verdict, Verdict::Deny);
+    // A search_path set through set_config is read from its constant.
+    let sp = |path: &str| {
+        let sql = format!("SELECT set_config('search_path', '{path}', false)");
+        let d = decide_twice(&e, &who, &s, &sql);
+        d.statements[0].facts.session_effects.clone()
+    };
+    assert_ne!(sp("alpha"), sp("beta"));
+}
+
+#[test]
+fn shared_decisions_carry_their_own_text_spans() {
+    let e = engine(BASE);
+    let (who, s) = (anyone(), e.new_session());
+    decide_twice(&e, &who, &s, "SELECT 1 FROM orders; SELECT 'x' FROM orders WHERE id = 2");
+    let sql = "SELECT 12345 FROM orders; SELECT 'a longer string' FROM orders WHERE id = 2";
+    let d = e.decide(&who, &s, sql);
+    let spans: Vec<&str> = d.statements.iter().map(|st| &sql[st.facts.span.clone()]).collect();
+    assert_eq!(spans, ["SELECT 12345 FROM orders", "SELECT 'a longer string' FROM orders WHERE id = 2"]);
+    assert_eq!(d, uncached(BASE).decide(&who, &s, sql));
+}

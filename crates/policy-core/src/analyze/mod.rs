@@ -25,6 +25,7 @@
 
 mod catalog;
 mod lineage;
+pub(crate) mod literal;
 mod names;
 mod predicate;
 pub(crate) mod walk;
@@ -194,6 +195,10 @@ pub struct Analysis {
     /// Whether an `EXECUTE` looked up the session's prepared statements:
     /// the facts then depend on them, not only on the text.
     pub reads_prepared: bool,
+    /// Whether every statement is a plain SELECT, INSERT, UPDATE or DELETE:
+    /// the statements whose constants all reach the tree as `A_Const`
+    /// nodes, where reading one is on the record (see [`literal`]).
+    pub(crate) only_dml: bool,
 }
 
 /// Settings the analysis reads from the policy.
@@ -211,7 +216,13 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
     let parser_options = parser_options(session.standard_conforming_strings);
     let parsed = match pg_query::parse(sql, parser_options) {
         Ok(parsed) => parsed,
-        Err(err) => return Analysis { statements: vec![unknown(sql, &parse_failure(&err))], reads_prepared: false },
+        Err(err) => {
+            return Analysis {
+                statements: vec![unknown(sql, &parse_failure(&err))],
+                reads_prepared: false,
+                only_dml: false,
+            }
+        }
     };
     let mut state = State {
         search_path: session.search_path.clone(),
@@ -222,8 +233,13 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
     };
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut reads_prepared = false;
+    let mut only_dml = true;
     for (index, raw) in parsed.protobuf.stmts.iter().enumerate() {
         let Some(stmt) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
+        only_dml &= matches!(
+            stmt,
+            NodeEnum::SelectStmt(_) | NodeEnum::InsertStmt(_) | NodeEnum::UpdateStmt(_) | NodeEnum::DeleteStmt(_)
+        );
         let start = usize::try_from(raw.stmt_location).unwrap_or(0).min(sql.len());
         let end = match usize::try_from(raw.stmt_len) {
             Ok(0) | Err(_) => sql.len(),
@@ -236,7 +252,7 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
         facts.span = start..end;
         statements.push(facts);
     }
-    Analysis { statements, reads_prepared }
+    Analysis { statements, reads_prepared, only_dml }
 }
 
 fn contains_execute(stmt: NodeRef<'_>) -> bool {
@@ -426,7 +442,7 @@ fn string_parts(v: &[pb::Node]) -> Vec<&str> {
 /// The text of a constant string argument, looking through casts.
 fn const_text(n: NodeRef<'_>) -> Option<&str> {
     match n {
-        NodeRef::AConst(c) if !c.isnull => match &c.val {
+        NodeRef::AConst(c) => match literal::value(c) {
             Some(Val::Sval(s)) => Some(s.sval.as_str()),
             _ => None,
         },
@@ -438,7 +454,7 @@ fn const_text(n: NodeRef<'_>) -> Option<&str> {
 fn def_elem_is_true(d: &pb::DefElem) -> bool {
     match node(&d.arg) {
         None => true,
-        Some(NodeRef::AConst(c)) => match &c.val {
+        Some(NodeRef::AConst(c)) => match literal::value(c) {
             Some(Val::Boolval(b)) => b.boolval,
             Some(Val::Ival(i)) => i.ival != 0,
             Some(Val::Sval(s)) => !matches!(s.sval.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0"),
@@ -864,7 +880,7 @@ impl<'st, 's> Walker<'st, 's> {
         if setting == "search_path" {
             let value = args.get(1).copied().and_then(const_text);
             let local = match args.get(2) {
-                Some(NodeRef::AConst(c)) => matches!(&c.val, Some(Val::Boolval(b)) if b.boolval),
+                Some(NodeRef::AConst(c)) => matches!(literal::value(c), Some(Val::Boolval(b)) if b.boolval),
                 _ => false,
             };
             match value.and_then(|v| names::split_identifiers(v, ',')) {
@@ -1322,9 +1338,9 @@ fn select_is_bounded(s: &pb::SelectStmt) -> bool {
         return false;
     }
     match node(&s.limit_count) {
-        Some(NodeRef::AConst(c)) => !c.isnull && matches!(c.val, Some(Val::Ival(_) | Val::Fval(_))),
+        Some(NodeRef::AConst(c)) => matches!(literal::kind(c), literal::Kind::Integer | literal::Kind::Numeric),
         Some(NodeRef::TypeCast(tc)) => {
-            matches!(node(&tc.arg), Some(NodeRef::AConst(c)) if !c.isnull && matches!(c.val, Some(Val::Ival(_))))
+            matches!(node(&tc.arg), Some(NodeRef::AConst(c)) if literal::kind(c) == literal::Kind::Integer)
         }
         _ => false,
     }

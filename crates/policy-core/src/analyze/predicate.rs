@@ -50,10 +50,7 @@ fn parse_bool(s: &str) -> Option<bool> {
 }
 
 fn const_value(c: &pb::AConst) -> Value {
-    if c.isnull {
-        return Value::Null;
-    }
-    match &c.val {
+    match super::literal::value(c) {
         Some(Val::Boolval(b)) => Value::Bool(b.boolval),
         Some(Val::Ival(i)) => Value::Int(i64::from(i.ival)),
         Some(Val::Fval(f)) => f.fval.parse::<f64>().map_or(Value::Null, Value::Float),
@@ -222,8 +219,13 @@ fn fold_a_expr(a: &pb::AExpr) -> Option<Value> {
     match kind {
         pb::AExprKind::AexprOp => {
             let (l, r) = (l?, r?);
-            if let (Some(lv), Some(rv)) = (fold(l), fold(r)) {
-                return compare(op, &lv, &rv);
+            // The right side is folded only when the left one folds, so
+            // `col = 5` reads no constant (and can share a decision with
+            // `col = 6`).
+            if let Some(lv) = fold(l) {
+                if let Some(rv) = fold(r) {
+                    return compare(op, &lv, &rv);
+                }
             }
             // x = x, x >= x, x <= x: true for every non-NULL x; x <> x,
             // x < x, x > x: false.
