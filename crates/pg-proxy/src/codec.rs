@@ -781,14 +781,43 @@ pub fn parse_parameter_description(frame: &BackendFrame) -> Result<Vec<u32>> {
 /// Reads the values of a DataRow ('D'), as slices of the frame; `None` is
 /// NULL.
 pub fn data_row_values(frame: &BackendFrame) -> Result<Vec<Option<Bytes>>> {
-    let mut r = frame.reader(b"D")?;
-    let n = r.count(4, "column values exceed the message")?;
-    let mut values = Vec::with_capacity(n);
-    for _ in 0..n {
-        values.push(nullable(&mut r)?);
+    let mut values: Vec<Option<&[u8]>> = Vec::new();
+    data_row_values_into(frame, &mut values)?;
+    Ok(values.into_iter().map(|v| v.map(|v| frame.frame.slice_ref(v))).collect())
+}
+
+/// Reads the values of a DataRow ('D') into `out` (emptied first), borrowed
+/// from the frame: no allocation when `out` has the room, no reference
+/// count touched. `None` is NULL.
+pub fn data_row_values_into<'a, T: From<&'a [u8]>>(frame: &'a BackendFrame, out: &mut Vec<Option<T>>) -> Result<()> {
+    out.clear();
+    if frame.kind != b'D' || frame.frame.first() != Some(&b'D') {
+        return Err(malformed(char::from(frame.kind), "unexpected message type"));
     }
-    r.finish()?;
-    Ok(values)
+    let body = frame.body();
+    let (count, mut rest) = body.split_first_chunk::<2>().ok_or(malformed('D', "truncated column count"))?;
+    let n = usize::from(u16::from_be_bytes(*count));
+    if rest.len() < n.saturating_mul(4) {
+        return Err(malformed('D', "column values exceed the message"));
+    }
+    out.reserve(n);
+    for _ in 0..n {
+        let (len, after) = rest.split_first_chunk::<4>().ok_or(malformed('D', "truncated value length"))?;
+        let len = i32::from_be_bytes(*len);
+        if len == -1 {
+            out.push(None);
+            rest = after;
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| malformed('D', "negative value length"))?;
+        let (value, after) = after.split_at_checked(len).ok_or(malformed('D', "value exceeds the message"))?;
+        out.push(Some(T::from(value)));
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(malformed('D', "trailing bytes after the last field"));
+    }
+    Ok(())
 }
 
 /// Reads the fields of an ErrorResponse ('E') or NoticeResponse ('N'):

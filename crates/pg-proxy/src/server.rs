@@ -48,6 +48,7 @@ use crate::config::Config;
 use crate::session;
 use crate::tls::{Stream, ALPN_POSTGRESQL};
 use crate::upstream::{self, Target};
+use crate::workers::Workers;
 
 /// Startup parameters passed to the server as they are.
 const PASSED_PARAMS: [&str; 5] = ["application_name", "DateStyle", "TimeZone", "IntervalStyle", "extra_float_digits"];
@@ -77,6 +78,8 @@ pub struct Gateway {
     next_pid: AtomicI32,
     next_session: AtomicU64,
     connections: Arc<Semaphore>,
+    workers: Workers,
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -107,7 +110,11 @@ impl Gateway {
             None => None,
         };
         let target = Target::new(&config.upstream, config.limits.max_message_bytes)?;
+        let workers =
+            Workers::start(config.limits.worker_threads).map_err(|e| format!("starting the session threads: {e}"))?;
         Ok(Gateway {
+            workers,
+            generation: AtomicU64::new(0),
             catalog: Catalog::new(target.clone()),
             target,
             engine: RwLock::new(Arc::new(engine)),
@@ -142,7 +149,14 @@ impl Gateway {
             Ok(mut e) => *e = Arc::new(engine),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(engine),
         }
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
+    }
+
+    /// Counts policy reloads: a session compares it with the one it saw
+    /// to know its engine is still the one in force, without a lock.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Verifies a client's token with the key set and the policy's
@@ -164,8 +178,21 @@ impl Gateway {
                     continue;
                 }
             };
+            // The session moves to a session thread (see `workers`).
+            let tcp = match tcp.into_std() {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    continue;
+                }
+            };
             let gw = Arc::clone(&self);
-            tokio::spawn(async move { gw.handle(tcp, peer).await });
+            self.workers.spawn(async move {
+                match TcpStream::from_std(tcp) {
+                    Ok(tcp) => gw.handle(tcp, peer).await,
+                    Err(e) => tracing::warn!("accept: {e}"),
+                }
+            });
         }
     }
 

@@ -171,13 +171,20 @@ impl Result_ {
 /// Most masking plans a session keeps (by statement shape).
 const MASKER_CACHE_ENTRIES: usize = 256;
 
-/// A masking plan, with what it was made from.
+/// A masking plan, with what it was made from (under the session's
+/// current engine: the cache is emptied when the policy changes).
 #[derive(Debug)]
 struct CachedMasker {
-    /// The engine (policy) it was made under.
-    engine: usize,
     lineage: Vec<policy_core::OutputColumn>,
     fields: Vec<FieldDescription>,
+    masker: Arc<RowMasker>,
+}
+
+/// The masking plan of the last `Execute`.
+#[derive(Debug)]
+struct LastMasker {
+    facts: Option<Arc<StatementFacts>>,
+    fields: Arc<Vec<FieldDescription>>,
     masker: Arc<RowMasker>,
 }
 
@@ -231,8 +238,13 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, id: u64) {
         ..EngineSession::default()
     };
     engine_session.prepared.clear();
+    // The generation first: a reload in between is seen at the next look.
+    let engine_generation = gw.generation();
+    let engine = gw.engine();
     let mut s = SessionLoop {
         gw,
+        engine,
+        engine_generation,
         id,
         client,
         cbuf: client_buf,
@@ -258,6 +270,8 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, id: u64) {
         skip_until_ready: false,
         ids: 0,
         maskers: HashMap::new(),
+        last_masker: None,
+        row: RowScratch::default(),
     };
     let outcome = s.run().await;
     if !s.pending.is_empty() {
@@ -274,6 +288,10 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, id: u64) {
 }
 
 struct SessionLoop {
+    /// The engine in force, and the policy generation it belongs to
+    /// ([`Gateway::generation`]).
+    engine: Arc<Engine>,
+    engine_generation: u64,
     gw: Arc<Gateway>,
     #[allow(dead_code)]
     id: u64,
@@ -313,6 +331,11 @@ struct SessionLoop {
     ids: u64,
     /// Masking plans by statement fingerprint.
     maskers: HashMap<String, Vec<CachedMasker>>,
+    /// The masker of the last Execute, with the statement and columns it
+    /// was planned for (held, so that comparing pointers is sound).
+    last_masker: Option<LastMasker>,
+    /// Room for one row's values, reused.
+    row: RowScratch,
 }
 
 type SessionResult = Result<(), String>;
@@ -581,7 +604,7 @@ impl SessionLoop {
     }
 
     fn on_query(&mut self, sql: &Str, frame: Bytes) -> SessionResult {
-        let engine = self.gw.engine();
+        let engine = self.current_engine();
         let decision = self.decide(&engine, sql);
         if let Some(message) = refusal(&decision) {
             return self.refuse_query(message);
@@ -624,7 +647,7 @@ impl SessionLoop {
     }
 
     fn on_parse(&mut self, name: &str, sql: &Str, frame: Bytes) -> SessionResult {
-        let engine = self.gw.engine();
+        let engine = self.current_engine();
         let decision = self.decide(&engine, sql);
         if let Some(message) = refusal(&decision) {
             // The unnamed statement, or a name in use, now stands for the
@@ -903,7 +926,7 @@ impl SessionLoop {
         if result.masker.is_none() && frame.kind == b'D' {
             let facts = result.facts.clone();
             let masker = match fields.clone() {
-                Some(fields) => self.masker(facts.as_deref(), &fields).await,
+                Some(fields) => self.execute_masker(facts, fields).await,
                 None => {
                     // Columns unknown: every value is masked whole.
                     let n = codec::data_row_values(&frame).map_err(|e| e.to_string())?.len();
@@ -1115,7 +1138,7 @@ impl SessionLoop {
         };
         if frame.kind == b'd' {
             let columns = result.copy_columns;
-            let outcome = mask_copy_line(masker, frame.body(), columns, &mut self.cout);
+            let outcome = mask_copy_line(masker, frame.body(), columns, &mut self.row, &mut self.cout);
             match outcome {
                 Err(()) => {
                     // A line that does not split into the result's columns
@@ -1134,20 +1157,23 @@ impl SessionLoop {
             }
             return Ok(());
         }
-        let values = codec::data_row_values(&frame).map_err(|e| e.to_string())?;
-        let mut row: Vec<Option<Cow<'_, [u8]>>> = values.iter().map(|v| v.as_deref().map(Cow::Borrowed)).collect();
-        if masker.mask_row(&mut row) == 0 {
-            self.cout.extend_from_slice(&frame.frame);
-        } else {
-            codec::data_row(&mut self.cout, row).map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        let mut row = self.row.lend();
+        let outcome = codec::data_row_values_into(&frame, &mut row).map_err(|e| e.to_string()).and_then(|()| {
+            if masker.mask_row(&mut row) == 0 {
+                self.cout.extend_from_slice(&frame.frame);
+                Ok(())
+            } else {
+                codec::data_row(&mut self.cout, row.iter().map(Option::as_deref)).map_err(|e| e.to_string())
+            }
+        });
+        self.row.give_back(row);
+        outcome
     }
 
     async fn start_copy_out(&mut self, frame: &BackendFrame, facts: Option<Arc<StatementFacts>>) -> SessionResult {
         let (format, columns) = codec::parse_copy_response(frame).map_err(|e| e.to_string())?;
         let facts = facts.or_else(|| self.current_result().and_then(|r| r.facts.clone()));
-        let engine = self.gw.engine();
+        let engine = self.current_engine();
         let mut fields: Vec<ColumnInfo> = match facts.as_deref() {
             Some(f) if f.output_columns.len() == columns.len() && f.output_columns.iter().all(|c| c.name != "*") => {
                 f.output_columns.iter().map(|c| ColumnInfo::text(&c.name, None)).collect()
@@ -1229,25 +1255,67 @@ impl SessionLoop {
     }
 
     /// A masker for a result whose columns the gateway does not know.
-    fn unknown_columns_masker(&self, n: usize) -> Arc<RowMasker> {
-        let engine = self.gw.engine();
+    fn unknown_columns_masker(&mut self, n: usize) -> Arc<RowMasker> {
+        let engine = self.current_engine();
         let columns: Vec<ColumnInfo> = (0..n).map(|i| ColumnInfo::new(&format!("column{i}"), None, 0, true)).collect();
         Arc::new(engine.masker(&self.identity, &StatementFacts::default(), &columns))
+    }
+
+    /// The engine in force (a reload is noticed here: the masking plans
+    /// made under the previous policy are dropped).
+    fn current_engine(&mut self) -> Arc<Engine> {
+        self.refresh_engine();
+        Arc::clone(&self.engine)
+    }
+
+    fn refresh_engine(&mut self) {
+        let generation = self.gw.generation();
+        if generation != self.engine_generation {
+            self.engine_generation = generation;
+            self.engine = self.gw.engine();
+            self.maskers.clear();
+            self.last_masker = None;
+        }
+    }
+
+    /// The masking plan of an `Execute`'s result: the last one when the
+    /// statement and its columns are the very same (the usual prepared
+    /// statement run again and again), otherwise [`Self::masker`]'s.
+    async fn execute_masker(
+        &mut self,
+        facts: Option<Arc<StatementFacts>>,
+        fields: Arc<Vec<FieldDescription>>,
+    ) -> Arc<RowMasker> {
+        self.refresh_engine();
+        if let Some(last) = &self.last_masker {
+            let same_facts = match (&last.facts, &facts) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same_facts && Arc::ptr_eq(&last.fields, &fields) {
+                return Arc::clone(&last.masker);
+            }
+        }
+        let masker = self.masker(facts.as_deref(), &fields).await;
+        self.last_masker = Some(LastMasker { facts, fields, masker: Arc::clone(&masker) });
+        masker
     }
 
     /// Plans the masking of a result, or finds the plan made for the same
     /// statement shape, lineage and columns under the same policy.
     async fn masker(&mut self, facts: Option<&StatementFacts>, fields: &[FieldDescription]) -> Arc<RowMasker> {
-        let engine = self.gw.engine();
+        let engine = self.current_engine();
         if engine.policy().masks.is_empty() && engine.detectors().is_empty() {
             return Arc::new(RowMasker::default());
         }
-        let engine_id = Arc::as_ptr(&engine) as usize;
         let key = facts.map(|f| f.fingerprint.clone()).unwrap_or_default();
         let lineage = facts.map(|f| f.output_columns.as_slice()).unwrap_or_default();
-        if let Some(hit) = self.maskers.get(&key).and_then(|entries| {
-            entries.iter().find(|e| e.engine == engine_id && e.lineage == lineage && e.fields == fields)
-        }) {
+        if let Some(hit) = self
+            .maskers
+            .get(&key)
+            .and_then(|entries| entries.iter().find(|e| e.lineage == lineage && e.fields == fields))
+        {
             return Arc::clone(&hit.masker);
         }
         let mut oids: Vec<u32> = fields.iter().map(|f| f.table_oid).filter(|o| *o != 0).collect();
@@ -1271,7 +1339,6 @@ impl SessionLoop {
             self.maskers.clear();
         }
         self.maskers.entry(key).or_default().push(CachedMasker {
-            engine: engine_id,
             lineage: lineage.to_vec(),
             fields: fields.to_vec(),
             masker: Arc::clone(&masker),
@@ -1316,7 +1383,7 @@ impl SessionLoop {
         let Some((channel, payload)) = parsed else {
             return Err("malformed NotificationResponse from the database".to_string());
         };
-        let scrubber = self.gw.engine().scrubber(&self.identity, []);
+        let scrubber = self.current_engine().scrubber(&self.identity, []);
         let Scrubbed::Replace(clean) = scrubber.scrub("00000", b'M', payload) else {
             self.forward_to_client(frame);
             return Ok(());
@@ -1337,7 +1404,7 @@ impl SessionLoop {
     /// Relays a server error or notice, scrubbed for this client.
     fn relay_report(&mut self, frame: &BackendFrame) -> SessionResult {
         let fields = codec::parse_fields(frame).map_err(|e| e.to_string())?;
-        let engine = self.gw.engine();
+        let engine = self.current_engine();
         let facts: Vec<Arc<StatementFacts>> = match self.pending.front() {
             Some(Pending::Query { decision, .. }) => decision.statements.iter().map(|s| Arc::clone(&s.facts)).collect(),
             Some(Pending::Execute { result, .. }) => result.facts.iter().cloned().collect(),
@@ -1432,17 +1499,35 @@ fn format_at(formats: &[i16], i: usize) -> i16 {
 /// backslash escapes) and, when something changed, appends the masked
 /// `CopyData` message to `out` and returns true. Fields without an escape
 /// are not copied; an error when the line does not have `columns` fields.
-fn mask_copy_line(masker: &RowMasker, line: &[u8], columns: usize, out: &mut BytesMut) -> Result<bool, ()> {
+fn mask_copy_line(
+    masker: &RowMasker,
+    line: &[u8],
+    columns: usize,
+    scratch: &mut RowScratch,
+    out: &mut BytesMut,
+) -> Result<bool, ()> {
     let (body, newline) = match line.strip_suffix(b"\n") {
         Some(b) => (b, true),
         None => (line, false),
     };
-    let mut row: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(columns);
+    let mut row = scratch.lend();
     row.extend(body.split(|b| *b == b'\t').map(copy_unescape));
+    let outcome = mask_copy_fields(masker, &mut row, columns, newline, out);
+    scratch.give_back(row);
+    outcome
+}
+
+fn mask_copy_fields(
+    masker: &RowMasker,
+    row: &mut [Option<Cow<'_, [u8]>>],
+    columns: usize,
+    newline: bool,
+    out: &mut BytesMut,
+) -> Result<bool, ()> {
     if row.len() != columns {
         return Err(());
     }
-    if masker.mask_row(&mut row) == 0 {
+    if masker.mask_row(row) == 0 {
         return Ok(false);
     }
     let start = out.len();
@@ -1467,6 +1552,25 @@ fn mask_copy_line(masker: &RowMasker, line: &[u8], columns: usize, out: &mut Byt
         word.copy_from_slice(&len.to_be_bytes());
     }
     Ok(true)
+}
+
+/// The room of one row's values, kept from row to row (a result of a
+/// million rows allocates it once).
+#[derive(Debug, Default)]
+struct RowScratch(Vec<Option<Cow<'static, [u8]>>>);
+
+impl RowScratch {
+    /// An empty row to fill with values borrowed from one frame.
+    fn lend<'a>(&mut self) -> Vec<Option<Cow<'a, [u8]>>> {
+        std::mem::take(&mut self.0)
+    }
+
+    /// Takes the row's room back (the values are dropped; collecting an
+    /// emptied vector into one of the same layout keeps its allocation).
+    fn give_back(&mut self, mut row: Vec<Option<Cow<'_, [u8]>>>) {
+        row.clear();
+        self.0 = row.into_iter().map(|_| None).collect();
+    }
 }
 
 /// One COPY text field: `None` for `\N`, borrowed when it has no escape.
@@ -1518,6 +1622,19 @@ fn copy_escape(value: &[u8], out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_row_scratch_keeps_its_room() {
+        let mut scratch = RowScratch::default();
+        let line = b"a\tb\tc".to_vec();
+        let mut row = scratch.lend();
+        row.extend(line.split(|b| *b == b'\t').map(|f| Some(Cow::Borrowed(f))));
+        let room = row.capacity();
+        scratch.give_back(row);
+        let again = scratch.lend();
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), room);
+    }
 
     #[test]
     fn copy_text_round_trips() {

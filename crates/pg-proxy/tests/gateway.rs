@@ -331,3 +331,27 @@ async fn notification_payloads_pass_through_the_detectors() {
     let payload = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
     assert_eq!(payload, "paid with ****1111");
 }
+
+/// A client that writes a long pipeline before reading (tokio-postgres
+/// writes while it reads): the gateway keeps reading the server's answers
+/// while the client's requests wait to be written, so neither side stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_pipeline_with_large_answers_does_not_stall() {
+    let stack = Stack::start();
+    let dev = stack.connect(&["developers"]).await;
+    let stmt = dev.prepare("SELECT $1::int AS i, repeat('x', 2000) AS pad").await.unwrap();
+    let n = 20_000;
+    let futures: Vec<_> = (0..n)
+        .map(|i: i32| {
+            let dev = &dev;
+            let stmt = &stmt;
+            async move { dev.query_one(stmt, &[&i]).await.map(|r| r.get::<_, i32>(0)) }
+        })
+        .collect();
+    let all = tokio::time::timeout(std::time::Duration::from_secs(120), futures_join(futures))
+        .await
+        .expect("the pipeline stalled");
+    for (i, r) in all.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), i as i32);
+    }
+}

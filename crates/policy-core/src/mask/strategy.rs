@@ -74,13 +74,15 @@ impl Masking {
             Strategy::Redact => Some(REDACTED.to_string()),
             Strategy::Fixed => Some(self.value.clone()),
             Strategy::Partial => {
-                let count = value.chars().count();
-                // Never show a value whole, nor most of a short one.
-                if self.show_last == 0 || count <= self.show_last * 2 {
-                    return Some(RUN.to_string());
-                }
-                let tail: String = value.chars().skip(count - self.show_last).collect();
-                Some(format!("{RUN}{tail}"))
+                // Never show a value whole, nor most of a short one: the
+                // tail shows only when more of the value is hidden than shown.
+                let k = self.show_last;
+                let hidden = |t: &str| value.get(..value.len() - t.len()).unwrap_or_default().chars().nth(k).is_some();
+                let tail = last_chars(value, k).filter(|t| hidden(t));
+                let mut out = String::with_capacity(RUN.len() + tail.map_or(0, str::len));
+                out.push_str(RUN);
+                out.push_str(tail.unwrap_or_default());
+                Some(out)
             }
             Strategy::Email => match value.rsplit_once('@') {
                 Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Some(format!("{RUN}@{domain}")),
@@ -92,6 +94,12 @@ impl Masking {
             }),
         }
     }
+}
+
+/// The last `n` characters of `value`, when it has that many.
+fn last_chars(value: &str, n: usize) -> Option<&str> {
+    let start = value.char_indices().rev().nth(n.checked_sub(1)?)?.0;
+    value.get(start..)
 }
 
 /// HMAC-SHA256 of `value` under `key`, as 16 lower-case hex digits.
@@ -116,6 +124,12 @@ mod tests {
         assert_eq!(m.apply("4111111111111111").as_deref(), Some("****1111"));
         assert_eq!(m.apply("411111111111").as_deref(), Some("****1111"));
         assert_eq!(m.apply("1234567").as_deref(), Some("****"));
+        assert_eq!(m.apply("12345678").as_deref(), Some("****"));
+        assert_eq!(m.apply("123456789").as_deref(), Some("****6789"));
+        assert_eq!(
+            Masking { show_last: 0, ..Masking::new(Strategy::Partial) }.apply("123456789").as_deref(),
+            Some("****")
+        );
         assert_eq!(m.apply("").as_deref(), Some("****"));
         assert_eq!(m.apply("ééééééééé").as_deref(), Some("****éééé"));
     }
