@@ -1,5 +1,6 @@
 //! `gateway-bench`: the gateway (`pg-proxy serve`, release build) against
-//! PostgreSQL reached directly and through pgbouncer, with pgbench, in one run.
+//! PostgreSQL reached directly, through pgbouncer and through a do-nothing
+//! tokio byte relay, with pgbench, in one run.
 //!
 //! ```sh
 //! cargo build --release -p pg-proxy
@@ -9,10 +10,13 @@
 //! It starts a throwaway PostgreSQL cluster ([`pg_proxy::cluster`]), loads
 //! `pgbench -i -s 10` and a 1,000,000-row table `people` (one masked column,
 //! `ssn`), starts the gateway as its own process with
-//! `benches/gateway/policy.toml` and pgbouncer in session mode, then:
+//! `benches/gateway/policy.toml`, pgbouncer in session mode and the relay
+//! (this program run as `gateway-bench --relay PORT UPSTREAM_PORT`: a
+//! multi-threaded tokio runtime copying bytes both ways, the cost of the hop
+//! with no protocol work at all), then:
 //!
 //! - measures the gateway's resident memory per idle logged-in connection;
-//! - runs pgbench against the three targets (direct, gateway, pgbouncer) in
+//! - runs pgbench against the four targets (direct, gateway, pgbouncer, relay) in
 //!   four configurations, interleaved (every repetition visits every
 //!   configuration and target, in a rotating order), taking medians; the
 //!   proxies' CPU time (`/proc/PID/stat`) over each run gives their CPU cost
@@ -51,14 +55,16 @@ Options:
   --duration SECONDS      length of every pgbench run (-T)
   --configs A,B           only these configurations: select-prepared-c16, select-simple-c1,
                           select-prepared-c1, tpcb-c8
-  --targets A,B           only these targets: direct, gateway, pgbouncer
+  --targets A,B           only these targets: direct, gateway, pgbouncer, relay
   --scale N               pgbench scale (default 10)
   --idle-connections N    idle gateway connections for the memory figure (default 200; 0: skip)
   --no-stream             skip the masked COPY stream
   --pg-proxy PATH         the gateway binary (default: target/release/pg-proxy, or $PG_PROXY_BIN)
   --help                  this text
 
-Environment: GATEWAY_BENCH_THREADS=N gives the gateway N runtime threads
+The relay target is this program run as `gateway-bench --relay PORT UPSTREAM_PORT`.
+
+Environment: GATEWAY_BENCH_THREADS=N gives the gateway N session threads
 (default: one per CPU).
 
 Needs PostgreSQL's server binaries (initdb, pg_ctl), pgbench, psql and pgbouncer.";
@@ -69,9 +75,10 @@ enum Target {
     Direct,
     Gateway,
     Pgbouncer,
+    Relay,
 }
 
-const TARGETS: [Target; 3] = [Target::Direct, Target::Gateway, Target::Pgbouncer];
+const TARGETS: [Target; 4] = [Target::Direct, Target::Gateway, Target::Pgbouncer, Target::Relay];
 
 impl Target {
     fn name(self) -> &'static str {
@@ -79,6 +86,7 @@ impl Target {
             Target::Direct => "direct",
             Target::Gateway => "gateway",
             Target::Pgbouncer => "pgbouncer",
+            Target::Relay => "relay",
         }
     }
 
@@ -192,6 +200,11 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, port, upstream] = args.as_slice() {
+        if flag == "--relay" {
+            return relay(number(port)?, number(upstream)?);
+        }
+    }
     let Some(options) = Options::parse(&args)? else {
         println!("{USAGE}");
         return Ok(());
@@ -218,6 +231,47 @@ fn real_main() -> Result<(), String> {
         eprintln!("interrupted; everything started was stopped and removed");
     }
     result
+}
+
+/// The relay: a byte pump between each client and a new connection to
+/// PostgreSQL, on a multi-threaded tokio runtime (one worker per CPU).
+fn relay(port: u16, upstream: u16) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .await
+            .map_err(|e| format!("relay: binding port {port}: {e}"))?;
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let _ = client.set_nodelay(true);
+                let Ok(mut server) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, upstream)).await else {
+                    return;
+                };
+                let _ = server.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    })
+}
+
+fn start_relay(cluster: &Cluster) -> Result<(Proc, u16), String> {
+    let port = free_port()?;
+    let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
+    let log = cluster.dir().join("relay.log");
+    let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let child = Command::new(exe)
+        .args(["--relay", &port.to_string(), &cluster.port().to_string()])
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .map_err(|e| format!("starting the relay: {e}"))?;
+    let mut proc = Proc { name: "relay", child, log };
+    proc.wait_listening(port)?;
+    Ok((proc, port))
 }
 
 fn check_interrupted() -> Result<(), String> {
@@ -559,6 +613,7 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
 struct Pids {
     gateway: u32,
     pgbouncer: u32,
+    relay: u32,
 }
 
 impl Pids {
@@ -567,6 +622,7 @@ impl Pids {
             Target::Direct => None,
             Target::Gateway => Some(self.gateway),
             Target::Pgbouncer => Some(self.pgbouncer),
+            Target::Relay => Some(self.relay),
         }
     }
 }
@@ -754,12 +810,14 @@ fn run(options: &Options, command: &str, runtime: &tokio::runtime::Runtime) -> R
     eprintln!("starting the gateway and pgbouncer...");
     let (mut gateway, gateway_port, jwt) = start_gateway(&tools, &cluster, &password)?;
     let (mut pgbouncer, pgbouncer_port) = start_pgbouncer(&tools, &cluster, &password, run_as.as_ref())?;
+    let (mut relay, relay_port) = start_relay(&cluster)?;
     let endpoint = |target: Target| match target {
         Target::Direct => direct.clone(),
         Target::Gateway => Endpoint { port: gateway_port, user: "bench".to_string(), password: jwt.clone() },
         Target::Pgbouncer => {
             Endpoint { port: pgbouncer_port, user: BENCH_USER.to_string(), password: password.clone() }
         }
+        Target::Relay => Endpoint { port: relay_port, user: BENCH_USER.to_string(), password: password.clone() },
     };
     for target in TARGETS {
         let answer = psql(&tools, &endpoint(target), "SELECT count(*) FROM pgbench_branches")?;
@@ -767,8 +825,14 @@ fn run(options: &Options, command: &str, runtime: &tokio::runtime::Runtime) -> R
             return Err(format!("{}: SELECT count(*) FROM pgbench_branches gave {answer:?}", target.name()));
         }
     }
-    let pids = Pids { gateway: gateway.pid(), pgbouncer: pgbouncer.pid() };
-    eprintln!("gateway pid {}, pgbouncer pid {}, PostgreSQL port {}", pids.gateway, pids.pgbouncer, cluster.port());
+    let pids = Pids { gateway: gateway.pid(), pgbouncer: pgbouncer.pid(), relay: relay.pid() };
+    eprintln!(
+        "gateway pid {}, pgbouncer pid {}, relay pid {}, PostgreSQL port {}",
+        pids.gateway,
+        pids.pgbouncer,
+        pids.relay,
+        cluster.port()
+    );
 
     // Idle memory first, on a fresh gateway: memory freed by earlier
     // sessions would be reused and hide the cost.
@@ -798,6 +862,7 @@ fn run(options: &Options, command: &str, runtime: &tokio::runtime::Runtime) -> R
                 check_interrupted()?;
                 gateway.check_running()?;
                 pgbouncer.check_running()?;
+                relay.check_running()?;
                 let run = pgbench(&tools, &endpoint(target), config.args, options.duration, pids.of(target))?;
                 eprintln!(
                     "rep {}/{} {:<20} {:<9} tps {:>9.1}  proxy CPU {} µs/txn",
@@ -883,10 +948,10 @@ fn report(
     );
     let _ = writeln!(
         w,
-        "| configuration | direct TPS | gateway TPS | pgbouncer TPS | gateway/direct | gateway/pgbouncer | \
-         pgbouncer/direct | gateway CPU µs/txn | pgbouncer CPU µs/txn |"
+        "| configuration | direct TPS | gateway TPS | pgbouncer TPS | relay TPS | gateway/direct | gateway/pgbouncer | \
+         gateway/relay | pgbouncer/direct | relay/direct | gateway CPU µs/txn | pgbouncer CPU µs/txn | relay CPU µs/txn |"
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let idx = |t: Target| TARGETS.iter().position(|x| *x == t).unwrap_or(0);
     let tps = |ci: usize, t: Target| -> Option<f64> {
         let rs = runs.get(ci)?.get(idx(t))?;
@@ -900,19 +965,24 @@ fn report(
     let mut cpu_pairs: Vec<(&str, Option<f64>, Option<f64>)> = Vec::new();
     for (ci, config) in options.configs.iter().enumerate() {
         let (d, g, p) = (tps(ci, Target::Direct), tps(ci, Target::Gateway), tps(ci, Target::Pgbouncer));
-        let (gc, pc) = (cpu(ci, Target::Gateway), cpu(ci, Target::Pgbouncer));
+        let r = tps(ci, Target::Relay);
+        let (gc, pc, rc) = (cpu(ci, Target::Gateway), cpu(ci, Target::Pgbouncer), cpu(ci, Target::Relay));
         let _ = writeln!(
             w,
-            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             config.args.join(" "),
             fmt_opt(d, 0),
             fmt_opt(g, 0),
             fmt_opt(p, 0),
+            fmt_opt(r, 0),
             fmt_opt(ratio(g, d), 2),
             fmt_opt(ratio(g, p), 2),
+            fmt_opt(ratio(g, r), 2),
             fmt_opt(ratio(p, d), 2),
+            fmt_opt(ratio(r, d), 2),
             fmt_opt(gc, 1),
-            fmt_opt(pc, 1)
+            fmt_opt(pc, 1),
+            fmt_opt(rc, 1)
         );
         gw_vs_pgb.push((config.name, ratio(g, p)));
         cpu_pairs.push((config.name, gc, pc));

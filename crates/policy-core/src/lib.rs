@@ -128,7 +128,18 @@
 //! Deciding costs one parse by libpg_query plus one walk of the tree; see
 //! `benches/README.md` for measured ratios. Repeated statements are served
 //! from a bounded decision cache (8 MiB by default, [`EngineOptions`]),
-//! keyed on every input the decision reads.
+//! keyed on every input the decision reads. A SELECT, INSERT, UPDATE or
+//! DELETE whose decision read no constant's value is cached by its shape
+//! (the text with each constant replaced by its kind, found by PostgreSQL's
+//! own scanner), so `... WHERE aid = 17` and `... WHERE aid = 42` share one
+//! decision for the cost of a scan instead of a parse. Decisions that read a
+//! constant (tautology folding, `set_config`, `nextval('seq')`, a rule's
+//! `pattern`) are cached for their exact text only.
+//!
+//! `pg_query` notes: `scan_tokens` builds a slice from a null pointer when
+//! a text has no token, so blank texts are never scanned; `float(p)` picks
+//! a type from a constant and `U&` names depend on their `UESCAPE`
+//! constant, so texts holding either are cached for their exact text only.
 
 mod analyze;
 mod cache;
