@@ -64,7 +64,7 @@ Options:
 
 The relay target is this program run as `gateway-bench --relay PORT UPSTREAM_PORT`.
 
-Environment: GATEWAY_BENCH_THREADS=N gives the gateway N session threads
+Environment: GATEWAY_BENCH_THREADS=N gives the gateway N runtime threads
 (default: one per CPU).
 
 Needs PostgreSQL's server binaries (initdb, pg_ctl), pgbench, psql and pgbouncer.";
@@ -236,10 +236,8 @@ fn real_main() -> Result<(), String> {
 /// The relay: a byte pump between each client and a new connection to
 /// PostgreSQL, on a multi-threaded tokio runtime (one worker per CPU).
 fn relay(port: u16, upstream: u16) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .await

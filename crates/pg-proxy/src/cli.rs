@@ -271,9 +271,8 @@ fn serve(path: &Path) -> ExitCode {
     init_logging();
     match pg_proxy::config::Config::load(path) {
         Ok(config) => {
-            // One thread accepts and handles signals; sessions run on
-            // `[limits] worker_threads` session threads of their own.
-            run_async_with(1, pg_proxy::server::run(config))
+            let threads = config.limits.worker_threads;
+            run_async_with(threads, pg_proxy::server::run(config))
         }
         Err(e) => {
             eprintln!("error: {e}");

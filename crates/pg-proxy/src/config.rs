@@ -27,7 +27,7 @@
 //! max_message_bytes = 67108864       # largest frontend message accepted
 //! max_connections = 1000
 //! login_timeout = "30s"
-//! worker_threads = 0                 # session threads; 0: one per CPU
+//! worker_threads = 0                 # runtime threads; 0: one per CPU
 //!
 //! [masking]
 //! pseudonym_key_env = "PORTCULLIS_PSEUDONYM_KEY"  # for `hash` masks; or pseudonym_key_file
@@ -185,7 +185,7 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time a client has to complete the login.
     pub login_timeout: Duration,
-    /// Session threads (0: one per CPU); see [`crate::workers`].
+    /// Threads of the runtime (0: one per CPU).
     pub worker_threads: usize,
 }
 

@@ -8,7 +8,6 @@
 //! - [`config`]: the configuration file;
 //! - [`server`]: accepting clients, TLS, login, cancel requests;
 //! - [`session`]: one client session, statement by statement;
-//! - [`workers`]: the session threads;
 //! - [`upstream`]: the database side, with the held credential;
 //! - [`catalog`]: table OIDs to names, for masking;
 //! - [`codec`]: frontend and backend messages, parsed without copying;
@@ -29,4 +28,3 @@ pub mod session;
 pub mod tls;
 pub mod token;
 pub mod upstream;
-pub mod workers;

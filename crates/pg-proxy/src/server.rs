@@ -48,7 +48,6 @@ use crate::config::Config;
 use crate::session;
 use crate::tls::{Stream, ALPN_POSTGRESQL};
 use crate::upstream::{self, Target};
-use crate::workers::Workers;
 
 /// Startup parameters passed to the server as they are.
 const PASSED_PARAMS: [&str; 5] = ["application_name", "DateStyle", "TimeZone", "IntervalStyle", "extra_float_digits"];
@@ -78,7 +77,6 @@ pub struct Gateway {
     next_pid: AtomicI32,
     next_session: AtomicU64,
     connections: Arc<Semaphore>,
-    workers: Workers,
     generation: AtomicU64,
 }
 
@@ -110,10 +108,7 @@ impl Gateway {
             None => None,
         };
         let target = Target::new(&config.upstream, config.limits.max_message_bytes)?;
-        let workers =
-            Workers::start(config.limits.worker_threads).map_err(|e| format!("starting the session threads: {e}"))?;
         Ok(Gateway {
-            workers,
             generation: AtomicU64::new(0),
             catalog: Catalog::new(target.clone()),
             target,
@@ -178,21 +173,8 @@ impl Gateway {
                     continue;
                 }
             };
-            // The session moves to a session thread (see `workers`).
-            let tcp = match tcp.into_std() {
-                Ok(tcp) => tcp,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    continue;
-                }
-            };
             let gw = Arc::clone(&self);
-            self.workers.spawn(async move {
-                match TcpStream::from_std(tcp) {
-                    Ok(tcp) => gw.handle(tcp, peer).await,
-                    Err(e) => tracing::warn!("accept: {e}"),
-                }
-            });
+            tokio::spawn(async move { gw.handle(tcp, peer).await });
         }
     }
 
