@@ -195,9 +195,10 @@ pub struct Analysis {
     /// Whether an `EXECUTE` looked up the session's prepared statements:
     /// the facts then depend on them, not only on the text.
     pub reads_prepared: bool,
-    /// Whether every statement is a plain SELECT, INSERT, UPDATE or DELETE:
-    /// the statements whose constants all reach the tree as `A_Const`
-    /// nodes, where reading one is on the record (see [`literal`]).
+    /// Whether every statement is a plain SELECT, INSERT, UPDATE or DELETE
+    /// (or a BEGIN, COMMIT, ROLLBACK or savepoint around them): the
+    /// statements whose constants all reach the tree as `A_Const` nodes,
+    /// where reading one is on the record (see [`literal`]).
     pub(crate) only_dml: bool,
 }
 
@@ -236,10 +237,19 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
     let mut only_dml = true;
     for (index, raw) in parsed.protobuf.stmts.iter().enumerate() {
         let Some(stmt) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
-        only_dml &= matches!(
-            stmt,
-            NodeEnum::SelectStmt(_) | NodeEnum::InsertStmt(_) | NodeEnum::UpdateStmt(_) | NodeEnum::DeleteStmt(_)
-        );
+        only_dml &= match stmt {
+            NodeEnum::SelectStmt(_) | NodeEnum::InsertStmt(_) | NodeEnum::UpdateStmt(_) | NodeEnum::DeleteStmt(_) => true,
+            // BEGIN ... COMMIT around them: no constant (savepoint names are
+            // identifiers); PREPARE TRANSACTION 'gid' and its kin hold one.
+            NodeEnum::TransactionStmt(t) => {
+                use pb::TransactionStmtKind as K;
+                !matches!(
+                    K::try_from(t.kind),
+                    Ok(K::TransStmtPrepare | K::TransStmtCommitPrepared | K::TransStmtRollbackPrepared) | Err(_)
+                )
+            }
+            _ => false,
+        };
         let start = usize::try_from(raw.stmt_location).unwrap_or(0).min(sql.len());
         let end = match usize::try_from(raw.stmt_len) {
             Ok(0) | Err(_) => sql.len(),
