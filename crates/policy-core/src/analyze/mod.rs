@@ -238,7 +238,9 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
     for (index, raw) in parsed.protobuf.stmts.iter().enumerate() {
         let Some(stmt) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
         only_dml &= match stmt {
-            NodeEnum::SelectStmt(_) | NodeEnum::InsertStmt(_) | NodeEnum::UpdateStmt(_) | NodeEnum::DeleteStmt(_) => true,
+            NodeEnum::SelectStmt(_) | NodeEnum::InsertStmt(_) | NodeEnum::UpdateStmt(_) | NodeEnum::DeleteStmt(_) => {
+                true
+            }
             // BEGIN ... COMMIT around them: no constant (savepoint names are
             // identifiers); PREPARE TRANSACTION 'gid' and its kin hold one.
             NodeEnum::TransactionStmt(t) => {
