@@ -246,6 +246,25 @@ async fn a_policy_reload_applies_to_running_sessions_and_a_bad_one_is_rejected()
     assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "the policy in force is kept: {e}");
 }
 
+/// A prepared statement run again after a reload is masked under the new
+/// policy (the session drops the masking plans of the old one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reload_changes_the_masking_of_a_prepared_statement() {
+    let stack = Stack::start();
+    let agent = stack.connect(&["ai-agents"]).await;
+    let by_id = agent.prepare("SELECT ssn FROM customers WHERE id = $1").await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(agent.query_one(&by_id, &[&1i32]).await.unwrap().get::<_, String>(0), "****6789");
+    }
+    let policy_path = stack.path("policy.toml");
+    let original = std::fs::read_to_string(&policy_path).unwrap();
+    let changed = original.replace("strategy  = \"partial\"\nshow_last = 4", "strategy  = \"partial\"\nshow_last = 2");
+    assert_ne!(changed, original, "the test's policy edit no longer applies");
+    std::fs::write(&policy_path, changed).unwrap();
+    stack.gateway.reload_policy().unwrap();
+    assert_eq!(agent.query_one(&by_id, &[&1i32]).await.unwrap().get::<_, String>(0), "****89");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_pipelines_never_leak_a_masked_value() {
     let stack = Stack::start();

@@ -151,9 +151,17 @@ impl DecisionCache {
         Some(Arc::clone(&entry.decision))
     }
 
-    /// Caches `decision` for `sql` (a shape's key when `shape`), from the
-    /// second time it is offered.
-    pub(crate) fn insert(&self, sql: &str, shape: bool, identity: &Identity, session: &Session, decision: &Decision) {
+    /// Caches `stored(decision)` for `sql` (a shape's key when `shape`),
+    /// from the second time it is offered; `stored` runs only then.
+    pub(crate) fn insert(
+        &self,
+        sql: &str,
+        shape: bool,
+        identity: &Identity,
+        session: &Session,
+        decision: &Decision,
+        stored: impl FnOnce(&Decision) -> Decision,
+    ) {
         if !self.takes(sql.len()) {
             return;
         }
@@ -190,7 +198,7 @@ impl DecisionCache {
         if bucket.iter().any(|e| e.key == key) {
             return;
         }
-        bucket.push(Entry { key, decision: Arc::new(decision.clone()), bytes, hit: false });
+        bucket.push(Entry { key, decision: Arc::new(stored(decision)), bytes, hit: false });
         shard.bytes += bytes;
     }
 

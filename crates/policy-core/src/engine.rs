@@ -208,7 +208,7 @@ impl Engine {
                 let decision = restore_spans(&hit, shape);
                 // A text seen before is kept as itself too: its next
                 // sighting needs no scan.
-                inner.cache.insert(sql, false, identity, session, &decision);
+                inner.cache.insert(sql, false, identity, session, &decision, Decision::clone);
                 return decision;
             }
         }
@@ -233,9 +233,9 @@ impl Engine {
         }
         match shape {
             Some(shape) if literal_free => {
-                inner.cache.insert(&shape.key, true, identity, session, &store_spans(&decision, &shape));
+                inner.cache.insert(&shape.key, true, identity, session, &decision, |d| store_spans(d, &shape));
             }
-            _ => inner.cache.insert(sql, false, identity, session, &decision),
+            _ => inner.cache.insert(sql, false, identity, session, &decision, Decision::clone),
         }
         decision
     }
