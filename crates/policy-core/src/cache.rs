@@ -76,6 +76,21 @@ struct Shard {
     bytes: usize,
     /// Key hashes decided once and not cached yet.
     seen_once: std::collections::HashSet<u64>,
+    /// Answers given, by the text itself and by its shape (counted under
+    /// the shard's lock, so no shared counter on the hot path).
+    hits: u64,
+    shape_hits: u64,
+}
+
+/// What the decision cache has done so far ([`crate::Engine::cache_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Decisions answered for the very same text.
+    pub hits: u64,
+    /// Decisions answered for a text of the same shape (other constants).
+    pub shape_hits: u64,
+    /// Bytes held now.
+    pub bytes: usize,
 }
 
 /// A bounded, sharded map from (text, caller, session) to decisions.
@@ -148,7 +163,13 @@ impl DecisionCache {
         let mut shard = self.shard(hash)?.lock().ok()?;
         let entry = shard.map.get_mut(&hash)?.iter_mut().find(|e| e.key.same(sql, shape, identity, session))?;
         entry.hit = true;
-        Some(Arc::clone(&entry.decision))
+        let decision = Arc::clone(&entry.decision);
+        if shape {
+            shard.shape_hits += 1;
+        } else {
+            shard.hits += 1;
+        }
+        Some(decision)
     }
 
     /// Caches `stored(decision)` for `sql` (a shape's key when `shape`),
@@ -204,7 +225,18 @@ impl DecisionCache {
 
     /// Bytes held, for tests and diagnostics.
     pub(crate) fn bytes(&self) -> usize {
-        self.shards.iter().filter_map(|s| s.lock().ok().map(|s| s.bytes)).sum()
+        self.stats().bytes
+    }
+
+    /// Hits and bytes, summed over the shards.
+    pub(crate) fn stats(&self) -> CacheStats {
+        let mut stats = CacheStats::default();
+        for shard in self.shards.iter().filter_map(|s| s.lock().ok()) {
+            stats.hits += shard.hits;
+            stats.shape_hits += shard.shape_hits;
+            stats.bytes += shard.bytes;
+        }
+        stats
     }
 }
 

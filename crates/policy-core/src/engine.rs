@@ -9,7 +9,7 @@ use globset::{Glob, GlobSetBuilder};
 use crate::analyze::literal;
 use crate::analyze::StatementFacts;
 use crate::analyze::{self, Analysis, AnalyzeOptions};
-use crate::cache::{DecisionCache, DEFAULT_CACHE_BYTES};
+use crate::cache::{CacheStats, DecisionCache, DEFAULT_CACHE_BYTES};
 use crate::decision::{Decision, StatementDecision, Verdict};
 use crate::detect::Detectors;
 use crate::identity::{Actor, Identity};
@@ -293,6 +293,26 @@ impl Engine {
     /// Bytes the decision cache holds now.
     pub fn cache_bytes(&self) -> usize {
         self.inner.cache.bytes()
+    }
+
+    /// What the decision cache has answered so far, and its size.
+    ///
+    /// ```
+    /// use policy_core::{Engine, Identity, Policy};
+    ///
+    /// let policy = Policy::from_toml_str("version = 1\n[settings]\ndefault = \"allow\"\n", "inline.toml")?;
+    /// let engine = Engine::new(policy, Default::default())?;
+    /// let (me, session) = (Identity::new("ann"), engine.new_session());
+    /// for aid in 1..=3 {
+    ///     engine.decide(&me, &session, &format!("SELECT * FROM accounts WHERE aid = {aid}"));
+    /// }
+    /// // The second text was the shape's second sighting (it is cached
+    /// // then); the third was answered by the shape.
+    /// assert_eq!(engine.cache_stats().shape_hits, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.stats()
     }
 }
 

@@ -155,7 +155,7 @@ mod session;
 mod shape;
 
 pub use analyze::{Analysis, Class, OutputColumn, StatementFacts};
-pub use cache::{DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT};
+pub use cache::{CacheStats, DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT};
 pub use decision::{Decision, StatementDecision, Verdict};
 pub use detect::{DetectorMatch, Detectors};
 pub use engine::{Engine, EngineOptions, Keys, TestOutcome};

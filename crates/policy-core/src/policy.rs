@@ -274,7 +274,11 @@ pub struct Rule {
     pub where_missing: bool,
     /// Matches only reads without a LIMIT.
     pub limit_missing: bool,
-    /// Regex on the statement text.
+    /// Regex on the statement text. A decision that tried it depends on
+    /// the whole text, constants included, so it is cached for that exact
+    /// text only (not by shape, see `Engine::decide`). The pattern is tried
+    /// last, once the rule's other conditions match, so a rule narrowed by
+    /// them leaves the other statements' decisions shareable.
     pub pattern: Option<Regex>,
     /// Row cap for what the rule allows.
     pub max_rows: Option<u64>,

@@ -218,7 +218,9 @@ fn constants_never_change_a_shared_decision() {
             }
         }
     }
-    println!("{compared} variants compared, {} differ", failures.len());
+    let shape_hits: u64 = cached.values().map(|e| e.cache_stats().shape_hits).sum();
+    println!("{compared} variants compared, {} differ, {shape_hits} answered by shape", failures.len());
     assert!(compared >= 500, "only {compared} variants were compared");
+    assert!(shape_hits * 4 >= compared as u64, "only {shape_hits} of {compared} variants were answered by shape");
     assert!(failures.is_empty(), "{} variants decided differently:\n{}", failures.len(), failures.join("\n"));
 }

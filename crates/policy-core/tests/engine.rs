@@ -403,8 +403,12 @@ fn texts_differing_in_constants_share_one_cache_entry() {
         assert_eq!(d, uncached(BASE).decide(&who, &s, &sql), "{sql}");
     }
     assert_eq!(e.cache_bytes(), held, "one entry serves every constant");
+    assert_eq!(e.cache_stats().shape_hits, 3, "each new constant was answered by the shape");
     // A text met twice is also kept as itself, so that it needs no scan.
     decide_twice(&e, &who, &s, "SELECT * FROM orders WHERE id = 2 AND note = 'bb'");
+    let before = e.cache_stats();
+    e.decide(&who, &s, "SELECT * FROM orders WHERE id = 2 AND note = 'bb'");
+    assert_eq!(e.cache_stats().hits, before.hits + 1);
     let held = e.cache_bytes();
     // Another constant kind, a keyword or an identifier is another shape.
     for sql in [
@@ -416,12 +420,14 @@ fn texts_differing_in_constants_share_one_cache_entry() {
     }
     assert!(e.cache_bytes() > held);
     assert_eq!(verdict(&e, &who, "SELECT * FROM secrets WHERE id = 1 AND note = 'a'").0, Verdict::Deny);
+    assert_eq!(e.cache_stats().shape_hits, before.shape_hits, "other shapes were not answered by this one");
 }
 
 #[test]
 fn a_decision_that_read_a_constant_is_not_shared() {
-    let e = engine(
-        r#"
+    // No `pattern` rule here: a pattern reads every text it is tried on,
+    // which would keep every decision out of the shape cache.
+    let policy = r#"
 version = 1
 [settings]
 default = "allow"
@@ -429,41 +435,39 @@ default = "allow"
 name = "unbounded"
 effect = "deny"
 where_missing = true
-[[rule]]
-name = "no-magic-word"
-effect = "deny"
-pattern = "xyzzy"
-"#,
-    );
-    let (who, s) = (anyone(), e.new_session());
-    // Tautologies fold constants: each order of first sighting.
-    for (first, second) in [
-        ("DELETE FROM t WHERE id + 1 = id + 1", "DELETE FROM t WHERE id + 1 = id + 2"),
+"#;
+    let (who, s) = (anyone(), engine(policy).new_session());
+    // Tautologies fold constants: a bounded DELETE and its tautological
+    // twin of the same shape, each seen first.
+    for (bounded, unbounded) in [
         ("DELETE FROM t WHERE id + 1 = id + 2", "DELETE FROM t WHERE id + 1 = id + 1"),
         ("DELETE FROM t WHERE id = 5 OR 1 = 2", "DELETE FROM t WHERE id = 5 OR 1 = 1"),
         ("DELETE FROM t WHERE id = 5 OR 'no'::bool", "DELETE FROM t WHERE id = 5 OR 'yes'::bool"),
         ("DELETE FROM t WHERE id = 5 OR 3 IN (1, 2)", "DELETE FROM t WHERE id = 5 OR 1 IN (1, 2)"),
     ] {
-        let want = |sql: &str| {
-            if sql.contains("= id + 1") || sql.contains("1 = 1") || sql.contains("yes") || sql.contains("1 IN") {
-                Verdict::Deny
-            } else {
-                Verdict::Allow
+        for order in [[bounded, unbounded], [unbounded, bounded]] {
+            let e = engine(policy);
+            for sql in order {
+                let want = if sql == bounded { Verdict::Allow } else { Verdict::Deny };
+                assert_eq!(decide_twice(&e, &who, &s, sql).verdict, want, "{sql} (after {order:?})");
             }
-        };
-        assert_eq!(decide_twice(&e, &who, &s, first).verdict, want(first), "{first}");
-        assert_eq!(decide_twice(&e, &who, &s, second).verdict, want(second), "{second}");
+            assert_eq!(e.cache_stats().shape_hits, 0, "{order:?}");
+        }
     }
     // A rule's pattern reads the text, constants included.
+    let e = engine(&format!("{policy}[[rule]]\nname = \"no-magic-word\"\neffect = \"deny\"\npattern = \"xyzzy\"\n"));
     assert_eq!(decide_twice(&e, &who, &s, "SELECT * FROM t WHERE w = 'plugh'").verdict, Verdict::Allow);
     assert_eq!(decide_twice(&e, &who, &s, "SELECT * FROM t WHERE w = 'xyzzy'").verdict, Verdict::Deny);
+    assert_eq!(e.cache_stats().shape_hits, 0);
     // A search_path set through set_config is read from its constant.
+    let e = engine(policy);
     let sp = |path: &str| {
         let sql = format!("SELECT set_config('search_path', '{path}', false)");
         let d = decide_twice(&e, &who, &s, &sql);
         d.statements[0].facts.session_effects.clone()
     };
     assert_ne!(sp("alpha"), sp("beta"));
+    assert_eq!(e.cache_stats().shape_hits, 0);
 }
 
 #[test]
@@ -473,6 +477,7 @@ fn shared_decisions_carry_their_own_text_spans() {
     decide_twice(&e, &who, &s, "SELECT 1 FROM orders; SELECT 'x' FROM orders WHERE id = 2");
     let sql = "SELECT 12345 FROM orders; SELECT 'a longer string' FROM orders WHERE id = 2";
     let d = e.decide(&who, &s, sql);
+    assert_eq!(e.cache_stats().shape_hits, 1, "answered by the shape");
     let spans: Vec<&str> = d.statements.iter().map(|st| &sql[st.facts.span.clone()]).collect();
     assert_eq!(spans, ["SELECT 12345 FROM orders", "SELECT 'a longer string' FROM orders WHERE id = 2"]);
     assert_eq!(d, uncached(BASE).decide(&who, &s, sql));
