@@ -1,0 +1,189 @@
+//! The edge between C and Rust: panics stop here, pointers are checked
+//! here, out-pointers are written here.
+
+use std::ffi::c_char;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+
+use crate::error::{self, portcullis_result, Error};
+
+/// Runs one export's body: a panic becomes `PORTCULLIS_RESULT_PANIC`, an
+/// error is recorded for [`portcullis_error`](crate::portcullis_error).
+pub(crate) fn call(f: impl FnOnce() -> Result<(), Error>) -> portcullis_result {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => portcullis_result::Ok,
+        Ok(Err(e)) => error::record(e),
+        Err(_) => error::record(Error::from(portcullis_result::Panic)),
+    }
+}
+
+/// Runs an accessor that returns a value: a panic gives `fallback`.
+pub(crate) fn value<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
+}
+
+/// An out-pointer, checked for NULL before any work is done so that it can
+/// be written, once, after all of it succeeded.
+pub(crate) struct Out<T>(NonNull<T>);
+
+impl<T> Out<T> {
+    /// # Safety
+    ///
+    /// A non-NULL `p` must be valid for one write of `T`.
+    pub(crate) unsafe fn new(p: *mut T) -> Result<Self, Error> {
+        NonNull::new(p).map(Out).ok_or_else(|| Error::from(portcullis_result::NullParameter))
+    }
+
+    pub(crate) fn write(self, value: T) {
+        // SAFETY: `new`'s contract: the pointer is valid for a write. It is
+        // written with `write`, so whatever it held is not dropped.
+        unsafe { self.0.as_ptr().write(value) }
+    }
+}
+
+/// Writes `value` through `p`.
+///
+/// # Safety
+///
+/// A non-NULL `p` must be valid for one write of `T`.
+pub(crate) unsafe fn write<T>(p: *mut T, value: T) -> Result<(), Error> {
+    // SAFETY: forwarded contract.
+    unsafe { Out::new(p) }?.write(value);
+    Ok(())
+}
+
+/// The bytes at `ptr`. NULL is accepted only when `len` is 0.
+///
+/// # Safety
+///
+/// A non-NULL `ptr` must be valid for reads of `len` bytes, unchanged while
+/// the returned slice lives.
+pub(crate) unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8], Error> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(portcullis_result::NullParameter.into());
+    }
+    if len > isize::MAX as usize {
+        return Err(Error::new(portcullis_result::InvalidParameter, format!("length {len} is above PTRDIFF_MAX")));
+    }
+    // SAFETY: non-NULL, at most isize::MAX bytes, readable per the contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// The UTF-8 text at `ptr` (not NUL-terminated: `len` bytes). `what` names
+/// the argument in the error.
+///
+/// # Safety
+///
+/// As [`bytes`].
+pub(crate) unsafe fn text<'a>(ptr: *const c_char, len: usize, what: &str) -> Result<&'a str, Error> {
+    // SAFETY: forwarded contract.
+    let bytes = unsafe { bytes(ptr.cast::<u8>(), len) }?;
+    std::str::from_utf8(bytes).map_err(|e| {
+        Error::new(portcullis_result::InvalidUtf8, format!("{what} is not valid UTF-8 (at byte {})", e.valid_up_to()))
+    })
+}
+
+/// The object behind a handle.
+///
+/// # Safety
+///
+/// A non-NULL `ptr` must come from this library's `_new` for `T`, not yet freed.
+pub(crate) unsafe fn handle<'a, T>(ptr: *const T) -> Result<&'a T, Error> {
+    // SAFETY: forwarded contract: a live Box<T>.
+    unsafe { ptr.as_ref() }.ok_or_else(|| portcullis_result::NullParameter.into())
+}
+
+/// The object behind a handle, for a change.
+///
+/// # Safety
+///
+/// As [`handle`], and no other reference to it may be in use.
+pub(crate) unsafe fn handle_mut<'a, T>(ptr: *mut T) -> Result<&'a mut T, Error> {
+    // SAFETY: forwarded contract.
+    unsafe { ptr.as_mut() }.ok_or_else(|| portcullis_result::NullParameter.into())
+}
+
+/// Gives `value` to the caller as a handle.
+pub(crate) fn into_handle<T>(value: T) -> *mut T {
+    Box::into_raw(Box::new(value))
+}
+
+/// Takes a handle back and drops it; NULL does nothing.
+///
+/// # Safety
+///
+/// A non-NULL `ptr` must come from [`into_handle`] for `T`, not yet freed,
+/// and not in use by any other thread.
+pub(crate) unsafe fn free<T>(ptr: *mut T) {
+    if !ptr.is_null() {
+        // A panic in a destructor must not unwind into C.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: the contract: a live Box<T> given up by the caller.
+            drop(unsafe { Box::from_raw(ptr) })
+        }));
+    }
+}
+
+/// A borrowed string handed to C: `len` bytes at `data`, not
+/// NUL-terminated. `data` is NULL (and `len` 0) for "none".
+///
+/// The bytes live as long as the handle they were read from.
+///
+/// ```c
+/// portcullis_str rule = portcullis_decision_rule(decision);
+/// if (rule.data) printf("rule: %.*s\n", (int)rule.len, rule.data);
+/// ```
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct portcullis_str {
+    /// The first byte, or NULL.
+    pub data: *const c_char,
+    /// How many bytes.
+    pub len: usize,
+}
+
+impl portcullis_str {
+    pub(crate) const NONE: portcullis_str = portcullis_str { data: std::ptr::null(), len: 0 };
+
+    pub(crate) fn of(s: &str) -> portcullis_str {
+        portcullis_str { data: s.as_ptr().cast::<c_char>(), len: s.len() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::panic, reason = "test code")]
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_a_result_code_and_a_message() {
+        let r = call(|| panic!("boom"));
+        assert_eq!(r, portcullis_result::Panic);
+        let mut buf = [0 as c_char; 128];
+        let mut n = 0usize;
+        // SAFETY: the buffer and the count are local and writable.
+        unsafe { crate::portcullis_error(r as u32, buf.as_mut_ptr(), buf.len(), &mut n) };
+        let text: Vec<u8> = buf.iter().take(n).map(|&c| c as u8).collect();
+        assert!(String::from_utf8_lossy(&text).contains("please report it"));
+        assert_eq!(value(7, || panic!("boom")), 7);
+    }
+
+    #[test]
+    fn null_and_bad_text_are_result_codes() {
+        // SAFETY: NULL with a length is what is being tested; nothing is read.
+        let e = unsafe { bytes(std::ptr::null(), 3) }.err().map(|e| e.code);
+        assert_eq!(e, Some(portcullis_result::NullParameter));
+        // SAFETY: NULL with length 0 reads nothing.
+        assert_eq!(unsafe { bytes(std::ptr::null(), 0) }.ok(), Some(&[][..]));
+        let bad = [b'a', 0xff, b'b'];
+        // SAFETY: `bad` holds three readable bytes.
+        let e = unsafe { text(bad.as_ptr().cast(), bad.len(), "sql") }.err();
+        assert_eq!(
+            e.map(|e| (e.code, e.message)),
+            Some((portcullis_result::InvalidUtf8, "sql is not valid UTF-8 (at byte 1)".into()))
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! `portcullis_masker`: masks the rows of one statement's result.
+
+use std::borrow::Cow;
+use std::ffi::c_char;
+
+use policy_core::{ColumnInfo, RowMasker};
+
+use crate::boundary::{self, Out};
+use crate::decision::portcullis_decision;
+use crate::engine::portcullis_engine;
+use crate::error::{portcullis_result, Error};
+use crate::identity::portcullis_identity;
+
+/// One result column, as the server described it (RowDescription).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct portcullis_column {
+    /// The column's name in the result (UTF-8, `name_len` bytes).
+    pub name: *const c_char,
+    /// Length of `name`.
+    pub name_len: usize,
+    /// `schema.table.column` when the server reports the column as a plain
+    /// reference to a table column (RowDescription's table OID and
+    /// attribute number, looked up in the catalog); NULL when not.
+    pub source: *const c_char,
+    /// Length of `source`.
+    pub source_len: usize,
+    /// The column's type OID (0 when unknown).
+    pub type_oid: u32,
+    /// Whether its values arrive in binary format.
+    pub binary: bool,
+}
+
+/// One value of a row: `len` bytes at `data`, or SQL NULL.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct portcullis_cell {
+    /// The value's bytes (ignored when `is_null`).
+    pub data: *const u8,
+    /// How many.
+    pub len: usize,
+    /// Whether the value is SQL NULL.
+    pub is_null: bool,
+}
+
+/// The masking plan of one statement's result for one identity (an
+/// opaque, immutable handle: share it between threads freely). Build it
+/// once per result with [`portcullis_masker_new`], then call
+/// [`portcullis_mask_row`] on every row.
+pub struct portcullis_masker {
+    masker: RowMasker,
+    columns: usize,
+}
+
+/// Plans the masking of the result of statement `statement` (0-based) of
+/// `decision`, for `identity`, from the `n_columns` columns the server
+/// described. Masks follow each column's lineage through the statement:
+/// `SELECT upper(email) AS e` is masked as `email` is.
+///
+/// ```c
+/// portcullis_column cols[2] = {
+///     { "id", 2, "public.users.id", 15, 23, false },
+///     { "email", 5, "public.users.email", 18, 25, false },
+/// };
+/// portcullis_masker *m = NULL;
+/// portcullis_masker_new(engine, identity, decision, 0, cols, 2, &m);
+/// ```
+///
+/// # Safety
+///
+/// The handles must be live; `columns` valid for reads of `n_columns`
+/// entries, each with its strings valid for reads of their lengths;
+/// `out_masker` valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn portcullis_masker_new(
+    engine: *const portcullis_engine,
+    identity: *const portcullis_identity,
+    decision: *const portcullis_decision,
+    statement: usize,
+    columns: *const portcullis_column,
+    n_columns: usize,
+    out_masker: *mut *mut portcullis_masker,
+) -> portcullis_result {
+    boundary::call(|| {
+        // SAFETY: the caller's contract.
+        let (out, engine, identity, decision) = unsafe {
+            (Out::new(out_masker)?, boundary::handle(engine)?, boundary::handle(identity)?, boundary::handle(decision)?)
+        };
+        let columns: &[portcullis_column] = if n_columns == 0 {
+            &[]
+        } else if columns.is_null() {
+            return Err(portcullis_result::NullParameter.into());
+        } else {
+            // SAFETY: non-NULL, `n_columns` readable entries per the contract.
+            unsafe { std::slice::from_raw_parts(columns, n_columns) }
+        };
+        let facts = decision.decision.statements.get(statement).map(|s| &s.facts).ok_or_else(|| {
+            Error::new(
+                portcullis_result::InvalidParameter,
+                format!("statement {statement} is past the decision's {}", decision.decision.statements.len()),
+            )
+        })?;
+        let mut infos = Vec::with_capacity(columns.len());
+        for (i, c) in columns.iter().enumerate() {
+            // SAFETY: the caller's contract for each column's strings.
+            let name = unsafe { boundary::text(c.name, c.name_len, &format!("column {i}'s name")) }?;
+            let source = if c.source.is_null() {
+                None
+            } else {
+                // SAFETY: as above.
+                Some(unsafe { boundary::text(c.source, c.source_len, &format!("column {i}'s source")) }?)
+            };
+            infos.push(ColumnInfo::new(name, source, c.type_oid, c.binary));
+        }
+        let masker = engine.engine.masker(&identity.identity, facts, &infos);
+        out.write(boundary::into_handle(portcullis_masker { masker, columns: infos.len() }));
+        Ok(())
+    })
+}
+
+/// Whether rows pass untouched (no column masked, no detector active): the
+/// caller may skip [`portcullis_mask_row`]. NULL gives false.
+///
+/// # Safety
+///
+/// `masker` must be NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn portcullis_masker_is_noop(masker: *const portcullis_masker) -> bool {
+    boundary::value(false, || {
+        // SAFETY: the caller's contract.
+        unsafe { boundary::handle(masker) }.is_ok_and(|m| m.masker.is_noop())
+    })
+}
+
+/// Whether column `column` must be described to the client as `text`
+/// (type OID 25, text format): its values are masked into text that no
+/// longer fits the column's own type.
+///
+/// # Safety
+///
+/// `masker` must be NULL (gives false) or live.
+#[no_mangle]
+pub unsafe extern "C" fn portcullis_masker_retyped(masker: *const portcullis_masker, column: usize) -> bool {
+    boundary::value(false, || {
+        // SAFETY: the caller's contract.
+        unsafe { boundary::handle(masker) }.is_ok_and(|m| m.masker.retyped_columns().contains(&column))
+    })
+}
+
+/// Masks one row. `cells` holds the row's `n_cells` values (as many as the
+/// masker's columns). Values that change are written one after another
+/// into `buf` and their cells are pointed at them (a value masked to NULL
+/// gets `is_null` set); other cells are left alone, and the bytes they
+/// point to are never written. On success `*out_used` is how many bytes of
+/// `buf` were used and `*out_changed` how many values changed.
+///
+/// When the masked values do not fit in `buf_len` bytes, returns
+/// `PORTCULLIS_RESULT_INSUFFICIENT_SIZE` and changes nothing: call again
+/// with a larger buffer (masking is deterministic).
+///
+/// ```c
+/// portcullis_cell row[2] = { { (const uint8_t *)"7", 1, false }, { (const uint8_t *)"ann@example.com", 15, false } };
+/// uint8_t buf[256];
+/// size_t used, changed;
+/// portcullis_mask_row(m, row, 2, buf, sizeof buf, &used, &changed);
+/// // row[1] now points into buf: "****@example.com" (with an `email` mask)
+/// ```
+///
+/// # Safety
+///
+/// `masker` must be live; `cells` valid for reads and writes of `n_cells`
+/// entries, each non-NULL cell valid for reads of its length; `buf` valid
+/// for writes of `buf_len` bytes and not overlapping any value; `out_used`
+/// and `out_changed` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn portcullis_mask_row(
+    masker: *const portcullis_masker,
+    cells: *mut portcullis_cell,
+    n_cells: usize,
+    buf: *mut u8,
+    buf_len: usize,
+    out_used: *mut usize,
+    out_changed: *mut usize,
+) -> portcullis_result {
+    boundary::call(|| {
+        // SAFETY: the caller's contract.
+        let (used_out, changed_out, masker) =
+            unsafe { (Out::new(out_used)?, Out::new(out_changed)?, boundary::handle(masker)?) };
+        if n_cells != masker.columns {
+            return Err(Error::new(
+                portcullis_result::InvalidParameter,
+                format!("the row has {n_cells} values and the result {} columns", masker.columns),
+            ));
+        }
+        let cells: &mut [portcullis_cell] = if n_cells == 0 {
+            &mut []
+        } else if cells.is_null() {
+            return Err(portcullis_result::NullParameter.into());
+        } else {
+            // SAFETY: non-NULL, `n_cells` entries, readable and writable per the contract.
+            unsafe { std::slice::from_raw_parts_mut(cells, n_cells) }
+        };
+        let mut row: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(cells.len());
+        for c in cells.iter() {
+            if c.is_null {
+                row.push(None);
+            } else {
+                // SAFETY: the caller's contract for each value.
+                row.push(Some(Cow::Borrowed(unsafe { boundary::bytes(c.data, c.len) }?)));
+            }
+        }
+        let changed = masker.masker.mask_row(&mut row);
+        let changes = || {
+            cells.iter().zip(&row).enumerate().filter_map(|(i, (cell, value))| match value {
+                Some(Cow::Owned(v)) => Some((i, Some(v.as_slice()))),
+                None if !cell.is_null => Some((i, None)),
+                _ => None,
+            })
+        };
+        let needed: usize = changes().map(|(_, v)| v.map_or(0, <[u8]>::len)).sum();
+        if needed > buf_len {
+            return Err(Error::new(
+                portcullis_result::InsufficientSize,
+                format!("the masked values need {needed} bytes and the buffer holds {buf_len}"),
+            ));
+        }
+        if needed > 0 && buf.is_null() {
+            return Err(portcullis_result::NullParameter.into());
+        }
+        let mut updates = Vec::with_capacity(changed);
+        let mut used = 0usize;
+        for (i, value) in changes() {
+            let cell = match value {
+                None => portcullis_cell { data: std::ptr::null(), len: 0, is_null: true },
+                Some(v) => {
+                    // SAFETY: `used + v.len() <= needed <= buf_len`, `buf` is
+                    // writable for `buf_len` bytes and does not overlap `v`
+                    // (ours) per the contract.
+                    let dst = unsafe { buf.add(used) };
+                    // SAFETY: as above.
+                    unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), dst, v.len()) };
+                    used += v.len();
+                    portcullis_cell { data: dst, len: v.len(), is_null: false }
+                }
+            };
+            updates.push((i, cell));
+        }
+        drop(row);
+        let count = updates.len();
+        for (i, cell) in updates {
+            if let Some(slot) = cells.get_mut(i) {
+                *slot = cell;
+            }
+        }
+        used_out.write(used);
+        changed_out.write(count);
+        Ok(())
+    })
+}
+
+/// Frees a masker. NULL does nothing.
+///
+/// # Safety
+///
+/// `masker` must be NULL or live, and not in use by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn portcullis_masker_free(masker: *mut portcullis_masker) {
+    // SAFETY: forwarded contract.
+    unsafe { boundary::free(masker) }
+}
