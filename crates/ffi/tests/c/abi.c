@@ -1,0 +1,473 @@
+/*
+ * The C ABI's contract, exercised from C: result codes and messages,
+ * out-pointers untouched on failure, NULL and bad UTF-8, sessions,
+ * masking into a caller buffer, token verification, and one engine shared
+ * by several threads. Run by tests/c.rs, under valgrind.
+ *
+ * usage: abi POLICY_FILE JWKS_FILE TOKEN_FILE
+ *   POLICY_FILE  examples/policy.toml
+ *   JWKS_FILE    a key set; TOKEN_FILE a token it signs, for alice@example.com
+ *                in ai-agents acting through copilot-7, valid for an hour
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "portcullis.h"
+
+static int failures = 0;
+static int checks = 0;
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        checks++;                                                          \
+        if (!(cond)) {                                                     \
+            failures++;                                                    \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fputc('\n', stderr);                                           \
+        }                                                                  \
+    } while (0)
+
+#define S(literal) literal, (sizeof literal - 1)
+
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        perror(path);
+        exit(2);
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        fprintf(stderr, "abi: cannot read %s\n", path);
+        exit(2);
+    }
+    fclose(f);
+    buf[n] = 0;
+    *len = (size_t)n;
+    return buf;
+}
+
+/* The message of `r` for this thread, in a static buffer per call site's use. */
+static const char *message(portcullis_result r, char *buf, size_t len) {
+    size_t n = 0;
+    portcullis_error(r, buf, len, &n);
+    return buf;
+}
+
+static int str_is(portcullis_str s, const char *want) {
+    return s.data && s.len == strlen(want) && memcmp(s.data, want, s.len) == 0;
+}
+
+static int str_has(portcullis_str s, const char *needle) {
+    size_t n = strlen(needle);
+    for (size_t i = 0; s.data && i + n <= s.len; i++)
+        if (memcmp(s.data + i, needle, n) == 0) return 1;
+    return 0;
+}
+
+static portcullis_engine *engine_from(const char *text, size_t len) {
+    portcullis_engine *engine = NULL;
+    portcullis_result r = portcullis_engine_new(text, len, S("policy.toml"), NULL, 0, &engine);
+    if (r != PORTCULLIS_RESULT_OK) {
+        char msg[512];
+        fprintf(stderr, "abi: engine: %s\n", message(r, msg, sizeof msg));
+        exit(2);
+    }
+    return engine;
+}
+
+static portcullis_identity *identity_from(const char *json) {
+    portcullis_identity *identity = NULL;
+    portcullis_result r = portcullis_identity_new(json, strlen(json), &identity);
+    if (r != PORTCULLIS_RESULT_OK) {
+        char msg[512];
+        fprintf(stderr, "abi: identity: %s\n", message(r, msg, sizeof msg));
+        exit(2);
+    }
+    return identity;
+}
+
+/* Decides `sql` and returns its verdict (0 when the call failed). */
+static portcullis_verdict verdict_of(const portcullis_engine *e, const portcullis_identity *who,
+                                     const portcullis_session *s, const char *sql, size_t len) {
+    portcullis_decision *d = NULL;
+    if (portcullis_decide(e, who, s, sql, len, &d) != PORTCULLIS_RESULT_OK) return 0;
+    portcullis_verdict v = portcullis_decision_verdict(d);
+    portcullis_decision_free(d);
+    return v;
+}
+
+static void test_errors(void) {
+    char msg[512];
+    size_t n = 0, line = 0, column = 0;
+    portcullis_engine *sentinel = (portcullis_engine *)&checks, *engine = sentinel;
+
+    const char bad[] = "version = 1\n[[rule]]\nname = \"x\"\nefect = \"allow\"\n";
+    portcullis_result r = portcullis_engine_new(S(bad), S("bad.toml"), NULL, 0, &engine);
+    CHECK(r == PORTCULLIS_RESULT_POLICY_FORMAT, "got %u", (unsigned)r);
+    CHECK(engine == sentinel, "the out-pointer was written on failure");
+    portcullis_error(r, msg, sizeof msg, &n);
+    CHECK(strncmp(msg, "bad.toml:4:1: unknown field `efect`", 35) == 0, "message: %s", msg);
+    CHECK(n == strlen(msg), "written %zu, strlen %zu", n, strlen(msg));
+    CHECK(portcullis_error_location(r, &line, &column) == PORTCULLIS_RESULT_OK && line == 4 && column == 1,
+          "location %zu:%zu", line, column);
+
+    const char invalid[] = "version = 1\n[[rule]]\nname = \"x\"\neffect = \"allow\"\ntables = [\"[\"]\n";
+    r = portcullis_engine_new(S(invalid), S("p.toml"), NULL, 0, &engine);
+    CHECK(r == PORTCULLIS_RESULT_POLICY_INVALID, "got %u", (unsigned)r);
+    CHECK(strstr(message(r, msg, sizeof msg), "p.toml:5:11: table pattern `[`") == msg, "message: %s", msg);
+    CHECK(portcullis_error_location(r, &line, &column) == PORTCULLIS_RESULT_OK && line == 5 && column == 11,
+          "location %zu:%zu", line, column);
+    /* Only the thread's last failure keeps its detail: FORMAT now reads as its fixed message. */
+    CHECK(strcmp(message(PORTCULLIS_RESULT_POLICY_FORMAT, msg, sizeof msg),
+                 "the policy is not valid TOML or not the shape of a policy") == 0, "%s", msg);
+
+    /* Truncation at a character boundary, always NUL-terminated. */
+    char small[8];
+    portcullis_error(PORTCULLIS_RESULT_POLICY_INVALID, small, sizeof small, &n);
+    CHECK(n == 7 && strcmp(small, "p.toml:") == 0, "truncated to %zu: %s", n, small);
+    char one[1] = {'x'};
+    portcullis_error(PORTCULLIS_RESULT_OK, one, 1, &n);
+    CHECK(one[0] == 0 && n == 0, "a one-byte buffer holds the NUL only");
+    n = 99;
+    portcullis_error(PORTCULLIS_RESULT_OK, NULL, 0, &n);
+    CHECK(n == 99, "a NULL buffer writes nothing");
+    CHECK(strcmp(message(4242, msg, sizeof msg), "unknown result code 4242") == 0, "%s", msg);
+    CHECK(strcmp(message(PORTCULLIS_RESULT_NULL_PARAMETER, msg, sizeof msg),
+                 "a required pointer argument was NULL") == 0, "%s", msg);
+    CHECK(portcullis_error_location(PORTCULLIS_RESULT_NULL_PARAMETER, &line, &column) ==
+              PORTCULLIS_RESULT_INVALID_PARAMETER, "a failure without a place has no location");
+
+    /* NULL handles, NULL text with a length, NULL out-pointers. */
+    portcullis_decision *d = (portcullis_decision *)&checks;
+    portcullis_identity *who = identity_from("{\"subject\":\"a\"}");
+    CHECK(portcullis_decide(NULL, who, NULL, S("SELECT 1"), &d) == PORTCULLIS_RESULT_NULL_PARAMETER, "NULL engine");
+    CHECK(d == (portcullis_decision *)&checks, "the out-pointer was written on failure");
+    CHECK(portcullis_engine_new(NULL, 10, NULL, 0, NULL, 0, &engine) == PORTCULLIS_RESULT_NULL_PARAMETER,
+          "NULL text with a length");
+    CHECK(portcullis_engine_new(S(bad), NULL, 0, NULL, 0, NULL) == PORTCULLIS_RESULT_NULL_PARAMETER,
+          "NULL out-pointer");
+    CHECK(portcullis_identity_new(S("{\"subject\":\"a\"}"), NULL) == PORTCULLIS_RESULT_NULL_PARAMETER, "NULL out");
+
+    /* Text that is not UTF-8. */
+    const char latin1[] = "SELECT '\xe9t\xe9'";
+    portcullis_engine *e = engine_from(S("version = 1\n"));
+    r = portcullis_decide(e, who, NULL, S(latin1), &d);
+    CHECK(r == PORTCULLIS_RESULT_INVALID_UTF8, "got %u", (unsigned)r);
+    CHECK(strcmp(message(r, msg, sizeof msg), "the SQL is not valid UTF-8 (at byte 8)") == 0, "%s", msg);
+    CHECK(portcullis_engine_new(S("version = 1\n# \xff\n"), NULL, 0, NULL, 0, &engine) ==
+              PORTCULLIS_RESULT_INVALID_UTF8, "a policy that is not UTF-8");
+
+    /* Identity JSON is read strictly. */
+    portcullis_identity *nobody = NULL;
+    r = portcullis_identity_new(S("{\"subject\":\"a\",\"group\":[\"dba\"]}"), &nobody);
+    CHECK(r == PORTCULLIS_RESULT_IDENTITY_JSON && nobody == NULL, "a misspelt field is refused");
+    CHECK(strstr(message(r, msg, sizeof msg), "unknown field `group`") != NULL, "%s", msg);
+
+    /* Accessors of a NULL decision fail closed. */
+    CHECK(portcullis_decision_verdict(NULL) == PORTCULLIS_VERDICT_DENY, "NULL decision reads as deny");
+    CHECK(portcullis_decision_rule(NULL).data == NULL && portcullis_decision_json(NULL).data == NULL, "NULL strings");
+    CHECK(portcullis_decision_max_rows(NULL) == 0 && portcullis_decision_statement_count(NULL) == 0, "zeros");
+    CHECK(!portcullis_masker_is_noop(NULL), "a NULL masker is not a no-op");
+
+    /* Freeing NULL is allowed. */
+    portcullis_engine_free(NULL);
+    portcullis_identity_free(NULL);
+    portcullis_session_free(NULL);
+    portcullis_decision_free(NULL);
+    portcullis_masker_free(NULL);
+    portcullis_jwks_free(NULL);
+
+    portcullis_engine_free(e);
+    portcullis_identity_free(who);
+    CHECK(strncmp(portcullis_version(), "portcullis-ffi/", 15) == 0, "version %s", portcullis_version());
+}
+
+static void test_decisions(const char *policy, size_t policy_len) {
+    portcullis_engine *e = engine_from(policy, policy_len);
+    portcullis_identity *agent =
+        identity_from("{\"subject\":\"alice@example.com\",\"groups\":[\"ai-agents\"],\"actor\":\"copilot-7\"}");
+    portcullis_decision *d = NULL;
+
+    CHECK(portcullis_decide(e, agent, NULL, S("SELECT id, total FROM orders WHERE customer_id = 42"), &d) ==
+              PORTCULLIS_RESULT_OK, "decide");
+    CHECK(portcullis_decision_verdict(d) == PORTCULLIS_VERDICT_ALLOW, "a read is allowed");
+    CHECK(str_is(portcullis_decision_rule(d), "agents-read"), "rule");
+    CHECK(str_is(portcullis_decision_reason(d), "agents may read application tables"), "reason");
+    CHECK(portcullis_decision_max_rows(d) == 1000, "max_rows %llu", (unsigned long long)portcullis_decision_max_rows(d));
+    CHECK(portcullis_decision_statement_count(d) == 1, "one statement");
+    portcullis_str json = portcullis_decision_json(d);
+    CHECK(str_has(json, "\"verdict\":\"allow\"") && str_has(json, "\"actor\":\"copilot-7\"") &&
+              str_has(json, "public.orders"), "json: %.*s", (int)json.len, json.data);
+    CHECK(portcullis_decision_json(d).data == json.data, "the JSON is built once");
+    portcullis_decision_free(d);
+
+    CHECK(verdict_of(e, agent, NULL, S("DROP TABLE orders")) == PORTCULLIS_VERDICT_DENY, "DDL is denied");
+    CHECK(verdict_of(e, agent, NULL, S("DELETE FROM orders WHERE id = 7")) == PORTCULLIS_VERDICT_REQUIRE_APPROVAL,
+          "an agent's delete needs approval");
+    CHECK(verdict_of(e, agent, NULL, S("SELECT * FROM orders; SELECT api_key FROM secrets")) ==
+              PORTCULLIS_VERDICT_DENY, "one forbidden statement denies the text");
+    /* A NUL byte is part of the text the engine judges; it is not a terminator. */
+    CHECK(verdict_of(e, agent, NULL, S("SELECT 1\0; DROP TABLE orders")) == PORTCULLIS_VERDICT_DENY,
+          "a NUL inside the SQL is denied");
+    CHECK(verdict_of(e, agent, NULL, S("SELEC * FROM orders")) == PORTCULLIS_VERDICT_DENY, "unparsable is denied");
+
+    /* Sessions: search_path, standard_conforming_strings, prepared statements, apply. */
+    portcullis_session *s = NULL;
+    CHECK(portcullis_session_new(e, &s) == PORTCULLIS_RESULT_OK, "session");
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM orders")) == PORTCULLIS_VERDICT_ALLOW, "public.orders");
+    CHECK(portcullis_session_set_search_path(s, S("secret_schema")) == PORTCULLIS_RESULT_OK, "set search_path");
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM orders")) == PORTCULLIS_VERDICT_DENY,
+          "orders resolves to secret_schema.orders");
+    CHECK(portcullis_session_set_search_path(s, S("\"unterminated")) == PORTCULLIS_RESULT_INVALID_PARAMETER,
+          "a search_path that does not parse");
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM orders")) == PORTCULLIS_VERDICT_DENY,
+          "a refused setting changes nothing");
+    CHECK(portcullis_decide(e, agent, s, S("SET search_path = public"), &d) == PORTCULLIS_RESULT_OK, "SET");
+    CHECK(portcullis_decision_verdict(d) == PORTCULLIS_VERDICT_ALLOW, "SET is allowed");
+    CHECK(portcullis_session_apply(s, d) == PORTCULLIS_RESULT_OK, "apply");
+    portcullis_decision_free(d);
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM orders")) == PORTCULLIS_VERDICT_ALLOW, "after SET public");
+    CHECK(portcullis_decide(e, agent, s, S("RESET search_path"), &d) == PORTCULLIS_RESULT_OK, "RESET");
+    CHECK(portcullis_session_apply(s, d) == PORTCULLIS_RESULT_OK, "apply RESET");
+    portcullis_decision_free(d);
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM orders")) == PORTCULLIS_VERDICT_DENY,
+          "RESET returns to the path the session was given");
+
+    const char escaped[] = "SELECT 'x\\' ; DROP TABLE orders; --'";
+    CHECK(verdict_of(e, agent, NULL, S(escaped)) == PORTCULLIS_VERDICT_DENY, "with scs on, a DROP follows");
+    portcullis_session *old = NULL;
+    CHECK(portcullis_session_new(e, &old) == PORTCULLIS_RESULT_OK, "session");
+    CHECK(portcullis_session_set_standard_conforming_strings(old, false) == PORTCULLIS_RESULT_OK, "scs off");
+    CHECK(verdict_of(e, agent, old, S(escaped)) == PORTCULLIS_VERDICT_ALLOW, "with scs off, one string");
+    CHECK(portcullis_session_add_prepared(old, S("p"), S("SELECT api_key FROM secrets")) == PORTCULLIS_RESULT_OK,
+          "prepare");
+    CHECK(verdict_of(e, agent, old, S("EXECUTE p")) == PORTCULLIS_VERDICT_DENY, "EXECUTE is judged by its SQL");
+    CHECK(portcullis_session_set_user(old, S("app")) == PORTCULLIS_RESULT_OK, "user");
+    CHECK(portcullis_session_set_user(NULL, S("app")) == PORTCULLIS_RESULT_NULL_PARAMETER, "NULL session");
+    portcullis_session_free(old);
+    portcullis_session_free(s);
+    portcullis_identity_free(agent);
+    portcullis_engine_free(e);
+}
+
+static void test_masking(const char *policy, size_t policy_len) {
+    portcullis_engine *e = engine_from(policy, policy_len);
+    portcullis_identity *agent =
+        identity_from("{\"subject\":\"alice@example.com\",\"groups\":[\"ai-agents\"],\"actor\":\"copilot-7\"}");
+    portcullis_decision *d = NULL;
+    CHECK(portcullis_decide(e, agent, NULL, S("SELECT id, name, email, ssn, note FROM customers"), &d) ==
+              PORTCULLIS_RESULT_OK, "decide");
+    portcullis_column cols[5] = {
+        {S("id"), S("public.customers.id"), 23, false},
+        {S("name"), S("public.customers.name"), 25, false},
+        {S("email"), S("public.customers.email"), 25, false},
+        {S("ssn"), S("public.customers.ssn"), 25, false},
+        {S("note"), NULL, 0, 25, false},
+    };
+    portcullis_masker *m = (portcullis_masker *)&checks;
+    CHECK(portcullis_masker_new(e, agent, d, 1, cols, 5, &m) == PORTCULLIS_RESULT_INVALID_PARAMETER,
+          "statement 1 of 1 is out of range");
+    CHECK(m == (portcullis_masker *)&checks, "the out-pointer was written on failure");
+    CHECK(portcullis_masker_new(e, agent, d, 0, NULL, 5, &m) == PORTCULLIS_RESULT_NULL_PARAMETER, "NULL columns");
+    m = NULL;
+    CHECK(portcullis_masker_new(e, agent, d, 0, cols, 5, &m) == PORTCULLIS_RESULT_OK, "masker");
+    CHECK(!portcullis_masker_is_noop(m), "masks apply");
+    CHECK(!portcullis_masker_retyped(m, 2) && !portcullis_masker_retyped(m, 3), "text columns keep their type");
+
+    static const char note[] = "card on file: 4012888888881881";
+    portcullis_cell row[5] = {
+        {(const uint8_t *)"1", 1, false},
+        {(const uint8_t *)"Alice Martin", 12, false},
+        {(const uint8_t *)"alice@example.com", 17, false},
+        {(const uint8_t *)"123-45-6789", 11, false},
+        {(const uint8_t *)note, sizeof note - 1, false},
+    };
+    portcullis_cell before[5];
+    memcpy(before, row, sizeof row);
+    uint8_t tiny[8];
+    size_t used = 12345, changed = 12345;
+    portcullis_result r = portcullis_mask_row(m, row, 5, tiny, sizeof tiny, &used, &changed);
+    CHECK(r == PORTCULLIS_RESULT_INSUFFICIENT_SIZE, "got %u", (unsigned)r);
+    int same = 1;
+    for (int i = 0; i < 5; i++)
+        same &= row[i].data == before[i].data && row[i].len == before[i].len && row[i].is_null == before[i].is_null;
+    CHECK(same && used == 12345 && changed == 12345, "nothing changed on failure");
+    char msg[256];
+    CHECK(strstr(message(r, msg, sizeof msg), "need 46 bytes") != NULL, "%s", msg);
+    CHECK(portcullis_mask_row(m, row, 4, tiny, sizeof tiny, &used, &changed) == PORTCULLIS_RESULT_INVALID_PARAMETER,
+          "a row with the wrong number of values");
+
+    uint8_t buf[256];
+    memset(buf, 0xAA, sizeof buf);
+    CHECK(portcullis_mask_row(m, row, 5, buf, sizeof buf, &used, &changed) == PORTCULLIS_RESULT_OK, "mask");
+    CHECK(changed == 3 && used == 46, "changed %zu, used %zu", changed, used);
+    CHECK(row[0].data == before[0].data && row[1].data == before[1].data, "untouched cells keep their bytes");
+    CHECK(row[2].len == 16 && memcmp(row[2].data, "****@example.com", 16) == 0, "email: %.*s", (int)row[2].len,
+          (const char *)row[2].data);
+    CHECK(row[3].len == 8 && memcmp(row[3].data, "****6789", 8) == 0, "ssn: %.*s", (int)row[3].len,
+          (const char *)row[3].data);
+    CHECK(row[4].len == 22 && memcmp(row[4].data, "card on file: ****1881", 22) == 0,
+          "note: %.*s", (int)row[4].len, (const char *)row[4].data);
+    CHECK(row[2].data >= buf && row[4].data + row[4].len <= buf + used, "masked values are in the buffer");
+    CHECK(strcmp(note, "card on file: 4012888888881881") == 0, "the caller's bytes were not written");
+    portcullis_masker_free(m);
+
+    /* A masked column whose type is not text is described to the client as text. */
+    cols[3].type_oid = 20;
+    cols[3].binary = true;
+    CHECK(portcullis_masker_new(e, agent, d, 0, cols, 5, &m) == PORTCULLIS_RESULT_OK, "masker");
+    CHECK(portcullis_masker_retyped(m, 3) && !portcullis_masker_retyped(m, 0) && !portcullis_masker_retyped(m, 99),
+          "only the masked bigint column is retyped");
+    portcullis_masker_free(m);
+    portcullis_decision_free(d);
+
+    /* A mask to NULL sets is_null; an identity nothing applies to gets a no-op masker. */
+    const char nulling[] =
+        "version = 1\n[[rule]]\nname = \"r\"\neffect = \"allow\"\nclasses = [\"read\"]\n"
+        "[[mask]]\nname = \"hide\"\ncolumns = [\"public.t.secret\"]\nstrategy = \"null\"\nexempt_groups = [\"hr\"]\n";
+    portcullis_engine *e2 = engine_from(S(nulling));
+    portcullis_identity *hr = identity_from("{\"subject\":\"bob\",\"groups\":[\"hr\"]}");
+    CHECK(portcullis_decide(e2, agent, NULL, S("SELECT secret FROM t"), &d) == PORTCULLIS_RESULT_OK, "decide");
+    portcullis_column col = {S("secret"), S("public.t.secret"), 25, false};
+    CHECK(portcullis_masker_new(e2, agent, d, 0, &col, 1, &m) == PORTCULLIS_RESULT_OK, "masker");
+    portcullis_cell cell = {(const uint8_t *)"s3cret", 6, false};
+    CHECK(portcullis_mask_row(m, &cell, 1, NULL, 0, &used, &changed) == PORTCULLIS_RESULT_OK, "NULL needs no bytes");
+    CHECK(cell.is_null && cell.data == NULL && cell.len == 0 && changed == 1 && used == 0, "masked to NULL");
+    portcullis_masker_free(m);
+    CHECK(portcullis_masker_new(e2, hr, d, 0, &col, 1, &m) == PORTCULLIS_RESULT_OK, "masker");
+    CHECK(portcullis_masker_is_noop(m), "an exempt group sees the value");
+    portcullis_masker_free(m);
+    portcullis_decision_free(d);
+    portcullis_identity_free(hr);
+    portcullis_engine_free(e2);
+    portcullis_identity_free(agent);
+    portcullis_engine_free(e);
+}
+
+static void test_tokens(const char *policy, size_t policy_len, const char *jwks_text, size_t jwks_len,
+                        char *token, size_t token_len) {
+    portcullis_engine *e = engine_from(policy, policy_len);
+    portcullis_jwks *jwks = NULL;
+    char msg[512];
+    CHECK(portcullis_jwks_new((const uint8_t *)jwks_text, jwks_len, &jwks) == PORTCULLIS_RESULT_OK, "jwks");
+    CHECK(portcullis_jwks_key_count(jwks) == 1, "one key");
+    portcullis_jwks *none = NULL;
+    portcullis_result r = portcullis_jwks_new((const uint8_t *)"{}", 2, &none);
+    CHECK(r == PORTCULLIS_RESULT_JWKS_INVALID && none == NULL, "not a key set: %u", (unsigned)r);
+    CHECK(strstr(message(r, msg, sizeof msg), "no `keys` array") != NULL, "%s", msg);
+
+    uint64_t now = (uint64_t)time(NULL);
+    portcullis_identity *who = NULL;
+    r = portcullis_verify_jwt(e, jwks, token, token_len, now, &who);
+    CHECK(r == PORTCULLIS_RESULT_OK, "a good token: %s", message(r, msg, sizeof msg));
+    CHECK(str_is(portcullis_identity_subject(who), "alice@example.com"), "subject");
+    portcullis_str json = portcullis_identity_json(who);
+    CHECK(str_has(json, "\"groups\":[\"ai-agents\"]") && str_has(json, "copilot-7"), "identity %.*s",
+          (int)json.len, json.data);
+    CHECK(verdict_of(e, who, NULL, S("DELETE FROM orders WHERE id = 7")) == PORTCULLIS_VERDICT_REQUIRE_APPROVAL,
+          "the token's actor makes the delete need approval");
+    portcullis_identity_free(who);
+
+    portcullis_identity *sentinel = (portcullis_identity *)&checks;
+    who = sentinel;
+    r = portcullis_verify_jwt(e, jwks, token, token_len, now + 86400, &who);
+    CHECK(r == PORTCULLIS_RESULT_TOKEN_EXPIRED && who == sentinel, "expired: %u", (unsigned)r);
+    CHECK(strcmp(message(r, msg, sizeof msg), "token expired") == 0, "%s", msg);
+    /* Flip one character of the signature. */
+    token[token_len - 2] = token[token_len - 2] == 'A' ? 'B' : 'A';
+    r = portcullis_verify_jwt(e, jwks, token, token_len, now, &who);
+    CHECK(r == PORTCULLIS_RESULT_TOKEN_BAD_SIGNATURE && who == sentinel, "tampered: %u", (unsigned)r);
+    CHECK(strstr(message(r, msg, sizeof msg), token) == NULL, "no message holds the token");
+    r = portcullis_verify_jwt(e, jwks, S("not.a.token"), now, &who);
+    CHECK(r == PORTCULLIS_RESULT_TOKEN_MALFORMED, "malformed: %u", (unsigned)r);
+    r = portcullis_verify_jwt(e, jwks, S("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."), now, &who);
+    CHECK(r == PORTCULLIS_RESULT_TOKEN_UNSIGNED, "alg none: %u (%s)", (unsigned)r, message(r, msg, sizeof msg));
+    CHECK(portcullis_verify_jwt(e, NULL, token, token_len, now, &who) == PORTCULLIS_RESULT_NULL_PARAMETER, "NULL jwks");
+    portcullis_jwks_free(jwks);
+    portcullis_engine_free(e);
+}
+
+/* Threads: one engine, one identity and one session shared; per-thread error detail. */
+struct shared {
+    const portcullis_engine *engine;
+    const portcullis_identity *agent;
+    const portcullis_session *session;
+    int index;
+    int wrong;
+};
+
+static void *worker(void *arg) {
+    struct shared *w = arg;
+    static const char *const sql[4] = {"SELECT * FROM orders WHERE id = 1", "DROP TABLE orders",
+                                       "DELETE FROM orders WHERE id = 2", "SELECT api_key FROM secrets"};
+    static const portcullis_verdict want[4] = {PORTCULLIS_VERDICT_ALLOW, PORTCULLIS_VERDICT_DENY,
+                                               PORTCULLIS_VERDICT_REQUIRE_APPROVAL, PORTCULLIS_VERDICT_DENY};
+    for (int i = 0; i < 200; i++) {
+        int k = (i + w->index) % 4;
+        if (verdict_of(w->engine, w->agent, w->session, sql[k], strlen(sql[k])) != want[k]) w->wrong++;
+    }
+    /* This thread's failure detail is its own. */
+    char name[32], msg[256];
+    snprintf(name, sizeof name, "thread-%d.toml", w->index);
+    portcullis_engine *e = NULL;
+    portcullis_result r = portcullis_engine_new(S("version = 2\n"), name, strlen(name), NULL, 0, &e);
+    if (r == PORTCULLIS_RESULT_OK || strncmp(message(r, msg, sizeof msg), name, strlen(name)) != 0) w->wrong++;
+    return NULL;
+}
+
+static void test_threads(const char *policy, size_t policy_len) {
+    portcullis_engine *e = engine_from(policy, policy_len);
+    portcullis_identity *agent =
+        identity_from("{\"subject\":\"alice@example.com\",\"groups\":[\"ai-agents\"],\"actor\":\"copilot-7\"}");
+    portcullis_session *s = NULL;
+    portcullis_session_new(e, &s);
+    char msg[256];
+    portcullis_engine *bad = NULL;
+    portcullis_result r = portcullis_engine_new(S("version = 2\n"), S("main.toml"), NULL, 0, &bad);
+    enum { N = 4 };
+    pthread_t threads[N];
+    struct shared work[N];
+    for (int i = 0; i < N; i++) {
+        work[i] = (struct shared){e, agent, s, i, 0};
+        CHECK(pthread_create(&threads[i], NULL, worker, &work[i]) == 0, "pthread_create");
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        CHECK(work[i].wrong == 0, "thread %d: %d wrong answers", i, work[i].wrong);
+    }
+    CHECK(strncmp(message(r, msg, sizeof msg), "main.toml", 9) == 0, "the main thread's detail: %s", msg);
+    portcullis_session_free(s);
+    portcullis_identity_free(agent);
+    portcullis_engine_free(e);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: abi POLICY_FILE JWKS_FILE TOKEN_FILE\n");
+        return 2;
+    }
+    size_t policy_len, jwks_len, token_len;
+    char *policy = read_file(argv[1], &policy_len);
+    char *jwks = read_file(argv[2], &jwks_len);
+    char *token = read_file(argv[3], &token_len);
+    while (token_len > 0 && (token[token_len - 1] == '\n' || token[token_len - 1] == ' ')) token[--token_len] = 0;
+
+    test_errors();
+    test_decisions(policy, policy_len);
+    test_masking(policy, policy_len);
+    test_tokens(policy, policy_len, jwks, jwks_len, token, token_len);
+    test_threads(policy, policy_len);
+
+    free(policy);
+    free(jwks);
+    free(token);
+    fprintf(stderr, "abi: %d checks, %d failed\n", checks, failures);
+    return failures == 0 ? 0 : 1;
+}
