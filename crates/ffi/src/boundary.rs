@@ -41,17 +41,6 @@ impl<T> Out<T> {
     }
 }
 
-/// Writes `value` through `p`.
-///
-/// # Safety
-///
-/// A non-NULL `p` must be valid for one write of `T`.
-pub(crate) unsafe fn write<T>(p: *mut T, value: T) -> Result<(), Error> {
-    // SAFETY: forwarded contract.
-    unsafe { Out::new(p) }?.write(value);
-    Ok(())
-}
-
 /// The bytes at `ptr`. NULL is accepted only when `len` is 0.
 ///
 /// # Safety

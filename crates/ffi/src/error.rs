@@ -272,15 +272,16 @@ pub unsafe extern "C" fn portcullis_error_location(
     out_column: *mut usize,
 ) -> portcullis_result {
     crate::boundary::call(|| {
+        // SAFETY: the caller guarantees both pointers are writable; both are
+        // checked before either is written.
+        let (line_out, column_out) =
+            unsafe { (crate::boundary::Out::new(out_line)?, crate::boundary::Out::new(out_column)?) };
         let code = code_of(result).ok_or(portcullis_result::InvalidParameter)?;
         let (line, column) = last_with(code)
             .and_then(|e| e.location)
             .ok_or_else(|| Error::new(portcullis_result::InvalidParameter, "that failure has no location"))?;
-        // SAFETY: the caller guarantees both pointers are writable when not NULL.
-        unsafe {
-            crate::boundary::write(out_line, line)?;
-            crate::boundary::write(out_column, column)?;
-        }
+        line_out.write(line);
+        column_out.write(column);
         Ok(())
     })
 }

@@ -102,13 +102,14 @@ pub unsafe extern "C" fn portcullis_masker_new(
         })?;
         let mut infos = Vec::with_capacity(columns.len());
         for (i, c) in columns.iter().enumerate() {
+            let in_column = |e: Error| Error::new(e.code, format!("column {i}: {}", e.message));
             // SAFETY: the caller's contract for each column's strings.
-            let name = unsafe { boundary::text(c.name, c.name_len, &format!("column {i}'s name")) }?;
+            let name = unsafe { boundary::text(c.name, c.name_len, "its name") }.map_err(in_column)?;
             let source = if c.source.is_null() {
                 None
             } else {
                 // SAFETY: as above.
-                Some(unsafe { boundary::text(c.source, c.source_len, &format!("column {i}'s source")) }?)
+                Some(unsafe { boundary::text(c.source, c.source_len, "its source") }.map_err(in_column)?)
             };
             infos.push(ColumnInfo::new(name, source, c.type_oid, c.binary));
         }

@@ -143,6 +143,10 @@ static void test_errors(void) {
                  "a required pointer argument was NULL") == 0, "%s", msg);
     CHECK(portcullis_error_location(PORTCULLIS_RESULT_NULL_PARAMETER, &line, &column) ==
               PORTCULLIS_RESULT_INVALID_PARAMETER, "a failure without a place has no location");
+    r = portcullis_engine_new(S(invalid), S("p.toml"), NULL, 0, &engine);
+    line = 77;
+    CHECK(portcullis_error_location(r, &line, NULL) == PORTCULLIS_RESULT_NULL_PARAMETER && line == 77,
+          "one NULL out-pointer: nothing written");
 
     /* NULL handles, NULL text with a length, NULL out-pointers. */
     portcullis_decision *d = (portcullis_decision *)&checks;
@@ -276,6 +280,11 @@ static void test_masking(const char *policy, size_t policy_len) {
           "statement 1 of 1 is out of range");
     CHECK(m == (portcullis_masker *)&checks, "the out-pointer was written on failure");
     CHECK(portcullis_masker_new(e, agent, d, 0, NULL, 5, &m) == PORTCULLIS_RESULT_NULL_PARAMETER, "NULL columns");
+    portcullis_column latin1 = {S("\xe9"), NULL, 0, 25, false};
+    portcullis_result r = portcullis_masker_new(e, agent, d, 0, &latin1, 1, &m);
+    CHECK(r == PORTCULLIS_RESULT_INVALID_UTF8, "a column name that is not UTF-8: %u", (unsigned)r);
+    char why[128];
+    CHECK(strcmp(message(r, why, sizeof why), "column 0: its name is not valid UTF-8 (at byte 0)") == 0, "%s", why);
     m = NULL;
     CHECK(portcullis_masker_new(e, agent, d, 0, cols, 5, &m) == PORTCULLIS_RESULT_OK, "masker");
     CHECK(!portcullis_masker_is_noop(m), "masks apply");
@@ -293,7 +302,7 @@ static void test_masking(const char *policy, size_t policy_len) {
     memcpy(before, row, sizeof row);
     uint8_t tiny[8];
     size_t used = 12345, changed = 12345;
-    portcullis_result r = portcullis_mask_row(m, row, 5, tiny, sizeof tiny, &used, &changed);
+    r = portcullis_mask_row(m, row, 5, tiny, sizeof tiny, &used, &changed);
     CHECK(r == PORTCULLIS_RESULT_INSUFFICIENT_SIZE, "got %u", (unsigned)r);
     int same = 1;
     for (int i = 0; i < 5; i++)
