@@ -253,6 +253,16 @@ static void test_decisions(const char *policy, size_t policy_len) {
     CHECK(portcullis_session_add_prepared(old, S("p"), S("SELECT api_key FROM secrets")) == PORTCULLIS_RESULT_OK,
           "prepare");
     CHECK(verdict_of(e, agent, old, S("EXECUTE p")) == PORTCULLIS_VERDICT_DENY, "EXECUTE is judged by its SQL");
+    /* PREPARE and DEALLOCATE reach the session through apply. */
+    CHECK(portcullis_decide(e, agent, old, S("PREPARE q AS SELECT id FROM orders"), &d) == PORTCULLIS_RESULT_OK, "decide");
+    CHECK(portcullis_decision_verdict(d) == PORTCULLIS_VERDICT_ALLOW && portcullis_session_apply(old, d) == 0, "PREPARE");
+    portcullis_decision_free(d);
+    CHECK(verdict_of(e, agent, old, S("EXECUTE q")) == PORTCULLIS_VERDICT_ALLOW, "EXECUTE of a known statement");
+    CHECK(portcullis_decide(e, agent, old, S("DEALLOCATE q"), &d) == PORTCULLIS_RESULT_OK, "decide");
+    CHECK(portcullis_session_apply(old, d) == PORTCULLIS_RESULT_OK, "DEALLOCATE");
+    portcullis_decision_free(d);
+    CHECK(verdict_of(e, agent, old, S("EXECUTE q")) == PORTCULLIS_VERDICT_DENY, "EXECUTE of an unknown statement");
+    CHECK(portcullis_session_apply(old, NULL) == PORTCULLIS_RESULT_NULL_PARAMETER, "NULL decision");
     CHECK(portcullis_session_set_user(old, S("app")) == PORTCULLIS_RESULT_OK, "user");
     CHECK(portcullis_session_set_user(NULL, S("app")) == PORTCULLIS_RESULT_NULL_PARAMETER, "NULL session");
     portcullis_session_free(old);
