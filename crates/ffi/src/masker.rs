@@ -210,15 +210,9 @@ pub unsafe extern "C" fn portcullis_mask_row(
                 row.push(Some(Cow::Borrowed(unsafe { boundary::bytes(c.data, c.len) }?)));
             }
         }
-        let changed = masker.masker.mask_row(&mut row);
-        let changes = || {
-            cells.iter().zip(&row).enumerate().filter_map(|(i, (cell, value))| match value {
-                Some(Cow::Owned(v)) => Some((i, Some(v.as_slice()))),
-                None if !cell.is_null => Some((i, None)),
-                _ => None,
-            })
-        };
-        let needed: usize = changes().map(|(_, v)| v.map_or(0, <[u8]>::len)).sum();
+        masker.masker.mask_row(&mut row);
+        // A value changed when it is new bytes, or NULL where it was not.
+        let needed: usize = row.iter().map(|v| if let Some(Cow::Owned(v)) = v { v.len() } else { 0 }).sum();
         if needed > buf_len {
             return Err(Error::new(
                 portcullis_result::InsufficientSize,
@@ -228,12 +222,11 @@ pub unsafe extern "C" fn portcullis_mask_row(
         if needed > 0 && buf.is_null() {
             return Err(portcullis_result::NullParameter.into());
         }
-        let mut updates = Vec::with_capacity(changed);
-        let mut used = 0usize;
-        for (i, value) in changes() {
-            let cell = match value {
-                None => portcullis_cell { data: std::ptr::null(), len: 0, is_null: true },
-                Some(v) => {
+        // Nothing can fail from here on: the cells are written in place.
+        let (mut used, mut count) = (0usize, 0usize);
+        for (cell, value) in cells.iter_mut().zip(&row) {
+            match value {
+                Some(Cow::Owned(v)) => {
                     // SAFETY: `used + v.len() <= needed <= buf_len`, `buf` is
                     // writable for `buf_len` bytes and does not overlap `v`
                     // (ours) per the contract.
@@ -241,17 +234,12 @@ pub unsafe extern "C" fn portcullis_mask_row(
                     // SAFETY: as above.
                     unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), dst, v.len()) };
                     used += v.len();
-                    portcullis_cell { data: dst, len: v.len(), is_null: false }
+                    *cell = portcullis_cell { data: dst, len: v.len(), is_null: false };
                 }
-            };
-            updates.push((i, cell));
-        }
-        drop(row);
-        let count = updates.len();
-        for (i, cell) in updates {
-            if let Some(slot) = cells.get_mut(i) {
-                *slot = cell;
+                None if !cell.is_null => *cell = portcullis_cell { data: std::ptr::null(), len: 0, is_null: true },
+                _ => continue,
             }
+            count += 1;
         }
         used_out.write(used);
         changed_out.write(count);
