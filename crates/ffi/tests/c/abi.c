@@ -370,6 +370,42 @@ static void test_masking(const char *policy, size_t policy_len) {
     portcullis_engine_free(e);
 }
 
+/* The `hash` strategy needs the key given with the policy; equal keys give equal pseudonyms. */
+static void test_keys(void) {
+    const char policy[] =
+        "version = 1\n[[rule]]\nname = \"r\"\neffect = \"allow\"\nclasses = [\"read\"]\n"
+        "[[mask]]\nname = \"pseudonym\"\ncolumns = [\"public.t.email\"]\nstrategy = \"hash\"\n";
+    char msg[512];
+    portcullis_engine *none = NULL;
+    portcullis_result r = portcullis_engine_new(S(policy), S("keys.toml"), NULL, 0, &none);
+    CHECK(r == PORTCULLIS_RESULT_POLICY_KEYS && none == NULL, "a hash mask without a key: %u", (unsigned)r);
+    CHECK(strstr(message(r, msg, sizeof msg), "needs a pseudonymisation key") != NULL, "%s", msg);
+
+    const uint8_t *keys[3] = {(const uint8_t *)"key-one", (const uint8_t *)"key-one", (const uint8_t *)"key-two"};
+    char out[3][128];
+    portcullis_identity *who = identity_from("{\"subject\":\"a\"}");
+    for (int i = 0; i < 3; i++) {
+        portcullis_engine *e = NULL;
+        CHECK(portcullis_engine_new(S(policy), S("keys.toml"), keys[i], 7, &e) == PORTCULLIS_RESULT_OK, "engine %d", i);
+        portcullis_decision *d = NULL;
+        portcullis_masker *m = NULL;
+        portcullis_column col = {S("email"), S("public.t.email"), 25, false};
+        portcullis_cell cell = {(const uint8_t *)"ann@example.com", 15, false};
+        uint8_t buf[128];
+        size_t used = 0, changed = 0;
+        CHECK(portcullis_decide(e, who, NULL, S("SELECT email FROM t"), &d) == PORTCULLIS_RESULT_OK, "decide");
+        CHECK(portcullis_masker_new(e, who, d, 0, &col, 1, &m) == PORTCULLIS_RESULT_OK, "masker");
+        CHECK(portcullis_mask_row(m, &cell, 1, buf, sizeof buf, &used, &changed) == PORTCULLIS_RESULT_OK, "mask");
+        snprintf(out[i], sizeof out[i], "%.*s", (int)cell.len, (const char *)cell.data);
+        CHECK(changed == 1 && strstr(out[i], "ann") == NULL, "pseudonym %s", out[i]);
+        portcullis_masker_free(m);
+        portcullis_decision_free(d);
+        portcullis_engine_free(e);
+    }
+    CHECK(strcmp(out[0], out[1]) == 0 && strcmp(out[0], out[2]) != 0, "pseudonyms %s %s %s", out[0], out[1], out[2]);
+    portcullis_identity_free(who);
+}
+
 static void test_tokens(const char *policy, size_t policy_len, const char *jwks_text, size_t jwks_len,
                         char *token, size_t token_len) {
     portcullis_engine *e = engine_from(policy, policy_len);
@@ -481,6 +517,7 @@ int main(int argc, char **argv) {
     test_errors();
     test_decisions(policy, policy_len);
     test_masking(policy, policy_len);
+    test_keys();
     test_tokens(policy, policy_len, jwks, jwks_len, token, token_len);
     test_threads(policy, policy_len);
 
