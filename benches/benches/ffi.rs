@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
             source: s.as_ptr().cast(),
             source_len: s.len(),
             type_oid: 25,
-            binary: false,
+            binary: 0,
         })
         .collect();
     let (mut d, mut m) = (ptr::null_mut(), ptr::null_mut());
@@ -92,7 +92,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("c_abi", |b| {
         b.iter(|| {
             let mut cells: Vec<portcullis_cell> =
-                ROW.iter().map(|v| portcullis_cell { data: v.as_ptr(), len: v.len(), is_null: false }).collect();
+                ROW.iter().map(|v| portcullis_cell { data: v.as_ptr(), len: v.len(), is_null: 0 }).collect();
             let (mut used, mut changed) = (0usize, 0usize);
             // SAFETY: a live masker, cells over static strings, a buffer of its length.
             unsafe {

@@ -44,7 +44,7 @@ static char *read_file(const char *path, size_t *len) {
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     rewind(f);
-    char *text = malloc((size_t)n);
+    char *text = malloc((size_t)n + 1);
     if (!text || fread(text, 1, (size_t)n, f) != (size_t)n) {
         fprintf(stderr, "error: cannot read %s\n", path);
         exit(2);
@@ -92,16 +92,16 @@ int main(int argc, char **argv) {
     portcullis_decision *d = NULL;
     check(portcullis_decide(engine, agent, session, sql, strlen(sql), &d), "decide");
     portcullis_column columns[4] = {
-        {"name", 4, "public.customers.name", 21, 25, false},
-        {"email", 5, "public.customers.email", 22, 25, false},
-        {"ssn", 3, "public.customers.ssn", 20, 25, false},
-        {"note", 4, "public.customers.note", 21, 25, false},
+        {"name", 4, "public.customers.name", 21, 25, 0},
+        {"email", 5, "public.customers.email", 22, 25, 0},
+        {"ssn", 3, "public.customers.ssn", 20, 25, 0},
+        {"note", 4, "public.customers.note", 21, 25, 0},
     };
     portcullis_masker *masker = NULL;
     check(portcullis_masker_new(engine, agent, d, 0, columns, 4, &masker), "masker");
     const char *values[4] = {"Alice Martin", "alice@example.com", "123-45-6789", "card on file: 4012888888881881"};
     portcullis_cell row[4];
-    for (int i = 0; i < 4; i++) row[i] = (portcullis_cell){(const uint8_t *)values[i], strlen(values[i]), false};
+    for (int i = 0; i < 4; i++) row[i] = (portcullis_cell){(const uint8_t *)values[i], strlen(values[i]), 0};
     uint8_t buf[1024];
     size_t used, changed;
     check(portcullis_mask_row(masker, row, 4, buf, sizeof buf, &used, &changed), "mask");

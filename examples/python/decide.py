@@ -15,7 +15,7 @@ target/release of this repository.
 import ctypes
 import os
 import sys
-from ctypes import POINTER, Structure, byref, c_bool, c_char_p, c_size_t, c_uint32, c_uint64, c_void_p
+from ctypes import POINTER, Structure, byref, c_char_p, c_size_t, c_uint8, c_uint32, c_uint64, c_void_p
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,12 +36,12 @@ class Column(Structure):
     _fields_ = [
         ("name", c_char_p), ("name_len", c_size_t),
         ("source", c_char_p), ("source_len", c_size_t),
-        ("type_oid", c_uint32), ("binary", c_bool),
+        ("type_oid", c_uint32), ("binary", c_uint8),
     ]
 
 
 class Cell(Structure):
-    _fields_ = [("data", c_void_p), ("len", c_size_t), ("is_null", c_bool)]
+    _fields_ = [("data", c_void_p), ("len", c_size_t), ("is_null", c_uint8)]
 
 
 class PortcullisError(Exception):
@@ -141,14 +141,14 @@ class Decision:
         for i, (name, source) in enumerate(columns):
             n, s = name.encode(), source.encode()
             keep += [n, s]
-            cols[i] = Column(n, len(n), s, len(s), 25, False)
+            cols[i] = Column(n, len(n), s, len(s), 25, 0)
         masker = c_void_p()
         check(LIB.portcullis_masker_new(engine._h, identity._h, self._h, 0, cols, len(columns), byref(masker)))
         try:
             raw = [None if v is None else v.encode() for v in values]
             cells = (Cell * len(raw))()
             for i, v in enumerate(raw):
-                cells[i] = Cell(None, 0, True) if v is None else Cell(ctypes.cast(c_char_p(v), c_void_p), len(v), False)
+                cells[i] = Cell(None, 0, 1) if v is None else Cell(ctypes.cast(c_char_p(v), c_void_p), len(v), 0)
             size = 256
             while True:
                 buf = ctypes.create_string_buffer(size)

@@ -24,7 +24,7 @@
  * 3000: identities and key sets, 3100: tokens). A number is never reused
  * for another meaning.
  *
- * [`portcullis_error`] turns a code into a message.
+ * `portcullis_error` turns a code into a message.
  */
 enum portcullis_result
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -55,8 +55,9 @@ enum portcullis_result
   PORTCULLIS_RESULT_INSUFFICIENT_SIZE = 1003,
   /**
    * An argument is out of range or not what the function reads (an
-   * index past the end, a length above `PTRDIFF_MAX`, a `search_path`
-   * that does not parse).
+   * index past the end, a length or count whose bytes exceed
+   * `PTRDIFF_MAX`, a `search_path` that does not parse, a value that
+   * overlaps the output buffer).
    */
   PORTCULLIS_RESULT_INVALID_PARAMETER = 1004,
   /**
@@ -193,23 +194,23 @@ typedef uint32_t portcullis_verdict;
  * The engine's answer for one SQL text (an opaque, immutable handle:
  * share it between threads freely). Read it with the
  * `portcullis_decision_*` accessors; free it with
- * [`portcullis_decision_free`].
+ * `portcullis_decision_free`.
  */
 typedef struct portcullis_decision portcullis_decision;
 
 /**
  * A compiled policy (an opaque handle). Build it once with
- * [`portcullis_engine_new`] and share it: every function that takes a
+ * `portcullis_engine_new` and share it: every function that takes a
  * `const portcullis_engine *` may be called from several threads at once.
- * Free it with [`portcullis_engine_free`] once no thread uses it.
+ * Free it with `portcullis_engine_free` once no thread uses it.
  */
 typedef struct portcullis_engine portcullis_engine;
 
 /**
  * The caller a decision is made for: a person or workload, its groups, and
  * the agent acting for it, if any (an opaque, immutable handle: share it
- * between threads freely). Made by [`portcullis_identity_new`] from JSON
- * or by [`portcullis_verify_jwt`] from a token.
+ * between threads freely). Made by `portcullis_identity_new` from JSON
+ * or by `portcullis_verify_jwt` from a token.
  */
 typedef struct portcullis_identity portcullis_identity;
 
@@ -221,8 +222,8 @@ typedef struct portcullis_jwks portcullis_jwks;
 /**
  * The masking plan of one statement's result for one identity (an
  * opaque, immutable handle: share it between threads freely). Build it
- * once per result with [`portcullis_masker_new`], then call
- * [`portcullis_mask_row`] on every row.
+ * once per result with `portcullis_masker_new`, then call
+ * `portcullis_mask_row` on every row.
  */
 typedef struct portcullis_masker portcullis_masker;
 
@@ -285,9 +286,11 @@ typedef struct portcullis_column {
    */
   uint32_t type_oid;
   /**
-   * Whether its values arrive in binary format.
+   * Whether its values arrive in binary format: nonzero for binary, 0
+   * for text. (A byte rather than a C `bool`, so that no byte a caller
+   * leaves in it is undefined.)
    */
-  bool binary;
+  uint8_t binary;
 } portcullis_column;
 
 /**
@@ -303,9 +306,9 @@ typedef struct portcullis_cell {
    */
   size_t len;
   /**
-   * Whether the value is SQL NULL.
+   * Nonzero when the value is SQL NULL. The library writes 0 or 1.
    */
-  bool is_null;
+  uint8_t is_null;
 } portcullis_cell;
 
 #ifdef __cplusplus
@@ -422,9 +425,9 @@ void portcullis_decision_free(struct portcullis_decision *decision);
  *
  * On success writes the new engine to `*out_engine`. A policy error returns
  * `PORTCULLIS_RESULT_POLICY_FORMAT`, `_POLICY_INVALID` or `_POLICY_KEYS`;
- * [`portcullis_error`](crate::portcullis_error) then gives
+ * `portcullis_error` then gives
  * `name:line:column: what`, and
- * [`portcullis_error_location`](crate::portcullis_error_location) the line
+ * `portcullis_error_location` the line
  * and column.
  *
  * ```c
@@ -451,7 +454,7 @@ portcullis_result portcullis_engine_new(const char *policy,
  *
  * # Safety
  *
- * `engine` must be NULL or from [`portcullis_engine_new`], not yet freed,
+ * `engine` must be NULL or from `portcullis_engine_new`, not yet freed,
  * and not in use by another thread.
  */
 void portcullis_engine_free(struct portcullis_engine *engine);
@@ -476,7 +479,9 @@ const char *portcullis_version(void);
  * than `len - 1` bytes is cut at a character boundary. An unknown code
  * gets "unknown result code N".
  *
- * `buf` may be NULL only when `len` is 0; `out_written` may be NULL.
+ * With a NULL `buf` or a `len` of 0 nothing is written, not even
+ * `*out_written`; `out_written` may be NULL. This function and
+ * `portcullis_error_location` never replace the failure they describe.
  *
  * ```c
  * char msg[512];
@@ -603,7 +608,7 @@ void portcullis_jwks_free(struct portcullis_jwks *jwks);
  * leeway). `now_unix_seconds` is the current time: the library reads no
  * clock. On success writes a new identity to `*out_identity`; a refused
  * token gives a `PORTCULLIS_RESULT_TOKEN_*` code (or `_JWKS_INVALID`), and
- * [`portcullis_error`](crate::portcullis_error) says which check refused
+ * `portcullis_error` says which check refused
  * it. No message ever holds the token.
  *
  * ```c
@@ -631,8 +636,8 @@ portcullis_result portcullis_verify_jwt(const struct portcullis_engine *engine,
  *
  * ```c
  * portcullis_column cols[2] = {
- *     { "id", 2, "public.users.id", 15, 23, false },
- *     { "email", 5, "public.users.email", 18, 25, false },
+ *     { "id", 2, "public.users.id", 15, 23, 0 },
+ *     { "email", 5, "public.users.email", 18, 25, 0 },
  * };
  * portcullis_masker *m = NULL;
  * portcullis_masker_new(engine, identity, decision, 0, cols, 2, &m);
@@ -654,7 +659,7 @@ portcullis_result portcullis_masker_new(const struct portcullis_engine *engine,
 
 /**
  * Whether rows pass untouched (no column masked, no detector active): the
- * caller may skip [`portcullis_mask_row`]. NULL gives false.
+ * caller may skip `portcullis_mask_row`. NULL gives false.
  *
  * # Safety
  *
@@ -683,10 +688,14 @@ bool portcullis_masker_retyped(const struct portcullis_masker *masker, size_t co
  *
  * When the masked values do not fit in `buf_len` bytes, returns
  * `PORTCULLIS_RESULT_INSUFFICIENT_SIZE` and changes nothing: call again
- * with a larger buffer (masking is deterministic).
+ * with a larger buffer (masking is deterministic). `buf` may be NULL (with
+ * `buf_len` 0) when no masked value needs a byte, as for a mask to NULL. A
+ * value that overlaps `buf` gives `PORTCULLIS_RESULT_INVALID_PARAMETER`:
+ * mask each row into a buffer of its own, not into the one an earlier
+ * call's values still point to.
  *
  * ```c
- * portcullis_cell row[2] = { { (const uint8_t *)"7", 1, false }, { (const uint8_t *)"ann@example.com", 15, false } };
+ * portcullis_cell row[2] = { { (const uint8_t *)"7", 1, 0 }, { (const uint8_t *)"ann@example.com", 15, 0 } };
  * uint8_t buf[256];
  * size_t used, changed;
  * portcullis_mask_row(m, row, 2, buf, sizeof buf, &used, &changed);
@@ -696,9 +705,9 @@ bool portcullis_masker_retyped(const struct portcullis_masker *masker, size_t co
  * # Safety
  *
  * `masker` must be live; `cells` valid for reads and writes of `n_cells`
- * entries, each non-NULL cell valid for reads of its length; `buf` valid
- * for writes of `buf_len` bytes and not overlapping any value; `out_used`
- * and `out_changed` valid for writes.
+ * entries, each cell that is not NULL valid for reads of its length; `buf`
+ * valid for writes of `buf_len` bytes; `out_used` and `out_changed` valid
+ * for writes.
  */
 portcullis_result portcullis_mask_row(const struct portcullis_masker *masker,
                                       struct portcullis_cell *cells,

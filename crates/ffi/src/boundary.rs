@@ -8,18 +8,43 @@ use std::ptr::NonNull;
 use crate::error::{self, portcullis_result, Error};
 
 /// Runs one export's body: a panic becomes `PORTCULLIS_RESULT_PANIC`, an
-/// error is recorded for [`portcullis_error`](crate::portcullis_error).
+/// error is recorded for `portcullis_error`.
 pub(crate) fn call(f: impl FnOnce() -> Result<(), Error>) -> portcullis_result {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(())) => portcullis_result::Ok,
-        Ok(Err(e)) => error::record(e),
-        Err(_) => error::record(Error::from(portcullis_result::Panic)),
+    match guarded(f) {
+        Some(Ok(())) => portcullis_result::Ok,
+        Some(Err(e)) => error::record(e),
+        None => error::record(Error::from(portcullis_result::Panic)),
+    }
+}
+
+/// As [`call`], for the functions that describe a failure: their own
+/// failures are not recorded, so asking about the last failure never
+/// replaces it.
+pub(crate) fn call_quiet(f: impl FnOnce() -> Result<(), Error>) -> portcullis_result {
+    match guarded(f) {
+        Some(Ok(())) => portcullis_result::Ok,
+        Some(Err(e)) => e.code,
+        None => portcullis_result::Panic,
     }
 }
 
 /// Runs an accessor that returns a value: a panic gives `fallback`.
 pub(crate) fn value<T>(fallback: T, f: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
+    guarded(f).unwrap_or(fallback)
+}
+
+/// Runs `f`; `None` when it panicked. The panic's payload is dropped
+/// inside a boundary too (a payload whose destructor panics is leaked).
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(payload) => {
+            if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                std::mem::forget(again);
+            }
+            None
+        }
+    }
 }
 
 /// An out-pointer, checked for NULL before any work is done so that it can
@@ -59,6 +84,46 @@ pub(crate) unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8], E
     }
     // SAFETY: non-NULL, at most isize::MAX bytes, readable per the contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// The `n` values of `T` at `ptr`. NULL is accepted only when `n` is 0; a
+/// count whose bytes exceed `isize::MAX` is refused.
+///
+/// # Safety
+///
+/// A non-NULL `ptr` must be valid for reads of `n` values of `T`, unchanged
+/// while the returned slice lives.
+pub(crate) unsafe fn slice<'a, T>(ptr: *const T, n: usize, what: &str) -> Result<&'a [T], Error> {
+    check_array::<T>(ptr.is_null(), n, what)?;
+    if n == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: non-NULL, at most isize::MAX bytes, readable per the contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, n) })
+}
+
+/// As [`slice`], for a change.
+///
+/// # Safety
+///
+/// As [`slice`], and valid for writes, with no other reference in use.
+pub(crate) unsafe fn slice_mut<'a, T>(ptr: *mut T, n: usize, what: &str) -> Result<&'a mut [T], Error> {
+    check_array::<T>(ptr.is_null(), n, what)?;
+    if n == 0 {
+        return Ok(&mut []);
+    }
+    // SAFETY: as in `slice`, and writable per the contract.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, n) })
+}
+
+fn check_array<T>(null: bool, n: usize, what: &str) -> Result<(), Error> {
+    if n.checked_mul(std::mem::size_of::<T>()).is_none_or(|bytes| bytes > isize::MAX as usize) {
+        return Err(Error::new(portcullis_result::InvalidParameter, format!("{n} {what} is more than memory holds")));
+    }
+    if null && n > 0 {
+        return Err(Error::new(portcullis_result::NullParameter, format!("{what} is NULL with a count of {n}")));
+    }
+    Ok(())
 }
 
 /// The UTF-8 text at `ptr` (not NUL-terminated: `len` bytes). `what` names
@@ -109,10 +174,10 @@ pub(crate) fn into_handle<T>(value: T) -> *mut T {
 pub(crate) unsafe fn free<T>(ptr: *mut T) {
     if !ptr.is_null() {
         // A panic in a destructor must not unwind into C.
-        let _ = catch_unwind(AssertUnwindSafe(|| {
+        guarded(|| {
             // SAFETY: the contract: a live Box<T> given up by the caller.
             drop(unsafe { Box::from_raw(ptr) })
-        }));
+        });
     }
 }
 

@@ -36,7 +36,7 @@ impl From<Verdict> for portcullis_verdict {
 /// The engine's answer for one SQL text (an opaque, immutable handle:
 /// share it between threads freely). Read it with the
 /// `portcullis_decision_*` accessors; free it with
-/// [`portcullis_decision_free`].
+/// `portcullis_decision_free`.
 pub struct portcullis_decision {
     pub(crate) decision: Decision,
     json: OnceLock<String>,

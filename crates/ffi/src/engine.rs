@@ -8,9 +8,9 @@ use crate::boundary::{self, Out};
 use crate::error::portcullis_result;
 
 /// A compiled policy (an opaque handle). Build it once with
-/// [`portcullis_engine_new`] and share it: every function that takes a
+/// `portcullis_engine_new` and share it: every function that takes a
 /// `const portcullis_engine *` may be called from several threads at once.
-/// Free it with [`portcullis_engine_free`] once no thread uses it.
+/// Free it with `portcullis_engine_free` once no thread uses it.
 pub struct portcullis_engine {
     pub(crate) engine: Engine,
 }
@@ -26,9 +26,9 @@ pub struct portcullis_engine {
 ///
 /// On success writes the new engine to `*out_engine`. A policy error returns
 /// `PORTCULLIS_RESULT_POLICY_FORMAT`, `_POLICY_INVALID` or `_POLICY_KEYS`;
-/// [`portcullis_error`](crate::portcullis_error) then gives
+/// `portcullis_error` then gives
 /// `name:line:column: what`, and
-/// [`portcullis_error_location`](crate::portcullis_error_location) the line
+/// `portcullis_error_location` the line
 /// and column.
 ///
 /// ```c
@@ -74,7 +74,7 @@ pub unsafe extern "C" fn portcullis_engine_new(
 ///
 /// # Safety
 ///
-/// `engine` must be NULL or from [`portcullis_engine_new`], not yet freed,
+/// `engine` must be NULL or from `portcullis_engine_new`, not yet freed,
 /// and not in use by another thread.
 #[no_mangle]
 pub unsafe extern "C" fn portcullis_engine_free(engine: *mut portcullis_engine) {

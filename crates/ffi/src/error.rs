@@ -10,7 +10,7 @@ use policy_core::{IdentityError, PolicyError};
 /// 3000: identities and key sets, 3100: tokens). A number is never reused
 /// for another meaning.
 ///
-/// [`portcullis_error`] turns a code into a message.
+/// `portcullis_error` turns a code into a message.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum portcullis_result {
@@ -28,8 +28,9 @@ pub enum portcullis_result {
     /// written. Call again with a larger buffer.
     InsufficientSize = 1003,
     /// An argument is out of range or not what the function reads (an
-    /// index past the end, a length above `PTRDIFF_MAX`, a `search_path`
-    /// that does not parse).
+    /// index past the end, a length or count whose bytes exceed
+    /// `PTRDIFF_MAX`, a `search_path` that does not parse, a value that
+    /// overlaps the output buffer).
     InvalidParameter = 1004,
 
     /// The policy text is not TOML, or not the shape of a policy.
@@ -214,7 +215,9 @@ fn last_with(code: portcullis_result) -> Option<Error> {
 /// than `len - 1` bytes is cut at a character boundary. An unknown code
 /// gets "unknown result code N".
 ///
-/// `buf` may be NULL only when `len` is 0; `out_written` may be NULL.
+/// With a NULL `buf` or a `len` of 0 nothing is written, not even
+/// `*out_written`; `out_written` may be NULL. This function and
+/// `portcullis_error_location` never replace the failure they describe.
 ///
 /// ```c
 /// char msg[512];
@@ -232,10 +235,13 @@ fn last_with(code: portcullis_result) -> Option<Error> {
 /// NULL, must be valid for a write.
 #[no_mangle]
 pub unsafe extern "C" fn portcullis_error(result: u32, buf: *mut c_char, len: usize, out_written: *mut usize) {
-    let _ = std::panic::catch_unwind(|| {
-        if buf.is_null() || len == 0 {
-            return;
-        }
+    if buf.is_null() || len == 0 {
+        return;
+    }
+    // SAFETY: `buf` holds `len >= 1` bytes: an empty message stands even if
+    // what follows fails.
+    unsafe { *buf = 0 };
+    crate::boundary::guarded(|| {
         let message = match code_of(result) {
             Some(code) => last_with(code).map(|e| e.message).unwrap_or_else(|| code.message().to_string()),
             None => format!("unknown result code {result}"),
@@ -271,7 +277,7 @@ pub unsafe extern "C" fn portcullis_error_location(
     out_line: *mut usize,
     out_column: *mut usize,
 ) -> portcullis_result {
-    crate::boundary::call(|| {
+    crate::boundary::call_quiet(|| {
         // SAFETY: the caller guarantees both pointers are writable; both are
         // checked before either is written.
         let (line_out, column_out) =

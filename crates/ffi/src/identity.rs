@@ -12,8 +12,8 @@ use crate::error::{portcullis_result, Error};
 
 /// The caller a decision is made for: a person or workload, its groups, and
 /// the agent acting for it, if any (an opaque, immutable handle: share it
-/// between threads freely). Made by [`portcullis_identity_new`] from JSON
-/// or by [`portcullis_verify_jwt`] from a token.
+/// between threads freely). Made by `portcullis_identity_new` from JSON
+/// or by `portcullis_verify_jwt` from a token.
 pub struct portcullis_identity {
     pub(crate) identity: Identity,
     json: String,
@@ -201,7 +201,7 @@ pub unsafe extern "C" fn portcullis_jwks_free(jwks: *mut portcullis_jwks) {
 /// leeway). `now_unix_seconds` is the current time: the library reads no
 /// clock. On success writes a new identity to `*out_identity`; a refused
 /// token gives a `PORTCULLIS_RESULT_TOKEN_*` code (or `_JWKS_INVALID`), and
-/// [`portcullis_error`](crate::portcullis_error) says which check refused
+/// `portcullis_error` says which check refused
 /// it. No message ever holds the token.
 ///
 /// ```c

@@ -40,7 +40,13 @@
 //!   that turns one into `PORTCULLIS_RESULT_PANIC` (accessors give their
 //!   documented fallback, which for a verdict is deny).
 //! - **Time** is an argument (`portcullis_verify_jwt`'s `now_unix_seconds`);
-//!   the library reads no clock, file, socket or environment variable.
+//!   the library reads no clock, file or socket, and takes no setting from
+//!   the environment. (A panic, which is a bug, is reported on stderr by
+//!   Rust's panic hook, as in any Rust program, before the boundary turns it
+//!   into a result code.)
+//! - **Booleans in structs** (`portcullis_column.binary`,
+//!   `portcullis_cell.is_null`) are bytes, nonzero for true, so that no
+//!   value a caller leaves in them is undefined behaviour.
 //!
 //! ## Threads
 //!
@@ -139,3 +145,51 @@ const _: () = {
     send_sync::<portcullis_masker>();
     send_sync::<portcullis_session>();
 };
+
+#[cfg(test)]
+mod tests {
+    /// Every export runs its body behind the panic boundary: a source scan,
+    /// so that a new export without one fails here rather than aborting a
+    /// host process some day.
+    #[test]
+    fn every_export_is_behind_the_panic_boundary() {
+        const SOURCES: [(&str, &str); 6] = [
+            ("decision.rs", include_str!("decision.rs")),
+            ("engine.rs", include_str!("engine.rs")),
+            ("error.rs", include_str!("error.rs")),
+            ("identity.rs", include_str!("identity.rs")),
+            ("masker.rs", include_str!("masker.rs")),
+            ("session.rs", include_str!("session.rs")),
+        ];
+        // `decision::with` is `boundary::value` on a decision handle.
+        const GUARDS: [&str; 6] = [
+            "boundary::call(",
+            "boundary::call_quiet(",
+            "boundary::value(",
+            "boundary::free(",
+            "boundary::guarded(",
+            "with(decision, ",
+        ];
+        let mut exports = 0;
+        for (file, text) in SOURCES {
+            for (at, _) in text.match_indices("extern \"C\" fn ") {
+                let rest = text.get(at..).unwrap_or_default();
+                let name: String = rest["extern \"C\" fn ".len()..].chars().take_while(|c| *c != '(').collect();
+                // The body: from the first line that opens it to the closing brace at column 0.
+                let body = rest.split_once(" {\n").map_or("", |(_, b)| b.split("\n}\n").next().unwrap_or(""));
+                exports += 1;
+                if name == "portcullis_version" {
+                    assert!(!body.contains('(') || body.contains("concat!("), "{file}: {name} must stay a constant");
+                    continue;
+                }
+                let first = body.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("//"));
+                assert!(
+                    first.is_some_and(|l| GUARDS.iter().any(|g| l.contains(g)))
+                        || (name == "portcullis_error" && body.contains("boundary::guarded(")),
+                    "{file}: `{name}` does not start behind the panic boundary: {first:?}"
+                );
+            }
+        }
+        assert!(exports >= 30, "found only {exports} exports: the scan is broken");
+    }
+}

@@ -27,8 +27,10 @@ pub struct portcullis_column {
     pub source_len: usize,
     /// The column's type OID (0 when unknown).
     pub type_oid: u32,
-    /// Whether its values arrive in binary format.
-    pub binary: bool,
+    /// Whether its values arrive in binary format: nonzero for binary, 0
+    /// for text. (A byte rather than a C `bool`, so that no byte a caller
+    /// leaves in it is undefined.)
+    pub binary: u8,
 }
 
 /// One value of a row: `len` bytes at `data`, or SQL NULL.
@@ -39,14 +41,14 @@ pub struct portcullis_cell {
     pub data: *const u8,
     /// How many.
     pub len: usize,
-    /// Whether the value is SQL NULL.
-    pub is_null: bool,
+    /// Nonzero when the value is SQL NULL. The library writes 0 or 1.
+    pub is_null: u8,
 }
 
 /// The masking plan of one statement's result for one identity (an
 /// opaque, immutable handle: share it between threads freely). Build it
-/// once per result with [`portcullis_masker_new`], then call
-/// [`portcullis_mask_row`] on every row.
+/// once per result with `portcullis_masker_new`, then call
+/// `portcullis_mask_row` on every row.
 pub struct portcullis_masker {
     masker: RowMasker,
     columns: usize,
@@ -59,8 +61,8 @@ pub struct portcullis_masker {
 ///
 /// ```c
 /// portcullis_column cols[2] = {
-///     { "id", 2, "public.users.id", 15, 23, false },
-///     { "email", 5, "public.users.email", 18, 25, false },
+///     { "id", 2, "public.users.id", 15, 23, 0 },
+///     { "email", 5, "public.users.email", 18, 25, 0 },
 /// };
 /// portcullis_masker *m = NULL;
 /// portcullis_masker_new(engine, identity, decision, 0, cols, 2, &m);
@@ -86,14 +88,8 @@ pub unsafe extern "C" fn portcullis_masker_new(
         let (out, engine, identity, decision) = unsafe {
             (Out::new(out_masker)?, boundary::handle(engine)?, boundary::handle(identity)?, boundary::handle(decision)?)
         };
-        let columns: &[portcullis_column] = if n_columns == 0 {
-            &[]
-        } else if columns.is_null() {
-            return Err(portcullis_result::NullParameter.into());
-        } else {
-            // SAFETY: non-NULL, `n_columns` readable entries per the contract.
-            unsafe { std::slice::from_raw_parts(columns, n_columns) }
-        };
+        // SAFETY: the caller's contract: `n_columns` readable entries.
+        let columns = unsafe { boundary::slice(columns, n_columns, "columns") }?;
         let facts = decision.decision.statements.get(statement).map(|s| &s.facts).ok_or_else(|| {
             Error::new(
                 portcullis_result::InvalidParameter,
@@ -111,7 +107,7 @@ pub unsafe extern "C" fn portcullis_masker_new(
                 // SAFETY: as above.
                 Some(unsafe { boundary::text(c.source, c.source_len, "its source") }.map_err(in_column)?)
             };
-            infos.push(ColumnInfo::new(name, source, c.type_oid, c.binary));
+            infos.push(ColumnInfo::new(name, source, c.type_oid, c.binary != 0));
         }
         let masker = engine.engine.masker(&identity.identity, facts, &infos);
         out.write(boundary::into_handle(portcullis_masker { masker, columns: infos.len() }));
@@ -120,7 +116,7 @@ pub unsafe extern "C" fn portcullis_masker_new(
 }
 
 /// Whether rows pass untouched (no column masked, no detector active): the
-/// caller may skip [`portcullis_mask_row`]. NULL gives false.
+/// caller may skip `portcullis_mask_row`. NULL gives false.
 ///
 /// # Safety
 ///
@@ -157,10 +153,14 @@ pub unsafe extern "C" fn portcullis_masker_retyped(masker: *const portcullis_mas
 ///
 /// When the masked values do not fit in `buf_len` bytes, returns
 /// `PORTCULLIS_RESULT_INSUFFICIENT_SIZE` and changes nothing: call again
-/// with a larger buffer (masking is deterministic).
+/// with a larger buffer (masking is deterministic). `buf` may be NULL (with
+/// `buf_len` 0) when no masked value needs a byte, as for a mask to NULL. A
+/// value that overlaps `buf` gives `PORTCULLIS_RESULT_INVALID_PARAMETER`:
+/// mask each row into a buffer of its own, not into the one an earlier
+/// call's values still point to.
 ///
 /// ```c
-/// portcullis_cell row[2] = { { (const uint8_t *)"7", 1, false }, { (const uint8_t *)"ann@example.com", 15, false } };
+/// portcullis_cell row[2] = { { (const uint8_t *)"7", 1, 0 }, { (const uint8_t *)"ann@example.com", 15, 0 } };
 /// uint8_t buf[256];
 /// size_t used, changed;
 /// portcullis_mask_row(m, row, 2, buf, sizeof buf, &used, &changed);
@@ -170,9 +170,9 @@ pub unsafe extern "C" fn portcullis_masker_retyped(masker: *const portcullis_mas
 /// # Safety
 ///
 /// `masker` must be live; `cells` valid for reads and writes of `n_cells`
-/// entries, each non-NULL cell valid for reads of its length; `buf` valid
-/// for writes of `buf_len` bytes and not overlapping any value; `out_used`
-/// and `out_changed` valid for writes.
+/// entries, each cell that is not NULL valid for reads of its length; `buf`
+/// valid for writes of `buf_len` bytes; `out_used` and `out_changed` valid
+/// for writes.
 #[no_mangle]
 pub unsafe extern "C" fn portcullis_mask_row(
     masker: *const portcullis_masker,
@@ -193,50 +193,59 @@ pub unsafe extern "C" fn portcullis_mask_row(
                 format!("the row has {n_cells} values and the result {} columns", masker.columns),
             ));
         }
-        let cells: &mut [portcullis_cell] = if n_cells == 0 {
-            &mut []
-        } else if cells.is_null() {
-            return Err(portcullis_result::NullParameter.into());
-        } else {
-            // SAFETY: non-NULL, `n_cells` entries, readable and writable per the contract.
-            unsafe { std::slice::from_raw_parts_mut(cells, n_cells) }
-        };
+        // SAFETY: the caller's contract: `n_cells` entries, readable and writable.
+        let cells = unsafe { boundary::slice_mut(cells, n_cells, "cells") }?;
         let mut row: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(cells.len());
-        for c in cells.iter() {
-            if c.is_null {
+        let buf_range = (buf as usize)..(buf as usize).saturating_add(buf_len);
+        for (i, c) in cells.iter().enumerate() {
+            if c.is_null != 0 {
                 row.push(None);
-            } else {
-                // SAFETY: the caller's contract for each value.
-                row.push(Some(Cow::Borrowed(unsafe { boundary::bytes(c.data, c.len) }?)));
+                continue;
             }
+            // SAFETY: the caller's contract for each value.
+            let value = unsafe { boundary::bytes(c.data, c.len) }?;
+            let at = value.as_ptr() as usize;
+            if !buf.is_null() && !value.is_empty() && at < buf_range.end && buf_range.start < at + value.len() {
+                return Err(Error::new(
+                    portcullis_result::InvalidParameter,
+                    format!("value {i} overlaps the output buffer (mask into a buffer of its own)"),
+                ));
+            }
+            row.push(Some(Cow::Borrowed(value)));
         }
         masker.masker.mask_row(&mut row);
         // A value changed when it is new bytes, or NULL where it was not.
         let needed: usize = row.iter().map(|v| if let Some(Cow::Owned(v)) = v { v.len() } else { 0 }).sum();
+        if needed > 0 && buf.is_null() {
+            return Err(Error::new(
+                portcullis_result::NullParameter,
+                format!("the masked values need {needed} bytes and the buffer is NULL"),
+            ));
+        }
         if needed > buf_len {
             return Err(Error::new(
                 portcullis_result::InsufficientSize,
                 format!("the masked values need {needed} bytes and the buffer holds {buf_len}"),
             ));
         }
-        if needed > 0 && buf.is_null() {
-            return Err(portcullis_result::NullParameter.into());
-        }
         // Nothing can fail from here on: the cells are written in place.
         let (mut used, mut count) = (0usize, 0usize);
         for (cell, value) in cells.iter_mut().zip(&row) {
             match value {
+                Some(Cow::Owned(v)) if v.is_empty() => {
+                    *cell = portcullis_cell { data: b"".as_ptr(), len: 0, is_null: 0 };
+                }
                 Some(Cow::Owned(v)) => {
                     // SAFETY: `used + v.len() <= needed <= buf_len`, `buf` is
-                    // writable for `buf_len` bytes and does not overlap `v`
-                    // (ours) per the contract.
+                    // non-NULL (needed > 0) and writable for `buf_len` bytes,
+                    // and does not overlap `v`, which is ours.
                     let dst = unsafe { buf.add(used) };
                     // SAFETY: as above.
                     unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), dst, v.len()) };
                     used += v.len();
-                    *cell = portcullis_cell { data: dst, len: v.len(), is_null: false };
+                    *cell = portcullis_cell { data: dst, len: v.len(), is_null: 0 };
                 }
-                None if !cell.is_null => *cell = portcullis_cell { data: std::ptr::null(), len: 0, is_null: true },
+                None if cell.is_null == 0 => *cell = portcullis_cell { data: std::ptr::null(), len: 0, is_null: 1 },
                 _ => continue,
             }
             count += 1;

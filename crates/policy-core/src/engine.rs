@@ -107,10 +107,10 @@ impl Engine {
     pub fn with_options(policy: Policy, keys: Keys, options: EngineOptions) -> Result<Engine, PolicyError> {
         if keys.pseudonym_key.is_none() {
             if let Some(m) = policy.masks.iter().find(|m| m.strategy == Strategy::Hash) {
-                return Err(PolicyError::Keys(format!(
-                    "{}: mask `{}` uses strategy \"hash\", which needs a pseudonymisation key",
-                    m.location, m.name
-                )));
+                return Err(PolicyError::Keys {
+                    location: m.location.clone(),
+                    message: format!("mask `{}` uses strategy \"hash\", which needs a pseudonymisation key", m.name),
+                });
             }
         }
         let trusted_functions = if policy.settings.trusted_functions.is_empty() {

@@ -429,6 +429,14 @@ fn actor_chain(act: &Value) -> Option<(String, Vec<String>)> {
     Some((sub, chain))
 }
 
+/// Header text an error repeats, made safe to log: at most `max`
+/// characters, control characters, quotes and backslashes escaped (the
+/// header is unauthenticated when the error is raised, so it may hold
+/// newlines or NULs meant for a log).
+fn shown(text: &str, max: usize) -> String {
+    text.chars().take(max).flat_map(char::escape_debug).collect()
+}
+
 /// Verifies a JWT and maps its claims to an [`Identity`]; `now` is Unix
 /// time in seconds.
 ///
@@ -454,14 +462,13 @@ pub fn verify_jwt(token: &str, jwks: &Jwks, rules: &IdentityRules, now: u64) -> 
     if alg.eq_ignore_ascii_case("none") {
         return Err(IdentityError::Unsigned);
     }
-    let algorithm: Algorithm =
-        alg.parse().map_err(|_| IdentityError::UnsupportedAlgorithm(alg.chars().take(32).collect()))?;
+    let algorithm: Algorithm = alg.parse().map_err(|_| IdentityError::UnsupportedAlgorithm(shown(alg, 32)))?;
     if matches!(algorithm, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-        return Err(IdentityError::UnsupportedAlgorithm(alg.to_string()));
+        return Err(IdentityError::UnsupportedAlgorithm(shown(alg, 32)));
     }
     if let Some(crit) = header.get("crit") {
         let first = crit.as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("?");
-        return Err(IdentityError::CriticalHeader(first.chars().take(64).collect()));
+        return Err(IdentityError::CriticalHeader(shown(first, 64)));
     }
     if jwks.keys.is_empty() {
         return Err(IdentityError::NoKeys);
@@ -471,7 +478,7 @@ pub fn verify_jwt(token: &str, jwks: &Jwks, rules: &IdentityRules, now: u64) -> 
             .keys
             .iter()
             .find(|k| k.kid.as_deref() == Some(kid.as_str()))
-            .ok_or_else(|| IdentityError::UnknownKeyId(kid.chars().take(64).collect()))?,
+            .ok_or_else(|| IdentityError::UnknownKeyId(shown(kid, 64)))?,
         Some(_) => return Err(IdentityError::Malformed("kid is not a string")),
         None => match jwks.keys.as_slice() {
             [only] => only,

@@ -65,17 +65,24 @@ pub enum PolicyError {
         /// What.
         message: String,
     },
-    /// The keys given to the engine do not fit the policy.
-    #[error("{0}")]
-    Keys(String),
+    /// The keys given to the engine do not fit the policy (a `hash` mask
+    /// and no pseudonymisation key).
+    #[error("{location}: {message}")]
+    Keys {
+        /// The policy entry that needs the key.
+        location: Location,
+        /// What.
+        message: String,
+    },
 }
 
 impl PolicyError {
     /// The location, when the error has one.
     pub fn location(&self) -> Option<&Location> {
         match self {
-            PolicyError::Format { location, .. } | PolicyError::Invalid { location, .. } => Some(location),
-            PolicyError::Keys(_) => None,
+            PolicyError::Format { location, .. }
+            | PolicyError::Invalid { location, .. }
+            | PolicyError::Keys { location, .. } => Some(location),
         }
     }
 }

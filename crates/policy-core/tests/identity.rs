@@ -321,3 +321,17 @@ fn errors_never_quote_the_token() {
         }
     }
 }
+
+#[test]
+fn header_text_an_error_repeats_is_escaped_for_logs() {
+    let forged =
+        sign(&json!({"alg": "EdDSA", "kid": "x\n2026-01-01 INFO admin logged in\u{0}", "typ": "JWT"}), &claims());
+    let e = verify(&forged).unwrap_err();
+    assert_eq!(e, IdentityError::UnknownKeyId("x\\n2026-01-01 INFO admin logged in\\0".into()));
+    let crit = sign(&json!({"alg": "EdDSA", "kid": "ed", "crit": ["a\r\u{1b}[2J\"b"]}), &claims());
+    let msg = verify(&crit).unwrap_err().to_string();
+    assert!(!msg.chars().any(char::is_control), "{msg:?}");
+    let input = format!("{}.{}", b64(br#"{"alg":"EdDSA\nx","kid":"ed"}"#), b64(claims().to_string().as_bytes()));
+    let alg = format!("{input}.{}", b64(b"signature"));
+    assert_eq!(verify(&alg).unwrap_err(), IdentityError::UnsupportedAlgorithm("EdDSA\\nx".into()));
+}

@@ -148,6 +148,39 @@ static void test_errors(void) {
     CHECK(portcullis_error_location(r, &line, NULL) == PORTCULLIS_RESULT_NULL_PARAMETER && line == 77,
           "one NULL out-pointer: nothing written");
 
+    /* Asking where a failure was never replaces it, even when the question fails. */
+    r = portcullis_engine_new(S(bad), S("bad.toml"), NULL, 0, &engine);
+    CHECK(portcullis_error_location(PORTCULLIS_RESULT_INVALID_UTF8, &line, &column) ==
+              PORTCULLIS_RESULT_INVALID_PARAMETER, "no INVALID_UTF8 failure to locate");
+    CHECK(portcullis_error_location(r, NULL, NULL) == PORTCULLIS_RESULT_NULL_PARAMETER, "NULL out-pointers");
+    CHECK(strncmp(message(r, msg, sizeof msg), "bad.toml:4:1:", 13) == 0, "the detail survived: %s", msg);
+    CHECK(strcmp(message(PORTCULLIS_RESULT_INVALID_PARAMETER, msg, sizeof msg), "an argument is out of range") == 0,
+          "error_location recorded its own failure: %s", msg);
+
+    /* A message is cut at a character boundary, never inside one. */
+    r = portcullis_engine_new(S(bad), S("pol\xc3\xa9.toml"), NULL, 0, &engine);
+    char cut[5];
+    portcullis_error(r, cut, sizeof cut, &n);
+    CHECK(n == 3 && strcmp(cut, "pol") == 0, "cut to %zu bytes: %s", n, cut);
+    portcullis_error(r, cut, 6, &n);
+    CHECK(n == 5 && memcmp(cut, "pol\xc3\xa9", 5) == 0, "the whole character fits: %zu", n);
+
+    /* Lengths and counts whose bytes exceed PTRDIFF_MAX. */
+    portcullis_identity *someone = identity_from("{\"subject\":\"a\"}");
+    portcullis_engine *empty = engine_from(S("version = 1\n"));
+    portcullis_decision *none_d = (portcullis_decision *)&checks;
+    CHECK(portcullis_decide(empty, someone, NULL, "x", SIZE_MAX, &none_d) == PORTCULLIS_RESULT_INVALID_PARAMETER &&
+              none_d == (portcullis_decision *)&checks, "an SQL length of SIZE_MAX");
+    portcullis_decision *ok_d = NULL;
+    CHECK(portcullis_decide(empty, someone, NULL, S("SELECT 1"), &ok_d) == PORTCULLIS_RESULT_OK, "decide");
+    portcullis_masker *no_m = (portcullis_masker *)&checks;
+    portcullis_column single = {S("c"), NULL, 0, 25, 0};
+    CHECK(portcullis_masker_new(empty, someone, ok_d, 0, &single, SIZE_MAX / 8, &no_m) ==
+              PORTCULLIS_RESULT_INVALID_PARAMETER && no_m == (portcullis_masker *)&checks, "a huge column count");
+    portcullis_decision_free(ok_d);
+    portcullis_engine_free(empty);
+    portcullis_identity_free(someone);
+
     /* NULL handles, NULL text with a length, NULL out-pointers. */
     portcullis_decision *d = (portcullis_decision *)&checks;
     portcullis_identity *who = identity_from("{\"subject\":\"a\"}");
@@ -169,9 +202,9 @@ static void test_errors(void) {
               PORTCULLIS_RESULT_INVALID_UTF8, "a policy that is not UTF-8");
 
     /* Identity JSON is read strictly. */
-    portcullis_identity *nobody = NULL;
+    portcullis_identity *nobody = (portcullis_identity *)&checks;
     r = portcullis_identity_new(S("{\"subject\":\"a\",\"group\":[\"dba\"]}"), &nobody);
-    CHECK(r == PORTCULLIS_RESULT_IDENTITY_JSON && nobody == NULL, "a misspelt field is refused");
+    CHECK(r == PORTCULLIS_RESULT_IDENTITY_JSON && nobody == (portcullis_identity *)&checks, "a misspelt field is refused");
     CHECK(strstr(message(r, msg, sizeof msg), "unknown field `group`") != NULL, "%s", msg);
 
     /* Accessors of a NULL decision fail closed. */
@@ -336,6 +369,30 @@ static void test_masking(const char *policy, size_t policy_len) {
           "note: %.*s", (int)row[4].len, (const char *)row[4].data);
     CHECK(row[2].data >= buf && row[4].data + row[4].len <= buf + used, "masked values are in the buffer");
     CHECK(strcmp(note, "card on file: 4012888888881881") == 0, "the caller's bytes were not written");
+    CHECK(strstr(message(PORTCULLIS_RESULT_INSUFFICIENT_SIZE, msg, sizeof msg), "alice") == NULL &&
+              strstr(msg, "6789") == NULL, "no value in a message: %s", msg);
+
+    /* Masking again into the buffer the cells now point into is refused. */
+    r = portcullis_mask_row(m, row, 5, buf, sizeof buf, &used, &changed);
+    CHECK(r == PORTCULLIS_RESULT_INVALID_PARAMETER, "a value inside the output buffer: %u", (unsigned)r);
+
+    /* NULL where bytes are needed, NULL cells, a NULL value with a length. */
+    memcpy(row, before, sizeof row);
+    CHECK(portcullis_mask_row(m, row, 5, NULL, 0, &used, &changed) == PORTCULLIS_RESULT_NULL_PARAMETER,
+          "a NULL buffer where bytes are needed");
+    CHECK(row[2].data == before[2].data, "nothing changed");
+    CHECK(portcullis_mask_row(m, NULL, 5, buf, sizeof buf, &used, &changed) == PORTCULLIS_RESULT_NULL_PARAMETER,
+          "NULL cells");
+    row[1].data = NULL;
+    CHECK(portcullis_mask_row(m, row, 5, buf, sizeof buf, &used, &changed) == PORTCULLIS_RESULT_NULL_PARAMETER,
+          "a NULL value with a length");
+    /* Any nonzero is_null is NULL: the value is not read. */
+    memcpy(row, before, sizeof row);
+    row[3].is_null = 2;
+    row[3].data = NULL;
+    CHECK(portcullis_mask_row(m, row, 5, buf, sizeof buf, &used, &changed) == PORTCULLIS_RESULT_OK && changed == 2,
+          "is_null 2 is NULL: %zu changed", changed);
+    CHECK(row[3].is_null == 2 && row[3].data == NULL, "a NULL cell is left alone");
     portcullis_masker_free(m);
 
     /* A masked column whose type is not text is described to the client as text. */
@@ -350,7 +407,8 @@ static void test_masking(const char *policy, size_t policy_len) {
     /* A mask to NULL sets is_null; an identity nothing applies to gets a no-op masker. */
     const char nulling[] =
         "version = 1\n[[rule]]\nname = \"r\"\neffect = \"allow\"\nclasses = [\"read\"]\n"
-        "[[mask]]\nname = \"hide\"\ncolumns = [\"public.t.secret\"]\nstrategy = \"null\"\nexempt_groups = [\"hr\"]\n";
+        "[[mask]]\nname = \"hide\"\ncolumns = [\"public.t.secret\"]\nstrategy = \"null\"\nexempt_groups = [\"hr\"]\n"
+        "[[mask]]\nname = \"blank\"\ncolumns = [\"public.t.blank\"]\nstrategy = \"fixed\"\nvalue = \"\"\n";
     portcullis_engine *e2 = engine_from(S(nulling));
     portcullis_identity *hr = identity_from("{\"subject\":\"bob\",\"groups\":[\"hr\"]}");
     CHECK(portcullis_decide(e2, agent, NULL, S("SELECT secret FROM t"), &d) == PORTCULLIS_RESULT_OK, "decide");
@@ -359,6 +417,13 @@ static void test_masking(const char *policy, size_t policy_len) {
     portcullis_cell cell = {(const uint8_t *)"s3cret", 6, false};
     CHECK(portcullis_mask_row(m, &cell, 1, NULL, 0, &used, &changed) == PORTCULLIS_RESULT_OK, "NULL needs no bytes");
     CHECK(cell.is_null && cell.data == NULL && cell.len == 0 && changed == 1 && used == 0, "masked to NULL");
+    portcullis_masker_free(m);
+    /* A mask to an empty text needs no byte either: a non-NULL pointer of length 0. */
+    portcullis_column blank = {S("blank"), S("public.t.blank"), 25, 0};
+    CHECK(portcullis_masker_new(e2, agent, d, 0, &blank, 1, &m) == PORTCULLIS_RESULT_OK, "masker");
+    cell = (portcullis_cell){(const uint8_t *)"s3cret", 6, 0};
+    CHECK(portcullis_mask_row(m, &cell, 1, NULL, 0, &used, &changed) == PORTCULLIS_RESULT_OK, "an empty value");
+    CHECK(!cell.is_null && cell.data != NULL && cell.len == 0 && changed == 1 && used == 0, "masked to ''");
     portcullis_masker_free(m);
     CHECK(portcullis_masker_new(e2, hr, d, 0, &col, 1, &m) == PORTCULLIS_RESULT_OK, "masker");
     CHECK(portcullis_masker_is_noop(m), "an exempt group sees the value");
@@ -376,10 +441,15 @@ static void test_keys(void) {
         "version = 1\n[[rule]]\nname = \"r\"\neffect = \"allow\"\nclasses = [\"read\"]\n"
         "[[mask]]\nname = \"pseudonym\"\ncolumns = [\"public.t.email\"]\nstrategy = \"hash\"\n";
     char msg[512];
-    portcullis_engine *none = NULL;
+    portcullis_engine *none = (portcullis_engine *)&checks;
     portcullis_result r = portcullis_engine_new(S(policy), S("keys.toml"), NULL, 0, &none);
-    CHECK(r == PORTCULLIS_RESULT_POLICY_KEYS && none == NULL, "a hash mask without a key: %u", (unsigned)r);
-    CHECK(strstr(message(r, msg, sizeof msg), "needs a pseudonymisation key") != NULL, "%s", msg);
+    CHECK(r == PORTCULLIS_RESULT_POLICY_KEYS && none == (portcullis_engine *)&checks, "no key: %u", (unsigned)r);
+    CHECK(strcmp(message(r, msg, sizeof msg),
+                 "keys.toml:6:1: mask `pseudonym` uses strategy \"hash\", which needs a pseudonymisation key") == 0,
+          "%s", msg);
+    size_t line = 0, column = 0;
+    CHECK(portcullis_error_location(r, &line, &column) == PORTCULLIS_RESULT_OK && line == 6 && column == 1,
+          "the mask's place: %zu:%zu", line, column);
 
     const uint8_t *keys[3] = {(const uint8_t *)"key-one", (const uint8_t *)"key-one", (const uint8_t *)"key-two"};
     char out[3][128];
@@ -413,9 +483,9 @@ static void test_tokens(const char *policy, size_t policy_len, const char *jwks_
     char msg[512];
     CHECK(portcullis_jwks_new((const uint8_t *)jwks_text, jwks_len, &jwks) == PORTCULLIS_RESULT_OK, "jwks");
     CHECK(portcullis_jwks_key_count(jwks) == 1, "one key");
-    portcullis_jwks *none = NULL;
+    portcullis_jwks *none = (portcullis_jwks *)&checks;
     portcullis_result r = portcullis_jwks_new((const uint8_t *)"{}", 2, &none);
-    CHECK(r == PORTCULLIS_RESULT_JWKS_INVALID && none == NULL, "not a key set: %u", (unsigned)r);
+    CHECK(r == PORTCULLIS_RESULT_JWKS_INVALID && none == (portcullis_jwks *)&checks, "not a key set: %u", (unsigned)r);
     CHECK(strstr(message(r, msg, sizeof msg), "no `keys` array") != NULL, "%s", msg);
 
     uint64_t now = (uint64_t)time(NULL);
@@ -454,6 +524,8 @@ struct shared {
     const portcullis_engine *engine;
     const portcullis_identity *agent;
     const portcullis_session *session;
+    const portcullis_decision *decision;
+    const portcullis_masker *masker;
     int index;
     int wrong;
 };
@@ -467,6 +539,14 @@ static void *worker(void *arg) {
     for (int i = 0; i < 200; i++) {
         int k = (i + w->index) % 4;
         if (verdict_of(w->engine, w->agent, w->session, sql[k], strlen(sql[k])) != want[k]) w->wrong++;
+        /* The shared decision and masker, read at once by every thread. */
+        portcullis_cell cell[2] = {{(const uint8_t *)"Ann", 3, 0}, {(const uint8_t *)"123-45-6789", 11, 0}};
+        uint8_t buf[64];
+        size_t used = 0, changed = 0;
+        if (portcullis_mask_row(w->masker, cell, 2, buf, sizeof buf, &used, &changed) != PORTCULLIS_RESULT_OK ||
+            changed != 1 || cell[1].len != 8 || memcmp(cell[1].data, "****6789", 8) != 0)
+            w->wrong++;
+        if (!str_has(portcullis_decision_json(w->decision), "public.customers")) w->wrong++;
     }
     /* This thread's failure detail is its own. */
     char name[32], msg[256];
@@ -486,11 +566,17 @@ static void test_threads(const char *policy, size_t policy_len) {
     char msg[256];
     portcullis_engine *bad = NULL;
     portcullis_result r = portcullis_engine_new(S("version = 2\n"), S("main.toml"), NULL, 0, &bad);
+    portcullis_decision *d = NULL;
+    portcullis_masker *m = NULL;
+    portcullis_column cols[2] = {{S("name"), S("public.customers.name"), 25, 0},
+                                 {S("ssn"), S("public.customers.ssn"), 25, 0}};
+    CHECK(portcullis_decide(e, agent, s, S("SELECT name, ssn FROM customers"), &d) == PORTCULLIS_RESULT_OK, "decide");
+    CHECK(portcullis_masker_new(e, agent, d, 0, cols, 2, &m) == PORTCULLIS_RESULT_OK, "masker");
     enum { N = 4 };
     pthread_t threads[N];
     struct shared work[N];
     for (int i = 0; i < N; i++) {
-        work[i] = (struct shared){e, agent, s, i, 0};
+        work[i] = (struct shared){e, agent, s, d, m, i, 0};
         CHECK(pthread_create(&threads[i], NULL, worker, &work[i]) == 0, "pthread_create");
     }
     for (int i = 0; i < N; i++) {
@@ -498,6 +584,8 @@ static void test_threads(const char *policy, size_t policy_len) {
         CHECK(work[i].wrong == 0, "thread %d: %d wrong answers", i, work[i].wrong);
     }
     CHECK(strncmp(message(r, msg, sizeof msg), "main.toml", 9) == 0, "the main thread's detail: %s", msg);
+    portcullis_masker_free(m);
+    portcullis_decision_free(d);
     portcullis_session_free(s);
     portcullis_identity_free(agent);
     portcullis_engine_free(e);
