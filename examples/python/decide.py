@@ -44,6 +44,31 @@ class Cell(Structure):
     _fields_ = [("data", c_void_p), ("len", c_size_t), ("is_null", c_uint8)]
 
 
+# One pointer type per handle: ctypes then refuses a decision where an
+# engine is expected, instead of handing the library the wrong object.
+class _Engine(Structure):
+    pass
+
+
+class _Identity(Structure):
+    pass
+
+
+class _Session(Structure):
+    pass
+
+
+class _Decision(Structure):
+    pass
+
+
+class _Masker(Structure):
+    pass
+
+
+EngineP, IdentityP, SessionP, DecisionP, MaskerP = (POINTER(t) for t in (_Engine, _Identity, _Session, _Decision, _Masker))
+
+
 class PortcullisError(Exception):
     def __init__(self, code, message):
         super().__init__(f"{message} (code {code})")
@@ -62,23 +87,28 @@ def load_library():
             break
     else:
         sys.exit("error: libportcullis not found: run `cargo build -p portcullis-ffi` or set PORTCULLIS_LIB")
-    handle = c_void_p
     signatures = {
         "portcullis_error": (None, [c_uint32, ctypes.c_char_p, c_size_t, POINTER(c_size_t)]),
-        "portcullis_engine_new": (c_uint32, [c_char_p, c_size_t, c_char_p, c_size_t, c_char_p, c_size_t, POINTER(handle)]),
-        "portcullis_engine_free": (None, [handle]),
-        "portcullis_identity_new": (c_uint32, [c_char_p, c_size_t, POINTER(handle)]),
-        "portcullis_identity_free": (None, [handle]),
-        "portcullis_decide": (c_uint32, [handle, handle, handle, c_char_p, c_size_t, POINTER(handle)]),
-        "portcullis_decision_verdict": (c_uint32, [handle]),
-        "portcullis_decision_rule": (Str, [handle]),
-        "portcullis_decision_reason": (Str, [handle]),
-        "portcullis_decision_max_rows": (c_uint64, [handle]),
-        "portcullis_decision_json": (Str, [handle]),
-        "portcullis_decision_free": (None, [handle]),
-        "portcullis_masker_new": (c_uint32, [handle, handle, handle, c_size_t, POINTER(Column), c_size_t, POINTER(handle)]),
-        "portcullis_mask_row": (c_uint32, [handle, POINTER(Cell), c_size_t, c_void_p, c_size_t, POINTER(c_size_t), POINTER(c_size_t)]),
-        "portcullis_masker_free": (None, [handle]),
+        "portcullis_engine_new": (c_uint32, [c_char_p, c_size_t, c_char_p, c_size_t, c_char_p, c_size_t, POINTER(EngineP)]),
+        "portcullis_engine_free": (None, [EngineP]),
+        "portcullis_identity_new": (c_uint32, [c_char_p, c_size_t, POINTER(IdentityP)]),
+        "portcullis_identity_free": (None, [IdentityP]),
+        "portcullis_decide": (c_uint32, [EngineP, IdentityP, SessionP, c_char_p, c_size_t, POINTER(DecisionP)]),
+        "portcullis_decision_verdict": (c_uint32, [DecisionP]),
+        "portcullis_decision_rule": (Str, [DecisionP]),
+        "portcullis_decision_reason": (Str, [DecisionP]),
+        "portcullis_decision_max_rows": (c_uint64, [DecisionP]),
+        "portcullis_decision_json": (Str, [DecisionP]),
+        "portcullis_decision_free": (None, [DecisionP]),
+        "portcullis_masker_new": (
+            c_uint32,
+            [EngineP, IdentityP, DecisionP, c_size_t, POINTER(Column), c_size_t, POINTER(MaskerP)],
+        ),
+        "portcullis_mask_row": (
+            c_uint32,
+            [MaskerP, POINTER(Cell), c_size_t, c_void_p, c_size_t, POINTER(c_size_t), POINTER(c_size_t)],
+        ),
+        "portcullis_masker_free": (None, [MaskerP]),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
@@ -99,7 +129,7 @@ def check(code):
 class Engine:
     def __init__(self, policy_text, name="policy.toml"):
         text, label = policy_text.encode(), name.encode()
-        self._h = c_void_p()
+        self._h = EngineP()
         check(LIB.portcullis_engine_new(text, len(text), label, len(label), None, 0, byref(self._h)))
 
     def __del__(self):
@@ -107,7 +137,7 @@ class Engine:
 
     def decide(self, identity, sql):
         raw = sql.encode()
-        d = c_void_p()
+        d = DecisionP()
         check(LIB.portcullis_decide(self._h, identity._h, None, raw, len(raw), byref(d)))
         return Decision(d)
 
@@ -115,7 +145,7 @@ class Engine:
 class Identity:
     def __init__(self, json_text):
         raw = json_text.encode()
-        self._h = c_void_p()
+        self._h = IdentityP()
         check(LIB.portcullis_identity_new(raw, len(raw), byref(self._h)))
 
     def __del__(self):
@@ -142,7 +172,7 @@ class Decision:
             n, s = name.encode(), source.encode()
             keep += [n, s]
             cols[i] = Column(n, len(n), s, len(s), 25, 0)
-        masker = c_void_p()
+        masker = MaskerP()
         check(LIB.portcullis_masker_new(engine._h, identity._h, self._h, 0, cols, len(columns), byref(masker)))
         try:
             raw = [None if v is None else v.encode() for v in values]

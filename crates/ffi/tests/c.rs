@@ -394,4 +394,18 @@ fn the_python_example_runs_through_ctypes() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.toml:5:1: unknown field `efect`") && stderr.contains("(code 2000)"), "{stderr}");
+
+    // The example's typed handles: ctypes refuses an identity where an engine goes.
+    let probe = "import sys, ctypes, decide\n\
+                 who = decide.Identity('{\"subject\": \"a\"}')\n\
+                 try:\n    decide.LIB.portcullis_decide(who._h, who._h, None, b'SELECT 1', 8, ctypes.byref(decide.DecisionP()))\n\
+                 except ctypes.ArgumentError as e:\n    print('refused:', e)\n";
+    let out = Command::new("python3")
+        .args(["-c", probe])
+        .env("PYTHONPATH", repo().join("examples/python"))
+        .env("PORTCULLIS_LIB", target_dir().join("libportcullis.so"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("refused: argument 1"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
 }
