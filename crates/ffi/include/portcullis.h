@@ -548,7 +548,8 @@ struct portcullis_str portcullis_identity_subject(const struct portcullis_identi
 
 /**
  * The identity as JSON (`{"subject":..,"groups":[..],"actor":{..}}`): what
- * a token said, for logs and audit. NULL gives a NULL string.
+ * a token said, for logs and audit. Built on the first call. NULL gives a
+ * NULL string.
  *
  * # Safety
  *

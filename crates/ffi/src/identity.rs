@@ -1,6 +1,7 @@
 //! `portcullis_identity` and `portcullis_jwks`: who a decision is for.
 
 use std::ffi::c_char;
+use std::sync::OnceLock;
 
 use policy_core::{verify_jwt, Actor, Identity, Jwks};
 use serde::Deserialize;
@@ -16,13 +17,13 @@ use crate::error::{portcullis_result, Error};
 /// or by `portcullis_verify_jwt` from a token.
 pub struct portcullis_identity {
     pub(crate) identity: Identity,
-    json: String,
+    /// Built on the first `portcullis_identity_json`.
+    json: OnceLock<String>,
 }
 
 impl portcullis_identity {
     fn new(identity: Identity) -> Self {
-        let json = serde_json::to_string(&identity).unwrap_or_default();
-        portcullis_identity { identity, json }
+        portcullis_identity { identity, json: OnceLock::new() }
     }
 }
 
@@ -115,7 +116,8 @@ pub unsafe extern "C" fn portcullis_identity_subject(identity: *const portcullis
 }
 
 /// The identity as JSON (`{"subject":..,"groups":[..],"actor":{..}}`): what
-/// a token said, for logs and audit. NULL gives a NULL string.
+/// a token said, for logs and audit. Built on the first call. NULL gives a
+/// NULL string.
 ///
 /// # Safety
 ///
@@ -124,7 +126,9 @@ pub unsafe extern "C" fn portcullis_identity_subject(identity: *const portcullis
 pub unsafe extern "C" fn portcullis_identity_json(identity: *const portcullis_identity) -> portcullis_str {
     boundary::value(portcullis_str::NONE, || {
         // SAFETY: the caller's contract.
-        unsafe { boundary::handle(identity) }.map(|i| portcullis_str::of(&i.json)).unwrap_or(portcullis_str::NONE)
+        unsafe { boundary::handle(identity) }
+            .map(|i| portcullis_str::of(i.json.get_or_init(|| serde_json::to_string(&i.identity).unwrap_or_default())))
+            .unwrap_or(portcullis_str::NONE)
     })
 }
 

@@ -46,3 +46,23 @@ fn the_committed_header_is_what_cbindgen_generates() {
         assert!(generated.contains(name), "the header lacks {name}");
     }
 }
+
+/// Every result code the header declares has a message: `portcullis_error`
+/// knows each number (its lookup table is kept by hand next to the enum).
+#[test]
+fn every_result_code_in_the_header_has_a_message() {
+    let header = generate();
+    let mut codes = 0;
+    for line in header.lines().map(str::trim).filter(|l| l.starts_with("PORTCULLIS_RESULT_")) {
+        let (name, n) = line.trim_end_matches(',').split_once(" = ").expect("NAME = N");
+        let n: u32 = n.parse().expect("a number");
+        let mut buf = [0 as std::ffi::c_char; 256];
+        let mut written = 0usize;
+        // SAFETY: a local buffer of its length and a local count.
+        unsafe { portcullis::portcullis_error(n, buf.as_mut_ptr(), buf.len(), &mut written) };
+        let message: String = buf[..written].iter().map(|&c| c as u8 as char).collect();
+        assert!(!message.starts_with("unknown result code"), "{name} = {n} has no message");
+        codes += 1;
+    }
+    assert!(codes >= 29, "found only {codes} result codes in the header");
+}
