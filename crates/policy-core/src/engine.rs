@@ -171,7 +171,7 @@ impl Engine {
     /// Decisions are cached. A statement whose decision never looked at a
     /// constant's value (`SELECT abalance FROM accounts WHERE aid = 17`)
     /// shares its cache entry with every text of the same shape (`... aid =
-    /// 42`): see [`crate::shape`]. Statements whose decision read a
+    /// 42`; see the crate docs, "Resource usage"). Statements whose decision read a
     /// constant (`WHERE 1 = 1`, `set_config('search_path', ...)`, a rule's
     /// `pattern`) are cached for their exact text only.
     ///
