@@ -685,7 +685,8 @@ bool portcullis_masker_retyped(const struct portcullis_masker *masker, size_t co
  * into `buf` and their cells are pointed at them (a value masked to NULL
  * gets `is_null` set); other cells are left alone, and the bytes they
  * point to are never written. On success `*out_used` is how many bytes of
- * `buf` were used and `*out_changed` how many values changed.
+ * `buf` were used and `*out_changed` how many values changed. A no-op
+ * masker (`portcullis_masker_is_noop`) does not read the row at all.
  *
  * When the masked values do not fit in `buf_len` bytes, returns
  * `PORTCULLIS_RESULT_INSUFFICIENT_SIZE` and changes nothing: call again

@@ -149,7 +149,8 @@ pub unsafe extern "C" fn portcullis_masker_retyped(masker: *const portcullis_mas
 /// into `buf` and their cells are pointed at them (a value masked to NULL
 /// gets `is_null` set); other cells are left alone, and the bytes they
 /// point to are never written. On success `*out_used` is how many bytes of
-/// `buf` were used and `*out_changed` how many values changed.
+/// `buf` were used and `*out_changed` how many values changed. A no-op
+/// masker (`portcullis_masker_is_noop`) does not read the row at all.
 ///
 /// When the masked values do not fit in `buf_len` bytes, returns
 /// `PORTCULLIS_RESULT_INSUFFICIENT_SIZE` and changes nothing: call again
@@ -195,6 +196,12 @@ pub unsafe extern "C" fn portcullis_mask_row(
         }
         // SAFETY: the caller's contract: `n_cells` entries, readable and writable.
         let cells = unsafe { boundary::slice_mut(cells, n_cells, "cells") }?;
+        if masker.masker.is_noop() {
+            // Nothing is masked and no detector reads: the row is not read.
+            used_out.write(0);
+            changed_out.write(0);
+            return Ok(());
+        }
         let mut row: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(cells.len());
         let buf_range = (buf as usize)..(buf as usize).saturating_add(buf_len);
         for (i, c) in cells.iter().enumerate() {

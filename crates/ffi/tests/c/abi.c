@@ -427,6 +427,11 @@ static void test_masking(const char *policy, size_t policy_len) {
     portcullis_masker_free(m);
     CHECK(portcullis_masker_new(e2, hr, d, 0, &col, 1, &m) == PORTCULLIS_RESULT_OK, "masker");
     CHECK(portcullis_masker_is_noop(m), "an exempt group sees the value");
+    cell = (portcullis_cell){(const uint8_t *)"s3cret", 6, 0};
+    used = changed = 99;
+    CHECK(portcullis_mask_row(m, &cell, 1, NULL, 0, &used, &changed) == PORTCULLIS_RESULT_OK && used == 0 &&
+              changed == 0 && cell.len == 6 && memcmp(cell.data, "s3cret", 6) == 0,
+          "a no-op masker leaves the row as it is");
     portcullis_masker_free(m);
     portcullis_decision_free(d);
     portcullis_identity_free(hr);
