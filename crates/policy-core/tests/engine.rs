@@ -70,6 +70,32 @@ fn opaque_statements_touch_every_table() {
 }
 
 #[test]
+fn operators_starting_with_a_hash_are_built_in() {
+    // `#` opens a comment in the operator list's file format; these are
+    // PostgreSQL's own operators all the same.
+    let e = engine(BASE);
+    for sql in [
+        "SELECT metadata #>> '{a,b}' FROM customers",
+        "SELECT metadata #> '{a}' FROM customers",
+        "SELECT metadata #- '{a}' FROM customers",
+        "SELECT 5 # 3",
+        "SELECT point '(0,0)' ## lseg '[(1,1),(2,2)]'",
+        "SELECT # path '((0,0),(1,1))'",
+        "SELECT lseg '[(0,0),(1,1)]' ?# lseg '[(0,1),(1,0)]'",
+        "SELECT metadata OPERATOR(pg_catalog.#>>) '{a}' FROM customers",
+    ] {
+        assert_eq!(verdict(&e, &anyone(), sql), (Verdict::Allow, Some("read-public".into())), "{sql}");
+        let facts = e.analyze(&e.new_session(), sql);
+        assert!(!facts.statements[0].opaque, "{sql}: {:?}", facts.statements[0].notes);
+    }
+    // An operator PostgreSQL does not define is still somebody's function.
+    for sql in ["SELECT metadata #>>> '{a}' FROM customers", "SELECT 5 #@# 3", "SELECT 1 OPERATOR(public.#) 2"] {
+        assert_eq!(verdict(&e, &anyone(), sql), (Verdict::Deny, Some("no-secrets".into())), "{sql}");
+        assert!(e.analyze(&e.new_session(), sql).statements[0].opaque, "{sql}");
+    }
+}
+
+#[test]
 fn function_conditions_follow_the_same_asymmetry() {
     let e = engine(
         r#"

@@ -14,8 +14,15 @@ static FUNCTIONS_TXT: &str = include_str!("builtin_functions.txt");
 static FUNCTIONS_ADDED_TXT: &str = include_str!("builtin_functions_added.txt");
 static OPERATORS_TXT: &str = include_str!("builtin_operators.txt");
 
+/// The names of the lists, one a line. A comment line starts with `# ` (a
+/// hash and a space): names never hold a space, and `#`, `##`, `#>`, `#>>`
+/// and `#-` are operators, not comments.
 fn set(texts: &[&'static str]) -> HashSet<&'static str> {
-    texts.iter().flat_map(|t| t.lines()).map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+    texts.iter().flat_map(|t| t.lines()).map(str::trim).filter(|l| !l.is_empty() && !is_comment(l)).collect()
+}
+
+fn is_comment(line: &str) -> bool {
+    line.starts_with("# ")
 }
 
 /// Whether `name` (lower case, unqualified) is a built-in function.
@@ -190,6 +197,47 @@ mod tests {
         assert!(is_builtin_operator("="));
         assert!(is_builtin_operator("||"));
         assert!(!is_builtin_operator("===>"));
+    }
+
+    /// Every distinct `oprname` of PostgreSQL's `pg_operator.dat` (the
+    /// tinterval operators `#<`, `#=`, ... went with that type in
+    /// PostgreSQL 12; multirange operators reuse these names).
+    const POSTGRESQL_OPERATORS: &[&str] = &[
+        "=", "<>", "<", ">", "<=", ">=", "^@", "||", "%", "@", "-", "<<", "&<", "&>", ">>", "<@", "@>", "~=", "&&",
+        ">^", "<^", "@@", "*", "<->", "/", "+", "|/", "||/", "~", "!~", "#", "?#", "@-@", "?-", "?|", "^", "?||",
+        "?-|", "##", "&", "|", "<<=", ">>=", "~~", "!~~", "~*", "!~*", "~~*", "!~~*", "~<~", "~<=~", "~>=~", "~>~",
+        "<<|", "|>>", "&<|", "|&>", "@@@", "!!", "*=", "*<>", "*<", "*>", "*<=", "*>=", "-|-", "->", "->>", "#>",
+        "#>>", "?", "?&", "#-", "@?",
+    ];
+
+    #[test]
+    fn the_operator_list_is_postgresql_s() {
+        for op in ["#", "##", "#>", "#>>", "#-", "?#"] {
+            assert!(is_builtin_operator(op), "{op}");
+        }
+        let loaded = set(&[OPERATORS_TXT]);
+        let expected: HashSet<&str> = POSTGRESQL_OPERATORS.iter().copied().collect();
+        let mut missing: Vec<_> = expected.difference(&loaded).collect();
+        let mut extra: Vec<_> = loaded.difference(&expected).collect();
+        missing.sort();
+        extra.sort();
+        assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, not operators {extra:?}");
+    }
+
+    #[test]
+    fn the_lists_hold_names_only() {
+        // A comment read as a name, or a name read as a comment, shows here.
+        const OPERATOR_CHARS: &str = "+-*/<>=~!@#%^&|`?";
+        for op in set(&[OPERATORS_TXT]) {
+            assert!(op.chars().all(|c| OPERATOR_CHARS.contains(c)), "operator {op:?}");
+        }
+        for f in set(&[FUNCTIONS_TXT, FUNCTIONS_ADDED_TXT]) {
+            assert!(f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "function {f:?}");
+        }
+        let lines = |t: &str| t.lines().filter(|l| !l.trim().is_empty()).count();
+        let comments = |t: &str| t.lines().filter(|l| l.starts_with("# ")).count();
+        assert_eq!(set(&[OPERATORS_TXT]).len(), lines(OPERATORS_TXT));
+        assert_eq!(comments(FUNCTIONS_ADDED_TXT), 4);
     }
 
     #[test]
