@@ -17,9 +17,9 @@ use crate::error::{portcullis_result, Error};
 /// threads at once; the ones taking `portcullis_session *` change it and
 /// need it to themselves.
 pub struct portcullis_session {
+    /// The state, with what `RESET search_path` returns to
+    /// ([`Session::reset_search_path`]).
     pub(crate) session: Session,
-    /// What `RESET search_path` returns to.
-    start_search_path: Vec<String>,
 }
 
 /// A new session in the state the engine's policy starts connections in
@@ -42,8 +42,7 @@ pub unsafe extern "C" fn portcullis_session_new(
         // SAFETY: the caller's contract.
         let (out, engine) = unsafe { (Out::new(out_session)?, boundary::handle(engine)?) };
         let session = engine.engine.new_session();
-        let start_search_path = session.search_path.clone();
-        out.write(boundary::into_handle(portcullis_session { session, start_search_path }));
+        out.write(boundary::into_handle(portcullis_session { session }));
         Ok(())
     })
 }
@@ -75,7 +74,7 @@ pub unsafe extern "C" fn portcullis_session_set_search_path(
         let path = Session::search_path_from_setting(text).ok_or_else(|| {
             Error::new(portcullis_result::InvalidParameter, "the search_path setting does not parse as a list of names")
         })?;
-        session.start_search_path.clone_from(&path);
+        session.session.reset_search_path.clone_from(&path);
         session.session.search_path = path;
         Ok(())
     })
@@ -177,7 +176,7 @@ pub unsafe extern "C" fn portcullis_session_apply(
         let (session, decision) = unsafe { (boundary::handle_mut(session)?, boundary::handle(decision)?) };
         for statement in decision.decision.statements.iter() {
             for effect in &statement.facts.session_effects {
-                session.session.apply(effect, &session.start_search_path);
+                session.session.apply(effect);
             }
         }
         Ok(())

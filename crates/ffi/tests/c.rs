@@ -186,7 +186,8 @@ fn corpus_fixture() -> (Vec<u8>, Vec<Expected>) {
             let mut session = engine.new_session();
             if let Some(p) = &case.search_path {
                 record(&mut fixture, "search_path", search_path_setting(p).as_bytes());
-                session.search_path.clone_from(p);
+                // As portcullis_session_set_search_path: the startup value.
+                session = session.with_startup_search_path(p.clone());
             }
             if let Some(scs) = case.standard_conforming_strings {
                 record(&mut fixture, "scs", if scs { b"on" } else { b"off" });

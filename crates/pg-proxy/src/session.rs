@@ -233,6 +233,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, id: u64) {
     } = ready;
     let mut engine_session = EngineSession {
         search_path: start_search_path.clone(),
+        reset_search_path: start_search_path.clone(),
         standard_conforming_strings,
         user: Some(user),
         ..EngineSession::default()
@@ -627,7 +628,7 @@ impl SessionLoop {
     /// returns whether the settings must be read back afterwards.
     fn apply_effects(&mut self, facts: &StatementFacts) -> bool {
         for effect in &facts.session_effects {
-            self.state.apply(effect, &self.start_search_path);
+            self.state.apply(effect);
         }
         let changes_setting = facts
             .session_effects

@@ -1,8 +1,8 @@
 //! The decision cache: a repeated statement is decided once.
 //!
 //! A decision depends on the SQL text, the caller (subject, groups, actor),
-//! and the session (search_path, `standard_conforming_strings`, the
-//! database user). The cache keys on all of them and compares them in full
+//! and the session (search_path and the value a reset returns to,
+//! `standard_conforming_strings`, the database user). The cache keys on all of them and compares them in full
 //! on a hit (the 64-bit hash only picks the bucket). Strings holding an
 //! `EXECUTE` also depend on the session's prepared statements and are not
 //! cached.
@@ -47,6 +47,7 @@ struct Key {
     shape: bool,
     identity: Identity,
     search_path: Vec<String>,
+    reset_search_path: Vec<String>,
     standard_conforming_strings: bool,
     user: Option<String>,
 }
@@ -57,6 +58,7 @@ impl Key {
             && self.shape == shape
             && self.identity == *identity
             && self.search_path == session.search_path
+            && self.reset_search_path == session.reset_search_path
             && self.standard_conforming_strings == session.standard_conforming_strings
             && self.user == session.user
     }
@@ -113,6 +115,7 @@ fn key_hash(
     shape.hash(&mut h);
     identity.hash(&mut h);
     session.search_path.hash(&mut h);
+    session.reset_search_path.hash(&mut h);
     session.standard_conforming_strings.hash(&mut h);
     session.user.hash(&mut h);
     h.finish()
@@ -191,6 +194,7 @@ impl DecisionCache {
             + identity.subject.len()
             + identity.groups.iter().map(|g| g.len() + 24).sum::<usize>()
             + session.search_path.iter().map(|s| s.len() + 24).sum::<usize>()
+            + session.reset_search_path.iter().map(|s| s.len() + 24).sum::<usize>()
             + decision_bytes(decision);
         if bytes > self.shard_budget {
             return;
@@ -212,6 +216,7 @@ impl DecisionCache {
             shape,
             identity: identity.clone(),
             search_path: session.search_path.clone(),
+            reset_search_path: session.reset_search_path.clone(),
             standard_conforming_strings: session.standard_conforming_strings,
             user: session.user.clone(),
         };

@@ -124,8 +124,7 @@ impl Engine {
             }
             b.build().ok()
         };
-        let analyze_options =
-            AnalyzeOptions { start_search_path: policy.settings.search_path.clone(), trusted_functions };
+        let analyze_options = AnalyzeOptions { trusted_functions };
         let key: Option<Arc<[u8]>> = keys.pseudonym_key.as_deref().map(Arc::from);
         let masks = policy.masks.iter().map(|m| ColumnMask::compile(m, key.clone())).collect();
         let detectors = Detectors::new(&policy.detectors, key);
@@ -145,9 +144,12 @@ impl Engine {
         &self.inner.policy
     }
 
-    /// A session at the policy's starting state.
+    /// A session at the policy's starting state: `settings.search_path` is
+    /// both its `search_path` and what a reset returns to. A connection
+    /// that starts elsewhere (the client gave a `search_path` at login)
+    /// takes [`Session::with_startup_search_path`].
     pub fn new_session(&self) -> Session {
-        Session { search_path: self.inner.policy.settings.search_path.clone(), ..Session::default() }
+        Session::default().with_startup_search_path(self.inner.policy.settings.search_path.clone())
     }
 
     /// The facts of every statement in `sql`, without judging them.
@@ -253,7 +255,7 @@ impl Engine {
                 }
                 let mut session = self.new_session();
                 if let Some(p) = &t.search_path {
-                    session.search_path.clone_from(p);
+                    session = session.with_startup_search_path(p.clone());
                 }
                 let decision = self.decide(&identity, &session, &t.sql);
                 let rule_ok = match &t.rule {

@@ -106,9 +106,13 @@
 //! - **Several allow rules** matching one statement: the tightest `max_rows`
 //!   of all of them applies; the first in file order is named.
 //! - **The gateway's duty.** The engine assumes the server's `search_path`
-//!   starts at `settings.search_path` and resets to it (the gateway sets it
-//!   as a startup parameter), and that the gateway applies every
-//!   [`SessionEffect`] of the statements the server ran.
+//!   starts at [`Session::search_path`] and resets (`RESET`, `SET ... TO
+//!   DEFAULT`, `RESET ALL`, `DISCARD ALL`) to [`Session::reset_search_path`]:
+//!   the client's startup value, or `settings.search_path` when it gave none
+//!   (the gateway sets it as a startup parameter, so the server's reset
+//!   value is the same; [`Session::with_startup_search_path`] sets both).
+//!   It also assumes the gateway applies every [`SessionEffect`] of the
+//!   statements the server ran.
 //!
 //! ## Known limits
 //!

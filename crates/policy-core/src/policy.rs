@@ -350,7 +350,8 @@ pub struct PolicyTest {
     pub groups: Vec<String>,
     /// The acting agent.
     pub actor: Option<String>,
-    /// The session's search_path (default: settings).
+    /// The session's search_path at its start, which a reset returns to
+    /// (default: settings).
     pub search_path: Option<Vec<String>>,
     /// Expected verdict.
     pub expect: Verdict,

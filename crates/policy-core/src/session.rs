@@ -17,9 +17,10 @@ pub struct Prepared {
     pub standard_conforming_strings: bool,
 }
 
-/// What a connection has that changes how SQL is read: its `search_path`,
-/// its `standard_conforming_strings`, its SQL-level prepared statements and
-/// its database user (for `$user` in the search path).
+/// What a connection has that changes how SQL is read: its `search_path`
+/// (and the value a reset returns to), its `standard_conforming_strings`,
+/// its SQL-level prepared statements and its database user (for `$user` in
+/// the search path).
 ///
 /// The caller (the gateway) keeps one per connection and applies the
 /// [`SessionEffect`]s of every statement the server ran.
@@ -27,19 +28,30 @@ pub struct Prepared {
 /// ```
 /// use policy_core::{Engine, Policy, Session, SessionEffect};
 /// let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
-/// let mut session = engine.new_session();
-/// assert_eq!(session.search_path, ["public"]);
-/// let analysis = engine.analyze(&session, "SET search_path = app, public");
-/// for effect in &analysis.statements[0].session_effects {
-///     session.apply(effect, &["public".to_string()]);
+/// // The client asked for `app` at login: the server starts there and
+/// // resets to it.
+/// let mut session = engine.new_session().with_startup_search_path(vec!["app".to_string()]);
+/// let analysis = engine.analyze(&session, "SET search_path = public; RESET search_path");
+/// for statement in &analysis.statements {
+///     for effect in &statement.session_effects {
+///         session.apply(effect);
+///     }
 /// }
-/// assert_eq!(session.search_path, ["app", "public"]);
+/// assert_eq!(session.search_path, ["app"]);
 /// # Ok::<(), policy_core::PolicyError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// Schemas searched for unqualified names, in order (`$user` allowed).
     pub search_path: Vec<String>,
+    /// What `RESET search_path`, `SET search_path TO DEFAULT`, `RESET ALL`
+    /// and `DISCARD ALL` return to: the connection's startup value (the
+    /// `search_path` the client gave at login, else the policy's
+    /// `settings.search_path`, which the gateway then sets), as PostgreSQL
+    /// resets to the session's own start, not to the policy's. A `SET`
+    /// does not change it. [`Session::with_startup_search_path`] sets it
+    /// together with [`Session::search_path`].
+    pub reset_search_path: Vec<String>,
     /// The server's `standard_conforming_strings` (on by default).
     pub standard_conforming_strings: bool,
     /// SQL-level prepared statements by name.
@@ -52,6 +64,7 @@ impl Default for Session {
     fn default() -> Self {
         Session {
             search_path: vec!["public".to_string()],
+            reset_search_path: vec!["public".to_string()],
             standard_conforming_strings: true,
             prepared: BTreeMap::new(),
             user: None,
@@ -71,7 +84,8 @@ pub enum SessionEffect {
         local: bool,
     },
     /// `RESET search_path`, `SET search_path TO DEFAULT`, `RESET ALL`,
-    /// `DISCARD ALL`: back to the session's start value.
+    /// `DISCARD ALL`: back to the session's start value,
+    /// [`Session::reset_search_path`].
     ResetSearchPath,
     /// `PREPARE name AS ...`.
     Prepare {
@@ -108,11 +122,29 @@ impl Session {
         crate::analyze::split_identifiers(value, ',')
     }
 
-    /// Applies one effect; `start_search_path` is what a reset returns to.
-    pub fn apply(&mut self, effect: &SessionEffect, start_search_path: &[String]) {
+    /// The session as a connection starts with `path` as its `search_path`
+    /// (a startup parameter, or what the server reports at login): both the
+    /// current path and the one a reset returns to.
+    ///
+    /// ```
+    /// use policy_core::Session;
+    /// let session = Session::default().with_startup_search_path(vec!["private".to_string()]);
+    /// assert_eq!(session.search_path, ["private"]);
+    /// assert_eq!(session.reset_search_path, ["private"]);
+    /// ```
+    #[must_use]
+    pub fn with_startup_search_path(mut self, path: Vec<String>) -> Session {
+        self.reset_search_path.clone_from(&path);
+        self.search_path = path;
+        self
+    }
+
+    /// Applies one effect of a statement the server ran. A reset returns
+    /// to [`Session::reset_search_path`].
+    pub fn apply(&mut self, effect: &SessionEffect) {
         match effect {
             SessionEffect::SetSearchPath { path, .. } => self.search_path.clone_from(path),
-            SessionEffect::ResetSearchPath => self.search_path = start_search_path.to_vec(),
+            SessionEffect::ResetSearchPath => self.search_path.clone_from(&self.reset_search_path),
             SessionEffect::Prepare { name, prepared } => {
                 self.prepared.insert(name.clone(), prepared.clone());
             }

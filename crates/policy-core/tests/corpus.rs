@@ -73,7 +73,8 @@ fn load_corpus() -> Vec<Loaded> {
             }
             let mut session = blank.new_session();
             if let Some(p) = &case.search_path {
-                session.search_path.clone_from(p);
+                // The startup search_path: what RESET returns to as well.
+                session = session.with_startup_search_path(p.clone());
             }
             if let Some(scs) = case.standard_conforming_strings {
                 session.standard_conforming_strings = scs;

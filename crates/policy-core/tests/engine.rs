@@ -330,6 +330,109 @@ tables = ["public.*"]
     assert_eq!(e.decide(&agent, &p, "EXECUTE q").verdict, Verdict::Deny);
 }
 
+/// A reset returns to the session's startup search_path (what PostgreSQL
+/// does), not to the policy's `settings.search_path`.
+const RESETS: &[&str] = &[
+    "RESET search_path; SELECT * FROM customers",
+    "SET search_path TO DEFAULT; SELECT * FROM customers",
+    "SET search_path = DEFAULT; SELECT * FROM customers",
+    "SET SESSION search_path TO DEFAULT; SELECT * FROM customers",
+    "RESET ALL; SELECT * FROM customers",
+    "DISCARD ALL; SELECT * FROM customers",
+    "BEGIN; SET LOCAL search_path TO DEFAULT; SELECT * FROM customers; COMMIT",
+    "START TRANSACTION; SET LOCAL search_path = DEFAULT; SELECT * FROM customers; COMMIT",
+    "SET search_path = public; RESET search_path; SELECT * FROM customers",
+    "SET search_path = public; SET search_path TO DEFAULT; SELECT * FROM customers",
+    "SET LOCAL search_path = public; RESET search_path; SELECT * FROM customers",
+    "SELECT set_config('search_path', 'public', false); RESET search_path; SELECT * FROM customers",
+    "SET search_path = public; RESET ALL; SELECT * FROM customers",
+    "SET search_path = public; DISCARD ALL; SELECT * FROM customers",
+];
+
+/// The facts and verdict of the string's `SELECT * FROM customers`.
+fn read_of_customers(e: &Engine, s: &Session, sql: &str) -> (Vec<String>, Verdict) {
+    let d = e.decide(&anyone(), s, sql);
+    let read = d.statements.iter().find(|st| st.facts.command == "SELECT" && st.facts.tables.len() == 1);
+    let read = read.unwrap_or_else(|| panic!("{sql}: no read of customers in {}", d.to_json()));
+    (read.facts.tables.clone(), read.verdict)
+}
+
+#[test]
+fn resets_return_to_the_session_start_not_the_policy_default() {
+    let e = engine(BASE);
+    let private = e.new_session().with_startup_search_path(vec!["private".into()]);
+    assert_eq!(private.search_path, ["private"]);
+    assert_eq!(private.reset_search_path, ["private"]);
+    for sql in RESETS {
+        // The server reads private.customers, which no rule allows.
+        assert_eq!(read_of_customers(&e, &private, sql), (vec!["private.customers".into()], Verdict::Deny), "{sql}");
+        assert_eq!(e.decide(&anyone(), &private, sql).verdict, Verdict::Deny, "{sql}");
+        // A session started at the policy's path resets to it.
+        assert_eq!(
+            read_of_customers(&e, &e.new_session(), sql),
+            (vec!["public.customers".into()], Verdict::Allow),
+            "{sql}"
+        );
+    }
+    // And the other way round: a policy starting in `private`, a client
+    // that logged in with `public`.
+    let e = engine(&BASE.replace("max_rows = 500\n", "max_rows = 500\nsearch_path = [\"private\"]\n"));
+    assert_eq!(e.new_session().reset_search_path, ["private"]);
+    let public = e.new_session().with_startup_search_path(vec!["public".into()]);
+    for sql in RESETS {
+        let sql = sql.replace("= public", "= private").replace("'public'", "'private'");
+        assert_eq!(read_of_customers(&e, &public, &sql), (vec!["public.customers".into()], Verdict::Allow), "{sql}");
+        assert_eq!(read_of_customers(&e, &e.new_session(), &sql).0, ["private.customers"], "{sql}");
+    }
+}
+
+#[test]
+fn applying_a_reset_returns_to_the_session_start() {
+    let e = engine(BASE);
+    let mut s = e.new_session().with_startup_search_path(vec!["private".into()]);
+    for sql in ["SET search_path = app, public", "RESET search_path"] {
+        for st in e.analyze(&s, sql).statements {
+            for effect in &st.session_effects {
+                s.apply(effect);
+            }
+        }
+        if sql.starts_with("SET") {
+            assert_eq!(s.search_path, ["app", "public"]);
+            // A SET does not move the reset value.
+            assert_eq!(s.reset_search_path, ["private"]);
+        }
+    }
+    assert_eq!(s.search_path, ["private"]);
+    let mut fresh = e.new_session();
+    fresh.apply(&policy_core::SessionEffect::SetSearchPath { path: vec!["x".into()], local: false });
+    fresh.apply(&policy_core::SessionEffect::ResetSearchPath);
+    assert_eq!(fresh.search_path, ["public"]);
+}
+
+#[test]
+fn the_cache_keys_on_the_reset_search_path() {
+    let policy = format!("{BASE}\n[[rule]]\nname = \"settings\"\neffect = \"allow\"\nclasses = [\"session\", \"transaction\", \"dcl\"]\n");
+    let e = engine(&policy);
+    // The same search_path now, different values to reset to.
+    let from_public = e.new_session();
+    let mut from_private = e.new_session().with_startup_search_path(vec!["private".into()]);
+    from_private.search_path = vec!["public".into()];
+    assert_eq!(from_public.search_path, from_private.search_path);
+    for sql in RESETS {
+        for _ in 0..3 {
+            assert_eq!(e.decide(&anyone(), &from_public, sql).verdict, Verdict::Allow, "{sql}");
+            assert_eq!(e.decide(&anyone(), &from_private, sql).verdict, Verdict::Deny, "{sql}");
+        }
+    }
+    // The other order: the private session's decision is cached first.
+    let e = engine(&policy);
+    let sql = "RESET search_path; SELECT * FROM customers";
+    decide_twice(&e, &anyone(), &from_private, sql);
+    assert_eq!(decide_twice(&e, &anyone(), &from_public, sql).verdict, Verdict::Allow);
+    assert_eq!(decide_twice(&e, &anyone(), &from_private, sql).verdict, Verdict::Deny);
+    assert!(e.cache_stats().hits >= 2, "{:?}", e.cache_stats());
+}
+
 #[test]
 fn the_cache_stays_within_its_budget() {
     let budget = 64 * 1024;

@@ -205,8 +205,6 @@ pub struct Analysis {
 /// Settings the analysis reads from the policy.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AnalyzeOptions {
-    /// Where `RESET search_path` goes back to.
-    pub start_search_path: Vec<String>,
     /// Function names (globs, matched on the written name) the policy
     /// declares free of hidden SQL.
     pub trusted_functions: Option<globset::GlobSet>,
@@ -227,6 +225,7 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
     };
     let mut state = State {
         search_path: session.search_path.clone(),
+        reset_search_path: &session.reset_search_path,
         user: session.user.clone(),
         session_prepared: &session.prepared,
         prepared: BTreeMap::new(),
@@ -324,6 +323,9 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
 /// Session state as it evolves through the statements of one string.
 struct State<'s> {
     search_path: Vec<String>,
+    /// What a reset returns to: the session's startup value, as the server
+    /// resets to it (not the policy's).
+    reset_search_path: &'s [String],
     user: Option<String>,
     session_prepared: &'s BTreeMap<String, Prepared>,
     /// PREPARE/DEALLOCATE earlier in this string (`None` = deallocated).
@@ -339,10 +341,10 @@ impl State<'_> {
         }
     }
 
-    fn apply(&mut self, effect: &SessionEffect, options: &AnalyzeOptions) {
+    fn apply(&mut self, effect: &SessionEffect) {
         match effect {
             SessionEffect::SetSearchPath { path, .. } => self.search_path.clone_from(path),
-            SessionEffect::ResetSearchPath => self.search_path.clone_from(&options.start_search_path),
+            SessionEffect::ResetSearchPath => self.search_path = self.reset_search_path.to_vec(),
             SessionEffect::Prepare { name, prepared } => {
                 self.prepared.insert(name.clone(), Some(prepared.clone()));
             }
@@ -392,7 +394,7 @@ fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, optio
         if let SessionEffect::Prepare { prepared, .. } = effect {
             prepared.sql = Arc::from(text);
         }
-        state.apply(effect, options);
+        state.apply(effect);
     }
     StatementFacts {
         index: 0,
