@@ -27,30 +27,62 @@
 //! both sides, and the server reports it). Anything else (`options`,
 //! `replication`, other settings) is refused: a startup parameter sets any
 //! setting, out of the policy's sight.
+//!
+//! Names are matched as PostgreSQL matches them: `user` and `database` (like
+//! `options` and `replication`) exactly, the settings without regard to
+//! ASCII case (libpq sends `datestyle` and `timezone` for `PGDATESTYLE` and
+//! `PGTZ`). A setting is passed upstream under PostgreSQL's spelling of its
+//! name. A setting given twice under different spellings (`DateStyle` and
+//! `datestyle`) is refused as a duplicate, as a name given twice is (where
+//! PostgreSQL would let the last one win).
+//!
+//! A connection that ends during the login (a cancel request, a refusal, a
+//! client that left) is closed as PostgreSQL closes it: over TLS with a
+//! `close_notify` alert, then the TCP close. libpq's cancel over TLS
+//! (psycopg's `cancel_safe`) reports an error when the connection just
+//! drops.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use policy_core::{Engine, Identity, Keys, Policy, Session as EngineSession};
 use rand::RngCore;
 use rustls::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::auth::KeySet;
 use crate::catalog::Catalog;
-use crate::codec::{self, Frontend, Startup};
+use crate::codec::{self, Frontend, Startup, Str};
 use crate::config::Config;
 use crate::session;
 use crate::tls::{Stream, ALPN_POSTGRESQL};
 use crate::upstream::{self, Target};
 
-/// Startup parameters passed to the server as they are.
-const PASSED_PARAMS: [&str; 5] = ["application_name", "DateStyle", "TimeZone", "IntervalStyle", "extra_float_digits"];
+/// The settings a client may give in its startup packet, under
+/// PostgreSQL's spelling of their names. A client's name is matched to
+/// these without regard to ASCII case, as PostgreSQL matches setting names.
+const STARTUP_SETTINGS: [&str; 7] = [
+    "application_name",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+    "search_path",
+    "client_encoding",
+];
+
+/// Of [`STARTUP_SETTINGS`], those passed to the server as they are.
+const PASSED_SETTINGS: [&str; 5] = ["application_name", "DateStyle", "TimeZone", "IntervalStyle", "extra_float_digits"];
+
+/// How long closing a connection the login did not hand on may take
+/// (sending TLS's `close_notify` to a client that does not read).
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where a client's cancel request goes.
 #[derive(Debug, Clone)]
@@ -189,19 +221,24 @@ impl Gateway {
         };
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("session", id, %peer);
-        let _enter = span.enter();
-        let login = tokio::time::timeout(self.config.limits.login_timeout, self.login(tcp, peer));
-        match login.await {
-            Ok(Ok(Some(ready))) => {
-                let pid = ready.gateway_pid;
-                session::run(Arc::clone(&self), ready, id).await;
-                self.forget_cancel(pid);
+        // The span is entered each time the session's future is polled and
+        // left when it yields: a guard held across an `.await` would stay
+        // entered on the worker thread while other sessions run there, and
+        // their lines would land in this session's span.
+        async move {
+            match self.login(tcp, peer).await {
+                Ok(Some(ready)) => {
+                    let pid = ready.gateway_pid;
+                    session::run(Arc::clone(&self), ready, id).await;
+                    self.forget_cancel(pid);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::info!("login ended: {e}"),
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::info!("login ended: {e}"),
-            Err(_) => tracing::info!("login timed out"),
+            drop(permit);
         }
-        drop(permit);
+        .instrument(span)
+        .await;
     }
 
     fn forget_cancel(&self, pid: i32) {
@@ -240,7 +277,56 @@ impl Gateway {
         }
     }
 
+    /// Logs a client in (within the configured login timeout) and connects
+    /// it upstream; `None` when the connection ended without a session (a
+    /// cancel request, a client that left). A connection that ends here is
+    /// closed with [`close`] once its transport is settled.
     async fn login(&self, tcp: TcpStream, peer: SocketAddr) -> Result<Option<Ready>, String> {
+        let deadline = tokio::time::Instant::now() + self.config.limits.login_timeout;
+        // A client that does not finish its startup packets in time is
+        // dropped, as PostgreSQL drops it (it exits without a word).
+        let (mut stream, mut buf, opening) =
+            tokio::time::timeout_at(deadline, self.open(tcp)).await.map_err(|_| "login timed out".to_string())??;
+        let outcome = match opening {
+            Opening::Closed => Ok(None),
+            Opening::Refused(reason) => Err(reason),
+            Opening::Cancel { pid, secret } => {
+                self.cancel(pid, &secret).await;
+                Ok(None)
+            }
+            Opening::Startup { version, params } => {
+                let admitted =
+                    tokio::time::timeout_at(deadline, self.admit(&mut stream, &mut buf, peer, version, &params)).await;
+                match admitted {
+                    Ok(Ok(Some(a))) => {
+                        return Ok(Some(Ready {
+                            client: stream,
+                            client_buf: buf,
+                            upstream: a.upstream,
+                            identity: a.identity,
+                            database: a.database,
+                            start_search_path: a.start_search_path,
+                            standard_conforming_strings: a.standard_conforming_strings,
+                            user: self.config.upstream.user.clone(),
+                            gateway_pid: a.gateway_pid,
+                        }))
+                    }
+                    Ok(Ok(None)) => Ok(None),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err("login timed out".to_string()),
+                }
+            }
+        };
+        close(&mut stream).await;
+        outcome
+    }
+
+    /// The startup phase up to the first packet that is not a negotiation:
+    /// `SSLRequest` and direct TLS (the stream becomes TLS),
+    /// `GSSENCRequest` (answered `N`), then a startup message or a cancel
+    /// request. An `Err` is a connection with nothing left to close (broken,
+    /// or a failed TLS handshake).
+    async fn open(&self, tcp: TcpStream) -> Result<(Stream, BytesMut, Opening), String> {
         let max = self.config.limits.max_message_bytes;
         let mut stream = Stream::Plain(tcp);
         let mut buf = BytesMut::with_capacity(1024);
@@ -249,30 +335,34 @@ impl Gateway {
         if let (Stream::Plain(tcp), Some(tls)) = (&stream, &self.tls) {
             let mut first = [0u8; 1];
             if tcp.peek(&mut first).await.map_err(|e| e.to_string())? == 1 && first == [0x16] {
-                let Stream::Plain(tcp) = stream else { return Ok(None) };
+                let Stream::Plain(tcp) = stream else {
+                    return Err("direct TLS on a stream that is not plain TCP".to_string());
+                };
                 let tls_stream = tokio_rustls::TlsAcceptor::from(Arc::clone(tls))
                     .accept(tcp)
                     .await
                     .map_err(|e| format!("direct TLS handshake: {e}"))?;
-                if tls_stream.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
-                    return Err("direct TLS without ALPN \"postgresql\"".to_string());
-                }
+                let alpn = tls_stream.get_ref().1.alpn_protocol() == Some(ALPN_POSTGRESQL);
                 stream = Stream::Server(Box::new(tls_stream));
+                if !alpn {
+                    return Ok((stream, buf, Opening::Refused("direct TLS without ALPN \"postgresql\"".to_string())));
+                }
             }
         }
 
-        let (version, params) = loop {
+        loop {
             let packet = match codec::decode_startup(&mut buf, max) {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                        return Ok(None);
+                        return Ok((stream, buf, Opening::Closed));
                     }
                     continue;
                 }
                 Err(e) => {
-                    fatal(&mut stream, "08P01", &format!("invalid startup packet: {e}")).await;
-                    return Err(format!("invalid startup packet: {e}"));
+                    let message = format!("invalid startup packet: {e}");
+                    fatal(&mut stream, "08P01", &message).await;
+                    return Ok((stream, buf, Opening::Refused(message)));
                 }
             };
             match packet {
@@ -280,7 +370,8 @@ impl Gateway {
                     if !buf.is_empty() {
                         // Bytes after an SSLRequest, before the answer, could be
                         // injected by a man in the middle (CVE-2021-23214).
-                        return Err("data after SSLRequest before the TLS handshake".to_string());
+                        let reason = "data after SSLRequest before the TLS handshake".to_string();
+                        return Ok((stream, buf, Opening::Refused(reason)));
                     }
                     match (&self.tls, stream) {
                         (Some(tls), Stream::Plain(mut tcp)) => {
@@ -298,14 +389,24 @@ impl Gateway {
                     }
                 }
                 Startup::GssEncRequest => stream.write_all(b"N").await.map_err(|e| e.to_string())?,
-                Startup::Cancel { pid, secret } => {
-                    self.cancel(pid, &secret).await;
-                    return Ok(None);
-                }
-                Startup::Startup { version, params } => break (version, params),
+                Startup::Cancel { pid, secret } => return Ok((stream, buf, Opening::Cancel { pid, secret })),
+                Startup::Startup { version, params } => return Ok((stream, buf, Opening::Startup { version, params })),
             }
-        };
+        }
+    }
 
+    /// The login proper, after the startup message: the parameters, the
+    /// token, the upstream connection, and the client's welcome. `None`
+    /// when the client left.
+    async fn admit(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        peer: SocketAddr,
+        version: u32,
+        params: &[(Str, Str)],
+    ) -> Result<Option<Admitted>, String> {
+        let max = self.config.limits.max_message_bytes;
         let mut out = BytesMut::new();
         let minor = version & 0xffff;
         let unrecognised: Vec<&str> =
@@ -313,71 +414,60 @@ impl Gateway {
         if minor > 0 || !unrecognised.is_empty() {
             codec::negotiate_protocol_version(&mut out, 0, &unrecognised).map_err(|e| e.to_string())?;
         }
-        let get = |name: &str| params.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v.as_str());
-        let Some(user) = get("user").filter(|u| !u.is_empty()) else {
-            fatal(&mut stream, "28000", "no PostgreSQL user name specified in startup packet").await;
-            return Err("startup packet without a user".to_string());
-        };
-        let user = user.to_string();
-        for (key, _) in &params {
-            let key = key.as_str();
-            let known = matches!(key, "user" | "database" | "client_encoding" | "search_path")
-                || PASSED_PARAMS.contains(&key)
-                || key.starts_with("_pq_.");
-            if !known {
-                let message = format!("startup parameter \"{key}\" is not accepted by this gateway");
-                fatal(&mut stream, "42704", &message).await;
-                return Err(message);
+        let startup = match StartupParams::read(params.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            Ok(s) => s,
+            Err(refusal) => {
+                fatal(stream, refusal.code, &refusal.message).await;
+                return Err(refusal.message);
             }
-        }
+        };
         let engine = self.engine();
-        let start_path = match get("search_path") {
+        let start_path = match startup.setting("search_path") {
             Some(v) => match EngineSession::search_path_from_setting(v) {
                 Some(p) => p,
                 None => {
-                    fatal(&mut stream, "22023", "invalid value for startup parameter \"search_path\"").await;
+                    fatal(stream, "22023", "invalid value for startup parameter \"search_path\"").await;
                     return Err("unreadable search_path startup parameter".to_string());
                 }
             },
             None => engine.policy().settings.search_path.clone(),
         };
-        let database = match (&self.config.upstream.database, get("database").filter(|d| !d.is_empty())) {
+        let database = match (&self.config.upstream.database, &startup.database) {
             (Some(pinned), Some(asked)) if pinned != asked => {
                 let message = format!("database \"{asked}\" is not served by this gateway");
-                fatal(&mut stream, "3D000", &message).await;
+                fatal(stream, "3D000", &message).await;
                 return Err(message);
             }
             (Some(pinned), _) => pinned.clone(),
-            (None, Some(asked)) => asked.to_string(),
-            (None, None) => user.clone(),
+            (None, Some(asked)) => asked.clone(),
+            (None, None) => startup.user.clone(),
         };
 
         // The token travels in cleartext inside the connection: only over
         // TLS, from loopback, or where the configuration allows it.
         if !stream.is_tls() && !peer.ip().is_loopback() && !self.config.auth.allow_cleartext_without_tls {
-            fatal(&mut stream, "28000", "this gateway accepts tokens only over TLS: connect with sslmode=require")
-                .await;
+            fatal(stream, "28000", "this gateway accepts tokens only over TLS: connect with sslmode=require").await;
             return Err("token refused over plain TCP from a non-loopback client".to_string());
         }
         codec::auth_cleartext_password(&mut out);
         stream.write_all(&out).await.map_err(|e| e.to_string())?;
         out.clear();
         let token = loop {
-            match codec::decode_frontend(&mut buf, max) {
+            match codec::decode_frontend(buf, max) {
                 Ok(Some(m)) => match m.message {
                     Frontend::Password(body) => break body,
                     _ => {
-                        fatal(&mut stream, "08P01", "expected a password message").await;
+                        fatal(stream, "08P01", "expected a password message").await;
                         return Err("expected a password message".to_string());
                     }
                 },
                 Ok(None) => {
-                    if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
                         return Ok(None);
                     }
                 }
                 Err(e) => {
-                    fatal(&mut stream, "08P01", &format!("invalid message: {e}")).await;
+                    fatal(stream, "08P01", &format!("invalid message: {e}")).await;
                     return Err(e.to_string());
                 }
             }
@@ -390,24 +480,24 @@ impl Gateway {
         let identity = match verified {
             Ok(identity) => identity,
             Err(reason) => {
-                tracing::warn!(user = %user, reason = %reason, "login refused");
-                fatal(&mut stream, "28P01", "invalid token").await;
+                tracing::warn!(user = %startup.user, reason = %reason, "login refused");
+                fatal(stream, "28P01", "invalid token").await;
                 return Err(format!("login refused: {reason}"));
             }
         };
 
-        let mut upstream_params: Vec<(String, String)> =
-            vec![("client_encoding".into(), "UTF8".into()), ("search_path".into(), render_search_path(&start_path))];
-        for name in PASSED_PARAMS {
-            if let Some(v) = get(name) {
-                upstream_params.push((name.to_string(), v.to_string()));
+        let mut upstream_params: Vec<(&str, &str)> = vec![("client_encoding", "UTF8")];
+        let search_path = render_search_path(&start_path);
+        upstream_params.push(("search_path", &search_path));
+        for name in PASSED_SETTINGS {
+            if let Some(v) = startup.setting(name) {
+                upstream_params.push((name, v));
             }
         }
-        if get("application_name").is_none() {
-            upstream_params.push(("application_name".into(), "pg-proxy".into()));
+        if startup.setting("application_name").is_none() {
+            upstream_params.push(("application_name", "pg-proxy"));
         }
-        let borrowed: Vec<(&str, &str)> = upstream_params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let conn = match upstream::connect(&self.target, &database, &borrowed).await {
+        let conn = match upstream::connect(&self.target, &database, &upstream_params).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(database = %database, "upstream connection failed: {e}");
@@ -417,7 +507,7 @@ impl Gateway {
                     }
                     _ => ("08006", "the database is not available through this gateway".to_string()),
                 };
-                fatal(&mut stream, code, &message).await;
+                fatal(stream, code, &message).await;
                 return Err(e.to_string());
             }
         };
@@ -425,38 +515,159 @@ impl Gateway {
         let gateway_pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
         let mut secret = [0u8; 4];
         rand::thread_rng().fill_bytes(&mut secret);
-        if let Ok(mut c) = self.cancels.lock() {
-            c.insert(
-                gateway_pid,
-                CancelTarget { secret, addr: conn.addr, pid: conn.pid, upstream_secret: conn.secret.clone() },
-            );
-        }
         codec::auth_ok(&mut out);
         for (name, value) in &conn.params {
             codec::parameter_status(&mut out, name, value).map_err(|e| e.to_string())?;
         }
         codec::backend_key_data(&mut out, gateway_pid, &secret).map_err(|e| e.to_string())?;
         codec::ready_for_query(&mut out, b'I');
-        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        // Known before the client can read its key, so that an immediate
+        // cancel request finds it.
+        if let Ok(mut c) = self.cancels.lock() {
+            c.insert(
+                gateway_pid,
+                CancelTarget { secret, addr: conn.addr, pid: conn.pid, upstream_secret: conn.secret.clone() },
+            );
+        }
+        if let Err(e) = stream.write_all(&out).await {
+            self.forget_cancel(gateway_pid);
+            return Err(e.to_string());
+        }
         tracing::info!(
             subject = %identity.subject,
             actor = identity.actor.as_ref().map(|a| a.name()),
             database = %database,
-            application = get("application_name").unwrap_or_default(),
+            application = startup.setting("application_name").unwrap_or_default(),
             "session started"
         );
         let scs = conn.params.iter().find(|(k, _)| k == "standard_conforming_strings").is_none_or(|(_, v)| v == "on");
-        Ok(Some(Ready {
-            client: stream,
-            client_buf: buf,
+        Ok(Some(Admitted {
             upstream: conn,
             identity,
             database,
             start_search_path: start_path,
             standard_conforming_strings: scs,
-            user: self.config.upstream.user.clone(),
             gateway_pid,
         }))
+    }
+}
+
+/// What a client's first packets asked for, once its transport is settled.
+enum Opening {
+    /// The client left before sending a startup message.
+    Closed,
+    /// A cancel request: it is relayed, and the connection ends.
+    Cancel {
+        /// The pid the gateway gave the session.
+        pid: i32,
+        /// The key the gateway gave the session.
+        secret: Bytes,
+    },
+    /// A startup message.
+    Startup {
+        /// The protocol version.
+        version: u32,
+        /// The parameters, in order.
+        params: Vec<(Str, Str)>,
+    },
+    /// The connection is refused (the client was told, where it could be):
+    /// why, for the log.
+    Refused(String),
+}
+
+/// A client the login let in, and its upstream connection.
+struct Admitted {
+    upstream: upstream::Connection,
+    identity: Identity,
+    database: String,
+    start_search_path: Vec<String>,
+    standard_conforming_strings: bool,
+    gateway_pid: i32,
+}
+
+/// The parameters of a client's startup message, sorted out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StartupParams {
+    /// `user` (never empty).
+    user: String,
+    /// `database`, when given and not empty.
+    database: Option<String>,
+    /// The settings, under the names of [`STARTUP_SETTINGS`], in the
+    /// client's order.
+    settings: Vec<(&'static str, String)>,
+}
+
+/// A startup message the gateway refuses: the SQLSTATE and the message
+/// for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+impl StartupParams {
+    /// Sorts out a startup message's parameters (names unique, as the
+    /// codec checks). `user` and `database` are matched exactly, as
+    /// PostgreSQL's `ProcessStartupPacket` does (`strcmp`); settings
+    /// without regard to ASCII case, as PostgreSQL looks settings up; a
+    /// name starting `_pq_.` is a protocol option (answered by
+    /// NegotiateProtocolVersion, not here).
+    fn read<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<StartupParams, Refusal> {
+        let mut user = None;
+        let mut database = None;
+        let mut settings: Vec<(&'static str, String)> = Vec::new();
+        let mut spellings: Vec<&str> = Vec::new();
+        let mut problem = None;
+        for (name, value) in params {
+            match name {
+                "user" => user = Some(value),
+                "database" => database = Some(value),
+                _ if name.starts_with("_pq_.") => {}
+                _ => match STARTUP_SETTINGS.iter().find(|s| s.eq_ignore_ascii_case(name)) {
+                    Some(&canonical) => match settings.iter().position(|(k, _)| *k == canonical) {
+                        Some(i) => {
+                            let first = spellings.get(i).copied().unwrap_or(canonical);
+                            problem.get_or_insert(Refusal {
+                                code: "08P01",
+                                message: format!(
+                                    "invalid startup packet: parameter \"{name}\" repeats \"{first}\" (setting names \
+                                     are case-insensitive)"
+                                ),
+                            });
+                        }
+                        None => {
+                            settings.push((canonical, value.to_string()));
+                            spellings.push(name);
+                        }
+                    },
+                    None => {
+                        problem.get_or_insert(Refusal {
+                            code: "42704",
+                            message: format!("startup parameter \"{name}\" is not accepted by this gateway"),
+                        });
+                    }
+                },
+            }
+        }
+        let Some(user) = user.filter(|u| !u.is_empty()) else {
+            return Err(Refusal {
+                code: "28000",
+                message: "no PostgreSQL user name specified in startup packet".to_string(),
+            });
+        };
+        if let Some(p) = problem {
+            return Err(p);
+        }
+        Ok(StartupParams {
+            user: user.to_string(),
+            database: database.filter(|d| !d.is_empty()).map(str::to_string),
+            settings,
+        })
+    }
+
+    /// A setting by its name in [`STARTUP_SETTINGS`].
+    fn setting(&self, name: &str) -> Option<&str> {
+        self.settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -494,6 +705,14 @@ async fn fatal(stream: &mut Stream, code: &str, message: &str) {
         let _ = stream.write_all(&out).await;
         let _ = stream.flush().await;
     }
+}
+
+/// Ends a connection the login did not hand on as PostgreSQL ends it: over
+/// TLS a `close_notify` alert first (a client that sees the TCP close
+/// without it reports a truncated connection), then the TCP close. Bounded
+/// by [`CLOSE_TIMEOUT`].
+async fn close(stream: &mut Stream) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -538,3 +757,185 @@ pub async fn run(config: Config) -> Result<(), String> {
 
 /// How long a stopping gateway waits for its sessions.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(params: &[(&str, &str)]) -> Result<StartupParams, Refusal> {
+        StartupParams::read(params.iter().copied())
+    }
+
+    #[test]
+    fn settings_are_matched_without_regard_to_case_and_passed_under_postgresql_names() {
+        // What libpq sends for PGDATESTYLE, PGTZ and PGOPTIONS-free PGAPPNAME.
+        let p = read(&[
+            ("user", "agent"),
+            ("database", "app"),
+            ("datestyle", "ISO, DMY"),
+            ("timezone", "Europe/Paris"),
+            ("APPLICATION_NAME", "psql"),
+            ("Search_Path", "public"),
+            ("client_encoding", "UTF8"),
+            ("intervalstyle", "iso_8601"),
+            ("Extra_Float_Digits", "3"),
+            ("_pq_.something", "on"),
+        ])
+        .unwrap();
+        assert_eq!(p.user, "agent");
+        assert_eq!(p.database.as_deref(), Some("app"));
+        assert_eq!(p.setting("DateStyle"), Some("ISO, DMY"));
+        assert_eq!(p.setting("TimeZone"), Some("Europe/Paris"));
+        assert_eq!(p.setting("application_name"), Some("psql"));
+        assert_eq!(p.setting("search_path"), Some("public"));
+        assert_eq!(p.setting("IntervalStyle"), Some("iso_8601"));
+        assert_eq!(p.setting("extra_float_digits"), Some("3"));
+        assert_eq!(p.setting("datestyle"), None, "looked up by the canonical name only");
+        let names: Vec<&str> = p.settings.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            names,
+            [
+                "DateStyle",
+                "TimeZone",
+                "application_name",
+                "search_path",
+                "client_encoding",
+                "IntervalStyle",
+                "extra_float_digits"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_setting_given_twice_in_different_cases_is_refused() {
+        let e = read(&[("user", "u"), ("DateStyle", "ISO"), ("datestyle", "SQL")]).unwrap_err();
+        assert_eq!(e.code, "08P01");
+        assert!(e.message.contains("\"datestyle\" repeats \"DateStyle\""), "{}", e.message);
+    }
+
+    #[test]
+    fn user_and_database_are_matched_exactly_as_postgresql_does() {
+        // ProcessStartupPacket compares these names with strcmp: `User` is a
+        // setting name to PostgreSQL (an unknown one), and not one this
+        // gateway accepts.
+        let e = read(&[("User", "u")]).unwrap_err();
+        assert_eq!(e.code, "28000", "no `user`: {}", e.message);
+        let e = read(&[("user", "u"), ("Database", "app")]).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            ("42704", "startup parameter \"Database\" is not accepted by this gateway")
+        );
+        let e = read(&[("user", "u"), ("OPTIONS", "-c x=y")]).unwrap_err();
+        assert_eq!(e.code, "42704");
+        let e = read(&[("user", "u"), ("options", "-c x=y")]).unwrap_err();
+        assert_eq!(e.code, "42704");
+        let e = read(&[("user", "u"), ("statement_timeout", "0")]).unwrap_err();
+        assert_eq!(e.code, "42704");
+        let e = read(&[("user", ""), ("database", "app")]).unwrap_err();
+        assert_eq!(e.code, "28000");
+        let p = read(&[("user", "u"), ("database", "")]).unwrap();
+        assert_eq!(p.database, None, "an empty database is the default, as in PostgreSQL");
+    }
+
+    /// Records each event's message with the `peer` field of the span it
+    /// happened in.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<Line>>>);
+
+    /// An event's message, and the `peer` of its span.
+    type Line = (String, Option<String>);
+
+    #[derive(Default)]
+    struct Fields {
+        message: Option<String>,
+        peer: Option<String>,
+    }
+
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            match field.name() {
+                "message" => self.message = Some(format!("{value:?}")),
+                "peer" => self.peer = Some(format!("{value:?}")),
+                _ => {}
+            }
+        }
+    }
+
+    struct Peer(Option<String>);
+
+    impl<S> tracing_subscriber::Layer<S> for Capture
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut fields = Fields::default();
+            attrs.record(&mut fields);
+            if let Some(span) = ctx.span(id) {
+                span.extensions_mut().insert(Peer(fields.peer));
+            }
+        }
+
+        fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+            let mut fields = Fields::default();
+            event.record(&mut fields);
+            let peer = ctx.lookup_current().and_then(|s| s.extensions().get::<Peer>().and_then(|p| p.0.clone()));
+            self.0.lock().unwrap().push((fields.message.unwrap_or_default(), peer));
+        }
+    }
+
+    fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("policy.toml"), "version = 1\n").unwrap();
+        std::fs::write(dir.join("jwks.json"), r#"{"keys": []}"#).unwrap();
+        let text = "listen = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[auth]\njwks_file = \"jwks.json\"\n\
+                    [upstream]\nport = 1\nuser = \"app\"\ntls = \"disable\"\n";
+        let config = Config::from_toml_str(text, &dir.join("gateway.toml"), |_| None).unwrap();
+        Arc::new(Gateway::new(config).unwrap())
+    }
+
+    /// Two sessions waiting in their login on one thread: what one of them
+    /// logs lands in its own span, not in the span of the session polled
+    /// before it.
+    #[test]
+    fn log_lines_land_in_their_own_sessions_span() {
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let dir = std::env::temp_dir().join(format!("portcullis-server-spans-{}", std::process::id()));
+        let gw = gateway(&dir);
+        let capture = Capture::default();
+        let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(Arc::clone(&gw).serve(listener));
+            let pause = || tokio::time::sleep(std::time::Duration::from_millis(100));
+            // Both wait for a startup packet, each in its own session span.
+            let mut first = TcpStream::connect(addr).await.unwrap();
+            pause().await;
+            let mut second = TcpStream::connect(addr).await.unwrap();
+            pause().await;
+            // The first one sends an invalid packet and is refused.
+            first.write_all(&[0, 0, 0, 8, 0, 0, 0, 0]).await.unwrap();
+            let mut answer = Vec::new();
+            tokio::time::timeout(std::time::Duration::from_secs(5), first.read_to_end(&mut answer))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(answer.first(), Some(&b'E'), "{answer:?}");
+            pause().await;
+            let events = capture.0.lock().unwrap().clone();
+            let ended: Vec<_> = events.iter().filter(|(m, _)| m.starts_with("login ended")).collect();
+            let first_peer = first.local_addr().unwrap().to_string();
+            assert_eq!(ended.len(), 1, "{events:?}");
+            assert_eq!(ended[0].1.as_deref(), Some(first_peer.as_str()), "{events:?}");
+            second.shutdown().await.unwrap();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

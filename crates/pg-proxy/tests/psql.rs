@@ -90,3 +90,27 @@ fn masked_values_cannot_be_laundered_through_a_write() {
     let out = stack.psql(&developer, &["-At", "-c", "SELECT count(*) FROM orders WHERE status LIKE '%-%-%'"]);
     assert_eq!(text(&out.stdout), "0\n", "no SSN reached orders");
 }
+
+/// libpq sends `PGDATESTYLE` and `PGTZ` as the startup parameters
+/// `datestyle` and `timezone` (lower case); PostgreSQL matches setting
+/// names without regard to case, and so does the gateway, which passes
+/// them on under PostgreSQL's names.
+#[test]
+fn psql_with_pgdatestyle_and_pgtz_logs_in_with_those_settings() {
+    // No masks: with one, SHOW's output (lineage unknown) is masked whole.
+    let stack = Stack::with_policy("version = 1\n[[rule]]\nname = \"all\"\neffect = \"allow\"\ngroups = [\"dba\"]\n");
+    let dba = stack.token("dora", &["dba"], None);
+    let psql = stack.cluster.bin_dir().join("psql");
+    let out = std::process::Command::new(if psql.exists() { psql } else { "psql".into() })
+        .args(["-X", "-At", "-d"])
+        .arg(format!("host=127.0.0.1 port={} user=agent dbname=app sslmode=disable", stack.addr.port()))
+        .env("PGPASSWORD", &dba)
+        .env("PGDATESTYLE", "ISO,DMY")
+        .env("PGTZ", "Pacific/Auckland")
+        .args(["-c", "SHOW datestyle", "-c", "SHOW timezone"])
+        .args(["-c", "SELECT '03/02/2024'::date, '2024-01-01 00:00:00+00'::timestamptz"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ISO, DMY\nPacific/Auckland\n2024-02-03|2024-01-01 13:00:00+13\n");
+}

@@ -308,3 +308,75 @@ async fn key_sets_from_a_url_follow_rotation_with_a_rate_limit() {
     // The old key is gone with the rotation.
     assert_eq!(login(mint(&stack.path("keys"))).await.unwrap_err().0, "28P01");
 }
+
+/// A TLS client (SSLRequest, then the handshake) trusting `der`.
+async fn tls_connect(addr: std::net::SocketAddr, der: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(der.to_vec())).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Everything the server sends until it closes. An error when it closed the
+/// TCP connection without TLS's close_notify (rustls: "peer closed
+/// connection without sending TLS close_notify").
+async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut all)).await.unwrap()?;
+    Ok(all)
+}
+
+/// A login that ends over TLS ends as PostgreSQL ends it: close_notify,
+/// then the TCP close. libpq's cancel over TLS (psycopg's `cancel_safe`)
+/// reports an error when the connection just drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_ending_over_tls_send_close_notify() {
+    let (cert, key, der) = certificate("close-notify");
+    let extra = format!("[tls]\ncert = {:?}\nkey = {:?}", cert.display().to_string(), key.display().to_string());
+    let stack = Stack::with(&policy(), &extra);
+
+    // A cancel request inside TLS (an unknown key: ignored, no answer).
+    let mut tls = tls_connect(stack.addr, &der).await;
+    let mut cancel = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    cancel.extend_from_slice(&7i32.to_be_bytes());
+    cancel.extend_from_slice(&[1, 2, 3, 4]);
+    tls.write_all(&cancel).await.unwrap();
+    let answer = read_until_closed(&mut tls).await.expect("a cancel request is closed with close_notify");
+    assert!(answer.is_empty(), "{answer:?}");
+
+    // A refused startup message: the FATAL error, then close_notify.
+    let mut tls = tls_connect(stack.addr, &der).await;
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", "t"), ("options", "-c search_path=evil")], &mut out).unwrap();
+    tls.write_all(&out).await.unwrap();
+    let answer = read_until_closed(&mut tls).await.expect("a refusal is closed with close_notify");
+    let mut answer = BytesMut::from(&answer[..]);
+    let frame = codec::decode_backend(&mut answer, 1 << 20).unwrap().unwrap();
+    assert_eq!(frame.kind, b'E');
+    let fields = codec::parse_fields(&frame).unwrap();
+    assert!(fields.iter().any(|(k, v)| *k == b'C' && v.as_str() == "42704"), "{fields:?}");
+
+    // A wrong token: 28P01, then close_notify.
+    let mut tls = tls_connect(stack.addr, &der).await;
+    let err = login_and_query(&mut tls, "not a token", "SELECT 1").await.unwrap_err();
+    assert_eq!(err.0, "28P01", "{err:?}");
+    read_until_closed(&mut tls).await.expect("a failed login is closed with close_notify");
+
+    // A client that leaves after the handshake.
+    let mut tls = tls_connect(stack.addr, &der).await;
+    tls.shutdown().await.unwrap();
+    read_until_closed(&mut tls).await.expect("a client's close is answered with close_notify");
+    let _ = std::fs::remove_dir_all(cert.parent().unwrap());
+}
