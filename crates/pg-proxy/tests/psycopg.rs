@@ -43,9 +43,15 @@ fn venv_python() -> Option<&'static str> {
 /// Runs the client against `stack` (only `sections` when not empty) and
 /// returns its JSON; fails with its stderr when it failed.
 fn run_client(stack: &Stack, python: &str, sections: &str) -> Value {
-    let agent = stack.conninfo(&stack.token("alice", &["ai-agents"], None));
-    let reader = stack.conninfo(&stack.token("rita", &["developers", "pii-readers"], None));
-    let developer = stack.conninfo(&stack.token("dave", &["developers"], None));
+    run_client_with(stack, python, sections, "disable")
+}
+
+/// [`run_client`] with libpq's `sslmode`.
+fn run_client_with(stack: &Stack, python: &str, sections: &str, sslmode: &str) -> Value {
+    let conninfo = |token: String| stack.conninfo(&token).replace("sslmode=disable", &format!("sslmode={sslmode}"));
+    let agent = conninfo(stack.token("alice", &["ai-agents"], None));
+    let reader = conninfo(stack.token("rita", &["developers", "pii-readers"], None));
+    let developer = conninfo(stack.token("dave", &["developers"], None));
     let out = Command::new(python)
         .arg(repo("crates/pg-proxy/tests/python/psycopg_client.py"))
         .args([&agent, &reader, &developer])
@@ -221,6 +227,48 @@ fn psycopg_sessions() {
     assert_eq!(reader["rows"][0], json!([1, "Alice Martin", "****@example.com", "123-45-6789"]));
     assert_eq!(reader["binary_ssn"], "123-45-6789");
     assert_eq!(reader["copy_rows"][0], json!(["1", "123-45-6789"]));
+
+    // cancel_safe() over plain TCP: relayed to the server's backend.
+    assert_cancelled(&r["cancel"], false);
+}
+
+/// Asserts what the `cancel` section saw: `pg_sleep(30)` ended by the
+/// cancel with 57014, `cancel_safe()` raised nothing, the connection goes on.
+#[track_caller]
+fn assert_cancelled(cancel: &Value, tls: bool) {
+    assert_eq!(cancel["ssl_in_use"], tls, "{cancel}");
+    assert_eq!(cancel["cancel_safe"], Value::Null, "cancel_safe() raised: {cancel}");
+    assert_eq!(cancel["query"]["sqlstate"], "57014", "{cancel}");
+    assert_eq!(cancel["query"]["class"], "QueryCanceled", "{cancel}");
+    assert!(cancel["seconds"].as_f64().unwrap() < 20.0, "the query was not cut short: {cancel}");
+    assert_eq!(cancel["usable_after"], true, "{cancel}");
+}
+
+/// psycopg's `cancel_safe()` on a TLS connection: libpq 17 and later send
+/// the cancel request over TLS as well, and wait for the server to close
+/// that connection. The gateway closes it as PostgreSQL does, with TLS's
+/// close_notify; a bare TCP close made libpq report an SSL error ("unexpected
+/// eof while reading") although the cancel had worked.
+#[test]
+fn psycopg_cancel_safe_over_tls() {
+    let Some(python) = venv_python() else {
+        eprintln!("psycopg_cancel_safe_over_tls: SKIPPED because PORTCULLIS_SKIP_PYTHON=1");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("portcullis-psycopg-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let extra =
+        format!("[tls]\ncert = {:?}\nkey = {:?}", cert_path.display().to_string(), key_path.display().to_string());
+    let stack = Stack::with(&std::fs::read_to_string(repo("examples/policy.toml")).unwrap(), &extra);
+    let r = run_client_with(&stack, python, "versions,cancel", "require");
+    let libpq = r["versions"]["libpq"].as_i64().unwrap();
+    assert!(libpq >= 170_000, "cancel_safe() sends its cancel request over TLS from libpq 17 on; this is {libpq}");
+    assert_cancelled(&r["cancel"], true);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// COPY TO STDOUT in the other layouts of the text format (CSV, another

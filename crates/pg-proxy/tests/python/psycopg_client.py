@@ -29,11 +29,16 @@ Sections:
   copy_out       (d) COPY TO STDOUT, text (masked) / binary / csv
   copy_in        (d) COPY FROM STDIN: developer allowed, agent refused
   reader         (e) the pii-readers caller sees the real SSN
+  cancel         cancel_safe() from another thread during pg_sleep (over TLS
+                 when the conninfo asks for it: libpq >= 17 sends the cancel
+                 request as the connection was made)
 """
 
 import json
 import os
 import sys
+import threading
+import time
 import traceback
 
 import psycopg
@@ -420,7 +425,44 @@ def reader(c):
     return out
 
 
-SECTIONS = [versions, read, bind, pipeline, refusals, copy_out, copy_in, reader]
+def cancel(c):
+    """cancel_safe() while another thread waits in pg_sleep(30): the query
+    ends with QueryCanceled and cancel_safe() raises nothing."""
+    out = {}
+    sleep_sql = "SELECT pg_sleep(30)"
+    with psycopg.connect(c["developer"], autocommit=True) as conn, psycopg.connect(
+        c["developer"], autocommit=True
+    ) as watcher:
+        out["ssl_in_use"] = bool(conn.pgconn.ssl_in_use)
+        seen = {}
+
+        def sleep():
+            try:
+                conn.execute(sleep_sql)
+                seen["query"] = None
+            except psycopg.Error as e:
+                seen["query"] = error_info(e)
+
+        started = time.monotonic()
+        thread = threading.Thread(target=sleep, daemon=True)
+        thread.start()
+        # Cancel only once the server runs the query (a cancel before that is lost).
+        running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = %s"
+        while scalar(watcher, running, (sleep_sql,)) == 0 and time.monotonic() - started < 10:
+            time.sleep(0.05)
+        try:
+            conn.cancel_safe(timeout=10)
+            out["cancel_safe"] = None
+        except Exception as e:  # noqa: BLE001 - what it raised is the observation
+            out["cancel_safe"] = {"class": type(e).__name__, "message": str(e)}
+        thread.join(20)
+        out["query"] = seen.get("query", "still running")
+        out["seconds"] = round(time.monotonic() - started, 1)
+        out["usable_after"] = usable(conn)
+    return out
+
+
+SECTIONS = [versions, read, bind, pipeline, refusals, copy_out, copy_in, reader, cancel]
 
 
 def parse_args(argv):
