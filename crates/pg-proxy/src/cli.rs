@@ -1,20 +1,33 @@
 //! Command-line interface.
 //!
 //! Exit codes, for scripts: `0` success; `1` the policy cannot be read or
-//! is invalid, or (`policy test`) a test failed; `2` bad usage.
+//! is invalid, or (`policy test`) a test failed; `2` bad usage, including a
+//! pseudonymisation key that is needed and not given, or cannot be read.
+//!
+//! The `policy` commands take the key of `hash` masks from
+//! `--pseudonym-key-file` (the file's bytes, read as the gateway reads
+//! `[masking] pseudonym_key_file`), or else from the environment variable
+//! [`PSEUDONYM_KEY_ENV`]. The key is never printed.
 
+use std::env::VarError;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use policy_core::{Actor, Decision, Engine, Identity, Policy, Session};
+use pg_proxy::config::Secret;
+use policy_core::{Actor, Decision, Engine, Identity, Keys, Policy, PolicyError, Session};
 use serde::Deserialize;
+
+/// The environment variable the `policy` commands read the key of `hash`
+/// masks from when no `--pseudonym-key-file` is given.
+const PSEUDONYM_KEY_ENV: &str = "PORTCULLIS_PSEUDONYM_KEY";
 
 /// Portcullis: a policy-enforcing gateway for PostgreSQL.
 #[derive(Parser)]
 #[command(name = "pg-proxy", version, about, long_about = None)]
-#[command(after_help = "Exit codes: 0 success, 1 invalid policy or failed test, 2 bad usage.")]
+#[command(after_help = "Exit codes: 0 success, 1 invalid policy or failed test, 2 bad usage \
+                        (or a pseudonymisation key needed and not given).")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,21 +131,31 @@ enum TokenCommand {
 enum PolicyCommand {
     /// Load a policy and report the first problem with its file:line:column.
     ///
-    /// Runs nothing. Exit 0 when the policy is valid, 1 when it is not.
+    /// Runs nothing. Exit 0 when the policy is valid, 1 when it is not. A
+    /// policy with `hash` masks is valid without a pseudonymisation key: a
+    /// note on standard error says the gateway will need one. With
+    /// --pseudonym-key-file (or PORTCULLIS_PSEUDONYM_KEY set) the key is
+    /// read too (exit 2 when it cannot be).
     Check {
         /// The policy file (TOML).
         file: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
     },
     /// Run the `[[test]]` entries of a policy file.
     ///
     /// Prints each failing test with the decision the engine reached; exit 1
-    /// when any test fails (or the policy is invalid).
+    /// when any test fails (or the policy is invalid). A policy with `hash`
+    /// masks needs the pseudonymisation key: --pseudonym-key-file or
+    /// PORTCULLIS_PSEUDONYM_KEY (exit 2 without it).
     Test {
         /// The policy file (TOML).
         file: PathBuf,
         /// Print passing tests too.
         #[arg(short, long)]
         verbose: bool,
+        #[command(flatten)]
+        key: KeyArgs,
     },
     /// Show the decision the engine reaches for a SQL string, as JSON.
     ///
@@ -140,8 +163,21 @@ enum PolicyCommand {
     /// `{"sql": "...", "subject": "...", "groups": [...], "actor": "...", "search_path": [...]}`
     /// (all but `sql` optional), and writes one decision per line in the same
     /// order; a line that cannot be read gives `{"error": "..."}` and the run
-    /// goes on. Exit 0 unless the policy fails to load.
+    /// goes on. Exit 0 unless the policy fails to load. A policy with `hash`
+    /// masks needs the pseudonymisation key: --pseudonym-key-file or
+    /// PORTCULLIS_PSEUDONYM_KEY (exit 2 without it).
     Explain(ExplainArgs),
+}
+
+/// The key of the policy's `hash` masks.
+#[derive(Args)]
+struct KeyArgs {
+    /// The pseudonymisation key of `hash` masks (HMAC-SHA256): the file's
+    /// bytes as they are, as the gateway reads `[masking]
+    /// pseudonym_key_file`. Default: the value of the environment variable
+    /// PORTCULLIS_PSEUDONYM_KEY. Never printed.
+    #[arg(long, value_name = "FILE")]
+    pseudonym_key_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -170,6 +206,8 @@ struct ExplainArgs {
     /// The SQL string to decide.
     #[arg(required_unless_present = "jsonl")]
     sql: Option<String>,
+    #[command(flatten)]
+    key: KeyArgs,
 }
 
 /// One `--jsonl` request.
@@ -231,7 +269,7 @@ pub(crate) fn run() -> ExitCode {
                 }
             }
         }
-        Command::Policy(PolicyCommand::Check { file }) => match load(&file) {
+        Command::Policy(PolicyCommand::Check { file, key }) => match load(&file, &key, MissingKey::Note) {
             Ok(engine) => {
                 let p = engine.policy();
                 println!(
@@ -246,15 +284,15 @@ pub(crate) fn run() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Policy(PolicyCommand::Test { file, verbose }) => {
-            let engine = match load(&file) {
+        Command::Policy(PolicyCommand::Test { file, verbose, key }) => {
+            let engine = match load(&file, &key, MissingKey::Refuse) {
                 Ok(e) => e,
                 Err(code) => return code,
             };
             test(&engine, verbose)
         }
         Command::Policy(PolicyCommand::Explain(args)) => {
-            let engine = match load(&args.policy) {
+            let engine = match load(&args.policy, &args.key, MissingKey::Refuse) {
                 Ok(e) => e,
                 Err(code) => return code,
             };
@@ -358,7 +396,34 @@ fn init_logging() {
     }
 }
 
-fn load(path: &Path) -> Result<Engine, ExitCode> {
+/// What [`load`] does with a policy that needs a pseudonymisation key it
+/// was not given.
+#[derive(Clone, Copy)]
+enum MissingKey {
+    /// `policy check`: the policy is valid; a note says the gateway will
+    /// need the key.
+    Note,
+    /// `policy test` and `policy explain`: an error (exit 2).
+    Refuse,
+}
+
+/// The key of `hash` masks: `--pseudonym-key-file`, or else
+/// [`PSEUDONYM_KEY_ENV`]; `None` when neither is given. Errors never
+/// include the key.
+fn pseudonym_key(args: &KeyArgs) -> Result<Option<Secret>, String> {
+    if let Some(path) = &args.pseudonym_key_file {
+        return pg_proxy::config::read_pseudonym_key_file(path)
+            .map(Some)
+            .map_err(|e| format!("--pseudonym-key-file `{}`: {e}", path.display()));
+    }
+    match std::env::var(PSEUDONYM_KEY_ENV) {
+        Ok(value) => Ok(Some(Secret::new(value.into_bytes()))),
+        Err(VarError::NotPresent) => Ok(None),
+        Err(VarError::NotUnicode(_)) => Err(format!("the environment variable {PSEUDONYM_KEY_ENV} is not UTF-8")),
+    }
+}
+
+fn load(path: &Path, key: &KeyArgs, missing: MissingKey) -> Result<Engine, ExitCode> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         eprintln!("error: cannot read policy `{name}`: {e}");
@@ -368,10 +433,40 @@ fn load(path: &Path) -> Result<Engine, ExitCode> {
         eprintln!("error: {e}");
         ExitCode::FAILURE
     })?;
-    Engine::new(policy, Default::default()).map_err(|e| {
+    let key = pseudonym_key(key).map_err(|e| {
         eprintln!("error: {e}");
-        ExitCode::FAILURE
-    })
+        ExitCode::from(2)
+    })?;
+    let given = key.is_some();
+    let keys = Keys { pseudonym_key: key.map(|k| k.expose().to_vec()) };
+    match Engine::new(policy.clone(), keys) {
+        Ok(engine) => Ok(engine),
+        Err(e @ PolicyError::Keys { .. }) if !given => match missing {
+            MissingKey::Note => {
+                eprintln!(
+                    "note: {e}: the gateway will need it ([masking] pseudonym_key_env or pseudonym_key_file), \
+                     and so will `policy test` and `policy explain` (--pseudonym-key-file or {PSEUDONYM_KEY_ENV})"
+                );
+                // The rest of the policy is checked with a stand-in key,
+                // used for nothing else.
+                Engine::new(policy, Keys { pseudonym_key: Some(Vec::new()) }).map_err(|e| {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                })
+            }
+            MissingKey::Refuse => {
+                eprintln!(
+                    "error: {e}: give it with --pseudonym-key-file FILE or in the environment variable \
+                     {PSEUDONYM_KEY_ENV}"
+                );
+                Err(ExitCode::from(2))
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn identity(subject: &str, groups: &[String], actor: Option<&str>) -> Identity {

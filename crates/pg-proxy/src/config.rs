@@ -359,10 +359,10 @@ impl Config {
             },
             (None, Some(file)) => {
                 let file = resolve(&file);
-                Some(Secret::new(
-                    std::fs::read(&file)
+                Some(
+                    read_pseudonym_key_file(&file)
                         .map_err(|e| invalid(format!("[masking] pseudonym_key_file {}: {e}", file.display())))?,
-                ))
+                )
             }
             (None, None) => None,
         };
@@ -387,6 +387,14 @@ impl Config {
             pseudonym_key,
         })
     }
+}
+
+/// Reads the key of `hash` masks from a file: its bytes as they are (a
+/// final newline is part of the key). `pg-proxy policy
+/// --pseudonym-key-file` reads it the same way, so its pseudonyms are the
+/// gateway's.
+pub fn read_pseudonym_key_file(path: &Path) -> std::io::Result<Secret> {
+    std::fs::read(path).map(Secret::new)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

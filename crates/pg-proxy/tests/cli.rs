@@ -231,3 +231,101 @@ fn demo_script_plays_the_agent_session_and_cleans_up() {
     let dir = dir.trim_end_matches(" ...");
     assert!(!std::path::Path::new(dir).exists(), "{dir} is still there");
 }
+
+/// A policy with a `hash` mask (and a test that passes).
+const HASHED: &str = "version = 1
+[[rule]]
+name = \"r\"
+effect = \"allow\"
+classes = [\"read\"]
+
+[[mask]]
+name = \"pseudonymous-email\"
+columns = [\"public.customers.email\"]
+strategy = \"hash\"
+
+[[test]]
+sql = \"SELECT email FROM customers\"
+expect = \"allow\"
+rule = \"r\"
+";
+
+/// `run` without the key's environment variable, plus `env`.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = bin();
+    cmd.args(args).env_remove("PORTCULLIS_PSEUDONYM_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn policies_with_hash_masks_need_the_pseudonymisation_key_to_run() {
+    let policy = temp_policy("hashed", HASHED);
+    let policy = policy.to_str().unwrap();
+    let key_file = std::path::Path::new(policy).with_file_name("pseudonym.key");
+    let secret = "a-pseudonymisation-key-never-printed";
+    std::fs::write(&key_file, secret).unwrap();
+    let key_file = key_file.to_str().unwrap();
+    let never_printed = |out: &Output| {
+        assert!(!text(&out.stdout).contains(secret) && !text(&out.stderr).contains(secret), "the key was printed");
+    };
+
+    // check: valid without a key, with a note naming the mask's place.
+    let out = run_env(&["policy", "check", policy], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok (1 rules, 1 masks"), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.starts_with(&format!("note: {policy}:7:1:")), "{err}");
+    assert!(err.contains("pseudonymous-email") && err.contains("pseudonym_key_"), "{err}");
+    // ... and with a key, silently; a key file that cannot be read is bad usage.
+    let out = run_env(&["policy", "check", policy, "--pseudonym-key-file", key_file], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+    never_printed(&out);
+    let out = run_env(&["policy", "check", policy, "--pseudonym-key-file", "/nonexistent/key"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--pseudonym-key-file `/nonexistent/key`"), "{}", text(&out.stderr));
+
+    // test and explain: without a key, an error naming both ways to give it.
+    let explain = ["policy", "explain", "--policy", policy, "--groups", "g", "SELECT email FROM customers"];
+    for args in [&["policy", "test", policy][..], &explain[..]] {
+        let out = run_env(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.starts_with(&format!("error: {policy}:7:1: mask `pseudonymous-email`")), "{err}");
+        assert!(err.contains("--pseudonym-key-file") && err.contains("PORTCULLIS_PSEUDONYM_KEY"), "{err}");
+        assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
+    }
+
+    // With --pseudonym-key-file, or the key in the environment: they run.
+    fn with_file<'a>(args: &[&'a str], key_file: &'a str) -> Vec<&'a str> {
+        args.iter().copied().chain(["--pseudonym-key-file", key_file]).collect()
+    }
+    for (args, env) in [
+        (with_file(&["policy", "test", policy], key_file), &[][..]),
+        (vec!["policy", "test", policy], &[("PORTCULLIS_PSEUDONYM_KEY", secret)][..]),
+    ] {
+        let out = run_env(&args, env);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}{}", text(&out.stdout), text(&out.stderr));
+        assert!(text(&out.stdout).contains("1 passed, 0 failed"), "{}", text(&out.stdout));
+        never_printed(&out);
+    }
+    for (args, env) in
+        [(with_file(&explain, key_file), &[][..]), (explain.to_vec(), &[("PORTCULLIS_PSEUDONYM_KEY", secret)][..])]
+    {
+        let out = run_env(&args, env);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+        let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(d["verdict"], "allow");
+        never_printed(&out);
+    }
+
+    // --help explains the option.
+    for command in ["check", "test", "explain"] {
+        let out = run(&["policy", command, "--help"]);
+        let help = text(&out.stdout);
+        assert!(help.contains("--pseudonym-key-file") && help.contains("PORTCULLIS_PSEUDONYM_KEY"), "{help}");
+    }
+}
