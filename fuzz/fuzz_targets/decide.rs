@@ -513,7 +513,8 @@ fn rank(v: Verdict) -> u8 {
     }
 }
 
-/// The decision with what JSON does not carry (statement spans) cleared.
+/// The decision with what JSON does not carry (statement spans, the
+/// flags derived for the caller) cleared.
 fn without_spans(d: &Decision) -> Decision {
     let mut d = d.clone();
     let statements: Vec<_> = d
@@ -521,7 +522,12 @@ fn without_spans(d: &Decision) -> Decision {
         .iter()
         .cloned()
         .map(|mut s| {
-            std::sync::Arc::make_mut(&mut s.facts).span = 0..0;
+            let facts = std::sync::Arc::make_mut(&mut s.facts);
+            facts.span = 0..0;
+            facts.changes_settings = false;
+            facts.ends_transaction = false;
+            facts.begins_transaction = false;
+            facts.reverts_settings = false;
             s
         })
         .collect();

@@ -112,7 +112,11 @@
 //!   (the gateway sets it as a startup parameter, so the server's reset
 //!   value is the same; [`Session::with_startup_search_path`] sets both).
 //!   It also assumes the gateway applies every [`SessionEffect`] of the
-//!   statements the server ran.
+//!   statements the server ran, and reads the settings back after a
+//!   statement that [`changes_settings`](StatementFacts::changes_settings)
+//!   (or that [`reverts_settings`](StatementFacts::reverts_settings) in a
+//!   transaction where one did): those flags come from the parse tree, so
+//!   the gateway need not read command tags.
 //!
 //! ## Known limits
 //!

@@ -612,3 +612,118 @@ fn no_relation_or_function_escapes_the_walk() {
         assert!(!rels.is_empty() || !funcs.is_empty(), "{sql}: the scan found nothing");
     }
 }
+
+#[test]
+fn statements_that_change_settings() {
+    let changing = [
+        "SET search_path = app",
+        "SET LOCAL work_mem = '1MB'",
+        "SET SESSION statement_timeout = 0",
+        "RESET search_path",
+        "RESET ALL",
+        "SET search_path TO DEFAULT",
+        "SET ROLE app",
+        "RESET ROLE",
+        "SET SESSION AUTHORIZATION app",
+        "SET TIME ZONE 'UTC'",
+        "SET NAMES 'UTF8'",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+        "DISCARD ALL",
+        "DISCARD PLANS",
+        "DISCARD TEMP",
+        "SELECT set_config('work_mem', '1MB', false)",
+        "SELECT pg_catalog.set_config('search_path', 'app', true)",
+        "SELECT * FROM orders WHERE CASE WHEN id = 0 THEN set_config('work_mem', '1MB', false) IS NULL END",
+        "PREPARE p AS SELECT set_config('work_mem', '1MB', false)",
+        // Code the engine cannot see may set anything.
+        "DO $$ BEGIN PERFORM set_config('search_path', 'x', false); END $$",
+        "CALL refresh()",
+        "SELECT my_function()",
+        // Text the grammar rejects.
+        "SELEC 1",
+    ];
+    for sql in changing {
+        assert!(facts(sql)[0].changes_settings, "{sql}");
+    }
+    let not_changing = [
+        "SELECT 1",
+        "SHOW search_path",
+        "SHOW ALL",
+        "SELECT current_setting('search_path')",
+        "SET CONSTRAINTS ALL DEFERRED",
+        "ALTER ROLE app SET search_path = private",
+        "ALTER DATABASE app SET work_mem = '1MB'",
+        "ALTER SYSTEM SET work_mem = '1MB'",
+        "ALTER FUNCTION f() SET search_path = private",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = private AS 'SELECT 1'",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK TO SAVEPOINT s",
+        "DEALLOCATE ALL",
+        "UPDATE orders SET total = 0 WHERE id = 1",
+    ];
+    for sql in not_changing {
+        assert!(!facts(sql)[0].changes_settings, "{sql}");
+    }
+    // Each statement of a string on its own.
+    let f = facts("SELECT 1; SET work_mem = '1MB'; SELECT 2");
+    assert_eq!(f.iter().map(|s| s.changes_settings).collect::<Vec<_>>(), [false, true, false]);
+    // EXECUTE of a statement that calls set_config runs it.
+    let mut s = engine().new_session();
+    s.prepared.insert(
+        "p".into(),
+        Prepared { sql: Arc::from("SELECT set_config('work_mem', '1MB', false)"), standard_conforming_strings: true },
+    );
+    assert!(facts_in(&s, "EXECUTE p")[0].changes_settings);
+}
+
+#[test]
+fn statements_that_begin_and_end_transactions() {
+    // (sql, begins, ends, reverts settings)
+    let cases: &[(&str, bool, bool, bool)] = &[
+        ("BEGIN", true, false, false),
+        ("BEGIN ISOLATION LEVEL SERIALIZABLE", true, false, false),
+        ("START TRANSACTION READ ONLY", true, false, false),
+        ("COMMIT", false, true, true),
+        ("END", false, true, true),
+        ("COMMIT AND CHAIN", true, true, true),
+        ("ROLLBACK", false, true, true),
+        ("ABORT", false, true, true),
+        ("ROLLBACK AND CHAIN", true, true, true),
+        ("PREPARE TRANSACTION 'tx1'", false, true, true),
+        ("COMMIT PREPARED 'tx1'", false, true, true),
+        ("ROLLBACK PREPARED 'tx1'", false, true, true),
+        ("ROLLBACK TO SAVEPOINT s", false, false, true),
+        ("ROLLBACK TO s", false, false, true),
+        ("SAVEPOINT s", false, false, false),
+        ("RELEASE SAVEPOINT s", false, false, false),
+        ("SET TRANSACTION READ ONLY", false, false, false),
+        ("SELECT 1", false, false, false),
+        ("PREPARE p AS SELECT 1", false, false, false),
+        ("SELEC 1", false, false, false),
+    ];
+    for &(sql, begins, ends, reverts) in cases {
+        let f = &facts(sql)[0];
+        assert_eq!(
+            (f.begins_transaction, f.ends_transaction, f.reverts_settings),
+            (begins, ends, reverts),
+            "{sql}: (begins, ends, reverts settings)"
+        );
+    }
+    let f = facts("BEGIN; SELECT 1; COMMIT");
+    assert_eq!(
+        f.iter().map(|s| (s.begins_transaction, s.ends_transaction)).collect::<Vec<_>>(),
+        [(true, false), (false, false), (false, true)]
+    );
+}
+
+#[test]
+fn derived_flags_stay_out_of_the_json() {
+    let e = engine();
+    let d = e.decide(&policy_core::Identity::new("a"), &e.new_session(), "BEGIN; SET work_mem = '1MB'; COMMIT");
+    let json = d.to_json();
+    for field in ["changes_settings", "ends_transaction", "begins_transaction", "reverts_settings"] {
+        assert!(!json.contains(field), "{field} in {json}");
+    }
+}

@@ -184,6 +184,77 @@ pub struct StatementFacts {
     /// Byte range of the statement in the analysed string.
     #[serde(skip)]
     pub span: Range<usize>,
+    /// Whether running the statement changes, or may change, the session's
+    /// settings, so that a caller tracking them (the gateway reads
+    /// `search_path` back) must look again afterwards. From the parse tree:
+    ///
+    /// - `SET`, `SET LOCAL`, `SET SESSION`, `RESET`, `RESET ALL`, `SET ...
+    ///   TO DEFAULT` of any setting, including `SET ROLE`, `SET SESSION
+    ///   AUTHORIZATION`, `SET TIME ZONE`, `SET NAMES`, and `SET TRANSACTION`
+    ///   / `SET SESSION CHARACTERISTICS AS TRANSACTION` (they set the
+    ///   `transaction_*` settings);
+    /// - `DISCARD` of any kind (`DISCARD ALL` resets every setting);
+    /// - a statement calling `set_config(...)` anywhere in its tree (even
+    ///   where the call may not run, as in a `CASE` branch or a `PREPARE`
+    ///   body: asking again costs less than missing a change);
+    /// - an `opaque` statement (`DO`, `CALL`, a function or operator the
+    ///   engine cannot see into: hidden SQL can set anything) and an
+    ///   `unknown` one.
+    ///
+    /// Not: `SET CONSTRAINTS` (not a setting), `ALTER ROLE/DATABASE/SYSTEM
+    /// ... SET` and a function's `SET` clause (they change later sessions or
+    /// the function's own calls, not this session now), `SHOW`. Not
+    /// serialised: derived from the tree, for the caller.
+    ///
+    /// ```
+    /// use policy_core::{Engine, Policy};
+    /// let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
+    /// let facts = |sql| engine.analyze(&engine.new_session(), sql).statements.remove(0);
+    /// assert!(facts("SET statement_timeout = 0").changes_settings);
+    /// assert!(facts("SELECT set_config('work_mem', '1MB', false)").changes_settings);
+    /// assert!(!facts("SHOW work_mem").changes_settings);
+    /// assert!(!facts("ALTER ROLE app SET work_mem = '1MB'").changes_settings);
+    /// # Ok::<(), policy_core::PolicyError>(())
+    /// ```
+    #[serde(skip)]
+    pub changes_settings: bool,
+    /// Whether the statement ends the session's transaction: `COMMIT` /
+    /// `END` and `ROLLBACK` / `ABORT` (also `AND CHAIN`, which then begins
+    /// the next one), and `PREPARE TRANSACTION`, which hands the
+    /// transaction over. `COMMIT PREPARED` and `ROLLBACK PREPARED` count
+    /// too (they finish a prepared transaction, and cannot run inside a
+    /// transaction block). `ROLLBACK TO SAVEPOINT` does not end the
+    /// transaction: see [`StatementFacts::reverts_settings`]. Code the
+    /// engine cannot see (`CALL`, `DO`) may commit too; such statements are
+    /// `opaque` and [`StatementFacts::changes_settings`]. Not serialised.
+    ///
+    /// ```
+    /// use policy_core::{Engine, Policy};
+    /// let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
+    /// let facts = |sql| engine.analyze(&engine.new_session(), sql).statements.remove(0);
+    /// assert!(facts("END").ends_transaction);
+    /// assert!(facts("ROLLBACK AND CHAIN").ends_transaction);
+    /// assert!(facts("ROLLBACK AND CHAIN").begins_transaction);
+    /// assert!(!facts("ROLLBACK TO SAVEPOINT s").ends_transaction);
+    /// assert!(facts("ROLLBACK TO SAVEPOINT s").reverts_settings);
+    /// # Ok::<(), policy_core::PolicyError>(())
+    /// ```
+    #[serde(skip)]
+    pub ends_transaction: bool,
+    /// Whether the statement begins a transaction block: `BEGIN`, `START
+    /// TRANSACTION`, and `COMMIT AND CHAIN` / `ROLLBACK AND CHAIN`. Not
+    /// serialised.
+    #[serde(skip)]
+    pub begins_transaction: bool,
+    /// Whether settings changed earlier in the transaction may go back to
+    /// former values when the statement runs: it ends the transaction
+    /// (`SET LOCAL` values end with it; a rollback undoes every `SET`), or
+    /// it is `ROLLBACK TO SAVEPOINT` (which undoes the `SET`s made since
+    /// the savepoint). A caller that saw a setting change inside the
+    /// transaction reads the settings back after such a statement. Not
+    /// serialised.
+    #[serde(skip)]
+    pub reverts_settings: bool,
 }
 
 /// The facts of every statement in one string.
@@ -317,6 +388,11 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
         session_effects: Vec::new(),
         notes: vec![error.to_string()],
         span: 0..sql.len(),
+        // Text the engine cannot read may do anything.
+        changes_settings: true,
+        ends_transaction: false,
+        begins_transaction: false,
+        reverts_settings: false,
     }
 }
 
@@ -388,8 +464,26 @@ fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, optio
     }
     let has_limit = has_limit(stmt);
     let copy_options = copy_options(stmt);
+    let bounds = transaction_bounds(stmt);
     let output_columns = lineage::outputs(stmt, &w.lineage_env());
-    let Walker { class, tables, written, columns, functions, opaque, notes, modifies, unbounded, mut effects, .. } = w;
+    let Walker {
+        class,
+        tables,
+        written,
+        columns,
+        functions,
+        opaque,
+        notes,
+        modifies,
+        unbounded,
+        mut effects,
+        set_config,
+        ..
+    } = w;
+    let changes_settings = set_config
+        || opaque
+        || class == Class::Unknown
+        || matches!(stmt, NodeRef::VariableSetStmt(_) | NodeRef::DiscardStmt(_));
     for effect in &mut effects {
         if let SessionEffect::Prepare { prepared, .. } = effect {
             prepared.sql = Arc::from(text);
@@ -414,6 +508,37 @@ fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, optio
         session_effects: effects,
         notes,
         span: 0..text.len(),
+        changes_settings,
+        ends_transaction: bounds.ends,
+        begins_transaction: bounds.begins,
+        reverts_settings: bounds.ends || bounds.rolls_back_to_savepoint,
+    }
+}
+
+/// Where a statement stands in the transaction's life.
+#[derive(Debug, Clone, Copy, Default)]
+struct TransactionBounds {
+    begins: bool,
+    ends: bool,
+    rolls_back_to_savepoint: bool,
+}
+
+/// From the statement's kind: transaction control statements cannot be
+/// nested in others (nor prepared), so the top level is all there is.
+fn transaction_bounds(stmt: NodeRef<'_>) -> TransactionBounds {
+    use pb::TransactionStmtKind as T;
+    let NodeRef::TransactionStmt(t) = stmt else { return TransactionBounds::default() };
+    let kind = T::try_from(t.kind).unwrap_or(T::Undefined);
+    match kind {
+        T::TransStmtBegin | T::TransStmtStart => TransactionBounds { begins: true, ..TransactionBounds::default() },
+        T::TransStmtCommit | T::TransStmtRollback => {
+            TransactionBounds { begins: t.chain, ends: true, ..TransactionBounds::default() }
+        }
+        T::TransStmtPrepare | T::TransStmtCommitPrepared | T::TransStmtRollbackPrepared => {
+            TransactionBounds { ends: true, ..TransactionBounds::default() }
+        }
+        T::TransStmtRollbackTo => TransactionBounds { rolls_back_to_savepoint: true, ..TransactionBounds::default() },
+        T::TransStmtSavepoint | T::TransStmtRelease | T::Undefined => TransactionBounds::default(),
     }
 }
 
@@ -516,6 +641,8 @@ struct Walker<'st, 's> {
     runs: BTreeSet<String>,
     /// The command tag of the statement a resolved EXECUTE runs.
     executed: Option<String>,
+    /// A `set_config(...)` call was seen.
+    set_config: bool,
     depth: usize,
 }
 
@@ -539,6 +666,7 @@ impl<'st, 's> Walker<'st, 's> {
             effects: Vec::new(),
             runs: BTreeSet::new(),
             executed: None,
+            set_config: false,
             depth: 0,
         }
     }
@@ -882,6 +1010,7 @@ impl<'st, 's> Walker<'st, 's> {
     }
 
     fn set_config(&mut self, args: &[NodeRef<'_>]) {
+        self.set_config = true;
         let Some(setting) = args.first().copied().and_then(const_text).map(str::to_ascii_lowercase) else {
             self.raise(Class::Admin);
             self.note("set_config of a setting named by a non-constant".to_string());
