@@ -43,6 +43,8 @@
 //! (NUL byte inside a string, count or size that does not fit), and leave
 //! the buffer as it was.
 
+pub mod copy;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Deref;
@@ -80,7 +82,7 @@ pub const NEWEST_MINOR_VERSION: u32 = 2;
 pub const MAX_CANCEL_KEY_BYTES: usize = 256;
 
 /// Why bytes could not be decoded, or a message could not be encoded.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
     /// A message longer than the configured maximum. `len` is the length
     /// word (body plus the 4 bytes of the word itself).
@@ -677,7 +679,141 @@ pub struct BackendFrame {
     pub frame: Bytes,
 }
 
+/// The type of a backend message, from its type byte: what the session
+/// matches on instead of raw bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendMessage {
+    /// '1'
+    ParseComplete,
+    /// '2'
+    BindComplete,
+    /// '3'
+    CloseComplete,
+    /// 'A'
+    NotificationResponse,
+    /// 'c'
+    CopyDone,
+    /// 'C'
+    CommandComplete,
+    /// 'd'
+    CopyData,
+    /// 'D'
+    DataRow,
+    /// 'E'
+    ErrorResponse,
+    /// 'G'
+    CopyInResponse,
+    /// 'H'
+    CopyOutResponse,
+    /// 'I'
+    EmptyQueryResponse,
+    /// 'K'
+    BackendKeyData,
+    /// 'n'
+    NoData,
+    /// 'N'
+    NoticeResponse,
+    /// 'R'
+    Authentication,
+    /// 's'
+    PortalSuspended,
+    /// 'S'
+    ParameterStatus,
+    /// 't'
+    ParameterDescription,
+    /// 'T'
+    RowDescription,
+    /// 'v'
+    NegotiateProtocolVersion,
+    /// 'V'
+    FunctionCallResponse,
+    /// 'W'
+    CopyBothResponse,
+    /// 'Z'
+    ReadyForQuery,
+}
+
+impl BackendMessage {
+    /// The message type of a type byte, `None` for a byte no backend
+    /// message has.
+    ///
+    /// ```
+    /// use pg_proxy::codec::BackendMessage;
+    /// assert_eq!(BackendMessage::from_byte(b'Z'), Some(BackendMessage::ReadyForQuery));
+    /// assert_eq!(BackendMessage::from_byte(b'?'), None);
+    /// assert_eq!(BackendMessage::DataRow.byte(), b'D');
+    /// ```
+    pub fn from_byte(byte: u8) -> Option<BackendMessage> {
+        use BackendMessage as M;
+        Some(match byte {
+            b'1' => M::ParseComplete,
+            b'2' => M::BindComplete,
+            b'3' => M::CloseComplete,
+            b'A' => M::NotificationResponse,
+            b'c' => M::CopyDone,
+            b'C' => M::CommandComplete,
+            b'd' => M::CopyData,
+            b'D' => M::DataRow,
+            b'E' => M::ErrorResponse,
+            b'G' => M::CopyInResponse,
+            b'H' => M::CopyOutResponse,
+            b'I' => M::EmptyQueryResponse,
+            b'K' => M::BackendKeyData,
+            b'n' => M::NoData,
+            b'N' => M::NoticeResponse,
+            b'R' => M::Authentication,
+            b's' => M::PortalSuspended,
+            b'S' => M::ParameterStatus,
+            b't' => M::ParameterDescription,
+            b'T' => M::RowDescription,
+            b'v' => M::NegotiateProtocolVersion,
+            b'V' => M::FunctionCallResponse,
+            b'W' => M::CopyBothResponse,
+            b'Z' => M::ReadyForQuery,
+            _ => return None,
+        })
+    }
+
+    /// The type byte.
+    pub fn byte(self) -> u8 {
+        use BackendMessage as M;
+        match self {
+            M::ParseComplete => b'1',
+            M::BindComplete => b'2',
+            M::CloseComplete => b'3',
+            M::NotificationResponse => b'A',
+            M::CopyDone => b'c',
+            M::CommandComplete => b'C',
+            M::CopyData => b'd',
+            M::DataRow => b'D',
+            M::ErrorResponse => b'E',
+            M::CopyInResponse => b'G',
+            M::CopyOutResponse => b'H',
+            M::EmptyQueryResponse => b'I',
+            M::BackendKeyData => b'K',
+            M::NoData => b'n',
+            M::NoticeResponse => b'N',
+            M::Authentication => b'R',
+            M::PortalSuspended => b's',
+            M::ParameterStatus => b'S',
+            M::ParameterDescription => b't',
+            M::RowDescription => b'T',
+            M::NegotiateProtocolVersion => b'v',
+            M::FunctionCallResponse => b'V',
+            M::CopyBothResponse => b'W',
+            M::ReadyForQuery => b'Z',
+        }
+    }
+}
+
 impl BackendFrame {
+    /// The message type: always `Some` for a frame [`decode_backend`] cut
+    /// (it accepts known type bytes only), `None` for a frame built by hand
+    /// with another byte.
+    pub fn message(&self) -> Option<BackendMessage> {
+        BackendMessage::from_byte(self.kind)
+    }
+
     /// The body (the frame after its 5-byte header).
     pub fn body(&self) -> &[u8] {
         self.frame.get(5..).unwrap_or_default()
@@ -712,7 +848,7 @@ pub fn decode_backend(buf: &mut BytesMut, max: usize) -> Result<Option<BackendFr
         return Ok(None);
     };
     let k = char::from(kind);
-    if !b"123AcCdDEGHIKnNRsStTvVWZ".contains(&kind) {
+    if BackendMessage::from_byte(kind).is_none() {
         return Err(malformed(k, "unknown message type"));
     }
     let Some(word) = buf.get(1..).and_then(be_i32) else {

@@ -91,6 +91,9 @@ struct CancelTarget {
     addr: SocketAddr,
     pid: i32,
     upstream_secret: Vec<u8>,
+    /// The session, once it runs: cancels go through it (a held statement
+    /// is not on the server).
+    session: Option<u64>,
 }
 
 /// A running gateway: configuration, engine, keys and the shared state of
@@ -110,6 +113,9 @@ pub struct Gateway {
     next_session: AtomicU64,
     connections: Arc<Semaphore>,
     generation: AtomicU64,
+    /// The live sessions.
+    pub sessions: Arc<session::registry::Registry>,
+    hooks: RwLock<session::SessionHooks>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -151,6 +157,8 @@ impl Gateway {
             next_pid: AtomicI32::new(1),
             next_session: AtomicU64::new(1),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            sessions: Arc::default(),
+            hooks: RwLock::default(),
             config,
         })
     }
@@ -160,6 +168,22 @@ impl Gateway {
         match self.engine.read() {
             Ok(e) => Arc::clone(&e),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// What sessions starting now plug in (record sink, hold handler).
+    pub fn hooks(&self) -> session::SessionHooks {
+        match self.hooks.read() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Sets what sessions starting from now on plug in.
+    pub fn set_hooks(&self, hooks: session::SessionHooks) {
+        match self.hooks.write() {
+            Ok(mut h) => *h = hooks,
+            Err(poisoned) => *poisoned.into_inner() = hooks,
         }
     }
 
@@ -229,7 +253,20 @@ impl Gateway {
             match self.login(tcp, peer).await {
                 Ok(Some(ready)) => {
                     let pid = ready.gateway_pid;
-                    session::run(Arc::clone(&self), ready, id).await;
+                    let info = session::registry::SessionInfo::new(
+                        &ready.identity.subject,
+                        ready.identity.groups.clone(),
+                        ready.identity.actor.as_ref().map(|a| a.name().to_string()),
+                        peer,
+                        &ready.application_name,
+                    );
+                    let registration = self.sessions.register_as(id, info);
+                    if let Ok(mut c) = self.cancels.lock() {
+                        if let Some(t) = c.get_mut(&pid) {
+                            t.session = Some(id);
+                        }
+                    }
+                    session::run(Arc::clone(&self), ready, registration).await;
                     self.forget_cancel(pid);
                 }
                 Ok(None) => {}
@@ -259,6 +296,11 @@ impl Gateway {
             tracing::info!("cancel request with an unknown key ignored");
             return;
         };
+        // Through the session: it cancels a held statement itself and
+        // relays the rest upstream.
+        if t.session.is_some_and(|s| self.sessions.cancel(s)) {
+            return;
+        }
         if let Err(e) = upstream::cancel(&self.target, t.addr, t.pid, &t.upstream_secret).await {
             tracing::warn!("relaying a cancel request: {e}");
         }
@@ -309,6 +351,7 @@ impl Gateway {
                             standard_conforming_strings: a.standard_conforming_strings,
                             user: self.config.upstream.user.clone(),
                             gateway_pid: a.gateway_pid,
+                            application_name: a.application_name,
                         }))
                     }
                     Ok(Ok(None)) => Ok(None),
@@ -526,7 +569,13 @@ impl Gateway {
         if let Ok(mut c) = self.cancels.lock() {
             c.insert(
                 gateway_pid,
-                CancelTarget { secret, addr: conn.addr, pid: conn.pid, upstream_secret: conn.secret.clone() },
+                CancelTarget {
+                    secret,
+                    addr: conn.addr,
+                    pid: conn.pid,
+                    upstream_secret: conn.secret.clone(),
+                    session: None,
+                },
             );
         }
         if let Err(e) = stream.write_all(&out).await {
@@ -548,6 +597,7 @@ impl Gateway {
             start_search_path: start_path,
             standard_conforming_strings: scs,
             gateway_pid,
+            application_name: startup.setting("application_name").unwrap_or_default().to_string(),
         }))
     }
 }
@@ -583,6 +633,7 @@ struct Admitted {
     start_search_path: Vec<String>,
     standard_conforming_strings: bool,
     gateway_pid: i32,
+    application_name: String,
 }
 
 /// The parameters of a client's startup message, sorted out.
@@ -692,6 +743,8 @@ pub struct Ready {
     pub user: String,
     /// The pid the client knows the session by.
     pub gateway_pid: i32,
+    /// The client's `application_name` (empty when it gave none).
+    pub application_name: String,
 }
 
 /// A search path as a setting value: every element double-quoted.

@@ -1,0 +1,2274 @@
+//! The session core: the protocol logic of one client session, with no I/O.
+//!
+//! [`SessionCore`] is fed what arrives ([`SessionCore::client_buffer`] and
+//! [`SessionCore::handle_client_data`], the same for the server, catalog
+//! answers, record acknowledgements, hold outcomes, timer expiries and
+//! cancels) and hands out what to do: bytes for the client
+//! ([`SessionCore::client_output`]), bytes for the server
+//! ([`SessionCore::server_output`]) and [`Need`]s for the driver to perform.
+//! It never touches a socket or a clock: time comes in as an argument.
+//!
+//! See the [module docs](super) for what it does with each message.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use policy_core::{
+    ColumnInfo, Decision, Engine, Identity, RowMasker, Scrubbed, Session as EngineSession, SessionEffect,
+    StatementFacts, Verdict,
+};
+use postgres_protocol::message::frontend;
+
+use super::hold::{HeldStatement, HoldOutcome, HoldRequest};
+use super::record::{Record, RecordError, StatementRecord};
+use super::registry::Activity;
+use crate::catalog::Table;
+use crate::codec::{
+    self, copy, BackendFrame, BackendMessage, CodecError, FieldDescription, Frontend, FrontendMessage, Str,
+};
+
+/// SQLSTATE of a refusal by policy.
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+/// SQLSTATE of the row cap.
+pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+/// SQLSTATE of a protocol violation.
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+/// SQLSTATE of a batch whose records could not be written.
+pub const IO_ERROR: &str = "58030";
+/// SQLSTATE of a cancelled (or timed-out) held statement.
+pub const QUERY_CANCELED: &str = "57014";
+/// SQLSTATE of a client that sent too much while a batch waited.
+pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+
+/// What the server runs in place of a refused statement: it fails while
+/// being parsed, without touching anything, so the server's transaction
+/// takes the failure exactly as it would the refused statement's own
+/// error (an open transaction is aborted, as PostgreSQL does, and the
+/// client cannot commit half of it by ignoring the refusal). The server's
+/// log shows this text; the client sees the refusal instead.
+pub const REFUSED_SQL: &str = "SELECT 'portcullis: statement refused by policy'::pg_catalog.int4";
+
+/// Most masking plans a session keeps.
+const MASKER_CACHE_ENTRIES: usize = 256;
+
+/// How the core behaves; fixed for a session.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The largest message accepted from either side.
+    pub max_message_bytes: usize,
+    /// Whether batches are recorded before they are forwarded (false with
+    /// a no-op record sink: no record is built, nothing waits).
+    pub record: bool,
+    /// Whether `require_approval` statements are held (a hold handler is
+    /// there) or refused.
+    pub holds: bool,
+    /// How long a statement may be held.
+    pub hold_timeout: Duration,
+    /// The most client bytes kept while a batch waits (for the record sink,
+    /// an approval or the settings read-back).
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            max_message_bytes: codec::DEFAULT_MAX_MESSAGE_BYTES,
+            record: false,
+            holds: false,
+            hold_timeout: Duration::from_secs(15 * 60),
+            max_buffered_bytes: codec::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// What a session starts with.
+#[derive(Debug, Clone)]
+pub struct SessionStart {
+    /// The session id (the registry's, as in the logs and records).
+    pub id: u64,
+    /// Who the client is.
+    pub identity: Identity,
+    /// The engine in force.
+    pub engine: Arc<Engine>,
+    /// The `search_path` the server session started with (the startup
+    /// parameter, or the policy's): what a reset returns to.
+    pub search_path: Vec<String>,
+    /// The server's `standard_conforming_strings` at startup.
+    pub standard_conforming_strings: bool,
+    /// The upstream role (for `$user` in the search path).
+    pub user: String,
+    /// How the core behaves.
+    pub config: CoreConfig,
+}
+
+/// Something the driver must do for the core.
+#[derive(Debug)]
+pub enum Need {
+    /// Resolve these table OIDs through the catalog and answer with
+    /// [`SessionCore::handle_tables`]. Server messages wait until then.
+    ResolveTables {
+        /// The OIDs.
+        oids: Vec<u32>,
+    },
+    /// Read the column names of `table` (`schema.name`) and answer with
+    /// [`SessionCore::handle_copy_columns`]. Server messages wait.
+    CopyColumns {
+        /// The table.
+        table: String,
+    },
+    /// The catalog changed (DDL ran): forget cached table names.
+    InvalidateCatalog,
+    /// Cancel what the upstream connection runs.
+    CancelUpstream,
+    /// Persist these records and answer with
+    /// [`SessionCore::handle_persisted`]; the batch waits.
+    Persist {
+        /// The batch.
+        batch: u64,
+        /// Its records.
+        records: Vec<Record>,
+    },
+    /// Start deciding a held batch; answer with
+    /// [`SessionCore::handle_hold_outcome`].
+    Hold {
+        /// The hold.
+        hold: u64,
+        /// What is held.
+        request: HoldRequest,
+    },
+    /// The hold ended another way (timeout, cancel): stop deciding it.
+    EndHold {
+        /// The hold.
+        hold: u64,
+    },
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionEnd {
+    /// The client sent `Terminate`.
+    #[error("the client terminated the session")]
+    Terminated,
+    /// The client closed the connection.
+    #[error("the client went away")]
+    ClientGone,
+    /// The server closed the connection.
+    #[error("the database closed the connection")]
+    ServerGone,
+    /// The client sent bytes that are not a valid message.
+    #[error("invalid client message: {0}")]
+    ClientProtocol(CodecError),
+    /// The server sent bytes that are not a valid message.
+    #[error("invalid message from the database: {0}")]
+    ServerProtocol(CodecError),
+    /// A message came in a protocol state the gateway did not expect.
+    #[error("unexpected protocol state: {0}")]
+    Unexpected(String),
+    /// The client sent more than the gateway keeps while a batch waits.
+    #[error("the client sent more than {0} bytes while a statement waited")]
+    Flooded(usize),
+    /// The session was ended through the registry.
+    #[error("the session was ended by an administrator")]
+    Killed,
+}
+
+/// How a batch ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchEnd {
+    /// A simple query (or a function call), answered up to its
+    /// `ReadyForQuery`.
+    Query,
+    /// `Sync`.
+    Sync,
+    /// `Flush`.
+    Flush,
+    /// `Terminate`.
+    Terminate,
+}
+
+/// Client messages up to what PostgreSQL executes as a unit, decided and
+/// waiting to be recorded and forwarded.
+#[derive(Debug, Default)]
+struct Batch {
+    /// The bytes for the server.
+    bytes: BytesMut,
+    /// What the server will answer, in order.
+    pending: Vec<Pending>,
+    /// Records of the batch's statements.
+    records: Vec<Record>,
+    /// Statements needing approval.
+    held: Vec<HeldStatement>,
+    /// The engine's session before the batch changed it.
+    snapshot: Option<EngineSession>,
+    /// Statement and portal names the batch defined.
+    statements: Vec<String>,
+    portals: Vec<String>,
+    /// An allowed `COPY ... FROM STDIN` is in it: data follows.
+    copy_in: bool,
+    /// A statement in it changes settings: read them back after it.
+    settings: bool,
+    /// How it ended.
+    end: Option<BatchEnd>,
+    /// A message of it was refused: the client's messages after it are
+    /// dropped up to `Sync`.
+    failed: bool,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.pending.is_empty()
+    }
+}
+
+/// How client messages are taken.
+#[derive(Debug)]
+enum ClientState {
+    /// Read, decided and staged into the current batch.
+    Reading,
+    /// An allowed `COPY ... FROM STDIN` was forwarded: COPY messages pass.
+    CopyIn,
+    /// A message of this extended-protocol batch failed: the rest is
+    /// dropped up to `Sync`, as the server does.
+    DiscardingUntilSync,
+    /// The batch waits for its records to be persisted.
+    Recording { batch: Batch, id: u64 },
+    /// The batch is held until someone decides.
+    Held { batch: Batch, id: u64, deadline: Instant },
+    /// The settings are read back from the server before the client goes
+    /// on.
+    ReadingSettingsBack,
+    /// The session is over.
+    Closed(SessionEnd),
+}
+
+/// How server messages are taken.
+#[derive(Debug)]
+enum BackendState {
+    /// Relayed in order.
+    Relaying,
+    /// Dropped up to the next `ReadyForQuery` (after a row cap ended a
+    /// block early).
+    SkippingToReady,
+    /// This frame waits for a catalog answer.
+    WaitingCatalog(BackendFrame),
+}
+
+/// A statement prepared with `Parse`, as the gateway knows it.
+#[derive(Debug, Clone)]
+struct Prepared {
+    /// Unique in the session: answers are matched by id, not by name.
+    id: u64,
+    /// The text.
+    sql: Str,
+    /// Facts of the statement (the first one of the text).
+    facts: Option<Arc<StatementFacts>>,
+    /// The whole decision.
+    decision: Arc<Decision>,
+    /// The columns, once a `Describe` showed them.
+    fields: Option<Arc<Vec<FieldDescription>>>,
+}
+
+/// A portal made by `Bind`.
+#[derive(Debug, Clone)]
+struct Portal {
+    id: u64,
+    prepared: Prepared,
+    fields: Option<Arc<Vec<FieldDescription>>>,
+    /// Rows sent so far (across `Execute`s of the portal).
+    rows: u64,
+    /// Parameter formats and values, for records and holds.
+    param_formats: Vec<i16>,
+    params: Vec<Option<Bytes>>,
+}
+
+/// The result being relayed.
+#[derive(Debug)]
+struct ResultState {
+    facts: Option<Arc<StatementFacts>>,
+    masker: Option<Arc<RowMasker>>,
+    rows: u64,
+    cap: u64,
+    rule: Option<String>,
+    capped: bool,
+    /// COPY TO STDOUT in text format: masked per line, with this many
+    /// columns.
+    copy_out: Option<usize>,
+    /// The result may not be relayed (why): its rows are dropped and the
+    /// client gets this as an error.
+    refused: Option<String>,
+}
+
+impl ResultState {
+    fn new(facts: Option<Arc<StatementFacts>>, decision: &Decision) -> Self {
+        ResultState {
+            facts,
+            masker: None,
+            rows: 0,
+            cap: decision.max_rows,
+            rule: decision.rule.clone(),
+            capped: false,
+            copy_out: None,
+            refused: None,
+        }
+    }
+
+    fn empty() -> Self {
+        ResultState {
+            facts: None,
+            masker: None,
+            rows: 0,
+            cap: 0,
+            rule: None,
+            capped: false,
+            copy_out: None,
+            refused: None,
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.capped || self.refused.is_some()
+    }
+}
+
+/// A refusal the client gets in place of the server's failure of
+/// [`REFUSED_SQL`].
+#[derive(Debug, Clone)]
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+/// What the server is expected to answer, in order.
+#[derive(Debug)]
+enum Pending {
+    /// A simple query, up to its `ReadyForQuery`.
+    Query { decision: Arc<Decision>, index: usize, result: ResultState, failed: bool, refusal: Option<Refusal> },
+    /// `ParseComplete`.
+    Parse,
+    /// `BindComplete`.
+    Bind,
+    /// `ParameterDescription` and `RowDescription` or `NoData`.
+    DescribeStatement { name: String, id: u64 },
+    /// `RowDescription` or `NoData`; `internal` when the gateway asked.
+    DescribePortal { name: String, id: u64, internal: bool },
+    /// Rows and the end of an `Execute`.
+    Execute { portal: String, id: u64, fields: Option<Arc<Vec<FieldDescription>>>, result: ResultState },
+    /// `CloseComplete`.
+    Close,
+    /// `ReadyForQuery` after `Sync`.
+    Sync,
+    /// A `Sync` sent while the server may be in COPY IN, where it ignores
+    /// it: answered only when the COPY never started.
+    MaybeSync,
+    /// The server's failure of [`REFUSED_SQL`], sent in place of a refused
+    /// extended-protocol message.
+    Refused(Refusal),
+    /// The gateway's own `search_path` read-back; the client's
+    /// `ReadyForQuery` is held until it is done.
+    ReadSearchPath { held: BackendFrame, value: Option<String> },
+}
+
+/// A masking plan, with what it was made from.
+#[derive(Debug)]
+struct CachedMasker {
+    lineage: Vec<policy_core::OutputColumn>,
+    fields: Vec<FieldDescription>,
+    masker: Arc<RowMasker>,
+}
+
+/// The masking plan of the last `Execute`.
+#[derive(Debug)]
+struct LastMasker {
+    facts: Option<Arc<StatementFacts>>,
+    fields: Arc<Vec<FieldDescription>>,
+    masker: Arc<RowMasker>,
+}
+
+/// One client session's protocol logic. See the [module docs](super).
+#[derive(Debug)]
+pub struct SessionCore {
+    id: u64,
+    config: CoreConfig,
+    engine: Arc<Engine>,
+    identity: Identity,
+    state: EngineSession,
+    client: ClientState,
+    backend: BackendState,
+    client_in: BytesMut,
+    backend_in: BytesMut,
+    to_client: BytesMut,
+    to_server: BytesMut,
+    needs: VecDeque<Need>,
+    batch: Batch,
+    statements: HashMap<String, Option<Prepared>>,
+    portals: HashMap<String, Portal>,
+    pending: VecDeque<Pending>,
+    /// The transaction status of the last `ReadyForQuery`.
+    tx_status: u8,
+    /// A failure was reported in the current `Sync` block.
+    block_failed: bool,
+    /// Read the settings back after the next `Sync` (a batch that changed
+    /// one ended with `Flush`).
+    resync_after_sync: bool,
+    /// Read the settings back when the client's COPY ends.
+    settings_after_copy: bool,
+    /// A setting changed in the current transaction.
+    setting_touched_in_tx: bool,
+    /// The last `Execute` answered put the server in COPY IN (so a
+    /// [`Pending::MaybeSync`] after it gets no answer).
+    copy_in_started: bool,
+    ids: u64,
+    batches: u64,
+    sequence: u64,
+    maskers: HashMap<String, Vec<CachedMasker>>,
+    last_masker: Option<LastMasker>,
+    /// A catalog answer for the frame that waits for it.
+    tables: Option<HashMap<u32, Arc<Table>>>,
+    copy_columns: Option<Option<Vec<String>>>,
+    /// Room for one row's values, reused.
+    row: RowScratch,
+    now: Instant,
+}
+
+impl SessionCore {
+    /// A session that has just logged in (the client saw `ReadyForQuery`).
+    pub fn new(start: SessionStart, now: Instant) -> SessionCore {
+        let state = EngineSession {
+            standard_conforming_strings: start.standard_conforming_strings,
+            user: Some(start.user),
+            ..EngineSession::default()
+        }
+        .with_startup_search_path(start.search_path);
+        SessionCore {
+            id: start.id,
+            config: start.config,
+            engine: start.engine,
+            identity: start.identity,
+            state,
+            client: ClientState::Reading,
+            backend: BackendState::Relaying,
+            client_in: BytesMut::new(),
+            backend_in: BytesMut::new(),
+            to_client: BytesMut::new(),
+            to_server: BytesMut::new(),
+            needs: VecDeque::new(),
+            batch: Batch::default(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            pending: VecDeque::new(),
+            tx_status: b'I',
+            block_failed: false,
+            resync_after_sync: false,
+            settings_after_copy: false,
+            setting_touched_in_tx: false,
+            copy_in_started: false,
+            ids: 0,
+            batches: 0,
+            sequence: 0,
+            maskers: HashMap::new(),
+            last_masker: None,
+            tables: None,
+            copy_columns: None,
+            row: RowScratch::default(),
+            now,
+        }
+    }
+
+    // ------------------------------------------------------------ outputs
+
+    /// Bytes to write to the client; the driver writes them all and
+    /// clears the buffer.
+    pub fn client_output(&mut self) -> &mut BytesMut {
+        &mut self.to_client
+    }
+
+    /// Bytes to write to the server; the driver writes them all and clears
+    /// the buffer.
+    pub fn server_output(&mut self) -> &mut BytesMut {
+        &mut self.to_server
+    }
+
+    /// The next thing to do for the core.
+    pub fn poll_need(&mut self) -> Option<Need> {
+        self.needs.pop_front()
+    }
+
+    /// When [`SessionCore::handle_timeout`] must be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.client {
+            ClientState::Held { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    /// Why the session is over, once it is.
+    pub fn end(&self) -> Option<&SessionEnd> {
+        match &self.client {
+            ClientState::Closed(end) => Some(end),
+            _ => None,
+        }
+    }
+
+    /// What the session is doing, for the registry.
+    pub fn activity(&self) -> Activity {
+        match &self.client {
+            ClientState::Held { .. } => Activity::Held,
+            ClientState::Recording { .. } => Activity::Running,
+            _ if !self.pending.is_empty() => Activity::Running,
+            _ => Activity::Idle,
+        }
+    }
+
+    /// Whether the server may be running something of this session (so a
+    /// session ending now should cancel it).
+    pub fn statement_in_flight(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Whether the driver should read more from the client. False only
+    /// while a batch waits briefly (records, settings read-back) and the
+    /// client already sent as much as the core keeps: the client then
+    /// waits. While a statement is held the client is always read, so a
+    /// disconnect is seen at once and a flood is refused.
+    pub fn wants_client_data(&self) -> bool {
+        match &self.client {
+            ClientState::Closed(_) => false,
+            ClientState::Recording { .. } | ClientState::ReadingSettingsBack => {
+                self.client_in.len() < self.config.max_buffered_bytes
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether the driver should read more from the server (false while a
+    /// server message waits for the catalog).
+    pub fn wants_server_data(&self) -> bool {
+        !matches!(self.backend, BackendState::WaitingCatalog(_)) && self.end().is_none()
+    }
+
+    /// Gives back large buffers when the session is idle.
+    pub fn shrink_buffers(&mut self, keep: usize) {
+        if !self.pending.is_empty() {
+            return;
+        }
+        for buf in [&mut self.to_client, &mut self.to_server] {
+            if buf.is_empty() && buf.capacity() > keep {
+                *buf = BytesMut::new();
+            }
+        }
+        if self.client_in.is_empty() && self.client_in.capacity() > keep {
+            self.client_in = BytesMut::new();
+        }
+        if self.backend_in.is_empty() && self.backend_in.capacity() > keep {
+            self.backend_in = BytesMut::new();
+        }
+    }
+
+    // ------------------------------------------------------------- inputs
+
+    /// Where the driver puts what it reads from the client.
+    pub fn client_buffer(&mut self) -> &mut BytesMut {
+        &mut self.client_in
+    }
+
+    /// Both read buffers at once (client, server), for a driver that reads
+    /// the two sides concurrently.
+    pub fn read_buffers(&mut self) -> (&mut BytesMut, &mut BytesMut) {
+        (&mut self.client_in, &mut self.backend_in)
+    }
+
+    /// Where the driver puts what it reads from the server.
+    pub fn server_buffer(&mut self) -> &mut BytesMut {
+        &mut self.backend_in
+    }
+
+    /// Takes what the client sent (in [`SessionCore::client_buffer`]).
+    pub fn handle_client_data(&mut self, now: Instant) {
+        self.now = now;
+        self.process_client();
+    }
+
+    /// Takes what the server sent (in [`SessionCore::server_buffer`]).
+    pub fn handle_server_data(&mut self, now: Instant) {
+        self.now = now;
+        self.process_backend();
+    }
+
+    /// The client closed its side.
+    pub fn handle_client_eof(&mut self) {
+        if self.end().is_some() {
+            return;
+        }
+        if let ClientState::Held { id, .. } = &self.client {
+            self.needs.push_back(Need::EndHold { hold: *id });
+        }
+        let mut terminate = BytesMut::new();
+        frontend::terminate(&mut terminate);
+        self.to_server.extend_from_slice(&terminate);
+        self.close(SessionEnd::ClientGone);
+    }
+
+    /// The server closed its side.
+    pub fn handle_server_eof(&mut self) {
+        if self.end().is_some() {
+            return;
+        }
+        self.emit_error("FATAL", "08006", "the database closed the connection");
+        self.close(SessionEnd::ServerGone);
+    }
+
+    /// The engine in force changed (a policy reload): masking plans made
+    /// under the old one are dropped.
+    pub fn set_engine(&mut self, engine: Arc<Engine>) {
+        self.engine = engine;
+        self.maskers.clear();
+        self.last_masker = None;
+    }
+
+    /// The catalog's answer to [`Need::ResolveTables`].
+    pub fn handle_tables(&mut self, tables: HashMap<u32, Arc<Table>>, now: Instant) {
+        self.now = now;
+        self.tables = Some(tables);
+        self.resume_backend();
+    }
+
+    /// The catalog's answer to [`Need::CopyColumns`].
+    pub fn handle_copy_columns(&mut self, columns: Option<Vec<String>>, now: Instant) {
+        self.now = now;
+        self.copy_columns = Some(columns);
+        self.resume_backend();
+    }
+
+    /// The record sink's answer to [`Need::Persist`].
+    pub fn handle_persisted(&mut self, batch: u64, outcome: Result<(), RecordError>, now: Instant) {
+        self.now = now;
+        let ClientState::Recording { id, .. } = &self.client else { return };
+        if *id != batch {
+            return;
+        }
+        let ClientState::Recording { batch, .. } = std::mem::replace(&mut self.client, ClientState::Reading) else {
+            return;
+        };
+        match outcome {
+            Ok(()) => self.commit(batch),
+            Err(e) => {
+                tracing::warn!("a batch's records could not be written; refusing it: {e}");
+                let message =
+                    format!("the gateway could not write the audit record of this statement, so it was not run: {e}");
+                let refused = self.refuse_batch(batch, IO_ERROR, message);
+                self.commit(refused);
+            }
+        }
+        self.process_client();
+    }
+
+    /// A hold's outcome, from its handler.
+    pub fn handle_hold_outcome(&mut self, hold: u64, outcome: HoldOutcome, now: Instant) {
+        self.now = now;
+        let ClientState::Held { id, .. } = &self.client else { return };
+        if *id != hold {
+            return;
+        }
+        match outcome {
+            HoldOutcome::Release => {
+                let ClientState::Held { batch, .. } = std::mem::replace(&mut self.client, ClientState::Reading) else {
+                    return;
+                };
+                tracing::info!("held statement released");
+                self.record_or_commit(batch);
+            }
+            HoldOutcome::Refuse { reason } => {
+                tracing::info!("held statement refused");
+                self.end_hold(INSUFFICIENT_PRIVILEGE, format!("the statement was not approved: {reason}"), false);
+            }
+        }
+        self.process_client();
+    }
+
+    /// Time passed: a hold past its deadline ends.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        let ClientState::Held { deadline, .. } = &self.client else { return };
+        if now < *deadline {
+            return;
+        }
+        tracing::info!("held statement timed out");
+        let message = format!(
+            "the statement waited for approval longer than the hold timeout ({}) and was not run",
+            humantime(self.config.hold_timeout)
+        );
+        self.end_hold(QUERY_CANCELED, message, true);
+        self.process_client();
+    }
+
+    /// The client's `CancelRequest` (through the registry): a held
+    /// statement ends with `57014`; anything else is cancelled upstream.
+    pub fn handle_cancel(&mut self, now: Instant) {
+        self.now = now;
+        if matches!(self.client, ClientState::Held { .. }) {
+            tracing::info!("held statement cancelled by the client");
+            self.end_hold(QUERY_CANCELED, "canceling statement due to user request".to_string(), true);
+            self.process_client();
+            return;
+        }
+        if !self.pending.is_empty() {
+            self.needs.push_back(Need::CancelUpstream);
+        }
+    }
+
+    /// Ends the session from outside (the registry's terminate).
+    pub fn handle_terminate(&mut self) {
+        if self.end().is_some() {
+            return;
+        }
+        if let ClientState::Held { id, .. } = &self.client {
+            self.needs.push_back(Need::EndHold { hold: *id });
+        }
+        self.emit_error("FATAL", "57P01", "terminating connection due to administrator command");
+        let mut terminate = BytesMut::new();
+        frontend::terminate(&mut terminate);
+        self.to_server.extend_from_slice(&terminate);
+        self.close(SessionEnd::Killed);
+    }
+
+    // ------------------------------------------------------------- client
+
+    fn close(&mut self, end: SessionEnd) {
+        self.client = ClientState::Closed(end);
+    }
+
+    /// A protocol state the gateway did not expect: the client is told,
+    /// the log warns, and the session ends.
+    fn unexpected(&mut self, what: String) {
+        tracing::warn!("unexpected protocol state, ending the session: {what}");
+        self.emit_error(
+            "FATAL",
+            PROTOCOL_VIOLATION,
+            &format!("the gateway lost track of the protocol ({what}); the session ends"),
+        );
+        self.close(SessionEnd::Unexpected(what));
+    }
+
+    fn process_client(&mut self) {
+        loop {
+            match &self.client {
+                ClientState::Reading | ClientState::CopyIn | ClientState::DiscardingUntilSync => {}
+                ClientState::Held { .. } => {
+                    if self.client_in.len() > self.config.max_buffered_bytes {
+                        let max = self.config.max_buffered_bytes;
+                        if let ClientState::Held { id, .. } = &self.client {
+                            self.needs.push_back(Need::EndHold { hold: *id });
+                        }
+                        self.emit_error(
+                            "FATAL",
+                            CONFIGURATION_LIMIT_EXCEEDED,
+                            &format!(
+                                "the client sent more than {max} bytes while a statement was held for approval; the \
+                                 session ends"
+                            ),
+                        );
+                        self.close(SessionEnd::Flooded(max));
+                    }
+                    return;
+                }
+                _ => return,
+            }
+            let message = match codec::decode_frontend(&mut self.client_in, self.config.max_message_bytes) {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::info!("invalid client message: {e}");
+                    self.emit_error("FATAL", PROTOCOL_VIOLATION, &format!("invalid message: {e}"));
+                    self.close(SessionEnd::ClientProtocol(e));
+                    return;
+                }
+            };
+            self.on_client_message(message);
+        }
+    }
+
+    fn on_client_message(&mut self, m: FrontendMessage) {
+        match self.client {
+            ClientState::CopyIn => match m.message {
+                Frontend::CopyData(_) => {
+                    self.to_server.extend_from_slice(&m.frame);
+                    return;
+                }
+                Frontend::CopyDone | Frontend::CopyFail { .. } => {
+                    self.to_server.extend_from_slice(&m.frame);
+                    self.leave_copy_in();
+                    return;
+                }
+                Frontend::Flush => {
+                    // Ignored by the server in COPY IN.
+                    self.to_server.extend_from_slice(&m.frame);
+                    return;
+                }
+                Frontend::Sync => {
+                    // Ignored by the server in COPY IN, answered otherwise.
+                    self.to_server.extend_from_slice(&m.frame);
+                    self.pending.push_back(Pending::MaybeSync);
+                    return;
+                }
+                _ => {
+                    // Anything else ends the COPY, as the server would end it
+                    // with an error; the message then counts as itself.
+                    tracing::info!("client message during COPY FROM STDIN; ending the COPY");
+                    let mut fail = BytesMut::new();
+                    if frontend::copy_fail("the client sent another message during COPY", &mut fail).is_ok() {
+                        self.to_server.extend_from_slice(&fail);
+                    }
+                    self.leave_copy_in();
+                }
+            },
+            ClientState::DiscardingUntilSync => match m.message {
+                Frontend::Sync | Frontend::Terminate => self.client = ClientState::Reading,
+                Frontend::Flush => {
+                    // The refusal already staged reaches the client now.
+                    self.stage(&m.frame, None);
+                    self.finish_batch(BatchEnd::Flush);
+                    return;
+                }
+                _ => return,
+            },
+            _ => {}
+        }
+        match m.message {
+            Frontend::Query { sql } => {
+                self.on_query(sql, &m.frame);
+                self.finish_batch(BatchEnd::Query);
+            }
+            Frontend::Parse { name, sql, .. } => self.on_parse(name.as_str(), sql, &m.frame),
+            Frontend::Bind { portal, statement, result_formats, param_formats, params } => {
+                let Some(Some(prepared)) = self.statements.get(statement.as_str()).cloned() else {
+                    return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_statement(statement.as_str()));
+                };
+                let fields = prepared.fields.as_ref().map(|f| {
+                    // Columns already in the asked formats (text, the usual
+                    // case) are shared, not copied.
+                    if f.iter().enumerate().all(|(i, c)| c.format == format_at(&result_formats, i)) {
+                        Arc::clone(f)
+                    } else {
+                        Arc::new(with_formats(f, &result_formats))
+                    }
+                });
+                let id = self.next_id();
+                let name = portal.as_str().to_string();
+                self.batch.portals.push(name.clone());
+                self.portals.insert(name, Portal { id, prepared, fields, rows: 0, param_formats, params });
+                self.stage(&m.frame, Some(Pending::Bind));
+            }
+            Frontend::Describe { kind: b'S', name } => {
+                let Some(Some(p)) = self.statements.get(name.as_str()) else {
+                    return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_statement(name.as_str()));
+                };
+                let pending = Pending::DescribeStatement { name: name.as_str().to_string(), id: p.id };
+                self.stage(&m.frame, Some(pending));
+            }
+            Frontend::Describe { name, .. } => {
+                let Some(p) = self.portals.get(name.as_str()) else {
+                    return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_portal(name.as_str()));
+                };
+                let pending = Pending::DescribePortal { name: name.as_str().to_string(), id: p.id, internal: false };
+                self.stage(&m.frame, Some(pending));
+            }
+            Frontend::Execute { portal, .. } => self.on_execute(portal.as_str(), &m.frame),
+            Frontend::Close { kind, name } => {
+                if kind == b'S' {
+                    self.statements.remove(name.as_str());
+                } else {
+                    self.portals.remove(name.as_str());
+                }
+                self.stage(&m.frame, Some(Pending::Close));
+            }
+            Frontend::Sync => {
+                // A Sync right after an Execute of COPY FROM STDIN is ignored
+                // by the server once it is in COPY IN.
+                let pending = if self.batch.copy_in { Pending::MaybeSync } else { Pending::Sync };
+                if self.resync_after_sync {
+                    self.resync_after_sync = false;
+                    self.batch.settings = true;
+                }
+                self.stage(&m.frame, Some(pending));
+                self.finish_batch(BatchEnd::Sync);
+            }
+            Frontend::Flush => {
+                self.stage(&m.frame, None);
+                self.finish_batch(BatchEnd::Flush);
+            }
+            Frontend::Terminate => {
+                self.stage(&m.frame, None);
+                self.finish_batch(BatchEnd::Terminate);
+            }
+            Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail { .. } => {
+                // Not in COPY IN for an allowed statement (a refused COPY's
+                // data, or stray data): dropped, as the server drops it.
+            }
+            Frontend::FunctionCall => {
+                let refusal = Refusal {
+                    code: INSUFFICIENT_PRIVILEGE,
+                    message: "the function-call protocol message (F) is refused by the gateway: call the function \
+                              in a statement"
+                        .to_string(),
+                };
+                self.stage_refused_query(refusal);
+                self.finish_batch(BatchEnd::Query);
+            }
+            Frontend::Password(_) => {
+                self.emit_error("FATAL", PROTOCOL_VIOLATION, "unexpected password message");
+                self.close(SessionEnd::Unexpected("a password message after login".to_string()));
+            }
+        }
+    }
+
+    fn leave_copy_in(&mut self) {
+        if std::mem::take(&mut self.settings_after_copy) {
+            self.client = ClientState::ReadingSettingsBack;
+        } else {
+            self.client = ClientState::Reading;
+        }
+    }
+
+    /// Adds a message to the current batch.
+    fn stage(&mut self, frame: &[u8], pending: Option<Pending>) {
+        self.batch.bytes.extend_from_slice(frame);
+        if let Some(p) = pending {
+            self.batch.pending.push(p);
+        }
+    }
+
+    /// The batch is complete: held, recorded, or forwarded.
+    fn finish_batch(&mut self, end: BatchEnd) {
+        let mut batch = std::mem::take(&mut self.batch);
+        if batch.is_empty() {
+            return;
+        }
+        batch.end = Some(end);
+        if end == BatchEnd::Terminate {
+            self.commit(batch);
+            self.close(SessionEnd::Terminated);
+            return;
+        }
+        if !batch.held.is_empty() {
+            self.batches += 1;
+            let id = self.batches;
+            let request = HoldRequest { session: self.id, statements: batch.held.clone() };
+            let deadline = self.now + self.config.hold_timeout;
+            self.needs.push_back(Need::Hold { hold: id, request });
+            self.client = ClientState::Held { batch: Batch { held: Vec::new(), ..batch }, id, deadline };
+            return;
+        }
+        self.record_or_commit(batch);
+    }
+
+    fn record_or_commit(&mut self, mut batch: Batch) {
+        if self.config.record && !batch.records.is_empty() {
+            self.batches += 1;
+            let id = self.batches;
+            let records = std::mem::take(&mut batch.records);
+            self.needs.push_back(Need::Persist { batch: id, records });
+            self.client = ClientState::Recording { batch, id };
+            return;
+        }
+        self.commit(batch);
+    }
+
+    /// Forwards a batch.
+    fn commit(&mut self, batch: Batch) {
+        self.to_server.extend_from_slice(&batch.bytes);
+        self.pending.extend(batch.pending);
+        if matches!(self.client, ClientState::Closed(_)) {
+            return;
+        }
+        let flush = batch.end == Some(BatchEnd::Flush);
+        let settings = batch.settings && !flush;
+        if batch.settings && flush {
+            self.resync_after_sync = true;
+        }
+        self.client = if batch.copy_in {
+            self.settings_after_copy = settings;
+            ClientState::CopyIn
+        } else if settings {
+            ClientState::ReadingSettingsBack
+        } else if flush && batch.failed {
+            ClientState::DiscardingUntilSync
+        } else {
+            ClientState::Reading
+        };
+    }
+
+    /// Turns a waiting batch into a refusal: nothing of it runs, the
+    /// engine's session is as before it, and the names it defined are
+    /// unknown.
+    fn refuse_batch(&mut self, batch: Batch, code: &'static str, message: String) -> Batch {
+        if let Some(snapshot) = batch.snapshot {
+            self.state = snapshot;
+        }
+        for name in batch.statements {
+            self.statements.insert(name, None);
+        }
+        for name in batch.portals {
+            self.portals.remove(&name);
+        }
+        let refusal = Refusal { code, message };
+        let mut out = Batch { end: batch.end, ..Batch::default() };
+        match batch.end {
+            Some(BatchEnd::Query) | Some(BatchEnd::Terminate) | None => {
+                push_substitute_query(&mut out, refusal);
+            }
+            Some(BatchEnd::Sync) => {
+                push_substitute_parse(&mut out, refusal);
+                let mut sync = BytesMut::new();
+                frontend::sync(&mut sync);
+                out.bytes.extend_from_slice(&sync);
+                out.pending.push(Pending::Sync);
+            }
+            Some(BatchEnd::Flush) => {
+                push_substitute_parse(&mut out, refusal);
+                let mut flush = BytesMut::new();
+                frontend::flush(&mut flush);
+                out.bytes.extend_from_slice(&flush);
+                out.failed = true;
+            }
+        }
+        out
+    }
+
+    /// Ends a hold with a refusal.
+    fn end_hold(&mut self, code: &'static str, message: String, tell_handler: bool) {
+        let ClientState::Held { batch, id, .. } = std::mem::replace(&mut self.client, ClientState::Reading) else {
+            return;
+        };
+        if tell_handler {
+            self.needs.push_back(Need::EndHold { hold: id });
+        }
+        let refused = self.refuse_batch(batch, code, message);
+        self.commit(refused);
+    }
+
+    /// Refuses a message of the extended protocol: the error in turn, then
+    /// the client's messages up to `Sync` are dropped.
+    fn fail_block(&mut self, code: &'static str, message: String) {
+        self.client = ClientState::DiscardingUntilSync;
+        self.batch.failed = true;
+        if self.block_failed {
+            // The server is already skipping to Sync: one error per block.
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        push_substitute_parse(&mut batch, Refusal { code, message });
+        self.batch = batch;
+    }
+
+    fn stage_refused_query(&mut self, refusal: Refusal) {
+        let mut batch = std::mem::take(&mut self.batch);
+        push_substitute_query(&mut batch, refusal);
+        self.batch = batch;
+    }
+
+    fn decide(&self, sql: &str) -> Decision {
+        let decision = self.engine.decide(&self.identity, &self.state, sql);
+        // Refusals are logged at info; allowed statements at debug (a line
+        // per statement is the audit log's job, not the process log's).
+        macro_rules! decided {
+            ($level:ident) => {
+                tracing::$level!(
+                    subject = %decision.subject,
+                    actor = decision.actor.as_deref(),
+                    verdict = %decision.verdict,
+                    rule = decision.rule.as_deref(),
+                    fingerprint = decision.statements.first().map(|s| s.facts.fingerprint.as_str()),
+                    "statement decided"
+                )
+            };
+        }
+        if decision.verdict == Verdict::Allow {
+            decided!(debug);
+        } else {
+            decided!(info);
+        }
+        decision
+    }
+
+    /// Whether a decision lets the statement on: allowed, or held when
+    /// holds are on. `None` with the refusal otherwise.
+    fn admit(&self, decision: &Decision) -> Result<bool, String> {
+        match decision.verdict {
+            Verdict::Allow => Ok(false),
+            Verdict::RequireApproval if self.config.holds => Ok(true),
+            _ => Err(refusal(decision)),
+        }
+    }
+
+    fn record(&mut self, sql: &Str, parameters: Vec<Option<String>>, decision: &Arc<Decision>) {
+        if !self.config.record {
+            return;
+        }
+        self.sequence += 1;
+        let record =
+            StatementRecord::new(self.id, self.sequence, Arc::from(sql.as_str()), parameters, Arc::clone(decision));
+        self.batch.records.push(Record::Statement(record));
+    }
+
+    fn on_query(&mut self, sql: Str, frame: &[u8]) {
+        let decision = Arc::new(self.decide(sql.as_str()));
+        self.record(&sql, Vec::new(), &decision);
+        let held = match self.admit(&decision) {
+            Ok(held) => held,
+            Err(message) => {
+                return self.stage_refused_query(Refusal { code: INSUFFICIENT_PRIVILEGE, message });
+            }
+        };
+        if held {
+            self.batch.held.push(HeldStatement::new(Arc::from(sql.as_str()), Vec::new(), Arc::clone(&decision)));
+        }
+        let mut settings = false;
+        for s in decision.statements.iter() {
+            settings |= self.apply_effects(&s.facts);
+            if is_copy_from_stdin(&s.facts) {
+                self.batch.copy_in = true;
+            }
+        }
+        let first = decision.statements.first().map(|s| Arc::clone(&s.facts));
+        let result = ResultState::new(first, &decision);
+        self.stage(frame, Some(Pending::Query { decision, index: 0, result, failed: false, refusal: None }));
+        if settings {
+            self.batch.settings = true;
+        }
+    }
+
+    /// Applies a statement's effects to the engine's view (keeping the
+    /// view from before the batch, to restore should the batch not run);
+    /// returns whether the settings must be read back afterwards.
+    fn apply_effects(&mut self, facts: &StatementFacts) -> bool {
+        if !facts.session_effects.is_empty() && self.batch.snapshot.is_none() {
+            self.batch.snapshot = Some(self.state.clone());
+        }
+        for effect in &facts.session_effects {
+            self.state.apply(effect);
+        }
+        let changes_setting = facts.changes_settings
+            || facts
+                .session_effects
+                .iter()
+                .any(|e| matches!(e, SessionEffect::SetSearchPath { .. } | SessionEffect::ResetSearchPath));
+        if changes_setting {
+            self.setting_touched_in_tx = true;
+        }
+        changes_setting || (facts.ends_transaction && self.setting_touched_in_tx)
+    }
+
+    fn on_parse(&mut self, name: &str, sql: Str, frame: &[u8]) {
+        let decision = self.decide(sql.as_str());
+        if let Err(message) = self.admit(&decision) {
+            // The unnamed statement, or a name in use, now stands for the
+            // refused text: a later Bind must not reach what the server
+            // still holds under that name. Other names are unknown anyway
+            // (and are not kept: a client could pile them up).
+            if name.is_empty() || self.statements.contains_key(name) {
+                self.statements.insert(name.to_string(), None);
+            }
+            return self.fail_block(INSUFFICIENT_PRIVILEGE, message);
+        }
+        let facts = decision.statements.first().map(|s| Arc::clone(&s.facts));
+        let prepared = Prepared { id: self.next_id(), sql, facts, decision: Arc::new(decision), fields: None };
+        self.batch.statements.push(name.to_string());
+        self.statements.insert(name.to_string(), Some(prepared));
+        self.stage(frame, Some(Pending::Parse));
+    }
+
+    fn on_execute(&mut self, portal: &str, frame: &[u8]) {
+        let Some(p) = self.portals.get(portal).cloned() else {
+            return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_portal(portal));
+        };
+        let wants_parameters = self.config.record || p.prepared.decision.verdict == Verdict::RequireApproval;
+        let parameters = if wants_parameters { parameters_as_text(&p.param_formats, &p.params) } else { Vec::new() };
+        if p.prepared.decision.verdict == Verdict::RequireApproval && self.config.holds {
+            self.batch.held.push(HeldStatement::new(
+                Arc::from(p.prepared.sql.as_str()),
+                parameters.clone(),
+                Arc::clone(&p.prepared.decision),
+            ));
+        }
+        self.record(&p.prepared.sql, parameters, &p.prepared.decision);
+        if let Some(facts) = &p.prepared.facts {
+            if self.apply_effects(facts) {
+                self.resync_after_sync = true;
+            }
+            if is_copy_from_stdin(facts) {
+                self.batch.copy_in = true;
+            }
+        }
+        // The columns: known from a Describe, or about to be told by a
+        // Describe of this portal already on its way; otherwise the
+        // gateway asks (and keeps the answer from the client).
+        let describing = self
+            .pending
+            .iter()
+            .chain(self.batch.pending.iter())
+            .any(|e| matches!(e, Pending::DescribePortal { id, .. } if *id == p.id));
+        if p.fields.is_none() && !describing {
+            let mut describe = BytesMut::new();
+            if frontend::describe(b'P', portal, &mut describe).is_ok() {
+                let pending = Pending::DescribePortal { name: portal.to_string(), id: p.id, internal: true };
+                self.stage(&describe, Some(pending));
+            }
+        }
+        let mut result = ResultState::new(p.prepared.facts.clone(), &p.prepared.decision);
+        result.rows = p.rows;
+        let pending = Pending::Execute { portal: portal.to_string(), id: p.id, fields: p.fields.clone(), result };
+        self.stage(frame, Some(pending));
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.ids += 1;
+        self.ids
+    }
+
+    // ------------------------------------------------------------ backend
+
+    fn resume_backend(&mut self) {
+        let BackendState::WaitingCatalog(frame) = std::mem::replace(&mut self.backend, BackendState::Relaying) else {
+            return;
+        };
+        if !self.on_backend(frame) {
+            return;
+        }
+        self.tables = None;
+        self.copy_columns = None;
+        self.process_backend();
+    }
+
+    fn process_backend(&mut self) {
+        loop {
+            if !matches!(self.backend, BackendState::Relaying | BackendState::SkippingToReady) || self.end().is_some() {
+                return;
+            }
+            let frame = match codec::decode_backend(&mut self.backend_in, self.config.max_message_bytes) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("invalid message from the database: {e}");
+                    self.emit_error("FATAL", "08006", "the database sent an invalid message");
+                    self.close(SessionEnd::ServerProtocol(e));
+                    return;
+                }
+            };
+            if !self.on_backend(frame) {
+                return;
+            }
+        }
+        // Messages held while the settings were read back, or while a
+        // batch waited, are taken now.
+        if matches!(self.client, ClientState::Reading) && !self.client_in.is_empty() {
+            self.process_client();
+        }
+    }
+
+    /// Handles one server frame; false when it waits for the catalog (it
+    /// is kept, and handled again when the answer comes).
+    fn on_backend(&mut self, frame: BackendFrame) -> bool {
+        let Some(message) = frame.message() else {
+            self.unexpected(format!("unknown message type '{}' from the database", char::from(frame.kind)));
+            return true;
+        };
+        // Messages that can come at any time.
+        match message {
+            BackendMessage::ParameterStatus => {
+                if let Ok((name, value)) = codec::parse_parameter_status(&frame) {
+                    if name.as_str() == "standard_conforming_strings" {
+                        self.state.standard_conforming_strings = value.as_str() == "on";
+                    }
+                }
+                self.forward_to_client(&frame);
+                return true;
+            }
+            BackendMessage::NotificationResponse => {
+                self.relay_notification(&frame);
+                return true;
+            }
+            BackendMessage::NoticeResponse => {
+                self.relay_report(&frame);
+                return true;
+            }
+            _ => {}
+        }
+        if matches!(self.backend, BackendState::SkippingToReady) {
+            if message != BackendMessage::ReadyForQuery {
+                return true;
+            }
+            self.backend = BackendState::Relaying;
+        }
+        let Some(head) = self.pending.front() else {
+            if message == BackendMessage::ErrorResponse {
+                // A FATAL error outside any statement (shutdown, terminated backend).
+                self.relay_report(&frame);
+                return true;
+            }
+            self.unexpected(format!("{message:?} from the database with nothing outstanding"));
+            return true;
+        };
+        match head {
+            Pending::Query { .. } => self.on_query_frame(message, frame),
+            Pending::Execute { .. } => self.on_execute_frame(message, frame),
+            Pending::Parse | Pending::Bind | Pending::Close => {
+                let expected = match head {
+                    Pending::Parse => BackendMessage::ParseComplete,
+                    Pending::Bind => BackendMessage::BindComplete,
+                    _ => BackendMessage::CloseComplete,
+                };
+                if message == BackendMessage::ErrorResponse {
+                    self.on_block_error(&frame);
+                } else if message == expected {
+                    self.pending.pop_front();
+                    self.forward_to_client(&frame);
+                } else {
+                    self.unexpected(format!("{message:?} where {expected:?} was due"));
+                }
+                true
+            }
+            Pending::DescribeStatement { .. } | Pending::DescribePortal { .. } => {
+                self.on_describe_frame(message, frame)
+            }
+            Pending::MaybeSync => {
+                if std::mem::take(&mut self.copy_in_started) {
+                    // The server was in COPY IN and ignored this Sync.
+                    self.pending.pop_front();
+                    return self.on_backend(frame);
+                }
+                self.on_sync_frame(message, frame);
+                true
+            }
+            Pending::Sync => {
+                self.on_sync_frame(message, frame);
+                true
+            }
+            Pending::ReadSearchPath { .. } => {
+                self.on_read_search_path(message, &frame);
+                true
+            }
+            Pending::Refused(_) => {
+                let Some(Pending::Refused(refusal)) = self.pending.pop_front() else { return true };
+                // The substitute failed (as it always does): the client gets the refusal.
+                self.emit_error("ERROR", refusal.code, &refusal.message);
+                self.drop_block();
+                // After its error the server skips to Sync by itself; had the
+                // substitute not failed, what it answers next is not the client's.
+                if message != BackendMessage::ErrorResponse {
+                    tracing::warn!("the refusal's substitute statement did not fail; skipping to Sync");
+                    self.backend = BackendState::SkippingToReady;
+                } else {
+                    self.backend = BackendState::Relaying;
+                }
+                true
+            }
+        }
+    }
+
+    fn on_sync_frame(&mut self, message: BackendMessage, frame: BackendFrame) {
+        match message {
+            BackendMessage::ErrorResponse => self.relay_report(&frame),
+            BackendMessage::ReadyForQuery => {
+                self.pending.pop_front();
+                self.on_ready(frame);
+            }
+            other => self.unexpected(format!("{other:?} where ReadyForQuery was due")),
+        }
+    }
+
+    /// A `ReadyForQuery` that ends a client's block.
+    fn on_ready(&mut self, frame: BackendFrame) {
+        let status = match codec::parse_ready_for_query(&frame) {
+            Ok(s) => s,
+            Err(e) => {
+                self.emit_error("FATAL", "08006", "the database sent an invalid message");
+                self.close(SessionEnd::ServerProtocol(e));
+                return;
+            }
+        };
+        self.block_failed = false;
+        self.copy_in_started = false;
+        if matches!(self.client, ClientState::CopyIn) && self.pending.is_empty() {
+            // The COPY ended on the server's side (an error before any data
+            // was taken, or data sent ahead): what the client still sends
+            // for it is dropped.
+            self.leave_copy_in();
+        }
+        let tx_ended = status == b'I';
+        if tx_ended && self.pending.is_empty() {
+            // Portals do not outlive their transaction (unless messages
+            // after this Sync already made new ones).
+            self.portals.clear();
+        }
+        self.tx_status = status;
+        let reading_back = matches!(self.client, ClientState::ReadingSettingsBack);
+        if reading_back && self.pending.is_empty() && status != b'E' {
+            // Read the settings back before the client goes on.
+            let mut q = BytesMut::new();
+            if frontend::query("SELECT pg_catalog.current_setting('search_path')", &mut q).is_ok() {
+                self.to_server.extend_from_slice(&q);
+                self.pending.push_back(Pending::ReadSearchPath { held: frame, value: None });
+                return;
+            }
+        }
+        if reading_back && self.pending.is_empty() {
+            // A failed transaction: the settings are read back once it ends.
+            self.client = ClientState::Reading;
+        }
+        if tx_ended {
+            self.setting_touched_in_tx = false;
+        }
+        self.forward_to_client(&frame);
+    }
+
+    fn on_read_search_path(&mut self, message: BackendMessage, frame: &BackendFrame) {
+        let Some(Pending::ReadSearchPath { value, .. }) = self.pending.front_mut() else { return };
+        match message {
+            BackendMessage::DataRow => {
+                if let Ok(values) = codec::data_row_values(frame) {
+                    *value = values.into_iter().next().flatten().map(|b| String::from_utf8_lossy(&b).into_owned());
+                }
+            }
+            BackendMessage::ReadyForQuery => {
+                let Some(Pending::ReadSearchPath { held, value }) = self.pending.pop_front() else { return };
+                match value.as_deref().and_then(EngineSession::search_path_from_setting) {
+                    Some(path) => self.state.search_path = path,
+                    None => {
+                        // Unknown: no schema is searched, so unqualified
+                        // names resolve to nothing and are refused.
+                        tracing::warn!("could not read the search_path back; unqualified names will be refused");
+                        self.state.search_path.clear();
+                    }
+                }
+                if matches!(self.client, ClientState::ReadingSettingsBack) {
+                    self.client = ClientState::Reading;
+                }
+                if self.tx_status == b'I' {
+                    self.setting_touched_in_tx = false;
+                }
+                self.forward_to_client(&held);
+            }
+            _ => {}
+        }
+    }
+
+    /// A server error inside a `Sync` block: relayed, and the entries up to
+    /// the block's `Sync` are dropped (the server skips those messages).
+    fn on_block_error(&mut self, frame: &BackendFrame) {
+        self.relay_report(frame);
+        self.block_failed = true;
+        self.pop_to_block_end();
+    }
+
+    fn pop_to_block_end(&mut self) {
+        while let Some(p) = self.pending.front() {
+            if matches!(p, Pending::Sync | Pending::MaybeSync | Pending::Query { .. } | Pending::ReadSearchPath { .. })
+            {
+                break;
+            }
+            self.pending.pop_front();
+        }
+    }
+
+    /// After a capped result: the client sees the cap as the block's error.
+    fn drop_block(&mut self) {
+        self.block_failed = true;
+        self.pop_to_block_end();
+        // The server still answers what was sent after the capped
+        // Execute; those answers are not the client's.
+        self.backend = BackendState::SkippingToReady;
+    }
+
+    fn on_describe_frame(&mut self, message: BackendMessage, frame: BackendFrame) -> bool {
+        let (name, id, statement, internal) = match self.pending.front() {
+            Some(Pending::DescribeStatement { name, id }) => (name.clone(), *id, true, false),
+            Some(Pending::DescribePortal { name, id, internal }) => (name.clone(), *id, false, *internal),
+            _ => return true,
+        };
+        let fields: Vec<FieldDescription> = match message {
+            BackendMessage::ParameterDescription => {
+                self.forward_to_client(&frame);
+                return true;
+            }
+            BackendMessage::NoData => Vec::new(),
+            BackendMessage::RowDescription => match codec::parse_row_description(&frame) {
+                // Names copied out: kept fields must not pin the read buffer.
+                Ok(fields) => fields
+                    .into_iter()
+                    .map(|f| FieldDescription { name: Str::from(f.name.as_str().to_string()), ..f })
+                    .collect(),
+                Err(e) => {
+                    self.emit_error("FATAL", "08006", "the database sent an invalid message");
+                    self.close(SessionEnd::ServerProtocol(e));
+                    return true;
+                }
+            },
+            BackendMessage::ErrorResponse => {
+                self.on_block_error(&frame);
+                return true;
+            }
+            other => {
+                self.unexpected(format!("{other:?} after Describe"));
+                return true;
+            }
+        };
+        let facts = if statement {
+            match self.statements.get(&name) {
+                Some(Some(p)) if p.id == id => p.facts.clone(),
+                _ => None,
+            }
+        } else {
+            match self.portals.get(&name) {
+                Some(p) if p.id == id => p.prepared.facts.clone(),
+                _ => None,
+            }
+        };
+        // The masking plan first (it may wait for the catalog): nothing is
+        // changed before it is there.
+        let masker = if !internal && message == BackendMessage::RowDescription {
+            match self.masker(facts.as_deref(), &fields) {
+                Some(m) => Some(m),
+                None => {
+                    self.backend = BackendState::WaitingCatalog(frame);
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
+        self.pending.pop_front();
+        let fields = Arc::new(fields);
+        if statement {
+            if let Some(Some(p)) = self.statements.get_mut(&name) {
+                if p.id == id {
+                    p.fields = Some(Arc::clone(&fields));
+                }
+            }
+        } else {
+            for entry in self.pending.iter_mut() {
+                if let Pending::Execute { id: e, fields: f @ None, .. } = entry {
+                    if *e == id {
+                        *f = Some(Arc::clone(&fields));
+                    }
+                }
+            }
+            if let Some(p) = self.portals.get_mut(&name) {
+                if p.id == id {
+                    p.fields = Some(Arc::clone(&fields));
+                }
+            }
+        }
+        if internal {
+            return true;
+        }
+        match masker {
+            Some(masker) => self.forward_row_description(&frame, &fields, &masker),
+            None => self.forward_to_client(&frame),
+        }
+        true
+    }
+
+    fn on_execute_frame(&mut self, message: BackendMessage, frame: BackendFrame) -> bool {
+        let Some(Pending::Execute { portal, fields, result, .. }) = self.pending.front() else { return true };
+        let portal = portal.clone();
+        // The masker is planned at the first row of the result.
+        if result.masker.is_none() && message == BackendMessage::DataRow {
+            let facts = result.facts.clone();
+            let masker = match fields.clone() {
+                Some(fields) => match self.execute_masker(facts, fields) {
+                    Some(m) => m,
+                    None => {
+                        self.backend = BackendState::WaitingCatalog(frame);
+                        return false;
+                    }
+                },
+                None => {
+                    // Columns unknown: every value is masked whole.
+                    let n = codec::data_row_values(&frame).map(|v| v.len()).unwrap_or(0);
+                    tracing::warn!("result columns unknown; masking every value");
+                    self.unknown_columns_masker(n)
+                }
+            };
+            if let Some(Pending::Execute { result, .. }) = self.pending.front_mut() {
+                result.masker = Some(masker);
+            }
+        }
+        match message {
+            BackendMessage::DataRow | BackendMessage::CopyData => self.on_row(message, frame),
+            BackendMessage::CopyOutResponse => return self.start_copy_out(&frame, None),
+            BackendMessage::CopyDone => self.forward_to_client(&frame),
+            BackendMessage::CopyInResponse => {
+                self.copy_in_started = true;
+                self.forward_to_client(&frame);
+            }
+            BackendMessage::CommandComplete | BackendMessage::PortalSuspended | BackendMessage::EmptyQueryResponse => {
+                let Some(Pending::Execute { result, .. }) = self.pending.pop_front() else { return true };
+                if let Some(p) = self.portals.get_mut(&portal) {
+                    p.rows = result.rows;
+                }
+                if result.stopped() {
+                    self.report_stop(&result);
+                    self.drop_block();
+                    return true;
+                }
+                if message == BackendMessage::CommandComplete {
+                    self.after_command(result.facts.as_deref());
+                }
+                self.forward_to_client(&frame);
+            }
+            BackendMessage::ErrorResponse => {
+                let stopped = matches!(self.pending.front(), Some(Pending::Execute { result, .. }) if result.stopped());
+                if stopped {
+                    let Some(Pending::Execute { result, .. }) = self.pending.pop_front() else { return true };
+                    self.report_stop(&result);
+                    self.drop_block();
+                    return true;
+                }
+                self.on_block_error(&frame);
+            }
+            other => self.unexpected(format!("{other:?} during Execute")),
+        }
+        true
+    }
+
+    fn on_query_frame(&mut self, message: BackendMessage, frame: BackendFrame) -> bool {
+        let Some(Pending::Query { decision, index, failed, refusal, .. }) = self.pending.front() else {
+            return true;
+        };
+        let (decision, index, failed) = (Arc::clone(decision), *index, *failed);
+        if message == BackendMessage::ReadyForQuery {
+            self.pending.pop_front();
+            self.on_ready(frame);
+            return true;
+        }
+        if let Some(refusal) = refusal.clone() {
+            // The substitute's failure becomes the refusal; nothing else of it reaches the client.
+            if message == BackendMessage::ErrorResponse && !failed {
+                self.emit_error("ERROR", refusal.code, &refusal.message);
+                if let Some(Pending::Query { failed, .. }) = self.pending.front_mut() {
+                    *failed = true;
+                }
+            }
+            return true;
+        }
+        if failed {
+            return true;
+        }
+        // Only the frames that start or end a result need the statement's facts
+        // (not every row).
+        let facts = || decision.statements.get(index).map(|s| Arc::clone(&s.facts));
+        match message {
+            BackendMessage::RowDescription => {
+                let fields = match codec::parse_row_description(&frame) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.emit_error("FATAL", "08006", "the database sent an invalid message");
+                        self.close(SessionEnd::ServerProtocol(e));
+                        return true;
+                    }
+                };
+                let facts = facts();
+                let Some(masker) = self.masker(facts.as_deref(), &fields) else {
+                    self.backend = BackendState::WaitingCatalog(frame);
+                    return false;
+                };
+                self.forward_row_description(&frame, &fields, &masker);
+                if let Some(Pending::Query { result, .. }) = self.pending.front_mut() {
+                    let mut fresh = ResultState::new(facts, &decision);
+                    fresh.masker = Some(masker);
+                    *result = fresh;
+                }
+            }
+            BackendMessage::DataRow | BackendMessage::CopyData => self.on_row(message, frame),
+            BackendMessage::CopyOutResponse => return self.start_copy_out(&frame, facts()),
+            BackendMessage::CopyInResponse => {
+                self.forward_to_client(&frame);
+            }
+            BackendMessage::CopyDone | BackendMessage::CopyBothResponse | BackendMessage::EmptyQueryResponse => {
+                self.forward_to_client(&frame);
+            }
+            BackendMessage::CommandComplete => {
+                if self.current_result().is_some_and(ResultState::stopped) {
+                    self.end_stopped_query();
+                    return true;
+                }
+                self.after_command(facts().as_deref());
+                self.forward_to_client(&frame);
+                if let Some(Pending::Query { index, result, .. }) = self.pending.front_mut() {
+                    *index += 1;
+                    let next = decision.statements.get(*index).map(|s| Arc::clone(&s.facts));
+                    *result = ResultState::new(next, &decision);
+                }
+            }
+            BackendMessage::ErrorResponse => {
+                if self.current_result().is_some_and(ResultState::stopped) {
+                    self.end_stopped_query();
+                    return true;
+                }
+                self.relay_report(&frame);
+                if let Some(Pending::Query { failed, .. }) = self.pending.front_mut() {
+                    *failed = true;
+                }
+            }
+            other => self.unexpected(format!("{other:?} in a query result")),
+        }
+        true
+    }
+
+    fn end_stopped_query(&mut self) {
+        let report = match self.pending.front_mut() {
+            Some(Pending::Query { result, failed, .. }) => {
+                *failed = true;
+                Some(std::mem::replace(result, ResultState::empty()))
+            }
+            _ => None,
+        };
+        if let Some(r) = report {
+            self.report_stop(&r);
+        }
+    }
+
+    fn current_result(&self) -> Option<&ResultState> {
+        match self.pending.front() {
+            Some(Pending::Query { result, .. }) | Some(Pending::Execute { result, .. }) => Some(result),
+            _ => None,
+        }
+    }
+
+    fn current_result_mut(&mut self) -> Option<&mut ResultState> {
+        match self.pending.front_mut() {
+            Some(Pending::Query { result, .. }) | Some(Pending::Execute { result, .. }) => Some(result),
+            _ => None,
+        }
+    }
+
+    /// A result row (`DataRow`, or `CopyData` of a COPY TO STDOUT).
+    fn on_row(&mut self, message: BackendMessage, frame: BackendFrame) {
+        let Some(result) = (match self.pending.front_mut() {
+            Some(Pending::Query { result, .. }) | Some(Pending::Execute { result, .. }) => Some(result),
+            _ => None,
+        }) else {
+            return;
+        };
+        if result.refused.is_some() {
+            return;
+        }
+        let copy = message == BackendMessage::CopyData;
+        if copy && result.copy_out.is_none() {
+            // COPY data outside a COPY OUT: not ours to judge.
+            self.to_client.extend_from_slice(&frame.frame);
+            return;
+        }
+        result.rows += 1;
+        if result.cap > 0 && result.rows > result.cap {
+            if !result.capped {
+                result.capped = true;
+                tracing::info!(cap = result.cap, "row cap reached; cancelling the query");
+                self.needs.push_back(Need::CancelUpstream);
+            }
+            return;
+        }
+        let Some(masker) = result.masker.as_ref().filter(|m| !m.is_noop()) else {
+            self.to_client.extend_from_slice(&frame.frame);
+            return;
+        };
+        if let Some(columns) = result.copy_out {
+            let mut row = self.row.lend();
+            let newline = copy::split_line(frame.body(), &mut row);
+            let outcome = if row.len() != columns {
+                Err(())
+            } else if masker.mask_row(&mut row) == 0 {
+                self.to_client.extend_from_slice(&frame.frame);
+                Ok(())
+            } else {
+                copy::copy_data_line(&mut self.to_client, &row, newline).map_err(|_| ())
+            };
+            self.row.give_back(row);
+            if outcome.is_err() {
+                // A line that does not split into the result's columns
+                // cannot be masked: the rest of the COPY is refused.
+                result.refused = Some(
+                    "a COPY line did not split into the result's columns, so it could not be masked; the COPY is \
+                     refused"
+                        .to_string(),
+                );
+                self.needs.push_back(Need::CancelUpstream);
+            }
+            return;
+        }
+        let mut row = self.row.lend();
+        let outcome = codec::data_row_values_into(&frame, &mut row).and_then(|()| {
+            if masker.mask_row(&mut row) == 0 {
+                self.to_client.extend_from_slice(&frame.frame);
+                Ok(())
+            } else {
+                codec::data_row(&mut self.to_client, row.iter().map(Option::as_deref))
+            }
+        });
+        self.row.give_back(row);
+        if let Err(e) = outcome {
+            self.emit_error("FATAL", "08006", "the database sent an invalid message");
+            self.close(SessionEnd::ServerProtocol(e));
+        }
+    }
+
+    fn start_copy_out(&mut self, frame: &BackendFrame, facts: Option<Arc<StatementFacts>>) -> bool {
+        let (format, columns) = match codec::parse_copy_response(frame) {
+            Ok(c) => c,
+            Err(e) => {
+                self.emit_error("FATAL", "08006", "the database sent an invalid message");
+                self.close(SessionEnd::ServerProtocol(e));
+                return true;
+            }
+        };
+        let facts = facts.or_else(|| self.current_result().and_then(|r| r.facts.clone()));
+        let engine = Arc::clone(&self.engine);
+        let mut fields: Vec<ColumnInfo> = match facts.as_deref() {
+            Some(f) if f.output_columns.len() == columns.len() && f.output_columns.iter().all(|c| c.name != "*") => {
+                f.output_columns.iter().map(|c| ColumnInfo::text(&c.name, None)).collect()
+            }
+            _ => (0..columns.len()).map(|i| ColumnInfo::text(&format!("column{}", i + 1), None)).collect(),
+        };
+        // `COPY table TO STDOUT`: the table's columns, from the catalog.
+        let whole_table = facts.as_deref().and_then(|f| match f.output_columns.as_slice() {
+            [only] if only.name == "*" && only.sources.len() == 1 => {
+                only.sources.first().and_then(|s| s.strip_suffix(".*")).map(str::to_string)
+            }
+            _ => None,
+        });
+        if let Some(table) = whole_table.filter(|_| !engine.policy().masks.is_empty()) {
+            let names = match self.copy_columns.take() {
+                Some(answer) => answer,
+                None => {
+                    self.needs.push_back(Need::CopyColumns { table });
+                    self.backend = BackendState::WaitingCatalog(frame.clone());
+                    return false;
+                }
+            };
+            if let Some(names) = names {
+                if names.len() == columns.len() {
+                    fields = names.iter().map(|n| ColumnInfo::text(n, Some(n))).collect();
+                }
+            }
+        }
+        let masker = engine.masker(&self.identity, facts.as_deref().unwrap_or(&StatementFacts::default()), &fields);
+        // Only the plain text layout is masked: tab-separated, `\N` for
+        // NULL, no header. Anything else with something to mask is refused.
+        let plain =
+            facts.as_deref().is_none_or(|f| f.copy_options.iter().all(|o| o.eq_ignore_ascii_case("format=text")));
+        let column_masks = (0..fields.len()).any(|i| masker.mask_of(i).is_some());
+        let refuse = match (masker.is_noop(), format != 0, plain) {
+            (true, _, _) => None,
+            (false, true, _) if column_masks => {
+                Some("COPY in binary format of a result with masked columns is refused; use the text format")
+            }
+            (false, true, _) => Some(
+                "COPY in binary format cannot be scanned by the policy's PII detectors and is refused; use the text \
+                 format",
+            ),
+            (false, false, false) => Some(
+                "COPY of masked data is done in the plain text format only (no CSV, DELIMITER, HEADER, NULL, QUOTE, \
+                 ESCAPE or ENCODING options); this one is refused",
+            ),
+            (false, false, true) => None,
+        };
+        if let Some(result) = self.current_result_mut() {
+            result.copy_out = Some(columns.len());
+            result.masker = Some(Arc::new(masker));
+            if let Some(reason) = refuse {
+                result.refused = Some(reason.to_string());
+            }
+        }
+        if refuse.is_some() {
+            self.needs.push_back(Need::CancelUpstream);
+            return true;
+        }
+        self.forward_to_client(frame);
+        true
+    }
+
+    fn report_stop(&mut self, result: &ResultState) {
+        let message = match &result.refused {
+            Some(reason) => reason.clone(),
+            None => {
+                let rule = result.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
+                format!(
+                    "row limit reached: the statement returned more than {} rows, the most this identity may read \
+                     at once{rule}; add a LIMIT or narrow the query",
+                    result.cap
+                )
+            }
+        };
+        let code = if result.refused.is_some() { INSUFFICIENT_PRIVILEGE } else { PROGRAM_LIMIT_EXCEEDED };
+        self.emit_error("ERROR", code, &message);
+    }
+
+    fn after_command(&mut self, facts: Option<&StatementFacts>) {
+        if facts.is_some_and(|f| f.class == policy_core::Class::Ddl) {
+            self.needs.push_back(Need::InvalidateCatalog);
+            self.maskers.clear();
+            self.last_masker = None;
+        }
+    }
+
+    /// A masker for a result whose columns the gateway does not know.
+    fn unknown_columns_masker(&mut self, n: usize) -> Arc<RowMasker> {
+        let columns: Vec<ColumnInfo> = (0..n).map(|i| ColumnInfo::new(&format!("column{i}"), None, 0, true)).collect();
+        Arc::new(self.engine.masker(&self.identity, &StatementFacts::default(), &columns))
+    }
+
+    /// The masking plan of an `Execute`'s result: the last one when the
+    /// statement and its columns are the very same (the usual prepared
+    /// statement run again and again), otherwise [`Self::masker`]'s.
+    fn execute_masker(
+        &mut self,
+        facts: Option<Arc<StatementFacts>>,
+        fields: Arc<Vec<FieldDescription>>,
+    ) -> Option<Arc<RowMasker>> {
+        if let Some(last) = &self.last_masker {
+            let same_facts = match (&last.facts, &facts) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same_facts && Arc::ptr_eq(&last.fields, &fields) {
+                return Some(Arc::clone(&last.masker));
+            }
+        }
+        let masker = self.masker(facts.as_deref(), &fields)?;
+        self.last_masker = Some(LastMasker { facts, fields, masker: Arc::clone(&masker) });
+        Some(masker)
+    }
+
+    /// Plans the masking of a result, or finds the plan made for the same
+    /// statement shape, lineage and columns under the same policy; `None`
+    /// when the catalog must be asked first (the [`Need`] is queued).
+    fn masker(&mut self, facts: Option<&StatementFacts>, fields: &[FieldDescription]) -> Option<Arc<RowMasker>> {
+        let engine = Arc::clone(&self.engine);
+        if engine.policy().masks.is_empty() && engine.detectors().is_empty() {
+            return Some(Arc::new(RowMasker::default()));
+        }
+        let key = facts.map(|f| f.fingerprint.as_str()).unwrap_or_default();
+        let lineage = facts.map(|f| f.output_columns.as_slice()).unwrap_or_default();
+        if let Some(hit) = self
+            .maskers
+            .get(key)
+            .and_then(|entries| entries.iter().find(|e| e.lineage == lineage && e.fields == fields))
+        {
+            return Some(Arc::clone(&hit.masker));
+        }
+        let mut oids: Vec<u32> = fields.iter().map(|f| f.table_oid).filter(|o| *o != 0).collect();
+        oids.sort_unstable();
+        oids.dedup();
+        let tables = if engine.policy().masks.is_empty() || oids.is_empty() {
+            HashMap::new()
+        } else {
+            match self.tables.take() {
+                Some(t) => t,
+                None => {
+                    self.needs.push_back(Need::ResolveTables { oids });
+                    return None;
+                }
+            }
+        };
+        let columns: Vec<ColumnInfo> = fields
+            .iter()
+            .map(|f| {
+                let source = tables.get(&f.table_oid).and_then(|t| t.column(f.column));
+                ColumnInfo::new(f.name.as_str(), source.as_deref(), f.type_oid, f.format == 1)
+            })
+            .collect();
+        let default = StatementFacts::default();
+        let masker = Arc::new(engine.masker(&self.identity, facts.unwrap_or(&default), &columns));
+        if self.maskers.len() >= MASKER_CACHE_ENTRIES {
+            self.maskers.clear();
+        }
+        self.maskers.entry(key.to_string()).or_default().push(CachedMasker {
+            lineage: lineage.to_vec(),
+            fields: fields.to_vec(),
+            masker: Arc::clone(&masker),
+        });
+        Some(masker)
+    }
+
+    fn forward_row_description(&mut self, frame: &BackendFrame, fields: &[FieldDescription], masker: &RowMasker) {
+        if masker.retyped_columns().is_empty() {
+            self.forward_to_client(frame);
+            return;
+        }
+        let mut fields = fields.to_vec();
+        for &i in masker.retyped_columns() {
+            if let Some(f) = fields.get_mut(i) {
+                f.type_oid = 25;
+                f.type_size = -1;
+                f.type_modifier = -1;
+            }
+        }
+        if let Err(e) = codec::row_description(&mut self.to_client, &fields) {
+            self.unexpected(format!("a RowDescription could not be rewritten: {e}"));
+        }
+    }
+
+    fn forward_to_client(&mut self, frame: &BackendFrame) {
+        self.to_client.extend_from_slice(&frame.frame);
+    }
+
+    /// Relays a `NotificationResponse` (LISTEN/NOTIFY); its payload is data
+    /// any session may have sent, so it passes through the detectors.
+    fn relay_notification(&mut self, frame: &BackendFrame) {
+        let body = frame.body();
+        let parsed = body.get(4..).and_then(|rest| {
+            let channel_end = rest.iter().position(|b| *b == 0)?;
+            let payload = rest.get(channel_end + 1..)?.strip_suffix(b"\0")?;
+            Some((rest.get(..channel_end)?, std::str::from_utf8(payload).ok()?))
+        });
+        let Some((channel, payload)) = parsed else {
+            self.unexpected("a malformed NotificationResponse from the database".to_string());
+            return;
+        };
+        let scrubber = self.engine.scrubber(&self.identity, []);
+        let Scrubbed::Replace(clean) = scrubber.scrub("00000", b'M', payload) else {
+            self.forward_to_client(frame);
+            return;
+        };
+        let mut out = Vec::with_capacity(frame.frame.len());
+        out.extend_from_slice(body.get(..4).unwrap_or_default());
+        out.extend_from_slice(channel);
+        out.push(0);
+        out.extend_from_slice(clean.as_bytes());
+        out.push(0);
+        let Ok(len) = i32::try_from(out.len() + 4) else { return };
+        self.to_client.extend_from_slice(b"A");
+        self.to_client.extend_from_slice(&len.to_be_bytes());
+        self.to_client.extend_from_slice(&out);
+    }
+
+    /// Relays a server error or notice, scrubbed for this client.
+    fn relay_report(&mut self, frame: &BackendFrame) {
+        let fields = match codec::parse_fields(frame) {
+            Ok(f) => f,
+            Err(e) => {
+                self.emit_error("FATAL", "08006", "the database sent an invalid message");
+                self.close(SessionEnd::ServerProtocol(e));
+                return;
+            }
+        };
+        let facts: Vec<Arc<StatementFacts>> = match self.pending.front() {
+            Some(Pending::Query { decision, .. }) => decision.statements.iter().map(|s| Arc::clone(&s.facts)).collect(),
+            Some(Pending::Execute { result, .. }) => result.facts.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let scrubber = self.engine.scrubber(&self.identity, facts.iter().map(|f| &**f));
+        let sqlstate = fields.iter().find(|(c, _)| *c == b'C').map(|(_, v)| v.as_str().to_string()).unwrap_or_default();
+        let mut changed = false;
+        let mut out: Vec<(u8, Cow<'_, str>)> = Vec::with_capacity(fields.len());
+        for (code, value) in &fields {
+            match scrubber.scrub(&sqlstate, *code, value.as_str()) {
+                Scrubbed::Keep => out.push((*code, Cow::Borrowed(value.as_str()))),
+                Scrubbed::Replace(v) => {
+                    changed = true;
+                    out.push((*code, Cow::Owned(v)));
+                }
+                Scrubbed::Drop => changed = true,
+            }
+        }
+        if !changed {
+            self.forward_to_client(frame);
+            return;
+        }
+        let borrowed: Vec<(u8, &str)> = out.iter().map(|(c, v)| (*c, v.as_ref())).collect();
+        if codec::fields_message(&mut self.to_client, frame.kind, &borrowed).is_err() {
+            self.emit_error("ERROR", "XX000", "the database reported an error the gateway could not relay");
+        }
+    }
+
+    fn emit_error(&mut self, severity: &str, code: &str, message: &str) {
+        if codec::error_response(&mut self.to_client, severity, code, message, &[]).is_err() {
+            // Only a NUL byte in the text can fail; say it without the text.
+            let _ = codec::error_response(&mut self.to_client, severity, code, "error", &[]);
+        }
+    }
+}
+
+/// Stages [`REFUSED_SQL`] as a simple query, answered with `refusal`.
+fn push_substitute_query(batch: &mut Batch, refusal: Refusal) {
+    let mut substitute = BytesMut::new();
+    if frontend::query(REFUSED_SQL, &mut substitute).is_err() {
+        return;
+    }
+    batch.bytes.extend_from_slice(&substitute);
+    batch.pending.push(Pending::Query {
+        decision: Arc::new(refusal_decision(&refusal.message)),
+        index: 0,
+        result: ResultState::empty(),
+        failed: false,
+        refusal: Some(refusal),
+    });
+}
+
+/// Stages [`REFUSED_SQL`] as a `Parse`, answered with `refusal`.
+fn push_substitute_parse(batch: &mut Batch, refusal: Refusal) {
+    let mut substitute = BytesMut::new();
+    if frontend::parse("", REFUSED_SQL, std::iter::empty(), &mut substitute).is_err() {
+        return;
+    }
+    batch.bytes.extend_from_slice(&substitute);
+    batch.pending.push(Pending::Refused(refusal));
+}
+
+fn refusal_decision(message: &str) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        reason: message.to_string(),
+        rule: None,
+        max_rows: 0,
+        approvers: Vec::new(),
+        subject: String::new(),
+        actor: None,
+        statements: Arc::from(Vec::new()),
+        diagnostics: Vec::new(),
+    }
+}
+
+/// Whether a statement is a `COPY ... FROM STDIN` (data follows from the
+/// client).
+fn is_copy_from_stdin(facts: &StatementFacts) -> bool {
+    facts.command == "COPY" && !facts.written_tables.is_empty()
+}
+
+/// The bound parameters as text: text-format values as they are (lossy
+/// UTF-8), binary ones as `\x` and hex, `None` for NULL.
+pub fn parameters_as_text(formats: &[i16], params: &[Option<Bytes>]) -> Vec<Option<String>> {
+    params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.as_ref().map(|v| {
+                if format_at(formats, i) == 1 {
+                    let mut s = String::with_capacity(2 + v.len() * 2);
+                    s.push_str("\\x");
+                    for b in v.iter() {
+                        s.push_str(&format!("{b:02x}"));
+                    }
+                    s
+                } else {
+                    String::from_utf8_lossy(v).into_owned()
+                }
+            })
+        })
+        .collect()
+}
+
+/// A duration as the config writes it (`15m`, `90s`, `1h30m`).
+fn humantime(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// The refusal message of a decision that is not an allow.
+fn refusal(decision: &Decision) -> String {
+    let rule = decision.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
+    match decision.verdict {
+        Verdict::Allow | Verdict::Deny => format!("refused by policy{rule}: {}", decision.reason),
+        Verdict::RequireApproval => format!(
+            "this statement needs approval{rule}: {}; approvals are not available in this version of the gateway, so \
+             it is refused",
+            decision.reason
+        ),
+    }
+}
+
+fn unknown_statement(name: &str) -> String {
+    format!("prepared statement \"{name}\" does not exist or was refused by policy")
+}
+
+fn unknown_portal(name: &str) -> String {
+    format!("portal \"{name}\" does not exist or its statement was refused by policy")
+}
+
+/// The statement's columns with the formats a `Bind` asked for.
+fn with_formats(fields: &[FieldDescription], formats: &[i16]) -> Vec<FieldDescription> {
+    fields.iter().enumerate().map(|(i, f)| FieldDescription { format: format_at(formats, i), ..f.clone() }).collect()
+}
+
+/// The format of column or parameter `i` under format codes: none (text),
+/// one for all, or one per column.
+fn format_at(formats: &[i16], i: usize) -> i16 {
+    match formats {
+        [] => 0,
+        [one] => *one,
+        many => many.get(i).copied().unwrap_or(0),
+    }
+}
+
+/// The room of one row's values, kept from row to row (a result of a
+/// million rows allocates it once).
+#[derive(Debug, Default)]
+struct RowScratch(Vec<Option<Cow<'static, [u8]>>>);
+
+impl RowScratch {
+    /// An empty row to fill with values borrowed from one frame.
+    fn lend<'a>(&mut self) -> Vec<Option<Cow<'a, [u8]>>> {
+        std::mem::take(&mut self.0)
+    }
+
+    /// Takes the row's room back (the values are dropped; collecting an
+    /// emptied vector into one of the same layout keeps its allocation).
+    fn give_back(&mut self, mut row: Vec<Option<Cow<'_, [u8]>>>) {
+        row.clear();
+        self.0 = row.into_iter().map(|_| None).collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+    use super::*;
+
+    #[test]
+    fn the_row_scratch_keeps_its_room() {
+        let mut scratch = RowScratch::default();
+        let line = b"a\tb\tc".to_vec();
+        let mut row = scratch.lend();
+        row.extend(line.split(|b| *b == b'\t').map(|f| Some(Cow::Borrowed(f))));
+        let room = row.capacity();
+        scratch.give_back(row);
+        let again = scratch.lend();
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), room);
+    }
+
+    #[test]
+    fn binary_parameters_are_shown_as_hex() {
+        let params = vec![Some(Bytes::from_static(b"42")), None, Some(Bytes::from_static(&[0, 255]))];
+        assert_eq!(
+            parameters_as_text(&[0, 0, 1], &params),
+            vec![Some("42".to_string()), None, Some("\\x00ff".to_string())]
+        );
+        assert_eq!(parameters_as_text(&[1], &params[..1]), vec![Some("\\x3432".to_string())]);
+    }
+
+    #[test]
+    fn durations_read_as_in_the_config() {
+        assert_eq!(humantime(Duration::from_secs(900)), "15m");
+        assert_eq!(humantime(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(humantime(Duration::from_millis(200)), "200ms");
+    }
+}

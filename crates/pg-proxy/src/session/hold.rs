@@ -1,0 +1,74 @@
+//! Holds: a statement kept on the live session until someone decides.
+//!
+//! When a decision is `require_approval` and the gateway has a
+//! [`HoldHandler`], the session core holds the batch holding the statement
+//! instead of refusing it: nothing of it reaches the server, the client's
+//! further messages are read into a bounded buffer, and the core asks for
+//! an outcome with a [`Need::Hold`](super::Need::Hold). The hold ends on
+//!
+//! - [`HoldOutcome::Release`]: the batch goes on (recorded, then
+//!   forwarded) as if it had been allowed;
+//! - [`HoldOutcome::Refuse`]: the client gets `42501` with the reason;
+//! - the hold's timeout (an error naming it, `57014`), the client's
+//!   `CancelRequest` (`57014`), or the client going away.
+//!
+//! The session goes on after each. Without a handler, `require_approval`
+//! statements are refused, saying approvals are not available.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use policy_core::Decision;
+
+/// One statement of a held batch, as an approver must see it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct HeldStatement {
+    /// The SQL text.
+    pub sql: Arc<str>,
+    /// The bound parameters as text (binary ones as `\x` and hex; `None` is
+    /// NULL); empty for a simple query.
+    pub parameters: Vec<Option<String>>,
+    /// The decision that asked for approval.
+    pub decision: Arc<Decision>,
+}
+
+impl HeldStatement {
+    /// A held statement.
+    pub fn new(sql: Arc<str>, parameters: Vec<Option<String>>, decision: Arc<Decision>) -> HeldStatement {
+        HeldStatement { sql, parameters, decision }
+    }
+}
+
+/// What is held: every statement of the batch that needs approval.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct HoldRequest {
+    /// The session holding it.
+    pub session: u64,
+    /// The statements needing approval, in order.
+    pub statements: Vec<HeldStatement>,
+}
+
+/// How a hold ends, as told by its handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// Run it.
+    Release,
+    /// Do not run it; the client is told why.
+    Refuse {
+        /// The reason, shown to the client.
+        reason: String,
+    },
+}
+
+/// The future a handler returns.
+pub type Deciding = Pin<Box<dyn Future<Output = HoldOutcome> + Send>>;
+
+/// Decides held statements (the approvals store plugs in here).
+pub trait HoldHandler: Send + Sync + std::fmt::Debug {
+    /// Starts deciding `request`; the session drops the future when the
+    /// hold ends another way (timeout, cancel, client gone).
+    fn hold(&self, request: HoldRequest) -> Deciding;
+}

@@ -1,0 +1,338 @@
+//! One client session: every statement decided, recorded and then
+//! forwarded; every row masked before it comes back.
+//!
+//! ```text
+//!              ┌──────────────────────── driver (run) ─────────────────────────┐
+//!  client ───▶ │ read ─▶ ┌──────────────┐ ─▶ bytes for the server ─▶ write     │ ───▶ PostgreSQL
+//!  client ◀─── │ write ◀─│ SessionCore  │ ◀─ read                              │ ◀─── PostgreSQL
+//!              │         │  (no I/O)    │ ─▶ needs: catalog, cancel upstream,  │
+//!              │         └──────────────┘    persist records, hold, timer      │
+//!              │   registry (cancel, terminate) ─▶ core                        │
+//!              └───────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! The protocol logic is [`SessionCore`] (the quinn-proto shape): it takes
+//! bytes and events and hands out bytes and [`Need`]s, and never touches a
+//! socket or a clock, so it is tested in memory against a scripted server.
+//! [`run`] is the thin tokio driver: it reads both sides into the core,
+//! performs the needs (catalog lookups, upstream cancels, the
+//! [`record::RecordSink`], the [`hold::HoldHandler`], the hold timer) and
+//! writes what the core produced.
+//!
+//! ## Batches
+//!
+//! Client messages are taken up to what PostgreSQL executes as a unit: a
+//! simple `Query` (or a function call), or extended-protocol messages up to
+//! `Sync` or `Flush`. Each batch is staged:
+//!
+//! 1. **decide**: every statement is decided as its message arrives (a
+//!    simple query's whole string first; a `Parse`'s text; an `Execute`
+//!    takes its statement's decision with the `Bind` parameters);
+//! 2. **hold**: when a decision is `require_approval` and the gateway has a
+//!    hold handler, the batch is held (see [`hold`]); without one it is
+//!    refused, saying approvals are not available;
+//! 3. **record**: when the gateway records, the batch's records go to the
+//!    [`record::RecordSink`]; the batch waits for the acknowledgement, and
+//!    a sink failure refuses the batch with `58030`;
+//! 4. **forward**.
+//!
+//! While a batch waits, the client's next messages are kept unread in a
+//! bounded buffer (a held batch keeps reading the socket so that a client
+//! that leaves is noticed at once, and one that floods is ended with
+//! `53400`).
+//!
+//! ## Statements and results
+//!
+//! - **Refusals.** A refused simple query sends none of its statements; the
+//!   server runs a statement that fails while being parsed
+//!   ([`core::REFUSED_SQL`]) in its place, and the client gets an
+//!   `ErrorResponse` (`42501`, naming the rule and the reason) instead of
+//!   that failure, then the server's `ReadyForQuery`. So a refusal does to
+//!   a transaction what an error does in PostgreSQL: an open transaction is
+//!   aborted, and a client that ignores the refusal cannot commit the rest.
+//!   A refused `Parse` is answered the same way (the substitute is a
+//!   `Parse`), and the client's messages up to `Sync` are dropped, as the
+//!   server skips them after an error. `Bind`, `Describe` and `Execute` of
+//!   a statement or portal the gateway does not know, or refused, fail the
+//!   same way. `Close`, `Sync` and `Flush` pass.
+//! - **Row cap.** When a result has sent `max_rows` rows and another
+//!   arrives, the gateway stops forwarding, cancels the query upstream,
+//!   drops what is left of the result and answers `54000`.
+//! - **Masking.** At each `RowDescription`, the columns' table OIDs are
+//!   resolved through the [`catalog`](crate::catalog) and the engine plans
+//!   the masking ([`policy_core::RowMasker`]); a column whose masked values
+//!   no longer fit its type is described as `text`. Rows with nothing to
+//!   mask are forwarded as the same bytes. Server errors and notices pass
+//!   through the engine's [`policy_core::MessageScrubber`].
+//! - **Session state.** The engine's session starts with the server
+//!   session's own startup `search_path`, and a reset (`RESET`, `SET ... TO
+//!   DEFAULT`, `RESET ALL`, `DISCARD ALL`) returns to it, as on the server.
+//!   Changes are applied when a statement is staged (and undone if its
+//!   batch is refused); after any statement that changes a setting, and
+//!   after a transaction that did ends, the session holds the client's next
+//!   messages, reads the server's `search_path` back and takes it as the
+//!   truth (so a `SET LOCAL`, a rolled-back `SET` or a failed statement
+//!   cannot leave the two views apart). `standard_conforming_strings`
+//!   follows the server's `ParameterStatus`.
+//! - **COPY.** Data that follows an allowed `COPY ... FROM STDIN` is
+//!   forwarded in order, also when the client sends it before the server's
+//!   `CopyInResponse` (asyncpg does); a refused COPY's data is dropped, as
+//!   PostgreSQL drops it after an error. A `Sync` sent while the server may
+//!   be in COPY IN (tokio-postgres sends one right after the `Execute`) is
+//!   expected to be answered only if the COPY never started, as the server
+//!   ignores it in COPY IN. A client message other than COPY data during
+//!   COPY IN ends the COPY with a `CopyFail`, then counts as itself.
+//!   `COPY ... TO STDOUT` rows are masked like result rows (plain text
+//!   format).
+//! - **Unexpected states.** A server message the session did not expect is
+//!   never dropped silently: the client gets a `FATAL` `08P01` saying so,
+//!   and the log a warning.
+//! - The function-call message (`F`) is refused.
+
+pub mod core;
+pub mod hold;
+pub mod record;
+pub mod registry;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use self::core::{CoreConfig, Need, SessionCore, SessionEnd, SessionStart};
+use self::hold::HoldOutcome;
+use self::record::RecordError;
+use self::registry::{Control, Registration};
+use crate::server::{Gateway, Ready};
+
+/// Read size of both sides.
+const READ_BYTES: usize = 8 * 1024;
+/// The most buffer capacity an idle session keeps.
+const KEEP_BUFFER_BYTES: usize = 64 * 1024;
+/// The largest read from the server while a result streams.
+const MAX_READ_BYTES: usize = 256 * 1024;
+
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a gateway plugs into its sessions: the record sink, the hold
+/// handler and the hold timeout. Sessions take them when they start.
+#[derive(Debug, Clone)]
+pub struct SessionHooks {
+    /// Where records go before a batch is forwarded ([`record::NoopSink`]:
+    /// nowhere, without waiting).
+    pub record_sink: Arc<dyn record::RecordSink>,
+    /// Who decides held statements; `None` refuses `require_approval`.
+    pub hold_handler: Option<Arc<dyn hold::HoldHandler>>,
+    /// How long a statement may be held.
+    pub hold_timeout: std::time::Duration,
+}
+
+impl Default for SessionHooks {
+    fn default() -> Self {
+        SessionHooks {
+            record_sink: Arc::new(record::NoopSink),
+            hold_handler: None,
+            hold_timeout: CoreConfig::default().hold_timeout,
+        }
+    }
+}
+
+/// Runs a logged-in session to its end.
+pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration) {
+    let Ready {
+        mut client,
+        client_buf,
+        upstream,
+        identity,
+        database,
+        start_search_path,
+        standard_conforming_strings,
+        user,
+        gateway_pid,
+        ..
+    } = ready;
+    let hooks = gw.hooks();
+    // The generation first: a reload in between is seen at the next look.
+    let mut generation = gw.generation();
+    let config = CoreConfig {
+        max_message_bytes: gw.config.limits.max_message_bytes,
+        record: !hooks.record_sink.is_noop(),
+        holds: hooks.hold_handler.is_some(),
+        hold_timeout: hooks.hold_timeout,
+        max_buffered_bytes: gw.config.limits.max_message_bytes,
+    };
+    let start = SessionStart {
+        id: registration.id(),
+        identity,
+        engine: gw.engine(),
+        search_path: start_search_path,
+        standard_conforming_strings,
+        user,
+        config,
+    };
+    let mut core = SessionCore::new(start, Instant::now());
+    let mut up = upstream;
+    core.client_buffer().extend_from_slice(&client_buf);
+    core.server_buffer().extend_from_slice(&up.buf);
+    up.buf = bytes::BytesMut::new();
+    core.handle_client_data(Instant::now());
+    core.handle_server_data(Instant::now());
+
+    let mut persisting: Option<(u64, Boxed<Result<(), RecordError>>)> = None;
+    let mut holding: Option<(u64, Boxed<HoldOutcome>)> = None;
+    let mut up_read = READ_BYTES;
+    let outcome: Result<(), String> = loop {
+        // What the core asked for, in order.
+        while let Some(need) = core.poll_need() {
+            match need {
+                Need::ResolveTables { oids } => {
+                    let tables = gw.catalog.tables(&database, &oids).await;
+                    core.handle_tables(tables, Instant::now());
+                }
+                Need::CopyColumns { table } => {
+                    let columns = gw.catalog.copy_columns(&database, &table).await;
+                    core.handle_copy_columns(columns, Instant::now());
+                }
+                Need::InvalidateCatalog => gw.catalog.invalidate(&database).await,
+                Need::CancelUpstream => gw.cancel_session(gateway_pid).await,
+                Need::Persist { batch, records } => persisting = Some((batch, hooks.record_sink.persist(records))),
+                Need::Hold { hold, request } => match &hooks.hold_handler {
+                    Some(handler) => holding = Some((hold, handler.hold(request))),
+                    None => core.handle_hold_outcome(
+                        hold,
+                        HoldOutcome::Refuse { reason: "approvals are not available".to_string() },
+                        Instant::now(),
+                    ),
+                },
+                Need::EndHold { hold } => {
+                    if holding.as_ref().is_some_and(|(h, _)| *h == hold) {
+                        holding = None;
+                    }
+                }
+            }
+        }
+        if let Err(e) = write_out(&mut core, &mut client, &mut up.stream).await {
+            break Err(e);
+        }
+        registration.set_activity(core.activity());
+        if let Some(end) = core.end() {
+            break match end {
+                SessionEnd::Terminated => Ok(()),
+                other => Err(other.to_string()),
+            };
+        }
+        if core.activity() == registry::Activity::Idle {
+            up_read = READ_BYTES;
+            core.shrink_buffers(KEEP_BUFFER_BYTES);
+        }
+        let read_client = core.wants_client_data();
+        let read_server = core.wants_server_data();
+        let deadline = core.poll_timeout();
+        let (cbuf, sbuf) = core.read_buffers();
+        cbuf.reserve(READ_BYTES);
+        sbuf.reserve(up_read);
+        tokio::select! {
+            r = client.read_buf(cbuf), if read_client => match r {
+                Ok(0) => core.handle_client_eof(),
+                Ok(_) => {
+                    // A policy reload is seen before the next statement is decided.
+                    refresh_engine(&gw, &mut core, &mut generation);
+                    core.handle_client_data(Instant::now());
+                }
+                Err(e) => {
+                    core.handle_client_eof();
+                    tracing::debug!("client read: {e}");
+                }
+            },
+            r = up.stream.read_buf(sbuf), if read_server => match r {
+                Ok(0) => core.handle_server_eof(),
+                Ok(n) => {
+                    if n >= up_read {
+                        up_read = (up_read * 2).min(MAX_READ_BYTES);
+                    }
+                    refresh_engine(&gw, &mut core, &mut generation);
+                    core.handle_server_data(Instant::now());
+                }
+                Err(e) => {
+                    tracing::warn!("upstream read: {e}");
+                    core.handle_server_eof();
+                }
+            },
+            control = registration.control() => match control {
+                Some(Control::Cancel) => core.handle_cancel(Instant::now()),
+                Some(Control::Terminate) | None => core.handle_terminate(),
+            },
+            outcome = poll_slot(&mut persisting), if persisting.is_some() => {
+                if let Some((batch, _)) = persisting.take() {
+                    core.handle_persisted(batch, outcome, Instant::now());
+                }
+            },
+            outcome = poll_slot(&mut holding), if holding.is_some() => {
+                if let Some((hold, _)) = holding.take() {
+                    core.handle_hold_outcome(hold, outcome, Instant::now());
+                }
+            },
+            () = sleep_until(deadline), if deadline.is_some() => core.handle_timeout(Instant::now()),
+        }
+    };
+    // Whatever the core still had for the client (a last error).
+    let _ = write_out(&mut core, &mut client, &mut up.stream).await;
+    let _ = client.shutdown().await;
+    if core.statement_in_flight() {
+        // The client is gone with a statement in flight: the server would
+        // run it to the end (it notices a vanished client only when it
+        // writes), holding a connection and whatever it locks.
+        tracing::info!("cancelling the statement of a session that ended");
+        gw.cancel_session(gateway_pid).await;
+    }
+    match outcome {
+        Ok(()) => tracing::info!("session ended"),
+        Err(e) => tracing::info!("session ended: {e}"),
+    }
+}
+
+/// Gives the core the engine in force when a reload happened since it
+/// last looked (one atomic load when nothing changed).
+fn refresh_engine(gw: &Gateway, core: &mut SessionCore, seen: &mut u64) {
+    let generation = gw.generation();
+    if generation != *seen {
+        *seen = generation;
+        core.set_engine(gw.engine());
+    }
+}
+
+/// Writes what the core produced: the server's share first.
+async fn write_out(
+    core: &mut SessionCore,
+    client: &mut crate::tls::Stream,
+    server: &mut crate::tls::Stream,
+) -> Result<(), String> {
+    let out = core.server_output();
+    if !out.is_empty() {
+        server.write_all(out).await.map_err(|e| format!("upstream: {e}"))?;
+        out.clear();
+    }
+    let out = core.client_output();
+    if !out.is_empty() {
+        client.write_all(out).await.map_err(|e| format!("client: {e}"))?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Awaits the future in a slot (the select guard makes sure there is one).
+async fn poll_slot<T>(slot: &mut Option<(u64, Boxed<T>)>) -> T {
+    match slot {
+        Some((_, future)) => future.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,233 @@
+//! The registry of live sessions: who they are, what they are doing, and a
+//! control channel to each.
+//!
+//! Every session registers when its login succeeds and is gone from the
+//! registry when it ends ([`Registration`] deregisters on drop). A client's
+//! `CancelRequest` reaches its session through [`Registry::cancel`] (so a
+//! held statement can be cancelled, not only a running one); the admin API
+//! lists sessions with [`Registry::list`] and ends them with
+//! [`Registry::terminate`].
+//!
+//! ```
+//! use pg_proxy::session::registry::{Activity, Control, Registry, SessionInfo};
+//! let registry = Registry::default();
+//! let info = SessionInfo::new("alice@example.com", vec!["ai-agents".into()], None, "127.0.0.1:5000".parse().unwrap(), "psql");
+//! let mut session = registry.register(info);
+//! assert_eq!(registry.list()[0].activity, Activity::Idle);
+//! assert!(registry.cancel(session.id()));
+//! assert_eq!(session.try_control(), Some(Control::Cancel));
+//! drop(session);
+//! assert!(registry.list().is_empty());
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+
+/// What a session is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activity {
+    /// Waiting for the client.
+    Idle,
+    /// A statement is on its way or running.
+    Running,
+    /// A statement is held for approval.
+    Held,
+}
+
+impl Activity {
+    fn from_u8(v: u8) -> Activity {
+        match v {
+            1 => Activity::Running,
+            2 => Activity::Held,
+            _ => Activity::Idle,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Activity::Idle => 0,
+            Activity::Running => 1,
+            Activity::Held => 2,
+        }
+    }
+}
+
+/// An order to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Cancel what it is running or holding (the client's `CancelRequest`).
+    Cancel,
+    /// End the session.
+    Terminate,
+}
+
+/// Who a session is, fixed at login.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// The token's subject.
+    pub subject: String,
+    /// Its groups.
+    pub groups: Vec<String>,
+    /// The agent acting for the subject, if any.
+    pub actor: Option<String>,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The client's `application_name`.
+    pub application_name: String,
+    /// When the session started.
+    pub started: SystemTime,
+}
+
+impl SessionInfo {
+    /// A session's identity and client, started now.
+    pub fn new(
+        subject: &str,
+        groups: Vec<String>,
+        actor: Option<String>,
+        client: SocketAddr,
+        application_name: &str,
+    ) -> SessionInfo {
+        SessionInfo {
+            subject: subject.to_string(),
+            groups,
+            actor,
+            client,
+            application_name: application_name.to_string(),
+            started: SystemTime::now(),
+        }
+    }
+}
+
+/// A live session as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionSnapshot {
+    /// The session id (as in the logs).
+    pub id: u64,
+    /// Who and from where.
+    #[serde(flatten)]
+    pub info: SessionInfo,
+    /// What it is doing now.
+    pub activity: Activity,
+}
+
+#[derive(Debug)]
+struct Entry {
+    info: SessionInfo,
+    activity: Arc<AtomicU8>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// The live sessions of a gateway.
+#[derive(Debug, Default)]
+pub struct Registry {
+    next: AtomicU64,
+    sessions: Mutex<HashMap<u64, Entry>>,
+}
+
+impl Registry {
+    /// Registers a session; it stays listed until the [`Registration`] is
+    /// dropped.
+    pub fn register(self: &Arc<Self>, info: SessionInfo) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.register_as(id, info)
+    }
+
+    /// Registers a session under an id the caller chose (unique among live
+    /// sessions: the gateway's session counter).
+    pub fn register_as(self: &Arc<Self>, id: u64, info: SessionInfo) -> Registration {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let activity = Arc::new(AtomicU8::new(Activity::Idle.as_u8()));
+        if let Ok(mut s) = self.sessions.lock() {
+            s.insert(id, Entry { info, activity: Arc::clone(&activity), control: tx });
+        }
+        Registration { id, registry: Arc::clone(self), control: rx, activity }
+    }
+
+    /// The live sessions, by id.
+    pub fn list(&self) -> Vec<SessionSnapshot> {
+        let Ok(s) = self.sessions.lock() else { return Vec::new() };
+        let mut out: Vec<SessionSnapshot> = s
+            .iter()
+            .map(|(id, e)| SessionSnapshot {
+                id: *id,
+                info: e.info.clone(),
+                activity: Activity::from_u8(e.activity.load(Ordering::Relaxed)),
+            })
+            .collect();
+        out.sort_by_key(|s| s.id);
+        out
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks session `id` to cancel what it runs or holds; false when there
+    /// is no such session.
+    pub fn cancel(&self, id: u64) -> bool {
+        self.send(id, Control::Cancel)
+    }
+
+    /// Asks session `id` to end; false when there is no such session.
+    pub fn terminate(&self, id: u64) -> bool {
+        self.send(id, Control::Terminate)
+    }
+
+    fn send(&self, id: u64, control: Control) -> bool {
+        let Ok(s) = self.sessions.lock() else { return false };
+        s.get(&id).is_some_and(|e| e.control.send(control).is_ok())
+    }
+}
+
+/// A session's place in the registry: its id, its control channel and its
+/// activity, which the session updates. Dropping it deregisters.
+#[derive(Debug)]
+pub struct Registration {
+    id: u64,
+    registry: Arc<Registry>,
+    control: mpsc::UnboundedReceiver<Control>,
+    activity: Arc<AtomicU8>,
+}
+
+impl Registration {
+    /// The session id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Publishes what the session is doing.
+    pub fn set_activity(&self, activity: Activity) {
+        self.activity.store(activity.as_u8(), Ordering::Relaxed);
+    }
+
+    /// The next order, when one comes.
+    pub async fn control(&mut self) -> Option<Control> {
+        self.control.recv().await
+    }
+
+    /// The next order already sent, if any.
+    pub fn try_control(&mut self) -> Option<Control> {
+        self.control.try_recv().ok()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.registry.sessions.lock() {
+            s.remove(&self.id);
+        }
+    }
+}

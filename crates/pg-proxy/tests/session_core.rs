@@ -1,0 +1,796 @@
+//! The session core in memory, against a scripted server: no PostgreSQL,
+//! no sockets, a simulated clock. Each test feeds the core client and
+//! server messages and asserts on exactly what it emits to each side and
+//! what it asks the driver for.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use pg_proxy::catalog::Table;
+use pg_proxy::codec::{self, BackendFrame, BackendMessage, FieldDescription, Frontend, Str};
+use pg_proxy::session::hold::HoldOutcome;
+use pg_proxy::session::record::{Record, RecordError};
+use pg_proxy::session::registry::Activity;
+use pg_proxy::session::{CoreConfig, Need, SessionCore, SessionEnd, SessionStart};
+use policy_core::{Engine, Identity, Keys, Policy};
+use postgres_protocol::message::frontend;
+
+const POLICY: &str = r#"
+version = 1
+[settings]
+default = "deny"
+search_path = ["public"]
+
+[[rule]]
+name = "no-private"
+effect = "deny"
+tables = ["private.*"]
+reason = "private is off limits"
+
+[[rule]]
+name = "read-public"
+effect = "allow"
+classes = ["read"]
+tables = ["public.*", "pg_catalog.*"]
+max_rows = 3
+
+[[rule]]
+name = "write-orders"
+effect = "allow"
+classes = ["write"]
+tables = ["public.orders"]
+
+[[rule]]
+name = "session"
+effect = "allow"
+classes = ["session", "transaction"]
+
+[[rule]]
+name = "deletes-need-approval"
+effect = "require_approval"
+commands = ["DELETE"]
+approvers = ["dba"]
+reason = "a person approves deletes"
+
+[[mask]]
+name = "ssn"
+columns = ["*.*.ssn"]
+strategy = "partial"
+show_last = 4
+"#;
+
+/// The OID the scripted catalog gives `public.people`.
+const PEOPLE: u32 = 16_400;
+
+struct Harness {
+    core: SessionCore,
+    now: Instant,
+}
+
+fn harness(config: CoreConfig) -> Harness {
+    harness_with(config, vec!["public".into()])
+}
+
+fn harness_with(config: CoreConfig, search_path: Vec<String>) -> Harness {
+    let policy = Policy::from_toml_str(POLICY, "policy.toml").unwrap();
+    let engine = Arc::new(Engine::new(policy, Keys::default()).unwrap());
+    let now = Instant::now();
+    let start = SessionStart {
+        id: 7,
+        identity: Identity::new("alice@example.com"),
+        engine,
+        search_path,
+        standard_conforming_strings: true,
+        user: "app".into(),
+        config,
+    };
+    Harness { core: SessionCore::new(start, now), now }
+}
+
+fn recording() -> CoreConfig {
+    CoreConfig { record: true, ..CoreConfig::default() }
+}
+
+fn holding() -> CoreConfig {
+    CoreConfig { holds: true, hold_timeout: Duration::from_secs(60), ..CoreConfig::default() }
+}
+
+impl Harness {
+    fn client(&mut self, bytes: &[u8]) {
+        self.core.client_buffer().extend_from_slice(bytes);
+        self.core.handle_client_data(self.now);
+    }
+
+    fn server(&mut self, bytes: &[u8]) {
+        self.core.server_buffer().extend_from_slice(bytes);
+        self.core.handle_server_data(self.now);
+    }
+
+    /// What the core sent the server, decoded.
+    fn sent(&mut self) -> Vec<Frontend> {
+        let out = self.core.server_output();
+        let mut messages = Vec::new();
+        while let Some(m) = codec::decode_frontend(out, 1 << 20).unwrap() {
+            messages.push(m.message);
+        }
+        assert!(out.is_empty());
+        messages
+    }
+
+    /// What the core sent the client, as (type, SQLSTATE or tag or first value).
+    fn got(&mut self) -> Vec<(char, String)> {
+        let out = self.core.client_output();
+        let mut frames = Vec::new();
+        while let Some(f) = codec::decode_backend(out, 1 << 20).unwrap() {
+            frames.push(describe(&f));
+        }
+        assert!(out.is_empty());
+        frames
+    }
+
+    fn needs(&mut self) -> Vec<Need> {
+        std::iter::from_fn(|| self.core.poll_need()).collect()
+    }
+}
+
+fn describe(f: &BackendFrame) -> (char, String) {
+    let detail = match f.message().unwrap() {
+        BackendMessage::ErrorResponse | BackendMessage::NoticeResponse => {
+            let fields = codec::parse_fields(f).unwrap();
+            let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.as_str().to_string()).unwrap();
+            format!("{} {}", get(b'C'), get(b'M'))
+        }
+        BackendMessage::CommandComplete => codec::parse_command_complete(f).unwrap().as_str().to_string(),
+        BackendMessage::DataRow => codec::data_row_values(f)
+            .unwrap()
+            .iter()
+            .map(|v| v.as_ref().map_or("NULL".to_string(), |b| String::from_utf8_lossy(b).into_owned()))
+            .collect::<Vec<_>>()
+            .join(","),
+        BackendMessage::CopyData => String::from_utf8_lossy(f.body()).into_owned(),
+        BackendMessage::ReadyForQuery => (f.body()[0] as char).to_string(),
+        _ => String::new(),
+    };
+    (f.kind as char, detail)
+}
+
+// ------------------------------------------------------------ client side
+
+fn query(sql: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::query(sql, &mut b).unwrap();
+    b.to_vec()
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::parse(name, sql, std::iter::empty(), &mut b).unwrap();
+    b.to_vec()
+}
+
+fn bind(portal: &str, statement: &str, params: &[&str]) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::bind(
+        portal,
+        statement,
+        std::iter::empty::<i16>(),
+        params.iter(),
+        |p, buf| {
+            buf.put_slice(p.as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        },
+        std::iter::empty::<i16>(),
+        &mut b,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    b.to_vec()
+}
+
+fn execute(portal: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::execute(portal, 0, &mut b).unwrap();
+    b.to_vec()
+}
+
+fn describe_portal(portal: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::describe(b'P', portal, &mut b).unwrap();
+    b.to_vec()
+}
+
+fn sync() -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::sync(&mut b);
+    b.to_vec()
+}
+
+fn flush() -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::flush(&mut b);
+    b.to_vec()
+}
+
+fn copy_data(data: &[u8]) -> Vec<u8> {
+    let mut v = vec![b'd'];
+    v.extend_from_slice(&i32::try_from(data.len() + 4).unwrap().to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+fn copy_done() -> Vec<u8> {
+    b"c\0\0\0\x04".to_vec()
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+// ------------------------------------------------------------ server side
+
+fn raw(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![kind];
+    v.extend_from_slice(&i32::try_from(body.len() + 4).unwrap().to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn ready(status: u8) -> Vec<u8> {
+    raw(b'Z', &[status])
+}
+
+fn complete(tag: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    codec::command_complete(&mut b, tag).unwrap();
+    b.to_vec()
+}
+
+fn error(code: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    codec::error_response(&mut b, "ERROR", code, "server error", &[]).unwrap();
+    b.to_vec()
+}
+
+fn rows_of(values: &[&[&str]]) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    for row in values {
+        codec::data_row(&mut b, row.iter().map(|v| Some(v.as_bytes()))).unwrap();
+    }
+    b.to_vec()
+}
+
+fn row_description(columns: &[(&str, u32, i16)]) -> Vec<u8> {
+    let fields: Vec<FieldDescription> = columns
+        .iter()
+        .map(|(name, table, column)| FieldDescription {
+            name: Str::from(name.to_string()),
+            table_oid: *table,
+            column: *column,
+            type_oid: 25,
+            type_size: -1,
+            type_modifier: -1,
+            format: 0,
+        })
+        .collect();
+    let mut b = BytesMut::new();
+    codec::row_description(&mut b, &fields).unwrap();
+    b.to_vec()
+}
+
+fn copy_in_response(columns: u16) -> Vec<u8> {
+    let mut body = vec![0u8];
+    body.extend_from_slice(&columns.to_be_bytes());
+    for _ in 0..columns {
+        body.extend_from_slice(&0i16.to_be_bytes());
+    }
+    raw(b'G', &body)
+}
+
+fn copy_out_response(columns: u16) -> Vec<u8> {
+    let mut body = vec![0u8];
+    body.extend_from_slice(&columns.to_be_bytes());
+    for _ in 0..columns {
+        body.extend_from_slice(&0i16.to_be_bytes());
+    }
+    raw(b'H', &body)
+}
+
+fn people_table() -> HashMap<u32, Arc<Table>> {
+    let columns = HashMap::from([(1, "id".to_string()), (2, "name".to_string()), (3, "ssn".to_string())]);
+    HashMap::from([(PEOPLE, Arc::new(Table { schema: "public".into(), name: "people".into(), columns }))])
+}
+
+fn is_query(m: &Frontend, sql: &str) -> bool {
+    matches!(m, Frontend::Query { sql: s } if s.as_str() == sql)
+}
+
+fn is_substitute(m: &Frontend) -> bool {
+    match m {
+        Frontend::Query { sql } | Frontend::Parse { sql, .. } => sql.as_str() == pg_proxy::session::core::REFUSED_SQL,
+        _ => false,
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn an_allowed_query_is_forwarded_and_its_answer_relayed() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&query("SELECT 1"));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert!(is_query(&sent[0], "SELECT 1"));
+    assert_eq!(h.core.activity(), Activity::Running);
+    h.server(&cat(&[row_description(&[("x", 0, 0)]), rows_of(&[&["1"]]), complete("SELECT 1"), ready(b'I')]));
+    assert_eq!(h.got(), vec![('T', String::new()), ('D', "1".into()), ('C', "SELECT 1".into()), ('Z', "I".into())]);
+    assert_eq!(h.core.activity(), Activity::Idle);
+    assert!(h.needs().is_empty());
+}
+
+#[test]
+fn a_refused_query_sends_the_substitute_and_the_client_gets_42501() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&query("SELECT * FROM private.secrets"));
+    let sent = h.sent();
+    assert!(is_substitute(&sent[0]), "{sent:?}");
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    let got = h.got();
+    assert_eq!(got.len(), 2);
+    assert!(got[0].1.starts_with("42501 refused by policy (rule no-private)"), "{got:?}");
+    assert_eq!(got[1], ('Z', "I".into()));
+    // The session goes on.
+    h.client(&query("SELECT 2"));
+    assert!(is_query(&h.sent()[0], "SELECT 2"));
+}
+
+#[test]
+fn a_refusal_inside_a_transaction_aborts_it_as_an_error_would() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&query("BEGIN"));
+    h.sent();
+    h.server(&cat(&[complete("BEGIN"), ready(b'T')]));
+    h.got();
+    h.client(&query("UPDATE people SET name = 'x' WHERE id = 1"));
+    let sent = h.sent();
+    assert!(is_substitute(&sent[0]));
+    // The server fails the substitute; the transaction is now aborted.
+    h.server(&cat(&[error("22P02"), ready(b'E')]));
+    let got = h.got();
+    assert!(got[0].1.starts_with("42501"), "{got:?}");
+    assert_eq!(got[1], ('Z', "E".into()));
+}
+
+#[test]
+fn a_pipeline_with_an_error_mid_batch_drops_the_rest_up_to_sync() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[
+        parse("a", "SELECT 1"),
+        bind("", "a", &[]),
+        describe_portal(""),
+        execute(""),
+        parse("b", "SELECT 1/0"),
+        bind("", "b", &[]),
+        describe_portal(""),
+        execute(""),
+        parse("c", "SELECT 3"),
+        bind("", "c", &[]),
+        describe_portal(""),
+        execute(""),
+        sync(),
+    ]));
+    assert_eq!(h.sent().len(), 13);
+    h.server(&cat(&[
+        raw(b'1', b""),
+        raw(b'2', b""),
+        row_description(&[("?column?", 0, 0)]),
+        rows_of(&[&["1"]]),
+        complete("SELECT 1"),
+        raw(b'1', b""),
+        raw(b'2', b""),
+        row_description(&[("?column?", 0, 0)]),
+        error("22012"),
+        ready(b'I'),
+    ]));
+    let got: Vec<char> = h.got().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(got, vec!['1', '2', 'T', 'D', 'C', '1', '2', 'T', 'E', 'Z']);
+    assert_eq!(h.core.activity(), Activity::Idle);
+}
+
+#[test]
+fn a_refused_parse_fails_the_block_and_the_rest_up_to_sync_is_dropped() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[parse("", "SELECT * FROM private.secrets"), bind("", "", &[]), execute(""), sync()]));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(is_substitute(&sent[0]));
+    assert!(matches!(sent[1], Frontend::Sync));
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    let got = h.got();
+    assert!(got[0].1.starts_with("42501"), "{got:?}");
+    assert_eq!(got[1], ('Z', "I".into()));
+    // Binding the refused (unnamed) statement later fails too.
+    h.client(&cat(&[bind("", "", &[]), execute(""), sync()]));
+    let sent = h.sent();
+    assert!(is_substitute(&sent[0]), "{sent:?}");
+}
+
+#[test]
+fn a_refused_parse_followed_by_flush_is_answered_without_waiting_for_sync() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[parse("s", "SELECT * FROM private.secrets"), flush()]));
+    let sent = h.sent();
+    assert!(is_substitute(&sent[0]), "{sent:?}");
+    assert!(matches!(sent[1], Frontend::Flush));
+    h.server(&error("22P02"));
+    let got = h.got();
+    assert!(got[0].1.starts_with("42501"), "{got:?}");
+    // Up to Sync, the client's messages are dropped, as the server drops them.
+    h.client(&cat(&[bind("", "s", &[]), execute(""), sync()]));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(matches!(sent[0], Frontend::Sync));
+    h.server(&ready(b'I'));
+    assert_eq!(h.got(), vec![('Z', "I".into())]);
+}
+
+#[test]
+fn copy_data_sent_ahead_of_copy_in_response_is_kept_in_order() {
+    // asyncpg's copy_records_to_table: the COPY, its data and CopyDone in one write.
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[query("COPY orders FROM STDIN"), copy_data(b"1\t10\n"), copy_data(b"2\t20\n"), copy_done()]));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    assert!(is_query(&sent[0], "COPY orders FROM STDIN"));
+    assert!(matches!(&sent[1], Frontend::CopyData(d) if &d[..] == b"1\t10\n"));
+    assert!(matches!(&sent[2], Frontend::CopyData(d) if &d[..] == b"2\t20\n"));
+    assert!(matches!(sent[3], Frontend::CopyDone));
+    h.server(&cat(&[copy_in_response(2), complete("COPY 2"), ready(b'I')]));
+    assert_eq!(h.got(), vec![('G', String::new()), ('C', "COPY 2".into()), ('Z', "I".into())]);
+    h.client(&query("SELECT 1"));
+    assert!(is_query(&h.sent()[0], "SELECT 1"));
+}
+
+#[test]
+fn a_refused_copy_s_data_is_dropped() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[query("COPY people FROM STDIN"), copy_data(b"1\tx\n"), copy_done(), query("SELECT 1")]));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(is_substitute(&sent[0]));
+    assert!(is_query(&sent[1], "SELECT 1"));
+}
+
+#[test]
+fn a_sync_inside_copy_in_is_not_counted_as_owing_a_ready_for_query() {
+    // tokio-postgres copy_in: Bind, Execute, Sync, <data>, CopyDone, Sync.
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[parse("c", "COPY orders FROM STDIN"), sync()]));
+    h.sent();
+    h.server(&cat(&[raw(b'1', b""), ready(b'I')]));
+    h.got();
+    h.client(&cat(&[bind("", "c", &[]), execute(""), sync(), copy_data(b"1\t10\n"), copy_done(), sync()]));
+    let sent = h.sent();
+    let kinds: Vec<&str> = sent
+        .iter()
+        .map(|m| match m {
+            Frontend::Bind { .. } => "B",
+            Frontend::Describe { .. } => "D",
+            Frontend::Execute { .. } => "E",
+            Frontend::Sync => "S",
+            Frontend::CopyData(_) => "d",
+            Frontend::CopyDone => "c",
+            _ => "?",
+        })
+        .collect();
+    assert_eq!(kinds, ["B", "D", "E", "S", "d", "c", "S"]);
+    // The server ignores the first Sync in COPY IN: one ReadyForQuery.
+    h.server(&cat(&[raw(b'2', b""), raw(b'n', b""), copy_in_response(2), complete("COPY 1"), ready(b'I')]));
+    assert_eq!(h.got(), vec![('2', String::new()), ('G', String::new()), ('C', "COPY 1".into()), ('Z', "I".into())]);
+    assert_eq!(h.core.activity(), Activity::Idle);
+    assert!(h.core.end().is_none());
+    h.client(&query("SELECT 1"));
+    assert!(is_query(&h.sent()[0], "SELECT 1"));
+    h.server(&cat(&[row_description(&[("x", 0, 0)]), rows_of(&[&["1"]]), complete("SELECT 1"), ready(b'I')]));
+    assert_eq!(h.got().len(), 4);
+}
+
+#[test]
+fn a_copy_that_fails_before_copy_in_answers_both_syncs() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[parse("c", "COPY orders FROM STDIN"), sync()]));
+    h.sent();
+    h.server(&cat(&[raw(b'1', b""), ready(b'I')]));
+    h.got();
+    h.client(&cat(&[bind("", "c", &[]), execute(""), sync(), copy_data(b"1\t10\n"), copy_done(), sync()]));
+    h.sent();
+    // The Execute fails: the server answers the first Sync, drops the data,
+    // answers the second. (NoData answers the gateway's own Describe.)
+    h.server(&cat(&[raw(b'2', b""), raw(b'n', b""), error("42P01"), ready(b'I'), ready(b'I')]));
+    let got: Vec<char> = h.got().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(got, vec!['2', 'E', 'Z', 'Z']);
+    assert_eq!(h.core.activity(), Activity::Idle);
+}
+
+#[test]
+fn copy_out_rows_are_masked() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&query("COPY (SELECT name, ssn FROM people) TO STDOUT"));
+    h.sent();
+    h.server(&cat(&[copy_out_response(2), raw(b'd', b"Ada\t123-45-6789\n"), raw(b'c', b""), complete("COPY 1")]));
+    let got = h.got();
+    assert_eq!(got[1], ('d', "Ada\t****6789\n".into()), "{got:?}");
+}
+
+#[test]
+fn the_row_cap_cancels_upstream_and_answers_54000() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&query("SELECT id FROM orders"));
+    h.sent();
+    h.server(&cat(&[row_description(&[("id", 0, 0)]), rows_of(&[&["1"], &["2"], &["3"], &["4"], &["5"]])]));
+    let needs = h.needs();
+    assert!(matches!(needs.as_slice(), [Need::CancelUpstream]), "{needs:?}");
+    h.server(&cat(&[error("57014"), ready(b'I')]));
+    let got = h.got();
+    assert_eq!(got.iter().filter(|(k, _)| *k == 'D').count(), 3);
+    assert!(got.iter().any(|(k, d)| *k == 'E' && d.starts_with("54000 row limit reached")), "{got:?}");
+    assert_eq!(got.last().unwrap(), &('Z', "I".into()));
+}
+
+#[test]
+fn masking_waits_for_the_catalog_then_masks() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&query("SELECT id, ssn FROM people"));
+    h.sent();
+    h.server(&cat(&[
+        row_description(&[("id", PEOPLE, 1), ("ssn", PEOPLE, 3)]),
+        rows_of(&[&["1", "123-45-6789"]]),
+        complete("SELECT 1"),
+        ready(b'I'),
+    ]));
+    // Nothing reaches the client until the catalog answered.
+    assert!(h.got().is_empty());
+    assert!(!h.core.wants_server_data());
+    let needs = h.needs();
+    assert!(matches!(needs.as_slice(), [Need::ResolveTables { oids }] if oids == &[PEOPLE]), "{needs:?}");
+    h.core.handle_tables(people_table(), h.now);
+    let got = h.got();
+    assert_eq!(got[1], ('D', "1,****6789".into()), "{got:?}");
+    assert_eq!(got.last().unwrap(), &('Z', "I".into()));
+    // The plan is kept: the same statement needs no catalog again.
+    h.client(&query("SELECT id, ssn FROM people"));
+    h.sent();
+    h.server(&cat(&[
+        row_description(&[("id", PEOPLE, 1), ("ssn", PEOPLE, 3)]),
+        rows_of(&[&["2", "987-65-4321"]]),
+        complete("SELECT 1"),
+        ready(b'I'),
+    ]));
+    assert!(h.needs().is_empty());
+    assert_eq!(h.got()[1], ('D', "2,****4321".into()));
+}
+
+#[test]
+fn an_unexpected_server_message_ends_the_session_with_an_error() {
+    let mut h = harness(CoreConfig::default());
+    h.server(&complete("SELECT 1"));
+    let got = h.got();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].1.starts_with("08P01 the gateway lost track of the protocol"), "{got:?}");
+    assert!(matches!(h.core.end(), Some(SessionEnd::Unexpected(_))));
+}
+
+#[test]
+fn a_reset_returns_to_the_startup_search_path_not_the_policy_s() {
+    let mut h = harness_with(CoreConfig::default(), vec!["private".into()]);
+    for sql in [
+        "RESET search_path; SELECT * FROM customers",
+        "SET search_path TO DEFAULT; SELECT * FROM customers",
+        "SET search_path = public; RESET search_path; SELECT * FROM customers",
+        "BEGIN; SET LOCAL search_path TO DEFAULT; SELECT * FROM customers; COMMIT",
+    ] {
+        h.client(&query(sql));
+        let sent = h.sent();
+        assert!(is_substitute(&sent[0]), "{sql}: {sent:?}");
+        h.server(&cat(&[error("22P02"), ready(b'I')]));
+        let got = h.got();
+        assert!(got[0].1.contains("no-private"), "{sql}: {got:?}");
+    }
+}
+
+// ----------------------------------------------------------------- records
+
+#[test]
+fn a_batch_is_forwarded_only_when_its_records_are_persisted() {
+    let mut h = harness(recording());
+    h.client(&cat(&[parse("", "SELECT id FROM orders WHERE id = $1"), bind("", "", &["42"]), execute(""), sync()]));
+    assert!(h.sent().is_empty(), "nothing is forwarded before the records are written");
+    let needs = h.needs();
+    let [Need::Persist { batch, records }] = needs.as_slice() else { panic!("{needs:?}") };
+    let [Record::Statement(r)] = records.as_slice() else { panic!("{records:?}") };
+    assert_eq!(&*r.sql, "SELECT id FROM orders WHERE id = $1");
+    assert_eq!(r.parameters, vec![Some("42".to_string())]);
+    assert_eq!(r.session, 7);
+    // Messages sent meanwhile wait too.
+    h.client(&query("SELECT 2"));
+    assert!(h.sent().is_empty());
+    h.core.handle_persisted(*batch, Ok(()), h.now);
+    let sent = h.sent();
+    assert!(matches!(sent[0], Frontend::Parse { .. }), "{sent:?}");
+    assert!(matches!(sent.last().unwrap(), Frontend::Sync));
+    assert!(!sent.iter().any(|m| is_query(m, "SELECT 2")), "the next batch waits for its own records");
+    let needs = h.needs();
+    assert!(matches!(needs.as_slice(), [Need::Persist { .. }]), "{needs:?}");
+}
+
+#[test]
+fn a_sink_failure_refuses_the_batch_with_58030_and_the_session_goes_on() {
+    let mut h = harness(recording());
+    h.client(&query("SET search_path = private"));
+    let needs = h.needs();
+    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    h.core.handle_persisted(*batch, Err(RecordError("disk full".into())), h.now);
+    let sent = h.sent();
+    assert!(is_substitute(&sent[0]), "{sent:?}");
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    let got = h.got();
+    assert!(got[0].1.starts_with("58030"), "{got:?}");
+    assert!(got[0].1.contains("disk full"));
+    // The SET never ran: unqualified names still resolve in public.
+    h.client(&query("SELECT * FROM customers"));
+    let needs = h.needs();
+    let [Need::Persist { records, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    let [Record::Statement(r)] = records.as_slice() else { panic!() };
+    assert_eq!(r.decision.statements[0].facts.tables, vec!["public.customers".to_string()]);
+}
+
+#[test]
+fn a_refused_extended_batch_forgets_the_statements_it_defined() {
+    let mut h = harness(recording());
+    h.client(&cat(&[parse("s1", "SELECT 1"), sync()]));
+    let needs = h.needs();
+    // A Parse alone has no record (the Execute has): the batch is forwarded at once.
+    assert!(needs.is_empty(), "{needs:?}");
+    h.sent();
+    h.client(&cat(&[parse("s2", "SELECT 2"), bind("", "s2", &[]), execute(""), sync()]));
+    let needs = h.needs();
+    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    h.core.handle_persisted(*batch, Err(RecordError("no space".into())), h.now);
+    let sent = h.sent();
+    assert!(is_substitute(&sent[0]));
+    assert!(matches!(sent[1], Frontend::Sync));
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    h.got();
+    h.client(&cat(&[bind("", "s2", &[]), execute(""), sync()]));
+    assert!(is_substitute(&h.sent()[0]), "s2 never reached the server");
+}
+
+// ------------------------------------------------------------------- holds
+
+fn held_delete(h: &mut Harness) -> u64 {
+    h.client(&query("DELETE FROM orders WHERE id = 1"));
+    assert!(h.sent().is_empty(), "a held statement is not forwarded");
+    assert_eq!(h.core.activity(), Activity::Held);
+    let needs = h.needs();
+    let [Need::Hold { hold, request }] = needs.as_slice() else { panic!("{needs:?}") };
+    assert_eq!(&*request.statements[0].sql, "DELETE FROM orders WHERE id = 1");
+    assert_eq!(h.core.poll_timeout(), Some(h.now + Duration::from_secs(60)));
+    *hold
+}
+
+#[test]
+fn a_released_hold_is_forwarded() {
+    let mut h = harness(holding());
+    let hold = held_delete(&mut h);
+    // The client's next message waits behind the hold.
+    h.client(&query("SELECT 1"));
+    assert!(h.sent().is_empty());
+    h.core.handle_hold_outcome(hold, HoldOutcome::Release, h.now);
+    let sent = h.sent();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(is_query(&sent[0], "DELETE FROM orders WHERE id = 1"), "{sent:?}");
+    assert!(is_query(&sent[1], "SELECT 1"), "{sent:?}");
+    h.server(&cat(&[complete("DELETE 1"), ready(b'I')]));
+    assert_eq!(h.got(), vec![('C', "DELETE 1".into()), ('Z', "I".into())]);
+}
+
+#[test]
+fn a_refused_hold_answers_42501_and_the_session_goes_on() {
+    let mut h = harness(holding());
+    let hold = held_delete(&mut h);
+    h.core.handle_hold_outcome(hold, HoldOutcome::Refuse { reason: "not today (bob)".into() }, h.now);
+    assert!(is_substitute(&h.sent()[0]));
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    let got = h.got();
+    assert!(got[0].1.starts_with("42501 the statement was not approved: not today (bob)"), "{got:?}");
+    assert_eq!(h.core.activity(), Activity::Idle);
+}
+
+#[test]
+fn a_hold_times_out_with_an_error_naming_the_timeout() {
+    let mut h = harness(holding());
+    let hold = held_delete(&mut h);
+    h.core.handle_timeout(h.now + Duration::from_secs(59));
+    assert!(h.sent().is_empty(), "not yet");
+    h.core.handle_timeout(h.now + Duration::from_secs(60));
+    let needs = h.needs();
+    assert!(matches!(needs.as_slice(), [Need::EndHold { hold: e }] if *e == hold), "{needs:?}");
+    assert!(is_substitute(&h.sent()[0]));
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    let got = h.got();
+    assert!(got[0].1.starts_with("57014"), "{got:?}");
+    assert!(got[0].1.contains("hold timeout (1m)"), "{got:?}");
+    // A late outcome is ignored.
+    h.core.handle_hold_outcome(hold, HoldOutcome::Release, h.now);
+    assert!(h.sent().is_empty());
+}
+
+#[test]
+fn a_cancel_ends_a_hold_with_57014() {
+    let mut h = harness(holding());
+    let hold = held_delete(&mut h);
+    h.core.handle_cancel(h.now);
+    let needs = h.needs();
+    assert!(matches!(needs.as_slice(), [Need::EndHold { hold: e }] if *e == hold), "{needs:?}");
+    assert!(is_substitute(&h.sent()[0]));
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    assert!(h.got()[0].1.starts_with("57014 canceling statement due to user request"));
+}
+
+#[test]
+fn a_client_that_leaves_during_a_hold_is_noticed_at_once() {
+    let mut h = harness(holding());
+    let hold = held_delete(&mut h);
+    assert!(h.core.wants_client_data(), "a held session keeps reading the client");
+    h.core.handle_client_eof();
+    assert_eq!(h.core.end(), Some(&SessionEnd::ClientGone));
+    let needs = h.needs();
+    assert!(matches!(needs.as_slice(), [Need::EndHold { hold: e }] if *e == hold), "{needs:?}");
+    let sent = h.sent();
+    assert!(matches!(sent.as_slice(), [Frontend::Terminate]), "the held statement never ran: {sent:?}");
+}
+
+#[test]
+fn a_client_that_floods_during_a_hold_gets_an_error() {
+    let mut h = harness(CoreConfig { max_buffered_bytes: 1024, ..holding() });
+    held_delete(&mut h);
+    h.client(&query(&format!("SELECT '{}'", "x".repeat(2000))));
+    let got = h.got();
+    assert!(got[0].1.starts_with("53400"), "{got:?}");
+    assert_eq!(h.core.end(), Some(&SessionEnd::Flooded(1024)));
+}
+
+#[test]
+fn an_execute_is_held_with_its_parameters() {
+    let mut h = harness(holding());
+    h.client(&cat(&[parse("d", "DELETE FROM orders WHERE id = $1"), sync()]));
+    assert!(h.needs().is_empty(), "Parse alone is not held");
+    h.sent();
+    h.server(&cat(&[raw(b'1', b""), ready(b'I')]));
+    h.got();
+    h.client(&cat(&[bind("", "d", &["2"]), execute(""), sync()]));
+    let needs = h.needs();
+    let [Need::Hold { request, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    assert_eq!(request.statements[0].parameters, vec![Some("2".to_string())]);
+    assert!(h.sent().is_empty());
+}
+
+#[test]
+fn without_holds_require_approval_is_refused() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&query("DELETE FROM orders WHERE id = 1"));
+    assert!(is_substitute(&h.sent()[0]));
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    assert!(h.got()[0].1.contains("approvals are not available"));
+}
+
+#[test]
+fn invalid_client_bytes_end_the_session_with_08p01() {
+    let mut h = harness(CoreConfig::default());
+    h.client(b"?\0\0\0\x04");
+    let got = h.got();
+    assert!(got[0].1.starts_with("08P01 invalid message"), "{got:?}");
+    assert!(matches!(h.core.end(), Some(SessionEnd::ClientProtocol(_))));
+}
