@@ -2101,7 +2101,7 @@ fn push_substitute_query(batch: &mut Batch, refusal: Refusal) {
     }
     batch.bytes.extend_from_slice(&substitute);
     batch.pending.push(Pending::Query {
-        decision: Arc::new(refusal_decision(&refusal.message)),
+        decision: Arc::new(Decision::refusal("", refusal.message.clone())),
         index: 0,
         result: ResultState::empty(),
         failed: false,
@@ -2117,20 +2117,6 @@ fn push_substitute_parse(batch: &mut Batch, refusal: Refusal) {
     }
     batch.bytes.extend_from_slice(&substitute);
     batch.pending.push(Pending::Refused(refusal));
-}
-
-fn refusal_decision(message: &str) -> Decision {
-    Decision {
-        verdict: Verdict::Deny,
-        reason: message.to_string(),
-        rule: None,
-        max_rows: 0,
-        approvers: Vec::new(),
-        subject: String::new(),
-        actor: None,
-        statements: Arc::from(Vec::new()),
-        diagnostics: Vec::new(),
-    }
 }
 
 /// Whether a statement is a `COPY ... FROM STDIN` (data follows from the

@@ -184,6 +184,8 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
     let mut holding: Option<(u64, Boxed<HoldOutcome>)> = None;
     let mut up_read = READ_BYTES;
     let outcome: Result<(), String> = loop {
+        // Published first: a hold handler asked below sees the session held.
+        registration.set_activity(core.activity());
         // What the core asked for, in order.
         while let Some(need) = core.poll_need() {
             match need {
