@@ -647,6 +647,22 @@ fn a_sink_failure_refuses_the_batch_with_58030_and_the_session_goes_on() {
 }
 
 #[test]
+fn a_cancel_while_the_records_are_written_refuses_the_batch() {
+    let mut h = harness(recording());
+    h.client(&query("UPDATE orders SET total = 0 WHERE id = 1"));
+    let needs = h.needs();
+    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    h.core.handle_cancel(h.now);
+    let sent = h.sent();
+    assert!(is_substitute(&sent[0]), "the UPDATE never reaches the server: {sent:?}");
+    // The sink's late acknowledgement changes nothing.
+    h.core.handle_persisted(*batch, Ok(()), h.now);
+    assert!(h.sent().is_empty());
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    assert!(h.got()[0].1.starts_with("57014"));
+}
+
+#[test]
 fn a_refused_extended_batch_forgets_the_statements_it_defined() {
     let mut h = harness(recording());
     h.client(&cat(&[parse("s1", "SELECT 1"), sync()]));

@@ -714,6 +714,18 @@ impl SessionCore {
             self.process_client();
             return;
         }
+        if matches!(self.client, ClientState::Recording { .. }) {
+            // Not on the server yet: the batch never runs.
+            let ClientState::Recording { batch, .. } = std::mem::replace(&mut self.client, ClientState::Reading) else {
+                return;
+            };
+            tracing::info!("statement cancelled by the client before it was forwarded");
+            let refused =
+                self.refuse_batch(batch, QUERY_CANCELED, "canceling statement due to user request".to_string());
+            self.commit(refused);
+            self.process_client();
+            return;
+        }
         if !self.pending.is_empty() {
             self.needs.push_back(Need::CancelUpstream);
         }
