@@ -72,7 +72,9 @@
 //! columns the server describes and the statement's lineage
 //! ([`OutputColumn`]); [`RowMasker::mask_row`] applies it to each row, and
 //! leaves rows with no masked column untouched. See the `mask` strategies on
-//! [`Masking`].
+//! [`Masking`]. For the data of a `COPY ... TO STDOUT`,
+//! [`Engine::copy_out_plan`] names the columns, builds the masker and says
+//! whether the layout can be masked at all ([`CopyOutPlan`]).
 //!
 //! ## How the engine reads POLICY.md where it is silent
 //!
@@ -151,6 +153,7 @@
 
 mod analyze;
 mod cache;
+mod copy;
 mod decision;
 mod detect;
 mod engine;
@@ -164,6 +167,7 @@ mod shape;
 
 pub use analyze::{Analysis, Class, OutputColumn, StatementFacts};
 pub use cache::{CacheStats, DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT};
+pub use copy::{CopyLayout, CopyOutAction, CopyOutPlan};
 pub use decision::{Decision, StatementDecision, Verdict};
 pub use detect::{DetectorMatch, Detectors};
 pub use engine::{Engine, EngineOptions, Keys, TestOutcome};
