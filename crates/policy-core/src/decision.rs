@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::analyze::StatementFacts;
+use crate::identity::Identity;
 
 /// What happens to a statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -70,7 +71,13 @@ pub struct StatementDecision {
 /// assert_eq!(d.statements[1].verdict, Verdict::Deny);
 /// # Ok::<(), policy_core::PolicyError>(())
 /// ```
+///
+/// Decisions come from [`crate::Engine::decide`]; a caller that refuses on
+/// its own (a message it cannot read, a limit of its own) builds one with
+/// [`Decision::refusal`] or [`Decision::refusal_for`]. The struct is
+/// `#[non_exhaustive]`: new facts may be added without breaking callers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Decision {
     /// The strictest statement verdict (allow for an empty string).
     pub verdict: Verdict,
@@ -95,6 +102,51 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A refusal the caller decided itself, for `subject`: verdict
+    /// [`Verdict::Deny`] with `reason`, no rule, no row cap, no approvers,
+    /// no statements.
+    ///
+    /// ```
+    /// use policy_core::{Decision, Verdict};
+    /// let d = Decision::refusal("alice", "the message is not valid UTF-8");
+    /// assert_eq!(d.verdict, Verdict::Deny);
+    /// assert_eq!((d.subject.as_str(), d.reason.as_str()), ("alice", "the message is not valid UTF-8"));
+    /// assert!(d.rule.is_none() && d.statements.is_empty() && d.actor.is_none());
+    /// assert_eq!(
+    ///     d.to_json(),
+    ///     r#"{"verdict":"deny","reason":"the message is not valid UTF-8","rule":null,"max_rows":0,"approvers":[],"subject":"alice","statements":[]}"#
+    /// );
+    /// ```
+    pub fn refusal(subject: &str, reason: impl Into<String>) -> Decision {
+        Decision {
+            verdict: Verdict::Deny,
+            reason: reason.into(),
+            rule: None,
+            max_rows: 0,
+            approvers: Vec::new(),
+            subject: subject.to_string(),
+            actor: None,
+            statements: Arc::from(Vec::new()),
+            diagnostics: Vec::new(),
+        }
+    }
+
+    /// [`Decision::refusal`] for `identity`: its subject, and the agent
+    /// acting for it, if any, as [`crate::Engine::decide`] names them.
+    ///
+    /// ```
+    /// use policy_core::{Actor, Decision, Identity};
+    /// let agent = Identity::new("alice").with_actor(Actor::new("copilot-7"));
+    /// let d = Decision::refusal_for(&agent, "row limit reached");
+    /// assert_eq!((d.subject.as_str(), d.actor.as_deref()), ("alice", Some("copilot-7")));
+    /// ```
+    pub fn refusal_for(identity: &Identity, reason: impl Into<String>) -> Decision {
+        Decision {
+            actor: identity.actor.as_ref().map(|a| a.name().to_string()),
+            ..Decision::refusal(&identity.subject, reason)
+        }
+    }
+
     /// The decision as one line of JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| {

@@ -10,7 +10,7 @@ use crate::analyze::literal;
 use crate::analyze::StatementFacts;
 use crate::analyze::{self, Analysis, AnalyzeOptions};
 use crate::cache::{CacheStats, DecisionCache, DEFAULT_CACHE_BYTES};
-use crate::decision::{Decision, StatementDecision, Verdict};
+use crate::decision::{Decision, StatementDecision};
 use crate::detect::Detectors;
 use crate::identity::{Actor, Identity};
 use crate::mask::{ColumnInfo, ColumnMask, MessageScrubber, RowMasker};
@@ -319,17 +319,10 @@ impl Engine {
 }
 
 fn internal_error(identity: &Identity) -> Decision {
-    Decision {
-        verdict: Verdict::Deny,
-        reason: "internal error in the decision engine (this is a bug, please report it)".to_string(),
-        rule: None,
-        max_rows: 0,
-        approvers: Vec::new(),
-        subject: identity.subject.clone(),
-        actor: identity.actor.as_ref().map(|a| a.name().to_string()),
-        statements: Arc::from(Vec::new()),
-        diagnostics: vec!["the analysis panicked; the statement is denied".to_string()],
-    }
+    let mut d =
+        Decision::refusal_for(identity, "internal error in the decision engine (this is a bug, please report it)");
+    d.diagnostics.push("the analysis panicked; the statement is denied".to_string());
+    d
 }
 
 /// `decision` with its statements' spans moved from `shape`'s text to its key.

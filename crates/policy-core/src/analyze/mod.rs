@@ -132,7 +132,12 @@ impl std::fmt::Display for Class {
 /// Everything the rules look at about one statement (POLICY.md §3).
 ///
 /// The default is an `unknown` statement with no facts: lineage unproven.
+/// Facts come from the analysis ([`crate::Engine::analyze`],
+/// [`crate::Engine::decide`]); the struct is `#[non_exhaustive]`, so new
+/// facts can be added without breaking callers (build one elsewhere from
+/// [`StatementFacts::default`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[non_exhaustive]
 pub struct StatementFacts {
     /// Position of the statement in the string, from 0.
     pub index: usize,
