@@ -525,6 +525,23 @@ fn copy_out_rows_are_masked() {
 }
 
 #[test]
+fn a_refused_copy_out_sends_the_client_nothing_of_it_but_the_error() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&query("COPY (SELECT ssn FROM people) TO STDOUT (FORMAT binary)"));
+    h.sent();
+    let mut binary = vec![1u8];
+    binary.extend_from_slice(&1u16.to_be_bytes());
+    binary.extend_from_slice(&1i16.to_be_bytes());
+    h.server(&raw(b'H', &binary));
+    assert!(matches!(h.needs().as_slice(), [Need::CancelUpstream]));
+    h.server(&cat(&[raw(b'd', b"PGCOPY"), raw(b'c', b""), complete("COPY 1"), ready(b'I')]));
+    let got = h.got();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].1.starts_with("42501 COPY in binary format"), "{got:?}");
+    assert_eq!(got[1], ('Z', "I".into()));
+}
+
+#[test]
 fn the_row_cap_cancels_upstream_and_answers_54000() {
     let mut h = harness(CoreConfig::default());
     h.client(&query("SELECT id FROM orders"));

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use policy_core::{
-    ColumnInfo, Decision, Engine, Identity, RowMasker, Scrubbed, Session as EngineSession, SessionEffect,
-    StatementFacts, Verdict,
+    ColumnInfo, CopyLayout, CopyOutAction, Decision, Engine, Identity, RowMasker, Scrubbed, Session as EngineSession,
+    SessionEffect, StatementFacts, Verdict,
 };
 use postgres_protocol::message::frontend;
 
@@ -1611,7 +1611,12 @@ impl SessionCore {
         match message {
             BackendMessage::DataRow | BackendMessage::CopyData => self.on_row(message, frame),
             BackendMessage::CopyOutResponse => return self.start_copy_out(&frame, None),
-            BackendMessage::CopyDone => self.forward_to_client(&frame),
+            BackendMessage::CopyDone => {
+                // A refused COPY's client never saw its CopyOutResponse.
+                if !self.current_result().is_some_and(|r| r.refused.is_some()) {
+                    self.forward_to_client(&frame);
+                }
+            }
             BackendMessage::CopyInResponse => {
                 self.copy_in_started = true;
                 self.forward_to_client(&frame);
@@ -1698,6 +1703,9 @@ impl SessionCore {
             BackendMessage::CopyOutResponse => return self.start_copy_out(&frame, facts()),
             BackendMessage::CopyInResponse => {
                 self.forward_to_client(&frame);
+            }
+            BackendMessage::CopyDone if self.current_result().is_some_and(|r| r.refused.is_some()) => {
+                // A refused COPY's client never saw its CopyOutResponse.
             }
             BackendMessage::CopyDone | BackendMessage::CopyBothResponse | BackendMessage::EmptyQueryResponse => {
                 self.forward_to_client(&frame);
@@ -1838,63 +1846,43 @@ impl SessionCore {
         };
         let facts = facts.or_else(|| self.current_result().and_then(|r| r.facts.clone()));
         let engine = Arc::clone(&self.engine);
-        let mut fields: Vec<ColumnInfo> = match facts.as_deref() {
-            Some(f) if f.output_columns.len() == columns.len() && f.output_columns.iter().all(|c| c.name != "*") => {
-                f.output_columns.iter().map(|c| ColumnInfo::text(&c.name, None)).collect()
-            }
-            _ => (0..columns.len()).map(|i| ColumnInfo::text(&format!("column{}", i + 1), None)).collect(),
-        };
         // `COPY table TO STDOUT`: the table's columns, from the catalog.
-        let whole_table = facts.as_deref().and_then(|f| match f.output_columns.as_slice() {
-            [only] if only.name == "*" && only.sources.len() == 1 => {
-                only.sources.first().and_then(|s| s.strip_suffix(".*")).map(str::to_string)
-            }
-            _ => None,
-        });
-        if let Some(table) = whole_table.filter(|_| !engine.policy().masks.is_empty()) {
-            let names = match self.copy_columns.take() {
-                Some(answer) => answer,
+        let mut table_columns = None;
+        if let Some(table) = facts.as_deref().and_then(|f| engine.copy_out_table(f)) {
+            match self.copy_columns.take() {
+                Some(answer) => table_columns = answer,
                 None => {
-                    self.needs.push_back(Need::CopyColumns { table });
+                    self.needs.push_back(Need::CopyColumns { table: table.to_string() });
                     self.backend = BackendState::WaitingCatalog(frame.clone());
                     return false;
                 }
-            };
-            if let Some(names) = names {
-                if names.len() == columns.len() {
-                    fields = names.iter().map(|n| ColumnInfo::text(n, Some(n))).collect();
-                }
             }
         }
-        let masker = engine.masker(&self.identity, facts.as_deref().unwrap_or(&StatementFacts::default()), &fields);
-        // Only the plain text layout is masked: tab-separated, `\N` for
-        // NULL, no header. Anything else with something to mask is refused.
-        let plain =
-            facts.as_deref().is_none_or(|f| f.copy_options.iter().all(|o| o.eq_ignore_ascii_case("format=text")));
-        let column_masks = (0..fields.len()).any(|i| masker.mask_of(i).is_some());
-        let refuse = match (masker.is_noop(), format != 0, plain) {
-            (true, _, _) => None,
-            (false, true, _) if column_masks => {
-                Some("COPY in binary format of a result with masked columns is refused; use the text format")
+        let plan = engine.copy_out_plan(
+            &self.identity,
+            facts.as_deref(),
+            columns.len(),
+            format != 0,
+            table_columns.as_deref(),
+        );
+        // Forwarded, masked as text, or refused; a plan this gateway does
+        // not know how to carry out is refused (fail closed).
+        let (masker, refusal) = match plan.action {
+            CopyOutAction::Forward => (RowMasker::default(), None),
+            CopyOutAction::Mask(CopyLayout::Text) => (plan.masker, None),
+            CopyOutAction::Refuse(reason) => (plan.masker, Some(reason)),
+            other => {
+                (plan.masker, Some(format!("COPY data the gateway cannot mask in this layout ({other:?}) is refused")))
             }
-            (false, true, _) => Some(
-                "COPY in binary format cannot be scanned by the policy's PII detectors and is refused; use the text \
-                 format",
-            ),
-            (false, false, false) => Some(
-                "COPY of masked data is done in the plain text format only (no CSV, DELIMITER, HEADER, NULL, QUOTE, \
-                 ESCAPE or ENCODING options); this one is refused",
-            ),
-            (false, false, true) => None,
         };
         if let Some(result) = self.current_result_mut() {
             result.copy_out = Some(columns.len());
             result.masker = Some(Arc::new(masker));
-            if let Some(reason) = refuse {
-                result.refused = Some(reason.to_string());
+            if let Some(reason) = &refusal {
+                result.refused = Some(reason.clone());
             }
         }
-        if refuse.is_some() {
+        if refusal.is_some() {
             self.needs.push_back(Need::CancelUpstream);
             return true;
         }
