@@ -1613,7 +1613,7 @@ impl SessionCore {
             BackendMessage::CopyOutResponse => return self.start_copy_out(&frame, None),
             BackendMessage::CopyDone => {
                 // A refused COPY's client never saw its CopyOutResponse.
-                if !self.current_result().is_some_and(|r| r.refused.is_some()) {
+                if self.current_result().is_none_or(|r| r.refused.is_none()) {
                     self.forward_to_client(&frame);
                 }
             }
