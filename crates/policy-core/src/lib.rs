@@ -85,7 +85,14 @@
 //!   [`Session::user`] (kept literally when unknown). `pg_temp` is never a
 //!   candidate for unqualified names: it holds only the session's own
 //!   temporary tables, and creating one is `ddl`. An empty search path makes
-//!   unqualified names opaque.
+//!   unqualified names opaque. Within one string, a `SET search_path`
+//!   applies to the statements after it; a `set_config('search_path', ...)`
+//!   does when it is a plain `SELECT`'s own target (it runs exactly once),
+//!   and anywhere else (a `CASE` branch, a `WHERE`, a plain `EXPLAIN`, a
+//!   `PREPARE` body: it may run never, later or many times) the later
+//!   statements are read with the schemas of both paths. A `SET` inside
+//!   `ALTER ROLE/DATABASE/SYSTEM` or a function's `SET` clause does not
+//!   change this session's path.
 //! - **Functions.** Built-in functions and operators are known by name (the
 //!   list comes from PostgreSQL's bootstrap catalog). Calling anything else,
 //!   or a built-in name qualified with another schema, or an unqualified

@@ -188,6 +188,71 @@ fn search_path_changes_apply_to_later_statements() {
 }
 
 #[test]
+fn a_set_config_that_may_not_run_leaves_both_paths_possible() {
+    let private = Session::default().with_startup_search_path(vec!["private".into()]);
+    // The call may run never (plain EXPLAIN, a PREPARE body, a CASE branch,
+    // a WHERE or FROM over no rows), later, or more than once: later
+    // statements see the tables of both paths.
+    for sql in [
+        "EXPLAIN SELECT set_config('search_path', 'public', false)",
+        "PREPARE p AS SELECT set_config('search_path', 'public', false)",
+        "SELECT CASE WHEN false THEN set_config('search_path', 'public', false) END",
+        "SELECT 1 WHERE false AND set_config('search_path', 'public', false) IS NULL",
+        "SELECT set_config('search_path', 'public', false) FROM orders",
+        "SELECT set_config('search_path', 'public', false) LIMIT 0",
+        "SELECT coalesce('x', set_config('search_path', 'public', false))",
+        "DECLARE c CURSOR FOR SELECT set_config('search_path', 'public', false)",
+        "CREATE VIEW v AS SELECT set_config('search_path', 'public', false)",
+        "SELECT * FROM (SELECT set_config('search_path', 'public', false)) s",
+    ] {
+        let f = facts_in(&private, &format!("{sql}; SELECT * FROM customers"));
+        let last = f.last().unwrap();
+        assert_eq!(last.tables, ["private.customers", "public.customers"], "{sql}");
+    }
+    // A plain SELECT of the call runs it, once: the path is the new one.
+    for sql in [
+        "SELECT set_config('search_path', 'public', false)",
+        "SELECT pg_catalog.set_config('search_path', 'public', true) AS p",
+        "SELECT 1, set_config('search_path', 'x', false), set_config('search_path', 'public', false)",
+    ] {
+        let f = facts_in(&private, &format!("{sql}; SELECT * FROM customers"));
+        assert_eq!(f.last().unwrap().tables, ["public.customers"], "{sql}");
+    }
+    // The gateway still hears of the change (and reads the path back).
+    let f = facts_in(&private, "EXPLAIN SELECT set_config('search_path', 'public', false)");
+    assert!(f[0].changes_settings);
+    // pg_catalog comes first only when it does in both paths: else an
+    // unqualified function could be somebody's.
+    let catalog_last = Session::default().with_startup_search_path(vec!["public".into(), "pg_catalog".into()]);
+    let f = facts_in(
+        &catalog_last,
+        "SELECT CASE WHEN false THEN set_config('search_path', 'pg_catalog, public', false) END; SELECT lower('x')",
+    );
+    assert!(f[1].opaque, "{:?}", f[1]);
+    let f =
+        facts_in(&Session::default(), "SELECT 1 WHERE set_config('search_path', 'app', false) = ''; SELECT lower('x')");
+    assert!(!f[1].opaque, "{:?}", f[1]);
+}
+
+#[test]
+fn a_set_inside_another_statement_leaves_the_session_alone() {
+    for sql in [
+        "ALTER ROLE app SET search_path = private",
+        "ALTER ROLE app IN DATABASE app RESET search_path",
+        "ALTER DATABASE app SET search_path TO private",
+        "ALTER SYSTEM SET search_path = private",
+        "ALTER FUNCTION f() SET search_path = private",
+        "ALTER FUNCTION f() RESET ALL",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = private AS 'SELECT 1'",
+        "CREATE PROCEDURE p() LANGUAGE sql SET search_path FROM CURRENT AS 'SELECT 1'",
+    ] {
+        let f = facts(&format!("{sql}; SELECT * FROM orders"));
+        assert_eq!(f[0].session_effects, [], "{sql}");
+        assert_eq!(f[1].tables, ["public.orders"], "{sql}");
+    }
+}
+
+#[test]
 fn classes_take_the_most_privileged_thing_done() {
     let cases: &[(&str, Class, &str)] = &[
         ("SELECT 1", Class::Read, "SELECT"),

@@ -446,6 +446,7 @@ fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, optio
     let (class, mut command) = classify(stmt);
     let mut w = Walker::new(state, options);
     w.class = class;
+    w.certain_calls = certain_calls(stmt);
     w.visit(stmt);
     let mut commands = std::mem::take(&mut w.runs);
     match (stmt, w.executed.take()) {
@@ -483,15 +484,23 @@ fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, optio
         unbounded,
         mut effects,
         set_config,
+        uncertain_effects,
         ..
     } = w;
     let changes_settings = set_config
         || opaque
         || class == Class::Unknown
         || matches!(stmt, NodeRef::VariableSetStmt(_) | NodeRef::DiscardStmt(_));
-    for effect in &mut effects {
-        if let SessionEffect::Prepare { prepared, .. } = effect {
-            prepared.sql = Arc::from(text);
+    for (i, effect) in effects.iter_mut().enumerate() {
+        match effect {
+            SessionEffect::Prepare { prepared, .. } => prepared.sql = Arc::from(text),
+            // The server may or may not have changed the path: later
+            // statements are read with every schema of both.
+            SessionEffect::SetSearchPath { path, .. } if uncertain_effects.contains(&i) => {
+                state.search_path = either_path(path, &state.search_path);
+                continue;
+            }
+            _ => {}
         }
         state.apply(effect);
     }
@@ -518,6 +527,95 @@ fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, optio
         begins_transaction: bounds.begins,
         reverts_settings: bounds.ends || bounds.rolls_back_to_savepoint,
     }
+}
+
+/// The function calls a statement certainly runs, exactly once, when it
+/// runs: the direct targets of a `SELECT` that has nothing but its target
+/// list (`SELECT set_config('search_path', 'app', false)`). A call anywhere
+/// else may run once, never (a `CASE` branch, a `WHERE` over no rows, a
+/// plain `EXPLAIN`, a `PREPARE` body), many times, or later (a view, a
+/// cursor).
+fn certain_calls(stmt: NodeRef<'_>) -> Vec<*const pb::FuncCall> {
+    let NodeRef::SelectStmt(s) = stmt else { return Vec::new() };
+    let pb::SelectStmt {
+        distinct_clause,
+        into_clause,
+        target_list,
+        from_clause,
+        where_clause,
+        group_clause,
+        group_distinct: _,
+        having_clause,
+        window_clause,
+        values_lists,
+        sort_clause,
+        limit_offset,
+        limit_count,
+        limit_option: _,
+        locking_clause,
+        with_clause,
+        op,
+        all: _,
+        larg,
+        rarg,
+    } = s;
+    let simple = distinct_clause.is_empty()
+        && into_clause.is_none()
+        && from_clause.is_empty()
+        && where_clause.is_none()
+        && group_clause.is_empty()
+        && having_clause.is_none()
+        && window_clause.is_empty()
+        && values_lists.is_empty()
+        && sort_clause.is_empty()
+        && limit_offset.is_none()
+        && limit_count.is_none()
+        && locking_clause.is_empty()
+        && with_clause.is_none()
+        && *op == pb::SetOperation::SetopNone as i32
+        && larg.is_none()
+        && rarg.is_none();
+    if !simple {
+        return Vec::new();
+    }
+    nodes(target_list)
+        .filter_map(|t| match t {
+            NodeRef::ResTarget(rt) => match node(&rt.val) {
+                Some(NodeRef::FuncCall(fc)) if fc.over.is_none() && fc.agg_filter.is_none() => {
+                    Some(std::ptr::from_ref(fc))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether unqualified function and operator names reach `pg_catalog`
+/// before any other schema of `path`.
+fn catalog_first(path: &[String]) -> bool {
+    path.iter()
+        .filter(|s| *s != "pg_temp" && !s.starts_with("pg_temp_"))
+        .position(|s| s == "pg_catalog")
+        .is_none_or(|i| i == 0)
+}
+
+/// The search path after a change to `new` that may or may not have
+/// happened: every schema of both (an unqualified name counts as every
+/// candidate, as for any name the engine cannot place), with `pg_catalog`
+/// first only if it comes first in both.
+fn either_path(new: &[String], old: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(new.len() + old.len());
+    for schema in new.iter().chain(old) {
+        if !out.contains(schema) {
+            out.push(schema.clone());
+        }
+    }
+    if catalog_first(&out) && !(catalog_first(new) && catalog_first(old)) {
+        out.retain(|s| s != "pg_catalog");
+        out.push("pg_catalog".to_string());
+    }
+    out
 }
 
 /// Where a statement stands in the transaction's life.
@@ -648,6 +746,11 @@ struct Walker<'st, 's> {
     executed: Option<String>,
     /// A `set_config(...)` call was seen.
     set_config: bool,
+    /// The calls the statement certainly runs, once ([`certain_calls`]).
+    certain_calls: Vec<*const pb::FuncCall>,
+    /// Indexes in `effects` of `set_config('search_path', ...)` calls that
+    /// may not run (or run later, or more than once).
+    uncertain_effects: Vec<usize>,
     depth: usize,
 }
 
@@ -672,6 +775,8 @@ impl<'st, 's> Walker<'st, 's> {
             runs: BTreeSet::new(),
             executed: None,
             set_config: false,
+            certain_calls: Vec::new(),
+            uncertain_effects: Vec::new(),
             depth: 0,
         }
     }
@@ -996,7 +1101,7 @@ impl<'st, 's> Walker<'st, 's> {
                     self.written.insert("pg_catalog.pg_largeobject".to_string());
                 }
             }
-            catalog::Effect::SetConfig => self.set_config(&args),
+            catalog::Effect::SetConfig => self.set_config(fc, &args),
             catalog::Effect::Reads(relation) => {
                 self.tables.insert(relation.to_string());
             }
@@ -1006,15 +1111,10 @@ impl<'st, 's> Walker<'st, 's> {
     /// Whether unqualified function names reach `pg_catalog` before any
     /// other schema.
     fn catalog_first(&self) -> bool {
-        self.state
-            .search_path
-            .iter()
-            .filter(|s| *s != "pg_temp" && !s.starts_with("pg_temp_"))
-            .position(|s| s == "pg_catalog")
-            .is_none_or(|i| i == 0)
+        catalog_first(&self.state.search_path)
     }
 
-    fn set_config(&mut self, args: &[NodeRef<'_>]) {
+    fn set_config(&mut self, call: &pb::FuncCall, args: &[NodeRef<'_>]) {
         self.set_config = true;
         let Some(setting) = args.first().copied().and_then(const_text).map(str::to_ascii_lowercase) else {
             self.raise(Class::Admin);
@@ -1032,7 +1132,12 @@ impl<'st, 's> Walker<'st, 's> {
                 _ => false,
             };
             match value.and_then(|v| names::split_identifiers(v, ',')) {
-                Some(path) => self.effects.push(SessionEffect::SetSearchPath { path, local }),
+                Some(path) => {
+                    if !self.certain_calls.iter().any(|c| std::ptr::eq(*c, call)) {
+                        self.uncertain_effects.push(self.effects.len());
+                    }
+                    self.effects.push(SessionEffect::SetSearchPath { path, local });
+                }
                 None => {
                     self.raise(Class::Admin);
                     self.note("set_config sets search_path to a value the engine cannot read".to_string());
@@ -1235,7 +1340,11 @@ impl<'st, 's> Walker<'st, 's> {
                     self.object(c.objtype, obj);
                 }
             }
-            NodeRef::VariableSetStmt(v) => self.variable_set(v),
+            // Only a SET of its own changes this session: one inside `ALTER
+            // ROLE/DATABASE/SYSTEM ... SET` or a function's `SET` clause sets
+            // later sessions' or the function's own value.
+            NodeRef::VariableSetStmt(v) if self.depth == 1 => self.variable_set(v),
+            NodeRef::VariableSetStmt(v) => self.list(&v.args),
             NodeRef::PrepareStmt(p) => {
                 self.list(&p.argtypes);
                 self.opt(&p.query);
