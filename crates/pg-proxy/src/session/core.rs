@@ -291,7 +291,8 @@ struct ResultState {
     masker: Option<Arc<RowMasker>>,
     rows: u64,
     cap: u64,
-    rule: Option<String>,
+    /// The decision whose rule the row cap names.
+    decision: Option<Arc<Decision>>,
     capped: bool,
     /// COPY TO STDOUT in text format: masked per line, with this many
     /// columns.
@@ -302,13 +303,13 @@ struct ResultState {
 }
 
 impl ResultState {
-    fn new(facts: Option<Arc<StatementFacts>>, decision: &Decision) -> Self {
+    fn new(facts: Option<Arc<StatementFacts>>, decision: &Arc<Decision>) -> Self {
         ResultState {
             facts,
             masker: None,
             rows: 0,
             cap: decision.max_rows,
-            rule: decision.rule.clone(),
+            decision: Some(Arc::clone(decision)),
             capped: false,
             copy_out: None,
             refused: None,
@@ -321,7 +322,7 @@ impl ResultState {
             masker: None,
             rows: 0,
             cap: 0,
-            rule: None,
+            decision: None,
             capped: false,
             copy_out: None,
             refused: None,
@@ -869,7 +870,9 @@ impl SessionCore {
                 });
                 let id = self.next_id();
                 let name = portal.as_str().to_string();
-                self.batch.portals.push(name.clone());
+                if self.batches_can_be_refused() {
+                    self.batch.portals.push(name.clone());
+                }
                 self.portals.insert(name, Portal { id, prepared, fields, rows: 0, param_formats, params });
                 self.stage(&m.frame, Some(Pending::Bind));
             }
@@ -1187,17 +1190,23 @@ impl SessionCore {
         }
         let facts = decision.statements.first().map(|s| Arc::clone(&s.facts));
         let prepared = Prepared { id: self.next_id(), sql, facts, decision: Arc::new(decision), fields: None };
-        self.batch.statements.push(name.to_string());
+        if self.batches_can_be_refused() {
+            self.batch.statements.push(name.to_string());
+        }
         self.statements.insert(name.to_string(), Some(prepared));
         self.stage(frame, Some(Pending::Parse));
     }
 
     fn on_execute(&mut self, portal: &str, frame: &[u8]) {
-        let Some(p) = self.portals.get(portal).cloned() else {
+        let Some(bound) = self.portals.get(portal) else {
             return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_portal(portal));
         };
-        let wants_parameters = self.config.record || p.prepared.decision.verdict == Verdict::RequireApproval;
-        let parameters = if wants_parameters { parameters_as_text(&p.param_formats, &p.params) } else { Vec::new() };
+        // What this needs of the portal, without copying its parameters.
+        let wants_parameters = self.config.record || bound.prepared.decision.verdict == Verdict::RequireApproval;
+        let parameters =
+            if wants_parameters { parameters_as_text(&bound.param_formats, &bound.params) } else { Vec::new() };
+        let (id, rows, fields, prepared) = (bound.id, bound.rows, bound.fields.clone(), bound.prepared.clone());
+        let p = Portal { id, prepared, fields, rows, param_formats: Vec::new(), params: Vec::new() };
         if p.prepared.decision.verdict == Verdict::RequireApproval && self.config.holds {
             self.batch.held.push(HeldStatement::new(
                 Arc::from(p.prepared.sql.as_str()),
@@ -1233,6 +1242,13 @@ impl SessionCore {
         result.rows = p.rows;
         let pending = Pending::Execute { portal: portal.to_string(), id: p.id, fields: p.fields.clone(), result };
         self.stage(frame, Some(pending));
+    }
+
+    /// Whether a staged batch can still be refused after its messages were
+    /// taken (a record that cannot be written, a hold that ends in a
+    /// refusal): the names it defines are then kept to be forgotten.
+    fn batches_can_be_refused(&self) -> bool {
+        self.config.record || self.config.holds
     }
 
     fn next_id(&mut self) -> u64 {
@@ -1894,7 +1910,12 @@ impl SessionCore {
         let message = match &result.refused {
             Some(reason) => reason.clone(),
             None => {
-                let rule = result.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
+                let rule = result
+                    .decision
+                    .as_ref()
+                    .and_then(|d| d.rule.as_deref())
+                    .map(|r| format!(" (rule {r})"))
+                    .unwrap_or_default();
                 format!(
                     "row limit reached: the statement returned more than {} rows, the most this identity may read \
                      at once{rule}; add a LIMIT or narrow the query",
