@@ -617,6 +617,39 @@ fn a_reset_returns_to_the_startup_search_path_not_the_policy_s() {
     }
 }
 
+const READ_BACK: &str = "SELECT pg_catalog.current_setting('search_path')";
+
+/// Runs a simple query that the server answers with `tag` and status.
+fn simple(h: &mut Harness, sql: &str, tag: &str, status: u8) {
+    h.client(&query(sql));
+    let sent = h.sent();
+    assert!(is_query(&sent[0], sql), "{sent:?}");
+    h.server(&cat(&[complete(tag), ready(status)]));
+}
+
+#[test]
+fn settings_are_read_back_after_a_rollback_to_savepoint_that_undid_one() {
+    let mut h = harness(CoreConfig::default());
+    simple(&mut h, "BEGIN", "BEGIN", b'T');
+    simple(&mut h, "SAVEPOINT s", "SAVEPOINT", b'T');
+    h.got();
+    simple(&mut h, "SET search_path = private", "SET", b'T');
+    // The session reads the setting back before the client goes on.
+    let sent = h.sent();
+    assert!(is_query(&sent[0], READ_BACK), "{sent:?}");
+    h.server(&cat(&[row_description(&[("current_setting", 0, 0)]), rows_of(&[&["private"]]), complete("SELECT 1")]));
+    h.server(&ready(b'T'));
+    assert_eq!(h.got(), vec![('C', "SET".into()), ('Z', "T".into())]);
+    simple(&mut h, "ROLLBACK TO s", "ROLLBACK", b'T');
+    let sent = h.sent();
+    assert!(is_query(&sent[0], READ_BACK), "a ROLLBACK TO undid the SET: read it back: {sent:?}");
+    h.server(&cat(&[row_description(&[("current_setting", 0, 0)]), rows_of(&[&["public"]]), complete("SELECT 1")]));
+    h.server(&ready(b'T'));
+    assert_eq!(h.got(), vec![('C', "ROLLBACK".into()), ('Z', "T".into())]);
+    h.client(&query("SELECT * FROM customers"));
+    assert!(is_query(&h.sent()[0], "SELECT * FROM customers"), "back on public");
+}
+
 // ----------------------------------------------------------------- records
 
 #[test]

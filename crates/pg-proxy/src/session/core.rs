@@ -1173,7 +1173,7 @@ impl SessionCore {
         if changes_setting {
             self.setting_touched_in_tx = true;
         }
-        changes_setting || (facts.ends_transaction && self.setting_touched_in_tx)
+        changes_setting || (facts.reverts_settings && self.setting_touched_in_tx)
     }
 
     fn on_parse(&mut self, name: &str, sql: Str, frame: &[u8]) {
