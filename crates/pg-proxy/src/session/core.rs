@@ -217,12 +217,6 @@ struct Batch {
     failed: bool,
 }
 
-impl Batch {
-    fn is_empty(&self) -> bool {
-        self.bytes.is_empty() && self.pending.is_empty()
-    }
-}
-
 /// How client messages are taken.
 #[derive(Debug)]
 enum ClientState {
@@ -948,19 +942,30 @@ impl SessionCore {
     }
 
     /// Adds a message to the current batch.
+    ///
+    /// When no batch can be refused once taken (nothing is recorded or
+    /// held), the message goes straight to the server's buffer: the batch
+    /// is then forwarded as it is read, with no copy.
     fn stage(&mut self, frame: &[u8], pending: Option<Pending>) {
-        self.batch.bytes.extend_from_slice(frame);
-        if let Some(p) = pending {
-            self.batch.pending.push(p);
+        if self.batches_can_be_refused() {
+            self.batch.bytes.extend_from_slice(frame);
+            if let Some(p) = pending {
+                self.batch.pending.push(p);
+            }
+        } else {
+            self.to_server.extend_from_slice(frame);
+            if let Some(p) = pending {
+                self.pending.push_back(p);
+            }
         }
     }
 
     /// The batch is complete: held, recorded, or forwarded.
     fn finish_batch(&mut self, end: BatchEnd) {
+        // Also an empty batch (its messages went straight to the server):
+        // what it leaves the client in (COPY IN, the settings read-back)
+        // is set when it is committed.
         let mut batch = std::mem::take(&mut self.batch);
-        if batch.is_empty() {
-            return;
-        }
         batch.end = Some(end);
         if end == BatchEnd::Terminate {
             self.commit(batch);
@@ -1073,15 +1078,15 @@ impl SessionCore {
             // The server is already skipping to Sync: one error per block.
             return;
         }
-        let mut batch = std::mem::take(&mut self.batch);
-        push_substitute_parse(&mut batch, Refusal { code, message });
-        self.batch = batch;
+        if let Some((bytes, pending)) = substitute_parse(Refusal { code, message }) {
+            self.stage(&bytes, Some(pending));
+        }
     }
 
     fn stage_refused_query(&mut self, refusal: Refusal) {
-        let mut batch = std::mem::take(&mut self.batch);
-        push_substitute_query(&mut batch, refusal);
-        self.batch = batch;
+        if let Some((bytes, pending)) = substitute_query(refusal) {
+            self.stage(&bytes, Some(pending));
+        }
     }
 
     fn decide(&self, sql: &str) -> Decision {
@@ -1159,7 +1164,7 @@ impl SessionCore {
     /// view from before the batch, to restore should the batch not run);
     /// returns whether the settings must be read back afterwards.
     fn apply_effects(&mut self, facts: &StatementFacts) -> bool {
-        if !facts.session_effects.is_empty() && self.batch.snapshot.is_none() {
+        if !facts.session_effects.is_empty() && self.batch.snapshot.is_none() && self.batches_can_be_refused() {
             self.batch.snapshot = Some(self.state.clone());
         }
         for effect in &facts.session_effects {
@@ -2116,28 +2121,39 @@ impl SessionCore {
 
 /// Stages [`REFUSED_SQL`] as a simple query, answered with `refusal`.
 fn push_substitute_query(batch: &mut Batch, refusal: Refusal) {
-    let mut substitute = BytesMut::new();
-    if frontend::query(REFUSED_SQL, &mut substitute).is_err() {
-        return;
+    if let Some((bytes, pending)) = substitute_query(refusal) {
+        batch.bytes.extend_from_slice(&bytes);
+        batch.pending.push(pending);
     }
-    batch.bytes.extend_from_slice(&substitute);
-    batch.pending.push(Pending::Query {
+}
+
+/// Stages [`REFUSED_SQL`] as a `Parse`, answered with `refusal`.
+fn push_substitute_parse(batch: &mut Batch, refusal: Refusal) {
+    if let Some((bytes, pending)) = substitute_parse(refusal) {
+        batch.bytes.extend_from_slice(&bytes);
+        batch.pending.push(pending);
+    }
+}
+
+/// [`REFUSED_SQL`] as a simple query, and what its answer becomes.
+fn substitute_query(refusal: Refusal) -> Option<(BytesMut, Pending)> {
+    let mut substitute = BytesMut::new();
+    frontend::query(REFUSED_SQL, &mut substitute).ok()?;
+    let pending = Pending::Query {
         decision: Arc::new(Decision::refusal("", refusal.message.clone())),
         index: 0,
         result: ResultState::empty(),
         failed: false,
         refusal: Some(refusal),
-    });
+    };
+    Some((substitute, pending))
 }
 
-/// Stages [`REFUSED_SQL`] as a `Parse`, answered with `refusal`.
-fn push_substitute_parse(batch: &mut Batch, refusal: Refusal) {
+/// [`REFUSED_SQL`] as a `Parse`, and what its answer becomes.
+fn substitute_parse(refusal: Refusal) -> Option<(BytesMut, Pending)> {
     let mut substitute = BytesMut::new();
-    if frontend::parse("", REFUSED_SQL, std::iter::empty(), &mut substitute).is_err() {
-        return;
-    }
-    batch.bytes.extend_from_slice(&substitute);
-    batch.pending.push(Pending::Refused(refusal));
+    frontend::parse("", REFUSED_SQL, std::iter::empty(), &mut substitute).ok()?;
+    Some((substitute, Pending::Refused(refusal)))
 }
 
 /// Whether a statement is a `COPY ... FROM STDIN` (data follows from the
