@@ -48,11 +48,10 @@
 //!   flag, and writing that row again gives the same bytes (the writer's
 //!   output is a fixed point);
 //! - the line comes back byte for byte only when it is in the writer's
-//!   form: the only escapes `\\`, `\n`, `\r`, `\t` and a whole-field `\N`,
-//!   no raw CR or LF before the final LF. `escape(unescape(f))` is not `f`
-//!   in general: `\b`, `\f`, `\v` come back as the raw byte, `\x41` or
-//!   `\101` as `x41` or `101`, a raw CR as `\r`, a lone final backslash as
-//!   `\\`.
+//!   form: the only escapes `\\`, `\n`, `\r`, `\t`, `\b`, `\f`, `\v` and a
+//!   whole-field `\N`, no raw CR, LF, BS, FF or VT before the final LF.
+//!   `escape(unescape(f))` is not `f` in general: `\x41` or `\101` come
+//!   back as `A`, a raw CR as `\r`, a lone final backslash as `\\`.
 
 #![no_main]
 
@@ -473,8 +472,8 @@ fn through_the_wire<T: AsRef<[u8]>>(row: &[Option<T>], newline: bool) -> (Vec<u8
 }
 
 /// Whether `line` is in the form `copy_data_line` writes: fields with no
-/// escapes but `\\`, `\n`, `\r`, `\t`, or exactly `\N`; no raw CR or LF
-/// but the final LF.
+/// escapes but `\\`, `\n`, `\r`, `\t`, `\b`, `\f`, `\v`, or exactly `\N`;
+/// no raw CR, LF, BS, FF or VT but the final LF.
 fn writer_form(line: &[u8]) -> bool {
     let body = line.strip_suffix(b"\n").unwrap_or(line);
     body.split(|b| *b == b'\t').all(|field| {
@@ -484,8 +483,8 @@ fn writer_form(line: &[u8]) -> bool {
         let mut bytes = field.iter();
         while let Some(b) = bytes.next() {
             match b {
-                b'\r' | b'\n' => return false,
-                b'\\' if !matches!(bytes.next(), Some(b'\\' | b'n' | b'r' | b't')) => return false,
+                b'\r' | b'\n' | 8 | 11 | 12 => return false,
+                b'\\' if !matches!(bytes.next(), Some(b'\\' | b'n' | b'r' | b't' | b'b' | b'f' | b'v')) => return false,
                 _ => {}
             }
         }

@@ -60,6 +60,34 @@ pub fn unescape(field: &[u8]) -> Option<Cow<'_, [u8]>> {
             Some(b'b') => out.push(8),
             Some(b'f') => out.push(12),
             Some(b'v') => out.push(11),
+            // `\x` and one or two hex digits, as PostgreSQL reads them.
+            Some(b'x') if bytes.clone().next().is_some_and(|b| b.is_ascii_hexdigit()) => {
+                let mut value = 0u8;
+                for _ in 0..2 {
+                    match bytes.clone().next().and_then(|b| char::from(b).to_digit(16)) {
+                        Some(d) => {
+                            value = value.wrapping_mul(16).wrapping_add(d as u8);
+                            bytes.next();
+                        }
+                        None => break,
+                    }
+                }
+                out.push(value);
+            }
+            // `\` and one to three octal digits.
+            Some(first @ b'0'..=b'7') => {
+                let mut value = first - b'0';
+                for _ in 0..2 {
+                    match bytes.clone().next() {
+                        Some(d @ b'0'..=b'7') => {
+                            value = value.wrapping_mul(8).wrapping_add(d - b'0');
+                            bytes.next();
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(value);
+            }
             Some(other) => out.push(other),
             None => out.push(b'\\'),
         }
@@ -76,6 +104,9 @@ pub fn escape(value: &[u8], out: &mut BytesMut) {
             b'\n' => b"\\n",
             b'\r' => b"\\r",
             b'\t' => b"\\t",
+            8 => b"\\b",
+            12 => b"\\f",
+            11 => b"\\v",
             _ => continue,
         };
         out.extend_from_slice(value.get(plain..i).unwrap_or_default());
@@ -129,6 +160,15 @@ mod tests {
         }
         assert_eq!(unescape(b"\\N"), None);
         assert!(matches!(unescape(b"plain"), Some(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn octal_and_hex_escapes_read_as_postgresql_reads_them() {
+        assert_eq!(unescape(b"\\101\\x41\\x4g\\7"), Some(Cow::Owned(b"AA\x04g\x07".to_vec())));
+        assert_eq!(unescape(b"\\xz"), Some(Cow::Owned(b"xz".to_vec())));
+        let mut out = BytesMut::new();
+        escape(&[8, 12, 11], &mut out);
+        assert_eq!(&out[..], b"\\b\\f\\v");
     }
 
     #[test]
