@@ -2,8 +2,10 @@
 //!
 //! A decision depends on the SQL text, the caller (subject, groups, actor),
 //! and the session (search_path and the value a reset returns to,
-//! `standard_conforming_strings`, the database user). The cache keys on all of them and compares them in full
-//! on a hit (the 64-bit hash only picks the bucket). Strings holding an
+//! `standard_conforming_strings`, the database user, and the transaction
+//! block with the paths its end returns to). The cache keys on all of them
+//! and compares them in full on a hit (the 64-bit hash only picks the
+//! bucket). Strings holding an
 //! `EXECUTE` also depend on the session's prepared statements and are not
 //! cached.
 //!
@@ -30,7 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::decision::Decision;
 use crate::identity::Identity;
-use crate::session::Session;
+use crate::session::{Session, TransactionPaths};
 
 /// Default byte budget of the whole cache.
 pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
@@ -50,6 +52,7 @@ struct Key {
     reset_search_path: Vec<String>,
     standard_conforming_strings: bool,
     user: Option<String>,
+    transaction: Option<TransactionPaths>,
 }
 
 impl Key {
@@ -61,6 +64,7 @@ impl Key {
             && self.reset_search_path == session.reset_search_path
             && self.standard_conforming_strings == session.standard_conforming_strings
             && self.user == session.user
+            && self.transaction == session.transaction
     }
 }
 
@@ -118,7 +122,16 @@ fn key_hash(
     session.reset_search_path.hash(&mut h);
     session.standard_conforming_strings.hash(&mut h);
     session.user.hash(&mut h);
+    session.transaction.hash(&mut h);
     h.finish()
+}
+
+fn transaction_bytes(t: &TransactionPaths) -> usize {
+    let strings = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
+    128 + strings(&t.start)
+        + strings(&t.commit)
+        + strings(&t.seen)
+        + t.savepoints.iter().map(|s| 72 + s.name.len() + strings(&s.search_path) + strings(&s.commit)).sum::<usize>()
 }
 
 fn decision_bytes(d: &Decision) -> usize {
@@ -195,6 +208,7 @@ impl DecisionCache {
             + identity.groups.iter().map(|g| g.len() + 24).sum::<usize>()
             + session.search_path.iter().map(|s| s.len() + 24).sum::<usize>()
             + session.reset_search_path.iter().map(|s| s.len() + 24).sum::<usize>()
+            + session.transaction.as_ref().map_or(0, transaction_bytes)
             + decision_bytes(decision);
         if bytes > self.shard_budget {
             return;
@@ -219,6 +233,7 @@ impl DecisionCache {
             reset_search_path: session.reset_search_path.clone(),
             standard_conforming_strings: session.standard_conforming_strings,
             user: session.user.clone(),
+            transaction: session.transaction.clone(),
         };
         let bucket = shard.map.entry(hash).or_default();
         if bucket.iter().any(|e| e.key == key) {

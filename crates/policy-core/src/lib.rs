@@ -93,6 +93,25 @@
 //!   statements are read with the schemas of both paths. A `SET` inside
 //!   `ALTER ROLE/DATABASE/SYSTEM` or a function's `SET` clause does not
 //!   change this session's path.
+//! - **Transactions and the path.** The path follows PostgreSQL's rules for
+//!   settings in transactions: `ROLLBACK` (`ABORT`, `AND CHAIN`) returns to
+//!   the path the transaction began with; `COMMIT` (`END`, `AND CHAIN`,
+//!   `PREPARE TRANSACTION`) keeps the last `SET` or `RESET` and drops what
+//!   `SET LOCAL` did; `ROLLBACK TO SAVEPOINT` returns to the path (and to
+//!   what a `COMMIT` would keep) when the most recent savepoint of that
+//!   name was set; `RELEASE` keeps what was done. The statements of a
+//!   multi-statement string outside a transaction block run in one
+//!   implicit block, as the server runs them: a `SET LOCAL` holds until
+//!   the string's end or a `COMMIT` in it, a `ROLLBACK` in it undoes a
+//!   `SET` made earlier in the string, and a `BEGIN` in it turns the block
+//!   into a regular one that began with the string. A transaction the
+//!   string did not begin may have failed in an earlier string (the server
+//!   then turns `COMMIT` into `ROLLBACK`): a `COMMIT` that is the string's
+//!   first statement leaves the schemas of both paths. The session carries
+//!   the transaction between strings ([`Session::transaction`], moved by
+//!   [`Session::apply`]), so a `COMMIT` in a later string returns to the
+//!   right path; a `ROLLBACK TO` a savepoint the engine does not know of
+//!   leaves every schema the transaction's paths named.
 //! - **Functions.** Built-in functions and operators are known by name (the
 //!   list comes from PostgreSQL's bootstrap catalog). Calling anything else,
 //!   or a built-in name qualified with another schema, or an unqualified
@@ -121,14 +140,24 @@
 //!   (the gateway sets it as a startup parameter, so the server's reset
 //!   value is the same; [`Session::with_startup_search_path`] sets both).
 //!   It also assumes the gateway applies every [`SessionEffect`] of the
-//!   statements the server ran, and reads the settings back after a
-//!   statement that [`changes_settings`](StatementFacts::changes_settings)
-//!   (or that [`reverts_settings`](StatementFacts::reverts_settings) in a
+//!   statements the server ran, in order (the transaction control effects
+//!   too: they keep [`Session::transaction`]), and reads the settings back
+//!   after a statement that
+//!   [`changes_settings`](StatementFacts::changes_settings) (or that
+//!   [`reverts_settings`](StatementFacts::reverts_settings) in a
 //!   transaction where one did): those flags come from the parse tree, so
-//!   the gateway need not read command tags.
+//!   the gateway need not read command tags. Within a string the analysis
+//!   needs no read-back.
 //!
 //! ## Known limits
 //!
+//! - Outside a transaction block it knows of, [`Session::apply`] cannot see
+//!   where the server's transaction ends (the end of a single-statement
+//!   string, the next `Sync` of the extended protocol): a `SET LOCAL` there
+//!   leaves the schemas of both paths, and a `ROLLBACK` there (of `SET`s
+//!   made since the last `Sync`) is not followed. Within one
+//!   multi-statement string the analysis follows both exactly; between
+//!   strings the gateway's read-back gives the server's path.
 //! - Views and functions are judged by name: a view in an allowed schema
 //!   that selects from a forbidden table is allowed. Exclude such views by
 //!   name, or keep them out of reach of the roles the gateway uses.
@@ -184,4 +213,4 @@ pub use policy::{
     Detector, DetectorKind, Effect, IdentityConfig, Location, Mask, Patterns, Policy, PolicyError, PolicyTest, Rule,
     Settings, Strategy,
 };
-pub use session::{Prepared, Session, SessionEffect};
+pub use session::{Prepared, SavepointPaths, Session, SessionEffect, TransactionPaths};

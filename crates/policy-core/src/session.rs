@@ -19,8 +19,9 @@ pub struct Prepared {
 
 /// What a connection has that changes how SQL is read: its `search_path`
 /// (and the value a reset returns to), its `standard_conforming_strings`,
-/// its SQL-level prepared statements and its database user (for `$user` in
-/// the search path).
+/// its SQL-level prepared statements, its database user (for `$user` in
+/// the search path) and the transaction block it is in (what a `COMMIT`,
+/// `ROLLBACK` or `ROLLBACK TO SAVEPOINT` will set the path back to).
 ///
 /// The caller (the gateway) keeps one per connection and applies the
 /// [`SessionEffect`]s of every statement the server ran.
@@ -43,6 +44,9 @@ pub struct Prepared {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// Schemas searched for unqualified names, in order (`$user` allowed).
+    /// Where the engine cannot tell which of two paths the server has (a
+    /// change that may not have happened), the schemas of both: a name
+    /// then counts as every candidate.
     pub search_path: Vec<String>,
     /// What `RESET search_path`, `SET search_path TO DEFAULT`, `RESET ALL`
     /// and `DISCARD ALL` return to: the connection's startup value (the
@@ -58,6 +62,12 @@ pub struct Session {
     pub prepared: BTreeMap<String, Prepared>,
     /// The database user the connection runs as, when known.
     pub user: Option<String>,
+    /// The transaction block the connection is in, as the effects applied
+    /// so far tell (`BEGIN` opens it, `COMMIT` and `ROLLBACK` close it);
+    /// `None` outside one. It holds the paths a transaction's end returns
+    /// to: see [`TransactionPaths`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<TransactionPaths>,
 }
 
 impl Default for Session {
@@ -68,13 +78,112 @@ impl Default for Session {
             standard_conforming_strings: true,
             prepared: BTreeMap::new(),
             user: None,
+            transaction: None,
         }
     }
 }
 
+/// The `search_path` values a transaction block's end can return to, as
+/// PostgreSQL keeps them (guc.c): a `ROLLBACK` undoes every change made in
+/// the transaction; a `COMMIT` keeps the last `SET` (or `RESET`) and drops
+/// what `SET LOCAL` did after it; a `ROLLBACK TO SAVEPOINT` undoes the
+/// changes made since the savepoint, `SET` and `SET LOCAL` alike, and a
+/// `RELEASE` keeps them.
+///
+/// Every path here may be the union of several (see
+/// [`Session::search_path`]) where the engine cannot tell which one the
+/// server has.
+///
+/// ```
+/// use policy_core::{Engine, Policy, Session};
+/// let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
+/// let mut session = engine.new_session().with_startup_search_path(vec!["private".to_string()]);
+/// let sql = "BEGIN; SET search_path = app; SAVEPOINT s; SET LOCAL search_path = public";
+/// for statement in engine.analyze(&session, sql).statements {
+///     for effect in &statement.session_effects {
+///         session.apply(effect);
+///     }
+/// }
+/// assert_eq!(session.search_path, ["public"]);
+/// let transaction = session.transaction.as_ref().unwrap();
+/// assert_eq!(transaction.start, ["private"]); // what ROLLBACK returns to
+/// assert_eq!(transaction.commit, ["app"]); // what COMMIT leaves
+/// assert_eq!(transaction.savepoints[0].search_path, ["app"]); // ROLLBACK TO s
+/// # Ok::<(), policy_core::PolicyError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TransactionPaths {
+    /// The path when the transaction began: what `ROLLBACK` returns to.
+    /// For a `BEGIN` inside a multi-statement string, the path at the
+    /// start of the string's implicit block, which the `BEGIN` turns into
+    /// a regular one (the statements before it belong to the transaction).
+    pub start: Vec<String>,
+    /// The path a `COMMIT` leaves: moved by `SET` and `RESET`, not by `SET
+    /// LOCAL`.
+    pub commit: Vec<String>,
+    /// The savepoints, oldest first (a name may appear several times: the
+    /// most recent one counts).
+    pub savepoints: Vec<SavepointPaths>,
+    /// Whether this is the implicit transaction block of a multi-statement
+    /// string (see [`SessionEffect::Begin`]) rather than one `BEGIN`
+    /// opened: it ends with the string.
+    pub implicit: bool,
+    /// Every schema any path of the transaction has named: what a
+    /// `ROLLBACK TO` a savepoint the engine does not know may return to.
+    pub seen: Vec<String>,
+}
+
+/// A savepoint's view of the path ([`TransactionPaths::savepoints`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SavepointPaths {
+    /// The savepoint's name, as the parser folded it.
+    pub name: String,
+    /// The path when the savepoint was set: what `ROLLBACK TO` returns to.
+    pub search_path: Vec<String>,
+    /// What a `COMMIT` would have left at that moment, which `ROLLBACK TO`
+    /// also restores.
+    pub commit: Vec<String>,
+}
+
+impl TransactionPaths {
+    fn new(path: &[String], implicit: bool) -> TransactionPaths {
+        TransactionPaths {
+            start: path.to_vec(),
+            commit: path.to_vec(),
+            savepoints: Vec::new(),
+            implicit,
+            seen: path.to_vec(),
+        }
+    }
+
+    fn saw(&mut self, path: &[String]) {
+        self.seen = either_path(&self.seen, path);
+    }
+}
+
 /// A change a statement makes to the session state the engine reads.
+///
+/// The analysis of a string applies them as it goes, and the caller
+/// applies them to its [`Session`] with [`Session::apply`]. In a
+/// decision's JSON, `session_effects` lists the changes to the path and to
+/// prepared statements; the transaction control effects ([`Begin`],
+/// [`Commit`], [`Rollback`], [`Savepoint`], [`Release`], [`RollbackTo`],
+/// [`EndImplicitTransaction`]) and [`SetSearchPath::uncertain`] are
+/// applied but not listed.
+///
+/// [`Begin`]: SessionEffect::Begin
+/// [`Commit`]: SessionEffect::Commit
+/// [`Rollback`]: SessionEffect::Rollback
+/// [`Savepoint`]: SessionEffect::Savepoint
+/// [`Release`]: SessionEffect::Release
+/// [`RollbackTo`]: SessionEffect::RollbackTo
+/// [`EndImplicitTransaction`]: SessionEffect::EndImplicitTransaction
+/// [`SetSearchPath::uncertain`]: SessionEffect::SetSearchPath::uncertain
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum SessionEffect {
     /// `SET [LOCAL] search_path`, `set_config('search_path', ...)`.
     SetSearchPath {
@@ -82,11 +191,22 @@ pub enum SessionEffect {
         path: Vec<String>,
         /// Whether it lasts only until the end of the transaction.
         local: bool,
+        /// The change may not happen (or may happen later, or more than
+        /// once): a `set_config` anywhere but as a plain `SELECT`'s own
+        /// target. The path is then the union of the old and the new one.
+        /// Not serialised.
+        #[serde(skip)]
+        uncertain: bool,
     },
     /// `RESET search_path`, `SET search_path TO DEFAULT`, `RESET ALL`,
     /// `DISCARD ALL`: back to the session's start value,
     /// [`Session::reset_search_path`].
     ResetSearchPath,
+    /// `SET LOCAL search_path TO DEFAULT`: back to
+    /// [`Session::reset_search_path`] until the transaction ends. Listed
+    /// as `reset_search_path` in a decision's JSON.
+    #[serde(rename(serialize = "reset_search_path"))]
+    ResetSearchPathLocal,
     /// `PREPARE name AS ...`.
     Prepare {
         /// The statement name.
@@ -99,6 +219,105 @@ pub enum SessionEffect {
         /// The statement name, or all of them.
         name: Option<String>,
     },
+    /// `BEGIN`, `START TRANSACTION`: a transaction block begins (nothing
+    /// happens in one already open; one that is `implicit` becomes a
+    /// regular one, keeping its start).
+    ///
+    /// With `implicit`, the start of the implicit transaction block in
+    /// which PostgreSQL runs the statements of a multi-statement string
+    /// (until a `COMMIT` or `ROLLBACK` in the string, or its end: see
+    /// [`SessionEffect::EndImplicitTransaction`]). It comes first among
+    /// the effects of the block's first statement, and only when the block
+    /// changes the path: a `SET LOCAL` then holds for the rest of the
+    /// block, and a `ROLLBACK` undoes a `SET`.
+    Begin {
+        /// The start of a string's implicit block, not a `BEGIN`.
+        implicit: bool,
+    },
+    /// `COMMIT`, `END`, `COMMIT AND CHAIN`, and `PREPARE TRANSACTION`
+    /// (which ends the session's transaction as a commit does): the path
+    /// becomes [`TransactionPaths::commit`]. With `chain`, a new
+    /// transaction block begins at once.
+    Commit {
+        /// `AND CHAIN`.
+        chain: bool,
+        /// Nothing before it in the string ran in the transaction, which
+        /// may have failed in an earlier one: PostgreSQL then rolls back
+        /// instead. The path is then the union of
+        /// [`TransactionPaths::commit`] and [`TransactionPaths::start`].
+        may_have_failed: bool,
+    },
+    /// `ROLLBACK`, `ABORT`, `ROLLBACK AND CHAIN`: the path returns to
+    /// [`TransactionPaths::start`]. With `chain`, a new transaction block
+    /// begins at once.
+    Rollback {
+        /// `AND CHAIN`.
+        chain: bool,
+    },
+    /// `SAVEPOINT name`.
+    Savepoint {
+        /// The savepoint's name.
+        name: String,
+    },
+    /// `RELEASE [SAVEPOINT] name`: the most recent savepoint of that name
+    /// and every later one are gone; what was done since stays.
+    Release {
+        /// The savepoint's name.
+        name: String,
+    },
+    /// `ROLLBACK TO [SAVEPOINT] name`: back to the path (and to what a
+    /// `COMMIT` would leave) when the most recent savepoint of that name
+    /// was set; later savepoints are gone, that one stays.
+    RollbackTo {
+        /// The savepoint's name.
+        name: String,
+    },
+    /// The end of a multi-statement string whose implicit transaction block
+    /// ([`SessionEffect::Begin`] with `implicit`) is still open: the block
+    /// commits. The last effect of the string's last statement.
+    EndImplicitTransaction,
+}
+
+impl SessionEffect {
+    /// Whether a decision's JSON lists the effect (see [`SessionEffect`]).
+    pub(crate) fn is_listed(&self) -> bool {
+        matches!(
+            self,
+            SessionEffect::SetSearchPath { .. }
+                | SessionEffect::ResetSearchPath
+                | SessionEffect::ResetSearchPathLocal
+                | SessionEffect::Prepare { .. }
+                | SessionEffect::Deallocate { .. }
+        )
+    }
+
+    /// Whether the effect changes the path now.
+    pub(crate) fn moves_path(&self) -> bool {
+        matches!(
+            self,
+            SessionEffect::SetSearchPath { .. } | SessionEffect::ResetSearchPath | SessionEffect::ResetSearchPathLocal
+        )
+    }
+}
+
+/// `StatementFacts::session_effects` in JSON: the listed effects only.
+pub(crate) mod listed {
+    use serde::ser::{SerializeSeq, Serializer};
+
+    use super::SessionEffect;
+
+    pub(crate) fn none(effects: &[SessionEffect]) -> bool {
+        !effects.iter().any(SessionEffect::is_listed)
+    }
+
+    pub(crate) fn serialize<S: Serializer>(effects: &[SessionEffect], ser: S) -> Result<S::Ok, S::Error> {
+        let listed = effects.iter().filter(|e| e.is_listed());
+        let mut seq = ser.serialize_seq(Some(listed.clone().count()))?;
+        for effect in listed {
+            seq.serialize_element(effect)?;
+        }
+        seq.end()
+    }
 }
 
 impl Session {
@@ -139,12 +358,29 @@ impl Session {
         self
     }
 
-    /// Applies one effect of a statement the server ran. A reset returns
-    /// to [`Session::reset_search_path`].
+    /// Applies one effect of a statement the server ran, in the order the
+    /// statements ran. A reset returns to [`Session::reset_search_path`];
+    /// the end of a transaction block returns to what
+    /// [`Session::transaction`] kept (see [`TransactionPaths`]).
+    ///
+    /// Outside a transaction block it knows of, the session cannot see
+    /// where the transaction a statement runs in ends (the end of a simple
+    /// query's string, the next `Sync` of the extended protocol): a `SET
+    /// LOCAL` there leaves the union of the old and the new path, until
+    /// the caller reads the path back from the server.
+    ///
+    /// ```
+    /// use policy_core::{Session, SessionEffect};
+    /// let mut session = Session::default().with_startup_search_path(vec!["private".to_string()]);
+    /// session.apply(&SessionEffect::Begin { implicit: false });
+    /// session.apply(&SessionEffect::SetSearchPath { path: vec!["public".to_string()], local: false, uncertain: false });
+    /// assert_eq!(session.search_path, ["public"]);
+    /// session.apply(&SessionEffect::Rollback { chain: false });
+    /// assert_eq!(session.search_path, ["private"]);
+    /// assert!(session.transaction.is_none());
+    /// ```
     pub fn apply(&mut self, effect: &SessionEffect) {
         match effect {
-            SessionEffect::SetSearchPath { path, .. } => self.search_path.clone_from(path),
-            SessionEffect::ResetSearchPath => self.search_path.clone_from(&self.reset_search_path),
             SessionEffect::Prepare { name, prepared } => {
                 self.prepared.insert(name.clone(), prepared.clone());
             }
@@ -152,8 +388,141 @@ impl Session {
                 self.prepared.remove(name);
             }
             SessionEffect::Deallocate { name: None } => self.prepared.clear(),
+            _ => apply_to_path(&mut self.search_path, &mut self.transaction, &self.reset_search_path, effect),
         }
     }
+}
+
+/// What `effect` does to the path and the transaction block: the one
+/// reading of [`SessionEffect`]s, for [`Session::apply`] and for the
+/// analysis of a string. Effects on prepared statements are not its.
+pub(crate) fn apply_to_path(
+    path: &mut Vec<String>,
+    transaction: &mut Option<TransactionPaths>,
+    reset: &[String],
+    effect: &SessionEffect,
+) {
+    match effect {
+        SessionEffect::SetSearchPath { path: new, local, uncertain } => set(path, transaction, new, *local, *uncertain),
+        SessionEffect::ResetSearchPath => set(path, transaction, reset, false, false),
+        SessionEffect::ResetSearchPathLocal => set(path, transaction, reset, true, false),
+        SessionEffect::Begin { implicit } => match transaction {
+            None => *transaction = Some(TransactionPaths::new(path, *implicit)),
+            // BEGIN turns the implicit block into a regular one; in a
+            // regular one it does nothing (PostgreSQL warns).
+            Some(t) => t.implicit &= *implicit,
+        },
+        SessionEffect::Commit { chain, may_have_failed } => {
+            let Some(t) = transaction.take() else { return };
+            *path = if *may_have_failed { either_path(&t.commit, &t.start) } else { t.commit };
+            if *chain {
+                *transaction = Some(TransactionPaths::new(path, false));
+            }
+        }
+        SessionEffect::Rollback { chain } => {
+            let Some(t) = transaction.take() else { return };
+            *path = t.start;
+            if *chain {
+                *transaction = Some(TransactionPaths::new(path, false));
+            }
+        }
+        SessionEffect::Savepoint { name } => {
+            // PostgreSQL refuses savepoints outside a regular block.
+            if let Some(t) = transaction.as_mut().filter(|t| !t.implicit) {
+                let savepoint =
+                    SavepointPaths { name: name.clone(), search_path: path.clone(), commit: t.commit.clone() };
+                t.savepoints.push(savepoint);
+            }
+        }
+        SessionEffect::Release { name } => {
+            if let Some(t) = transaction.as_mut() {
+                if let Some(i) = t.savepoints.iter().rposition(|s| s.name == *name) {
+                    t.savepoints.truncate(i);
+                }
+            }
+        }
+        SessionEffect::RollbackTo { name } => {
+            let Some(t) = transaction.as_mut() else { return };
+            match t.savepoints.iter().rposition(|s| s.name == *name) {
+                Some(i) => {
+                    t.savepoints.truncate(i + 1);
+                    if let Some(s) = t.savepoints.last() {
+                        path.clone_from(&s.search_path);
+                        t.commit.clone_from(&s.commit);
+                    }
+                }
+                // A savepoint the engine does not know of (the server
+                // refuses it, unless the engine missed one): any path the
+                // transaction had.
+                None => {
+                    path.clone_from(&t.seen);
+                    t.commit.clone_from(&t.seen);
+                }
+            }
+        }
+        SessionEffect::EndImplicitTransaction => {
+            if transaction.as_ref().is_some_and(|t| t.implicit) {
+                if let Some(t) = transaction.take() {
+                    *path = t.commit;
+                }
+            }
+        }
+        SessionEffect::Prepare { .. } | SessionEffect::Deallocate { .. } => {}
+    }
+}
+
+/// A `SET` of the path to `new` (`local`: `SET LOCAL`; `uncertain`: it may
+/// not happen).
+fn set(
+    path: &mut Vec<String>,
+    transaction: &mut Option<TransactionPaths>,
+    new: &[String],
+    local: bool,
+    uncertain: bool,
+) {
+    match transaction {
+        Some(t) => {
+            if !local {
+                t.commit = if uncertain { either_path(new, &t.commit) } else { new.to_vec() };
+            }
+            t.saw(new);
+        }
+        // Outside a block the session knows of, a SET LOCAL lasts until
+        // an end of transaction it cannot see: both paths stay possible.
+        None if local => {
+            *path = either_path(new, path);
+            return;
+        }
+        None => {}
+    }
+    *path = if uncertain { either_path(new, path) } else { new.to_vec() };
+}
+
+/// Whether unqualified function and operator names reach `pg_catalog`
+/// before any other schema of `path`.
+pub(crate) fn catalog_first(path: &[String]) -> bool {
+    path.iter()
+        .filter(|s| *s != "pg_temp" && !s.starts_with("pg_temp_"))
+        .position(|s| s == "pg_catalog")
+        .is_none_or(|i| i == 0)
+}
+
+/// The search path after a change to `new` that may or may not have
+/// happened: every schema of both (an unqualified name counts as every
+/// candidate, as for any name the engine cannot place), with `pg_catalog`
+/// first only if it comes first in both.
+pub(crate) fn either_path(new: &[String], old: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(new.len() + old.len());
+    for schema in new.iter().chain(old) {
+        if !out.contains(schema) {
+            out.push(schema.clone());
+        }
+    }
+    if catalog_first(&out) && !(catalog_first(new) && catalog_first(old)) {
+        out.retain(|s| s != "pg_catalog");
+        out.push("pg_catalog".to_string());
+    }
+    out
 }
 
 mod arc_str {

@@ -170,7 +170,11 @@ fn search_path_changes_apply_to_later_statements() {
     assert_eq!(f[0].class, Class::Session);
     assert_eq!(
         f[0].session_effects,
-        [SessionEffect::SetSearchPath { path: vec!["private".into(), "public".into()], local: false }]
+        [SessionEffect::SetSearchPath {
+            path: vec!["private".into(), "public".into()],
+            local: false,
+            uncertain: false
+        }]
     );
     assert_eq!(f[1].tables, ["private.orders", "public.orders"]);
     // Each SET argument is one schema name, even one holding a comma.

@@ -404,7 +404,7 @@ fn applying_a_reset_returns_to_the_session_start() {
     }
     assert_eq!(s.search_path, ["private"]);
     let mut fresh = e.new_session();
-    fresh.apply(&policy_core::SessionEffect::SetSearchPath { path: vec!["x".into()], local: false });
+    fresh.apply(&policy_core::SessionEffect::SetSearchPath { path: vec!["x".into()], local: false, uncertain: false });
     fresh.apply(&policy_core::SessionEffect::ResetSearchPath);
     assert_eq!(fresh.search_path, ["public"]);
 }

@@ -39,7 +39,7 @@ use pg_query::{NodeEnum, NodeRef, ParserOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::fingerprint;
-use crate::session::{Prepared, Session, SessionEffect};
+use crate::session::{apply_to_path, catalog_first, Prepared, Session, SessionEffect, TransactionPaths};
 
 pub use lineage::OutputColumn;
 pub(crate) use names::{dotted, qualified, split_identifiers};
@@ -180,8 +180,15 @@ pub struct StatementFacts {
     /// Lineage of each result column (reads only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_columns: Vec<OutputColumn>,
-    /// Changes to the session state the engine reads, in order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Changes to the session state the engine reads, in order, for the
+    /// caller to [apply](Session::apply) once the statement ran. The JSON
+    /// lists the changes to the path and to prepared statements only (see
+    /// [`SessionEffect`]).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::session::listed::none",
+        serialize_with = "crate::session::listed::serialize"
+    )]
     pub session_effects: Vec<SessionEffect>,
     /// Why the statement is opaque or unknown, and other findings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -301,17 +308,27 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
     };
     let mut state = State {
         search_path: session.search_path.clone(),
+        transaction: session.transaction.clone(),
         reset_search_path: &session.reset_search_path,
         user: session.user.clone(),
         session_prepared: &session.prepared,
         prepared: BTreeMap::new(),
         scs: session.standard_conforming_strings,
     };
-    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    let mut statements: Vec<StatementFacts> = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut reads_prepared = false;
     let mut only_dml = true;
+    // PostgreSQL runs the statements of a multi-statement string outside a
+    // transaction block in one implicit block (exec_simple_query), up to a
+    // COMMIT or ROLLBACK in the string or its end.
+    let multi = parsed.protobuf.stmts.len() > 1;
+    let mut block: Option<ImplicitBlock> = None;
     for (index, raw) in parsed.protobuf.stmts.iter().enumerate() {
         let Some(stmt) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
+        if multi && state.transaction.is_none() {
+            state.apply(&SessionEffect::Begin { implicit: true });
+            block = Some(ImplicitBlock { first: statements.len(), moved: false, local: false });
+        }
         only_dml &= match stmt {
             NodeEnum::SelectStmt(_) | NodeEnum::InsertStmt(_) | NodeEnum::UpdateStmt(_) | NodeEnum::DeleteStmt(_) => {
                 true
@@ -334,12 +351,69 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
         };
         let text = sql.get(start..end).unwrap_or(sql);
         reads_prepared |= contains_execute(stmt.to_ref());
-        let mut facts = analyze_statement(stmt.to_ref(), text, &mut state, options);
+        let mut facts = analyze_statement(stmt.to_ref(), text, &mut state, options, index == 0);
         facts.index = index;
         facts.span = start..end;
+        if let Some(b) = block.as_mut() {
+            for effect in &facts.session_effects {
+                b.moved |= effect.moves_path();
+                b.local |= matches!(
+                    effect,
+                    SessionEffect::SetSearchPath { local: true, .. } | SessionEffect::ResetSearchPathLocal
+                );
+            }
+        }
+        // The block ends here (COMMIT, ROLLBACK), or a BEGIN made it a
+        // regular one, which keeps its start.
+        let ended = !state.transaction.as_ref().is_some_and(|t| t.implicit);
+        let committed = facts.session_effects.iter().any(|e| matches!(e, SessionEffect::Commit { chain: false, .. }));
         statements.push(facts);
+        if ended {
+            if let Some(b) = block.take() {
+                b.mark(&mut statements, committed);
+            }
+        }
+    }
+    // The string's end commits a block still implicit.
+    if let Some(b) = block.take() {
+        if b.mark(&mut statements, true) {
+            if let Some(last) = statements.last_mut() {
+                last.session_effects.push(SessionEffect::EndImplicitTransaction);
+            }
+        }
     }
     Analysis { statements, reads_prepared, only_dml }
+}
+
+/// The implicit transaction block of a multi-statement string, while the
+/// analysis is in it.
+struct ImplicitBlock {
+    /// The index of its first statement.
+    first: usize,
+    /// A statement in it changed the path.
+    moved: bool,
+    /// ... with `SET LOCAL` (or `set_config(..., true)`).
+    local: bool,
+}
+
+impl ImplicitBlock {
+    /// Puts the block's start among the effects of its first statement
+    /// where a caller applying the effects needs it to reach the path the
+    /// analysis did: when a `SET LOCAL` in the block ends with it, and when
+    /// the block changed the path and does not end in a commit (a
+    /// `ROLLBACK` undoes its `SET`s; a `BEGIN` keeps its start). Otherwise
+    /// the effects leave the same path and transaction without it. Returns
+    /// whether it did.
+    fn mark(self, statements: &mut [StatementFacts], committed: bool) -> bool {
+        let needed = if committed { self.local } else { self.moved };
+        match statements.get_mut(self.first) {
+            Some(first) if needed => {
+                first.session_effects.insert(0, SessionEffect::Begin { implicit: true });
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 fn contains_execute(stmt: NodeRef<'_>) -> bool {
@@ -404,6 +478,8 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
 /// Session state as it evolves through the statements of one string.
 struct State<'s> {
     search_path: Vec<String>,
+    /// The transaction block, if any, with the paths its end returns to.
+    transaction: Option<TransactionPaths>,
     /// What a reset returns to: the session's startup value, as the server
     /// resets to it (not the policy's).
     reset_search_path: &'s [String],
@@ -424,8 +500,6 @@ impl State<'_> {
 
     fn apply(&mut self, effect: &SessionEffect) {
         match effect {
-            SessionEffect::SetSearchPath { path, .. } => self.search_path.clone_from(path),
-            SessionEffect::ResetSearchPath => self.search_path = self.reset_search_path.to_vec(),
             SessionEffect::Prepare { name, prepared } => {
                 self.prepared.insert(name.clone(), Some(prepared.clone()));
             }
@@ -438,11 +512,20 @@ impl State<'_> {
                     self.prepared.insert(name, None);
                 }
             }
+            _ => apply_to_path(&mut self.search_path, &mut self.transaction, self.reset_search_path, effect),
         }
     }
 }
 
-fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, options: &AnalyzeOptions) -> StatementFacts {
+/// The facts of one statement, whose effects move `state`; `first`: it is
+/// the string's first statement.
+fn analyze_statement(
+    stmt: NodeRef<'_>,
+    text: &str,
+    state: &mut State<'_>,
+    options: &AnalyzeOptions,
+    first: bool,
+) -> StatementFacts {
     let (class, mut command) = classify(stmt);
     let mut w = Walker::new(state, options);
     w.class = class;
@@ -484,23 +567,16 @@ fn analyze_statement(stmt: NodeRef<'_>, text: &str, state: &mut State<'_>, optio
         unbounded,
         mut effects,
         set_config,
-        uncertain_effects,
         ..
     } = w;
     let changes_settings = set_config
         || opaque
         || class == Class::Unknown
         || matches!(stmt, NodeRef::VariableSetStmt(_) | NodeRef::DiscardStmt(_));
-    for (i, effect) in effects.iter_mut().enumerate() {
-        match effect {
-            SessionEffect::Prepare { prepared, .. } => prepared.sql = Arc::from(text),
-            // The server may or may not have changed the path: later
-            // statements are read with every schema of both.
-            SessionEffect::SetSearchPath { path, .. } if uncertain_effects.contains(&i) => {
-                state.search_path = either_path(path, &state.search_path);
-                continue;
-            }
-            _ => {}
+    effects.extend(transaction_effect(stmt, first));
+    for effect in &mut effects {
+        if let SessionEffect::Prepare { prepared, .. } = effect {
+            prepared.sql = Arc::from(text);
         }
         state.apply(effect);
     }
@@ -591,33 +667,6 @@ fn certain_calls(stmt: NodeRef<'_>) -> Vec<*const pb::FuncCall> {
         .collect()
 }
 
-/// Whether unqualified function and operator names reach `pg_catalog`
-/// before any other schema of `path`.
-fn catalog_first(path: &[String]) -> bool {
-    path.iter()
-        .filter(|s| *s != "pg_temp" && !s.starts_with("pg_temp_"))
-        .position(|s| s == "pg_catalog")
-        .is_none_or(|i| i == 0)
-}
-
-/// The search path after a change to `new` that may or may not have
-/// happened: every schema of both (an unqualified name counts as every
-/// candidate, as for any name the engine cannot place), with `pg_catalog`
-/// first only if it comes first in both.
-fn either_path(new: &[String], old: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(new.len() + old.len());
-    for schema in new.iter().chain(old) {
-        if !out.contains(schema) {
-            out.push(schema.clone());
-        }
-    }
-    if catalog_first(&out) && !(catalog_first(new) && catalog_first(old)) {
-        out.retain(|s| s != "pg_catalog");
-        out.push("pg_catalog".to_string());
-    }
-    out
-}
-
 /// Where a statement stands in the transaction's life.
 #[derive(Debug, Clone, Copy, Default)]
 struct TransactionBounds {
@@ -642,6 +691,27 @@ fn transaction_bounds(stmt: NodeRef<'_>) -> TransactionBounds {
         }
         T::TransStmtRollbackTo => TransactionBounds { rolls_back_to_savepoint: true, ..TransactionBounds::default() },
         T::TransStmtSavepoint | T::TransStmtRelease | T::Undefined => TransactionBounds::default(),
+    }
+}
+
+/// What a transaction control statement does to the transaction block
+/// (`first`: it is the string's first statement, so the transaction may
+/// have failed before it). `COMMIT PREPARED` and `ROLLBACK PREPARED`
+/// finish another transaction and cannot run inside a block: nothing.
+fn transaction_effect(stmt: NodeRef<'_>, first: bool) -> Option<SessionEffect> {
+    use pb::TransactionStmtKind as T;
+    let NodeRef::TransactionStmt(t) = stmt else { return None };
+    let name = || t.savepoint_name.clone();
+    match T::try_from(t.kind).unwrap_or(T::Undefined) {
+        T::TransStmtBegin | T::TransStmtStart => Some(SessionEffect::Begin { implicit: false }),
+        T::TransStmtCommit => Some(SessionEffect::Commit { chain: t.chain, may_have_failed: first }),
+        // PREPARE TRANSACTION ends the session's transaction as COMMIT does.
+        T::TransStmtPrepare => Some(SessionEffect::Commit { chain: false, may_have_failed: first }),
+        T::TransStmtRollback => Some(SessionEffect::Rollback { chain: t.chain }),
+        T::TransStmtSavepoint => Some(SessionEffect::Savepoint { name: name() }),
+        T::TransStmtRelease => Some(SessionEffect::Release { name: name() }),
+        T::TransStmtRollbackTo => Some(SessionEffect::RollbackTo { name: name() }),
+        T::TransStmtCommitPrepared | T::TransStmtRollbackPrepared | T::Undefined => None,
     }
 }
 
@@ -690,6 +760,36 @@ fn const_text(n: NodeRef<'_>) -> Option<&str> {
         },
         NodeRef::TypeCast(tc) => node(&tc.arg).and_then(const_text),
         _ => None,
+    }
+}
+
+/// The value of a constant boolean argument, as PostgreSQL reads one
+/// (`true`, `'on'`, `'t'`, `1::boolean`, looking through casts); `None`
+/// when it is not a constant or NULL.
+fn const_bool(n: NodeRef<'_>) -> Option<bool> {
+    match n {
+        NodeRef::AConst(c) => match literal::value(c)? {
+            Val::Boolval(b) => Some(b.boolval),
+            Val::Ival(i) => Some(i.ival != 0),
+            Val::Sval(s) => parse_bool(&s.sval),
+            _ => None,
+        },
+        NodeRef::TypeCast(tc) => node(&tc.arg).and_then(const_bool),
+        _ => None,
+    }
+}
+
+/// PostgreSQL's `parse_bool`: `true`, `false`, `yes`, `no`, `on`, `off`,
+/// `1`, `0`, any unambiguous prefix of them, in any case, blanks around.
+fn parse_bool(text: &str) -> Option<bool> {
+    let t = text.trim_matches(|c: char| c.is_ascii_whitespace()).to_ascii_lowercase();
+    let prefix_of = |word: &str, min: usize| t.len() >= min && word.starts_with(t.as_str());
+    if prefix_of("true", 1) || prefix_of("yes", 1) || prefix_of("on", 2) || t == "1" {
+        Some(true)
+    } else if prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2) || t == "0" {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -748,9 +848,6 @@ struct Walker<'st, 's> {
     set_config: bool,
     /// The calls the statement certainly runs, once ([`certain_calls`]).
     certain_calls: Vec<*const pb::FuncCall>,
-    /// Indexes in `effects` of `set_config('search_path', ...)` calls that
-    /// may not run (or run later, or more than once).
-    uncertain_effects: Vec<usize>,
     depth: usize,
 }
 
@@ -776,7 +873,6 @@ impl<'st, 's> Walker<'st, 's> {
             executed: None,
             set_config: false,
             certain_calls: Vec::new(),
-            uncertain_effects: Vec::new(),
             depth: 0,
         }
     }
@@ -1127,16 +1223,24 @@ impl<'st, 's> Walker<'st, 's> {
         }
         if setting == "search_path" {
             let value = args.get(1).copied().and_then(const_text);
-            let local = match args.get(2) {
-                Some(NodeRef::AConst(c)) => matches!(literal::value(c), Some(Val::Boolval(b)) if b.boolval),
-                _ => false,
-            };
             match value.and_then(|v| names::split_identifiers(v, ',')) {
                 Some(path) => {
-                    if !self.certain_calls.iter().any(|c| std::ptr::eq(*c, call)) {
-                        self.uncertain_effects.push(self.effects.len());
+                    let uncertain = !self.certain_calls.iter().any(|c| std::ptr::eq(*c, call));
+                    match args.get(2).copied().map(const_bool) {
+                        Some(Some(local)) => {
+                            self.effects.push(SessionEffect::SetSearchPath { path, local, uncertain });
+                        }
+                        // `is_local` the engine cannot read: the path
+                        // changes, and what a COMMIT leaves may or may not.
+                        _ => {
+                            self.effects.push(SessionEffect::SetSearchPath {
+                                path: path.clone(),
+                                local: true,
+                                uncertain,
+                            });
+                            self.effects.push(SessionEffect::SetSearchPath { path, local: false, uncertain: true });
+                        }
                     }
-                    self.effects.push(SessionEffect::SetSearchPath { path, local });
                 }
                 None => {
                     self.raise(Class::Admin);
@@ -1505,11 +1609,14 @@ impl<'st, 's> Walker<'st, 's> {
                     }
                 }
                 if readable {
-                    self.effects.push(SessionEffect::SetSearchPath { path, local: v.is_local });
+                    self.effects.push(SessionEffect::SetSearchPath { path, local: v.is_local, uncertain: false });
                 } else {
                     self.raise(Class::Admin);
                     self.note("SET search_path to a value the engine cannot read".to_string());
                 }
+            }
+            K::VarSetDefault if name == "search_path" && v.is_local => {
+                self.effects.push(SessionEffect::ResetSearchPathLocal);
             }
             K::VarSetDefault | K::VarReset if name == "search_path" => {
                 self.effects.push(SessionEffect::ResetSearchPath);
