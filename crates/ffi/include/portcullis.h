@@ -807,9 +807,14 @@ portcullis_result portcullis_session_add_prepared(struct portcullis_session *ses
 
 /**
  * Applies what the statements of `decision` do to the session, once they
- * ran: `SET search_path`, `RESET`, `PREPARE`, `DEALLOCATE`, `DISCARD`. Call
- * it after the server ran an allowed statement. Effects scoped to a
- * transaction (`SET LOCAL`, a rolled-back `SET`) are the caller's to undo.
+ * ran: `SET search_path`, `RESET`, `PREPARE`, `DEALLOCATE`, `DISCARD`, and
+ * `BEGIN`, `COMMIT`, `ROLLBACK` and savepoints, which the session follows:
+ * a `COMMIT` or `ROLLBACK` in a later decision returns the path to what
+ * the server returns it to (a `SET LOCAL` ends, a rolled-back `SET` is
+ * undone). Call it after the server ran an allowed statement, with the
+ * decision made for this session. Outside a transaction block, the
+ * session cannot see where the server's transaction ends: a `SET LOCAL`
+ * there leaves the schemas of both paths in the session.
  *
  * ```c
  * portcullis_decide(engine, identity, session, "SET search_path = app", 21, &d);

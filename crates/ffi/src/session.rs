@@ -153,9 +153,14 @@ pub unsafe extern "C" fn portcullis_session_add_prepared(
 }
 
 /// Applies what the statements of `decision` do to the session, once they
-/// ran: `SET search_path`, `RESET`, `PREPARE`, `DEALLOCATE`, `DISCARD`. Call
-/// it after the server ran an allowed statement. Effects scoped to a
-/// transaction (`SET LOCAL`, a rolled-back `SET`) are the caller's to undo.
+/// ran: `SET search_path`, `RESET`, `PREPARE`, `DEALLOCATE`, `DISCARD`, and
+/// `BEGIN`, `COMMIT`, `ROLLBACK` and savepoints, which the session follows:
+/// a `COMMIT` or `ROLLBACK` in a later decision returns the path to what
+/// the server returns it to (a `SET LOCAL` ends, a rolled-back `SET` is
+/// undone). Call it after the server ran an allowed statement, with the
+/// decision made for this session. Outside a transaction block, the
+/// session cannot see where the server's transaction ends: a `SET LOCAL`
+/// there leaves the schemas of both paths in the session.
 ///
 /// ```c
 /// portcullis_decide(engine, identity, session, "SET search_path = app", 21, &d);
@@ -192,4 +197,104 @@ pub unsafe extern "C" fn portcullis_session_apply(
 pub unsafe extern "C" fn portcullis_session_free(session: *mut portcullis_session) {
     // SAFETY: forwarded contract.
     unsafe { boundary::free(session) }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+    use super::*;
+    use crate::decision::{
+        portcullis_decide, portcullis_decision_free, portcullis_decision_verdict, portcullis_verdict,
+    };
+    use crate::engine::{portcullis_engine_free, portcullis_engine_new};
+    use crate::identity::{portcullis_identity, portcullis_identity_free, portcullis_identity_new};
+
+    const POLICY: &str = r#"
+version = 1
+[[rule]]
+name = "public-and-transactions"
+effect = "allow"
+classes = ["read", "session", "transaction"]
+tables = ["public.*"]
+"#;
+
+    /// Decides `sql` in `session`, applies it, and returns its verdict.
+    fn run(
+        engine: *const portcullis_engine,
+        who: *const portcullis_identity,
+        session: *mut portcullis_session,
+        sql: &str,
+    ) -> portcullis_verdict {
+        let mut d = std::ptr::null_mut();
+        // SAFETY: live handles, `sql` readable, `d` writable.
+        unsafe {
+            assert_eq!(
+                portcullis_decide(engine, who, session, sql.as_ptr().cast(), sql.len(), &mut d),
+                portcullis_result::Ok
+            );
+            let verdict = portcullis_decision_verdict(d);
+            assert_eq!(portcullis_session_apply(session, d), portcullis_result::Ok);
+            portcullis_decision_free(d);
+            verdict
+        }
+    }
+
+    /// A transaction opened by one decision and ended by a later one:
+    /// the session returns the path to where the server does.
+    #[test]
+    fn a_later_commit_or_rollback_returns_the_path() {
+        let (mut engine, mut who) = (std::ptr::null_mut(), std::ptr::null_mut());
+        let identity = r#"{"subject": "ann"}"#;
+        // SAFETY: the texts are readable, the out-pointers writable.
+        unsafe {
+            assert_eq!(
+                portcullis_engine_new(
+                    POLICY.as_ptr().cast(),
+                    POLICY.len(),
+                    std::ptr::null(),
+                    0,
+                    std::ptr::null(),
+                    0,
+                    &mut engine
+                ),
+                portcullis_result::Ok
+            );
+            assert_eq!(
+                portcullis_identity_new(identity.as_ptr().cast(), identity.len(), &mut who),
+                portcullis_result::Ok
+            );
+        }
+        let read = "SELECT * FROM customers";
+        for (opening, closing, reads_public) in [
+            ("BEGIN; SET LOCAL search_path = public", "COMMIT", false),
+            ("BEGIN; SET search_path = public", "ROLLBACK", false),
+            ("BEGIN; SET search_path = public; SAVEPOINT s", "SET LOCAL search_path = private; ROLLBACK TO s", true),
+            ("BEGIN; SAVEPOINT s; SET search_path = public", "ROLLBACK TO SAVEPOINT s", false),
+            ("BEGIN; SET search_path = public", "SELECT 1; COMMIT", true),
+            // Nothing before the COMMIT shows the transaction had not
+            // failed (the server then rolls back): both paths count.
+            ("BEGIN; SET search_path = public", "COMMIT", false),
+        ] {
+            let mut session = std::ptr::null_mut();
+            // SAFETY: a live engine, a writable out-pointer.
+            unsafe { assert_eq!(portcullis_session_new(engine, &mut session), portcullis_result::Ok) };
+            let private = "private";
+            // SAFETY: a live session, readable text.
+            let set = unsafe { portcullis_session_set_search_path(session, private.as_ptr().cast(), private.len()) };
+            assert_eq!(set, portcullis_result::Ok);
+            assert_eq!(run(engine, who, session, opening), portcullis_verdict::Allow, "{opening}");
+            assert_eq!(run(engine, who, session, read), portcullis_verdict::Allow, "{opening}: public.customers");
+            let want = if reads_public { portcullis_verdict::Allow } else { portcullis_verdict::Deny };
+            let sql = format!("{closing}; {read}");
+            assert_eq!(run(engine, who, session, &sql), want, "{opening} / {sql}");
+            assert_eq!(run(engine, who, session, read), want, "{opening} / {closing} / {read}");
+            // SAFETY: the session is live and freed once.
+            unsafe { portcullis_session_free(session) };
+        }
+        // SAFETY: live handles, freed once.
+        unsafe {
+            portcullis_identity_free(who);
+            portcullis_engine_free(engine);
+        }
+    }
 }
