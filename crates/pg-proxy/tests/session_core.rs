@@ -497,6 +497,70 @@ fn a_sync_inside_copy_in_is_not_counted_as_owing_a_ready_for_query() {
     assert_eq!(h.got().len(), 4);
 }
 
+fn kinds(sent: &[Frontend]) -> Vec<&'static str> {
+    sent.iter()
+        .map(|m| match m {
+            Frontend::Query { .. } => "Q",
+            Frontend::Parse { .. } => "P",
+            Frontend::Bind { .. } => "B",
+            Frontend::Describe { .. } => "D",
+            Frontend::Execute { .. } => "E",
+            Frontend::Sync => "S",
+            Frontend::Flush => "H",
+            Frontend::CopyData(_) => "d",
+            Frontend::CopyDone => "c",
+            _ => "?",
+        })
+        .collect()
+}
+
+#[test]
+fn copy_data_right_after_execute_without_sync_follows_it() {
+    for config in [CoreConfig::default(), recording()] {
+        let mut h = harness(config.clone());
+        h.client(&cat(&[
+            parse("", "COPY orders FROM STDIN"),
+            bind("", "", &[]),
+            execute(""),
+            copy_data(b"1\t10\n"),
+            copy_done(),
+            sync(),
+        ]));
+        if config.record {
+            assert!(h.sent().is_empty(), "recorded first");
+            let needs = h.needs();
+            let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+            h.core.handle_persisted(*batch, Ok(()), h.now);
+        }
+        assert_eq!(kinds(&h.sent()), ["P", "B", "D", "E", "d", "c", "S"]);
+        h.server(&cat(&[
+            raw(b'1', b""),
+            raw(b'2', b""),
+            raw(b'n', b""),
+            copy_in_response(2),
+            complete("COPY 1"),
+            ready(b'I'),
+        ]));
+        let got: Vec<char> = h.got().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(got, vec!['1', '2', 'G', 'C', 'Z']);
+        assert_eq!(h.core.activity(), Activity::Idle);
+    }
+}
+
+#[test]
+fn a_sync_during_a_simple_query_copy_is_ignored_as_the_server_ignores_it() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[query("COPY orders FROM STDIN"), copy_data(b"1\t10\n"), sync(), copy_done()]));
+    assert_eq!(kinds(&h.sent()), ["Q", "d", "S", "c"]);
+    h.server(&cat(&[copy_in_response(2), complete("COPY 1"), ready(b'I')]));
+    assert_eq!(h.got(), vec![('G', String::new()), ('C', "COPY 1".into()), ('Z', "I".into())]);
+    h.client(&query("SELECT 1"));
+    assert!(is_query(&h.sent()[0], "SELECT 1"));
+    h.server(&cat(&[row_description(&[("x", 0, 0)]), rows_of(&[&["1"]]), complete("SELECT 1"), ready(b'I')]));
+    assert_eq!(h.got().len(), 4, "the session is in step");
+    assert!(h.core.end().is_none());
+}
+
 #[test]
 fn a_copy_that_fails_before_copy_in_answers_both_syncs() {
     let mut h = harness(CoreConfig::default());

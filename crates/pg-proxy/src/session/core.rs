@@ -425,6 +425,9 @@ pub struct SessionCore {
     copy_columns: Option<Option<Vec<String>>>,
     /// Room for one row's values, reused.
     row: RowScratch,
+    /// A client message taken but not yet handled (COPY data that ended
+    /// the batch before it).
+    deferred: Option<FrontendMessage>,
     now: Instant,
 }
 
@@ -468,6 +471,7 @@ impl SessionCore {
             tables: None,
             copy_columns: None,
             row: RowScratch::default(),
+            deferred: None,
             now,
         }
     }
@@ -783,6 +787,10 @@ impl SessionCore {
                 }
                 _ => return,
             }
+            if let Some(message) = self.deferred.take() {
+                self.on_client_message(message);
+                continue;
+            }
             let message = match codec::decode_frontend(&mut self.client_in, self.config.max_message_bytes) {
                 Ok(Some(m)) => m,
                 Ok(None) => return,
@@ -911,6 +919,13 @@ impl SessionCore {
             Frontend::Terminate => {
                 self.stage(&m.frame, None);
                 self.finish_batch(BatchEnd::Terminate);
+            }
+            Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail { .. } if self.batch.copy_in => {
+                // Data right after an allowed COPY's Execute, before any Sync
+                // or Flush: the batch ends here (recorded, then forwarded),
+                // and the data follows it in COPY IN.
+                self.deferred = Some(m);
+                self.finish_batch(BatchEnd::Flush);
             }
             Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail { .. } => {
                 // Not in COPY IN for an allowed statement (a refused COPY's
@@ -1423,7 +1438,11 @@ impl SessionCore {
             }
         };
         self.block_failed = false;
-        self.copy_in_started = false;
+        // A Sync the client sent during this COPY IN comes next, and the
+        // mark tells it was ignored.
+        if !matches!(self.pending.front(), Some(Pending::MaybeSync)) {
+            self.copy_in_started = false;
+        }
         if matches!(self.client, ClientState::CopyIn) && self.pending.is_empty() {
             // The COPY ended on the server's side (an error before any data
             // was taken, or data sent ahead): what the client still sends
@@ -1723,6 +1742,7 @@ impl SessionCore {
             BackendMessage::DataRow | BackendMessage::CopyData => self.on_row(message, frame),
             BackendMessage::CopyOutResponse => return self.start_copy_out(&frame, facts()),
             BackendMessage::CopyInResponse => {
+                self.copy_in_started = true;
                 self.forward_to_client(&frame);
             }
             BackendMessage::CopyDone if self.current_result().is_some_and(|r| r.refused.is_some()) => {
