@@ -7,7 +7,9 @@
 //!
 //! - [`config`]: the configuration file;
 //! - [`server`]: accepting clients, TLS, login, cancel requests;
-//! - [`session`]: one client session, statement by statement;
+//! - [`session`]: one client session: the protocol core with no I/O
+//!   ([`session::SessionCore`]), its tokio driver, holds, the record sink
+//!   and the registry of live sessions;
 //! - [`upstream`]: the database side, with the held credential;
 //! - [`catalog`]: table OIDs to names, for masking;
 //! - [`codec`]: frontend and backend messages, parsed without copying;
