@@ -10,16 +10,14 @@
 //!   tokens, and threads sharing one engine.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 
-use policy_core::{Actor, Engine, Identity, Policy, Prepared, Verdict};
-use serde::Deserialize;
+use policy_core::{Engine, Policy, Verdict};
+use portcullis_testkit::corpus;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    portcullis_testkit::repo("")
 }
 
 /// Where cargo put the `libportcullis.a` and `.so` this test build made:
@@ -105,45 +103,11 @@ fn valgrind(program: &Path, args: &[&Path]) -> Output {
 
 // ---------------------------------------------------------------- corpus
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CorpusFile {
-    policy: String,
-    #[serde(default)]
-    case: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    name: String,
-    sql: String,
-    #[serde(default)]
-    groups: Vec<String>,
-    subject: Option<String>,
-    actor: Option<String>,
-    search_path: Option<Vec<String>>,
-    standard_conforming_strings: Option<bool>,
-    #[serde(default)]
-    prepared: BTreeMap<String, String>,
-    expect: Verdict,
-    #[allow(dead_code, reason = "the corpus test of policy-core checks it")]
-    rule: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code, reason = "the corpus test of policy-core counts them")]
-    bypass: bool,
-}
-
 /// Appends one fixture record: `<key> <len>\n<bytes>\n`.
 fn record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     out.extend_from_slice(format!("{key} {}\n", value.len()).as_bytes());
     out.extend_from_slice(value);
     out.push(b'\n');
-}
-
-/// A search_path as the server shows the setting: every name quoted.
-fn search_path_setting(path: &[String]) -> String {
-    path.iter().map(|s| format!("\"{}\"", s.replace('"', "\"\""))).collect::<Vec<_>>().join(", ")
 }
 
 /// One case's expectation: its name, and the Rust core's decision.
@@ -158,52 +122,30 @@ struct Expected {
 /// The whole corpus as a fixture for `corpus.c`, and what the Rust core
 /// decides for each case.
 fn corpus_fixture() -> (Vec<u8>, Vec<Expected>) {
-    let dir = repo().join("testdata/decisions");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.file_name().is_some_and(|n| n != "policy.toml"))
-        .collect();
-    files.sort();
     let (mut fixture, mut expected) = (Vec::new(), Vec::new());
-    for file in &files {
-        let corpus: CorpusFile = toml::from_str(&std::fs::read_to_string(file).unwrap())
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let policy_text = std::fs::read_to_string(dir.join(&corpus.policy)).unwrap();
+    for file in corpus::files() {
+        let policy_text = std::fs::read_to_string(&file.policy).unwrap();
         let engine = Engine::new(Policy::from_toml_str(&policy_text, "policy.toml").unwrap(), Default::default())
             .unwrap_or_else(|e| panic!("{e}"));
         record(&mut fixture, "policy", policy_text.as_bytes());
-        let file_name = file.file_name().unwrap().to_string_lossy().into_owned();
-        for case in corpus.case {
-            let name = format!("{file_name} / {}", case.name);
+        for case in file.cases {
+            let name = format!("{} / {}", file.name, case.name);
             record(&mut fixture, "case", name.as_bytes());
-            let mut identity = Identity::new(case.subject.clone().unwrap_or_else(|| "corpus-user".into()))
-                .with_groups(case.groups.clone());
-            if let Some(a) = &case.actor {
-                identity = identity.with_actor(Actor::new(a.clone()));
-            }
+            let identity = case.identity();
             record(&mut fixture, "identity", serde_json::to_string(&identity).unwrap().as_bytes());
-            let mut session = engine.new_session();
-            if let Some(p) = &case.search_path {
-                record(&mut fixture, "search_path", search_path_setting(p).as_bytes());
+            if let Some(path) = case.search_path_setting() {
                 // As portcullis_session_set_search_path: the startup value.
-                session = session.with_startup_search_path(p.clone());
+                record(&mut fixture, "search_path", path.as_bytes());
             }
             if let Some(scs) = case.standard_conforming_strings {
                 record(&mut fixture, "scs", if scs { b"on" } else { b"off" });
-                session.standard_conforming_strings = scs;
             }
             for (name, sql) in &case.prepared {
                 record(&mut fixture, "prepared", name.as_bytes());
                 record(&mut fixture, "prepared_sql", sql.as_bytes());
-                let prepared = Prepared {
-                    sql: Arc::from(sql.as_str()),
-                    standard_conforming_strings: session.standard_conforming_strings,
-                };
-                session.prepared.insert(name.clone(), prepared);
             }
             record(&mut fixture, "sql", case.sql.as_bytes());
-            let d = engine.decide(&identity, &session, &case.sql);
+            let d = engine.decide(&identity, &case.session(&engine), &case.sql);
             expected.push(Expected {
                 name,
                 verdict: d.verdict,

@@ -15,15 +15,14 @@
 //! cannot be reached; otherwise a failed install fails the test.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use portcullis_testkit::process::output_within;
+use portcullis_testkit::stack::Stack;
+use portcullis_testkit::{repo, text};
 use serde_json::{json, Value};
-use support::{repo, text, Stack, APP_PASSWORD};
 
 /// How long one run of the client may take before the test fails (each of
 /// its sections has its own 20 s limit inside).
@@ -40,7 +39,7 @@ fn venv_python() -> Option<&'static str> {
             if std::env::var("PORTCULLIS_SKIP_PYTHON").is_ok_and(|v| v == "1") {
                 return None;
             }
-            let out = support::output_within(&mut Command::new(repo("scripts/python-deps")), INSTALL_DEADLINE)
+            let out = output_within(&mut Command::new(repo("scripts/python-deps")), INSTALL_DEADLINE)
                 .unwrap_or_else(|e| panic!("scripts/python-deps: {e}"));
             assert!(
                 out.status.success(),
@@ -60,24 +59,13 @@ fn venv_python() -> Option<&'static str> {
 /// `app`, the gateway's upstream role, so the server itself would let the
 /// session read it) holding a `customers` of two rows that no rule allows.
 fn start_stack() -> Stack {
-    let stack = Stack::start();
-    let psql = stack.cluster.bin_dir().join("psql");
-    let out = Command::new(if psql.exists() { psql } else { PathBuf::from("psql") })
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-        .arg(format!("host=127.0.0.1 port={} user=app dbname=app", stack.cluster.port()))
-        .env("PGPASSWORD", APP_PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .arg("-c")
-        .arg(
+    Stack::builder()
+        .setup_sql(
             "CREATE SCHEMA private; \
              CREATE TABLE private.customers (id int PRIMARY KEY, secret text NOT NULL); \
              INSERT INTO private.customers VALUES (101, 'PRIVATE-ONE'), (102, 'PRIVATE-TWO');",
         )
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "creating private.customers: {}", text(&out.stderr));
-    stack
+        .start()
 }
 
 /// Runs the client against `stack` with `env` (ASYNCPG_SECTIONS, ASYNCPG_CASES)
@@ -92,7 +80,7 @@ fn run_client(stack: &Stack, python: &str, env: &[(&str, &str)]) -> Value {
         "reader": stack.token("rita", &["developers", "pii-readers"], None),
         "developer": stack.token("dave", &["developers"], None),
     });
-    let out = support::output_within(
+    let out = output_within(
         Command::new(python)
             .arg(repo("crates/pg-proxy/tests/python/asyncpg_client.py"))
             .arg(args.to_string())

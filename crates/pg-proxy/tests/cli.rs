@@ -3,18 +3,12 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pg-proxy"))
-}
-
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
-}
+use portcullis_testkit::{bin, repo, text};
 
 fn run(args: &[&str]) -> Output {
-    bin().args(args).output().unwrap()
+    bin!().args(args).output().unwrap()
 }
 
 fn temp_policy(name: &str, text: &str) -> PathBuf {
@@ -23,10 +17,6 @@ fn temp_policy(name: &str, text: &str) -> PathBuf {
     let path = dir.join("policy.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]
@@ -90,7 +80,7 @@ fn explain_prints_the_decision() {
 
 #[test]
 fn explain_jsonl_answers_line_for_line() {
-    let mut child = bin()
+    let mut child = bin!()
         .args(["policy", "explain", "--policy", repo("examples/policy.toml").to_str().unwrap(), "--jsonl"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -131,7 +121,7 @@ fn explain_jsonl_answers_line_for_line() {
     assert!(lines[6]["error"].as_str().unwrap().contains("query"), "{}", lines[6]);
     assert!(lines[7]["error"].as_str().unwrap().contains("UTF-8"), "{}", lines[7]);
 
-    let bad = bin()
+    let bad = bin!()
         .args(["policy", "explain", "--policy", "/nonexistent.toml", "--jsonl"])
         .stdin(Stdio::null())
         .output()
@@ -214,7 +204,7 @@ fn minted_tokens_verify_and_tampered_ones_do_not() {
 
 #[test]
 fn demo_script_plays_the_agent_session_and_cleans_up() {
-    let out = bin().args(["demo", "--script", "--policy"]).arg(repo("examples/policy.toml")).output().unwrap();
+    let out = bin!().args(["demo", "--script", "--policy"]).arg(repo("examples/policy.toml")).output().unwrap();
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
     // The psql command lines for both identities.
@@ -252,7 +242,7 @@ rule = \"r\"
 
 /// `run` without the key's environment variable, plus `env`.
 fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = bin();
+    let mut cmd = bin!();
     cmd.args(args).env_remove("PORTCULLIS_PSEUDONYM_KEY");
     for (k, v) in env {
         cmd.env(k, v);

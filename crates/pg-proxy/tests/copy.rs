@@ -21,19 +21,15 @@
 //! answering fails the test with a message, it does not hang it.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
 use std::future::Future;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use postgres_protocol::message::{backend, frontend};
-use support::Stack;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use portcullis_testkit::stack::Stack;
+use portcullis_testkit::wire::{Raw, ServerError};
+use postgres_protocol::message::frontend;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::fallible_iterator::FallibleIterator;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 /// The longest any single step may take.
@@ -203,7 +199,7 @@ async fn copy_out_data_is_masked() {
     // Refused in binary, and the session goes on.
     let refused =
         within("binary copy_out", c.copy_out("s2", "COPY customers (id, ssn) TO STDOUT (FORMAT binary)")).await;
-    assert_eq!(refused.as_ref().err().map(|(code, _)| code.as_str()), Some("42501"), "{refused:?}");
+    assert_eq!(refused.as_ref().err().map(|e| e.code.as_str()), Some("42501"), "{refused:?}");
     let data = within("copy_out after a refusal", c.copy_out("s3", "COPY (SELECT 1 AS one) TO STDOUT")).await;
     assert_eq!(data, Ok("1\n".to_string()));
 }
@@ -211,64 +207,28 @@ async fn copy_out_data_is_masked() {
 /// A bare connection that speaks the messages tokio-postgres's `copy_out`
 /// sends, one step at a time.
 struct ExtendedCopyOut {
-    stream: TcpStream,
-    buf: BytesMut,
+    raw: Raw,
 }
 
 impl ExtendedCopyOut {
     async fn connect(stack: &Stack, token: &str) -> ExtendedCopyOut {
-        let stream = TcpStream::connect(stack.addr).await.unwrap();
-        let mut c = ExtendedCopyOut { stream, buf: BytesMut::new() };
-        let mut out = BytesMut::new();
-        frontend::startup_message([("user", "agent"), ("database", "app")], &mut out).unwrap();
-        c.send(&out).await;
-        loop {
-            match c.next().await {
-                backend::Message::AuthenticationCleartextPassword => {
-                    let mut out = BytesMut::new();
-                    frontend::password_message(token.as_bytes(), &mut out).unwrap();
-                    c.send(&out).await;
-                }
-                backend::Message::ReadyForQuery(_) => return c,
-                backend::Message::ErrorResponse(body) => panic!("login refused: {:?}", error_fields(&body)),
-                _ => {}
-            }
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    /// The next backend message; fails the test at end of stream.
-    async fn next(&mut self) -> backend::Message {
-        loop {
-            if let Some(message) = backend::Message::parse(&mut self.buf).unwrap() {
-                return message;
-            }
-            let n = self.stream.read_buf(&mut self.buf).await.unwrap();
-            assert!(n > 0, "the gateway closed the connection");
-        }
+        let mut raw = Raw::connect(stack.addr, "copy_out").await.with_wait(STEP);
+        raw.login(&[("user", "agent"), ("database", "app")], token)
+            .await
+            .unwrap_or_else(|e| panic!("login refused: {e:?}"));
+        ExtendedCopyOut { raw }
     }
 
     /// Prepares `query` as statement `name` (Parse, Describe, Sync), then
     /// runs it (Bind with binary result formats, Execute, Sync) and
-    /// returns the COPY data, or the error's SQLSTATE and message.
-    async fn copy_out(&mut self, name: &str, query: &str) -> Result<String, (String, String)> {
+    /// returns the COPY data, or the first error.
+    async fn copy_out(&mut self, name: &str, query: &str) -> Result<String, ServerError> {
         let mut out = BytesMut::new();
         frontend::parse(name, query, std::iter::empty(), &mut out).unwrap();
         frontend::describe(b'S', name, &mut out).unwrap();
         frontend::sync(&mut out);
-        self.send(&out).await;
-        let mut error = None;
-        loop {
-            match self.next().await {
-                backend::Message::ErrorResponse(body) => error = Some(error_fields(&body)),
-                backend::Message::ReadyForQuery(_) => break,
-                _ => {}
-            }
-        }
-        if let Some(e) = error {
+        self.raw.send(&out).await;
+        if let Some(e) = self.raw.until_ready().await.errors.pop() {
             return Err(e);
         }
         let mut out = BytesMut::new();
@@ -284,34 +244,11 @@ impl ExtendedCopyOut {
         assert!(bound.is_ok(), "encoding Bind");
         frontend::execute("", 0, &mut out).unwrap();
         frontend::sync(&mut out);
-        self.send(&out).await;
-        let mut data = Vec::new();
-        loop {
-            match self.next().await {
-                backend::Message::CopyData(body) => data.extend_from_slice(body.data()),
-                backend::Message::ErrorResponse(body) => error = Some(error_fields(&body)),
-                backend::Message::ReadyForQuery(_) => break,
-                _ => {}
-            }
-        }
-        match error {
+        self.raw.send(&out).await;
+        let reply = self.raw.until_ready().await;
+        match reply.errors.into_iter().last() {
             Some(e) => Err(e),
-            None => Ok(String::from_utf8(data).unwrap()),
+            None => Ok(String::from_utf8(reply.copy_data).unwrap()),
         }
     }
-}
-
-/// An ErrorResponse's SQLSTATE and message.
-fn error_fields(body: &backend::ErrorResponseBody) -> (String, String) {
-    let mut code = String::new();
-    let mut message = String::new();
-    let mut fields = body.fields();
-    while let Some(field) = fields.next().unwrap() {
-        match field.type_() {
-            b'C' => code = String::from_utf8_lossy(field.value_bytes()).into_owned(),
-            b'M' => message = String::from_utf8_lossy(field.value_bytes()).into_owned(),
-            _ => {}
-        }
-    }
-    (code, message)
 }

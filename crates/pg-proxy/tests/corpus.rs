@@ -12,112 +12,34 @@
 //! corpus test covers them.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use pg_proxy::codec;
-use postgres_protocol::message::frontend;
-use serde::Deserialize;
-use support::{repo, Stack};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use policy_core::Verdict;
+use portcullis_testkit::corpus::{self, Case};
+use portcullis_testkit::stack::Stack;
+use portcullis_testkit::wire::{Raw, ServerError};
 
-#[derive(Deserialize)]
-struct CorpusFile {
-    #[serde(default)]
-    case: Vec<Case>,
-}
-
-#[derive(Deserialize, Clone)]
-struct Case {
-    name: String,
-    sql: String,
-    #[serde(default)]
-    groups: Vec<String>,
-    subject: Option<String>,
-    actor: Option<String>,
-    search_path: Option<Vec<String>>,
-    standard_conforming_strings: Option<bool>,
-    #[serde(default)]
-    prepared: BTreeMap<String, String>,
-    expect: String,
-    rule: Option<String>,
-}
-
-/// What the gateway answered: `Some((code, message))` of the first error.
-async fn run_case(addr: std::net::SocketAddr, token: &str, case: &Case) -> Option<(String, String)> {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut out = BytesMut::new();
-    let path = case.search_path.as_ref().map(|p| p.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "));
+/// What the gateway answered: the first error after the query, if any.
+async fn run_case(addr: std::net::SocketAddr, token: &str, case: &Case) -> Option<ServerError> {
+    let mut raw = Raw::connect(addr, &case.name).await.with_wait(Duration::from_secs(20));
+    let path = case.search_path_setting();
     let mut params = vec![("user", "corpus"), ("database", "app")];
     if let Some(p) = &path {
         params.push(("search_path", p.as_str()));
     }
-    frontend::startup_message(params.iter().copied(), &mut out).unwrap();
-    stream.write_all(&out).await.unwrap();
-    let mut buf = BytesMut::new();
-    let mut first_error = None;
-    let mut sent_query = false;
-    loop {
-        let frame = loop {
-            if let Some(f) = codec::decode_backend(&mut buf, 1 << 26).unwrap() {
-                break f;
-            }
-            let n = tokio::time::timeout(Duration::from_secs(20), stream.read_buf(&mut buf))
-                .await
-                .unwrap_or_else(|_| panic!("{}: no answer in 20 s", case.name))
-                .unwrap();
-            assert!(n > 0, "{}: the gateway closed the connection", case.name);
-        };
-        out.clear();
-        match frame.kind {
-            b'R' => {
-                if let codec::Authentication::CleartextPassword = codec::parse_authentication(&frame).unwrap() {
-                    frontend::password_message(token.as_bytes(), &mut out).unwrap();
-                }
-            }
-            b'E' => {
-                let fields = codec::parse_fields(&frame).unwrap();
-                let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.as_str().to_string());
-                assert!(sent_query, "{}: login failed: {:?}", case.name, get(b'M'));
-                first_error.get_or_insert((get(b'C').unwrap_or_default(), get(b'M').unwrap_or_default()));
-            }
-            b'G' => frontend::copy_fail("corpus replay sends no COPY data", &mut out).unwrap(),
-            b'Z' if !sent_query => {
-                frontend::query(&case.sql, &mut out).unwrap();
-                sent_query = true;
-            }
-            b'Z' => return first_error,
-            _ => {}
-        }
-        if !out.is_empty() {
-            stream.write_all(&out).await.unwrap();
-        }
-    }
+    raw.login(&params, token).await.unwrap_or_else(|e| panic!("{}: login failed: {e}", case.name));
+    raw.query(&case.sql).await.errors.into_iter().next()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_gives_the_corpus_verdicts() {
-    let dir = repo("testdata/decisions");
-    let policy = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
+    let policy = std::fs::read_to_string(corpus::dir().join("policy.toml")).unwrap();
     let stack = Stack::with_policy(&policy);
     // Nothing an allowed case runs may hang the replay.
     stack.cluster.psql("postgres", "ALTER ROLE app SET statement_timeout = '3s'").unwrap();
 
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml") && !p.ends_with("policy.toml"))
-        .collect();
-    files.sort();
-    let mut cases = Vec::new();
-    for file in &files {
-        let corpus: CorpusFile = toml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
-        cases.extend(corpus.case);
-    }
+    let cases = corpus::cases().into_iter().map(|entry| entry.case);
     let (mut replayed, mut skipped, mut failures) = (0, 0, Vec::new());
     let mut tokens: BTreeMap<(String, Vec<String>, Option<String>), String> = BTreeMap::new();
     let mut runs = tokio::task::JoinSet::new();
@@ -132,7 +54,7 @@ async fn the_gateway_gives_the_corpus_verdicts() {
             skipped += 1;
             continue;
         }
-        let subject = case.subject.clone().unwrap_or_else(|| "corpus-user".into());
+        let subject = case.subject().to_string();
         let key = (subject.clone(), case.groups.clone(), case.actor.clone());
         let token = tokens
             .entry(key)
@@ -152,13 +74,14 @@ async fn the_gateway_gives_the_corpus_verdicts() {
     while let Some(done) = runs.join_next().await {
         let (case, answer) = done.unwrap();
         replayed += 1;
-        let refused = answer.as_ref().filter(|(code, message)| {
-            code == "42501"
-                && (message.starts_with("refused by policy") || message.starts_with("this statement needs approval"))
+        let refused = answer.as_ref().filter(|e| {
+            e.code == "42501"
+                && (e.message.starts_with("refused by policy")
+                    || e.message.starts_with("this statement needs approval"))
         });
-        let expect_refused = case.expect != "allow";
+        let expect_refused = case.expect != Verdict::Allow;
         let rule_ok = match (&refused, &case.rule) {
-            (Some((_, message)), Some(rule)) if !rule.is_empty() => message.contains(&format!("(rule {rule})")),
+            (Some(e), Some(rule)) if !rule.is_empty() => e.message.contains(&format!("(rule {rule})")),
             _ => true,
         };
         if refused.is_some() != expect_refused || !rule_ok {

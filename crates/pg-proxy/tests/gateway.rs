@@ -3,9 +3,7 @@
 //! state.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
-use support::Stack;
+use portcullis_testkit::stack::Stack;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::SimpleQueryMessage;
 

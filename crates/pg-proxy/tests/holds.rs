@@ -6,8 +6,6 @@
 //! `58030`, a slow one delays, and records carry the bound parameters.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +13,7 @@ use pg_proxy::session::hold::{Deciding, HoldHandler, HoldOutcome, HoldRequest};
 use pg_proxy::session::record::{Record, TestSink, TestSinkMode};
 use pg_proxy::session::registry::Activity;
 use pg_proxy::session::SessionHooks;
-use support::Stack;
+use portcullis_testkit::stack::Stack;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 

@@ -7,209 +7,20 @@
 //! `SELECT 1` after every attack.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use pg_proxy::codec::{self, Authentication, BackendFrame};
+use pg_proxy::codec::{self, Authentication};
+use portcullis_testkit::stack::Stack;
+use portcullis_testkit::wire::{header, message, query, startup, startup_body, startup_raw, Raw, WAIT};
 use postgres_protocol::message::frontend;
-use support::Stack;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-/// The longest the gateway may take to answer or close.
-const WAIT: Duration = Duration::from_secs(10);
-
 /// The message limit of the stacks that test it.
 const SMALL_LIMIT: usize = 65_536;
-
-/// A raw client connection to the gateway.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-    what: String,
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr, what: &str) -> Raw {
-        let stream = timeout(WAIT, TcpStream::connect(addr))
-            .await
-            .unwrap_or_else(|_| panic!("{what}: connect timed out"))
-            .unwrap();
-        Raw { stream, buf: BytesMut::new(), what: what.to_string() }
-    }
-
-    /// Sends bytes; a write error (the gateway already closed) is ignored:
-    /// what the gateway answered is checked by reading.
-    async fn send(&mut self, bytes: &[u8]) {
-        let _ = timeout(WAIT, self.stream.write_all(bytes))
-            .await
-            .unwrap_or_else(|_| panic!("{}: write timed out", self.what));
-    }
-
-    /// The next backend frame, or `None` once the gateway closed (EOF or
-    /// reset) between frames. Panics on a timeout or a frame cut short.
-    async fn next(&mut self) -> Option<BackendFrame> {
-        loop {
-            match codec::decode_backend(&mut self.buf, 1 << 26) {
-                Ok(Some(f)) => return Some(f),
-                Ok(None) => {}
-                Err(e) => panic!("{}: the gateway sent an invalid frame: {e}", self.what),
-            }
-            match timeout(WAIT, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => panic!("{}: no answer and no close within {WAIT:?}", self.what),
-                Ok(Ok(0) | Err(_)) => {
-                    assert!(self.buf.is_empty(), "{}: closed in the middle of a frame: {:?}", self.what, self.buf);
-                    return None;
-                }
-                Ok(Ok(_)) => {}
-            }
-        }
-    }
-
-    /// The next frame, which must exist.
-    async fn frame(&mut self) -> BackendFrame {
-        match self.next().await {
-            Some(f) => f,
-            None => panic!("{}: the gateway closed the connection", self.what),
-        }
-    }
-
-    /// The gateway closes without sending anything more.
-    async fn expect_closed(&mut self) {
-        if let Some(f) = self.next().await {
-            let detail = if f.kind == b'E' { format!("{:?}", error_fields(&f)) } else { String::new() };
-            panic!("{}: expected a close, got '{}' {detail}", self.what, char::from(f.kind));
-        }
-    }
-
-    /// The gateway closes without having sent a single byte.
-    async fn expect_silent_close(&mut self) {
-        let mut rest = Vec::new();
-        let r = timeout(WAIT, self.stream.read_to_end(&mut rest))
-            .await
-            .unwrap_or_else(|_| panic!("{}: no close within {WAIT:?}", self.what));
-        if r.is_ok() {
-            assert!(rest.is_empty(), "{}: expected a silent close, got {rest:?}", self.what);
-        }
-    }
-
-    /// An `ErrorResponse` with one of `codes` (after any other frames),
-    /// then a close. Returns (severity, code, message).
-    async fn expect_error_then_close(&mut self, codes: &[&str]) -> (String, String, String) {
-        let e = self.expect_error(codes).await;
-        self.expect_closed().await;
-        e
-    }
-
-    /// Skips to the next `ErrorResponse`, whose SQLSTATE must be one of
-    /// `codes`.
-    async fn expect_error(&mut self, codes: &[&str]) -> (String, String, String) {
-        loop {
-            let f = self.frame().await;
-            if f.kind == b'E' {
-                let e = error_fields(&f);
-                assert!(codes.contains(&e.1.as_str()), "{}: expected SQLSTATE {codes:?}, got {e:?}", self.what);
-                return e;
-            }
-            assert!(
-                matches!(f.kind, b'R' | b'S' | b'K' | b'v' | b'N' | b'Z' | b'T' | b'D' | b'C'),
-                "{}: unexpected '{}' before the error",
-                self.what,
-                char::from(f.kind)
-            );
-        }
-    }
-
-    /// Either a close, or an error with one of `codes` then a close.
-    async fn expect_error_or_close(&mut self, codes: &[&str]) {
-        if let Some(f) = self.next().await {
-            assert_eq!(f.kind, b'E', "{}: expected an error or a close, got '{}'", self.what, char::from(f.kind));
-            let e = error_fields(&f);
-            assert!(codes.contains(&e.1.as_str()), "{}: expected SQLSTATE {codes:?}, got {e:?}", self.what);
-            self.expect_closed().await;
-        }
-    }
-
-    /// Reads to `ReadyForQuery`; returns the rows' first values, the
-    /// errors' SQLSTATEs and the transaction status.
-    async fn until_ready(&mut self) -> (Vec<Option<String>>, Vec<String>, u8) {
-        let mut values = Vec::new();
-        let mut errors = Vec::new();
-        loop {
-            let f = self.frame().await;
-            match f.kind {
-                b'D' => {
-                    let row = codec::data_row_values(&f).unwrap();
-                    values.push(row.first().cloned().flatten().map(|v| String::from_utf8_lossy(&v).into_owned()));
-                }
-                b'E' => errors.push(error_fields(&f).1),
-                b'Z' => return (values, errors, codec::parse_ready_for_query(&f).unwrap()),
-                _ => {}
-            }
-        }
-    }
-
-    /// Sends a simple query and reads its answer to `ReadyForQuery`.
-    async fn query(&mut self, sql: &str) -> (Vec<Option<String>>, Vec<String>, u8) {
-        let mut out = BytesMut::new();
-        frontend::query(sql, &mut out).unwrap();
-        self.send(&out).await;
-        self.until_ready().await
-    }
-}
-
-/// (severity, SQLSTATE, message) of an `ErrorResponse`.
-fn error_fields(f: &BackendFrame) -> (String, String, String) {
-    let fields = codec::parse_fields(f).unwrap();
-    let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.as_str().to_string()).unwrap_or_default();
-    (get(b'S'), get(b'C'), get(b'M'))
-}
-
-/// A startup packet with the given length word and body (code and
-/// parameters), the length word not checked.
-fn startup_raw(word: i32, body: &[u8]) -> Vec<u8> {
-    let mut v = word.to_be_bytes().to_vec();
-    v.extend_from_slice(body);
-    v
-}
-
-/// The body of a v3.0 StartupMessage with these parameters.
-fn startup_body(params: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut v = codec::PROTOCOL_3_0.to_be_bytes().to_vec();
-    for (k, val) in params {
-        v.extend_from_slice(k.as_bytes());
-        v.push(0);
-        v.extend_from_slice(val);
-        v.push(0);
-    }
-    v.push(0);
-    v
-}
-
-/// A well-formed startup packet with these parameters.
-fn startup(params: &[(&str, &[u8])]) -> Vec<u8> {
-    let body = startup_body(params);
-    startup_raw(i32::try_from(body.len() + 4).unwrap(), &body)
-}
-
-/// A frontend message with a correct length word.
-fn message(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = vec![kind];
-    v.extend_from_slice(&i32::try_from(body.len() + 4).unwrap().to_be_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
-/// A frontend header with any length word, no body.
-fn header(kind: u8, word: i32) -> Vec<u8> {
-    let mut v = vec![kind];
-    v.extend_from_slice(&word.to_be_bytes());
-    v
-}
 
 /// A function-call message for `pg_catalog.version()` (OID 89), no
 /// arguments, text result.
@@ -227,22 +38,8 @@ async fn login(addr: SocketAddr, token: &str, extra: &[(&str, &str)], what: &str
     let mut raw = Raw::connect(addr, what).await;
     let mut params = vec![("user", "hostile"), ("database", "app")];
     params.extend_from_slice(extra);
-    let mut out = BytesMut::new();
-    frontend::startup_message(params.iter().copied(), &mut out).unwrap();
-    raw.send(&out).await;
-    let f = raw.frame().await;
-    assert_eq!(codec::parse_authentication(&f).unwrap(), Authentication::CleartextPassword, "{what}");
-    out.clear();
-    frontend::password_message(token.as_bytes(), &mut out).unwrap();
-    raw.send(&out).await;
-    loop {
-        let f = raw.frame().await;
-        match f.kind {
-            b'E' => panic!("{what}: login failed: {:?}", error_fields(&f)),
-            b'Z' => return raw,
-            _ => {}
-        }
-    }
+    raw.login(&params, token).await.unwrap_or_else(|e| panic!("{what}: login failed: {e:?}"));
+    raw
 }
 
 /// The healthy session still answers.
@@ -279,7 +76,7 @@ async fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool
 }
 
 fn policy() -> String {
-    std::fs::read_to_string(support::repo("examples/policy.toml")).unwrap()
+    std::fs::read_to_string(portcullis_testkit::repo("examples/policy.toml")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,8 +105,8 @@ async fn hostile_startup_packets_get_an_error_or_a_close() {
         let what = format!("startup length word {word}");
         let mut raw = Raw::connect(addr, &what).await;
         raw.send(&startup_raw(word, &body)).await;
-        let (severity, _, _) = raw.expect_error_then_close(&["08P01"]).await;
-        assert_eq!(severity, "FATAL", "{what}");
+        let e = raw.expect_error_then_close(&["08P01"]).await;
+        assert_eq!(e.severity, "FATAL", "{what}");
         healthy(&client, &what).await;
     }
     // A length word longer than what follows, then a close: the gateway
@@ -317,12 +114,12 @@ async fn hostile_startup_packets_get_an_error_or_a_close() {
     let mut raw = Raw::connect(addr, "truncated startup").await;
     let full = startup(&[("user", b"x"), ("database", b"app")]);
     raw.send(&full[..full.len() - 5]).await;
-    raw.stream.shutdown().await.unwrap();
+    raw.stream().shutdown().await.unwrap();
     raw.expect_silent_close().await;
     // Only part of the length word.
     let mut raw = Raw::connect(addr, "half a length word").await;
     raw.send(&[0, 0]).await;
-    raw.stream.shutdown().await.unwrap();
+    raw.stream().shutdown().await.unwrap();
     raw.expect_silent_close().await;
     healthy(&client, "truncated startup packets").await;
 
@@ -390,7 +187,7 @@ async fn hostile_startup_packets_get_an_error_or_a_close() {
     let mut raw = Raw::connect(addr, "a close at the password prompt").await;
     raw.send(&startup(&[("user", b"x"), ("database", b"app")])).await;
     raw.frame().await;
-    raw.stream.shutdown().await.unwrap();
+    raw.stream().shutdown().await.unwrap();
     raw.expect_closed().await;
 
     // A database that does not exist.
@@ -410,19 +207,19 @@ async fn hostile_startup_packets_get_an_error_or_a_close() {
     frontend::query("SELECT 7", &mut bytes).unwrap();
     let mut raw = Raw::connect(addr, "pipelined login").await;
     raw.send(&bytes).await;
-    assert_eq!(raw.until_ready().await, (vec![], vec![], b'I'), "the login");
-    assert_eq!(raw.until_ready().await, (vec![Some("7".to_string())], vec![], b'I'), "the query");
+    assert_eq!(raw.until_ready().await.brief(), (vec![], vec![], b'I'), "the login");
+    assert_eq!(raw.until_ready().await.brief(), (vec![Some("7".to_string())], vec![], b'I'), "the query");
     let mut bytes = login_bytes.clone();
     bytes.extend_from_slice(b"\x07garbage");
     let mut raw = Raw::connect(addr, "pipelined login then garbage").await;
     raw.send(&bytes).await;
-    assert_eq!(raw.until_ready().await.1, Vec::<String>::new(), "the login");
+    assert_eq!(raw.until_ready().await.codes(), Vec::<String>::new(), "the login");
     raw.expect_error_then_close(&["08P01"]).await;
     healthy(&client, "pipelined logins").await;
 
     // The same token still logs in, and new sessions work.
     let mut raw = login(addr, &token, &[], "a login after the attacks").await;
-    assert_eq!(raw.query("SELECT 1").await, (vec![Some("1".to_string())], vec![], b'I'));
+    assert_eq!(raw.query("SELECT 1").await.brief(), (vec![Some("1".to_string())], vec![], b'I'));
     healthy(&client, "the startup attacks").await;
     healthy(&stack.connect(&["ai-agents"]).await, "the startup attacks (new client)").await;
 }
@@ -472,8 +269,8 @@ async fn hostile_messages_after_login_end_the_session_and_only_it() {
         let mut raw = login(addr, &token, &app, what).await;
         let started = Instant::now();
         raw.send(&bytes).await;
-        let (severity, _, message) = raw.expect_error_then_close(&["08P01", "22021"]).await;
-        assert_eq!(severity, "FATAL", "{what}: {message}");
+        let e = raw.expect_error_then_close(&["08P01", "22021"]).await;
+        assert_eq!(e.severity, "FATAL", "{what}: {}", e.message);
         assert!(started.elapsed() < Duration::from_secs(5), "{what}: answered only after {:?}", started.elapsed());
         healthy(&client, what).await;
     }
@@ -493,7 +290,7 @@ async fn hostile_messages_after_login_end_the_session_and_only_it() {
     ] {
         let mut raw = login(addr, &token, &app, what).await;
         raw.send(&bytes).await;
-        raw.stream.shutdown().await.unwrap();
+        raw.stream().shutdown().await.unwrap();
         raw.expect_closed().await;
         healthy(&client, what).await;
     }
@@ -502,47 +299,46 @@ async fn hostile_messages_after_login_end_the_session_and_only_it() {
     //    transaction it aborts it like any error; pipelined with a query.
     let mut raw = login(addr, &token, &app, "function call").await;
     raw.send(&function_call()).await;
-    let (_, errors, status) = raw.until_ready().await;
-    assert_eq!((errors, status), (vec!["42501".to_string()], b'I'));
-    assert_eq!(raw.query("SELECT 41 + 1").await, (vec![Some("42".to_string())], vec![], b'I'));
-    assert_eq!(raw.query("BEGIN").await.2, b'T');
+    let r = raw.until_ready().await;
+    assert_eq!((r.codes(), r.status), (vec!["42501".to_string()], b'I'));
+    assert_eq!(raw.query("SELECT 41 + 1").await.brief(), (vec![Some("42".to_string())], vec![], b'I'));
+    assert_eq!(raw.query("BEGIN").await.status, b'T');
     raw.send(&function_call()).await;
-    let (_, errors, status) = raw.until_ready().await;
+    let r = raw.until_ready().await;
     assert_eq!(
-        (errors, status),
+        (r.codes(), r.status),
         (vec!["42501".to_string()], b'E'),
         "a refused F aborts the transaction, as an error does"
     );
-    let (rows, errors, status) = raw.query("SELECT 2").await;
     assert_eq!(
-        (rows, errors, status),
+        raw.query("SELECT 2").await.brief(),
         (vec![], vec!["25P02".to_string()], b'E'),
         "nothing runs in an aborted transaction"
     );
-    assert_eq!(raw.query("ROLLBACK").await.2, b'I');
+    assert_eq!(raw.query("ROLLBACK").await.status, b'I');
     let mut bytes = message(b'Q', b"SELECT 3\0");
     bytes.extend_from_slice(&function_call());
     bytes.extend_from_slice(&message(b'Q', b"SELECT 4\0"));
     raw.send(&bytes).await;
-    assert_eq!(raw.until_ready().await, (vec![Some("3".to_string())], vec![], b'I'));
-    assert_eq!(raw.until_ready().await, (vec![], vec!["42501".to_string()], b'I'));
-    assert_eq!(raw.until_ready().await, (vec![Some("4".to_string())], vec![], b'I'));
+    assert_eq!(raw.until_ready().await.brief(), (vec![Some("3".to_string())], vec![], b'I'));
+    assert_eq!(raw.until_ready().await.brief(), (vec![], vec!["42501".to_string()], b'I'));
+    assert_eq!(raw.until_ready().await.brief(), (vec![Some("4".to_string())], vec![], b'I'));
     // An F with a hostile body is refused the same way (it is not decoded).
     raw.send(&message(b'F', &[0xff; 64])).await;
-    assert_eq!(raw.until_ready().await.1, ["42501"]);
+    assert_eq!(raw.until_ready().await.codes(), ["42501"]);
     // COPY messages outside COPY are dropped, as the server would.
     let mut bytes = message(b'd', b"1\tx\n");
     bytes.extend_from_slice(&message(b'c', b""));
     bytes.extend_from_slice(&message(b'f', b"why\0"));
     bytes.extend_from_slice(&message(b'Q', b"SELECT 5\0"));
     raw.send(&bytes).await;
-    assert_eq!(raw.until_ready().await, (vec![Some("5".to_string())], vec![], b'I'));
+    assert_eq!(raw.until_ready().await.brief(), (vec![Some("5".to_string())], vec![], b'I'));
     // A message exactly at the limit is accepted.
     let mut sql = b"SELECT 6".to_vec();
     sql.resize(SMALL_LIMIT - 5, b' ');
     sql.push(0);
     raw.send(&message(b'Q', &sql)).await;
-    assert_eq!(raw.until_ready().await, (vec![Some("6".to_string())], vec![], b'I'));
+    assert_eq!(raw.until_ready().await.brief(), (vec![Some("6".to_string())], vec![], b'I'));
     let mut out = BytesMut::new();
     frontend::terminate(&mut out);
     raw.send(&out).await;
@@ -568,11 +364,9 @@ async fn a_client_vanishing_mid_query_leaves_nothing_behind() {
     // FIN, once with a reset).
     for (app, reset) in [("hostile-vanish-rows", false), ("hostile-vanish-rows-rst", true)] {
         let mut raw = login(addr, &token, &[("application_name", app)], app).await;
-        let mut out = BytesMut::new();
-        frontend::query("SELECT o.*, repeat('x', 200) FROM orders o", &mut out).unwrap();
-        raw.send(&out).await;
+        raw.send(&query("SELECT o.*, repeat('x', 200) FROM orders o")).await;
         if reset {
-            raw.stream.set_zero_linger().unwrap();
+            raw.stream().set_zero_linger().unwrap();
         }
         drop(raw);
         healthy(&client, app).await;
@@ -584,9 +378,7 @@ async fn a_client_vanishing_mid_query_leaves_nothing_behind() {
     // gateway cancels it and the server connection ends.
     let app = "hostile-vanish-short";
     let mut raw = login(addr, &token, &[("application_name", app)], app).await;
-    let mut out = BytesMut::new();
-    frontend::query("SELECT pg_sleep(1)", &mut out).unwrap();
-    raw.send(&out).await;
+    raw.send(&query("SELECT pg_sleep(1)")).await;
     assert!(eventually(WAIT, || backends(&stack, app, Some("active")) == 1).await, "pg_sleep(1) never ran");
     drop(raw);
     healthy(&client, app).await;
@@ -606,9 +398,7 @@ async fn a_client_vanishing_mid_query_leaves_nothing_behind() {
 /// until the server runs it.
 async fn sleeping_session(stack: &Stack, token: &str, app: &str) -> Raw {
     let mut raw = login(stack.addr, token, &[("application_name", app)], app).await;
-    let mut out = BytesMut::new();
-    frontend::query("SELECT pg_sleep(60)", &mut out).unwrap();
-    raw.send(&out).await;
+    raw.send(&query("SELECT pg_sleep(60)")).await;
     let running = eventually(WAIT, || backends(stack, app, Some("active")) == 1).await;
     assert!(running, "{app}: pg_sleep never started on the server");
     raw
@@ -677,7 +467,7 @@ async fn refused_parse_messages_do_not_pile_up_in_the_gateway() {
         let mut bytes = message(b'P', &body);
         bytes.extend_from_slice(&message(b'S', b""));
         raw.send(&bytes).await;
-        assert_eq!(raw.until_ready().await.1, ["42501"]);
+        assert_eq!(raw.until_ready().await.codes(), ["42501"]);
     }
     let grown = rss_kib().saturating_sub(before) / 1024;
     healthy(&client, "refused parses").await;

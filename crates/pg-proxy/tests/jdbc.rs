@@ -15,15 +15,15 @@
 //! the test. `PORTCULLIS_JDBC_JAR` names another driver jar.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use portcullis_testkit::process::output_within;
+use portcullis_testkit::stack::Stack;
+use portcullis_testkit::{repo, text};
 use serde_json::{json, Value};
-use support::{repo, text, Stack};
 
 /// How long compiling the client may take.
 const COMPILE_DEADLINE: Duration = Duration::from_secs(180);
@@ -52,7 +52,7 @@ fn compiled_client() -> Option<&'static (PathBuf, PathBuf)> {
             );
             let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("jdbc-client");
             std::fs::create_dir_all(&out_dir).unwrap();
-            let out = support::output_within(
+            let out = output_within(
                 Command::new("javac")
                     .args(["-encoding", "UTF-8", "-cp"])
                     .arg(&jar)
@@ -74,7 +74,7 @@ fn compiled_client() -> Option<&'static (PathBuf, PathBuf)> {
 /// returns its JSON; fails with its stderr when it failed or overran.
 fn run_client(stack: &Stack, jar: &std::path::Path, classes: &std::path::Path, sections: &str) -> Value {
     let classpath = std::env::join_paths([classes, jar]).unwrap();
-    let out = support::output_within(
+    let out = output_within(
         Command::new("java")
             .arg("-cp")
             .arg(classpath)

@@ -13,14 +13,14 @@
 //! test.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use portcullis_testkit::process::output_within;
+use portcullis_testkit::stack::Stack;
+use portcullis_testkit::{repo, text};
 use serde_json::{json, Value};
-use support::{repo, text, Stack};
 
 /// How long `scripts/node-deps` may take (a first install downloads packages).
 const INSTALL_DEADLINE: Duration = Duration::from_secs(600);
@@ -36,7 +36,7 @@ fn node_modules() -> Option<&'static str> {
             if std::env::var("PORTCULLIS_SKIP_NODE").is_ok_and(|v| v == "1") {
                 return None;
             }
-            let out = support::output_within(&mut Command::new(repo("scripts/node-deps")), INSTALL_DEADLINE)
+            let out = output_within(&mut Command::new(repo("scripts/node-deps")), INSTALL_DEADLINE)
                 .unwrap_or_else(|e| panic!("scripts/node-deps: {e}"));
             assert!(
                 out.status.success(),
@@ -63,7 +63,7 @@ fn run_client(stack: &Stack, modules: &str, sections: &str) -> Value {
         "reader": stack.token("rita", &["developers", "pii-readers"], None),
         "developer": stack.token("dave", &["developers"], None),
     });
-    let out = support::output_within(
+    let out = output_within(
         Command::new("node")
             .arg(repo("crates/pg-proxy/tests/node/pg_client.js"))
             .arg(args.to_string())

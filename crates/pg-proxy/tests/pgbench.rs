@@ -3,22 +3,14 @@
 //! processed, none failed.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
-use std::path::PathBuf;
-use std::process::Command;
-
-use support::{text, Stack, APP_PASSWORD};
-
-fn pgbench(stack: &Stack) -> Command {
-    let local = stack.cluster.bin_dir().join("pgbench");
-    Command::new(if local.exists() { local } else { PathBuf::from("pgbench") })
-}
+use portcullis_testkit::stack::{Stack, APP_PASSWORD};
+use portcullis_testkit::text;
 
 #[test]
 fn pgbench_runs_unchanged_through_the_gateway() {
     let stack = Stack::start();
-    let init = pgbench(&stack)
+    let init = stack
+        .program("pgbench")
         .args(["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p"])
         .arg(stack.cluster.port().to_string())
         .args(["-U", "app", "app"])
@@ -35,7 +27,8 @@ fn pgbench_runs_unchanged_through_the_gateway() {
         &["-S", "-M", "prepared"],
         &["-S", "-M", "simple"],
     ] {
-        let out = pgbench(&stack)
+        let out = stack
+            .program("pgbench")
             .args(["-n", "-t", "100", "-c", "4", "-j", "2", "-h", "127.0.0.1", "-p"])
             .arg(stack.addr.port().to_string())
             .args(["-U", "bench"])
@@ -56,7 +49,8 @@ fn pgbench_runs_unchanged_through_the_gateway() {
 
     // An agent may read but not write: the tpcb-like script is refused on its first UPDATE.
     let agent = stack.token("agent", &["ai-agents"], None);
-    let out = pgbench(&stack)
+    let out = stack
+        .program("pgbench")
         .args(["-n", "-t", "5", "-c", "1", "-h", "127.0.0.1", "-p"])
         .arg(stack.addr.port().to_string())
         .args(["-U", "agent", "app"])

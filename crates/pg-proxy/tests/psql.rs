@@ -2,9 +2,8 @@
 //! both ways, and the errors a person sees.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
-use support::{text, Stack};
+use portcullis_testkit::stack::Stack;
+use portcullis_testkit::text;
 
 #[test]
 fn psql_sessions() {
@@ -100,8 +99,8 @@ fn psql_with_pgdatestyle_and_pgtz_logs_in_with_those_settings() {
     // No masks: with one, SHOW's output (lineage unknown) is masked whole.
     let stack = Stack::with_policy("version = 1\n[[rule]]\nname = \"all\"\neffect = \"allow\"\ngroups = [\"dba\"]\n");
     let dba = stack.token("dora", &["dba"], None);
-    let psql = stack.cluster.bin_dir().join("psql");
-    let out = std::process::Command::new(if psql.exists() { psql } else { "psql".into() })
+    let out = stack
+        .program("psql")
         .args(["-X", "-At", "-d"])
         .arg(format!("host=127.0.0.1 port={} user=agent dbname=app sslmode=disable", stack.addr.port()))
         .env("PGPASSWORD", &dba)

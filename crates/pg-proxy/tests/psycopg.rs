@@ -9,13 +9,12 @@
 //! cannot be reached; otherwise a failed install fails the test.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
 use std::process::Command;
 use std::sync::OnceLock;
 
+use portcullis_testkit::stack::Stack;
+use portcullis_testkit::{repo, text};
 use serde_json::{json, Value};
-use support::{repo, text, Stack};
 
 /// The virtualenv's python, made once per test binary; `None` when skipped.
 fn venv_python() -> Option<&'static str> {

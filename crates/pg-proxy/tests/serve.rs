@@ -3,13 +3,12 @@
 //! waiting for the open session, structured logs without secrets.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{bin, text, Stack, APP_PASSWORD};
+use portcullis_testkit::stack::{Stack, APP_PASSWORD};
+use portcullis_testkit::{bin, text};
 
 fn signal(pid: u32, name: &str) {
     assert!(Command::new("kill").args(["-s", name, &pid.to_string()]).status().unwrap().success());
@@ -33,11 +32,11 @@ fn serve_reloads_on_sighup_and_drains_on_sigterm() {
         .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
     std::fs::write(&config, text_config).unwrap();
 
-    let check = bin().arg("check").arg(&config).output().unwrap();
+    let check = bin!().arg("check").arg(&config).output().unwrap();
     assert_eq!(check.status.code(), Some(0), "{}", text(&check.stderr));
     assert!(text(&check.stdout).contains(": ok"), "{}", text(&check.stdout));
 
-    let mut child = bin()
+    let mut child = bin!()
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")

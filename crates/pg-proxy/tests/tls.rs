@@ -3,18 +3,15 @@
 //! non-loopback clients, and the upstream side with MD5 and trust.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-mod support;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use pg_proxy::cluster::{Auth, ClusterOptions};
-use pg_proxy::codec;
-use postgres_protocol::message::frontend;
+use portcullis_testkit::stack::Stack;
+use portcullis_testkit::wire::{startup, Raw, ServerError};
+use portcullis_testkit::{repo, text};
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::{repo, text, Stack};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A self-signed certificate for 127.0.0.1 and localhost, written to a
@@ -34,47 +31,18 @@ fn policy() -> String {
 }
 
 /// Logs in over `stream` and runs `sql`; returns the first column of the
-/// first row, or the error's SQLSTATE and message.
+/// last row, or the first error.
 async fn login_and_query<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     token: &str,
     sql: &str,
-) -> Result<Option<String>, (String, String)> {
-    let mut out = BytesMut::new();
-    frontend::startup_message([("user", "t"), ("database", "app")], &mut out).unwrap();
-    stream.write_all(&out).await.unwrap();
-    let mut buf = BytesMut::new();
-    let mut sent = false;
-    let mut value = None;
-    loop {
-        let frame = loop {
-            if let Some(f) = codec::decode_backend(&mut buf, 1 << 20).unwrap() {
-                break f;
-            }
-            let n = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut buf)).await.unwrap().unwrap();
-            assert!(n > 0, "closed");
-        };
-        out.clear();
-        match frame.kind {
-            b'R' if codec::parse_authentication(&frame).unwrap() == codec::Authentication::CleartextPassword => {
-                frontend::password_message(token.as_bytes(), &mut out).unwrap();
-            }
-            b'E' => {
-                let f = codec::parse_fields(&frame).unwrap();
-                let get = |c: u8| f.iter().find(|(k, _)| *k == c).map(|(_, v)| v.as_str().to_string()).unwrap();
-                return Err((get(b'C'), get(b'M')));
-            }
-            b'D' => value = codec::data_row_values(&frame).unwrap()[0].as_ref().map(|b| text(b)),
-            b'Z' if !sent => {
-                frontend::query(sql, &mut out).unwrap();
-                sent = true;
-            }
-            b'Z' => return Ok(value),
-            _ => {}
-        }
-        if !out.is_empty() {
-            stream.write_all(&out).await.unwrap();
-        }
+) -> Result<Option<String>, ServerError> {
+    let mut raw = Raw::new(stream, "login and query");
+    raw.login(&[("user", "t"), ("database", "app")], token).await?;
+    let reply = raw.query(sql).await;
+    match reply.errors.first() {
+        Some(e) => Err(e.clone()),
+        None => Ok(reply.first_values().pop().flatten()),
     }
 }
 
@@ -127,9 +95,7 @@ async fn client_tls_both_ways_and_plain_tcp_rules() {
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
     {
-        let mut out = BytesMut::new();
-        frontend::startup_message([("user", "t")], &mut out).unwrap();
-        let _ = tls.write_all(&out).await;
+        let _ = tls.write_all(&startup(&[("user", b"t")])).await;
         let mut b = [0u8; 64];
         let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut b)).await.unwrap().unwrap_or(0);
         assert_eq!(n, 0, "no ALPN: the gateway must close");
@@ -150,8 +116,8 @@ async fn client_tls_both_ways_and_plain_tcp_rules() {
     let outside = stack.listen_also(ip);
     let mut tcp = tokio::net::TcpStream::connect(outside).await.unwrap();
     let err = login_and_query(&mut tcp, &token, "SELECT 1").await.unwrap_err();
-    assert_eq!(err.0, "28000", "{err:?}");
-    assert!(err.1.contains("only over TLS"), "{err:?}");
+    assert_eq!(err.code, "28000", "{err:?}");
+    assert!(err.message.contains("only over TLS"), "{err:?}");
     let _ = std::fs::remove_dir_all(cert.parent().unwrap());
 }
 
@@ -227,7 +193,7 @@ async fn upstream_tls_verified_against_the_ca() {
     tokio::spawn(Arc::clone(&gateway).serve(listener));
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let err = login_and_query(&mut tcp, &token, "SELECT 1").await.unwrap_err();
-    assert_eq!(err.0, "08006", "{err:?}");
+    assert_eq!(err.code, "08006", "{err:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -239,7 +205,7 @@ async fn key_sets_from_a_url_follow_rotation_with_a_rate_limit() {
     let stack = Stack::start();
     let keygen = |name: &str| {
         let dir = stack.path(name);
-        let out = support::bin().args(["token", "keygen", "--out"]).arg(&dir).output().unwrap();
+        let out = portcullis_testkit::bin!().args(["token", "keygen", "--out"]).arg(&dir).output().unwrap();
         assert!(out.status.success());
         dir
     };
@@ -279,7 +245,7 @@ async fn key_sets_from_a_url_follow_rotation_with_a_rate_limit() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(Arc::clone(&gateway).serve(listener));
     let mint = |key_dir: &std::path::Path| {
-        let out = support::bin()
+        let out = portcullis_testkit::bin!()
             .args(["token", "mint", "--key"])
             .arg(key_dir.join("signing-key.pem"))
             .args(["--sub", "alice", "--groups", "developers"])
@@ -302,11 +268,11 @@ async fn key_sets_from_a_url_follow_rotation_with_a_rate_limit() {
     // Tokens naming unknown keys, in a burst: at most one more fetch.
     for _ in 0..20 {
         let err = login(mint(&stranger)).await.unwrap_err();
-        assert_eq!(err.0, "28P01");
+        assert_eq!(err.code, "28P01");
     }
     assert!(fetches.load(Ordering::SeqCst) <= 3, "{} fetches", fetches.load(Ordering::SeqCst));
     // The old key is gone with the rotation.
-    assert_eq!(login(mint(&stack.path("keys"))).await.unwrap_err().0, "28P01");
+    assert_eq!(login(mint(&stack.path("keys"))).await.unwrap_err().code, "28P01");
 }
 
 /// A TLS client (SSLRequest, then the handshake) trusting `der`.
@@ -358,20 +324,18 @@ async fn logins_ending_over_tls_send_close_notify() {
 
     // A refused startup message: the FATAL error, then close_notify.
     let mut tls = tls_connect(stack.addr, &der).await;
-    let mut out = BytesMut::new();
-    frontend::startup_message([("user", "t"), ("options", "-c search_path=evil")], &mut out).unwrap();
-    tls.write_all(&out).await.unwrap();
-    let answer = read_until_closed(&mut tls).await.expect("a refusal is closed with close_notify");
-    let mut answer = BytesMut::from(&answer[..]);
-    let frame = codec::decode_backend(&mut answer, 1 << 20).unwrap().unwrap();
+    let mut raw = Raw::new(&mut tls, "a refused startup message");
+    raw.send(&startup(&[("user", b"t"), ("options", b"-c search_path=evil")])).await;
+    let frame = raw.frame().await;
     assert_eq!(frame.kind, b'E');
-    let fields = codec::parse_fields(&frame).unwrap();
-    assert!(fields.iter().any(|(k, v)| *k == b'C' && v.as_str() == "42704"), "{fields:?}");
+    let e = ServerError::from_frame(&frame);
+    assert_eq!(e.code, "42704", "{e:?}");
+    read_until_closed(&mut tls).await.expect("a refusal is closed with close_notify");
 
     // A wrong token: 28P01, then close_notify.
     let mut tls = tls_connect(stack.addr, &der).await;
     let err = login_and_query(&mut tls, "not a token", "SELECT 1").await.unwrap_err();
-    assert_eq!(err.0, "28P01", "{err:?}");
+    assert_eq!(err.code, "28P01", "{err:?}");
     read_until_closed(&mut tls).await.expect("a failed login is closed with close_notify");
 
     // A client that leaves after the handshake.

@@ -3,43 +3,11 @@
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use pg_query::protobuf::Token;
-use policy_core::{Actor, Engine, EngineOptions, Identity, Policy, Prepared, Session, Verdict};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CorpusFile {
-    policy: String,
-    #[serde(default)]
-    case: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    name: String,
-    sql: String,
-    #[serde(default)]
-    groups: Vec<String>,
-    subject: Option<String>,
-    actor: Option<String>,
-    search_path: Option<Vec<String>>,
-    standard_conforming_strings: Option<bool>,
-    #[serde(default)]
-    prepared: BTreeMap<String, String>,
-    expect: Verdict,
-    rule: Option<String>,
-    #[serde(default)]
-    bypass: bool,
-}
-
-fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/decisions")
-}
+use policy_core::{Engine, EngineOptions, Identity, Session};
+use portcullis_testkit::corpus::{self, engine, Case};
 
 /// One corpus case, ready to decide.
 struct Loaded {
@@ -51,54 +19,16 @@ struct Loaded {
 }
 
 fn load_corpus() -> Vec<Loaded> {
-    let dir = corpus_dir();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.file_name().is_some_and(|n| n != "policy.toml"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no corpus files in {}", dir.display());
-    let blank = engine(&dir.join("policy.toml"), Default::default());
-    let mut out = Vec::new();
-    for file in &files {
-        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let corpus: CorpusFile = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let policy = file.parent().unwrap_or(&dir).join(&corpus.policy);
-        for case in corpus.case {
-            let mut identity = Identity::new(case.subject.clone().unwrap_or_else(|| "corpus-user".into()))
-                .with_groups(case.groups.clone());
-            if let Some(a) = &case.actor {
-                identity = identity.with_actor(Actor::new(a.clone()));
-            }
-            let mut session = blank.new_session();
-            if let Some(p) = &case.search_path {
-                // The startup search_path: what RESET returns to as well.
-                session = session.with_startup_search_path(p.clone());
-            }
-            if let Some(scs) = case.standard_conforming_strings {
-                session.standard_conforming_strings = scs;
-            }
-            for (name, sql) in &case.prepared {
-                session.prepared.insert(
-                    name.clone(),
-                    Prepared {
-                        sql: Arc::from(sql.as_str()),
-                        standard_conforming_strings: session.standard_conforming_strings,
-                    },
-                );
-            }
-            let file = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            out.push(Loaded { file, policy: policy.clone(), case, identity, session });
-        }
-    }
-    out
-}
-
-fn engine(policy_path: &Path, options: EngineOptions) -> Engine {
-    let text = std::fs::read_to_string(policy_path).unwrap_or_else(|e| panic!("{}: {e}", policy_path.display()));
-    let policy = Policy::from_toml_str(&text, &policy_path.display().to_string()).unwrap_or_else(|e| panic!("{e}"));
-    Engine::with_options(policy, Default::default(), options).unwrap_or_else(|e| panic!("{e}"))
+    let mut engines: BTreeMap<PathBuf, Engine> = BTreeMap::new();
+    corpus::cases()
+        .into_iter()
+        .map(|entry| {
+            let engine =
+                engines.entry(entry.policy.clone()).or_insert_with(|| engine(&entry.policy, Default::default()));
+            let (identity, session) = (entry.case.identity(), entry.case.session(engine));
+            Loaded { file: entry.file, policy: entry.policy, case: entry.case, identity, session }
+        })
+        .collect()
 }
 
 #[test]

@@ -1,0 +1,63 @@
+//! Running a program under a deadline.
+//!
+//! ```
+//! use std::process::Command;
+//! use std::time::Duration;
+//!
+//! let out = portcullis_testkit::process::output_within(Command::new("true").arg("x"), Duration::from_secs(10));
+//! assert!(out.is_ok_and(|o| o.status.success()));
+//! ```
+
+use std::process::{Command, Output};
+
+use crate::text;
+
+/// Runs `command` (stdin closed, stdout and stderr captured) and returns
+/// its output, or kills it and returns `Err` with what it had printed to
+/// stderr when it is still running after `deadline`: a client that hangs
+/// fails its test instead of holding up the suite.
+pub fn output_within(command: &mut Command, deadline: std::time::Duration) -> Result<Output, String> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    // Both pipes are drained on threads, so a chatty child cannot block on a full pipe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // A grandchild may still hold the pipe: wait for the rest of stderr briefly only.
+                let killed = std::time::Instant::now();
+                while !stderr.is_finished() && killed.elapsed() < std::time::Duration::from_secs(2) {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let stderr = if stderr.is_finished() { stderr.join().unwrap_or_default() } else { Vec::new() };
+                return Err(format!(
+                    "{:?} did not finish in {deadline:?} (killed); stderr:\n{}",
+                    command.get_program(),
+                    text(&stderr)
+                ));
+            }
+        }
+    };
+    Ok(Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() })
+}

@@ -1,0 +1,300 @@
+//! A gateway in front of a throwaway PostgreSQL cluster.
+//!
+//! [`Stack::start`] (or a [`StackBuilder`]) starts a cluster, creates the
+//! role `app` (password [`APP_PASSWORD`], owner of the database `app`,
+//! loaded with `examples/demo.sql` and then any setup SQL, run as `app`),
+//! writes a development key pair (`keys/` in the stack's directory, as
+//! `pg-proxy token keygen` writes it), and runs the gateway in this
+//! process, on its own runtime, on a free loopback port with the given
+//! policy. Dropping the stack stops the gateway and removes the cluster.
+//!
+//! Tokens are minted with `pg_proxy::token`, as `pg-proxy token mint` mints
+//! them, so the stack needs no `pg-proxy` binary and serves any crate's
+//! tests.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use portcullis_testkit::stack::Stack;
+//!
+//! let stack = Stack::builder().setup_sql("CREATE SCHEMA private").start();
+//! let client = stack.connect(&["ai-agents"]).await;
+//! let refused = client.simple_query("SELECT * FROM secrets").await;
+//! assert!(refused.is_err());
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use pg_proxy::cluster::{Cluster, ClusterOptions};
+use pg_proxy::config::Config;
+use pg_proxy::server::Gateway;
+use pg_proxy::token::{KeyType, MintRequest};
+
+use crate::{repo, text};
+
+/// The password of `app`, the database's owner and the gateway's upstream
+/// role.
+pub const APP_PASSWORD: &str = "app-pw-for-tests";
+
+/// How a [`Stack`] is made; [`StackBuilder::start`] makes it.
+#[derive(Clone)]
+pub struct StackBuilder {
+    policy: Option<String>,
+    config: String,
+    cluster: ClusterOptions,
+    upstream: String,
+    setup: Vec<String>,
+}
+
+impl Default for StackBuilder {
+    fn default() -> StackBuilder {
+        StackBuilder {
+            policy: None,
+            config: String::new(),
+            cluster: ClusterOptions::default(),
+            upstream: "tls = \"disable\"".to_string(),
+            setup: Vec::new(),
+        }
+    }
+}
+
+impl StackBuilder {
+    /// The policy's text (default: `examples/policy.toml`).
+    pub fn policy(mut self, policy: &str) -> StackBuilder {
+        self.policy = Some(policy.to_string());
+        self
+    }
+
+    /// Text appended to the gateway's configuration after `policy`, before
+    /// `[auth]`: top-level keys and whole tables such as `[limits]`.
+    pub fn config(mut self, extra: &str) -> StackBuilder {
+        self.config = extra.to_string();
+        self
+    }
+
+    /// The cluster's options.
+    pub fn cluster(mut self, options: ClusterOptions) -> StackBuilder {
+        self.cluster = options;
+        self
+    }
+
+    /// More `[upstream]` keys, in place of the default `tls = "disable"`.
+    pub fn upstream(mut self, extra: &str) -> StackBuilder {
+        self.upstream = extra.to_string();
+        self
+    }
+
+    /// SQL run as `app` in the database `app` after `examples/demo.sql`,
+    /// before the gateway starts (each call adds a script, run in order).
+    pub fn setup_sql(mut self, sql: &str) -> StackBuilder {
+        self.setup.push(sql.to_string());
+        self
+    }
+
+    /// Starts the cluster, loads it, and starts the gateway. Fails the test
+    /// when any step fails.
+    pub fn start(self) -> Stack {
+        let policy = match self.policy {
+            Some(p) => p,
+            None => std::fs::read_to_string(repo("examples/policy.toml")).unwrap(),
+        };
+        let cluster = Cluster::start(&self.cluster).unwrap();
+        cluster.create_role("app", APP_PASSWORD, false).unwrap();
+        cluster.create_database("app", "app").unwrap();
+        let demo = std::fs::read_to_string(repo("examples/demo.sql")).unwrap();
+        owner_sql(&cluster, &demo).unwrap_or_else(|e| panic!("loading demo.sql: {e}"));
+        for sql in &self.setup {
+            owner_sql(&cluster, sql).unwrap_or_else(|e| panic!("setup SQL: {e}"));
+        }
+
+        let dir = cluster.dir().join("gateway");
+        std::fs::create_dir_all(&dir).unwrap();
+        pg_proxy::token::keygen(&dir.join("keys"), KeyType::Ed25519).unwrap_or_else(|e| panic!("keygen: {e}"));
+        std::fs::write(dir.join("policy.toml"), policy).unwrap();
+        std::fs::write(dir.join("upstream-password"), APP_PASSWORD).unwrap();
+        let config_text = format!(
+            "listen = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n{}\n[auth]\njwks_file = \"keys/jwks.json\"\n\
+             [upstream]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"app\"\npassword_file = \"upstream-password\"\n\
+             {}\n",
+            self.config,
+            cluster.port(),
+            self.upstream,
+        );
+        std::fs::write(dir.join("gateway.toml"), &config_text).unwrap();
+        let config = Config::load(&dir.join("gateway.toml")).unwrap();
+        let gateway = Arc::new(Gateway::new(config).unwrap());
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gw = Arc::clone(&gateway);
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let _ = gw.serve(listener).await;
+        });
+        Stack { cluster, addr, dir, gateway, runtime: Some(runtime) }
+    }
+}
+
+/// A PostgreSQL client program (`psql`, `pgbench`, ...) from the cluster's
+/// binary directory, else from `PATH`.
+fn client_program(cluster: &Cluster, name: &str) -> PathBuf {
+    let local = cluster.bin_dir().join(name);
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+/// Runs `sql` with psql as `app` in the database `app`, directly on the
+/// cluster; `Err` is psql's stderr.
+fn owner_sql(cluster: &Cluster, sql: &str) -> Result<(), String> {
+    let out = Command::new(client_program(cluster, "psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(format!("host=127.0.0.1 port={} user=app dbname=app", cluster.port()))
+        .env("PGPASSWORD", APP_PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .arg("-c")
+        .arg(sql)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+/// A cluster with the gateway in front of it; see the [module docs](self).
+pub struct Stack {
+    /// The PostgreSQL cluster (its superuser is the cluster's own).
+    pub cluster: Cluster,
+    /// Where the gateway listens (loopback).
+    pub addr: SocketAddr,
+    /// The gateway's directory: `gateway.toml`, `policy.toml`, `keys/`,
+    /// `upstream-password`.
+    pub dir: PathBuf,
+    /// The gateway.
+    pub gateway: Arc<Gateway>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Stack {
+    /// A builder, for the options the shorthands below do not cover.
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
+    }
+
+    /// The stack with `examples/policy.toml`.
+    pub fn start() -> Stack {
+        Stack::builder().start()
+    }
+
+    /// The stack with this policy.
+    pub fn with_policy(policy: &str) -> Stack {
+        Stack::builder().policy(policy).start()
+    }
+
+    /// The stack with this policy; `extra` is appended to the gateway's
+    /// configuration ([`StackBuilder::config`]).
+    pub fn with(policy: &str, extra: &str) -> Stack {
+        Stack::builder().policy(policy).config(extra).start()
+    }
+
+    /// The full form: the cluster's options, and extra `[upstream]` keys.
+    pub fn with_cluster(policy: &str, extra: &str, options: &ClusterOptions, upstream_extra: &str) -> Stack {
+        Stack::builder().policy(policy).config(extra).cluster(options.clone()).upstream(upstream_extra).start()
+    }
+
+    /// Serves the same gateway on another address too (port chosen freely).
+    pub fn listen_also(&self, ip: &str) -> SocketAddr {
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gw = Arc::clone(&self.gateway);
+        self.runtime.as_ref().unwrap().spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let _ = gw.serve(listener).await;
+        });
+        addr
+    }
+
+    /// The private key tokens are signed with.
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("keys/signing-key.pem")
+    }
+
+    /// A development token for `subject` in `groups`, optionally for an
+    /// agent acting for them, valid for an hour (what `pg-proxy token mint
+    /// --key KEY --sub SUBJECT --groups G,H [--actor A]` prints).
+    pub fn token(&self, subject: &str, groups: &[&str], actor: Option<&str>) -> String {
+        let groups: Vec<String> = groups.iter().filter(|g| !g.is_empty()).map(|g| g.to_string()).collect();
+        let key = self.key();
+        let request =
+            MintRequest { key: &key, subject, groups: &groups, actor, ttl_seconds: 3600, issuer: None, audience: None };
+        pg_proxy::token::mint(&request).unwrap_or_else(|e| panic!("minting a token: {e}"))
+    }
+
+    /// A libpq connection string to the gateway.
+    pub fn conninfo(&self, token: &str) -> String {
+        format!("host=127.0.0.1 port={} user=agent dbname=app password={token} sslmode=disable", self.addr.port())
+    }
+
+    /// A tokio-postgres client through the gateway, as `alice` in `groups`.
+    pub async fn connect(&self, groups: &[&str]) -> tokio_postgres::Client {
+        self.connect_as("alice", groups, None).await
+    }
+
+    /// A tokio-postgres client through the gateway with a token for
+    /// `subject` in `groups`, optionally for an agent acting for them.
+    pub async fn connect_as(&self, subject: &str, groups: &[&str], actor: Option<&str>) -> tokio_postgres::Client {
+        let token = self.token(subject, groups, actor);
+        let (client, connection) =
+            tokio_postgres::connect(&self.conninfo(&token), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// A PostgreSQL client program (`psql`, `pgbench`, ...) from the
+    /// cluster's binary directory, else from `PATH`.
+    pub fn program(&self, name: &str) -> Command {
+        Command::new(client_program(&self.cluster, name))
+    }
+
+    /// Runs psql against the gateway with `args` after the connection.
+    pub fn psql(&self, token: &str, args: &[&str]) -> Output {
+        self.program("psql")
+            .args(["-X", "-d"])
+            .arg(format!("host=127.0.0.1 port={} user=agent dbname=app sslmode=disable", self.addr.port()))
+            .env("PGPASSWORD", token)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `sql` with psql as `app` in the database `app`, directly on the
+    /// cluster (not through the gateway). Fails the test when psql fails.
+    pub fn owner_sql(&self, sql: &str) {
+        owner_sql(&self.cluster, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// `p` in the gateway's directory.
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
