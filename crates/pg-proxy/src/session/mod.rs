@@ -107,8 +107,11 @@ use self::record::RecordError;
 use self::registry::{Control, Registration};
 use crate::server::{Gateway, Ready};
 
-/// Read size of both sides.
-const READ_BYTES: usize = 8 * 1024;
+/// Read size of both sides when the session is idle: small, so that a
+/// thousand idle sessions hold little; it doubles while reads fill it.
+const READ_BYTES: usize = 2 * 1024;
+/// The largest read from the client (a client streaming COPY data).
+const MAX_CLIENT_READ_BYTES: usize = 64 * 1024;
 /// The most buffer capacity an idle session keeps.
 const KEEP_BUFFER_BYTES: usize = 64 * 1024;
 /// The largest read from the server while a result streams.
@@ -183,6 +186,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
     let mut persisting: Option<(u64, Boxed<Result<(), RecordError>>)> = None;
     let mut holding: Option<(u64, Boxed<HoldOutcome>)> = None;
     let mut up_read = READ_BYTES;
+    let mut client_read = READ_BYTES;
     let outcome: Result<(), String> = loop {
         // Published first: a hold handler asked below sees the session held.
         registration.set_activity(core.activity());
@@ -227,20 +231,24 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         }
         if core.activity() == registry::Activity::Idle {
             up_read = READ_BYTES;
+            client_read = READ_BYTES;
             core.shrink_buffers(KEEP_BUFFER_BYTES);
         }
         let read_client = core.wants_client_data();
         let read_server = core.wants_server_data();
         let deadline = core.poll_timeout();
         let (cbuf, sbuf) = core.read_buffers();
-        cbuf.reserve(READ_BYTES);
+        cbuf.reserve(client_read);
         sbuf.reserve(up_read);
         tokio::select! {
             // In this order, without drawing a random starting branch.
             biased;
             r = client.read_buf(cbuf), if read_client => match r {
                 Ok(0) => core.handle_client_eof(),
-                Ok(_) => {
+                Ok(n) => {
+                    if n >= client_read {
+                        client_read = (client_read * 2).min(MAX_CLIENT_READ_BYTES);
+                    }
                     // A policy reload is seen before the next statement is decided.
                     refresh_engine(&gw, &mut core, &mut generation);
                     core.handle_client_data(Instant::now());
