@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use portcullis_testkit::process::output_within;
+use portcullis_testkit::process::{json_output, output_within};
 use portcullis_testkit::stack::Stack;
 use portcullis_testkit::{repo, text};
 use serde_json::{json, Value};
@@ -88,16 +88,7 @@ fn run_client(stack: &Stack, python: &str, env: &[(&str, &str)]) -> Value {
         CLIENT_DEADLINE,
     )
     .unwrap_or_else(|e| panic!("asyncpg_client.py: {e}"));
-    let status = out.status;
-    let stdout = text(&out.stdout);
-    let stderr = text(&out.stderr);
-    assert!(status.success(), "asyncpg_client.py exited with {status}\nstderr:\n{stderr}\nstdout:\n{stdout}");
-    let value: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("asyncpg_client.py printed no JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
-    if !stderr.trim().is_empty() {
-        eprintln!("asyncpg_client.py stderr:\n{stderr}");
-    }
-    value
+    json_output("asyncpg_client.py", &out)
 }
 
 /// Fails when a section of the client timed out, naming it.

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use portcullis_testkit::process::output_within;
+use portcullis_testkit::process::{json_output, output_within};
 use portcullis_testkit::stack::Stack;
 use portcullis_testkit::{repo, text};
 use serde_json::{json, Value};
@@ -88,15 +88,7 @@ fn run_client(stack: &Stack, jar: &std::path::Path, classes: &std::path::Path, s
         CLIENT_DEADLINE,
     )
     .unwrap_or_else(|e| panic!("JdbcClient: {e}"));
-    let stdout = text(&out.stdout);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "JdbcClient exited with {}\nstderr:\n{stderr}\nstdout:\n{stdout}", out.status);
-    let value: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("JdbcClient printed no JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
-    if !stderr.trim().is_empty() {
-        eprintln!("JdbcClient stderr:\n{stderr}");
-    }
-    value
+    json_output("JdbcClient", &out)
 }
 
 /// Asserts that `error` is a policy refusal: SQLState 42501, a message that says so.

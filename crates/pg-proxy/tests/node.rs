@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use portcullis_testkit::process::output_within;
+use portcullis_testkit::process::{json_output, output_within};
 use portcullis_testkit::stack::Stack;
 use portcullis_testkit::{repo, text};
 use serde_json::{json, Value};
@@ -72,15 +72,7 @@ fn run_client(stack: &Stack, modules: &str, sections: &str) -> Value {
         CLIENT_DEADLINE,
     )
     .unwrap_or_else(|e| panic!("pg_client.js: {e}"));
-    let stdout = text(&out.stdout);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "pg_client.js exited with {}\nstderr:\n{stderr}\nstdout:\n{stdout}", out.status);
-    let value: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("pg_client.js printed no JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
-    if !stderr.trim().is_empty() {
-        eprintln!("pg_client.js stderr:\n{stderr}");
-    }
-    value
+    json_output("pg_client.js", &out)
 }
 
 /// A section of the client's output; fails when it timed out, naming it.

@@ -12,6 +12,7 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
+use portcullis_testkit::process::json_output;
 use portcullis_testkit::stack::Stack;
 use portcullis_testkit::{repo, text};
 use serde_json::{json, Value};
@@ -57,15 +58,7 @@ fn run_client_with(stack: &Stack, python: &str, sections: &str, sslmode: &str) -
         .env("PSYCOPG_SECTIONS", sections)
         .output()
         .unwrap();
-    let stdout = text(&out.stdout);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "psycopg_client.py exited with {}\nstderr:\n{stderr}\nstdout:\n{stdout}", out.status);
-    let value: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("psycopg_client.py printed no JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
-    if !stderr.trim().is_empty() {
-        eprintln!("psycopg_client.py stderr:\n{stderr}");
-    }
-    value
+    json_output("psycopg_client.py", &out)
 }
 
 /// Asserts that `error` is a policy refusal (42501, InsufficientPrivilege).

@@ -1,4 +1,5 @@
-//! Running a program under a deadline.
+//! Running a program under a deadline, and reading what a test client
+//! printed as JSON.
 //!
 //! ```
 //! use std::process::Command;
@@ -60,4 +61,21 @@ pub fn output_within(command: &mut Command, deadline: std::time::Duration) -> Re
         }
     };
     Ok(Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() })
+}
+
+/// What a test client (a Python, node or Java program that prints what it
+/// saw as JSON) printed, as JSON. `name` names the client in failures.
+/// Fails the test when the client failed or printed something that is not
+/// JSON, with its stdout and stderr; a client that succeeded with something
+/// on stderr has it echoed.
+pub fn json_output(name: &str, out: &Output) -> serde_json::Value {
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{name} exited with {}\nstderr:\n{stderr}\nstdout:\n{stdout}", out.status);
+    let value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{name} printed no JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
+    if !stderr.trim().is_empty() {
+        eprintln!("{name} stderr:\n{stderr}");
+    }
+    value
 }
