@@ -4,8 +4,18 @@
 //! The masking engine consumes it: a result column whose sources include a
 //! masked column is masked. Lineage errs towards "derived from more": a
 //! column whose origin cannot be proven (a function in FROM, a correlated
-//! reference, a recursive CTE, a star over a subquery of unknown shape) is
-//! marked `unknown`, and a consumer masks such a column whole.
+//! reference, a star over a subquery of unknown shape, a forward reference
+//! between the queries of a `WITH RECURSIVE`) is marked `unknown`, and a
+//! consumer masks such a column whole.
+//!
+//! A recursive CTE (`WITH RECURSIVE t(x) AS (base UNION [ALL] step)`) is
+//! followed to a fixed point: column `i` of `t` derives from column `i` of
+//! `base` and of `step`, where `step` reads `t` as computed so far; the
+//! sources only grow, so the rounds stop when one adds nothing. A
+//! self-reference anywhere else (in `base`, under another set operation) is
+//! not proven, and neither is a CTE whose rounds exceed their bounds (a
+//! recursive CTE nested in another's recursive term is read again in every
+//! round of the outer one, so all rounds of a statement share one budget).
 
 use std::collections::BTreeSet;
 
@@ -83,16 +93,55 @@ struct Ctx<'e> {
     /// CTE outputs in scope, innermost last.
     ctes: Vec<Vec<(String, Vec<OutputColumn>)>>,
     depth: usize,
+    /// How many recursive terms are being evaluated (nested).
+    in_step: usize,
+    /// Expressions and queries the recursive terms may still evaluate: a
+    /// recursive CTE inside another's recursive term is re-evaluated in
+    /// every round of the outer one, so the rounds' work is bounded as a
+    /// whole; once it runs out, recursive CTEs are not proven.
+    budget: usize,
+}
+
+/// Rounds of a recursive CTE's fixed point before its lineage is given up.
+const MAX_ROUNDS: usize = 32;
+
+/// Evaluations (queries and expressions) the recursive terms of one
+/// statement may take, all rounds together.
+const STEP_BUDGET: usize = 100_000;
+
+/// An output column standing for any column of unknown origin.
+fn unknown_star() -> OutputColumn {
+    OutputColumn { name: "*".into(), sources: Vec::new(), direct: false, unknown: true }
+}
+
+/// The columns of `SHOW name` (`SHOW ALL`: name, setting, description).
+///
+/// A setting is not table data: no column mask names it, and the same value
+/// read as `SELECT current_setting('name')` already has a known lineage with
+/// no source (a function over constants). Settings take their values from
+/// literals (`SET`, `ALTER ROLE/DATABASE ... SET`, startup options) or from
+/// `set_config()`, which the engine refuses in a statement that reads a
+/// masked column; a server-side function that copies table data into a
+/// setting could equally return it, which lineage trusts just as little or
+/// as much. So the columns have a known, empty lineage: no column mask
+/// applies, and the policy's detectors still scan their text.
+fn show_columns(name: &str) -> Vec<OutputColumn> {
+    let names: &[&str] = if name == "all" { &["name", "setting", "description"] } else { &[name] };
+    names
+        .iter()
+        .map(|n| OutputColumn { name: (*n).to_string(), sources: Vec::new(), direct: false, unknown: false })
+        .collect()
 }
 
 /// Lineage of the result columns of a statement that returns rows.
 pub(crate) fn outputs(stmt: NodeRef<'_>, env: &Env) -> Vec<OutputColumn> {
-    let mut ctx = Ctx { env, ctes: Vec::new(), depth: 0 };
+    let mut ctx = Ctx { env, ctes: Vec::new(), depth: 0, in_step: 0, budget: STEP_BUDGET };
     match stmt {
         NodeRef::SelectStmt(s) if s.into_clause.is_none() => ctx.select(s),
         NodeRef::DeclareCursorStmt(d) => node(&d.query).map_or_else(Vec::new, |q| outputs(q, env)),
         NodeRef::PrepareStmt(p) => node(&p.query).map_or_else(Vec::new, |q| outputs(q, env)),
         NodeRef::ExplainStmt(_) => Vec::new(),
+        NodeRef::VariableShowStmt(s) => show_columns(&s.name),
         NodeRef::CopyStmt(c) => match (node(&c.query), &c.relation) {
             (Some(q), _) => outputs(q, env),
             (None, Some(rv)) if !c.is_from && !c.attlist.is_empty() => {
@@ -156,57 +205,111 @@ impl Ctx<'_> {
 
     fn with(&mut self, with: Option<&pb::WithClause>) -> bool {
         let Some(with) = with else { return false };
-        self.ctes.push(Vec::new());
+        let mut scope = Vec::new();
+        if with.recursive {
+            // In a recursive WITH every query sees every name of the list
+            // (later ones too): until its lineage is computed, a CTE reads
+            // as a star of unknown origin.
+            for c in nodes(&with.ctes) {
+                if let NodeRef::CommonTableExpr(c) = c {
+                    scope.push((c.ctename.clone(), vec![unknown_star()]));
+                }
+            }
+        }
+        self.ctes.push(scope);
         for c in nodes(&with.ctes) {
             let NodeRef::CommonTableExpr(c) = c else { continue };
-            let mut cols = if with.recursive {
-                // A recursive CTE feeds on itself: its lineage is not proven.
-                vec![OutputColumn { name: "*".into(), sources: Vec::new(), direct: false, unknown: true }]
-            } else {
-                match node(&c.ctequery) {
-                    Some(NodeRef::SelectStmt(s)) => self.select(s),
-                    Some(other) => outputs(other, self.env),
-                    None => Vec::new(),
-                }
-            };
+            let mut cols = if with.recursive { self.recursive_cte(c) } else { self.cte_query(c) };
             rename(&mut cols, &c.aliascolnames);
-            if let Some(scope) = self.ctes.last_mut() {
-                scope.push((c.ctename.clone(), cols));
-            }
+            extra_cte_columns(&mut cols, c);
+            self.bind(&c.ctename, cols);
         }
         true
     }
 
+    /// A CTE's query, read once.
+    fn cte_query(&mut self, c: &pb::CommonTableExpr) -> Vec<OutputColumn> {
+        match node(&c.ctequery) {
+            Some(NodeRef::SelectStmt(s)) => self.select(s),
+            Some(other) => outputs(other, self.env),
+            None => Vec::new(),
+        }
+    }
+
+    /// Sets the columns of the CTE `name` of the innermost WITH.
+    fn bind(&mut self, name: &str, cols: Vec<OutputColumn>) {
+        let Some(scope) = self.ctes.last_mut() else { return };
+        match scope.iter_mut().find(|(n, _)| n == name) {
+            Some((_, c)) => *c = cols,
+            None => scope.push((name.to_string(), cols)),
+        }
+    }
+
+    /// A CTE of a `WITH RECURSIVE` (its name bound to an unknown star):
+    /// `base UNION [ALL] step` is followed to its fixed point, where `step`
+    /// reads the CTE as computed so far. Any other query is read once, so
+    /// that a self-reference in it stays unknown.
+    fn recursive_cte(&mut self, c: &pb::CommonTableExpr) -> Vec<OutputColumn> {
+        let terms = match node(&c.ctequery) {
+            Some(NodeRef::SelectStmt(s))
+                if s.op == pb::SetOperation::SetopUnion as i32 && s.with_clause.is_none() =>
+            {
+                s.larg.as_deref().zip(s.rarg.as_deref())
+            }
+            _ => None,
+        };
+        let Some((base, step)) = terms else { return self.cte_query(c) };
+        // PostgreSQL refuses a self-reference in the non-recursive term;
+        // here it would read the unknown star.
+        let mut base = self.select(base);
+        rename(&mut base, &c.aliascolnames);
+        let mut current = base.clone();
+        for _ in 0..MAX_ROUNDS {
+            if self.budget == 0 {
+                break;
+            }
+            self.bind(&c.ctename, current.clone());
+            self.in_step += 1;
+            let stepped = self.select(step);
+            self.in_step -= 1;
+            let next = union_columns(base.clone(), stepped);
+            if next == current {
+                return current;
+            }
+            current = next;
+        }
+        // No fixed point within the bounds: not proven.
+        for col in &mut current {
+            col.unknown = true;
+            col.direct = false;
+        }
+        current
+    }
+
+    /// Charges one evaluation to the recursive terms' budget; false when
+    /// it has run out.
+    fn charge(&mut self) -> bool {
+        if self.in_step == 0 {
+            return true;
+        }
+        self.budget = self.budget.saturating_sub(1);
+        self.budget > 0
+    }
+
     fn select(&mut self, s: &pb::SelectStmt) -> Vec<OutputColumn> {
+        if !self.charge() {
+            return vec![unknown_star()];
+        }
         self.depth += 1;
         if self.depth > 200 {
             self.depth -= 1;
-            return vec![OutputColumn { name: "*".into(), sources: Vec::new(), direct: false, unknown: true }];
+            return vec![unknown_star()];
         }
         let pushed = self.with(s.with_clause.as_ref());
         let out = if let (Some(l), Some(r)) = (&s.larg, &s.rarg) {
             let left = self.select(l);
             let right = self.select(r);
-            if left.len() != right.len() || left.iter().chain(&right).any(|c| c.name == "*") {
-                let mut cols = left;
-                for c in &mut cols {
-                    c.unknown = true;
-                    c.direct = false;
-                }
-                cols
-            } else {
-                left.into_iter()
-                    .zip(right)
-                    .map(|(l, r)| {
-                        let mut lin = Lin::from_column(&l);
-                        let direct = l.direct && r.direct;
-                        lin.merge(Lin::from_column(&r));
-                        let mut col = lin.into_column(l.name);
-                        col.direct = direct && !col.unknown;
-                        col
-                    })
-                    .collect()
-            }
+            union_columns(left, right)
         } else if !s.values_lists.is_empty() {
             let mut cols: Vec<Lin> = Vec::new();
             for row in nodes(&s.values_lists) {
@@ -253,7 +356,7 @@ impl Ctx<'_> {
                 let alias = sub.alias.as_ref().map_or_else(String::new, |a| a.aliasname.clone());
                 let mut columns = match node(&sub.subquery) {
                     Some(NodeRef::SelectStmt(s)) => self.select(s),
-                    _ => vec![OutputColumn { name: "*".into(), sources: Vec::new(), direct: false, unknown: true }],
+                    _ => vec![unknown_star()],
                 };
                 if let Some(a) = &sub.alias {
                     rename(&mut columns, &a.colnames);
@@ -367,6 +470,9 @@ impl Ctx<'_> {
     }
 
     fn expr(&mut self, e: NodeRef<'_>, items: &[Item]) -> Lin {
+        if !self.charge() {
+            return Lin { unknown: true, ..Lin::default() };
+        }
         match e {
             NodeRef::ColumnRef(c) => self.column(c, items),
             NodeRef::AConst(_) | NodeRef::ParamRef(_) => Lin::default(),
@@ -442,17 +548,81 @@ fn star_columns(c: &pb::ColumnRef, items: &[Item]) -> Option<Vec<OutputColumn>> 
             }),
             Item::Derived { columns, .. } => out.extend(columns.iter().cloned()),
             Item::Unknown { .. } => {
-                out.push(OutputColumn { name: "*".into(), sources: Vec::new(), direct: false, unknown: true });
+                out.push(unknown_star());
             }
         }
     }
     if out.is_empty() {
-        out.push(OutputColumn { name: "*".into(), sources: Vec::new(), direct: false, unknown: true });
+        out.push(unknown_star());
     }
     Some(out)
 }
 
+/// The columns of a set operation: column `i` derives from column `i` of
+/// both sides, named by the left. Not proven when the sides do not line up
+/// (a star of unknown shape, different counts).
+fn union_columns(left: Vec<OutputColumn>, right: Vec<OutputColumn>) -> Vec<OutputColumn> {
+    if left.len() != right.len() || left.iter().chain(&right).any(|c| c.name == "*") {
+        let mut cols = left;
+        for c in &mut cols {
+            c.unknown = true;
+            c.direct = false;
+        }
+        return cols;
+    }
+    left.into_iter()
+        .zip(right)
+        .map(|(l, r)| {
+            let mut lin = Lin::from_column(&l);
+            let direct = l.direct && r.direct;
+            lin.merge(Lin::from_column(&r));
+            let mut col = lin.into_column(l.name);
+            col.direct = direct && !col.unknown;
+            col
+        })
+        .collect()
+}
+
+/// The columns a CTE's `SEARCH` and `CYCLE` clauses add after its own: the
+/// sequence, cycle mark and path columns, each computed from the columns
+/// the clause lists (unknown when one of them is not found).
+fn extra_cte_columns(cols: &mut Vec<OutputColumn>, c: &pb::CommonTableExpr) {
+    fn derived(cols: &[OutputColumn], listed: &[pb::Node], name: &str) -> OutputColumn {
+        let mut lin = Lin::default();
+        for n in nodes(listed) {
+            let NodeRef::String(s) = n else {
+                lin.unknown = true;
+                continue;
+            };
+            match cols.iter().find(|c| c.name == s.sval && c.name != "*") {
+                Some(c) => lin.merge(Lin::from_column(c)),
+                None => lin.unknown = true,
+            }
+        }
+        if cols.iter().any(|c| c.name == "*") {
+            lin.unknown = true;
+        }
+        lin.direct = false;
+        lin.into_column(name.to_string())
+    }
+    let mut added = Vec::new();
+    if let Some(search) = &c.search_clause {
+        added.push(derived(cols, &search.search_col_list, &search.search_seq_column));
+    }
+    if let Some(cycle) = &c.cycle_clause {
+        added.push(derived(cols, &cycle.cycle_col_list, &cycle.cycle_mark_column));
+        added.push(derived(cols, &cycle.cycle_col_list, &cycle.cycle_path_column));
+    }
+    cols.extend(added);
+}
+
+/// Renames columns by position (an alias list). A list holding a star is
+/// left as it is: the star's width is not known, so neither are the
+/// positions after it, and the star must go on standing for any name.
 fn rename(columns: &mut [OutputColumn], names: &[pb::Node]) {
+    if columns.iter().any(|c| c.name == "*") {
+        return;
+    }
     for (c, n) in columns.iter_mut().zip(names) {
         if let Some(NodeEnum::String(s)) = &n.node {
             c.name = s.sval.clone();
