@@ -250,7 +250,6 @@ fn asyncpg_sessions() {
 /// whole (their lineage cannot be proven), asyncpg reads `[redacted]` where
 /// it expects OIDs, and the statement fails in the client.
 #[test]
-#[ignore = "found by this suite: asyncpg's pg_type introspection comes back [redacted] for masked callers (unprovable lineage), so array, enum and composite parameters fail"]
 fn asyncpg_array_parameter_needs_type_introspection() {
     let Some(python) = venv_python() else {
         eprintln!("asyncpg_array_parameter_needs_type_introspection: SKIPPED because PORTCULLIS_SKIP_PYTHON=1");
