@@ -34,8 +34,6 @@ fn private(e: &Engine) -> Session {
     e.new_session().with_startup_search_path(vec!["private".into()])
 }
 
-const READ: &str = "SELECT * FROM customers";
-
 /// The tables and verdict of the string's last `SELECT * FROM customers`.
 fn read_of_customers(e: &Engine, s: &Session, sql: &str) -> (Vec<String>, Verdict) {
     let d = e.decide(&anyone(), s, sql);
