@@ -584,11 +584,10 @@ fn a_cte_over_a_masked_column_keeps_its_mask_when_renamed_or_starred() {
         ("WITH c(e) AS (SELECT email FROM customers) SELECT e FROM c", &[Some(masked)]),
         ("WITH c(e) AS (SELECT email FROM customers) SELECT * FROM c", &[Some(masked)]),
         ("WITH c(e) AS (SELECT email FROM customers) SELECT x FROM c AS d(x)", &[Some(masked)]),
-        ("WITH c AS (SELECT id, email AS e FROM customers) SELECT DISTINCT *, e::text AS t FROM c", &[
-            Some(email),
-            Some(masked),
-            Some(masked),
-        ]),
+        (
+            "WITH c AS (SELECT id, email AS e FROM customers) SELECT DISTINCT *, e::text AS t FROM c",
+            &[Some(email), Some(masked), Some(masked)],
+        ),
         ("WITH c AS (SELECT email FROM customers) SELECT lower(email)::regtype::text FROM c", &[Some(REDACTED)]),
         ("SELECT * FROM (SELECT id, email FROM customers) AS s(a, b)", &[Some(email), Some(masked)]),
         ("SELECT s.* FROM (SELECT DISTINCT email FROM customers) s", &[Some(masked)]),
@@ -672,4 +671,25 @@ fn nested_recursive_ctes_take_bounded_work() {
         assert!(computed(&sql, 1).mask_of(0).is_some());
     };
     std::thread::Builder::new().stack_size(64 << 20).spawn(run).unwrap().join().unwrap();
+}
+
+#[test]
+fn a_masked_value_through_a_recursive_cte_is_still_not_stored() {
+    use policy_core::Verdict;
+    let policy = format!("{POLICY}\n[[rule]]\nname = \"everything\"\neffect = \"allow\"\n");
+    let e = Engine::new(Policy::from_toml_str(&policy, "flow.toml").unwrap(), Keys::default()).unwrap();
+    let s = e.new_session();
+    for sql in [
+        "INSERT INTO notes (body) WITH RECURSIVE t(x) AS (SELECT '' UNION ALL SELECT ssn FROM people) SELECT x FROM t",
+        "WITH RECURSIVE t(x) AS (SELECT '' UNION ALL SELECT ssn FROM people) INSERT INTO notes SELECT * FROM t",
+        "CREATE TABLE copy AS WITH RECURSIVE t(x) AS (SELECT '' UNION ALL SELECT email FROM customers) SELECT x FROM t",
+        "WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT email FROM customers) INSERT INTO notes SELECT * FROM a",
+    ] {
+        let d = e.decide(&bob(), &s, sql);
+        assert_eq!(d.verdict, Verdict::Deny, "{sql}");
+        assert!(d.reason.contains("masked"), "{sql}: {}", d.reason);
+    }
+    let sql = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) \
+               INSERT INTO notes (body) SELECT n::text FROM t";
+    assert_eq!(e.decide(&bob(), &s, sql).verdict, Verdict::Allow, "{sql}");
 }

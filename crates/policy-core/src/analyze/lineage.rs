@@ -251,9 +251,7 @@ impl Ctx<'_> {
     /// that a self-reference in it stays unknown.
     fn recursive_cte(&mut self, c: &pb::CommonTableExpr) -> Vec<OutputColumn> {
         let terms = match node(&c.ctequery) {
-            Some(NodeRef::SelectStmt(s))
-                if s.op == pb::SetOperation::SetopUnion as i32 && s.with_clause.is_none() =>
-            {
+            Some(NodeRef::SelectStmt(s)) if s.op == pb::SetOperation::SetopUnion as i32 && s.with_clause.is_none() => {
                 s.larg.as_deref().zip(s.rarg.as_deref())
             }
             _ => None,
