@@ -147,7 +147,16 @@
 //!   [`reverts_settings`](StatementFacts::reverts_settings) in a
 //!   transaction where one did): those flags come from the parse tree, so
 //!   the gateway need not read command tags. Within a string the analysis
-//!   needs no read-back.
+//!   needs no read-back. The effects to apply are those of the statements
+//!   the server ran: after an error it skips the rest of the string, and
+//!   applying the effects of skipped statements leaves the session in a
+//!   transaction the server is not in (or out of one it is in), whose end
+//!   a later string would then be judged by. A caller that applies a
+//!   string's effects before it runs corrects that when a statement fails:
+//!   it goes back to the session from before the string and applies the
+//!   effects of the statements that completed, or at least sets
+//!   [`Session::transaction`] to `None` when the server reports itself
+//!   idle (`ReadyForQuery` status `I`).
 //!
 //! ## Known limits
 //!
