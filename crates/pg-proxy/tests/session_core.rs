@@ -653,6 +653,57 @@ fn masking_waits_for_the_catalog_then_masks() {
     assert_eq!(h.got()[1], ('D', "2,****4321".into()));
 }
 
+/// One run of a prepared statement: Bind, Describe, Execute, Sync, and the
+/// server's answer with one row (`ssn` an `int8` column); returns the type
+/// the client was told for `ssn` and the row it got.
+fn run_prepared(h: &mut Harness, ssn: &str) -> (u32, String) {
+    h.client(&cat(&[bind("", "p", &[]), describe_portal(""), execute(""), sync()]));
+    h.sent();
+    let mut description = BytesMut::new();
+    let fields = [("id", 1, 23), ("ssn", 3, 20)].map(|(name, column, type_oid)| FieldDescription {
+        name: Str::from(name.to_string()),
+        table_oid: PEOPLE,
+        column,
+        type_oid,
+        type_size: 4,
+        type_modifier: -1,
+        format: 0,
+    });
+    codec::row_description(&mut description, &fields).unwrap();
+    h.server(&cat(&[raw(b'2', b""), description.to_vec(), rows_of(&[&["1", ssn]]), complete("SELECT 1"), ready(b'I')]));
+    if let [Need::ResolveTables { .. }] = h.needs().as_slice() {
+        h.core.handle_tables(people_table(), h.now);
+    }
+    let out = h.core.client_output();
+    let mut ssn_type = 0;
+    let mut row = String::new();
+    while let Some(f) = codec::decode_backend(out, 1 << 20).unwrap() {
+        match f.message().unwrap() {
+            BackendMessage::RowDescription => ssn_type = codec::parse_row_description(&f).unwrap()[1].type_oid,
+            BackendMessage::DataRow => row = describe(&f).1,
+            _ => {}
+        }
+    }
+    (ssn_type, row)
+}
+
+#[test]
+fn a_prepared_statement_described_again_keeps_its_plan_until_the_policy_changes() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[parse("p", "SELECT id, ssn FROM people"), sync()]));
+    h.sent();
+    h.server(&cat(&[raw(b'1', b""), ready(b'I')]));
+    h.got();
+    // The masked int8 is described as text: its masked value is no number.
+    assert_eq!(run_prepared(&mut h, "123456789"), (25, "1,****6789".to_string()));
+    assert_eq!(run_prepared(&mut h, "987654321"), (25, "1,****4321".to_string()));
+    // A reload without the mask: the next run is planned anew.
+    let unmasked = POLICY.split("[[mask]]").next().unwrap();
+    let policy = Policy::from_toml_str(unmasked, "policy.toml").unwrap();
+    h.core.set_engine(Arc::new(Engine::new(policy, Keys::default()).unwrap()));
+    assert_eq!(run_prepared(&mut h, "987654321"), (20, "1,987654321".to_string()));
+}
+
 #[test]
 fn an_unexpected_server_message_ends_the_session_with_an_error() {
     let mut h = harness(CoreConfig::default());

@@ -374,6 +374,25 @@ struct CachedMasker {
     masker: Arc<RowMasker>,
 }
 
+/// The last `RowDescription` answering a client's `Describe`, as read and
+/// planned (under the session's current engine).
+#[derive(Debug)]
+struct LastDescription {
+    frame: Bytes,
+    facts: Option<Arc<StatementFacts>>,
+    fields: Arc<Vec<FieldDescription>>,
+    masker: Arc<RowMasker>,
+}
+
+/// Whether two results belong to the very same statement facts.
+fn same_facts(a: &Option<Arc<StatementFacts>>, b: &Option<Arc<StatementFacts>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// The masking plan of the last `Execute`.
 #[derive(Debug)]
 struct LastMasker {
@@ -420,6 +439,7 @@ pub struct SessionCore {
     sequence: u64,
     maskers: HashMap<String, Vec<CachedMasker>>,
     last_masker: Option<LastMasker>,
+    last_description: Option<LastDescription>,
     /// A catalog answer for the frame that waits for it.
     tables: Option<HashMap<u32, Arc<Table>>>,
     copy_columns: Option<Option<Vec<String>>>,
@@ -468,6 +488,7 @@ impl SessionCore {
             sequence: 0,
             maskers: HashMap::new(),
             last_masker: None,
+            last_description: None,
             tables: None,
             copy_columns: None,
             row: RowScratch::default(),
@@ -625,6 +646,7 @@ impl SessionCore {
         self.engine = engine;
         self.maskers.clear();
         self.last_masker = None;
+        self.last_description = None;
     }
 
     /// The catalog's answer to [`Need::ResolveTables`].
@@ -1540,6 +1562,32 @@ impl SessionCore {
             Some(Pending::DescribePortal { name, id, internal }) => (name.clone(), *id, false, *internal),
             _ => return true,
         };
+        let facts = if statement {
+            match self.statements.get(&name) {
+                Some(Some(p)) if p.id == id => p.facts.clone(),
+                _ => None,
+            }
+        } else {
+            match self.portals.get(&name) {
+                Some(p) if p.id == id => p.prepared.facts.clone(),
+                _ => None,
+            }
+        };
+        // The same columns as the last description of the same statement
+        // (a prepared statement described at every run): its parse and its
+        // masking plan are taken again.
+        let again = self.last_description.as_ref().filter(|last| {
+            message == BackendMessage::RowDescription && last.frame == frame.frame && same_facts(&last.facts, &facts)
+        });
+        if let Some(last) = again {
+            let (fields, masker) = (Arc::clone(&last.fields), Arc::clone(&last.masker));
+            self.pending.pop_front();
+            self.remember_fields(statement, &name, id, &fields);
+            if !internal {
+                self.forward_row_description(&frame, &fields, &masker);
+            }
+            return true;
+        }
         let fields: Vec<FieldDescription> = match message {
             BackendMessage::ParameterDescription => {
                 self.forward_to_client(&frame);
@@ -1567,17 +1615,6 @@ impl SessionCore {
                 return true;
             }
         };
-        let facts = if statement {
-            match self.statements.get(&name) {
-                Some(Some(p)) if p.id == id => p.facts.clone(),
-                _ => None,
-            }
-        } else {
-            match self.portals.get(&name) {
-                Some(p) if p.id == id => p.prepared.facts.clone(),
-                _ => None,
-            }
-        };
         // The masking plan first (it may wait for the catalog): nothing is
         // changed before it is there.
         let masker = if !internal && message == BackendMessage::RowDescription {
@@ -1593,25 +1630,15 @@ impl SessionCore {
         };
         self.pending.pop_front();
         let fields = Arc::new(fields);
-        if statement {
-            if let Some(Some(p)) = self.statements.get_mut(&name) {
-                if p.id == id {
-                    p.fields = Some(Arc::clone(&fields));
-                }
-            }
-        } else {
-            for entry in self.pending.iter_mut() {
-                if let Pending::Execute { id: e, fields: f @ None, .. } = entry {
-                    if *e == id {
-                        *f = Some(Arc::clone(&fields));
-                    }
-                }
-            }
-            if let Some(p) = self.portals.get_mut(&name) {
-                if p.id == id {
-                    p.fields = Some(Arc::clone(&fields));
-                }
-            }
+        self.remember_fields(statement, &name, id, &fields);
+        if let Some(masker) = &masker {
+            self.last_description = Some(LastDescription {
+                // A copy: a kept frame must not pin the read buffer.
+                frame: Bytes::copy_from_slice(&frame.frame),
+                facts: facts.clone(),
+                fields: Arc::clone(&fields),
+                masker: Arc::clone(masker),
+            });
         }
         if internal {
             return true;
@@ -1621,6 +1648,31 @@ impl SessionCore {
             None => self.forward_to_client(&frame),
         }
         true
+    }
+
+    /// Keeps the columns a `Describe` told for its statement or portal
+    /// (and the `Execute`s of the portal already on their way).
+    fn remember_fields(&mut self, statement: bool, name: &str, id: u64, fields: &Arc<Vec<FieldDescription>>) {
+        if statement {
+            if let Some(Some(p)) = self.statements.get_mut(name) {
+                if p.id == id {
+                    p.fields = Some(Arc::clone(fields));
+                }
+            }
+            return;
+        }
+        for entry in self.pending.iter_mut() {
+            if let Pending::Execute { id: e, fields: f @ None, .. } = entry {
+                if *e == id {
+                    *f = Some(Arc::clone(fields));
+                }
+            }
+        }
+        if let Some(p) = self.portals.get_mut(name) {
+            if p.id == id {
+                p.fields = Some(Arc::clone(fields));
+            }
+        }
     }
 
     fn on_execute_frame(&mut self, message: BackendMessage, frame: BackendFrame) -> bool {
@@ -1957,6 +2009,7 @@ impl SessionCore {
             self.needs.push_back(Need::InvalidateCatalog);
             self.maskers.clear();
             self.last_masker = None;
+            self.last_description = None;
         }
     }
 
