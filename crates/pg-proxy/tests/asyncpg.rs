@@ -245,10 +245,10 @@ fn asyncpg_sessions() {
 }
 
 /// A parameter of a type asyncpg has no built-in codec for (`int[]`):
-/// asyncpg looks the type up in `pg_type` with a recursive query first. For
-/// a caller any mask applies to, the gateway masks that query's columns
-/// whole (their lineage cannot be proven), asyncpg reads `[redacted]` where
-/// it expects OIDs, and the statement fails in the client.
+/// asyncpg looks the type up in `pg_type` with a recursive query first.
+/// The engine traces that query's columns to the catalog, so a caller any
+/// mask applies to still reads them unmasked, and the statement runs (it
+/// once failed in the client, reading `[redacted]` where OIDs belong).
 #[test]
 fn asyncpg_array_parameter_needs_type_introspection() {
     let Some(python) = venv_python() else {

@@ -96,7 +96,6 @@ fn masked_values_cannot_be_laundered_through_a_write() {
 /// them on under PostgreSQL's names.
 #[test]
 fn psql_with_pgdatestyle_and_pgtz_logs_in_with_those_settings() {
-    // No masks: with one, SHOW's output (lineage unknown) is masked whole.
     let stack = Stack::with_policy("version = 1\n[[rule]]\nname = \"all\"\neffect = \"allow\"\ngroups = [\"dba\"]\n");
     let dba = stack.token("dora", &["dba"], None);
     let out = stack
