@@ -765,6 +765,48 @@ fn settings_are_read_back_after_a_rollback_to_savepoint_that_undid_one() {
     assert!(is_query(&h.sent()[0], "SELECT * FROM customers"), "back on public");
 }
 
+#[test]
+fn a_rollback_in_an_extended_batch_undoes_its_set_as_the_implicit_block_does() {
+    let mut h = harness_with(CoreConfig::default(), vec!["private".into()]);
+    h.client(&cat(&[
+        parse("", "SET search_path = public"),
+        bind("", "", &[]),
+        execute(""),
+        parse("r", "ROLLBACK"),
+        bind("", "r", &[]),
+        execute(""),
+        parse("s", "SELECT * FROM customers"),
+        bind("", "s", &[]),
+        execute(""),
+        sync(),
+    ]));
+    let sent = h.sent();
+    assert!(
+        sent.iter().any(is_substitute),
+        "the SELECT reads private.customers on the server (the ROLLBACK undid the SET): {sent:?}"
+    );
+    assert!(!sent
+        .iter()
+        .any(|m| matches!(m, Frontend::Parse { sql, .. } if sql.as_str() == "SELECT * FROM customers")));
+}
+
+#[test]
+fn statements_the_server_skipped_leave_no_transaction_behind() {
+    let mut h = harness_with(CoreConfig::default(), vec!["private".into()]);
+    h.client(&query("SELECT 1/0; BEGIN; SET search_path = public"));
+    assert!(is_query(&h.sent()[0], "SELECT 1/0; BEGIN; SET search_path = public"));
+    // The first statement fails: nothing after it runs, the server is idle.
+    h.server(&cat(&[error("22012"), ready(b'I')]));
+    let sent = h.sent();
+    assert!(is_query(&sent[0], READ_BACK), "{sent:?}");
+    h.server(&cat(&[row_description(&[("current_setting", 0, 0)]), rows_of(&[&["private"]]), complete("SELECT 1")]));
+    h.server(&ready(b'I'));
+    h.got();
+    h.client(&query("SELECT 1; COMMIT; SELECT * FROM customers"));
+    let sent = h.sent();
+    assert!(is_substitute(&sent[0]), "the server reads private.customers: {sent:?}");
+}
+
 // ----------------------------------------------------------------- records
 
 #[test]

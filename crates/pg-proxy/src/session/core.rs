@@ -431,6 +431,9 @@ pub struct SessionCore {
     settings_after_copy: bool,
     /// A setting changed in the current transaction.
     setting_touched_in_tx: bool,
+    /// The engine's session opened the implicit transaction block of the
+    /// extended-protocol messages up to the next `Sync`.
+    implicit_until_sync: bool,
     /// The last `Execute` answered put the server in COPY IN (so a
     /// [`Pending::MaybeSync`] after it gets no answer).
     copy_in_started: bool,
@@ -482,6 +485,7 @@ impl SessionCore {
             resync_after_sync: false,
             settings_after_copy: false,
             setting_touched_in_tx: false,
+            implicit_until_sync: false,
             copy_in_started: false,
             ids: 0,
             batches: 0,
@@ -927,6 +931,9 @@ impl SessionCore {
                 // A Sync right after an Execute of COPY FROM STDIN is ignored
                 // by the server once it is in COPY IN.
                 let pending = if self.batch.copy_in { Pending::MaybeSync } else { Pending::Sync };
+                if std::mem::take(&mut self.implicit_until_sync) {
+                    self.state.apply(&SessionEffect::EndImplicitTransaction);
+                }
                 if self.resync_after_sync {
                     self.resync_after_sync = false;
                     self.batch.settings = true;
@@ -1184,7 +1191,7 @@ impl SessionCore {
         }
         let mut settings = false;
         for s in decision.statements.iter() {
-            settings |= self.apply_effects(&s.facts);
+            settings |= self.apply_effects(&s.facts, false);
             if is_copy_from_stdin(&s.facts) {
                 self.batch.copy_in = true;
             }
@@ -1200,9 +1207,17 @@ impl SessionCore {
     /// Applies a statement's effects to the engine's view (keeping the
     /// view from before the batch, to restore should the batch not run);
     /// returns whether the settings must be read back afterwards.
-    fn apply_effects(&mut self, facts: &StatementFacts) -> bool {
+    fn apply_effects(&mut self, facts: &StatementFacts, extended: bool) -> bool {
         if !facts.session_effects.is_empty() && self.batch.snapshot.is_none() && self.batches_can_be_refused() {
             self.batch.snapshot = Some(self.state.clone());
+        }
+        if extended && !facts.session_effects.is_empty() && self.state.transaction.is_none() {
+            // Outside a transaction, what the extended protocol runs up to
+            // Sync is one implicit transaction block, as a simple query's
+            // statements are: a SET LOCAL lasts until the Sync, and a
+            // ROLLBACK in it undoes an earlier SET.
+            self.state.apply(&SessionEffect::Begin { implicit: true });
+            self.implicit_until_sync = true;
         }
         for effect in &facts.session_effects {
             self.state.apply(effect);
@@ -1258,7 +1273,7 @@ impl SessionCore {
         }
         self.record(&p.prepared.sql, parameters, &p.prepared.decision);
         if let Some(facts) = &p.prepared.facts {
-            if self.apply_effects(facts) {
+            if self.apply_effects(facts, true) {
                 self.resync_after_sync = true;
             }
             if is_copy_from_stdin(facts) {
@@ -1476,6 +1491,12 @@ impl SessionCore {
             // Portals do not outlive their transaction (unless messages
             // after this Sync already made new ones).
             self.portals.clear();
+            // Nor does the engine's view of it: statements the server
+            // skipped after an error may have left the session believing
+            // it is in a transaction the server is not in.
+            if self.state.transaction.is_some() && !self.implicit_until_sync {
+                self.state.transaction = None;
+            }
         }
         self.tx_status = status;
         let reading_back = matches!(self.client, ClientState::ReadingSettingsBack);
