@@ -480,7 +480,9 @@ fn identity(subject: &str, groups: &[String], actor: Option<&str>) -> Identity {
 fn session(engine: &Engine, search_path: Option<&Vec<String>>, scs: bool) -> Session {
     let mut s = engine.new_session();
     if let Some(p) = search_path {
-        s.search_path.clone_from(p);
+        // The session starts there, and a RESET returns there, as on the
+        // server for a client that gave it at login.
+        s = s.with_startup_search_path(p.clone());
     }
     s.standard_conforming_strings = scs;
     s

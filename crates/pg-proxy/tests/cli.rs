@@ -79,6 +79,25 @@ fn explain_prints_the_decision() {
 }
 
 #[test]
+fn explain_search_path_is_where_a_reset_returns() {
+    let out = run(&[
+        "policy",
+        "explain",
+        "--policy",
+        repo("examples/policy.toml").to_str().unwrap(),
+        "--groups",
+        "ai-agents",
+        "--search-path",
+        "private",
+        "SET search_path = public; RESET search_path; SELECT * FROM customers",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["statements"][2]["tables"], serde_json::json!(["private.customers"]), "{d}");
+    assert_eq!(d["verdict"], "deny");
+}
+
+#[test]
 fn explain_jsonl_answers_line_for_line() {
     let mut child = bin!()
         .args(["policy", "explain", "--policy", repo("examples/policy.toml").to_str().unwrap(), "--jsonl"])
