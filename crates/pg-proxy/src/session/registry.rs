@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use pg_proxy::session::registry::{Activity, Control, Registry, SessionInfo};
-//! let registry = Registry::default();
+//! let registry = std::sync::Arc::new(Registry::default());
 //! let info = SessionInfo::new("alice@example.com", vec!["ai-agents".into()], None, "127.0.0.1:5000".parse().unwrap(), "psql");
 //! let mut session = registry.register(info);
 //! assert_eq!(registry.list()[0].activity, Activity::Idle);
