@@ -7,7 +7,9 @@
 //!    configuration has a certificate, `N` otherwise), direct TLS (a TLS
 //!    handshake as the first bytes, with ALPN `postgresql`),
 //!    `GSSENCRequest` (answered `N`), `CancelRequest` (checked against the
-//!    gateway's own keys and relayed to the right backend), then the
+//!    gateway's own keys and handed to the session through the
+//!    [`registry`](crate::session::registry): a held statement ends with
+//!    `57014`, a running one is cancelled on its backend), then the
 //!    `StartupMessage`;
 //! 2. the login: the gateway asks for a cleartext password, which is the
 //!    client's OIDC token, verified against the key set. Over plain TCP
