@@ -256,7 +256,9 @@ struct Prepared {
     /// Unique in the session: answers are matched by id, not by name.
     id: u64,
     /// The text.
-    sql: Str,
+    /// The text, kept (copied: a kept frame would pin the client's read
+    /// buffer) only when records or holds need it at `Execute`.
+    sql: Option<Arc<str>>,
     /// Facts of the statement (the first one of the text).
     facts: Option<Arc<StatementFacts>>,
     /// The whole decision.
@@ -901,6 +903,10 @@ impl SessionCore {
                 if self.batches_can_be_refused() {
                     self.batch.portals.push(name.clone());
                 }
+                // The parameters are kept only when records or holds need
+                // them (kept, they pin the client's read buffer).
+                let (param_formats, params) =
+                    if self.batches_can_be_refused() { (param_formats, params) } else { (Vec::new(), Vec::new()) };
                 self.portals.insert(name, Portal { id, prepared, fields, rows: 0, param_formats, params });
                 self.stage(&m.frame, Some(Pending::Bind));
             }
@@ -1167,19 +1173,18 @@ impl SessionCore {
         }
     }
 
-    fn record(&mut self, sql: &Str, parameters: Vec<Option<String>>, decision: &Arc<Decision>) {
+    fn record(&mut self, sql: impl FnOnce() -> Arc<str>, parameters: Vec<Option<String>>, decision: &Arc<Decision>) {
         if !self.config.record {
             return;
         }
         self.sequence += 1;
-        let record =
-            StatementRecord::new(self.id, self.sequence, Arc::from(sql.as_str()), parameters, Arc::clone(decision));
+        let record = StatementRecord::new(self.id, self.sequence, sql(), parameters, Arc::clone(decision));
         self.batch.records.push(Record::Statement(record));
     }
 
     fn on_query(&mut self, sql: Str, frame: &[u8]) {
         let decision = Arc::new(self.decide(sql.as_str()));
-        self.record(&sql, Vec::new(), &decision);
+        self.record(|| Arc::from(sql.as_str()), Vec::new(), &decision);
         let held = match self.admit(&decision) {
             Ok(held) => held,
             Err(message) => {
@@ -1246,6 +1251,7 @@ impl SessionCore {
             return self.fail_block(INSUFFICIENT_PRIVILEGE, message);
         }
         let facts = decision.statements.first().map(|s| Arc::clone(&s.facts));
+        let sql = self.batches_can_be_refused().then(|| Arc::from(sql.as_str()));
         let prepared = Prepared { id: self.next_id(), sql, facts, decision: Arc::new(decision), fields: None };
         if self.batches_can_be_refused() {
             self.batch.statements.push(name.to_string());
@@ -1266,12 +1272,13 @@ impl SessionCore {
         let p = Portal { id, prepared, fields, rows, param_formats: Vec::new(), params: Vec::new() };
         if p.prepared.decision.verdict == Verdict::RequireApproval && self.config.holds {
             self.batch.held.push(HeldStatement::new(
-                Arc::from(p.prepared.sql.as_str()),
+                p.prepared.sql.clone().unwrap_or_else(|| Arc::from("")),
                 parameters.clone(),
                 Arc::clone(&p.prepared.decision),
             ));
         }
-        self.record(&p.prepared.sql, parameters, &p.prepared.decision);
+        let sql = p.prepared.sql.clone();
+        self.record(|| sql.unwrap_or_else(|| Arc::from("")), parameters, &p.prepared.decision);
         if let Some(facts) = &p.prepared.facts {
             if self.apply_effects(facts, true) {
                 self.resync_after_sync = true;
