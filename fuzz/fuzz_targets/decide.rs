@@ -40,7 +40,9 @@ use std::sync::{Arc, OnceLock};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use policy_core::{Actor, Class, Decision, Engine, EngineOptions, Identity, Keys, Policy, Prepared, Session, Verdict};
+use policy_core::{
+    Actor, Class, Decision, Engine, EngineOptions, Identity, Keys, Policy, Prepared, Session, SessionEffect, Verdict,
+};
 
 const MAX_RULES: usize = 6;
 const MAX_LIST: usize = 4;
@@ -514,7 +516,9 @@ fn rank(v: Verdict) -> u8 {
 }
 
 /// The decision with what JSON does not carry (statement spans, the
-/// flags derived for the caller) cleared.
+/// flags derived for the caller, the transaction-control effects and the
+/// uncertainty of a path change) cleared, and a local reset written as a
+/// reset, as the JSON writes it.
 fn without_spans(d: &Decision) -> Decision {
     let mut d = d.clone();
     let statements: Vec<_> = d
@@ -528,6 +532,20 @@ fn without_spans(d: &Decision) -> Decision {
             facts.ends_transaction = false;
             facts.begins_transaction = false;
             facts.reverts_settings = false;
+            facts.session_effects = facts
+                .session_effects
+                .iter()
+                .filter_map(|e| match e {
+                    SessionEffect::SetSearchPath { path, local, .. } => {
+                        Some(SessionEffect::SetSearchPath { path: path.clone(), local: *local, uncertain: false })
+                    }
+                    SessionEffect::ResetSearchPath | SessionEffect::ResetSearchPathLocal => {
+                        Some(SessionEffect::ResetSearchPath)
+                    }
+                    SessionEffect::Prepare { .. } | SessionEffect::Deallocate { .. } => Some(e.clone()),
+                    _ => None,
+                })
+                .collect();
             s
         })
         .collect();
