@@ -79,34 +79,48 @@ impl Hasher {
     }
 }
 
-/// Hashes one subtree into `h`.
-pub(crate) fn hash_tree(node: NodeRef<'_>, h: &mut Hasher) {
-    match node {
-        NodeRef::AConst(c) if h.with_constants => {
-            h.str(0xffff, walk::node_name(node));
-            h.str(0xfffe, &format!("{:?}", crate::analyze::literal::value(c)));
-            h.int(0xfffd, i64::from(c.isnull));
-            return;
+/// Hashes one subtree into `h`: each node's name and scalar fields, then
+/// each child's field index and subtree, in field order (pre-order).
+///
+/// Iterative, with the pending children on an explicit stack: a deep tree
+/// costs heap, not thread stack (see `analyze::tree`).
+pub(crate) fn hash_tree(root: NodeRef<'_>, h: &mut Hasher) {
+    // Children still to hash, the next one on top, each with the field
+    // index it is hashed under (none for the root).
+    let mut pending: Vec<(Option<u16>, NodeRef<'_>)> = vec![(None, root)];
+    let mut children: Vec<(Option<u16>, NodeRef<'_>)> = Vec::new();
+    let with_constants = h.with_constants;
+    while let Some((field, node)) = pending.pop() {
+        if let Some(field) = field {
+            h.tag(field);
         }
-        // A constant and a `$n` parameter are the same placeholder.
-        NodeRef::AConst(_) | NodeRef::ParamRef(_) if !h.with_constants => {
-            h.str(0xffff, "?");
-            return;
+        match node {
+            NodeRef::AConst(c) if with_constants => {
+                h.str(0xffff, walk::node_name(node));
+                h.str(0xfffe, &format!("{:?}", crate::analyze::literal::value(c)));
+                h.int(0xfffd, i64::from(c.isnull));
+                continue;
+            }
+            // A constant and a `$n` parameter are the same placeholder.
+            NodeRef::AConst(_) | NodeRef::ParamRef(_) if !with_constants => {
+                h.str(0xffff, "?");
+                continue;
+            }
+            _ => h.str(0xffff, walk::node_name(node)),
         }
-        _ => h.str(0xffff, walk::node_name(node)),
+        walk::hash_scalars(node, h);
+        let mut last: Option<(u16, bool)> = None;
+        walk::for_each_child(node, &mut |field, child| {
+            let is_const = matches!(child, NodeRef::AConst(_) | NodeRef::ParamRef(_)) && !with_constants;
+            // A run of constants in one field hashes like one constant.
+            if is_const && last == Some((field, true)) {
+                return;
+            }
+            last = Some((field, is_const));
+            children.push((Some(field), child));
+        });
+        pending.extend(children.drain(..).rev());
     }
-    walk::hash_scalars(node, h);
-    let mut last: Option<(u16, bool)> = None;
-    walk::for_each_child(node, &mut |field, child| {
-        let is_const = matches!(child, NodeRef::AConst(_) | NodeRef::ParamRef(_)) && !h.with_constants;
-        // A run of constants in one field hashes like one constant.
-        if is_const && last == Some((field, true)) {
-            return;
-        }
-        last = Some((field, is_const));
-        h.tag(field);
-        hash_tree(child, h);
-    });
 }
 
 /// The fingerprint of one statement's tree, as 16 lower-case hex digits.

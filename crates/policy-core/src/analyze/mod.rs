@@ -28,6 +28,7 @@ mod lineage;
 pub(crate) mod literal;
 mod names;
 mod predicate;
+mod tree;
 pub(crate) mod walk;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -351,7 +352,12 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
         };
         let text = sql.get(start..end).unwrap_or(sql);
         reads_prepared |= contains_execute(stmt.to_ref());
-        let mut facts = analyze_statement(stmt.to_ref(), text, &mut state, options, index == 0);
+        // Refused before any recursive walk: their stack use grows with the depth.
+        let mut facts = if tree::too_deep(stmt.to_ref()) {
+            unknown(text, tree::TOO_DEEP)
+        } else {
+            analyze_statement(stmt.to_ref(), text, &mut state, options, index == 0)
+        };
         facts.index = index;
         facts.span = start..end;
         if let Some(b) = block.as_mut() {
@@ -899,7 +905,11 @@ impl<'st, 's> Walker<'st, 's> {
     }
 
     fn children(&mut self, n: NodeRef<'_>) {
-        walk::for_each_child(n, &mut |_, child| self.visit(child));
+        // Collected first: the generated walk's frame stays off the
+        // recursion (see `tree`).
+        for child in tree::children(n) {
+            self.visit(child);
+        }
     }
 
     fn opt(&mut self, n: &Option<Box<pb::Node>>) {
@@ -1669,6 +1679,11 @@ impl<'st, 's> Walker<'st, 's> {
             self.make_opaque(format!("EXECUTE of `{}`, whose recorded text is not a preparable statement", e.name));
             return;
         };
+        if tree::too_deep(inner) {
+            self.raise(Class::Write);
+            self.make_opaque(format!("EXECUTE of `{}`: {}", e.name, tree::TOO_DEEP));
+            return;
+        }
         let (class, tag) = classify(inner);
         self.raise(class);
         self.executed = Some(tag);

@@ -11,7 +11,7 @@ use pg_query::{NodeEnum, NodeRef};
 
 use crate::fingerprint::same_tree;
 
-use super::walk;
+use super::tree;
 
 /// A constant the folding understands.
 #[derive(Debug, Clone, PartialEq)]
@@ -311,13 +311,8 @@ fn looks_at_rows(expr: NodeRef<'_>, target_names: &[&str], in_subquery: bool) ->
         _ => {}
     }
     let nested = in_subquery || matches!(expr, NodeRef::SubLink(_) | NodeRef::SelectStmt(_));
-    let mut found = false;
-    walk::for_each_child(expr, &mut |_, child| {
-        if !found && looks_at_rows(child, target_names, nested) {
-            found = true;
-        }
-    });
-    found
+    // Collected first: the generated walk's frame stays off the recursion.
+    tree::children(expr).into_iter().any(|child| looks_at_rows(child, target_names, nested))
 }
 
 /// Whether `where_clause` bounds the rows of the target (named `target_names`:
