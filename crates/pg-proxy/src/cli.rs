@@ -337,7 +337,12 @@ fn run_async_with(threads: usize, work: impl std::future::Future<Output = Result
     if threads > 0 {
         builder.worker_threads(threads);
     }
+    // Statements are decided on the workers. tokio's default 2 MiB of stack
+    // is enough for the engine (policy-core docs, "Resource usage"), with
+    // little room in a debug build; an overflow aborts every session, so
+    // 8 MiB, of which only what is touched is resident.
     let outcome = builder
+        .thread_stack_size(8 << 20)
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))
