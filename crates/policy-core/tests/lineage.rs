@@ -657,8 +657,9 @@ fn nested_recursive(depth: usize, width: usize) -> String {
 
 #[test]
 fn nested_recursive_ctes_take_bounded_work() {
-    // The fingerprint's walk of a tree this deep needs more than a test
-    // thread's stack in a debug build.
+    // A large stack: in a debug build, pg_query's decoding of a tree this
+    // deep comes close to a test thread's 2 MiB (the engine's own walks are
+    // bounded: see tests/deep_statements.rs).
     let run = || {
         let cols = output_columns(&nested_recursive(3, 8));
         assert_eq!((cols[0].sources.as_slice(), cols[0].unknown), (&["public.users.id".to_string()][..], false));
