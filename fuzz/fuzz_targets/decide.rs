@@ -526,8 +526,8 @@ fn without_spans(d: &Decision) -> Decision {
         .iter()
         .cloned()
         .map(|mut s| {
+            s.span = 0..0;
             let facts = std::sync::Arc::make_mut(&mut s.facts);
-            facts.span = 0..0;
             facts.changes_settings = false;
             facts.ends_transaction = false;
             facts.begins_transaction = false;

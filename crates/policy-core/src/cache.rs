@@ -20,14 +20,21 @@
 //! statements that never repeat (a new literal in every one) cost no cache
 //! entry, no sweep and no copy of their key.
 //!
+//! Keys are hashed with foldhash, seeded at random per cache: a fast
+//! keyed hash rather than SipHash, because every statement's text is hashed
+//! at least once. The hash only picks a bucket (a hit compares the whole
+//! key), so a caller who learnt the seed and sent colliding texts would
+//! lengthen one bucket's scan, bounded by the shard's byte budget; it could
+//! never get another text's decision.
+//!
 //! Memory is bounded: 16 shards, each holding at most 1/16 of the byte
 //! budget (8 MiB by default), counting the key's bytes and an estimate of
 //! the decision's. Texts longer than 16 KiB are not cached. When a shard is
 //! full, entries not hit since the last sweep are dropped (second chance);
 //! if that frees too little, the shard is emptied.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use crate::decision::Decision;
@@ -76,12 +83,35 @@ struct Entry {
     hit: bool,
 }
 
+/// Hashes a `u64` that is already a key's hash: as itself.
+#[derive(Debug, Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64`s are hashed here; fold anything else in all the same.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type ByHash = BuildHasherDefault<PreHashed>;
+
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<u64, Vec<Entry>>,
+    map: HashMap<u64, Vec<Entry>, ByHash>,
     bytes: usize,
     /// Key hashes decided once and not cached yet.
-    seen_once: std::collections::HashSet<u64>,
+    seen_once: HashSet<u64, ByHash>,
     /// Answers given, by the text itself and by its shape (counted under
     /// the shard's lock, so no shared counter on the hot path).
     hits: u64,
@@ -104,11 +134,17 @@ pub struct CacheStats {
 pub(crate) struct DecisionCache {
     shards: Vec<Mutex<Shard>>,
     shard_budget: usize,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::quality::RandomState,
 }
 
+/// A key's hash, computed once per lookup ([`DecisionCache::hash`]) and
+/// handed to [`DecisionCache::get`] and [`DecisionCache::insert`] of the
+/// same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyHash(u64);
+
 fn key_hash(
-    state: &std::collections::hash_map::RandomState,
+    state: &foldhash::quality::RandomState,
     sql: &str,
     shape: bool,
     identity: &Identity,
@@ -157,12 +193,20 @@ impl DecisionCache {
         DecisionCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_budget: budget / SHARDS,
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
         }
     }
 
+    /// The hash of the key (`sql`, a shape's key when `shape`, with the
+    /// caller and the session).
+    pub(crate) fn hash(&self, sql: &str, shape: bool, identity: &Identity, session: &Session) -> KeyHash {
+        KeyHash(key_hash(&self.hasher, sql, shape, identity, session))
+    }
+
     fn shard(&self, hash: u64) -> Option<&Mutex<Shard>> {
-        self.shards.get((hash as usize) % SHARDS)
+        // Bits the shard's own table does not use: it indexes by the low
+        // bits and tags by the top seven.
+        self.shards.get((hash >> 32) as usize % SHARDS)
     }
 
     /// Whether texts of `len` bytes are cached at all.
@@ -170,12 +214,20 @@ impl DecisionCache {
         self.shard_budget > 0 && len <= MAX_CACHED_SQL
     }
 
-    /// The decision cached for `sql` (a shape's key when `shape`).
-    pub(crate) fn get(&self, sql: &str, shape: bool, identity: &Identity, session: &Session) -> Option<Arc<Decision>> {
+    /// The decision cached for `sql` (a shape's key when `shape`); `hash`
+    /// is [`Self::hash`] of the same key.
+    pub(crate) fn get(
+        &self,
+        hash: KeyHash,
+        sql: &str,
+        shape: bool,
+        identity: &Identity,
+        session: &Session,
+    ) -> Option<Arc<Decision>> {
         if !self.takes(sql.len()) {
             return None;
         }
-        let hash = key_hash(&self.hasher, sql, shape, identity, session);
+        let KeyHash(hash) = hash;
         let mut shard = self.shard(hash)?.lock().ok()?;
         let entry = shard.map.get_mut(&hash)?.iter_mut().find(|e| e.key.same(sql, shape, identity, session))?;
         entry.hit = true;
@@ -189,9 +241,12 @@ impl DecisionCache {
     }
 
     /// Caches `stored(decision)` for `sql` (a shape's key when `shape`),
-    /// from the second time it is offered; `stored` runs only then.
+    /// from the second time it is offered; `stored` runs only then. `hash`
+    /// is [`Self::hash`] of the same key.
+    #[allow(clippy::too_many_arguments, reason = "the key's parts, its hash and the value")]
     pub(crate) fn insert(
         &self,
+        hash: KeyHash,
         sql: &str,
         shape: bool,
         identity: &Identity,
@@ -213,7 +268,7 @@ impl DecisionCache {
         if bytes > self.shard_budget {
             return;
         }
-        let hash = key_hash(&self.hasher, sql, shape, identity, session);
+        let KeyHash(hash) = hash;
         let Some(Ok(mut shard)) = self.shard(hash).map(Mutex::lock) else { return };
         if !shard.seen_once.remove(&hash) {
             if shard.seen_once.len() >= SEEN_ONCE_LIMIT {

@@ -1,5 +1,6 @@
 //! The answer: a [`Decision`] for a SQL string (POLICY.md §6).
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,9 @@ pub struct StatementDecision {
     /// What the analysis found.
     #[serde(flatten)]
     pub facts: Arc<StatementFacts>,
+    /// Byte range of the statement in the decided string.
+    #[serde(skip)]
+    pub span: Range<usize>,
     /// This statement's own verdict.
     pub verdict: Verdict,
     /// The deciding rule; `None` when no rule matched.

@@ -197,7 +197,8 @@ impl Engine {
     /// ```
     pub fn decide(&self, identity: &Identity, session: &Session, sql: &str) -> Decision {
         let inner = &self.inner;
-        if let Some(hit) = inner.cache.get(sql, false, identity, session) {
+        let text_hash = inner.cache.hash(sql, false, identity, session);
+        if let Some(hit) = inner.cache.get(text_hash, sql, false, identity, session) {
             return (*hit).clone();
         }
         // The scanner behind the shape lexes with standard_conforming_strings on.
@@ -206,11 +207,12 @@ impl Engine {
             .flatten()
             .filter(Shape::has_constants);
         if let Some(shape) = &shape {
-            if let Some(hit) = inner.cache.get(&shape.key, true, identity, session) {
+            let shape_hash = inner.cache.hash(&shape.key, true, identity, session);
+            if let Some(hit) = inner.cache.get(shape_hash, &shape.key, true, identity, session) {
                 let decision = restore_spans(&hit, shape);
                 // A text seen before is kept as itself too: its next
                 // sighting needs no scan.
-                inner.cache.insert(sql, false, identity, session, &decision, Decision::clone);
+                inner.cache.insert(text_hash, sql, false, identity, session, &decision, Decision::clone);
                 return decision;
             }
         }
@@ -235,9 +237,12 @@ impl Engine {
         }
         match shape {
             Some(shape) if literal_free => {
-                inner.cache.insert(&shape.key, true, identity, session, &decision, |d| store_spans(d, &shape));
+                let shape_hash = inner.cache.hash(&shape.key, true, identity, session);
+                inner
+                    .cache
+                    .insert(shape_hash, &shape.key, true, identity, session, &decision, |d| store_spans(d, &shape));
             }
-            _ => inner.cache.insert(sql, false, identity, session, &decision, Decision::clone),
+            _ => inner.cache.insert(text_hash, sql, false, identity, session, &decision, Decision::clone),
         }
         decision
     }
@@ -337,16 +342,9 @@ fn restore_spans(decision: &Decision, shape: &Shape) -> Decision {
 
 fn map_spans(decision: &Decision, map: impl Fn(&Range<usize>) -> Range<usize>) -> Decision {
     let mut out = decision.clone();
-    if decision.statements.iter().any(|s| map(&s.facts.span) != s.facts.span) {
-        out.statements = decision
-            .statements
-            .iter()
-            .map(|s| {
-                let mut facts = (*s.facts).clone();
-                facts.span = map(&facts.span);
-                StatementDecision { facts: Arc::new(facts), ..s.clone() }
-            })
-            .collect();
+    if decision.statements.iter().any(|s| map(&s.span) != s.span) {
+        out.statements =
+            decision.statements.iter().map(|s| StatementDecision { span: map(&s.span), ..s.clone() }).collect();
     }
     out
 }

@@ -193,8 +193,9 @@ pub(crate) fn decide(
     let mut reason = String::from("nothing to run: the string holds no statement");
     let mut max_rows = policy.settings.max_rows;
     let mut approvers: Vec<String> = Vec::new();
-    for (i, facts) in analysis.statements.into_iter().enumerate() {
-        let text = sql.get(facts.span.clone()).unwrap_or(sql);
+    for (i, mut facts) in analysis.statements.into_iter().enumerate() {
+        let span = std::mem::take(&mut facts.span);
+        let text = sql.get(span.clone()).unwrap_or(sql);
         let mut outcome = decide_statement(policy, &rules, &facts, text);
         if outcome.verdict != Verdict::Deny {
             if let Some(reason) = guard(&facts) {
@@ -220,6 +221,7 @@ pub(crate) fn decide(
         }
         statements.push(StatementDecision {
             facts: Arc::new(facts),
+            span,
             verdict: outcome.verdict,
             rule: outcome.rule,
             reason: outcome.reason,

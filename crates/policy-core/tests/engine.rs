@@ -609,7 +609,7 @@ fn shared_decisions_carry_their_own_text_spans() {
     let sql = "SELECT 12345 FROM orders; SELECT 'a longer string' FROM orders WHERE id = 2";
     let d = e.decide(&who, &s, sql);
     assert_eq!(e.cache_stats().shape_hits, 1, "answered by the shape");
-    let spans: Vec<&str> = d.statements.iter().map(|st| &sql[st.facts.span.clone()]).collect();
+    let spans: Vec<&str> = d.statements.iter().map(|st| &sql[st.span.clone()]).collect();
     assert_eq!(spans, ["SELECT 12345 FROM orders", "SELECT 'a longer string' FROM orders WHERE id = 2"]);
     assert_eq!(d, uncached(BASE).decide(&who, &s, sql));
 }

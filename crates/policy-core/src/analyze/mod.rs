@@ -194,9 +194,11 @@ pub struct StatementFacts {
     /// Why the statement is opaque or unknown, and other findings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
-    /// Byte range of the statement in the analysed string.
+    /// Byte range of the statement in the analysed string, until a decision
+    /// moves it to [`crate::StatementDecision::span`] (facts shared by
+    /// texts of one shape hold no position).
     #[serde(skip)]
-    pub span: Range<usize>,
+    pub(crate) span: Range<usize>,
     /// Whether running the statement changes, or may change, the session's
     /// settings, so that a caller tracking them (the gateway reads
     /// `search_path` back) must look again afterwards. From the parse tree:
