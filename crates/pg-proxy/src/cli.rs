@@ -75,9 +75,13 @@ enum Command {
         script: bool,
     },
     /// Check a gateway configuration and everything it names (policy, key
-    /// set, TLS files), without starting.
+    /// set, TLS certificates and keys, the upstream CA file), without
+    /// starting.
     ///
-    /// Exit 0 when everything loads, 1 when something does not.
+    /// Exit 0 when everything loads, 1 when something does not. Warnings
+    /// (an upstream connection whose certificate is not verified, or that
+    /// crosses the network in the clear) go to standard error and do not
+    /// change the exit code.
     Check {
         /// The configuration file.
         config: PathBuf,
@@ -366,14 +370,18 @@ fn check(path: &Path) -> ExitCode {
     };
     match pg_proxy::server::Gateway::new(config) {
         Ok(gw) => {
+            for warning in gw.config.upstream.warnings() {
+                eprintln!("warning: {warning}");
+            }
             let engine = gw.engine();
             let p = engine.policy();
             println!(
-                "{}: ok (listen {}, upstream {}:{}, policy {} with {} rules, {} masks, {} detectors)",
+                "{}: ok (listen {}, upstream {}:{} tls {}, policy {} with {} rules, {} masks, {} detectors)",
                 path.display(),
                 gw.config.listen,
                 gw.config.upstream.host,
                 gw.config.upstream.port,
+                gw.config.upstream.tls.name(),
                 gw.config.policy.display(),
                 p.rules.len(),
                 p.masks.len(),

@@ -21,7 +21,8 @@
 //! user = "app"
 //! password_env = "PORTCULLIS_UPSTREAM_PASSWORD"   # or password_file, or password
 //! database = "app"                   # optional: pin the database; default: the client's
-//! tls = "prefer"                     # disable | prefer | require
+//! tls = "verify-full"                # libpq's sslmode: disable | allow | prefer | require | verify-ca | verify-full
+//! ca_file = "db-ca.pem"              # the CAs that sign the server's certificate, or "system"
 //!
 //! [limits]
 //! max_message_bytes = 67108864       # largest frontend message accepted
@@ -100,18 +101,89 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Upstream TLS mode.
+/// Upstream TLS mode: libpq's `sslmode`, with libpq's meanings.
+///
+/// | mode | encrypted | certificate checked |
+/// |---|---|---|
+/// | `disable` | never | – |
+/// | `allow` | only when the server refuses a plain login | no |
+/// | `prefer` (default) | when the server offers TLS | no |
+/// | `require` | always | no; the chain against `ca_file` when one is given (as libpq with a root certificate) |
+/// | `verify-ca` | always | the chain against `ca_file` |
+/// | `verify-full` | always | the chain, and the host name (or address) against the certificate |
+///
+/// ```
+/// use pg_proxy::config::{UpstreamTls, Verification};
+/// assert_eq!(UpstreamTls::VerifyFull.verification(true), Verification::ChainAndName);
+/// assert_eq!(UpstreamTls::Require.verification(false), Verification::None);
+/// assert_eq!(UpstreamTls::Require.verification(true), Verification::Chain);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum UpstreamTls {
     /// Plain TCP.
     Disable,
-    /// TLS when the server offers it, plain TCP otherwise.
+    /// Plain TCP; TLS (not verified) when the server refuses the plain login.
+    Allow,
+    /// TLS (not verified) when the server offers it, plain TCP otherwise.
     #[default]
     Prefer,
-    /// TLS or no connection. The server certificate is verified against
-    /// `ca_file` (or the system's roots when none is given).
+    /// TLS or no connection; verified against `ca_file` only when one is
+    /// given.
     Require,
+    /// TLS, the server's certificate chain verified against `ca_file`.
+    VerifyCa,
+    /// TLS, the chain verified and the certificate issued for `host`.
+    VerifyFull,
+}
+
+impl UpstreamTls {
+    /// The name in the configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamTls::Disable => "disable",
+            UpstreamTls::Allow => "allow",
+            UpstreamTls::Prefer => "prefer",
+            UpstreamTls::Require => "require",
+            UpstreamTls::VerifyCa => "verify-ca",
+            UpstreamTls::VerifyFull => "verify-full",
+        }
+    }
+
+    /// How the server's certificate is checked in this mode, `with_ca`
+    /// telling whether `ca_file` is given.
+    pub fn verification(self, with_ca: bool) -> Verification {
+        match self {
+            UpstreamTls::Disable | UpstreamTls::Allow | UpstreamTls::Prefer => Verification::None,
+            UpstreamTls::Require if with_ca => Verification::Chain,
+            UpstreamTls::Require => Verification::None,
+            UpstreamTls::VerifyCa => Verification::Chain,
+            UpstreamTls::VerifyFull => Verification::ChainAndName,
+        }
+    }
+}
+
+/// How the upstream server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// Not at all: the connection is encrypted, but anyone in between can
+    /// pose as the server.
+    None,
+    /// The chain must lead to a CA of `ca_file`; any name.
+    Chain,
+    /// The chain, and the certificate must name the configured host.
+    ChainAndName,
+}
+
+/// Where the CA certificates that verify the upstream server come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootCerts {
+    /// A PEM file.
+    File(PathBuf),
+    /// The platform's store (`ca_file = "system"`, as libpq's
+    /// `sslrootcert=system`): the system's CA bundle, or `SSL_CERT_FILE` /
+    /// `SSL_CERT_DIR` when set.
+    System,
 }
 
 /// The gateway's configuration, loaded and checked.
@@ -170,8 +242,8 @@ pub struct Upstream {
     pub database: Option<String>,
     /// TLS mode.
     pub tls: UpstreamTls,
-    /// CA certificates to verify the server with (PEM).
-    pub ca_file: Option<PathBuf>,
+    /// CA certificates to verify the server with.
+    pub ca_file: Option<RootCerts>,
     /// How long a connection attempt may take.
     pub connect_timeout: Duration,
 }
@@ -311,6 +383,27 @@ impl Config {
         } else {
             None
         };
+        let ca_file = up.ca_file.as_deref().map(|p| match p.to_str() {
+            Some("system") => RootCerts::System,
+            _ => RootCerts::File(resolve(p)),
+        });
+        match (up.tls, &ca_file) {
+            (UpstreamTls::VerifyCa | UpstreamTls::VerifyFull, None) => {
+                return Err(invalid(format!(
+                    "[upstream] tls = \"{}\" needs ca_file: a PEM file of the CA certificates that sign the \
+                     server's, or \"system\" for the platform's store",
+                    up.tls.name()
+                )))
+            }
+            (mode, Some(RootCerts::System)) if mode != UpstreamTls::VerifyFull => {
+                return Err(invalid(format!(
+                    "[upstream] ca_file = \"system\" needs tls = \"verify-full\" (as libpq's sslrootcert=system), \
+                     not \"{}\": a public CA signs certificates for anyone's names",
+                    mode.name()
+                )))
+            }
+            _ => {}
+        }
         let connect_timeout = match &up.connect_timeout {
             Some(t) => parse_duration(t).map_err(|e| invalid(format!("[upstream] connect_timeout: {e}")))?,
             None => Duration::from_secs(10),
@@ -380,13 +473,67 @@ impl Config {
                 password,
                 database: up.database,
                 tls: up.tls,
-                ca_file: up.ca_file.map(|p| resolve(&p)),
+                ca_file,
                 connect_timeout,
             },
             limits,
             pseudonym_key,
         })
     }
+}
+
+impl Upstream {
+    /// How the server's certificate is checked.
+    pub fn verification(&self) -> Verification {
+        self.tls.verification(self.ca_file.is_some())
+    }
+
+    /// What an operator should know about this upstream connection's
+    /// security: said by `pg-proxy check` and logged when the gateway
+    /// starts. Empty when the server is verified.
+    ///
+    /// ```
+    /// # use std::path::Path;
+    /// let text = "listen = \"127.0.0.1:6432\"\npolicy = \"p.toml\"\n[auth]\njwks_file = \"k.json\"\n\
+    ///             [upstream]\nhost = \"db.internal\"\nuser = \"app\"\ntls = \"require\"\n";
+    /// let config = pg_proxy::config::Config::from_toml_str(text, Path::new("gw.toml"), |_| None)?;
+    /// assert!(config.upstream.warnings()[0].contains("not verified"));
+    /// # Ok::<(), pg_proxy::config::ConfigError>(())
+    /// ```
+    pub fn warnings(&self) -> Vec<String> {
+        let mode = self.tls.name();
+        let mut out = Vec::new();
+        match (self.tls, self.verification()) {
+            (UpstreamTls::Disable, _) if !is_loopback(&self.host) => out.push(format!(
+                "[upstream] tls = \"disable\" to {}, which is not this machine: statements, results and the \
+                 password exchange cross the network in the clear",
+                self.host
+            )),
+            (UpstreamTls::Disable, _) => {}
+            (_, Verification::None) => out.push(format!(
+                "[upstream] tls = \"{mode}\": the server's certificate is not verified, so anyone between the \
+                 gateway and {} can pose as the database; use tls = \"verify-full\" with ca_file",
+                self.host
+            )),
+            (_, Verification::Chain) => out.push(format!(
+                "[upstream] tls = \"{mode}\": the certificate's chain is verified but not its host name, so any \
+                 server holding a certificate from these CAs can pose as {}; use tls = \"verify-full\"",
+                self.host
+            )),
+            (_, Verification::ChainAndName) => {}
+        }
+        if self.ca_file.is_some() && matches!(self.tls, UpstreamTls::Disable | UpstreamTls::Allow | UpstreamTls::Prefer)
+        {
+            out.push(format!(
+                "[upstream] ca_file is not used with tls = \"{mode}\" (as in libpq): nothing is verified"
+            ));
+        }
+        out
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) || host.starts_with('/')
 }
 
 /// Reads the key of `hash` masks from a file: its bytes as they are (a
@@ -460,6 +607,66 @@ password_env = "PW"
         assert!(e.contains("PW is not set"), "{e}");
         let both = MINIMAL.replace("password_env = \"PW\"", "password_env = \"PW\"\npassword = \"x\"");
         assert!(Config::from_toml_str(&both, Path::new("gw.toml"), env).is_err());
+    }
+
+    fn upstream(lines: &str) -> Result<Upstream, String> {
+        let text = MINIMAL.replace("password_env = \"PW\"", lines);
+        Config::from_toml_str(&text, Path::new("/etc/gw/gw.toml"), env).map(|c| c.upstream).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn upstream_tls_modes_are_libpqs() {
+        let modes = [
+            ("disable", UpstreamTls::Disable),
+            ("allow", UpstreamTls::Allow),
+            ("prefer", UpstreamTls::Prefer),
+            ("require", UpstreamTls::Require),
+            ("verify-ca", UpstreamTls::VerifyCa),
+            ("verify-full", UpstreamTls::VerifyFull),
+        ];
+        for (name, mode) in modes {
+            let u = upstream(&format!("tls = {name:?}\nca_file = \"ca.pem\"")).unwrap();
+            assert_eq!((u.tls, u.tls.name()), (mode, name));
+            assert_eq!(u.ca_file, Some(RootCerts::File("/etc/gw/ca.pem".into())));
+        }
+        assert_eq!(upstream("").unwrap().tls, UpstreamTls::Prefer, "the default, as libpq's");
+        assert!(upstream("tls = \"verify_full\"").unwrap_err().contains("verify-full"));
+
+        // What each mode checks.
+        let v = |lines: &str| upstream(lines).unwrap().verification();
+        assert_eq!(v("tls = \"prefer\"\nca_file = \"ca.pem\""), Verification::None);
+        assert_eq!(v("tls = \"require\""), Verification::None);
+        assert_eq!(v("tls = \"require\"\nca_file = \"ca.pem\""), Verification::Chain);
+        assert_eq!(v("tls = \"verify-ca\"\nca_file = \"ca.pem\""), Verification::Chain);
+        assert_eq!(v("tls = \"verify-full\"\nca_file = \"ca.pem\""), Verification::ChainAndName);
+        assert_eq!(v("tls = \"verify-full\"\nca_file = \"system\""), Verification::ChainAndName);
+    }
+
+    #[test]
+    fn upstream_tls_that_cannot_verify_is_refused() {
+        for mode in ["verify-ca", "verify-full"] {
+            let e = upstream(&format!("tls = {mode:?}")).unwrap_err();
+            assert!(e.contains(&format!("tls = \"{mode}\" needs ca_file")), "{e}");
+        }
+        for mode in ["prefer", "require", "verify-ca"] {
+            let e = upstream(&format!("tls = {mode:?}\nca_file = \"system\"")).unwrap_err();
+            assert!(e.contains("ca_file = \"system\" needs tls = \"verify-full\""), "{e}");
+        }
+    }
+
+    #[test]
+    fn upstream_tls_warnings() {
+        let w = |lines: &str| upstream(lines).unwrap().warnings();
+        assert_eq!(w("tls = \"verify-full\"\nca_file = \"ca.pem\""), Vec::<String>::new());
+        assert_eq!(w("tls = \"disable\""), Vec::<String>::new(), "loopback, in the clear: nothing crosses a network");
+        assert!(w("host = \"db.internal\"\ntls = \"disable\"")[0].contains("in the clear"));
+        for mode in ["allow", "prefer", "require"] {
+            let warnings = w(&format!("tls = {mode:?}"));
+            assert!(warnings[0].contains(&format!("tls = \"{mode}\": the server's certificate is not verified")));
+        }
+        assert!(w("tls = \"verify-ca\"\nca_file = \"ca.pem\"")[0].contains("not its host name"));
+        let ignored = w("tls = \"prefer\"\nca_file = \"ca.pem\"");
+        assert!(ignored[1].contains("ca_file is not used"), "{ignored:?}");
     }
 
     #[test]

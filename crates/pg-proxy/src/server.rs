@@ -780,6 +780,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub async fn run(config: Config) -> Result<(), String> {
     let listen = config.listen;
     let gw = Arc::new(Gateway::new(config)?);
+    for warning in gw.config.upstream.warnings() {
+        tracing::warn!("{warning}");
+    }
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("listening on {listen}: {e}"))?;
     tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "pg-proxy listening");
     let serve = tokio::spawn(Arc::clone(&gw).serve(listener));

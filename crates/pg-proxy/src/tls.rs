@@ -4,10 +4,11 @@
 //! - Clients: a certificate and key from PEM files; `SSLRequest` and
 //!   direct TLS (PostgreSQL 17's `sslnegotiation=direct`, ALPN
 //!   `postgresql`) are both accepted.
-//! - Upstream: `prefer` encrypts when the server offers TLS and does not
-//!   verify its certificate (as libpq's `sslmode=prefer`); `require`
-//!   verifies the certificate and host name against `ca_file` (as libpq's
-//!   `sslmode=verify-full`).
+//! - Upstream: libpq's modes ([`crate::config::UpstreamTls`]). The server's
+//!   certificate is not checked ([`Verification::None`]: `allow`, `prefer`,
+//!   `require` without `ca_file`), its chain is checked against the CAs of
+//!   `ca_file` (`verify-ca`, and `require` with `ca_file`), or the chain and
+//!   the host name (`verify-full`), by webpki.
 
 use std::io;
 use std::path::Path;
@@ -16,11 +17,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::config::{RootCerts, Verification};
 
 /// The ALPN protocol name of PostgreSQL's direct TLS.
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
@@ -29,47 +33,134 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The server-side TLS configuration from PEM files.
+/// The server-side TLS configuration from PEM files; errors name the
+/// configuration key (`[tls] cert`, `[tls] key`) and the file.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: {e}", cert.display()))?
+    let shown = cert.display();
+    let bytes = std::fs::read(cert).map_err(|e| format!("[tls] cert {shown}: {e}"))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
+        .map_err(|e| format!("[tls] cert {shown}: not a PEM file of certificates: {e}"))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", cert.display()));
+        return Err(format!("[tls] cert {shown}: no certificate in the file (a PEM \"BEGIN CERTIFICATE\" block)"));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key_bytes = std::fs::read(key).map_err(|e| format!("[tls] key {}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_bytes)
+        .map_err(|e| format!("[tls] key {}: no PEM private key in the file: {e}", key.display()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key: {e}"))?;
+        .map_err(|e| format!("[tls] cert and key do not make a pair: {e}"))?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(Arc::new(config))
 }
 
-/// The upstream TLS configuration: verified against `ca_file`, or (for
-/// `prefer`) not verified.
-pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+/// The upstream TLS configuration for `verification`, with the CAs of
+/// `roots` (which `Chain` and `ChainAndName` need).
+pub fn client_config(verification: Verification, roots: Option<&RootCerts>) -> Result<Arc<ClientConfig>, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let config = match ca_file {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
-                let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
-                roots.add(cert).map_err(|e| format!("{}: {e}", ca.display()))?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
+    let roots = match (verification, roots) {
+        (Verification::None, _) => None,
+        (_, Some(roots)) => Some(Arc::new(root_store(roots)?)),
+        (_, None) => return Err("verifying the server needs ca_file".to_string()),
+    };
+    let config = match (verification, roots) {
+        (Verification::ChainAndName, Some(roots)) => builder.with_root_certificates(roots).with_no_client_auth(),
+        (Verification::Chain, Some(roots)) => {
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| format!("CA certificates: {e}"))?;
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(webpki))).with_no_client_auth()
         }
-        None => builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified)).with_no_client_auth(),
+        _ => builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified)).with_no_client_auth(),
     };
     Ok(Arc::new(config))
 }
 
-/// Accepts any server certificate: `prefer` mode, as libpq's.
+/// The CA certificates of `roots`; an error when there is none (an empty
+/// store would make every handshake fail, with a vaguer message, at the
+/// first login).
+pub fn root_store(roots: &RootCerts) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    match roots {
+        RootCerts::File(path) => {
+            let shown = path.display();
+            let bytes = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
+            for cert in CertificateDer::pem_slice_iter(&bytes) {
+                let cert = cert.map_err(|e| format!("{shown}: not a PEM file of certificates: {e}"))?;
+                store.add(cert).map_err(|e| format!("{shown}: a certificate that cannot be used: {e}"))?;
+            }
+            if store.is_empty() {
+                return Err(format!("{shown}: no certificate in the file (a PEM \"BEGIN CERTIFICATE\" block)"));
+            }
+        }
+        RootCerts::System => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found.errors.first().map(|e| format!(": {e}")).unwrap_or_default();
+                return Err(format!(
+                    "\"system\": no CA certificate in the platform's store (install ca-certificates, or set \
+                     SSL_CERT_FILE){why}"
+                ));
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// Checks the chain, not the name: `verify-ca`, as libpq's. webpki checks
+/// the name only once the chain is good, so a name error means the chain
+/// passed.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Accepts any server certificate (`allow`, `prefer`, `require` without
+/// `ca_file`, as libpq's); the handshake's signatures are still checked.
 #[derive(Debug)]
 struct Unverified;
 

@@ -92,8 +92,12 @@ impl Target {
     pub fn new(config: &config::Upstream, max_message_bytes: usize) -> Result<Target, String> {
         let tls = match config.tls {
             UpstreamTls::Disable => None,
-            UpstreamTls::Prefer => Some(crate::tls::client_config(None)?),
-            UpstreamTls::Require => Some(crate::tls::client_config(config.ca_file.as_deref())?),
+            _ => Some(crate::tls::client_config(config.verification(), config.ca_file.as_ref()).map_err(|e| {
+                match &config.ca_file {
+                    Some(config::RootCerts::File(_)) => format!("[upstream] ca_file {e}"),
+                    _ => format!("[upstream] ca_file = {e}"),
+                }
+            })?),
         };
         Ok(Target { config: config.clone(), tls, max_message_bytes })
     }
@@ -102,8 +106,8 @@ impl Target {
         format!("{}:{}", self.config.host, self.config.port)
     }
 
-    /// Opens TCP (and TLS when configured) to the server.
-    async fn open(&self) -> Result<(Stream, SocketAddr), UpstreamError> {
+    /// Opens TCP (and TLS when configured and `tls`) to the server.
+    async fn open(&self, tls: bool) -> Result<(Stream, SocketAddr), UpstreamError> {
         let addr = self.addr();
         let io = |source| UpstreamError::Io { addr: addr.clone(), source };
         let tcp = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(&addr))
@@ -112,7 +116,7 @@ impl Target {
             .map_err(io)?;
         tcp.set_nodelay(true).map_err(io)?;
         let peer = tcp.peer_addr().map_err(io)?;
-        let Some(tls) = &self.tls else { return Ok((Stream::Plain(tcp), peer)) };
+        let Some(tls) = self.tls.as_ref().filter(|_| tls) else { return Ok((Stream::Plain(tcp), peer)) };
         let mut tcp = tcp;
         let mut request = BytesMut::new();
         frontend::ssl_request(&mut request);
@@ -129,7 +133,9 @@ impl Target {
                     .map_err(|e| UpstreamError::Tls(e.to_string()))?;
                 Ok((Stream::Client(Box::new(stream)), peer))
             }
-            [b'N'] if self.config.tls == UpstreamTls::Prefer => Ok((Stream::Plain(tcp), peer)),
+            [b'N'] if matches!(self.config.tls, UpstreamTls::Prefer | UpstreamTls::Allow) => {
+                Ok((Stream::Plain(tcp), peer))
+            }
             [b'N'] => Err(UpstreamError::Tls("the server does not offer TLS and the configuration requires it".into())),
             _ => Err(UpstreamError::Protocol("unexpected answer to SSLRequest".into())),
         }
@@ -139,7 +145,24 @@ impl Target {
 /// Connects and logs in to `database`, with the startup parameters
 /// `params` (besides `user` and `database`).
 pub async fn connect(target: &Target, database: &str, params: &[(&str, &str)]) -> Result<Connection, UpstreamError> {
-    let (mut stream, addr) = target.open().await?;
+    if target.config.tls == UpstreamTls::Allow {
+        // libpq's `allow`: in the clear first, and over TLS when the server
+        // refuses that login (a `hostssl`-only pg_hba.conf).
+        match login(target, false, database, params).await {
+            Err(UpstreamError::Refused { .. }) => {}
+            other => return other,
+        }
+    }
+    login(target, true, database, params).await
+}
+
+async fn login(
+    target: &Target,
+    tls: bool,
+    database: &str,
+    params: &[(&str, &str)],
+) -> Result<Connection, UpstreamError> {
+    let (mut stream, addr) = target.open(tls).await?;
     let io = |source| UpstreamError::Io { addr: target.addr(), source };
     let cfg = &target.config;
     let mut out = BytesMut::new();
@@ -259,7 +282,8 @@ pub async fn cancel(target: &Target, addr: SocketAddr, pid: i32, secret: &[u8]) 
         secret.try_into().map_err(|_| UpstreamError::Protocol(format!("a cancel key of {} bytes", secret.len())))?;
     let mut out = BytesMut::new();
     frontend::cancel_request(pid, i32::from_be_bytes(key), &mut out);
-    let (mut stream, _) = target.open().await?;
+    // `allow` sends it in the clear, as it logs in first.
+    let (mut stream, _) = target.open(target.config.tls != UpstreamTls::Allow).await?;
     stream.write_all(&out).await.map_err(io)?;
     stream.flush().await.map_err(io)?;
     // The server closes the connection once it has read the request.

@@ -1,6 +1,7 @@
 //! Transport and login: client TLS (SSLRequest and direct TLS with ALPN),
 //! GSSENCRequest refused politely, tokens refused over plain TCP from
-//! non-loopback clients, and the upstream side with MD5 and trust.
+//! non-loopback clients; the upstream side: libpq's six TLS modes, MD5 and
+//! trust; and `check` reading every TLS file the configuration names.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::path::PathBuf;
@@ -132,32 +133,25 @@ async fn upstream_md5_and_trust() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_tls_verified_against_the_ca() {
-    use std::os::unix::fs::MetadataExt;
-
-    // A CA and a server certificate it signs.
+/// A CA, and a server certificate it signs for `names`.
+fn signed(names: &[&str]) -> (rcgen::Certificate, String, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let server_key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     let server = params.signed_by(&server_key, &ca, &ca_key).unwrap();
+    (ca, server.pem(), server_key.serialize_pem())
+}
 
-    // First a plain stack; then the server gets its certificate and ssl = on.
-    let dir = std::env::temp_dir().join(format!("portcullis-upstream-ca-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let upstream = format!("tls = \"require\"\nca_file = {:?}", ca_file.display().to_string());
-
-    // The cluster must have TLS before the gateway connects: start it through the harness with
-    // `prefer` (no TLS yet), switch TLS on, then build a second gateway that requires it.
-    let stack = Stack::with_cluster(&policy(), "", &ClusterOptions::default(), "tls = \"prefer\"");
+/// Gives the stack's PostgreSQL this certificate and key, with `ssl = on`,
+/// and reloads it.
+async fn serve_certificate(stack: &Stack, cert: &str, key: &str) {
+    use std::os::unix::fs::MetadataExt;
     let data = stack.cluster.data_dir().to_path_buf();
     let owner = std::fs::metadata(&data).unwrap();
-    for (name, body) in [("server.crt", server.pem()), ("server.key", server_key.serialize_pem())] {
+    for (name, body) in [("server.crt", cert), ("server.key", key)] {
         let path = data.join(name);
         std::fs::write(&path, body).unwrap();
         std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
@@ -168,33 +162,167 @@ async fn upstream_tls_verified_against_the_ca() {
     stack.cluster.psql("postgres", "ALTER SYSTEM SET ssl = on").unwrap();
     stack.cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
+}
 
-    let config_path = stack.path("gateway-tls.toml");
-    let base = std::fs::read_to_string(stack.path("gateway.toml")).unwrap().replace("tls = \"prefer\"", &upstream);
+/// The stack's configuration with these `[upstream]` TLS lines.
+fn config_with(stack: &Stack, tls_lines: &str) -> Result<pg_proxy::config::Config, String> {
+    let config_path = stack.path("gateway-upstream-tls.toml");
+    let base = std::fs::read_to_string(stack.path("gateway.toml")).unwrap().replace("tls = \"prefer\"", tls_lines);
     std::fs::write(&config_path, base).unwrap();
-    let config = pg_proxy::config::Config::load(&config_path).unwrap();
-    let gateway = Arc::new(pg_proxy::server::Gateway::new(config).unwrap());
+    pg_proxy::config::Config::load(&config_path).map_err(|e| e.to_string())
+}
+
+const SSL_IN_USE: &str = "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+
+/// Whether the gateway's connection to PostgreSQL with these TLS lines is
+/// encrypted, as the server sees it (`pg_stat_ssl`), or why it failed.
+async fn upstream_ssl(stack: &Stack, tls_lines: &str) -> Result<String, String> {
+    use pg_proxy::upstream;
+    let config = config_with(stack, tls_lines)?;
+    let max = config.limits.max_message_bytes;
+    let target = upstream::Target::new(&config.upstream, max)?;
+    let mut conn = upstream::connect(&target, "app", &[]).await.map_err(|e| e.to_string())?;
+    let rows = conn.simple_query(SSL_IN_USE, max).await.map_err(|e| e.to_string())?;
+    Ok(rows[0][0].clone().unwrap())
+}
+
+/// The same through a gateway and a client: the client's view.
+async fn through_gateway(stack: &Stack, tls_lines: &str) -> Result<Option<String>, ServerError> {
+    let gateway = Arc::new(pg_proxy::server::Gateway::new(config_with(stack, tls_lines).unwrap()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(Arc::clone(&gateway).serve(listener));
-
     let token = stack.token("alice", &["developers"], None);
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let ssl = login_and_query(&mut tcp, &token, "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await;
-    assert_eq!(ssl, Ok(Some("true".into())), "the upstream connection is TLS");
+    login_and_query(&mut tcp, &token, SSL_IN_USE).await
+}
 
-    // A CA that did not sign the server's certificate: no connection.
-    let other = rcgen::generate_simple_self_signed(vec!["other".to_string()]).unwrap();
-    std::fs::write(&ca_file, other.cert.pem()).unwrap();
-    let config = pg_proxy::config::Config::load(&config_path).unwrap();
-    let gateway = Arc::new(pg_proxy::server::Gateway::new(config).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(Arc::clone(&gateway).serve(listener));
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let err = login_and_query(&mut tcp, &token, "SELECT 1").await.unwrap_err();
-    assert_eq!(err.code, "08006", "{err:?}");
-    let _ = std::fs::remove_dir_all(&dir);
+/// libpq's six modes against a server whose certificate is signed by a
+/// known CA but issued for another name, one signed by a CA the gateway
+/// does not know, and one issued for the address the gateway dials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_modes_verify_as_libpq() {
+    let stack = Stack::with_cluster(&policy(), "", &ClusterOptions::default(), "tls = \"prefer\"");
+    let dir = stack.path("upstream-ca");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = signed(&["db.internal"]);
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let with_ca = |mode: &str| format!("tls = {mode:?}\nca_file = {:?}", ca_file.display().to_string());
+
+    // Before the server has TLS: `prefer` and `allow` fall back to plain
+    // TCP, `require` refuses.
+    assert_eq!(upstream_ssl(&stack, "tls = \"prefer\"").await, Ok("false".into()));
+    assert_eq!(upstream_ssl(&stack, "tls = \"allow\"").await, Ok("false".into()));
+    let no_tls = upstream_ssl(&stack, "tls = \"require\"").await.unwrap_err();
+    assert!(no_tls.contains("does not offer TLS"), "{no_tls}");
+
+    // A certificate from the CA, for the name db.internal (the gateway dials 127.0.0.1).
+    serve_certificate(&stack, &cert, &key).await;
+    assert_eq!(upstream_ssl(&stack, "tls = \"disable\"").await, Ok("false".into()));
+    assert_eq!(upstream_ssl(&stack, "tls = \"allow\"").await, Ok("false".into()), "allow: plain first");
+    assert_eq!(upstream_ssl(&stack, "tls = \"prefer\"").await, Ok("true".into()));
+    assert_eq!(upstream_ssl(&stack, "tls = \"require\"").await, Ok("true".into()), "require: not verified");
+    assert_eq!(upstream_ssl(&stack, &with_ca("require")).await, Ok("true".into()), "require + CA: the chain only");
+    assert_eq!(upstream_ssl(&stack, &with_ca("verify-ca")).await, Ok("true".into()), "verify-ca: the chain only");
+    let wrong_name = upstream_ssl(&stack, &with_ca("verify-full")).await.unwrap_err();
+    assert!(wrong_name.contains("NotValidForName") || wrong_name.contains("not valid for name"), "{wrong_name}");
+    // The client is told no more than that the database is not available.
+    let refused = through_gateway(&stack, &with_ca("verify-full")).await.unwrap_err();
+    assert_eq!(refused.code, "08006", "{refused:?}");
+    assert_eq!(through_gateway(&stack, &with_ca("verify-ca")).await, Ok(Some("true".into())));
+    // The platform's CAs did not sign it either.
+    let system = upstream_ssl(&stack, "tls = \"verify-full\"\nca_file = \"system\"").await.unwrap_err();
+    assert!(system.contains("UnknownIssuer") || system.contains("no CA certificate"), "{system}");
+
+    // A CA that did not sign the server's certificate: no connection in
+    // any mode that reads ca_file.
+    let stranger = rcgen::generate_simple_self_signed(vec!["stranger".to_string()]).unwrap();
+    std::fs::write(&ca_file, stranger.cert.pem()).unwrap();
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let e = upstream_ssl(&stack, &with_ca(mode)).await.unwrap_err();
+        assert!(e.contains("invalid peer certificate"), "{mode}: {e}");
+    }
+
+    // A certificate for the address the gateway dials: verify-full connects.
+    let (ca, cert, key) = signed(&["127.0.0.1", "localhost"]);
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    serve_certificate(&stack, &cert, &key).await;
+    assert_eq!(upstream_ssl(&stack, &with_ca("verify-full")).await, Ok("true".into()));
+    assert_eq!(through_gateway(&stack, &with_ca("verify-full")).await, Ok(Some("true".into())));
+
+    // A server that takes logins over TLS only: `allow` retries with TLS,
+    // `disable` is refused.
+    let hba = stack.cluster.data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, rules.replace("\nhost ", "\nhostssl ")).unwrap();
+    stack.cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upstream_ssl(&stack, "tls = \"allow\"").await, Ok("true".into()), "allow: TLS after a refusal");
+    let plain = upstream_ssl(&stack, "tls = \"disable\"").await.unwrap_err();
+    assert!(plain.contains("no pg_hba.conf entry"), "{plain}");
+    std::fs::write(&hba, rules).unwrap();
+    stack.cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+}
+
+/// `pg-proxy check` loads every certificate and key the configuration
+/// names, says which key points to a bad file, and warns when the upstream
+/// server is not verified.
+#[test]
+fn check_reads_every_tls_file_and_warns_when_upstream_is_unverified() {
+    let stack = Stack::start();
+    let (cert, key, _) = certificate("check");
+    let (ca, _, _) = signed(&["db.internal"]);
+    let dir = stack.path("check-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca_file, empty, not_pem) = (dir.join("ca.pem"), dir.join("empty.pem"), dir.join("notes.txt"));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&empty, "").unwrap();
+    std::fs::write(&not_pem, "this is not a certificate\n").unwrap();
+    let shown = |p: &std::path::Path| p.display().to_string();
+
+    let check = |client_tls: Option<(&std::path::Path, &std::path::Path)>, upstream: &str| {
+        let mut config =
+            std::fs::read_to_string(stack.path("gateway.toml")).unwrap().replace("tls = \"disable\"", upstream);
+        if let Some((c, k)) = client_tls {
+            config.push_str(&format!("\n[tls]\ncert = {:?}\nkey = {:?}\n", shown(c), shown(k)));
+        }
+        let path = stack.path("gateway-check.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = portcullis_testkit::bin!().arg("check").arg(&path).output().unwrap();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+
+    let (code, out, err) =
+        check(Some((&cert, &key)), &format!("tls = \"verify-full\"\nca_file = {:?}", shown(&ca_file)));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(": ok") && out.contains("tls verify-full") && err.is_empty(), "{out}{err}");
+
+    let (code, out, err) = check(None, "tls = \"prefer\"");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(": ok"), "{out}");
+    assert!(err.contains("warning: [upstream] tls = \"prefer\": the server's certificate is not verified"), "{err}");
+
+    for bad in [&empty, &not_pem] {
+        let (code, _, err) = check(None, &format!("tls = \"verify-ca\"\nca_file = {:?}", shown(bad)));
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains(&format!("[upstream] ca_file {}: no certificate in the file", shown(bad))), "{err}");
+    }
+    let missing = dir.join("missing.pem");
+    let (code, _, err) = check(None, &format!("tls = \"verify-full\"\nca_file = {:?}", shown(&missing)));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("[upstream] ca_file") && err.contains("missing.pem"), "{err}");
+    let (code, _, err) = check(None, "tls = \"verify-full\"");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("tls = \"verify-full\" needs ca_file"), "{err}");
+
+    let (code, _, err) = check(Some((&not_pem, &key)), "tls = \"disable\"");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("[tls] cert") && err.contains("no certificate in the file"), "{err}");
+    let (code, _, err) = check(Some((&cert, &ca_file)), "tls = \"disable\"");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("[tls] key"), "{err}");
+    let _ = std::fs::remove_dir_all(cert.parent().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
