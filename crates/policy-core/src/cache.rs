@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use crate::decision::Decision;
 use crate::identity::Identity;
 use crate::session::{Session, TransactionPaths};
+use crate::shape::{DigitMask, Shape, Template};
 
 /// Default byte budget of the whole cache.
 pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
@@ -127,6 +128,10 @@ pub struct CacheStats {
     pub shape_hits: u64,
     /// Bytes held now.
     pub bytes: usize,
+    /// Texts whose shape was found without PostgreSQL's scanner: they
+    /// differed from a scanned text only in the values of integer
+    /// constants (see [`crate::Engine::decide`]).
+    pub scans_skipped: u64,
 }
 
 /// A bounded, sharded map from (text, caller, session) to decisions.
@@ -337,5 +342,100 @@ impl Shard {
             self.map.clear();
             self.bytes = 0;
         }
+    }
+}
+
+/// Templates a digit mask keeps: texts of one mask that differ in other
+/// digits than integer constants (`t1` and `t2`) each get one.
+const TEMPLATES_PER_MASK: usize = 4;
+
+/// Scanned texts as [`Template`]s, by [`DigitMask`]: the shape of a text
+/// that differs from one of them only in its integer constants is found
+/// without running the scanner. Bounded like the decision cache (16
+/// shards, a byte budget each, a shard emptied when full); a template is
+/// kept from the second text of its mask on.
+#[derive(Debug)]
+pub(crate) struct TemplateCache {
+    shards: Vec<Mutex<TemplateShard>>,
+    shard_budget: usize,
+    hasher: foldhash::quality::RandomState,
+}
+
+#[derive(Debug, Default)]
+struct TemplateShard {
+    map: HashMap<u64, Vec<Arc<Template>>, ByHash>,
+    bytes: usize,
+    seen_once: HashSet<u64, ByHash>,
+    derived: u64,
+}
+
+impl TemplateCache {
+    pub(crate) fn new(budget: usize) -> Self {
+        TemplateCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(TemplateShard::default())).collect(),
+            shard_budget: budget / SHARDS,
+            hasher: foldhash::quality::RandomState::default(),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> Option<&Mutex<TemplateShard>> {
+        self.shards.get((hash >> 32) as usize % SHARDS)
+    }
+
+    /// The hash of a mask's key.
+    pub(crate) fn hash(&self, mask: &DigitMask) -> u64 {
+        self.hasher.hash_one(mask.key.as_str())
+    }
+
+    /// The shape of `sql` (mask `mask`, hashed `hash`) from a template,
+    /// when one fits.
+    pub(crate) fn derive(&self, hash: u64, sql: &str, mask: &DigitMask) -> Option<Shape> {
+        if self.shard_budget == 0 {
+            return None;
+        }
+        let mut shard = self.shard(hash)?.lock().ok()?;
+        let shape = shard.map.get(&hash)?.iter().find_map(|t| t.derive(sql, mask))?;
+        shard.derived += 1;
+        Some(shape)
+    }
+
+    /// Keeps what the scanner said about `sql` (its `shape`) for the texts
+    /// of its mask, from the second text of that mask on.
+    pub(crate) fn learn(&self, hash: u64, sql: &str, mask: &DigitMask, shape: &Shape) {
+        if self.shard_budget == 0 {
+            return;
+        }
+        let Some(Ok(mut shard)) = self.shard(hash).map(Mutex::lock) else { return };
+        if !shard.seen_once.remove(&hash) && !shard.map.contains_key(&hash) {
+            if shard.seen_once.len() >= SEEN_ONCE_LIMIT {
+                shard.seen_once.clear();
+            }
+            shard.seen_once.insert(hash);
+            return;
+        }
+        let Some(template) = Template::new(sql, mask, shape) else { return };
+        let bytes = template.bytes();
+        if bytes > self.shard_budget {
+            return;
+        }
+        if shard.bytes + bytes > self.shard_budget {
+            shard.map.clear();
+            shard.bytes = 0;
+        }
+        let list = shard.map.entry(hash).or_default();
+        if list.iter().any(|t| **t == template) {
+            return;
+        }
+        let mut freed = 0;
+        if list.len() >= TEMPLATES_PER_MASK {
+            freed = list.remove(0).bytes();
+        }
+        list.push(Arc::new(template));
+        shard.bytes = shard.bytes + bytes - freed.min(shard.bytes + bytes);
+    }
+
+    /// Shapes derived so far.
+    pub(crate) fn derived(&self) -> u64 {
+        self.shards.iter().filter_map(|s| s.lock().ok()).map(|s| s.derived).sum()
     }
 }

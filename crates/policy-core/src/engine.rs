@@ -9,7 +9,7 @@ use globset::{Glob, GlobSetBuilder};
 use crate::analyze::literal;
 use crate::analyze::StatementFacts;
 use crate::analyze::{self, Analysis, AnalyzeOptions};
-use crate::cache::{CacheStats, DecisionCache, DEFAULT_CACHE_BYTES};
+use crate::cache::{CacheStats, DecisionCache, TemplateCache, DEFAULT_CACHE_BYTES};
 use crate::decision::{Decision, StatementDecision};
 use crate::detect::Detectors;
 use crate::identity::{Actor, Identity};
@@ -17,7 +17,7 @@ use crate::mask::{ColumnInfo, ColumnMask, MessageScrubber, RowMasker};
 use crate::policy::{Policy, PolicyError, PolicyTest, Strategy};
 use crate::rules;
 use crate::session::Session;
-use crate::shape::Shape;
+use crate::shape::{DigitMask, Shape};
 
 /// Key material the engine is built with (never read from the environment).
 #[derive(Clone, Default)]
@@ -49,6 +49,7 @@ struct Inner {
     policy: Policy,
     options: AnalyzeOptions,
     cache: DecisionCache,
+    templates: TemplateCache,
     masks: Vec<ColumnMask>,
     detectors: Detectors,
 }
@@ -133,6 +134,7 @@ impl Engine {
                 policy,
                 options: analyze_options,
                 cache: DecisionCache::new(options.cache_bytes),
+                templates: TemplateCache::new(options.cache_bytes / 8),
                 masks,
                 detectors,
             }),
@@ -161,6 +163,7 @@ impl Engine {
                     sql,
                     "internal error in the analysis (this is a bug, please report it)",
                 )],
+                spans: std::iter::once(0..sql.len()).collect(),
                 reads_prepared: false,
                 only_dml: false,
             },
@@ -203,7 +206,7 @@ impl Engine {
         }
         // The scanner behind the shape lexes with standard_conforming_strings on.
         let shape = (session.standard_conforming_strings && inner.cache.takes(sql.len()))
-            .then(|| Shape::of(sql))
+            .then(|| self.shape_of(sql))
             .flatten()
             .filter(Shape::has_constants);
         if let Some(shape) = &shape {
@@ -245,6 +248,21 @@ impl Engine {
             _ => inner.cache.insert(text_hash, sql, false, identity, session, &decision, Decision::clone),
         }
         decision
+    }
+
+    /// The shape of `sql`: from a template when it differs from a text
+    /// scanned before only in the values of integer constants (see
+    /// [`crate::shape::Template`]), else from PostgreSQL's scanner.
+    fn shape_of(&self, sql: &str) -> Option<Shape> {
+        let templates = &self.inner.templates;
+        let Some(mask) = DigitMask::of(sql) else { return Shape::of(sql) };
+        let hash = templates.hash(&mask);
+        if let Some(shape) = templates.derive(hash, sql, &mask) {
+            return Some(shape);
+        }
+        let shape = Shape::of(sql)?;
+        templates.learn(hash, sql, &mask, &shape);
+        Some(shape)
     }
 
     /// Runs the policy's own `[[test]]` entries.
@@ -319,7 +337,7 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn cache_stats(&self) -> CacheStats {
-        self.inner.cache.stats()
+        CacheStats { scans_skipped: self.inner.templates.derived(), ..self.inner.cache.stats() }
     }
 }
 

@@ -193,8 +193,9 @@ pub(crate) fn decide(
     let mut reason = String::from("nothing to run: the string holds no statement");
     let mut max_rows = policy.settings.max_rows;
     let mut approvers: Vec<String> = Vec::new();
-    for (i, mut facts) in analysis.statements.into_iter().enumerate() {
-        let span = std::mem::take(&mut facts.span);
+    let spans = analysis.spans;
+    for (i, facts) in analysis.statements.into_iter().enumerate() {
+        let span = spans.get(i).cloned().unwrap_or(0..sql.len());
         let text = sql.get(span.clone()).unwrap_or(sql);
         let mut outcome = decide_statement(policy, &rules, &facts, text);
         if outcome.verdict != Verdict::Deny {

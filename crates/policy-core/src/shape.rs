@@ -115,6 +115,142 @@ impl Shape {
     }
 }
 
+/// A text with each maximal run of ASCII digits hidden: the key under
+/// which texts that differ only in their digits meet, found without
+/// running the scanner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DigitMask {
+    /// The text with each digit run replaced by one `\0`.
+    pub key: String,
+    /// The runs, in order.
+    runs: Vec<Range<usize>>,
+}
+
+impl DigitMask {
+    /// The mask of `sql`; `None` when it has no digit (nothing to vary).
+    pub(crate) fn of(sql: &str) -> Option<DigitMask> {
+        let bytes = sql.as_bytes();
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while let Some(offset) = bytes.get(i..)?.iter().position(u8::is_ascii_digit) {
+            let start = i + offset;
+            let len = bytes.get(start..)?.iter().take_while(|b| b.is_ascii_digit()).count();
+            runs.push(start..start + len);
+            i = start + len;
+        }
+        if runs.is_empty() {
+            return None;
+        }
+        let mut key = String::with_capacity(sql.len());
+        let mut copied = 0;
+        for r in &runs {
+            key.push_str(sql.get(copied..r.start)?);
+            key.push(MARK);
+            copied = r.end;
+        }
+        key.push_str(sql.get(copied..)?);
+        Some(DigitMask { key, runs })
+    }
+}
+
+/// What the scanner said about one text, reusable for every text with the
+/// same [`DigitMask`]: which digit runs were whole integer constants
+/// (`Iconst` tokens of a 32-bit value, free to change) and which were
+/// something else (part of an identifier, a string, a comment, a parameter
+/// number, a longer constant such as `1.5` or `0x1F`: they must be the
+/// same byte for byte).
+///
+/// Why a text that differs from the scanned one only in the digits of such
+/// integer constants, each still a 32-bit value, scans to the same tokens
+/// but for those constants' values: everything else is byte for byte the
+/// same; PostgreSQL's scanner reads a digit run that is a whole integer
+/// constant by the rule for decimal integers, whose extent depends only on
+/// the bytes after it (the same) and not on which digits it holds (the
+/// `0x`, `0o`, `0b` prefixes need a letter after the `0`, and a letter
+/// right after an integer is a scan error, so the scanned text had none);
+/// the action of that rule only converts the value, leaving the scanner's
+/// state as it was, so the next token starts in the same state; and the
+/// value decides between `Iconst` and `Fconst`, which is why both values
+/// must fit in 32 bits. The differential test below and the `shape` fuzz
+/// target hold [`Template::derive`] to [`Shape::of`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Template {
+    /// The mask this template answers for.
+    pub mask: String,
+    /// The scanned text's digit runs, each with `None` for an integer
+    /// constant, else its bytes.
+    runs: Vec<(Range<usize>, Option<Box<str>>)>,
+    /// The scanned text's shape.
+    shape: Shape,
+}
+
+impl Template {
+    /// The template of `sql` (with mask `mask` and shape `shape`), or
+    /// `None` when none of its digit runs is an integer constant.
+    pub(crate) fn new(sql: &str, mask: &DigitMask, shape: &Shape) -> Option<Template> {
+        let mut runs = Vec::with_capacity(mask.runs.len());
+        let mut any = false;
+        for r in &mask.runs {
+            let text = sql.get(r.clone())?;
+            let constant = shape
+                .constants
+                .binary_search_by(|c| c.start.cmp(&r.start))
+                .is_ok_and(|i| shape.constants.get(i) == Some(r));
+            if constant && fits_int32(text) {
+                runs.push((r.clone(), None));
+                any = true;
+            } else {
+                runs.push((r.clone(), Some(text.into())));
+            }
+        }
+        any.then(|| Template { mask: mask.key.clone(), runs, shape: shape.clone() })
+    }
+
+    /// The shape of `sql`, whose mask is `mask`, when it differs from the
+    /// template's text only in the values of integer constants; `None`
+    /// otherwise (then scan it).
+    pub(crate) fn derive(&self, sql: &str, mask: &DigitMask) -> Option<Shape> {
+        if mask.key != self.mask || mask.runs.len() != self.runs.len() {
+            return None;
+        }
+        for (r, (_, expected)) in mask.runs.iter().zip(&self.runs) {
+            let text = sql.get(r.clone())?;
+            match expected {
+                None if fits_int32(text) => {}
+                Some(bytes) if **bytes == *text => {}
+                _ => return None,
+            }
+        }
+        // The template's constants, moved by the runs' changes of length.
+        let shift = |pos: usize| {
+            let mut out = pos as isize;
+            for ((old, _), new) in self.runs.iter().zip(&mask.runs) {
+                if old.end > pos {
+                    break;
+                }
+                out += new.len() as isize - old.len() as isize;
+            }
+            out.max(0) as usize
+        };
+        let constants = self.shape.constants.iter().map(|c| shift(c.start)..shift(c.end)).collect();
+        Some(Shape { key: self.shape.key.clone(), constants })
+    }
+
+    /// Bytes it holds, roughly (for the cache's budget).
+    pub(crate) fn bytes(&self) -> usize {
+        96 + self.mask.len()
+            + self.shape.key.len()
+            + self.shape.constants.len() * 16
+            + self.runs.iter().map(|(_, b)| 40 + b.as_ref().map_or(0, |b| b.len())).sum::<usize>()
+    }
+}
+
+/// Whether the digits `text` are a value PostgreSQL reads as an `Iconst`
+/// (a 32-bit integer; larger ones are `Fconst`).
+fn fits_int32(text: &str) -> bool {
+    text.len() <= 9 || (text.len() <= 19 && text.parse::<u64>().is_ok_and(|v| v <= i32::MAX as u64))
+}
+
 /// Whether `text` has the bounds of a constant of kind `letter`.
 fn looks_like_constant(letter: char, text: &str) -> bool {
     let (Some(first), Some(last)) = (text.chars().next(), text.chars().last()) else { return false };
@@ -184,5 +320,188 @@ mod tests {
         }
         assert_eq!(s.text_offset(s.key_offset(sql.len())), sql.len());
         assert_eq!(s.key_offset(0), 0);
+    }
+
+    /// The shape derived from a template, checked against the scanner's.
+    fn derived(scanned: &str, other: &str) -> Option<Shape> {
+        let mask = DigitMask::of(scanned)?;
+        let template = Template::new(scanned, &mask, &Shape::of(scanned)?)?;
+        let shape = template.derive(other, &DigitMask::of(other)?)?;
+        assert_eq!(Some(&shape), Shape::of(other).as_ref(), "derived from {scanned:?} for {other:?}");
+        Some(shape)
+    }
+
+    #[test]
+    fn integer_constants_vary_without_a_scan() {
+        let pgbench = [
+            ("UPDATE pgbench_accounts SET abalance = abalance + -2345 WHERE aid = 12345;",
+             "UPDATE pgbench_accounts SET abalance = abalance + -7 WHERE aid = 999999999;"),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 1;", "SELECT abalance FROM pgbench_accounts WHERE aid = 0001;"),
+            ("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, -4, CURRENT_TIMESTAMP);",
+             "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (10, 20, 30, -40000, CURRENT_TIMESTAMP);"),
+            ("SELECT a1, 'x2', 3 FROM t4 WHERE b = 5", "SELECT a1, 'x2', 33333 FROM t4 WHERE b = 55"),
+            ("SELECT 1; SELECT 'abc', 22; SELECT 3", "SELECT 1000; SELECT 'abc', 2; SELECT 300"),
+            ("SELECT 1..5", "SELECT 2..5"),
+        ];
+        for (scanned, other) in pgbench {
+            assert!(derived(scanned, other).is_some(), "{scanned:?} → {other:?}");
+        }
+    }
+
+    #[test]
+    fn other_digits_must_stay_as_they_were() {
+        let scanned_and_other = [
+            // In names, strings, comments, parameters, longer constants.
+            ("SELECT * FROM t1 WHERE a = 1", "SELECT * FROM t2 WHERE a = 1"),
+            ("SELECT 'a1' FROM t WHERE a = 1", "SELECT 'a2' FROM t WHERE a = 1"),
+            ("SELECT $$1$$ FROM t WHERE a = 1", "SELECT $$2$$ FROM t WHERE a = 1"),
+            ("SELECT \"c1\" FROM t WHERE a = 1", "SELECT \"c2\" FROM t WHERE a = 1"),
+            ("SELECT a /* 1 */ FROM t WHERE a = 1", "SELECT a /* 2 */ FROM t WHERE a = 1"),
+            ("SELECT a -- 1\n FROM t WHERE a = 1", "SELECT a -- 2\n FROM t WHERE a = 1"),
+            ("SELECT $1 FROM t WHERE a = 1", "SELECT $2 FROM t WHERE a = 1"),
+            ("SELECT 1.5 FROM t WHERE a = 1", "SELECT 1.6 FROM t WHERE a = 1"),
+            ("SELECT 1e5 FROM t WHERE a = 1", "SELECT 1e6 FROM t WHERE a = 1"),
+            ("SELECT 0x1F FROM t WHERE a = 1", "SELECT 0x2F FROM t WHERE a = 1"),
+            ("SELECT 1_000 FROM t WHERE a = 1", "SELECT 1_001 FROM t WHERE a = 1"),
+            ("SELECT x::varchar(10) FROM t WHERE a = 1", "SELECT x::varchar(20) FROM t WHERE a = 1"),
+            ("SELECT 5000000000 FROM t WHERE a = 1", "SELECT 5 FROM t WHERE a = 1"),
+            // An integer constant that would become a numeric one.
+            ("SELECT 2147483647 FROM t", "SELECT 2147483648 FROM t"),
+            ("SELECT 7 FROM t", "SELECT 00000000000000000000007 FROM t"),
+        ];
+        for (scanned, other) in scanned_and_other {
+            let shape = derived(scanned, other);
+            // Either nothing is derived (the scanner runs), or what is
+            // derived is exactly the scanner's (checked in `derived`) and
+            // the digits that differ were an integer constant's.
+            if let Some(shape) = shape {
+                assert_eq!(Some(&shape.key), Shape::of(scanned).map(|s| s.key).as_ref(), "{scanned:?} → {other:?}");
+            }
+        }
+        // The cases that must not be derived at all.
+        assert!(derived("SELECT * FROM t1 WHERE a = 1", "SELECT * FROM t2 WHERE a = 1").is_none());
+        assert!(derived("SELECT $1 FROM t WHERE a = 1", "SELECT $2 FROM t WHERE a = 1").is_none());
+        assert!(derived("SELECT 1.5 FROM t WHERE a = 1", "SELECT 1.6 FROM t WHERE a = 1").is_none());
+        assert!(derived("SELECT 2147483647 FROM t", "SELECT 2147483648 FROM t").is_none());
+        assert!(derived("SELECT * FROM t WHERE a = 1", "SELECT * FROM t WHERE a = 1 + 2").is_none());
+        assert!(derived("SELECT 'a'", "SELECT 'b'").is_none(), "no digit: no template");
+    }
+
+    /// Random texts from fragments that stress the scanner's rules around
+    /// digits; a second text with some digit runs changed. Whenever a
+    /// template derives a shape, it is the scanner's.
+    #[test]
+    fn derived_shapes_are_the_scanners() {
+        use rand::{Rng, SeedableRng};
+        const FRAGMENTS: &[&str] = &[
+            "SELECT ",
+            "1",
+            "23",
+            "007",
+            "2147483647",
+            "99999999999",
+            " ",
+            " ",
+            " ",
+            "'",
+            "'a1'",
+            "\"",
+            "\"c2\"",
+            "$",
+            "$1",
+            "$$",
+            "$q$",
+            "$q1$",
+            "--",
+            "/*",
+            "*/",
+            "\n",
+            "e",
+            "E",
+            "x",
+            "X",
+            "b",
+            "B",
+            "o",
+            "0x",
+            "0o",
+            "0b",
+            "_",
+            ".",
+            "..",
+            "+",
+            "-",
+            "::",
+            "t",
+            "t1",
+            "\\",
+            "(",
+            ")",
+            ",",
+            ";",
+            "e5",
+            "1e",
+            "1.",
+            ".5",
+            "abc",
+            "FROM ",
+            "E'",
+            "B'",
+            "X'",
+            "N'",
+            "n",
+            ":",
+            "[",
+            "]",
+            "=",
+            "<",
+            ">",
+            "!",
+            "~",
+            "@",
+            "#",
+            "%",
+            "^",
+            "&",
+            "|",
+            "`",
+            "?",
+            "x1_2",
+            "\t",
+            "é",
+            "1_0",
+        ];
+        const DIGITS: &[&str] =
+            &["0", "5", "42", "000123", "999999999", "2147483647", "2147483648", "12345678901234567890123", "1"];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let (mut tried, mut hits) = (0, 0);
+        for _ in 0..100_000 {
+            let n = rng.gen_range(1..14);
+            let text: String = (0..n).map(|_| FRAGMENTS[rng.gen_range(0..FRAGMENTS.len())]).collect();
+            let Some(mask) = DigitMask::of(&text) else { continue };
+            let Some(shape) = Shape::of(&text) else { continue };
+            let Some(template) = Template::new(&text, &mask, &shape) else { continue };
+            for _ in 0..4 {
+                let mut other = String::new();
+                let mut copied = 0;
+                for r in &mask.runs {
+                    other.push_str(&text[copied..r.start]);
+                    if rng.gen_bool(0.7) {
+                        other.push_str(DIGITS[rng.gen_range(0..DIGITS.len())]);
+                    } else {
+                        other.push_str(&text[r.clone()]);
+                    }
+                    copied = r.end;
+                }
+                other.push_str(&text[copied..]);
+                tried += 1;
+                let other_mask = DigitMask::of(&other).unwrap();
+                if let Some(derived) = template.derive(&other, &other_mask) {
+                    hits += 1;
+                    assert_eq!(Some(derived), Shape::of(&other), "derived from {text:?} for {other:?}");
+                }
+            }
+        }
+        assert!(tried > 10_000 && hits > 2_000, "the test must exercise derivation: {tried} tried, {hits} derived");
     }
 }

@@ -194,11 +194,6 @@ pub struct StatementFacts {
     /// Why the statement is opaque or unknown, and other findings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
-    /// Byte range of the statement in the analysed string, until a decision
-    /// moves it to [`crate::StatementDecision::span`] (facts shared by
-    /// texts of one shape hold no position).
-    #[serde(skip)]
-    pub(crate) span: Range<usize>,
     /// Whether running the statement changes, or may change, the session's
     /// settings, so that a caller tracking them (the gateway reads
     /// `search_path` back) must look again afterwards. From the parse tree:
@@ -278,6 +273,10 @@ pub struct Analysis {
     /// One entry per statement; a single `unknown` entry when the grammar
     /// rejected the text; none for an empty string.
     pub statements: Vec<StatementFacts>,
+    /// Where each statement is in the text (facts hold no position: texts
+    /// of one shape share them); [`crate::StatementDecision::span`] in a
+    /// decision.
+    pub(crate) spans: Vec<Range<usize>>,
     /// Whether an `EXECUTE` looked up the session's prepared statements:
     /// the facts then depend on them, not only on the text.
     pub reads_prepared: bool,
@@ -304,6 +303,7 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
         Err(err) => {
             return Analysis {
                 statements: vec![unknown(sql, &parse_failure(&err))],
+                spans: std::iter::once(0..sql.len()).collect(),
                 reads_prepared: false,
                 only_dml: false,
             }
@@ -319,6 +319,7 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
         scs: session.standard_conforming_strings,
     };
     let mut statements: Vec<StatementFacts> = Vec::with_capacity(parsed.protobuf.stmts.len());
+    let mut spans = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut reads_prepared = false;
     let mut only_dml = true;
     // PostgreSQL runs the statements of a multi-statement string outside a
@@ -361,7 +362,7 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
             analyze_statement(stmt.to_ref(), text, &mut state, options, index == 0)
         };
         facts.index = index;
-        facts.span = start..end;
+        spans.push(start..end);
         if let Some(b) = block.as_mut() {
             for effect in &facts.session_effects {
                 b.moved |= effect.moves_path();
@@ -390,7 +391,7 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
             }
         }
     }
-    Analysis { statements, reads_prepared, only_dml }
+    Analysis { statements, spans, reads_prepared, only_dml }
 }
 
 /// The implicit transaction block of a multi-statement string, while the
@@ -474,7 +475,6 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
         output_columns: Vec::new(),
         session_effects: Vec::new(),
         notes: vec![error.to_string()],
-        span: 0..sql.len(),
         // Text the engine cannot read may do anything.
         changes_settings: true,
         ends_transaction: false,
@@ -605,7 +605,6 @@ fn analyze_statement(
         output_columns,
         session_effects: effects,
         notes,
-        span: 0..text.len(),
         changes_settings,
         ends_transaction: bounds.ends,
         begins_transaction: bounds.begins,
