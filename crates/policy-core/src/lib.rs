@@ -187,9 +187,14 @@
 //! DELETE whose decision read no constant's value is cached by its shape
 //! (the text with each constant replaced by its kind, found by PostgreSQL's
 //! own scanner), so `... WHERE aid = 17` and `... WHERE aid = 42` share one
-//! decision for the cost of a scan instead of a parse. Decisions that read a
-//! constant (tautology folding, `set_config`, `nextval('seq')`, a rule's
-//! `pattern`) are cached for their exact text only.
+//! decision for the cost of a scan instead of a parse. A text that differs
+//! from one already scanned only in the values of integer constants (the
+//! next `aid`) does not need the scan either: its shape comes from what the
+//! scanner said about the first (a template of its digit runs, each a whole
+//! 32-bit integer constant free to change or bytes that must be the same).
+//! Decisions that read a constant (tautology folding, `set_config`,
+//! `nextval('seq')`, a rule's `pattern`) are cached for their exact text
+//! only.
 //!
 //! The analysis's stack use is bounded by the depth of the tree, and the
 //! depth is bounded: pg_query's decoder refuses trees more than 100
