@@ -47,12 +47,12 @@ enum Command {
     /// password; the gateway decides every statement with the policy and
     /// masks every result row. SIGHUP reloads the policy (a policy that does
     /// not load is rejected and the one in force kept); SIGTERM or Ctrl-C
-    /// stops. Logs go to standard error; set RUST_LOG (e.g. `info`,
-    /// `pg_proxy=debug`) and PORTCULLIS_LOG_FORMAT=json for JSON lines.
+    /// stops. Logs go to standard error (see --log-format, --log-level).
     Serve {
-        /// The configuration file (TOML; see the README).
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Start a throwaway PostgreSQL with sample data, the gateway in front
     /// of it, and print how to connect as a person and as an AI agent.
@@ -73,6 +73,9 @@ enum Command {
         /// Play the scripted agent session, then exit.
         #[arg(long)]
         script: bool,
+        /// The gateway's log (off unless --log-level or RUST_LOG is given).
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Check a gateway configuration and everything it names (policy, key
     /// set, TLS certificates and keys, the upstream CA file), without
@@ -83,9 +86,53 @@ enum Command {
     /// crosses the network in the clear) go to standard error and do not
     /// change the exit code.
     Check {
-        /// The configuration file.
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The configuration file, as `--config` (kept for scripts that
+        /// name it so).
+        #[arg(value_name = "FILE", hide = true)]
+        file: Option<PathBuf>,
     },
+}
+
+/// The gateway's configuration file, named the same way by every command.
+#[derive(Args)]
+struct ConfigArg {
+    /// The configuration file (TOML; examples/gateway.toml shows every key).
+    #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The file, or a usage error (exit 2).
+    fn path(self, positional: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+        positional.or(self.config).ok_or_else(|| {
+            eprintln!("error: no configuration: give --config FILE or set PORTCULLIS_CONFIG");
+            ExitCode::from(2)
+        })
+    }
+}
+
+/// Logging switches of the long-running commands. Logs go to standard
+/// error, coloured only when it is a terminal (and NO_COLOR is not set).
+#[derive(Args, Clone)]
+struct LogArgs {
+    /// Log line format: `text` for people, `json` for one JSON object per
+    /// line.
+    #[arg(long, value_enum, value_name = "FORMAT", env = "PORTCULLIS_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// What to log: a level (`error`, `warn`, `info`, `debug`, `trace`) or a
+    /// filter such as `info,pg_proxy=debug`. Default: RUST_LOG, else `info`.
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -230,9 +277,15 @@ struct Request {
 pub(crate) fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(&config),
-        Command::Check { config } => check(&config),
-        Command::Demo { policy, port, script } => demo(pg_proxy::demo::DemoOptions { policy, port, script }),
+        Command::Serve { config, log } => match config.path(None) {
+            Ok(path) => serve(&path, &log),
+            Err(code) => code,
+        },
+        Command::Check { config, file } => match config.path(file) {
+            Ok(path) => check(&path),
+            Err(code) => code,
+        },
+        Command::Demo { policy, port, script, log } => demo(pg_proxy::demo::DemoOptions { policy, port, script }, &log),
         Command::Token(TokenCommand::Keygen { out, key_type }) => match pg_proxy::token::keygen(&out, key_type) {
             Ok((key, jwks)) => {
                 println!("wrote {} (private, development only)", key.display());
@@ -309,8 +362,11 @@ pub(crate) fn run() -> ExitCode {
     }
 }
 
-fn serve(path: &Path) -> ExitCode {
-    init_logging();
+fn serve(path: &Path, log: &LogArgs) -> ExitCode {
+    if let Err(e) = init_logging(log) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match pg_proxy::config::Config::load(path) {
         Ok(config) => {
             let threads = config.limits.worker_threads;
@@ -323,9 +379,12 @@ fn serve(path: &Path) -> ExitCode {
     }
 }
 
-fn demo(options: pg_proxy::demo::DemoOptions) -> ExitCode {
-    if std::env::var_os("RUST_LOG").is_some() {
-        init_logging();
+fn demo(options: pg_proxy::demo::DemoOptions, log: &LogArgs) -> ExitCode {
+    if log.log_level.is_some() || std::env::var_os("RUST_LOG").is_some() {
+        if let Err(e) = init_logging(log) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     }
     run_async(pg_proxy::demo::run(options))
 }
@@ -396,17 +455,25 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// Logs to standard error; `RUST_LOG` filters (default `info`),
-/// `PORTCULLIS_LOG_FORMAT=json` writes JSON lines.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("PORTCULLIS_LOG_FORMAT").is_ok_and(|v| v == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
+/// Logs to standard error: `--log-level` (else `RUST_LOG`, else `info`)
+/// filters, `--log-format` picks text or JSON lines; colour only on a
+/// terminal, and never with `NO_COLOR` set.
+fn init_logging(args: &LogArgs) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let filter = match &args.log_level {
+        Some(level) => {
+            tracing_subscriber::EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?
+        }
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
+    Ok(())
 }
 
 /// What [`load`] does with a policy that needs a pseudonymisation key it

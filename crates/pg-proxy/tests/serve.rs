@@ -103,3 +103,58 @@ fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     assert!(!logs.contains(APP_PASSWORD), "the upstream password leaked into the logs");
     assert!(!logs.contains(&token), "a token leaked into the logs");
 }
+
+/// Every command names the configuration the same way (`--config FILE`,
+/// or `PORTCULLIS_CONFIG`), and the long-running ones take the logging
+/// switches; text logs written to a file or a pipe carry no colour codes.
+#[test]
+fn config_and_logging_switches() {
+    let stack = Stack::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = stack.path("switches.toml");
+    let text_config = std::fs::read_to_string(stack.path("gateway.toml"))
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(&config, text_config).unwrap();
+
+    let by_flag = bin!().args(["check", "--config"]).arg(&config).env_remove("PORTCULLIS_CONFIG").output().unwrap();
+    assert_eq!(by_flag.status.code(), Some(0), "{}", text(&by_flag.stderr));
+    let by_env = bin!().arg("check").env("PORTCULLIS_CONFIG", &config).output().unwrap();
+    assert_eq!(by_env.status.code(), Some(0), "{}", text(&by_env.stderr));
+    assert!(text(&by_env.stdout).contains(": ok"), "{}", text(&by_env.stdout));
+    let none = bin!().arg("check").env_remove("PORTCULLIS_CONFIG").output().unwrap();
+    assert_eq!(none.status.code(), Some(2), "a missing configuration is a usage error");
+    assert!(text(&none.stderr).contains("give --config FILE or set PORTCULLIS_CONFIG"), "{}", text(&none.stderr));
+
+    let bad_filter =
+        bin!().args(["serve", "--log-level", "pg_proxy=[["]).env("PORTCULLIS_CONFIG", &config).output().unwrap();
+    assert_eq!(bad_filter.status.code(), Some(2), "{}", text(&bad_filter.stderr));
+    assert!(text(&bad_filter.stderr).contains("--log-level"), "{}", text(&bad_filter.stderr));
+
+    let mut child = bin!()
+        .args(["serve", "--log-format", "text", "--log-level", "debug"])
+        .env("PORTCULLIS_CONFIG", &config)
+        .env_remove("RUST_LOG")
+        .env_remove("PORTCULLIS_LOG_FORMAT")
+        .env_remove("NO_COLOR")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let psql = Command::new(stack.cluster.bin_dir().join("psql"))
+        .args(["-X", "-At", "-d"])
+        .arg(format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable"))
+        .args(["-c", "SELECT count(*) FROM orders"])
+        .env("PGPASSWORD", stack.token("alice", &["developers"], None))
+        .output()
+        .unwrap();
+    assert_eq!(text(&psql.stdout), "5000\n", "{}", text(&psql.stderr));
+    signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+    let mut logs = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    assert!(logs.contains("pg-proxy listening") && logs.contains("DEBUG"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "no colour codes in a pipe: {logs:?}");
+    assert!(!logs.lines().any(|l| l.starts_with('{')), "text, not JSON: {logs}");
+}
