@@ -64,8 +64,10 @@ Options:
 
 The relay target is this program run as `gateway-bench --relay PORT UPSTREAM_PORT`.
 
-Environment: GATEWAY_BENCH_THREADS=N gives the gateway N runtime threads
-(default: one per CPU).
+Environment: GATEWAY_BENCH_THREADS=N gives the gateway and the relay N
+runtime threads (default: one per CPU); GATEWAY_BENCH_RELAY_WRAPPER=PROGRAM
+starts the relay as `PROGRAM <this program> --relay ...` (a profiler, as
+--pg-proxy can name one for the gateway).
 
 Needs PostgreSQL's server binaries (initdb, pg_ctl), pgbench, psql and pgbouncer.";
 
@@ -238,8 +240,16 @@ fn real_main() -> Result<(), String> {
 /// The relay: a byte pump between each client and a new connection to
 /// PostgreSQL, on a multi-threaded tokio runtime (one worker per CPU).
 fn relay(port: u16, upstream: u16) -> Result<(), String> {
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("tokio runtime: {e}"))?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Ok(n) = std::env::var("GATEWAY_BENCH_THREADS") {
+        match number::<usize>(&n)? {
+            0 => {}
+            n => {
+                builder.worker_threads(n);
+            }
+        }
+    }
+    let runtime = builder.enable_all().build().map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .await
@@ -263,7 +273,15 @@ fn start_relay(cluster: &Cluster) -> Result<(Proc, u16), String> {
     let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
     let log = cluster.dir().join("relay.log");
     let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let child = Command::new(exe)
+    let mut command = match std::env::var_os("GATEWAY_BENCH_RELAY_WRAPPER") {
+        Some(wrapper) => {
+            let mut c = Command::new(wrapper);
+            c.arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let child = command
         .args(["--relay", &port.to_string(), &cluster.port().to_string()])
         .stdout(Stdio::null())
         .stderr(file)

@@ -30,6 +30,12 @@ use crate::codec::{
     self, copy, BackendFrame, BackendMessage, CodecError, FieldDescription, Frontend, FrontendMessage, Str,
 };
 
+/// Hashing of the names a client gives (statements, portals): foldhash,
+/// seeded per map, as every `Bind`, `Describe` and `Execute` looks one up.
+/// The maps are the session's own, so colliding names would slow only the
+/// session that chose them.
+type Names = foldhash::quality::RandomState;
+
 /// SQLSTATE of a refusal by policy.
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATE of the row cap.
@@ -419,8 +425,8 @@ pub struct SessionCore {
     to_server: BytesMut,
     needs: VecDeque<Need>,
     batch: Batch,
-    statements: HashMap<String, Option<Prepared>>,
-    portals: HashMap<String, Portal>,
+    statements: HashMap<String, Option<Prepared>, Names>,
+    portals: HashMap<String, Portal, Names>,
     pending: VecDeque<Pending>,
     /// The transaction status of the last `ReadyForQuery`.
     tx_status: u8,
@@ -442,7 +448,7 @@ pub struct SessionCore {
     ids: u64,
     batches: u64,
     sequence: u64,
-    maskers: HashMap<String, Vec<CachedMasker>>,
+    maskers: HashMap<String, Vec<CachedMasker>, Names>,
     last_masker: Option<LastMasker>,
     last_description: Option<LastDescription>,
     /// A catalog answer for the frame that waits for it.
@@ -479,8 +485,8 @@ impl SessionCore {
             to_server: BytesMut::new(),
             needs: VecDeque::new(),
             batch: Batch::default(),
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: HashMap::default(),
+            portals: HashMap::default(),
             pending: VecDeque::new(),
             tx_status: b'I',
             block_failed: false,
@@ -492,7 +498,7 @@ impl SessionCore {
             ids: 0,
             batches: 0,
             sequence: 0,
-            maskers: HashMap::new(),
+            maskers: HashMap::default(),
             last_masker: None,
             last_description: None,
             tables: None,
