@@ -14,7 +14,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use pg_proxy::config::Secret;
 use policy_core::{Actor, Decision, Engine, Identity, Keys, Policy, PolicyError, Session};
 use serde::Deserialize;
@@ -93,6 +93,19 @@ enum Command {
         #[arg(value_name = "FILE", hide = true)]
         file: Option<PathBuf>,
     },
+    /// Print a completion script for a shell to standard output.
+    ///
+    /// bash: `pg-proxy completions bash > /etc/bash_completion.d/pg-proxy`;
+    /// zsh: into a directory of `$fpath` as `_pg-proxy`; fish:
+    /// `pg-proxy completions fish > ~/.config/fish/completions/pg-proxy.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to standard output:
+    /// `pg-proxy man > pg-proxy.1`, then `man ./pg-proxy.1`.
+    Man,
 }
 
 /// The gateway's configuration file, named the same way by every command.
@@ -285,6 +298,20 @@ pub(crate) fn run() -> ExitCode {
             Ok(path) => check(&path),
             Err(code) => code,
         },
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "pg-proxy", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => write_stdout(&page),
+                Err(e) => {
+                    eprintln!("error: the manual page: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo { policy, port, script, log } => demo(pg_proxy::demo::DemoOptions { policy, port, script }, &log),
         Command::Token(TokenCommand::Keygen { out, key_type }) => match pg_proxy::token::keygen(&out, key_type) {
             Ok((key, jwks)) => {
@@ -450,6 +477,20 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `bytes` to standard output; a closed pipe (`| head`) is not an
+/// error worth a message.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing to standard output: {e}");
             ExitCode::FAILURE
         }
     }

@@ -368,3 +368,24 @@ fn the_example_configuration_passes_check() {
     assert_eq!(text(&out.stderr), "", "no warning for the example");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Completion scripts and the manual page come from the same definition
+/// as `--help`: every subcommand is in them.
+#[test]
+fn completions_and_manual_page() {
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef pg-proxy"), ("fish", "complete -c pg-proxy")] {
+        let out = run(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for sub in ["serve", "check", "policy", "token", "demo"] {
+            assert!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    assert_eq!(run(&["completions", "tcsh"]).status.code(), Some(2), "an unknown shell is a usage error");
+    let man = run(&["man"]);
+    assert!(man.status.success(), "{}", text(&man.stderr));
+    let page = text(&man.stdout);
+    assert!(page.starts_with(".ie") || page.starts_with(".TH"), "{}", &page[..page.len().min(200)]);
+    assert!(page.contains(".TH pg-proxy") && page.contains("serve") && page.contains("check"), "{page}");
+}
