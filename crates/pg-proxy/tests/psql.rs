@@ -112,3 +112,23 @@ fn psql_with_pgdatestyle_and_pgtz_logs_in_with_those_settings() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "ISO, DMY\nPacific/Auckland\n2024-02-03|2024-01-01 13:00:00+13\n");
 }
+
+/// `EXPLAIN` output is a plan, judged like the statement's text: it comes
+/// back as PostgreSQL wrote it, for an agent too, masked columns named in
+/// it; `EXPLAIN ANALYZE` runs the statement and shows its counts.
+#[test]
+fn explain_shows_the_plan() {
+    let stack = Stack::start();
+    let agent = stack.token("alice", &["ai-agents"], Some("copilot-cli"));
+    let out = stack.psql(&agent, &["-At", "-c", "EXPLAIN (VERBOSE, COSTS OFF) SELECT ssn FROM customers WHERE id = 1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan = text(&out.stdout);
+    assert!(plan.contains("Seq Scan on public.customers") || plan.contains("Index Scan"), "{plan}");
+    assert!(plan.contains("Output: ssn") && !plan.contains("[redacted]"), "{plan}");
+
+    let out = stack
+        .psql(&agent, &["-At", "-c", "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT * FROM customers"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan = text(&out.stdout);
+    assert!(plan.contains("(actual rows=3") || plan.contains("actual rows=3.00"), "{plan}");
+}

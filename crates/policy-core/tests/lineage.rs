@@ -632,6 +632,28 @@ fn show_returns_a_setting_not_table_data() {
     assert_eq!(apply(&m, &["\"$user\", public"])[0].as_deref(), Some("\"$user\", public"));
 }
 
+#[test]
+fn explain_returns_a_plan_not_table_data() {
+    for sql in [
+        "EXPLAIN SELECT ssn FROM people",
+        "EXPLAIN (VERBOSE, FORMAT JSON) SELECT ssn FROM people WHERE ssn = '123-45-6789'",
+        "EXPLAIN ANALYZE SELECT * FROM people",
+    ] {
+        let cols = output_columns(sql);
+        assert_eq!(cols.len(), 1, "{sql}: {cols:?}");
+        assert_eq!(cols[0].name, "QUERY PLAN");
+        assert!(cols[0].sources.is_empty() && !cols[0].unknown, "{sql}: {cols:?}");
+        let m = computed(sql, 1);
+        assert!(m.mask_of(0).is_none(), "{sql}: a plan is judged like the statement's text");
+        let line = "Seq Scan on public.people  (cost=0.00..1.01 rows=1 width=32)";
+        assert_eq!(apply(&m, &[line])[0].as_deref(), Some(line), "{sql}");
+    }
+    // The detectors still scan it (a constant the client wrote, echoed).
+    let m = computed("EXPLAIN SELECT * FROM people WHERE card = '4111 1111 1111 1111'", 1);
+    let filter = "Filter: (card = '4111 1111 1111 1111'::text)";
+    assert_eq!(apply(&m, &[filter])[0].as_deref(), Some("Filter: (card = '****1111'::text)"));
+}
+
 /// `depth` recursive CTEs of `width` columns, each in a scalar subquery of
 /// the recursive term of the one outside it. Each level's columns rotate,
 /// so its fixed point takes about `width` rounds, each of which reads the
