@@ -34,7 +34,10 @@
 //! pseudonym_key_env = "PORTCULLIS_PSEUDONYM_KEY"  # for `hash` masks; or pseudonym_key_file
 //! ```
 //!
-//! Errors name the file, line and column ([`ConfigError`]). The upstream
+//! Every key, its default and its meaning: `docs/configuration.md` (a test
+//! keeps it in step with the keys accepted here); a complete example:
+//! `examples/gateway.toml`. Errors name the file, line and column
+//! ([`ConfigError`]). The upstream
 //! password is read when the configuration is loaded and is never printed:
 //! [`Secret`]'s `Debug` writes `"***"`.
 
@@ -667,6 +670,66 @@ password_env = "PW"
         assert!(w("tls = \"verify-ca\"\nca_file = \"ca.pem\"")[0].contains("not its host name"));
         let ignored = w("tls = \"prefer\"\nca_file = \"ca.pem\"");
         assert!(ignored[1].contains("ca_file is not used"), "{ignored:?}");
+    }
+
+    /// The keys a table accepts, as serde lists them when it meets an
+    /// unknown one.
+    fn accepted_keys(table: &str) -> Vec<String> {
+        let text = match table {
+            "" => format!("zz_unknown = 1\n{MINIMAL}"),
+            "auth" | "upstream" => MINIMAL.replace(&format!("[{table}]\n"), &format!("[{table}]\nzz_unknown = 1\n")),
+            other => format!("{MINIMAL}\n[{other}]\nzz_unknown = 1\n"),
+        };
+        let e = Config::from_toml_str(&text, Path::new("gw.toml"), env).unwrap_err().to_string();
+        assert!(e.contains("unknown field `zz_unknown`"), "[{table}]: {e}");
+        let expected = e.split_once("expected").map(|(_, rest)| rest).unwrap_or_default();
+        let tables = ["tls", "auth", "upstream", "limits", "masking"];
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|k| table != "" || !tables.contains(k))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The keys `docs/configuration.md` documents, by table: the rows of
+    /// its `| key | default | meaning |` tables.
+    fn documented_keys() -> std::collections::BTreeMap<String, Vec<String>> {
+        let doc = include_str!("../../../docs/configuration.md");
+        let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
+        let (mut table, mut in_keys) = (None::<String>, false);
+        for line in doc.lines() {
+            if let Some(heading) = line.strip_prefix("## ") {
+                table = if heading == "Top level" {
+                    Some(String::new())
+                } else {
+                    heading.strip_prefix("`[").and_then(|h| h.split_once("]`")).map(|(name, _)| name.to_string())
+                };
+                in_keys = false;
+            } else if line.starts_with("| key | default | meaning |") {
+                in_keys = true;
+            } else if !line.starts_with('|') {
+                in_keys = false;
+            } else if in_keys && line.starts_with("| `") {
+                let key = line.trim_start_matches("| `").split('`').next().unwrap_or_default().to_string();
+                out.entry(table.clone().unwrap_or_default()).or_default().push(key);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_configuration_reference_lists_every_key() {
+        let documented = documented_keys();
+        for table in ["", "tls", "auth", "upstream", "limits", "masking"] {
+            let mut accepted = accepted_keys(table);
+            let mut listed = documented.get(table).cloned().unwrap_or_default();
+            accepted.sort();
+            listed.sort();
+            assert_eq!(listed, accepted, "docs/configuration.md, table [{table}]: documented vs accepted keys");
+        }
+        assert_eq!(documented.len(), 6, "{documented:?}");
     }
 
     #[test]
