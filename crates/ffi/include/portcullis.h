@@ -393,7 +393,7 @@ uint64_t portcullis_decision_max_rows(const struct portcullis_decision *decision
 size_t portcullis_decision_statement_count(const struct portcullis_decision *decision);
 
 /**
- * The whole decision as one line of JSON (POLICY.md's decision format:
+ * The whole decision as one line of JSON (docs/policy.md §6 decision format:
  * verdict, reason, rule, max_rows, approvers, subject, actor, and every
  * statement with its class, tables, columns and functions). Built on the
  * first call.

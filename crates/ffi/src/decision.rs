@@ -163,7 +163,7 @@ pub unsafe extern "C" fn portcullis_decision_statement_count(decision: *const po
     with(decision, 0, |d| d.decision.statements.len())
 }
 
-/// The whole decision as one line of JSON (POLICY.md's decision format:
+/// The whole decision as one line of JSON (docs/policy.md §6 decision format:
 /// verdict, reason, rule, max_rows, approvers, subject, actor, and every
 /// statement with its class, tables, columns and functions). Built on the
 /// first call.

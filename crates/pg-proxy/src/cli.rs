@@ -19,6 +19,27 @@ use pg_proxy::config::Secret;
 use policy_core::{Actor, Decision, Engine, Identity, Keys, Policy, PolicyError, Session};
 use serde::Deserialize;
 
+/// `println!` for the commands' output: a reader that went away
+/// (`pg-proxy policy explain ... | head -1`) ends the program quietly, with
+/// exit 0, as a filter's reader closing early is no failure; any other
+/// write error is one (exit 1).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        say_line(format_args!($($arg)*))
+    };
+}
+
+fn say_line(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// The environment variable the `policy` commands read the key of `hash`
 /// masks from when no `--pseudonym-key-file` is given.
 const PSEUDONYM_KEY_ENV: &str = "PORTCULLIS_PSEUDONYM_KEY";
@@ -299,8 +320,9 @@ pub(crate) fn run() -> ExitCode {
             Err(code) => code,
         },
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "pg-proxy", &mut std::io::stdout());
-            ExitCode::SUCCESS
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "pg-proxy", &mut script);
+            write_stdout(&script)
         }
         Command::Man => {
             let mut page = Vec::new();
@@ -315,8 +337,8 @@ pub(crate) fn run() -> ExitCode {
         Command::Demo { policy, port, script, log } => demo(pg_proxy::demo::DemoOptions { policy, port, script }, &log),
         Command::Token(TokenCommand::Keygen { out, key_type }) => match pg_proxy::token::keygen(&out, key_type) {
             Ok((key, jwks)) => {
-                println!("wrote {} (private, development only)", key.display());
-                println!("wrote {}", jwks.display());
+                say!("wrote {} (private, development only)", key.display());
+                say!("wrote {}", jwks.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -344,7 +366,7 @@ pub(crate) fn run() -> ExitCode {
             };
             match pg_proxy::token::mint(&request) {
                 Ok(token) => {
-                    println!("{token}");
+                    say!("{token}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -356,7 +378,7 @@ pub(crate) fn run() -> ExitCode {
         Command::Policy(PolicyCommand::Check { file, key }) => match load(&file, &key, MissingKey::Note) {
             Ok(engine) => {
                 let p = engine.policy();
-                println!(
+                say!(
                     "{}: ok ({} rules, {} masks, {} detectors, {} tests)",
                     file.display(),
                     p.rules.len(),
@@ -461,7 +483,7 @@ fn check(path: &Path) -> ExitCode {
             }
             let engine = gw.engine();
             let p = engine.policy();
-            println!(
+            say!(
                 "{}: ok (listen {}, upstream {}:{} tls {}, policy {} with {} rules, {} masks, {} detectors)",
                 path.display(),
                 gw.config.listen,
@@ -614,8 +636,8 @@ fn explain_one(engine: &Engine, args: &ExplainArgs) -> ExitCode {
     let s = session(engine, args.search_path.as_ref(), !args.no_standard_conforming_strings);
     let decision = engine.decide(&id, &s, args.sql.as_deref().unwrap_or_default());
     match serde_json::to_string_pretty(&decision) {
-        Ok(json) => println!("{json}"),
-        Err(_) => println!("{}", decision.to_json()),
+        Ok(json) => say!("{json}"),
+        Err(_) => say!("{}", decision.to_json()),
     }
     ExitCode::SUCCESS
 }
@@ -675,7 +697,7 @@ fn test(engine: &Engine, verbose: bool) -> ExitCode {
         let label = o.test.name.clone().unwrap_or_else(|| o.test.sql.clone());
         if o.passed {
             if verbose {
-                println!("ok    {}  {label}", o.test.location);
+                say!("ok    {}  {label}", o.test.location);
             }
             continue;
         }
@@ -685,12 +707,12 @@ fn test(engine: &Engine, verbose: bool) -> ExitCode {
             None => String::new(),
         };
         let got_rule = o.decision.rule.as_deref().map_or_else(|| "no rule".to_string(), |r| format!("rule `{r}`"));
-        println!("FAIL  {}  {label}", o.test.location);
-        println!("      expected {}{expected_rule}", o.test.expect);
-        println!("      got      {} by {got_rule}: {}", o.decision.verdict, o.decision.reason);
-        println!("      decision {}", o.decision.to_json());
+        say!("FAIL  {}  {label}", o.test.location);
+        say!("      expected {}{expected_rule}", o.test.expect);
+        say!("      got      {} by {got_rule}: {}", o.decision.verdict, o.decision.reason);
+        say!("      decision {}", o.decision.to_json());
     }
-    println!("{} passed, {} failed", outcomes.len() - failed, failed);
+    say!("{} passed, {} failed", outcomes.len() - failed, failed);
     if failed == 0 {
         ExitCode::SUCCESS
     } else {

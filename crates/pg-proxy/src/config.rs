@@ -688,7 +688,7 @@ password_env = "PW"
             .split('`')
             .skip(1)
             .step_by(2)
-            .filter(|k| table != "" || !tables.contains(k))
+            .filter(|k| !table.is_empty() || !tables.contains(k))
             .map(str::to_string)
             .collect()
     }

@@ -389,3 +389,22 @@ fn completions_and_manual_page() {
     assert!(page.starts_with(".ie") || page.starts_with(".TH"), "{}", &page[..page.len().min(200)]);
     assert!(page.contains(".TH pg-proxy") && page.contains("serve") && page.contains("check"), "{page}");
 }
+
+/// A reader that goes away early (`| head -1`) ends a command quietly, with
+/// exit 0: no panic, no error message.
+#[test]
+fn a_closed_pipe_is_not_a_crash() {
+    let policy = repo("examples/policy.toml");
+    let commands: [&[&str]; 3] = [
+        &["policy", "explain", "--policy", policy.to_str().unwrap(), "SELECT 1"],
+        &["policy", "test", policy.to_str().unwrap()],
+        &["completions", "bash"],
+    ];
+    for args in commands {
+        let mut child = bin!().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stderr), "", "{args:?}");
+    }
+}

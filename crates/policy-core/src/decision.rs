@@ -1,4 +1,4 @@
-//! The answer: a [`Decision`] for a SQL string (POLICY.md §6).
+//! The answer: a [`Decision`] for a SQL string (docs/policy.md §6).
 
 use std::ops::Range;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! PII detectors (POLICY.md §5): find card numbers, SSNs, e-mail addresses,
+//! PII detectors (docs/policy.md §5): find card numbers, SSNs, e-mail addresses,
 //! phone numbers, IBANs, IPv4 addresses, AWS access key ids, JWTs and PEM
 //! private keys inside free text, and replace only the matched spans.
 //!

@@ -76,7 +76,7 @@
 //! [`Engine::copy_out_plan`] names the columns, builds the masker and says
 //! whether the layout can be masked at all ([`CopyOutPlan`]).
 //!
-//! ## How the engine reads POLICY.md where it is silent
+//! ## Finer readings (beyond `docs/policy.md`)
 //!
 //! - **Names.** Unqualified relations resolve through the session's
 //!   `search_path`; a name starting with `pg_` is also a `pg_catalog`

@@ -1,4 +1,4 @@
-//! The policy file: format, loading and validation (POLICY.md §4, §5, §7).
+//! The policy file: format, loading and validation (docs/policy.md §4, §5, §7).
 //!
 //! A policy is TOML. Loading checks everything that can be checked without
 //! running a statement — unknown fields, unknown classes, globs and regexes
@@ -12,7 +12,7 @@
 //! assert!(err.to_string().starts_with("p.toml:5:"), "{err}");
 //! ```
 //!
-//! Readings of the format where POLICY.md is silent:
+//! Readings of the format beyond what `docs/policy.md` spells out:
 //! - an empty list (`groups = []`) states no condition, like an omitted one;
 //! - a pattern list holding only `!` exclusions covers everything else;
 //! - `settings.trusted_functions` lists functions (globs on the name as

@@ -1,4 +1,4 @@
-//! Matching statements against rules (POLICY.md §4).
+//! Matching statements against rules (docs/policy.md §4).
 //!
 //! A rule matches when every condition it states holds. Table and function
 //! conditions are asymmetric: an allow rule needs *every* table (function)

@@ -1,4 +1,4 @@
-//! Statement analysis: the facts of POLICY.md §3, one construct at a time.
+//! Statement analysis: the facts of docs/policy.md §3, one construct at a time.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Rule matching (POLICY.md §4), decisions (§6) and the decision cache.
+//! Rule matching (docs/policy.md §4), decisions (§6) and the decision cache.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::sync::Arc;

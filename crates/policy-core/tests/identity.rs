@@ -1,4 +1,4 @@
-//! `verify_jwt`: every refusal of POLICY.md §2, and the claim mapping.
+//! `verify_jwt`: every refusal of docs/policy.md §2, and the claim mapping.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::sync::OnceLock;

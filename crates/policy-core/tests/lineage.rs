@@ -1,6 +1,6 @@
 //! Lineage through CTEs (recursive ones too), subqueries in FROM, stars
 //! over them, DISTINCT, casts and column alias lists, as the column masks
-//! read it (POLICY.md §5). The case that found it: asyncpg introspects the
+//! read it (docs/policy.md §5). The case that found it: asyncpg introspects the
 //! types of array, enum and composite parameters with one recursive query
 //! over `pg_catalog.pg_type`, and a caller any mask applied to saw every
 //! column of its result `[redacted]`.

@@ -1,4 +1,4 @@
-//! Column masks by lineage (POLICY.md §5): which result columns are masked
+//! Column masks by lineage (docs/policy.md §5): which result columns are masked
 //! and what they become.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 

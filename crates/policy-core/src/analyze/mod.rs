@@ -130,7 +130,7 @@ impl std::fmt::Display for Class {
     }
 }
 
-/// Everything the rules look at about one statement (POLICY.md §3).
+/// Everything the rules look at about one statement (docs/policy.md §3).
 ///
 /// The default is an `unknown` statement with no facts: lineage unproven.
 /// Facts come from the analysis ([`crate::Engine::analyze`],

@@ -1,4 +1,4 @@
-//! Result masking (POLICY.md §5): which result columns are masked, and how.
+//! Result masking (docs/policy.md §5): which result columns are masked, and how.
 //!
 //! The gateway describes the result's columns ([`ColumnInfo`]: the source
 //! column the server reports for plain references, resolved through the
@@ -276,7 +276,7 @@ const STORING_FUNCTIONS: [&str; 11] = [
     "pg_logical_emit_message",
 ];
 
-/// The masking's data-flow check (POLICY.md §5 extended to writes): a
+/// The masking's data-flow check (docs/policy.md §5 extended to writes): a
 /// statement that may read a column masked for the caller must not store
 /// what it reads where the caller could read it back unmasked: an
 /// `INSERT`, `UPDATE` or `MERGE` (`UPDATE orders SET note = c.ssn FROM

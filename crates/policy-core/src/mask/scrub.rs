@@ -1,4 +1,4 @@
-//! Scrubbing server error and notice texts (POLICY.md §5).
+//! Scrubbing server error and notice texts (docs/policy.md §5).
 //!
 //! PostgreSQL quotes values in some messages (`invalid input syntax for
 //! type integer: "123-45-6789"`, `Key (ssn)=(123-45-6789) already exists`,

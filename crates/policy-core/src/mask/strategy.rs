@@ -1,4 +1,4 @@
-//! What a masked value becomes (POLICY.md §5).
+//! What a masked value becomes (docs/policy.md §5).
 //!
 //! Every strategy hides the original length unless it says otherwise:
 //! `partial` shows the last `show_last` characters after a fixed-width run,

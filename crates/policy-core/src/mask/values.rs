@@ -1,7 +1,7 @@
 //! How a result value is written, by PostgreSQL type and format, and how a
 //! detector's replacement is spliced into it without breaking it.
 //!
-//! Detectors see a value as the client will (POLICY.md §5); a replaced span
+//! Detectors see a value as the client will (docs/policy.md §5); a replaced span
 //! must leave the value decodable for its type:
 //!
 //! - text-like values (`text`, `varchar`, `char`, `name`, `unknown`, `xml`)
