@@ -207,7 +207,9 @@ async fn play_script(gateway: &Gateway, conninfo: &str, token: &str) -> Result<(
     drop(client);
     let _ = task.await;
     println!();
-    println!("Done. Run `pg-proxy demo` without --script to try it yourself with psql.");
+    println!(
+        "Done. Run `scripts/demo` (or `pg-proxy demo`, once installed) without --script to try it yourself with psql."
+    );
     Ok(())
 }
 
