@@ -74,9 +74,12 @@ pub fn client_config(verification: Verification, roots: Option<&RootCerts>) -> R
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
                 .build()
                 .map_err(|e| format!("CA certificates: {e}"))?;
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(webpki))).with_no_client_auth()
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Lenient::ChainOnly(webpki)))
+                .with_no_client_auth()
         }
-        _ => builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified)).with_no_client_auth(),
+        _ => builder.dangerous().with_custom_certificate_verifier(Arc::new(Lenient::Unverified)).with_no_client_auth(),
     };
     Ok(Arc::new(config))
 }
@@ -113,13 +116,21 @@ pub fn root_store(roots: &RootCerts) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
-/// Checks the chain, not the name: `verify-ca`, as libpq's. webpki checks
-/// the name only once the chain is good, so a name error means the chain
-/// passed.
+/// The upstream verifiers weaker than webpki's full check. The handshake's
+/// signatures are checked in both, with the provider's algorithms (as
+/// webpki's verifier checks them).
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+enum Lenient {
+    /// Any certificate: `allow`, `prefer`, `require` without `ca_file`, as
+    /// libpq's.
+    Unverified,
+    /// The chain, not the name: `verify-ca` (and `require` with `ca_file`),
+    /// as libpq's. webpki checks the name only once the chain is good, so
+    /// a name error means the chain passed.
+    ChainOnly(Arc<WebPkiServerVerifier>),
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -128,52 +139,13 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        let Lenient::ChainOnly(webpki) = self else { return Ok(ServerCertVerified::assertion()) };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// Accepts any server certificate (`allow`, `prefer`, `require` without
-/// `ca_file`, as libpq's); the handshake's signatures are still checked.
-#[derive(Debug)]
-struct Unverified;
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

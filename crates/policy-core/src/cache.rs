@@ -87,6 +87,17 @@ struct Entry {
     hit: bool,
 }
 
+/// [`SHARDS`] empty shards.
+fn new_shards<T: Default>() -> Vec<Mutex<T>> {
+    (0..SHARDS).map(|_| Mutex::new(T::default())).collect()
+}
+
+/// The shard of a key's hash: by bits the shard's own table does not use
+/// (it indexes by the low bits and tags by the top seven).
+fn shard_of<T>(shards: &[Mutex<T>], hash: u64) -> Option<&Mutex<T>> {
+    shards.get((hash >> 32) as usize % SHARDS)
+}
+
 /// Hashes a `u64` that is already a key's hash: as itself.
 #[derive(Debug, Default)]
 struct PreHashed(u64);
@@ -145,11 +156,16 @@ pub(crate) struct DecisionCache {
     hasher: foldhash::quality::RandomState,
 }
 
-/// A key's hash, computed once per lookup ([`DecisionCache::hash`]) and
-/// handed to [`DecisionCache::get`] and [`DecisionCache::insert`] of the
-/// same key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct KeyHash(u64);
+/// One key, borrowed, with its hash computed once ([`DecisionCache::key`])
+/// for the look-up and the insertion that may follow.
+#[derive(Clone, Copy)]
+pub(crate) struct Lookup<'a> {
+    hash: u64,
+    sql: &'a str,
+    shape: bool,
+    identity: &'a Identity,
+    session: &'a Session,
+}
 
 fn key_hash(
     state: &foldhash::quality::RandomState,
@@ -199,22 +215,26 @@ fn decision_bytes(d: &Decision) -> usize {
 impl DecisionCache {
     pub(crate) fn new(budget: usize) -> Self {
         DecisionCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: new_shards(),
             shard_budget: budget / SHARDS,
             hasher: foldhash::quality::RandomState::default(),
         }
     }
 
-    /// The hash of the key (`sql`, a shape's key when `shape`, with the
-    /// caller and the session).
-    pub(crate) fn hash(&self, sql: &str, shape: bool, identity: &Identity, session: &Session) -> KeyHash {
-        KeyHash(key_hash(&self.hasher, sql, shape, identity, session))
+    /// The key of `sql` (a shape's key when `shape`) for the caller in
+    /// the session, hashed.
+    pub(crate) fn key<'a>(
+        &self,
+        sql: &'a str,
+        shape: bool,
+        identity: &'a Identity,
+        session: &'a Session,
+    ) -> Lookup<'a> {
+        Lookup { hash: key_hash(&self.hasher, sql, shape, identity, session), sql, shape, identity, session }
     }
 
     fn shard(&self, hash: u64) -> Option<&Mutex<Shard>> {
-        // Bits the shard's own table does not use: it indexes by the low
-        // bits and tags by the top seven.
-        self.shards.get((hash >> 32) as usize % SHARDS)
+        shard_of(&self.shards, hash)
     }
 
     /// Whether texts of `len` bytes are cached at all.
@@ -222,20 +242,12 @@ impl DecisionCache {
         self.shard_budget > 0 && len <= MAX_CACHED_SQL
     }
 
-    /// The decision cached for `sql` (a shape's key when `shape`); `hash`
-    /// is [`Self::hash`] of the same key.
-    pub(crate) fn get(
-        &self,
-        hash: KeyHash,
-        sql: &str,
-        shape: bool,
-        identity: &Identity,
-        session: &Session,
-    ) -> Option<Arc<Decision>> {
+    /// The decision cached under `key`.
+    pub(crate) fn get(&self, key: Lookup<'_>) -> Option<Arc<Decision>> {
+        let Lookup { hash, sql, shape, identity, session } = key;
         if !self.takes(sql.len()) {
             return None;
         }
-        let KeyHash(hash) = hash;
         let mut shard = self.shard(hash)?.lock().ok()?;
         let entry = shard.map.get_mut(&hash)?.iter_mut().find(|e| e.key.same(sql, shape, identity, session))?;
         entry.hit = true;
@@ -248,20 +260,10 @@ impl DecisionCache {
         Some(decision)
     }
 
-    /// Caches `stored(decision)` for `sql` (a shape's key when `shape`),
-    /// from the second time it is offered; `stored` runs only then. `hash`
-    /// is [`Self::hash`] of the same key.
-    #[allow(clippy::too_many_arguments, reason = "the key's parts, its hash and the value")]
-    pub(crate) fn insert(
-        &self,
-        hash: KeyHash,
-        sql: &str,
-        shape: bool,
-        identity: &Identity,
-        session: &Session,
-        decision: &Decision,
-        stored: impl FnOnce(&Decision) -> Decision,
-    ) {
+    /// Caches `stored(decision)` under `key`, from the second time it is
+    /// offered; `stored` runs only then.
+    pub(crate) fn insert(&self, key: Lookup<'_>, decision: &Decision, stored: impl FnOnce(&Decision) -> Decision) {
+        let Lookup { hash, sql, shape, identity, session } = key;
         if !self.takes(sql.len()) {
             return;
         }
@@ -276,7 +278,6 @@ impl DecisionCache {
         if bytes > self.shard_budget {
             return;
         }
-        let KeyHash(hash) = hash;
         let Some(Ok(mut shard)) = self.shard(hash).map(Mutex::lock) else { return };
         if !shard.seen_once.remove(&hash) {
             if shard.seen_once.len() >= SEEN_ONCE_LIMIT {
@@ -375,14 +376,14 @@ struct TemplateShard {
 impl TemplateCache {
     pub(crate) fn new(budget: usize) -> Self {
         TemplateCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(TemplateShard::default())).collect(),
+            shards: new_shards(),
             shard_budget: budget / SHARDS,
             hasher: foldhash::quality::RandomState::default(),
         }
     }
 
     fn shard(&self, hash: u64) -> Option<&Mutex<TemplateShard>> {
-        self.shards.get((hash >> 32) as usize % SHARDS)
+        shard_of(&self.shards, hash)
     }
 
     /// The hash of a mask's key.

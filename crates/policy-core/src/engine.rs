@@ -200,8 +200,8 @@ impl Engine {
     /// ```
     pub fn decide(&self, identity: &Identity, session: &Session, sql: &str) -> Decision {
         let inner = &self.inner;
-        let text_hash = inner.cache.hash(sql, false, identity, session);
-        if let Some(hit) = inner.cache.get(text_hash, sql, false, identity, session) {
+        let text_key = inner.cache.key(sql, false, identity, session);
+        if let Some(hit) = inner.cache.get(text_key) {
             return (*hit).clone();
         }
         // The scanner behind the shape lexes with standard_conforming_strings on.
@@ -210,12 +210,11 @@ impl Engine {
             .flatten()
             .filter(Shape::has_constants);
         if let Some(shape) = &shape {
-            let shape_hash = inner.cache.hash(&shape.key, true, identity, session);
-            if let Some(hit) = inner.cache.get(shape_hash, &shape.key, true, identity, session) {
+            if let Some(hit) = inner.cache.get(inner.cache.key(&shape.key, true, identity, session)) {
                 let decision = restore_spans(&hit, shape);
                 // A text seen before is kept as itself too: its next
                 // sighting needs no scan.
-                inner.cache.insert(text_hash, sql, false, identity, session, &decision, Decision::clone);
+                inner.cache.insert(text_key, &decision, Decision::clone);
                 return decision;
             }
         }
@@ -240,12 +239,10 @@ impl Engine {
         }
         match shape {
             Some(shape) if literal_free => {
-                let shape_hash = inner.cache.hash(&shape.key, true, identity, session);
-                inner
-                    .cache
-                    .insert(shape_hash, &shape.key, true, identity, session, &decision, |d| store_spans(d, &shape));
+                let shape_key = inner.cache.key(&shape.key, true, identity, session);
+                inner.cache.insert(shape_key, &decision, |d| store_spans(d, &shape));
             }
-            _ => inner.cache.insert(text_hash, sql, false, identity, session, &decision, Decision::clone),
+            _ => inner.cache.insert(text_key, &decision, Decision::clone),
         }
         decision
     }
