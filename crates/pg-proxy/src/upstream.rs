@@ -95,7 +95,8 @@ impl Target {
             _ => Some(crate::tls::client_config(config.verification(), config.ca_file.as_ref()).map_err(|e| {
                 match &config.ca_file {
                     Some(config::RootCerts::File(_)) => format!("[upstream] ca_file {e}"),
-                    _ => format!("[upstream] ca_file = {e}"),
+                    Some(config::RootCerts::System) => format!("[upstream] ca_file = {e}"),
+                    None => format!("[upstream] tls: {e}"),
                 }
             })?),
         };
