@@ -11,6 +11,12 @@ fn run(args: &[&str]) -> Output {
     bin!().args(args).output().unwrap()
 }
 
+/// `pg-proxy policy explain --policy examples/policy.toml ARGS...`.
+fn explain_example(args: &[&str]) -> Output {
+    let policy = repo("examples/policy.toml");
+    bin!().args(["policy", "explain", "--policy"]).arg(policy).args(args).output().unwrap()
+}
+
 fn temp_policy(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("portcullis-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -58,15 +64,7 @@ fn test_runs_embedded_tests_and_fails_loudly() {
 
 #[test]
 fn explain_prints_the_decision() {
-    let out = run(&[
-        "policy",
-        "explain",
-        "--policy",
-        repo("examples/policy.toml").to_str().unwrap(),
-        "--groups",
-        "ai-agents",
-        "SELECT * FROM orders; DROP TABLE orders",
-    ]);
+    let out = explain_example(&["--groups", "ai-agents", "SELECT * FROM orders; DROP TABLE orders"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(d["verdict"], "deny");
@@ -74,17 +72,13 @@ fn explain_prints_the_decision() {
     assert_eq!(d["statements"][0]["verdict"], "allow");
     assert_eq!(d["statements"][1]["command"], "DROP TABLE");
 
-    let usage = run(&["policy", "explain", "--policy", repo("examples/policy.toml").to_str().unwrap()]);
+    let usage = explain_example(&[]);
     assert_eq!(usage.status.code(), Some(2), "no SQL and no --jsonl is a usage error");
 }
 
 #[test]
 fn explain_search_path_is_where_a_reset_returns() {
-    let out = run(&[
-        "policy",
-        "explain",
-        "--policy",
-        repo("examples/policy.toml").to_str().unwrap(),
+    let out = explain_example(&[
         "--groups",
         "ai-agents",
         "--search-path",
