@@ -206,7 +206,40 @@ fn check_typed_frame(frame: &[u8], consumed: &[u8], max: usize) {
 
 // ------------------------------------------------------------------ frontend
 
+/// The in-place reader (`view_frontend`, what the session uses) and the
+/// owned decoder cut the same frames and fail, or wait, at the same place
+/// with the same error; the view consumes nothing.
+fn views_agree(data: &[u8], max: usize) {
+    let mut owned = BytesMut::from(data);
+    let mut rest = data;
+    loop {
+        let view = codec::view_frontend(rest, max);
+        let before = rest.len();
+        match (view, codec::decode_frontend(&mut owned, max)) {
+            (Ok(Some(v)), Ok(Some(m))) => {
+                if v.frame != &m.frame[..] {
+                    panic!("the view and the decoder cut different frames");
+                }
+                if rest.len() != before {
+                    panic!("the view consumed bytes");
+                }
+                rest = &rest[v.frame.len()..];
+            }
+            (Ok(None), Ok(None)) => {
+                if owned[..] != *rest {
+                    panic!("the view and the decoder wait with different bytes left");
+                }
+                return;
+            }
+            (Err(a), Err(b)) if a == b => return,
+            (a, b) => panic!("the view and the decoder disagree: {a:?} / {b:?}"),
+        }
+    }
+}
+
 fn frontend(data: &[u8], chunk: usize) {
+    views_agree(data, SMALL_MAX);
+    views_agree(data, LARGE_MAX);
     let run = decode_checks(data, chunk, codec::decode_frontend, |b| word_at(b, 1), SMALL_MAX);
     for (m, consumed) in &run.frames {
         let FrontendMessage { message, frame } = m;

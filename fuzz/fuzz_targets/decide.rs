@@ -593,7 +593,7 @@ fn check_decision(engine: &Engine, d: &Decision, ctx: &dyn Fn() -> String) {
         let rule = s.rule.as_ref().map(|name| {
             rules
                 .iter()
-                .find(|r| &r.name == name)
+                .find(|r| *r.name == **name)
                 .unwrap_or_else(|| panic!("statement {i} names rule `{name}`, which the policy lacks\n{}", ctx()))
         });
         if let Some(r) = rule {
@@ -628,7 +628,7 @@ fn check_decision(engine: &Engine, d: &Decision, ctx: &dyn Fn() -> String) {
         }
     }
     if let Some(name) = &d.rule {
-        if !rules.iter().any(|r| &r.name == name) {
+        if !rules.iter().any(|r| *r.name == **name) {
             panic!("decision names rule `{name}`, which the policy lacks\n{}", ctx());
         }
     }

@@ -149,7 +149,7 @@ fn corpus_fixture() -> (Vec<u8>, Vec<Expected>) {
             expected.push(Expected {
                 name,
                 verdict: d.verdict,
-                rule: d.rule.clone().unwrap_or_default(),
+                rule: d.rule.as_deref().unwrap_or_default().to_string(),
                 json: d.to_json(),
                 corpus_expect: case.expect,
             });

@@ -50,7 +50,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::str::Utf8Error;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// The default limit of [`decode_frontend`] and [`decode_backend`]: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -246,10 +246,12 @@ impl PartialEq<&str> for Str {
 // ---------------------------------------------------------------------------
 // Body reader
 
-/// A cursor over a body; every read is checked, every slice is shared.
-struct Reader {
+/// A cursor over a body; every read is checked and borrows the body.
+/// Parsers that return owned values share them out of the frame's
+/// [`Bytes`] with [`shared`] / [`shared_str`] (no copy).
+struct Reader<'a> {
     kind: char,
-    rest: Bytes,
+    rest: &'a [u8],
 }
 
 /// Reads a NUL-terminated UTF-8 string field, naming it in errors.
@@ -259,8 +261,8 @@ macro_rules! cstr {
     };
 }
 
-impl Reader {
-    fn new(kind: char, rest: Bytes) -> Reader {
+impl<'a> Reader<'a> {
+    fn new(kind: char, rest: &'a [u8]) -> Reader<'a> {
         Reader { kind, rest }
     }
 
@@ -280,53 +282,56 @@ impl Reader {
         Ok(())
     }
 
-    fn take(&mut self, n: usize, what: &'static str) -> Result<Bytes> {
-        self.need(n, what)?;
-        Ok(self.rest.split_to(n))
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8]> {
+        let (taken, rest) = self.rest.split_at_checked(n).ok_or_else(|| self.err(what))?;
+        self.rest = rest;
+        Ok(taken)
     }
 
-    fn rest(&mut self) -> Bytes {
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
+        let (taken, rest) = self.rest.split_first_chunk::<N>().ok_or_else(|| self.err(what))?;
+        self.rest = rest;
+        Ok(*taken)
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.rest)
     }
 
     fn u8(&mut self, what: &'static str) -> Result<u8> {
-        self.need(1, what)?;
-        Ok(self.rest.get_u8())
+        let [b] = self.array::<1>(what)?;
+        Ok(b)
     }
 
     fn i16(&mut self, what: &'static str) -> Result<i16> {
-        self.need(2, what)?;
-        Ok(self.rest.get_i16())
+        Ok(i16::from_be_bytes(self.array(what)?))
     }
 
     fn u16(&mut self, what: &'static str) -> Result<u16> {
-        self.need(2, what)?;
-        Ok(self.rest.get_u16())
+        Ok(u16::from_be_bytes(self.array(what)?))
     }
 
     fn i32(&mut self, what: &'static str) -> Result<i32> {
-        self.need(4, what)?;
-        Ok(self.rest.get_i32())
+        Ok(i32::from_be_bytes(self.array(what)?))
     }
 
     fn u32(&mut self, what: &'static str) -> Result<u32> {
-        self.need(4, what)?;
-        Ok(self.rest.get_u32())
+        Ok(u32::from_be_bytes(self.array(what)?))
     }
 
     /// A NUL-terminated string, without its terminator.
-    fn cstr_bytes(&mut self, missing: &'static str) -> Result<Bytes> {
+    fn cstr_bytes(&mut self, missing: &'static str) -> Result<&'a [u8]> {
         let Some(end) = self.rest.iter().position(|&b| b == 0) else {
             return Err(self.err(missing));
         };
-        let text = self.rest.split_to(end);
-        self.rest.advance(1);
+        let (text, rest) = self.rest.split_at(end);
+        self.rest = rest.get(1..).unwrap_or_default();
         Ok(text)
     }
 
-    fn cstr(&mut self, missing: &'static str, field: &'static str) -> Result<Str> {
+    fn cstr(&mut self, missing: &'static str, field: &'static str) -> Result<&'a str> {
         let text = self.cstr_bytes(missing)?;
-        Str::from_utf8(text).map_err(|_| CodecError::InvalidUtf8 { kind: self.kind, field })
+        std::str::from_utf8(text).map_err(|_| CodecError::InvalidUtf8 { kind: self.kind, field })
     }
 
     /// A 16-bit count of items of at least `item` bytes each, checked
@@ -343,6 +348,17 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// `part` (a slice of `src`) as a shared slice of `src`, without a copy.
+fn shared(src: &Bytes, part: &[u8]) -> Bytes {
+    src.slice_ref(part)
+}
+
+/// `text` (a slice of `src`, already checked UTF-8) as a [`Str`] sharing
+/// `src`, without a copy or a second check.
+fn shared_str(src: &Bytes, text: &str) -> Str {
+    Str(shared(src, text.as_bytes()))
 }
 
 fn be_i32(bytes: &[u8]) -> Option<i32> {
@@ -408,7 +424,8 @@ pub fn decode_startup(buf: &mut BytesMut, max: usize) -> Result<Option<Startup>>
     if buf.len() < len {
         return Ok(None);
     }
-    let mut r = Reader::new(K, buf.split_to(len).freeze());
+    let src = buf.split_to(len).freeze();
+    let mut r = Reader::new(K, &src);
     r.take(4, "truncated length word")?;
     let code = r.u32("truncated request code")?;
     let bad_length = CodecError::BadLength { kind: K, len: i64::from(word) };
@@ -424,10 +441,10 @@ pub fn decode_startup(buf: &mut BytesMut, max: usize) -> Result<Option<Startup>>
                 return Err(bad_length);
             }
             let pid = r.i32("truncated process id")?;
-            Ok(Some(Startup::Cancel { pid, secret: r.rest() }))
+            Ok(Some(Startup::Cancel { pid, secret: shared(&src, r.rest()) }))
         }
         _ if code >> 16 == 3 => {
-            let params = startup_params(&mut r)?;
+            let params = startup_params(&src, &mut r)?;
             r.finish()?;
             Ok(Some(Startup::Startup { version: code, params }))
         }
@@ -435,11 +452,11 @@ pub fn decode_startup(buf: &mut BytesMut, max: usize) -> Result<Option<Startup>>
     }
 }
 
-fn startup_params(r: &mut Reader) -> Result<Vec<(Str, Str)>> {
+fn startup_params(src: &Bytes, r: &mut Reader) -> Result<Vec<(Str, Str)>> {
     let mut params: Vec<(Str, Str)> = Vec::new();
     loop {
         let name = r.cstr("missing terminator after the startup parameters", "parameter name")?;
-        if name.bytes().is_empty() {
+        if name.is_empty() {
             return Ok(params);
         }
         if r.remaining() == 0 {
@@ -449,7 +466,7 @@ fn startup_params(r: &mut Reader) -> Result<Vec<(Str, Str)>> {
         if params.iter().any(|(n, _)| *n == name) {
             return Err(r.err("duplicate startup parameter"));
         }
-        params.push((name, value));
+        params.push((shared_str(src, name), shared_str(src, value)));
     }
 }
 
@@ -547,13 +564,194 @@ impl FrontendMessage {
     }
 }
 
-/// Decodes one frontend message from the front of `buf`; `Ok(None)` when
-/// more bytes are needed. Consumes the frame on success.
+/// A frontend message read in place: its fields borrow the frame (see
+/// [`view_frontend`]). [`Frontend`] is the owned form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontendView<'a> {
+    /// 'Q': a simple query.
+    Query {
+        /// The SQL text (possibly several statements).
+        sql: &'a str,
+    },
+    /// 'P': prepare a statement.
+    Parse {
+        /// The statement name (empty: the unnamed statement).
+        name: &'a str,
+        /// The SQL text.
+        sql: &'a str,
+        /// Parameter type OIDs (0: unspecified), 4 bytes each, big-endian.
+        param_types: &'a [u8],
+    },
+    /// 'B': bind parameters to a statement, making a portal.
+    Bind(BindView<'a>),
+    /// 'E': run a portal.
+    Execute {
+        /// The portal name.
+        portal: &'a str,
+        /// The most rows to return; 0 (or less) for no limit.
+        max_rows: i32,
+    },
+    /// 'D': describe a statement or portal.
+    Describe {
+        /// `b'S'` (statement) or `b'P'` (portal).
+        kind: u8,
+        /// Its name.
+        name: &'a str,
+    },
+    /// 'C': close a statement or portal.
+    Close {
+        /// `b'S'` (statement) or `b'P'` (portal).
+        kind: u8,
+        /// Its name.
+        name: &'a str,
+    },
+    /// 'S': end of an extended-query batch.
+    Sync,
+    /// 'H': ask for pending output.
+    Flush,
+    /// 'X': end of the session.
+    Terminate,
+    /// 'd': COPY data, raw.
+    CopyData(&'a [u8]),
+    /// 'c': end of COPY data.
+    CopyDone,
+    /// 'f': abort COPY.
+    CopyFail {
+        /// The client's reason.
+        message: &'a str,
+    },
+    /// 'F' function call: not decoded.
+    FunctionCall,
+    /// 'p': password / SASL messages, raw body.
+    Password(&'a [u8]),
+}
+
+/// A `Bind` read in place. Every length and format code was checked when
+/// it was read, so its accessors cannot fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindView<'a> {
+    /// The portal name (empty: the unnamed portal).
+    pub portal: &'a str,
+    /// The statement name.
+    pub statement: &'a str,
+    /// Parameter format codes: none, one for all, or one per parameter.
+    pub param_formats: FormatCodes<'a>,
+    /// Parameter values.
+    pub params: ParamValues<'a>,
+    /// Result format codes, same shape as `param_formats`.
+    pub result_formats: FormatCodes<'a>,
+}
+
+/// Format codes read in place (2 bytes each, every one 0 or 1).
+///
+/// ```
+/// use pg_proxy::codec::FormatCodes;
+/// let none = FormatCodes::default();
+/// assert_eq!(none.at(3), 0); // no code: every value in text
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FormatCodes<'a>(&'a [u8]);
+
+impl<'a> FormatCodes<'a> {
+    /// How many codes.
+    pub fn len(&self) -> usize {
+        self.0.len() / 2
+    }
+
+    /// Whether there is none (everything in text).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The codes in order.
+    pub fn iter(&self) -> impl Iterator<Item = i16> + 'a {
+        self.0.chunks_exact(2).map(|c| c.first_chunk::<2>().map(|w| i16::from_be_bytes(*w)).unwrap_or_default())
+    }
+
+    /// The code that applies to value `i`, as PostgreSQL reads the list:
+    /// none means text for all, one applies to all, otherwise one each
+    /// (text past the end).
+    pub fn at(&self, i: usize) -> i16 {
+        let index = if self.len() == 1 { 0 } else { i };
+        self.iter().nth(index).unwrap_or(0)
+    }
+
+    /// The codes as a vector.
+    pub fn to_vec(&self) -> Vec<i16> {
+        self.iter().collect()
+    }
+}
+
+/// Bind parameter values read in place; each length was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ParamValues<'a> {
+    count: usize,
+    raw: &'a [u8],
+}
+
+impl<'a> ParamValues<'a> {
+    /// How many values.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The values in order; `None` is NULL.
+    pub fn iter(&self) -> impl Iterator<Item = Option<&'a [u8]>> + 'a {
+        let mut r = Reader::new('B', self.raw);
+        (0..self.count).map_while(move |_| nullable(&mut r).ok())
+    }
+}
+
+/// A frontend message read in place, and its whole frame (type byte and
+/// length word included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrontendFrame<'a> {
+    /// The message.
+    pub message: FrontendView<'a>,
+    /// The whole frame, for forwarding untouched.
+    pub frame: &'a [u8],
+}
+
+/// Reads the frontend message at the front of `buf` in place, without
+/// consuming it (the caller advances by `frame.len()`); `Ok(None)` when
+/// more bytes are needed. Nothing is copied or allocated.
 ///
 /// An unknown type byte fails at once, a length word above `max` as soon as
 /// the 5-byte header is there. Sync, Flush, Terminate and CopyDone must have
 /// an empty body.
-pub fn decode_frontend(buf: &mut BytesMut, max: usize) -> Result<Option<FrontendMessage>> {
+///
+/// ```
+/// use pg_proxy::codec::{view_frontend, FrontendView};
+/// let sync = [b'S', 0, 0, 0, 4, b'Q'];
+/// let read = view_frontend(&sync, 1 << 20).unwrap().unwrap();
+/// assert_eq!(read.message, FrontendView::Sync);
+/// assert_eq!(read.frame.len(), 5);
+/// assert_eq!(view_frontend(&sync[5..], 1 << 20).unwrap(), None); // a header needs 5 bytes
+/// ```
+pub fn view_frontend(buf: &[u8], max: usize) -> Result<Option<FrontendFrame<'_>>> {
+    let Some(total) = frontend_frame_len(buf, max)? else {
+        return Ok(None);
+    };
+    let Some(frame) = buf.get(..total) else {
+        return Ok(None);
+    };
+    let kind = frame.first().copied().unwrap_or_default();
+    let mut r = Reader::new(char::from(kind), frame);
+    r.take(5, "truncated header")?;
+    let message = frontend_body(kind, &mut r)?;
+    r.finish()?;
+    Ok(Some(FrontendFrame { message, frame }))
+}
+
+/// The length of the frontend frame at the front of `buf` (type byte
+/// included), from its header; `Ok(None)` before the 5-byte header is
+/// there. The frame itself may not all be there yet.
+fn frontend_frame_len(buf: &[u8], max: usize) -> Result<Option<usize>> {
     let Some(&kind) = buf.first() else {
         return Ok(None);
     };
@@ -571,35 +769,78 @@ pub fn decode_frontend(buf: &mut BytesMut, max: usize) -> Result<Option<Frontend
         return Err(CodecError::BadLength { kind: k, len: i64::from(word) });
     }
     let total = len.checked_add(1).ok_or(CodecError::TooLarge { kind: k, len, max })?;
+    Ok(Some(total))
+}
+
+/// Decodes one frontend message from the front of `buf` into its owned
+/// form (fields share the frame's bytes); `Ok(None)` when more bytes are
+/// needed. Consumes the frame on success. Checks as [`view_frontend`].
+pub fn decode_frontend(buf: &mut BytesMut, max: usize) -> Result<Option<FrontendMessage>> {
+    let Some(total) = frontend_frame_len(buf, max)? else {
+        return Ok(None);
+    };
     if buf.len() < total {
         return Ok(None);
     }
     let frame = buf.split_to(total).freeze();
-    let mut r = Reader::new(k, frame.clone());
-    r.take(5, "truncated header")?;
-    let message = frontend_body(kind, &mut r)?;
-    r.finish()?;
-    Ok(Some(FrontendMessage { message, frame }))
+    let Some(read) = view_frontend(&frame, max)? else {
+        return Ok(None);
+    };
+    Ok(Some(FrontendMessage { message: read.message.into_owned_in(&frame), frame }))
 }
 
-fn frontend_body(kind: u8, r: &mut Reader) -> Result<Frontend> {
+impl FrontendView<'_> {
+    /// The owned form, its fields sharing `frame` (the bytes this view
+    /// reads).
+    fn into_owned_in(self, frame: &Bytes) -> Frontend {
+        let text = |t: &str| shared_str(frame, t);
+        match self {
+            FrontendView::Query { sql } => Frontend::Query { sql: text(sql) },
+            FrontendView::Parse { name, sql, param_types } => Frontend::Parse {
+                name: text(name),
+                sql: text(sql),
+                param_types: param_types
+                    .chunks_exact(4)
+                    .map(|c| c.first_chunk::<4>().map(|w| u32::from_be_bytes(*w)).unwrap_or_default())
+                    .collect(),
+            },
+            FrontendView::Bind(b) => Frontend::Bind {
+                portal: text(b.portal),
+                statement: text(b.statement),
+                param_formats: b.param_formats.to_vec(),
+                params: b.params.iter().map(|v| v.map(|v| shared(frame, v))).collect(),
+                result_formats: b.result_formats.to_vec(),
+            },
+            FrontendView::Execute { portal, max_rows } => Frontend::Execute { portal: text(portal), max_rows },
+            FrontendView::Describe { kind, name } => Frontend::Describe { kind, name: text(name) },
+            FrontendView::Close { kind, name } => Frontend::Close { kind, name: text(name) },
+            FrontendView::Sync => Frontend::Sync,
+            FrontendView::Flush => Frontend::Flush,
+            FrontendView::Terminate => Frontend::Terminate,
+            FrontendView::CopyData(data) => Frontend::CopyData(shared(frame, data)),
+            FrontendView::CopyDone => Frontend::CopyDone,
+            FrontendView::CopyFail { message } => Frontend::CopyFail { message: text(message) },
+            FrontendView::FunctionCall => Frontend::FunctionCall,
+            FrontendView::Password(body) => Frontend::Password(shared(frame, body)),
+        }
+    }
+}
+
+fn frontend_body<'a>(kind: u8, r: &mut Reader<'a>) -> Result<FrontendView<'a>> {
     Ok(match kind {
-        b'Q' => Frontend::Query { sql: cstr!(r, "query string")? },
+        b'Q' => FrontendView::Query { sql: cstr!(r, "query string")? },
         b'P' => {
             let name = cstr!(r, "statement name")?;
             let sql = cstr!(r, "query string")?;
             let n = r.count(4, "parameter types exceed the message")?;
-            let mut param_types = Vec::with_capacity(n);
-            for _ in 0..n {
-                param_types.push(r.u32("truncated parameter type")?);
-            }
-            Frontend::Parse { name, sql, param_types }
+            let param_types = r.take(n * 4, "truncated parameter type")?;
+            FrontendView::Parse { name, sql, param_types }
         }
-        b'B' => bind_body(r)?,
+        b'B' => FrontendView::Bind(bind_body(r)?),
         b'E' => {
             let portal = cstr!(r, "portal name")?;
             let max_rows = r.i32("truncated row limit")?;
-            Frontend::Execute { portal, max_rows }
+            FrontendView::Execute { portal, max_rows }
         }
         b'D' | b'C' => {
             let target = r.u8("missing target kind")?;
@@ -608,40 +849,37 @@ fn frontend_body(kind: u8, r: &mut Reader) -> Result<Frontend> {
             }
             let name = cstr!(r, "statement or portal name")?;
             if kind == b'D' {
-                Frontend::Describe { kind: target, name }
+                FrontendView::Describe { kind: target, name }
             } else {
-                Frontend::Close { kind: target, name }
+                FrontendView::Close { kind: target, name }
             }
         }
-        b'S' => Frontend::Sync,
-        b'H' => Frontend::Flush,
-        b'X' => Frontend::Terminate,
-        b'c' => Frontend::CopyDone,
-        b'd' => Frontend::CopyData(r.rest()),
-        b'f' => Frontend::CopyFail { message: cstr!(r, "error message")? },
+        b'S' => FrontendView::Sync,
+        b'H' => FrontendView::Flush,
+        b'X' => FrontendView::Terminate,
+        b'c' => FrontendView::CopyDone,
+        b'd' => FrontendView::CopyData(r.rest()),
+        b'f' => FrontendView::CopyFail { message: cstr!(r, "error message")? },
         b'F' => {
             r.rest();
-            Frontend::FunctionCall
+            FrontendView::FunctionCall
         }
-        b'p' => Frontend::Password(r.rest()),
+        b'p' => FrontendView::Password(r.rest()),
         _ => return Err(r.err("unknown message type")),
     })
 }
 
-fn format_codes(r: &mut Reader) -> Result<Vec<i16>> {
+/// Format codes, each checked to be 0 or 1.
+fn format_codes<'a>(r: &mut Reader<'a>) -> Result<FormatCodes<'a>> {
     let n = r.count(2, "format codes exceed the message")?;
-    let mut formats = Vec::with_capacity(n);
-    for _ in 0..n {
-        let format = r.i16("truncated format code")?;
-        if format != 0 && format != 1 {
-            return Err(r.err("unsupported format code"));
-        }
-        formats.push(format);
+    let codes = r.take(n * 2, "truncated format code")?;
+    if codes.chunks_exact(2).any(|c| c != [0, 0] && c != [0, 1]) {
+        return Err(r.err("unsupported format code"));
     }
-    Ok(formats)
+    Ok(FormatCodes(codes))
 }
 
-fn bind_body(r: &mut Reader) -> Result<Frontend> {
+fn bind_body<'a>(r: &mut Reader<'a>) -> Result<BindView<'a>> {
     let portal = cstr!(r, "portal name")?;
     let statement = cstr!(r, "statement name")?;
     let param_formats = format_codes(r)?;
@@ -649,16 +887,18 @@ fn bind_body(r: &mut Reader) -> Result<Frontend> {
     if param_formats.len() > 1 && param_formats.len() != n {
         return Err(r.err("parameter format count does not match the parameter count"));
     }
-    let mut params = Vec::with_capacity(n);
+    let start = r.rest;
     for _ in 0..n {
-        params.push(nullable(r)?);
+        nullable(r)?;
     }
+    let used = start.len() - r.rest.len();
+    let params = ParamValues { count: n, raw: start.get(..used).unwrap_or_default() };
     let result_formats = format_codes(r)?;
-    Ok(Frontend::Bind { portal, statement, param_formats, params, result_formats })
+    Ok(BindView { portal, statement, param_formats, params, result_formats })
 }
 
 /// A length-prefixed value: -1 is NULL.
-fn nullable(r: &mut Reader) -> Result<Option<Bytes>> {
+fn nullable<'a>(r: &mut Reader<'a>) -> Result<Option<&'a [u8]>> {
     let len = r.i32("truncated value length")?;
     if len == -1 {
         return Ok(None);
@@ -827,12 +1067,17 @@ impl BackendFrame {
         self.frame.slice(5..)
     }
 
-    fn reader(&self, expected: &[u8]) -> Result<Reader> {
+    fn reader(&self, expected: &[u8]) -> Result<Reader<'_>> {
         let kind = char::from(self.kind);
         if !expected.contains(&self.kind) || self.frame.first() != Some(&self.kind) {
             return Err(malformed(kind, "unexpected message type"));
         }
-        Ok(Reader::new(kind, self.body_bytes()))
+        Ok(Reader::new(kind, self.body()))
+    }
+
+    /// `text`, read from this frame, as a [`Str`] sharing it.
+    fn share(&self, text: &str) -> Str {
+        shared_str(&self.frame, text)
     }
 }
 
@@ -889,7 +1134,7 @@ pub fn parse_row_description(frame: &BackendFrame) -> Result<Vec<FieldDescriptio
     let mut fields = Vec::with_capacity(n);
     for _ in 0..n {
         fields.push(FieldDescription {
-            name: cstr!(r, "field name")?,
+            name: frame.share(cstr!(r, "field name")?),
             table_oid: r.u32("truncated field description")?,
             column: r.i16("truncated field description")?,
             type_oid: r.u32("truncated field description")?,
@@ -972,7 +1217,7 @@ pub fn parse_fields(frame: &BackendFrame) -> Result<Vec<(u8, Str)>> {
             break;
         }
         let value = r.cstr_bytes("missing NUL terminator in field value")?;
-        fields.push((code, Str::from_utf8_lossy(value)));
+        fields.push((code, Str::from_utf8_lossy(shared(&frame.frame, value))));
     }
     r.finish()?;
     Ok(fields)
@@ -983,7 +1228,7 @@ pub fn parse_command_complete(frame: &BackendFrame) -> Result<Str> {
     let mut r = frame.reader(b"C")?;
     let tag = cstr!(r, "command tag")?;
     r.finish()?;
-    Ok(tag)
+    Ok(frame.share(tag))
 }
 
 /// Reads the transaction status of a ReadyForQuery ('Z'): `b'I'` idle,
@@ -1007,7 +1252,7 @@ pub fn parse_backend_key_data(frame: &BackendFrame) -> Result<(i32, Bytes)> {
     if !(4..=MAX_CANCEL_KEY_BYTES).contains(&secret.len()) {
         return Err(malformed('K', "secret key length outside 4..=256 bytes"));
     }
-    Ok((pid, secret))
+    Ok((pid, shared(&frame.frame, secret)))
 }
 
 /// Reads a ParameterStatus ('S'): name and value.
@@ -1016,7 +1261,7 @@ pub fn parse_parameter_status(frame: &BackendFrame) -> Result<(Str, Str)> {
     let name = cstr!(r, "parameter name")?;
     let value = cstr!(r, "parameter value")?;
     r.finish()?;
-    Ok((name, value))
+    Ok((frame.share(name), frame.share(value)))
 }
 
 /// Reads a CopyInResponse ('G'), CopyOutResponse ('H') or CopyBothResponse
@@ -1027,7 +1272,7 @@ pub fn parse_copy_response(frame: &BackendFrame) -> Result<(u8, Vec<i16>)> {
     if format > 1 {
         return Err(r.err("unsupported format code"));
     }
-    let columns = format_codes(&mut r)?;
+    let columns = format_codes(&mut r)?.to_vec();
     r.finish()?;
     Ok((format, columns))
 }
@@ -1064,24 +1309,20 @@ pub fn parse_authentication(frame: &BackendFrame) -> Result<Authentication> {
     let auth = match r.i32("missing authentication code")? {
         0 => Authentication::Ok,
         3 => Authentication::CleartextPassword,
-        5 => {
-            let mut salt = [0; 4];
-            r.take(4, "truncated salt")?.copy_to_slice(&mut salt);
-            Authentication::Md5Password { salt }
-        }
+        5 => Authentication::Md5Password { salt: r.array::<4>("truncated salt")? },
         10 => {
             let mut mechanisms = Vec::new();
             loop {
                 let name = cstr!(r, "SASL mechanism name")?;
-                if name.bytes().is_empty() {
+                if name.is_empty() {
                     break;
                 }
-                mechanisms.push(name);
+                mechanisms.push(frame.share(name));
             }
             Authentication::Sasl { mechanisms }
         }
-        11 => Authentication::SaslContinue(r.rest()),
-        12 => Authentication::SaslFinal(r.rest()),
+        11 => Authentication::SaslContinue(shared(&frame.frame, r.rest())),
+        12 => Authentication::SaslFinal(shared(&frame.frame, r.rest())),
         other => {
             r.rest();
             Authentication::Other(other)
@@ -1103,7 +1344,7 @@ pub fn parse_negotiate_protocol_version(frame: &BackendFrame) -> Result<(u32, Ve
     r.need(n, "options exceed the message")?;
     let mut options = Vec::with_capacity(n);
     for _ in 0..n {
-        options.push(cstr!(r, "option name")?);
+        options.push(frame.share(cstr!(r, "option name")?));
     }
     r.finish()?;
     Ok((minor, options))
@@ -1526,6 +1767,48 @@ mod tests {
         let m = decode_frontend(&mut buf, MAX).unwrap().unwrap();
         let Frontend::Query { sql } = &m.message else { panic!() };
         assert_eq!(sql.bytes().as_ptr(), m.frame[5..].as_ptr());
+    }
+
+    #[test]
+    fn a_bind_is_read_in_place() {
+        let bytes = bind_bytes(&[0, 1], &[Some(b"42"), None], &[1]);
+        let read = view_frontend(&bytes, MAX).unwrap().unwrap();
+        assert_eq!(read.frame, &bytes[..]);
+        let FrontendView::Bind(bind) = read.message else { panic!("{read:?}") };
+        assert_eq!((bind.portal, bind.statement), ("portal", "stmt"));
+        assert_eq!(bind.param_formats.to_vec(), vec![0, 1]);
+        assert_eq!((bind.param_formats.at(0), bind.param_formats.at(1)), (0, 1));
+        assert_eq!(bind.params.iter().collect::<Vec<_>>(), vec![Some(&b"42"[..]), None]);
+        assert_eq!(bind.params.len(), 2);
+        // One result code applies to every column; none means text.
+        assert_eq!((bind.result_formats.at(0), bind.result_formats.at(7)), (1, 1));
+        assert_eq!(FormatCodes::default().at(3), 0);
+        // The value borrows the frame.
+        let value = bind.params.iter().next().flatten().unwrap();
+        assert!(bytes.as_ptr_range().contains(&value.as_ptr()));
+    }
+
+    #[test]
+    fn views_and_decoded_messages_agree_and_views_consume_nothing() {
+        let (stream, expected) = frontend_stream();
+        let mut rest = &stream[..];
+        let mut owned = stream.clone();
+        for message in &expected {
+            let read = view_frontend(rest, MAX).unwrap().unwrap();
+            let decoded = decode_frontend(&mut owned, MAX).unwrap().unwrap();
+            assert_eq!(&decoded.message, message);
+            assert_eq!(read.frame, &decoded.frame[..]);
+            rest = &rest[read.frame.len()..];
+        }
+        assert!(rest.is_empty() && owned.is_empty());
+        // Half a frame: nothing yet. A bad one: the same error either way.
+        assert_eq!(view_frontend(&stream[..3], MAX).unwrap(), None);
+        assert_eq!(view_frontend(&stream[..8], MAX).unwrap(), None);
+        let bad = [b'S', 0, 0, 0, 5, 0];
+        assert_eq!(
+            view_frontend(&bad, MAX).unwrap_err(),
+            decode_frontend(&mut BytesMut::from(&bad[..]), MAX).unwrap_err()
+        );
     }
 
     #[test]

@@ -49,9 +49,9 @@ pub struct StatementDecision {
     /// This statement's own verdict.
     pub verdict: Verdict,
     /// The deciding rule; `None` when no rule matched.
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// Why.
-    pub reason: String,
+    pub reason: Arc<str>,
 }
 
 /// The decision for one SQL string: the strictest of its statements.
@@ -86,18 +86,18 @@ pub struct Decision {
     /// The strictest statement verdict (allow for an empty string).
     pub verdict: Verdict,
     /// Why, as shown to the client and recorded.
-    pub reason: String,
+    pub reason: Arc<str>,
     /// The rule behind the verdict; `None` when no rule matched.
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// Cap on rows any statement may return; 0 = none.
     pub max_rows: u64,
     /// Groups that may approve (require_approval only).
     pub approvers: Vec<String>,
     /// The person or workload the decision was made for.
-    pub subject: String,
+    pub subject: Arc<str>,
     /// The agent acting for the subject, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub actor: Option<String>,
+    pub actor: Option<Arc<str>>,
     /// Every statement, in order (shared: cloning a decision is cheap).
     pub statements: Arc<[StatementDecision]>,
     /// Problems met while deciding (each one made the answer stricter).
@@ -114,7 +114,7 @@ impl Decision {
     /// use policy_core::{Decision, Verdict};
     /// let d = Decision::refusal("alice", "the message is not valid UTF-8");
     /// assert_eq!(d.verdict, Verdict::Deny);
-    /// assert_eq!((d.subject.as_str(), d.reason.as_str()), ("alice", "the message is not valid UTF-8"));
+    /// assert_eq!((&*d.subject, &*d.reason), ("alice", "the message is not valid UTF-8"));
     /// assert!(d.rule.is_none() && d.statements.is_empty() && d.actor.is_none());
     /// assert_eq!(
     ///     d.to_json(),
@@ -124,11 +124,11 @@ impl Decision {
     pub fn refusal(subject: &str, reason: impl Into<String>) -> Decision {
         Decision {
             verdict: Verdict::Deny,
-            reason: reason.into(),
+            reason: Arc::from(reason.into()),
             rule: None,
             max_rows: 0,
             approvers: Vec::new(),
-            subject: subject.to_string(),
+            subject: Arc::from(subject),
             actor: None,
             statements: Arc::from(Vec::new()),
             diagnostics: Vec::new(),
@@ -142,11 +142,11 @@ impl Decision {
     /// use policy_core::{Actor, Decision, Identity};
     /// let agent = Identity::new("alice").with_actor(Actor::new("copilot-7"));
     /// let d = Decision::refusal_for(&agent, "row limit reached");
-    /// assert_eq!((d.subject.as_str(), d.actor.as_deref()), ("alice", Some("copilot-7")));
+    /// assert_eq!((&*d.subject, d.actor.as_deref()), ("alice", Some("copilot-7")));
     /// ```
     pub fn refusal_for(identity: &Identity, reason: impl Into<String>) -> Decision {
         Decision {
-            actor: identity.actor.as_ref().map(|a| a.name().to_string()),
+            actor: identity.actor.as_ref().map(|a| Arc::from(a.name())),
             ..Decision::refusal(&identity.subject, reason)
         }
     }

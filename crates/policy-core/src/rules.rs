@@ -189,8 +189,8 @@ pub(crate) fn decide(
     let rules: Vec<&Rule> = policy.rules.iter().filter(|r| applies_to(r, identity)).collect();
     let mut statements = Vec::with_capacity(analysis.statements.len());
     let mut verdict = Verdict::Allow;
-    let mut rule = None;
-    let mut reason = String::from("nothing to run: the string holds no statement");
+    let mut rule: Option<Arc<str>> = None;
+    let mut reason: Arc<str> = Arc::from("nothing to run: the string holds no statement");
     let mut max_rows = policy.settings.max_rows;
     let mut approvers: Vec<String> = Vec::new();
     let spans = analysis.spans;
@@ -209,10 +209,12 @@ pub(crate) fn decide(
                 };
             }
         }
+        let statement_rule = outcome.rule.map(Arc::from);
+        let statement_reason = Arc::from(outcome.reason);
         if i == 0 || outcome.verdict > verdict {
             verdict = outcome.verdict;
-            rule.clone_from(&outcome.rule);
-            reason.clone_from(&outcome.reason);
+            rule.clone_from(&statement_rule);
+            reason = Arc::clone(&statement_reason);
         }
         max_rows = tighter(max_rows, outcome.max_rows);
         for a in &outcome.approvers {
@@ -224,8 +226,8 @@ pub(crate) fn decide(
             facts: Arc::new(facts),
             span,
             verdict: outcome.verdict,
-            rule: outcome.rule,
-            reason: outcome.reason,
+            rule: statement_rule,
+            reason: statement_reason,
         });
     }
     if verdict != Verdict::RequireApproval {
@@ -237,8 +239,8 @@ pub(crate) fn decide(
         rule,
         max_rows,
         approvers,
-        subject: identity.subject.clone(),
-        actor: identity.actor.as_ref().map(|a| a.name().to_string()),
+        subject: Arc::from(identity.subject.as_str()),
+        actor: identity.actor.as_ref().map(|a| Arc::from(a.name())),
         statements: statements.into(),
         diagnostics: Vec::new(),
     }

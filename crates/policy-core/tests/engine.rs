@@ -12,7 +12,7 @@ fn engine(policy: &str) -> Engine {
 
 fn verdict(e: &Engine, who: &Identity, sql: &str) -> (Verdict, Option<String>) {
     let d = e.decide(who, &e.new_session(), sql);
-    (d.verdict, d.rule)
+    (d.verdict, d.rule.as_deref().map(str::to_string))
 }
 
 fn anyone() -> Identity {
@@ -188,7 +188,7 @@ subjects = ["mallory"]
     assert_eq!(verdict(&e, &Identity::new("nobody"), "SELECT 1"), (Verdict::Deny, None));
     // Both the person and the agent are named.
     let d = e.decide(&agent, &e.new_session(), sql);
-    assert_eq!((d.subject.as_str(), d.actor.as_deref()), ("alice", Some("copilot-7")));
+    assert_eq!((&*d.subject, d.actor.as_deref()), ("alice", Some("copilot-7")));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use policy_core::{
     ColumnInfo, CopyLayout, CopyOutAction, Decision, Engine, Identity, RowMasker, Scrubbed, Session as EngineSession,
     SessionEffect, StatementFacts, Verdict,
@@ -27,7 +27,8 @@ use super::record::{Record, RecordError, StatementRecord};
 use super::registry::Activity;
 use crate::catalog::Table;
 use crate::codec::{
-    self, copy, BackendFrame, BackendMessage, CodecError, FieldDescription, Frontend, FrontendMessage, Str,
+    self, copy, BackendFrame, BackendMessage, BindView, CodecError, FieldDescription, FormatCodes, FrontendFrame,
+    FrontendView, Str,
 };
 
 /// Hashing of the names a client gives (statements, portals): foldhash,
@@ -277,7 +278,7 @@ struct Prepared {
 #[derive(Debug, Clone)]
 struct Portal {
     id: u64,
-    prepared: Prepared,
+    prepared: Arc<Prepared>,
     fields: Option<Arc<Vec<FieldDescription>>>,
     /// Rows sent so far (across `Execute`s of the portal).
     rows: u64,
@@ -425,7 +426,7 @@ pub struct SessionCore {
     to_server: BytesMut,
     needs: VecDeque<Need>,
     batch: Batch,
-    statements: HashMap<String, Option<Prepared>, Names>,
+    statements: HashMap<String, Option<Arc<Prepared>>, Names>,
     portals: HashMap<String, Portal, Names>,
     pending: VecDeque<Pending>,
     /// The transaction status of the last `ReadyForQuery`.
@@ -456,9 +457,6 @@ pub struct SessionCore {
     copy_columns: Option<Option<Vec<String>>>,
     /// Room for one row's values, reused.
     row: RowScratch,
-    /// A client message taken but not yet handled (COPY data that ended
-    /// the batch before it).
-    deferred: Option<FrontendMessage>,
     now: Instant,
 }
 
@@ -504,7 +502,6 @@ impl SessionCore {
             tables: None,
             copy_columns: None,
             row: RowScratch::default(),
-            deferred: None,
             now,
         }
     }
@@ -821,46 +818,58 @@ impl SessionCore {
                 }
                 _ => return,
             }
-            if let Some(message) = self.deferred.take() {
-                self.on_client_message(message);
-                continue;
-            }
-            let message = match codec::decode_frontend(&mut self.client_in, self.config.max_message_bytes) {
-                Ok(Some(m)) => m,
-                Ok(None) => return,
+            // Read in place: the buffer is taken out while the message
+            // borrows it, and advanced past the message once it is taken.
+            let mut input = std::mem::take(&mut self.client_in);
+            let taken = match codec::view_frontend(&input, self.config.max_message_bytes) {
+                Ok(Some(m)) => {
+                    let len = m.frame.len();
+                    self.on_client_message(m).then_some(len)
+                }
+                Ok(None) => {
+                    self.client_in = input;
+                    return;
+                }
                 Err(e) => {
+                    self.client_in = input;
                     tracing::info!("invalid client message: {e}");
                     self.emit_error("FATAL", PROTOCOL_VIOLATION, &format!("invalid message: {e}"));
                     self.close(SessionEnd::ClientProtocol(e));
                     return;
                 }
             };
-            self.on_client_message(message);
+            if let Some(len) = taken {
+                input.advance(len);
+            }
+            self.client_in = input;
         }
     }
 
-    fn on_client_message(&mut self, m: FrontendMessage) {
+    /// Handles one client message; false when it is left for later (COPY
+    /// data that ends the batch before it: read again once the batch is
+    /// forwarded).
+    fn on_client_message(&mut self, m: FrontendFrame<'_>) -> bool {
         match self.client {
             ClientState::CopyIn => match m.message {
-                Frontend::CopyData(_) => {
-                    self.to_server.extend_from_slice(&m.frame);
-                    return;
+                FrontendView::CopyData(_) => {
+                    self.to_server.extend_from_slice(m.frame);
+                    return true;
                 }
-                Frontend::CopyDone | Frontend::CopyFail { .. } => {
-                    self.to_server.extend_from_slice(&m.frame);
+                FrontendView::CopyDone | FrontendView::CopyFail { .. } => {
+                    self.to_server.extend_from_slice(m.frame);
                     self.leave_copy_in();
-                    return;
+                    return true;
                 }
-                Frontend::Flush => {
+                FrontendView::Flush => {
                     // Ignored by the server in COPY IN.
-                    self.to_server.extend_from_slice(&m.frame);
-                    return;
+                    self.to_server.extend_from_slice(m.frame);
+                    return true;
                 }
-                Frontend::Sync => {
+                FrontendView::Sync => {
                     // Ignored by the server in COPY IN, answered otherwise.
-                    self.to_server.extend_from_slice(&m.frame);
+                    self.to_server.extend_from_slice(m.frame);
                     self.pending.push_back(Pending::MaybeSync);
-                    return;
+                    return true;
                 }
                 _ => {
                     // Anything else ends the COPY, as the server would end it
@@ -874,72 +883,50 @@ impl SessionCore {
                 }
             },
             ClientState::DiscardingUntilSync => match m.message {
-                Frontend::Sync | Frontend::Terminate => self.client = ClientState::Reading,
-                Frontend::Flush => {
+                FrontendView::Sync | FrontendView::Terminate => self.client = ClientState::Reading,
+                FrontendView::Flush => {
                     // The refusal already staged reaches the client now.
-                    self.stage(&m.frame, None);
+                    self.stage(m.frame, None);
                     self.finish_batch(BatchEnd::Flush);
-                    return;
+                    return true;
                 }
-                _ => return,
+                _ => return true,
             },
             _ => {}
         }
         match m.message {
-            Frontend::Query { sql } => {
-                self.on_query(sql, &m.frame);
+            FrontendView::Query { sql } => {
+                self.on_query(sql, m.frame);
                 self.finish_batch(BatchEnd::Query);
             }
-            Frontend::Parse { name, sql, .. } => self.on_parse(name.as_str(), sql, &m.frame),
-            Frontend::Bind { portal, statement, result_formats, param_formats, params } => {
-                let Some(Some(prepared)) = self.statements.get(statement.as_str()).cloned() else {
-                    return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_statement(statement.as_str()));
+            FrontendView::Parse { name, sql, .. } => self.on_parse(name, sql, m.frame),
+            FrontendView::Bind(bind) => self.on_bind(&bind, m.frame),
+            FrontendView::Describe { kind: b'S', name } => {
+                let Some(Some(p)) = self.statements.get(name) else {
+                    self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_statement(name));
+                    return true;
                 };
-                let fields = prepared.fields.as_ref().map(|f| {
-                    // Columns already in the asked formats (text, the usual
-                    // case) are shared, not copied.
-                    if f.iter().enumerate().all(|(i, c)| c.format == format_at(&result_formats, i)) {
-                        Arc::clone(f)
-                    } else {
-                        Arc::new(with_formats(f, &result_formats))
-                    }
-                });
-                let id = self.next_id();
-                let name = portal.as_str().to_string();
-                if self.batches_can_be_refused() {
-                    self.batch.portals.push(name.clone());
-                }
-                // The parameters are kept only when records or holds need
-                // them (kept, they pin the client's read buffer).
-                let (param_formats, params) =
-                    if self.batches_can_be_refused() { (param_formats, params) } else { (Vec::new(), Vec::new()) };
-                self.portals.insert(name, Portal { id, prepared, fields, rows: 0, param_formats, params });
-                self.stage(&m.frame, Some(Pending::Bind));
+                let pending = Pending::DescribeStatement { name: name.to_string(), id: p.id };
+                self.stage(m.frame, Some(pending));
             }
-            Frontend::Describe { kind: b'S', name } => {
-                let Some(Some(p)) = self.statements.get(name.as_str()) else {
-                    return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_statement(name.as_str()));
+            FrontendView::Describe { name, .. } => {
+                let Some(p) = self.portals.get(name) else {
+                    self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_portal(name));
+                    return true;
                 };
-                let pending = Pending::DescribeStatement { name: name.as_str().to_string(), id: p.id };
-                self.stage(&m.frame, Some(pending));
+                let pending = Pending::DescribePortal { name: name.to_string(), id: p.id, internal: false };
+                self.stage(m.frame, Some(pending));
             }
-            Frontend::Describe { name, .. } => {
-                let Some(p) = self.portals.get(name.as_str()) else {
-                    return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_portal(name.as_str()));
-                };
-                let pending = Pending::DescribePortal { name: name.as_str().to_string(), id: p.id, internal: false };
-                self.stage(&m.frame, Some(pending));
-            }
-            Frontend::Execute { portal, .. } => self.on_execute(portal.as_str(), &m.frame),
-            Frontend::Close { kind, name } => {
+            FrontendView::Execute { portal, .. } => self.on_execute(portal, m.frame),
+            FrontendView::Close { kind, name } => {
                 if kind == b'S' {
-                    self.statements.remove(name.as_str());
+                    self.statements.remove(name);
                 } else {
-                    self.portals.remove(name.as_str());
+                    self.portals.remove(name);
                 }
-                self.stage(&m.frame, Some(Pending::Close));
+                self.stage(m.frame, Some(Pending::Close));
             }
-            Frontend::Sync => {
+            FrontendView::Sync => {
                 // A Sync right after an Execute of COPY FROM STDIN is ignored
                 // by the server once it is in COPY IN.
                 let pending = if self.batch.copy_in { Pending::MaybeSync } else { Pending::Sync };
@@ -950,29 +937,31 @@ impl SessionCore {
                     self.resync_after_sync = false;
                     self.batch.settings = true;
                 }
-                self.stage(&m.frame, Some(pending));
+                self.stage(m.frame, Some(pending));
                 self.finish_batch(BatchEnd::Sync);
             }
-            Frontend::Flush => {
-                self.stage(&m.frame, None);
+            FrontendView::Flush => {
+                self.stage(m.frame, None);
                 self.finish_batch(BatchEnd::Flush);
             }
-            Frontend::Terminate => {
-                self.stage(&m.frame, None);
+            FrontendView::Terminate => {
+                self.stage(m.frame, None);
                 self.finish_batch(BatchEnd::Terminate);
             }
-            Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail { .. } if self.batch.copy_in => {
+            FrontendView::CopyData(_) | FrontendView::CopyDone | FrontendView::CopyFail { .. }
+                if self.batch.copy_in =>
+            {
                 // Data right after an allowed COPY's Execute, before any Sync
                 // or Flush: the batch ends here (recorded, then forwarded),
-                // and the data follows it in COPY IN.
-                self.deferred = Some(m);
+                // and the data is read again in COPY IN.
                 self.finish_batch(BatchEnd::Flush);
+                return false;
             }
-            Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail { .. } => {
+            FrontendView::CopyData(_) | FrontendView::CopyDone | FrontendView::CopyFail { .. } => {
                 // Not in COPY IN for an allowed statement (a refused COPY's
                 // data, or stray data): dropped, as the server drops it.
             }
-            Frontend::FunctionCall => {
+            FrontendView::FunctionCall => {
                 let refusal = Refusal {
                     code: INSUFFICIENT_PRIVILEGE,
                     message: "the function-call protocol message (F) is refused by the gateway: call the function \
@@ -982,11 +971,45 @@ impl SessionCore {
                 self.stage_refused_query(refusal);
                 self.finish_batch(BatchEnd::Query);
             }
-            Frontend::Password(_) => {
+            FrontendView::Password(_) => {
                 self.emit_error("FATAL", PROTOCOL_VIOLATION, "unexpected password message");
                 self.close(SessionEnd::Unexpected("a password message after login".to_string()));
             }
         }
+        true
+    }
+
+    fn on_bind(&mut self, bind: &BindView<'_>, frame: &[u8]) {
+        let Some(Some(prepared)) = self.statements.get(bind.statement) else {
+            return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_statement(bind.statement));
+        };
+        let prepared = Arc::clone(prepared);
+        let fields = prepared.fields.as_ref().map(|f| {
+            // Columns already in the asked formats (text, the usual case)
+            // are shared, not copied.
+            if f.iter().enumerate().all(|(i, c)| c.format == bind.result_formats.at(i)) {
+                Arc::clone(f)
+            } else {
+                Arc::new(with_formats(f, bind.result_formats))
+            }
+        });
+        let id = self.next_id();
+        // The parameters are kept (copied) only when records or holds need
+        // them.
+        let (param_formats, params) = if self.batches_can_be_refused() {
+            self.batch.portals.push(bind.portal.to_string());
+            (bind.param_formats.to_vec(), bind.params.iter().map(|v| v.map(Bytes::copy_from_slice)).collect())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let portal = Portal { id, prepared, fields, rows: 0, param_formats, params };
+        match self.portals.get_mut(bind.portal) {
+            Some(slot) => *slot = portal,
+            None => {
+                self.portals.insert(bind.portal.to_string(), portal);
+            }
+        }
+        self.stage(frame, Some(Pending::Bind));
     }
 
     fn leave_copy_in(&mut self) {
@@ -1018,9 +1041,19 @@ impl SessionCore {
 
     /// The batch is complete: held, recorded, or forwarded.
     fn finish_batch(&mut self, end: BatchEnd) {
-        // Also an empty batch (its messages went straight to the server):
-        // what it leaves the client in (COPY IN, the settings read-back)
-        // is set when it is committed.
+        if !self.batches_can_be_refused() {
+            // Its messages went straight to the server's buffer, and
+            // nothing was kept to record or hold: only what it leaves the
+            // client in (COPY IN, the settings read-back) is left to set.
+            let b = &mut self.batch;
+            let (copy_in, settings, failed) =
+                (std::mem::take(&mut b.copy_in), std::mem::take(&mut b.settings), std::mem::take(&mut b.failed));
+            self.after_batch(end, copy_in, settings, failed);
+            if end == BatchEnd::Terminate {
+                self.close(SessionEnd::Terminated);
+            }
+            return;
+        }
         let mut batch = std::mem::take(&mut self.batch);
         batch.end = Some(end);
         if end == BatchEnd::Terminate {
@@ -1056,20 +1089,29 @@ impl SessionCore {
     fn commit(&mut self, batch: Batch) {
         self.to_server.extend_from_slice(&batch.bytes);
         self.pending.extend(batch.pending);
+        // A batch without an end (never the case once finished) is taken as
+        // a whole query: nothing of a Flush applies to it.
+        let end = batch.end.unwrap_or(BatchEnd::Query);
+        self.after_batch(end, batch.copy_in, batch.settings, batch.failed);
+    }
+
+    /// The state a forwarded batch leaves the client in.
+    fn after_batch(&mut self, end: BatchEnd, copy_in: bool, settings: bool, failed: bool) {
         if matches!(self.client, ClientState::Closed(_)) {
             return;
         }
-        let flush = batch.end == Some(BatchEnd::Flush);
-        let settings = batch.settings && !flush;
-        if batch.settings && flush {
+        let flush = end == BatchEnd::Flush;
+        if settings && flush {
+            // Read back after the next Sync instead.
             self.resync_after_sync = true;
         }
-        self.client = if batch.copy_in {
+        let settings = settings && !flush;
+        self.client = if copy_in {
             self.settings_after_copy = settings;
             ClientState::CopyIn
         } else if settings {
             ClientState::ReadingSettingsBack
-        } else if flush && batch.failed {
+        } else if flush && failed {
             ClientState::DiscardingUntilSync
         } else {
             ClientState::Reading
@@ -1188,9 +1230,9 @@ impl SessionCore {
         self.batch.records.push(Record::Statement(record));
     }
 
-    fn on_query(&mut self, sql: Str, frame: &[u8]) {
-        let decision = Arc::new(self.decide(sql.as_str()));
-        self.record(|| Arc::from(sql.as_str()), Vec::new(), &decision);
+    fn on_query(&mut self, sql: &str, frame: &[u8]) {
+        let decision = Arc::new(self.decide(sql));
+        self.record(|| Arc::from(sql), Vec::new(), &decision);
         let held = match self.admit(&decision) {
             Ok(held) => held,
             Err(message) => {
@@ -1198,7 +1240,7 @@ impl SessionCore {
             }
         };
         if held {
-            self.batch.held.push(HeldStatement::new(Arc::from(sql.as_str()), Vec::new(), Arc::clone(&decision)));
+            self.batch.held.push(HeldStatement::new(Arc::from(sql), Vec::new(), Arc::clone(&decision)));
         }
         let mut settings = false;
         for s in decision.statements.iter() {
@@ -1244,8 +1286,8 @@ impl SessionCore {
         changes_setting || (facts.reverts_settings && self.setting_touched_in_tx)
     }
 
-    fn on_parse(&mut self, name: &str, sql: Str, frame: &[u8]) {
-        let decision = self.decide(sql.as_str());
+    fn on_parse(&mut self, name: &str, sql: &str, frame: &[u8]) {
+        let decision = self.decide(sql);
         if let Err(message) = self.admit(&decision) {
             // The unnamed statement, or a name in use, now stands for the
             // refused text: a later Bind must not reach what the server
@@ -1257,8 +1299,9 @@ impl SessionCore {
             return self.fail_block(INSUFFICIENT_PRIVILEGE, message);
         }
         let facts = decision.statements.first().map(|s| Arc::clone(&s.facts));
-        let sql = self.batches_can_be_refused().then(|| Arc::from(sql.as_str()));
-        let prepared = Prepared { id: self.next_id(), sql, facts, decision: Arc::new(decision), fields: None };
+        let sql = self.batches_can_be_refused().then(|| Arc::from(sql));
+        let prepared =
+            Arc::new(Prepared { id: self.next_id(), sql, facts, decision: Arc::new(decision), fields: None });
         if self.batches_can_be_refused() {
             self.batch.statements.push(name.to_string());
         }
@@ -1274,18 +1317,19 @@ impl SessionCore {
         let wants_parameters = self.config.record || bound.prepared.decision.verdict == Verdict::RequireApproval;
         let parameters =
             if wants_parameters { parameters_as_text(&bound.param_formats, &bound.params) } else { Vec::new() };
-        let (id, rows, fields, prepared) = (bound.id, bound.rows, bound.fields.clone(), bound.prepared.clone());
-        let p = Portal { id, prepared, fields, rows, param_formats: Vec::new(), params: Vec::new() };
-        if p.prepared.decision.verdict == Verdict::RequireApproval && self.config.holds {
+        let (id, rows, fields, prepared) = (bound.id, bound.rows, bound.fields.clone(), Arc::clone(&bound.prepared));
+        if prepared.decision.verdict == Verdict::RequireApproval && self.config.holds {
             self.batch.held.push(HeldStatement::new(
-                p.prepared.sql.clone().unwrap_or_else(|| Arc::from("")),
+                prepared.sql.clone().unwrap_or_else(|| Arc::from("")),
                 parameters.clone(),
-                Arc::clone(&p.prepared.decision),
+                Arc::clone(&prepared.decision),
             ));
         }
-        let sql = p.prepared.sql.clone();
-        self.record(|| sql.unwrap_or_else(|| Arc::from("")), parameters, &p.prepared.decision);
-        if let Some(facts) = &p.prepared.facts {
+        if self.config.record {
+            let sql = prepared.sql.clone();
+            self.record(|| sql.unwrap_or_else(|| Arc::from("")), parameters, &prepared.decision);
+        }
+        if let Some(facts) = &prepared.facts {
             if self.apply_effects(facts, true) {
                 self.resync_after_sync = true;
             }
@@ -1296,21 +1340,22 @@ impl SessionCore {
         // The columns: known from a Describe, or about to be told by a
         // Describe of this portal already on its way; otherwise the
         // gateway asks (and keeps the answer from the client).
-        let describing = self
-            .pending
-            .iter()
-            .chain(self.batch.pending.iter())
-            .any(|e| matches!(e, Pending::DescribePortal { id, .. } if *id == p.id));
-        if p.fields.is_none() && !describing {
+        let describing = || {
+            self.pending
+                .iter()
+                .chain(self.batch.pending.iter())
+                .any(|e| matches!(e, Pending::DescribePortal { id: d, .. } if *d == id))
+        };
+        if fields.is_none() && !describing() {
             let mut describe = BytesMut::new();
             if frontend::describe(b'P', portal, &mut describe).is_ok() {
-                let pending = Pending::DescribePortal { name: portal.to_string(), id: p.id, internal: true };
+                let pending = Pending::DescribePortal { name: portal.to_string(), id, internal: true };
                 self.stage(&describe, Some(pending));
             }
         }
-        let mut result = ResultState::new(p.prepared.facts.clone(), &p.prepared.decision);
-        result.rows = p.rows;
-        let pending = Pending::Execute { portal: portal.to_string(), id: p.id, fields: p.fields.clone(), result };
+        let mut result = ResultState::new(prepared.facts.clone(), &prepared.decision);
+        result.rows = rows;
+        let pending = Pending::Execute { portal: portal.to_string(), id, fields, result };
         self.stage(frame, Some(pending));
     }
 
@@ -1591,21 +1636,22 @@ impl SessionCore {
     }
 
     fn on_describe_frame(&mut self, message: BackendMessage, frame: BackendFrame) -> bool {
-        let (name, id, statement, internal) = match self.pending.front() {
-            Some(Pending::DescribeStatement { name, id }) => (name.clone(), *id, true, false),
-            Some(Pending::DescribePortal { name, id, internal }) => (name.clone(), *id, false, *internal),
+        let (facts, id, statement, internal) = match self.pending.front() {
+            Some(Pending::DescribeStatement { name, id }) => {
+                let facts = match self.statements.get(name) {
+                    Some(Some(p)) if p.id == *id => p.facts.clone(),
+                    _ => None,
+                };
+                (facts, *id, true, false)
+            }
+            Some(Pending::DescribePortal { name, id, internal }) => {
+                let facts = match self.portals.get(name) {
+                    Some(p) if p.id == *id => p.prepared.facts.clone(),
+                    _ => None,
+                };
+                (facts, *id, false, *internal)
+            }
             _ => return true,
-        };
-        let facts = if statement {
-            match self.statements.get(&name) {
-                Some(Some(p)) if p.id == id => p.facts.clone(),
-                _ => None,
-            }
-        } else {
-            match self.portals.get(&name) {
-                Some(p) if p.id == id => p.prepared.facts.clone(),
-                _ => None,
-            }
         };
         // The same columns as the last description of the same statement
         // (a prepared statement described at every run): its parse and its
@@ -1615,7 +1661,7 @@ impl SessionCore {
         });
         if let Some(last) = again {
             let (fields, masker) = (Arc::clone(&last.fields), Arc::clone(&last.masker));
-            self.pending.pop_front();
+            let name = self.pop_described();
             self.remember_fields(statement, &name, id, &fields);
             if !internal {
                 self.forward_row_description(&frame, &fields, &masker);
@@ -1662,7 +1708,7 @@ impl SessionCore {
         } else {
             None
         };
-        self.pending.pop_front();
+        let name = self.pop_described();
         let fields = Arc::new(fields);
         self.remember_fields(statement, &name, id, &fields);
         if let Some(masker) = &masker {
@@ -1684,13 +1730,22 @@ impl SessionCore {
         true
     }
 
+    /// Takes the `Describe` answered from the queue: the name described.
+    fn pop_described(&mut self) -> String {
+        match self.pending.pop_front() {
+            Some(Pending::DescribeStatement { name, .. } | Pending::DescribePortal { name, .. }) => name,
+            _ => String::new(),
+        }
+    }
+
     /// Keeps the columns a `Describe` told for its statement or portal
     /// (and the `Execute`s of the portal already on their way).
     fn remember_fields(&mut self, statement: bool, name: &str, id: u64, fields: &Arc<Vec<FieldDescription>>) {
         if statement {
             if let Some(Some(p)) = self.statements.get_mut(name) {
                 if p.id == id {
-                    p.fields = Some(Arc::clone(fields));
+                    // Portals bound before keep the columns they had.
+                    Arc::make_mut(p).fields = Some(Arc::clone(fields));
                 }
             }
             return;
@@ -1710,8 +1765,7 @@ impl SessionCore {
     }
 
     fn on_execute_frame(&mut self, message: BackendMessage, frame: BackendFrame) -> bool {
-        let Some(Pending::Execute { portal, fields, result, .. }) = self.pending.front() else { return true };
-        let portal = portal.clone();
+        let Some(Pending::Execute { fields, result, .. }) = self.pending.front() else { return true };
         // The masker is planned at the first row of the result.
         if result.masker.is_none() && message == BackendMessage::DataRow {
             let facts = result.facts.clone();
@@ -1748,7 +1802,7 @@ impl SessionCore {
                 self.forward_to_client(&frame);
             }
             BackendMessage::CommandComplete | BackendMessage::PortalSuspended | BackendMessage::EmptyQueryResponse => {
-                let Some(Pending::Execute { result, .. }) = self.pending.pop_front() else { return true };
+                let Some(Pending::Execute { portal, result, .. }) = self.pending.pop_front() else { return true };
                 if let Some(p) = self.portals.get_mut(&portal) {
                     p.rows = result.rows;
                 }
@@ -2334,8 +2388,8 @@ fn unknown_portal(name: &str) -> String {
 }
 
 /// The statement's columns with the formats a `Bind` asked for.
-fn with_formats(fields: &[FieldDescription], formats: &[i16]) -> Vec<FieldDescription> {
-    fields.iter().enumerate().map(|(i, f)| FieldDescription { format: format_at(formats, i), ..f.clone() }).collect()
+fn with_formats(fields: &[FieldDescription], formats: FormatCodes<'_>) -> Vec<FieldDescription> {
+    fields.iter().enumerate().map(|(i, f)| FieldDescription { format: formats.at(i), ..f.clone() }).collect()
 }
 
 /// The format of column or parameter `i` under format codes: none (text),
