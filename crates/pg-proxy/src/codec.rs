@@ -321,11 +321,9 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string, without its terminator.
     fn cstr_bytes(&mut self, missing: &'static str) -> Result<&'a [u8]> {
-        let Some(end) = self.rest.iter().position(|&b| b == 0) else {
-            return Err(self.err(missing));
-        };
-        let (text, rest) = self.rest.split_at(end);
-        self.rest = rest.get(1..).unwrap_or_default();
+        // The library's NUL search reads a word at a time.
+        let text = std::ffi::CStr::from_bytes_until_nul(self.rest).map_err(|_| self.err(missing))?.to_bytes();
+        self.rest = self.rest.get(text.len() + 1..).unwrap_or_default();
         Ok(text)
     }
 

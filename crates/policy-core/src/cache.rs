@@ -161,28 +161,32 @@ pub(crate) struct DecisionCache {
 #[derive(Clone, Copy)]
 pub(crate) struct Lookup<'a> {
     hash: u64,
+    /// The hash of the caller and the session alone, for
+    /// [`DecisionCache::rekey`].
+    context: u64,
     sql: &'a str,
     shape: bool,
     identity: &'a Identity,
     session: &'a Session,
 }
 
-fn key_hash(
-    state: &foldhash::quality::RandomState,
-    sql: &str,
-    shape: bool,
-    identity: &Identity,
-    session: &Session,
-) -> u64 {
+/// The hash of what a key holds besides its text.
+fn context_hash(state: &foldhash::quality::RandomState, identity: &Identity, session: &Session) -> u64 {
     let mut h = state.build_hasher();
-    sql.hash(&mut h);
-    shape.hash(&mut h);
     identity.hash(&mut h);
     session.search_path.hash(&mut h);
     session.reset_search_path.hash(&mut h);
     session.standard_conforming_strings.hash(&mut h);
     session.user.hash(&mut h);
     session.transaction.hash(&mut h);
+    h.finish()
+}
+
+fn key_hash(state: &foldhash::quality::RandomState, sql: &str, shape: bool, context: u64) -> u64 {
+    let mut h = state.build_hasher();
+    sql.hash(&mut h);
+    shape.hash(&mut h);
+    context.hash(&mut h);
     h.finish()
 }
 
@@ -230,7 +234,14 @@ impl DecisionCache {
         identity: &'a Identity,
         session: &'a Session,
     ) -> Lookup<'a> {
-        Lookup { hash: key_hash(&self.hasher, sql, shape, identity, session), sql, shape, identity, session }
+        let context = context_hash(&self.hasher, identity, session);
+        Lookup { hash: key_hash(&self.hasher, sql, shape, context), context, sql, shape, identity, session }
+    }
+
+    /// The key of another text (or shape) for the caller and session of
+    /// `base`: the caller and session are not hashed again.
+    pub(crate) fn rekey<'a>(&self, base: &Lookup<'a>, sql: &'a str, shape: bool) -> Lookup<'a> {
+        Lookup { hash: key_hash(&self.hasher, sql, shape, base.context), sql, shape, ..*base }
     }
 
     fn shard(&self, hash: u64) -> Option<&Mutex<Shard>> {
@@ -244,7 +255,7 @@ impl DecisionCache {
 
     /// The decision cached under `key`.
     pub(crate) fn get(&self, key: Lookup<'_>) -> Option<Arc<Decision>> {
-        let Lookup { hash, sql, shape, identity, session } = key;
+        let Lookup { hash, sql, shape, identity, session, .. } = key;
         if !self.takes(sql.len()) {
             return None;
         }
@@ -263,7 +274,7 @@ impl DecisionCache {
     /// Caches `stored(decision)` under `key`, from the second time it is
     /// offered; `stored` runs only then.
     pub(crate) fn insert(&self, key: Lookup<'_>, decision: &Decision, stored: impl FnOnce(&Decision) -> Decision) {
-        let Lookup { hash, sql, shape, identity, session } = key;
+        let Lookup { hash, sql, shape, identity, session, .. } = key;
         if !self.takes(sql.len()) {
             return;
         }

@@ -205,16 +205,23 @@ impl Engine {
             return (*hit).clone();
         }
         // The scanner behind the shape lexes with standard_conforming_strings on.
-        let shape = (session.standard_conforming_strings && inner.cache.takes(sql.len()))
+        let (shape, from_template) = match (session.standard_conforming_strings && inner.cache.takes(sql.len()))
             .then(|| self.shape_of(sql))
             .flatten()
-            .filter(Shape::has_constants);
+        {
+            Some((shape, from_template)) if shape.has_constants() => (Some(shape), from_template),
+            _ => (None, false),
+        };
         if let Some(shape) = &shape {
-            if let Some(hit) = inner.cache.get(inner.cache.key(&shape.key, true, identity, session)) {
+            if let Some(hit) = inner.cache.get(inner.cache.rekey(&text_key, &shape.key, true)) {
                 let decision = restore_spans(&hit, shape);
-                // A text seen before is kept as itself too: its next
-                // sighting needs no scan.
-                inner.cache.insert(text_key, &decision, Decision::clone);
+                // A text whose shape took the scanner is kept as itself
+                // too: its next sighting needs no scan. One a template
+                // gave is not (deriving it again is cheaper than keeping
+                // every new constant).
+                if !from_template {
+                    inner.cache.insert(text_key, &decision, Decision::clone);
+                }
                 return decision;
             }
         }
@@ -239,7 +246,7 @@ impl Engine {
         }
         match shape {
             Some(shape) if literal_free => {
-                let shape_key = inner.cache.key(&shape.key, true, identity, session);
+                let shape_key = inner.cache.rekey(&text_key, &shape.key, true);
                 inner.cache.insert(shape_key, &decision, |d| store_spans(d, &shape));
             }
             _ => inner.cache.insert(text_key, &decision, Decision::clone),
@@ -247,19 +254,20 @@ impl Engine {
         decision
     }
 
-    /// The shape of `sql`: from a template when it differs from a text
-    /// scanned before only in the values of integer constants (see
-    /// [`crate::shape::Template`]), else from PostgreSQL's scanner.
-    fn shape_of(&self, sql: &str) -> Option<Shape> {
+    /// The shape of `sql`, and whether a template gave it: from a template
+    /// when it differs from a text scanned before only in the values of
+    /// integer constants (see [`crate::shape::Template`]), else from
+    /// PostgreSQL's scanner.
+    fn shape_of(&self, sql: &str) -> Option<(Shape, bool)> {
         let templates = &self.inner.templates;
-        let Some(mask) = DigitMask::of(sql) else { return Shape::of(sql) };
+        let Some(mask) = DigitMask::of(sql) else { return Shape::of(sql).map(|s| (s, false)) };
         let hash = templates.hash(&mask);
         if let Some(shape) = templates.derive(hash, sql, &mask) {
-            return Some(shape);
+            return Some((shape, true));
         }
         let shape = Shape::of(sql)?;
         templates.learn(hash, sql, &mask, &shape);
-        Some(shape)
+        Some((shape, false))
     }
 
     /// Runs the policy's own `[[test]]` entries.

@@ -795,15 +795,26 @@ impl SessionCore {
     }
 
     fn process_client(&mut self) {
+        // Read in place: the buffer is taken out while messages borrow it,
+        // and advanced once past every message taken.
+        let mut input = std::mem::take(&mut self.client_in);
+        let taken = self.take_client_messages(&input);
+        input.advance(taken);
+        self.client_in = input;
+    }
+
+    /// Handles the messages at the front of `input` while the state lets
+    /// them in; returns how many bytes were taken.
+    fn take_client_messages(&mut self, input: &[u8]) -> usize {
+        let mut taken = 0;
         loop {
+            let rest = input.get(taken..).unwrap_or_default();
             match &self.client {
                 ClientState::Reading | ClientState::CopyIn | ClientState::DiscardingUntilSync => {}
-                ClientState::Held { .. } => {
-                    if self.client_in.len() > self.config.max_buffered_bytes {
-                        let max = self.config.max_buffered_bytes;
-                        if let ClientState::Held { id, .. } = &self.client {
-                            self.needs.push_back(Need::EndHold { hold: *id });
-                        }
+                ClientState::Held { id, .. } => {
+                    let max = self.config.max_buffered_bytes;
+                    if rest.len() > max {
+                        self.needs.push_back(Need::EndHold { hold: *id });
                         self.emit_error(
                             "FATAL",
                             CONFIGURATION_LIMIT_EXCEEDED,
@@ -814,34 +825,25 @@ impl SessionCore {
                         );
                         self.close(SessionEnd::Flooded(max));
                     }
-                    return;
+                    return taken;
                 }
-                _ => return,
+                _ => return taken,
             }
-            // Read in place: the buffer is taken out while the message
-            // borrows it, and advanced past the message once it is taken.
-            let mut input = std::mem::take(&mut self.client_in);
-            let taken = match codec::view_frontend(&input, self.config.max_message_bytes) {
+            match codec::view_frontend(rest, self.config.max_message_bytes) {
                 Ok(Some(m)) => {
                     let len = m.frame.len();
-                    self.on_client_message(m).then_some(len)
+                    if self.on_client_message(m) {
+                        taken += len;
+                    }
                 }
-                Ok(None) => {
-                    self.client_in = input;
-                    return;
-                }
+                Ok(None) => return taken,
                 Err(e) => {
-                    self.client_in = input;
                     tracing::info!("invalid client message: {e}");
                     self.emit_error("FATAL", PROTOCOL_VIOLATION, &format!("invalid message: {e}"));
                     self.close(SessionEnd::ClientProtocol(e));
-                    return;
+                    return taken;
                 }
-            };
-            if let Some(len) = taken {
-                input.advance(len);
             }
-            self.client_in = input;
         }
     }
 
