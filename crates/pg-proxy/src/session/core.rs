@@ -23,6 +23,7 @@ use policy_core::{
 use postgres_protocol::message::frontend;
 
 use super::hold::{HeldStatement, HoldOutcome, HoldRequest};
+use super::names::NameMap;
 use super::record::{Record, RecordError, StatementRecord};
 use super::registry::Activity;
 use crate::catalog::Table;
@@ -31,10 +32,8 @@ use crate::codec::{
     FrontendView, Str,
 };
 
-/// Hashing of the names a client gives (statements, portals): foldhash,
-/// seeded per map, as every `Bind`, `Describe` and `Execute` looks one up.
-/// The maps are the session's own, so colliding names would slow only the
-/// session that chose them.
+/// Hashing of the masking plans' keys: foldhash, seeded per map (see
+/// [`super::names`]).
 type Names = foldhash::quality::RandomState;
 
 /// SQLSTATE of a refusal by policy.
@@ -426,8 +425,8 @@ pub struct SessionCore {
     to_server: BytesMut,
     needs: VecDeque<Need>,
     batch: Batch,
-    statements: HashMap<String, Option<Arc<Prepared>>, Names>,
-    portals: HashMap<String, Portal, Names>,
+    statements: NameMap<Option<Arc<Prepared>>>,
+    portals: NameMap<Portal>,
     pending: VecDeque<Pending>,
     /// The transaction status of the last `ReadyForQuery`.
     tx_status: u8,
@@ -483,8 +482,8 @@ impl SessionCore {
             to_server: BytesMut::new(),
             needs: VecDeque::new(),
             batch: Batch::default(),
-            statements: HashMap::default(),
-            portals: HashMap::default(),
+            statements: NameMap::default(),
+            portals: NameMap::default(),
             pending: VecDeque::new(),
             tx_status: b'I',
             block_failed: false,
@@ -1005,12 +1004,7 @@ impl SessionCore {
             (Vec::new(), Vec::new())
         };
         let portal = Portal { id, prepared, fields, rows: 0, param_formats, params };
-        match self.portals.get_mut(bind.portal) {
-            Some(slot) => *slot = portal,
-            None => {
-                self.portals.insert(bind.portal.to_string(), portal);
-            }
-        }
+        self.portals.insert(bind.portal, portal);
         self.stage(frame, Some(Pending::Bind));
     }
 
@@ -1128,7 +1122,7 @@ impl SessionCore {
             self.state = snapshot;
         }
         for name in batch.statements {
-            self.statements.insert(name, None);
+            self.statements.insert(&name, None);
         }
         for name in batch.portals {
             self.portals.remove(&name);
@@ -1295,8 +1289,8 @@ impl SessionCore {
             // refused text: a later Bind must not reach what the server
             // still holds under that name. Other names are unknown anyway
             // (and are not kept: a client could pile them up).
-            if name.is_empty() || self.statements.contains_key(name) {
-                self.statements.insert(name.to_string(), None);
+            if name.is_empty() || self.statements.contains(name) {
+                self.statements.insert(name, None);
             }
             return self.fail_block(INSUFFICIENT_PRIVILEGE, message);
         }
@@ -1307,7 +1301,7 @@ impl SessionCore {
         if self.batches_can_be_refused() {
             self.batch.statements.push(name.to_string());
         }
-        self.statements.insert(name.to_string(), Some(prepared));
+        self.statements.insert(name, Some(prepared));
         self.stage(frame, Some(Pending::Parse));
     }
 

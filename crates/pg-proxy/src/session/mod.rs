@@ -91,6 +91,7 @@
 
 pub mod core;
 pub mod hold;
+pub mod names;
 pub mod record;
 pub mod registry;
 
