@@ -653,6 +653,33 @@ fn masking_waits_for_the_catalog_then_masks() {
     assert_eq!(h.got()[1], ('D', "2,****4321".into()));
 }
 
+#[test]
+fn a_query_run_again_with_other_constants_keeps_its_plan_only_for_the_same_columns() {
+    let mut h = harness(CoreConfig::default());
+    let run = |h: &mut Harness, sql: &str, columns: &[(&str, u32, i16)], row: &[&str]| {
+        h.client(&query(sql));
+        h.sent();
+        h.server(&cat(&[row_description(columns), rows_of(&[row]), complete("SELECT 1"), ready(b'I')]));
+        let needs = h.needs();
+        if !needs.is_empty() {
+            assert!(matches!(needs.as_slice(), [Need::ResolveTables { .. }]), "{needs:?}");
+            h.core.handle_tables(people_table(), h.now);
+        }
+        (needs.len(), h.got())
+    };
+    let masked = [("id", PEOPLE, 1), ("ssn", PEOPLE, 3)];
+    let (asked, got) = run(&mut h, "SELECT id, ssn FROM people WHERE id = 1", &masked, &["1", "123-45-6789"]);
+    assert_eq!((asked, &got[1]), (1, &('D', "1,****6789".into())), "{got:?}");
+    // The same statement with another constant: the same plan, no catalog.
+    let (asked, got) = run(&mut h, "SELECT id, ssn FROM people WHERE id = 2", &masked, &["2", "987-65-4321"]);
+    assert_eq!((asked, &got[1]), (0, &('D', "2,****4321".into())), "{got:?}");
+    // The server describes other columns for the same text (the table
+    // changed under it): planned again, not taken from the last result.
+    let other = [("id", PEOPLE, 1), ("name", PEOPLE, 2)];
+    let (_, got) = run(&mut h, "SELECT id, ssn FROM people WHERE id = 3", &other, &["3", "Ada"]);
+    assert_eq!(got[1], ('D', "3,Ada".into()), "{got:?}");
+}
+
 /// One run of a prepared statement: Bind, Describe, Execute, Sync, and the
 /// server's answer with one row (`ssn` an `int8` column); returns the type
 /// the client was told for `ssn` and the row it got.

@@ -1855,18 +1855,40 @@ impl SessionCore {
         let facts = || decision.statements.get(index).map(|s| Arc::clone(&s.facts));
         match message {
             BackendMessage::RowDescription => {
-                let fields = match codec::parse_row_description(&frame) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        self.emit_error("FATAL", "08006", "the database sent an invalid message");
-                        self.close(SessionEnd::ServerProtocol(e));
-                        return true;
-                    }
-                };
                 let facts = facts();
-                let Some(masker) = self.masker(facts.as_deref(), &fields) else {
-                    self.backend = BackendState::WaitingCatalog(frame);
-                    return false;
+                // The same columns as the last result of the same statement
+                // facts (a query run again with other constants): its parse
+                // and masking plan are taken again.
+                let again = self
+                    .last_description
+                    .as_ref()
+                    .filter(|last| last.frame == frame.frame && same_facts(&last.facts, &facts))
+                    .map(|last| (Arc::clone(&last.fields), Arc::clone(&last.masker)));
+                let (fields, masker) = match again {
+                    Some(again) => again,
+                    None => {
+                        let fields = match codec::parse_row_description(&frame) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                self.emit_error("FATAL", "08006", "the database sent an invalid message");
+                                self.close(SessionEnd::ServerProtocol(e));
+                                return true;
+                            }
+                        };
+                        let Some(masker) = self.masker(facts.as_deref(), &fields) else {
+                            self.backend = BackendState::WaitingCatalog(frame);
+                            return false;
+                        };
+                        let fields = Arc::new(fields);
+                        self.last_description = Some(LastDescription {
+                            // A copy: a kept frame must not pin the read buffer.
+                            frame: Bytes::copy_from_slice(&frame.frame),
+                            facts: facts.clone(),
+                            fields: Arc::clone(&fields),
+                            masker: Arc::clone(&masker),
+                        });
+                        (fields, masker)
+                    }
                 };
                 self.forward_row_description(&frame, &fields, &masker);
                 if let Some(Pending::Query { result, .. }) = self.pending.front_mut() {
