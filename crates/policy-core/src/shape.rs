@@ -20,6 +20,7 @@
 //!   scanner surprise: a wrong bound must never fold a keyword away).
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use pg_query::protobuf::Token;
 
@@ -30,8 +31,9 @@ const MARK: char = '\0';
 /// A text's shape: the key, and where its constants were.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Shape {
-    /// The text with each constant replaced by `\0` and a letter for its kind.
-    pub key: String,
+    /// The text with each constant replaced by `\0` and a letter for its
+    /// kind (shared: every shape a template derives has the same key).
+    pub key: Arc<str>,
     /// Byte ranges of the constants in the original text, in order.
     constants: Vec<Range<usize>>,
 }
@@ -82,7 +84,7 @@ impl Shape {
             (prev_end, copied) = (end, end);
         }
         key.push_str(sql.get(copied..)?);
-        Some(Shape { key, constants })
+        Some(Shape { key: Arc::from(key), constants })
     }
 
     /// Whether the text had any constant.
@@ -233,7 +235,7 @@ impl Template {
             out.max(0) as usize
         };
         let constants = self.shape.constants.iter().map(|c| shift(c.start)..shift(c.end)).collect();
-        Some(Shape { key: self.shape.key.clone(), constants })
+        Some(Shape { key: Arc::clone(&self.shape.key), constants })
     }
 
     /// Bytes it holds, roughly (for the cache's budget).
