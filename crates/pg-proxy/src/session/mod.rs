@@ -274,8 +274,8 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                 }
             },
             control = registration.control() => match control {
-                Some(Control::Cancel) => core.handle_cancel(Instant::now()),
-                Some(Control::Terminate) | None => core.handle_terminate(),
+                Control::Cancel => core.handle_cancel(Instant::now()),
+                Control::Terminate => core.handle_terminate(),
             },
             outcome = poll_slot(&mut persisting), if persisting.is_some() => {
                 if let Some((batch, _)) = persisting.take() {

@@ -24,9 +24,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::SystemTime;
 
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 
 /// What a session is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -121,7 +122,47 @@ pub struct SessionSnapshot {
 struct Entry {
     info: SessionInfo,
     activity: Arc<AtomicU8>,
-    control: mpsc::UnboundedSender<Control>,
+    orders: Arc<Orders>,
+}
+
+/// Orders sent to one session and not yet taken: a bit per kind, and the
+/// session's waker. Polling it when nothing was sent is one atomic load
+/// and a waker registration (the session polls it at every wake-up).
+#[derive(Debug, Default)]
+struct Orders {
+    bits: AtomicU8,
+    waker: AtomicWaker,
+}
+
+const CANCEL: u8 = 1;
+const TERMINATE: u8 = 2;
+
+impl Orders {
+    fn send(&self, control: Control) {
+        let bit = match control {
+            Control::Cancel => CANCEL,
+            Control::Terminate => TERMINATE,
+        };
+        self.bits.fetch_or(bit, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// The order sent since the last one taken: a terminate wins over a
+    /// cancel (the session ends either way), and cancels sent before the
+    /// session looked count once.
+    fn take(&self) -> Option<Control> {
+        if self.bits.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let bits = self.bits.swap(0, Ordering::AcqRel);
+        if bits & TERMINATE != 0 {
+            Some(Control::Terminate)
+        } else if bits & CANCEL != 0 {
+            Some(Control::Cancel)
+        } else {
+            None
+        }
+    }
 }
 
 /// The live sessions of a gateway.
@@ -142,12 +183,12 @@ impl Registry {
     /// Registers a session under an id the caller chose (unique among live
     /// sessions: the gateway's session counter).
     pub fn register_as(self: &Arc<Self>, id: u64, info: SessionInfo) -> Registration {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let orders = Arc::new(Orders::default());
         let activity = Arc::new(AtomicU8::new(Activity::Idle.as_u8()));
         if let Ok(mut s) = self.sessions.lock() {
-            s.insert(id, Entry { info, activity: Arc::clone(&activity), control: tx });
+            s.insert(id, Entry { info, activity: Arc::clone(&activity), orders: Arc::clone(&orders) });
         }
-        Registration { id, registry: Arc::clone(self), control: rx, activity }
+        Registration { id, registry: Arc::clone(self), orders, activity }
     }
 
     /// The live sessions, by id.
@@ -188,7 +229,9 @@ impl Registry {
 
     fn send(&self, id: u64, control: Control) -> bool {
         let Ok(s) = self.sessions.lock() else { return false };
-        s.get(&id).is_some_and(|e| e.control.send(control).is_ok())
+        let Some(entry) = s.get(&id) else { return false };
+        entry.orders.send(control);
+        true
     }
 }
 
@@ -198,7 +241,7 @@ impl Registry {
 pub struct Registration {
     id: u64,
     registry: Arc<Registry>,
-    control: mpsc::UnboundedReceiver<Control>,
+    orders: Arc<Orders>,
     activity: Arc<AtomicU8>,
 }
 
@@ -213,14 +256,27 @@ impl Registration {
         self.activity.store(activity.as_u8(), Ordering::Relaxed);
     }
 
-    /// The next order, when one comes.
-    pub async fn control(&mut self) -> Option<Control> {
-        self.control.recv().await
+    /// The next order, when one comes (see [`Registry::cancel`] and
+    /// [`Registry::terminate`]: a terminate wins over a cancel not yet
+    /// taken, and cancels not yet taken count once).
+    pub async fn control(&mut self) -> Control {
+        std::future::poll_fn(|cx| {
+            if let Some(control) = self.orders.take() {
+                return Poll::Ready(control);
+            }
+            self.orders.waker.register(cx.waker());
+            // Sent between the first look and the registration.
+            match self.orders.take() {
+                Some(control) => Poll::Ready(control),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// The next order already sent, if any.
     pub fn try_control(&mut self) -> Option<Control> {
-        self.control.try_recv().ok()
+        self.orders.take()
     }
 }
 
@@ -229,5 +285,42 @@ impl Drop for Registration {
         if let Ok(mut s) = self.registry.sessions.lock() {
             s.remove(&self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> (Arc<Registry>, Registration) {
+        let registry = Arc::new(Registry::default());
+        let info = SessionInfo::new("alice", Vec::new(), None, "127.0.0.1:5432".parse().unwrap(), "psql");
+        let registration = registry.register(info);
+        (registry, registration)
+    }
+
+    #[test]
+    fn orders_not_yet_taken_collapse_and_terminate_wins() {
+        let (registry, mut me) = session();
+        assert_eq!(me.try_control(), None);
+        assert!(registry.cancel(me.id()) && registry.cancel(me.id()));
+        assert_eq!(me.try_control(), Some(Control::Cancel));
+        assert_eq!(me.try_control(), None);
+        assert!(registry.cancel(me.id()) && registry.terminate(me.id()));
+        assert_eq!(me.try_control(), Some(Control::Terminate));
+        assert!(!registry.cancel(me.id() + 1));
+        drop(me);
+        assert!(registry.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_session_is_woken_by_an_order() {
+        let (registry, mut me) = session();
+        let id = me.id();
+        let waiting = tokio::spawn(async move { me.control().await });
+        tokio::task::yield_now().await;
+        assert!(registry.terminate(id));
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+        assert_eq!(woken.expect("the session was not woken").unwrap(), Control::Terminate);
     }
 }
