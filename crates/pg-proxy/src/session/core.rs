@@ -1831,7 +1831,6 @@ impl SessionCore {
         let Some(Pending::Query { decision, index, failed, refusal, .. }) = self.pending.front() else {
             return true;
         };
-        let (decision, index, failed) = (Arc::clone(decision), *index, *failed);
         if message == BackendMessage::ReadyForQuery {
             self.pending.pop_front();
             self.on_ready(frame);
@@ -1839,7 +1838,7 @@ impl SessionCore {
         }
         if let Some(refusal) = refusal.clone() {
             // The substitute's failure becomes the refusal; nothing else of it reaches the client.
-            if message == BackendMessage::ErrorResponse && !failed {
+            if message == BackendMessage::ErrorResponse && !*failed {
                 self.emit_error("ERROR", refusal.code, &refusal.message);
                 if let Some(Pending::Query { failed, .. }) = self.pending.front_mut() {
                     *failed = true;
@@ -1847,11 +1846,16 @@ impl SessionCore {
             }
             return true;
         }
-        if failed {
+        if *failed {
             return true;
         }
-        // Only the frames that start or end a result need the statement's facts
-        // (not every row).
+        if matches!(message, BackendMessage::DataRow | BackendMessage::CopyData) {
+            // The row path: nothing of the decision is needed.
+            self.on_row(message, frame);
+            return true;
+        }
+        // Only the frames that start or end a result need the statement's facts.
+        let (decision, index) = (Arc::clone(decision), *index);
         let facts = || decision.statements.get(index).map(|s| Arc::clone(&s.facts));
         match message {
             BackendMessage::RowDescription => {
@@ -1897,7 +1901,6 @@ impl SessionCore {
                     *result = fresh;
                 }
             }
-            BackendMessage::DataRow | BackendMessage::CopyData => self.on_row(message, frame),
             BackendMessage::CopyOutResponse => return self.start_copy_out(&frame, facts()),
             BackendMessage::CopyInResponse => {
                 self.copy_in_started = true;
