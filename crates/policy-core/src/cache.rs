@@ -13,10 +13,12 @@
 //! markers, [`crate::shape`]); the two never match each other. A decision
 //! that never read a constant's value is cached under its shape, so
 //! `... WHERE aid = 17` and `... WHERE aid = 42` share one entry; a text
-//! seen twice is also kept as itself, so that it skips the scan. The scan
-//! itself is skipped for a text that differs from a scanned one only in its
-//! integer constants: [`TemplateCache`] keeps, by digit mask, what the
-//! scanner said ([`crate::shape::Template`]).
+//! seen twice whose shape took the scanner is also kept as itself, so that
+//! it skips the scan. The scan itself is skipped for a text that differs
+//! from a scanned one only in its integer constants: [`TemplateCache`]
+//! keeps, by digit mask, what the scanner said
+//! ([`crate::shape::Template`]), and such a text is not kept as itself
+//! (deriving its shape again costs less than an entry per constant).
 //!
 //! A text is cached the second time it is decided (a per-shard set of the
 //! key hashes seen once, emptied when it reaches [`SEEN_ONCE_LIMIT`]): the
