@@ -666,17 +666,32 @@ impl<'a> FormatCodes<'a> {
         self.0.chunks_exact(2).map(|c| c.first_chunk::<2>().map(|w| i16::from_be_bytes(*w)).unwrap_or_default())
     }
 
-    /// The code that applies to value `i`, as PostgreSQL reads the list:
-    /// none means text for all, one applies to all, otherwise one each
-    /// (text past the end).
+    /// The code that applies to value `i` (see [`format_index`]).
     pub fn at(&self, i: usize) -> i16 {
-        let index = if self.len() == 1 { 0 } else { i };
-        self.iter().nth(index).unwrap_or(0)
+        self.iter().nth(format_index(self.len(), i)).unwrap_or(0)
     }
 
     /// The codes as a vector.
     pub fn to_vec(&self) -> Vec<i16> {
         self.iter().collect()
+    }
+}
+
+/// Which of `count` format codes applies to value `i`, as PostgreSQL
+/// reads such a list: none means text for every value (no index is in
+/// range, and the caller's fallback is text), one applies to all, otherwise
+/// one each.
+///
+/// ```
+/// use pg_proxy::codec::format_index;
+/// assert_eq!(format_index(1, 5), 0);
+/// assert_eq!(format_index(3, 2), 2);
+/// ```
+pub fn format_index(count: usize, i: usize) -> usize {
+    if count == 1 {
+        0
+    } else {
+        i
     }
 }
 

@@ -2416,11 +2416,7 @@ fn with_formats(fields: &[FieldDescription], formats: FormatCodes<'_>) -> Vec<Fi
 /// The format of column or parameter `i` under format codes: none (text),
 /// one for all, or one per column.
 fn format_at(formats: &[i16], i: usize) -> i16 {
-    match formats {
-        [] => 0,
-        [one] => *one,
-        many => many.get(i).copied().unwrap_or(0),
-    }
+    formats.get(codec::format_index(formats.len(), i)).copied().unwrap_or(0)
 }
 
 /// The room of one row's values, kept from row to row (a result of a
