@@ -134,6 +134,13 @@ fn psycopg_sessions() {
     assert_eq!(explicit["third"]["class"], "ProgrammingError", "skipped after the error: {explicit}");
     assert_eq!(explicit["after_sync"], "****7890", "{explicit}");
     assert!(explicit.get("pipeline_error").is_none(), "{explicit}");
+    // A server error fetched (after a Flush) before the rest of the pipeline
+    // was sent: the rest is skipped by the server, and the session goes on.
+    let early = &pipeline["failed_early"];
+    assert_eq!(early["first"]["sqlstate"], "42P01", "{early}");
+    assert_eq!(early["sync"]["class"], "PipelineAborted", "{early}");
+    assert_eq!(early["after_sync"], "****7890", "{early}");
+    assert!(early.get("pipeline_error").is_none(), "{early}");
     assert_eq!(pipeline["usable_after"], true);
 
     // (c) Refusals: 42501, and the connection goes on.

@@ -202,6 +202,12 @@ fn describe_portal(portal: &str) -> Vec<u8> {
     b.to_vec()
 }
 
+fn describe_statement(name: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::describe(b'S', name, &mut b).unwrap();
+    b.to_vec()
+}
+
 fn sync() -> Vec<u8> {
     let mut b = BytesMut::new();
     frontend::sync(&mut b);
@@ -434,6 +440,55 @@ fn a_refused_parse_followed_by_flush_is_answered_without_waiting_for_sync() {
     assert!(matches!(sent[0], Frontend::Sync));
     h.server(&ready(b'I'));
     assert_eq!(h.got(), vec![('Z', "I".into())]);
+}
+
+/// A server error in one block says nothing of the next: a refusal in a
+/// block read while the server reports an earlier block's error is still
+/// answered (tokio-postgres pipelines blocks back to back).
+#[test]
+fn a_refusal_read_while_the_server_fails_an_earlier_block_is_still_answered() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[parse("a", "SELECT 1/0"), bind("", "a", &[]), execute(""), sync()]));
+    assert_eq!(h.sent().len(), 5);
+    h.server(&cat(&[raw(b'1', b""), raw(b'2', b""), row_description(&[("?column?", 0, 0)]), error("22012")]));
+    // (The row description answers the gateway's own Describe.)
+    assert_eq!(h.got().into_iter().map(|(k, _)| k).collect::<Vec<_>>(), vec!['1', '2', 'E']);
+    // The next block arrives before the first one's ReadyForQuery.
+    h.client(&cat(&[parse("b", "SELECT * FROM private.secrets"), describe_statement("b"), sync()]));
+    let sent = h.sent();
+    assert!(is_substitute(&sent[0]), "{sent:?}");
+    assert!(matches!(sent[1], Frontend::Sync));
+    h.server(&cat(&[ready(b'I'), error("22P02"), ready(b'I')]));
+    let got = h.got();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0], ('Z', "I".into()));
+    assert!(got[1].1.starts_with("42501"), "{got:?}");
+    assert_eq!(got[2], ('Z', "I".into()));
+    assert_eq!(h.core.activity(), Activity::Idle);
+    assert!(h.core.end().is_none());
+}
+
+/// After a Flush, the server may fail a block before the client sends the
+/// rest of it: what the server then skips is owed no answer.
+#[test]
+fn messages_of_a_block_the_server_already_failed_are_owed_no_answer() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[parse("a", "SELECT * FROM public.missing"), flush()]));
+    h.sent();
+    h.server(&error("42P01"));
+    assert_eq!(h.got().len(), 1);
+    // The gateway allowed the text; the client goes on with the block.
+    h.client(&cat(&[bind("", "a", &[]), execute(""), parse("b", "SELECT * FROM private.secrets"), sync()]));
+    let sent = h.sent();
+    assert!(sent.iter().any(is_substitute), "{sent:?}");
+    // The server skips all of it up to Sync.
+    h.server(&ready(b'I'));
+    assert_eq!(h.got(), vec![('Z', "I".into())]);
+    assert!(h.core.end().is_none(), "{:?}", h.core.end());
+    assert_eq!(h.core.activity(), Activity::Idle);
+    // And the session goes on.
+    h.client(&query("SELECT 2"));
+    assert!(is_query(&h.sent()[0], "SELECT 2"));
 }
 
 #[test]

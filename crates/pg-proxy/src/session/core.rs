@@ -430,7 +430,8 @@ pub struct SessionCore {
     pending: VecDeque<Pending>,
     /// The transaction status of the last `ReadyForQuery`.
     tx_status: u8,
-    /// A failure was reported in the current `Sync` block.
+    /// The server failed the block it is answering (the one up to the
+    /// first `Sync` outstanding): it skips the rest of it.
     block_failed: bool,
     /// Read the settings back after the next `Sync` (a batch that changed
     /// one ended with `Flush`).
@@ -1168,10 +1169,10 @@ impl SessionCore {
     fn fail_block(&mut self, code: &'static str, message: String) {
         self.client = ClientState::DiscardingUntilSync;
         self.batch.failed = true;
-        if self.block_failed {
-            // The server is already skipping to Sync: one error per block.
-            return;
-        }
+        // Staged even when the server already failed this block (after a
+        // Flush): it then skips the substitute, and the entry is dropped
+        // at the block's ReadyForQuery. Whether the server failed an
+        // earlier block says nothing of this one.
         if let Some((bytes, pending)) = substitute_parse(Refusal { code, message }) {
             self.stage(&bytes, Some(pending));
         }
@@ -1440,6 +1441,12 @@ impl SessionCore {
                 return true;
             }
             self.backend = BackendState::Relaying;
+        }
+        if self.block_failed && message == BackendMessage::ReadyForQuery {
+            // The block failed on the server before the client's later
+            // messages of it (sent after a Flush) arrived: the server
+            // skipped them and answers nothing of them.
+            self.pop_to_block_end();
         }
         let Some(head) = self.pending.front() else {
             if message == BackendMessage::ErrorResponse {

@@ -215,6 +215,35 @@ def pipeline(c):
         except psycopg.Error as e:
             results["pipeline_error"] = error_info(e)
         out["explicit"] = results
+        # A server error fetched before the rest of the pipeline is sent
+        # (psycopg flushes to fetch): the server skips what follows up to
+        # the Sync, and the gateway must not wait for answers to it.
+        results = {}
+        try:
+            with conn.pipeline() as p:
+                c1 = conn.execute("SELECT * FROM no_such_table")
+                try:
+                    results["first"] = c1.fetchone()
+                except psycopg.Error as e:
+                    results["first"] = error_info(e)
+                c2 = conn.execute("SELECT ssn FROM customers WHERE id = %s", (1,))
+                c3 = conn.execute("DROP TABLE orders")
+                try:
+                    p.sync()
+                    results["sync"] = None
+                except psycopg.Error as e:
+                    results["sync"] = error_info(e)
+                for key, cur in (("second", c2), ("third", c3)):
+                    try:
+                        results[key] = cur.fetchone()[0]
+                    except psycopg.Error as e:
+                        results[key] = error_info(e)
+                c4 = conn.execute("SELECT ssn FROM customers WHERE id = %s", (2,))
+                p.sync()
+                results["after_sync"] = c4.fetchone()[0]
+        except psycopg.Error as e:
+            results["pipeline_error"] = error_info(e)
+        out["failed_early"] = results
         out["usable_after"] = usable(conn)
     return out
 
