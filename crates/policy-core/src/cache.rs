@@ -227,16 +227,22 @@ impl DecisionCache {
         }
     }
 
+    /// The hash of what a key holds besides its text: the caller and the
+    /// session.
+    pub(crate) fn context_hash(&self, identity: &Identity, session: &Session) -> u64 {
+        context_hash(&self.hasher, identity, session)
+    }
+
     /// The key of `sql` (a shape's key when `shape`) for the caller in
-    /// the session, hashed.
+    /// the session, whose [`DecisionCache::context_hash`] is `context`.
     pub(crate) fn key<'a>(
         &self,
         sql: &'a str,
         shape: bool,
         identity: &'a Identity,
         session: &'a Session,
+        context: u64,
     ) -> Lookup<'a> {
-        let context = context_hash(&self.hasher, identity, session);
         Lookup { hash: key_hash(&self.hasher, sql, shape, context), context, sql, shape, identity, session }
     }
 
@@ -400,13 +406,13 @@ impl TemplateCache {
     }
 
     /// The hash of a mask's key.
-    pub(crate) fn hash(&self, mask: &DigitMask) -> u64 {
-        self.hasher.hash_one(mask.key.as_str())
+    pub(crate) fn hash(&self, mask: &DigitMask<'_>) -> u64 {
+        mask.hash(&self.hasher)
     }
 
     /// The shape of `sql` (mask `mask`, hashed `hash`) from a template,
     /// when one fits.
-    pub(crate) fn derive(&self, hash: u64, sql: &str, mask: &DigitMask) -> Option<Shape> {
+    pub(crate) fn derive(&self, hash: u64, sql: &str, mask: &DigitMask<'_>) -> Option<Shape> {
         if self.shard_budget == 0 {
             return None;
         }
@@ -418,7 +424,7 @@ impl TemplateCache {
 
     /// Keeps what the scanner said about `sql` (its `shape`) for the texts
     /// of its mask, from the second text of that mask on.
-    pub(crate) fn learn(&self, hash: u64, sql: &str, mask: &DigitMask, shape: &Shape) {
+    pub(crate) fn learn(&self, hash: u64, sql: &str, mask: &DigitMask<'_>, shape: &Shape) {
         if self.shard_budget == 0 {
             return;
         }

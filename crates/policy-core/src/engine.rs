@@ -19,6 +19,20 @@ use crate::rules;
 use crate::session::Session;
 use crate::shape::{DigitMask, Shape};
 
+/// The hash an [`Engine`]'s decision cache keys a caller in a session by
+/// (see [`Engine::context_hash`]); only meaningful to the engine that made
+/// it.
+///
+/// ```
+/// use policy_core::{Engine, Identity, Policy};
+/// let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
+/// let (me, session) = (Identity::new("ann"), engine.new_session());
+/// assert_eq!(engine.context_hash(&me, &session), engine.context_hash(&me, &session));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextHash(u64);
+
 /// Key material the engine is built with (never read from the environment).
 #[derive(Clone, Default)]
 pub struct Keys {
@@ -199,32 +213,92 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn decide(&self, identity: &Identity, session: &Session, sql: &str) -> Decision {
+        let context = self.context_hash(identity, session);
+        Arc::unwrap_or_clone(self.decide_shared(identity, session, context, sql))
+    }
+
+    /// The hash the decision cache keys `identity` in `session` by, for
+    /// [`Engine::decide_shared`]: a caller that decides many statements
+    /// computes it once, and again only when the session (or the engine)
+    /// changes.
+    ///
+    /// A stale hash is safe: every cache hit is checked against the
+    /// caller and the session themselves, so it can only cost misses,
+    /// never give another session's decision.
+    pub fn context_hash(&self, identity: &Identity, session: &Session) -> ContextHash {
+        ContextHash(self.inner.cache.context_hash(identity, session))
+    }
+
+    /// [`Engine::decide`] for a caller that decides many statements: it
+    /// passes the [`ContextHash`] it keeps for `identity` and `session`,
+    /// and gets the decision shared (a cached one is not copied).
+    ///
+    /// ```
+    /// use policy_core::{Engine, Identity, Policy, Verdict};
+    ///
+    /// let policy = Policy::from_toml_str(r#"
+    ///     version = 1
+    ///     [[rule]]
+    ///     name = "read"
+    ///     effect = "allow"
+    ///     classes = ["read"]
+    /// "#, "inline.toml")?;
+    /// let engine = Engine::new(policy, Default::default())?;
+    /// let (me, session) = (Identity::new("ann"), engine.new_session());
+    /// let context = engine.context_hash(&me, &session);
+    /// for aid in 1..4 {
+    ///     let sql = format!("SELECT * FROM accounts WHERE aid = {aid}");
+    ///     assert_eq!(engine.decide_shared(&me, &session, context, &sql).verdict, Verdict::Allow);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn decide_shared(
+        &self,
+        identity: &Identity,
+        session: &Session,
+        context: ContextHash,
+        sql: &str,
+    ) -> Arc<Decision> {
         let inner = &self.inner;
-        let text_key = inner.cache.key(sql, false, identity, session);
-        if let Some(hit) = inner.cache.get(text_key) {
-            return (*hit).clone();
-        }
+        let text_key = inner.cache.key(sql, false, identity, session, context.0);
         // The scanner behind the shape lexes with standard_conforming_strings on.
-        let (shape, from_template) = match (session.standard_conforming_strings && inner.cache.takes(sql.len()))
-            .then(|| self.shape_of(sql))
-            .flatten()
-        {
-            Some((shape, from_template)) if shape.has_constants() => (Some(shape), from_template),
-            _ => (None, false),
-        };
-        if let Some(shape) = &shape {
+        let shapes = session.standard_conforming_strings && inner.cache.takes(sql.len());
+        let mask = if shapes { DigitMask::of(sql) } else { None };
+        let templates = &inner.templates;
+        let mask = mask.map(|m| (templates.hash(&m), m));
+        // A text that differs from one scanned before only in integer
+        // constants takes its shape from that text's template, and is
+        // looked up by shape first: such texts are not kept as themselves
+        // (deriving the shape again is cheaper than keeping every new
+        // constant).
+        let derived =
+            mask.as_ref().and_then(|(hash, mask)| templates.derive(*hash, sql, mask)).filter(Shape::has_constants);
+        if let Some(shape) = &derived {
             if let Some(hit) = inner.cache.get(inner.cache.rekey(&text_key, &shape.key, true)) {
-                let decision = restore_spans(&hit, shape);
-                // A text whose shape took the scanner is kept as itself
-                // too: its next sighting needs no scan. One a template
-                // gave is not (deriving it again is cheaper than keeping
-                // every new constant).
-                if !from_template {
-                    inner.cache.insert(text_key, &decision, Decision::clone);
-                }
-                return decision;
+                return Arc::new(restore_spans(&hit, shape));
             }
         }
+        if let Some(hit) = inner.cache.get(text_key) {
+            return hit;
+        }
+        let shape = match derived {
+            // Its shape was looked up above.
+            Some(shape) => Some(shape),
+            None => {
+                let shape = if shapes { self.scanned_shape(sql, mask.as_ref()) } else { None };
+                let shape = shape.filter(Shape::has_constants);
+                if let Some(shape) = &shape {
+                    if let Some(hit) = inner.cache.get(inner.cache.rekey(&text_key, &shape.key, true)) {
+                        let decision = restore_spans(&hit, shape);
+                        // A text whose shape took the scanner is kept as
+                        // itself too: its next sighting needs no scan.
+                        inner.cache.insert(text_key, &decision, Decision::clone);
+                        return Arc::new(decision);
+                    }
+                }
+                shape
+            }
+        };
         let decided = catch_unwind(AssertUnwindSafe(|| {
             literal::start();
             let analysis = analyze::analyze(sql, session, &inner.options);
@@ -239,10 +313,10 @@ impl Engine {
         }));
         let (decision, cacheable, literal_free) = match decided {
             Ok(d) => d,
-            Err(_) => return internal_error(identity),
+            Err(_) => return Arc::new(internal_error(identity)),
         };
         if !cacheable {
-            return decision;
+            return Arc::new(decision);
         }
         match shape {
             Some(shape) if literal_free => {
@@ -251,23 +325,18 @@ impl Engine {
             }
             _ => inner.cache.insert(text_key, &decision, Decision::clone),
         }
-        decision
+        Arc::new(decision)
     }
 
-    /// The shape of `sql`, and whether a template gave it: from a template
-    /// when it differs from a text scanned before only in the values of
-    /// integer constants (see [`crate::shape::Template`]), else from
-    /// PostgreSQL's scanner.
-    fn shape_of(&self, sql: &str) -> Option<(Shape, bool)> {
-        let templates = &self.inner.templates;
-        let Some(mask) = DigitMask::of(sql) else { return Shape::of(sql).map(|s| (s, false)) };
-        let hash = templates.hash(&mask);
-        if let Some(shape) = templates.derive(hash, sql, &mask) {
-            return Some((shape, true));
-        }
+    /// The shape of `sql` from PostgreSQL's scanner; what it says is kept
+    /// as the template of `sql`'s digit mask (with its hash), when it has
+    /// one (see [`crate::shape::Template`]).
+    fn scanned_shape(&self, sql: &str, mask: Option<&(u64, DigitMask<'_>)>) -> Option<Shape> {
         let shape = Shape::of(sql)?;
-        templates.learn(hash, sql, &mask, &shape);
-        Some((shape, false))
+        if let Some((hash, mask)) = mask {
+            self.inner.templates.learn(*hash, sql, mask, &shape);
+        }
+        Some(shape)
     }
 
     /// Runs the policy's own `[[test]]` entries.
@@ -364,10 +433,19 @@ fn restore_spans(decision: &Decision, shape: &Shape) -> Decision {
 }
 
 fn map_spans(decision: &Decision, map: impl Fn(&Range<usize>) -> Range<usize>) -> Decision {
-    let mut out = decision.clone();
-    if decision.statements.iter().any(|s| map(&s.span) != s.span) {
-        out.statements =
-            decision.statements.iter().map(|s| StatementDecision { span: map(&s.span), ..s.clone() }).collect();
+    if decision.statements.iter().all(|s| map(&s.span) == s.span) {
+        return decision.clone();
     }
-    out
+    let Decision { verdict, reason, rule, max_rows, approvers, subject, actor, statements, diagnostics } = decision;
+    Decision {
+        verdict: *verdict,
+        reason: Arc::clone(reason),
+        rule: rule.clone(),
+        max_rows: *max_rows,
+        approvers: approvers.clone(),
+        subject: Arc::clone(subject),
+        actor: actor.clone(),
+        statements: statements.iter().map(|s| StatementDecision { span: map(&s.span), ..s.clone() }).collect(),
+        diagnostics: diagnostics.clone(),
+    }
 }

@@ -230,7 +230,7 @@ pub use cache::{CacheStats, DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT
 pub use copy::{CopyLayout, CopyOutAction, CopyOutPlan};
 pub use decision::{Decision, StatementDecision, Verdict};
 pub use detect::{DetectorMatch, Detectors};
-pub use engine::{Engine, EngineOptions, Keys, TestOutcome};
+pub use engine::{ContextHash, Engine, EngineOptions, Keys, TestOutcome};
 pub use identity::{verify_jwt, Actor, Identity, IdentityError, IdentityRules, Jwks, MAX_LEEWAY_SECONDS};
 pub use mask::{quotes_values, ColumnInfo, Masking, MessageScrubber, RowMasker, Scrubbed, REDACTED};
 pub use policy::{

@@ -19,10 +19,12 @@
 //! - a constant's bounds do not look like a constant's (a guard against a
 //!   scanner surprise: a wrong bound must never fold a keyword away).
 
+use std::hash::{BuildHasher, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
 
 use pg_query::protobuf::Token;
+use smallvec::SmallVec;
 
 /// Marks a constant in a shape key; the scanner refuses a NUL in the text,
 /// so no text holds one.
@@ -35,7 +37,7 @@ pub(crate) struct Shape {
     /// kind (shared: every shape a template derives has the same key).
     pub key: Arc<str>,
     /// Byte ranges of the constants in the original text, in order.
-    constants: Vec<Range<usize>>,
+    constants: SmallVec<[Range<usize>; 4]>,
 }
 
 /// Bytes a constant takes in the key.
@@ -52,7 +54,7 @@ impl Shape {
         }
         let tokens = pg_query::scan_tokens(sql).ok()?;
         let mut key = String::with_capacity(sql.len());
-        let mut constants = Vec::new();
+        let mut constants = SmallVec::new();
         // End of the last token seen, and of the text already in the key.
         let (mut prev_end, mut copied) = (0usize, 0usize);
         for t in &tokens {
@@ -119,20 +121,21 @@ impl Shape {
 
 /// A text with each maximal run of ASCII digits hidden: the key under
 /// which texts that differ only in their digits meet, found without
-/// running the scanner.
+/// running the scanner. The key (the text with each run replaced by one
+/// `\0`) is hashed and compared where the text lies, and written out only
+/// for a new [`Template`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DigitMask {
-    /// The text with each digit run replaced by one `\0`.
-    pub key: String,
-    /// The runs, in order.
-    runs: Vec<Range<usize>>,
+pub(crate) struct DigitMask<'a> {
+    sql: &'a str,
+    /// The runs, in order (most statements have a few).
+    runs: SmallVec<[Range<usize>; 8]>,
 }
 
-impl DigitMask {
+impl<'a> DigitMask<'a> {
     /// The mask of `sql`; `None` when it has no digit (nothing to vary).
-    pub(crate) fn of(sql: &str) -> Option<DigitMask> {
+    pub(crate) fn of(sql: &'a str) -> Option<DigitMask<'a>> {
         let bytes = sql.as_bytes();
-        let mut runs = Vec::new();
+        let mut runs = SmallVec::new();
         let mut i = 0;
         while let Some(start) = next_digit(bytes, i) {
             let len = bytes.get(start..)?.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -142,15 +145,56 @@ impl DigitMask {
         if runs.is_empty() {
             return None;
         }
-        let mut key = String::with_capacity(sql.len());
-        let mut copied = 0;
-        for r in &runs {
-            key.push_str(sql.get(copied..r.start)?);
-            key.push(MARK);
-            copied = r.end;
+        Some(DigitMask { sql, runs })
+    }
+
+    /// The text between the runs: one piece more than there are runs.
+    fn pieces(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        let bytes = self.sql.as_bytes();
+        let starts = std::iter::once(0).chain(self.runs.iter().map(|r| r.end));
+        let ends = self.runs.iter().map(|r| r.start).chain(std::iter::once(bytes.len()));
+        starts.zip(ends).map(move |(a, b)| bytes.get(a..b).unwrap_or_default())
+    }
+
+    /// The key's hash under `state`.
+    pub(crate) fn hash(&self, state: &impl BuildHasher) -> u64 {
+        let mut h = state.build_hasher();
+        for piece in self.pieces() {
+            h.write(piece);
+            h.write_u8(0);
         }
-        key.push_str(sql.get(copied..)?);
-        Some(DigitMask { key, runs })
+        h.finish()
+    }
+
+    /// The key, written out.
+    pub(crate) fn key(&self) -> String {
+        let mut key = String::with_capacity(self.sql.len());
+        for (i, piece) in self.pieces().enumerate() {
+            if i > 0 {
+                key.push(MARK);
+            }
+            key.push_str(std::str::from_utf8(piece).unwrap_or_default());
+        }
+        key
+    }
+
+    /// Whether the key is `key`.
+    pub(crate) fn key_is(&self, key: &str) -> bool {
+        let (text, key) = (self.sql.as_bytes(), key.as_bytes());
+        let digits: usize = self.runs.iter().map(|r| r.len()).sum();
+        if key.len() + digits != text.len() + self.runs.len() {
+            return false;
+        }
+        // Position in the key, and in the text.
+        let (mut k, mut t) = (0, 0);
+        for r in &self.runs {
+            let n = r.start - t;
+            if key.get(k..k + n) != text.get(t..r.start) || key.get(k + n) != Some(&(MARK as u8)) {
+                return false;
+            }
+            (k, t) = (k + n + 1, r.end);
+        }
+        key.get(k..) == text.get(t..)
     }
 }
 
@@ -219,7 +263,7 @@ pub(crate) struct Template {
 impl Template {
     /// The template of `sql` (with mask `mask` and shape `shape`), or
     /// `None` when none of its digit runs is an integer constant.
-    pub(crate) fn new(sql: &str, mask: &DigitMask, shape: &Shape) -> Option<Template> {
+    pub(crate) fn new(sql: &str, mask: &DigitMask<'_>, shape: &Shape) -> Option<Template> {
         let mut runs = Vec::with_capacity(mask.runs.len());
         let mut any = false;
         for r in &mask.runs {
@@ -235,14 +279,14 @@ impl Template {
                 runs.push((r.clone(), Some(text.into())));
             }
         }
-        any.then(|| Template { mask: mask.key.clone(), runs, shape: shape.clone() })
+        any.then(|| Template { mask: mask.key(), runs, shape: shape.clone() })
     }
 
     /// The shape of `sql`, whose mask is `mask`, when it differs from the
     /// template's text only in the values of integer constants; `None`
     /// otherwise (then scan it).
-    pub(crate) fn derive(&self, sql: &str, mask: &DigitMask) -> Option<Shape> {
-        if mask.key != self.mask || mask.runs.len() != self.runs.len() {
+    pub(crate) fn derive(&self, sql: &str, mask: &DigitMask<'_>) -> Option<Shape> {
+        if mask.runs.len() != self.runs.len() || !mask.key_is(&self.mask) {
             return None;
         }
         for (r, (_, expected)) in mask.runs.iter().zip(&self.runs) {
@@ -385,6 +429,27 @@ mod tests {
         let shape = template.derive(other, &DigitMask::of(other)?)?;
         assert_eq!(Some(&shape), Shape::of(other).as_ref(), "derived from {scanned:?} for {other:?}");
         Some(shape)
+    }
+
+    #[test]
+    fn a_mask_is_hashed_and_compared_as_its_written_key() {
+        let state = foldhash::quality::RandomState::default();
+        let a = DigitMask::of("SELECT * FROM t1 WHERE id = 42 AND x = '7'").unwrap();
+        let b = DigitMask::of("SELECT * FROM t9 WHERE id = 1234567 AND x = '0'").unwrap();
+        assert_eq!(a.key(), "SELECT * FROM t\0 WHERE id = \0 AND x = '\0'");
+        assert!(a.key_is(&a.key()) && a.key_is(&b.key()) && b.key_is(&a.key()));
+        assert_eq!(a.hash(&state), b.hash(&state));
+        for other in
+            ["SELECT * FROM t1 WHERE id = 42 AND x = '7' ", "SELECT * FROM t1 WHERE id = 42 AND x = 7", "1", "12"]
+        {
+            let o = DigitMask::of(other).unwrap();
+            assert!(!a.key_is(&o.key()) && !o.key_is(&a.key()), "{other}");
+        }
+        // A mark is only where a run was.
+        assert!(!a.key_is(&a.key().replacen('\0', "", 1)));
+        assert!(!DigitMask::of("1").unwrap().key_is("\0\0"));
+        assert!(DigitMask::of("1").unwrap().key_is("\0"));
+        assert!(DigitMask::of("no digits").is_none());
     }
 
     #[test]

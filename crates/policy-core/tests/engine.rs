@@ -330,6 +330,40 @@ tables = ["public.*"]
     assert_eq!(e.decide(&agent, &p, "EXECUTE q").verdict, Verdict::Deny);
 }
 
+/// A caller of `decide_shared` that keeps a context hash past a change of
+/// its session (or caller) gets cache misses, never a decision made for
+/// another session: every hit is checked against the inputs themselves.
+#[test]
+fn a_stale_context_hash_never_gives_another_sessions_decision() {
+    let e = engine(
+        r#"
+version = 1
+[[rule]]
+name = "agents"
+effect = "allow"
+groups = ["agents"]
+tables = ["public.*"]
+"#,
+    );
+    let agent = Identity::new("a").with_groups(["agents"]);
+    let stranger = Identity::new("a");
+    let public = e.new_session();
+    let mut private = e.new_session();
+    private.search_path = vec!["private".into()];
+    let stale = e.context_hash(&agent, &public);
+    assert_ne!(stale, e.context_hash(&agent, &private));
+    // Exact texts, and texts whose shape a template gives (new constants).
+    let texts = (0..6).map(|i| format!("SELECT * FROM orders WHERE id = {i}")).chain(["TABLE orders".to_string()]);
+    for sql in texts {
+        for _ in 0..2 {
+            assert_eq!(e.decide_shared(&agent, &public, stale, &sql).verdict, Verdict::Allow, "{sql}");
+            assert_eq!(e.decide_shared(&agent, &private, stale, &sql).verdict, Verdict::Deny, "{sql}");
+            assert_eq!(e.decide_shared(&stranger, &public, stale, &sql).verdict, Verdict::Deny, "{sql}");
+        }
+    }
+    assert!(e.cache_stats().hits + e.cache_stats().shape_hits > 0, "{:?}", e.cache_stats());
+}
+
 /// A reset returns to the session's startup search_path (what PostgreSQL
 /// does), not to the policy's `settings.search_path`.
 const RESETS: &[&str] = &[
@@ -533,11 +567,22 @@ fn texts_differing_in_constants_share_one_cache_entry() {
     }
     assert_eq!(e.cache_bytes(), held, "one entry serves every constant");
     assert_eq!(e.cache_stats().shape_hits, 3, "each new constant was answered by the shape");
-    // A text met twice is also kept as itself, so that it needs no scan.
+    // A text met again needs no scan either: the template gives its shape.
     decide_twice(&e, &who, &s, "SELECT * FROM orders WHERE id = 2 AND note = 'bb'");
     let before = e.cache_stats();
     e.decide(&who, &s, "SELECT * FROM orders WHERE id = 2 AND note = 'bb'");
+    assert_eq!(e.cache_stats().shape_hits, before.shape_hits + 1);
+    assert_eq!(e.cache_stats().scans_skipped, before.scans_skipped + 1);
+    // A text whose digits are no constant has no template: it is kept as
+    // itself once its shape took the scanner (the cache keeps what it is
+    // offered twice: the shape, then the text).
+    for _ in 0..2 {
+        decide_twice(&e, &who, &s, "SELECT * FROM orders2 WHERE note = 'x'");
+    }
+    let before = e.cache_stats();
+    e.decide(&who, &s, "SELECT * FROM orders2 WHERE note = 'x'");
     assert_eq!(e.cache_stats().hits, before.hits + 1);
+    let before = e.cache_stats();
     let held = e.cache_bytes();
     // Another constant kind, a keyword or an identifier is another shape.
     for sql in [

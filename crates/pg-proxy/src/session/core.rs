@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use policy_core::{
-    ColumnInfo, CopyLayout, CopyOutAction, Decision, Engine, Identity, RowMasker, Scrubbed, Session as EngineSession,
-    SessionEffect, StatementFacts, Verdict,
+    ColumnInfo, ContextHash, CopyLayout, CopyOutAction, Decision, Engine, Identity, RowMasker, Scrubbed,
+    Session as EngineSession, SessionEffect, StatementFacts, Verdict,
 };
 use postgres_protocol::message::frontend;
 
@@ -409,6 +409,38 @@ struct LastMasker {
     masker: Arc<RowMasker>,
 }
 
+/// The engine's view of the server session, with the hash the decision
+/// cache keys it by (with the caller), computed when a decision first needs
+/// it. Every mutable access drops the hash (`DerefMut`), so it is never
+/// older than the session; it is dropped too when the engine changes. (A
+/// stale hash would cost only cache misses: every hit is checked against
+/// the session itself.)
+#[derive(Debug)]
+struct EngineState {
+    session: EngineSession,
+    context: Option<ContextHash>,
+}
+
+impl EngineState {
+    fn context(&mut self, engine: &Engine, identity: &Identity) -> ContextHash {
+        *self.context.get_or_insert_with(|| engine.context_hash(identity, &self.session))
+    }
+}
+
+impl std::ops::Deref for EngineState {
+    type Target = EngineSession;
+    fn deref(&self) -> &EngineSession {
+        &self.session
+    }
+}
+
+impl std::ops::DerefMut for EngineState {
+    fn deref_mut(&mut self) -> &mut EngineSession {
+        self.context = None;
+        &mut self.session
+    }
+}
+
 /// One client session's protocol logic. See the [module docs](super).
 #[derive(Debug)]
 pub struct SessionCore {
@@ -416,7 +448,7 @@ pub struct SessionCore {
     config: CoreConfig,
     engine: Arc<Engine>,
     identity: Identity,
-    state: EngineSession,
+    state: EngineState,
     client: ClientState,
     backend: BackendState,
     client_in: BytesMut,
@@ -474,7 +506,7 @@ impl SessionCore {
             config: start.config,
             engine: start.engine,
             identity: start.identity,
-            state,
+            state: EngineState { session: state, context: None },
             client: ClientState::Reading,
             backend: BackendState::Relaying,
             client_in: BytesMut::new(),
@@ -653,6 +685,7 @@ impl SessionCore {
     /// under the old one are dropped.
     pub fn set_engine(&mut self, engine: Arc<Engine>) {
         self.engine = engine;
+        self.state.context = None;
         self.maskers.clear();
         self.last_masker = None;
         self.last_description = None;
@@ -1120,7 +1153,7 @@ impl SessionCore {
     /// unknown.
     fn refuse_batch(&mut self, batch: Batch, code: &'static str, message: String) -> Batch {
         if let Some(snapshot) = batch.snapshot {
-            self.state = snapshot;
+            *self.state = snapshot;
         }
         for name in batch.statements {
             self.statements.insert(&name, None);
@@ -1184,8 +1217,9 @@ impl SessionCore {
         }
     }
 
-    fn decide(&self, sql: &str) -> Decision {
-        let decision = self.engine.decide(&self.identity, &self.state, sql);
+    fn decide(&mut self, sql: &str) -> Arc<Decision> {
+        let context = self.state.context(&self.engine, &self.identity);
+        let decision = self.engine.decide_shared(&self.identity, &self.state, context, sql);
         // Refusals are logged at info; allowed statements at debug (a line
         // per statement is the audit log's job, not the process log's).
         macro_rules! decided {
@@ -1228,7 +1262,7 @@ impl SessionCore {
     }
 
     fn on_query(&mut self, sql: &str, frame: &[u8]) {
-        let decision = Arc::new(self.decide(sql));
+        let decision = self.decide(sql);
         self.record(|| Arc::from(sql), Vec::new(), &decision);
         let held = match self.admit(&decision) {
             Ok(held) => held,
@@ -1259,7 +1293,7 @@ impl SessionCore {
     /// returns whether the settings must be read back afterwards.
     fn apply_effects(&mut self, facts: &StatementFacts, extended: bool) -> bool {
         if !facts.session_effects.is_empty() && self.batch.snapshot.is_none() && self.batches_can_be_refused() {
-            self.batch.snapshot = Some(self.state.clone());
+            self.batch.snapshot = Some(self.state.session.clone());
         }
         if extended && !facts.session_effects.is_empty() && self.state.transaction.is_none() {
             // Outside a transaction, what the extended protocol runs up to
@@ -1297,8 +1331,7 @@ impl SessionCore {
         }
         let facts = decision.statements.first().map(|s| Arc::clone(&s.facts));
         let sql = self.batches_can_be_refused().then(|| Arc::from(sql));
-        let prepared =
-            Arc::new(Prepared { id: self.next_id(), sql, facts, decision: Arc::new(decision), fields: None });
+        let prepared = Arc::new(Prepared { id: self.next_id(), sql, facts, decision, fields: None });
         if self.batches_can_be_refused() {
             self.batch.statements.push(name.to_string());
         }
