@@ -194,7 +194,10 @@
 //! 32-bit integer constant free to change or bytes that must be the same).
 //! Decisions that read a constant (tautology folding, `set_config`,
 //! `nextval('seq')`, a rule's `pattern`) are cached for their exact text
-//! only.
+//! only. A caller that decides many statements for one connection (a
+//! gateway) keeps the [`ContextHash`] of its caller and session and calls
+//! [`Engine::decide_shared`], which neither hashes them again nor copies a
+//! cached decision.
 //!
 //! The analysis's stack use is bounded by the depth of the tree, and the
 //! depth is bounded: pg_query's decoder refuses trees more than 100
