@@ -1,7 +1,7 @@
 //! Hostile clients on raw TCP: garbage and malformed startup packets,
-//! malformed messages after the login, the function-call message, clients
-//! that vanish mid-query, and a thousand connections idling at the password
-//! prompt. Every attack must end in an `ErrorResponse` (with the expected
+//! malformed messages after the login, the function-call message, a simple
+//! query inside a failed extended-protocol block, clients that vanish
+//! mid-query, and a thousand connections idling at the password prompt. Every attack must end in an `ErrorResponse` (with the expected
 //! SQLSTATE) or a close, never a hang or a panic, and must not disturb the
 //! other sessions: a healthy client stays open across each test and runs
 //! `SELECT 1` after every attack.
@@ -586,4 +586,39 @@ async fn a_thousand_connections_idle_at_the_password_prompt() {
     healthy(&fresh.expect("no new session after the idle connections closed"), "the idle connections (new client)")
         .await;
     healthy(&client, "the end").await;
+}
+
+/// After an error in an extended-protocol block, PostgreSQL skips every
+/// message up to `Sync`, a simple `Query` sent inside the block too, and
+/// answers none of them. A client that sends one there (after a `Flush`
+/// showed it the error, or before) gets what the server gives it, and the
+/// session goes on in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_inside_a_failed_extended_block_is_skipped_as_the_server_skips_it() {
+    let stack = Stack::with(&policy(), "");
+    let client = stack.connect(&["developers"]).await;
+    let token = stack.token("dave", &["developers"], None);
+    let mut raw = login(stack.addr, &token, &[], "query in a failed block").await;
+    let mut block = BytesMut::new();
+    frontend::parse("", "SELECT * FROM no_such_table", [], &mut block).unwrap();
+    frontend::bind("", "", [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], &mut block)
+        .map_err(|_| "bind")
+        .unwrap();
+    frontend::execute("", 0, &mut block).unwrap();
+    let mut sync = BytesMut::new();
+    frontend::sync(&mut sync);
+    // The query after the error came back (a Flush showed it).
+    let mut flushed = block.clone();
+    frontend::flush(&mut flushed);
+    raw.send(&flushed).await;
+    let error = raw.expect_error(&["42P01"]).await;
+    assert!(error.message.contains("no_such_table"), "{}", error.message);
+    raw.send(&[query("SELECT 2"), sync.to_vec()].concat()).await;
+    assert_eq!(raw.until_ready().await.brief(), (vec![], vec![], b'I'));
+    assert_eq!(raw.query("SELECT 3").await.brief(), (vec![Some("3".into())], vec![], b'I'));
+    // The query sent with the block, before the error.
+    raw.send(&[block.to_vec(), query("SELECT 2"), sync.to_vec()].concat()).await;
+    assert_eq!(raw.until_ready().await.brief(), (vec![], vec!["42P01".to_string()], b'I'));
+    assert_eq!(raw.query("SELECT 4").await.brief(), (vec![Some("4".into())], vec![], b'I'));
+    healthy(&client, "a query in a failed block").await;
 }

@@ -491,6 +491,37 @@ fn messages_of_a_block_the_server_already_failed_are_owed_no_answer() {
     assert!(is_query(&h.sent()[0], "SELECT 2"));
 }
 
+/// PostgreSQL skips every message but `Sync` after an error in an
+/// extended-protocol block, a simple `Query` too: it is owed no answer,
+/// whether it was sent before the error came back or after.
+#[test]
+fn a_query_inside_a_failed_block_is_skipped_as_the_server_skips_it() {
+    for query_first in [true, false] {
+        let mut h = harness(CoreConfig::default());
+        h.client(&cat(&[parse("", "SELECT * FROM public.missing"), bind("", "", &[]), execute(""), flush()]));
+        if query_first {
+            h.client(&query("SELECT 2"));
+        }
+        h.sent();
+        h.server(&error("42P01"));
+        if !query_first {
+            h.client(&query("SELECT 2"));
+        }
+        h.client(&sync());
+        h.sent();
+        h.server(&ready(b'I'));
+        let got: Vec<char> = h.got().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(got, vec!['E', 'Z'], "query first: {query_first}");
+        assert!(h.core.end().is_none(), "{:?}", h.core.end());
+        assert_eq!(h.core.activity(), Activity::Idle);
+        // The session goes on in step.
+        h.client(&query("SELECT 3"));
+        h.sent();
+        h.server(&cat(&[row_description(&[("x", 0, 0)]), rows_of(&[&["3"]]), complete("SELECT 1"), ready(b'I')]));
+        assert_eq!(h.got().into_iter().map(|(k, _)| k).collect::<Vec<_>>(), vec!['T', 'D', 'C', 'Z']);
+    }
+}
+
 #[test]
 fn copy_data_sent_ahead_of_copy_in_response_is_kept_in_order() {
     // asyncpg's copy_records_to_table: the COPY, its data and CopyDone in one write.

@@ -1652,10 +1652,13 @@ impl SessionCore {
         self.pop_to_block_end();
     }
 
+    /// Drops what the server skips after an error in an extended-protocol
+    /// block: everything up to the block's `Sync`, a simple `Query` sent
+    /// inside the block included (PostgreSQL ignores every message but
+    /// `Sync` until then).
     fn pop_to_block_end(&mut self) {
         while let Some(p) = self.pending.front() {
-            if matches!(p, Pending::Sync | Pending::MaybeSync | Pending::Query { .. } | Pending::ReadSearchPath { .. })
-            {
+            if matches!(p, Pending::Sync | Pending::MaybeSync | Pending::ReadSearchPath { .. }) {
                 break;
             }
             self.pending.pop_front();
