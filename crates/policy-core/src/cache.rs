@@ -40,12 +40,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use crate::decision::Decision;
 use crate::identity::Identity;
 use crate::session::{Session, TransactionPaths};
 use crate::shape::{DigitMask, Shape, Template};
+use smallvec::SmallVec;
 
 /// Default byte budget of the whole cache.
 pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
@@ -87,6 +89,19 @@ struct Entry {
     decision: Arc<Decision>,
     bytes: usize,
     hit: bool,
+    /// For a shape's entry, the decision as restored for the last texts
+    /// whose spans differed (see [`DecisionCache::get_shape`]).
+    restored: Vec<Arc<Decision>>,
+}
+
+/// Restored decisions a shape's entry keeps: texts of one shape mostly
+/// come in a few lengths (a key of 5 or 6 digits, a delta of 4 or 5).
+const RESTORED_PER_ENTRY: usize = 4;
+
+/// What one restored decision adds to its entry's bytes, roughly (it
+/// shares the statements' facts, rules and reasons with the entry's).
+fn restored_bytes(d: &Decision) -> usize {
+    160 + 64 * d.statements.len()
 }
 
 /// [`SHARDS`] empty shards.
@@ -279,6 +294,42 @@ impl DecisionCache {
         Some(decision)
     }
 
+    /// The decision cached under the shape `key`, with its statements'
+    /// spans moved from the key to the text by `to_text`. The entry keeps
+    /// what it restored for the last texts (up to [`RESTORED_PER_ENTRY`]):
+    /// a text whose spans are those of one of them gets that one again
+    /// instead of a new copy (texts of one shape differ in their spans only
+    /// by the lengths of their constants).
+    pub(crate) fn get_shape(
+        &self,
+        key: Lookup<'_>,
+        to_text: impl Fn(&Range<usize>) -> Range<usize>,
+    ) -> Option<Arc<Decision>> {
+        let Lookup { hash, sql, shape, identity, session, .. } = key;
+        if !self.takes(sql.len()) {
+            return None;
+        }
+        let mut guard = self.shard(hash)?.lock().ok()?;
+        let shard = &mut *guard;
+        let entry = shard.map.get_mut(&hash)?.iter_mut().find(|e| e.key.same(sql, shape, identity, session))?;
+        entry.hit = true;
+        shard.shape_hits += 1;
+        let spans: SmallVec<[Range<usize>; 4]> = entry.decision.statements.iter().map(|s| to_text(&s.span)).collect();
+        if let Some(d) = entry.restored.iter().find(|d| d.has_spans(&spans)) {
+            return Some(Arc::clone(d));
+        }
+        let restored = Arc::new(entry.decision.with_spans(&spans));
+        if entry.restored.len() >= RESTORED_PER_ENTRY {
+            entry.restored.remove(0);
+        } else {
+            let bytes = restored_bytes(&restored);
+            entry.bytes += bytes;
+            shard.bytes += bytes;
+        }
+        entry.restored.push(Arc::clone(&restored));
+        Some(restored)
+    }
+
     /// Caches `stored(decision)` under `key`, from the second time it is
     /// offered; `stored` runs only then.
     pub(crate) fn insert(&self, key: Lookup<'_>, decision: &Decision, stored: impl FnOnce(&Decision) -> Decision) {
@@ -322,7 +373,7 @@ impl DecisionCache {
         if bucket.iter().any(|e| e.key == key) {
             return;
         }
-        bucket.push(Entry { key, decision: Arc::new(stored(decision)), bytes, hit: false });
+        bucket.push(Entry { key, decision: Arc::new(stored(decision)), bytes, hit: false, restored: Vec::new() });
         shard.bytes += bytes;
     }
 

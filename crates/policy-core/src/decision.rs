@@ -151,6 +151,35 @@ impl Decision {
         }
     }
 
+    /// Whether the statements' spans are `spans`, in order.
+    pub(crate) fn has_spans(&self, spans: &[Range<usize>]) -> bool {
+        self.statements.len() == spans.len() && self.statements.iter().zip(spans).all(|(s, r)| s.span == *r)
+    }
+
+    /// This decision with its statements' spans replaced by `spans`, in
+    /// order (a statement past their end keeps its own).
+    pub(crate) fn with_spans(&self, spans: &[Range<usize>]) -> Decision {
+        if self.has_spans(spans) {
+            return self.clone();
+        }
+        let Decision { verdict, reason, rule, max_rows, approvers, subject, actor, statements, diagnostics } = self;
+        let moved = statements.iter().enumerate().map(|(i, s)| StatementDecision {
+            span: spans.get(i).cloned().unwrap_or_else(|| s.span.clone()),
+            ..s.clone()
+        });
+        Decision {
+            verdict: *verdict,
+            reason: Arc::clone(reason),
+            rule: rule.clone(),
+            max_rows: *max_rows,
+            approvers: approvers.clone(),
+            subject: Arc::clone(subject),
+            actor: actor.clone(),
+            statements: moved.collect(),
+            diagnostics: diagnostics.clone(),
+        }
+    }
+
     /// The decision as one line of JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| {

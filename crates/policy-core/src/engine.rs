@@ -10,7 +10,7 @@ use crate::analyze::literal;
 use crate::analyze::StatementFacts;
 use crate::analyze::{self, Analysis, AnalyzeOptions};
 use crate::cache::{CacheStats, DecisionCache, TemplateCache, DEFAULT_CACHE_BYTES};
-use crate::decision::{Decision, StatementDecision};
+use crate::decision::Decision;
 use crate::detect::Detectors;
 use crate::identity::{Actor, Identity};
 use crate::mask::{ColumnInfo, ColumnMask, MessageScrubber, RowMasker};
@@ -18,6 +18,7 @@ use crate::policy::{Policy, PolicyError, PolicyTest, Strategy};
 use crate::rules;
 use crate::session::Session;
 use crate::shape::{DigitMask, Shape};
+use smallvec::SmallVec;
 
 /// The hash an [`Engine`]'s decision cache keys a caller in a session by
 /// (see [`Engine::context_hash`]); only meaningful to the engine that made
@@ -274,8 +275,9 @@ impl Engine {
         let derived =
             mask.as_ref().and_then(|(hash, mask)| templates.derive(*hash, sql, mask)).filter(Shape::has_constants);
         if let Some(shape) = &derived {
-            if let Some(hit) = inner.cache.get(inner.cache.rekey(&text_key, &shape.key, true)) {
-                return Arc::new(restore_spans(&hit, shape));
+            let shape_key = inner.cache.rekey(&text_key, &shape.key, true);
+            if let Some(hit) = inner.cache.get_shape(shape_key, |r| to_text(shape, r)) {
+                return hit;
             }
         }
         if let Some(hit) = inner.cache.get(text_key) {
@@ -288,12 +290,12 @@ impl Engine {
                 let shape = if shapes { self.scanned_shape(sql, mask.as_ref()) } else { None };
                 let shape = shape.filter(Shape::has_constants);
                 if let Some(shape) = &shape {
-                    if let Some(hit) = inner.cache.get(inner.cache.rekey(&text_key, &shape.key, true)) {
-                        let decision = restore_spans(&hit, shape);
+                    let shape_key = inner.cache.rekey(&text_key, &shape.key, true);
+                    if let Some(hit) = inner.cache.get_shape(shape_key, |r| to_text(shape, r)) {
                         // A text whose shape took the scanner is kept as
                         // itself too: its next sighting needs no scan.
-                        inner.cache.insert(text_key, &decision, Decision::clone);
-                        return Arc::new(decision);
+                        inner.cache.insert(text_key, &hit, Decision::clone);
+                        return hit;
                     }
                 }
                 shape
@@ -427,25 +429,12 @@ fn store_spans(decision: &Decision, shape: &Shape) -> Decision {
     map_spans(decision, |r| shape.key_offset(r.start)..shape.key_offset(r.end))
 }
 
-/// A decision cached under `shape`'s key, with its spans moved to the text.
-fn restore_spans(decision: &Decision, shape: &Shape) -> Decision {
-    map_spans(decision, |r| shape.text_offset(r.start)..shape.text_offset(r.end))
+/// A span in `shape`'s key, moved to the text.
+fn to_text(shape: &Shape, r: &Range<usize>) -> Range<usize> {
+    shape.text_offset(r.start)..shape.text_offset(r.end)
 }
 
 fn map_spans(decision: &Decision, map: impl Fn(&Range<usize>) -> Range<usize>) -> Decision {
-    if decision.statements.iter().all(|s| map(&s.span) == s.span) {
-        return decision.clone();
-    }
-    let Decision { verdict, reason, rule, max_rows, approvers, subject, actor, statements, diagnostics } = decision;
-    Decision {
-        verdict: *verdict,
-        reason: Arc::clone(reason),
-        rule: rule.clone(),
-        max_rows: *max_rows,
-        approvers: approvers.clone(),
-        subject: Arc::clone(subject),
-        actor: actor.clone(),
-        statements: statements.iter().map(|s| StatementDecision { span: map(&s.span), ..s.clone() }).collect(),
-        diagnostics: diagnostics.clone(),
-    }
+    let spans: SmallVec<[Range<usize>; 4]> = decision.statements.iter().map(|s| map(&s.span)).collect();
+    decision.with_spans(&spans)
 }

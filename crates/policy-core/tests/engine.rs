@@ -565,8 +565,22 @@ fn texts_differing_in_constants_share_one_cache_entry() {
         let d = e.decide(&who, &s, &sql);
         assert_eq!(d, uncached(BASE).decide(&who, &s, &sql), "{sql}");
     }
-    assert_eq!(e.cache_bytes(), held, "one entry serves every constant");
     assert_eq!(e.cache_stats().shape_hits, 3, "each new constant was answered by the shape");
+    // One entry serves every constant: it keeps a few decisions restored
+    // for texts of other lengths, and no more.
+    let grown = e.cache_bytes();
+    assert!(grown >= held && grown < 2 * held, "{held} then {grown}");
+    let more = |e: &Engine| {
+        for id in 0..200 {
+            let sql = format!("SELECT * FROM orders WHERE id = {} AND note = '{}'", id * 7919, "x".repeat(id % 13));
+            e.decide(&who, &s, &sql);
+        }
+    };
+    more(&e);
+    let full = e.cache_bytes();
+    more(&e);
+    assert_eq!(e.cache_bytes(), full, "one entry serves every constant");
+    assert!(full < 2 * held, "{held} then {full}");
     // A text met again needs no scan either: the template gives its shape.
     decide_twice(&e, &who, &s, "SELECT * FROM orders WHERE id = 2 AND note = 'bb'");
     let before = e.cache_stats();
@@ -597,6 +611,42 @@ fn texts_differing_in_constants_share_one_cache_entry() {
     // A third text of the `secrets` shape is answered by that shape.
     assert_eq!(verdict(&e, &who, "SELECT * FROM secrets WHERE id = 9 AND note = 'b'").0, Verdict::Deny);
     assert_eq!(e.cache_stats().shape_hits, before.shape_hits + 1);
+}
+
+/// A decision shared by a shape has its statements' spans in the text it
+/// was asked for; texts whose constants have the same lengths get the very
+/// same decision (no copy per text).
+#[test]
+fn shared_decisions_have_the_spans_of_their_own_text() {
+    let e = engine(BASE);
+    let (who, s) = (anyone(), e.new_session());
+    let context = e.context_hash(&who, &s);
+    let text = |a: &str, b: &str| format!("SELECT * FROM orders WHERE id = {a}; SELECT * FROM orders WHERE id = {b}");
+    // Warm up: the shape, then its template.
+    for (a, b) in [("1", "2"), ("3", "4"), ("5", "6"), ("7", "8")] {
+        e.decide_shared(&who, &s, context, &text(a, b));
+    }
+    let spans_of = |sql: &str| -> Vec<std::ops::Range<usize>> {
+        let second = sql.find("; ").unwrap() + 2;
+        vec![0..second - 2, second..sql.len()]
+    };
+    let mut seen = Vec::new();
+    for (a, b) in [("10", "20"), ("30", "40"), ("100", "2"), ("5", "600"), ("2147483647", "0"), ("11", "22")] {
+        let sql = text(a, b);
+        let d = e.decide_shared(&who, &s, context, &sql);
+        let spans: Vec<_> = d.statements.iter().map(|st| st.span.clone()).collect();
+        assert_eq!(spans, spans_of(&sql), "{sql}");
+        for st in d.statements.iter() {
+            assert!(sql[st.span.clone()].starts_with("SELECT") && !sql[st.span.clone()].ends_with(';'), "{sql}");
+        }
+        assert_eq!(*d, e.decide(&who, &s, &sql), "{sql}");
+        seen.push((sql.len(), d));
+    }
+    // Same lengths, same spans: one decision; other lengths: another.
+    assert!(std::sync::Arc::ptr_eq(&seen[0].1, &seen[1].1));
+    assert!(std::sync::Arc::ptr_eq(&seen[0].1, &seen[5].1));
+    assert!(!std::sync::Arc::ptr_eq(&seen[0].1, &seen[2].1));
+    assert!(!std::sync::Arc::ptr_eq(&seen[2].1, &seen[3].1), "the same length, other spans");
 }
 
 #[test]
