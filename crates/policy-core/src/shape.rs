@@ -297,18 +297,18 @@ impl Template {
                 _ => return None,
             }
         }
-        // The template's constants, moved by the runs' changes of length.
-        let shift = |pos: usize| {
-            let mut out = pos as isize;
-            for ((old, _), new) in self.runs.iter().zip(&mask.runs) {
-                if old.end > pos {
-                    break;
-                }
-                out += new.len() as isize - old.len() as isize;
+        // The template's constants, moved by the changes of length of the
+        // runs that end before them: one pass over both, as both are in
+        // order of position.
+        let mut runs = self.runs.iter().zip(&mask.runs).peekable();
+        let mut shift: isize = 0;
+        let mut moved = |pos: usize| {
+            while let Some(((old, _), new)) = runs.next_if(|((old, _), _)| old.end <= pos) {
+                shift += new.len() as isize - old.len() as isize;
             }
-            out.max(0) as usize
+            (pos as isize + shift).max(0) as usize
         };
-        let constants = self.shape.constants.iter().map(|c| shift(c.start)..shift(c.end)).collect();
+        let constants = self.shape.constants.iter().map(|c| moved(c.start)..moved(c.end)).collect();
         Some(Shape { key: Arc::clone(&self.shape.key), constants })
     }
 
