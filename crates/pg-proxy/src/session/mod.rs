@@ -238,13 +238,39 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         let read_client = core.wants_client_data();
         let read_server = core.wants_server_data();
         let deadline = core.poll_timeout();
+        // The side expected to speak next is polled first: while the
+        // server owes answers, a wake-up is most often its data, and the
+        // wait then ends without polling the client's socket as well.
+        let server_first = core.statement_in_flight();
         let (cbuf, sbuf) = core.read_buffers();
         cbuf.reserve(client_read);
         sbuf.reserve(up_read);
-        tokio::select! {
-            // In this order, without drawing a random starting branch.
-            biased;
-            r = client.read_buf(cbuf), if read_client => match r {
+        macro_rules! wait {
+            ($($branch:tt)*) => {
+                tokio::select! {
+                    // In this order, without drawing a random starting branch.
+                    biased;
+                    $($branch)*
+                    control = registration.control() => Event::Control(control),
+                    outcome = poll_slot(&mut persisting), if persisting.is_some() => Event::Persisted(outcome),
+                    outcome = poll_slot(&mut holding), if holding.is_some() => Event::Held(outcome),
+                    () = sleep_until(deadline), if deadline.is_some() => Event::Timeout,
+                }
+            };
+        }
+        let event = if server_first {
+            wait! {
+                r = up.stream.read_buf(sbuf), if read_server => Event::Server(r),
+                r = client.read_buf(cbuf), if read_client => Event::Client(r),
+            }
+        } else {
+            wait! {
+                r = client.read_buf(cbuf), if read_client => Event::Client(r),
+                r = up.stream.read_buf(sbuf), if read_server => Event::Server(r),
+            }
+        };
+        match event {
+            Event::Client(r) => match r {
                 Ok(0) => core.handle_client_eof(),
                 Ok(n) => {
                     if n >= client_read {
@@ -259,7 +285,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                     tracing::debug!("client read: {e}");
                 }
             },
-            r = up.stream.read_buf(sbuf), if read_server => match r {
+            Event::Server(r) => match r {
                 Ok(0) => core.handle_server_eof(),
                 Ok(n) => {
                     if n >= up_read {
@@ -273,21 +299,19 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                     core.handle_server_eof();
                 }
             },
-            control = registration.control() => match control {
-                Control::Cancel => core.handle_cancel(Instant::now()),
-                Control::Terminate => core.handle_terminate(),
-            },
-            outcome = poll_slot(&mut persisting), if persisting.is_some() => {
+            Event::Control(Control::Cancel) => core.handle_cancel(Instant::now()),
+            Event::Control(Control::Terminate) => core.handle_terminate(),
+            Event::Persisted(outcome) => {
                 if let Some((batch, _)) = persisting.take() {
                     core.handle_persisted(batch, outcome, Instant::now());
                 }
-            },
-            outcome = poll_slot(&mut holding), if holding.is_some() => {
+            }
+            Event::Held(outcome) => {
                 if let Some((hold, _)) = holding.take() {
                     core.handle_hold_outcome(hold, outcome, Instant::now());
                 }
-            },
-            () = sleep_until(deadline), if deadline.is_some() => core.handle_timeout(Instant::now()),
+            }
+            Event::Timeout => core.handle_timeout(Instant::now()),
         }
     };
     // Whatever the core still had for the client (a last error).
@@ -304,6 +328,22 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         Ok(()) => tracing::info!("session ended"),
         Err(e) => tracing::info!("session ended: {e}"),
     }
+}
+
+/// What ended a wait of the driver.
+enum Event {
+    /// A read from the client (0 bytes: it closed).
+    Client(std::io::Result<usize>),
+    /// A read from the server.
+    Server(std::io::Result<usize>),
+    /// An order from the registry.
+    Control(Control),
+    /// The record sink's answer.
+    Persisted(Result<(), RecordError>),
+    /// The hold handler's answer.
+    Held(HoldOutcome),
+    /// The core's deadline passed.
+    Timeout,
 }
 
 /// Gives the core the engine in force when a reload happened since it
