@@ -288,20 +288,16 @@ fn decisions_serialise_as_the_spec_shows() {
     assert_eq!(v["verdict"], "deny");
 }
 
+/// An engine whose one rule lets the `agents` group read `public`, an
+/// agent, and a caller with the agent's subject and no group.
+fn agents_and_strangers() -> (Engine, Identity, Identity) {
+    let e = engine("version = 1\n[[rule]]\nname = \"agents\"\neffect = \"allow\"\ngroups = [\"agents\"]\ntables = [\"public.*\"]\n");
+    (e, Identity::new("a").with_groups(["agents"]), Identity::new("a"))
+}
+
 #[test]
 fn the_cache_keys_on_every_input() {
-    let e = engine(
-        r#"
-version = 1
-[[rule]]
-name = "agents"
-effect = "allow"
-groups = ["agents"]
-tables = ["public.*"]
-"#,
-    );
-    let agent = Identity::new("a").with_groups(["agents"]);
-    let stranger = Identity::new("a");
+    let (e, agent, stranger) = agents_and_strangers();
     let mut s = e.new_session();
     let sql = "SELECT * FROM orders";
     for _ in 0..3 {
@@ -335,18 +331,7 @@ tables = ["public.*"]
 /// another session: every hit is checked against the inputs themselves.
 #[test]
 fn a_stale_context_hash_never_gives_another_sessions_decision() {
-    let e = engine(
-        r#"
-version = 1
-[[rule]]
-name = "agents"
-effect = "allow"
-groups = ["agents"]
-tables = ["public.*"]
-"#,
-    );
-    let agent = Identity::new("a").with_groups(["agents"]);
-    let stranger = Identity::new("a");
+    let (e, agent, stranger) = agents_and_strangers();
     let public = e.new_session();
     let mut private = e.new_session();
     private.search_path = vec!["private".into()];

@@ -193,59 +193,50 @@ def pipeline(c):
         # A refusal in the middle of an explicit pipeline (one Sync for the
         # three): as with PostgreSQL, the statement before it has its result,
         # the refused one raises, the one after it is skipped (aborted).
-        results = {}
-        try:
-            with conn.pipeline() as p:
-                c1 = conn.execute("SELECT ssn FROM customers WHERE id = %s", (1,))
-                c2 = conn.execute("DROP TABLE orders")
-                c3 = conn.execute("SELECT ssn FROM customers WHERE id = %s", (3,))
-                try:
-                    p.sync()
-                    results["sync"] = None
-                except psycopg.Error as e:
-                    results["sync"] = error_info(e)
-                for key, cur in (("first", c1), ("second", c2), ("third", c3)):
-                    try:
-                        results[key] = cur.fetchone()[0]
-                    except psycopg.Error as e:
-                        results[key] = error_info(e)
-                c4 = conn.execute("SELECT ssn FROM customers WHERE id = %s", (2,))
-                p.sync()
-                results["after_sync"] = c4.fetchone()[0]
-        except psycopg.Error as e:
-            results["pipeline_error"] = error_info(e)
-        out["explicit"] = results
+        out["explicit"] = _pipelined(conn, first_fetched=False)
         # A server error fetched before the rest of the pipeline is sent
         # (psycopg flushes to fetch): the server skips what follows up to
         # the Sync, and the gateway must not wait for answers to it.
-        results = {}
-        try:
-            with conn.pipeline() as p:
-                c1 = conn.execute("SELECT * FROM no_such_table")
-                try:
-                    results["first"] = c1.fetchone()
-                except psycopg.Error as e:
-                    results["first"] = error_info(e)
-                c2 = conn.execute("SELECT ssn FROM customers WHERE id = %s", (1,))
-                c3 = conn.execute("DROP TABLE orders")
-                try:
-                    p.sync()
-                    results["sync"] = None
-                except psycopg.Error as e:
-                    results["sync"] = error_info(e)
-                for key, cur in (("second", c2), ("third", c3)):
-                    try:
-                        results[key] = cur.fetchone()[0]
-                    except psycopg.Error as e:
-                        results[key] = error_info(e)
-                c4 = conn.execute("SELECT ssn FROM customers WHERE id = %s", (2,))
-                p.sync()
-                results["after_sync"] = c4.fetchone()[0]
-        except psycopg.Error as e:
-            results["pipeline_error"] = error_info(e)
-        out["failed_early"] = results
+        out["failed_early"] = _pipelined(conn, first_fetched=True)
         out["usable_after"] = usable(conn)
     return out
+
+
+def _pipelined(conn, first_fetched):
+    """One pipeline: a first statement (an allowed read, or with
+    `first_fetched` a read of a missing table fetched at once), a refused
+    DROP, an allowed read, one Sync; then a read after it. What each gave."""
+    results = {}
+
+    def fetch(key, cur, whole=False):
+        try:
+            row = cur.fetchone()
+            results[key] = row if whole else row[0]
+        except psycopg.Error as e:
+            results[key] = error_info(e)
+
+    try:
+        with conn.pipeline() as p:
+            cursors = []
+            if first_fetched:
+                fetch("first", conn.execute("SELECT * FROM no_such_table"), whole=True)
+            else:
+                cursors.append(("first", conn.execute("SELECT ssn FROM customers WHERE id = %s", (1,))))
+            cursors.append(("second", conn.execute("DROP TABLE orders")))
+            cursors.append(("third", conn.execute("SELECT ssn FROM customers WHERE id = %s", (3,))))
+            try:
+                p.sync()
+                results["sync"] = None
+            except psycopg.Error as e:
+                results["sync"] = error_info(e)
+            for key, cur in cursors:
+                fetch(key, cur)
+            c4 = conn.execute("SELECT ssn FROM customers WHERE id = %s", (2,))
+            p.sync()
+            results["after_sync"] = c4.fetchone()[0]
+    except psycopg.Error as e:
+        results["pipeline_error"] = error_info(e)
+    return results
 
 
 def refusals(c):
