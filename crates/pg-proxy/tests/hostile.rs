@@ -1,6 +1,6 @@
 //! Hostile clients on raw TCP: garbage and malformed startup packets,
 //! malformed messages after the login, the function-call message, a simple
-//! query inside a failed extended-protocol block, clients that vanish
+//! query inside an unfinished extended-protocol block, clients that vanish
 //! mid-query, and a thousand connections idling at the password prompt. Every attack must end in an `ErrorResponse` (with the expected
 //! SQLSTATE) or a close, never a hang or a panic, and must not disturb the
 //! other sessions: a healthy client stays open across each test and runs
@@ -588,37 +588,93 @@ async fn a_thousand_connections_idle_at_the_password_prompt() {
     healthy(&client, "the end").await;
 }
 
-/// After an error in an extended-protocol block, PostgreSQL skips every
-/// message up to `Sync`, a simple `Query` sent inside the block too, and
-/// answers none of them. A client that sends one there (after a `Flush`
-/// showed it the error, or before) gets what the server gives it, and the
-/// session goes on in step.
+/// A simple query inside an unfinished extended-protocol block (no `Sync`
+/// since its last message) is answered with 08P01 and the session ends,
+/// whether the block failed on the server before it or not: PostgreSQL runs
+/// it or skips it depending on that, which the gateway cannot always tell.
+/// Other sessions are untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_inside_a_failed_extended_block_is_skipped_as_the_server_skips_it() {
+async fn a_simple_query_inside_an_open_extended_block_ends_the_session() {
     let stack = Stack::with(&policy(), "");
     let client = stack.connect(&["developers"]).await;
     let token = stack.token("dave", &["developers"], None);
+    let block = |sql: &str| {
+        let mut b = BytesMut::new();
+        frontend::parse("", sql, [], &mut b).unwrap();
+        frontend::bind("", "", [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], &mut b)
+            .map_err(|_| "bind")
+            .unwrap();
+        frontend::execute("", 0, &mut b).unwrap();
+        frontend::flush(&mut b);
+        b.to_vec()
+    };
+    // After the server's error came back (a Flush showed it).
     let mut raw = login(stack.addr, &token, &[], "query in a failed block").await;
-    let mut block = BytesMut::new();
-    frontend::parse("", "SELECT * FROM no_such_table", [], &mut block).unwrap();
-    frontend::bind("", "", [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], &mut block)
+    raw.send(&block("SELECT * FROM no_such_table")).await;
+    raw.expect_error(&["42P01"]).await;
+    raw.send(&query("SELECT 2")).await;
+    let e = raw.expect_error_then_close(&["08P01"]).await;
+    assert!(e.message.contains("Sync"), "{}", e.message);
+    // In a block that did not fail.
+    let mut raw = login(stack.addr, &token, &[], "query in an open block").await;
+    raw.send(&[block("SELECT 1"), query("SELECT 2")].concat()).await;
+    raw.expect_error_then_close(&["08P01"]).await;
+    healthy(&client, "a query in an open block").await;
+}
+
+/// A row cap inside an unfinished block is the block's error for the
+/// client: what it sends up to its `Sync` is dropped (as PostgreSQL drops
+/// it after an error), and the statements after the `Sync` are answered in
+/// step, masked by their own plans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_row_cap_in_an_open_block_the_rest_of_it_is_dropped() {
+    let stack = Stack::with(&policy(), "");
+    let token = stack.token("alice", &["ai-agents"], None);
+    let mut raw = login(stack.addr, &token, &[], "row cap in an open block").await;
+    let mut b = BytesMut::new();
+    frontend::parse("", "SELECT id FROM orders", [], &mut b).unwrap();
+    frontend::bind("", "", [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], &mut b)
         .map_err(|_| "bind")
         .unwrap();
-    frontend::execute("", 0, &mut block).unwrap();
-    let mut sync = BytesMut::new();
-    frontend::sync(&mut sync);
-    // The query after the error came back (a Flush showed it).
-    let mut flushed = block.clone();
-    frontend::flush(&mut flushed);
-    raw.send(&flushed).await;
-    let error = raw.expect_error(&["42P01"]).await;
-    assert!(error.message.contains("no_such_table"), "{}", error.message);
-    raw.send(&[query("SELECT 2"), sync.to_vec()].concat()).await;
+    // One row more than the cap: the portal is suspended right after it.
+    frontend::execute("", 1001, &mut b).unwrap();
+    frontend::flush(&mut b);
+    raw.send(&b).await;
+    let mut rows = 0;
+    loop {
+        let f = raw.frame().await;
+        match f.kind {
+            b'1' | b'2' | b'T' => {}
+            b'D' => rows += 1,
+            b'E' => {
+                assert_eq!(portcullis_testkit::wire::ServerError::from_frame(&f).code, "54000");
+                break;
+            }
+            other => panic!("unexpected '{}' before the cap", char::from(other)),
+        }
+    }
+    assert_eq!(rows, 1000, "the rows up to the cap");
+    let mut rest = BytesMut::new();
+    frontend::parse("a", "SELECT ssn FROM customers WHERE id = 1", [], &mut rest).unwrap();
+    frontend::bind("", "a", [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], &mut rest)
+        .map_err(|_| "bind")
+        .unwrap();
+    frontend::execute("", 0, &mut rest).unwrap();
+    frontend::sync(&mut rest);
+    raw.send(&[rest.to_vec(), query("SELECT ssn FROM customers WHERE id = 2")].concat()).await;
+    // The Sync's answer: nothing of the dropped statements.
     assert_eq!(raw.until_ready().await.brief(), (vec![], vec![], b'I'));
-    assert_eq!(raw.query("SELECT 3").await.brief(), (vec![Some("3".into())], vec![], b'I'));
-    // The query sent with the block, before the error.
-    raw.send(&[block.to_vec(), query("SELECT 2"), sync.to_vec()].concat()).await;
-    assert_eq!(raw.until_ready().await.brief(), (vec![], vec!["42P01".to_string()], b'I'));
-    assert_eq!(raw.query("SELECT 4").await.brief(), (vec![Some("4".into())], vec![], b'I'));
-    healthy(&client, "a query in a failed block").await;
+    assert_eq!(raw.until_ready().await.brief(), (vec![Some("****7890".into())], vec![], b'I'));
+    // The statement the client prepared inside the block never ran: its
+    // name is unknown.
+    let mut again = BytesMut::new();
+    frontend::bind("", "a", [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], &mut again)
+        .map_err(|_| "bind")
+        .unwrap();
+    frontend::execute("", 0, &mut again).unwrap();
+    frontend::sync(&mut again);
+    raw.send(&again).await;
+    let reply = raw.until_ready().await;
+    assert_eq!((reply.rows.len(), reply.codes()), (0, vec!["42501".to_string()]), "{:?}", reply.errors);
+    assert_eq!(raw.query("SELECT 1").await.brief(), (vec![Some("1".into())], vec![], b'I'));
 }

@@ -463,8 +463,13 @@ pub struct SessionCore {
     /// The transaction status of the last `ReadyForQuery`.
     tx_status: u8,
     /// The server failed the block it is answering (the one up to the
-    /// first `Sync` outstanding): it skips the rest of it.
+    /// first `Sync` outstanding), or the gateway stopped relaying it (a
+    /// row cap): the server's answers to the rest of it are not the
+    /// client's.
     block_failed: bool,
+    /// The client has sent extended-protocol messages since its last
+    /// `Sync`: the block is open.
+    block_open: bool,
     /// Read the settings back after the next `Sync` (a batch that changed
     /// one ended with `Flush`).
     resync_after_sync: bool,
@@ -520,6 +525,7 @@ impl SessionCore {
             pending: VecDeque::new(),
             tx_status: b'I',
             block_failed: false,
+            block_open: false,
             resync_after_sync: false,
             settings_after_copy: false,
             setting_touched_in_tx: false,
@@ -929,6 +935,28 @@ impl SessionCore {
             },
             _ => {}
         }
+        let extended = matches!(
+            m.message,
+            FrontendView::Parse { .. }
+                | FrontendView::Bind(_)
+                | FrontendView::Describe { .. }
+                | FrontendView::Execute { .. }
+                | FrontendView::Close { .. }
+        );
+        if extended {
+            self.block_open = true;
+        } else if self.block_open && matches!(m.message, FrontendView::Query { .. } | FrontendView::FunctionCall) {
+            // PostgreSQL runs it, or skips it when the block failed: which
+            // one the gateway cannot always tell (a row cap's cancel may or
+            // may not fail the block), and answers matched to the wrong
+            // statement would be masked by its plan. No client library
+            // sends one there.
+            let what = "a simple query inside an unfinished extended-protocol block (send Sync first)";
+            tracing::info!("{what}; ending the session");
+            self.emit_error("FATAL", PROTOCOL_VIOLATION, &format!("{what} is not supported by the gateway"));
+            self.close(SessionEnd::Unexpected(what.to_string()));
+            return true;
+        }
         match m.message {
             FrontendView::Query { sql } => {
                 self.on_query(sql, m.frame);
@@ -962,6 +990,7 @@ impl SessionCore {
                 self.stage(m.frame, Some(Pending::Close));
             }
             FrontendView::Sync => {
+                self.block_open = false;
                 // A Sync right after an Execute of COPY FROM STDIN is ignored
                 // by the server once it is in COPY IN.
                 let pending = if self.batch.copy_in { Pending::MaybeSync } else { Pending::Sync };
@@ -1653,12 +1682,12 @@ impl SessionCore {
     }
 
     /// Drops what the server skips after an error in an extended-protocol
-    /// block: everything up to the block's `Sync`, a simple `Query` sent
-    /// inside the block included (PostgreSQL ignores every message but
-    /// `Sync` until then).
+    /// block: everything up to the block's `Sync`. (A simple query never
+    /// stands inside a block: the client may not send one there.)
     fn pop_to_block_end(&mut self) {
         while let Some(p) = self.pending.front() {
-            if matches!(p, Pending::Sync | Pending::MaybeSync | Pending::ReadSearchPath { .. }) {
+            if matches!(p, Pending::Sync | Pending::MaybeSync | Pending::Query { .. } | Pending::ReadSearchPath { .. })
+            {
                 break;
             }
             self.pending.pop_front();
@@ -1669,6 +1698,13 @@ impl SessionCore {
     fn drop_block(&mut self) {
         self.block_failed = true;
         self.pop_to_block_end();
+        if self.pending.is_empty() && self.block_open && matches!(self.client, ClientState::Reading) {
+            // The client has not ended the block yet: what it sends up to
+            // its Sync is dropped, as the server would drop it after an
+            // error (which is what the client was told).
+            self.client = ClientState::DiscardingUntilSync;
+            self.batch.failed = true;
+        }
         // The server still answers what was sent after the capped
         // Execute; those answers are not the client's.
         self.backend = BackendState::SkippingToReady;
