@@ -322,7 +322,11 @@ impl DecisionCache {
         if entry.restored.len() >= RESTORED_PER_ENTRY {
             entry.restored.remove(0);
         } else {
+            // Kept only within the shard's budget (a hit does not sweep).
             let bytes = restored_bytes(&restored);
+            if shard.bytes + bytes > self.shard_budget {
+                return Some(restored);
+            }
             entry.bytes += bytes;
             shard.bytes += bytes;
         }

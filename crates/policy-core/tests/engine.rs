@@ -469,6 +469,28 @@ fn the_cache_stays_within_its_budget() {
         assert!(e.cache_bytes() <= budget, "{} > {budget} after {i}", e.cache_bytes());
     }
     assert!(e.cache_bytes() > 0);
+    // Shape hits keep decisions restored for texts of other lengths, and a
+    // hit does not sweep: those stay within the budget too. One shape in a
+    // cache whose shards hold little more than its entry.
+    let shard = 1_600;
+    let small = Engine::with_options(
+        Policy::from_toml_str("version = 1\n[settings]\ndefault = \"allow\"\n", "t.toml").unwrap(),
+        Default::default(),
+        EngineOptions { cache_bytes: 16 * shard },
+    )
+    .unwrap();
+    let text = |n: usize| format!("SELECT * FROM u WHERE b = '{}'", "x".repeat(n));
+    for _ in 0..2 {
+        small.decide(&anyone(), &s, &text(1));
+    }
+    let held = small.cache_bytes();
+    assert!(held > 0 && held + 400 < shard, "the test needs room for one restored decision: {held}");
+    for n in 2..12 {
+        small.decide(&anyone(), &s, &text(n));
+        assert!(small.cache_bytes() <= shard, "{} > {shard} after {n}", small.cache_bytes());
+    }
+    assert!(small.cache_stats().shape_hits >= 10, "{:?}", small.cache_stats());
+    assert!(small.cache_bytes() > held, "a restored decision was kept");
     let off = Engine::with_options(
         Policy::from_toml_str("version = 1\n", "t.toml").unwrap(),
         Default::default(),
