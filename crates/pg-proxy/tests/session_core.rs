@@ -491,32 +491,99 @@ fn messages_of_a_block_the_server_already_failed_are_owed_no_answer() {
     assert!(is_query(&h.sent()[0], "SELECT 2"));
 }
 
-/// A simple query inside an unfinished extended-protocol block: the server
-/// runs it, or skips it when the block failed, and the gateway cannot
-/// always tell which (a row cap's cancel may fail the block or not). It is
-/// refused with 08P01 and the session ends, before or after the server's
-/// error came back.
+/// PostgreSQL skips every message but `Sync` after an error in an
+/// extended-protocol block, a simple `Query` too: it is owed no answer,
+/// whether it was sent before the error came back or after.
 #[test]
-fn a_simple_query_inside_an_open_extended_block_ends_the_session() {
+fn a_query_inside_a_failed_block_is_skipped_as_the_server_skips_it() {
     for query_first in [true, false] {
         let mut h = harness(CoreConfig::default());
         h.client(&cat(&[parse("", "SELECT * FROM public.missing"), bind("", "", &[]), execute(""), flush()]));
-        h.sent();
-        if !query_first {
-            h.server(&error("42P01"));
-            h.got();
+        if query_first {
+            h.client(&query("SELECT 2"));
         }
-        h.client(&cat(&[query("SELECT 2"), sync()]));
-        assert!(h.sent().is_empty(), "nothing of it reaches the server");
-        let got = h.got();
-        assert!(got.iter().any(|(k, d)| *k == 'E' && d.starts_with("08P01")), "{got:?}");
-        assert!(matches!(h.core.end(), Some(SessionEnd::Unexpected(_))), "{:?}", h.core.end());
+        h.sent();
+        h.server(&error("42P01"));
+        if !query_first {
+            h.client(&query("SELECT 2"));
+        }
+        h.client(&sync());
+        h.sent();
+        h.server(&ready(b'I'));
+        let got: Vec<char> = h.got().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(got, vec!['E', 'Z'], "query first: {query_first}");
+        assert!(h.core.end().is_none(), "{:?}", h.core.end());
+        assert_eq!(h.core.activity(), Activity::Idle);
+        // The session goes on in step.
+        h.client(&query("SELECT 3"));
+        h.sent();
+        h.server(&cat(&[row_description(&[("x", 0, 0)]), rows_of(&[&["3"]]), complete("SELECT 1"), ready(b'I')]));
+        assert_eq!(h.got().into_iter().map(|(k, _)| k).collect::<Vec<_>>(), vec!['T', 'D', 'C', 'Z']);
     }
-    // After Sync the block is closed, and a simple query is fine.
+}
+
+/// A simple query inside a block that did not fail runs, as on the server
+/// (asyncpg prepares with Parse, Describe and Flush, then sends its COPY as
+/// a simple query before any Sync).
+#[test]
+fn a_query_inside_an_open_block_that_did_not_fail_runs() {
     let mut h = harness(CoreConfig::default());
-    h.client(&cat(&[parse("", "SELECT 1"), bind("", "", &[]), execute(""), sync(), query("SELECT 2")]));
-    assert!(h.core.end().is_none());
-    assert_eq!(kinds(&h.sent()), ["P", "B", "D", "E", "S", "Q"]);
+    h.client(&cat(&[parse("s", "SELECT 1"), describe_statement("s"), flush()]));
+    h.sent();
+    h.server(&cat(&[raw(b'1', b""), raw(b't', &[0, 0]), row_description(&[("x", 0, 0)])]));
+    assert_eq!(h.got().into_iter().map(|(k, _)| k).collect::<Vec<_>>(), vec!['1', 't', 'T']);
+    h.client(&query("SELECT 2"));
+    assert!(is_query(&h.sent()[0], "SELECT 2"));
+    h.server(&cat(&[row_description(&[("x", 0, 0)]), rows_of(&[&["2"]]), complete("SELECT 1"), ready(b'I')]));
+    assert_eq!(h.got().into_iter().map(|(k, _)| k).collect::<Vec<_>>(), vec!['T', 'D', 'C', 'Z']);
+    assert!(h.core.end().is_none(), "{:?}", h.core.end());
+}
+
+/// A simple query the client sent right behind an Execute whose result the
+/// row cap stopped, in the same block: the server runs it, or skips it if
+/// the cap's cancel failed the block first, which the gateway cannot tell.
+/// The session ends (08P01) rather than match answers to the wrong
+/// statement; nothing of the query reaches the client.
+#[test]
+fn a_query_behind_a_capped_execute_in_its_block_ends_the_session() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[
+        parse("", "SELECT id FROM orders"),
+        bind("", "", &[]),
+        execute(""),
+        flush(),
+        query("SELECT 1"),
+        query("SELECT ssn || '' AS x FROM people"),
+        sync(),
+        query("SELECT name AS x FROM people"),
+    ]));
+    h.sent();
+    // The server ran everything (the cancel came too late to fail it).
+    h.server(&cat(&[
+        raw(b'1', b""),
+        raw(b'2', b""),
+        row_description(&[("id", 0, 0)]),
+        rows_of(&[&["1"], &["2"], &["3"], &["4"], &["5"]]),
+        complete("SELECT 5"),
+        row_description(&[("?column?", 0, 0)]),
+        rows_of(&[&["1"]]),
+        complete("SELECT 1"),
+        ready(b'I'),
+        row_description(&[("x", 0, 0)]),
+        rows_of(&[&["123-45-6789"]]),
+        complete("SELECT 1"),
+        ready(b'I'),
+        ready(b'I'),
+        row_description(&[("x", 0, 0)]),
+        rows_of(&[&["Ada"]]),
+        complete("SELECT 1"),
+        ready(b'I'),
+    ]));
+    let got = h.got();
+    assert!(got.iter().any(|(k, d)| *k == 'E' && d.starts_with("54000")), "{got:?}");
+    assert!(got.iter().any(|(k, d)| *k == 'E' && d.starts_with("08P01")), "{got:?}");
+    assert!(!got.iter().any(|(_, d)| d.contains("6789")), "{got:?}");
+    assert!(matches!(h.core.end(), Some(SessionEnd::Unexpected(_))), "{:?}", h.core.end());
 }
 
 /// After a row cap inside a block the client was told of an error, so what

@@ -256,6 +256,22 @@ enum BackendState {
     WaitingCatalog(BackendFrame),
 }
 
+/// What the server does with the rest of the extended-protocol block it is
+/// answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    /// It runs it.
+    Running,
+    /// It failed it (an `ErrorResponse`): it skips every message up to
+    /// `Sync`, a simple query sent inside the block too, and answers none.
+    Failed,
+    /// The gateway stopped relaying it (a row cap, a result it may not
+    /// relay) and told the client of an error; the server, which did not
+    /// fail, runs the rest, whose answers are dropped up to the block's
+    /// `ReadyForQuery`.
+    Dropped,
+}
+
 /// A statement prepared with `Parse`, as the gateway knows it.
 #[derive(Debug, Clone)]
 struct Prepared {
@@ -462,11 +478,9 @@ pub struct SessionCore {
     pending: VecDeque<Pending>,
     /// The transaction status of the last `ReadyForQuery`.
     tx_status: u8,
-    /// The server failed the block it is answering (the one up to the
-    /// first `Sync` outstanding), or the gateway stopped relaying it (a
-    /// row cap): the server's answers to the rest of it are not the
-    /// client's.
-    block_failed: bool,
+    /// What the server does with the rest of the block it is answering
+    /// (the one up to the first `Sync` outstanding).
+    block: Block,
     /// The client has sent extended-protocol messages since its last
     /// `Sync`: the block is open.
     block_open: bool,
@@ -524,7 +538,7 @@ impl SessionCore {
             portals: NameMap::default(),
             pending: VecDeque::new(),
             tx_status: b'I',
-            block_failed: false,
+            block: Block::Running,
             block_open: false,
             resync_after_sync: false,
             settings_after_copy: false,
@@ -935,27 +949,15 @@ impl SessionCore {
             },
             _ => {}
         }
-        let extended = matches!(
+        if matches!(
             m.message,
             FrontendView::Parse { .. }
                 | FrontendView::Bind(_)
                 | FrontendView::Describe { .. }
                 | FrontendView::Execute { .. }
                 | FrontendView::Close { .. }
-        );
-        if extended {
+        ) {
             self.block_open = true;
-        } else if self.block_open && matches!(m.message, FrontendView::Query { .. } | FrontendView::FunctionCall) {
-            // PostgreSQL runs it, or skips it when the block failed: which
-            // one the gateway cannot always tell (a row cap's cancel may or
-            // may not fail the block), and answers matched to the wrong
-            // statement would be masked by its plan. No client library
-            // sends one there.
-            let what = "a simple query inside an unfinished extended-protocol block (send Sync first)";
-            tracing::info!("{what}; ending the session");
-            self.emit_error("FATAL", PROTOCOL_VIOLATION, &format!("{what} is not supported by the gateway"));
-            self.close(SessionEnd::Unexpected(what.to_string()));
-            return true;
         }
         match m.message {
             FrontendView::Query { sql } => {
@@ -1504,11 +1506,14 @@ impl SessionCore {
             }
             self.backend = BackendState::Relaying;
         }
-        if self.block_failed && message == BackendMessage::ReadyForQuery {
-            // The block failed on the server before the client's later
-            // messages of it (sent after a Flush) arrived: the server
-            // skipped them and answers nothing of them.
+        if self.block != Block::Running && message == BackendMessage::ReadyForQuery {
+            // The block's end. What the client sent in it after the server
+            // failed it (after a Flush) was skipped, and answers of a
+            // dropped block were dropped: none of it is owed an answer.
             self.pop_to_block_end();
+            if self.end().is_some() {
+                return true;
+            }
         }
         let Some(head) = self.pending.front() else {
             if message == BackendMessage::ErrorResponse {
@@ -1562,14 +1567,15 @@ impl SessionCore {
                 let Some(Pending::Refused(refusal)) = self.pending.pop_front() else { return true };
                 // The substitute failed (as it always does): the client gets the refusal.
                 self.emit_error("ERROR", refusal.code, &refusal.message);
-                self.drop_block();
-                // After its error the server skips to Sync by itself; had the
-                // substitute not failed, what it answers next is not the client's.
-                if message != BackendMessage::ErrorResponse {
-                    tracing::warn!("the refusal's substitute statement did not fail; skipping to Sync");
-                    self.backend = BackendState::SkippingToReady;
+                if message == BackendMessage::ErrorResponse {
+                    // The server skips the rest of the block by itself.
+                    self.block = Block::Failed;
+                    self.pop_to_block_end();
                 } else {
-                    self.backend = BackendState::Relaying;
+                    // Had it not failed, what the server answers next is not
+                    // the client's.
+                    tracing::warn!("the refusal's substitute statement did not fail; skipping to Sync");
+                    self.drop_block();
                 }
                 true
             }
@@ -1597,7 +1603,7 @@ impl SessionCore {
                 return;
             }
         };
-        self.block_failed = false;
+        self.block = Block::Running;
         // A Sync the client sent during this COPY IN comes next, and the
         // mark tells it was ignored.
         if !matches!(self.pending.front(), Some(Pending::MaybeSync)) {
@@ -1677,26 +1683,37 @@ impl SessionCore {
     /// the block's `Sync` are dropped (the server skips those messages).
     fn on_block_error(&mut self, frame: &BackendFrame) {
         self.relay_report(frame);
-        self.block_failed = true;
+        self.block = Block::Failed;
         self.pop_to_block_end();
     }
 
-    /// Drops what the server skips after an error in an extended-protocol
-    /// block: everything up to the block's `Sync`. (A simple query never
-    /// stands inside a block: the client may not send one there.)
+    /// Drops the entries of the block being answered, up to its `Sync`.
+    ///
+    /// A failed block's simple queries go too: the server skips them. A
+    /// dropped block's may not: the server runs such a query, unless the
+    /// row cap's cancel failed the block first, and which one it did cannot
+    /// be told from here, so its answers could not be matched to the right
+    /// statement. The session ends instead (with `08P01`).
     fn pop_to_block_end(&mut self) {
         while let Some(p) = self.pending.front() {
-            if matches!(p, Pending::Sync | Pending::MaybeSync | Pending::Query { .. } | Pending::ReadSearchPath { .. })
-            {
-                break;
+            match p {
+                Pending::Sync | Pending::MaybeSync | Pending::ReadSearchPath { .. } => break,
+                Pending::Query { .. } if self.block != Block::Failed => {
+                    return self.unexpected(
+                        "a simple query sent inside an extended-protocol block whose result the gateway stopped"
+                            .to_string(),
+                    );
+                }
+                _ => {
+                    self.pending.pop_front();
+                }
             }
-            self.pending.pop_front();
         }
     }
 
     /// After a capped result: the client sees the cap as the block's error.
     fn drop_block(&mut self) {
-        self.block_failed = true;
+        self.block = Block::Dropped;
         self.pop_to_block_end();
         if self.pending.is_empty() && self.block_open && matches!(self.client, ClientState::Reading) {
             // The client has not ended the block yet: what it sends up to
