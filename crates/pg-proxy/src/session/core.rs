@@ -187,8 +187,9 @@ enum BatchEnd {
     /// A simple query (or a function call), answered up to its
     /// `ReadyForQuery`.
     Query,
-    /// `Sync`.
-    Sync,
+    /// `Sync`: the client's, or the gateway's own (its `ReadyForQuery` is
+    /// not the client's).
+    Sync { from_client: bool },
     /// `Flush`.
     Flush,
     /// `Terminate`.
@@ -377,8 +378,10 @@ enum Pending {
     Execute { portal: String, id: u64, fields: Option<Arc<Vec<FieldDescription>>>, result: ResultState },
     /// `CloseComplete`.
     Close,
-    /// `ReadyForQuery` after `Sync`.
-    Sync,
+    /// `ReadyForQuery` after `Sync`: the client's, or the gateway's own
+    /// (see [`SessionCore::end_block_before_query`]), whose answer the
+    /// client does not see.
+    Sync { from_client: bool },
     /// A `Sync` sent while the server may be in COPY IN, where it ignores
     /// it: answered only when the COPY never started.
     MaybeSync,
@@ -387,7 +390,7 @@ enum Pending {
     Refused(Refusal),
     /// The gateway's own `search_path` read-back; the client's
     /// `ReadyForQuery` is held until it is done.
-    ReadSearchPath { held: BackendFrame, value: Option<String> },
+    ReadSearchPath { held: Option<BackendFrame>, value: Option<String> },
 }
 
 /// A masking plan, with what it was made from.
@@ -921,9 +924,10 @@ impl SessionCore {
                     return true;
                 }
                 FrontendView::Sync => {
-                    // Ignored by the server in COPY IN, answered otherwise.
-                    self.to_server.extend_from_slice(m.frame);
-                    self.pending.push_back(Pending::MaybeSync);
+                    // The server ignores a Sync in COPY IN, but answers it
+                    // when the COPY failed on data before it, which the
+                    // gateway cannot know in time: it is not sent at all,
+                    // so the server's answers stay countable.
                     return true;
                 }
                 _ => {
@@ -958,6 +962,22 @@ impl SessionCore {
                 | FrontendView::Close { .. }
         ) {
             self.block_open = true;
+        } else if self.block_open
+            && !self.batch.copy_in
+            && matches!(m.message, FrontendView::Query { .. } | FrontendView::FunctionCall)
+        {
+            if self.block == Block::Failed
+                && !self.pending.iter().any(|p| matches!(p, Pending::Sync { .. } | Pending::MaybeSync))
+            {
+                // The server already failed this very block: it skips the
+                // query, and so does the gateway.
+                return true;
+            }
+            self.end_block_before_query();
+            if !matches!(self.client, ClientState::Reading) {
+                // Read again once the block's batch is through.
+                return false;
+            }
         }
         match m.message {
             FrontendView::Query { sql } => {
@@ -995,7 +1015,7 @@ impl SessionCore {
                 self.block_open = false;
                 // A Sync right after an Execute of COPY FROM STDIN is ignored
                 // by the server once it is in COPY IN.
-                let pending = if self.batch.copy_in { Pending::MaybeSync } else { Pending::Sync };
+                let pending = if self.batch.copy_in { Pending::MaybeSync } else { Pending::Sync { from_client: true } };
                 if std::mem::take(&mut self.implicit_until_sync) {
                     self.state.apply(&SessionEffect::EndImplicitTransaction);
                 }
@@ -1004,7 +1024,7 @@ impl SessionCore {
                     self.batch.settings = true;
                 }
                 self.stage(m.frame, Some(pending));
-                self.finish_batch(BatchEnd::Sync);
+                self.finish_batch(BatchEnd::Sync { from_client: true });
             }
             FrontendView::Flush => {
                 self.stage(m.frame, None);
@@ -1043,6 +1063,29 @@ impl SessionCore {
             }
         }
         true
+    }
+
+    /// A simple query inside an unfinished extended-protocol block:
+    /// PostgreSQL ends the block's implicit transaction there, or skips the
+    /// query when the block failed, which the gateway cannot always know
+    /// in time. So the gateway ends the block first, with a `Sync` of its
+    /// own whose `ReadyForQuery` the client does not see: the query then
+    /// runs on its own, in a state the gateway knows (the client's `Sync`
+    /// after it is answered as usual). A query the server would have
+    /// skipped after an error it had not reported yet therefore runs.
+    fn end_block_before_query(&mut self) {
+        self.block_open = false;
+        if std::mem::take(&mut self.implicit_until_sync) {
+            self.state.apply(&SessionEffect::EndImplicitTransaction);
+        }
+        if self.resync_after_sync {
+            self.resync_after_sync = false;
+            self.batch.settings = true;
+        }
+        let mut sync = BytesMut::new();
+        frontend::sync(&mut sync);
+        self.stage(&sync, Some(Pending::Sync { from_client: false }));
+        self.finish_batch(BatchEnd::Sync { from_client: false });
     }
 
     fn on_bind(&mut self, bind: &BindView<'_>, frame: &[u8]) {
@@ -1198,12 +1241,12 @@ impl SessionCore {
             Some(BatchEnd::Query) | Some(BatchEnd::Terminate) | None => {
                 push_substitute_query(&mut out, refusal);
             }
-            Some(BatchEnd::Sync) => {
+            Some(BatchEnd::Sync { from_client }) => {
                 push_substitute_parse(&mut out, refusal);
                 let mut sync = BytesMut::new();
                 frontend::sync(&mut sync);
                 out.bytes.extend_from_slice(&sync);
-                out.pending.push(Pending::Sync);
+                out.pending.push(Pending::Sync { from_client });
             }
             Some(BatchEnd::Flush) => {
                 push_substitute_parse(&mut out, refusal);
@@ -1555,7 +1598,7 @@ impl SessionCore {
                 self.on_sync_frame(message, frame);
                 true
             }
-            Pending::Sync => {
+            Pending::Sync { .. } => {
                 self.on_sync_frame(message, frame);
                 true
             }
@@ -1586,15 +1629,16 @@ impl SessionCore {
         match message {
             BackendMessage::ErrorResponse => self.relay_report(&frame),
             BackendMessage::ReadyForQuery => {
-                self.pending.pop_front();
-                self.on_ready(frame);
+                let forward = !matches!(self.pending.pop_front(), Some(Pending::Sync { from_client: false }));
+                self.on_ready(frame, forward);
             }
             other => self.unexpected(format!("{other:?} where ReadyForQuery was due")),
         }
     }
 
-    /// A `ReadyForQuery` that ends a client's block.
-    fn on_ready(&mut self, frame: BackendFrame) {
+    /// A `ReadyForQuery` that ends a block; forwarded to the client unless
+    /// it answers the gateway's own `Sync`.
+    fn on_ready(&mut self, frame: BackendFrame, forward: bool) {
         let status = match codec::parse_ready_for_query(&frame) {
             Ok(s) => s,
             Err(e) => {
@@ -1634,7 +1678,7 @@ impl SessionCore {
             let mut q = BytesMut::new();
             if frontend::query("SELECT pg_catalog.current_setting('search_path')", &mut q).is_ok() {
                 self.to_server.extend_from_slice(&q);
-                self.pending.push_back(Pending::ReadSearchPath { held: frame, value: None });
+                self.pending.push_back(Pending::ReadSearchPath { held: forward.then_some(frame), value: None });
                 return;
             }
         }
@@ -1645,7 +1689,9 @@ impl SessionCore {
         if tx_ended {
             self.setting_touched_in_tx = false;
         }
-        self.forward_to_client(&frame);
+        if forward {
+            self.forward_to_client(&frame);
+        }
     }
 
     fn on_read_search_path(&mut self, message: BackendMessage, frame: &BackendFrame) {
@@ -1673,7 +1719,9 @@ impl SessionCore {
                 if self.tx_status == b'I' {
                     self.setting_touched_in_tx = false;
                 }
-                self.forward_to_client(&held);
+                if let Some(held) = held {
+                    self.forward_to_client(&held);
+                }
             }
             _ => {}
         }
@@ -1697,7 +1745,7 @@ impl SessionCore {
     fn pop_to_block_end(&mut self) {
         while let Some(p) = self.pending.front() {
             match p {
-                Pending::Sync | Pending::MaybeSync | Pending::ReadSearchPath { .. } => break,
+                Pending::Sync { .. } | Pending::MaybeSync | Pending::ReadSearchPath { .. } => break,
                 Pending::Query { .. } if self.block != Block::Failed => {
                     return self.unexpected(
                         "a simple query sent inside an extended-protocol block whose result the gateway stopped"
@@ -1929,7 +1977,7 @@ impl SessionCore {
         };
         if message == BackendMessage::ReadyForQuery {
             self.pending.pop_front();
-            self.on_ready(frame);
+            self.on_ready(frame, true);
             return true;
         }
         if let Some(refusal) = refusal.clone() {

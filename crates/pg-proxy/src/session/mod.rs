@@ -80,7 +80,9 @@
 //!   PostgreSQL drops it after an error. A `Sync` sent while the server may
 //!   be in COPY IN (tokio-postgres sends one right after the `Execute`) is
 //!   expected to be answered only if the COPY never started, as the server
-//!   ignores it in COPY IN. A client message other than COPY data during
+//!   ignores it in COPY IN; one sent during the data is not forwarded (the
+//!   server would answer it after data it already failed on, which the
+//!   gateway cannot know in time). A client message other than COPY data during
 //!   COPY IN ends the COPY with a `CopyFail`, then counts as itself.
 //!   `COPY ... TO STDOUT` rows are masked like result rows (plain text
 //!   format).
@@ -88,6 +90,12 @@
 //!   never dropped silently: the client gets a `FATAL` `08P01` saying so,
 //!   and the log a warning.
 //! - The function-call message (`F`) is refused.
+//! - **Blocks.** A simple query sent inside an unfinished extended-protocol
+//!   block is preceded by a `Sync` of the gateway's own (its
+//!   `ReadyForQuery` is not relayed), so it runs in a state the gateway
+//!   knows; once the server has failed the block, such a query is dropped,
+//!   as the server drops it. After a row cap inside a block, the client's
+//!   messages up to its `Sync` are dropped, as after any error.
 
 pub mod core;
 pub mod hold;
