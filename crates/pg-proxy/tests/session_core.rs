@@ -1097,6 +1097,15 @@ fn a_sink_failure_refuses_the_batch_with_58030_and_the_session_goes_on() {
     let got = h.got();
     assert!(got[0].1.starts_with("58030"), "{got:?}");
     assert!(got[0].1.contains("disk full"));
+    // The settings the batch would have changed are read back.
+    assert!(is_query(&h.sent()[0], "SELECT pg_catalog.current_setting('search_path')"));
+    h.server(&cat(&[
+        row_description(&[("search_path", 0, 0)]),
+        rows_of(&[&["public"]]),
+        complete("SELECT 1"),
+        ready(b'I'),
+    ]));
+    h.got();
     // The SET never ran: unqualified names still resolve in public.
     h.client(&query("SELECT * FROM customers"));
     let needs = h.needs();
@@ -1427,4 +1436,70 @@ fn a_sync_after_bad_copy_data_keeps_the_answers_in_step() {
     assert!(!got.iter().any(|(_, d)| d.contains("6789")), "{got:?}");
     assert!(got.contains(&('D', "[redacted]".into())) && got.contains(&('D', "Ada".into())), "{got:?}");
     assert!(h.core.end().is_none(), "{:?}", h.core.end());
+}
+
+/// A held statement refused after a `SET` earlier in its block (before a
+/// Flush): the refusal fails the block on the server, which undoes the
+/// `SET`, so the settings are read back before anything else is judged.
+#[test]
+fn a_refused_hold_after_a_set_in_its_block_reads_the_settings_back() {
+    let mut h = harness_with(holding(), vec!["private".into()]);
+    h.client(&cat(&[parse("", "SET search_path TO public"), bind("", "", &[]), execute(""), flush()]));
+    assert_eq!(kinds(&h.sent()), ["P", "B", "D", "E", "H"]);
+    h.server(&cat(&[raw(b'1', b""), raw(b'2', b""), raw(b'n', b""), complete("SET")]));
+    h.got();
+    h.client(&cat(&[
+        parse("d", "DELETE FROM orders WHERE id = 1"),
+        bind("", "d", &[]),
+        execute(""),
+        query("SELECT * FROM customers"),
+    ]));
+    assert!(h.sent().is_empty());
+    let needs = h.needs();
+    let [Need::Hold { hold, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    h.core.handle_hold_outcome(*hold, HoldOutcome::Refuse { reason: "no".into() }, h.now);
+    let sent = h.sent();
+    assert_eq!(kinds(&sent), ["P", "S"], "only the refusal's substitute and the gateway's Sync");
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    // The path is read back: the server is on `private` again.
+    assert!(is_query(&h.sent()[0], "SELECT pg_catalog.current_setting('search_path')"));
+    h.server(&cat(&[
+        row_description(&[("search_path", 0, 0)]),
+        rows_of(&[&["private"]]),
+        complete("SELECT 1"),
+        ready(b'I'),
+    ]));
+    let sent = h.sent();
+    assert!(sent.iter().any(is_substitute), "customers is private.customers now: {:?}", kinds(&sent));
+}
+
+/// An extended-protocol COPY that fails on its data: the server drops
+/// everything up to a Sync. A Sync the client sends after the error, or
+/// sent during the data before it (held back then), ends it.
+#[test]
+fn a_failed_extended_copy_is_ended_by_the_client_s_sync() {
+    for sync_first in [false, true] {
+        let mut h = harness(CoreConfig::default());
+        h.client(&cat(&[parse("", "COPY orders FROM STDIN"), bind("", "", &[]), execute(""), flush()]));
+        h.sent();
+        h.server(&cat(&[raw(b'1', b""), raw(b'2', b""), raw(b'n', b""), copy_in_response(2)]));
+        h.got();
+        h.client(&copy_data(b"x\t1\n"));
+        if sync_first {
+            h.client(&sync());
+        }
+        assert_eq!(kinds(&h.sent()), ["d"], "a Sync during the data is held back");
+        h.server(&error("22P02"));
+        if !sync_first {
+            h.client(&sync());
+        }
+        assert_eq!(kinds(&h.sent()), ["S"], "the server waits for this Sync (sync first: {sync_first})");
+        h.server(&ready(b'I'));
+        let got: Vec<char> = h.got().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(got, vec!['E', 'Z']);
+        // Stray COPY messages after it are dropped, and the session goes on.
+        h.client(&cat(&[copy_done(), query("SELECT 1")]));
+        assert_eq!(kinds(&h.sent()), ["Q"]);
+        assert!(h.core.end().is_none(), "{:?}", h.core.end());
+    }
 }

@@ -492,6 +492,8 @@ pub struct SessionCore {
     resync_after_sync: bool,
     /// Read the settings back when the client's COPY ends.
     settings_after_copy: bool,
+    /// The client sent a `Sync` during its COPY data (not forwarded).
+    sync_held_in_copy: bool,
     /// A setting changed in the current transaction.
     setting_touched_in_tx: bool,
     /// The engine's session opened the implicit transaction block of the
@@ -545,6 +547,7 @@ impl SessionCore {
             block_open: false,
             resync_after_sync: false,
             settings_after_copy: false,
+            sync_held_in_copy: false,
             setting_touched_in_tx: false,
             implicit_until_sync: false,
             copy_in_started: false,
@@ -926,8 +929,10 @@ impl SessionCore {
                 FrontendView::Sync => {
                     // The server ignores a Sync in COPY IN, but answers it
                     // when the COPY failed on data before it, which the
-                    // gateway cannot know in time: it is not sent at all,
-                    // so the server's answers stay countable.
+                    // gateway cannot know in time: it is not sent now, so
+                    // the server's answers stay countable. Should this COPY
+                    // fail, it is sent then (see `on_block_error`).
+                    self.sync_held_in_copy = true;
                     return true;
                 }
                 _ => {
@@ -1117,6 +1122,7 @@ impl SessionCore {
     }
 
     fn leave_copy_in(&mut self) {
+        self.sync_held_in_copy = false;
         if std::mem::take(&mut self.settings_after_copy) {
             self.client = ClientState::ReadingSettingsBack;
         } else {
@@ -1236,7 +1242,10 @@ impl SessionCore {
             self.portals.remove(&name);
         }
         let refusal = Refusal { code, message };
-        let mut out = Batch { end: batch.end, ..Batch::default() };
+        // A read-back the batch owed is still owed: the refusal fails the
+        // block on the server, which may undo a setting an earlier part of
+        // the block (sent before a Flush) changed.
+        let mut out = Batch { end: batch.end, settings: batch.settings, ..Batch::default() };
         match batch.end {
             Some(BatchEnd::Query) | Some(BatchEnd::Terminate) | None => {
                 push_substitute_query(&mut out, refusal);
@@ -1733,6 +1742,24 @@ impl SessionCore {
         self.relay_report(frame);
         self.block = Block::Failed;
         self.pop_to_block_end();
+        if matches!(self.client, ClientState::CopyIn) {
+            // The COPY of an extended-protocol block failed: the server now
+            // drops everything up to a Sync. A Sync the client sent during
+            // the data is that Sync; otherwise the client's next one is.
+            if std::mem::take(&mut self.settings_after_copy) {
+                self.resync_after_sync = true;
+            }
+            if std::mem::take(&mut self.sync_held_in_copy) {
+                let mut sync = BytesMut::new();
+                frontend::sync(&mut sync);
+                self.to_server.extend_from_slice(&sync);
+                self.pending.push_back(Pending::Sync { from_client: true });
+                self.block_open = false;
+                self.client = ClientState::Reading;
+            } else {
+                self.client = ClientState::DiscardingUntilSync;
+            }
+        }
     }
 
     /// Drops the entries of the block being answered, up to its `Sync`.
