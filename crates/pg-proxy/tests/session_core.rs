@@ -309,6 +309,24 @@ fn people_table() -> HashMap<u32, Arc<Table>> {
     HashMap::from([(PEOPLE, Arc::new(Table { schema: "public".into(), name: "people".into(), columns }))])
 }
 
+/// A simple query's answer: one column `x`, one row holding `value`.
+fn one_value_answer(value: &str) -> Vec<u8> {
+    cat(&[row_description(&[("x", 0, 0)]), rows_of(&[&[value]]), complete("SELECT 1"), ready(b'I')])
+}
+
+/// The gateway reads the server's `search_path` back: the server answers
+/// `path`.
+fn read_back(h: &mut Harness, path: &str) {
+    let sent = h.sent();
+    assert!(is_query(&sent[0], "SELECT pg_catalog.current_setting('search_path')"), "{sent:?}");
+    h.server(&cat(&[
+        row_description(&[("search_path", 0, 0)]),
+        rows_of(&[&[path]]),
+        complete("SELECT 1"),
+        ready(b'I'),
+    ]));
+}
+
 fn is_query(m: &Frontend, sql: &str) -> bool {
     matches!(m, Frontend::Query { sql: s } if s.as_str() == sql)
 }
@@ -598,16 +616,8 @@ fn queries_behind_a_capped_execute_in_its_block_are_answered_in_step() {
         rows_of(&[&["1"]]),
         complete("SELECT 1"),
         ready(b'I'),
-        row_description(&[("x", 0, 0)]),
-        rows_of(&[&["123-45-6789"]]),
-        complete("SELECT 1"),
-        ready(b'I'),
-        ready(b'I'),
-        row_description(&[("x", 0, 0)]),
-        rows_of(&[&["Ada"]]),
-        complete("SELECT 1"),
-        ready(b'I'),
     ]));
+    h.server(&cat(&[one_value_answer("123-45-6789"), ready(b'I'), one_value_answer("Ada")]));
     let got = h.got();
     assert!(got.iter().any(|(k, d)| *k == 'E' && d.starts_with("54000")), "{got:?}");
     assert!(!got.iter().any(|(_, d)| d.contains("6789")), "{got:?}");
@@ -1098,13 +1108,7 @@ fn a_sink_failure_refuses_the_batch_with_58030_and_the_session_goes_on() {
     assert!(got[0].1.starts_with("58030"), "{got:?}");
     assert!(got[0].1.contains("disk full"));
     // The settings the batch would have changed are read back.
-    assert!(is_query(&h.sent()[0], "SELECT pg_catalog.current_setting('search_path')"));
-    h.server(&cat(&[
-        row_description(&[("search_path", 0, 0)]),
-        rows_of(&[&["public"]]),
-        complete("SELECT 1"),
-        ready(b'I'),
-    ]));
+    read_back(&mut h, "public");
     h.got();
     // The SET never ran: unqualified names still resolve in public.
     h.client(&query("SELECT * FROM customers"));
@@ -1296,13 +1300,7 @@ fn a_set_inside_a_failed_block_does_not_stall_the_session() {
             assert_eq!(kinds(&h.sent()), ["S", "Q"]);
             h.server(&cat(&[error("42P01"), ready(b'I'), complete("SET"), ready(b'I')]));
             // The settings are read back before the client's Sync goes on.
-            assert!(is_query(&h.sent()[0], "SELECT pg_catalog.current_setting('search_path')"));
-            h.server(&cat(&[
-                row_description(&[("search_path", 0, 0)]),
-                rows_of(&[&["public"]]),
-                complete("SELECT 1"),
-                ready(b'I'),
-            ]));
+            read_back(&mut h, "public");
         } else {
             h.server(&error("42P01"));
             h.client(&cat(&[query("SET search_path TO public"), sync()]));
@@ -1322,58 +1320,27 @@ fn a_set_inside_a_failed_block_does_not_stall_the_session() {
 /// judged on the path the server has.
 #[test]
 fn a_simple_query_inside_a_block_ends_its_implicit_transaction() {
+    /// `set` in a block a simple query ends (after the gateway's Sync), the
+    /// server reading `path` back, then `rest`: what the core sent then.
+    fn after_set_and_query(h: &mut Harness, set: &str, rest: &[Vec<u8>], path: &str) -> Vec<Frontend> {
+        let mut messages = vec![parse("", set), bind("", "", &[]), execute(""), flush(), query("SELECT 1")];
+        messages.extend_from_slice(rest);
+        h.client(&cat(&messages));
+        assert_eq!(kinds(&h.sent()), ["P", "B", "D", "E", "H", "S"]);
+        // The settings are read back before the query goes on.
+        h.server(&cat(&[raw(b'1', b""), raw(b'2', b""), raw(b'n', b""), complete("SET"), ready(b'I')]));
+        read_back(h, path);
+        h.sent()
+    }
+    let read = [parse("s", "SELECT * FROM customers"), bind("", "s", &[]), execute(""), sync()];
     let mut h = harness_with(CoreConfig::default(), vec!["private".into()]);
-    h.client(&cat(&[
-        parse("", "SET LOCAL search_path TO public"),
-        bind("", "", &[]),
-        execute(""),
-        flush(),
-        query("SELECT 1"),
-        parse("s", "SELECT * FROM customers"),
-        bind("", "s", &[]),
-        execute(""),
-        sync(),
-    ]));
-    assert_eq!(kinds(&h.sent()), ["P", "B", "D", "E", "H", "S"]);
-    // The gateway's Sync ended the block: the settings are read back
-    // before the query goes on.
-    h.server(&cat(&[raw(b'1', b""), raw(b'2', b""), raw(b'n', b""), complete("SET"), ready(b'I')]));
-    assert!(is_query(&h.sent()[0], "SELECT pg_catalog.current_setting('search_path')"));
-    h.server(&cat(&[
-        row_description(&[("search_path", 0, 0)]),
-        rows_of(&[&["private"]]),
-        complete("SELECT 1"),
-        ready(b'I'),
-    ]));
-    let sent = h.sent();
+    let sent = after_set_and_query(&mut h, "SET LOCAL search_path TO public", &read, "private");
     assert!(is_query(&sent[0], "SELECT 1"), "{sent:?}");
     assert!(sent.iter().any(is_substitute), "the path is private again: {:?}", kinds(&sent));
 
     let mut h = harness(CoreConfig::default());
-    h.client(&cat(&[
-        parse("", "SET search_path TO private"),
-        bind("", "", &[]),
-        execute(""),
-        flush(),
-        query("SELECT 1"),
-        parse("", "ROLLBACK"),
-        bind("", "", &[]),
-        execute(""),
-        parse("s", "SELECT * FROM customers"),
-        bind("", "s", &[]),
-        execute(""),
-        sync(),
-    ]));
-    assert_eq!(kinds(&h.sent()), ["P", "B", "D", "E", "H", "S"]);
-    h.server(&cat(&[raw(b'1', b""), raw(b'2', b""), raw(b'n', b""), complete("SET"), ready(b'I')]));
-    assert!(is_query(&h.sent()[0], "SELECT pg_catalog.current_setting('search_path')"));
-    h.server(&cat(&[
-        row_description(&[("search_path", 0, 0)]),
-        rows_of(&[&["private"]]),
-        complete("SELECT 1"),
-        ready(b'I'),
-    ]));
-    let sent = h.sent();
+    let rollback_and_read = [&[parse("", "ROLLBACK"), bind("", "", &[]), execute("")][..], &read[..]].concat();
+    let sent = after_set_and_query(&mut h, "SET search_path TO private", &rollback_and_read, "private");
     assert!(sent.iter().any(is_substitute), "the SET was committed: {:?}", kinds(&sent));
 }
 
@@ -1423,14 +1390,8 @@ fn a_sync_after_bad_copy_data_keeps_the_answers_in_step() {
         copy_in_response(2),
         error("22P02"),
         ready(b'I'),
-        row_description(&[("x", 0, 0)]),
-        rows_of(&[&["123-45-6789"]]),
-        complete("SELECT 1"),
-        ready(b'I'),
-        row_description(&[("x", 0, 0)]),
-        rows_of(&[&["Ada"]]),
-        complete("SELECT 1"),
-        ready(b'I'),
+        one_value_answer("123-45-6789"),
+        one_value_answer("Ada"),
     ]));
     let got = h.got();
     assert!(!got.iter().any(|(_, d)| d.contains("6789")), "{got:?}");
@@ -1462,13 +1423,7 @@ fn a_refused_hold_after_a_set_in_its_block_reads_the_settings_back() {
     assert_eq!(kinds(&sent), ["P", "S"], "only the refusal's substitute and the gateway's Sync");
     h.server(&cat(&[error("22P02"), ready(b'I')]));
     // The path is read back: the server is on `private` again.
-    assert!(is_query(&h.sent()[0], "SELECT pg_catalog.current_setting('search_path')"));
-    h.server(&cat(&[
-        row_description(&[("search_path", 0, 0)]),
-        rows_of(&[&["private"]]),
-        complete("SELECT 1"),
-        ready(b'I'),
-    ]));
+    read_back(&mut h, "private");
     let sent = h.sent();
     assert!(sent.iter().any(is_substitute), "customers is private.customers now: {:?}", kinds(&sent));
 }
