@@ -589,6 +589,13 @@ async fn a_thousand_connections_idle_at_the_password_prompt() {
     healthy(&client, "the end").await;
 }
 
+/// A `Bind` of `statement` to the unnamed portal, with no parameters.
+fn bind_unnamed(statement: &str, out: &mut BytesMut) {
+    frontend::bind("", statement, [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], out)
+        .map_err(|_| "bind")
+        .unwrap();
+}
+
 /// After an error in an extended-protocol block, PostgreSQL skips every
 /// message up to `Sync`, a simple `Query` sent inside the block too, and
 /// answers none of them; so does the gateway once the error is in. A query
@@ -602,9 +609,7 @@ async fn a_query_inside_a_failed_extended_block_is_skipped_as_the_server_skips_i
     let mut raw = login(stack.addr, &token, &[], "query in a failed block").await;
     let mut block = BytesMut::new();
     frontend::parse("", "SELECT * FROM no_such_table", [], &mut block).unwrap();
-    frontend::bind("", "", [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], &mut block)
-        .map_err(|_| "bind")
-        .unwrap();
+    bind_unnamed("", &mut block);
     frontend::execute("", 0, &mut block).unwrap();
     let mut sync = BytesMut::new();
     frontend::sync(&mut sync);
@@ -638,9 +643,7 @@ async fn after_a_row_cap_in_an_open_block_the_rest_of_it_is_dropped() {
     let mut raw = login(stack.addr, &token, &[], "row cap in an open block").await;
     let mut b = BytesMut::new();
     frontend::parse("", "SELECT id FROM orders", [], &mut b).unwrap();
-    frontend::bind("", "", [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], &mut b)
-        .map_err(|_| "bind")
-        .unwrap();
+    bind_unnamed("", &mut b);
     // One row more than the cap: the portal is suspended right after it.
     frontend::execute("", 1001, &mut b).unwrap();
     frontend::flush(&mut b);
@@ -661,9 +664,7 @@ async fn after_a_row_cap_in_an_open_block_the_rest_of_it_is_dropped() {
     assert_eq!(rows, 1000, "the rows up to the cap");
     let mut rest = BytesMut::new();
     frontend::parse("a", "SELECT ssn FROM customers WHERE id = 1", [], &mut rest).unwrap();
-    frontend::bind("", "a", [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], &mut rest)
-        .map_err(|_| "bind")
-        .unwrap();
+    bind_unnamed("a", &mut rest);
     frontend::execute("", 0, &mut rest).unwrap();
     frontend::sync(&mut rest);
     raw.send(&[rest.to_vec(), query("SELECT ssn FROM customers WHERE id = 2")].concat()).await;
@@ -673,9 +674,7 @@ async fn after_a_row_cap_in_an_open_block_the_rest_of_it_is_dropped() {
     // The statement the client prepared inside the block never ran: its
     // name is unknown.
     let mut again = BytesMut::new();
-    frontend::bind("", "a", [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], &mut again)
-        .map_err(|_| "bind")
-        .unwrap();
+    bind_unnamed("a", &mut again);
     frontend::execute("", 0, &mut again).unwrap();
     frontend::sync(&mut again);
     raw.send(&again).await;

@@ -276,22 +276,28 @@ impl DecisionCache {
         self.shard_budget > 0 && len <= MAX_CACHED_SQL
     }
 
-    /// The decision cached under `key`.
-    pub(crate) fn get(&self, key: Lookup<'_>) -> Option<Arc<Decision>> {
+    /// Finds the entry of `key`, counts the hit and hands the entry (and
+    /// its shard's byte count) to `f`.
+    fn hit<R>(&self, key: Lookup<'_>, f: impl FnOnce(&mut Entry, &mut usize) -> R) -> Option<R> {
         let Lookup { hash, sql, shape, identity, session, .. } = key;
         if !self.takes(sql.len()) {
             return None;
         }
-        let mut shard = self.shard(hash)?.lock().ok()?;
+        let mut guard = self.shard(hash)?.lock().ok()?;
+        let shard = &mut *guard;
         let entry = shard.map.get_mut(&hash)?.iter_mut().find(|e| e.key.same(sql, shape, identity, session))?;
         entry.hit = true;
-        let decision = Arc::clone(&entry.decision);
         if shape {
             shard.shape_hits += 1;
         } else {
             shard.hits += 1;
         }
-        Some(decision)
+        Some(f(entry, &mut shard.bytes))
+    }
+
+    /// The decision cached under `key`, as it is.
+    pub(crate) fn get(&self, key: Lookup<'_>) -> Option<Arc<Decision>> {
+        self.hit(key, |entry, _| Arc::clone(&entry.decision))
     }
 
     /// The decision cached under the shape `key`, with its statements'
@@ -305,33 +311,27 @@ impl DecisionCache {
         key: Lookup<'_>,
         to_text: impl Fn(&Range<usize>) -> Range<usize>,
     ) -> Option<Arc<Decision>> {
-        let Lookup { hash, sql, shape, identity, session, .. } = key;
-        if !self.takes(sql.len()) {
-            return None;
-        }
-        let mut guard = self.shard(hash)?.lock().ok()?;
-        let shard = &mut *guard;
-        let entry = shard.map.get_mut(&hash)?.iter_mut().find(|e| e.key.same(sql, shape, identity, session))?;
-        entry.hit = true;
-        shard.shape_hits += 1;
-        let spans: SmallVec<[Range<usize>; 4]> = entry.decision.statements.iter().map(|s| to_text(&s.span)).collect();
-        if let Some(d) = entry.restored.iter().find(|d| d.has_spans(&spans)) {
-            return Some(Arc::clone(d));
-        }
-        let restored = Arc::new(entry.decision.with_spans(&spans));
-        if entry.restored.len() >= RESTORED_PER_ENTRY {
-            entry.restored.remove(0);
-        } else {
-            // Kept only within the shard's budget (a hit does not sweep).
-            let bytes = restored_bytes(&restored);
-            if shard.bytes + bytes > self.shard_budget {
-                return Some(restored);
+        self.hit(key, |entry, shard_bytes| {
+            let spans: SmallVec<[Range<usize>; 4]> =
+                entry.decision.statements.iter().map(|s| to_text(&s.span)).collect();
+            if let Some(d) = entry.restored.iter().find(|d| d.has_spans(&spans)) {
+                return Arc::clone(d);
             }
-            entry.bytes += bytes;
-            shard.bytes += bytes;
-        }
-        entry.restored.push(Arc::clone(&restored));
-        Some(restored)
+            let restored = Arc::new(entry.decision.with_spans(&spans));
+            if entry.restored.len() >= RESTORED_PER_ENTRY {
+                entry.restored.remove(0);
+            } else {
+                // Kept only within the shard's budget (a hit does not sweep).
+                let bytes = restored_bytes(&restored);
+                if *shard_bytes + bytes > self.shard_budget {
+                    return restored;
+                }
+                entry.bytes += bytes;
+                *shard_bytes += bytes;
+            }
+            entry.restored.push(Arc::clone(&restored));
+            restored
+        })
     }
 
     /// Caches `stored(decision)` under `key`, from the second time it is
