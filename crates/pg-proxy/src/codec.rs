@@ -923,14 +923,21 @@ fn nullable<'a>(r: &mut Reader<'a>) -> Result<Option<&'a [u8]>> {
 // ---------------------------------------------------------------------------
 // Backend frames
 
-/// One backend frame: its type byte and the whole frame (header included).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendFrame {
+/// One backend frame: its type byte and the whole frame (header included),
+/// owned (`Bytes`, the default) or borrowed where it was read
+/// ([`BackendView`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendFrame<B = Bytes> {
     /// The type byte.
     pub kind: u8,
     /// The whole frame, type byte and length word included.
-    pub frame: Bytes,
+    pub frame: B,
 }
+
+/// A backend frame read in place, borrowing the buffer it was read into
+/// (see [`view_backend`]): no reference count is touched until
+/// [`BackendFrame::to_owned_frame`] is asked for.
+pub type BackendView<'a> = BackendFrame<&'a [u8]>;
 
 /// The type of a backend message, from its type byte: what the session
 /// matches on instead of raw bytes.
@@ -1059,19 +1066,45 @@ impl BackendMessage {
     }
 }
 
-impl BackendFrame {
-    /// The message type: always `Some` for a frame [`decode_backend`] cut
-    /// (it accepts known type bytes only), `None` for a frame built by hand
-    /// with another byte.
+impl<B: AsRef<[u8]>> BackendFrame<B> {
+    /// The message type: always `Some` for a frame [`decode_backend`] or
+    /// [`view_backend`] cut (they accept known type bytes only), `None` for
+    /// a frame built by hand with another byte.
     pub fn message(&self) -> Option<BackendMessage> {
         BackendMessage::from_byte(self.kind)
     }
 
-    /// The body (the frame after its 5-byte header).
-    pub fn body(&self) -> &[u8] {
-        self.frame.get(5..).unwrap_or_default()
+    /// The whole frame's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.frame.as_ref()
     }
 
+    /// The body (the frame after its 5-byte header).
+    pub fn body(&self) -> &[u8] {
+        self.bytes().get(5..).unwrap_or_default()
+    }
+
+    /// This frame, borrowed.
+    pub fn view(&self) -> BackendView<'_> {
+        BackendFrame { kind: self.kind, frame: self.bytes() }
+    }
+
+    /// This frame as an owned one: a copy of a view, to keep past the
+    /// buffer it was read from.
+    pub fn to_owned_frame(&self) -> BackendFrame {
+        BackendFrame { kind: self.kind, frame: Bytes::copy_from_slice(self.bytes()) }
+    }
+
+    fn reader(&self, expected: &[u8]) -> Result<Reader<'_>> {
+        let kind = char::from(self.kind);
+        if !expected.contains(&self.kind) || self.bytes().first() != Some(&self.kind) {
+            return Err(malformed(kind, "unexpected message type"));
+        }
+        Ok(Reader::new(kind, self.body()))
+    }
+}
+
+impl BackendFrame {
     /// The body as a shared slice of the frame.
     pub fn body_bytes(&self) -> Bytes {
         if self.frame.len() < 5 {
@@ -1080,28 +1113,16 @@ impl BackendFrame {
         self.frame.slice(5..)
     }
 
-    fn reader(&self, expected: &[u8]) -> Result<Reader<'_>> {
-        let kind = char::from(self.kind);
-        if !expected.contains(&self.kind) || self.frame.first() != Some(&self.kind) {
-            return Err(malformed(kind, "unexpected message type"));
-        }
-        Ok(Reader::new(kind, self.body()))
-    }
-
     /// `text`, read from this frame, as a [`Str`] sharing it.
     fn share(&self, text: &str) -> Str {
         shared_str(&self.frame, text)
     }
 }
 
-/// Decodes one backend frame from the front of `buf`; `Ok(None)` when more
-/// bytes are needed. Consumes the frame on success.
-///
-/// Only the framing is checked here (known type byte, length word between 4
-/// and `max`); bodies are read by the `parse_*` functions. The one-byte
-/// answer to an SSLRequest or GSSENCRequest is not a frame: the caller
-/// reads it before using this.
-pub fn decode_backend(buf: &mut BytesMut, max: usize) -> Result<Option<BackendFrame>> {
+/// The type byte and length (type byte included) of the backend frame at
+/// the front of `buf`, from its header; `Ok(None)` before the 5-byte
+/// header is there. The frame itself may not all be there yet.
+fn backend_frame_len(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>> {
     let Some(&kind) = buf.first() else {
         return Ok(None);
     };
@@ -1114,10 +1135,44 @@ pub fn decode_backend(buf: &mut BytesMut, max: usize) -> Result<Option<BackendFr
     };
     let len = checked_length(k, word, 4, max)?;
     let total = len.checked_add(1).ok_or(CodecError::TooLarge { kind: k, len, max })?;
+    Ok(Some((kind, total)))
+}
+
+/// Decodes one backend frame from the front of `buf`; `Ok(None)` when more
+/// bytes are needed. Consumes the frame on success.
+///
+/// Only the framing is checked here (known type byte, length word between 4
+/// and `max`); bodies are read by the `parse_*` functions. The one-byte
+/// answer to an SSLRequest or GSSENCRequest is not a frame: the caller
+/// reads it before using this.
+pub fn decode_backend(buf: &mut BytesMut, max: usize) -> Result<Option<BackendFrame>> {
+    let Some((kind, total)) = backend_frame_len(buf, max)? else {
+        return Ok(None);
+    };
     if buf.len() < total {
         return Ok(None);
     }
     Ok(Some(BackendFrame { kind, frame: buf.split_to(total).freeze() }))
+}
+
+/// Reads the backend frame at the front of `buf` in place; `Ok(None)`
+/// when more bytes are needed. Checks as [`decode_backend`]; the caller
+/// moves past `frame.bytes().len()` bytes once done with it.
+///
+/// ```
+/// use pg_proxy::codec::{view_backend, BackendMessage};
+///
+/// let ready = *b"Z\0\0\0\x05I";
+/// let frame = view_backend(&ready, 1 << 20).unwrap().unwrap();
+/// assert_eq!(frame.message(), Some(BackendMessage::ReadyForQuery));
+/// assert_eq!(frame.bytes().len(), 6);
+/// assert_eq!(view_backend(&ready[..5], 1 << 20).unwrap(), None); // the body is not there yet
+/// ```
+pub fn view_backend(buf: &[u8], max: usize) -> Result<Option<BackendView<'_>>> {
+    let Some((kind, total)) = backend_frame_len(buf, max)? else {
+        return Ok(None);
+    };
+    Ok(buf.get(..total).map(|frame| BackendFrame { kind, frame }))
 }
 
 /// One column of a RowDescription.
@@ -1161,7 +1216,7 @@ pub fn parse_row_description(frame: &BackendFrame) -> Result<Vec<FieldDescriptio
 }
 
 /// Reads a ParameterDescription ('t'): the parameter type OIDs.
-pub fn parse_parameter_description(frame: &BackendFrame) -> Result<Vec<u32>> {
+pub fn parse_parameter_description<B: AsRef<[u8]>>(frame: &BackendFrame<B>) -> Result<Vec<u32>> {
     let mut r = frame.reader(b"t")?;
     let n = r.count(4, "parameter types exceed the message")?;
     let mut types = Vec::with_capacity(n);
@@ -1183,9 +1238,12 @@ pub fn data_row_values(frame: &BackendFrame) -> Result<Vec<Option<Bytes>>> {
 /// Reads the values of a DataRow ('D') into `out` (emptied first), borrowed
 /// from the frame: no allocation when `out` has the room, no reference
 /// count touched. `None` is NULL.
-pub fn data_row_values_into<'a, T: From<&'a [u8]>>(frame: &'a BackendFrame, out: &mut Vec<Option<T>>) -> Result<()> {
+pub fn data_row_values_into<'a, B: AsRef<[u8]>, T: From<&'a [u8]>>(
+    frame: &'a BackendFrame<B>,
+    out: &mut Vec<Option<T>>,
+) -> Result<()> {
     out.clear();
-    if frame.kind != b'D' || frame.frame.first() != Some(&b'D') {
+    if frame.kind != b'D' || frame.bytes().first() != Some(&b'D') {
         return Err(malformed(char::from(frame.kind), "unexpected message type"));
     }
     let body = frame.body();
@@ -1246,7 +1304,7 @@ pub fn parse_command_complete(frame: &BackendFrame) -> Result<Str> {
 
 /// Reads the transaction status of a ReadyForQuery ('Z'): `b'I'` idle,
 /// `b'T'` in a transaction, `b'E'` in a failed transaction.
-pub fn parse_ready_for_query(frame: &BackendFrame) -> Result<u8> {
+pub fn parse_ready_for_query<B: AsRef<[u8]>>(frame: &BackendFrame<B>) -> Result<u8> {
     let mut r = frame.reader(b"Z")?;
     let status = r.u8("missing transaction status")?;
     if !b"ITE".contains(&status) {
@@ -1279,7 +1337,7 @@ pub fn parse_parameter_status(frame: &BackendFrame) -> Result<(Str, Str)> {
 
 /// Reads a CopyInResponse ('G'), CopyOutResponse ('H') or CopyBothResponse
 /// ('W'): the overall format (0 text, 1 binary) and the column formats.
-pub fn parse_copy_response(frame: &BackendFrame) -> Result<(u8, Vec<i16>)> {
+pub fn parse_copy_response<B: AsRef<[u8]>>(frame: &BackendFrame<B>) -> Result<(u8, Vec<i16>)> {
     let mut r = frame.reader(b"GHW")?;
     let format = r.u8("missing overall format")?;
     if format > 1 {

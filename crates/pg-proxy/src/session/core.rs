@@ -28,8 +28,8 @@ use super::record::{Record, RecordError, StatementRecord};
 use super::registry::Activity;
 use crate::catalog::Table;
 use crate::codec::{
-    self, copy, BackendFrame, BackendMessage, BindView, CodecError, FieldDescription, FormatCodes, FrontendFrame,
-    FrontendView, Str,
+    self, copy, BackendFrame, BackendMessage, BackendView, BindView, CodecError, FieldDescription, FormatCodes,
+    FrontendFrame, FrontendView,
 };
 
 /// Hashing of the masking plans' keys: foldhash, seeded per map (see
@@ -1490,7 +1490,7 @@ impl SessionCore {
         let BackendState::WaitingCatalog(frame) = std::mem::replace(&mut self.backend, BackendState::Relaying) else {
             return;
         };
-        if !self.on_backend(frame) {
+        if !self.on_backend(frame.view()) {
             return;
         }
         self.tables = None;
@@ -1499,23 +1499,36 @@ impl SessionCore {
     }
 
     fn process_backend(&mut self) {
-        loop {
+        // Read in place, as the client's messages are: the buffer is taken
+        // out while frames borrow it, and advanced once past every frame
+        // handled (one handed to the catalog wait keeps a copy).
+        let input = std::mem::take(&mut self.backend_in);
+        let mut taken = 0;
+        let more = loop {
             if !matches!(self.backend, BackendState::Relaying | BackendState::SkippingToReady) || self.end().is_some() {
-                return;
+                break false;
             }
-            let frame = match codec::decode_backend(&mut self.backend_in, self.config.max_message_bytes) {
+            let rest = input.get(taken..).unwrap_or_default();
+            let frame = match codec::view_backend(rest, self.config.max_message_bytes) {
                 Ok(Some(f)) => f,
-                Ok(None) => break,
+                Ok(None) => break true,
                 Err(e) => {
                     tracing::warn!("invalid message from the database: {e}");
                     self.emit_error("FATAL", "08006", "the database sent an invalid message");
                     self.close(SessionEnd::ServerProtocol(e));
-                    return;
+                    break false;
                 }
             };
+            taken += frame.bytes().len();
             if !self.on_backend(frame) {
-                return;
+                break false;
             }
+        };
+        let mut input = input;
+        input.advance(taken);
+        self.backend_in = input;
+        if !more {
+            return;
         }
         // Messages held while the settings were read back, or while a
         // batch waited, are taken now.
@@ -1526,7 +1539,7 @@ impl SessionCore {
 
     /// Handles one server frame; false when it waits for the catalog (it
     /// is kept, and handled again when the answer comes).
-    fn on_backend(&mut self, frame: BackendFrame) -> bool {
+    fn on_backend(&mut self, frame: BackendView<'_>) -> bool {
         let Some(message) = frame.message() else {
             self.unexpected(format!("unknown message type '{}' from the database", char::from(frame.kind)));
             return true;
@@ -1534,7 +1547,7 @@ impl SessionCore {
         // Messages that can come at any time.
         match message {
             BackendMessage::ParameterStatus => {
-                if let Ok((name, value)) = codec::parse_parameter_status(&frame) {
+                if let Ok((name, value)) = codec::parse_parameter_status(&frame.to_owned_frame()) {
                     if name.as_str() == "standard_conforming_strings" {
                         self.state.standard_conforming_strings = value.as_str() == "on";
                     }
@@ -1634,7 +1647,7 @@ impl SessionCore {
         }
     }
 
-    fn on_sync_frame(&mut self, message: BackendMessage, frame: BackendFrame) {
+    fn on_sync_frame(&mut self, message: BackendMessage, frame: BackendView<'_>) {
         match message {
             BackendMessage::ErrorResponse => self.relay_report(&frame),
             BackendMessage::ReadyForQuery => {
@@ -1647,7 +1660,7 @@ impl SessionCore {
 
     /// A `ReadyForQuery` that ends a block; forwarded to the client unless
     /// it answers the gateway's own `Sync`.
-    fn on_ready(&mut self, frame: BackendFrame, forward: bool) {
+    fn on_ready(&mut self, frame: BackendView<'_>, forward: bool) {
         let status = match codec::parse_ready_for_query(&frame) {
             Ok(s) => s,
             Err(e) => {
@@ -1687,7 +1700,8 @@ impl SessionCore {
             let mut q = BytesMut::new();
             if frontend::query("SELECT pg_catalog.current_setting('search_path')", &mut q).is_ok() {
                 self.to_server.extend_from_slice(&q);
-                self.pending.push_back(Pending::ReadSearchPath { held: forward.then_some(frame), value: None });
+                self.pending
+                    .push_back(Pending::ReadSearchPath { held: forward.then(|| frame.to_owned_frame()), value: None });
                 return;
             }
         }
@@ -1703,12 +1717,13 @@ impl SessionCore {
         }
     }
 
-    fn on_read_search_path(&mut self, message: BackendMessage, frame: &BackendFrame) {
+    fn on_read_search_path(&mut self, message: BackendMessage, frame: &BackendView<'_>) {
         let Some(Pending::ReadSearchPath { value, .. }) = self.pending.front_mut() else { return };
         match message {
             BackendMessage::DataRow => {
-                if let Ok(values) = codec::data_row_values(frame) {
-                    *value = values.into_iter().next().flatten().map(|b| String::from_utf8_lossy(&b).into_owned());
+                let mut values: Vec<Option<&[u8]>> = Vec::new();
+                if codec::data_row_values_into(frame, &mut values).is_ok() {
+                    *value = values.first().copied().flatten().map(|b| String::from_utf8_lossy(b).into_owned());
                 }
             }
             BackendMessage::ReadyForQuery => {
@@ -1729,7 +1744,7 @@ impl SessionCore {
                     self.setting_touched_in_tx = false;
                 }
                 if let Some(held) = held {
-                    self.forward_to_client(&held);
+                    self.forward_to_client(&held.view());
                 }
             }
             _ => {}
@@ -1738,7 +1753,7 @@ impl SessionCore {
 
     /// A server error inside a `Sync` block: relayed, and the entries up to
     /// the block's `Sync` are dropped (the server skips those messages).
-    fn on_block_error(&mut self, frame: &BackendFrame) {
+    fn on_block_error(&mut self, frame: &BackendView<'_>) {
         self.relay_report(frame);
         self.block = Block::Failed;
         self.pop_to_block_end();
@@ -1802,7 +1817,7 @@ impl SessionCore {
         self.backend = BackendState::SkippingToReady;
     }
 
-    fn on_describe_frame(&mut self, message: BackendMessage, frame: BackendFrame) -> bool {
+    fn on_describe_frame(&mut self, message: BackendMessage, frame: BackendView<'_>) -> bool {
         let (facts, id, statement, internal) = match self.pending.front() {
             Some(Pending::DescribeStatement { name, id }) => {
                 let facts = match self.statements.get(name) {
@@ -1841,12 +1856,9 @@ impl SessionCore {
                 return true;
             }
             BackendMessage::NoData => Vec::new(),
-            BackendMessage::RowDescription => match codec::parse_row_description(&frame) {
-                // Names copied out: kept fields must not pin the read buffer.
-                Ok(fields) => fields
-                    .into_iter()
-                    .map(|f| FieldDescription { name: Str::from(f.name.as_str().to_string()), ..f })
-                    .collect(),
+            // Read from a copy: kept fields must not pin the read buffer.
+            BackendMessage::RowDescription => match codec::parse_row_description(&frame.to_owned_frame()) {
+                Ok(fields) => fields,
                 Err(e) => {
                     self.emit_error("FATAL", "08006", "the database sent an invalid message");
                     self.close(SessionEnd::ServerProtocol(e));
@@ -1868,7 +1880,7 @@ impl SessionCore {
             match self.masker(facts.as_deref(), &fields) {
                 Some(m) => Some(m),
                 None => {
-                    self.backend = BackendState::WaitingCatalog(frame);
+                    self.backend = BackendState::WaitingCatalog(frame.to_owned_frame());
                     return false;
                 }
             }
@@ -1881,7 +1893,7 @@ impl SessionCore {
         if let Some(masker) = &masker {
             self.last_description = Some(LastDescription {
                 // A copy: a kept frame must not pin the read buffer.
-                frame: Bytes::copy_from_slice(&frame.frame),
+                frame: Bytes::copy_from_slice(frame.frame),
                 facts: facts.clone(),
                 fields: Arc::clone(&fields),
                 masker: Arc::clone(masker),
@@ -1931,7 +1943,7 @@ impl SessionCore {
         }
     }
 
-    fn on_execute_frame(&mut self, message: BackendMessage, frame: BackendFrame) -> bool {
+    fn on_execute_frame(&mut self, message: BackendMessage, frame: BackendView<'_>) -> bool {
         let Some(Pending::Execute { fields, result, .. }) = self.pending.front() else { return true };
         // The masker is planned at the first row of the result.
         if result.masker.is_none() && message == BackendMessage::DataRow {
@@ -1940,13 +1952,14 @@ impl SessionCore {
                 Some(fields) => match self.execute_masker(facts, fields) {
                     Some(m) => m,
                     None => {
-                        self.backend = BackendState::WaitingCatalog(frame);
+                        self.backend = BackendState::WaitingCatalog(frame.to_owned_frame());
                         return false;
                     }
                 },
                 None => {
                     // Columns unknown: every value is masked whole.
-                    let n = codec::data_row_values(&frame).map(|v| v.len()).unwrap_or(0);
+                    let mut values: Vec<Option<&[u8]>> = Vec::new();
+                    let n = codec::data_row_values_into(&frame, &mut values).map(|()| values.len()).unwrap_or(0);
                     tracing::warn!("result columns unknown; masking every value");
                     self.unknown_columns_masker(n)
                 }
@@ -1998,7 +2011,7 @@ impl SessionCore {
         true
     }
 
-    fn on_query_frame(&mut self, message: BackendMessage, frame: BackendFrame) -> bool {
+    fn on_query_frame(&mut self, message: BackendMessage, frame: BackendView<'_>) -> bool {
         let Some(Pending::Query { decision, index, failed, refusal, .. }) = self.pending.front() else {
             return true;
         };
@@ -2042,7 +2055,7 @@ impl SessionCore {
                 let (fields, masker) = match again {
                     Some(again) => again,
                     None => {
-                        let fields = match codec::parse_row_description(&frame) {
+                        let fields = match codec::parse_row_description(&frame.to_owned_frame()) {
                             Ok(f) => f,
                             Err(e) => {
                                 self.emit_error("FATAL", "08006", "the database sent an invalid message");
@@ -2051,13 +2064,13 @@ impl SessionCore {
                             }
                         };
                         let Some(masker) = self.masker(facts.as_deref(), &fields) else {
-                            self.backend = BackendState::WaitingCatalog(frame);
+                            self.backend = BackendState::WaitingCatalog(frame.to_owned_frame());
                             return false;
                         };
                         let fields = Arc::new(fields);
                         self.last_description = Some(LastDescription {
                             // A copy: a kept frame must not pin the read buffer.
-                            frame: Bytes::copy_from_slice(&frame.frame),
+                            frame: Bytes::copy_from_slice(frame.frame),
                             facts: facts.clone(),
                             fields: Arc::clone(&fields),
                             masker: Arc::clone(&masker),
@@ -2139,7 +2152,7 @@ impl SessionCore {
     }
 
     /// A result row (`DataRow`, or `CopyData` of a COPY TO STDOUT).
-    fn on_row(&mut self, message: BackendMessage, frame: BackendFrame) {
+    fn on_row(&mut self, message: BackendMessage, frame: BackendView<'_>) {
         let Some(result) = (match self.pending.front_mut() {
             Some(Pending::Query { result, .. }) | Some(Pending::Execute { result, .. }) => Some(result),
             _ => None,
@@ -2152,7 +2165,7 @@ impl SessionCore {
         let copy = message == BackendMessage::CopyData;
         if copy && result.copy_out.is_none() {
             // COPY data outside a COPY OUT: not ours to judge.
-            self.to_client.extend_from_slice(&frame.frame);
+            self.to_client.extend_from_slice(frame.frame);
             return;
         }
         result.rows += 1;
@@ -2165,7 +2178,7 @@ impl SessionCore {
             return;
         }
         let Some(masker) = result.masker.as_ref().filter(|m| !m.is_noop()) else {
-            self.to_client.extend_from_slice(&frame.frame);
+            self.to_client.extend_from_slice(frame.frame);
             return;
         };
         if let Some(columns) = result.copy_out {
@@ -2174,7 +2187,7 @@ impl SessionCore {
             let outcome = if row.len() != columns {
                 Err(())
             } else if masker.mask_row(&mut row) == 0 {
-                self.to_client.extend_from_slice(&frame.frame);
+                self.to_client.extend_from_slice(frame.frame);
                 Ok(())
             } else {
                 copy::copy_data_line(&mut self.to_client, &row, newline).map_err(|_| ())
@@ -2195,7 +2208,7 @@ impl SessionCore {
         let mut row = self.row.lend();
         let outcome = codec::data_row_values_into(&frame, &mut row).and_then(|()| {
             if masker.mask_row(&mut row) == 0 {
-                self.to_client.extend_from_slice(&frame.frame);
+                self.to_client.extend_from_slice(frame.frame);
                 Ok(())
             } else {
                 codec::data_row(&mut self.to_client, row.iter().map(Option::as_deref))
@@ -2208,7 +2221,7 @@ impl SessionCore {
         }
     }
 
-    fn start_copy_out(&mut self, frame: &BackendFrame, facts: Option<Arc<StatementFacts>>) -> bool {
+    fn start_copy_out(&mut self, frame: &BackendView<'_>, facts: Option<Arc<StatementFacts>>) -> bool {
         let (format, columns) = match codec::parse_copy_response(frame) {
             Ok(c) => c,
             Err(e) => {
@@ -2226,7 +2239,7 @@ impl SessionCore {
                 Some(answer) => table_columns = answer,
                 None => {
                     self.needs.push_back(Need::CopyColumns { table: table.to_string() });
-                    self.backend = BackendState::WaitingCatalog(frame.clone());
+                    self.backend = BackendState::WaitingCatalog(frame.to_owned_frame());
                     return false;
                 }
             }
@@ -2373,7 +2386,7 @@ impl SessionCore {
         Some(masker)
     }
 
-    fn forward_row_description(&mut self, frame: &BackendFrame, fields: &[FieldDescription], masker: &RowMasker) {
+    fn forward_row_description(&mut self, frame: &BackendView<'_>, fields: &[FieldDescription], masker: &RowMasker) {
         if masker.retyped_columns().is_empty() {
             self.forward_to_client(frame);
             return;
@@ -2391,13 +2404,13 @@ impl SessionCore {
         }
     }
 
-    fn forward_to_client(&mut self, frame: &BackendFrame) {
-        self.to_client.extend_from_slice(&frame.frame);
+    fn forward_to_client(&mut self, frame: &BackendView<'_>) {
+        self.to_client.extend_from_slice(frame.frame);
     }
 
     /// Relays a `NotificationResponse` (LISTEN/NOTIFY); its payload is data
     /// any session may have sent, so it passes through the detectors.
-    fn relay_notification(&mut self, frame: &BackendFrame) {
+    fn relay_notification(&mut self, frame: &BackendView<'_>) {
         let body = frame.body();
         let parsed = body.get(4..).and_then(|rest| {
             let channel_end = rest.iter().position(|b| *b == 0)?;
@@ -2426,8 +2439,8 @@ impl SessionCore {
     }
 
     /// Relays a server error or notice, scrubbed for this client.
-    fn relay_report(&mut self, frame: &BackendFrame) {
-        let fields = match codec::parse_fields(frame) {
+    fn relay_report(&mut self, frame: &BackendView<'_>) {
+        let fields = match codec::parse_fields(&frame.to_owned_frame()) {
             Ok(f) => f,
             Err(e) => {
                 self.emit_error("FATAL", "08006", "the database sent an invalid message");
