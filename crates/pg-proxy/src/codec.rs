@@ -321,6 +321,12 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string, without its terminator.
     fn cstr_bytes(&mut self, missing: &'static str) -> Result<&'a [u8]> {
+        if let Some((0, rest)) = self.rest.split_first() {
+            // The empty string (the unnamed statement or portal): most
+            // names the extended protocol sends.
+            self.rest = rest;
+            return Ok(&[]);
+        }
         // The library's NUL search reads a word at a time.
         let text = std::ffi::CStr::from_bytes_until_nul(self.rest).map_err(|_| self.err(missing))?.to_bytes();
         self.rest = self.rest.get(text.len() + 1..).unwrap_or_default();
@@ -329,6 +335,9 @@ impl<'a> Reader<'a> {
 
     fn cstr(&mut self, missing: &'static str, field: &'static str) -> Result<&'a str> {
         let text = self.cstr_bytes(missing)?;
+        if text.is_empty() {
+            return Ok("");
+        }
         std::str::from_utf8(text).map_err(|_| CodecError::InvalidUtf8 { kind: self.kind, field })
     }
 

@@ -315,10 +315,10 @@ struct ResultState {
     capped: bool,
     /// COPY TO STDOUT in text format: masked per line, with this many
     /// columns.
-    copy_out: Option<usize>,
+    copy_out: Option<u32>,
     /// The result may not be relayed (why): its rows are dropped and the
     /// client gets this as an error.
-    refused: Option<String>,
+    refused: Option<Box<str>>,
 }
 
 impl ResultState {
@@ -365,7 +365,7 @@ struct Refusal {
 #[derive(Debug)]
 enum Pending {
     /// A simple query, up to its `ReadyForQuery`.
-    Query { decision: Arc<Decision>, index: usize, result: ResultState, failed: bool, refusal: Option<Refusal> },
+    Query { decision: Arc<Decision>, index: usize, result: ResultState, failed: bool, refusal: Option<Box<Refusal>> },
     /// `ParseComplete`.
     Parse,
     /// `BindComplete`.
@@ -392,6 +392,11 @@ enum Pending {
     /// `ReadyForQuery` is held until it is done.
     ReadSearchPath { held: Option<BackendFrame>, value: Option<String> },
 }
+
+// Every message of the extended protocol moves one of these in and out of
+// the queue: kept within two cache lines, a move is a few stores and not a
+// `memcpy` call.
+const _: () = assert!(std::mem::size_of::<Pending>() <= 128);
 
 /// A masking plan, with what it was made from.
 #[derive(Debug)]
@@ -2184,7 +2189,7 @@ impl SessionCore {
         if let Some(columns) = result.copy_out {
             let mut row = self.row.lend();
             let newline = copy::split_line(frame.body(), &mut row);
-            let outcome = if row.len() != columns {
+            let outcome = if usize::try_from(columns).ok() != Some(row.len()) {
                 Err(())
             } else if masker.mask_row(&mut row) == 0 {
                 self.to_client.extend_from_slice(frame.frame);
@@ -2199,7 +2204,7 @@ impl SessionCore {
                 result.refused = Some(
                     "a COPY line did not split into the result's columns, so it could not be masked; the COPY is \
                      refused"
-                        .to_string(),
+                        .into(),
                 );
                 self.needs.push_back(Need::CancelUpstream);
             }
@@ -2262,10 +2267,11 @@ impl SessionCore {
             }
         };
         if let Some(result) = self.current_result_mut() {
-            result.copy_out = Some(columns.len());
+            // The count is a 16-bit word: it fits.
+            result.copy_out = Some(u32::try_from(columns.len()).unwrap_or(u32::MAX));
             result.masker = Some(Arc::new(masker));
             if let Some(reason) = &refusal {
-                result.refused = Some(reason.clone());
+                result.refused = Some(reason.as_str().into());
             }
         }
         if refusal.is_some() {
@@ -2278,7 +2284,7 @@ impl SessionCore {
 
     fn report_stop(&mut self, result: &ResultState) {
         let message = match &result.refused {
-            Some(reason) => reason.clone(),
+            Some(reason) => reason.to_string(),
             None => {
                 let rule = result
                     .decision
@@ -2510,7 +2516,7 @@ fn substitute_query(refusal: Refusal) -> Option<(BytesMut, Pending)> {
         index: 0,
         result: ResultState::empty(),
         failed: false,
-        refusal: Some(refusal),
+        refusal: Some(Box::new(refusal)),
     };
     Some((substitute, pending))
 }
