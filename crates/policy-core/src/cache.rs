@@ -178,9 +178,6 @@ pub(crate) struct DecisionCache {
 #[derive(Clone, Copy)]
 pub(crate) struct Lookup<'a> {
     hash: u64,
-    /// The hash of the caller and the session alone, for
-    /// [`DecisionCache::rekey`].
-    context: u64,
     sql: &'a str,
     shape: bool,
     identity: &'a Identity,
@@ -258,13 +255,7 @@ impl DecisionCache {
         session: &'a Session,
         context: u64,
     ) -> Lookup<'a> {
-        Lookup { hash: key_hash(&self.hasher, sql, shape, context), context, sql, shape, identity, session }
-    }
-
-    /// The key of another text (or shape) for the caller and session of
-    /// `base`: the caller and session are not hashed again.
-    pub(crate) fn rekey<'a>(&self, base: &Lookup<'a>, sql: &'a str, shape: bool) -> Lookup<'a> {
-        Lookup { hash: key_hash(&self.hasher, sql, shape, base.context), sql, shape, ..*base }
+        Lookup { hash: key_hash(&self.hasher, sql, shape, context), sql, shape, identity, session }
     }
 
     fn shard(&self, hash: u64) -> Option<&Mutex<Shard>> {

@@ -261,7 +261,6 @@ impl Engine {
         sql: &str,
     ) -> Arc<Decision> {
         let inner = &self.inner;
-        let text_key = inner.cache.key(sql, false, identity, session, context.0);
         // The scanner behind the shape lexes with standard_conforming_strings on.
         let shapes = session.standard_conforming_strings && inner.cache.takes(sql.len());
         let mask = if shapes { DigitMask::of(sql) } else { None };
@@ -275,11 +274,14 @@ impl Engine {
         let derived =
             mask.as_ref().and_then(|(hash, mask)| templates.derive(*hash, sql, mask)).filter(Shape::has_constants);
         if let Some(shape) = &derived {
-            let shape_key = inner.cache.rekey(&text_key, &shape.key, true);
+            let shape_key = inner.cache.key(&shape.key, true, identity, session, context.0);
             if let Some(hit) = inner.cache.get_shape(shape_key, |r| to_text(shape, r)) {
                 return hit;
             }
         }
+        // The text's own key is hashed only now: a text answered by its
+        // shape above never needed it.
+        let text_key = inner.cache.key(sql, false, identity, session, context.0);
         if let Some(hit) = inner.cache.get(text_key) {
             return hit;
         }
@@ -290,7 +292,7 @@ impl Engine {
                 let shape = if shapes { self.scanned_shape(sql, mask.as_ref()) } else { None };
                 let shape = shape.filter(Shape::has_constants);
                 if let Some(shape) = &shape {
-                    let shape_key = inner.cache.rekey(&text_key, &shape.key, true);
+                    let shape_key = inner.cache.key(&shape.key, true, identity, session, context.0);
                     if let Some(hit) = inner.cache.get_shape(shape_key, |r| to_text(shape, r)) {
                         // A text whose shape took the scanner is kept as
                         // itself too: its next sighting needs no scan.
@@ -322,7 +324,7 @@ impl Engine {
         }
         match shape {
             Some(shape) if literal_free => {
-                let shape_key = inner.cache.rekey(&text_key, &shape.key, true);
+                let shape_key = inner.cache.key(&shape.key, true, identity, session, context.0);
                 inner.cache.insert(shape_key, &decision, |d| store_spans(d, &shape));
             }
             _ => inner.cache.insert(text_key, &decision, Decision::clone),
