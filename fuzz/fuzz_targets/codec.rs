@@ -209,7 +209,7 @@ fn check_typed_frame(frame: &[u8], consumed: &[u8], max: usize) {
 /// The in-place reader (`view_frontend`, what the session uses) and the
 /// owned decoder cut the same frames and fail, or wait, at the same place
 /// with the same error; the view consumes nothing.
-fn views_agree(data: &[u8], max: usize) {
+fn frontend_views_agree(data: &[u8], max: usize) {
     let mut owned = BytesMut::from(data);
     let mut rest = data;
     loop {
@@ -238,8 +238,8 @@ fn views_agree(data: &[u8], max: usize) {
 }
 
 fn frontend(data: &[u8], chunk: usize) {
-    views_agree(data, SMALL_MAX);
-    views_agree(data, LARGE_MAX);
+    frontend_views_agree(data, SMALL_MAX);
+    frontend_views_agree(data, LARGE_MAX);
     let run = decode_checks(data, chunk, codec::decode_frontend, |b| word_at(b, 1), SMALL_MAX);
     for (m, consumed) in &run.frames {
         let FrontendMessage { message, frame } = m;
@@ -274,6 +274,48 @@ fn frontend(data: &[u8], chunk: usize) {
 
 // ------------------------------------------------------------------- backend
 
+/// The in-place reader (`view_backend`, what the session uses) and the
+/// owned decoder cut the same frames and fail, or wait, at the same place
+/// with the same error; the parsers that read a view read it as they read
+/// the owned frame.
+fn backend_views_agree(data: &[u8], max: usize) {
+    let mut owned = BytesMut::from(data);
+    let mut rest = data;
+    loop {
+        match (codec::view_backend(rest, max), codec::decode_backend(&mut owned, max)) {
+            (Ok(Some(v)), Ok(Some(f))) => {
+                if v.kind != f.kind || v.bytes() != &f.frame[..] || v.to_owned_frame() != f {
+                    panic!("the view and the decoder cut different frames");
+                }
+                if v.message() != f.message() || v.body() != f.body() || f.view() != v {
+                    panic!("the view and the frame read differently");
+                }
+                if codec::parse_ready_for_query(&v) != codec::parse_ready_for_query(&f)
+                    || codec::parse_copy_response(&v) != codec::parse_copy_response(&f)
+                    || codec::parse_parameter_description(&v) != codec::parse_parameter_description(&f)
+                {
+                    panic!("a parser read the view and the frame differently");
+                }
+                let (mut from_view, mut borrowed): (Vec<Option<&[u8]>>, Vec<Option<&[u8]>>) = (Vec::new(), Vec::new());
+                let a = codec::data_row_values_into(&v, &mut from_view);
+                let b = codec::data_row_values_into(&f, &mut borrowed);
+                if a != b || (a.is_ok() && from_view != borrowed) {
+                    panic!("the view's and the frame's row values differ");
+                }
+                rest = &rest[v.bytes().len()..];
+            }
+            (Ok(None), Ok(None)) => {
+                if owned[..] != *rest {
+                    panic!("the view and the decoder wait with different bytes left");
+                }
+                return;
+            }
+            (Err(a), Err(b)) if a == b => return,
+            (a, b) => panic!("the view and the decoder disagree: {a:?} / {b:?}"),
+        }
+    }
+}
+
 /// The backend messages that have a parser here, by type byte.
 const PARSED: &[u8] = b"TtDENCZKSGHWRv";
 
@@ -285,6 +327,8 @@ fn backend(data: &[u8], chunk: usize) {
             }
         }
     }
+    backend_views_agree(data, SMALL_MAX);
+    backend_views_agree(data, LARGE_MAX);
     let run = decode_checks(data, chunk, codec::decode_backend, |b| word_at(b, 1), SMALL_MAX);
     let mut borrowed: Vec<Option<&[u8]>> = Vec::new();
     let mut owned: Vec<Option<Vec<u8>>> = vec![Some(b"left over".to_vec())];
@@ -517,7 +561,9 @@ fn writer_form(line: &[u8]) -> bool {
         while let Some(b) = bytes.next() {
             match b {
                 b'\r' | b'\n' | 8 | 11 | 12 => return false,
-                b'\\' if !matches!(bytes.next(), Some(b'\\' | b'n' | b'r' | b't' | b'b' | b'f' | b'v')) => return false,
+                b'\\' if !matches!(bytes.next(), Some(b'\\' | b'n' | b'r' | b't' | b'b' | b'f' | b'v')) => {
+                    return false
+                }
                 _ => {}
             }
         }
