@@ -1932,6 +1932,34 @@ mod tests {
     }
 
     #[test]
+    fn backend_frames_read_in_place() {
+        // Two whole frames and the start of a third.
+        let mut bytes = raw(b'C', b"SELECT 1\0");
+        bytes.extend_from_slice(&raw(b'Z', b"I"));
+        bytes.extend_from_slice(&raw(b'D', &[0, 1, 0, 0])[..7]);
+        let first = view_backend(&bytes, MAX).unwrap().unwrap();
+        assert_eq!(first.message(), Some(BackendMessage::CommandComplete));
+        assert_eq!(first.body(), b"SELECT 1\0");
+        let rest = &bytes[first.bytes().len()..];
+        let second = view_backend(rest, MAX).unwrap().unwrap();
+        assert_eq!(parse_ready_for_query(&second).unwrap(), b'I');
+        // Kept past the buffer: an owned copy that reads the same.
+        let owned = second.to_owned_frame();
+        assert_eq!(owned.view(), second);
+        assert_eq!(parse_command_complete(&first.to_owned_frame()).unwrap().as_str(), "SELECT 1");
+        let rest = &rest[second.bytes().len()..];
+        assert_eq!(view_backend(rest, MAX).unwrap(), None);
+        assert_eq!(view_backend(&rest[..3], MAX).unwrap(), None);
+        // The checks of the decoder: unknown type, bad length, the limit.
+        assert_eq!(view_backend(b"?\0\0\0\x04", MAX).unwrap_err(), malformed('?', "unknown message type"));
+        assert_eq!(view_backend(b"D\0\0\0\x03", MAX).unwrap_err(), CodecError::BadLength { kind: 'D', len: 3 });
+        assert_eq!(
+            view_backend(&raw(b'D', &[0; 100]), 50).unwrap_err(),
+            CodecError::TooLarge { kind: 'D', len: 104, max: 50 }
+        );
+    }
+
+    #[test]
     fn bogus_lengths() {
         for len in [0i32, 3, -1, i32::MIN] {
             let mut bytes = vec![b'Q'];
