@@ -1458,3 +1458,155 @@ fn a_failed_extended_copy_is_ended_by_the_client_s_sync() {
         assert!(h.core.end().is_none(), "{:?}", h.core.end());
     }
 }
+
+// --------------------------------------------------- server bytes in pieces
+
+fn notice() -> Vec<u8> {
+    let mut b = BytesMut::new();
+    codec::error_response(&mut b, "NOTICE", "00000", "a notice", &[]).unwrap();
+    let mut v = b.to_vec();
+    v[0] = b'N';
+    v
+}
+
+fn parameter_status(name: &str, value: &str) -> Vec<u8> {
+    raw(b'S', format!("{name}\0{value}\0").as_bytes())
+}
+
+/// Answers what the core asks of the catalog until it asks nothing more.
+fn answer_catalog(h: &mut Harness) {
+    for _ in 0..16 {
+        let needs = h.needs();
+        if needs.is_empty() {
+            return;
+        }
+        for need in needs {
+            match need {
+                Need::ResolveTables { .. } => h.core.handle_tables(people_table(), h.now),
+                Need::CopyColumns { .. } => {
+                    // As the catalog names them: qualified.
+                    let columns = ["id", "name", "ssn"].map(|c| format!("public.people.{c}")).to_vec();
+                    h.core.handle_copy_columns(Some(columns), h.now)
+                }
+                _ => {}
+            }
+        }
+    }
+    panic!("the core kept asking the catalog");
+}
+
+/// Sends `client`, then the server's `server` in pieces of `piece` bytes,
+/// answering the catalog after every `lag` pieces: what the client got.
+fn in_pieces(client: &[u8], server: &[u8], piece: usize, lag: usize) -> Vec<u8> {
+    let mut h = harness(CoreConfig::default());
+    h.client(client);
+    h.sent();
+    let mut out = Vec::new();
+    for (i, part) in server.chunks(piece).enumerate() {
+        h.server(part);
+        if (i + 1) % lag == 0 {
+            answer_catalog(&mut h);
+        }
+        out.extend_from_slice(&h.core.client_output().split());
+    }
+    answer_catalog(&mut h);
+    out.extend_from_slice(&h.core.client_output().split());
+    assert!(h.core.end().is_none(), "{:?}", h.core.end());
+    assert!(h.core.server_buffer().is_empty(), "left over: {:?}", h.core.server_buffer());
+    out
+}
+
+/// The server's frames are read where they lie in the read buffer: however
+/// its bytes are cut, and whenever the catalog answers (more bytes arrive
+/// while a frame waits for it), the client gets the same bytes, masked.
+#[test]
+fn server_bytes_in_any_pieces_give_the_client_the_same_bytes() {
+    let people = [("id", PEOPLE, 1), ("ssn", PEOPLE, 3)];
+    let rows: &[&[&str]] = &[&["1", "123-45-6789"], &["2", "222-22-2222"]];
+    let scenarios: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (
+            query("SELECT id, ssn FROM people"),
+            cat(&[
+                parameter_status("application_name", "x"),
+                notice(),
+                row_description(&people),
+                notice(),
+                rows_of(rows),
+                parameter_status("standard_conforming_strings", "on"),
+                complete("SELECT 2"),
+                ready(b'I'),
+            ]),
+        ),
+        (
+            query("COPY people TO STDOUT"),
+            cat(&[
+                notice(),
+                copy_out_response(3),
+                raw(b'd', b"1\tAda\t123-45-6789\n"),
+                raw(b'd', b"2\tBob\t222-22-2222\n"),
+                raw(b'c', b""),
+                complete("COPY 2"),
+                ready(b'I'),
+            ]),
+        ),
+        (
+            cat(&[
+                parse("", "SELECT id, ssn FROM people"),
+                bind("", "", &[]),
+                describe_portal(""),
+                execute(""),
+                sync(),
+            ]),
+            cat(&[
+                raw(b'1', b""),
+                raw(b'2', b""),
+                notice(),
+                row_description(&people),
+                rows_of(rows),
+                complete("SELECT 2"),
+                ready(b'I'),
+            ]),
+        ),
+        (
+            // The gateway's own Describe of the portal.
+            cat(&[parse("", "SELECT id, ssn FROM people"), bind("", "", &[]), execute(""), sync()]),
+            cat(&[
+                raw(b'1', b""),
+                raw(b'2', b""),
+                row_description(&people),
+                rows_of(rows),
+                complete("SELECT 2"),
+                ready(b'I'),
+            ]),
+        ),
+        (
+            // The settings read back, the client's ReadyForQuery held meanwhile.
+            cat(&[query("BEGIN"), query("SAVEPOINT s"), query("SET search_path = private")]),
+            cat(&[
+                complete("BEGIN"),
+                ready(b'T'),
+                complete("SAVEPOINT"),
+                ready(b'T'),
+                complete("SET"),
+                ready(b'T'),
+                row_description(&[("current_setting", 0, 0)]),
+                rows_of(&[&["private"]]),
+                complete("SELECT 1"),
+                notice(),
+                ready(b'T'),
+            ]),
+        ),
+    ];
+    for (i, (client, server)) in scenarios.iter().enumerate() {
+        let whole = in_pieces(client, server, server.len(), 1);
+        assert!(!whole.is_empty(), "scenario {i}");
+        for secret in ["123-45-6789", "222-22-2222"] {
+            assert!(!whole.windows(secret.len()).any(|w| w == secret.as_bytes()), "scenario {i} leaked {secret}");
+        }
+        for piece in [1, 2, 3, 5, 7, 11, 13, 64] {
+            for lag in [1, 2, 3, 1000] {
+                assert_eq!(in_pieces(client, server, piece, lag), whole, "scenario {i}, pieces of {piece}, lag {lag}");
+            }
+        }
+    }
+}

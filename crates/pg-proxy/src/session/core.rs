@@ -1855,14 +1855,16 @@ impl SessionCore {
             }
             return true;
         }
-        let fields: Vec<FieldDescription> = match message {
-            BackendMessage::ParameterDescription => {
+        // Read from a copy, which the plan keeps: kept fields must not pin
+        // the read buffer.
+        let owned = (message == BackendMessage::RowDescription).then(|| frame.to_owned_frame());
+        let fields: Vec<FieldDescription> = match (message, &owned) {
+            (BackendMessage::ParameterDescription, _) => {
                 self.forward_to_client(&frame);
                 return true;
             }
-            BackendMessage::NoData => Vec::new(),
-            // Read from a copy: kept fields must not pin the read buffer.
-            BackendMessage::RowDescription => match codec::parse_row_description(&frame.to_owned_frame()) {
+            (BackendMessage::NoData, _) => Vec::new(),
+            (BackendMessage::RowDescription, Some(owned)) => match codec::parse_row_description(owned) {
                 Ok(fields) => fields,
                 Err(e) => {
                     self.emit_error("FATAL", "08006", "the database sent an invalid message");
@@ -1870,11 +1872,11 @@ impl SessionCore {
                     return true;
                 }
             },
-            BackendMessage::ErrorResponse => {
+            (BackendMessage::ErrorResponse, _) => {
                 self.on_block_error(&frame);
                 return true;
             }
-            other => {
+            (other, _) => {
                 self.unexpected(format!("{other:?} after Describe"));
                 return true;
             }
@@ -1895,10 +1897,9 @@ impl SessionCore {
         let name = self.pop_described();
         let fields = Arc::new(fields);
         self.remember_fields(statement, &name, id, &fields);
-        if let Some(masker) = &masker {
+        if let (Some(masker), Some(owned)) = (&masker, owned) {
             self.last_description = Some(LastDescription {
-                // A copy: a kept frame must not pin the read buffer.
-                frame: Bytes::copy_from_slice(frame.frame),
+                frame: owned.frame,
                 facts: facts.clone(),
                 fields: Arc::clone(&fields),
                 masker: Arc::clone(masker),
@@ -2060,7 +2061,10 @@ impl SessionCore {
                 let (fields, masker) = match again {
                     Some(again) => again,
                     None => {
-                        let fields = match codec::parse_row_description(&frame.to_owned_frame()) {
+                        // Read from a copy, which the plan keeps: kept
+                        // fields must not pin the read buffer.
+                        let owned = frame.to_owned_frame();
+                        let fields = match codec::parse_row_description(&owned) {
                             Ok(f) => f,
                             Err(e) => {
                                 self.emit_error("FATAL", "08006", "the database sent an invalid message");
@@ -2074,8 +2078,7 @@ impl SessionCore {
                         };
                         let fields = Arc::new(fields);
                         self.last_description = Some(LastDescription {
-                            // A copy: a kept frame must not pin the read buffer.
-                            frame: Bytes::copy_from_slice(frame.frame),
+                            frame: owned.frame,
                             facts: facts.clone(),
                             fields: Arc::clone(&fields),
                             masker: Arc::clone(&masker),
