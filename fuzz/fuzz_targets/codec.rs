@@ -206,25 +206,22 @@ fn check_typed_frame(frame: &[u8], consumed: &[u8], max: usize) {
 
 // ------------------------------------------------------------------ frontend
 
-/// The in-place reader (`view_frontend`, what the session uses) and the
-/// owned decoder cut the same frames and fail, or wait, at the same place
-/// with the same error; the view consumes nothing.
-fn frontend_views_agree(data: &[u8], max: usize) {
+/// Runs an in-place reader (what the session uses) and the owned decoder
+/// of the same frames side by side over `data`: they cut the same frames
+/// (`same` checks a pair and gives the frame's length) and fail, or wait,
+/// at the same place with the same error.
+fn views_agree<'a, V: std::fmt::Debug, F: std::fmt::Debug>(
+    data: &'a [u8],
+    max: usize,
+    view: fn(&'a [u8], usize) -> Result<Option<V>, CodecError>,
+    decode: Decoder<F>,
+    same: impl Fn(&V, &F) -> usize,
+) {
     let mut owned = BytesMut::from(data);
     let mut rest = data;
     loop {
-        let view = codec::view_frontend(rest, max);
-        let before = rest.len();
-        match (view, codec::decode_frontend(&mut owned, max)) {
-            (Ok(Some(v)), Ok(Some(m))) => {
-                if v.frame != &m.frame[..] {
-                    panic!("the view and the decoder cut different frames");
-                }
-                if rest.len() != before {
-                    panic!("the view consumed bytes");
-                }
-                rest = &rest[v.frame.len()..];
-            }
+        match (view(rest, max), decode(&mut owned, max)) {
+            (Ok(Some(v)), Ok(Some(f))) => rest = &rest[same(&v, &f)..],
             (Ok(None), Ok(None)) => {
                 if owned[..] != *rest {
                     panic!("the view and the decoder wait with different bytes left");
@@ -235,6 +232,16 @@ fn frontend_views_agree(data: &[u8], max: usize) {
             (a, b) => panic!("the view and the decoder disagree: {a:?} / {b:?}"),
         }
     }
+}
+
+/// `view_frontend` and `decode_frontend` agree.
+fn frontend_views_agree(data: &[u8], max: usize) {
+    views_agree(data, max, codec::view_frontend, codec::decode_frontend, |v, m| {
+        if v.frame != &m.frame[..] {
+            panic!("the view and the decoder cut different frames");
+        }
+        v.frame.len()
+    });
 }
 
 fn frontend(data: &[u8], chunk: usize) {
@@ -274,46 +281,30 @@ fn frontend(data: &[u8], chunk: usize) {
 
 // ------------------------------------------------------------------- backend
 
-/// The in-place reader (`view_backend`, what the session uses) and the
-/// owned decoder cut the same frames and fail, or wait, at the same place
-/// with the same error; the parsers that read a view read it as they read
-/// the owned frame.
+/// `view_backend` and `decode_backend` agree, and the parsers that read a
+/// view read it as they read the owned frame.
 fn backend_views_agree(data: &[u8], max: usize) {
-    let mut owned = BytesMut::from(data);
-    let mut rest = data;
-    loop {
-        match (codec::view_backend(rest, max), codec::decode_backend(&mut owned, max)) {
-            (Ok(Some(v)), Ok(Some(f))) => {
-                if v.kind != f.kind || v.bytes() != &f.frame[..] || v.to_owned_frame() != f {
-                    panic!("the view and the decoder cut different frames");
-                }
-                if v.message() != f.message() || v.body() != f.body() || f.view() != v {
-                    panic!("the view and the frame read differently");
-                }
-                if codec::parse_ready_for_query(&v) != codec::parse_ready_for_query(&f)
-                    || codec::parse_copy_response(&v) != codec::parse_copy_response(&f)
-                    || codec::parse_parameter_description(&v) != codec::parse_parameter_description(&f)
-                {
-                    panic!("a parser read the view and the frame differently");
-                }
-                let (mut from_view, mut borrowed): (Vec<Option<&[u8]>>, Vec<Option<&[u8]>>) = (Vec::new(), Vec::new());
-                let a = codec::data_row_values_into(&v, &mut from_view);
-                let b = codec::data_row_values_into(&f, &mut borrowed);
-                if a != b || (a.is_ok() && from_view != borrowed) {
-                    panic!("the view's and the frame's row values differ");
-                }
-                rest = &rest[v.bytes().len()..];
-            }
-            (Ok(None), Ok(None)) => {
-                if owned[..] != *rest {
-                    panic!("the view and the decoder wait with different bytes left");
-                }
-                return;
-            }
-            (Err(a), Err(b)) if a == b => return,
-            (a, b) => panic!("the view and the decoder disagree: {a:?} / {b:?}"),
+    views_agree(data, max, codec::view_backend, codec::decode_backend, |v, f| {
+        if v.kind != f.kind || v.bytes() != &f.frame[..] || v.to_owned_frame() != *f {
+            panic!("the view and the decoder cut different frames");
         }
-    }
+        if v.message() != f.message() || v.body() != f.body() || f.view() != *v {
+            panic!("the view and the frame read differently");
+        }
+        if codec::parse_ready_for_query(v) != codec::parse_ready_for_query(f)
+            || codec::parse_copy_response(v) != codec::parse_copy_response(f)
+            || codec::parse_parameter_description(v) != codec::parse_parameter_description(f)
+        {
+            panic!("a parser read the view and the frame differently");
+        }
+        let (mut from_view, mut borrowed): (Vec<Option<&[u8]>>, Vec<Option<&[u8]>>) = (Vec::new(), Vec::new());
+        let a = codec::data_row_values_into(v, &mut from_view);
+        let b = codec::data_row_values_into(f, &mut borrowed);
+        if a != b || (a.is_ok() && from_view != borrowed) {
+            panic!("the view's and the frame's row values differ");
+        }
+        v.bytes().len()
+    });
 }
 
 /// The backend messages that have a parser here, by type byte.
@@ -561,9 +552,7 @@ fn writer_form(line: &[u8]) -> bool {
         while let Some(b) = bytes.next() {
             match b {
                 b'\r' | b'\n' | 8 | 11 | 12 => return false,
-                b'\\' if !matches!(bytes.next(), Some(b'\\' | b'n' | b'r' | b't' | b'b' | b'f' | b'v')) => {
-                    return false
-                }
+                b'\\' if !matches!(bytes.next(), Some(b'\\' | b'n' | b'r' | b't' | b'b' | b'f' | b'v')) => return false,
                 _ => {}
             }
         }
