@@ -9,6 +9,13 @@
 //! of the frame: nothing is copied, and the frame itself is kept so that a
 //! message can be forwarded untouched.
 //!
+//! The session reads in place instead, with the same checks:
+//! [`view_frontend`] and [`view_backend`] read the frame at the front of a
+//! byte slice and borrow it ([`FrontendFrame`], [`BackendView`]); the
+//! caller moves past it once done. No reference count is touched per frame;
+//! what must outlive the buffer is copied
+//! ([`BackendFrame::to_owned_frame`]).
+//!
 //! Everything read from the network is treated as hostile:
 //!
 //! - the length word is checked as soon as the header is there, before any
@@ -29,9 +36,9 @@
 //! them (libpq sends up to 65535 parameters). Errors carry the message type
 //! as a `char`; startup packets, which have none, use [`STARTUP_KIND`].
 //!
-//! Backend frames are only framed by [`decode_backend`]; the `parse_*`
-//! functions and [`data_row_values`] read the bodies the gateway looks at.
-//! Server text is expected in UTF-8 (the gateway should ask the server for
+//! Backend frames are only framed by [`decode_backend`] and
+//! [`view_backend`]; the `parse_*` functions and [`data_row_values`] read
+//! the bodies the gateway looks at. Server text is expected in UTF-8 (the gateway should ask the server for
 //! `client_encoding=UTF8`), except in error and notice fields, which are
 //! converted lossily (see [`parse_fields`]).
 //!
