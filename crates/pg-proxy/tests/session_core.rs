@@ -1610,3 +1610,28 @@ fn server_bytes_in_any_pieces_give_the_client_the_same_bytes() {
         }
     }
 }
+
+/// The server reports `standard_conforming_strings` when it changes, and
+/// the engine then reads texts as the server will; other reported settings
+/// are only relayed.
+#[test]
+fn a_reported_standard_conforming_strings_changes_how_texts_are_read() {
+    // With the setting on, the string ends at the second quote and the
+    // text reads `private.secrets`; with it off, it is all one string.
+    let sql = r"SELECT 'x\' UNION SELECT * FROM private.secrets --'";
+    let mut h = harness(CoreConfig::default());
+    h.client(&query(sql));
+    assert!(is_substitute(&h.sent()[0]));
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    h.got();
+    h.server(&parameter_status("application_name", "x"));
+    assert_eq!(h.got().len(), 1, "relayed");
+    h.client(&query(sql));
+    assert!(is_substitute(&h.sent()[0]), "another setting changes nothing");
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    h.got();
+    h.server(&parameter_status("standard_conforming_strings", "off"));
+    h.got();
+    h.client(&query(sql));
+    assert!(is_query(&h.sent()[0], sql), "read as the server reads it");
+}

@@ -1552,8 +1552,10 @@ impl SessionCore {
         // Messages that can come at any time.
         match message {
             BackendMessage::ParameterStatus => {
-                if let Ok((name, value)) = codec::parse_parameter_status(&frame.to_owned_frame()) {
-                    if name.as_str() == "standard_conforming_strings" {
+                // The one setting the engine reads (the others are only
+                // relayed, without a copy to parse them).
+                if frame.body().starts_with(b"standard_conforming_strings\0") {
+                    if let Ok((_, value)) = codec::parse_parameter_status(&frame.to_owned_frame()) {
                         self.state.standard_conforming_strings = value.as_str() == "on";
                     }
                 }
