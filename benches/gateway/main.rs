@@ -1021,6 +1021,26 @@ fn report(
             let _ = writeln!(w, "- {} {}: {}", config.name, t.name(), list.join(", "));
         }
     }
+    // Each repetition runs the targets back to back: its own ratios show
+    // how far the medians' can move on this machine.
+    let _ = writeln!(w, "\nGateway TPS over each anchor's, repetition by repetition:\n");
+    for (ci, config) in options.configs.iter().enumerate() {
+        let tps = |t: Target| -> Vec<f64> {
+            runs.get(ci).and_then(|c| c.get(idx(t))).map(|rs| rs.iter().map(|r| r.tps).collect()).unwrap_or_default()
+        };
+        let gateway = tps(Target::Gateway);
+        for anchor in [Target::Relay, Target::Pgbouncer] {
+            let ratios: Vec<String> = gateway
+                .iter()
+                .zip(tps(anchor))
+                .filter(|(_, a)| *a > 0.0)
+                .map(|(g, a)| format!("{:.2}", g / a))
+                .collect();
+            if !ratios.is_empty() {
+                let _ = writeln!(w, "- {} gateway/{}: {}", config.name, anchor.name(), ratios.join(", "));
+            }
+        }
+    }
 
     let stream_median = |t: Target| median(&streams.get(idx(t))?.iter().map(|s| s.0).collect::<Vec<_>>());
     let stream_cpu = |t: Target| median(&streams.get(idx(t))?.iter().filter_map(|s| s.1).collect::<Vec<_>>());
