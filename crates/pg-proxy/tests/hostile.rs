@@ -589,11 +589,13 @@ async fn a_thousand_connections_idle_at_the_password_prompt() {
     healthy(&client, "the end").await;
 }
 
-/// A `Bind` of `statement` to the unnamed portal, with no parameters.
-fn bind_unnamed(statement: &str, out: &mut BytesMut) {
+/// A `Bind` of `statement` to the unnamed portal, with no parameters, and
+/// an `Execute` of it returning at most `max_rows` rows (0: all).
+fn bind_execute(statement: &str, max_rows: i32, out: &mut BytesMut) {
     frontend::bind("", statement, [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], out)
         .map_err(|_| "bind")
         .unwrap();
+    frontend::execute("", max_rows, out).unwrap();
 }
 
 /// After an error in an extended-protocol block, PostgreSQL skips every
@@ -609,8 +611,7 @@ async fn a_query_inside_a_failed_extended_block_is_skipped_as_the_server_skips_i
     let mut raw = login(stack.addr, &token, &[], "query in a failed block").await;
     let mut block = BytesMut::new();
     frontend::parse("", "SELECT * FROM no_such_table", [], &mut block).unwrap();
-    bind_unnamed("", &mut block);
-    frontend::execute("", 0, &mut block).unwrap();
+    bind_execute("", 0, &mut block);
     let mut sync = BytesMut::new();
     frontend::sync(&mut sync);
     // The query after the error came back (a Flush showed it).
@@ -643,9 +644,8 @@ async fn after_a_row_cap_in_an_open_block_the_rest_of_it_is_dropped() {
     let mut raw = login(stack.addr, &token, &[], "row cap in an open block").await;
     let mut b = BytesMut::new();
     frontend::parse("", "SELECT id FROM orders", [], &mut b).unwrap();
-    bind_unnamed("", &mut b);
     // One row more than the cap: the portal is suspended right after it.
-    frontend::execute("", 1001, &mut b).unwrap();
+    bind_execute("", 1001, &mut b);
     frontend::flush(&mut b);
     raw.send(&b).await;
     let mut rows = 0;
@@ -664,8 +664,7 @@ async fn after_a_row_cap_in_an_open_block_the_rest_of_it_is_dropped() {
     assert_eq!(rows, 1000, "the rows up to the cap");
     let mut rest = BytesMut::new();
     frontend::parse("a", "SELECT ssn FROM customers WHERE id = 1", [], &mut rest).unwrap();
-    bind_unnamed("a", &mut rest);
-    frontend::execute("", 0, &mut rest).unwrap();
+    bind_execute("a", 0, &mut rest);
     frontend::sync(&mut rest);
     raw.send(&[rest.to_vec(), query("SELECT ssn FROM customers WHERE id = 2")].concat()).await;
     // The Sync's answer: nothing of the dropped statements.
@@ -674,8 +673,7 @@ async fn after_a_row_cap_in_an_open_block_the_rest_of_it_is_dropped() {
     // The statement the client prepared inside the block never ran: its
     // name is unknown.
     let mut again = BytesMut::new();
-    bind_unnamed("a", &mut again);
-    frontend::execute("", 0, &mut again).unwrap();
+    bind_execute("a", 0, &mut again);
     frontend::sync(&mut again);
     raw.send(&again).await;
     let reply = raw.until_ready().await;
