@@ -41,7 +41,8 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::decision::Decision;
 use crate::identity::Identity;
@@ -57,11 +58,17 @@ const SHARDS: usize = 16;
 /// Key hashes a shard remembers as seen once.
 pub const SEEN_ONCE_LIMIT: usize = 4096;
 
-#[derive(Debug, PartialEq, Eq)]
-struct Key {
-    /// The text, or its shape's key (see [`crate::shape`]).
-    sql: Box<str>,
-    shape: bool,
+/// What a decision depends on besides its text: the caller and the
+/// session state the analysis reads. One value is made once per cache
+/// ([`DecisionCache::intern`]) and shared by every key and every
+/// [`crate::Context`] that holds it, so a hit for a caller that passes its
+/// interned context compares two pointers instead of every field.
+#[derive(Debug)]
+pub(crate) struct ContextKey {
+    /// The cache that made it ([`DecisionCache::id`]).
+    cache: u64,
+    /// Its hash under that cache's hasher.
+    pub(crate) hash: u64,
     identity: Identity,
     search_path: Vec<String>,
     reset_search_path: Vec<String>,
@@ -70,16 +77,85 @@ struct Key {
     transaction: Option<TransactionPaths>,
 }
 
+impl ContextKey {
+    fn new(cache: u64, hash: u64, identity: &Identity, session: &Session) -> ContextKey {
+        ContextKey {
+            cache,
+            hash,
+            identity: identity.clone(),
+            search_path: session.search_path.clone(),
+            reset_search_path: session.reset_search_path.clone(),
+            standard_conforming_strings: session.standard_conforming_strings,
+            user: session.user.clone(),
+            transaction: session.transaction.clone(),
+        }
+    }
+
+    /// Whether this is `identity` in `session` (the fields that tell
+    /// sessions apart most often are compared first).
+    pub(crate) fn matches(&self, identity: &Identity, session: &Session) -> bool {
+        self.transaction.is_some() == session.transaction.is_some()
+            && self.search_path == session.search_path
+            && self.transaction == session.transaction
+            && self.standard_conforming_strings == session.standard_conforming_strings
+            && self.reset_search_path == session.reset_search_path
+            && self.user == session.user
+            && self.identity == *identity
+    }
+
+    /// Whether `self` and `other` hold the same caller and session.
+    fn same(&self, other: &ContextKey) -> bool {
+        std::ptr::eq(self, other)
+            || (self.hash == other.hash
+                && self.transaction == other.transaction
+                && self.search_path == other.search_path
+                && self.standard_conforming_strings == other.standard_conforming_strings
+                && self.reset_search_path == other.reset_search_path
+                && self.user == other.user
+                && self.identity == other.identity)
+    }
+
+    /// Whether `cache` made it.
+    pub(crate) fn of(&self, cache: &DecisionCache) -> bool {
+        self.cache == cache.id
+    }
+
+    /// Roughly what it holds, counted in every entry that keys on it (an
+    /// entry may be the last to hold it).
+    fn bytes(&self) -> usize {
+        let strings = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
+        self.identity.subject.len()
+            + strings(&self.identity.groups)
+            + strings(&self.search_path)
+            + strings(&self.reset_search_path)
+            + self.transaction.as_ref().map_or(0, transaction_bytes)
+    }
+}
+
+/// The caller and session of a look-up: the interned context a
+/// [`crate::Context`] keeps, or the two borrowed for one decision.
+#[derive(Clone, Copy)]
+pub(crate) enum Caller<'a> {
+    Interned(&'a Arc<ContextKey>),
+    Borrowed { identity: &'a Identity, session: &'a Session },
+}
+
+#[derive(Debug)]
+struct Key {
+    /// The text, or its shape's key (see [`crate::shape`]).
+    sql: Box<str>,
+    shape: bool,
+    context: Arc<ContextKey>,
+}
+
 impl Key {
-    fn same(&self, sql: &str, shape: bool, identity: &Identity, session: &Session) -> bool {
+    fn same(&self, sql: &str, shape: bool, caller: Caller<'_>) -> bool {
         *self.sql == *sql
             && self.shape == shape
-            && self.identity == *identity
-            && self.search_path == session.search_path
-            && self.reset_search_path == session.reset_search_path
-            && self.standard_conforming_strings == session.standard_conforming_strings
-            && self.user == session.user
-            && self.transaction == session.transaction
+            && match caller {
+                Caller::Interned(context) => self.context.same(context),
+                Caller::Borrowed { identity, session } => self.context.matches(identity, session),
+            }
     }
 }
 
@@ -168,9 +244,25 @@ pub struct CacheStats {
 /// A bounded, sharded map from (text, caller, session) to decisions.
 #[derive(Debug)]
 pub(crate) struct DecisionCache {
+    /// Tells this cache's interned contexts from another's.
+    id: u64,
     shards: Vec<Mutex<Shard>>,
     shard_budget: usize,
     hasher: foldhash::quality::RandomState,
+    interned: Mutex<Interned>,
+}
+
+/// Caches made so far, for [`DecisionCache::id`].
+static CACHES: AtomicU64 = AtomicU64::new(0);
+
+/// The contexts interned by a cache, by hash: held weakly (the keys and the
+/// [`crate::Context`]s that use one keep it alive); the dead are dropped
+/// from a bucket when it is visited, and from the whole map when it has
+/// grown to twice its size after the last such sweep.
+#[derive(Debug, Default)]
+struct Interned {
+    map: HashMap<u64, SmallVec<[Weak<ContextKey>; 1]>, ByHash>,
+    swept_len: usize,
 }
 
 /// One key, borrowed, with its hash computed once ([`DecisionCache::key`])
@@ -180,8 +272,9 @@ pub(crate) struct Lookup<'a> {
     hash: u64,
     sql: &'a str,
     shape: bool,
-    identity: &'a Identity,
-    session: &'a Session,
+    caller: Caller<'a>,
+    /// The context's hash.
+    context: u64,
 }
 
 /// The hash of what a key holds besides its text.
@@ -233,9 +326,11 @@ fn decision_bytes(d: &Decision) -> usize {
 impl DecisionCache {
     pub(crate) fn new(budget: usize) -> Self {
         DecisionCache {
+            id: CACHES.fetch_add(1, Ordering::Relaxed),
             shards: new_shards(),
             shard_budget: budget / SHARDS,
             hasher: foldhash::quality::RandomState::default(),
+            interned: Mutex::default(),
         }
     }
 
@@ -245,17 +340,46 @@ impl DecisionCache {
         context_hash(&self.hasher, identity, session)
     }
 
-    /// The key of `sql` (a shape's key when `shape`) for the caller in
-    /// the session, whose [`DecisionCache::context_hash`] is `context`.
-    pub(crate) fn key<'a>(
-        &self,
-        sql: &'a str,
-        shape: bool,
-        identity: &'a Identity,
-        session: &'a Session,
-        context: u64,
-    ) -> Lookup<'a> {
-        Lookup { hash: key_hash(&self.hasher, sql, shape, context), sql, shape, identity, session }
+    /// The context of `identity` in `session`, shared with every key and
+    /// every caller that has the same: two equal contexts interned by one
+    /// cache are one value while either is held.
+    pub(crate) fn intern(&self, identity: &Identity, session: &Session) -> Arc<ContextKey> {
+        let hash = self.context_hash(identity, session);
+        self.intern_hashed(hash, identity, session)
+    }
+
+    fn intern_hashed(&self, hash: u64, identity: &Identity, session: &Session) -> Arc<ContextKey> {
+        let new = || Arc::new(ContextKey::new(self.id, hash, identity, session));
+        // A poisoned lock costs the sharing, not the answer.
+        let Ok(mut interned) = self.interned.lock() else { return new() };
+        let interned = &mut *interned;
+        let bucket = interned.map.entry(hash).or_default();
+        bucket.retain(|w| w.strong_count() > 0);
+        if let Some(found) = bucket.iter().filter_map(Weak::upgrade).find(|c| c.matches(identity, session)) {
+            return found;
+        }
+        let context = new();
+        bucket.push(Arc::downgrade(&context));
+        if interned.map.len() > 2 * interned.swept_len + 64 {
+            interned.map.retain(|_, bucket| {
+                bucket.retain(|w| w.strong_count() > 0);
+                !bucket.is_empty()
+            });
+            interned.swept_len = interned.map.len();
+        }
+        context
+    }
+
+    /// Contexts interned and still held, for tests.
+    #[cfg(test)]
+    fn interned_len(&self) -> usize {
+        self.interned.lock().map_or(0, |i| i.map.values().flatten().filter(|w| w.strong_count() > 0).count())
+    }
+
+    /// The key of `sql` (a shape's key when `shape`) for `caller`, whose
+    /// context hashes to `context`.
+    pub(crate) fn key<'a>(&self, sql: &'a str, shape: bool, caller: Caller<'a>, context: u64) -> Lookup<'a> {
+        Lookup { hash: key_hash(&self.hasher, sql, shape, context), sql, shape, caller, context }
     }
 
     fn shard(&self, hash: u64) -> Option<&Mutex<Shard>> {
@@ -270,13 +394,13 @@ impl DecisionCache {
     /// Finds the entry of `key`, counts the hit and hands the entry (and
     /// its shard's byte count) to `f`.
     fn hit<R>(&self, key: Lookup<'_>, f: impl FnOnce(&mut Entry, &mut usize) -> R) -> Option<R> {
-        let Lookup { hash, sql, shape, identity, session, .. } = key;
+        let Lookup { hash, sql, shape, caller, .. } = key;
         if !self.takes(sql.len()) {
             return None;
         }
         let mut guard = self.shard(hash)?.lock().ok()?;
         let shard = &mut *guard;
-        let entry = shard.map.get_mut(&hash)?.iter_mut().find(|e| e.key.same(sql, shape, identity, session))?;
+        let entry = shard.map.get_mut(&hash)?.iter_mut().find(|e| e.key.same(sql, shape, caller))?;
         entry.hit = true;
         if shape {
             shard.shape_hits += 1;
@@ -328,18 +452,18 @@ impl DecisionCache {
     /// Caches `stored(decision)` under `key`, from the second time it is
     /// offered; `stored` runs only then.
     pub(crate) fn insert(&self, key: Lookup<'_>, decision: &Decision, stored: impl FnOnce(&Decision) -> Decision) {
-        let Lookup { hash, sql, shape, identity, session, .. } = key;
+        let Lookup { hash, sql, shape, caller, context } = key;
         if !self.takes(sql.len()) {
             return;
         }
-        let bytes = 128
-            + sql.len()
-            + identity.subject.len()
-            + identity.groups.iter().map(|g| g.len() + 24).sum::<usize>()
-            + session.search_path.iter().map(|s| s.len() + 24).sum::<usize>()
-            + session.reset_search_path.iter().map(|s| s.len() + 24).sum::<usize>()
-            + session.transaction.as_ref().map_or(0, transaction_bytes)
-            + decision_bytes(decision);
+        let context = match caller {
+            Caller::Interned(c) if c.of(self) => Arc::clone(c),
+            // Not expected (a `Context` interns again for another
+            // engine): not cached.
+            Caller::Interned(_) => return,
+            Caller::Borrowed { identity, session } => self.intern_hashed(context, identity, session),
+        };
+        let bytes = 128 + sql.len() + context.bytes() + decision_bytes(decision);
         if bytes > self.shard_budget {
             return;
         }
@@ -354,20 +478,11 @@ impl DecisionCache {
         if shard.bytes + bytes > self.shard_budget {
             shard.sweep(self.shard_budget.saturating_sub(bytes));
         }
-        let key = Key {
-            sql: sql.into(),
-            shape,
-            identity: identity.clone(),
-            search_path: session.search_path.clone(),
-            reset_search_path: session.reset_search_path.clone(),
-            standard_conforming_strings: session.standard_conforming_strings,
-            user: session.user.clone(),
-            transaction: session.transaction.clone(),
-        };
         let bucket = shard.map.entry(hash).or_default();
-        if bucket.iter().any(|e| e.key == key) {
+        if bucket.iter().any(|e| e.key.same(sql, shape, Caller::Interned(&context))) {
             return;
         }
+        let key = Key { sql: sql.into(), shape, context };
         bucket.push(Entry { key, decision: Arc::new(stored(decision)), bytes, hit: false, restored: Vec::new() });
         shard.bytes += bytes;
     }
@@ -506,5 +621,43 @@ impl TemplateCache {
     /// Shapes derived so far.
     pub(crate) fn derived(&self) -> u64 {
         self.shards.iter().filter_map(|s| s.lock().ok()).map(|s| s.derived).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::SessionEffect;
+
+    #[test]
+    fn equal_contexts_are_interned_as_one_and_colliding_ones_stay_apart() {
+        let cache = DecisionCache::new(DEFAULT_CACHE_BYTES);
+        let ann = Identity::new("ann");
+        let public = Session::default();
+        let private = Session { search_path: vec!["private".into()], ..Session::default() };
+        let mut in_block = Session::default();
+        in_block.apply(&SessionEffect::Begin { implicit: false });
+        let a = cache.intern(&ann, &public);
+        assert!(Arc::ptr_eq(&a, &cache.intern(&ann, &public)));
+        // Other contexts forced under the same hash (a collision): each
+        // its own, and told apart by what they hold.
+        let others = [(Identity::new("bob"), &public), (ann.clone(), &private), (ann.clone(), &in_block)];
+        let mut kept = vec![Arc::clone(&a)];
+        for (identity, session) in &others {
+            let c = cache.intern_hashed(a.hash, identity, session);
+            assert!(c.matches(identity, session) && !a.matches(identity, session), "{identity:?} {session:?}");
+            assert!(kept.iter().all(|k| !k.same(&c) && !c.same(k)), "{identity:?} {session:?}");
+            assert!(Arc::ptr_eq(&c, &cache.intern_hashed(a.hash, identity, session)));
+            kept.push(c);
+        }
+        assert_eq!(cache.interned_len(), 4);
+        drop((a, kept));
+        assert_eq!(cache.interned_len(), 0, "held weakly");
+        // Short-lived contexts do not pile up: the map is swept as it grows.
+        for i in 0..2_000 {
+            cache.intern(&ann, &Session { search_path: vec![format!("s{i}")], ..Session::default() });
+        }
+        let len = cache.interned.lock().map(|i| i.map.len()).unwrap_or(usize::MAX);
+        assert!(len <= 2 * 64 + 64, "{len} buckets");
     }
 }

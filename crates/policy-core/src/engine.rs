@@ -9,7 +9,8 @@ use globset::{Glob, GlobSetBuilder};
 use crate::analyze::literal;
 use crate::analyze::StatementFacts;
 use crate::analyze::{self, Analysis, AnalyzeOptions};
-use crate::cache::{CacheStats, DecisionCache, TemplateCache, DEFAULT_CACHE_BYTES};
+use crate::cache::{CacheStats, Caller, DecisionCache, TemplateCache, DEFAULT_CACHE_BYTES};
+use crate::context::Context;
 use crate::decision::Decision;
 use crate::detect::Detectors;
 use crate::identity::{Actor, Identity};
@@ -19,20 +20,6 @@ use crate::rules;
 use crate::session::Session;
 use crate::shape::{DigitMask, Shape};
 use smallvec::SmallVec;
-
-/// The hash an [`Engine`]'s decision cache keys a caller in a session by
-/// (see [`Engine::context_hash`]); only meaningful to the engine that made
-/// it.
-///
-/// ```
-/// use policy_core::{Engine, Identity, Policy};
-/// let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
-/// let (me, session) = (Identity::new("ann"), engine.new_session());
-/// assert_eq!(engine.context_hash(&me, &session), engine.context_hash(&me, &session));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContextHash(u64);
 
 /// Key material the engine is built with (never read from the environment).
 #[derive(Clone, Default)]
@@ -214,28 +201,19 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn decide(&self, identity: &Identity, session: &Session, sql: &str) -> Decision {
-        let context = self.context_hash(identity, session);
-        Arc::unwrap_or_clone(self.decide_shared(identity, session, context, sql))
+        let context = self.inner.cache.context_hash(identity, session);
+        let caller = Caller::Borrowed { identity, session };
+        Arc::unwrap_or_clone(self.decide_for(identity, session, caller, context, sql))
     }
 
-    /// The hash the decision cache keys `identity` in `session` by, for
-    /// [`Engine::decide_shared`]: a caller that decides many statements
-    /// computes it once, and again only when the session (or the engine)
-    /// changes.
-    ///
-    /// A stale hash is safe: every cache hit is checked against the
-    /// caller and the session themselves, so it can only cost misses,
-    /// never give another session's decision.
-    pub fn context_hash(&self, identity: &Identity, session: &Session) -> ContextHash {
-        ContextHash(self.inner.cache.context_hash(identity, session))
-    }
-
-    /// [`Engine::decide`] for a caller that decides many statements: it
-    /// passes the [`ContextHash`] it keeps for `identity` and `session`,
-    /// and gets the decision shared (a cached one is not copied).
+    /// [`Engine::decide`] for a connection that decides many statements:
+    /// the caller and the session come in a [`Context`], which keeps the
+    /// decision cache's key for them (made again only after the session
+    /// changes), and the decision comes shared (a cached one is not
+    /// copied).
     ///
     /// ```
-    /// use policy_core::{Engine, Identity, Policy, Verdict};
+    /// use policy_core::{Context, Engine, Identity, Policy, Verdict};
     ///
     /// let policy = Policy::from_toml_str(r#"
     ///     version = 1
@@ -245,19 +223,24 @@ impl Engine {
     ///     classes = ["read"]
     /// "#, "inline.toml")?;
     /// let engine = Engine::new(policy, Default::default())?;
-    /// let (me, session) = (Identity::new("ann"), engine.new_session());
-    /// let context = engine.context_hash(&me, &session);
+    /// let mut context = Context::new(Identity::new("ann"), engine.new_session());
     /// for aid in 1..4 {
     ///     let sql = format!("SELECT * FROM accounts WHERE aid = {aid}");
-    ///     assert_eq!(engine.decide_shared(&me, &session, context, &sql).verdict, Verdict::Allow);
+    ///     assert_eq!(engine.decide_in(&mut context, &sql).verdict, Verdict::Allow);
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn decide_shared(
+    pub fn decide_in(&self, context: &mut Context, sql: &str) -> Arc<Decision> {
+        let (identity, session, key) = context.parts(&self.inner.cache);
+        self.decide_for(identity, session, Caller::Interned(key), key.hash, sql)
+    }
+
+    fn decide_for(
         &self,
         identity: &Identity,
         session: &Session,
-        context: ContextHash,
+        caller: Caller<'_>,
+        context: u64,
         sql: &str,
     ) -> Arc<Decision> {
         let inner = &self.inner;
@@ -274,14 +257,14 @@ impl Engine {
         let derived =
             mask.as_ref().and_then(|(hash, mask)| templates.derive(*hash, sql, mask)).filter(Shape::has_constants);
         if let Some(shape) = &derived {
-            let shape_key = inner.cache.key(&shape.key, true, identity, session, context.0);
+            let shape_key = inner.cache.key(&shape.key, true, caller, context);
             if let Some(hit) = inner.cache.get_shape(shape_key, |r| to_text(shape, r)) {
                 return hit;
             }
         }
         // The text's own key is hashed only now: a text answered by its
         // shape above never needed it.
-        let text_key = inner.cache.key(sql, false, identity, session, context.0);
+        let text_key = inner.cache.key(sql, false, caller, context);
         if let Some(hit) = inner.cache.get(text_key) {
             return hit;
         }
@@ -292,7 +275,7 @@ impl Engine {
                 let shape = if shapes { self.scanned_shape(sql, mask.as_ref()) } else { None };
                 let shape = shape.filter(Shape::has_constants);
                 if let Some(shape) = &shape {
-                    let shape_key = inner.cache.key(&shape.key, true, identity, session, context.0);
+                    let shape_key = inner.cache.key(&shape.key, true, caller, context);
                     if let Some(hit) = inner.cache.get_shape(shape_key, |r| to_text(shape, r)) {
                         // A text whose shape took the scanner is kept as
                         // itself too: its next sighting needs no scan.
@@ -324,7 +307,7 @@ impl Engine {
         }
         match shape {
             Some(shape) if literal_free => {
-                let shape_key = inner.cache.key(&shape.key, true, identity, session, context.0);
+                let shape_key = inner.cache.key(&shape.key, true, caller, context);
                 inner.cache.insert(shape_key, &decision, |d| store_spans(d, &shape));
             }
             _ => inner.cache.insert(text_key, &decision, Decision::clone),

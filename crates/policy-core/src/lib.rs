@@ -195,9 +195,10 @@
 //! Decisions that read a constant (tautology folding, `set_config`,
 //! `nextval('seq')`, a rule's `pattern`) are cached for their exact text
 //! only. A caller that decides many statements for one connection (a
-//! gateway) keeps the [`ContextHash`] of its caller and session and calls
-//! [`Engine::decide_shared`], which neither hashes them again nor copies a
-//! cached decision.
+//! gateway) keeps its caller and session in a [`Context`] and calls
+//! [`Engine::decide_in`]: the cache's key for the two is made once per
+//! change of the session and shared by every connection in the same state
+//! (a hit compares a pointer), and a cached decision is not copied.
 //!
 //! The analysis's stack use is bounded by the depth of the tree, and the
 //! depth is bounded: pg_query's decoder refuses trees more than 100
@@ -216,6 +217,7 @@
 
 mod analyze;
 mod cache;
+mod context;
 mod copy;
 mod decision;
 mod detect;
@@ -230,10 +232,11 @@ mod shape;
 
 pub use analyze::{Analysis, Class, OutputColumn, StatementFacts};
 pub use cache::{CacheStats, DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT};
+pub use context::Context;
 pub use copy::{CopyLayout, CopyOutAction, CopyOutPlan};
 pub use decision::{Decision, StatementDecision, Verdict};
 pub use detect::{DetectorMatch, Detectors};
-pub use engine::{ContextHash, Engine, EngineOptions, Keys, TestOutcome};
+pub use engine::{Engine, EngineOptions, Keys, TestOutcome};
 pub use identity::{verify_jwt, Actor, Identity, IdentityError, IdentityRules, Jwks, MAX_LEEWAY_SECONDS};
 pub use mask::{quotes_values, ColumnInfo, Masking, MessageScrubber, RowMasker, Scrubbed, REDACTED};
 pub use policy::{

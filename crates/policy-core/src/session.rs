@@ -414,7 +414,9 @@ pub(crate) fn apply_to_path(
         },
         SessionEffect::Commit { chain, may_have_failed } => {
             let Some(t) = transaction.take() else { return };
-            *path = if *may_have_failed { either_path(&t.commit, &t.start) } else { t.commit };
+            // A COMMIT that may have rolled back leaves either path; when
+            // the transaction did not move it, that is the one path.
+            *path = if *may_have_failed && t.commit != t.start { either_path(&t.commit, &t.start) } else { t.commit };
             if *chain {
                 *transaction = Some(TransactionPaths::new(path, false));
             }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use policy_core::{Actor, Engine, EngineOptions, Identity, Policy, Prepared, Session, Verdict};
+use policy_core::{Actor, Context, Engine, EngineOptions, Identity, Policy, Prepared, Session, SessionEffect, Verdict};
 
 fn engine(policy: &str) -> Engine {
     let p = Policy::from_toml_str(policy, "test.toml").unwrap_or_else(|e| panic!("{e}"));
@@ -326,27 +326,81 @@ fn the_cache_keys_on_every_input() {
     assert_eq!(e.decide(&agent, &p, "EXECUTE q").verdict, Verdict::Deny);
 }
 
-/// A caller of `decide_shared` that keeps a context hash past a change of
-/// its session (or caller) gets cache misses, never a decision made for
-/// another session: every hit is checked against the inputs themselves.
+/// A `Context` follows every change of its session: `decide_in` answers
+/// as `decide` does for the session as it is now, whether the context's
+/// cache key is new, taken back from before a change, or shared with
+/// another context in the same state.
 #[test]
-fn a_stale_context_hash_never_gives_another_sessions_decision() {
+fn a_context_decides_for_its_session_as_it_is_now() {
     let (e, agent, stranger) = agents_and_strangers();
-    let public = e.new_session();
-    let mut private = e.new_session();
-    private.search_path = vec!["private".into()];
-    let stale = e.context_hash(&agent, &public);
-    assert_ne!(stale, e.context_hash(&agent, &private));
-    // Exact texts, and texts whose shape a template gives (new constants).
-    let texts = (0..6).map(|i| format!("SELECT * FROM orders WHERE id = {i}")).chain(["TABLE orders".to_string()]);
-    for sql in texts {
-        for _ in 0..2 {
-            assert_eq!(e.decide_shared(&agent, &public, stale, &sql).verdict, Verdict::Allow, "{sql}");
-            assert_eq!(e.decide_shared(&agent, &private, stale, &sql).verdict, Verdict::Deny, "{sql}");
-            assert_eq!(e.decide_shared(&stranger, &public, stale, &sql).verdict, Verdict::Deny, "{sql}");
+    let mut mine = Context::new(agent.clone(), e.new_session());
+    let mut twin = Context::new(agent.clone(), e.new_session());
+    let mut other = Context::new(stranger.clone(), e.new_session());
+    let set =
+        |path: &str, local: bool| SessionEffect::SetSearchPath { path: vec![path.into()], local, uncertain: false };
+    // Back and forth between states: the keys of the last two states are
+    // taken back, so every one of these must still be checked.
+    let changes = [
+        set("private", false),
+        set("public", false),
+        SessionEffect::Begin { implicit: false },
+        set("private", true),
+        SessionEffect::Rollback { chain: false },
+        SessionEffect::Begin { implicit: false },
+        set("private", false),
+        SessionEffect::Commit { chain: false, may_have_failed: false },
+        set("public", false),
+        SessionEffect::Begin { implicit: false },
+        SessionEffect::Commit { chain: false, may_have_failed: false },
+        set("private", false),
+    ];
+    // Exact texts, texts whose shape a template gives (new constants), and
+    // one whose answer depends on the transaction's paths alone.
+    let texts = |round: usize| {
+        (0..4)
+            .map(move |i| format!("SELECT * FROM orders WHERE id = {}", round * 10 + i))
+            .chain(["TABLE orders".to_string(), "ROLLBACK; TABLE orders".to_string()])
+    };
+    for (round, change) in changes.iter().enumerate() {
+        for sql in texts(round) {
+            for context in [&mut mine, &mut twin, &mut other] {
+                let expected = e.decide(context.identity(), context.session(), &sql);
+                assert_eq!(*e.decide_in(context, &sql), expected, "{sql} in {:?}", context.session());
+            }
         }
+        mine.session_mut().apply(change);
     }
-    assert!(e.cache_stats().hits + e.cache_stats().shape_hits > 0, "{:?}", e.cache_stats());
+    let stats = e.cache_stats();
+    assert!(stats.hits > 0 && stats.shape_hits > 0, "{stats:?}");
+    // The last state denies the agent.
+    assert_eq!(e.decide_in(&mut mine, "TABLE orders").verdict, Verdict::Deny);
+    assert_eq!(e.decide_in(&mut twin, "TABLE orders").verdict, Verdict::Allow);
+    // A transaction begun in `private` and moved to `public`: a ROLLBACK
+    // returns to `private`, which only the transaction's paths tell.
+    let mut moved = Context::new(agent.clone(), e.new_session());
+    for effect in [set("private", false), SessionEffect::Begin { implicit: false }, set("public", false)] {
+        moved.session_mut().apply(&effect);
+    }
+    for _ in 0..3 {
+        assert_eq!(e.decide_in(&mut moved, "TABLE orders").verdict, Verdict::Allow);
+        assert_eq!(e.decide_in(&mut moved, "ROLLBACK; TABLE orders").verdict, Verdict::Deny);
+        assert_eq!(e.decide_in(&mut twin, "ROLLBACK; TABLE orders").verdict, Verdict::Allow);
+    }
+}
+
+/// A context kept across a policy reload decides by the new engine.
+#[test]
+fn a_context_moved_to_another_engine_decides_by_that_engine() {
+    let (e, agent, _) = agents_and_strangers();
+    let mut context = Context::new(agent, e.new_session());
+    for _ in 0..3 {
+        assert_eq!(e.decide_in(&mut context, "TABLE orders").verdict, Verdict::Allow);
+    }
+    let stricter = engine("version = 1\n[[rule]]\nname = \"agents\"\neffect = \"deny\"\ngroups = [\"agents\"]\n");
+    for _ in 0..3 {
+        assert_eq!(stricter.decide_in(&mut context, "TABLE orders").verdict, Verdict::Deny);
+        assert_eq!(e.decide_in(&mut context, "TABLE orders").verdict, Verdict::Allow);
+    }
 }
 
 /// A reset returns to the session's startup search_path (what PostgreSQL
@@ -627,11 +681,11 @@ fn texts_differing_in_constants_share_one_cache_entry() {
 fn shared_decisions_have_the_spans_of_their_own_text() {
     let e = engine(BASE);
     let (who, s) = (anyone(), e.new_session());
-    let context = e.context_hash(&who, &s);
+    let mut context = Context::new(who.clone(), s.clone());
     let text = |a: &str, b: &str| format!("SELECT * FROM orders WHERE id = {a}; SELECT * FROM orders WHERE id = {b}");
     // Warm up: the shape, then its template.
     for (a, b) in [("1", "2"), ("3", "4"), ("5", "6"), ("7", "8")] {
-        e.decide_shared(&who, &s, context, &text(a, b));
+        e.decide_in(&mut context, &text(a, b));
     }
     let spans_of = |sql: &str| -> Vec<std::ops::Range<usize>> {
         let second = sql.find("; ").unwrap() + 2;
@@ -640,7 +694,7 @@ fn shared_decisions_have_the_spans_of_their_own_text() {
     let mut seen = Vec::new();
     for (a, b) in [("10", "20"), ("30", "40"), ("100", "2"), ("5", "600"), ("2147483647", "0"), ("11", "22")] {
         let sql = text(a, b);
-        let d = e.decide_shared(&who, &s, context, &sql);
+        let d = e.decide_in(&mut context, &sql);
         let spans: Vec<_> = d.statements.iter().map(|st| st.span.clone()).collect();
         assert_eq!(spans, spans_of(&sql), "{sql}");
         for st in d.statements.iter() {

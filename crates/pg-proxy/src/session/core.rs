@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use policy_core::{
-    ColumnInfo, ContextHash, CopyLayout, CopyOutAction, Decision, Engine, Identity, RowMasker, Scrubbed,
+    ColumnInfo, Context, CopyLayout, CopyOutAction, Decision, Engine, Identity, RowMasker, Scrubbed,
     Session as EngineSession, SessionEffect, StatementFacts, Verdict,
 };
 use postgres_protocol::message::frontend;
@@ -433,35 +433,32 @@ struct LastMasker {
     masker: Arc<RowMasker>,
 }
 
-/// The engine's view of the server session, with the hash the decision
-/// cache keys it by (with the caller), computed when a decision first needs
-/// it. Every mutable access drops the hash (`DerefMut`), so it is never
-/// older than the session; it is dropped too when the engine changes. (A
-/// stale hash would cost only cache misses: every hit is checked against
-/// the session itself.)
+/// The caller and the engine's view of the server session, kept together
+/// ([`Context`]) so that the decision cache's key for them is made once per
+/// change of the session: every mutable access to the session (`DerefMut`)
+/// drops it, and a decision by another engine (a policy reload) makes it
+/// again.
 #[derive(Debug)]
 struct EngineState {
-    session: EngineSession,
-    context: Option<ContextHash>,
+    context: Context,
 }
 
 impl EngineState {
-    fn context(&mut self, engine: &Engine, identity: &Identity) -> ContextHash {
-        *self.context.get_or_insert_with(|| engine.context_hash(identity, &self.session))
+    fn identity(&self) -> &Identity {
+        self.context.identity()
     }
 }
 
 impl std::ops::Deref for EngineState {
     type Target = EngineSession;
     fn deref(&self) -> &EngineSession {
-        &self.session
+        self.context.session()
     }
 }
 
 impl std::ops::DerefMut for EngineState {
     fn deref_mut(&mut self) -> &mut EngineSession {
-        self.context = None;
-        &mut self.session
+        self.context.session_mut()
     }
 }
 
@@ -471,7 +468,6 @@ pub struct SessionCore {
     id: u64,
     config: CoreConfig,
     engine: Arc<Engine>,
-    identity: Identity,
     state: EngineState,
     client: ClientState,
     backend: BackendState,
@@ -534,8 +530,7 @@ impl SessionCore {
             id: start.id,
             config: start.config,
             engine: start.engine,
-            identity: start.identity,
-            state: EngineState { session: state, context: None },
+            state: EngineState { context: Context::new(start.identity, state) },
             client: ClientState::Reading,
             backend: BackendState::Relaying,
             client_in: BytesMut::new(),
@@ -716,7 +711,6 @@ impl SessionCore {
     /// under the old one are dropped.
     pub fn set_engine(&mut self, engine: Arc<Engine>) {
         self.engine = engine;
-        self.state.context = None;
         self.maskers.clear();
         self.last_masker = None;
         self.last_description = None;
@@ -1306,8 +1300,7 @@ impl SessionCore {
     }
 
     fn decide(&mut self, sql: &str) -> Arc<Decision> {
-        let context = self.state.context(&self.engine, &self.identity);
-        let decision = self.engine.decide_shared(&self.identity, &self.state, context, sql);
+        let decision = self.engine.decide_in(&mut self.state.context, sql);
         // Refusals are logged at info; allowed statements at debug (a line
         // per statement is the audit log's job, not the process log's).
         macro_rules! decided {
@@ -1381,7 +1374,7 @@ impl SessionCore {
     /// returns whether the settings must be read back afterwards.
     fn apply_effects(&mut self, facts: &StatementFacts, extended: bool) -> bool {
         if !facts.session_effects.is_empty() && self.batch.snapshot.is_none() && self.batches_can_be_refused() {
-            self.batch.snapshot = Some(self.state.session.clone());
+            self.batch.snapshot = Some(self.state.context.session().clone());
         }
         if extended && !facts.session_effects.is_empty() && self.state.transaction.is_none() {
             // Outside a transaction, what the extended protocol runs up to
@@ -2255,7 +2248,7 @@ impl SessionCore {
             }
         }
         let plan = engine.copy_out_plan(
-            &self.identity,
+            self.state.identity(),
             facts.as_deref(),
             columns.len(),
             format != 0,
@@ -2320,7 +2313,7 @@ impl SessionCore {
     /// A masker for a result whose columns the gateway does not know.
     fn unknown_columns_masker(&mut self, n: usize) -> Arc<RowMasker> {
         let columns: Vec<ColumnInfo> = (0..n).map(|i| ColumnInfo::new(&format!("column{i}"), None, 0, true)).collect();
-        Arc::new(self.engine.masker(&self.identity, &StatementFacts::default(), &columns))
+        Arc::new(self.engine.masker(self.state.identity(), &StatementFacts::default(), &columns))
     }
 
     /// The masking plan of an `Execute`'s result: the last one when the
@@ -2385,7 +2378,7 @@ impl SessionCore {
             })
             .collect();
         let default = StatementFacts::default();
-        let masker = Arc::new(engine.masker(&self.identity, facts.unwrap_or(&default), &columns));
+        let masker = Arc::new(engine.masker(self.state.identity(), facts.unwrap_or(&default), &columns));
         if self.maskers.len() >= MASKER_CACHE_ENTRIES {
             self.maskers.clear();
         }
@@ -2432,7 +2425,7 @@ impl SessionCore {
             self.unexpected("a malformed NotificationResponse from the database".to_string());
             return;
         };
-        let scrubber = self.engine.scrubber(&self.identity, []);
+        let scrubber = self.engine.scrubber(self.state.identity(), []);
         let Scrubbed::Replace(clean) = scrubber.scrub("00000", b'M', payload) else {
             self.forward_to_client(frame);
             return;
@@ -2464,7 +2457,7 @@ impl SessionCore {
             Some(Pending::Execute { result, .. }) => result.facts.iter().cloned().collect(),
             _ => Vec::new(),
         };
-        let scrubber = self.engine.scrubber(&self.identity, facts.iter().map(|f| &**f));
+        let scrubber = self.engine.scrubber(self.state.identity(), facts.iter().map(|f| &**f));
         let sqlstate = fields.iter().find(|(c, _)| *c == b'C').map(|(_, v)| v.as_str().to_string()).unwrap_or_default();
         let mut changed = false;
         let mut out: Vec<(u8, Cow<'_, str>)> = Vec::with_capacity(fields.len());
