@@ -232,6 +232,9 @@ pub struct CacheStats {
     /// Decisions answered for the very same text.
     pub hits: u64,
     /// Decisions answered for a text of the same shape (other constants).
+    /// Those a connection's [`crate::Context`] answered from the shapes it
+    /// was answered for lately are counted in batches of
+    /// [`crate::Context`]'s own (up to 63 per connection may be missing).
     pub shape_hits: u64,
     /// Bytes held now.
     pub bytes: usize,
@@ -250,6 +253,9 @@ pub(crate) struct DecisionCache {
     shard_budget: usize,
     hasher: foldhash::quality::RandomState,
     interned: Mutex<Interned>,
+    /// Shape hits answered by connections themselves
+    /// ([`DecisionCache::count_connection_hits`]).
+    connection_hits: AtomicU64,
 }
 
 /// Caches made so far, for [`DecisionCache::id`].
@@ -331,6 +337,7 @@ impl DecisionCache {
             shard_budget: budget / SHARDS,
             hasher: foldhash::quality::RandomState::default(),
             interned: Mutex::default(),
+            connection_hits: AtomicU64::new(0),
         }
     }
 
@@ -421,16 +428,20 @@ impl DecisionCache {
     /// a text whose spans are those of one of them gets that one again
     /// instead of a new copy (texts of one shape differ in their spans only
     /// by the lengths of their constants).
+    ///
+    /// Also hands out the entry's own decision (spans in the key), for a
+    /// connection's [`crate::Context`] to restore on its own.
     pub(crate) fn get_shape(
         &self,
         key: Lookup<'_>,
         to_text: impl Fn(&Range<usize>) -> Range<usize>,
-    ) -> Option<Arc<Decision>> {
+    ) -> Option<(Arc<Decision>, Arc<Decision>)> {
         self.hit(key, |entry, shard_bytes| {
             let spans: SmallVec<[Range<usize>; 4]> =
                 entry.decision.statements.iter().map(|s| to_text(&s.span)).collect();
+            let base = Arc::clone(&entry.decision);
             if let Some(d) = entry.restored.iter().find(|d| d.has_spans(&spans)) {
-                return Arc::clone(d);
+                return (Arc::clone(d), base);
             }
             let restored = Arc::new(entry.decision.with_spans(&spans));
             if entry.restored.len() >= RESTORED_PER_ENTRY {
@@ -439,14 +450,21 @@ impl DecisionCache {
                 // Kept only within the shard's budget (a hit does not sweep).
                 let bytes = restored_bytes(&restored);
                 if *shard_bytes + bytes > self.shard_budget {
-                    return restored;
+                    return (restored, base);
                 }
                 entry.bytes += bytes;
                 *shard_bytes += bytes;
             }
             entry.restored.push(Arc::clone(&restored));
-            restored
+            (restored, base)
         })
+    }
+
+    /// Counts `n` answers a connection's [`crate::Context`] gave from the
+    /// shapes it was answered for lately (they reach the statistics in
+    /// batches).
+    pub(crate) fn count_connection_hits(&self, n: u64) {
+        self.connection_hits.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Caches `stored(decision)` under `key`, from the second time it is
@@ -494,7 +512,8 @@ impl DecisionCache {
 
     /// Hits and bytes, summed over the shards.
     pub(crate) fn stats(&self) -> CacheStats {
-        let mut stats = CacheStats::default();
+        let mut stats =
+            CacheStats { shape_hits: self.connection_hits.load(Ordering::Relaxed), ..CacheStats::default() };
         for shard in self.shards.iter().filter_map(|s| s.lock().ok()) {
             stats.hits += shard.hits;
             stats.shape_hits += shard.shape_hits;
@@ -572,15 +591,15 @@ impl TemplateCache {
     }
 
     /// The shape of `sql` (mask `mask`, hashed `hash`) from a template,
-    /// when one fits.
-    pub(crate) fn derive(&self, hash: u64, sql: &str, mask: &DigitMask<'_>) -> Option<Shape> {
+    /// when one fits, and the template.
+    pub(crate) fn derive(&self, hash: u64, sql: &str, mask: &DigitMask<'_>) -> Option<(Shape, Arc<Template>)> {
         if self.shard_budget == 0 {
             return None;
         }
         let mut shard = self.shard(hash)?.lock().ok()?;
-        let shape = shard.map.get(&hash)?.iter().find_map(|t| t.derive(sql, mask))?;
+        let found = shard.map.get(&hash)?.iter().find_map(|t| Some((t.derive(sql, mask)?, Arc::clone(t))))?;
         shard.derived += 1;
-        Some(shape)
+        Some(found)
     }
 
     /// Keeps what the scanner said about `sql` (its `shape`) for the texts

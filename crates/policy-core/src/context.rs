@@ -1,11 +1,38 @@
 //! A caller in a session, kept together for a connection that decides many
 //! statements ([`Context`], [`crate::Engine::decide_in`]).
 
+use std::ops::Range;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::cache::{ContextKey, DecisionCache};
+use crate::decision::Decision;
+use crate::engine::{to_text, Answered};
 use crate::identity::Identity;
 use crate::session::Session;
+use crate::shape::{DigitMask, Template};
+
+/// Shapes a context remembers ([`Context::recall`]).
+const RECENT: usize = 16;
+/// Decisions a remembered shape keeps restored for other spans.
+const RESTORED: usize = 4;
+/// Answers a context gives by itself before it counts them in the cache's
+/// statistics.
+const HITS_PER_COUNT: u32 = 64;
+
+/// A shape a template gave and the decision cache answered for this
+/// connection's key.
+#[derive(Debug, Clone)]
+struct Recent {
+    template: Arc<Template>,
+    /// The key it was answered for.
+    key: Arc<ContextKey>,
+    /// The shape's decision, its spans in the shape's key.
+    decision: Arc<Decision>,
+    /// The decision as restored for the last texts, by their spans.
+    restored: SmallVec<[Arc<Decision>; RESTORED]>,
+}
 
 /// A caller and the session it runs in, as a connection keeps them: what
 /// [`crate::Engine::decide_in`] decides for.
@@ -18,6 +45,12 @@ use crate::session::Session;
 /// [`Context::session_mut`], which drops the key; the next decision makes
 /// it again, or takes back one of the last two it had (a connection going
 /// in and out of transaction blocks moves between two states).
+///
+/// A context also remembers the last shapes the cache answered it for
+/// (up to 16, each with the template that gave it): a text that differs
+/// from one of them only in integer constants, decided in the same state,
+/// is answered without a look-up in the shared cache (see the crate docs,
+/// "Resource usage").
 ///
 /// ```
 /// use policy_core::{Context, Engine, Identity, Policy, SessionEffect, Verdict};
@@ -49,12 +82,28 @@ pub struct Context {
     key: Option<Arc<ContextKey>>,
     /// The keys it had before the last changes, the most recent first.
     earlier: [Option<Arc<ContextKey>>; 2],
+    /// The shapes it was answered for lately, and where the next one goes.
+    recent: Vec<Recent>,
+    next: usize,
+    /// Where the next look in `recent` starts: after the last hit.
+    after_hit: usize,
+    /// Answers from `recent` not counted in the cache's statistics yet.
+    hits: u32,
 }
 
 impl Context {
     /// `identity` in `session`.
     pub fn new(identity: Identity, session: Session) -> Context {
-        Context { identity, session, key: None, earlier: [None, None] }
+        Context {
+            identity,
+            session,
+            key: None,
+            earlier: [None, None],
+            recent: Vec::new(),
+            next: 0,
+            after_hit: 0,
+            hits: 0,
+        }
     }
 
     /// The caller.
@@ -100,5 +149,67 @@ impl Context {
         };
         let key = self.key.insert(key);
         (&self.identity, &self.session, key)
+    }
+
+    /// The decision for `sql` (whose digit mask is `mask`) from a shape
+    /// this context was answered for in its present state: the shape
+    /// comes from the same template as the shared cache's would (a pure
+    /// function of the template and the text), and the decision is the one
+    /// the cache gave for that shape and this very key.
+    pub(crate) fn recall(&mut self, cache: &DecisionCache, sql: &str, mask: &DigitMask<'_>) -> Option<Arc<Decision>> {
+        if self.recent.is_empty() {
+            return None;
+        }
+        let (_, _, key) = self.parts(cache);
+        let key = Arc::clone(key);
+        // From the one after the last hit: a connection that runs the same
+        // statements in turn finds the next one there.
+        let start = self.after_hit.min(self.recent.len());
+        let (before, after) = self.recent.split_at_mut(start);
+        let (index, recent, shape) = after
+            .iter_mut()
+            .enumerate()
+            .map(|(i, r)| (i + start, r))
+            .chain(before.iter_mut().enumerate())
+            .filter(|(_, r)| Arc::ptr_eq(&r.key, &key))
+            .find_map(|(i, r)| Some(r.template.derive(sql, mask)?).filter(|s| s.has_constants()).map(|s| (i, r, s)))?;
+        self.after_hit = index + 1;
+        let spans: SmallVec<[Range<usize>; 4]> =
+            recent.decision.statements.iter().map(|s| to_text(&shape, &s.span)).collect();
+        let decision = match recent.restored.iter().find(|d| d.has_spans(&spans)) {
+            Some(d) => Arc::clone(d),
+            None => {
+                let d = Arc::new(recent.decision.with_spans(&spans));
+                if recent.restored.len() >= RESTORED {
+                    recent.restored.remove(0);
+                }
+                recent.restored.push(Arc::clone(&d));
+                d
+            }
+        };
+        self.hits += 1;
+        if self.hits >= HITS_PER_COUNT {
+            cache.count_connection_hits(u64::from(self.hits));
+            self.hits = 0;
+        }
+        Some(decision)
+    }
+
+    /// Remembers a shape the cache answered for this context's present
+    /// key, with `restored`, the decision it gave for the text at hand.
+    pub(crate) fn remember(&mut self, answered: Answered, restored: &Arc<Decision>) {
+        let Some(key) = &self.key else { return };
+        let recent = Recent {
+            template: answered.template,
+            key: Arc::clone(key),
+            decision: answered.decision,
+            restored: std::iter::once(Arc::clone(restored)).collect(),
+        };
+        if self.recent.len() < RECENT {
+            self.recent.push(recent);
+        } else if let Some(slot) = self.recent.get_mut(self.next % RECENT) {
+            *slot = recent;
+        }
+        self.next = self.next.wrapping_add(1);
     }
 }

@@ -18,7 +18,7 @@ use crate::mask::{ColumnInfo, ColumnMask, MessageScrubber, RowMasker};
 use crate::policy::{Policy, PolicyError, PolicyTest, Strategy};
 use crate::rules;
 use crate::session::Session;
-use crate::shape::{DigitMask, Shape};
+use crate::shape::{DigitMask, Shape, Template};
 use smallvec::SmallVec;
 
 /// Key material the engine is built with (never read from the environment).
@@ -203,7 +203,20 @@ impl Engine {
     pub fn decide(&self, identity: &Identity, session: &Session, sql: &str) -> Decision {
         let context = self.inner.cache.context_hash(identity, session);
         let caller = Caller::Borrowed { identity, session };
-        Arc::unwrap_or_clone(self.decide_for(identity, session, caller, context, sql))
+        let (decision, _) = self.decide_for(identity, session, caller, context, sql, self.digit_mask(session, sql));
+        Arc::unwrap_or_clone(decision)
+    }
+
+    /// The digit mask of `sql`, when texts like it may take their shape
+    /// from a template: the scanner behind shapes lexes with
+    /// standard_conforming_strings on, and long texts are not cached.
+    fn digit_mask<'a>(&self, session: &Session, sql: &'a str) -> Option<DigitMask<'a>> {
+        let shapes = session.standard_conforming_strings && self.inner.cache.takes(sql.len());
+        if shapes {
+            DigitMask::of(sql)
+        } else {
+            None
+        }
     }
 
     /// [`Engine::decide`] for a connection that decides many statements:
@@ -231,10 +244,25 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn decide_in(&self, context: &mut Context, sql: &str) -> Arc<Decision> {
-        let (identity, session, key) = context.parts(&self.inner.cache);
-        self.decide_for(identity, session, Caller::Interned(key), key.hash, sql)
+        let cache = &self.inner.cache;
+        let mask = self.digit_mask(context.session(), sql);
+        // The shapes this connection was answered for lately first: no
+        // hashing, no lock.
+        if let Some(mask) = &mask {
+            if let Some(hit) = context.recall(cache, sql, mask) {
+                return hit;
+            }
+        }
+        let (identity, session, key) = context.parts(cache);
+        let (decision, answered) = self.decide_for(identity, session, Caller::Interned(key), key.hash, sql, mask);
+        if let Some(answered) = answered {
+            context.remember(answered, &decision);
+        }
+        decision
     }
 
+    /// The decision, and what a [`Context`] keeps of it when a template gave
+    /// its shape and the cache answered for that shape.
     fn decide_for(
         &self,
         identity: &Identity,
@@ -242,11 +270,11 @@ impl Engine {
         caller: Caller<'_>,
         context: u64,
         sql: &str,
-    ) -> Arc<Decision> {
+        mask: Option<DigitMask<'_>>,
+    ) -> (Arc<Decision>, Option<Answered>) {
         let inner = &self.inner;
         // The scanner behind the shape lexes with standard_conforming_strings on.
         let shapes = session.standard_conforming_strings && inner.cache.takes(sql.len());
-        let mask = if shapes { DigitMask::of(sql) } else { None };
         let templates = &inner.templates;
         let mask = mask.map(|m| (templates.hash(&m), m));
         // A text that differs from one scanned before only in integer
@@ -254,19 +282,25 @@ impl Engine {
         // looked up by shape first: such texts are not kept as themselves
         // (deriving the shape again is cheaper than keeping every new
         // constant).
-        let derived =
-            mask.as_ref().and_then(|(hash, mask)| templates.derive(*hash, sql, mask)).filter(Shape::has_constants);
-        if let Some(shape) = &derived {
-            let shape_key = inner.cache.key(&shape.key, true, caller, context);
-            if let Some(hit) = inner.cache.get_shape(shape_key, |r| to_text(shape, r)) {
-                return hit;
+        let derived = mask
+            .as_ref()
+            .and_then(|(hash, mask)| templates.derive(*hash, sql, mask))
+            .filter(|(shape, _)| shape.has_constants());
+        let derived = match derived {
+            Some((shape, template)) => {
+                let shape_key = inner.cache.key(&shape.key, true, caller, context);
+                if let Some((hit, decision)) = inner.cache.get_shape(shape_key, |r| to_text(&shape, r)) {
+                    return (hit, Some(Answered { template, decision }));
+                }
+                Some(shape)
             }
-        }
+            None => None,
+        };
         // The text's own key is hashed only now: a text answered by its
         // shape above never needed it.
         let text_key = inner.cache.key(sql, false, caller, context);
         if let Some(hit) = inner.cache.get(text_key) {
-            return hit;
+            return (hit, None);
         }
         let shape = match derived {
             // Its shape was looked up above.
@@ -276,11 +310,11 @@ impl Engine {
                 let shape = shape.filter(Shape::has_constants);
                 if let Some(shape) = &shape {
                     let shape_key = inner.cache.key(&shape.key, true, caller, context);
-                    if let Some(hit) = inner.cache.get_shape(shape_key, |r| to_text(shape, r)) {
+                    if let Some((hit, _)) = inner.cache.get_shape(shape_key, |r| to_text(shape, r)) {
                         // A text whose shape took the scanner is kept as
                         // itself too: its next sighting needs no scan.
                         inner.cache.insert(text_key, &hit, Decision::clone);
-                        return hit;
+                        return (hit, None);
                     }
                 }
                 shape
@@ -300,10 +334,10 @@ impl Engine {
         }));
         let (decision, cacheable, literal_free) = match decided {
             Ok(d) => d,
-            Err(_) => return Arc::new(internal_error(identity)),
+            Err(_) => return (Arc::new(internal_error(identity)), None),
         };
         if !cacheable {
-            return Arc::new(decision);
+            return (Arc::new(decision), None);
         }
         match shape {
             Some(shape) if literal_free => {
@@ -312,7 +346,7 @@ impl Engine {
             }
             _ => inner.cache.insert(text_key, &decision, Decision::clone),
         }
-        Arc::new(decision)
+        (Arc::new(decision), None)
     }
 
     /// The shape of `sql` from PostgreSQL's scanner; what it says is kept
@@ -402,6 +436,15 @@ impl Engine {
     }
 }
 
+/// A shape a template gave and the cache answered for: what a [`Context`]
+/// keeps to answer the next texts of that shape by itself.
+pub(crate) struct Answered {
+    /// The template that gave the shape.
+    pub template: Arc<Template>,
+    /// The shape's decision, its spans in the shape's key.
+    pub decision: Arc<Decision>,
+}
+
 fn internal_error(identity: &Identity) -> Decision {
     let mut d =
         Decision::refusal_for(identity, "internal error in the decision engine (this is a bug, please report it)");
@@ -415,7 +458,7 @@ fn store_spans(decision: &Decision, shape: &Shape) -> Decision {
 }
 
 /// A span in `shape`'s key, moved to the text.
-fn to_text(shape: &Shape, r: &Range<usize>) -> Range<usize> {
+pub(crate) fn to_text(shape: &Shape, r: &Range<usize>) -> Range<usize> {
     shape.text_offset(r.start)..shape.text_offset(r.end)
 }
 

@@ -129,6 +129,9 @@ pub(crate) struct DigitMask<'a> {
     sql: &'a str,
     /// The runs, in order (most statements have a few).
     runs: SmallVec<[Range<usize>; 8]>,
+    /// The length of the key: the text's, less the runs' digits, plus one
+    /// mark per run.
+    key_len: usize,
 }
 
 impl<'a> DigitMask<'a> {
@@ -137,15 +140,17 @@ impl<'a> DigitMask<'a> {
         let bytes = sql.as_bytes();
         let mut runs = SmallVec::new();
         let mut i = 0;
+        let mut key_len = sql.len();
         while let Some(start) = next_digit(bytes, i) {
             let len = bytes.get(start..)?.iter().take_while(|b| b.is_ascii_digit()).count();
             runs.push(start..start + len);
+            key_len = key_len - len + 1;
             i = start + len;
         }
         if runs.is_empty() {
             return None;
         }
-        Some(DigitMask { sql, runs })
+        Some(DigitMask { sql, runs, key_len })
     }
 
     /// The text between the runs: one piece more than there are runs.
@@ -181,8 +186,7 @@ impl<'a> DigitMask<'a> {
     /// Whether the key is `key`.
     pub(crate) fn key_is(&self, key: &str) -> bool {
         let (text, key) = (self.sql.as_bytes(), key.as_bytes());
-        let digits: usize = self.runs.iter().map(|r| r.len()).sum();
-        if key.len() + digits != text.len() + self.runs.len() {
+        if key.len() != self.key_len {
             return false;
         }
         // Position in the key, and in the text.

@@ -388,6 +388,76 @@ fn a_context_decides_for_its_session_as_it_is_now() {
     }
 }
 
+/// A context answers the texts of the shapes it was answered for lately
+/// by itself, exactly as the shared cache would: the same decision, spans
+/// in the text at hand, and never for a text that only looks alike (other
+/// digits in a name, a constant too large for an integer, another state).
+#[test]
+fn a_context_answers_its_recent_shapes_as_the_cache_does() {
+    let e = engine(
+        "version = 1\n[[rule]]\nname = \"t1\"\neffect = \"allow\"\ntables = [\"public.t1\", \"public.orders\"]\n",
+    );
+    let who = anyone();
+    let mut context = Context::new(who.clone(), e.new_session());
+    let texts = |n: u64| {
+        [
+            format!("SELECT * FROM t1 WHERE id = {n}"),
+            format!("SELECT * FROM t2 WHERE id = {n}"),
+            format!("SELECT * FROM t1 WHERE id = {}", n * 1_000_003 + 3_000_000_000),
+            format!("SELECT * FROM orders WHERE id = {n}; SELECT * FROM t1 WHERE id = {}", n * 7),
+            format!("UPDATE t1 SET a = a + {n} WHERE id = {}", n + 5),
+        ]
+    };
+    let begin = SessionEffect::Begin { implicit: false };
+    let to_private = SessionEffect::SetSearchPath { path: vec!["private".into()], local: true, uncertain: false };
+    let commit = SessionEffect::Commit { chain: false, may_have_failed: false };
+    for n in 1..200u64 {
+        // Another state now and then: a transaction that moves the path.
+        match n % 50 {
+            10 => context.session_mut().apply(&begin),
+            20 => context.session_mut().apply(&to_private),
+            30 => context.session_mut().apply(&commit),
+            _ => {}
+        }
+        for sql in texts(n * 37 % 100_000) {
+            let expected = e.decide(context.identity(), context.session(), &sql);
+            assert_eq!(*e.decide_in(&mut context, &sql), expected, "{sql} in {:?}", context.session());
+        }
+    }
+    // The verdicts themselves, in the starting state.
+    let mut fresh = Context::new(who, e.new_session());
+    for sql in texts(4_242) {
+        e.decide_in(&mut fresh, &sql);
+    }
+    let verdicts: Vec<_> = texts(77).iter().map(|sql| e.decide_in(&mut fresh, sql).verdict).collect();
+    assert_eq!(verdicts, [Verdict::Allow, Verdict::Deny, Verdict::Allow, Verdict::Allow, Verdict::Allow]);
+}
+
+/// Texts a context answers by itself skip the shared cache: they reach its
+/// statistics in batches, not one by one.
+#[test]
+fn a_context_counts_its_own_answers_in_batches() {
+    let e = engine("version = 1\n[settings]\ndefault = \"allow\"\n");
+    let mut context = Context::new(anyone(), e.new_session());
+    let text = |n: u32| format!("SELECT * FROM accounts WHERE aid = {n}");
+    // The shape's first two texts (the second makes the template and the
+    // shape's entry), and one answered by the shared cache for the shape,
+    // which the context then remembers.
+    for n in 1..=3 {
+        e.decide_in(&mut context, &text(n));
+    }
+    let before = e.cache_stats().shape_hits;
+    for n in 10..73 {
+        assert_eq!(*e.decide_in(&mut context, &text(n)), e.decide(&anyone(), context.session(), &text(n)));
+    }
+    let decided = e.cache_stats().shape_hits - before;
+    // 63 texts through `decide_in` (not yet counted) and 63 through
+    // `decide` (each a shared hit).
+    assert_eq!(decided, 63, "{:?}", e.cache_stats());
+    e.decide_in(&mut context, &text(99));
+    assert_eq!(e.cache_stats().shape_hits - before, 63 + 64);
+}
+
 /// A context kept across a policy reload decides by the new engine.
 #[test]
 fn a_context_moved_to_another_engine_decides_by_that_engine() {
