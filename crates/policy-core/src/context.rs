@@ -30,7 +30,8 @@ struct Recent {
     key: Arc<ContextKey>,
     /// The shape's decision, its spans in the shape's key.
     decision: Arc<Decision>,
-    /// The decision as restored for the last texts, by their spans.
+    /// The decision as the shared cache restored it for the last texts
+    /// whose spans differed.
     restored: SmallVec<[Arc<Decision>; RESTORED]>,
 }
 
@@ -165,28 +166,20 @@ impl Context {
         // From the one after the last hit: a connection that runs the same
         // statements in turn finds the next one there.
         let start = self.after_hit.min(self.recent.len());
-        let (before, after) = self.recent.split_at_mut(start);
+        let (before, after) = self.recent.split_at(start);
         let (index, recent, shape) = after
-            .iter_mut()
+            .iter()
             .enumerate()
             .map(|(i, r)| (i + start, r))
-            .chain(before.iter_mut().enumerate())
+            .chain(before.iter().enumerate())
             .filter(|(_, r)| Arc::ptr_eq(&r.key, &key))
             .find_map(|(i, r)| Some(r.template.derive(sql, mask)?).filter(|s| s.has_constants()).map(|s| (i, r, s)))?;
         self.after_hit = index + 1;
         let spans: SmallVec<[Range<usize>; 4]> =
             recent.decision.statements.iter().map(|s| to_text(&shape, &s.span)).collect();
-        let decision = match recent.restored.iter().find(|d| d.has_spans(&spans)) {
-            Some(d) => Arc::clone(d),
-            None => {
-                let d = Arc::new(recent.decision.with_spans(&spans));
-                if recent.restored.len() >= RESTORED {
-                    recent.restored.remove(0);
-                }
-                recent.restored.push(Arc::clone(&d));
-                d
-            }
-        };
+        // Spans not seen lately: the shared cache restores the decision (or
+        // has it already), and the context keeps that one, not a copy.
+        let decision = Arc::clone(recent.restored.iter().find(|d| d.has_spans(&spans))?);
         self.hits += 1;
         if self.hits >= HITS_PER_COUNT {
             cache.count_connection_hits(u64::from(self.hits));
@@ -199,6 +192,18 @@ impl Context {
     /// key, with `restored`, the decision it gave for the text at hand.
     pub(crate) fn remember(&mut self, answered: Answered, restored: &Arc<Decision>) {
         let Some(key) = &self.key else { return };
+        let known = self.recent.iter_mut().find(|r| {
+            Arc::ptr_eq(&r.template, &answered.template)
+                && Arc::ptr_eq(&r.key, key)
+                && Arc::ptr_eq(&r.decision, &answered.decision)
+        });
+        if let Some(recent) = known {
+            if recent.restored.len() >= RESTORED {
+                recent.restored.remove(0);
+            }
+            recent.restored.push(Arc::clone(restored));
+            return;
+        }
         let recent = Recent {
             template: answered.template,
             key: Arc::clone(key),
