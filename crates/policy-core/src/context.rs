@@ -8,10 +8,10 @@ use smallvec::SmallVec;
 
 use crate::cache::{ContextKey, DecisionCache};
 use crate::decision::Decision;
-use crate::engine::{to_text, Answered};
+use crate::engine::Answered;
 use crate::identity::Identity;
 use crate::session::Session;
-use crate::shape::{DigitMask, Template};
+use crate::shape::{text_offset, DigitMask, Template};
 
 /// Shapes a context remembers ([`Context::recall`]).
 const RECENT: usize = 16;
@@ -161,22 +161,24 @@ impl Context {
         if self.recent.is_empty() {
             return None;
         }
+        // Compared by address: no reference taken (the count is shared
+        // with every connection in the same state).
         let (_, _, key) = self.parts(cache);
-        let key = Arc::clone(key);
+        let key = Arc::as_ptr(key);
         // From the one after the last hit: a connection that runs the same
         // statements in turn finds the next one there.
         let start = self.after_hit.min(self.recent.len());
         let (before, after) = self.recent.split_at(start);
-        let (index, recent, shape) = after
+        let (index, recent, constants) = after
             .iter()
             .enumerate()
             .map(|(i, r)| (i + start, r))
             .chain(before.iter().enumerate())
-            .filter(|(_, r)| Arc::ptr_eq(&r.key, &key))
-            .find_map(|(i, r)| Some(r.template.derive(sql, mask)?).filter(|s| s.has_constants()).map(|s| (i, r, s)))?;
+            .filter(|(_, r)| std::ptr::eq(Arc::as_ptr(&r.key), key))
+            .find_map(|(i, r)| Some((i, r, r.template.constants(sql, mask).filter(|c| !c.is_empty())?)))?;
         self.after_hit = index + 1;
-        let spans: SmallVec<[Range<usize>; 4]> =
-            recent.decision.statements.iter().map(|s| to_text(&shape, &s.span)).collect();
+        let to_text = |r: &Range<usize>| text_offset(&constants, r.start)..text_offset(&constants, r.end);
+        let spans: SmallVec<[Range<usize>; 4]> = recent.decision.statements.iter().map(|s| to_text(&s.span)).collect();
         // Spans not seen lately: the shared cache restores the decision (or
         // has it already), and the context keeps that one, not a copy.
         let decision = Arc::clone(recent.restored.iter().find(|d| d.has_spans(&spans))?);

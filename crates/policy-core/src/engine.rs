@@ -458,7 +458,7 @@ fn store_spans(decision: &Decision, shape: &Shape) -> Decision {
 }
 
 /// A span in `shape`'s key, moved to the text.
-pub(crate) fn to_text(shape: &Shape, r: &Range<usize>) -> Range<usize> {
+fn to_text(shape: &Shape, r: &Range<usize>) -> Range<usize> {
     shape.text_offset(r.start)..shape.text_offset(r.end)
 }
 

@@ -106,17 +106,26 @@ impl Shape {
 
     /// Maps an offset in the key (never inside a mark) back to this text.
     pub(crate) fn text_offset(&self, key_offset: usize) -> usize {
-        // `diff` is text position minus key position before constant `c`.
-        let mut diff: isize = 0;
-        for c in &self.constants {
-            let key_start = c.start as isize - diff;
-            if key_offset as isize <= key_start {
-                break;
-            }
-            diff += c.len() as isize - MARK_LEN as isize;
-        }
-        (key_offset as isize + diff).max(0) as usize
+        text_offset(&self.constants, key_offset)
     }
+}
+
+/// Byte ranges of a text's constants, in order.
+pub(crate) type Constants = SmallVec<[Range<usize>; 4]>;
+
+/// Maps an offset in a shape's key (never inside a mark) back to the text
+/// whose constants are `constants`.
+pub(crate) fn text_offset(constants: &[Range<usize>], key_offset: usize) -> usize {
+    // `diff` is text position minus key position before constant `c`.
+    let mut diff: isize = 0;
+    for c in constants {
+        let key_start = c.start as isize - diff;
+        if key_offset as isize <= key_start {
+            break;
+        }
+        diff += c.len() as isize - MARK_LEN as isize;
+    }
+    (key_offset as isize + diff).max(0) as usize
 }
 
 /// A text with each maximal run of ASCII digits hidden: the key under
@@ -290,6 +299,13 @@ impl Template {
     /// template's text only in the values of integer constants; `None`
     /// otherwise (then scan it).
     pub(crate) fn derive(&self, sql: &str, mask: &DigitMask<'_>) -> Option<Shape> {
+        let constants = self.constants(sql, mask)?;
+        Some(Shape { key: Arc::clone(&self.shape.key), constants })
+    }
+
+    /// Where the constants of `sql` are, when [`Template::derive`] gives
+    /// it a shape (the shape's key is the template's).
+    pub(crate) fn constants(&self, sql: &str, mask: &DigitMask<'_>) -> Option<Constants> {
         if mask.runs.len() != self.runs.len() || !mask.key_is(&self.mask) {
             return None;
         }
@@ -312,8 +328,7 @@ impl Template {
             }
             (pos as isize + shift).max(0) as usize
         };
-        let constants = self.shape.constants.iter().map(|c| moved(c.start)..moved(c.end)).collect();
-        Some(Shape { key: Arc::clone(&self.shape.key), constants })
+        Some(self.shape.constants.iter().map(|c| moved(c.start)..moved(c.end)).collect())
     }
 
     /// Bytes it holds, roughly (for the cache's budget).
