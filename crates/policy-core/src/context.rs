@@ -138,7 +138,14 @@ impl Context {
     pub(crate) fn parts(&mut self, cache: &DecisionCache) -> (&Identity, &Session, &Arc<ContextKey>) {
         let key = match self.key.take() {
             Some(key) if key.of(cache) => key,
-            _ => {
+            other => {
+                // Another engine's key (a policy reload): what was kept
+                // for that engine goes.
+                if other.as_ref().or(self.earlier[0].as_ref()).is_some_and(|k| !k.of(cache)) {
+                    self.earlier = [None, None];
+                    self.recent.clear();
+                    self.after_hit = 0;
+                }
                 let (identity, session) = (&self.identity, &self.session);
                 let again = self
                     .earlier
