@@ -207,16 +207,17 @@ impl Engine {
         Arc::unwrap_or_clone(decision)
     }
 
+    /// Whether `sql` may be decided by its shape: the scanner behind
+    /// shapes lexes with standard_conforming_strings on, and long texts
+    /// are not cached.
+    fn shapes(&self, session: &Session, sql: &str) -> bool {
+        session.standard_conforming_strings && self.inner.cache.takes(sql.len())
+    }
+
     /// The digit mask of `sql`, when texts like it may take their shape
-    /// from a template: the scanner behind shapes lexes with
-    /// standard_conforming_strings on, and long texts are not cached.
+    /// from a template.
     fn digit_mask<'a>(&self, session: &Session, sql: &'a str) -> Option<DigitMask<'a>> {
-        let shapes = session.standard_conforming_strings && self.inner.cache.takes(sql.len());
-        if shapes {
-            DigitMask::of(sql)
-        } else {
-            None
-        }
+        self.shapes(session, sql).then(|| DigitMask::of(sql)).flatten()
     }
 
     /// [`Engine::decide`] for a connection that decides many statements:
@@ -273,8 +274,7 @@ impl Engine {
         mask: Option<DigitMask<'_>>,
     ) -> (Arc<Decision>, Option<Answered>) {
         let inner = &self.inner;
-        // The scanner behind the shape lexes with standard_conforming_strings on.
-        let shapes = session.standard_conforming_strings && inner.cache.takes(sql.len());
+        let shapes = self.shapes(session, sql);
         let templates = &inner.templates;
         let mask = mask.map(|m| (templates.hash(&m), m));
         // A text that differs from one scanned before only in integer
