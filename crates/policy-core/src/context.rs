@@ -11,7 +11,7 @@ use crate::decision::Decision;
 use crate::engine::Answered;
 use crate::identity::Identity;
 use crate::session::Session;
-use crate::shape::{text_offset, DigitMask, Template};
+use crate::shape::{span_to_text, DigitMask, Template};
 
 /// Shapes a context remembers ([`Context::recall`]).
 const RECENT: usize = 16;
@@ -184,8 +184,8 @@ impl Context {
             .filter(|(_, r)| std::ptr::eq(Arc::as_ptr(&r.key), key))
             .find_map(|(i, r)| Some((i, r, r.template.constants(sql, mask).filter(|c| !c.is_empty())?)))?;
         self.after_hit = index + 1;
-        let to_text = |r: &Range<usize>| text_offset(&constants, r.start)..text_offset(&constants, r.end);
-        let spans: SmallVec<[Range<usize>; 4]> = recent.decision.statements.iter().map(|s| to_text(&s.span)).collect();
+        let spans: SmallVec<[Range<usize>; 4]> =
+            recent.decision.statements.iter().map(|s| span_to_text(&constants, &s.span)).collect();
         // Spans not seen lately: the shared cache restores the decision (or
         // has it already), and the context keeps that one, not a copy.
         let decision = Arc::clone(recent.restored.iter().find(|d| d.has_spans(&spans))?);

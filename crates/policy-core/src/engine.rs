@@ -289,7 +289,7 @@ impl Engine {
         let derived = match derived {
             Some((shape, template)) => {
                 let shape_key = inner.cache.key(&shape.key, true, caller, context);
-                if let Some((hit, decision)) = inner.cache.get_shape(shape_key, |r| to_text(&shape, r)) {
+                if let Some((hit, decision)) = inner.cache.get_shape(shape_key, |r| shape.span_to_text(r)) {
                     return (hit, Some(Answered { template, decision }));
                 }
                 Some(shape)
@@ -310,7 +310,7 @@ impl Engine {
                 let shape = shape.filter(Shape::has_constants);
                 if let Some(shape) = &shape {
                     let shape_key = inner.cache.key(&shape.key, true, caller, context);
-                    if let Some((hit, _)) = inner.cache.get_shape(shape_key, |r| to_text(shape, r)) {
+                    if let Some((hit, _)) = inner.cache.get_shape(shape_key, |r| shape.span_to_text(r)) {
                         // A text whose shape took the scanner is kept as
                         // itself too: its next sighting needs no scan.
                         inner.cache.insert(text_key, &hit, Decision::clone);
@@ -455,11 +455,6 @@ fn internal_error(identity: &Identity) -> Decision {
 /// `decision` with its statements' spans moved from `shape`'s text to its key.
 fn store_spans(decision: &Decision, shape: &Shape) -> Decision {
     map_spans(decision, |r| shape.key_offset(r.start)..shape.key_offset(r.end))
-}
-
-/// A span in `shape`'s key, moved to the text.
-fn to_text(shape: &Shape, r: &Range<usize>) -> Range<usize> {
-    shape.text_offset(r.start)..shape.text_offset(r.end)
 }
 
 fn map_spans(decision: &Decision, map: impl Fn(&Range<usize>) -> Range<usize>) -> Decision {

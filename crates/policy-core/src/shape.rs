@@ -104,14 +104,20 @@ impl Shape {
         key.max(0) as usize
     }
 
-    /// Maps an offset in the key (never inside a mark) back to this text.
-    pub(crate) fn text_offset(&self, key_offset: usize) -> usize {
-        text_offset(&self.constants, key_offset)
+    /// Maps a span in the key (never cutting a mark) back to this text.
+    pub(crate) fn span_to_text(&self, span: &Range<usize>) -> Range<usize> {
+        span_to_text(&self.constants, span)
     }
 }
 
 /// Byte ranges of a text's constants, in order.
 pub(crate) type Constants = SmallVec<[Range<usize>; 4]>;
+
+/// Maps a span in a shape's key (a statement's, never cutting a mark) back
+/// to the text whose constants are `constants`.
+pub(crate) fn span_to_text(constants: &[Range<usize>], span: &Range<usize>) -> Range<usize> {
+    text_offset(constants, span.start)..text_offset(constants, span.end)
+}
 
 /// Maps an offset in a shape's key (never inside a mark) back to the text
 /// whose constants are `constants`.
@@ -435,9 +441,9 @@ mod tests {
         for (i, _) in sql.match_indices(';').chain(sql.match_indices(" SELECT")) {
             let k = s.key_offset(i);
             assert_eq!(&s.key[k..=k], &sql[i..=i], "offset {i}");
-            assert_eq!(s.text_offset(k), i);
+            assert_eq!(text_offset(&s.constants, k), i);
         }
-        assert_eq!(s.text_offset(s.key_offset(sql.len())), sql.len());
+        assert_eq!(text_offset(&s.constants, s.key_offset(sql.len())), sql.len());
         assert_eq!(s.key_offset(0), 0);
     }
 
