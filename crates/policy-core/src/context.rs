@@ -75,7 +75,7 @@ struct Recent {
 /// assert_eq!(engine.decide_in(&mut context, "SELECT * FROM orders").verdict, Verdict::Deny);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Context {
     identity: Identity,
     session: Session,
@@ -90,6 +90,23 @@ pub struct Context {
     after_hit: usize,
     /// Answers from `recent` not counted in the cache's statistics yet.
     hits: u32,
+}
+
+/// A copy starts with none of the original's answers left to count (they
+/// are counted once, by the original).
+impl Clone for Context {
+    fn clone(&self) -> Context {
+        Context {
+            identity: self.identity.clone(),
+            session: self.session.clone(),
+            key: self.key.clone(),
+            earlier: self.earlier.clone(),
+            recent: self.recent.clone(),
+            next: self.next,
+            after_hit: self.after_hit,
+            hits: 0,
+        }
+    }
 }
 
 impl Context {

@@ -455,8 +455,16 @@ fn a_context_counts_its_own_answers_in_batches() {
     // 63 texts through `decide_in` (not yet counted) and 63 through
     // `decide` (each a shared hit).
     assert_eq!(decided, 63, "{:?}", e.cache_stats());
+    // A copy counts its own answers only: the 63 are counted once.
+    let mut copy = context.clone();
     e.decide_in(&mut context, &text(99));
     assert_eq!(e.cache_stats().shape_hits - before, 63 + 64);
+    for n in 20..83 {
+        e.decide_in(&mut copy, &text(n));
+    }
+    assert_eq!(e.cache_stats().shape_hits - before, 63 + 64, "the copy's 63 are not counted yet");
+    e.decide_in(&mut copy, &text(99));
+    assert_eq!(e.cache_stats().shape_hits - before, 63 + 64 + 64);
 }
 
 /// A context kept across a policy reload decides by the new engine.
