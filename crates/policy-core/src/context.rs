@@ -10,8 +10,8 @@ use crate::cache::{ContextKey, DecisionCache};
 use crate::decision::Decision;
 use crate::engine::Answered;
 use crate::identity::Identity;
-use crate::session::Session;
-use crate::shape::{span_to_text, DigitMask, Template};
+use crate::session::{Session, SessionEffect, TransactionPaths};
+use crate::shape::{DigitMask, Template};
 
 /// Shapes a context remembers ([`Context::recall`]).
 const RECENT: usize = 16;
@@ -30,6 +30,9 @@ struct Recent {
     key: Arc<ContextKey>,
     /// The shape's decision, its spans in the shape's key.
     decision: Arc<Decision>,
+    /// Those spans in the template's own text, which the template moves
+    /// to any text it fits.
+    spans: SmallVec<[Range<usize>; 4]>,
     /// The decision as the shared cache restored it for the last texts
     /// whose spans differed.
     restored: SmallVec<[Arc<Decision>; RESTORED]>,
@@ -90,6 +93,9 @@ pub struct Context {
     after_hit: usize,
     /// Answers from `recent` not counted in the cache's statistics yet.
     hits: u32,
+    /// The paths of the last transaction that ended where it began, for
+    /// the next one ([`Context::apply`]).
+    spare: Option<TransactionPaths>,
 }
 
 /// A copy starts with none of the original's answers left to count (they
@@ -105,6 +111,7 @@ impl Clone for Context {
             next: self.next,
             after_hit: self.after_hit,
             hits: 0,
+            spare: None,
         }
     }
 }
@@ -121,6 +128,7 @@ impl Context {
             next: 0,
             after_hit: 0,
             hits: 0,
+            spare: None,
         }
     }
 
@@ -137,11 +145,37 @@ impl Context {
     /// The session, to change (its cache key is made again at the next
     /// decision).
     pub fn session_mut(&mut self) -> &mut Session {
+        self.forget_key();
+        &mut self.session
+    }
+
+    /// Drops the key (kept among the earlier ones) as the session changes.
+    fn forget_key(&mut self) {
         if let Some(key) = self.key.take() {
             let [first, second] = &mut self.earlier;
             *second = first.replace(key);
         }
-        &mut self.session
+    }
+
+    /// Applies one effect of a statement the server ran to the session, as
+    /// [`Session::apply`] does; cheaper for a connection that runs many
+    /// short transactions, whose `BEGIN` takes back what the last one's
+    /// end kept instead of copying the path again.
+    ///
+    /// ```
+    /// use policy_core::{Context, Engine, Identity, Policy, SessionEffect};
+    ///
+    /// let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
+    /// let mut context = Context::new(Identity::new("ann"), engine.new_session());
+    /// context.apply(&SessionEffect::Begin { implicit: false });
+    /// assert!(context.session().transaction.is_some());
+    /// context.apply(&SessionEffect::Commit { chain: false, may_have_failed: false });
+    /// assert!(context.session().transaction.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn apply(&mut self, effect: &SessionEffect) {
+        self.forget_key();
+        self.session.apply_keeping(effect, &mut self.spare);
     }
 
     /// The caller and the session.
@@ -193,16 +227,14 @@ impl Context {
         // statements in turn finds the next one there.
         let start = self.after_hit.min(self.recent.len());
         let (before, after) = self.recent.split_at(start);
-        let (index, recent, constants) = after
+        let (index, recent, spans) = after
             .iter()
             .enumerate()
             .map(|(i, r)| (i + start, r))
             .chain(before.iter().enumerate())
             .filter(|(_, r)| std::ptr::eq(Arc::as_ptr(&r.key), key))
-            .find_map(|(i, r)| Some((i, r, r.template.constants(sql, mask).filter(|c| !c.is_empty())?)))?;
+            .find_map(|(i, r)| Some((i, r, r.template.spans_in(sql, mask, &r.spans)?)))?;
         self.after_hit = index + 1;
-        let spans: SmallVec<[Range<usize>; 4]> =
-            recent.decision.statements.iter().map(|s| span_to_text(&constants, &s.span)).collect();
         // Spans not seen lately: the shared cache restores the decision (or
         // has it already), and the context keeps that one, not a copy.
         let decision = Arc::clone(recent.restored.iter().find(|d| d.has_spans(&spans))?);
@@ -230,9 +262,11 @@ impl Context {
             recent.restored.push(Arc::clone(restored));
             return;
         }
+        let spans = answered.decision.statements.iter().map(|s| answered.template.own_span(&s.span)).collect();
         let recent = Recent {
             template: answered.template,
             key: Arc::clone(key),
+            spans,
             decision: answered.decision,
             restored: std::iter::once(Arc::clone(restored)).collect(),
         };

@@ -393,6 +393,44 @@ impl Session {
     }
 }
 
+impl Session {
+    /// [`Session::apply`], with `spare` for the paths of a transaction
+    /// that ends where it began (no change to the path, no savepoint):
+    /// they are kept there at its end, and the next `BEGIN` at that same
+    /// path takes them back instead of building them again. What the
+    /// session becomes is what `apply` makes of it.
+    pub(crate) fn apply_keeping(&mut self, effect: &SessionEffect, spare: &mut Option<TransactionPaths>) {
+        let plain = |t: &TransactionPaths, path: &[String]| {
+            t.savepoints.is_empty() && t.start == path && t.commit == path && t.seen == path
+        };
+        match effect {
+            SessionEffect::Begin { implicit } if self.transaction.is_none() => {
+                if let Some(mut t) = spare.take().filter(|t| plain(t, &self.search_path)) {
+                    t.implicit = *implicit;
+                    self.transaction = Some(t);
+                    return;
+                }
+            }
+            // Each of these returns to the one path such a transaction
+            // has (a COMMIT that may have rolled back as well).
+            SessionEffect::Commit { chain: false, .. } | SessionEffect::Rollback { chain: false }
+                if self.transaction.as_ref().is_some_and(|t| plain(t, &self.search_path)) =>
+            {
+                *spare = self.transaction.take();
+                return;
+            }
+            SessionEffect::EndImplicitTransaction
+                if self.transaction.as_ref().is_some_and(|t| t.implicit && plain(t, &self.search_path)) =>
+            {
+                *spare = self.transaction.take();
+                return;
+            }
+            _ => {}
+        }
+        self.apply(effect);
+    }
+}
+
 /// What `effect` does to the path and the transaction block: the one
 /// reading of [`SessionEffect`]s, for [`Session::apply`] and for the
 /// analysis of a string. Effects on prepared statements are not its.

@@ -115,7 +115,7 @@ pub(crate) type Constants = SmallVec<[Range<usize>; 4]>;
 
 /// Maps a span in a shape's key (a statement's, never cutting a mark) back
 /// to the text whose constants are `constants`.
-pub(crate) fn span_to_text(constants: &[Range<usize>], span: &Range<usize>) -> Range<usize> {
+fn span_to_text(constants: &[Range<usize>], span: &Range<usize>) -> Range<usize> {
     text_offset(constants, span.start)..text_offset(constants, span.end)
 }
 
@@ -312,6 +312,23 @@ impl Template {
     /// Where the constants of `sql` are, when [`Template::derive`] gives
     /// it a shape (the shape's key is the template's).
     pub(crate) fn constants(&self, sql: &str, mask: &DigitMask<'_>) -> Option<Constants> {
+        self.spans_in(sql, mask, &self.shape.constants)
+    }
+
+    /// Where the spans `spans` of the template's own text (in order, none
+    /// overlapping, none cutting a digit run) are in `sql`, whose mask is
+    /// `mask`, when the template gives it a shape; `None` otherwise.
+    ///
+    /// A statement's span in the shape's key maps to the same span of
+    /// every text of that shape this way (see [`Template::own_span`]), as
+    /// through the text's constants: the runs that change length are
+    /// whole integer constants, and the rest are the same bytes.
+    pub(crate) fn spans_in(
+        &self,
+        sql: &str,
+        mask: &DigitMask<'_>,
+        spans: &[Range<usize>],
+    ) -> Option<SmallVec<[Range<usize>; 4]>> {
         if mask.runs.len() != self.runs.len() || !mask.key_is(&self.mask) {
             return None;
         }
@@ -323,9 +340,8 @@ impl Template {
                 _ => return None,
             }
         }
-        // The template's constants, moved by the changes of length of the
-        // runs that end before them: one pass over both, as both are in
-        // order of position.
+        // Each position moves by the changes of length of the runs that
+        // end before it: one pass over both, as both are in order.
         let mut runs = self.runs.iter().zip(&mask.runs).peekable();
         let mut shift: isize = 0;
         let mut moved = |pos: usize| {
@@ -334,7 +350,13 @@ impl Template {
             }
             (pos as isize + shift).max(0) as usize
         };
-        Some(self.shape.constants.iter().map(|c| moved(c.start)..moved(c.end)).collect())
+        Some(spans.iter().map(|c| moved(c.start)..moved(c.end)).collect())
+    }
+
+    /// A span of the shape's key (a statement's, never cutting a mark) in
+    /// the template's own text.
+    pub(crate) fn own_span(&self, span: &Range<usize>) -> Range<usize> {
+        self.shape.span_to_text(span)
     }
 
     /// Bytes it holds, roughly (for the cache's budget).

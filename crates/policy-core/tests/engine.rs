@@ -467,6 +467,102 @@ fn a_context_counts_its_own_answers_in_batches() {
     assert_eq!(e.cache_stats().shape_hits - before, 63 + 64 + 64);
 }
 
+/// A context answers the texts of a remembered shape whose constants
+/// changed length (the statements' spans move) by itself, with the spans
+/// of the text at hand.
+#[test]
+fn a_context_answers_texts_whose_constants_changed_length() {
+    let policy = "version = 1\n[settings]\ndefault = \"allow\"\n";
+    let (e, reference) = (engine(policy), engine(policy));
+    let mut context = Context::new(anyone(), e.new_session());
+    let text = |a: u64, b: u64| format!("UPDATE t SET x = x + {a} WHERE id = {b}; SELECT * FROM t WHERE id = {b}");
+    // Three lengths of each constant, in every pairing: 9 texts, each
+    // answered once by the shared cache and then remembered (a remembered
+    // shape keeps the last four spans it was answered for, so the texts
+    // come in groups of one length of `a`). The context's own answers
+    // stay below the 64 it counts at once.
+    let lengths = [7, 4_711, 99_999];
+    for a in lengths {
+        for b in lengths {
+            e.decide_in(&mut context, &text(a, b));
+        }
+    }
+    for a in lengths {
+        for b in lengths {
+            e.decide_in(&mut context, &text(a, b));
+        }
+        let before = e.cache_stats().shape_hits;
+        for round in 0..2 {
+            for b in lengths {
+                // Other digits of the same lengths.
+                let (a2, b2) = (a - round % 2, b - round % 2);
+                let sql = text(a2, b2);
+                let decision = e.decide_in(&mut context, &sql);
+                assert_eq!(*decision, reference.decide(&anyone(), context.session(), &sql), "{sql}");
+            }
+        }
+        assert_eq!(e.cache_stats().shape_hits, before, "answered by the shared cache, not by the context");
+    }
+}
+
+/// `Context::apply`, which keeps a plain transaction's paths for the next
+/// one, leaves the session exactly as `Session::apply` does, through every
+/// kind of effect in a long pseudo-random run.
+#[test]
+fn a_context_applies_effects_as_the_session_does() {
+    let e = engine("version = 1\n");
+    let mut context = Context::new(anyone(), e.new_session().with_startup_search_path(vec!["app".into()]));
+    let mut reference = context.session().clone();
+    let path = |n: u64| match n % 3 {
+        0 => vec!["public".to_string()],
+        1 => vec!["app".to_string()],
+        _ => vec!["private".to_string(), "public".to_string()],
+    };
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut kinds = [0usize; 10];
+    for step in 0..20_000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let (kind, a, b) = (seed % 10, (seed >> 8) % 2 == 0, (seed >> 9) % 2 == 0);
+        // Transactions are opened and ended most often, as on a busy
+        // connection.
+        let effect = match kind {
+            0..=2 => SessionEffect::Begin { implicit: a && b },
+            3 => SessionEffect::Commit { chain: a && b, may_have_failed: a && !b },
+            4 => SessionEffect::Rollback { chain: a && b },
+            5 => SessionEffect::SetSearchPath { path: path(seed >> 12), local: a, uncertain: b && !a },
+            6 => {
+                if a {
+                    SessionEffect::ResetSearchPath
+                } else {
+                    SessionEffect::ResetSearchPathLocal
+                }
+            }
+            7 => SessionEffect::Savepoint { name: format!("s{}", (seed >> 16) % 2) },
+            8 => {
+                if a {
+                    SessionEffect::Release { name: format!("s{}", (seed >> 16) % 2) }
+                } else {
+                    SessionEffect::RollbackTo { name: format!("s{}", (seed >> 16) % 2) }
+                }
+            }
+            _ => {
+                if a {
+                    SessionEffect::EndImplicitTransaction
+                } else {
+                    SessionEffect::Commit { chain: false, may_have_failed: false }
+                }
+            }
+        };
+        kinds[kind as usize] += 1;
+        context.apply(&effect);
+        reference.apply(&effect);
+        assert_eq!(*context.session(), reference, "step {step}: {effect:?}");
+    }
+    assert!(kinds.iter().all(|&n| n > 1_000), "{kinds:?}");
+}
+
 /// A context kept across a policy reload decides by the new engine.
 #[test]
 fn a_context_moved_to_another_engine_decides_by_that_engine() {

@@ -447,6 +447,11 @@ impl EngineState {
     fn identity(&self) -> &Identity {
         self.context.identity()
     }
+
+    /// Applies a statement's effect to the engine's session.
+    fn apply(&mut self, effect: &SessionEffect) {
+        self.context.apply(effect);
+    }
 }
 
 impl std::ops::Deref for EngineState {
