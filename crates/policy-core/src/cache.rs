@@ -590,14 +590,14 @@ impl TemplateCache {
         mask.hash(&self.hasher)
     }
 
-    /// The shape of `sql` (mask `mask`, hashed `hash`) from a template,
+    /// The shape of `sql` (whose mask is hashed `hash`) from a template,
     /// when one fits, and the template.
-    pub(crate) fn derive(&self, hash: u64, sql: &str, mask: &DigitMask<'_>) -> Option<(Shape, Arc<Template>)> {
+    pub(crate) fn derive(&self, hash: u64, sql: &str) -> Option<(Shape, Arc<Template>)> {
         if self.shard_budget == 0 {
             return None;
         }
         let mut shard = self.shard(hash)?.lock().ok()?;
-        let found = shard.map.get(&hash)?.iter().find_map(|t| Some((t.derive(sql, mask)?, Arc::clone(t))))?;
+        let found = shard.map.get(&hash)?.iter().find_map(|t| Some((t.derive(sql)?, Arc::clone(t))))?;
         shard.derived += 1;
         Some(found)
     }

@@ -11,7 +11,7 @@ use crate::decision::Decision;
 use crate::engine::Answered;
 use crate::identity::Identity;
 use crate::session::{Session, SessionEffect, TransactionPaths};
-use crate::shape::{DigitMask, Template};
+use crate::shape::Template;
 
 /// Shapes a context remembers ([`Context::recall`]).
 const RECENT: usize = 16;
@@ -210,12 +210,12 @@ impl Context {
         (&self.identity, &self.session, key)
     }
 
-    /// The decision for `sql` (whose digit mask is `mask`) from a shape
+    /// The decision for `sql` from a shape
     /// this context was answered for in its present state: the shape
     /// comes from the same template as the shared cache's would (a pure
     /// function of the template and the text), and the decision is the one
     /// the cache gave for that shape and this very key.
-    pub(crate) fn recall(&mut self, cache: &DecisionCache, sql: &str, mask: &DigitMask<'_>) -> Option<Arc<Decision>> {
+    pub(crate) fn recall(&mut self, cache: &DecisionCache, sql: &str) -> Option<Arc<Decision>> {
         if self.recent.is_empty() {
             return None;
         }
@@ -225,15 +225,15 @@ impl Context {
         let key = Arc::as_ptr(key);
         // From the one after the last hit: a connection that runs the same
         // statements in turn finds the next one there.
-        let start = self.after_hit.min(self.recent.len());
-        let (before, after) = self.recent.split_at(start);
-        let (index, recent, spans) = after
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (i + start, r))
-            .chain(before.iter().enumerate())
-            .filter(|(_, r)| std::ptr::eq(Arc::as_ptr(&r.key), key))
-            .find_map(|(i, r)| Some((i, r, r.template.spans_in(sql, mask, &r.spans)?)))?;
+        let len = self.recent.len();
+        let start = self.after_hit.min(len);
+        let (index, recent, spans) = (0..len).map(|n| (start + n) % len).find_map(|i| {
+            let r = self.recent.get(i)?;
+            if !std::ptr::eq(Arc::as_ptr(&r.key), key) || !r.template.may_fit(sql) {
+                return None;
+            }
+            Some((i, r, r.template.spans_of(sql, &r.spans)?))
+        })?;
         self.after_hit = index + 1;
         // Spans not seen lately: the shared cache restores the decision (or
         // has it already), and the context keeps that one, not a copy.

@@ -18,7 +18,7 @@ use crate::mask::{ColumnInfo, ColumnMask, MessageScrubber, RowMasker};
 use crate::policy::{Policy, PolicyError, PolicyTest, Strategy};
 use crate::rules;
 use crate::session::Session;
-use crate::shape::{DigitMask, Shape, Template};
+use crate::shape::{self, DigitMask, Shape, Template};
 use smallvec::SmallVec;
 
 /// Key material the engine is built with (never read from the environment).
@@ -246,14 +246,14 @@ impl Engine {
     /// ```
     pub fn decide_in(&self, context: &mut Context, sql: &str) -> Arc<Decision> {
         let cache = &self.inner.cache;
-        let mask = self.digit_mask(context.session(), sql);
         // The shapes this connection was answered for lately first: no
-        // hashing, no lock.
-        if let Some(mask) = &mask {
-            if let Some(hit) = context.recall(cache, sql, mask) {
+        // digit mask, no hashing, no lock.
+        if self.shapes(context.session(), sql) && shape::has_digit(sql) {
+            if let Some(hit) = context.recall(cache, sql) {
                 return hit;
             }
         }
+        let mask = self.digit_mask(context.session(), sql);
         let (identity, session, key) = context.parts(cache);
         let (decision, answered) = self.decide_for(identity, session, Caller::Interned(key), key.hash, sql, mask);
         if let Some(answered) = answered {
@@ -282,10 +282,8 @@ impl Engine {
         // looked up by shape first: such texts are not kept as themselves
         // (deriving the shape again is cheaper than keeping every new
         // constant).
-        let derived = mask
-            .as_ref()
-            .and_then(|(hash, mask)| templates.derive(*hash, sql, mask))
-            .filter(|(shape, _)| shape.has_constants());
+        let derived =
+            mask.as_ref().and_then(|(hash, _)| templates.derive(*hash, sql)).filter(|(shape, _)| shape.has_constants());
         let derived = match derived {
             Some((shape, template)) => {
                 let shape_key = inner.cache.key(&shape.key, true, caller, context);

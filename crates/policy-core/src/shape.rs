@@ -110,9 +110,6 @@ impl Shape {
     }
 }
 
-/// Byte ranges of a text's constants, in order.
-pub(crate) type Constants = SmallVec<[Range<usize>; 4]>;
-
 /// Maps a span in a shape's key (a statement's, never cutting a mark) back
 /// to the text whose constants are `constants`.
 fn span_to_text(constants: &[Range<usize>], span: &Range<usize>) -> Range<usize> {
@@ -197,24 +194,12 @@ impl<'a> DigitMask<'a> {
         }
         key
     }
+}
 
-    /// Whether the key is `key`.
-    pub(crate) fn key_is(&self, key: &str) -> bool {
-        let (text, key) = (self.sql.as_bytes(), key.as_bytes());
-        if key.len() != self.key_len {
-            return false;
-        }
-        // Position in the key, and in the text.
-        let (mut k, mut t) = (0, 0);
-        for r in &self.runs {
-            let n = r.start - t;
-            if key.get(k..k + n) != text.get(t..r.start) || key.get(k + n) != Some(&(MARK as u8)) {
-                return false;
-            }
-            (k, t) = (k + n + 1, r.end);
-        }
-        key.get(k..) == text.get(t..)
-    }
+/// Whether `sql` has an ASCII digit (a text without one has no
+/// [`Template`]).
+pub(crate) fn has_digit(sql: &str) -> bool {
+    next_digit(sql.as_bytes(), 0).is_some()
 }
 
 /// The position of the first ASCII digit in `bytes` at or after `from`.
@@ -266,8 +251,9 @@ fn next_digit(bytes: &[u8], from: usize) -> Option<usize> {
 /// the action of that rule only converts the value, leaving the scanner's
 /// state as it was, so the next token starts in the same state; and the
 /// value decides between `Iconst` and `Fconst`, which is why both values
-/// must fit in 32 bits. The differential test below and the `shape` fuzz
-/// target hold [`Template::derive`] to [`Shape::of`].
+/// must fit in 32 bits. The differential test below holds
+/// [`Template::derive`] to [`Shape::of`], and the `decide` fuzz target
+/// holds decisions through templates to those of an engine without a cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Template {
     /// The mask this template answers for.
@@ -277,6 +263,9 @@ pub(crate) struct Template {
     runs: Vec<(Range<usize>, Option<Box<str>>)>,
     /// The scanned text's shape.
     shape: Shape,
+    /// Where the first run starts, and the byte before it (a first look
+    /// at a text, [`Template::may_fit`]).
+    lead: (usize, Option<u8>),
 }
 
 impl Template {
@@ -298,59 +287,83 @@ impl Template {
                 runs.push((r.clone(), Some(text.into())));
             }
         }
-        any.then(|| Template { mask: mask.key(), runs, shape: shape.clone() })
+        let start = runs.first().map_or(0, |(r, _)| r.start);
+        let lead = (start, start.checked_sub(1).and_then(|i| sql.as_bytes().get(i).copied()));
+        any.then(|| Template { mask: mask.key(), runs, shape: shape.clone(), lead })
     }
 
-    /// The shape of `sql`, whose mask is `mask`, when it differs from the
-    /// template's text only in the values of integer constants; `None`
-    /// otherwise (then scan it).
-    pub(crate) fn derive(&self, sql: &str, mask: &DigitMask<'_>) -> Option<Shape> {
-        let constants = self.constants(sql, mask)?;
+    /// The shape of `sql` when it differs from the template's text only in
+    /// the values of integer constants; `None` otherwise (then scan it).
+    pub(crate) fn derive(&self, sql: &str) -> Option<Shape> {
+        let constants = self.spans_of(sql, &self.shape.constants)?;
         Some(Shape { key: Arc::clone(&self.shape.key), constants })
     }
 
-    /// Where the constants of `sql` are, when [`Template::derive`] gives
-    /// it a shape (the shape's key is the template's).
-    pub(crate) fn constants(&self, sql: &str, mask: &DigitMask<'_>) -> Option<Constants> {
-        self.spans_in(sql, mask, &self.shape.constants)
-    }
-
     /// Where the spans `spans` of the template's own text (in order, none
-    /// overlapping, none cutting a digit run) are in `sql`, whose mask is
-    /// `mask`, when the template gives it a shape; `None` otherwise.
+    /// overlapping, none cutting a digit run) are in `sql`, when the
+    /// template gives it a shape; `None` otherwise.
+    ///
+    /// One pass over `sql`, with no [`DigitMask`] made: each piece of the
+    /// template's text between its digit runs must be the same bytes in
+    /// `sql`, and each run a run of digits there that is an integer
+    /// constant where the template's was one and the same digits
+    /// elsewhere. As the pieces hold no digit, the runs found are then
+    /// exactly `sql`'s maximal ones: `sql` has the template's mask.
     ///
     /// A statement's span in the shape's key maps to the same span of
     /// every text of that shape this way (see [`Template::own_span`]), as
     /// through the text's constants: the runs that change length are
     /// whole integer constants, and the rest are the same bytes.
-    pub(crate) fn spans_in(
-        &self,
-        sql: &str,
-        mask: &DigitMask<'_>,
-        spans: &[Range<usize>],
-    ) -> Option<SmallVec<[Range<usize>; 4]>> {
-        if mask.runs.len() != self.runs.len() || !mask.key_is(&self.mask) {
+    pub(crate) fn spans_of(&self, sql: &str, spans: &[Range<usize>]) -> Option<SmallVec<[Range<usize>; 4]>> {
+        if !self.may_fit(sql) {
             return None;
         }
-        for (r, (_, expected)) in mask.runs.iter().zip(&self.runs) {
-            let text = sql.get(r.clone())?;
+        let (text, mask) = (sql.as_bytes(), self.mask.as_bytes());
+        // Each span's ends move by the changes of length of the runs that
+        // end before them; they are written as the runs are read (both are
+        // in order, and no span cuts a run).
+        let mut moved = Moved::new(spans);
+        // Positions in `sql`, in the mask, and the end of the template's
+        // last run in its own text; how far `sql` is ahead of it.
+        let (mut t, mut k, mut own, mut shift) = (0, 0, 0, 0isize);
+        for (run, expected) in &self.runs {
+            let piece = run.start.checked_sub(own)?;
+            if text.get(t..t + piece)? != mask.get(k..k + piece)? {
+                return None;
+            }
+            t += piece;
+            k += piece + 1;
+            let mut end = t;
+            while text.get(end).is_some_and(u8::is_ascii_digit) {
+                end += 1;
+            }
+            let value = sql.get(t..end)?;
             match expected {
-                None if fits_int32(text) => {}
-                Some(bytes) if **bytes == *text => {}
+                None if end > t && fits_int32(value) => {}
+                Some(bytes) if **bytes == *value => {}
                 _ => return None,
             }
+            moved.up_to(run.end, shift);
+            shift += (end - t) as isize - run.len() as isize;
+            t = end;
+            own = run.end;
         }
-        // Each position moves by the changes of length of the runs that
-        // end before it: one pass over both, as both are in order.
-        let mut runs = self.runs.iter().zip(&mask.runs).peekable();
-        let mut shift: isize = 0;
-        let mut moved = |pos: usize| {
-            while let Some(((old, _), new)) = runs.next_if(|((old, _), _)| old.end <= pos) {
-                shift += new.len() as isize - old.len() as isize;
-            }
-            (pos as isize + shift).max(0) as usize
-        };
-        Some(spans.iter().map(|c| moved(c.start)..moved(c.end)).collect())
+        if text.get(t..)? != mask.get(k..)? {
+            return None;
+        }
+        moved.up_to(usize::MAX, shift);
+        (moved.next == spans.len() * 2).then_some(moved.out)
+    }
+
+    /// A first look that turns most other texts away at once: whether the
+    /// first run of `sql` may start where the template's does, after the
+    /// same byte.
+    #[inline]
+    pub(crate) fn may_fit(&self, sql: &str) -> bool {
+        let (start, before) = self.lead;
+        let text = sql.as_bytes();
+        text.get(start).is_some_and(u8::is_ascii_digit)
+            && before.is_none_or(|b| start.checked_sub(1).and_then(|i| text.get(i)) == Some(&b))
     }
 
     /// A span of the shape's key (a statement's, never cutting a mark) in
@@ -365,6 +378,43 @@ impl Template {
             + self.shape.key.len()
             + self.shape.constants.len() * 16
             + self.runs.iter().map(|(_, b)| 40 + b.as_ref().map_or(0, |b| b.len())).sum::<usize>()
+    }
+}
+
+/// Spans of a template's text written out as they move to another text
+/// ([`Template::spans_of`]).
+struct Moved<'a> {
+    spans: &'a [Range<usize>],
+    out: SmallVec<[Range<usize>; 4]>,
+    /// Span ends written so far (two per span).
+    next: usize,
+    /// The position of the next end to write (`usize::MAX` after the last).
+    pending: usize,
+}
+
+impl<'a> Moved<'a> {
+    fn new(spans: &'a [Range<usize>]) -> Self {
+        let pending = spans.first().map_or(usize::MAX, |s| s.start);
+        Moved { spans, out: SmallVec::with_capacity(spans.len()), next: 0, pending }
+    }
+
+    /// Writes the span ends before `limit`, moved by `shift`.
+    #[inline]
+    fn up_to(&mut self, limit: usize, shift: isize) {
+        while self.pending < limit {
+            let at = (self.pending as isize + shift).max(0) as usize;
+            if self.next % 2 == 0 {
+                self.out.push(at..at);
+            } else if let Some(last) = self.out.last_mut() {
+                last.end = at;
+            }
+            self.next += 1;
+            self.pending = match self.spans.get(self.next / 2) {
+                Some(span) if self.next % 2 == 0 => span.start,
+                Some(span) => span.end,
+                None => usize::MAX,
+            };
+        }
     }
 }
 
@@ -473,30 +523,50 @@ mod tests {
     fn derived(scanned: &str, other: &str) -> Option<Shape> {
         let mask = DigitMask::of(scanned)?;
         let template = Template::new(scanned, &mask, &Shape::of(scanned)?)?;
-        let shape = template.derive(other, &DigitMask::of(other)?)?;
+        let shape = template.derive(other)?;
         assert_eq!(Some(&shape), Shape::of(other).as_ref(), "derived from {scanned:?} for {other:?}");
         Some(shape)
     }
 
     #[test]
-    fn a_mask_is_hashed_and_compared_as_its_written_key() {
+    fn a_mask_is_hashed_as_its_written_key() {
         let state = foldhash::quality::RandomState::default();
         let a = DigitMask::of("SELECT * FROM t1 WHERE id = 42 AND x = '7'").unwrap();
         let b = DigitMask::of("SELECT * FROM t9 WHERE id = 1234567 AND x = '0'").unwrap();
         assert_eq!(a.key(), "SELECT * FROM t\0 WHERE id = \0 AND x = '\0'");
-        assert!(a.key_is(&a.key()) && a.key_is(&b.key()) && b.key_is(&a.key()));
+        assert_eq!(a.key(), b.key());
         assert_eq!(a.hash(&state), b.hash(&state));
         for other in
             ["SELECT * FROM t1 WHERE id = 42 AND x = '7' ", "SELECT * FROM t1 WHERE id = 42 AND x = 7", "1", "12"]
         {
-            let o = DigitMask::of(other).unwrap();
-            assert!(!a.key_is(&o.key()) && !o.key_is(&a.key()), "{other}");
+            assert_ne!(a.key(), DigitMask::of(other).unwrap().key(), "{other}");
         }
-        // A mark is only where a run was.
-        assert!(!a.key_is(&a.key().replacen('\0', "", 1)));
-        assert!(!DigitMask::of("1").unwrap().key_is("\0\0"));
-        assert!(DigitMask::of("1").unwrap().key_is("\0"));
+        assert_eq!(DigitMask::of("1").unwrap().key(), "\0");
         assert!(DigitMask::of("no digits").is_none());
+    }
+
+    #[test]
+    fn a_template_fits_only_texts_of_its_mask() {
+        let scanned = "SELECT * FROM t1 WHERE id = 42 AND x = '7'";
+        for other in [
+            "SELECT * FROM t1 WHERE id = 42 AND x = '7' ",
+            "SELECT * FROM t1 WHERE id = 42 AND x = '7",
+            "SELECT * FROM t1 WHERE id = 4a2 AND x = '7'",
+            "SELECT * FROM t1 WHERE id =  AND x = '7'",
+            "SELECT * FROM t1 WHERE id = 42 AND x = '77'",
+            "SELECT * FROM t11 WHERE id = 42 AND x = '7'",
+            "SELECT * FROM t1 WHERE id = 42 AND x = '7'1",
+            "SELECT * FROM t1 WHERE id = 42 AND x = '7\"",
+            "SELECT * FROM t1 WHERE id = 42 OR  x = '7'",
+            "select * FROM t1 WHERE id = 42 AND x = '7'",
+            "",
+        ] {
+            assert!(derived(scanned, other).is_none(), "{other:?}");
+        }
+        assert!(derived(scanned, "SELECT * FROM t1 WHERE id = 4 AND x = '7'").is_some());
+        assert!(derived("SELECT 1", "SELECT 123456").is_some());
+        assert!(derived("SELECT 1", "SELECT 1 ").is_none());
+        assert!(derived("1", "").is_none());
     }
 
     #[test]
@@ -663,10 +733,34 @@ mod tests {
                 }
                 other.push_str(&text[copied..]);
                 tried += 1;
-                let other_mask = DigitMask::of(&other).unwrap();
-                if let Some(derived) = template.derive(&other, &other_mask) {
+                // Now and then a text that differs elsewhere too: a
+                // fragment in, a byte out, a byte changed.
+                match rng.gen_range(0..8) {
+                    0 => {
+                        let at = (0..=rng.gen_range(0..=other.len())).rev().find(|&i| other.is_char_boundary(i));
+                        other.insert_str(at.unwrap_or(0), FRAGMENTS[rng.gen_range(0..FRAGMENTS.len())]);
+                    }
+                    1 if !other.is_empty() => {
+                        let at = rng.gen_range(0..other.len());
+                        if other.is_char_boundary(at) && other.is_char_boundary(at + 1) {
+                            other.remove(at);
+                        }
+                    }
+                    2 if !other.is_empty() => {
+                        let at = rng.gen_range(0..other.len());
+                        if other.is_char_boundary(at) && other.is_char_boundary(at + 1) {
+                            let by = [" ", "'", "$", "x", "-", "\n", ";"][rng.gen_range(0..7)];
+                            other.replace_range(at..at + 1, by);
+                        }
+                    }
+                    _ => {}
+                }
+                tried += 1;
+                if let Some(derived) = template.derive(&other) {
                     hits += 1;
                     assert_eq!(Some(derived), Shape::of(&other), "derived from {text:?} for {other:?}");
+                    let other_mask = DigitMask::of(&other).map(|m| m.key());
+                    assert_eq!(other_mask.as_ref(), Some(&template.mask), "{text:?} → {other:?}");
                 }
             }
         }
