@@ -417,6 +417,18 @@ struct LastDescription {
 }
 
 /// Whether two results belong to the very same statement facts.
+/// Drops the first `taken` bytes of a read buffer. A buffer read to its
+/// end is emptied where it starts, keeping all its room for the next
+/// read (advancing past the end would leave the room behind, to be
+/// reclaimed by the next reservation).
+fn consume(buf: &mut BytesMut, taken: usize) {
+    if taken >= buf.len() {
+        buf.clear();
+    } else {
+        buf.advance(taken);
+    }
+}
+
 fn same_facts(a: &Option<Arc<StatementFacts>>, b: &Option<Arc<StatementFacts>>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -862,7 +874,7 @@ impl SessionCore {
         // and advanced once past every message taken.
         let mut input = std::mem::take(&mut self.client_in);
         let taken = self.take_client_messages(&input);
-        input.advance(taken);
+        consume(&mut input, taken);
         self.client_in = input;
     }
 
@@ -1528,7 +1540,7 @@ impl SessionCore {
             }
         };
         let mut input = input;
-        input.advance(taken);
+        consume(&mut input, taken);
         self.backend_in = input;
         if !more {
             return;
