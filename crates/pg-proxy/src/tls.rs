@@ -187,6 +187,16 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
     }
+
+    /// Writes what the socket takes now, without waiting: the bytes
+    /// written (`WouldBlock` when none could be, and always for TLS, whose
+    /// records are written through [`AsyncWrite`]).
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.try_write(buf),
+            Stream::Server(_) | Stream::Client(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
 }
 
 impl AsyncRead for Stream {

@@ -395,6 +395,36 @@ async fn a_client_vanishing_mid_query_leaves_nothing_behind() {
     healthy(&stack.connect(&["developers"]).await, "the vanishing clients (new client)").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_slowly_gets_every_byte_in_order() {
+    // A result far larger than the sockets' buffers, to a client that
+    // reads nothing for a while: the gateway's writes to it are cut short
+    // and finished later, and nothing may be lost, doubled or reordered.
+    let stack = Stack::start();
+    let token = stack.token("mallory", &["developers"], None);
+    let mut raw = login(stack.addr, &token, &[("application_name", "slow-reader")], "slow reader").await;
+    let sql = "SELECT o.id, repeat(o.id::text || ',', 2000) FROM orders o ORDER BY o.id";
+    let client = stack.connect(&["developers"]).await;
+    let count: i64 = client.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+    assert!(count > 100, "orders has {count} rows");
+    for round in 0..2 {
+        raw.send(&query(sql)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reply = raw.until_ready().await;
+        assert!(reply.errors.is_empty(), "round {round}: {:?}", reply.errors);
+        assert_eq!(reply.rows.len() as i64, count, "round {round}");
+        let mut last = i64::MIN;
+        for row in &reply.rows {
+            let id: i64 = row[0].as_deref().unwrap().parse().unwrap();
+            assert!(id > last, "round {round}: rows out of order");
+            last = id;
+            assert_eq!(row[1].as_deref().unwrap(), format!("{id},").repeat(2000), "round {round}: row {id}");
+        }
+    }
+    // And the session goes on.
+    assert_eq!(raw.query("SELECT 42").await.first_values(), [Some("42".to_string())]);
+}
+
 /// Starts `SELECT pg_sleep(60)` on a raw session named `app` and waits
 /// until the server runs it.
 async fn sleeping_session(stack: &Stack, token: &str, app: &str) -> Raw {

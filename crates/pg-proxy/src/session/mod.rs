@@ -364,23 +364,42 @@ fn refresh_engine(gw: &Gateway, core: &mut SessionCore, seen: &mut u64) {
     }
 }
 
-/// Writes what the core produced: the server's share first.
+/// Writes what the core produced: the server's share first. What the
+/// sockets take at once is written without a future; the rest is awaited.
 async fn write_out(
     core: &mut SessionCore,
     client: &mut crate::tls::Stream,
     server: &mut crate::tls::Stream,
 ) -> Result<(), String> {
     let out = core.server_output();
-    if !out.is_empty() {
+    if !out.is_empty() && !write_now(server, out).map_err(|e| format!("upstream: {e}"))? {
         server.write_all(out).await.map_err(|e| format!("upstream: {e}"))?;
         out.clear();
     }
     let out = core.client_output();
-    if !out.is_empty() {
+    if !out.is_empty() && !write_now(client, out).map_err(|e| format!("client: {e}"))? {
         client.write_all(out).await.map_err(|e| format!("client: {e}"))?;
         out.clear();
     }
     Ok(())
+}
+
+/// Writes what `stream` takes of `out` now, and drops it from `out`;
+/// whether all of it was written.
+fn write_now(stream: &crate::tls::Stream, out: &mut bytes::BytesMut) -> std::io::Result<bool> {
+    use bytes::Buf;
+    match stream.try_write(out) {
+        Ok(n) if n >= out.len() => {
+            out.clear();
+            Ok(true)
+        }
+        Ok(n) => {
+            out.advance(n);
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Awaits the future in a slot (the select guard makes sure there is one).
