@@ -231,19 +231,29 @@ impl Gateway {
                     continue;
                 }
             };
-            let gw = Arc::clone(&self);
-            tokio::spawn(async move { gw.handle(tcp, peer).await });
+            // The session's own future is the task: every wake-up of a
+            // session polls no wrapper but its span.
+            match Arc::clone(&self).session(tcp, peer) {
+                Ok(session) => tokio::spawn(session),
+                Err(mut tcp) => tokio::spawn(async move {
+                    let mut out = BytesMut::new();
+                    let _ = codec::error_response(&mut out, "FATAL", "53300", "sorry, too many clients already", &[]);
+                    let _ = tcp.write_all(&out).await;
+                }),
+            };
         }
     }
 
-    async fn handle(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+    /// A connection's session, in its span; the connection back when the
+    /// gateway has as many as it takes.
+    fn session(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, TcpStream> {
         let _ = tcp.set_nodelay(true);
         let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
-            let mut tcp = tcp;
-            let mut out = BytesMut::new();
-            let _ = codec::error_response(&mut out, "FATAL", "53300", "sorry, too many clients already", &[]);
-            let _ = tcp.write_all(&out).await;
-            return;
+            return Err(tcp);
         };
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("session", id, %peer);
@@ -251,7 +261,7 @@ impl Gateway {
         // left when it yields: a guard held across an `.await` would stay
         // entered on the worker thread while other sessions run there, and
         // their lines would land in this session's span.
-        async move {
+        Ok(async move {
             match self.login(tcp, peer).await {
                 Ok(Some(ready)) => {
                     let pid = ready.gateway_pid;
@@ -276,8 +286,7 @@ impl Gateway {
             }
             drop(permit);
         }
-        .instrument(span)
-        .await;
+        .instrument(span))
     }
 
     fn forget_cancel(&self, pid: i32) {
