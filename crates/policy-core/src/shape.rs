@@ -315,9 +315,6 @@ impl Template {
     /// through the text's constants: the runs that change length are
     /// whole integer constants, and the rest are the same bytes.
     pub(crate) fn spans_of(&self, sql: &str, spans: &[Range<usize>]) -> Option<SmallVec<[Range<usize>; 4]>> {
-        if !self.may_fit(sql) {
-            return None;
-        }
         let (text, mask) = (sql.as_bytes(), self.mask.as_bytes());
         // Each span's ends move by the changes of length of the runs that
         // end before them; they are written as the runs are read (both are
@@ -357,7 +354,10 @@ impl Template {
 
     /// A first look that turns most other texts away at once: whether the
     /// first run of `sql` may start where the template's does, after the
-    /// same byte.
+    /// same byte. For a caller trying many templates on one text (a
+    /// connection's recent shapes); [`Template::spans_of`] checks all of
+    /// it again, and a template found by the text's mask needs no first
+    /// look.
     #[inline]
     pub(crate) fn may_fit(&self, sql: &str) -> bool {
         let (start, before) = self.lead;
