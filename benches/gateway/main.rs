@@ -597,8 +597,38 @@ fn start_pgbouncer(
 
 // ------------------------------------------------------------------ measuring
 
-/// utime + stime of a process (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64, String> {
+/// CPU time of a process (all its threads), in clock ticks.
+#[derive(Debug, Clone, Copy)]
+struct Ticks {
+    /// In user space (`utime`).
+    user: u64,
+    /// In the kernel on the process's behalf (`stime`).
+    kernel: u64,
+}
+
+/// CPU seconds between two readings.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    user: f64,
+    kernel: f64,
+}
+
+impl Cpu {
+    fn between(before: Ticks, after: Ticks) -> Cpu {
+        let tck = clock_ticks_per_second();
+        Cpu {
+            user: after.user.saturating_sub(before.user) as f64 / tck,
+            kernel: after.kernel.saturating_sub(before.kernel) as f64 / tck,
+        }
+    }
+
+    fn total(self) -> f64 {
+        self.user + self.kernel
+    }
+}
+
+/// utime and stime of a process (all its threads).
+fn cpu_ticks(pid: u32) -> Result<Ticks, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("unreadable /proc/PID/stat")?;
@@ -606,7 +636,7 @@ fn cpu_ticks(pid: u32) -> Result<u64, String> {
     // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
     let utime: u64 = number(fields.get(11).ok_or("short /proc/PID/stat")?)?;
     let stime: u64 = number(fields.get(12).ok_or("short /proc/PID/stat")?)?;
-    Ok(utime + stime)
+    Ok(Ticks { user: utime, kernel: stime })
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -651,17 +681,21 @@ struct Run {
     tps: f64,
     transactions: u64,
     /// The proxy's CPU seconds over the run.
-    proxy_cpu: Option<f64>,
+    proxy_cpu: Option<Cpu>,
 }
 
 impl Run {
+    /// The proxy's CPU µs per transaction, by `part` of its CPU time.
+    fn per_txn(&self, part: fn(Cpu) -> f64) -> Option<f64> {
+        self.proxy_cpu.filter(|_| self.transactions > 0).map(|cpu| part(cpu) * 1e6 / self.transactions as f64)
+    }
+
     fn cpu_us_per_txn(&self) -> Option<f64> {
-        self.proxy_cpu.filter(|_| self.transactions > 0).map(|cpu| cpu * 1e6 / self.transactions as f64)
+        self.per_txn(Cpu::total)
     }
 }
 
 fn pgbench(tools: &Tools, endpoint: &Endpoint, args: &[&str], seconds: u64, proxy: Option<u32>) -> Result<Run, String> {
-    let tck = clock_ticks_per_second();
     let mut command = Command::new(&tools.pgbench);
     endpoint.apply(&mut command);
     command.arg("-n").args(args).args(["-T", &seconds.to_string()]);
@@ -679,7 +713,7 @@ fn pgbench(tools: &Tools, endpoint: &Endpoint, args: &[&str], seconds: u64, prox
         .and_then(|r| r.split(['/', ' ']).next())
         .ok_or_else(|| format!("no \"number of transactions actually processed\" in pgbench's output:\n{stdout}"))?;
     let proxy_cpu = match (before, after) {
-        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / tck),
+        (Some(b), Some(a)) => Some(Cpu::between(b, a)),
         _ => None,
     };
     Ok(Run { tps: number(tps)?, transactions: number(transactions)?, proxy_cpu })
@@ -687,7 +721,6 @@ fn pgbench(tools: &Tools, endpoint: &Endpoint, args: &[&str], seconds: u64, prox
 
 /// One timed COPY stream: wall seconds and the proxy's CPU seconds.
 fn stream(tools: &Tools, endpoint: &Endpoint, proxy: Option<u32>) -> Result<(f64, Option<f64>), String> {
-    let tck = clock_ticks_per_second();
     let mut command = Command::new(&tools.psql);
     endpoint.apply(&mut command);
     command.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", STREAM_SQL]).stdout(Stdio::null());
@@ -697,7 +730,7 @@ fn stream(tools: &Tools, endpoint: &Endpoint, proxy: Option<u32>) -> Result<(f64
     let wall = start.elapsed().as_secs_f64();
     let after = proxy.map(cpu_ticks).transpose()?;
     let cpu = match (before, after) {
-        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / tck),
+        (Some(b), Some(a)) => Some(Cpu::between(b, a).total()),
         _ => None,
     };
     Ok((wall, cpu))
@@ -883,13 +916,15 @@ fn run(options: &Options, command: &str, runtime: &tokio::runtime::Runtime) -> R
                 relay.check_running()?;
                 let run = pgbench(&tools, &endpoint(target), config.args, options.duration, pids.of(target))?;
                 eprintln!(
-                    "rep {}/{} {:<20} {:<9} tps {:>9.1}  proxy CPU {} µs/txn",
+                    "rep {}/{} {:<20} {:<9} tps {:>9.1}  proxy CPU {} µs/txn (user {}, kernel {})",
                     rep + 1,
                     options.reps,
                     config.name,
                     target.name(),
                     run.tps,
-                    fmt_opt(run.cpu_us_per_txn(), 1)
+                    fmt_opt(run.cpu_us_per_txn(), 1),
+                    fmt_opt(run.per_txn(|c| c.user), 1),
+                    fmt_opt(run.per_txn(|c| c.kernel), 1)
                 );
                 let ti = TARGETS.iter().position(|t| *t == target).unwrap_or(0);
                 if let Some(slot) = runs.get_mut(ci).and_then(|c| c.get_mut(ti)) {
@@ -981,6 +1016,10 @@ fn report(
     };
     let mut gw_vs_pgb: Vec<(&str, Option<f64>)> = Vec::new();
     let mut gw_vs_relay: Vec<(&str, Option<f64>)> = Vec::new();
+    let part = |ci: usize, t: Target, part: fn(Cpu) -> f64| -> Option<f64> {
+        let rs = runs.get(ci)?.get(idx(t))?;
+        median(&rs.iter().filter_map(|r| r.per_txn(part)).collect::<Vec<_>>())
+    };
     let mut cpu_pairs: Vec<(&str, Option<f64>, Option<f64>, u32)> = Vec::new();
     for (ci, config) in options.configs.iter().enumerate() {
         let (d, g, p) = (tps(ci, Target::Direct), tps(ci, Target::Gateway), tps(ci, Target::Pgbouncer));
@@ -1006,6 +1045,33 @@ fn report(
         gw_vs_pgb.push((config.name, ratio(g, p)));
         gw_vs_relay.push((config.name, ratio(g, r)));
         cpu_pairs.push((config.name, gc, rc, config.statements));
+    }
+    // The gateway adds work in user space; its system calls are the
+    // relay's (the same reads and writes per transaction), so the kernel's
+    // share differs by scheduling noise alone. Shown apart, the user-space
+    // difference is the gateway's own cost, with the noise left out.
+    let _ = writeln!(w, "\nProxy CPU µs per transaction, user space and kernel, medians:\n");
+    let _ = writeln!(
+        w,
+        "| configuration | gateway user | gateway kernel | relay user | relay kernel | \
+         user over the relay, per statement | kernel over the relay, per statement |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+    for (ci, config) in options.configs.iter().enumerate() {
+        let (gu, gk) = (part(ci, Target::Gateway, |c| c.user), part(ci, Target::Gateway, |c| c.kernel));
+        let (ru, rk) = (part(ci, Target::Relay, |c| c.user), part(ci, Target::Relay, |c| c.kernel));
+        let per_statement = |g: Option<f64>, r: Option<f64>| Some((g? - r?) / f64::from(config.statements));
+        let _ = writeln!(
+            w,
+            "| `{}` | {} | {} | {} | {} | {} | {} |",
+            config.args.join(" "),
+            fmt_opt(gu, 1),
+            fmt_opt(gk, 1),
+            fmt_opt(ru, 1),
+            fmt_opt(rk, 1),
+            fmt_opt(per_statement(gu, ru), 1),
+            fmt_opt(per_statement(gk, rk), 1)
+        );
     }
     let _ = writeln!(w, "\nEvery run (TPS; proxy CPU µs/txn):\n");
     for (ci, config) in options.configs.iter().enumerate() {
