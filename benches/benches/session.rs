@@ -192,6 +192,8 @@ impl Session {
 
     /// One statement or block, its answer checked: everything the client
     /// sent reached the server, and everything the server sent the client.
+    /// (Not inlined: profilers count per call.)
+    #[inline(never)]
     fn round(&mut self, request: &[u8], answer: &[u8]) {
         let sent = self.client(request);
         let got = self.server(answer);
