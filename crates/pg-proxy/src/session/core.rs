@@ -853,12 +853,14 @@ impl SessionCore {
 
     // ------------------------------------------------------------- client
 
+    #[cold]
     fn close(&mut self, end: SessionEnd) {
         self.client = ClientState::Closed(end);
     }
 
     /// A protocol state the gateway did not expect: the client is told,
     /// the log warns, and the session ends.
+    #[cold]
     fn unexpected(&mut self, what: String) {
         tracing::warn!("unexpected protocol state, ending the session: {what}");
         self.emit_error(
@@ -1094,6 +1096,7 @@ impl SessionCore {
     /// runs on its own, in a state the gateway knows (the client's `Sync`
     /// after it is answered as usual). A query the server would have
     /// skipped after an error it had not reported yet therefore runs.
+    #[cold]
     fn end_block_before_query(&mut self) {
         self.block_open = false;
         if std::mem::take(&mut self.implicit_until_sync) {
@@ -1137,6 +1140,7 @@ impl SessionCore {
         self.stage(frame, Some(Pending::Bind));
     }
 
+    #[cold]
     fn leave_copy_in(&mut self) {
         self.sync_held_in_copy = false;
         if std::mem::take(&mut self.settings_after_copy) {
@@ -1247,6 +1251,7 @@ impl SessionCore {
     /// Turns a waiting batch into a refusal: nothing of it runs, the
     /// engine's session is as before it, and the names it defined are
     /// unknown.
+    #[cold]
     fn refuse_batch(&mut self, batch: Batch, code: &'static str, message: String) -> Batch {
         if let Some(snapshot) = batch.snapshot {
             *self.state = snapshot;
@@ -1285,6 +1290,7 @@ impl SessionCore {
     }
 
     /// Ends a hold with a refusal.
+    #[cold]
     fn end_hold(&mut self, code: &'static str, message: String, tell_handler: bool) {
         let ClientState::Held { batch, id, .. } = std::mem::replace(&mut self.client, ClientState::Reading) else {
             return;
@@ -1298,6 +1304,7 @@ impl SessionCore {
 
     /// Refuses a message of the extended protocol: the error in turn, then
     /// the client's messages up to `Sync` are dropped.
+    #[cold]
     fn fail_block(&mut self, code: &'static str, message: String) {
         self.client = ClientState::DiscardingUntilSync;
         self.batch.failed = true;
@@ -1310,6 +1317,7 @@ impl SessionCore {
         }
     }
 
+    #[cold]
     fn stage_refused_query(&mut self, refusal: Refusal) {
         if let Some((bytes, pending)) = substitute_query(refusal) {
             self.stage(&bytes, Some(pending));
@@ -1734,6 +1742,7 @@ impl SessionCore {
         }
     }
 
+    #[cold]
     fn on_read_search_path(&mut self, message: BackendMessage, frame: &BackendView<'_>) {
         let Some(Pending::ReadSearchPath { value, .. }) = self.pending.front_mut() else { return };
         match message {
@@ -1770,6 +1779,7 @@ impl SessionCore {
 
     /// A server error inside a `Sync` block: relayed, and the entries up to
     /// the block's `Sync` are dropped (the server skips those messages).
+    #[cold]
     fn on_block_error(&mut self, frame: &BackendView<'_>) {
         self.relay_report(frame);
         self.block = Block::Failed;
@@ -1801,6 +1811,7 @@ impl SessionCore {
     /// row cap's cancel failed the block first, and which one it did cannot
     /// be told from here, so its answers could not be matched to the right
     /// statement. The session ends instead (with `08P01`).
+    #[cold]
     fn pop_to_block_end(&mut self) {
         while let Some(p) = self.pending.front() {
             match p {
@@ -1819,6 +1830,7 @@ impl SessionCore {
     }
 
     /// After a capped result: the client sees the cap as the block's error.
+    #[cold]
     fn drop_block(&mut self) {
         self.block = Block::Dropped;
         self.pop_to_block_end();
@@ -2144,6 +2156,7 @@ impl SessionCore {
         true
     }
 
+    #[cold]
     fn end_stopped_query(&mut self) {
         let report = match self.pending.front_mut() {
             Some(Pending::Query { result, failed, .. }) => {
@@ -2241,6 +2254,7 @@ impl SessionCore {
         }
     }
 
+    #[cold]
     fn start_copy_out(&mut self, frame: &BackendView<'_>, facts: Option<Arc<StatementFacts>>) -> bool {
         let (format, columns) = match codec::parse_copy_response(frame) {
             Ok(c) => c,
@@ -2297,6 +2311,7 @@ impl SessionCore {
         true
     }
 
+    #[cold]
     fn report_stop(&mut self, result: &ResultState) {
         let message = match &result.refused {
             Some(reason) => reason.to_string(),
@@ -2328,6 +2343,7 @@ impl SessionCore {
     }
 
     /// A masker for a result whose columns the gateway does not know.
+    #[cold]
     fn unknown_columns_masker(&mut self, n: usize) -> Arc<RowMasker> {
         let columns: Vec<ColumnInfo> = (0..n).map(|i| ColumnInfo::new(&format!("column{i}"), None, 0, true)).collect();
         Arc::new(self.engine.masker(self.state.identity(), &StatementFacts::default(), &columns))
@@ -2359,6 +2375,7 @@ impl SessionCore {
     /// Plans the masking of a result, or finds the plan made for the same
     /// statement shape, lineage and columns under the same policy; `None`
     /// when the catalog must be asked first (the [`Need`] is queued).
+    #[cold]
     fn masker(&mut self, facts: Option<&StatementFacts>, fields: &[FieldDescription]) -> Option<Arc<RowMasker>> {
         let engine = Arc::clone(&self.engine);
         if engine.policy().masks.is_empty() && engine.detectors().is_empty() {
@@ -2431,6 +2448,7 @@ impl SessionCore {
 
     /// Relays a `NotificationResponse` (LISTEN/NOTIFY); its payload is data
     /// any session may have sent, so it passes through the detectors.
+    #[cold]
     fn relay_notification(&mut self, frame: &BackendView<'_>) {
         let body = frame.body();
         let parsed = body.get(4..).and_then(|rest| {
@@ -2460,6 +2478,7 @@ impl SessionCore {
     }
 
     /// Relays a server error or notice, scrubbed for this client.
+    #[cold]
     fn relay_report(&mut self, frame: &BackendView<'_>) {
         let fields = match codec::parse_fields(&frame.to_owned_frame()) {
             Ok(f) => f,
@@ -2498,6 +2517,7 @@ impl SessionCore {
         }
     }
 
+    #[cold]
     fn emit_error(&mut self, severity: &str, code: &str, message: &str) {
         if codec::error_response(&mut self.to_client, severity, code, message, &[]).is_err() {
             // Only a NUL byte in the text can fail; say it without the text.
