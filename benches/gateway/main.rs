@@ -20,7 +20,7 @@
 //!   four configurations, interleaved (every repetition visits every
 //!   configuration and target, in a rotating order), taking medians; the
 //!   proxies' CPU time (`/proc/PID/stat`) over each run gives their CPU cost
-//!   per transaction;
+//!   per transaction, in all and split into user space and kernel;
 //! - streams `people` with `COPY (SELECT ...) TO STDOUT` through each target
 //!   (the gateway masks `ssn` on the way), timed, interleaved, medians;
 //! - prints the figures as Markdown tables, with the targets.
