@@ -243,6 +243,20 @@ fn hot_and_cold(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, mut transa
     });
 }
 
+/// One request and the server's answer to it.
+type Round = (Vec<u8>, Vec<u8>);
+
+/// Runs `transactions` in turn on `session`, as `NAME/hot` and `NAME/cold`.
+fn workload(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, mut session: Session, transactions: &[Vec<Round>]) {
+    let mut i = 0;
+    hot_and_cold(group, name, || {
+        i = (i + 1) % transactions.len();
+        for (request, answer) in &transactions[i] {
+            session.round(request, answer);
+        }
+    });
+}
+
 fn session(c: &mut Criterion) {
     let mut group = c.benchmark_group("session");
 
@@ -257,33 +271,26 @@ fn session(c: &mut Criterion) {
     s.round(&first, &head);
     let answer = [frame(b'2', b""), abalance(), row("0"), complete("SELECT 1"), ready(b'I')].concat();
     let mut draws = Draws(0x9e37_79b9_7f4a_7c15);
-    let requests: Vec<Vec<u8>> = (0..1024)
+    let transactions: Vec<Vec<Round>> = (0..1024)
         .map(|_| {
             let aid = draws.next(1_000_000).to_string();
-            [bind("P0_1", &aid), describe_portal(), execute(), sync()].concat()
+            vec![([bind("P0_1", &aid), describe_portal(), execute(), sync()].concat(), answer.clone())]
         })
         .collect();
-    let mut i = 0;
-    hot_and_cold(&mut group, "select-prepared", || {
-        i = (i + 1) % requests.len();
-        s.round(&requests[i], &answer);
-    });
+    workload(&mut group, "select-prepared", s, &transactions);
 
     // pgbench -S: one simple query.
-    let mut s = Session::new();
     let answer = [abalance(), row("0"), complete("SELECT 1"), ready(b'I')].concat();
-    let requests: Vec<Vec<u8>> = (0..1024)
-        .map(|_| query(&format!("SELECT abalance FROM pgbench_accounts WHERE aid = {};", draws.next(1_000_000))))
+    let transactions: Vec<Vec<Round>> = (0..1024)
+        .map(|_| {
+            let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {};", draws.next(1_000_000));
+            vec![(query(&sql), answer.clone())]
+        })
         .collect();
-    let mut i = 0;
-    hot_and_cold(&mut group, "select-simple", || {
-        i = (i + 1) % requests.len();
-        s.round(&requests[i], &answer);
-    });
+    workload(&mut group, "select-simple", Session::new(), &transactions);
 
     // pgbench's tpcb-like transaction, seven statements.
-    let mut s = Session::new();
-    let transactions: Vec<Vec<(Vec<u8>, Vec<u8>)>> = (0..256)
+    let transactions: Vec<Vec<Round>> = (0..256)
         .map(|_| {
             let (aid, bid, tid) = (draws.next(1_000_000), draws.next(10), draws.next(100));
             let delta = i64::try_from(draws.next(10_000)).unwrap_or(0) - 5000;
@@ -317,13 +324,7 @@ fn session(c: &mut Criterion) {
             ]
         })
         .collect();
-    let mut i = 0;
-    hot_and_cold(&mut group, "tpcb-like", || {
-        i = (i + 1) % transactions.len();
-        for (request, answer) in &transactions[i] {
-            s.round(request, answer);
-        }
-    });
+    workload(&mut group, "tpcb-like", Session::new(), &transactions);
     group.finish();
 }
 
