@@ -229,7 +229,9 @@ struct Shard {
 /// What the decision cache has done so far ([`crate::Engine::cache_stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Decisions answered for the very same text.
+    /// Decisions answered for the very same text. Those a connection's
+    /// [`crate::Context`] answered from the texts it was answered for lately
+    /// are counted in batches, as `shape_hits` are.
     pub hits: u64,
     /// Decisions answered for a text of the same shape (other constants).
     /// Those a connection's [`crate::Context`] answered from the shapes it
@@ -256,6 +258,8 @@ pub(crate) struct DecisionCache {
     /// Shape hits answered by connections themselves
     /// ([`DecisionCache::count_connection_hits`]).
     connection_hits: AtomicU64,
+    /// Text hits answered by connections themselves.
+    connection_text_hits: AtomicU64,
 }
 
 /// Caches made so far, for [`DecisionCache::id`].
@@ -338,6 +342,7 @@ impl DecisionCache {
             hasher: foldhash::quality::RandomState::default(),
             interned: Mutex::default(),
             connection_hits: AtomicU64::new(0),
+            connection_text_hits: AtomicU64::new(0),
         }
     }
 
@@ -467,6 +472,12 @@ impl DecisionCache {
         self.connection_hits.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts `n` answers a connection's [`crate::Context`] gave from the
+    /// texts it was answered for lately.
+    pub(crate) fn count_connection_text_hits(&self, n: u64) {
+        self.connection_text_hits.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Caches `stored(decision)` under `key`, from the second time it is
     /// offered; `stored` runs only then.
     pub(crate) fn insert(&self, key: Lookup<'_>, decision: &Decision, stored: impl FnOnce(&Decision) -> Decision) {
@@ -512,8 +523,11 @@ impl DecisionCache {
 
     /// Hits and bytes, summed over the shards.
     pub(crate) fn stats(&self) -> CacheStats {
-        let mut stats =
-            CacheStats { shape_hits: self.connection_hits.load(Ordering::Relaxed), ..CacheStats::default() };
+        let mut stats = CacheStats {
+            hits: self.connection_text_hits.load(Ordering::Relaxed),
+            shape_hits: self.connection_hits.load(Ordering::Relaxed),
+            ..CacheStats::default()
+        };
         for shard in self.shards.iter().filter_map(|s| s.lock().ok()) {
             stats.hits += shard.hits;
             stats.shape_hits += shard.shape_hits;

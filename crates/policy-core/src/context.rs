@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 
 use crate::cache::{ContextKey, DecisionCache};
 use crate::decision::Decision;
-use crate::engine::Answered;
+use crate::engine::AnsweredShape;
 use crate::identity::Identity;
 use crate::session::{Session, SessionEffect, TransactionPaths};
 use crate::shape::Template;
@@ -20,6 +20,20 @@ const RESTORED: usize = 4;
 /// Answers a context gives by itself before it counts them in the cache's
 /// statistics.
 const HITS_PER_COUNT: u32 = 64;
+/// Texts without digits a context remembers ([`Context::recall_text`]),
+/// and the longest it keeps.
+const RECENT_TEXTS: usize = 8;
+const MAX_RECENT_TEXT: usize = 512;
+
+/// A text with no digit (`BEGIN`, `COMMIT`, a statement without constants)
+/// the decision cache answered as itself for this connection's key.
+#[derive(Debug, Clone)]
+struct RecentText {
+    text: Box<str>,
+    /// The key it was answered for.
+    key: Arc<ContextKey>,
+    decision: Arc<Decision>,
+}
 
 /// A shape a template gave and the decision cache answered for this
 /// connection's key.
@@ -89,10 +103,16 @@ pub struct Context {
     /// The shapes it was answered for lately, and where the next one goes.
     recent: Vec<Recent>,
     next: usize,
+    /// The texts without digits it was answered for lately, and where the
+    /// next one goes.
+    texts: Vec<RecentText>,
+    next_text: usize,
     /// Where the next look in `recent` starts: after the last hit.
     after_hit: usize,
-    /// Answers from `recent` not counted in the cache's statistics yet.
+    /// Answers from `recent` and from `texts` not counted in the cache's
+    /// statistics yet.
     hits: u32,
+    text_hits: u32,
     /// The paths of the last transaction that ended where it began, for
     /// the next one ([`Context::apply`]).
     spare: Option<TransactionPaths>,
@@ -109,8 +129,11 @@ impl Clone for Context {
             earlier: self.earlier.clone(),
             recent: self.recent.clone(),
             next: self.next,
+            texts: self.texts.clone(),
+            next_text: self.next_text,
             after_hit: self.after_hit,
             hits: 0,
+            text_hits: 0,
             spare: None,
         }
     }
@@ -126,8 +149,11 @@ impl Context {
             earlier: [None, None],
             recent: Vec::new(),
             next: 0,
+            texts: Vec::new(),
+            next_text: 0,
             after_hit: 0,
             hits: 0,
+            text_hits: 0,
             spare: None,
         }
     }
@@ -195,6 +221,7 @@ impl Context {
                 if other.as_ref().or(self.earlier[0].as_ref()).is_some_and(|k| !k.of(cache)) {
                     self.earlier = [None, None];
                     self.recent.clear();
+                    self.texts.clear();
                     self.after_hit = 0;
                 }
                 let (identity, session) = (&self.identity, &self.session);
@@ -246,9 +273,45 @@ impl Context {
         Some(decision)
     }
 
+    /// The decision for `sql`, a text with no digit, when the cache
+    /// answered this very text for this context's present key lately: the
+    /// cache's answer for a text and a key does not change while the
+    /// engine is the same.
+    pub(crate) fn recall_text(&mut self, cache: &DecisionCache, sql: &str) -> Option<Arc<Decision>> {
+        if self.texts.is_empty() {
+            return None;
+        }
+        let (_, _, key) = self.parts(cache);
+        let key = Arc::as_ptr(key);
+        let known = self.texts.iter().find(|t| std::ptr::eq(Arc::as_ptr(&t.key), key) && *t.text == *sql)?;
+        let decision = Arc::clone(&known.decision);
+        self.text_hits += 1;
+        if self.text_hits >= HITS_PER_COUNT {
+            cache.count_connection_text_hits(u64::from(self.text_hits));
+            self.text_hits = 0;
+        }
+        Some(decision)
+    }
+
+    /// Remembers `sql`, a text with no digit the cache answered as itself
+    /// (with `decision`) for this context's present key.
+    pub(crate) fn remember_text(&mut self, sql: &str, decision: &Arc<Decision>) {
+        let Some(key) = &self.key else { return };
+        if sql.len() > MAX_RECENT_TEXT {
+            return;
+        }
+        let text = RecentText { text: sql.into(), key: Arc::clone(key), decision: Arc::clone(decision) };
+        if self.texts.len() < RECENT_TEXTS {
+            self.texts.push(text);
+        } else if let Some(slot) = self.texts.get_mut(self.next_text % RECENT_TEXTS) {
+            *slot = text;
+        }
+        self.next_text = self.next_text.wrapping_add(1);
+    }
+
     /// Remembers a shape the cache answered for this context's present
     /// key, with `restored`, the decision it gave for the text at hand.
-    pub(crate) fn remember(&mut self, answered: Answered, restored: &Arc<Decision>) {
+    pub(crate) fn remember(&mut self, answered: AnsweredShape, restored: &Arc<Decision>) {
         let Some(key) = &self.key else { return };
         let known = self.recent.iter_mut().find(|r| {
             Arc::ptr_eq(&r.template, &answered.template)

@@ -248,7 +248,12 @@ impl Engine {
         let cache = &self.inner.cache;
         // The shapes this connection was answered for lately first: no
         // digit mask, no hashing, no lock.
-        if self.shapes(context.session(), sql) && shape::has_digit(sql) {
+        let digits = shape::has_digit(sql);
+        if !digits {
+            if let Some(hit) = context.recall_text(cache, sql) {
+                return hit;
+            }
+        } else if self.shapes(context.session(), sql) {
             if let Some(hit) = context.recall(cache, sql) {
                 return hit;
             }
@@ -256,8 +261,12 @@ impl Engine {
         let mask = self.digit_mask(context.session(), sql);
         let (identity, session, key) = context.parts(cache);
         let (decision, answered) = self.decide_for(identity, session, Caller::Interned(key), key.hash, sql, mask);
-        if let Some(answered) = answered {
-            context.remember(answered, &decision);
+        match answered {
+            Answered::Shape(shape) => context.remember(shape, &decision),
+            // Texts with digits are many (a new constant each time): only
+            // those without are kept as themselves.
+            Answered::Text if !digits => context.remember_text(sql, &decision),
+            Answered::Text | Answered::Nothing => {}
         }
         decision
     }
@@ -272,7 +281,7 @@ impl Engine {
         context: u64,
         sql: &str,
         mask: Option<DigitMask<'_>>,
-    ) -> (Arc<Decision>, Option<Answered>) {
+    ) -> (Arc<Decision>, Answered) {
         let inner = &self.inner;
         let shapes = self.shapes(session, sql);
         let templates = &inner.templates;
@@ -288,7 +297,7 @@ impl Engine {
             Some((shape, template)) => {
                 let shape_key = inner.cache.key(&shape.key, true, caller, context);
                 if let Some((hit, decision)) = inner.cache.get_shape(shape_key, |r| shape.span_to_text(r)) {
-                    return (hit, Some(Answered { template, decision }));
+                    return (hit, Answered::Shape(AnsweredShape { template, decision }));
                 }
                 Some(shape)
             }
@@ -298,7 +307,7 @@ impl Engine {
         // shape above never needed it.
         let text_key = inner.cache.key(sql, false, caller, context);
         if let Some(hit) = inner.cache.get(text_key) {
-            return (hit, None);
+            return (hit, Answered::Text);
         }
         let shape = match derived {
             // Its shape was looked up above.
@@ -312,7 +321,7 @@ impl Engine {
                         // A text whose shape took the scanner is kept as
                         // itself too: its next sighting needs no scan.
                         inner.cache.insert(text_key, &hit, Decision::clone);
-                        return (hit, None);
+                        return (hit, Answered::Nothing);
                     }
                 }
                 shape
@@ -332,10 +341,10 @@ impl Engine {
         }));
         let (decision, cacheable, literal_free) = match decided {
             Ok(d) => d,
-            Err(_) => return (Arc::new(internal_error(identity)), None),
+            Err(_) => return (Arc::new(internal_error(identity)), Answered::Nothing),
         };
         if !cacheable {
-            return (Arc::new(decision), None);
+            return (Arc::new(decision), Answered::Nothing);
         }
         match shape {
             Some(shape) if literal_free => {
@@ -344,7 +353,7 @@ impl Engine {
             }
             _ => inner.cache.insert(text_key, &decision, Decision::clone),
         }
-        (Arc::new(decision), None)
+        (Arc::new(decision), Answered::Nothing)
     }
 
     /// The shape of `sql` from PostgreSQL's scanner; what it says is kept
@@ -434,9 +443,20 @@ impl Engine {
     }
 }
 
+/// How the cache answered a text: what a [`Context`] may keep to answer
+/// the next such texts by itself.
+pub(crate) enum Answered {
+    /// By a shape a template gave.
+    Shape(AnsweredShape),
+    /// By the text itself.
+    Text,
+    /// Not from the cache (decided, or a decision the cache does not keep).
+    Nothing,
+}
+
 /// A shape a template gave and the cache answered for: what a [`Context`]
 /// keeps to answer the next texts of that shape by itself.
-pub(crate) struct Answered {
+pub(crate) struct AnsweredShape {
     /// The template that gave the shape.
     pub template: Arc<Template>,
     /// The shape's decision, its spans in the shape's key.

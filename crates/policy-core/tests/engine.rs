@@ -433,6 +433,49 @@ fn a_context_answers_its_recent_shapes_as_the_cache_does() {
     assert_eq!(verdicts, [Verdict::Allow, Verdict::Deny, Verdict::Allow, Verdict::Allow, Verdict::Allow]);
 }
 
+/// A context answers the texts without digits it was answered for lately
+/// (`BEGIN`, `COMMIT`, statements without constants) by itself, exactly as
+/// the shared cache would, and only in the state they were answered for;
+/// its answers reach the cache's statistics in batches.
+#[test]
+fn a_context_answers_its_recent_texts_as_the_cache_does() {
+    let (e, agent, _) = agents_and_strangers();
+    let mut context = Context::new(agent.clone(), e.new_session());
+    let texts = ["BEGIN", "TABLE orders", "SELECT count(*) FROM orders", "TABLE private.x", "COMMIT"];
+    // The cache keeps a text from its second sighting and answers the
+    // third; the context remembers that answer.
+    for _ in 0..3 {
+        for sql in texts {
+            e.decide_in(&mut context, sql);
+        }
+    }
+    let before = e.cache_stats().hits;
+    for _ in 0..16 {
+        for sql in texts {
+            let expected = e.decide(context.identity(), context.session(), sql);
+            assert_eq!(*e.decide_in(&mut context, sql), expected, "{sql}");
+        }
+    }
+    // 80 texts through `decide` (each a shared hit) and 80 through
+    // `decide_in` (answered by the context: 64 of them counted so far).
+    assert_eq!(e.cache_stats().hits - before, 80 + 64, "{:?}", e.cache_stats());
+    // Another state: the same texts are decided for it, not recalled.
+    let to_private = SessionEffect::SetSearchPath { path: vec!["private".into()], local: false, uncertain: false };
+    context.session_mut().apply(&to_private);
+    for _ in 0..4 {
+        assert_eq!(e.decide_in(&mut context, "TABLE orders").verdict, Verdict::Deny);
+        assert_eq!(e.decide_in(&mut context, "TABLE private.x").verdict, Verdict::Deny);
+    }
+    let to_public = SessionEffect::SetSearchPath { path: vec!["public".into()], local: false, uncertain: false };
+    context.session_mut().apply(&to_public);
+    assert_eq!(e.decide_in(&mut context, "TABLE orders").verdict, Verdict::Allow);
+    // A text of the same length, or that differs by a byte, is not the one
+    // remembered.
+    assert_eq!(e.decide_in(&mut context, "TABLE priv.x").verdict, Verdict::Deny);
+    assert_eq!(e.decide_in(&mut context, "TABLE orders_").verdict, Verdict::Allow);
+    assert_eq!(e.decide_in(&mut context, "TABLE ordersx; TABLE private.x").verdict, Verdict::Deny);
+}
+
 /// Texts a context answers by itself skip the shared cache: they reach its
 /// statistics in batches, not one by one.
 #[test]
