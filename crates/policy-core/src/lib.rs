@@ -203,7 +203,9 @@
 //! with their templates: the next text of one of them, in the same session
 //! state, is answered by the context alone (the same template, the same
 //! decision; no hashing, no lock), which costs each connection about a
-//! kilobyte once it has run that many shapes.
+//! kilobyte once it has run that many shapes. It keeps the last 8 texts
+//! without digits the cache answered as themselves (`BEGIN`, `COMMIT`,
+//! statements without constants; up to 512 bytes each) the same way.
 //!
 //! The analysis's stack use is bounded by the depth of the tree, and the
 //! depth is bounded: pg_query's decoder refuses trees more than 100
