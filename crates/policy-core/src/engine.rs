@@ -246,8 +246,9 @@ impl Engine {
     /// ```
     pub fn decide_in(&self, context: &mut Context, sql: &str) -> Arc<Decision> {
         let cache = &self.inner.cache;
-        // The shapes this connection was answered for lately first: no
-        // digit mask, no hashing, no lock.
+        // What this connection was answered for lately first (a text
+        // without digits as itself, others by their shape): no digit mask,
+        // no hashing, no lock.
         let digits = shape::has_digit(sql);
         if !digits {
             if let Some(hit) = context.recall_text(cache, sql) {
