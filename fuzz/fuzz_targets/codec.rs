@@ -9,7 +9,8 @@
 //! - mode 0, frontend: the payload is what a client sends after startup;
 //! - mode 1, backend: the payload is what a server sends;
 //! - mode 2, startup: the payload is the first packet(s) of a connection;
-//! - mode 3, COPY text: the payload is one COPY line.
+//! - mode 3, COPY lines: the payload is one COPY line, read in the text
+//!   format and in CSV (with PostgreSQL's defaults and with other options).
 //!
 //! In modes 0 to 2 the decoder runs in a loop over the whole payload at
 //! once, with a large limit and with a small one, and again fed chunk by
@@ -52,6 +53,12 @@
 //!   whole-field `\N`, no raw CR, LF, BS, FF or VT before the final LF.
 //!   `escape(unescape(f))` is not `f` in general: `\x41` or `\101` come
 //!   back as `A`, a raw CR as `\r`, a lone final backslash as `\\`.
+//!
+//! And in CSV, for both layouts: a row of such values written by
+//! `csv_data_line` (nothing quoted before) splits back into the same row
+//! with `split_csv_line`; any line `split_csv_line` reads is written
+//! back as a line that splits into the same row, and writing that row again
+//! gives the same bytes.
 
 #![no_main]
 
@@ -622,6 +629,62 @@ fn copy_text(data: &[u8]) {
     }
 }
 
+/// The CSV layouts mode 3 reads lines in: PostgreSQL's defaults, and
+/// another delimiter, quote, escape and NULL string.
+const CSV_LAYOUTS: [copy::Csv<'static>; 2] = [
+    copy::Csv { delimiter: b',', quote: b'"', escape: b'"', null: b"" },
+    copy::Csv { delimiter: b';', quote: b'\'', escape: b'\\', null: b"\\N" },
+];
+
+/// Writes `row` as a CSV CopyData line and returns the line it carries.
+fn csv_through_the_wire<T: AsRef<[u8]>>(row: &[Option<T>], quoted: &[bool], csv: &copy::Csv<'_>) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    if let Err(e) = copy::csv_data_line(&mut out, row, quoted, csv, true) {
+        panic!("csv_data_line refused a small row: {e}");
+    }
+    match codec::decode_frontend(&mut out, LARGE_MAX) {
+        Ok(Some(m)) if out.is_empty() => match m.message {
+            Frontend::CopyData(line) => line.to_vec(),
+            other => panic!("csv_data_line wrote {other:?}"),
+        },
+        other => panic!("csv_data_line wrote something that decodes as {other:?}"),
+    }
+}
+
+fn copy_csv(data: &[u8]) {
+    let values: Vec<Option<&[u8]>> =
+        data.split(|b| *b == 0).map(|v| if v == b"\xff" { None } else { Some(v) }).collect();
+    for csv in &CSV_LAYOUTS {
+        let line = csv_through_the_wire(&values, &vec![false; values.len()], csv);
+        let (mut row, mut quoted) = (Vec::new(), Vec::new());
+        match copy::split_csv_line(&line, csv, &mut row, &mut quoted) {
+            Ok(true) => {}
+            other => panic!("csv_data_line wrote {line:?} for {values:?}, which splits as {other:?}"),
+        }
+        let back: Vec<Option<&[u8]>> = row.iter().map(|v| v.as_deref()).collect();
+        if back != values {
+            panic!("CSV row {values:?} came back as {back:?} through {line:?}");
+        }
+
+        // Any line the reader takes: written, read again, written again.
+        let (mut row, mut quoted) = (Vec::new(), Vec::new());
+        if copy::split_csv_line(data, csv, &mut row, &mut quoted).is_err() {
+            continue;
+        }
+        if debug() {
+            eprintln!("CSV row: {row:?}, quoted: {quoted:?}");
+        }
+        let written = csv_through_the_wire(&row, &quoted, csv);
+        let (mut again, mut quoted_again) = (Vec::new(), Vec::new());
+        if copy::split_csv_line(&written, csv, &mut again, &mut quoted_again).is_err() || again != row {
+            panic!("{data:?} split as {row:?}, written as {written:?}, which splits as {again:?}");
+        }
+        if csv_through_the_wire(&again, &quoted_again, csv) != written {
+            panic!("writing the CSV row {row:?} twice gave different lines");
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&first, payload)) = data.split_first() else { return };
     let chunk = usize::from(first >> 2) + 1;
@@ -629,6 +692,9 @@ fuzz_target!(|data: &[u8]| {
         0 => frontend(payload, chunk),
         1 => backend(payload, chunk),
         2 => startup(payload, chunk),
-        _ => copy_text(payload),
+        _ => {
+            copy_text(payload);
+            copy_csv(payload);
+        }
     }
 });

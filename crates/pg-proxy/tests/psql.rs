@@ -132,3 +132,75 @@ fn explain_shows_the_plan() {
     let plan = text(&out.stdout);
     assert!(plan.contains("(actual rows=3") || plan.contains("actual rows=3.00"), "{plan}");
 }
+
+/// `COPY ... TO STDOUT` in CSV, with every option the server writes CSV
+/// with, through psql: the gateway's masked output is byte for byte what
+/// PostgreSQL itself writes for the masked values (quoting, escapes, NULL,
+/// header), and `\copy ... csv` writes the same file.
+#[test]
+fn csv_copy_out_is_masked_as_postgresql_writes_it() {
+    let stack = Stack::start();
+    stack.owner_sql(
+        "INSERT INTO customers (id, name, ssn) VALUES \
+         (4, 'Dan \"the man\", Jr.', '456-78-9012'), (5, E'Eve\\nNewline; '' \\\\', NULL), (6, '', '567-89-0123')",
+    );
+    let agent = stack.token("alice", &["ai-agents"], None);
+    for options in [
+        "(FORMAT csv)",
+        "(FORMAT csv, HEADER)",
+        r"(FORMAT csv, HEADER, DELIMITER ';', NULL 'NULL', QUOTE '''', ESCAPE '\', FORCE_QUOTE *)",
+        "(FORMAT csv, FORCE_QUOTE (ssn), NULL '-')",
+        "CSV HEADER QUOTE '|'",
+    ] {
+        let out = stack.psql(
+            &agent,
+            &["-q", "-c", &format!("COPY (SELECT id, name, ssn FROM customers ORDER BY id) TO STDOUT {options}")],
+        );
+        assert!(out.status.success(), "{options}: {}", text(&out.stderr));
+        let masked = text(&out.stdout);
+        // What PostgreSQL writes when the values are the masked ones.
+        let expected = stack
+            .cluster
+            .psql(
+                "app",
+                &format!(
+                    "COPY (SELECT id, name, '****' || right(ssn, 4) AS ssn FROM customers ORDER BY id) TO STDOUT \
+                     {options}"
+                ),
+            )
+            .unwrap();
+        assert_eq!(masked.strip_suffix('\n'), Some(expected.as_str()), "{options}");
+        assert!(!masked.contains("6789") || masked.contains("****6789"), "{masked}");
+        assert!(!masked.contains("456-78"), "{masked}");
+    }
+
+    // \copy to a file, and the whole table (columns from the catalog).
+    let file = stack.path("customers.csv");
+    let copy = format!("\\copy (SELECT id, name, ssn FROM customers ORDER BY id) TO '{}' CSV HEADER", file.display());
+    let out = stack.psql(&agent, &["-c", &copy]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let copied = std::fs::read_to_string(&file).unwrap();
+    assert!(copied.starts_with("id,name,ssn\n1,Alice Martin,****6789\n"), "{copied}");
+    assert!(copied.contains("4,\"Dan \"\"the man\"\", Jr.\",****9012\n"), "{copied}");
+    let out = stack.psql(&agent, &["-q", "-c", "COPY customers TO STDOUT (FORMAT csv, HEADER)"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let whole = text(&out.stdout);
+    assert!(
+        whole.starts_with(
+            "id,name,email,ssn,card,note\n1,Alice Martin,****@example.com,****6789,****1111,prefers e-mail\n"
+        ),
+        "{whole}"
+    );
+    assert!(whole.contains("card on file: ****1881"), "the detector reads CSV values too: {whole}");
+
+    // A layout whose lines the gateway cannot read: refused, naming the
+    // option to drop, and the session goes on.
+    let out = stack.psql(
+        &agent,
+        &["-c", "COPY customers TO STDOUT (FORMAT csv, ENCODING 'LATIN1')", "-c", "SELECT count(*) FROM customers"],
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("drop the ENCODING option"), "{err}");
+    assert!(!text(&out.stdout).contains("6789"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("6\n"), "the next statement ran: {}", text(&out.stdout));
+}

@@ -824,6 +824,39 @@ fn copy_out_rows_are_masked() {
 }
 
 #[test]
+fn csv_copy_out_rows_are_masked_and_the_header_passes() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&query("COPY (SELECT name, ssn FROM people) TO STDOUT (FORMAT csv, HEADER, FORCE_QUOTE *)"));
+    h.sent();
+    h.server(&cat(&[
+        copy_out_response(2),
+        raw(b'd', b"\"name\",\"ssn\"\n"),
+        raw(b'd', b"\"Ada, \"\"L\"\"\",\"123-45-6789\"\n"),
+        raw(b'd', b"\"Bob\",\n"),
+        raw(b'c', b""),
+        complete("COPY 2"),
+    ]));
+    let got = h.got();
+    assert_eq!(got[1], ('d', "\"name\",\"ssn\"\n".into()), "the header as it came: {got:?}");
+    assert_eq!(got[2], ('d', "\"Ada, \"\"L\"\"\",\"****6789\"\n".into()), "{got:?}");
+    assert_eq!(got[3], ('d', "\"Bob\",\n".into()), "NULL stays NULL: {got:?}");
+}
+
+#[test]
+fn a_csv_line_the_gateway_cannot_read_stops_the_copy() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&query("COPY (SELECT name, ssn FROM people) TO STDOUT (FORMAT csv)"));
+    h.sent();
+    h.server(&cat(&[copy_out_response(2), raw(b'd', b"Ada,\"123-45-6789\n")]));
+    assert!(matches!(h.needs().as_slice(), [Need::CancelUpstream]));
+    h.server(&cat(&[raw(b'c', b""), complete("COPY 1"), ready(b'I')]));
+    let got = h.got();
+    assert!(got.iter().all(|(_, body)| !body.contains("6789")), "{got:?}");
+    assert!(got.iter().any(|(t, body)| *t == 'E' && body.contains("could not be masked")), "{got:?}");
+    assert_eq!(got.last(), Some(&('Z', "I".into())));
+}
+
+#[test]
 fn a_refused_copy_out_sends_the_client_nothing_of_it_but_the_error() {
     let mut h = harness(CoreConfig::default());
     h.client(&query("COPY (SELECT ssn FROM people) TO STDOUT (FORMAT binary)"));

@@ -11,7 +11,7 @@
 //!                            │                                                   │
 //!                            └──────────────▶ Engine::copy_out_plan(.., table_columns) ◀─┘
 //!                                                   │
-//!                        Forward │ Mask(CopyLayout::Text) │ Refuse(reason)
+//!                  Forward │ Mask(CopyLayout::Text | Csv) │ Refuse(reason)
 //! ```
 
 use crate::analyze::StatementFacts;
@@ -21,13 +21,122 @@ use crate::mask::{ColumnInfo, RowMasker};
 
 /// How the lines of a `COPY ... TO STDOUT` are laid out, as far as masking
 /// reads them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CopyLayout {
     /// PostgreSQL's text format with its defaults: one line per row,
     /// columns separated by a tab, `\N` for NULL, backslash escapes, no
     /// header line.
     Text,
+    /// PostgreSQL's CSV format, with the options the statement gave.
+    Csv(CsvLayout),
+}
+
+/// PostgreSQL's CSV format as a `COPY ... TO STDOUT (FORMAT csv, ...)`
+/// sets it: one `CopyData` message per row (a quoted value may hold line
+/// breaks), and a header line first when [`CsvLayout::header`].
+///
+/// A masked value is written back quoted when the server quoted the value
+/// it replaces (so `FORCE_QUOTE` columns stay quoted) or when it needs
+/// quotes (it holds the delimiter, the quote, a line break, or equals the
+/// NULL string, or is `\.` alone on its line); inside quotes, the quote and escape characters are
+/// preceded by the escape character, as PostgreSQL writes them.
+///
+/// ```
+/// use policy_core::{CopyLayout, CsvLayout};
+/// let layout = CopyLayout::from_options(&["format=csv".into(), "header=true".into(), "delimiter=;".into()]);
+/// let Ok(CopyLayout::Csv(csv)) = layout else { panic!("{layout:?}") };
+/// assert_eq!((csv.delimiter, csv.quote, csv.escape, csv.header), (b';', b'"', b'"', true));
+/// assert_eq!(&*csv.null, "");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct CsvLayout {
+    /// The byte between columns (`DELIMITER`, default `,`).
+    pub delimiter: u8,
+    /// The byte around quoted values (`QUOTE`, default `"`).
+    pub quote: u8,
+    /// The byte before a quote or escape byte inside a quoted value
+    /// (`ESCAPE`, default the quote).
+    pub escape: u8,
+    /// How NULL is written, unquoted (`NULL`, default the empty string).
+    pub null: Box<str>,
+    /// Whether the first line is a header of column names (`HEADER`): it
+    /// is passed on as it is.
+    pub header: bool,
+}
+
+impl CopyLayout {
+    /// The layout a `COPY ... TO STDOUT` with these options (as
+    /// [`StatementFacts::copy_options`] gives them: `name` or
+    /// `name=value`) sends its data in: [`CopyLayout::Text`] for the
+    /// plain text format, [`CopyLayout::Csv`] for CSV. An option the
+    /// gateway cannot read masked data under is an error that names it
+    /// and says what to do; `binary` is not a layout of lines (the caller
+    /// learns it from the server's `CopyOutResponse`) and is accepted
+    /// here as the text layout's options.
+    pub fn from_options(options: &[String]) -> Result<CopyLayout, String> {
+        let mut csv = false;
+        let mut layout = CsvLayout { delimiter: b',', quote: b'"', escape: b'"', null: "".into(), header: false };
+        let mut escape = None;
+        let mut text_options = Vec::new();
+        for option in options {
+            let (name, value) = match option.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (option.as_str(), None),
+            };
+            match (name, value) {
+                ("format", Some(f)) if f.eq_ignore_ascii_case("csv") => csv = true,
+                ("format", Some(f)) if f.eq_ignore_ascii_case("text") || f.eq_ignore_ascii_case("binary") => {}
+                ("delimiter", Some(v)) => layout.delimiter = one_byte("DELIMITER", v)?,
+                ("quote", Some(v)) => layout.quote = one_byte("QUOTE", v)?,
+                ("escape", Some(v)) => escape = Some(one_byte("ESCAPE", v)?),
+                ("null", Some(v)) => layout.null = v.into(),
+                ("header", None) => layout.header = true,
+                ("header", Some(v)) => match crate::analyze::parse_bool(v) {
+                    Some(on) => layout.header = on,
+                    None => return Err(refuse_option("HEADER", v)),
+                },
+                // Which columns are quoted: kept from what the server sent.
+                ("force_quote", _) => {}
+                ("encoding", _) => {
+                    return Err("COPY of masked data is read in UTF-8, the encoding the gateway asks the server \
+                                for; drop the ENCODING option"
+                        .to_string())
+                }
+                (other, v) => return Err(refuse_option(&other.to_ascii_uppercase(), v.unwrap_or(""))),
+            }
+            if name != "format" {
+                text_options.push(name.to_ascii_uppercase());
+            }
+        }
+        if !csv {
+            return match text_options.first() {
+                None => Ok(CopyLayout::Text),
+                Some(option) => Err(format!(
+                    "COPY of masked data in the text format is read with its default options only; drop the \
+                     {option} option, or use FORMAT csv"
+                )),
+            };
+        }
+        layout.escape = escape.unwrap_or(layout.quote);
+        if [b'\r', b'\n'].contains(&layout.delimiter) || layout.delimiter == layout.quote {
+            return Err(refuse_option("DELIMITER", &char::from(layout.delimiter).to_string()));
+        }
+        Ok(CopyLayout::Csv(layout))
+    }
+}
+
+/// A one-byte option value (PostgreSQL accepts no other for these).
+fn one_byte(option: &str, value: &str) -> Result<u8, String> {
+    match value.as_bytes() {
+        [b] if b.is_ascii() => Ok(*b),
+        _ => Err(refuse_option(option, value)),
+    }
+}
+
+fn refuse_option(option: &str, value: &str) -> String {
+    format!("COPY of masked data cannot be read with the option {option} {value:?}; drop the {option} option")
 }
 
 /// What to do with the data of a `COPY ... TO STDOUT`.
@@ -71,8 +180,6 @@ const BINARY_MASKED_COLUMNS: &str =
     "COPY in binary format of a result with masked columns is refused; use the text format";
 const BINARY_DETECTORS: &str =
     "COPY in binary format cannot be scanned by the policy's PII detectors and is refused; use the text format";
-const NOT_PLAIN_TEXT: &str = "COPY of masked data is done in the plain text format only (no CSV, DELIMITER, \
-                              HEADER, NULL, QUOTE, ESCAPE or ENCODING options); this one is refused";
 
 /// The table a `COPY table TO STDOUT` copies whole (its facts have a single
 /// `*` output column from one relation), as `schema.table`.
@@ -129,10 +236,12 @@ impl Engine {
     /// the caller looked up for [`Engine::copy_out_table`]) names them and
     /// says which table column each one is, when it has `columns` entries.
     ///
-    /// Only the plain text layout can be masked, line by line: when
-    /// something must be masked or scanned and the data is binary, or text
-    /// with options (CSV, DELIMITER, HEADER, NULL, QUOTE, ESCAPE, ENCODING),
-    /// the plan is a refusal.
+    /// The text layout with its default options and CSV (with `HEADER`,
+    /// `DELIMITER`, `NULL`, `QUOTE`, `ESCAPE`, `FORCE_QUOTE`) are masked
+    /// line by line ([`CopyLayout::from_options`]); when something must be
+    /// masked or scanned and the data is binary, or its options are ones
+    /// the lines cannot be read under (`ENCODING`, or text-format options),
+    /// the plan is a refusal that names what to drop.
     ///
     /// ```
     /// use policy_core::{CopyLayout, CopyOutAction, Engine, Identity, Policy};
@@ -155,10 +264,14 @@ impl Engine {
     ///
     /// let csv = engine.analyze(&session, "COPY users TO STDOUT (FORMAT csv)").statements.remove(0);
     /// let plan = engine.copy_out_plan(&Identity::new("bob"), Some(&csv), 2, false, Some(&columns));
-    /// assert!(plan.refusal().is_some());
+    /// assert!(matches!(plan.action, CopyOutAction::Mask(CopyLayout::Csv(_))));
+    ///
+    /// let latin1 = engine.analyze(&session, "COPY users TO STDOUT (ENCODING 'LATIN1')").statements.remove(0);
+    /// let plan = engine.copy_out_plan(&Identity::new("bob"), Some(&latin1), 2, false, Some(&columns));
+    /// assert!(plan.refusal().is_some_and(|r| r.contains("drop the ENCODING option")));
     ///
     /// let reader = Identity::new("ann").with_groups(["pii-readers"]);
-    /// let plan = engine.copy_out_plan(&reader, Some(&csv), 2, false, Some(&columns));
+    /// let plan = engine.copy_out_plan(&reader, Some(&latin1), 2, false, Some(&columns));
     /// assert_eq!(plan.action, CopyOutAction::Forward);
     /// # Ok::<(), policy_core::PolicyError>(())
     /// ```
@@ -190,16 +303,22 @@ impl Engine {
             }
         };
         let masker = self.masker(identity, facts_for_masks, &fields);
-        // Only the plain text layout is masked: tab-separated, `\N` for
-        // NULL, no header. Anything else with something to mask is refused.
-        let plain = facts.is_none_or(|f| f.copy_options.iter().all(|o| o.eq_ignore_ascii_case("format=text")));
+        // The text layout with its defaults and CSV are masked; anything
+        // else with something to mask is refused, saying which option to
+        // drop. Without facts the statement's options are unknown: the
+        // lines are read as plain text, and one that does not split into
+        // the announced columns stops the COPY.
+        let layout = match facts {
+            Some(f) => CopyLayout::from_options(&f.copy_options),
+            None => Ok(CopyLayout::Text),
+        };
         let column_masks = (0..fields.len()).any(|i| masker.mask_of(i).is_some());
-        let action = match (masker.is_noop(), binary, plain) {
+        let action = match (masker.is_noop(), binary, layout) {
             (true, _, _) => CopyOutAction::Forward,
             (false, true, _) if column_masks => CopyOutAction::Refuse(BINARY_MASKED_COLUMNS.to_string()),
             (false, true, _) => CopyOutAction::Refuse(BINARY_DETECTORS.to_string()),
-            (false, false, false) => CopyOutAction::Refuse(NOT_PLAIN_TEXT.to_string()),
-            (false, false, true) => CopyOutAction::Mask(CopyLayout::Text),
+            (false, false, Err(reason)) => CopyOutAction::Refuse(reason),
+            (false, false, Ok(layout)) => CopyOutAction::Mask(layout),
         };
         CopyOutPlan { masker, action }
     }
@@ -314,19 +433,64 @@ strategy = "redact"
         assert_eq!(e.copy_out_plan(&bob(), Some(&f), 2, true, None).action, CopyOutAction::Forward);
     }
 
+    fn csv(layout: &CopyLayout) -> &CsvLayout {
+        match layout {
+            CopyLayout::Csv(c) => c,
+            other => panic!("not CSV: {other:?}"),
+        }
+    }
+
     #[test]
-    fn layouts_other_than_plain_text_are_refused_when_something_is_masked() {
+    fn csv_layouts_are_masked_with_their_options() {
         let e = engine(MASKS);
+        let plan = |sql: &str| e.copy_out_plan(&bob(), Some(&facts(&e, sql)), 3, false, Some(&users()));
+        let defaults = plan("COPY users TO STDOUT (FORMAT csv)");
+        let CopyOutAction::Mask(layout) = &defaults.action else { panic!("{:?}", defaults.action) };
+        assert_eq!(
+            csv(layout),
+            &CsvLayout { delimiter: b',', quote: b'"', escape: b'"', null: "".into(), header: false }
+        );
+        assert_eq!(defaults.masker.mask_of(2), Some("ssn"));
+        // Every option the server writes CSV with, in both spellings.
         for sql in [
-            "COPY users TO STDOUT (FORMAT csv)",
-            "COPY users TO STDOUT WITH CSV HEADER",
-            "COPY users TO STDOUT (DELIMITER '|')",
-            "COPY users TO STDOUT (NULL 'x')",
-            "COPY users TO STDOUT (HEADER)",
-            "COPY users TO STDOUT (ENCODING 'LATIN1')",
+            r"COPY users TO STDOUT (FORMAT csv, HEADER, DELIMITER ';', NULL 'NULL', QUOTE '''', ESCAPE '\', FORCE_QUOTE *)",
+            r"COPY users TO STDOUT WITH CSV HEADER DELIMITER ';' NULL 'NULL' QUOTE '''' ESCAPE '\' FORCE QUOTE *",
+            r"COPY (SELECT * FROM users) TO STDOUT (FORMAT 'CSV', HEADER on, DELIMITER ';', NULL 'NULL', QUOTE '''',
+              ESCAPE '\', FORCE_QUOTE (id, ssn))",
+        ] {
+            let p = plan(sql);
+            let CopyOutAction::Mask(layout) = &p.action else { panic!("{sql}: {:?}", p.action) };
+            assert_eq!(
+                csv(layout),
+                &CsvLayout { delimiter: b';', quote: b'\'', escape: b'\\', null: "NULL".into(), header: true },
+                "{sql}"
+            );
+        }
+        let off = plan("COPY users TO STDOUT (FORMAT csv, HEADER false)");
+        assert!(matches!(&off.action, CopyOutAction::Mask(l) if !csv(l).header));
+        let quote = plan("COPY users TO STDOUT (FORMAT csv, QUOTE '|')");
+        assert!(matches!(&quote.action, CopyOutAction::Mask(l) if csv(l).escape == b'|'), "ESCAPE follows QUOTE");
+    }
+
+    #[test]
+    fn options_the_lines_cannot_be_read_under_are_refused_by_name() {
+        let e = engine(MASKS);
+        for (sql, option) in [
+            ("COPY users TO STDOUT (DELIMITER '|')", "DELIMITER"),
+            ("COPY users TO STDOUT (NULL 'x')", "NULL"),
+            ("COPY users TO STDOUT (HEADER)", "HEADER"),
+            ("COPY users TO STDOUT (FORMAT text, HEADER)", "HEADER"),
+            ("COPY users TO STDOUT (ENCODING 'LATIN1')", "ENCODING"),
+            ("COPY users TO STDOUT (FORMAT csv, ENCODING 'UTF8')", "ENCODING"),
+            ("COPY users TO STDOUT (FORMAT csv, HEADER match)", "HEADER"),
+            (r#"COPY users TO STDOUT (FORMAT csv, DELIMITER '"')"#, "DELIMITER"),
+            ("COPY users TO STDOUT (FORMAT csv, DELIMITER 'ab')", "DELIMITER"),
+            ("COPY users TO STDOUT (FORMAT csv, QUOTE 'é')", "QUOTE"),
+            ("COPY users TO STDOUT (FORMAT csv, FORCE_NOT_NULL (ssn))", "FORCE_NOT_NULL"),
         ] {
             let plan = e.copy_out_plan(&bob(), Some(&facts(&e, sql)), 3, false, Some(&users()));
-            assert_eq!(plan.refusal(), Some(NOT_PLAIN_TEXT), "{sql}");
+            let reason = plan.refusal().unwrap_or_else(|| panic!("{sql}: {:?}", plan.action));
+            assert!(reason.contains(&format!("drop the {option} option")), "{sql}: {reason}");
         }
         // FORMAT text spelled out is the plain layout.
         let f = facts(&e, "COPY users TO STDOUT (FORMAT text)");
@@ -339,10 +503,13 @@ strategy = "redact"
         let plan = e.copy_out_plan(&bob(), Some(&f), 3, true, Some(&users()));
         assert_eq!(plan.refusal(), Some(BINARY_MASKED_COLUMNS));
         assert!(plan.refusal().is_some_and(|r| r.contains("use the text format")));
+        // Nothing to mask for this identity: every layout passes.
+        let f = facts(&e, "COPY users TO STDOUT (ENCODING 'LATIN1')");
+        assert_eq!(e.copy_out_plan(&reader(), Some(&f), 3, false, Some(&users())).action, CopyOutAction::Forward);
     }
 
     #[test]
-    fn detectors_alone_need_the_text_layout_too() {
+    fn detectors_alone_need_a_layout_of_lines_too() {
         let e = engine(DETECTORS_ONLY);
         let f = facts(&e, "COPY (SELECT note FROM orders) TO STDOUT");
         let plan = e.copy_out_plan(&bob(), Some(&f), 1, false, None);
@@ -351,7 +518,10 @@ strategy = "redact"
         let plan = e.copy_out_plan(&bob(), Some(&f), 1, true, None);
         assert_eq!(plan.refusal(), Some(BINARY_DETECTORS));
         let f = facts(&e, "COPY (SELECT note FROM orders) TO STDOUT (FORMAT csv)");
-        assert_eq!(e.copy_out_plan(&bob(), Some(&f), 1, false, None).refusal(), Some(NOT_PLAIN_TEXT));
+        let plan = e.copy_out_plan(&bob(), Some(&f), 1, false, None);
+        assert!(matches!(plan.action, CopyOutAction::Mask(CopyLayout::Csv(_))), "{:?}", plan.action);
+        let f = facts(&e, "COPY (SELECT note FROM orders) TO STDOUT (DELIMITER ',')");
+        assert!(e.copy_out_plan(&bob(), Some(&f), 1, false, None).refusal().is_some());
     }
 
     #[test]

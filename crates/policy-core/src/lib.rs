@@ -240,7 +240,7 @@ mod shape;
 pub use analyze::{Analysis, Class, OutputColumn, StatementFacts};
 pub use cache::{CacheStats, DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT};
 pub use context::Context;
-pub use copy::{CopyLayout, CopyOutAction, CopyOutPlan};
+pub use copy::{CopyLayout, CopyOutAction, CopyOutPlan, CsvLayout};
 pub use decision::{Decision, StatementDecision, Verdict};
 pub use detect::{DetectorMatch, Detectors};
 pub use engine::{Engine, EngineOptions, Keys, TestOutcome};

@@ -303,6 +303,18 @@ struct Portal {
     params: Vec<Option<Bytes>>,
 }
 
+/// The lines of a COPY TO STDOUT being relayed.
+#[derive(Debug)]
+struct CopyOut {
+    /// Columns announced by the `CopyOutResponse`.
+    columns: usize,
+    layout: CopyLayout,
+    /// A CSV header line is still to come (passed on as it is).
+    header: bool,
+    /// Which fields of the CSV line being masked were quoted.
+    quoted: Vec<bool>,
+}
+
 /// The result being relayed.
 #[derive(Debug)]
 struct ResultState {
@@ -313,9 +325,8 @@ struct ResultState {
     /// The decision whose rule the row cap names.
     decision: Option<Arc<Decision>>,
     capped: bool,
-    /// COPY TO STDOUT in text format: masked per line, with this many
-    /// columns.
-    copy_out: Option<u32>,
+    /// COPY TO STDOUT: its lines' layout, masked per line.
+    copy_out: Option<Box<CopyOut>>,
     /// The result may not be relayed (why): its rows are dropped and the
     /// client gets this as an error.
     refused: Option<Box<str>>,
@@ -2214,18 +2225,52 @@ impl SessionCore {
             self.to_client.extend_from_slice(frame.frame);
             return;
         };
-        if let Some(columns) = result.copy_out {
-            let mut row = self.row.lend();
-            let newline = copy::split_line(frame.body(), &mut row);
-            let outcome = if usize::try_from(columns).ok() != Some(row.len()) {
-                Err(())
-            } else if masker.mask_row(&mut row) == 0 {
-                self.to_client.extend_from_slice(frame.frame);
-                Ok(())
-            } else {
-                copy::copy_data_line(&mut self.to_client, &row, newline).map_err(|_| ())
+        if let Some(copy_out) = result.copy_out.as_deref_mut() {
+            let outcome = match &copy_out.layout {
+                CopyLayout::Csv(_) if copy_out.header => {
+                    // Column names, as the server wrote them.
+                    copy_out.header = false;
+                    self.to_client.extend_from_slice(frame.frame);
+                    Ok(())
+                }
+                CopyLayout::Csv(layout) => {
+                    let csv = copy::Csv {
+                        delimiter: layout.delimiter,
+                        quote: layout.quote,
+                        escape: layout.escape,
+                        null: layout.null.as_bytes(),
+                    };
+                    let mut row = self.row.lend();
+                    let quoted = &mut copy_out.quoted;
+                    let outcome = match copy::split_csv_line(frame.body(), &csv, &mut row, quoted) {
+                        Ok(_) if row.len() != copy_out.columns => Err(()),
+                        Ok(_) if masker.mask_row(&mut row) == 0 => {
+                            self.to_client.extend_from_slice(frame.frame);
+                            Ok(())
+                        }
+                        Ok(newline) => {
+                            copy::csv_data_line(&mut self.to_client, &row, quoted, &csv, newline).map_err(|_| ())
+                        }
+                        Err(_) => Err(()),
+                    };
+                    self.row.give_back(row);
+                    outcome
+                }
+                _ => {
+                    let mut row = self.row.lend();
+                    let newline = copy::split_line(frame.body(), &mut row);
+                    let outcome = if row.len() != copy_out.columns {
+                        Err(())
+                    } else if masker.mask_row(&mut row) == 0 {
+                        self.to_client.extend_from_slice(frame.frame);
+                        Ok(())
+                    } else {
+                        copy::copy_data_line(&mut self.to_client, &row, newline).map_err(|_| ())
+                    };
+                    self.row.give_back(row);
+                    outcome
+                }
             };
-            self.row.give_back(row);
             if outcome.is_err() {
                 // A line that does not split into the result's columns
                 // cannot be masked: the rest of the COPY is refused.
@@ -2287,17 +2332,19 @@ impl SessionCore {
         );
         // Forwarded, masked as text, or refused; a plan this gateway does
         // not know how to carry out is refused (fail closed).
-        let (masker, refusal) = match plan.action {
-            CopyOutAction::Forward => (RowMasker::default(), None),
-            CopyOutAction::Mask(CopyLayout::Text) => (plan.masker, None),
-            CopyOutAction::Refuse(reason) => (plan.masker, Some(reason)),
-            other => {
-                (plan.masker, Some(format!("COPY data the gateway cannot mask in this layout ({other:?}) is refused")))
-            }
+        let (masker, layout, refusal) = match plan.action {
+            CopyOutAction::Forward => (RowMasker::default(), CopyLayout::Text, None),
+            CopyOutAction::Mask(layout @ (CopyLayout::Text | CopyLayout::Csv(_))) => (plan.masker, layout, None),
+            CopyOutAction::Refuse(reason) => (plan.masker, CopyLayout::Text, Some(reason)),
+            other => (
+                plan.masker,
+                CopyLayout::Text,
+                Some(format!("COPY data the gateway cannot mask in this layout ({other:?}) is refused")),
+            ),
         };
         if let Some(result) = self.current_result_mut() {
-            // The count is a 16-bit word: it fits.
-            result.copy_out = Some(u32::try_from(columns.len()).unwrap_or(u32::MAX));
+            let header = matches!(&layout, CopyLayout::Csv(csv) if csv.header);
+            result.copy_out = Some(Box::new(CopyOut { columns: columns.len(), layout, header, quoted: Vec::new() }));
             result.masker = Some(Arc::new(masker));
             if let Some(reason) = &refusal {
                 result.refused = Some(reason.as_str().into());

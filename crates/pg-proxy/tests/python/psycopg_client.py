@@ -26,7 +26,7 @@ Sections:
                  binary results, a refused prepared statement
   pipeline       executemany (pipeline mode where libpq has it)
   refusals       (c) 42501 in autocommit mode and in transaction blocks
-  copy_out       (d) COPY TO STDOUT, text (masked) / binary / csv
+  copy_out       (d) COPY TO STDOUT, text and CSV (masked) / binary
   copy_in        (d) COPY FROM STDIN: developer allowed, agent refused
   reader         (e) the pii-readers caller sees the real SSN
   cancel         cancel_safe() from another thread during pg_sleep (over TLS
@@ -34,6 +34,8 @@ Sections:
                  request as the connection was made)
 """
 
+import csv
+import io
 import json
 import os
 import sys
@@ -384,6 +386,13 @@ def copy_out(c):
                     out[key] = raw(statement)
                 except psycopg.Error as e:
                     out[key] = error_info(e)
+            # CSV as Python's csv module reads it, with a header and quotes.
+            statement = ("COPY (SELECT id, ssn, note FROM customers ORDER BY id) TO STDOUT "
+                         "(FORMAT csv, HEADER, FORCE_QUOTE *)")
+            try:
+                out["csv_rows"] = list(csv.reader(io.StringIO(raw(statement), newline="")))
+            except psycopg.Error as e:
+                out["csv_rows"] = error_info(e)
             out["usable_after"] = usable(conn)
     return out
 

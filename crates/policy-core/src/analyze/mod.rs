@@ -788,7 +788,7 @@ fn const_bool(n: NodeRef<'_>) -> Option<bool> {
 
 /// PostgreSQL's `parse_bool`: `true`, `false`, `yes`, `no`, `on`, `off`,
 /// `1`, `0`, any unambiguous prefix of them, in any case, blanks around.
-fn parse_bool(text: &str) -> Option<bool> {
+pub(crate) fn parse_bool(text: &str) -> Option<bool> {
     let t = text.trim_matches(|c: char| c.is_ascii_whitespace()).to_ascii_lowercase();
     let prefix_of = |word: &str, min: usize| t.len() >= min && word.starts_with(t.as_str());
     if prefix_of("true", 1) || prefix_of("yes", 1) || prefix_of("on", 2) || t == "1" {
