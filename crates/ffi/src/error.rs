@@ -81,6 +81,10 @@ pub enum portcullis_result {
     TokenMissingSubject = 3116,
     /// The token was refused for a reason this version has no code for.
     TokenRejected = 3199,
+
+    /// The views JSON is not a list of `{"schema", "name", "columns",
+    /// "definition"}` objects.
+    ViewsJson = 3300,
 }
 
 impl portcullis_result {
@@ -117,6 +121,7 @@ impl portcullis_result {
             R::TokenWrongAudience => "wrong audience",
             R::TokenMissingSubject => "token has no subject claim",
             R::TokenRejected => "token rejected",
+            R::ViewsJson => "the views are not valid views JSON",
         }
     }
 }
@@ -325,6 +330,7 @@ fn code_of(n: u32) -> Option<portcullis_result> {
         R::TokenWrongAudience,
         R::TokenMissingSubject,
         R::TokenRejected,
+        R::ViewsJson,
     ];
     ALL.iter().copied().find(|c| *c as u32 == n)
 }
@@ -343,6 +349,6 @@ mod tests {
                 assert!(!code.message().is_empty());
             }
         }
-        assert_eq!(seen.len(), 29, "a new code must be added to `code_of`");
+        assert_eq!(seen.len(), 30, "a new code must be added to `code_of`");
     }
 }

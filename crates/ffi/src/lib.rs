@@ -110,6 +110,7 @@ mod error;
 mod identity;
 mod masker;
 mod session;
+mod views;
 
 pub use boundary::portcullis_str;
 pub use decision::{
@@ -132,6 +133,10 @@ pub use session::{
     portcullis_session, portcullis_session_add_prepared, portcullis_session_apply, portcullis_session_free,
     portcullis_session_new, portcullis_session_set_search_path, portcullis_session_set_standard_conforming_strings,
     portcullis_session_set_user,
+};
+pub use views::{
+    portcullis_session_set_views, portcullis_views, portcullis_views_count, portcullis_views_free,
+    portcullis_views_new, portcullis_views_unavailable,
 };
 
 /// Handles are shared between threads as the crate docs say: the compiler

@@ -1,4 +1,5 @@
-//! Which table column a result column is.
+//! What the gateway reads from the database's catalog: which table column
+//! a result column is, and the database's views.
 //!
 //! RowDescription gives, for a column that is a plain reference to a table
 //! column, the table's OID and the column's attribute number. Masks are
@@ -13,12 +14,27 @@
 //! leaves the column unresolved: the engine then judges it by the
 //! statement's lineage alone, and a column whose lineage cannot be proven
 //! is masked whole.
+//!
+//! The views of a database ([`Catalog::views`]) are read whole, once, when
+//! its first session starts: every view and materialized view outside
+//! `pg_catalog` and `information_schema`, its columns, and its definition
+//! as `pg_get_viewdef` writes it on the catalog connection, whose
+//! `search_path` is empty (so every name outside `pg_catalog` comes
+//! qualified). Sessions share them through a watch channel. They are read
+//! again when a session completes DDL (before that session's client hears
+//! back), and a task checks every `[catalog] refresh_interval` whether
+//! another connection changed them: it compares a fingerprint of
+//! `pg_class`, `pg_namespace`, `pg_rewrite` and the views' columns (row
+//! counts and the sum of their `xmin`) and reads the views again when it
+//! moved. When they cannot be read, sessions get [`Views::unavailable`],
+//! and statements naming relations are not allowed until they can.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use policy_core::ColumnInfo;
-use tokio::sync::Mutex;
+use policy_core::{ColumnInfo, View, ViewKind, Views};
+use tokio::sync::{watch, Mutex};
 
 use crate::upstream::{self, Connection, Target};
 
@@ -47,13 +63,55 @@ impl Table {
 struct Database {
     conn: Option<Connection>,
     tables: HashMap<u32, Arc<Table>>,
+    /// The views, while sessions watch them.
+    views: Option<WatchedViews>,
+}
+
+struct WatchedViews {
+    tx: watch::Sender<Arc<Views>>,
+    /// The fingerprint the views were read at (`None` when they could not
+    /// be read).
+    fingerprint: Option<String>,
 }
 
 /// The catalog cache of a gateway, for every database it serves.
 pub struct Catalog {
     target: Target,
+    refresh_interval: Duration,
     databases: Mutex<HashMap<String, Arc<Mutex<Database>>>>,
 }
+
+/// What moves when a view is created, replaced, dropped or renamed, its
+/// columns renamed, a relation or a schema created, renamed or moved: row
+/// counts and the sum of the rows' `xmin` (a changed row is a new version
+/// with a newer one).
+const FINGERPRINT_SQL: &str = "SELECT \
+    (SELECT pg_catalog.count(*)::pg_catalog.text || '/' || \
+        COALESCE(pg_catalog.sum(xmin::pg_catalog.text::pg_catalog.int8), 0)::pg_catalog.text \
+        FROM pg_catalog.pg_class) || ' ' || \
+    (SELECT pg_catalog.count(*)::pg_catalog.text || '/' || \
+        COALESCE(pg_catalog.sum(xmin::pg_catalog.text::pg_catalog.int8), 0)::pg_catalog.text \
+        FROM pg_catalog.pg_namespace) || ' ' || \
+    (SELECT pg_catalog.count(*)::pg_catalog.text || '/' || \
+        COALESCE(pg_catalog.sum(xmin::pg_catalog.text::pg_catalog.int8), 0)::pg_catalog.text \
+        FROM pg_catalog.pg_rewrite) || ' ' || \
+    (SELECT pg_catalog.count(*)::pg_catalog.text || '/' || \
+        COALESCE(pg_catalog.sum(a.xmin::pg_catalog.text::pg_catalog.int8), 0)::pg_catalog.text \
+        FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+        WHERE c.relkind IN ('v', 'm'))";
+
+/// Every view and materialized view outside the system schemas, with its
+/// definition (qualified: the catalog connection's `search_path` is empty).
+const VIEWS_SQL: &str = "SELECT n.nspname, c.relname, c.relkind, pg_catalog.pg_get_viewdef(c.oid) \
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+    WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
+
+/// Their columns, in order.
+const VIEW_COLUMNS_SQL: &str = "SELECT n.nspname, c.relname, a.attname \
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+    WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+    AND a.attnum > 0 AND NOT a.attisdropped ORDER BY c.oid, a.attnum";
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,9 +120,38 @@ impl std::fmt::Debug for Catalog {
 }
 
 impl Catalog {
-    /// A catalog reaching the server through `target`.
-    pub fn new(target: Target) -> Catalog {
-        Catalog { target, databases: Mutex::new(HashMap::new()) }
+    /// A catalog reaching the server through `target`, checking for views
+    /// changed by other connections every `refresh_interval`.
+    pub fn new(target: Target, refresh_interval: Duration) -> Catalog {
+        Catalog { target, refresh_interval, databases: Mutex::new(HashMap::new()) }
+    }
+
+    /// The views of `database`, kept current: read now if no session there
+    /// watches them yet (see the module docs).
+    pub async fn views(&self, database: &str) -> watch::Receiver<Arc<Views>> {
+        let db = self.database(database).await;
+        let mut guard = db.lock().await;
+        if let Some(watched) = &guard.views {
+            return watched.tx.subscribe();
+        }
+        let (views, fingerprint) = guard.read_views(&self.target, database).await;
+        let (tx, rx) = watch::channel(views);
+        guard.views = Some(WatchedViews { tx, fingerprint });
+        drop(guard);
+        let (target, interval, name) = (self.target.clone(), self.refresh_interval, database.to_string());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let mut guard = db.lock().await;
+                if guard.views.as_ref().is_none_or(|w| w.tx.receiver_count() == 0) {
+                    // No session watches them any more.
+                    guard.views = None;
+                    return;
+                }
+                guard.refresh_views(&target, &name, false).await;
+            }
+        });
+        rx
     }
 
     async fn database(&self, name: &str) -> Arc<Mutex<Database>> {
@@ -143,30 +230,109 @@ impl Catalog {
     /// Runs one of the gateway's catalog queries on the database's own
     /// connection (made when needed, dropped after a failure).
     async fn query(&self, db: &mut Database, database: &str, sql: &str) -> Option<Vec<Vec<Option<String>>>> {
-        if db.conn.is_none() {
-            let params = [("application_name", "portcullis-catalog"), ("client_encoding", "UTF8")];
-            match upstream::connect(&self.target, database, &params).await {
-                Ok(c) => db.conn = Some(c),
+        db.query(&self.target, database, sql).await.ok()
+    }
+
+    /// Forgets what is cached for `database` (after DDL there), and reads
+    /// its views again.
+    pub async fn invalidate(&self, database: &str) {
+        let db = self.database(database).await;
+        let mut db = db.lock().await;
+        db.tables.clear();
+        db.refresh_views(&self.target, database, true).await;
+    }
+}
+
+impl Database {
+    /// Runs one catalog query on the connection (made when needed, dropped
+    /// after a failure); the error says why, without the query's data.
+    async fn query(&mut self, target: &Target, database: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+        if self.conn.is_none() {
+            // An empty search_path: pg_get_viewdef qualifies every name
+            // outside pg_catalog.
+            let params = [("application_name", "portcullis-catalog"), ("client_encoding", "UTF8"), ("search_path", "")];
+            match upstream::connect(target, database, &params).await {
+                Ok(c) => self.conn = Some(c),
                 Err(e) => {
                     tracing::warn!(database, "catalog connection failed: {e}");
-                    return None;
+                    return Err(format!("catalog connection failed: {e}"));
                 }
             }
         }
-        match db.conn.as_mut()?.simple_query(sql, self.target.max_message_bytes).await {
-            Ok(rows) => Some(rows),
+        let Some(conn) = self.conn.as_mut() else { return Err("no catalog connection".to_string()) };
+        match conn.simple_query(sql, target.max_message_bytes).await {
+            Ok(rows) => Ok(rows),
             Err(e) => {
                 tracing::warn!(database, "catalog lookup failed: {e}");
-                db.conn = None;
-                None
+                self.conn = None;
+                Err(format!("catalog lookup failed: {e}"))
             }
         }
     }
 
-    /// Forgets what is cached for `database` (after DDL there).
-    pub async fn invalidate(&self, database: &str) {
-        let db = self.database(database).await;
-        db.lock().await.tables.clear();
+    /// Reads the views and the fingerprint they were read at.
+    async fn read_views(&mut self, target: &Target, database: &str) -> (Arc<Views>, Option<String>) {
+        match self.try_read_views(target, database).await {
+            Ok((views, fingerprint)) => (Arc::new(views), Some(fingerprint)),
+            Err(reason) => (Arc::new(Views::unavailable(reason)), None),
+        }
+    }
+
+    async fn try_read_views(&mut self, target: &Target, database: &str) -> Result<(Views, String), String> {
+        // The fingerprint first: a change after it is seen at the next check.
+        let fingerprint = self.fingerprint(target, database).await?;
+        let defs = self.query(target, database, VIEWS_SQL).await?;
+        let column_rows = self.query(target, database, VIEW_COLUMNS_SQL).await?;
+        let mut columns: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for row in column_rows {
+            let [Some(schema), Some(name), Some(column)] = <[Option<String>; 3]>::try_from(row).unwrap_or_default()
+            else {
+                return Err("a view column row the gateway cannot read".to_string());
+            };
+            columns.entry((schema, name)).or_default().push(column);
+        }
+        let mut views = Views::new();
+        for row in defs {
+            let [Some(schema), Some(name), Some(kind), definition] =
+                <[Option<String>; 4]>::try_from(row).unwrap_or_default()
+            else {
+                return Err("a view row the gateway cannot read".to_string());
+            };
+            let kind = if kind == "m" { ViewKind::Materialized } else { ViewKind::View };
+            let cols = columns.remove(&(schema.clone(), name.clone())).unwrap_or_default();
+            // A definition the server would not give reads as no query:
+            // the engine then refuses what names the view.
+            views.insert(&schema, &name, View::new(kind, cols, definition.unwrap_or_default()));
+        }
+        tracing::debug!(database, views = views.len(), "views read from the catalog");
+        Ok((views, fingerprint))
+    }
+
+    async fn fingerprint(&mut self, target: &Target, database: &str) -> Result<String, String> {
+        let rows = self.query(target, database, FINGERPRINT_SQL).await?;
+        rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| "no fingerprint".to_string())
+    }
+
+    /// Reads the views again when they may have changed (always when
+    /// `force`), and hands them to the sessions watching.
+    async fn refresh_views(&mut self, target: &Target, database: &str, force: bool) {
+        let Some(known) = self.views.as_ref().map(|w| w.fingerprint.clone()) else { return };
+        if !force {
+            match (self.fingerprint(target, database).await, known) {
+                (Ok(now), Some(then)) if now == then => return,
+                (Err(reason), None) => {
+                    // Still unreadable: keep the sessions' refusal as it is.
+                    tracing::debug!(database, "views still unavailable: {reason}");
+                    return;
+                }
+                _ => {}
+            }
+        }
+        let (views, fingerprint) = self.read_views(target, database).await;
+        if let Some(watched) = self.views.as_mut() {
+            watched.fingerprint = fingerprint;
+            watched.tx.send_replace(views);
+        }
     }
 }
 

@@ -15,8 +15,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use pg_proxy::config::Secret;
-use policy_core::{Actor, Decision, Engine, Identity, Keys, Policy, PolicyError, Session};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pg_proxy::catalog::Catalog;
+use pg_proxy::codec::DEFAULT_MAX_MESSAGE_BYTES;
+use pg_proxy::config::{Secret, Upstream};
+use pg_proxy::upstream::Target;
+use policy_core::{Actor, Decision, Engine, Identity, Keys, Policy, PolicyError, Session, Views};
 use serde::Deserialize;
 
 /// `println!` for the commands' output: a reader that went away
@@ -288,6 +294,15 @@ struct ExplainArgs {
     /// Batch mode: JSON requests on stdin, one decision per line on stdout.
     #[arg(long, conflicts_with = "sql")]
     jsonl: bool,
+    /// Read the database's views from its catalog first and judge
+    /// statements naming views by what they read, as the gateway does
+    /// (with the policy's settings.views = "expand"). A libpq connection
+    /// string over TCP: "host=db port=5432 user=app dbname=app
+    /// sslmode=verify-full sslrootcert=ca.pem"; PGHOST, PGPORT, PGUSER,
+    /// PGDATABASE, PGPASSWORD, PGSSLMODE and PGSSLROOTCERT fill in what it
+    /// leaves out. Exit 2 when the views cannot be read.
+    #[arg(long, value_name = "CONNINFO")]
+    catalog: Option<String>,
     /// The SQL string to decide.
     #[arg(required_unless_present = "jsonl")]
     sql: Option<String>,
@@ -402,10 +417,17 @@ pub(crate) fn run() -> ExitCode {
                 Ok(e) => e,
                 Err(code) => return code,
             };
+            let views = match args.catalog.as_deref().map(read_views).transpose() {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: --catalog: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             if args.jsonl {
-                explain_jsonl(&engine, &args)
+                explain_jsonl(&engine, &args, views.as_ref())
             } else {
-                explain_one(&engine, &args)
+                explain_one(&engine, &args, views.as_ref())
             }
         }
     }
@@ -620,8 +642,30 @@ fn identity(subject: &str, groups: &[String], actor: Option<&str>) -> Identity {
     id
 }
 
-fn session(engine: &Engine, search_path: Option<&Vec<String>>, scs: bool) -> Session {
+/// The views of the database `conninfo` names, read as the gateway reads them.
+fn read_views(conninfo: &str) -> Result<Arc<Views>, String> {
+    let upstream = Upstream::from_conninfo(conninfo, |var| std::env::var(var).ok())?;
+    let database = upstream.database.clone().unwrap_or_default();
+    let target = Target::new(&upstream, DEFAULT_MAX_MESSAGE_BYTES)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let views = runtime.block_on(async {
+        let catalog = Catalog::new(target, Duration::from_secs(3600));
+        let watch = catalog.views(&database).await;
+        let views = Arc::clone(&watch.borrow());
+        views
+    });
+    match views.unavailable_reason() {
+        Some(reason) => Err(format!("cannot read the views of database {database}: {reason}")),
+        None => Ok(views),
+    }
+}
+
+fn session(engine: &Engine, search_path: Option<&Vec<String>>, scs: bool, views: Option<&Arc<Views>>) -> Session {
     let mut s = engine.new_session();
+    s.views = views.cloned();
     if let Some(p) = search_path {
         // The session starts there, and a RESET returns there, as on the
         // server for a client that gave it at login.
@@ -631,9 +675,9 @@ fn session(engine: &Engine, search_path: Option<&Vec<String>>, scs: bool) -> Ses
     s
 }
 
-fn explain_one(engine: &Engine, args: &ExplainArgs) -> ExitCode {
+fn explain_one(engine: &Engine, args: &ExplainArgs, views: Option<&Arc<Views>>) -> ExitCode {
     let id = identity(&args.subject, &args.groups, args.actor.as_deref());
-    let s = session(engine, args.search_path.as_ref(), !args.no_standard_conforming_strings);
+    let s = session(engine, args.search_path.as_ref(), !args.no_standard_conforming_strings, views);
     let decision = engine.decide(&id, &s, args.sql.as_deref().unwrap_or_default());
     match serde_json::to_string_pretty(&decision) {
         Ok(json) => say!("{json}"),
@@ -646,7 +690,7 @@ fn error_line(message: &str) -> String {
     serde_json::json!({ "error": message }).to_string()
 }
 
-fn explain_jsonl(engine: &Engine, args: &ExplainArgs) -> ExitCode {
+fn explain_jsonl(engine: &Engine, args: &ExplainArgs, views: Option<&Arc<Views>>) -> ExitCode {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let stdout = std::io::stdout();
@@ -664,7 +708,7 @@ fn explain_jsonl(engine: &Engine, args: &ExplainArgs) -> ExitCode {
             }
         }
         number += 1;
-        let answer = match decide_line(engine, args, &line) {
+        let answer = match decide_line(engine, args, views, &line) {
             Ok(d) => d.to_json(),
             Err(msg) => error_line(&format!("line {number}: {msg}")),
         };
@@ -676,7 +720,12 @@ fn explain_jsonl(engine: &Engine, args: &ExplainArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn decide_line(engine: &Engine, args: &ExplainArgs, line: &[u8]) -> Result<Decision, String> {
+fn decide_line(
+    engine: &Engine,
+    args: &ExplainArgs,
+    views: Option<&Arc<Views>>,
+    line: &[u8],
+) -> Result<Decision, String> {
     let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8: {e}"))?;
     let text = text.trim_end_matches(['\n', '\r']);
     if text.trim().is_empty() {
@@ -686,7 +735,7 @@ fn decide_line(engine: &Engine, args: &ExplainArgs, line: &[u8]) -> Result<Decis
     let subject = req.subject.as_deref().unwrap_or(&args.subject);
     let id = identity(subject, &req.groups, req.actor.as_deref());
     let scs = req.standard_conforming_strings.unwrap_or(!args.no_standard_conforming_strings);
-    let s = session(engine, req.search_path.as_ref().or(args.search_path.as_ref()), scs);
+    let s = session(engine, req.search_path.as_ref().or(args.search_path.as_ref()), scs, views);
     Ok(engine.decide(&id, &s, &req.sql))
 }
 

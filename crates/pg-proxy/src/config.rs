@@ -32,6 +32,9 @@
 //!
 //! [masking]
 //! pseudonym_key_env = "PORTCULLIS_PSEUDONYM_KEY"  # for `hash` masks; or pseudonym_key_file
+//!
+//! [catalog]
+//! refresh_interval = "1s"            # how often views changed by other connections are looked for
 //! ```
 //!
 //! Every key, its default and its meaning: `docs/configuration.md` (a test
@@ -208,6 +211,16 @@ pub struct Config {
     pub limits: Limits,
     /// The key of `hash` masks.
     pub pseudonym_key: Option<Secret>,
+    /// The gateway's catalog reading.
+    pub catalog: CatalogSettings,
+}
+
+/// `[catalog]`.
+#[derive(Debug, Clone)]
+pub struct CatalogSettings {
+    /// How often the gateway checks whether another connection changed
+    /// the database's views (DDL through the gateway is seen at once).
+    pub refresh_interval: Duration,
 }
 
 /// Certificate and key files.
@@ -276,6 +289,14 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     masking: RawMasking,
+    #[serde(default)]
+    catalog: RawCatalog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    refresh_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -463,6 +484,17 @@ impl Config {
             (None, None) => None,
         };
 
+        let catalog = CatalogSettings {
+            refresh_interval: match &raw.catalog.refresh_interval {
+                Some(t) => match parse_duration(t) {
+                    Ok(d) if d >= Duration::from_millis(100) => d,
+                    Ok(_) => return Err(invalid("[catalog] refresh_interval: at least 100ms".to_string())),
+                    Err(e) => return Err(invalid(format!("[catalog] refresh_interval: {e}"))),
+                },
+                None => Duration::from_secs(1),
+            },
+        };
+
         Ok(Config {
             path: path.to_path_buf(),
             listen,
@@ -481,11 +513,113 @@ impl Config {
             },
             limits,
             pseudonym_key,
+            catalog,
         })
     }
 }
 
 impl Upstream {
+    /// The upstream a libpq connection string names (`host=db port=5432
+    /// user=app dbname=app sslmode=verify-full sslrootcert=ca.pem`; values
+    /// may be single-quoted, with `\\'` and `\\\\` escapes), each key
+    /// missing from it taken from libpq's environment variable (`PGHOST`,
+    /// `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`, `PGSSLMODE`,
+    /// `PGSSLROOTCERT`, read through `env`). Defaults: `localhost`, `5432`,
+    /// `sslmode=prefer`, the database named as the user. URIs
+    /// (`postgresql://...`) and other keys are refused, by name.
+    ///
+    /// ```
+    /// use pg_proxy::config::{Upstream, UpstreamTls};
+    /// let up = Upstream::from_conninfo("host=db.internal user=app dbname='my db' sslmode=disable", |_| None)?;
+    /// assert_eq!((up.host.as_str(), up.port, up.database.as_deref()), ("db.internal", 5432, Some("my db")));
+    /// assert_eq!(up.tls, UpstreamTls::Disable);
+    /// # Ok::<(), String>(())
+    /// ```
+    pub fn from_conninfo(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Upstream, String> {
+        if text.contains("://") {
+            return Err("give the connection as key=value pairs (host=... user=... dbname=...), not a URI".into());
+        }
+        let mut given = std::collections::HashMap::new();
+        let mut chars = text.chars().peekable();
+        loop {
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            if chars.peek().is_none() {
+                break;
+            }
+            let mut key = String::new();
+            while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+                key.push(c);
+            }
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            if chars.next() != Some('=') {
+                return Err(format!("`{key}` has no value (expected {key}=value)"));
+            }
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            let mut value = String::new();
+            if chars.next_if_eq(&'\'').is_some() {
+                loop {
+                    match chars.next() {
+                        None => return Err(format!("the value of `{key}` has no closing quote")),
+                        Some('\'') => break,
+                        Some('\\') => {
+                            value.push(chars.next().ok_or(format!("the value of `{key}` ends in a backslash"))?)
+                        }
+                        Some(c) => value.push(c),
+                    }
+                }
+            } else {
+                while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                    value.push(c);
+                }
+            }
+            given.insert(key, value);
+        }
+        const KEYS: [(&str, &str); 7] = [
+            ("host", "PGHOST"),
+            ("port", "PGPORT"),
+            ("user", "PGUSER"),
+            ("dbname", "PGDATABASE"),
+            ("password", "PGPASSWORD"),
+            ("sslmode", "PGSSLMODE"),
+            ("sslrootcert", "PGSSLROOTCERT"),
+        ];
+        if let Some(k) = given.keys().find(|k| !KEYS.iter().any(|(name, _)| name == k)) {
+            return Err(format!(
+                "unknown connection key `{k}` (known: host, port, user, dbname, password, sslmode, sslrootcert)"
+            ));
+        }
+        let get = |key: &str| {
+            let var = KEYS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).unwrap_or_default();
+            given.get(key).cloned().or_else(|| env(var)).filter(|v| !v.is_empty())
+        };
+        let user = get("user").ok_or("no user: give user=... (or set PGUSER)")?;
+        let port = match get("port") {
+            Some(p) => p.parse::<u16>().map_err(|_| format!("port `{p}` is not a port number"))?,
+            None => 5432,
+        };
+        let tls = match get("sslmode").as_deref() {
+            None | Some("prefer") => UpstreamTls::Prefer,
+            Some("disable") => UpstreamTls::Disable,
+            Some("allow") => UpstreamTls::Allow,
+            Some("require") => UpstreamTls::Require,
+            Some("verify-ca") => UpstreamTls::VerifyCa,
+            Some("verify-full") => UpstreamTls::VerifyFull,
+            Some(other) => return Err(format!("unknown sslmode `{other}`")),
+        };
+        let ca_file =
+            get("sslrootcert").map(|p| if p == "system" { RootCerts::System } else { RootCerts::File(p.into()) });
+        Ok(Upstream {
+            host: get("host").unwrap_or_else(|| "localhost".to_string()),
+            port,
+            database: Some(get("dbname").unwrap_or_else(|| user.clone())),
+            user,
+            password: get("password").map(|p| Secret::new(p.into_bytes())),
+            tls,
+            ca_file,
+            connect_timeout: Duration::from_secs(10),
+        })
+    }
+
     /// How the server's certificate is checked.
     pub fn verification(&self) -> Verification {
         self.tls.verification(self.ca_file.is_some())
@@ -683,7 +817,7 @@ password_env = "PW"
         let e = Config::from_toml_str(&text, Path::new("gw.toml"), env).unwrap_err().to_string();
         assert!(e.contains("unknown field `zz_unknown`"), "[{table}]: {e}");
         let expected = e.split_once("expected").map(|(_, rest)| rest).unwrap_or_default();
-        let tables = ["tls", "auth", "upstream", "limits", "masking"];
+        let tables = ["tls", "auth", "upstream", "limits", "masking", "catalog"];
         expected
             .split('`')
             .skip(1)
@@ -722,14 +856,25 @@ password_env = "PW"
     #[test]
     fn the_configuration_reference_lists_every_key() {
         let documented = documented_keys();
-        for table in ["", "tls", "auth", "upstream", "limits", "masking"] {
+        for table in ["", "tls", "auth", "upstream", "limits", "masking", "catalog"] {
             let mut accepted = accepted_keys(table);
             let mut listed = documented.get(table).cloned().unwrap_or_default();
             accepted.sort();
             listed.sort();
             assert_eq!(listed, accepted, "docs/configuration.md, table [{table}]: documented vs accepted keys");
         }
-        assert_eq!(documented.len(), 6, "{documented:?}");
+        assert_eq!(documented.len(), 7, "{documented:?}");
+    }
+
+    #[test]
+    fn the_catalog_refresh_interval_is_checked() {
+        let load = |extra: &str| Config::from_toml_str(&format!("{MINIMAL}\n{extra}"), Path::new("gw.toml"), env);
+        assert_eq!(load("").unwrap().catalog.refresh_interval, Duration::from_secs(1));
+        let c = load("[catalog]\nrefresh_interval = \"250ms\"").unwrap();
+        assert_eq!(c.catalog.refresh_interval, Duration::from_millis(250));
+        let e = load("[catalog]\nrefresh_interval = \"10ms\"").unwrap_err().to_string();
+        assert!(e.contains("[catalog] refresh_interval: at least 100ms"), "{e}");
+        assert!(load("[catalog]\nrefresh_interval = \"soon\"").is_err());
     }
 
     #[test]

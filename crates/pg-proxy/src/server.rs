@@ -108,7 +108,7 @@ pub struct Gateway {
     tls: Option<Arc<ServerConfig>>,
     /// How to reach the database.
     pub target: Target,
-    /// Table names by OID.
+    /// Table names by OID, and the databases' views.
     pub catalog: Catalog,
     cancels: Mutex<HashMap<i32, CancelTarget>>,
     next_pid: AtomicI32,
@@ -150,7 +150,7 @@ impl Gateway {
         let target = Target::new(&config.upstream, config.limits.max_message_bytes)?;
         Ok(Gateway {
             generation: AtomicU64::new(0),
-            catalog: Catalog::new(target.clone()),
+            catalog: Catalog::new(target.clone(), config.catalog.refresh_interval),
             target,
             engine: RwLock::new(Arc::new(engine)),
             keys,

@@ -15,7 +15,7 @@ use pg_proxy::session::hold::HoldOutcome;
 use pg_proxy::session::record::{Record, RecordError};
 use pg_proxy::session::registry::Activity;
 use pg_proxy::session::{CoreConfig, Need, SessionCore, SessionEnd, SessionStart};
-use policy_core::{Engine, Identity, Keys, Policy};
+use policy_core::{Engine, Identity, Keys, Policy, View, ViewKind, Views};
 use postgres_protocol::message::frontend;
 
 const POLICY: &str = r#"
@@ -75,7 +75,11 @@ fn harness(config: CoreConfig) -> Harness {
 }
 
 fn harness_with(config: CoreConfig, search_path: Vec<String>) -> Harness {
-    let policy = Policy::from_toml_str(POLICY, "policy.toml").unwrap();
+    harness_of(POLICY, config, search_path)
+}
+
+fn harness_of(policy: &str, config: CoreConfig, search_path: Vec<String>) -> Harness {
+    let policy = Policy::from_toml_str(policy, "policy.toml").unwrap();
     let engine = Arc::new(Engine::new(policy, Keys::default()).unwrap());
     let now = Instant::now();
     let start = SessionStart {
@@ -1667,4 +1671,41 @@ fn a_reported_standard_conforming_strings_changes_how_texts_are_read() {
     h.got();
     h.client(&query(sql));
     assert!(is_query(&h.sent()[0], sql), "read as the server reads it");
+}
+
+/// A statement that may create or change views is let through: what comes
+/// after it, before it completes, is judged as if any relation could be a
+/// view nobody has read yet (refused); once every statement is answered the
+/// core asks for the views again, and judges by them.
+#[test]
+fn statements_pipelined_after_one_that_may_change_views_are_not_judged_by_stale_views() {
+    let policy = format!(
+        "{POLICY}\n[[rule]]\nname = \"ddl\"\neffect = \"allow\"\nclasses = [\"ddl\"]\ntables = [\"public.*\"]\n"
+    );
+    let mut h = harness_of(&policy, CoreConfig::default(), vec!["public".into()]);
+    h.core.set_views(Arc::new(Views::new()));
+    h.client(&cat(&[query("CREATE VIEW public.v AS SELECT 1 AS one"), query("SELECT * FROM v")]));
+    let sent = h.sent();
+    assert!(is_query(&sent[0], "CREATE VIEW public.v AS SELECT 1 AS one"), "{sent:?}");
+    assert!(is_substitute(&sent[1]), "{sent:?}");
+    assert!(h.needs().is_empty());
+    // Views read before the CREATE VIEW completed do not lift the refusal.
+    h.core.set_views(Arc::new(Views::new()));
+    h.server(&cat(&[complete("CREATE VIEW"), ready(b'I')]));
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    let got = h.got();
+    assert!(got[2].1.contains("has not completed"), "{got:?}");
+    assert!(h.needs().iter().any(|n| matches!(n, Need::InvalidateCatalog)));
+    // The views read again: `v` is one, over a table the policy forbids.
+    let mut views = Views::new();
+    views.insert("public", "v", View::new(ViewKind::View, vec!["id".into()], " SELECT s.id FROM private.secrets s;"));
+    h.core.set_views(Arc::new(views));
+    h.client(&query("SELECT * FROM v"));
+    assert!(is_substitute(&h.sent()[0]));
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    let got = h.got();
+    assert!(got[0].1.contains("private is off limits"), "{got:?}");
+    // And a plain table is read as before.
+    h.client(&query("SELECT * FROM people"));
+    assert!(is_query(&h.sent()[0], "SELECT * FROM people"));
 }

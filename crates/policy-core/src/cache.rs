@@ -75,6 +75,8 @@ pub(crate) struct ContextKey {
     standard_conforming_strings: bool,
     user: Option<String>,
     transaction: Option<TransactionPaths>,
+    /// [`crate::Views::id`] of the session's views.
+    views: Option<u64>,
 }
 
 impl ContextKey {
@@ -88,6 +90,7 @@ impl ContextKey {
             standard_conforming_strings: session.standard_conforming_strings,
             user: session.user.clone(),
             transaction: session.transaction.clone(),
+            views: views_id(session),
         }
     }
 
@@ -100,6 +103,7 @@ impl ContextKey {
             && self.standard_conforming_strings == session.standard_conforming_strings
             && self.reset_search_path == session.reset_search_path
             && self.user == session.user
+            && self.views == views_id(session)
             && self.identity == *identity
     }
 
@@ -112,6 +116,7 @@ impl ContextKey {
                 && self.standard_conforming_strings == other.standard_conforming_strings
                 && self.reset_search_path == other.reset_search_path
                 && self.user == other.user
+                && self.views == other.views
                 && self.identity == other.identity)
     }
 
@@ -296,7 +301,13 @@ fn context_hash(state: &foldhash::quality::RandomState, identity: &Identity, ses
     session.standard_conforming_strings.hash(&mut h);
     session.user.hash(&mut h);
     session.transaction.hash(&mut h);
+    views_id(session).hash(&mut h);
     h.finish()
+}
+
+/// The identity of the session's views, which decisions depend on.
+fn views_id(session: &Session) -> Option<u64> {
+    session.views.as_ref().map(|v| v.id())
 }
 
 fn key_hash(state: &foldhash::quality::RandomState, sql: &str, shape: bool, context: u64) -> u64 {

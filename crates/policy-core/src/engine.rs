@@ -127,7 +127,10 @@ impl Engine {
             }
             b.build().ok()
         };
-        let analyze_options = AnalyzeOptions { trusted_functions };
+        let analyze_options = AnalyzeOptions {
+            trusted_functions,
+            expand_views: policy.settings.views == crate::policy::ViewReading::Expand,
+        };
         let key: Option<Arc<[u8]>> = keys.pseudonym_key.as_deref().map(Arc::from);
         let masks = policy.masks.iter().map(|m| ColumnMask::compile(m, key.clone())).collect();
         let detectors = Detectors::new(&policy.detectors, key);

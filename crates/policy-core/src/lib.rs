@@ -167,9 +167,11 @@
 //!   made since the last `Sync`) is not followed. Within one
 //!   multi-statement string the analysis follows both exactly; between
 //!   strings the gateway's read-back gives the server's path.
-//! - Views and functions are judged by name: a view in an allowed schema
-//!   that selects from a forbidden table is allowed. Exclude such views by
-//!   name, or keep them out of reach of the roles the gateway uses.
+//! - Views are judged by what they read only when the caller gives the
+//!   session the database's [`Views`] (the gateway does): without them a
+//!   view in an allowed schema that selects from a forbidden table is
+//!   judged by its name. SQL functions are not expanded: a call to one is
+//!   opaque unless `settings.trusted_functions` vouches for it.
 //! - PostgreSQL's functional notation (`t.f` meaning `f(t)` when `t` has no
 //!   column `f`) and overloads of built-in names created in other schemas
 //!   are not visible without the catalog; both require an earlier `CREATE
@@ -236,6 +238,7 @@ mod policy;
 mod rules;
 mod session;
 mod shape;
+mod views;
 
 pub use analyze::{Analysis, Class, OutputColumn, StatementFacts};
 pub use cache::{CacheStats, DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT};
@@ -248,6 +251,7 @@ pub use identity::{verify_jwt, Actor, Identity, IdentityError, IdentityRules, Jw
 pub use mask::{quotes_values, ColumnInfo, Masking, MessageScrubber, RowMasker, Scrubbed, REDACTED};
 pub use policy::{
     Detector, DetectorKind, Effect, IdentityConfig, Location, Mask, Patterns, Policy, PolicyError, PolicyTest, Rule,
-    Settings, Strategy,
+    Settings, Strategy, ViewReading,
 };
 pub use session::{Prepared, SavepointPaths, Session, SessionEffect, TransactionPaths};
+pub use views::{View, ViewKind, Views};

@@ -17,7 +17,9 @@
 //! - a pattern list holding only `!` exclusions covers everything else;
 //! - `settings.trusted_functions` lists functions (globs on the name as
 //!   written) whose bodies the policy author vouches for: calling them does
-//!   not make a statement opaque.
+//!   not make a statement opaque;
+//! - `settings.views` is `"expand"` (the default) or `"name"`: see
+//!   [`crate::Views`].
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use regex::Regex;
@@ -165,6 +167,21 @@ pub struct Settings {
     pub max_rows: u64,
     /// Functions whose bodies the policy trusts (see module docs).
     pub trusted_functions: Vec<String>,
+    /// How statements naming views are judged (`settings.views`).
+    pub views: ViewReading,
+}
+
+/// `settings.views`: how a statement naming a view is judged (see
+/// [`crate::Views`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewReading {
+    /// By the view and everything its definition reads, recursively, with
+    /// masks following view columns back to table columns (the default).
+    #[default]
+    Expand,
+    /// By the view's name only, for policies that name views on purpose.
+    Name,
 }
 
 /// `[identity]`: which token claims hold what.
@@ -408,6 +425,7 @@ struct RawSettings {
     search_path: Option<Vec<String>>,
     max_rows: Option<u64>,
     trusted_functions: Option<Vec<Spanned<String>>>,
+    views: Option<ViewReading>,
 }
 
 #[derive(Deserialize)]
@@ -617,6 +635,7 @@ impl Policy {
             search_path,
             max_rows: raw_settings.max_rows.unwrap_or(0),
             trusted_functions: trusted.into_iter().map(Spanned::into_inner).collect(),
+            views: raw_settings.views.unwrap_or_default(),
         };
 
         let mut rules: Vec<Rule> = Vec::with_capacity(raw.rule.len());

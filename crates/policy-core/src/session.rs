@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::views::Views;
+
 /// A statement recorded by SQL-level `PREPARE`, kept per connection by the
 /// caller so that a later `EXECUTE name` is judged by what it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +70,11 @@ pub struct Session {
     /// to: see [`TransactionPaths`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<TransactionPaths>,
+    /// The views of the connection's database, when the caller read them
+    /// from its catalog: see [`Views`]. `None` judges views by name. Not
+    /// serialised.
+    #[serde(skip)]
+    pub views: Option<Arc<Views>>,
 }
 
 impl Default for Session {
@@ -79,6 +86,7 @@ impl Default for Session {
             prepared: BTreeMap::new(),
             user: None,
             transaction: None,
+            views: None,
         }
     }
 }

@@ -596,6 +596,48 @@ static void test_threads(const char *policy, size_t policy_len) {
     portcullis_engine_free(e);
 }
 
+/* Views: without them a view is judged by its name; with them, by what it
+   reads; views that could not be read refuse what names a relation. */
+static void test_views(const char *policy, size_t policy_len) {
+    portcullis_engine *e = engine_from(policy, policy_len);
+    portcullis_identity *agent = identity_from("{\"subject\":\"alice@example.com\",\"groups\":[\"ai-agents\"]}");
+    portcullis_session *s = NULL;
+    CHECK(portcullis_session_new(e, &s) == PORTCULLIS_RESULT_OK, "session");
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM leak")) == PORTCULLIS_VERDICT_ALLOW, "by name without views");
+
+    const char json[] = "[{\"schema\":\"public\",\"name\":\"leak\",\"columns\":[\"api_key\"],"
+                        "\"definition\":\" SELECT secrets.api_key FROM public.secrets;\"},"
+                        "{\"schema\":\"public\",\"name\":\"totals\",\"kind\":\"materialized\","
+                        "\"columns\":[\"t\"],\"definition\":\" SELECT sum(orders.total) AS t FROM public.orders;\"}]";
+    portcullis_views *v = NULL;
+    CHECK(portcullis_views_new(S(json), &v) == PORTCULLIS_RESULT_OK, "views");
+    CHECK(portcullis_views_count(v) == 2, "two views");
+    CHECK(portcullis_session_set_views(s, v) == PORTCULLIS_RESULT_OK, "set views");
+    portcullis_views_free(v); /* the session keeps its own reference */
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM leak")) == PORTCULLIS_VERDICT_DENY, "judged by public.secrets");
+    CHECK(verdict_of(e, agent, s, S("SELECT t FROM totals")) == PORTCULLIS_VERDICT_ALLOW, "a view over orders");
+
+    portcullis_views *bad = (portcullis_views *)&s;
+    CHECK(portcullis_views_new(S("[{\"schema\":\"public\",\"nmae\":\"v\"}]"), &bad) == PORTCULLIS_RESULT_VIEWS_JSON,
+          "a misspelt field is refused");
+    CHECK(bad == (portcullis_views *)&s, "nothing written on failure");
+    CHECK(portcullis_views_count(NULL) == 0, "NULL holds none");
+
+    portcullis_views *none = NULL;
+    CHECK(portcullis_views_unavailable(S("no catalog connection"), &none) == PORTCULLIS_RESULT_OK, "unavailable");
+    CHECK(portcullis_session_set_views(s, none) == PORTCULLIS_RESULT_OK, "set unavailable");
+    portcullis_views_free(none);
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM orders")) == PORTCULLIS_VERDICT_DENY, "any relation may be a view");
+    CHECK(verdict_of(e, agent, s, S("SELECT 1")) == PORTCULLIS_VERDICT_ALLOW, "no relation, no doubt");
+    CHECK(portcullis_session_set_views(s, NULL) == PORTCULLIS_RESULT_OK, "views taken away");
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM orders")) == PORTCULLIS_VERDICT_ALLOW, "by name again");
+    CHECK(portcullis_session_set_views(NULL, NULL) == PORTCULLIS_RESULT_NULL_PARAMETER, "NULL session");
+
+    portcullis_session_free(s);
+    portcullis_identity_free(agent);
+    portcullis_engine_free(e);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: abi POLICY_FILE JWKS_FILE TOKEN_FILE\n");
@@ -613,6 +655,7 @@ int main(int argc, char **argv) {
     test_keys();
     test_tokens(policy, policy_len, jwks, jwks_len, token, token_len);
     test_threads(policy, policy_len);
+    test_views(policy, policy_len);
 
     free(policy);
     free(jwks);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use policy_core::{
     ColumnInfo, Context, CopyLayout, CopyOutAction, Decision, Engine, Identity, RowMasker, Scrubbed,
-    Session as EngineSession, SessionEffect, StatementFacts, Verdict,
+    Session as EngineSession, SessionEffect, StatementFacts, Verdict, Views,
 };
 use postgres_protocol::message::frontend;
 
@@ -125,7 +125,9 @@ pub enum Need {
         /// The table.
         table: String,
     },
-    /// The catalog changed (DDL ran): forget cached table names.
+    /// The catalog changed (DDL ran, or a statement that may change views
+    /// completed): forget cached table names and read the views again
+    /// before the client hears back.
     InvalidateCatalog,
     /// Cancel what the upstream connection runs.
     CancelUpstream,
@@ -542,6 +544,10 @@ pub struct SessionCore {
     copy_columns: Option<Option<Vec<String>>>,
     /// Room for one row's values, reused.
     row: RowScratch,
+    /// A statement that may change the database's views was let through
+    /// and the views were not read again since: the engine's session holds
+    /// [`Views::unavailable`] until every statement sent so far is answered.
+    views_pending: bool,
     now: Instant,
 }
 
@@ -588,6 +594,7 @@ impl SessionCore {
             tables: None,
             copy_columns: None,
             row: RowScratch::default(),
+            views_pending: false,
             now,
         }
     }
@@ -739,6 +746,20 @@ impl SessionCore {
     /// under the old one are dropped.
     pub fn set_engine(&mut self, engine: Arc<Engine>) {
         self.engine = engine;
+        self.maskers.clear();
+        self.last_masker = None;
+        self.last_description = None;
+    }
+
+    /// The database's views, read (again) from the catalog. While a
+    /// statement that may change them is in flight, the session keeps
+    /// refusing what names a relation: the views it reads again after
+    /// that statement come next.
+    pub fn set_views(&mut self, views: Arc<Views>) {
+        if self.views_pending {
+            return;
+        }
+        self.state.views = Some(views);
         self.maskers.clear();
         self.last_masker = None;
         self.last_description = None;
@@ -1423,6 +1444,13 @@ impl SessionCore {
         for effect in &facts.session_effects {
             self.state.apply(effect);
         }
+        if facts.changes_views && self.state.views.is_some() {
+            // Until the views are read again, what names a relation may
+            // name one this statement creates or changes.
+            self.views_pending = true;
+            self.state.views =
+                Some(Arc::new(Views::unavailable("a statement that may create or change views has not completed")));
+        }
         let changes_setting = facts.changes_settings
             || facts
                 .session_effects
@@ -1730,6 +1758,13 @@ impl SessionCore {
             }
         }
         self.tx_status = status;
+        if self.views_pending && self.pending.is_empty() {
+            // Everything sent so far is answered: read the views again.
+            self.views_pending = false;
+            if !self.needs.iter().any(|n| matches!(n, Need::InvalidateCatalog)) {
+                self.needs.push_back(Need::InvalidateCatalog);
+            }
+        }
         let reading_back = matches!(self.client, ClientState::ReadingSettingsBack);
         if reading_back && self.pending.is_empty() && status != b'E' {
             // Read the settings back before the client goes on.

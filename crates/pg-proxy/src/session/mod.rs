@@ -185,6 +185,9 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         config,
     };
     let mut core = SessionCore::new(start, Instant::now());
+    // The database's views before the first statement is decided.
+    let mut views = gw.catalog.views(&database).await;
+    core.set_views(Arc::clone(&views.borrow_and_update()));
     let mut up = upstream;
     core.client_buffer().extend_from_slice(&client_buf);
     core.server_buffer().extend_from_slice(&up.buf);
@@ -284,8 +287,10 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                     if n >= client_read {
                         client_read = (client_read * 2).min(MAX_CLIENT_READ_BYTES);
                     }
-                    // A policy reload is seen before the next statement is decided.
+                    // A policy reload, and views read again, are seen
+                    // before the next statement is decided.
                     refresh_engine(&gw, &mut core, &mut generation);
+                    refresh_views(&mut views, &mut core);
                     core.handle_client_data(Instant::now());
                 }
                 Err(e) => {
@@ -300,6 +305,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                         up_read = (up_read * 2).min(MAX_READ_BYTES);
                     }
                     refresh_engine(&gw, &mut core, &mut generation);
+                    refresh_views(&mut views, &mut core);
                     core.handle_server_data(Instant::now());
                 }
                 Err(e) => {
@@ -361,6 +367,14 @@ fn refresh_engine(gw: &Gateway, core: &mut SessionCore, seen: &mut u64) {
     if generation != *seen {
         *seen = generation;
         core.set_engine(gw.engine());
+    }
+}
+
+/// Gives the core the database's views when they were read again since it
+/// last looked (one atomic load when nothing changed).
+fn refresh_views(views: &mut tokio::sync::watch::Receiver<Arc<policy_core::Views>>, core: &mut SessionCore) {
+    if views.has_changed().unwrap_or(false) {
+        core.set_views(Arc::clone(&views.borrow_and_update()));
     }
 }
 

@@ -29,6 +29,7 @@ pub(crate) mod literal;
 mod names;
 mod predicate;
 mod tree;
+mod views;
 pub(crate) mod walk;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -181,6 +182,13 @@ pub struct StatementFacts {
     /// Lineage of each result column (reads only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_columns: Vec<OutputColumn>,
+    /// The columns of every view the statement reads, each named
+    /// `schema.view.column`, with their lineage followed through the views
+    /// to table columns (see [`crate::Views`]); empty when no view was
+    /// expanded. A result column the server reports as a view's column is
+    /// masked by it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub view_columns: Vec<OutputColumn>,
     /// Changes to the session state the engine reads, in order, for the
     /// caller to [apply](Session::apply) once the statement ran. The JSON
     /// lists the changes to the path and to prepared statements only (see
@@ -265,6 +273,16 @@ pub struct StatementFacts {
     /// serialised.
     #[serde(skip)]
     pub reverts_settings: bool,
+    /// Whether the statement may create, replace or rename a view, or
+    /// change what a name resolves to (`CREATE VIEW`, `CREATE RULE`,
+    /// `ALTER ... RENAME`, `ALTER ... SET SCHEMA`, `CREATE SCHEMA`, `CREATE
+    /// MATERIALIZED VIEW`, `CREATE FUNCTION`, `DO`, `CALL`, an opaque
+    /// statement, an `unknown` one): a caller that
+    /// gives the engine the database's [`crate::Views`] reads them again
+    /// once it ran, and judges nothing that names a relation before that.
+    /// Not serialised.
+    #[serde(skip)]
+    pub changes_views: bool,
 }
 
 /// The facts of every statement in one string.
@@ -293,6 +311,9 @@ pub(crate) struct AnalyzeOptions {
     /// Function names (globs, matched on the written name) the policy
     /// declares free of hidden SQL.
     pub trusted_functions: Option<globset::GlobSet>,
+    /// `settings.views = "expand"`: statements naming views are judged
+    /// with what the views read, when the session knows its views.
+    pub expand_views: bool,
 }
 
 /// Analyses `sql` as the session would run it.
@@ -327,6 +348,9 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
     // COMMIT or ROLLBACK in the string or its end.
     let multi = parsed.protobuf.stmts.len() > 1;
     let mut block: Option<ImplicitBlock> = None;
+    let views = session.views.as_deref().filter(|_| options.expand_views);
+    // A statement before may have changed the views the session knows.
+    let mut views_changed = false;
     for (index, raw) in parsed.protobuf.stmts.iter().enumerate() {
         let Some(stmt) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
         if multi && state.transaction.is_none() {
@@ -361,6 +385,10 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
         } else {
             analyze_statement(stmt.to_ref(), text, &mut state, options, index == 0)
         };
+        if let Some(views) = views {
+            views::expand(&mut facts, views, options, views_changed);
+        }
+        views_changed |= facts.changes_views;
         facts.index = index;
         spans.push(start..end);
         if let Some(b) = block.as_mut() {
@@ -473,6 +501,7 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
         opaque: false,
         fingerprint: fingerprint::fingerprint_text(sql),
         output_columns: Vec::new(),
+        view_columns: Vec::new(),
         session_effects: Vec::new(),
         notes: vec![error.to_string()],
         // Text the engine cannot read may do anything.
@@ -480,6 +509,7 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
         ends_transaction: false,
         begins_transaction: false,
         reverts_settings: false,
+        changes_views: true,
     }
 }
 
@@ -603,12 +633,14 @@ fn analyze_statement(
         opaque,
         fingerprint: fingerprint::fingerprint(stmt),
         output_columns,
+        view_columns: Vec::new(),
         session_effects: effects,
         notes,
         changes_settings,
         ends_transaction: bounds.ends,
         begins_transaction: bounds.begins,
         reverts_settings: bounds.ends || bounds.rolls_back_to_savepoint,
+        changes_views: opaque || views::may_change_views(stmt),
     }
 }
 

@@ -360,7 +360,14 @@ impl RowMasker {
         let mut plan = Vec::with_capacity(columns.len());
         let mut retyped = Vec::new();
         for (i, column) in columns.iter().enumerate() {
-            let decided = match (&column.source, lineage.and_then(|l| l.get(i))) {
+            // A column the server reports as a view's takes the lineage of
+            // that view column, followed to table columns.
+            let through_view = column.source.as_ref().and_then(|s| facts.view_columns.iter().find(|v| v.name == *s));
+            let (source, out) = match through_view {
+                Some(v) => (None, Some(v)),
+                None => (column.source.as_ref(), lineage.and_then(|l| l.get(i))),
+            };
+            let decided = match (source, out) {
                 (Some(source), _) => active
                     .iter()
                     .find(|m| m.columns.covers(source))

@@ -1,0 +1,244 @@
+//! Views judged by what they read, through real clients: a view in an
+//! allowed schema over a forbidden table is refused, view columns derived
+//! from masked ones are masked (renamed, nested in JSON, over views,
+//! materialized), and views created by others are seen.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::time::{Duration, Instant};
+
+use portcullis_testkit::stack::{Stack, APP_PASSWORD};
+use portcullis_testkit::{bin, text};
+
+const POLICY: &str = r#"
+version = 1
+[settings]
+VIEWS
+[[rule]]
+name    = "agents-read"
+effect  = "allow"
+groups  = ["ai-agents"]
+classes = ["read", "session", "transaction"]
+tables  = ["public.*", "pg_catalog.*"]
+
+[[rule]]
+name    = "builders"
+effect  = "allow"
+groups  = ["builders"]
+classes = ["ddl", "read"]
+tables  = ["public.*", "pg_catalog.*"]
+
+[[rule]]
+name    = "dba-all"
+effect  = "allow"
+groups  = ["dba"]
+
+[[rule]]
+name    = "no-secrets"
+effect  = "deny"
+groups  = ["ai-agents"]
+tables  = ["public.secrets"]
+reason  = "secrets are not for agents"
+
+[[mask]]
+name      = "ssn"
+columns   = ["public.customers.ssn"]
+strategy  = "partial"
+show_last = 4
+exempt_groups = ["dba"]
+"#;
+
+const VIEWS: &str = "\
+CREATE VIEW public.leak AS SELECT * FROM secrets;
+CREATE VIEW public.leak_twice AS SELECT api_key AS k FROM public.leak;
+CREATE VIEW public.contacts AS SELECT id, ssn AS tax_id, name FROM customers;
+CREATE VIEW public.cards AS SELECT json_build_object('id', id, 'tax', ssn) AS doc FROM customers;
+CREATE VIEW public.nested AS SELECT c.tax_id AS t FROM public.contacts c;
+CREATE MATERIALIZED VIEW public.rollup AS SELECT ssn AS s, count(*) AS n FROM customers GROUP BY ssn;
+CREATE FUNCTION public.mystery() RETURNS text LANGUAGE sql AS $$ SELECT api_key FROM secrets LIMIT 1 $$;
+CREATE VIEW public.by_function AS SELECT public.mystery() AS m;
+CREATE VIEW public.plain AS SELECT id, name FROM customers;
+";
+
+fn stack(views: &str, refresh: &str) -> Stack {
+    Stack::builder()
+        .policy(&POLICY.replace("VIEWS", views))
+        .config(&format!("[catalog]\nrefresh_interval = \"{refresh}\""))
+        .setup_sql(VIEWS)
+        .start()
+}
+
+/// The first column of every row of a simple query's answer.
+fn values(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// psql's `-At` output of `sql` for `token`, or its error text.
+fn psql(stack: &Stack, token: &str, sql: &str) -> Result<String, String> {
+    let out = stack.psql(token, &["-At", "-c", sql]);
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+#[test]
+fn views_over_forbidden_tables_are_refused_and_masks_follow_view_columns() {
+    let stack = stack("", "1h");
+    let agent = stack.token("alice", &["ai-agents"], Some("copilot"));
+    for sql in ["SELECT * FROM leak", "TABLE leak", "SELECT k FROM leak_twice", "SELECT m FROM by_function"] {
+        let err = psql(&stack, &agent, sql).unwrap_err();
+        assert!(!err.contains("AKIA"), "{sql}: {err}");
+        assert!(err.contains("refused") || err.contains("denied") || err.contains("secrets"), "{sql}: {err}");
+    }
+    assert!(psql(&stack, &agent, "SELECT * FROM leak").unwrap_err().contains("secrets are not for agents"));
+    assert!(psql(&stack, &agent, "SELECT m FROM by_function").unwrap_err().contains("public.mystery"));
+
+    // Renamed: the mask's own strategy.
+    assert_eq!(
+        psql(&stack, &agent, "SELECT tax_id, name FROM contacts WHERE id = 1").unwrap(),
+        "****6789|Alice Martin\n"
+    );
+    assert_eq!(psql(&stack, &agent, "SELECT * FROM contacts WHERE id = 1").unwrap(), "1|****6789|Alice Martin\n");
+    // Over a view, and computed in the statement.
+    assert_eq!(psql(&stack, &agent, "SELECT t FROM nested ORDER BY t LIMIT 1").unwrap(), "****6789\n");
+    assert_eq!(psql(&stack, &agent, "SELECT upper(tax_id) FROM contacts WHERE id = 1").unwrap(), "[redacted]\n");
+    // Nested in JSON: masked whole.
+    assert_eq!(psql(&stack, &agent, "SELECT doc FROM cards LIMIT 1").unwrap(), "[redacted]\n");
+    // A materialized view.
+    let rollup = psql(&stack, &agent, "SELECT s, n FROM rollup ORDER BY s").unwrap();
+    assert_eq!(rollup, "****6789|1\n****7890|1\n****8901|1\n");
+    // Columns derived from nothing masked pass.
+    assert_eq!(psql(&stack, &agent, "SELECT name FROM plain WHERE id = 2").unwrap(), "Bob Chen\n");
+    // The exempt see the values.
+    let dba = stack.token("dora", &["dba"], None);
+    assert_eq!(psql(&stack, &dba, "SELECT tax_id FROM contacts WHERE id = 1").unwrap(), "123-45-6789\n");
+    // And a masked view column cannot be stored where it would read back unmasked.
+    let err = psql(&stack, &agent, "CREATE TEMP TABLE copy AS SELECT tax_id FROM contacts").unwrap_err();
+    assert!(!err.is_empty());
+
+    // The extended protocol (tokio-postgres) masks what the server reports as the view's column.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = stack.connect_as("alice", &["ai-agents"], Some("copilot")).await;
+        let row = client.query_one("SELECT tax_id FROM contacts WHERE id = $1", &[&2i32]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "****7890");
+        let row = client.query_one("SELECT t FROM public.nested WHERE t LIKE $1", &[&"%8901"]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "****8901");
+        let err = client.query("SELECT * FROM leak", &[]).await.unwrap_err();
+        assert!(!format!("{err:?}").contains("AKIA"));
+    });
+}
+
+#[test]
+fn views_name_judges_the_view_as_named() {
+    let stack = stack("views = \"name\"", "1h");
+    let agent = stack.token("alice", &["ai-agents"], None);
+    // The policy grants public.* by name: the view is granted, as the policy says.
+    assert_eq!(psql(&stack, &agent, "SELECT api_key FROM leak").unwrap(), "AKIAIOSFODNN7EXAMPLE\n");
+    assert_eq!(psql(&stack, &agent, "SELECT tax_id FROM contacts WHERE id = 1").unwrap(), "123-45-6789\n");
+}
+
+#[test]
+fn views_changed_through_the_gateway_are_seen_by_the_next_statement() {
+    // No timed refresh: only DDL forwarded by the gateway reads the views again.
+    let stack = stack("", "1h");
+    let agent = stack.token("alice", &["ai-agents"], None);
+    let dba = stack.token("dora", &["dba"], None);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // The agent's session is open before the view exists.
+        let client = stack.connect_as("alice", &["ai-agents"], None).await;
+        assert!(client.simple_query("SELECT * FROM fresh").await.is_err(), "no such relation yet");
+        psql(&stack, &dba, "CREATE VIEW public.fresh AS SELECT id AS n, api_key AS note FROM secrets").unwrap();
+        let err = client.simple_query("SELECT note FROM fresh").await.unwrap_err();
+        assert!(format!("{err:?}").contains("secrets are not for agents"), "{err:?}");
+        // Replaced by a view over allowed data: allowed again.
+        psql(&stack, &dba, "CREATE OR REPLACE VIEW public.fresh AS SELECT id AS n, name AS note FROM customers")
+            .unwrap();
+        let rows = client.simple_query("SELECT note FROM fresh WHERE n = 1").await.unwrap();
+        assert_eq!(values(&rows), ["Alice Martin"]);
+    });
+    // In one string, a statement after a CREATE VIEW is not judged by the catalog from before it.
+    let builder = stack.token("bo", &["builders"], None);
+    let err = psql(&stack, &builder, "CREATE VIEW public.later AS SELECT 1 AS one; SELECT * FROM later").unwrap_err();
+    assert!(err.contains("on its own"), "{err}");
+    // Each on its own is judged with the views read again in between.
+    assert_eq!(psql(&stack, &builder, "CREATE VIEW public.later AS SELECT 1 AS one").unwrap(), "CREATE VIEW\n");
+    assert_eq!(psql(&stack, &builder, "SELECT * FROM later").unwrap(), "1\n");
+    assert_eq!(psql(&stack, &agent, "SELECT * FROM later").unwrap(), "1\n");
+}
+
+#[test]
+fn views_changed_by_other_connections_are_seen_within_the_refresh_interval() {
+    let stack = stack("", "200ms");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = stack.connect_as("alice", &["ai-agents"], None).await;
+        let rows = client.simple_query("SELECT name FROM plain WHERE id = 1").await.unwrap();
+        assert_eq!(values(&rows), ["Alice Martin"]);
+        // The owner turns an allowed view into one over the secrets, behind the gateway's back.
+        stack.owner_sql("CREATE OR REPLACE VIEW public.plain AS SELECT id, api_key AS name FROM secrets");
+        let start = Instant::now();
+        loop {
+            match client.simple_query("SELECT name FROM plain WHERE id = 1").await {
+                Err(e) => {
+                    assert!(format!("{e:?}").contains("secrets are not for agents"), "{e:?}");
+                    break;
+                }
+                Ok(_) => assert!(start.elapsed() < Duration::from_secs(30), "the change was never seen"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Renaming a view is a change too.
+        stack.owner_sql("ALTER VIEW public.leak RENAME TO harmless");
+        let start = Instant::now();
+        while client.simple_query("SELECT * FROM harmless").await.is_ok()
+            || start.elapsed() < Duration::from_millis(500)
+        {
+            assert!(start.elapsed() < Duration::from_secs(30), "the rename was never seen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let err = client.simple_query("SELECT * FROM harmless").await.unwrap_err();
+        assert!(format!("{err:?}").contains("secrets are not for agents"), "{err:?}");
+    });
+}
+
+/// `pg-proxy policy explain --catalog` reads the views as the gateway does,
+/// and says so when it cannot.
+#[test]
+fn policy_explain_reads_the_views_from_the_catalog() {
+    let stack = stack("", "1h");
+    let policy = stack.path("policy.toml");
+    let conninfo = format!("host=127.0.0.1 port={} user=app dbname=app sslmode=disable", stack.cluster.port());
+    let explain = |catalog: Option<&str>| {
+        let mut cmd = bin!();
+        cmd.args(["policy", "explain", "--policy"]).arg(&policy).args(["--groups", "ai-agents"]);
+        if let Some(c) = catalog {
+            cmd.args(["--catalog", c]);
+        }
+        cmd.arg("SELECT k FROM leak_twice").env("PGPASSWORD", APP_PASSWORD).output().unwrap()
+    };
+    let out = explain(Some(&conninfo));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json = text(&out.stdout);
+    assert!(json.contains("\"verdict\": \"deny\""), "{json}");
+    assert!(json.contains("public.secrets") && json.contains("public.leak"), "{json}");
+    // Without the catalog: by name, as an embedding without views judges.
+    let json = text(&explain(None).stdout);
+    assert!(json.contains("\"verdict\": \"allow\""), "{json}");
+    // A catalog that cannot be read is an error, not a judgement by name.
+    let wrong = format!("host=127.0.0.1 port={} user=nobody dbname=app sslmode=disable", stack.cluster.port());
+    let out = explain(Some(&wrong));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read the views of database app"), "{}", text(&out.stderr));
+    let out = explain(Some("postgresql://app@127.0.0.1/app"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not a URI"), "{}", text(&out.stderr));
+}

@@ -1,0 +1,262 @@
+//! Views judged by what they read (`settings.views`): rules see the
+//! relations behind a view, masks follow view columns to table columns.
+//! The definitions below are written as `pg_get_viewdef` writes them on a
+//! connection with an empty `search_path`.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use policy_core::{ColumnInfo, Engine, Identity, Policy, Session, Verdict, View, ViewKind, Views, REDACTED};
+
+const POLICY: &str = r#"
+version = 1
+[settings]
+VIEWS
+[[rule]]
+name = "read-public"
+effect = "allow"
+classes = ["read"]
+tables = ["public.*"]
+
+[[rule]]
+name = "write-public"
+effect = "allow"
+classes = ["write"]
+tables = ["public.*"]
+
+[[mask]]
+name = "phone"
+columns = ["public.users.phone"]
+strategy = "partial"
+show_last = 2
+"#;
+
+fn engine(views: &str) -> Engine {
+    let policy = Policy::from_toml_str(&POLICY.replace("VIEWS", views), "views.toml").unwrap();
+    Engine::new(policy, Default::default()).unwrap()
+}
+
+fn catalog() -> Views {
+    let mut v = Views::new();
+    let view = |columns: &[&str], definition: &str| {
+        View::new(ViewKind::View, columns.iter().map(|c| c.to_string()).collect(), definition)
+    };
+    v.insert("public", "laundered", view(&["id", "secret"], " SELECT s.id,\n    s.secret\n   FROM private.secrets s;"));
+    v.insert(
+        "public",
+        "contacts",
+        view(&["id", "tel"], " SELECT users.id,\n    users.phone AS tel\n   FROM public.users;"),
+    );
+    v.insert(
+        "public",
+        "shouting",
+        view(&["id", "tel"], " SELECT contacts.id,\n    upper(contacts.tel) AS tel\n   FROM public.contacts;"),
+    );
+    v.insert(
+        "public",
+        "docs",
+        view(&["doc"], " SELECT json_build_object('id', users.id, 'phone', users.phone) AS doc\n   FROM public.users;"),
+    );
+    v.insert(
+        "public",
+        "nested",
+        view(&["id", "secret"], " SELECT laundered.id,\n    laundered.secret\n   FROM public.laundered;"),
+    );
+    v.insert("public", "hidden_code", view(&["x"], " SELECT public.mystery() AS x;"));
+    v.insert("public", "ids", view(&["id"], " SELECT users.id\n   FROM public.users;"));
+    v.insert(
+        "app",
+        "rollup",
+        View::new(
+            ViewKind::Materialized,
+            vec!["tel".into(), "n".into()],
+            " SELECT users.phone AS tel,\n    count(*) AS n\n   FROM public.users\n  GROUP BY users.phone;",
+        ),
+    );
+    v
+}
+
+fn session(e: &Engine, views: Views) -> Session {
+    let mut s = e.new_session();
+    s.views = Some(Arc::new(views));
+    s
+}
+
+fn agent() -> Identity {
+    Identity::new("agent")
+}
+
+#[test]
+fn a_view_over_a_forbidden_table_is_judged_by_that_table() {
+    let e = engine("");
+    let s = session(&e, catalog());
+    for sql in [
+        "SELECT * FROM laundered",
+        "TABLE laundered",
+        "SELECT secret FROM public.nested",
+        "SELECT 1 WHERE EXISTS (SELECT 1 FROM laundered)",
+    ] {
+        let d = e.decide(&agent(), &s, sql);
+        assert_eq!(d.verdict, Verdict::Deny, "{sql}: {}", d.reason);
+        assert!(d.statements[0].facts.tables.contains(&"private.secrets".to_string()), "{sql}");
+    }
+    // The view is judged too: a policy excluding it by name still does.
+    let facts = &e.analyze(&s, "SELECT * FROM nested").statements[0];
+    assert_eq!(facts.tables, ["private.secrets", "public.laundered", "public.nested"]);
+    // A view over allowed tables stays allowed.
+    assert_eq!(e.decide(&agent(), &s, "SELECT * FROM ids").verdict, Verdict::Allow);
+}
+
+#[test]
+fn views_name_judges_the_view_by_its_name_alone() {
+    let e = engine(r#"views = "name""#);
+    let s = session(&e, catalog());
+    let d = e.decide(&agent(), &s, "SELECT * FROM laundered");
+    assert_eq!(d.verdict, Verdict::Allow, "{}", d.reason);
+    assert_eq!(d.statements[0].facts.tables, ["public.laundered"]);
+}
+
+#[test]
+fn without_views_the_session_judges_by_name_and_decisions_are_not_shared() {
+    let e = engine("");
+    let bare = e.new_session();
+    let known = session(&e, catalog());
+    // The same text, decided first without views: the cached answer must
+    // not serve the session that knows them.
+    assert_eq!(e.decide(&agent(), &bare, "SELECT * FROM laundered").verdict, Verdict::Allow);
+    assert_eq!(e.decide(&agent(), &known, "SELECT * FROM laundered").verdict, Verdict::Deny);
+    // Nor does a decision made with one catalog serve the next one.
+    let replaced = session(&e, Views::new());
+    assert_eq!(e.decide(&agent(), &replaced, "SELECT * FROM laundered").verdict, Verdict::Allow);
+}
+
+#[test]
+fn a_view_running_code_the_engine_cannot_see_is_opaque() {
+    let e = engine("");
+    let s = session(&e, catalog());
+    let d = e.decide(&agent(), &s, "SELECT x FROM hidden_code");
+    assert_eq!(d.verdict, Verdict::Deny);
+    let facts = &d.statements[0].facts;
+    assert!(facts.opaque);
+    assert!(facts.notes[0].contains("view public.hidden_code"), "{:?}", facts.notes);
+}
+
+#[test]
+fn unreadable_definitions_and_an_unreadable_catalog_fail_closed() {
+    let e = engine("");
+    let mut views = Views::new();
+    views.insert("public", "broken", View::new(ViewKind::View, vec!["a".into()], "SELEC 1"));
+    views.insert("public", "writer", View::new(ViewKind::View, vec!["a".into()], "DELETE FROM public.users"));
+    let s = session(&e, views);
+    for sql in ["SELECT * FROM broken", "SELECT * FROM writer"] {
+        let facts = e.analyze(&s, sql).statements.remove(0);
+        assert!(facts.opaque, "{sql}");
+        assert!(facts.notes[0].contains("cannot be read"), "{:?}", facts.notes);
+    }
+    let s = session(&e, Views::unavailable("connection refused"));
+    let d = e.decide(&agent(), &s, "SELECT * FROM ids");
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(d.reason.contains("catalog could not be read"), "{}", d.reason);
+    // Statements naming no relation, or only the server's own, are read as before.
+    assert_eq!(e.decide(&agent(), &s, "SELECT 1").verdict, Verdict::Allow);
+    assert!(!e.analyze(&s, "SELECT * FROM information_schema.tables").statements[0].opaque);
+}
+
+#[test]
+fn a_view_created_earlier_in_the_same_string_is_not_judged_by_a_stale_catalog() {
+    let e = engine("");
+    let s = session(&e, catalog());
+    let a = e.analyze(&s, "CREATE VIEW public.fresh AS SELECT * FROM private.secrets; SELECT * FROM fresh");
+    assert!(!a.statements[0].opaque);
+    assert!(a.statements[1].opaque, "{:?}", a.statements[1]);
+    let a = e.analyze(&s, "ALTER VIEW laundered RENAME TO innocent; SELECT * FROM innocent");
+    assert!(a.statements[1].opaque);
+    // Other DDL leaves the statements after it as they were.
+    let a = e.analyze(&s, "CREATE TABLE public.t (a int); SELECT * FROM t");
+    assert!(!a.statements[1].opaque);
+}
+
+#[test]
+fn unqualified_names_expand_every_candidate_on_the_path() {
+    let e = engine("");
+    let mut s = session(&e, catalog());
+    s.search_path = vec!["app".into(), "public".into()];
+    let facts = e.analyze(&s, "SELECT * FROM rollup").statements.remove(0);
+    assert!(facts.tables.contains(&"app.rollup".to_string()));
+    assert!(facts.tables.contains(&"public.users".to_string()), "{:?}", facts.tables);
+}
+
+#[test]
+fn writing_through_a_view_writes_its_base_table() {
+    let e = engine("");
+    let s = session(&e, catalog());
+    let facts = e.analyze(&s, "UPDATE laundered SET secret = 'x' WHERE id = 1").statements.remove(0);
+    assert!(facts.written_tables.contains(&"private.secrets".to_string()), "{:?}", facts.written_tables);
+    assert_eq!(e.decide(&agent(), &s, "UPDATE laundered SET secret = 'x' WHERE id = 1").verdict, Verdict::Deny);
+}
+
+/// Masks `value` as column `name` (reported by the server as `source`) of
+/// `sql`'s result.
+fn masked(e: &Engine, s: &Session, sql: &str, columns: &[ColumnInfo], row: &[&str]) -> Vec<Option<String>> {
+    let facts = e.analyze(s, sql).statements.remove(0);
+    let masker = e.masker(&agent(), &facts, columns);
+    let mut values: Vec<Option<Cow<'_, [u8]>>> = row.iter().map(|v| Some(Cow::Borrowed(v.as_bytes()))).collect();
+    masker.mask_row(&mut values);
+    values.into_iter().map(|v| v.map(|b| String::from_utf8(b.into_owned()).unwrap())).collect()
+}
+
+#[test]
+fn masks_follow_view_columns_to_table_columns() {
+    let e = engine("");
+    let s = session(&e, catalog());
+    // Renamed: the server reports the view's column; the mask's strategy applies.
+    let cols =
+        [ColumnInfo::text("id", Some("public.contacts.id")), ColumnInfo::text("tel", Some("public.contacts.tel"))];
+    assert_eq!(
+        masked(&e, &s, "SELECT * FROM contacts", &cols, &["1", "555-1234"]),
+        [Some("1".into()), Some("****34".to_string())]
+    );
+    // Computed in a view over a view: masked whole.
+    let cols =
+        [ColumnInfo::text("id", Some("public.shouting.id")), ColumnInfo::text("tel", Some("public.shouting.tel"))];
+    assert_eq!(masked(&e, &s, "SELECT * FROM shouting", &cols, &["1", "555-1234"])[1].as_deref(), Some(REDACTED));
+    // Nested in JSON: masked whole.
+    let cols = [ColumnInfo::text("doc", Some("public.docs.doc"))];
+    let doc = r#"{"id" : 1, "phone" : "555-1234"}"#;
+    assert_eq!(masked(&e, &s, "SELECT doc FROM docs", &cols, &[doc])[0].as_deref(), Some(REDACTED));
+    // Computed over a view column in the statement: lineage, not the server, says where it comes from.
+    let cols = [ColumnInfo::text("t", None)];
+    assert_eq!(
+        masked(&e, &s, "SELECT lower(tel) AS t FROM contacts", &cols, &["555-1234"])[0].as_deref(),
+        Some(REDACTED)
+    );
+    let cols = [ColumnInfo::text("tel", None)];
+    assert_eq!(masked(&e, &s, "SELECT c.tel FROM contacts c", &cols, &["555-1234"])[0].as_deref(), Some("****34"));
+    // A materialized view's column too.
+    let mut s2 = s.clone();
+    s2.search_path = vec!["app".into()];
+    let cols = [ColumnInfo::text("tel", Some("app.rollup.tel")), ColumnInfo::text("n", Some("app.rollup.n"))];
+    assert_eq!(
+        masked(&e, &s2, "SELECT * FROM rollup", &cols, &["555-1234", "3"]),
+        [Some("****34".to_string()), Some("3".into())]
+    );
+    // Columns of the view not derived from a masked one pass.
+    let cols = [ColumnInfo::text("id", Some("public.contacts.id"))];
+    assert_eq!(masked(&e, &s, "SELECT id FROM contacts", &cols, &["1"])[0].as_deref(), Some("1"));
+    // With views = "name", the view's columns are not masked (the policy names views on purpose).
+    let e = engine(r#"views = "name""#);
+    let s = session(&e, catalog());
+    let cols = [ColumnInfo::text("tel", Some("public.contacts.tel"))];
+    assert_eq!(masked(&e, &s, "SELECT tel FROM contacts", &cols, &["555-1234"])[0].as_deref(), Some("555-1234"));
+}
+
+#[test]
+fn masked_view_columns_may_not_be_stored() {
+    let e = engine("");
+    let s = session(&e, catalog());
+    let d = e.decide(&agent(), &s, "INSERT INTO public.notes SELECT tel FROM contacts");
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(d.reason.contains("masked"), "{}", d.reason);
+    assert_eq!(e.decide(&agent(), &s, "INSERT INTO public.notes SELECT id FROM ids").verdict, Verdict::Allow);
+}
