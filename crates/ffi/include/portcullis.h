@@ -153,10 +153,9 @@ enum portcullis_result
    */
   PORTCULLIS_RESULT_TOKEN_REJECTED = 3199,
   /**
-   * The views JSON is not a list of `{"schema", "name", "columns",
-   * "definition"}` objects.
+   * The definitions JSON is not `{"views": [...], "functions": [...]}`.
    */
-  PORTCULLIS_RESULT_VIEWS_JSON = 3300,
+  PORTCULLIS_RESULT_DEFINITIONS_JSON = 3300,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -204,6 +203,16 @@ typedef uint32_t portcullis_verdict;
 typedef struct portcullis_decision portcullis_decision;
 
 /**
+ * The views and functions of one database at one moment, as the caller
+ * read them from its catalog (an opaque handle). Read them once per
+ * database and give the same handle to every session there with
+ * `portcullis_session_set_definitions`; read them again (a new handle)
+ * after DDL. Sessions keep what they were given: the handle may be freed while
+ * they use it.
+ */
+typedef struct portcullis_definitions portcullis_definitions;
+
+/**
  * A compiled policy (an opaque handle). Build it once with
  * `portcullis_engine_new` and share it: every function that takes a
  * `const portcullis_engine *` may be called from several threads at once.
@@ -241,16 +250,6 @@ typedef struct portcullis_masker portcullis_masker;
  * need it to themselves.
  */
 typedef struct portcullis_session portcullis_session;
-
-/**
- * The views of one database at one moment, as the caller read them from
- * its catalog (an opaque handle). Read them once per database and give
- * the same handle to every session there with
- * `portcullis_session_set_views`; read them again (a new handle) after
- * DDL. Sessions keep what they were given: the handle may be freed while
- * they use it.
- */
-typedef struct portcullis_views portcullis_views;
 
 /**
  * A borrowed string handed to C: `len` bytes at `data`, not
@@ -427,6 +426,90 @@ struct portcullis_str portcullis_decision_json(const struct portcullis_decision 
  * `decision` must be NULL or live, and not in use by another thread.
  */
 void portcullis_decision_free(struct portcullis_decision *decision);
+
+/**
+ * The definitions from JSON: `{"views": [...], "functions": [...]}`, both
+ * optional.
+ *
+ * A view is `{"schema": "public", "name": "v", "kind": "view", "columns":
+ * ["id", "tel"], "definition": " SELECT ..."}`, one per view and
+ * materialized view (`"kind": "materialized"`; `"view"` when omitted)
+ * outside `pg_catalog` and `information_schema`: `columns` are its column
+ * names in order, `definition` is `pg_get_viewdef(oid)` read on a
+ * connection whose `search_path` is empty (every name outside
+ * `pg_catalog` qualified).
+ *
+ * A function is `{"schema": "public", "name": "f", "language": "sql",
+ * "body": "SELECT ...", "sql_standard": false, "search_path": "app,
+ * public"}`, one per overload: `body` is `prosrc`, or for a SQL-standard
+ * body (`"sql_standard": true`) the whole `pg_get_functiondef(oid)` read
+ * on a connection with an empty `search_path`; `search_path` is what its
+ * `SET search_path` clause gives it, if any. Functions in other
+ * languages are listed too (without a body): a call to them is opaque.
+ *
+ * Unknown fields are refused (`PORTCULLIS_RESULT_DEFINITIONS_JSON`).
+ *
+ * ```c
+ * const char *json = "{\"views\":[{\"schema\":\"public\",\"name\":\"v\",\"columns\":[\"id\"],"
+ *                    "\"definition\":\" SELECT s.id FROM private.secrets s;\"}]}";
+ * portcullis_definitions *definitions = NULL;
+ * portcullis_definitions_new(json, strlen(json), &definitions);
+ * portcullis_session_set_definitions(session, definitions);
+ * portcullis_definitions_free(definitions);
+ * ```
+ *
+ * # Safety
+ *
+ * `json` must be valid for reads of `json_len` bytes; `out_views` for a write.
+ */
+portcullis_result portcullis_definitions_new(const char *json,
+                                             size_t json_len,
+                                             struct portcullis_definitions **out_views);
+
+/**
+ * Views that could not be read (`reason` says why): a session given them
+ * refuses, as opaque, every statement naming a relation outside the
+ * system schemas, since any of them might be a view.
+ *
+ * # Safety
+ *
+ * `reason` must be valid for reads of `reason_len` bytes; `out_views` for a write.
+ */
+portcullis_result portcullis_definitions_unavailable(const char *reason,
+                                                     size_t reason_len,
+                                                     struct portcullis_definitions **out_views);
+
+/**
+ * How many views it holds.
+ *
+ * # Safety
+ *
+ * `views` must be NULL (0) or live.
+ */
+size_t portcullis_definitions_count(const struct portcullis_definitions *views);
+
+/**
+ * Gives the session the views of its database: statements naming views
+ * are then judged by what they read (with the policy's `settings.views =
+ * "expand"`, the default). NULL takes them away (views are judged by
+ * name). The session keeps its own reference.
+ *
+ * # Safety
+ *
+ * `session` must be live and not in use by another thread; `views` NULL
+ * or live.
+ */
+portcullis_result portcullis_session_set_definitions(struct portcullis_session *session,
+                                                     const struct portcullis_definitions *views);
+
+/**
+ * Frees views. NULL does nothing. Sessions given them keep them.
+ *
+ * # Safety
+ *
+ * `views` must be NULL or live, and not in use by another thread.
+ */
+void portcullis_definitions_free(struct portcullis_definitions *views);
 
 /**
  * Loads and compiles a policy.
@@ -852,78 +935,6 @@ portcullis_result portcullis_session_apply(struct portcullis_session *session,
  * `session` must be NULL or live, and not in use by another thread.
  */
 void portcullis_session_free(struct portcullis_session *session);
-
-/**
- * The views from JSON: a list of objects `{"schema": "public", "name":
- * "v", "kind": "view", "columns": ["id", "tel"], "definition": " SELECT
- * ..."}`, one per view and materialized view (`"kind": "materialized"`;
- * `"view"` when omitted) outside `pg_catalog` and `information_schema`.
- * `columns` are the view's column names in order; `definition` is
- * `pg_get_viewdef(oid)` read on a connection whose `search_path` is empty
- * (so that every name outside `pg_catalog` is qualified). Unknown fields
- * are refused (`PORTCULLIS_RESULT_VIEWS_JSON`).
- *
- * ```c
- * const char *json = "[{\"schema\":\"public\",\"name\":\"v\",\"columns\":[\"id\"],"
- *                    "\"definition\":\" SELECT s.id FROM private.secrets s;\"}]";
- * portcullis_views *views = NULL;
- * portcullis_views_new(json, strlen(json), &views);
- * portcullis_session_set_views(session, views);
- * portcullis_views_free(views);
- * ```
- *
- * # Safety
- *
- * `json` must be valid for reads of `json_len` bytes; `out_views` for a write.
- */
-portcullis_result portcullis_views_new(const char *json,
-                                       size_t json_len,
-                                       struct portcullis_views **out_views);
-
-/**
- * Views that could not be read (`reason` says why): a session given them
- * refuses, as opaque, every statement naming a relation outside the
- * system schemas, since any of them might be a view.
- *
- * # Safety
- *
- * `reason` must be valid for reads of `reason_len` bytes; `out_views` for a write.
- */
-portcullis_result portcullis_views_unavailable(const char *reason,
-                                               size_t reason_len,
-                                               struct portcullis_views **out_views);
-
-/**
- * How many views it holds.
- *
- * # Safety
- *
- * `views` must be NULL (0) or live.
- */
-size_t portcullis_views_count(const struct portcullis_views *views);
-
-/**
- * Gives the session the views of its database: statements naming views
- * are then judged by what they read (with the policy's `settings.views =
- * "expand"`, the default). NULL takes them away (views are judged by
- * name). The session keeps its own reference.
- *
- * # Safety
- *
- * `session` must be live and not in use by another thread; `views` NULL
- * or live.
- */
-portcullis_result portcullis_session_set_views(struct portcullis_session *session,
-                                               const struct portcullis_views *views);
-
-/**
- * Frees views. NULL does nothing. Sessions given them keep them.
- *
- * # Safety
- *
- * `views` must be NULL or live, and not in use by another thread.
- */
-void portcullis_views_free(struct portcullis_views *views);
 
 #ifdef __cplusplus
 }  // extern "C"

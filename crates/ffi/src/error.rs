@@ -82,9 +82,8 @@ pub enum portcullis_result {
     /// The token was refused for a reason this version has no code for.
     TokenRejected = 3199,
 
-    /// The views JSON is not a list of `{"schema", "name", "columns",
-    /// "definition"}` objects.
-    ViewsJson = 3300,
+    /// The definitions JSON is not `{"views": [...], "functions": [...]}`.
+    DefinitionsJson = 3300,
 }
 
 impl portcullis_result {
@@ -121,7 +120,7 @@ impl portcullis_result {
             R::TokenWrongAudience => "wrong audience",
             R::TokenMissingSubject => "token has no subject claim",
             R::TokenRejected => "token rejected",
-            R::ViewsJson => "the views are not valid views JSON",
+            R::DefinitionsJson => "the definitions are not valid definitions JSON",
         }
     }
 }
@@ -330,7 +329,7 @@ fn code_of(n: u32) -> Option<portcullis_result> {
         R::TokenWrongAudience,
         R::TokenMissingSubject,
         R::TokenRejected,
-        R::ViewsJson,
+        R::DefinitionsJson,
     ];
     ALL.iter().copied().find(|c| *c as u32 == n)
 }

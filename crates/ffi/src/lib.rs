@@ -105,18 +105,22 @@
 
 mod boundary;
 mod decision;
+mod definitions;
 mod engine;
 mod error;
 mod identity;
 mod masker;
 mod session;
-mod views;
 
 pub use boundary::portcullis_str;
 pub use decision::{
     portcullis_decide, portcullis_decision, portcullis_decision_free, portcullis_decision_json,
     portcullis_decision_max_rows, portcullis_decision_reason, portcullis_decision_rule,
     portcullis_decision_statement_count, portcullis_decision_verdict, portcullis_verdict,
+};
+pub use definitions::{
+    portcullis_definitions, portcullis_definitions_count, portcullis_definitions_free, portcullis_definitions_new,
+    portcullis_definitions_unavailable, portcullis_session_set_definitions,
 };
 pub use engine::{portcullis_engine, portcullis_engine_free, portcullis_engine_new, portcullis_version};
 pub use error::{portcullis_error, portcullis_error_location, portcullis_result};
@@ -133,10 +137,6 @@ pub use session::{
     portcullis_session, portcullis_session_add_prepared, portcullis_session_apply, portcullis_session_free,
     portcullis_session_new, portcullis_session_set_search_path, portcullis_session_set_standard_conforming_strings,
     portcullis_session_set_user,
-};
-pub use views::{
-    portcullis_session_set_views, portcullis_views, portcullis_views_count, portcullis_views_free,
-    portcullis_views_new, portcullis_views_unavailable,
 };
 
 /// Handles are shared between threads as the crate docs say: the compiler

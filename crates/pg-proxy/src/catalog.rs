@@ -1,5 +1,5 @@
 //! What the gateway reads from the database's catalog: which table column
-//! a result column is, and the database's views.
+//! a result column is, and the database's views and functions.
 //!
 //! RowDescription gives, for a column that is a plain reference to a table
 //! column, the table's OID and the column's attribute number. Masks are
@@ -15,25 +15,27 @@
 //! statement's lineage alone, and a column whose lineage cannot be proven
 //! is masked whole.
 //!
-//! The views of a database ([`Catalog::views`]) are read whole, once, when
-//! its first session starts: every view and materialized view outside
-//! `pg_catalog` and `information_schema`, its columns, and its definition
-//! as `pg_get_viewdef` writes it on the catalog connection, whose
-//! `search_path` is empty (so every name outside `pg_catalog` comes
-//! qualified). Sessions share them through a watch channel. They are read
-//! again when a session completes DDL (before that session's client hears
-//! back), and a task checks every `[catalog] refresh_interval` whether
-//! another connection changed them: it compares a fingerprint of
-//! `pg_class`, `pg_namespace`, `pg_rewrite` and the views' columns (row
-//! counts and the sum of their `xmin`) and reads the views again when it
-//! moved. When they cannot be read, sessions get [`Views::unavailable`],
-//! and statements naming relations are not allowed until they can.
+//! The definitions of a database ([`Catalog::definitions`]) are read
+//! whole, once, when its first session starts: every view and materialized
+//! view outside `pg_catalog` and `information_schema`, with its columns and
+//! its definition as `pg_get_viewdef` writes it, and every function there,
+//! with its language, body (a SQL-standard body as `pg_get_functiondef`
+//! writes it) and `SET search_path`. The catalog connection's `search_path`
+//! is empty, so every name outside `pg_catalog` comes qualified. Sessions
+//! share them through a watch channel. They are read again when a session
+//! completes DDL (before that session's client hears back), and a task
+//! checks every `[catalog] refresh_interval` whether another connection
+//! changed them: it compares a fingerprint of `pg_class`, `pg_namespace`,
+//! `pg_rewrite`, `pg_proc` and the views' columns (row counts and the sum
+//! of their `xmin`) and reads the definitions again when it moved. When
+//! they cannot be read, sessions get [`Definitions::unavailable`], and
+//! statements naming relations are not allowed until they can.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use policy_core::{ColumnInfo, View, ViewKind, Views};
+use policy_core::{ColumnInfo, Definitions, Function, FunctionBody, Session, View, ViewKind};
 use tokio::sync::{watch, Mutex};
 
 use crate::upstream::{self, Connection, Target};
@@ -64,11 +66,11 @@ struct Database {
     conn: Option<Connection>,
     tables: HashMap<u32, Arc<Table>>,
     /// The views, while sessions watch them.
-    views: Option<WatchedViews>,
+    views: Option<WatchedDefinitions>,
 }
 
-struct WatchedViews {
-    tx: watch::Sender<Arc<Views>>,
+struct WatchedDefinitions {
+    tx: watch::Sender<Arc<Definitions>>,
     /// The fingerprint the views were read at (`None` when they could not
     /// be read).
     fingerprint: Option<String>,
@@ -81,10 +83,10 @@ pub struct Catalog {
     databases: Mutex<HashMap<String, Arc<Mutex<Database>>>>,
 }
 
-/// What moves when a view is created, replaced, dropped or renamed, its
-/// columns renamed, a relation or a schema created, renamed or moved: row
-/// counts and the sum of the rows' `xmin` (a changed row is a new version
-/// with a newer one).
+/// What moves when a view or a function is created, replaced, dropped or
+/// renamed, a view's columns renamed, a relation or a schema created,
+/// renamed or moved: row counts and the sum of the rows' `xmin` (a changed
+/// row is a new version with a newer one).
 const FINGERPRINT_SQL: &str = "SELECT \
     (SELECT pg_catalog.count(*)::pg_catalog.text || '/' || \
         COALESCE(pg_catalog.sum(xmin::pg_catalog.text::pg_catalog.int8), 0)::pg_catalog.text \
@@ -95,6 +97,9 @@ const FINGERPRINT_SQL: &str = "SELECT \
     (SELECT pg_catalog.count(*)::pg_catalog.text || '/' || \
         COALESCE(pg_catalog.sum(xmin::pg_catalog.text::pg_catalog.int8), 0)::pg_catalog.text \
         FROM pg_catalog.pg_rewrite) || ' ' || \
+    (SELECT pg_catalog.count(*)::pg_catalog.text || '/' || \
+        COALESCE(pg_catalog.sum(xmin::pg_catalog.text::pg_catalog.int8), 0)::pg_catalog.text \
+        FROM pg_catalog.pg_proc) || ' ' || \
     (SELECT pg_catalog.count(*)::pg_catalog.text || '/' || \
         COALESCE(pg_catalog.sum(a.xmin::pg_catalog.text::pg_catalog.int8), 0)::pg_catalog.text \
         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
@@ -113,6 +118,19 @@ const VIEW_COLUMNS_SQL: &str = "SELECT n.nspname, c.relname, a.attname \
     WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
     AND a.attnum > 0 AND NOT a.attisdropped ORDER BY c.oid, a.attnum";
 
+/// Every function outside the system schemas: its language, its body (a
+/// SQL-standard body as the whole `CREATE FUNCTION`, qualified), whether
+/// the body is SQL-standard, and the `search_path` its `SET` clause gives
+/// it. `{STANDARD}` stands for the test of a SQL-standard body, which
+/// servers before 14 do not have.
+const FUNCTIONS_SQL: &str = "SELECT n.nspname, p.proname, l.lanname, \
+    CASE WHEN {STANDARD} THEN pg_catalog.pg_get_functiondef(p.oid) ELSE p.prosrc END, \
+    CASE WHEN {STANDARD} THEN 't' ELSE 'f' END, \
+    (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(p.proconfig) AS c WHERE c LIKE 'search_path=%') \
+    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+    JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')";
+
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Catalog").finish_non_exhaustive()
@@ -128,15 +146,15 @@ impl Catalog {
 
     /// The views of `database`, kept current: read now if no session there
     /// watches them yet (see the module docs).
-    pub async fn views(&self, database: &str) -> watch::Receiver<Arc<Views>> {
+    pub async fn definitions(&self, database: &str) -> watch::Receiver<Arc<Definitions>> {
         let db = self.database(database).await;
         let mut guard = db.lock().await;
         if let Some(watched) = &guard.views {
             return watched.tx.subscribe();
         }
-        let (views, fingerprint) = guard.read_views(&self.target, database).await;
+        let (views, fingerprint) = guard.read_definitions(&self.target, database).await;
         let (tx, rx) = watch::channel(views);
-        guard.views = Some(WatchedViews { tx, fingerprint });
+        guard.views = Some(WatchedDefinitions { tx, fingerprint });
         drop(guard);
         let (target, interval, name) = (self.target.clone(), self.refresh_interval, database.to_string());
         tokio::spawn(async move {
@@ -148,7 +166,7 @@ impl Catalog {
                     guard.views = None;
                     return;
                 }
-                guard.refresh_views(&target, &name, false).await;
+                guard.refresh_definitions(&target, &name, false).await;
             }
         });
         rx
@@ -239,7 +257,7 @@ impl Catalog {
         let db = self.database(database).await;
         let mut db = db.lock().await;
         db.tables.clear();
-        db.refresh_views(&self.target, database, true).await;
+        db.refresh_definitions(&self.target, database, true).await;
     }
 }
 
@@ -271,14 +289,14 @@ impl Database {
     }
 
     /// Reads the views and the fingerprint they were read at.
-    async fn read_views(&mut self, target: &Target, database: &str) -> (Arc<Views>, Option<String>) {
-        match self.try_read_views(target, database).await {
+    async fn read_definitions(&mut self, target: &Target, database: &str) -> (Arc<Definitions>, Option<String>) {
+        match self.try_read_definitions(target, database).await {
             Ok((views, fingerprint)) => (Arc::new(views), Some(fingerprint)),
-            Err(reason) => (Arc::new(Views::unavailable(reason)), None),
+            Err(reason) => (Arc::new(Definitions::unavailable(reason)), None),
         }
     }
 
-    async fn try_read_views(&mut self, target: &Target, database: &str) -> Result<(Views, String), String> {
+    async fn try_read_definitions(&mut self, target: &Target, database: &str) -> Result<(Definitions, String), String> {
         // The fingerprint first: a change after it is seen at the next check.
         let fingerprint = self.fingerprint(target, database).await?;
         let defs = self.query(target, database, VIEWS_SQL).await?;
@@ -291,7 +309,7 @@ impl Database {
             };
             columns.entry((schema, name)).or_default().push(column);
         }
-        let mut views = Views::new();
+        let mut views = Definitions::new();
         for row in defs {
             let [Some(schema), Some(name), Some(kind), definition] =
                 <[Option<String>; 4]>::try_from(row).unwrap_or_default()
@@ -304,7 +322,27 @@ impl Database {
             // the engine then refuses what names the view.
             views.insert(&schema, &name, View::new(kind, cols, definition.unwrap_or_default()));
         }
-        tracing::debug!(database, views = views.len(), "views read from the catalog");
+        let version = self.query(target, database, "SELECT pg_catalog.current_setting('server_version_num')").await?;
+        let version: u32 =
+            version.first().and_then(|r| r.first()).cloned().flatten().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let standard = if version >= 140_000 { "p.prosqlbody IS NOT NULL" } else { "false" };
+        for row in self.query(target, database, &FUNCTIONS_SQL.replace("{STANDARD}", standard)).await? {
+            let [Some(schema), Some(name), Some(language), body, Some(standard), path] =
+                <[Option<String>; 6]>::try_from(row).unwrap_or_default()
+            else {
+                return Err("a function row the gateway cannot read".to_string());
+            };
+            let body = match (language.as_str(), body) {
+                ("sql", Some(text)) if standard == "t" => FunctionBody::Standard(text),
+                ("sql", Some(text)) => FunctionBody::Sql(text),
+                _ => FunctionBody::Other { language },
+            };
+            // A SET search_path the gateway cannot read: the body is read
+            // with an empty path, where unqualified names are opaque.
+            let path = path.map(|p| Session::search_path_from_setting(&p).unwrap_or_default());
+            views.insert_function(&schema, &name, Function::new(body, path));
+        }
+        tracing::debug!(database, views = views.len(), "views and functions read from the catalog");
         Ok((views, fingerprint))
     }
 
@@ -315,7 +353,7 @@ impl Database {
 
     /// Reads the views again when they may have changed (always when
     /// `force`), and hands them to the sessions watching.
-    async fn refresh_views(&mut self, target: &Target, database: &str, force: bool) {
+    async fn refresh_definitions(&mut self, target: &Target, database: &str, force: bool) {
         let Some(known) = self.views.as_ref().map(|w| w.fingerprint.clone()) else { return };
         if !force {
             match (self.fingerprint(target, database).await, known) {
@@ -328,7 +366,7 @@ impl Database {
                 _ => {}
             }
         }
-        let (views, fingerprint) = self.read_views(target, database).await;
+        let (views, fingerprint) = self.read_definitions(target, database).await;
         if let Some(watched) = self.views.as_mut() {
             watched.fingerprint = fingerprint;
             watched.tx.send_replace(views);

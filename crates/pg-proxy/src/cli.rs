@@ -22,7 +22,7 @@ use pg_proxy::catalog::Catalog;
 use pg_proxy::codec::DEFAULT_MAX_MESSAGE_BYTES;
 use pg_proxy::config::{Secret, Upstream};
 use pg_proxy::upstream::Target;
-use policy_core::{Actor, Decision, Engine, Identity, Keys, Policy, PolicyError, Session, Views};
+use policy_core::{Actor, Decision, Definitions, Engine, Identity, Keys, Policy, PolicyError, Session};
 use serde::Deserialize;
 
 /// `println!` for the commands' output: a reader that went away
@@ -417,7 +417,7 @@ pub(crate) fn run() -> ExitCode {
                 Ok(e) => e,
                 Err(code) => return code,
             };
-            let views = match args.catalog.as_deref().map(read_views).transpose() {
+            let views = match args.catalog.as_deref().map(read_definitions).transpose() {
                 Ok(v) => v,
                 Err(e) => {
                     eprintln!("error: --catalog: {e}");
@@ -643,7 +643,7 @@ fn identity(subject: &str, groups: &[String], actor: Option<&str>) -> Identity {
 }
 
 /// The views of the database `conninfo` names, read as the gateway reads them.
-fn read_views(conninfo: &str) -> Result<Arc<Views>, String> {
+fn read_definitions(conninfo: &str) -> Result<Arc<Definitions>, String> {
     let upstream = Upstream::from_conninfo(conninfo, |var| std::env::var(var).ok())?;
     let database = upstream.database.clone().unwrap_or_default();
     let target = Target::new(&upstream, DEFAULT_MAX_MESSAGE_BYTES)?;
@@ -653,7 +653,7 @@ fn read_views(conninfo: &str) -> Result<Arc<Views>, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let views = runtime.block_on(async {
         let catalog = Catalog::new(target, Duration::from_secs(3600));
-        let watch = catalog.views(&database).await;
+        let watch = catalog.definitions(&database).await;
         let views = Arc::clone(&watch.borrow());
         views
     });
@@ -663,9 +663,9 @@ fn read_views(conninfo: &str) -> Result<Arc<Views>, String> {
     }
 }
 
-fn session(engine: &Engine, search_path: Option<&Vec<String>>, scs: bool, views: Option<&Arc<Views>>) -> Session {
+fn session(engine: &Engine, search_path: Option<&Vec<String>>, scs: bool, views: Option<&Arc<Definitions>>) -> Session {
     let mut s = engine.new_session();
-    s.views = views.cloned();
+    s.definitions = views.cloned();
     if let Some(p) = search_path {
         // The session starts there, and a RESET returns there, as on the
         // server for a client that gave it at login.
@@ -675,7 +675,7 @@ fn session(engine: &Engine, search_path: Option<&Vec<String>>, scs: bool, views:
     s
 }
 
-fn explain_one(engine: &Engine, args: &ExplainArgs, views: Option<&Arc<Views>>) -> ExitCode {
+fn explain_one(engine: &Engine, args: &ExplainArgs, views: Option<&Arc<Definitions>>) -> ExitCode {
     let id = identity(&args.subject, &args.groups, args.actor.as_deref());
     let s = session(engine, args.search_path.as_ref(), !args.no_standard_conforming_strings, views);
     let decision = engine.decide(&id, &s, args.sql.as_deref().unwrap_or_default());
@@ -690,7 +690,7 @@ fn error_line(message: &str) -> String {
     serde_json::json!({ "error": message }).to_string()
 }
 
-fn explain_jsonl(engine: &Engine, args: &ExplainArgs, views: Option<&Arc<Views>>) -> ExitCode {
+fn explain_jsonl(engine: &Engine, args: &ExplainArgs, views: Option<&Arc<Definitions>>) -> ExitCode {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let stdout = std::io::stdout();
@@ -723,7 +723,7 @@ fn explain_jsonl(engine: &Engine, args: &ExplainArgs, views: Option<&Arc<Views>>
 fn decide_line(
     engine: &Engine,
     args: &ExplainArgs,
-    views: Option<&Arc<Views>>,
+    views: Option<&Arc<Definitions>>,
     line: &[u8],
 ) -> Result<Decision, String> {
     let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8: {e}"))?;

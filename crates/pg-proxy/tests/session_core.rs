@@ -15,7 +15,7 @@ use pg_proxy::session::hold::HoldOutcome;
 use pg_proxy::session::record::{Record, RecordError};
 use pg_proxy::session::registry::Activity;
 use pg_proxy::session::{CoreConfig, Need, SessionCore, SessionEnd, SessionStart};
-use policy_core::{Engine, Identity, Keys, Policy, View, ViewKind, Views};
+use policy_core::{Definitions, Engine, Identity, Keys, Policy, View, ViewKind};
 use postgres_protocol::message::frontend;
 
 const POLICY: &str = r#"
@@ -1683,23 +1683,23 @@ fn statements_pipelined_after_one_that_may_change_views_are_not_judged_by_stale_
         "{POLICY}\n[[rule]]\nname = \"ddl\"\neffect = \"allow\"\nclasses = [\"ddl\"]\ntables = [\"public.*\"]\n"
     );
     let mut h = harness_of(&policy, CoreConfig::default(), vec!["public".into()]);
-    h.core.set_views(Arc::new(Views::new()));
+    h.core.set_definitions(Arc::new(Definitions::new()));
     h.client(&cat(&[query("CREATE VIEW public.v AS SELECT 1 AS one"), query("SELECT * FROM v")]));
     let sent = h.sent();
     assert!(is_query(&sent[0], "CREATE VIEW public.v AS SELECT 1 AS one"), "{sent:?}");
     assert!(is_substitute(&sent[1]), "{sent:?}");
     assert!(h.needs().is_empty());
     // Views read before the CREATE VIEW completed do not lift the refusal.
-    h.core.set_views(Arc::new(Views::new()));
+    h.core.set_definitions(Arc::new(Definitions::new()));
     h.server(&cat(&[complete("CREATE VIEW"), ready(b'I')]));
     h.server(&cat(&[error("22P02"), ready(b'I')]));
     let got = h.got();
     assert!(got[2].1.contains("has not completed"), "{got:?}");
     assert!(h.needs().iter().any(|n| matches!(n, Need::InvalidateCatalog)));
     // The views read again: `v` is one, over a table the policy forbids.
-    let mut views = Views::new();
+    let mut views = Definitions::new();
     views.insert("public", "v", View::new(ViewKind::View, vec!["id".into()], " SELECT s.id FROM private.secrets s;"));
-    h.core.set_views(Arc::new(views));
+    h.core.set_definitions(Arc::new(views));
     h.client(&query("SELECT * FROM v"));
     assert!(is_substitute(&h.sent()[0]));
     h.server(&cat(&[error("22P02"), ready(b'I')]));

@@ -57,6 +57,9 @@ CREATE MATERIALIZED VIEW public.rollup AS SELECT ssn AS s, count(*) AS n FROM cu
 CREATE FUNCTION public.mystery() RETURNS text LANGUAGE sql AS $$ SELECT api_key FROM secrets LIMIT 1 $$;
 CREATE VIEW public.by_function AS SELECT public.mystery() AS m;
 CREATE VIEW public.plain AS SELECT id, name FROM customers;
+CREATE FUNCTION public.tax_of(int) RETURNS text LANGUAGE sql AS $$ SELECT ssn FROM customers WHERE id = $1 $$;
+CREATE FUNCTION public.n_customers() RETURNS bigint LANGUAGE sql RETURN (SELECT count(*) FROM public.customers);
+CREATE FUNCTION public.pl() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;
 ";
 
 fn stack(views: &str, refresh: &str) -> Stack {
@@ -98,7 +101,13 @@ fn views_over_forbidden_tables_are_refused_and_masks_follow_view_columns() {
         assert!(err.contains("refused") || err.contains("denied") || err.contains("secrets"), "{sql}: {err}");
     }
     assert!(psql(&stack, &agent, "SELECT * FROM leak").unwrap_err().contains("secrets are not for agents"));
-    assert!(psql(&stack, &agent, "SELECT m FROM by_function").unwrap_err().contains("public.mystery"));
+    assert!(psql(&stack, &agent, "SELECT m FROM by_function").unwrap_err().contains("secrets are not for agents"));
+    assert!(psql(&stack, &agent, "SELECT public.mystery()").unwrap_err().contains("secrets are not for agents"));
+    // SQL functions: judged and masked by their bodies; other languages stay opaque.
+    assert_eq!(psql(&stack, &agent, "SELECT tax_of(2)").unwrap(), "[redacted]\n");
+    assert_eq!(psql(&stack, &agent, "SELECT n_customers()").unwrap(), "3\n");
+    let err = psql(&stack, &agent, "SELECT pl()").unwrap_err();
+    assert!(err.contains("`pl`") && err.contains("not visible"), "{err}");
 
     // Renamed: the mask's own strategy.
     assert_eq!(
@@ -207,6 +216,17 @@ fn views_changed_by_other_connections_are_seen_within_the_refresh_interval() {
         }
         let err = client.simple_query("SELECT * FROM harmless").await.unwrap_err();
         assert!(format!("{err:?}").contains("secrets are not for agents"), "{err:?}");
+        // A function's body replaced is a change too.
+        assert_eq!(values(&client.simple_query("SELECT n_customers()").await.unwrap()), ["3"]);
+        stack.owner_sql(
+            "CREATE OR REPLACE FUNCTION public.n_customers() RETURNS bigint LANGUAGE sql \
+             AS $$ SELECT count(*) FROM secrets $$",
+        );
+        let start = Instant::now();
+        while client.simple_query("SELECT n_customers()").await.is_ok() {
+            assert!(start.elapsed() < Duration::from_secs(30), "the new body was never seen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
 }
 

@@ -75,7 +75,7 @@ pub(crate) struct ContextKey {
     standard_conforming_strings: bool,
     user: Option<String>,
     transaction: Option<TransactionPaths>,
-    /// [`crate::Views::id`] of the session's views.
+    /// [`crate::Definitions::id`] of the session's views.
     views: Option<u64>,
 }
 
@@ -307,7 +307,7 @@ fn context_hash(state: &foldhash::quality::RandomState, identity: &Identity, ses
 
 /// The identity of the session's views, which decisions depend on.
 fn views_id(session: &Session) -> Option<u64> {
-    session.views.as_ref().map(|v| v.id())
+    session.definitions.as_ref().map(|v| v.id())
 }
 
 fn key_hash(state: &foldhash::quality::RandomState, sql: &str, shape: bool, context: u64) -> u64 {

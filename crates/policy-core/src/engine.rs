@@ -130,6 +130,7 @@ impl Engine {
         let analyze_options = AnalyzeOptions {
             trusted_functions,
             expand_views: policy.settings.views == crate::policy::ViewReading::Expand,
+            inner: false,
         };
         let key: Option<Arc<[u8]>> = keys.pseudonym_key.as_deref().map(Arc::from);
         let masks = policy.masks.iter().map(|m| ColumnMask::compile(m, key.clone())).collect();

@@ -167,11 +167,12 @@
 //!   made since the last `Sync`) is not followed. Within one
 //!   multi-statement string the analysis follows both exactly; between
 //!   strings the gateway's read-back gives the server's path.
-//! - Views are judged by what they read only when the caller gives the
-//!   session the database's [`Views`] (the gateway does): without them a
-//!   view in an allowed schema that selects from a forbidden table is
-//!   judged by its name. SQL functions are not expanded: a call to one is
-//!   opaque unless `settings.trusted_functions` vouches for it.
+//! - Views and SQL functions are judged by what they read only when the
+//!   caller gives the session the database's [`Definitions`] (the gateway
+//!   does): without them a view in an allowed schema that selects from a
+//!   forbidden table is judged by its name, and a call to a function
+//!   outside `pg_catalog` is opaque unless `settings.trusted_functions`
+//!   vouches for it. Functions in other languages are opaque either way.
 //! - PostgreSQL's functional notation (`t.f` meaning `f(t)` when `t` has no
 //!   column `f`) and overloads of built-in names created in other schemas
 //!   are not visible without the catalog; both require an earlier `CREATE
@@ -229,6 +230,7 @@ mod cache;
 mod context;
 mod copy;
 mod decision;
+mod definitions;
 mod detect;
 mod engine;
 mod fingerprint;
@@ -238,13 +240,13 @@ mod policy;
 mod rules;
 mod session;
 mod shape;
-mod views;
 
 pub use analyze::{Analysis, Class, OutputColumn, StatementFacts};
 pub use cache::{CacheStats, DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT};
 pub use context::Context;
 pub use copy::{CopyLayout, CopyOutAction, CopyOutPlan, CsvLayout};
 pub use decision::{Decision, StatementDecision, Verdict};
+pub use definitions::{Definitions, Function, FunctionBody, View, ViewKind};
 pub use detect::{DetectorMatch, Detectors};
 pub use engine::{Engine, EngineOptions, Keys, TestOutcome};
 pub use identity::{verify_jwt, Actor, Identity, IdentityError, IdentityRules, Jwks, MAX_LEEWAY_SECONDS};
@@ -254,4 +256,3 @@ pub use policy::{
     Settings, Strategy, ViewReading,
 };
 pub use session::{Prepared, SavepointPaths, Session, SessionEffect, TransactionPaths};
-pub use views::{View, ViewKind, Views};

@@ -19,7 +19,7 @@
 //!   written) whose bodies the policy author vouches for: calling them does
 //!   not make a statement opaque;
 //! - `settings.views` is `"expand"` (the default) or `"name"`: see
-//!   [`crate::Views`].
+//!   [`crate::Definitions`].
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use regex::Regex;
@@ -172,7 +172,7 @@ pub struct Settings {
 }
 
 /// `settings.views`: how a statement naming a view is judged (see
-/// [`crate::Views`]).
+/// [`crate::Definitions`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ViewReading {

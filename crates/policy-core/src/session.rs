@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::views::Views;
+use crate::definitions::Definitions;
 
 /// A statement recorded by SQL-level `PREPARE`, kept per connection by the
 /// caller so that a later `EXECUTE name` is judged by what it runs.
@@ -71,10 +71,10 @@ pub struct Session {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<TransactionPaths>,
     /// The views of the connection's database, when the caller read them
-    /// from its catalog: see [`Views`]. `None` judges views by name. Not
+    /// from its catalog: see [`Definitions`]. `None` judges views by name. Not
     /// serialised.
     #[serde(skip)]
-    pub views: Option<Arc<Views>>,
+    pub definitions: Option<Arc<Definitions>>,
 }
 
 impl Default for Session {
@@ -86,7 +86,7 @@ impl Default for Session {
             prepared: BTreeMap::new(),
             user: None,
             transaction: None,
-            views: None,
+            definitions: None,
         }
     }
 }

@@ -7,7 +7,10 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use policy_core::{ColumnInfo, Engine, Identity, Policy, Session, Verdict, View, ViewKind, Views, REDACTED};
+use policy_core::{
+    ColumnInfo, Definitions, Engine, Function, FunctionBody, Identity, Policy, Session, Verdict, View, ViewKind,
+    REDACTED,
+};
 
 const POLICY: &str = r#"
 version = 1
@@ -37,8 +40,8 @@ fn engine(views: &str) -> Engine {
     Engine::new(policy, Default::default()).unwrap()
 }
 
-fn catalog() -> Views {
-    let mut v = Views::new();
+fn catalog() -> Definitions {
+    let mut v = Definitions::new();
     let view = |columns: &[&str], definition: &str| {
         View::new(ViewKind::View, columns.iter().map(|c| c.to_string()).collect(), definition)
     };
@@ -77,9 +80,9 @@ fn catalog() -> Views {
     v
 }
 
-fn session(e: &Engine, views: Views) -> Session {
+fn session(e: &Engine, views: Definitions) -> Session {
     let mut s = e.new_session();
-    s.views = Some(Arc::new(views));
+    s.definitions = Some(Arc::new(views));
     s
 }
 
@@ -127,7 +130,7 @@ fn without_views_the_session_judges_by_name_and_decisions_are_not_shared() {
     assert_eq!(e.decide(&agent(), &bare, "SELECT * FROM laundered").verdict, Verdict::Allow);
     assert_eq!(e.decide(&agent(), &known, "SELECT * FROM laundered").verdict, Verdict::Deny);
     // Nor does a decision made with one catalog serve the next one.
-    let replaced = session(&e, Views::new());
+    let replaced = session(&e, Definitions::new());
     assert_eq!(e.decide(&agent(), &replaced, "SELECT * FROM laundered").verdict, Verdict::Allow);
 }
 
@@ -145,7 +148,7 @@ fn a_view_running_code_the_engine_cannot_see_is_opaque() {
 #[test]
 fn unreadable_definitions_and_an_unreadable_catalog_fail_closed() {
     let e = engine("");
-    let mut views = Views::new();
+    let mut views = Definitions::new();
     views.insert("public", "broken", View::new(ViewKind::View, vec!["a".into()], "SELEC 1"));
     views.insert("public", "writer", View::new(ViewKind::View, vec!["a".into()], "DELETE FROM public.users"));
     let s = session(&e, views);
@@ -154,7 +157,7 @@ fn unreadable_definitions_and_an_unreadable_catalog_fail_closed() {
         assert!(facts.opaque, "{sql}");
         assert!(facts.notes[0].contains("cannot be read"), "{:?}", facts.notes);
     }
-    let s = session(&e, Views::unavailable("connection refused"));
+    let s = session(&e, Definitions::unavailable("connection refused"));
     let d = e.decide(&agent(), &s, "SELECT * FROM ids");
     assert_eq!(d.verdict, Verdict::Deny);
     assert!(d.reason.contains("catalog could not be read"), "{}", d.reason);
@@ -259,4 +262,84 @@ fn masked_view_columns_may_not_be_stored() {
     assert_eq!(d.verdict, Verdict::Deny);
     assert!(d.reason.contains("masked"), "{}", d.reason);
     assert_eq!(e.decide(&agent(), &s, "INSERT INTO public.notes SELECT id FROM ids").verdict, Verdict::Allow);
+}
+
+fn functions() -> Definitions {
+    let mut d = catalog();
+    let sql = |body: &str| Function::new(FunctionBody::Sql(body.to_string()), None);
+    // Unqualified names in a classic body resolve with the caller's path.
+    d.insert_function("public", "api_key", sql("SELECT secret FROM private.secrets LIMIT 1"));
+    d.insert_function("public", "phone_of", sql("SELECT phone FROM users WHERE id = $1"));
+    d.insert_function("public", "user_count", sql("SELECT count(*) FROM users"));
+    d.insert_function("public", "forget", sql("DELETE FROM public.users"));
+    d.insert_function("public", "twice", sql("SELECT public.phone_of($1) || public.phone_of($1)"));
+    d.insert_function("public", "looping", sql("SELECT public.looping()"));
+    d.insert_function(
+        "public",
+        "standard",
+        Function::new(
+            FunctionBody::Standard(
+                "CREATE OR REPLACE FUNCTION public.standard()\n RETURNS text\n LANGUAGE sql\nBEGIN ATOMIC\n SELECT secrets.secret\n    FROM private.secrets;\nEND".into(),
+            ),
+            None,
+        ),
+    );
+    d.insert_function("public", "hidden", Function::new(FunctionBody::Other { language: "plpgsql".into() }, None));
+    // An overload in another language makes the name opaque.
+    d.insert_function("public", "mixed", sql("SELECT 1"));
+    d.insert_function("public", "mixed", Function::new(FunctionBody::Other { language: "plpgsql".into() }, None));
+    d.insert("public", "keys", View::new(ViewKind::View, vec!["k".into()], " SELECT public.api_key() AS k;"));
+    d
+}
+
+#[test]
+fn sql_functions_are_judged_by_their_bodies() {
+    let e = engine("");
+    let s = session(&e, functions());
+    let facts = |sql: &str| e.analyze(&s, sql).statements.remove(0);
+    for sql in
+        ["SELECT api_key()", "SELECT public.standard()", "SELECT * FROM keys", "SELECT 1 WHERE api_key() IS NULL"]
+    {
+        let d = e.decide(&agent(), &s, sql);
+        assert_eq!(d.verdict, Verdict::Deny, "{sql}");
+        let f = &d.statements[0].facts;
+        assert!(!f.opaque, "{sql}: {:?}", f.notes);
+        assert!(f.tables.contains(&"private.secrets".to_string()), "{sql}: {:?}", f.tables);
+    }
+    // A body over allowed tables is allowed, nested calls are followed, and
+    // recursion ends.
+    assert_eq!(e.decide(&agent(), &s, "SELECT user_count()").verdict, Verdict::Allow);
+    let f = facts("SELECT twice(1)");
+    assert!(!f.opaque && f.tables == ["public.users"], "{f:?}");
+    assert!(!facts("SELECT looping()").opaque);
+    // A body that writes makes the call a write, with the body's commands.
+    let f = facts("SELECT forget()");
+    assert_eq!(f.class, policy_core::Class::Write);
+    assert!(f.commands.contains(&"DELETE".to_string()), "{:?}", f.commands);
+    assert_eq!(f.has_where, Some(false));
+    // Other languages, and names with an overload in one, stay opaque.
+    for sql in ["SELECT hidden()", "SELECT mixed()", "SELECT nowhere()"] {
+        assert!(facts(sql).opaque, "{sql}");
+    }
+    // Unqualified names in a classic body resolve with the caller's path.
+    let mut elsewhere = s.clone();
+    elsewhere.search_path = vec!["app".into(), "public".into()];
+    let f = e.analyze(&elsewhere, "SELECT public.user_count()").statements.remove(0);
+    assert!(f.tables.contains(&"app.users".to_string()) && f.tables.contains(&"public.users".to_string()), "{f:?}");
+    // views = "name": functions are not expanded either.
+    let e2 = engine(r#"views = "name""#);
+    let s2 = session(&e2, functions());
+    assert!(e2.analyze(&s2, "SELECT user_count()").statements[0].opaque);
+}
+
+#[test]
+fn results_of_sql_functions_are_masked_by_what_the_body_reads() {
+    let e = engine("");
+    let s = session(&e, functions());
+    let cols = [ColumnInfo::text("p", None)];
+    assert_eq!(masked(&e, &s, "SELECT phone_of(1) AS p", &cols, &["555-1234"])[0].as_deref(), Some(REDACTED));
+    assert_eq!(masked(&e, &s, "SELECT twice(id) AS p FROM ids", &cols, &["555-1234"])[0].as_deref(), Some(REDACTED));
+    assert_eq!(masked(&e, &s, "SELECT user_count() AS p", &cols, &["3"])[0].as_deref(), Some("3"));
+    let d = e.decide(&agent(), &s, "INSERT INTO public.notes SELECT phone_of(1)");
+    assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
 }

@@ -605,33 +605,40 @@ static void test_views(const char *policy, size_t policy_len) {
     CHECK(portcullis_session_new(e, &s) == PORTCULLIS_RESULT_OK, "session");
     CHECK(verdict_of(e, agent, s, S("SELECT * FROM leak")) == PORTCULLIS_VERDICT_ALLOW, "by name without views");
 
-    const char json[] = "[{\"schema\":\"public\",\"name\":\"leak\",\"columns\":[\"api_key\"],"
+    const char json[] = "{\"views\":[{\"schema\":\"public\",\"name\":\"leak\",\"columns\":[\"api_key\"],"
                         "\"definition\":\" SELECT secrets.api_key FROM public.secrets;\"},"
                         "{\"schema\":\"public\",\"name\":\"totals\",\"kind\":\"materialized\","
-                        "\"columns\":[\"t\"],\"definition\":\" SELECT sum(orders.total) AS t FROM public.orders;\"}]";
-    portcullis_views *v = NULL;
-    CHECK(portcullis_views_new(S(json), &v) == PORTCULLIS_RESULT_OK, "views");
-    CHECK(portcullis_views_count(v) == 2, "two views");
-    CHECK(portcullis_session_set_views(s, v) == PORTCULLIS_RESULT_OK, "set views");
-    portcullis_views_free(v); /* the session keeps its own reference */
+                        "\"columns\":[\"t\"],\"definition\":\" SELECT sum(orders.total) AS t FROM public.orders;\"}],"
+                        "\"functions\":[{\"schema\":\"public\",\"name\":\"key\",\"language\":\"sql\","
+                        "\"body\":\"SELECT api_key FROM secrets\"},"
+                        "{\"schema\":\"public\",\"name\":\"n\",\"language\":\"sql\",\"body\":\"SELECT count(*) FROM orders\"},"
+                        "{\"schema\":\"public\",\"name\":\"pl\",\"language\":\"plpgsql\"}]}";
+    portcullis_definitions *v = NULL;
+    CHECK(portcullis_definitions_new(S(json), &v) == PORTCULLIS_RESULT_OK, "views");
+    CHECK(portcullis_definitions_count(v) == 2, "two views");
+    CHECK(portcullis_session_set_definitions(s, v) == PORTCULLIS_RESULT_OK, "set views");
+    portcullis_definitions_free(v); /* the session keeps its own reference */
     CHECK(verdict_of(e, agent, s, S("SELECT * FROM leak")) == PORTCULLIS_VERDICT_DENY, "judged by public.secrets");
     CHECK(verdict_of(e, agent, s, S("SELECT t FROM totals")) == PORTCULLIS_VERDICT_ALLOW, "a view over orders");
+    CHECK(verdict_of(e, agent, s, S("SELECT key()")) == PORTCULLIS_VERDICT_DENY, "a function reading public.secrets");
+    CHECK(verdict_of(e, agent, s, S("SELECT n()")) == PORTCULLIS_VERDICT_ALLOW, "a function reading orders");
+    CHECK(verdict_of(e, agent, s, S("SELECT pl()")) == PORTCULLIS_VERDICT_DENY, "plpgsql stays opaque");
 
-    portcullis_views *bad = (portcullis_views *)&s;
-    CHECK(portcullis_views_new(S("[{\"schema\":\"public\",\"nmae\":\"v\"}]"), &bad) == PORTCULLIS_RESULT_VIEWS_JSON,
+    portcullis_definitions *bad = (portcullis_definitions *)&s;
+    CHECK(portcullis_definitions_new(S("{\"views\":[{\"schema\":\"public\",\"nmae\":\"v\"}]}"), &bad) == PORTCULLIS_RESULT_DEFINITIONS_JSON,
           "a misspelt field is refused");
-    CHECK(bad == (portcullis_views *)&s, "nothing written on failure");
-    CHECK(portcullis_views_count(NULL) == 0, "NULL holds none");
+    CHECK(bad == (portcullis_definitions *)&s, "nothing written on failure");
+    CHECK(portcullis_definitions_count(NULL) == 0, "NULL holds none");
 
-    portcullis_views *none = NULL;
-    CHECK(portcullis_views_unavailable(S("no catalog connection"), &none) == PORTCULLIS_RESULT_OK, "unavailable");
-    CHECK(portcullis_session_set_views(s, none) == PORTCULLIS_RESULT_OK, "set unavailable");
-    portcullis_views_free(none);
+    portcullis_definitions *none = NULL;
+    CHECK(portcullis_definitions_unavailable(S("no catalog connection"), &none) == PORTCULLIS_RESULT_OK, "unavailable");
+    CHECK(portcullis_session_set_definitions(s, none) == PORTCULLIS_RESULT_OK, "set unavailable");
+    portcullis_definitions_free(none);
     CHECK(verdict_of(e, agent, s, S("SELECT * FROM orders")) == PORTCULLIS_VERDICT_DENY, "any relation may be a view");
     CHECK(verdict_of(e, agent, s, S("SELECT 1")) == PORTCULLIS_VERDICT_ALLOW, "no relation, no doubt");
-    CHECK(portcullis_session_set_views(s, NULL) == PORTCULLIS_RESULT_OK, "views taken away");
+    CHECK(portcullis_session_set_definitions(s, NULL) == PORTCULLIS_RESULT_OK, "views taken away");
     CHECK(verdict_of(e, agent, s, S("SELECT * FROM orders")) == PORTCULLIS_VERDICT_ALLOW, "by name again");
-    CHECK(portcullis_session_set_views(NULL, NULL) == PORTCULLIS_RESULT_NULL_PARAMETER, "NULL session");
+    CHECK(portcullis_session_set_definitions(NULL, NULL) == PORTCULLIS_RESULT_NULL_PARAMETER, "NULL session");
 
     portcullis_session_free(s);
     portcullis_identity_free(agent);

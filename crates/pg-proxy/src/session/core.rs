@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use policy_core::{
-    ColumnInfo, Context, CopyLayout, CopyOutAction, Decision, Engine, Identity, RowMasker, Scrubbed,
-    Session as EngineSession, SessionEffect, StatementFacts, Verdict, Views,
+    ColumnInfo, Context, CopyLayout, CopyOutAction, Decision, Definitions, Engine, Identity, RowMasker, Scrubbed,
+    Session as EngineSession, SessionEffect, StatementFacts, Verdict,
 };
 use postgres_protocol::message::frontend;
 
@@ -546,8 +546,8 @@ pub struct SessionCore {
     row: RowScratch,
     /// A statement that may change the database's views was let through
     /// and the views were not read again since: the engine's session holds
-    /// [`Views::unavailable`] until every statement sent so far is answered.
-    views_pending: bool,
+    /// [`Definitions::unavailable`] until every statement sent so far is answered.
+    definitions_pending: bool,
     now: Instant,
 }
 
@@ -594,7 +594,7 @@ impl SessionCore {
             tables: None,
             copy_columns: None,
             row: RowScratch::default(),
-            views_pending: false,
+            definitions_pending: false,
             now,
         }
     }
@@ -755,11 +755,11 @@ impl SessionCore {
     /// statement that may change them is in flight, the session keeps
     /// refusing what names a relation: the views it reads again after
     /// that statement come next.
-    pub fn set_views(&mut self, views: Arc<Views>) {
-        if self.views_pending {
+    pub fn set_definitions(&mut self, views: Arc<Definitions>) {
+        if self.definitions_pending {
             return;
         }
-        self.state.views = Some(views);
+        self.state.definitions = Some(views);
         self.maskers.clear();
         self.last_masker = None;
         self.last_description = None;
@@ -1444,12 +1444,13 @@ impl SessionCore {
         for effect in &facts.session_effects {
             self.state.apply(effect);
         }
-        if facts.changes_views && self.state.views.is_some() {
+        if facts.changes_definitions && self.state.definitions.is_some() {
             // Until the views are read again, what names a relation may
             // name one this statement creates or changes.
-            self.views_pending = true;
-            self.state.views =
-                Some(Arc::new(Views::unavailable("a statement that may create or change views has not completed")));
+            self.definitions_pending = true;
+            self.state.definitions = Some(Arc::new(Definitions::unavailable(
+                "a statement that may create or change views has not completed",
+            )));
         }
         let changes_setting = facts.changes_settings
             || facts
@@ -1758,9 +1759,9 @@ impl SessionCore {
             }
         }
         self.tx_status = status;
-        if self.views_pending && self.pending.is_empty() {
+        if self.definitions_pending && self.pending.is_empty() {
             // Everything sent so far is answered: read the views again.
-            self.views_pending = false;
+            self.definitions_pending = false;
             if !self.needs.iter().any(|n| matches!(n, Need::InvalidateCatalog)) {
                 self.needs.push_back(Need::InvalidateCatalog);
             }

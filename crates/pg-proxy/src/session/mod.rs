@@ -186,8 +186,8 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
     };
     let mut core = SessionCore::new(start, Instant::now());
     // The database's views before the first statement is decided.
-    let mut views = gw.catalog.views(&database).await;
-    core.set_views(Arc::clone(&views.borrow_and_update()));
+    let mut views = gw.catalog.definitions(&database).await;
+    core.set_definitions(Arc::clone(&views.borrow_and_update()));
     let mut up = upstream;
     core.client_buffer().extend_from_slice(&client_buf);
     core.server_buffer().extend_from_slice(&up.buf);
@@ -290,7 +290,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                     // A policy reload, and views read again, are seen
                     // before the next statement is decided.
                     refresh_engine(&gw, &mut core, &mut generation);
-                    refresh_views(&mut views, &mut core);
+                    refresh_definitions(&mut views, &mut core);
                     core.handle_client_data(Instant::now());
                 }
                 Err(e) => {
@@ -305,7 +305,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                         up_read = (up_read * 2).min(MAX_READ_BYTES);
                     }
                     refresh_engine(&gw, &mut core, &mut generation);
-                    refresh_views(&mut views, &mut core);
+                    refresh_definitions(&mut views, &mut core);
                     core.handle_server_data(Instant::now());
                 }
                 Err(e) => {
@@ -372,9 +372,12 @@ fn refresh_engine(gw: &Gateway, core: &mut SessionCore, seen: &mut u64) {
 
 /// Gives the core the database's views when they were read again since it
 /// last looked (one atomic load when nothing changed).
-fn refresh_views(views: &mut tokio::sync::watch::Receiver<Arc<policy_core::Views>>, core: &mut SessionCore) {
+fn refresh_definitions(
+    views: &mut tokio::sync::watch::Receiver<Arc<policy_core::Definitions>>,
+    core: &mut SessionCore,
+) {
     if views.has_changed().unwrap_or(false) {
-        core.set_views(Arc::clone(&views.borrow_and_update()));
+        core.set_definitions(Arc::clone(&views.borrow_and_update()));
     }
 }
 

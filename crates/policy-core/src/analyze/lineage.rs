@@ -23,7 +23,7 @@ use pg_query::protobuf as pb;
 use pg_query::{NodeEnum, NodeRef};
 use serde::{Deserialize, Serialize};
 
-use super::{names, node, nodes, walk};
+use super::{catalog, names, node, nodes, string_parts, walk};
 
 /// Where one result column comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +44,34 @@ pub struct OutputColumn {
 pub(crate) struct Env {
     pub search_path: Vec<String>,
     pub user: Option<String>,
+    /// Calls to functions that are not built in may be SQL functions the
+    /// expansion follows: their results derive from a marker source
+    /// ([`function_source`]) it replaces.
+    pub functions: bool,
+}
+
+/// The prefix of the marker source a call to a function that is not built
+/// in gives its result, followed by every function the name may resolve
+/// to, `|`-separated, until the expansion replaces it with what the
+/// function's body reads. No name as facts write them starts so: a part
+/// holding `:` is double-quoted.
+pub(crate) const FUNCTION_SOURCE: &str = "function:";
+
+/// The marker source of a call to `fc`, when it is not a built-in function.
+fn function_source(fc: &pb::FuncCall, env: &Env) -> Option<String> {
+    let parts = string_parts(&fc.funcname);
+    let candidates = match parts.as_slice() {
+        [name] if catalog::is_builtin_function(name) && crate::session::catalog_first(&env.search_path) => return None,
+        [name] => names::relation_candidates(&env.search_path, env.user.as_deref(), name),
+        [schema, name] | [_, schema, name] => {
+            if *schema == "pg_catalog" && catalog::is_builtin_function(name) {
+                return None;
+            }
+            vec![names::qualified(schema, name)]
+        }
+        _ => Vec::new(),
+    };
+    Some(format!("{FUNCTION_SOURCE}{}", candidates.join("|")))
 }
 
 /// A FROM item as lineage sees it.
@@ -523,6 +551,11 @@ impl Ctx<'_> {
             }
             other => {
                 let mut lin = Lin::default();
+                if let NodeRef::FuncCall(fc) = other {
+                    if self.env.functions {
+                        lin.sources.extend(function_source(fc, self.env));
+                    }
+                }
                 let mut parts = Vec::new();
                 walk::for_each_child(other, &mut |_, child| parts.push(child));
                 for child in parts {

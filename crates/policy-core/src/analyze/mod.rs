@@ -24,12 +24,12 @@
 //! ```
 
 mod catalog;
+mod expand;
 mod lineage;
 pub(crate) mod literal;
 mod names;
 mod predicate;
 mod tree;
-mod views;
 pub(crate) mod walk;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,6 +40,7 @@ use pg_query::protobuf::{self as pb, a_const::Val};
 use pg_query::{NodeEnum, NodeRef, ParserOptions};
 use serde::{Deserialize, Serialize};
 
+use crate::definitions::Definitions;
 use crate::fingerprint;
 use crate::session::{apply_to_path, catalog_first, Prepared, Session, SessionEffect, TransactionPaths};
 
@@ -163,6 +164,11 @@ pub struct StatementFacts {
     pub columns: Vec<String>,
     /// Every function called, lower-cased, qualified when written so, sorted.
     pub functions: Vec<String>,
+    /// The SQL functions of the session's [`Definitions`] the statement
+    /// calls (every candidate of each name), qualified: the expansion
+    /// judges their bodies. Not serialised.
+    #[serde(skip)]
+    pub(crate) sql_calls: Vec<String>,
     /// For statements holding an UPDATE or DELETE (anywhere): whether every
     /// one of them has a WHERE that bounds its rows. `None` otherwise.
     pub has_where: Option<bool>,
@@ -184,7 +190,7 @@ pub struct StatementFacts {
     pub output_columns: Vec<OutputColumn>,
     /// The columns of every view the statement reads, each named
     /// `schema.view.column`, with their lineage followed through the views
-    /// to table columns (see [`crate::Views`]); empty when no view was
+    /// to table columns (see [`crate::Definitions`]); empty when no view was
     /// expanded. A result column the server reports as a view's column is
     /// masked by it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -278,11 +284,11 @@ pub struct StatementFacts {
     /// `ALTER ... RENAME`, `ALTER ... SET SCHEMA`, `CREATE SCHEMA`, `CREATE
     /// MATERIALIZED VIEW`, `CREATE FUNCTION`, `DO`, `CALL`, an opaque
     /// statement, an `unknown` one): a caller that
-    /// gives the engine the database's [`crate::Views`] reads them again
+    /// gives the engine the database's [`crate::Definitions`] reads them again
     /// once it ran, and judges nothing that names a relation before that.
     /// Not serialised.
     #[serde(skip)]
-    pub changes_views: bool,
+    pub changes_definitions: bool,
 }
 
 /// The facts of every statement in one string.
@@ -314,6 +320,9 @@ pub(crate) struct AnalyzeOptions {
     /// `settings.views = "expand"`: statements naming views are judged
     /// with what the views read, when the session knows its views.
     pub expand_views: bool,
+    /// The analysis of a definition for the expansion: calls to SQL
+    /// functions are recognised, the expansion itself is the caller's.
+    pub inner: bool,
 }
 
 /// Analyses `sql` as the session would run it.
@@ -338,6 +347,7 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
         session_prepared: &session.prepared,
         prepared: BTreeMap::new(),
         scs: session.standard_conforming_strings,
+        definitions: session.definitions.as_deref().filter(|_| options.expand_views),
     };
     let mut statements: Vec<StatementFacts> = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut spans = Vec::with_capacity(parsed.protobuf.stmts.len());
@@ -348,9 +358,9 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
     // COMMIT or ROLLBACK in the string or its end.
     let multi = parsed.protobuf.stmts.len() > 1;
     let mut block: Option<ImplicitBlock> = None;
-    let views = session.views.as_deref().filter(|_| options.expand_views);
+    let views = session.definitions.as_ref().filter(|_| options.expand_views);
     // A statement before may have changed the views the session knows.
-    let mut views_changed = false;
+    let mut definitions_changed = false;
     for (index, raw) in parsed.protobuf.stmts.iter().enumerate() {
         let Some(stmt) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
         if multi && state.transaction.is_none() {
@@ -385,10 +395,11 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
         } else {
             analyze_statement(stmt.to_ref(), text, &mut state, options, index == 0)
         };
-        if let Some(views) = views {
-            views::expand(&mut facts, views, options, views_changed);
+        if let Some(definitions) = views.filter(|_| !options.inner) {
+            let path = state.search_path.clone();
+            expand::expand(&mut facts, definitions, options, definitions_changed, &path, state.user.as_deref());
         }
-        views_changed |= facts.changes_views;
+        definitions_changed |= facts.changes_definitions;
         facts.index = index;
         spans.push(start..end);
         if let Some(b) = block.as_mut() {
@@ -495,6 +506,7 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
         written_tables: Vec::new(),
         columns: Vec::new(),
         functions: Vec::new(),
+        sql_calls: Vec::new(),
         has_where: None,
         has_limit: false,
         copy_options: Vec::new(),
@@ -509,7 +521,7 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
         ends_transaction: false,
         begins_transaction: false,
         reverts_settings: false,
-        changes_views: true,
+        changes_definitions: true,
     }
 }
 
@@ -526,6 +538,9 @@ struct State<'s> {
     /// PREPARE/DEALLOCATE earlier in this string (`None` = deallocated).
     prepared: BTreeMap<String, Option<Prepared>>,
     scs: bool,
+    /// The database's definitions, when the analysis expands them: calls
+    /// to SQL functions they hold are judged by the functions' bodies.
+    definitions: Option<&'s Definitions>,
 }
 
 impl State<'_> {
@@ -599,6 +614,7 @@ fn analyze_statement(
         written,
         columns,
         functions,
+        sql_calls,
         opaque,
         notes,
         modifies,
@@ -627,6 +643,7 @@ fn analyze_statement(
         written_tables: written.into_iter().collect(),
         columns: columns.into_iter().collect(),
         functions: functions.into_iter().collect(),
+        sql_calls: sql_calls.into_iter().collect(),
         has_where: modifies.then_some(!unbounded),
         has_limit,
         copy_options,
@@ -640,7 +657,7 @@ fn analyze_statement(
         ends_transaction: bounds.ends,
         begins_transaction: bounds.begins,
         reverts_settings: bounds.ends || bounds.rolls_back_to_savepoint,
-        changes_views: opaque || views::may_change_views(stmt),
+        changes_definitions: opaque || expand::may_change_definitions(stmt),
     }
 }
 
@@ -866,6 +883,9 @@ struct Walker<'st, 's> {
     written: BTreeSet<String>,
     columns: BTreeSet<String>,
     functions: BTreeSet<String>,
+    /// Calls to functions the definitions hold as SQL: every candidate
+    /// the name may resolve to, qualified.
+    sql_calls: BTreeSet<String>,
     opaque: bool,
     notes: Vec<String>,
     /// An UPDATE/DELETE/MERGE was seen.
@@ -900,6 +920,7 @@ impl<'st, 's> Walker<'st, 's> {
             written: BTreeSet::new(),
             columns: BTreeSet::new(),
             functions: BTreeSet::new(),
+            sql_calls: BTreeSet::new(),
             opaque: false,
             notes: Vec::new(),
             modifies: false,
@@ -917,7 +938,11 @@ impl<'st, 's> Walker<'st, 's> {
     }
 
     fn lineage_env(&self) -> lineage::Env {
-        lineage::Env { search_path: self.state.search_path.clone(), user: self.state.user.clone() }
+        lineage::Env {
+            search_path: self.state.search_path.clone(),
+            user: self.state.user.clone(),
+            functions: self.state.definitions.is_some(),
+        }
     }
 
     fn raise(&mut self, class: Class) {
@@ -1208,7 +1233,7 @@ impl<'st, 's> Walker<'st, 's> {
             Some(_) => false,
         };
         if !builtin {
-            if !trusted {
+            if !trusted && !self.sql_call(schema, name) {
                 self.make_opaque(format!(
                     "calls `{written}`, which is not a built-in function: its body is not visible"
                 ));
@@ -1245,6 +1270,29 @@ impl<'st, 's> Walker<'st, 's> {
                 self.tables.insert(relation.to_string());
             }
         }
+    }
+
+    /// Whether a call to `schema.name` (`name` alone: through the path)
+    /// reaches only functions the definitions hold as SQL, whose bodies the
+    /// expansion judges; records them.
+    fn sql_call(&mut self, schema: Option<&str>, name: &str) -> bool {
+        let Some(definitions) = self.state.definitions else { return false };
+        let candidates = match schema {
+            Some(s) => vec![names::qualified(s, name)],
+            None => names::relation_candidates(&self.state.search_path, self.state.user.as_deref(), name),
+        };
+        let found: Vec<String> = candidates.into_iter().filter(|c| !definitions.functions(c).is_empty()).collect();
+        let sql = !found.is_empty()
+            && found.iter().all(|c| {
+                definitions
+                    .functions(c)
+                    .iter()
+                    .all(|f| !matches!(f.body, crate::definitions::FunctionBody::Other { .. }))
+            });
+        if sql {
+            self.sql_calls.extend(found);
+        }
+        sql
     }
 
     /// Whether unqualified function names reach `pg_catalog` before any
