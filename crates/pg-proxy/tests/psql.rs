@@ -204,3 +204,49 @@ fn csv_copy_out_is_masked_as_postgresql_writes_it() {
     assert!(!text(&out.stdout).contains("6789"), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("6\n"), "the next statement ran: {}", text(&out.stdout));
 }
+
+/// A mask's `inference` through psql: each clause it names is refused with
+/// a reason naming the mask, the rest of the session goes on, and
+/// statements that only return the column stay allowed (masked).
+#[test]
+fn inference_control_refuses_probing_a_masked_column() {
+    let policy = r#"
+version = 1
+[[rule]]
+name = "agents-read"
+effect = "allow"
+groups = ["ai-agents"]
+classes = ["read"]
+tables = ["public.customers", "public.orders"]
+
+[[mask]]
+name = "ssn"
+columns = ["public.customers.ssn"]
+strategy = "partial"
+show_last = 4
+inference = ["filter", "order", "group", "join"]
+"#;
+    let stack = Stack::with_policy(policy);
+    let agent = stack.token("alice", &["ai-agents"], Some("copilot"));
+    for (sql, clause) in [
+        ("SELECT id FROM customers WHERE ssn LIKE '123%'", "filter"),
+        ("SELECT count(*) FROM customers WHERE md5(ssn) = md5('123-45-6789')", "filter"),
+        ("SELECT id FROM customers ORDER BY ssn LIMIT 1", "order"),
+        ("SELECT id, ssn FROM customers ORDER BY 2", "order"),
+        ("SELECT left(ssn, 3), count(*) FROM customers GROUP BY 1", "group"),
+        ("SELECT c.id FROM customers c JOIN customers d ON c.ssn = d.ssn", "join"),
+        ("SELECT ssn FROM customers INTERSECT SELECT '123-45-6789'", "join"),
+    ] {
+        let out = stack.psql(&agent, &["-At", "-c", sql]);
+        assert_eq!(out.status.code(), Some(1), "{sql}");
+        let err = text(&out.stderr);
+        assert!(err.contains("mask `ssn`") && err.contains(clause), "{sql}: {err}");
+    }
+    let out = stack.psql(&agent, &["-At", "-c", "SELECT id, ssn FROM customers WHERE id = 1 ORDER BY id"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1|****6789\n");
+    let out =
+        stack.psql(&agent, &["-At", "-c", "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "5000\n");
+}

@@ -131,6 +131,7 @@ impl Engine {
             trusted_functions,
             expand_views: policy.settings.views == crate::policy::ViewReading::Expand,
             inner: false,
+            inference: policy.masks.iter().any(|m| !m.inference.is_empty()),
         };
         let key: Option<Arc<[u8]>> = keys.pseudonym_key.as_deref().map(Arc::from);
         let masks = policy.masks.iter().map(|m| ColumnMask::compile(m, key.clone())).collect();
@@ -340,7 +341,9 @@ impl Engine {
             let cacheable = !analysis.reads_prepared;
             let only_dml = analysis.only_dml;
             let active = crate::mask::active_masks(&inner.masks, identity);
-            let guard = |facts: &StatementFacts| crate::mask::masked_write(&active, facts);
+            let guard = |facts: &StatementFacts| {
+                crate::mask::masked_write(&active, facts).or_else(|| crate::mask::inference(&active, facts))
+            };
             let decision = rules::decide(&inner.policy, identity, analysis, sql, guard);
             (decision, cacheable, only_dml && !literal::was_read())
         }));

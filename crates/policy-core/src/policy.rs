@@ -26,7 +26,7 @@ use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::analyze::Class;
+use crate::analyze::{Class, Clause};
 use crate::decision::Verdict;
 
 /// Where in a policy file something is.
@@ -329,6 +329,9 @@ pub struct Mask {
     pub value: Option<String>,
     /// Groups that see the real value.
     pub exempt_groups: Vec<String>,
+    /// What else the caller may not do with a covered column
+    /// (`inference`): the clauses a statement may not read it in.
+    pub inference: Vec<Clause>,
     /// Where the mask is in the file.
     pub location: Location,
 }
@@ -460,6 +463,8 @@ struct RawMask {
     value: Option<Spanned<String>>,
     #[serde(default)]
     exempt_groups: Vec<String>,
+    #[serde(default)]
+    inference: Vec<Clause>,
 }
 
 #[derive(Deserialize)]
@@ -717,6 +722,12 @@ impl Policy {
                 show_last: m.show_last.map_or(4, Spanned::into_inner),
                 value: m.value.map(Spanned::into_inner),
                 exempt_groups: m.exempt_groups,
+                inference: {
+                    let mut clauses = m.inference;
+                    clauses.sort();
+                    clauses.dedup();
+                    clauses
+                },
                 location: loader.location(at),
             });
         }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use pg_query::NodeRef;
 
 use super::lineage::FUNCTION_SOURCE;
-use super::{analyze, dotted, Analysis, AnalyzeOptions, Class, OutputColumn, StatementFacts};
+use super::{analyze, dotted, Analysis, AnalyzeOptions, Class, ClauseColumn, OutputColumn, StatementFacts};
 use crate::definitions::{Definitions, Function, FunctionBody, SYSTEM_SCHEMAS};
 use crate::session::Session;
 
@@ -90,6 +90,7 @@ pub(crate) fn expand(
         function_lineage: BTreeMap::new(),
         class: facts.class,
         has_where: facts.has_where,
+        clause_columns: Vec::new(),
         opaque: Vec::new(),
     };
     if facts.class != Class::Unknown {
@@ -98,7 +99,21 @@ pub(crate) fn expand(
     for why in std::mem::take(&mut x.opaque) {
         make_opaque(facts, why);
     }
+    facts.clause_columns.append(&mut x.clause_columns);
     let resolver = Resolver { lineage: &x.lineage, views: &x.view_columns, functions: &x.function_lineage };
+    // Clause columns read through views and functions: what they derive
+    // from is read there too.
+    let mut clause_columns = BTreeSet::new();
+    for c in &facts.clause_columns {
+        let resolved = resolver.one(&c.column, 0);
+        if resolved.unknown {
+            clause_columns.insert(ClauseColumn { clause: c.clause, column: "*".to_string() });
+        }
+        for column in resolved.sources {
+            clause_columns.insert(ClauseColumn { clause: c.clause, column });
+        }
+    }
+    facts.clause_columns = clause_columns.into_iter().collect();
     for out in &mut facts.output_columns {
         let resolved = resolver.all(&out.sources, 0);
         out.sources = resolved.sources.into_iter().collect();
@@ -150,6 +165,9 @@ struct Expansion<'a> {
     function_lineage: BTreeMap<String, OutputColumn>,
     class: Class,
     has_where: Option<bool>,
+    /// What SQL function bodies read in their clauses: the caller's
+    /// arguments reach them (`WHERE ssn LIKE $1 || '%'`).
+    clause_columns: Vec<ClauseColumn>,
     /// Why the statement is opaque, in order.
     opaque: Vec<String>,
 }
@@ -224,6 +242,7 @@ impl Expansion<'_> {
                         Ok(bodies) => {
                             for body in &bodies {
                                 self.merge(body, &format!("function {function}"), &mut relations, &mut calls);
+                                self.clause_columns.extend(body.clause_columns.iter().cloned());
                                 // A function's result: what its last statement returns, and
                                 // whatever any statement reads (a body may compute from it).
                                 for out in &body.output_columns {

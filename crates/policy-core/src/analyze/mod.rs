@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::definitions::Definitions;
 use crate::fingerprint;
+use crate::mask::ColumnInfo;
 use crate::session::{apply_to_path, catalog_first, Prepared, Session, SessionEffect, TransactionPaths};
 
 pub use lineage::OutputColumn;
@@ -132,6 +133,59 @@ impl std::fmt::Display for Class {
     }
 }
 
+/// A part of a statement that reads a column without returning it, which
+/// a mask's `inference` may forbid for the column it covers
+/// (docs/policy.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clause {
+    /// `WHERE`, `HAVING`, an aggregate's `FILTER (WHERE ...)`, and the
+    /// `WHERE` of `UPDATE` and `DELETE`.
+    Filter,
+    /// `ORDER BY`, in a query, an aggregate (`string_agg(x, ',' ORDER BY
+    /// c)`) or a window (`OVER (ORDER BY c)`).
+    Order,
+    /// `GROUP BY`, `DISTINCT` / `DISTINCT ON`, a window's `PARTITION BY`.
+    Group,
+    /// A join's `ON` condition, its `USING` columns, a `NATURAL` join, and
+    /// `MERGE ... ON`.
+    Join,
+}
+
+impl Clause {
+    /// The clause as a policy names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Clause::Filter => "filter",
+            Clause::Order => "order",
+            Clause::Group => "group",
+            Clause::Join => "join",
+        }
+    }
+
+    /// What it is, for a reason.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Clause::Filter => "filtering on it (WHERE, HAVING, FILTER)",
+            Clause::Order => "ordering by it (ORDER BY, in a query, an aggregate or a window)",
+            Clause::Group => "grouping by it (GROUP BY, DISTINCT, PARTITION BY)",
+            Clause::Join => "joining on it (JOIN ... ON/USING, NATURAL JOIN, MERGE ... ON)",
+        }
+    }
+}
+
+/// A column a statement reads in a [`Clause`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClauseColumn {
+    /// Where it is read.
+    pub clause: Clause,
+    /// The column, `schema.table.column` where resolvable (as
+    /// [`StatementFacts::columns`] writes it); `*` when the clause reads
+    /// columns the engine cannot name (`NATURAL JOIN`, an unresolved
+    /// function's result).
+    pub column: String,
+}
+
 /// Everything the rules look at about one statement (docs/policy.md §3).
 ///
 /// The default is an `unknown` statement with no facts: lineage unproven.
@@ -162,6 +216,11 @@ pub struct StatementFacts {
     pub written_tables: Vec<String>,
     /// Referenced columns, `schema.table.column` where resolvable, sorted.
     pub columns: Vec<String>,
+    /// The columns read in filters, orderings, groupings and join
+    /// conditions, sorted (see [`Clause`]); for views and SQL functions,
+    /// the columns they derive from too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clause_columns: Vec<ClauseColumn>,
     /// Every function called, lower-cased, qualified when written so, sorted.
     pub functions: Vec<String>,
     /// The SQL functions of the session's [`Definitions`] the statement
@@ -323,6 +382,10 @@ pub(crate) struct AnalyzeOptions {
     /// The analysis of a definition for the expansion: calls to SQL
     /// functions are recognised, the expansion itself is the caller's.
     pub inner: bool,
+    /// A mask has `inference`: `ORDER BY 2` and `GROUP BY 1` are read for
+    /// the target they name (reading the constant, which keeps the
+    /// decision from being shared by shape).
+    pub inference: bool,
 }
 
 /// Analyses `sql` as the session would run it.
@@ -505,6 +568,7 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
         tables: Vec::new(),
         written_tables: Vec::new(),
         columns: Vec::new(),
+        clause_columns: Vec::new(),
         functions: Vec::new(),
         sql_calls: Vec::new(),
         has_where: None,
@@ -613,6 +677,7 @@ fn analyze_statement(
         tables,
         written,
         columns,
+        clause_columns,
         functions,
         sql_calls,
         opaque,
@@ -642,6 +707,7 @@ fn analyze_statement(
         tables: tables.into_iter().collect(),
         written_tables: written.into_iter().collect(),
         columns: columns.into_iter().collect(),
+        clause_columns: clause_columns.into_iter().map(|(clause, column)| ClauseColumn { clause, column }).collect(),
         functions: functions.into_iter().collect(),
         sql_calls: sql_calls.into_iter().collect(),
         has_where: modifies.then_some(!unbounded),
@@ -886,6 +952,14 @@ struct Walker<'st, 's> {
     /// Calls to functions the definitions hold as SQL: every candidate
     /// the name may resolve to, qualified.
     sql_calls: BTreeSet<String>,
+    /// The clause being walked, if the columns read there count for
+    /// inference control.
+    clause: Option<Clause>,
+    /// The columns read in each clause.
+    clause_columns: BTreeSet<(Clause, String)>,
+    /// The clause the next SELECT's targets are compared in: a branch of
+    /// `INTERSECT` or `EXCEPT` (join) or of `UNION` (group: duplicates go).
+    branch_clause: Option<Clause>,
     opaque: bool,
     notes: Vec<String>,
     /// An UPDATE/DELETE/MERGE was seen.
@@ -921,6 +995,9 @@ impl<'st, 's> Walker<'st, 's> {
             columns: BTreeSet::new(),
             functions: BTreeSet::new(),
             sql_calls: BTreeSet::new(),
+            clause: None,
+            clause_columns: BTreeSet::new(),
+            branch_clause: None,
             opaque: false,
             notes: Vec::new(),
             modifies: false,
@@ -1117,7 +1194,7 @@ impl<'st, 's> Walker<'st, 's> {
         self.push_from_with(from, target);
         self.list(set);
         self.list(from);
-        self.opt(where_clause);
+        self.in_clause(Clause::Filter, node(where_clause));
         if let Some(r) = returning {
             self.visit(NodeRef::ReturningClause(r));
         }
@@ -1163,6 +1240,41 @@ impl<'st, 's> Walker<'st, 's> {
     }
 
     fn column_ref(&mut self, c: &pb::ColumnRef) {
+        let Some((rendered, whole_rows)) = self.resolve_column(c) else { return };
+        if let Some(clause) = self.clause {
+            self.record_clause_column(clause, &rendered, &whole_rows);
+        }
+        self.columns.extend(whole_rows);
+        self.columns.insert(rendered);
+    }
+
+    /// Records a column read in `clause`. A bare name (several FROM items,
+    /// or one that is not a table) stands for that column of every FROM
+    /// item in scope: `t.x` for a subquery `t`, which the check cannot
+    /// resolve and counts as possibly masked.
+    fn record_clause_column(&mut self, clause: Clause, rendered: &str, whole_rows: &[String]) {
+        for column in whole_rows {
+            self.clause_columns.insert((clause, column.clone()));
+        }
+        let bare = ColumnInfo::split_name(rendered).is_some_and(|p| p.len() == 1) && rendered != "*";
+        if bare {
+            let items: Vec<String> = self
+                .from_scopes
+                .iter()
+                .flatten()
+                .map(|(alias, table)| match table {
+                    Some(t) => names::dotted(t, rendered),
+                    None => names::dotted(&names::part(alias), rendered),
+                })
+                .collect();
+            self.clause_columns.extend(items.into_iter().map(|c| (clause, c)));
+        }
+        self.clause_columns.insert((clause, rendered.to_string()));
+    }
+
+    /// The name a column reference stands for, as facts write it, and the
+    /// whole rows it reads when it names a FROM item.
+    fn resolve_column(&self, c: &pb::ColumnRef) -> Option<(String, Vec<String>)> {
         let mut parts: Vec<&str> = Vec::with_capacity(c.fields.len());
         let mut star = false;
         for f in nodes(&c.fields) {
@@ -1173,6 +1285,7 @@ impl<'st, 's> Walker<'st, 's> {
             }
         }
         let column = if star { "*" } else { parts.pop().unwrap_or("*") };
+        let mut whole = Vec::new();
         let rendered = match parts.as_slice() {
             [] => {
                 // `u` naming a FROM item is the whole row: every column of
@@ -1184,7 +1297,7 @@ impl<'st, 's> Walker<'st, 's> {
                     .filter(|(alias, _)| !star && alias == column)
                     .filter_map(|(_, t)| t.as_ref().map(|t| names::dotted(t, "*")))
                     .collect();
-                self.columns.extend(whole_rows);
+                whole = whole_rows;
                 let tables: Vec<&String> =
                     self.from_scopes.last().into_iter().flatten().filter_map(|(_, t)| t.as_ref()).collect();
                 match (tables.as_slice(), self.from_scopes.last().map_or(0, Vec::len)) {
@@ -1208,9 +1321,82 @@ impl<'st, 's> Walker<'st, 's> {
                 }
             }
             [schema, table] | [_, schema, table] => names::dotted(&names::qualified(schema, table), column),
-            _ => return,
+            _ => return None,
         };
-        self.columns.insert(rendered);
+        Some((rendered, whole))
+    }
+
+    /// Walks `n` in `clause`: the columns it reads count for inference
+    /// control.
+    fn in_clause(&mut self, clause: Clause, n: Option<NodeRef<'_>>) {
+        let Some(n) = n else { return };
+        let outer = self.clause.replace(clause);
+        self.visit(n);
+        self.clause = outer;
+    }
+
+    /// Records the columns `n` reads in `clause`, without walking it again
+    /// (it was walked as itself): an `ORDER BY 2` or `GROUP BY alias`
+    /// reads the target it names.
+    fn clause_refs(&mut self, clause: Clause, n: NodeRef<'_>) {
+        if let NodeRef::ColumnRef(c) = n {
+            if let Some((rendered, whole)) = self.resolve_column(c) {
+                self.record_clause_column(clause, &rendered, &whole);
+            }
+            return;
+        }
+        if let NodeRef::SubLink(_) | NodeRef::SelectStmt(_) = n {
+            // A subquery's columns resolve in its own scope, which is gone
+            // here: it reads what the engine cannot name.
+            self.clause_columns.insert((clause, "*".to_string()));
+            return;
+        }
+        let mut children = Vec::new();
+        walk::for_each_child(n, &mut |_, child| children.push(child));
+        for child in children {
+            self.clause_refs(clause, child);
+        }
+    }
+
+    /// `ORDER BY` and `GROUP BY` items naming a target by position
+    /// (`ORDER BY 2`) or by its output name (`GROUP BY s`, where `s` is
+    /// not a column of the FROM items): the target's columns are read in
+    /// `clause`.
+    fn targets_named(&mut self, clause: Clause, items: &[pb::Node], targets: &[pb::Node]) {
+        if !self.options.inference {
+            return;
+        }
+        let targets: Vec<&pb::ResTarget> = nodes(targets)
+            .filter_map(|t| match t {
+                NodeRef::ResTarget(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        for item in nodes(items) {
+            let item = match item {
+                NodeRef::SortBy(sb) => match node(&sb.node) {
+                    Some(n) => n,
+                    None => continue,
+                },
+                other => other,
+            };
+            let named = match item {
+                NodeRef::AConst(c) => match literal::value(c) {
+                    Some(Val::Ival(i)) => {
+                        usize::try_from(i.ival).ok().and_then(|k| k.checked_sub(1)).and_then(|k| targets.get(k))
+                    }
+                    _ => None,
+                },
+                NodeRef::ColumnRef(c) if c.fields.len() == 1 => match nodes(&c.fields).next() {
+                    Some(NodeRef::String(name)) => targets.iter().find(|t| t.name == name.sval),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(target) = named.and_then(|rt| node(&rt.val)) {
+                self.clause_refs(clause, target);
+            }
+        }
     }
 
     fn func_call(&mut self, fc: &pb::FuncCall) {
@@ -1290,6 +1476,10 @@ impl<'st, 's> Walker<'st, 's> {
                     .all(|f| !matches!(f.body, crate::definitions::FunctionBody::Other { .. }))
             });
         if sql {
+            if let Some(clause) = self.clause {
+                // The call's result derives from what its body reads.
+                self.clause_columns.insert((clause, format!("{}{}", lineage::FUNCTION_SOURCE, found.join("|"))));
+            }
             self.sql_calls.extend(found);
         }
         sql
@@ -1401,7 +1591,47 @@ impl<'st, 's> Walker<'st, 's> {
             NodeRef::ColumnRef(c) => self.column_ref(c),
             NodeRef::FuncCall(fc) => {
                 self.func_call(fc);
-                self.children(n);
+                self.list(&fc.args);
+                for o in nodes(&fc.agg_order) {
+                    self.in_clause(Clause::Order, Some(o));
+                }
+                self.in_clause(Clause::Filter, node(&fc.agg_filter));
+                if let Some(w) = &fc.over {
+                    self.visit(NodeRef::WindowDef(w));
+                }
+            }
+            NodeRef::WindowDef(w) => {
+                for p in nodes(&w.partition_clause) {
+                    self.in_clause(Clause::Group, Some(p));
+                }
+                for o in nodes(&w.order_clause) {
+                    self.in_clause(Clause::Order, Some(o));
+                }
+                self.opt(&w.start_offset);
+                self.opt(&w.end_offset);
+            }
+            NodeRef::JoinExpr(j) => {
+                self.opt(&j.larg);
+                self.opt(&j.rarg);
+                self.in_clause(Clause::Join, node(&j.quals));
+                if j.is_natural {
+                    self.clause_columns.insert((Clause::Join, "*".to_string()));
+                }
+                // USING (c) compares c of both sides: every FROM item's c.
+                let scope: Vec<String> = self
+                    .from_scopes
+                    .last()
+                    .into_iter()
+                    .flatten()
+                    .map(|(alias, table)| table.clone().unwrap_or_else(|| names::part(alias).into_owned()))
+                    .collect();
+                for name in nodes(&j.using_clause) {
+                    if let NodeRef::String(c) = name {
+                        for item in &scope {
+                            self.clause_columns.insert((Clause::Join, names::dotted(item, &c.sval)));
+                        }
+                    }
+                }
             }
             NodeRef::AExpr(a) => {
                 let kind = pb::AExprKind::try_from(a.kind).unwrap_or(pb::AExprKind::Undefined);
@@ -1487,7 +1717,7 @@ impl<'st, 's> Walker<'st, 's> {
                     }
                 }
                 self.opt(&s.source_relation);
-                self.opt(&s.join_condition);
+                self.in_clause(Clause::Join, node(&s.join_condition));
                 self.list(&s.merge_when_clauses);
                 if let Some(r) = &s.returning_clause {
                     self.visit(NodeRef::ReturningClause(r));
@@ -1596,11 +1826,12 @@ impl<'st, 's> Walker<'st, 's> {
             limit_option: _,
             locking_clause,
             with_clause,
-            op: _,
-            all: _,
+            op,
+            all,
             larg,
             rarg,
         } = s;
+        let branch = self.branch_clause.take();
         let pushed = self.with_clause(with_clause.as_ref());
         if let Some(into) = into_clause {
             self.raise(Class::Ddl);
@@ -1612,23 +1843,53 @@ impl<'st, 's> Walker<'st, 's> {
         }
         self.push_from(from_clause);
         self.list(from_clause);
-        self.list(distinct_clause);
-        self.list(target_list);
-        self.opt(where_clause);
-        self.list(group_clause);
-        self.opt(having_clause);
+        for d in nodes(distinct_clause) {
+            self.in_clause(Clause::Group, Some(d));
+        }
+        if !distinct_clause.is_empty() && distinct_clause.iter().all(|d| d.node.is_none()) {
+            // Plain DISTINCT groups by every target.
+            for t in nodes(target_list) {
+                self.clause_refs(Clause::Group, t);
+            }
+        }
+        match branch {
+            Some(clause) => {
+                for t in nodes(target_list) {
+                    self.in_clause(clause, Some(t));
+                }
+            }
+            None => self.list(target_list),
+        }
+        self.in_clause(Clause::Filter, node(where_clause));
+        for g in nodes(group_clause) {
+            self.in_clause(Clause::Group, Some(g));
+        }
+        self.targets_named(Clause::Group, group_clause, target_list);
+        self.in_clause(Clause::Filter, node(having_clause));
         self.list(window_clause);
         self.list(values_lists);
-        self.list(sort_clause);
+        for o in nodes(sort_clause) {
+            self.in_clause(Clause::Order, Some(o));
+        }
+        self.targets_named(Clause::Order, sort_clause, target_list);
         self.opt(limit_offset);
         self.opt(limit_count);
         self.from_scopes.pop();
+        // The branches' rows are compared with each other.
+        let compared = match pb::SetOperation::try_from(*op) {
+            Ok(pb::SetOperation::SetopIntersect | pb::SetOperation::SetopExcept) => Some(Clause::Join),
+            Ok(pb::SetOperation::SetopUnion) if !*all => Some(Clause::Group),
+            _ => branch,
+        };
         if let Some(l) = larg {
+            self.branch_clause = compared;
             self.select(l);
         }
         if let Some(r) = rarg {
+            self.branch_clause = compared;
             self.select(r);
         }
+        self.branch_clause = None;
         self.end_with(pushed);
     }
 

@@ -94,7 +94,7 @@ use std::sync::Arc;
 pub use scrub::{quotes_values, MessageScrubber, Scrubbed};
 pub use strategy::{Masking, REDACTED};
 
-use crate::analyze::{Class, StatementFacts};
+use crate::analyze::{Class, Clause, StatementFacts};
 use crate::detect::Detectors;
 use crate::identity::Identity;
 use crate::policy::{Mask, Patterns, Strategy};
@@ -212,6 +212,7 @@ pub(crate) struct ColumnMask {
     pub(crate) columns: Patterns,
     pub(crate) masking: Masking,
     pub(crate) exempt_groups: Vec<String>,
+    pub(crate) inference: Vec<Clause>,
 }
 
 impl ColumnMask {
@@ -226,6 +227,7 @@ impl ColumnMask {
                 key,
             },
             exempt_groups: mask.exempt_groups.clone(),
+            inference: mask.inference.clone(),
         }
     }
 
@@ -258,6 +260,40 @@ pub(crate) fn reads_masked(active: &[&ColumnMask], facts: &StatementFacts) -> bo
         }
         covered(c) || (c.matches('.').count() < 2 && facts.tables.iter().any(|t| covered(&format!("{t}.{c}"))))
     })
+}
+
+/// Inference control (a mask's `inference`): the reason for refusing a
+/// statement that reads a column a mask covers for the caller in a clause
+/// the mask forbids (`WHERE ssn LIKE '531%'`, `ORDER BY ssn`, `md5(ssn) =
+/// '...'`). A clause column the engine cannot resolve to a table column
+/// (one of a subquery in FROM, a `NATURAL JOIN`, a call it cannot follow)
+/// counts as covered when the statement may read a covered column at all.
+pub(crate) fn inference(active: &[&ColumnMask], facts: &StatementFacts) -> Option<String> {
+    for mask in active.iter().filter(|m| !m.inference.is_empty()) {
+        let covered = |c: &str| mask.columns.covers(c);
+        let mut reads_covered: Option<bool> = None;
+        for cc in facts.clause_columns.iter().filter(|c| mask.inference.contains(&c.clause)) {
+            let hit = match ColumnInfo::split_name(&cc.column).as_deref() {
+                Some([_, _, _]) => covered(&cc.column),
+                Some([name]) if name != "*" => {
+                    covered(&cc.column) || facts.tables.iter().any(|t| covered(&format!("{t}.{}", cc.column)))
+                }
+                // Not a table column: counts when the statement may read
+                // a covered column at all.
+                _ => *reads_covered.get_or_insert_with(|| reads_masked(&[*mask], facts)),
+            };
+            if hit {
+                let column = if cc.column == "*" { "a column it cannot name".to_string() } else { cc.column.clone() };
+                return Some(format!(
+                    "mask `{}` does not allow {} for this identity: the statement reads {column} in its {} clause",
+                    mask.name,
+                    cc.clause.describe(),
+                    cc.clause.as_str()
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Functions that store a value where a later statement can read it back
