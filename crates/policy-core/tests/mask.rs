@@ -372,3 +372,49 @@ exempt_groups = ["pii-readers"]
         }
     }
 }
+
+/// A whole row (`to_jsonb(t)`, `row_to_json(t)`, `t::text`) of a table no
+/// mask reaches is left as it is, and may be stored; one of a table a mask
+/// may reach is masked whole, and may not.
+#[test]
+fn whole_rows_of_tables_no_mask_reaches_are_untouched() {
+    let policy = r#"
+        version = 1
+        [[rule]]
+        name = "all"
+        effect = "allow"
+        classes = ["read", "write"]
+        [[mask]]
+        name = "ssn"
+        columns = ["public.customers.ssn", "!public.customers.id"]
+        strategy = "partial"
+        show_last = 4
+        [[mask]]
+        name = "quoted"
+        columns = ['audit."odd.table".secret']
+        strategy = "redact"
+    "#;
+    let e = Engine::new(Policy::from_toml_str(policy, "p.toml").unwrap(), Keys::default()).unwrap();
+    let s = e.new_session();
+    let one = |sql: &str, value: &str| {
+        let facts = e.analyze(&s, sql).statements.remove(0);
+        let masker = e.masker(&bob(), &facts, &[ColumnInfo::text("j", None)]);
+        let mut row = vec![Some(Cow::Borrowed(value.as_bytes()))];
+        masker.mask_row(&mut row);
+        row[0].as_deref().map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let order = r#"{"id": 1, "total": 9.99}"#;
+    assert_eq!(one("SELECT to_jsonb(o) FROM orders o", order).as_deref(), Some(order));
+    assert_eq!(one("SELECT o::text FROM orders o", "(1,9.99)").as_deref(), Some("(1,9.99)"));
+    assert_eq!(one("SELECT json_agg(o) FROM public.orders o", order).as_deref(), Some(order));
+    let customer = r#"{"id": 1, "ssn": "123-45-6789"}"#;
+    assert_eq!(one("SELECT row_to_json(c) FROM customers c", customer).as_deref(), Some(REDACTED));
+    // A quoted table name with a dot in it is still the table a pattern names.
+    assert_eq!(one(r#"SELECT to_jsonb(t) FROM audit."odd.table" t"#, "{}").as_deref(), Some(REDACTED));
+    assert_eq!(one(r#"SELECT to_jsonb(t) FROM audit."odd" t"#, "{}").as_deref(), Some("{}"));
+    // Storing: allowed for the clean table, refused for the masked one.
+    let d = e.decide(&bob(), &s, "INSERT INTO archive SELECT to_jsonb(o) FROM orders o");
+    assert_eq!(d.verdict, policy_core::Verdict::Allow, "{}", d.reason);
+    let d = e.decide(&bob(), &s, "INSERT INTO archive SELECT to_jsonb(c) FROM customers c");
+    assert_eq!(d.verdict, policy_core::Verdict::Deny, "{}", d.reason);
+}

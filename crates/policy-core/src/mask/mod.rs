@@ -18,8 +18,10 @@
 //!   cast to text keeps the strategy, anything else derived from a masked
 //!   column is masked whole ([`Masking::whole`]);
 //! - a column whose lineage cannot be proven (a function in FROM, a star
-//!   over a subquery, a whole-row value) is masked whole as soon as any mask
-//!   applies to the caller.
+//!   over a subquery) is masked whole as soon as any mask applies to the
+//!   caller; a whole-row value is masked whole when a mask may cover a
+//!   column of its table (the table parts of the mask's patterns match
+//!   it), and left alone otherwise.
 //!
 //! Masked values other than NULL are text: a masked column whose type is not
 //! text is listed in [`RowMasker::retyped_columns`], and the gateway
@@ -47,8 +49,9 @@
 //! Masking a result is not enough if the caller can store the value and
 //! read it back: `UPDATE orders SET note = c.ssn FROM customers c ...`,
 //! then `SELECT note FROM orders`. So the engine refuses a statement that
-//! may read a column masked for the caller (a covered column, a star or
-//! whole-row reference, a column it cannot resolve, an opaque statement)
+//! may read a column masked for the caller (a covered column, a star, a
+//! whole-row reference to a table a mask may reach, a column it cannot
+//! resolve, an opaque statement)
 //! and stores what it reads: `INSERT`, `UPDATE`, `MERGE` (also inside a
 //! CTE), DDL that materialises a query (`CREATE TABLE AS`, `SELECT INTO`,
 //! views), or a call to a function that stores a value (`set_config`,
@@ -213,6 +216,9 @@ pub(crate) struct ColumnMask {
     pub(crate) masking: Masking,
     pub(crate) exempt_groups: Vec<String>,
     pub(crate) inference: Vec<Clause>,
+    /// The tables (`schema.table`) some column of which the mask may
+    /// cover: the table parts of its patterns; `None` for every table.
+    tables: Option<globset::GlobSet>,
 }
 
 impl ColumnMask {
@@ -228,11 +234,58 @@ impl ColumnMask {
             },
             exempt_groups: mask.exempt_groups.clone(),
             inference: mask.inference.clone(),
+            tables: table_globs(&mask.columns.written),
         }
+    }
+
+    /// Whether the mask may cover a column of `table` (`schema.table`): a
+    /// whole row of a table no mask reaches carries nothing masked.
+    pub(crate) fn may_cover_table(&self, table: &str) -> bool {
+        self.tables.as_ref().is_none_or(|t| t.is_match(table))
     }
 
     fn applies_to(&self, identity: &Identity) -> bool {
         !self.exempt_groups.iter().any(|g| identity.groups.contains(g))
+    }
+}
+
+/// The table parts of column patterns (`public.users` of
+/// `public.users.ssn`, `*.*` of `*.*.ssn`); a pattern whose parts the
+/// engine cannot tell apart stands for every table. Exclusions (`!`) are
+/// left out: they only narrow what a pattern covers.
+fn table_globs(written: &[String]) -> Option<globset::GlobSet> {
+    let mut builder = globset::GlobSetBuilder::new();
+    for pattern in written.iter().filter(|p| !p.starts_with('!')) {
+        builder.add(table_part(pattern).and_then(|t| globset::Glob::new(t).ok())?);
+    }
+    builder.build().ok()
+}
+
+/// `schema.table` of a written `schema.table.column` pattern: up to the
+/// last `.` outside double quotes; `None` when there is none or a quote is
+/// open.
+fn table_part(pattern: &str) -> Option<&str> {
+    let mut quoted = false;
+    let mut last_dot = None;
+    for (i, c) in pattern.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => last_dot = Some(i),
+            _ => {}
+        }
+    }
+    if quoted {
+        return None;
+    }
+    last_dot.map(|i| &pattern[..i]).filter(|t| !t.is_empty())
+}
+
+/// Whether a whole-row source (`schema.table.*`) may carry a value one of
+/// `active` covers; `*` (a star over what the engine cannot name) always may.
+fn whole_row_masked(active: &[&ColumnMask], source: &str) -> bool {
+    match source.strip_suffix(".*") {
+        Some(table) if !table.is_empty() => active.iter().any(|m| m.may_cover_table(table)),
+        _ => true,
     }
 }
 
@@ -256,7 +309,7 @@ pub(crate) fn reads_masked(active: &[&ColumnMask], facts: &StatementFacts) -> bo
     let sources = facts.output_columns.iter().flat_map(|o| o.sources.iter());
     facts.columns.iter().chain(sources).any(|c| {
         if c == "*" || c.ends_with(".*") {
-            return true;
+            return whole_row_masked(active, c);
         }
         covered(c) || (c.matches('.').count() < 2 && facts.tables.iter().any(|t| covered(&format!("{t}.{c}"))))
     })
@@ -409,7 +462,9 @@ impl RowMasker {
                     .find(|m| m.columns.covers(source))
                     .map(|m| ColumnPlan { masking: m.masking.clone(), mask: m.name.clone() }),
                 (None, Some(out)) if !out.unknown => {
-                    let whole_row = out.sources.iter().any(|s| s.ends_with(".*"));
+                    // A whole row carries every column of its table: masked
+                    // whole when a mask may cover one of them.
+                    let whole_row = out.sources.iter().any(|s| s.ends_with(".*") && whole_row_masked(&active, s));
                     match active.iter().find(|m| out.sources.iter().any(|s| m.columns.covers(s))) {
                         Some(m) if out.direct && !whole_row => {
                             Some(ColumnPlan { masking: m.masking.clone(), mask: m.name.clone() })
