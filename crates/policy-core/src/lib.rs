@@ -174,9 +174,12 @@
 //!   outside `pg_catalog` is opaque unless `settings.trusted_functions`
 //!   vouches for it. Functions in other languages are opaque either way.
 //! - PostgreSQL's functional notation (`t.f` meaning `f(t)` when `t` has no
-//!   column `f`) and overloads of built-in names created in other schemas
-//!   are not visible without the catalog; both require an earlier `CREATE
-//!   FUNCTION`, which a policy should keep from agents.
+//!   column `f`) is not followed, and without [`Definitions`] neither are
+//!   overloads of built-in names created in other schemas (with them, an
+//!   unqualified built-in name that a function of a schema on the path
+//!   also has is followed into that function, or opaque when it is not
+//!   SQL); both require an earlier `CREATE FUNCTION`, which a policy should
+//!   keep from agents.
 //! - A statement nesting deeper than about 50 levels of expressions or
 //!   subqueries exceeds the protobuf decoder's recursion limit; it is
 //!   `unknown`, so `on_parse_error` applies.

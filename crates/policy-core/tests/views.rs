@@ -343,3 +343,28 @@ fn results_of_sql_functions_are_masked_by_what_the_body_reads() {
     let d = e.decide(&agent(), &s, "INSERT INTO public.notes SELECT phone_of(1)");
     assert_eq!(d.verdict, Verdict::Deny, "{}", d.reason);
 }
+
+/// The server picks among same-named functions by argument types: a
+/// function of the database named like a built-in one may be what an
+/// unqualified call runs. It is followed when it is SQL, and makes the
+/// call opaque otherwise.
+#[test]
+fn functions_named_like_built_in_ones_are_followed_or_opaque() {
+    let e = engine("");
+    let mut d = catalog();
+    let sql = |body: &str| Function::new(FunctionBody::Sql(body.to_string()), None);
+    d.insert_function("public", "lower", sql("SELECT phone FROM public.users LIMIT 1"));
+    d.insert_function("public", "upper", Function::new(FunctionBody::Other { language: "plpgsql".into() }, None));
+    let s = session(&e, d);
+    let f = e.analyze(&s, "SELECT lower('X')").statements.remove(0);
+    assert!(!f.opaque && f.tables == ["public.users"], "{f:?}");
+    let cols = [ColumnInfo::text("l", None)];
+    assert_eq!(masked(&e, &s, "SELECT lower('X') AS l", &cols, &["555-1234"])[0].as_deref(), Some(REDACTED));
+    assert!(e.analyze(&s, "SELECT upper('x')").statements[0].opaque);
+    // Built-in names no function of the database takes are read as before.
+    let f = e.analyze(&s, "SELECT length(id::text) AS l FROM ids").statements.remove(0);
+    assert!(!f.opaque, "{f:?}");
+    assert_eq!(masked(&e, &s, "SELECT length(id::text) AS l FROM ids", &cols, &["1"])[0].as_deref(), Some("1"));
+    // A qualified built-in call is the built-in.
+    assert!(!e.analyze(&s, "SELECT pg_catalog.upper('x')").statements[0].opaque);
+}

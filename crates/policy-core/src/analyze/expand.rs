@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use pg_query::NodeRef;
 
-use super::lineage::FUNCTION_SOURCE;
+use super::lineage::{FUNCTION_SOURCE, MAYBE_FUNCTION_SOURCE};
 use super::{analyze, dotted, Analysis, AnalyzeOptions, Class, ClauseColumn, OutputColumn, StatementFacts};
 use crate::definitions::{Definitions, Function, FunctionBody, SYSTEM_SCHEMAS};
 use crate::session::Session;
@@ -126,7 +126,7 @@ pub(crate) fn expand(
     let mut expanded = Vec::with_capacity(x.lineage.len());
     for (name, out) in &x.lineage {
         let resolved = resolver.one(name, 0);
-        x.columns.extend(resolved.sources.iter().filter(|s| !s.starts_with(FUNCTION_SOURCE)).cloned());
+        x.columns.extend(resolved.sources.iter().filter(|s| !is_marker(s)).cloned());
         expanded.push(OutputColumn {
             name: name.clone(),
             sources: resolved.sources.into_iter().collect(),
@@ -135,7 +135,7 @@ pub(crate) fn expand(
         });
     }
     for lin in x.function_lineage.values() {
-        x.columns.extend(lin.sources.iter().filter(|s| !s.starts_with(FUNCTION_SOURCE)).cloned());
+        x.columns.extend(lin.sources.iter().filter(|s| !is_marker(s)).cloned());
     }
     facts.view_columns = expanded;
     facts.class = x.class;
@@ -342,6 +342,11 @@ fn inner_analysis(sql: &str, session: &Session, definitions: &Arc<Definitions>, 
     analyze(sql, &session, &options)
 }
 
+/// Whether a source is a call's marker, not a column.
+fn is_marker(source: &str) -> bool {
+    source.starts_with(FUNCTION_SOURCE) || source.starts_with(MAYBE_FUNCTION_SOURCE)
+}
+
 fn unknown_column(name: String) -> OutputColumn {
     OutputColumn { name, sources: Vec::new(), direct: false, unknown: true }
 }
@@ -393,6 +398,21 @@ impl Resolver<'_> {
     }
 
     fn one(&self, source: &str, depth: usize) -> Resolved {
+        if let Some(candidates) = source.strip_prefix(MAYBE_FUNCTION_SOURCE) {
+            // A built-in name: the database's functions of that name that
+            // were followed, if any.
+            let mut all = Resolved { sources: BTreeSet::new(), direct: false, unknown: false };
+            if depth > MAX_DEPTH {
+                all.unknown = true;
+                return all;
+            }
+            for f in candidates.split('|').filter_map(|c| self.functions.get(c)) {
+                let inner = self.all(&f.sources, depth + 1);
+                all.sources.extend(inner.sources);
+                all.unknown |= f.unknown || inner.unknown;
+            }
+            return all;
+        }
         if let Some(candidates) = source.strip_prefix(FUNCTION_SOURCE) {
             // A call's result: what the bodies of the functions its name
             // may resolve to read; a call to none of them is not proven.
@@ -400,11 +420,15 @@ impl Resolver<'_> {
             if depth > MAX_DEPTH {
                 return all;
             }
+            let mut found = false;
+            let mut unknown = false;
             for f in candidates.split('|').filter_map(|c| self.functions.get(c)) {
                 let inner = self.all(&f.sources, depth + 1);
                 all.sources.extend(inner.sources);
-                all.unknown = f.unknown || inner.unknown;
+                unknown |= f.unknown || inner.unknown;
+                found = true;
             }
+            all.unknown = !found || unknown;
             return all;
         }
         let mut sources = BTreeSet::from([source.to_string()]);

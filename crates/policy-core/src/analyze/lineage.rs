@@ -57,11 +57,19 @@ pub(crate) struct Env {
 /// holding `:` is double-quoted.
 pub(crate) const FUNCTION_SOURCE: &str = "function:";
 
+/// The same for a call to a built-in name, which a function of the
+/// database of that name may take over: the functions listed count when
+/// the expansion followed them, and nothing is unproven when it did not.
+pub(crate) const MAYBE_FUNCTION_SOURCE: &str = "function?:";
+
 /// The marker source of a call to `fc`, when it is not a built-in function.
 fn function_source(fc: &pb::FuncCall, env: &Env) -> Option<String> {
     let parts = string_parts(&fc.funcname);
     let candidates = match parts.as_slice() {
-        [name] if catalog::is_builtin_function(name) && crate::session::catalog_first(&env.search_path) => return None,
+        [name] if catalog::is_builtin_function(name) && crate::session::catalog_first(&env.search_path) => {
+            let candidates = names::relation_candidates(&env.search_path, env.user.as_deref(), name);
+            return Some(format!("{MAYBE_FUNCTION_SOURCE}{}", candidates.join("|")));
+        }
         [name] => names::relation_candidates(&env.search_path, env.user.as_deref(), name),
         [schema, name] | [_, schema, name] => {
             if *schema == "pg_catalog" && catalog::is_builtin_function(name) {

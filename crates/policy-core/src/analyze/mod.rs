@@ -1426,6 +1426,14 @@ impl<'st, 's> Walker<'st, 's> {
             }
             return;
         }
+        if schema.is_none() && !trusted && self.shadowed(name) && !self.sql_call(None, name) {
+            // The server picks among same-named functions by argument
+            // types: a function of the database may win over the built-in.
+            self.make_opaque(format!(
+                "calls `{written}`, which may resolve to a function of the database with the same name \
+                 (by its argument types) whose body is not visible"
+            ));
+        }
         let args: Vec<NodeRef<'_>> = nodes(&fc.args).collect();
         match catalog::effect(name) {
             catalog::Effect::None => {}
@@ -1483,6 +1491,17 @@ impl<'st, 's> Walker<'st, 's> {
             self.sql_calls.extend(found);
         }
         sql
+    }
+
+    /// Whether a function of the session's definitions has the name
+    /// `name` in a schema of the path (the server may pick it over a
+    /// built-in one of that name).
+    fn shadowed(&self, name: &str) -> bool {
+        self.state.definitions.is_some_and(|d| {
+            names::relation_candidates(&self.state.search_path, self.state.user.as_deref(), name)
+                .iter()
+                .any(|c| !d.functions(c).is_empty())
+        })
     }
 
     /// Whether unqualified function names reach `pg_catalog` before any
