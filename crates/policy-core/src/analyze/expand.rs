@@ -386,6 +386,24 @@ struct Resolver<'a> {
 impl Resolver<'_> {
     /// Every source of `sources`, through the views; the sources named
     /// stay (a mask may name a view column).
+    /// What a call to one of `candidates` (`|`-separated) derives from;
+    /// unproven when none was followed and `needs_one`.
+    fn call(&self, candidates: &str, depth: usize, needs_one: bool) -> Resolved {
+        let mut all = Resolved { sources: BTreeSet::new(), direct: false, unknown: depth > MAX_DEPTH };
+        if all.unknown {
+            return all;
+        }
+        let mut found = false;
+        for f in candidates.split('|').filter_map(|c| self.functions.get(c)) {
+            let inner = self.all(&f.sources, depth + 1);
+            all.sources.extend(inner.sources);
+            all.unknown |= f.unknown || inner.unknown;
+            found = true;
+        }
+        all.unknown |= needs_one && !found;
+        all
+    }
+
     fn all(&self, sources: &[String], depth: usize) -> Resolved {
         let mut all = Resolved { sources: BTreeSet::new(), direct: true, unknown: false };
         for s in sources {
@@ -398,38 +416,15 @@ impl Resolver<'_> {
     }
 
     fn one(&self, source: &str, depth: usize) -> Resolved {
+        // A built-in name: the database's functions of that name that were
+        // followed, if any.
         if let Some(candidates) = source.strip_prefix(MAYBE_FUNCTION_SOURCE) {
-            // A built-in name: the database's functions of that name that
-            // were followed, if any.
-            let mut all = Resolved { sources: BTreeSet::new(), direct: false, unknown: false };
-            if depth > MAX_DEPTH {
-                all.unknown = true;
-                return all;
-            }
-            for f in candidates.split('|').filter_map(|c| self.functions.get(c)) {
-                let inner = self.all(&f.sources, depth + 1);
-                all.sources.extend(inner.sources);
-                all.unknown |= f.unknown || inner.unknown;
-            }
-            return all;
+            return self.call(candidates, depth, false);
         }
+        // A call's result: what the bodies of the functions its name may
+        // resolve to read; a call to none of them is not proven.
         if let Some(candidates) = source.strip_prefix(FUNCTION_SOURCE) {
-            // A call's result: what the bodies of the functions its name
-            // may resolve to read; a call to none of them is not proven.
-            let mut all = Resolved { sources: BTreeSet::new(), direct: false, unknown: true };
-            if depth > MAX_DEPTH {
-                return all;
-            }
-            let mut found = false;
-            let mut unknown = false;
-            for f in candidates.split('|').filter_map(|c| self.functions.get(c)) {
-                let inner = self.all(&f.sources, depth + 1);
-                all.sources.extend(inner.sources);
-                unknown |= f.unknown || inner.unknown;
-                found = true;
-            }
-            all.unknown = !found || unknown;
-            return all;
+            return self.call(candidates, depth, true);
         }
         let mut sources = BTreeSet::from([source.to_string()]);
         if depth > MAX_DEPTH {
