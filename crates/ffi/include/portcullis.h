@@ -460,56 +460,56 @@ void portcullis_decision_free(struct portcullis_decision *decision);
  *
  * # Safety
  *
- * `json` must be valid for reads of `json_len` bytes; `out_views` for a write.
+ * `json` must be valid for reads of `json_len` bytes; `out_definitions` for a write.
  */
 portcullis_result portcullis_definitions_new(const char *json,
                                              size_t json_len,
-                                             struct portcullis_definitions **out_views);
+                                             struct portcullis_definitions **out_definitions);
 
 /**
- * Views that could not be read (`reason` says why): a session given them
+ * Definitions that could not be read (`reason` says why): a session given them
  * refuses, as opaque, every statement naming a relation outside the
  * system schemas, since any of them might be a view.
  *
  * # Safety
  *
- * `reason` must be valid for reads of `reason_len` bytes; `out_views` for a write.
+ * `reason` must be valid for reads of `reason_len` bytes; `out_definitions` for a write.
  */
 portcullis_result portcullis_definitions_unavailable(const char *reason,
                                                      size_t reason_len,
-                                                     struct portcullis_definitions **out_views);
+                                                     struct portcullis_definitions **out_definitions);
 
 /**
- * How many views it holds.
+ * How many views they hold (functions aside); 0 for NULL.
  *
  * # Safety
  *
- * `views` must be NULL (0) or live.
+ * `definitions` must be NULL or live.
  */
-size_t portcullis_definitions_count(const struct portcullis_definitions *views);
+size_t portcullis_definitions_count(const struct portcullis_definitions *definitions);
 
 /**
- * Gives the session the views of its database: statements naming views
- * are then judged by what they read (with the policy's `settings.views =
- * "expand"`, the default). NULL takes them away (views are judged by
- * name). The session keeps its own reference.
+ * Gives the session the definitions of its database: statements naming
+ * views or calling SQL functions are then judged by what they read (with
+ * the policy's `settings.views = "expand"`, the default). NULL takes them
+ * away (views are judged by name). The session keeps its own reference.
  *
  * # Safety
  *
- * `session` must be live and not in use by another thread; `views` NULL
- * or live.
+ * `session` must be live and not in use by another thread; `definitions`
+ * NULL or live.
  */
 portcullis_result portcullis_session_set_definitions(struct portcullis_session *session,
-                                                     const struct portcullis_definitions *views);
+                                                     const struct portcullis_definitions *definitions);
 
 /**
- * Frees views. NULL does nothing. Sessions given them keep them.
+ * Frees definitions. NULL does nothing. Sessions given them keep them.
  *
  * # Safety
  *
- * `views` must be NULL or live, and not in use by another thread.
+ * `definitions` must be NULL or live, and not in use by another thread.
  */
-void portcullis_definitions_free(struct portcullis_definitions *views);
+void portcullis_definitions_free(struct portcullis_definitions *definitions);
 
 /**
  * Loads and compiles a policy.

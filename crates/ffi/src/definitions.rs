@@ -18,7 +18,7 @@ use crate::session::portcullis_session;
 /// after DDL. Sessions keep what they were given: the handle may be freed while
 /// they use it.
 pub struct portcullis_definitions {
-    pub(crate) views: Arc<Definitions>,
+    pub(crate) definitions: Arc<Definitions>,
 }
 
 #[derive(Deserialize)]
@@ -91,21 +91,21 @@ struct DefinitionsJson {
 ///
 /// # Safety
 ///
-/// `json` must be valid for reads of `json_len` bytes; `out_views` for a write.
+/// `json` must be valid for reads of `json_len` bytes; `out_definitions` for a write.
 #[no_mangle]
 pub unsafe extern "C" fn portcullis_definitions_new(
     json: *const c_char,
     json_len: usize,
-    out_views: *mut *mut portcullis_definitions,
+    out_definitions: *mut *mut portcullis_definitions,
 ) -> portcullis_result {
     boundary::call(|| {
         // SAFETY: the caller's contract.
-        let (out, text) = unsafe { (Out::new(out_views)?, boundary::text(json, json_len, "the views")?) };
+        let (out, text) = unsafe { (Out::new(out_definitions)?, boundary::text(json, json_len, "the views")?) };
         let bad = |e: String| Error::new(portcullis_result::DefinitionsJson, format!("definitions JSON: {e}"));
         let input: DefinitionsJson = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        let mut views = Definitions::new();
+        let mut definitions = Definitions::new();
         for v in input.views {
-            views.insert(&v.schema, &v.name, View::new(v.kind, v.columns, v.definition));
+            definitions.insert(&v.schema, &v.name, View::new(v.kind, v.columns, v.definition));
         }
         for f in input.functions {
             let body = match (f.language.as_str(), f.body) {
@@ -120,81 +120,83 @@ pub unsafe extern "C" fn portcullis_definitions_new(
                 })?),
                 None => None,
             };
-            views.insert_function(&f.schema, &f.name, Function::new(body, path));
+            definitions.insert_function(&f.schema, &f.name, Function::new(body, path));
         }
-        out.write(boundary::into_handle(portcullis_definitions { views: Arc::new(views) }));
+        out.write(boundary::into_handle(portcullis_definitions { definitions: Arc::new(definitions) }));
         Ok(())
     })
 }
 
-/// Views that could not be read (`reason` says why): a session given them
+/// Definitions that could not be read (`reason` says why): a session given them
 /// refuses, as opaque, every statement naming a relation outside the
 /// system schemas, since any of them might be a view.
 ///
 /// # Safety
 ///
-/// `reason` must be valid for reads of `reason_len` bytes; `out_views` for a write.
+/// `reason` must be valid for reads of `reason_len` bytes; `out_definitions` for a write.
 #[no_mangle]
 pub unsafe extern "C" fn portcullis_definitions_unavailable(
     reason: *const c_char,
     reason_len: usize,
-    out_views: *mut *mut portcullis_definitions,
+    out_definitions: *mut *mut portcullis_definitions,
 ) -> portcullis_result {
     boundary::call(|| {
         // SAFETY: the caller's contract.
-        let (out, reason) = unsafe { (Out::new(out_views)?, boundary::text(reason, reason_len, "the reason")?) };
-        out.write(boundary::into_handle(portcullis_definitions { views: Arc::new(Definitions::unavailable(reason)) }));
+        let (out, reason) = unsafe { (Out::new(out_definitions)?, boundary::text(reason, reason_len, "the reason")?) };
+        out.write(boundary::into_handle(portcullis_definitions {
+            definitions: Arc::new(Definitions::unavailable(reason)),
+        }));
         Ok(())
     })
 }
 
-/// How many views it holds.
+/// How many views they hold (functions aside); 0 for NULL.
 ///
 /// # Safety
 ///
-/// `views` must be NULL (0) or live.
+/// `definitions` must be NULL or live.
 #[no_mangle]
-pub unsafe extern "C" fn portcullis_definitions_count(views: *const portcullis_definitions) -> usize {
+pub unsafe extern "C" fn portcullis_definitions_count(definitions: *const portcullis_definitions) -> usize {
     boundary::value(0, || {
         // SAFETY: the caller's contract.
-        unsafe { boundary::handle(views) }.map_or(0, |v| v.views.len())
+        unsafe { boundary::handle(definitions) }.map_or(0, |d| d.definitions.len())
     })
 }
 
-/// Gives the session the views of its database: statements naming views
-/// are then judged by what they read (with the policy's `settings.views =
-/// "expand"`, the default). NULL takes them away (views are judged by
-/// name). The session keeps its own reference.
+/// Gives the session the definitions of its database: statements naming
+/// views or calling SQL functions are then judged by what they read (with
+/// the policy's `settings.views = "expand"`, the default). NULL takes them
+/// away (views are judged by name). The session keeps its own reference.
 ///
 /// # Safety
 ///
-/// `session` must be live and not in use by another thread; `views` NULL
-/// or live.
+/// `session` must be live and not in use by another thread; `definitions`
+/// NULL or live.
 #[no_mangle]
 pub unsafe extern "C" fn portcullis_session_set_definitions(
     session: *mut portcullis_session,
-    views: *const portcullis_definitions,
+    definitions: *const portcullis_definitions,
 ) -> portcullis_result {
     boundary::call(|| {
         // SAFETY: the caller's contract.
         let session = unsafe { boundary::handle_mut(session) }?;
-        session.session.definitions = if views.is_null() {
+        session.session.definitions = if definitions.is_null() {
             None
         } else {
             // SAFETY: the caller's contract.
-            Some(Arc::clone(&unsafe { boundary::handle(views) }?.views))
+            Some(Arc::clone(&unsafe { boundary::handle(definitions) }?.definitions))
         };
         Ok(())
     })
 }
 
-/// Frees views. NULL does nothing. Sessions given them keep them.
+/// Frees definitions. NULL does nothing. Sessions given them keep them.
 ///
 /// # Safety
 ///
-/// `views` must be NULL or live, and not in use by another thread.
+/// `definitions` must be NULL or live, and not in use by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn portcullis_definitions_free(views: *mut portcullis_definitions) {
+pub unsafe extern "C" fn portcullis_definitions_free(definitions: *mut portcullis_definitions) {
     // SAFETY: forwarded contract.
-    unsafe { boundary::free(views) }
+    unsafe { boundary::free(definitions) }
 }
