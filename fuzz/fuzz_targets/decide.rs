@@ -534,6 +534,7 @@ fn without_spans(d: &Decision) -> Decision {
             facts.ends_transaction = false;
             facts.begins_transaction = false;
             facts.reverts_settings = false;
+            facts.changes_definitions = false;
             facts.session_effects = facts
                 .session_effects
                 .iter()
