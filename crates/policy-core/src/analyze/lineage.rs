@@ -23,6 +23,8 @@ use pg_query::protobuf as pb;
 use pg_query::{NodeEnum, NodeRef};
 use serde::{Deserialize, Serialize};
 
+use crate::definitions::Definitions;
+
 use super::{catalog, names, node, nodes, string_parts, walk};
 
 /// Where one result column comes from.
@@ -41,13 +43,13 @@ pub struct OutputColumn {
 }
 
 /// What lineage needs from the session.
-pub(crate) struct Env {
+pub(crate) struct Env<'d> {
     pub search_path: Vec<String>,
     pub user: Option<String>,
-    /// Calls to functions that are not built in may be SQL functions the
-    /// expansion follows: their results derive from a marker source
-    /// ([`function_source`]) it replaces.
-    pub functions: bool,
+    /// The session's definitions, when the expansion follows SQL
+    /// functions: a call's result then derives from a marker source
+    /// ([`function_source`]) the expansion replaces.
+    pub definitions: Option<&'d Definitions>,
 }
 
 /// The prefix of the marker source a call to a function that is not built
@@ -62,13 +64,15 @@ pub(crate) const FUNCTION_SOURCE: &str = "function:";
 /// the expansion followed them, and nothing is unproven when it did not.
 pub(crate) const MAYBE_FUNCTION_SOURCE: &str = "function?:";
 
-/// The marker source of a call to `fc`, when it is not a built-in function.
-fn function_source(fc: &pb::FuncCall, env: &Env) -> Option<String> {
+/// The marker source of a call to `fc`, when it is not a built-in function
+/// or a function of the definitions may take its built-in name over.
+fn function_source(fc: &pb::FuncCall, env: &Env<'_>, definitions: &Definitions) -> Option<String> {
     let parts = string_parts(&fc.funcname);
     let candidates = match parts.as_slice() {
         [name] if catalog::is_builtin_function(name) && crate::session::catalog_first(&env.search_path) => {
-            let candidates = names::relation_candidates(&env.search_path, env.user.as_deref(), name);
-            return Some(format!("{MAYBE_FUNCTION_SOURCE}{}", candidates.join("|")));
+            let mut candidates = names::relation_candidates(&env.search_path, env.user.as_deref(), name);
+            candidates.retain(|c| !definitions.functions(c).is_empty());
+            return (!candidates.is_empty()).then(|| format!("{MAYBE_FUNCTION_SOURCE}{}", candidates.join("|")));
         }
         [name] => names::relation_candidates(&env.search_path, env.user.as_deref(), name),
         [schema, name] | [_, schema, name] => {
@@ -125,7 +129,7 @@ impl Lin {
 }
 
 struct Ctx<'e> {
-    env: &'e Env,
+    env: &'e Env<'e>,
     /// CTE outputs in scope, innermost last.
     ctes: Vec<Vec<(String, Vec<OutputColumn>)>>,
     depth: usize,
@@ -184,7 +188,7 @@ fn explain_columns() -> Vec<OutputColumn> {
 }
 
 /// Lineage of the result columns of a statement that returns rows.
-pub(crate) fn outputs(stmt: NodeRef<'_>, env: &Env) -> Vec<OutputColumn> {
+pub(crate) fn outputs(stmt: NodeRef<'_>, env: &Env<'_>) -> Vec<OutputColumn> {
     let mut ctx = Ctx { env, ctes: Vec::new(), depth: 0, in_step: 0, budget: STEP_BUDGET };
     match stmt {
         NodeRef::SelectStmt(s) if s.into_clause.is_none() => ctx.select(s),
@@ -560,8 +564,8 @@ impl Ctx<'_> {
             other => {
                 let mut lin = Lin::default();
                 if let NodeRef::FuncCall(fc) = other {
-                    if self.env.functions {
-                        lin.sources.extend(function_source(fc, self.env));
+                    if let Some(definitions) = self.env.definitions {
+                        lin.sources.extend(function_source(fc, self.env, definitions));
                     }
                 }
                 let mut parts = Vec::new();

@@ -1014,11 +1014,11 @@ impl<'st, 's> Walker<'st, 's> {
         }
     }
 
-    fn lineage_env(&self) -> lineage::Env {
+    fn lineage_env(&self) -> lineage::Env<'s> {
         lineage::Env {
             search_path: self.state.search_path.clone(),
             user: self.state.user.clone(),
-            functions: self.state.definitions.is_some(),
+            definitions: self.state.definitions,
         }
     }
 
