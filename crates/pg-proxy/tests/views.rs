@@ -148,6 +148,74 @@ fn views_over_forbidden_tables_are_refused_and_masks_follow_view_columns() {
     });
 }
 
+/// Any value, as the bytes the server sent (binary `jsonb` included).
+struct Raw(Vec<u8>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Raw, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw.to_vec()))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+/// Whole rows written as JSON come back as JSON with only the masked
+/// members changed, in text (psql) and in binary `jsonb` (tokio-postgres).
+#[test]
+fn whole_rows_as_json_are_masked_field_by_field() {
+    let stack = stack("", "1h");
+    let agent = stack.token("alice", &["ai-agents"], Some("copilot"));
+    let json = |sql: &str| -> serde_json::Value {
+        let out = psql(&stack, &agent, sql).unwrap();
+        serde_json::from_str(out.trim_end()).unwrap_or_else(|e| panic!("{sql}: not JSON ({e}): {out}"))
+    };
+    let alice = serde_json::json!({
+        "id": 1, "name": "Alice Martin", "email": "alice@example.com", "ssn": "****6789",
+        "card": "4111 1111 1111 1111", "note": "prefers e-mail"
+    });
+    assert_eq!(json("SELECT row_to_json(c) FROM customers c WHERE id = 1"), alice);
+    assert_eq!(json("SELECT to_jsonb(c.*) FROM customers c WHERE id = 1"), alice);
+    assert_eq!(json("SELECT to_json(c)::text FROM customers c WHERE id = 1"), alice);
+    let all = json("SELECT json_agg(c ORDER BY c.id) FROM customers c");
+    let ssns: Vec<&str> = all.as_array().unwrap().iter().map(|r| r["ssn"].as_str().unwrap()).collect();
+    assert_eq!(ssns, ["****6789", "****7890", "****8901"]);
+    assert_eq!(all[1]["name"], "Bob Chen");
+    // Through a view that renames the column, and a subquery that computes one.
+    assert_eq!(
+        json("SELECT to_json(v) FROM contacts v WHERE id = 1"),
+        serde_json::json!({"id": 1, "tax_id": "****6789", "name": "Alice Martin"})
+    );
+    assert_eq!(
+        json("SELECT to_json(s) FROM (SELECT id, upper(ssn) AS u FROM customers WHERE id = 2) s"),
+        serde_json::json!({"id": 2, "u": "[redacted]"})
+    );
+    // Rows of tables and views no mask reaches are as the server wrote them.
+    assert_eq!(
+        psql(&stack, &agent, "SELECT to_json(p) FROM plain p WHERE id = 3").unwrap(),
+        "{\"id\":3,\"name\":\"Carol Diaz\"}\n"
+    );
+    // The exempt see the values.
+    let dba = stack.token("dora", &["dba"], None);
+    let out = psql(&stack, &dba, "SELECT row_to_json(c) FROM customers c WHERE id = 1").unwrap();
+    assert!(out.contains("123-45-6789"), "{out}");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = stack.connect_as("alice", &["ai-agents"], Some("copilot")).await;
+        let row = client.query_one("SELECT to_jsonb(c) FROM customers c WHERE id = $1", &[&1i32]).await.unwrap();
+        let Raw(bytes) = row.get(0);
+        assert_eq!(row.columns()[0].type_(), &tokio_postgres::types::Type::JSONB, "the column keeps its type");
+        assert_eq!(bytes.first(), Some(&1), "binary jsonb starts with its version");
+        let value: serde_json::Value = serde_json::from_slice(&bytes[1..]).unwrap();
+        assert_eq!(value, alice);
+    });
+}
+
 #[test]
 fn views_name_judges_the_view_as_named() {
     let stack = stack("views = \"name\"", "1h");

@@ -244,7 +244,7 @@ mod rules;
 mod session;
 mod shape;
 
-pub use analyze::{Analysis, Class, Clause, ClauseColumn, OutputColumn, StatementFacts};
+pub use analyze::{Analysis, Class, Clause, ClauseColumn, OutputColumn, RowLayout, StatementFacts, WholeRow};
 pub use cache::{CacheStats, DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT};
 pub use context::Context;
 pub use copy::{CopyLayout, CopyOutAction, CopyOutPlan, CsvLayout};

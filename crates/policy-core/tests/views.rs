@@ -254,6 +254,36 @@ fn masks_follow_view_columns_to_table_columns() {
     assert_eq!(masked(&e, &s, "SELECT tel FROM contacts", &cols, &["555-1234"])[0].as_deref(), Some("555-1234"));
 }
 
+/// A whole row of a view written as JSON is masked field by field, each
+/// key by the view column it stands for.
+#[test]
+fn whole_rows_of_views_are_masked_by_their_columns() {
+    let e = engine("");
+    let s = session(&e, catalog());
+    let json = [ColumnInfo::new("j", None, 114, false)];
+    let row = r#"{"id": 1, "tel": "555-1234"}"#;
+    for (sql, want) in [
+        ("SELECT to_json(c) FROM contacts c", r#"{"id": 1, "tel": "****34"}"#.to_string()),
+        ("SELECT row_to_json(s) FROM shouting s", format!(r#"{{"id": 1, "tel": "{REDACTED}"}}"#)),
+        ("SELECT json_agg(x) FROM (SELECT c.id, c.tel FROM contacts c) x", r#"{"id": 1, "tel": "****34"}"#.to_string()),
+    ] {
+        let value = if sql.contains("json_agg") { format!("[{row}]") } else { row.to_string() };
+        let want = if sql.contains("json_agg") { format!("[{want}]") } else { want };
+        assert_eq!(masked(&e, &s, sql, &json, &[&value])[0].as_deref(), Some(want.as_str()), "{sql}");
+    }
+    // A key the view does not have: not a row of it, masked whole.
+    let odd = r#"{"id": 1, "phone": "555-1234"}"#;
+    assert_eq!(
+        masked(&e, &s, "SELECT to_json(c) FROM contacts c", &json, &[odd])[0].as_deref(),
+        Some(format!("\"{REDACTED}\"").as_str())
+    );
+    // A view whose columns no mask reaches passes.
+    assert_eq!(
+        masked(&e, &s, "SELECT to_json(i) FROM ids i", &json, &[r#"{"id": 1}"#])[0].as_deref(),
+        Some(r#"{"id": 1}"#)
+    );
+}
+
 #[test]
 fn masked_view_columns_may_not_be_stored() {
     let e = engine("");

@@ -119,6 +119,21 @@ pub(crate) fn expand(
         out.sources = resolved.sources.into_iter().collect();
         out.direct &= resolved.direct;
         out.unknown |= resolved.unknown;
+        // The fields of a whole row of a subquery, and the columns its
+        // name may stand for, are read through views and functions too.
+        if let Some(row) = &mut out.row {
+            for field in &mut row.fields {
+                let resolved = resolver.all(&field.sources, 0);
+                field.sources = resolved.sources.into_iter().collect();
+                field.direct &= resolved.direct;
+                field.unknown |= resolved.unknown;
+            }
+            let resolved = resolver.all(&row.alternatives, 0);
+            row.alternatives = resolved.sources.into_iter().collect();
+            if resolved.unknown {
+                out.row = None;
+            }
+        }
     }
     if x.view_columns.is_empty() && x.function_lineage.is_empty() {
         return;
@@ -132,6 +147,7 @@ pub(crate) fn expand(
             sources: resolved.sources.into_iter().collect(),
             direct: out.direct && resolved.direct,
             unknown: out.unknown || resolved.unknown,
+            row: None,
         });
     }
     for lin in x.function_lineage.values() {
@@ -235,8 +251,7 @@ impl Expansion<'_> {
                     self.opaque.push(format!("the statement reaches more than {MAX_DEFINITIONS} views and functions"));
                     return;
                 }
-                let mut result =
-                    OutputColumn { name: function.clone(), sources: Vec::new(), direct: false, unknown: false };
+                let mut result = OutputColumn::new(&function, Vec::new(), false, false);
                 for overload in self.definitions.functions(&function) {
                     match self.body_facts(overload) {
                         Ok(bodies) => {
@@ -348,7 +363,7 @@ fn is_marker(source: &str) -> bool {
 }
 
 fn unknown_column(name: String) -> OutputColumn {
-    OutputColumn { name, sources: Vec::new(), direct: false, unknown: true }
+    OutputColumn { name, sources: Vec::new(), direct: false, unknown: true, row: None }
 }
 
 /// The facts of a view's query.

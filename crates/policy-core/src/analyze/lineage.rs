@@ -40,6 +40,62 @@ pub struct OutputColumn {
     pub direct: bool,
     /// Lineage could not be proven: treat the column as derived from anything.
     pub unknown: bool,
+    /// The value is a whole row written as JSON by a built-in function
+    /// (`to_jsonb(t)`, `json_agg(t)`): the masking may then mask it field
+    /// by field instead of whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<WholeRow>,
+}
+
+impl OutputColumn {
+    /// A column with the given lineage and no whole row.
+    ///
+    /// ```
+    /// use policy_core::OutputColumn;
+    /// let c = OutputColumn::new("ssn", vec!["public.users.ssn".into()], true, false);
+    /// assert!(c.direct && c.row.is_none());
+    /// ```
+    pub fn new(name: &str, sources: Vec<String>, direct: bool, unknown: bool) -> Self {
+        OutputColumn { name: name.to_string(), sources, direct, unknown, row: None }
+    }
+}
+
+/// A result value that is a whole row written as JSON, and where its
+/// fields come from.
+///
+/// `SELECT to_jsonb(u) FROM users u` gives one JSON object per row whose
+/// keys are the columns of `users`; `json_agg(u)` an array of them. The
+/// engine records it for rows of a table or view in FROM (the keys are its
+/// columns) and of a subquery or CTE (the keys are its result columns, each
+/// with its own lineage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WholeRow {
+    /// How the value lays the row out.
+    pub layout: RowLayout,
+    /// For a table or view: the relations (`schema.table`) the row may be
+    /// of, more than one when an unqualified name resolves through the
+    /// search path. A key `k` stands for the column `schema.table.k`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    /// For a subquery or CTE: its result columns, named as the keys are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<OutputColumn>,
+    /// Columns the name may stand for instead of the row (PostgreSQL reads
+    /// `to_jsonb(u)` as a column `u` when a relation in FROM has one): a
+    /// mask covering one of them masks the value whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternatives: Vec<String>,
+}
+
+/// How a JSON value lays out whole rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowLayout {
+    /// One object, its keys the row's columns (`to_json`, `to_jsonb`,
+    /// `row_to_json`).
+    JsonObject,
+    /// An array of such objects (`json_agg`, `jsonb_agg`).
+    JsonArray,
 }
 
 /// What lineage needs from the session.
@@ -108,6 +164,7 @@ struct Lin {
     direct: bool,
     unknown: bool,
     contributors: usize,
+    row: Option<WholeRow>,
 }
 
 impl Lin {
@@ -116,15 +173,23 @@ impl Lin {
         self.unknown |= other.unknown;
         self.contributors += other.contributors;
         self.direct = false;
+        self.row = None;
     }
 
     fn from_column(c: &OutputColumn) -> Lin {
-        Lin { sources: c.sources.iter().cloned().collect(), direct: c.direct, unknown: c.unknown, contributors: 1 }
+        Lin {
+            sources: c.sources.iter().cloned().collect(),
+            direct: c.direct,
+            unknown: c.unknown,
+            contributors: 1,
+            row: c.row.clone(),
+        }
     }
 
     fn into_column(self, name: String) -> OutputColumn {
         let direct = self.direct && self.contributors == 1 && !self.unknown;
-        OutputColumn { name, sources: self.sources.into_iter().collect(), direct, unknown: self.unknown }
+        let row = self.row.filter(|_| !self.unknown);
+        OutputColumn { name, sources: self.sources.into_iter().collect(), direct, unknown: self.unknown, row }
     }
 }
 
@@ -151,7 +216,7 @@ const STEP_BUDGET: usize = 100_000;
 
 /// An output column standing for any column of unknown origin.
 fn unknown_star() -> OutputColumn {
-    OutputColumn { name: "*".into(), sources: Vec::new(), direct: false, unknown: true }
+    OutputColumn::new("*", Vec::new(), false, true)
 }
 
 /// The columns of `SHOW name` (`SHOW ALL`: name, setting, description).
@@ -167,10 +232,7 @@ fn unknown_star() -> OutputColumn {
 /// applies, and the policy's detectors still scan their text.
 fn show_columns(name: &str) -> Vec<OutputColumn> {
     let names: &[&str] = if name == "all" { &["name", "setting", "description"] } else { &[name] };
-    names
-        .iter()
-        .map(|n| OutputColumn { name: (*n).to_string(), sources: Vec::new(), direct: false, unknown: false })
-        .collect()
+    names.iter().map(|n| OutputColumn::new(n, Vec::new(), false, false)).collect()
 }
 
 /// The one column of an `EXPLAIN` (in every format: text, JSON, XML,
@@ -184,7 +246,7 @@ fn show_columns(name: &str) -> Vec<OutputColumn> {
 /// about a masked column (how many rows match `ssn = '...'`) a `count(*)`
 /// tells as well: the predicate channel the documentation describes.
 fn explain_columns() -> Vec<OutputColumn> {
-    vec![OutputColumn { name: "QUERY PLAN".to_string(), sources: Vec::new(), direct: false, unknown: false }]
+    vec![OutputColumn::new("QUERY PLAN", Vec::new(), false, false)]
 }
 
 /// Lineage of the result columns of a statement that returns rows.
@@ -206,22 +268,14 @@ pub(crate) fn outputs(stmt: NodeRef<'_>, env: &Env<'_>) -> Vec<OutputColumn> {
                         NodeRef::String(s) => Some(s.sval.as_str()),
                         _ => None,
                     })
-                    .map(|col| OutputColumn {
-                        name: col.to_string(),
-                        sources: tables.iter().map(|t| names::dotted(t, col)).collect(),
-                        direct: true,
-                        unknown: false,
+                    .map(|col| {
+                        OutputColumn::new(col, tables.iter().map(|t| names::dotted(t, col)).collect(), true, false)
                     })
                     .collect()
             }
             (None, Some(rv)) if !c.is_from => {
                 let tables = ctx.relation_tables(rv);
-                vec![OutputColumn {
-                    name: "*".into(),
-                    sources: tables.iter().map(|t| format!("{t}.*")).collect(),
-                    direct: true,
-                    unknown: false,
-                }]
+                vec![OutputColumn::new("*", tables.iter().map(|t| format!("{t}.*")).collect(), true, false)]
             }
             _ => Vec::new(),
         },
@@ -538,6 +592,17 @@ impl Ctx<'_> {
                     matches!(last, Some("text" | "varchar" | "bpchar" | "name")) && t.array_bounds.is_empty()
                 });
                 lin.direct &= to_text;
+                // JSON stays JSON when cast to text or to the other JSON type.
+                let keeps_json = tc.type_name.as_ref().is_some_and(|t| {
+                    let last = t.names.iter().rev().find_map(|n| match &n.node {
+                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                        _ => None,
+                    });
+                    matches!(last, Some("text" | "varchar" | "json" | "jsonb")) && t.array_bounds.is_empty()
+                });
+                if !keeps_json {
+                    lin.row = None;
+                }
                 lin
             }
             NodeRef::CollateClause(c) => node(&c.arg).map_or_else(Lin::default, |a| self.expr(a, items)),
@@ -574,9 +639,87 @@ impl Ctx<'_> {
                     lin.merge(self.expr(child, items));
                 }
                 lin.direct = false;
+                if let NodeRef::FuncCall(fc) = other {
+                    if !lin
+                        .sources
+                        .iter()
+                        .any(|s| s.starts_with(FUNCTION_SOURCE) || s.starts_with(MAYBE_FUNCTION_SOURCE))
+                    {
+                        lin.row = whole_row(fc, items, self.env);
+                    }
+                }
                 lin
             }
         }
+    }
+}
+
+/// A call that writes a whole row of a FROM item as JSON (`to_jsonb(u)`,
+/// `row_to_json(u.*)`, `json_agg(u ORDER BY id)`): the built-in function
+/// (unqualified only while `pg_catalog` comes first in the path) over a
+/// reference to a table, view, subquery or CTE whose columns are known.
+fn whole_row(fc: &pb::FuncCall, items: &[Item], env: &Env<'_>) -> Option<WholeRow> {
+    let parts = string_parts(&fc.funcname);
+    let name = match parts.as_slice() {
+        [name] if crate::session::catalog_first(&env.search_path) => *name,
+        ["pg_catalog", name] => *name,
+        _ => return None,
+    };
+    let layout = match name {
+        "to_json" | "to_jsonb" | "row_to_json" => RowLayout::JsonObject,
+        "json_agg" | "jsonb_agg" => RowLayout::JsonArray,
+        _ => return None,
+    };
+    if fc.agg_star || fc.func_variadic {
+        return None;
+    }
+    let mut args = nodes(&fc.args);
+    let Some(NodeRef::ColumnRef(c)) = args.next() else { return None };
+    // `row_to_json(u, true)` pretty-prints: the same members.
+    match args.next() {
+        None => {}
+        Some(NodeRef::AConst(_)) if name == "row_to_json" => {}
+        Some(_) => return None,
+    }
+    if args.next().is_some() {
+        return None;
+    }
+    let fields: Vec<Option<&NodeEnum>> = c.fields.iter().map(|f| f.node.as_ref()).collect();
+    let (alias, star) = match fields.as_slice() {
+        [Some(NodeEnum::String(a))] => (a.sval.as_str(), false),
+        [Some(NodeEnum::String(a)), Some(NodeEnum::AStar(_))] => (a.sval.as_str(), true),
+        _ => return None,
+    };
+    // A single name is a column first: every column of that name some
+    // item may have is an alternative.
+    let mut alternatives = BTreeSet::new();
+    if !star {
+        for item in items {
+            match item {
+                Item::Relation { tables, .. } => alternatives.extend(tables.iter().map(|t| names::dotted(t, alias))),
+                Item::Derived { columns, .. } => {
+                    for col in columns {
+                        if col.name == "*" || col.unknown {
+                            return None;
+                        }
+                        if col.name == alias {
+                            alternatives.extend(col.sources.iter().cloned());
+                        }
+                    }
+                }
+                Item::Unknown { .. } => return None,
+            }
+        }
+    }
+    let alternatives = alternatives.into_iter().collect();
+    match items.iter().find(|i| i.alias() == alias)? {
+        Item::Relation { tables, .. } => {
+            Some(WholeRow { layout, tables: tables.clone(), fields: Vec::new(), alternatives })
+        }
+        Item::Derived { columns, .. } if columns.iter().all(|c| c.name != "*") => {
+            Some(WholeRow { layout, tables: Vec::new(), fields: columns.clone(), alternatives })
+        }
+        Item::Derived { .. } | Item::Unknown { .. } => None,
     }
 }
 
@@ -597,12 +740,9 @@ fn star_columns(c: &pb::ColumnRef, items: &[Item]) -> Option<Vec<OutputColumn>> 
     let mut out = Vec::new();
     for item in items.iter().filter(|i| qualifier.is_none_or(|q| i.alias() == q)) {
         match item {
-            Item::Relation { tables, .. } => out.push(OutputColumn {
-                name: "*".into(),
-                sources: tables.iter().map(|t| format!("{t}.*")).collect(),
-                direct: true,
-                unknown: false,
-            }),
+            Item::Relation { tables, .. } => {
+                out.push(OutputColumn::new("*", tables.iter().map(|t| format!("{t}.*")).collect(), true, false))
+            }
             Item::Derived { columns, .. } => out.extend(columns.iter().cloned()),
             Item::Unknown { .. } => {
                 out.push(unknown_star());

@@ -45,7 +45,7 @@ use crate::fingerprint;
 use crate::mask::ColumnInfo;
 use crate::session::{apply_to_path, catalog_first, Prepared, Session, SessionEffect, TransactionPaths};
 
-pub use lineage::OutputColumn;
+pub use lineage::{OutputColumn, RowLayout, WholeRow};
 pub(crate) use names::{dotted, qualified, split_identifiers};
 
 /// What kind of thing a statement does. Ordered from least to most

@@ -21,7 +21,11 @@
 //!   over a subquery) is masked whole as soon as any mask applies to the
 //!   caller; a whole-row value is masked whole when a mask may cover a
 //!   column of its table (the table parts of the mask's patterns match
-//!   it), and left alone otherwise.
+//!   it), and left alone otherwise;
+//! - a whole row written as JSON by a built-in function
+//!   ([`WholeRow`](crate::WholeRow): `to_jsonb(t)`, `json_agg(t)`) is
+//!   masked field by field: only the members a mask covers change, and the
+//!   value keeps its JSON type.
 //!
 //! Masked values other than NULL are text: a masked column whose type is not
 //! text is listed in [`RowMasker::retyped_columns`], and the gateway
@@ -87,6 +91,7 @@
 //! # Ok::<(), policy_core::PolicyError>(())
 //! ```
 
+mod rows;
 mod scrub;
 mod strategy;
 mod values;
@@ -97,7 +102,7 @@ use std::sync::Arc;
 pub use scrub::{quotes_values, MessageScrubber, Scrubbed};
 pub use strategy::{Masking, REDACTED};
 
-use crate::analyze::{Class, Clause, StatementFacts};
+use crate::analyze::{Class, Clause, OutputColumn, RowLayout, StatementFacts, WholeRow};
 use crate::detect::Detectors;
 use crate::identity::Identity;
 use crate::policy::{Mask, Patterns, Strategy};
@@ -394,6 +399,160 @@ pub(crate) fn masked_write(active: &[&ColumnMask], facts: &StatementFacts) -> Op
     ))
 }
 
+/// A whole row written as JSON ([`WholeRow`]), masked field by field: a
+/// member is masked when a mask the caller is not exempt from covers the
+/// column it stands for (`schema.table.key` of the row's table, through
+/// the view's lineage when the table is a view; the subquery's column of
+/// that name), keeping the mask's strategy when the column is a plain
+/// reference and masked whole otherwise.
+#[derive(Debug, Clone)]
+struct RowPlan {
+    layout: RowLayout,
+    /// Binary `jsonb`: a version byte before the JSON text.
+    jsonb_binary: bool,
+    /// A `json` or `jsonb` column (not JSON cast to text): a value masked
+    /// whole is written as a JSON string.
+    json_type: bool,
+    tables: Vec<String>,
+    fields: Vec<OutputColumn>,
+    /// The view columns of the row's tables that are views.
+    views: Vec<OutputColumn>,
+    masks: Vec<ColumnMask>,
+    /// How the value is masked when it is not laid out as a row.
+    whole: ColumnPlan,
+}
+
+impl RowPlan {
+    /// Whether values of `column` can be read and rewritten as JSON text.
+    fn fits(column: &ColumnInfo) -> bool {
+        column.type_oid == values::oid::JSON || column.type_oid == values::oid::JSONB || column.is_text_type()
+    }
+
+    /// The plan, or `whole` back when a mask covers a column the row's
+    /// name may stand for instead.
+    fn new(
+        active: &[&ColumnMask],
+        facts: &StatementFacts,
+        row: &WholeRow,
+        whole: ColumnPlan,
+        column: &ColumnInfo,
+    ) -> Result<RowPlan, ColumnPlan> {
+        if row.alternatives.iter().any(|a| active.iter().any(|m| m.columns.covers(a))) {
+            return Err(whole);
+        }
+        let views = facts
+            .view_columns
+            .iter()
+            .filter(|v| row.tables.iter().any(|t| table_of(&v.name).is_some_and(|vt| vt == *t)))
+            .cloned()
+            .collect();
+        Ok(RowPlan {
+            layout: row.layout,
+            jsonb_binary: column.type_oid == values::oid::JSONB && column.binary,
+            json_type: column.type_oid == values::oid::JSON || column.type_oid == values::oid::JSONB,
+            tables: row.tables.clone(),
+            fields: row.fields.clone(),
+            views,
+            masks: active.iter().map(|m| (*m).clone()).collect(),
+            whole,
+        })
+    }
+
+    /// How the member `key` is masked: `Ok(None)` when it passes, `Err`
+    /// when the key is no column of the row.
+    fn field(&self, key: &str) -> Result<Option<Masking>, ()> {
+        let mut sources = Vec::new();
+        let (mut direct, mut unknown) = (true, false);
+        if self.tables.is_empty() {
+            let mut found = 0;
+            for f in self.fields.iter().filter(|f| f.name == key) {
+                found += 1;
+                sources.extend(f.sources.iter().cloned());
+                direct &= f.direct;
+                unknown |= f.unknown;
+            }
+            match found {
+                0 => return Err(()),
+                1 => {}
+                _ => direct = false,
+            }
+        } else {
+            for t in &self.tables {
+                let name = crate::analyze::dotted(t, key);
+                if self.views.iter().any(|v| table_of(&v.name).is_some_and(|vt| vt == *t)) {
+                    let v = self.views.iter().find(|v| v.name == name).ok_or(())?;
+                    sources.extend(v.sources.iter().cloned());
+                    direct &= v.direct;
+                    unknown |= v.unknown;
+                }
+                sources.push(name);
+            }
+        }
+        if unknown {
+            return Ok(Some(Masking { strategy: Strategy::Redact, ..self.whole.masking.clone() }));
+        }
+        Ok(self.masks.iter().find(|m| sources.iter().any(|s| m.columns.covers(s))).map(|m| {
+            if direct {
+                m.masking.clone()
+            } else {
+                m.masking.whole()
+            }
+        }))
+    }
+
+    /// The masked value: `None` when it passes as it is, `Some(None)` for
+    /// NULL.
+    fn mask(&self, value: &[u8]) -> Option<Option<Vec<u8>>> {
+        let body = if self.jsonb_binary {
+            match value.split_first() {
+                Some((1, rest)) => rest,
+                _ => return Some(self.masked_whole("")),
+            }
+        } else {
+            value
+        };
+        let Ok(text) = std::str::from_utf8(body) else { return Some(self.masked_whole("")) };
+        let mut field = |key: &str| match self.field(key)? {
+            Some(masking) => Ok(rows::Field::Mask(masking)),
+            None => Ok(rows::Field::Keep),
+        };
+        match rows::mask_json(text, self.layout, &mut field) {
+            Ok(None) => None,
+            Ok(Some(masked)) => Some(Some(self.with_prefix(masked))),
+            Err(()) => Some(self.masked_whole(text)),
+        }
+    }
+
+    /// The value masked whole (or NULL), written as a JSON string in a
+    /// JSON column.
+    fn masked_whole(&self, text: &str) -> Option<Vec<u8>> {
+        let masked = self.whole.masking.whole().apply(text)?;
+        if !self.json_type {
+            return Some(masked.into_bytes());
+        }
+        serde_json::to_string(&masked).ok().map(|json| self.with_prefix(json))
+    }
+
+    fn with_prefix(&self, json: String) -> Vec<u8> {
+        if self.jsonb_binary {
+            let mut out = Vec::with_capacity(json.len() + 1);
+            out.push(1);
+            out.extend_from_slice(json.as_bytes());
+            out
+        } else {
+            json.into_bytes()
+        }
+    }
+}
+
+/// `schema.table` of a `schema.table.column` name as facts write it.
+fn table_of(name: &str) -> Option<String> {
+    match ColumnInfo::split_name(name)?.as_slice() {
+        [schema, table, _] => Some(crate::analyze::qualified(schema, table)),
+        _ => None,
+    }
+}
+
 /// What happens to one column.
 #[derive(Debug, Clone)]
 struct ColumnPlan {
@@ -421,6 +580,8 @@ impl ActiveDetectors {
 #[derive(Debug, Clone, Default)]
 pub struct RowMasker {
     plan: Vec<Option<ColumnPlan>>,
+    /// Whole rows written as JSON, masked field by field: by column index.
+    rows: Vec<(usize, RowPlan)>,
     binary: Vec<bool>,
     retyped: Vec<usize>,
     masked: usize,
@@ -447,6 +608,7 @@ impl RowMasker {
             && facts.output_columns.iter().all(|c| c.name != "*"))
         .then_some(&facts.output_columns);
         let mut plan = Vec::with_capacity(columns.len());
+        let mut rows = Vec::new();
         let mut retyped = Vec::new();
         for (i, column) in columns.iter().enumerate() {
             // A column the server reports as a view's takes the lineage of
@@ -483,6 +645,20 @@ impl RowMasker {
                     mask: m.name.clone(),
                 }),
             };
+            // A whole row written as JSON: masked field by field, and whole
+            // (as a JSON string) only when it is not laid out as expected.
+            let decided = match (decided, out.and_then(|o| o.row.as_ref())) {
+                (Some(whole), Some(row)) if source.is_none() && RowPlan::fits(column) => {
+                    match RowPlan::new(&active, facts, row, whole, column) {
+                        Ok(row_plan) => {
+                            rows.push((i, row_plan));
+                            None
+                        }
+                        Err(whole) => Some(whole),
+                    }
+                }
+                (decided, _) => decided,
+            };
             if let Some(p) = &decided {
                 if p.masking.strategy != Strategy::Null && !column.is_text_type() {
                     retyped.push(i);
@@ -490,7 +666,7 @@ impl RowMasker {
             }
             plan.push(decided);
         }
-        let masked = plan.iter().filter(|p| p.is_some()).count();
+        let masked = plan.iter().filter(|p| p.is_some()).count() + rows.len();
         let syntax: Vec<Syntax> = columns
             .iter()
             .zip(&plan)
@@ -500,7 +676,7 @@ impl RowMasker {
             })
             .collect();
         let detectors = detectors.filter(|_| syntax.iter().any(|s| *s != Syntax::Skip));
-        RowMasker { plan, binary: columns.iter().map(|c| c.binary).collect(), retyped, masked, syntax, detectors }
+        RowMasker { plan, rows, binary: columns.iter().map(|c| c.binary).collect(), retyped, masked, syntax, detectors }
     }
 
     /// Whether rows pass untouched: no column is masked and no detector
@@ -516,7 +692,10 @@ impl RowMasker {
 
     /// The mask deciding column `i`, if any.
     pub fn mask_of(&self, i: usize) -> Option<&str> {
-        self.plan.get(i).and_then(|p| p.as_ref()).map(|p| p.mask.as_str())
+        match self.plan.get(i).and_then(|p| p.as_ref()) {
+            Some(p) => Some(p.mask.as_str()),
+            None => self.rows.iter().find(|(c, _)| *c == i).map(|(_, r)| r.whole.mask.as_str()),
+        }
     }
 
     /// Masks one row in place and returns how many values it changed;
@@ -537,6 +716,13 @@ impl RowMasker {
                 changed += 1;
                 continue;
             }
+            if let Some((_, row)) = self.rows.iter().find(|(c, _)| *c == i) {
+                if let Some(masked) = row.mask(bytes) {
+                    *value = masked.map(Cow::Owned);
+                    changed += 1;
+                }
+            }
+            let Some(bytes) = value.as_ref() else { continue };
             let (Some(d), Some(&syntax)) = (&self.detectors, self.syntax.get(i)) else { continue };
             match values::scan(&d.detectors, &d.active, syntax, bytes) {
                 Scanned::Clean => {}
