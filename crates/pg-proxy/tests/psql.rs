@@ -90,6 +90,27 @@ fn masked_values_cannot_be_laundered_through_a_write() {
     assert_eq!(text(&out.stdout), "0\n", "no SSN reached orders");
 }
 
+/// The columns of a `VALUES` list joined with a masked table keep their
+/// own (unmasked) values; a `FULL JOIN ... USING` column merged with a
+/// masked one is masked.
+#[test]
+fn values_joined_with_a_masked_table_keep_their_own_lineage() {
+    let stack = Stack::start();
+    let agent = stack.token("alice", &["ai-agents"], Some("copilot-cli"));
+    let sql = "SELECT * FROM (VALUES (1, 'first'), (2, 'second')) v(k, label) \
+               JOIN customers c ON c.id = v.k WHERE c.id = 1";
+    let out = stack.psql(&agent, &["-At", "-c", sql]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fields: Vec<String> = text(&out.stdout).trim_end().split('|').map(str::to_string).collect();
+    assert_eq!(fields[..2], ["1", "first"], "the list's columns are its own");
+    assert!(fields.contains(&"****6789".to_string()), "{fields:?}");
+    let sql = "SELECT * FROM (VALUES ('x')) v(ssn) FULL JOIN customers c USING (ssn) ORDER BY 1";
+    let out = stack.psql(&agent, &["-At", "-c", sql]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("123-45-6789") && !stdout.contains("234-56-7890"), "{stdout}");
+}
+
 /// libpq sends `PGDATESTYLE` and `PGTZ` as the startup parameters
 /// `datestyle` and `timezone` (lower case); PostgreSQL matches setting
 /// names without regard to case, and so does the gateway, which passes

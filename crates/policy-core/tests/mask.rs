@@ -524,3 +524,49 @@ fn whole_rows_as_json_are_masked_field_by_field() {
     masker.mask_row(&mut row);
     assert_eq!(row[0].as_deref(), Some(REDACTED.as_bytes()));
 }
+
+/// The columns of a `VALUES` list joined with a masked table come from the
+/// list: with one star over the table, the result lines up with the
+/// lineage when the server's names and sources prove it.
+#[test]
+fn columns_beside_a_star_keep_their_own_lineage() {
+    let e = engine();
+    let masked = |sql: &str, columns: &[ColumnInfo], row: &[&str]| {
+        let a = e.analyze(&e.new_session(), sql);
+        apply(&e.masker(&bob(), &a.statements[0], columns), row)
+    };
+    let users = |c: &str| ColumnInfo::text(c, Some(&format!("public.users.{c}")));
+    let listed = [ColumnInfo::text("id", None), ColumnInfo::text("label", None), users("id"), users("ssn")];
+    let row = ["1", "123-45-6789", "1", "123-45-6789"];
+    let sql = "SELECT * FROM (VALUES (1, '123-45-6789')) v(id, label) JOIN users u ON u.id = v.id";
+    assert_eq!(
+        masked(sql, &listed, &row),
+        [Some("1".into()), Some("123-45-6789".into()), Some("1".into()), Some("****6789".into())]
+    );
+    let sql = "SELECT v.*, u.*, upper(u.ssn) FROM (VALUES (1, 'x')) v(id, label), users u";
+    let mut with_computed = listed.to_vec();
+    with_computed.push(ColumnInfo::text("upper", None));
+    let out = masked(sql, &with_computed, &["1", "x", "1", "123-45-6789", "123-45-6789"]);
+    assert_eq!(out[1].as_deref(), Some("x"));
+    assert_eq!(out[3].as_deref(), Some("****6789"));
+    assert_eq!(out[4].as_deref(), Some(REDACTED));
+    // `USING` moves the merged column to the front: the names do not line
+    // up, and the columns without a source are masked whole.
+    let sql = "SELECT * FROM users u JOIN (VALUES (1, 'x')) v(id, label) USING (id)";
+    let merged = [users("id"), users("ssn"), ColumnInfo::text("label", None)];
+    let out = masked(sql, &merged, &["1", "123-45-6789", "x"]);
+    assert_eq!(out[2].as_deref(), Some(REDACTED), "not proven: masked whole");
+    // A `FULL JOIN ... USING` merges the list's column with the table's
+    // (`coalesce(v.ssn, u.ssn)`): never the list's alone.
+    let sql = "SELECT * FROM (VALUES ('x')) v(ssn) FULL JOIN users u USING (ssn)";
+    let out = masked(sql, &[ColumnInfo::text("ssn", None), users("id")], &["123-45-6789", "1"]);
+    assert_eq!(out[0].as_deref(), Some(REDACTED));
+    let sql = "SELECT * FROM (VALUES ('x')) v(ssn) NATURAL FULL JOIN (users u CROSS JOIN (VALUES (1)) w(k))";
+    let out = masked(sql, &[ColumnInfo::text("ssn", None), users("id"), ColumnInfo::text("k", None)], &["1", "1", "1"]);
+    assert_eq!(out[0].as_deref(), Some(REDACTED));
+    // A column in the star's run the server does not report as the
+    // table's is not proven either.
+    let sql = "SELECT * FROM (VALUES (1)) v(id), users u";
+    let out = masked(sql, &[ColumnInfo::text("id", None), ColumnInfo::text("ssn", None)], &["1", "123-45-6789"]);
+    assert_eq!(out, [Some(REDACTED.into()), Some(REDACTED.into())]);
+}

@@ -308,7 +308,7 @@ impl Ctx<'_> {
         let (Some(rv), Some(ret)) = (target, returning) else { return Vec::new() };
         let alias = rv.alias.as_ref().map_or_else(|| rv.relname.clone(), |a| a.aliasname.clone());
         let items = vec![Item::Relation { alias, tables: self.relation_tables(rv) }];
-        self.target_list(&ret.exprs, &items)
+        self.target_list(&ret.exprs, &items, false)
     }
 
     fn with(&mut self, with: Option<&pb::WithClause>) -> bool {
@@ -434,7 +434,7 @@ impl Ctx<'_> {
             for f in nodes(&s.from_clause) {
                 self.add_from_item(f, &mut items);
             }
-            self.target_list(&s.target_list, &items)
+            self.target_list(&s.target_list, &items, merged_join(&s.from_clause))
         };
         if pushed {
             self.ctes.pop();
@@ -485,13 +485,13 @@ impl Ctx<'_> {
         }
     }
 
-    fn target_list(&mut self, targets: &[pb::Node], items: &[Item]) -> Vec<OutputColumn> {
+    fn target_list(&mut self, targets: &[pb::Node], items: &[Item], merged: bool) -> Vec<OutputColumn> {
         let mut out = Vec::new();
         for t in nodes(targets) {
             let NodeRef::ResTarget(rt) = t else { continue };
             let Some(val) = node(&rt.val) else { continue };
             if let NodeRef::ColumnRef(c) = val {
-                if let Some(star) = star_columns(c, items) {
+                if let Some(star) = star_columns(c, items, merged) {
                     out.extend(star);
                     continue;
                 }
@@ -723,8 +723,29 @@ fn whole_row(fc: &pb::FuncCall, items: &[Item], env: &Env<'_>) -> Option<WholeRo
     }
 }
 
-/// `*` and `q.*` expand to the columns of the FROM items they name.
-fn star_columns(c: &pb::ColumnRef, items: &[Item]) -> Option<Vec<OutputColumn>> {
+/// Whether a FROM list joins with `USING` or `NATURAL`: `*` then starts
+/// with the merged columns, which may come from either side (`FULL JOIN
+/// ... USING (ssn)` gives `coalesce(l.ssn, r.ssn)`).
+fn merged_join(from: &[pb::Node]) -> bool {
+    fn merges(item: NodeRef<'_>) -> bool {
+        match item {
+            NodeRef::JoinExpr(j) => {
+                j.is_natural
+                    || !j.using_clause.is_empty()
+                    || node(&j.larg).is_some_and(merges)
+                    || node(&j.rarg).is_some_and(merges)
+            }
+            _ => false,
+        }
+    }
+    nodes(from).any(merges)
+}
+
+/// `*` and `q.*` expand to the columns of the FROM items they name. With a
+/// `USING` or `NATURAL` join (`merged`), an unqualified `*` starts with the
+/// merged columns, whose number and sides the engine does not know: a
+/// star of everything the FROM items hold stands for them.
+fn star_columns(c: &pb::ColumnRef, items: &[Item], merged: bool) -> Option<Vec<OutputColumn>> {
     let last_is_star = matches!(c.fields.last().and_then(|f| f.node.as_ref()), Some(NodeEnum::AStar(_)));
     if !last_is_star {
         return None;
@@ -738,6 +759,22 @@ fn star_columns(c: &pb::ColumnRef, items: &[Item]) -> Option<Vec<OutputColumn>> 
         _ => None,
     };
     let mut out = Vec::new();
+    if merged && qualifier.is_none() {
+        let mut all = Lin::default();
+        for item in items {
+            match item {
+                Item::Relation { tables, .. } => all.sources.extend(tables.iter().map(|t| format!("{t}.*"))),
+                Item::Derived { columns, .. } => {
+                    for c in columns {
+                        all.merge(Lin::from_column(c));
+                    }
+                }
+                Item::Unknown { .. } => all.unknown = true,
+            }
+        }
+        all.direct = false;
+        out.push(all.into_column("*".to_string()));
+    }
     for item in items.iter().filter(|i| qualifier.is_none_or(|q| i.alias() == q)) {
         match item {
             Item::Relation { tables, .. } => {

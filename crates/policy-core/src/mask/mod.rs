@@ -545,6 +545,50 @@ impl RowPlan {
     }
 }
 
+/// The lineage of each result column, when it lines up with the result.
+///
+/// Without a star, position by position. With one star over a table or
+/// view (`SELECT * FROM (VALUES ...) v(id, label) JOIN users u ON ...`),
+/// the star stands for the run of columns the others leave, and the
+/// alignment is accepted only when it is proven: every other column's name
+/// is the one the server gives, and every column of the run is one the
+/// server reports as a column of the star's relations (those are decided
+/// by that source, not by lineage). `USING` and `NATURAL` joins, which
+/// move merged columns to the front, fail that test and stay unaligned.
+fn align<'o>(lineage: &'o [OutputColumn], columns: &[ColumnInfo]) -> Option<Vec<Option<&'o OutputColumn>>> {
+    let stars: Vec<usize> = lineage.iter().enumerate().filter(|(_, c)| c.name == "*").map(|(i, _)| i).collect();
+    match stars.as_slice() {
+        [] if lineage.len() == columns.len() => Some(lineage.iter().map(Some).collect()),
+        [star] => {
+            let star_column = lineage.get(*star)?;
+            let tables: Vec<&str> = star_column.sources.iter().map(|s| s.strip_suffix(".*")).collect::<Option<_>>()?;
+            if star_column.unknown || tables.is_empty() {
+                return None;
+            }
+            let width = columns.len().checked_sub(lineage.len() - 1)?;
+            let mut out = Vec::with_capacity(columns.len());
+            for (i, c) in lineage.iter().enumerate() {
+                if i == *star {
+                    for column in columns.get(out.len()..out.len() + width)? {
+                        let table = column.source.as_deref().and_then(table_of)?;
+                        if !tables.contains(&table.as_str()) {
+                            return None;
+                        }
+                    }
+                    out.extend(std::iter::repeat_n(None, width));
+                } else {
+                    if columns.get(out.len())?.name != c.name {
+                        return None;
+                    }
+                    out.push(Some(c));
+                }
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
 /// `schema.table` of a `schema.table.column` name as facts write it.
 fn table_of(name: &str) -> Option<String> {
     match ColumnInfo::split_name(name)?.as_slice() {
@@ -603,10 +647,7 @@ impl RowMasker {
         if (active.is_empty() && detectors.is_none()) || columns.is_empty() {
             return RowMasker::default();
         }
-        // Lineage lines up with the result only when no star was expanded.
-        let lineage = (facts.output_columns.len() == columns.len()
-            && facts.output_columns.iter().all(|c| c.name != "*"))
-        .then_some(&facts.output_columns);
+        let lineage = align(&facts.output_columns, columns);
         let mut plan = Vec::with_capacity(columns.len());
         let mut rows = Vec::new();
         let mut retyped = Vec::new();
@@ -616,7 +657,7 @@ impl RowMasker {
             let through_view = column.source.as_ref().and_then(|s| facts.view_columns.iter().find(|v| v.name == *s));
             let (source, out) = match through_view {
                 Some(v) => (None, Some(v)),
-                None => (column.source.as_ref(), lineage.and_then(|l| l.get(i))),
+                None => (column.source.as_ref(), lineage.as_ref().and_then(|l| l.get(i).copied().flatten())),
             };
             let decided = match (source, out) {
                 (Some(source), _) => active
