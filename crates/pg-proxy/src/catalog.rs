@@ -220,13 +220,14 @@ impl Catalog {
     }
 
     /// The columns `COPY table TO STDOUT` writes, in order, as masks name
-    /// them: `table` is a name as facts write it (`schema.table`). `None`
-    /// when the table cannot be looked up.
-    pub async fn copy_columns(&self, database: &str, table: &str) -> Option<Vec<String>> {
+    /// them (name and source `schema.table.column`) with their type OIDs
+    /// (which binary COPY needs): `table` is a name as facts write it
+    /// (`schema.table`). `None` when the table cannot be looked up.
+    pub async fn copy_columns(&self, database: &str, table: &str) -> Option<Vec<ColumnInfo>> {
         let parts = ColumnInfo::split_name(table)?;
         let [schema, name] = parts.as_slice() else { return None };
         let sql = format!(
-            "SELECT a.attname FROM pg_catalog.pg_attribute a \
+            "SELECT a.attname, a.atttypid FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = {} AND c.relname = {} AND a.attnum > 0 AND NOT a.attisdropped \
@@ -237,12 +238,14 @@ impl Catalog {
         let db = self.database(database).await;
         let mut db = db.lock().await;
         let rows = self.query(&mut db, database, &sql).await?;
-        Some(
-            rows.into_iter()
-                .filter_map(|r| r.into_iter().next().flatten())
-                .map(|c| ColumnInfo::source_name(schema, name, &c))
-                .collect(),
-        )
+        let mut columns = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut values = row.into_iter();
+            let (Some(Some(column)), Some(Some(type_oid))) = (values.next(), values.next()) else { return None };
+            let source = ColumnInfo::source_name(schema, name, &column);
+            columns.push(ColumnInfo::new(&source, Some(&source), type_oid.parse().ok()?, false));
+        }
+        Some(columns)
     }
 
     /// Runs one of the gateway's catalog queries on the database's own

@@ -186,7 +186,8 @@ fn pgjdbc_sessions() {
     assert_eq!(batch["usable_after"], true, "{batch}");
 
     // CopyManager: a developer copies orders in; the agent copies out
-    // (masked), is refused copying into customers, may copy into orders.
+    // (masked: text, CSV and binary), is refused copying into customers,
+    // may copy into orders.
     let copy = &r["copy"];
     assert_eq!(copy["copy_in_rows"], 3, "{copy}");
     assert_eq!(copy["copy_in_landed"], 3, "{copy}");
@@ -197,6 +198,9 @@ fn pgjdbc_sessions() {
         "1\t****6789\tprefers e-mail\n2\t****7890\tcard on file: ****1881\n3\t****8901\tVIP since 2019\n"
     );
     assert_eq!(copy["copy_out_table"], "1\t****@example.com\n2\t****@example.org\n3\t****@example.net\n");
+    assert_eq!(copy["copy_out_csv"], "id,ssn\n1,****6789\n2,****7890\n3,****8901\n");
+    assert_eq!(copy["copy_out_binary_rows"], 3, "{copy}");
+    assert_eq!(copy["copy_out_binary"], json!([[1, "****6789"], [2, "****7890"], [3, "****8901"]]), "{copy}");
     assert_refused(&copy["agent_copy_in_refused"], "an agent's COPY customers FROM STDIN");
     assert_eq!(copy["agent_customers_delta"], 0, "{copy}");
     assert_eq!(copy["agent_orders_copied"], 1, "{copy}");

@@ -90,6 +90,56 @@ fn masked_values_cannot_be_laundered_through_a_write() {
     assert_eq!(text(&out.stdout), "0\n", "no SSN reached orders");
 }
 
+/// `\copy ... (FORMAT binary)` through the gateway is masked row by row and
+/// comes out byte for byte as PostgreSQL's own binary COPY of the masked
+/// values: masked text columns hold the masked text (their types come
+/// from the catalog), a masked value whose type the gateway does not know
+/// is NULL, and the detector rewrites free text.
+#[test]
+fn binary_copy_out_is_masked_as_postgresql_writes_it() {
+    let stack = Stack::start();
+    let agent = stack.token("alice", &["ai-agents"], Some("copilot-cli"));
+    let cases = [
+        (
+            "customers",
+            "SELECT * FROM (VALUES \
+             (1, 'Alice Martin', '****@example.com', '****6789', '****1111', 'prefers e-mail'), \
+             (2, 'Bob Chen', '****@example.org', '****7890', '****0004', 'card on file: ****1881'), \
+             (3, 'Carol Diaz', '****@example.net', '****8901', '****0009', 'VIP since 2019')) v",
+        ),
+        (
+            "(SELECT id, ssn AS tax_id, note FROM customers ORDER BY id)",
+            "SELECT * FROM (VALUES (1, '****6789', 'prefers e-mail'), (2, '****7890', 'card on file: ****1881'), \
+             (3, '****8901', 'VIP since 2019')) v",
+        ),
+        ("customers (id, ssn)", "SELECT * FROM (VALUES (1, '****6789'), (2, '****7890'), (3, '****8901')) v"),
+        (
+            "(SELECT id, upper(ssn) FROM customers ORDER BY id)",
+            "SELECT * FROM (VALUES (1, NULL::text), (2, NULL), (3, NULL)) v",
+        ),
+    ];
+    for (i, (source, expected)) in cases.iter().enumerate() {
+        let through = stack.path(&format!("through-{i}.bin"));
+        let direct = stack.path(&format!("direct-{i}.bin"));
+        let copy = format!("\\copy {source} TO '{}' (FORMAT binary)", through.display());
+        let out = stack.psql(&agent, &["-c", &copy]);
+        assert!(out.status.success(), "{source}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "COPY 3", "{source}");
+        stack.owner_sql(&format!("\\copy ({expected}) TO '{}' (FORMAT binary)", direct.display()));
+        let (through, direct) = (std::fs::read(&through).unwrap(), std::fs::read(&direct).unwrap());
+        assert!(through.starts_with(b"PGCOPY\n\xff\r\n\0"), "{source}");
+        assert_eq!(through, direct, "{source}: the gateway's bytes are PostgreSQL's own");
+    }
+    // Nothing masked for the exempt: the server's bytes as they are.
+    let reader = stack.token("rita", &["ai-agents", "pii-readers"], None);
+    let file = stack.path("reader.bin");
+    let out =
+        stack.psql(&reader, &["-c", &format!("\\copy customers (id, ssn) TO '{}' (FORMAT binary)", file.display())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.windows(11).any(|w| w == b"123-45-6789"), "the exempt see the values");
+}
+
 /// The columns of a `VALUES` list joined with a masked table keep their
 /// own (unmasked) values; a `FULL JOIN ... USING` column merged with a
 /// masked one is masked.

@@ -15,7 +15,7 @@ use pg_proxy::session::hold::HoldOutcome;
 use pg_proxy::session::record::{Record, RecordError};
 use pg_proxy::session::registry::Activity;
 use pg_proxy::session::{CoreConfig, Need, SessionCore, SessionEnd, SessionStart};
-use policy_core::{Definitions, Engine, Identity, Keys, Policy, View, ViewKind};
+use policy_core::{ColumnInfo, Definitions, Engine, Identity, Keys, Policy, View, ViewKind};
 use postgres_protocol::message::frontend;
 
 const POLICY: &str = r#"
@@ -863,18 +863,104 @@ fn a_csv_line_the_gateway_cannot_read_stops_the_copy() {
 #[test]
 fn a_refused_copy_out_sends_the_client_nothing_of_it_but_the_error() {
     let mut h = harness(CoreConfig::default());
-    h.client(&query("COPY (SELECT ssn FROM people) TO STDOUT (FORMAT binary)"));
+    h.client(&query("COPY (SELECT ssn FROM people) TO STDOUT (DELIMITER '|')"));
     h.sent();
-    let mut binary = vec![1u8];
-    binary.extend_from_slice(&1u16.to_be_bytes());
-    binary.extend_from_slice(&1i16.to_be_bytes());
-    h.server(&raw(b'H', &binary));
+    h.server(&copy_out_response(1));
     assert!(matches!(h.needs().as_slice(), [Need::CancelUpstream]));
-    h.server(&cat(&[raw(b'd', b"PGCOPY"), raw(b'c', b""), complete("COPY 1"), ready(b'I')]));
+    h.server(&cat(&[raw(b'd', b"123-45-6789\n"), raw(b'c', b""), complete("COPY 1"), ready(b'I')]));
     let got = h.got();
     assert_eq!(got.len(), 2, "{got:?}");
-    assert!(got[0].1.starts_with("42501 COPY in binary format"), "{got:?}");
+    assert!(got[0].1.starts_with("42501 COPY of masked data"), "{got:?}");
+    assert!(got[0].1.contains("drop the DELIMITER option"), "{got:?}");
     assert_eq!(got[1], ('Z', "I".into()));
+}
+
+fn binary_copy_out_response(columns: u16) -> Vec<u8> {
+    let mut body = vec![1u8];
+    body.extend_from_slice(&columns.to_be_bytes());
+    for _ in 0..columns {
+        body.extend_from_slice(&1i16.to_be_bytes());
+    }
+    raw(b'H', &body)
+}
+
+/// Binary COPY data of text rows, as PostgreSQL writes it.
+fn binary_rows(rows: &[[Option<&str>; 2]]) -> Vec<u8> {
+    let mut data = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+    for row in rows {
+        data.extend_from_slice(&2i16.to_be_bytes());
+        for value in row {
+            match value {
+                None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    data.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    data.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+    }
+    data.extend_from_slice(&(-1i16).to_be_bytes());
+    data
+}
+
+/// A binary COPY of `data` in `CopyData` messages of `piece` bytes, then
+/// `CopyDone`: the COPY data the client got, and the kinds of its messages.
+fn binary_copy_out(data: &[u8], piece: usize) -> (Vec<u8>, Vec<char>) {
+    let mut h = harness(CoreConfig::default());
+    h.client(&query("COPY people (name, ssn) TO STDOUT (FORMAT binary)"));
+    h.sent();
+    let mut server = binary_copy_out_response(2);
+    for part in data.chunks(piece) {
+        server.extend_from_slice(&raw(b'd', part));
+    }
+    server.extend_from_slice(&cat(&[raw(b'c', b""), complete("COPY 2"), ready(b'I')]));
+    h.server(&server);
+    // The column types come from the catalog.
+    answer_catalog(&mut h);
+    let out = h.core.client_output();
+    let (mut copied, mut kinds) = (Vec::new(), Vec::new());
+    while let Some(f) = codec::decode_backend(out, 1 << 20).unwrap() {
+        if f.kind == b'd' {
+            copied.extend_from_slice(f.body());
+        }
+        kinds.push(f.kind as char);
+    }
+    (copied, kinds)
+}
+
+#[test]
+fn binary_copy_out_rows_are_masked_wherever_the_messages_split_them() {
+    let data = binary_rows(&[[Some("Ada"), Some("123-45-6789")], [Some("Bob"), None]]);
+    let want = binary_rows(&[[Some("Ada"), Some("****6789")], [Some("Bob"), None]]);
+    for piece in [1, 7, 19, 26, data.len()] {
+        let (copied, kinds) = binary_copy_out(&data, piece);
+        assert_eq!(copied, want, "pieces of {piece}: {kinds:?}");
+        assert_eq!(kinds.first(), Some(&'H'));
+        assert!(kinds.ends_with(&['c', 'C', 'Z']), "{kinds:?}");
+    }
+}
+
+#[test]
+fn the_row_cap_counts_the_rows_of_binary_copy_data_not_its_messages() {
+    let row = [Some("Ada"), Some("123-45-6789")];
+    // Three rows in four messages (the end marker alone): under the cap of 3.
+    let (copied, kinds) = binary_copy_out(&binary_rows(&[row; 3]), 41);
+    assert_eq!(copied, binary_rows(&[[Some("Ada"), Some("****6789")]; 3]));
+    assert!(kinds.ends_with(&['c', 'C', 'Z']), "{kinds:?}");
+    // Five rows: the header and three rows, then the cap's error.
+    let (copied, kinds) = binary_copy_out(&binary_rows(&[row; 5]), 41);
+    let three = binary_rows(&[[Some("Ada"), Some("****6789")]; 3]);
+    assert_eq!(copied, three[..three.len() - 2], "the header and three rows");
+    assert!(kinds.ends_with(&['E', 'Z']), "the cap's error instead of CommandComplete: {kinds:?}");
+}
+
+#[test]
+fn binary_copy_data_that_ends_inside_a_row_is_an_error_not_a_copy_done() {
+    let data = binary_rows(&[[Some("Ada"), Some("123-45-6789")], [Some("Bob"), Some("234-56-7890")]]);
+    let (copied, kinds) = binary_copy_out(&data[..data.len() - 6], 64);
+    assert!(!copied.windows(6).any(|w| w == b"123-45" || w == b"234-56"), "nothing unmasked");
+    assert!(!kinds.contains(&'c'), "no CopyDone: {kinds:?}");
+    assert!(kinds.ends_with(&['E', 'Z']), "{kinds:?}");
 }
 
 #[test]
@@ -1522,7 +1608,12 @@ fn answer_catalog(h: &mut Harness) {
                 Need::ResolveTables { .. } => h.core.handle_tables(people_table(), h.now),
                 Need::CopyColumns { .. } => {
                     // As the catalog names them: qualified.
-                    let columns = ["id", "name", "ssn"].map(|c| format!("public.people.{c}")).to_vec();
+                    let columns = [("id", 23), ("name", 25), ("ssn", 25)]
+                        .map(|(c, t)| {
+                            let source = format!("public.people.{c}");
+                            ColumnInfo::new(&source, Some(&source), t, false)
+                        })
+                        .to_vec();
                     h.core.handle_copy_columns(Some(columns), h.now)
                 }
                 _ => {}

@@ -3,15 +3,16 @@
 //!
 //! The server announces a COPY's data with `CopyOutResponse` (its overall
 //! format, text or binary, and a column count), then sends one `CopyData`
-//! message per line. The gateway asks [`Engine::copy_out_plan`] what to do
-//! with them once, at the `CopyOutResponse`:
+//! message per line (per row in binary). The gateway asks
+//! [`Engine::copy_out_plan`] what to do with them once, at the
+//! `CopyOutResponse`:
 //!
 //! ```text
-//!   CopyOutResponse ──▶ Engine::copy_out_table(facts) ── Some(t) ──▶ the caller looks up t's columns
-//!                            │                                                   │
+//!   CopyOutResponse ──▶ Engine::copy_out_lookups(facts, binary) ── [t, ...] ──▶ the caller looks up their columns
+//!                            │                                                      │ (names, type OIDs)
 //!                            └──────────────▶ Engine::copy_out_plan(.., table_columns) ◀─┘
 //!                                                   │
-//!                  Forward │ Mask(CopyLayout::Text | Csv) │ Refuse(reason)
+//!                  Forward │ Mask(CopyLayout::Text | Csv | Binary) │ Refuse(reason)
 //! ```
 
 use crate::analyze::StatementFacts;
@@ -30,6 +31,15 @@ pub enum CopyLayout {
     Text,
     /// PostgreSQL's CSV format, with the options the statement gave.
     Csv(CsvLayout),
+    /// PostgreSQL's binary format: a header, then per row a field count
+    /// and each field as a length word and the bytes of the type's binary
+    /// form (`-1` for NULL), then `-1` as the end. A masked value of a
+    /// text-like column ([`ColumnInfo::is_text_type`]) is written as its
+    /// masked text; one of any other type, whose binary form masked text
+    /// cannot take, becomes NULL ([`RowMasker::retyped_columns`] lists
+    /// them). The masker's columns say `binary` and carry the types the
+    /// caller knew ([`Engine::copy_out_plan`]).
+    Binary,
 }
 
 /// PostgreSQL's CSV format as a `COPY ... TO STDOUT (FORMAT csv, ...)`
@@ -176,10 +186,21 @@ impl CopyOutPlan {
     }
 }
 
-const BINARY_MASKED_COLUMNS: &str =
-    "COPY in binary format of a result with masked columns is refused; use the text format";
-const BINARY_DETECTORS: &str =
-    "COPY in binary format cannot be scanned by the policy's PII detectors and is refused; use the text format";
+/// The one table column a result column is a plain reference to.
+fn plain_source(c: &crate::OutputColumn) -> Option<&str> {
+    match c.sources.as_slice() {
+        [only] if c.direct && !c.unknown && !only.ends_with(".*") => Some(only),
+        _ => None,
+    }
+}
+
+/// `schema.table` of a `schema.table.column` name.
+fn table_of_source(source: &str) -> Option<String> {
+    match ColumnInfo::split_name(source)?.as_slice() {
+        [schema, table, _] => Some(crate::analyze::qualified(schema, table)),
+        _ => None,
+    }
+}
 
 /// The table a `COPY table TO STDOUT` copies whole (its facts have a single
 /// `*` output column from one relation), as `schema.table`.
@@ -224,6 +245,45 @@ impl Engine {
         whole_table(facts).filter(|_| !self.policy().masks.is_empty())
     }
 
+    /// The tables whose columns (names and type OIDs) the caller should
+    /// look up before [`Engine::copy_out_plan`]: the table of
+    /// [`Engine::copy_out_table`]; and for binary data, which is masked by
+    /// type, every table a result column refers to plainly (`COPY users
+    /// (id, ssn) TO STDOUT (FORMAT binary)`, `COPY (SELECT id, ssn AS s
+    /// FROM users) TO ...`), so that a masked value of a text column keeps
+    /// its masked text instead of becoming NULL. Empty without column
+    /// masks.
+    ///
+    /// ```
+    /// use policy_core::{Engine, Policy};
+    /// let policy = Policy::from_toml_str(r#"
+    ///     version = 1
+    ///     [[mask]]
+    ///     name = "ssn"
+    ///     columns = ["*.*.ssn"]
+    ///     strategy = "redact"
+    /// "#, "inline.toml")?;
+    /// let engine = Engine::new(policy, Default::default())?;
+    /// let session = engine.new_session();
+    /// let facts = engine.analyze(&session, "COPY (SELECT id, ssn FROM users) TO STDOUT").statements.remove(0);
+    /// assert!(engine.copy_out_lookups(&facts, false).is_empty());
+    /// assert_eq!(engine.copy_out_lookups(&facts, true), ["public.users"]);
+    /// # Ok::<(), policy_core::PolicyError>(())
+    /// ```
+    pub fn copy_out_lookups(&self, facts: &StatementFacts, binary: bool) -> Vec<String> {
+        if let Some(table) = self.copy_out_table(facts) {
+            return vec![table.to_string()];
+        }
+        if !binary || self.policy().masks.is_empty() {
+            return Vec::new();
+        }
+        let mut tables: Vec<String> =
+            facts.output_columns.iter().filter_map(|c| plain_source(c).and_then(table_of_source)).collect();
+        tables.sort();
+        tables.dedup();
+        tables
+    }
+
     /// Plans the data of a `COPY ... TO STDOUT` for `identity`, when the
     /// server's `CopyOutResponse` announced `columns` columns, in binary
     /// when `binary` (its overall format is 1).
@@ -233,18 +293,22 @@ impl Engine {
     /// anonymous, and only detectors can apply). The columns are named from
     /// the analysis when it knows every one of them, else `column1`,
     /// `column2`, ...; for `COPY table TO STDOUT`, `table_columns` (what
-    /// the caller looked up for [`Engine::copy_out_table`]) names them and
-    /// says which table column each one is, when it has `columns` entries.
+    /// the caller looked up for [`Engine::copy_out_table`]: each column's
+    /// `schema.table.column` name as its source, and its type OID, or 0)
+    /// names them and says which table column each one is, when it has
+    /// `columns` entries.
     ///
     /// The text layout with its default options and CSV (with `HEADER`,
     /// `DELIMITER`, `NULL`, `QUOTE`, `ESCAPE`, `FORCE_QUOTE`) are masked
-    /// line by line ([`CopyLayout::from_options`]); when something must be
-    /// masked or scanned and the data is binary, or its options are ones
-    /// the lines cannot be read under (`ENCODING`, or text-format options),
-    /// the plan is a refusal that names what to drop.
+    /// line by line ([`CopyLayout::from_options`]), and the binary format
+    /// row by row ([`CopyLayout::Binary`]: a masked value of a column not
+    /// known to be text-like becomes NULL, so types matter there); when
+    /// something must be masked or scanned and the options are ones the
+    /// data cannot be read under (`ENCODING`, or text-format options), the
+    /// plan is a refusal that names what to drop.
     ///
     /// ```
-    /// use policy_core::{CopyLayout, CopyOutAction, Engine, Identity, Policy};
+    /// use policy_core::{ColumnInfo, CopyLayout, CopyOutAction, Engine, Identity, Policy};
     /// let policy = Policy::from_toml_str(r#"
     ///     version = 1
     ///     [[mask]]
@@ -256,7 +320,10 @@ impl Engine {
     /// let engine = Engine::new(policy, Default::default())?;
     /// let session = engine.new_session();
     /// let facts = engine.analyze(&session, "COPY users TO STDOUT").statements.remove(0);
-    /// let columns = ["public.users.id".to_string(), "public.users.ssn".to_string()];
+    /// let columns = [
+    ///     ColumnInfo::new("id", Some("public.users.id"), 23, false),
+    ///     ColumnInfo::new("ssn", Some("public.users.ssn"), 25, false),
+    /// ];
     ///
     /// let plan = engine.copy_out_plan(&Identity::new("bob"), Some(&facts), 2, false, Some(&columns));
     /// assert_eq!(plan.action, CopyOutAction::Mask(CopyLayout::Text));
@@ -270,6 +337,10 @@ impl Engine {
     /// let plan = engine.copy_out_plan(&Identity::new("bob"), Some(&latin1), 2, false, Some(&columns));
     /// assert!(plan.refusal().is_some_and(|r| r.contains("drop the ENCODING option")));
     ///
+    /// let binary = engine.analyze(&session, "COPY users TO STDOUT (FORMAT binary)").statements.remove(0);
+    /// let plan = engine.copy_out_plan(&Identity::new("bob"), Some(&binary), 2, true, Some(&columns));
+    /// assert_eq!(plan.action, CopyOutAction::Mask(CopyLayout::Binary));
+    ///
     /// let reader = Identity::new("ann").with_groups(["pii-readers"]);
     /// let plan = engine.copy_out_plan(&reader, Some(&latin1), 2, false, Some(&columns));
     /// assert_eq!(plan.action, CopyOutAction::Forward);
@@ -281,18 +352,45 @@ impl Engine {
         facts: Option<&StatementFacts>,
         columns: usize,
         binary: bool,
-        table_columns: Option<&[String]>,
+        table_columns: Option<&[ColumnInfo]>,
     ) -> CopyOutPlan {
+        // Lines hold text; binary rows hold each type's binary form, of a
+        // type the caller may not know (0).
+        let column = |name: &str| match binary {
+            false => ColumnInfo::text(name, None),
+            true => ColumnInfo::new(name, None, 0, true),
+        };
         let mut fields: Vec<ColumnInfo> = match facts {
             Some(f) if f.output_columns.len() == columns && f.output_columns.iter().all(|c| c.name != "*") => {
-                f.output_columns.iter().map(|c| ColumnInfo::text(&c.name, None)).collect()
+                f.output_columns.iter().map(|c| column(&c.name)).collect()
             }
-            _ => (1..=columns).map(|i| ColumnInfo::text(&format!("column{i}"), None)).collect(),
+            _ => (1..=columns).map(|i| column(&format!("column{i}"))).collect(),
         };
-        if let Some(names) = table_columns.filter(|n| n.len() == columns) {
-            if facts.and_then(|f| self.copy_out_table(f)).is_some() {
-                fields = names.iter().map(|n| ColumnInfo::text(n, Some(n))).collect();
+        let whole = facts.and_then(|f| self.copy_out_table(f));
+        match (table_columns, whole) {
+            (Some(table), Some(_)) if table.len() == columns => {
+                fields = table
+                    .iter()
+                    .map(|c| match binary {
+                        false => ColumnInfo::text(&c.name, c.source.as_deref()),
+                        true => ColumnInfo::new(&c.name, c.source.as_deref(), c.type_oid, true),
+                    })
+                    .collect();
             }
+            // Binary: a plain reference has its table column's type (a
+            // cast keeps a reference plain only when it is to text).
+            (Some(looked_up), None) if binary => {
+                if let Some(f) = facts.filter(|f| f.output_columns.len() == columns) {
+                    for (field, out) in fields.iter_mut().zip(&f.output_columns) {
+                        let typed =
+                            plain_source(out).and_then(|s| looked_up.iter().find(|c| c.source.as_deref() == Some(s)));
+                        if let Some(c) = typed {
+                            field.type_oid = c.type_oid;
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
         let default_facts;
         let facts_for_masks = match facts {
@@ -303,21 +401,19 @@ impl Engine {
             }
         };
         let masker = self.masker(identity, facts_for_masks, &fields);
-        // The text layout with its defaults and CSV are masked; anything
-        // else with something to mask is refused, saying which option to
-        // drop. Without facts the statement's options are unknown: the
+        // The text layout with its defaults, CSV and binary are masked;
+        // anything else with something to mask is refused, saying which
+        // option to drop. Without facts the statement's options are unknown: the
         // lines are read as plain text, and one that does not split into
         // the announced columns stops the COPY.
         let layout = match facts {
             Some(f) => CopyLayout::from_options(&f.copy_options),
             None => Ok(CopyLayout::Text),
         };
-        let column_masks = (0..fields.len()).any(|i| masker.mask_of(i).is_some());
         let action = match (masker.is_noop(), binary, layout) {
             (true, _, _) => CopyOutAction::Forward,
-            (false, true, _) if column_masks => CopyOutAction::Refuse(BINARY_MASKED_COLUMNS.to_string()),
-            (false, true, _) => CopyOutAction::Refuse(BINARY_DETECTORS.to_string()),
-            (false, false, Err(reason)) => CopyOutAction::Refuse(reason),
+            (false, _, Err(reason)) => CopyOutAction::Refuse(reason),
+            (false, true, Ok(_)) => CopyOutAction::Mask(CopyLayout::Binary),
             (false, false, Ok(layout)) => CopyOutAction::Mask(layout),
         };
         CopyOutPlan { masker, action }
@@ -368,8 +464,16 @@ strategy = "redact"
         Identity::new("ann").with_groups(["pii-readers"])
     }
 
-    fn users() -> Vec<String> {
-        ["id", "name", "ssn"].iter().map(|c| ColumnInfo::source_name("public", "users", c)).collect()
+    /// The columns of `public.users` as the catalog gives them: `id int`,
+    /// `name text`, `ssn text`.
+    fn users() -> Vec<ColumnInfo> {
+        [("id", 23), ("name", 25), ("ssn", 25)]
+            .iter()
+            .map(|(c, t)| {
+                let source = ColumnInfo::source_name("public", "users", c);
+                ColumnInfo::new(&source, Some(&source), *t, false)
+            })
+            .collect()
     }
 
     /// Masks one text row with the plan's masker.
@@ -498,11 +602,30 @@ strategy = "redact"
             e.copy_out_plan(&bob(), Some(&f), 3, false, Some(&users())).action,
             CopyOutAction::Mask(CopyLayout::Text)
         );
-        // Binary: the message says why.
+        // Binary: masked row by row, with the looked-up types: a masked
+        // text column takes the masked text, any other becomes NULL.
         let f = facts(&e, "COPY users TO STDOUT (FORMAT binary)");
         let plan = e.copy_out_plan(&bob(), Some(&f), 3, true, Some(&users()));
-        assert_eq!(plan.refusal(), Some(BINARY_MASKED_COLUMNS));
-        assert!(plan.refusal().is_some_and(|r| r.contains("use the text format")));
+        assert_eq!(plan.action, CopyOutAction::Mask(CopyLayout::Binary));
+        assert_eq!(masked(&plan, &["\0\0\0\x01", "Ann", "123-45-6789"])[2], "****6789");
+        assert!(plan.masker.retyped_columns().is_empty());
+        let f = facts(&e, "COPY (SELECT id, ssn FROM users) TO STDOUT (FORMAT binary)");
+        let plan = e.copy_out_plan(&bob(), Some(&f), 2, true, None);
+        assert_eq!(plan.action, CopyOutAction::Mask(CopyLayout::Binary));
+        assert_eq!(plan.masker.retyped_columns(), [1], "the type is unknown: not known to take text");
+        assert_eq!(e.copy_out_lookups(&f, true), ["public.users"]);
+        let plan = e.copy_out_plan(&bob(), Some(&f), 2, true, Some(&users()));
+        assert!(plan.masker.retyped_columns().is_empty(), "a plain reference to a text column takes text");
+        assert_eq!(masked(&plan, &["\0\0\0\x01", "123-45-6789"])[1], "****6789");
+        let f = facts(&e, "COPY (SELECT id, upper(ssn) AS s FROM users) TO STDOUT (FORMAT binary)");
+        assert!(e.copy_out_lookups(&f, true) == ["public.users"], "id is a plain reference");
+        let plan = e.copy_out_plan(&bob(), Some(&f), 2, true, Some(&users()));
+        assert_eq!(plan.masker.retyped_columns(), [1], "a computed column's type is not known");
+        let f = facts(&e, "COPY users (id, ssn) TO STDOUT (FORMAT binary)");
+        assert_eq!(e.copy_out_lookups(&f, true), ["public.users"]);
+        assert!(e.copy_out_lookups(&f, false).is_empty(), "text needs no types");
+        let f = facts(&e, "COPY users TO STDOUT (FORMAT binary, ENCODING 'LATIN1')");
+        assert!(e.copy_out_plan(&bob(), Some(&f), 3, true, Some(&users())).refusal().is_some());
         // Nothing to mask for this identity: every layout passes.
         let f = facts(&e, "COPY users TO STDOUT (ENCODING 'LATIN1')");
         assert_eq!(e.copy_out_plan(&reader(), Some(&f), 3, false, Some(&users())).action, CopyOutAction::Forward);
@@ -516,7 +639,7 @@ strategy = "redact"
         assert_eq!(plan.action, CopyOutAction::Mask(CopyLayout::Text));
         assert_eq!(masked(&plan, &["card 4111 1111 1111 1111"])[0], format!("card {}", crate::mask::REDACTED));
         let plan = e.copy_out_plan(&bob(), Some(&f), 1, true, None);
-        assert_eq!(plan.refusal(), Some(BINARY_DETECTORS));
+        assert_eq!(plan.action, CopyOutAction::Mask(CopyLayout::Binary));
         let f = facts(&e, "COPY (SELECT note FROM orders) TO STDOUT (FORMAT csv)");
         let plan = e.copy_out_plan(&bob(), Some(&f), 1, false, None);
         assert!(matches!(plan.action, CopyOutAction::Mask(CopyLayout::Csv(_))), "{:?}", plan.action);
@@ -530,7 +653,7 @@ strategy = "redact"
         let e = engine(DETECTORS_ONLY);
         let plan = e.copy_out_plan(&bob(), None, 2, false, None);
         assert_eq!(plan.action, CopyOutAction::Mask(CopyLayout::Text));
-        assert_eq!(e.copy_out_plan(&bob(), None, 2, true, None).refusal(), Some(BINARY_DETECTORS));
+        assert_eq!(e.copy_out_plan(&bob(), None, 2, true, None).action, CopyOutAction::Mask(CopyLayout::Binary));
         // Column masks: with no lineage, every column is masked whole (and
         // looked-up names are not taken without the facts that ask for them).
         let e = engine(MASKS);

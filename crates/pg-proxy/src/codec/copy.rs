@@ -333,6 +333,267 @@ pub fn csv_data_line<T: AsRef<[u8]>>(
     finish_copy_data(out, start)
 }
 
+/// The first bytes of PostgreSQL's binary COPY data.
+pub const BINARY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+/// Binary COPY data that is not as PostgreSQL writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BinaryCopyError {
+    /// The data does not start with [`BINARY_SIGNATURE`].
+    #[error("the data does not start with the binary COPY signature")]
+    Signature,
+    /// Header flags the gateway cannot read rows under (bit 16: each row
+    /// carries an OID, which PostgreSQL 12 and later never send).
+    #[error("the binary COPY header has flags {0:#x}, which the gateway does not read")]
+    Flags(u32),
+    /// A row whose field count is not the COPY's column count.
+    #[error("a row of {got} fields in a COPY of {want} columns")]
+    FieldCount {
+        /// The row's field count.
+        got: i16,
+        /// The columns the `CopyOutResponse` announced.
+        want: usize,
+    },
+    /// A field length below -1.
+    #[error("a field with the impossible length {0}")]
+    FieldLength(i32),
+    /// Bytes after the end-of-data marker.
+    #[error("data after the end-of-data marker")]
+    AfterEnd,
+    /// One row (or the header) larger than the gateway holds at once.
+    #[error("a row of more than {0} bytes")]
+    TooLarge(usize),
+    /// The data ended inside the header or a row, or without its end marker.
+    #[error("the data ended inside a row or without its end marker")]
+    Truncated,
+}
+
+/// Where a [`BinaryCopy`] is in the data.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum BinaryStage {
+    /// The signature, flags and header extension come next.
+    #[default]
+    Header,
+    /// Rows, or the end marker, come next.
+    Rows,
+    /// The end marker has been read.
+    Ended,
+    /// The callback stopped the COPY: what follows is dropped.
+    Stopped,
+}
+
+/// PostgreSQL's binary COPY format, read row by row from the bodies of
+/// `CopyData` messages, whose boundaries it does not rely on (the server
+/// sends one row per message, the header with the first, but a row may be
+/// split): a row that has not fully arrived waits for the next message.
+///
+/// [`BinaryCopy::feed`] hands each complete row to a callback that may
+/// change its values and writes what it read as one `CopyData` message:
+/// the header and the end marker as they came, each row as it came when
+/// the callback changed nothing, rewritten otherwise. The callback may
+/// also stop the COPY (a row cap): that row and everything after it is
+/// dropped.
+///
+/// ```
+/// use std::borrow::Cow;
+/// use bytes::BytesMut;
+/// use pg_proxy::codec::copy::{BinaryCopy, BINARY_SIGNATURE};
+/// let mut data = BINARY_SIGNATURE.to_vec();
+/// data.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]); // flags, no extension
+/// data.extend_from_slice(&[0, 2, 0, 0, 0, 3, b'A', b'd', b'a', 0xff, 0xff, 0xff, 0xff]); // ("Ada", NULL)
+/// data.extend_from_slice(&[0xff, 0xff]); // the end
+/// let mut copy = BinaryCopy::new(2, 1 << 20);
+/// let mut out = BytesMut::new();
+/// // Split anywhere: rows wait for their last byte.
+/// for part in data.chunks(7) {
+///     copy.feed(part, &mut |row| {
+///         row[0] = Some(Cow::Borrowed(b"A*a"));
+///         Some(1)
+///     }, &mut out).unwrap();
+/// }
+/// assert!(copy.finish().is_ok());
+/// let mut bodies = Vec::new();
+/// let mut rest = &out[..];
+/// while let [b'd', a, b, c, d, tail @ ..] = rest {
+///     let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize - 4;
+///     bodies.extend_from_slice(&tail[..len]);
+///     rest = &tail[len..];
+/// }
+/// assert_eq!(bodies.windows(3).filter(|w| w == b"A*a").count(), 1);
+/// assert_eq!(bodies.len(), data.len());
+/// ```
+#[derive(Debug)]
+pub struct BinaryCopy {
+    columns: usize,
+    max_row: usize,
+    stage: BinaryStage,
+    /// The start of a header or row that has not fully arrived.
+    pending: Vec<u8>,
+}
+
+/// What one row is read into: its values, borrowed from the data.
+pub type BinaryRow<'a> = Vec<Option<Cow<'a, [u8]>>>;
+
+impl BinaryCopy {
+    /// A reader for a COPY of `columns` columns that holds at most
+    /// `max_row` bytes of a row that has not fully arrived.
+    pub fn new(columns: usize, max_row: usize) -> BinaryCopy {
+        BinaryCopy { columns, max_row, stage: BinaryStage::Header, pending: Vec::new() }
+    }
+
+    /// Reads one `CopyData` body; `mask` gets every complete row and says
+    /// how many values it changed, or `None` to stop the COPY there.
+    /// Appends one `CopyData` message to `out` when something complete was
+    /// read.
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        mask: &mut dyn for<'r> FnMut(&mut BinaryRow<'r>) -> Option<usize>,
+        out: &mut BytesMut,
+    ) -> Result<(), BinaryCopyError> {
+        if self.stage == BinaryStage::Stopped {
+            return Ok(());
+        }
+        let joined;
+        let buf: &[u8] = if self.pending.is_empty() {
+            data
+        } else {
+            self.pending.extend_from_slice(data);
+            joined = std::mem::take(&mut self.pending);
+            &joined
+        };
+        let start = out.len();
+        out.extend_from_slice(b"d\0\0\0\0");
+        let read = self.read(buf, mask, out);
+        let consumed = match read {
+            Ok(consumed) => consumed,
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        };
+        let rest = match self.stage {
+            BinaryStage::Stopped => &[],
+            _ => buf.get(consumed..).unwrap_or_default(),
+        };
+        if rest.len() > self.max_row {
+            out.truncate(start);
+            return Err(BinaryCopyError::TooLarge(self.max_row));
+        }
+        self.pending = rest.to_vec();
+        if out.len() == start + 5 {
+            out.truncate(start);
+            return Ok(());
+        }
+        finish_copy_data(out, start).map_err(|_| BinaryCopyError::TooLarge(i32::MAX as usize))
+    }
+
+    /// Whether the data ended where it may: after the end marker (or
+    /// after the callback stopped the COPY).
+    pub fn finish(&self) -> Result<(), BinaryCopyError> {
+        match (self.stage, self.pending.is_empty()) {
+            (BinaryStage::Ended, true) | (BinaryStage::Stopped, _) => Ok(()),
+            _ => Err(BinaryCopyError::Truncated),
+        }
+    }
+
+    /// Reads what is complete in `buf`, writing it to `out`; returns how
+    /// many bytes it read.
+    fn read(
+        &mut self,
+        buf: &[u8],
+        mask: &mut dyn for<'r> FnMut(&mut BinaryRow<'r>) -> Option<usize>,
+        out: &mut BytesMut,
+    ) -> Result<usize, BinaryCopyError> {
+        let mut at = 0;
+        let mut row: BinaryRow<'_> = Vec::with_capacity(self.columns);
+        loop {
+            match self.stage {
+                BinaryStage::Header => {
+                    let Some(fixed) = buf.get(at..at + 19) else { return Ok(at) };
+                    if fixed.get(..11) != Some(BINARY_SIGNATURE.as_slice()) {
+                        return Err(BinaryCopyError::Signature);
+                    }
+                    let flags = be_u32(fixed, 11);
+                    // Bits 0-15 are what a reader must understand, bit 16
+                    // puts an OID in every row; bits 17-31 may be ignored.
+                    if flags & 0x0001_ffff != 0 {
+                        return Err(BinaryCopyError::Flags(flags));
+                    }
+                    let extension = be_u32(fixed, 15) as usize;
+                    let end = (at + 19).checked_add(extension).ok_or(BinaryCopyError::TooLarge(self.max_row))?;
+                    let Some(header) = buf.get(at..end) else { return Ok(at) };
+                    out.extend_from_slice(header);
+                    at = end;
+                    self.stage = BinaryStage::Rows;
+                }
+                BinaryStage::Rows => {
+                    let Some(&[high, low]) = buf.get(at..at + 2) else { return Ok(at) };
+                    let count = i16::from_be_bytes([high, low]);
+                    if count == -1 {
+                        out.extend_from_slice(&[0xff, 0xff]);
+                        at += 2;
+                        self.stage = BinaryStage::Ended;
+                        continue;
+                    }
+                    if usize::try_from(count).ok() != Some(self.columns) {
+                        return Err(BinaryCopyError::FieldCount { got: count, want: self.columns });
+                    }
+                    row.clear();
+                    let mut p = at + 2;
+                    for _ in 0..self.columns {
+                        let Some(&[a, b, c, d]) = buf.get(p..p + 4) else { return Ok(at) };
+                        let len = i32::from_be_bytes([a, b, c, d]);
+                        p += 4;
+                        if len == -1 {
+                            row.push(None);
+                            continue;
+                        }
+                        let len = usize::try_from(len).map_err(|_| BinaryCopyError::FieldLength(len))?;
+                        if len > self.max_row {
+                            return Err(BinaryCopyError::TooLarge(self.max_row));
+                        }
+                        let Some(value) = buf.get(p..p + len) else { return Ok(at) };
+                        row.push(Some(Cow::Borrowed(value)));
+                        p += len;
+                    }
+                    let Some(changed) = mask(&mut row) else {
+                        self.stage = BinaryStage::Stopped;
+                        return Ok(buf.len());
+                    };
+                    if changed == 0 {
+                        out.extend_from_slice(buf.get(at..p).unwrap_or_default());
+                    } else {
+                        out.extend_from_slice(&count.to_be_bytes());
+                        for value in &row {
+                            match value {
+                                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                                Some(v) => {
+                                    let len = i32::try_from(v.len())
+                                        .map_err(|_| BinaryCopyError::TooLarge(i32::MAX as usize))?;
+                                    out.extend_from_slice(&len.to_be_bytes());
+                                    out.extend_from_slice(v);
+                                }
+                            }
+                        }
+                    }
+                    at = p;
+                }
+                BinaryStage::Ended if at < buf.len() => return Err(BinaryCopyError::AfterEnd),
+                BinaryStage::Ended | BinaryStage::Stopped => return Ok(at),
+            }
+        }
+    }
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> u32 {
+    match bytes.get(at..at + 4) {
+        Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
@@ -428,5 +689,122 @@ mod tests {
         assert_eq!(split(b"1,ab\"c\n"), Err(CsvError::StrayQuote(4)));
         assert_eq!(split(b"\"a\"b,c\n"), Err(CsvError::AfterQuote(3)));
         assert_eq!(split(b"\"a\"\"\n"), Err(CsvError::Unclosed));
+    }
+
+    /// Binary COPY data: a header, then `rows`, then the end marker.
+    fn binary_data(rows: &[&[Option<&[u8]>]]) -> Vec<u8> {
+        let mut data = BINARY_SIGNATURE.to_vec();
+        data.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        for row in rows {
+            data.extend_from_slice(&(row.len() as i16).to_be_bytes());
+            for v in *row {
+                match v {
+                    None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(v) => {
+                        data.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                        data.extend_from_slice(v);
+                    }
+                }
+            }
+        }
+        data.extend_from_slice(&[0xff, 0xff]);
+        data
+    }
+
+    /// The bodies of the `CopyData` messages in `out`, joined.
+    fn bodies(out: &[u8]) -> Vec<u8> {
+        let mut joined = Vec::new();
+        let mut rest = out;
+        while let [b'd', a, b, c, d, tail @ ..] = rest {
+            let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize - 4;
+            joined.extend_from_slice(&tail[..len]);
+            rest = &tail[len..];
+        }
+        assert!(rest.is_empty(), "only CopyData messages");
+        joined
+    }
+
+    /// Feeds `data` in pieces of `piece` bytes, masking column 1 to `***`.
+    fn masked_binary(data: &[u8], piece: usize, columns: usize) -> Result<Vec<u8>, BinaryCopyError> {
+        let mut reader = BinaryCopy::new(columns, 1 << 16);
+        let mut out = BytesMut::new();
+        for part in data.chunks(piece) {
+            reader.feed(
+                part,
+                &mut |row| match row.get_mut(1) {
+                    Some(v @ Some(_)) => {
+                        *v = Some(Cow::Borrowed(b"***"));
+                        Some(1)
+                    }
+                    _ => Some(0),
+                },
+                &mut out,
+            )?;
+        }
+        reader.finish()?;
+        Ok(bodies(&out))
+    }
+
+    #[test]
+    fn binary_rows_are_rewritten_wherever_the_messages_split_them() {
+        let data = binary_data(&[&[Some(b"1"), Some(b"123-45-6789")], &[Some(b"2"), None], &[None, Some(b"")]]);
+        let want = binary_data(&[&[Some(b"1"), Some(b"***")], &[Some(b"2"), None], &[None, Some(b"***")]]);
+        for piece in 1..=data.len() {
+            assert_eq!(masked_binary(&data, piece, 2), Ok(want.clone()), "pieces of {piece}");
+        }
+        // Nothing changed: the bytes as they came.
+        let clean = binary_data(&[&[Some(b"1"), None]]);
+        assert_eq!(masked_binary(&clean, 5, 2), Ok(clean.clone()));
+        // No rows; a header extension is passed on.
+        let mut extended = BINARY_SIGNATURE.to_vec();
+        extended.extend_from_slice(&[0, 2, 0, 0, 0, 0, 0, 3, 9, 9, 9, 0xff, 0xff]);
+        assert_eq!(masked_binary(&extended, 4, 2), Ok(extended.clone()), "bits 17-31 may be ignored");
+    }
+
+    #[test]
+    fn binary_data_postgresql_does_not_write_is_an_error() {
+        let good = binary_data(&[&[Some(b"1"), Some(b"x")]]);
+        let mut bad_signature = good.clone();
+        bad_signature[0] = b'X';
+        assert_eq!(masked_binary(&bad_signature, 64, 2), Err(BinaryCopyError::Signature));
+        let mut oids = good.clone();
+        oids[12] = 1; // bit 16
+        assert_eq!(masked_binary(&oids, 64, 2), Err(BinaryCopyError::Flags(0x1_0000)));
+        assert_eq!(masked_binary(&good, 64, 3), Err(BinaryCopyError::FieldCount { got: 2, want: 3 }));
+        let mut negative = good.clone();
+        negative[21..25].copy_from_slice(&(-2i32).to_be_bytes());
+        assert_eq!(masked_binary(&negative, 64, 2), Err(BinaryCopyError::FieldLength(-2)));
+        let mut after = good.clone();
+        after.push(0);
+        assert_eq!(masked_binary(&after, 64, 2), Err(BinaryCopyError::AfterEnd));
+        assert_eq!(masked_binary(&good[..good.len() - 2], 64, 2), Err(BinaryCopyError::Truncated));
+        assert_eq!(masked_binary(&good[..good.len() - 5], 7, 2), Err(BinaryCopyError::Truncated));
+        let mut huge = good.clone();
+        huge[21..25].copy_from_slice(&(1i32 << 20).to_be_bytes());
+        assert_eq!(masked_binary(&huge, 64, 2), Err(BinaryCopyError::TooLarge(1 << 16)));
+        // A row that never completes is held up to the limit, not beyond.
+        let mut reader = BinaryCopy::new(1, 64);
+        let mut out = BytesMut::new();
+        let mut header = BINARY_SIGNATURE.to_vec();
+        header.extend_from_slice(&[0; 8]);
+        header.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
+        reader.feed(&header, &mut |_| Some(0), &mut out).unwrap();
+        assert_eq!(reader.feed(&[b'x'; 59], &mut |_| Some(0), &mut out), Err(BinaryCopyError::TooLarge(64)));
+    }
+
+    #[test]
+    fn a_stopped_binary_copy_drops_the_rest() {
+        let data = binary_data(&[&[Some(b"1")], &[Some(b"2")], &[Some(b"3")]]);
+        let mut reader = BinaryCopy::new(1, 1 << 16);
+        let mut out = BytesMut::new();
+        let mut seen = 0;
+        let mut cap = |_: &mut BinaryRow<'_>| {
+            seen += 1;
+            (seen <= 2).then_some(0)
+        };
+        reader.feed(&data, &mut cap, &mut out).unwrap();
+        reader.feed(b"anything", &mut cap, &mut out).unwrap();
+        assert_eq!(reader.finish(), Ok(()));
+        assert_eq!(bodies(&out), data[..19 + 2 * 7].to_vec(), "the header and two rows");
     }
 }

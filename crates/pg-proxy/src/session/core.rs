@@ -119,11 +119,12 @@ pub enum Need {
         /// The OIDs.
         oids: Vec<u32>,
     },
-    /// Read the column names of `table` (`schema.name`) and answer with
+    /// Read the columns of `tables` (`schema.name`: names and types, in
+    /// order, one table after the other) and answer with
     /// [`SessionCore::handle_copy_columns`]. Server messages wait.
     CopyColumns {
-        /// The table.
-        table: String,
+        /// The tables.
+        tables: Vec<String>,
     },
     /// The catalog changed (DDL ran, or a statement that may change views
     /// completed): forget cached table names and read the views again
@@ -315,6 +316,8 @@ struct CopyOut {
     header: bool,
     /// Which fields of the CSV line being masked were quoted.
     quoted: Vec<bool>,
+    /// The binary layout's reader (rows may span `CopyData` messages).
+    binary: Option<copy::BinaryCopy>,
 }
 
 /// The result being relayed.
@@ -541,7 +544,7 @@ pub struct SessionCore {
     last_description: Option<LastDescription>,
     /// A catalog answer for the frame that waits for it.
     tables: Option<HashMap<u32, Arc<Table>>>,
-    copy_columns: Option<Option<Vec<String>>>,
+    copy_columns: Option<Option<Vec<ColumnInfo>>>,
     /// Room for one row's values, reused.
     row: RowScratch,
     /// A statement that may change the database's views was let through
@@ -773,7 +776,7 @@ impl SessionCore {
     }
 
     /// The catalog's answer to [`Need::CopyColumns`].
-    pub fn handle_copy_columns(&mut self, columns: Option<Vec<String>>, now: Instant) {
+    pub fn handle_copy_columns(&mut self, columns: Option<Vec<ColumnInfo>>, now: Instant) {
         self.now = now;
         self.copy_columns = Some(columns);
         self.resume_backend();
@@ -2049,6 +2052,7 @@ impl SessionCore {
             BackendMessage::DataRow | BackendMessage::CopyData => self.on_row(message, frame),
             BackendMessage::CopyOutResponse => return self.start_copy_out(&frame, None),
             BackendMessage::CopyDone => {
+                self.end_binary_copy();
                 // A refused COPY's client never saw its CopyOutResponse.
                 if self.current_result().is_none_or(|r| r.refused.is_none()) {
                     self.forward_to_client(&frame);
@@ -2169,7 +2173,9 @@ impl SessionCore {
                 self.copy_in_started = true;
                 self.forward_to_client(&frame);
             }
-            BackendMessage::CopyDone if self.current_result().is_some_and(|r| r.refused.is_some()) => {
+            BackendMessage::CopyDone
+                if self.end_binary_copy() || self.current_result().is_some_and(|r| r.refused.is_some()) =>
+            {
                 // A refused COPY's client never saw its CopyOutResponse.
             }
             BackendMessage::CopyDone | BackendMessage::CopyBothResponse | BackendMessage::EmptyQueryResponse => {
@@ -2248,8 +2254,16 @@ impl SessionCore {
             self.to_client.extend_from_slice(frame.frame);
             return;
         }
-        result.rows += 1;
-        if result.cap > 0 && result.rows > result.cap {
+        // Binary COPY data is counted by the rows read out of it (a
+        // message may hold the header or the end marker, or split a row).
+        let binary_copy = result.copy_out.as_ref().is_some_and(|c| c.binary.is_some());
+        if binary_copy && result.capped {
+            return;
+        }
+        if !binary_copy {
+            result.rows += 1;
+        }
+        if !binary_copy && result.cap > 0 && result.rows > result.cap {
             if !result.capped {
                 result.capped = true;
                 tracing::info!(cap = result.cap, "row cap reached; cancelling the query");
@@ -2292,6 +2306,39 @@ impl SessionCore {
                     self.row.give_back(row);
                     outcome
                 }
+                CopyLayout::Binary => match copy_out.binary.as_mut() {
+                    Some(reader) => {
+                        // A masked value of a column not known to take text
+                        // becomes NULL: its binary form cannot hold text.
+                        let retyped = masker.retyped_columns();
+                        let (cap, rows) = (result.cap, &mut result.rows);
+                        let mut over = false;
+                        let mut mask = |row: &mut copy::BinaryRow<'_>| {
+                            *rows += 1;
+                            if cap > 0 && *rows > cap {
+                                over = true;
+                                return None;
+                            }
+                            let changed = masker.mask_row(row);
+                            for &i in retyped {
+                                if let Some(v) = row.get_mut(i) {
+                                    *v = None;
+                                }
+                            }
+                            Some(changed)
+                        };
+                        let fed = reader.feed(frame.body(), &mut mask, &mut self.to_client).map_err(|e| {
+                            tracing::warn!(error = %e, "binary COPY data the gateway cannot read; refusing the COPY");
+                        });
+                        if over {
+                            result.capped = true;
+                            tracing::info!(cap = result.cap, "row cap reached; cancelling the query");
+                            self.needs.push_back(Need::CancelUpstream);
+                        }
+                        fed
+                    }
+                    None => Err(()),
+                },
                 _ => {
                     let mut row = self.row.lend();
                     let newline = copy::split_line(frame.body(), &mut row);
@@ -2315,6 +2362,13 @@ impl SessionCore {
                      refused"
                         .into(),
                 );
+                if copy_out.binary.is_some() {
+                    result.refused = Some(
+                        "the COPY's binary data could not be read row by row, so it could not be masked; the COPY \
+                         is refused"
+                            .into(),
+                    );
+                }
                 self.needs.push_back(Need::CancelUpstream);
             }
             return;
@@ -2335,6 +2389,26 @@ impl SessionCore {
         }
     }
 
+    /// At a `CopyDone`: a binary COPY being masked must have ended after
+    /// its end marker; one that did not is refused (the client gets an
+    /// error instead of `CopyDone`). Returns whether it was refused here.
+    fn end_binary_copy(&mut self) -> bool {
+        let Some(result) = self.current_result_mut() else { return false };
+        let Some(reader) = result.copy_out.as_ref().and_then(|c| c.binary.as_ref()) else { return false };
+        if result.refused.is_some() {
+            return false;
+        }
+        match reader.finish() {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "binary COPY data ended where it may not; refusing the COPY");
+                result.refused =
+                    Some(format!("the COPY's binary data could not be masked ({e}); the COPY is refused").into());
+                true
+            }
+        }
+    }
+
     #[cold]
     fn start_copy_out(&mut self, frame: &BackendView<'_>, facts: Option<Arc<StatementFacts>>) -> bool {
         let (format, columns) = match codec::parse_copy_response(frame) {
@@ -2347,13 +2421,15 @@ impl SessionCore {
         };
         let facts = facts.or_else(|| self.current_result().and_then(|r| r.facts.clone()));
         let engine = Arc::clone(&self.engine);
-        // `COPY table TO STDOUT`: the table's columns, from the catalog.
+        // `COPY table TO STDOUT`: the table's columns, from the catalog;
+        // binary data: the types of the columns it refers to.
         let mut table_columns = None;
-        if let Some(table) = facts.as_deref().and_then(|f| engine.copy_out_table(f)) {
+        let lookups = facts.as_deref().map(|f| engine.copy_out_lookups(f, format != 0)).unwrap_or_default();
+        if !lookups.is_empty() {
             match self.copy_columns.take() {
                 Some(answer) => table_columns = answer,
                 None => {
-                    self.needs.push_back(Need::CopyColumns { table: table.to_string() });
+                    self.needs.push_back(Need::CopyColumns { tables: lookups });
                     self.backend = BackendState::WaitingCatalog(frame.to_owned_frame());
                     return false;
                 }
@@ -2370,7 +2446,9 @@ impl SessionCore {
         // not know how to carry out is refused (fail closed).
         let (masker, layout, refusal) = match plan.action {
             CopyOutAction::Forward => (RowMasker::default(), CopyLayout::Text, None),
-            CopyOutAction::Mask(layout @ (CopyLayout::Text | CopyLayout::Csv(_))) => (plan.masker, layout, None),
+            CopyOutAction::Mask(layout @ (CopyLayout::Text | CopyLayout::Csv(_) | CopyLayout::Binary)) => {
+                (plan.masker, layout, None)
+            }
             CopyOutAction::Refuse(reason) => (plan.masker, CopyLayout::Text, Some(reason)),
             other => (
                 plan.masker,
@@ -2378,9 +2456,12 @@ impl SessionCore {
                 Some(format!("COPY data the gateway cannot mask in this layout ({other:?}) is refused")),
             ),
         };
+        let max_row = self.config.max_message_bytes;
         if let Some(result) = self.current_result_mut() {
             let header = matches!(&layout, CopyLayout::Csv(csv) if csv.header);
-            result.copy_out = Some(Box::new(CopyOut { columns: columns.len(), layout, header, quoted: Vec::new() }));
+            let binary = (layout == CopyLayout::Binary).then(|| copy::BinaryCopy::new(columns.len(), max_row));
+            result.copy_out =
+                Some(Box::new(CopyOut { columns: columns.len(), layout, header, quoted: Vec::new(), binary }));
             result.masker = Some(Arc::new(masker));
             if let Some(reason) = &refusal {
                 result.refused = Some(reason.as_str().into());

@@ -209,8 +209,14 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                     let tables = gw.catalog.tables(&database, &oids).await;
                     core.handle_tables(tables, Instant::now());
                 }
-                Need::CopyColumns { table } => {
-                    let columns = gw.catalog.copy_columns(&database, &table).await;
+                Need::CopyColumns { tables } => {
+                    let mut columns = Some(Vec::new());
+                    for table in &tables {
+                        match (gw.catalog.copy_columns(&database, table).await, columns.as_mut()) {
+                            (Some(found), Some(all)) => all.extend(found),
+                            _ => columns = None,
+                        }
+                    }
                     core.handle_copy_columns(columns, Instant::now());
                 }
                 Need::InvalidateCatalog => gw.catalog.invalidate(&database).await,

@@ -31,7 +31,7 @@
 //   refusals     SQLException with SQLState 42501, the connection goes on
 //   transaction  a refusal with autocommit off: failed transaction, rollback
 //   batch        addBatch/executeBatch, and a batch holding a refusal
-//   copy         CopyManager.copyIn / copyOut
+//   copy         CopyManager.copyIn / copyOut (text, CSV, binary)
 //   reader       the pii-readers caller sees the SSN
 
 import java.io.StringReader;
@@ -341,6 +341,13 @@ public final class JdbcClient {
             StringWriter table = new StringWriter();
             copy.copyOut("COPY customers (id, email) TO STDOUT", table);
             out.put("copy_out_table", table.toString());
+            StringWriter csv = new StringWriter();
+            copy.copyOut("COPY (SELECT id, ssn FROM customers ORDER BY id) TO STDOUT (FORMAT csv, HEADER)", csv);
+            out.put("copy_out_csv", csv.toString());
+            java.io.ByteArrayOutputStream binary = new java.io.ByteArrayOutputStream();
+            long binaryRows = copy.copyOut("COPY customers (id, ssn) TO STDOUT (FORMAT binary)", binary);
+            out.put("copy_out_binary_rows", binaryRows);
+            out.put("copy_out_binary", binaryCopyRows(binary.toByteArray()));
             long customers = scalarLong(conn, "SELECT count(*) FROM customers");
             out.put("agent_copy_in_refused", expectError(() -> {
                 try {
@@ -358,6 +365,39 @@ public final class JdbcClient {
             out.put("usable_after", usable(conn));
         }
         return out;
+    }
+
+    /** Decodes binary COPY data of (int4, text) rows: each row as [id, text or null]. */
+    static List<Object> binaryCopyRows(byte[] data) throws java.io.IOException {
+        java.io.DataInputStream in = new java.io.DataInputStream(new java.io.ByteArrayInputStream(data));
+        byte[] signature = new byte[11];
+        in.readFully(signature);
+        if (!Arrays.equals(signature, "PGCOPY\n\377\r\n\0".getBytes(StandardCharsets.ISO_8859_1))) {
+            throw new java.io.IOException("no binary COPY signature");
+        }
+        in.readInt();
+        in.skipBytes(in.readInt());
+        List<Object> rows = new ArrayList<>();
+        for (short count = in.readShort(); count != -1; count = in.readShort()) {
+            List<Object> row = new ArrayList<>();
+            int idLength = in.readInt();
+            row.add(idLength == -1 ? null : (long) in.readInt());
+            for (int i = 1; i < count; i++) {
+                int length = in.readInt();
+                if (length == -1) {
+                    row.add(null);
+                    continue;
+                }
+                byte[] value = new byte[length];
+                in.readFully(value);
+                row.add(new String(value, StandardCharsets.UTF_8));
+            }
+            rows.add(row);
+        }
+        if (in.available() != 0) {
+            throw new java.io.IOException("bytes after the end marker");
+        }
+        return rows;
     }
 
     static Map<String, Object> reader() throws SQLException {

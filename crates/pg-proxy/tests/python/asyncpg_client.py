@@ -37,7 +37,7 @@ Sections:
                      on the server, executemany, a refused prepare
   reader             the pii-readers caller sees the SSN, binary and COPY
   transaction        a refusal inside `async with conn.transaction()`
-  copy_out           copy_from_query / copy_from_table (text, masked)
+  copy_out           copy_from_query / copy_from_table (text and binary, masked)
   search_path        startup search_path=private: plain reads refused
   introspection      an int[] parameter and result (asyncpg's pg_type lookup)
   copy_in            binary copy_records_to_table into orders
@@ -272,14 +272,49 @@ async def copy_out(c):
     status = await conn.copy_from_table("customers", columns=["id", "name", "email", "ssn"], output=sink)
     out["table"] = b"".join(chunks).decode()
     out["table_status"] = status
-    # Binary COPY of a masked column cannot be masked: refused, not leaked.
+    # Binary COPY: masked row by row; asyncpg hands the bytes over as the server format writes them.
     buf = io.BytesIO()
-    out["binary_masked"] = await expect_error(
-        conn.copy_from_query("SELECT id, ssn FROM customers ORDER BY id", output=buf, format="binary")
+    out["binary_query_error"] = await expect_error(
+        conn.copy_from_query("SELECT id, ssn, upper(ssn) AS shout FROM customers ORDER BY id", output=buf, format="binary")
     )
-    out["binary_bytes"] = len(buf.getvalue())
+    out["binary_query"] = binary_copy_rows(buf.getvalue(), ["int4", "text", "text"])
+    buf = io.BytesIO()
+    out["binary_table_status"] = await conn.copy_from_table(
+        "customers", columns=["id", "email", "ssn"], output=buf, format="binary"
+    )
+    out["binary_table"] = binary_copy_rows(buf.getvalue(), ["int4", "text", "text"])
     out["usable_after"] = await usable(conn)
     return out
+
+
+def binary_copy_rows(data, types):
+    """Decodes PostgreSQL's binary COPY data whose columns have these types (int4 or text)."""
+    import struct
+
+    if not data.startswith(b"PGCOPY\n\xff\r\n\x00"):
+        return {"error": "no binary COPY signature", "bytes": data[:32].hex()}
+    (extension,) = struct.unpack_from(">I", data, 15)
+    at = 19 + extension
+    rows = []
+    while True:
+        (count,) = struct.unpack_from(">h", data, at)
+        at += 2
+        if count == -1:
+            break
+        row = []
+        for kind in types[:count]:
+            (length,) = struct.unpack_from(">i", data, at)
+            at += 4
+            if length == -1:
+                row.append(None)
+                continue
+            value = data[at : at + length]
+            at += length
+            row.append(struct.unpack(">i", value)[0] if kind == "int4" else value.decode())
+        rows.append(row)
+    if at != len(data):
+        return {"error": "bytes after the end marker", "rest": data[at:].hex()}
+    return rows
 
 
 async def search_path(c):

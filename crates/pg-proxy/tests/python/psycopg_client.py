@@ -351,17 +351,20 @@ def copy_out(c):
             with cur.copy("COPY customers TO STDOUT") as copy:
                 out["whole_table"] = [list(row) for row in copy.rows()]
 
-            # Binary format of a masked result: the gateway cannot mask it; it must not leak it.
+            # Binary format: masked row by row; psycopg decodes it with the given types.
             def binary():
                 with cur.copy("COPY (SELECT id, ssn FROM customers ORDER BY id) TO STDOUT (FORMAT BINARY)") as copy:
                     copy.set_types(["int4", "text"])
                     out["binary_rows"] = [list(row) for row in copy.rows()]
+                with cur.copy("COPY customers TO STDOUT (FORMAT BINARY)") as copy:
+                    copy.set_types(["int4", "text", "text", "text", "text", "text"])
+                    out["binary_table"] = [list(row) for row in copy.rows()]
 
             out["binary_error"] = expect_error(binary)
             out["binary_status_after"] = status(conn)
             out["binary_usable_after"] = usable(conn)
 
-            # Binary format with nothing to mask passes.
+            # Binary format with nothing masked in it (the detector reads no text in numbers).
             def binary_plain():
                 with cur.copy("COPY (SELECT id, total FROM orders WHERE id <= 3 ORDER BY id) TO STDOUT (FORMAT BINARY)") as copy:
                     copy.set_types(["int4", "numeric"])
