@@ -126,6 +126,7 @@ fuzz_target!(|input: Input| {
             source: c.source.map(|s| SOURCES[usize::from(s) % SOURCES.len()].to_string()),
             type_oid: TYPES[usize::from(c.type_index) % TYPES.len()],
             binary: c.binary,
+            row_fields: Vec::new(),
         })
         .collect();
     let who = if input.exempt { Identity::new("r").with_groups(["pii-readers"]) } else { Identity::new("b") };

@@ -248,6 +248,29 @@ impl Catalog {
         Some(columns)
     }
 
+    /// The names of the columns of `table` (`schema.table` as facts write
+    /// it) in order, as a whole row of it lists them (every column that
+    /// is not dropped, generated ones included). `None` when there is no
+    /// such table or it cannot be looked up.
+    pub async fn row_fields(&self, database: &str, table: &str) -> Option<Vec<String>> {
+        let parts = ColumnInfo::split_name(table)?;
+        let [schema, name] = parts.as_slice() else { return None };
+        let sql = format!(
+            "SELECT a.attname FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = {} AND c.relname = {} AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            literal(schema),
+            literal(name)
+        );
+        let db = self.database(database).await;
+        let mut db = db.lock().await;
+        let rows = self.query(&mut db, database, &sql).await?;
+        let names: Vec<String> = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+        (!names.is_empty()).then_some(names)
+    }
+
     /// Runs one of the gateway's catalog queries on the database's own
     /// connection (made when needed, dropped after a failure).
     async fn query(&self, db: &mut Database, database: &str, sql: &str) -> Option<Vec<Vec<Option<String>>>> {

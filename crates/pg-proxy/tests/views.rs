@@ -165,9 +165,12 @@ impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
 }
 
 /// Whole rows written as JSON come back as JSON with only the masked
-/// members changed, in text (psql) and in binary `jsonb` (tokio-postgres).
+/// members changed, in text (psql) and in binary `jsonb` (tokio-postgres);
+/// whole rows as composites come back as records with only the masked
+/// fields changed (the table's fields named by the catalog), in text and
+/// in binary.
 #[test]
-fn whole_rows_as_json_are_masked_field_by_field() {
+fn whole_rows_as_json_and_composites_are_masked_field_by_field() {
     let stack = stack("", "1h");
     let agent = stack.token("alice", &["ai-agents"], Some("copilot"));
     let json = |sql: &str| -> serde_json::Value {
@@ -204,9 +207,29 @@ fn whole_rows_as_json_are_masked_field_by_field() {
     let out = psql(&stack, &dba, "SELECT row_to_json(c) FROM customers c WHERE id = 1").unwrap();
     assert!(out.contains("123-45-6789"), "{out}");
 
+    // Composites: field by field, by the fields the catalog names.
+    let composite = "(1,\"Alice Martin\",alice@example.com,****6789,\"4111 1111 1111 1111\",\"prefers e-mail\")\n";
+    assert_eq!(psql(&stack, &agent, "SELECT c FROM customers c WHERE id = 1").unwrap(), composite);
+    assert_eq!(psql(&stack, &agent, "SELECT c::text FROM customers c WHERE id = 1").unwrap(), composite);
+    assert_eq!(psql(&stack, &agent, "SELECT ROW(c.*) FROM customers c WHERE id = 1").unwrap(), composite);
+    assert_eq!(
+        psql(&stack, &agent, "SELECT v FROM contacts v WHERE id = 2").unwrap(),
+        "(2,****7890,\"Bob Chen\")\n",
+        "a view's row, by the view's columns"
+    );
+    assert_eq!(
+        psql(&stack, &agent, "SELECT s FROM (SELECT id, lower(ssn) FROM customers WHERE id = 3) s").unwrap(),
+        "(3,[redacted])\n"
+    );
+
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let client = stack.connect_as("alice", &["ai-agents"], Some("copilot")).await;
+        // A composite in binary (tokio-postgres asks for binary results).
+        let row = client.query_one("SELECT c FROM customers c WHERE id = $1", &[&2i32]).await.unwrap();
+        let Raw(record) = row.get(0);
+        assert!(record.windows(8).any(|w| w == b"****7890"), "{record:?}");
+        assert!(!record.windows(6).any(|w| w == b"234-56"), "{record:?}");
         let row = client.query_one("SELECT to_jsonb(c) FROM customers c WHERE id = $1", &[&1i32]).await.unwrap();
         let Raw(bytes) = row.get(0);
         assert_eq!(row.columns()[0].type_(), &tokio_postgres::types::Type::JSONB, "the column keeps its type");

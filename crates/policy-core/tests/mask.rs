@@ -570,3 +570,67 @@ fn columns_beside_a_star_keep_their_own_lineage() {
     let out = masked(sql, &[ColumnInfo::text("id", None), ColumnInfo::text("ssn", None)], &["1", "123-45-6789"]);
     assert_eq!(out, [Some(REDACTED.into()), Some(REDACTED.into())]);
 }
+
+/// A whole row as a composite (`SELECT c FROM customers c`, `c::text`,
+/// `ROW(c.*)`) is masked field by field when its fields are known: a
+/// table's from the gateway (`ColumnInfo::row_fields`), a subquery's from
+/// lineage. The value stays a record of its type.
+#[test]
+fn whole_rows_as_composites_are_masked_field_by_field() {
+    let policy = r#"
+        version = 1
+        [[mask]]
+        name = "ssn"
+        columns = ["public.customers.ssn"]
+        strategy = "partial"
+        show_last = 4
+    "#;
+    let e = Engine::new(Policy::from_toml_str(policy, "p.toml").unwrap(), Keys::default()).unwrap();
+    let s = e.new_session();
+    let fields = ["id", "ssn", "note"].map(String::from).to_vec();
+    let masked = |sql: &str, column: ColumnInfo, value: &[u8]| {
+        let facts = e.analyze(&s, sql).statements.remove(0);
+        let masker = e.masker(&bob(), &facts, &[column]);
+        let mut row = vec![Some(Cow::Borrowed(value))];
+        masker.mask_row(&mut row);
+        assert!(masker.retyped_columns().is_empty(), "{sql}: the value keeps its type");
+        row[0].as_deref().map(<[u8]>::to_vec)
+    };
+    let record = ColumnInfo { row_fields: fields.clone(), ..ColumnInfo::new("c", None, 16_390, false) };
+    let text = ColumnInfo { row_fields: fields.clone(), ..ColumnInfo::new("c", None, 25, false) };
+    let value = b"(1,123-45-6789,\"a, b\")";
+    let want = Some(b"(1,****6789,\"a, b\")".to_vec());
+    for (sql, column) in [
+        ("SELECT c FROM customers c", &record),
+        ("SELECT c::text FROM customers c", &text),
+        ("SELECT ROW(c.*) FROM customers c", &record),
+    ] {
+        assert_eq!(masked(sql, column.clone(), value), want, "{sql}");
+    }
+    // A subquery's row: its own columns, by position.
+    let derived = ColumnInfo::new("s", None, 2249, false);
+    assert_eq!(
+        masked("SELECT s FROM (SELECT id, upper(ssn) AS u, ssn FROM customers) s", derived, b"(1,X,123-45-6789)"),
+        Some(format!("(1,{REDACTED},****6789)").into_bytes())
+    );
+    // Binary: text fields take the masked text, others become NULL.
+    let binary = ColumnInfo { binary: true, ..record.clone() };
+    let mut value = 3i32.to_be_bytes().to_vec();
+    for (oid, v) in [(23u32, &[0u8, 0, 0, 1][..]), (25, b"123-45-6789"), (25, b"n")] {
+        value.extend_from_slice(&oid.to_be_bytes());
+        value.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        value.extend_from_slice(v);
+    }
+    let out = masked("SELECT c FROM customers c", binary.clone(), &value).unwrap();
+    assert!(out.windows(8).any(|w| w == b"****6789") && !out.windows(6).any(|w| w == b"123-45"));
+    // Not a record of the row's width: NULL (masked text is no composite).
+    assert_eq!(masked("SELECT c FROM customers c", record.clone(), b"(1,2)"), None);
+    assert_eq!(masked("SELECT c FROM customers c", binary, &value[..8]), None);
+    // Without the fields (the gateway could not name them): masked whole, as text.
+    let facts = e.analyze(&s, "SELECT c FROM customers c").statements.remove(0);
+    let masker = e.masker(&bob(), &facts, &[ColumnInfo::new("c", None, 16_390, false)]);
+    let mut row = vec![Some(Cow::Borrowed(&value[..]))];
+    masker.mask_row(&mut row);
+    assert_eq!(row[0].as_deref(), Some(REDACTED.as_bytes()));
+    assert_eq!(masker.retyped_columns(), [0]);
+}

@@ -126,6 +126,13 @@ pub enum Need {
         /// The tables.
         tables: Vec<String>,
     },
+    /// Read the column names of `tables` (`schema.name`), in order, for
+    /// whole rows of them in a result, and answer with
+    /// [`SessionCore::handle_row_fields`]. Server messages wait.
+    RowFields {
+        /// The tables.
+        tables: Vec<String>,
+    },
     /// The catalog changed (DDL ran, or a statement that may change views
     /// completed): forget cached table names and read the views again
     /// before the client hears back.
@@ -545,6 +552,9 @@ pub struct SessionCore {
     /// A catalog answer for the frame that waits for it.
     tables: Option<HashMap<u32, Arc<Table>>>,
     copy_columns: Option<Option<Vec<ColumnInfo>>>,
+    /// The catalog's answer to [`Need::RowFields`]: each table found, with
+    /// its columns in order.
+    row_fields: Option<HashMap<String, Vec<String>>>,
     /// Room for one row's values, reused.
     row: RowScratch,
     /// A statement that may change the database's views was let through
@@ -596,6 +606,7 @@ impl SessionCore {
             last_description: None,
             tables: None,
             copy_columns: None,
+            row_fields: None,
             row: RowScratch::default(),
             definitions_pending: false,
             now,
@@ -779,6 +790,13 @@ impl SessionCore {
     pub fn handle_copy_columns(&mut self, columns: Option<Vec<ColumnInfo>>, now: Instant) {
         self.now = now;
         self.copy_columns = Some(columns);
+        self.resume_backend();
+    }
+
+    /// The catalog's answer to [`Need::RowFields`]: the tables found.
+    pub fn handle_row_fields(&mut self, fields: HashMap<String, Vec<String>>, now: Instant) {
+        self.now = now;
+        self.row_fields = Some(fields);
         self.resume_backend();
     }
 
@@ -1561,6 +1579,7 @@ impl SessionCore {
         }
         self.tables = None;
         self.copy_columns = None;
+        self.row_fields = None;
         self.process_backend();
     }
 
@@ -1971,7 +1990,7 @@ impl SessionCore {
         let name = self.pop_described();
         let fields = Arc::new(fields);
         self.remember_fields(statement, &name, id, &fields);
-        if let (Some(masker), Some(owned)) = (&masker, owned) {
+        if let (Some((masker, true)), Some(owned)) = (&masker, owned) {
             self.last_description = Some(LastDescription {
                 frame: owned.frame,
                 facts: facts.clone(),
@@ -1983,7 +2002,7 @@ impl SessionCore {
             return true;
         }
         match masker {
-            Some(masker) => self.forward_row_description(&frame, &fields, &masker),
+            Some((masker, _)) => self.forward_row_description(&frame, &fields, &masker),
             None => self.forward_to_client(&frame),
         }
         true
@@ -2147,17 +2166,19 @@ impl SessionCore {
                                 return true;
                             }
                         };
-                        let Some(masker) = self.masker(facts.as_deref(), &fields) else {
+                        let Some((masker, cacheable)) = self.masker(facts.as_deref(), &fields) else {
                             self.backend = BackendState::WaitingCatalog(frame.to_owned_frame());
                             return false;
                         };
                         let fields = Arc::new(fields);
-                        self.last_description = Some(LastDescription {
-                            frame: owned.frame,
-                            facts: facts.clone(),
-                            fields: Arc::clone(&fields),
-                            masker: Arc::clone(&masker),
-                        });
+                        if cacheable {
+                            self.last_description = Some(LastDescription {
+                                frame: owned.frame,
+                                facts: facts.clone(),
+                                fields: Arc::clone(&fields),
+                                masker: Arc::clone(&masker),
+                            });
+                        }
                         (fields, masker)
                     }
                 };
@@ -2531,19 +2552,26 @@ impl SessionCore {
                 return Some(Arc::clone(&last.masker));
             }
         }
-        let masker = self.masker(facts.as_deref(), &fields)?;
-        self.last_masker = Some(LastMasker { facts, fields, masker: Arc::clone(&masker) });
+        let (masker, cacheable) = self.masker(facts.as_deref(), &fields)?;
+        if cacheable {
+            self.last_masker = Some(LastMasker { facts, fields, masker: Arc::clone(&masker) });
+        }
         Some(masker)
     }
 
     /// Plans the masking of a result, or finds the plan made for the same
     /// statement shape, lineage and columns under the same policy; `None`
-    /// when the catalog must be asked first (the [`Need`] is queued).
+    /// when the catalog must be asked first (the [`Need`] is queued). The
+    /// flag says whether the plan may be kept for the next such result.
     #[cold]
-    fn masker(&mut self, facts: Option<&StatementFacts>, fields: &[FieldDescription]) -> Option<Arc<RowMasker>> {
+    fn masker(
+        &mut self,
+        facts: Option<&StatementFacts>,
+        fields: &[FieldDescription],
+    ) -> Option<(Arc<RowMasker>, bool)> {
         let engine = Arc::clone(&self.engine);
         if engine.policy().masks.is_empty() && engine.detectors().is_empty() {
-            return Some(Arc::new(RowMasker::default()));
+            return Some((Arc::new(RowMasker::default()), true));
         }
         let key = facts.map(|f| f.fingerprint.as_str()).unwrap_or_default();
         let lineage = facts.map(|f| f.output_columns.as_slice()).unwrap_or_default();
@@ -2552,7 +2580,7 @@ impl SessionCore {
             .get(key)
             .and_then(|entries| entries.iter().find(|e| e.lineage == lineage && e.fields == fields))
         {
-            return Some(Arc::clone(&hit.masker));
+            return Some((Arc::clone(&hit.masker), true));
         }
         let mut oids: Vec<u32> = fields.iter().map(|f| f.table_oid).filter(|o| *o != 0).collect();
         oids.sort_unstable();
@@ -2568,15 +2596,59 @@ impl SessionCore {
                 }
             }
         };
+        // Whole rows of tables as composites: their fields, by name, from
+        // the catalog (read for each such statement, not kept: a table's
+        // columns may change under a cached plan).
+        let rows: Vec<Option<&[String]>> = match facts {
+            Some(f) if f.output_columns.len() == fields.len() && !engine.policy().masks.is_empty() => f
+                .output_columns
+                .iter()
+                .map(|o| match &o.row {
+                    Some(row) if row.layout == policy_core::RowLayout::Composite && !row.tables.is_empty() => {
+                        Some(row.tables.as_slice())
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut wanted: Vec<String> = rows.iter().flatten().flat_map(|t| t.iter().cloned()).collect();
+        wanted.sort();
+        wanted.dedup();
+        let row_fields = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            match self.row_fields.take() {
+                Some(found) => found,
+                None => {
+                    self.tables = Some(tables);
+                    self.needs.push_back(Need::RowFields { tables: wanted });
+                    return None;
+                }
+            }
+        };
         let columns: Vec<ColumnInfo> = fields
             .iter()
-            .map(|f| {
+            .enumerate()
+            .map(|(i, f)| {
                 let source = tables.get(&f.table_oid).and_then(|t| t.column(f.column));
-                ColumnInfo::new(f.name.as_str(), source.as_deref(), f.type_oid, f.format == 1)
+                let mut column = ColumnInfo::new(f.name.as_str(), source.as_deref(), f.type_oid, f.format == 1);
+                // The row's table is the one of its candidates that exists;
+                // with more than one, which one the server read is not known.
+                if let Some(Some(candidates)) = rows.get(i) {
+                    let mut found = candidates.iter().filter_map(|t| row_fields.get(t));
+                    if let (Some(names), None) = (found.next(), found.next()) {
+                        column.row_fields = names.clone();
+                    }
+                }
+                column
             })
             .collect();
         let default = StatementFacts::default();
         let masker = Arc::new(engine.masker(self.state.identity(), facts.unwrap_or(&default), &columns));
+        if !wanted.is_empty() {
+            return Some((masker, false));
+        }
         if self.maskers.len() >= MASKER_CACHE_ENTRIES {
             self.maskers.clear();
         }
@@ -2585,7 +2657,7 @@ impl SessionCore {
             fields: fields.to_vec(),
             masker: Arc::clone(&masker),
         });
-        Some(masker)
+        Some((masker, true))
     }
 
     fn forward_row_description(&mut self, frame: &BackendView<'_>, fields: &[FieldDescription], masker: &RowMasker) {

@@ -103,6 +103,7 @@ pub mod names;
 pub mod record;
 pub mod registry;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -218,6 +219,15 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                         }
                     }
                     core.handle_copy_columns(columns, Instant::now());
+                }
+                Need::RowFields { tables } => {
+                    let mut found = HashMap::new();
+                    for table in tables {
+                        if let Some(fields) = gw.catalog.row_fields(&database, &table).await {
+                            found.insert(table, fields);
+                        }
+                    }
+                    core.handle_row_fields(found, Instant::now());
                 }
                 Need::InvalidateCatalog => gw.catalog.invalidate(&database).await,
                 Need::CancelUpstream => gw.cancel_session(gateway_pid).await,

@@ -210,17 +210,45 @@ async function copyIn(c) {
 async function copyOut(c) {
   const out = {};
   const client = await connect(c, 'agent');
-  const collect = async (sql) => {
+  const bytes = async (sql) => {
     const chunks = [];
     const stream = client.query(copyTo(sql));
     for await (const chunk of stream) chunks.push(chunk);
-    return Buffer.concat(chunks).toString('utf8');
+    return Buffer.concat(chunks);
   };
+  const collect = async (sql) => (await bytes(sql)).toString('utf8');
   out.text = await collect('COPY (SELECT id, ssn, note FROM customers ORDER BY id) TO STDOUT');
   out.table = await collect('COPY customers (id, email) TO STDOUT');
-  out.binary = await expectError(collect('COPY (SELECT id, ssn FROM customers) TO STDOUT (FORMAT binary)'));
+  out.binary = binaryCopyRows(await bytes('COPY (SELECT id, ssn FROM customers ORDER BY id) TO STDOUT (FORMAT binary)'));
   out.usable_after = await usable(client);
   return out;
+}
+
+// Decodes binary COPY data of (int4, text) rows: [[id, text or null], ...].
+function binaryCopyRows(data) {
+  if (!data.subarray(0, 11).equals(Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1'))) {
+    return { error: 'no binary COPY signature' };
+  }
+  let at = 15;
+  at += 4 + data.readUInt32BE(at);
+  const rows = [];
+  for (let count = data.readInt16BE(at); count !== -1; count = data.readInt16BE(at)) {
+    at += 2;
+    const row = [];
+    for (let i = 0; i < count; i++) {
+      const length = data.readInt32BE(at);
+      at += 4;
+      if (length === -1) {
+        row.push(null);
+        continue;
+      }
+      const value = data.subarray(at, at + length);
+      at += length;
+      row.push(i === 0 ? value.readInt32BE(0) : value.toString('utf8'));
+    }
+    rows.push(row);
+  }
+  return at + 2 === data.length ? rows : { error: 'bytes after the end marker' };
 }
 
 async function reader(c) {

@@ -96,6 +96,11 @@ pub enum RowLayout {
     JsonObject,
     /// An array of such objects (`json_agg`, `jsonb_agg`).
     JsonArray,
+    /// A composite value, the row's columns in order (`SELECT u FROM
+    /// users u`, `u::text`, `ROW(u.*)`), in PostgreSQL's text or binary
+    /// record format. The fields of a table's or view's row are named by
+    /// the gateway ([`ColumnInfo::row_fields`](crate::ColumnInfo::row_fields)).
+    Composite,
 }
 
 /// What lineage needs from the session.
@@ -580,7 +585,14 @@ impl Ctx<'_> {
             return Lin { unknown: true, ..Lin::default() };
         }
         match e {
-            NodeRef::ColumnRef(c) => self.column(c, items),
+            NodeRef::ColumnRef(c) => {
+                let mut lin = self.column(c, items);
+                // `SELECT u FROM users u`: a whole row, as a composite.
+                if c.fields.len() == 1 {
+                    lin.row = row_reference(c, items, RowLayout::Composite);
+                }
+                lin
+            }
             NodeRef::AConst(_) | NodeRef::ParamRef(_) => Lin::default(),
             NodeRef::TypeCast(tc) => {
                 let mut lin = node(&tc.arg).map_or_else(Lin::default, |a| self.expr(a, items));
@@ -639,15 +651,13 @@ impl Ctx<'_> {
                     lin.merge(self.expr(child, items));
                 }
                 lin.direct = false;
-                if let NodeRef::FuncCall(fc) = other {
-                    if !lin
-                        .sources
-                        .iter()
-                        .any(|s| s.starts_with(FUNCTION_SOURCE) || s.starts_with(MAYBE_FUNCTION_SOURCE))
-                    {
-                        lin.row = whole_row(fc, items, self.env);
-                    }
-                }
+                let calls =
+                    lin.sources.iter().any(|s| s.starts_with(FUNCTION_SOURCE) || s.starts_with(MAYBE_FUNCTION_SOURCE));
+                lin.row = match other {
+                    NodeRef::FuncCall(fc) if !calls => whole_row(fc, items, self.env),
+                    NodeRef::RowExpr(r) => row_constructor(r, items),
+                    _ => None,
+                };
                 lin
             }
         }
@@ -684,6 +694,22 @@ fn whole_row(fc: &pb::FuncCall, items: &[Item], env: &Env<'_>) -> Option<WholeRo
     if args.next().is_some() {
         return None;
     }
+    row_reference(c, items, layout)
+}
+
+/// `ROW(u.*)`: a composite of every column of `u`.
+fn row_constructor(r: &pb::RowExpr, items: &[Item]) -> Option<WholeRow> {
+    let mut args = nodes(&r.args);
+    let Some(NodeRef::ColumnRef(c)) = args.next() else { return None };
+    if args.next().is_some() || !matches!(c.fields.last().and_then(|f| f.node.as_ref()), Some(NodeEnum::AStar(_))) {
+        return None;
+    }
+    row_reference(c, items, RowLayout::Composite)
+}
+
+/// A reference to a whole row of a FROM item (`u`, or `u.*` where a row is
+/// meant), laid out as `layout`.
+fn row_reference(c: &pb::ColumnRef, items: &[Item], layout: RowLayout) -> Option<WholeRow> {
     let fields: Vec<Option<&NodeEnum>> = c.fields.iter().map(|f| f.node.as_ref()).collect();
     let (alias, star) = match fields.as_slice() {
         [Some(NodeEnum::String(a))] => (a.sval.as_str(), false),

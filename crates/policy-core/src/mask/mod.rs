@@ -123,6 +123,12 @@ pub struct ColumnInfo {
     pub type_oid: u32,
     /// Whether values arrive in binary format.
     pub binary: bool,
+    /// When the column holds whole rows of a table or view as composites
+    /// (`SELECT u FROM users u`, `u::text`): the names of the row type's
+    /// columns in order, as the catalog gives them, so that the masking can
+    /// mask the values field by field ([`RowLayout::Composite`]); empty
+    /// when unknown (such values are then masked whole).
+    pub row_fields: Vec<String>,
 }
 
 impl ColumnInfo {
@@ -140,7 +146,13 @@ impl ColumnInfo {
     /// assert!(ColumnInfo::text("name", None).is_text_type());
     /// ```
     pub fn new(name: &str, source: Option<&str>, type_oid: u32, binary: bool) -> Self {
-        ColumnInfo { name: name.to_string(), source: source.map(str::to_string), type_oid, binary }
+        ColumnInfo {
+            name: name.to_string(),
+            source: source.map(str::to_string),
+            type_oid,
+            binary,
+            row_fields: Vec::new(),
+        }
     }
 
     /// The name of a table column as masks and facts write it:
@@ -413,6 +425,12 @@ struct RowPlan {
     /// A `json` or `jsonb` column (not JSON cast to text): a value masked
     /// whole is written as a JSON string.
     json_type: bool,
+    /// A composite in binary format.
+    record_binary: bool,
+    /// A text-like column (a row cast to text).
+    text_column: bool,
+    /// The names of a table's composite fields, in order.
+    positions: Vec<String>,
     tables: Vec<String>,
     fields: Vec<OutputColumn>,
     /// The view columns of the row's tables that are views.
@@ -423,9 +441,16 @@ struct RowPlan {
 }
 
 impl RowPlan {
-    /// Whether values of `column` can be read and rewritten as JSON text.
-    fn fits(column: &ColumnInfo) -> bool {
-        column.type_oid == values::oid::JSON || column.type_oid == values::oid::JSONB || column.is_text_type()
+    /// Whether values of `column` can be read and rewritten as `layout`
+    /// says: JSON in a JSON or text column; a record in a column of any
+    /// other type (its composite type) or text, whose fields the engine
+    /// knows (a table's from the gateway, a subquery's from lineage).
+    fn fits(column: &ColumnInfo, row: &WholeRow) -> bool {
+        let json = column.type_oid == values::oid::JSON || column.type_oid == values::oid::JSONB;
+        match row.layout {
+            RowLayout::JsonObject | RowLayout::JsonArray => json || column.is_text_type(),
+            RowLayout::Composite => !json && (!row.tables.is_empty() || !row.fields.is_empty()),
+        }
     }
 
     /// The plan, or `whole` back when a mask covers a column the row's
@@ -440,6 +465,13 @@ impl RowPlan {
         if row.alternatives.iter().any(|a| active.iter().any(|m| m.columns.covers(a))) {
             return Err(whole);
         }
+        // A table's or view's composite: its fields are named by the
+        // gateway, in order; without them the value is masked whole.
+        let positions = match (row.layout, row.tables.is_empty()) {
+            (RowLayout::Composite, false) if column.row_fields.is_empty() => return Err(whole),
+            (RowLayout::Composite, false) => column.row_fields.clone(),
+            _ => Vec::new(),
+        };
         let views = facts
             .view_columns
             .iter()
@@ -449,12 +481,47 @@ impl RowPlan {
         Ok(RowPlan {
             layout: row.layout,
             jsonb_binary: column.type_oid == values::oid::JSONB && column.binary,
+            record_binary: row.layout == RowLayout::Composite && column.binary && !column.is_text_type(),
+            text_column: column.is_text_type(),
+            positions,
             json_type: column.type_oid == values::oid::JSON || column.type_oid == values::oid::JSONB,
             tables: row.tables.clone(),
             fields: row.fields.clone(),
             views,
             masks: active.iter().map(|m| (*m).clone()).collect(),
             whole,
+        })
+    }
+
+    /// How the composite's field `i` is masked (see [`RowPlan::field`]).
+    fn field_at(&self, i: usize) -> Result<Option<Masking>, ()> {
+        if self.tables.is_empty() {
+            let f = self.fields.get(i).ok_or(())?;
+            return Ok(self.decide(&f.sources, f.direct, f.unknown));
+        }
+        self.field(self.positions.get(i).ok_or(())?)
+    }
+
+    /// How many fields the composite has.
+    fn width(&self) -> usize {
+        if self.tables.is_empty() {
+            self.fields.len()
+        } else {
+            self.positions.len()
+        }
+    }
+
+    /// The masking of a value derived from `sources`.
+    fn decide(&self, sources: &[String], direct: bool, unknown: bool) -> Option<Masking> {
+        if unknown {
+            return Some(Masking { strategy: Strategy::Redact, ..self.whole.masking.clone() });
+        }
+        self.masks.iter().find(|m| sources.iter().any(|s| m.columns.covers(s))).map(|m| {
+            if direct {
+                m.masking.clone()
+            } else {
+                m.masking.whole()
+            }
         })
     }
 
@@ -488,21 +555,15 @@ impl RowPlan {
                 sources.push(name);
             }
         }
-        if unknown {
-            return Ok(Some(Masking { strategy: Strategy::Redact, ..self.whole.masking.clone() }));
-        }
-        Ok(self.masks.iter().find(|m| sources.iter().any(|s| m.columns.covers(s))).map(|m| {
-            if direct {
-                m.masking.clone()
-            } else {
-                m.masking.whole()
-            }
-        }))
+        Ok(self.decide(&sources, direct, unknown))
     }
 
     /// The masked value: `None` when it passes as it is, `Some(None)` for
     /// NULL.
     fn mask(&self, value: &[u8]) -> Option<Option<Vec<u8>>> {
+        if self.layout == RowLayout::Composite {
+            return self.mask_record(value);
+        }
         let body = if self.jsonb_binary {
             match value.split_first() {
                 Some((1, rest)) => rest,
@@ -520,6 +581,31 @@ impl RowPlan {
             Ok(None) => None,
             Ok(Some(masked)) => Some(Some(self.with_prefix(masked))),
             Err(()) => Some(self.masked_whole(text)),
+        }
+    }
+
+    /// A composite value, masked field by field; masked whole (or NULL in
+    /// binary, where text does not fit the composite type) when it is not
+    /// laid out as the row.
+    fn mask_record(&self, value: &[u8]) -> Option<Option<Vec<u8>>> {
+        let mut field = |i: usize| match self.field_at(i)? {
+            Some(masking) => Ok(rows::Field::Mask(masking)),
+            None => Ok(rows::Field::Keep),
+        };
+        if self.record_binary {
+            return match rows::mask_record_binary(value, self.width(), &mut field) {
+                Ok(None) => None,
+                Ok(Some(masked)) => Some(Some(masked)),
+                Err(()) => Some(None),
+            };
+        }
+        let Ok(text) = std::str::from_utf8(value) else { return Some(None) };
+        match rows::mask_record_text(text, self.width(), &mut field) {
+            Ok(None) => None,
+            Ok(Some(masked)) => Some(Some(masked.into_bytes())),
+            Err(()) if self.text_column => Some(self.masked_whole(text)),
+            // Masked text is no value of a composite type: NULL is.
+            Err(()) => Some(None),
         }
     }
 
@@ -689,7 +775,7 @@ impl RowMasker {
             // A whole row written as JSON: masked field by field, and whole
             // (as a JSON string) only when it is not laid out as expected.
             let decided = match (decided, out.and_then(|o| o.row.as_ref())) {
-                (Some(whole), Some(row)) if source.is_none() && RowPlan::fits(column) => {
+                (Some(whole), Some(row)) if source.is_none() && RowPlan::fits(column, row) => {
                     match RowPlan::new(&active, facts, row, whole, column) {
                         Ok(row_plan) => {
                             rows.push((i, row_plan));
