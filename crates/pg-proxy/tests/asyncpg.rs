@@ -3,7 +3,7 @@
 //! masked values decoded from binary results, refusals as 42501 with the
 //! connection still usable, `conn.prepare` and cached named statements,
 //! `executemany`, a refusal inside a transaction, COPY TO
-//! (`copy_from_query`, `copy_from_table`, text and binary), binary COPY FROM
+//! (`copy_from_query`, `copy_from_table`: text, CSV and binary), binary COPY FROM
 //! (`copy_records_to_table`, whose data asyncpg sends without waiting for
 //! CopyInResponse), and a startup `search_path` (`server_settings`) that
 //! statements such as `RESET search_path` or `DISCARD ALL` bring back.
@@ -245,6 +245,16 @@ fn asyncpg_sessions() {
             [3, "****@example.net", "****8901"]
         ]),
         "{copy_out}"
+    );
+    assert_eq!(copy_out["csv_status"], "COPY 3");
+    assert_eq!(
+        copy_out["csv_rows"],
+        json!([
+            ["id", "ssn", "note"],
+            ["1", "****6789", "prefers e-mail"],
+            ["2", "****7890", "card on file: ****1881"],
+            ["3", "****8901", "VIP since 2019"]
+        ])
     );
     assert_eq!(copy_out["usable_after"], true);
 

@@ -283,6 +283,14 @@ async def copy_out(c):
         "customers", columns=["id", "email", "ssn"], output=buf, format="binary"
     )
     out["binary_table"] = binary_copy_rows(buf.getvalue(), ["int4", "text", "text"])
+    # CSV with a header, read back with Python's csv module.
+    import csv
+
+    buf = io.BytesIO()
+    out["csv_status"] = await conn.copy_from_query(
+        "SELECT id, ssn, note FROM customers ORDER BY id", output=buf, format="csv", header=True
+    )
+    out["csv_rows"] = list(csv.reader(io.StringIO(buf.getvalue().decode())))
     out["usable_after"] = await usable(conn)
     return out
 
