@@ -111,6 +111,9 @@ const VIEWS_SQL: &str = "SELECT n.nspname, c.relname, c.relkind, pg_catalog.pg_g
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
     WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
+/// How long a catalog read waits for a lock a client's transaction holds.
+const LOCK_TIMEOUT_SQL: &str = "SET lock_timeout = '2s'";
+
 /// Their columns, in order.
 const VIEW_COLUMNS_SQL: &str = "SELECT n.nspname, c.relname, a.attname \
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -296,7 +299,18 @@ impl Database {
             // outside pg_catalog.
             let params = [("application_name", "portcullis-catalog"), ("client_encoding", "UTF8"), ("search_path", "")];
             match upstream::connect(target, database, &params).await {
-                Ok(c) => self.conn = Some(c),
+                Ok(mut c) => {
+                    // A client's open transaction may hold a lock on a
+                    // view (ALTER VIEW, DROP ... CASCADE): the catalog
+                    // read gives up after a while rather than wait for it
+                    // (the views are unavailable meanwhile, and read again
+                    // at the next refresh).
+                    if let Err(e) = c.simple_query(LOCK_TIMEOUT_SQL, target.max_message_bytes).await {
+                        tracing::warn!(database, "catalog connection setup failed: {e}");
+                        return Err(format!("catalog connection setup failed: {e}"));
+                    }
+                    self.conn = Some(c);
+                }
                 Err(e) => {
                     tracing::warn!(database, "catalog connection failed: {e}");
                     return Err(format!("catalog connection failed: {e}"));

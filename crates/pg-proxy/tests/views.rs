@@ -24,7 +24,7 @@ tables  = ["public.*", "pg_catalog.*"]
 name    = "builders"
 effect  = "allow"
 groups  = ["builders"]
-classes = ["ddl", "read"]
+classes = ["ddl", "read", "transaction"]
 tables  = ["public.*", "pg_catalog.*"]
 
 [[rule]]
@@ -276,6 +276,76 @@ fn views_changed_through_the_gateway_are_seen_by_the_next_statement() {
     assert_eq!(psql(&stack, &builder, "CREATE VIEW public.later AS SELECT 1 AS one").unwrap(), "CREATE VIEW\n");
     assert_eq!(psql(&stack, &builder, "SELECT * FROM later").unwrap(), "1\n");
     assert_eq!(psql(&stack, &agent, "SELECT * FROM later").unwrap(), "1\n");
+}
+
+/// The gateway reads the catalog on a connection of its own, which sees a
+/// transaction's changes only once it commits: a view created or changed
+/// in a transaction cannot be judged (nor its columns masked) until it
+/// ends, and the statements that name a relation in between are refused.
+/// Nor does a catalog read wait on the locks a transaction holds.
+#[test]
+fn views_changed_in_a_transaction_are_judged_once_it_ends() {
+    let stack = stack("", "1h");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let limit = Duration::from_secs(60);
+    rt.block_on(async {
+        let builder = stack.connect_as("bo", &["builders"], None).await;
+        builder.simple_query("BEGIN").await.unwrap();
+        builder
+            .simple_query(
+                "CREATE FUNCTION public.tx_tax(int) RETURNS text LANGUAGE sql \
+                 AS $$ SELECT ssn FROM customers WHERE id = $1 $$",
+            )
+            .await
+            .unwrap();
+        // Uncommitted, the function is not in the catalog the gateway
+        // reads: what it returns could not be traced to the ssn.
+        let err = builder.simple_query("SELECT public.tx_tax(1)").await.unwrap_err();
+        assert!(format!("{err:?}").contains("its body is not visible"), "{err:?}");
+        assert!(!format!("{err:?}").contains("6789"), "{err:?}");
+        builder.simple_query("ROLLBACK").await.unwrap();
+        builder.simple_query("BEGIN").await.unwrap();
+        builder.simple_query("CREATE VIEW public.tx_names AS SELECT id, name AS n FROM customers").await.unwrap();
+        assert_eq!(values(&builder.simple_query("SELECT 1").await.unwrap()), ["1"]);
+        let err = builder.simple_query("SELECT n FROM tx_names WHERE id = 1").await.unwrap_err();
+        assert!(format!("{err:?}").contains("COMMIT or ROLLBACK first"), "{err:?}");
+        builder.simple_query("ROLLBACK").await.unwrap();
+        builder.simple_query("BEGIN").await.unwrap();
+        builder.simple_query("CREATE VIEW public.tx_names AS SELECT id, name AS n FROM customers").await.unwrap();
+        builder.simple_query("COMMIT").await.unwrap();
+        let rows = builder.simple_query("SELECT n FROM tx_names WHERE id = 1").await.unwrap();
+        assert_eq!(values(&rows), ["Alice Martin"]);
+
+        // A view dropped in a transaction is locked until it ends; the
+        // gateway does not read the catalog under that lock (its own
+        // session would wait for itself).
+        builder.simple_query("BEGIN").await.unwrap();
+        let dropped = tokio::time::timeout(limit, builder.simple_query("DROP VIEW public.nested")).await;
+        dropped.expect("DROP VIEW in a transaction never answered").unwrap();
+        let one = tokio::time::timeout(limit, builder.simple_query("SELECT 1")).await;
+        assert_eq!(values(&one.expect("the statement after DROP VIEW never answered").unwrap()), ["1"]);
+        // Other sessions go on with the views as committed.
+        let agent = stack.connect_as("alice", &["ai-agents"], None).await;
+        let rows = agent.simple_query("SELECT name FROM plain WHERE id = 1").await.unwrap();
+        assert_eq!(values(&rows), ["Alice Martin"]);
+        // Another session's schema change reads the catalog meanwhile: the
+        // read gives up on the lock (the views are unavailable, so an
+        // agent's statements on relations are refused) rather than wait.
+        let dba = stack.connect_as("dora", &["dba"], None).await;
+        let ddl =
+            tokio::time::timeout(limit, dba.simple_query("CREATE VIEW public.meanwhile AS SELECT 1 AS one")).await;
+        ddl.expect("a schema change waited on another transaction's lock").unwrap();
+        // The next statement on that session comes after the catalog read.
+        tokio::time::timeout(limit, dba.simple_query("SELECT 1")).await.expect("the catalog read never ended").unwrap();
+        let err = agent.simple_query("SELECT name FROM plain WHERE id = 1").await.unwrap_err();
+        assert!(format!("{err:?}").contains("could not be read"), "{err:?}");
+        // Once the transaction ends, the catalog is read again.
+        builder.simple_query("ROLLBACK").await.unwrap();
+        let rows = agent.simple_query("SELECT name FROM plain WHERE id = 1").await.unwrap();
+        assert_eq!(values(&rows), ["Alice Martin"]);
+        let rows = agent.simple_query("SELECT t FROM nested ORDER BY t LIMIT 1").await.unwrap();
+        assert_eq!(values(&rows), ["****6789"]);
+    });
 }
 
 #[test]

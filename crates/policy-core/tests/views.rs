@@ -294,6 +294,36 @@ fn masked_view_columns_may_not_be_stored() {
     assert_eq!(e.decide(&agent(), &s, "INSERT INTO public.notes SELECT id FROM ids").verdict, Verdict::Allow);
 }
 
+/// Dropping, renaming, commenting on or granting a view reads none of
+/// what is behind it: it is judged by its name, and is not refused for
+/// masked columns it does not read.
+#[test]
+fn statements_that_do_not_read_a_view_are_judged_by_its_name() {
+    let e = engine("");
+    let s = session(&e, catalog());
+    for sql in [
+        "DROP VIEW public.contacts",
+        "ALTER VIEW public.laundered RENAME TO innocent",
+        "COMMENT ON VIEW public.contacts IS 'phones'",
+        "GRANT SELECT ON public.contacts TO someone",
+        "LOCK TABLE public.laundered",
+    ] {
+        let facts = &e.analyze(&s, sql).statements[0];
+        assert!(!facts.opaque, "{sql}: {:?}", facts.notes);
+        assert!(
+            !facts.tables.iter().any(|t| t == "private.secrets" || t == "public.users"),
+            "{sql}: {:?}",
+            facts.tables
+        );
+        assert!(!facts.columns.iter().any(|c| c.ends_with(".phone")), "{sql}: {:?}", facts.columns);
+    }
+    // What creates from a view reads it.
+    let facts = &e.analyze(&s, "CREATE TABLE public.copy AS SELECT * FROM laundered").statements[0];
+    assert!(facts.tables.contains(&"private.secrets".to_string()), "{:?}", facts.tables);
+    let facts = &e.analyze(&s, "CREATE VIEW public.again AS SELECT tel FROM contacts").statements[0];
+    assert!(facts.columns.contains(&"public.users.phone".to_string()), "{:?}", facts.columns);
+}
+
 fn functions() -> Definitions {
     let mut d = catalog();
     let sql = |body: &str| Function::new(FunctionBody::Sql(body.to_string()), None);

@@ -559,8 +559,13 @@ pub struct SessionCore {
     row: RowScratch,
     /// A statement that may change the database's views was let through
     /// and the views were not read again since: the engine's session holds
-    /// [`Definitions::unavailable`] until every statement sent so far is answered.
+    /// [`Definitions::unavailable`] until every statement sent so far is
+    /// answered and the transaction it ran in has ended (the gateway's
+    /// catalog connection sees only what is committed).
     definitions_pending: bool,
+    /// A schema change ran in the open transaction: the catalog is read
+    /// again when it ends.
+    catalog_stale: bool,
     now: Instant,
 }
 
@@ -609,6 +614,7 @@ impl SessionCore {
             row_fields: None,
             row: RowScratch::default(),
             definitions_pending: false,
+            catalog_stale: false,
             now,
         }
     }
@@ -1781,11 +1787,24 @@ impl SessionCore {
             }
         }
         self.tx_status = status;
-        if self.definitions_pending && self.pending.is_empty() {
-            // Everything sent so far is answered: read the views again.
-            self.definitions_pending = false;
-            if !self.needs.iter().any(|n| matches!(n, Need::InvalidateCatalog)) {
-                self.needs.push_back(Need::InvalidateCatalog);
+        if self.pending.is_empty() && (self.definitions_pending || self.catalog_stale) {
+            if status == b'I' {
+                // Everything sent so far is answered and committed (or
+                // rolled back): read the catalog again.
+                self.definitions_pending = false;
+                self.catalog_stale = false;
+                if !self.needs.iter().any(|n| matches!(n, Need::InvalidateCatalog)) {
+                    self.needs.push_back(Need::InvalidateCatalog);
+                }
+            } else if self.definitions_pending {
+                // The gateway reads the catalog on a connection of its own,
+                // which sees what this transaction changed only once it
+                // commits: until it ends, what names a relation may name a
+                // view or function it created or changed.
+                self.state.definitions = Some(Arc::new(Definitions::unavailable(
+                    "views or functions may have changed in this transaction, and the gateway reads them again only \
+                     once it ends: COMMIT or ROLLBACK first",
+                )));
             }
         }
         let reading_back = matches!(self.client, ClientState::ReadingSettingsBack);
@@ -2520,7 +2539,14 @@ impl SessionCore {
 
     fn after_command(&mut self, facts: Option<&StatementFacts>) {
         if facts.is_some_and(|f| f.class == policy_core::Class::Ddl) {
-            self.needs.push_back(Need::InvalidateCatalog);
+            if self.state.transaction.is_some() {
+                // Its catalog connection sees the change once the
+                // transaction commits; reading it now would read the old
+                // catalog, or wait on the locks the transaction holds.
+                self.catalog_stale = true;
+            } else {
+                self.needs.push_back(Need::InvalidateCatalog);
+            }
             self.maskers.clear();
             self.last_masker = None;
             self.last_description = None;

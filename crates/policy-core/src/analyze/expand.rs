@@ -47,6 +47,15 @@ pub(crate) fn may_change_definitions(stmt: NodeRef<'_>) -> bool {
     ) || matches!(stmt, NodeRef::CreateTableAsStmt(c) if c.objtype() == pg_query::protobuf::ObjectType::ObjectMatview)
 }
 
+/// Whether the relations a statement names are read by it: not by a
+/// utility statement that only changes, describes or locks them (`DROP
+/// VIEW v`, `ALTER VIEW v RENAME`, `COMMENT ON VIEW v`, `GRANT ... ON v`).
+fn reads_named_relations(facts: &StatementFacts) -> bool {
+    const NOT_READ: &[&str] = &["DROP ", "ALTER ", "COMMENT", "GRANT", "REVOKE", "SECURITY LABEL", "LOCK TABLE"];
+    !(matches!(facts.class, Class::Ddl | Class::Dcl | Class::Admin)
+        && NOT_READ.iter().any(|p| facts.command.starts_with(p)))
+}
+
 /// Whether `table` (as facts write it) is in a system schema.
 fn is_system(table: &str) -> bool {
     SYSTEM_SCHEMAS.iter().any(|s| table.strip_prefix(s).is_some_and(|rest| rest.starts_with('.')))
@@ -190,7 +199,10 @@ struct Expansion<'a> {
 
 impl Expansion<'_> {
     fn run(&mut self, facts: &StatementFacts, changed: bool) {
-        let mut relations: VecDeque<String> = facts.tables.iter().cloned().collect();
+        // A view a statement drops, alters, comments on, grants or locks
+        // is not read: what is behind it is not either.
+        let mut relations: VecDeque<String> =
+            if reads_named_relations(facts) { facts.tables.iter().cloned().collect() } else { VecDeque::new() };
         let mut calls: VecDeque<String> = facts.sql_calls.iter().cloned().collect();
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut called: BTreeSet<String> = BTreeSet::new();
