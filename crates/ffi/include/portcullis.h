@@ -428,8 +428,8 @@ struct portcullis_str portcullis_decision_json(const struct portcullis_decision 
 void portcullis_decision_free(struct portcullis_decision *decision);
 
 /**
- * The definitions from JSON: `{"views": [...], "functions": [...]}`, both
- * optional.
+ * The definitions from JSON: `{"views": [...], "functions": [...],
+ * "rules": [...], "row_policies": [...]}`, each optional.
  *
  * A view is `{"schema": "public", "name": "v", "kind": "view", "columns":
  * ["id", "tel"], "definition": " SELECT ..."}`, one per view and
@@ -446,6 +446,15 @@ void portcullis_decision_free(struct portcullis_decision *decision);
  * on a connection with an empty `search_path`; `search_path` is what its
  * `SET search_path` clause gives it, if any. Functions in other
  * languages are listed too (without a body): a call to them is opaque.
+ *
+ * A rule is `{"schema": "public", "name": "orders", "definition": "CREATE
+ * RULE ..."}`, one per rewrite rule other than a view's `_RETURN`:
+ * `name` is the relation it is on, `definition` is `pg_get_ruledef(oid)`
+ * read on a connection whose `search_path` is empty. A row policy is
+ * `{"schema": "public", "name": "docs", "using": "...", "check": "..."}`,
+ * one per policy of a table whose row security is on: `using` and `check`
+ * are `pg_get_expr(polqual, polrelid)` and `pg_get_expr(polwithcheck,
+ * polrelid)` read the same way (each optional).
  *
  * Unknown fields are refused (`PORTCULLIS_RESULT_DEFINITIONS_JSON`).
  *

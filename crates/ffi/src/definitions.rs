@@ -4,7 +4,7 @@
 use std::ffi::c_char;
 use std::sync::Arc;
 
-use policy_core::{Definitions, Function, FunctionBody, Session, View, ViewKind};
+use policy_core::{Definitions, Function, FunctionBody, RowPolicy, Session, View, ViewKind};
 use serde::Deserialize;
 
 use crate::boundary::{self, Out};
@@ -52,15 +52,38 @@ struct FunctionJson {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RuleJson {
+    schema: String,
+    name: String,
+    definition: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RowPolicyJson {
+    schema: String,
+    name: String,
+    #[serde(default)]
+    using: Option<String>,
+    #[serde(default)]
+    check: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DefinitionsJson {
     #[serde(default)]
     views: Vec<ViewJson>,
     #[serde(default)]
     functions: Vec<FunctionJson>,
+    #[serde(default)]
+    rules: Vec<RuleJson>,
+    #[serde(default)]
+    row_policies: Vec<RowPolicyJson>,
 }
 
-/// The definitions from JSON: `{"views": [...], "functions": [...]}`, both
-/// optional.
+/// The definitions from JSON: `{"views": [...], "functions": [...],
+/// "rules": [...], "row_policies": [...]}`, each optional.
 ///
 /// A view is `{"schema": "public", "name": "v", "kind": "view", "columns":
 /// ["id", "tel"], "definition": " SELECT ..."}`, one per view and
@@ -77,6 +100,15 @@ struct DefinitionsJson {
 /// on a connection with an empty `search_path`; `search_path` is what its
 /// `SET search_path` clause gives it, if any. Functions in other
 /// languages are listed too (without a body): a call to them is opaque.
+///
+/// A rule is `{"schema": "public", "name": "orders", "definition": "CREATE
+/// RULE ..."}`, one per rewrite rule other than a view's `_RETURN`:
+/// `name` is the relation it is on, `definition` is `pg_get_ruledef(oid)`
+/// read on a connection whose `search_path` is empty. A row policy is
+/// `{"schema": "public", "name": "docs", "using": "...", "check": "..."}`,
+/// one per policy of a table whose row security is on: `using` and `check`
+/// are `pg_get_expr(polqual, polrelid)` and `pg_get_expr(polwithcheck,
+/// polrelid)` read the same way (each optional).
 ///
 /// Unknown fields are refused (`PORTCULLIS_RESULT_DEFINITIONS_JSON`).
 ///
@@ -121,6 +153,12 @@ pub unsafe extern "C" fn portcullis_definitions_new(
                 None => None,
             };
             definitions.insert_function(&f.schema, &f.name, Function::new(body, path));
+        }
+        for r in input.rules {
+            definitions.insert_rule(&r.schema, &r.name, r.definition);
+        }
+        for p in input.row_policies {
+            definitions.insert_row_policy(&p.schema, &p.name, RowPolicy::new(p.using, p.check));
         }
         out.write(boundary::into_handle(portcullis_definitions { definitions: Arc::new(definitions) }));
         Ok(())

@@ -20,13 +20,17 @@
 //! view outside `pg_catalog` and `information_schema`, with its columns and
 //! its definition as `pg_get_viewdef` writes it, and every function there,
 //! with its language, body (a SQL-standard body as `pg_get_functiondef`
-//! writes it) and `SET search_path`. The catalog connection's `search_path`
+//! writes it) and `SET search_path`, every rewrite rule that is not a
+//! view's own (`pg_get_ruledef`), and the row-level security policies of
+//! the tables whose row security is on (`pg_get_expr` of their `USING`
+//! and `WITH CHECK`). The catalog connection's `search_path`
 //! is empty, so every name outside `pg_catalog` comes qualified. Sessions
 //! share them through a watch channel. They are read again when a session
-//! completes DDL (before that session's client hears back), and a task
+//! completes DDL (before that session's client hears back; when the
+//! transaction it ran in ends, for DDL in a transaction block), and a task
 //! checks every `[catalog] refresh_interval` whether another connection
 //! changed them: it compares a fingerprint of `pg_class`, `pg_namespace`,
-//! `pg_rewrite`, `pg_proc` and the views' columns (row counts and the sum
+//! `pg_rewrite`, `pg_proc`, `pg_policy` and the views' columns (row counts and the sum
 //! of their `xmin`) and reads the definitions again when it moved. When
 //! they cannot be read, sessions get [`Definitions::unavailable`], and
 //! statements naming relations are not allowed until they can.
@@ -35,7 +39,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use policy_core::{ColumnInfo, Definitions, Function, FunctionBody, Session, View, ViewKind};
+use policy_core::{ColumnInfo, Definitions, Function, FunctionBody, RowPolicy, Session, View, ViewKind};
 use tokio::sync::{watch, Mutex};
 
 use crate::upstream::{self, Connection, Target};
@@ -103,7 +107,25 @@ const FINGERPRINT_SQL: &str = "SELECT \
     (SELECT pg_catalog.count(*)::pg_catalog.text || '/' || \
         COALESCE(pg_catalog.sum(a.xmin::pg_catalog.text::pg_catalog.int8), 0)::pg_catalog.text \
         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-        WHERE c.relkind IN ('v', 'm'))";
+        WHERE c.relkind IN ('v', 'm')) || ' ' || \
+    (SELECT pg_catalog.count(*)::pg_catalog.text || '/' || \
+        COALESCE(pg_catalog.sum(xmin::pg_catalog.text::pg_catalog.int8), 0)::pg_catalog.text \
+        FROM pg_catalog.pg_policy)";
+
+/// Every rewrite rule outside the system schemas other than a view's own
+/// (`_RETURN`), as a whole `CREATE RULE` (qualified).
+const RULES_SQL: &str = "SELECT n.nspname, c.relname, pg_catalog.pg_get_ruledef(r.oid) \
+    FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class \
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+    WHERE r.rulename <> '_RETURN' AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
+
+/// The row-level security policies of every table whose row security is
+/// on, outside the system schemas: their expressions (qualified).
+const ROW_POLICIES_SQL: &str = "SELECT n.nspname, c.relname, \
+    pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
+    FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid \
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+    WHERE c.relrowsecurity AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
 /// Every view and materialized view outside the system schemas, with its
 /// definition (qualified: the catalog connection's `search_path` is empty).
@@ -382,7 +404,23 @@ impl Database {
             let path = path.map(|p| Session::search_path_from_setting(&p).unwrap_or_default());
             views.insert_function(&schema, &name, Function::new(body, path));
         }
-        tracing::debug!(database, views = views.len(), "views and functions read from the catalog");
+        for row in self.query(target, database, RULES_SQL).await? {
+            let [Some(schema), Some(name), definition] = <[Option<String>; 3]>::try_from(row).unwrap_or_default()
+            else {
+                return Err("a rule row the gateway cannot read".to_string());
+            };
+            // A rule the server would not write out reads as no statement:
+            // the engine then refuses what writes its relation.
+            views.insert_rule(&schema, &name, definition.unwrap_or_default());
+        }
+        for row in self.query(target, database, ROW_POLICIES_SQL).await? {
+            let [Some(schema), Some(name), using, check] = <[Option<String>; 4]>::try_from(row).unwrap_or_default()
+            else {
+                return Err("a row security policy row the gateway cannot read".to_string());
+            };
+            views.insert_row_policy(&schema, &name, RowPolicy::new(using, check));
+        }
+        tracing::debug!(database, views = views.len(), "views, functions, rules and policies read from the catalog");
         Ok((views, fingerprint))
     }
 

@@ -28,6 +28,13 @@ classes = ["ddl", "read", "transaction"]
 tables  = ["public.*", "pg_catalog.*"]
 
 [[rule]]
+name    = "writers"
+effect  = "allow"
+groups  = ["writers"]
+classes = ["read", "write"]
+tables  = ["public.*", "pg_catalog.*"]
+
+[[rule]]
 name    = "dba-all"
 effect  = "allow"
 groups  = ["dba"]
@@ -35,7 +42,7 @@ groups  = ["dba"]
 [[rule]]
 name    = "no-secrets"
 effect  = "deny"
-groups  = ["ai-agents"]
+groups  = ["ai-agents", "writers"]
 tables  = ["public.secrets"]
 reason  = "secrets are not for agents"
 
@@ -60,6 +67,13 @@ CREATE VIEW public.plain AS SELECT id, name FROM customers;
 CREATE FUNCTION public.tax_of(int) RETURNS text LANGUAGE sql AS $$ SELECT ssn FROM customers WHERE id = $1 $$;
 CREATE FUNCTION public.n_customers() RETURNS bigint LANGUAGE sql RETURN (SELECT count(*) FROM public.customers);
 CREATE FUNCTION public.pl() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;
+CREATE TABLE public.notes (id int, author int, body text);
+INSERT INTO public.notes VALUES (1, 1, 'hello');
+ALTER TABLE public.notes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.notes FORCE ROW LEVEL SECURITY;
+CREATE POLICY by_key ON public.notes USING (author IN (SELECT id FROM secrets WHERE api_key LIKE 'AKIA%'));
+CREATE TABLE public.drafts (id int);
+CREATE RULE forget AS ON INSERT TO public.drafts DO ALSO DELETE FROM secrets WHERE id = new.id;
 ";
 
 fn stack(views: &str, refresh: &str) -> Stack {
@@ -276,6 +290,26 @@ fn views_changed_through_the_gateway_are_seen_by_the_next_statement() {
     assert_eq!(psql(&stack, &builder, "CREATE VIEW public.later AS SELECT 1 AS one").unwrap(), "CREATE VIEW\n");
     assert_eq!(psql(&stack, &builder, "SELECT * FROM later").unwrap(), "1\n");
     assert_eq!(psql(&stack, &agent, "SELECT * FROM later").unwrap(), "1\n");
+}
+
+/// The server runs a table's rules with the statements that write it, and
+/// its row security policies with every statement that touches it: what
+/// they read and write is judged with the statement.
+#[test]
+fn rules_and_row_security_policies_are_judged_with_the_statement() {
+    let stack = stack("", "1h");
+    let agent = stack.token("alice", &["ai-agents"], None);
+    let writer = stack.token("wes", &["writers"], None);
+    // The policy reads secrets: whether a note shows tells about an api_key.
+    let err = psql(&stack, &agent, "SELECT body FROM notes").unwrap_err();
+    assert!(err.contains("secrets are not for agents"), "{err}");
+    // The rule deletes from secrets.
+    let err = psql(&stack, &writer, "INSERT INTO drafts VALUES (1)").unwrap_err();
+    assert!(err.contains("secrets are not for agents"), "{err}");
+    let dba = stack.token("dora", &["dba"], None);
+    assert_eq!(psql(&stack, &dba, "SELECT count(*) FROM secrets").unwrap(), "1\n");
+    // Reading the table does not run its rules.
+    assert_eq!(psql(&stack, &writer, "SELECT count(*) FROM drafts").unwrap(), "0\n");
 }
 
 /// The gateway reads the catalog on a connection of its own, which sees a

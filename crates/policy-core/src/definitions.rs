@@ -134,13 +134,39 @@ impl Function {
     }
 }
 
+/// A row-level security policy of a table (`pg_policy`), as the server
+/// evaluates it on every statement that reads or writes the table while
+/// row security is on: what its expressions read, the server reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RowPolicy {
+    /// Its `USING` expression, as `pg_get_expr(polqual, polrelid)` writes
+    /// it on a connection whose `search_path` is empty.
+    pub using: Option<String>,
+    /// Its `WITH CHECK` expression, written the same way.
+    pub check: Option<String>,
+}
+
+impl RowPolicy {
+    /// A policy from its catalog entry.
+    pub fn new(using: Option<String>, check: Option<String>) -> RowPolicy {
+        RowPolicy { using, check }
+    }
+}
+
 /// What the caller knows about the definitions of the database a session
 /// is in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Known {
-    /// Every view and function outside the system schemas, by qualified
-    /// name (a function's overloads together).
-    Definitions { views: HashMap<String, View>, functions: HashMap<String, Vec<Function>> },
+    /// Every view, function, rule and row policy outside the system
+    /// schemas, by qualified name (a function's overloads together, a
+    /// table's rules and policies together).
+    Definitions {
+        views: HashMap<String, View>,
+        functions: HashMap<String, Vec<Function>>,
+        rules: HashMap<String, Vec<String>>,
+        policies: HashMap<String, Vec<RowPolicy>>,
+    },
     /// The catalog could not be read: why.
     Unavailable(String),
 }
@@ -174,7 +200,12 @@ impl Definitions {
     pub fn new() -> Definitions {
         Definitions {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            known: Known::Definitions { views: HashMap::new(), functions: HashMap::new() },
+            known: Known::Definitions {
+                views: HashMap::new(),
+                functions: HashMap::new(),
+                rules: HashMap::new(),
+                policies: HashMap::new(),
+            },
         }
     }
 
@@ -214,6 +245,79 @@ impl Definitions {
         }
         if let Known::Definitions { functions, .. } = &mut self.known {
             functions.entry(crate::analyze::qualified(schema, name)).or_default().push(function);
+        }
+    }
+
+    /// Adds a rewrite rule of the table or view `schema.name` (other than a
+    /// view's own `_RETURN` rule): the whole `CREATE RULE`, as
+    /// `pg_get_ruledef(oid)` writes it on a connection whose `search_path`
+    /// is empty. A statement that writes the relation is judged with what
+    /// the rule's actions read and write (the server runs them with it).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use policy_core::{Definitions, Engine, Policy};
+    /// let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
+    /// let mut definitions = Definitions::new();
+    /// definitions.insert_rule(
+    ///     "public",
+    ///     "orders",
+    ///     "CREATE RULE log AS ON INSERT TO public.orders DO ALSO INSERT INTO audit.log VALUES (new.id);",
+    /// );
+    /// let mut session = engine.new_session();
+    /// session.definitions = Some(Arc::new(definitions));
+    /// let facts = &engine.analyze(&session, "INSERT INTO orders VALUES (1)").statements[0];
+    /// assert!(facts.written_tables.contains(&"audit.log".to_string()));
+    /// # Ok::<(), policy_core::PolicyError>(())
+    /// ```
+    pub fn insert_rule(&mut self, schema: &str, name: &str, definition: impl Into<String>) {
+        if SYSTEM_SCHEMAS.contains(&schema) {
+            return;
+        }
+        if let Known::Definitions { rules, .. } = &mut self.known {
+            rules.entry(crate::analyze::qualified(schema, name)).or_default().push(definition.into());
+        }
+    }
+
+    /// The rules of a relation (`schema.name`); empty when it has none.
+    pub fn rules(&self, qualified: &str) -> &[String] {
+        match &self.known {
+            Known::Definitions { rules, .. } => rules.get(qualified).map_or(&[], Vec::as_slice),
+            Known::Unavailable(_) => &[],
+        }
+    }
+
+    /// Adds a row-level security policy of the table `schema.name` (give
+    /// the policies of tables whose row security is on). A statement that
+    /// names the table is judged with what the policy's expressions read.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use policy_core::{Definitions, Engine, Policy, RowPolicy};
+    /// let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
+    /// let mut definitions = Definitions::new();
+    /// let using = "(owner IN ( SELECT members.name FROM private.members))";
+    /// definitions.insert_row_policy("public", "docs", RowPolicy::new(Some(using.into()), None));
+    /// let mut session = engine.new_session();
+    /// session.definitions = Some(Arc::new(definitions));
+    /// let facts = &engine.analyze(&session, "SELECT * FROM docs").statements[0];
+    /// assert!(facts.tables.contains(&"private.members".to_string()));
+    /// # Ok::<(), policy_core::PolicyError>(())
+    /// ```
+    pub fn insert_row_policy(&mut self, schema: &str, name: &str, policy: RowPolicy) {
+        if SYSTEM_SCHEMAS.contains(&schema) {
+            return;
+        }
+        if let Known::Definitions { policies, .. } = &mut self.known {
+            policies.entry(crate::analyze::qualified(schema, name)).or_default().push(policy);
+        }
+    }
+
+    /// The row-level security policies of a table (`schema.name`).
+    pub fn row_policies(&self, qualified: &str) -> &[RowPolicy] {
+        match &self.known {
+            Known::Definitions { policies, .. } => policies.get(qualified).map_or(&[], Vec::as_slice),
+            Known::Unavailable(_) => &[],
         }
     }
 

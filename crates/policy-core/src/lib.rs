@@ -249,7 +249,7 @@ pub use cache::{CacheStats, DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT
 pub use context::Context;
 pub use copy::{CopyLayout, CopyOutAction, CopyOutPlan, CsvLayout};
 pub use decision::{Decision, StatementDecision, Verdict};
-pub use definitions::{Definitions, Function, FunctionBody, View, ViewKind};
+pub use definitions::{Definitions, Function, FunctionBody, RowPolicy, View, ViewKind};
 pub use detect::{DetectorMatch, Detectors};
 pub use engine::{Engine, EngineOptions, Keys, TestOutcome};
 pub use identity::{verify_jwt, Actor, Identity, IdentityError, IdentityRules, Jwks, MAX_LEEWAY_SECONDS};

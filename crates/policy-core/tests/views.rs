@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use policy_core::{
-    ColumnInfo, Definitions, Engine, Function, FunctionBody, Identity, Policy, Session, Verdict, View, ViewKind,
-    REDACTED,
+    ColumnInfo, Definitions, Engine, Function, FunctionBody, Identity, Policy, RowPolicy, Session, Verdict, View,
+    ViewKind, REDACTED,
 };
 
 const POLICY: &str = r#"
@@ -294,9 +294,10 @@ fn masked_view_columns_may_not_be_stored() {
     assert_eq!(e.decide(&agent(), &s, "INSERT INTO public.notes SELECT id FROM ids").verdict, Verdict::Allow);
 }
 
-/// Dropping, renaming, commenting on or granting a view reads none of
-/// what is behind it: it is judged by its name, and is not refused for
-/// masked columns it does not read.
+/// Dropping, renaming, commenting on or locking a view reads none of what
+/// is behind it: it is judged by its name, and is not refused for masked
+/// columns it does not read. Granting it gives its rows away: judged by
+/// what it reads.
 #[test]
 fn statements_that_do_not_read_a_view_are_judged_by_its_name() {
     let e = engine("");
@@ -305,7 +306,6 @@ fn statements_that_do_not_read_a_view_are_judged_by_its_name() {
         "DROP VIEW public.contacts",
         "ALTER VIEW public.laundered RENAME TO innocent",
         "COMMENT ON VIEW public.contacts IS 'phones'",
-        "GRANT SELECT ON public.contacts TO someone",
         "LOCK TABLE public.laundered",
     ] {
         let facts = &e.analyze(&s, sql).statements[0];
@@ -317,11 +317,66 @@ fn statements_that_do_not_read_a_view_are_judged_by_its_name() {
         );
         assert!(!facts.columns.iter().any(|c| c.ends_with(".phone")), "{sql}: {:?}", facts.columns);
     }
+    let facts = &e.analyze(&s, "GRANT SELECT ON public.laundered TO someone").statements[0];
+    assert!(facts.tables.contains(&"private.secrets".to_string()), "{:?}", facts.tables);
     // What creates from a view reads it.
     let facts = &e.analyze(&s, "CREATE TABLE public.copy AS SELECT * FROM laundered").statements[0];
     assert!(facts.tables.contains(&"private.secrets".to_string()), "{:?}", facts.tables);
     let facts = &e.analyze(&s, "CREATE VIEW public.again AS SELECT tel FROM contacts").statements[0];
     assert!(facts.columns.contains(&"public.users.phone".to_string()), "{:?}", facts.columns);
+}
+
+/// Rules and row-level security policies run with the statement: what
+/// they read and write is judged with it.
+#[test]
+fn rules_and_row_security_policies_are_judged_with_the_statement() {
+    let e = engine("");
+    let mut defs = catalog();
+    defs.insert_rule(
+        "public",
+        "orders",
+        "CREATE RULE keep AS\n    ON DELETE TO public.orders DO  INSERT INTO private.deleted (id)\n  VALUES (old.id);",
+    );
+    defs.insert_rule(
+        "public",
+        "inbox",
+        "CREATE RULE ins AS\n    ON INSERT TO public.inbox DO INSTEAD  INSERT INTO public.orders (id)\n  VALUES (new.id);",
+    );
+    defs.insert_row_policy(
+        "public",
+        "notes",
+        RowPolicy::new(Some("(author IN ( SELECT s.owner\n   FROM private.secrets s))".into()), None),
+    );
+    defs.insert_row_policy("public", "docs", RowPolicy::new(None, Some("(level <= public.clearance())".into())));
+    let s = session(&e, defs);
+    // The rule writes private.deleted: the write-public rule does not cover it.
+    let d = e.decide(&agent(), &s, "DELETE FROM orders WHERE id = 1");
+    assert_eq!(d.verdict, Verdict::Deny, "{} {:?}", d.reason, d.statements[0].facts);
+    assert!(d.statements[0].facts.written_tables.contains(&"private.deleted".to_string()));
+    // Reading the table does not run its rules.
+    let facts = &e.analyze(&s, "SELECT * FROM orders").statements[0];
+    assert_eq!(facts.tables, ["public.orders"]);
+    // Rules on the tables a rule writes run too (every rule of a written
+    // table, whatever its event: a superset).
+    let facts = &e.analyze(&s, "INSERT INTO inbox VALUES (1)").statements[0];
+    assert_eq!(facts.written_tables, ["private.deleted", "public.inbox", "public.orders"]);
+    // A policy's expression reads private.secrets on every read and write.
+    for sql in ["SELECT * FROM notes", "UPDATE notes SET body = ''"] {
+        let d = e.decide(&agent(), &s, sql);
+        assert_eq!(d.verdict, Verdict::Deny, "{sql}: {}", d.reason);
+        assert!(d.statements[0].facts.tables.contains(&"private.secrets".to_string()), "{sql}");
+        // Its columns reach nobody: not read by the statement.
+        assert!(!d.statements[0].facts.columns.iter().any(|c| c.starts_with("private.")), "{sql}");
+    }
+    // A policy calling a function the engine cannot see is opaque.
+    let facts = &e.analyze(&s, "SELECT * FROM docs").statements[0];
+    assert!(facts.opaque, "{:?}", facts.notes);
+    // A rule the engine cannot read is opaque.
+    let mut defs = catalog();
+    defs.insert_rule("public", "orders", "CREATE RULE broken AS ON DELETE TO public.orders DO (");
+    let s = session(&e, defs);
+    let facts = &e.analyze(&s, "DELETE FROM orders").statements[0];
+    assert!(facts.opaque && facts.notes.iter().any(|n| n.contains("rule on public.orders")), "{:?}", facts.notes);
 }
 
 fn functions() -> Definitions {

@@ -612,7 +612,11 @@ static void test_views(const char *policy, size_t policy_len) {
                         "\"functions\":[{\"schema\":\"public\",\"name\":\"key\",\"language\":\"sql\","
                         "\"body\":\"SELECT api_key FROM secrets\"},"
                         "{\"schema\":\"public\",\"name\":\"n\",\"language\":\"sql\",\"body\":\"SELECT count(*) FROM orders\"},"
-                        "{\"schema\":\"public\",\"name\":\"pl\",\"language\":\"plpgsql\"}]}";
+                        "{\"schema\":\"public\",\"name\":\"pl\",\"language\":\"plpgsql\"}],"
+                        "\"row_policies\":[{\"schema\":\"public\",\"name\":\"notes\","
+                        "\"using\":\"(author IN ( SELECT secrets.owner FROM public.secrets))\"}],"
+                        "\"rules\":[{\"schema\":\"public\",\"name\":\"drafts\",\"definition\":"
+                        "\"CREATE RULE r AS ON INSERT TO public.drafts DO INSTEAD INSERT INTO public.secrets VALUES (new.id);\"}]}";
     portcullis_definitions *v = NULL;
     CHECK(portcullis_definitions_new(S(json), &v) == PORTCULLIS_RESULT_OK, "views");
     CHECK(portcullis_definitions_count(v) == 2, "two views");
@@ -623,6 +627,11 @@ static void test_views(const char *policy, size_t policy_len) {
     CHECK(verdict_of(e, agent, s, S("SELECT key()")) == PORTCULLIS_VERDICT_DENY, "a function reading public.secrets");
     CHECK(verdict_of(e, agent, s, S("SELECT n()")) == PORTCULLIS_VERDICT_ALLOW, "a function reading orders");
     CHECK(verdict_of(e, agent, s, S("SELECT pl()")) == PORTCULLIS_VERDICT_DENY, "plpgsql stays opaque");
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM notes")) == PORTCULLIS_VERDICT_DENY,
+          "a row security policy reading public.secrets");
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM drafts")) == PORTCULLIS_VERDICT_ALLOW, "rules run on writes only");
+    CHECK(verdict_of(e, agent, s, S("INSERT INTO drafts VALUES (1)")) == PORTCULLIS_VERDICT_DENY,
+          "a rule writing public.secrets");
 
     portcullis_definitions *bad = (portcullis_definitions *)&s;
     CHECK(portcullis_definitions_new(S("{\"views\":[{\"schema\":\"public\",\"nmae\":\"v\"}]}"), &bad) == PORTCULLIS_RESULT_DEFINITIONS_JSON,

@@ -48,10 +48,12 @@ pub(crate) fn may_change_definitions(stmt: NodeRef<'_>) -> bool {
 }
 
 /// Whether the relations a statement names are read by it: not by a
-/// utility statement that only changes, describes or locks them (`DROP
-/// VIEW v`, `ALTER VIEW v RENAME`, `COMMENT ON VIEW v`, `GRANT ... ON v`).
+/// utility statement that only drops, changes, describes or locks them
+/// (`DROP VIEW v`, `ALTER VIEW v RENAME`, `COMMENT ON VIEW v`, `LOCK v`).
+/// `GRANT ... ON v` is judged with what `v` reads: it gives those rows
+/// away.
 fn reads_named_relations(facts: &StatementFacts) -> bool {
-    const NOT_READ: &[&str] = &["DROP ", "ALTER ", "COMMENT", "GRANT", "REVOKE", "SECURITY LABEL", "LOCK TABLE"];
+    const NOT_READ: &[&str] = &["DROP ", "ALTER ", "COMMENT", "SECURITY LABEL", "LOCK TABLE"];
     !(matches!(facts.class, Class::Ddl | Class::Dcl | Class::Admin)
         && NOT_READ.iter().any(|p| facts.command.starts_with(p)))
 }
@@ -101,6 +103,7 @@ pub(crate) fn expand(
         has_where: facts.has_where,
         clause_columns: Vec::new(),
         opaque: Vec::new(),
+        followed: false,
     };
     if facts.class != Class::Unknown {
         x.run(facts, changed);
@@ -144,7 +147,7 @@ pub(crate) fn expand(
             }
         }
     }
-    if x.view_columns.is_empty() && x.function_lineage.is_empty() {
+    if x.view_columns.is_empty() && x.function_lineage.is_empty() && !x.followed {
         return;
     }
     let mut expanded = Vec::with_capacity(x.lineage.len());
@@ -195,12 +198,14 @@ struct Expansion<'a> {
     clause_columns: Vec<ClauseColumn>,
     /// Why the statement is opaque, in order.
     opaque: Vec<String>,
+    /// Whether a rule or a row security policy was followed.
+    followed: bool,
 }
 
 impl Expansion<'_> {
     fn run(&mut self, facts: &StatementFacts, changed: bool) {
-        // A view a statement drops, alters, comments on, grants or locks
-        // is not read: what is behind it is not either.
+        // A view a statement drops, alters, comments on or locks is not
+        // read: what is behind it is not either.
         let mut relations: VecDeque<String> =
             if reads_named_relations(facts) { facts.tables.iter().cloned().collect() } else { VecDeque::new() };
         let mut calls: VecDeque<String> = facts.sql_calls.iter().cloned().collect();
@@ -224,6 +229,7 @@ impl Expansion<'_> {
                     ));
                     return;
                 }
+                self.follow_rules_and_policies(&table, &mut relations, &mut calls);
                 let Some(view) = self.definitions.get(&table) else { continue };
                 if self.view_columns.len() + self.function_lineage.len() >= MAX_DEFINITIONS {
                     self.opaque.push(format!("the statement reaches more than {MAX_DEFINITIONS} views and functions"));
@@ -290,6 +296,46 @@ impl Expansion<'_> {
                 self.function_lineage.insert(function, result);
             } else {
                 return;
+            }
+        }
+    }
+
+    /// What the server runs on its own with a statement that touches
+    /// `table`: the actions of its rules when the statement writes it, the
+    /// expressions of its row-level security policies whenever it is read
+    /// or written. Their relations and functions are judged with the
+    /// statement's; the columns they read reach nobody.
+    fn follow_rules_and_policies(
+        &mut self,
+        table: &str,
+        relations: &mut VecDeque<String>,
+        calls: &mut VecDeque<String>,
+    ) {
+        if self.written.contains(table) {
+            for rule in self.definitions.rules(table) {
+                match rule_facts(rule, self.definitions, self.options) {
+                    Ok(def) => {
+                        self.followed = true;
+                        self.merge(&def, &format!("a rule on {table}"), relations, calls);
+                    }
+                    Err(why) => self.opaque.push(format!("a rule on {table} cannot be read: {why}")),
+                }
+            }
+        }
+        for policy in self.definitions.row_policies(table) {
+            let expressions: Vec<String> =
+                [&policy.using, &policy.check].into_iter().flatten().map(|e| format!("({e})")).collect();
+            if expressions.is_empty() {
+                continue;
+            }
+            let query = format!("SELECT {}", expressions.join(", "));
+            match definition_facts(&query, self.definitions, self.options) {
+                Ok(mut def) => {
+                    def.columns.clear();
+                    self.followed = true;
+                    self.merge(&def, &format!("a row security policy on {table}"), relations, calls);
+                }
+                Err(why) => self.opaque.push(format!("a row security policy on {table} cannot be read: {why}")),
             }
         }
     }
@@ -395,6 +441,38 @@ fn definition_facts(
         Class::Unknown => Err(facts.notes.first().cloned().unwrap_or_else(|| "the parser rejects it".to_string())),
         other => Err(format!("it is a {other} statement, not a query")),
     }
+}
+
+/// What a rule's actions do (`CREATE RULE ... DO [ALSO | INSTEAD] ...` as
+/// `pg_get_ruledef` writes it): a write when an action writes, else a
+/// read; the columns they read reach nobody.
+fn rule_facts(
+    definition: &str,
+    definitions: &Arc<Definitions>,
+    options: &AnalyzeOptions,
+) -> Result<StatementFacts, String> {
+    let session = Session::default().with_startup_search_path(vec!["pg_catalog".to_string()]);
+    let mut analysis = inner_analysis(definition, &session, definitions, options);
+    if analysis.statements.len() != 1 {
+        return Err(format!("it holds {} statements", analysis.statements.len()));
+    }
+    let mut facts = analysis.statements.remove(0);
+    match facts.class {
+        Class::Unknown => {
+            return Err(facts.notes.first().cloned().unwrap_or_else(|| "the parser rejects it".to_string()));
+        }
+        _ if facts.command != "CREATE RULE" => return Err(format!("it is {}, not a rule", facts.command)),
+        _ => {}
+    }
+    facts.commands.retain(|c| c != "CREATE RULE");
+    facts.class = if !facts.written_tables.is_empty() || facts.commands.iter().any(|c| c == "NOTIFY") {
+        Class::Write
+    } else {
+        Class::Read
+    };
+    facts.columns.clear();
+    facts.clause_columns.clear();
+    Ok(facts)
 }
 
 /// A column's lineage followed through views.
