@@ -80,10 +80,13 @@ struct DefinitionsJson {
     rules: Vec<RuleJson>,
     #[serde(default)]
     row_policies: Vec<RowPolicyJson>,
+    #[serde(default)]
+    catalog_relations: Vec<String>,
 }
 
 /// The definitions from JSON: `{"views": [...], "functions": [...],
-/// "rules": [...], "row_policies": [...]}`, each optional.
+/// "rules": [...], "row_policies": [...], "catalog_relations": [...]}`,
+/// each optional.
 ///
 /// A view is `{"schema": "public", "name": "v", "kind": "view", "columns":
 /// ["id", "tel"], "definition": " SELECT ..."}`, one per view and
@@ -108,7 +111,9 @@ struct DefinitionsJson {
 /// `{"schema": "public", "name": "docs", "using": "...", "check": "..."}`,
 /// one per policy of a table whose row security is on: `using` and `check`
 /// are `pg_get_expr(polqual, polrelid)` and `pg_get_expr(polwithcheck,
-/// polrelid)` read the same way (each optional).
+/// polrelid)` read the same way (each optional). `catalog_relations` are
+/// the names of the relations in `pg_catalog` whose OID is 16384 or more
+/// (not the server's own: a superuser moved them there).
 ///
 /// Unknown fields are refused (`PORTCULLIS_RESULT_DEFINITIONS_JSON`).
 ///
@@ -159,6 +164,9 @@ pub unsafe extern "C" fn portcullis_definitions_new(
         }
         for p in input.row_policies {
             definitions.insert_row_policy(&p.schema, &p.name, RowPolicy::new(p.using, p.check));
+        }
+        for name in &input.catalog_relations {
+            definitions.insert_catalog_relation(name);
         }
         out.write(boundary::into_handle(portcullis_definitions { definitions: Arc::new(definitions) }));
         Ok(())

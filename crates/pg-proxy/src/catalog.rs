@@ -23,7 +23,8 @@
 //! writes it) and `SET search_path`, every rewrite rule that is not a
 //! view's own (`pg_get_ruledef`), and the row-level security policies of
 //! the tables whose row security is on (`pg_get_expr` of their `USING`
-//! and `WITH CHECK`). The catalog connection's `search_path`
+//! and `WITH CHECK`), and the relations a superuser put in `pg_catalog`.
+//! The catalog connection's `search_path`
 //! is empty, so every name outside `pg_catalog` comes qualified. Sessions
 //! share them through a watch channel. They are read again when a session
 //! completes DDL (before that session's client hears back; when the
@@ -118,6 +119,11 @@ const RULES_SQL: &str = "SELECT n.nspname, c.relname, pg_catalog.pg_get_ruledef(
     FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class \
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
     WHERE r.rulename <> '_RETURN' AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
+
+/// The relations in `pg_catalog` that are not the server's own (a
+/// superuser moved them there).
+const CATALOG_RELATIONS_SQL: &str = "SELECT c.relname FROM pg_catalog.pg_class c \
+    WHERE c.relnamespace = 'pg_catalog'::pg_catalog.regnamespace AND c.oid >= 16384";
 
 /// The row-level security policies of every table whose row security is
 /// on, outside the system schemas: their expressions (qualified).
@@ -419,6 +425,12 @@ impl Database {
                 return Err("a row security policy row the gateway cannot read".to_string());
             };
             views.insert_row_policy(&schema, &name, RowPolicy::new(using, check));
+        }
+        for row in self.query(target, database, CATALOG_RELATIONS_SQL).await? {
+            let [Some(name)] = <[Option<String>; 1]>::try_from(row).unwrap_or_default() else {
+                return Err("a catalog relation row the gateway cannot read".to_string());
+            };
+            views.insert_catalog_relation(&name);
         }
         tracing::debug!(database, views = views.len(), "views, functions, rules and policies read from the catalog");
         Ok((views, fingerprint))

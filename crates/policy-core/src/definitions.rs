@@ -166,6 +166,7 @@ enum Known {
         functions: HashMap<String, Vec<Function>>,
         rules: HashMap<String, Vec<String>>,
         policies: HashMap<String, Vec<RowPolicy>>,
+        catalog_relations: Vec<String>,
     },
     /// The catalog could not be read: why.
     Unavailable(String),
@@ -205,6 +206,7 @@ impl Definitions {
                 functions: HashMap::new(),
                 rules: HashMap::new(),
                 policies: HashMap::new(),
+                catalog_relations: Vec::new(),
             },
         }
     }
@@ -318,6 +320,44 @@ impl Definitions {
         match &self.known {
             Known::Definitions { policies, .. } => policies.get(qualified).map_or(&[], Vec::as_slice),
             Known::Unavailable(_) => &[],
+        }
+    }
+
+    /// Adds a relation that is in `pg_catalog` but is not the server's own
+    /// (a superuser created it elsewhere and moved it there: its OID is
+    /// 16384 or more). The engine takes `pg_catalog`, which the server
+    /// searches first, as holding only names beginning with `pg_`; a
+    /// statement naming a relation of the same name elsewhere is opaque,
+    /// since the server may read this one instead.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use policy_core::{Definitions, Engine, Policy};
+    /// let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
+    /// let mut definitions = Definitions::new();
+    /// definitions.insert_catalog_relation("orders");
+    /// let mut session = engine.new_session();
+    /// session.definitions = Some(Arc::new(definitions));
+    /// assert!(engine.analyze(&session, "SELECT * FROM orders").statements[0].opaque);
+    /// # Ok::<(), policy_core::PolicyError>(())
+    /// ```
+    pub fn insert_catalog_relation(&mut self, name: &str) {
+        if let Known::Definitions { catalog_relations, .. } = &mut self.known {
+            catalog_relations.push(crate::analyze::qualified("x", name).split_off(2));
+        }
+    }
+
+    /// Whether `qualified` (as facts write it) names a relation outside
+    /// `pg_catalog` whose name a relation in `pg_catalog` that is not the
+    /// server's own also has.
+    pub(crate) fn shadowed_by_catalog(&self, qualified: &str) -> bool {
+        match &self.known {
+            Known::Definitions { catalog_relations, .. } => catalog_relations.iter().any(|name| {
+                qualified
+                    .strip_suffix(name.as_str())
+                    .is_some_and(|schema| schema.ends_with('.') && schema != "pg_catalog.")
+            }),
+            Known::Unavailable(_) => false,
         }
     }
 

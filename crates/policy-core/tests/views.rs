@@ -379,6 +379,23 @@ fn rules_and_row_security_policies_are_judged_with_the_statement() {
     assert!(facts.opaque && facts.notes.iter().any(|n| n.contains("rule on public.orders")), "{:?}", facts.notes);
 }
 
+/// A relation a superuser moved into pg_catalog, which the server searches
+/// first, shadows the relations of the same name on the path.
+#[test]
+fn relations_moved_into_pg_catalog_make_their_namesakes_opaque() {
+    let e = engine("");
+    let mut defs = catalog();
+    defs.insert_catalog_relation("orders");
+    let s = session(&e, defs);
+    for sql in ["SELECT * FROM orders", "INSERT INTO orders VALUES (1)", "SELECT * FROM public.orders"] {
+        let facts = &e.analyze(&s, sql).statements[0];
+        assert!(facts.opaque && facts.notes[0].contains("pg_catalog"), "{sql}: {:?}", facts.notes);
+    }
+    for sql in ["SELECT * FROM pg_catalog.orders", "SELECT * FROM users", "SELECT * FROM public.orders_2024"] {
+        assert!(!e.analyze(&s, sql).statements[0].opaque, "{sql}");
+    }
+}
+
 fn functions() -> Definitions {
     let mut d = catalog();
     let sql = |body: &str| Function::new(FunctionBody::Sql(body.to_string()), None);

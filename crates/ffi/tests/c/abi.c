@@ -616,7 +616,8 @@ static void test_views(const char *policy, size_t policy_len) {
                         "\"row_policies\":[{\"schema\":\"public\",\"name\":\"notes\","
                         "\"using\":\"(author IN ( SELECT secrets.owner FROM public.secrets))\"}],"
                         "\"rules\":[{\"schema\":\"public\",\"name\":\"drafts\",\"definition\":"
-                        "\"CREATE RULE r AS ON INSERT TO public.drafts DO INSTEAD INSERT INTO public.secrets VALUES (new.id);\"}]}";
+                        "\"CREATE RULE r AS ON INSERT TO public.drafts DO INSTEAD INSERT INTO public.secrets VALUES (new.id);\"}],"
+                        "\"catalog_relations\":[\"shadow\"]}";
     portcullis_definitions *v = NULL;
     CHECK(portcullis_definitions_new(S(json), &v) == PORTCULLIS_RESULT_OK, "views");
     CHECK(portcullis_definitions_count(v) == 2, "two views");
@@ -632,6 +633,8 @@ static void test_views(const char *policy, size_t policy_len) {
     CHECK(verdict_of(e, agent, s, S("SELECT * FROM drafts")) == PORTCULLIS_VERDICT_ALLOW, "rules run on writes only");
     CHECK(verdict_of(e, agent, s, S("INSERT INTO drafts VALUES (1)")) == PORTCULLIS_VERDICT_DENY,
           "a rule writing public.secrets");
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM shadow")) == PORTCULLIS_VERDICT_DENY,
+          "pg_catalog holds a relation named shadow");
 
     portcullis_definitions *bad = (portcullis_definitions *)&s;
     CHECK(portcullis_definitions_new(S("{\"views\":[{\"schema\":\"public\",\"nmae\":\"v\"}]}"), &bad) == PORTCULLIS_RESULT_DEFINITIONS_JSON,

@@ -229,6 +229,13 @@ impl Expansion<'_> {
                     ));
                     return;
                 }
+                if self.definitions.shadowed_by_catalog(&table) {
+                    self.opaque.push(format!(
+                        "pg_catalog, which the server searches first, holds a relation of the same name as {table} \
+                         that is not the server's own"
+                    ));
+                    return;
+                }
                 self.follow_rules_and_policies(&table, &mut relations, &mut calls);
                 let Some(view) = self.definitions.get(&table) else { continue };
                 if self.view_columns.len() + self.function_lineage.len() >= MAX_DEFINITIONS {
