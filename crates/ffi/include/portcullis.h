@@ -429,8 +429,8 @@ void portcullis_decision_free(struct portcullis_decision *decision);
 
 /**
  * The definitions from JSON: `{"views": [...], "functions": [...],
- * "rules": [...], "row_policies": [...], "catalog_relations": [...]}`,
- * each optional.
+ * "rules": [...], "row_policies": [...], "triggers": [...],
+ * "catalog_relations": [...]}`, each optional.
  *
  * A view is `{"schema": "public", "name": "v", "kind": "view", "columns":
  * ["id", "tel"], "definition": " SELECT ..."}`, one per view and
@@ -455,7 +455,10 @@ void portcullis_decision_free(struct portcullis_decision *decision);
  * `{"schema": "public", "name": "docs", "using": "...", "check": "..."}`,
  * one per policy of a table whose row security is on: `using` and `check`
  * are `pg_get_expr(polqual, polrelid)` and `pg_get_expr(polwithcheck,
- * polrelid)` read the same way (each optional). `catalog_relations` are
+ * polrelid)` read the same way (each optional). A trigger is `{"schema":
+ * "public", "name": "orders", "function_schema": "audit", "function":
+ * "log_change"}`, one per trigger the server fires (`NOT tgisinternal`,
+ * not disabled): `name` is its table. `catalog_relations` are
  * the names of the relations in `pg_catalog` whose OID is 16384 or more
  * (not the server's own: a superuser moved them there).
  *

@@ -71,6 +71,15 @@ struct RowPolicyJson {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct TriggerJson {
+    schema: String,
+    name: String,
+    function_schema: String,
+    function: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DefinitionsJson {
     #[serde(default)]
     views: Vec<ViewJson>,
@@ -81,12 +90,14 @@ struct DefinitionsJson {
     #[serde(default)]
     row_policies: Vec<RowPolicyJson>,
     #[serde(default)]
+    triggers: Vec<TriggerJson>,
+    #[serde(default)]
     catalog_relations: Vec<String>,
 }
 
 /// The definitions from JSON: `{"views": [...], "functions": [...],
-/// "rules": [...], "row_policies": [...], "catalog_relations": [...]}`,
-/// each optional.
+/// "rules": [...], "row_policies": [...], "triggers": [...],
+/// "catalog_relations": [...]}`, each optional.
 ///
 /// A view is `{"schema": "public", "name": "v", "kind": "view", "columns":
 /// ["id", "tel"], "definition": " SELECT ..."}`, one per view and
@@ -111,7 +122,10 @@ struct DefinitionsJson {
 /// `{"schema": "public", "name": "docs", "using": "...", "check": "..."}`,
 /// one per policy of a table whose row security is on: `using` and `check`
 /// are `pg_get_expr(polqual, polrelid)` and `pg_get_expr(polwithcheck,
-/// polrelid)` read the same way (each optional). `catalog_relations` are
+/// polrelid)` read the same way (each optional). A trigger is `{"schema":
+/// "public", "name": "orders", "function_schema": "audit", "function":
+/// "log_change"}`, one per trigger the server fires (`NOT tgisinternal`,
+/// not disabled): `name` is its table. `catalog_relations` are
 /// the names of the relations in `pg_catalog` whose OID is 16384 or more
 /// (not the server's own: a superuser moved them there).
 ///
@@ -164,6 +178,9 @@ pub unsafe extern "C" fn portcullis_definitions_new(
         }
         for p in input.row_policies {
             definitions.insert_row_policy(&p.schema, &p.name, RowPolicy::new(p.using, p.check));
+        }
+        for t in &input.triggers {
+            definitions.insert_trigger(&t.schema, &t.name, &t.function_schema, &t.function);
         }
         for name in &input.catalog_relations {
             definitions.insert_catalog_relation(name);

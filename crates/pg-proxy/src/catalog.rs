@@ -23,7 +23,8 @@
 //! writes it) and `SET search_path`, every rewrite rule that is not a
 //! view's own (`pg_get_ruledef`), and the row-level security policies of
 //! the tables whose row security is on (`pg_get_expr` of their `USING`
-//! and `WITH CHECK`), and the relations a superuser put in `pg_catalog`.
+//! and `WITH CHECK`), the functions the tables' triggers run, and the
+//! relations a superuser put in `pg_catalog`.
 //! The catalog connection's `search_path`
 //! is empty, so every name outside `pg_catalog` comes qualified. Sessions
 //! share them through a watch channel. They are read again when a session
@@ -31,7 +32,7 @@
 //! transaction it ran in ends, for DDL in a transaction block), and a task
 //! checks every `[catalog] refresh_interval` whether another connection
 //! changed them: it compares a fingerprint of `pg_class`, `pg_namespace`,
-//! `pg_rewrite`, `pg_proc`, `pg_policy` and the views' columns (row counts and the sum
+//! `pg_rewrite`, `pg_proc`, `pg_policy`, `pg_trigger` and the views' columns (row counts and the sum
 //! of their `xmin`) and reads the definitions again when it moved. When
 //! they cannot be read, sessions get [`Definitions::unavailable`], and
 //! statements naming relations are not allowed until they can.
@@ -111,7 +112,18 @@ const FINGERPRINT_SQL: &str = "SELECT \
         WHERE c.relkind IN ('v', 'm')) || ' ' || \
     (SELECT pg_catalog.count(*)::pg_catalog.text || '/' || \
         COALESCE(pg_catalog.sum(xmin::pg_catalog.text::pg_catalog.int8), 0)::pg_catalog.text \
-        FROM pg_catalog.pg_policy)";
+        FROM pg_catalog.pg_policy) || ' ' || \
+    (SELECT pg_catalog.count(*)::pg_catalog.text || '/' || \
+        COALESCE(pg_catalog.sum(xmin::pg_catalog.text::pg_catalog.int8), 0)::pg_catalog.text \
+        FROM pg_catalog.pg_trigger)";
+
+/// The triggers the server fires (not its internal ones, not disabled)
+/// on relations outside the system schemas, with the function each runs.
+const TRIGGERS_SQL: &str = "SELECT n.nspname, c.relname, fn.nspname, p.proname \
+    FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+    JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid JOIN pg_catalog.pg_namespace fn ON fn.oid = p.pronamespace \
+    WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
 /// Every rewrite rule outside the system schemas other than a view's own
 /// (`_RETURN`), as a whole `CREATE RULE` (qualified).
@@ -425,6 +437,14 @@ impl Database {
                 return Err("a row security policy row the gateway cannot read".to_string());
             };
             views.insert_row_policy(&schema, &name, RowPolicy::new(using, check));
+        }
+        for row in self.query(target, database, TRIGGERS_SQL).await? {
+            let [Some(schema), Some(name), Some(function_schema), Some(function)] =
+                <[Option<String>; 4]>::try_from(row).unwrap_or_default()
+            else {
+                return Err("a trigger row the gateway cannot read".to_string());
+            };
+            views.insert_trigger(&schema, &name, &function_schema, &function);
         }
         for row in self.query(target, database, CATALOG_RELATIONS_SQL).await? {
             let [Some(name)] = <[Option<String>; 1]>::try_from(row).unwrap_or_default() else {

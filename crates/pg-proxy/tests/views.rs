@@ -74,6 +74,9 @@ ALTER TABLE public.notes FORCE ROW LEVEL SECURITY;
 CREATE POLICY by_key ON public.notes USING (author IN (SELECT id FROM secrets WHERE api_key LIKE 'AKIA%'));
 CREATE TABLE public.drafts (id int);
 CREATE RULE forget AS ON INSERT TO public.drafts DO ALSO DELETE FROM secrets WHERE id = new.id;
+CREATE TABLE public.stamped (id int, at timestamptz);
+CREATE FUNCTION public.stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.at := now(); RETURN NEW; END $$;
+CREATE TRIGGER stamp BEFORE INSERT ON public.stamped FOR EACH ROW EXECUTE FUNCTION public.stamp();
 ";
 
 fn stack(views: &str, refresh: &str) -> Stack {
@@ -292,9 +295,9 @@ fn views_changed_through_the_gateway_are_seen_by_the_next_statement() {
     assert_eq!(psql(&stack, &agent, "SELECT * FROM later").unwrap(), "1\n");
 }
 
-/// The server runs a table's rules with the statements that write it, and
-/// its row security policies with every statement that touches it: what
-/// they read and write is judged with the statement.
+/// The server runs a table's rules and triggers with the statements that
+/// write it, and its row security policies with every statement that
+/// touches it: what they read and write is judged with the statement.
 #[test]
 fn rules_and_row_security_policies_are_judged_with_the_statement() {
     let stack = stack("", "1h");
@@ -310,6 +313,10 @@ fn rules_and_row_security_policies_are_judged_with_the_statement() {
     assert_eq!(psql(&stack, &dba, "SELECT count(*) FROM secrets").unwrap(), "1\n");
     // Reading the table does not run its rules.
     assert_eq!(psql(&stack, &writer, "SELECT count(*) FROM drafts").unwrap(), "0\n");
+    // A trigger runs plpgsql the engine cannot see: the write is opaque.
+    let err = psql(&stack, &writer, "INSERT INTO stamped VALUES (1)").unwrap_err();
+    assert!(err.contains("a trigger on public.stamped runs public.stamp"), "{err}");
+    assert_eq!(psql(&stack, &writer, "SELECT count(*) FROM stamped").unwrap(), "0\n");
 }
 
 /// The gateway reads the catalog on a connection of its own, which sees a

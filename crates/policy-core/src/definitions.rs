@@ -157,6 +157,7 @@ impl RowPolicy {
 /// What the caller knows about the definitions of the database a session
 /// is in.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "built once per catalog reading and shared behind an Arc")]
 enum Known {
     /// Every view, function, rule and row policy outside the system
     /// schemas, by qualified name (a function's overloads together, a
@@ -166,6 +167,7 @@ enum Known {
         functions: HashMap<String, Vec<Function>>,
         rules: HashMap<String, Vec<String>>,
         policies: HashMap<String, Vec<RowPolicy>>,
+        triggers: HashMap<String, Vec<String>>,
         catalog_relations: Vec<String>,
     },
     /// The catalog could not be read: why.
@@ -206,6 +208,7 @@ impl Definitions {
                 functions: HashMap::new(),
                 rules: HashMap::new(),
                 policies: HashMap::new(),
+                triggers: HashMap::new(),
                 catalog_relations: Vec::new(),
             },
         }
@@ -319,6 +322,46 @@ impl Definitions {
     pub fn row_policies(&self, qualified: &str) -> &[RowPolicy] {
         match &self.known {
             Known::Definitions { policies, .. } => policies.get(qualified).map_or(&[], Vec::as_slice),
+            Known::Unavailable(_) => &[],
+        }
+    }
+
+    /// Adds a trigger of the table `schema.name` (one the server fires, not
+    /// its own internal ones): the function it runs,
+    /// `function_schema.function`. A statement that writes the table runs
+    /// it: a trigger function is never SQL (the server does not allow
+    /// it), so the statement is opaque unless the function is built in or
+    /// the policy's `settings.trusted_functions` names it.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use policy_core::{Definitions, Engine, Policy};
+    /// let engine = Engine::new(Policy::from_toml_str("version = 1", "p.toml")?, Default::default())?;
+    /// let mut definitions = Definitions::new();
+    /// definitions.insert_trigger("public", "orders", "audit", "log_change");
+    /// let mut session = engine.new_session();
+    /// session.definitions = Some(Arc::new(definitions));
+    /// assert!(engine.analyze(&session, "UPDATE orders SET total = 0 WHERE id = 1").statements[0].opaque);
+    /// assert!(!engine.analyze(&session, "SELECT * FROM orders").statements[0].opaque);
+    /// # Ok::<(), policy_core::PolicyError>(())
+    /// ```
+    pub fn insert_trigger(&mut self, schema: &str, name: &str, function_schema: &str, function: &str) {
+        if SYSTEM_SCHEMAS.contains(&schema) {
+            return;
+        }
+        if let Known::Definitions { triggers, .. } = &mut self.known {
+            let function = crate::analyze::qualified(function_schema, function);
+            let list = triggers.entry(crate::analyze::qualified(schema, name)).or_default();
+            if !list.contains(&function) {
+                list.push(function);
+            }
+        }
+    }
+
+    /// The functions the triggers of a table (`schema.name`) run.
+    pub fn triggers(&self, qualified: &str) -> &[String] {
+        match &self.known {
+            Known::Definitions { triggers, .. } => triggers.get(qualified).map_or(&[], Vec::as_slice),
             Known::Unavailable(_) => &[],
         }
     }

@@ -798,3 +798,50 @@ fn derived_flags_stay_out_of_the_json() {
         assert!(!json.contains(field), "{field} in {json}");
     }
 }
+
+/// Utility statements name every relation they create, rename or move, in
+/// the schema the server puts it in (found by replaying PostgreSQL's
+/// regression tests with event triggers reporting what each statement
+/// changed).
+#[test]
+fn utility_statements_name_relations_where_the_server_puts_them() {
+    // CREATE SCHEMA's elements are created in the new schema (and each
+    // unqualified name counts every candidate on the path, as elsewhere).
+    let t = tables("CREATE SCHEMA s2 CREATE TABLE t (a int) CREATE VIEW v AS SELECT a FROM t");
+    assert!(t.contains(&"s2.t".to_string()) && t.contains(&"s2.v".to_string()), "{t:?}");
+    let t = tables("CREATE SCHEMA AUTHORIZATION bob CREATE TABLE t (a int)");
+    assert!(t.contains(&"bob.t".to_string()), "{t:?}");
+    // A renamed relation is named under its new name too, in its schema.
+    assert_eq!(tables("ALTER TABLE t RENAME TO u"), ["public.t", "public.u"]);
+    assert_eq!(tables("ALTER VIEW app.v RENAME TO w"), ["app.v", "app.w"]);
+    assert_eq!(tables("ALTER TABLE t RENAME COLUMN a TO b"), ["public.t"]);
+    // A relation moved is named in its new schema.
+    assert_eq!(tables("ALTER TABLE public.t SET SCHEMA private"), ["private.t", "public.t"]);
+    assert_eq!(tables("ALTER MATERIALIZED VIEW m SET SCHEMA private"), ["private.m", "public.m"]);
+    // A schema stands for every relation in it.
+    assert_eq!(tables("DROP SCHEMA private CASCADE"), ["private.*"]);
+    assert_eq!(tables("DROP SCHEMA a, b"), ["a.*", "b.*"]);
+    assert_eq!(tables("ALTER SCHEMA private RENAME TO open"), ["open.*", "private.*"]);
+    assert_eq!(tables("ALTER SCHEMA private OWNER TO bob"), ["private.*"]);
+    // What a role owns, or a tablespace holds, the engine cannot list.
+    assert!(one("ALTER TABLE ALL IN TABLESPACE t1 SET TABLESPACE pg_default").opaque);
+    for sql in ["DROP OWNED BY bob", "REASSIGN OWNED BY bob TO alice"] {
+        assert!(one(sql).opaque, "{sql}");
+    }
+    assert!(one("CREATE SCHEMA AUTHORIZATION CURRENT_USER CREATE TABLE t (a int)").opaque);
+}
+
+/// `DROP SCHEMA private CASCADE` drops every relation of `private`: a rule
+/// granting schema changes on `public.*` does not cover it.
+#[test]
+fn a_schema_dropped_with_its_relations_needs_a_rule_for_them_all() {
+    let e = engine_with(
+        "version = 1\n[[rule]]\nname = \"ddl-public\"\neffect = \"allow\"\nclasses = [\"ddl\"]\ntables = [\"public.*\"]\n",
+    );
+    let s = e.new_session();
+    let who = policy_core::Identity::new("agent");
+    for sql in ["DROP SCHEMA private CASCADE", "ALTER SCHEMA private RENAME TO open", "DROP SCHEMA public, private"] {
+        assert_eq!(e.decide(&who, &s, sql).verdict, policy_core::Verdict::Deny, "{sql}");
+    }
+    assert_eq!(e.decide(&who, &s, "DROP SCHEMA public CASCADE").verdict, policy_core::Verdict::Allow);
+}

@@ -379,6 +379,33 @@ fn rules_and_row_security_policies_are_judged_with_the_statement() {
     assert!(facts.opaque && facts.notes.iter().any(|n| n.contains("rule on public.orders")), "{:?}", facts.notes);
 }
 
+/// A write to a table fires its triggers, whose functions are never SQL:
+/// opaque, unless built in or trusted by the policy.
+#[test]
+fn triggers_make_writes_opaque_unless_their_functions_are_trusted() {
+    let e = engine("");
+    let mut defs = catalog();
+    defs.insert_trigger("public", "orders", "audit", "log_change");
+    defs.insert_trigger("public", "notes", "pg_catalog", "suppress_redundant_updates_trigger");
+    let s = session(&e, defs.clone());
+    for sql in ["UPDATE orders SET total = 0 WHERE id = 1", "DELETE FROM orders WHERE id = 1", "TRUNCATE orders"] {
+        let facts = &e.analyze(&s, sql).statements[0];
+        assert!(facts.opaque && facts.notes[0].contains("audit.log_change"), "{sql}: {:?}", facts.notes);
+        assert!(facts.functions.contains(&"audit.log_change".to_string()), "{sql}");
+    }
+    // Reading does not fire them; a built-in trigger function is known.
+    assert!(!e.analyze(&s, "SELECT * FROM orders").statements[0].opaque);
+    assert!(!e.analyze(&s, "UPDATE notes SET body = '' WHERE id = 1").statements[0].opaque);
+    // Trusted by its qualified or its bare name.
+    for trusted in ["audit.log_change", "log_change", "audit.*"] {
+        let policy = POLICY.replace("VIEWS", &format!("trusted_functions = [\"{trusted}\"]"));
+        let e = Engine::new(Policy::from_toml_str(&policy, "views.toml").unwrap(), Default::default()).unwrap();
+        let s = session(&e, defs.clone());
+        let d = e.decide(&agent(), &s, "UPDATE orders SET total = 0 WHERE id = 1");
+        assert_eq!(d.verdict, Verdict::Allow, "{trusted}: {}", d.reason);
+    }
+}
+
 /// A relation a superuser moved into pg_catalog, which the server searches
 /// first, shadows the relations of the same name on the path.
 #[test]
@@ -387,7 +414,13 @@ fn relations_moved_into_pg_catalog_make_their_namesakes_opaque() {
     let mut defs = catalog();
     defs.insert_catalog_relation("orders");
     let s = session(&e, defs);
-    for sql in ["SELECT * FROM orders", "INSERT INTO orders VALUES (1)", "SELECT * FROM public.orders"] {
+    for sql in [
+        "SELECT * FROM orders",
+        "INSERT INTO orders VALUES (1)",
+        "SELECT * FROM public.orders",
+        "DROP TABLE orders",
+        "ALTER TABLE orders RENAME TO o2",
+    ] {
         let facts = &e.analyze(&s, sql).statements[0];
         assert!(facts.opaque && facts.notes[0].contains("pg_catalog"), "{sql}: {:?}", facts.notes);
     }

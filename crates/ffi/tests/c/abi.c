@@ -103,6 +103,16 @@ static portcullis_verdict verdict_of(const portcullis_engine *e, const portculli
     return v;
 }
 
+/* Whether the decision's JSON for `sql` holds `needle`. */
+static int decision_has(const portcullis_engine *e, const portcullis_identity *who, const portcullis_session *s,
+                        const char *sql, size_t len, const char *needle) {
+    portcullis_decision *d = NULL;
+    if (portcullis_decide(e, who, s, sql, len, &d) != PORTCULLIS_RESULT_OK) return 0;
+    int has = str_has(portcullis_decision_json(d), needle);
+    portcullis_decision_free(d);
+    return has;
+}
+
 static void test_errors(void) {
     char msg[512];
     size_t n = 0, line = 0, column = 0;
@@ -617,6 +627,8 @@ static void test_views(const char *policy, size_t policy_len) {
                         "\"using\":\"(author IN ( SELECT secrets.owner FROM public.secrets))\"}],"
                         "\"rules\":[{\"schema\":\"public\",\"name\":\"drafts\",\"definition\":"
                         "\"CREATE RULE r AS ON INSERT TO public.drafts DO INSTEAD INSERT INTO public.secrets VALUES (new.id);\"}],"
+                        "\"triggers\":[{\"schema\":\"public\",\"name\":\"stamped\",\"function_schema\":\"public\","
+                        "\"function\":\"stamp\"}],"
                         "\"catalog_relations\":[\"shadow\"]}";
     portcullis_definitions *v = NULL;
     CHECK(portcullis_definitions_new(S(json), &v) == PORTCULLIS_RESULT_OK, "views");
@@ -631,10 +643,14 @@ static void test_views(const char *policy, size_t policy_len) {
     CHECK(verdict_of(e, agent, s, S("SELECT * FROM notes")) == PORTCULLIS_VERDICT_DENY,
           "a row security policy reading public.secrets");
     CHECK(verdict_of(e, agent, s, S("SELECT * FROM drafts")) == PORTCULLIS_VERDICT_ALLOW, "rules run on writes only");
-    CHECK(verdict_of(e, agent, s, S("INSERT INTO drafts VALUES (1)")) == PORTCULLIS_VERDICT_DENY,
+    CHECK(decision_has(e, agent, s, S("INSERT INTO drafts VALUES (1)"), "\"written_tables\":[\"public.drafts\",\"public.secrets\"]"),
           "a rule writing public.secrets");
     CHECK(verdict_of(e, agent, s, S("SELECT * FROM shadow")) == PORTCULLIS_VERDICT_DENY,
           "pg_catalog holds a relation named shadow");
+    CHECK(verdict_of(e, agent, s, S("SELECT * FROM stamped")) == PORTCULLIS_VERDICT_ALLOW, "triggers fire on writes");
+    CHECK(decision_has(e, agent, s, S("DELETE FROM stamped WHERE id = 1"), "\"opaque\":true") &&
+              decision_has(e, agent, s, S("DELETE FROM stamped WHERE id = 1"), "runs public.stamp"),
+          "a trigger running plpgsql");
 
     portcullis_definitions *bad = (portcullis_definitions *)&s;
     CHECK(portcullis_definitions_new(S("{\"views\":[{\"schema\":\"public\",\"nmae\":\"v\"}]}"), &bad) == PORTCULLIS_RESULT_DEFINITIONS_JSON,

@@ -204,6 +204,13 @@ struct Expansion<'a> {
 
 impl Expansion<'_> {
     fn run(&mut self, facts: &StatementFacts, changed: bool) {
+        if let Some(table) = facts.tables.iter().find(|t| self.definitions.shadowed_by_catalog(t)) {
+            self.opaque.push(format!(
+                "pg_catalog, which the server searches first, holds a relation of the same name as {table} that is \
+                 not the server's own"
+            ));
+            return;
+        }
         // A view a statement drops, alters, comments on or locks is not
         // read: what is behind it is not either.
         let mut relations: VecDeque<String> =
@@ -319,6 +326,19 @@ impl Expansion<'_> {
         calls: &mut VecDeque<String>,
     ) {
         if self.written.contains(table) {
+            for function in self.definitions.triggers(table) {
+                self.followed = true;
+                self.functions.insert(function.clone());
+                let bare = function.rsplit('.').next().unwrap_or(function);
+                let trusted =
+                    self.options.trusted_functions.as_ref().is_some_and(|g| g.is_match(function) || g.is_match(bare));
+                if !trusted && !function.starts_with("pg_catalog.") {
+                    self.opaque.push(format!(
+                        "a trigger on {table} runs {function}, whose body the engine cannot see (list it in \
+                         settings.trusted_functions if the policy's author vouches for it)"
+                    ));
+                }
+            }
             for rule in self.definitions.rules(table) {
                 match rule_facts(rule, self.definitions, self.options) {
                     Ok(def) => {

@@ -1774,6 +1774,74 @@ impl<'st, 's> Walker<'st, 's> {
             NodeRef::DropStmt(d) => {
                 self.drop_objects(d.remove_type, &d.objects);
             }
+            NodeRef::CreateSchemaStmt(c) => {
+                // Its elements are created in the new schema: the server
+                // puts it first on the path while it runs them.
+                let schema = if c.schemaname.is_empty() {
+                    c.authrole.as_ref().map(|r| r.rolename.clone()).filter(|r| !r.is_empty())
+                } else {
+                    Some(c.schemaname.clone())
+                };
+                match schema {
+                    Some(schema) => {
+                        let saved = self.state.search_path.clone();
+                        self.state.search_path.insert(0, schema);
+                        self.children(n);
+                        self.state.search_path = saved;
+                    }
+                    None => {
+                        if !c.schema_elts.is_empty() {
+                            self.make_opaque(
+                                "CREATE SCHEMA AUTHORIZATION names its schema after a role the engine cannot tell"
+                                    .to_string(),
+                            );
+                        }
+                        self.children(n);
+                    }
+                }
+            }
+            NodeRef::RenameStmt(r) if r.rename_type == pb::ObjectType::ObjectSchema as i32 => {
+                // Every relation of the schema changes its name.
+                self.tables.insert(names::qualified(&r.subname, "*"));
+                self.tables.insert(names::qualified(&r.newname, "*"));
+            }
+            NodeRef::AlterOwnerStmt(a) if a.object_type == pb::ObjectType::ObjectSchema as i32 => {
+                if let Some(NodeRef::String(s)) = node(&a.object) {
+                    self.tables.insert(names::qualified(&s.sval, "*"));
+                }
+                self.children(n);
+            }
+            NodeRef::AlterTableMoveAllStmt(_) => {
+                self.make_opaque("it moves every relation of a tablespace, which the engine cannot list".to_string());
+                self.children(n);
+            }
+            NodeRef::RenameStmt(r) => {
+                self.children(n);
+                // A relation renamed keeps its schema: the new name is
+                // named there too.
+                if let (true, Some(rv)) = (is_relation_object(r.rename_type), &r.relation) {
+                    let old = self.resolve(&rv.schemaname, &rv.relname, rv.relpersistence == "t");
+                    let suffix = format!(".{}", names::part(&rv.relname));
+                    for q in old {
+                        if let Some(schema) = q.strip_suffix(&suffix) {
+                            self.tables.insert(names::dotted(schema, &r.newname));
+                        }
+                    }
+                }
+            }
+            NodeRef::AlterObjectSchemaStmt(a) => {
+                self.children(n);
+                // A relation moved to another schema is named there too.
+                if let (true, Some(rv)) = (is_relation_object(a.object_type), &a.relation) {
+                    self.add_relation(&a.newschema, &rv.relname, false, false);
+                }
+            }
+            NodeRef::DropOwnedStmt(_) | NodeRef::ReassignOwnedStmt(_) => {
+                self.make_opaque(
+                    "it drops or gives away every object a role owns, which the engine cannot list".to_string(),
+                );
+                self.children(n);
+            }
             NodeRef::CommentStmt(c) => {
                 if let Some(obj) = node(&c.object) {
                     self.object(c.objtype, obj);
@@ -1955,6 +2023,12 @@ impl<'st, 's> Walker<'st, 's> {
                 }
             }
             NodeRef::String(s) if relation_like => self.named_relation(&[s.sval.as_str()]),
+            // A schema stands for every relation in it (`DROP SCHEMA s
+            // CASCADE` drops them all): `s.*`, which only a rule granting
+            // the whole schema covers.
+            NodeRef::String(s) if object_type == O::ObjectSchema as i32 => {
+                self.tables.insert(names::qualified(&s.sval, "*"));
+            }
             other => self.children(other),
         }
     }
@@ -2322,6 +2396,20 @@ macro_rules! not_a_statement {
             | NodeRef::OidList(_)
             | NodeRef::AConst(_)
     };
+}
+
+/// Whether an object type is a relation (what facts name as tables).
+fn is_relation_object(object_type: i32) -> bool {
+    use pb::ObjectType as O;
+    matches!(
+        O::try_from(object_type),
+        Ok(O::ObjectTable
+            | O::ObjectView
+            | O::ObjectMatview
+            | O::ObjectForeignTable
+            | O::ObjectSequence
+            | O::ObjectIndex)
+    )
 }
 
 fn ddl(command: String) -> (Class, String) {
