@@ -158,6 +158,34 @@ async fn search_path_follows_the_server() {
     assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
 }
 
+/// The server parses a prepared statement again when `search_path`
+/// changed since (and re-plans it after DDL): an `Execute` is judged
+/// again with the path and the views of the moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_are_judged_again_when_the_path_or_the_views_change() {
+    let stack = Stack::start();
+    stack
+        .cluster
+        .psql(
+            "app",
+            "CREATE SCHEMA evil AUTHORIZATION app; CREATE TABLE evil.orders (id int); \
+             INSERT INTO evil.orders VALUES (-1); GRANT USAGE ON SCHEMA evil TO app; \
+             GRANT SELECT ON evil.orders TO app",
+        )
+        .unwrap();
+    let agent = stack.connect(&["ai-agents"]).await;
+    let statement = agent.prepare("SELECT id FROM orders ORDER BY id LIMIT 1").await.unwrap();
+    assert_eq!(agent.query(&statement, &[]).await.unwrap().len(), 1);
+    agent.simple_query("SET search_path = evil, public").await.unwrap();
+    // The server would now read evil.orders.
+    let e = agent.query(&statement, &[]).await.unwrap_err();
+    assert!(format!("{e:?}").contains("refused by policy"), "{e:?}");
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "evil.orders is not public.*: {e}");
+    agent.simple_query("RESET search_path").await.unwrap();
+    let rows = agent.query(&statement, &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i32>(0), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_prepare_and_execute_are_judged_by_what_they_run() {
     let stack = Stack::start();

@@ -284,6 +284,13 @@ fn views_changed_through_the_gateway_are_seen_by_the_next_statement() {
             .unwrap();
         let rows = client.simple_query("SELECT note FROM fresh WHERE n = 1").await.unwrap();
         assert_eq!(values(&rows), ["Alice Martin"]);
+        // A statement prepared before the view changes is judged again.
+        let prepared = client.prepare("SELECT note FROM fresh WHERE n = 1").await.unwrap();
+        assert_eq!(client.query(&prepared, &[]).await.unwrap().len(), 1);
+        psql(&stack, &dba, "CREATE OR REPLACE VIEW public.fresh AS SELECT id AS n, api_key AS note FROM secrets")
+            .unwrap();
+        let err = client.query(&prepared, &[]).await.unwrap_err();
+        assert!(format!("{err:?}").contains("secrets are not for agents"), "{err:?}");
     });
     // In one string, a statement after a CREATE VIEW is not judged by the catalog from before it.
     let builder = stack.token("bo", &["builders"], None);

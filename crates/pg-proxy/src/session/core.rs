@@ -283,15 +283,29 @@ enum Block {
     Dropped,
 }
 
+/// What a prepared statement was judged with: the server analyses it
+/// again with the `search_path` of the moment when that changed (and after
+/// DDL, with the views of the moment), still reading its text as it was
+/// lexed at `Parse`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Judged {
+    search_path: Vec<String>,
+    definitions: Option<u64>,
+}
+
 /// A statement prepared with `Parse`, as the gateway knows it.
 #[derive(Debug, Clone)]
 struct Prepared {
     /// Unique in the session: answers are matched by id, not by name.
     id: u64,
-    /// The text.
-    /// The text, kept (copied: a kept frame would pin the client's read
-    /// buffer) only when records or holds need it at `Execute`.
-    sql: Option<Arc<str>>,
+    /// The text (copied: a kept frame would pin the client's read
+    /// buffer): records and holds show it, and it is judged again when
+    /// the session's path or views change before an `Execute`.
+    sql: Arc<str>,
+    /// What it was judged with.
+    judged: Judged,
+    /// The `standard_conforming_strings` its text was lexed with.
+    standard_conforming_strings: bool,
     /// Facts of the statement (the first one of the text).
     facts: Option<Arc<StatementFacts>>,
     /// The whole decision.
@@ -1503,8 +1517,15 @@ impl SessionCore {
             return self.fail_block(INSUFFICIENT_PRIVILEGE, message);
         }
         let facts = decision.statements.first().map(|s| Arc::clone(&s.facts));
-        let sql = self.batches_can_be_refused().then(|| Arc::from(sql));
-        let prepared = Arc::new(Prepared { id: self.next_id(), sql, facts, decision, fields: None });
+        let prepared = Arc::new(Prepared {
+            id: self.next_id(),
+            sql: Arc::from(sql),
+            judged: self.judged(),
+            standard_conforming_strings: self.state.standard_conforming_strings,
+            facts,
+            decision,
+            fields: None,
+        });
         if self.batches_can_be_refused() {
             self.batch.statements.push(name.to_string());
         }
@@ -1520,17 +1541,25 @@ impl SessionCore {
         let wants_parameters = self.config.record || bound.prepared.decision.verdict == Verdict::RequireApproval;
         let parameters =
             if wants_parameters { parameters_as_text(&bound.param_formats, &bound.params) } else { Vec::new() };
-        let (id, rows, fields, prepared) = (bound.id, bound.rows, bound.fields.clone(), Arc::clone(&bound.prepared));
+        let (id, rows, fields, mut prepared) =
+            (bound.id, bound.rows, bound.fields.clone(), Arc::clone(&bound.prepared));
+        if prepared.judged != self.judged() {
+            // The server reads it again with the path and views of now.
+            match self.judge_again(&prepared) {
+                Ok(again) => prepared = again,
+                Err(message) => return self.fail_block(INSUFFICIENT_PRIVILEGE, message),
+            }
+        }
         if prepared.decision.verdict == Verdict::RequireApproval && self.config.holds {
             self.batch.held.push(HeldStatement::new(
-                prepared.sql.clone().unwrap_or_else(|| Arc::from("")),
+                Arc::clone(&prepared.sql),
                 parameters.clone(),
                 Arc::clone(&prepared.decision),
             ));
         }
         if self.config.record {
-            let sql = prepared.sql.clone();
-            self.record(|| sql.unwrap_or_else(|| Arc::from("")), parameters, &prepared.decision);
+            let sql = Arc::clone(&prepared.sql);
+            self.record(|| sql, parameters, &prepared.decision);
         }
         if let Some(facts) = &prepared.facts {
             if self.apply_effects(facts, true) {
@@ -1560,6 +1589,41 @@ impl SessionCore {
         result.rows = rows;
         let pending = Pending::Execute { portal: portal.to_string(), id, fields, result };
         self.stage(frame, Some(pending));
+    }
+
+    /// What a statement decided now is judged with.
+    fn judged(&self) -> Judged {
+        Judged {
+            search_path: self.state.search_path.clone(),
+            definitions: self.state.definitions.as_ref().map(|d| d.id()),
+        }
+    }
+
+    /// A prepared statement decided again with the session's path and
+    /// views, its text read as it was at `Parse`; the refusal when it is
+    /// no longer allowed.
+    fn judge_again(&mut self, prepared: &Prepared) -> Result<Arc<Prepared>, String> {
+        let sql = Arc::clone(&prepared.sql);
+        let now = self.state.standard_conforming_strings;
+        let lexed = prepared.standard_conforming_strings;
+        if now != lexed {
+            self.state.standard_conforming_strings = lexed;
+        }
+        let decision = self.decide(&sql);
+        if now != lexed {
+            self.state.standard_conforming_strings = now;
+        }
+        self.admit(&decision)?;
+        let facts = decision.statements.first().map(|s| Arc::clone(&s.facts));
+        Ok(Arc::new(Prepared {
+            id: prepared.id,
+            sql,
+            judged: self.judged(),
+            standard_conforming_strings: lexed,
+            facts,
+            decision,
+            fields: prepared.fields.clone(),
+        }))
     }
 
     /// Whether a staged batch can still be refused after its messages were
