@@ -125,17 +125,25 @@ async fn bad_tokens_get_28p01_and_nothing_else() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn search_path_follows_the_server() {
+/// A stack whose database also has `evil.orders` (one row, -1), readable
+/// by the gateway's upstream role: what a path starting with `evil` reads.
+fn stack_with_evil_orders() -> Stack {
     let stack = Stack::start();
     stack
         .cluster
         .psql(
             "app",
             "CREATE SCHEMA evil AUTHORIZATION app; CREATE TABLE evil.orders (id int); \
-             GRANT USAGE ON SCHEMA evil TO app",
+             INSERT INTO evil.orders VALUES (-1); GRANT USAGE ON SCHEMA evil TO app; \
+             GRANT SELECT ON evil.orders TO app",
         )
         .unwrap();
+    stack
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_path_follows_the_server() {
+    let stack = stack_with_evil_orders();
     let agent = stack.connect(&["ai-agents"]).await;
     agent.simple_query("SET search_path = evil, public").await.unwrap();
     let e = agent.simple_query("SELECT * FROM orders LIMIT 1").await.unwrap_err();
@@ -163,16 +171,7 @@ async fn search_path_follows_the_server() {
 /// again with the path and the views of the moment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_statements_are_judged_again_when_the_path_or_the_views_change() {
-    let stack = Stack::start();
-    stack
-        .cluster
-        .psql(
-            "app",
-            "CREATE SCHEMA evil AUTHORIZATION app; CREATE TABLE evil.orders (id int); \
-             INSERT INTO evil.orders VALUES (-1); GRANT USAGE ON SCHEMA evil TO app; \
-             GRANT SELECT ON evil.orders TO app",
-        )
-        .unwrap();
+    let stack = stack_with_evil_orders();
     let agent = stack.connect(&["ai-agents"]).await;
     let statement = agent.prepare("SELECT id FROM orders ORDER BY id LIMIT 1").await.unwrap();
     assert_eq!(agent.query(&statement, &[]).await.unwrap().len(), 1);

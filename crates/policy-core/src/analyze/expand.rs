@@ -451,8 +451,9 @@ fn unknown_column(name: String) -> OutputColumn {
     OutputColumn { name, sources: Vec::new(), direct: false, unknown: true, row: None }
 }
 
-/// The facts of a view's query.
-fn definition_facts(
+/// The facts of one statement the catalog wrote (names qualified, read
+/// with `pg_catalog` alone on the path); why it cannot be read otherwise.
+fn catalog_statement(
     definition: &str,
     definitions: &Arc<Definitions>,
     options: &AnalyzeOptions,
@@ -463,9 +464,21 @@ fn definition_facts(
         return Err(format!("it holds {} statements", analysis.statements.len()));
     }
     let facts = analysis.statements.remove(0);
+    if facts.class == Class::Unknown {
+        return Err(facts.notes.first().cloned().unwrap_or_else(|| "the parser rejects it".to_string()));
+    }
+    Ok(facts)
+}
+
+/// The facts of a view's query.
+fn definition_facts(
+    definition: &str,
+    definitions: &Arc<Definitions>,
+    options: &AnalyzeOptions,
+) -> Result<StatementFacts, String> {
+    let facts = catalog_statement(definition, definitions, options)?;
     match facts.class {
         Class::Read => Ok(facts),
-        Class::Unknown => Err(facts.notes.first().cloned().unwrap_or_else(|| "the parser rejects it".to_string())),
         other => Err(format!("it is a {other} statement, not a query")),
     }
 }
@@ -478,18 +491,9 @@ fn rule_facts(
     definitions: &Arc<Definitions>,
     options: &AnalyzeOptions,
 ) -> Result<StatementFacts, String> {
-    let session = Session::default().with_startup_search_path(vec!["pg_catalog".to_string()]);
-    let mut analysis = inner_analysis(definition, &session, definitions, options);
-    if analysis.statements.len() != 1 {
-        return Err(format!("it holds {} statements", analysis.statements.len()));
-    }
-    let mut facts = analysis.statements.remove(0);
-    match facts.class {
-        Class::Unknown => {
-            return Err(facts.notes.first().cloned().unwrap_or_else(|| "the parser rejects it".to_string()));
-        }
-        _ if facts.command != "CREATE RULE" => return Err(format!("it is {}, not a rule", facts.command)),
-        _ => {}
+    let mut facts = catalog_statement(definition, definitions, options)?;
+    if facts.command != "CREATE RULE" {
+        return Err(format!("it is {}, not a rule", facts.command));
     }
     facts.commands.retain(|c| c != "CREATE RULE");
     facts.class = if !facts.written_tables.is_empty() || facts.commands.iter().any(|c| c == "NOTIFY") {
