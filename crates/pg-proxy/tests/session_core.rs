@@ -1800,3 +1800,34 @@ fn statements_pipelined_after_one_that_may_change_views_are_not_judged_by_stale_
     h.client(&query("SELECT * FROM people"));
     assert!(is_query(&h.sent()[0], "SELECT * FROM people"));
 }
+
+/// The server analyses a prepared statement again when `search_path`
+/// changed since its `Parse`: so does the gateway, at `Execute`.
+#[test]
+fn a_prepared_statement_is_judged_again_when_the_path_changed() {
+    let mut h = harness(CoreConfig::default());
+    h.client(&cat(&[parse("s", "SELECT * FROM customers"), sync()]));
+    let sent = h.sent();
+    assert!(matches!(&sent[0], Frontend::Parse { sql, .. } if sql.as_str() == "SELECT * FROM customers"), "{sent:?}");
+    h.server(&cat(&[raw(b'1', b""), ready(b'I')]));
+    h.got();
+    simple(&mut h, "SET search_path = private", "SET", b'I');
+    read_back(&mut h, "private");
+    h.got();
+    // public.customers when prepared, private.customers now.
+    h.client(&cat(&[bind("", "s", &[]), execute(""), sync()]));
+    let sent = h.sent();
+    assert!(sent.iter().any(is_substitute), "{sent:?}");
+    assert!(!sent.iter().any(|m| matches!(m, Frontend::Execute { .. })), "{sent:?}");
+    h.server(&cat(&[raw(b'2', b""), error("22P02"), ready(b'I')]));
+    let got = h.got();
+    assert!(got.iter().any(|(_, m)| m.contains("no-private")), "{got:?}");
+    // Back on public, the same statement runs.
+    simple(&mut h, "SET search_path = public", "SET", b'I');
+    read_back(&mut h, "public");
+    h.got();
+    h.client(&cat(&[bind("", "s", &[]), execute(""), sync()]));
+    let sent = h.sent();
+    assert!(sent.iter().any(|m| matches!(m, Frontend::Execute { .. })), "{sent:?}");
+    assert!(!sent.iter().any(is_substitute), "{sent:?}");
+}
