@@ -51,6 +51,14 @@ pub enum UpstreamError {
         /// The server's message.
         message: String,
     },
+    /// A query of the gateway's own (the catalog's) failed on the server.
+    #[error("the database answered with an error: {code}: {message}")]
+    Failed {
+        /// SQLSTATE.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
     /// The server asked for something the gateway does not do.
     #[error("the database asks for {0}, which the gateway does not support")]
     Unsupported(String),
@@ -326,7 +334,12 @@ impl Connection {
                         values.into_iter().map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned())).collect(),
                     );
                 }
-                b'E' => failure = Some(refused(&frame)),
+                b'E' => {
+                    failure = Some(match refused(&frame) {
+                        UpstreamError::Refused { code, message } => UpstreamError::Failed { code, message },
+                        other => other,
+                    })
+                }
                 b'Z' => return failure.map_or(Ok(rows), Err),
                 _ => {}
             }

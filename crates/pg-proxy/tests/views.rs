@@ -386,7 +386,8 @@ fn views_changed_in_a_transaction_are_judged_once_it_ends() {
         // The next statement on that session comes after the catalog read.
         tokio::time::timeout(limit, dba.simple_query("SELECT 1")).await.expect("the catalog read never ended").unwrap();
         let err = agent.simple_query("SELECT name FROM plain WHERE id = 1").await.unwrap_err();
-        assert!(format!("{err:?}").contains("could not be read"), "{err:?}");
+        let err = format!("{err:?}");
+        assert!(err.contains("could not be read") && err.contains("answered with an error: 55P03"), "{err}");
         // Once the transaction ends, the catalog is read again.
         builder.simple_query("ROLLBACK").await.unwrap();
         let rows = agent.simple_query("SELECT name FROM plain WHERE id = 1").await.unwrap();
