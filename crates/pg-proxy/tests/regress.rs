@@ -716,10 +716,8 @@ async fn replay(cluster: &Cluster, regress: &Path, files: &[String]) -> Report {
                             if schema == "pg_temp" && name.starts_with("pg_temp_") {
                                 continue;
                             }
-                            let q = policy_core::ColumnInfo::source_name(schema, name, "x");
-                            let every = policy_core::ColumnInfo::source_name(schema, "*", "x");
-                            if named.contains(q.trim_end_matches(".x"))
-                                || named.contains(every.trim_end_matches(".x"))
+                            if named.contains(relation_name(schema, name).as_str())
+                                || named.contains(relation_name(schema, "*").as_str())
                                 || (schema == "pg_temp" && bare.contains(name.as_str()))
                             {
                                 continue;
@@ -883,6 +881,12 @@ async fn compare(client: &Client, facts: &policy_core::StatementFacts, plan: BTr
     out
 }
 
+/// `schema.relation` as facts write it (a part holding `.` or `"` quoted).
+fn relation_name(schema: &str, relation: &str) -> String {
+    let column = policy_core::ColumnInfo::source_name(schema, relation, "x");
+    column.strip_suffix(".x").unwrap_or(&column).to_string()
+}
+
 /// The relations in the session's temporary schema.
 const TEMP_RELATIONS_SQL: &str =
     "SELECT relname FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()";
@@ -918,14 +922,12 @@ async fn ancestors(client: &Client, schema: &str, relation: &str) -> Vec<String>
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace",
         quote(relation)
     );
-    let qualified =
-        |s: &str, t: &str| policy_core::ColumnInfo::source_name(s, t, "x").trim_end_matches(".x").to_string();
-    let mut out = vec![qualified(schema, relation)];
+    let mut out = vec![relation_name(schema, relation)];
     if let Ok(messages) = client.simple_query(&sql).await {
         for m in messages {
             if let SimpleQueryMessage::Row(r) = m {
                 if let (Some(s), Some(t)) = (r.get(0), r.get(1)) {
-                    out.push(qualified(s, t));
+                    out.push(relation_name(s, t));
                 }
             }
         }

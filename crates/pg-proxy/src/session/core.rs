@@ -1543,7 +1543,7 @@ impl SessionCore {
             if wants_parameters { parameters_as_text(&bound.param_formats, &bound.params) } else { Vec::new() };
         let (id, rows, fields, mut prepared) =
             (bound.id, bound.rows, bound.fields.clone(), Arc::clone(&bound.prepared));
-        if prepared.judged != self.judged() {
+        if !self.still_judged(&prepared.judged) {
             // The server reads it again with the path and views of now.
             match self.judge_again(&prepared) {
                 Ok(again) => prepared = again,
@@ -1597,6 +1597,13 @@ impl SessionCore {
             search_path: self.state.search_path.clone(),
             definitions: self.state.definitions.as_ref().map(|d| d.id()),
         }
+    }
+
+    /// Whether the session's path and views are still those a statement
+    /// was judged with (compared in place: this runs at every `Execute`).
+    fn still_judged(&self, judged: &Judged) -> bool {
+        judged.search_path == self.state.search_path
+            && judged.definitions == self.state.definitions.as_ref().map(|d| d.id())
     }
 
     /// A prepared statement decided again with the session's path and
