@@ -25,6 +25,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
+use sha2::{Digest, Sha256};
 
 use crate::analyze::{Class, Clause};
 use crate::decision::Verdict;
@@ -386,6 +387,9 @@ pub struct PolicyTest {
 pub struct Policy {
     /// The name the policy was loaded under (for messages).
     pub source: String,
+    /// `sha256:` and the hex SHA-256 of the policy's text: what an audit
+    /// record names as the policy it was decided under.
+    pub digest: String,
     /// `[settings]`.
     pub settings: Settings,
     /// `[identity]`.
@@ -776,7 +780,8 @@ impl Policy {
             })
             .collect();
 
-        Ok(Policy { source: file.to_string(), settings, identity, rules, masks, detectors, tests })
+        let digest = format!("sha256:{:x}", Sha256::digest(text.as_bytes()));
+        Ok(Policy { source: file.to_string(), digest, settings, identity, rules, masks, detectors, tests })
     }
 }
 

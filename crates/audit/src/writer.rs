@@ -1,0 +1,400 @@
+//! Appending to a log: records, checkpoints, segments, retention.
+//!
+//! The [`Writer`] is plain blocking file I/O, meant to be owned by one
+//! thread that takes many sessions' records in batches (group commit):
+//! [`Writer::append`] adds records to a buffer, [`Writer::write`] hands
+//! the buffer to the OS in one `write(2)`, [`Writer::sync`] makes it
+//! durable. A batch whose write fails is taken back whole (the file is cut
+//! back to where the batch began, and the tree forgets it), and the next
+//! batch goes to a new segment, so what is in the files is always a log
+//! that verifies.
+//!
+//! ```
+//! use portcullis_audit::note::NoteSigner;
+//! use portcullis_audit::writer::{Writer, WriterOptions};
+//! let dir = std::env::temp_dir().join(format!("audit-doc-{}", std::process::id()));
+//! let signer = NoteSigner::generate("example.org/audit").unwrap();
+//! let verifier = signer.verifier();
+//! let mut w = Writer::open(WriterOptions::new(&dir, signer)).unwrap();
+//! w.append(r#"{"type":"session_end","session":"a-1","reason":"client left"}"#, std::time::SystemTime::now()).unwrap();
+//! w.write().unwrap();
+//! w.close().unwrap();
+//! let report = portcullis_audit::verify::verify_dir(&dir, &verifier, &[], &mut |_| {}).unwrap();
+//! assert_eq!(report.records(), 1);
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::note::{Checkpoint, NoteSigner};
+use crate::segment::{hex, segment_file_name, segment_index, CheckpointLine, Header, NO_PREVIOUS, SCHEMA_VERSION};
+use crate::tree::{leaf_hash, Frontier, Hash};
+
+/// The extension line of the checkpoint a writer closes the log with: a
+/// record after it is not the writer's.
+pub const CLOSED: &str = "closed";
+
+/// Default size at which a segment is closed and the next one begun.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How a [`Writer`] is set up.
+#[derive(Debug)]
+pub struct WriterOptions {
+    /// The log's directory (created when missing, mode 0700).
+    pub dir: PathBuf,
+    /// The size at which a segment is closed.
+    pub segment_bytes: u64,
+    /// Segments older than this (by their last write) are deleted, oldest
+    /// first; `None` keeps everything.
+    pub keep: Option<Duration>,
+    /// Signs checkpoints; its name is the checkpoints' origin.
+    pub signer: NoteSigner,
+}
+
+impl WriterOptions {
+    /// Options with the defaults: 64 MiB segments, nothing deleted.
+    pub fn new(dir: impl Into<PathBuf>, signer: NoteSigner) -> WriterOptions {
+        WriterOptions { dir: dir.into(), segment_bytes: DEFAULT_SEGMENT_BYTES, keep: None, signer }
+    }
+}
+
+/// Why the log could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The log found in the directory does not verify: the writer does
+    /// not continue a log it cannot vouch for.
+    #[error("the audit log in {dir} does not verify, so it is not continued: {problem}")]
+    Existing {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A record body that is not a JSON object starting with its `type`.
+    #[error("a record must be a JSON object whose first field is \"type\"")]
+    RecordForm,
+}
+
+/// The state of the tree that a batch may have to be taken back to.
+#[derive(Debug, Clone)]
+struct Mark {
+    frontier: Frontier,
+    prev: Hash,
+}
+
+/// Appends records to a log directory.
+#[derive(Debug)]
+pub struct Writer {
+    options: WriterOptions,
+    origin: String,
+    file: Option<File>,
+    path: PathBuf,
+    segment: u64,
+    /// Bytes in the current segment file.
+    written: u64,
+    buf: Vec<u8>,
+    frontier: Frontier,
+    prev: Hash,
+    /// Tree size at the last checkpoint written.
+    checkpointed: u64,
+    /// What the batch being written started from.
+    mark: Option<Mark>,
+}
+
+impl Writer {
+    /// Opens the log in `options.dir`: a new log, or the existing one
+    /// continued in a new segment after its last one has been verified
+    /// (a crash's torn last line is left where it is; the new segment's
+    /// signed header vouches for the records before it).
+    pub fn open(options: WriterOptions) -> Result<Writer, WriteError> {
+        let dir = options.dir.clone();
+        create_dir(&dir)?;
+        let origin = options.signer.name().to_string();
+        let segments =
+            list_segments(&dir).map_err(|source| WriteError::Io { what: "reading", path: dir.clone(), source })?;
+        let (segment, frontier, prev) = match segments.last() {
+            None => (0, Frontier::new(), NO_PREVIOUS),
+            Some((index, path)) => {
+                let verifier = options.signer.verifier();
+                let state = crate::verify::resume_state(path, &verifier)
+                    .map_err(|problem| WriteError::Existing { dir: dir.clone(), problem })?;
+                (index + 1, state.frontier, state.prev)
+            }
+        };
+        let mut writer = Writer {
+            origin,
+            file: None,
+            path: PathBuf::new(),
+            segment: 0,
+            written: 0,
+            buf: Vec::with_capacity(64 * 1024),
+            checkpointed: frontier.size(),
+            frontier,
+            prev,
+            mark: None,
+            options,
+        };
+        writer.begin_segment(segment)?;
+        writer.prune(SystemTime::now());
+        Ok(writer)
+    }
+
+    /// Records in the log (the tree's size), including buffered ones.
+    pub fn size(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    /// The current segment's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Adds a record to the buffer and returns its number. `body` is the
+    /// record's own JSON object, `{"type":"...", ...}`; the writer puts
+    /// the schema version, the number, the previous record's hash and
+    /// `time` in front.
+    pub fn append(&mut self, body: &str, time: SystemTime) -> Result<u64, WriteError> {
+        let fields = body.strip_prefix("{\"type\":").filter(|_| body.ends_with('}')).ok_or(WriteError::RecordForm)?;
+        self.mark_batch();
+        let seq = self.frontier.size();
+        let start = self.buf.len();
+        let time = crate::time::format_utc(time);
+        let _ = write!(
+            self.buf,
+            "{{\"v\":{SCHEMA_VERSION},\"seq\":{seq},\"prev\":\"{}\",\"time\":\"{time}\",\"type\":{fields}",
+            hex(&self.prev)
+        );
+        let leaf = leaf_hash(self.buf.get(start..).unwrap_or_default());
+        self.buf.push(b'\n');
+        self.frontier.push(leaf);
+        self.prev = leaf;
+        Ok(seq)
+    }
+
+    /// Hands what is buffered to the OS (one `write(2)`, unless it is
+    /// large). On failure the whole batch since the last successful write
+    /// is taken back: the file is cut back, the tree forgets it, and the
+    /// next write begins a new segment.
+    pub fn write(&mut self) -> Result<(), WriteError> {
+        if self.buf.is_empty() {
+            self.mark = None;
+            return Ok(());
+        }
+        if self.file.is_none() {
+            // The segment a failure left behind is not written to again.
+            if let Err(e) = self.begin_segment(self.segment + 1) {
+                self.take_back();
+                return Err(e);
+            }
+        }
+        let outcome = match self.file.as_mut() {
+            Some(f) => f.write_all(&self.buf),
+            None => Err(std::io::Error::other("no segment open")),
+        };
+        match outcome {
+            Ok(()) => {
+                self.written += self.buf.len() as u64;
+                self.buf.clear();
+                self.mark = None;
+                if self.written >= self.options.segment_bytes {
+                    self.end_segment()?;
+                }
+                Ok(())
+            }
+            Err(source) => {
+                let error = WriteError::Io { what: "writing", path: self.path.clone(), source };
+                // Cut the file back to before the batch (the space a
+                // full disk refused is given back first).
+                if let Some(f) = self.file.take() {
+                    let _ = f.set_len(self.written);
+                }
+                self.take_back();
+                Err(error)
+            }
+        }
+    }
+
+    /// Makes what was written durable (`fdatasync`). After a failure the
+    /// file's state is unknown: the next write begins a new segment.
+    pub fn sync(&mut self) -> Result<(), WriteError> {
+        let Some(f) = self.file.as_ref() else { return Ok(()) };
+        if let Err(source) = f.sync_data() {
+            self.file = None;
+            return Err(WriteError::Io { what: "syncing", path: self.path.clone(), source });
+        }
+        Ok(())
+    }
+
+    /// Whether records were added since the last checkpoint.
+    pub fn needs_checkpoint(&self) -> bool {
+        self.frontier.size() != self.checkpointed
+    }
+
+    /// Writes a signed checkpoint of everything appended so far, and
+    /// syncs it.
+    pub fn checkpoint(&mut self) -> Result<(), WriteError> {
+        self.checkpoint_with(Vec::new())
+    }
+
+    /// Ends the log cleanly: a closing checkpoint, synced. A record after
+    /// it in this segment is reported as forged by the verifier.
+    pub fn close(mut self) -> Result<(), WriteError> {
+        self.checkpoint_with(vec![CLOSED.to_string()])
+    }
+
+    fn checkpoint_with(&mut self, extensions: Vec<String>) -> Result<(), WriteError> {
+        let note = self.sign(extensions);
+        let line = CheckpointLine { kind: "checkpoint".into(), checkpoint: note };
+        self.mark_batch();
+        let _ = serde_json::to_writer(&mut self.buf, &line);
+        self.buf.push(b'\n');
+        self.write()?;
+        self.sync()?;
+        self.checkpointed = self.frontier.size();
+        Ok(())
+    }
+
+    /// Deletes whole segments older than `keep`, oldest first, never the
+    /// current one; returns how many.
+    pub fn prune(&mut self, now: SystemTime) -> usize {
+        let Some(keep) = self.options.keep else { return 0 };
+        let Ok(segments) = list_segments(&self.options.dir) else { return 0 };
+        let mut removed = 0;
+        for (index, path) in segments {
+            if index >= self.segment {
+                break;
+            }
+            let old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age > keep));
+            if !old || std::fs::remove_file(&path).is_err() {
+                break;
+            }
+            removed += 1;
+        }
+        removed
+    }
+
+    fn sign(&self, extensions: Vec<String>) -> String {
+        let checkpoint = Checkpoint {
+            origin: self.origin.clone(),
+            size: self.frontier.size(),
+            root: self.frontier.root(),
+            extensions,
+        };
+        self.options.signer.sign(&checkpoint)
+    }
+
+    fn mark_batch(&mut self) {
+        if self.mark.is_none() {
+            self.mark = Some(Mark { frontier: self.frontier.clone(), prev: self.prev });
+        }
+    }
+
+    /// Forgets the batch being written.
+    fn take_back(&mut self) {
+        if let Some(mark) = self.mark.take() {
+            self.frontier = mark.frontier;
+            self.prev = mark.prev;
+        }
+        self.buf.clear();
+        self.file = None;
+    }
+
+    /// Closes the current segment with a checkpoint and begins the next.
+    fn end_segment(&mut self) -> Result<(), WriteError> {
+        let note = self.sign(Vec::new());
+        let line = CheckpointLine { kind: "checkpoint".into(), checkpoint: note };
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        if let Some(f) = self.file.as_mut() {
+            let written = f.write_all(&bytes).and_then(|()| f.sync_data());
+            if let Err(source) = written {
+                self.file = None;
+                return Err(WriteError::Io { what: "writing", path: self.path.clone(), source });
+            }
+        }
+        self.checkpointed = self.frontier.size();
+        self.file = None;
+        self.begin_segment(self.segment + 1)?;
+        self.prune(SystemTime::now());
+        Ok(())
+    }
+
+    /// Creates segment `index` with its header, synced with its
+    /// directory; it becomes the current one.
+    fn begin_segment(&mut self, index: u64) -> Result<(), WriteError> {
+        let dir = self.options.dir.clone();
+        let header = Header {
+            kind: "segment".into(),
+            v: SCHEMA_VERSION,
+            segment: index,
+            first: self.frontier.size(),
+            prev: hex(&self.prev),
+            frontier: self.frontier.nodes().iter().map(hex).collect(),
+            checkpoint: self.sign(Vec::new()),
+        };
+        let mut bytes = serde_json::to_vec(&header).unwrap_or_default();
+        bytes.push(b'\n');
+        let path = dir.join(segment_file_name(index));
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let io = |what, source| WriteError::Io { what, path: path.clone(), source };
+        let mut file = options.open(&path).map_err(|e| io("creating", e))?;
+        if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(io("writing", e));
+        }
+        sync_dir(&dir);
+        self.written = bytes.len() as u64;
+        self.checkpointed = self.frontier.size();
+        self.file = Some(file);
+        self.path = path;
+        self.segment = index;
+        Ok(())
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), WriteError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|source| WriteError::Io { what: "creating", path: dir.to_path_buf(), source })
+}
+
+/// Makes a new file's name durable.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// The segment files of a directory, in index order.
+pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(index) = entry.file_name().to_str().and_then(segment_index) {
+            out.push((index, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
