@@ -213,6 +213,60 @@ pub struct Config {
     pub pseudonym_key: Option<Secret>,
     /// The gateway's catalog reading.
     pub catalog: CatalogSettings,
+    /// Whether refusals are enforced or only recorded.
+    pub mode: Mode,
+    /// The audit log, when one is kept.
+    pub audit: Option<AuditSettings>,
+}
+
+/// `mode`: what the gateway does with a statement the policy refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refuse it (the default).
+    #[default]
+    Enforce,
+    /// Forward it, and record the verdict it would have had: for rolling a
+    /// policy out. Needs `[audit]`.
+    Observe,
+}
+
+/// `[audit] durability`: when the log is synced to disk before a
+/// statement is forwarded (it is always written to the OS first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Before any statement that can make a change durable.
+    #[default]
+    Commit,
+    /// Before every statement.
+    Every,
+    /// Never waited for (the OS writes it back in its own time).
+    None,
+}
+
+/// `[audit]`: the tamper-evident log of every session.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// The log's directory.
+    pub dir: PathBuf,
+    /// When the log is synced.
+    pub durability: Durability,
+    /// Size at which a segment file is closed and the next begun.
+    pub segment_bytes: u64,
+    /// Segments older than this are deleted; `None`: kept for ever.
+    pub keep: Option<Duration>,
+    /// The Ed25519 key (PKCS#8 PEM) that signs checkpoints.
+    pub signing_key_file: PathBuf,
+    /// The checkpoints' origin line and the key's name.
+    pub origin: String,
+    /// How often a checkpoint is signed while records arrive.
+    pub checkpoint_interval: Duration,
+    /// Record `Bind` parameters.
+    pub record_parameters: bool,
+    /// This gateway's name in session records (several replicas may share
+    /// a log store).
+    pub replica: String,
 }
 
 /// `[catalog]`.
@@ -291,6 +345,27 @@ struct RawConfig {
     masking: RawMasking,
     #[serde(default)]
     catalog: RawCatalog,
+    #[serde(default)]
+    mode: Mode,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    dir: PathBuf,
+    #[serde(default)]
+    durability: Durability,
+    segment_bytes: Option<u64>,
+    keep: Option<String>,
+    signing_key_file: PathBuf,
+    origin: Option<String>,
+    checkpoint_interval: Option<String>,
+    #[serde(default)]
+    record_parameters: bool,
+    #[serde(default)]
+    record_rows: usize,
+    replica: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -495,6 +570,54 @@ impl Config {
             },
         };
 
+        let audit = match raw.audit {
+            None => None,
+            Some(a) => {
+                let segment_bytes = a.segment_bytes.unwrap_or(portcullis_audit::writer::DEFAULT_SEGMENT_BYTES);
+                if segment_bytes < 4096 {
+                    return Err(invalid("[audit] segment_bytes: at least 4096".to_string()));
+                }
+                if a.record_rows > 0 {
+                    return Err(invalid(
+                        "[audit] record_rows: keeping result rows in the log is not available in this version; \
+                         leave it at 0"
+                            .to_string(),
+                    ));
+                }
+                let origin = a.origin.unwrap_or_else(|| "portcullis".to_string());
+                if origin.is_empty() || origin.contains(|c: char| c.is_whitespace() || c == '+') {
+                    return Err(invalid(format!("[audit] origin {origin:?}: a name without spaces or '+'")));
+                }
+                Some(AuditSettings {
+                    dir: resolve(&a.dir),
+                    durability: a.durability,
+                    segment_bytes,
+                    keep: match &a.keep {
+                        Some(k) => Some(parse_duration(k).map_err(|e| invalid(format!("[audit] keep: {e}")))?),
+                        None => None,
+                    },
+                    signing_key_file: resolve(&a.signing_key_file),
+                    origin,
+                    checkpoint_interval: match &a.checkpoint_interval {
+                        Some(t) => match parse_duration(t) {
+                            Ok(d) if d >= Duration::from_millis(100) => d,
+                            Ok(_) => return Err(invalid("[audit] checkpoint_interval: at least 100ms".to_string())),
+                            Err(e) => return Err(invalid(format!("[audit] checkpoint_interval: {e}"))),
+                        },
+                        None => Duration::from_secs(10),
+                    },
+                    record_parameters: a.record_parameters,
+                    replica: a.replica.unwrap_or_else(default_replica),
+                })
+            }
+        };
+        if raw.mode == Mode::Observe && audit.is_none() {
+            return Err(invalid(
+                "mode = \"observe\" forwards what the policy refuses and records it: it needs an [audit] section"
+                    .to_string(),
+            ));
+        }
+
         Ok(Config {
             path: path.to_path_buf(),
             listen,
@@ -514,6 +637,8 @@ impl Config {
             limits,
             pseudonym_key,
             catalog,
+            mode: raw.mode,
+            audit,
         })
     }
 }
@@ -688,7 +813,17 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h`.
+/// This machine's host name, or `gateway`.
+fn default_replica() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".to_string())
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `90d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -699,7 +834,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" | "" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
     };
     Ok(d)
 }

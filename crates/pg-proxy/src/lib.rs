@@ -6,6 +6,7 @@
 //! own.
 //!
 //! - [`config`]: the configuration file;
+//! - [`audit`]: the tamper-evident log behind the sessions' record sink;
 //! - [`server`]: accepting clients, TLS, login, cancel requests;
 //! - [`session`]: one client session: the protocol core with no I/O
 //!   ([`session::SessionCore`]), its tokio driver, holds, the record sink
@@ -19,6 +20,7 @@
 //! - [`token`]: development keys and tokens;
 //! - [`demo`]: `pg-proxy demo`.
 
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod cluster;

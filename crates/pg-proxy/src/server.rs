@@ -118,6 +118,8 @@ pub struct Gateway {
     /// The live sessions.
     pub sessions: Arc<session::registry::Registry>,
     hooks: RwLock<session::SessionHooks>,
+    /// The audit log, when the configuration keeps one.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -148,7 +150,16 @@ impl Gateway {
             None => None,
         };
         let target = Target::new(&config.upstream, config.limits.max_message_bytes)?;
+        let audit = match &config.audit {
+            Some(settings) => Some(Arc::new(crate::audit::AuditLog::open(settings).map_err(|e| e.to_string())?)),
+            None => None,
+        };
+        let mut hooks = session::SessionHooks::default();
+        if let Some(a) = &audit {
+            hooks.record_sink = Arc::clone(a) as Arc<dyn session::record::RecordSink>;
+        }
         Ok(Gateway {
+            audit,
             generation: AtomicU64::new(0),
             catalog: Catalog::new(target.clone(), config.catalog.refresh_interval),
             target,
@@ -160,7 +171,7 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             sessions: Arc::default(),
-            hooks: RwLock::default(),
+            hooks: RwLock::new(hooks),
             config,
         })
     }
@@ -352,7 +363,11 @@ impl Gateway {
                     tokio::time::timeout_at(deadline, self.admit(&mut stream, &mut buf, peer, version, &params)).await;
                 match admitted {
                     Ok(Ok(Some(a))) => {
+                        let tls = stream.is_tls();
                         return Ok(Some(Ready {
+                            peer,
+                            tls,
+                            token_digest: a.token_digest,
                             client: stream,
                             client_buf: buf,
                             upstream: a.upstream,
@@ -527,6 +542,10 @@ impl Gateway {
             }
         };
         let token = token.strip_suffix(b"\0").unwrap_or(&token);
+        let token_digest = {
+            use sha2::Digest;
+            format!("sha256:{:x}", sha2::Sha256::digest(token))
+        };
         let verified = match std::str::from_utf8(token) {
             Ok(t) => self.verify_token(t).await.map_err(|e| e.to_string()),
             Err(_) => Err("the token is not UTF-8".to_string()),
@@ -609,6 +628,7 @@ impl Gateway {
             standard_conforming_strings: scs,
             gateway_pid,
             application_name: startup.setting("application_name").unwrap_or_default().to_string(),
+            token_digest,
         }))
     }
 }
@@ -645,6 +665,7 @@ struct Admitted {
     standard_conforming_strings: bool,
     gateway_pid: i32,
     application_name: String,
+    token_digest: String,
 }
 
 /// The parameters of a client's startup message, sorted out.
@@ -756,6 +777,13 @@ pub struct Ready {
     pub gateway_pid: i32,
     /// The client's `application_name` (empty when it gave none).
     pub application_name: String,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the client connected over TLS.
+    pub tls: bool,
+    /// `sha256:` and the hex SHA-256 of the client's token, for the audit
+    /// record (the token itself is never kept).
+    pub token_digest: String,
 }
 
 /// A search path as a setting value: every element double-quoted.
@@ -818,6 +846,10 @@ pub async fn run(config: Config) -> Result<(), String> {
     match tokio::time::timeout(grace, Arc::clone(&gw.connections).acquire_many_owned(all)).await {
         Ok(_) => tracing::info!("all sessions ended"),
         Err(_) => tracing::warn!(sessions = gw.active_sessions(), "grace period over; closing the remaining sessions"),
+    }
+    if let Some(audit) = gw.audit.clone() {
+        // Whatever is queued, then the closing checkpoint.
+        let _ = tokio::task::spawn_blocking(move || audit.close()).await;
     }
     Ok(())
 }

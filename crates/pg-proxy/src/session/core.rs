@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use policy_core::{
-    ColumnInfo, Context, CopyLayout, CopyOutAction, Decision, Definitions, Engine, Identity, RowMasker, Scrubbed,
+    Class, ColumnInfo, Context, CopyLayout, CopyOutAction, Decision, Definitions, Engine, Identity, RowMasker, Scrubbed,
     Session as EngineSession, SessionEffect, StatementFacts, Verdict,
 };
 use postgres_protocol::message::frontend;
 
 use super::hold::{HeldStatement, HoldOutcome, HoldRequest};
 use super::names::NameMap;
-use super::record::{Record, RecordError, StatementRecord};
+use super::record::{Record, RecordError, ReportedError, ResultRecord, StatementRecord};
 use super::registry::Activity;
 use crate::catalog::Table;
 use crate::codec::{
@@ -139,6 +139,12 @@ pub enum Need {
     InvalidateCatalog,
     /// Cancel what the upstream connection runs.
     CancelUpstream,
+    /// Write these records without waiting (the results of statements
+    /// that ran).
+    Log {
+        /// The records, in order.
+        records: Vec<Record>,
+    },
     /// Persist these records and answer with
     /// [`SessionCore::handle_persisted`]; the batch waits.
     Persist {
@@ -216,6 +222,8 @@ struct Batch {
     pending: Vec<Pending>,
     /// Records of the batch's statements.
     records: Vec<Record>,
+    /// How many statements of it were recorded (their results are open).
+    recorded: usize,
     /// Statements needing approval.
     held: Vec<HeldStatement>,
     /// The engine's session before the batch changed it.
@@ -396,6 +404,8 @@ impl ResultState {
 struct Refusal {
     code: &'static str,
     message: String,
+    /// The refused statement has a record, whose result this refusal is.
+    recorded: bool,
 }
 
 /// What the server is expected to answer, in order.
@@ -581,11 +591,21 @@ pub struct SessionCore {
     /// again when it ends.
     catalog_stale: bool,
     now: Instant,
+    /// Recorded statements whose results are not complete, oldest first:
+    /// the server answers in order, so the front is the one answered now.
+    open: VecDeque<ResultRecord>,
+    /// When each statement of `open` was forwarded (decided).
+    open_since: VecDeque<Instant>,
+    /// Completed results, handed out as [`Need::Log`].
+    finished: Vec<Record>,
+    /// The digest of the policy in force, for records.
+    policy_digest: Arc<str>,
 }
 
 impl SessionCore {
     /// A session that has just logged in (the client saw `ReadyForQuery`).
     pub fn new(start: SessionStart, now: Instant) -> SessionCore {
+        let start_digest: Arc<str> = Arc::from(start.engine.policy().digest.as_str());
         let state = EngineSession {
             standard_conforming_strings: start.standard_conforming_strings,
             user: Some(start.user),
@@ -630,6 +650,10 @@ impl SessionCore {
             definitions_pending: false,
             catalog_stale: false,
             now,
+            open: VecDeque::new(),
+            open_since: VecDeque::new(),
+            finished: Vec::new(),
+            policy_digest: start_digest,
         }
     }
 
@@ -649,7 +673,11 @@ impl SessionCore {
 
     /// The next thing to do for the core.
     pub fn poll_need(&mut self) -> Option<Need> {
-        self.needs.pop_front()
+        match self.needs.pop_front() {
+            Some(need) => Some(need),
+            None if !self.finished.is_empty() => Some(Need::Log { records: std::mem::take(&mut self.finished) }),
+            None => None,
+        }
     }
 
     /// When [`SessionCore::handle_timeout`] must be called, if ever.
@@ -779,6 +807,9 @@ impl SessionCore {
     /// The engine in force changed (a policy reload): masking plans made
     /// under the old one are dropped.
     pub fn set_engine(&mut self, engine: Arc<Engine>) {
+        if *self.policy_digest != *engine.policy().digest {
+            self.policy_digest = Arc::from(engine.policy().digest.as_str());
+        }
         self.engine = engine;
         self.maskers.clear();
         self.last_masker = None;
@@ -1149,6 +1180,7 @@ impl SessionCore {
                     message: "the function-call protocol message (F) is refused by the gateway: call the function \
                               in a statement"
                         .to_string(),
+                    recorded: false,
                 };
                 self.stage_refused_query(refusal);
                 self.finish_batch(BatchEnd::Query);
@@ -1335,7 +1367,12 @@ impl SessionCore {
         for name in batch.portals {
             self.portals.remove(&name);
         }
-        let refusal = Refusal { code, message };
+        // The batch's records were not written: their results never will be.
+        for _ in 0..batch.recorded {
+            self.open.pop_back();
+            self.open_since.pop_back();
+        }
+        let refusal = Refusal { code, message, recorded: false };
         // A read-back the batch owed is still owed: the refusal fails the
         // block on the server, which may undo a setting an earlier part of
         // the block (sent before a Flush) changed.
@@ -1379,13 +1416,18 @@ impl SessionCore {
     /// the client's messages up to `Sync` are dropped.
     #[cold]
     fn fail_block(&mut self, code: &'static str, message: String) {
+        self.fail_block_as(Refusal { code, message, recorded: false });
+    }
+
+    /// [`SessionCore::fail_block`] with the refusal as it is.
+    fn fail_block_as(&mut self, refusal: Refusal) {
         self.client = ClientState::DiscardingUntilSync;
         self.batch.failed = true;
         // Staged even when the server already failed this block (after a
         // Flush): it then skips the substitute, and the entry is dropped
         // at the block's ReadyForQuery. Whether the server failed an
         // earlier block says nothing of this one.
-        if let Some((bytes, pending)) = substitute_parse(Refusal { code, message }) {
+        if let Some((bytes, pending)) = substitute_parse(refusal) {
             self.stage(&bytes, Some(pending));
         }
     }
@@ -1436,8 +1478,84 @@ impl SessionCore {
             return;
         }
         self.sequence += 1;
-        let record = StatementRecord::new(self.id, self.sequence, sql(), parameters, Arc::clone(decision));
+        let durable = self.can_make_durable(decision);
+        let record = StatementRecord::new(self.id, self.sequence, sql(), parameters, Arc::clone(decision))
+            .with_policy(Arc::clone(&self.policy_digest), durable);
         self.batch.records.push(Record::Statement(record));
+        self.batch.recorded += 1;
+        self.open.push_back(ResultRecord { session: self.id, sequence: self.sequence, ..ResultRecord::default() });
+        self.open_since.push_back(self.now);
+    }
+
+    /// Whether running a decided statement can make a change durable: a
+    /// `COMMIT` (or `PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK
+    /// PREPARED`), or, outside a transaction block, anything but a plain
+    /// read, a transaction statement or a session setting. Inside a block,
+    /// nothing else is durable before the block commits. When the server's
+    /// last word and the engine's view disagree on being in a block, the
+    /// statement is taken as outside one.
+    fn can_make_durable(&self, decision: &Decision) -> bool {
+        if decision.verdict == Verdict::Deny {
+            return false;
+        }
+        let in_block = self.tx_status != b'I' && self.state.transaction.is_some();
+        decision.statements.iter().any(|s| {
+            let facts = &s.facts;
+            let commits =
+                matches!(facts.command.as_str(), "COMMIT" | "PREPARE TRANSACTION" | "COMMIT PREPARED" | "ROLLBACK PREPARED");
+            let plain = !facts.opaque && matches!(facts.class, Class::Read | Class::Transaction | Class::Session);
+            commits || (!in_block && !plain)
+        })
+    }
+
+    /// The result of the statement being answered takes an error the
+    /// client got.
+    fn note_error(&mut self, code: &str, message: &str) {
+        if let Some(r) = self.open.front_mut() {
+            if r.error.is_none() {
+                r.error = Some(ReportedError { code: code.to_string(), message: message.to_string() });
+            }
+        }
+    }
+
+    /// The result of the statement being answered takes a command tag and
+    /// the rows relayed for it.
+    fn note_tag(&mut self, frame: &BackendView<'_>, rows: u64) {
+        if let Some(r) = self.open.front_mut() {
+            let body = frame.body();
+            let tag = body.strip_suffix(b"\0").unwrap_or(body);
+            r.tags.push(String::from_utf8_lossy(tag).into_owned());
+            r.rows += rows;
+        }
+    }
+
+    /// Open results of statements not sent yet (the batch being read, or
+    /// one waiting for its records or its approval).
+    fn undecided_opens(&self) -> usize {
+        let waiting = match &self.client {
+            ClientState::Recording { batch, .. } | ClientState::Held { batch, .. } => batch.recorded,
+            _ => 0,
+        };
+        self.batch.recorded + waiting
+    }
+
+    /// Completes the result of the statement answered (the oldest open).
+    fn finish_open(&mut self, ran: bool) {
+        let (Some(mut r), Some(since)) = (self.open.pop_front(), self.open_since.pop_front()) else { return };
+        r.ran = ran;
+        r.duration = self.now.saturating_duration_since(since);
+        self.finished.push(Record::Result(r));
+    }
+
+    /// Whether the statement being answered is one with an open result:
+    /// errors the server reports for it are its result's.
+    fn answering_recorded(&self) -> bool {
+        match self.pending.front() {
+            Some(Pending::Query { refusal, .. }) => refusal.as_ref().is_none_or(|r| r.recorded),
+            Some(Pending::Execute { .. }) => true,
+            Some(Pending::Refused(r)) => r.recorded,
+            _ => false,
+        }
     }
 
     fn on_query(&mut self, sql: &str, frame: &[u8]) {
@@ -1446,7 +1564,8 @@ impl SessionCore {
         let held = match self.admit(&decision) {
             Ok(held) => held,
             Err(message) => {
-                return self.stage_refused_query(Refusal { code: INSUFFICIENT_PRIVILEGE, message });
+                let recorded = self.config.record;
+                return self.stage_refused_query(Refusal { code: INSUFFICIENT_PRIVILEGE, message, recorded });
             }
         };
         if held {
@@ -1507,6 +1626,9 @@ impl SessionCore {
     fn on_parse(&mut self, name: &str, sql: &str, frame: &[u8]) {
         let decision = self.decide(sql);
         if let Err(message) = self.admit(&decision) {
+            // A refusal is recorded where it happens: the statement never
+            // reaches an Execute.
+            self.record(|| Arc::from(sql), Vec::new(), &decision);
             // The unnamed statement, or a name in use, now stands for the
             // refused text: a later Bind must not reach what the server
             // still holds under that name. Other names are unknown anyway
@@ -1514,7 +1636,8 @@ impl SessionCore {
             if name.is_empty() || self.statements.contains(name) {
                 self.statements.insert(name, None);
             }
-            return self.fail_block(INSUFFICIENT_PRIVILEGE, message);
+            let recorded = self.config.record;
+            return self.fail_block_as(Refusal { code: INSUFFICIENT_PRIVILEGE, message, recorded });
         }
         let facts = decision.statements.first().map(|s| Arc::clone(&s.facts));
         let prepared = Arc::new(Prepared {
@@ -1796,6 +1919,10 @@ impl SessionCore {
                 let Some(Pending::Refused(refusal)) = self.pending.pop_front() else { return true };
                 // The substitute failed (as it always does): the client gets the refusal.
                 self.emit_error("ERROR", refusal.code, &refusal.message);
+                if refusal.recorded {
+                    self.note_error(refusal.code, &refusal.message);
+                    self.finish_open(false);
+                }
                 if message == BackendMessage::ErrorResponse {
                     // The server skips the rest of the block by itself.
                     self.block = Block::Failed;
@@ -1858,6 +1985,13 @@ impl SessionCore {
             }
         }
         self.tx_status = status;
+        if self.pending.is_empty() && self.open.len() > self.undecided_opens() {
+            // Everything sent was answered: a recorded statement still open
+            // was not run (skipped in a block the server failed).
+            while self.open.len() > self.undecided_opens() {
+                self.finish_open(false);
+            }
+        }
         if self.pending.is_empty() && (self.definitions_pending || self.catalog_stale) {
             if status == b'I' {
                 // Everything sent so far is answered and committed (or
@@ -1982,7 +2116,15 @@ impl SessionCore {
                     );
                 }
                 _ => {
-                    self.pending.pop_front();
+                    match self.pending.pop_front() {
+                        // The one that failed ran; those after it did not.
+                        Some(Pending::Execute { .. }) => {
+                            let ran = self.open.front().is_some_and(|r| r.error.is_some());
+                            self.finish_open(ran);
+                        }
+                        Some(Pending::Refused(r)) if r.recorded => self.finish_open(false),
+                        _ => {}
+                    }
                 }
             }
         }
@@ -2178,8 +2320,13 @@ impl SessionCore {
                 }
                 if result.stopped() {
                     self.report_stop(&result);
+                    self.finish_open(true);
                     self.drop_block();
                     return true;
+                }
+                if !self.open.is_empty() {
+                    self.note_tag(&frame, result.rows);
+                    self.finish_open(true);
                 }
                 if message == BackendMessage::CommandComplete {
                     self.after_command(result.facts.as_deref());
@@ -2191,6 +2338,7 @@ impl SessionCore {
                 if stopped {
                     let Some(Pending::Execute { result, .. }) = self.pending.pop_front() else { return true };
                     self.report_stop(&result);
+                    self.finish_open(true);
                     self.drop_block();
                     return true;
                 }
@@ -2206,7 +2354,11 @@ impl SessionCore {
             return true;
         };
         if message == BackendMessage::ReadyForQuery {
+            let (recorded, ran) = (refusal.as_ref().is_none_or(|r| r.recorded), refusal.is_none());
             self.pending.pop_front();
+            if recorded {
+                self.finish_open(ran);
+            }
             self.on_ready(frame, true);
             return true;
         }
@@ -2214,6 +2366,9 @@ impl SessionCore {
             // The substitute's failure becomes the refusal; nothing else of it reaches the client.
             if message == BackendMessage::ErrorResponse && !*failed {
                 self.emit_error("ERROR", refusal.code, &refusal.message);
+                if refusal.recorded {
+                    self.note_error(refusal.code, &refusal.message);
+                }
                 if let Some(Pending::Query { failed, .. }) = self.pending.front_mut() {
                     *failed = true;
                 }
@@ -2299,6 +2454,10 @@ impl SessionCore {
                 }
                 self.after_command(facts().as_deref());
                 self.forward_to_client(&frame);
+                if !self.open.is_empty() {
+                    let rows = self.current_result().map_or(0, |r| r.rows);
+                    self.note_tag(&frame, rows);
+                }
                 if let Some(Pending::Query { index, result, .. }) = self.pending.front_mut() {
                     *index += 1;
                     let next = decision.statements.get(*index).map(|s| Arc::clone(&s.facts));
@@ -2405,12 +2564,17 @@ impl SessionCore {
                     let quoted = &mut copy_out.quoted;
                     let outcome = match copy::split_csv_line(frame.body(), &csv, &mut row, quoted) {
                         Ok(_) if row.len() != copy_out.columns => Err(()),
-                        Ok(_) if masker.mask_row(&mut row) == 0 => {
-                            self.to_client.extend_from_slice(frame.frame);
-                            Ok(())
-                        }
                         Ok(newline) => {
-                            copy::csv_data_line(&mut self.to_client, &row, quoted, &csv, newline).map_err(|_| ())
+                            let changed = masker.mask_row(&mut row);
+                            if let Some(r) = self.open.front_mut() {
+                                r.masked += changed as u64;
+                            }
+                            if changed == 0 {
+                                self.to_client.extend_from_slice(frame.frame);
+                                Ok(())
+                            } else {
+                                copy::csv_data_line(&mut self.to_client, &row, quoted, &csv, newline).map_err(|_| ())
+                            }
                         }
                         Err(_) => Err(()),
                     };
@@ -2424,6 +2588,7 @@ impl SessionCore {
                         let retyped = masker.retyped_columns();
                         let (cap, rows) = (result.cap, &mut result.rows);
                         let mut over = false;
+                        let mut masked = 0u64;
                         let mut mask = |row: &mut copy::BinaryRow<'_>| {
                             *rows += 1;
                             if cap > 0 && *rows > cap {
@@ -2431,6 +2596,7 @@ impl SessionCore {
                                 return None;
                             }
                             let changed = masker.mask_row(row);
+                            masked += changed as u64;
                             for &i in retyped {
                                 if let Some(v) = row.get_mut(i) {
                                     *v = None;
@@ -2441,6 +2607,9 @@ impl SessionCore {
                         let fed = reader.feed(frame.body(), &mut mask, &mut self.to_client).map_err(|e| {
                             tracing::warn!(error = %e, "binary COPY data the gateway cannot read; refusing the COPY");
                         });
+                        if let Some(r) = self.open.front_mut() {
+                            r.masked += masked;
+                        }
                         if over {
                             result.capped = true;
                             tracing::info!(cap = result.cap, "row cap reached; cancelling the query");
@@ -2453,13 +2622,17 @@ impl SessionCore {
                 _ => {
                     let mut row = self.row.lend();
                     let newline = copy::split_line(frame.body(), &mut row);
-                    let outcome = if row.len() != copy_out.columns {
-                        Err(())
-                    } else if masker.mask_row(&mut row) == 0 {
-                        self.to_client.extend_from_slice(frame.frame);
-                        Ok(())
-                    } else {
-                        copy::copy_data_line(&mut self.to_client, &row, newline).map_err(|_| ())
+                    let changed = if row.len() != copy_out.columns { None } else { Some(masker.mask_row(&mut row)) };
+                    if let (Some(r), Some(n)) = (self.open.front_mut(), changed) {
+                        r.masked += n as u64;
+                    }
+                    let outcome = match changed {
+                        None => Err(()),
+                        Some(0) => {
+                            self.to_client.extend_from_slice(frame.frame);
+                            Ok(())
+                        }
+                        Some(_) => copy::copy_data_line(&mut self.to_client, &row, newline).map_err(|_| ()),
                     };
                     self.row.give_back(row);
                     outcome
@@ -2486,10 +2659,14 @@ impl SessionCore {
         }
         let mut row = self.row.lend();
         let outcome = codec::data_row_values_into(&frame, &mut row).and_then(|()| {
-            if masker.mask_row(&mut row) == 0 {
+            let changed = masker.mask_row(&mut row);
+            if changed == 0 {
                 self.to_client.extend_from_slice(frame.frame);
                 Ok(())
             } else {
+                if let Some(r) = self.open.front_mut() {
+                    r.masked += changed as u64;
+                }
                 codec::data_row(&mut self.to_client, row.iter().map(Option::as_deref))
             }
         });
@@ -2606,6 +2783,10 @@ impl SessionCore {
         };
         let code = if result.refused.is_some() { INSUFFICIENT_PRIVILEGE } else { PROGRAM_LIMIT_EXCEEDED };
         self.emit_error("ERROR", code, &message);
+        self.note_error(code, &message);
+        if let Some(r) = self.open.front_mut() {
+            r.rows += result.rows.min(result.cap);
+        }
     }
 
     fn after_command(&mut self, facts: Option<&StatementFacts>) {
@@ -2839,6 +3020,11 @@ impl SessionCore {
                 }
                 Scrubbed::Drop => changed = true,
             }
+        }
+        if frame.kind == b'E' && self.answering_recorded() {
+            let field = |code: u8| out.iter().find(|(c, _)| *c == code).map(|(_, v)| v.to_string()).unwrap_or_default();
+            let (code, message) = (field(b'C'), field(b'M'));
+            self.note_error(&code, &message);
         }
         if !changed {
             self.forward_to_client(frame);

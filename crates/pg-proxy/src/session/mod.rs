@@ -164,9 +164,29 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         standard_conforming_strings,
         user,
         gateway_pid,
-        ..
+        application_name,
+        peer,
+        tls,
+        token_digest,
     } = ready;
     let hooks = gw.hooks();
+    let started = Instant::now();
+    let recording = !hooks.record_sink.is_noop();
+    if recording {
+        let engine = gw.engine();
+        let start = record::SessionStartRecord {
+            session: registration.id(),
+            identity: identity.clone(),
+            token: token_digest,
+            client: peer,
+            tls,
+            application_name,
+            database: database.clone(),
+            user: user.clone(),
+            policy: Arc::from(engine.policy().digest.as_str()),
+        };
+        hooks.record_sink.log(vec![record::Record::SessionStart(Box::new(start))]);
+    }
     // The generation first: a reload in between is seen at the next look.
     let mut generation = gw.generation();
     let config = CoreConfig {
@@ -231,6 +251,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                 }
                 Need::InvalidateCatalog => gw.catalog.invalidate(&database).await,
                 Need::CancelUpstream => gw.cancel_session(gateway_pid).await,
+                Need::Log { records } => hooks.record_sink.log(records),
                 Need::Persist { batch, records } => persisting = Some((batch, hooks.record_sink.persist(records))),
                 Need::Hold { hold, request } => match &hooks.hold_handler {
                     Some(handler) => holding = Some((hold, handler.hold(request))),
@@ -353,6 +374,22 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         // writes), holding a connection and whatever it locks.
         tracing::info!("cancelling the statement of a session that ended");
         gw.cancel_session(gateway_pid).await;
+    }
+    if recording {
+        // Results completed on the way out, then the end.
+        let mut last = Vec::new();
+        while let Some(need) = core.poll_need() {
+            if let Need::Log { records } = need {
+                last.extend(records);
+            }
+        }
+        let reason = match &outcome {
+            Ok(()) => "the client ended the session".to_string(),
+            Err(e) => e.clone(),
+        };
+        let end = record::SessionEndRecord { session: registration.id(), reason, duration: started.elapsed() };
+        last.push(record::Record::SessionEnd(end));
+        hooks.record_sink.log(last);
     }
     match outcome {
         Ok(()) => tracing::info!("session ended"),

@@ -22,8 +22,83 @@ use policy_core::Decision;
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Record {
+    /// A session began (written before its first statement).
+    SessionStart(Box<SessionStartRecord>),
     /// A statement about to be forwarded or refused.
     Statement(StatementRecord),
+    /// What became of a recorded statement.
+    Result(ResultRecord),
+    /// A session ended.
+    SessionEnd(SessionEndRecord),
+}
+
+/// Who opened a session, from where.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SessionStartRecord {
+    /// The session.
+    pub session: u64,
+    /// The identity the token proved.
+    pub identity: policy_core::Identity,
+    /// `sha256:` and the hex SHA-256 of the token (never the token).
+    pub token: String,
+    /// The client's address.
+    pub client: std::net::SocketAddr,
+    /// Whether the client connected over TLS.
+    pub tls: bool,
+    /// The client's `application_name`.
+    pub application_name: String,
+    /// The database.
+    pub database: String,
+    /// The upstream role the session runs as.
+    pub user: String,
+    /// The digest of the policy in force.
+    pub policy: Arc<str>,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SessionEndRecord {
+    /// The session.
+    pub session: u64,
+    /// Why it ended.
+    pub reason: String,
+    /// How long it lasted.
+    pub duration: Duration,
+}
+
+/// What became of a recorded statement: what its client was told.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct ResultRecord {
+    /// The session.
+    pub session: u64,
+    /// The statement's place in the session.
+    pub sequence: u64,
+    /// Command tags, in order (several for a simple query of many
+    /// statements).
+    pub tags: Vec<String>,
+    /// Rows sent to the client.
+    pub rows: u64,
+    /// Values the masks changed in them.
+    pub masked: u64,
+    /// From forwarding to the end of the answer.
+    pub duration: Duration,
+    /// The error the client got (after the gateway's scrubbing).
+    pub error: Option<ReportedError>,
+    /// Whether the server ran it (false: refused, or skipped after an
+    /// earlier error in its block).
+    pub ran: bool,
+}
+
+/// An error as the client got it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportedError {
+    /// SQLSTATE.
+    pub code: String,
+    /// The message.
+    pub message: String,
 }
 
 /// A statement as decided: a simple query's whole string, or an `Execute`
@@ -42,6 +117,12 @@ pub struct StatementRecord {
     pub parameters: Vec<Option<String>>,
     /// The engine's decision.
     pub decision: Arc<Decision>,
+    /// The digest of the policy it was decided under.
+    pub policy: Arc<str>,
+    /// Whether running it can make a change durable (a `COMMIT`, or
+    /// anything but a plain read outside a transaction block): with
+    /// `durability = "commit"` its record is synced before it runs.
+    pub durable: bool,
 }
 
 impl StatementRecord {
@@ -53,7 +134,16 @@ impl StatementRecord {
         parameters: Vec<Option<String>>,
         decision: Arc<Decision>,
     ) -> StatementRecord {
-        StatementRecord { session, sequence, sql, parameters, decision }
+        StatementRecord { session, sequence, sql, parameters, decision, policy: Arc::from(""), durable: true }
+    }
+
+    /// The same, naming the policy's digest and whether it can make a
+    /// change durable.
+    #[must_use]
+    pub fn with_policy(mut self, policy: Arc<str>, durable: bool) -> StatementRecord {
+        self.policy = policy;
+        self.durable = durable;
+        self
     }
 }
 
@@ -71,6 +161,12 @@ pub trait RecordSink: Send + Sync + std::fmt::Debug {
     /// Writes `records`; resolves once they are as durable as the sink
     /// promises.
     fn persist(&self, records: Vec<Record>) -> Persisting;
+
+    /// Writes `records` without waiting (results, session start and end):
+    /// they follow, in order, what was persisted before them.
+    fn log(&self, records: Vec<Record>) {
+        drop(records);
+    }
 
     /// Whether the sink records nothing: the session then builds no records
     /// and does not wait.
@@ -142,6 +238,12 @@ impl TestSink {
 }
 
 impl RecordSink for TestSink {
+    fn log(&self, records: Vec<Record>) {
+        if let Ok(mut k) = self.records.lock() {
+            k.extend(records);
+        }
+    }
+
     fn persist(&self, records: Vec<Record>) -> Persisting {
         let mode = self.mode.lock().map(|m| m.clone()).unwrap_or(TestSinkMode::Fail("poisoned".into()));
         let kept = Arc::clone(&self.records);
