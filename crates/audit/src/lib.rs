@@ -8,6 +8,7 @@
 //! Ed25519. A checkpoint kept elsewhere pins every record before it.
 
 pub mod note;
+pub mod proof;
 pub mod segment;
 pub mod time;
 pub mod tree;

@@ -172,10 +172,9 @@ pub fn verify_files(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Report, VerifyError> {
     let mut replay = Replay::new(verifier, published);
-    let count = files.len();
-    for (i, path) in files.iter().enumerate() {
+    for path in files {
         let bytes = std::fs::read(path).map_err(|source| VerifyError::Unreadable { path: path.clone(), source })?;
-        replay.segment(path, &bytes, i + 1 == count)?;
+        replay.segment(path, &bytes)?;
         progress(bytes.len() as u64);
     }
     replay.finish()
@@ -186,7 +185,7 @@ pub fn verify_files(
 pub fn resume_state(path: &Path, verifier: &NoteVerifier) -> Result<ResumeState, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut replay = Replay::new(verifier, &[]);
-    replay.segment(path, &bytes, true).map_err(|e| e.to_string())?;
+    replay.segment(path, &bytes).map_err(|e| e.to_string())?;
     Ok(ResumeState { frontier: replay.frontier, prev: replay.prev })
 }
 
@@ -215,7 +214,7 @@ impl<'a> Replay<'a> {
         }
     }
 
-    fn segment(&mut self, path: &Path, bytes: &[u8], last: bool) -> Result<(), VerifyError> {
+    fn segment(&mut self, path: &Path, bytes: &[u8]) -> Result<(), VerifyError> {
         self.report.files += 1;
         self.report.bytes += bytes.len() as u64;
         let mut rest = bytes;
@@ -227,20 +226,15 @@ impl<'a> Replay<'a> {
         while !rest.is_empty() {
             line_no += 1;
             let Some(end) = rest.iter().position(|&b| b == b'\n') else {
-                // A last line without its newline: a write cut short.
-                if last {
-                    self.report.warnings.push(format!(
-                        "{}:{line_no}: the last line is incomplete ({} bytes): a write cut short by a crash",
-                        path.display(),
-                        rest.len()
-                    ));
-                    break;
-                }
-                return Err(tampered(
-                    line_no,
-                    Some(self.frontier.size()),
-                    "an incomplete line in a segment that is not the last".into(),
+                // A last line without its newline: a write cut short. The
+                // segment after it, if any, must take the log up from the
+                // last whole record.
+                self.report.warnings.push(format!(
+                    "{}:{line_no}: the last line is incomplete ({} bytes): a write cut short by a crash",
+                    path.display(),
+                    rest.len()
                 ));
+                break;
             };
             let (line, after) = rest.split_at(end);
             rest = after.get(1..).unwrap_or_default();

@@ -38,11 +38,7 @@ const MAX_JOBS_PER_TURN: usize = 4096;
 
 /// One session's records for the writer.
 enum Job {
-    Write {
-        bodies: Vec<String>,
-        sync: bool,
-        ack: Option<tokio::sync::oneshot::Sender<Result<(), RecordError>>>,
-    },
+    Write { bodies: Vec<String>, sync: bool, ack: Option<tokio::sync::oneshot::Sender<Result<(), RecordError>>> },
     Close(mpsc::Sender<()>),
 }
 
@@ -210,7 +206,12 @@ impl AuditLog {
         out.unwrap_or_else(|e| format!("{{\"type\":\"unserialisable\",\"error\":{:?}}}", e.to_string()))
     }
 
-    fn send(&self, records: &[Record], sync: bool, ack: Option<tokio::sync::oneshot::Sender<Result<(), RecordError>>>) -> bool {
+    fn send(
+        &self,
+        records: &[Record],
+        sync: bool,
+        ack: Option<tokio::sync::oneshot::Sender<Result<(), RecordError>>>,
+    ) -> bool {
         let bodies = records.iter().map(|r| self.body(r)).collect();
         self.jobs.send(Job::Write { bodies, sync, ack }).is_ok()
     }
@@ -227,9 +228,9 @@ impl RecordSink for AuditLog {
         if !self.send(&records, sync, Some(ack)) {
             return Box::pin(std::future::ready(Err(RecordError("the audit log is closed".into()))));
         }
-        Box::pin(async move {
-            answer.await.unwrap_or_else(|_| Err(RecordError("the audit log's writer stopped".into())))
-        })
+        Box::pin(
+            async move { answer.await.unwrap_or_else(|_| Err(RecordError("the audit log's writer stopped".into()))) },
+        )
     }
 
     fn log(&self, records: Vec<Record>) {

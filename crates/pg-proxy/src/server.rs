@@ -378,7 +378,7 @@ impl Gateway {
                             user: self.config.upstream.user.clone(),
                             gateway_pid: a.gateway_pid,
                             application_name: a.application_name,
-                        }))
+                        }));
                     }
                     Ok(Ok(None)) => Ok(None),
                     Ok(Err(e)) => Err(e),

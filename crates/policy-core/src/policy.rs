@@ -24,8 +24,8 @@
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use regex::Regex;
 use serde::Deserialize;
-use toml::Spanned;
 use sha2::{Digest, Sha256};
+use toml::Spanned;
 
 use crate::analyze::{Class, Clause};
 use crate::decision::Verdict;

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use policy_core::{
-    Class, ColumnInfo, Context, CopyLayout, CopyOutAction, Decision, Definitions, Engine, Identity, RowMasker, Scrubbed,
-    Session as EngineSession, SessionEffect, StatementFacts, Verdict,
+    Class, ColumnInfo, Context, CopyLayout, CopyOutAction, Decision, Definitions, Engine, Identity, RowMasker,
+    Scrubbed, Session as EngineSession, SessionEffect, StatementFacts, Verdict,
 };
 use postgres_protocol::message::frontend;
 
@@ -1501,8 +1501,10 @@ impl SessionCore {
         let in_block = self.tx_status != b'I' && self.state.transaction.is_some();
         decision.statements.iter().any(|s| {
             let facts = &s.facts;
-            let commits =
-                matches!(facts.command.as_str(), "COMMIT" | "PREPARE TRANSACTION" | "COMMIT PREPARED" | "ROLLBACK PREPARED");
+            let commits = matches!(
+                facts.command.as_str(),
+                "COMMIT" | "PREPARE TRANSACTION" | "COMMIT PREPARED" | "ROLLBACK PREPARED"
+            );
             let plain = !facts.opaque && matches!(facts.class, Class::Read | Class::Transaction | Class::Session);
             commits || (!in_block && !plain)
         })
