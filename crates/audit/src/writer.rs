@@ -147,7 +147,8 @@ impl Writer {
             mark: None,
             options,
         };
-        writer.begin_segment(segment)?;
+        let (frontier, prev) = (writer.frontier.clone(), writer.prev);
+        writer.begin_segment(segment, &frontier, &prev)?;
         writer.prune(SystemTime::now());
         Ok(writer)
     }
@@ -194,8 +195,13 @@ impl Writer {
             return Ok(());
         }
         if self.file.is_none() {
-            // The segment a failure left behind is not written to again.
-            if let Err(e) = self.begin_segment(self.segment + 1) {
+            // The segment a failure left behind is not written to again;
+            // the new one takes the log up where the batch begins.
+            let (frontier, prev) = match &self.mark {
+                Some(m) => (m.frontier.clone(), m.prev),
+                None => (self.frontier.clone(), self.prev),
+            };
+            if let Err(e) = self.begin_segment(self.segment + 1, &frontier, &prev) {
                 self.take_back();
                 return Err(e);
             }
@@ -329,23 +335,31 @@ impl Writer {
         }
         self.checkpointed = self.frontier.size();
         self.file = None;
-        self.begin_segment(self.segment + 1)?;
+        let (frontier, prev) = (self.frontier.clone(), self.prev);
+        self.begin_segment(self.segment + 1, &frontier, &prev)?;
         self.prune(SystemTime::now());
         Ok(())
     }
 
-    /// Creates segment `index` with its header, synced with its
-    /// directory; it becomes the current one.
-    fn begin_segment(&mut self, index: u64) -> Result<(), WriteError> {
+    /// Creates segment `index` with its header (the tree as `frontier`
+    /// and `prev` leave it), synced with its directory; it becomes the
+    /// current one.
+    fn begin_segment(&mut self, index: u64, frontier: &Frontier, prev: &Hash) -> Result<(), WriteError> {
         let dir = self.options.dir.clone();
+        let checkpoint = Checkpoint {
+            origin: self.origin.clone(),
+            size: frontier.size(),
+            root: frontier.root(),
+            extensions: Vec::new(),
+        };
         let header = Header {
             kind: "segment".into(),
             v: SCHEMA_VERSION,
             segment: index,
-            first: self.frontier.size(),
-            prev: hex(&self.prev),
-            frontier: self.frontier.nodes().iter().map(hex).collect(),
-            checkpoint: self.sign(Vec::new()),
+            first: frontier.size(),
+            prev: hex(prev),
+            frontier: frontier.nodes().iter().map(hex).collect(),
+            checkpoint: self.options.signer.sign(&checkpoint),
         };
         let mut bytes = serde_json::to_vec(&header).unwrap_or_default();
         bytes.push(b'\n');
@@ -363,7 +377,7 @@ impl Writer {
         }
         sync_dir(&dir);
         self.written = bytes.len() as u64;
-        self.checkpointed = self.frontier.size();
+        self.checkpointed = frontier.size();
         self.file = Some(file);
         self.path = path;
         self.segment = index;

@@ -9,6 +9,8 @@
 //! `[masking] pseudonym_key_file`), or else from the environment variable
 //! [`PSEUDONYM_KEY_ENV`]. The key is never printed.
 
+mod audit;
+
 use std::env::VarError;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -68,6 +70,12 @@ enum Command {
     /// Development keys and tokens (never for production identities).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The audit log: keys, verification, receipts, sessions, replay.
+    ///
+    /// Exit codes: 0 success (verify: intact); 1 tampered, or a receipt
+    /// that does not check; 2 bad usage or unreadable input.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Run the gateway.
     ///
     /// Clients connect as to PostgreSQL and log in with an OIDC token as the
@@ -349,6 +357,7 @@ pub(crate) fn run() -> ExitCode {
                 }
             }
         }
+        Command::Audit(command) => audit::run(command),
         Command::Demo { policy, port, script, log } => demo(pg_proxy::demo::DemoOptions { policy, port, script }, &log),
         Command::Token(TokenCommand::Keygen { out, key_type }) => match pg_proxy::token::keygen(&out, key_type) {
             Ok((key, jwks)) => {

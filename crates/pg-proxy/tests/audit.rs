@@ -1,0 +1,324 @@
+//! The audit log through the running gateway: psql and tokio-postgres
+//! sessions recorded (start, statements with their decisions, results,
+//! end), verified, listed and replayed by `pg-proxy audit`; group commit
+//! by durability; a full disk refusing statements and recording resuming
+//! when space returns. Never in the log: tokens, the upstream password,
+//! unmasked values.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use portcullis_audit::note::NoteSigner;
+use portcullis_testkit::stack::{Stack, APP_PASSWORD};
+use serde_json::Value;
+use tokio_postgres::error::SqlState;
+
+/// A signing key and its verifier key in a fresh directory.
+fn keys(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-audit-keys-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = pg_proxy_cmd().args(["audit", "keygen", "--out"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+fn pg_proxy_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pg-proxy"))
+}
+
+fn audit_stack(keys: &Path, log: &Path, extra: &str) -> Stack {
+    let config = format!(
+        "[audit]\ndir = \"{}\"\nsigning_key_file = \"{}\"\ncheckpoint_interval = \"200ms\"\n{extra}\n",
+        log.display(),
+        keys.join("audit-key.pem").display()
+    );
+    Stack::builder().config(&config).start()
+}
+
+/// Every record of the log, as JSON.
+fn records(log: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (_, path) in portcullis_audit::writer::list_segments(log).unwrap() {
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            if v.get("seq").is_some() {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_recorded_verified_listed_and_replayed() {
+    let keys = keys("e2e");
+    let log = keys.join("log");
+    let stack = audit_stack(&keys, &log, "record_parameters = true");
+
+    // psql, as an agent: a masked read, a refused DROP, a refused secret.
+    let token = stack.token("alice@example.com", &["ai-agents"], Some("copilot-7"));
+    let out = stack.psql(
+        &token,
+        &[
+            "-c",
+            "SELECT id, name, email, ssn FROM customers ORDER BY id",
+            "-c",
+            "DROP TABLE orders",
+            "-c",
+            "SELECT * FROM secrets",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+
+    // tokio-postgres, extended protocol with parameters, as a developer.
+    let client = stack.connect_as("bob@example.com", &["developers"], None).await;
+    let rows = client.query("SELECT id, total FROM orders WHERE id = $1", &[&7i32]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    client.execute("UPDATE orders SET status = 'checked' WHERE id = $1", &[&8i32]).await.unwrap();
+    let e = client.query("SELECT * FROM secrets WHERE id = $1", &[&1i32]).await.unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code()), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    // A server error reaches the record as the client saw it.
+    client.simple_query("SELECT 1/0").await.unwrap_err();
+    drop(client);
+
+    // Closed as at shutdown (after the sessions' ends arrive).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    stack.gateway.audit.as_ref().unwrap().close();
+
+    let all = records(&log);
+    let kinds: Vec<&str> = all.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "session_start").count(), 2, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "session_end").count(), 2, "{kinds:?}");
+
+    // The agent's session: identity, agent, client, then each statement
+    // with its verdict, rule and policy digest, and its result.
+    let start = all.iter().find(|r| r["type"] == "session_start" && r["subject"] == "alice@example.com").unwrap();
+    assert_eq!(start["actor"], "copilot-7");
+    assert_eq!(start["groups"], serde_json::json!(["ai-agents"]));
+    assert_eq!(start["application"], "psql");
+    assert_eq!(start["tls"], false);
+    assert!(start["token"].as_str().unwrap().starts_with("sha256:"));
+    assert!(start["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let session = start["session"].as_str().unwrap();
+    let mine: Vec<&Value> = all.iter().filter(|r| r["session"] == session).collect();
+    let statements: Vec<&&Value> = mine.iter().filter(|r| r["type"] == "statement").collect();
+    assert_eq!(statements.len(), 3, "{mine:#?}");
+    assert_eq!(statements[0]["verdict"], "allow");
+    assert_eq!(statements[1]["verdict"], "deny");
+    assert_eq!(statements[1]["rule"], "no-ddl-for-agents");
+    assert_eq!(statements[2]["rule"], "no-secrets");
+    let digest = start["policy"].as_str().unwrap();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert!(statements.iter().all(|s| s["policy"] == digest));
+    assert_eq!(statements[0]["fingerprint"].as_str().unwrap().len(), 16);
+    let results: Vec<&&Value> = mine.iter().filter(|r| r["type"] == "result").collect();
+    assert_eq!(results.len(), 3, "{mine:#?}");
+    assert_eq!(results[0]["tags"], serde_json::json!(["SELECT 3"]));
+    assert_eq!(results[0]["rows"], 3);
+    assert!(results[0]["masked"].as_u64().unwrap() >= 3, "{}", results[0]);
+    assert_eq!(results[1]["ran"], false);
+    assert_eq!(results[1]["error"]["code"], "42501");
+    // Records are numbered in session order, and results follow their
+    // statement.
+    for (s, r) in statements.iter().zip(&results) {
+        assert_eq!(s["n"], r["n"]);
+        assert!(s["seq"].as_u64() < r["seq"].as_u64());
+    }
+
+    // The developer's session: parameters as text, the refusal of a
+    // prepared statement, the server's error.
+    let dev = all.iter().find(|r| r["type"] == "session_start" && r["subject"] == "bob@example.com").unwrap();
+    let dev_session = dev["session"].as_str().unwrap();
+    let dev_records: Vec<&Value> = all.iter().filter(|r| r["session"] == dev_session).collect();
+    let update =
+        dev_records.iter().find(|r| r["type"] == "statement" && r["sql"].as_str().unwrap().starts_with("UPDATE"));
+    // Binary parameters (tokio-postgres sends int4 as such) as `\x` and hex.
+    assert_eq!(update.unwrap()["params"], serde_json::json!(["\\x00000008"]));
+    let refused = dev_records.iter().find(|r| r["type"] == "statement" && r["rule"] == "no-secrets").unwrap();
+    let refused_result = dev_records.iter().find(|r| r["type"] == "result" && r["n"] == refused["n"]).unwrap();
+    assert_eq!(refused_result["error"]["code"], "42501");
+    let update_result = dev_records.iter().find(|r| r["type"] == "result" && r["n"] == update.unwrap()["n"]).unwrap();
+    assert_eq!(update_result["tags"], serde_json::json!(["UPDATE 1"]));
+    let division = dev_records.iter().find(|r| r["type"] == "result" && r["error"]["code"] == "22012");
+    assert!(division.is_some(), "{dev_records:#?}");
+
+    // Never in the log: the tokens, the upstream password, unmasked values.
+    let text: String = portcullis_audit::writer::list_segments(&log)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| std::fs::read_to_string(p).unwrap())
+        .collect();
+    for secret in [token.as_str(), APP_PASSWORD, "123-45-6789", "alice@example.com\",\"ssn", "AKIAIOSFODNN7EXAMPLE"] {
+        assert!(!text.contains(secret), "{secret} is in the log");
+    }
+
+    // verify: intact and closed.
+    let key = keys.join("audit-key.pub");
+    let (code, stdout, stderr) = run(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(&key).arg(&log));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("intact") && stdout.contains("closed"), "{stdout}");
+
+    // sessions: both, and filtered by agent.
+    let (code, stdout, _) = run(pg_proxy_cmd().args(["audit", "sessions"]).arg(&log));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("alice@example.com") && stdout.contains("bob@example.com"), "{stdout}");
+    let (_, stdout, _) = run(pg_proxy_cmd().args(["audit", "sessions", "--actor", "copilot-7", "--json"]).arg(&log));
+    let listed: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(listed.len(), 1, "{stdout}");
+    assert_eq!((listed[0]["statements"].as_u64(), listed[0]["refused"].as_u64()), (Some(3), Some(2)));
+
+    // replay: the timeline, plain when piped.
+    let (code, stdout, _) = run(pg_proxy_cmd().args(["audit", "replay", "--session", session]).arg(&log));
+    assert_eq!(code, 0);
+    assert!(!stdout.contains('\x1b'), "colour when piped: {stdout}");
+    assert!(stdout.contains("DENY [no-ddl-for-agents]  DROP TABLE orders"), "{stdout}");
+    assert!(stdout.contains("SELECT 3 · 3 rows · 3 masked") || stdout.contains("SELECT 3 · 3 rows"), "{stdout}");
+
+    // A receipt for the DROP's record, checked offline.
+    let seq = statements[1]["seq"].as_u64().unwrap().to_string();
+    let (code, receipt, stderr) = run(pg_proxy_cmd().args(["audit", "prove", "--record", &seq]).arg(&log));
+    assert_eq!(code, 0, "{stderr}");
+    let receipt_file = keys.join("receipt.json");
+    std::fs::write(&receipt_file, &receipt).unwrap();
+    let (code, stdout, _) =
+        run(pg_proxy_cmd().args(["audit", "check-proof"]).arg(&receipt_file).arg("--key").arg(&key));
+    assert_eq!(code, 0, "{stdout}");
+    std::fs::write(&receipt_file, receipt.replace("DROP TABLE orders", "DROP TABLE orderz")).unwrap();
+    let (code, stdout, _) =
+        run(pg_proxy_cmd().args(["audit", "check-proof"]).arg(&receipt_file).arg("--key").arg(&key));
+    assert_eq!(code, 1, "{stdout}");
+
+    // One edited byte: exit 1, naming the place.
+    let first = portcullis_audit::writer::list_segments(&log).unwrap()[0].1.clone();
+    let edited = std::fs::read_to_string(&first).unwrap().replacen("DROP TABLE orders", "DROP TABLE orderz", 1);
+    std::fs::write(&first, edited).unwrap();
+    let (code, stdout, _) = run(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(&key).arg(&log));
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.starts_with("TAMPERED: ") && stdout.contains("audit-000000000000.jsonl:"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_share_no_sync_and_commits_are_synced() {
+    let keys = keys("durability");
+    let log = keys.join("log");
+    let stack = audit_stack(&keys, &log, "durability = \"commit\"");
+    let stats = &stack.gateway.audit.as_ref().unwrap().stats;
+    let client = stack.connect_as("bob", &["developers"], None).await;
+    client.simple_query("SELECT 1").await.unwrap();
+    let before = stats.syncs.load(Ordering::Relaxed);
+    for _ in 0..5 {
+        client.query("SELECT id FROM orders WHERE id = $1", &[&1i32]).await.unwrap();
+    }
+    client.simple_query("BEGIN").await.unwrap();
+    client.simple_query("UPDATE orders SET status = 'x' WHERE id = 1").await.unwrap();
+    assert_eq!(stats.syncs.load(Ordering::Relaxed), before, "reads, BEGIN and writes inside a block need no sync");
+    client.simple_query("COMMIT").await.unwrap();
+    assert_eq!(stats.syncs.load(Ordering::Relaxed), before + 1, "COMMIT is synced");
+    client.execute("UPDATE orders SET status = 'y' WHERE id = $1", &[&1i32]).await.unwrap();
+    assert_eq!(stats.syncs.load(Ordering::Relaxed), before + 2, "a write outside a block is synced");
+    drop(client);
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+/// A small tmpfs, mounted for the test and unmounted after.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_statements_until_space_returns() {
+    let keys = keys("full");
+    let log = keys.join("log");
+    let Some(_tmpfs) = Tmpfs::mount(&log, "256k") else {
+        // Mounting needs root (CI runs as root).
+        assert!(std::env::var_os("CI").is_none(), "the full-disk test needs to mount a tmpfs");
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    let stack = audit_stack(&keys, &log, "");
+    let client = stack.connect_as("bob", &["developers"], None).await;
+    client.simple_query("SELECT 1").await.unwrap();
+    // Fill the disk.
+    let fill = log.join("filler");
+    let mut f = std::fs::File::create(&fill).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    // The page the segment's last write left may still take a record or
+    // two; then the disk is full.
+    let mut refused = None;
+    for i in 0..200 {
+        let sql = format!("UPDATE orders SET status = 'during-full-disk-{i}' WHERE id = 2");
+        if let Err(e) = client.simple_query(&sql).await {
+            refused = Some((sql, e));
+            break;
+        }
+    }
+    let (marker, e) = refused.expect("a statement refused once the disk is full");
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code(), &SqlState::IO_ERROR, "{e}");
+    assert!(db.message().contains("audit record"), "{}", db.message());
+    // Nothing reached the database unrecorded.
+    let direct = stack
+        .program("psql")
+        .args(["-X", "-At", "-d"])
+        .arg(format!("host=127.0.0.1 port={} user=app dbname=app", stack.cluster.port()))
+        .env("PGPASSWORD", APP_PASSWORD)
+        .args(["-c", "SELECT status FROM orders WHERE id = 2"])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&direct.stdout).trim().to_string();
+    assert!(!marker.contains(&format!("'{status}'")), "the refused UPDATE ran: {status}");
+    // The session goes on; space returns; recording resumes.
+    std::fs::remove_file(&fill).unwrap();
+    client.simple_query("UPDATE orders SET status = 'after' WHERE id = 2").await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stack.gateway.audit.as_ref().unwrap().close();
+    let all = records(&log);
+    assert!(all.iter().any(|r| r["sql"] == "UPDATE orders SET status = 'after' WHERE id = 2"));
+    assert!(!all.iter().any(|r| r["sql"] == marker), "a refused statement's unwritten record is not in the log");
+    let (code, stdout, stderr) =
+        run(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(keys.join("audit-key.pub")).arg(&log));
+    if code != 0 {
+        for (_, p) in portcullis_audit::writer::list_segments(&log).unwrap() {
+            eprintln!("== {}", p.display());
+            for l in std::fs::read_to_string(p).unwrap().lines() {
+                eprintln!("{}", l.get(..150).unwrap_or(l));
+            }
+        }
+    }
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    drop(_tmpfs);
+    let _ = std::fs::remove_dir_all(&keys);
+}
