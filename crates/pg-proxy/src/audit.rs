@@ -164,6 +164,7 @@ impl AuditLog {
                 fingerprint: fingerprint(&s.decision),
                 policy: &s.policy,
                 verdict: s.decision.verdict,
+                observed: s.observed,
                 rule: s.decision.rule.as_deref(),
                 decision: &s.decision,
             }),
@@ -379,6 +380,9 @@ struct StatementBody<'a> {
     fingerprint: String,
     policy: &'a str,
     verdict: policy_core::Verdict,
+    /// Observe mode forwarded it although the verdict is not `allow`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    observed: bool,
     rule: Option<&'a str>,
     decision: &'a policy_core::Decision,
 }

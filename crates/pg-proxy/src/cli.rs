@@ -500,13 +500,21 @@ fn run_async_with(threads: usize, work: impl std::future::Future<Output = Result
 }
 
 fn check(path: &Path) -> ExitCode {
-    let config = match pg_proxy::config::Config::load(path) {
+    let mut config = match pg_proxy::config::Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // The audit log's key is loaded; the log itself is neither opened nor
+    // written.
+    if let Some(audit) = config.audit.take() {
+        if let Err(e) = pg_proxy::audit::load_signer(&audit.signing_key_file, &audit.origin) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match pg_proxy::server::Gateway::new(config) {
         Ok(gw) => {
             for warning in gw.config.upstream.warnings() {

@@ -953,7 +953,7 @@ password_env = "PW"
         let e = Config::from_toml_str(&text, Path::new("gw.toml"), env).unwrap_err().to_string();
         assert!(e.contains("unknown field `zz_unknown`"), "[{table}]: {e}");
         let expected = e.split_once("expected").map(|(_, rest)| rest).unwrap_or_default();
-        let tables = ["tls", "auth", "upstream", "limits", "masking", "catalog"];
+        let tables = ["tls", "auth", "upstream", "limits", "masking", "catalog", "audit"];
         expected
             .split('`')
             .skip(1)
@@ -992,14 +992,14 @@ password_env = "PW"
     #[test]
     fn the_configuration_reference_lists_every_key() {
         let documented = documented_keys();
-        for table in ["", "tls", "auth", "upstream", "limits", "masking", "catalog"] {
+        for table in ["", "tls", "auth", "upstream", "limits", "masking", "catalog", "audit"] {
             let mut accepted = accepted_keys(table);
             let mut listed = documented.get(table).cloned().unwrap_or_default();
             accepted.sort();
             listed.sort();
             assert_eq!(listed, accepted, "docs/configuration.md, table [{table}]: documented vs accepted keys");
         }
-        assert_eq!(documented.len(), 7, "{documented:?}");
+        assert_eq!(documented.len(), 8, "{documented:?}");
     }
 
     #[test]
@@ -1019,6 +1019,7 @@ password_env = "PW"
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86_400)));
+        assert!(parse_duration("5w").is_err());
     }
 }

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use portcullis_audit::note::NoteSigner;
 use portcullis_testkit::stack::{Stack, APP_PASSWORD};
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
@@ -29,8 +28,13 @@ fn pg_proxy_cmd() -> Command {
 }
 
 fn audit_stack(keys: &Path, log: &Path, extra: &str) -> Stack {
+    audit_stack_in(keys, log, "", extra)
+}
+
+/// `top` goes before `[audit]` (top-level keys such as `mode`).
+fn audit_stack_in(keys: &Path, log: &Path, top: &str, extra: &str) -> Stack {
     let config = format!(
-        "[audit]\ndir = \"{}\"\nsigning_key_file = \"{}\"\ncheckpoint_interval = \"200ms\"\n{extra}\n",
+        "{top}\n[audit]\ndir = \"{}\"\nsigning_key_file = \"{}\"\ncheckpoint_interval = \"200ms\"\n{extra}\n",
         log.display(),
         keys.join("audit-key.pem").display()
     );
@@ -321,4 +325,57 @@ async fn a_full_disk_refuses_statements_until_space_returns() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     drop(_tmpfs);
     let _ = std::fs::remove_dir_all(&keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_mode_forwards_and_records_what_would_be_refused() {
+    let keys = keys("observe");
+    let log = keys.join("log");
+    let stack = audit_stack_in(&keys, &log, "mode = \"observe\"", "");
+    let client = stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await;
+    // Denied (DDL for agents), held (an agent's DELETE), denied (secrets):
+    // all run.
+    client.simple_query("CREATE TABLE observed_t (id int)").await.unwrap();
+    let deleted = client.execute("DELETE FROM orders WHERE id = $1", &[&3i32]).await.unwrap();
+    assert_eq!(deleted, 1);
+    let rows = client.query("SELECT * FROM secrets", &[]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    // Masking stays in force.
+    let rows = client.query("SELECT ssn FROM customers WHERE id = 1", &[]).await.unwrap();
+    let ssn: String = rows[0].get(0);
+    assert_ne!(ssn, "123-45-6789");
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stack.gateway.audit.as_ref().unwrap().close();
+    let all = records(&log);
+    let statement = |prefix: &str| {
+        all.iter().find(|r| r["type"] == "statement" && r["sql"].as_str().unwrap().starts_with(prefix)).unwrap().clone()
+    };
+    let create = statement("CREATE TABLE");
+    assert_eq!((create["verdict"].as_str(), create["observed"].as_bool()), (Some("deny"), Some(true)));
+    let delete = statement("DELETE");
+    assert_eq!((delete["verdict"].as_str(), delete["observed"].as_bool()), (Some("require_approval"), Some(true)));
+    assert_eq!(statement("SELECT * FROM secrets")["rule"], "no-secrets");
+    let read = statement("SELECT ssn");
+    assert_eq!(read["verdict"], "allow");
+    assert!(read.get("observed").is_none(), "{read}");
+    let result =
+        all.iter().find(|r| r["type"] == "result" && r["n"] == delete["n"] && r["session"] == delete["session"]);
+    assert_eq!(result.unwrap()["tags"], serde_json::json!(["DELETE 1"]));
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+#[test]
+fn observe_mode_needs_an_audit_log() {
+    let dir = std::env::temp_dir().join(format!("portcullis-observe-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gw.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\npolicy = \"p.toml\"\nmode = \"observe\"\n[auth]\njwks_file = \"j.json\"\n[upstream]\nuser = \"app\"\n",
+    )
+    .unwrap();
+    let e = pg_proxy::config::Config::load(&config).unwrap_err().to_string();
+    assert!(e.contains("needs an [audit] section"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -76,6 +76,9 @@ pub struct CoreConfig {
     /// The most client bytes kept while a batch waits (for the record sink,
     /// an approval or the settings read-back).
     pub max_buffered_bytes: usize,
+    /// Observe mode: statements the policy refuses or would hold are
+    /// forwarded, and their records say so (`record` must be on).
+    pub observe: bool,
 }
 
 impl Default for CoreConfig {
@@ -86,6 +89,7 @@ impl Default for CoreConfig {
             holds: false,
             hold_timeout: Duration::from_secs(15 * 60),
             max_buffered_bytes: codec::DEFAULT_MAX_MESSAGE_BYTES,
+            observe: false,
         }
     }
 }
@@ -1464,10 +1468,12 @@ impl SessionCore {
     }
 
     /// Whether a decision lets the statement on: allowed, or held when
-    /// holds are on. `None` with the refusal otherwise.
+    /// holds are on. `None` with the refusal otherwise. In observe mode
+    /// everything goes on, unheld (the record keeps the verdict).
     fn admit(&self, decision: &Decision) -> Result<bool, String> {
         match decision.verdict {
             Verdict::Allow => Ok(false),
+            _ if self.config.observe => Ok(false),
             Verdict::RequireApproval if self.config.holds => Ok(true),
             _ => Err(refusal(decision)),
         }
@@ -1479,8 +1485,9 @@ impl SessionCore {
         }
         self.sequence += 1;
         let durable = self.can_make_durable(decision);
-        let record = StatementRecord::new(self.id, self.sequence, sql(), parameters, Arc::clone(decision))
+        let mut record = StatementRecord::new(self.id, self.sequence, sql(), parameters, Arc::clone(decision))
             .with_policy(Arc::clone(&self.policy_digest), durable);
+        record.observed = self.config.observe && decision.verdict != Verdict::Allow;
         self.batch.records.push(Record::Statement(record));
         self.batch.recorded += 1;
         self.open.push_back(ResultRecord { session: self.id, sequence: self.sequence, ..ResultRecord::default() });
@@ -1491,14 +1498,16 @@ impl SessionCore {
     /// `COMMIT` (or `PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK
     /// PREPARED`), or, outside a transaction block, anything but a plain
     /// read, a transaction statement or a session setting. Inside a block,
-    /// nothing else is durable before the block commits. When the server's
-    /// last word and the engine's view disagree on being in a block, the
-    /// statement is taken as outside one.
+    /// nothing else is durable before the block commits. While earlier
+    /// statements are still in flight the block the server is in is not
+    /// known, and the statement is taken as outside one.
     fn can_make_durable(&self, decision: &Decision) -> bool {
-        if decision.verdict == Verdict::Deny {
+        if decision.verdict == Verdict::Deny && !self.config.observe {
             return false;
         }
-        let in_block = self.tx_status != b'I' && self.state.transaction.is_some();
+        // The server's last word, when nothing is in flight that could
+        // have changed it since.
+        let in_block = self.tx_status != b'I' && self.pending.is_empty();
         decision.statements.iter().any(|s| {
             let facts = &s.facts;
             let commits = matches!(
@@ -1675,7 +1684,7 @@ impl SessionCore {
                 Err(message) => return self.fail_block(INSUFFICIENT_PRIVILEGE, message),
             }
         }
-        if prepared.decision.verdict == Verdict::RequireApproval && self.config.holds {
+        if prepared.decision.verdict == Verdict::RequireApproval && self.config.holds && !self.config.observe {
             self.batch.held.push(HeldStatement::new(
                 Arc::clone(&prepared.sql),
                 parameters.clone(),

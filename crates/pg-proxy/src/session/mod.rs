@@ -195,6 +195,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         holds: hooks.hold_handler.is_some(),
         hold_timeout: hooks.hold_timeout,
         max_buffered_bytes: gw.config.limits.max_message_bytes,
+        observe: gw.config.mode == crate::config::Mode::Observe && recording,
     };
     let start = SessionStart {
         id: registration.id(),

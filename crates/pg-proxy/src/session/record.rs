@@ -123,6 +123,8 @@ pub struct StatementRecord {
     /// anything but a plain read outside a transaction block): with
     /// `durability = "commit"` its record is synced before it runs.
     pub durable: bool,
+    /// Observe mode let it run although the verdict is not `allow`.
+    pub observed: bool,
 }
 
 impl StatementRecord {
@@ -134,7 +136,16 @@ impl StatementRecord {
         parameters: Vec<Option<String>>,
         decision: Arc<Decision>,
     ) -> StatementRecord {
-        StatementRecord { session, sequence, sql, parameters, decision, policy: Arc::from(""), durable: true }
+        StatementRecord {
+            session,
+            sequence,
+            sql,
+            parameters,
+            decision,
+            policy: Arc::from(""),
+            durable: true,
+            observed: false,
+        }
     }
 
     /// The same, naming the policy's digest and whether it can make a
