@@ -180,6 +180,19 @@ pub fn verify_files(
     replay.finish()
 }
 
+/// Verifies one segment held in memory, named `name` in messages (the
+/// fuzz target's entry, and a reader's of a segment received elsewhere).
+pub fn verify_bytes(
+    name: &Path,
+    bytes: &[u8],
+    verifier: &NoteVerifier,
+    published: &[Published],
+) -> Result<Report, VerifyError> {
+    let mut replay = Replay::new(verifier, published);
+    replay.segment(name, bytes)?;
+    replay.finish()
+}
+
 /// Reads the last segment of a log to continue it: it must verify on its
 /// own (from its header), and may end in a crash's torn line.
 pub fn resume_state(path: &Path, verifier: &NoteVerifier) -> Result<ResumeState, String> {

@@ -357,3 +357,34 @@ fn receipts_verify_and_fail_when_altered() {
     }
     assert!(prove_dir(&log.dir, 50).is_err());
 }
+
+/// Writes the seed corpus of the `audit_log` fuzz target (a log signed
+/// with the target's fixed key, cut into segments, and a receipt):
+/// `cargo test -p portcullis-audit --test tamper -- --ignored write_fuzz_seeds`.
+#[test]
+#[ignore = "writes fuzz/corpus/audit_log"]
+fn write_fuzz_seeds() {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/audit_log");
+    std::fs::create_dir_all(&out).unwrap();
+    let dir = temp_dir("fuzz-seeds");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let signer = NoteSigner::new("fuzz.example/audit", key).unwrap();
+    let mut options = WriterOptions::new(&dir, signer);
+    options.segment_bytes = 1500;
+    let mut w = Writer::open(options).unwrap();
+    for i in 0..12 {
+        w.append(&format!(r#"{{"type":"statement","session":"s-1","n":{i},"sql":"SELECT {i}"}}"#), SystemTime::now())
+            .unwrap();
+        w.write().unwrap();
+        if i % 4 == 3 {
+            w.checkpoint().unwrap();
+        }
+    }
+    w.close().unwrap();
+    for (index, path) in list_segments(&dir).unwrap() {
+        std::fs::copy(&path, out.join(format!("segment-{index}"))).unwrap();
+    }
+    let receipt = prove_dir(&dir, 5).unwrap();
+    std::fs::write(out.join("receipt"), serde_json::to_string(&receipt).unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

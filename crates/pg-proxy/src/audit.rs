@@ -91,6 +91,28 @@ pub enum AuditError {
     Thread(std::io::Error),
 }
 
+/// Every record of the log in `dir`, in order, as JSON (headers and
+/// checkpoints left out; the log is not verified here).
+pub fn read_records(dir: &std::path::Path) -> Result<Vec<serde_json::Value>, String> {
+    use portcullis_audit::segment::Line;
+    let segments = portcullis_audit::writer::list_segments(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if segments.is_empty() {
+        return Err(format!("{}: no audit log segments there", dir.display()));
+    }
+    let mut out = Vec::new();
+    for (_, path) in segments {
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for line in bytes.split(|&b| b == b'\n') {
+            if matches!(Line::classify(line), Ok(Line::Record { .. })) {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) {
+                    out.push(v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads an Ed25519 signing key (PKCS#8 PEM) for `origin`.
 pub fn load_signer(path: &std::path::Path, origin: &str) -> Result<NoteSigner, AuditError> {
     let key = |message: String| AuditError::Key { path: path.to_path_buf(), message };
@@ -194,6 +216,7 @@ impl AuditLog {
                 database: &s.database,
                 user: &s.user,
                 policy: &s.policy,
+                search_path: &s.search_path,
             }),
             Record::SessionEnd(e) => serde_json::to_string(&EndBody {
                 kind: "session_end",
@@ -452,6 +475,7 @@ struct StartBody<'a> {
     database: &'a str,
     user: &'a str,
     policy: &'a str,
+    search_path: &'a [String],
 }
 
 #[derive(Serialize)]

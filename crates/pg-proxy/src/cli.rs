@@ -10,6 +10,7 @@
 //! [`PSEUDONYM_KEY_ENV`]. The key is never printed.
 
 mod audit;
+mod backtest;
 
 use std::env::VarError;
 use std::io::{BufRead, Write};
@@ -70,7 +71,8 @@ enum Command {
     /// Development keys and tokens (never for production identities).
     #[command(subcommand)]
     Token(TokenCommand),
-    /// The audit log: keys, verification, receipts, sessions, replay.
+    /// The audit log: keys, verification, receipts, sessions, replay
+    /// (`policy backtest` decides its statements again under a new policy).
     ///
     /// Exit codes: 0 success (verify: intact); 1 tampered, or a receipt
     /// that does not check; 2 bad usage or unreadable input.
@@ -108,6 +110,11 @@ enum Command {
         /// Play the scripted agent session, then exit.
         #[arg(long)]
         script: bool,
+        /// Keep the demo's audit log (and its signing key) in DIR, to read
+        /// it afterwards with `pg-proxy audit` (default: in the temporary
+        /// directory, removed at the end).
+        #[arg(long, value_name = "DIR")]
+        audit_dir: Option<PathBuf>,
         /// The gateway's log (off unless --log-level or RUST_LOG is given).
         #[command(flatten)]
         log: LogArgs,
@@ -266,6 +273,36 @@ enum PolicyCommand {
     /// masks needs the pseudonymisation key: --pseudonym-key-file or
     /// PORTCULLIS_PSEUDONYM_KEY (exit 2 without it).
     Explain(ExplainArgs),
+    /// Decide every statement of an audit log again under a new policy and
+    /// list those whose verdict would change.
+    ///
+    /// Each session is replayed in order with its identity and session
+    /// state (its starting search_path, then the effects of the statements
+    /// that ran). The baseline is the verdict each record carries (decided
+    /// under the policy it names by digest), or --baseline's policy
+    /// decided the same way. Changes are grouped by direction (newly
+    /// refused, newly held, newly allowed) and rule, with counts and
+    /// examples. Views are judged by name (the catalog is not read). Exit
+    /// 0; 1 when --fail-on's direction has a change (or a policy is
+    /// invalid); 2 bad usage or an unreadable log.
+    Backtest {
+        /// The policy to try (TOML).
+        #[arg(long, value_name = "NEW.toml")]
+        policy: PathBuf,
+        /// The policy to compare with (default: the recorded verdicts).
+        #[arg(long, value_name = "OLD.toml")]
+        baseline: Option<PathBuf>,
+        /// Exit 1 when a statement would be newly refused, or newly allowed.
+        #[arg(long, value_enum)]
+        fail_on: Option<backtest::FailOn>,
+        /// One JSON object per changed statement.
+        #[arg(long)]
+        json: bool,
+        /// The audit log directory.
+        dir: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
 }
 
 /// The key of the policy's `hash` masks.
@@ -358,7 +395,9 @@ pub(crate) fn run() -> ExitCode {
             }
         }
         Command::Audit(command) => audit::run(command),
-        Command::Demo { policy, port, script, log } => demo(pg_proxy::demo::DemoOptions { policy, port, script }, &log),
+        Command::Demo { policy, port, script, audit_dir, log } => {
+            demo(pg_proxy::demo::DemoOptions { policy, port, script, audit_dir }, &log)
+        }
         Command::Token(TokenCommand::Keygen { out, key_type }) => match pg_proxy::token::keygen(&out, key_type) {
             Ok((key, jwks)) => {
                 say!("wrote {} (private, development only)", key.display());
@@ -420,6 +459,17 @@ pub(crate) fn run() -> ExitCode {
                 Err(code) => return code,
             };
             test(&engine, verbose)
+        }
+        Command::Policy(PolicyCommand::Backtest { policy, baseline, fail_on, json, dir, key }) => {
+            let new = match load(&policy, &key, MissingKey::Quiet) {
+                Ok(e) => e,
+                Err(code) => return code,
+            };
+            let old = match baseline.as_deref().map(|b| load(b, &key, MissingKey::Quiet)).transpose() {
+                Ok(e) => e,
+                Err(code) => return code,
+            };
+            backtest::run(&new, old.as_ref(), &dir, fail_on, json)
         }
         Command::Policy(PolicyCommand::Explain(args)) => {
             let engine = match load(&args.policy, &args.key, MissingKey::Refuse) {
@@ -587,6 +637,9 @@ enum MissingKey {
     Note,
     /// `policy test` and `policy explain`: an error (exit 2).
     Refuse,
+    /// `policy backtest`: decisions need no key (masks are not applied),
+    /// and nothing is said.
+    Quiet,
 }
 
 /// The key of `hash` masks: `--pseudonym-key-file`, or else
@@ -624,6 +677,10 @@ fn load(path: &Path, key: &KeyArgs, missing: MissingKey) -> Result<Engine, ExitC
     match Engine::new(policy.clone(), keys) {
         Ok(engine) => Ok(engine),
         Err(e @ PolicyError::Keys { .. }) if !given => match missing {
+            MissingKey::Quiet => Engine::new(policy, Keys { pseudonym_key: Some(Vec::new()) }).map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }),
             MissingKey::Note => {
                 eprintln!(
                     "note: {e}: the gateway will need it ([masking] pseudonym_key_env or pseudonym_key_file), \

@@ -11,8 +11,12 @@
 //!
 //! With `--script`, it then plays a short agent session through the
 //! gateway (an allowed read with masked columns, a refused `DROP TABLE`, a
-//! refused unbounded `DELETE`, a bulk read stopped by the row cap) and
-//! exits.
+//! refused unbounded `DELETE`, a bulk read stopped by the row cap), shows
+//! the session as the audit log recorded it (`pg-proxy audit replay`) and
+//! the log's verification (`pg-proxy audit verify`), and exits.
+//!
+//! The gateway records every session in an audit log: in the temporary
+//! directory, or in `--audit-dir`, which is kept (with its signing key).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -42,6 +46,8 @@ pub struct DemoOptions {
     pub port: u16,
     /// Play the scripted agent session, then exit.
     pub script: bool,
+    /// Keep the audit log (and its signing key) in this directory.
+    pub audit_dir: Option<PathBuf>,
 }
 
 /// Runs the demo; returns when the script is done or on Ctrl-C.
@@ -80,13 +86,24 @@ async fn run_with(cluster: &Cluster, options: &DemoOptions) -> Result<(), String
         }
     };
     write_private(&dir.join("upstream-password"), &app_password)?;
+    let audit_dir = match &options.audit_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            std::fs::canonicalize(d).map_err(|e| format!("{}: {e}", d.display()))?
+        }
+        None => dir.join("audit"),
+    };
+    let audit_key = audit_key(&audit_dir)?;
     let config_text = format!(
         "listen = \"127.0.0.1:{port}\"\npolicy = {policy:?}\n\n[auth]\njwks_file = \"keys/jwks.json\"\n\n\
          [upstream]\nhost = \"127.0.0.1\"\nport = {upstream}\nuser = \"{APP_USER}\"\n\
-         password_file = \"upstream-password\"\ntls = \"disable\"\n",
+         password_file = \"upstream-password\"\ntls = \"disable\"\n\n\
+         [audit]\ndir = {audit:?}\nsigning_key_file = {key:?}\n",
         port = options.port,
         policy = policy_path.display().to_string(),
         upstream = cluster.port(),
+        audit = audit_dir.display().to_string(),
+        key = audit_key.display().to_string(),
     );
     let config_path = dir.join("gateway.toml");
     std::fs::write(&config_path, config_text).map_err(|e| format!("{}: {e}", config_path.display()))?;
@@ -110,6 +127,7 @@ async fn run_with(cluster: &Cluster, options: &DemoOptions) -> Result<(), String
     println!("  PostgreSQL   127.0.0.1:{} (data in {})", cluster.port(), cluster.data_dir().display());
     println!("  sample data  customers (names, e-mails, SSNs, card numbers), orders (5000 rows), secrets");
     println!("  gateway      127.0.0.1:{port}, policy {}", policy_path.display());
+    println!("  audit log    {}", audit_dir.display());
     println!();
     println!("Connect as the person (alice, group developers):");
     println!("  PGPASSWORD=\"$(cat {})\" psql \"{conninfo}\"", person_file.display());
@@ -124,7 +142,75 @@ async fn run_with(cluster: &Cluster, options: &DemoOptions) -> Result<(), String
         tokio::signal::ctrl_c().await.map_err(|e| e.to_string())
     };
     server.abort();
+    if let Some(audit) = gateway.audit.clone() {
+        // The sessions' last records, then the closing checkpoint.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let _ = tokio::task::spawn_blocking(move || audit.close()).await;
+    }
+    if options.script && outcome.is_ok() {
+        show_audit(&audit_dir).await?;
+        println!();
+        println!(
+            "Done. Run `scripts/demo` (or `pg-proxy demo`, once installed) without --script to try it yourself with \
+             psql."
+        );
+    }
+    if options.audit_dir.is_some() {
+        println!("The audit log is kept in {}.", audit_dir.display());
+    }
     outcome
+}
+
+/// The audit log's signing key in `dir` (`audit-key.pem`, with
+/// `audit-key.pub` beside it), made when missing.
+fn audit_key(dir: &Path) -> Result<PathBuf, String> {
+    let key = dir.join("audit-key.pem");
+    if key.is_file() {
+        return Ok(key);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let signer = portcullis_audit::note::NoteSigner::generate("portcullis").map_err(|e| e.to_string())?;
+    write_private(&key, &signer.to_pkcs8_pem().map_err(|e| e.to_string())?)?;
+    let public = dir.join("audit-key.pub");
+    std::fs::write(&public, format!("{}\n", signer.verifier().to_vkey()))
+        .map_err(|e| format!("{}: {e}", public.display()))?;
+    Ok(key)
+}
+
+/// Shows the agent's session as recorded, and the log's verification, by
+/// running `pg-proxy audit replay` and `pg-proxy audit verify`.
+async fn show_audit(dir: &Path) -> Result<(), String> {
+    let records = crate::audit::read_records(dir)?;
+    let Some(session) = records
+        .iter()
+        .rev()
+        .find(|r| r["type"] == "session_start" && r["actor"] == "copilot-cli")
+        .and_then(|r| r["session"].as_str())
+        .map(str::to_string)
+    else {
+        return Err("the agent's session is not in the audit log".into());
+    };
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let key = dir.join("audit-key.pub");
+    let runs: [(&str, Vec<std::ffi::OsString>); 2] = [
+        ("replay", vec!["audit".into(), "replay".into(), "--session".into(), session.into(), dir.into()]),
+        ("verify", vec!["audit".into(), "verify".into(), "--key".into(), key.into(), dir.into()]),
+    ];
+    println!();
+    println!("-- the audit log: the agent's session as recorded, and the log verified");
+    for (_, args) in runs {
+        let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        println!("$ pg-proxy {}", shown.join(" "));
+        let status = tokio::process::Command::new(&exe)
+            .args(&args)
+            .status()
+            .await
+            .map_err(|e| format!("running {}: {e}", exe.display()))?;
+        if !status.success() {
+            return Err(format!("pg-proxy {} exited with {status}", shown.join(" ")));
+        }
+    }
+    Ok(())
 }
 
 async fn load_schema(cluster: &Cluster, password: &str) -> Result<(), String> {
@@ -206,10 +292,6 @@ async fn play_script(gateway: &Gateway, conninfo: &str, token: &str) -> Result<(
     }
     drop(client);
     let _ = task.await;
-    println!();
-    println!(
-        "Done. Run `scripts/demo` (or `pg-proxy demo`, once installed) without --script to try it yourself with psql."
-    );
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
+use pg_proxy::cluster::ClusterOptions;
 use portcullis_testkit::stack::{Stack, APP_PASSWORD};
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
@@ -24,7 +25,7 @@ fn keys(name: &str) -> PathBuf {
 }
 
 fn pg_proxy_cmd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pg-proxy"))
+    portcullis_testkit::bin!()
 }
 
 fn audit_stack(keys: &Path, log: &Path, extra: &str) -> Stack {
@@ -378,4 +379,173 @@ fn observe_mode_needs_an_audit_log() {
     let e = pg_proxy::config::Config::load(&config).unwrap_err().to_string();
     assert!(e.contains("needs an [audit] section"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backtest_lists_what_a_new_policy_would_change() {
+    let keys = keys("backtest");
+    let log = keys.join("log");
+    let stack = audit_stack(&keys, &log, "");
+    let client = stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await;
+    client.simple_query("SELECT name FROM customers WHERE id = 1").await.unwrap();
+    client.simple_query("DROP TABLE orders").await.unwrap_err();
+    // Session state: after this SET, `orders` is read in the path the
+    // session set; the backtest replays it.
+    client.simple_query("SET search_path TO private").await.unwrap();
+    let on_path = client.simple_query("SELECT count(*) FROM orders").await;
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stack.gateway.audit.as_ref().unwrap().close();
+
+    let original = std::fs::read_to_string(stack.path("policy.toml")).unwrap();
+    let same = keys.join("same.toml");
+    std::fs::write(&same, &original).unwrap();
+    let stricter = keys.join("stricter.toml");
+    std::fs::write(
+        &stricter,
+        format!(
+            "{original}\n[[rule]]\nname = \"no-customers-for-agents\"\neffect = \"deny\"\ngroups = [\"ai-agents\"]\n\
+             tables = [\"public.customers\"]\nreason = \"agents do not read customers\"\n"
+        ),
+    )
+    .unwrap();
+    let backtest = |policy: &Path, extra: &[&str]| {
+        run(pg_proxy_cmd().args(["policy", "backtest", "--policy"]).arg(policy).args(extra).arg(&log))
+    };
+
+    // The same policy changes nothing, against the recorded verdicts: the
+    // replayed session state (the SET) decides the last read as it was.
+    let (code, stdout, stderr) = backtest(&same, &["--fail-on", "allowed"]);
+    assert_eq!(code, 0, "{stdout}{stderr} (the read on the session's path: {on_path:?})");
+    assert!(stdout.contains("; 0 change"), "{stdout}");
+
+    // A stricter one: the customers read is newly refused, by its rule.
+    let (code, stdout, _) = backtest(&stricter, &[]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("newly refused: 1"), "{stdout}");
+    assert!(stdout.contains("no-customers-for-agents: 1"), "{stdout}");
+    assert!(stdout.contains("alice (copilot-7): SELECT name FROM customers WHERE id = 1"), "{stdout}");
+    let (code, _, _) = backtest(&stricter, &["--fail-on", "refused"]);
+    assert_eq!(code, 1);
+    let (code, _, _) = backtest(&stricter, &["--fail-on", "allowed"]);
+    assert_eq!(code, 0);
+
+    // Against an explicit baseline, the other way round: newly allowed.
+    let (code, stdout, _) = backtest(&same, &["--baseline", stricter.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    let changes: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(changes.len(), 1, "{stdout}");
+    assert_eq!(changes[0]["direction"], "newly allowed");
+    assert_eq!(changes[0]["before_rule"], "no-customers-for-agents");
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+#[test]
+fn a_killed_gateway_loses_no_statement_the_database_ran() {
+    let keys = keys("crash");
+    let log = keys.join("log");
+    let options = ClusterOptions {
+        extra_config: vec!["log_statement = 'all'".into(), "log_line_prefix = '%a|'".into()],
+        ..ClusterOptions::default()
+    };
+    let stack = Stack::builder().cluster(options).start();
+    let init = stack
+        .program("pgbench")
+        .args(["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p"])
+        .arg(stack.cluster.port().to_string())
+        .args(["-U", "app", "app"])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    // What the server logs from here on is what the clients ran.
+    let log_start = std::fs::metadata(stack.cluster.log_path()).unwrap().len() as usize;
+
+    // The gateway as its own process, recording with durability "commit".
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = stack.path("crash.toml");
+    let text = std::fs::read_to_string(stack.path("gateway.toml"))
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let audit = format!(
+        "\n[audit]\ndir = \"{}\"\nsigning_key_file = \"{}\"\ndurability = \"commit\"\ncheckpoint_interval = \"200ms\"\n",
+        log.display(),
+        keys.join("audit-key.pem").display()
+    );
+    std::fs::write(&config, text + &audit).unwrap();
+    let mut gateway = pg_proxy_cmd()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "pg-proxy serve did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let token = stack.token("bench", &["developers"], None);
+    let conninfo =
+        |app: &str| format!("host=127.0.0.1 port={port} user=bench dbname=app sslmode=disable application_name={app}");
+
+    // A psql session, then pgbench under load, killed mid-run.
+    let psql = stack
+        .program("psql")
+        .args(["-X", "-d", &conninfo("crash-psql")])
+        .args(["-c", "UPDATE orders SET status = 'crash-test' WHERE id = 11", "-c", "SELECT count(*) FROM orders"])
+        .env("PGPASSWORD", &token)
+        .output()
+        .unwrap();
+    assert!(psql.status.success(), "{}", String::from_utf8_lossy(&psql.stderr));
+    let mut bench = stack
+        .program("pgbench")
+        .args(["-n", "-c", "4", "-j", "2", "-T", "30", "-M", "simple", "-h", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(["-U", "bench", "app"])
+        .env("PGPASSWORD", &token)
+        .env("PGSSLMODE", "disable")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    gateway.kill().unwrap(); // SIGKILL
+    gateway.wait().unwrap();
+    let _ = bench.wait();
+
+    // The log verifies, cut where the kill left it.
+    let (code, stdout, stderr) =
+        run(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(keys.join("audit-key.pub")).arg(&log));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains("closed"), "{stdout}");
+
+    // Every statement the server ran for these clients has its record.
+    let mut recorded: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for r in records(&log) {
+        if r["type"] == "statement" {
+            *recorded.entry(r["sql"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    let server_log = std::fs::read(stack.cluster.log_path()).unwrap();
+    let server_log = String::from_utf8_lossy(&server_log[log_start..]);
+    let mut ran: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in server_log.lines() {
+        let Some((app, rest)) = line.split_once('|') else { continue };
+        if app != "pgbench" && app != "crash-psql" {
+            continue;
+        }
+        if let Some(sql) = rest.split_once("LOG:  statement: ").map(|(_, s)| s) {
+            *ran.entry(sql.to_string()).or_default() += 1;
+        }
+    }
+    let total: usize = ran.values().sum();
+    assert!(total > 100, "the load ran: {total} statements in the server log");
+    assert!(ran.contains_key("UPDATE orders SET status = 'crash-test' WHERE id = 11"), "{ran:?}");
+    for (sql, n) in &ran {
+        let have = recorded.get(sql).copied().unwrap_or(0);
+        assert!(have >= *n, "the server ran {sql:?} {n} times, the log records it {have} times");
+    }
+    eprintln!("{total} statements the server ran, all recorded; {stdout}");
+    let _ = std::fs::remove_dir_all(&keys);
 }

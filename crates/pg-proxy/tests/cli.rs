@@ -217,7 +217,15 @@ fn minted_tokens_verify_and_tampered_ones_do_not() {
 
 #[test]
 fn demo_script_plays_the_agent_session_and_cleans_up() {
-    let out = bin!().args(["demo", "--script", "--policy"]).arg(repo("examples/policy.toml")).output().unwrap();
+    let audit = std::env::temp_dir().join(format!("portcullis-demo-audit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&audit);
+    let out = bin!()
+        .args(["demo", "--script", "--policy"])
+        .arg(repo("examples/policy.toml"))
+        .arg("--audit-dir")
+        .arg(&audit)
+        .output()
+        .unwrap();
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
     // The psql command lines for both identities.
@@ -229,10 +237,20 @@ fn demo_script_plays_the_agent_session_and_cleans_up() {
     assert!(stdout.contains("ERROR 42501: refused by policy (rule no-ddl-for-agents)"), "{stdout}");
     assert!(stdout.contains("ERROR 42501: refused by policy (rule no-unbounded-writes)"), "{stdout}");
     assert!(stdout.contains("ERROR 54000: row limit reached"), "{stdout}");
-    // Everything it made is gone.
+    // The session as the audit log recorded it, and the log verified.
+    assert!(stdout.contains("$ pg-proxy audit replay --session "), "{stdout}");
+    assert!(stdout.contains("DENY [no-ddl-for-agents]  DROP TABLE customers"), "{stdout}");
+    assert!(stdout.contains("ERROR 54000: row limit reached"), "{stdout}");
+    assert!(stdout.contains("intact: records 0.."), "{stdout}");
+    // Everything it made is gone, but the audit log it was asked to keep.
     let dir = stdout.lines().find_map(|l| l.strip_prefix("Stopping PostgreSQL and removing ")).unwrap();
     let dir = dir.trim_end_matches(" ...");
     assert!(!std::path::Path::new(dir).exists(), "{dir} is still there");
+    let verify =
+        bin!().args(["audit", "verify", "--key"]).arg(audit.join("audit-key.pub")).arg(&audit).output().unwrap();
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stdout));
+    assert!(text(&verify.stdout).contains("closed"), "{}", text(&verify.stdout));
+    let _ = std::fs::remove_dir_all(&audit);
 }
 
 /// A policy with a `hash` mask (and a test that passes).

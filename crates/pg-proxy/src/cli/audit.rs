@@ -380,23 +380,8 @@ fn parse_since(text: &str) -> Result<SystemTime, String> {
 }
 
 /// Every record of a log, in order, as JSON.
-fn records(dir: &Path) -> Result<Vec<Value>, String> {
-    let segments = portcullis_audit::writer::list_segments(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if segments.is_empty() {
-        return Err(format!("{}: no audit log segments there", dir.display()));
-    }
-    let mut out = Vec::new();
-    for (_, path) in segments {
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        for line in bytes.split(|&b| b == b'\n') {
-            if matches!(Line::classify(line), Ok(Line::Record { .. })) {
-                if let Ok(v) = serde_json::from_slice::<Value>(line) {
-                    out.push(v);
-                }
-            }
-        }
-    }
-    Ok(out)
+pub(crate) fn records(dir: &Path) -> Result<Vec<Value>, String> {
+    pg_proxy::audit::read_records(dir)
 }
 
 /// One session, summed up from its records.

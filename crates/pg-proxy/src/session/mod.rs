@@ -184,6 +184,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
             database: database.clone(),
             user: user.clone(),
             policy: Arc::from(engine.policy().digest.as_str()),
+            search_path: start_search_path.clone(),
         };
         hooks.record_sink.log(vec![record::Record::SessionStart(Box::new(start))]);
     }

@@ -54,6 +54,8 @@ pub struct SessionStartRecord {
     pub user: String,
     /// The digest of the policy in force.
     pub policy: Arc<str>,
+    /// The session's starting `search_path`.
+    pub search_path: Vec<String>,
 }
 
 /// How a session ended.
