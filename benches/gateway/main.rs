@@ -36,6 +36,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+mod audit;
+
 use pg_proxy::cluster::{Cluster, ClusterOptions};
 use pg_proxy::token::{self, KeyType, MintRequest};
 
@@ -60,6 +62,9 @@ Options:
   --idle-connections N    idle gateway connections for the memory figure (default 200; 0: skip)
   --no-stream             skip the masked COPY stream
   --pg-proxy PATH         the gateway binary (default: target/release/pg-proxy, or $PG_PROXY_BIN)
+  --audit                 compare the gateway with its audit log off and on with each durability
+                          (none, commit, every) instead; configurations default to
+                          select-prepared-c16,tpcb-c8
   --help                  this text
 
 The relay target is this program run as `gateway-bench --relay PORT UPSTREAM_PORT`.
@@ -131,6 +136,7 @@ struct Options {
     idle_connections: usize,
     stream: bool,
     pg_proxy: Option<PathBuf>,
+    audit: bool,
 }
 
 impl Options {
@@ -145,7 +151,9 @@ impl Options {
             idle_connections: 200,
             stream: true,
             pg_proxy: None,
+            audit: false,
         };
+        let mut configs_given = false;
         let (mut reps, mut duration) = (None, None);
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -158,8 +166,10 @@ impl Options {
                 "--scale" => o.scale = number(&value("--scale")?)?,
                 "--idle-connections" => o.idle_connections = number(&value("--idle-connections")?)?,
                 "--no-stream" => o.stream = false,
+                "--audit" => o.audit = true,
                 "--pg-proxy" => o.pg_proxy = Some(PathBuf::from(value("--pg-proxy")?)),
                 "--configs" => {
+                    configs_given = true;
                     o.configs = value("--configs")?
                         .split(',')
                         .map(|name| {
@@ -175,6 +185,9 @@ impl Options {
                 }
                 other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
             }
+        }
+        if o.audit && !configs_given {
+            o.configs = audit::default_configs();
         }
         o.reps = reps.unwrap_or(if o.quick { 1 } else { 3 });
         o.duration = duration.unwrap_or(if o.quick { 5 } else { 15 });
@@ -506,7 +519,20 @@ fn psql(tools: &Tools, endpoint: &Endpoint, sql: &str) -> Result<String, String>
 }
 
 fn start_gateway(tools: &Tools, cluster: &Cluster, password: &str) -> Result<(Proc, u16, String), String> {
-    let dir = cluster.dir().join("gateway");
+    start_gateway_in(tools, cluster, password, "gateway", "", "warn")
+}
+
+/// A gateway in `cluster.dir()/name`, its configuration ending with
+/// `extra`, logging at `log_level`.
+fn start_gateway_in(
+    tools: &Tools,
+    cluster: &Cluster,
+    password: &str,
+    name: &str,
+    extra: &str,
+    log_level: &str,
+) -> Result<(Proc, u16, String), String> {
+    let dir = cluster.dir().join(name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let (key, _jwks) = token::keygen(&dir.join("keys"), KeyType::Ed25519)?;
     let groups = vec!["bench".to_string()];
@@ -535,6 +561,7 @@ fn start_gateway(tools: &Tools, cluster: &Cluster, password: &str) -> Result<(Pr
         Ok(n) => format!("{config}\n[limits]\nworker_threads = {}\n", number::<usize>(&n)?),
         Err(_) => config,
     };
+    let config = format!("{config}\n{extra}");
     let config_path = dir.join("gateway.toml");
     write_file(&config_path, &config)?;
     let log = dir.join("gateway.log");
@@ -542,7 +569,7 @@ fn start_gateway(tools: &Tools, cluster: &Cluster, password: &str) -> Result<(Pr
     let child = Command::new(&tools.pg_proxy)
         .args(["serve", "--config"])
         .arg(&config_path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log_level)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -854,6 +881,11 @@ fn run(options: &Options, command: &str, runtime: &tokio::runtime::Runtime) -> R
     direct.apply(&mut init);
     init.args(["-i", "-q", "-s", &options.scale.to_string()]);
     run_command(init, "pgbench -i")?;
+    if options.audit {
+        let report = audit::run(options, &tools, &cluster, &password, command)?;
+        println!("{report}");
+        return cluster.stop().map_err(|e| e.to_string());
+    }
     psql(&tools, &direct, PEOPLE_SQL)?;
     psql(&tools, &direct, "VACUUM ANALYZE people")?;
     check_interrupted()?;

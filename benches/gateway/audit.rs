@@ -1,0 +1,290 @@
+//! `gateway-bench --audit`: the gateway with the audit log off, and on
+//! with each durability (`none`, `commit`, `every`), in one run.
+//!
+//! Every (configuration, mode) run starts a fresh gateway (a fresh log),
+//! warms it for a second, runs pgbench, and stops it with SIGTERM: its
+//! closing log line counts the records, writes and syncs of its life,
+//! which give the syncs per committed transaction. The machine's own
+//! sync latency (4 KiB written and `fdatasync`ed, in the directory the logs
+//! are in) is measured beside.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use super::{
+    check_interrupted, fmt_opt, median, number, pgbench, ratio, run_command, start_gateway_in, verdict, BenchConfig,
+    Endpoint, Options, Run, Tools, CONFIGS,
+};
+use pg_proxy::cluster::Cluster;
+
+/// The modes compared, in the report's order.
+const MODES: [Mode; 4] = [Mode::Off, Mode::None, Mode::Commit, Mode::Every];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Off,
+    None,
+    Commit,
+    Every,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "audit off",
+            Mode::None => "\"none\"",
+            Mode::Commit => "\"commit\"",
+            Mode::Every => "\"every\"",
+        }
+    }
+
+    fn durability(self) -> Option<&'static str> {
+        match self {
+            Mode::Off => None,
+            Mode::None => Some("none"),
+            Mode::Commit => Some("commit"),
+            Mode::Every => Some("every"),
+        }
+    }
+}
+
+/// One run: pgbench's figures and the log's counters.
+struct AuditRun {
+    run: Run,
+    /// Syncs over the gateway's life per transaction it carried.
+    syncs_per_txn: Option<f64>,
+}
+
+/// The configurations the audit comparison runs by default.
+pub(super) fn default_configs() -> Vec<&'static BenchConfig> {
+    CONFIGS.iter().filter(|c| c.name == "select-prepared-c16" || c.name == "tpcb-c8").collect()
+}
+
+pub(super) fn run(
+    options: &Options,
+    tools: &Tools,
+    cluster: &Cluster,
+    password: &str,
+    command: &str,
+) -> Result<String, String> {
+    let fsync = fsync_latency(cluster)?;
+    eprintln!("fdatasync of 4 KiB here: median {:.3} ms", fsync.as_secs_f64() * 1e3);
+    let keys = cluster.dir().join("audit-keys");
+    let mut keygen = std::process::Command::new(&tools.pg_proxy);
+    keygen.args(["audit", "keygen", "--out"]).arg(&keys);
+    run_command(keygen, "pg-proxy audit keygen")?;
+
+    let mut runs: Vec<Vec<Vec<AuditRun>>> =
+        (0..options.configs.len()).map(|_| MODES.map(|_| Vec::new()).into()).collect();
+    let mut serial = 0usize;
+    for rep in 0..options.reps {
+        for (ci, config) in options.configs.iter().enumerate() {
+            for k in 0..MODES.len() {
+                let Some(&mode) = MODES.get((rep + ci + k) % MODES.len()) else { continue };
+                check_interrupted()?;
+                serial += 1;
+                let run = one_run(options, tools, cluster, password, &keys, config, mode, serial)?;
+                eprintln!(
+                    "rep {}/{} {:<20} {:<10} tps {:>9.1}  syncs/txn {}",
+                    rep + 1,
+                    options.reps,
+                    config.name,
+                    mode.name(),
+                    run.run.tps,
+                    fmt_opt(run.syncs_per_txn, 3)
+                );
+                if let Some(slot) = runs.get_mut(ci).and_then(|c| c.get_mut(k_of(mode))) {
+                    slot.push(run);
+                }
+            }
+        }
+    }
+    Ok(report(options, command, &runs, fsync))
+}
+
+fn k_of(mode: Mode) -> usize {
+    MODES.iter().position(|m| *m == mode).unwrap_or(0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one_run(
+    options: &Options,
+    tools: &Tools,
+    cluster: &Cluster,
+    password: &str,
+    keys: &std::path::Path,
+    config: &BenchConfig,
+    mode: Mode,
+    serial: usize,
+) -> Result<AuditRun, String> {
+    let name = format!("gateway-audit-{serial}");
+    let extra = match mode.durability() {
+        Some(d) => format!(
+            "[audit]\ndir = \"audit\"\nsigning_key_file = {:?}\ndurability = \"{d}\"\n",
+            keys.join("audit-key.pem").display().to_string()
+        ),
+        None => String::new(),
+    };
+    let (mut gateway, port, jwt) =
+        start_gateway_in(tools, cluster, password, &name, &extra, "warn,pg_proxy::audit=info")?;
+    let endpoint = Endpoint { port, user: "bench".to_string(), password: jwt };
+    let warm = pgbench(tools, &endpoint, config.args, 1, None)?;
+    let run = pgbench(tools, &endpoint, config.args, options.duration, Some(gateway.pid()))?;
+    gateway.check_running()?;
+    // SIGTERM: the gateway closes its log and says what it did.
+    let pid = gateway.pid().to_string();
+    run_command(
+        {
+            let mut kill = std::process::Command::new("kill");
+            kill.args(["-TERM", &pid]);
+            kill
+        },
+        "kill -TERM",
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while gateway.child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if Instant::now() > deadline {
+            return Err("the gateway did not stop within 40 s of SIGTERM".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let syncs_per_txn = match mode {
+        Mode::Off => None,
+        _ => {
+            let log = std::fs::read_to_string(&gateway.log).map_err(|e| e.to_string())?;
+            let line = log
+                .lines()
+                .find(|l| l.contains("audit log closed"))
+                .ok_or_else(|| format!("no \"audit log closed\" line in the gateway's log:\n{log}"))?;
+            let syncs: u64 = field(line, "syncs")?;
+            Some(syncs as f64 / (run.transactions + warm.transactions).max(1) as f64)
+        }
+    };
+    let _ = std::fs::remove_dir_all(cluster.dir().join(&name));
+    Ok(AuditRun { run, syncs_per_txn })
+}
+
+/// `name=value` of a log line.
+fn field(line: &str, name: &str) -> Result<u64, String> {
+    let prefix = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .ok_or_else(|| format!("no {name}= in {line:?}"))
+        .and_then(number)
+}
+
+/// The median latency of writing 4 KiB and `fdatasync`ing it, in the
+/// cluster's directory (where the logs are).
+fn fsync_latency(cluster: &Cluster) -> Result<Duration, String> {
+    use std::io::Write;
+    let path = cluster.dir().join("fsync-probe");
+    let mut file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let block = [0x5au8; 4096];
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let start = Instant::now();
+        file.write_all(&block).and_then(|()| file.sync_data()).map_err(|e| format!("{}: {e}", path.display()))?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    Ok(Duration::from_secs_f64(median(&times).unwrap_or(0.0)))
+}
+
+fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: Duration) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "\n## The audit log's cost\n");
+    let _ = writeln!(w, "Command: `{command}`  ");
+    let _ = writeln!(
+        w,
+        "Machine: {}; pgbench scale {}, {} repetition(s) of {} s per (configuration, mode), medians; \
+         `fdatasync` of 4 KiB in the log's file system: {:.3} ms (median of 200).\n",
+        super::machine(),
+        options.scale,
+        options.reps,
+        options.duration,
+        fsync.as_secs_f64() * 1e3
+    );
+    let _ = writeln!(
+        w,
+        "| configuration | audit off TPS | \"none\" TPS | \"commit\" TPS | \"every\" TPS | none/off | commit/off | \
+         every/off | syncs/txn commit | syncs/txn every |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
+    let mut checks = Vec::new();
+    for (ci, config) in options.configs.iter().enumerate() {
+        let tps = |m: Mode| {
+            median(
+                &runs
+                    .get(ci)
+                    .and_then(|c| c.get(k_of(m)))
+                    .map(|rs| rs.iter().map(|r| r.run.tps).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )
+        };
+        let syncs = |m: Mode| {
+            median(
+                &runs
+                    .get(ci)
+                    .and_then(|c| c.get(k_of(m)))
+                    .map(|rs| rs.iter().filter_map(|r| r.syncs_per_txn).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )
+        };
+        let off = tps(Mode::Off);
+        let _ = writeln!(
+            w,
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            config.args.join(" "),
+            fmt_opt(off, 0),
+            fmt_opt(tps(Mode::None), 0),
+            fmt_opt(tps(Mode::Commit), 0),
+            fmt_opt(tps(Mode::Every), 0),
+            fmt_opt(ratio(tps(Mode::None), off), 2),
+            fmt_opt(ratio(tps(Mode::Commit), off), 2),
+            fmt_opt(ratio(tps(Mode::Every), off), 2),
+            fmt_opt(syncs(Mode::Commit), 3),
+            fmt_opt(syncs(Mode::Every), 3),
+        );
+        checks.push(format!(
+            "- `{}` with `\"none\"`: ≥ 0.95× audit off: {}",
+            config.name,
+            verdict(ratio(tps(Mode::None), off).map(|r| r >= 0.95))
+        ));
+        if config.name == "select-prepared-c16" {
+            checks.push(format!(
+                "- `{}` with `\"commit\"` (reads need no sync): ≥ 0.95× audit off: {}",
+                config.name,
+                verdict(ratio(tps(Mode::Commit), off).map(|r| r >= 0.95))
+            ));
+        }
+        if config.name == "tpcb-c8" {
+            checks.push(format!(
+                "- `{}` with `\"commit\"`: ≤ 0.5 syncs per committed transaction (group commit): {}",
+                config.name,
+                verdict(syncs(Mode::Commit).map(|s| s <= 0.5))
+            ));
+        }
+    }
+    let _ = writeln!(w, "\nTargets:\n\n{}", checks.join("\n"));
+    let _ = writeln!(w, "\nEvery run (TPS; syncs per transaction):\n");
+    for (ci, config) in options.configs.iter().enumerate() {
+        for m in MODES {
+            let list: Vec<String> = runs
+                .get(ci)
+                .and_then(|c| c.get(k_of(m)))
+                .map(|rs| {
+                    rs.iter()
+                        .map(|r| match r.syncs_per_txn {
+                            Some(s) => format!("{:.0} ({s:.3})", r.run.tps),
+                            None => format!("{:.0}", r.run.tps),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = writeln!(w, "- {} {}: {}", config.name, m.name(), list.join(", "));
+        }
+    }
+    out
+}
