@@ -200,6 +200,7 @@ impl AuditLog {
                 masked: r.masked,
                 ms: r.duration.as_secs_f64() * 1000.0,
                 error: r.error.as_ref().map(|e| ErrorBody { code: &e.code, message: &e.message }),
+                kept_rows: &r.kept_rows,
             }),
             Record::SessionStart(s) => serde_json::to_string(&StartBody {
                 kind: "session_start",
@@ -448,6 +449,9 @@ struct ResultBody<'a> {
     ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorBody<'a>>,
+    /// The first rows as the client got them (masked), with `record_rows`.
+    #[serde(rename = "rows_kept", skip_serializing_if = "<[_]>::is_empty")]
+    kept_rows: &'a [Vec<Option<String>>],
 }
 
 #[derive(Serialize)]

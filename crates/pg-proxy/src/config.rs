@@ -264,6 +264,8 @@ pub struct AuditSettings {
     pub checkpoint_interval: Duration,
     /// Record `Bind` parameters.
     pub record_parameters: bool,
+    /// Masked result rows kept per statement.
+    pub record_rows: usize,
     /// This gateway's name in session records (several replicas may share
     /// a log store).
     pub replica: String,
@@ -577,13 +579,6 @@ impl Config {
                 if segment_bytes < 4096 {
                     return Err(invalid("[audit] segment_bytes: at least 4096".to_string()));
                 }
-                if a.record_rows > 0 {
-                    return Err(invalid(
-                        "[audit] record_rows: keeping result rows in the log is not available in this version; \
-                         leave it at 0"
-                            .to_string(),
-                    ));
-                }
                 let origin = a.origin.unwrap_or_else(|| "portcullis".to_string());
                 if origin.is_empty() || origin.contains(|c: char| c.is_whitespace() || c == '+') {
                     return Err(invalid(format!("[audit] origin {origin:?}: a name without spaces or '+'")));
@@ -607,6 +602,7 @@ impl Config {
                         None => Duration::from_secs(10),
                     },
                     record_parameters: a.record_parameters,
+                    record_rows: a.record_rows,
                     replica: a.replica.unwrap_or_else(default_replica),
                 })
             }

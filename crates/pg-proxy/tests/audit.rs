@@ -69,7 +69,7 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
 async fn sessions_are_recorded_verified_listed_and_replayed() {
     let keys = keys("e2e");
     let log = keys.join("log");
-    let stack = audit_stack(&keys, &log, "record_parameters = true");
+    let stack = audit_stack(&keys, &log, "record_parameters = true\nrecord_rows = 2");
 
     // psql, as an agent: a masked read, a refused DROP, a refused secret.
     let token = stack.token("alice@example.com", &["ai-agents"], Some("copilot-7"));
@@ -133,6 +133,12 @@ async fn sessions_are_recorded_verified_listed_and_replayed() {
     assert_eq!(results[0]["tags"], serde_json::json!(["SELECT 3"]));
     assert_eq!(results[0]["rows"], 3);
     assert!(results[0]["masked"].as_u64().unwrap() >= 3, "{}", results[0]);
+    // Two rows kept, as psql got them: masked.
+    let kept = results[0]["rows_kept"].as_array().unwrap();
+    assert_eq!(kept.len(), 2, "{}", results[0]);
+    assert_eq!(kept[0][0], "1");
+    assert_eq!(kept[0][1], "Alice Martin");
+    assert_eq!(kept[0][3], "****6789");
     assert_eq!(results[1]["ran"], false);
     assert_eq!(results[1]["error"]["code"], "42501");
     // Records are numbered in session order, and results follow their

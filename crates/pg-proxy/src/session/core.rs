@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,9 @@ pub struct CoreConfig {
     /// Observe mode: statements the policy refuses or would hold are
     /// forwarded, and their records say so (`record` must be on).
     pub observe: bool,
+    /// Result rows kept in each result record, as the client got them
+    /// (masked); 0 keeps none.
+    pub record_rows: usize,
 }
 
 impl Default for CoreConfig {
@@ -90,6 +94,7 @@ impl Default for CoreConfig {
             hold_timeout: Duration::from_secs(15 * 60),
             max_buffered_bytes: codec::DEFAULT_MAX_MESSAGE_BYTES,
             observe: false,
+            record_rows: 0,
         }
     }
 }
@@ -2554,6 +2559,12 @@ impl SessionCore {
         }
         let Some(masker) = result.masker.as_ref().filter(|m| !m.is_noop()) else {
             self.to_client.extend_from_slice(frame.frame);
+            if self.config.record_rows > 0 && !copy {
+                let mut row: Vec<Option<&[u8]>> = Vec::new();
+                if codec::data_row_values_into(&frame, &mut row).is_ok() {
+                    keep_row(&mut self.open, self.config.record_rows, row.iter().copied());
+                }
+            }
             return;
         };
         if let Some(copy_out) = result.copy_out.as_deref_mut() {
@@ -2671,6 +2682,9 @@ impl SessionCore {
         let mut row = self.row.lend();
         let outcome = codec::data_row_values_into(&frame, &mut row).and_then(|()| {
             let changed = masker.mask_row(&mut row);
+            if self.config.record_rows > 0 {
+                keep_row(&mut self.open, self.config.record_rows, row.iter().map(Option::as_deref));
+            }
             if changed == 0 {
                 self.to_client.extend_from_slice(frame.frame);
                 Ok(())
@@ -3091,6 +3105,32 @@ fn substitute_parse(refusal: Refusal) -> Option<(BytesMut, Pending)> {
     let mut substitute = BytesMut::new();
     frontend::parse("", REFUSED_SQL, std::iter::empty(), &mut substitute).ok()?;
     Some((substitute, Pending::Refused(refusal)))
+}
+
+/// Keeps a result row, as the client got it, in the result record of the
+/// statement being answered, up to `limit` rows: text values as they are
+/// (lossy UTF-8), values that are not text (binary format) as `\x` and hex.
+fn keep_row<'a>(open: &mut VecDeque<ResultRecord>, limit: usize, values: impl Iterator<Item = Option<&'a [u8]>>) {
+    let Some(r) = open.front_mut() else { return };
+    if r.kept_rows.len() >= limit {
+        return;
+    }
+    let row = values
+        .map(|v| {
+            v.map(|bytes| match std::str::from_utf8(bytes) {
+                Ok(text) if !text.contains('\0') => text.to_string(),
+                _ => {
+                    let mut hex = String::with_capacity(2 + bytes.len() * 2);
+                    hex.push_str("\\x");
+                    for b in bytes {
+                        let _ = write!(hex, "{b:02x}");
+                    }
+                    hex
+                }
+            })
+        })
+        .collect();
+    r.kept_rows.push(row);
 }
 
 /// Whether a statement is a `COPY ... FROM STDIN` (data follows from the

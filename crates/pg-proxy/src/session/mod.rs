@@ -197,6 +197,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         hold_timeout: hooks.hold_timeout,
         max_buffered_bytes: gw.config.limits.max_message_bytes,
         observe: gw.config.mode == crate::config::Mode::Observe && recording,
+        record_rows: if recording { gw.config.audit.as_ref().map_or(0, |a| a.record_rows) } else { 0 },
     };
     let start = SessionStart {
         id: registration.id(),

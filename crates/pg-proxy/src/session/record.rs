@@ -92,6 +92,9 @@ pub struct ResultRecord {
     /// Whether the server ran it (false: refused, or skipped after an
     /// earlier error in its block).
     pub ran: bool,
+    /// The first result rows, as the client got them (masked), when the
+    /// gateway keeps some (`[audit] record_rows`).
+    pub kept_rows: Vec<Vec<Option<String>>>,
 }
 
 /// An error as the client got it.
