@@ -27,6 +27,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::note::{Checkpoint, NoteSigner};
@@ -100,7 +101,9 @@ struct Mark {
 pub struct Writer {
     options: WriterOptions,
     origin: String,
-    file: Option<File>,
+    /// The current segment (shared with whoever syncs it, see
+    /// [`Writer::sync_handle`]).
+    file: Option<Arc<File>>,
     path: PathBuf,
     segment: u64,
     /// Bytes in the current segment file.
@@ -206,8 +209,8 @@ impl Writer {
                 return Err(e);
             }
         }
-        let outcome = match self.file.as_mut() {
-            Some(f) => f.write_all(&self.buf),
+        let outcome = match self.file.as_deref() {
+            Some(mut f) => f.write_all(&self.buf),
             None => Err(std::io::Error::other("no segment open")),
         };
         match outcome {
@@ -244,6 +247,20 @@ impl Writer {
         Ok(())
     }
 
+    /// The current segment file, for syncing it outside the writer (a
+    /// thread that syncs while others go on writing: group commit). A
+    /// segment is synced in full before the next one begins, so syncing
+    /// this file makes everything written so far durable.
+    pub fn sync_handle(&self) -> Option<Arc<File>> {
+        self.file.clone()
+    }
+
+    /// After a failed sync of [`Writer::sync_handle`]'s file: the file's
+    /// state is unknown, and the next write begins a new segment.
+    pub fn abandon_segment(&mut self) {
+        self.file = None;
+    }
+
     /// Whether records were added since the last checkpoint.
     pub fn needs_checkpoint(&self) -> bool {
         self.frontier.size() != self.checkpointed
@@ -253,6 +270,19 @@ impl Writer {
     /// syncs it.
     pub fn checkpoint(&mut self) -> Result<(), WriteError> {
         self.checkpoint_with(Vec::new())
+    }
+
+    /// Writes a signed checkpoint of everything appended so far, without
+    /// syncing it (the caller syncs [`Writer::sync_handle`]).
+    pub fn checkpoint_unsynced(&mut self) -> Result<(), WriteError> {
+        let note = self.sign(Vec::new());
+        let line = CheckpointLine { kind: "checkpoint".into(), checkpoint: note };
+        self.mark_batch();
+        let _ = serde_json::to_writer(&mut self.buf, &line);
+        self.buf.push(b'\n');
+        self.write()?;
+        self.checkpointed = self.frontier.size();
+        Ok(())
     }
 
     /// Ends the log cleanly: a closing checkpoint, synced. A record after
@@ -326,7 +356,7 @@ impl Writer {
         let line = CheckpointLine { kind: "checkpoint".into(), checkpoint: note };
         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
         bytes.push(b'\n');
-        if let Some(f) = self.file.as_mut() {
+        if let Some(mut f) = self.file.as_deref() {
             let written = f.write_all(&bytes).and_then(|()| f.sync_data());
             if let Err(source) = written {
                 self.file = None;
@@ -378,7 +408,7 @@ impl Writer {
         sync_dir(&dir);
         self.written = bytes.len() as u64;
         self.checkpointed = frontier.size();
-        self.file = Some(file);
+        self.file = Some(Arc::new(file));
         self.path = path;
         self.segment = index;
         Ok(())

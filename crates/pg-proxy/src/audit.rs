@@ -1,26 +1,31 @@
 //! The audit log behind the sessions' record sink.
 //!
 //! ```text
-//!  session ─┐  persist(records) ──▶ ┌──────────── writer thread ────────────┐
-//!  session ─┼─ log(records) ──────▶ │ drain the queue (many sessions' jobs) │
-//!  session ─┘       ◀── ack ─────── │ append ─▶ write(2) ─▶ fdatasync?      │ ──▶ DIR/audit-*.jsonl
-//!                                   │ checkpoint every interval, at the end │
-//!                                   └───────────────────────────────────────┘
+//!  session ─┐ persist(records): append + write(2) under the writer's lock,
+//!  session ─┤   then, if the statement can make a change durable, wait ──┐
+//!  session ─┘ log(records): append + write(2), no wait                    │
+//!                                                                         ▼
+//!             sync thread: takes every waiter, one fdatasync, answers them all
+//!                          (group commit); a checkpoint every interval
 //! ```
 //!
-//! One thread owns the [`Writer`]: it takes every job queued since its last
-//! turn, appends their records, hands them to the OS in one write, syncs
-//! once if any job asked for it (group commit), then answers each job. A
-//! session waits for its answer before it forwards the statements the
-//! records describe; a failed write or sync refuses them
-//! ([`RecordError`]), and the next job tries again (in a new segment).
+//! A session hands its statements' records to the OS itself (one
+//! `write(2)` per batch, under a short lock) before it forwards them, so
+//! a read costs no wait on another thread. When the batch must also be
+//! durable (`durability = "commit"` and a statement that can make a change
+//! durable, or `"every"`), the session waits for the sync thread: it takes
+//! every session waiting at that moment, syncs the segment once, and
+//! answers them all, so many sessions' commits share one `fdatasync`. A
+//! failed write refuses the batch at once ([`RecordError`]); a failed
+//! sync refuses the batches that waited for it, and the next write begins
+//! a new segment.
 //!
 //! Records are serialised by the sessions (JSON objects starting with
 //! their `"type"`); the writer puts the number, the previous hash and the
 //! time in front. The schema: `docs/audit.md`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use portcullis_audit::note::NoteSigner;
@@ -33,41 +38,101 @@ use crate::session::record::{Persisting, Record, RecordError, RecordSink};
 /// Values of parameters longer than this are cut in records.
 const MAX_PARAMETER_BYTES: usize = 1024;
 
-/// Jobs taken in one turn of the writer, at most.
-const MAX_JOBS_PER_TURN: usize = 4096;
+type Ack = tokio::sync::oneshot::Sender<Result<(), RecordError>>;
 
-/// One session's records for the writer.
-enum Job {
-    Write { bodies: Vec<String>, sync: bool, ack: Option<tokio::sync::oneshot::Sender<Result<(), RecordError>>> },
-    Close(mpsc::Sender<()>),
-}
-
-/// Counters of the writer, for the log line at close and for benchmarks.
+/// Counters of the log, for the line it logs when closed and for
+/// benchmarks.
 #[derive(Debug, Default)]
 pub struct AuditStats {
     /// Records appended.
     pub records: AtomicU64,
     /// `write(2)` calls of record batches.
     pub writes: AtomicU64,
-    /// `fdatasync` calls for statements.
+    /// `fdatasync` calls for statements waiting on one.
     pub syncs: AtomicU64,
-    /// Jobs refused because the log could not be written.
+    /// Batches refused because the log could not be written or synced.
     pub failures: AtomicU64,
 }
 
-/// The gateway's audit log: a [`RecordSink`] backed by a writer thread.
+/// What the sessions and the sync thread share.
+#[derive(Debug)]
+struct Shared {
+    /// `None` once the log is closed.
+    writer: Mutex<Option<Writer>>,
+    board: Mutex<Board>,
+    wake: Condvar,
+    stats: Arc<AuditStats>,
+    failing: Arc<AtomicBool>,
+}
+
+/// Sessions waiting for a sync.
+#[derive(Debug, Default)]
+struct Board {
+    waiters: Vec<Ack>,
+    closing: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Appends records and hands them to the OS.
+    fn write(&self, bodies: &[String]) -> Result<(), RecordError> {
+        let mut guard = lock(&self.writer);
+        let Some(writer) = guard.as_mut() else {
+            return Err(RecordError("the audit log is closed".into()));
+        };
+        let now = SystemTime::now();
+        for body in bodies {
+            if let Err(e) = writer.append(body, now) {
+                drop(guard);
+                return Err(self.failed(e.to_string()));
+            }
+        }
+        let written = writer.write();
+        drop(guard);
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        match written {
+            Ok(()) => {
+                self.stats.records.fetch_add(bodies.len() as u64, Ordering::Relaxed);
+                self.recovered();
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e.to_string())),
+        }
+    }
+
+    /// Notes a failure (the log says it once until writing works again).
+    fn failed(&self, message: String) -> RecordError {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!("audit log: {message}; statements are refused until it can be written again");
+        }
+        RecordError(message)
+    }
+
+    fn recovered(&self) {
+        if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
+            tracing::warn!("audit log: writing again");
+        }
+    }
+}
+
+/// The gateway's audit log: a [`RecordSink`] that writes in the
+/// session's own task and syncs on a thread of its own.
 #[derive(Debug)]
 pub struct AuditLog {
-    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
     durability: Durability,
     record_parameters: bool,
     /// Prefix of session ids: this process's own, so that ids never repeat
     /// across restarts and replicas.
     boot: String,
     replica: String,
-    /// The writer's counters.
+    /// The log's counters.
     pub stats: Arc<AuditStats>,
-    /// Whether the last write failed (for readiness).
+    /// Whether the last write or sync failed (for readiness).
     pub failing: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -87,7 +152,7 @@ pub enum AuditError {
     #[error("[audit] {0}")]
     Open(#[from] portcullis_audit::writer::WriteError),
     /// The thread.
-    #[error("[audit] starting the writer thread: {0}")]
+    #[error("[audit] starting the sync thread: {0}")]
     Thread(std::io::Error),
 }
 
@@ -121,23 +186,29 @@ pub fn load_signer(path: &std::path::Path, origin: &str) -> Result<NoteSigner, A
 }
 
 impl AuditLog {
-    /// Opens (or continues) the log the settings name and starts its
-    /// writer.
+    /// Opens (or continues) the log the settings name and starts its sync
+    /// thread.
     pub fn open(settings: &AuditSettings) -> Result<AuditLog, AuditError> {
         let signer = load_signer(&settings.signing_key_file, &settings.origin)?;
         let mut options = WriterOptions::new(&settings.dir, signer);
         options.segment_bytes = settings.segment_bytes;
         options.keep = settings.keep;
         let writer = Writer::open(options)?;
-        let (jobs, queue) = mpsc::channel();
         let stats = Arc::new(AuditStats::default());
         let failing = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(Some(writer)),
+            board: Mutex::new(Board::default()),
+            wake: Condvar::new(),
+            stats: Arc::clone(&stats),
+            failing: Arc::clone(&failing),
+        });
         let interval = settings.checkpoint_interval;
         let thread = {
-            let (stats, failing) = (Arc::clone(&stats), Arc::clone(&failing));
+            let shared = Arc::clone(&shared);
             std::thread::Builder::new()
-                .name("audit-writer".into())
-                .spawn(move || write_loop(writer, &queue, interval, &stats, &failing))
+                .name("audit-sync".into())
+                .spawn(move || sync_loop(&shared, interval))
                 .map_err(AuditError::Thread)?
         };
         let boot = {
@@ -145,7 +216,7 @@ impl AuditLog {
             format!("{:08x}", rand::thread_rng().next_u32())
         };
         Ok(AuditLog {
-            jobs,
+            shared,
             durability: settings.durability,
             record_parameters: settings.record_parameters,
             boot,
@@ -156,15 +227,24 @@ impl AuditLog {
         })
     }
 
-    /// Writes what is queued, a closing checkpoint, and stops the writer.
-    /// Records sent after this are refused.
+    /// Answers whoever waits for a sync, writes a closing checkpoint, and
+    /// stops the sync thread. Records sent after this are refused.
     pub fn close(&self) {
-        let (done, wait) = mpsc::channel();
-        if self.jobs.send(Job::Close(done)).is_ok() {
-            let _ = wait.recv();
-        }
-        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+        lock(&self.shared.board).closing = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
+        }
+        let Some(writer) = lock(&self.shared.writer).take() else { return };
+        let stats = &self.shared.stats;
+        match writer.close() {
+            Ok(()) => tracing::info!(
+                records = stats.records.load(Ordering::Relaxed),
+                writes = stats.writes.load(Ordering::Relaxed),
+                syncs = stats.syncs.load(Ordering::Relaxed),
+                "audit log closed"
+            ),
+            Err(e) => tracing::error!("audit log: closing: {e}"),
         }
     }
 
@@ -230,16 +310,6 @@ impl AuditLog {
         // still says what it was.
         out.unwrap_or_else(|e| format!("{{\"type\":\"unserialisable\",\"error\":{:?}}}", e.to_string()))
     }
-
-    fn send(
-        &self,
-        records: &[Record],
-        sync: bool,
-        ack: Option<tokio::sync::oneshot::Sender<Result<(), RecordError>>>,
-    ) -> bool {
-        let bodies = records.iter().map(|r| self.body(r)).collect();
-        self.jobs.send(Job::Write { bodies, sync, ack }).is_ok()
-    }
 }
 
 impl RecordSink for AuditLog {
@@ -249,135 +319,94 @@ impl RecordSink for AuditLog {
             Durability::None => false,
             Durability::Commit => records.iter().any(|r| matches!(r, Record::Statement(s) if s.durable)),
         };
-        let (ack, answer) = tokio::sync::oneshot::channel();
-        if !self.send(&records, sync, Some(ack)) {
-            return Box::pin(std::future::ready(Err(RecordError("the audit log is closed".into()))));
+        let bodies: Vec<String> = records.iter().map(|r| self.body(r)).collect();
+        if let Err(e) = self.shared.write(&bodies) {
+            return Box::pin(std::future::ready(Err(e)));
         }
-        Box::pin(
-            async move { answer.await.unwrap_or_else(|_| Err(RecordError("the audit log's writer stopped".into()))) },
-        )
+        if !sync {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        let (ack, answer) = tokio::sync::oneshot::channel();
+        {
+            let mut board = lock(&self.shared.board);
+            if board.closing {
+                return Box::pin(std::future::ready(Err(RecordError("the audit log is closed".into()))));
+            }
+            board.waiters.push(ack);
+        }
+        self.shared.wake.notify_one();
+        Box::pin(async move {
+            answer.await.unwrap_or_else(|_| Err(RecordError("the audit log's sync thread stopped".into())))
+        })
     }
 
     fn log(&self, records: Vec<Record>) {
-        if !records.is_empty() && !self.send(&records, false, None) {
-            tracing::warn!(records = records.len(), "the audit log is closed; records dropped");
+        if records.is_empty() {
+            return;
+        }
+        let bodies: Vec<String> = records.iter().map(|r| self.body(r)).collect();
+        if let Err(e) = self.shared.write(&bodies) {
+            tracing::warn!(records = records.len(), "audit records not written: {e}");
         }
     }
 }
 
-/// The writer thread: turns until the log is closed or every sender left.
-fn write_loop(
-    mut writer: Writer,
-    queue: &mpsc::Receiver<Job>,
-    interval: Duration,
-    stats: &AuditStats,
-    failing: &AtomicBool,
-) {
+/// The sync thread: every session waiting is answered after one sync; a
+/// checkpoint is written every `interval` while records arrive.
+fn sync_loop(shared: &Shared, interval: Duration) {
     let mut next_checkpoint = Instant::now() + interval;
-    let mut jobs = Vec::new();
-    let closing = loop {
-        let wait = next_checkpoint.saturating_duration_since(Instant::now());
-        match queue.recv_timeout(wait) {
-            Ok(job) => jobs.push(job),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break None,
-        }
-        while jobs.len() < MAX_JOBS_PER_TURN {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+    loop {
+        let (waiters, closing) = {
+            let mut board = lock(&shared.board);
+            while board.waiters.is_empty() && !board.closing && Instant::now() < next_checkpoint {
+                let wait = next_checkpoint.saturating_duration_since(Instant::now());
+                board = match shared.wake.wait_timeout(board, wait) {
+                    Ok((b, _)) => b,
+                    Err(poisoned) => poisoned.into_inner().0,
+                };
             }
-        }
-        let close = turn(&mut writer, &mut jobs, stats, failing);
-        if close.is_some() {
-            break close;
-        }
-        if Instant::now() >= next_checkpoint {
-            if writer.needs_checkpoint() {
-                if let Err(e) = writer.checkpoint() {
-                    tracing::error!("audit log: writing a checkpoint: {e}");
-                }
-            }
+            (std::mem::take(&mut board.waiters), board.closing)
+        };
+        let mut checkpointed = false;
+        if !closing && Instant::now() >= next_checkpoint {
             next_checkpoint = Instant::now() + interval;
-        }
-    };
-    let records = stats.records.load(Ordering::Relaxed);
-    match writer.close() {
-        Ok(()) => tracing::info!(
-            records,
-            writes = stats.writes.load(Ordering::Relaxed),
-            syncs = stats.syncs.load(Ordering::Relaxed),
-            "audit log closed"
-        ),
-        Err(e) => tracing::error!("audit log: closing: {e}"),
-    }
-    if let Some(done) = closing {
-        let _ = done.send(());
-    }
-}
-
-/// One turn: the jobs' records appended, written, synced if asked, and
-/// answered. Returns the closer's channel when a job asked to close.
-fn turn(
-    writer: &mut Writer,
-    jobs: &mut Vec<Job>,
-    stats: &AuditStats,
-    failing: &AtomicBool,
-) -> Option<mpsc::Sender<()>> {
-    let mut close = None;
-    let mut sync = false;
-    let mut acks = Vec::new();
-    let mut outcome: Result<(), String> = Ok(());
-    let now = SystemTime::now();
-    for job in jobs.drain(..) {
-        match job {
-            Job::Write { bodies, sync: s, ack } => {
-                sync |= s;
-                for body in &bodies {
-                    if let Err(e) = writer.append(body, now) {
-                        outcome = Err(e.to_string());
+            if let Some(w) = lock(&shared.writer).as_mut() {
+                if w.needs_checkpoint() {
+                    match w.checkpoint_unsynced() {
+                        Ok(()) => checkpointed = true,
+                        Err(e) => tracing::error!("audit log: writing a checkpoint: {e}"),
                     }
                 }
-                stats.records.fetch_add(bodies.len() as u64, Ordering::Relaxed);
-                if let Some(ack) = ack {
-                    acks.push((ack, s));
-                }
             }
-            Job::Close(done) => close = Some(done),
+        }
+        if !waiters.is_empty() || checkpointed {
+            let handle = lock(&shared.writer).as_ref().and_then(Writer::sync_handle);
+            let synced = match handle {
+                Some(file) => file.sync_data().map_err(|e| format!("syncing the audit log: {e}")),
+                None => Ok(()),
+            };
+            if !waiters.is_empty() {
+                shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            let answer = match synced {
+                Ok(()) => Ok(()),
+                Err(message) => {
+                    // The file's state is unknown: the next write begins a
+                    // new segment.
+                    if let Some(w) = lock(&shared.writer).as_mut() {
+                        w.abandon_segment();
+                    }
+                    Err(shared.failed(message))
+                }
+            };
+            for ack in waiters {
+                let _ = ack.send(answer.clone());
+            }
+        }
+        if closing {
+            return;
         }
     }
-    if outcome.is_ok() {
-        outcome = writer.write().map_err(|e| e.to_string());
-        stats.writes.fetch_add(1, Ordering::Relaxed);
-    }
-    // What was written stays written: a failed sync refuses only the
-    // statements that waited for it.
-    let synced = match (&outcome, sync) {
-        (Ok(()), true) => {
-            stats.syncs.fetch_add(1, Ordering::Relaxed);
-            writer.sync().map_err(|e| e.to_string())
-        }
-        _ => Ok(()),
-    };
-    let failed = outcome.is_err() || synced.is_err();
-    if failed && !failing.swap(true, Ordering::Relaxed) {
-        let e = outcome.as_ref().err().or(synced.as_ref().err()).cloned().unwrap_or_default();
-        tracing::error!("audit log: {e}; statements are refused until it can be written again");
-    } else if !failed && failing.swap(false, Ordering::Relaxed) {
-        tracing::warn!("audit log: writing again");
-    }
-    for (ack, wanted_sync) in acks {
-        let answer = match (&outcome, &synced) {
-            (Err(e), _) => Err(RecordError(e.clone())),
-            (Ok(()), Err(e)) if wanted_sync => Err(RecordError(e.clone())),
-            _ => Ok(()),
-        };
-        if answer.is_err() {
-            stats.failures.fetch_add(1, Ordering::Relaxed);
-        }
-        let _ = ack.send(answer);
-    }
-    close
 }
 
 /// The fingerprints of a decision's statements, joined by `+`.

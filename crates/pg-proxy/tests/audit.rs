@@ -555,3 +555,28 @@ fn a_killed_gateway_loses_no_statement_the_database_ran() {
     eprintln!("{total} statements the server ran, all recorded; {stdout}");
     let _ = std::fs::remove_dir_all(&keys);
 }
+
+#[test]
+fn check_loads_the_signing_key_and_writes_no_log() {
+    let keys = keys("check");
+    let stack = Stack::start();
+    let log = keys.join("log-of-check");
+    let base = std::fs::read_to_string(stack.path("gateway.toml")).unwrap();
+    let config = stack.path("check-audit.toml");
+    let write = |key: &Path| {
+        let audit = format!("\n[audit]\ndir = \"{}\"\nsigning_key_file = \"{}\"\n", log.display(), key.display());
+        std::fs::write(&config, format!("{base}{audit}")).unwrap();
+    };
+    write(&keys.join("missing.pem"));
+    let (code, _, stderr) = run(pg_proxy_cmd().arg("check").arg(&config));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("signing_key_file") && stderr.contains("missing.pem"), "{stderr}");
+    write(&keys.join("audit-key.pub"));
+    let (code, _, stderr) = run(pg_proxy_cmd().arg("check").arg(&config));
+    assert_eq!(code, 1, "a public key is no signing key: {stderr}");
+    write(&keys.join("audit-key.pem"));
+    let (code, stdout, stderr) = run(pg_proxy_cmd().arg("check").arg(&config));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!log.exists(), "check wrote an audit log");
+    let _ = std::fs::remove_dir_all(&keys);
+}
