@@ -85,12 +85,13 @@ pub(super) fn run(
                 serial += 1;
                 let run = one_run(options, tools, cluster, password, &keys, config, mode, serial)?;
                 eprintln!(
-                    "rep {}/{} {:<20} {:<10} tps {:>9.1}  syncs/txn {}",
+                    "rep {}/{} {:<20} {:<10} tps {:>9.1}  gateway CPU {} µs/txn  syncs/txn {}",
                     rep + 1,
                     options.reps,
                     config.name,
                     mode.name(),
                     run.run.tps,
+                    fmt_opt(run.run.cpu_us_per_txn(), 1),
                     fmt_opt(run.syncs_per_txn, 3)
                 );
                 if let Some(slot) = runs.get_mut(ci).and_then(|c| c.get_mut(k_of(mode))) {
@@ -266,6 +267,29 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
                 verdict(syncs(Mode::Commit).map(|s| s <= 0.5))
             ));
         }
+    }
+    let _ = writeln!(w, "\nThe gateway's CPU µs per transaction (user and kernel), medians:\n");
+    let _ = writeln!(w, "| configuration | audit off | \"none\" | \"commit\" | \"every\" |");
+    let _ = writeln!(w, "|---|---|---|---|---|");
+    for (ci, config) in options.configs.iter().enumerate() {
+        let cpu = |m: Mode| {
+            median(
+                &runs
+                    .get(ci)
+                    .and_then(|c| c.get(k_of(m)))
+                    .map(|rs| rs.iter().filter_map(|r| r.run.cpu_us_per_txn()).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )
+        };
+        let _ = writeln!(
+            w,
+            "| `{}` | {} | {} | {} | {} |",
+            config.args.join(" "),
+            fmt_opt(cpu(Mode::Off), 1),
+            fmt_opt(cpu(Mode::None), 1),
+            fmt_opt(cpu(Mode::Commit), 1),
+            fmt_opt(cpu(Mode::Every), 1)
+        );
     }
     let _ = writeln!(w, "\nTargets:\n\n{}", checks.join("\n"));
     let _ = writeln!(w, "\nEvery run (TPS; syncs per transaction):\n");

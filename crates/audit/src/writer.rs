@@ -156,6 +156,11 @@ impl Writer {
         Ok(writer)
     }
 
+    /// Whether records were appended and not yet written.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// Records in the log (the tree's size), including buffered ones.
     pub fn size(&self) -> u64 {
         self.frontier.size()

@@ -38,6 +38,10 @@ use crate::session::record::{Persisting, Record, RecordError, RecordSink};
 /// Values of parameters longer than this are cut in records.
 const MAX_PARAMETER_BYTES: usize = 1024;
 
+/// How long records that nothing waits for (results, session starts and
+/// ends) may stay appended and unwritten when no batch writes them first.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
 type Ack = tokio::sync::oneshot::Sender<Result<(), RecordError>>;
 
 /// Counters of the log, for the line it logs when closed and for
@@ -77,7 +81,41 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Appends records and hands them to the OS.
+    /// Appends records to be written with the next batch (or by the sync
+    /// thread within [`FLUSH_INTERVAL`]).
+    fn append(&self, bodies: &[String]) -> Result<(), RecordError> {
+        let mut guard = lock(&self.writer);
+        let Some(writer) = guard.as_mut() else {
+            return Err(RecordError("the audit log is closed".into()));
+        };
+        let now = SystemTime::now();
+        for body in bodies {
+            if let Err(e) = writer.append(body, now) {
+                drop(guard);
+                return Err(self.failed(e.to_string()));
+            }
+        }
+        drop(guard);
+        self.stats.records.fetch_add(bodies.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes what is appended and not yet written.
+    fn flush(&self) {
+        let mut guard = lock(&self.writer);
+        let Some(writer) = guard.as_mut().filter(|w| w.has_buffered()) else { return };
+        let written = writer.write();
+        drop(guard);
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        match written {
+            Ok(()) => self.recovered(),
+            Err(e) => {
+                self.failed(e.to_string());
+            }
+        }
+    }
+
+    /// Appends records and hands them, with any appended before, to the OS.
     fn write(&self, bodies: &[String]) -> Result<(), RecordError> {
         let mut guard = lock(&self.writer);
         let Some(writer) = guard.as_mut() else {
@@ -268,7 +306,7 @@ impl AuditLog {
                 verdict: s.decision.verdict,
                 observed: s.observed,
                 rule: s.decision.rule.as_deref(),
-                decision: &s.decision,
+                decision: &decision_json(&s.decision),
             }),
             Record::Result(r) => serde_json::to_string(&ResultBody {
                 kind: "result",
@@ -345,7 +383,7 @@ impl RecordSink for AuditLog {
             return;
         }
         let bodies: Vec<String> = records.iter().map(|r| self.body(r)).collect();
-        if let Err(e) = self.shared.write(&bodies) {
+        if let Err(e) = self.shared.append(&bodies) {
             tracing::warn!(records = records.len(), "audit records not written: {e}");
         }
     }
@@ -359,7 +397,15 @@ fn sync_loop(shared: &Shared, interval: Duration) {
         let (waiters, closing) = {
             let mut board = lock(&shared.board);
             while board.waiters.is_empty() && !board.closing && Instant::now() < next_checkpoint {
-                let wait = next_checkpoint.saturating_duration_since(Instant::now());
+                // Records appended without a write are written within
+                // the flush interval.
+                let wait = next_checkpoint.saturating_duration_since(Instant::now()).min(FLUSH_INTERVAL);
+                drop(board);
+                shared.flush();
+                board = lock(&shared.board);
+                if !board.waiters.is_empty() || board.closing {
+                    break;
+                }
                 board = match shared.wake.wait_timeout(board, wait) {
                     Ok((b, _)) => b,
                     Err(poisoned) => poisoned.into_inner().0,
@@ -409,6 +455,34 @@ fn sync_loop(shared: &Shared, interval: Duration) {
     }
 }
 
+/// Decisions serialised lately on this thread, newest first: a prepared
+/// statement executed again, or a query of the same shape, carries the
+/// same decision, serialised once.
+const DECISIONS_KEPT: usize = 16;
+
+thread_local! {
+    static DECISIONS: std::cell::RefCell<Vec<(Arc<policy_core::Decision>, Box<serde_json::value::RawValue>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A decision's JSON.
+fn decision_json(decision: &Arc<policy_core::Decision>) -> Box<serde_json::value::RawValue> {
+    DECISIONS.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if let Some(i) = kept.iter().position(|(d, _)| Arc::ptr_eq(d, decision)) {
+            let entry = kept.remove(i);
+            let json = entry.1.clone();
+            kept.insert(0, entry);
+            return json;
+        }
+        let json = serde_json::value::to_raw_value(&**decision)
+            .unwrap_or_else(|_| serde_json::value::RawValue::from_string("null".into()).unwrap_or_default());
+        kept.insert(0, (Arc::clone(decision), json.clone()));
+        kept.truncate(DECISIONS_KEPT);
+        json
+    })
+}
+
 /// The fingerprints of a decision's statements, joined by `+`.
 fn fingerprint(decision: &policy_core::Decision) -> String {
     let mut out = String::new();
@@ -437,7 +511,7 @@ struct StatementBody<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     observed: bool,
     rule: Option<&'a str>,
-    decision: &'a policy_core::Decision,
+    decision: &'a serde_json::value::RawValue,
 }
 
 /// A parameter: NULL, its text, or its first bytes and its length.

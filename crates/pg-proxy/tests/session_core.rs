@@ -95,7 +95,7 @@ fn harness_of(policy: &str, config: CoreConfig, search_path: Vec<String>) -> Har
 }
 
 fn recording() -> CoreConfig {
-    CoreConfig { record: true, ..CoreConfig::default() }
+    CoreConfig { record: true, record_parameters: true, ..CoreConfig::default() }
 }
 
 fn holding() -> CoreConfig {

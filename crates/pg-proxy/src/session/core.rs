@@ -83,6 +83,8 @@ pub struct CoreConfig {
     /// Result rows kept in each result record, as the client got them
     /// (masked); 0 keeps none.
     pub record_rows: usize,
+    /// Records carry the bound parameters.
+    pub record_parameters: bool,
 }
 
 impl Default for CoreConfig {
@@ -95,6 +97,7 @@ impl Default for CoreConfig {
             max_buffered_bytes: codec::DEFAULT_MAX_MESSAGE_BYTES,
             observe: false,
             record_rows: 0,
+            record_parameters: false,
         }
     }
 }
@@ -1677,7 +1680,8 @@ impl SessionCore {
             return self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_portal(portal));
         };
         // What this needs of the portal, without copying its parameters.
-        let wants_parameters = self.config.record || bound.prepared.decision.verdict == Verdict::RequireApproval;
+        let wants_parameters = (self.config.record && self.config.record_parameters)
+            || bound.prepared.decision.verdict == Verdict::RequireApproval;
         let parameters =
             if wants_parameters { parameters_as_text(&bound.param_formats, &bound.params) } else { Vec::new() };
         let (id, rows, fields, mut prepared) =

@@ -198,6 +198,8 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         max_buffered_bytes: gw.config.limits.max_message_bytes,
         observe: gw.config.mode == crate::config::Mode::Observe && recording,
         record_rows: if recording { gw.config.audit.as_ref().map_or(0, |a| a.record_rows) } else { 0 },
+        // A sink other than the audit log (tests, embedders) gets them.
+        record_parameters: recording && gw.config.audit.as_ref().is_none_or(|a| a.record_parameters),
     };
     let start = SessionStart {
         id: registration.id(),
