@@ -25,7 +25,7 @@
 //! time in front. The schema: `docs/audit.md`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use portcullis_audit::note::NoteSigner;
@@ -62,11 +62,41 @@ pub struct AuditStats {
 #[derive(Debug)]
 struct Shared {
     /// `None` once the log is closed.
-    writer: Mutex<Option<Writer>>,
+    writer: Mutex<Option<Writing>>,
+    /// Records nothing waits for, queued without taking the writer's lock;
+    /// whoever writes next appends them first.
+    queue: RwLock<Option<mpsc::Sender<String>>>,
     board: Mutex<Board>,
     wake: Condvar,
     stats: Arc<AuditStats>,
     failing: Arc<AtomicBool>,
+    /// Sessions recorded now (started and not ended).
+    live: std::sync::atomic::AtomicUsize,
+    /// How long a sync may wait for more sessions to join it.
+    commit_delay: Duration,
+}
+
+/// The writer and the queue it takes records from.
+#[derive(Debug)]
+struct Writing {
+    writer: Writer,
+    queued: mpsc::Receiver<String>,
+}
+
+impl Writing {
+    /// Appends the queued records, then `bodies`.
+    fn append(&mut self, bodies: &[String], now: SystemTime) -> Result<u64, String> {
+        let mut appended = 0;
+        while let Ok(body) = self.queued.try_recv() {
+            self.writer.append(&body, now).map_err(|e| e.to_string())?;
+            appended += 1;
+        }
+        for body in bodies {
+            self.writer.append(body, now).map_err(|e| e.to_string())?;
+            appended += 1;
+        }
+        Ok(appended)
+    }
 }
 
 /// Sessions waiting for a sync.
@@ -81,59 +111,48 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Appends records to be written with the next batch (or by the sync
+    /// Queues records to be written with the next batch (or by the sync
     /// thread within [`FLUSH_INTERVAL`]).
-    fn append(&self, bodies: &[String]) -> Result<(), RecordError> {
-        let mut guard = lock(&self.writer);
-        let Some(writer) = guard.as_mut() else {
+    fn queue(&self, bodies: Vec<String>) -> Result<(), RecordError> {
+        let queue = self.queue.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(sender) = queue.as_ref() else {
             return Err(RecordError("the audit log is closed".into()));
         };
-        let now = SystemTime::now();
         for body in bodies {
-            if let Err(e) = writer.append(body, now) {
-                drop(guard);
-                return Err(self.failed(e.to_string()));
+            if sender.send(body).is_err() {
+                return Err(RecordError("the audit log is closed".into()));
             }
         }
-        drop(guard);
-        self.stats.records.fetch_add(bodies.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Writes what is appended and not yet written.
+    /// Writes what is queued or appended and not yet written.
     fn flush(&self) {
-        let mut guard = lock(&self.writer);
-        let Some(writer) = guard.as_mut().filter(|w| w.has_buffered()) else { return };
-        let written = writer.write();
-        drop(guard);
-        self.stats.writes.fetch_add(1, Ordering::Relaxed);
-        match written {
-            Ok(()) => self.recovered(),
-            Err(e) => {
-                self.failed(e.to_string());
-            }
-        }
+        let _ = self.write(&[]);
     }
 
-    /// Appends records and hands them, with any appended before, to the OS.
+    /// Appends the queued records and `bodies`, and hands them to the OS.
     fn write(&self, bodies: &[String]) -> Result<(), RecordError> {
         let mut guard = lock(&self.writer);
-        let Some(writer) = guard.as_mut() else {
+        let Some(writing) = guard.as_mut() else {
             return Err(RecordError("the audit log is closed".into()));
         };
-        let now = SystemTime::now();
-        for body in bodies {
-            if let Err(e) = writer.append(body, now) {
+        let appended = match writing.append(bodies, SystemTime::now()) {
+            Ok(n) => n,
+            Err(e) => {
                 drop(guard);
-                return Err(self.failed(e.to_string()));
+                return Err(self.failed(e));
             }
+        };
+        if !writing.writer.has_buffered() {
+            return Ok(());
         }
-        let written = writer.write();
+        let written = writing.writer.write();
         drop(guard);
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         match written {
             Ok(()) => {
-                self.stats.records.fetch_add(bodies.len() as u64, Ordering::Relaxed);
+                self.stats.records.fetch_add(appended, Ordering::Relaxed);
                 self.recovered();
                 Ok(())
             }
@@ -234,12 +253,16 @@ impl AuditLog {
         let writer = Writer::open(options)?;
         let stats = Arc::new(AuditStats::default());
         let failing = Arc::new(AtomicBool::new(false));
+        let (queue, queued) = mpsc::channel();
         let shared = Arc::new(Shared {
-            writer: Mutex::new(Some(writer)),
+            writer: Mutex::new(Some(Writing { writer, queued })),
+            queue: RwLock::new(Some(queue)),
             board: Mutex::new(Board::default()),
             wake: Condvar::new(),
             stats: Arc::clone(&stats),
             failing: Arc::clone(&failing),
+            live: std::sync::atomic::AtomicUsize::new(0),
+            commit_delay: settings.commit_delay,
         });
         let interval = settings.checkpoint_interval;
         let thread = {
@@ -273,9 +296,12 @@ impl AuditLog {
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
         }
-        let Some(writer) = lock(&self.shared.writer).take() else { return };
+        // What was queued is written; nothing more is taken.
+        self.shared.queue.write().unwrap_or_else(PoisonError::into_inner).take();
+        let _ = self.shared.write(&[]);
+        let Some(writing) = lock(&self.shared.writer).take() else { return };
         let stats = &self.shared.stats;
-        match writer.close() {
+        match writing.writer.close() {
             Ok(()) => tracing::info!(
                 records = stats.records.load(Ordering::Relaxed),
                 writes = stats.writes.load(Ordering::Relaxed),
@@ -382,8 +408,19 @@ impl RecordSink for AuditLog {
         if records.is_empty() {
             return;
         }
+        for r in &records {
+            match r {
+                Record::SessionStart(_) => {
+                    self.shared.live.fetch_add(1, Ordering::Relaxed);
+                }
+                Record::SessionEnd(_) => {
+                    let _ = self.shared.live.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                }
+                _ => {}
+            }
+        }
         let bodies: Vec<String> = records.iter().map(|r| self.body(r)).collect();
-        if let Err(e) = self.shared.append(&bodies) {
+        if let Err(e) = self.shared.queue(bodies) {
             tracing::warn!(records = records.len(), "audit records not written: {e}");
         }
     }
@@ -411,12 +448,31 @@ fn sync_loop(shared: &Shared, interval: Duration) {
                     Err(poisoned) => poisoned.into_inner().0,
                 };
             }
+            // Group commit: while other sessions are at work, the sync
+            // waits a moment for them to join it, until every live session
+            // waits or the delay is over. A sync costs the machine more
+            // than the wait costs a commit.
+            let live = shared.live.load(Ordering::Relaxed);
+            if !board.waiters.is_empty() && live > 1 && !shared.commit_delay.is_zero() {
+                let deadline = Instant::now() + shared.commit_delay;
+                while board.waiters.len() < live && !board.closing {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    board = match shared.wake.wait_timeout(board, left) {
+                        Ok((b, _)) => b,
+                        Err(poisoned) => poisoned.into_inner().0,
+                    };
+                }
+            }
             (std::mem::take(&mut board.waiters), board.closing)
         };
         let mut checkpointed = false;
         if !closing && Instant::now() >= next_checkpoint {
             next_checkpoint = Instant::now() + interval;
-            if let Some(w) = lock(&shared.writer).as_mut() {
+            shared.flush();
+            if let Some(w) = lock(&shared.writer).as_mut().map(|w| &mut w.writer) {
                 if w.needs_checkpoint() {
                     match w.checkpoint_unsynced() {
                         Ok(()) => checkpointed = true,
@@ -426,7 +482,7 @@ fn sync_loop(shared: &Shared, interval: Duration) {
             }
         }
         if !waiters.is_empty() || checkpointed {
-            let handle = lock(&shared.writer).as_ref().and_then(Writer::sync_handle);
+            let handle = lock(&shared.writer).as_ref().and_then(|w| w.writer.sync_handle());
             let synced = match handle {
                 Some(file) => file.sync_data().map_err(|e| format!("syncing the audit log: {e}")),
                 None => Ok(()),
@@ -440,7 +496,7 @@ fn sync_loop(shared: &Shared, interval: Duration) {
                     // The file's state is unknown: the next write begins a
                     // new segment.
                     if let Some(w) = lock(&shared.writer).as_mut() {
-                        w.abandon_segment();
+                        w.writer.abandon_segment();
                     }
                     Err(shared.failed(message))
                 }

@@ -262,6 +262,8 @@ pub struct AuditSettings {
     pub origin: String,
     /// How often a checkpoint is signed while records arrive.
     pub checkpoint_interval: Duration,
+    /// How long a sync may wait for other sessions' commits to join it.
+    pub commit_delay: Duration,
     /// Record `Bind` parameters.
     pub record_parameters: bool,
     /// Masked result rows kept per statement.
@@ -363,6 +365,7 @@ struct RawAudit {
     signing_key_file: PathBuf,
     origin: Option<String>,
     checkpoint_interval: Option<String>,
+    commit_delay: Option<String>,
     #[serde(default)]
     record_parameters: bool,
     #[serde(default)]
@@ -600,6 +603,14 @@ impl Config {
                             Err(e) => return Err(invalid(format!("[audit] checkpoint_interval: {e}"))),
                         },
                         None => Duration::from_secs(10),
+                    },
+                    commit_delay: match &a.commit_delay {
+                        Some(t) => match parse_duration(t) {
+                            Ok(d) if d <= Duration::from_millis(100) => d,
+                            Ok(_) => return Err(invalid("[audit] commit_delay: at most 100ms".to_string())),
+                            Err(e) => return Err(invalid(format!("[audit] commit_delay: {e}"))),
+                        },
+                        None => Duration::from_millis(1),
                     },
                     record_parameters: a.record_parameters,
                     record_rows: a.record_rows,

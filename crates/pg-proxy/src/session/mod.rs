@@ -257,7 +257,16 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                 Need::InvalidateCatalog => gw.catalog.invalidate(&database).await,
                 Need::CancelUpstream => gw.cancel_session(gateway_pid).await,
                 Need::Log { records } => hooks.record_sink.log(records),
-                Need::Persist { batch, records } => persisting = Some((batch, hooks.record_sink.persist(records))),
+                Need::Persist { batch, records } => {
+                    // A sink that is done at once (the records are written
+                    // and nothing waits for a sync) is answered here, with
+                    // no turn of the loop.
+                    let mut persisted = hooks.record_sink.persist(records);
+                    match futures_util::FutureExt::now_or_never(persisted.as_mut()) {
+                        Some(outcome) => core.handle_persisted(batch, outcome, Instant::now()),
+                        None => persisting = Some((batch, persisted)),
+                    }
+                }
                 Need::Hold { hold, request } => match &hooks.hold_handler {
                     Some(handler) => holding = Some((hold, handler.hold(request))),
                     None => core.handle_hold_outcome(
