@@ -61,8 +61,9 @@ pub struct AuditStats {
 /// What the sessions and the sync thread share.
 #[derive(Debug)]
 struct Shared {
-    /// `None` once the log is closed.
-    writer: Mutex<Option<Writing>>,
+    /// `None` once the log is closed. An asynchronous lock: a session that
+    /// finds it taken waits without holding its thread.
+    writer: tokio::sync::Mutex<Option<Writing>>,
     /// Records nothing waits for, queued without taking the writer's lock;
     /// whoever writes next appends them first.
     queue: RwLock<Option<mpsc::Sender<String>>>,
@@ -126,29 +127,26 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes what is queued or appended and not yet written.
+    /// Writes what is queued or appended and not yet written (from a
+    /// thread of its own: it blocks).
     fn flush(&self) {
-        let _ = self.write(&[]);
+        let mut guard = self.writer.blocking_lock();
+        let _ = self.write(&mut guard, &[]);
     }
 
     /// Appends the queued records and `bodies`, and hands them to the OS.
-    fn write(&self, bodies: &[String]) -> Result<(), RecordError> {
-        let mut guard = lock(&self.writer);
+    fn write(&self, guard: &mut Option<Writing>, bodies: &[String]) -> Result<(), RecordError> {
         let Some(writing) = guard.as_mut() else {
             return Err(RecordError("the audit log is closed".into()));
         };
         let appended = match writing.append(bodies, SystemTime::now()) {
             Ok(n) => n,
-            Err(e) => {
-                drop(guard);
-                return Err(self.failed(e));
-            }
+            Err(e) => return Err(self.failed(e)),
         };
         if !writing.writer.has_buffered() {
             return Ok(());
         }
         let written = writing.writer.write();
-        drop(guard);
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         match written {
             Ok(()) => {
@@ -255,7 +253,7 @@ impl AuditLog {
         let failing = Arc::new(AtomicBool::new(false));
         let (queue, queued) = mpsc::channel();
         let shared = Arc::new(Shared {
-            writer: Mutex::new(Some(Writing { writer, queued })),
+            writer: tokio::sync::Mutex::new(Some(Writing { writer, queued })),
             queue: RwLock::new(Some(queue)),
             board: Mutex::new(Board::default()),
             wake: Condvar::new(),
@@ -296,10 +294,18 @@ impl AuditLog {
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
         }
-        // What was queued is written; nothing more is taken.
+        // What was queued is written; nothing more is taken. (Waiting for
+        // the lock by polling: this may be called from a task.)
         self.shared.queue.write().unwrap_or_else(PoisonError::into_inner).take();
-        let _ = self.shared.write(&[]);
-        let Some(writing) = lock(&self.shared.writer).take() else { return };
+        let mut guard = loop {
+            match self.shared.writer.try_lock() {
+                Ok(g) => break g,
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        let _ = self.shared.write(&mut guard, &[]);
+        let Some(writing) = guard.take() else { return };
+        drop(guard);
         let stats = &self.shared.stats;
         match writing.writer.close() {
             Ok(()) => tracing::info!(
@@ -384,22 +390,26 @@ impl RecordSink for AuditLog {
             Durability::Commit => records.iter().any(|r| matches!(r, Record::Statement(s) if s.durable)),
         };
         let bodies: Vec<String> = records.iter().map(|r| self.body(r)).collect();
-        if let Err(e) = self.shared.write(&bodies) {
-            return Box::pin(std::future::ready(Err(e)));
-        }
-        if !sync {
-            return Box::pin(std::future::ready(Ok(())));
-        }
-        let (ack, answer) = tokio::sync::oneshot::channel();
-        {
-            let mut board = lock(&self.shared.board);
-            if board.closing {
-                return Box::pin(std::future::ready(Err(RecordError("the audit log is closed".into()))));
-            }
-            board.waiters.push(ack);
-        }
-        self.shared.wake.notify_one();
+        let shared = Arc::clone(&self.shared);
+        // Done in its first poll when the lock is free and nothing waits
+        // for a sync.
         Box::pin(async move {
+            {
+                let mut guard = shared.writer.lock().await;
+                shared.write(&mut guard, &bodies)?;
+            }
+            if !sync {
+                return Ok(());
+            }
+            let (ack, answer) = tokio::sync::oneshot::channel();
+            {
+                let mut board = lock(&shared.board);
+                if board.closing {
+                    return Err(RecordError("the audit log is closed".into()));
+                }
+                board.waiters.push(ack);
+            }
+            shared.wake.notify_one();
             answer.await.unwrap_or_else(|_| Err(RecordError("the audit log's sync thread stopped".into())))
         })
     }
@@ -472,7 +482,7 @@ fn sync_loop(shared: &Shared, interval: Duration) {
         if !closing && Instant::now() >= next_checkpoint {
             next_checkpoint = Instant::now() + interval;
             shared.flush();
-            if let Some(w) = lock(&shared.writer).as_mut().map(|w| &mut w.writer) {
+            if let Some(w) = shared.writer.blocking_lock().as_mut().map(|w| &mut w.writer) {
                 if w.needs_checkpoint() {
                     match w.checkpoint_unsynced() {
                         Ok(()) => checkpointed = true,
@@ -482,7 +492,7 @@ fn sync_loop(shared: &Shared, interval: Duration) {
             }
         }
         if !waiters.is_empty() || checkpointed {
-            let handle = lock(&shared.writer).as_ref().and_then(|w| w.writer.sync_handle());
+            let handle = shared.writer.blocking_lock().as_ref().and_then(|w| w.writer.sync_handle());
             let synced = match handle {
                 Some(file) => file.sync_data().map_err(|e| format!("syncing the audit log: {e}")),
                 None => Ok(()),
@@ -495,7 +505,7 @@ fn sync_loop(shared: &Shared, interval: Duration) {
                 Err(message) => {
                     // The file's state is unknown: the next write begins a
                     // new segment.
-                    if let Some(w) = lock(&shared.writer).as_mut() {
+                    if let Some(w) = shared.writer.blocking_lock().as_mut() {
                         w.writer.abandon_segment();
                     }
                     Err(shared.failed(message))
