@@ -39,7 +39,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let _ = black_box(writer.append(&body(i), SystemTime::now()));
-            if i % 64 == 0 {
+            if i.is_multiple_of(64) {
                 let _ = writer.write();
             }
         })
@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
     while std::fs::metadata(writer.path()).map(|m| m.len()).unwrap_or(u64::MAX) < 32 << 20 {
         n += 1;
         let _ = writer.append(&body(n), SystemTime::now());
-        if n % 1000 == 0 {
+        if n.is_multiple_of(1000) {
             let _ = writer.checkpoint();
         }
     }
