@@ -233,6 +233,36 @@ pub fn read_records(dir: &std::path::Path) -> Result<Vec<serde_json::Value>, Str
     Ok(out)
 }
 
+/// The file names [`keygen`] writes in its directory.
+pub const KEY_FILE: &str = "audit-key.pem";
+/// The public key's file name (the C2SP verifier key, one line).
+pub const PUBLIC_KEY_FILE: &str = "audit-key.pub";
+
+/// Writes a new checkpoint signing key into `dir` (created when missing):
+/// `audit-key.pem` (PKCS#8, mode 0600) and `audit-key.pub` (the verifier
+/// key, `origin+keyhash+key`). Existing files are not overwritten.
+/// Returns both paths.
+pub fn keygen(dir: &std::path::Path, origin: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
+    use std::io::Write;
+    let signer = NoteSigner::generate(origin).map_err(|e| e.to_string())?;
+    let pem = signer.to_pkcs8_pem().map_err(|e| e.to_string())?;
+    let (key, public) = (dir.join(KEY_FILE), dir.join(PUBLIC_KEY_FILE));
+    for path in [&key, &public] {
+        if path.exists() {
+            return Err(format!("{} exists; not overwritten", path.display()));
+        }
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::fs::create_dir_all(dir)
+        .and_then(|()| options.open(&key)?.write_all(pem.as_bytes()))
+        .and_then(|()| std::fs::write(&public, format!("{}\n", signer.verifier().to_vkey())))
+        .map_err(|e| format!("writing into {}: {e}", dir.display()))?;
+    Ok((key, public))
+}
+
 /// Reads an Ed25519 signing key (PKCS#8 PEM) for `origin`.
 pub fn load_signer(path: &std::path::Path, origin: &str) -> Result<NoteSigner, AuditError> {
     let key = |message: String| AuditError::Key { path: path.to_path_buf(), message };

@@ -164,17 +164,11 @@ async fn run_with(cluster: &Cluster, options: &DemoOptions) -> Result<(), String
 /// The audit log's signing key in `dir` (`audit-key.pem`, with
 /// `audit-key.pub` beside it), made when missing.
 fn audit_key(dir: &Path) -> Result<PathBuf, String> {
-    let key = dir.join("audit-key.pem");
+    let key = dir.join(crate::audit::KEY_FILE);
     if key.is_file() {
         return Ok(key);
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let signer = portcullis_audit::note::NoteSigner::generate("portcullis").map_err(|e| e.to_string())?;
-    write_private(&key, &signer.to_pkcs8_pem().map_err(|e| e.to_string())?)?;
-    let public = dir.join("audit-key.pub");
-    std::fs::write(&public, format!("{}\n", signer.verifier().to_vkey()))
-        .map_err(|e| format!("{}: {e}", public.display()))?;
-    Ok(key)
+    crate::audit::keygen(dir, "portcullis").map(|(key, _)| key)
 }
 
 /// Shows the agent's session as recorded, and the log's verification, by

@@ -455,15 +455,7 @@ fn a_killed_gateway_loses_no_statement_the_database_ran() {
         ..ClusterOptions::default()
     };
     let stack = Stack::builder().cluster(options).start();
-    let init = stack
-        .program("pgbench")
-        .args(["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p"])
-        .arg(stack.cluster.port().to_string())
-        .args(["-U", "app", "app"])
-        .env("PGPASSWORD", APP_PASSWORD)
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    stack.pgbench_init(1);
     // What the server logs from here on is what the clients ran.
     let log_start = std::fs::metadata(stack.cluster.log_path()).unwrap().len() as usize;
 

@@ -3,21 +3,13 @@
 //! processed, none failed.
 #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-use portcullis_testkit::stack::{Stack, APP_PASSWORD};
+use portcullis_testkit::stack::Stack;
 use portcullis_testkit::text;
 
 #[test]
 fn pgbench_runs_unchanged_through_the_gateway() {
     let stack = Stack::start();
-    let init = stack
-        .program("pgbench")
-        .args(["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p"])
-        .arg(stack.cluster.port().to_string())
-        .args(["-U", "app", "app"])
-        .env("PGPASSWORD", APP_PASSWORD)
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "pgbench -i: {}", text(&init.stderr));
+    stack.pgbench_init(1);
 
     let token = stack.token("bench", &["developers"], None);
     for args in [

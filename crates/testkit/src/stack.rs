@@ -279,6 +279,20 @@ impl Stack {
             .unwrap()
     }
 
+    /// Loads pgbench's tables at `scale` into the database `app`, directly
+    /// on the cluster. Fails the test when pgbench fails.
+    pub fn pgbench_init(&self, scale: u32) {
+        let out = self
+            .program("pgbench")
+            .args(["-i", "-s", &scale.to_string(), "-q", "-h", "127.0.0.1", "-p"])
+            .arg(self.cluster.port().to_string())
+            .args(["-U", "app", "app"])
+            .env("PGPASSWORD", APP_PASSWORD)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pgbench -i: {}", text(&out.stderr));
+    }
+
     /// Runs `sql` with psql as `app` in the database `app`, directly on the
     /// cluster (not through the gateway). Fails the test when psql fails.
     pub fn owner_sql(&self, sql: &str) {

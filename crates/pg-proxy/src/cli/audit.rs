@@ -17,10 +17,6 @@ use portcullis_audit::segment::Line;
 use portcullis_audit::verify::{Published, VerifyError};
 use serde_json::Value;
 
-/// The file names `audit keygen` writes.
-const KEY_FILE: &str = "audit-key.pem";
-const PUBLIC_KEY_FILE: &str = "audit-key.pub";
-
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {
     /// Write an Ed25519 key pair for signing the log's checkpoints.
@@ -155,39 +151,17 @@ fn fail(code: u8, message: &str) -> ExitCode {
 }
 
 fn keygen(out: &Path, origin: &str) -> ExitCode {
-    let signer = match NoteSigner::generate(origin) {
-        Ok(s) => s,
-        Err(e) => return fail(2, &format!("--origin: {e}")),
-    };
-    let pem = match signer.to_pkcs8_pem() {
-        Ok(p) => p,
-        Err(e) => return fail(1, &e.to_string()),
-    };
-    let (key, public) = (out.join(KEY_FILE), out.join(PUBLIC_KEY_FILE));
-    for path in [&key, &public] {
-        if path.exists() {
-            return fail(1, &format!("{} exists; not overwritten", path.display()));
-        }
+    if let Err(e) = NoteSigner::generate(origin) {
+        return fail(2, &format!("--origin: {e}"));
     }
-    let written = std::fs::create_dir_all(out)
-        .and_then(|()| write_private(&key, pem.as_bytes()))
-        .and_then(|()| std::fs::write(&public, format!("{}\n", signer.verifier().to_vkey())));
-    match written {
-        Ok(()) => {
+    match pg_proxy::audit::keygen(out, origin) {
+        Ok((key, public)) => {
             println!("wrote {} (private: [audit] signing_key_file)", key.display());
             println!("wrote {} (public: audit verify --key)", public.display());
             ExitCode::SUCCESS
         }
-        Err(e) => fail(1, &format!("writing into {}: {e}", out.display())),
+        Err(e) => fail(1, &e),
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(bytes)
 }
 
 /// Reads a verifier key file (`origin+keyhash+key`).
