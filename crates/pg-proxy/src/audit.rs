@@ -1,31 +1,36 @@
 //! The audit log behind the sessions' record sink.
 //!
 //! ```text
-//!  session ─┐ persist(records): append + write(2) under the writer's lock,
-//!  session ─┤   then, if the statement can make a change durable, wait ──┐
-//!  session ─┘ log(records): append + write(2), no wait                    │
-//!                                                                         ▼
+//!  session ─┐ persist(records): queue them (a ticket), take the writer's lock,
+//!  session ─┤   write everything queued in one write(2) — or find it written
+//!  session ─┘   by the session before — then, if it must be durable, wait ──┐
+//!             log(records): queue them, no wait                             │
+//!                                                                           ▼
 //!             sync thread: takes every waiter, one fdatasync, answers them all
-//!                          (group commit); a checkpoint every interval
+//!                          (group commit); queued records written within 20 ms;
+//!                          a checkpoint every interval
 //! ```
 //!
-//! A session hands its statements' records to the OS itself (one
-//! `write(2)` per batch, under a short lock) before it forwards them, so
-//! a read costs no wait on another thread. When the batch must also be
-//! durable (`durability = "commit"` and a statement that can make a change
+//! Sessions hand their statements' records to the OS themselves, before
+//! they forward the statements: a session queues its records, takes the
+//! writer's (asynchronous) lock, and writes everything queued, its own
+//! records and those of the sessions that queued theirs meanwhile, in one
+//! `write(2)`; a session that gets the lock after it finds its records
+//! written and goes on. When the batch must also be durable
+//! (`durability = "commit"` and a statement that can make a change
 //! durable, or `"every"`), the session waits for the sync thread: it takes
-//! every session waiting at that moment, syncs the segment once, and
-//! answers them all, so many sessions' commits share one `fdatasync`. A
-//! failed write refuses the batch at once ([`RecordError`]); a failed
-//! sync refuses the batches that waited for it, and the next write begins
-//! a new segment.
+//! every session waiting at that moment (after up to `commit_delay` for
+//! more to join), syncs the segment once, and answers them all. A failed
+//! write refuses the batches it carried ([`RecordError`]); a failed sync
+//! refuses the batches that waited for it, and the next write begins a new
+//! segment.
 //!
 //! Records are serialised by the sessions (JSON objects starting with
 //! their `"type"`); the writer puts the number, the previous hash and the
 //! time in front. The schema: `docs/audit.md`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use portcullis_audit::note::NoteSigner;
@@ -62,11 +67,16 @@ pub struct AuditStats {
 #[derive(Debug)]
 struct Shared {
     /// `None` once the log is closed. An asynchronous lock: a session that
-    /// finds it taken waits without holding its thread.
+    /// finds it taken waits without holding its thread, and often finds
+    /// its records written by the session before it.
     writer: tokio::sync::Mutex<Option<Writing>>,
-    /// Records nothing waits for, queued without taking the writer's lock;
-    /// whoever writes next appends them first.
-    queue: RwLock<Option<mpsc::Sender<String>>>,
+    /// Records queued for the writer, in the order of their tickets.
+    queue: Mutex<Queue>,
+    /// Records taken from the queue and written, or failed: a session's
+    /// records are done when this reaches its ticket.
+    processed: AtomicU64,
+    /// Ticket ranges whose write failed (recent ones), with why.
+    failures: Mutex<std::collections::VecDeque<(u64, u64, String)>>,
     board: Mutex<Board>,
     wake: Condvar,
     stats: Arc<AuditStats>,
@@ -77,27 +87,23 @@ struct Shared {
     commit_delay: Duration,
 }
 
+/// The writer's queue: records numbered as they are queued.
+#[derive(Debug)]
+struct Queue {
+    /// `None` once the log is closed.
+    sender: Option<mpsc::Sender<String>>,
+    /// Records queued so far.
+    tickets: u64,
+}
+
+/// Failed ranges kept for the sessions that wait on them.
+const FAILURES_KEPT: usize = 256;
+
 /// The writer and the queue it takes records from.
 #[derive(Debug)]
 struct Writing {
     writer: Writer,
     queued: mpsc::Receiver<String>,
-}
-
-impl Writing {
-    /// Appends the queued records, then `bodies`.
-    fn append(&mut self, bodies: &[String], now: SystemTime) -> Result<u64, String> {
-        let mut appended = 0;
-        while let Ok(body) = self.queued.try_recv() {
-            self.writer.append(&body, now).map_err(|e| e.to_string())?;
-            appended += 1;
-        }
-        for body in bodies {
-            self.writer.append(body, now).map_err(|e| e.to_string())?;
-            appended += 1;
-        }
-        Ok(appended)
-    }
 }
 
 /// Sessions waiting for a sync.
@@ -112,50 +118,80 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Queues records to be written with the next batch (or by the sync
-    /// thread within [`FLUSH_INTERVAL`]).
-    fn queue(&self, bodies: Vec<String>) -> Result<(), RecordError> {
-        let queue = self.queue.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(sender) = queue.as_ref() else {
+    /// Queues records for the writer; returns their last ticket.
+    fn queue(&self, bodies: Vec<String>) -> Result<u64, RecordError> {
+        let mut queue = lock(&self.queue);
+        let Some(sender) = queue.sender.as_ref() else {
             return Err(RecordError("the audit log is closed".into()));
         };
+        let n = bodies.len() as u64;
         for body in bodies {
             if sender.send(body).is_err() {
                 return Err(RecordError("the audit log is closed".into()));
             }
         }
-        Ok(())
+        queue.tickets += n;
+        Ok(queue.tickets)
     }
 
-    /// Writes what is queued or appended and not yet written (from a
-    /// thread of its own: it blocks).
+    /// Whether the records up to `ticket` were written: `None` while they
+    /// are not processed yet.
+    fn outcome(&self, ticket: u64) -> Option<Result<(), RecordError>> {
+        if self.processed.load(Ordering::Acquire) < ticket {
+            return None;
+        }
+        let failures = lock(&self.failures);
+        match failures.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&ticket)) {
+            Some((_, _, message)) => Some(Err(RecordError(message.clone()))),
+            None => Some(Ok(())),
+        }
+    }
+
+    /// Writes what is queued (from a thread of its own: it blocks).
     fn flush(&self) {
         let mut guard = self.writer.blocking_lock();
-        let _ = self.write(&mut guard, &[]);
+        self.write(&mut guard);
     }
 
-    /// Appends the queued records and `bodies`, and hands them to the OS.
-    fn write(&self, guard: &mut Option<Writing>, bodies: &[String]) -> Result<(), RecordError> {
-        let Some(writing) = guard.as_mut() else {
-            return Err(RecordError("the audit log is closed".into()));
-        };
-        let appended = match writing.append(bodies, SystemTime::now()) {
-            Ok(n) => n,
-            Err(e) => return Err(self.failed(e)),
-        };
-        if !writing.writer.has_buffered() {
-            return Ok(());
+    /// Appends every queued record and hands them to the OS in one
+    /// `write(2)`; the sessions they belong to learn how it went through
+    /// [`Shared::outcome`].
+    fn write(&self, guard: &mut Option<Writing>) {
+        let Some(writing) = guard.as_mut() else { return };
+        let now = SystemTime::now();
+        let mut taken = 0u64;
+        let mut appended = Ok(());
+        while let Ok(body) = writing.queued.try_recv() {
+            taken += 1;
+            if appended.is_ok() {
+                appended = writing.writer.append(&body, now).map(|_| ()).map_err(|e| e.to_string());
+            }
         }
-        let written = writing.writer.write();
-        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        if taken == 0 && !writing.writer.has_buffered() {
+            return;
+        }
+        let written = appended.and_then(|()| {
+            self.stats.writes.fetch_add(1, Ordering::Relaxed);
+            writing.writer.write().map_err(|e| e.to_string())
+        });
+        let before = self.processed.load(Ordering::Acquire);
         match written {
             Ok(()) => {
-                self.stats.records.fetch_add(appended, Ordering::Relaxed);
+                self.stats.records.fetch_add(taken, Ordering::Relaxed);
                 self.recovered();
-                Ok(())
             }
-            Err(e) => Err(self.failed(e.to_string())),
+            Err(message) => {
+                let RecordError(message) = self.failed(message);
+                if taken > 0 {
+                    let mut failures = lock(&self.failures);
+                    failures.push_back((before + 1, before + taken, message));
+                    while failures.len() > FAILURES_KEPT {
+                        failures.pop_front();
+                    }
+                }
+            }
         }
+        self.processed.store(before + taken, Ordering::Release);
     }
 
     /// Notes a failure (the log says it once until writing works again).
@@ -281,10 +317,12 @@ impl AuditLog {
         let writer = Writer::open(options)?;
         let stats = Arc::new(AuditStats::default());
         let failing = Arc::new(AtomicBool::new(false));
-        let (queue, queued) = mpsc::channel();
+        let (sender, queued) = mpsc::channel();
         let shared = Arc::new(Shared {
             writer: tokio::sync::Mutex::new(Some(Writing { writer, queued })),
-            queue: RwLock::new(Some(queue)),
+            queue: Mutex::new(Queue { sender: Some(sender), tickets: 0 }),
+            processed: AtomicU64::new(0),
+            failures: Mutex::new(std::collections::VecDeque::new()),
             board: Mutex::new(Board::default()),
             wake: Condvar::new(),
             stats: Arc::clone(&stats),
@@ -326,14 +364,14 @@ impl AuditLog {
         }
         // What was queued is written; nothing more is taken. (Waiting for
         // the lock by polling: this may be called from a task.)
-        self.shared.queue.write().unwrap_or_else(PoisonError::into_inner).take();
+        lock(&self.shared.queue).sender.take();
         let mut guard = loop {
             match self.shared.writer.try_lock() {
                 Ok(g) => break g,
                 Err(_) => std::thread::sleep(Duration::from_millis(1)),
             }
         };
-        let _ = self.shared.write(&mut guard, &[]);
+        self.shared.write(&mut guard);
         let Some(writing) = guard.take() else { return };
         drop(guard);
         let stats = &self.shared.stats;
@@ -424,9 +462,19 @@ impl RecordSink for AuditLog {
         // Done in its first poll when the lock is free and nothing waits
         // for a sync.
         Box::pin(async move {
+            let ticket = shared.queue(bodies)?;
             {
+                // Whoever holds the lock writes everything queued: the
+                // session after it may find its records written already.
                 let mut guard = shared.writer.lock().await;
-                shared.write(&mut guard, &bodies)?;
+                if shared.outcome(ticket).is_none() {
+                    shared.write(&mut guard);
+                }
+            }
+            match shared.outcome(ticket) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Err(RecordError("the audit log is closed".into())),
             }
             if !sync {
                 return Ok(());
@@ -460,7 +508,7 @@ impl RecordSink for AuditLog {
             }
         }
         let bodies: Vec<String> = records.iter().map(|r| self.body(r)).collect();
-        if let Err(e) = self.shared.queue(bodies) {
+        if let Err(e) = self.shared.queue(bodies).map(|_| ()) {
             tracing::warn!(records = records.len(), "audit records not written: {e}");
         }
     }
