@@ -572,3 +572,36 @@ fn check_loads_the_signing_key_and_writes_no_log() {
     assert!(!log.exists(), "check wrote an audit log");
     let _ = std::fs::remove_dir_all(&keys);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_refused_when_judged_again_is_recorded() {
+    let keys = keys("rejudged");
+    let log = keys.join("log");
+    let config = format!(
+        "[audit]\ndir = \"{}\"\nsigning_key_file = \"{}\"\n",
+        log.display(),
+        keys.join("audit-key.pem").display()
+    );
+    let stack = Stack::builder()
+        .config(&config)
+        .setup_sql("CREATE SCHEMA evil; CREATE TABLE evil.orders (id int); INSERT INTO evil.orders VALUES (1);")
+        .start();
+    let client = stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await;
+    let statement = client.prepare("SELECT id FROM orders LIMIT 1").await.unwrap();
+    client.query(&statement, &[]).await.unwrap();
+    client.simple_query("SET search_path = evil").await.unwrap();
+    let e = client.query(&statement, &[]).await.unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code()), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stack.gateway.audit.as_ref().unwrap().close();
+    let all = records(&log);
+    let executes: Vec<&Value> =
+        all.iter().filter(|r| r["type"] == "statement" && r["sql"] == "SELECT id FROM orders LIMIT 1").collect();
+    assert_eq!(executes.len(), 2, "{all:#?}");
+    assert_eq!(executes[0]["verdict"], "allow");
+    assert_eq!(executes[1]["verdict"], "deny");
+    let result = all.iter().find(|r| r["type"] == "result" && r["n"] == executes[1]["n"]).unwrap();
+    assert_eq!((result["ran"].as_bool(), result["error"]["code"].as_str()), (Some(false), Some("42501")));
+    let _ = std::fs::remove_dir_all(&keys);
+}

@@ -1690,7 +1690,13 @@ impl SessionCore {
             // The server reads it again with the path and views of now.
             match self.judge_again(&prepared) {
                 Ok(again) => prepared = again,
-                Err(message) => return self.fail_block(INSUFFICIENT_PRIVILEGE, message),
+                Err((message, decision)) => {
+                    // Refused now: recorded as the refusal it is.
+                    let sql = Arc::clone(&prepared.sql);
+                    self.record(|| sql, parameters, &decision);
+                    let recorded = self.config.record;
+                    return self.fail_block_as(Refusal { code: INSUFFICIENT_PRIVILEGE, message, recorded });
+                }
             }
         }
         if prepared.decision.verdict == Verdict::RequireApproval && self.config.holds && !self.config.observe {
@@ -1752,7 +1758,7 @@ impl SessionCore {
     /// A prepared statement decided again with the session's path and
     /// views, its text read as it was at `Parse`; the refusal when it is
     /// no longer allowed.
-    fn judge_again(&mut self, prepared: &Prepared) -> Result<Arc<Prepared>, String> {
+    fn judge_again(&mut self, prepared: &Prepared) -> Result<Arc<Prepared>, (String, Arc<Decision>)> {
         let sql = Arc::clone(&prepared.sql);
         let now = self.state.standard_conforming_strings;
         let lexed = prepared.standard_conforming_strings;
@@ -1763,7 +1769,9 @@ impl SessionCore {
         if now != lexed {
             self.state.standard_conforming_strings = now;
         }
-        self.admit(&decision)?;
+        if let Err(message) = self.admit(&decision) {
+            return Err((message, decision));
+        }
         let facts = decision.statements.first().map(|s| Arc::clone(&s.facts));
         Ok(Arc::new(Prepared {
             id: prepared.id,
