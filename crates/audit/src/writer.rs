@@ -115,6 +115,8 @@ pub struct Writer {
     checkpointed: u64,
     /// What the batch being written started from.
     mark: Option<Mark>,
+    /// The last time written, formatted (a batch's records share it).
+    time: Option<(SystemTime, String)>,
 }
 
 impl Writer {
@@ -148,6 +150,7 @@ impl Writer {
             frontier,
             prev,
             mark: None,
+            time: None,
             options,
         };
         let (frontier, prev) = (writer.frontier.clone(), writer.prev);
@@ -180,12 +183,22 @@ impl Writer {
         self.mark_batch();
         let seq = self.frontier.size();
         let start = self.buf.len();
-        let time = crate::time::format_utc(time);
-        let _ = write!(
-            self.buf,
-            "{{\"v\":{SCHEMA_VERSION},\"seq\":{seq},\"prev\":\"{}\",\"time\":\"{time}\",\"type\":{fields}",
-            hex(&self.prev)
-        );
+        // The record's first fields, written in place (this is per
+        // record: no formatting machinery, no allocation).
+        if self.time.as_ref().is_none_or(|(t, _)| *t != time) {
+            self.time = Some((time, crate::time::format_utc(time)));
+        }
+        let buf = &mut self.buf;
+        buf.extend_from_slice(b"{\"v\":");
+        push_decimal(buf, u64::from(SCHEMA_VERSION));
+        buf.extend_from_slice(b",\"seq\":");
+        push_decimal(buf, seq);
+        buf.extend_from_slice(b",\"prev\":\"");
+        push_hex(buf, &self.prev);
+        buf.extend_from_slice(b"\",\"time\":\"");
+        buf.extend_from_slice(self.time.as_ref().map(|(_, text)| text.as_bytes()).unwrap_or_default());
+        buf.extend_from_slice(b"\",\"type\":");
+        buf.extend_from_slice(fields.as_bytes());
         let leaf = leaf_hash(self.buf.get(start..).unwrap_or_default());
         self.buf.push(b'\n');
         self.frontier.push(leaf);
@@ -420,6 +433,34 @@ impl Writer {
     }
 }
 
+/// `n` in decimal.
+fn push_decimal(buf: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(digits.get(i..).unwrap_or_default());
+}
+
+/// A hash in lower-case hex.
+fn push_hex(buf: &mut Vec<u8>, hash: &Hash) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in hash {
+        for nibble in [b >> 4, b & 15] {
+            buf.push(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'));
+        }
+    }
+}
+
 fn create_dir(dir: &Path) -> Result<(), WriteError> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -446,4 +487,25 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_hashes_are_written_in_place() {
+        for n in [0u64, 7, 10, 99, 100, 12_345, u64::MAX] {
+            let mut buf = Vec::new();
+            push_decimal(&mut buf, n);
+            assert_eq!(buf, n.to_string().into_bytes());
+        }
+        let mut hash = [0u8; 32];
+        for (i, b) in hash.iter_mut().enumerate() {
+            *b = (i * 29 + 3) as u8;
+        }
+        let mut buf = Vec::new();
+        push_hex(&mut buf, &hash);
+        assert_eq!(buf, hex(&hash).into_bytes());
+    }
 }
