@@ -9,7 +9,7 @@
 use std::time::SystemTime;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use portcullis_audit::note::NoteSigner;
+use portcullis_audit::note::{NoteSigner, NoteVerifier};
 use portcullis_audit::verify::verify_bytes;
 use portcullis_audit::writer::{Writer, WriterOptions};
 
@@ -22,14 +22,19 @@ fn body(i: u64) -> String {
     )
 }
 
+/// A new log in `dir` (emptied first), in one segment, and its verifier.
+fn fresh_log(dir: &std::path::Path) -> Option<(Writer, NoteVerifier)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let signer = NoteSigner::generate("bench.example/audit").ok()?;
+    let verifier = signer.verifier();
+    let mut options = WriterOptions::new(dir, signer);
+    options.segment_bytes = 1 << 40;
+    Some((Writer::open(options).ok()?, verifier))
+}
+
 fn bench(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("portcullis-audit-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let Ok(signer) = NoteSigner::generate("bench.example/audit") else { return };
-    let verifier = signer.verifier();
-    let mut options = WriterOptions::new(&dir, signer);
-    options.segment_bytes = 1 << 40;
-    let Ok(mut writer) = Writer::open(options) else { return };
+    let Some((mut writer, _)) = fresh_log(&dir) else { return };
 
     let mut group = c.benchmark_group("audit");
     let sample = body(0);
@@ -45,14 +50,8 @@ fn bench(c: &mut Criterion) {
         })
     });
     // A 32 MiB segment with a checkpoint every 1,000 records.
-    let _ = writer.write();
     let _ = writer.close();
-    let _ = std::fs::remove_dir_all(&dir);
-    let Ok(signer) = NoteSigner::generate("bench.example/audit") else { return };
-    let verifier2 = signer.verifier();
-    let mut options = WriterOptions::new(&dir, signer);
-    options.segment_bytes = 1 << 40;
-    let Ok(mut writer) = Writer::open(options) else { return };
+    let Some((mut writer, verifier)) = fresh_log(&dir) else { return };
     let mut n = 0u64;
     while std::fs::metadata(writer.path()).map(|m| m.len()).unwrap_or(u64::MAX) < 32 << 20 {
         n += 1;
@@ -66,11 +65,10 @@ fn bench(c: &mut Criterion) {
         return;
     };
     let Ok(bytes) = std::fs::read(&path) else { return };
-    drop(verifier);
     group.throughput(Throughput::Bytes(bytes.len() as u64));
     group.sample_size(10);
     group.bench_function("verify a 32 MiB segment", |b| {
-        b.iter(|| black_box(verify_bytes(&path, &bytes, &verifier2, &[]).map(|r| r.size)))
+        b.iter(|| black_box(verify_bytes(&path, &bytes, &verifier, &[]).map(|r| r.size)))
     });
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);

@@ -192,6 +192,12 @@ fn fsync_latency(cluster: &Cluster) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(median(&times).unwrap_or(0.0)))
 }
 
+/// The median of `f` over the runs of configuration `ci` in mode `m`.
+fn median_of(runs: &[Vec<Vec<AuditRun>>], ci: usize, m: Mode, f: impl Fn(&AuditRun) -> Option<f64>) -> Option<f64> {
+    let values: Vec<f64> = runs.get(ci).and_then(|c| c.get(k_of(m))).map(|rs| rs.iter().filter_map(f).collect())?;
+    median(&values)
+}
+
 fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: Duration) -> String {
     let mut out = String::new();
     let w = &mut out;
@@ -215,24 +221,8 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
     let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
     let mut checks = Vec::new();
     for (ci, config) in options.configs.iter().enumerate() {
-        let tps = |m: Mode| {
-            median(
-                &runs
-                    .get(ci)
-                    .and_then(|c| c.get(k_of(m)))
-                    .map(|rs| rs.iter().map(|r| r.run.tps).collect::<Vec<_>>())
-                    .unwrap_or_default(),
-            )
-        };
-        let syncs = |m: Mode| {
-            median(
-                &runs
-                    .get(ci)
-                    .and_then(|c| c.get(k_of(m)))
-                    .map(|rs| rs.iter().filter_map(|r| r.syncs_per_txn).collect::<Vec<_>>())
-                    .unwrap_or_default(),
-            )
-        };
+        let tps = |m: Mode| median_of(runs, ci, m, |r| Some(r.run.tps));
+        let syncs = |m: Mode| median_of(runs, ci, m, |r| r.syncs_per_txn);
         let off = tps(Mode::Off);
         let _ = writeln!(
             w,
@@ -272,15 +262,7 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
     let _ = writeln!(w, "| configuration | audit off | \"none\" | \"commit\" | \"every\" |");
     let _ = writeln!(w, "|---|---|---|---|---|");
     for (ci, config) in options.configs.iter().enumerate() {
-        let cpu = |m: Mode| {
-            median(
-                &runs
-                    .get(ci)
-                    .and_then(|c| c.get(k_of(m)))
-                    .map(|rs| rs.iter().filter_map(|r| r.run.cpu_us_per_txn()).collect::<Vec<_>>())
-                    .unwrap_or_default(),
-            )
-        };
+        let cpu = |m: Mode| median_of(runs, ci, m, |r| r.run.cpu_us_per_txn());
         let _ = writeln!(
             w,
             "| `{}` | {} | {} | {} | {} |",

@@ -156,12 +156,20 @@ impl Line {
 
 /// Lower-case hex of a hash.
 pub fn hex(hash: &Hash) -> String {
-    let mut out = String::with_capacity(64);
+    let mut out = Vec::with_capacity(64);
+    push_hex(&mut out, hash);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends a hash in lower-case hex (no allocation: the writer's per-record
+/// path).
+pub(crate) fn push_hex(buf: &mut Vec<u8>, hash: &Hash) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in hash {
-        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        out.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
+        for nibble in [b >> 4, b & 15] {
+            buf.push(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'));
+        }
     }
-    out
 }
 
 /// A hash from 64 lower-case hex digits.

@@ -211,7 +211,6 @@ struct Replay<'a> {
     prev: Hash,
     /// The segment read last.
     segment: Option<u64>,
-    started: bool,
 }
 
 impl<'a> Replay<'a> {
@@ -223,7 +222,6 @@ impl<'a> Replay<'a> {
             frontier: Frontier::new(),
             prev: NO_PREVIOUS,
             segment: None,
-            started: false,
         }
     }
 
@@ -381,7 +379,6 @@ impl<'a> Replay<'a> {
             }
         }
         self.segment = Some(header.segment);
-        self.started = true;
         self.report.closed = false;
         self.report.checkpoints += 1;
         self.report.last_checkpoint = header.first;

@@ -31,7 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::note::{Checkpoint, NoteSigner};
-use crate::segment::{hex, segment_file_name, segment_index, CheckpointLine, Header, NO_PREVIOUS, SCHEMA_VERSION};
+use crate::segment::{
+    hex, push_hex, segment_file_name, segment_index, CheckpointLine, Header, NO_PREVIOUS, SCHEMA_VERSION,
+};
 use crate::tree::{leaf_hash, Frontier, Hash};
 
 /// The extension line of the checkpoint a writer closes the log with: a
@@ -287,38 +289,41 @@ impl Writer {
     /// Writes a signed checkpoint of everything appended so far, and
     /// syncs it.
     pub fn checkpoint(&mut self) -> Result<(), WriteError> {
-        self.checkpoint_with(Vec::new())
+        self.write_checkpoint(Vec::new(), true)
     }
 
     /// Writes a signed checkpoint of everything appended so far, without
     /// syncing it (the caller syncs [`Writer::sync_handle`]).
     pub fn checkpoint_unsynced(&mut self) -> Result<(), WriteError> {
-        let note = self.sign(Vec::new());
-        let line = CheckpointLine { kind: "checkpoint".into(), checkpoint: note };
-        self.mark_batch();
-        let _ = serde_json::to_writer(&mut self.buf, &line);
-        self.buf.push(b'\n');
-        self.write()?;
-        self.checkpointed = self.frontier.size();
-        Ok(())
+        self.write_checkpoint(Vec::new(), false)
     }
 
     /// Ends the log cleanly: a closing checkpoint, synced. A record after
     /// it in this segment is reported as forged by the verifier.
     pub fn close(mut self) -> Result<(), WriteError> {
-        self.checkpoint_with(vec![CLOSED.to_string()])
+        self.write_checkpoint(vec![CLOSED.to_string()], true)
     }
 
-    fn checkpoint_with(&mut self, extensions: Vec<String>) -> Result<(), WriteError> {
-        let note = self.sign(extensions);
-        let line = CheckpointLine { kind: "checkpoint".into(), checkpoint: note };
+    /// Appends a signed checkpoint of the tree as it is, writes it, and
+    /// syncs it when `sync`.
+    fn write_checkpoint(&mut self, extensions: Vec<String>, sync: bool) -> Result<(), WriteError> {
+        let line = self.checkpoint_line(extensions);
         self.mark_batch();
-        let _ = serde_json::to_writer(&mut self.buf, &line);
-        self.buf.push(b'\n');
+        self.buf.extend_from_slice(&line);
         self.write()?;
-        self.sync()?;
+        if sync {
+            self.sync()?;
+        }
         self.checkpointed = self.frontier.size();
         Ok(())
+    }
+
+    /// A checkpoint line (with its newline) of the tree as it is.
+    fn checkpoint_line(&self, extensions: Vec<String>) -> Vec<u8> {
+        let line = CheckpointLine { kind: "checkpoint".into(), checkpoint: self.sign(extensions) };
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
     }
 
     /// Deletes whole segments older than `keep`, oldest first, never the
@@ -370,10 +375,7 @@ impl Writer {
 
     /// Closes the current segment with a checkpoint and begins the next.
     fn end_segment(&mut self) -> Result<(), WriteError> {
-        let note = self.sign(Vec::new());
-        let line = CheckpointLine { kind: "checkpoint".into(), checkpoint: note };
-        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-        bytes.push(b'\n');
+        let bytes = self.checkpoint_line(Vec::new());
         if let Some(mut f) = self.file.as_deref() {
             let written = f.write_all(&bytes).and_then(|()| f.sync_data());
             if let Err(source) = written {
@@ -449,16 +451,6 @@ fn push_decimal(buf: &mut Vec<u8>, n: u64) {
         }
     }
     buf.extend_from_slice(digits.get(i..).unwrap_or_default());
-}
-
-/// A hash in lower-case hex.
-fn push_hex(buf: &mut Vec<u8>, hash: &Hash) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in hash {
-        for nibble in [b >> 4, b & 15] {
-            buf.push(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'));
-        }
-    }
 }
 
 fn create_dir(dir: &Path) -> Result<(), WriteError> {
