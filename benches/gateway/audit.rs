@@ -53,6 +53,8 @@ struct AuditRun {
     run: Run,
     /// Syncs over the gateway's life per transaction it carried.
     syncs_per_txn: Option<f64>,
+    /// `write(2)` calls of record batches per transaction.
+    writes_per_txn: Option<f64>,
 }
 
 /// The configurations the audit comparison runs by default.
@@ -85,14 +87,15 @@ pub(super) fn run(
                 serial += 1;
                 let run = one_run(options, tools, cluster, password, &keys, config, mode, serial)?;
                 eprintln!(
-                    "rep {}/{} {:<20} {:<10} tps {:>9.1}  gateway CPU {} µs/txn  syncs/txn {}",
+                    "rep {}/{} {:<20} {:<10} tps {:>9.1}  gateway CPU {} µs/txn  syncs/txn {}  writes/txn {}",
                     rep + 1,
                     options.reps,
                     config.name,
                     mode.name(),
                     run.run.tps,
                     fmt_opt(run.run.cpu_us_per_txn(), 1),
-                    fmt_opt(run.syncs_per_txn, 3)
+                    fmt_opt(run.syncs_per_txn, 3),
+                    fmt_opt(run.writes_per_txn, 3)
                 );
                 if let Some(slot) = runs.get_mut(ci).and_then(|c| c.get_mut(k_of(mode))) {
                     slot.push(run);
@@ -149,20 +152,20 @@ fn one_run(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let syncs_per_txn = match mode {
-        Mode::Off => None,
+    let (syncs_per_txn, writes_per_txn) = match mode {
+        Mode::Off => (None, None),
         _ => {
             let log = std::fs::read_to_string(&gateway.log).map_err(|e| e.to_string())?;
             let line = log
                 .lines()
                 .find(|l| l.contains("audit log closed"))
                 .ok_or_else(|| format!("no \"audit log closed\" line in the gateway's log:\n{log}"))?;
-            let syncs: u64 = field(line, "syncs")?;
-            Some(syncs as f64 / (run.transactions + warm.transactions).max(1) as f64)
+            let transactions = (run.transactions + warm.transactions).max(1) as f64;
+            (Some(field(line, "syncs")? as f64 / transactions), Some(field(line, "writes")? as f64 / transactions))
         }
     };
     let _ = std::fs::remove_dir_all(cluster.dir().join(&name));
-    Ok(AuditRun { run, syncs_per_txn })
+    Ok(AuditRun { run, syncs_per_txn, writes_per_txn })
 }
 
 /// `name=value` of a log line.

@@ -84,7 +84,7 @@ pub fn prove_files(files: &[PathBuf], record: u64) -> Result<Receipt, ProveError
     let mut latest: Option<(u64, String)> = None;
     for path in files {
         let bytes = std::fs::read(path).map_err(|source| ProveError::Unreadable { path: path.clone(), source })?;
-        for line in bytes.split(|&b| b == b'\n') {
+        for line in crate::segment::content(&bytes).split(|&b| b == b'\n') {
             match Line::classify(line) {
                 Ok(Line::Header(h)) => {
                     if first.is_none() {

@@ -47,6 +47,21 @@ pub fn segment_index(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The log in a segment file's bytes: what comes before the zeros a
+/// writer reserves after the log while it appends (a segment being
+/// written, or left by a writer that stopped without closing it, ends in
+/// them; a record never holds a zero byte).
+///
+/// ```
+/// use portcullis_audit::segment::content;
+/// assert_eq!(content(b"{\"type\":\"segment\"}\n\0\0\0"), b"{\"type\":\"segment\"}\n");
+/// assert_eq!(content(b"no padding\n"), b"no padding\n");
+/// ```
+pub fn content(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    bytes.get(..end).unwrap_or_default()
+}
+
 /// The first line of a segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

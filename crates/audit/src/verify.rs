@@ -145,6 +145,9 @@ pub struct ResumeState {
     pub frontier: Frontier,
     /// The hash of the last record.
     pub prev: Hash,
+    /// Bytes of log in the segment: the zeros a writer had reserved after
+    /// them are not.
+    pub length: u64,
 }
 
 /// Verifies every segment in `dir`.
@@ -199,7 +202,8 @@ pub fn resume_state(path: &Path, verifier: &NoteVerifier) -> Result<ResumeState,
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut replay = Replay::new(verifier, &[]);
     replay.segment(path, &bytes).map_err(|e| e.to_string())?;
-    Ok(ResumeState { frontier: replay.frontier, prev: replay.prev })
+    let length = crate::segment::content(&bytes).len() as u64;
+    Ok(ResumeState { frontier: replay.frontier, prev: replay.prev, length })
 }
 
 /// The verifier's state between lines.
@@ -226,6 +230,7 @@ impl<'a> Replay<'a> {
     }
 
     fn segment(&mut self, path: &Path, bytes: &[u8]) -> Result<(), VerifyError> {
+        let bytes = crate::segment::content(bytes);
         self.report.files += 1;
         self.report.bytes += bytes.len() as u64;
         let mut rest = bytes;

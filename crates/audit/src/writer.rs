@@ -1,13 +1,16 @@
 //! Appending to a log: records, checkpoints, segments, retention.
 //!
 //! The [`Writer`] is plain blocking file I/O, meant to be owned by one
-//! thread that takes many sessions' records in batches (group commit):
-//! [`Writer::append`] adds records to a buffer, [`Writer::write`] hands
-//! the buffer to the OS in one `write(2)`, [`Writer::sync`] makes it
-//! durable. A batch whose write fails is taken back whole (the file is cut
-//! back to where the batch began, and the tree forgets it), and the next
-//! batch goes to a new segment, so what is in the files is always a log
-//! that verifies.
+//! thread at a time that takes many sessions' records in batches (group
+//! commit): [`Writer::append`] adds records to a buffer,
+//! [`Writer::write`] hands the buffer to the OS, [`Writer::sync`] makes it
+//! durable. Handing a batch to the OS is a copy into a shared mapping of
+//! the segment file, into space reserved ahead (see `mapped.rs`): the
+//! kernel's page cache holds it from then on, as after `write(2)`, at the
+//! cost of a copy rather than a system call. A batch that cannot be
+//! written (no space can be reserved) is taken back whole (the tree
+//! forgets it), and the next batch goes to a new segment, so what is in
+//! the files is always a log that verifies.
 //!
 //! ```
 //! use portcullis_audit::note::NoteSigner;
@@ -25,11 +28,11 @@
 //! ```
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::mapped::MappedFile;
 use crate::note::{Checkpoint, NoteSigner};
 use crate::segment::{
     hex, push_hex, segment_file_name, segment_index, CheckpointLine, Header, NO_PREVIOUS, SCHEMA_VERSION,
@@ -105,7 +108,7 @@ pub struct Writer {
     origin: String,
     /// The current segment (shared with whoever syncs it, see
     /// [`Writer::sync_handle`]).
-    file: Option<Arc<File>>,
+    file: Option<MappedFile>,
     path: PathBuf,
     segment: u64,
     /// Bytes in the current segment file.
@@ -138,6 +141,12 @@ impl Writer {
                 let verifier = options.signer.verifier();
                 let state = crate::verify::resume_state(path, &verifier)
                     .map_err(|problem| WriteError::Existing { dir: dir.clone(), problem })?;
+                // The space a writer that stopped without closing had
+                // reserved holds zeros only: it goes.
+                if std::fs::metadata(path).is_ok_and(|m| m.len() > state.length) {
+                    let cut = OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(state.length));
+                    cut.map_err(|source| WriteError::Io { what: "trimming", path: path.clone(), source })?;
+                }
                 (index + 1, state.frontier, state.prev)
             }
         };
@@ -229,8 +238,8 @@ impl Writer {
                 return Err(e);
             }
         }
-        let outcome = match self.file.as_deref() {
-            Some(mut f) => f.write_all(&self.buf),
+        let outcome = match self.file.as_mut() {
+            Some(f) => f.append(&self.buf),
             None => Err(std::io::Error::other("no segment open")),
         };
         match outcome {
@@ -245,11 +254,6 @@ impl Writer {
             }
             Err(source) => {
                 let error = WriteError::Io { what: "writing", path: self.path.clone(), source };
-                // Cut the file back to before the batch (the space a
-                // full disk refused is given back first).
-                if let Some(f) = self.file.take() {
-                    let _ = f.set_len(self.written);
-                }
                 self.take_back();
                 Err(error)
             }
@@ -260,8 +264,8 @@ impl Writer {
     /// file's state is unknown: the next write begins a new segment.
     pub fn sync(&mut self) -> Result<(), WriteError> {
         let Some(f) = self.file.as_ref() else { return Ok(()) };
-        if let Err(source) = f.sync_data() {
-            self.file = None;
+        if let Err(source) = f.file().sync_data() {
+            self.abandon_segment();
             return Err(WriteError::Io { what: "syncing", path: self.path.clone(), source });
         }
         Ok(())
@@ -272,13 +276,15 @@ impl Writer {
     /// segment is synced in full before the next one begins, so syncing
     /// this file makes everything written so far durable.
     pub fn sync_handle(&self) -> Option<Arc<File>> {
-        self.file.clone()
+        self.file.as_ref().map(|f| Arc::clone(f.file()))
     }
 
     /// After a failed sync of [`Writer::sync_handle`]'s file: the file's
     /// state is unknown, and the next write begins a new segment.
     pub fn abandon_segment(&mut self) {
-        self.file = None;
+        if let Some(f) = self.file.take() {
+            let _ = f.finish();
+        }
     }
 
     /// Whether records were added since the last checkpoint.
@@ -301,7 +307,8 @@ impl Writer {
     /// Ends the log cleanly: a closing checkpoint, synced. A record after
     /// it in this segment is reported as forged by the verifier.
     pub fn close(mut self) -> Result<(), WriteError> {
-        self.write_checkpoint(vec![CLOSED.to_string()], true)
+        self.write_checkpoint(vec![CLOSED.to_string()], false)?;
+        self.finish_segment()
     }
 
     /// Appends a signed checkpoint of the tree as it is, writes it, and
@@ -370,25 +377,36 @@ impl Writer {
             self.prev = mark.prev;
         }
         self.buf.clear();
-        self.file = None;
+        self.abandon_segment();
     }
 
     /// Closes the current segment with a checkpoint and begins the next.
     fn end_segment(&mut self) -> Result<(), WriteError> {
         let bytes = self.checkpoint_line(Vec::new());
-        if let Some(mut f) = self.file.as_deref() {
-            let written = f.write_all(&bytes).and_then(|()| f.sync_data());
-            if let Err(source) = written {
-                self.file = None;
+        if let Some(f) = self.file.as_mut() {
+            if let Err(source) = f.append(&bytes) {
+                self.abandon_segment();
                 return Err(WriteError::Io { what: "writing", path: self.path.clone(), source });
             }
+            self.written += bytes.len() as u64;
         }
         self.checkpointed = self.frontier.size();
-        self.file = None;
+        self.finish_segment()?;
         let (frontier, prev) = (self.frontier.clone(), self.prev);
         self.begin_segment(self.segment + 1, &frontier, &prev)?;
         self.prune(SystemTime::now());
         Ok(())
+    }
+
+    /// Cuts the current segment to its length (the space reserved after
+    /// it goes) and syncs it, size and all.
+    fn finish_segment(&mut self) -> Result<(), WriteError> {
+        let Some(f) = self.file.take() else { return Ok(()) };
+        f.finish().and_then(|file| file.sync_data()).map_err(|source| WriteError::Io {
+            what: "finishing",
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Creates segment `index` with its header (the tree as `frontier`
@@ -415,12 +433,13 @@ impl Writer {
         bytes.push(b'\n');
         let path = dir.join(segment_file_name(index));
         let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
+        // Read as well: the file is mapped.
+        options.read(true).write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let io = |what, source| WriteError::Io { what, path: path.clone(), source };
-        let mut file = options.open(&path).map_err(|e| io("creating", e))?;
-        if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
+        let mut file = MappedFile::new(options.open(&path).map_err(|e| io("creating", e))?);
+        if let Err(e) = file.append(&bytes).and_then(|()| file.file().sync_data()) {
             drop(file);
             let _ = std::fs::remove_file(&path);
             return Err(io("writing", e));
@@ -428,7 +447,7 @@ impl Writer {
         sync_dir(&dir);
         self.written = bytes.len() as u64;
         self.checkpointed = frontier.size();
-        self.file = Some(Arc::new(file));
+        self.file = Some(file);
         self.path = path;
         self.segment = index;
         Ok(())

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use portcullis_audit::note::{NoteSigner, NoteVerifier};
 use portcullis_audit::proof::{check, prove_dir};
-use portcullis_audit::segment::{hex, Line};
+use portcullis_audit::segment::{content, hex, Line};
 use portcullis_audit::tree::{leaf_hash, Frontier};
 use portcullis_audit::verify::{verify_dir, Published, Report, VerifyError};
 use portcullis_audit::writer::{list_segments, Writer, WriterOptions};
@@ -276,9 +276,14 @@ fn checkpoints_signed_by_another_key_are_found() {
 fn a_crash_is_told_from_tampering() {
     let log = log("crash", 10, 1 << 20, false);
     let file = &segments(&log)[0];
-    // A torn last write.
+    // A writer that did not close leaves the space it had reserved after
+    // the log, zeros; a crash in the middle of a copy leaves part of a
+    // record there.
     let mut bytes = std::fs::read(file).unwrap();
-    bytes.extend_from_slice(br#"{"v":1,"seq":10,"prev":"00"#);
+    let end = content(&bytes).len();
+    assert!(bytes.len() > end && bytes[end..].iter().all(|&b| b == 0), "no reserved zeros after the log");
+    let torn = br#"{"v":1,"seq":10,"prev":"00"#;
+    bytes[end..end + torn.len()].copy_from_slice(torn);
     std::fs::write(file, bytes).unwrap();
     let report = verify(&log).unwrap();
     assert!(!report.closed);
@@ -293,6 +298,8 @@ fn a_crash_is_told_from_tampering() {
     // The gateway restarted: the log goes on in a new segment that vouches
     // for the crash's records.
     let mut w = Writer::open(WriterOptions::new(&log.dir, log.signer.clone())).unwrap();
+    // The zeros are gone; the torn record is left as the crash left it.
+    assert!(std::fs::read(file).unwrap().ends_with(torn));
     w.append(r#"{"type":"statement","sql":"after"}"#, SystemTime::now()).unwrap();
     w.close().unwrap();
     let report = verify(&log).unwrap();

@@ -258,7 +258,7 @@ pub fn read_records(dir: &std::path::Path) -> Result<Vec<serde_json::Value>, Str
     let mut out = Vec::new();
     for (_, path) in segments {
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        for line in bytes.split(|&b| b == b'\n') {
+        for line in portcullis_audit::segment::content(&bytes).split(|&b| b == b'\n') {
             if matches!(Line::classify(line), Ok(Line::Record { .. })) {
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) {
                     out.push(v);

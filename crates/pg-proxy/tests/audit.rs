@@ -46,7 +46,8 @@ fn audit_stack_in(keys: &Path, log: &Path, top: &str, extra: &str) -> Stack {
 fn records(log: &Path) -> Vec<Value> {
     let mut out = Vec::new();
     for (_, path) in portcullis_audit::writer::list_segments(log).unwrap() {
-        for line in std::fs::read_to_string(path).unwrap().lines() {
+        let bytes = std::fs::read(path).unwrap();
+        for line in std::str::from_utf8(portcullis_audit::segment::content(&bytes)).unwrap().lines() {
             let v: Value = serde_json::from_str(line).unwrap();
             if v.get("seq").is_some() {
                 out.push(v);

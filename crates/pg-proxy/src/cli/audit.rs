@@ -285,7 +285,7 @@ fn checkpoint(dir: &Path) -> ExitCode {
     let mut latest = None;
     for (_, path) in segments.iter().rev() {
         let Ok(bytes) = std::fs::read(path) else { continue };
-        for line in bytes.split(|&b| b == b'\n') {
+        for line in portcullis_audit::segment::content(&bytes).split(|&b| b == b'\n') {
             match Line::classify(line) {
                 Ok(Line::Checkpoint(c)) => latest = Some(c),
                 Ok(Line::Header(h)) => latest = Some(h.checkpoint),
