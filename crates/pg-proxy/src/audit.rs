@@ -406,7 +406,11 @@ impl AuditLog {
                 verdict: s.decision.verdict,
                 observed: s.observed,
                 rule: s.decision.rule.as_deref(),
-                decision: &decision_json(&s.decision),
+                decision: match s.decision_as_in {
+                    Some(_) => None,
+                    None => Some(decision_json(&s.decision)),
+                },
+                decision_as_in: s.decision_as_in,
             }),
             Record::Result(r) => serde_json::to_string(&ResultBody {
                 kind: "result",
@@ -655,7 +659,11 @@ struct StatementBody<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     observed: bool,
     rule: Option<&'a str>,
-    decision: &'a serde_json::value::RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<Box<serde_json::value::RawValue>>,
+    /// The statement of this session whose record holds the decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision_as_in: Option<u64>,
 }
 
 /// A parameter: NULL, its text, or its first bytes and its length.

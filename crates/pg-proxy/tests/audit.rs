@@ -97,6 +97,11 @@ async fn sessions_are_recorded_verified_listed_and_replayed() {
     assert_eq!(e.as_db_error().map(|d| d.code()), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
     // A server error reaches the record as the client saw it.
     client.simple_query("SELECT 1/0").await.unwrap_err();
+    // A prepared statement executed twice: one decision, recorded once.
+    let prepared = client.prepare("SELECT status FROM orders WHERE id = $1").await.unwrap();
+    for id in [3i32, 4] {
+        client.query(&prepared, &[&id]).await.unwrap();
+    }
     drop(client);
 
     // Closed as at shutdown (after the sessions' ends arrive).
@@ -165,6 +170,18 @@ async fn sessions_are_recorded_verified_listed_and_replayed() {
     assert_eq!(update_result["tags"], serde_json::json!(["UPDATE 1"]));
     let division = dev_records.iter().find(|r| r["type"] == "result" && r["error"]["code"] == "22012");
     assert!(division.is_some(), "{dev_records:#?}");
+    // The second execution names the first's record for its decision.
+    let executions: Vec<&&Value> = dev_records
+        .iter()
+        .filter(|r| r["type"] == "statement" && r["sql"] == "SELECT status FROM orders WHERE id = $1")
+        .collect();
+    assert_eq!(executions.len(), 2, "{dev_records:#?}");
+    assert_eq!(executions[0]["decision"]["verdict"], "allow");
+    assert!(executions[0].get("decision_as_in").is_none());
+    assert!(executions[1].get("decision").is_none(), "{}", executions[1]);
+    assert_eq!(executions[1]["decision_as_in"], executions[0]["n"]);
+    assert_eq!(executions[1]["verdict"], "allow");
+    assert_eq!(executions[1]["rule"], executions[0]["decision"]["rule"]);
 
     // Never in the log: the tokens, the upstream password, unmasked values.
     let text: String = portcullis_audit::writer::list_segments(&log)

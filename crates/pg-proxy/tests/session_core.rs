@@ -12,7 +12,7 @@ use bytes::{BufMut, BytesMut};
 use pg_proxy::catalog::Table;
 use pg_proxy::codec::{self, BackendFrame, BackendMessage, FieldDescription, Frontend, Str};
 use pg_proxy::session::hold::HoldOutcome;
-use pg_proxy::session::record::{Record, RecordError};
+use pg_proxy::session::record::{Record, RecordError, StatementRecord};
 use pg_proxy::session::registry::Activity;
 use pg_proxy::session::{CoreConfig, Need, SessionCore, SessionEnd, SessionStart};
 use policy_core::{ColumnInfo, Definitions, Engine, Identity, Keys, Policy, View, ViewKind};
@@ -1276,6 +1276,50 @@ fn a_refused_extended_batch_forgets_the_statements_it_defined() {
     h.got();
     h.client(&cat(&[bind("", "s2", &[]), execute(""), sync()]));
     assert!(is_substitute(&h.sent()[0]), "s2 never reached the server");
+}
+
+/// One execution of prepared statement `s` through a recording core:
+/// its statement record, after the sink answered `outcome`.
+fn execute_recorded(h: &mut Harness, id: &str, outcome: Result<(), RecordError>) -> StatementRecord {
+    h.client(&cat(&[bind("", "s", &[id]), execute(""), sync()]));
+    let needs = h.needs();
+    // The result of the execution before may come out with it.
+    let mut persist = needs.iter().filter(|n| !matches!(n, Need::Log { .. }));
+    let Some(Need::Persist { batch, records }) = persist.next() else { panic!("{needs:?}") };
+    let [Record::Statement(r)] = records.as_slice() else { panic!("{records:?}") };
+    let failed = outcome.is_err();
+    h.core.handle_persisted(*batch, outcome, h.now);
+    h.sent();
+    if failed {
+        h.server(&cat(&[error("22P02"), ready(b'I')]));
+    } else {
+        // The gateway asked for the portal's description.
+        h.server(&cat(&[raw(b'2', b""), row_description(&[("total", 0, 0)]), complete("SELECT 0"), ready(b'I')]));
+    }
+    h.got();
+    r.clone()
+}
+
+#[test]
+fn a_prepared_statement_executed_again_names_the_record_of_its_decision() {
+    let mut h = harness(recording());
+    h.client(&cat(&[parse("s", "SELECT total FROM orders WHERE id = $1"), sync()]));
+    h.sent();
+    h.server(&cat(&[raw(b'1', b""), ready(b'I')]));
+    h.got();
+    let first = execute_recorded(&mut h, "1", Ok(()));
+    assert_eq!(first.decision_as_in, None);
+    let second = execute_recorded(&mut h, "2", Ok(()));
+    assert!(Arc::ptr_eq(&first.decision, &second.decision));
+    assert_eq!(second.decision_as_in, Some(first.sequence));
+    // A batch whose records were not written: later records cannot name
+    // them, so the next one carries the decision again.
+    let lost = execute_recorded(&mut h, "3", Err(RecordError("no space".into())));
+    assert_eq!(lost.decision_as_in, Some(first.sequence));
+    let after = execute_recorded(&mut h, "4", Ok(()));
+    assert_eq!(after.decision_as_in, None);
+    let again = execute_recorded(&mut h, "5", Ok(()));
+    assert_eq!(again.decision_as_in, Some(after.sequence));
 }
 
 // ------------------------------------------------------------------- holds

@@ -612,7 +612,14 @@ pub struct SessionCore {
     finished: Vec<Record>,
     /// The digest of the policy in force, for records.
     policy_digest: Arc<str>,
+    /// Decisions recorded in full lately, newest first, with the statement
+    /// whose record holds each: a statement decided the same way again (a
+    /// prepared statement executed again) names that record instead.
+    recorded_decisions: Vec<(Arc<Decision>, u64)>,
 }
+
+/// How many recorded decisions a session remembers.
+const RECORDED_DECISIONS: usize = 8;
 
 impl SessionCore {
     /// A session that has just logged in (the client saw `ReadyForQuery`).
@@ -666,6 +673,7 @@ impl SessionCore {
             open_since: VecDeque::new(),
             finished: Vec::new(),
             policy_digest: start_digest,
+            recorded_decisions: Vec::new(),
         }
     }
 
@@ -877,6 +885,8 @@ impl SessionCore {
             Ok(()) => self.commit(batch),
             Err(e) => {
                 tracing::warn!("a batch's records could not be written; refusing it: {e}");
+                // Records not written cannot be named by later ones.
+                self.recorded_decisions.clear();
                 let message =
                     format!("the gateway could not write the audit record of this statement, so it was not run: {e}");
                 let refused = self.refuse_batch(batch, IO_ERROR, message);
@@ -1496,6 +1506,17 @@ impl SessionCore {
         let mut record = StatementRecord::new(self.id, self.sequence, sql(), parameters, Arc::clone(decision))
             .with_policy(Arc::clone(&self.policy_digest), durable);
         record.observed = self.config.observe && decision.verdict != Verdict::Allow;
+        match self.recorded_decisions.iter().position(|(d, _)| Arc::ptr_eq(d, decision)) {
+            Some(i) => {
+                let entry = self.recorded_decisions.remove(i);
+                record.decision_as_in = Some(entry.1);
+                self.recorded_decisions.insert(0, entry);
+            }
+            None => {
+                self.recorded_decisions.insert(0, (Arc::clone(decision), self.sequence));
+                self.recorded_decisions.truncate(RECORDED_DECISIONS);
+            }
+        }
         self.batch.records.push(Record::Statement(record));
         self.batch.recorded += 1;
         self.open.push_back(ResultRecord { session: self.id, sequence: self.sequence, ..ResultRecord::default() });

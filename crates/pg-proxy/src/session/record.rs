@@ -130,6 +130,10 @@ pub struct StatementRecord {
     pub durable: bool,
     /// Observe mode let it run although the verdict is not `allow`.
     pub observed: bool,
+    /// The decision is the very one recorded in full with this earlier
+    /// statement of the session (a prepared statement executed again):
+    /// the record names it rather than repeating it.
+    pub decision_as_in: Option<u64>,
 }
 
 impl StatementRecord {
@@ -150,6 +154,7 @@ impl StatementRecord {
             policy: Arc::from(""),
             durable: true,
             observed: false,
+            decision_as_in: None,
         }
     }
 
