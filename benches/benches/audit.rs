@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("append a statement record", |b| {
         b.iter(|| {
             i += 1;
-            let _ = black_box(writer.append(&body(i), SystemTime::now()));
+            let _ = black_box(writer.append(body(i), SystemTime::now()));
             if i.is_multiple_of(64) {
                 let _ = writer.write();
             }
@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
     let mut n = 0u64;
     while std::fs::metadata(writer.path()).map(|m| m.len()).unwrap_or(u64::MAX) < 32 << 20 {
         n += 1;
-        let _ = writer.append(&body(n), SystemTime::now());
+        let _ = writer.append(body(n), SystemTime::now());
         if n.is_multiple_of(1000) {
             let _ = writer.checkpoint();
         }

@@ -89,8 +89,9 @@ pub enum WriteError {
         /// What is wrong.
         problem: String,
     },
-    /// A record body that is not a JSON object starting with its `type`.
-    #[error("a record must be a JSON object whose first field is \"type\"")]
+    /// A record body that is not a one-line UTF-8 JSON object starting
+    /// with its `type`.
+    #[error("a record must be a JSON object on one line of UTF-8, whose first field is \"type\"")]
     RecordForm,
 }
 
@@ -189,8 +190,12 @@ impl Writer {
     /// record's own JSON object, `{"type":"...", ...}`; the writer puts
     /// the schema version, the number, the previous record's hash and
     /// `time` in front.
-    pub fn append(&mut self, body: &str, time: SystemTime) -> Result<u64, WriteError> {
-        let fields = body.strip_prefix("{\"type\":").filter(|_| body.ends_with('}')).ok_or(WriteError::RecordForm)?;
+    pub fn append(&mut self, body: impl AsRef<[u8]>, time: SystemTime) -> Result<u64, WriteError> {
+        let body = body.as_ref();
+        let fields = body
+            .strip_prefix(b"{\"type\":")
+            .filter(|_| body.ends_with(b"}") && !body.contains(&b'\n') && std::str::from_utf8(body).is_ok())
+            .ok_or(WriteError::RecordForm)?;
         self.mark_batch();
         let seq = self.frontier.size();
         let start = self.buf.len();
@@ -209,7 +214,7 @@ impl Writer {
         buf.extend_from_slice(b"\",\"time\":\"");
         buf.extend_from_slice(self.time.as_ref().map(|(_, text)| text.as_bytes()).unwrap_or_default());
         buf.extend_from_slice(b"\",\"type\":");
-        buf.extend_from_slice(fields.as_bytes());
+        buf.extend_from_slice(fields);
         let leaf = leaf_hash(self.buf.get(start..).unwrap_or_default());
         self.buf.push(b'\n');
         self.frontier.push(leaf);
@@ -217,10 +222,11 @@ impl Writer {
         Ok(seq)
     }
 
-    /// Hands what is buffered to the OS (one `write(2)`, unless it is
-    /// large). On failure the whole batch since the last successful write
-    /// is taken back: the file is cut back, the tree forgets it, and the
-    /// next write begins a new segment.
+    /// Hands what is buffered to the OS: one copy into the mapped
+    /// segment, after space for it is reserved. When no space can be
+    /// reserved, the whole batch since the last successful write is taken
+    /// back: nothing of it was copied, the tree forgets it, and the next
+    /// write begins a new segment.
     pub fn write(&mut self) -> Result<(), WriteError> {
         if self.buf.is_empty() {
             self.mark = None;
@@ -518,5 +524,25 @@ mod tests {
         let mut buf = Vec::new();
         push_hex(&mut buf, &hash);
         assert_eq!(buf, hex(&hash).into_bytes());
+    }
+
+    #[test]
+    fn a_body_that_is_not_one_line_of_json_is_refused() {
+        let dir = std::env::temp_dir().join(format!("portcullis-writer-form-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let Ok(signer) = NoteSigner::generate("example.org/audit") else { panic!("a key") };
+        let Ok(mut w) = Writer::open(WriterOptions::new(&dir, signer)) else { panic!("a writer") };
+        let now = SystemTime::now();
+        for bad in [
+            &b"{\"sql\":\"x\"}"[..],
+            b"{\"type\":\"statement\"",
+            b"{\"type\":\"statement\",\"sql\":\"a\nb\"}",
+            b"{\"type\":\"statement\",\"sql\":\"\xff\"}",
+        ] {
+            assert!(matches!(w.append(bad, now), Err(WriteError::RecordForm)), "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(w.size(), 0);
+        assert!(matches!(w.append(b"{\"type\":\"statement\"}", now), Ok(0)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -42,7 +42,7 @@ fn log(name: &str, records: u64, segment_bytes: u64, close: bool) -> Log {
     options.segment_bytes = segment_bytes;
     let mut w = Writer::open(options).unwrap();
     for i in 0..records {
-        w.append(&format!(r#"{{"type":"statement","session":"s-{}","sql":"SELECT {i}"}}"#, i % 3), SystemTime::now())
+        w.append(format!(r#"{{"type":"statement","session":"s-{}","sql":"SELECT {i}"}}"#, i % 3), SystemTime::now())
             .unwrap();
         w.write().unwrap();
         if i % 7 == 6 {
@@ -380,7 +380,7 @@ fn write_fuzz_seeds() {
     options.segment_bytes = 1500;
     let mut w = Writer::open(options).unwrap();
     for i in 0..12 {
-        w.append(&format!(r#"{{"type":"statement","session":"s-1","n":{i},"sql":"SELECT {i}"}}"#), SystemTime::now())
+        w.append(format!(r#"{{"type":"statement","session":"s-1","n":{i},"sql":"SELECT {i}"}}"#), SystemTime::now())
             .unwrap();
         w.write().unwrap();
         if i % 4 == 3 {

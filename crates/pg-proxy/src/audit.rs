@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  session ─┐ persist(records): queue them (a ticket), take the writer's lock,
-//!  session ─┤   write everything queued in one write(2) — or find it written
+//!  session ─┤   write everything queued in one copy — or find it written
 //!  session ─┘   by the session before — then, if it must be durable, wait ──┐
 //!             log(records): queue them, no wait                             │
 //!                                                                           ▼
@@ -15,7 +15,8 @@
 //! they forward the statements: a session queues its records, takes the
 //! writer's (asynchronous) lock, and writes everything queued, its own
 //! records and those of the sessions that queued theirs meanwhile, in one
-//! `write(2)`; a session that gets the lock after it finds its records
+//! copy into the mapped segment (the page cache: see
+//! [`portcullis_audit::writer`]); a session that gets the lock after it finds its records
 //! written and goes on. When the batch must also be durable
 //! (`durability = "commit"` and a statement that can make a change
 //! durable, or `"every"`), the session waits for the sync thread: it takes
@@ -30,7 +31,7 @@
 //! time in front. The schema: `docs/audit.md`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use portcullis_audit::note::NoteSigner;
@@ -55,7 +56,7 @@ type Ack = tokio::sync::oneshot::Sender<Result<(), RecordError>>;
 pub struct AuditStats {
     /// Records appended.
     pub records: AtomicU64,
-    /// `write(2)` calls of record batches.
+    /// Writes of record batches (each hands many records to the OS).
     pub writes: AtomicU64,
     /// `fdatasync` calls for statements waiting on one.
     pub syncs: AtomicU64,
@@ -88,22 +89,27 @@ struct Shared {
 }
 
 /// The writer's queue: records numbered as they are queued.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Queue {
-    /// `None` once the log is closed.
-    sender: Option<mpsc::Sender<String>>,
+    /// Record bodies waiting for the writer, each followed by a newline
+    /// (a body, being JSON, holds none).
+    pending: Vec<u8>,
+    /// Records in `pending`.
+    count: u64,
     /// Records queued so far.
     tickets: u64,
+    /// Set once the log is closed.
+    closed: bool,
 }
 
 /// Failed ranges kept for the sessions that wait on them.
 const FAILURES_KEPT: usize = 256;
 
-/// The writer and the queue it takes records from.
+/// The writer, and the buffer it swaps with the queue's.
 #[derive(Debug)]
 struct Writing {
     writer: Writer,
-    queued: mpsc::Receiver<String>,
+    taken: Vec<u8>,
 }
 
 /// Sessions waiting for a sync.
@@ -118,18 +124,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Queues records for the writer; returns their last ticket.
-    fn queue(&self, bodies: Vec<String>) -> Result<u64, RecordError> {
+    /// Queues `n` records for the writer (their bodies, each followed by
+    /// a newline); returns their last ticket.
+    fn queue(&self, bodies: &[u8], n: u64) -> Result<u64, RecordError> {
         let mut queue = lock(&self.queue);
-        let Some(sender) = queue.sender.as_ref() else {
+        if queue.closed {
             return Err(RecordError("the audit log is closed".into()));
-        };
-        let n = bodies.len() as u64;
-        for body in bodies {
-            if sender.send(body).is_err() {
-                return Err(RecordError("the audit log is closed".into()));
-            }
         }
+        queue.pending.extend_from_slice(bodies);
+        queue.count += n;
         queue.tickets += n;
         Ok(queue.tickets)
     }
@@ -153,23 +156,27 @@ impl Shared {
         self.write(&mut guard);
     }
 
-    /// Appends every queued record and hands them to the OS in one
-    /// `write(2)`; the sessions they belong to learn how it went through
+    /// Appends every queued record and hands them to the OS at once; the sessions they belong to learn how it went through
     /// [`Shared::outcome`].
     fn write(&self, guard: &mut Option<Writing>) {
         let Some(writing) = guard.as_mut() else { return };
-        let now = SystemTime::now();
-        let mut taken = 0u64;
-        let mut appended = Ok(());
-        while let Ok(body) = writing.queued.try_recv() {
-            taken += 1;
-            if appended.is_ok() {
-                appended = writing.writer.append(&body, now).map(|_| ()).map_err(|e| e.to_string());
-            }
-        }
+        let taken = {
+            let mut queue = lock(&self.queue);
+            std::mem::swap(&mut queue.pending, &mut writing.taken);
+            std::mem::take(&mut queue.count)
+        };
         if taken == 0 && !writing.writer.has_buffered() {
             return;
         }
+        let now = SystemTime::now();
+        let mut appended = Ok(());
+        for body in writing.taken.split(|&b| b == b'\n').filter(|b| !b.is_empty()) {
+            appended = writing.writer.append(body, now).map(|_| ()).map_err(|e| e.to_string());
+            if appended.is_err() {
+                break;
+            }
+        }
+        writing.taken.clear();
         let written = appended.and_then(|()| {
             self.stats.writes.fetch_add(1, Ordering::Relaxed);
             writing.writer.write().map_err(|e| e.to_string())
@@ -317,10 +324,9 @@ impl AuditLog {
         let writer = Writer::open(options)?;
         let stats = Arc::new(AuditStats::default());
         let failing = Arc::new(AtomicBool::new(false));
-        let (sender, queued) = mpsc::channel();
         let shared = Arc::new(Shared {
-            writer: tokio::sync::Mutex::new(Some(Writing { writer, queued })),
-            queue: Mutex::new(Queue { sender: Some(sender), tickets: 0 }),
+            writer: tokio::sync::Mutex::new(Some(Writing { writer, taken: Vec::new() })),
+            queue: Mutex::new(Queue::default()),
             processed: AtomicU64::new(0),
             failures: Mutex::new(std::collections::VecDeque::new()),
             board: Mutex::new(Board::default()),
@@ -364,7 +370,7 @@ impl AuditLog {
         }
         // What was queued is written; nothing more is taken. (Waiting for
         // the lock by polling: this may be called from a task.)
-        lock(&self.shared.queue).sender.take();
+        lock(&self.shared.queue).closed = true;
         let mut guard = loop {
             match self.shared.writer.try_lock() {
                 Ok(g) => break g,
@@ -386,73 +392,110 @@ impl AuditLog {
         }
     }
 
-    /// The session id written in records: this process's prefix and the
-    /// session's number.
-    pub fn session_id(&self, session: u64) -> String {
-        format!("{}-{session}", self.boot)
-    }
-
-    /// A record as the JSON object the writer appends.
-    pub fn body(&self, record: &Record) -> String {
-        let out = match record {
-            Record::Statement(s) => serde_json::to_string(&StatementBody {
-                kind: "statement",
-                session: self.session_id(s.session),
-                n: s.sequence,
-                sql: &s.sql,
-                params: self.record_parameters.then(|| s.parameters.iter().map(|p| Param::of(p.as_deref())).collect()),
-                fingerprint: fingerprint(&s.decision),
-                policy: &s.policy,
-                verdict: s.decision.verdict,
-                observed: s.observed,
-                rule: s.decision.rule.as_deref(),
-                decision: match s.decision_as_in {
-                    Some(_) => None,
-                    None => Some(decision_json(&s.decision)),
+    /// Appends a record's JSON object and a newline to `out`.
+    fn write_body(&self, record: &Record, out: &mut Vec<u8>) {
+        let start = out.len();
+        let written = match record {
+            Record::Statement(s) => serde_json::to_writer(
+                &mut *out,
+                &StatementBody {
+                    kind: "statement",
+                    session: SessionId(&self.boot, s.session),
+                    n: s.sequence,
+                    sql: &s.sql,
+                    params: self
+                        .record_parameters
+                        .then(|| s.parameters.iter().map(|p| Param::of(p.as_deref())).collect()),
+                    fingerprint: Fingerprint(&s.decision),
+                    policy: &s.policy,
+                    verdict: s.decision.verdict,
+                    observed: s.observed,
+                    rule: s.decision.rule.as_deref(),
+                    decision: s.decision_as_in.is_none().then_some(&*s.decision),
+                    decision_as_in: s.decision_as_in,
                 },
-                decision_as_in: s.decision_as_in,
-            }),
-            Record::Result(r) => serde_json::to_string(&ResultBody {
-                kind: "result",
-                session: self.session_id(r.session),
-                n: r.sequence,
-                ran: r.ran,
-                tags: &r.tags,
-                rows: r.rows,
-                masked: r.masked,
-                ms: r.duration.as_secs_f64() * 1000.0,
-                error: r.error.as_ref().map(|e| ErrorBody { code: &e.code, message: &e.message }),
-                kept_rows: &r.kept_rows,
-            }),
-            Record::SessionStart(s) => serde_json::to_string(&StartBody {
-                kind: "session_start",
-                session: self.session_id(s.session),
-                replica: &self.replica,
-                subject: &s.identity.subject,
-                groups: &s.identity.groups,
-                actor: s.identity.actor.as_ref().map(|a| a.name()),
-                act: s.identity.actor.as_ref(),
-                token: &s.token,
-                client: s.client.to_string(),
-                tls: s.tls,
-                application: &s.application_name,
-                database: &s.database,
-                user: &s.user,
-                policy: &s.policy,
-                search_path: &s.search_path,
-            }),
-            Record::SessionEnd(e) => serde_json::to_string(&EndBody {
-                kind: "session_end",
-                session: self.session_id(e.session),
-                reason: &e.reason,
-                seconds: e.duration.as_secs_f64(),
-            }),
+            ),
+            Record::Result(r) => serde_json::to_writer(
+                &mut *out,
+                &ResultBody {
+                    kind: "result",
+                    session: SessionId(&self.boot, r.session),
+                    n: r.sequence,
+                    ran: r.ran,
+                    tags: &r.tags,
+                    rows: r.rows,
+                    masked: r.masked,
+                    ms: r.duration.as_secs_f64() * 1000.0,
+                    error: r.error.as_ref().map(|e| ErrorBody { code: &e.code, message: &e.message }),
+                    kept_rows: &r.kept_rows,
+                },
+            ),
+            Record::SessionStart(s) => serde_json::to_writer(
+                &mut *out,
+                &StartBody {
+                    kind: "session_start",
+                    session: SessionId(&self.boot, s.session),
+                    replica: &self.replica,
+                    subject: &s.identity.subject,
+                    groups: &s.identity.groups,
+                    actor: s.identity.actor.as_ref().map(|a| a.name()),
+                    act: s.identity.actor.as_ref(),
+                    token: &s.token,
+                    client: s.client.to_string(),
+                    tls: s.tls,
+                    application: &s.application_name,
+                    database: &s.database,
+                    user: &s.user,
+                    policy: &s.policy,
+                    search_path: &s.search_path,
+                },
+            ),
+            Record::SessionEnd(e) => serde_json::to_writer(
+                &mut *out,
+                &EndBody {
+                    kind: "session_end",
+                    session: SessionId(&self.boot, e.session),
+                    reason: &e.reason,
+                    seconds: e.duration.as_secs_f64(),
+                },
+            ),
         };
         // Serialising these types does not fail; should it, the record
         // still says what it was.
-        out.unwrap_or_else(|e| format!("{{\"type\":\"unserialisable\",\"error\":{:?}}}", e.to_string()))
+        if let Err(e) = written {
+            out.truncate(start);
+            let text = format!("{{\"type\":\"unserialisable\",\"error\":{:?}}}", e.to_string());
+            out.extend_from_slice(text.as_bytes());
+        }
+        out.push(b'\n');
+    }
+
+    /// Serialises records into this thread's scratch buffer and queues
+    /// them; returns their last ticket.
+    fn queue(&self, records: &[Record]) -> Result<u64, RecordError> {
+        SCRATCH.with(|scratch| {
+            let mut out = scratch.borrow_mut();
+            out.clear();
+            for r in records {
+                self.write_body(r, &mut out);
+            }
+            let queued = self.shared.queue(&out, records.len() as u64);
+            // A rare large batch does not keep its memory.
+            if out.capacity() > SCRATCH_KEPT {
+                *out = Vec::new();
+            }
+            queued
+        })
     }
 }
+
+thread_local! {
+    /// Where a session's records are serialised before they are queued.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most scratch memory a thread keeps between batches.
+const SCRATCH_KEPT: usize = 64 * 1024;
 
 impl RecordSink for AuditLog {
     fn persist(&self, records: Vec<Record>) -> Persisting {
@@ -461,12 +504,13 @@ impl RecordSink for AuditLog {
             Durability::None => false,
             Durability::Commit => records.iter().any(|r| matches!(r, Record::Statement(s) if s.durable)),
         };
-        let bodies: Vec<String> = records.iter().map(|r| self.body(r)).collect();
+        let queued = self.queue(&records);
+        drop(records);
         let shared = Arc::clone(&self.shared);
         // Done in its first poll when the lock is free and nothing waits
         // for a sync.
         Box::pin(async move {
-            let ticket = shared.queue(bodies)?;
+            let ticket = queued?;
             {
                 // Whoever holds the lock writes everything queued: the
                 // session after it may find its records written already.
@@ -511,8 +555,7 @@ impl RecordSink for AuditLog {
                 _ => {}
             }
         }
-        let bodies: Vec<String> = records.iter().map(|r| self.body(r)).collect();
-        if let Err(e) = self.shared.queue(bodies).map(|_| ()) {
+        if let Err(e) = self.queue(&records) {
             tracing::warn!(records = records.len(), "audit records not written: {e}");
         }
     }
@@ -603,56 +646,53 @@ fn sync_loop(shared: &Shared, interval: Duration) {
     }
 }
 
-/// Decisions serialised lately on this thread, newest first: a prepared
-/// statement executed again, or a query of the same shape, carries the
-/// same decision, serialised once.
-const DECISIONS_KEPT: usize = 16;
+/// A session id as records write it: the process's prefix and the
+/// session's number (written in place, no string built).
+struct SessionId<'a>(&'a str, u64);
 
-thread_local! {
-    static DECISIONS: std::cell::RefCell<Vec<(Arc<policy_core::Decision>, Box<serde_json::value::RawValue>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+impl std::fmt::Display for SessionId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
 }
 
-/// A decision's JSON.
-fn decision_json(decision: &Arc<policy_core::Decision>) -> Box<serde_json::value::RawValue> {
-    DECISIONS.with(|kept| {
-        let mut kept = kept.borrow_mut();
-        if let Some(i) = kept.iter().position(|(d, _)| Arc::ptr_eq(d, decision)) {
-            let entry = kept.remove(i);
-            let json = entry.1.clone();
-            kept.insert(0, entry);
-            return json;
-        }
-        let json = serde_json::value::to_raw_value(&**decision)
-            .unwrap_or_else(|_| serde_json::value::RawValue::from_string("null".into()).unwrap_or_default());
-        kept.insert(0, (Arc::clone(decision), json.clone()));
-        kept.truncate(DECISIONS_KEPT);
-        json
-    })
+impl Serialize for SessionId<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// The fingerprints of a decision's statements, joined by `+`.
-fn fingerprint(decision: &policy_core::Decision) -> String {
-    let mut out = String::new();
-    for (i, s) in decision.statements.iter().enumerate() {
-        if i > 0 {
-            out.push('+');
+struct Fingerprint<'a>(&'a policy_core::Decision);
+
+impl std::fmt::Display for Fingerprint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, s) in self.0.statements.iter().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            f.write_str(&s.facts.fingerprint)?;
         }
-        out.push_str(&s.facts.fingerprint);
+        Ok(())
     }
-    out
+}
+
+impl Serialize for Fingerprint<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 #[derive(Serialize)]
 struct StatementBody<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    session: String,
+    session: SessionId<'a>,
     n: u64,
     sql: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     params: Option<Vec<Param<'a>>>,
-    fingerprint: String,
+    fingerprint: Fingerprint<'a>,
     policy: &'a str,
     verdict: policy_core::Verdict,
     /// Observe mode forwarded it although the verdict is not `allow`.
@@ -660,7 +700,7 @@ struct StatementBody<'a> {
     observed: bool,
     rule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    decision: Option<Box<serde_json::value::RawValue>>,
+    decision: Option<&'a policy_core::Decision>,
     /// The statement of this session whose record holds the decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     decision_as_in: Option<u64>,
@@ -695,7 +735,7 @@ impl<'a> Param<'a> {
 struct ResultBody<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    session: String,
+    session: SessionId<'a>,
     n: u64,
     ran: bool,
     tags: &'a [String],
@@ -719,7 +759,7 @@ struct ErrorBody<'a> {
 struct StartBody<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    session: String,
+    session: SessionId<'a>,
     replica: &'a str,
     subject: &'a str,
     groups: &'a [String],
@@ -741,7 +781,7 @@ struct StartBody<'a> {
 struct EndBody<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    session: String,
+    session: SessionId<'a>,
     reason: &'a str,
     seconds: f64,
 }
