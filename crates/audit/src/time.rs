@@ -26,6 +26,37 @@ pub fn format_utc(t: SystemTime) -> String {
     )
 }
 
+/// The last time formatted, kept to format the next one cheaply: within
+/// the same second only the microseconds are written again (the writer
+/// formats a time per batch).
+#[derive(Debug, Default)]
+pub(crate) struct TimeText {
+    /// The whole seconds `text` holds, and `text`.
+    last: Option<(u64, String)>,
+}
+
+impl TimeText {
+    /// `t` as [`format_utc`] writes it.
+    pub(crate) fn format(&mut self, t: SystemTime) -> &str {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        match &mut self.last {
+            // Fixed width: the six digits before the `Z`.
+            Some((s, text)) if *s == secs && text.len() == 27 => {
+                let mut micros = since.subsec_micros();
+                let mut digits = [b'0'; 6];
+                for d in digits.iter_mut().rev() {
+                    *d = b'0' + (micros % 10) as u8;
+                    micros /= 10;
+                }
+                text.replace_range(20..26, std::str::from_utf8(&digits).unwrap_or("000000"));
+            }
+            last => *last = Some((secs, format_utc(t))),
+        }
+        self.last.as_ref().map_or("", |(_, text)| text.as_str())
+    }
+}
+
 /// Reads `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (or `+00:00`), or a date alone
 /// (`YYYY-MM-DD`, midnight UTC).
 pub fn parse_utc(text: &str) -> Option<SystemTime> {
@@ -97,6 +128,18 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kept_text_matches_a_fresh_one() {
+        let mut kept = TimeText::default();
+        let base = UNIX_EPOCH + Duration::from_secs(1_796_380_000);
+        // Within a second, across seconds, back in time, and micros of
+        // every width.
+        for offset in [0u64, 7, 999_999, 1_000_000, 1_000_001, 5, 86_400_123_456, 3_600_000_010, 0] {
+            let t = base + Duration::from_micros(offset);
+            assert_eq!(kept.format(t), format_utc(t), "{offset}");
+        }
+    }
 
     #[test]
     fn known_dates() {

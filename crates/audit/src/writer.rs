@@ -122,7 +122,7 @@ pub struct Writer {
     /// What the batch being written started from.
     mark: Option<Mark>,
     /// The last time written, formatted (a batch's records share it).
-    time: Option<(SystemTime, String)>,
+    time: crate::time::TimeText,
 }
 
 impl Writer {
@@ -162,7 +162,7 @@ impl Writer {
             frontier,
             prev,
             mark: None,
-            time: None,
+            time: crate::time::TimeText::default(),
             options,
         };
         let (frontier, prev) = (writer.frontier.clone(), writer.prev);
@@ -201,9 +201,6 @@ impl Writer {
         let start = self.buf.len();
         // The record's first fields, written in place (this is per
         // record: no formatting machinery, no allocation).
-        if self.time.as_ref().is_none_or(|(t, _)| *t != time) {
-            self.time = Some((time, crate::time::format_utc(time)));
-        }
         let buf = &mut self.buf;
         buf.extend_from_slice(b"{\"v\":");
         push_decimal(buf, u64::from(SCHEMA_VERSION));
@@ -212,7 +209,7 @@ impl Writer {
         buf.extend_from_slice(b",\"prev\":\"");
         push_hex(buf, &self.prev);
         buf.extend_from_slice(b"\",\"time\":\"");
-        buf.extend_from_slice(self.time.as_ref().map(|(_, text)| text.as_bytes()).unwrap_or_default());
+        buf.extend_from_slice(self.time.format(time).as_bytes());
         buf.extend_from_slice(b"\",\"type\":");
         buf.extend_from_slice(fields);
         let leaf = leaf_hash(self.buf.get(start..).unwrap_or_default());

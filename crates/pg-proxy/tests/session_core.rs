@@ -1322,6 +1322,35 @@ fn a_prepared_statement_executed_again_names_the_record_of_its_decision() {
     assert_eq!(again.decision_as_in, Some(after.sequence));
 }
 
+/// A simple query through a recording core: its statement record.
+fn query_recorded(h: &mut Harness, sql: &str) -> StatementRecord {
+    h.client(&query(sql));
+    let needs = h.needs();
+    let mut persist = needs.iter().filter(|n| !matches!(n, Need::Log { .. }));
+    let Some(Need::Persist { batch, records }) = persist.next() else { panic!("{needs:?}") };
+    let [Record::Statement(r)] = records.as_slice() else { panic!("{records:?}") };
+    h.core.handle_persisted(*batch, Ok(()), h.now);
+    assert!(h.sent().iter().any(|m| is_query(m, sql)));
+    h.server(&cat(&[row_description(&[("total", 0, 0)]), complete("SELECT 0"), ready(b'I')]));
+    h.got();
+    r.clone()
+}
+
+#[test]
+fn a_query_of_a_shape_seen_before_names_the_record_of_its_decision() {
+    let mut h = harness(recording());
+    let first = query_recorded(&mut h, "SELECT total FROM orders WHERE id = 7");
+    assert_eq!(first.decision_as_in, None);
+    // Another constant, of another length: the same decision but for where
+    // the statement lies in its text, which records do not hold.
+    let second = query_recorded(&mut h, "SELECT total FROM orders WHERE id = 123456");
+    assert_ne!(first.decision.statements[0].span, second.decision.statements[0].span);
+    assert_eq!(second.decision_as_in, Some(first.sequence));
+    // Another column read: a decision of its own.
+    let other = query_recorded(&mut h, "SELECT id FROM orders WHERE id = 7");
+    assert_eq!(other.decision_as_in, None);
+}
+
 // ------------------------------------------------------------------- holds
 
 fn held_delete(h: &mut Harness) -> u64 {

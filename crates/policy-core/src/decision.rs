@@ -106,6 +106,54 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Whether `other` is this decision in all but where its statements
+    /// lie in their text ([`StatementDecision::span`], which is not
+    /// serialised): what the engine answers for another text of the same
+    /// shape, whose JSON is this one's.
+    ///
+    /// ```
+    /// use policy_core::{Engine, Identity, Policy};
+    /// let policy = Policy::from_toml_str(r#"
+    ///     version = 1
+    ///     [[rule]]
+    ///     name = "read-orders"
+    ///     effect = "allow"
+    ///     classes = ["read"]
+    ///     tables = ["public.orders"]
+    /// "#, "inline.toml")?;
+    /// let engine = Engine::new(policy, Default::default())?;
+    /// let session = engine.new_session();
+    /// let me = Identity::new("alice");
+    /// let a = engine.decide(&me, &session, "SELECT total FROM orders WHERE id = 7");
+    /// let b = engine.decide(&me, &session, "SELECT total FROM orders WHERE id = 1234");
+    /// let c = engine.decide(&me, &session, "SELECT id FROM orders WHERE id = 7");
+    /// assert_ne!(a.statements[0].span, b.statements[0].span);
+    /// assert!(a.same_apart_from_spans(&b));
+    /// assert_eq!(a.to_json(), b.to_json());
+    /// assert!(!a.same_apart_from_spans(&c));
+    /// # Ok::<(), policy_core::PolicyError>(())
+    /// ```
+    pub fn same_apart_from_spans(&self, other: &Decision) -> bool {
+        // Destructured, so that a field added later is compared too.
+        let Decision { verdict, reason, rule, max_rows, approvers, subject, actor, statements, diagnostics } = self;
+        *verdict == other.verdict
+            && *reason == other.reason
+            && *rule == other.rule
+            && *max_rows == other.max_rows
+            && *approvers == other.approvers
+            && *subject == other.subject
+            && *actor == other.actor
+            && *diagnostics == other.diagnostics
+            && statements.len() == other.statements.len()
+            && statements.iter().zip(other.statements.iter()).all(|(a, b)| {
+                let StatementDecision { facts, span: _, verdict, rule, reason } = a;
+                (Arc::ptr_eq(facts, &b.facts) || *facts == b.facts)
+                    && *verdict == b.verdict
+                    && *rule == b.rule
+                    && *reason == b.reason
+            })
+    }
+
     /// A refusal the caller decided itself, for `subject`: verdict
     /// [`Verdict::Deny`] with `reason`, no rule, no row cap, no approvers,
     /// no statements.

@@ -614,7 +614,8 @@ pub struct SessionCore {
     policy_digest: Arc<str>,
     /// Decisions recorded in full lately, newest first, with the statement
     /// whose record holds each: a statement decided the same way again (a
-    /// prepared statement executed again) names that record instead.
+    /// prepared statement executed again, a query of a shape seen before)
+    /// names that record instead.
     recorded_decisions: Vec<(Arc<Decision>, u64)>,
 }
 
@@ -1506,7 +1507,13 @@ impl SessionCore {
         let mut record = StatementRecord::new(self.id, self.sequence, sql(), parameters, Arc::clone(decision))
             .with_policy(Arc::clone(&self.policy_digest), durable);
         record.observed = self.config.observe && decision.verdict != Verdict::Allow;
-        match self.recorded_decisions.iter().position(|(d, _)| Arc::ptr_eq(d, decision)) {
+        // The same decision, or one recorded alike (a statement of a known
+        // shape, with constants of other lengths).
+        match self
+            .recorded_decisions
+            .iter()
+            .position(|(d, _)| Arc::ptr_eq(d, decision) || d.same_apart_from_spans(decision))
+        {
             Some(i) => {
                 let entry = self.recorded_decisions.remove(i);
                 record.decision_as_in = Some(entry.1);

@@ -130,9 +130,10 @@ pub struct StatementRecord {
     pub durable: bool,
     /// Observe mode let it run although the verdict is not `allow`.
     pub observed: bool,
-    /// The decision is the very one recorded in full with this earlier
-    /// statement of the session (a prepared statement executed again):
-    /// the record names it rather than repeating it.
+    /// The decision is the one (or equal to the one) recorded in full with
+    /// this earlier statement of the session (a prepared statement
+    /// executed again, a query of the same shape): the record names it
+    /// rather than repeating it.
     pub decision_as_in: Option<u64>,
 }
 
