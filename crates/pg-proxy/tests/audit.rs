@@ -283,6 +283,69 @@ impl Drop for Tmpfs {
     }
 }
 
+/// `audit replay --follow` prints a live session's records as they are
+/// written, reading the segment the gateway still appends to (which ends
+/// in the zeros reserved for the next records), and stops by itself when
+/// the session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_follows_a_live_session_until_it_ends() {
+    use std::io::BufRead;
+    let keys = keys("follow");
+    let log = keys.join("log");
+    let stack = audit_stack(&keys, &log, "");
+    let client = stack.connect_as("bob", &["developers"], None).await;
+    client.simple_query("SELECT 1").await.unwrap();
+    let live = std::fs::read(&portcullis_audit::writer::list_segments(&log).unwrap()[0].1).unwrap();
+    assert_eq!(live.last(), Some(&0), "a segment being written ends in reserved zeros");
+    let all = records(&log);
+    let session = all.iter().find(|r| r["type"] == "session_start").unwrap()["session"].as_str().unwrap().to_string();
+
+    let mut follow = pg_proxy_cmd()
+        .args(["audit", "replay", "--json", "--follow", "--session", &session])
+        .arg(&log)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let until = |want: &dyn Fn(&Value) -> bool| loop {
+        let line = printed.recv_timeout(std::time::Duration::from_secs(30)).expect("replay --follow printed it");
+        let record: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(record["session"], session.as_str());
+        if want(&record) {
+            return record;
+        }
+    };
+    until(&|r| r["sql"] == "SELECT 1");
+    // Run after the replay started: it shows up.
+    client.simple_query("SELECT 2").await.unwrap();
+    until(&|r| r["sql"] == "SELECT 2");
+    until(&|r| r["type"] == "result" && r["tags"] == serde_json::json!(["SELECT 1"]) && r["n"] == 2);
+    drop(client);
+    until(&|r| r["type"] == "session_end");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = follow.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = follow.kill();
+            panic!("replay --follow went on after the session ended");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    stack.gateway.audit.as_ref().unwrap().close();
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_statements_until_space_returns() {
     let keys = keys("full");
