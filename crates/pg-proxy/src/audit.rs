@@ -257,23 +257,74 @@ pub enum AuditError {
 /// Every record of the log in `dir`, in order, as JSON (headers and
 /// checkpoints left out; the log is not verified here).
 pub fn read_records(dir: &std::path::Path) -> Result<Vec<serde_json::Value>, String> {
-    use portcullis_audit::segment::Line;
-    let segments = portcullis_audit::writer::list_segments(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if segments.is_empty() {
-        return Err(format!("{}: no audit log segments there", dir.display()));
+    RecordTail::new(dir).read_new()
+}
+
+/// Reads a log's records as they are written: each
+/// [`RecordTail::read_new`] returns the records added since the one
+/// before, reading only what is new (a segment being written ends in the
+/// zeros reserved for the next records, and its last line may not be
+/// whole yet: it is read when it is).
+///
+/// ```no_run
+/// let mut tail = pg_proxy::audit::RecordTail::new(std::path::Path::new("/var/lib/portcullis/audit"));
+/// loop {
+///     for record in tail.read_new()? {
+///         println!("{record}");
+///     }
+///     std::thread::sleep(std::time::Duration::from_millis(500));
+/// }
+/// # Ok::<(), String>(())
+/// ```
+#[derive(Debug)]
+pub struct RecordTail {
+    dir: std::path::PathBuf,
+    /// The segment read last, and how far (whole lines).
+    at: Option<(u64, u64)>,
+}
+
+impl RecordTail {
+    /// A reader from the start of the log in `dir`.
+    pub fn new(dir: &std::path::Path) -> RecordTail {
+        RecordTail { dir: dir.to_path_buf(), at: None }
     }
-    let mut out = Vec::new();
-    for (_, path) in segments {
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        for line in portcullis_audit::segment::content(&bytes).split(|&b| b == b'\n') {
-            if matches!(Line::classify(line), Ok(Line::Record { .. })) {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) {
-                    out.push(v);
+
+    /// The records written since the last call (all of them, the first
+    /// time).
+    pub fn read_new(&mut self) -> Result<Vec<serde_json::Value>, String> {
+        use portcullis_audit::segment::Line;
+        use std::io::{Read, Seek};
+        let dir = &self.dir;
+        let segments = portcullis_audit::writer::list_segments(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if segments.is_empty() {
+            return Err(format!("{}: no audit log segments there", dir.display()));
+        }
+        let mut out = Vec::new();
+        for (index, path) in segments {
+            let from = match self.at {
+                Some((last, _)) if index < last => continue,
+                Some((last, offset)) if index == last => offset,
+                _ => 0,
+            };
+            let mut bytes = Vec::new();
+            let read = std::fs::File::open(&path).and_then(|mut f| {
+                f.seek(std::io::SeekFrom::Start(from))?;
+                f.read_to_end(&mut bytes)
+            });
+            read.map_err(|e| format!("{}: {e}", path.display()))?;
+            let content = portcullis_audit::segment::content(&bytes);
+            let whole = content.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            for line in content.get(..whole).unwrap_or_default().split(|&b| b == b'\n') {
+                if matches!(Line::classify(line), Ok(Line::Record { .. })) {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) {
+                        out.push(v);
+                    }
                 }
             }
+            self.at = Some((index, from + whole as u64));
         }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// The file names [`keygen`] writes in its directory.

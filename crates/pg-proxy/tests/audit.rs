@@ -283,6 +283,46 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A tail reads what is new, whole lines only, across segments.
+#[test]
+fn a_record_tail_reads_only_new_whole_records() {
+    use portcullis_audit::writer::{Writer, WriterOptions};
+    let dir = std::env::temp_dir().join(format!("portcullis-audit-tail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let signer = portcullis_audit::note::NoteSigner::generate("example.org/audit").unwrap();
+    let mut options = WriterOptions::new(&dir, signer);
+    options.segment_bytes = 700;
+    let mut w = Writer::open(options).unwrap();
+    let now = std::time::SystemTime::now();
+    let sqls = |records: Vec<Value>| records.iter().map(|r| r["sql"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let mut tail = pg_proxy::audit::RecordTail::new(&dir);
+    w.append(r#"{"type":"statement","sql":"one"}"#, now).unwrap();
+    w.write().unwrap();
+    assert_eq!(sqls(tail.read_new().unwrap()), ["one"]);
+    assert!(tail.read_new().unwrap().is_empty());
+    for i in 0..8 {
+        w.append(format!(r#"{{"type":"statement","sql":"n{i}"}}"#), now).unwrap();
+        w.write().unwrap();
+    }
+    assert!(portcullis_audit::writer::list_segments(&dir).unwrap().len() > 2);
+    assert_eq!(sqls(tail.read_new().unwrap()), (0..8).map(|i| format!("n{i}")).collect::<Vec<_>>());
+    w.close().unwrap();
+    assert!(tail.read_new().unwrap().is_empty());
+    // A line being written is read once it is whole.
+    let (_, last) = portcullis_audit::writer::list_segments(&dir).unwrap().pop().unwrap();
+    let line = format!(
+        r#"{{"v":1,"seq":99,"prev":"{}","time":"2026-12-04T00:00:00.000000Z","type":"statement","sql":"late"}}"#,
+        "0".repeat(64)
+    );
+    let (head, rest) = line.split_at(40);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&last).unwrap();
+    std::io::Write::write_all(&mut f, head.as_bytes()).unwrap();
+    assert!(tail.read_new().unwrap().is_empty());
+    std::io::Write::write_all(&mut f, format!("{rest}\n").as_bytes()).unwrap();
+    assert_eq!(sqls(tail.read_new().unwrap()), ["late"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `audit replay --follow` prints a live session's records as they are
 /// written, reading the segment the gateway still appends to (which ends
 /// in the zeros reserved for the next records), and stops by itself when

@@ -500,19 +500,22 @@ impl Paint {
 
 fn replay(dir: &Path, session: &str, follow: bool, json: bool) -> ExitCode {
     let paint = Paint::new();
-    let mut shown = 0usize;
     let mut start: Option<SystemTime> = None;
+    // Only what is new is read on each turn.
+    let mut tail = pg_proxy::audit::RecordTail::new(dir);
+    let mut seen = false;
     loop {
-        let records = match records(dir) {
+        let records = match tail.read_new() {
             Ok(r) => r,
             Err(e) => return fail(2, &e),
         };
         let mine: Vec<&Value> = records.iter().filter(|r| r["session"].as_str() == Some(session)).collect();
-        if mine.is_empty() && !follow {
+        seen |= !mine.is_empty();
+        if !seen && !follow {
             return fail(2, &format!("no session {session} in {}", dir.display()));
         }
         let mut ended = false;
-        for r in mine.iter().skip(shown) {
+        for r in &mine {
             if json {
                 println!("{r}");
             } else {
@@ -528,7 +531,6 @@ fn replay(dir: &Path, session: &str, follow: bool, json: bool) -> ExitCode {
             }
             ended |= r["type"].as_str() == Some("session_end");
         }
-        shown = mine.len();
         if !follow || ended {
             return ExitCode::SUCCESS;
         }
