@@ -93,29 +93,36 @@ impl MappedFile {
 
     /// Appends `bytes`, all of them or, on error, none.
     pub(crate) fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let end = self.len.checked_add(bytes.len() as u64).ok_or_else(|| io::Error::other("segment too large"))?;
         if end > self.reserved {
             self.reserve(end)?;
         }
+        // Every chunk the bytes reach is mapped before a byte is copied: a
+        // failure leaves the file as it was.
+        let first = self.len - self.len % CHUNK;
+        let last = (end - 1) - (end - 1) % CHUNK;
+        let mut later = Vec::new();
+        let mut next = first + CHUNK;
+        while next <= last {
+            later.push(self.map(next)?);
+            next += CHUNK;
+        }
+        if self.mapping.as_ref().is_none_or(|m| m.offset != first) {
+            // The chunk before is done with: unmapped first.
+            self.mapping = None;
+            self.mapping = Some(self.map(first)?);
+            self.populated = first;
+        }
+        let mut later = later.into_iter();
         let mut rest = bytes;
-        while !rest.is_empty() {
-            let chunk = self.len - self.len % CHUNK;
-            let ptr = match &self.mapping {
-                Some(m) if m.offset == chunk => m.ptr,
-                _ => {
-                    // The chunk before is done with: unmap it first.
-                    self.mapping = None;
-                    let m = self.map(chunk)?;
-                    let ptr = m.ptr;
-                    self.mapping = Some(m);
-                    self.populated = chunk;
-                    ptr
-                }
-            };
+        while let Some((ptr, chunk)) = self.mapping.as_ref().map(|m| (m.ptr, m.offset)) {
             self.populate(ptr, chunk);
             let at = (self.len - chunk) as usize;
             let n = rest.len().min(CHUNK as usize - at);
-            let (now, later) = rest.split_at(n);
+            let (now, after) = rest.split_at(n);
             // SAFETY: `ptr` maps `CHUNK` bytes of the file from `chunk`,
             // and `at + n <= CHUNK`; the bytes written lie below `end`,
             // within the file's reserved size, so no page past the end of
@@ -123,8 +130,14 @@ impl MappedFile {
             // through `&mut self`.
             unsafe { std::ptr::copy_nonoverlapping(now.as_ptr(), ptr.as_ptr().add(at), n) };
             self.len += n as u64;
-            rest = later;
+            rest = after;
+            if rest.is_empty() {
+                break;
+            }
+            self.mapping = later.next();
+            self.populated = chunk + CHUNK;
         }
+        debug_assert!(rest.is_empty());
         Ok(())
     }
 
