@@ -16,8 +16,8 @@
 //! writer's (asynchronous) lock, and writes everything queued, its own
 //! records and those of the sessions that queued theirs meanwhile, in one
 //! copy into the mapped segment (the page cache: see
-//! [`portcullis_audit::writer`]); a session that gets the lock after it finds its records
-//! written and goes on. When the batch must also be durable
+//! [`portcullis_audit::writer`]); a session that gets the lock after it
+//! finds its records written and goes on. When the batch must also be durable
 //! (`durability = "commit"` and a statement that can make a change
 //! durable, or `"every"`), the session waits for the sync thread: it takes
 //! every session waiting at that moment (after up to `commit_delay` for
@@ -156,7 +156,8 @@ impl Shared {
         self.write(&mut guard);
     }
 
-    /// Appends every queued record and hands them to the OS at once; the sessions they belong to learn how it went through
+    /// Appends every queued record and hands them to the OS at once; the
+    /// sessions they belong to learn how it went through
     /// [`Shared::outcome`].
     fn write(&self, guard: &mut Option<Writing>) {
         let Some(writing) = guard.as_mut() else { return };
