@@ -3,6 +3,11 @@
 //! does), and verifying a segment held in memory (the chain, the tree and
 //! its checkpoints), in MB/s on one core.
 //!
+//! The gateway's sink (`audit/sink`): a statement's record persisted and
+//! its result's logged, as a session of `pgbench -S -M prepared` hands
+//! them over, serialising and queueing included (`durability = "none"`:
+//! no sync), per statement.
+//!
 //! Run: `cargo bench -p portcullis-benches --bench audit`.
 #![allow(missing_docs)]
 
@@ -74,5 +79,66 @@ fn bench(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, bench);
+/// The sink of a gateway, as `pgbench -S -M prepared` feeds it.
+fn sink(c: &mut Criterion) {
+    use pg_proxy::audit::AuditLog;
+    use pg_proxy::config::{AuditSettings, Durability};
+    use pg_proxy::session::record::{Record, RecordSink, ResultRecord, StatementRecord};
+    use policy_core::{Engine, Identity, Keys, Policy};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let dir = std::env::temp_dir().join(format!("portcullis-audit-sink-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let origin = "bench.example/audit";
+    let Ok((key, _)) = pg_proxy::audit::keygen(&dir.join("keys"), origin) else { return };
+    let settings = AuditSettings {
+        dir: dir.join("log"),
+        durability: Durability::None,
+        segment_bytes: 64 << 20,
+        keep: None,
+        signing_key_file: key,
+        origin: origin.into(),
+        checkpoint_interval: Duration::from_secs(10),
+        commit_delay: Duration::ZERO,
+        record_parameters: false,
+        record_rows: 0,
+        replica: "bench".into(),
+    };
+    let Ok(log) = AuditLog::open(&settings) else { return };
+    let Ok(policy) = Policy::from_toml_str(include_str!("../gateway/policy.toml"), "policy.toml") else { return };
+    let Ok(engine) = Engine::new(policy, Keys::default()) else { return };
+    let identity = Identity::new("bench").with_groups(["bench"]);
+    let sql: Arc<str> = Arc::from("SELECT abalance FROM pgbench_accounts WHERE aid = $1");
+    let decision = Arc::new(engine.decide(&identity, &engine.new_session(), &sql));
+    let digest: Arc<str> = Arc::from("sha256:5f0c8a2e9d1b7c3f4a6e8d0b2c4f6a8e0d2b4c6f8a0e2d4b6c8f0a2e4d6b8c0f");
+    let waker = std::task::Waker::noop();
+    let mut context = std::task::Context::from_waker(waker);
+
+    let mut group = c.benchmark_group("audit/sink");
+    let mut n = 0u64;
+    group.bench_function("a prepared read: its statement and its result", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut statement = StatementRecord::new(1, n, Arc::clone(&sql), Vec::new(), Arc::clone(&decision))
+                .with_policy(Arc::clone(&digest), false);
+            statement.decision_as_in = (n > 1).then_some(1);
+            let mut persisting = log.persist(vec![Record::Statement(statement)]);
+            let _ = black_box(persisting.as_mut().poll(&mut context));
+            let mut result = ResultRecord::default();
+            result.session = 1;
+            result.sequence = n;
+            result.tags = vec!["SELECT 1".into()];
+            result.rows = 1;
+            result.ran = true;
+            result.duration = Duration::from_micros(180);
+            log.log(vec![Record::Result(result)]);
+        })
+    });
+    group.finish();
+    log.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, bench, sink);
 criterion_main!(benches);

@@ -180,11 +180,15 @@ pub fn hex(hash: &Hash) -> String {
 /// path).
 pub(crate) fn push_hex(buf: &mut Vec<u8>, hash: &Hash) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in hash {
-        for nibble in [b >> 4, b & 15] {
-            buf.push(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'));
+    // Filled on the stack and appended at once: one capacity check, not
+    // one per digit (this runs for every record).
+    let mut text = [0u8; 64];
+    for (pair, b) in text.chunks_exact_mut(2).zip(hash) {
+        for (slot, nibble) in pair.iter_mut().zip([b >> 4, b & 15]) {
+            *slot = DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0');
         }
     }
+    buf.extend_from_slice(&text);
 }
 
 /// A hash from 64 lower-case hex digits.

@@ -91,11 +91,10 @@ struct Shared {
 /// The writer's queue: records numbered as they are queued.
 #[derive(Debug, Default)]
 struct Queue {
-    /// Record bodies waiting for the writer, each followed by a newline
-    /// (a body, being JSON, holds none).
+    /// Record bodies waiting for the writer, one after the other.
     pending: Vec<u8>,
-    /// Records in `pending`.
-    count: u64,
+    /// Where each body in `pending` ends.
+    ends: Vec<usize>,
     /// Records queued so far.
     tickets: u64,
     /// Set once the log is closed.
@@ -105,11 +104,12 @@ struct Queue {
 /// Failed ranges kept for the sessions that wait on them.
 const FAILURES_KEPT: usize = 256;
 
-/// The writer, and the buffer it swaps with the queue's.
+/// The writer, and the buffers it swaps with the queue's.
 #[derive(Debug)]
 struct Writing {
     writer: Writer,
     taken: Vec<u8>,
+    taken_ends: Vec<usize>,
 }
 
 /// Sessions waiting for a sync.
@@ -124,16 +124,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Queues `n` records for the writer (their bodies, each followed by
-    /// a newline); returns their last ticket.
-    fn queue(&self, bodies: &[u8], n: u64) -> Result<u64, RecordError> {
+    /// Queues records for the writer: their bodies one after the other,
+    /// and where each ends; returns their last ticket.
+    fn queue(&self, bodies: &[u8], ends: &[usize]) -> Result<u64, RecordError> {
         let mut queue = lock(&self.queue);
         if queue.closed {
             return Err(RecordError("the audit log is closed".into()));
         }
+        let base = queue.pending.len();
         queue.pending.extend_from_slice(bodies);
-        queue.count += n;
-        queue.tickets += n;
+        queue.ends.extend(ends.iter().map(|end| base + end));
+        queue.tickets += ends.len() as u64;
         Ok(queue.tickets)
     }
 
@@ -161,23 +162,28 @@ impl Shared {
     /// [`Shared::outcome`].
     fn write(&self, guard: &mut Option<Writing>) {
         let Some(writing) = guard.as_mut() else { return };
-        let taken = {
+        {
             let mut queue = lock(&self.queue);
             std::mem::swap(&mut queue.pending, &mut writing.taken);
-            std::mem::take(&mut queue.count)
-        };
+            std::mem::swap(&mut queue.ends, &mut writing.taken_ends);
+        }
+        let taken = writing.taken_ends.len() as u64;
         if taken == 0 && !writing.writer.has_buffered() {
             return;
         }
         let now = SystemTime::now();
         let mut appended = Ok(());
-        for body in writing.taken.split(|&b| b == b'\n').filter(|b| !b.is_empty()) {
+        let mut start = 0;
+        for &end in &writing.taken_ends {
+            let body = writing.taken.get(start..end).unwrap_or_default();
+            start = end;
             appended = writing.writer.append(body, now).map(|_| ()).map_err(|e| e.to_string());
             if appended.is_err() {
                 break;
             }
         }
         writing.taken.clear();
+        writing.taken_ends.clear();
         let written = appended.and_then(|()| {
             self.stats.writes.fetch_add(1, Ordering::Relaxed);
             writing.writer.write().map_err(|e| e.to_string())
@@ -377,7 +383,7 @@ impl AuditLog {
         let stats = Arc::new(AuditStats::default());
         let failing = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
-            writer: tokio::sync::Mutex::new(Some(Writing { writer, taken: Vec::new() })),
+            writer: tokio::sync::Mutex::new(Some(Writing { writer, taken: Vec::new(), taken_ends: Vec::new() })),
             queue: Mutex::new(Queue::default()),
             processed: AtomicU64::new(0),
             failures: Mutex::new(std::collections::VecDeque::new()),
@@ -444,7 +450,7 @@ impl AuditLog {
         }
     }
 
-    /// Appends a record's JSON object and a newline to `out`.
+    /// Appends a record's JSON object to `out`.
     fn write_body(&self, record: &Record, out: &mut Vec<u8>) {
         let start = out.len();
         let written = match record {
@@ -519,19 +525,20 @@ impl AuditLog {
             let text = format!("{{\"type\":\"unserialisable\",\"error\":{:?}}}", e.to_string());
             out.extend_from_slice(text.as_bytes());
         }
-        out.push(b'\n');
     }
 
     /// Serialises records into this thread's scratch buffer and queues
     /// them; returns their last ticket.
     fn queue(&self, records: &[Record]) -> Result<u64, RecordError> {
         SCRATCH.with(|scratch| {
-            let mut out = scratch.borrow_mut();
+            let (out, ends) = &mut *scratch.borrow_mut();
             out.clear();
+            ends.clear();
             for r in records {
-                self.write_body(r, &mut out);
+                self.write_body(r, out);
+                ends.push(out.len());
             }
-            let queued = self.shared.queue(&out, records.len() as u64);
+            let queued = self.shared.queue(out, ends);
             // A rare large batch does not keep its memory.
             if out.capacity() > SCRATCH_KEPT {
                 *out = Vec::new();
@@ -543,7 +550,7 @@ impl AuditLog {
 
 thread_local! {
     /// Where a session's records are serialised before they are queued.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<usize>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The most scratch memory a thread keeps between batches.
