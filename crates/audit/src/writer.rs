@@ -176,6 +176,28 @@ impl Writer {
         !self.buf.is_empty()
     }
 
+    /// Forgets the records appended since the last write: the next record
+    /// takes the first one's number, and what was written stays as it is.
+    /// For a batch that cannot be written whole.
+    ///
+    /// ```
+    /// # use portcullis_audit::{note::NoteSigner, writer::{Writer, WriterOptions}};
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-discard-{}", std::process::id()));
+    /// let mut writer = Writer::open(WriterOptions::new(&dir, NoteSigner::generate("example.com/log")?))?;
+    /// writer.append(r#"{"type":"note","n":1}"#, std::time::SystemTime::now())?;
+    /// writer.discard_buffered();
+    /// assert_eq!(writer.size(), 0);
+    /// # writer.close()?; std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn discard_buffered(&mut self) {
+        if let Some(mark) = self.mark.take() {
+            self.frontier = mark.frontier;
+            self.prev = mark.prev;
+        }
+        self.buf.clear();
+    }
+
     /// Records in the log (the tree's size), including buffered ones.
     pub fn size(&self) -> u64 {
         self.frontier.size()
@@ -540,6 +562,32 @@ mod tests {
         }
         assert_eq!(w.size(), 0);
         assert!(matches!(w.append(b"{\"type\":\"statement\"}", now), Ok(0)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_discarded_batch_leaves_no_trace_in_the_log() {
+        let dir = std::env::temp_dir().join(format!("portcullis-writer-discard-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let Ok(signer) = NoteSigner::generate("example.org/audit") else { panic!("a key") };
+        let verifier = signer.verifier();
+        let Ok(mut w) = Writer::open(WriterOptions::new(&dir, signer)) else { panic!("a writer") };
+        let now = SystemTime::now();
+        assert!(matches!(w.append(b"{\"type\":\"kept\",\"n\":0}", now), Ok(0)));
+        assert!(w.write().is_ok());
+        // A batch of two, discarded after the first was appended.
+        assert!(matches!(w.append(b"{\"type\":\"dropped\",\"n\":1}", now), Ok(1)));
+        assert!(matches!(w.append(b"not json", now), Err(WriteError::RecordForm)));
+        w.discard_buffered();
+        assert!(!w.has_buffered());
+        assert!(matches!(w.append(b"{\"type\":\"kept\",\"n\":2}", now), Ok(1)));
+        assert!(w.write().is_ok());
+        assert!(w.close().is_ok());
+        let report = crate::verify::verify_dir(&dir, &verifier, &[], &mut |_| {});
+        assert!(matches!(&report, Ok(r) if r.size == 2), "{report:?}");
+        let Ok(Some((_, path))) = list_segments(&dir).map(|s| s.into_iter().next()) else { panic!("a segment") };
+        let Ok(text) = std::fs::read_to_string(&path) else { panic!("readable") };
+        assert!(!text.contains("dropped"), "{text}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -179,6 +179,8 @@ impl Shared {
             start = end;
             appended = writing.writer.append(body, now).map(|_| ()).map_err(|e| e.to_string());
             if appended.is_err() {
+                // The batch is refused whole: none of it is written later.
+                writing.writer.discard_buffered();
                 break;
             }
         }
