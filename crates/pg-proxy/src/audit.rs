@@ -719,7 +719,41 @@ impl std::fmt::Display for SessionId<'_> {
 
 impl Serialize for SessionId<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        // Formatted on the stack (this runs for every record): the prefix is
+        // 8 hex digits, the number at most 20 digits.
+        let mut text = [0u8; 64];
+        let prefix = self.0.as_bytes();
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = self.1;
+        loop {
+            at -= 1;
+            if let Some(d) = digits.get_mut(at) {
+                *d = b'0' + (n % 10) as u8;
+            }
+            n /= 10;
+            if n == 0 || at == 0 {
+                break;
+            }
+        }
+        let number = digits.get(at..).unwrap_or_default();
+        let len = prefix.len() + 1 + number.len();
+        match text.get_mut(..len) {
+            Some(out) => {
+                let (head, tail) = out.split_at_mut(prefix.len());
+                head.copy_from_slice(prefix);
+                if let Some((dash, rest)) = tail.split_first_mut() {
+                    *dash = b'-';
+                    rest.copy_from_slice(number);
+                }
+                // ASCII digits and the prefix's own characters.
+                match std::str::from_utf8(out) {
+                    Ok(id) => serializer.serialize_str(id),
+                    Err(_) => serializer.collect_str(self),
+                }
+            }
+            None => serializer.collect_str(self),
+        }
     }
 }
 
@@ -740,7 +774,10 @@ impl std::fmt::Display for Fingerprint<'_> {
 
 impl Serialize for Fingerprint<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        match &*self.0.statements {
+            [one] => serializer.serialize_str(&one.facts.fingerprint),
+            _ => serializer.collect_str(self),
+        }
     }
 }
 
@@ -845,4 +882,36 @@ struct EndBody<'a> {
     session: SessionId<'a>,
     reason: &'a str,
     seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    #[test]
+    fn session_ids_are_written_as_their_text() {
+        for (prefix, n) in [("3fa2c1e0", 0u64), ("3fa2c1e0", 7), ("00000000", 1_234_567), ("ffffffff", u64::MAX)] {
+            let id = SessionId(prefix, n);
+            assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{prefix}-{n}\""));
+        }
+    }
+
+    #[test]
+    fn fingerprints_are_joined_by_plus() {
+        let policy =
+            policy_core::Policy::from_toml_str("version = 1\n[settings]\ndefault = \"allow\"\n", "policy.toml")
+                .unwrap();
+        let engine = policy_core::Engine::new(policy, policy_core::Keys::default()).unwrap();
+        let identity = policy_core::Identity::new("alice");
+        let one = engine.decide(&identity, &engine.new_session(), "SELECT 1");
+        let two = engine.decide(&identity, &engine.new_session(), "SELECT 1; SELECT 2 FROM pg_class");
+        let [a] = &*one.statements else { panic!("one statement") };
+        assert_eq!(serde_json::to_string(&Fingerprint(&one)).unwrap(), format!("\"{}\"", a.facts.fingerprint));
+        let [b, c] = &*two.statements else { panic!("two statements") };
+        assert_eq!(
+            serde_json::to_string(&Fingerprint(&two)).unwrap(),
+            format!("\"{}+{}\"", b.facts.fingerprint, c.facts.fingerprint)
+        );
+    }
 }
