@@ -86,6 +86,8 @@ struct Shared {
     live: std::sync::atomic::AtomicUsize,
     /// How long a sync may wait for more sessions to join it.
     commit_delay: Duration,
+    /// Syncs still to fail on purpose ([`AuditLog::fail_next_syncs`]).
+    failing_syncs: std::sync::atomic::AtomicU32,
 }
 
 /// The writer's queue: records numbered as they are queued.
@@ -129,7 +131,7 @@ impl Shared {
     fn queue(&self, bodies: &[u8], ends: &[usize]) -> Result<u64, RecordError> {
         let mut queue = lock(&self.queue);
         if queue.closed {
-            return Err(RecordError("the audit log is closed".into()));
+            return Err(RecordError::unwritten("the audit log is closed"));
         }
         let base = queue.pending.len();
         queue.pending.extend_from_slice(bodies);
@@ -146,7 +148,7 @@ impl Shared {
         }
         let failures = lock(&self.failures);
         match failures.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&ticket)) {
-            Some((_, _, message)) => Some(Err(RecordError(message.clone()))),
+            Some((_, _, message)) => Some(Err(RecordError::unwritten(message.clone()))),
             None => Some(Ok(())),
         }
     }
@@ -197,7 +199,7 @@ impl Shared {
                 self.recovered();
             }
             Err(message) => {
-                let RecordError(message) = self.failed(message);
+                let message = self.failed(message);
                 if taken > 0 {
                     let mut failures = lock(&self.failures);
                     failures.push_back((before + 1, before + taken, message));
@@ -211,12 +213,12 @@ impl Shared {
     }
 
     /// Notes a failure (the log says it once until writing works again).
-    fn failed(&self, message: String) -> RecordError {
+    fn failed(&self, message: String) -> String {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         if !self.failing.swap(true, Ordering::Relaxed) {
             tracing::error!("audit log: {message}; statements are refused until it can be written again");
         }
-        RecordError(message)
+        message
     }
 
     fn recovered(&self) {
@@ -395,6 +397,7 @@ impl AuditLog {
             failing: Arc::clone(&failing),
             live: std::sync::atomic::AtomicUsize::new(0),
             commit_delay: settings.commit_delay,
+            failing_syncs: std::sync::atomic::AtomicU32::new(0),
         });
         let interval = settings.checkpoint_interval;
         let thread = {
@@ -418,6 +421,15 @@ impl AuditLog {
             failing,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Makes the next `n` syncs of the log fail as an I/O error would, for
+    /// tests of what a failing disk does to sessions (the file is not
+    /// synced then, and the next write begins a new segment, as after a
+    /// real failure).
+    #[doc(hidden)]
+    pub fn fail_next_syncs(&self, n: u32) {
+        self.shared.failing_syncs.store(n, Ordering::Relaxed);
     }
 
     /// Answers whoever waits for a sync, writes a closing checkpoint, and
@@ -583,7 +595,7 @@ impl RecordSink for AuditLog {
             match shared.outcome(ticket) {
                 Some(Ok(())) => {}
                 Some(Err(e)) => return Err(e),
-                None => return Err(RecordError("the audit log is closed".into())),
+                None => return Err(RecordError::unwritten("the audit log is closed")),
             }
             if !sync {
                 return Ok(());
@@ -592,12 +604,12 @@ impl RecordSink for AuditLog {
             {
                 let mut board = lock(&shared.board);
                 if board.closing {
-                    return Err(RecordError("the audit log is closed".into()));
+                    return Err(RecordError::unwritten("the audit log is closed"));
                 }
                 board.waiters.push(ack);
             }
             shared.wake.notify_one();
-            answer.await.unwrap_or_else(|_| Err(RecordError("the audit log's sync thread stopped".into())))
+            answer.await.unwrap_or_else(|_| Err(RecordError::unsynced("the audit log's sync thread stopped")))
         })
     }
 
@@ -680,7 +692,18 @@ fn sync_loop(shared: &Shared, interval: Duration) {
         if !waiters.is_empty() || checkpointed {
             let handle = shared.writer.blocking_lock().as_ref().and_then(|w| w.writer.sync_handle());
             let synced = match handle {
-                Some(file) => file.sync_data().map_err(|e| format!("syncing the audit log: {e}")),
+                Some(file) => {
+                    let injected = shared
+                        .failing_syncs
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok();
+                    let synced = if injected {
+                        Err(std::io::Error::from_raw_os_error(5)) // EIO
+                    } else {
+                        file.sync_data()
+                    };
+                    synced.map_err(|e| format!("syncing the audit log: {e}"))
+                }
                 None => Ok(()),
             };
             if !waiters.is_empty() {
@@ -694,7 +717,7 @@ fn sync_loop(shared: &Shared, interval: Duration) {
                     if let Some(w) = shared.writer.blocking_lock().as_mut() {
                         w.writer.abandon_segment();
                     }
-                    Err(shared.failed(message))
+                    Err(RecordError::unsynced(shared.failed(message)))
                 }
             };
             for ack in waiters {

@@ -456,6 +456,60 @@ async fn a_full_disk_refuses_statements_until_space_returns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_refuses_the_change_and_the_log_goes_on_in_a_new_segment() {
+    let keys = keys("syncfail");
+    let log = keys.join("log");
+    let stack = audit_stack(&keys, &log, "durability = \"commit\"");
+    let client = stack.connect_as("bob", &["developers"], None).await;
+    client.simple_query("UPDATE orders SET status = 'before' WHERE id = 2").await.unwrap();
+    let audit = stack.gateway.audit.as_ref().unwrap();
+    let segments_before = portcullis_audit::writer::list_segments(&log).unwrap().len();
+
+    // The disk answers the next sync with EIO: the change waiting on it is
+    // refused with the clear error and never reaches the database.
+    audit.fail_next_syncs(1);
+    let e = client.simple_query("UPDATE orders SET status = 'unsynced' WHERE id = 2").await.unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code(), &SqlState::IO_ERROR, "{e}");
+    assert!(db.message().contains("audit record"), "{}", db.message());
+    let direct = stack
+        .program("psql")
+        .args(["-X", "-At", "-d"])
+        .arg(format!("host=127.0.0.1 port={} user=app dbname=app", stack.cluster.port()))
+        .env("PGPASSWORD", APP_PASSWORD)
+        .args(["-c", "SELECT status FROM orders WHERE id = 2"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&direct.stdout).trim(), "before");
+
+    // The session goes on, recorded in a new segment.
+    client.simple_query("UPDATE orders SET status = 'after' WHERE id = 2").await.unwrap();
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    audit.close();
+    assert!(portcullis_audit::writer::list_segments(&log).unwrap().len() > segments_before);
+    let all = records(&log);
+    assert!(all.iter().any(|r| r["sql"] == "UPDATE orders SET status = 'after' WHERE id = 2"));
+    // The refused statement's record reached the page cache before the
+    // sync failed: its result says that it did not run, and why.
+    let statement = all
+        .iter()
+        .find(|r| r["sql"] == "UPDATE orders SET status = 'unsynced' WHERE id = 2")
+        .expect("the unsynced statement's record");
+    let result = all
+        .iter()
+        .find(|r| r["type"] == "result" && r["session"] == statement["session"] && r["n"] == statement["n"])
+        .expect("its result");
+    assert_eq!(result["ran"], false, "{result}");
+    assert_eq!(result["error"]["code"], "58030", "{result}");
+    assert!(result["error"]["message"].as_str().unwrap().contains("audit record"), "{result}");
+    let (code, stdout, stderr) =
+        run(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(keys.join("audit-key.pub")).arg(&log));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_mode_forwards_and_records_what_would_be_refused() {
     let keys = keys("observe");
     let log = keys.join("log");

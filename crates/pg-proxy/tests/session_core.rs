@@ -1223,7 +1223,7 @@ fn a_sink_failure_refuses_the_batch_with_58030_and_the_session_goes_on() {
     h.client(&query("SET search_path = private"));
     let needs = h.needs();
     let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
-    h.core.handle_persisted(*batch, Err(RecordError("disk full".into())), h.now);
+    h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
     let sent = h.sent();
     assert!(is_substitute(&sent[0]), "{sent:?}");
     h.server(&cat(&[error("22P02"), ready(b'I')]));
@@ -1239,6 +1239,54 @@ fn a_sink_failure_refuses_the_batch_with_58030_and_the_session_goes_on() {
     let [Need::Persist { records, .. }] = needs.as_slice() else { panic!("{needs:?}") };
     let [Record::Statement(r)] = records.as_slice() else { panic!() };
     assert_eq!(r.decision.statements[0].facts.tables, vec!["public.customers".to_string()]);
+}
+
+#[test]
+fn a_refused_batch_whose_records_are_in_the_log_has_results_that_say_it_did_not_run() {
+    // Not written (a full disk): nothing names the statement afterwards.
+    let mut h = harness(recording());
+    h.client(&query("UPDATE orders SET total = 0 WHERE id = 1"));
+    let needs = h.needs();
+    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    h.got();
+    let needs = h.needs();
+    assert!(
+        !needs
+            .iter()
+            .any(|n| matches!(n, Need::Log { records } if records.iter().any(|r| matches!(r, Record::Result(_))))),
+        "{needs:?}"
+    );
+    // Written, not synced: the statement's record is in the log, and its
+    // result says it did not run, and why.
+    h.client(&query("UPDATE orders SET total = 1 WHERE id = 1"));
+    let needs = h.needs();
+    let [Need::Persist { batch, records }] = needs.as_slice() else { panic!("{needs:?}") };
+    let [Record::Statement(statement)] = records.as_slice() else { panic!("{records:?}") };
+    let sequence = statement.sequence;
+    h.core.handle_persisted(*batch, Err(RecordError::unsynced("syncing the audit log: I/O error")), h.now);
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    assert!(h.got()[0].1.starts_with("58030"));
+    let needs = h.needs();
+    let results: Vec<_> = needs
+        .iter()
+        .filter_map(|n| match n {
+            Need::Log { records } => Some(records.iter()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|r| match r {
+            Record::Result(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let [result] = results.as_slice() else { panic!("{needs:?}") };
+    assert_eq!(result.sequence, sequence);
+    assert!(!result.ran);
+    let error = result.error.as_ref().expect("the refusal");
+    assert_eq!(error.code, "58030");
+    assert!(error.message.contains("I/O error"), "{}", error.message);
 }
 
 #[test]
@@ -1268,7 +1316,7 @@ fn a_refused_extended_batch_forgets_the_statements_it_defined() {
     h.client(&cat(&[parse("s2", "SELECT 2"), bind("", "s2", &[]), execute(""), sync()]));
     let needs = h.needs();
     let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
-    h.core.handle_persisted(*batch, Err(RecordError("no space".into())), h.now);
+    h.core.handle_persisted(*batch, Err(RecordError::unwritten("no space")), h.now);
     let sent = h.sent();
     assert!(is_substitute(&sent[0]));
     assert!(matches!(sent[1], Frontend::Sync));
@@ -1314,7 +1362,7 @@ fn a_prepared_statement_executed_again_names_the_record_of_its_decision() {
     assert_eq!(second.decision_as_in, Some(first.sequence));
     // A batch whose records were not written: later records cannot name
     // them, so the next one carries the decision again.
-    let lost = execute_recorded(&mut h, "3", Err(RecordError("no space".into())));
+    let lost = execute_recorded(&mut h, "3", Err(RecordError::unwritten("no space")));
     assert_eq!(lost.decision_as_in, Some(first.sequence));
     let after = execute_recorded(&mut h, "4", Ok(()));
     assert_eq!(after.decision_as_in, None);
@@ -1549,7 +1597,7 @@ fn a_refused_block_ended_by_a_simple_query_answers_one_ready_per_client_sync() {
     h.client(&cat(&[parse("", "SELECT 2"), bind("", "", &[]), execute(""), query("SELECT 3")]));
     let needs = h.needs();
     let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
-    h.core.handle_persisted(*batch, Err(RecordError("disk full".into())), h.now);
+    h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
     let sent = h.sent();
     assert!(is_substitute(&sent[0]), "{sent:?}");
     assert_eq!(kinds(&sent), ["P", "S"]);

@@ -890,7 +890,7 @@ impl SessionCore {
                 self.recorded_decisions.clear();
                 let message =
                     format!("the gateway could not write the audit record of this statement, so it was not run: {e}");
-                let refused = self.refuse_batch(batch, IO_ERROR, message);
+                let refused = self.refuse_batch(batch, IO_ERROR, message, e.written);
                 self.commit(refused);
             }
         }
@@ -952,8 +952,10 @@ impl SessionCore {
                 return;
             };
             tracing::info!("statement cancelled by the client before it was forwarded");
+            // Its records went to the sink already: they are in the log
+            // unless writing them fails.
             let refused =
-                self.refuse_batch(batch, QUERY_CANCELED, "canceling statement due to user request".to_string());
+                self.refuse_batch(batch, QUERY_CANCELED, "canceling statement due to user request".to_string(), true);
             self.commit(refused);
             self.process_client();
             return;
@@ -1380,7 +1382,7 @@ impl SessionCore {
     /// engine's session is as before it, and the names it defined are
     /// unknown.
     #[cold]
-    fn refuse_batch(&mut self, batch: Batch, code: &'static str, message: String) -> Batch {
+    fn refuse_batch(&mut self, batch: Batch, code: &'static str, message: String, records_written: bool) -> Batch {
         if let Some(snapshot) = batch.snapshot {
             *self.state = snapshot;
         }
@@ -1390,11 +1392,20 @@ impl SessionCore {
         for name in batch.portals {
             self.portals.remove(&name);
         }
-        // The batch's records were not written: their results never will be.
+        // The batch's results: none when its statements' records are not in
+        // the log; when they are (only their sync failed), each says that
+        // its statement did not run, and why.
+        let mut results = Vec::new();
         for _ in 0..batch.recorded {
-            self.open.pop_back();
-            self.open_since.pop_back();
+            let (Some(mut r), Some(since)) = (self.open.pop_back(), self.open_since.pop_back()) else { break };
+            if records_written {
+                r.ran = false;
+                r.duration = self.now.saturating_duration_since(since);
+                r.error = Some(ReportedError { code: code.to_string(), message: message.clone() });
+                results.push(Record::Result(r));
+            }
         }
+        self.finished.extend(results.into_iter().rev());
         let refusal = Refusal { code, message, recorded: false };
         // A read-back the batch owed is still owed: the refusal fails the
         // block on the server, which may undo a setting an earlier part of
@@ -1431,7 +1442,8 @@ impl SessionCore {
         if tell_handler {
             self.needs.push_back(Need::EndHold { hold: id });
         }
-        let refused = self.refuse_batch(batch, code, message);
+        // A held batch's records were not sent to the sink.
+        let refused = self.refuse_batch(batch, code, message, false);
         self.commit(refused);
     }
 

@@ -169,10 +169,38 @@ impl StatementRecord {
     }
 }
 
-/// Why records could not be written.
+/// Why records could not be made as durable as the sink promises.
+///
+/// ```
+/// use pg_proxy::session::record::RecordError;
+/// let full = RecordError::unwritten("no space left on the audit log's disk");
+/// assert!(!full.written);
+/// let eio = RecordError::unsynced("syncing the audit log: Input/output error");
+/// assert!(eio.written);
+/// assert_eq!(eio.to_string(), "syncing the audit log: Input/output error");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct RecordError(pub String);
+#[error("{message}")]
+pub struct RecordError {
+    /// What went wrong.
+    pub message: String,
+    /// Whether the records are in the log all the same (handed to the OS,
+    /// and only their sync failed): their statements' results are
+    /// recorded then, as not run.
+    pub written: bool,
+}
+
+impl RecordError {
+    /// The records are not in the log.
+    pub fn unwritten(message: impl Into<String>) -> RecordError {
+        RecordError { message: message.into(), written: false }
+    }
+
+    /// The records were handed to the OS, but could not be synced.
+    pub fn unsynced(message: impl Into<String>) -> RecordError {
+        RecordError { message: message.into(), written: true }
+    }
+}
 
 /// The future a sink returns.
 pub type Persisting = Pin<Box<dyn Future<Output = Result<(), RecordError>> + Send>>;
@@ -229,7 +257,7 @@ pub enum TestSinkMode {
 /// use pg_proxy::session::record::{RecordSink, TestSink, TestSinkMode};
 /// let sink = TestSink::new(TestSinkMode::Fail("disk full".into()));
 /// let outcome = futures_lite_block_on(sink.persist(Vec::new()));
-/// assert_eq!(outcome.unwrap_err().0, "disk full");
+/// assert_eq!(outcome.unwrap_err().message, "disk full");
 /// # fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
 /// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 /// # }
@@ -271,7 +299,7 @@ impl RecordSink for TestSink {
         let kept = Arc::clone(&self.records);
         Box::pin(async move {
             let delay = match mode {
-                TestSinkMode::Fail(message) => return Err(RecordError(message)),
+                TestSinkMode::Fail(message) => return Err(RecordError::unwritten(message)),
                 TestSinkMode::Accept => None,
                 TestSinkMode::Delay(d) => Some(d),
             };
