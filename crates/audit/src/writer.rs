@@ -93,6 +93,11 @@ pub enum WriteError {
     /// with its `type`.
     #[error("a record must be a JSON object on one line of UTF-8, whose first field is \"type\"")]
     RecordForm,
+    /// The batch was written, and then ending its full segment failed: the
+    /// batch's records are in the log, not synced; the next write begins a
+    /// new segment.
+    #[error("the records were written, but ending the full segment failed: {0}")]
+    Rotation(Box<WriteError>),
 }
 
 /// The state of the tree that a batch may have to be taken back to.
@@ -273,7 +278,10 @@ impl Writer {
                 self.buf.clear();
                 self.mark = None;
                 if self.written >= self.options.segment_bytes {
-                    self.end_segment()?;
+                    if let Err(e) = self.end_segment() {
+                        self.abandon_segment();
+                        return Err(WriteError::Rotation(Box::new(e)));
+                    }
                 }
                 Ok(())
             }
@@ -562,6 +570,34 @@ mod tests {
         }
         assert_eq!(w.size(), 0);
         assert!(matches!(w.append(b"{\"type\":\"statement\"}", now), Ok(0)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_rotation_keeps_the_batch_and_the_log_goes_on() {
+        let dir = std::env::temp_dir().join(format!("portcullis-writer-rotation-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let Ok(signer) = NoteSigner::generate("example.org/audit") else { panic!("a key") };
+        let verifier = signer.verifier();
+        let mut options = WriterOptions::new(&dir, signer);
+        options.segment_bytes = 1;
+        let Ok(mut w) = Writer::open(options) else { panic!("a writer") };
+        // The next segment's name is taken (by a directory: even root cannot
+        // create the file), so ending the first one fails.
+        let blocker = dir.join(segment_file_name(1));
+        assert!(std::fs::create_dir(&blocker).is_ok());
+        let now = SystemTime::now();
+        assert!(matches!(w.append(b"{\"type\":\"first\"}", now), Ok(0)));
+        let e = w.write();
+        assert!(matches!(&e, Err(WriteError::Rotation(_))), "{e:?}");
+        assert!(e.is_err_and(|e| e.to_string().contains("records were written")));
+        // The record stays in the log; the next write begins the new segment.
+        assert!(std::fs::remove_dir(&blocker).is_ok());
+        assert!(matches!(w.append(b"{\"type\":\"second\"}", now), Ok(1)));
+        assert!(w.write().is_ok());
+        assert!(w.close().is_ok());
+        let report = crate::verify::verify_dir(&dir, &verifier, &[], &mut |_| {});
+        assert!(matches!(&report, Ok(r) if r.size == 2), "{report:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

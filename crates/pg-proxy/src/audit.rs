@@ -35,7 +35,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use portcullis_audit::note::NoteSigner;
-use portcullis_audit::writer::{Writer, WriterOptions};
+use portcullis_audit::writer::{WriteError, Writer, WriterOptions};
 use serde::Serialize;
 
 use crate::config::{AuditSettings, Durability};
@@ -77,7 +77,7 @@ struct Shared {
     /// records are done when this reaches its ticket.
     processed: AtomicU64,
     /// Ticket ranges whose write failed (recent ones), with why.
-    failures: Mutex<std::collections::VecDeque<(u64, u64, String)>>,
+    failures: Mutex<std::collections::VecDeque<(u64, u64, RecordError)>>,
     board: Mutex<Board>,
     wake: Condvar,
     stats: Arc<AuditStats>,
@@ -148,7 +148,7 @@ impl Shared {
         }
         let failures = lock(&self.failures);
         match failures.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&ticket)) {
-            Some((_, _, message)) => Some(Err(RecordError::unwritten(message.clone()))),
+            Some((_, _, error)) => Some(Err(error.clone())),
             None => Some(Ok(())),
         }
     }
@@ -179,7 +179,7 @@ impl Shared {
         for &end in &writing.taken_ends {
             let body = writing.taken.get(start..end).unwrap_or_default();
             start = end;
-            appended = writing.writer.append(body, now).map(|_| ()).map_err(|e| e.to_string());
+            appended = writing.writer.append(body, now).map(|_| ());
             if appended.is_err() {
                 // The batch is refused whole: none of it is written later.
                 writing.writer.discard_buffered();
@@ -190,7 +190,7 @@ impl Shared {
         writing.taken_ends.clear();
         let written = appended.and_then(|()| {
             self.stats.writes.fetch_add(1, Ordering::Relaxed);
-            writing.writer.write().map_err(|e| e.to_string())
+            writing.writer.write()
         });
         let before = self.processed.load(Ordering::Acquire);
         match written {
@@ -198,11 +198,15 @@ impl Shared {
                 self.stats.records.fetch_add(taken, Ordering::Relaxed);
                 self.recovered();
             }
-            Err(message) => {
-                let message = self.failed(message);
+            Err(e) => {
+                // After a failed rotation the records are in the log, not
+                // synced; otherwise none of them is.
+                let written = matches!(e, WriteError::Rotation(_));
+                let message = self.failed(e.to_string());
                 if taken > 0 {
+                    let error = RecordError { message, written };
                     let mut failures = lock(&self.failures);
-                    failures.push_back((before + 1, before + taken, message));
+                    failures.push_back((before + 1, before + taken, error));
                     while failures.len() > FAILURES_KEPT {
                         failures.pop_front();
                     }

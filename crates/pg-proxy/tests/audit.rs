@@ -510,6 +510,63 @@ async fn a_failed_sync_refuses_the_change_and_the_log_goes_on_in_a_new_segment()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_that_cannot_end_refuses_the_change_it_carried_and_records_why() {
+    let keys = keys("rotation");
+    let log = keys.join("log");
+    let stack = audit_stack(&keys, &log, "segment_bytes = 4096");
+    let client = stack.connect_as("bob", &["developers"], None).await;
+    client.simple_query("SELECT 1").await.unwrap();
+    // The next segments' names are taken (directories: even root cannot
+    // create the files), so the segment cannot end when it is full.
+    let blockers: Vec<PathBuf> = (1..4).map(|i| log.join(portcullis_audit::segment::segment_file_name(i))).collect();
+    for b in &blockers {
+        std::fs::create_dir(b).unwrap();
+    }
+    let mut refused = None;
+    for i in 0..100 {
+        let sql = format!("UPDATE orders SET status = 'rotation-{i}' WHERE id = 2");
+        if let Err(e) = client.simple_query(&sql).await {
+            refused = Some((sql, e));
+            break;
+        }
+    }
+    let (sql, e) = refused.expect("a statement refused when its segment could not end");
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code(), &SqlState::IO_ERROR, "{e}");
+    assert!(db.message().contains("records were written"), "{}", db.message());
+    for b in &blockers {
+        std::fs::remove_dir(b).unwrap();
+    }
+    client.simple_query("UPDATE orders SET status = 'after-rotation' WHERE id = 2").await.unwrap();
+    let direct = stack
+        .program("psql")
+        .args(["-X", "-At", "-d"])
+        .arg(format!("host=127.0.0.1 port={} user=app dbname=app", stack.cluster.port()))
+        .env("PGPASSWORD", APP_PASSWORD)
+        .args(["-c", "SELECT status FROM orders WHERE id = 2"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&direct.stdout).trim(), "after-rotation");
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stack.gateway.audit.as_ref().unwrap().close();
+    // The refused statement's record is in the log, and its result says it
+    // did not run.
+    let all = records(&log);
+    let statement = all.iter().find(|r| r["sql"] == sql.as_str()).expect("the refused statement's record");
+    let result = all
+        .iter()
+        .find(|r| r["type"] == "result" && r["session"] == statement["session"] && r["n"] == statement["n"])
+        .expect("its result");
+    assert_eq!(result["ran"], false, "{result}");
+    assert_eq!(result["error"]["code"], "58030", "{result}");
+    let (code, stdout, stderr) =
+        run(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(keys.join("audit-key.pub")).arg(&log));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_mode_forwards_and_records_what_would_be_refused() {
     let keys = keys("observe");
     let log = keys.join("log");
