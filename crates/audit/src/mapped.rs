@@ -3,10 +3,14 @@
 //! Copying a batch into a `MAP_SHARED` mapping of the file puts it in the
 //! kernel's page cache, as `write(2)` does, without a system call: a
 //! process killed right after the copy loses nothing, and `fdatasync` of
-//! the file makes the copied pages durable. Space is reserved ahead with
-//! `fallocate`, [`RESERVE`] at a time, so a full disk is an error from the
-//! reservation, before anything is copied, and never a fault on a page
-//! the file system cannot back. Between the end of the log and the end
+//! the file makes the copied pages durable. Space is reserved ahead by
+//! writing zeros, [`RESERVE`] at a time, so a full disk is an error from
+//! the reservation, before anything is copied, and never a fault on a page
+//! the file system cannot back. (Written zeros, not `fallocate`: the pages
+//! are then in the page cache, with their blocks set aside, when the
+//! mapping reaches them; a page of an `fallocate`d range is read in as
+//! zeros and prepared for writing at the fault, which costs the writer
+//! about twice as much per page.) Between the end of the log and the end
 //! of the reservation the file holds zeros; [`crate::segment::content`]
 //! is what readers take of it. [`MappedFile::finish`] cuts the file to
 //! the log's length.
@@ -32,6 +36,9 @@ pub(crate) const CHUNK: u64 = 1 << 20;
 /// How much space is reserved at a time: a full disk refuses records
 /// once less than this is left.
 pub(crate) const RESERVE: u64 = 64 << 10;
+
+/// What a reservation writes.
+static ZEROS: [u8; RESERVE as usize] = [0; RESERVE as usize];
 
 /// One chunk of the file, mapped read-write and shared.
 struct Mapping {
@@ -145,27 +152,15 @@ impl MappedFile {
     fn reserve(&mut self, end: u64) -> io::Result<()> {
         let target = end.div_ceil(RESERVE).saturating_mul(RESERVE);
         let from = self.reserved;
-        match rustix::fs::fallocate(&*self.file, rustix::fs::FallocateFlags::empty(), from, target - from) {
-            Ok(()) => {}
-            // A file system without fallocate: zeros written reserve the
-            // space as surely.
-            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
-                let zeros = vec![0u8; 64 * 1024];
-                let mut at = from;
-                while at < target {
-                    let n = (target - at).min(zeros.len() as u64) as usize;
-                    if let Err(e) = self.file.write_all_at(zeros.get(..n).unwrap_or_default(), at) {
-                        let _ = self.file.set_len(from);
-                        return Err(e);
-                    }
-                    at += n as u64;
-                }
-            }
-            Err(e) => {
+        let mut at = from;
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            if let Err(e) = self.file.write_all_at(ZEROS.get(..n).unwrap_or_default(), at) {
                 // Give back what a partial reservation took.
                 let _ = self.file.set_len(from);
-                return Err(e.into());
+                return Err(e);
             }
+            at += n as u64;
         }
         self.reserved = target;
         Ok(())
