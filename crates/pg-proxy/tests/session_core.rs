@@ -1441,6 +1441,31 @@ fn a_refused_hold_answers_42501_and_the_session_goes_on() {
 }
 
 #[test]
+fn a_refused_hold_is_recorded_as_not_run() {
+    let mut h = harness(CoreConfig { record: true, ..holding() });
+    let hold = held_delete(&mut h);
+    h.core.handle_hold_outcome(hold, HoldOutcome::Refuse { reason: "not today (bob)".into() }, h.now);
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    h.got();
+    let logged: Vec<Record> = h
+        .needs()
+        .into_iter()
+        .filter_map(|n| match n {
+            Need::Log { records } => Some(records),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let [Record::Statement(statement), Record::Result(result)] = logged.as_slice() else { panic!("{logged:?}") };
+    assert_eq!(&*statement.sql, "DELETE FROM orders WHERE id = 1");
+    assert_eq!(result.sequence, statement.sequence);
+    assert!(!result.ran);
+    let error = result.error.as_ref().expect("the refusal");
+    assert_eq!(error.code, "42501");
+    assert!(error.message.contains("not today (bob)"), "{}", error.message);
+}
+
+#[test]
 fn a_hold_times_out_with_an_error_naming_the_timeout() {
     let mut h = harness(holding());
     let hold = held_delete(&mut h);

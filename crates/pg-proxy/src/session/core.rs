@@ -1436,14 +1436,17 @@ impl SessionCore {
     /// Ends a hold with a refusal.
     #[cold]
     fn end_hold(&mut self, code: &'static str, message: String, tell_handler: bool) {
-        let ClientState::Held { batch, id, .. } = std::mem::replace(&mut self.client, ClientState::Reading) else {
+        let ClientState::Held { mut batch, id, .. } = std::mem::replace(&mut self.client, ClientState::Reading) else {
             return;
         };
         if tell_handler {
             self.needs.push_back(Need::EndHold { hold: id });
         }
-        // A held batch's records were not sent to the sink.
-        let refused = self.refuse_batch(batch, code, message, false);
+        // A held batch's records were kept for its release: its statements
+        // are recorded now (nothing of them runs, so nothing waits for the
+        // records), with results saying they did not run, and why.
+        self.finished.append(&mut batch.records);
+        let refused = self.refuse_batch(batch, code, message, true);
         self.commit(refused);
     }
 
