@@ -746,40 +746,22 @@ impl std::fmt::Display for SessionId<'_> {
 
 impl Serialize for SessionId<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // Formatted on the stack (this runs for every record): the prefix is
+        // Joined on the stack (this runs for every record): the prefix is
         // 8 hex digits, the number at most 20 digits.
+        let mut number = itoa::Buffer::new();
+        let number = number.format(self.1);
         let mut text = [0u8; 64];
-        let prefix = self.0.as_bytes();
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut n = self.1;
-        loop {
-            at -= 1;
-            if let Some(d) = digits.get_mut(at) {
-                *d = b'0' + (n % 10) as u8;
-            }
-            n /= 10;
-            if n == 0 || at == 0 {
-                break;
-            }
+        let len = self.0.len() + 1 + number.len();
+        let Some(out) = text.get_mut(..len) else { return serializer.collect_str(self) };
+        let (prefix, rest) = out.split_at_mut(self.0.len());
+        prefix.copy_from_slice(self.0.as_bytes());
+        if let Some((dash, digits)) = rest.split_first_mut() {
+            *dash = b'-';
+            digits.copy_from_slice(number.as_bytes());
         }
-        let number = digits.get(at..).unwrap_or_default();
-        let len = prefix.len() + 1 + number.len();
-        match text.get_mut(..len) {
-            Some(out) => {
-                let (head, tail) = out.split_at_mut(prefix.len());
-                head.copy_from_slice(prefix);
-                if let Some((dash, rest)) = tail.split_first_mut() {
-                    *dash = b'-';
-                    rest.copy_from_slice(number);
-                }
-                // ASCII digits and the prefix's own characters.
-                match std::str::from_utf8(out) {
-                    Ok(id) => serializer.serialize_str(id),
-                    Err(_) => serializer.collect_str(self),
-                }
-            }
-            None => serializer.collect_str(self),
+        match std::str::from_utf8(out) {
+            Ok(id) => serializer.serialize_str(id),
+            Err(_) => serializer.collect_str(self),
         }
     }
 }

@@ -66,6 +66,25 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
     )
 }
 
+/// The status of order 2, read straight from the database (not through
+/// the gateway).
+fn order_status(stack: &Stack) -> String {
+    let out = stack
+        .program("psql")
+        .args(["-X", "-At", "-d"])
+        .arg(format!("host=127.0.0.1 port={} user=app dbname=app", stack.cluster.port()))
+        .env("PGPASSWORD", APP_PASSWORD)
+        .args(["-c", "SELECT status FROM orders WHERE id = 2"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The result record of `statement` (a statement record), if any.
+fn result_of<'a>(all: &'a [Value], statement: &Value) -> Option<&'a Value> {
+    all.iter().find(|r| r["type"] == "result" && r["session"] == statement["session"] && r["n"] == statement["n"])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_recorded_verified_listed_and_replayed() {
     let keys = keys("e2e");
@@ -420,15 +439,7 @@ async fn a_full_disk_refuses_statements_until_space_returns() {
     assert_eq!(db.code(), &SqlState::IO_ERROR, "{e}");
     assert!(db.message().contains("audit record"), "{}", db.message());
     // Nothing reached the database unrecorded.
-    let direct = stack
-        .program("psql")
-        .args(["-X", "-At", "-d"])
-        .arg(format!("host=127.0.0.1 port={} user=app dbname=app", stack.cluster.port()))
-        .env("PGPASSWORD", APP_PASSWORD)
-        .args(["-c", "SELECT status FROM orders WHERE id = 2"])
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&direct.stdout).trim().to_string();
+    let status = order_status(&stack);
     assert!(!marker.contains(&format!("'{status}'")), "the refused UPDATE ran: {status}");
     // The session goes on; space returns; recording resumes.
     std::fs::remove_file(&fill).unwrap();
@@ -472,15 +483,7 @@ async fn a_failed_sync_refuses_the_change_and_the_log_goes_on_in_a_new_segment()
     let db = e.as_db_error().unwrap();
     assert_eq!(db.code(), &SqlState::IO_ERROR, "{e}");
     assert!(db.message().contains("audit record"), "{}", db.message());
-    let direct = stack
-        .program("psql")
-        .args(["-X", "-At", "-d"])
-        .arg(format!("host=127.0.0.1 port={} user=app dbname=app", stack.cluster.port()))
-        .env("PGPASSWORD", APP_PASSWORD)
-        .args(["-c", "SELECT status FROM orders WHERE id = 2"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&direct.stdout).trim(), "before");
+    assert_eq!(order_status(&stack), "before");
 
     // The session goes on, recorded in a new segment.
     client.simple_query("UPDATE orders SET status = 'after' WHERE id = 2").await.unwrap();
@@ -496,10 +499,7 @@ async fn a_failed_sync_refuses_the_change_and_the_log_goes_on_in_a_new_segment()
         .iter()
         .find(|r| r["sql"] == "UPDATE orders SET status = 'unsynced' WHERE id = 2")
         .expect("the unsynced statement's record");
-    let result = all
-        .iter()
-        .find(|r| r["type"] == "result" && r["session"] == statement["session"] && r["n"] == statement["n"])
-        .expect("its result");
+    let result = result_of(&all, statement).expect("its result");
     assert_eq!(result["ran"], false, "{result}");
     assert_eq!(result["error"]["code"], "58030", "{result}");
     assert!(result["error"]["message"].as_str().unwrap().contains("audit record"), "{result}");
@@ -538,15 +538,7 @@ async fn a_segment_that_cannot_end_refuses_the_change_it_carried_and_records_why
         std::fs::remove_dir(b).unwrap();
     }
     client.simple_query("UPDATE orders SET status = 'after-rotation' WHERE id = 2").await.unwrap();
-    let direct = stack
-        .program("psql")
-        .args(["-X", "-At", "-d"])
-        .arg(format!("host=127.0.0.1 port={} user=app dbname=app", stack.cluster.port()))
-        .env("PGPASSWORD", APP_PASSWORD)
-        .args(["-c", "SELECT status FROM orders WHERE id = 2"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&direct.stdout).trim(), "after-rotation");
+    assert_eq!(order_status(&stack), "after-rotation");
     drop(client);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     stack.gateway.audit.as_ref().unwrap().close();
@@ -554,10 +546,7 @@ async fn a_segment_that_cannot_end_refuses_the_change_it_carried_and_records_why
     // did not run.
     let all = records(&log);
     let statement = all.iter().find(|r| r["sql"] == sql.as_str()).expect("the refused statement's record");
-    let result = all
-        .iter()
-        .find(|r| r["type"] == "result" && r["session"] == statement["session"] && r["n"] == statement["n"])
-        .expect("its result");
+    let result = result_of(&all, statement).expect("its result");
     assert_eq!(result["ran"], false, "{result}");
     assert_eq!(result["error"]["code"], "58030", "{result}");
     let (code, stdout, stderr) =
