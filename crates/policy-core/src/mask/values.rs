@@ -197,7 +197,7 @@ fn splice_json(detectors: &Detectors, text: &str, found: &[DetectorMatch]) -> Op
     let mut escaped = false;
     let mut pos = 0;
     let mut last = 0;
-    for m in found {
+    for (k, m) in found.iter().enumerate() {
         // Advance the string state to the match's start.
         while pos < m.start {
             step(b.get(pos).copied().unwrap_or(0), &mut in_string, &mut escaped);
@@ -214,16 +214,37 @@ fn splice_json(detectors: &Detectors, text: &str, found: &[DetectorMatch]) -> Op
             return Some(format!("\"{REDACTED}\""));
         }
         (in_string, escaped) = state;
-        out.push_str(text.get(last..m.start)?);
         let r = replacement(detectors, text, m);
         if inside {
+            out.push_str(text.get(last..m.start)?);
             json_escape_into(&r, &mut out);
+            last = m.end;
         } else {
+            // Outside a string the match is part of a number: the whole
+            // number becomes one string (a sign or digits left beside a
+            // quoted replacement would not be JSON).
+            let number = |c: &u8| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E');
+            let mut start = m.start;
+            while start > last && b.get(start - 1).is_some_and(number) {
+                start -= 1;
+            }
+            let mut end = m.end;
+            while b.get(end).is_some_and(number) {
+                end += 1;
+            }
+            if found.get(k + 1).is_some_and(|next| next.start < end) {
+                return Some(format!("\"{REDACTED}\""));
+            }
+            out.push_str(text.get(last..start)?);
             out.push('"');
+            json_escape_into(text.get(start..m.start)?, &mut out);
             json_escape_into(&r, &mut out);
+            json_escape_into(text.get(m.end..end)?, &mut out);
             out.push('"');
+            // Digits and signs hold no quote: the string state is as it was.
+            pos = end;
+            last = end;
         }
-        last = m.end;
     }
     out.push_str(text.get(last..)?);
     Some(out)
@@ -291,6 +312,19 @@ mod tests {
         assert_eq!(out, r#"{"card": "****1111", "note": "mail a \"b\" {c}"}"#);
         assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok());
         assert_eq!(scan(&d, &[], Syntax::Json, br#"{"a": 1}"#), Scanned::Clean);
+    }
+
+    #[test]
+    fn a_number_a_match_is_part_of_becomes_one_string() {
+        let d = detectors();
+        // The sign and the digits beside the match stay inside the string.
+        for (v, want) in
+            [(&b"-4111111111111111"[..], r#""-****1111""#), (b"[1, -4111111111111111]", r#"[1, "-****1111"]"#)]
+        {
+            let out = text(scan(&d, &[], Syntax::Json, v));
+            assert_eq!(out, want);
+            assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok(), "{out}");
+        }
     }
 
     #[test]
