@@ -553,12 +553,24 @@ mod tests {
         assert_eq!(buf, hex(&hash).into_bytes());
     }
 
-    #[test]
-    fn a_body_that_is_not_one_line_of_json_is_refused() {
-        let dir = std::env::temp_dir().join(format!("portcullis-writer-form-{}", std::process::id()));
+    /// A writer of a new log in a fresh directory named for `test`, with
+    /// segments of `segment_bytes`, and the log's verifier key.
+    fn scratch_log(test: &str, segment_bytes: Option<u64>) -> (PathBuf, Writer, crate::note::NoteVerifier) {
+        let dir = std::env::temp_dir().join(format!("portcullis-writer-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let Ok(signer) = NoteSigner::generate("example.org/audit") else { panic!("a key") };
-        let Ok(mut w) = Writer::open(WriterOptions::new(&dir, signer)) else { panic!("a writer") };
+        let verifier = signer.verifier();
+        let mut options = WriterOptions::new(&dir, signer);
+        if let Some(bytes) = segment_bytes {
+            options.segment_bytes = bytes;
+        }
+        let Ok(w) = Writer::open(options) else { panic!("a writer") };
+        (dir, w, verifier)
+    }
+
+    #[test]
+    fn a_body_that_is_not_one_line_of_json_is_refused() {
+        let (dir, mut w, _) = scratch_log("form", None);
         let now = SystemTime::now();
         for bad in [
             &b"{\"sql\":\"x\"}"[..],
@@ -575,13 +587,7 @@ mod tests {
 
     #[test]
     fn a_failed_rotation_keeps_the_batch_and_the_log_goes_on() {
-        let dir = std::env::temp_dir().join(format!("portcullis-writer-rotation-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let Ok(signer) = NoteSigner::generate("example.org/audit") else { panic!("a key") };
-        let verifier = signer.verifier();
-        let mut options = WriterOptions::new(&dir, signer);
-        options.segment_bytes = 1;
-        let Ok(mut w) = Writer::open(options) else { panic!("a writer") };
+        let (dir, mut w, verifier) = scratch_log("rotation", Some(1));
         // The next segment's name is taken (by a directory: even root cannot
         // create the file), so ending the first one fails.
         let blocker = dir.join(segment_file_name(1));
@@ -603,11 +609,7 @@ mod tests {
 
     #[test]
     fn a_discarded_batch_leaves_no_trace_in_the_log() {
-        let dir = std::env::temp_dir().join(format!("portcullis-writer-discard-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let Ok(signer) = NoteSigner::generate("example.org/audit") else { panic!("a key") };
-        let verifier = signer.verifier();
-        let Ok(mut w) = Writer::open(WriterOptions::new(&dir, signer)) else { panic!("a writer") };
+        let (dir, mut w, verifier) = scratch_log("discard", None);
         let now = SystemTime::now();
         assert!(matches!(w.append(b"{\"type\":\"kept\",\"n\":0}", now), Ok(0)));
         assert!(w.write().is_ok());
