@@ -123,8 +123,8 @@ fn sink(c: &mut Criterion) {
             let mut statement = StatementRecord::new(1, n, Arc::clone(&sql), Vec::new(), Arc::clone(&decision))
                 .with_policy(Arc::clone(&digest), false);
             statement.decision_as_in = (n > 1).then_some(1);
-            let mut persisting = log.persist(vec![Record::Statement(statement)]);
-            let _ = black_box(persisting.as_mut().poll(&mut context));
+            let mut persisting = log.persist(&[Record::Statement(statement)]);
+            let _ = black_box(std::future::Future::poll(std::pin::Pin::new(&mut persisting), &mut context));
             let mut result = ResultRecord::default();
             result.session = 1;
             result.sequence = n;
@@ -132,7 +132,7 @@ fn sink(c: &mut Criterion) {
             result.rows = 1;
             result.ran = true;
             result.duration = Duration::from_micros(180);
-            log.log(vec![Record::Result(result)]);
+            log.log(&[Record::Result(result)]);
         })
     });
     group.finish();

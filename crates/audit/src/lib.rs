@@ -7,6 +7,7 @@
 //! root as a checkpoint in the C2SP signed-note format ([`note`]), with
 //! Ed25519. A checkpoint kept elsewhere pins every record before it.
 
+pub mod body;
 mod mapped;
 pub mod note;
 pub mod proof;

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use portcullis_audit::body::Body;
 use portcullis_audit::note::NoteSigner;
 use portcullis_audit::writer::{WriteError, Writer, WriterOptions};
 use serde::Serialize;
@@ -153,6 +154,25 @@ impl Shared {
         }
     }
 
+    /// How the write of the records up to `ticket` went, once it was done.
+    fn written(&self, ticket: u64) -> Result<(), RecordError> {
+        self.outcome(ticket).unwrap_or_else(|| Err(RecordError::unwritten("the audit log is closed")))
+    }
+
+    /// Waits for the sync thread's next sync of what is written.
+    async fn synced(self: Arc<Self>) -> Result<(), RecordError> {
+        let (ack, answer) = tokio::sync::oneshot::channel();
+        {
+            let mut board = lock(&self.board);
+            if board.closing {
+                return Err(RecordError::unwritten("the audit log is closed"));
+            }
+            board.waiters.push(ack);
+        }
+        self.wake.notify_one();
+        answer.await.unwrap_or_else(|_| Err(RecordError::unsynced("the audit log's sync thread stopped")))
+    }
+
     /// Writes what is queued (from a thread of its own: it blocks).
     fn flush(&self) {
         let mut guard = self.writer.blocking_lock();
@@ -179,7 +199,9 @@ impl Shared {
         for &end in &writing.taken_ends {
             let body = writing.taken.get(start..end).unwrap_or_default();
             start = end;
-            appended = writing.writer.append(body, now).map(|_| ());
+            // Every body was written by serde_json or a `Body`: one line of
+            // UTF-8 JSON.
+            appended = writing.writer.append_unchecked(body, now).map(|_| ());
             if appended.is_err() {
                 // The batch is refused whole: none of it is written later.
                 writing.writer.discard_buffered();
@@ -238,11 +260,7 @@ impl Shared {
 pub struct AuditLog {
     shared: Arc<Shared>,
     durability: Durability,
-    record_parameters: bool,
-    /// Prefix of session ids: this process's own, so that ids never repeat
-    /// across restarts and replicas.
-    boot: String,
-    replica: String,
+    bodies: Bodies,
     /// The log's counters.
     pub stats: Arc<AuditStats>,
     /// Whether the last write or sync failed (for readiness).
@@ -418,9 +436,7 @@ impl AuditLog {
         Ok(AuditLog {
             shared,
             durability: settings.durability,
-            record_parameters: settings.record_parameters,
-            boot,
-            replica: settings.replica.clone(),
+            bodies: Bodies { record_parameters: settings.record_parameters, boot, replica: settings.replica.clone() },
             stats,
             failing,
             thread: Mutex::new(Some(thread)),
@@ -468,44 +484,87 @@ impl AuditLog {
         }
     }
 
+    /// Serialises records into this thread's scratch buffer and queues
+    /// them; returns their last ticket.
+    fn queue(&self, records: &[Record]) -> Result<u64, RecordError> {
+        SCRATCH.with(|scratch| {
+            let (out, ends) = &mut *scratch.borrow_mut();
+            out.clear();
+            ends.clear();
+            for r in records {
+                self.bodies.write(r, out);
+                ends.push(out.len());
+            }
+            let queued = self.shared.queue(out, ends);
+            // A rare large batch does not keep its memory.
+            if out.capacity() > SCRATCH_KEPT {
+                *out = Vec::new();
+            }
+            queued
+        })
+    }
+}
+
+/// How records are written as JSON bodies.
+#[derive(Debug)]
+struct Bodies {
+    record_parameters: bool,
+    /// Prefix of session ids: this process's own, so that ids never repeat
+    /// across restarts and replicas.
+    boot: String,
+    replica: String,
+}
+
+impl Bodies {
     /// Appends a record's JSON object to `out`.
-    fn write_body(&self, record: &Record, out: &mut Vec<u8>) {
+    fn write(&self, record: &Record, out: &mut Vec<u8>) {
         let start = out.len();
         let written = match record {
-            Record::Statement(s) => serde_json::to_writer(
-                &mut *out,
-                &StatementBody {
-                    kind: "statement",
-                    session: SessionId(&self.boot, s.session),
-                    n: s.sequence,
-                    sql: &s.sql,
-                    params: self
-                        .record_parameters
-                        .then(|| s.parameters.iter().map(|p| Param::of(p.as_deref())).collect()),
-                    fingerprint: Fingerprint(&s.decision),
-                    policy: &s.policy,
-                    verdict: s.decision.verdict,
-                    observed: s.observed,
-                    rule: s.decision.rule.as_deref(),
-                    decision: s.decision_as_in.is_none().then_some(&*s.decision),
-                    decision_as_in: s.decision_as_in,
-                },
-            ),
-            Record::Result(r) => serde_json::to_writer(
-                &mut *out,
-                &ResultBody {
-                    kind: "result",
-                    session: SessionId(&self.boot, r.session),
-                    n: r.sequence,
-                    ran: r.ran,
-                    tags: &r.tags,
-                    rows: r.rows,
-                    masked: r.masked,
-                    ms: r.duration.as_secs_f64() * 1000.0,
-                    error: r.error.as_ref().map(|e| ErrorBody { code: &e.code, message: &e.message }),
-                    kept_rows: &r.kept_rows,
-                },
-            ),
+            // Statements and results are written field by field: there is
+            // one of each for every statement the gateway forwards.
+            Record::Statement(s) => {
+                let mut body = Body::begin(out, "statement");
+                body.id("session", &self.boot, s.session);
+                body.u64("n", s.sequence);
+                body.str("sql", &s.sql);
+                let mut written = Ok(());
+                if self.record_parameters {
+                    let params: Vec<Param<'_>> = s.parameters.iter().map(|p| Param::of(p.as_deref())).collect();
+                    written = body.serde("params", &params);
+                }
+                body.joined("fingerprint", s.decision.statements.iter().map(|x| x.facts.fingerprint.as_str()), "+");
+                body.str("policy", &s.policy);
+                body.str("verdict", s.decision.verdict.as_str());
+                if s.observed {
+                    body.bool("observed", true);
+                }
+                body.opt_str("rule", s.decision.rule.as_deref());
+                match s.decision_as_in {
+                    Some(n) => body.u64("decision_as_in", n),
+                    None => written = written.and(body.serde("decision", &*s.decision)),
+                }
+                body.end();
+                written
+            }
+            Record::Result(r) => {
+                let mut body = Body::begin(out, "result");
+                body.id("session", &self.boot, r.session);
+                body.u64("n", r.sequence);
+                body.bool("ran", r.ran);
+                body.strs("tags", r.tags.iter().map(String::as_str));
+                body.u64("rows", r.rows);
+                body.u64("masked", r.masked);
+                body.millis("ms", u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX));
+                let mut written = Ok(());
+                if let Some(e) = &r.error {
+                    written = body.serde("error", &ErrorBody { code: &e.code, message: &e.message });
+                }
+                if !r.kept_rows.is_empty() {
+                    written = written.and(body.serde("rows_kept", &r.kept_rows));
+                }
+                body.end();
+                written
+            }
             Record::SessionStart(s) => serde_json::to_writer(
                 &mut *out,
                 &StartBody {
@@ -539,30 +598,12 @@ impl AuditLog {
         // Serialising these types does not fail; should it, the record
         // still says what it was.
         if let Err(e) = written {
+            tracing::warn!("audit record not serialisable: {e}");
             out.truncate(start);
-            let text = format!("{{\"type\":\"unserialisable\",\"error\":{:?}}}", e.to_string());
-            out.extend_from_slice(text.as_bytes());
+            let mut body = Body::begin(out, "unserialisable");
+            body.str("error", &e.to_string());
+            body.end();
         }
-    }
-
-    /// Serialises records into this thread's scratch buffer and queues
-    /// them; returns their last ticket.
-    fn queue(&self, records: &[Record]) -> Result<u64, RecordError> {
-        SCRATCH.with(|scratch| {
-            let (out, ends) = &mut *scratch.borrow_mut();
-            out.clear();
-            ends.clear();
-            for r in records {
-                self.write_body(r, out);
-                ends.push(out.len());
-            }
-            let queued = self.shared.queue(out, ends);
-            // A rare large batch does not keep its memory.
-            if out.capacity() > SCRATCH_KEPT {
-                *out = Vec::new();
-            }
-            queued
-        })
     }
 }
 
@@ -575,53 +616,51 @@ thread_local! {
 const SCRATCH_KEPT: usize = 64 * 1024;
 
 impl RecordSink for AuditLog {
-    fn persist(&self, records: Vec<Record>) -> Persisting {
+    fn persist(&self, records: &[Record]) -> Persisting {
         let sync = match self.durability {
             Durability::Every => true,
             Durability::None => false,
             Durability::Commit => records.iter().any(|r| matches!(r, Record::Statement(s) if s.durable)),
         };
-        let queued = self.queue(&records);
-        drop(records);
+        let ticket = match self.queue(records) {
+            Ok(ticket) => ticket,
+            Err(e) => return Persisting::Done(Err(e)),
+        };
+        // Whoever holds the lock writes everything queued: the session
+        // after it may find its records written already. When the lock is
+        // free (the common case), the records are written here and then.
+        if let Ok(mut guard) = self.shared.writer.try_lock() {
+            if self.shared.outcome(ticket).is_none() {
+                self.shared.write(&mut guard);
+            }
+            drop(guard);
+            return match self.shared.written(ticket) {
+                Ok(()) if sync => Persisting::Waiting(Box::pin(Arc::clone(&self.shared).synced())),
+                done => Persisting::Done(done),
+            };
+        }
         let shared = Arc::clone(&self.shared);
-        // Done in its first poll when the lock is free and nothing waits
-        // for a sync.
-        Box::pin(async move {
-            let ticket = queued?;
+        Persisting::Waiting(Box::pin(async move {
             {
-                // Whoever holds the lock writes everything queued: the
-                // session after it may find its records written already.
                 let mut guard = shared.writer.lock().await;
                 if shared.outcome(ticket).is_none() {
                     shared.write(&mut guard);
                 }
             }
-            match shared.outcome(ticket) {
-                Some(Ok(())) => {}
-                Some(Err(e)) => return Err(e),
-                None => return Err(RecordError::unwritten("the audit log is closed")),
+            shared.written(ticket)?;
+            if sync {
+                shared.synced().await
+            } else {
+                Ok(())
             }
-            if !sync {
-                return Ok(());
-            }
-            let (ack, answer) = tokio::sync::oneshot::channel();
-            {
-                let mut board = lock(&shared.board);
-                if board.closing {
-                    return Err(RecordError::unwritten("the audit log is closed"));
-                }
-                board.waiters.push(ack);
-            }
-            shared.wake.notify_one();
-            answer.await.unwrap_or_else(|_| Err(RecordError::unsynced("the audit log's sync thread stopped")))
-        })
+        }))
     }
 
-    fn log(&self, records: Vec<Record>) {
+    fn log(&self, records: &[Record]) {
         if records.is_empty() {
             return;
         }
-        for r in &records {
+        for r in records {
             match r {
                 Record::SessionStart(_) => {
                     self.shared.live.fetch_add(1, Ordering::Relaxed);
@@ -632,7 +671,7 @@ impl RecordSink for AuditLog {
                 _ => {}
             }
         }
-        if let Err(e) = self.queue(&records) {
+        if let Err(e) = self.queue(records) {
             tracing::warn!(records = records.len(), "audit records not written: {e}");
         }
     }
@@ -766,53 +805,6 @@ impl Serialize for SessionId<'_> {
     }
 }
 
-/// The fingerprints of a decision's statements, joined by `+`.
-struct Fingerprint<'a>(&'a policy_core::Decision);
-
-impl std::fmt::Display for Fingerprint<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, s) in self.0.statements.iter().enumerate() {
-            if i > 0 {
-                f.write_str("+")?;
-            }
-            f.write_str(&s.facts.fingerprint)?;
-        }
-        Ok(())
-    }
-}
-
-impl Serialize for Fingerprint<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match &*self.0.statements {
-            [one] => serializer.serialize_str(&one.facts.fingerprint),
-            _ => serializer.collect_str(self),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct StatementBody<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    session: SessionId<'a>,
-    n: u64,
-    sql: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    params: Option<Vec<Param<'a>>>,
-    fingerprint: Fingerprint<'a>,
-    policy: &'a str,
-    verdict: policy_core::Verdict,
-    /// Observe mode forwarded it although the verdict is not `allow`.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    observed: bool,
-    rule: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    decision: Option<&'a policy_core::Decision>,
-    /// The statement of this session whose record holds the decision.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    decision_as_in: Option<u64>,
-}
-
 /// A parameter: NULL, its text, or its first bytes and its length.
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -836,24 +828,6 @@ impl<'a> Param<'a> {
             }
         }
     }
-}
-
-#[derive(Serialize)]
-struct ResultBody<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    session: SessionId<'a>,
-    n: u64,
-    ran: bool,
-    tags: &'a [String],
-    rows: u64,
-    masked: u64,
-    ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorBody<'a>>,
-    /// The first rows as the client got them (masked), with `record_rows`.
-    #[serde(rename = "rows_kept", skip_serializing_if = "<[_]>::is_empty")]
-    kept_rows: &'a [Vec<Option<String>>],
 }
 
 #[derive(Serialize)]
@@ -897,6 +871,7 @@ struct EndBody<'a> {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
+    use crate::session::record::{ReportedError, ResultRecord, StatementRecord};
 
     #[test]
     fn session_ids_are_written_as_their_text() {
@@ -906,21 +881,78 @@ mod tests {
         }
     }
 
+    fn bodies(record_parameters: bool) -> Bodies {
+        Bodies { record_parameters, boot: "0a1b2c3d".into(), replica: "r1".into() }
+    }
+
+    fn written(bodies: &Bodies, record: &Record) -> serde_json::Value {
+        let mut out = Vec::new();
+        bodies.write(record, &mut out);
+        assert!(out.starts_with(b"{\"type\":") && !out.contains(&b'\n'), "{}", String::from_utf8_lossy(&out));
+        serde_json::from_slice(&out).unwrap()
+    }
+
     #[test]
-    fn fingerprints_are_joined_by_plus() {
+    fn statements_are_written_with_every_field() {
         let policy =
             policy_core::Policy::from_toml_str("version = 1\n[settings]\ndefault = \"allow\"\n", "policy.toml")
                 .unwrap();
         let engine = policy_core::Engine::new(policy, policy_core::Keys::default()).unwrap();
         let identity = policy_core::Identity::new("alice");
-        let one = engine.decide(&identity, &engine.new_session(), "SELECT 1");
-        let two = engine.decide(&identity, &engine.new_session(), "SELECT 1; SELECT 2 FROM pg_class");
-        let [a] = &*one.statements else { panic!("one statement") };
-        assert_eq!(serde_json::to_string(&Fingerprint(&one)).unwrap(), format!("\"{}\"", a.facts.fingerprint));
-        let [b, c] = &*two.statements else { panic!("two statements") };
+        let sql = "SELECT 1; SELECT '\"\\\n\u{1}é' FROM pg_class";
+        let decision = std::sync::Arc::new(engine.decide(&identity, &engine.new_session(), sql));
+        let [b, c] = &*decision.statements else { panic!("two statements") };
+        let long = "x".repeat(MAX_PARAMETER_BYTES + 5);
+        let parameters = vec![None, Some("7".to_string()), Some(long)];
+        let mut record =
+            StatementRecord::new(9, 4, std::sync::Arc::from(sql), parameters, std::sync::Arc::clone(&decision))
+                .with_policy(std::sync::Arc::from("sha256:ab"), true);
+        record.observed = true;
+        let v = written(&bodies(true), &Record::Statement(record.clone()));
+        assert_eq!(v["type"], "statement");
+        assert_eq!(v["session"], "0a1b2c3d-9");
+        assert_eq!(v["n"], 4);
+        assert_eq!(v["sql"], sql);
+        assert_eq!(v["params"][0], serde_json::Value::Null);
+        assert_eq!(v["params"][1], "7");
+        assert_eq!(v["params"][2]["bytes"], MAX_PARAMETER_BYTES + 5);
+        assert_eq!(v["fingerprint"], format!("{}+{}", b.facts.fingerprint, c.facts.fingerprint));
+        assert_eq!(v["policy"], "sha256:ab");
+        assert_eq!(v["verdict"], decision.verdict.as_str());
+        assert_eq!(v["observed"], true);
+        assert_eq!(v["rule"], serde_json::to_value(decision.rule.as_deref()).unwrap());
+        assert_eq!(v["decision"], serde_json::to_value(&*decision).unwrap());
+        assert!(v.get("decision_as_in").is_none());
+
+        record.observed = false;
+        record.decision_as_in = Some(2);
+        let v = written(&bodies(false), &Record::Statement(record));
+        assert!(v.get("params").is_none() && v.get("observed").is_none() && v.get("decision").is_none());
+        assert_eq!(v["decision_as_in"], 2);
+    }
+
+    #[test]
+    fn results_are_written_with_every_field() {
+        let mut result = ResultRecord {
+            session: 3,
+            sequence: 8,
+            ran: true,
+            tags: vec!["SELECT 2".into(), "UPDATE \"1\"".into()],
+            rows: 2,
+            masked: 1,
+            duration: Duration::from_micros(12_345),
+            ..ResultRecord::default()
+        };
+        let v = written(&bodies(false), &Record::Result(result.clone()));
         assert_eq!(
-            serde_json::to_string(&Fingerprint(&two)).unwrap(),
-            format!("\"{}+{}\"", b.facts.fingerprint, c.facts.fingerprint)
+            v,
+            serde_json::json!({"type": "result", "session": "0a1b2c3d-3", "n": 8, "ran": true,
+                "tags": ["SELECT 2", "UPDATE \"1\""], "rows": 2, "masked": 1, "ms": 12.345})
         );
+        result.error = Some(ReportedError { code: "42501".into(), message: "no \"way\"".into() });
+        result.kept_rows = vec![vec![Some("a".into()), None]];
+        let v = written(&bodies(false), &Record::Result(result));
+        assert_eq!(v["error"], serde_json::json!({"code": "42501", "message": "no \"way\""}));
+        assert_eq!(v["rows_kept"], serde_json::json!([["a", null]]));
     }
 }

@@ -610,6 +610,10 @@ pub struct SessionCore {
     open_since: VecDeque<Instant>,
     /// Completed results, handed out as [`Need::Log`].
     finished: Vec<Record>,
+    /// Emptied record lists the driver gave back ([`SessionCore::recycle`]),
+    /// for the next batch's records: a session that records allocates no
+    /// list per statement.
+    spare_records: Vec<Vec<Record>>,
     /// The digest of the policy in force, for records.
     policy_digest: Arc<str>,
     /// Decisions recorded in full lately, newest first, with the statement
@@ -621,6 +625,10 @@ pub struct SessionCore {
 
 /// How many recorded decisions a session remembers.
 const RECORDED_DECISIONS: usize = 8;
+
+/// Record lists a session keeps for reuse, and the largest it keeps.
+const SPARE_RECORD_LISTS: usize = 4;
+const SPARE_RECORD_CAPACITY: usize = 64;
 
 impl SessionCore {
     /// A session that has just logged in (the client saw `ReadyForQuery`).
@@ -673,6 +681,7 @@ impl SessionCore {
             open: VecDeque::new(),
             open_since: VecDeque::new(),
             finished: Vec::new(),
+            spare_records: Vec::new(),
             policy_digest: start_digest,
             recorded_decisions: Vec::new(),
         }
@@ -696,8 +705,20 @@ impl SessionCore {
     pub fn poll_need(&mut self) -> Option<Need> {
         match self.needs.pop_front() {
             Some(need) => Some(need),
-            None if !self.finished.is_empty() => Some(Need::Log { records: std::mem::take(&mut self.finished) }),
+            None if !self.finished.is_empty() => {
+                let spare = self.spare_records.pop().unwrap_or_default();
+                Some(Need::Log { records: std::mem::replace(&mut self.finished, spare) })
+            }
             None => None,
+        }
+    }
+
+    /// Gives back the list of a [`Need::Persist`] or [`Need::Log`] once the
+    /// sink has taken its records, to be used again.
+    pub fn recycle(&mut self, mut records: Vec<Record>) {
+        records.clear();
+        if self.spare_records.len() < SPARE_RECORD_LISTS && records.capacity() <= SPARE_RECORD_CAPACITY {
+            self.spare_records.push(records);
         }
     }
 
@@ -1315,6 +1336,9 @@ impl SessionCore {
             return;
         }
         let mut batch = std::mem::take(&mut self.batch);
+        if let Some(spare) = self.spare_records.pop() {
+            self.batch.records = spare;
+        }
         batch.end = Some(end);
         if end == BatchEnd::Terminate {
             self.commit(batch);

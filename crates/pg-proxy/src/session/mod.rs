@@ -186,7 +186,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
             policy: Arc::from(engine.policy().digest.as_str()),
             search_path: start_search_path.clone(),
         };
-        hooks.record_sink.log(vec![record::Record::SessionStart(Box::new(start))]);
+        hooks.record_sink.log(&[record::Record::SessionStart(Box::new(start))]);
     }
     // The generation first: a reload in between is seen at the next look.
     let mut generation = gw.generation();
@@ -256,15 +256,19 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                 }
                 Need::InvalidateCatalog => gw.catalog.invalidate(&database).await,
                 Need::CancelUpstream => gw.cancel_session(gateway_pid).await,
-                Need::Log { records } => hooks.record_sink.log(records),
+                Need::Log { records } => {
+                    hooks.record_sink.log(&records);
+                    core.recycle(records);
+                }
                 Need::Persist { batch, records } => {
                     // A sink that is done at once (the records are written
                     // and nothing waits for a sync) is answered here, with
                     // no turn of the loop.
-                    let mut persisted = hooks.record_sink.persist(records);
-                    match futures_util::FutureExt::now_or_never(persisted.as_mut()) {
-                        Some(outcome) => core.handle_persisted(batch, outcome, Instant::now()),
-                        None => persisting = Some((batch, persisted)),
+                    let persisted = hooks.record_sink.persist(&records);
+                    core.recycle(records);
+                    match persisted {
+                        record::Persisting::Done(outcome) => core.handle_persisted(batch, outcome, Instant::now()),
+                        record::Persisting::Waiting(future) => persisting = Some((batch, future)),
                     }
                 }
                 Need::Hold { hold, request } => match &hooks.hold_handler {
@@ -403,7 +407,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         };
         let end = record::SessionEndRecord { session: registration.id(), reason, duration: started.elapsed() };
         last.push(record::Record::SessionEnd(end));
-        hooks.record_sink.log(last);
+        hooks.record_sink.log(&last);
     }
     match outcome {
         Ok(()) => tracing::info!("session ended"),

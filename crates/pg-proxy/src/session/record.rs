@@ -202,20 +202,62 @@ impl RecordError {
     }
 }
 
-/// The future a sink returns.
-pub type Persisting = Pin<Box<dyn Future<Output = Result<(), RecordError>> + Send>>;
+/// What a sink's [`RecordSink::persist`] answers: at once, or a future.
+///
+/// ```
+/// use pg_proxy::session::record::Persisting;
+/// let done = Persisting::Done(Ok(()));
+/// assert!(matches!(done.now(), Some(Ok(()))));
+/// ```
+#[must_use = "the batch waits for the records to be persisted"]
+pub enum Persisting {
+    /// Persisted (or refused) already.
+    Done(Result<(), RecordError>),
+    /// Resolves once the records are as durable as the sink promises.
+    Waiting(Pin<Box<dyn Future<Output = Result<(), RecordError>> + Send>>),
+}
 
-/// Where records go. The session waits for the future before it forwards
+impl Persisting {
+    /// The outcome, when it is known already (`Done`).
+    pub fn now(self) -> Option<Result<(), RecordError>> {
+        match self {
+            Persisting::Done(outcome) => Some(outcome),
+            Persisting::Waiting(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Persisting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Persisting::Done(outcome) => f.debug_tuple("Done").field(outcome).finish(),
+            Persisting::Waiting(_) => f.write_str("Waiting"),
+        }
+    }
+}
+
+impl Future for Persisting {
+    type Output = Result<(), RecordError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Persisting::Done(outcome) => std::task::Poll::Ready(std::mem::replace(outcome, Ok(()))),
+            Persisting::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Where records go. The session waits for the answer before it forwards
 /// the batch the records describe.
 pub trait RecordSink: Send + Sync + std::fmt::Debug {
-    /// Writes `records`; resolves once they are as durable as the sink
+    /// Writes `records`; answers once they are as durable as the sink
     /// promises.
-    fn persist(&self, records: Vec<Record>) -> Persisting;
+    fn persist(&self, records: &[Record]) -> Persisting;
 
     /// Writes `records` without waiting (results, session start and end):
     /// they follow, in order, what was persisted before them.
-    fn log(&self, records: Vec<Record>) {
-        drop(records);
+    fn log(&self, records: &[Record]) {
+        let _ = records;
     }
 
     /// Whether the sink records nothing: the session then builds no records
@@ -230,8 +272,8 @@ pub trait RecordSink: Send + Sync + std::fmt::Debug {
 pub struct NoopSink;
 
 impl RecordSink for NoopSink {
-    fn persist(&self, _records: Vec<Record>) -> Persisting {
-        Box::pin(std::future::ready(Ok(())))
+    fn persist(&self, _records: &[Record]) -> Persisting {
+        Persisting::Done(Ok(()))
     }
 
     fn is_noop(&self) -> bool {
@@ -256,7 +298,7 @@ pub enum TestSinkMode {
 /// ```
 /// use pg_proxy::session::record::{RecordSink, TestSink, TestSinkMode};
 /// let sink = TestSink::new(TestSinkMode::Fail("disk full".into()));
-/// let outcome = futures_lite_block_on(sink.persist(Vec::new()));
+/// let outcome = futures_lite_block_on(sink.persist(&[]));
 /// assert_eq!(outcome.unwrap_err().message, "disk full");
 /// # fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
 /// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
@@ -288,16 +330,17 @@ impl TestSink {
 }
 
 impl RecordSink for TestSink {
-    fn log(&self, records: Vec<Record>) {
+    fn log(&self, records: &[Record]) {
         if let Ok(mut k) = self.records.lock() {
-            k.extend(records);
+            k.extend_from_slice(records);
         }
     }
 
-    fn persist(&self, records: Vec<Record>) -> Persisting {
+    fn persist(&self, records: &[Record]) -> Persisting {
+        let records = records.to_vec();
         let mode = self.mode.lock().map(|m| m.clone()).unwrap_or(TestSinkMode::Fail("poisoned".into()));
         let kept = Arc::clone(&self.records);
-        Box::pin(async move {
+        Persisting::Waiting(Box::pin(async move {
             let delay = match mode {
                 TestSinkMode::Fail(message) => return Err(RecordError::unwritten(message)),
                 TestSinkMode::Accept => None,
@@ -310,6 +353,6 @@ impl RecordSink for TestSink {
                 k.extend(records);
             }
             Ok(())
-        })
+        }))
     }
 }
