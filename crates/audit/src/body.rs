@@ -178,6 +178,12 @@ pub fn push_string(out: &mut Vec<u8>, value: &str) {
 fn push_escaped(out: &mut Vec<u8>, value: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = value.as_bytes();
+    // Most values need no escaping: one pass with no early exit (which
+    // the compiler turns into vector code), then one copy.
+    if !bytes.iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\')) {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let Some(escape) = escape(b) else { continue };
@@ -201,20 +207,7 @@ fn push_escaped(out: &mut Vec<u8>, value: &str) {
 
 /// Appends `n` in decimal digits.
 pub(crate) fn push_decimal(buf: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        if let Some(d) = digits.get_mut(i) {
-            *d = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(digits.get(i..).unwrap_or_default());
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 #[cfg(test)]

@@ -26,32 +26,40 @@ pub fn format_utc(t: SystemTime) -> String {
     )
 }
 
-/// The last time formatted, kept to format the next one cheaply: within
-/// the same second only the microseconds are written again (the writer
-/// formats a time per batch).
+/// The last time formatted, kept to format the next one cheaply: the
+/// same time (the records of one batch) is not formatted again, and
+/// within the same second only the microseconds are written again.
 #[derive(Debug, Default)]
 pub(crate) struct TimeText {
-    /// The whole seconds `text` holds, and `text`.
-    last: Option<(u64, String)>,
+    /// The time `text` holds, and `text` ([`format_utc`]'s form, when
+    /// 27 bytes long; otherwise formatted every time).
+    last: Option<(Duration, String)>,
 }
 
 impl TimeText {
     /// `t` as [`format_utc`] writes it.
     pub(crate) fn format(&mut self, t: SystemTime) -> &str {
         let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
+        let micros = Duration::new(since.as_secs(), since.subsec_micros() * 1000);
         match &mut self.last {
+            Some((last, _)) if *last == micros => {}
             // Fixed width: the six digits before the `Z`.
-            Some((s, text)) if *s == secs && text.len() == 27 => {
-                let mut micros = since.subsec_micros();
+            Some((last, text)) if last.as_secs() == micros.as_secs() && text.len() == 27 => {
+                let mut n = micros.subsec_micros();
                 let mut digits = [b'0'; 6];
                 for d in digits.iter_mut().rev() {
-                    *d = b'0' + (micros % 10) as u8;
-                    micros /= 10;
+                    *d = b'0' + (n % 10) as u8;
+                    n /= 10;
                 }
-                text.replace_range(20..26, std::str::from_utf8(&digits).unwrap_or("000000"));
+                // Rebuilt in place: the text is ASCII, and stays so.
+                let mut bytes = std::mem::take(text).into_bytes();
+                if let Some(slot) = bytes.get_mut(20..26) {
+                    slot.copy_from_slice(&digits);
+                }
+                *text = String::from_utf8(bytes).unwrap_or_else(|_| format_utc(t));
+                *last = micros;
             }
-            last => *last = Some((secs, format_utc(t))),
+            last => *last = Some((micros, format_utc(t))),
         }
         self.last.as_ref().map_or("", |(_, text)| text.as_str())
     }
@@ -133,10 +141,14 @@ mod tests {
     fn the_kept_text_matches_a_fresh_one() {
         let mut kept = TimeText::default();
         let base = UNIX_EPOCH + Duration::from_secs(1_796_380_000);
-        // Within a second, across seconds, back in time, and micros of
+        // Within a second, across seconds, back in time, the same time
+        // again (to the microsecond, not the nanosecond), and micros of
         // every width.
-        for offset in [0u64, 7, 999_999, 1_000_000, 1_000_001, 5, 86_400_123_456, 3_600_000_010, 0] {
-            let t = base + Duration::from_micros(offset);
+        let nanos = [0u64, 7_000, 7_000, 7_999, 999_999_000, 1_000_000_000, 1_000_001_000, 5_000, 5_000]
+            .into_iter()
+            .chain([86_400_123_456_000, 86_400_123_456_321, 3_600_000_010_000, 0]);
+        for offset in nanos {
+            let t = base + Duration::from_nanos(offset);
             assert_eq!(kept.format(t), format_utc(t), "{offset}");
         }
     }

@@ -204,10 +204,23 @@ pub fn root(leaves: &[Hash]) -> Hash {
 /// assert_eq!(restored, frontier);
 /// # Ok::<(), portcullis_audit::tree::TreeError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, PartialEq, Eq, Default)]
 pub struct Frontier {
     size: u64,
     nodes: Vec<Hash>,
+}
+
+impl Clone for Frontier {
+    fn clone(&self) -> Self {
+        Frontier { size: self.size, nodes: self.nodes.clone() }
+    }
+
+    /// Reuses `self`'s memory (a writer saves its frontier before every
+    /// batch).
+    fn clone_from(&mut self, source: &Self) {
+        self.size = source.size;
+        self.nodes.clone_from(&source.nodes);
+    }
 }
 
 impl Frontier {

@@ -127,6 +127,8 @@ pub struct Writer {
     checkpointed: u64,
     /// What the batch being written started from.
     mark: Option<Mark>,
+    /// A mark no longer in use, kept for its memory.
+    spare_mark: Option<Mark>,
     /// The last time written, formatted (a batch's records share it).
     time: crate::time::TimeText,
 }
@@ -168,6 +170,7 @@ impl Writer {
             frontier,
             prev,
             mark: None,
+            spare_mark: None,
             time: crate::time::TimeText::default(),
             options,
         };
@@ -197,10 +200,7 @@ impl Writer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn discard_buffered(&mut self) {
-        if let Some(mark) = self.mark.take() {
-            self.frontier = mark.frontier;
-            self.prev = mark.prev;
-        }
+        self.restore_mark();
         self.buf.clear();
     }
 
@@ -262,7 +262,7 @@ impl Writer {
     /// write begins a new segment.
     pub fn write(&mut self) -> Result<(), WriteError> {
         if self.buf.is_empty() {
-            self.mark = None;
+            self.clear_mark();
             return Ok(());
         }
         if self.file.is_none() {
@@ -285,7 +285,7 @@ impl Writer {
             Ok(()) => {
                 self.written += self.buf.len() as u64;
                 self.buf.clear();
-                self.mark = None;
+                self.clear_mark();
                 if self.written >= self.options.segment_bytes {
                     if let Err(e) = self.end_segment() {
                         self.abandon_segment();
@@ -408,16 +408,33 @@ impl Writer {
 
     fn mark_batch(&mut self) {
         if self.mark.is_none() {
-            self.mark = Some(Mark { frontier: self.frontier.clone(), prev: self.prev });
+            let mut mark =
+                self.spare_mark.take().unwrap_or_else(|| Mark { frontier: Frontier::new(), prev: self.prev });
+            mark.frontier.clone_from(&self.frontier);
+            mark.prev = self.prev;
+            self.mark = Some(mark);
+        }
+    }
+
+    /// The batch is written: its mark is not needed any more.
+    fn clear_mark(&mut self) {
+        if let Some(mark) = self.mark.take() {
+            self.spare_mark = Some(mark);
+        }
+    }
+
+    /// Takes the tree back to where the batch began.
+    fn restore_mark(&mut self) {
+        if let Some(mut mark) = self.mark.take() {
+            std::mem::swap(&mut self.frontier, &mut mark.frontier);
+            self.prev = mark.prev;
+            self.spare_mark = Some(mark);
         }
     }
 
     /// Forgets the batch being written.
     fn take_back(&mut self) {
-        if let Some(mark) = self.mark.take() {
-            self.frontier = mark.frontier;
-            self.prev = mark.prev;
-        }
+        self.restore_mark();
         self.buf.clear();
         self.abandon_segment();
     }
