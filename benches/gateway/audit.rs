@@ -53,8 +53,11 @@ struct AuditRun {
     run: Run,
     /// Syncs over the gateway's life per transaction it carried.
     syncs_per_txn: Option<f64>,
-    /// `write(2)` calls of record batches per transaction.
+    /// Batches of records handed to the OS per transaction.
     writes_per_txn: Option<f64>,
+    /// Batches per transaction whose session found the writer's lock
+    /// taken.
+    lock_waits_per_txn: Option<f64>,
 }
 
 /// The configurations the audit comparison runs by default.
@@ -87,7 +90,7 @@ pub(super) fn run(
                 serial += 1;
                 let run = one_run(options, tools, cluster, password, &keys, config, mode, serial)?;
                 eprintln!(
-                    "rep {}/{} {:<20} {:<10} tps {:>9.1}  gateway CPU {} µs/txn  syncs/txn {}  writes/txn {}",
+                    "rep {}/{} {:<20} {:<10} tps {:>9.1}  gateway CPU {} µs/txn  syncs/txn {}  writes/txn {}  lock waits/txn {}",
                     rep + 1,
                     options.reps,
                     config.name,
@@ -95,7 +98,8 @@ pub(super) fn run(
                     run.run.tps,
                     fmt_opt(run.run.cpu_us_per_txn(), 1),
                     fmt_opt(run.syncs_per_txn, 3),
-                    fmt_opt(run.writes_per_txn, 3)
+                    fmt_opt(run.writes_per_txn, 3),
+                    fmt_opt(run.lock_waits_per_txn, 3)
                 );
                 if let Some(slot) = runs.get_mut(ci).and_then(|c| c.get_mut(k_of(mode))) {
                     slot.push(run);
@@ -152,8 +156,8 @@ fn one_run(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (syncs_per_txn, writes_per_txn) = match mode {
-        Mode::Off => (None, None),
+    let (syncs_per_txn, writes_per_txn, lock_waits_per_txn) = match mode {
+        Mode::Off => (None, None, None),
         _ => {
             let log = std::fs::read_to_string(&gateway.log).map_err(|e| e.to_string())?;
             let line = log
@@ -161,11 +165,12 @@ fn one_run(
                 .find(|l| l.contains("audit log closed"))
                 .ok_or_else(|| format!("no \"audit log closed\" line in the gateway's log:\n{log}"))?;
             let transactions = (run.transactions + warm.transactions).max(1) as f64;
-            (Some(field(line, "syncs")? as f64 / transactions), Some(field(line, "writes")? as f64 / transactions))
+            let per_txn = |name| field(line, name).map(|n| Some(n as f64 / transactions));
+            (per_txn("syncs")?, per_txn("writes")?, per_txn("lock_waits")?)
         }
     };
     let _ = std::fs::remove_dir_all(cluster.dir().join(&name));
-    Ok(AuditRun { run, syncs_per_txn, writes_per_txn })
+    Ok(AuditRun { run, syncs_per_txn, writes_per_txn, lock_waits_per_txn })
 }
 
 /// `name=value` of a log line.

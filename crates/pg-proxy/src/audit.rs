@@ -63,6 +63,9 @@ pub struct AuditStats {
     pub syncs: AtomicU64,
     /// Batches refused because the log could not be written or synced.
     pub failures: AtomicU64,
+    /// Batches whose session found the writer's lock taken and waited for
+    /// it.
+    pub lock_waits: AtomicU64,
 }
 
 /// What the sessions and the sync thread share.
@@ -478,6 +481,7 @@ impl AuditLog {
                 records = stats.records.load(Ordering::Relaxed),
                 writes = stats.writes.load(Ordering::Relaxed),
                 syncs = stats.syncs.load(Ordering::Relaxed),
+                lock_waits = stats.lock_waits.load(Ordering::Relaxed),
                 "audit log closed"
             ),
             Err(e) => tracing::error!("audit log: closing: {e}"),
@@ -639,6 +643,7 @@ impl RecordSink for AuditLog {
                 done => Persisting::Done(done),
             };
         }
+        self.stats.lock_waits.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::clone(&self.shared);
         Persisting::Waiting(Box::pin(async move {
             {
