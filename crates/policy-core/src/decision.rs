@@ -37,6 +37,91 @@ impl std::fmt::Display for Verdict {
     }
 }
 
+/// What approving a held statement takes, from the `require_approval`
+/// rules that matched it (when several match, the strictest terms of
+/// each: the largest number of people, `never` over `delegator`, a
+/// justification if any asks for one).
+///
+/// ```
+/// use policy_core::{ApprovalTerms, Engine, Identity, Policy, SelfApproval, Verdict};
+/// let policy = Policy::from_toml_str(r#"
+///     version = 1
+///     [[rule]]
+///     name = "deletes-need-two"
+///     effect = "require_approval"
+///     commands = ["DELETE"]
+///     approvers = ["dba"]
+///     approvals = 2
+///     self_approval = "delegator"
+///     justification = true
+/// "#, "inline.toml")?;
+/// let engine = Engine::new(policy, Default::default())?;
+/// let d = engine.decide(&Identity::new("alice"), &engine.new_session(), "DELETE FROM orders WHERE id = 1");
+/// assert_eq!(d.verdict, Verdict::RequireApproval);
+/// assert_eq!(
+///     d.approval,
+///     Some(ApprovalTerms { approvals: 2, self_approval: SelfApproval::Delegator, justification: true })
+/// );
+/// # Ok::<(), policy_core::PolicyError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalTerms {
+    /// How many distinct people must approve (at least 1).
+    pub approvals: u32,
+    /// Whether the person an agent acts for may approve the agent's
+    /// statement.
+    pub self_approval: SelfApproval,
+    /// Whether the statement must come with the requester's reason.
+    pub justification: bool,
+}
+
+impl ApprovalTerms {
+    /// The terms of one rule alone: one person, never oneself, no
+    /// justification needed.
+    pub const DEFAULT: ApprovalTerms =
+        ApprovalTerms { approvals: 1, self_approval: SelfApproval::Never, justification: false };
+
+    /// The strictest of both.
+    ///
+    /// ```
+    /// use policy_core::{ApprovalTerms, SelfApproval};
+    /// let a = ApprovalTerms { approvals: 2, self_approval: SelfApproval::Delegator, justification: false };
+    /// let b = ApprovalTerms { approvals: 1, self_approval: SelfApproval::Never, justification: true };
+    /// assert_eq!(a.stricter(b), ApprovalTerms { approvals: 2, self_approval: SelfApproval::Never, justification: true });
+    /// ```
+    #[must_use]
+    pub fn stricter(self, other: ApprovalTerms) -> ApprovalTerms {
+        ApprovalTerms {
+            approvals: self.approvals.max(other.approvals),
+            self_approval: self.self_approval.min(other.self_approval),
+            justification: self.justification || other.justification,
+        }
+    }
+}
+
+/// Whether the person an agent acts for may approve that agent's
+/// statements. Nobody ever approves their own: the requester (the
+/// subject, when no agent acts for it) cannot approve either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelfApproval {
+    /// Someone else must approve (four eyes). Stricter than `Delegator`.
+    Never,
+    /// The person may approve what their own agent asks (a human in the
+    /// loop of their agent).
+    Delegator,
+}
+
+impl SelfApproval {
+    /// The name used in policies and decisions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SelfApproval::Never => "never",
+            SelfApproval::Delegator => "delegator",
+        }
+    }
+}
+
 /// One statement's facts and verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatementDecision {
@@ -93,6 +178,9 @@ pub struct Decision {
     pub max_rows: u64,
     /// Groups that may approve (require_approval only).
     pub approvers: Vec<String>,
+    /// What approving it takes (require_approval only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalTerms>,
     /// The person or workload the decision was made for.
     pub subject: Arc<str>,
     /// The agent acting for the subject, if any.
@@ -135,7 +223,8 @@ impl Decision {
     /// ```
     pub fn same_apart_from_spans(&self, other: &Decision) -> bool {
         // Destructured, so that a field added later is compared too.
-        let Decision { verdict, reason, rule, max_rows, approvers, subject, actor, statements, diagnostics } = self;
+        let Decision { verdict, reason, rule, max_rows, approvers, approval, subject, actor, statements, diagnostics } =
+            self;
         // Statements of other shapes differ in their fingerprints: that is
         // compared first (a caller may hold a few decisions to compare).
         statements.len() == other.statements.len()
@@ -145,6 +234,7 @@ impl Decision {
             && *rule == other.rule
             && *max_rows == other.max_rows
             && *approvers == other.approvers
+            && *approval == other.approval
             && *subject == other.subject
             && *actor == other.actor
             && *diagnostics == other.diagnostics
@@ -180,6 +270,7 @@ impl Decision {
             rule: None,
             max_rows: 0,
             approvers: Vec::new(),
+            approval: None,
             subject: Arc::from(subject),
             actor: None,
             statements: Arc::from(Vec::new()),
@@ -214,7 +305,8 @@ impl Decision {
         if self.has_spans(spans) {
             return self.clone();
         }
-        let Decision { verdict, reason, rule, max_rows, approvers, subject, actor, statements, diagnostics } = self;
+        let Decision { verdict, reason, rule, max_rows, approvers, approval, subject, actor, statements, diagnostics } =
+            self;
         let moved = statements.iter().enumerate().map(|(i, s)| StatementDecision {
             span: spans.get(i).cloned().unwrap_or_else(|| s.span.clone()),
             ..s.clone()
@@ -225,6 +317,7 @@ impl Decision {
             rule: rule.clone(),
             max_rows: *max_rows,
             approvers: approvers.clone(),
+            approval: *approval,
             subject: Arc::clone(subject),
             actor: actor.clone(),
             statements: moved.collect(),

@@ -248,7 +248,7 @@ pub use analyze::{Analysis, Class, Clause, ClauseColumn, OutputColumn, RowLayout
 pub use cache::{CacheStats, DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT};
 pub use context::Context;
 pub use copy::{CopyLayout, CopyOutAction, CopyOutPlan, CsvLayout};
-pub use decision::{Decision, StatementDecision, Verdict};
+pub use decision::{ApprovalTerms, Decision, SelfApproval, StatementDecision, Verdict};
 pub use definitions::{Definitions, Function, FunctionBody, RowPolicy, View, ViewKind};
 pub use detect::{DetectorMatch, Detectors};
 pub use engine::{Engine, EngineOptions, Keys, TestOutcome};

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::analyze::{Class, Clause};
-use crate::decision::Verdict;
+use crate::decision::{ApprovalTerms, SelfApproval, Verdict};
 
 /// Where in a policy file something is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,6 +309,9 @@ pub struct Rule {
     pub max_rows: Option<u64>,
     /// Groups that may approve.
     pub approvers: Vec<String>,
+    /// What approving takes (`approvals`, `self_approval`,
+    /// `justification`; require_approval rules).
+    pub approval: ApprovalTerms,
     /// Shown to the client and recorded.
     pub reason: Option<String>,
     /// Where the rule is in the file.
@@ -454,6 +457,9 @@ struct RawRule {
     pattern: Option<Spanned<String>>,
     max_rows: Option<Spanned<u64>>,
     approvers: Option<Spanned<Vec<String>>>,
+    approvals: Option<Spanned<u32>>,
+    self_approval: Option<Spanned<SelfApproval>>,
+    justification: Option<Spanned<bool>>,
     reason: Option<String>,
 }
 
@@ -675,6 +681,34 @@ impl Policy {
                     ));
                 }
             }
+            let approval_only = |at: usize, field: &str| {
+                loader.invalid(at, format!("rule `{name}`: {field} applies to require_approval rules only"))
+            };
+            let mut approval = ApprovalTerms::DEFAULT;
+            if let Some(n) = &r.approvals {
+                if r.effect != Effect::RequireApproval {
+                    return Err(approval_only(n.span().start, "approvals"));
+                }
+                if *n.get_ref() == 0 {
+                    return Err(loader.invalid(
+                        n.span().start,
+                        format!("rule `{name}`: approvals is how many people must approve: at least 1"),
+                    ));
+                }
+                approval.approvals = *n.get_ref();
+            }
+            if let Some(s) = &r.self_approval {
+                if r.effect != Effect::RequireApproval {
+                    return Err(approval_only(s.span().start, "self_approval"));
+                }
+                approval.self_approval = *s.get_ref();
+            }
+            if let Some(j) = &r.justification {
+                if r.effect != Effect::RequireApproval {
+                    return Err(approval_only(j.span().start, "justification"));
+                }
+                approval.justification = *j.get_ref();
+            }
             let actors = match non_empty(r.actors) {
                 Some(list) => Some(loader.patterns(&list, "actor")?),
                 None => None,
@@ -706,6 +740,7 @@ impl Policy {
                 pattern,
                 max_rows: r.max_rows.map(Spanned::into_inner).filter(|m| *m > 0),
                 approvers: r.approvers.map(Spanned::into_inner).unwrap_or_default(),
+                approval,
                 reason: r.reason.filter(|r| !r.is_empty()),
                 location: loader.location(at),
             });
@@ -899,6 +934,29 @@ mod tests {
         assert!(e.to_string().contains("neither"), "{e}");
         let e = err("version = 1\n[[detector]]\nname = \"d\"\nkinds = [\"social_security\"]\nstrategy = \"redact\"\n");
         assert_eq!(at(&e).0, 4, "{e}");
+    }
+
+    #[test]
+    fn approval_terms_are_read_and_checked() {
+        let rule = |extra: &str| format!("version = 1\n[[rule]]\nname = \"a\"\neffect = \"require_approval\"\n{extra}");
+        let p = Policy::from_toml_str(&rule(""), "p.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.rules.first().map(|r| r.approval), Some(ApprovalTerms::DEFAULT));
+        let text = rule("approvals = 3\nself_approval = \"delegator\"\njustification = true\n");
+        let p = Policy::from_toml_str(&text, "p.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            p.rules.first().map(|r| r.approval),
+            Some(ApprovalTerms { approvals: 3, self_approval: SelfApproval::Delegator, justification: true })
+        );
+        let e = err(&rule("approvals = 0\n"));
+        assert_eq!(at(&e), (5, 13), "{e}");
+        assert!(e.to_string().contains("at least 1"), "{e}");
+        let e = err(&rule("self_approval = \"always\"\n"));
+        assert_eq!(at(&e).0, 5, "{e}");
+        for field in ["approvals = 2", "self_approval = \"never\"", "justification = true"] {
+            let e = err(&format!("version = 1\n[[rule]]\nname = \"a\"\neffect = \"deny\"\n{field}\n"));
+            assert_eq!(at(&e), (5, 1 + field.find('=').unwrap_or(0) + 2), "{e}");
+            assert!(e.to_string().contains("require_approval rules only"), "{e}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::analyze::{Analysis, Class, StatementFacts};
-use crate::decision::{Decision, StatementDecision, Verdict};
+use crate::decision::{ApprovalTerms, Decision, StatementDecision, Verdict};
 use crate::identity::Identity;
 use crate::policy::{Effect, Patterns, Policy, Rule};
 
@@ -103,6 +103,7 @@ struct Outcome {
     reason: String,
     max_rows: u64,
     approvers: Vec<String>,
+    approval: Option<ApprovalTerms>,
 }
 
 fn decide_statement(policy: &Policy, rules: &[&Rule], facts: &StatementFacts, text: &str) -> Outcome {
@@ -115,6 +116,7 @@ fn decide_statement(policy: &Policy, rules: &[&Rule], facts: &StatementFacts, te
             reason: format!("{why} (settings.on_parse_error)"),
             max_rows: settings.max_rows,
             approvers: Vec::new(),
+            approval: None,
         };
     }
     let matching: Vec<&Rule> = rules.iter().copied().filter(|r| matches(r, facts, text)).collect();
@@ -134,17 +136,20 @@ fn decide_statement(policy: &Policy, rules: &[&Rule], facts: &StatementFacts, te
             reason: reason_of(r),
             max_rows: settings.max_rows,
             approvers: Vec::new(),
+            approval: None,
         };
     }
     let approvals: Vec<&&Rule> = matching.iter().filter(|r| r.effect == Effect::RequireApproval).collect();
     if let Some(first) = approvals.first() {
         let mut approvers: Vec<String> = Vec::new();
+        let mut terms: Option<ApprovalTerms> = None;
         for r in &approvals {
             for a in &r.approvers {
                 if !approvers.contains(a) {
                     approvers.push(a.clone());
                 }
             }
+            terms = Some(terms.map_or(r.approval, |t| t.stricter(r.approval)));
         }
         return Outcome {
             verdict: Verdict::RequireApproval,
@@ -152,6 +157,7 @@ fn decide_statement(policy: &Policy, rules: &[&Rule], facts: &StatementFacts, te
             reason: reason_of(first),
             max_rows: settings.max_rows,
             approvers,
+            approval: terms,
         };
     }
     let allows: Vec<&&Rule> = matching.iter().filter(|r| r.effect == Effect::Allow).collect();
@@ -163,6 +169,7 @@ fn decide_statement(policy: &Policy, rules: &[&Rule], facts: &StatementFacts, te
             reason: reason_of(first),
             max_rows: cap,
             approvers: Vec::new(),
+            approval: None,
         };
     }
     let verdict = settings.default.verdict();
@@ -172,7 +179,7 @@ fn decide_statement(policy: &Policy, rules: &[&Rule], facts: &StatementFacts, te
             reason = format!("{reason}; {note}");
         }
     }
-    Outcome { verdict, rule: None, reason, max_rows: settings.max_rows, approvers: Vec::new() }
+    Outcome { verdict, rule: None, reason, max_rows: settings.max_rows, approvers: Vec::new(), approval: None }
 }
 
 /// Decides every statement of an analysis and combines them.
@@ -193,6 +200,7 @@ pub(crate) fn decide(
     let mut reason: Arc<str> = Arc::from("nothing to run: the string holds no statement");
     let mut max_rows = policy.settings.max_rows;
     let mut approvers: Vec<String> = Vec::new();
+    let mut approval: Option<ApprovalTerms> = None;
     let spans = analysis.spans;
     for (i, facts) in analysis.statements.into_iter().enumerate() {
         let span = spans.get(i).cloned().unwrap_or(0..sql.len());
@@ -206,6 +214,7 @@ pub(crate) fn decide(
                     reason,
                     max_rows: outcome.max_rows,
                     approvers: Vec::new(),
+                    approval: None,
                 };
             }
         }
@@ -222,6 +231,9 @@ pub(crate) fn decide(
                 approvers.push(a.clone());
             }
         }
+        if let Some(terms) = outcome.approval {
+            approval = Some(approval.map_or(terms, |a| a.stricter(terms)));
+        }
         statements.push(StatementDecision {
             facts: Arc::new(facts),
             span,
@@ -232,6 +244,7 @@ pub(crate) fn decide(
     }
     if verdict != Verdict::RequireApproval {
         approvers.clear();
+        approval = None;
     }
     Decision {
         verdict,
@@ -239,6 +252,7 @@ pub(crate) fn decide(
         rule,
         max_rows,
         approvers,
+        approval,
         subject: Arc::from(identity.subject.as_str()),
         actor: identity.actor.as_ref().map(|a| Arc::from(a.name())),
         statements: statements.into(),

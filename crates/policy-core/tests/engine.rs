@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use policy_core::{Actor, Context, Engine, EngineOptions, Identity, Policy, Prepared, Session, SessionEffect, Verdict};
+use policy_core::{
+    Actor, ApprovalTerms, Context, Engine, EngineOptions, Identity, Policy, Prepared, SelfApproval, Session,
+    SessionEffect, Verdict,
+};
 
 fn engine(policy: &str) -> Engine {
     let p = Policy::from_toml_str(policy, "test.toml").unwrap_or_else(|e| panic!("{e}"));
@@ -149,6 +152,60 @@ fn deny_beats_approval_beats_allow_whatever_the_order() {
         assert_eq!(approvers, ["dba", "leads"], "approvers are collected from every matching approval rule");
         assert_eq!(verdict(&e, &anyone(), "DELETE FROM orders"), (Verdict::Deny, Some("d".into())));
     }
+}
+
+#[test]
+fn approval_terms_are_the_strictest_of_the_matching_rules() {
+    let e = engine(
+        r#"
+version = 1
+[[rule]]
+name = "a"
+effect = "allow"
+[[rule]]
+name = "deletes"
+effect = "require_approval"
+commands = ["DELETE"]
+approvers = ["dba"]
+approvals = 2
+self_approval = "delegator"
+[[rule]]
+name = "orders"
+effect = "require_approval"
+tables = ["public.orders"]
+approvers = ["leads"]
+justification = true
+[[rule]]
+name = "updates"
+effect = "require_approval"
+commands = ["UPDATE"]
+approvers = ["dba"]
+self_approval = "delegator"
+"#,
+    );
+    let terms = |sql: &str| e.decide(&anyone(), &e.new_session(), sql).approval;
+    let t = |approvals, self_approval, justification| Some(ApprovalTerms { approvals, self_approval, justification });
+    assert_eq!(terms("SELECT 1"), None, "an allowed statement has no terms");
+    assert_eq!(terms("DELETE FROM customers WHERE id = 1"), t(2, SelfApproval::Delegator, false));
+    assert_eq!(terms("UPDATE customers SET name = 'x' WHERE id = 1"), t(1, SelfApproval::Delegator, false));
+    // One statement, two rules.
+    assert_eq!(terms("DELETE FROM orders WHERE id = 1"), t(2, SelfApproval::Never, true));
+    // Two statements, one rule each.
+    assert_eq!(
+        terms("UPDATE customers SET name = 'x' WHERE id = 1; DELETE FROM customers WHERE id = 2"),
+        t(2, SelfApproval::Delegator, false)
+    );
+    assert_eq!(
+        terms("UPDATE customers SET name = 'x' WHERE id = 1; SELECT * FROM orders FOR UPDATE"),
+        t(1, SelfApproval::Never, true)
+    );
+    let d = e.decide(&anyone(), &e.new_session(), "DELETE FROM orders WHERE id = 1");
+    assert!(
+        d.to_json().contains(r#""approval":{"approvals":2,"self_approval":"never","justification":true}"#),
+        "{}",
+        d.to_json()
+    );
+    assert!(!e.decide(&anyone(), &e.new_session(), "SELECT 1").to_json().contains("approval\""));
 }
 
 #[test]
