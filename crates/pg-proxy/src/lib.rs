@@ -6,6 +6,7 @@
 //! own.
 //!
 //! - [`config`]: the configuration file;
+//! - [`approvals`]: statements held until people approve them;
 //! - [`audit`]: the tamper-evident log behind the sessions' record sink;
 //! - [`server`]: accepting clients, TLS, login, cancel requests;
 //! - [`session`]: one client session: the protocol core with no I/O
@@ -20,6 +21,7 @@
 //! - [`token`]: development keys and tokens;
 //! - [`demo`]: `pg-proxy demo`.
 
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
