@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pg_proxy::session::hold::{Deciding, HoldHandler, HoldOutcome, HoldRequest};
+use pg_proxy::session::hold::{HoldHandler, HoldOutcome, HoldRequest, Holding};
 use pg_proxy::session::record::{Record, TestSink, TestSinkMode};
 use pg_proxy::session::registry::Activity;
 use pg_proxy::session::SessionHooks;
@@ -24,12 +24,17 @@ struct Scripted {
 }
 
 impl HoldHandler for Scripted {
-    fn hold(&self, request: HoldRequest) -> Deciding {
+    fn hold(&self, request: HoldRequest) -> Holding {
         let (tx, rx) = oneshot::channel();
         if let Ok(s) = self.requests.lock() {
             let _ = s.send((request, tx));
         }
-        Box::pin(async move { rx.await.unwrap_or(HoldOutcome::Refuse { reason: "the handler went away".into() }) })
+        Holding {
+            notice: None,
+            outcome: Box::pin(async move {
+                rx.await.unwrap_or(HoldOutcome::Refuse { reason: "the handler went away".into() })
+            }),
+        }
     }
 }
 

@@ -1,5 +1,8 @@
 //! Approvals: statements held on their live session until people decide.
 //!
 //! - [`ledger`]: requests, votes and grants, and the rules of who may
-//!   approve what, with no I/O.
+//!   approve what, with no I/O;
+//! - [`store`]: one gateway's requests in memory, and the sessions' hold
+//!   handler that opens them and waits.
 pub mod ledger;
+pub mod store;

@@ -918,6 +918,18 @@ impl SessionCore {
         self.process_client();
     }
 
+    /// What the hold's handler tells the client while it waits (the
+    /// request's id, how to approve): a `NoticeResponse` now.
+    pub fn handle_hold_notice(&mut self, hold: u64, message: &str) {
+        let ClientState::Held { id, .. } = &self.client else { return };
+        if *id != hold {
+            return;
+        }
+        if codec::notice_response(&mut self.to_client, "NOTICE", "00000", message, &[]).is_err() {
+            tracing::warn!("a hold's notice could not be sent (a NUL byte in it)");
+        }
+    }
+
     /// A hold's outcome, from its handler.
     pub fn handle_hold_outcome(&mut self, hold: u64, outcome: HoldOutcome, now: Instant) {
         self.now = now;

@@ -66,9 +66,26 @@ pub enum HoldOutcome {
 /// The future a handler returns.
 pub type Deciding = Pin<Box<dyn Future<Output = HoldOutcome> + Send>>;
 
+/// What a handler answers a hold with: what to tell the client at once,
+/// and the outcome to come.
+#[must_use = "the session waits for the outcome"]
+pub struct Holding {
+    /// Told to the client as a `NoticeResponse` when the hold begins: the
+    /// request's id and how to approve it.
+    pub notice: Option<String>,
+    /// Resolves to the hold's outcome; dropped when the hold ends another
+    /// way (timeout, cancel, client gone).
+    pub outcome: Deciding,
+}
+
+impl std::fmt::Debug for Holding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Holding").field("notice", &self.notice).finish_non_exhaustive()
+    }
+}
+
 /// Decides held statements (the approvals store plugs in here).
 pub trait HoldHandler: Send + Sync + std::fmt::Debug {
-    /// Starts deciding `request`; the session drops the future when the
-    /// hold ends another way (timeout, cancel, client gone).
-    fn hold(&self, request: HoldRequest) -> Deciding;
+    /// Starts deciding `request`.
+    fn hold(&self, request: HoldRequest) -> Holding;
 }

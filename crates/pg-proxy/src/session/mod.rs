@@ -272,7 +272,13 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                     }
                 }
                 Need::Hold { hold, request } => match &hooks.hold_handler {
-                    Some(handler) => holding = Some((hold, handler.hold(request))),
+                    Some(handler) => {
+                        let started = handler.hold(request);
+                        if let Some(notice) = &started.notice {
+                            core.handle_hold_notice(hold, notice);
+                        }
+                        holding = Some((hold, started.outcome));
+                    }
                     None => core.handle_hold_outcome(
                         hold,
                         HoldOutcome::Refuse { reason: "approvals are not available".to_string() },

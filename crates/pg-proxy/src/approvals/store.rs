@@ -1,0 +1,299 @@
+//! Where approvals live while the gateway runs, and the hold handler that
+//! turns a held batch into a request and waits for people to decide.
+//!
+//! [`MemoryStore`] keeps one gateway's [`Ledger`] in memory and tells
+//! whoever waits that something changed; [`ApprovalHandler`] is the
+//! sessions' [`HoldHandler`]: a held batch that a live grant covers goes on
+//! at once; otherwise a request is opened, the client is told its id and
+//! how to approve it, and the session waits for the outcome. When the
+//! session stops waiting first (its hold timed out, the client cancelled
+//! or left), the request is withdrawn.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use policy_core::{ApprovalTerms, Decision};
+use tokio::sync::watch;
+
+use super::ledger::{Approver, Event, Grant, HeldText, Ledger, LedgerError, Progress, Request, Requester, State};
+use crate::session::hold::{HoldHandler, HoldOutcome, HoldRequest, Holding};
+
+/// One gateway's approvals, in memory.
+#[derive(Debug)]
+pub struct MemoryStore {
+    ledger: Mutex<Ledger>,
+    /// Bumped on every change; waiters look again when it moves.
+    changes: watch::Sender<u64>,
+    /// Every change so far, in order (for the audit log and the live
+    /// stream to come): the last [`EVENTS_KEPT`].
+    events: Mutex<std::collections::VecDeque<Event>>,
+}
+
+/// Events a [`MemoryStore`] keeps.
+const EVENTS_KEPT: usize = 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MemoryStore {
+    /// An empty store whose grants last at most `max_grant`.
+    pub fn new(max_grant: Duration) -> MemoryStore {
+        MemoryStore {
+            ledger: Mutex::new(Ledger::new(max_grant)),
+            changes: watch::channel(0).0,
+            events: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    fn changed(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        {
+            let mut kept = lock(&self.events);
+            kept.extend(events);
+            while kept.len() > EVENTS_KEPT {
+                kept.pop_front();
+            }
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Runs `f` on the ledger and publishes what it changed.
+    fn with<T>(&self, f: impl FnOnce(&mut Ledger) -> Result<(T, Vec<Event>), LedgerError>) -> Result<T, LedgerError> {
+        let (value, events) = f(&mut lock(&self.ledger))?;
+        self.changed(events);
+        Ok(value)
+    }
+
+    /// Opens a request.
+    pub fn open(&self, request: Request, now: SystemTime) -> Result<(), LedgerError> {
+        self.with(|l| Ok(((), l.open(request, now)?)))
+    }
+
+    /// A request as it stands now.
+    pub fn request(&self, id: &str, now: SystemTime) -> Option<Request> {
+        let mut ledger = lock(&self.ledger);
+        let events = ledger.expire(now);
+        let found = ledger.request(id).cloned();
+        drop(ledger);
+        self.changed(events);
+        found
+    }
+
+    /// Pending (or decided) requests, oldest first.
+    pub fn requests(&self, pending: bool, now: SystemTime) -> Vec<Request> {
+        let mut ledger = lock(&self.ledger);
+        let events = ledger.expire(now);
+        let found = ledger.requests(pending).into_iter().cloned().collect();
+        drop(ledger);
+        self.changed(events);
+        found
+    }
+
+    /// Live grants, oldest first.
+    pub fn grants(&self, now: SystemTime) -> Vec<Grant> {
+        lock(&self.ledger).grants(now).into_iter().cloned().collect()
+    }
+
+    /// The live grant covering `fingerprint` for `requester`.
+    pub fn grant_for(&self, requester: &Requester, fingerprint: &str, now: SystemTime) -> Option<Grant> {
+        lock(&self.ledger).grant_for(requester, fingerprint, now).cloned()
+    }
+
+    /// `approver` approves request `id` (see [`Ledger::approve`]).
+    pub fn approve(
+        &self,
+        id: &str,
+        approver: &Approver,
+        reason: &str,
+        grant_for: Option<Duration>,
+        now: SystemTime,
+    ) -> Result<Progress, LedgerError> {
+        self.with(|l| l.approve(id, approver, reason, grant_for, now))
+    }
+
+    /// `approver` denies request `id`.
+    pub fn deny(&self, id: &str, approver: &Approver, reason: &str, now: SystemTime) -> Result<(), LedgerError> {
+        self.with(|l| Ok(((), l.deny(id, approver, reason, now)?)))
+    }
+
+    /// `by` revokes grant `id`.
+    pub fn revoke(&self, id: &str, by: &Approver, now: SystemTime) -> Result<(), LedgerError> {
+        self.with(|l| Ok(((), l.revoke(id, by, now)?)))
+    }
+
+    /// The session stopped waiting for request `id`.
+    pub fn withdraw(&self, id: &str, why: &str, now: SystemTime) {
+        let events = lock(&self.ledger).withdraw(id, why, now);
+        self.changed(events);
+    }
+
+    /// The events kept so far, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        lock(&self.events).iter().cloned().collect()
+    }
+
+    /// Waits until request `id` is decided, or expires (at its expiry
+    /// time, without anyone looking), and returns its state.
+    pub async fn decided(&self, id: &str) -> State {
+        let mut changes = self.changes.subscribe();
+        loop {
+            let now = SystemTime::now();
+            let Some(request) = self.request(id, now) else { return State::Expired };
+            if !request.state.is_pending() {
+                return request.state;
+            }
+            let left = request.expires.duration_since(now).unwrap_or_default();
+            // Woken by any change, or at the expiry.
+            let _ = tokio::time::timeout(left, changes.changed()).await;
+        }
+    }
+}
+
+/// Settings of the [`ApprovalHandler`].
+#[derive(Debug, Clone)]
+pub struct HandlerSettings {
+    /// How long a request stays open (the session's hold timeout).
+    pub timeout: Duration,
+    /// The admin address's URL, for the notice (`None`: not told).
+    pub admin_url: Option<String>,
+}
+
+/// The sessions' hold handler: requests in a [`MemoryStore`].
+#[derive(Debug, Clone)]
+pub struct ApprovalHandler {
+    store: Arc<MemoryStore>,
+    settings: HandlerSettings,
+}
+
+impl ApprovalHandler {
+    /// A handler opening requests in `store`.
+    pub fn new(store: Arc<MemoryStore>, settings: HandlerSettings) -> ApprovalHandler {
+        ApprovalHandler { store, settings }
+    }
+}
+
+/// The fingerprints of a decision's statements, joined by `+`.
+fn fingerprint(decision: &Decision) -> String {
+    let mut out = String::new();
+    for s in decision.statements.iter() {
+        if !out.is_empty() {
+            out.push('+');
+        }
+        out.push_str(&s.facts.fingerprint);
+    }
+    out
+}
+
+/// A new request id: 16 hex digits, random (ids are unique across
+/// replicas and restarts, and not guessable from one another).
+fn new_id() -> String {
+    use rand::RngCore;
+    format!("{:016x}", rand::thread_rng().next_u64())
+}
+
+impl HoldHandler for ApprovalHandler {
+    fn hold(&self, held: HoldRequest) -> Holding {
+        let refuse = |reason: &str| Holding {
+            notice: None,
+            outcome: Box::pin(std::future::ready(HoldOutcome::Refuse { reason: reason.to_string() })),
+        };
+        let Some(first) = held.statements.first() else { return refuse("nothing was held") };
+        let now = SystemTime::now();
+        let decision = &first.decision;
+        let requester = Requester::new(&*decision.subject, decision.actor.as_deref());
+        let fingerprint = held.statements.iter().map(|s| fingerprint(&s.decision)).collect::<Vec<_>>().join("+");
+        if let Some(grant) = self.store.grant_for(&requester, &fingerprint, now) {
+            return Holding {
+                notice: Some(format!(
+                    "approval request skipped: grant {} (approved by {}) covers this statement until {}",
+                    grant.id,
+                    grant.granted_by.join(", "),
+                    portcullis_audit::time::format_utc(grant.expires)
+                )),
+                outcome: Box::pin(std::future::ready(HoldOutcome::Release)),
+            };
+        }
+        let mut approvers: Vec<String> = Vec::new();
+        let mut terms: Option<ApprovalTerms> = None;
+        for s in &held.statements {
+            for a in &s.decision.approvers {
+                if !approvers.contains(a) {
+                    approvers.push(a.clone());
+                }
+            }
+            if let Some(t) = s.decision.approval {
+                terms = Some(terms.map_or(t, |old| old.stricter(t)));
+            }
+        }
+        let id = new_id();
+        let mut request = Request::new(
+            id.clone(),
+            held.session,
+            requester,
+            fingerprint,
+            approvers,
+            terms.unwrap_or(ApprovalTerms::DEFAULT),
+            now,
+            now + self.settings.timeout,
+        );
+        request.statements = held
+            .statements
+            .iter()
+            .map(|s| HeldText { sql: s.sql.to_string(), parameters: s.parameters.clone() })
+            .collect();
+        request.rule = decision.rule.as_deref().map(str::to_string);
+        request.reason = decision.reason.to_string();
+        if let Err(e) = self.store.open(request, now) {
+            tracing::warn!("opening an approval request: {e}");
+            return refuse(&format!("the approval request could not be opened: {e}"));
+        }
+        tracing::info!(request = %id, "statement held for approval");
+        let rule = decision.rule.as_deref().unwrap_or("no rule");
+        let mut notice = format!(
+            "waiting for approval: request {id} ({rule}: {}); approve it with `pg-proxy approvals approve {id}`",
+            decision.reason
+        );
+        if let Some(url) = &self.settings.admin_url {
+            notice.push_str(&format!(" or at {url}"));
+        }
+        let store = Arc::clone(&self.store);
+        let outcome = async move {
+            // Withdrawn when the session stops waiting first.
+            let mut withdraw = Withdraw { store: Arc::clone(&store), id: Some(id.clone()) };
+            let state = store.decided(&id).await;
+            withdraw.id = None;
+            match state {
+                State::Approved { .. } => HoldOutcome::Release,
+                State::Denied { by, reason } => HoldOutcome::Refuse { reason: format!("denied by {by}: {reason}") },
+                // The request expires with the session's hold: the session's
+                // own timer ends it, naming the timeout.
+                State::Expired => std::future::pending().await,
+                State::Withdrawn { why } => HoldOutcome::Refuse { reason: format!("request {id} withdrawn: {why}") },
+                State::Pending => HoldOutcome::Refuse { reason: format!("request {id} is still pending") },
+            }
+        };
+        Holding { notice: Some(notice), outcome: Box::pin(outcome) }
+    }
+}
+
+/// Withdraws a request when dropped still armed (the session stopped
+/// waiting for it).
+struct Withdraw {
+    store: Arc<MemoryStore>,
+    id: Option<String>,
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.store.withdraw(
+                &id,
+                "the session stopped waiting (timeout, cancel, or the client left)",
+                SystemTime::now(),
+            );
+        }
+    }
+}

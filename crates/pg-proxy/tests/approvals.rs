@@ -1,0 +1,247 @@
+//! Approvals through the running gateway, with the in-memory store and
+//! its hold handler plugged in: an agent's DELETE is held, the client is
+//! told the request's id, and it runs when a person in the rule's approver
+//! group approves it; denials, the approver rules, grants, the binding to
+//! exactly the held execution, and requests withdrawn when the session
+//! stops waiting. Clients: tokio-postgres and psql.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use pg_proxy::approvals::ledger::{Approver, LedgerError, Progress, Request, State};
+use pg_proxy::approvals::store::{ApprovalHandler, HandlerSettings, MemoryStore};
+use pg_proxy::session::SessionHooks;
+use portcullis_testkit::stack::Stack;
+use tokio_postgres::error::SqlState;
+
+fn with_approvals(stack: &Stack, timeout: Duration) -> Arc<MemoryStore> {
+    let store = Arc::new(MemoryStore::new(Duration::from_secs(8 * 3600)));
+    let settings = HandlerSettings { timeout, admin_url: Some("http://127.0.0.1:9/".into()) };
+    stack.gateway.set_hooks(SessionHooks {
+        hold_handler: Some(Arc::new(ApprovalHandler::new(Arc::clone(&store), settings))),
+        hold_timeout: timeout,
+        ..SessionHooks::default()
+    });
+    store
+}
+
+/// The one pending request, once there is one.
+async fn pending(store: &MemoryStore) -> Request {
+    for _ in 0..400 {
+        let mut found = store.requests(true, SystemTime::now());
+        if let Some(r) = found.pop() {
+            assert!(found.is_empty(), "one pending request: {found:?}");
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no request was opened");
+}
+
+fn dba(name: &str) -> Approver {
+    Approver::new(name, ["dba"])
+}
+
+fn code(e: &tokio_postgres::Error) -> Option<&SqlState> {
+    e.as_db_error().map(|d| d.code())
+}
+
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
+
+/// How many of these orders are left, asked of the server directly.
+async fn orders_left(stack: &Stack, ids: &str) -> i64 {
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=app password={} dbname=app",
+        stack.cluster.port(),
+        portcullis_testkit::stack::APP_PASSWORD
+    );
+    let (owner, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = owner.query_one(&format!("SELECT count(*) FROM orders WHERE id IN ({ids})"), &[]).await.unwrap();
+    row.get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_delete_runs_once_a_dba_approves_it_and_nobody_else_can() {
+    let stack = Stack::start();
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let agent = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.execute("DELETE FROM orders WHERE id = $1", &[&11i32]).await });
+    let request = pending(&store).await;
+    assert_eq!(request.statements[0].sql, "DELETE FROM orders WHERE id = $1");
+    // tokio-postgres binds in binary: shown as `\x` and hex.
+    assert_eq!(request.statements[0].parameters, [Some("\\x0000000b".to_string())]);
+    assert_eq!((request.requester.subject.as_str(), request.requester.actor.as_deref()), ("alice", Some("copilot-7")));
+    assert_eq!(request.rule.as_deref(), Some("agent-deletes-need-approval"));
+    assert_eq!(request.approvers, ["dba"]);
+
+    // Alice's own agent (the rule keeps the default: four eyes), an agent
+    // acting for a dba, and a person outside the group are refused.
+    let now = SystemTime::now();
+    let e = store.approve(&request.id, &Approver::new("alice", ["dba"]), "mine", None, now).unwrap_err();
+    assert!(matches!(e, LedgerError::OwnAgent { .. }), "{e}");
+    let mut robot = dba("bob");
+    robot.actor = Some("approval-bot".into());
+    assert!(matches!(store.approve(&request.id, &robot, "", None, now), Err(LedgerError::Agent { .. })));
+    let e = store.approve(&request.id, &Approver::new("mallory", ["developers"]), "", None, now).unwrap_err();
+    assert!(matches!(e, LedgerError::NotAnApprover { .. }), "{e}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!run.is_finished(), "still held");
+
+    let progress = store.approve(&request.id, &dba("bob"), "cleanup ticket 42", None, SystemTime::now()).unwrap();
+    assert_eq!(progress, Progress::Approved { grant: None });
+    let deleted = tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(orders_left(&stack, "11").await, 0);
+    agent.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_is_told_the_request_id_and_prints_delete_1_after_approval() {
+    let stack = Stack::start();
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
+    let psql = {
+        let stack_psql = stack.program("psql");
+        let port = stack.conninfo(&token);
+        std::thread::spawn(move || {
+            let mut cmd = stack_psql;
+            cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &port, "-c", "DELETE FROM orders WHERE id = 12"]);
+            cmd.output().unwrap()
+        })
+    };
+    let request = pending(&store).await;
+    store.approve(&request.id, &dba("bob"), "ok", None, SystemTime::now()).unwrap();
+    let out = psql.join().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "DELETE 1", "{stderr}");
+    let notice = format!("NOTICE:  waiting for approval: request {} (agent-deletes-need-approval:", request.id);
+    assert!(stderr.contains(&notice), "{stderr}");
+    assert!(stderr.contains(&format!("pg-proxy approvals approve {}", request.id)), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_refuses_with_the_approver_and_the_reason() {
+    let stack = Stack::start();
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let agent = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 13").await });
+    let request = pending(&store).await;
+    store.deny(&request.id, &dba("carol"), "not during the freeze", SystemTime::now()).unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    assert!(message(&e).contains("denied by carol: not during the freeze"), "{e}");
+    assert_eq!(orders_left(&stack, "13").await, 1);
+    agent.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_releases_exactly_the_held_execution() {
+    let stack = Stack::start();
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    // The same prepared statement, two parameters, two sessions.
+    let one = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+    let two = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+    let c = Arc::clone(&one);
+    let first = tokio::spawn(async move { c.execute("DELETE FROM orders WHERE id = $1", &[&14i32]).await });
+    let held_first = pending(&store).await;
+    let c = Arc::clone(&two);
+    let second = tokio::spawn(async move { c.execute("DELETE FROM orders WHERE id = $1", &[&15i32]).await });
+    let held_second = loop {
+        let all = store.requests(true, SystemTime::now());
+        if let Some(r) = all.into_iter().find(|r| r.id != held_first.id) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(held_second.statements[0].parameters, [Some("\\x0000000f".to_string())]);
+    assert_eq!(held_first.fingerprint, held_second.fingerprint, "one shape, two executions");
+
+    store.approve(&held_first.id, &dba("bob"), "14 only", None, SystemTime::now()).unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(20), first).await.unwrap().unwrap().unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the other execution is still held");
+    assert!(store.request(&held_second.id, SystemTime::now()).unwrap().state.is_pending());
+    assert_eq!(orders_left(&stack, "14, 15").await, 1);
+    store.deny(&held_second.id, &dba("bob"), "not 15", SystemTime::now()).unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(20), second).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    assert_eq!(orders_left(&stack, "15").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_lets_the_same_shape_through_for_the_same_agent_only() {
+    let stack = Stack::start();
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let agent = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 16").await });
+    let request = pending(&store).await;
+    let progress =
+        store.approve(&request.id, &dba("bob"), "cleanup", Some(Duration::from_secs(1800)), SystemTime::now()).unwrap();
+    let Progress::Approved { grant: Some(grant) } = progress else { panic!("{progress:?}") };
+    tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap();
+
+    // The same shape with another constant: no request, it runs.
+    let done = tokio::time::timeout(Duration::from_secs(20), agent.simple_query("DELETE FROM orders WHERE id = 17"))
+        .await
+        .expect("not held")
+        .unwrap();
+    assert!(!done.is_empty());
+    assert!(store.requests(true, SystemTime::now()).is_empty());
+    assert_eq!(orders_left(&stack, "16, 17").await, 0);
+
+    // Another agent of Alice's is held.
+    let other = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-8")).await);
+    let o = Arc::clone(&other);
+    let run = tokio::spawn(async move { o.simple_query("DELETE FROM orders WHERE id = 18").await });
+    let held = pending(&store).await;
+    assert_eq!(held.requester.actor.as_deref(), Some("copilot-8"));
+
+    // Revoked: the first agent is held again.
+    store.revoke(&grant.id, &dba("carol"), SystemTime::now()).unwrap();
+    store.deny(&held.id, &dba("carol"), "no", SystemTime::now()).unwrap();
+    assert!(run.await.unwrap().is_err());
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 19").await });
+    let again = pending(&store).await;
+    assert_eq!(again.requester.actor.as_deref(), Some("copilot-7"));
+    store.deny(&again.id, &dba("carol"), "revoked", SystemTime::now()).unwrap();
+    assert!(run.await.unwrap().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_withdrawn_when_the_session_stops_waiting() {
+    let stack = Stack::start();
+    let store = with_approvals(&stack, Duration::from_secs(2));
+    let agent = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+
+    // Cancelled by the client.
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 20").await });
+    let request = pending(&store).await;
+    agent.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::QUERY_CANCELED), "{e}");
+    let state = store.request(&request.id, SystemTime::now()).unwrap().state;
+    assert!(matches!(state, State::Withdrawn { .. }), "{state:?}");
+    let e = store.approve(&request.id, &dba("bob"), "late", None, SystemTime::now()).unwrap_err();
+    assert!(matches!(e, LedgerError::Decided { state: "withdrawn", .. }), "{e}");
+
+    // Timed out.
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 20").await });
+    let request = pending(&store).await;
+    let e = tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::QUERY_CANCELED), "{e}");
+    let state = store.request(&request.id, SystemTime::now()).unwrap().state;
+    assert!(!state.is_pending(), "{state:?}");
+    assert_eq!(orders_left(&stack, "20").await, 1);
+    agent.simple_query("SELECT 1").await.unwrap();
+}
