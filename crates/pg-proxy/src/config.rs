@@ -217,6 +217,37 @@ pub struct Config {
     pub mode: Mode,
     /// The audit log, when one is kept.
     pub audit: Option<AuditSettings>,
+    /// The admin HTTP server (approvals API and inbox), when configured:
+    /// statements needing approval are held only when it is, since it is
+    /// where people approve them.
+    pub admin: Option<AdminSettings>,
+    /// How approvals work.
+    pub approvals: ApprovalSettings,
+}
+
+/// `[admin]`: the admin HTTP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The URL people reach it at, for the notices held clients get
+    /// (default: `http://` and `listen`).
+    pub url: String,
+}
+
+/// `[approvals]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalSettings {
+    /// How long a held statement waits for people (default 15 minutes).
+    pub timeout: Duration,
+    /// The longest grant an approver may give (default 8 hours).
+    pub max_grant: Duration,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> ApprovalSettings {
+        ApprovalSettings { timeout: Duration::from_secs(15 * 60), max_grant: Duration::from_secs(8 * 3600) }
+    }
 }
 
 /// `mode`: what the gateway does with a statement the policy refuses.
@@ -352,6 +383,23 @@ struct RawConfig {
     #[serde(default)]
     mode: Mode,
     audit: Option<RawAudit>,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    approvals: RawApprovals,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+    url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    timeout: Option<String>,
+    max_grant: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -618,6 +666,39 @@ impl Config {
                 })
             }
         };
+        let admin = match raw.admin {
+            None => None,
+            Some(a) => {
+                let listen: SocketAddr = a
+                    .listen
+                    .parse()
+                    .map_err(|e| invalid(format!("[admin] listen {:?}: {e} (an address and port)", a.listen)))?;
+                let url = a.url.unwrap_or_else(|| format!("http://{listen}/"));
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(format!("[admin] url {url:?}: an http:// or https:// URL")));
+                }
+                Some(AdminSettings { listen, url })
+            }
+        };
+        let defaults = ApprovalSettings::default();
+        let approvals = ApprovalSettings {
+            timeout: match &raw.approvals.timeout {
+                Some(t) => match parse_duration(t) {
+                    Ok(d) if d >= Duration::from_secs(1) => d,
+                    Ok(_) => return Err(invalid("[approvals] timeout: at least 1s".to_string())),
+                    Err(e) => return Err(invalid(format!("[approvals] timeout: {e}"))),
+                },
+                None => defaults.timeout,
+            },
+            max_grant: match &raw.approvals.max_grant {
+                Some(t) => match parse_duration(t) {
+                    Ok(d) if !d.is_zero() => d,
+                    Ok(_) => return Err(invalid("[approvals] max_grant: more than 0".to_string())),
+                    Err(e) => return Err(invalid(format!("[approvals] max_grant: {e}"))),
+                },
+                None => defaults.max_grant,
+            },
+        };
         if raw.mode == Mode::Observe && audit.is_none() {
             return Err(invalid(
                 "mode = \"observe\" forwards what the policy refuses and records it: it needs an [audit] section"
@@ -646,6 +727,8 @@ impl Config {
             catalog,
             mode: raw.mode,
             audit,
+            admin,
+            approvals,
         })
     }
 }
@@ -960,7 +1043,7 @@ password_env = "PW"
         let e = Config::from_toml_str(&text, Path::new("gw.toml"), env).unwrap_err().to_string();
         assert!(e.contains("unknown field `zz_unknown`"), "[{table}]: {e}");
         let expected = e.split_once("expected").map(|(_, rest)| rest).unwrap_or_default();
-        let tables = ["tls", "auth", "upstream", "limits", "masking", "catalog", "audit"];
+        let tables = ["tls", "auth", "upstream", "limits", "masking", "catalog", "audit", "admin", "approvals"];
         expected
             .split('`')
             .skip(1)
@@ -999,14 +1082,39 @@ password_env = "PW"
     #[test]
     fn the_configuration_reference_lists_every_key() {
         let documented = documented_keys();
-        for table in ["", "tls", "auth", "upstream", "limits", "masking", "catalog", "audit"] {
+        for table in ["", "tls", "auth", "upstream", "limits", "masking", "catalog", "audit", "admin", "approvals"] {
             let mut accepted = accepted_keys(table);
             let mut listed = documented.get(table).cloned().unwrap_or_default();
             accepted.sort();
             listed.sort();
             assert_eq!(listed, accepted, "docs/configuration.md, table [{table}]: documented vs accepted keys");
         }
-        assert_eq!(documented.len(), 8, "{documented:?}");
+        assert_eq!(documented.len(), 10, "{documented:?}");
+    }
+
+    #[test]
+    fn the_admin_server_and_approvals_are_read_and_checked() {
+        let load = |extra: &str| Config::from_toml_str(&format!("{MINIMAL}\n{extra}"), Path::new("gw.toml"), env);
+        let c = load("").unwrap();
+        assert_eq!((c.admin, c.approvals), (None, ApprovalSettings::default()));
+        assert_eq!(c.approvals.timeout, Duration::from_secs(900));
+        let c =
+            load("[admin]\nlisten = \"127.0.0.1:9187\"\n[approvals]\ntimeout = \"2m\"\nmax_grant = \"1h\"").unwrap();
+        let admin = c.admin.unwrap();
+        assert_eq!((admin.listen.port(), admin.url.as_str()), (9187, "http://127.0.0.1:9187/"));
+        assert_eq!((c.approvals.timeout, c.approvals.max_grant), (Duration::from_secs(120), Duration::from_secs(3600)));
+        let c = load("[admin]\nlisten = \"127.0.0.1:9187\"\nurl = \"https://approve.example.com/\"").unwrap();
+        assert_eq!(c.admin.unwrap().url, "https://approve.example.com/");
+        for (extra, says) in [
+            ("[admin]\nlisten = \"somewhere\"", "[admin] listen"),
+            ("[admin]\nlisten = \"127.0.0.1:1\"\nurl = \"ftp://x\"", "[admin] url"),
+            ("[approvals]\ntimeout = \"10ms\"", "[approvals] timeout: at least 1s"),
+            ("[approvals]\nmax_grant = \"0s\"", "[approvals] max_grant"),
+            ("[approvals]\ntimeout = \"soon\"", "[approvals] timeout"),
+        ] {
+            let e = load(extra).unwrap_err().to_string();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
     }
 
     #[test]

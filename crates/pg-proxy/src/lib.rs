@@ -6,6 +6,7 @@
 //! own.
 //!
 //! - [`config`]: the configuration file;
+//! - [`admin`]: the admin HTTP server (the approvals API);
 //! - [`approvals`]: statements held until people approve them;
 //! - [`audit`]: the tamper-evident log behind the sessions' record sink;
 //! - [`server`]: accepting clients, TLS, login, cancel requests;
@@ -21,6 +22,7 @@
 //! - [`token`]: development keys and tokens;
 //! - [`demo`]: `pg-proxy demo`.
 
+pub mod admin;
 pub mod approvals;
 pub mod audit;
 pub mod auth;

@@ -120,6 +120,9 @@ pub struct Gateway {
     hooks: RwLock<session::SessionHooks>,
     /// The audit log, when the configuration keeps one.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
+    /// The approvals, when the admin server is configured (the place
+    /// people approve held statements).
+    pub approvals: Option<Arc<crate::approvals::store::MemoryStore>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -158,8 +161,17 @@ impl Gateway {
         if let Some(a) = &audit {
             hooks.record_sink = Arc::clone(a) as Arc<dyn session::record::RecordSink>;
         }
+        let approvals = config.admin.as_ref().map(|admin| {
+            use crate::approvals::store::{ApprovalHandler, HandlerSettings, MemoryStore};
+            let store = Arc::new(MemoryStore::new(config.approvals.max_grant));
+            let settings = HandlerSettings { timeout: config.approvals.timeout, admin_url: Some(admin.url.clone()) };
+            hooks.hold_handler = Some(Arc::new(ApprovalHandler::new(Arc::clone(&store), settings)));
+            hooks.hold_timeout = config.approvals.timeout;
+            store
+        });
         Ok(Gateway {
             audit,
+            approvals,
             generation: AtomicU64::new(0),
             catalog: Catalog::new(target.clone(), config.catalog.refresh_interval),
             target,
@@ -823,6 +835,21 @@ pub async fn run(config: Config) -> Result<(), String> {
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("listening on {listen}: {e}"))?;
     tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "pg-proxy listening");
     let serve = tokio::spawn(Arc::clone(&gw).serve(listener));
+    let admin = match (&gw.config.admin, &gw.approvals) {
+        (Some(settings), Some(store)) => {
+            let listener = TcpListener::bind(settings.listen)
+                .await
+                .map_err(|e| format!("[admin] listening on {}: {e}", settings.listen))?;
+            tracing::info!(address = %settings.listen, url = %settings.url, "admin server listening");
+            let (gw, store) = (Arc::clone(&gw), Arc::clone(store));
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::admin::serve(listener, gw, store).await {
+                    tracing::error!("admin server: {e}");
+                }
+            }))
+        }
+        _ => None,
+    };
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("SIGHUP handler: {e}"))?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -840,6 +867,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     // Stop accepting; sessions end when their clients leave, or when the
     // grace period is over.
     serve.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     let grace = SHUTDOWN_GRACE;
     tracing::info!(sessions = gw.active_sessions(), "shutting down; waiting up to {}s for sessions", grace.as_secs());
     let all = u32::try_from(gw.config.limits.max_connections).unwrap_or(u32::MAX);

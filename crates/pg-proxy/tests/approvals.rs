@@ -245,3 +245,126 @@ async fn a_request_is_withdrawn_when_the_session_stops_waiting() {
     assert_eq!(orders_left(&stack, "20").await, 1);
     agent.simple_query("SELECT 1").await.unwrap();
 }
+
+/// One call to the admin API: its status and its JSON body (`null` when
+/// empty).
+fn call(method: &str, url: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        request = request.header("Authorization", format!("Bearer {t}"));
+    }
+    let request = request.header("Content-Type", "application/json").body(body.to_string()).unwrap();
+    let mut response = agent.run(request).unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    let json = if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap() };
+    (status, json)
+}
+
+/// Calls the admin API from a blocking thread.
+async fn api(method: &str, url: String, token: Option<String>, body: &str) -> (u16, serde_json::Value) {
+    let (method, body) = (method.to_string(), body.to_string());
+    tokio::task::spawn_blocking(move || call(&method, &url, token.as_deref(), &body)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_lists_approves_denies_and_revokes_as_its_callers_may() {
+    let stack = Stack::start();
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
+    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), Arc::clone(&store)));
+    let bob = Some(stack.token("bob", &["dba"], None));
+    let carol = Some(stack.token("carol", &["dba"], None));
+    let mallory = Some(stack.token("mallory", &["developers"], None));
+    let alice = Some(stack.token("alice", &["developers"], None));
+
+    // No token, a bad one.
+    let (status, body) = api("GET", format!("{base}/approvals"), None, "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")), "{body}");
+    let (status, _) = api("GET", format!("{base}/approvals"), Some("not-a-token".into()), "").await;
+    assert_eq!(status, 401);
+
+    let agent = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 21").await });
+    let request = pending(&store).await;
+
+    // Bob (dba) and Alice (whose agent asked) see it; Mallory does not.
+    let (status, body) = api("GET", format!("{base}/approvals?state=pending"), bob.clone(), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["approvals"][0]["id"], request.id.as_str());
+    assert_eq!(body["approvals"][0]["statements"][0]["sql"], "DELETE FROM orders WHERE id = 21");
+    let (_, body) = api("GET", format!("{base}/approvals"), alice.clone(), "").await;
+    assert_eq!(body["approvals"].as_array().map(Vec::len), Some(1), "{body}");
+    let (_, body) = api("GET", format!("{base}/approvals"), mallory.clone(), "").await;
+    assert_eq!(body["approvals"].as_array().map(Vec::len), Some(0), "{body}");
+    let (status, _) = api("GET", format!("{base}/approvals/{}", request.id), mallory.clone(), "").await;
+    assert_eq!(status, 404);
+    let (status, body) = api("GET", format!("{base}/approvals/{}", request.id), bob.clone(), "").await;
+    assert_eq!((status, body["state"]["state"].as_str()), (200, Some("pending")), "{body}");
+
+    // Refusals, each with its code.
+    let url = format!("{base}/approvals/{}/approve", request.id);
+    let (status, body) = api("POST", url.clone(), mallory.clone(), "{}").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("not_an_approver")), "{body}");
+    let (status, body) = api("POST", url.clone(), bob.clone(), "{\"reason\": 1}").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    let (status, body) = api("POST", url.clone(), bob.clone(), "{\"grant_for\": \"soon\"}").await;
+    assert_eq!(status, 400, "{body}");
+    let deny = format!("{base}/approvals/{}/deny", request.id);
+    let (status, body) = api("POST", deny.clone(), carol.clone(), "{}").await;
+    assert_eq!(status, 400, "a denial needs a reason: {body}");
+    let (status, _) = api("POST", format!("{base}/approvals/nope/approve"), bob.clone(), "").await;
+    assert_eq!(status, 404);
+
+    // Bob approves with a grant; the statement runs.
+    let (status, body) =
+        api("POST", url.clone(), bob.clone(), r#"{"reason": "cleanup ticket 42", "grant_for": "30m"}"#).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("approved")), "{body}");
+    let grant = body["grant"]["id"].as_str().unwrap().to_string();
+    tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap();
+    let (status, body) = api("POST", url, carol.clone(), "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("decided")), "{body}");
+
+    let (status, body) = api("GET", format!("{base}/grants"), bob.clone(), "").await;
+    assert_eq!((status, body["grants"][0]["id"].as_str()), (200, Some(grant.as_str())), "{body}");
+    let (status, _) = api("DELETE", format!("{base}/grants/{grant}"), mallory, "").await;
+    assert_eq!(status, 403);
+    let (status, _) = api("DELETE", format!("{base}/grants/{grant}"), carol.clone(), "").await;
+    assert_eq!(status, 204);
+    let (_, body) = api("GET", format!("{base}/grants"), bob.clone(), "").await;
+    assert_eq!(body["grants"].as_array().map(Vec::len), Some(0), "{body}");
+
+    // A denial through the API reaches the client.
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 22").await });
+    let request = pending(&store).await;
+    let deny = format!("{base}/approvals/{}/deny", request.id);
+    let (status, body) = api("POST", deny, carol, r#"{"reason": "not during the freeze"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let e = tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap_err();
+    assert!(message(&e).contains("denied by carol: not during the freeze"), "{e}");
+    let (_, body) = api("GET", format!("{base}/approvals?state=decided"), bob, "").await;
+    assert_eq!(body["approvals"].as_array().map(Vec::len), Some(2), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_that_wants_a_reason_refuses_while_none_can_be_given() {
+    let policy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy.toml"))
+        .unwrap()
+        .replace("reason   = \"a person approves deletes made by an agent\"", "justification = true");
+    assert!(policy.contains("justification = true"));
+    let stack = Stack::with_policy(&policy);
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let agent = stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await;
+    let e = tokio::time::timeout(Duration::from_secs(20), agent.simple_query("DELETE FROM orders WHERE id = 23"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    assert!(message(&e).contains("wants the requester's reason"), "{e}");
+    assert!(store.requests(true, SystemTime::now()).is_empty());
+    assert_eq!(orders_left(&stack, "23").await, 1);
+}

@@ -104,6 +104,63 @@ fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     assert!(!logs.contains(&token), "a token leaked into the logs");
 }
 
+/// With `[admin]`, `pg-proxy serve` holds an agent's DELETE and serves the
+/// approvals API: approved over HTTP, psql prints `DELETE 1`.
+#[test]
+fn serve_holds_for_approval_and_serves_the_admin_api() {
+    let stack = Stack::start();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, admin) = (free(), free());
+    let config = stack.path("serve-admin.toml");
+    let text_config = std::fs::read_to_string(stack.path("gateway.toml"))
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
+        + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[approvals]\ntimeout = \"60s\"\n");
+    std::fs::write(&config, text_config).unwrap();
+    let mut child =
+        bin!().args(["serve", "--config"]).arg(&config).stderr(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
+    wait_for_port(port);
+    wait_for_port(admin);
+    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
+    let held = std::thread::spawn({
+        let psql = stack.cluster.bin_dir().join("psql");
+        move || {
+            Command::new(psql)
+                .args(["-X", "-d"])
+                .arg(format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable"))
+                .args(["-c", "DELETE FROM orders WHERE id = 30"])
+                .env("PGPASSWORD", &token)
+                .output()
+                .unwrap()
+        }
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let bob = format!("Bearer {}", stack.token("bob", &["dba"], None));
+    let base = format!("http://127.0.0.1:{admin}/api/v1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let mut r = agent.get(format!("{base}/approvals")).header("Authorization", &bob).call().unwrap();
+        let body: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        if let Some(id) = body["approvals"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(Instant::now() < deadline, "no request opened: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let r = agent
+        .post(format!("{base}/approvals/{id}/approve"))
+        .header("Authorization", &bob)
+        .send(r#"{"reason": "ticket 7"}"#)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let out = held.join().unwrap();
+    assert_eq!(text(&out.stdout), "DELETE 1\n", "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("request {id}")), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("http://127.0.0.1:{admin}/")), "{}", text(&out.stderr));
+    signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+}
+
 /// Every command names the configuration the same way (`--config FILE`,
 /// or `PORTCULLIS_CONFIG`), and the long-running ones take the logging
 /// switches; text logs written to a file or a pipe carry no colour codes.

@@ -228,6 +228,15 @@ impl HoldHandler for ApprovalHandler {
                 terms = Some(terms.map_or(t, |old| old.stricter(t)));
             }
         }
+        let terms = terms.unwrap_or(ApprovalTerms::DEFAULT);
+        if terms.justification {
+            // Fail closed: the gateway cannot take the requester's reason
+            // yet, so a rule that wants one refuses.
+            return refuse(&format!(
+                "rule {} wants the requester's reason with the statement, and this gateway cannot take one yet",
+                decision.rule.as_deref().unwrap_or("(none)")
+            ));
+        }
         let id = new_id();
         let mut request = Request::new(
             id.clone(),
@@ -235,7 +244,7 @@ impl HoldHandler for ApprovalHandler {
             requester,
             fingerprint,
             approvers,
-            terms.unwrap_or(ApprovalTerms::DEFAULT),
+            terms,
             now,
             now + self.settings.timeout,
         );

@@ -1,0 +1,263 @@
+//! The admin HTTP server (`[admin] listen`): the approvals API.
+//!
+//! Every request carries the caller's own token as `Authorization: Bearer
+//! ...`, verified with the gateway's key set, as a client's is at login.
+//! Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, with
+//! the HTTP status that fits (401 without a valid token, 403 for an
+//! approval the caller may not give, 404 for an unknown id, 409 for a
+//! request decided already, 400 for a malformed body).
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /api/v1/approvals?state=pending\|decided` | the requests the caller may see |
+//! | `GET /api/v1/approvals/{id}` | one request |
+//! | `POST /api/v1/approvals/{id}/approve` | `{"reason": "...", "grant_for": "30m"}`, both optional |
+//! | `POST /api/v1/approvals/{id}/deny` | `{"reason": "..."}`, the reason required |
+//! | `GET /api/v1/grants` | the live grants the caller may see |
+//! | `DELETE /api/v1/grants/{id}` | revokes a grant |
+//!
+//! A caller sees the requests and grants whose approver groups they are
+//! in, and those their own agents asked for.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::approvals::ledger::{Approver, Grant, LedgerError, Progress, Request};
+use crate::approvals::store::MemoryStore;
+use crate::server::Gateway;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+struct Admin {
+    gateway: Arc<Gateway>,
+    store: Arc<MemoryStore>,
+}
+
+/// An error answer.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> ApiError {
+        let (status, code) = match &e {
+            LedgerError::NoRequest(_) | LedgerError::NoGrant(_) => (StatusCode::NOT_FOUND, "not_found"),
+            LedgerError::Duplicate(_) => (StatusCode::CONFLICT, "duplicate"),
+            LedgerError::Decided { .. } => (StatusCode::CONFLICT, "decided"),
+            LedgerError::AlreadyApproved { .. } => (StatusCode::CONFLICT, "already_approved"),
+            LedgerError::Agent { .. } => (StatusCode::FORBIDDEN, "agent"),
+            LedgerError::NotAnApprover { .. } => (StatusCode::FORBIDDEN, "not_an_approver"),
+            LedgerError::OwnRequest { .. } => (StatusCode::FORBIDDEN, "own_request"),
+            LedgerError::OwnAgent { .. } => (StatusCode::FORBIDDEN, "own_agent"),
+            LedgerError::EmptyGrant => (StatusCode::BAD_REQUEST, "bad_request"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// The approvals API over `store`, authenticating callers with
+/// `gateway`'s key set.
+pub fn router(gateway: Arc<Gateway>, store: Arc<MemoryStore>) -> Router {
+    Router::new()
+        .route("/api/v1/approvals", get(list_requests))
+        .route("/api/v1/approvals/{id}", get(show_request))
+        .route("/api/v1/approvals/{id}/approve", post(approve))
+        .route("/api/v1/approvals/{id}/deny", post(deny))
+        .route("/api/v1/grants", get(list_grants))
+        .route("/api/v1/grants/{id}", delete(revoke))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path") })
+        .with_state(Admin { gateway, store })
+}
+
+/// Serves the admin API on `listener` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+    store: Arc<MemoryStore>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(gateway, store)).await
+}
+
+/// The caller, from their bearer token.
+async fn caller(admin: &Admin, headers: &HeaderMap) -> Result<Approver, ApiError> {
+    let unauthenticated = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthenticated("an Authorization: Bearer header with your token is required".into()))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer <token>`".into()))?;
+    let identity =
+        admin.gateway.verify_token(token).await.map_err(|e| unauthenticated(format!("token refused: {e}")))?;
+    Ok(Approver {
+        subject: identity.subject.clone(),
+        groups: identity.groups.clone(),
+        actor: identity.actor.as_ref().map(|a| a.name().to_string()),
+    })
+}
+
+/// Whether `who` may see `request`: an approver of it, or the person whose
+/// agent (or who) asked.
+fn may_see(who: &Approver, approvers: &[String], requester: &str) -> bool {
+    who.subject == requester || approvers.iter().any(|g| who.groups.contains(g))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+}
+
+async fn list_requests(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = caller(&admin, &headers).await?;
+    let pending = match query.state.as_deref() {
+        None | Some("pending") => true,
+        Some("decided") => false,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("state={other}: pending or decided"),
+            ))
+        }
+    };
+    let requests: Vec<Request> = admin
+        .store
+        .requests(pending, SystemTime::now())
+        .into_iter()
+        .filter(|r| may_see(&who, &r.approvers, &r.requester.subject))
+        .collect();
+    Ok(Json(json!({ "approvals": requests })))
+}
+
+async fn show_request(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Request>, ApiError> {
+    let who = caller(&admin, &headers).await?;
+    match admin.store.request(&id, SystemTime::now()) {
+        Some(r) if may_see(&who, &r.approvers, &r.requester.subject) => Ok(Json(r)),
+        // Not told apart from an unknown id.
+        _ => Err(LedgerError::NoRequest(id).into()),
+    }
+}
+
+/// A JSON body, or a 400 that says what is wrong with it.
+fn body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the JSON body: {e}")))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    #[serde(default)]
+    reason: String,
+    grant_for: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DenyBody {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn approve(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = caller(&admin, &headers).await?;
+    let body: ApproveBody = body(&bytes)?;
+    let grant_for =
+        match body.grant_for.as_deref() {
+            None => None,
+            Some(text) => Some(crate::config::parse_duration(text).map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("grant_for {text:?}: {e}"))
+            })?),
+        };
+    let progress = admin.store.approve(&id, &who, &body.reason, grant_for, SystemTime::now())?;
+    tracing::info!(request = %id, approver = %who.subject, "approval given");
+    Ok(Json(match progress {
+        Progress::Counted { needed } => json!({"id": id, "state": "pending", "needed": needed}),
+        Progress::Approved { grant } => json!({"id": id, "state": "approved", "grant": grant}),
+    }))
+}
+
+async fn deny(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = caller(&admin, &headers).await?;
+    let body: DenyBody = body(&bytes)?;
+    if body.reason.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a denial needs a reason: the requester is told it",
+        ));
+    }
+    admin.store.deny(&id, &who, &body.reason, SystemTime::now())?;
+    tracing::info!(request = %id, approver = %who.subject, "approval denied");
+    Ok(Json(json!({"id": id, "state": "denied"})))
+}
+
+async fn list_grants(State(admin): State<Admin>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = caller(&admin, &headers).await?;
+    let grants: Vec<Grant> = admin
+        .store
+        .grants(SystemTime::now())
+        .into_iter()
+        .filter(|g| may_see(&who, &g.approvers, &g.requester.subject))
+        .collect();
+    Ok(Json(json!({ "grants": grants })))
+}
+
+async fn revoke(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let who = caller(&admin, &headers).await?;
+    admin.store.revoke(&id, &who, SystemTime::now())?;
+    tracing::info!(grant = %id, by = %who.subject, "grant revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
