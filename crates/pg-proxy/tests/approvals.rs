@@ -351,6 +351,23 @@ async fn the_admin_api_lists_approves_denies_and_revokes_as_its_callers_may() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_naming_no_approver_group_refuses_at_once() {
+    let policy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy.toml"))
+        .unwrap()
+        .replace("approvers = [\"dba\"]", "approvers = []");
+    let stack = Stack::with_policy(&policy);
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let agent = stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await;
+    let e = tokio::time::timeout(Duration::from_secs(20), agent.simple_query("DELETE FROM orders WHERE id = 24"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    assert!(message(&e).contains("names no approver group"), "{e}");
+    assert!(store.requests(true, SystemTime::now()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_that_wants_a_reason_refuses_while_none_can_be_given() {
     let policy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy.toml"))
         .unwrap()

@@ -229,6 +229,13 @@ impl HoldHandler for ApprovalHandler {
             }
         }
         let terms = terms.unwrap_or(ApprovalTerms::DEFAULT);
+        if approvers.is_empty() {
+            // Nobody could approve it: said now rather than at the timeout.
+            return refuse(&format!(
+                "rule {} names no approver group, so nobody can approve this statement",
+                decision.rule.as_deref().unwrap_or("(none)")
+            ));
+        }
         if terms.justification {
             // Fail closed: the gateway cannot take the requester's reason
             // yet, so a rule that wants one refuses.
