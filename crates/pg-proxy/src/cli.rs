@@ -49,6 +49,9 @@ fn say_line(line: std::fmt::Arguments<'_>) {
     }
 }
 
+// After `say!`, which it uses.
+mod approvals;
+
 /// The environment variable the `policy` commands read the key of `hash`
 /// masks from when no `--pseudonym-key-file` is given.
 const PSEUDONYM_KEY_ENV: &str = "PORTCULLIS_PSEUDONYM_KEY";
@@ -78,6 +81,14 @@ enum Command {
     /// that does not check; 2 bad usage or unreadable input.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Decide statements a gateway holds for approval: list, show,
+    /// approve (optionally as a grant), deny, and manage grants, through
+    /// the gateway's admin API (`[admin]`) with your own token.
+    ///
+    /// Exit codes: 0 success; 1 the gateway refused (its message is
+    /// printed); 2 bad usage or no token; 3 the admin server could not be
+    /// reached.
+    Approvals(approvals::ApprovalsArgs),
     /// Run the gateway.
     ///
     /// Clients connect as to PostgreSQL and log in with an OIDC token as the
@@ -395,6 +406,7 @@ pub(crate) fn run() -> ExitCode {
             }
         }
         Command::Audit(command) => audit::run(command),
+        Command::Approvals(args) => approvals::run(args),
         Command::Demo { policy, port, script, audit_dir, log } => {
             demo(pg_proxy::demo::DemoOptions { policy, port, script, audit_dir }, &log)
         }

@@ -385,3 +385,69 @@ async fn a_rule_that_wants_a_reason_refuses_while_none_can_be_given() {
     assert!(store.requests(true, SystemTime::now()).is_empty());
     assert_eq!(orders_left(&stack, "23").await, 1);
 }
+
+/// `pg-proxy approvals ...` against the admin API: its output and exit
+/// code.
+async fn cli(admin: &str, token: Option<String>, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut command = portcullis_testkit::bin!();
+    command.arg("approvals").args(["--admin", admin]).args(args).env_remove("PORTCULLIS_TOKEN");
+    if let Some(t) = token {
+        command.env("PORTCULLIS_TOKEN", t);
+    }
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approvals_command_lists_shows_approves_and_says_why_not() {
+    let stack = Stack::start();
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), Arc::clone(&store)));
+    let bob = Some(stack.token("bob", &["dba"], None));
+    let alice = Some(stack.token("alice", &["dba"], None));
+
+    let agent = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.execute("DELETE FROM orders WHERE id = $1", &[&25i32]).await });
+    let request = pending(&store).await;
+
+    let (code, out, err) = cli(&admin, bob.clone(), &["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("ID"), "{out}");
+    let row = out.lines().nth(1).unwrap_or_default();
+    for part in
+        [request.id.as_str(), "pending", "copilot-7 for alice", "agent-deletes-need-approval", "DELETE FROM orders"]
+    {
+        assert!(row.contains(part), "{part}: {out}");
+    }
+    let (code, out, _) = cli(&admin, bob.clone(), &["show", &request.id]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("DELETE FROM orders WHERE id = $1") && out.contains("$1 = '\\x00000019'"), "{out}");
+
+    // Alice may not approve her own agent's statement: exit 1, the reason.
+    let (code, _, err) = cli(&admin, alice, &["approve", &request.id]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot approve what their own agent copilot-7 asks"), "{err}");
+    // No token, a bad id, a deny without a reason: usage (2).
+    assert_eq!(cli(&admin, None, &["list"]).await.0, Some(2));
+    assert_eq!(cli(&admin, bob.clone(), &["show", "../grants"]).await.0, Some(2));
+    assert_eq!(cli(&admin, bob.clone(), &["deny", &request.id]).await.0, Some(2));
+    // Nobody there: 3.
+    assert_eq!(cli("http://127.0.0.1:9", bob.clone(), &["list"]).await.0, Some(3));
+
+    let (code, out, err) = cli(&admin, bob.clone(), &["approve", &request.id, "--reason", "ticket 9"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("approved {}", request.id)), "{out}");
+    assert_eq!(tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap(), 1);
+
+    let (code, out, _) = cli(&admin, bob.clone(), &["--json", "list", "--state", "decided"]).await;
+    assert_eq!(code, Some(0));
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["approvals"][0]["votes"][0]["reason"], "ticket 9");
+    let (code, _, err) = cli(&admin, bob, &["approve", &request.id]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("approved already"), "{err}");
+}
