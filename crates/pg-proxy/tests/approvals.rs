@@ -451,3 +451,39 @@ async fn the_approvals_command_lists_shows_approves_and_says_why_not() {
     assert_eq!(code, Some(1));
     assert!(err.contains("approved already"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_names_exactly_the_routes_served() {
+    let stack = Stack::start();
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), store));
+
+    let (status, doc) = api("GET", format!("{base}/api/v1/openapi.json"), None, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc, serde_json::from_str::<serde_json::Value>(pg_proxy::admin::OPENAPI).unwrap());
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    let mut served: Vec<(String, String)> =
+        pg_proxy::admin::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+    // Each is served: without a token, 401 from the route (not the
+    // fallback's 404), the document itself excepted.
+    for (method, path) in &served {
+        let (status, body) = api(method, format!("{base}{}", path.replace("{id}", "x")), None, "").await;
+        if path.ends_with("openapi.json") {
+            assert_eq!(status, 200);
+        } else {
+            assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")), "{method} {path}");
+        }
+    }
+    let (status, body) = api("GET", format!("{base}/api/v1/nothing"), None, "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+}

@@ -15,6 +15,7 @@
 //! | `POST /api/v1/approvals/{id}/deny` | `{"reason": "..."}`, the reason required |
 //! | `GET /api/v1/grants` | the live grants the caller may see |
 //! | `DELETE /api/v1/grants/{id}` | revokes a grant |
+//! | `GET /api/v1/openapi.json` | the OpenAPI document of all this (no token needed) |
 //!
 //! A caller sees the requests and grants whose approver groups they are
 //! in, and those their own agents asked for.
@@ -78,10 +79,29 @@ impl From<LedgerError> for ApiError {
     }
 }
 
+/// The API's OpenAPI document.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route the server answers, as method and path (the OpenAPI
+/// document names the same).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/approvals"),
+    ("GET", "/api/v1/approvals/{id}"),
+    ("POST", "/api/v1/approvals/{id}/approve"),
+    ("POST", "/api/v1/approvals/{id}/deny"),
+    ("GET", "/api/v1/grants"),
+    ("DELETE", "/api/v1/grants/{id}"),
+];
+
 /// The approvals API over `store`, authenticating callers with
 /// `gateway`'s key set.
 pub fn router(gateway: Arc<Gateway>, store: Arc<MemoryStore>) -> Router {
     Router::new()
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .route("/api/v1/approvals", get(list_requests))
         .route("/api/v1/approvals/{id}", get(show_request))
         .route("/api/v1/approvals/{id}/approve", post(approve))
