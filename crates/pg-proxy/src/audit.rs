@@ -569,6 +569,23 @@ impl Bodies {
                 body.end();
                 written
             }
+            Record::Approval(a) => {
+                let mut body = Body::begin(out, "approval");
+                body.id("session", &self.boot, a.session);
+                body.str("request", &a.request);
+                body.str("event", a.event);
+                if !a.by.is_empty() {
+                    body.strs("by", a.by.iter().map(String::as_str));
+                }
+                if let Some(reason) = &a.reason {
+                    body.str("reason", reason);
+                }
+                if let Some(grant) = &a.grant {
+                    body.str("grant", grant);
+                }
+                body.end();
+                Ok(())
+            }
             Record::SessionStart(s) => serde_json::to_writer(
                 &mut *out,
                 &StartBody {

@@ -163,7 +163,11 @@ impl Gateway {
         }
         let approvals = config.admin.as_ref().map(|admin| {
             use crate::approvals::store::{ApprovalHandler, HandlerSettings, MemoryStore};
-            let store = Arc::new(MemoryStore::new(config.approvals.max_grant));
+            let mut store = MemoryStore::new(config.approvals.max_grant);
+            if let Some(a) = &audit {
+                store = store.with_sink(Arc::clone(a) as Arc<dyn session::record::RecordSink>);
+            }
+            let store = Arc::new(store);
             let settings = HandlerSettings { timeout: config.approvals.timeout, admin_url: Some(admin.url.clone()) };
             hooks.hold_handler = Some(Arc::new(ApprovalHandler::new(Arc::clone(&store), settings)));
             hooks.hold_timeout = config.approvals.timeout;

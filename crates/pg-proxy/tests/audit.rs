@@ -826,3 +826,67 @@ async fn a_prepared_statement_refused_when_judged_again_is_recorded() {
     assert_eq!((result["ran"].as_bool(), result["error"]["code"].as_str()), (Some(false), Some("42501")));
     let _ = std::fs::remove_dir_all(&keys);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_events_are_recorded_with_the_session_that_held_the_statement() {
+    use pg_proxy::approvals::ledger::Approver;
+    let keys = keys("approvals");
+    let log = std::env::temp_dir().join(format!("portcullis-audit-approvals-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&log);
+    let stack = audit_stack(&keys, &log, "[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\ntimeout = \"60s\"\n");
+    let store = stack.gateway.approvals.clone().expect("approvals are on with [admin]");
+    let agent = std::sync::Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+    let pending = |store: &pg_proxy::approvals::store::MemoryStore| {
+        store.requests(true, std::time::SystemTime::now()).into_iter().next()
+    };
+
+    // Denied, then approved with a grant that is revoked.
+    for (sql, approve) in [("DELETE FROM orders WHERE id = 40", false), ("DELETE FROM orders WHERE id = 41", true)] {
+        let a = std::sync::Arc::clone(&agent);
+        let run = tokio::spawn(async move { a.simple_query(sql).await });
+        let request = loop {
+            if let Some(r) = pending(&store) {
+                break r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let bob = Approver::new("bob", ["dba"]);
+        let now = std::time::SystemTime::now();
+        if approve {
+            store.approve(&request.id, &bob, "ticket 7", Some(std::time::Duration::from_secs(600)), now).unwrap();
+            run.await.unwrap().unwrap();
+            store.revoke(&format!("{}-grant", request.id), &bob, now).unwrap();
+        } else {
+            store.deny(&request.id, &bob, "not 40", now).unwrap();
+            assert!(run.await.unwrap().is_err());
+        }
+    }
+    drop(agent);
+    drop(stack);
+
+    let all = records(&log);
+    let approvals: Vec<&Value> = all.iter().filter(|r| r["type"] == "approval").collect();
+    let events: Vec<&str> = approvals.iter().filter_map(|r| r["event"].as_str()).collect();
+    assert_eq!(events, ["requested", "denied", "requested", "approved", "granted", "revoked"], "{approvals:?}");
+    assert_eq!(approvals[1]["by"], serde_json::json!(["bob"]));
+    assert_eq!(approvals[1]["reason"], "not 40");
+    assert_eq!(approvals[3]["reason"], "ticket 7");
+    // The approved statement's record follows its approval, in the same
+    // session; the denied one ran nothing.
+    let statement =
+        all.iter().find(|r| r["type"] == "statement" && r["sql"] == "DELETE FROM orders WHERE id = 41").unwrap();
+    assert_eq!(statement["session"], approvals[3]["session"]);
+    assert!(statement["seq"].as_u64() > approvals[3]["seq"].as_u64());
+    assert_eq!(result_of(&all, statement).unwrap()["tags"], serde_json::json!(["DELETE 1"]));
+    let (code, out, err) =
+        run(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(keys.join("audit-key.pub")).arg(&log));
+    assert_eq!(code, 0, "{out}{err}");
+    let session = approvals[3]["session"].as_str().unwrap();
+    let (code, out, err) = run(pg_proxy_cmd().args(["audit", "replay", "--session", session]).arg(&log));
+    assert_eq!(code, 0, "{err}");
+    let request = approvals[3]["request"].as_str().unwrap();
+    assert!(out.contains(&format!("approval {request} approved by bob: ticket 7")), "{out}");
+    assert!(out.contains(&format!("approval {request} revoked by bob (grant {request}-grant)")), "{out}");
+    let _ = std::fs::remove_dir_all(&log);
+    let _ = std::fs::remove_dir_all(&keys);
+}

@@ -290,6 +290,8 @@ pub enum Event {
     Revoked {
         /// The grant.
         grant: String,
+        /// The request it was made with.
+        request: String,
         /// By whom.
         by: String,
     },
@@ -297,6 +299,8 @@ pub enum Event {
     GrantExpired {
         /// The grant.
         grant: String,
+        /// The request it was made with.
+        request: String,
     },
 }
 
@@ -568,8 +572,9 @@ impl Ledger {
         if !may {
             return Err(LedgerError::NotAnApprover { subject: by.subject.clone(), groups: grant.approvers.join(", ") });
         }
+        let request = grant.request.clone();
         self.grants.remove(id);
-        events.push(Event::Revoked { grant: id.to_string(), by: by.subject.clone() });
+        events.push(Event::Revoked { grant: id.to_string(), request, by: by.subject.clone() });
         Ok(events)
     }
 
@@ -585,10 +590,11 @@ impl Ledger {
         }
         let forget = now.checked_sub(DECIDED_KEPT).unwrap_or(SystemTime::UNIX_EPOCH);
         self.requests.retain(|_, r| r.state.is_pending() || r.expires >= forget);
-        let gone: Vec<String> = self.grants.values().filter(|g| g.expires <= now).map(|g| g.id.clone()).collect();
-        for id in gone {
+        let gone: Vec<(String, String)> =
+            self.grants.values().filter(|g| g.expires <= now).map(|g| (g.id.clone(), g.request.clone())).collect();
+        for (id, request) in gone {
             self.grants.remove(&id);
-            events.push(Event::GrantExpired { grant: id });
+            events.push(Event::GrantExpired { grant: id, request });
         }
         events
     }
@@ -793,7 +799,7 @@ mod tests {
         assert!(ledger.grant_for(&Requester::new("bob", Some("copilot")), "f1", soon).is_none());
         let end = t0() + 30 * MINUTE;
         assert!(ledger.grant_for(&agent(), "f1", end).is_none());
-        assert_eq!(ledger.expire(end), [Event::GrantExpired { grant: "r-grant".into() }]);
+        assert_eq!(ledger.expire(end), [Event::GrantExpired { grant: "r-grant".into(), request: "r".into() }]);
         assert!(ledger.grants(end).is_empty());
     }
 
@@ -804,7 +810,7 @@ mod tests {
         let e = ledger.revoke("r-grant", &Approver::new("alice", ["developers"]), t0()).unwrap_err();
         assert!(matches!(e, LedgerError::NotAnApprover { .. }), "{e}");
         let events = ledger.revoke("r-grant", &dba("carol"), t0()).unwrap();
-        assert_eq!(events, [Event::Revoked { grant: "r-grant".into(), by: "carol".into() }]);
+        assert_eq!(events, [Event::Revoked { grant: "r-grant".into(), request: "r".into(), by: "carol".into() }]);
         assert!(ledger.grant_for(&agent(), "f1", t0()).is_none());
         assert_eq!(ledger.revoke("r-grant", &dba("carol"), t0()), Err(LedgerError::NoGrant("r-grant".into())));
     }

@@ -17,10 +17,13 @@ use tokio::sync::watch;
 
 use super::ledger::{Approver, Event, Grant, HeldText, Ledger, LedgerError, Progress, Request, Requester, State};
 use crate::session::hold::{HoldHandler, HoldOutcome, HoldRequest, Holding};
+use crate::session::record::{ApprovalRecord, Record, RecordSink};
 
 /// One gateway's approvals, in memory.
 #[derive(Debug)]
 pub struct MemoryStore {
+    /// Where events are recorded (the audit log), if anywhere.
+    sink: Option<Arc<dyn RecordSink>>,
     ledger: Mutex<Ledger>,
     /// Bumped on every change; waiters look again when it moves.
     changes: watch::Sender<u64>,
@@ -40,15 +43,27 @@ impl MemoryStore {
     /// An empty store whose grants last at most `max_grant`.
     pub fn new(max_grant: Duration) -> MemoryStore {
         MemoryStore {
+            sink: None,
             ledger: Mutex::new(Ledger::new(max_grant)),
             changes: watch::channel(0).0,
             events: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
+    /// The same, recording every event in `sink` (the audit log).
+    #[must_use]
+    pub fn with_sink(mut self, sink: Arc<dyn RecordSink>) -> MemoryStore {
+        self.sink = Some(sink);
+        self
+    }
+
     fn changed(&self, events: Vec<Event>) {
         if events.is_empty() {
             return;
+        }
+        if let Some(sink) = &self.sink {
+            let records = self.records(&events);
+            sink.log(&records);
         }
         {
             let mut kept = lock(&self.events);
@@ -65,6 +80,65 @@ impl MemoryStore {
         let (value, events) = f(&mut lock(&self.ledger))?;
         self.changed(events);
         Ok(value)
+    }
+
+    /// Events as audit records, each naming the session its request was
+    /// held for.
+    fn records(&self, events: &[Event]) -> Vec<Record> {
+        let ledger = lock(&self.ledger);
+        let session = |request: &str| ledger.request(request).map_or(0, |r| r.session);
+        events
+            .iter()
+            .map(|e| {
+                let mut r = match e {
+                    Event::Requested { id } => ApprovalRecord::new(session(id), id.clone(), "requested"),
+                    Event::Vote { id, approver } => {
+                        let mut r = ApprovalRecord::new(session(id), id.clone(), "vote");
+                        r.by = vec![approver.clone()];
+                        r
+                    }
+                    Event::Approved { id, by } => {
+                        let mut r = ApprovalRecord::new(session(id), id.clone(), "approved");
+                        r.by.clone_from(by);
+                        r
+                    }
+                    Event::Denied { id, by, reason } => {
+                        let mut r = ApprovalRecord::new(session(id), id.clone(), "denied");
+                        r.by = vec![by.clone()];
+                        r.reason = Some(reason.clone());
+                        r
+                    }
+                    Event::Expired { id } => ApprovalRecord::new(session(id), id.clone(), "expired"),
+                    Event::Withdrawn { id, why } => {
+                        let mut r = ApprovalRecord::new(session(id), id.clone(), "withdrawn");
+                        r.reason = Some(why.clone());
+                        r
+                    }
+                    Event::Granted { grant, request } => {
+                        let mut r = ApprovalRecord::new(session(request), request.clone(), "granted");
+                        r.grant = Some(grant.clone());
+                        r
+                    }
+                    Event::Revoked { grant, request, by } => {
+                        let mut r = ApprovalRecord::new(session(request), request.clone(), "revoked");
+                        r.by = vec![by.clone()];
+                        r.grant = Some(grant.clone());
+                        r
+                    }
+                    Event::GrantExpired { grant, request } => {
+                        let mut r = ApprovalRecord::new(session(request), request.clone(), "grant_expired");
+                        r.grant = Some(grant.clone());
+                        r
+                    }
+                };
+                // The votes' reasons are in the request; an approval's
+                // record names the last approver's.
+                if let Event::Approved { id, .. } | Event::Vote { id, .. } = e {
+                    r.reason = ledger.request(id).and_then(|q| q.votes.last()).map(|v| v.reason.clone());
+                }
+                Record::Approval(r)
+            })
+            .collect()
     }
 
     /// Opens a request.

@@ -600,6 +600,21 @@ fn timeline_line(r: &Value, offset: f64, paint: &Paint) -> String {
             format!("{at}    #{} → {}", r["n"], parts.join(" · "))
         }
         "session_end" => format!("{at}  {} {}", paint.wrap("1", "session end:"), str_of(&r["reason"])),
+        "approval" => {
+            let by: Vec<String> = r["by"].as_array().map_or(Vec::new(), |a| a.iter().map(str_of).collect());
+            let mut line =
+                format!("{at}  {} {} {}", paint.wrap("35", "approval"), str_of(&r["request"]), str_of(&r["event"]));
+            if !by.is_empty() {
+                line.push_str(&format!(" by {}", by.join(", ")));
+            }
+            if let Some(reason) = r["reason"].as_str() {
+                line.push_str(&format!(": {reason}"));
+            }
+            if let Some(grant) = r["grant"].as_str() {
+                line.push_str(&format!(" (grant {grant})"));
+            }
+            line
+        }
         other => format!("{at}  {other}"),
     }
 }

@@ -30,6 +30,34 @@ pub enum Record {
     Result(ResultRecord),
     /// A session ended.
     SessionEnd(SessionEndRecord),
+    /// Something happened to an approval request held for a session.
+    Approval(ApprovalRecord),
+}
+
+/// An approval event: a request opened, a vote, the outcome, a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApprovalRecord {
+    /// The session holding the request.
+    pub session: u64,
+    /// The request.
+    pub request: String,
+    /// What happened: `requested`, `vote`, `approved`, `denied`,
+    /// `expired`, `withdrawn`, `granted`, `revoked`, `grant_expired`.
+    pub event: &'static str,
+    /// Who did it (approvers, a denier, a revoker), when someone did.
+    pub by: Vec<String>,
+    /// Their reason, or why the request was withdrawn.
+    pub reason: Option<String>,
+    /// The grant concerned, if any.
+    pub grant: Option<String>,
+}
+
+impl ApprovalRecord {
+    /// An event of `request`, held by `session`.
+    pub fn new(session: u64, request: impl Into<String>, event: &'static str) -> ApprovalRecord {
+        ApprovalRecord { session, request: request.into(), event, by: Vec::new(), reason: None, grant: None }
+    }
 }
 
 /// Who opened a session, from where.
