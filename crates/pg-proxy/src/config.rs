@@ -236,17 +236,24 @@ pub struct AdminSettings {
 }
 
 /// `[approvals]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalSettings {
     /// How long a held statement waits for people (default 15 minutes).
     pub timeout: Duration,
     /// The longest grant an approver may give (default 8 hours).
     pub max_grant: Duration,
+    /// Where requests and outcomes are posted (it may hold a secret: never
+    /// logged).
+    pub webhook_url: Option<Secret>,
 }
 
 impl Default for ApprovalSettings {
     fn default() -> ApprovalSettings {
-        ApprovalSettings { timeout: Duration::from_secs(15 * 60), max_grant: Duration::from_secs(8 * 3600) }
+        ApprovalSettings {
+            timeout: Duration::from_secs(15 * 60),
+            max_grant: Duration::from_secs(8 * 3600),
+            webhook_url: None,
+        }
     }
 }
 
@@ -400,6 +407,7 @@ struct RawAdmin {
 struct RawApprovals {
     timeout: Option<String>,
     max_grant: Option<String>,
+    webhook_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -697,6 +705,13 @@ impl Config {
                     Err(e) => return Err(invalid(format!("[approvals] max_grant: {e}"))),
                 },
                 None => defaults.max_grant,
+            },
+            webhook_url: match raw.approvals.webhook_url {
+                None => None,
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                    Some(Secret::new(url.into_bytes()))
+                }
+                Some(_) => return Err(invalid("[approvals] webhook_url: an http:// or https:// URL".to_string())),
             },
         };
         if raw.mode == Mode::Observe && audit.is_none() {
@@ -1096,7 +1111,7 @@ password_env = "PW"
     fn the_admin_server_and_approvals_are_read_and_checked() {
         let load = |extra: &str| Config::from_toml_str(&format!("{MINIMAL}\n{extra}"), Path::new("gw.toml"), env);
         let c = load("").unwrap();
-        assert_eq!((c.admin, c.approvals), (None, ApprovalSettings::default()));
+        assert_eq!((c.admin.clone(), c.approvals.clone()), (None, ApprovalSettings::default()));
         assert_eq!(c.approvals.timeout, Duration::from_secs(900));
         let c =
             load("[admin]\nlisten = \"127.0.0.1:9187\"\n[approvals]\ntimeout = \"2m\"\nmax_grant = \"1h\"").unwrap();

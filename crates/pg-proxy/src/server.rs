@@ -167,6 +167,13 @@ impl Gateway {
             if let Some(a) = &audit {
                 store = store.with_sink(Arc::clone(a) as Arc<dyn session::record::RecordSink>);
             }
+            if let Some(url) = &config.approvals.webhook_url {
+                let url = String::from_utf8_lossy(url.expose()).into_owned();
+                match crate::approvals::webhook::Webhook::start(url, Some(admin.url.clone())) {
+                    Ok(webhook) => store = store.with_webhook(webhook),
+                    Err(e) => tracing::error!("approvals webhook: starting its thread: {e}; no notifications"),
+                }
+            }
             let store = Arc::new(store);
             let settings = HandlerSettings { timeout: config.approvals.timeout, admin_url: Some(admin.url.clone()) };
             hooks.hold_handler = Some(Arc::new(ApprovalHandler::new(Arc::clone(&store), settings)));

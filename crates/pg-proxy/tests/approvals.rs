@@ -487,3 +487,74 @@ async fn the_openapi_document_names_exactly_the_routes_served() {
     let (status, body) = api("GET", format!("{base}/api/v1/nothing"), None, "").await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
 }
+
+/// A webhook receiver on loopback: answers 500 to the first delivery and
+/// 200 to the others, and hands over every body it got.
+fn receiver() -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/secret-path", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { return };
+            let mut reader = std::io::BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let status = if n == 0 { "500 Internal Server Error" } else { "200 OK" };
+            let mut stream = reader.into_inner();
+            let _ = write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tx.send(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_is_told_of_requests_and_outcomes_and_retried() {
+    use pg_proxy::approvals::webhook::Webhook;
+    let stack = Stack::start();
+    let (url, deliveries) = receiver();
+    let webhook = Webhook::start(url, Some("http://approve.example/".into())).unwrap();
+    let store = Arc::new(MemoryStore::new(Duration::from_secs(3600)).with_webhook(webhook));
+    let settings = HandlerSettings { timeout: Duration::from_secs(60), admin_url: None };
+    stack.gateway.set_hooks(SessionHooks {
+        hold_handler: Some(Arc::new(ApprovalHandler::new(Arc::clone(&store), settings))),
+        hold_timeout: Duration::from_secs(60),
+        ..SessionHooks::default()
+    });
+    let agent = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.execute("DELETE FROM orders WHERE id = $1", &[&26i32]).await });
+    let request = pending(&store).await;
+    let next = || deliveries.recv_timeout(Duration::from_secs(20)).unwrap();
+
+    // The first try is refused (500), the second, a second later, taken:
+    // the receiver sees the same message twice.
+    let (first, second) = tokio::task::block_in_place(|| (next(), next()));
+    assert_eq!(first, second);
+    assert_eq!(first["event"], "requested");
+    let text = first["text"].as_str().unwrap();
+    assert!(text.contains(&request.id) && text.contains("copilot-7 for alice"), "{text}");
+    assert!(text.contains("DELETE FROM orders WHERE id = $1") && text.contains("http://approve.example/"), "{text}");
+    // The bound value stays out of the message.
+    assert_eq!(first["request"]["statements"][0]["parameters_bound"], 1);
+    assert!(first["request"]["statements"][0].get("parameters").is_none(), "{first}");
+    assert!(!first.to_string().contains("0000001a"), "{first}");
+
+    store.approve(&request.id, &dba("bob"), "ok", None, SystemTime::now()).unwrap();
+    run.await.unwrap().unwrap();
+    let approved = tokio::task::block_in_place(next);
+    assert_eq!(approved["event"], "approved");
+    assert!(approved["text"].as_str().unwrap().starts_with("Approved by bob"), "{approved}");
+}

@@ -3,6 +3,8 @@
 //! - [`ledger`]: requests, votes and grants, and the rules of who may
 //!   approve what, with no I/O;
 //! - [`store`]: one gateway's requests in memory, and the sessions' hold
-//!   handler that opens them and waits.
+//!   handler that opens them and waits;
+//! - [`webhook`]: requests and outcomes posted to a webhook.
 pub mod ledger;
 pub mod store;
+pub mod webhook;

@@ -24,6 +24,8 @@ use crate::session::record::{ApprovalRecord, Record, RecordSink};
 pub struct MemoryStore {
     /// Where events are recorded (the audit log), if anywhere.
     sink: Option<Arc<dyn RecordSink>>,
+    /// Where requests and outcomes are announced, if anywhere.
+    webhook: Option<super::webhook::Webhook>,
     ledger: Mutex<Ledger>,
     /// Bumped on every change; waiters look again when it moves.
     changes: watch::Sender<u64>,
@@ -44,6 +46,7 @@ impl MemoryStore {
     pub fn new(max_grant: Duration) -> MemoryStore {
         MemoryStore {
             sink: None,
+            webhook: None,
             ledger: Mutex::new(Ledger::new(max_grant)),
             changes: watch::channel(0).0,
             events: Mutex::new(std::collections::VecDeque::new()),
@@ -57,9 +60,32 @@ impl MemoryStore {
         self
     }
 
+    /// The same, announcing requests and outcomes to `webhook`.
+    #[must_use]
+    pub fn with_webhook(mut self, webhook: super::webhook::Webhook) -> MemoryStore {
+        self.webhook = Some(webhook);
+        self
+    }
+
     fn changed(&self, events: Vec<Event>) {
         if events.is_empty() {
             return;
+        }
+        if let Some(webhook) = &self.webhook {
+            let ledger = lock(&self.ledger);
+            for e in &events {
+                let id = match e {
+                    Event::Requested { id }
+                    | Event::Approved { id, .. }
+                    | Event::Denied { id, .. }
+                    | Event::Expired { id }
+                    | Event::Withdrawn { id, .. } => id,
+                    _ => continue,
+                };
+                if let Some(request) = ledger.request(id) {
+                    webhook.notify(e, request);
+                }
+            }
         }
         if let Some(sink) = &self.sink {
             let records = self.records(&events);
