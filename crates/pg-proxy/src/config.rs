@@ -1120,12 +1120,19 @@ password_env = "PW"
         assert_eq!((c.approvals.timeout, c.approvals.max_grant), (Duration::from_secs(120), Duration::from_secs(3600)));
         let c = load("[admin]\nlisten = \"127.0.0.1:9187\"\nurl = \"https://approve.example.com/\"").unwrap();
         assert_eq!(c.admin.unwrap().url, "https://approve.example.com/");
+        let c = load("[approvals]\nwebhook_url = \"https://hooks.example.com/T0/B0/s3cret\"").unwrap();
+        assert_eq!(
+            c.approvals.webhook_url.as_ref().map(Secret::expose),
+            Some(&b"https://hooks.example.com/T0/B0/s3cret"[..])
+        );
+        assert!(!format!("{c:?}").contains("s3cret"), "the webhook URL is a secret");
         for (extra, says) in [
             ("[admin]\nlisten = \"somewhere\"", "[admin] listen"),
             ("[admin]\nlisten = \"127.0.0.1:1\"\nurl = \"ftp://x\"", "[admin] url"),
             ("[approvals]\ntimeout = \"10ms\"", "[approvals] timeout: at least 1s"),
             ("[approvals]\nmax_grant = \"0s\"", "[approvals] max_grant"),
             ("[approvals]\ntimeout = \"soon\"", "[approvals] timeout"),
+            ("[approvals]\nwebhook_url = \"file:///tmp/x\"", "[approvals] webhook_url"),
         ] {
             let e = load(extra).unwrap_err().to_string();
             assert!(e.contains(says), "{extra}: {e}");
