@@ -558,3 +558,43 @@ async fn the_webhook_is_told_of_requests_and_outcomes_and_retried() {
     assert_eq!(approved["event"], "approved");
     assert!(approved["text"].as_str().unwrap().starts_with("Approved by bob"), "{approved}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_tells_approvers_of_each_change_as_it_happens() {
+    use std::io::BufRead;
+    let stack = Stack::start();
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api/v1/events", listener.local_addr().unwrap());
+    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), Arc::clone(&store)));
+    let bob = stack.token("bob", &["dba"], None);
+    // Bob's stream, read line by line on a thread of its own.
+    let (lines, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        let mut response = ureq::get(&url).header("Authorization", format!("Bearer {bob}")).call().unwrap();
+        assert_eq!(response.headers().get("content-type").unwrap(), "text/event-stream");
+        let reader = std::io::BufReader::new(response.body_mut().as_reader());
+        for line in reader.lines() {
+            if lines.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let agent = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 27").await });
+    let request = pending(&store).await;
+    store.approve(&request.id, &dba("carol"), "fine", None, SystemTime::now()).unwrap();
+    run.await.unwrap().unwrap();
+
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), seen.recv()).await.expect("an event").unwrap();
+        if let Some(data) = line.strip_prefix("data:") {
+            events.push(serde_json::from_str::<serde_json::Value>(data.trim()).unwrap());
+        }
+    }
+    assert_eq!(events[0], serde_json::json!({"event": "requested", "id": request.id}));
+    assert_eq!(events[1], serde_json::json!({"event": "approved", "id": request.id, "by": ["carol"]}));
+}

@@ -15,6 +15,7 @@
 //! | `POST /api/v1/approvals/{id}/deny` | `{"reason": "..."}`, the reason required |
 //! | `GET /api/v1/grants` | the live grants the caller may see |
 //! | `DELETE /api/v1/grants/{id}` | revokes a grant |
+//! | `GET /api/v1/events` | server-sent events: each change the caller may see, as it happens |
 //! | `GET /api/v1/openapi.json` | the OpenAPI document of all this (no token needed) |
 //!
 //! A caller sees the requests and grants whose approver groups they are
@@ -92,6 +93,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/approvals/{id}/deny"),
     ("GET", "/api/v1/grants"),
     ("DELETE", "/api/v1/grants/{id}"),
+    ("GET", "/api/v1/events"),
 ];
 
 /// The approvals API over `store`, authenticating callers with
@@ -108,6 +110,7 @@ pub fn router(gateway: Arc<Gateway>, store: Arc<MemoryStore>) -> Router {
         .route("/api/v1/approvals/{id}/deny", post(deny))
         .route("/api/v1/grants", get(list_grants))
         .route("/api/v1/grants/{id}", delete(revoke))
+        .route("/api/v1/events", get(events))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path") })
         .with_state(Admin { gateway, store })
 }
@@ -280,4 +283,66 @@ async fn revoke(
     admin.store.revoke(&id, &who, SystemTime::now())?;
     tracing::info!(grant = %id, by = %who.subject, "grant revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The request an event concerns.
+fn event_request(event: &crate::approvals::ledger::Event) -> &str {
+    use crate::approvals::ledger::Event;
+    match event {
+        Event::Requested { id }
+        | Event::Vote { id, .. }
+        | Event::Approved { id, .. }
+        | Event::Denied { id, .. }
+        | Event::Expired { id }
+        | Event::Withdrawn { id, .. } => id,
+        Event::Granted { request, .. } | Event::Revoked { request, .. } | Event::GrantExpired { request, .. } => {
+            request
+        }
+    }
+}
+
+/// `GET /api/v1/events`: every change to a request the caller may see,
+/// from now on, as server-sent events (`event:` the change's name,
+/// `data:` its JSON, `id:` its number). A stream that falls behind the
+/// events kept misses the oldest; a client reads the lists again then.
+async fn events(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+) -> Result<
+    axum::response::sse::Sse<
+        impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
+> {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    let who = caller(&admin, &headers).await?;
+    let changes = admin.store.subscribe();
+    let after = admin.store.last_event();
+    let state = (admin.store, changes, after, who, std::collections::VecDeque::<Sse>::new());
+    let stream = futures_util::stream::unfold(state, |(store, mut changes, mut after, who, mut ready)| async move {
+        loop {
+            if let Some(next) = ready.pop_front() {
+                return Some((Ok(next), (store, changes, after, who, ready)));
+            }
+            if changes.changed().await.is_err() {
+                return None;
+            }
+            for (n, event) in store.events_since(after) {
+                after = n;
+                let visible = store
+                    .request(event_request(&event), SystemTime::now())
+                    .is_some_and(|r| may_see(&who, &r.approvers, &r.requester.subject));
+                if !visible {
+                    continue;
+                }
+                let data = serde_json::to_string(&event).unwrap_or_default();
+                let name = serde_json::to_value(&event)
+                    .ok()
+                    .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
+                    .unwrap_or_default();
+                ready.push_back(Sse::default().id(n.to_string()).event(name).data(data));
+            }
+        }
+    });
+    Ok(axum::response::sse::Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -237,9 +237,11 @@ pub struct Grant {
 }
 
 /// What changed, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A request was opened.
+    #[serde(rename = "requested")]
     Requested {
         /// The request.
         id: String,

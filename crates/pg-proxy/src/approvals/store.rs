@@ -27,11 +27,11 @@ pub struct MemoryStore {
     /// Where requests and outcomes are announced, if anywhere.
     webhook: Option<super::webhook::Webhook>,
     ledger: Mutex<Ledger>,
-    /// Bumped on every change; waiters look again when it moves.
+    /// The number of the last event; waiters look again when it moves.
     changes: watch::Sender<u64>,
-    /// Every change so far, in order (for the audit log and the live
-    /// stream to come): the last [`EVENTS_KEPT`].
-    events: Mutex<std::collections::VecDeque<Event>>,
+    /// The last [`EVENTS_KEPT`] events, numbered from 1 (for the live
+    /// stream).
+    events: Mutex<std::collections::VecDeque<(u64, Event)>>,
 }
 
 /// Events a [`MemoryStore`] keeps.
@@ -91,14 +91,19 @@ impl MemoryStore {
             let records = self.records(&events);
             sink.log(&records);
         }
-        {
+        let last = {
             let mut kept = lock(&self.events);
-            kept.extend(events);
+            let mut n = kept.back().map_or(0, |(n, _)| *n);
+            for e in events {
+                n += 1;
+                kept.push_back((n, e));
+            }
             while kept.len() > EVENTS_KEPT {
                 kept.pop_front();
             }
-        }
-        self.changes.send_modify(|n| *n += 1);
+            n
+        };
+        self.changes.send_replace(last);
     }
 
     /// Runs `f` on the ledger and publishes what it changed.
@@ -232,7 +237,23 @@ impl MemoryStore {
 
     /// The events kept so far, oldest first.
     pub fn events(&self) -> Vec<Event> {
-        lock(&self.events).iter().cloned().collect()
+        lock(&self.events).iter().map(|(_, e)| e.clone()).collect()
+    }
+
+    /// The events numbered after `after` that are still kept, with their
+    /// numbers, oldest first.
+    pub fn events_since(&self, after: u64) -> Vec<(u64, Event)> {
+        lock(&self.events).iter().filter(|(n, _)| *n > after).cloned().collect()
+    }
+
+    /// The number of the last event so far (0 before any).
+    pub fn last_event(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
+    /// A receiver that sees the number of the last event move.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Waits until request `id` is decided, or expires (at its expiry
