@@ -285,22 +285,6 @@ async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The request an event concerns.
-fn event_request(event: &crate::approvals::ledger::Event) -> &str {
-    use crate::approvals::ledger::Event;
-    match event {
-        Event::Requested { id }
-        | Event::Vote { id, .. }
-        | Event::Approved { id, .. }
-        | Event::Denied { id, .. }
-        | Event::Expired { id }
-        | Event::Withdrawn { id, .. } => id,
-        Event::Granted { request, .. } | Event::Revoked { request, .. } | Event::GrantExpired { request, .. } => {
-            request
-        }
-    }
-}
-
 /// `GET /api/v1/events`: every change to a request the caller may see,
 /// from now on, as server-sent events (`event:` the change's name,
 /// `data:` its JSON, `id:` its number). A stream that falls behind the
@@ -330,17 +314,13 @@ async fn events(
             for (n, event) in store.events_since(after) {
                 after = n;
                 let visible = store
-                    .request(event_request(&event), SystemTime::now())
+                    .request(event.request(), SystemTime::now())
                     .is_some_and(|r| may_see(&who, &r.approvers, &r.requester.subject));
                 if !visible {
                     continue;
                 }
                 let data = serde_json::to_string(&event).unwrap_or_default();
-                let name = serde_json::to_value(&event)
-                    .ok()
-                    .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
-                    .unwrap_or_default();
-                ready.push_back(Sse::default().id(n.to_string()).event(name).data(data));
+                ready.push_back(Sse::default().id(n.to_string()).event(event.name()).data(data));
             }
         }
     });

@@ -306,6 +306,39 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The request the event concerns (for a grant, the one it was made
+    /// with).
+    pub fn request(&self) -> &str {
+        match self {
+            Event::Requested { id }
+            | Event::Vote { id, .. }
+            | Event::Approved { id, .. }
+            | Event::Denied { id, .. }
+            | Event::Expired { id }
+            | Event::Withdrawn { id, .. } => id,
+            Event::Granted { request, .. } | Event::Revoked { request, .. } | Event::GrantExpired { request, .. } => {
+                request
+            }
+        }
+    }
+
+    /// The event's name, as its JSON and the audit log write it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Requested { .. } => "requested",
+            Event::Vote { .. } => "vote",
+            Event::Approved { .. } => "approved",
+            Event::Denied { .. } => "denied",
+            Event::Expired { .. } => "expired",
+            Event::Withdrawn { .. } => "withdrawn",
+            Event::Granted { .. } => "granted",
+            Event::Revoked { .. } => "revoked",
+            Event::GrantExpired { .. } => "grant_expired",
+        }
+    }
+}
+
 /// What an approval did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
@@ -815,6 +848,25 @@ mod tests {
         assert_eq!(events, [Event::Revoked { grant: "r-grant".into(), request: "r".into(), by: "carol".into() }]);
         assert!(ledger.grant_for(&agent(), "f1", t0()).is_none());
         assert_eq!(ledger.revoke("r-grant", &dba("carol"), t0()), Err(LedgerError::NoGrant("r-grant".into())));
+    }
+
+    #[test]
+    fn event_names_are_those_their_json_carries() {
+        let events = [
+            Event::Requested { id: "r".into() },
+            Event::Vote { id: "r".into(), approver: "a".into() },
+            Event::Approved { id: "r".into(), by: Vec::new() },
+            Event::Denied { id: "r".into(), by: "a".into(), reason: String::new() },
+            Event::Expired { id: "r".into() },
+            Event::Withdrawn { id: "r".into(), why: String::new() },
+            Event::Granted { grant: "g".into(), request: "r".into() },
+            Event::Revoked { grant: "g".into(), request: "r".into(), by: "a".into() },
+            Event::GrantExpired { grant: "g".into(), request: "r".into() },
+        ];
+        for e in events {
+            assert_eq!(serde_json::to_value(&e).unwrap()["event"], e.name());
+            assert_eq!(e.request(), "r");
+        }
     }
 
     #[test]

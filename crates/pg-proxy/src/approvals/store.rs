@@ -74,14 +74,8 @@ impl MemoryStore {
         if let Some(webhook) = &self.webhook {
             let ledger = lock(&self.ledger);
             for e in &events {
-                let id = match e {
-                    Event::Requested { id }
-                    | Event::Approved { id, .. }
-                    | Event::Denied { id, .. }
-                    | Event::Expired { id }
-                    | Event::Withdrawn { id, .. } => id,
-                    _ => continue,
-                };
+                // The webhook tells which events it announces.
+                let id = e.request();
                 if let Some(request) = ledger.request(id) {
                     webhook.notify(e, request);
                 }
@@ -117,55 +111,30 @@ impl MemoryStore {
     /// held for.
     fn records(&self, events: &[Event]) -> Vec<Record> {
         let ledger = lock(&self.ledger);
-        let session = |request: &str| ledger.request(request).map_or(0, |r| r.session);
         events
             .iter()
             .map(|e| {
-                let mut r = match e {
-                    Event::Requested { id } => ApprovalRecord::new(session(id), id.clone(), "requested"),
-                    Event::Vote { id, approver } => {
-                        let mut r = ApprovalRecord::new(session(id), id.clone(), "vote");
-                        r.by = vec![approver.clone()];
-                        r
-                    }
-                    Event::Approved { id, by } => {
-                        let mut r = ApprovalRecord::new(session(id), id.clone(), "approved");
-                        r.by.clone_from(by);
-                        r
-                    }
-                    Event::Denied { id, by, reason } => {
-                        let mut r = ApprovalRecord::new(session(id), id.clone(), "denied");
+                let request = ledger.request(e.request());
+                let mut r = ApprovalRecord::new(request.map_or(0, |q| q.session), e.request(), e.name());
+                match e {
+                    Event::Vote { approver, .. } => r.by = vec![approver.clone()],
+                    Event::Approved { by, .. } => r.by.clone_from(by),
+                    Event::Denied { by, reason, .. } => {
                         r.by = vec![by.clone()];
                         r.reason = Some(reason.clone());
-                        r
                     }
-                    Event::Expired { id } => ApprovalRecord::new(session(id), id.clone(), "expired"),
-                    Event::Withdrawn { id, why } => {
-                        let mut r = ApprovalRecord::new(session(id), id.clone(), "withdrawn");
-                        r.reason = Some(why.clone());
-                        r
-                    }
-                    Event::Granted { grant, request } => {
-                        let mut r = ApprovalRecord::new(session(request), request.clone(), "granted");
-                        r.grant = Some(grant.clone());
-                        r
-                    }
-                    Event::Revoked { grant, request, by } => {
-                        let mut r = ApprovalRecord::new(session(request), request.clone(), "revoked");
+                    Event::Withdrawn { why, .. } => r.reason = Some(why.clone()),
+                    Event::Granted { grant, .. } | Event::GrantExpired { grant, .. } => r.grant = Some(grant.clone()),
+                    Event::Revoked { grant, by, .. } => {
                         r.by = vec![by.clone()];
                         r.grant = Some(grant.clone());
-                        r
                     }
-                    Event::GrantExpired { grant, request } => {
-                        let mut r = ApprovalRecord::new(session(request), request.clone(), "grant_expired");
-                        r.grant = Some(grant.clone());
-                        r
-                    }
-                };
+                    Event::Requested { .. } | Event::Expired { .. } => {}
+                }
                 // The votes' reasons are in the request; an approval's
                 // record names the last approver's.
-                if let Event::Approved { id, .. } | Event::Vote { id, .. } = e {
-                    r.reason = ledger.request(id).and_then(|q| q.votes.last()).map(|v| v.reason.clone());
+                if let Event::Approved { .. } | Event::Vote { .. } = e {
+                    r.reason = request.and_then(|q| q.votes.last()).map(|v| v.reason.clone());
                 }
                 Record::Approval(r)
             })
@@ -233,11 +202,6 @@ impl MemoryStore {
     pub fn withdraw(&self, id: &str, why: &str, now: SystemTime) {
         let events = lock(&self.ledger).withdraw(id, why, now);
         self.changed(events);
-    }
-
-    /// The events kept so far, oldest first.
-    pub fn events(&self) -> Vec<Event> {
-        lock(&self.events).iter().map(|(_, e)| e.clone()).collect()
     }
 
     /// The events numbered after `after` that are still kept, with their
