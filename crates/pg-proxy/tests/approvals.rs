@@ -367,23 +367,104 @@ async fn a_rule_naming_no_approver_group_refuses_at_once() {
     assert!(store.requests(true, SystemTime::now()).is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rule_that_wants_a_reason_refuses_while_none_can_be_given() {
+/// `f`'s output, which must come within 20 s.
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f).await.expect("no answer within 20 s")
+}
+
+/// A policy whose agent-delete rule wants the requester's reason.
+fn policy_wanting_reasons() -> String {
     let policy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy.toml"))
         .unwrap()
         .replace("reason   = \"a person approves deletes made by an agent\"", "justification = true");
     assert!(policy.contains("justification = true"));
-    let stack = Stack::with_policy(&policy);
+    policy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_that_wants_a_reason_takes_it_from_set_portcullis_reason() {
+    let stack = Stack::with_policy(&policy_wanting_reasons());
     let store = with_approvals(&stack, Duration::from_secs(60));
-    let agent = stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await;
-    let e = tokio::time::timeout(Duration::from_secs(20), agent.simple_query("DELETE FROM orders WHERE id = 23"))
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
-    assert!(message(&e).contains("wants the requester's reason"), "{e}");
+    let agent = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+    let refused = |e: tokio_postgres::Error| {
+        assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+        assert!(message(&e).contains("SET portcullis.reason = '...'"), "{e}");
+    };
+
+    // No reason: refused at once, saying how to give one.
+    refused(within(agent.simple_query("DELETE FROM orders WHERE id = 23")).await.unwrap_err());
     assert!(store.requests(true, SystemTime::now()).is_empty());
-    assert_eq!(orders_left(&stack, "23").await, 1);
+
+    // A reason by simple query: the gateway keeps it, the server never
+    // sees it (its placeholder is empty), and the next held statement
+    // carries it to the approvers.
+    agent.simple_query("SET portcullis.reason = 'INC-42: remove the test order'").await.unwrap();
+    let shown = agent.simple_query("SHOW portcullis.reason").await.unwrap();
+    let server_has = shown.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(server_has.as_deref(), Some(""), "the reason stays in the gateway");
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.execute("DELETE FROM orders WHERE id = $1", &[&23i32]).await });
+    let request = pending(&store).await;
+    assert_eq!(request.justification.as_deref(), Some("INC-42: remove the test order"));
+    store.approve(&request.id, &dba("bob"), "ok", None, SystemTime::now()).unwrap();
+    assert_eq!(within(run).await.unwrap().unwrap(), 1);
+    assert_eq!(orders_left(&stack, "23").await, 0);
+
+    // It went with that statement: the next one needs its own.
+    refused(within(agent.simple_query("DELETE FROM orders WHERE id = 24")).await.unwrap_err());
+
+    // By the extended protocol (prepared, then executed), and forgotten by RESET.
+    agent.execute("SET portcullis.reason = 'set then reset'", &[]).await.unwrap();
+    agent.simple_query("RESET portcullis.reason").await.unwrap();
+    refused(within(agent.simple_query("DELETE FROM orders WHERE id = 24")).await.unwrap_err());
+    let set = agent.prepare("SET portcullis.reason = 'by the extended protocol'").await.unwrap();
+    agent.execute(&set, &[]).await.unwrap();
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 24").await });
+    let request = pending(&store).await;
+    assert_eq!(request.justification.as_deref(), Some("by the extended protocol"));
+    store.deny(&request.id, &dba("bob"), "not today", SystemTime::now()).unwrap();
+    let e = within(run).await.unwrap().unwrap_err();
+    assert!(message(&e).contains("not today"), "{e}");
+
+    // What the gateway cannot take is refused, and nothing of it reaches the server.
+    for sql in [
+        "SET portcullis.reason = 'with another'; SELECT 1",
+        "SET portcullis.reasons = 'a typo'",
+        "SET portcullis.reason = 42",
+    ] {
+        let e = agent.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&e), Some(&SqlState::INVALID_PARAMETER_VALUE), "{sql}: {e}");
+        let e = agent.prepare(sql).await.unwrap_err();
+        assert_eq!(code(&e), Some(&SqlState::INVALID_PARAMETER_VALUE), "{sql}: {e}");
+    }
+    assert_eq!(orders_left(&stack, "24").await, 1);
+    agent.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_gives_a_reason_then_runs_the_held_delete() {
+    let stack = Stack::with_policy(&policy_wanting_reasons());
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
+    let psql = {
+        let mut cmd = stack.program("psql");
+        let conninfo = stack.conninfo(&token);
+        cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &conninfo])
+            .args(["-c", "SET portcullis.reason = 'ticket 7: duplicate order'"])
+            .args(["-c", "DELETE FROM orders WHERE id = 22"]);
+        std::thread::spawn(move || cmd.output().unwrap())
+    };
+    let request = pending(&store).await;
+    assert_eq!(request.justification.as_deref(), Some("ticket 7: duplicate order"));
+    store.approve(&request.id, &dba("bob"), "ok", None, SystemTime::now()).unwrap();
+    let out = psql.join().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "SET\nDELETE 1", "{stderr}");
 }
 
 /// `pg-proxy approvals ...` against the admin API: its output and exit

@@ -840,7 +840,9 @@ async fn approval_events_are_recorded_with_the_session_that_held_the_statement()
         store.requests(true, std::time::SystemTime::now()).into_iter().next()
     };
 
-    // Denied, then approved with a grant that is revoked.
+    // Denied (the requester gave a reason), then approved with a grant
+    // that is revoked.
+    agent.simple_query("SET portcullis.reason = 'INC-9: stale rows'").await.unwrap();
     for (sql, approve) in [("DELETE FROM orders WHERE id = 40", false), ("DELETE FROM orders WHERE id = 41", true)] {
         let a = std::sync::Arc::clone(&agent);
         let run = tokio::spawn(async move { a.simple_query(sql).await });
@@ -868,6 +870,9 @@ async fn approval_events_are_recorded_with_the_session_that_held_the_statement()
     let approvals: Vec<&Value> = all.iter().filter(|r| r["type"] == "approval").collect();
     let events: Vec<&str> = approvals.iter().filter_map(|r| r["event"].as_str()).collect();
     assert_eq!(events, ["requested", "denied", "requested", "approved", "granted", "revoked"], "{approvals:?}");
+    // The requester's reason, with the request it went with only.
+    assert_eq!(approvals[0]["reason"], "INC-9: stale rows");
+    assert!(approvals[2].get("reason").is_none_or(Value::is_null), "{:?}", approvals[2]);
     assert_eq!(approvals[1]["by"], serde_json::json!(["bob"]));
     assert_eq!(approvals[1]["reason"], "not 40");
     assert_eq!(approvals[3]["reason"], "ticket 7");

@@ -244,7 +244,10 @@ mod rules;
 mod session;
 mod shape;
 
-pub use analyze::{Analysis, Class, Clause, ClauseColumn, OutputColumn, RowLayout, StatementFacts, WholeRow};
+pub use analyze::{
+    Analysis, Class, Clause, ClauseColumn, GatewayCommand, OutputColumn, RowLayout, StatementFacts, WholeRow,
+    MAX_REASON_BYTES,
+};
 pub use cache::{CacheStats, DEFAULT_CACHE_BYTES, MAX_CACHED_SQL, SEEN_ONCE_LIMIT};
 pub use context::Context;
 pub use copy::{CopyLayout, CopyOutAction, CopyOutPlan, CsvLayout};

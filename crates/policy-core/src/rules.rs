@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use crate::analyze::{Analysis, Class, StatementFacts};
+use crate::analyze::{Analysis, Class, GatewayCommand, StatementFacts};
 use crate::decision::{ApprovalTerms, Decision, StatementDecision, Verdict};
 use crate::identity::Identity;
 use crate::policy::{Effect, Patterns, Policy, Rule};
@@ -182,6 +182,27 @@ fn decide_statement(policy: &Policy, rules: &[&Rule], facts: &StatementFacts, te
     Outcome { verdict, rule: None, reason, max_rows: settings.max_rows, approvers: Vec::new(), approval: None }
 }
 
+/// A statement of the gateway's own ([`GatewayCommand`]): the policy's
+/// rules are about what reaches the server, and this never does. It is
+/// refused when the gateway cannot take it: an unknown `portcullis.*`
+/// setting, a value it cannot read, or a string that holds other
+/// statements too (the gateway sends the server a substitute for the whole
+/// text, so it takes its own statements one query at a time).
+fn decide_gateway(policy: &Policy, command: &GatewayCommand, alone: bool) -> Outcome {
+    let (verdict, reason) = match command {
+        GatewayCommand::Invalid { why } => (Verdict::Deny, why.clone()),
+        _ if !alone => (
+            Verdict::Deny,
+            "SET portcullis.reason must be sent as a query of its own, not with other statements".to_string(),
+        ),
+        GatewayCommand::SetReason(_) => {
+            (Verdict::Allow, "the gateway keeps the reason for the next held statement".to_string())
+        }
+        _ => (Verdict::Allow, "the gateway forgets the reason".to_string()),
+    };
+    Outcome { verdict, rule: None, reason, max_rows: policy.settings.max_rows, approvers: Vec::new(), approval: None }
+}
+
 /// Decides every statement of an analysis and combines them.
 ///
 /// `guard` may refuse a statement the rules would let through (the
@@ -202,10 +223,14 @@ pub(crate) fn decide(
     let mut approvers: Vec<String> = Vec::new();
     let mut approval: Option<ApprovalTerms> = None;
     let spans = analysis.spans;
+    let alone = analysis.statements.len() == 1;
     for (i, facts) in analysis.statements.into_iter().enumerate() {
         let span = spans.get(i).cloned().unwrap_or(0..sql.len());
         let text = sql.get(span.clone()).unwrap_or(sql);
-        let mut outcome = decide_statement(policy, &rules, &facts, text);
+        let mut outcome = match &facts.gateway {
+            Some(command) => decide_gateway(policy, command, alone),
+            None => decide_statement(policy, &rules, &facts, text),
+        };
         if outcome.verdict != Verdict::Deny {
             if let Some(reason) = guard(&facts) {
                 outcome = Outcome {

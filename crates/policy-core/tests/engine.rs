@@ -1051,3 +1051,122 @@ fn shared_decisions_carry_their_own_text_spans() {
     assert_eq!(spans, ["SELECT 12345 FROM orders", "SELECT 'a longer string' FROM orders WHERE id = 2"]);
     assert_eq!(d, uncached(BASE).decide(&who, &s, sql));
 }
+
+/// `SET portcullis.reason` is the gateway's: recognised in the parse tree
+/// whatever way PostgreSQL's grammar lets it be written, kept out of the
+/// policy's rules, and refused where the gateway could not keep it apart
+/// from what goes to the server.
+mod gateway_settings {
+    use super::*;
+    use policy_core::{Decision, GatewayCommand, MAX_REASON_BYTES};
+
+    /// Every statement is denied but what the gateway keeps.
+    const DENY_ALL: &str = r#"
+version = 1
+[settings]
+default = "deny"
+[[rule]]
+name = "no-settings"
+effect = "deny"
+classes = ["session", "admin", "transaction"]
+"#;
+
+    fn decide(sql: &str) -> Decision {
+        let e = engine(DENY_ALL);
+        e.decide(&anyone(), &e.new_session(), sql)
+    }
+
+    fn command(sql: &str) -> Option<GatewayCommand> {
+        decide(sql).statements.first().and_then(|s| s.facts.gateway.clone())
+    }
+
+    #[test]
+    fn every_spelling_of_the_setting_is_the_gateways() {
+        let reason = || Some(GatewayCommand::SetReason("INC-7".to_string()));
+        for sql in [
+            "SET portcullis.reason = 'INC-7'",
+            "set portcullis.reason to 'INC-7'",
+            "SET SESSION portcullis.reason = 'INC-7'",
+            "SET LOCAL portcullis.reason = 'INC-7'",
+            "SET PORTCULLIS.REASON = 'INC-7'",
+            "SET \"portcullis\".\"Reason\" = 'INC-7'",
+            "SET \"portcullis.reason\" = 'INC-7'",
+            "SET portcullis.reason = E'INC-7'",
+            "SET portcullis.reason = U&'INC\\002D7'",
+            "SET portcullis.reason = $$INC-7$$",
+            "SET portcullis.reason = '  INC-7  '",
+            "/* why */ SET portcullis.reason = 'INC-7';",
+        ] {
+            assert_eq!(command(sql), reason(), "{sql}");
+            let d = decide(sql);
+            assert_eq!(d.verdict, Verdict::Allow, "{sql}: {}", d.reason);
+            assert!(d.rule.is_none(), "{sql}: no rule of the policy applies");
+            assert!(!d.statements[0].facts.changes_settings, "{sql}: the server's settings stay as they are");
+        }
+        for sql in ["RESET portcullis.reason", "SET portcullis.reason TO DEFAULT", "SET portcullis.reason = ''"] {
+            assert_eq!(command(sql), Some(GatewayCommand::ResetReason), "{sql}");
+            assert_eq!(decide(sql).verdict, Verdict::Allow, "{sql}");
+        }
+    }
+
+    #[test]
+    fn what_the_gateway_cannot_take_is_refused() {
+        let long = format!("SET portcullis.reason = '{}'", "x".repeat(MAX_REASON_BYTES + 1));
+        for sql in [
+            "SET portcullis.reasons = 'typo'",
+            "SET portcullis.approver = 'me'",
+            "SET portcullis.reason = 42",
+            "SET portcullis.reason = 'a', 'b'",
+            "SET portcullis.reason FROM CURRENT",
+            long.as_str(),
+        ] {
+            assert!(matches!(command(sql), Some(GatewayCommand::Invalid { .. })), "{sql}");
+            assert_eq!(decide(sql).verdict, Verdict::Deny, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_reason_travels_alone() {
+        // The gateway answers the whole query itself: the rest of the
+        // string would be lost, or the reason sent to the server.
+        for sql in [
+            "SET portcullis.reason = 'x'; DELETE FROM orders",
+            "SELECT 1; SET portcullis.reason = 'x'",
+            "BEGIN; SET portcullis.reason = 'x'; COMMIT",
+        ] {
+            // Under a policy that allows everything else.
+            let e = engine("version = 1\n[settings]\ndefault = \"allow\"");
+            let d = e.decide(&anyone(), &e.new_session(), sql);
+            assert_eq!(d.verdict, Verdict::Deny, "{sql}");
+            assert!(d.reason.contains("query of its own"), "{sql}: {}", d.reason);
+        }
+    }
+
+    #[test]
+    fn other_settings_and_look_alikes_are_the_servers() {
+        let e = engine(DENY_ALL);
+        for sql in [
+            "SET portcullis_reason = 'x'",
+            "SET search_path = 'portcullis.reason'",
+            "SELECT set_config('portcullis.reason', 'x', false)",
+            "ALTER ROLE app SET portcullis.reason = 'x'",
+            "SHOW portcullis.reason",
+        ] {
+            let d = e.decide(&anyone(), &e.new_session(), sql);
+            assert!(d.statements.iter().all(|s| s.facts.gateway.is_none()), "{sql}");
+            assert_eq!(d.verdict, Verdict::Deny, "{sql}: the policy decides it");
+        }
+    }
+
+    #[test]
+    fn reasons_are_not_shared_between_texts_of_one_shape() {
+        // Decisions are cached by the text's shape when no constant was
+        // read: the reason is read, so each text keeps its own.
+        let e = engine(DENY_ALL);
+        let mut context = Context::new(Identity::new("alice"), e.new_session());
+        for reason in ["first", "second", "first"] {
+            let d = e.decide_in(&mut context, &format!("SET portcullis.reason = '{reason}'"));
+            assert_eq!(d.statements[0].facts.gateway, Some(GatewayCommand::SetReason(reason.to_string())));
+        }
+    }
+}

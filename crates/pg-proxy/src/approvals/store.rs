@@ -129,7 +129,9 @@ impl MemoryStore {
                         r.by = vec![by.clone()];
                         r.grant = Some(grant.clone());
                     }
-                    Event::Requested { .. } | Event::Expired { .. } => {}
+                    // The requester's reason, as approvers saw it.
+                    Event::Requested { .. } => r.reason = request.and_then(|q| q.justification.clone()),
+                    Event::Expired { .. } => {}
                 }
                 // The votes' reasons are in the request; an approval's
                 // record names the last approver's.
@@ -321,11 +323,9 @@ impl HoldHandler for ApprovalHandler {
                 decision.rule.as_deref().unwrap_or("(none)")
             ));
         }
-        if terms.justification {
-            // Fail closed: the gateway cannot take the requester's reason
-            // yet, so a rule that wants one refuses.
+        if terms.justification && held.reason.is_none() {
             return refuse(&format!(
-                "rule {} wants the requester's reason with the statement, and this gateway cannot take one yet",
+                "rule {} wants a reason with this statement: send `SET portcullis.reason = '...'` first, then the statement again",
                 decision.rule.as_deref().unwrap_or("(none)")
             ));
         }
@@ -347,6 +347,7 @@ impl HoldHandler for ApprovalHandler {
             .collect();
         request.rule = decision.rule.as_deref().map(str::to_string);
         request.reason = decision.reason.to_string();
+        request.justification = held.reason;
         if let Err(e) = self.store.open(request, now) {
             tracing::warn!("opening an approval request: {e}");
             return refuse(&format!("the approval request could not be opened: {e}"));

@@ -76,9 +76,13 @@ fn payload(event: &Event, request: &Request, admin_url: Option<&str>) -> Option<
     let (name, text) = match event {
         Event::Requested { .. } => {
             let mut text = format!(
-                "Approval needed (request {id}): {who} wants to run `{statement}` (rule {rule}: {}). Approve with `pg-proxy approvals approve {id}`",
+                "Approval needed (request {id}): {who} wants to run `{statement}` (rule {rule}: {}).",
                 request.reason
             );
+            if let Some(why) = &request.justification {
+                text.push_str(&format!(" Their reason: {why}."));
+            }
+            text.push_str(&format!(" Approve with `pg-proxy approvals approve {id}`"));
             if let Some(url) = admin_url {
                 text.push_str(&format!(" or at {url}"));
             }

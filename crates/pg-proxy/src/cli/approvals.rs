@@ -319,6 +319,7 @@ fn print_request(r: &Value) {
     }
     say!("requester  {}", who(&r["requester"]));
     say!("rule       {} ({})", r["rule"].as_str().unwrap_or("-"), r["reason"].as_str().unwrap_or(""));
+    say!("why        {}", r["justification"].as_str().unwrap_or("(no reason given)"));
     let approvers: Vec<&str> =
         r["approvers"].as_array().map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).collect());
     say!(

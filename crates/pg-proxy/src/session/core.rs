@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use policy_core::{
-    Class, ColumnInfo, Context, CopyLayout, CopyOutAction, Decision, Definitions, Engine, Identity, RowMasker,
-    Scrubbed, Session as EngineSession, SessionEffect, StatementFacts, Verdict,
+    Class, ColumnInfo, Context, CopyLayout, CopyOutAction, Decision, Definitions, Engine, GatewayCommand, Identity,
+    RowMasker, Scrubbed, Session as EngineSession, SessionEffect, StatementFacts, Verdict,
 };
 use postgres_protocol::message::frontend;
 
@@ -49,6 +49,8 @@ pub const IO_ERROR: &str = "58030";
 pub const QUERY_CANCELED: &str = "57014";
 /// SQLSTATE of a client that sent too much while a batch waited.
 pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+/// SQLSTATE of a `portcullis.*` setting the gateway cannot take.
+pub const INVALID_PARAMETER_VALUE: &str = "22023";
 
 /// What the server runs in place of a refused statement: it fails while
 /// being parsed, without touching anything, so the server's transaction
@@ -545,6 +547,9 @@ pub struct SessionCore {
     config: CoreConfig,
     engine: Arc<Engine>,
     state: EngineState,
+    /// The client's `SET portcullis.reason`, kept for its next held
+    /// statement.
+    reason: Option<String>,
     client: ClientState,
     backend: BackendState,
     client_in: BytesMut,
@@ -667,6 +672,7 @@ impl SessionCore {
             copy_in_started: false,
             ids: 0,
             batches: 0,
+            reason: None,
             sequence: 0,
             maskers: HashMap::default(),
             last_masker: None,
@@ -1169,7 +1175,7 @@ impl SessionCore {
                 self.on_query(sql, m.frame);
                 self.finish_batch(BatchEnd::Query);
             }
-            FrontendView::Parse { name, sql, .. } => self.on_parse(name, sql, m.frame),
+            FrontendView::Parse { name, sql, param_types } => self.on_parse(name, sql, param_types, m.frame),
             FrontendView::Bind(bind) => self.on_bind(&bind, m.frame),
             FrontendView::Describe { kind: b'S', name } => {
                 let Some(Some(p)) = self.statements.get(name) else {
@@ -1360,7 +1366,8 @@ impl SessionCore {
         if !batch.held.is_empty() {
             self.batches += 1;
             let id = self.batches;
-            let request = HoldRequest { session: self.id, statements: batch.held.clone() };
+            // The reason goes with this hold, whatever its outcome.
+            let request = HoldRequest { session: self.id, statements: batch.held.clone(), reason: self.reason.take() };
             let deadline = self.now + self.config.hold_timeout;
             self.needs.push_back(Need::Hold { hold: id, request });
             self.client = ClientState::Held { batch: Batch { held: Vec::new(), ..batch }, id, deadline };
@@ -1659,6 +1666,9 @@ impl SessionCore {
     fn on_query(&mut self, sql: &str, frame: &[u8]) {
         let decision = self.decide(sql);
         self.record(|| Arc::from(sql), Vec::new(), &decision);
+        if let Some(command) = gateway_command(&decision) {
+            return self.on_gateway_query(command.clone(), decision);
+        }
         let held = match self.admit(&decision) {
             Ok(held) => held,
             Err(message) => {
@@ -1681,6 +1691,40 @@ impl SessionCore {
         self.stage(frame, Some(Pending::Query { decision, index: 0, result, failed: false, refusal: None }));
         if settings {
             self.batch.settings = true;
+        }
+    }
+
+    /// A query of the gateway's own (`SET portcullis.reason`): kept here,
+    /// and the server sent [`GatewayCommand::substitute`], whose answer
+    /// (`SET`, or the failure of an aborted transaction) the client gets in
+    /// turn. Refused, even in observe mode, when the engine says the
+    /// gateway cannot take it: then nothing of the text reaches the server.
+    #[cold]
+    fn on_gateway_query(&mut self, command: GatewayCommand, decision: Arc<Decision>) {
+        let recorded = self.config.record;
+        if decision.verdict != Verdict::Allow {
+            let message = decision.reason.to_string();
+            return self.stage_refused_query(Refusal { code: INVALID_PARAMETER_VALUE, message, recorded });
+        }
+        self.keep_reason(&command);
+        let mut substitute = BytesMut::new();
+        if frontend::query(command.substitute(), &mut substitute).is_err() {
+            return self.stage_refused_query(Refusal {
+                code: INVALID_PARAMETER_VALUE,
+                message: "the gateway could not answer this setting".to_string(),
+                recorded,
+            });
+        }
+        let first = decision.statements.first().map(|s| Arc::clone(&s.facts));
+        let result = ResultState::new(first, &decision);
+        self.stage(&substitute, Some(Pending::Query { decision, index: 0, result, failed: false, refusal: None }));
+    }
+
+    /// Keeps (or forgets) the client's reason.
+    fn keep_reason(&mut self, command: &GatewayCommand) {
+        match command {
+            GatewayCommand::SetReason(reason) => self.reason = Some(reason.clone()),
+            _ => self.reason = None,
         }
     }
 
@@ -1721,9 +1765,17 @@ impl SessionCore {
         changes_setting || (facts.reverts_settings && self.setting_touched_in_tx)
     }
 
-    fn on_parse(&mut self, name: &str, sql: &str, frame: &[u8]) {
+    fn on_parse(&mut self, name: &str, sql: &str, param_types: &[u8], frame: &[u8]) {
         let decision = self.decide(sql);
-        if let Err(message) = self.admit(&decision) {
+        // A statement of the gateway's reaches the server as its
+        // substitute; one the gateway cannot take is refused, even in
+        // observe mode.
+        let gateway = gateway_command(&decision).map(|c| (c.substitute(), decision.verdict == Verdict::Allow));
+        let admitted = match gateway {
+            Some((_, false)) => Err((INVALID_PARAMETER_VALUE, decision.reason.to_string())),
+            _ => self.admit(&decision).map_err(|m| (INSUFFICIENT_PRIVILEGE, m)),
+        };
+        if let Err((code, message)) = admitted {
             // A refusal is recorded where it happens: the statement never
             // reaches an Execute.
             self.record(|| Arc::from(sql), Vec::new(), &decision);
@@ -1735,8 +1787,13 @@ impl SessionCore {
                 self.statements.insert(name, None);
             }
             let recorded = self.config.record;
-            return self.fail_block_as(Refusal { code: INSUFFICIENT_PRIVILEGE, message, recorded });
+            return self.fail_block_as(Refusal { code, message, recorded });
         }
+        let substitute = gateway.and_then(|(text, _)| {
+            let types = param_types.chunks_exact(4).map(|c| <[u8; 4]>::try_from(c).map_or(0, u32::from_be_bytes));
+            let mut parse = BytesMut::new();
+            frontend::parse(name, text, types, &mut parse).ok().map(|()| parse)
+        });
         let facts = decision.statements.first().map(|s| Arc::clone(&s.facts));
         let prepared = Arc::new(Prepared {
             id: self.next_id(),
@@ -1751,7 +1808,10 @@ impl SessionCore {
             self.batch.statements.push(name.to_string());
         }
         self.statements.insert(name, Some(prepared));
-        self.stage(frame, Some(Pending::Parse));
+        match substitute {
+            Some(parse) => self.stage(&parse, Some(Pending::Parse)),
+            None => self.stage(frame, Some(Pending::Parse)),
+        }
     }
 
     fn on_execute(&mut self, portal: &str, frame: &[u8]) {
@@ -1790,6 +1850,9 @@ impl SessionCore {
             self.record(|| sql, parameters, &prepared.decision);
         }
         if let Some(facts) = &prepared.facts {
+            if let Some(command) = &facts.gateway {
+                self.keep_reason(command);
+            }
             if self.apply_effects(facts, true) {
                 self.resync_after_sync = true;
             }
@@ -3159,6 +3222,12 @@ impl SessionCore {
             let _ = codec::error_response(&mut self.to_client, severity, code, "error", &[]);
         }
     }
+}
+
+/// The statement of the gateway's in `decision`, if any (alone in its
+/// text, or refused for not being so).
+fn gateway_command(decision: &Decision) -> Option<&GatewayCommand> {
+    decision.statements.iter().find_map(|s| s.facts.gateway.as_ref())
 }
 
 /// Stages [`REFUSED_SQL`] as a simple query, answered with `refusal`.

@@ -49,6 +49,9 @@ pub struct HoldRequest {
     pub session: u64,
     /// The statements needing approval, in order.
     pub statements: Vec<HeldStatement>,
+    /// The client's reason for them (`SET portcullis.reason`), if it gave
+    /// one.
+    pub reason: Option<String>,
 }
 
 /// How a hold ends, as told by its handler.

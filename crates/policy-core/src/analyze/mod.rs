@@ -25,6 +25,7 @@
 
 mod catalog;
 mod expand;
+mod gateway;
 mod lineage;
 pub(crate) mod literal;
 mod names;
@@ -45,6 +46,7 @@ use crate::fingerprint;
 use crate::mask::ColumnInfo;
 use crate::session::{apply_to_path, catalog_first, Prepared, Session, SessionEffect, TransactionPaths};
 
+pub use gateway::{GatewayCommand, MAX_REASON_BYTES};
 pub use lineage::{OutputColumn, RowLayout, WholeRow};
 pub(crate) use names::{dotted, qualified, split_identifiers};
 
@@ -348,6 +350,13 @@ pub struct StatementFacts {
     /// Not serialised.
     #[serde(skip)]
     pub changes_definitions: bool,
+    /// What the statement asks of the gateway, when it is one of the
+    /// gateway's own: a `SET` or `RESET` of a `portcullis.*` setting (see
+    /// [`GatewayCommand`]). The gateway keeps it and sends the server
+    /// [`GatewayCommand::substitute`] instead; the policy's rules do not
+    /// apply to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayCommand>,
 }
 
 /// The facts of every statement in one string.
@@ -586,6 +595,7 @@ pub(crate) fn unknown(sql: &str, error: &str) -> StatementFacts {
         begins_transaction: false,
         reverts_settings: false,
         changes_definitions: true,
+        gateway: None,
     }
 }
 
@@ -688,10 +698,13 @@ fn analyze_statement(
         set_config,
         ..
     } = w;
-    let changes_settings = set_config
-        || opaque
-        || class == Class::Unknown
-        || matches!(stmt, NodeRef::VariableSetStmt(_) | NodeRef::DiscardStmt(_));
+    let gateway = gateway::command(stmt);
+    // A statement of the gateway's sets nothing the server reads.
+    let changes_settings = gateway.is_none()
+        && (set_config
+            || opaque
+            || class == Class::Unknown
+            || matches!(stmt, NodeRef::VariableSetStmt(_) | NodeRef::DiscardStmt(_)));
     effects.extend(transaction_effect(stmt, first));
     for effect in &mut effects {
         if let SessionEffect::Prepare { prepared, .. } = effect {
@@ -724,6 +737,7 @@ fn analyze_statement(
         begins_transaction: bounds.begins,
         reverts_settings: bounds.ends || bounds.rolls_back_to_savepoint,
         changes_definitions: opaque || expand::may_change_definitions(stmt),
+        gateway,
     }
 }
 
