@@ -152,6 +152,7 @@ impl Session {
             search_path: vec!["public".into()],
             standard_conforming_strings: true,
             user: "bench".into(),
+            database: "bench".into(),
             config: CoreConfig::default(),
         };
         let columns = HashMap::from([(1, "aid".to_string()), (2, "bid".to_string()), (3, "abalance".to_string())]);

@@ -109,7 +109,7 @@ pub struct Gateway {
     /// How to reach the database.
     pub target: Target,
     /// Table names by OID, and the databases' views.
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     cancels: Mutex<HashMap<i32, CancelTarget>>,
     next_pid: AtomicI32,
     next_session: AtomicU64,
@@ -161,6 +161,7 @@ impl Gateway {
         if let Some(a) = &audit {
             hooks.record_sink = Arc::clone(a) as Arc<dyn session::record::RecordSink>;
         }
+        let catalog = Arc::new(Catalog::new(target.clone(), config.catalog.refresh_interval));
         let approvals = config.admin.as_ref().map(|admin| {
             use crate::approvals::store::{ApprovalHandler, HandlerSettings, MemoryStore};
             let mut store = MemoryStore::new(config.approvals.max_grant);
@@ -176,7 +177,9 @@ impl Gateway {
             }
             let store = Arc::new(store);
             let settings = HandlerSettings { timeout: config.approvals.timeout, admin_url: Some(admin.url.clone()) };
-            hooks.hold_handler = Some(Arc::new(ApprovalHandler::new(Arc::clone(&store), settings)));
+            let planner = Arc::new(crate::approvals::plan::CatalogPlanner(Arc::clone(&catalog)));
+            hooks.hold_handler =
+                Some(Arc::new(ApprovalHandler::new(Arc::clone(&store), settings).with_planner(planner)));
             hooks.hold_timeout = config.approvals.timeout;
             store
         });
@@ -184,7 +187,7 @@ impl Gateway {
             audit,
             approvals,
             generation: AtomicU64::new(0),
-            catalog: Catalog::new(target.clone(), config.catalog.refresh_interval),
+            catalog,
             target,
             engine: RwLock::new(Arc::new(engine)),
             keys,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pg_proxy::approvals::ledger::{Approver, LedgerError, Progress, Request, State};
+use pg_proxy::approvals::plan::{CatalogPlanner, StatementPlan};
 use pg_proxy::approvals::store::{ApprovalHandler, HandlerSettings, MemoryStore};
 use pg_proxy::session::SessionHooks;
 use portcullis_testkit::stack::Stack;
@@ -19,7 +20,10 @@ fn with_approvals(stack: &Stack, timeout: Duration) -> Arc<MemoryStore> {
     let store = Arc::new(MemoryStore::new(Duration::from_secs(8 * 3600)));
     let settings = HandlerSettings { timeout, admin_url: Some("http://127.0.0.1:9/".into()) };
     stack.gateway.set_hooks(SessionHooks {
-        hold_handler: Some(Arc::new(ApprovalHandler::new(Arc::clone(&store), settings))),
+        hold_handler: Some(Arc::new(
+            ApprovalHandler::new(Arc::clone(&store), settings)
+                .with_planner(Arc::new(CatalogPlanner(Arc::clone(&stack.gateway.catalog)))),
+        )),
         hold_timeout: timeout,
         ..SessionHooks::default()
     });
@@ -372,6 +376,67 @@ async fn within<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(20), f).await.expect("no answer within 20 s")
 }
 
+/// Request `id` once its plans are attached.
+async fn planned(store: &MemoryStore, id: &str) -> Vec<StatementPlan> {
+    for _ in 0..400 {
+        if let Some(plan) = store.request(id, SystemTime::now()).and_then(|r| r.plan) {
+            return plan;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("request {id} was never planned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvers_see_the_plan_in_the_sessions_terms_and_planning_runs_nothing() {
+    let stack = Stack::builder()
+        .setup_sql(
+            "CREATE SCHEMA archive; CREATE TABLE archive.orders (id int PRIMARY KEY, note text); \
+             INSERT INTO archive.orders SELECT g, 'old' FROM generate_series(1, 1000) g; ANALYZE archive.orders",
+        )
+        .start();
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let agent = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+
+    // Bound parameters (in binary): the generic plan, without the values.
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.execute("DELETE FROM orders WHERE id = $1", &[&26i32]).await });
+    let request = pending(&store).await;
+    let plans = planned(&store, &request.id).await;
+    let [StatementPlan::Planned { sql, estimated_rows, relations, plan, .. }] = plans.as_slice() else {
+        panic!("one plan: {plans:?}")
+    };
+    assert_eq!(sql, "DELETE FROM orders WHERE id = $1");
+    assert_eq!(relations, &["public.orders"]);
+    assert_eq!(*estimated_rows, 1, "{plan}");
+    assert_eq!(plan.pointer("/0/Plan/Operation").and_then(|v| v.as_str()), Some("Delete"), "{plan}");
+    // Planned, not run.
+    assert_eq!(orders_left(&stack, "26").await, 1);
+    store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).unwrap();
+    assert!(within(run).await.unwrap().is_err());
+
+    // The session's search_path names the table: archive.orders here, a
+    // thousand rows, of which the range keeps some.
+    agent.simple_query("SET search_path = archive, public").await.unwrap();
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id <= 500").await });
+    let request = pending(&store).await;
+    let plans = planned(&store, &request.id).await;
+    let [StatementPlan::Planned { relations, estimated_rows, .. }] = plans.as_slice() else {
+        panic!("one plan: {plans:?}")
+    };
+    assert_eq!(relations, &["archive.orders"]);
+    assert!((300..=700).contains(estimated_rows), "about half of 1000: {estimated_rows}");
+    store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).unwrap();
+    assert!(within(run).await.unwrap().is_err());
+    assert_eq!(orders_left(&stack, "26").await, 1);
+
+    // The catalog connection is left as it was: the session's views and
+    // tables are still read through it, and another plan works.
+    agent.simple_query("SET search_path = public").await.unwrap();
+    agent.simple_query("SELECT * FROM orders WHERE id = 26").await.unwrap();
+}
+
 /// A policy whose agent-delete rule wants the requester's reason.
 fn policy_wanting_reasons() -> String {
     let policy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy.toml"))
@@ -504,9 +569,12 @@ async fn the_approvals_command_lists_shows_approves_and_says_why_not() {
     {
         assert!(row.contains(part), "{part}: {out}");
     }
+    planned(&store, &request.id).await;
     let (code, out, _) = cli(&admin, bob.clone(), &["show", &request.id]).await;
     assert_eq!(code, Some(0));
     assert!(out.contains("DELETE FROM orders WHERE id = $1") && out.contains("$1 = '\\x00000019'"), "{out}");
+    assert!(out.contains("about 1 row, touching public.orders"), "{out}");
+    assert!(out.contains("why        (no reason given)"), "{out}");
 
     // Alice may not approve her own agent's statement: exit 1, the reason.
     let (code, _, err) = cli(&admin, alice, &["approve", &request.id]).await;
@@ -669,11 +737,19 @@ async fn the_event_stream_tells_approvers_of_each_change_as_it_happens() {
     store.approve(&request.id, &dba("carol"), "fine", None, SystemTime::now()).unwrap();
     run.await.unwrap().unwrap();
 
+    // The plan arrives when it is ready: before the approval or after.
     let mut events = Vec::new();
-    while events.len() < 2 {
+    let mut planned = false;
+    while events.len() < 2 || !planned {
         let line = tokio::time::timeout(Duration::from_secs(20), seen.recv()).await.expect("an event").unwrap();
         if let Some(data) = line.strip_prefix("data:") {
-            events.push(serde_json::from_str::<serde_json::Value>(data.trim()).unwrap());
+            let event = serde_json::from_str::<serde_json::Value>(data.trim()).unwrap();
+            if event["event"] == "planned" {
+                assert_eq!(event, serde_json::json!({"event": "planned", "id": request.id}));
+                planned = true;
+            } else {
+                events.push(event);
+            }
         }
     }
     assert_eq!(events[0], serde_json::json!({"event": "requested", "id": request.id}));

@@ -147,6 +147,20 @@ fn serve_holds_for_approval_and_serves_the_admin_api() {
         assert!(Instant::now() < deadline, "no request opened: {body}");
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The approver sees the plan: the gateway explained the DELETE on its
+    // catalog connection.
+    let plan = loop {
+        let mut r = agent.get(format!("{base}/approvals/{id}")).header("Authorization", &bob).call().unwrap();
+        let body: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        if !body["plan"].is_null() {
+            break body["plan"][0].clone();
+        }
+        assert!(Instant::now() < deadline, "no plan: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(plan["state"], "planned", "{plan}");
+    assert_eq!(plan["relations"], serde_json::json!(["public.orders"]), "{plan}");
+    assert_eq!(plan["estimated_rows"], 1, "{plan}");
     let r = agent
         .post(format!("{base}/approvals/{id}/approve"))
         .header("Authorization", &bob)

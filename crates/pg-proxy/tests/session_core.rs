@@ -89,6 +89,7 @@ fn harness_of(policy: &str, config: CoreConfig, search_path: Vec<String>) -> Har
         search_path,
         standard_conforming_strings: true,
         user: "app".into(),
+        database: "app".into(),
         config,
     };
     Harness { core: SessionCore::new(start, now), now }

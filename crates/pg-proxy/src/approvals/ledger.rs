@@ -101,6 +101,9 @@ pub struct Request {
     pub reason: String,
     /// The requester's own reason, if given.
     pub justification: Option<String>,
+    /// The statements' plans, once planned (`None` until then, or when
+    /// the gateway does not plan).
+    pub plan: Option<Vec<super::plan::StatementPlan>>,
     /// Groups whose members may approve.
     pub approvers: Vec<String>,
     /// What approving takes.
@@ -140,6 +143,7 @@ impl Request {
             rule: None,
             reason: String::new(),
             justification: None,
+            plan: None,
             approvers,
             terms,
             created,
@@ -274,6 +278,11 @@ pub enum Event {
         /// The request.
         id: String,
     },
+    /// A request's statements were planned.
+    Planned {
+        /// The request.
+        id: String,
+    },
     /// The session stopped waiting.
     Withdrawn {
         /// The request.
@@ -316,6 +325,7 @@ impl Event {
             | Event::Approved { id, .. }
             | Event::Denied { id, .. }
             | Event::Expired { id }
+            | Event::Planned { id }
             | Event::Withdrawn { id, .. } => id,
             Event::Granted { request, .. } | Event::Revoked { request, .. } | Event::GrantExpired { request, .. } => {
                 request
@@ -331,6 +341,7 @@ impl Event {
             Event::Approved { .. } => "approved",
             Event::Denied { .. } => "denied",
             Event::Expired { .. } => "expired",
+            Event::Planned { .. } => "planned",
             Event::Withdrawn { .. } => "withdrawn",
             Event::Granted { .. } => "granted",
             Event::Revoked { .. } => "revoked",
@@ -582,6 +593,18 @@ impl Ledger {
         request.state = State::Denied { by: approver.subject.clone(), reason: reason.to_string() };
         events.push(Event::Denied { id: id.to_string(), by: approver.subject.clone(), reason: reason.to_string() });
         Ok(events)
+    }
+
+    /// Attaches the plans of request `id`'s statements (whatever its
+    /// state: a decided request keeps what its approvers could see).
+    pub fn set_plan(&mut self, id: &str, plan: Vec<super::plan::StatementPlan>) -> Vec<Event> {
+        match self.requests.get_mut(id) {
+            Some(request) => {
+                request.plan = Some(plan);
+                vec![Event::Planned { id: id.to_string() }]
+            }
+            None => Vec::new(),
+        }
     }
 
     /// The session stopped waiting for request `id`. Nothing happens to a

@@ -16,6 +16,7 @@ use policy_core::{ApprovalTerms, Decision};
 use tokio::sync::watch;
 
 use super::ledger::{Approver, Event, Grant, HeldText, Ledger, LedgerError, Progress, Request, Requester, State};
+use super::plan::{self, PlanRequest, Planner, StatementPlan};
 use crate::session::hold::{HoldHandler, HoldOutcome, HoldRequest, Holding};
 use crate::session::record::{ApprovalRecord, Record, RecordSink};
 
@@ -113,6 +114,8 @@ impl MemoryStore {
         let ledger = lock(&self.ledger);
         events
             .iter()
+            // Plans are what approvers see, not what anyone did.
+            .filter(|e| !matches!(e, Event::Planned { .. }))
             .map(|e| {
                 let request = ledger.request(e.request());
                 let mut r = ApprovalRecord::new(request.map_or(0, |q| q.session), e.request(), e.name());
@@ -131,7 +134,7 @@ impl MemoryStore {
                     }
                     // The requester's reason, as approvers saw it.
                     Event::Requested { .. } => r.reason = request.and_then(|q| q.justification.clone()),
-                    Event::Expired { .. } => {}
+                    Event::Expired { .. } | Event::Planned { .. } => {}
                 }
                 // The votes' reasons are in the request; an approval's
                 // record names the last approver's.
@@ -200,6 +203,11 @@ impl MemoryStore {
         self.with(|l| Ok(((), l.revoke(id, by, now)?)))
     }
 
+    /// Attaches the plans of request `id`'s statements.
+    pub fn set_plan(&self, id: &str, plan: Vec<StatementPlan>) {
+        let _ = self.with(|ledger| Ok(((), ledger.set_plan(id, plan))));
+    }
+
     /// The session stopped waiting for request `id`.
     pub fn withdraw(&self, id: &str, why: &str, now: SystemTime) {
         let events = lock(&self.ledger).withdraw(id, why, now);
@@ -253,12 +261,44 @@ pub struct HandlerSettings {
 pub struct ApprovalHandler {
     store: Arc<MemoryStore>,
     settings: HandlerSettings,
+    planner: Option<Arc<dyn Planner>>,
 }
 
 impl ApprovalHandler {
     /// A handler opening requests in `store`.
     pub fn new(store: Arc<MemoryStore>, settings: HandlerSettings) -> ApprovalHandler {
-        ApprovalHandler { store, settings }
+        ApprovalHandler { store, settings, planner: None }
+    }
+
+    /// The same, attaching each request's plans from `planner` once it is
+    /// open (the session's wait does not wait for them).
+    #[must_use]
+    pub fn with_planner(mut self, planner: Arc<dyn Planner>) -> ApprovalHandler {
+        self.planner = Some(planner);
+        self
+    }
+
+    /// Starts planning request `id`'s statements.
+    fn plan(&self, id: &str, held: &HoldRequest) {
+        let Some(planner) = &self.planner else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let mut statements = Vec::new();
+        for s in &held.statements {
+            for statement in s.decision.statements.iter() {
+                statements.push(plan::statement(&s.sql, statement, s.parameters.len()));
+            }
+        }
+        let request = PlanRequest {
+            database: held.database.clone(),
+            search_path: held.search_path.clone(),
+            standard_conforming_strings: held.standard_conforming_strings,
+            statements,
+        };
+        let (planner, store, id) = (Arc::clone(planner), Arc::clone(&self.store), id.to_string());
+        runtime.spawn(async move {
+            let plans = planner.plan(request).await;
+            store.set_plan(&id, plans);
+        });
     }
 }
 
@@ -347,12 +387,13 @@ impl HoldHandler for ApprovalHandler {
             .collect();
         request.rule = decision.rule.as_deref().map(str::to_string);
         request.reason = decision.reason.to_string();
-        request.justification = held.reason;
+        request.justification = held.reason.clone();
         if let Err(e) = self.store.open(request, now) {
             tracing::warn!("opening an approval request: {e}");
             return refuse(&format!("the approval request could not be opened: {e}"));
         }
         tracing::info!(request = %id, "statement held for approval");
+        self.plan(&id, &held);
         let rule = decision.rule.as_deref().unwrap_or("no rule");
         let mut notice = format!(
             "waiting for approval: request {id} ({rule}: {}); approve it with `pg-proxy approvals approve {id}`",

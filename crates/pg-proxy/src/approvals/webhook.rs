@@ -98,7 +98,11 @@ fn payload(event: &Event, request: &Request, admin_url: Option<&str>) -> Option<
         Event::Withdrawn { why, .. } => {
             ("withdrawn", format!("Withdrawn (request {id}): `{statement}` for {who}: {why}"))
         }
-        Event::Vote { .. } | Event::Granted { .. } | Event::Revoked { .. } | Event::GrantExpired { .. } => return None,
+        Event::Vote { .. }
+        | Event::Planned { .. }
+        | Event::Granted { .. }
+        | Event::Revoked { .. }
+        | Event::GrantExpired { .. } => return None,
     };
     let mut shown = serde_json::to_value(request).unwrap_or(Value::Null);
     // Parameters stay out of a message that leaves the gateway: counted,

@@ -339,6 +339,27 @@ fn print_request(r: &Value) {
             say!("    ${} = {}", n + 1, p.as_str().map_or_else(|| "NULL".to_string(), |v| format!("'{v}'")));
         }
     }
+    match r["plan"].as_array() {
+        None => say!("plan       (being planned)"),
+        Some(plans) => {
+            for (i, p) in plans.iter().enumerate() {
+                if p["state"] == "planned" {
+                    let relations: Vec<&str> =
+                        p["relations"].as_array().map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).collect());
+                    let rows = p["estimated_rows"].as_u64().unwrap_or(0);
+                    say!(
+                        "plan {}     about {rows} row{}, touching {} (cost {})",
+                        i + 1,
+                        if rows == 1 { "" } else { "s" },
+                        if relations.is_empty() { "no table".to_string() } else { relations.join(", ") },
+                        p["estimated_cost"].as_str().unwrap_or("?")
+                    );
+                } else {
+                    say!("plan {}     none: {}", i + 1, p["why"].as_str().unwrap_or("?"));
+                }
+            }
+        }
+    }
     for v in r["votes"].as_array().map_or(&[][..], Vec::as_slice) {
         say!(
             "approved by {} at {}: {}",

@@ -120,6 +120,8 @@ pub struct SessionStart {
     pub standard_conforming_strings: bool,
     /// The upstream role (for `$user` in the search path).
     pub user: String,
+    /// The database the session uses.
+    pub database: String,
     /// How the core behaves.
     pub config: CoreConfig,
 }
@@ -544,6 +546,7 @@ impl std::ops::DerefMut for EngineState {
 #[derive(Debug)]
 pub struct SessionCore {
     id: u64,
+    database: String,
     config: CoreConfig,
     engine: Arc<Engine>,
     state: EngineState,
@@ -647,6 +650,7 @@ impl SessionCore {
         .with_startup_search_path(start.search_path);
         SessionCore {
             id: start.id,
+            database: start.database,
             config: start.config,
             engine: start.engine,
             state: EngineState { context: Context::new(start.identity, state) },
@@ -1367,7 +1371,14 @@ impl SessionCore {
             self.batches += 1;
             let id = self.batches;
             // The reason goes with this hold, whatever its outcome.
-            let request = HoldRequest { session: self.id, statements: batch.held.clone(), reason: self.reason.take() };
+            let request = HoldRequest {
+                session: self.id,
+                statements: batch.held.clone(),
+                reason: self.reason.take(),
+                database: self.database.clone(),
+                search_path: self.state.search_path.clone(),
+                standard_conforming_strings: self.state.standard_conforming_strings,
+            };
             let deadline = self.now + self.config.hold_timeout;
             self.needs.push_back(Need::Hold { hold: id, request });
             self.client = ClientState::Held { batch: Batch { held: Vec::new(), ..batch }, id, deadline };

@@ -52,6 +52,13 @@ pub struct HoldRequest {
     /// The client's reason for them (`SET portcullis.reason`), if it gave
     /// one.
     pub reason: Option<String>,
+    /// The session's database.
+    pub database: String,
+    /// The session's `search_path` when the statements were held: what
+    /// their names resolve through.
+    pub search_path: Vec<String>,
+    /// The session's `standard_conforming_strings`: how their text reads.
+    pub standard_conforming_strings: bool,
 }
 
 /// How a hold ends, as told by its handler.

@@ -208,6 +208,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         search_path: start_search_path,
         standard_conforming_strings,
         user,
+        database: database.clone(),
         config,
     };
     let mut core = SessionCore::new(start, Instant::now());
