@@ -8,7 +8,9 @@
 //! - `stack` (feature `stack`, which brings `wire` too): a throwaway
 //!   PostgreSQL cluster with the gateway in front of it, in the test's
 //!   process;
-//! - [`process`]: running a program under a deadline.
+//! - [`process`]: running a program under a deadline;
+//! - `browser` (feature `browser`): headless Chromium over WebDriver, for
+//!   the gateway's web pages.
 //!
 //! The features keep the engine's own tests light: `corpus` needs only
 //! `policy-core`, while `wire` and `stack` bring in the gateway (`pg-proxy`,
@@ -34,6 +36,8 @@
 
 use std::path::PathBuf;
 
+#[cfg(feature = "browser")]
+pub mod browser;
 pub mod corpus;
 pub mod process;
 #[cfg(feature = "stack")]

@@ -1,4 +1,6 @@
-//! The admin HTTP server (`[admin] listen`): the approvals API.
+//! The admin HTTP server (`[admin] listen`): the approvals API, and the
+//! web inbox at `/` (a page and a script of its own, no build step, that
+//! calls the same API with the approver's token).
 //!
 //! Every request carries the caller's own token as `Authorization: Bearer
 //! ...`, verified with the gateway's key set, as a client's is at login.
@@ -83,6 +85,34 @@ impl From<LedgerError> for ApiError {
 /// The API's OpenAPI document.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// The web inbox: a page, its script and its style, served as they are.
+const INBOX_HTML: &str = include_str!("inbox/index.html");
+const INBOX_JS: &str = include_str!("inbox/inbox.js");
+const INBOX_CSS: &str = include_str!("inbox/inbox.css");
+
+/// What the inbox's page may do: run its own script and style, call its
+/// own origin, nothing else (no inline script, no other origin, no
+/// framing).
+const INBOX_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+    img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// One of the inbox's files, with the headers that keep it to itself.
+fn inbox_file(content_type: &'static str, body: &'static str) -> Response {
+    use axum::http::header;
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, INBOX_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// Every route the server answers, as method and path (the OpenAPI
 /// document names the same).
 pub const ROUTES: &[(&str, &str)] = &[
@@ -100,6 +130,9 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// `gateway`'s key set.
 pub fn router(gateway: Arc<Gateway>, store: Arc<MemoryStore>) -> Router {
     Router::new()
+        .route("/", get(|| async { inbox_file("text/html; charset=utf-8", INBOX_HTML) }))
+        .route("/inbox.js", get(|| async { inbox_file("text/javascript; charset=utf-8", INBOX_JS) }))
+        .route("/inbox.css", get(|| async { inbox_file("text/css; charset=utf-8", INBOX_CSS) }))
         .route(
             "/api/v1/openapi.json",
             get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI) }),

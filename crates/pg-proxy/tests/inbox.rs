@@ -1,0 +1,154 @@
+//! The web inbox at `/` of the admin address, in headless Chromium: an
+//! approver signs in with their token, sees an agent's held DELETE arrive
+//! (with the agent's reason and the plan), approves it with a click, and
+//! the agent's psql prints `DELETE 1`. Denials, tokens the gateway refuses,
+//! and text from the agent shown as text, never as markup.
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::process::Output;
+use std::sync::Arc;
+
+use portcullis_testkit::browser::Browser;
+use portcullis_testkit::stack::Stack;
+
+/// A gateway with approvals on, its admin server (API and inbox) on a
+/// port of its own, and its URL.
+async fn gateway_with_inbox() -> (Stack, String) {
+    let stack = Stack::builder().config("[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\ntimeout = \"60s\"\n").start();
+    let store = stack.gateway.approvals.clone().expect("approvals are on with [admin]");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), store));
+    (stack, url)
+}
+
+/// psql as the agent, running `sql` (each a `-c`) on a thread of its own.
+fn agent_psql(stack: &Stack, sql: &[&str]) -> std::thread::JoinHandle<Output> {
+    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
+    let mut cmd = stack.program("psql");
+    cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &stack.conninfo(&token)]);
+    for s in sql {
+        cmd.args(["-c", s]);
+    }
+    std::thread::spawn(move || cmd.output().unwrap())
+}
+
+fn sign_in(browser: &Browser, url: &str, token: &str) {
+    browser.goto(url);
+    let field = browser.wait_for("#token");
+    browser.type_into(&field, token);
+    browser.click(&browser.wait_for("#sign-in"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approver_approves_a_held_delete_in_the_inbox_and_psql_prints_delete_1() {
+    let (stack, url) = gateway_with_inbox().await;
+    let bob = stack.token("bob", &["dba"], None);
+    tokio::task::block_in_place(|| {
+        let browser = Browser::start();
+        sign_in(&browser, &url, &bob);
+        browser.wait_until("the signed-in inbox", || browser.page_text().contains("signed in as bob").then_some(()));
+        browser.wait_until("the live stream", || browser.find(".live[data-state=\"live\"]").map(|_| ()));
+        // The token stays in the tab's sessionStorage, out of the URL.
+        let stored = browser.execute("return sessionStorage.getItem('portcullis.token')", serde_json::json!([]));
+        assert_eq!(stored.as_str(), Some(bob.as_str()));
+        let location = browser.execute("return location.href", serde_json::json!([]));
+        assert!(!location.as_str().unwrap().contains(&bob[..20]), "{location}");
+
+        let psql = agent_psql(
+            &stack,
+            &["SET portcullis.reason = 'INC-7: duplicate order from the import'", "DELETE FROM orders WHERE id = 31"],
+        );
+        // Arrives live, with what an approver must see.
+        let card = browser.wait_for("article[data-request]");
+        browser.wait_until("the plan", || browser.text(&card).contains("about 1 row").then_some(()));
+        let shown = browser.text(&card);
+        for part in [
+            "copilot-7 for alice",
+            "DELETE FROM orders WHERE id = 31",
+            "INC-7: duplicate order from the import",
+            "agent-deletes-need-approval",
+            "touches public.orders",
+            "expires in",
+        ] {
+            assert!(shown.contains(part), "{part}: {shown}");
+        }
+        // The picture in the README: `target/tmp/inbox.png`.
+        browser.resize(1100, 560);
+        browser.screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("inbox.png"));
+
+        browser.type_into(&browser.wait_for("article[data-request] .reason"), "checked the import log");
+        browser.click(&browser.wait_for("article[data-request] .approve"));
+        let out = psql.join().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(stdout.trim(), "SET\nDELETE 1", "{stderr}");
+        browser.wait_gone("article[data-request]");
+        assert!(browser.page_text().contains("Nothing waits for you"));
+
+        // The decided tab tells who approved it.
+        browser.click(&browser.wait_for("button[data-tab=\"decided\"]"));
+        let decided = browser.wait_for("article[data-request]");
+        browser.wait_until("the approval", || browser.text(&decided).contains("approved by bob").then_some(()));
+        assert!(browser.text(&decided).contains("checked the import log"));
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_needs_a_reason_and_the_agent_is_told_it() {
+    let (stack, url) = gateway_with_inbox().await;
+    let carol = stack.token("carol", &["dba"], None);
+    tokio::task::block_in_place(|| {
+        let browser = Browser::start();
+        sign_in(&browser, &url, &carol);
+        // Markup in what the agent sends is shown as text.
+        let psql = agent_psql(&stack, &["DELETE FROM orders WHERE id = 32 /* <img src=x onerror=alert(1)> */"]);
+        let card = browser.wait_for("article[data-request]");
+        assert!(browser.find("article[data-request] img").is_none(), "the agent's text became markup");
+        assert!(browser.text(&card).contains("<img src=x onerror=alert(1)>"));
+
+        browser.click(&browser.wait_for("article[data-request] .deny"));
+        browser
+            .wait_until("the missing reason", || browser.text(&card).contains("A denial needs a reason").then_some(()));
+        browser.type_into(&browser.wait_for("article[data-request] .reason"), "not during the freeze");
+        browser.click(&browser.wait_for("article[data-request] .deny"));
+        let out = psql.join().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("denied by carol: not during the freeze"), "{stderr}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_gateway_refuses_does_not_sign_in() {
+    let (stack, url) = gateway_with_inbox().await;
+    let bob = stack.token("bob", &["dba"], None);
+    // The same token with its signature changed.
+    let forged = format!("{}x", &bob[..bob.len() - 1]);
+    tokio::task::block_in_place(|| {
+        let browser = Browser::start();
+        sign_in(&browser, &url, &forged);
+        let error = browser.wait_for("#login-error");
+        browser.wait_until("the refusal", || browser.text(&error).contains("Token refused").then_some(()));
+        assert!(browser.find("#inbox:not([hidden])").is_none());
+        let stored = browser.execute("return sessionStorage.getItem('portcullis.token')", serde_json::json!([]));
+        assert!(stored.is_null(), "{stored}");
+    });
+}
+
+/// The page's own headers: its script and style only, no framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_is_served_with_a_policy_that_keeps_it_to_itself() {
+    let (_stack, url) = gateway_with_inbox().await;
+    tokio::task::block_in_place(|| {
+        for (path, kind) in [("", "text/html"), ("inbox.js", "text/javascript"), ("inbox.css", "text/css")] {
+            let response = ureq::get(&format!("{url}{path}")).call().unwrap();
+            let header = |h: &str| response.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            assert!(header("content-type").starts_with(kind), "{path}");
+            let csp = header("content-security-policy");
+            assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+            assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+            assert_eq!(header("x-content-type-options"), "nosniff");
+        }
+    });
+}
