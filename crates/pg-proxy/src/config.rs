@@ -231,7 +231,8 @@ pub struct AdminSettings {
     /// Where it listens.
     pub listen: SocketAddr,
     /// The URL people reach it at, for the notices held clients get
-    /// (default: `http://` and `listen`).
+    /// (default: `https://` and `listen` when `[tls]` is set, `http://`
+    /// otherwise).
     pub url: String,
 }
 
@@ -681,7 +682,9 @@ impl Config {
                     .listen
                     .parse()
                     .map_err(|e| invalid(format!("[admin] listen {:?}: {e} (an address and port)", a.listen)))?;
-                let url = a.url.unwrap_or_else(|| format!("http://{listen}/"));
+                // The admin server speaks TLS whenever the gateway has a certificate.
+                let scheme = if raw.tls.is_some() { "https" } else { "http" };
+                let url = a.url.unwrap_or_else(|| format!("{scheme}://{listen}/"));
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(invalid(format!("[admin] url {url:?}: an http:// or https:// URL")));
                 }
@@ -1118,6 +1121,8 @@ password_env = "PW"
         let admin = c.admin.unwrap();
         assert_eq!((admin.listen.port(), admin.url.as_str()), (9187, "http://127.0.0.1:9187/"));
         assert_eq!((c.approvals.timeout, c.approvals.max_grant), (Duration::from_secs(120), Duration::from_secs(3600)));
+        let c = load("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[admin]\nlisten = \"127.0.0.1:9187\"").unwrap();
+        assert_eq!(c.admin.unwrap().url, "https://127.0.0.1:9187/", "TLS with the gateway's certificate");
         let c = load("[admin]\nlisten = \"127.0.0.1:9187\"\nurl = \"https://approve.example.com/\"").unwrap();
         assert_eq!(c.admin.unwrap().url, "https://approve.example.com/");
         let c = load("[approvals]\nwebhook_url = \"https://hooks.example.com/T0/B0/s3cret\"").unwrap();

@@ -249,6 +249,12 @@ impl Gateway {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// The gateway's server-side TLS configuration (`[tls]`), which the
+    /// admin server serves too.
+    pub fn server_tls(&self) -> Option<Arc<ServerConfig>> {
+        self.tls.clone()
+    }
+
     /// Verifies a client's token with the key set and the policy's
     /// identity rules.
     pub async fn verify_token(&self, token: &str) -> Result<Identity, policy_core::IdentityError> {

@@ -175,6 +175,84 @@ fn serve_holds_for_approval_and_serves_the_admin_api() {
     assert!(child.wait().unwrap().success());
 }
 
+/// With `[tls]`, the admin server speaks TLS with the gateway's own
+/// certificate: the held client is told an https:// address, and
+/// `pg-proxy approvals --ca-file` approves through it. Plain HTTP and an
+/// untrusted certificate get nowhere.
+#[test]
+fn the_admin_server_speaks_tls_with_the_gateways_certificate() {
+    let stack = Stack::start();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, admin) = (free(), free());
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let (cert_path, key_path) = (stack.path("admin.crt"), stack.path("admin.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let config = stack.path("serve-admin-tls.toml");
+    let text_config = std::fs::read_to_string(stack.path("gateway.toml"))
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
+        + &format!(
+            "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[approvals]\ntimeout = \"60s\"\n",
+            cert_path.display(),
+            key_path.display()
+        );
+    std::fs::write(&config, text_config).unwrap();
+    let mut child =
+        bin!().args(["serve", "--config"]).arg(&config).stderr(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
+    wait_for_port(port);
+    wait_for_port(admin);
+    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
+    let held = std::thread::spawn({
+        let psql = stack.cluster.bin_dir().join("psql");
+        move || {
+            Command::new(psql)
+                .args(["-X", "-d"])
+                .arg(format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable"))
+                .args(["-c", "DELETE FROM orders WHERE id = 33"])
+                .env("PGPASSWORD", &token)
+                .output()
+                .unwrap()
+        }
+    });
+    let https = format!("https://127.0.0.1:{admin}");
+    let approvals = |admin: &str, args: &[&str], ca: bool| {
+        let mut cmd = bin!();
+        cmd.args(["approvals", "--admin", admin])
+            .args(args)
+            .env("PORTCULLIS_TOKEN", stack.token("bob", &["dba"], None));
+        if ca {
+            cmd.arg("--ca-file").arg(&cert_path);
+        }
+        cmd.env_remove("PORTCULLIS_ADMIN_CA").output().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let out = approvals(&https, &["list", "--json"], true);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(id) = body["approvals"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(Instant::now() < deadline, "no request opened: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // A certificate this machine does not trust, and plain HTTP on a TLS
+    // port: not reached (exit 3).
+    let untrusted = approvals(&https, &["list"], false);
+    assert_eq!(untrusted.status.code(), Some(3), "{}", text(&untrusted.stderr));
+    let plain = approvals(&format!("http://127.0.0.1:{admin}"), &["list"], false);
+    assert_eq!(plain.status.code(), Some(3), "{}", text(&plain.stderr));
+
+    let out = approvals(&https, &["approve", &id, "--reason", "over TLS"], true);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = held.join().unwrap();
+    assert_eq!(text(&out.stdout), "DELETE 1\n", "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("or at {https}/")), "{}", text(&out.stderr));
+    signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+}
+
 /// Every command names the configuration the same way (`--config FILE`,
 /// or `PORTCULLIS_CONFIG`), and the long-running ones take the logging
 /// switches; text logs written to a file or a pipe carry no colour codes.

@@ -1,6 +1,7 @@
 //! The admin HTTP server (`[admin] listen`): the approvals API, and the
 //! web inbox at `/` (a page and a script of its own, no build step, that
-//! calls the same API with the approver's token).
+//! calls the same API with the approver's token). Over TLS with the
+//! gateway's certificate when `[tls]` is set ([`TlsListener`]).
 //!
 //! Every request carries the caller's own token as `Authorization: Bearer
 //! ...`, verified with the gateway's key set, as a client's is at login.
@@ -33,6 +34,10 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+
+mod listener;
+
+pub use listener::TlsListener;
 
 use crate::approvals::ledger::{Approver, Grant, LedgerError, Progress, Request};
 use crate::approvals::store::MemoryStore;
@@ -148,13 +153,21 @@ pub fn router(gateway: Arc<Gateway>, store: Arc<MemoryStore>) -> Router {
         .with_state(Admin { gateway, store })
 }
 
-/// Serves the admin API on `listener` until the task is dropped.
+/// Serves the admin API and the inbox on `listener` until the task is
+/// dropped: over TLS with the gateway's certificate when it has one
+/// (`[tls]`), in plain HTTP otherwise.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Arc<Gateway>,
     store: Arc<MemoryStore>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(gateway, store)).await
+    match gateway.server_tls() {
+        Some(tls) => {
+            let listener = TlsListener::new(listener, &tls)?;
+            axum::serve(listener, router(gateway, store)).await
+        }
+        None => axum::serve(listener, router(gateway, store)).await,
+    }
 }
 
 /// The caller, from their bearer token.

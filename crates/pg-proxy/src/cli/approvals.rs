@@ -27,6 +27,11 @@ pub(crate) struct ApprovalsArgs {
     /// given by the person the token names.
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The CA certificates (PEM) that sign the admin server's certificate,
+    /// when an https:// address is not signed by a CA this machine trusts
+    /// (the gateway's own `[tls] cert`, say).
+    #[arg(long, global = true, value_name = "FILE", env = "PORTCULLIS_ADMIN_CA")]
+    ca_file: Option<PathBuf>,
     /// Print the API's JSON instead of tables and sentences.
     #[arg(long, global = true)]
     json: bool,
@@ -123,6 +128,26 @@ fn token(args: &ApprovalsArgs) -> Result<String, Failure> {
     Ok(token)
 }
 
+/// TLS that trusts the CA certificates of the PEM file `path` (and no
+/// others).
+fn tls_trusting(path: &std::path::Path) -> Result<ureq::tls::TlsConfig, Failure> {
+    use ureq::tls::{PemItem, RootCerts, TlsConfig};
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| Failure::Usage(format!("--ca-file {shown}: {e}")))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(cert)) => certs.push(cert),
+            Ok(_) => {}
+            Err(e) => return Err(Failure::Usage(format!("--ca-file {shown}: {e}"))),
+        }
+    }
+    if certs.is_empty() {
+        return Err(Failure::Usage(format!("--ca-file {shown}: no PEM certificate in the file")));
+    }
+    Ok(TlsConfig::builder().root_certs(RootCerts::new_with_certs(&certs)).build())
+}
+
 /// One API call: the answer's JSON, or why there is none.
 fn call(args: &ApprovalsArgs, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
     let token = token(args)?;
@@ -131,11 +156,12 @@ fn call(args: &ApprovalsArgs, method: &str, path: &str, body: Option<Value>) -> 
         return Err(Failure::Usage(format!("--admin {}: an http:// or https:// URL", args.admin)));
     }
     let url = format!("{base}/api/v1{path}");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+    let mut config =
+        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30)));
+    if let Some(path) = &args.ca_file {
+        config = config.tls_config(tls_trusting(path)?);
+    }
+    let agent: ureq::Agent = config.build().into();
     let request = ureq::http::Request::builder()
         .method(method)
         .uri(&url)
