@@ -109,8 +109,8 @@ enum Command {
     /// removes it. Needs PostgreSQL's server binaries (`initdb`, `pg_ctl`;
     /// `scripts/demo` installs them with apt when missing). With --script,
     /// plays a short agent session (a masked read, a refused DROP TABLE, a
-    /// refused unbounded DELETE, a bulk read stopped by the row cap) and
-    /// exits.
+    /// refused unbounded DELETE, a bulk read stopped by the row cap, a
+    /// DELETE held until a person approves it) and exits.
     Demo {
         /// The policy (default: examples/policy.toml).
         #[arg(long, value_name = "FILE")]
@@ -118,6 +118,10 @@ enum Command {
         /// The gateway's port (default: any free port).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// The admin server's port: the approvals inbox and API (default:
+        /// any free port).
+        #[arg(long, default_value_t = 0)]
+        admin_port: u16,
         /// Play the scripted agent session, then exit.
         #[arg(long)]
         script: bool,
@@ -407,8 +411,8 @@ pub(crate) fn run() -> ExitCode {
         }
         Command::Audit(command) => audit::run(command),
         Command::Approvals(args) => approvals::run(args),
-        Command::Demo { policy, port, script, audit_dir, log } => {
-            demo(pg_proxy::demo::DemoOptions { policy, port, script, audit_dir }, &log)
+        Command::Demo { policy, port, admin_port, script, audit_dir, log } => {
+            demo(pg_proxy::demo::DemoOptions { policy, port, admin_port, script, audit_dir }, &log)
         }
         Command::Token(TokenCommand::Keygen { out, key_type }) => match pg_proxy::token::keygen(&out, key_type) {
             Ok((key, jwks)) => {

@@ -9,9 +9,13 @@
 //! command lines for both. Ctrl-C stops everything and removes the
 //! directory.
 //!
+//! It also starts the admin server (the approvals inbox and API) and mints
+//! a token for an approver (`bob`, group `dba`).
+//!
 //! With `--script`, it then plays a short agent session through the
 //! gateway (an allowed read with masked columns, a refused `DROP TABLE`, a
-//! refused unbounded `DELETE`, a bulk read stopped by the row cap), shows
+//! refused unbounded `DELETE`, a bulk read stopped by the row cap, and a
+//! `DELETE` held until bob approves it through the admin API), shows
 //! the session as the audit log recorded it (`pg-proxy audit replay`) and
 //! the log's verification (`pg-proxy audit verify`), and exits.
 //!
@@ -44,6 +48,8 @@ pub struct DemoOptions {
     pub policy: Option<PathBuf>,
     /// The gateway's port (0: any free port).
     pub port: u16,
+    /// The admin server's port (0: any free port).
+    pub admin_port: u16,
     /// Play the scripted agent session, then exit.
     pub script: bool,
     /// Keep the audit log (and its signing key) in this directory.
@@ -94,11 +100,15 @@ async fn run_with(cluster: &Cluster, options: &DemoOptions) -> Result<(), String
         None => dir.join("audit"),
     };
     let audit_key = audit_key(&audit_dir)?;
+    let admin_listener = TcpListener::bind(("127.0.0.1", options.admin_port))
+        .await
+        .map_err(|e| format!("listening on 127.0.0.1:{}: {e}", options.admin_port))?;
+    let admin = admin_listener.local_addr().map_err(|e| e.to_string())?;
     let config_text = format!(
         "listen = \"127.0.0.1:{port}\"\npolicy = {policy:?}\n\n[auth]\njwks_file = \"keys/jwks.json\"\n\n\
          [upstream]\nhost = \"127.0.0.1\"\nport = {upstream}\nuser = \"{APP_USER}\"\n\
          password_file = \"upstream-password\"\ntls = \"disable\"\n\n\
-         [audit]\ndir = {audit:?}\nsigning_key_file = {key:?}\n",
+         [audit]\ndir = {audit:?}\nsigning_key_file = {key:?}\n\n[admin]\nlisten = \"{admin}\"\n",
         port = options.port,
         policy = policy_path.display().to_string(),
         upstream = cluster.port(),
@@ -114,13 +124,18 @@ async fn run_with(cluster: &Cluster, options: &DemoOptions) -> Result<(), String
         .map_err(|e| format!("listening on 127.0.0.1:{}: {e}", options.port))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let server = tokio::spawn(Arc::clone(&gateway).serve(listener));
+    let store = gateway.approvals.clone().ok_or("approvals are off, though [admin] is set")?;
+    let admin_server = tokio::spawn(crate::admin::serve(admin_listener, Arc::clone(&gateway), Arc::clone(&store)));
 
     let person = mint(&key, "alice", &["developers"], None)?;
     let agent = mint(&key, "alice", &["ai-agents"], Some("copilot-cli"))?;
+    let approver = mint(&key, "bob", &["dba"], None)?;
     let person_file = dir.join("alice.token");
     let agent_file = dir.join("agent.token");
+    let approver_file = dir.join("bob.token");
     write_private(&person_file, &person)?;
     write_private(&agent_file, &agent)?;
+    write_private(&approver_file, &approver)?;
     let conninfo = format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable");
 
     println!();
@@ -133,15 +148,23 @@ async fn run_with(cluster: &Cluster, options: &DemoOptions) -> Result<(), String
     println!("  PGPASSWORD=\"$(cat {})\" psql \"{conninfo}\"", person_file.display());
     println!("Connect as the agent acting for alice (copilot-cli, group ai-agents):");
     println!("  PGPASSWORD=\"$(cat {})\" psql \"{conninfo}\"", agent_file.display());
+    println!("Approve what the agent's deletes wait for, as bob (group dba): open http://{admin}/ and paste");
+    println!("the token in {}, or:", approver_file.display());
+    println!(
+        "  PORTCULLIS_ADMIN=http://{admin} PORTCULLIS_TOKEN=\"$(cat {})\" pg-proxy approvals list",
+        approver_file.display()
+    );
     println!();
 
     let outcome = if options.script {
-        play_script(&gateway, &conninfo, &agent).await
+        let approval = Approval { store: &store, admin: format!("http://{admin}"), approver: &approver };
+        play_script(&gateway, &conninfo, &agent, &approval).await
     } else {
         println!("Press Ctrl-C to stop and remove everything.");
         tokio::signal::ctrl_c().await.map_err(|e| e.to_string())
     };
     server.abort();
+    admin_server.abort();
     if let Some(audit) = gateway.audit.clone() {
         // The sessions' last records, then the closing checkpoint.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -259,7 +282,7 @@ const SCRIPT: [(&str, &str); 4] = [
     ("a bulk read: more rows than the agent's cap", "SELECT * FROM orders"),
 ];
 
-async fn play_script(gateway: &Gateway, conninfo: &str, token: &str) -> Result<(), String> {
+async fn play_script(gateway: &Gateway, conninfo: &str, token: &str, approval: &Approval<'_>) -> Result<(), String> {
     println!("Playing an agent session (copilot-cli acting for alice) through the gateway:");
     let conninfo = format!("{conninfo} password={token} application_name=copilot-cli");
     let (client, connection) =
@@ -284,8 +307,73 @@ async fn play_script(gateway: &Gateway, conninfo: &str, token: &str) -> Result<(
             },
         }
     }
+    let outcome = play_approval(&client, approval).await;
     drop(client);
     let _ = task.await;
+    outcome
+}
+
+/// Who approves in the scripted session, and where.
+struct Approval<'a> {
+    store: &'a crate::approvals::store::MemoryStore,
+    admin: String,
+    approver: &'a str,
+}
+
+/// The agent gives a reason and deletes one order; the statement waits on
+/// its session until bob approves it through the admin API, then runs.
+async fn play_approval(client: &tokio_postgres::Client, approval: &Approval<'_>) -> Result<(), String> {
+    println!();
+    println!("-- the agent deletes one order: the policy wants a person to approve it");
+    let reason = "SET portcullis.reason = 'order 7 was a duplicate from the import'";
+    println!("agent=> {reason};");
+    client.simple_query(reason).await.map_err(|e| format!("{reason}: {e}"))?;
+    let sql = "DELETE FROM orders WHERE id = 7";
+    println!("agent=> {sql};");
+    let (held, approved) = tokio::join!(client.simple_query(sql), approve_when_held(approval));
+    approved?;
+    match held {
+        Ok(messages) => {
+            for m in messages {
+                if let SimpleQueryMessage::CommandComplete(rows) = m {
+                    println!("   DELETE {rows}: it ran once approved");
+                }
+            }
+        }
+        Err(e) => println!("   ERROR {e}"),
+    }
+    Ok(())
+}
+
+/// Waits for the held request, then approves it as bob through the API.
+async fn approve_when_held(approval: &Approval<'_>) -> Result<(), String> {
+    let store = approval.store;
+    let mut request = None;
+    for _ in 0..200 {
+        request = store.requests(true, std::time::SystemTime::now()).into_iter().next();
+        if request.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let request = request.ok_or("the DELETE was not held for approval")?;
+    let id = request.id.clone();
+    println!("   held: waiting for approval, request {id} (rule {})", request.rule.as_deref().unwrap_or("-"));
+    println!();
+    println!("-- bob (group dba) approves it: `pg-proxy approvals approve {id}`, or a click in the inbox");
+    let url = format!("{}/api/v1/approvals/{id}/approve", approval.admin);
+    let bearer = format!("Bearer {}", approval.approver);
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut response = ureq::post(&url)
+            .header("Authorization", &bearer)
+            .header("Content-Type", "application/json")
+            .send(r#"{"reason": "checked: a duplicate"}"#)
+            .map_err(|e| format!("approving: {e}"))?;
+        response.body_mut().read_to_string().map_err(|e| format!("approving: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    println!("   {answer}");
     Ok(())
 }
 

@@ -237,9 +237,16 @@ fn demo_script_plays_the_agent_session_and_cleans_up() {
     assert!(stdout.contains("ERROR 42501: refused by policy (rule no-ddl-for-agents)"), "{stdout}");
     assert!(stdout.contains("ERROR 42501: refused by policy (rule no-unbounded-writes)"), "{stdout}");
     assert!(stdout.contains("ERROR 54000: row limit reached"), "{stdout}");
+    // The held DELETE, approved by bob through the admin API, then run.
+    assert!(stdout.contains("held: waiting for approval, request "), "{stdout}");
+    assert!(stdout.contains(r#""state":"approved""#), "{stdout}");
+    assert!(stdout.contains("DELETE 1: it ran once approved"), "{stdout}");
+    assert!(stdout.contains("open http://127.0.0.1:"), "{stdout}");
     // The session as the audit log recorded it, and the log verified.
     assert!(stdout.contains("$ pg-proxy audit replay --session "), "{stdout}");
     assert!(stdout.contains("DENY [no-ddl-for-agents]  DROP TABLE customers"), "{stdout}");
+    assert!(stdout.contains("requested: order 7 was a duplicate from the import"), "{stdout}");
+    assert!(stdout.contains("approved by bob: checked: a duplicate"), "{stdout}");
     assert!(stdout.contains("ERROR 54000: row limit reached"), "{stdout}");
     assert!(stdout.contains("intact: records 0.."), "{stdout}");
     // Everything it made is gone, but the audit log it was asked to keep.
