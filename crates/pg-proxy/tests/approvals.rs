@@ -755,3 +755,53 @@ async fn the_event_stream_tells_approvers_of_each_change_as_it_happens() {
     assert_eq!(events[0], serde_json::json!({"event": "requested", "id": request.id}));
     assert_eq!(events[1], serde_json::json!({"event": "approved", "id": request.id, "by": ["carol"]}));
 }
+
+/// A rule wanting two people: psql's DELETE waits through the first
+/// approval and runs after the second; someone outside the approver group
+/// is refused on the way (exit 1, saying why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_waits_for_two_approvers_and_a_stranger_cannot_approve() {
+    let policy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy.toml"))
+        .unwrap()
+        .replace("approvers = [\"dba\"]\n", "approvers = [\"dba\"]\napprovals = 2\n");
+    assert!(policy.contains("approvals = 2"));
+    let stack = Stack::with_policy(&policy);
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), Arc::clone(&store)));
+    let psql = {
+        let mut cmd = stack.program("psql");
+        let conninfo = stack.conninfo(&stack.token("alice", &["ai-agents"], Some("copilot-7")));
+        cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &conninfo, "-c", "DELETE FROM orders WHERE id = 34"]);
+        std::thread::spawn(move || cmd.output().unwrap())
+    };
+    let request = pending(&store).await;
+    assert_eq!(request.terms.approvals, 2);
+
+    let mallory = Some(stack.token("mallory", &["developers"], None));
+    let (code, _, err) = cli(&admin, mallory, &["approve", &request.id, "--reason", "looks fine"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("mallory") && err.contains("dba"), "{err}");
+
+    let bob = Some(stack.token("bob", &["dba"], None));
+    let (code, out, err) = cli(&admin, bob.clone(), &["approve", &request.id, "--reason", "one"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 more people must approve"), "{out}");
+    // The same person twice is still one.
+    let (code, _, err) = cli(&admin, bob, &["approve", &request.id]).await;
+    assert_eq!(code, Some(1), "{err}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!psql.is_finished(), "one approval of two does not release it");
+    assert_eq!(orders_left(&stack, "34").await, 1);
+
+    let carol = Some(stack.token("carol", &["dba"], None));
+    let (code, out, err) = cli(&admin, carol, &["approve", &request.id, "--reason", "two"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("the held statement runs"), "{out}");
+    let out = tokio::task::spawn_blocking(move || psql.join().unwrap()).await.unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "DELETE 1", "{stderr}");
+    assert_eq!(orders_left(&stack, "34").await, 0);
+}
