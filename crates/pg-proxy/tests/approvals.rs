@@ -805,3 +805,46 @@ async fn psql_waits_for_two_approvers_and_a_stranger_cannot_approve() {
     assert_eq!(stdout.trim(), "DELETE 1", "{stderr}");
     assert_eq!(orders_left(&stack, "34").await, 0);
 }
+
+/// The notice tells a client that gave no reason how to give one; the
+/// person whose agent asked gives it afterwards with their own token, and
+/// approvers see it. Neither the agent's token nor an approver's may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requester_gives_the_reason_after_the_notice_with_the_cli() {
+    let stack = Stack::start();
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), Arc::clone(&store)));
+    let psql = {
+        let mut cmd = stack.program("psql");
+        let conninfo = stack.conninfo(&stack.token("alice", &["ai-agents"], Some("copilot-7")));
+        cmd.args(["-X", "-d", &conninfo, "-c", "DELETE FROM orders WHERE id = 35"]);
+        std::thread::spawn(move || cmd.output().unwrap())
+    };
+    let request = pending(&store).await;
+    let id = request.id.as_str();
+    assert_eq!(request.justification, None);
+
+    let agent = Some(stack.token("alice", &["ai-agents"], Some("copilot-7")));
+    let (code, _, err) = cli(&admin, agent, &["justify", id, "--reason", "trust me"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    let bob = Some(stack.token("bob", &["dba"], None));
+    let (code, _, err) = cli(&admin, bob.clone(), &["justify", id, "--reason", "for her"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("only alice gives the reason"), "{err}");
+
+    let alice = Some(stack.token("alice", &["developers"], None));
+    let (code, out, err) =
+        cli(&admin, alice, &["justify", id, "--reason", "INC-12: the order was entered twice"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("reason given for {id}")), "{out}");
+    let (code, out, _) = cli(&admin, bob.clone(), &["show", id]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("why        INC-12: the order was entered twice"), "{out}");
+
+    store.deny(id, &dba("bob"), "not now", SystemTime::now()).unwrap();
+    let out = tokio::task::spawn_blocking(move || psql.join().unwrap()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("`pg-proxy approvals justify {id} --reason '...'`")), "{stderr}");
+}

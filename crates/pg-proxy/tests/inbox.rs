@@ -35,9 +35,8 @@ fn agent_psql(stack: &Stack, sql: &[&str]) -> std::thread::JoinHandle<Output> {
 
 fn sign_in(browser: &Browser, url: &str, token: &str) {
     browser.goto(url);
-    let field = browser.wait_for("#token");
-    browser.type_into(&field, token);
-    browser.click(&browser.wait_for("#sign-in"));
+    browser.type_into_field("#token", token);
+    browser.click_on("#sign-in");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,9 +59,10 @@ async fn an_approver_approves_a_held_delete_in_the_inbox_and_psql_prints_delete_
             &["SET portcullis.reason = 'INC-7: duplicate order from the import'", "DELETE FROM orders WHERE id = 31"],
         );
         // Arrives live, with what an approver must see.
-        let card = browser.wait_for("article[data-request]");
-        browser.wait_until("the plan", || browser.text(&card).contains("about 1 row").then_some(()));
-        let shown = browser.text(&card);
+        const CARD: &str = "article[data-request]";
+        browser.wait_for(CARD);
+        browser.wait_until("the plan", || browser.text_of(CARD).contains("about 1 row").then_some(()));
+        let shown = browser.text_of(CARD);
         for part in [
             "copilot-7 for alice",
             "DELETE FROM orders WHERE id = 31",
@@ -77,8 +77,8 @@ async fn an_approver_approves_a_held_delete_in_the_inbox_and_psql_prints_delete_
         browser.resize(1100, 560);
         browser.screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("inbox.png"));
 
-        browser.type_into(&browser.wait_for("article[data-request] .reason"), "checked the import log");
-        browser.click(&browser.wait_for("article[data-request] .approve"));
+        browser.type_into_field("article[data-request] .reason", "checked the import log");
+        browser.click_on("article[data-request] .approve");
         let out = psql.join().unwrap();
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{stderr}");
@@ -87,10 +87,9 @@ async fn an_approver_approves_a_held_delete_in_the_inbox_and_psql_prints_delete_
         assert!(browser.page_text().contains("Nothing waits for you"));
 
         // The decided tab tells who approved it.
-        browser.click(&browser.wait_for("button[data-tab=\"decided\"]"));
-        let decided = browser.wait_for("article[data-request]");
-        browser.wait_until("the approval", || browser.text(&decided).contains("approved by bob").then_some(()));
-        assert!(browser.text(&decided).contains("checked the import log"));
+        browser.click_on("button[data-tab=\"decided\"]");
+        browser.wait_until("the approval", || browser.text_of(CARD).contains("approved by bob").then_some(()));
+        assert!(browser.text_of(CARD).contains("checked the import log"));
     });
 }
 
@@ -103,15 +102,17 @@ async fn a_denial_needs_a_reason_and_the_agent_is_told_it() {
         sign_in(&browser, &url, &carol);
         // Markup in what the agent sends is shown as text.
         let psql = agent_psql(&stack, &["DELETE FROM orders WHERE id = 32 /* <img src=x onerror=alert(1)> */"]);
-        let card = browser.wait_for("article[data-request]");
+        const CARD: &str = "article[data-request]";
+        browser.wait_for(CARD);
         assert!(browser.find("article[data-request] img").is_none(), "the agent's text became markup");
-        assert!(browser.text(&card).contains("<img src=x onerror=alert(1)>"));
+        assert!(browser.text_of(CARD).contains("<img src=x onerror=alert(1)>"));
 
-        browser.click(&browser.wait_for("article[data-request] .deny"));
-        browser
-            .wait_until("the missing reason", || browser.text(&card).contains("A denial needs a reason").then_some(()));
-        browser.type_into(&browser.wait_for("article[data-request] .reason"), "not during the freeze");
-        browser.click(&browser.wait_for("article[data-request] .deny"));
+        browser.click_on("article[data-request] .deny");
+        browser.wait_until("the missing reason", || {
+            browser.text_of(CARD).contains("A denial needs a reason").then_some(())
+        });
+        browser.type_into_field("article[data-request] .reason", "not during the freeze");
+        browser.click_on("article[data-request] .deny");
         let out = psql.join().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
@@ -128,8 +129,7 @@ async fn a_token_the_gateway_refuses_does_not_sign_in() {
     tokio::task::block_in_place(|| {
         let browser = Browser::start();
         sign_in(&browser, &url, &forged);
-        let error = browser.wait_for("#login-error");
-        browser.wait_until("the refusal", || browser.text(&error).contains("Token refused").then_some(()));
+        browser.wait_until("the refusal", || browser.text_of("#login-error").contains("Token refused").then_some(()));
         assert!(browser.find("#inbox:not([hidden])").is_none());
         let stored = browser.execute("return sessionStorage.getItem('portcullis.token')", serde_json::json!([]));
         assert!(stored.is_null(), "{stored}");
@@ -150,5 +150,42 @@ async fn the_inbox_is_served_with_a_policy_that_keeps_it_to_itself() {
             assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
             assert_eq!(header("x-content-type-options"), "nosniff");
         }
+    });
+}
+
+/// The person whose agent asked signs in, sees their agent's request, and
+/// gives its reason there; approvers see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requester_gives_a_reason_in_the_inbox() {
+    let (stack, url) = gateway_with_inbox().await;
+    let alice = stack.token("alice", &["developers"], None);
+    let store = stack.gateway.approvals.clone().unwrap();
+    tokio::task::block_in_place(|| {
+        let browser = Browser::start();
+        sign_in(&browser, &url, &alice);
+        let psql = agent_psql(&stack, &["DELETE FROM orders WHERE id = 36"]);
+        const CARD: &str = "article[data-request]";
+        browser.wait_for(CARD);
+        browser.wait_until("the reason button", || browser.find("article[data-request] .justify:not([hidden])"));
+        assert!(browser.text_of(CARD).contains("No reason given"));
+        browser.type_into_field("article[data-request] .reason", "INC-13: a test order");
+        browser.click_on("article[data-request] .justify");
+        browser.wait_until("the reason on the page", || {
+            browser
+                .text(&browser.wait_for("article[data-request]"))
+                .contains("Their reason: INC-13: a test order")
+                .then_some(())
+        });
+        let request = store.requests(true, std::time::SystemTime::now()).pop().unwrap();
+        assert_eq!(request.justification.as_deref(), Some("INC-13: a test order"));
+        store
+            .deny(
+                &request.id,
+                &pg_proxy::approvals::ledger::Approver::new("bob", ["dba"]),
+                "no",
+                std::time::SystemTime::now(),
+            )
+            .unwrap();
+        assert!(!psql.join().unwrap().status.success());
     });
 }

@@ -100,6 +100,11 @@ impl Browser {
 
     /// One WebDriver command; its `value`. Panics on a WebDriver error.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// One WebDriver command; its `value`, or the WebDriver error.
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let url = if path == "/session" {
             format!("{}{path}", self.base)
         } else {
@@ -114,12 +119,52 @@ impl Browser {
                 .header("Content-Type", "application/json")
                 .send(body.unwrap_or_else(|| json!({})).to_string()),
         };
-        let mut response = response.unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
+        let mut response = response.map_err(|e| format!("WebDriver {method} {path}: {e}"))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        assert!(status < 400, "WebDriver {method} {path}: {status} {text}");
-        value.get("value").cloned().unwrap_or(Value::Null)
+        if status >= 400 {
+            return Err(format!("WebDriver {method} {path}: {status} {text}"));
+        }
+        Ok(value.get("value").cloned().unwrap_or(Value::Null))
+    }
+
+    /// Runs `action` on the element matching `css`, found afresh until the
+    /// action succeeds: a page that redraws itself replaces its elements,
+    /// and a reference to a replaced one is stale.
+    fn on_fresh<T>(&self, css: &str, what: &str, action: impl Fn(&Element) -> Result<T, String>) -> T {
+        let mut last = String::new();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(element) = self.find(css) {
+                match action(&element) {
+                    Ok(done) => return done,
+                    Err(e) => last = e,
+                }
+            }
+            assert!(Instant::now() < deadline, "waited 20 s to {what} `{css}`: {last}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Clicks the element matching `css` (waiting for it).
+    pub fn click_on(&self, css: &str) {
+        self.on_fresh(css, "click", |e| self.try_call("POST", &format!("/element/{}/click", e.0), None));
+    }
+
+    /// Types `text` into the element matching `css` (waiting for it).
+    pub fn type_into_field(&self, css: &str, text: &str) {
+        self.on_fresh(css, "type into", |e| {
+            self.try_call("POST", &format!("/element/{}/value", e.0), Some(json!({ "text": text })))
+        });
+    }
+
+    /// The visible text of the element matching `css` (waiting for it).
+    pub fn text_of(&self, css: &str) -> String {
+        self.on_fresh(css, "read", |e| {
+            self.try_call("GET", &format!("/element/{}/text", e.0), None)
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+        })
     }
 
     /// Opens `url`.
@@ -129,7 +174,7 @@ impl Browser {
 
     /// The first element matching `css`, if any.
     pub fn find(&self, css: &str) -> Option<Element> {
-        let found = self.call("POST", "/elements", Some(json!({"using": "css selector", "value": css})));
+        let found = self.try_call("POST", "/elements", Some(json!({"using": "css selector", "value": css}))).ok()?;
         found.as_array()?.first()?.get(ELEMENT)?.as_str().map(|id| Element(id.to_string()))
     }
 
@@ -161,12 +206,13 @@ impl Browser {
         self.call("GET", &format!("/element/{}/text", element.0), None).as_str().unwrap_or_default().to_string()
     }
 
-    /// The whole page's visible text.
+    /// The whole page's visible text (empty when it cannot be read).
     pub fn page_text(&self) -> String {
-        match self.find("body") {
-            Some(body) => self.text(&body),
-            None => String::new(),
-        }
+        let Some(body) = self.find("body") else { return String::new() };
+        self.try_call("GET", &format!("/element/{}/text", body.0), None)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
     }
 
     /// Clicks the element.

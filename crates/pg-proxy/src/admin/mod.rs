@@ -16,6 +16,7 @@
 //! | `GET /api/v1/approvals/{id}` | one request |
 //! | `POST /api/v1/approvals/{id}/approve` | `{"reason": "...", "grant_for": "30m"}`, both optional |
 //! | `POST /api/v1/approvals/{id}/deny` | `{"reason": "..."}`, the reason required |
+//! | `POST /api/v1/approvals/{id}/justify` | `{"reason": "..."}`: the requester gives their reason |
 //! | `GET /api/v1/grants` | the live grants the caller may see |
 //! | `DELETE /api/v1/grants/{id}` | revokes a grant |
 //! | `GET /api/v1/events` | server-sent events: each change the caller may see, as it happens |
@@ -81,7 +82,8 @@ impl From<LedgerError> for ApiError {
             LedgerError::NotAnApprover { .. } => (StatusCode::FORBIDDEN, "not_an_approver"),
             LedgerError::OwnRequest { .. } => (StatusCode::FORBIDDEN, "own_request"),
             LedgerError::OwnAgent { .. } => (StatusCode::FORBIDDEN, "own_agent"),
-            LedgerError::EmptyGrant => (StatusCode::BAD_REQUEST, "bad_request"),
+            LedgerError::EmptyGrant | LedgerError::BadReason { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            LedgerError::NotTheRequester { .. } => (StatusCode::FORBIDDEN, "not_the_requester"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -126,6 +128,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/approvals/{id}"),
     ("POST", "/api/v1/approvals/{id}/approve"),
     ("POST", "/api/v1/approvals/{id}/deny"),
+    ("POST", "/api/v1/approvals/{id}/justify"),
     ("GET", "/api/v1/grants"),
     ("DELETE", "/api/v1/grants/{id}"),
     ("GET", "/api/v1/events"),
@@ -146,6 +149,7 @@ pub fn router(gateway: Arc<Gateway>, store: Arc<MemoryStore>) -> Router {
         .route("/api/v1/approvals/{id}", get(show_request))
         .route("/api/v1/approvals/{id}/approve", post(approve))
         .route("/api/v1/approvals/{id}/deny", post(deny))
+        .route("/api/v1/approvals/{id}/justify", post(justify))
         .route("/api/v1/grants", get(list_grants))
         .route("/api/v1/grants/{id}", delete(revoke))
         .route("/api/v1/events", get(events))
@@ -307,6 +311,21 @@ async fn deny(
     admin.store.deny(&id, &who, &body.reason, SystemTime::now())?;
     tracing::info!(request = %id, approver = %who.subject, "approval denied");
     Ok(Json(json!({"id": id, "state": "denied"})))
+}
+
+/// The requester gives their reason after the notice (with their own
+/// token, not their agent's).
+async fn justify(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = caller(&admin, &headers).await?;
+    let body: DenyBody = body(&bytes)?;
+    admin.store.justify(&id, &who, &body.reason, SystemTime::now())?;
+    tracing::info!(request = %id, requester = %who.subject, "reason given");
+    Ok(Json(json!({"id": id, "justification": body.reason.trim()})))
 }
 
 async fn list_grants(State(admin): State<Admin>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {

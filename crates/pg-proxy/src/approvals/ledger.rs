@@ -278,6 +278,11 @@ pub enum Event {
         /// The request.
         id: String,
     },
+    /// The requester gave (or changed) the request's reason.
+    Justified {
+        /// The request.
+        id: String,
+    },
     /// A request's statements were planned.
     Planned {
         /// The request.
@@ -326,6 +331,7 @@ impl Event {
             | Event::Denied { id, .. }
             | Event::Expired { id }
             | Event::Planned { id }
+            | Event::Justified { id }
             | Event::Withdrawn { id, .. } => id,
             Event::Granted { request, .. } | Event::Revoked { request, .. } | Event::GrantExpired { request, .. } => {
                 request
@@ -342,6 +348,7 @@ impl Event {
             Event::Denied { .. } => "denied",
             Event::Expired { .. } => "expired",
             Event::Planned { .. } => "planned",
+            Event::Justified { .. } => "justified",
             Event::Withdrawn { .. } => "withdrawn",
             Event::Granted { .. } => "granted",
             Event::Revoked { .. } => "revoked",
@@ -428,6 +435,19 @@ pub enum LedgerError {
     /// A grant of no time.
     #[error("a grant must last some time")]
     EmptyGrant,
+    /// Only the person who asked (or whose agent asked) gives the
+    /// request's reason.
+    #[error("only {requester} gives the reason for this request")]
+    NotTheRequester {
+        /// The person who asked, or whose agent asked.
+        requester: String,
+    },
+    /// A reason that is empty or too long.
+    #[error("a reason is 1 to {max} bytes")]
+    BadReason {
+        /// The longest reason taken.
+        max: usize,
+    },
 }
 
 /// Requests and grants.
@@ -595,6 +615,31 @@ impl Ledger {
         Ok(events)
     }
 
+    /// The requester gives pending request `id` its reason (the
+    /// justification approvers see), after the fact: the person who asked,
+    /// or the person whose agent asked, with their own token (not the
+    /// agent's).
+    pub fn justify(
+        &mut self,
+        id: &str,
+        by: &Approver,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<Vec<Event>, LedgerError> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.len() > policy_core::MAX_REASON_BYTES {
+            return Err(LedgerError::BadReason { max: policy_core::MAX_REASON_BYTES });
+        }
+        let mut events = Vec::new();
+        let request = self.pending_mut(id, now, &mut events)?;
+        if by.actor.is_some() || by.subject != request.requester.subject {
+            return Err(LedgerError::NotTheRequester { requester: request.requester.subject.clone() });
+        }
+        request.justification = Some(reason.to_string());
+        events.push(Event::Justified { id: id.to_string() });
+        Ok(events)
+    }
+
     /// Attaches the plans of request `id`'s statements (whatever its
     /// state: a decided request keeps what its approvers could see).
     pub fn set_plan(&mut self, id: &str, plan: Vec<super::plan::StatementPlan>) -> Vec<Event> {
@@ -702,6 +747,26 @@ mod tests {
 
     fn dba(name: &str) -> Approver {
         Approver::new(name, ["dba"])
+    }
+
+    #[test]
+    fn only_the_person_who_asked_gives_the_reason_while_it_waits() {
+        let mut ledger = ledger_with(agent(), ApprovalTerms::DEFAULT);
+        let alice = Approver::new("alice", ["developers"]);
+        let mut her_agent = alice.clone();
+        her_agent.actor = Some("copilot".into());
+        let refused = |e: LedgerError| matches!(e, LedgerError::NotTheRequester { requester } if requester == "alice");
+        assert!(refused(ledger.justify("r", &her_agent, "I say so", t0()).unwrap_err()));
+        assert!(refused(ledger.justify("r", &dba("bob"), "for her", t0()).unwrap_err()));
+        for empty in ["", "   "] {
+            assert!(matches!(ledger.justify("r", &alice, empty, t0()), Err(LedgerError::BadReason { .. })));
+        }
+        let long = "x".repeat(policy_core::MAX_REASON_BYTES + 1);
+        assert!(matches!(ledger.justify("r", &alice, &long, t0()), Err(LedgerError::BadReason { .. })));
+        assert_eq!(ledger.justify("r", &alice, " INC-1 ", t0()).unwrap(), [Event::Justified { id: "r".into() }]);
+        assert_eq!(ledger.request("r").unwrap().justification.as_deref(), Some("INC-1"));
+        ledger.deny("r", &dba("bob"), "no", t0()).unwrap();
+        assert!(matches!(ledger.justify("r", &alice, "late", t0()), Err(LedgerError::Decided { .. })));
     }
 
     #[test]

@@ -134,6 +134,7 @@ impl MemoryStore {
                     }
                     // The requester's reason, as approvers saw it.
                     Event::Requested { .. } => r.reason = request.and_then(|q| q.justification.clone()),
+                    Event::Justified { .. } => r.reason = request.and_then(|q| q.justification.clone()),
                     Event::Expired { .. } | Event::Planned { .. } => {}
                 }
                 // The votes' reasons are in the request; an approval's
@@ -196,6 +197,11 @@ impl MemoryStore {
     /// `approver` denies request `id`.
     pub fn deny(&self, id: &str, approver: &Approver, reason: &str, now: SystemTime) -> Result<(), LedgerError> {
         self.with(|l| Ok(((), l.deny(id, approver, reason, now)?)))
+    }
+
+    /// The requester gives request `id` its reason (see [`Ledger::justify`]).
+    pub fn justify(&self, id: &str, by: &Approver, reason: &str, now: SystemTime) -> Result<(), LedgerError> {
+        self.with(|l| Ok(((), l.justify(id, by, reason, now)?)))
     }
 
     /// `by` revokes grant `id`.
@@ -401,6 +407,12 @@ impl HoldHandler for ApprovalHandler {
         );
         if let Some(url) = &self.settings.admin_url {
             notice.push_str(&format!(" or at {url}"));
+        }
+        if held.reason.is_none() {
+            notice.push_str(&format!(
+                "; no reason was given: `SET portcullis.reason = '...'` before the statement, or now \
+                 `pg-proxy approvals justify {id} --reason '...'`"
+            ));
         }
         let store = Arc::clone(&self.store);
         let outcome = async move {

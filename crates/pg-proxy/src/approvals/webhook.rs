@@ -94,6 +94,14 @@ fn payload(event: &Event, request: &Request, admin_url: Option<&str>) -> Option<
         Event::Denied { by, reason, .. } => {
             ("denied", format!("Denied by {by} (request {id}): `{statement}` for {who}: {reason}"))
         }
+        Event::Justified { .. } => (
+            "justified",
+            format!(
+                "Reason given (request {id}) by {}: {}",
+                request.requester.subject,
+                request.justification.as_deref().unwrap_or("")
+            ),
+        ),
         Event::Expired { .. } => ("expired", format!("Expired undecided (request {id}): `{statement}` for {who}")),
         Event::Withdrawn { why, .. } => {
             ("withdrawn", format!("Withdrawn (request {id}): `{statement}` for {who}: {why}"))

@@ -75,6 +75,15 @@ enum ApprovalsCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Give the reason for a request you (or your agent) made, for its
+    /// approvers to see: with your own token, not your agent's.
+    Justify {
+        /// The request's id (from the client's notice).
+        id: String,
+        /// Why the statement should run.
+        #[arg(long)]
+        reason: String,
+    },
     /// List live grants.
     Grants,
     /// Revoke a grant.
@@ -199,6 +208,9 @@ fn call_and_print(args: &ApprovalsArgs) -> Result<(), Failure> {
         ApprovalsCommand::Deny { id, reason } => {
             call(args, "POST", &format!("/approvals/{}/deny", segment(id)?), Some(json!({ "reason": reason })))?
         }
+        ApprovalsCommand::Justify { id, reason } => {
+            call(args, "POST", &format!("/approvals/{}/justify", segment(id)?), Some(json!({ "reason": reason })))?
+        }
         ApprovalsCommand::Grants => call(args, "GET", "/grants", None)?,
         ApprovalsCommand::Revoke { id } => call(args, "DELETE", &format!("/grants/{}", segment(id)?), None)?,
     };
@@ -220,6 +232,7 @@ fn call_and_print(args: &ApprovalsArgs) -> Result<(), Failure> {
             _ => say!("approval counted for {id}: {} more people must approve", answer["needed"]),
         },
         ApprovalsCommand::Deny { id, .. } => say!("denied {id}"),
+        ApprovalsCommand::Justify { id, .. } => say!("reason given for {id}"),
         ApprovalsCommand::Grants => print_grants(answer["grants"].as_array().map_or(&[][..], Vec::as_slice)),
         ApprovalsCommand::Revoke { id } => say!("revoked {id}"),
     }

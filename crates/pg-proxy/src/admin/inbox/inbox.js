@@ -190,6 +190,11 @@ function renderRequest(request) {
   } else {
     $(".approve", card).addEventListener("click", () => decide(card, request.id, "approve"));
     $(".deny", card).addEventListener("click", () => decide(card, request.id, "deny"));
+    if (claims(token()).sub === request.requester.subject) {
+      // The requester's own request: they may give its reason.
+      $(".justify", card).hidden = false;
+      $(".justify", card).addEventListener("click", () => decide(card, request.id, "justify"));
+    }
   }
   return card;
 }
@@ -198,8 +203,9 @@ async function decide(card, id, verdict) {
   const reason = $(".reason", card).value.trim();
   const outcome = $(".outcome", card);
   outcome.className = "outcome";
-  if (verdict === "deny" && !reason) {
-    outcome.textContent = "A denial needs a reason: the requester is told it.";
+  if ((verdict === "deny" || verdict === "justify") && !reason) {
+    outcome.textContent =
+      verdict === "deny" ? "A denial needs a reason: the requester is told it." : "Write the reason first.";
     outcome.classList.add("error");
     $(".reason", card).focus();
     return;
@@ -211,7 +217,13 @@ async function decide(card, id, verdict) {
   try {
     const answer = await api("POST", `/api/v1/approvals/${encodeURIComponent(id)}/${verdict}`, body);
     outcome.textContent =
-      answer.state === "pending" ? `Counted: ${answer.needed} more needed.` : verdict === "approve" ? "Approved." : "Denied.";
+      verdict === "justify"
+        ? "Reason given."
+        : answer.state === "pending"
+          ? `Counted: ${answer.needed} more needed.`
+          : verdict === "approve"
+            ? "Approved."
+            : "Denied.";
     outcome.classList.add("done");
   } catch (e) {
     outcome.textContent = e.message;
