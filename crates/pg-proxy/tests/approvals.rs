@@ -30,6 +30,15 @@ fn with_approvals(stack: &Stack, timeout: Duration) -> Arc<MemoryStore> {
     store
 }
 
+/// The admin server (API and inbox) over `store`, on a port of its own:
+/// its base URL, `http://127.0.0.1:PORT`.
+async fn serve_admin(stack: &Stack, store: &Arc<MemoryStore>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), Arc::clone(store)));
+    base
+}
+
 /// The one pending request, once there is one.
 async fn pending(store: &MemoryStore) -> Request {
     for _ in 0..400 {
@@ -276,9 +285,7 @@ async fn api(method: &str, url: String, token: Option<String>, body: &str) -> (u
 async fn the_admin_api_lists_approves_denies_and_revokes_as_its_callers_may() {
     let stack = Stack::start();
     let store = with_approvals(&stack, Duration::from_secs(60));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
-    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), Arc::clone(&store)));
+    let base = format!("{}/api/v1", serve_admin(&stack, &store).await);
     let bob = Some(stack.token("bob", &["dba"], None));
     let carol = Some(stack.token("carol", &["dba"], None));
     let mallory = Some(stack.token("mallory", &["developers"], None));
@@ -549,9 +556,7 @@ async fn cli(admin: &str, token: Option<String>, args: &[&str]) -> (Option<i32>,
 async fn the_approvals_command_lists_shows_approves_and_says_why_not() {
     let stack = Stack::start();
     let store = with_approvals(&stack, Duration::from_secs(60));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), Arc::clone(&store)));
+    let admin = serve_admin(&stack, &store).await;
     let bob = Some(stack.token("bob", &["dba"], None));
     let alice = Some(stack.token("alice", &["dba"], None));
 
@@ -605,9 +610,7 @@ async fn the_approvals_command_lists_shows_approves_and_says_why_not() {
 async fn the_openapi_document_names_exactly_the_routes_served() {
     let stack = Stack::start();
     let store = with_approvals(&stack, Duration::from_secs(60));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), store));
+    let base = serve_admin(&stack, &store).await;
 
     let (status, doc) = api("GET", format!("{base}/api/v1/openapi.json"), None, "").await;
     assert_eq!(status, 200);
@@ -713,9 +716,7 @@ async fn the_event_stream_tells_approvers_of_each_change_as_it_happens() {
     use std::io::BufRead;
     let stack = Stack::start();
     let store = with_approvals(&stack, Duration::from_secs(60));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/api/v1/events", listener.local_addr().unwrap());
-    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), Arc::clone(&store)));
+    let url = format!("{}/api/v1/events", serve_admin(&stack, &store).await);
     let bob = stack.token("bob", &["dba"], None);
     // Bob's stream, read line by line on a thread of its own.
     let (lines, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -767,9 +768,7 @@ async fn psql_waits_for_two_approvers_and_a_stranger_cannot_approve() {
     assert!(policy.contains("approvals = 2"));
     let stack = Stack::with_policy(&policy);
     let store = with_approvals(&stack, Duration::from_secs(60));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), Arc::clone(&store)));
+    let admin = serve_admin(&stack, &store).await;
     let psql = {
         let mut cmd = stack.program("psql");
         let conninfo = stack.conninfo(&stack.token("alice", &["ai-agents"], Some("copilot-7")));
@@ -813,9 +812,7 @@ async fn psql_waits_for_two_approvers_and_a_stranger_cannot_approve() {
 async fn the_requester_gives_the_reason_after_the_notice_with_the_cli() {
     let stack = Stack::start();
     let store = with_approvals(&stack, Duration::from_secs(60));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), Arc::clone(&store)));
+    let admin = serve_admin(&stack, &store).await;
     let psql = {
         let mut cmd = stack.program("psql");
         let conninfo = stack.conninfo(&stack.token("alice", &["ai-agents"], Some("copilot-7")));

@@ -109,31 +109,8 @@ fn serve_reloads_on_sighup_and_drains_on_sigterm() {
 #[test]
 fn serve_holds_for_approval_and_serves_the_admin_api() {
     let stack = Stack::start();
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (port, admin) = (free(), free());
-    let config = stack.path("serve-admin.toml");
-    let text_config = std::fs::read_to_string(stack.path("gateway.toml"))
-        .unwrap()
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
-        + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[approvals]\ntimeout = \"60s\"\n");
-    std::fs::write(&config, text_config).unwrap();
-    let mut child =
-        bin!().args(["serve", "--config"]).arg(&config).stderr(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
-    wait_for_port(port);
-    wait_for_port(admin);
-    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
-    let held = std::thread::spawn({
-        let psql = stack.cluster.bin_dir().join("psql");
-        move || {
-            Command::new(psql)
-                .args(["-X", "-d"])
-                .arg(format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable"))
-                .args(["-c", "DELETE FROM orders WHERE id = 30"])
-                .env("PGPASSWORD", &token)
-                .output()
-                .unwrap()
-        }
-    });
+    let (mut child, port, admin) = serve_with_admin(&stack, "");
+    let held = held_delete(&stack, port, 30);
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let bob = format!("Bearer {}", stack.token("bob", &["dba"], None));
     let base = format!("http://127.0.0.1:{admin}/api/v1");
@@ -175,6 +152,41 @@ fn serve_holds_for_approval_and_serves_the_admin_api() {
     assert!(child.wait().unwrap().success());
 }
 
+/// `pg-proxy serve` with the stack's configuration, `extra` and an
+/// `[admin]` section, on ports of its own: the process, the gateway's
+/// port and the admin port, both answering.
+fn serve_with_admin(stack: &Stack, extra: &str) -> (std::process::Child, u16, u16) {
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, admin) = (free(), free());
+    let config = stack.path(&format!("serve-admin-{port}.toml"));
+    let text_config = std::fs::read_to_string(stack.path("gateway.toml"))
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
+        + &format!("\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[approvals]\ntimeout = \"60s\"\n");
+    std::fs::write(&config, text_config).unwrap();
+    let child =
+        bin!().args(["serve", "--config"]).arg(&config).stderr(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
+    wait_for_port(port);
+    wait_for_port(admin);
+    (child, port, admin)
+}
+
+/// psql as an agent deleting order `id` through the gateway on `port`, on
+/// a thread of its own.
+fn held_delete(stack: &Stack, port: u16, id: u32) -> std::thread::JoinHandle<std::process::Output> {
+    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
+    let psql = stack.cluster.bin_dir().join("psql");
+    std::thread::spawn(move || {
+        Command::new(psql)
+            .args(["-X", "-d"])
+            .arg(format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable"))
+            .args(["-c", &format!("DELETE FROM orders WHERE id = {id}")])
+            .env("PGPASSWORD", &token)
+            .output()
+            .unwrap()
+    })
+}
+
 /// With `[tls]`, the admin server speaks TLS with the gateway's own
 /// certificate: the held client is told an https:// address, and
 /// `pg-proxy approvals --ca-file` approves through it. Plain HTTP and an
@@ -182,39 +194,13 @@ fn serve_holds_for_approval_and_serves_the_admin_api() {
 #[test]
 fn the_admin_server_speaks_tls_with_the_gateways_certificate() {
     let stack = Stack::start();
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (port, admin) = (free(), free());
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let (cert_path, key_path) = (stack.path("admin.crt"), stack.path("admin.key"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let config = stack.path("serve-admin-tls.toml");
-    let text_config = std::fs::read_to_string(stack.path("gateway.toml"))
-        .unwrap()
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
-        + &format!(
-            "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[approvals]\ntimeout = \"60s\"\n",
-            cert_path.display(),
-            key_path.display()
-        );
-    std::fs::write(&config, text_config).unwrap();
-    let mut child =
-        bin!().args(["serve", "--config"]).arg(&config).stderr(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
-    wait_for_port(port);
-    wait_for_port(admin);
-    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
-    let held = std::thread::spawn({
-        let psql = stack.cluster.bin_dir().join("psql");
-        move || {
-            Command::new(psql)
-                .args(["-X", "-d"])
-                .arg(format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable"))
-                .args(["-c", "DELETE FROM orders WHERE id = 33"])
-                .env("PGPASSWORD", &token)
-                .output()
-                .unwrap()
-        }
-    });
+    let tls = format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert_path.display(), key_path.display());
+    let (mut child, port, admin) = serve_with_admin(&stack, &tls);
+    let held = held_delete(&stack, port, 33);
     let https = format!("https://127.0.0.1:{admin}");
     let approvals = |admin: &str, args: &[&str], ca: bool| {
         let mut cmd = bin!();

@@ -415,11 +415,14 @@ impl HoldHandler for ApprovalHandler {
             ));
         }
         let store = Arc::clone(&self.store);
+        // Withdrawn when the session stops waiting first: the guard is made
+        // now and moved into the future, so that dropping the future even
+        // before it was first polled (a cancel that comes at once)
+        // withdraws the request.
+        let withdraw = Withdraw { store: Arc::clone(&store), id: Some(id.clone()) };
         let outcome = async move {
-            // Withdrawn when the session stops waiting first.
-            let mut withdraw = Withdraw { store: Arc::clone(&store), id: Some(id.clone()) };
             let state = store.decided(&id).await;
-            withdraw.id = None;
+            withdraw.disarm();
             match state {
                 State::Approved { .. } => HoldOutcome::Release,
                 State::Denied { by, reason } => HoldOutcome::Refuse { reason: format!("denied by {by}: {reason}") },
@@ -441,6 +444,13 @@ struct Withdraw {
     id: Option<String>,
 }
 
+impl Withdraw {
+    /// The request was decided: nothing to withdraw.
+    fn disarm(mut self) {
+        self.id = None;
+    }
+}
+
 impl Drop for Withdraw {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
@@ -450,5 +460,44 @@ impl Drop for Withdraw {
                 SystemTime::now(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+    use super::*;
+    use crate::session::hold::HeldStatement;
+    use policy_core::{Engine, Identity, Policy};
+
+    /// A held agent's DELETE under the example policy.
+    fn held() -> HoldRequest {
+        let policy = Policy::from_toml_str(crate::demo::EXAMPLE_POLICY, "policy.toml").unwrap();
+        let engine = Engine::new(policy, Default::default()).unwrap();
+        let agent = Identity::new("alice").with_groups(["ai-agents"]).with_actor(policy_core::Actor::new("copilot-7"));
+        let sql = "DELETE FROM orders WHERE id = 1";
+        let decision = Arc::new(engine.decide(&agent, &engine.new_session(), sql));
+        assert_eq!(decision.verdict, policy_core::Verdict::RequireApproval);
+        HoldRequest {
+            session: 1,
+            statements: vec![HeldStatement::new(Arc::from(sql), Vec::new(), decision)],
+            reason: None,
+            database: "app".into(),
+            search_path: vec!["public".into()],
+            standard_conforming_strings: true,
+        }
+    }
+
+    #[test]
+    fn a_hold_dropped_before_it_was_ever_polled_withdraws_its_request() {
+        let store = Arc::new(MemoryStore::new(Duration::from_secs(3600)));
+        let settings = HandlerSettings { timeout: Duration::from_secs(60), admin_url: None };
+        let handler = ApprovalHandler::new(Arc::clone(&store), settings);
+        let holding = handler.hold(held());
+        let id = store.requests(true, SystemTime::now()).pop().expect("a request").id;
+        // The session stopped waiting at once (a cancel that came first).
+        drop(holding);
+        let state = store.request(&id, SystemTime::now()).unwrap().state;
+        assert!(matches!(state, State::Withdrawn { .. }), "{state:?}");
     }
 }
