@@ -42,6 +42,18 @@ fn audit_stack_in(keys: &Path, log: &Path, top: &str, extra: &str) -> Stack {
     Stack::builder().config(&config).start()
 }
 
+/// Waits until every session of the gateway has ended (its last records
+/// handed to the log), rather than for a while.
+async fn sessions_ended(stack: &Stack) {
+    for _ in 0..400 {
+        if stack.gateway.active_sessions() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("sessions still open after 20 s: {}", stack.gateway.active_sessions());
+}
+
 /// Every record of the log, as JSON.
 fn records(log: &Path) -> Vec<Value> {
     let mut out = Vec::new();
@@ -446,7 +458,7 @@ async fn a_full_disk_refuses_statements_until_space_returns() {
     client.simple_query("UPDATE orders SET status = 'after' WHERE id = 2").await.unwrap();
     client.simple_query("SELECT 1").await.unwrap();
     drop(client);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sessions_ended(&stack).await;
     stack.gateway.audit.as_ref().unwrap().close();
     let all = records(&log);
     assert!(all.iter().any(|r| r["sql"] == "UPDATE orders SET status = 'after' WHERE id = 2"));
@@ -488,7 +500,7 @@ async fn a_failed_sync_refuses_the_change_and_the_log_goes_on_in_a_new_segment()
     // The session goes on, recorded in a new segment.
     client.simple_query("UPDATE orders SET status = 'after' WHERE id = 2").await.unwrap();
     drop(client);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sessions_ended(&stack).await;
     audit.close();
     assert!(portcullis_audit::writer::list_segments(&log).unwrap().len() > segments_before);
     let all = records(&log);
@@ -540,7 +552,7 @@ async fn a_segment_that_cannot_end_refuses_the_change_it_carried_and_records_why
     client.simple_query("UPDATE orders SET status = 'after-rotation' WHERE id = 2").await.unwrap();
     assert_eq!(order_status(&stack), "after-rotation");
     drop(client);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sessions_ended(&stack).await;
     stack.gateway.audit.as_ref().unwrap().close();
     // The refused statement's record is in the log, and its result says it
     // did not run.
@@ -573,7 +585,7 @@ async fn observe_mode_forwards_and_records_what_would_be_refused() {
     let ssn: String = rows[0].get(0);
     assert_ne!(ssn, "123-45-6789");
     drop(client);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sessions_ended(&stack).await;
     stack.gateway.audit.as_ref().unwrap().close();
     let all = records(&log);
     let statement = |prefix: &str| {
@@ -621,7 +633,7 @@ async fn backtest_lists_what_a_new_policy_would_change() {
     client.simple_query("SET search_path TO private").await.unwrap();
     let on_path = client.simple_query("SELECT count(*) FROM orders").await;
     drop(client);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sessions_ended(&stack).await;
     stack.gateway.audit.as_ref().unwrap().close();
 
     let original = std::fs::read_to_string(stack.path("policy.toml")).unwrap();
@@ -814,7 +826,7 @@ async fn a_prepared_statement_refused_when_judged_again_is_recorded() {
     let e = client.query(&statement, &[]).await.unwrap_err();
     assert_eq!(e.as_db_error().map(|d| d.code()), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
     drop(client);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sessions_ended(&stack).await;
     stack.gateway.audit.as_ref().unwrap().close();
     let all = records(&log);
     let executes: Vec<&Value> =

@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime};
 use policy_core::{ApprovalTerms, SelfApproval};
 
 /// Who asked: the person, and the agent acting for them, if any.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Requester {
     /// The person (the token's subject).
     pub subject: String,
@@ -55,7 +55,7 @@ impl Requester {
 }
 
 /// Someone deciding: the identity their own token proved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Approver {
     /// The person.
     pub subject: String,
@@ -74,7 +74,7 @@ impl Approver {
 }
 
 /// One statement of a held batch, as the approvers see it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeldText {
     /// The SQL text.
     pub sql: String,
@@ -83,7 +83,7 @@ pub struct HeldText {
 }
 
 /// A held batch waiting for people to decide.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     /// Its id.
     pub id: String,
@@ -109,10 +109,10 @@ pub struct Request {
     /// What approving takes.
     pub terms: ApprovalTerms,
     /// When it was asked.
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "rfc3339", deserialize_with = "from_rfc3339")]
     pub created: SystemTime,
     /// When it expires, undecided.
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "rfc3339", deserialize_with = "from_rfc3339")]
     pub expires: SystemTime,
     /// Where it stands.
     pub state: State,
@@ -155,7 +155,7 @@ impl Request {
 }
 
 /// Where a request stands.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum State {
     /// Waiting for people.
@@ -202,17 +202,17 @@ impl State {
 }
 
 /// One person's approval.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Vote {
     /// Who.
     pub approver: String,
     /// Their reason.
     pub reason: String,
     /// The grant they asked for with it, if any.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "seconds", deserialize_with = "from_seconds")]
     pub grant_for: Option<Duration>,
     /// When.
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "rfc3339", deserialize_with = "from_rfc3339")]
     pub at: SystemTime,
 }
 
@@ -233,10 +233,10 @@ pub struct Grant {
     /// Who granted it.
     pub granted_by: Vec<String>,
     /// From when.
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "rfc3339", deserialize_with = "from_rfc3339")]
     pub created: SystemTime,
     /// Until when.
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "rfc3339", deserialize_with = "from_rfc3339")]
     pub expires: SystemTime,
 }
 
@@ -450,8 +450,106 @@ pub enum LedgerError {
     },
 }
 
+/// One change to a ledger, as a log of changes replays it: every change
+/// the ledger's methods make is one of these, applied at a time given with
+/// it ([`Ledger::apply`]). Ledgers that apply the same commands at the same
+/// times, in the same order, hold the same requests and grants and emit
+/// the same events, which is how several gateways share one.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use pg_proxy::approvals::ledger::{Approver, Command, Ledger, Request, Requester};
+/// use policy_core::ApprovalTerms;
+/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+/// let request = Request::new("r1", 7, Requester::new("alice", Some("copilot")), "f1", vec!["dba".into()],
+///     ApprovalTerms::DEFAULT, now, now + Duration::from_secs(900));
+/// let log = [
+///     Command::Open { request: Box::new(request) },
+///     Command::Approve { id: "r1".into(), approver: Approver::new("bob", ["dba"]), reason: "ok".into(), grant_for: None },
+/// ];
+/// let (mut here, mut there) = (Ledger::new(Duration::from_secs(3600)), Ledger::new(Duration::from_secs(3600)));
+/// for command in &log {
+///     here.apply(command, now).unwrap();
+///     // As another gateway reads it from the shared log.
+///     let copy: Command = serde_json::from_str(&serde_json::to_string(command).unwrap()).unwrap();
+///     there.apply(&copy, now).unwrap();
+/// }
+/// assert_eq!(here, there);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// [`Ledger::open`].
+    Open {
+        /// The request.
+        request: Box<Request>,
+    },
+    /// [`Ledger::approve`].
+    Approve {
+        /// The request.
+        id: String,
+        /// Who.
+        approver: Approver,
+        /// Why.
+        reason: String,
+        /// The grant asked for, if any.
+        #[serde(serialize_with = "seconds", deserialize_with = "from_seconds")]
+        grant_for: Option<Duration>,
+    },
+    /// [`Ledger::deny`].
+    Deny {
+        /// The request.
+        id: String,
+        /// Who.
+        approver: Approver,
+        /// Why.
+        reason: String,
+    },
+    /// [`Ledger::justify`].
+    Justify {
+        /// The request.
+        id: String,
+        /// Who (the requester).
+        by: Approver,
+        /// The reason.
+        reason: String,
+    },
+    /// [`Ledger::set_plan`].
+    SetPlan {
+        /// The request.
+        id: String,
+        /// Its statements' plans.
+        plan: Vec<super::plan::StatementPlan>,
+    },
+    /// [`Ledger::withdraw`].
+    Withdraw {
+        /// The request.
+        id: String,
+        /// Why.
+        why: String,
+    },
+    /// [`Ledger::revoke`].
+    Revoke {
+        /// The grant.
+        id: String,
+        /// Who.
+        by: Approver,
+    },
+    /// [`Ledger::expire`].
+    Expire,
+}
+
+/// What applying a command gave, besides its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Done.
+    Done,
+    /// An approval's progress.
+    Progress(Progress),
+}
+
 /// Requests and grants.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ledger {
     requests: BTreeMap<String, Request>,
     grants: BTreeMap<String, Grant>,
@@ -462,6 +560,26 @@ impl Ledger {
     /// An empty ledger whose grants last at most `max_grant`.
     pub fn new(max_grant: Duration) -> Ledger {
         Ledger { requests: BTreeMap::new(), grants: BTreeMap::new(), max_grant }
+    }
+
+    /// Applies `command` at time `now`. On an error nothing changed but
+    /// what the passing of time changes anyway (expiries up to `now`),
+    /// as with the methods it calls.
+    pub fn apply(&mut self, command: &Command, now: SystemTime) -> Result<(Applied, Vec<Event>), LedgerError> {
+        let done = |events: Vec<Event>| (Applied::Done, events);
+        match command {
+            Command::Open { request } => self.open((**request).clone(), now).map(done),
+            Command::Approve { id, approver, reason, grant_for } => {
+                let (progress, events) = self.approve(id, approver, reason, *grant_for, now)?;
+                Ok((Applied::Progress(progress), events))
+            }
+            Command::Deny { id, approver, reason } => self.deny(id, approver, reason, now).map(done),
+            Command::Justify { id, by, reason } => self.justify(id, by, reason, now).map(done),
+            Command::SetPlan { id, plan } => Ok(done(self.set_plan(id, plan.clone()))),
+            Command::Withdraw { id, why } => Ok(done(self.withdraw(id, why, now))),
+            Command::Revoke { id, by } => self.revoke(id, by, now).map(done),
+            Command::Expire => Ok(done(self.expire(now))),
+        }
     }
 
     /// Opens a request (its state is set to pending).
@@ -710,6 +828,16 @@ fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(&portcullis_audit::time::format_utc(*t))
 }
 
+fn from_rfc3339<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    portcullis_audit::time::parse_utc(&text)
+        .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not an RFC 3339 UTC time")))
+}
+
+fn from_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Ok(<Option<u64> as serde::Deserialize>::deserialize(d)?.map(Duration::from_secs))
+}
+
 fn seconds<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => s.serialize_u64(d.as_secs()),
@@ -747,6 +875,56 @@ mod tests {
 
     fn dba(name: &str) -> Approver {
         Approver::new(name, ["dba"])
+    }
+
+    /// A ledger rebuilt from the log of commands another one applied (each
+    /// read back from its JSON) holds the same, and every command answered
+    /// the same on both: the ground a shared log stands on.
+    #[test]
+    fn replaying_the_command_log_rebuilds_the_same_ledger() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        let people =
+            [dba("bob"), dba("carol"), Approver::new("alice", ["developers"]), Approver::new("mallory", ["x"])];
+        let (mut here, mut there) = (Ledger::new(60 * MINUTE), Ledger::new(60 * MINUTE));
+        let mut now = t0();
+        for step in 0..2000 {
+            now += Duration::from_secs(rng.gen_range(0..240));
+            let id = format!("r{}", rng.gen_range(0..6));
+            let who = people[rng.gen_range(0..people.len())].clone();
+            let command = match rng.gen_range(0..9) {
+                0 | 1 => {
+                    let approvals = rng.gen_range(1..3);
+                    let terms = terms(approvals, if rng.gen() { SelfApproval::Never } else { SelfApproval::Delegator });
+                    let mut request = Request::new(
+                        format!("r{step}"),
+                        1,
+                        agent(),
+                        "f1",
+                        vec!["dba".into()],
+                        terms,
+                        now,
+                        now + 15 * MINUTE,
+                    );
+                    request.id = id.clone();
+                    Command::Open { request: Box::new(request) }
+                }
+                2 | 3 => {
+                    let grant_for = rng.gen::<bool>().then(|| Duration::from_secs(rng.gen_range(0..7200)));
+                    Command::Approve { id, approver: who, reason: "ok".into(), grant_for }
+                }
+                4 => Command::Deny { id, approver: who, reason: "no".into() },
+                5 => Command::Justify { id, by: who, reason: "why".into() },
+                6 => Command::Withdraw { id, why: "gone".into() },
+                7 => Command::Revoke { id: format!("{id}-grant"), by: who },
+                _ => Command::Expire,
+            };
+            let copy: Command = serde_json::from_str(&serde_json::to_string(&command).unwrap()).unwrap();
+            assert_eq!(copy, command);
+            assert_eq!(here.apply(&command, now), there.apply(&copy, now), "step {step}: {command:?}");
+        }
+        assert_eq!(here, there);
+        assert!(!here.requests(false).is_empty() && !here.requests.is_empty(), "the walk decided requests");
     }
 
     #[test]

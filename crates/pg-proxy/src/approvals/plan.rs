@@ -30,7 +30,7 @@ use serde_json::Value;
 use crate::catalog::Catalog;
 
 /// One held statement's plan, as approvers see it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum StatementPlan {
     /// Planned.

@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime};
 use policy_core::{ApprovalTerms, Decision};
 use tokio::sync::watch;
 
-use super::ledger::{Approver, Event, Grant, HeldText, Ledger, LedgerError, Progress, Request, Requester, State};
+use super::ledger::{
+    Applied, Approver, Command, Event, Grant, HeldText, Ledger, LedgerError, Progress, Request, Requester, State,
+};
 use super::plan::{self, PlanRequest, Planner, StatementPlan};
 use crate::session::hold::{HoldHandler, HoldOutcome, HoldRequest, Holding};
 use crate::session::record::{ApprovalRecord, Record, RecordSink};
@@ -101,13 +103,6 @@ impl MemoryStore {
         self.changes.send_replace(last);
     }
 
-    /// Runs `f` on the ledger and publishes what it changed.
-    fn with<T>(&self, f: impl FnOnce(&mut Ledger) -> Result<(T, Vec<Event>), LedgerError>) -> Result<T, LedgerError> {
-        let (value, events) = f(&mut lock(&self.ledger))?;
-        self.changed(events);
-        Ok(value)
-    }
-
     /// Events as audit records, each naming the session its request was
     /// held for.
     fn records(&self, events: &[Event]) -> Vec<Record> {
@@ -147,29 +142,29 @@ impl MemoryStore {
             .collect()
     }
 
+    /// Applies `command` at `now` and publishes its events: every change
+    /// to the store is one ([`Command`]).
+    fn commit(&self, command: Command, now: SystemTime) -> Result<Applied, LedgerError> {
+        let (applied, events) = lock(&self.ledger).apply(&command, now)?;
+        self.changed(events);
+        Ok(applied)
+    }
+
     /// Opens a request.
     pub fn open(&self, request: Request, now: SystemTime) -> Result<(), LedgerError> {
-        self.with(|l| Ok(((), l.open(request, now)?)))
+        self.commit(Command::Open { request: Box::new(request) }, now).map(drop)
     }
 
-    /// A request as it stands now.
+    /// A request as it stands now (expiring what is due).
     pub fn request(&self, id: &str, now: SystemTime) -> Option<Request> {
-        let mut ledger = lock(&self.ledger);
-        let events = ledger.expire(now);
-        let found = ledger.request(id).cloned();
-        drop(ledger);
-        self.changed(events);
-        found
+        let _ = self.commit(Command::Expire, now);
+        lock(&self.ledger).request(id).cloned()
     }
 
-    /// Pending (or decided) requests, oldest first.
+    /// Pending (or decided) requests, oldest first (expiring what is due).
     pub fn requests(&self, pending: bool, now: SystemTime) -> Vec<Request> {
-        let mut ledger = lock(&self.ledger);
-        let events = ledger.expire(now);
-        let found = ledger.requests(pending).into_iter().cloned().collect();
-        drop(ledger);
-        self.changed(events);
-        found
+        let _ = self.commit(Command::Expire, now);
+        lock(&self.ledger).requests(pending).into_iter().cloned().collect()
     }
 
     /// Live grants, oldest first.
@@ -191,33 +186,39 @@ impl MemoryStore {
         grant_for: Option<Duration>,
         now: SystemTime,
     ) -> Result<Progress, LedgerError> {
-        self.with(|l| l.approve(id, approver, reason, grant_for, now))
+        let command =
+            Command::Approve { id: id.to_string(), approver: approver.clone(), reason: reason.to_string(), grant_for };
+        match self.commit(command, now)? {
+            Applied::Progress(progress) => Ok(progress),
+            Applied::Done => Err(LedgerError::NoRequest(id.to_string())),
+        }
     }
 
     /// `approver` denies request `id`.
     pub fn deny(&self, id: &str, approver: &Approver, reason: &str, now: SystemTime) -> Result<(), LedgerError> {
-        self.with(|l| Ok(((), l.deny(id, approver, reason, now)?)))
+        let command = Command::Deny { id: id.to_string(), approver: approver.clone(), reason: reason.to_string() };
+        self.commit(command, now).map(drop)
     }
 
     /// The requester gives request `id` its reason (see [`Ledger::justify`]).
     pub fn justify(&self, id: &str, by: &Approver, reason: &str, now: SystemTime) -> Result<(), LedgerError> {
-        self.with(|l| Ok(((), l.justify(id, by, reason, now)?)))
+        let command = Command::Justify { id: id.to_string(), by: by.clone(), reason: reason.to_string() };
+        self.commit(command, now).map(drop)
     }
 
     /// `by` revokes grant `id`.
     pub fn revoke(&self, id: &str, by: &Approver, now: SystemTime) -> Result<(), LedgerError> {
-        self.with(|l| Ok(((), l.revoke(id, by, now)?)))
+        self.commit(Command::Revoke { id: id.to_string(), by: by.clone() }, now).map(drop)
     }
 
     /// Attaches the plans of request `id`'s statements.
     pub fn set_plan(&self, id: &str, plan: Vec<StatementPlan>) {
-        let _ = self.with(|ledger| Ok(((), ledger.set_plan(id, plan))));
+        let _ = self.commit(Command::SetPlan { id: id.to_string(), plan }, SystemTime::now());
     }
 
     /// The session stopped waiting for request `id`.
     pub fn withdraw(&self, id: &str, why: &str, now: SystemTime) {
-        let events = lock(&self.ledger).withdraw(id, why, now);
-        self.changed(events);
+        let _ = self.commit(Command::Withdraw { id: id.to_string(), why: why.to_string() }, now);
     }
 
     /// The events numbered after `after` that are still kept, with their
