@@ -315,6 +315,11 @@ async fn the_admin_api_lists_approves_denies_and_revokes_as_its_callers_may() {
     assert_eq!(status, 404);
     let (status, body) = api("GET", format!("{base}/approvals/{}", request.id), bob.clone(), "").await;
     assert_eq!((status, body["state"]["state"].as_str()), (200, Some("pending")), "{body}");
+    // The engine's decision, as approvers may read it.
+    let decision = &body["statements"][0]["decision"];
+    assert_eq!(decision["verdict"], "require_approval", "{body}");
+    assert_eq!(decision["rule"], "agent-deletes-need-approval", "{body}");
+    assert_eq!(decision["statements"][0]["written_tables"], serde_json::json!(["public.orders"]), "{body}");
 
     // Refusals, each with its code.
     let url = format!("{base}/approvals/{}/approve", request.id);

@@ -80,6 +80,10 @@ pub struct HeldText {
     pub sql: String,
     /// Its bound parameters as text (`None` is NULL).
     pub parameters: Vec<Option<String>>,
+    /// The engine's decision on it, as JSON (the verdict, the rule, the
+    /// facts of every statement); `null` when not given.
+    #[serde(default)]
+    pub decision: serde_json::Value,
 }
 
 /// A held batch waiting for people to decide.

@@ -390,7 +390,11 @@ impl HoldHandler for ApprovalHandler {
         request.statements = held
             .statements
             .iter()
-            .map(|s| HeldText { sql: s.sql.to_string(), parameters: s.parameters.clone() })
+            .map(|s| HeldText {
+                sql: s.sql.to_string(),
+                parameters: s.parameters.clone(),
+                decision: serde_json::to_value(&*s.decision).unwrap_or_default(),
+            })
             .collect();
         request.rule = decision.rule.as_deref().map(str::to_string);
         request.reason = decision.reason.to_string();

@@ -178,6 +178,13 @@ function renderRequest(request) {
       });
       statements.append(list);
     }
+    if (statement.decision) {
+      const details = document.createElement("details");
+      details.className = "decision";
+      details.append(text("summary", "decision"));
+      details.append(text("pre", JSON.stringify(statement.decision, null, 2), "plan-json"));
+      statements.append(details);
+    }
   }
   renderPlan($(".plan", card), request.plan);
   const votes = $(".votes", card);
