@@ -366,10 +366,14 @@ impl Catalog {
                 break;
             }
         }
-        // A prepared statement outlives the transaction.
-        let _ = db.query(&self.target, database, "ROLLBACK").await;
-        if parameters > 0 {
-            let _ = db.query(&self.target, database, &format!("DEALLOCATE {PLAN_NAME}")).await;
+        // A failed step dropped the connection, and the transaction and
+        // the prepared statement with it; otherwise both are undone here (a
+        // prepared statement outlives the transaction).
+        if db.conn.is_some() {
+            let _ = db.query(&self.target, database, "ROLLBACK").await;
+            if parameters > 0 && outcome.is_ok() {
+                let _ = db.query(&self.target, database, &format!("DEALLOCATE {PLAN_NAME}")).await;
+            }
         }
         let rows = outcome?;
         let text = rows.into_iter().next().and_then(|r| r.into_iter().next().flatten());

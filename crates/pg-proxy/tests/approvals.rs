@@ -443,9 +443,25 @@ async fn approvers_see_the_plan_in_the_sessions_terms_and_planning_runs_nothing(
     assert!(within(run).await.unwrap().is_err());
     assert_eq!(orders_left(&stack, "26").await, 1);
 
-    // The catalog connection is left as it was: the session's views and
-    // tables are still read through it, and another plan works.
+    // A statement the server cannot plan: its error instead of a plan, and
+    // the catalog connection goes on (the session's tables are still read
+    // through it, and the next plan works).
     agent.simple_query("SET search_path = public").await.unwrap();
+    for (sql, plannable) in
+        [("DELETE FROM orders WHERE no_such_column = 1", false), ("DELETE FROM orders WHERE id = 26", true)]
+    {
+        let a = Arc::clone(&agent);
+        let run = tokio::spawn(async move { a.simple_query(sql).await });
+        let request = pending(&store).await;
+        let plans = planned(&store, &request.id).await;
+        match (plans.as_slice(), plannable) {
+            ([StatementPlan::Unavailable { why, .. }], false) => assert!(why.contains("no_such_column"), "{why}"),
+            ([StatementPlan::Planned { relations, .. }], true) => assert_eq!(relations, &["public.orders"]),
+            (other, _) => panic!("{sql}: {other:?}"),
+        }
+        store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).unwrap();
+        assert!(within(run).await.unwrap().is_err());
+    }
     agent.simple_query("SELECT * FROM orders WHERE id = 26").await.unwrap();
 }
 

@@ -17,6 +17,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes done but not yet taken by the server.
 const QUEUE: usize = 64;
 
+/// Handshakes under way at once; the next connection waits to be accepted
+/// (in the kernel's backlog) until one ends.
+const HANDSHAKES: usize = 128;
+
 /// The server side of the admin address with TLS: the gateway's own
 /// certificate, offering HTTP/1.1 (not the PostgreSQL protocol name the
 /// gateway's port offers).
@@ -38,8 +42,10 @@ impl TlsListener {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let (tx, ready) = mpsc::channel(QUEUE);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
         let task = tokio::spawn(async move {
             loop {
+                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { return };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -51,7 +57,9 @@ impl TlsListener {
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    drop(permit);
+                    match handshake {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
