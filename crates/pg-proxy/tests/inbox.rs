@@ -171,10 +171,7 @@ async fn the_requester_gives_a_reason_in_the_inbox() {
         browser.type_into_field("article[data-request] .reason", "INC-13: a test order");
         browser.click_on("article[data-request] .justify");
         browser.wait_until("the reason on the page", || {
-            browser
-                .text(&browser.wait_for("article[data-request]"))
-                .contains("Their reason: INC-13: a test order")
-                .then_some(())
+            browser.text_of(CARD).contains("Their reason: INC-13: a test order").then_some(())
         });
         let request = store.requests(true, std::time::SystemTime::now()).pop().unwrap();
         assert_eq!(request.justification.as_deref(), Some("INC-13: a test order"));

@@ -201,11 +201,6 @@ impl Browser {
         }
     }
 
-    /// The element's visible text.
-    pub fn text(&self, element: &Element) -> String {
-        self.call("GET", &format!("/element/{}/text", element.0), None).as_str().unwrap_or_default().to_string()
-    }
-
     /// The whole page's visible text (empty when it cannot be read).
     pub fn page_text(&self) -> String {
         let Some(body) = self.find("body") else { return String::new() };
@@ -213,16 +208,6 @@ impl Browser {
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default()
-    }
-
-    /// Clicks the element.
-    pub fn click(&self, element: &Element) {
-        self.call("POST", &format!("/element/{}/click", element.0), None);
-    }
-
-    /// Types `text` into the element.
-    pub fn type_into(&self, element: &Element, text: &str) {
-        self.call("POST", &format!("/element/{}/value", element.0), Some(json!({ "text": text })));
     }
 
     /// Runs `script` in the page (`arguments` are its arguments); what it
