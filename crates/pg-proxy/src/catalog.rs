@@ -151,13 +151,6 @@ const VIEWS_SQL: &str = "SELECT n.nspname, c.relname, c.relkind, pg_catalog.pg_g
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
     WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
-/// How long planning a held statement may take.
-const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The name a held statement with parameters is prepared under, to be
-/// explained.
-const PLAN_NAME: &str = "portcullis_plan";
-
 /// How long a catalog read waits for a lock a client's transaction holds.
 const LOCK_TIMEOUT_SQL: &str = "SET lock_timeout = '2s'";
 
@@ -319,66 +312,6 @@ impl Catalog {
         let rows = self.query(&mut db, database, &sql).await?;
         let names: Vec<String> = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
         (!names.is_empty()).then_some(names)
-    }
-
-    /// The plan PostgreSQL would use for `sql`, one statement, as
-    /// `EXPLAIN (FORMAT JSON, VERBOSE)` gives it: planned, never run
-    /// (no `ANALYZE`), on the database's own connection inside a read-only
-    /// transaction that is rolled back, with the session's `search_path`
-    /// and `standard_conforming_strings` and a statement timeout. A
-    /// statement with `parameters` is prepared and its generic plan
-    /// explained (the values are not needed, and not sent). The error says
-    /// why there is no plan.
-    pub async fn explain(
-        &self,
-        database: &str,
-        search_path: &[String],
-        standard_conforming_strings: bool,
-        sql: &str,
-        parameters: usize,
-    ) -> Result<serde_json::Value, String> {
-        let db = self.database(database).await;
-        let mut db = db.lock().await;
-        db.query(&self.target, database, "BEGIN READ ONLY").await?;
-        let path = if search_path.is_empty() {
-            "''".to_string()
-        } else {
-            search_path.iter().map(|s| format!("\"{}\"", s.replace('"', "\"\""))).collect::<Vec<_>>().join(", ")
-        };
-        let scs = if standard_conforming_strings { "on" } else { "off" };
-        let mut setup = vec![
-            format!("SET LOCAL statement_timeout = '{}ms'", EXPLAIN_TIMEOUT.as_millis()),
-            format!("SET LOCAL search_path = {path}"),
-            format!("SET LOCAL standard_conforming_strings = {scs}"),
-        ];
-        let explain = if parameters == 0 {
-            format!("EXPLAIN (FORMAT JSON, VERBOSE) {sql}")
-        } else {
-            setup.push("SET LOCAL plan_cache_mode = force_generic_plan".to_string());
-            setup.push(format!("PREPARE {PLAN_NAME} AS {sql}"));
-            let nulls = vec!["NULL"; parameters].join(", ");
-            format!("EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE {PLAN_NAME}({nulls})")
-        };
-        let mut outcome = Ok(Vec::new());
-        for step in setup.iter().chain(std::iter::once(&explain)) {
-            outcome = db.query(&self.target, database, step).await;
-            if outcome.is_err() {
-                break;
-            }
-        }
-        // A failed step dropped the connection, and the transaction and
-        // the prepared statement with it; otherwise both are undone here (a
-        // prepared statement outlives the transaction).
-        if db.conn.is_some() {
-            let _ = db.query(&self.target, database, "ROLLBACK").await;
-            if parameters > 0 && outcome.is_ok() {
-                let _ = db.query(&self.target, database, &format!("DEALLOCATE {PLAN_NAME}")).await;
-            }
-        }
-        let rows = outcome?;
-        let text = rows.into_iter().next().and_then(|r| r.into_iter().next().flatten());
-        let text = text.ok_or_else(|| "EXPLAIN gave no plan".to_string())?;
-        serde_json::from_str(&text).map_err(|e| format!("EXPLAIN gave a plan the gateway cannot read: {e}"))
     }
 
     /// Runs one of the gateway's catalog queries on the database's own

@@ -177,7 +177,7 @@ impl Gateway {
             }
             let store = Arc::new(store);
             let settings = HandlerSettings { timeout: config.approvals.timeout, admin_url: Some(admin.url.clone()) };
-            let planner = Arc::new(crate::approvals::plan::CatalogPlanner(Arc::clone(&catalog)));
+            let planner = Arc::new(crate::approvals::plan::ServerPlanner::new(target.clone()));
             hooks.hold_handler =
                 Some(Arc::new(ApprovalHandler::new(Arc::clone(&store), settings).with_planner(planner)));
             hooks.hold_timeout = config.approvals.timeout;

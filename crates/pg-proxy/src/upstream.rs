@@ -309,11 +309,59 @@ impl Connection {
         sql: &str,
         max_message_bytes: usize,
     ) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
-        let addr = self.addr.to_string();
-        let io = |source| UpstreamError::Io { addr: addr.clone(), source };
         let mut out = BytesMut::new();
-        frontend::query(sql, &mut out).map_err(io)?;
-        self.stream.write_all(&out).await.map_err(io)?;
+        frontend::query(sql, &mut out).map_err(|source| self.io(source))?;
+        self.round_trip(&out, max_message_bytes).await
+    }
+
+    /// Runs `sql` by the extended protocol, without parameters, and
+    /// returns its rows as text: the server takes one statement only, so
+    /// a text that is not one statement fails whole and nothing of it
+    /// runs. With `prepare_as`, the statement is only prepared under that
+    /// name (each `$n` of an undeclared type), for an `EXECUTE` to use.
+    /// Only for an idle connection no client uses.
+    pub async fn extended_query(
+        &mut self,
+        sql: &str,
+        prepare_as: Option<&str>,
+        max_message_bytes: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
+        let mut out = BytesMut::new();
+        let written = (|| {
+            frontend::parse(prepare_as.unwrap_or(""), sql, std::iter::empty(), &mut out)?;
+            if prepare_as.is_none() {
+                let no_values: [Option<&[u8]>; 0] = [];
+                frontend::bind(
+                    "",
+                    "",
+                    std::iter::empty(),
+                    no_values,
+                    |_: Option<&[u8]>, _: &mut BytesMut| Ok(postgres_protocol::IsNull::Yes),
+                    std::iter::empty(),
+                    &mut out,
+                )
+                .map_err(|_| std::io::Error::other("Bind could not be written"))?;
+                frontend::execute("", 0, &mut out)?;
+            }
+            frontend::sync(&mut out);
+            Ok::<(), std::io::Error>(())
+        })();
+        written.map_err(|source| self.io(source))?;
+        self.round_trip(&out, max_message_bytes).await
+    }
+
+    fn io(&self, source: std::io::Error) -> UpstreamError {
+        UpstreamError::Io { addr: self.addr.to_string(), source }
+    }
+
+    /// Sends `out` and reads the answer up to `ReadyForQuery`: the rows as
+    /// text, or the server's error.
+    async fn round_trip(
+        &mut self,
+        out: &[u8],
+        max_message_bytes: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
+        self.stream.write_all(out).await.map_err(|source| self.io(source))?;
         let mut rows = Vec::new();
         let mut failure = None;
         loop {
@@ -323,8 +371,10 @@ impl Connection {
                 {
                     break f;
                 }
-                if self.stream.read_buf(&mut self.buf).await.map_err(io)? == 0 {
-                    return Err(UpstreamError::Protocol("the server closed the connection".into()));
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) => return Err(UpstreamError::Protocol("the server closed the connection".into())),
+                    Ok(_) => {}
+                    Err(source) => return Err(self.io(source)),
                 }
             };
             match frame.kind {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pg_proxy::approvals::ledger::{Approver, LedgerError, Progress, Request, State};
-use pg_proxy::approvals::plan::{CatalogPlanner, StatementPlan};
+use pg_proxy::approvals::plan::{ServerPlanner, StatementPlan};
 use pg_proxy::approvals::store::{ApprovalHandler, HandlerSettings, MemoryStore};
 use pg_proxy::session::SessionHooks;
 use portcullis_testkit::stack::Stack;
@@ -22,7 +22,7 @@ fn with_approvals(stack: &Stack, timeout: Duration) -> Arc<MemoryStore> {
     stack.gateway.set_hooks(SessionHooks {
         hold_handler: Some(Arc::new(
             ApprovalHandler::new(Arc::clone(&store), settings)
-                .with_planner(Arc::new(CatalogPlanner(Arc::clone(&stack.gateway.catalog)))),
+                .with_planner(Arc::new(ServerPlanner::new(stack.gateway.target.clone()))),
         )),
         hold_timeout: timeout,
         ..SessionHooks::default()
@@ -443,6 +443,23 @@ async fn approvers_see_the_plan_in_the_sessions_terms_and_planning_runs_nothing(
     assert!(within(run).await.unwrap().is_err());
     assert_eq!(orders_left(&stack, "26").await, 1);
 
+    // A change of search_path after the held statement, in the same
+    // string, does not move its plan: it names archive.orders still, and
+    // what follows the change is not planned.
+    let a = Arc::clone(&agent);
+    let run =
+        tokio::spawn(
+            async move { a.simple_query("DELETE FROM orders WHERE id <= 500; SET search_path = public").await },
+        );
+    let request = pending(&store).await;
+    let plans = planned(&store, &request.id).await;
+    let [StatementPlan::Planned { relations, .. }, StatementPlan::Unavailable { .. }] = plans.as_slice() else {
+        panic!("the delete planned, the SET not: {plans:?}")
+    };
+    assert_eq!(relations, &["archive.orders"]);
+    store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).unwrap();
+    assert!(within(run).await.unwrap().is_err());
+
     // A statement the server cannot plan: its error instead of a plan, and
     // the catalog connection goes on (the session's tables are still read
     // through it, and the next plan works).
@@ -463,6 +480,51 @@ async fn approvers_see_the_plan_in_the_sessions_terms_and_planning_runs_nothing(
         assert!(within(run).await.unwrap().is_err());
     }
     agent.simple_query("SELECT * FROM orders WHERE id = 26").await.unwrap();
+}
+
+/// Planning reads a held statement as the server will, whatever the
+/// client changes after it: a text that is one statement with
+/// `standard_conforming_strings` on, and three with it off, is planned as
+/// the one, and nothing of the other reading runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planning_cannot_be_made_to_run_what_the_held_text_hides() {
+    // A policy that lets clients change how strings are read.
+    let lenient = "version = 1\n[settings]\ndefault = \"allow\"\n\n[[rule]]\nname = \"deletes\"\n\
+                   effect = \"require_approval\"\ncommands = [\"DELETE\"]\napprovers = [\"dba\"]\n";
+    let stack = Stack::with_policy(lenient);
+    let store = with_approvals(&stack, Duration::from_secs(60));
+    let agent = Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
+    let hidden = "DELETE FROM orders WHERE status = 'a\\' OR status = '; COMMIT; DELETE FROM orders WHERE id = 27; --'";
+    for then in ["; SET standard_conforming_strings = off", ""] {
+        if then.is_empty() {
+            // Off before the statement, and read back: the text is then
+            // three statements, held whole, and planned as the server
+            // reads them, running none.
+            agent.simple_query("SET standard_conforming_strings = off").await.unwrap();
+        }
+        let a = Arc::clone(&agent);
+        let sql = format!("{hidden}{then}");
+        let run = tokio::spawn(async move { a.simple_query(&sql).await });
+        let request = pending(&store).await;
+        let plans = planned(&store, &request.id).await;
+        let planned: Vec<&str> = plans
+            .iter()
+            .filter_map(|p| match p {
+                StatementPlan::Planned { sql, .. } => Some(sql.as_str()),
+                StatementPlan::Unavailable { .. } => None,
+            })
+            .collect();
+        if then.is_empty() {
+            // What follows the COMMIT is read with settings the gateway
+            // has not seen yet (a COMMIT ends SET LOCAL): not planned.
+            assert_eq!(planned, ["DELETE FROM orders WHERE status = 'a\\' OR status = '"], "{plans:?}");
+        } else {
+            assert_eq!(planned, [hidden], "the delete planned as one statement: {plans:?}");
+        }
+        store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).unwrap();
+        assert!(within(run).await.unwrap().is_err());
+        assert_eq!(orders_left(&stack, "27").await, 1, "planning ran a statement hidden in the held text");
+    }
 }
 
 /// A policy whose agent-delete rule wants the requester's reason.
@@ -523,11 +585,31 @@ async fn a_rule_that_wants_a_reason_takes_it_from_set_portcullis_reason() {
     let e = within(run).await.unwrap().unwrap_err();
     assert!(message(&e).contains("not today"), "{e}");
 
+    // A SET the server fails (in an aborted transaction, by simple query
+    // and by the extended protocol) keeps nothing; a SET to '' or TO
+    // DEFAULT clears, answered SET as PostgreSQL would.
+    for extended in [false, true] {
+        agent.simple_query("BEGIN").await.unwrap();
+        agent.simple_query("SELECT 1/0").await.unwrap_err();
+        let sql = "SET portcullis.reason = 'said in a failed transaction'";
+        let e = if extended { agent.execute(sql, &[]).await } else { agent.simple_query(sql).await.map(|_| 0) };
+        assert_eq!(code(&e.unwrap_err()), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+        agent.simple_query("ROLLBACK").await.unwrap();
+        refused(within(agent.simple_query("DELETE FROM orders WHERE id = 24")).await.unwrap_err());
+    }
+    for clear in ["SET portcullis.reason = ''", "SET portcullis.reason TO DEFAULT"] {
+        agent.simple_query("SET portcullis.reason = 'soon cleared'").await.unwrap();
+        let answer = agent.simple_query(clear).await.unwrap();
+        assert!(matches!(answer.last(), Some(tokio_postgres::SimpleQueryMessage::CommandComplete(0))), "{clear}");
+        refused(within(agent.simple_query("DELETE FROM orders WHERE id = 24")).await.unwrap_err());
+    }
+
     // What the gateway cannot take is refused, and nothing of it reaches the server.
     for sql in [
         "SET portcullis.reason = 'with another'; SELECT 1",
         "SET portcullis.reasons = 'a typo'",
         "SET portcullis.reason = 42",
+        "SET portcullis.reason = 'misspelt' junk",
     ] {
         let e = agent.simple_query(sql).await.unwrap_err();
         assert_eq!(code(&e), Some(&SqlState::INVALID_PARAMETER_VALUE), "{sql}: {e}");
@@ -547,6 +629,7 @@ async fn psql_gives_a_reason_then_runs_the_held_delete() {
         let mut cmd = stack.program("psql");
         let conninfo = stack.conninfo(&token);
         cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &conninfo])
+            .args(["-c", "SET portcullis.reason TO DEFAULT", "-c", "RESET portcullis.reason"])
             .args(["-c", "SET portcullis.reason = 'ticket 7: duplicate order'"])
             .args(["-c", "DELETE FROM orders WHERE id = 22"]);
         std::thread::spawn(move || cmd.output().unwrap())
@@ -557,7 +640,8 @@ async fn psql_gives_a_reason_then_runs_the_held_delete() {
     let out = psql.join().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(stdout.trim(), "SET\nDELETE 1", "{stderr}");
+    // Each answered with the tag PostgreSQL gives it.
+    assert_eq!(stdout.trim(), "SET\nRESET\nSET\nDELETE 1", "{stderr}");
 }
 
 /// `pg-proxy approvals ...` against the admin API: its output and exit
@@ -756,26 +840,29 @@ async fn the_event_stream_tells_approvers_of_each_change_as_it_happens() {
     let a = Arc::clone(&agent);
     let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 27").await });
     let request = pending(&store).await;
+    // The plan is attached while the request is pending (planning stops
+    // once it is decided).
+    planned(&store, &request.id).await;
     store.approve(&request.id, &dba("carol"), "fine", None, SystemTime::now()).unwrap();
     run.await.unwrap().unwrap();
 
-    // The plan arrives when it is ready: before the approval or after.
+    // Keep-alive comments come between events: the whole wait is bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut events = Vec::new();
-    let mut planned = false;
-    while events.len() < 2 || !planned {
-        let line = tokio::time::timeout(Duration::from_secs(20), seen.recv()).await.expect("an event").unwrap();
+    while events.len() < 3 {
+        let line = tokio::time::timeout_at(deadline, seen.recv()).await.expect("three events").unwrap();
         if let Some(data) = line.strip_prefix("data:") {
-            let event = serde_json::from_str::<serde_json::Value>(data.trim()).unwrap();
-            if event["event"] == "planned" {
-                assert_eq!(event, serde_json::json!({"event": "planned", "id": request.id}));
-                planned = true;
-            } else {
-                events.push(event);
-            }
+            events.push(serde_json::from_str::<serde_json::Value>(data.trim()).unwrap());
         }
     }
-    assert_eq!(events[0], serde_json::json!({"event": "requested", "id": request.id}));
-    assert_eq!(events[1], serde_json::json!({"event": "approved", "id": request.id, "by": ["carol"]}));
+    assert_eq!(
+        events,
+        [
+            serde_json::json!({"event": "requested", "id": request.id}),
+            serde_json::json!({"event": "planned", "id": request.id}),
+            serde_json::json!({"event": "approved", "id": request.id, "by": ["carol"]}),
+        ]
+    );
 }
 
 /// A rule wanting two people: psql's DELETE waits through the first

@@ -1103,8 +1103,15 @@ classes = ["session", "admin", "transaction"]
             assert!(d.rule.is_none(), "{sql}: no rule of the policy applies");
             assert!(!d.statements[0].facts.changes_settings, "{sql}: the server's settings stay as they are");
         }
-        for sql in ["RESET portcullis.reason", "SET portcullis.reason TO DEFAULT", "SET portcullis.reason = ''"] {
-            assert_eq!(command(sql), Some(GatewayCommand::ResetReason), "{sql}");
+        // No reason; each answered as spelled (the server's tag is SET or RESET).
+        for (sql, clears) in [
+            ("RESET portcullis.reason", GatewayCommand::ResetReason),
+            ("SET portcullis.reason TO DEFAULT", GatewayCommand::SetReason(String::new())),
+            ("SET portcullis.reason = ''", GatewayCommand::SetReason(String::new())),
+            ("SET portcullis.reason = '   '", GatewayCommand::SetReason(String::new())),
+        ] {
+            assert_eq!(command(sql).as_ref().map(GatewayCommand::substitute), Some(clears.substitute()), "{sql}");
+            assert_eq!(command(sql), Some(clears), "{sql}");
             assert_eq!(decide(sql).verdict, Verdict::Allow, "{sql}");
         }
     }
@@ -1122,6 +1129,29 @@ classes = ["session", "admin", "transaction"]
         ] {
             assert!(matches!(command(sql), Some(GatewayCommand::Invalid { .. })), "{sql}");
             assert_eq!(decide(sql).verdict, Verdict::Deny, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_misspelt_statement_of_the_gateways_is_refused_not_held() {
+        // Unparsable text would go to the server once approved (or in
+        // observe mode), and the reason with it.
+        let e = engine("version = 1\n[settings]\ndefault = \"allow\"\non_parse_error = \"require_approval\"");
+        for sql in [
+            "SET portcullis.reason = 'INC-7' junk",
+            "SET portcullis.reason 'INC-7'",
+            "SET \"PORTCULLIS\".reason == 'INC-7'",
+            "SET \"portcullis.reason\" 'INC-7'",
+            "SET U&\"portcull\\0069s\".reason 'INC-7'",
+            "SELECT 1; SET PortCullis.reason = 'INC-7' junk",
+        ] {
+            let d = e.decide(&anyone(), &e.new_session(), sql);
+            assert_eq!(d.verdict, Verdict::Deny, "{sql}: {}", d.reason);
+            assert!(matches!(d.statements[0].facts.gateway, Some(GatewayCommand::Invalid { .. })), "{sql}");
+        }
+        // Other unparsable text is the policy's to judge.
+        for sql in ["SELEC 1", "SET portcullis_reason 'x'", "SELECT 'portcullis.reason' FROM"] {
+            assert_eq!(e.decide(&anyone(), &e.new_session(), sql).verdict, Verdict::RequireApproval, "{sql}");
         }
     }
 

@@ -38,7 +38,8 @@ use serde_json::json;
 
 mod listener;
 
-pub use listener::TlsListener;
+use listener::Limited;
+pub use listener::{Limits, TlsListener, HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
 
 use crate::approvals::ledger::{Approver, Grant, LedgerError, Progress, Request};
 use crate::approvals::store::MemoryStore;
@@ -84,6 +85,7 @@ impl From<LedgerError> for ApiError {
             LedgerError::OwnAgent { .. } => (StatusCode::FORBIDDEN, "own_agent"),
             LedgerError::EmptyGrant | LedgerError::BadReason { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             LedgerError::NotTheRequester { .. } => (StatusCode::FORBIDDEN, "not_the_requester"),
+            LedgerError::AlreadyVoted => (StatusCode::CONFLICT, "already_voted"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -160,17 +162,32 @@ pub fn router(gateway: Arc<Gateway>, store: Arc<MemoryStore>) -> Router {
 /// Serves the admin API and the inbox on `listener` until the task is
 /// dropped: over TLS with the gateway's certificate when it has one
 /// (`[tls]`), in plain HTTP otherwise.
+///
+/// With [`Limits::DEFAULT`]: at most [`MAX_CONNECTIONS`] connections at
+/// once (the next waits, unaccepted, until one closes), each closed after
+/// [`IDLE_TIMEOUT`] without a byte either way, or when a request's head
+/// takes longer than [`HEADER_TIMEOUT`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Arc<Gateway>,
     store: Arc<MemoryStore>,
 ) -> std::io::Result<()> {
+    serve_with_limits(listener, gateway, store, Limits::DEFAULT).await
+}
+
+/// [`serve`] with other [`Limits`] (tests use short ones).
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+    store: Arc<MemoryStore>,
+    limits: Limits,
+) -> std::io::Result<()> {
     match gateway.server_tls() {
         Some(tls) => {
-            let listener = TlsListener::new(listener, &tls)?;
+            let listener = Limited::new(TlsListener::new(listener, &tls)?, limits);
             axum::serve(listener, router(gateway, store)).await
         }
-        None => axum::serve(listener, router(gateway, store)).await,
+        None => axum::serve(Limited::new(listener, limits), router(gateway, store)).await,
     }
 }
 

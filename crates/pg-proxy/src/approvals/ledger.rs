@@ -446,6 +446,9 @@ pub enum LedgerError {
         /// The person who asked, or whose agent asked.
         requester: String,
     },
+    /// Someone approved already: the reason they read stays.
+    #[error("an approver has voted on this request: its reason can no longer change")]
+    AlreadyVoted,
     /// A reason that is empty or too long.
     #[error("a reason is 1 to {max} bytes")]
     BadReason {
@@ -755,7 +758,15 @@ impl Ledger {
         let mut events = Vec::new();
         let request = self.pending_mut(id, now, &mut events)?;
         if by.actor.is_some() || by.subject != request.requester.subject {
+            // Someone who may not see the request learns nothing of it.
+            if !request.approvers.iter().any(|g| by.groups.contains(g)) && by.subject != request.requester.subject {
+                return Err(LedgerError::NoRequest(id.to_string()));
+            }
             return Err(LedgerError::NotTheRequester { requester: request.requester.subject.clone() });
+        }
+        // What approvers voted on stays what they read.
+        if !request.votes.is_empty() {
+            return Err(LedgerError::AlreadyVoted);
         }
         request.justification = Some(reason.to_string());
         events.push(Event::Justified { id: id.to_string() });
@@ -940,6 +951,9 @@ mod tests {
         let refused = |e: LedgerError| matches!(e, LedgerError::NotTheRequester { requester } if requester == "alice");
         assert!(refused(ledger.justify("r", &her_agent, "I say so", t0()).unwrap_err()));
         assert!(refused(ledger.justify("r", &dba("bob"), "for her", t0()).unwrap_err()));
+        // Someone who may not see it learns nothing of it.
+        let stranger = Approver::new("mallory", ["developers"]);
+        assert!(matches!(ledger.justify("r", &stranger, "hm", t0()), Err(LedgerError::NoRequest(id)) if id == "r"));
         for empty in ["", "   "] {
             assert!(matches!(ledger.justify("r", &alice, empty, t0()), Err(LedgerError::BadReason { .. })));
         }
@@ -949,6 +963,17 @@ mod tests {
         assert_eq!(ledger.request("r").unwrap().justification.as_deref(), Some("INC-1"));
         ledger.deny("r", &dba("bob"), "no", t0()).unwrap();
         assert!(matches!(ledger.justify("r", &alice, "late", t0()), Err(LedgerError::Decided { .. })));
+    }
+
+    #[test]
+    fn the_reason_approvers_voted_on_stays() {
+        let terms = ApprovalTerms { approvals: 2, ..ApprovalTerms::DEFAULT };
+        let mut ledger = ledger_with(agent(), terms);
+        let alice = Approver::new("alice", ["developers"]);
+        ledger.justify("r", &alice, "INC-1", t0()).unwrap();
+        ledger.approve("r", &dba("bob"), "fine", None, t0()).unwrap();
+        assert!(matches!(ledger.justify("r", &alice, "something else", t0()), Err(LedgerError::AlreadyVoted)));
+        assert_eq!(ledger.request("r").unwrap().justification.as_deref(), Some("INC-1"));
     }
 
     #[test]

@@ -291,20 +291,18 @@ impl ApprovalHandler {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let mut statements = Vec::new();
         for s in &held.statements {
-            for statement in s.decision.statements.iter() {
-                statements.push(plan::statement(&s.sql, statement, s.parameters.len()));
-            }
+            let more = plan::statements(s, statements.len());
+            statements.extend(more);
         }
-        let request = PlanRequest {
-            database: held.database.clone(),
-            search_path: held.search_path.clone(),
-            standard_conforming_strings: held.standard_conforming_strings,
-            statements,
-        };
+        let request = PlanRequest { database: held.database.clone(), statements };
         let (planner, store, id) = (Arc::clone(planner), Arc::clone(&self.store), id.to_string());
         runtime.spawn(async move {
-            let plans = planner.plan(request).await;
-            store.set_plan(&id, plans);
+            // Planning stops once the request is decided: nobody needs
+            // the plan, and its connection is closed.
+            tokio::select! {
+                plans = planner.plan(request) => store.set_plan(&id, plans),
+                _ = store.decided(&id) => {}
+            }
         });
     }
 }
@@ -472,7 +470,7 @@ impl Drop for Withdraw {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
     use super::*;
-    use crate::session::hold::HeldStatement;
+    use crate::session::hold::{HeldStatement, Reading};
     use policy_core::{Engine, Identity, Policy};
 
     /// A held agent's DELETE under the example policy.
@@ -485,11 +483,9 @@ mod tests {
         assert_eq!(decision.verdict, policy_core::Verdict::RequireApproval);
         HoldRequest {
             session: 1,
-            statements: vec![HeldStatement::new(Arc::from(sql), Vec::new(), decision)],
+            statements: vec![HeldStatement::new(Arc::from(sql), Vec::new(), decision, Reading::Unsure)],
             reason: None,
             database: "app".into(),
-            search_path: vec!["public".into()],
-            standard_conforming_strings: true,
         }
     }
 

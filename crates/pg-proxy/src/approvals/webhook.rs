@@ -63,24 +63,47 @@ impl Webhook {
     }
 }
 
+/// `text` as plain text in a Slack-style message: `&`, `<` and `>` are
+/// the three characters its markup takes as control (a `<!channel>`
+/// mention, a `<url|label>` link), escaped as its documentation says.
+///
+/// ```
+/// # use pg_proxy::approvals::webhook::mrkdwn;
+/// assert_eq!(mrkdwn("<!channel> & <https://x|y>"), "&lt;!channel&gt; &amp; &lt;https://x|y&gt;");
+/// ```
+pub fn mrkdwn(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The message for `event`, when people are told of it.
 fn payload(event: &Event, request: &Request, admin_url: Option<&str>) -> Option<Value> {
     let who = match &request.requester.actor {
         Some(actor) => format!("{actor} for {}", request.requester.subject),
         None => request.requester.subject.clone(),
     };
+    let who = mrkdwn(&who);
     let sql: Vec<&str> = request.statements.iter().map(|s| s.sql.as_str()).collect();
-    let statement = sql.join("; ");
-    let rule = request.rule.as_deref().unwrap_or("no rule");
+    // In a code span: a backtick of its own would end it.
+    let statement = mrkdwn(&sql.join("; ")).replace('`', "\u{2cb}");
+    let rule = mrkdwn(request.rule.as_deref().unwrap_or("no rule"));
     let id = &request.id;
     let (name, text) = match event {
         Event::Requested { .. } => {
             let mut text = format!(
                 "Approval needed (request {id}): {who} wants to run `{statement}` (rule {rule}: {}).",
-                request.reason
+                mrkdwn(&request.reason)
             );
             if let Some(why) = &request.justification {
-                text.push_str(&format!(" Their reason: {why}."));
+                text.push_str(&format!(" Their reason: {}.", mrkdwn(why)));
             }
             text.push_str(&format!(" Approve with `pg-proxy approvals approve {id}`"));
             if let Some(url) = admin_url {
@@ -89,22 +112,23 @@ fn payload(event: &Event, request: &Request, admin_url: Option<&str>) -> Option<
             ("requested", text)
         }
         Event::Approved { by, .. } => {
-            ("approved", format!("Approved by {} (request {id}): `{statement}` runs for {who}", by.join(", ")))
+            ("approved", format!("Approved by {} (request {id}): `{statement}` runs for {who}", mrkdwn(&by.join(", "))))
         }
         Event::Denied { by, reason, .. } => {
+            let (by, reason) = (mrkdwn(by), mrkdwn(reason));
             ("denied", format!("Denied by {by} (request {id}): `{statement}` for {who}: {reason}"))
         }
         Event::Justified { .. } => (
             "justified",
             format!(
                 "Reason given (request {id}) by {}: {}",
-                request.requester.subject,
-                request.justification.as_deref().unwrap_or("")
+                mrkdwn(&request.requester.subject),
+                mrkdwn(request.justification.as_deref().unwrap_or(""))
             ),
         ),
         Event::Expired { .. } => ("expired", format!("Expired undecided (request {id}): `{statement}` for {who}")),
         Event::Withdrawn { why, .. } => {
-            ("withdrawn", format!("Withdrawn (request {id}): `{statement}` for {who}: {why}"))
+            ("withdrawn", format!("Withdrawn (request {id}): `{statement}` for {who}: {}", mrkdwn(why)))
         }
         Event::Vote { .. }
         | Event::Planned { .. }
@@ -162,5 +186,39 @@ fn deliver(url: &str, deliveries: &Receiver<Value>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+    use super::*;
+    use crate::approvals::ledger::{HeldText, Requester};
+    use policy_core::ApprovalTerms;
+    use std::time::SystemTime;
+
+    #[test]
+    fn what_clients_and_approvers_wrote_cannot_mention_link_or_leave_the_code_span() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let requester = Requester::new("alice <!here>", Some("copilot"));
+        let mut request = Request::new("r1", 1, requester, "f", vec!["dba".into()], ApprovalTerms::DEFAULT, now, now);
+        request.statements.push(HeldText {
+            sql: "DELETE FROM t WHERE note = '` <!channel> <https://evil.example|click> &'".into(),
+            parameters: Vec::new(),
+            decision: Value::Null,
+        });
+        request.justification = Some("<@U123> says so".into());
+        let event = Event::Requested { id: "r1".into() };
+        let text = payload(&event, &request, None).unwrap()["text"].as_str().unwrap().to_string();
+        for raw in ["<!channel>", "<!here>", "<https://", "<@U123>", "= '`"] {
+            assert!(!text.contains(raw), "{raw} in {text}");
+        }
+        assert!(text.contains("&lt;!channel&gt; &lt;https://evil.example|click&gt; &amp;"), "{text}");
+        assert_eq!(text.matches('`').count(), 4, "two code spans, whole: {text}");
+        assert!(text.contains("note = '\u{2cb} &lt;"), "{text}");
+        let denied = Event::Denied { id: "r1".into(), by: "bob".into(), reason: "<!channel> no".into() };
+        let text = payload(&denied, &request, None).unwrap()["text"].as_str().unwrap().to_string();
+        assert!(text.ends_with("&lt;!channel&gt; no"), "{text}");
     }
 }

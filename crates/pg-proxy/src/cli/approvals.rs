@@ -219,6 +219,9 @@ fn call_and_print(args: &ApprovalsArgs) -> Result<(), Failure> {
         say!("{}", serde_json::to_string_pretty(answer).unwrap_or_default());
         return Ok(());
     }
+    // What clients and approvers wrote reaches a terminal: nothing of it
+    // may move the cursor, recolour or reorder what is shown.
+    let answer = &visible(answer.clone());
     match &args.command {
         ApprovalsCommand::List { .. } => print_requests(answer["approvals"].as_array().map_or(&[][..], Vec::as_slice)),
         ApprovalsCommand::Show { .. } => print_request(answer),
@@ -237,6 +240,29 @@ fn call_and_print(args: &ApprovalsArgs) -> Result<(), Failure> {
         ApprovalsCommand::Revoke { id } => say!("revoked {id}"),
     }
     Ok(())
+}
+
+/// `value` with every control character of its strings (but newline and
+/// tab), and the marks that reorder text on screen, written as `\u{..}`
+/// escapes.
+fn visible(value: Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(visible_text(&s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(visible).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (visible_text(&k), visible(v))).collect()),
+        other => other,
+    }
+}
+
+fn visible_text(text: &str) -> String {
+    let hidden = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hidden) {
+        return text.to_string();
+    }
+    text.chars().map(|c| if hidden(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect()
 }
 
 /// An id as one path segment: ids are letters, digits and `-`.
@@ -405,6 +431,22 @@ fn print_request(r: &Value) {
             v["approver"].as_str().unwrap_or("?"),
             v["at"].as_str().unwrap_or("?"),
             v["reason"].as_str().unwrap_or("")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+    use super::*;
+
+    #[test]
+    fn what_others_wrote_cannot_steer_the_terminal() {
+        let answer = json!({"sql": "DELETE FROM t\n\tWHERE note = '\u{1b}[2J\u{7}\r\u{9b}31m \u{202e}gnp.exe'"});
+        assert_eq!(
+            visible(answer)["sql"],
+            "DELETE FROM t\n\tWHERE note = '\\u{1b}[2J\\u{7}\\u{d}\\u{9b}31m \\u{202e}gnp.exe'"
         );
     }
 }

@@ -23,7 +23,7 @@ use policy_core::{
 };
 use postgres_protocol::message::frontend;
 
-use super::hold::{HeldStatement, HoldOutcome, HoldRequest};
+use super::hold::{HeldStatement, HoldOutcome, HoldRequest, Reading};
 use super::names::NameMap;
 use super::record::{Record, RecordError, ReportedError, ResultRecord, StatementRecord};
 use super::registry::Activity;
@@ -1376,8 +1376,6 @@ impl SessionCore {
                 statements: batch.held.clone(),
                 reason: self.reason.take(),
                 database: self.database.clone(),
-                search_path: self.state.search_path.clone(),
-                standard_conforming_strings: self.state.standard_conforming_strings,
             };
             let deadline = self.now + self.config.hold_timeout;
             self.needs.push_back(Need::Hold { hold: id, request });
@@ -1688,7 +1686,8 @@ impl SessionCore {
             }
         };
         if held {
-            self.batch.held.push(HeldStatement::new(Arc::from(sql), Vec::new(), Arc::clone(&decision)));
+            let reading = self.reading();
+            self.batch.held.push(HeldStatement::new(Arc::from(sql), Vec::new(), Arc::clone(&decision), reading));
         }
         let mut settings = false;
         for s in decision.statements.iter() {
@@ -1734,8 +1733,18 @@ impl SessionCore {
     /// Keeps (or forgets) the client's reason.
     fn keep_reason(&mut self, command: &GatewayCommand) {
         match command {
-            GatewayCommand::SetReason(reason) => self.reason = Some(reason.clone()),
+            GatewayCommand::SetReason(reason) if !reason.is_empty() => self.reason = Some(reason.clone()),
             _ => self.reason = None,
+        }
+    }
+
+    /// The server failed the substitute of a statement of the gateway's
+    /// (in an aborted transaction): the client was told it failed, so no
+    /// reason is kept from it (nor one from before: the client asked for
+    /// a change).
+    fn forget_refused_reason(&mut self, facts: Option<&StatementFacts>) {
+        if facts.is_some_and(|f| f.gateway.is_some()) {
+            self.reason = None;
         }
     }
 
@@ -1782,8 +1791,17 @@ impl SessionCore {
         // substitute; one the gateway cannot take is refused, even in
         // observe mode.
         let gateway = gateway_command(&decision).map(|c| (c.substitute(), decision.verdict == Verdict::Allow));
+        let substitute = gateway.and_then(|(text, _)| {
+            let types = param_types.chunks_exact(4).map(|c| <[u8; 4]>::try_from(c).map_or(0, u32::from_be_bytes));
+            let mut parse = BytesMut::new();
+            frontend::parse(name, text, types, &mut parse).ok().map(|()| parse)
+        });
         let admitted = match gateway {
             Some((_, false)) => Err((INVALID_PARAMETER_VALUE, decision.reason.to_string())),
+            // Never the client's own text in its place.
+            Some(_) if substitute.is_none() => {
+                Err((INVALID_PARAMETER_VALUE, "the gateway could not take this statement here".to_string()))
+            }
             _ => self.admit(&decision).map_err(|m| (INSUFFICIENT_PRIVILEGE, m)),
         };
         if let Err((code, message)) = admitted {
@@ -1800,11 +1818,6 @@ impl SessionCore {
             let recorded = self.config.record;
             return self.fail_block_as(Refusal { code, message, recorded });
         }
-        let substitute = gateway.and_then(|(text, _)| {
-            let types = param_types.chunks_exact(4).map(|c| <[u8; 4]>::try_from(c).map_or(0, u32::from_be_bytes));
-            let mut parse = BytesMut::new();
-            frontend::parse(name, text, types, &mut parse).ok().map(|()| parse)
-        });
         let facts = decision.statements.first().map(|s| Arc::clone(&s.facts));
         let prepared = Arc::new(Prepared {
             id: self.next_id(),
@@ -1850,10 +1863,12 @@ impl SessionCore {
             }
         }
         if prepared.decision.verdict == Verdict::RequireApproval && self.config.holds && !self.config.observe {
+            let reading = self.reading_as(prepared.standard_conforming_strings);
             self.batch.held.push(HeldStatement::new(
                 Arc::clone(&prepared.sql),
                 parameters.clone(),
                 Arc::clone(&prepared.decision),
+                reading,
             ));
         }
         if self.config.record {
@@ -1891,6 +1906,30 @@ impl SessionCore {
         result.rows = rows;
         let pending = Pending::Execute { portal: portal.to_string(), id, fields, result };
         self.stage(frame, Some(pending));
+    }
+
+    /// How the server will read a statement arriving now.
+    fn reading(&self) -> Reading {
+        self.reading_as(self.state.standard_conforming_strings)
+    }
+
+    /// The same, for a text lexed with `standard_conforming_strings` as
+    /// given (a prepared statement's, read when it was parsed): unsure
+    /// while a change of settings in this batch, or before it, has not
+    /// been read back from the server.
+    fn reading_as(&self, standard_conforming_strings: bool) -> Reading {
+        let reading_back = || self.pending.iter().any(|p| matches!(p, Pending::ReadSearchPath { .. }));
+        if self.batch.settings || self.resync_after_sync || reading_back() {
+            return Reading::Unsure;
+        }
+        let user = self.state.user.as_deref();
+        let search_path = self
+            .state
+            .search_path
+            .iter()
+            .filter_map(|s| if s == "$user" { user.map(str::to_string) } else { Some(s.clone()) })
+            .collect();
+        Reading::Known { search_path, standard_conforming_strings }
     }
 
     /// What a statement decided now is judged with.
@@ -2523,6 +2562,11 @@ impl SessionCore {
                     self.drop_block();
                     return true;
                 }
+                let facts = match self.pending.front() {
+                    Some(Pending::Execute { result, .. }) => result.facts.clone(),
+                    _ => None,
+                };
+                self.forget_refused_reason(facts.as_deref());
                 self.on_block_error(&frame);
             }
             other => self.unexpected(format!("{other:?} during Execute")),
@@ -2650,6 +2694,7 @@ impl SessionCore {
                     self.end_stopped_query();
                     return true;
                 }
+                self.forget_refused_reason(facts().as_deref());
                 self.relay_report(&frame);
                 if let Some(Pending::Query { failed, .. }) = self.pending.front_mut() {
                     *failed = true;

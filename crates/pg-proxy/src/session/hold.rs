@@ -32,13 +32,37 @@ pub struct HeldStatement {
     pub parameters: Vec<Option<String>>,
     /// The decision that asked for approval.
     pub decision: Arc<Decision>,
+    /// How the server will read its text and resolve its names.
+    pub reading: Reading,
 }
 
 impl HeldStatement {
     /// A held statement.
-    pub fn new(sql: Arc<str>, parameters: Vec<Option<String>>, decision: Arc<Decision>) -> HeldStatement {
-        HeldStatement { sql, parameters, decision }
+    pub fn new(
+        sql: Arc<str>,
+        parameters: Vec<Option<String>>,
+        decision: Arc<Decision>,
+        reading: Reading,
+    ) -> HeldStatement {
+        HeldStatement { sql, parameters, decision, reading }
     }
+}
+
+/// How the server will read a held statement: what a plan of it must be
+/// made with, for the plan to be of what will run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    /// Known: the settings the server has when the statement arrives.
+    Known {
+        /// The `search_path`, `$user` replaced by the session's role.
+        search_path: Vec<String>,
+        /// `standard_conforming_strings`.
+        standard_conforming_strings: bool,
+    },
+    /// The gateway cannot be sure of them (a statement before it in the
+    /// same batch changes settings, and the server has not been asked
+    /// since): nothing is planned.
+    Unsure,
 }
 
 /// What is held: every statement of the batch that needs approval.
@@ -54,11 +78,6 @@ pub struct HoldRequest {
     pub reason: Option<String>,
     /// The session's database.
     pub database: String,
-    /// The session's `search_path` when the statements were held: what
-    /// their names resolve through.
-    pub search_path: Vec<String>,
-    /// The session's `standard_conforming_strings`: how their text reads.
-    pub standard_conforming_strings: bool,
 }
 
 /// How a hold ends, as told by its handler.

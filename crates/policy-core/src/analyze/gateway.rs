@@ -41,10 +41,10 @@ pub const MAX_REASON_BYTES: usize = 2000;
 pub enum GatewayCommand {
     /// `SET [SESSION | LOCAL] portcullis.reason = '...'`: why the client
     /// runs what it runs next, shown to the approvers of its next held
-    /// statement.
+    /// statement. Empty (a `SET` to an empty string, or `TO DEFAULT`):
+    /// no reason.
     SetReason(String),
-    /// `RESET portcullis.reason`, `SET portcullis.reason TO DEFAULT`, or a
-    /// `SET` to an empty string: no reason.
+    /// `RESET portcullis.reason`: no reason.
     ResetReason,
     /// A setting under `portcullis.` the gateway does not know, or a value
     /// it cannot take: refused, with why.
@@ -85,7 +85,9 @@ pub(super) fn command(stmt: NodeRef<'_>) -> Option<GatewayCommand> {
     }
     use pb::VariableSetKind as K;
     match K::try_from(v.kind).unwrap_or(K::Undefined) {
-        K::VarReset | K::VarSetDefault => Some(GatewayCommand::ResetReason),
+        // Each answered as the client spelled it: `RESET` or `SET`.
+        K::VarReset => Some(GatewayCommand::ResetReason),
+        K::VarSetDefault => Some(GatewayCommand::SetReason(String::new())),
         K::VarSetValue => {
             let mut args = nodes(&v.args);
             let (Some(arg), None) = (args.next(), args.next()) else {
@@ -110,7 +112,7 @@ pub(super) fn command(stmt: NodeRef<'_>) -> Option<GatewayCommand> {
             };
             let text = text.trim();
             if text.is_empty() {
-                Some(GatewayCommand::ResetReason)
+                Some(GatewayCommand::SetReason(String::new()))
             } else if text.len() > MAX_REASON_BYTES {
                 invalid(format!("a reason is at most {MAX_REASON_BYTES} bytes (this one has {})", text.len()))
             } else {
@@ -121,4 +123,27 @@ pub(super) fn command(stmt: NodeRef<'_>) -> Option<GatewayCommand> {
         // the server's value, which the gateway never sent.
         _ => invalid(format!("`{name}` can only be set to a quoted string or reset")),
     }
+}
+
+/// Whether a text the grammar rejected names a `portcullis.*` setting
+/// (a misspelt `SET portcullis.reason`): PostgreSQL's own scanner finds an
+/// identifier `portcullis` (any case, quoted or not) or a quoted
+/// `portcullis.`name in it. Such a text is the gateway's to refuse, never
+/// the server's to read, whatever the policy does with unparsable text:
+/// its reason would reach the server.
+pub(super) fn named_in_unparsed(sql: &str) -> bool {
+    if sql.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)) {
+        return false;
+    }
+    let Ok(tokens) = pg_query::scan_tokens(sql) else { return false };
+    tokens.iter().any(|t| {
+        let ident = matches!(pb::Token::try_from(t.token), Ok(pb::Token::Ident | pb::Token::Uident));
+        let text = usize::try_from(t.start)
+            .ok()
+            .zip(usize::try_from(t.end).ok())
+            .and_then(|(start, end)| sql.get(start..end))
+            .unwrap_or_default();
+        let name = text.trim_matches('"').to_ascii_lowercase();
+        ident && (name == "portcullis" || name.starts_with(PREFIX) || text.to_ascii_lowercase().starts_with("u&"))
+    })
 }

@@ -403,12 +403,18 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
     let parsed = match pg_query::parse(sql, parser_options) {
         Ok(parsed) => parsed,
         Err(err) => {
+            let mut facts = unknown(sql, &parse_failure(&err));
+            if gateway::named_in_unparsed(sql) {
+                let why = "a statement that may name a `portcullis.*` setting must be one PostgreSQL's grammar \
+                           accepts (`SET portcullis.reason = '...'`)";
+                facts.gateway = Some(GatewayCommand::Invalid { why: why.to_string() });
+            }
             return Analysis {
-                statements: vec![unknown(sql, &parse_failure(&err))],
+                statements: vec![facts],
                 spans: std::iter::once(0..sql.len()).collect(),
                 reads_prepared: false,
                 only_dml: false,
-            }
+            };
         }
     };
     let mut state = State {
