@@ -246,6 +246,27 @@ pub struct ApprovalSettings {
     /// Where requests and outcomes are posted (it may hold a secret: never
     /// logged).
     pub webhook_url: Option<Secret>,
+    /// Where requests and grants are kept.
+    pub store: ApprovalStore,
+    /// This gateway's name among replicas sharing a store (`[approvals]
+    /// replica`, else `[audit] replica`, else the host name).
+    pub replica: String,
+}
+
+/// `[approvals] store`: where requests and grants are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalStore {
+    /// In this gateway's memory (the default): one gateway, and nothing
+    /// survives a restart.
+    Memory,
+    /// In PostgreSQL, shared by every replica pointed at the same
+    /// database: the `portcullis` schema there, reached with the upstream
+    /// credential.
+    Postgres {
+        /// The database holding the schema (`[approvals] database`, else
+        /// `[upstream] database`, else the upstream user's name).
+        database: String,
+    },
 }
 
 impl Default for ApprovalSettings {
@@ -254,6 +275,8 @@ impl Default for ApprovalSettings {
             timeout: Duration::from_secs(15 * 60),
             max_grant: Duration::from_secs(8 * 3600),
             webhook_url: None,
+            store: ApprovalStore::Memory,
+            replica: "gateway".to_string(),
         }
     }
 }
@@ -409,6 +432,9 @@ struct RawApprovals {
     timeout: Option<String>,
     max_grant: Option<String>,
     webhook_url: Option<String>,
+    store: Option<String>,
+    database: Option<String>,
+    replica: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -716,6 +742,31 @@ impl Config {
                 }
                 Some(_) => return Err(invalid("[approvals] webhook_url: an http:// or https:// URL".to_string())),
             },
+            store: match raw.approvals.store.as_deref() {
+                None | Some("memory") => {
+                    if raw.approvals.database.is_some() {
+                        return Err(invalid("[approvals] database: only with store = \"postgres\"".to_string()));
+                    }
+                    ApprovalStore::Memory
+                }
+                Some("postgres") => ApprovalStore::Postgres {
+                    database: raw
+                        .approvals
+                        .database
+                        .clone()
+                        .or_else(|| up.database.clone())
+                        .unwrap_or_else(|| up.user.clone()),
+                },
+                Some(other) => {
+                    return Err(invalid(format!("[approvals] store: \"memory\" or \"postgres\", not {other:?}")))
+                }
+            },
+            replica: raw
+                .approvals
+                .replica
+                .clone()
+                .or_else(|| audit.as_ref().map(|a| a.replica.clone()))
+                .unwrap_or_else(default_replica),
         };
         if raw.mode == Mode::Observe && audit.is_none() {
             return Err(invalid(
@@ -1114,7 +1165,9 @@ password_env = "PW"
     fn the_admin_server_and_approvals_are_read_and_checked() {
         let load = |extra: &str| Config::from_toml_str(&format!("{MINIMAL}\n{extra}"), Path::new("gw.toml"), env);
         let c = load("").unwrap();
-        assert_eq!((c.admin.clone(), c.approvals.clone()), (None, ApprovalSettings::default()));
+        let defaults = ApprovalSettings { replica: c.approvals.replica.clone(), ..ApprovalSettings::default() };
+        assert_eq!((c.admin.clone(), c.approvals.clone()), (None, defaults));
+        assert_eq!(c.approvals.store, ApprovalStore::Memory);
         assert_eq!(c.approvals.timeout, Duration::from_secs(900));
         let c =
             load("[admin]\nlisten = \"127.0.0.1:9187\"\n[approvals]\ntimeout = \"2m\"\nmax_grant = \"1h\"").unwrap();
@@ -1131,7 +1184,15 @@ password_env = "PW"
             Some(&b"https://hooks.example.com/T0/B0/s3cret"[..])
         );
         assert!(!format!("{c:?}").contains("s3cret"), "the webhook URL is a secret");
+        let c = load("[approvals]\nstore = \"postgres\"\nreplica = \"gw-2\"").unwrap();
+        let upstream_db = c.upstream.database.clone().unwrap_or_else(|| c.upstream.user.clone());
+        assert_eq!(c.approvals.store, ApprovalStore::Postgres { database: upstream_db });
+        assert_eq!(c.approvals.replica, "gw-2");
+        let c = load("[approvals]\nstore = \"postgres\"\ndatabase = \"ops\"").unwrap();
+        assert_eq!(c.approvals.store, ApprovalStore::Postgres { database: "ops".into() });
         for (extra, says) in [
+            ("[approvals]\nstore = \"redis\"", "[approvals] store"),
+            ("[approvals]\ndatabase = \"ops\"", "[approvals] database: only with store"),
             ("[admin]\nlisten = \"somewhere\"", "[admin] listen"),
             ("[admin]\nlisten = \"127.0.0.1:1\"\nurl = \"ftp://x\"", "[admin] url"),
             ("[approvals]\ntimeout = \"10ms\"", "[approvals] timeout: at least 1s"),

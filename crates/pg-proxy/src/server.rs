@@ -165,6 +165,14 @@ impl Gateway {
         let approvals = config.admin.as_ref().map(|admin| {
             use crate::approvals::store::{ApprovalHandler, HandlerSettings, MemoryStore};
             let mut store = MemoryStore::new(config.approvals.max_grant);
+            if let crate::config::ApprovalStore::Postgres { database } = &config.approvals.store {
+                let log = crate::approvals::shared::SharedLog::new(
+                    target.clone(),
+                    database.clone(),
+                    config.approvals.replica.clone(),
+                );
+                store = store.with_shared_log(log);
+            }
             if let Some(a) = &audit {
                 store = store.with_sink(Arc::clone(a) as Arc<dyn session::record::RecordSink>);
             }
@@ -264,6 +272,9 @@ impl Gateway {
 
     /// Accepts clients until the listener fails.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        if let Some(store) = &self.approvals {
+            store.follow();
+        }
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,

@@ -314,15 +314,16 @@ impl Connection {
         self.round_trip(&out, max_message_bytes).await
     }
 
-    /// Runs `sql` by the extended protocol, without parameters, and
-    /// returns its rows as text: the server takes one statement only, so
-    /// a text that is not one statement fails whole and nothing of it
-    /// runs. With `prepare_as`, the statement is only prepared under that
-    /// name (each `$n` of an undeclared type), for an `EXECUTE` to use.
-    /// Only for an idle connection no client uses.
+    /// Runs `sql` by the extended protocol, with `parameters` as text for
+    /// its `$1`..., and returns its rows as text: the server takes one
+    /// statement only, so a text that is not one statement fails whole
+    /// and nothing of it runs. With `prepare_as`, the statement is only
+    /// prepared under that name (each `$n` of an undeclared type), for an
+    /// `EXECUTE` to use. Only for an idle connection no client uses.
     pub async fn extended_query(
         &mut self,
         sql: &str,
+        parameters: &[&str],
         prepare_as: Option<&str>,
         max_message_bytes: usize,
     ) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
@@ -330,13 +331,15 @@ impl Connection {
         let written = (|| {
             frontend::parse(prepare_as.unwrap_or(""), sql, std::iter::empty(), &mut out)?;
             if prepare_as.is_none() {
-                let no_values: [Option<&[u8]>; 0] = [];
                 frontend::bind(
                     "",
                     "",
                     std::iter::empty(),
-                    no_values,
-                    |_: Option<&[u8]>, _: &mut BytesMut| Ok(postgres_protocol::IsNull::Yes),
+                    parameters.iter(),
+                    |value: &&str, buf: &mut BytesMut| {
+                        buf.extend_from_slice(value.as_bytes());
+                        Ok(postgres_protocol::IsNull::No)
+                    },
                     std::iter::empty(),
                     &mut out,
                 )
@@ -348,6 +351,31 @@ impl Connection {
         })();
         written.map_err(|source| self.io(source))?;
         self.round_trip(&out, max_message_bytes).await
+    }
+
+    /// Waits up to `timeout` for a `NotificationResponse` (after a
+    /// `LISTEN`): whether one came. Other messages are passed over.
+    pub async fn notification(
+        &mut self,
+        timeout: std::time::Duration,
+        max_message_bytes: usize,
+    ) -> Result<bool, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            while let Some(frame) = codec::decode_backend(&mut self.buf, max_message_bytes)
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?
+            {
+                if frame.kind == b'A' {
+                    return Ok(true);
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Ok(false),
+                Ok(Ok(0)) => return Err(UpstreamError::Protocol("the server closed the connection".into())),
+                Ok(Ok(_)) => {}
+                Ok(Err(source)) => return Err(self.io(source)),
+            }
+        }
     }
 
     fn io(&self, source: std::io::Error) -> UpstreamError {

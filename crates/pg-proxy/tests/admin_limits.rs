@@ -237,7 +237,7 @@ async fn requests_and_the_event_stream_work_within_the_limits() {
     let (mut stream, mut got) = events(addr, &bob).await;
     let opener = tokio::spawn(async move {
         for n in 0..32 {
-            store.open(request(n), SystemTime::now()).unwrap();
+            store.open(request(n), SystemTime::now()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });

@@ -95,17 +95,17 @@ async fn an_agents_delete_runs_once_a_dba_approves_it_and_nobody_else_can() {
     // Alice's own agent (the rule keeps the default: four eyes), an agent
     // acting for a dba, and a person outside the group are refused.
     let now = SystemTime::now();
-    let e = store.approve(&request.id, &Approver::new("alice", ["dba"]), "mine", None, now).unwrap_err();
+    let e = store.approve(&request.id, &Approver::new("alice", ["dba"]), "mine", None, now).await.unwrap_err();
     assert!(matches!(e, LedgerError::OwnAgent { .. }), "{e}");
     let mut robot = dba("bob");
     robot.actor = Some("approval-bot".into());
-    assert!(matches!(store.approve(&request.id, &robot, "", None, now), Err(LedgerError::Agent { .. })));
-    let e = store.approve(&request.id, &Approver::new("mallory", ["developers"]), "", None, now).unwrap_err();
+    assert!(matches!(store.approve(&request.id, &robot, "", None, now).await, Err(LedgerError::Agent { .. })));
+    let e = store.approve(&request.id, &Approver::new("mallory", ["developers"]), "", None, now).await.unwrap_err();
     assert!(matches!(e, LedgerError::NotAnApprover { .. }), "{e}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!run.is_finished(), "still held");
 
-    let progress = store.approve(&request.id, &dba("bob"), "cleanup ticket 42", None, SystemTime::now()).unwrap();
+    let progress = store.approve(&request.id, &dba("bob"), "cleanup ticket 42", None, SystemTime::now()).await.unwrap();
     assert_eq!(progress, Progress::Approved { grant: None });
     let deleted = tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap();
     assert_eq!(deleted, 1);
@@ -128,7 +128,7 @@ async fn psql_is_told_the_request_id_and_prints_delete_1_after_approval() {
         })
     };
     let request = pending(&store).await;
-    store.approve(&request.id, &dba("bob"), "ok", None, SystemTime::now()).unwrap();
+    store.approve(&request.id, &dba("bob"), "ok", None, SystemTime::now()).await.unwrap();
     let out = psql.join().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
@@ -146,7 +146,7 @@ async fn a_denial_refuses_with_the_approver_and_the_reason() {
     let a = Arc::clone(&agent);
     let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 13").await });
     let request = pending(&store).await;
-    store.deny(&request.id, &dba("carol"), "not during the freeze", SystemTime::now()).unwrap();
+    store.deny(&request.id, &dba("carol"), "not during the freeze", SystemTime::now()).await.unwrap();
     let e = tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap_err();
     assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
     assert!(message(&e).contains("denied by carol: not during the freeze"), "{e}");
@@ -176,13 +176,13 @@ async fn an_approval_releases_exactly_the_held_execution() {
     assert_eq!(held_second.statements[0].parameters, [Some("\\x0000000f".to_string())]);
     assert_eq!(held_first.fingerprint, held_second.fingerprint, "one shape, two executions");
 
-    store.approve(&held_first.id, &dba("bob"), "14 only", None, SystemTime::now()).unwrap();
+    store.approve(&held_first.id, &dba("bob"), "14 only", None, SystemTime::now()).await.unwrap();
     assert_eq!(tokio::time::timeout(Duration::from_secs(20), first).await.unwrap().unwrap().unwrap(), 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!second.is_finished(), "the other execution is still held");
     assert!(store.request(&held_second.id, SystemTime::now()).unwrap().state.is_pending());
     assert_eq!(orders_left(&stack, "14, 15").await, 1);
-    store.deny(&held_second.id, &dba("bob"), "not 15", SystemTime::now()).unwrap();
+    store.deny(&held_second.id, &dba("bob"), "not 15", SystemTime::now()).await.unwrap();
     let e = tokio::time::timeout(Duration::from_secs(20), second).await.unwrap().unwrap().unwrap_err();
     assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
     assert_eq!(orders_left(&stack, "15").await, 1);
@@ -196,8 +196,10 @@ async fn a_grant_lets_the_same_shape_through_for_the_same_agent_only() {
     let a = Arc::clone(&agent);
     let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 16").await });
     let request = pending(&store).await;
-    let progress =
-        store.approve(&request.id, &dba("bob"), "cleanup", Some(Duration::from_secs(1800)), SystemTime::now()).unwrap();
+    let progress = store
+        .approve(&request.id, &dba("bob"), "cleanup", Some(Duration::from_secs(1800)), SystemTime::now())
+        .await
+        .unwrap();
     let Progress::Approved { grant: Some(grant) } = progress else { panic!("{progress:?}") };
     tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap();
 
@@ -218,14 +220,14 @@ async fn a_grant_lets_the_same_shape_through_for_the_same_agent_only() {
     assert_eq!(held.requester.actor.as_deref(), Some("copilot-8"));
 
     // Revoked: the first agent is held again.
-    store.revoke(&grant.id, &dba("carol"), SystemTime::now()).unwrap();
-    store.deny(&held.id, &dba("carol"), "no", SystemTime::now()).unwrap();
+    store.revoke(&grant.id, &dba("carol"), SystemTime::now()).await.unwrap();
+    store.deny(&held.id, &dba("carol"), "no", SystemTime::now()).await.unwrap();
     assert!(run.await.unwrap().is_err());
     let a = Arc::clone(&agent);
     let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 19").await });
     let again = pending(&store).await;
     assert_eq!(again.requester.actor.as_deref(), Some("copilot-7"));
-    store.deny(&again.id, &dba("carol"), "revoked", SystemTime::now()).unwrap();
+    store.deny(&again.id, &dba("carol"), "revoked", SystemTime::now()).await.unwrap();
     assert!(run.await.unwrap().is_err());
 }
 
@@ -244,7 +246,7 @@ async fn a_request_is_withdrawn_when_the_session_stops_waiting() {
     assert_eq!(code(&e), Some(&SqlState::QUERY_CANCELED), "{e}");
     let state = store.request(&request.id, SystemTime::now()).unwrap().state;
     assert!(matches!(state, State::Withdrawn { .. }), "{state:?}");
-    let e = store.approve(&request.id, &dba("bob"), "late", None, SystemTime::now()).unwrap_err();
+    let e = store.approve(&request.id, &dba("bob"), "late", None, SystemTime::now()).await.unwrap_err();
     assert!(matches!(e, LedgerError::Decided { state: "withdrawn", .. }), "{e}");
 
     // Timed out.
@@ -424,7 +426,7 @@ async fn approvers_see_the_plan_in_the_sessions_terms_and_planning_runs_nothing(
     assert_eq!(plan.pointer("/0/Plan/Operation").and_then(|v| v.as_str()), Some("Delete"), "{plan}");
     // Planned, not run.
     assert_eq!(orders_left(&stack, "26").await, 1);
-    store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).unwrap();
+    store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).await.unwrap();
     assert!(within(run).await.unwrap().is_err());
 
     // The session's search_path names the table: archive.orders here, a
@@ -439,7 +441,7 @@ async fn approvers_see_the_plan_in_the_sessions_terms_and_planning_runs_nothing(
     };
     assert_eq!(relations, &["archive.orders"]);
     assert!((300..=700).contains(estimated_rows), "about half of 1000: {estimated_rows}");
-    store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).unwrap();
+    store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).await.unwrap();
     assert!(within(run).await.unwrap().is_err());
     assert_eq!(orders_left(&stack, "26").await, 1);
 
@@ -457,7 +459,7 @@ async fn approvers_see_the_plan_in_the_sessions_terms_and_planning_runs_nothing(
         panic!("the delete planned, the SET not: {plans:?}")
     };
     assert_eq!(relations, &["archive.orders"]);
-    store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).unwrap();
+    store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).await.unwrap();
     assert!(within(run).await.unwrap().is_err());
 
     // A statement the server cannot plan: its error instead of a plan, and
@@ -476,7 +478,7 @@ async fn approvers_see_the_plan_in_the_sessions_terms_and_planning_runs_nothing(
             ([StatementPlan::Planned { relations, .. }], true) => assert_eq!(relations, &["public.orders"]),
             (other, _) => panic!("{sql}: {other:?}"),
         }
-        store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).unwrap();
+        store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).await.unwrap();
         assert!(within(run).await.unwrap().is_err());
     }
     agent.simple_query("SELECT * FROM orders WHERE id = 26").await.unwrap();
@@ -521,7 +523,7 @@ async fn planning_cannot_be_made_to_run_what_the_held_text_hides() {
         } else {
             assert_eq!(planned, [hidden], "the delete planned as one statement: {plans:?}");
         }
-        store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).unwrap();
+        store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).await.unwrap();
         assert!(within(run).await.unwrap().is_err());
         assert_eq!(orders_left(&stack, "27").await, 1, "planning ran a statement hidden in the held text");
     }
@@ -564,7 +566,7 @@ async fn a_rule_that_wants_a_reason_takes_it_from_set_portcullis_reason() {
     let run = tokio::spawn(async move { a.execute("DELETE FROM orders WHERE id = $1", &[&23i32]).await });
     let request = pending(&store).await;
     assert_eq!(request.justification.as_deref(), Some("INC-42: remove the test order"));
-    store.approve(&request.id, &dba("bob"), "ok", None, SystemTime::now()).unwrap();
+    store.approve(&request.id, &dba("bob"), "ok", None, SystemTime::now()).await.unwrap();
     assert_eq!(within(run).await.unwrap().unwrap(), 1);
     assert_eq!(orders_left(&stack, "23").await, 0);
 
@@ -581,7 +583,7 @@ async fn a_rule_that_wants_a_reason_takes_it_from_set_portcullis_reason() {
     let run = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 24").await });
     let request = pending(&store).await;
     assert_eq!(request.justification.as_deref(), Some("by the extended protocol"));
-    store.deny(&request.id, &dba("bob"), "not today", SystemTime::now()).unwrap();
+    store.deny(&request.id, &dba("bob"), "not today", SystemTime::now()).await.unwrap();
     let e = within(run).await.unwrap().unwrap_err();
     assert!(message(&e).contains("not today"), "{e}");
 
@@ -636,7 +638,7 @@ async fn psql_gives_a_reason_then_runs_the_held_delete() {
     };
     let request = pending(&store).await;
     assert_eq!(request.justification.as_deref(), Some("ticket 7: duplicate order"));
-    store.approve(&request.id, &dba("bob"), "ok", None, SystemTime::now()).unwrap();
+    store.approve(&request.id, &dba("bob"), "ok", None, SystemTime::now()).await.unwrap();
     let out = psql.join().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
@@ -809,7 +811,7 @@ async fn the_webhook_is_told_of_requests_and_outcomes_and_retried() {
     assert!(first["request"]["statements"][0].get("parameters").is_none(), "{first}");
     assert!(!first.to_string().contains("0000001a"), "{first}");
 
-    store.approve(&request.id, &dba("bob"), "ok", None, SystemTime::now()).unwrap();
+    store.approve(&request.id, &dba("bob"), "ok", None, SystemTime::now()).await.unwrap();
     run.await.unwrap().unwrap();
     let approved = tokio::task::block_in_place(next);
     assert_eq!(approved["event"], "approved");
@@ -843,7 +845,7 @@ async fn the_event_stream_tells_approvers_of_each_change_as_it_happens() {
     // The plan is attached while the request is pending (planning stops
     // once it is decided).
     planned(&store, &request.id).await;
-    store.approve(&request.id, &dba("carol"), "fine", None, SystemTime::now()).unwrap();
+    store.approve(&request.id, &dba("carol"), "fine", None, SystemTime::now()).await.unwrap();
     run.await.unwrap().unwrap();
 
     // Keep-alive comments come between events: the whole wait is bounded.
@@ -948,7 +950,7 @@ async fn the_requester_gives_the_reason_after_the_notice_with_the_cli() {
     assert_eq!(code, Some(0));
     assert!(out.contains("why        INC-12: the order was entered twice"), "{out}");
 
-    store.deny(id, &dba("bob"), "not now", SystemTime::now()).unwrap();
+    store.deny(id, &dba("bob"), "not now", SystemTime::now()).await.unwrap();
     let out = tokio::task::spawn_blocking(move || psql.join().unwrap()).await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("`pg-proxy approvals justify {id} --reason '...'`")), "{stderr}");

@@ -867,11 +867,11 @@ async fn approval_events_are_recorded_with_the_session_that_held_the_statement()
         let bob = Approver::new("bob", ["dba"]);
         let now = std::time::SystemTime::now();
         if approve {
-            store.approve(&request.id, &bob, "ticket 7", Some(std::time::Duration::from_secs(600)), now).unwrap();
+            store.approve(&request.id, &bob, "ticket 7", Some(std::time::Duration::from_secs(600)), now).await.unwrap();
             run.await.unwrap().unwrap();
-            store.revoke(&format!("{}-grant", request.id), &bob, now).unwrap();
+            store.revoke(&format!("{}-grant", request.id), &bob, now).await.unwrap();
         } else {
-            store.deny(&request.id, &bob, "not 40", now).unwrap();
+            store.deny(&request.id, &bob, "not 40", now).await.unwrap();
             assert!(run.await.unwrap().is_err());
         }
     }

@@ -175,14 +175,9 @@ async fn the_requester_gives_a_reason_in_the_inbox() {
         });
         let request = store.requests(true, std::time::SystemTime::now()).pop().unwrap();
         assert_eq!(request.justification.as_deref(), Some("INC-13: a test order"));
-        store
-            .deny(
-                &request.id,
-                &pg_proxy::approvals::ledger::Approver::new("bob", ["dba"]),
-                "no",
-                std::time::SystemTime::now(),
-            )
-            .unwrap();
+        let bob = pg_proxy::approvals::ledger::Approver::new("bob", ["dba"]);
+        let denied = store.deny(&request.id, &bob, "no", std::time::SystemTime::now());
+        tokio::runtime::Handle::current().block_on(denied).unwrap();
         assert!(!psql.join().unwrap().status.success());
     });
 }

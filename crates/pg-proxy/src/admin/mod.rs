@@ -86,6 +86,7 @@ impl From<LedgerError> for ApiError {
             LedgerError::EmptyGrant | LedgerError::BadReason { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             LedgerError::NotTheRequester { .. } => (StatusCode::FORBIDDEN, "not_the_requester"),
             LedgerError::AlreadyVoted => (StatusCode::CONFLICT, "already_voted"),
+            LedgerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -302,7 +303,7 @@ async fn approve(
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("grant_for {text:?}: {e}"))
             })?),
         };
-    let progress = admin.store.approve(&id, &who, &body.reason, grant_for, SystemTime::now())?;
+    let progress = admin.store.approve(&id, &who, &body.reason, grant_for, SystemTime::now()).await?;
     tracing::info!(request = %id, approver = %who.subject, "approval given");
     Ok(Json(match progress {
         Progress::Counted { needed } => json!({"id": id, "state": "pending", "needed": needed}),
@@ -325,7 +326,7 @@ async fn deny(
             "a denial needs a reason: the requester is told it",
         ));
     }
-    admin.store.deny(&id, &who, &body.reason, SystemTime::now())?;
+    admin.store.deny(&id, &who, &body.reason, SystemTime::now()).await?;
     tracing::info!(request = %id, approver = %who.subject, "approval denied");
     Ok(Json(json!({"id": id, "state": "denied"})))
 }
@@ -340,7 +341,7 @@ async fn justify(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let who = caller(&admin, &headers).await?;
     let body: DenyBody = body(&bytes)?;
-    admin.store.justify(&id, &who, &body.reason, SystemTime::now())?;
+    admin.store.justify(&id, &who, &body.reason, SystemTime::now()).await?;
     tracing::info!(request = %id, requester = %who.subject, "reason given");
     Ok(Json(json!({"id": id, "justification": body.reason.trim()})))
 }
@@ -362,7 +363,7 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let who = caller(&admin, &headers).await?;
-    admin.store.revoke(&id, &who, SystemTime::now())?;
+    admin.store.revoke(&id, &who, SystemTime::now()).await?;
     tracing::info!(grant = %id, by = %who.subject, "grant revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -105,6 +105,9 @@ pub struct Request {
     pub reason: String,
     /// The requester's own reason, if given.
     pub justification: Option<String>,
+    /// The replica whose session holds it (with a shared store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     /// The statements' plans, once planned (`None` until then, or when
     /// the gateway does not plan).
     pub plan: Option<Vec<super::plan::StatementPlan>>,
@@ -148,6 +151,7 @@ impl Request {
             reason: String::new(),
             justification: None,
             plan: None,
+            replica: None,
             approvers,
             terms,
             created,
@@ -446,6 +450,10 @@ pub enum LedgerError {
         /// The person who asked, or whose agent asked.
         requester: String,
     },
+    /// The shared store could not be reached or written: nothing changed
+    /// (or not that this replica knows; the command may be read back).
+    #[error("the approvals store is unavailable: {0}")]
+    Unavailable(String),
     /// Someone approved already: the reason they read stays.
     #[error("an approver has voted on this request: its reason can no longer change")]
     AlreadyVoted,

@@ -8,5 +8,6 @@
 //! - [`webhook`]: requests and outcomes posted to a webhook.
 pub mod ledger;
 pub mod plan;
+pub mod shared;
 pub mod store;
 pub mod webhook;

@@ -181,11 +181,11 @@ impl ServerPlanner {
         let explained = match self.run(conn, &begin).await {
             Err(why) => Err(why),
             Ok(_) if parameters == 0 => conn
-                .extended_query(&format!("EXPLAIN (FORMAT JSON, VERBOSE) {sql}"), None, max)
+                .extended_query(&format!("EXPLAIN (FORMAT JSON, VERBOSE) {sql}"), &[], None, max)
                 .await
                 .map_err(|e| server_said(&e)),
             // The generic plan: the values are never sent.
-            Ok(_) => match conn.extended_query(sql, Some(PLAN_NAME), max).await {
+            Ok(_) => match conn.extended_query(sql, &[], Some(PLAN_NAME), max).await {
                 Ok(_) => {
                     prepared = true;
                     let nulls = vec!["NULL"; parameters].join(", ");

@@ -19,6 +19,7 @@ use super::ledger::{
     Applied, Approver, Command, Event, Grant, HeldText, Ledger, LedgerError, Progress, Request, Requester, State,
 };
 use super::plan::{self, PlanRequest, Planner, StatementPlan};
+use super::shared::SharedLog;
 use crate::session::hold::{HoldHandler, HoldOutcome, HoldRequest, Holding};
 use crate::session::record::{ApprovalRecord, Record, RecordSink};
 
@@ -35,6 +36,12 @@ pub struct MemoryStore {
     /// The last [`EVENTS_KEPT`] events, numbered from 1 (for the live
     /// stream).
     events: Mutex<std::collections::VecDeque<(u64, Event)>>,
+    /// The log shared with other replicas, if any.
+    shared: Option<Arc<SharedLog>>,
+    /// How much of the shared log the ledger holds; held while applying.
+    pub(crate) position: tokio::sync::Mutex<u64>,
+    /// Whether the shared log is followed already.
+    following: std::sync::atomic::AtomicBool,
 }
 
 /// Events a [`MemoryStore`] keeps.
@@ -53,7 +60,35 @@ impl MemoryStore {
             ledger: Mutex::new(Ledger::new(max_grant)),
             changes: watch::channel(0).0,
             events: Mutex::new(std::collections::VecDeque::new()),
+            shared: None,
+            position: tokio::sync::Mutex::new(0),
+            following: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The same, kept in `log`, shared with other replicas: every change
+    /// is appended there and applied from there (see
+    /// [`super::shared`]). [`MemoryStore::follow`] starts reading it.
+    #[must_use]
+    pub fn with_shared_log(mut self, log: SharedLog) -> MemoryStore {
+        self.shared = Some(Arc::new(log));
+        self
+    }
+
+    /// Starts following the shared log on the current runtime, once
+    /// (nothing without a shared log or a runtime). It stops when the
+    /// store is dropped.
+    pub fn follow(self: &Arc<MemoryStore>) {
+        use std::sync::atomic::Ordering;
+        let (Some(log), Ok(runtime)) = (&self.shared, tokio::runtime::Handle::try_current()) else { return };
+        if !self.following.swap(true, Ordering::AcqRel) {
+            runtime.spawn(Arc::clone(log).follow(Arc::downgrade(self)));
+        }
+    }
+
+    /// This replica's name, when the store is shared.
+    pub fn replica(&self) -> Option<&str> {
+        self.shared.as_deref().map(SharedLog::replica)
     }
 
     /// The same, recording every event in `sink` (the audit log).
@@ -70,11 +105,15 @@ impl MemoryStore {
         self
     }
 
-    fn changed(&self, events: Vec<Event>) {
+    /// Publishes `events`: to waiters and the live stream always; to the
+    /// webhook when this replica made the change (`own`), so that it is
+    /// told once; to the audit log for the requests of this replica's
+    /// sessions.
+    fn changed(&self, events: Vec<Event>, own: bool) {
         if events.is_empty() {
             return;
         }
-        if let Some(webhook) = &self.webhook {
+        if let Some(webhook) = self.webhook.as_ref().filter(|_| own) {
             let ledger = lock(&self.ledger);
             for e in &events {
                 // The webhook tells which events it announces.
@@ -107,10 +146,17 @@ impl MemoryStore {
     /// held for.
     fn records(&self, events: &[Event]) -> Vec<Record> {
         let ledger = lock(&self.ledger);
+        let replica = self.replica();
         events
             .iter()
             // Plans are what approvers see, not what anyone did.
             .filter(|e| !matches!(e, Event::Planned { .. }))
+            // Each replica records its own sessions' requests (grants,
+            // which no session holds, are recorded where they change).
+            .filter(|e| match ledger.request(e.request()) {
+                Some(q) => q.replica.as_deref() == replica,
+                None => true,
+            })
             .map(|e| {
                 let request = ledger.request(e.request());
                 let mut r = ApprovalRecord::new(request.map_or(0, |q| q.session), e.request(), e.name());
@@ -143,28 +189,81 @@ impl MemoryStore {
     }
 
     /// Applies `command` at `now` and publishes its events: every change
-    /// to the store is one ([`Command`]).
-    fn commit(&self, command: Command, now: SystemTime) -> Result<Applied, LedgerError> {
-        let (applied, events) = lock(&self.ledger).apply(&command, now)?;
-        self.changed(events);
+    /// to the store is one ([`Command`]). With a shared log, appended
+    /// there first.
+    async fn commit(&self, command: Command, now: SystemTime) -> Result<Applied, LedgerError> {
+        match &self.shared {
+            Some(log) => log.append(self, command, now).await,
+            None => self.commit_here(&command, now),
+        }
+    }
+
+    /// [`MemoryStore::commit`] without a shared log.
+    fn commit_here(&self, command: &Command, now: SystemTime) -> Result<Applied, LedgerError> {
+        let (applied, events) = lock(&self.ledger).apply(command, now)?;
+        self.changed(events, true);
         Ok(applied)
     }
 
+    /// What `command` would answer now, changing nothing.
+    pub(crate) fn try_apply(&self, command: &Command, now: SystemTime) -> Result<(), LedgerError> {
+        let mut trial = lock(&self.ledger).clone();
+        trial.apply(command, now).map(drop)
+    }
+
+    /// Applies entry `n` of the shared log (the next one) and publishes
+    /// its events.
+    pub(crate) fn apply_logged(
+        &self,
+        position: &mut u64,
+        n: u64,
+        command: &Command,
+        now: SystemTime,
+        own: bool,
+    ) -> Result<Applied, LedgerError> {
+        let outcome = lock(&self.ledger).apply(command, now);
+        *position = n;
+        match outcome {
+            Ok((applied, events)) => {
+                self.changed(events, own);
+                Ok(applied)
+            }
+            Err(e) => {
+                // Refused where it was appended too (the same ledger):
+                // written by a replica that did not try it first.
+                tracing::debug!(entry = n, "approvals log entry refused: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` on the ledger as it stands at `now`: pending requests
+    /// past their expiry read as expired. Without a shared log they are
+    /// expired here (and the events published); with one, the expiry is
+    /// only seen (the log changes only by the commands in it).
+    fn view<T>(&self, now: SystemTime, f: impl FnOnce(&Ledger) -> T) -> T {
+        if self.shared.is_some() {
+            let mut seen = lock(&self.ledger).clone();
+            seen.expire(now);
+            return f(&seen);
+        }
+        let _ = self.commit_here(&Command::Expire, now);
+        f(&lock(&self.ledger))
+    }
+
     /// Opens a request.
-    pub fn open(&self, request: Request, now: SystemTime) -> Result<(), LedgerError> {
-        self.commit(Command::Open { request: Box::new(request) }, now).map(drop)
+    pub async fn open(&self, request: Request, now: SystemTime) -> Result<(), LedgerError> {
+        self.commit(Command::Open { request: Box::new(request) }, now).await.map(drop)
     }
 
     /// A request as it stands now (expiring what is due).
     pub fn request(&self, id: &str, now: SystemTime) -> Option<Request> {
-        let _ = self.commit(Command::Expire, now);
-        lock(&self.ledger).request(id).cloned()
+        self.view(now, |ledger| ledger.request(id).cloned())
     }
 
     /// Pending (or decided) requests, oldest first (expiring what is due).
     pub fn requests(&self, pending: bool, now: SystemTime) -> Vec<Request> {
-        let _ = self.commit(Command::Expire, now);
-        lock(&self.ledger).requests(pending).into_iter().cloned().collect()
+        self.view(now, |ledger| ledger.requests(pending).into_iter().cloned().collect())
     }
 
     /// Live grants, oldest first.
@@ -178,7 +277,7 @@ impl MemoryStore {
     }
 
     /// `approver` approves request `id` (see [`Ledger::approve`]).
-    pub fn approve(
+    pub async fn approve(
         &self,
         id: &str,
         approver: &Approver,
@@ -188,37 +287,37 @@ impl MemoryStore {
     ) -> Result<Progress, LedgerError> {
         let command =
             Command::Approve { id: id.to_string(), approver: approver.clone(), reason: reason.to_string(), grant_for };
-        match self.commit(command, now)? {
+        match self.commit(command, now).await? {
             Applied::Progress(progress) => Ok(progress),
             Applied::Done => Err(LedgerError::NoRequest(id.to_string())),
         }
     }
 
     /// `approver` denies request `id`.
-    pub fn deny(&self, id: &str, approver: &Approver, reason: &str, now: SystemTime) -> Result<(), LedgerError> {
+    pub async fn deny(&self, id: &str, approver: &Approver, reason: &str, now: SystemTime) -> Result<(), LedgerError> {
         let command = Command::Deny { id: id.to_string(), approver: approver.clone(), reason: reason.to_string() };
-        self.commit(command, now).map(drop)
+        self.commit(command, now).await.map(drop)
     }
 
     /// The requester gives request `id` its reason (see [`Ledger::justify`]).
-    pub fn justify(&self, id: &str, by: &Approver, reason: &str, now: SystemTime) -> Result<(), LedgerError> {
+    pub async fn justify(&self, id: &str, by: &Approver, reason: &str, now: SystemTime) -> Result<(), LedgerError> {
         let command = Command::Justify { id: id.to_string(), by: by.clone(), reason: reason.to_string() };
-        self.commit(command, now).map(drop)
+        self.commit(command, now).await.map(drop)
     }
 
     /// `by` revokes grant `id`.
-    pub fn revoke(&self, id: &str, by: &Approver, now: SystemTime) -> Result<(), LedgerError> {
-        self.commit(Command::Revoke { id: id.to_string(), by: by.clone() }, now).map(drop)
+    pub async fn revoke(&self, id: &str, by: &Approver, now: SystemTime) -> Result<(), LedgerError> {
+        self.commit(Command::Revoke { id: id.to_string(), by: by.clone() }, now).await.map(drop)
     }
 
     /// Attaches the plans of request `id`'s statements.
-    pub fn set_plan(&self, id: &str, plan: Vec<StatementPlan>) {
-        let _ = self.commit(Command::SetPlan { id: id.to_string(), plan }, SystemTime::now());
+    pub async fn set_plan(&self, id: &str, plan: Vec<StatementPlan>) {
+        let _ = self.commit(Command::SetPlan { id: id.to_string(), plan }, SystemTime::now()).await;
     }
 
     /// The session stopped waiting for request `id`.
-    pub fn withdraw(&self, id: &str, why: &str, now: SystemTime) {
-        let _ = self.commit(Command::Withdraw { id: id.to_string(), why: why.to_string() }, now);
+    pub async fn withdraw(&self, id: &str, why: &str, now: SystemTime) {
+        let _ = self.commit(Command::Withdraw { id: id.to_string(), why: why.to_string() }, now).await;
     }
 
     /// The events numbered after `after` that are still kept, with their
@@ -300,7 +399,7 @@ impl ApprovalHandler {
             // Planning stops once the request is decided: nobody needs
             // the plan, and its connection is closed.
             tokio::select! {
-                plans = planner.plan(request) => store.set_plan(&id, plans),
+                plans = planner.plan(request) => store.set_plan(&id, plans).await,
                 _ = store.decided(&id) => {}
             }
         });
@@ -397,12 +496,7 @@ impl HoldHandler for ApprovalHandler {
         request.rule = decision.rule.as_deref().map(str::to_string);
         request.reason = decision.reason.to_string();
         request.justification = held.reason.clone();
-        if let Err(e) = self.store.open(request, now) {
-            tracing::warn!("opening an approval request: {e}");
-            return refuse(&format!("the approval request could not be opened: {e}"));
-        }
-        tracing::info!(request = %id, "statement held for approval");
-        self.plan(&id, &held);
+        request.replica = self.store.replica().map(str::to_string);
         let rule = decision.rule.as_deref().unwrap_or("no rule");
         let mut notice = format!(
             "waiting for approval: request {id} ({rule}: {}); approve it with `pg-proxy approvals approve {id}`",
@@ -423,7 +517,16 @@ impl HoldHandler for ApprovalHandler {
         // before it was first polled (a cancel that comes at once)
         // withdraws the request.
         let withdraw = Withdraw { store: Arc::clone(&store), id: Some(id.clone()) };
+        let handler = self.clone();
         let outcome = async move {
+            // Opened here: a shared store writes it to the database first.
+            if let Err(e) = store.open(request, now).await {
+                withdraw.disarm();
+                tracing::warn!("opening an approval request: {e}");
+                return HoldOutcome::Refuse { reason: format!("the approval request could not be opened: {e}") };
+            }
+            tracing::info!(request = %id, "statement held for approval");
+            handler.plan(&id, &held);
             let state = store.decided(&id).await;
             withdraw.disarm();
             match state {
@@ -456,13 +559,12 @@ impl Withdraw {
 
 impl Drop for Withdraw {
     fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.store.withdraw(
-                &id,
-                "the session stopped waiting (timeout, cancel, or the client left)",
-                SystemTime::now(),
-            );
-        }
+        let Some(id) = self.id.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (store, now) = (Arc::clone(&self.store), SystemTime::now());
+        runtime.spawn(async move {
+            store.withdraw(&id, "the session stopped waiting (timeout, cancel, or the client left)", now).await;
+        });
     }
 }
 
@@ -489,15 +591,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_hold_dropped_before_it_was_ever_polled_withdraws_its_request() {
+    #[tokio::test]
+    async fn a_hold_dropped_leaves_no_pending_request() {
         let store = Arc::new(MemoryStore::new(Duration::from_secs(3600)));
         let settings = HandlerSettings { timeout: Duration::from_secs(60), admin_url: None };
         let handler = ApprovalHandler::new(Arc::clone(&store), settings);
-        let holding = handler.hold(held());
+        // Dropped before it was ever polled (a cancel that came first):
+        // nothing was opened.
+        drop(handler.hold(held()));
+        assert!(store.requests(false, SystemTime::now()).is_empty());
+        // Dropped while waiting: withdrawn.
+        let mut holding = handler.hold(held());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(holding.outcome.as_mut().poll(&mut cx).is_pending());
         let id = store.requests(true, SystemTime::now()).pop().expect("a request").id;
-        // The session stopped waiting at once (a cancel that came first).
         drop(holding);
+        for _ in 0..100 {
+            if !store.request(&id, SystemTime::now()).unwrap().state.is_pending() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         let state = store.request(&id, SystemTime::now()).unwrap().state;
         assert!(matches!(state, State::Withdrawn { .. }), "{state:?}");
     }

@@ -1,0 +1,207 @@
+#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+//! Two gateway replicas sharing their approvals in PostgreSQL
+//! (`[approvals] store = "postgres"`): a request held on one is approved
+//! through the other, a grant made on one is honoured by the other, and a
+//! quorum gathers across both.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use pg_proxy::approvals::ledger::{Approver, LedgerError, Request};
+use pg_proxy::approvals::store::MemoryStore;
+use pg_proxy::config::Config;
+use pg_proxy::server::Gateway;
+use portcullis_testkit::stack::Stack;
+
+const SHARED: &str = "[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\nstore = \"postgres\"\nreplica = \"a\"\n";
+
+/// Replica A (the stack's gateway) and replica B (a second gateway on the
+/// same database, served here): B's address and gateway.
+async fn replicas(policy: Option<&str>) -> (Stack, std::net::SocketAddr, Arc<Gateway>) {
+    let mut builder = Stack::builder().config(SHARED);
+    if let Some(p) = policy {
+        builder = builder.policy(p);
+    }
+    let stack = tokio::task::spawn_blocking(move || builder.start()).await.unwrap();
+    let text = std::fs::read_to_string(stack.dir.join("gateway.toml")).unwrap();
+    let b_text = text.replace("replica = \"a\"", "replica = \"b\"");
+    assert_ne!(text, b_text);
+    std::fs::write(stack.dir.join("gateway-b.toml"), b_text).unwrap();
+    let b = Arc::new(Gateway::new(Config::load(&stack.dir.join("gateway-b.toml")).unwrap()).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(Arc::clone(&b).serve(listener));
+    (stack, addr, b)
+}
+
+async fn agent_on(stack: &Stack, addr: std::net::SocketAddr) -> Arc<tokio_postgres::Client> {
+    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
+    let conninfo =
+        stack.conninfo(&token).replace(&format!("port={}", stack.addr.port()), &format!("port={}", addr.port()));
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    Arc::new(client)
+}
+
+fn store(gateway: &Gateway) -> Arc<MemoryStore> {
+    gateway.approvals.clone().expect("approvals are on")
+}
+
+/// The one pending request `store` sees, once it does.
+async fn pending(store: &MemoryStore) -> Request {
+    for _ in 0..400 {
+        if let Some(r) = store.requests(true, SystemTime::now()).pop() {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no request reached this replica");
+}
+
+fn dba(name: &str) -> Approver {
+    Approver::new(name, ["dba"])
+}
+
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f).await.expect("no answer within 20 s")
+}
+
+/// A DELETE held on replica A is approved through replica B's admin API
+/// and runs on A; a vote on the decided request is refused on either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_held_on_one_replica_is_approved_through_the_other() {
+    let (stack, _, b) = replicas(None).await;
+    let (a_store, b_store) = (store(&stack.gateway), store(&b));
+    let admin_b = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&b), Arc::clone(&b_store)));
+        base
+    };
+    let agent = agent_on(&stack, stack.addr).await;
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.execute("DELETE FROM orders WHERE id = 41", &[]).await });
+    let on_a = pending(&a_store).await;
+    let on_b = pending(&b_store).await;
+    assert_eq!(on_a.id, on_b.id);
+    assert_eq!(on_b.replica.as_deref(), Some("a"), "the request names the replica holding it");
+    assert_eq!(on_b.statements[0].sql, "DELETE FROM orders WHERE id = 41");
+
+    let bob = stack.token("bob", &["dba"], None);
+    let url = format!("{admin_b}/api/v1/approvals/{}/approve", on_b.id);
+    let answer = tokio::task::spawn_blocking(move || {
+        ureq::post(&url)
+            .header("Authorization", format!("Bearer {bob}"))
+            .content_type("application/json")
+            .send(serde_json::json!({"reason": "checked"}).to_string())
+            .map(|mut r| r.body_mut().read_to_string().unwrap())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(answer.contains("approved"), "{answer}");
+    assert_eq!(within(run).await.unwrap().unwrap(), 1, "the held DELETE ran on replica A");
+
+    // Decided everywhere: a late vote is refused on both replicas, and
+    // nothing is written for it.
+    let logged = log_entries(&stack).await;
+    for store in [&a_store, &b_store] {
+        let late = store.approve(&on_a.id, &dba("carol"), "late", None, SystemTime::now()).await;
+        assert!(matches!(late, Err(LedgerError::Decided { .. })), "{late:?}");
+    }
+    assert_eq!(log_entries(&stack).await, logged);
+}
+
+/// How many entries the shared log holds, read directly.
+async fn log_entries(stack: &Stack) -> i64 {
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=app password={} dbname=app",
+        stack.cluster.port(),
+        portcullis_testkit::stack::APP_PASSWORD
+    );
+    let (owner, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    owner.query_one("SELECT count(*) FROM portcullis.approval_log", &[]).await.unwrap().get(0)
+}
+
+/// A grant made on replica A lets the agent's same statement through on
+/// replica B at once; revoked on B, it no longer does on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_made_on_one_replica_is_honoured_by_the_other() {
+    let (stack, b_addr, b) = replicas(None).await;
+    let (a_store, b_store) = (store(&stack.gateway), store(&b));
+    let on_a = agent_on(&stack, stack.addr).await;
+    let on_b = agent_on(&stack, b_addr).await;
+
+    let a = Arc::clone(&on_a);
+    let run = tokio::spawn(async move { a.execute("DELETE FROM orders WHERE id = $1", &[&42i32]).await });
+    let request = pending(&a_store).await;
+    let grant_for = Some(Duration::from_secs(1800));
+    a_store.approve(&request.id, &dba("bob"), "for the cleanup", grant_for, SystemTime::now()).await.unwrap();
+    assert_eq!(within(run).await.unwrap().unwrap(), 1);
+
+    // The same shape on B: the grant covers it, no request is opened.
+    let mut granted = None;
+    for _ in 0..100 {
+        granted = b_store.grants(SystemTime::now()).pop();
+        if granted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grant = granted.expect("the grant reached replica B");
+    assert_eq!(within(on_b.execute("DELETE FROM orders WHERE id = $1", &[&43i32])).await.unwrap(), 1);
+    assert!(b_store.requests(true, SystemTime::now()).is_empty());
+
+    // Revoked on B: once A has read it (at once when told, within a
+    // second in any case), A holds the next one.
+    b_store.revoke(&grant.id, &dba("bob"), SystemTime::now()).await.unwrap();
+    for _ in 0..100 {
+        if a_store.grants(SystemTime::now()).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a_store.grants(SystemTime::now()).is_empty(), "replica A never read the revoke");
+    let a = Arc::clone(&on_a);
+    let run = tokio::spawn(async move { a.execute("DELETE FROM orders WHERE id = $1", &[&44i32]).await });
+    let held = pending(&a_store).await;
+    b_store.deny(&held.id, &dba("bob"), "enough", SystemTime::now()).await.unwrap();
+    let e = within(run).await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("enough") || format!("{e:?}").contains("enough"), "{e:?}");
+}
+
+/// A rule wanting two people: one approves on each replica, and the
+/// statement held on B runs after the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_approvers_on_two_replicas_make_a_quorum() {
+    let policy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy.toml"))
+        .unwrap()
+        .replace("approvers = [\"dba\"]\n", "approvers = [\"dba\"]\napprovals = 2\n");
+    assert!(policy.contains("approvals = 2"));
+    let (stack, b_addr, b) = replicas(Some(&policy)).await;
+    let (a_store, b_store) = (store(&stack.gateway), store(&b));
+    let on_b = agent_on(&stack, b_addr).await;
+    let agent = Arc::clone(&on_b);
+    let run = tokio::spawn(async move { agent.execute("DELETE FROM orders WHERE id = 45", &[]).await });
+    let request = pending(&a_store).await;
+    a_store.approve(&request.id, &dba("bob"), "one", None, SystemTime::now()).await.unwrap();
+    // The same person again, on the other replica: still one.
+    let again = b_store.approve(&request.id, &dba("bob"), "twice", None, SystemTime::now()).await;
+    assert!(matches!(again, Err(LedgerError::AlreadyApproved { .. })), "{again:?}");
+    assert!(!run.is_finished());
+    b_store.approve(&request.id, &dba("carol"), "two", None, SystemTime::now()).await.unwrap();
+    assert_eq!(within(run).await.unwrap().unwrap(), 1);
+    // Both replicas hold the same request, once A has read the last vote.
+    let on_b = b_store.request(&request.id, SystemTime::now()).unwrap();
+    assert_eq!(on_b.votes.len(), 2);
+    for _ in 0..100 {
+        if a_store.request(&request.id, SystemTime::now()).unwrap() == on_b {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on_a = a_store.request(&request.id, SystemTime::now()).unwrap();
+    panic!("replica A never read the second vote:\n{on_a:#?}\n{on_b:#?}");
+}
