@@ -747,43 +747,11 @@ async fn the_openapi_document_names_exactly_the_routes_served() {
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
 }
 
-/// A webhook receiver on loopback: answers 500 to the first delivery and
-/// 200 to the others, and hands over every body it got.
-fn receiver() -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
-    use std::io::{BufRead, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hooks/secret-path", listener.local_addr().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for (n, stream) in listener.incoming().enumerate() {
-            let Ok(stream) = stream else { return };
-            let mut reader = std::io::BufReader::new(stream);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let status = if n == 0 { "500 Internal Server Error" } else { "200 OK" };
-            let mut stream = reader.into_inner();
-            let _ = write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            let _ = tx.send(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
-        }
-    });
-    (url, rx)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_is_told_of_requests_and_outcomes_and_retried() {
     use pg_proxy::approvals::webhook::Webhook;
     let stack = Stack::start();
-    let (url, deliveries) = receiver();
+    let (url, deliveries) = portcullis_testkit::webhook::receiver(true);
     let webhook = Webhook::start(url, Some("http://approve.example/".into())).unwrap();
     let store = Arc::new(MemoryStore::new(Duration::from_secs(3600)).with_webhook(webhook));
     let settings = HandlerSettings { timeout: Duration::from_secs(60), admin_url: None };

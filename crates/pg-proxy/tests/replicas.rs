@@ -19,13 +19,23 @@ const SHARED: &str = "[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\nstore = \"
 /// Replica A (the stack's gateway) and replica B (a second gateway on the
 /// same database, served here): B's address and gateway.
 async fn replicas(policy: Option<&str>) -> (Stack, std::net::SocketAddr, Arc<Gateway>) {
-    let mut builder = Stack::builder().config(SHARED);
+    replicas_with(policy, "", |b| b).await
+}
+
+/// The same, with `extra` in A's configuration, and B's made from A's by
+/// `for_b` (after naming it `b`).
+async fn replicas_with(
+    policy: Option<&str>,
+    extra: &str,
+    for_b: impl Fn(String) -> String,
+) -> (Stack, std::net::SocketAddr, Arc<Gateway>) {
+    let mut builder = Stack::builder().config(&format!("{SHARED}{extra}"));
     if let Some(p) = policy {
         builder = builder.policy(p);
     }
     let stack = tokio::task::spawn_blocking(move || builder.start()).await.unwrap();
     let text = std::fs::read_to_string(stack.dir.join("gateway.toml")).unwrap();
-    let b_text = text.replace("replica = \"a\"", "replica = \"b\"");
+    let b_text = for_b(text.replace("replica = \"a\"", "replica = \"b\""));
     assert_ne!(text, b_text);
     std::fs::write(stack.dir.join("gateway-b.toml"), b_text).unwrap();
     let b = Arc::new(Gateway::new(Config::load(&stack.dir.join("gateway-b.toml")).unwrap()).unwrap());
@@ -204,4 +214,67 @@ async fn two_approvers_on_two_replicas_make_a_quorum() {
     }
     let on_a = a_store.request(&request.id, SystemTime::now()).unwrap();
     panic!("replica A never read the second vote:\n{on_a:#?}\n{on_b:#?}");
+}
+
+/// Each replica's audit log records the events of the requests its own
+/// sessions held, whoever decided them; the webhook hears of each change
+/// once, from the replica that made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_records_its_own_sessions_requests_and_announces_its_own_changes() {
+    let keys = std::env::temp_dir().join(format!("portcullis-replica-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&keys);
+    let out = portcullis_testkit::bin!().args(["audit", "keygen", "--out"]).arg(&keys).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (url_a, to_a) = portcullis_testkit::webhook::receiver(false);
+    let (url_b, to_b) = portcullis_testkit::webhook::receiver(false);
+    let extra = format!(
+        "webhook_url = \"{url_a}\"\n[audit]\ndir = \"audit-a\"\nsigning_key_file = \"{}\"\ndurability = \"every\"\n",
+        keys.join("audit-key.pem").display()
+    );
+    let b_config = |a: String| a.replace(&url_a, &url_b).replace("\"audit-a\"", "\"audit-b\"");
+    let (stack, _, b) = replicas_with(None, &extra, b_config).await;
+    let (a_store, b_store) = (store(&stack.gateway), store(&b));
+
+    let agent = agent_on(&stack, stack.addr).await;
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.execute("DELETE FROM orders WHERE id = 46", &[]).await });
+    let request = pending(&a_store).await;
+    let on_b = pending(&b_store).await;
+    b_store.deny(&on_b.id, &dba("bob"), "not this one", SystemTime::now()).await.unwrap();
+    assert!(within(run).await.unwrap().is_err());
+    drop(agent);
+
+    let next = |rx: &std::sync::mpsc::Receiver<serde_json::Value>| rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(next(&to_a)["event"], "requested");
+    assert_eq!(next(&to_b)["event"], "denied");
+    // Nothing more: A does not announce B's denial, nor B A's request.
+    for rx in [&to_a, &to_b] {
+        assert!(rx.recv_timeout(Duration::from_millis(1500)).is_err());
+    }
+
+    let events = |dir: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let log = stack.dir.join(dir);
+        for (_, path) in portcullis_audit::writer::list_segments(&log).unwrap_or_default() {
+            let bytes = std::fs::read(path).unwrap();
+            for line in std::str::from_utf8(portcullis_audit::segment::content(&bytes)).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                if v["type"] == "approval" && v["request"] == request.id.as_str() {
+                    out.push(v["event"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        out
+    };
+    let mut on_a = Vec::new();
+    for _ in 0..100 {
+        on_a = events("audit-a");
+        if on_a.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(on_a, ["requested", "denied"]);
+    assert!(events("audit-b").is_empty(), "{:?}", events("audit-b"));
+    let _ = std::fs::remove_dir_all(&keys);
 }

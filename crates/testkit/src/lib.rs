@@ -43,6 +43,7 @@ pub mod process;
 #[cfg(feature = "stack")]
 pub mod stack;
 #[cfg(feature = "wire")]
+pub mod webhook;
 pub mod wire;
 
 /// `path`, relative to the repository's root.
