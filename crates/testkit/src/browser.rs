@@ -6,8 +6,9 @@
 //! use portcullis_testkit::browser::Browser;
 //! let browser = Browser::start();
 //! browser.goto("http://127.0.0.1:9187/");
-//! let button = browser.wait_for("#sign-in");
-//! browser.click(&button);
+//! browser.type_into_field("#token", "eyJ...");
+//! browser.click_on("#sign-in");
+//! assert!(browser.text_of("#status").contains("signed in"));
 //! ```
 
 use std::path::{Path, PathBuf};
