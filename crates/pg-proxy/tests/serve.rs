@@ -156,19 +156,85 @@ fn serve_holds_for_approval_and_serves_the_admin_api() {
 /// `[admin]` section, on ports of its own: the process, the gateway's
 /// port and the admin port, both answering.
 fn serve_with_admin(stack: &Stack, extra: &str) -> (std::process::Child, u16, u16) {
+    let (child, port, admin, _) = serve_with_approvals(stack, extra, "");
+    (child, port, admin)
+}
+
+/// The same, with `approvals` in its `[approvals]` section; also its
+/// configuration file.
+fn serve_with_approvals(
+    stack: &Stack,
+    extra: &str,
+    approvals: &str,
+) -> (std::process::Child, u16, u16, std::path::PathBuf) {
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (port, admin) = (free(), free());
     let config = stack.path(&format!("serve-admin-{port}.toml"));
     let text_config = std::fs::read_to_string(stack.path("gateway.toml"))
         .unwrap()
         .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
-        + &format!("\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[approvals]\ntimeout = \"60s\"\n");
+        + &format!("\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[approvals]\ntimeout = \"60s\"\n{approvals}\n");
     std::fs::write(&config, text_config).unwrap();
+    (serve(&config, port, admin), port, admin, config)
+}
+
+/// `pg-proxy serve --config config`, once its gateway and admin ports
+/// answer.
+fn serve(config: &std::path::Path, port: u16, admin: u16) -> std::process::Child {
     let child =
-        bin!().args(["serve", "--config"]).arg(&config).stderr(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
+        bin!().args(["serve", "--config"]).arg(config).stderr(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
     wait_for_port(port);
     wait_for_port(admin);
-    (child, port, admin)
+    child
+}
+
+/// Two `pg-proxy serve` processes with `store = "postgres"` on one
+/// database: psql's DELETE held on the first is approved with `pg-proxy
+/// approvals` through the second, as a grant; the grant outlives a
+/// restart of the first, which lets the next such DELETE through at once.
+#[test]
+fn two_gateway_processes_share_approvals_and_grants_outlive_a_restart() {
+    let stack = Stack::start();
+    let shared = |name: &str| format!("store = \"postgres\"\nreplica = \"{name}\"\n");
+    let (mut one, port_one, admin_one, config_one) = serve_with_approvals(&stack, "", &shared("one"));
+    let (mut two, _, admin_two, _) = serve_with_approvals(&stack, "", &shared("two"));
+    let approvals = |args: &[&str]| {
+        bin!()
+            .args(["approvals", "--admin", &format!("http://127.0.0.1:{admin_two}")])
+            .args(args)
+            .env("PORTCULLIS_TOKEN", stack.token("bob", &["dba"], None))
+            .output()
+            .unwrap()
+    };
+    let held = held_delete(&stack, port_one, 36);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let out = approvals(&["list", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(id) = body["approvals"][0]["id"].as_str() {
+            assert_eq!(body["approvals"][0]["replica"], "one", "{body}");
+            break id.to_string();
+        }
+        assert!(Instant::now() < deadline, "the request never reached the second gateway: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = approvals(&["approve", &id, "--reason", "cleanup", "--for", "30m"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = held.join().unwrap();
+    assert_eq!(text(&out.stdout), "DELETE 1\n", "{}", text(&out.stderr));
+
+    // The first gateway restarts: it reads the log again, grant and all.
+    signal(one.id(), "TERM");
+    assert!(one.wait().unwrap().success());
+    let mut one = serve(&config_one, port_one, admin_one);
+    let out = held_delete(&stack, port_one, 37).join().unwrap();
+    assert_eq!(text(&out.stdout), "DELETE 1\n", "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("grant"), "the grant let it through: {}", text(&out.stderr));
+    for child in [&mut one, &mut two] {
+        signal(child.id(), "TERM");
+        assert!(child.wait().unwrap().success());
+    }
 }
 
 /// psql as an agent deleting order `id` through the gateway on `port`, on

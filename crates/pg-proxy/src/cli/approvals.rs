@@ -64,7 +64,7 @@ enum ApprovalsCommand {
         /// Also let statements of the same shape from the same person and
         /// agent run without asking, for this long (e.g. 30m; capped by
         /// `[approvals] max_grant`).
-        #[arg(long, value_name = "DURATION")]
+        #[arg(long, visible_alias = "for", value_name = "DURATION")]
         grant_for: Option<String>,
     },
     /// Deny a request: the client gets 42501 with your name and reason.
