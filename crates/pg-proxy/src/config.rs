@@ -247,7 +247,7 @@ pub struct ApprovalSettings {
     /// logged).
     pub webhook_url: Option<Secret>,
     /// Where requests and grants are kept.
-    pub store: ApprovalStore,
+    pub store: StoreKind,
     /// This gateway's name among replicas sharing a store (`[approvals]
     /// replica`, else `[audit] replica`, else the host name).
     pub replica: String,
@@ -255,7 +255,7 @@ pub struct ApprovalSettings {
 
 /// `[approvals] store`: where requests and grants are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApprovalStore {
+pub enum StoreKind {
     /// In this gateway's memory (the default): one gateway, and nothing
     /// survives a restart.
     Memory,
@@ -275,7 +275,7 @@ impl Default for ApprovalSettings {
             timeout: Duration::from_secs(15 * 60),
             max_grant: Duration::from_secs(8 * 3600),
             webhook_url: None,
-            store: ApprovalStore::Memory,
+            store: StoreKind::Memory,
             replica: "gateway".to_string(),
         }
     }
@@ -747,9 +747,9 @@ impl Config {
                     if raw.approvals.database.is_some() {
                         return Err(invalid("[approvals] database: only with store = \"postgres\"".to_string()));
                     }
-                    ApprovalStore::Memory
+                    StoreKind::Memory
                 }
-                Some("postgres") => ApprovalStore::Postgres {
+                Some("postgres") => StoreKind::Postgres {
                     database: raw
                         .approvals
                         .database
@@ -1167,7 +1167,7 @@ password_env = "PW"
         let c = load("").unwrap();
         let defaults = ApprovalSettings { replica: c.approvals.replica.clone(), ..ApprovalSettings::default() };
         assert_eq!((c.admin.clone(), c.approvals.clone()), (None, defaults));
-        assert_eq!(c.approvals.store, ApprovalStore::Memory);
+        assert_eq!(c.approvals.store, StoreKind::Memory);
         assert_eq!(c.approvals.timeout, Duration::from_secs(900));
         let c =
             load("[admin]\nlisten = \"127.0.0.1:9187\"\n[approvals]\ntimeout = \"2m\"\nmax_grant = \"1h\"").unwrap();
@@ -1186,10 +1186,10 @@ password_env = "PW"
         assert!(!format!("{c:?}").contains("s3cret"), "the webhook URL is a secret");
         let c = load("[approvals]\nstore = \"postgres\"\nreplica = \"gw-2\"").unwrap();
         let upstream_db = c.upstream.database.clone().unwrap_or_else(|| c.upstream.user.clone());
-        assert_eq!(c.approvals.store, ApprovalStore::Postgres { database: upstream_db });
+        assert_eq!(c.approvals.store, StoreKind::Postgres { database: upstream_db });
         assert_eq!(c.approvals.replica, "gw-2");
         let c = load("[approvals]\nstore = \"postgres\"\ndatabase = \"ops\"").unwrap();
-        assert_eq!(c.approvals.store, ApprovalStore::Postgres { database: "ops".into() });
+        assert_eq!(c.approvals.store, StoreKind::Postgres { database: "ops".into() });
         for (extra, says) in [
             ("[approvals]\nstore = \"redis\"", "[approvals] store"),
             ("[approvals]\ndatabase = \"ops\"", "[approvals] database: only with store"),

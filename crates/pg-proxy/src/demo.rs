@@ -315,7 +315,7 @@ async fn play_script(gateway: &Gateway, conninfo: &str, token: &str, approval: &
 
 /// Who approves in the scripted session, and where.
 struct Approval<'a> {
-    store: &'a crate::approvals::store::MemoryStore,
+    store: &'a crate::approvals::store::ApprovalStore,
     admin: String,
     approver: &'a str,
 }

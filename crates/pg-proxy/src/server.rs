@@ -122,7 +122,7 @@ pub struct Gateway {
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// The approvals, when the admin server is configured (the place
     /// people approve held statements).
-    pub approvals: Option<Arc<crate::approvals::store::MemoryStore>>,
+    pub approvals: Option<Arc<crate::approvals::store::ApprovalStore>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -163,9 +163,9 @@ impl Gateway {
         }
         let catalog = Arc::new(Catalog::new(target.clone(), config.catalog.refresh_interval));
         let approvals = config.admin.as_ref().map(|admin| {
-            use crate::approvals::store::{ApprovalHandler, HandlerSettings, MemoryStore};
-            let mut store = MemoryStore::new(config.approvals.max_grant);
-            if let crate::config::ApprovalStore::Postgres { database } = &config.approvals.store {
+            use crate::approvals::store::{ApprovalHandler, ApprovalStore, HandlerSettings};
+            let mut store = ApprovalStore::new(config.approvals.max_grant);
+            if let crate::config::StoreKind::Postgres { database } = &config.approvals.store {
                 let log = crate::approvals::shared::SharedLog::new(
                     target.clone(),
                     database.clone(),

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use pg_proxy::admin::Limits;
 use pg_proxy::approvals::ledger::{Request, Requester};
-use pg_proxy::approvals::store::MemoryStore;
+use pg_proxy::approvals::store::ApprovalStore;
 use portcullis_testkit::stack::Stack;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,7 +27,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A gateway with approvals on, and its admin server on a port of its own
 /// with `limits` (the defaults when `None`).
-async fn admin(limits: Option<Limits>) -> (Stack, Arc<MemoryStore>, SocketAddr) {
+async fn admin(limits: Option<Limits>) -> (Stack, Arc<ApprovalStore>, SocketAddr) {
     let stack = Stack::builder().config("[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\ntimeout = \"60s\"\n").start();
     let store = stack.gateway.approvals.clone().expect("approvals are on with [admin]");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

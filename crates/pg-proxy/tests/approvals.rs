@@ -11,13 +11,13 @@ use std::time::{Duration, SystemTime};
 
 use pg_proxy::approvals::ledger::{Approver, LedgerError, Progress, Request, State};
 use pg_proxy::approvals::plan::{ServerPlanner, StatementPlan};
-use pg_proxy::approvals::store::{ApprovalHandler, HandlerSettings, MemoryStore};
+use pg_proxy::approvals::store::{ApprovalHandler, ApprovalStore, HandlerSettings};
 use pg_proxy::session::SessionHooks;
 use portcullis_testkit::stack::Stack;
 use tokio_postgres::error::SqlState;
 
-fn with_approvals(stack: &Stack, timeout: Duration) -> Arc<MemoryStore> {
-    let store = Arc::new(MemoryStore::new(Duration::from_secs(8 * 3600)));
+fn with_approvals(stack: &Stack, timeout: Duration) -> Arc<ApprovalStore> {
+    let store = Arc::new(ApprovalStore::new(Duration::from_secs(8 * 3600)));
     let settings = HandlerSettings { timeout, admin_url: Some("http://127.0.0.1:9/".into()) };
     stack.gateway.set_hooks(SessionHooks {
         hold_handler: Some(Arc::new(
@@ -32,7 +32,7 @@ fn with_approvals(stack: &Stack, timeout: Duration) -> Arc<MemoryStore> {
 
 /// The admin server (API and inbox) over `store`, on a port of its own:
 /// its base URL, `http://127.0.0.1:PORT`.
-async fn serve_admin(stack: &Stack, store: &Arc<MemoryStore>) -> String {
+async fn serve_admin(stack: &Stack, store: &Arc<ApprovalStore>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(pg_proxy::admin::serve(listener, Arc::clone(&stack.gateway), Arc::clone(store)));
@@ -40,7 +40,7 @@ async fn serve_admin(stack: &Stack, store: &Arc<MemoryStore>) -> String {
 }
 
 /// The one pending request, once there is one.
-async fn pending(store: &MemoryStore) -> Request {
+async fn pending(store: &ApprovalStore) -> Request {
     for _ in 0..400 {
         let mut found = store.requests(true, SystemTime::now());
         if let Some(r) = found.pop() {
@@ -391,7 +391,7 @@ async fn within<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// Request `id` once its plans are attached.
-async fn planned(store: &MemoryStore, id: &str) -> Vec<StatementPlan> {
+async fn planned(store: &ApprovalStore, id: &str) -> Vec<StatementPlan> {
     for _ in 0..400 {
         if let Some(plan) = store.request(id, SystemTime::now()).and_then(|r| r.plan) {
             return plan;
@@ -753,7 +753,7 @@ async fn the_webhook_is_told_of_requests_and_outcomes_and_retried() {
     let stack = Stack::start();
     let (url, deliveries) = portcullis_testkit::webhook::receiver(true);
     let webhook = Webhook::start(url, Some("http://approve.example/".into())).unwrap();
-    let store = Arc::new(MemoryStore::new(Duration::from_secs(3600)).with_webhook(webhook));
+    let store = Arc::new(ApprovalStore::new(Duration::from_secs(3600)).with_webhook(webhook));
     let settings = HandlerSettings { timeout: Duration::from_secs(60), admin_url: None };
     stack.gateway.set_hooks(SessionHooks {
         hold_handler: Some(Arc::new(ApprovalHandler::new(Arc::clone(&store), settings))),

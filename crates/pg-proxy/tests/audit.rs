@@ -848,7 +848,7 @@ async fn approval_events_are_recorded_with_the_session_that_held_the_statement()
     let stack = audit_stack(&keys, &log, "[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\ntimeout = \"60s\"\n");
     let store = stack.gateway.approvals.clone().expect("approvals are on with [admin]");
     let agent = std::sync::Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
-    let pending = |store: &pg_proxy::approvals::store::MemoryStore| {
+    let pending = |store: &pg_proxy::approvals::store::ApprovalStore| {
         store.requests(true, std::time::SystemTime::now()).into_iter().next()
     };
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pg_proxy::approvals::ledger::{Approver, LedgerError, Request};
-use pg_proxy::approvals::store::MemoryStore;
+use pg_proxy::approvals::store::ApprovalStore;
 use pg_proxy::config::Config;
 use pg_proxy::server::Gateway;
 use portcullis_testkit::stack::Stack;
@@ -54,12 +54,12 @@ async fn agent_on(stack: &Stack, addr: std::net::SocketAddr) -> Arc<tokio_postgr
     Arc::new(client)
 }
 
-fn store(gateway: &Gateway) -> Arc<MemoryStore> {
+fn store(gateway: &Gateway) -> Arc<ApprovalStore> {
     gateway.approvals.clone().expect("approvals are on")
 }
 
 /// The one pending request `store` sees, once it does.
-async fn pending(store: &MemoryStore) -> Request {
+async fn pending(store: &ApprovalStore) -> Request {
     for _ in 0..400 {
         if let Some(r) = store.requests(true, SystemTime::now()).pop() {
             return r;

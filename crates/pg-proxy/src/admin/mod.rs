@@ -42,14 +42,14 @@ use listener::Limited;
 pub use listener::{Limits, TlsListener, HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
 
 use crate::approvals::ledger::{Approver, Grant, LedgerError, Progress, Request};
-use crate::approvals::store::MemoryStore;
+use crate::approvals::store::ApprovalStore;
 use crate::server::Gateway;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
 struct Admin {
     gateway: Arc<Gateway>,
-    store: Arc<MemoryStore>,
+    store: Arc<ApprovalStore>,
 }
 
 /// An error answer.
@@ -139,7 +139,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// The approvals API over `store`, authenticating callers with
 /// `gateway`'s key set.
-pub fn router(gateway: Arc<Gateway>, store: Arc<MemoryStore>) -> Router {
+pub fn router(gateway: Arc<Gateway>, store: Arc<ApprovalStore>) -> Router {
     Router::new()
         .route("/", get(|| async { inbox_file("text/html; charset=utf-8", INBOX_HTML) }))
         .route("/inbox.js", get(|| async { inbox_file("text/javascript; charset=utf-8", INBOX_JS) }))
@@ -171,7 +171,7 @@ pub fn router(gateway: Arc<Gateway>, store: Arc<MemoryStore>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Arc<Gateway>,
-    store: Arc<MemoryStore>,
+    store: Arc<ApprovalStore>,
 ) -> std::io::Result<()> {
     serve_with_limits(listener, gateway, store, Limits::DEFAULT).await
 }
@@ -180,7 +180,7 @@ pub async fn serve(
 pub async fn serve_with_limits(
     listener: tokio::net::TcpListener,
     gateway: Arc<Gateway>,
-    store: Arc<MemoryStore>,
+    store: Arc<ApprovalStore>,
     limits: Limits,
 ) -> std::io::Result<()> {
     match gateway.server_tls() {

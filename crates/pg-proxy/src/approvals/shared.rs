@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::ledger::{Applied, Command, LedgerError};
-use super::store::MemoryStore;
+use super::store::ApprovalStore;
 use crate::upstream::{self, Connection, Target, UpstreamError};
 
 /// The channel replicas are told of new entries on.
@@ -138,7 +138,7 @@ impl SharedLog {
     /// could not be written.
     pub(crate) async fn append(
         &self,
-        store: &MemoryStore,
+        store: &ApprovalStore,
         command: Command,
         now: SystemTime,
     ) -> Result<Applied, LedgerError> {
@@ -195,7 +195,12 @@ impl SharedLog {
     }
 
     /// Applies the entries after `position`.
-    async fn catch_up_on(&self, conn: &mut Connection, store: &MemoryStore, position: &mut u64) -> Result<(), String> {
+    async fn catch_up_on(
+        &self,
+        conn: &mut Connection,
+        store: &ApprovalStore,
+        position: &mut u64,
+    ) -> Result<(), String> {
         let rows = conn
             .extended_query(
                 "SELECT n, command::text FROM portcullis.approval_log WHERE n > $1::bigint ORDER BY n",
@@ -223,7 +228,7 @@ impl SharedLog {
 
     /// Follows the log for `store` until the store is dropped: wakes on a
     /// notification, or every [`POLL`].
-    pub(crate) async fn follow(self: Arc<SharedLog>, store: std::sync::Weak<MemoryStore>) {
+    pub(crate) async fn follow(self: Arc<SharedLog>, store: std::sync::Weak<ApprovalStore>) {
         let mut listener: Option<Connection> = None;
         loop {
             let Some(store) = store.upgrade() else { return };

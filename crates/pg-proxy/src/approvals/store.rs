@@ -1,8 +1,10 @@
 //! Where approvals live while the gateway runs, and the hold handler that
 //! turns a held batch into a request and waits for people to decide.
 //!
-//! [`MemoryStore`] keeps one gateway's [`Ledger`] in memory and tells
-//! whoever waits that something changed; [`ApprovalHandler`] is the
+//! [`ApprovalStore`] keeps the gateway's [`Ledger`] in memory, alone or as
+//! one replica of a log shared with others in PostgreSQL
+//! ([`super::shared`]), and tells whoever waits that something changed;
+//! [`ApprovalHandler`] is the
 //! sessions' [`HoldHandler`]: a held batch that a live grant covers goes on
 //! at once; otherwise a request is opened, the client is told its id and
 //! how to approve it, and the session waits for the outcome. When the
@@ -23,9 +25,10 @@ use super::shared::SharedLog;
 use crate::session::hold::{HoldHandler, HoldOutcome, HoldRequest, Holding};
 use crate::session::record::{ApprovalRecord, Record, RecordSink};
 
-/// One gateway's approvals, in memory.
+/// The gateway's approvals: its ledger, changed only by commands (applied
+/// here, or appended to the shared log and applied from there).
 #[derive(Debug)]
-pub struct MemoryStore {
+pub struct ApprovalStore {
     /// Where events are recorded (the audit log), if anywhere.
     sink: Option<Arc<dyn RecordSink>>,
     /// Where requests and outcomes are announced, if anywhere.
@@ -44,17 +47,17 @@ pub struct MemoryStore {
     following: std::sync::atomic::AtomicBool,
 }
 
-/// Events a [`MemoryStore`] keeps.
+/// Events a [`ApprovalStore`] keeps.
 const EVENTS_KEPT: usize = 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl MemoryStore {
+impl ApprovalStore {
     /// An empty store whose grants last at most `max_grant`.
-    pub fn new(max_grant: Duration) -> MemoryStore {
-        MemoryStore {
+    pub fn new(max_grant: Duration) -> ApprovalStore {
+        ApprovalStore {
             sink: None,
             webhook: None,
             ledger: Mutex::new(Ledger::new(max_grant)),
@@ -68,9 +71,9 @@ impl MemoryStore {
 
     /// The same, kept in `log`, shared with other replicas: every change
     /// is appended there and applied from there (see
-    /// [`super::shared`]). [`MemoryStore::follow`] starts reading it.
+    /// [`super::shared`]). [`ApprovalStore::follow`] starts reading it.
     #[must_use]
-    pub fn with_shared_log(mut self, log: SharedLog) -> MemoryStore {
+    pub fn with_shared_log(mut self, log: SharedLog) -> ApprovalStore {
         self.shared = Some(Arc::new(log));
         self
     }
@@ -78,7 +81,7 @@ impl MemoryStore {
     /// Starts following the shared log on the current runtime, once
     /// (nothing without a shared log or a runtime). It stops when the
     /// store is dropped.
-    pub fn follow(self: &Arc<MemoryStore>) {
+    pub fn follow(self: &Arc<ApprovalStore>) {
         use std::sync::atomic::Ordering;
         let (Some(log), Ok(runtime)) = (&self.shared, tokio::runtime::Handle::try_current()) else { return };
         if !self.following.swap(true, Ordering::AcqRel) {
@@ -93,14 +96,14 @@ impl MemoryStore {
 
     /// The same, recording every event in `sink` (the audit log).
     #[must_use]
-    pub fn with_sink(mut self, sink: Arc<dyn RecordSink>) -> MemoryStore {
+    pub fn with_sink(mut self, sink: Arc<dyn RecordSink>) -> ApprovalStore {
         self.sink = Some(sink);
         self
     }
 
     /// The same, announcing requests and outcomes to `webhook`.
     #[must_use]
-    pub fn with_webhook(mut self, webhook: super::webhook::Webhook) -> MemoryStore {
+    pub fn with_webhook(mut self, webhook: super::webhook::Webhook) -> ApprovalStore {
         self.webhook = Some(webhook);
         self
     }
@@ -198,7 +201,7 @@ impl MemoryStore {
         }
     }
 
-    /// [`MemoryStore::commit`] without a shared log.
+    /// [`ApprovalStore::commit`] without a shared log.
     fn commit_here(&self, command: &Command, now: SystemTime) -> Result<Applied, LedgerError> {
         let (applied, events) = lock(&self.ledger).apply(command, now)?;
         self.changed(events, true);
@@ -362,17 +365,17 @@ pub struct HandlerSettings {
     pub admin_url: Option<String>,
 }
 
-/// The sessions' hold handler: requests in a [`MemoryStore`].
+/// The sessions' hold handler: requests in a [`ApprovalStore`].
 #[derive(Debug, Clone)]
 pub struct ApprovalHandler {
-    store: Arc<MemoryStore>,
+    store: Arc<ApprovalStore>,
     settings: HandlerSettings,
     planner: Option<Arc<dyn Planner>>,
 }
 
 impl ApprovalHandler {
     /// A handler opening requests in `store`.
-    pub fn new(store: Arc<MemoryStore>, settings: HandlerSettings) -> ApprovalHandler {
+    pub fn new(store: Arc<ApprovalStore>, settings: HandlerSettings) -> ApprovalHandler {
         ApprovalHandler { store, settings, planner: None }
     }
 
@@ -546,7 +549,7 @@ impl HoldHandler for ApprovalHandler {
 /// Withdraws a request when dropped still armed (the session stopped
 /// waiting for it).
 struct Withdraw {
-    store: Arc<MemoryStore>,
+    store: Arc<ApprovalStore>,
     id: Option<String>,
 }
 
@@ -593,7 +596,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_hold_dropped_leaves_no_pending_request() {
-        let store = Arc::new(MemoryStore::new(Duration::from_secs(3600)));
+        let store = Arc::new(ApprovalStore::new(Duration::from_secs(3600)));
         let settings = HandlerSettings { timeout: Duration::from_secs(60), admin_url: None };
         let handler = ApprovalHandler::new(Arc::clone(&store), settings);
         // Dropped before it was ever polled (a cancel that came first):
