@@ -42,8 +42,8 @@ pub mod corpus;
 pub mod process;
 #[cfg(feature = "stack")]
 pub mod stack;
-#[cfg(feature = "wire")]
 pub mod webhook;
+#[cfg(feature = "wire")]
 pub mod wire;
 
 /// `path`, relative to the repository's root.
