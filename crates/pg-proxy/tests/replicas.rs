@@ -278,3 +278,22 @@ async fn each_replica_records_its_own_sessions_requests_and_announces_its_own_ch
     assert!(events("audit-b").is_empty(), "{:?}", events("audit-b"));
     let _ = std::fs::remove_dir_all(&keys);
 }
+
+/// A request nobody decides expires with its session's hold: both
+/// replicas read it expired, and the agent is told of the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecided_request_reads_as_expired_on_every_replica() {
+    let (stack, _, b) = replicas_with(None, "timeout = \"2s\"\n", |b| b).await;
+    let (a_store, b_store) = (store(&stack.gateway), store(&b));
+    let agent = agent_on(&stack, stack.addr).await;
+    let e = within(agent.execute("DELETE FROM orders WHERE id = 47", &[])).await.unwrap_err();
+    assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{e:?}");
+    let request = b_store.requests(false, SystemTime::now()).pop().expect("the request, decided");
+    for store in [&a_store, &b_store] {
+        let state = store.request(&request.id, SystemTime::now()).unwrap().state;
+        assert_eq!(state, pg_proxy::approvals::ledger::State::Expired);
+    }
+    // Too late to approve, on either.
+    let late = b_store.approve(&request.id, &dba("bob"), "late", None, SystemTime::now()).await;
+    assert!(matches!(late, Err(LedgerError::Decided { .. })), "{late:?}");
+}

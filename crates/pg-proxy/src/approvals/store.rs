@@ -240,18 +240,14 @@ impl ApprovalStore {
         }
     }
 
-    /// Runs `f` on the ledger as it stands at `now`: pending requests
-    /// past their expiry read as expired. Without a shared log they are
-    /// expired here (and the events published); with one, the expiry is
-    /// only seen (the log changes only by the commands in it).
-    fn view<T>(&self, now: SystemTime, f: impl FnOnce(&Ledger) -> T) -> T {
-        if self.shared.is_some() {
-            let mut seen = lock(&self.ledger).clone();
-            seen.expire(now);
-            return f(&seen);
+    /// Makes the ledger stand as at `now` when no other replica shares
+    /// it: pending requests past their expiry expire here (and the events
+    /// are published). With a shared log, the log changes only by the
+    /// commands in it: reads show such requests expired ([`seen_at`]).
+    fn expire_here(&self, now: SystemTime) {
+        if self.shared.is_none() {
+            let _ = self.commit_here(&Command::Expire, now);
         }
-        let _ = self.commit_here(&Command::Expire, now);
-        f(&lock(&self.ledger))
     }
 
     /// Opens a request.
@@ -261,12 +257,25 @@ impl ApprovalStore {
 
     /// A request as it stands now (expiring what is due).
     pub fn request(&self, id: &str, now: SystemTime) -> Option<Request> {
-        self.view(now, |ledger| ledger.request(id).cloned())
+        self.expire_here(now);
+        lock(&self.ledger).request(id).cloned().map(|r| seen_at(r, now))
     }
 
     /// Pending (or decided) requests, oldest first (expiring what is due).
     pub fn requests(&self, pending: bool, now: SystemTime) -> Vec<Request> {
-        self.view(now, |ledger| ledger.requests(pending).into_iter().cloned().collect())
+        self.expire_here(now);
+        let ledger = lock(&self.ledger);
+        // A pending request may read as expired, so both lists are looked at.
+        let mut out: Vec<Request> = ledger
+            .requests(true)
+            .into_iter()
+            .chain(ledger.requests(false))
+            .cloned()
+            .map(|r| seen_at(r, now))
+            .filter(|r| r.state.is_pending() == pending)
+            .collect();
+        out.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        out
     }
 
     /// Live grants, oldest first.
@@ -354,6 +363,15 @@ impl ApprovalStore {
             let _ = tokio::time::timeout(left, changes.changed()).await;
         }
     }
+}
+
+/// `request` as it reads at `now`: expired once pending past its expiry
+/// (what [`Ledger::expire`] would make it).
+fn seen_at(mut request: Request, now: SystemTime) -> Request {
+    if request.state.is_pending() && request.expires <= now {
+        request.state = State::Expired;
+    }
+    request
 }
 
 /// Settings of the [`ApprovalHandler`].
