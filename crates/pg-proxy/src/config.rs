@@ -266,6 +266,11 @@ pub enum StoreKind {
         /// The database holding the schema (`[approvals] database`, else
         /// `[upstream] database`, else the upstream user's name).
         database: String,
+        /// The role the log is written as (`[approvals] user`): never the
+        /// upstream role, which every client session runs as.
+        user: String,
+        /// Its password (`[approvals] password_file` or `password_env`).
+        password: Option<Secret>,
     },
 }
 
@@ -435,6 +440,9 @@ struct RawApprovals {
     store: Option<String>,
     database: Option<String>,
     replica: Option<String>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -735,7 +743,7 @@ impl Config {
                 },
                 None => defaults.max_grant,
             },
-            webhook_url: match raw.approvals.webhook_url {
+            webhook_url: match raw.approvals.webhook_url.clone() {
                 None => None,
                 Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                     Some(Secret::new(url.into_bytes()))
@@ -744,19 +752,58 @@ impl Config {
             },
             store: match raw.approvals.store.as_deref() {
                 None | Some("memory") => {
-                    if raw.approvals.database.is_some() {
-                        return Err(invalid("[approvals] database: only with store = \"postgres\"".to_string()));
+                    let a = &raw.approvals;
+                    if a.database.is_some() || a.user.is_some() || a.password_file.is_some() || a.password_env.is_some()
+                    {
+                        return Err(invalid(
+                            "[approvals] database, user and password: only with store = \"postgres\"".to_string(),
+                        ));
                     }
                     StoreKind::Memory
                 }
-                Some("postgres") => StoreKind::Postgres {
-                    database: raw
-                        .approvals
-                        .database
-                        .clone()
-                        .or_else(|| up.database.clone())
-                        .unwrap_or_else(|| up.user.clone()),
-                },
+                Some("postgres") => {
+                    let a = &raw.approvals;
+                    let user =
+                        match &a.user {
+                            None => return Err(invalid(
+                                "[approvals] store = \"postgres\" needs user: a role of its own for the log, which \
+                                 client sessions (running as the upstream role) cannot reach"
+                                    .to_string(),
+                            )),
+                            Some(u) if *u == up.user => {
+                                return Err(invalid(format!(
+                                "[approvals] user: {u:?} is the upstream role, which every client session runs as: \
+                                 clients could read and write the approvals log; give the log a role of its own"
+                            )))
+                            }
+                            Some(u) => u.clone(),
+                        };
+                    let password = match (&a.password_file, &a.password_env) {
+                        (Some(_), Some(_)) => {
+                            return Err(invalid("[approvals] gives both password_file and password_env".to_string()))
+                        }
+                        (Some(file), None) => {
+                            let file = resolve(file);
+                            let bytes = std::fs::read(&file)
+                                .map_err(|e| invalid(format!("[approvals] password_file {}: {e}", file.display())))?;
+                            let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+                            let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+                            Some(Secret::new(trimmed.to_vec()))
+                        }
+                        (None, Some(var)) => match env(var) {
+                            Some(v) => Some(Secret::new(v.into_bytes())),
+                            None => {
+                                return Err(invalid(format!("[approvals] password_env: the variable {var} is not set")))
+                            }
+                        },
+                        (None, None) => None,
+                    };
+                    StoreKind::Postgres {
+                        database: a.database.clone().or_else(|| up.database.clone()).unwrap_or_else(|| up.user.clone()),
+                        user,
+                        password,
+                    }
+                }
                 Some(other) => {
                     return Err(invalid(format!("[approvals] store: \"memory\" or \"postgres\", not {other:?}")))
                 }
@@ -1184,15 +1231,23 @@ password_env = "PW"
             Some(&b"https://hooks.example.com/T0/B0/s3cret"[..])
         );
         assert!(!format!("{c:?}").contains("s3cret"), "the webhook URL is a secret");
-        let c = load("[approvals]\nstore = \"postgres\"\nreplica = \"gw-2\"").unwrap();
+        let c = load("[approvals]\nstore = \"postgres\"\nuser = \"log\"\nreplica = \"gw-2\"").unwrap();
         let upstream_db = c.upstream.database.clone().unwrap_or_else(|| c.upstream.user.clone());
-        assert_eq!(c.approvals.store, StoreKind::Postgres { database: upstream_db });
+        let log = |database: String| StoreKind::Postgres { database, user: "log".into(), password: None };
+        assert_eq!(c.approvals.store, log(upstream_db));
         assert_eq!(c.approvals.replica, "gw-2");
-        let c = load("[approvals]\nstore = \"postgres\"\ndatabase = \"ops\"").unwrap();
-        assert_eq!(c.approvals.store, StoreKind::Postgres { database: "ops".into() });
+        let c = load("[approvals]\nstore = \"postgres\"\nuser = \"log\"\ndatabase = \"ops\"").unwrap();
+        assert_eq!(c.approvals.store, log("ops".into()));
+        let same_role = format!("[approvals]\nstore = \"postgres\"\nuser = \"{}\"", c.upstream.user);
         for (extra, says) in [
             ("[approvals]\nstore = \"redis\"", "[approvals] store"),
-            ("[approvals]\ndatabase = \"ops\"", "[approvals] database: only with store"),
+            ("[approvals]\ndatabase = \"ops\"", "[approvals] database, user and password: only with store"),
+            ("[approvals]\nstore = \"postgres\"", "needs user: a role of its own"),
+            (same_role.as_str(), "is the upstream role"),
+            (
+                "[approvals]\nstore = \"postgres\"\nuser = \"log\"\npassword_env = \"PORTCULLIS_NO_SUCH_VAR_9\"",
+                "not set",
+            ),
             ("[admin]\nlisten = \"somewhere\"", "[admin] listen"),
             ("[admin]\nlisten = \"127.0.0.1:1\"\nurl = \"ftp://x\"", "[admin] url"),
             ("[approvals]\ntimeout = \"10ms\"", "[approvals] timeout: at least 1s"),

@@ -165,11 +165,16 @@ impl Gateway {
         let approvals = config.admin.as_ref().map(|admin| {
             use crate::approvals::store::{ApprovalHandler, ApprovalStore, HandlerSettings};
             let mut store = ApprovalStore::new(config.approvals.max_grant);
-            if let crate::config::StoreKind::Postgres { database } = &config.approvals.store {
+            if let crate::config::StoreKind::Postgres { database, user, password } = &config.approvals.store {
+                // The log's own role, on the same server.
+                let mut log_target = target.clone();
+                log_target.config.user.clone_from(user);
+                log_target.config.password.clone_from(password);
                 let log = crate::approvals::shared::SharedLog::new(
-                    target.clone(),
+                    log_target,
                     database.clone(),
                     config.approvals.replica.clone(),
+                    config.upstream.user.clone(),
                 );
                 store = store.with_shared_log(log);
             }

@@ -14,7 +14,17 @@ use pg_proxy::config::Config;
 use pg_proxy::server::Gateway;
 use portcullis_testkit::stack::Stack;
 
-const SHARED: &str = "[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\nstore = \"postgres\"\nreplica = \"a\"\n";
+const SHARED: &str = "[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\nstore = \"postgres\"\nreplica = \"a\"\n\
+                      user = \"portcullis_log\"\npassword_env = \"PORTCULLIS_TEST_LOG_PASSWORD\"\n";
+
+/// The log's own role, made on `stack`'s cluster (the gateways retry
+/// until it exists).
+fn log_role(stack: &Stack) {
+    stack.cluster.create_role("portcullis_log", LOG_PASSWORD, false).unwrap();
+    stack.cluster.psql("app", "GRANT CREATE ON DATABASE app TO portcullis_log").unwrap();
+}
+
+const LOG_PASSWORD: &str = "log-secret";
 
 /// Replica A (the stack's gateway) and replica B (a second gateway on the
 /// same database, served here): B's address and gateway.
@@ -33,7 +43,9 @@ async fn replicas_with(
     if let Some(p) = policy {
         builder = builder.policy(p);
     }
+    std::env::set_var("PORTCULLIS_TEST_LOG_PASSWORD", LOG_PASSWORD);
     let stack = tokio::task::spawn_blocking(move || builder.start()).await.unwrap();
+    log_role(&stack);
     let text = std::fs::read_to_string(stack.dir.join("gateway.toml")).unwrap();
     let b_text = for_b(text.replace("replica = \"a\"", "replica = \"b\""));
     assert_ne!(text, b_text);
@@ -125,11 +137,8 @@ async fn a_request_held_on_one_replica_is_approved_through_the_other() {
 
 /// How many entries the shared log holds, read directly.
 async fn log_entries(stack: &Stack) -> i64 {
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user=app password={} dbname=app",
-        stack.cluster.port(),
-        portcullis_testkit::stack::APP_PASSWORD
-    );
+    let conninfo =
+        format!("host=127.0.0.1 port={} user=portcullis_log password={LOG_PASSWORD} dbname=app", stack.cluster.port());
     let (owner, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     owner.query_one("SELECT count(*) FROM portcullis.approval_log", &[]).await.unwrap().get(0)
@@ -296,4 +305,101 @@ async fn an_undecided_request_reads_as_expired_on_every_replica() {
     // Too late to approve, on either.
     let late = b_store.approve(&request.id, &dba("bob"), "late", None, SystemTime::now()).await;
     assert!(matches!(late, Err(LedgerError::Decided { .. })), "{late:?}");
+}
+
+/// A client cannot reach the log through the gateway, whatever the policy
+/// lets it do: the log is its own role's, closed to the upstream role
+/// (here an agent whose token says `dba`, allowed everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_read_or_forge_the_log_through_the_gateway() {
+    let (stack, _, _b) = replicas(None).await;
+    let a_store = store(&stack.gateway);
+    let token = stack.token("alice", &["ai-agents", "dba"], Some("copilot-7"));
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(&stack.conninfo(&token), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        Arc::new(c)
+    };
+    let (held, other) = (connect().await, connect().await);
+    let h = Arc::clone(&held);
+    let run = tokio::spawn(async move { h.execute("DELETE FROM orders WHERE id = 48", &[]).await });
+    let request = pending(&a_store).await;
+    let forged = serde_json::json!({
+        "v": 1,
+        "now": {"secs_since_epoch": 1_900_000_000u64, "nanos_since_epoch": 0},
+        "command": {"command": "approve", "id": request.id, "reason": "lgtm",
+                    "approver": {"subject": "bob", "groups": ["dba"], "actor": null}, "grant_for": null}
+    })
+    .to_string();
+    for sql in [
+        "SELECT count(*) FROM portcullis.approval_log".to_string(),
+        format!(
+            "INSERT INTO portcullis.approval_log (n, replica, command) VALUES (1000, 'a', '{}')",
+            forged.replace('\'', "''")
+        ),
+        "LOCK TABLE portcullis.approval_log".to_string(),
+    ] {
+        let e = other.batch_execute(&sql).await.unwrap_err();
+        assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{sql}: {e:?}");
+    }
+    assert!(!run.is_finished(), "still held");
+    a_store.deny(&request.id, &dba("carol"), "no", SystemTime::now()).await.unwrap();
+    assert!(within(run).await.unwrap().is_err());
+}
+
+/// A replica refuses a log the upstream role can reach: held statements
+/// are refused rather than approved through a log clients could write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_the_clients_role_can_reach_is_refused() {
+    let (stack, _, _b) = replicas(None).await;
+    let a_store = store(&stack.gateway);
+    // Wait for the schema, then open it to the clients' role.
+    let agent = agent_on(&stack, stack.addr).await;
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.execute("DELETE FROM orders WHERE id = 49", &[]).await });
+    let request = pending(&a_store).await;
+    a_store.deny(&request.id, &dba("bob"), "no", SystemTime::now()).await.unwrap();
+    assert!(within(run).await.unwrap().is_err());
+    stack.cluster.psql("app", "GRANT USAGE ON SCHEMA portcullis TO app").unwrap();
+    // Every connection of the log checks it: the next one is refused.
+    stack
+        .cluster
+        .psql("app", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'portcullis_log'")
+        .unwrap();
+    // The first try may meet the connection just cut; the next connects
+    // again, and is refused too.
+    for _ in 0..2 {
+        let e = within(agent.execute("DELETE FROM orders WHERE id = 49", &[])).await.unwrap_err();
+        assert!(format!("{e:?}").contains("could not be opened"), "{e:?}");
+    }
+    assert_eq!(orders_left_direct(&stack, 49).await, 1);
+}
+
+async fn orders_left_direct(stack: &Stack, id: i32) -> i64 {
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=app password={} dbname=app",
+        stack.cluster.port(),
+        portcullis_testkit::stack::APP_PASSWORD
+    );
+    let (owner, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    owner.query_one("SELECT count(*) FROM orders WHERE id = $1", &[&id]).await.unwrap().get(0)
+}
+
+/// A held statement whose entry is larger than the gateway's message
+/// limit (control characters take six bytes each in JSON) still reaches
+/// the other replica, which decides it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_held_statement_is_shared_whatever_the_message_limit() {
+    let (stack, _, b) = replicas_with(None, "[limits]\nmax_message_bytes = 65536\n", |b| b).await;
+    let (a_store, b_store) = (store(&stack.gateway), store(&b));
+    let agent = agent_on(&stack, stack.addr).await;
+    let sql = format!("DELETE FROM orders WHERE id = 50 AND '{}' <> ''", "\u{1}".repeat(12_000));
+    let a = Arc::clone(&agent);
+    let run = tokio::spawn(async move { a.execute(sql.as_str(), &[]).await });
+    let request = pending(&a_store).await;
+    let on_b = pending(&b_store).await;
+    assert_eq!(on_b.id, request.id);
+    b_store.deny(&on_b.id, &dba("bob"), "no", SystemTime::now()).await.unwrap();
+    assert!(within(run).await.unwrap().is_err());
 }

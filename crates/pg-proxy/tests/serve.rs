@@ -195,7 +195,15 @@ fn serve(config: &std::path::Path, port: u16, admin: u16) -> std::process::Child
 #[test]
 fn two_gateway_processes_share_approvals_and_grants_outlive_a_restart() {
     let stack = Stack::start();
-    let shared = |name: &str| format!("store = \"postgres\"\nreplica = \"{name}\"\n");
+    stack.cluster.create_role("portcullis_log", "log-secret", false).unwrap();
+    stack.cluster.psql("app", "GRANT CREATE ON DATABASE app TO portcullis_log").unwrap();
+    std::fs::write(stack.path("log-password"), "log-secret\n").unwrap();
+    let shared = |name: &str| {
+        format!(
+            "store = \"postgres\"\nreplica = \"{name}\"\nuser = \"portcullis_log\"\npassword_file = \"{}\"\n",
+            stack.path("log-password").display()
+        )
+    };
     let (mut one, port_one, admin_one, config_one) = serve_with_approvals(&stack, "", &shared("one"));
     let (mut two, _, admin_two, _) = serve_with_approvals(&stack, "", &shared("two"));
     let approvals = |args: &[&str]| {

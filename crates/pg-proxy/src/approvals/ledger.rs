@@ -452,7 +452,7 @@ pub enum LedgerError {
     },
     /// The shared store could not be reached or written: nothing changed
     /// (or not that this replica knows; the command may be read back).
-    #[error("the approvals store is unavailable: {0}")]
+    #[error("the approvals store is unavailable (the gateway's log says why)")]
     Unavailable(String),
     /// Someone approved already: the reason they read stays.
     #[error("an approver has voted on this request: its reason can no longer change")]
@@ -712,7 +712,8 @@ impl Ledger {
             approvers: request.approvers.clone(),
             granted_by: request.votes.iter().map(|v| v.approver.clone()).collect(),
             created: now,
-            expires: now + d.min(max_grant),
+            // A time past what the clock can hold: the grant ends at once.
+            expires: now.checked_add(d.min(max_grant)).unwrap_or(now),
         });
         request.state = State::Approved { grant: grant.as_ref().map(|g| g.id.clone()) };
         events.push(Event::Approved {

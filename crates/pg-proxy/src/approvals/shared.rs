@@ -8,6 +8,11 @@
 //! ledger's tests check), so a request held on one replica is approved
 //! through another's API, and a grant made on one is honoured by all.
 //!
+//! The log is written as a role of its own, never the upstream role that
+//! client sessions run as: the schema is that role's, closed to others,
+//! and a replica refuses to use it when the upstream role can reach it
+//! (a client could otherwise forge an approval through the gateway).
+//!
 //! Appending is one transaction under an exclusive lock on the log
 //! table: the replica reads and applies what others appended since it
 //! last looked, tries its command on a copy of its ledger (a command the
@@ -15,21 +20,22 @@
 //! that error and never written), then writes it with the next number and
 //! a `NOTIFY`. Other replicas `LISTEN` on a connection of their own and
 //! read the log when told, and every second in any case (a notification
-//! may be lost with its connection).
+//! may be lost with its connection). Every wait on the server is bounded.
 //!
 //! The schema is created and migrated by the first replica that needs it
 //! (under an advisory lock, so that replicas starting together do not
 //! race); its version is kept in `portcullis.schema_version`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::ledger::{Applied, Command, LedgerError};
 use super::store::ApprovalStore;
-use crate::upstream::{self, Connection, Target, UpstreamError};
+use crate::upstream::{self, Connection, Target};
 
 /// The channel replicas are told of new entries on.
 const CHANNEL: &str = "portcullis_approvals";
@@ -40,16 +46,40 @@ const POLL: Duration = Duration::from_secs(1);
 /// How long a replica waits before connecting again after a failure.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// The longest any one exchange with the server may take.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Set on the log's connections: a statement or a lock wait gives up
+/// before [`EXCHANGE_TIMEOUT`].
+const SESSION_SETUP: &str = "SET standard_conforming_strings = on; SET search_path = ''; \
+    SET statement_timeout = '5s'; SET lock_timeout = '5s'; SET idle_in_transaction_session_timeout = '30s'";
+
+/// The largest entry written (a held batch, its decision and its plan,
+/// as JSON): a larger command is refused.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+
+/// The largest message read from the log's connections.
+const READ_LIMIT: usize = 4 * MAX_ENTRY_BYTES;
+
+/// How long grants are trusted without a successful read of the log: a
+/// replica cut off from it stops honouring them (a revoke elsewhere
+/// would go unseen).
+pub const GRANTS_TRUSTED_FOR: Duration = Duration::from_secs(5);
+
+/// The entries' format.
+const ENTRY_VERSION: u32 = 1;
+
 /// Migrations, in order: the schema's version is how many have run.
 const MIGRATIONS: [&str; 1] = ["CREATE TABLE portcullis.approval_log (\
         n bigint PRIMARY KEY, \
         at timestamptz NOT NULL DEFAULT pg_catalog.now(), \
         replica text NOT NULL, \
-        command jsonb NOT NULL)"];
+        command text NOT NULL)"];
 
 /// One entry of the log: a command and the time it is applied at.
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
+    v: u32,
     now: SystemTime,
     command: Command,
 }
@@ -60,16 +90,38 @@ pub struct SharedLog {
     target: Target,
     database: String,
     replica: String,
-    /// The connection appends go through (made when needed, dropped after
-    /// a failure).
+    /// The role client sessions run as: it must not reach the log.
+    clients_role: String,
+    /// The connection appends go through (made when needed; taken out
+    /// while in use, so that an append abandoned half-way leaves none
+    /// behind in a transaction).
     writer: Mutex<Option<Connection>>,
+    /// When the log was last read whole.
+    last_read: std::sync::Mutex<Option<Instant>>,
+    /// Whether the log has been read whole once: what is applied before
+    /// (history, at start) is not announced or recorded again.
+    caught_up: AtomicBool,
 }
 
 impl SharedLog {
-    /// The log in `database` of the server `target` names, written as
-    /// replica `replica`.
-    pub fn new(target: Target, database: impl Into<String>, replica: impl Into<String>) -> SharedLog {
-        SharedLog { target, database: database.into(), replica: replica.into(), writer: Mutex::new(None) }
+    /// The log in `database` of the server `target` names (with the log's
+    /// own role), written as replica `replica`; `clients_role` is the
+    /// upstream role, which must not reach it.
+    pub fn new(
+        target: Target,
+        database: impl Into<String>,
+        replica: impl Into<String>,
+        clients_role: impl Into<String>,
+    ) -> SharedLog {
+        SharedLog {
+            target,
+            database: database.into(),
+            replica: replica.into(),
+            clients_role: clients_role.into(),
+            writer: Mutex::new(None),
+            last_read: std::sync::Mutex::new(None),
+            caught_up: AtomicBool::new(false),
+        }
     }
 
     /// This replica's name.
@@ -77,40 +129,96 @@ impl SharedLog {
         &self.replica
     }
 
-    /// A connection to the log's database, with the schema migrated.
+    /// Whether the log was read whole within [`GRANTS_TRUSTED_FOR`].
+    pub fn fresh(&self) -> bool {
+        let last = *self.last_read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.is_some_and(|t| t.elapsed() < GRANTS_TRUSTED_FOR)
+    }
+
+    fn read_whole(&self) {
+        *self.last_read.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        self.caught_up.store(true, Ordering::Release);
+    }
+
+    /// A connection to the log's database, with the schema migrated and
+    /// checked closed to the clients' role.
     async fn connect(&self, purpose: &str) -> Result<Connection, String> {
         let application = format!("portcullis-approvals-{purpose}");
         let params = [("application_name", application.as_str()), ("client_encoding", "UTF8")];
-        let mut conn = upstream::connect(&self.target, &self.database, &params)
+        let connecting = upstream::connect(&self.target, &self.database, &params);
+        let mut conn = tokio::time::timeout(EXCHANGE_TIMEOUT, connecting)
             .await
+            .map_err(|_| format!("connecting to database {}: timed out", self.database))?
             .map_err(|e| format!("connecting to database {}: {e}", self.database))?;
-        self.run(&mut conn, "SET standard_conforming_strings = on; SET search_path = ''").await?;
+        self.run(&mut conn, SESSION_SETUP).await?;
         self.migrate(&mut conn).await?;
+        self.check_closed(&mut conn).await?;
         Ok(conn)
     }
 
     async fn run(&self, conn: &mut Connection, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
-        conn.simple_query(sql, self.target.max_message_bytes).await.map_err(|e| said(&e))
+        self.exchange(conn, sql, &[]).await
     }
 
-    /// Creates the schema, or brings it to this version.
+    /// One statement with `parameters`, bounded in time; the rows as text.
+    async fn exchange(
+        &self,
+        conn: &mut Connection,
+        sql: &str,
+        parameters: &[&str],
+    ) -> Result<Vec<Vec<Option<String>>>, String> {
+        let answer = if parameters.is_empty() {
+            tokio::time::timeout(EXCHANGE_TIMEOUT, conn.simple_query(sql, READ_LIMIT)).await
+        } else {
+            tokio::time::timeout(EXCHANGE_TIMEOUT, conn.extended_query(sql, parameters, None, READ_LIMIT)).await
+        };
+        answer.map_err(|_| "the server did not answer in time".to_string())?.map_err(|e| e.to_string())
+    }
+
+    /// The schema's version, `None` before it exists.
+    async fn version(&self, conn: &mut Connection) -> Result<Option<usize>, String> {
+        let exists = self.run(conn, "SELECT pg_catalog.to_regclass('portcullis.schema_version') IS NOT NULL").await?;
+        if exists.first().and_then(|r| r.first()).cloned().flatten().as_deref() != Some("t") {
+            return Ok(None);
+        }
+        let rows = self.run(conn, "SELECT pg_catalog.max(version)::text FROM portcullis.schema_version").await?;
+        match rows.first().and_then(|r| r.first()).cloned().flatten() {
+            None => Ok(None),
+            Some(v) => v.parse::<usize>().map(Some).map_err(|_| format!("portcullis.schema_version holds {v:?}")),
+        }
+    }
+
+    /// Creates the schema, or brings it to this version: nothing is
+    /// created (nor any privilege needed for it) when it is up to date.
     async fn migrate(&self, conn: &mut Connection) -> Result<(), String> {
+        let current = self.version(conn).await.unwrap_or(None);
+        if current == Some(MIGRATIONS.len()) {
+            return Ok(());
+        }
         let steps = async {
             // One replica at a time: the lock goes with the transaction.
             self.run(
                 conn,
-                "BEGIN; SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('portcullis.approvals')); \
-                 CREATE SCHEMA IF NOT EXISTS portcullis; \
-                 CREATE TABLE IF NOT EXISTS portcullis.schema_version (version int NOT NULL)",
+                "BEGIN; SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('portcullis.approvals'))",
             )
             .await?;
-            let rows = self.run(conn, "SELECT version FROM portcullis.schema_version").await?;
-            let version = match rows.first().and_then(|r| r.first()).cloned().flatten() {
+            let version = match self.version(conn).await? {
+                Some(v) => v,
                 None => {
-                    self.run(conn, "INSERT INTO portcullis.schema_version VALUES (0)").await?;
+                    // A schema made beforehand (by an administrator, for
+                    // the log's role) is used as it is.
+                    let schema = self.run(conn, "SELECT pg_catalog.to_regnamespace('portcullis') IS NOT NULL").await?;
+                    if schema.first().and_then(|r| r.first()).cloned().flatten().as_deref() != Some("t") {
+                        self.run(conn, "CREATE SCHEMA portcullis; REVOKE ALL ON SCHEMA portcullis FROM PUBLIC").await?;
+                    }
+                    self.run(
+                        conn,
+                        "CREATE TABLE portcullis.schema_version (version int NOT NULL); \
+                         INSERT INTO portcullis.schema_version VALUES (0)",
+                    )
+                    .await?;
                     0
                 }
-                Some(v) => v.parse::<usize>().map_err(|_| format!("portcullis.schema_version holds {v:?}"))?,
             };
             if version > MIGRATIONS.len() {
                 return Err(format!(
@@ -133,6 +241,28 @@ impl SharedLog {
         outcome
     }
 
+    /// Refuses a log the clients' role can reach.
+    async fn check_closed(&self, conn: &mut Connection) -> Result<(), String> {
+        let rows = self
+            .exchange(
+                conn,
+                "SELECT pg_catalog.has_schema_privilege($1, 'portcullis', 'USAGE') \
+                 OR pg_catalog.has_table_privilege($1, 'portcullis.approval_log', \
+                 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')",
+                &[&self.clients_role],
+            )
+            .await?;
+        match rows.first().and_then(|r| r.first()).cloned().flatten().as_deref() {
+            Some("f") => Ok(()),
+            _ => Err(format!(
+                "the upstream role {:?} can reach the portcullis schema, so clients could read or forge \
+                 approvals through the gateway: revoke its privileges there (and do not make it a member \
+                 of the log's role, or a superuser)",
+                self.clients_role
+            )),
+        }
+    }
+
     /// Appends `command`, at `now`, once `store` has applied everything
     /// before it, and applies it: what the ledger answered, or why it
     /// could not be written.
@@ -142,86 +272,112 @@ impl SharedLog {
         command: Command,
         now: SystemTime,
     ) -> Result<Applied, LedgerError> {
-        let mut position = store.position.lock().await;
-        let mut writer = self.writer.lock().await;
-        if writer.is_none() {
-            *writer = Some(self.connect("writer").await.map_err(unavailable)?);
-        }
-        let Some(conn) = writer.as_mut() else { return Err(unavailable("no connection".to_string())) };
-        let text = serde_json::to_string(&Entry { now, command })
+        let text = serde_json::to_string(&Entry { v: ENTRY_VERSION, now, command })
             .map_err(|e| unavailable(format!("encoding a command: {e}")))?;
+        if text.len() > MAX_ENTRY_BYTES {
+            return Err(unavailable(format!(
+                "a command of {} bytes is more than the log takes ({MAX_ENTRY_BYTES})",
+                text.len()
+            )));
+        }
         // Applied here as every replica reads it back (times to the
         // microsecond), for the ledgers to stay the same.
         let entry: Entry = serde_json::from_str(&text).map_err(|e| unavailable(format!("decoding a command: {e}")))?;
         let now = entry.now;
+        let mut position = store.position.lock().await;
+        // Taken out while in use: dropped, not put back, if this is
+        // abandoned half-way (the server then rolls the transaction back).
+        let taken = self.writer.lock().await.take();
+        let mut conn = match taken {
+            Some(c) => c,
+            None => self.connect("writer").await.map_err(|why| self.failed(why))?,
+        };
         let outcome = async {
-            self.run(conn, "BEGIN; LOCK TABLE portcullis.approval_log IN EXCLUSIVE MODE").await?;
-            self.catch_up_on(conn, store, &mut position).await?;
+            self.run(&mut conn, "BEGIN; LOCK TABLE portcullis.approval_log IN EXCLUSIVE MODE").await?;
+            let rows = self.rows_after(&mut conn, *position).await?;
+            self.apply_rows(store, &mut position, rows)?;
             // Tried first: what the ledger refuses is never written.
             if let Err(e) = store.try_apply(&entry.command, now) {
                 return Ok(Err(e));
             }
             let n = (*position + 1).to_string();
-            let max = self.target.max_message_bytes;
-            conn.extended_query(
-                "INSERT INTO portcullis.approval_log (n, replica, command) VALUES ($1::bigint, $2, $3::jsonb)",
+            self.exchange(
+                &mut conn,
+                "INSERT INTO portcullis.approval_log (n, replica, command) VALUES ($1::bigint, $2, $3)",
                 &[&n, &self.replica, &text],
-                None,
-                max,
             )
-            .await
-            .map_err(|e| said(&e))?;
-            conn.extended_query("SELECT pg_catalog.pg_notify($1, $2)", &[CHANNEL, &n], None, max)
-                .await
-                .map_err(|e| said(&e))?;
-            self.run(conn, "COMMIT").await?;
+            .await?;
+            self.exchange(&mut conn, "SELECT pg_catalog.pg_notify($1, $2)", &[CHANNEL, &n]).await?;
+            self.run(&mut conn, "COMMIT").await?;
             Ok(Ok(()))
         };
         match outcome.await {
             Ok(Ok(())) => {
+                *self.writer.lock().await = Some(conn);
+                self.read_whole();
                 let n = *position + 1;
                 store.apply_logged(&mut position, n, &entry.command, now, true)
             }
             Ok(Err(refused)) => {
-                let _ = self.run(conn, "ROLLBACK").await;
+                if self.run(&mut conn, "ROLLBACK").await.is_ok() {
+                    *self.writer.lock().await = Some(conn);
+                }
                 Err(refused)
             }
-            Err(why) => {
-                tracing::warn!(replica = %self.replica, "approvals log: {why}");
-                *writer = None;
-                Err(unavailable(why))
-            }
+            Err(why) => Err(self.failed(why)),
         }
     }
 
-    /// Applies the entries after `position`.
-    async fn catch_up_on(
-        &self,
-        conn: &mut Connection,
-        store: &ApprovalStore,
-        position: &mut u64,
-    ) -> Result<(), String> {
-        let rows = conn
-            .extended_query(
-                "SELECT n, command::text FROM portcullis.approval_log WHERE n > $1::bigint ORDER BY n",
+    fn failed(&self, why: String) -> LedgerError {
+        tracing::warn!(replica = %self.replica, "approvals log: {why}");
+        unavailable(why)
+    }
+
+    /// The entries after `position`, as (number, text).
+    async fn rows_after(&self, conn: &mut Connection, position: u64) -> Result<Vec<(u64, String)>, String> {
+        let rows = self
+            .exchange(
+                conn,
+                "SELECT n, command FROM portcullis.approval_log WHERE n > $1::bigint ORDER BY n",
                 &[&position.to_string()],
-                None,
-                self.target.max_message_bytes,
             )
-            .await
-            .map_err(|e| said(&e))?;
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let [Some(n), Some(text)] = <[Option<String>; 2]>::try_from(row).unwrap_or_default() else {
                 return Err("an approvals log row the gateway cannot read".to_string());
             };
-            let n: u64 = n.parse().map_err(|_| format!("an approvals log number {n:?}"))?;
+            out.push((n.parse().map_err(|_| format!("an approvals log number {n:?}"))?, text));
+        }
+        Ok(out)
+    }
+
+    /// Applies the entries that follow `position` in `rows`. An entry this
+    /// replica cannot read (a newer gateway's, say) is passed over, with
+    /// a warning: the rest of the log still applies.
+    fn apply_rows(&self, store: &ApprovalStore, position: &mut u64, rows: Vec<(u64, String)>) -> Result<(), String> {
+        let announce = self.caught_up.load(Ordering::Acquire);
+        for (n, text) in rows {
+            if n <= *position {
+                continue;
+            }
             if n != *position + 1 {
                 return Err(format!("the approvals log skips from {position} to {n}"));
             }
-            let entry: Entry =
-                serde_json::from_str(&text).map_err(|e| format!("approvals log entry {n} cannot be read: {e}"))?;
-            // Refused here as where it was appended: nothing to do.
-            let _ = store.apply_logged(position, n, &entry.command, entry.now, false);
+            match serde_json::from_str::<Entry>(&text) {
+                Ok(entry) if entry.v == ENTRY_VERSION => {
+                    // Refused here as where it was appended: nothing to do.
+                    let _ = store.apply_entry(position, n, &entry.command, entry.now, announce);
+                }
+                Ok(entry) => {
+                    tracing::warn!(entry = n, version = entry.v, "approvals log entry of another format passed over");
+                    *position = n;
+                }
+                Err(e) => {
+                    tracing::warn!(entry = n, "approvals log entry passed over: it cannot be read: {e}");
+                    *position = n;
+                }
+            }
         }
         Ok(())
     }
@@ -246,13 +402,22 @@ impl SharedLog {
                 tokio::time::sleep(RETRY).await;
                 continue;
             };
-            let caught_up = {
-                let mut position = store.position.lock().await;
-                self.catch_up_on(conn, &store, &mut position).await
+            // Read without holding the position (appends go on), then
+            // applied from where the ledger is by then.
+            let from = *store.position.lock().await;
+            let read = match self.rows_after(conn, from).await {
+                Ok(rows) => {
+                    let mut position = store.position.lock().await;
+                    self.apply_rows(&store, &mut position, rows)
+                }
+                Err(why) => Err(why),
             };
+            if read.is_ok() {
+                self.read_whole();
+            }
             drop(store);
-            let waited = match caught_up {
-                Ok(()) => conn.notification(POLL, self.target.max_message_bytes).await.map_err(|e| said(&e)),
+            let waited = match read {
+                Ok(()) => conn.notification(POLL, READ_LIMIT).await.map(drop).map_err(|e| e.to_string()),
                 Err(why) => Err(why),
             };
             if let Err(why) = waited {
@@ -262,11 +427,6 @@ impl SharedLog {
             }
         }
     }
-}
-
-/// What went wrong, without the server's data.
-fn said(e: &UpstreamError) -> String {
-    e.to_string()
 }
 
 fn unavailable(why: String) -> LedgerError {

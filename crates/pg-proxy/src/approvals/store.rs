@@ -47,6 +47,18 @@ pub struct ApprovalStore {
     following: std::sync::atomic::AtomicBool,
 }
 
+/// Where a change comes from, which decides who is told of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Made here: waiters, the live stream, the audit log and the webhook.
+    Here,
+    /// Made by another replica: all but the webhook (told by that one).
+    Elsewhere,
+    /// Read back from the shared log at start: nobody (it was told when
+    /// it happened).
+    History,
+}
+
 /// Events a [`ApprovalStore`] keeps.
 const EVENTS_KEPT: usize = 1024;
 
@@ -112,8 +124,14 @@ impl ApprovalStore {
     /// webhook when this replica made the change (`own`), so that it is
     /// told once; to the audit log for the requests of this replica's
     /// sessions.
-    fn changed(&self, events: Vec<Event>, own: bool) {
+    fn changed(&self, events: Vec<Event>, origin: Origin) {
         if events.is_empty() {
+            return;
+        }
+        let own = origin == Origin::Here;
+        if origin == Origin::History {
+            // Read back at start: announced and recorded when it happened.
+            self.changes.send_modify(|_| {});
             return;
         }
         if let Some(webhook) = self.webhook.as_ref().filter(|_| own) {
@@ -204,7 +222,7 @@ impl ApprovalStore {
     /// [`ApprovalStore::commit`] without a shared log.
     fn commit_here(&self, command: &Command, now: SystemTime) -> Result<Applied, LedgerError> {
         let (applied, events) = lock(&self.ledger).apply(command, now)?;
-        self.changed(events, true);
+        self.changed(events, Origin::Here);
         Ok(applied)
     }
 
@@ -214,8 +232,8 @@ impl ApprovalStore {
         trial.apply(command, now).map(drop)
     }
 
-    /// Applies entry `n` of the shared log (the next one) and publishes
-    /// its events.
+    /// Applies entry `n` of the shared log, which this replica wrote, and
+    /// publishes its events.
     pub(crate) fn apply_logged(
         &self,
         position: &mut u64,
@@ -224,11 +242,35 @@ impl ApprovalStore {
         now: SystemTime,
         own: bool,
     ) -> Result<Applied, LedgerError> {
+        self.apply_at(position, n, command, now, if own { Origin::Here } else { Origin::Elsewhere })
+    }
+
+    /// Applies entry `n` of the shared log, written by another replica (or
+    /// read back at start, unannounced, unless `announce`).
+    pub(crate) fn apply_entry(
+        &self,
+        position: &mut u64,
+        n: u64,
+        command: &Command,
+        now: SystemTime,
+        announce: bool,
+    ) -> Result<Applied, LedgerError> {
+        self.apply_at(position, n, command, now, if announce { Origin::Elsewhere } else { Origin::History })
+    }
+
+    fn apply_at(
+        &self,
+        position: &mut u64,
+        n: u64,
+        command: &Command,
+        now: SystemTime,
+        origin: Origin,
+    ) -> Result<Applied, LedgerError> {
         let outcome = lock(&self.ledger).apply(command, now);
         *position = n;
         match outcome {
             Ok((applied, events)) => {
-                self.changed(events, own);
+                self.changed(events, origin);
                 Ok(applied)
             }
             Err(e) => {
@@ -283,8 +325,13 @@ impl ApprovalStore {
         lock(&self.ledger).grants(now).into_iter().cloned().collect()
     }
 
-    /// The live grant covering `fingerprint` for `requester`.
+    /// The live grant covering `fingerprint` for `requester`. With a
+    /// shared log not read lately (the database out of reach), none: a
+    /// revoke made elsewhere might be unseen.
     pub fn grant_for(&self, requester: &Requester, fingerprint: &str, now: SystemTime) -> Option<Grant> {
+        if self.shared.as_ref().is_some_and(|log| !log.fresh()) {
+            return None;
+        }
         lock(&self.ledger).grant_for(requester, fingerprint, now).cloned()
     }
 
@@ -542,7 +589,12 @@ impl HoldHandler for ApprovalHandler {
         let outcome = async move {
             // Opened here: a shared store writes it to the database first.
             if let Err(e) = store.open(request, now).await {
-                withdraw.disarm();
+                // Unavailable: it may have been written all the same (the
+                // answer lost), so the guard withdraws it; refused: nothing
+                // to withdraw.
+                if !matches!(e, LedgerError::Unavailable(_)) {
+                    withdraw.disarm();
+                }
                 tracing::warn!("opening an approval request: {e}");
                 return HoldOutcome::Refuse { reason: format!("the approval request could not be opened: {e}") };
             }
