@@ -166,6 +166,33 @@ async fn search_path_follows_the_server() {
     assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
 }
 
+/// `$user` in the path is the current role's schema: after `SET ROLE`,
+/// an unqualified name may be that role's table, and is judged so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_in_the_search_path_follows_set_role() {
+    let stack = Stack::with_policy(
+        "version = 1\n[settings]\ndefault = \"allow\"\n\n[[rule]]\nname = \"not-evil\"\neffect = \"deny\"\n\
+         tables = [\"evil.*\"]\n",
+    );
+    stack
+        .cluster
+        .psql(
+            "app",
+            "CREATE ROLE evil; GRANT evil TO app; CREATE SCHEMA evil AUTHORIZATION evil; \
+             CREATE TABLE evil.orders (id int); ALTER TABLE evil.orders OWNER TO evil; \
+             INSERT INTO evil.orders VALUES (-1)",
+        )
+        .unwrap();
+    let client = stack.connect(&["developers"]).await;
+    client.simple_query("SET search_path = \"$user\", public").await.unwrap();
+    assert_eq!(simple_rows(&client, "SELECT id FROM orders ORDER BY id LIMIT 1").await.len(), 1);
+    client.simple_query("SET ROLE evil").await.unwrap();
+    let e = client.simple_query("SELECT * FROM orders").await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "evil.orders through $user: {e}");
+    client.simple_query("RESET ROLE").await.unwrap();
+    assert_eq!(simple_rows(&client, "SELECT id FROM orders ORDER BY id LIMIT 1").await.len(), 1);
+}
+
 /// The server parses a prepared statement again when `search_path`
 /// changed since (and re-plans it after DDL): an `Execute` is judged
 /// again with the path and the views of the moment.

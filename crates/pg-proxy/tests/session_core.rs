@@ -323,10 +323,10 @@ fn one_value_answer(value: &str) -> Vec<u8> {
 /// `path`.
 fn read_back(h: &mut Harness, path: &str) {
     let sent = h.sent();
-    assert!(is_query(&sent[0], "SELECT pg_catalog.current_setting('search_path')"), "{sent:?}");
+    assert!(is_query(&sent[0], READ_BACK), "{sent:?}");
     h.server(&cat(&[
-        row_description(&[("search_path", 0, 0)]),
-        rows_of(&[&[path]]),
+        row_description(&[("search_path", 0, 0), ("current_user", 0, 0)]),
+        rows_of(&[&[path, "app"]]),
         complete("SELECT 1"),
         ready(b'I'),
     ]));
@@ -1118,7 +1118,7 @@ fn a_reset_returns_to_the_startup_search_path_not_the_policy_s() {
     }
 }
 
-const READ_BACK: &str = "SELECT pg_catalog.current_setting('search_path')";
+const READ_BACK: &str = "SELECT pg_catalog.current_setting('search_path'), current_user";
 
 /// Runs a simple query that the server answers with `tag` and status.
 fn simple(h: &mut Harness, sql: &str, tag: &str, status: u8) {

@@ -453,7 +453,7 @@ enum Pending {
     Refused(Refusal),
     /// The gateway's own `search_path` read-back; the client's
     /// `ReadyForQuery` is held until it is done.
-    ReadSearchPath { held: Option<BackendFrame>, value: Option<String> },
+    ReadSearchPath { held: Option<BackendFrame>, value: Option<String>, role: Option<String> },
 }
 
 // Every message of the extended protocol moves one of these in and out of
@@ -2236,10 +2236,12 @@ impl SessionCore {
         if reading_back && self.pending.is_empty() && status != b'E' {
             // Read the settings back before the client goes on.
             let mut q = BytesMut::new();
-            if frontend::query("SELECT pg_catalog.current_setting('search_path')", &mut q).is_ok() {
+            // The role too: `$user` in the path is the current role's
+            // schema, which SET ROLE and SET SESSION AUTHORIZATION move.
+            if frontend::query("SELECT pg_catalog.current_setting('search_path'), current_user", &mut q).is_ok() {
                 self.to_server.extend_from_slice(&q);
-                self.pending
-                    .push_back(Pending::ReadSearchPath { held: forward.then(|| frame.to_owned_frame()), value: None });
+                let held = forward.then(|| frame.to_owned_frame());
+                self.pending.push_back(Pending::ReadSearchPath { held, value: None, role: None });
                 return;
             }
         }
@@ -2257,16 +2259,21 @@ impl SessionCore {
 
     #[cold]
     fn on_read_search_path(&mut self, message: BackendMessage, frame: &BackendView<'_>) {
-        let Some(Pending::ReadSearchPath { value, .. }) = self.pending.front_mut() else { return };
+        let Some(Pending::ReadSearchPath { value, role, .. }) = self.pending.front_mut() else { return };
         match message {
             BackendMessage::DataRow => {
                 let mut values: Vec<Option<&[u8]>> = Vec::new();
                 if codec::data_row_values_into(frame, &mut values).is_ok() {
-                    *value = values.first().copied().flatten().map(|b| String::from_utf8_lossy(b).into_owned());
+                    let text =
+                        |i: usize| values.get(i).copied().flatten().map(|b| String::from_utf8_lossy(b).into_owned());
+                    *value = text(0);
+                    *role = text(1);
                 }
             }
             BackendMessage::ReadyForQuery => {
-                let Some(Pending::ReadSearchPath { held, value }) = self.pending.pop_front() else { return };
+                let Some(Pending::ReadSearchPath { held, value, role }) = self.pending.pop_front() else { return };
+                // Unknown: `$user` then names no schema the engine counts.
+                self.state.user = role;
                 match value.as_deref().and_then(EngineSession::search_path_from_setting) {
                     Some(path) => self.state.search_path = path,
                     None => {
