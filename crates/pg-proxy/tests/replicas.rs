@@ -285,6 +285,18 @@ async fn each_replica_records_its_own_sessions_requests_and_announces_its_own_ch
     }
     assert_eq!(on_a, ["requested", "denied"]);
     assert!(events("audit-b").is_empty(), "{:?}", events("audit-b"));
+    // Both logs verify, closed.
+    stack.gateway.audit.as_ref().unwrap().close();
+    b.audit.as_ref().unwrap().close();
+    for dir in ["audit-a", "audit-b"] {
+        let out = portcullis_testkit::bin!()
+            .args(["audit", "verify", "--key"])
+            .arg(keys.join("audit-key.pub"))
+            .arg(stack.dir.join(dir))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{dir}: {}", String::from_utf8_lossy(&out.stdout));
+    }
     let _ = std::fs::remove_dir_all(&keys);
 }
 
