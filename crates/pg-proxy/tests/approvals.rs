@@ -66,13 +66,7 @@ fn message(e: &tokio_postgres::Error) -> String {
 
 /// How many of these orders are left, asked of the server directly.
 async fn orders_left(stack: &Stack, ids: &str) -> i64 {
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user=app password={} dbname=app",
-        stack.cluster.port(),
-        portcullis_testkit::stack::APP_PASSWORD
-    );
-    let (owner, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let owner = stack.direct().await;
     let row = owner.query_one(&format!("SELECT count(*) FROM orders WHERE id IN ({ids})"), &[]).await.unwrap();
     row.get(0)
 }

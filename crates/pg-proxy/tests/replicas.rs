@@ -137,11 +137,8 @@ async fn a_request_held_on_one_replica_is_approved_through_the_other() {
 
 /// How many entries the shared log holds, read directly.
 async fn log_entries(stack: &Stack) -> i64 {
-    let conninfo =
-        format!("host=127.0.0.1 port={} user=portcullis_log password={LOG_PASSWORD} dbname=app", stack.cluster.port());
-    let (owner, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    owner.query_one("SELECT count(*) FROM portcullis.approval_log", &[]).await.unwrap().get(0)
+    let log = stack.direct_as("portcullis_log", LOG_PASSWORD).await;
+    log.query_one("SELECT count(*) FROM portcullis.approval_log", &[]).await.unwrap().get(0)
 }
 
 /// A grant made on replica A lets the agent's same statement through on
@@ -388,13 +385,7 @@ async fn a_log_the_clients_role_can_reach_is_refused() {
 }
 
 async fn orders_left_direct(stack: &Stack, id: i32) -> i64 {
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user=app password={} dbname=app",
-        stack.cluster.port(),
-        portcullis_testkit::stack::APP_PASSWORD
-    );
-    let (owner, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let owner = stack.direct().await;
     owner.query_one("SELECT count(*) FROM orders WHERE id = $1", &[&id]).await.unwrap().get(0)
 }
 

@@ -299,6 +299,23 @@ impl Stack {
         owner_sql(&self.cluster, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// A tokio-postgres client as `user` (password `password`) in the
+    /// database `app`, directly on the cluster (not through the gateway).
+    pub async fn direct_as(&self, user: &str, password: &str) -> tokio_postgres::Client {
+        let conninfo =
+            format!("host=127.0.0.1 port={} user={user} password={password} dbname=app", self.cluster.port());
+        let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// The same as `app`, the database's owner.
+    pub async fn direct(&self) -> tokio_postgres::Client {
+        self.direct_as("app", APP_PASSWORD).await
+    }
+
     /// `p` in the gateway's directory.
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.join(p)
