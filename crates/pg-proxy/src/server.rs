@@ -170,13 +170,13 @@ impl Gateway {
                 let mut log_target = target.clone();
                 log_target.config.user.clone_from(user);
                 log_target.config.password.clone_from(password);
-                let log = crate::approvals::shared::SharedLog::new(
+                let log = crate::approvals::shared::PostgresLog::new(
                     log_target,
                     database.clone(),
                     config.approvals.replica.clone(),
                     config.upstream.user.clone(),
                 );
-                store = store.with_shared_log(log);
+                store = store.with_shared_log(Arc::new(log));
             }
             if let Some(a) = &audit {
                 store = store.with_sink(Arc::clone(a) as Arc<dyn session::record::RecordSink>);

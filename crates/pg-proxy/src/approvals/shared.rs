@@ -26,6 +26,8 @@
 //! (under an advisory lock, so that replicas starting together do not
 //! race); its version is kept in `portcullis.schema_version`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -84,9 +86,54 @@ struct Entry {
     command: Command,
 }
 
-/// The shared log, as one replica reaches it.
+/// Where a replica's changes go and where it reads everyone's: the
+/// storage of a shared [`ApprovalStore`]. A store without one keeps its
+/// ledger in memory alone; [`PostgresLog`] is the log in PostgreSQL.
+pub trait SharedLog: Send + Sync + std::fmt::Debug {
+    /// This replica's name.
+    fn replica(&self) -> &str;
+
+    /// Whether the log was read whole lately enough for its grants to be
+    /// trusted ([`GRANTS_TRUSTED_FOR`]).
+    fn fresh(&self) -> bool;
+
+    /// Appends `command`, made at `now`, once `store` has applied
+    /// everything before it, and applies it there: what the ledger
+    /// answered, or why it could not be written. A command the ledger
+    /// refuses is never written.
+    fn append<'a>(&'a self, store: &'a ApprovalStore, command: Command, now: SystemTime) -> Appending<'a>;
+
+    /// Applies to `store` what others append, until the store is dropped.
+    fn follow(self: Arc<Self>, store: std::sync::Weak<ApprovalStore>) -> Following;
+}
+
+/// The future of an append.
+pub type Appending<'a> = Pin<Box<dyn Future<Output = Result<Applied, LedgerError>> + Send + 'a>>;
+
+/// The future that follows a log.
+pub type Following = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl SharedLog for PostgresLog {
+    fn replica(&self) -> &str {
+        PostgresLog::replica(self)
+    }
+
+    fn fresh(&self) -> bool {
+        PostgresLog::fresh(self)
+    }
+
+    fn append<'a>(&'a self, store: &'a ApprovalStore, command: Command, now: SystemTime) -> Appending<'a> {
+        Box::pin(PostgresLog::append(self, store, command, now))
+    }
+
+    fn follow(self: Arc<Self>, store: std::sync::Weak<ApprovalStore>) -> Following {
+        Box::pin(PostgresLog::follow(self, store))
+    }
+}
+
+/// The shared log in PostgreSQL, as one replica reaches it.
 #[derive(Debug)]
-pub struct SharedLog {
+pub struct PostgresLog {
     target: Target,
     database: String,
     replica: String,
@@ -103,7 +150,7 @@ pub struct SharedLog {
     caught_up: AtomicBool,
 }
 
-impl SharedLog {
+impl PostgresLog {
     /// The log in `database` of the server `target` names (with the log's
     /// own role), written as replica `replica`; `clients_role` is the
     /// upstream role, which must not reach it.
@@ -112,8 +159,8 @@ impl SharedLog {
         database: impl Into<String>,
         replica: impl Into<String>,
         clients_role: impl Into<String>,
-    ) -> SharedLog {
-        SharedLog {
+    ) -> PostgresLog {
+        PostgresLog {
             target,
             database: database.into(),
             replica: replica.into(),
@@ -266,12 +313,7 @@ impl SharedLog {
     /// Appends `command`, at `now`, once `store` has applied everything
     /// before it, and applies it: what the ledger answered, or why it
     /// could not be written.
-    pub(crate) async fn append(
-        &self,
-        store: &ApprovalStore,
-        command: Command,
-        now: SystemTime,
-    ) -> Result<Applied, LedgerError> {
+    async fn append(&self, store: &ApprovalStore, command: Command, now: SystemTime) -> Result<Applied, LedgerError> {
         let text = serde_json::to_string(&Entry { v: ENTRY_VERSION, now, command })
             .map_err(|e| unavailable(format!("encoding a command: {e}")))?;
         if text.len() > MAX_ENTRY_BYTES {
@@ -384,7 +426,7 @@ impl SharedLog {
 
     /// Follows the log for `store` until the store is dropped: wakes on a
     /// notification, or every [`POLL`].
-    pub(crate) async fn follow(self: Arc<SharedLog>, store: std::sync::Weak<ApprovalStore>) {
+    async fn follow(self: Arc<PostgresLog>, store: std::sync::Weak<ApprovalStore>) {
         let mut listener: Option<Connection> = None;
         loop {
             let Some(store) = store.upgrade() else { return };

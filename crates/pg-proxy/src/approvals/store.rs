@@ -40,7 +40,7 @@ pub struct ApprovalStore {
     /// stream).
     events: Mutex<std::collections::VecDeque<(u64, Event)>>,
     /// The log shared with other replicas, if any.
-    shared: Option<Arc<SharedLog>>,
+    shared: Option<Arc<dyn SharedLog>>,
     /// How much of the shared log the ledger holds; held while applying.
     pub(crate) position: tokio::sync::Mutex<u64>,
     /// Whether the shared log is followed already.
@@ -85,8 +85,8 @@ impl ApprovalStore {
     /// is appended there and applied from there (see
     /// [`super::shared`]). [`ApprovalStore::follow`] starts reading it.
     #[must_use]
-    pub fn with_shared_log(mut self, log: SharedLog) -> ApprovalStore {
-        self.shared = Some(Arc::new(log));
+    pub fn with_shared_log(mut self, log: Arc<dyn SharedLog>) -> ApprovalStore {
+        self.shared = Some(log);
         self
     }
 
@@ -103,7 +103,7 @@ impl ApprovalStore {
 
     /// This replica's name, when the store is shared.
     pub fn replica(&self) -> Option<&str> {
-        self.shared.as_deref().map(SharedLog::replica)
+        self.shared.as_deref().map(|log| log.replica())
     }
 
     /// The same, recording every event in `sink` (the audit log).
