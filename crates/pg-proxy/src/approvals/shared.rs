@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::ledger::{Applied, Command, LedgerError};
-use super::store::ApprovalStore;
+use super::store::{ApprovalStore, Origin};
 use crate::upstream::{self, Connection, Target};
 
 /// The channel replicas are told of new entries on.
@@ -358,7 +358,7 @@ impl PostgresLog {
                 *self.writer.lock().await = Some(conn);
                 self.read_whole();
                 let n = *position + 1;
-                store.apply_logged(&mut position, n, &entry.command, now, true)
+                store.apply_logged(&mut position, n, &entry.command, now, Origin::Here)
             }
             Ok(Err(refused)) => {
                 if self.run(&mut conn, "ROLLBACK").await.is_ok() {
@@ -398,7 +398,8 @@ impl PostgresLog {
     /// replica cannot read (a newer gateway's, say) is passed over, with
     /// a warning: the rest of the log still applies.
     fn apply_rows(&self, store: &ApprovalStore, position: &mut u64, rows: Vec<(u64, String)>) -> Result<(), String> {
-        let announce = self.caught_up.load(Ordering::Acquire);
+        // Before the log was first read whole: history, not news.
+        let origin = if self.caught_up.load(Ordering::Acquire) { Origin::Elsewhere } else { Origin::History };
         for (n, text) in rows {
             if n <= *position {
                 continue;
@@ -409,7 +410,7 @@ impl PostgresLog {
             match serde_json::from_str::<Entry>(&text) {
                 Ok(entry) if entry.v == ENTRY_VERSION => {
                     // Refused here as where it was appended: nothing to do.
-                    let _ = store.apply_entry(position, n, &entry.command, entry.now, announce);
+                    let _ = store.apply_logged(position, n, &entry.command, entry.now, origin);
                 }
                 Ok(entry) => {
                     tracing::warn!(entry = n, version = entry.v, "approvals log entry of another format passed over");

@@ -49,7 +49,7 @@ pub struct ApprovalStore {
 
 /// Where a change comes from, which decides who is told of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
+pub(crate) enum Origin {
     /// Made here: waiters, the live stream, the audit log and the webhook.
     Here,
     /// Made by another replica: all but the webhook (told by that one).
@@ -232,33 +232,9 @@ impl ApprovalStore {
         trial.apply(command, now).map(drop)
     }
 
-    /// Applies entry `n` of the shared log, which this replica wrote, and
-    /// publishes its events.
+    /// Applies entry `n` of the shared log and publishes its events to
+    /// those `origin` says.
     pub(crate) fn apply_logged(
-        &self,
-        position: &mut u64,
-        n: u64,
-        command: &Command,
-        now: SystemTime,
-        own: bool,
-    ) -> Result<Applied, LedgerError> {
-        self.apply_at(position, n, command, now, if own { Origin::Here } else { Origin::Elsewhere })
-    }
-
-    /// Applies entry `n` of the shared log, written by another replica (or
-    /// read back at start, unannounced, unless `announce`).
-    pub(crate) fn apply_entry(
-        &self,
-        position: &mut u64,
-        n: u64,
-        command: &Command,
-        now: SystemTime,
-        announce: bool,
-    ) -> Result<Applied, LedgerError> {
-        self.apply_at(position, n, command, now, if announce { Origin::Elsewhere } else { Origin::History })
-    }
-
-    fn apply_at(
         &self,
         position: &mut u64,
         n: u64,
