@@ -562,21 +562,9 @@ impl Config {
         }
         let password = if let Some(p) = up.password {
             Some(Secret::new(p.into_bytes()))
-        } else if let Some(var) = &up.password_env {
-            match env(var) {
-                Some(v) => Some(Secret::new(v.into_bytes())),
-                None => return Err(invalid(format!("[upstream] password_env: the variable {var} is not set"))),
-            }
-        } else if let Some(file) = &up.password_file {
-            let file = resolve(file);
-            let bytes = std::fs::read(&file)
-                .map_err(|e| invalid(format!("[upstream] password_file {}: {e}", file.display())))?;
-            // A trailing newline is not part of the password.
-            let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-            let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
-            Some(Secret::new(trimmed.to_vec()))
         } else {
-            None
+            let file = up.password_file.as_deref().map(resolve);
+            password_from("[upstream]", file, up.password_env.as_deref(), &env).map_err(invalid)?
         };
         let ca_file = up.ca_file.as_deref().map(|p| match p.to_str() {
             Some("system") => RootCerts::System,
@@ -778,26 +766,9 @@ impl Config {
                             }
                             Some(u) => u.clone(),
                         };
-                    let password = match (&a.password_file, &a.password_env) {
-                        (Some(_), Some(_)) => {
-                            return Err(invalid("[approvals] gives both password_file and password_env".to_string()))
-                        }
-                        (Some(file), None) => {
-                            let file = resolve(file);
-                            let bytes = std::fs::read(&file)
-                                .map_err(|e| invalid(format!("[approvals] password_file {}: {e}", file.display())))?;
-                            let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-                            let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
-                            Some(Secret::new(trimmed.to_vec()))
-                        }
-                        (None, Some(var)) => match env(var) {
-                            Some(v) => Some(Secret::new(v.into_bytes())),
-                            None => {
-                                return Err(invalid(format!("[approvals] password_env: the variable {var} is not set")))
-                            }
-                        },
-                        (None, None) => None,
-                    };
+                    let file = a.password_file.as_deref().map(resolve);
+                    let password =
+                        password_from("[approvals]", file, a.password_env.as_deref(), &env).map_err(invalid)?;
                     StoreKind::Postgres {
                         database: a.database.clone().or_else(|| up.database.clone()).unwrap_or_else(|| up.user.clone()),
                         user,
@@ -1017,6 +988,31 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
+}
+
+/// A password for `section`: read from `file` (one trailing newline is
+/// not part of it) or from the environment variable `var`; neither is
+/// none, both an error.
+fn password_from(
+    section: &str,
+    file: Option<PathBuf>,
+    var: Option<&str>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, String> {
+    match (file, var) {
+        (Some(_), Some(_)) => Err(format!("{section} gives both password_file and password_env")),
+        (Some(file), None) => {
+            let bytes = std::fs::read(&file).map_err(|e| format!("{section} password_file {}: {e}", file.display()))?;
+            let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+            let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+            Ok(Some(Secret::new(trimmed.to_vec())))
+        }
+        (None, Some(var)) => match env(var) {
+            Some(v) => Ok(Some(Secret::new(v.into_bytes()))),
+            None => Err(format!("{section} password_env: the variable {var} is not set")),
+        },
+        (None, None) => Ok(None),
+    }
 }
 
 /// This machine's host name, or `gateway`.
@@ -1244,6 +1240,14 @@ password_env = "PW"
             ("[approvals]\ndatabase = \"ops\"", "[approvals] database, user and password: only with store"),
             ("[approvals]\nstore = \"postgres\"", "needs user: a role of its own"),
             (same_role.as_str(), "is the upstream role"),
+            (
+                "[approvals]\nstore = \"postgres\"\nuser = \"log\"\npassword_file = \"p\"\npassword_env = \"P\"",
+                "[approvals] gives both password_file and password_env",
+            ),
+            (
+                "[approvals]\nstore = \"postgres\"\nuser = \"log\"\npassword_file = \"no-such-file\"",
+                "[approvals] password_file",
+            ),
             (
                 "[approvals]\nstore = \"postgres\"\nuser = \"log\"\npassword_env = \"PORTCULLIS_NO_SUCH_VAR_9\"",
                 "not set",
