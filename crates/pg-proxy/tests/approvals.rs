@@ -457,8 +457,8 @@ async fn approvers_see_the_plan_in_the_sessions_terms_and_planning_runs_nothing(
     assert!(within(run).await.unwrap().is_err());
 
     // A statement the server cannot plan: its error instead of a plan, and
-    // the catalog connection goes on (the session's tables are still read
-    // through it, and the next plan works).
+    // the next plan works (the planner's connection goes on after a
+    // statement's error), as do the session's own catalog reads.
     agent.simple_query("SET search_path = public").await.unwrap();
     for (sql, plannable) in
         [("DELETE FROM orders WHERE no_such_column = 1", false), ("DELETE FROM orders WHERE id = 26", true)]

@@ -124,8 +124,8 @@ fn serve_holds_for_approval_and_serves_the_admin_api() {
         assert!(Instant::now() < deadline, "no request opened: {body}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    // The approver sees the plan: the gateway explained the DELETE on its
-    // catalog connection.
+    // The approver sees the plan: the gateway explained the DELETE on a
+    // connection of its own.
     let plan = loop {
         let mut r = agent.get(format!("{base}/approvals/{id}")).header("Authorization", &bob).call().unwrap();
         let body: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
