@@ -154,6 +154,7 @@ impl Session {
             user: "bench".into(),
             database: "bench".into(),
             config: CoreConfig::default(),
+            metrics: Arc::new(pg_proxy::metrics::Metrics::new()),
         };
         let columns = HashMap::from([(1, "aid".to_string()), (2, "bid".to_string()), (3, "abalance".to_string())]);
         let accounts = Table { schema: "public".into(), name: "pgbench_accounts".into(), columns };

@@ -40,6 +40,7 @@ use portcullis_audit::writer::{WriteError, Writer, WriterOptions};
 use serde::Serialize;
 
 use crate::config::{AuditSettings, Durability};
+use crate::metrics::Metrics;
 use crate::session::record::{Persisting, Record, RecordError, RecordSink};
 
 /// Values of parameters longer than this are cut in records.
@@ -92,6 +93,8 @@ struct Shared {
     commit_delay: Duration,
     /// Syncs still to fail on purpose ([`AuditLog::fail_next_syncs`]).
     failing_syncs: std::sync::atomic::AtomicU32,
+    /// Where write and sync times and failures are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// The writer's queue: records numbered as they are queued.
@@ -215,7 +218,10 @@ impl Shared {
         writing.taken_ends.clear();
         let written = appended.and_then(|()| {
             self.stats.writes.fetch_add(1, Ordering::Relaxed);
-            writing.writer.write()
+            let start = Instant::now();
+            let written = writing.writer.write();
+            self.metrics.audit_write(start.elapsed());
+            written
         });
         let before = self.processed.load(Ordering::Acquire);
         match written {
@@ -244,6 +250,7 @@ impl Shared {
     /// Notes a failure (the log says it once until writing works again).
     fn failed(&self, message: String) -> String {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        self.metrics.audit_failure();
         if !self.failing.swap(true, Ordering::Relaxed) {
             tracing::error!("audit log: {message}; statements are refused until it can be written again");
         }
@@ -404,6 +411,11 @@ impl AuditLog {
     /// Opens (or continues) the log the settings name and starts its sync
     /// thread.
     pub fn open(settings: &AuditSettings) -> Result<AuditLog, AuditError> {
+        AuditLog::open_with_metrics(settings, Arc::new(Metrics::new()))
+    }
+
+    /// [`AuditLog::open`], timing its writes and syncs into `metrics`.
+    pub fn open_with_metrics(settings: &AuditSettings, metrics: Arc<Metrics>) -> Result<AuditLog, AuditError> {
         let signer = load_signer(&settings.signing_key_file, &settings.origin)?;
         let mut options = WriterOptions::new(&settings.dir, signer);
         options.segment_bytes = settings.segment_bytes;
@@ -423,6 +435,7 @@ impl AuditLog {
             live: std::sync::atomic::AtomicUsize::new(0),
             commit_delay: settings.commit_delay,
             failing_syncs: std::sync::atomic::AtomicU32::new(0),
+            metrics,
         });
         let interval = settings.checkpoint_interval;
         let thread = {
@@ -444,6 +457,13 @@ impl AuditLog {
             failing,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Whether the log cannot be written now (the last write or sync
+    /// failed, and none has worked since): statements that need a record
+    /// are refused meanwhile.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
     }
 
     /// Makes the next `n` syncs of the log fail as an I/O error would, for
@@ -762,11 +782,13 @@ fn sync_loop(shared: &Shared, interval: Duration) {
                         .failing_syncs
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                         .is_ok();
+                    let start = Instant::now();
                     let synced = if injected {
                         Err(std::io::Error::from_raw_os_error(5)) // EIO
                     } else {
                         file.sync_data()
                     };
+                    shared.metrics.audit_sync(start.elapsed());
                     synced.map_err(|e| format!("syncing the audit log: {e}"))
                 }
                 None => Ok(()),

@@ -70,7 +70,10 @@ pub struct KeySet {
 #[derive(Debug)]
 struct State {
     jwks: Arc<Jwks>,
+    /// The last load, whether it worked or not.
     loaded: Instant,
+    /// The last load that worked: the keys' age.
+    fetched: Instant,
 }
 
 impl KeySet {
@@ -82,7 +85,8 @@ impl KeySet {
         }
         let jwks = read(&source)?;
         let diagnostics = jwks.diagnostics().to_vec();
-        let state = State { jwks: Arc::new(jwks), loaded: Instant::now() };
+        let now = Instant::now();
+        let state = State { jwks: Arc::new(jwks), loaded: now, fetched: now };
         Ok((KeySet { source, refresh, state: RwLock::new(state), loading: tokio::sync::Mutex::new(()) }, diagnostics))
     }
 
@@ -103,6 +107,44 @@ impl KeySet {
         if self.current().1.elapsed() < self.refresh.min_interval {
             return false;
         }
+        self.load_again().await.is_ok()
+    }
+
+    /// Loads the key set again now (an operator's reload); a set that does
+    /// not load is refused, and the keys already loaded are kept.
+    pub async fn reload_now(&self) -> Result<(), String> {
+        let _one_at_a_time = self.loading.lock().await;
+        self.load_again().await
+    }
+
+    /// How long ago the keys in use were loaded.
+    pub fn age(&self) -> Duration {
+        match self.state.read() {
+            Ok(s) => s.fetched.elapsed(),
+            Err(poisoned) => poisoned.into_inner().fetched.elapsed(),
+        }
+    }
+
+    /// Whether the keys are fresh enough to trust: loaded within the
+    /// maximum age, after trying to load them again when they are older
+    /// (at most once per minimum interval). The error says how old they
+    /// are.
+    pub async fn check_fresh(&self) -> Result<(), String> {
+        if self.age() > self.refresh.max_age {
+            self.reload().await;
+        }
+        let age = self.age();
+        if age > self.refresh.max_age {
+            return Err(format!(
+                "the key set from {} was last loaded {}s ago (more than jwks_max_age) and cannot be loaded again",
+                self.source,
+                age.as_secs()
+            ));
+        }
+        Ok(())
+    }
+
+    async fn load_again(&self) -> Result<(), String> {
         let source = self.source.clone();
         let loaded = tokio::task::spawn_blocking(move || read(&source)).await.map_err(|e| e.to_string());
         let mut state = match self.state.write() {
@@ -117,11 +159,12 @@ impl KeySet {
                 }
                 tracing::info!(source = %self.source, "key set reloaded");
                 state.jwks = Arc::new(jwks);
-                true
+                state.fetched = state.loaded;
+                Ok(())
             }
             Err(e) => {
                 tracing::warn!("reloading the key set: {e}; keeping the keys already loaded");
-                false
+                Err(e)
             }
         }
     }

@@ -50,7 +50,9 @@ fn say_line(line: std::fmt::Arguments<'_>) {
 }
 
 // After `say!`, which it uses.
+mod admin_api;
 mod approvals;
+mod sessions;
 
 /// The environment variable the `policy` commands read the key of `hash`
 /// masks from when no `--pseudonym-key-file` is given.
@@ -89,12 +91,21 @@ enum Command {
     /// printed); 2 bad usage or no token; 3 the admin server could not be
     /// reached.
     Approvals(approvals::ApprovalsArgs),
+    /// List a running gateway's live sessions (who, agent, client, state,
+    /// the fingerprint of the statement running or held, age) and end
+    /// them, through its admin API (`[admin]`) with your own token.
+    ///
+    /// Exit codes: 0 success; 1 the gateway refused (its message is
+    /// printed); 2 bad usage or no token; 3 the admin server could not be
+    /// reached.
+    Sessions(sessions::SessionsArgs),
     /// Run the gateway.
     ///
     /// Clients connect as to PostgreSQL and log in with an OIDC token as the
     /// password; the gateway decides every statement with the policy and
-    /// masks every result row. SIGHUP reloads the policy (a policy that does
-    /// not load is rejected and the one in force kept); SIGTERM or Ctrl-C
+    /// masks every result row. SIGHUP reloads the policy, the key set and the
+    /// TLS certificate (a file that does not load is refused and the one in
+    /// force kept); SIGTERM or Ctrl-C
     /// stops. Logs go to standard error (see --log-format, --log-level).
     Serve {
         #[command(flatten)]
@@ -411,6 +422,7 @@ pub(crate) fn run() -> ExitCode {
         }
         Command::Audit(command) => audit::run(command),
         Command::Approvals(args) => approvals::run(args),
+        Command::Sessions(args) => sessions::run(args),
         Command::Demo { policy, port, admin_port, script, audit_dir, log } => {
             demo(pg_proxy::demo::DemoOptions { policy, port, admin_port, script, audit_dir }, &log)
         }

@@ -315,6 +315,39 @@ impl Cluster {
         self.shutdown()
     }
 
+    /// Stops the server (`pg_ctl stop -m fast`: sessions get `57P01`) and
+    /// keeps the directory, for [`Cluster::start_again`]: what a database
+    /// restart or failover looks like to its clients.
+    pub fn stop_server(&self) -> Result<(), ClusterError> {
+        let args: Vec<OsString> = vec![
+            "-D".into(),
+            self.data_dir.clone().into(),
+            "-m".into(),
+            "fast".into(),
+            "-w".into(),
+            "-t".into(),
+            "60".into(),
+            "stop".into(),
+        ];
+        self.run_server_program("pg_ctl", &args).map(|_| ())
+    }
+
+    /// Starts the server [`Cluster::stop_server`] stopped, on the same port.
+    pub fn start_again(&self) -> Result<(), ClusterError> {
+        let args: Vec<OsString> = vec![
+            "-D".into(),
+            self.data_dir.clone().into(),
+            "-l".into(),
+            self.log_path.clone().into(),
+            "-w".into(),
+            "-t".into(),
+            "60".into(),
+            "start".into(),
+        ];
+        self.run_server_program("pg_ctl", &args).map_err(|e| self.start_failed(e.to_string()))?;
+        self.wait_accepting(Duration::from_secs(30))
+    }
+
     /// The TCP port the server listens on.
     pub fn port(&self) -> u16 {
         self.port

@@ -234,6 +234,10 @@ pub struct AdminSettings {
     /// (default: `https://` and `listen` when `[tls]` is set, `http://`
     /// otherwise).
     pub url: String,
+    /// Groups whose members may list and end any session and reload the
+    /// gateway (others see and end only their own sessions and their
+    /// agents').
+    pub operators: Vec<String>,
 }
 
 /// `[approvals]`.
@@ -429,6 +433,8 @@ struct RawConfig {
 struct RawAdmin {
     listen: String,
     url: Option<String>,
+    #[serde(default)]
+    operators: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -710,7 +716,10 @@ impl Config {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(invalid(format!("[admin] url {url:?}: an http:// or https:// URL")));
                 }
-                Some(AdminSettings { listen, url })
+                if let Some(empty) = a.operators.iter().find(|g| g.trim().is_empty()) {
+                    return Err(invalid(format!("[admin] operators: {empty:?} is not a group name")));
+                }
+                Some(AdminSettings { listen, url, operators: a.operators })
             }
         };
         let defaults = ApprovalSettings::default();

@@ -9,6 +9,7 @@
 //! - [`admin`]: the admin HTTP server (the approvals API);
 //! - [`approvals`]: statements held until people approve them;
 //! - [`audit`]: the tamper-evident log behind the sessions' record sink;
+//! - [`metrics`]: the Prometheus metrics the admin server serves;
 //! - [`server`]: accepting clients, TLS, login, cancel requests;
 //! - [`session`]: one client session: the protocol core with no I/O
 //!   ([`session::SessionCore`]), its tokio driver, holds, the record sink
@@ -31,6 +32,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -62,6 +62,7 @@ use crate::auth::KeySet;
 use crate::catalog::Catalog;
 use crate::codec::{self, Frontend, Startup, Str};
 use crate::config::Config;
+use crate::metrics::Reloaded;
 use crate::session;
 use crate::tls::{Stream, ALPN_POSTGRESQL};
 use crate::upstream::{self, Target};
@@ -106,6 +107,13 @@ pub struct Gateway {
     engine: RwLock<Arc<Engine>>,
     keys: KeySet,
     tls: Option<Arc<ServerConfig>>,
+    /// The certificate the TLS configuration presents (reloadable).
+    cert: Option<Arc<crate::tls::ServerCert>>,
+    /// The metrics the admin server serves.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The last check of the database for readiness: when, and what it
+    /// found.
+    upstream_check: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
     /// How to reach the database.
     pub target: Target,
     /// Table names by OID, and the databases' views.
@@ -148,13 +156,19 @@ impl Gateway {
         for d in diagnostics {
             tracing::warn!(source = %config.auth.jwks, "{d}");
         }
-        let tls = match &config.tls {
-            Some(t) => Some(crate::tls::server_config(&t.cert, &t.key)?),
-            None => None,
+        let (tls, cert) = match &config.tls {
+            Some(t) => {
+                let (tls, cert) = crate::tls::server_config(&t.cert, &t.key)?;
+                (Some(tls), Some(cert))
+            }
+            None => (None, None),
         };
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let target = Target::new(&config.upstream, config.limits.max_message_bytes)?;
         let audit = match &config.audit {
-            Some(settings) => Some(Arc::new(crate::audit::AuditLog::open(settings).map_err(|e| e.to_string())?)),
+            Some(settings) => Some(Arc::new(
+                crate::audit::AuditLog::open_with_metrics(settings, Arc::clone(&metrics)).map_err(|e| e.to_string())?,
+            )),
             None => None,
         };
         let mut hooks = session::SessionHooks::default();
@@ -205,6 +219,9 @@ impl Gateway {
             engine: RwLock::new(Arc::new(engine)),
             keys,
             tls,
+            cert,
+            metrics,
+            upstream_check: tokio::sync::Mutex::new(None),
             cancels: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
             next_session: AtomicU64::new(1),
@@ -245,15 +262,94 @@ impl Gateway {
     }
 
     /// Reloads the policy; a policy that does not load is rejected and the
-    /// one in force is kept.
+    /// one in force is kept. Sessions take the new one before their next
+    /// statement; a statement being decided keeps the one it started with.
     pub fn reload_policy(&self) -> Result<(), String> {
-        let engine = load_engine(&self.config)?;
+        let loaded = load_engine(&self.config);
+        self.metrics.reload(Reloaded::Policy, loaded.is_ok());
+        let engine = loaded?;
         match self.engine.write() {
             Ok(mut e) => *e = Arc::new(engine),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(engine),
         }
         self.generation.fetch_add(1, Ordering::Release);
         Ok(())
+    }
+
+    /// Reloads the policy, the identity provider's key set and the TLS
+    /// certificate (SIGHUP, `POST /api/v1/reload`), each on its own: a
+    /// file that does not load is refused, the one in force kept, and the
+    /// failure logged and counted. No session is dropped. What each part
+    /// came to, in that order (the key set and the certificate only when
+    /// configured: a key set from a URL is fetched again too).
+    pub async fn reload(&self) -> Vec<(Reloaded, Result<(), String>)> {
+        let mut report = vec![(Reloaded::Policy, self.reload_policy())];
+        let keys = self.keys.reload_now().await;
+        self.metrics.reload(Reloaded::Keys, keys.is_ok());
+        report.push((Reloaded::Keys, keys));
+        if let (Some(cert), Some(files)) = (&self.cert, &self.config.tls) {
+            let reloaded = cert.reload(&files.cert, &files.key);
+            self.metrics.reload(Reloaded::Tls, reloaded.is_ok());
+            report.push((Reloaded::Tls, reloaded));
+        }
+        for (what, outcome) in &report {
+            match outcome {
+                Ok(()) => tracing::info!(what = ?what, "reloaded"),
+                Err(e) => tracing::error!(what = ?what, "not reloaded, keeping the one in force: {e}"),
+            }
+        }
+        report
+    }
+
+    /// Whether the gateway can serve: each check by name, with what it
+    /// found (for `/readyz`). The policy is always loaded (a gateway
+    /// without one does not start); the database is reached and logged
+    /// into with the gateway's credential (at most once per
+    /// [`UPSTREAM_CHECK_INTERVAL`]; checks in between reuse the answer);
+    /// the audit log, when kept, is writing; the key set is fresh enough.
+    pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let mut checks = vec![("policy", Ok(()))];
+        checks.push(("upstream", self.check_upstream().await));
+        if let Some(audit) = &self.audit {
+            let writing = if audit.is_failing() {
+                Err("the audit log cannot be written; statements that need a record are refused".to_string())
+            } else {
+                Ok(())
+            };
+            checks.push(("audit", writing));
+        }
+        checks.push(("keys", self.keys.check_fresh().await));
+        checks
+    }
+
+    async fn check_upstream(&self) -> Result<(), String> {
+        let mut last = self.upstream_check.lock().await;
+        if let Some((at, outcome)) = last.as_ref() {
+            if at.elapsed() < UPSTREAM_CHECK_INTERVAL {
+                return outcome.clone();
+            }
+        }
+        let database = self.config.upstream.database.as_deref().unwrap_or("postgres");
+        let params = [("application_name", "pg-proxy readiness")];
+        let attempt = tokio::time::timeout(UPSTREAM_CHECK_TIMEOUT, upstream::connect(&self.target, database, &params));
+        let outcome = match attempt.await {
+            Ok(Ok(mut conn)) => {
+                let mut bye = BytesMut::new();
+                postgres_protocol::message::frontend::terminate(&mut bye);
+                let _ = conn.stream.write_all(&bye).await;
+                Ok(())
+            }
+            // The server answered and checked the credential: only the
+            // database is missing (a gateway that serves several).
+            Ok(Err(upstream::UpstreamError::Refused { code, .. })) if code == "3D000" => Ok(()),
+            Ok(Err(e)) => {
+                self.metrics.upstream_connect_error();
+                Err(e.to_string())
+            }
+            Err(_) => Err(format!("the database did not answer within {}s", UPSTREAM_CHECK_TIMEOUT.as_secs())),
+        };
+        *last = Some((std::time::Instant::now(), outcome.clone()));
+        outcome
     }
 
     /// Counts policy reloads: a session compares it with the one it saw
@@ -601,6 +697,7 @@ impl Gateway {
         let identity = match verified {
             Ok(identity) => identity,
             Err(reason) => {
+                self.metrics.login(false);
                 tracing::warn!(user = %startup.user, reason = %reason, "login refused");
                 fatal(stream, "28P01", "invalid token").await;
                 return Err(format!("login refused: {reason}"));
@@ -621,6 +718,7 @@ impl Gateway {
         let conn = match upstream::connect(&self.target, &database, &upstream_params).await {
             Ok(c) => c,
             Err(e) => {
+                self.metrics.upstream_connect_error();
                 tracing::warn!(database = %database, "upstream connection failed: {e}");
                 let (code, message) = match &e {
                     upstream::UpstreamError::Refused { code, .. } if code == "3D000" => {
@@ -660,6 +758,7 @@ impl Gateway {
             self.forget_cancel(gateway_pid);
             return Err(e.to_string());
         }
+        self.metrics.login(true);
         tracing::info!(
             subject = %identity.subject,
             actor = identity.actor.as_ref().map(|a| a.name()),
@@ -859,7 +958,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Runs the gateway until SIGTERM or Ctrl-C; SIGHUP reloads the policy.
+/// Runs the gateway until SIGTERM or Ctrl-C; SIGHUP reloads the policy,
+/// the key set and the TLS certificate ([`Gateway::reload`]).
 /// On SIGTERM it stops accepting and waits for the sessions to end (at
 /// most [`SHUTDOWN_GRACE`]).
 pub async fn run(config: Config) -> Result<(), String> {
@@ -892,10 +992,9 @@ pub async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("SIGTERM handler: {e}"))?;
     loop {
         tokio::select! {
-            _ = hangup.recv() => match gw.reload_policy() {
-                Ok(()) => tracing::info!("policy reloaded"),
-                Err(e) => tracing::error!("policy not reloaded, keeping the one in force: {e}"),
-            },
+            _ = hangup.recv() => {
+                gw.reload().await;
+            }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -919,6 +1018,12 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// How long a readiness check reuses its look at the database.
+pub const UPSTREAM_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a readiness check waits for the database.
+pub const UPSTREAM_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a stopping gateway waits for its sessions.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);

@@ -20,6 +20,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -33,9 +35,39 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The server-side TLS configuration from PEM files; errors name the
-/// configuration key (`[tls] cert`, `[tls] key`) and the file.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+/// The gateway's certificate and key, which a reload replaces: handshakes
+/// that begin afterwards present the new pair, connections already up
+/// keep theirs.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCert {
+    /// Reads the pair again; a pair that does not load is refused and the
+    /// one in use is kept.
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        let pair = certified_key(cert, key)?;
+        match self.current.write() {
+            Ok(mut c) => *c = pair,
+            Err(poisoned) => *poisoned.into_inner() = pair,
+        }
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match self.current.read() {
+            Ok(c) => Some(Arc::clone(&c)),
+            Err(poisoned) => Some(Arc::clone(&poisoned.into_inner())),
+        }
+    }
+}
+
+/// A certificate chain and its private key from PEM files, checked to
+/// make a pair; errors name the configuration key and the file.
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let shown = cert.display();
     let bytes = std::fs::read(cert).map_err(|e| format!("[tls] cert {shown}: {e}"))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
@@ -47,14 +79,23 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
     let key_bytes = std::fs::read(key).map_err(|e| format!("[tls] key {}: {e}", key.display()))?;
     let key = PrivateKeyDer::from_pem_slice(&key_bytes)
         .map_err(|e| format!("[tls] key {}: no PEM private key in the file: {e}", key.display()))?;
+    let pair = CertifiedKey::from_der(certs, key, &provider())
+        .map_err(|e| format!("[tls] cert and key do not make a pair: {e}"))?;
+    Ok(Arc::new(pair))
+}
+
+/// The server-side TLS configuration from PEM files, and the handle that
+/// reloads its certificate; errors name the configuration key (`[tls]
+/// cert`, `[tls] key`) and the file.
+pub fn server_config(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Arc<ServerCert>), String> {
+    let served = Arc::new(ServerCert { current: std::sync::RwLock::new(certified_key(cert, key)?) });
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("[tls] cert and key do not make a pair: {e}"))?;
+        .with_cert_resolver(Arc::clone(&served) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), served))
 }
 
 /// The upstream TLS configuration for `verification`, with the CAs of

@@ -91,6 +91,7 @@ fn harness_of(policy: &str, config: CoreConfig, search_path: Vec<String>) -> Har
         user: "app".into(),
         database: "app".into(),
         config,
+        metrics: Arc::new(pg_proxy::metrics::Metrics::new()),
     };
     Harness { core: SessionCore::new(start, now), now }
 }

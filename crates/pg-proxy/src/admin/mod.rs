@@ -20,10 +20,20 @@
 //! | `GET /api/v1/grants` | the live grants the caller may see |
 //! | `DELETE /api/v1/grants/{id}` | revokes a grant |
 //! | `GET /api/v1/events` | server-sent events: each change the caller may see, as it happens |
+//! | `GET /api/v1/sessions` | the live sessions the caller may see |
+//! | `POST /api/v1/sessions/{id}/cancel` | cancels what a session runs or holds |
+//! | `DELETE /api/v1/sessions/{id}` | ends a session |
+//! | `POST /api/v1/reload` | reloads the policy, the key set and the TLS certificate (operators) |
 //! | `GET /api/v1/openapi.json` | the OpenAPI document of all this (no token needed) |
+//! | `GET /metrics` | Prometheus metrics ([`crate::metrics`]; no token needed) |
+//! | `GET /healthz` | 200 while the process serves (no token needed) |
+//! | `GET /readyz` | 200 when the gateway can serve, 503 and what fails otherwise (no token needed) |
 //!
 //! A caller sees the requests and grants whose approver groups they are
-//! in, and those their own agents asked for.
+//! in, and those their own agents asked for; the sessions that are theirs
+//! (their own and their agents'), or every session when they are in one
+//! of the `[admin] operators` groups. Sessions and reloads take a
+//! person's token: an agent's is refused.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -124,7 +134,7 @@ fn inbox_file(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// Every route the server answers, as method and path (the OpenAPI
-/// document names the same).
+/// document names the same), but the inbox's own files.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/api/v1/approvals"),
@@ -135,7 +145,17 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/grants"),
     ("DELETE", "/api/v1/grants/{id}"),
     ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/sessions"),
+    ("POST", "/api/v1/sessions/{id}/cancel"),
+    ("DELETE", "/api/v1/sessions/{id}"),
+    ("POST", "/api/v1/reload"),
+    ("GET", "/metrics"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
 ];
+
+/// The routes of [`ROUTES`] that take no token.
+pub const PUBLIC_ROUTES: &[&str] = &["/api/v1/openapi.json", "/metrics", "/healthz", "/readyz"];
 
 /// The approvals API over `store`, authenticating callers with
 /// `gateway`'s key set.
@@ -156,6 +176,13 @@ pub fn router(gateway: Arc<Gateway>, store: Arc<ApprovalStore>) -> Router {
         .route("/api/v1/grants", get(list_grants))
         .route("/api/v1/grants/{id}", delete(revoke))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/sessions", get(list_sessions))
+        .route("/api/v1/sessions/{id}/cancel", post(cancel_session))
+        .route("/api/v1/sessions/{id}", delete(end_session))
+        .route("/api/v1/reload", post(reload))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { ([(axum::http::header::CONTENT_TYPE, "text/plain")], "ok\n") }))
+        .route("/readyz", get(ready))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path") })
         .with_state(Admin { gateway, store })
 }
@@ -408,4 +435,149 @@ async fn events(
         }
     });
     Ok(axum::response::sse::Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Whether `who` is in one of the `[admin] operators` groups.
+fn is_operator(admin: &Admin, who: &Approver) -> bool {
+    admin.gateway.config.admin.as_ref().is_some_and(|a| a.operators.iter().any(|g| who.groups.contains(g)))
+}
+
+/// The caller, who must be a person (sessions and reloads are not for
+/// agents).
+async fn person(admin: &Admin, headers: &HeaderMap) -> Result<Approver, ApiError> {
+    let who = caller(admin, headers).await?;
+    if let Some(agent) = &who.actor {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "agent",
+            format!("this is the token of an agent ({agent}): sessions and reloads take a person's own token"),
+        ));
+    }
+    Ok(who)
+}
+
+async fn list_sessions(State(admin): State<Admin>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = person(&admin, &headers).await?;
+    let all = is_operator(&admin, &who);
+    let now = SystemTime::now();
+    let sessions: Vec<serde_json::Value> = admin
+        .gateway
+        .sessions
+        .list()
+        .into_iter()
+        .filter(|s| all || s.info.subject == who.subject)
+        .map(|s| {
+            let age = now.duration_since(s.info.started).map_or(0, |d| d.as_secs());
+            let mut value = serde_json::to_value(&s).unwrap_or_default();
+            if let Some(o) = value.as_object_mut() {
+                o.insert("age_seconds".into(), json!(age));
+            }
+            value
+        })
+        .collect();
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+/// The live session `id`, when the caller may act on it.
+fn session_for(admin: &Admin, who: &Approver, id: &str) -> Result<u64, ApiError> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no live session {id}"));
+    let n: u64 = id.parse().map_err(|_| not_found())?;
+    let all = is_operator(admin, who);
+    // Not told apart from an unknown id.
+    admin
+        .gateway
+        .sessions
+        .list()
+        .into_iter()
+        .find(|s| s.id == n && (all || s.info.subject == who.subject))
+        .ok_or_else(not_found)?;
+    Ok(n)
+}
+
+async fn cancel_session(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let who = person(&admin, &headers).await?;
+    let n = session_for(&admin, &who, &id)?;
+    if !admin.gateway.sessions.cancel(n) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no live session {id}")));
+    }
+    tracing::info!(session = n, by = %who.subject, "session's statement cancelled");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn end_session(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let who = person(&admin, &headers).await?;
+    let n = session_for(&admin, &who, &id)?;
+    if !admin.gateway.sessions.terminate(n) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no live session {id}")));
+    }
+    tracing::info!(session = n, by = %who.subject, "session ended");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn reload(State(admin): State<Admin>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let who = person(&admin, &headers).await?;
+    if !is_operator(&admin, &who) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_an_operator",
+            "reloading takes a member of an [admin] operators group",
+        ));
+    }
+    tracing::info!(by = %who.subject, "reload asked");
+    let report = admin.gateway.reload().await;
+    let ok = report.iter().all(|(_, r)| r.is_ok());
+    let parts: serde_json::Map<String, serde_json::Value> = report
+        .into_iter()
+        .map(|(what, r)| {
+            let value = match r {
+                Ok(()) => json!({"reloaded": true}),
+                Err(e) => json!({"reloaded": false, "error": e}),
+            };
+            (what.as_str().to_string(), value)
+        })
+        .collect();
+    let status = if ok { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    Ok((status, Json(json!({ "reloaded": ok, "parts": parts }))).into_response())
+}
+
+/// What is live now, for the gauges.
+fn live(admin: &Admin) -> crate::metrics::Live {
+    use crate::session::registry::Activity;
+    let mut live = crate::metrics::Live {
+        connections: admin.gateway.active_sessions() as u64,
+        approvals_pending: admin.store.requests(true, SystemTime::now()).len() as u64,
+        ..crate::metrics::Live::default()
+    };
+    for s in admin.gateway.sessions.list() {
+        match s.activity {
+            Activity::Idle => live.idle += 1,
+            Activity::Running => live.running += 1,
+            Activity::Held => live.held += 1,
+        }
+    }
+    live
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    let text = admin.gateway.metrics.render(&live(&admin));
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+}
+
+async fn ready(State(admin): State<Admin>) -> Response {
+    let checks = admin.gateway.readiness().await;
+    let ok = checks.iter().all(|(_, r)| r.is_ok());
+    let shown: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, r)| (name.to_string(), json!(r.err().unwrap_or_else(|| "ok".to_string()))))
+        .collect();
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": ok, "checks": shown }))).into_response()
 }

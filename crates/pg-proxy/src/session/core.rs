@@ -32,6 +32,7 @@ use crate::codec::{
     self, copy, BackendFrame, BackendMessage, BackendView, BindView, CodecError, FieldDescription, FormatCodes,
     FrontendFrame, FrontendView,
 };
+use crate::metrics::{HoldEnd, Metrics};
 
 /// Hashing of the masking plans' keys: foldhash, seeded per map (see
 /// [`super::names`]).
@@ -124,6 +125,8 @@ pub struct SessionStart {
     pub database: String,
     /// How the core behaves.
     pub config: CoreConfig,
+    /// Where it counts its statements, masked values, row caps and holds.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Something the driver must do for the core.
@@ -549,6 +552,7 @@ pub struct SessionCore {
     database: String,
     config: CoreConfig,
     engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
     state: EngineState,
     /// The client's `SET portcullis.reason`, kept for its next held
     /// statement.
@@ -653,6 +657,7 @@ impl SessionCore {
             database: start.database,
             config: start.config,
             engine: start.engine,
+            metrics: start.metrics,
             state: EngineState { context: Context::new(start.identity, state) },
             client: ClientState::Reading,
             backend: BackendState::Relaying,
@@ -756,6 +761,23 @@ impl SessionCore {
             _ if !self.pending.is_empty() => Activity::Running,
             _ => Activity::Idle,
         }
+    }
+
+    /// The fingerprint of the statement the session runs or holds now (the
+    /// first of its batch), for the registry; `None` when idle.
+    pub fn current_fingerprint(&self) -> Option<u64> {
+        let decision_of = |p: &Pending| match p {
+            Pending::Query { decision, .. } => Some(Arc::clone(decision)),
+            Pending::Execute { result, .. } => result.decision.clone(),
+            _ => None,
+        };
+        let decision = match &self.client {
+            ClientState::Held { batch, .. } => batch.pending.iter().find_map(decision_of),
+            ClientState::Recording { batch, .. } => batch.pending.iter().find_map(decision_of),
+            _ => self.pending.iter().find_map(decision_of),
+        }?;
+        let statement = decision.statements.first()?;
+        u64::from_str_radix(&statement.facts.fingerprint, 16).ok()
     }
 
     /// Whether the server may be running something of this session (so a
@@ -953,10 +975,12 @@ impl SessionCore {
                     return;
                 };
                 tracing::info!("held statement released");
+                self.metrics.hold_ended(HoldEnd::Released);
                 self.record_or_commit(batch);
             }
             HoldOutcome::Refuse { reason } => {
                 tracing::info!("held statement refused");
+                self.metrics.hold_ended(HoldEnd::Refused);
                 self.end_hold(INSUFFICIENT_PRIVILEGE, format!("the statement was not approved: {reason}"), false);
             }
         }
@@ -971,6 +995,7 @@ impl SessionCore {
             return;
         }
         tracing::info!("held statement timed out");
+        self.metrics.hold_ended(HoldEnd::TimedOut);
         let message = format!(
             "the statement waited for approval longer than the hold timeout ({}) and was not run",
             humantime(self.config.hold_timeout)
@@ -985,6 +1010,7 @@ impl SessionCore {
         self.now = now;
         if matches!(self.client, ClientState::Held { .. }) {
             tracing::info!("held statement cancelled by the client");
+            self.metrics.hold_ended(HoldEnd::Cancelled);
             self.end_hold(QUERY_CANCELED, "canceling statement due to user request".to_string(), true);
             self.process_client();
             return;
@@ -1530,7 +1556,8 @@ impl SessionCore {
     }
 
     fn decide(&mut self, sql: &str) -> Arc<Decision> {
-        let decision = self.engine.decide_in(&mut self.state.context, sql);
+        let decision = self.metrics.time_decision(|| self.engine.decide_in(&mut self.state.context, sql));
+        self.metrics.statement(decision.verdict, decision.rule.as_deref());
         // Refusals are logged at info; allowed statements at debug (a line
         // per statement is the audit log's job, not the process log's).
         macro_rules! decided {
@@ -2770,6 +2797,7 @@ impl SessionCore {
             if !result.capped {
                 result.capped = true;
                 tracing::info!(cap = result.cap, "row cap reached; cancelling the query");
+                self.metrics.row_cap_hit();
                 self.needs.push_back(Need::CancelUpstream);
             }
             return;
@@ -2805,9 +2833,7 @@ impl SessionCore {
                         Ok(_) if row.len() != copy_out.columns => Err(()),
                         Ok(newline) => {
                             let changed = masker.mask_row(&mut row);
-                            if let Some(r) = self.open.front_mut() {
-                                r.masked += changed as u64;
-                            }
+                            note_masked(&mut self.open, &self.metrics, changed as u64);
                             if changed == 0 {
                                 self.to_client.extend_from_slice(frame.frame);
                                 Ok(())
@@ -2846,12 +2872,11 @@ impl SessionCore {
                         let fed = reader.feed(frame.body(), &mut mask, &mut self.to_client).map_err(|e| {
                             tracing::warn!(error = %e, "binary COPY data the gateway cannot read; refusing the COPY");
                         });
-                        if let Some(r) = self.open.front_mut() {
-                            r.masked += masked;
-                        }
+                        note_masked(&mut self.open, &self.metrics, masked);
                         if over {
                             result.capped = true;
                             tracing::info!(cap = result.cap, "row cap reached; cancelling the query");
+                            self.metrics.row_cap_hit();
                             self.needs.push_back(Need::CancelUpstream);
                         }
                         fed
@@ -2862,9 +2887,7 @@ impl SessionCore {
                     let mut row = self.row.lend();
                     let newline = copy::split_line(frame.body(), &mut row);
                     let changed = if row.len() != copy_out.columns { None } else { Some(masker.mask_row(&mut row)) };
-                    if let (Some(r), Some(n)) = (self.open.front_mut(), changed) {
-                        r.masked += n as u64;
-                    }
+                    note_masked(&mut self.open, &self.metrics, changed.unwrap_or(0) as u64);
                     let outcome = match changed {
                         None => Err(()),
                         Some(0) => {
@@ -2906,9 +2929,7 @@ impl SessionCore {
                 self.to_client.extend_from_slice(frame.frame);
                 Ok(())
             } else {
-                if let Some(r) = self.open.front_mut() {
-                    r.masked += changed as u64;
-                }
+                note_masked(&mut self.open, &self.metrics, changed as u64);
                 codec::data_row(&mut self.to_client, row.iter().map(Option::as_deref))
             }
         });
@@ -3383,6 +3404,15 @@ pub fn parameters_as_text(formats: &[i16], params: &[Option<Bytes>]) -> Vec<Opti
             })
         })
         .collect()
+}
+
+/// Counts `cells` values the masks changed: in the result being recorded
+/// (if any) and in the metrics.
+fn note_masked(open: &mut VecDeque<ResultRecord>, metrics: &Metrics, cells: u64) {
+    if let Some(r) = open.front_mut() {
+        r.masked += cells;
+    }
+    metrics.masked(cells);
 }
 
 /// A duration as the config writes it (`15m`, `90s`, `1h30m`).

@@ -210,6 +210,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         user,
         database: database.clone(),
         config,
+        metrics: Arc::clone(&gw.metrics),
     };
     let mut core = SessionCore::new(start, Instant::now());
     // The database's views before the first statement is decided.
@@ -228,7 +229,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
     let mut client_read = READ_BYTES;
     let outcome: Result<(), String> = loop {
         // Published first: a hold handler asked below sees the session held.
-        registration.set_activity(core.activity());
+        registration.publish(core.activity(), || core.current_fingerprint());
         // What the core asked for, in order.
         while let Some(need) = core.poll_need() {
             match need {
@@ -296,7 +297,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         if let Err(e) = write_out(&mut core, &mut client, &mut up.stream).await {
             break Err(e);
         }
-        registration.set_activity(core.activity());
+        registration.publish(core.activity(), || core.current_fingerprint());
         if let Some(end) = core.end() {
             break match end {
                 SessionEnd::Terminated => Ok(()),

@@ -82,8 +82,13 @@ pub struct SessionInfo {
     pub client: SocketAddr,
     /// The client's `application_name`.
     pub application_name: String,
-    /// When the session started.
+    /// When the session started (RFC 3339, UTC, in JSON).
+    #[serde(serialize_with = "utc")]
     pub started: SystemTime,
+}
+
+fn utc<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&portcullis_audit::time::format_utc(*t))
 }
 
 impl SessionInfo {
@@ -116,13 +121,24 @@ pub struct SessionSnapshot {
     pub info: SessionInfo,
     /// What it is doing now.
     pub activity: Activity,
+    /// The fingerprint of the statement it runs or holds (16 hex digits),
+    /// when it is not idle.
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Debug)]
 struct Entry {
     info: SessionInfo,
-    activity: Arc<AtomicU8>,
+    now: Arc<Now>,
     orders: Arc<Orders>,
+}
+
+/// What a session publishes about itself: its activity, and its
+/// statement's fingerprint (0: none).
+#[derive(Debug, Default)]
+struct Now {
+    activity: AtomicU8,
+    fingerprint: AtomicU64,
 }
 
 /// Orders sent to one session and not yet taken: a bit per kind, and the
@@ -184,11 +200,11 @@ impl Registry {
     /// sessions: the gateway's session counter).
     pub fn register_as(self: &Arc<Self>, id: u64, info: SessionInfo) -> Registration {
         let orders = Arc::new(Orders::default());
-        let activity = Arc::new(AtomicU8::new(Activity::Idle.as_u8()));
+        let now = Arc::new(Now::default());
         if let Ok(mut s) = self.sessions.lock() {
-            s.insert(id, Entry { info, activity: Arc::clone(&activity), orders: Arc::clone(&orders) });
+            s.insert(id, Entry { info, now: Arc::clone(&now), orders: Arc::clone(&orders) });
         }
-        Registration { id, registry: Arc::clone(self), orders, activity }
+        Registration { id, registry: Arc::clone(self), orders, now }
     }
 
     /// The live sessions, by id.
@@ -196,10 +212,14 @@ impl Registry {
         let Ok(s) = self.sessions.lock() else { return Vec::new() };
         let mut out: Vec<SessionSnapshot> = s
             .iter()
-            .map(|(id, e)| SessionSnapshot {
-                id: *id,
-                info: e.info.clone(),
-                activity: Activity::from_u8(e.activity.load(Ordering::Relaxed)),
+            .map(|(id, e)| {
+                let activity = Activity::from_u8(e.now.activity.load(Ordering::Relaxed));
+                let fingerprint = match e.now.fingerprint.load(Ordering::Relaxed) {
+                    0 => None,
+                    _ if activity == Activity::Idle => None,
+                    f => Some(format!("{f:016x}")),
+                };
+                SessionSnapshot { id: *id, info: e.info.clone(), activity, fingerprint }
             })
             .collect();
         out.sort_by_key(|s| s.id);
@@ -242,7 +262,7 @@ pub struct Registration {
     id: u64,
     registry: Arc<Registry>,
     orders: Arc<Orders>,
-    activity: Arc<AtomicU8>,
+    now: Arc<Now>,
 }
 
 impl Registration {
@@ -253,7 +273,16 @@ impl Registration {
 
     /// Publishes what the session is doing.
     pub fn set_activity(&self, activity: Activity) {
-        self.activity.store(activity.as_u8(), Ordering::Relaxed);
+        self.now.activity.store(activity.as_u8(), Ordering::Relaxed);
+    }
+
+    /// Publishes what the session is doing and, when that changed, the
+    /// fingerprint of its statement (asked of `fingerprint` only then).
+    pub fn publish(&self, activity: Activity, fingerprint: impl FnOnce() -> Option<u64>) {
+        let was = self.now.activity.swap(activity.as_u8(), Ordering::Relaxed);
+        if was != activity.as_u8() {
+            self.now.fingerprint.store(fingerprint().unwrap_or(0), Ordering::Relaxed);
+        }
     }
 
     /// The next order, when one comes (see [`Registry::cancel`] and
