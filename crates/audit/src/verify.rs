@@ -206,6 +206,12 @@ pub fn resume_state(path: &Path, verifier: &NoteVerifier) -> Result<ResumeState,
     Ok(ResumeState { frontier: replay.frontier, prev: replay.prev, length })
 }
 
+/// The most bytes a write cut short by a crash can leave part-copied at
+/// the end of a segment: one batch of records (the writer copies a batch
+/// in pieces of at most its mapping's chunk, 1 MiB; a batch of many
+/// sessions' records spans a few).
+pub const MAX_TORN_BYTES: usize = 4 << 20;
+
 /// The verifier's state between lines.
 struct Replay<'a> {
     verifier: &'a NoteVerifier,
@@ -253,6 +259,31 @@ impl<'a> Replay<'a> {
                 break;
             };
             let (line, after) = rest.split_at(end);
+            if line.contains(&0) {
+                // A NUL byte is never in a line the writer wrote (records
+                // are JSON text): it is a byte of a copy the writer had not
+                // finished when the process died, which fills a batch's
+                // place in the reserved zeros in no fixed order. The log
+                // ends before it, as after an incomplete last line; more
+                // than one batch's worth after it is no crash.
+                if rest.len() > MAX_TORN_BYTES {
+                    return Err(tampered(
+                        line_no,
+                        Some(self.frontier.size()),
+                        format!(
+                            "a NUL byte in a line followed by {} more bytes: a crash tears only the last write",
+                            rest.len() - line.len()
+                        ),
+                    ));
+                }
+                self.report.warnings.push(format!(
+                    "{}:{line_no}: the last {} bytes hold records copied in part (zeros where the copy had not \
+                     reached): a write cut short by a crash",
+                    path.display(),
+                    rest.len()
+                ));
+                break;
+            }
             rest = after.get(1..).unwrap_or_default();
             let record = Some(self.frontier.size());
             let kind = Line::classify(line).map_err(|e| tampered(line_no, record, e.to_string()))?;

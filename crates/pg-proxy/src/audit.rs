@@ -817,6 +817,18 @@ fn sync_loop(shared: &Shared, interval: Duration) {
     }
 }
 
+/// Whether a file can be written and synced in `dir` now (the audit log's
+/// directory, checked when the log failed and nothing has been written
+/// since): writes, syncs and removes a small file of its own.
+pub fn probe_directory(dir: &std::path::Path) -> Result<(), String> {
+    use std::io::Write as _;
+    let path = dir.join(".readiness-probe");
+    let written = std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(b"portcullis readiness probe\n").and_then(|()| f.sync_data()));
+    let _ = std::fs::remove_file(&path);
+    written.map_err(|e| format!("{}: {e}", dir.display()))
+}
+
 /// A session id as records write it: the process's prefix and the
 /// session's number (written in place, no string built).
 struct SessionId<'a>(&'a str, u64);

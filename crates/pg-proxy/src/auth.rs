@@ -172,8 +172,10 @@ impl KeySet {
     /// Verifies `token` now.
     pub async fn verify(&self, token: &str, rules: &IdentityRules) -> Result<Identity, IdentityError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let (jwks, loaded) = self.current();
-        if loaded.elapsed() > self.refresh.max_age && self.reload().await {
+        let (jwks, _) = self.current();
+        // Keys older than the maximum age are loaded again (at most once
+        // per minimum interval while loading fails).
+        if self.age() > self.refresh.max_age && self.reload().await {
             return verify_jwt(token, &self.current().0, rules, now);
         }
         match verify_jwt(token, &jwks, rules, now) {

@@ -319,33 +319,23 @@ impl Cluster {
     /// keeps the directory, for [`Cluster::start_again`]: what a database
     /// restart or failover looks like to its clients.
     pub fn stop_server(&self) -> Result<(), ClusterError> {
-        let args: Vec<OsString> = vec![
-            "-D".into(),
-            self.data_dir.clone().into(),
-            "-m".into(),
-            "fast".into(),
-            "-w".into(),
-            "-t".into(),
-            "60".into(),
-            "stop".into(),
-        ];
-        self.run_server_program("pg_ctl", &args).map(|_| ())
+        self.run_server_program("pg_ctl", &self.pg_ctl_args("stop", &["-m", "fast"])).map(|_| ())
     }
 
     /// Starts the server [`Cluster::stop_server`] stopped, on the same port.
     pub fn start_again(&self) -> Result<(), ClusterError> {
-        let args: Vec<OsString> = vec![
-            "-D".into(),
-            self.data_dir.clone().into(),
-            "-l".into(),
-            self.log_path.clone().into(),
-            "-w".into(),
-            "-t".into(),
-            "60".into(),
-            "start".into(),
-        ];
+        let log: OsString = self.log_path.clone().into();
+        let args = self.pg_ctl_args("start", &["-l".as_ref(), log.as_os_str()]);
         self.run_server_program("pg_ctl", &args).map_err(|e| self.start_failed(e.to_string()))?;
         self.wait_accepting(Duration::from_secs(30))
+    }
+
+    /// `pg_ctl`'s arguments for `action` on this cluster, waiting up to 60 s.
+    fn pg_ctl_args<S: AsRef<std::ffi::OsStr>>(&self, action: &str, extra: &[S]) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["-D".into(), self.data_dir.clone().into()];
+        args.extend(extra.iter().map(|a| a.as_ref().to_os_string()));
+        args.extend(["-w", "-t", "60", action].map(OsString::from));
+        args
     }
 
     /// The TCP port the server listens on.

@@ -19,7 +19,7 @@
 //! | `portcullis_masked_cells_total` | counter | |
 //! | `portcullis_row_cap_hits_total` | counter | |
 //! | `portcullis_approvals_pending` | gauge | |
-//! | `portcullis_holds_ended_total` | counter | `outcome`: `released`, `refused`, `timed_out`, `cancelled` |
+//! | `portcullis_holds_ended_total` | counter | `outcome`: `released`, `refused`, `timed_out`, `cancelled`, `session_ended` |
 //! | `portcullis_audit_write_seconds` | histogram | |
 //! | `portcullis_audit_sync_seconds` | histogram | |
 //! | `portcullis_audit_failures_total` | counter | |
@@ -113,8 +113,12 @@ pub enum HoldEnd {
     Refused,
     /// The hold timeout passed.
     TimedOut,
-    /// The client cancelled it.
+    /// Cancelled: by the client's `CancelRequest` or through the sessions
+    /// API.
     Cancelled,
+    /// The session ended while it was held (the client left, or the
+    /// session was ended through the sessions API).
+    SessionEnded,
 }
 
 impl HoldEnd {
@@ -124,6 +128,7 @@ impl HoldEnd {
             HoldEnd::Refused => "refused",
             HoldEnd::TimedOut => "timed_out",
             HoldEnd::Cancelled => "cancelled",
+            HoldEnd::SessionEnded => "session_ended",
         }
     }
 }

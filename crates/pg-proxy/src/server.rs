@@ -114,6 +114,13 @@ pub struct Gateway {
     /// The last check of the database for readiness: when, and what it
     /// found.
     upstream_check: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    /// The database of the last session that logged in (where the
+    /// readiness check logs in when `[upstream] database` is not set).
+    last_database: Mutex<Option<String>>,
+    /// What each readiness check found last (a change is logged).
+    readiness_seen: Mutex<HashMap<&'static str, bool>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
     /// How to reach the database.
     pub target: Target,
     /// Table names by OID, and the databases' views.
@@ -222,6 +229,9 @@ impl Gateway {
             cert,
             metrics,
             upstream_check: tokio::sync::Mutex::new(None),
+            last_database: Mutex::new(None),
+            readiness_seen: Mutex::new(HashMap::new()),
+            reloading: tokio::sync::Mutex::new(()),
             cancels: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
             next_session: AtomicU64::new(1),
@@ -267,13 +277,17 @@ impl Gateway {
     pub fn reload_policy(&self) -> Result<(), String> {
         let loaded = load_engine(&self.config);
         self.metrics.reload(Reloaded::Policy, loaded.is_ok());
-        let engine = loaded?;
+        self.install_engine(loaded?);
+        Ok(())
+    }
+
+    /// Puts `engine` in force: sessions take it before their next batch.
+    fn install_engine(&self, engine: Engine) {
         match self.engine.write() {
             Ok(mut e) => *e = Arc::new(engine),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(engine),
         }
         self.generation.fetch_add(1, Ordering::Release);
-        Ok(())
     }
 
     /// Reloads the policy, the identity provider's key set and the TLS
@@ -283,19 +297,31 @@ impl Gateway {
     /// came to, in that order (the key set and the certificate only when
     /// configured: a key set from a URL is fetched again too).
     pub async fn reload(&self) -> Vec<(Reloaded, Result<(), String>)> {
-        let mut report = vec![(Reloaded::Policy, self.reload_policy())];
+        // Two reloads at once could install the older file last.
+        let _one_at_a_time = self.reloading.lock().await;
+        // Reading files and building the engine is blocking work.
+        let config = self.config.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_engine(&config))
+            .await
+            .unwrap_or_else(|e| Err(format!("loading the policy: {e}")));
+        self.metrics.reload(Reloaded::Policy, loaded.is_ok());
+        let policy = loaded.map(|engine| self.install_engine(engine));
+        let mut report = vec![(Reloaded::Policy, policy)];
         let keys = self.keys.reload_now().await;
         self.metrics.reload(Reloaded::Keys, keys.is_ok());
         report.push((Reloaded::Keys, keys));
         if let (Some(cert), Some(files)) = (&self.cert, &self.config.tls) {
-            let reloaded = cert.reload(&files.cert, &files.key);
+            let (cert, files) = (Arc::clone(cert), files.clone());
+            let reloaded = tokio::task::spawn_blocking(move || cert.reload(&files.cert, &files.key))
+                .await
+                .unwrap_or_else(|e| Err(format!("loading the certificate: {e}")));
             self.metrics.reload(Reloaded::Tls, reloaded.is_ok());
             report.push((Reloaded::Tls, reloaded));
         }
         for (what, outcome) in &report {
             match outcome {
-                Ok(()) => tracing::info!(what = ?what, "reloaded"),
-                Err(e) => tracing::error!(what = ?what, "not reloaded, keeping the one in force: {e}"),
+                Ok(()) => tracing::info!("{} reloaded", what.as_str()),
+                Err(e) => tracing::error!("{} not reloaded, keeping the one in force: {e}", what.as_str()),
             }
         }
         report
@@ -307,18 +333,40 @@ impl Gateway {
     /// into with the gateway's credential (at most once per
     /// [`UPSTREAM_CHECK_INTERVAL`]; checks in between reuse the answer);
     /// the audit log, when kept, is writing; the key set is fresh enough.
+    ///
+    /// What a failing check found is logged (at `warn`, when the check
+    /// turns from passing to failing; at `info` when it passes again), not
+    /// answered: `/readyz` answers without a token.
     pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
         let mut checks = vec![("policy", Ok(()))];
         checks.push(("upstream", self.check_upstream().await));
-        if let Some(audit) = &self.audit {
+        if let (Some(audit), Some(settings)) = (&self.audit, &self.config.audit) {
             let writing = if audit.is_failing() {
-                Err("the audit log cannot be written; statements that need a record are refused".to_string())
+                // Failing since the last write: the disk may be back, and
+                // a gateway taken out of service writes nothing to find
+                // out. A file written and synced in the log's directory
+                // tells.
+                let dir = settings.dir.clone();
+                tokio::task::spawn_blocking(move || crate::audit::probe_directory(&dir))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+                    .map_err(|e| format!("the audit log cannot be written: {e}"))
             } else {
                 Ok(())
             };
             checks.push(("audit", writing));
         }
         checks.push(("keys", self.keys.check_fresh().await));
+        if let Ok(mut seen) = self.readiness_seen.lock() {
+            for (name, outcome) in &checks {
+                let was = seen.insert(name, outcome.is_ok()).unwrap_or(true);
+                match outcome {
+                    Err(e) if was => tracing::warn!(check = name, "not ready: {e}"),
+                    Ok(()) if !was => tracing::info!(check = name, "ready again"),
+                    _ => {}
+                }
+            }
+        }
         checks
     }
 
@@ -329,9 +377,12 @@ impl Gateway {
                 return outcome.clone();
             }
         }
-        let database = self.config.upstream.database.as_deref().unwrap_or("postgres");
-        let params = [("application_name", "pg-proxy readiness")];
-        let attempt = tokio::time::timeout(UPSTREAM_CHECK_TIMEOUT, upstream::connect(&self.target, database, &params));
+        let database = match &self.config.upstream.database {
+            Some(pinned) => pinned.clone(),
+            None => self.last_database.lock().ok().and_then(|d| d.clone()).unwrap_or_else(|| "postgres".into()),
+        };
+        let params = [("application_name", "portcullis-readiness")];
+        let attempt = tokio::time::timeout(UPSTREAM_CHECK_TIMEOUT, upstream::connect(&self.target, &database, &params));
         let outcome = match attempt.await {
             Ok(Ok(mut conn)) => {
                 let mut bye = BytesMut::new();
@@ -340,13 +391,18 @@ impl Gateway {
                 Ok(())
             }
             // The server answered and checked the credential: only the
-            // database is missing (a gateway that serves several).
-            Ok(Err(upstream::UpstreamError::Refused { code, .. })) if code == "3D000" => Ok(()),
+            // database is missing (a gateway that serves several), or it is
+            // busy (too many connections: taking the gateway out of
+            // service would not help).
+            Ok(Err(upstream::UpstreamError::Refused { code, .. })) if code == "3D000" || code == "53300" => Ok(()),
             Ok(Err(e)) => {
                 self.metrics.upstream_connect_error();
                 Err(e.to_string())
             }
-            Err(_) => Err(format!("the database did not answer within {}s", UPSTREAM_CHECK_TIMEOUT.as_secs())),
+            Err(_) => {
+                self.metrics.upstream_connect_error();
+                Err(format!("the database did not answer within {}s", UPSTREAM_CHECK_TIMEOUT.as_secs()))
+            }
         };
         *last = Some((std::time::Instant::now(), outcome.clone()));
         outcome
@@ -759,6 +815,13 @@ impl Gateway {
             return Err(e.to_string());
         }
         self.metrics.login(true);
+        if self.config.upstream.database.is_none() {
+            if let Ok(mut last) = self.last_database.lock() {
+                if last.as_deref() != Some(database.as_str()) {
+                    *last = Some(database.clone());
+                }
+            }
+        }
         tracing::info!(
             subject = %identity.subject,
             actor = identity.actor.as_ref().map(|a| a.name()),
@@ -964,6 +1027,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// most [`SHUTDOWN_GRACE`]).
 pub async fn run(config: Config) -> Result<(), String> {
     let listen = config.listen;
+    raise_file_limit(config.limits.max_connections);
     let gw = Arc::new(Gateway::new(config)?);
     for warning in gw.config.upstream.warnings() {
         tracing::warn!("{warning}");
@@ -1017,6 +1081,36 @@ pub async fn run(config: Config) -> Result<(), String> {
         let _ = tokio::task::spawn_blocking(move || audit.close()).await;
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: each session
+/// holds two sockets (the client's and the server's), and the common
+/// default soft limit (1024) would refuse connections long before
+/// `[limits] max_connections`. Says so when even the hard limit is too low.
+fn raise_file_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    // `None` is no limit.
+    let raise = match (limit.current, limit.maximum) {
+        (Some(current), Some(maximum)) => current < maximum,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if raise {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("raising the open-file limit: {e}");
+        }
+    }
+    let needed = (max_connections as u64).saturating_mul(2).saturating_add(64);
+    if let Some(current) = getrlimit(Resource::Nofile).current.filter(|&c| c < needed) {
+        tracing::warn!(
+            limit = current,
+            needed,
+            "the open-file limit is below what [limits] max_connections takes (two sockets a session): \
+             raise it (ulimit -n, LimitNOFILE=) or lower max_connections"
+        );
+    }
 }
 
 /// How long a readiness check reuses its look at the database.

@@ -39,6 +39,18 @@ async fn serve_admin(stack: &Stack, store: &Arc<ApprovalStore>) -> String {
     base
 }
 
+/// The state of request `id` once it is no longer pending (or after 20 s).
+async fn settled(store: &ApprovalStore, id: &str) -> State {
+    for _ in 0..400 {
+        let state = store.request(id, SystemTime::now()).unwrap().state;
+        if !state.is_pending() {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.request(id, SystemTime::now()).unwrap().state
+}
+
 /// The one pending request, once there is one.
 async fn pending(store: &ApprovalStore) -> Request {
     for _ in 0..400 {
@@ -238,7 +250,8 @@ async fn a_request_is_withdrawn_when_the_session_stops_waiting() {
     agent.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
     let e = tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap_err();
     assert_eq!(code(&e), Some(&SqlState::QUERY_CANCELED), "{e}");
-    let state = store.request(&request.id, SystemTime::now()).unwrap().state;
+    // The withdrawal is written as the hold ends, beside the client's answer.
+    let state = settled(&store, &request.id).await;
     assert!(matches!(state, State::Withdrawn { .. }), "{state:?}");
     let e = store.approve(&request.id, &dba("bob"), "late", None, SystemTime::now()).await.unwrap_err();
     assert!(matches!(e, LedgerError::Decided { state: "withdrawn", .. }), "{e}");
@@ -249,7 +262,7 @@ async fn a_request_is_withdrawn_when_the_session_stops_waiting() {
     let request = pending(&store).await;
     let e = tokio::time::timeout(Duration::from_secs(20), run).await.unwrap().unwrap().unwrap_err();
     assert_eq!(code(&e), Some(&SqlState::QUERY_CANCELED), "{e}");
-    let state = store.request(&request.id, SystemTime::now()).unwrap().state;
+    let state = settled(&store, &request.id).await;
     assert!(!state.is_pending(), "{state:?}");
     assert_eq!(orders_left(&stack, "20").await, 1);
     agent.simple_query("SELECT 1").await.unwrap();

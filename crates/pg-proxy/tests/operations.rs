@@ -82,10 +82,19 @@ async fn metrics_count_what_sessions_do_and_name_no_one() {
     let capped = agent.simple_query("SELECT * FROM orders").await.unwrap_err();
     assert_eq!(capped.code().unwrap().code(), "54000");
     // A token the gateway refuses.
-    let out = stack.psql("not-a-token", &["-c", "SELECT 1"]);
+    let out = tokio::task::block_in_place(|| stack.psql("not-a-token", &["-c", "SELECT 1"]));
     assert!(!out.status.success());
 
-    let text = metrics(admin).await;
+    // The refused login's connection is let go after its answer: wait for it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let text = loop {
+        let text = metrics(admin).await;
+        if sample(&text, "portcullis_client_connections") == 1.0 {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF: {text}");
     assert_eq!(sample(&text, r#"portcullis_statements_total{verdict="deny",rule="no-ddl-for-agents"}"#), 1.0, "{text}");
     assert!(sample(&text, r#"portcullis_statements_total{verdict="allow",rule="agents-read"}"#) >= 2.0, "{text}");
@@ -124,8 +133,12 @@ async fn readiness_follows_the_database_and_health_does_not() {
     };
     let checks: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(checks["ready"], false);
-    assert_ne!(checks["checks"]["upstream"], "ok", "{body}");
-    assert!(!body.contains(&std::fs::read_to_string(stack.path("upstream-password")).unwrap()));
+    assert_eq!(checks["checks"]["upstream"], "failing", "{body}");
+    assert_eq!(checks["checks"]["policy"], "ok", "{body}");
+    // Which check fails, not what it found: no address, role or password.
+    for told in ["127.0.0.1", &stack.cluster.port().to_string(), "app", "refused"] {
+        assert!(!body.contains(told), "{told:?} in {body}");
+    }
     let (status, body) = http("GET", format!("http://{admin}/healthz"), None).await;
     assert_eq!((status, body.as_str()), (200, "ok\n"), "the process serves: healthy, not ready");
     assert!(sample(&metrics(admin).await, "portcullis_upstream_connect_errors_total") >= 1.0);
@@ -226,13 +239,13 @@ async fn people_see_and_end_their_own_sessions_and_operators_all() {
     let (code, out, err) = tokio::task::block_in_place(|| cli(&["kill", &id.to_string()]));
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, format!("session {id} ended\n"));
-    let ended = a.simple_query("SELECT 1").await.unwrap_err();
-    assert!(ended.is_closed() || ended.code().is_some_and(|c| c.code() == "57P01"), "{ended}");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while stack.gateway.sessions.len() != 1 {
         assert!(tokio::time::Instant::now() < deadline, "{:?}", stack.gateway.sessions.list());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let ended = a.simple_query("SELECT 1").await.unwrap_err();
+    assert!(ended.is_closed() || ended.code().is_some_and(|c| c.code() == "57P01"), "{ended}");
     assert_eq!(bobs.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1, "bob's session is untouched");
     let (code, _, err) = tokio::task::block_in_place(|| {
         let out = portcullis_testkit::bin!()
@@ -251,6 +264,9 @@ async fn a_reload_changes_the_policy_under_live_sessions_and_a_bad_file_changes_
     let agent = stack.connect_as("alice@example.com", &["ai-agents"], Some("copilot-7")).await;
     let count = "SELECT count(*) FROM customers";
     assert_eq!(agent.query_one(count, &[]).await.unwrap().get::<_, i64>(0), 3);
+    // Prepared before the reload, run after it: judged again.
+    let prepared = agent.prepare("SELECT count(*) FROM customers WHERE id > $1").await.unwrap();
+    assert_eq!(agent.query_one(&prepared, &[&0i32]).await.unwrap().get::<_, i64>(0), 3);
     let carol = stack.token("carol@example.com", &["platform"], None);
     let bob = stack.token("bob@example.com", &["developers"], None);
     let reload = |token: &String| http("POST", format!("http://{admin}/api/v1/reload"), Some(token.clone()));
@@ -271,6 +287,8 @@ async fn a_reload_changes_the_policy_under_live_sessions_and_a_bad_file_changes_
     assert_eq!(answer["parts"]["keys"]["reloaded"], true, "{body}");
     let refused = agent.query_one(count, &[]).await.unwrap_err();
     assert_eq!(refused.code().unwrap().code(), "42501", "{refused}");
+    let refused = agent.query_one(&prepared, &[&0i32]).await.unwrap_err();
+    assert_eq!(refused.code().unwrap().code(), "42501", "a statement prepared before the reload: {refused}");
 
     // A policy that does not load: refused, said where, the one in force
     // kept, and counted.
@@ -364,4 +382,44 @@ async fn a_reloaded_certificate_is_presented_to_new_connections_only() {
     assert!(tls.1.as_ref().is_err_and(|e| e.contains("do not make a pair")), "{report:?}");
     assert!(tls_to(stack.addr, &second).await.is_ok());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_client_stopped_reading_can_still_be_ended() {
+    use tokio::io::AsyncWriteExt;
+    let (stack, admin) = gateway("").await;
+    let alice = stack.token("alice@example.com", &["developers"], None);
+    let mut slow = tokio::net::TcpStream::connect(stack.addr).await.unwrap();
+    {
+        let mut raw = portcullis_testkit::wire::Raw::new(&mut slow, "a client that stops reading");
+        raw.login(&[("user", "alice"), ("database", "app")], &alice).await.unwrap();
+    }
+    let mut query = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query("SELECT repeat('x', 20000) FROM generate_series(1, 10000)", &mut query)
+        .unwrap();
+    slow.write_all(&query).await.unwrap();
+    // It runs, and the gateway soon waits to write to a client that does
+    // not read.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let id = loop {
+        let listed = stack.gateway.sessions.list();
+        if let Some(s) = listed.iter().find(|s| s.activity == pg_proxy::session::registry::Activity::Running) {
+            break s.id;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{listed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, body) = http("DELETE", format!("http://{admin}/api/v1/sessions/{id}"), Some(alice.clone())).await;
+    assert_eq!(status, 204, "{body}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !stack.gateway.sessions.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session was not ended: {:?}",
+            stack.gateway.sessions.list()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(slow);
 }

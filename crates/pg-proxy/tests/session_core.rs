@@ -1092,6 +1092,36 @@ fn a_prepared_statement_described_again_keeps_its_plan_until_the_policy_changes(
 }
 
 #[test]
+fn a_reload_waits_for_the_statements_in_flight_and_the_next_batch_waits_for_the_reload() {
+    let mut h = harness(CoreConfig::default());
+    let masked = [("id", PEOPLE, 1), ("ssn", PEOPLE, 3)];
+    // Two queries pipelined; the reload (without the mask) lands while both
+    // are owed by the server.
+    h.client(&query("SELECT id, ssn FROM people"));
+    assert_eq!(h.sent().len(), 1);
+    let unmasked = POLICY.split("[[mask]]").next().unwrap();
+    let policy = Policy::from_toml_str(unmasked, "policy.toml").unwrap();
+    h.core.set_engine(Arc::new(Engine::new(policy, Keys::default()).unwrap()));
+    h.client(&query("SELECT id, ssn FROM people WHERE id = 2"));
+    assert!(h.sent().is_empty(), "the next batch waits for the statement decided by the old engine");
+    // The first result is masked by the engine that allowed it.
+    h.server(&cat(&[row_description(&masked), rows_of(&[&["1", "123-45-6789"]]), complete("SELECT 1"), ready(b'I')]));
+    if let [Need::ResolveTables { .. }] = h.needs().as_slice() {
+        h.core.handle_tables(people_table(), h.now);
+    }
+    let got = h.got();
+    assert_eq!(got[1], ('D', "1,****6789".into()), "{got:?}");
+    // Then the waiting batch goes, decided and masked by the new one.
+    assert_eq!(h.sent().len(), 1, "the waiting batch goes once the first is done");
+    h.server(&cat(&[row_description(&masked), rows_of(&[&["2", "987-65-4321"]]), complete("SELECT 1"), ready(b'I')]));
+    if let [Need::ResolveTables { .. }] = h.needs().as_slice() {
+        h.core.handle_tables(people_table(), h.now);
+    }
+    let got = h.got();
+    assert_eq!(got[1], ('D', "2,987-65-4321".into()), "{got:?}");
+}
+
+#[test]
 fn an_unexpected_server_message_ends_the_session_with_an_error() {
     let mut h = harness(CoreConfig::default());
     h.server(&complete("SELECT 1"));

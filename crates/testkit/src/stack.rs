@@ -320,6 +320,88 @@ impl Stack {
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.join(p)
     }
+
+    /// This stack's gateway configuration run as a process of its own,
+    /// `pg-proxy serve` (`command` is the binary: `bin!()`), on a free
+    /// loopback port, with `extra` appended to the configuration (its own
+    /// tables: `[limits]`, `[admin]`...). It is killed when dropped. For
+    /// what only a process shows: its memory, its file descriptors,
+    /// signals.
+    pub fn serve(&self, mut command: Command, extra: &str) -> Served {
+        let port = free_port();
+        let config = self.path(&format!("serve-{port}.toml"));
+        let text_config = std::fs::read_to_string(self.path("gateway.toml"))
+            .unwrap()
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+        std::fs::write(&config, format!("{text_config}\n{extra}\n")).unwrap();
+        let child = command
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting pg-proxy serve: {e}"));
+        let served = Served { child, port, config };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "pg-proxy serve did not start listening on {port}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        served
+    }
+}
+
+/// A free loopback port (free when asked).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `pg-proxy serve` as its own process ([`Stack::serve`]).
+pub struct Served {
+    /// The process.
+    pub child: std::process::Child,
+    /// Where it listens.
+    pub port: u16,
+    /// Its configuration file.
+    pub config: PathBuf,
+}
+
+impl Served {
+    /// Its resident memory, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The file descriptors it holds open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Sends it a signal (`HUP`, `TERM`...).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill -s {name}");
+    }
+
+    /// A libpq connection string to it, logging in with `token`.
+    pub fn conninfo(&self, token: &str) -> String {
+        format!("host=127.0.0.1 port={} user=load dbname=app sslmode=disable password={token}", self.port)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Stack {

@@ -318,6 +318,9 @@ enum Block {
 struct Judged {
     search_path: Vec<String>,
     definitions: Option<u64>,
+    /// The digest of the policy it was decided under: a reload judges it
+    /// again.
+    policy: Arc<str>,
 }
 
 /// A statement prepared with `Parse`, as the gateway knows it.
@@ -552,6 +555,9 @@ pub struct SessionCore {
     database: String,
     config: CoreConfig,
     engine: Arc<Engine>,
+    /// An engine a reload brought, waiting for the statements in flight to
+    /// finish ([`SessionCore::set_engine`]).
+    next_engine: Option<Arc<Engine>>,
     metrics: Arc<Metrics>,
     state: EngineState,
     /// The client's `SET portcullis.reason`, kept for its next held
@@ -657,6 +663,7 @@ impl SessionCore {
             database: start.database,
             config: start.config,
             engine: start.engine,
+            next_engine: None,
             metrics: start.metrics,
             state: EngineState { context: Context::new(start.identity, state) },
             client: ClientState::Reading,
@@ -766,13 +773,15 @@ impl SessionCore {
     /// The fingerprint of the statement the session runs or holds now (the
     /// first of its batch), for the registry; `None` when idle.
     pub fn current_fingerprint(&self) -> Option<u64> {
-        let decision_of = |p: &Pending| match p {
-            Pending::Query { decision, .. } => Some(Arc::clone(decision)),
-            Pending::Execute { result, .. } => result.decision.clone(),
-            _ => None,
-        };
+        fn decision_of(p: &Pending) -> Option<&Decision> {
+            match p {
+                Pending::Query { decision, .. } => Some(decision),
+                Pending::Execute { result, .. } => result.decision.as_deref(),
+                _ => None,
+            }
+        }
         let decision = match &self.client {
-            ClientState::Held { batch, .. } => batch.pending.iter().find_map(decision_of),
+            ClientState::Held { batch, .. } => batch.held.first().map(|h| &*h.decision),
             ClientState::Recording { batch, .. } => batch.pending.iter().find_map(decision_of),
             _ => self.pending.iter().find_map(decision_of),
         }?;
@@ -797,6 +806,7 @@ impl SessionCore {
             ClientState::Recording { .. } | ClientState::ReadingSettingsBack => {
                 self.client_in.len() < self.config.max_buffered_bytes
             }
+            ClientState::Reading if self.next_engine.is_some() => self.client_in.len() < self.config.max_buffered_bytes,
             _ => true,
         }
     }
@@ -862,6 +872,7 @@ impl SessionCore {
         }
         if let ClientState::Held { id, .. } = &self.client {
             self.needs.push_back(Need::EndHold { hold: *id });
+            self.metrics.hold_ended(HoldEnd::SessionEnded);
         }
         let mut terminate = BytesMut::new();
         frontend::terminate(&mut terminate);
@@ -880,7 +891,31 @@ impl SessionCore {
 
     /// The engine in force changed (a policy reload): masking plans made
     /// under the old one are dropped.
+    ///
+    /// A statement is decided and its result masked by one engine: while
+    /// statements the engine in force decided are staged, held or running,
+    /// the new one waits, and the client's next batch waits for them to
+    /// finish (a pipelining client cannot keep an old policy by never
+    /// letting its pipeline drain). Prepared statements are judged again
+    /// by the new engine at their next `Execute`.
     pub fn set_engine(&mut self, engine: Arc<Engine>) {
+        self.next_engine = Some(engine);
+        if self.between_statements() {
+            self.apply_next_engine();
+        }
+    }
+
+    /// Nothing the engine in force decided is staged, held or owed by the
+    /// server.
+    fn between_statements(&self) -> bool {
+        matches!(self.client, ClientState::Reading)
+            && self.pending.is_empty()
+            && self.batch.bytes.is_empty()
+            && self.batch.pending.is_empty()
+    }
+
+    fn apply_next_engine(&mut self) {
+        let Some(engine) = self.next_engine.take() else { return };
         if *self.policy_digest != *engine.policy().digest {
             self.policy_digest = Arc::from(engine.policy().digest.as_str());
         }
@@ -1041,6 +1076,7 @@ impl SessionCore {
         }
         if let ClientState::Held { id, .. } = &self.client {
             self.needs.push_back(Need::EndHold { hold: *id });
+            self.metrics.hold_ended(HoldEnd::SessionEnded);
         }
         self.emit_error("FATAL", "57P01", "terminating connection due to administrator command");
         let mut terminate = BytesMut::new();
@@ -1084,6 +1120,18 @@ impl SessionCore {
         let mut taken = 0;
         loop {
             let rest = input.get(taken..).unwrap_or_default();
+            if self.next_engine.is_some()
+                && matches!(self.client, ClientState::Reading)
+                && self.batch.bytes.is_empty()
+                && self.batch.pending.is_empty()
+            {
+                // A new batch begins: under the new engine, once the
+                // old one's statements are done.
+                if !self.pending.is_empty() {
+                    return taken;
+                }
+                self.apply_next_engine();
+            }
             match &self.client {
                 ClientState::Reading | ClientState::CopyIn | ClientState::DiscardingUntilSync => {}
                 ClientState::Held { id, .. } => {
@@ -1964,6 +2012,7 @@ impl SessionCore {
         Judged {
             search_path: self.state.search_path.clone(),
             definitions: self.state.definitions.as_ref().map(|d| d.id()),
+            policy: Arc::clone(&self.policy_digest),
         }
     }
 
@@ -1972,6 +2021,7 @@ impl SessionCore {
     fn still_judged(&self, judged: &Judged) -> bool {
         judged.search_path == self.state.search_path
             && judged.definitions == self.state.definitions.as_ref().map(|d| d.id())
+            && (Arc::ptr_eq(&judged.policy, &self.policy_digest) || *judged.policy == *self.policy_digest)
     }
 
     /// A prepared statement decided again with the session's path and
@@ -2062,8 +2112,11 @@ impl SessionCore {
         if !more {
             return;
         }
-        // Messages held while the settings were read back, or while a
-        // batch waited, are taken now.
+        if self.next_engine.is_some() && self.between_statements() {
+            self.apply_next_engine();
+        }
+        // Messages held while the settings were read back, while a batch
+        // waited, or while a new engine waited, are taken now.
         if matches!(self.client, ClientState::Reading) && !self.client_in.is_empty() {
             self.process_client();
         }

@@ -294,8 +294,27 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                 }
             }
         }
-        if let Err(e) = write_out(&mut core, &mut client, &mut up.stream).await {
-            break Err(e);
+        // An order from the registry ends the wait for a client that does
+        // not read (a kill must reach a session stuck writing a large
+        // result to it); the writes are cancel-safe.
+        let ordered = tokio::select! {
+            biased;
+            control = registration.control() => Some(control),
+            written = write_out(&mut core, &mut client, &mut up.stream) => match written {
+                Ok(()) => None,
+                Err(e) => break Err(e),
+            },
+        };
+        match ordered {
+            Some(Control::Terminate) => {
+                core.handle_terminate();
+                break Ok(());
+            }
+            Some(Control::Cancel) => {
+                core.handle_cancel(Instant::now());
+                continue;
+            }
+            None => {}
         }
         registration.publish(core.activity(), || core.current_fingerprint());
         if let Some(end) = core.end() {
@@ -322,10 +341,12 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         macro_rules! wait {
             ($($branch:tt)*) => {
                 tokio::select! {
-                    // In this order, without drawing a random starting branch.
+                    // In this order, without drawing a random starting
+                    // branch: orders first (one atomic load), so a session
+                    // whose peers always have data is still told.
                     biased;
-                    $($branch)*
                     control = registration.control() => Event::Control(control),
+                    $($branch)*
                     outcome = poll_slot(&mut persisting), if persisting.is_some() => Event::Persisted(outcome),
                     outcome = poll_slot(&mut holding), if holding.is_some() => Event::Held(outcome),
                     () = sleep_until(deadline), if deadline.is_some() => Event::Timeout,
@@ -391,9 +412,10 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
             Event::Timeout => core.handle_timeout(Instant::now()),
         }
     };
-    // Whatever the core still had for the client (a last error).
-    let _ = write_out(&mut core, &mut client, &mut up.stream).await;
-    let _ = client.shutdown().await;
+    // Whatever the core still had for the client (a last error), for as
+    // long as a client that reads takes.
+    let _ = tokio::time::timeout(LAST_WRITE, write_out(&mut core, &mut client, &mut up.stream)).await;
+    let _ = tokio::time::timeout(LAST_WRITE, client.shutdown()).await;
     if core.statement_in_flight() {
         // The client is gone with a statement in flight: the server would
         // run it to the end (it notices a vanished client only when it
@@ -460,8 +482,13 @@ fn refresh_definitions(
     }
 }
 
+/// How long an ending session waits to hand its last words to the client.
+const LAST_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Writes what the core produced: the server's share first. What the
-/// sockets take at once is written without a future; the rest is awaited.
+/// sockets take at once is written without a future; the rest is awaited,
+/// cancel-safely (what was written is gone from the buffer, so a write
+/// dropped halfway resumes where it stopped).
 async fn write_out(
     core: &mut SessionCore,
     client: &mut crate::tls::Stream,
@@ -469,15 +496,23 @@ async fn write_out(
 ) -> Result<(), String> {
     let out = core.server_output();
     if !out.is_empty() && !write_now(server, out).map_err(|e| format!("upstream: {e}"))? {
-        server.write_all(out).await.map_err(|e| format!("upstream: {e}"))?;
-        out.clear();
+        write_rest(server, out).await.map_err(|e| format!("upstream: {e}"))?;
     }
     let out = core.client_output();
     if !out.is_empty() && !write_now(client, out).map_err(|e| format!("client: {e}"))? {
-        client.write_all(out).await.map_err(|e| format!("client: {e}"))?;
-        out.clear();
+        write_rest(client, out).await.map_err(|e| format!("client: {e}"))?;
     }
     Ok(())
+}
+
+/// Writes all of `out`, dropping from it what is written as it goes.
+async fn write_rest(stream: &mut crate::tls::Stream, out: &mut bytes::BytesMut) -> std::io::Result<()> {
+    while !out.is_empty() {
+        if stream.write_buf(out).await? == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+    }
+    stream.flush().await
 }
 
 /// Writes what `stream` takes of `out` now, and drops it from `out`;

@@ -213,8 +213,8 @@ impl Registry {
         let mut out: Vec<SessionSnapshot> = s
             .iter()
             .map(|(id, e)| {
-                let activity = Activity::from_u8(e.now.activity.load(Ordering::Relaxed));
-                let fingerprint = match e.now.fingerprint.load(Ordering::Relaxed) {
+                let activity = Activity::from_u8(e.now.activity.load(Ordering::Acquire));
+                let fingerprint = match e.now.fingerprint.load(Ordering::Acquire) {
                     0 => None,
                     _ if activity == Activity::Idle => None,
                     f => Some(format!("{f:016x}")),
@@ -276,13 +276,14 @@ impl Registration {
         self.now.activity.store(activity.as_u8(), Ordering::Relaxed);
     }
 
-    /// Publishes what the session is doing and, when that changed, the
+    /// Publishes what the session is doing and, when it is not idle, the
     /// fingerprint of its statement (asked of `fingerprint` only then).
     pub fn publish(&self, activity: Activity, fingerprint: impl FnOnce() -> Option<u64>) {
-        let was = self.now.activity.swap(activity.as_u8(), Ordering::Relaxed);
-        if was != activity.as_u8() {
-            self.now.fingerprint.store(fingerprint().unwrap_or(0), Ordering::Relaxed);
-        }
+        let shown = if activity == Activity::Idle { 0 } else { fingerprint().unwrap_or(0) };
+        // The fingerprint first: a reader that sees the activity sees the
+        // statement that goes with it (or a later one).
+        self.now.fingerprint.store(shown, Ordering::Release);
+        self.now.activity.store(activity.as_u8(), Ordering::Release);
     }
 
     /// The next order, when one comes (see [`Registry::cancel`] and
