@@ -63,6 +63,8 @@ CASES = {
 REFUSED = {
     "replicas-without-shared-approvals": ({"replicaCount": 2, "approvals": {"store": "memory"}}, "postgres"),
     "secret-without-password": ({"secrets": {"create": True}}, "upstreamPassword"),
+    "a-misspelt-value": ({"replicas": 3}, "replicas"),
+    "an-unknown-tls-mode": ({"upstream": {"tls": "verify_full"}}, "/upstream/tls"),
     "nowhere-to-reach-the-database": (
         {"networkPolicy": {"egress": {"databaseCidr": "", "databaseNamespaceSelector": None}}},
         "databaseCidr",

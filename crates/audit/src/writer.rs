@@ -125,6 +125,8 @@ pub struct Writer {
     prev: Hash,
     /// Tree size at the last checkpoint written.
     checkpointed: u64,
+    /// The signed note of the last checkpoint written.
+    last_checkpoint: Option<String>,
     /// What the batch being written started from.
     mark: Option<Mark>,
     /// A mark no longer in use, kept for its memory.
@@ -167,6 +169,7 @@ impl Writer {
             written: 0,
             buf: Vec::with_capacity(64 * 1024),
             checkpointed: frontier.size(),
+            last_checkpoint: None,
             frontier,
             prev,
             mark: None,
@@ -356,23 +359,23 @@ impl Writer {
     /// Appends a signed checkpoint of the tree as it is, writes it, and
     /// syncs it when `sync`.
     fn write_checkpoint(&mut self, extensions: Vec<String>, sync: bool) -> Result<(), WriteError> {
-        let line = self.checkpoint_line(extensions);
+        let note = self.sign(extensions);
+        let bytes = checkpoint_line(&note);
         self.mark_batch();
-        self.buf.extend_from_slice(&line);
+        self.buf.extend_from_slice(&bytes);
         self.write()?;
         if sync {
             self.sync()?;
         }
         self.checkpointed = self.frontier.size();
+        self.last_checkpoint = Some(note);
         Ok(())
     }
 
-    /// A checkpoint line (with its newline) of the tree as it is.
-    fn checkpoint_line(&self, extensions: Vec<String>) -> Vec<u8> {
-        let line = CheckpointLine { kind: "checkpoint".into(), checkpoint: self.sign(extensions) };
-        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-        bytes.push(b'\n');
-        bytes
+    /// The signed note of the last checkpoint this writer wrote (synced
+    /// only when the writer synced it, or its caller did since).
+    pub fn last_checkpoint(&self) -> Option<&str> {
+        self.last_checkpoint.as_deref()
     }
 
     /// Deletes whole segments older than `keep`, oldest first, never the
@@ -441,7 +444,7 @@ impl Writer {
 
     /// Closes the current segment with a checkpoint and begins the next.
     fn end_segment(&mut self) -> Result<(), WriteError> {
-        let bytes = self.checkpoint_line(Vec::new());
+        let bytes = checkpoint_line(&self.sign(Vec::new()));
         if let Some(f) = self.file.as_mut() {
             if let Err(source) = f.append(&bytes) {
                 self.abandon_segment();
@@ -526,6 +529,14 @@ fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+/// A checkpoint line (with its newline) holding the signed `note`.
+fn checkpoint_line(note: &str) -> Vec<u8> {
+    let line = CheckpointLine { kind: "checkpoint".into(), checkpoint: note.to_string() };
+    let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
 }
 
 /// The segment files of a directory, in index order.

@@ -95,6 +95,10 @@ struct Shared {
     failing_syncs: std::sync::atomic::AtomicU32,
     /// Where write and sync times and failures are counted.
     metrics: Arc<Metrics>,
+    /// The signed note of the last checkpoint known synced (what may be
+    /// published elsewhere: a checkpoint the disk may still lose would
+    /// later read as a log cut and rewritten).
+    durable_checkpoint: Mutex<Option<String>>,
 }
 
 /// The writer's queue: records numbered as they are queued.
@@ -436,6 +440,7 @@ impl AuditLog {
             commit_delay: settings.commit_delay,
             failing_syncs: std::sync::atomic::AtomicU32::new(0),
             metrics,
+            durable_checkpoint: Mutex::new(None),
         });
         let interval = settings.checkpoint_interval;
         let thread = {
@@ -457,6 +462,14 @@ impl AuditLog {
             failing,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// The signed note (C2SP signed-note text) of the newest checkpoint
+    /// known to be synced to disk, if one was written since the log
+    /// opened: what replicas publish so that a log cut and rewritten
+    /// later is caught (`pg-proxy audit verify --checkpoint`).
+    pub fn durable_checkpoint(&self) -> Option<String> {
+        lock(&self.shared.durable_checkpoint).clone()
     }
 
     /// Whether the log cannot be written now (the last write or sync
@@ -795,6 +808,13 @@ fn sync_loop(shared: &Shared, interval: Duration) {
             };
             if !waiters.is_empty() {
                 shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            if synced.is_ok() && checkpointed {
+                let note =
+                    shared.writer.blocking_lock().as_ref().and_then(|w| w.writer.last_checkpoint().map(str::to_string));
+                if note.is_some() {
+                    *lock(&shared.durable_checkpoint) = note;
+                }
             }
             let answer = match synced {
                 Ok(()) => Ok(()),

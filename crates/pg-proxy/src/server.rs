@@ -121,6 +121,9 @@ pub struct Gateway {
     readiness_seen: Mutex<HashMap<&'static str, bool>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Where the audit log's checkpoints are published: the approvals log
+    /// in PostgreSQL, when replicas share one.
+    checkpoints_to: Option<Arc<crate::approvals::shared::PostgresLog>>,
     /// How to reach the database.
     pub target: Target,
     /// Table names by OID, and the databases' views.
@@ -183,6 +186,7 @@ impl Gateway {
             hooks.record_sink = Arc::clone(a) as Arc<dyn session::record::RecordSink>;
         }
         let catalog = Arc::new(Catalog::new(target.clone(), config.catalog.refresh_interval));
+        let mut checkpoints_to = None;
         let approvals = config.admin.as_ref().map(|admin| {
             use crate::approvals::store::{ApprovalHandler, ApprovalStore, HandlerSettings};
             let mut store = ApprovalStore::new(config.approvals.max_grant);
@@ -191,13 +195,16 @@ impl Gateway {
                 let mut log_target = target.clone();
                 log_target.config.user.clone_from(user);
                 log_target.config.password.clone_from(password);
-                let log = crate::approvals::shared::PostgresLog::new(
+                let log = Arc::new(crate::approvals::shared::PostgresLog::new(
                     log_target,
                     database.clone(),
                     config.approvals.replica.clone(),
                     config.upstream.user.clone(),
-                );
-                store = store.with_shared_log(Arc::new(log));
+                ));
+                if audit.is_some() {
+                    checkpoints_to = Some(Arc::clone(&log));
+                }
+                store = store.with_shared_log(log);
             }
             if let Some(a) = &audit {
                 store = store.with_sink(Arc::clone(a) as Arc<dyn session::record::RecordSink>);
@@ -232,6 +239,7 @@ impl Gateway {
             last_database: Mutex::new(None),
             readiness_seen: Mutex::new(HashMap::new()),
             reloading: tokio::sync::Mutex::new(()),
+            checkpoints_to,
             cancels: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
             next_session: AtomicU64::new(1),
@@ -431,6 +439,9 @@ impl Gateway {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         if let Some(store) = &self.approvals {
             store.follow();
+        }
+        if let (Some(audit), Some(log), Some(settings)) = (&self.audit, &self.checkpoints_to, &self.config.audit) {
+            tokio::spawn(publish_checkpoints(Arc::downgrade(audit), Arc::clone(log), settings.checkpoint_interval));
         }
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -1081,6 +1092,44 @@ pub async fn run(config: Config) -> Result<(), String> {
         let _ = tokio::task::spawn_blocking(move || audit.close()).await;
     }
     Ok(())
+}
+
+/// Publishes the audit log's synced checkpoints to the approvals log in
+/// PostgreSQL, each once, every `interval`, for as long as the log lives: a
+/// checkpoint kept off the gateway's disk is what catches a log cut and
+/// rewritten there (`pg-proxy audit verify --checkpoint`). A failure is
+/// logged when it begins and when it ends, and tried again at the next
+/// tick.
+async fn publish_checkpoints(
+    audit: std::sync::Weak<crate::audit::AuditLog>,
+    log: Arc<crate::approvals::shared::PostgresLog>,
+    interval: std::time::Duration,
+) {
+    let mut published: Option<String> = None;
+    let mut failing = false;
+    let mut tick = tokio::time::interval(interval.max(std::time::Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(audit) = audit.upgrade() else { return };
+        let Some(note) = audit.durable_checkpoint().filter(|n| published.as_ref() != Some(n)) else { continue };
+        drop(audit);
+        match log.publish_checkpoint(&note).await {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("audit checkpoints published again");
+                    failing = false;
+                }
+                published = Some(note);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("publishing an audit checkpoint: {e}; trying again");
+                    failing = true;
+                }
+            }
+        }
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit: each session

@@ -187,6 +187,12 @@ async fn people_see_and_end_their_own_sessions_and_operators_all() {
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["sessions"].as_array().unwrap().len(), 2, "{body}");
     let (status, body) = list(&alices_agent).await;
     assert_eq!(status, 403, "an agent's token is refused: {body}");
+    // Even an agent acting for an operator.
+    let carols_agent = stack.token("carol@example.com", &["platform"], Some("copilot-9"));
+    let (status, body) = list(&carols_agent).await;
+    assert_eq!(status, 403, "{body}");
+    let reload = http("POST", format!("http://{admin}/api/v1/reload"), Some(carols_agent.clone())).await;
+    assert_eq!(reload.0, 403, "{}", reload.1);
     let (status, _) = http("GET", format!("http://{admin}/api/v1/sessions"), None).await;
     assert_eq!(status, 401);
 
@@ -422,4 +428,42 @@ async fn a_session_whose_client_stopped_reading_can_still_be_ended() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(slow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_audit_log() {
+    let dir = std::env::temp_dir().join(format!("portcullis-ops-audit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    pg_proxy::audit::keygen(&dir, "portcullis").unwrap();
+    let log = dir.join("log");
+    let extra = format!(
+        "[audit]\ndir = {:?}\nsigning_key_file = {:?}\ndurability = \"commit\"\n",
+        log.display().to_string(),
+        dir.join("audit-key.pem").display().to_string()
+    );
+    let (stack, admin) = gateway(&extra).await;
+    let ready = || async {
+        let (status, body) = http("GET", format!("http://{admin}/readyz"), None).await;
+        let checks: Value = serde_json::from_str(&body).unwrap();
+        (status, checks["checks"]["audit"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(ready().await, (200, "ok".to_string()));
+    // A sync fails: the statement waiting on it is refused, and the log is
+    // failing until a write works again.
+    let client = stack.connect(&["developers"]).await;
+    stack.gateway.audit.as_ref().unwrap().fail_next_syncs(1);
+    let refused = client.simple_query("UPDATE orders SET status = 'held' WHERE id = 1").await.unwrap_err();
+    assert_eq!(refused.code().unwrap().code(), "58030", "{refused}");
+    assert!(stack.gateway.audit.as_ref().unwrap().is_failing());
+    // Its directory gone: not ready.
+    let moved = dir.join("moved");
+    std::fs::rename(&log, &moved).unwrap();
+    assert_eq!(ready().await, (503, "failing".to_string()));
+    // Back: a file can be written there again, so ready again (the next
+    // record will tell the rest).
+    std::fs::rename(&moved, &log).unwrap();
+    assert_eq!(ready().await, (200, "ok".to_string()));
+    drop(client);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -406,3 +406,86 @@ async fn a_large_held_statement_is_shared_whatever_the_message_limit() {
     b_store.deny(&on_b.id, &dba("bob"), "no", SystemTime::now()).await.unwrap();
     assert!(within(run).await.unwrap().is_err());
 }
+
+/// Each replica publishes its synced audit checkpoints beside the
+/// approvals; a published checkpoint catches its log cut back on the
+/// gateway's disk, which the log alone would take for a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_publishes_its_audit_checkpoints_and_they_catch_a_cut_log() {
+    let keys = std::env::temp_dir().join(format!("portcullis-replica-checkpoints-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&keys);
+    let out = portcullis_testkit::bin!().args(["audit", "keygen", "--out"]).arg(&keys).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let extra = format!(
+        "[audit]\ndir = \"audit-a\"\nsigning_key_file = \"{}\"\ncheckpoint_interval = \"200ms\"\n",
+        keys.join("audit-key.pem").display()
+    );
+    let (stack, b_addr, _b) = replicas_with(None, &extra, |a| a.replace("\"audit-a\"", "\"audit-b\"")).await;
+    let (on_a, on_b) = (agent_on(&stack, stack.addr).await, agent_on(&stack, b_addr).await);
+    for i in 0..20 {
+        on_a.simple_query(&format!("SELECT count(*) FROM orders WHERE id > {i}")).await.unwrap();
+        on_b.simple_query("SELECT count(*) FROM customers").await.unwrap();
+    }
+    // Read as an administrator (the log's schema is closed to the
+    // upstream role).
+    let (admin, connection) =
+        tokio_postgres::connect(&stack.cluster.connection_string("app"), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let latest = |replica: &'static str| {
+        let admin = &admin;
+        async move {
+            for _ in 0..400 {
+                let rows = admin
+                    .query(
+                        "SELECT size, note FROM portcullis.audit_checkpoints WHERE replica = $1 \
+                         ORDER BY size DESC LIMIT 1",
+                        &[&replica],
+                    )
+                    .await
+                    .unwrap();
+                if let Some(row) = rows.first().filter(|r| r.get::<_, i64>(0) > 10) {
+                    return (row.get::<_, i64>(0), row.get::<_, String>(1));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("replica {replica} published no checkpoint past 10 records");
+        }
+    };
+    let (size_a, note_a) = latest("a").await;
+    let (size_b, _) = latest("b").await;
+    assert!(size_a > 10 && size_b > 10);
+    assert!(note_a.starts_with("portcullis\n"), "{note_a}");
+
+    // The log as it is now, copied, verifies against the published note.
+    let copy = keys.join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for (_, path) in portcullis_audit::writer::list_segments(&stack.dir.join("audit-a")).unwrap() {
+        std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+    }
+    let published = keys.join("published.checkpoint");
+    // Saved as `psql -At` prints it: one newline more.
+    std::fs::write(&published, format!("{note_a}\n")).unwrap();
+    let verify = |with: bool| {
+        let mut cmd = portcullis_testkit::bin!();
+        cmd.args(["audit", "verify", "--key"]).arg(keys.join("audit-key.pub"));
+        if with {
+            cmd.arg("--checkpoint").arg(&published);
+        }
+        let out = cmd.arg(&copy).output().unwrap();
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (code, said) = verify(true);
+    assert_eq!(code, Some(0), "{said}");
+
+    // Cut back to its first records: alone, it reads as a crash; against
+    // the published checkpoint, as what it is.
+    let (_, first) = portcullis_audit::writer::list_segments(&copy).unwrap().remove(0);
+    let text = std::fs::read(&first).unwrap();
+    let kept: Vec<&[u8]> = text.split(|&b| b == b'\n').take(6).collect();
+    std::fs::write(&first, [kept.join(&b'\n'), b"\n".to_vec()].concat()).unwrap();
+    let (code, said) = verify(false);
+    assert_eq!(code, Some(0), "{said}");
+    let (code, said) = verify(true);
+    assert_eq!(code, Some(1), "{said}");
+    let _ = std::fs::remove_dir_all(&keys);
+}

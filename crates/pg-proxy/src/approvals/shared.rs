@@ -72,11 +72,20 @@ pub const GRANTS_TRUSTED_FOR: Duration = Duration::from_secs(5);
 const ENTRY_VERSION: u32 = 1;
 
 /// Migrations, in order: the schema's version is how many have run.
-const MIGRATIONS: [&str; 1] = ["CREATE TABLE portcullis.approval_log (\
+const MIGRATIONS: [&str; 2] = [
+    "CREATE TABLE portcullis.approval_log (\
         n bigint PRIMARY KEY, \
         at timestamptz NOT NULL DEFAULT pg_catalog.now(), \
         replica text NOT NULL, \
-        command text NOT NULL)"];
+        command text NOT NULL)",
+    // Each replica's audit checkpoints, published once synced.
+    "CREATE TABLE portcullis.audit_checkpoints (\
+        replica text NOT NULL, \
+        size bigint NOT NULL, \
+        note text NOT NULL, \
+        at timestamptz NOT NULL DEFAULT pg_catalog.now(), \
+        PRIMARY KEY (replica, size))",
+];
 
 /// One entry of the log: a command and the time it is applied at.
 #[derive(Debug, Serialize, Deserialize)]
@@ -308,6 +317,27 @@ impl PostgresLog {
                 self.clients_role
             )),
         }
+    }
+
+    /// Publishes an audit checkpoint of this replica (its signed note,
+    /// whose second line is the tree's size) beside the log, on a
+    /// connection of its own; a checkpoint published already is kept as
+    /// it was.
+    pub async fn publish_checkpoint(&self, note: &str) -> Result<(), String> {
+        let size = note
+            .lines()
+            .nth(1)
+            .and_then(|l| l.parse::<u64>().ok())
+            .ok_or_else(|| "a checkpoint without its tree size".to_string())?;
+        let mut conn = self.connect("checkpoints").await?;
+        self.exchange(
+            &mut conn,
+            "INSERT INTO portcullis.audit_checkpoints (replica, size, note) VALUES ($1, $2::bigint, $3) \
+             ON CONFLICT (replica, size) DO NOTHING",
+            &[&self.replica, &size.to_string(), note],
+        )
+        .await
+        .map(drop)
     }
 
     /// Appends `command`, at `now`, once `store` has applied everything

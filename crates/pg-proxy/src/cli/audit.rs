@@ -181,6 +181,9 @@ fn verify(key: &Path, checkpoints: &[PathBuf], paths: &[PathBuf]) -> ExitCode {
             Ok(t) => t,
             Err(e) => return fail(2, &format!("--checkpoint {}: {e}", file.display())),
         };
+        // A note ends with one newline; a file saved by a tool (psql's
+        // unaligned output, an editor) may add more.
+        let text = format!("{}\n", text.trim_end_matches(['\n', '\r']));
         match portcullis_audit::note::open(&text, &verifier) {
             Ok(checkpoint) => published.push(Published { source: file.display().to_string(), checkpoint }),
             Err(e) => {
