@@ -371,8 +371,10 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                     if n >= client_read {
                         client_read = (client_read * 2).min(MAX_CLIENT_READ_BYTES);
                     }
-                    // A policy reload, and views read again, are seen
-                    // before the next statement is decided.
+                    // A policy reload (taken by the core at its next
+                    // batch, see `SessionCore::set_engine`), and views
+                    // read again, are seen before the next statement is
+                    // decided.
                     refresh_engine(&gw, &mut core, &mut generation);
                     refresh_definitions(&mut views, &mut core);
                     core.handle_client_data(Instant::now());
