@@ -192,6 +192,13 @@ impl Catalog {
     pub async fn definitions(&self, database: &str) -> watch::Receiver<Arc<Definitions>> {
         let db = self.database(database).await;
         let mut guard = db.lock().await;
+        if guard.views.as_ref().is_some_and(|w| w.fingerprint.is_none()) {
+            // The last read failed (the server was away, or restarting): a
+            // session starting now has just logged in, so the server is
+            // back; read again before it decides anything, rather than at
+            // the next refresh (every session of the database gets it).
+            guard.refresh_definitions(&self.target, database, false).await;
+        }
         if let Some(watched) = &guard.views {
             return watched.tx.subscribe();
         }
