@@ -39,6 +39,14 @@ impl<'a> Body<'a> {
         Body { out }
     }
 
+    /// Continues a record whose `"type":` key is written already (by
+    /// [`Writer::append_with`](crate::writer::Writer::append_with)):
+    /// writes `kind` as its value.
+    pub fn after_type(out: &'a mut Vec<u8>, kind: &str) -> Body<'a> {
+        push_string(out, kind);
+        Body { out }
+    }
+
     fn key(&mut self, key: &str) {
         debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "field name {key:?}");
         self.out.extend_from_slice(b",\"");

@@ -235,7 +235,31 @@ impl Writer {
     /// all makes a log that does not verify, and nothing worse.)
     pub fn append_unchecked(&mut self, body: &[u8], time: SystemTime) -> Result<u64, WriteError> {
         let fields = body.strip_prefix(b"{\"type\":").filter(|_| body.ends_with(b"}")).ok_or(WriteError::RecordForm)?;
-        self.mark_batch();
+        self.append_with(time, |buf| buf.extend_from_slice(fields))
+    }
+
+    /// [`Writer::append_unchecked`] for a body written in place, with no
+    /// copy: `body` is given the buffer, which ends with the record's
+    /// `"type":` key, and writes the type's value, the body's other
+    /// fields and the closing brace (as a [`Body`](crate::body::Body)
+    /// begun with [`Body::after_type`](crate::body::Body::after_type)
+    /// does). A body that does not end with `}` is taken out again and
+    /// refused.
+    ///
+    /// ```
+    /// # use portcullis_audit::{body::Body, note::NoteSigner, writer::{Writer, WriterOptions}};
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-append-with-{}", std::process::id()));
+    /// let mut writer = Writer::open(WriterOptions::new(&dir, NoteSigner::generate("example.com/log")?))?;
+    /// let seq = writer.append_with(std::time::SystemTime::now(), |buf| {
+    ///     let mut body = Body::after_type(buf, "note");
+    ///     body.u64("n", 1);
+    ///     body.end();
+    /// })?;
+    /// assert_eq!(seq, 0);
+    /// # writer.close()?; std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_with(&mut self, time: SystemTime, body: impl FnOnce(&mut Vec<u8>)) -> Result<u64, WriteError> {
         let seq = self.frontier.size();
         let start = self.buf.len();
         // The record's first fields, written in place (this is per
@@ -250,7 +274,13 @@ impl Writer {
         buf.extend_from_slice(b"\",\"time\":\"");
         buf.extend_from_slice(self.time.format(time).as_bytes());
         buf.extend_from_slice(b"\",\"type\":");
-        buf.extend_from_slice(fields);
+        let fields = buf.len();
+        body(buf);
+        if buf.len() == fields || !buf.ends_with(b"}") {
+            buf.truncate(start);
+            return Err(WriteError::RecordForm);
+        }
+        self.mark_batch();
         let leaf = leaf_hash(self.buf.get(start..).unwrap_or_default());
         self.buf.push(b'\n');
         self.frontier.push(leaf);
@@ -601,6 +631,41 @@ mod tests {
         }
         assert_eq!(w.size(), 0);
         assert!(matches!(w.append(b"{\"type\":\"statement\"}", now), Ok(0)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_body_written_in_place_is_checked_and_leaves_no_trace_when_refused() {
+        let (dir, mut w, verifier) = scratch_log("in-place", None);
+        let now = SystemTime::now();
+        let good = |buf: &mut Vec<u8>| {
+            let mut body = crate::body::Body::after_type(buf, "note");
+            body.str("text", "a \"quoted\" word");
+            body.end();
+        };
+        assert!(matches!(w.append_with(now, good), Ok(0)));
+        assert!(matches!(w.append_with(now, |_| {}), Err(WriteError::RecordForm)));
+        assert!(matches!(
+            w.append_with(now, |buf| buf.extend_from_slice(b"\"note\",\"n\":1")),
+            Err(WriteError::RecordForm)
+        ));
+        assert!(matches!(w.append_with(now, good), Ok(1)));
+        assert!(w.write().is_ok());
+        assert!(w.close().is_ok());
+        let Ok(report) = crate::verify::verify_dir(&dir, &verifier, &[], &mut |_| {}) else {
+            panic!("the log verifies")
+        };
+        assert_eq!(report.records(), 2);
+        let Ok(text) = std::fs::read_to_string(dir.join(segment_file_name(0))) else { panic!("the segment") };
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .skip(1)
+            .filter(|l| l.contains("\"note\""))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1]["seq"], 1);
+        assert_eq!(records[1]["text"], "a \"quoted\" word");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,23 +1,28 @@
 //! The audit log behind the sessions' record sink.
 //!
 //! ```text
-//!  session ─┐ persist(records): queue them (a ticket), take the writer's lock,
-//!  session ─┤   write everything queued in one copy — or find it written
-//!  session ─┘   by the session before — then, if it must be durable, wait ──┐
-//!             log(records): queue them, no wait                             │
-//!                                                                           ▼
+//!  session ─┐ persist(records): writer's lock free? serialise them into its
+//!  session ─┤   buffer after everything queued, and hand all to the OS in one
+//!  session ─┘   copy; lock taken? queue them (a ticket), wait for the lock, and
+//!             find them written by the holder, or write them; then, if they
+//!             must be durable, wait ─────────────────────────────────────────┐
+//!             log(records): the same without a wait, left in the buffer     │
+//!                           for the next write                              ▼
 //!             sync thread: takes every waiter, one fdatasync, answers them all
-//!                          (group commit); queued records written within 20 ms;
-//!                          a checkpoint every interval
+//!                          (group commit); what is left unwritten is written
+//!                          within 20 ms; a checkpoint every interval
 //! ```
 //!
 //! Sessions hand their statements' records to the OS themselves, before
-//! they forward the statements: a session queues its records, takes the
-//! writer's (asynchronous) lock, and writes everything queued, its own
-//! records and those of the sessions that queued theirs meanwhile, in one
-//! copy into the mapped segment (the page cache: see
-//! [`portcullis_audit::writer`]); a session that gets the lock after it
-//! finds its records written and goes on. When the batch must also be durable
+//! they forward the statements. A session that finds the writer's
+//! (asynchronous) lock free serialises its records straight into the
+//! writer's buffer, after the records other sessions queued meanwhile, and
+//! writes them all in one copy into the mapped segment (the page cache:
+//! see [`portcullis_audit::writer`]). A session that finds the lock taken
+//! queues its records and waits for the lock: the holder, or whoever had
+//! it before, most often wrote them already. Records nothing waits for
+//! (results, session starts and ends) take the same path and are left in
+//! the buffer for the next write. When the batch must also be durable
 //! (`durability = "commit"` and a statement that can make a change
 //! durable, or `"every"`), the session waits for the sync thread: it takes
 //! every session waiting at that moment (after up to `commit_delay` for
@@ -83,6 +88,9 @@ struct Shared {
     processed: AtomicU64,
     /// Ticket ranges whose write failed (recent ones), with why.
     failures: Mutex<std::collections::VecDeque<(u64, u64, RecordError)>>,
+    /// The last ticket of the latest failed range (0: none): a later
+    /// ticket needs no look at `failures`.
+    failed_through: AtomicU64,
     board: Mutex<Board>,
     wake: Condvar,
     stats: Arc<AuditStats>,
@@ -123,6 +131,20 @@ struct Writing {
     writer: Writer,
     taken: Vec<u8>,
     taken_ends: Vec<usize>,
+    /// Records appended (their tickets the ones after `processed`) and not
+    /// handed to the OS yet.
+    appended: u64,
+}
+
+/// When [`Shared::write`] hands what it appended to the OS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hand {
+    /// At once.
+    Now,
+    /// With the next write, unless it took queued records (results and
+    /// session records: nothing waits for them, and the next batch, or
+    /// the flush interval, writes them).
+    Later,
 }
 
 /// Sessions waiting for a sync.
@@ -139,15 +161,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Queues records for the writer: their bodies one after the other,
     /// and where each ends; returns their last ticket.
-    fn queue(&self, bodies: &[u8], ends: &[usize]) -> Result<u64, RecordError> {
+    ///
+    /// When nothing is queued (most often: whoever queued last wrote it
+    /// at once), the buffers are swapped rather than copied, and `bodies`
+    /// and `ends` come back empty with the queue's memory.
+    fn queue(&self, bodies: &mut Vec<u8>, ends: &mut Vec<usize>) -> Result<u64, RecordError> {
         let mut queue = lock(&self.queue);
         if queue.closed {
             return Err(RecordError::unwritten("the audit log is closed"));
         }
-        let base = queue.pending.len();
-        queue.pending.extend_from_slice(bodies);
-        queue.ends.extend(ends.iter().map(|end| base + end));
-        queue.tickets += ends.len() as u64;
+        let count = ends.len() as u64;
+        if queue.ends.is_empty() {
+            let queue = &mut *queue;
+            queue.pending.clear();
+            std::mem::swap(&mut queue.pending, bodies);
+            std::mem::swap(&mut queue.ends, ends);
+        } else {
+            let base = queue.pending.len();
+            queue.pending.extend_from_slice(bodies);
+            queue.ends.extend(ends.iter().map(|end| base + end));
+        }
+        queue.tickets += count;
         Ok(queue.tickets)
     }
 
@@ -156,6 +190,9 @@ impl Shared {
     fn outcome(&self, ticket: u64) -> Option<Result<(), RecordError>> {
         if self.processed.load(Ordering::Acquire) < ticket {
             return None;
+        }
+        if ticket > self.failed_through.load(Ordering::Acquire) {
+            return Some(Ok(()));
         }
         let failures = lock(&self.failures);
         match failures.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&ticket)) {
@@ -186,22 +223,37 @@ impl Shared {
     /// Writes what is queued (from a thread of its own: it blocks).
     fn flush(&self) {
         let mut guard = self.writer.blocking_lock();
-        self.write(&mut guard);
+        let _ = self.write(&mut guard, None, Hand::Now);
     }
 
-    /// Appends every queued record and hands them to the OS at once; the
-    /// sessions they belong to learn how it went through
-    /// [`Shared::outcome`].
-    fn write(&self, guard: &mut Option<Writing>) {
-        let Some(writing) = guard.as_mut() else { return };
+    /// Appends every queued record, then `own`'s (serialised in place,
+    /// with the tickets after the queued ones), and hands them to the OS
+    /// at once, or, with [`Hand::Later`] and nothing queued, leaves them
+    /// to the next write. The sessions whose records were queued learn how
+    /// it went through [`Shared::outcome`]; the caller, from the answer.
+    fn write(
+        &self,
+        guard: &mut Option<Writing>,
+        own: Option<(&[Record], &Bodies)>,
+        hand: Hand,
+    ) -> Result<(), RecordError> {
+        let Some(writing) = guard.as_mut() else { return Err(RecordError::unwritten("the audit log is closed")) };
+        let own_count = own.map_or(0, |(records, _)| records.len() as u64);
         {
             let mut queue = lock(&self.queue);
+            if own_count > 0 {
+                if queue.closed {
+                    return Err(RecordError::unwritten("the audit log is closed"));
+                }
+                queue.tickets += own_count;
+            }
+            let queue = &mut *queue;
             std::mem::swap(&mut queue.pending, &mut writing.taken);
             std::mem::swap(&mut queue.ends, &mut writing.taken_ends);
         }
         let taken = writing.taken_ends.len() as u64;
-        if taken == 0 && !writing.writer.has_buffered() {
-            return;
+        if taken == 0 && own_count == 0 && writing.appended == 0 && !writing.writer.has_buffered() {
+            return Ok(());
         }
         let now = SystemTime::now();
         let mut appended = Ok(());
@@ -213,42 +265,64 @@ impl Shared {
             // UTF-8 JSON.
             appended = writing.writer.append_unchecked(body, now).map(|_| ());
             if appended.is_err() {
-                // The batch is refused whole: none of it is written later.
-                writing.writer.discard_buffered();
                 break;
             }
         }
         writing.taken.clear();
         writing.taken_ends.clear();
-        let written = appended.and_then(|()| {
-            self.stats.writes.fetch_add(1, Ordering::Relaxed);
-            let start = Instant::now();
-            let written = writing.writer.write();
-            self.metrics.audit_write(start.elapsed());
-            written
-        });
-        let before = self.processed.load(Ordering::Acquire);
-        match written {
+        if let (Ok(()), Some((records, bodies))) = (&appended, own) {
+            for record in records {
+                appended =
+                    writing.writer.append_with(now, |buf| bodies.write(record, buf, Form::AfterType)).map(|_| ());
+                if appended.is_err() {
+                    break;
+                }
+            }
+        }
+        writing.appended += taken + own_count;
+        if appended.is_ok() && hand == Hand::Later && taken == 0 {
+            return Ok(());
+        }
+        let count = std::mem::take(&mut writing.appended);
+        let written = match appended {
             Ok(()) => {
-                self.stats.records.fetch_add(taken, Ordering::Relaxed);
+                self.stats.writes.fetch_add(1, Ordering::Relaxed);
+                let start = Instant::now();
+                let written = writing.writer.write();
+                self.metrics.audit_write(start.elapsed());
+                written
+            }
+            Err(e) => {
+                // The batch is refused whole: none of it is written later.
+                writing.writer.discard_buffered();
+                Err(e)
+            }
+        };
+        let before = self.processed.load(Ordering::Acquire);
+        let outcome = match written {
+            Ok(()) => {
+                self.stats.records.fetch_add(count, Ordering::Relaxed);
                 self.recovered();
+                Ok(())
             }
             Err(e) => {
                 // After a failed rotation the records are in the log, not
                 // synced; otherwise none of them is.
                 let written = matches!(e, WriteError::Rotation(_));
-                let message = self.failed(e.to_string());
-                if taken > 0 {
-                    let error = RecordError { message, written };
+                let error = RecordError { message: self.failed(e.to_string()), written };
+                if count > 0 {
                     let mut failures = lock(&self.failures);
-                    failures.push_back((before + 1, before + taken, error));
+                    failures.push_back((before + 1, before + count, error.clone()));
+                    self.failed_through.store(before + count, Ordering::Release);
                     while failures.len() > FAILURES_KEPT {
                         failures.pop_front();
                     }
                 }
+                Err(error)
             }
-        }
-        self.processed.store(before + taken, Ordering::Release);
+        };
+        self.processed.store(before + count, Ordering::Release);
+        outcome
     }
 
     /// Notes a failure (the log says it once until writing works again).
@@ -428,10 +502,16 @@ impl AuditLog {
         let stats = Arc::new(AuditStats::default());
         let failing = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
-            writer: tokio::sync::Mutex::new(Some(Writing { writer, taken: Vec::new(), taken_ends: Vec::new() })),
+            writer: tokio::sync::Mutex::new(Some(Writing {
+                writer,
+                taken: Vec::new(),
+                taken_ends: Vec::new(),
+                appended: 0,
+            })),
             queue: Mutex::new(Queue::default()),
             processed: AtomicU64::new(0),
             failures: Mutex::new(std::collections::VecDeque::new()),
+            failed_through: AtomicU64::new(0),
             board: Mutex::new(Board::default()),
             wake: Condvar::new(),
             stats: Arc::clone(&stats),
@@ -505,7 +585,7 @@ impl AuditLog {
                 Err(_) => std::thread::sleep(Duration::from_millis(1)),
             }
         };
-        self.shared.write(&mut guard);
+        let _ = self.shared.write(&mut guard, None, Hand::Now);
         let Some(writing) = guard.take() else { return };
         drop(guard);
         let stats = &self.shared.stats;
@@ -529,10 +609,12 @@ impl AuditLog {
             out.clear();
             ends.clear();
             for r in records {
-                self.bodies.write(r, out);
+                self.bodies.write(r, out, Form::Whole);
                 ends.push(out.len());
             }
             let queued = self.shared.queue(out, ends);
+            out.clear();
+            ends.clear();
             // A rare large batch does not keep its memory.
             if out.capacity() > SCRATCH_KEPT {
                 *out = Vec::new();
@@ -552,15 +634,48 @@ struct Bodies {
     replica: String,
 }
 
+/// How much of a record's body [`Bodies::write`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// The whole JSON object, `{"type":...}`, for the queue.
+    Whole,
+    /// From the type's value on, into the writer's buffer
+    /// ([`Writer::append_with`](portcullis_audit::writer::Writer::append_with)).
+    AfterType,
+}
+
+impl Form {
+    fn begin<'a>(self, out: &'a mut Vec<u8>, kind: &str) -> Body<'a> {
+        match self {
+            Form::Whole => Body::begin(out, kind),
+            Form::AfterType => Body::after_type(out, kind),
+        }
+    }
+}
+
+/// Writes a body serialised with serde (`{"type":...}`, its first field
+/// the type) in `form`.
+fn serde_body<T: Serialize>(out: &mut Vec<u8>, form: Form, body: &T) -> Result<(), serde_json::Error> {
+    match form {
+        Form::Whole => serde_json::to_writer(out, body),
+        Form::AfterType => {
+            let whole = serde_json::to_vec(body)?;
+            out.extend_from_slice(whole.strip_prefix(b"{\"type\":".as_slice()).unwrap_or(&whole));
+            Ok(())
+        }
+    }
+}
+
 impl Bodies {
-    /// Appends a record's JSON object to `out`.
-    fn write(&self, record: &Record, out: &mut Vec<u8>) {
+    /// Appends a record's JSON object to `out`, whole or from its type's
+    /// value on.
+    fn write(&self, record: &Record, out: &mut Vec<u8>, form: Form) {
         let start = out.len();
         let written = match record {
             // Statements and results are written field by field: there is
             // one of each for every statement the gateway forwards.
             Record::Statement(s) => {
-                let mut body = Body::begin(out, "statement");
+                let mut body = form.begin(out, "statement");
                 body.id("session", &self.boot, s.session);
                 body.u64("n", s.sequence);
                 body.str("sql", &s.sql);
@@ -584,7 +699,7 @@ impl Bodies {
                 written
             }
             Record::Result(r) => {
-                let mut body = Body::begin(out, "result");
+                let mut body = form.begin(out, "result");
                 body.id("session", &self.boot, r.session);
                 body.u64("n", r.sequence);
                 body.bool("ran", r.ran);
@@ -603,7 +718,7 @@ impl Bodies {
                 written
             }
             Record::Approval(a) => {
-                let mut body = Body::begin(out, "approval");
+                let mut body = form.begin(out, "approval");
                 body.id("session", &self.boot, a.session);
                 body.str("request", &a.request);
                 body.str("event", a.event);
@@ -619,8 +734,9 @@ impl Bodies {
                 body.end();
                 Ok(())
             }
-            Record::SessionStart(s) => serde_json::to_writer(
-                &mut *out,
+            Record::SessionStart(s) => serde_body(
+                out,
+                form,
                 &StartBody {
                     kind: "session_start",
                     session: SessionId(&self.boot, s.session),
@@ -639,8 +755,9 @@ impl Bodies {
                     search_path: &s.search_path,
                 },
             ),
-            Record::SessionEnd(e) => serde_json::to_writer(
-                &mut *out,
+            Record::SessionEnd(e) => serde_body(
+                out,
+                form,
                 &EndBody {
                     kind: "session_end",
                     session: SessionId(&self.boot, e.session),
@@ -654,7 +771,7 @@ impl Bodies {
         if let Err(e) = written {
             tracing::warn!("audit record not serialisable: {e}");
             out.truncate(start);
-            let mut body = Body::begin(out, "unserialisable");
+            let mut body = form.begin(out, "unserialisable");
             body.str("error", &e.to_string());
             body.end();
         }
@@ -676,30 +793,31 @@ impl RecordSink for AuditLog {
             Durability::None => false,
             Durability::Commit => records.iter().any(|r| matches!(r, Record::Statement(s) if s.durable)),
         };
-        let ticket = match self.queue(records) {
-            Ok(ticket) => ticket,
-            Err(e) => return Persisting::Done(Err(e)),
-        };
-        // Whoever holds the lock writes everything queued: the session
-        // after it may find its records written already. When the lock is
-        // free (the common case), the records are written here and then.
+        // When the writer's lock is free (the common case), the records
+        // are serialised into its buffer and handed to the OS here and
+        // then, after whatever others queued.
         if let Ok(mut guard) = self.shared.writer.try_lock() {
-            if self.shared.outcome(ticket).is_none() {
-                self.shared.write(&mut guard);
-            }
+            let written = self.shared.write(&mut guard, Some((records, &self.bodies)), Hand::Now);
             drop(guard);
-            return match self.shared.written(ticket) {
+            return match written {
                 Ok(()) if sync => Persisting::Waiting(Box::pin(Arc::clone(&self.shared).synced())),
                 done => Persisting::Done(done),
             };
         }
+        // Otherwise they are queued: whoever holds the lock writes
+        // everything queued, and this session may find its records
+        // written already once it has the lock.
+        let ticket = match self.queue(records) {
+            Ok(ticket) => ticket,
+            Err(e) => return Persisting::Done(Err(e)),
+        };
         self.stats.lock_waits.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::clone(&self.shared);
         Persisting::Waiting(Box::pin(async move {
             {
                 let mut guard = shared.writer.lock().await;
                 if shared.outcome(ticket).is_none() {
-                    shared.write(&mut guard);
+                    let _ = shared.write(&mut guard, None, Hand::Now);
                 }
             }
             shared.written(ticket)?;
@@ -726,7 +844,11 @@ impl RecordSink for AuditLog {
                 _ => {}
             }
         }
-        if let Err(e) = self.queue(records) {
+        let logged = match self.shared.writer.try_lock() {
+            Ok(mut guard) => self.shared.write(&mut guard, Some((records, &self.bodies)), Hand::Later),
+            Err(_) => self.queue(records).map(|_| ()),
+        };
+        if let Err(e) = logged {
             tracing::warn!(records = records.len(), "audit records not written: {e}");
         }
     }
@@ -963,9 +1085,100 @@ mod tests {
 
     fn written(bodies: &Bodies, record: &Record) -> serde_json::Value {
         let mut out = Vec::new();
-        bodies.write(record, &mut out);
+        bodies.write(record, &mut out, Form::Whole);
         assert!(out.starts_with(b"{\"type\":") && !out.contains(&b'\n'), "{}", String::from_utf8_lossy(&out));
+        // Written in place, after the writer's `"type":`, it is the same.
+        let mut in_place = b"{\"type\":".to_vec();
+        bodies.write(record, &mut in_place, Form::AfterType);
+        assert_eq!(String::from_utf8_lossy(&in_place), String::from_utf8_lossy(&out));
         serde_json::from_slice(&out).unwrap()
+    }
+
+    /// A log in a fresh directory, with nothing synced.
+    fn scratch_log(test: &str) -> (std::path::PathBuf, AuditLog) {
+        let dir = std::env::temp_dir().join(format!("portcullis-audit-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let origin = "test.example/audit";
+        let (key, _) = keygen(&dir.join("keys"), origin).unwrap();
+        let settings = AuditSettings {
+            dir: dir.join("log"),
+            durability: Durability::None,
+            segment_bytes: 1 << 20,
+            keep: None,
+            signing_key_file: key,
+            origin: origin.into(),
+            checkpoint_interval: Duration::from_secs(3600),
+            commit_delay: Duration::ZERO,
+            record_parameters: false,
+            record_rows: 0,
+            replica: "r1".into(),
+        };
+        (dir, AuditLog::open(&settings).unwrap())
+    }
+
+    fn statement(policy: &policy_core::Engine, session: u64, n: u64) -> Record {
+        let sql: std::sync::Arc<str> = std::sync::Arc::from(format!("SELECT {n}"));
+        let decision = policy.decide(&policy_core::Identity::new("alice"), &policy.new_session(), &sql);
+        Record::Statement(StatementRecord::new(session, n, sql, Vec::new(), std::sync::Arc::new(decision)))
+    }
+
+    fn result(session: u64, n: u64) -> Record {
+        Record::Result(ResultRecord { session, sequence: n, ran: true, ..ResultRecord::default() })
+    }
+
+    /// The records of both paths (the writer's lock free: written in
+    /// place; taken: queued, and written by whoever has the lock next) are
+    /// in the log in the order they were handed over, and it verifies.
+    #[test]
+    fn records_queued_behind_the_lock_and_written_in_place_keep_their_order() {
+        let policy =
+            policy_core::Policy::from_toml_str("version = 1\n[settings]\ndefault = \"allow\"\n", "policy.toml")
+                .unwrap();
+        let engine = policy_core::Engine::new(policy, policy_core::Keys::default()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (dir, log) = scratch_log("order");
+
+        // Session 1 finds the lock free: its statement is written at once,
+        // its result left for the next write.
+        assert!(matches!(log.persist(&[statement(&engine, 1, 1)]).now(), Some(Ok(()))));
+        log.log(&[result(1, 1)]);
+        // Session 2 finds the lock taken: its records are queued.
+        let held = log.shared.writer.try_lock().unwrap();
+        let waiting = log.persist(&[statement(&engine, 2, 1)]);
+        assert!(matches!(waiting, Persisting::Waiting(_)));
+        log.log(&[result(2, 1)]);
+        drop(held);
+        // Session 1 again, the lock free: what was queued goes first.
+        assert!(matches!(log.persist(&[statement(&engine, 1, 2)]).now(), Some(Ok(()))));
+        // Session 2's wait ends with its records written.
+        assert!(runtime.block_on(waiting).is_ok());
+        log.log(&[result(1, 2)]);
+        log.close();
+
+        let records = read_records(&dir.join("log")).unwrap();
+        let order: Vec<String> = records
+            .iter()
+            .map(|r| format!("{} {} {}", r["type"].as_str().unwrap(), r["session"].as_str().unwrap_or(""), r["n"]))
+            .collect();
+        let boot = &log.bodies.boot;
+        let expected: Vec<String> = [
+            ("statement", 1, 1),
+            ("result", 1, 1),
+            ("statement", 2, 1),
+            ("result", 2, 1),
+            ("statement", 1, 2),
+            ("result", 1, 2),
+        ]
+        .iter()
+        .map(|(kind, session, n)| format!("{kind} {boot}-{session} {n}"))
+        .collect();
+        assert_eq!(order, expected);
+        let seqs: Vec<u64> = records.iter().filter_map(|r| r["seq"].as_u64()).collect();
+        assert_eq!(seqs, (0..6).collect::<Vec<u64>>());
+        let verifier = load_signer(&dir.join("keys").join(KEY_FILE), "test.example/audit").unwrap().verifier();
+        let report = portcullis_audit::verify::verify_dir(&dir.join("log"), &verifier, &[], &mut |_| {}).unwrap();
+        assert_eq!(report.records(), 6);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

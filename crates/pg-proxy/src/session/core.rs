@@ -246,7 +246,7 @@ struct Batch {
     /// Statements needing approval.
     held: Vec<HeldStatement>,
     /// The engine's session before the batch changed it.
-    snapshot: Option<EngineSession>,
+    snapshot: Option<Box<EngineSession>>,
     /// Statement and portal names the batch defined.
     statements: Vec<String>,
     portals: Vec<String>,
@@ -632,6 +632,10 @@ pub struct SessionCore {
     /// for the next batch's records: a session that records allocates no
     /// list per statement.
     spare_records: Vec<Vec<Record>>,
+    /// Command tag strings, and emptied lists of them, from results the
+    /// sink is done with: a result's tags allocate nothing.
+    spare_tags: Vec<String>,
+    spare_tag_lists: Vec<Vec<String>>,
     /// The digest of the policy in force, for records.
     policy_digest: Arc<str>,
     /// Decisions recorded in full lately, newest first, with the statement
@@ -647,6 +651,12 @@ const RECORDED_DECISIONS: usize = 8;
 /// Record lists a session keeps for reuse, and the largest it keeps.
 const SPARE_RECORD_LISTS: usize = 4;
 const SPARE_RECORD_CAPACITY: usize = 64;
+/// Tag strings (and lists of them) kept for reuse, and the largest kept.
+const SPARE_TAGS: usize = 64;
+/// The largest buffer of a forwarded batch kept for the next one.
+const SPARE_BATCH_BYTES: usize = 64 * 1024;
+const SPARE_TAG_BYTES: usize = 64;
+const SPARE_TAG_LIST_CAPACITY: usize = 8;
 
 impl SessionCore {
     /// A session that has just logged in (the client saw `ReadyForQuery`).
@@ -704,6 +714,8 @@ impl SessionCore {
             open_since: VecDeque::new(),
             finished: Vec::new(),
             spare_records: Vec::new(),
+            spare_tags: Vec::new(),
+            spare_tag_lists: Vec::new(),
             policy_digest: start_digest,
             recorded_decisions: Vec::new(),
         }
@@ -738,7 +750,20 @@ impl SessionCore {
     /// Gives back the list of a [`Need::Persist`] or [`Need::Log`] once the
     /// sink has taken its records, to be used again.
     pub fn recycle(&mut self, mut records: Vec<Record>) {
-        records.clear();
+        for record in records.drain(..) {
+            if let Record::Result(mut result) = record {
+                let capacity = result.tags.capacity();
+                if capacity > 0 && capacity <= SPARE_TAG_LIST_CAPACITY && self.spare_tag_lists.len() < SPARE_TAGS {
+                    for mut tag in result.tags.drain(..) {
+                        if self.spare_tags.len() < SPARE_TAGS && tag.capacity() <= SPARE_TAG_BYTES {
+                            tag.clear();
+                            self.spare_tags.push(tag);
+                        }
+                    }
+                    self.spare_tag_lists.push(result.tags);
+                }
+            }
+        }
         if self.spare_records.len() < SPARE_RECORD_LISTS && records.capacity() <= SPARE_RECORD_CAPACITY {
             self.spare_records.push(records);
         }
@@ -1374,10 +1399,13 @@ impl SessionCore {
             }
         });
         let id = self.next_id();
-        // The parameters are kept (copied) only when records or holds need
-        // them.
-        let (param_formats, params) = if self.batches_can_be_refused() {
+        if self.batches_can_be_refused() {
             self.batch.portals.push(bind.portal.to_string());
+        }
+        // The parameters are kept (copied) only when records or holds need
+        // them: records that show them, or a hold (the statement may need
+        // approval by the time it runs, after a reload).
+        let (param_formats, params) = if (self.config.record && self.config.record_parameters) || self.config.holds {
             (bind.param_formats.to_vec(), bind.params.iter().map(|v| v.map(Bytes::copy_from_slice)).collect())
         } else {
             (Vec::new(), Vec::new())
@@ -1472,13 +1500,25 @@ impl SessionCore {
     }
 
     /// Forwards a batch.
-    fn commit(&mut self, batch: Batch) {
-        self.to_server.extend_from_slice(&batch.bytes);
-        self.pending.extend(batch.pending);
+    fn commit(&mut self, mut batch: Batch) {
+        if self.to_server.is_empty() {
+            std::mem::swap(&mut self.to_server, &mut batch.bytes);
+        } else {
+            self.to_server.extend_from_slice(&batch.bytes);
+        }
+        self.pending.extend(batch.pending.drain(..));
         // A batch without an end (never the case once finished) is taken as
         // a whole query: nothing of a Flush applies to it.
         let end = batch.end.unwrap_or(BatchEnd::Query);
         self.after_batch(end, batch.copy_in, batch.settings, batch.failed);
+        // Its buffers serve the next batch, when that one has none yet.
+        if self.batch.bytes.capacity() == 0 && batch.bytes.capacity() <= SPARE_BATCH_BYTES {
+            batch.bytes.clear();
+            self.batch.bytes = batch.bytes;
+        }
+        if self.batch.pending.capacity() == 0 && batch.pending.capacity() <= SPARE_RECORD_CAPACITY {
+            self.batch.pending = batch.pending;
+        }
     }
 
     /// The state a forwarded batch leaves the client in.
@@ -1510,7 +1550,7 @@ impl SessionCore {
     #[cold]
     fn refuse_batch(&mut self, batch: Batch, code: &'static str, message: String, records_written: bool) -> Batch {
         if let Some(snapshot) = batch.snapshot {
-            *self.state = snapshot;
+            *self.state = *snapshot;
         }
         for name in batch.statements {
             self.statements.insert(&name, None);
@@ -1646,9 +1686,17 @@ impl SessionCore {
         }
         self.sequence += 1;
         let durable = self.can_make_durable(decision);
-        let mut record = StatementRecord::new(self.id, self.sequence, sql(), parameters, Arc::clone(decision))
-            .with_policy(Arc::clone(&self.policy_digest), durable);
-        record.observed = self.config.observe && decision.verdict != Verdict::Allow;
+        let mut record = StatementRecord {
+            session: self.id,
+            sequence: self.sequence,
+            sql: sql(),
+            parameters,
+            decision: Arc::clone(decision),
+            policy: Arc::clone(&self.policy_digest),
+            durable,
+            observed: self.config.observe && decision.verdict != Verdict::Allow,
+            decision_as_in: None,
+        };
         // The same decision, or one recorded alike (a statement of a known
         // shape, with constants of other lengths).
         match self
@@ -1713,7 +1761,17 @@ impl SessionCore {
         if let Some(r) = self.open.front_mut() {
             let body = frame.body();
             let tag = body.strip_suffix(b"\0").unwrap_or(body);
-            r.tags.push(String::from_utf8_lossy(tag).into_owned());
+            if r.tags.capacity() == 0 {
+                if let Some(list) = self.spare_tag_lists.pop() {
+                    r.tags = list;
+                }
+            }
+            let mut text = self.spare_tags.pop().unwrap_or_default();
+            match std::str::from_utf8(tag) {
+                Ok(tag) => text.push_str(tag),
+                Err(_) => text.push_str(&String::from_utf8_lossy(tag)),
+            }
+            r.tags.push(text);
             r.rows += rows;
         }
     }
@@ -1828,7 +1886,7 @@ impl SessionCore {
     /// returns whether the settings must be read back afterwards.
     fn apply_effects(&mut self, facts: &StatementFacts, extended: bool) -> bool {
         if !facts.session_effects.is_empty() && self.batch.snapshot.is_none() && self.batches_can_be_refused() {
-            self.batch.snapshot = Some(self.state.context.session().clone());
+            self.batch.snapshot = Some(Box::new(self.state.context.session().clone()));
         }
         if extended && !facts.session_effects.is_empty() && self.state.transaction.is_none() {
             // Outside a transaction, what the extended protocol runs up to
