@@ -653,10 +653,10 @@ const SPARE_RECORD_LISTS: usize = 4;
 const SPARE_RECORD_CAPACITY: usize = 64;
 /// Tag strings (and lists of them) kept for reuse, and the largest kept.
 const SPARE_TAGS: usize = 64;
-/// The largest buffer of a forwarded batch kept for the next one.
-const SPARE_BATCH_BYTES: usize = 64 * 1024;
 const SPARE_TAG_BYTES: usize = 64;
 const SPARE_TAG_LIST_CAPACITY: usize = 8;
+/// The largest buffer of a forwarded batch kept for the next one.
+const SPARE_BATCH_BYTES: usize = 64 * 1024;
 
 impl SessionCore {
     /// A session that has just logged in (the client saw `ReadyForQuery`).
