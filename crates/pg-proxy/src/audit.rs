@@ -1116,6 +1116,14 @@ mod tests {
         (dir, AuditLog::open(&settings).unwrap())
     }
 
+    /// An engine whose policy allows everything.
+    fn allow_all() -> policy_core::Engine {
+        let policy =
+            policy_core::Policy::from_toml_str("version = 1\n[settings]\ndefault = \"allow\"\n", "policy.toml")
+                .unwrap();
+        policy_core::Engine::new(policy, policy_core::Keys::default()).unwrap()
+    }
+
     fn statement(policy: &policy_core::Engine, session: u64, n: u64) -> Record {
         let sql: std::sync::Arc<str> = std::sync::Arc::from(format!("SELECT {n}"));
         let decision = policy.decide(&policy_core::Identity::new("alice"), &policy.new_session(), &sql);
@@ -1131,10 +1139,7 @@ mod tests {
     /// in the log in the order they were handed over, and it verifies.
     #[test]
     fn records_queued_behind_the_lock_and_written_in_place_keep_their_order() {
-        let policy =
-            policy_core::Policy::from_toml_str("version = 1\n[settings]\ndefault = \"allow\"\n", "policy.toml")
-                .unwrap();
-        let engine = policy_core::Engine::new(policy, policy_core::Keys::default()).unwrap();
+        let engine = allow_all();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (dir, log) = scratch_log("order");
 
@@ -1183,10 +1188,7 @@ mod tests {
 
     #[test]
     fn statements_are_written_with_every_field() {
-        let policy =
-            policy_core::Policy::from_toml_str("version = 1\n[settings]\ndefault = \"allow\"\n", "policy.toml")
-                .unwrap();
-        let engine = policy_core::Engine::new(policy, policy_core::Keys::default()).unwrap();
+        let engine = allow_all();
         let identity = policy_core::Identity::new("alice");
         let sql = "SELECT 1; SELECT '\"\\\n\u{1}é' FROM pg_class";
         let decision = std::sync::Arc::new(engine.decide(&identity, &engine.new_session(), sql));
