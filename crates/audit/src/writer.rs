@@ -47,6 +47,10 @@ pub const CLOSED: &str = "closed";
 /// Default size at which a segment is closed and the next one begun.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Where a buffered record's body begins: after the writer's leading
+/// fields.
+const TYPE_KEY: &[u8] = b",\"type\":";
+
 /// How a [`Writer`] is set up.
 #[derive(Debug)]
 pub struct WriterOptions {
@@ -131,6 +135,9 @@ pub struct Writer {
     mark: Option<Mark>,
     /// A mark no longer in use, kept for its memory.
     spare_mark: Option<Mark>,
+    /// The records of the last batch taken back, as they were buffered
+    /// (see [`Writer::append_again`]).
+    taken_back: Vec<u8>,
     /// The last time written, formatted (a batch's records share it).
     time: crate::time::TimeText,
 }
@@ -174,6 +181,7 @@ impl Writer {
             prev,
             mark: None,
             spare_mark: None,
+            taken_back: Vec::new(),
             time: crate::time::TimeText::default(),
             options,
         };
@@ -204,7 +212,57 @@ impl Writer {
     /// ```
     pub fn discard_buffered(&mut self) {
         self.restore_mark();
-        self.buf.clear();
+        self.keep_taken_back();
+    }
+
+    /// Appends again records of the batch the last failed write (or
+    /// [`Writer::discard_buffered`]) took back: those whose place in that
+    /// batch (from 0) `keep` names, in their order, with new numbers and
+    /// the time `time`. Returns how many were appended. For records that
+    /// nobody waits for, which a failure must not lose: they are written
+    /// with the next batch that can be.
+    ///
+    /// ```
+    /// # use portcullis_audit::{note::NoteSigner, writer::{Writer, WriterOptions}};
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-again-{}", std::process::id()));
+    /// let mut writer = Writer::open(WriterOptions::new(&dir, NoteSigner::generate("example.com/log")?))?;
+    /// let now = std::time::SystemTime::now();
+    /// writer.append(r#"{"type":"note","n":1}"#, now)?;
+    /// writer.append(r#"{"type":"note","n":2}"#, now)?;
+    /// writer.discard_buffered();
+    /// assert_eq!(writer.append_again(|i| i == 1, now)?, 1);
+    /// writer.write()?;
+    /// assert_eq!(writer.size(), 1);
+    /// # writer.close()?; std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_again(&mut self, mut keep: impl FnMut(usize) -> bool, time: SystemTime) -> Result<u64, WriteError> {
+        let taken = std::mem::take(&mut self.taken_back);
+        let mut again = 0;
+        let mut outcome = Ok(());
+        for (i, line) in taken.split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            if !keep(i) {
+                continue;
+            }
+            // The writer's own leading fields (numbers, hex, the time)
+            // come before the body's type: the first `,"type":` is it.
+            let Some(at) = line.windows(TYPE_KEY.len()).position(|w| w == TYPE_KEY) else { continue };
+            let fields = line.get(at + TYPE_KEY.len()..).unwrap_or_default();
+            outcome = self.append_with(time, |buf| buf.extend_from_slice(fields)).map(|_| ());
+            if outcome.is_err() {
+                break;
+            }
+            again += 1;
+        }
+        self.taken_back = taken;
+        self.taken_back.clear();
+        outcome.map(|()| again)
+    }
+
+    /// Moves the buffer's records to `taken_back` (emptying the buffer).
+    fn keep_taken_back(&mut self) {
+        self.taken_back.clear();
+        std::mem::swap(&mut self.taken_back, &mut self.buf);
     }
 
     /// Records in the log (the tree's size), including buffered ones.
@@ -468,7 +526,7 @@ impl Writer {
     /// Forgets the batch being written.
     fn take_back(&mut self) {
         self.restore_mark();
-        self.buf.clear();
+        self.keep_taken_back();
         self.abandon_segment();
     }
 

@@ -116,6 +116,10 @@ struct Queue {
     pending: Vec<u8>,
     /// Where each body in `pending` ends.
     ends: Vec<usize>,
+    /// Whether each body's record is one nothing waits for (a result, a
+    /// session's start or end): kept for the next write when this one
+    /// fails.
+    unwaited: Vec<bool>,
     /// Records queued so far.
     tickets: u64,
     /// Set once the log is closed.
@@ -125,15 +129,25 @@ struct Queue {
 /// Failed ranges kept for the sessions that wait on them.
 const FAILURES_KEPT: usize = 256;
 
+/// The most records nothing waits for that the log keeps, unwritten,
+/// while it cannot be written (beyond them, they are lost, and the log
+/// says how many).
+const UNWRITTEN_KEPT: u64 = 16 * 1024;
+
 /// The writer, and the buffers it swaps with the queue's.
 #[derive(Debug)]
 struct Writing {
     writer: Writer,
     taken: Vec<u8>,
     taken_ends: Vec<usize>,
+    taken_unwaited: Vec<bool>,
     /// Records appended (their tickets the ones after `processed`) and not
     /// handed to the OS yet.
     appended: u64,
+    /// Records nothing waits for that a failed write took back, appended
+    /// again (no tickets: nobody asks how they went), before the ones
+    /// `appended` counts.
+    again: u64,
 }
 
 /// When [`Shared::write`] hands what it appended to the OS.
@@ -165,12 +179,13 @@ impl Shared {
     /// When nothing is queued (most often: whoever queued last wrote it
     /// at once), the buffers are swapped rather than copied, and `bodies`
     /// and `ends` come back empty with the queue's memory.
-    fn queue(&self, bodies: &mut Vec<u8>, ends: &mut Vec<usize>) -> Result<u64, RecordError> {
+    fn queue(&self, bodies: &mut Vec<u8>, ends: &mut Vec<usize>, waited: bool) -> Result<u64, RecordError> {
         let mut queue = lock(&self.queue);
         if queue.closed {
             return Err(RecordError::unwritten("the audit log is closed"));
         }
         let count = ends.len() as u64;
+        queue.unwaited.extend(std::iter::repeat_n(!waited, ends.len()));
         if queue.ends.is_empty() {
             let queue = &mut *queue;
             queue.pending.clear();
@@ -221,7 +236,13 @@ impl Shared {
     }
 
     /// Writes what is queued (from a thread of its own: it blocks).
+    /// While the log cannot be written, it does not try: what is queued
+    /// or buffered then goes with the next statement's write, which
+    /// tries.
     fn flush(&self) {
+        if self.failing.load(Ordering::Relaxed) {
+            return;
+        }
         let mut guard = self.writer.blocking_lock();
         let _ = self.write(&mut guard, None, Hand::Now);
     }
@@ -250,11 +271,15 @@ impl Shared {
             let queue = &mut *queue;
             std::mem::swap(&mut queue.pending, &mut writing.taken);
             std::mem::swap(&mut queue.ends, &mut writing.taken_ends);
+            std::mem::swap(&mut queue.unwaited, &mut writing.taken_unwaited);
         }
         let taken = writing.taken_ends.len() as u64;
         if taken == 0 && own_count == 0 && writing.appended == 0 && !writing.writer.has_buffered() {
             return Ok(());
         }
+        // What the buffer holds before the queued records: records nothing
+        // waits for (kept from a failed write, and left by `Hand::Later`).
+        let before_taken = writing.again + writing.appended;
         let now = SystemTime::now();
         let mut appended = Ok(());
         let mut start = 0;
@@ -270,6 +295,7 @@ impl Shared {
         }
         writing.taken.clear();
         writing.taken_ends.clear();
+        let taken_unwaited = std::mem::take(&mut writing.taken_unwaited);
         if let (Ok(()), Some((records, bodies))) = (&appended, own) {
             for record in records {
                 appended =
@@ -284,12 +310,36 @@ impl Shared {
             return Ok(());
         }
         let count = std::mem::take(&mut writing.appended);
+        let again = std::mem::take(&mut writing.again);
         let written = match appended {
             Ok(()) => {
                 self.stats.writes.fetch_add(1, Ordering::Relaxed);
                 let start = Instant::now();
                 let written = writing.writer.write();
                 self.metrics.audit_write(start.elapsed());
+                if written.as_ref().is_err_and(|e| !matches!(e, WriteError::Rotation(_))) {
+                    // Records nothing waits for are not lost with the
+                    // batch: they go with the next write that works.
+                    let unwaited = |i: usize| match (i as u64).checked_sub(before_taken) {
+                        // Left by `Hand::Later`, or kept from a failure.
+                        None => true,
+                        Some(q) if q < taken => taken_unwaited.get(q as usize).copied().unwrap_or(false),
+                        // This call's own.
+                        Some(_) => hand == Hand::Later,
+                    };
+                    let mut kept = 0;
+                    let mut lost = 0;
+                    let keep = |i| {
+                        let keep = unwaited(i) && kept < UNWRITTEN_KEPT;
+                        kept += u64::from(keep);
+                        lost += u64::from(unwaited(i) && !keep);
+                        keep
+                    };
+                    writing.again = writing.writer.append_again(keep, now).unwrap_or(0);
+                    if lost > 0 {
+                        tracing::warn!(lost, "audit log: records of results and session starts and ends lost while the log cannot be written");
+                    }
+                }
                 written
             }
             Err(e) => {
@@ -298,10 +348,12 @@ impl Shared {
                 Err(e)
             }
         };
+        writing.taken_unwaited = taken_unwaited;
+        writing.taken_unwaited.clear();
         let before = self.processed.load(Ordering::Acquire);
         let outcome = match written {
             Ok(()) => {
-                self.stats.records.fetch_add(count, Ordering::Relaxed);
+                self.stats.records.fetch_add(count + again, Ordering::Relaxed);
                 self.recovered();
                 Ok(())
             }
@@ -506,7 +558,9 @@ impl AuditLog {
                 writer,
                 taken: Vec::new(),
                 taken_ends: Vec::new(),
+                taken_unwaited: Vec::new(),
                 appended: 0,
+                again: 0,
             })),
             queue: Mutex::new(Queue::default()),
             processed: AtomicU64::new(0),
@@ -603,7 +657,7 @@ impl AuditLog {
 
     /// Serialises records into this thread's scratch buffer and queues
     /// them; returns their last ticket.
-    fn queue(&self, records: &[Record]) -> Result<u64, RecordError> {
+    fn queue(&self, records: &[Record], waited: bool) -> Result<u64, RecordError> {
         SCRATCH.with(|scratch| {
             let (out, ends) = &mut *scratch.borrow_mut();
             out.clear();
@@ -612,7 +666,7 @@ impl AuditLog {
                 self.bodies.write(r, out, Form::Whole);
                 ends.push(out.len());
             }
-            let queued = self.shared.queue(out, ends);
+            let queued = self.shared.queue(out, ends, waited);
             out.clear();
             ends.clear();
             // A rare large batch does not keep its memory.
@@ -807,7 +861,7 @@ impl RecordSink for AuditLog {
         // Otherwise they are queued: whoever holds the lock writes
         // everything queued, and this session may find its records
         // written already once it has the lock.
-        let ticket = match self.queue(records) {
+        let ticket = match self.queue(records, true) {
             Ok(ticket) => ticket,
             Err(e) => return Persisting::Done(Err(e)),
         };
@@ -846,7 +900,7 @@ impl RecordSink for AuditLog {
         }
         let logged = match self.shared.writer.try_lock() {
             Ok(mut guard) => self.shared.write(&mut guard, Some((records, &self.bodies)), Hand::Later),
-            Err(_) => self.queue(records).map(|_| ()),
+            Err(_) => self.queue(records, false).map(|_| ()),
         };
         if let Err(e) = logged {
             tracing::warn!(records = records.len(), "audit records not written: {e}");
@@ -1096,6 +1150,11 @@ mod tests {
 
     /// A log in a fresh directory, with nothing synced.
     fn scratch_log(test: &str) -> (std::path::PathBuf, AuditLog) {
+        scratch_log_of(test, 1 << 20)
+    }
+
+    /// [`scratch_log`] with segments of `segment_bytes`.
+    fn scratch_log_of(test: &str, segment_bytes: u64) -> (std::path::PathBuf, AuditLog) {
         let dir = std::env::temp_dir().join(format!("portcullis-audit-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let origin = "test.example/audit";
@@ -1103,7 +1162,7 @@ mod tests {
         let settings = AuditSettings {
             dir: dir.join("log"),
             durability: Durability::None,
-            segment_bytes: 1 << 20,
+            segment_bytes,
             keep: None,
             signing_key_file: key,
             origin: origin.into(),
@@ -1183,6 +1242,58 @@ mod tests {
         let verifier = load_signer(&dir.join("keys").join(KEY_FILE), "test.example/audit").unwrap().verifier();
         let report = portcullis_audit::verify::verify_dir(&dir.join("log"), &verifier, &[], &mut |_| {}).unwrap();
         assert_eq!(report.records(), 6);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A write that fails refuses the statements it carried, and keeps the
+    /// records nothing waits for (a result left for the next write) for
+    /// the next write that works.
+    #[test]
+    fn a_failed_write_keeps_the_results_it_carried_for_the_next() {
+        let engine = allow_all();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (dir, log) = scratch_log_of("again", 4096);
+        // (The sync thread's flush may hold the lock a moment.)
+        let persist = |record: Record| match log.persist(&[record]) {
+            Persisting::Done(outcome) => outcome,
+            Persisting::Waiting(wait) => runtime.block_on(wait),
+        };
+        let logs = dir.join("log");
+        // The next segments' names are taken: the segment cannot end.
+        let blockers: Vec<_> = (1..4).map(|i| logs.join(portcullis_audit::segment::segment_file_name(i))).collect();
+        for b in &blockers {
+            std::fs::create_dir(b).unwrap();
+        }
+        let mut n = 0;
+        let rotation = loop {
+            n += 1;
+            assert!(n < 100, "the segment never ended");
+            match persist(statement(&engine, 1, n)) {
+                Ok(()) => log.log(&[result(1, n)]),
+                Err(e) => break e,
+            }
+        };
+        // The segment could not end: its records are written, and the next
+        // write needs a new segment.
+        assert!(rotation.written, "{rotation:?}");
+        log.log(&[result(1, n)]);
+        // This write cannot begin one: its statement is refused, and the
+        // result before it is kept.
+        let refused = persist(statement(&engine, 1, n + 1));
+        assert!(refused.as_ref().is_err_and(|e| !e.written), "{refused:?}");
+        for b in &blockers {
+            std::fs::remove_dir(b).unwrap();
+        }
+        persist(statement(&engine, 1, n + 2)).unwrap();
+        log.close();
+
+        let records = read_records(&logs).unwrap();
+        let named = |kind: &str, k: u64| records.iter().filter(|r| r["type"] == kind && r["n"] == k).count();
+        assert_eq!(named("result", n), 1, "the kept result is written once");
+        assert_eq!(named("statement", n + 1), 0, "the refused statement is not in the log");
+        assert_eq!(named("statement", n + 2), 1);
+        let verifier = load_signer(&dir.join("keys").join(KEY_FILE), "test.example/audit").unwrap().verifier();
+        portcullis_audit::verify::verify_dir(&logs, &verifier, &[], &mut |_| {}).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 
