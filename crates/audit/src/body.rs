@@ -138,6 +138,33 @@ impl<'a> Body<'a> {
         self.out.push(b']');
     }
 
+    /// An array of objects (not records: no `"type"`): `write` is given
+    /// an [`Item`] for each, writes its fields and ends it.
+    ///
+    /// ```
+    /// use portcullis_audit::body::Body;
+    /// let mut out = Vec::new();
+    /// let mut body = Body::begin(&mut out, "statement");
+    /// body.objects("results", [(1, 3), (2, 0)], |item, (n, rows)| {
+    ///     let mut result = item.u64("n", n);
+    ///     result.u64("rows", rows);
+    ///     result.end();
+    /// });
+    /// body.end();
+    /// assert_eq!(out, br#"{"type":"statement","results":[{"n":1,"rows":3},{"n":2,"rows":0}]}"#);
+    /// ```
+    pub fn objects<T>(&mut self, key: &str, items: impl IntoIterator<Item = T>, mut write: impl FnMut(Item<'_>, T)) {
+        self.key(key);
+        self.out.push(b'[');
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            write(Item { out: &mut *self.out }, item);
+        }
+        self.out.push(b']');
+    }
+
     /// A field whose value `serde_json` writes (compact: one line, valid
     /// UTF-8). Should the value fail to serialise, the field is `null`
     /// and the error is returned.
@@ -155,6 +182,26 @@ impl<'a> Body<'a> {
     /// Closes the object.
     pub fn end(self) {
         self.out.push(b'}');
+    }
+}
+
+/// An object of an array field ([`Body::objects`]) before its first
+/// field: writing that field begins it.
+#[derive(Debug)]
+pub struct Item<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl<'a> Item<'a> {
+    /// Begins the object with a number field; the [`Body`] returned takes
+    /// the other fields, and [`Body::end`] closes it.
+    pub fn u64(self, key: &str, value: u64) -> Body<'a> {
+        debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "field name {key:?}");
+        self.out.extend_from_slice(b"{\"");
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        push_decimal(self.out, value);
+        Body { out: self.out }
     }
 }
 

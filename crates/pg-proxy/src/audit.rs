@@ -33,7 +33,11 @@
 //!
 //! Records are serialised by the sessions (JSON objects starting with
 //! their `"type"`); the writer puts the number, the previous hash and the
-//! time in front. The schema: `docs/audit.md`.
+//! time in front. A session hands its completed results over with its next
+//! statement's records, and they are written inside that statement's record
+//! (`"results"`: one record, one leaf hash, instead of two or more);
+//! [`RecordTail`] reads them back as records of their own. The schema:
+//! `docs/audit.md`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -46,7 +50,7 @@ use serde::Serialize;
 
 use crate::config::{AuditSettings, Durability};
 use crate::metrics::Metrics;
-use crate::session::record::{Persisting, Record, RecordError, RecordSink};
+use crate::session::record::{Persisting, Record, RecordError, RecordSink, ResultRecord};
 
 /// Values of parameters longer than this are cut in records.
 const MAX_PARAMETER_BYTES: usize = 1024;
@@ -179,13 +183,19 @@ impl Shared {
     /// When nothing is queued (most often: whoever queued last wrote it
     /// at once), the buffers are swapped rather than copied, and `bodies`
     /// and `ends` come back empty with the queue's memory.
-    fn queue(&self, bodies: &mut Vec<u8>, ends: &mut Vec<usize>, waited: bool) -> Result<u64, RecordError> {
+    fn queue(
+        &self,
+        bodies: &mut Vec<u8>,
+        ends: &mut Vec<usize>,
+        records: &[Record],
+        waited: bool,
+    ) -> Result<u64, RecordError> {
         let mut queue = lock(&self.queue);
         if queue.closed {
             return Err(RecordError::unwritten("the audit log is closed"));
         }
         let count = ends.len() as u64;
-        queue.unwaited.extend(std::iter::repeat_n(!waited, ends.len()));
+        queue.unwaited.extend(records.iter().map(|r| !waited || !matches!(r, Record::Statement(_))));
         if queue.ends.is_empty() {
             let queue = &mut *queue;
             queue.pending.clear();
@@ -297,12 +307,20 @@ impl Shared {
         writing.taken_ends.clear();
         let taken_unwaited = std::mem::take(&mut writing.taken_unwaited);
         if let (Ok(()), Some((records, bodies))) = (&appended, own) {
-            for record in records {
-                appended =
-                    writing.writer.append_with(now, |buf| bodies.write(record, buf, Form::AfterType)).map(|_| ());
+            // A session's completed results go inside its statement's
+            // record when they come with it: one record, not three.
+            let mut rest = records;
+            while !rest.is_empty() {
+                let (results, after) = rest.split_at(carried(rest));
+                let Some((record, after)) = after.split_first() else { break };
+                appended = writing
+                    .writer
+                    .append_with(now, |buf| bodies.write(record, results, buf, Form::AfterType))
+                    .map(|_| ());
                 if appended.is_err() {
                     break;
                 }
+                rest = after;
             }
         }
         writing.appended += taken + own_count;
@@ -320,12 +338,14 @@ impl Shared {
                 if written.as_ref().is_err_and(|e| !matches!(e, WriteError::Rotation(_))) {
                     // Records nothing waits for are not lost with the
                     // batch: they go with the next write that works.
+                    // Those before this call's own are taken from the
+                    // lines taken back; this call's own (written as one
+                    // record with the statement they came with) again
+                    // from `own`.
                     let unwaited = |i: usize| match (i as u64).checked_sub(before_taken) {
                         // Left by `Hand::Later`, or kept from a failure.
                         None => true,
-                        Some(q) if q < taken => taken_unwaited.get(q as usize).copied().unwrap_or(false),
-                        // This call's own.
-                        Some(_) => hand == Hand::Later,
+                        Some(q) => taken_unwaited.get(q as usize).copied().unwrap_or(false),
                     };
                     let mut kept = 0;
                     let mut lost = 0;
@@ -335,7 +355,21 @@ impl Shared {
                         lost += u64::from(unwaited(i) && !keep);
                         keep
                     };
-                    writing.again = writing.writer.append_again(keep, now).unwrap_or(0);
+                    let mut again = writing.writer.append_again(keep, now).unwrap_or(0);
+                    if let Some((records, bodies)) = own {
+                        let unwaited =
+                            records.iter().filter(|r| hand == Hand::Later || !matches!(r, Record::Statement(_)));
+                        for record in unwaited {
+                            if again >= UNWRITTEN_KEPT {
+                                lost += 1;
+                                continue;
+                            }
+                            let appended =
+                                writing.writer.append_with(now, |buf| bodies.write(record, &[], buf, Form::AfterType));
+                            again += u64::from(appended.is_ok());
+                        }
+                    }
+                    writing.again = again;
                     if lost > 0 {
                         tracing::warn!(lost, "audit log: records of results and session starts and ends lost while the log cannot be written");
                     }
@@ -490,7 +524,7 @@ impl RecordTail {
             for line in content.get(..whole).unwrap_or_default().split(|&b| b == b'\n') {
                 if matches!(Line::classify(line), Ok(Line::Record { .. })) {
                     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) {
-                        out.push(v);
+                        expand(v, &mut out);
                     }
                 }
             }
@@ -498,6 +532,34 @@ impl RecordTail {
         }
         Ok(out)
     }
+}
+
+/// Adds a record to `out` as readers take it: the results a statement
+/// record carries (its session's earlier results, completed when it was
+/// recorded) come first, each as a `result` record of their own with the
+/// carrying record's `seq` and `time`; the statement follows without them.
+fn expand(mut record: serde_json::Value, out: &mut Vec<serde_json::Value>) {
+    use serde_json::Value;
+    let carried = match record.as_object_mut() {
+        Some(fields) if fields.get("type").and_then(Value::as_str) == Some("statement") => fields.remove("results"),
+        _ => None,
+    };
+    if let Some(Value::Array(results)) = carried {
+        for result in results {
+            let Value::Object(fields) = result else { continue };
+            let mut expanded = serde_json::Map::new();
+            for key in ["v", "seq", "time"] {
+                if let Some(value) = record.get(key) {
+                    expanded.insert(key.to_string(), value.clone());
+                }
+            }
+            expanded.insert("type".to_string(), Value::from("result"));
+            expanded.insert("session".to_string(), record.get("session").cloned().unwrap_or(Value::Null));
+            expanded.extend(fields);
+            out.push(Value::Object(expanded));
+        }
+    }
+    out.push(record);
 }
 
 /// The file names [`keygen`] writes in its directory.
@@ -663,10 +725,10 @@ impl AuditLog {
             out.clear();
             ends.clear();
             for r in records {
-                self.bodies.write(r, out, Form::Whole);
+                self.bodies.write(r, &[], out, Form::Whole);
                 ends.push(out.len());
             }
-            let queued = self.shared.queue(out, ends, waited);
+            let queued = self.shared.queue(out, ends, records, waited);
             out.clear();
             ends.clear();
             // A rare large batch does not keep its memory.
@@ -723,7 +785,7 @@ fn serde_body<T: Serialize>(out: &mut Vec<u8>, form: Form, body: &T) -> Result<(
 impl Bodies {
     /// Appends a record's JSON object to `out`, whole or from its type's
     /// value on.
-    fn write(&self, record: &Record, out: &mut Vec<u8>, form: Form) {
+    fn write(&self, record: &Record, carried: &[Record], out: &mut Vec<u8>, form: Form) {
         let start = out.len();
         let written = match record {
             // Statements and results are written field by field: there is
@@ -749,6 +811,17 @@ impl Bodies {
                     Some(n) => body.u64("decision_as_in", n),
                     None => written = written.and(body.serde("decision", &*s.decision)),
                 }
+                if !carried.is_empty() {
+                    let results = carried.iter().filter_map(|r| match r {
+                        Record::Result(r) => Some(r),
+                        _ => None,
+                    });
+                    body.objects("results", results, |item, r| {
+                        let mut result = item.u64("n", r.sequence);
+                        written = std::mem::replace(&mut written, Ok(())).and(result_fields(&mut result, r));
+                        result.end();
+                    });
+                }
                 body.end();
                 written
             }
@@ -756,18 +829,7 @@ impl Bodies {
                 let mut body = form.begin(out, "result");
                 body.id("session", &self.boot, r.session);
                 body.u64("n", r.sequence);
-                body.bool("ran", r.ran);
-                body.strs("tags", r.tags.iter().map(String::as_str));
-                body.u64("rows", r.rows);
-                body.u64("masked", r.masked);
-                body.millis("ms", u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX));
-                let mut written = Ok(());
-                if let Some(e) = &r.error {
-                    written = body.serde("error", &ErrorBody { code: &e.code, message: &e.message });
-                }
-                if !r.kept_rows.is_empty() {
-                    written = written.and(body.serde("rows_kept", &r.kept_rows));
-                }
+                let written = result_fields(&mut body, r);
                 body.end();
                 written
             }
@@ -830,6 +892,39 @@ impl Bodies {
             body.end();
         }
     }
+}
+
+/// A result's own fields (after its session and number).
+fn result_fields(body: &mut Body<'_>, r: &ResultRecord) -> Result<(), serde_json::Error> {
+    body.bool("ran", r.ran);
+    body.strs("tags", r.tags.iter().map(String::as_str));
+    body.u64("rows", r.rows);
+    body.u64("masked", r.masked);
+    body.millis("ms", u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX));
+    let mut written = Ok(());
+    if let Some(e) = &r.error {
+        written = body.serde("error", &ErrorBody { code: &e.code, message: &e.message });
+    }
+    if !r.kept_rows.is_empty() {
+        written = written.and(body.serde("rows_kept", &r.kept_rows));
+    }
+    written
+}
+
+/// How many records at the start of `records` are results that go inside
+/// the statement record after them: results of the session whose
+/// statement that is (a session hands its completed results over with its
+/// next statement). Zero when no such statement follows.
+fn carried(records: &[Record]) -> usize {
+    let mut session = None;
+    for (i, record) in records.iter().enumerate() {
+        match record {
+            Record::Result(r) if session.is_none_or(|s| s == r.session) => session = Some(r.session),
+            Record::Statement(s) if i > 0 && session == Some(s.session) => return i,
+            _ => return 0,
+        }
+    }
+    0
 }
 
 thread_local! {
@@ -1139,11 +1234,11 @@ mod tests {
 
     fn written(bodies: &Bodies, record: &Record) -> serde_json::Value {
         let mut out = Vec::new();
-        bodies.write(record, &mut out, Form::Whole);
+        bodies.write(record, &[], &mut out, Form::Whole);
         assert!(out.starts_with(b"{\"type\":") && !out.contains(&b'\n'), "{}", String::from_utf8_lossy(&out));
         // Written in place, after the writer's `"type":`, it is the same.
         let mut in_place = b"{\"type\":".to_vec();
-        bodies.write(record, &mut in_place, Form::AfterType);
+        bodies.write(record, &[], &mut in_place, Form::AfterType);
         assert_eq!(String::from_utf8_lossy(&in_place), String::from_utf8_lossy(&out));
         serde_json::from_slice(&out).unwrap()
     }
@@ -1278,8 +1373,12 @@ mod tests {
         assert!(rotation.written, "{rotation:?}");
         log.log(&[result(1, n)]);
         // This write cannot begin one: its statement is refused, and the
-        // result before it is kept.
-        let refused = persist(statement(&engine, 1, n + 1));
+        // results before it (left for this write, and carried with the
+        // statement) are kept.
+        let refused = match log.persist(&[result(1, 1000), statement(&engine, 1, n + 1)]) {
+            Persisting::Done(outcome) => outcome,
+            Persisting::Waiting(wait) => runtime.block_on(wait),
+        };
         assert!(refused.as_ref().is_err_and(|e| !e.written), "{refused:?}");
         for b in &blockers {
             std::fs::remove_dir(b).unwrap();
@@ -1290,6 +1389,7 @@ mod tests {
         let records = read_records(&logs).unwrap();
         let named = |kind: &str, k: u64| records.iter().filter(|r| r["type"] == kind && r["n"] == k).count();
         assert_eq!(named("result", n), 1, "the kept result is written once");
+        assert_eq!(named("result", 1000), 1, "the carried result is written once");
         assert_eq!(named("statement", n + 1), 0, "the refused statement is not in the log");
         assert_eq!(named("statement", n + 2), 1);
         let verifier = load_signer(&dir.join("keys").join(KEY_FILE), "test.example/audit").unwrap().verifier();
@@ -1356,5 +1456,74 @@ mod tests {
         let v = written(&bodies(false), &Record::Result(result));
         assert_eq!(v["error"], serde_json::json!({"code": "42501", "message": "no \"way\""}));
         assert_eq!(v["rows_kept"], serde_json::json!([["a", null]]));
+    }
+
+    /// A session's results handed over with its next statement are
+    /// written inside that statement's record, every field of them; the
+    /// tools read them as result records of their own, ahead of it.
+    /// Results of another session are records of their own.
+    #[test]
+    fn results_handed_over_with_a_statement_are_written_inside_its_record() {
+        let engine = allow_all();
+        let (dir, log) = scratch_log("carried");
+        let mut failed = result(1, 1);
+        if let Record::Result(r) = &mut failed {
+            r.ran = false;
+            r.error = Some(ReportedError { code: "22012".into(), message: "division by zero".into() });
+            r.duration = Duration::from_micros(1_500);
+        }
+        let records = [failed, result(1, 2), statement(&engine, 1, 3), result(2, 1), statement(&engine, 1, 4)];
+        assert!(matches!(log.persist(&records).now(), Some(Ok(()))));
+        log.close();
+
+        let logs = dir.join("log");
+        let lines = read_lines(&logs);
+        let kinds: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
+        assert_eq!(kinds, ["statement", "result", "statement"]);
+        let boot = &log.bodies.boot;
+        assert_eq!(
+            lines[0]["results"],
+            serde_json::json!([
+                {"n": 1, "ran": false, "tags": [], "rows": 0, "masked": 0, "ms": 1.5,
+                    "error": {"code": "22012", "message": "division by zero"}},
+                {"n": 2, "ran": true, "tags": [], "rows": 0, "masked": 0, "ms": 0.0},
+            ])
+        );
+        assert!(lines[2].get("results").is_none(), "{}", lines[2]);
+
+        let records = read_records(&logs).unwrap();
+        let read: Vec<String> = records
+            .iter()
+            .map(|r| format!("{} {} {}", r["type"].as_str().unwrap(), r["session"].as_str().unwrap(), r["n"]))
+            .collect();
+        let expected: Vec<String> =
+            [("result", 1, 1), ("result", 1, 2), ("statement", 1, 3), ("result", 2, 1), ("statement", 1, 4)]
+                .iter()
+                .map(|(kind, session, n)| format!("{kind} {boot}-{session} {n}"))
+                .collect();
+        assert_eq!(read, expected);
+        assert_eq!(records[0]["error"]["code"], "22012");
+        assert_eq!((&records[0]["seq"], &records[0]["time"]), (&records[2]["seq"], &records[2]["time"]));
+        assert!(records[2].get("results").is_none());
+        let verifier = load_signer(&dir.join("keys").join(KEY_FILE), "test.example/audit").unwrap().verifier();
+        let report = portcullis_audit::verify::verify_dir(&logs, &verifier, &[], &mut |_| {}).unwrap();
+        assert_eq!(report.records(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The record lines of a log as written.
+    fn read_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for (_, path) in portcullis_audit::writer::list_segments(dir).unwrap() {
+            let bytes = std::fs::read(path).unwrap();
+            for line in portcullis_audit::segment::content(&bytes).split(|&b| b == b'\n') {
+                if let Ok(portcullis_audit::segment::Line::Record { .. }) =
+                    portcullis_audit::segment::Line::classify(line)
+                {
+                    out.push(serde_json::from_slice(line).unwrap());
+                }
+            }
+        }
+        out
     }
 }

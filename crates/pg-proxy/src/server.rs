@@ -1085,7 +1085,21 @@ pub async fn run(config: Config) -> Result<(), String> {
     let all = u32::try_from(gw.config.limits.max_connections).unwrap_or(u32::MAX);
     match tokio::time::timeout(grace, Arc::clone(&gw.connections).acquire_many_owned(all)).await {
         Ok(_) => tracing::info!("all sessions ended"),
-        Err(_) => tracing::warn!(sessions = gw.active_sessions(), "grace period over; closing the remaining sessions"),
+        Err(_) => {
+            tracing::warn!(sessions = gw.active_sessions(), "grace period over; closing the remaining sessions");
+            // Each is told to end, so that its last records (its results,
+            // its end) are in the audit log before it closes.
+            for session in gw.sessions.list() {
+                gw.sessions.terminate(session.id);
+            }
+            let ended = tokio::time::timeout(LAST_RECORDS, Arc::clone(&gw.connections).acquire_many_owned(all)).await;
+            if ended.is_err() {
+                tracing::warn!(
+                    sessions = gw.active_sessions(),
+                    "sessions still open; their last records are not logged"
+                );
+            }
+        }
     }
     if let Some(audit) = gw.audit.clone() {
         // Whatever is queued, then the closing checkpoint.
@@ -1170,6 +1184,10 @@ pub const UPSTREAM_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::fro
 
 /// How long a stopping gateway waits for its sessions.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long sessions still open after [`SHUTDOWN_GRACE`], told to end,
+/// have to record their last results and their end.
+const LAST_RECORDS: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

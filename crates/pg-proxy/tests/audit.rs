@@ -54,8 +54,14 @@ async fn sessions_ended(stack: &Stack) {
     panic!("sessions still open after 20 s: {}", stack.gateway.active_sessions());
 }
 
-/// Every record of the log, as JSON.
+/// Every record of the log, as the tools read them (results carried in
+/// statement records as records of their own).
 fn records(log: &Path) -> Vec<Value> {
+    pg_proxy::audit::read_records(log).unwrap()
+}
+
+/// Every record line of the log, as JSON, as it is written.
+fn lines(log: &Path) -> Vec<Value> {
     let mut out = Vec::new();
     for (_, path) in portcullis_audit::writer::list_segments(log).unwrap() {
         let bytes = std::fs::read(path).unwrap();
@@ -136,10 +142,20 @@ async fn sessions_are_recorded_verified_listed_and_replayed() {
     drop(client);
 
     // Closed as at shutdown (after the sessions' ends arrive).
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sessions_ended(&stack).await;
     stack.gateway.audit.as_ref().unwrap().close();
 
+    // The developer's statements came one after the other: each carried
+    // the result before it in its own record.
+    let written = lines(&log);
+    let carriers = written.iter().filter(|l| l["type"] == "statement" && l["results"].is_array()).count();
+    assert!(carriers >= 4, "{written:#?}");
     let all = records(&log);
+    assert_eq!(
+        all.iter().filter(|r| r["type"] == "result").count(),
+        written.iter().filter(|l| l["type"] == "result").count()
+            + written.iter().filter_map(|l| l["results"].as_array()).map(Vec::len).sum::<usize>()
+    );
     let kinds: Vec<&str> = all.iter().map(|r| r["type"].as_str().unwrap()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "session_start").count(), 2, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == "session_end").count(), 2, "{kinds:?}");
@@ -876,6 +892,8 @@ async fn approval_events_are_recorded_with_the_session_that_held_the_statement()
         }
     }
     drop(agent);
+    // A session's last results are recorded when it ends.
+    sessions_ended(&stack).await;
     drop(stack);
 
     let all = records(&log);

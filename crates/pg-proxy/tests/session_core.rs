@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 use pg_proxy::catalog::Table;
 use pg_proxy::codec::{self, BackendFrame, BackendMessage, FieldDescription, Frontend, Str};
+use pg_proxy::session::core::RESULTS_WAIT;
 use pg_proxy::session::hold::HoldOutcome;
 use pg_proxy::session::record::{Record, RecordError, StatementRecord};
 use pg_proxy::session::registry::Activity;
@@ -140,6 +141,23 @@ impl Harness {
     fn needs(&mut self) -> Vec<Need> {
         std::iter::from_fn(|| self.core.poll_need()).collect()
     }
+
+    /// What the core asks for once completed results waited their time
+    /// for a statement record to go with.
+    fn needs_after_results_wait(&mut self) -> Vec<Need> {
+        let due = self.core.poll_timeout().expect("results waiting");
+        assert!(due <= self.now + RESULTS_WAIT);
+        self.core.handle_timeout(due);
+        self.needs()
+    }
+}
+
+/// The statement record of a [`Need::Persist`]'s records: the last, after
+/// the session's completed results.
+fn statement_of(records: &[Record]) -> &StatementRecord {
+    let Some((Record::Statement(r), results)) = records.split_last() else { panic!("{records:?}") };
+    assert!(results.iter().all(|r| matches!(r, Record::Result(_))), "{records:?}");
+    r
 }
 
 fn describe(f: &BackendFrame) -> (char, String) {
@@ -1300,7 +1318,7 @@ fn a_refused_batch_whose_records_are_in_the_log_has_results_that_say_it_did_not_
     h.core.handle_persisted(*batch, Err(RecordError::unsynced("syncing the audit log: I/O error")), h.now);
     h.server(&cat(&[error("22P02"), ready(b'I')]));
     assert!(h.got()[0].1.starts_with("58030"));
-    let needs = h.needs();
+    let needs = h.needs_after_results_wait();
     let results: Vec<_> = needs
         .iter()
         .filter_map(|n| match n {
@@ -1363,10 +1381,8 @@ fn a_refused_extended_batch_forgets_the_statements_it_defined() {
 fn execute_recorded(h: &mut Harness, id: &str, outcome: Result<(), RecordError>) -> StatementRecord {
     h.client(&cat(&[bind("", "s", &[id]), execute(""), sync()]));
     let needs = h.needs();
-    // The result of the execution before may come out with it.
-    let mut persist = needs.iter().filter(|n| !matches!(n, Need::Log { .. }));
-    let Some(Need::Persist { batch, records }) = persist.next() else { panic!("{needs:?}") };
-    let [Record::Statement(r)] = records.as_slice() else { panic!("{records:?}") };
+    let [Need::Persist { batch, records }] = needs.as_slice() else { panic!("{needs:?}") };
+    let r = statement_of(records);
     let failed = outcome.is_err();
     h.core.handle_persisted(*batch, outcome, h.now);
     h.sent();
@@ -1406,14 +1422,58 @@ fn a_prepared_statement_executed_again_names_the_record_of_its_decision() {
 fn query_recorded(h: &mut Harness, sql: &str) -> StatementRecord {
     h.client(&query(sql));
     let needs = h.needs();
-    let mut persist = needs.iter().filter(|n| !matches!(n, Need::Log { .. }));
-    let Some(Need::Persist { batch, records }) = persist.next() else { panic!("{needs:?}") };
-    let [Record::Statement(r)] = records.as_slice() else { panic!("{records:?}") };
+    let [Need::Persist { batch, records }] = needs.as_slice() else { panic!("{needs:?}") };
+    let r = statement_of(records);
     h.core.handle_persisted(*batch, Ok(()), h.now);
     assert!(h.sent().iter().any(|m| is_query(m, sql)));
     h.server(&cat(&[row_description(&[("total", 0, 0)]), complete("SELECT 0"), ready(b'I')]));
     h.got();
     r.clone()
+}
+
+/// A completed result goes with the session's next statement record,
+/// ahead of it, in one hand-over: nothing is handed over alone meanwhile.
+#[test]
+fn a_result_goes_with_the_next_statement_record() {
+    let mut h = harness(recording());
+    let first = query_recorded(&mut h, "SELECT total FROM orders WHERE id = 1");
+    let needs = h.needs();
+    assert!(needs.is_empty(), "{needs:?}");
+    assert_eq!(h.core.poll_timeout(), Some(h.now + RESULTS_WAIT));
+    h.client(&query("SELECT total FROM orders WHERE id = 2"));
+    let needs = h.needs();
+    let [Need::Persist { records, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    let [Record::Result(result), Record::Statement(next)] = records.as_slice() else { panic!("{records:?}") };
+    assert_eq!(
+        (result.sequence, result.ran, result.tags.as_slice()),
+        (first.sequence, true, ["SELECT 0".to_string()].as_slice())
+    );
+    assert_eq!(next.sequence, first.sequence + 1);
+    assert_eq!(h.core.poll_timeout(), None, "nothing waits any more");
+}
+
+/// A result no statement follows is handed over alone once it waited
+/// [`RESULTS_WAIT`], or at once when the driver releases it (its session
+/// ends).
+#[test]
+fn a_result_no_statement_follows_is_handed_over_alone() {
+    let mut h = harness(recording());
+    let first = query_recorded(&mut h, "SELECT total FROM orders WHERE id = 1");
+    h.core.handle_timeout(h.now + RESULTS_WAIT - Duration::from_millis(1));
+    let needs = h.needs();
+    assert!(needs.is_empty(), "not yet: {needs:?}");
+    let needs = h.needs_after_results_wait();
+    let [Need::Log { records }] = needs.as_slice() else { panic!("{needs:?}") };
+    let [Record::Result(result)] = records.as_slice() else { panic!("{records:?}") };
+    assert_eq!(result.sequence, first.sequence);
+    assert_eq!(h.core.poll_timeout(), None);
+
+    let second = query_recorded(&mut h, "SELECT total FROM orders WHERE id = 2");
+    h.core.release_results();
+    let needs = h.needs();
+    let [Need::Log { records }] = needs.as_slice() else { panic!("{needs:?}") };
+    let [Record::Result(result)] = records.as_slice() else { panic!("{records:?}") };
+    assert_eq!(result.sequence, second.sequence);
 }
 
 #[test]
@@ -1480,7 +1540,7 @@ fn a_refused_hold_is_recorded_as_not_run() {
     h.server(&cat(&[error("22P02"), ready(b'I')]));
     h.got();
     let logged: Vec<Record> = h
-        .needs()
+        .needs_after_results_wait()
         .into_iter()
         .filter_map(|n| match n {
             Need::Log { records } => Some(records),

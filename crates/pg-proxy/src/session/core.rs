@@ -626,8 +626,14 @@ pub struct SessionCore {
     open: VecDeque<ResultRecord>,
     /// When each statement of `open` was forwarded (decided).
     open_since: VecDeque<Instant>,
-    /// Completed results, handed out as [`Need::Log`].
+    /// Completed results (and records of refused holds): they go with
+    /// the session's next [`Need::Persist`], ahead of its statements, or
+    /// as a [`Need::Log`] once they are due.
     finished: Vec<Record>,
+    /// When `finished` stopped being empty; `None` while it is.
+    finished_since: Option<Instant>,
+    /// `finished` waited [`RESULTS_WAIT`]: it goes out as a [`Need::Log`].
+    finished_due: bool,
     /// Emptied record lists the driver gave back ([`SessionCore::recycle`]),
     /// for the next batch's records: a session that records allocates no
     /// list per statement.
@@ -647,6 +653,13 @@ pub struct SessionCore {
 
 /// How many recorded decisions a session remembers.
 const RECORDED_DECISIONS: usize = 8;
+
+/// How long completed results wait for the session's next statement
+/// record to go with (one write for both) before they are handed over
+/// on their own.
+pub const RESULTS_WAIT: Duration = Duration::from_millis(10);
+/// The most completed results that wait so.
+const RESULTS_WAITING: usize = 64;
 
 /// Record lists a session keeps for reuse, and the largest it keeps.
 const SPARE_RECORD_LISTS: usize = 4;
@@ -713,6 +726,8 @@ impl SessionCore {
             open: VecDeque::new(),
             open_since: VecDeque::new(),
             finished: Vec::new(),
+            finished_since: None,
+            finished_due: false,
             spare_records: Vec::new(),
             spare_tags: Vec::new(),
             spare_tag_lists: Vec::new(),
@@ -739,8 +754,10 @@ impl SessionCore {
     pub fn poll_need(&mut self) -> Option<Need> {
         match self.needs.pop_front() {
             Some(need) => Some(need),
-            None if !self.finished.is_empty() => {
+            None if !self.finished.is_empty() && self.finished_go_now() => {
                 let spare = self.spare_records.pop().unwrap_or_default();
+                self.finished_since = None;
+                self.finished_due = false;
                 Some(Need::Log { records: std::mem::replace(&mut self.finished, spare) })
             }
             None => None,
@@ -771,9 +788,32 @@ impl SessionCore {
 
     /// When [`SessionCore::handle_timeout`] must be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let results = self.finished_since.filter(|_| !self.finished_due).map(|since| since + RESULTS_WAIT);
         match &self.client {
-            ClientState::Held { deadline, .. } => Some(*deadline),
-            _ => None,
+            ClientState::Held { deadline, .. } => Some(results.map_or(*deadline, |r| r.min(*deadline))),
+            _ => results,
+        }
+    }
+
+    /// Hands completed results over at the next [`SessionCore::poll_need`]
+    /// without waiting for a statement to go with: for a driver whose
+    /// session ends.
+    pub fn release_results(&mut self) {
+        self.finished_due = true;
+    }
+
+    /// Whether the completed results go out now, on their own.
+    fn finished_go_now(&self) -> bool {
+        self.finished_due
+            || self.finished.len() >= RESULTS_WAITING
+            || matches!(self.client, ClientState::Closed(_))
+            || self.finished_since.is_some_and(|since| self.now >= since + RESULTS_WAIT)
+    }
+
+    /// Notes that `finished` may have grown.
+    fn finished_grew(&mut self) {
+        if self.finished_since.is_none() && !self.finished.is_empty() {
+            self.finished_since = Some(self.now);
         }
     }
 
@@ -1050,6 +1090,9 @@ impl SessionCore {
     /// Time passed: a hold past its deadline ends.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        if self.finished_since.is_some_and(|since| now >= since + RESULTS_WAIT) {
+            self.finished_due = true;
+        }
         let ClientState::Held { deadline, .. } = &self.client else { return };
         if now < *deadline {
             return;
@@ -1491,7 +1534,16 @@ impl SessionCore {
         if self.config.record && !batch.records.is_empty() {
             self.batches += 1;
             let id = self.batches;
-            let records = std::mem::take(&mut batch.records);
+            let mut records = std::mem::take(&mut batch.records);
+            // Completed results go first, in the same write.
+            if !self.finished.is_empty() {
+                let spare = self.spare_records.pop().unwrap_or_default();
+                let mut all = std::mem::replace(&mut self.finished, spare);
+                all.append(&mut records);
+                self.recycle(std::mem::replace(&mut records, all));
+                self.finished_since = None;
+                self.finished_due = false;
+            }
             self.needs.push_back(Need::Persist { batch: id, records });
             self.client = ClientState::Recording { batch, id };
             return;
@@ -1572,6 +1624,7 @@ impl SessionCore {
             }
         }
         self.finished.extend(results.into_iter().rev());
+        self.finished_grew();
         let refusal = Refusal { code, message, recorded: false };
         // A read-back the batch owed is still owed: the refusal fails the
         // block on the server, which may undo a setting an earlier part of
@@ -1612,6 +1665,7 @@ impl SessionCore {
         // are recorded now (nothing of them runs, so nothing waits for the
         // records), with results saying they did not run, and why.
         self.finished.append(&mut batch.records);
+        self.finished_grew();
         let refused = self.refuse_batch(batch, code, message, true);
         self.commit(refused);
     }
@@ -1792,6 +1846,7 @@ impl SessionCore {
         r.ran = ran;
         r.duration = self.now.saturating_duration_since(since);
         self.finished.push(Record::Result(r));
+        self.finished_grew();
     }
 
     /// Whether the statement being answered is one with an open result:

@@ -427,6 +427,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
     }
     if recording {
         // Results completed on the way out, then the end.
+        core.release_results();
         let mut last = Vec::new();
         while let Some(need) = core.poll_need() {
             if let Need::Log { records } = need {
