@@ -116,7 +116,7 @@ enum Command {
     /// Start a throwaway PostgreSQL with sample data, the gateway in front
     /// of it, and print how to connect as a person and as an AI agent.
     ///
-    /// Everything lives in a temporary directory; Ctrl-C stops it all and
+    /// Everything lives in a temporary directory; Ctrl-C, SIGTERM or SIGHUP stops it all and
     /// removes it. Needs PostgreSQL's server binaries (`initdb`, `pg_ctl`;
     /// `scripts/demo` installs them with apt when missing). With --script,
     /// plays a short agent session (a masked read, a refused DROP TABLE, a

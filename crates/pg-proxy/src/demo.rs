@@ -56,14 +56,18 @@ pub struct DemoOptions {
     pub audit_dir: Option<PathBuf>,
 }
 
-/// Runs the demo; returns when the script is done or on Ctrl-C.
+/// Runs the demo; returns when the script is done, or on Ctrl-C, SIGTERM
+/// or SIGHUP (the cluster and its files removed in every case).
 pub async fn run(options: DemoOptions) -> Result<(), String> {
+    // Listening from the start: a signal while the cluster starts stops the
+    // demo rather than killing it and leaving the cluster behind.
+    let stop = stopped()?;
     println!("Portcullis demo: starting a throwaway PostgreSQL cluster...");
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(&ClusterOptions::default()))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let result = run_with(&cluster, &options).await;
+    let result = run_with(&cluster, &options, stop).await;
     println!("Stopping PostgreSQL and removing {} ...", cluster.dir().display());
     tokio::task::spawn_blocking(move || cluster.stop()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     result
@@ -71,7 +75,11 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
 
 const APP_USER: &str = "app";
 
-async fn run_with(cluster: &Cluster, options: &DemoOptions) -> Result<(), String> {
+async fn run_with(
+    cluster: &Cluster,
+    options: &DemoOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
     let app_password = random_password();
     cluster.create_role(APP_USER, &app_password, false).map_err(|e| e.to_string())?;
     cluster.create_database("app", APP_USER).map_err(|e| e.to_string())?;
@@ -158,10 +166,14 @@ async fn run_with(cluster: &Cluster, options: &DemoOptions) -> Result<(), String
 
     let outcome = if options.script {
         let approval = Approval { store: &store, admin: format!("http://{admin}"), approver: &approver };
-        play_script(&gateway, &conninfo, &agent, &approval).await
+        tokio::select! {
+            played = play_script(&gateway, &conninfo, &agent, &approval) => played,
+            () = stop => Err("stopped by a signal".to_string()),
+        }
     } else {
         println!("Press Ctrl-C to stop and remove everything.");
-        tokio::signal::ctrl_c().await.map_err(|e| e.to_string())
+        stop.await;
+        Ok(())
     };
     server.abort();
     admin_server.abort();
@@ -182,6 +194,23 @@ async fn run_with(cluster: &Cluster, options: &DemoOptions) -> Result<(), String
         println!("The audit log is kept in {}.", audit_dir.display());
     }
     outcome
+}
+
+/// Listens for Ctrl-C, SIGTERM and SIGHUP (`timeout`, a service manager,
+/// a closed terminal), and waits for the first: each stops the demo the
+/// same way, so its cluster and files are removed whichever ends it.
+fn stopped() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            _ = hangup.recv() => {}
+        }
+    })
 }
 
 /// The audit log's signing key in `dir` (`audit-key.pem`, with

@@ -260,6 +260,33 @@ fn demo_script_plays_the_agent_session_and_cleans_up() {
     let _ = std::fs::remove_dir_all(&audit);
 }
 
+#[test]
+fn demo_stopped_by_sigterm_removes_its_cluster() {
+    use std::io::BufRead;
+    let mut demo =
+        bin!().args(["demo", "--policy"]).arg(repo("examples/policy.toml")).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut data = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some((_, dir)) = line.split_once("(data in ") {
+            data = Some(PathBuf::from(dir.trim_end_matches(')')));
+        }
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    let data = data.expect("the demo names its cluster's data directory");
+    assert!(data.exists());
+    let kill = std::process::Command::new("kill").args(["-TERM", &demo.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = demo.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert!(rest.iter().any(|l| l.starts_with("Stopping PostgreSQL and removing ")), "{rest:?}");
+    assert!(!data.exists(), "{} is still there", data.display());
+}
+
 /// A policy with a `hash` mask (and a test that passes).
 const HASHED: &str = "version = 1
 [[rule]]
