@@ -433,6 +433,38 @@ async fn replay_follows_a_live_session_until_it_ends() {
     let _ = std::fs::remove_dir_all(&keys);
 }
 
+/// A session's last result waits for its next statement a short while
+/// only: with the session open and idle, it is recorded all the same,
+/// also after statements that kept moving that wait later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_result_of_an_idle_session_is_recorded_while_it_stays_open() {
+    let keys = keys("idle-result");
+    let log = keys.join("log");
+    let stack = audit_stack(&keys, &log, "");
+    let client = stack.connect_as("bob", &["developers"], None).await;
+    for i in 1..=30 {
+        client.simple_query(&format!("SELECT {i}")).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let mut last = None;
+    for _ in 0..200 {
+        let all = records(&log);
+        last = all.iter().find(|r| r["type"] == "statement" && r["sql"] == "SELECT 30").cloned();
+        if let Some(result) = last.as_ref().and_then(|s| result_of(&all, s)) {
+            assert_eq!(result["tags"], serde_json::json!(["SELECT 1"]));
+            assert!(all.iter().all(|r| r["type"] != "session_end"), "the session is still open");
+            // Every statement's result, each once.
+            assert_eq!(all.iter().filter(|r| r["type"] == "result").count(), 30);
+            drop(client);
+            stack.gateway.audit.as_ref().unwrap().close();
+            let _ = std::fs::remove_dir_all(&keys);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the last result was not recorded while its session stayed open: {last:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_statements_until_space_returns() {
     let keys = keys("full");

@@ -107,7 +107,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -225,6 +225,16 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
 
     let mut persisting: Option<(u64, Boxed<Result<(), RecordError>>)> = None;
     let mut holding: Option<(u64, Boxed<HoldOutcome>)> = None;
+    // One timer for the session's life. It is moved only to a deadline
+    // earlier than the one it is set for, or once it went off: a later
+    // deadline (the results' wait, renewed at nearly every statement) is
+    // met when the timer goes off early, the core finds nothing due, and
+    // the timer is set again. A timer made and dropped per wait took the
+    // timer wheel's lock twice per statement.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    // Where the timer is set; `None` once it went off.
+    let mut timer_at: Option<Instant> = None;
     let mut up_read = READ_BYTES;
     let mut client_read = READ_BYTES;
     let outcome: Result<(), String> = loop {
@@ -331,6 +341,10 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         let read_client = core.wants_client_data();
         let read_server = core.wants_server_data();
         let deadline = core.poll_timeout();
+        if let Some(at) = deadline.filter(|at| timer_at.is_none_or(|set| *at < set)) {
+            timer.as_mut().reset(at.into());
+            timer_at = Some(at);
+        }
         // The side expected to speak next is polled first: while the
         // server owes answers, a wake-up is most often its data, and the
         // wait then ends without polling the client's socket as well.
@@ -349,7 +363,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                     $($branch)*
                     outcome = poll_slot(&mut persisting), if persisting.is_some() => Event::Persisted(outcome),
                     outcome = poll_slot(&mut holding), if holding.is_some() => Event::Held(outcome),
-                    () = sleep_until(deadline), if deadline.is_some() => Event::Timeout,
+                    () = &mut timer, if deadline.is_some() => Event::Timeout,
                 }
             };
         }
@@ -411,7 +425,10 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                     core.handle_hold_outcome(hold, outcome, Instant::now());
                 }
             }
-            Event::Timeout => core.handle_timeout(Instant::now()),
+            Event::Timeout => {
+                timer_at = None;
+                core.handle_timeout(Instant::now());
+            }
         }
     };
     // Whatever the core still had for the client (a last error), for as
@@ -540,13 +557,6 @@ fn write_now(stream: &crate::tls::Stream, out: &mut bytes::BytesMut) -> std::io:
 async fn poll_slot<T>(slot: &mut Option<(u64, Boxed<T>)>) -> T {
     match slot {
         Some((_, future)) => future.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
 }
