@@ -278,8 +278,7 @@ fn demo_stopped_by_sigterm_removes_its_cluster() {
     }
     let data = data.expect("the demo names its cluster's data directory");
     assert!(data.exists());
-    let kill = std::process::Command::new("kill").args(["-TERM", &demo.id().to_string()]).status().unwrap();
-    assert!(kill.success());
+    portcullis_testkit::process::signal(demo.id(), "TERM");
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     let status = demo.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{rest:?}");

@@ -79,3 +79,10 @@ pub fn json_output(name: &str, out: &Output) -> serde_json::Value {
     }
     value
 }
+
+/// Sends the process `pid` the signal `name` (`HUP`, `TERM`...), with
+/// `kill -s`; panics when it cannot be sent.
+pub fn signal(pid: u32, name: &str) {
+    let sent = Command::new("kill").args(["-s", name, &pid.to_string()]).status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -s {name} {pid}");
+}

@@ -387,8 +387,7 @@ impl Served {
 
     /// Sends it a signal (`HUP`, `TERM`...).
     pub fn signal(&self, name: &str) {
-        let ok = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap().success();
-        assert!(ok, "kill -s {name}");
+        crate::process::signal(self.child.id(), name);
     }
 
     /// A libpq connection string to it, logging in with `token`.
