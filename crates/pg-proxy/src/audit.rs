@@ -65,13 +65,15 @@ type Ack = tokio::sync::oneshot::Sender<Result<(), RecordError>>;
 /// benchmarks.
 #[derive(Debug, Default)]
 pub struct AuditStats {
-    /// Records appended.
+    /// Records written (a statement's record with the results it carries
+    /// counts once).
     pub records: AtomicU64,
     /// Writes of record batches (each hands many records to the OS).
     pub writes: AtomicU64,
     /// `fdatasync` calls for statements waiting on one.
     pub syncs: AtomicU64,
-    /// Batches refused because the log could not be written or synced.
+    /// Writes and syncs that failed (each refuses the batches it carried
+    /// or that waited for it).
     pub failures: AtomicU64,
     /// Batches whose session found the writer's lock taken and waited for
     /// it.
@@ -148,9 +150,12 @@ struct Writing {
     /// Records appended (their tickets the ones after `processed`) and not
     /// handed to the OS yet.
     appended: u64,
+    /// The lines those records make in the writer's buffer: fewer than
+    /// `appended` when results went inside a statement's record.
+    lines: u64,
     /// Records nothing waits for that a failed write took back, appended
-    /// again (no tickets: nobody asks how they went), before the ones
-    /// `appended` counts.
+    /// again (no tickets: nobody asks how they went), before the lines
+    /// `lines` counts.
     again: u64,
 }
 
@@ -257,6 +262,34 @@ impl Shared {
         let _ = self.write(&mut guard, None, Hand::Now);
     }
 
+    /// Writes what is queued or buffered, then a signed checkpoint of the
+    /// log (from the sync thread: it blocks), unsynced: returns whether
+    /// one was written. While the log cannot be written, it does not try:
+    /// what is kept for the next write stays with it, and the first
+    /// interval after writing works again checkpoints.
+    fn checkpoint(&self) -> bool {
+        if self.failing.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut guard = self.writer.blocking_lock();
+        // Through `write`, which keeps what a failure must not lose; after
+        // it the writer's buffer is empty, and the checkpoint goes alone.
+        if self.write(&mut guard, None, Hand::Now).is_err() {
+            return false;
+        }
+        let Some(writing) = guard.as_mut() else { return false };
+        if !writing.writer.needs_checkpoint() {
+            return false;
+        }
+        match writing.writer.checkpoint_unsynced() {
+            Ok(()) => true,
+            Err(e) => {
+                self.failed(format!("writing a checkpoint: {e}"));
+                false
+            }
+        }
+    }
+
     /// Appends every queued record, then `own`'s (serialised in place,
     /// with the tickets after the queued ones), and hands them to the OS
     /// at once, or, with [`Hand::Later`] and nothing queued, leaves them
@@ -287,9 +320,11 @@ impl Shared {
         if taken == 0 && own_count == 0 && writing.appended == 0 && !writing.writer.has_buffered() {
             return Ok(());
         }
-        // What the buffer holds before the queued records: records nothing
-        // waits for (kept from a failed write, and left by `Hand::Later`).
-        let before_taken = writing.again + writing.appended;
+        // The lines the buffer holds before the queued records: records
+        // nothing waits for (kept from a failed write, and left by
+        // `Hand::Later`).
+        let before_taken = writing.again + writing.lines;
+        let mut own_lines = 0;
         let now = SystemTime::now();
         let mut appended = Ok(());
         let mut start = 0;
@@ -320,14 +355,17 @@ impl Shared {
                 if appended.is_err() {
                     break;
                 }
+                own_lines += 1;
                 rest = after;
             }
         }
         writing.appended += taken + own_count;
+        writing.lines += taken + own_lines;
         if appended.is_ok() && hand == Hand::Later && taken == 0 {
             return Ok(());
         }
         let count = std::mem::take(&mut writing.appended);
+        let lines = std::mem::take(&mut writing.lines);
         let again = std::mem::take(&mut writing.again);
         let written = match appended {
             Ok(()) => {
@@ -387,7 +425,7 @@ impl Shared {
         let before = self.processed.load(Ordering::Acquire);
         let outcome = match written {
             Ok(()) => {
-                self.stats.records.fetch_add(count + again, Ordering::Relaxed);
+                self.stats.records.fetch_add(lines + again, Ordering::Relaxed);
                 self.recovered();
                 Ok(())
             }
@@ -622,6 +660,7 @@ impl AuditLog {
                 taken_ends: Vec::new(),
                 taken_unwaited: Vec::new(),
                 appended: 0,
+                lines: 0,
                 again: 0,
             })),
             queue: Mutex::new(Queue::default()),
@@ -1048,15 +1087,7 @@ fn sync_loop(shared: &Shared, interval: Duration) {
         let mut checkpointed = false;
         if !closing && Instant::now() >= next_checkpoint {
             next_checkpoint = Instant::now() + interval;
-            shared.flush();
-            if let Some(w) = shared.writer.blocking_lock().as_mut().map(|w| &mut w.writer) {
-                if w.needs_checkpoint() {
-                    match w.checkpoint_unsynced() {
-                        Ok(()) => checkpointed = true,
-                        Err(e) => tracing::error!("audit log: writing a checkpoint: {e}"),
-                    }
-                }
-            }
+            checkpointed = shared.checkpoint();
         }
         if !waiters.is_empty() || checkpointed {
             let handle = shared.writer.blocking_lock().as_ref().and_then(|w| w.writer.sync_handle());
@@ -1340,60 +1371,166 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A log whose segment could not end (the next segments' names are
+    /// taken): its next write, which needs a new segment, fails until
+    /// [`Outage::end`].
+    struct Outage {
+        dir: std::path::PathBuf,
+        log: AuditLog,
+        engine: policy_core::Engine,
+        runtime: tokio::runtime::Runtime,
+        blockers: Vec<std::path::PathBuf>,
+        /// The last statement's number (its write ended the segment).
+        n: u64,
+    }
+
+    impl Outage {
+        fn begin(test: &str) -> Outage {
+            let engine = allow_all();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (dir, log) = scratch_log_of(test, 4096);
+            let logs = dir.join("log");
+            let blockers: Vec<_> = (1..4).map(|i| logs.join(portcullis_audit::segment::segment_file_name(i))).collect();
+            for b in &blockers {
+                std::fs::create_dir(b).unwrap();
+            }
+            let mut outage = Outage { dir, log, engine, runtime, blockers, n: 0 };
+            let rotation = loop {
+                outage.n += 1;
+                assert!(outage.n < 100, "the segment never ended");
+                let n = outage.n;
+                match outage.persist(&[statement(&outage.engine, 1, n)]) {
+                    Ok(()) => outage.log.log(&[result(1, n)]),
+                    Err(e) => break e,
+                }
+            };
+            // The segment could not end: its records are written, and the
+            // next write needs a new segment.
+            assert!(rotation.written, "{rotation:?}");
+            outage
+        }
+
+        /// Persists records, waiting when needed (the sync thread's flush
+        /// may hold the lock a moment).
+        fn persist(&self, records: &[Record]) -> Result<(), RecordError> {
+            match self.log.persist(records) {
+                Persisting::Done(outcome) => outcome,
+                Persisting::Waiting(wait) => self.runtime.block_on(wait),
+            }
+        }
+
+        fn statement(&self, n: u64) -> Record {
+            statement(&self.engine, 1, n)
+        }
+
+        /// A write that must be refused whole.
+        fn refused(&self, records: &[Record]) {
+            let refused = self.persist(records);
+            assert!(refused.as_ref().is_err_and(|e| !e.written), "{refused:?}");
+        }
+
+        /// Lets segments begin again, closes the log, and returns its
+        /// records (verified first).
+        fn end(self) -> Vec<serde_json::Value> {
+            for b in &self.blockers {
+                std::fs::remove_dir(b).unwrap();
+            }
+            self.persist(&[self.statement(10_000)]).unwrap();
+            self.log.close();
+            let logs = self.dir.join("log");
+            let verifier = load_signer(&self.dir.join("keys").join(KEY_FILE), "test.example/audit").unwrap().verifier();
+            portcullis_audit::verify::verify_dir(&logs, &verifier, &[], &mut |_| {}).unwrap();
+            let records = read_records(&logs).unwrap();
+            let _ = std::fs::remove_dir_all(&self.dir);
+            records
+        }
+    }
+
+    /// How many records of `kind` numbered `n` are in `records`.
+    fn count(records: &[serde_json::Value], kind: &str, n: u64) -> usize {
+        records.iter().filter(|r| r["type"] == kind && r["n"] == n).count()
+    }
+
     /// A write that fails refuses the statements it carried, and keeps the
     /// records nothing waits for (a result left for the next write) for
     /// the next write that works.
     #[test]
     fn a_failed_write_keeps_the_results_it_carried_for_the_next() {
-        let engine = allow_all();
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let (dir, log) = scratch_log_of("again", 4096);
-        // (The sync thread's flush may hold the lock a moment.)
-        let persist = |record: Record| match log.persist(&[record]) {
-            Persisting::Done(outcome) => outcome,
-            Persisting::Waiting(wait) => runtime.block_on(wait),
-        };
-        let logs = dir.join("log");
-        // The next segments' names are taken: the segment cannot end.
-        let blockers: Vec<_> = (1..4).map(|i| logs.join(portcullis_audit::segment::segment_file_name(i))).collect();
-        for b in &blockers {
-            std::fs::create_dir(b).unwrap();
-        }
-        let mut n = 0;
-        let rotation = loop {
-            n += 1;
-            assert!(n < 100, "the segment never ended");
-            match persist(statement(&engine, 1, n)) {
-                Ok(()) => log.log(&[result(1, n)]),
-                Err(e) => break e,
-            }
-        };
-        // The segment could not end: its records are written, and the next
-        // write needs a new segment.
-        assert!(rotation.written, "{rotation:?}");
-        log.log(&[result(1, n)]);
-        // This write cannot begin one: its statement is refused, and the
-        // results before it (left for this write, and carried with the
+        let outage = Outage::begin("again");
+        let n = outage.n;
+        outage.log.log(&[result(1, n)]);
+        // This write cannot begin a segment: its statement is refused, and
+        // the results before it (left for this write, and carried with the
         // statement) are kept.
-        let refused = match log.persist(&[result(1, 1000), statement(&engine, 1, n + 1)]) {
-            Persisting::Done(outcome) => outcome,
-            Persisting::Waiting(wait) => runtime.block_on(wait),
-        };
-        assert!(refused.as_ref().is_err_and(|e| !e.written), "{refused:?}");
-        for b in &blockers {
-            std::fs::remove_dir(b).unwrap();
-        }
-        persist(statement(&engine, 1, n + 2)).unwrap();
-        log.close();
+        outage.refused(&[result(1, 1000), outage.statement(n + 1)]);
+        outage.persist(&[outage.statement(n + 2)]).unwrap_err();
+        let records = outage.end();
+        assert_eq!(count(&records, "result", n), 1, "the kept result is written once");
+        assert_eq!(count(&records, "result", 1000), 1, "the carried result is written once");
+        assert_eq!(count(&records, "statement", n + 1), 0, "the refused statement is not in the log");
+        assert_eq!(count(&records, "statement", n + 2), 0, "the refused statement is not in the log");
+        assert_eq!(count(&records, "statement", 10_000), 1);
+    }
 
-        let records = read_records(&logs).unwrap();
-        let named = |kind: &str, k: u64| records.iter().filter(|r| r["type"] == kind && r["n"] == k).count();
-        assert_eq!(named("result", n), 1, "the kept result is written once");
-        assert_eq!(named("result", 1000), 1, "the carried result is written once");
-        assert_eq!(named("statement", n + 1), 0, "the refused statement is not in the log");
-        assert_eq!(named("statement", n + 2), 1);
-        let verifier = load_signer(&dir.join("keys").join(KEY_FILE), "test.example/audit").unwrap().verifier();
-        portcullis_audit::verify::verify_dir(&logs, &verifier, &[], &mut |_| {}).unwrap();
+    /// Records handed over without a wait, results inside a statement's
+    /// record among them, are told from the next batch's statements when a
+    /// write fails: the results are kept, the refused statement is not.
+    #[test]
+    fn a_failed_write_tells_kept_lines_from_refused_ones_when_results_were_carried() {
+        let outage = Outage::begin("again-carried");
+        let n = outage.n;
+        // Three records, two lines (the first result goes inside the
+        // statement's record).
+        outage.log.log(&[result(1, n), outage.statement(n + 1), result(1, n + 1)]);
+        outage.refused(&[outage.statement(n + 2)]);
+        outage.refused(&[outage.statement(n + 3)]);
+        let records = outage.end();
+        for (kind, k) in [("result", n), ("statement", n + 1), ("result", n + 1)] {
+            assert_eq!(count(&records, kind, k), 1, "{kind} {k} is written once");
+        }
+        for k in [n + 2, n + 3] {
+            assert_eq!(count(&records, "statement", k), 0, "the refused statement {k} is not in the log");
+        }
+    }
+
+    /// A checkpoint due while the log cannot be written neither loses the
+    /// records kept for the next write nor makes a later failed write
+    /// keep the statements it refused.
+    #[test]
+    fn a_checkpoint_during_an_outage_keeps_what_the_next_write_owes() {
+        let outage = Outage::begin("again-checkpoint");
+        let n = outage.n;
+        outage.log.log(&[result(1, n)]);
+        outage.refused(&[result(1, 1000), outage.statement(n + 1)]);
+        assert!(!outage.log.shared.checkpoint(), "no checkpoint while the log cannot be written");
+        outage.refused(&[outage.statement(n + 2)]);
+        assert!(!outage.log.shared.checkpoint());
+        let records = outage.end();
+        assert_eq!(count(&records, "result", n), 1, "the kept result is written once");
+        assert_eq!(count(&records, "result", 1000), 1, "the carried result is written once");
+        for k in [n + 1, n + 2] {
+            assert_eq!(count(&records, "statement", k), 0, "the refused statement {k} is not in the log");
+        }
+    }
+
+    /// A checkpoint writes what waits in the buffer first, then itself.
+    #[test]
+    fn a_checkpoint_writes_the_records_before_it() {
+        let engine = allow_all();
+        let (dir, log) = scratch_log("checkpoint");
+        assert!(matches!(log.persist(&[statement(&engine, 1, 1)]).now(), Some(Ok(()))));
+        log.log(&[result(1, 1)]);
+        assert!(log.shared.checkpoint());
+        assert!(!log.shared.checkpoint(), "nothing new to checkpoint");
+        let segment = portcullis_audit::writer::list_segments(&dir.join("log")).unwrap().pop().unwrap().1;
+        let text =
+            String::from_utf8(portcullis_audit::segment::content(&std::fs::read(segment).unwrap()).to_vec()).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("\"type\":")).collect();
+        let kinds: Vec<&str> =
+            lines.iter().map(|l| l.split("\"type\":\"").nth(1).unwrap().split('"').next().unwrap()).collect();
+        assert_eq!(&kinds[kinds.len() - 3..], ["statement", "result", "checkpoint"], "{text}");
+        assert!(lines.last().unwrap().contains("\\n2\\n"), "the checkpoint is of both records: {text}");
+        log.close();
         let _ = std::fs::remove_dir_all(&dir);
     }
 
