@@ -9,9 +9,6 @@
 //! `[masking] pseudonym_key_file`), or else from the environment variable
 //! [`PSEUDONYM_KEY_ENV`]. The key is never printed.
 
-mod audit;
-mod backtest;
-
 use std::env::VarError;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -49,9 +46,11 @@ fn say_line(line: std::fmt::Arguments<'_>) {
     }
 }
 
-// After `say!`, which it uses.
+// After `say!`, which they use.
 mod admin_api;
 mod approvals;
+mod audit;
+mod backtest;
 mod sessions;
 
 /// The environment variable the `policy` commands read the key of `hash`

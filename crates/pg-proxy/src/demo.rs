@@ -34,6 +34,26 @@ use crate::config::Config;
 use crate::server::Gateway;
 use crate::token::{self, KeyType, MintRequest};
 
+/// `println!` for the demo's narrative, which is for a person: when no one
+/// reads it any more (the terminal closed, and the hangup stops the demo),
+/// the demo goes on stopping cleanly rather than failing on the write.
+macro_rules! tell {
+    () => {
+        tell_raw("\n")
+    };
+    ($($arg:tt)*) => {
+        tell_raw(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes `text` to standard output; a failed write is ignored (see
+/// `tell!`).
+fn tell_raw(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 /// The sample schema.
 pub const DEMO_SQL: &str = include_str!("../../../examples/demo.sql");
 /// The example policy, used when no policy file is given and
@@ -62,13 +82,13 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     // Listening from the start: a signal while the cluster starts stops the
     // demo rather than killing it and leaving the cluster behind.
     let stop = stopped()?;
-    println!("Portcullis demo: starting a throwaway PostgreSQL cluster...");
+    tell!("Portcullis demo: starting a throwaway PostgreSQL cluster...");
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(&ClusterOptions::default()))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let result = run_with(&cluster, &options, stop).await;
-    println!("Stopping PostgreSQL and removing {} ...", cluster.dir().display());
+    tell!("Stopping PostgreSQL and removing {} ...", cluster.dir().display());
     tokio::task::spawn_blocking(move || cluster.stop()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     result
 }
@@ -146,23 +166,23 @@ async fn run_with(
     write_private(&approver_file, &approver)?;
     let conninfo = format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable");
 
-    println!();
-    println!("  PostgreSQL   127.0.0.1:{} (data in {})", cluster.port(), cluster.data_dir().display());
-    println!("  sample data  customers (names, e-mails, SSNs, card numbers), orders (5000 rows), secrets");
-    println!("  gateway      127.0.0.1:{port}, policy {}", policy_path.display());
-    println!("  audit log    {}", audit_dir.display());
-    println!();
-    println!("Connect as the person (alice, group developers):");
-    println!("  PGPASSWORD=\"$(cat {})\" psql \"{conninfo}\"", person_file.display());
-    println!("Connect as the agent acting for alice (copilot-cli, group ai-agents):");
-    println!("  PGPASSWORD=\"$(cat {})\" psql \"{conninfo}\"", agent_file.display());
-    println!("Approve what the agent's deletes wait for, as bob (group dba): open http://{admin}/ and paste");
-    println!("the token in {}, or:", approver_file.display());
-    println!(
+    tell!();
+    tell!("  PostgreSQL   127.0.0.1:{} (data in {})", cluster.port(), cluster.data_dir().display());
+    tell!("  sample data  customers (names, e-mails, SSNs, card numbers), orders (5000 rows), secrets");
+    tell!("  gateway      127.0.0.1:{port}, policy {}", policy_path.display());
+    tell!("  audit log    {}", audit_dir.display());
+    tell!();
+    tell!("Connect as the person (alice, group developers):");
+    tell!("  PGPASSWORD=\"$(cat {})\" psql \"{conninfo}\"", person_file.display());
+    tell!("Connect as the agent acting for alice (copilot-cli, group ai-agents):");
+    tell!("  PGPASSWORD=\"$(cat {})\" psql \"{conninfo}\"", agent_file.display());
+    tell!("Approve what the agent's deletes wait for, as bob (group dba): open http://{admin}/ and paste");
+    tell!("the token in {}, or:", approver_file.display());
+    tell!(
         "  PORTCULLIS_ADMIN=http://{admin} PORTCULLIS_TOKEN=\"$(cat {})\" pg-proxy approvals list",
         approver_file.display()
     );
-    println!();
+    tell!();
 
     let outcome = if options.script {
         let approval = Approval { store: &store, admin: format!("http://{admin}"), approver: &approver };
@@ -171,7 +191,7 @@ async fn run_with(
             () = stop => Err("stopped by a signal".to_string()),
         }
     } else {
-        println!("Press Ctrl-C to stop and remove everything.");
+        tell!("Press Ctrl-C to stop and remove everything.");
         stop.await;
         Ok(())
     };
@@ -184,14 +204,14 @@ async fn run_with(
     }
     if options.script && outcome.is_ok() {
         show_audit(&audit_dir).await?;
-        println!();
-        println!(
+        tell!();
+        tell!(
             "Done. Run `scripts/demo` (or `pg-proxy demo`, once installed) without --script to try it yourself with \
              psql."
         );
     }
     if options.audit_dir.is_some() {
-        println!("The audit log is kept in {}.", audit_dir.display());
+        tell!("The audit log is kept in {}.", audit_dir.display());
     }
     outcome
 }
@@ -242,11 +262,11 @@ async fn show_audit(dir: &Path) -> Result<(), String> {
         ("replay", vec!["audit".into(), "replay".into(), "--session".into(), session.into(), dir.into()]),
         ("verify", vec!["audit".into(), "verify".into(), "--key".into(), key.into(), dir.into()]),
     ];
-    println!();
-    println!("-- the audit log: the agent's session as recorded, and the log verified");
+    tell!();
+    tell!("-- the audit log: the agent's session as recorded, and the log verified");
     for (_, args) in runs {
         let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-        println!("$ pg-proxy {}", shown.join(" "));
+        tell!("$ pg-proxy {}", shown.join(" "));
         let status = tokio::process::Command::new(&exe)
             .args(&args)
             .status()
@@ -312,7 +332,7 @@ const SCRIPT: [(&str, &str); 4] = [
 ];
 
 async fn play_script(gateway: &Gateway, conninfo: &str, token: &str, approval: &Approval<'_>) -> Result<(), String> {
-    println!("Playing an agent session (copilot-cli acting for alice) through the gateway:");
+    tell!("Playing an agent session (copilot-cli acting for alice) through the gateway:");
     let conninfo = format!("{conninfo} password={token} application_name=copilot-cli");
     let (client, connection) =
         tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.map_err(|e| format!("connecting: {e}"))?;
@@ -320,19 +340,19 @@ async fn play_script(gateway: &Gateway, conninfo: &str, token: &str, approval: &
     let engine = gateway.engine();
     let verified = gateway.verify_token(token).await.map_err(|e| e.to_string())?;
     for (what, sql) in SCRIPT {
-        println!();
-        println!("-- {what}");
-        println!("agent=> {sql};");
+        tell!();
+        tell!("-- {what}");
+        tell!("agent=> {sql};");
         let decision = engine.decide(&verified, &engine.new_session(), sql);
         match client.simple_query(sql).await {
             Ok(messages) => {
                 let rule = decision.rule.as_deref().unwrap_or("-");
-                println!("   allowed (rule {rule})");
-                print!("{}", render(&messages));
+                tell!("   allowed (rule {rule})");
+                tell_raw(&render(&messages));
             }
             Err(e) => match e.as_db_error() {
-                Some(db) => println!("   ERROR {}: {}", db.code().code(), db.message()),
-                None => println!("   ERROR {e}"),
+                Some(db) => tell!("   ERROR {}: {}", db.code().code(), db.message()),
+                None => tell!("   ERROR {e}"),
             },
         }
     }
@@ -352,24 +372,24 @@ struct Approval<'a> {
 /// The agent gives a reason and deletes one order; the statement waits on
 /// its session until bob approves it through the admin API, then runs.
 async fn play_approval(client: &tokio_postgres::Client, approval: &Approval<'_>) -> Result<(), String> {
-    println!();
-    println!("-- the agent deletes one order: the policy wants a person to approve it");
+    tell!();
+    tell!("-- the agent deletes one order: the policy wants a person to approve it");
     let reason = "SET portcullis.reason = 'order 7 was a duplicate from the import'";
-    println!("agent=> {reason};");
+    tell!("agent=> {reason};");
     client.simple_query(reason).await.map_err(|e| format!("{reason}: {e}"))?;
     let sql = "DELETE FROM orders WHERE id = 7";
-    println!("agent=> {sql};");
+    tell!("agent=> {sql};");
     let (held, approved) = tokio::join!(client.simple_query(sql), approve_when_held(approval));
     approved?;
     match held {
         Ok(messages) => {
             for m in messages {
                 if let SimpleQueryMessage::CommandComplete(rows) = m {
-                    println!("   DELETE {rows}: it ran once approved");
+                    tell!("   DELETE {rows}: it ran once approved");
                 }
             }
         }
-        Err(e) => println!("   ERROR {e}"),
+        Err(e) => tell!("   ERROR {e}"),
     }
     Ok(())
 }
@@ -387,9 +407,9 @@ async fn approve_when_held(approval: &Approval<'_>) -> Result<(), String> {
     }
     let request = request.ok_or("the DELETE was not held for approval")?;
     let id = request.id.clone();
-    println!("   held: waiting for approval, request {id} (rule {})", request.rule.as_deref().unwrap_or("-"));
-    println!();
-    println!("-- bob (group dba) approves it: `pg-proxy approvals approve {id}`, or a click in the inbox");
+    tell!("   held: waiting for approval, request {id} (rule {})", request.rule.as_deref().unwrap_or("-"));
+    tell!();
+    tell!("-- bob (group dba) approves it: `pg-proxy approvals approve {id}`, or a click in the inbox");
     let url = format!("{}/api/v1/approvals/{id}/approve", approval.admin);
     let bearer = format!("Bearer {}", approval.approver);
     let answer = tokio::task::spawn_blocking(move || {
@@ -402,7 +422,7 @@ async fn approve_when_held(approval: &Approval<'_>) -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())??;
-    println!("   {answer}");
+    tell!("   {answer}");
     Ok(())
 }
 

@@ -261,6 +261,20 @@ async fn sessions_are_recorded_verified_listed_and_replayed() {
     assert!(!stdout.contains('\x1b'), "colour when piped: {stdout}");
     assert!(stdout.contains("DENY [no-ddl-for-agents]  DROP TABLE orders"), "{stdout}");
     assert!(stdout.contains("SELECT 3 · 3 rows · 3 masked") || stdout.contains("SELECT 3 · 3 rows"), "{stdout}");
+    // A reader that goes away (`| head -1`) ends the tools quietly, exit 0.
+    for json in [false, true] {
+        let mut cmd = pg_proxy_cmd();
+        cmd.args(["audit", "replay", "--session", session]).arg(&log);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 
     // A receipt for the DROP's record, checked offline.
     let seq = statements[1]["seq"].as_u64().unwrap().to_string();
@@ -463,6 +477,63 @@ async fn the_last_result_of_an_idle_session_is_recorded_while_it_stays_open() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("the last result was not recorded while its session stayed open: {last:?}");
+}
+
+/// A client that stops reading a large result holds back no record:
+/// - the session's clock goes on: a statement held for approval behind
+///   that result times out when its hold is over, and its records (the
+///   statement, and a result saying it did not run) are written while the
+///   gateway still waits for the client to read;
+/// - a session ended by an order (a kill, a stopping gateway) records its
+///   end before its last attempt to write to such a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_holds_back_no_record() {
+    use portcullis_testkit::wire::{query, Raw};
+    let keys = keys("stalled-client");
+    let log = keys.join("log");
+    let stack = audit_stack(&keys, &log, "[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\ntimeout = \"1s\"\n");
+    // A small receive window: the gateway's writes to this client stall
+    // after a few megabytes of the large result.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(stack.addr).await.unwrap();
+    let mut raw = Raw::new(stream, "stalled client");
+    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
+    raw.login(&[("user", "agent"), ("database", "app")], &token).await.unwrap();
+    let delete = "DELETE FROM orders WHERE id = 40";
+    let mut both = query("SELECT repeat('x', 40000) FROM generate_series(1, 900)");
+    both.extend(query(delete));
+    raw.send(&both).await;
+    // The client reads nothing more.
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        seen = records(&log);
+        if let Some(statement) = seen.iter().find(|r| r["type"] == "statement" && r["sql"] == delete) {
+            if let Some(result) = result_of(&seen, statement) {
+                assert_eq!(result["ran"], false, "{result}");
+                assert_eq!(stack.gateway.active_sessions(), 1, "the session is still open");
+                for session in stack.gateway.sessions.list() {
+                    stack.gateway.sessions.terminate(session.id);
+                }
+                let mut ended = false;
+                while stack.gateway.active_sessions() == 1 {
+                    if records(&log).iter().any(|r| r["type"] == "session_end") {
+                        ended = true;
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                assert!(ended, "the session's end was recorded only after its last writes to the client");
+                drop(raw);
+                sessions_ended(&stack).await;
+                stack.gateway.audit.as_ref().unwrap().close();
+                let _ = std::fs::remove_dir_all(&keys);
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the held statement's end was not recorded while the client did not read: {seen:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -261,29 +261,48 @@ fn demo_script_plays_the_agent_session_and_cleans_up() {
 }
 
 #[test]
-fn demo_stopped_by_sigterm_removes_its_cluster() {
+fn demo_stopped_by_a_signal_removes_its_cluster() {
     use std::io::BufRead;
-    let mut demo =
-        bin!().args(["demo", "--policy"]).arg(repo("examples/policy.toml")).stdout(Stdio::piped()).spawn().unwrap();
-    let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
-    let mut data = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some((_, dir)) = line.split_once("(data in ") {
-            data = Some(PathBuf::from(dir.trim_end_matches(')')));
+    // SIGTERM with its output read; SIGHUP with no one reading any more
+    // (a closed terminal): the demo stops cleanly either way.
+    for (signal, reader_gone) in [("TERM", false), ("HUP", true)] {
+        let mut demo = bin!()
+            .args(["demo", "--policy"])
+            .arg(repo("examples/policy.toml"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+        let mut data = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some((_, dir)) = line.split_once("(data in ") {
+                data = Some(PathBuf::from(dir.trim_end_matches(')')));
+            }
+            if line.starts_with("Press Ctrl-C") {
+                break;
+            }
         }
-        if line.starts_with("Press Ctrl-C") {
-            break;
+        let data = data.expect("the demo names its cluster's data directory");
+        assert!(data.exists());
+        let rest: Vec<String> = if reader_gone {
+            drop(lines);
+            portcullis_testkit::process::signal(demo.id(), signal);
+            Vec::new()
+        } else {
+            portcullis_testkit::process::signal(demo.id(), signal);
+            lines.map(Result::unwrap).collect()
+        };
+        let out = demo.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "SIG{signal}: {rest:?} {stderr}");
+        assert!(!stderr.contains("panicked"), "SIG{signal}: {stderr}");
+        if !reader_gone {
+            assert!(rest.iter().any(|l| l.starts_with("Stopping PostgreSQL and removing ")), "{rest:?}");
         }
+        assert!(!data.exists(), "SIG{signal}: {} is still there", data.display());
     }
-    let data = data.expect("the demo names its cluster's data directory");
-    assert!(data.exists());
-    portcullis_testkit::process::signal(demo.id(), "TERM");
-    let rest: Vec<String> = lines.map(Result::unwrap).collect();
-    let status = demo.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "{rest:?}");
-    assert!(rest.iter().any(|l| l.starts_with("Stopping PostgreSQL and removing ")), "{rest:?}");
-    assert!(!data.exists(), "{} is still there", data.display());
 }
 
 /// A policy with a `hash` mask (and a test that passes).

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use super::say_line;
 use clap::Subcommand;
 use portcullis_audit::note::{NoteSigner, NoteVerifier};
 use portcullis_audit::segment::Line;
@@ -126,7 +127,7 @@ pub(crate) fn run(command: AuditCommand) -> ExitCode {
         AuditCommand::Prove { record, dir } => match portcullis_audit::proof::prove_dir(&dir, record) {
             Ok(receipt) => match serde_json::to_string_pretty(&receipt) {
                 Ok(text) => {
-                    println!("{text}");
+                    say!("{text}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(2, &e.to_string()),
@@ -156,8 +157,8 @@ fn keygen(out: &Path, origin: &str) -> ExitCode {
     }
     match pg_proxy::audit::keygen(out, origin) {
         Ok((key, public)) => {
-            println!("wrote {} (private: [audit] signing_key_file)", key.display());
-            println!("wrote {} (public: audit verify --key)", public.display());
+            say!("wrote {} (private: [audit] signing_key_file)", key.display());
+            say!("wrote {} (public: audit verify --key)", public.display());
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, &e),
@@ -187,7 +188,7 @@ fn verify(key: &Path, checkpoints: &[PathBuf], paths: &[PathBuf]) -> ExitCode {
         match portcullis_audit::note::open(&text, &verifier) {
             Ok(checkpoint) => published.push(Published { source: file.display().to_string(), checkpoint }),
             Err(e) => {
-                println!("TAMPERED: {}: the published checkpoint does not verify with the key: {e}", file.display());
+                say!("TAMPERED: {}: the published checkpoint does not verify with the key: {e}", file.display());
                 return ExitCode::from(1);
             }
         }
@@ -215,7 +216,7 @@ fn verify(key: &Path, checkpoints: &[PathBuf], paths: &[PathBuf]) -> ExitCode {
                 eprintln!("warning: {w}");
             }
             let seconds = started.elapsed().as_secs_f64();
-            println!(
+            say!(
                 "intact: records {}..{} ({} records) in {} segment file(s), {} checkpoints signed by {}{}{}",
                 report.first,
                 report.size.saturating_sub(1),
@@ -231,7 +232,7 @@ fn verify(key: &Path, checkpoints: &[PathBuf], paths: &[PathBuf]) -> ExitCode {
                 if report.closed { ", closed" } else { "" },
             );
             if report.tail > 0 && !report.closed {
-                println!(
+                say!(
                     "ends at record {}, {} records after checkpoint {}",
                     report.size.saturating_sub(1),
                     report.tail,
@@ -244,7 +245,7 @@ fn verify(key: &Path, checkpoints: &[PathBuf], paths: &[PathBuf]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(VerifyError::Tampered { place, what }) => {
-            println!("TAMPERED: {place}: {what}");
+            say!("TAMPERED: {place}: {what}");
             ExitCode::from(1)
         }
         Err(e) => fail(2, &e.to_string()),
@@ -301,7 +302,7 @@ fn checkpoint(dir: &Path) -> ExitCode {
     }
     match latest {
         Some(note) => {
-            print!("{note}");
+            say!("{}", note.trim_end_matches('\n'));
             ExitCode::SUCCESS
         }
         None => fail(2, &format!("{}: no checkpoint found", dir.display())),
@@ -331,7 +332,7 @@ fn check_proof(proof: &Path, key: &Path) -> ExitCode {
     };
     match portcullis_audit::proof::check(&receipt, &verifier) {
         Ok(()) => {
-            println!(
+            say!(
                 "ok: record {} is in the log signed by {} (tree of {} records)",
                 receipt.record,
                 verifier.name(),
@@ -340,7 +341,7 @@ fn check_proof(proof: &Path, key: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("INVALID: {e}");
+            say!("INVALID: {e}");
             ExitCode::from(1)
         }
     }
@@ -520,7 +521,7 @@ fn replay(dir: &Path, session: &str, follow: bool, json: bool) -> ExitCode {
         let mut ended = false;
         for r in &mine {
             if json {
-                println!("{r}");
+                say!("{r}");
             } else {
                 let time = portcullis_audit::time::parse_utc(&str_of(&r["time"]));
                 if start.is_none() {
@@ -530,7 +531,7 @@ fn replay(dir: &Path, session: &str, follow: bool, json: bool) -> ExitCode {
                     (Some(s), Some(t)) => t.duration_since(s).unwrap_or_default().as_secs_f64(),
                     _ => 0.0,
                 };
-                println!("{}", timeline_line(r, offset, &paint));
+                say!("{}", timeline_line(r, offset, &paint));
             }
             ended |= r["type"].as_str() == Some("session_end");
         }

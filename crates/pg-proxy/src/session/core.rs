@@ -1087,7 +1087,10 @@ impl SessionCore {
         self.process_client();
     }
 
-    /// Time passed: a hold past its deadline ends.
+    /// Time passed ([`SessionCore::poll_timeout`]'s deadline, or earlier:
+    /// nothing happens before a deadline): completed results that waited
+    /// long enough for the session's next statement are handed over on
+    /// their own, and a hold past its deadline ends.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         if self.finished_since.is_some_and(|since| now >= since + RESULTS_WAIT) {

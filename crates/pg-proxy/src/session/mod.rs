@@ -304,24 +304,36 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                 }
             }
         }
+        if let Some(at) = core.poll_timeout().filter(|at| timer_at.is_none_or(|set| *at < set)) {
+            timer.as_mut().reset(at.into());
+            timer_at = Some(at);
+        }
         // An order from the registry ends the wait for a client that does
         // not read (a kill must reach a session stuck writing a large
-        // result to it); the writes are cancel-safe.
+        // result to it), and so does the core's deadline (results waiting
+        // to be handed over are not kept waiting by such a client); the
+        // writes are cancel-safe.
         let ordered = tokio::select! {
             biased;
-            control = registration.control() => Some(control),
+            control = registration.control() => Some(Event::Control(control)),
             written = write_out(&mut core, &mut client, &mut up.stream) => match written {
                 Ok(()) => None,
                 Err(e) => break Err(e),
             },
+            () = &mut timer, if timer_at.is_some() => Some(Event::Timeout),
         };
         match ordered {
-            Some(Control::Terminate) => {
+            Some(Event::Control(Control::Terminate)) => {
                 core.handle_terminate();
                 break Ok(());
             }
-            Some(Control::Cancel) => {
+            Some(Event::Control(Control::Cancel)) => {
                 core.handle_cancel(Instant::now());
+                continue;
+            }
+            Some(_) => {
+                timer_at = None;
+                core.handle_timeout(Instant::now());
                 continue;
             }
             None => {}
@@ -431,17 +443,9 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
             }
         }
     };
-    // Whatever the core still had for the client (a last error), for as
-    // long as a client that reads takes.
-    let _ = tokio::time::timeout(LAST_WRITE, write_out(&mut core, &mut client, &mut up.stream)).await;
-    let _ = tokio::time::timeout(LAST_WRITE, client.shutdown()).await;
-    if core.statement_in_flight() {
-        // The client is gone with a statement in flight: the server would
-        // run it to the end (it notices a vanished client only when it
-        // writes), holding a connection and whatever it locks.
-        tracing::info!("cancelling the statement of a session that ended");
-        gw.cancel_session(gateway_pid).await;
-    }
+    // The last records first: a client that does not read, or a server
+    // slow to take a cancel, does not hold them back (a stopping gateway
+    // gives its sessions little time for them).
     if recording {
         // Results completed on the way out, then the end.
         core.release_results();
@@ -458,6 +462,17 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         let end = record::SessionEndRecord { session: registration.id(), reason, duration: started.elapsed() };
         last.push(record::Record::SessionEnd(end));
         hooks.record_sink.log(&last);
+    }
+    // Whatever the core still had for the client (a last error), for as
+    // long as a client that reads takes.
+    let _ = tokio::time::timeout(LAST_WRITE, write_out(&mut core, &mut client, &mut up.stream)).await;
+    let _ = tokio::time::timeout(LAST_WRITE, client.shutdown()).await;
+    if core.statement_in_flight() {
+        // The client is gone with a statement in flight: the server would
+        // run it to the end (it notices a vanished client only when it
+        // writes), holding a connection and whatever it locks.
+        tracing::info!("cancelling the statement of a session that ended");
+        gw.cancel_session(gateway_pid).await;
     }
     match outcome {
         Ok(()) => tracing::info!("session ended"),

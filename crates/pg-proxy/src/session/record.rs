@@ -280,6 +280,14 @@ impl Future for Persisting {
 pub trait RecordSink: Send + Sync + std::fmt::Debug {
     /// Writes `records`; answers once they are as durable as the sink
     /// promises.
+    ///
+    /// `records` are a batch's statements (and approvals), which the
+    /// session forwards only once the answer is `Ok`. The session's
+    /// completed results not handed over yet may come first, in the same
+    /// call, when they were waiting for its next statement (a result is
+    /// held a few milliseconds for it). Nothing waits for those: when the
+    /// write fails, they are still the sink's to write (the session
+    /// refuses the statements and does not hand the results over again).
     fn persist(&self, records: &[Record]) -> Persisting;
 
     /// Writes `records` without waiting (results, session start and end):
