@@ -46,7 +46,22 @@ fn say_line(line: std::fmt::Arguments<'_>) {
     }
 }
 
-// After `say!`, which they use.
+/// `say!` for the lines of a command whose exit code is a verdict (`policy
+/// test`, `audit verify`, `audit check-proof`): a reader that went away
+/// does not end the program, so the exit code stays the verdict's (a
+/// script with `set -o pipefail` relies on it); the lines are dropped.
+macro_rules! report {
+    ($($arg:tt)*) => {
+        report_line(format_args!($($arg)*))
+    };
+}
+
+fn report_line(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+// After `say!` and `report!`, which they use.
 mod admin_api;
 mod approvals;
 mod audit;
@@ -847,7 +862,7 @@ fn test(engine: &Engine, verbose: bool) -> ExitCode {
         let label = o.test.name.clone().unwrap_or_else(|| o.test.sql.clone());
         if o.passed {
             if verbose {
-                say!("ok    {}  {label}", o.test.location);
+                report!("ok    {}  {label}", o.test.location);
             }
             continue;
         }
@@ -857,12 +872,12 @@ fn test(engine: &Engine, verbose: bool) -> ExitCode {
             None => String::new(),
         };
         let got_rule = o.decision.rule.as_deref().map_or_else(|| "no rule".to_string(), |r| format!("rule `{r}`"));
-        say!("FAIL  {}  {label}", o.test.location);
-        say!("      expected {}{expected_rule}", o.test.expect);
-        say!("      got      {} by {got_rule}: {}", o.decision.verdict, o.decision.reason);
-        say!("      decision {}", o.decision.to_json());
+        report!("FAIL  {}  {label}", o.test.location);
+        report!("      expected {}{expected_rule}", o.test.expect);
+        report!("      got      {} by {got_rule}: {}", o.decision.verdict, o.decision.reason);
+        report!("      decision {}", o.decision.to_json());
     }
-    say!("{} passed, {} failed", outcomes.len() - failed, failed);
+    report!("{} passed, {} failed", outcomes.len() - failed, failed);
     if failed == 0 {
         ExitCode::SUCCESS
     } else {

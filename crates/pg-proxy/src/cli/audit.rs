@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use super::say_line;
+use super::{report_line, say_line};
 use clap::Subcommand;
 use portcullis_audit::note::{NoteSigner, NoteVerifier};
 use portcullis_audit::segment::Line;
@@ -188,7 +188,7 @@ fn verify(key: &Path, checkpoints: &[PathBuf], paths: &[PathBuf]) -> ExitCode {
         match portcullis_audit::note::open(&text, &verifier) {
             Ok(checkpoint) => published.push(Published { source: file.display().to_string(), checkpoint }),
             Err(e) => {
-                say!("TAMPERED: {}: the published checkpoint does not verify with the key: {e}", file.display());
+                report!("TAMPERED: {}: the published checkpoint does not verify with the key: {e}", file.display());
                 return ExitCode::from(1);
             }
         }
@@ -245,7 +245,7 @@ fn verify(key: &Path, checkpoints: &[PathBuf], paths: &[PathBuf]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(VerifyError::Tampered { place, what }) => {
-            say!("TAMPERED: {place}: {what}");
+            report!("TAMPERED: {place}: {what}");
             ExitCode::from(1)
         }
         Err(e) => fail(2, &e.to_string()),
@@ -341,7 +341,7 @@ fn check_proof(proof: &Path, key: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            say!("INVALID: {e}");
+            report!("INVALID: {e}");
             ExitCode::from(1)
         }
     }
