@@ -1094,10 +1094,13 @@ pub async fn run(config: Config) -> Result<(), String> {
             }
             let ended = tokio::time::timeout(LAST_RECORDS, Arc::clone(&gw.connections).acquire_many_owned(all)).await;
             if ended.is_err() {
-                tracing::warn!(
-                    sessions = gw.active_sessions(),
-                    "sessions still open; their last records are not logged"
-                );
+                // Connections still logging in have no records to lose.
+                let sessions = gw.sessions.list().len();
+                if sessions > 0 {
+                    tracing::warn!(sessions, "sessions still open; their last records are not logged");
+                } else {
+                    tracing::info!(connections = gw.active_sessions(), "closing connections still logging in");
+                }
             }
         }
     }
