@@ -264,13 +264,11 @@ impl Shared {
 
     /// Writes what is queued or buffered, then a signed checkpoint of the
     /// log (from the sync thread: it blocks), unsynced: returns whether
-    /// one was written. While the log cannot be written, it does not try:
-    /// what is kept for the next write stays with it, and the first
-    /// interval after writing works again checkpoints.
+    /// one was written. Also while the log cannot be written (the flush
+    /// does not try then): a write that fails keeps what it must not
+    /// lose, and one that works writes what was kept, with no statement
+    /// needed to try.
     fn checkpoint(&self) -> bool {
-        if self.failing.load(Ordering::Relaxed) {
-            return false;
-        }
         let mut guard = self.writer.blocking_lock();
         // Through `write`, which keeps what a failure must not lose; after
         // it the writer's buffer is empty, and the checkpoint goes alone.
@@ -1423,6 +1421,13 @@ mod tests {
             statement(&self.engine, 1, n)
         }
 
+        /// Lets segments begin again.
+        fn lift(&self) {
+            for b in &self.blockers {
+                let _ = std::fs::remove_dir(b);
+            }
+        }
+
         /// A write that must be refused whole.
         fn refused(&self, records: &[Record]) {
             let refused = self.persist(records);
@@ -1432,9 +1437,7 @@ mod tests {
         /// Lets segments begin again, closes the log, and returns its
         /// records (verified first).
         fn end(self) -> Vec<serde_json::Value> {
-            for b in &self.blockers {
-                std::fs::remove_dir(b).unwrap();
-            }
+            self.lift();
             self.persist(&[self.statement(10_000)]).unwrap();
             self.log.close();
             let logs = self.dir.join("log");
@@ -1495,7 +1498,8 @@ mod tests {
 
     /// A checkpoint due while the log cannot be written neither loses the
     /// records kept for the next write nor makes a later failed write
-    /// keep the statements it refused.
+    /// keep the statements it refused; once the disk is back, it writes
+    /// them, with no statement coming.
     #[test]
     fn a_checkpoint_during_an_outage_keeps_what_the_next_write_owes() {
         let outage = Outage::begin("again-checkpoint");
@@ -1505,6 +1509,12 @@ mod tests {
         assert!(!outage.log.shared.checkpoint(), "no checkpoint while the log cannot be written");
         outage.refused(&[outage.statement(n + 2)]);
         assert!(!outage.log.shared.checkpoint());
+        assert!(outage.log.is_failing());
+        outage.lift();
+        assert!(outage.log.shared.checkpoint(), "the disk is back");
+        assert!(!outage.log.is_failing());
+        let written = read_records(&outage.dir.join("log")).unwrap();
+        assert_eq!(count(&written, "result", n), 1, "the kept result is written by the checkpoint");
         let records = outage.end();
         assert_eq!(count(&records, "result", n), 1, "the kept result is written once");
         assert_eq!(count(&records, "result", 1000), 1, "the carried result is written once");
