@@ -304,7 +304,10 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                 }
             }
         }
-        if let Some(at) = core.poll_timeout().filter(|at| timer_at.is_none_or(|set| *at < set)) {
+        // The core's deadline, set before the write (which does not move
+        // it): the wait for a client that does not read ends with it.
+        let deadline = core.poll_timeout();
+        if let Some(at) = deadline.filter(|at| timer_at.is_none_or(|set| *at < set)) {
             timer.as_mut().reset(at.into());
             timer_at = Some(at);
         }
@@ -352,11 +355,6 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         }
         let read_client = core.wants_client_data();
         let read_server = core.wants_server_data();
-        let deadline = core.poll_timeout();
-        if let Some(at) = deadline.filter(|at| timer_at.is_none_or(|set| *at < set)) {
-            timer.as_mut().reset(at.into());
-            timer_at = Some(at);
-        }
         // The side expected to speak next is polled first: while the
         // server owes answers, a wake-up is most often its data, and the
         // wait then ends without polling the client's socket as well.
