@@ -268,11 +268,8 @@ async fn sessions_are_recorded_verified_listed_and_replayed() {
         if json {
             cmd.arg("--json");
         }
-        let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let (code, stderr) = portcullis_testkit::process::reader_gone(&mut cmd);
+        assert_eq!(code, Some(0), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 
@@ -298,17 +295,9 @@ async fn sessions_are_recorded_verified_listed_and_replayed() {
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.starts_with("TAMPERED: ") && stdout.contains("audit-000000000000.jsonl:"), "{stdout}");
     // Its reader gone, it still exits 1 (`set -o pipefail` scripts).
-    let mut child = pg_proxy_cmd()
-        .args(["audit", "verify", "--key"])
-        .arg(&key)
-        .arg(&log)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, stderr) =
+        portcullis_testkit::process::reader_gone(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(&key).arg(&log));
+    assert_eq!(code, Some(1), "{stderr}");
     let _ = std::fs::remove_dir_all(&keys);
 }
 

@@ -62,11 +62,8 @@ fn test_runs_embedded_tests_and_fails_loudly() {
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
     // Its reader gone (`| head -1` under `set -o pipefail`), it still
     // exits 1.
-    let mut child =
-        bin!().args(["policy", "test"]).arg(&failing).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let (code, stderr) = portcullis_testkit::process::reader_gone(bin!().args(["policy", "test"]).arg(&failing));
+    assert_eq!(code, Some(1), "{stderr}");
 }
 
 #[test]

@@ -86,3 +86,25 @@ pub fn signal(pid: u32, name: &str) {
     let sent = Command::new("kill").args(["-s", name, &pid.to_string()]).status();
     assert!(sent.is_ok_and(|s| s.success()), "kill -s {name} {pid}");
 }
+
+/// Runs `command` with its standard output closed before it writes (a
+/// reader that went away: `| head -0`), stderr captured; returns its exit
+/// code and what it printed to stderr. For checking that a tool neither
+/// panics nor changes its exit code when nobody reads it.
+///
+/// ```
+/// let (code, stderr) = portcullis_testkit::process::reader_gone(std::process::Command::new("true").arg("x"));
+/// assert_eq!((code, stderr.as_str()), (Some(0), ""));
+/// ```
+pub fn reader_gone(command: &mut Command) -> (Option<i32>, String) {
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("waiting for {command:?}: {e}"));
+    (out.status.code(), text(&out.stderr))
+}
