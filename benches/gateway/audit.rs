@@ -89,14 +89,16 @@ pub(super) fn run(
                 check_interrupted()?;
                 serial += 1;
                 let run = one_run(options, tools, cluster, password, &keys, config, mode, serial)?;
+                let (idle, steal) = run.run.machine.shares();
                 eprintln!(
-                    "rep {}/{} {:<20} {:<10} tps {:>9.1}  gateway CPU {} µs/txn  syncs/txn {}  writes/txn {}  lock waits/txn {}",
+                    "rep {}/{} {:<20} {:<10} tps {:>9.1}  gateway CPU {} µs/txn  machine CPU {} µs/txn (idle {idle:.1} %, steal {steal:.1} %)  syncs/txn {}  writes/txn {}  lock waits/txn {}",
                     rep + 1,
                     options.reps,
                     config.name,
                     mode.name(),
                     run.run.tps,
                     fmt_opt(run.run.cpu_us_per_txn(), 1),
+                    fmt_opt(run.run.machine_us_per_txn(), 1),
                     fmt_opt(run.syncs_per_txn, 3),
                     fmt_opt(run.writes_per_txn, 3),
                     fmt_opt(run.lock_waits_per_txn, 3)
@@ -279,6 +281,29 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
             fmt_opt(cpu(Mode::None), 1),
             fmt_opt(cpu(Mode::Commit), 1),
             fmt_opt(cpu(Mode::Every), 1)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nThe whole machine's busy CPU µs per transaction (pgbench, PostgreSQL, the gateway and the kernel's \
+         threads; from /proc/stat), and in brackets the share of the machine's CPU left idle, medians:\n"
+    );
+    let _ = writeln!(w, "| configuration | audit off | \"none\" | \"commit\" | \"every\" |");
+    let _ = writeln!(w, "|---|---|---|---|---|");
+    for (ci, config) in options.configs.iter().enumerate() {
+        let cell = |m: Mode| {
+            let busy = median_of(runs, ci, m, |r| r.run.machine_us_per_txn());
+            let idle = median_of(runs, ci, m, |r| Some(r.run.machine.shares().0));
+            format!("{} ({} %)", fmt_opt(busy, 1), fmt_opt(idle, 1))
+        };
+        let _ = writeln!(
+            w,
+            "| `{}` | {} | {} | {} | {} |",
+            config.args.join(" "),
+            cell(Mode::Off),
+            cell(Mode::None),
+            cell(Mode::Commit),
+            cell(Mode::Every)
         );
     }
     let _ = writeln!(w, "\nTargets:\n\n{}", checks.join("\n"));

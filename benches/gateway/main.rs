@@ -676,6 +676,60 @@ fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// The whole machine's CPU time from `/proc/stat` (every CPU, in clock
+/// ticks): what pgbench, PostgreSQL, the proxy and the kernel's own
+/// threads (writeback, the journal) used together, what was left idle,
+/// and what the hypervisor gave to other guests (steal).
+#[derive(Debug, Clone, Copy)]
+struct MachineTicks {
+    busy: u64,
+    idle: u64,
+    steal: u64,
+}
+
+fn machine_ticks() -> Result<MachineTicks, String> {
+    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
+    let line = stat.lines().find_map(|l| l.strip_prefix("cpu ")).ok_or("no \"cpu\" line in /proc/stat")?;
+    let fields = line.split_whitespace().map(number::<u64>).collect::<Result<Vec<_>, _>>()?;
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal (guest time is in user already).
+    Ok(MachineTicks {
+        busy: field(0) + field(1) + field(2) + field(5) + field(6),
+        idle: field(3) + field(4),
+        steal: field(7),
+    })
+}
+
+/// The machine's CPU over a run, in seconds of CPU time.
+#[derive(Debug, Clone, Copy)]
+struct Machine {
+    busy: f64,
+    idle: f64,
+    steal: f64,
+}
+
+impl Machine {
+    fn between(before: MachineTicks, after: MachineTicks) -> Machine {
+        let tck = clock_ticks_per_second();
+        let seconds = |a: u64, b: u64| a.saturating_sub(b) as f64 / tck;
+        Machine {
+            busy: seconds(after.busy, before.busy),
+            idle: seconds(after.idle, before.idle),
+            steal: seconds(after.steal, before.steal),
+        }
+    }
+
+    /// The share of the machine's CPU time that was idle, and the share
+    /// the hypervisor took (steal), in percent.
+    fn shares(self) -> (f64, f64) {
+        let all = self.busy + self.idle + self.steal;
+        if all <= 0.0 {
+            return (0.0, 0.0);
+        }
+        (self.idle * 100.0 / all, self.steal * 100.0 / all)
+    }
+}
+
 /// VmRSS of a process, in KiB.
 fn rss_kib(pid: u32) -> Result<u64, String> {
     let status =
@@ -709,6 +763,8 @@ struct Run {
     transactions: u64,
     /// The proxy's CPU seconds over the run.
     proxy_cpu: Option<Cpu>,
+    /// The whole machine's CPU over the run.
+    machine: Machine,
 }
 
 impl Run {
@@ -720,6 +776,11 @@ impl Run {
     fn cpu_us_per_txn(&self) -> Option<f64> {
         self.per_txn(Cpu::total)
     }
+
+    /// The whole machine's busy CPU µs per transaction.
+    fn machine_us_per_txn(&self) -> Option<f64> {
+        (self.transactions > 0).then(|| self.machine.busy * 1e6 / self.transactions as f64)
+    }
 }
 
 fn pgbench(tools: &Tools, endpoint: &Endpoint, args: &[&str], seconds: u64, proxy: Option<u32>) -> Result<Run, String> {
@@ -727,7 +788,9 @@ fn pgbench(tools: &Tools, endpoint: &Endpoint, args: &[&str], seconds: u64, prox
     endpoint.apply(&mut command);
     command.arg("-n").args(args).args(["-T", &seconds.to_string()]);
     let before = proxy.map(cpu_ticks).transpose()?;
+    let machine_before = machine_ticks()?;
     let stdout = run_command(command, &format!("pgbench -n {} -T {seconds} (port {})", args.join(" "), endpoint.port))?;
+    let machine = Machine::between(machine_before, machine_ticks()?);
     let after = proxy.map(cpu_ticks).transpose()?;
     let tps = stdout
         .lines()
@@ -743,7 +806,7 @@ fn pgbench(tools: &Tools, endpoint: &Endpoint, args: &[&str], seconds: u64, prox
         (Some(b), Some(a)) => Some(Cpu::between(b, a)),
         _ => None,
     };
-    Ok(Run { tps: number(tps)?, transactions: number(transactions)?, proxy_cpu })
+    Ok(Run { tps: number(tps)?, transactions: number(transactions)?, proxy_cpu, machine })
 }
 
 /// One timed COPY stream: wall seconds and the proxy's CPU seconds.
