@@ -11,14 +11,15 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 
 use pg_proxy::cluster::ClusterOptions;
+use portcullis_testkit::scratch::ScratchDir;
 use portcullis_testkit::stack::{Stack, APP_PASSWORD};
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
 
-/// A signing key and its verifier key in a fresh directory.
-fn keys(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("portcullis-audit-keys-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+/// A signing key and its verifier key in a fresh directory, removed with
+/// the returned guard.
+fn keys(name: &str) -> ScratchDir {
+    let dir = ScratchDir::new(&format!("audit-keys-{name}"));
     let out = pg_proxy_cmd().args(["audit", "keygen", "--out"]).arg(&dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     dir
@@ -298,7 +299,6 @@ async fn sessions_are_recorded_verified_listed_and_replayed() {
     let (code, stderr) =
         portcullis_testkit::process::reader_gone(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(&key).arg(&log));
     assert_eq!(code, Some(1), "{stderr}");
-    let _ = std::fs::remove_dir_all(&keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,7 +321,6 @@ async fn reads_share_no_sync_and_commits_are_synced() {
     client.execute("UPDATE orders SET status = 'y' WHERE id = $1", &[&1i32]).await.unwrap();
     assert_eq!(stats.syncs.load(Ordering::Relaxed), before + 2, "a write outside a block is synced");
     drop(client);
-    let _ = std::fs::remove_dir_all(&keys);
 }
 
 /// A small tmpfs, mounted for the test and unmounted after.
@@ -445,7 +444,6 @@ async fn replay_follows_a_live_session_until_it_ends() {
     };
     assert!(status.success(), "{status}");
     stack.gateway.audit.as_ref().unwrap().close();
-    let _ = std::fs::remove_dir_all(&keys);
 }
 
 /// A session's last result waits for its next statement a short while
@@ -472,7 +470,6 @@ async fn the_last_result_of_an_idle_session_is_recorded_while_it_stays_open() {
             assert_eq!(all.iter().filter(|r| r["type"] == "result").count(), 30);
             drop(client);
             stack.gateway.audit.as_ref().unwrap().close();
-            let _ = std::fs::remove_dir_all(&keys);
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -528,7 +525,6 @@ async fn a_client_that_does_not_read_holds_back_no_record() {
                 drop(raw);
                 sessions_ended(&stack).await;
                 stack.gateway.audit.as_ref().unwrap().close();
-                let _ = std::fs::remove_dir_all(&keys);
                 return;
             }
         }
@@ -595,7 +591,6 @@ async fn a_full_disk_refuses_statements_until_space_returns() {
     }
     assert_eq!(code, 0, "{stdout}{stderr}");
     drop(_tmpfs);
-    let _ = std::fs::remove_dir_all(&keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,7 +633,6 @@ async fn a_failed_sync_refuses_the_change_and_the_log_goes_on_in_a_new_segment()
     let (code, stdout, stderr) =
         run(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(keys.join("audit-key.pub")).arg(&log));
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let _ = std::fs::remove_dir_all(&keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -684,7 +678,6 @@ async fn a_segment_that_cannot_end_refuses_the_change_it_carried_and_records_why
     let (code, stdout, stderr) =
         run(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(keys.join("audit-key.pub")).arg(&log));
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let _ = std::fs::remove_dir_all(&keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -722,7 +715,6 @@ async fn observe_mode_forwards_and_records_what_would_be_refused() {
     let result =
         all.iter().find(|r| r["type"] == "result" && r["n"] == delete["n"] && r["session"] == delete["session"]);
     assert_eq!(result.unwrap()["tags"], serde_json::json!(["DELETE 1"]));
-    let _ = std::fs::remove_dir_all(&keys);
 }
 
 #[test]
@@ -796,7 +788,6 @@ async fn backtest_lists_what_a_new_policy_would_change() {
     assert_eq!(changes.len(), 1, "{stdout}");
     assert_eq!(changes[0]["direction"], "newly allowed");
     assert_eq!(changes[0]["before_rule"], "no-customers-for-agents");
-    let _ = std::fs::remove_dir_all(&keys);
 }
 
 #[test]
@@ -898,7 +889,6 @@ fn a_killed_gateway_loses_no_statement_the_database_ran() {
         assert!(have >= *n, "the server ran {sql:?} {n} times, the log records it {have} times");
     }
     eprintln!("{total} statements the server ran, all recorded; {stdout}");
-    let _ = std::fs::remove_dir_all(&keys);
 }
 
 #[test]
@@ -923,7 +913,6 @@ fn check_loads_the_signing_key_and_writes_no_log() {
     let (code, stdout, stderr) = run(pg_proxy_cmd().arg("check").arg(&config));
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(!log.exists(), "check wrote an audit log");
-    let _ = std::fs::remove_dir_all(&keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -956,7 +945,6 @@ async fn a_prepared_statement_refused_when_judged_again_is_recorded() {
     assert_eq!(executes[1]["verdict"], "deny");
     let result = all.iter().find(|r| r["type"] == "result" && r["n"] == executes[1]["n"]).unwrap();
     assert_eq!((result["ran"].as_bool(), result["error"]["code"].as_str()), (Some(false), Some("42501")));
-    let _ = std::fs::remove_dir_all(&keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1027,5 +1015,4 @@ async fn approval_events_are_recorded_with_the_session_that_held_the_statement()
     assert!(out.contains(&format!("approval {request} approved by bob: ticket 7")), "{out}");
     assert!(out.contains(&format!("approval {request} revoked by bob (grant {request}-grant)")), "{out}");
     let _ = std::fs::remove_dir_all(&log);
-    let _ = std::fs::remove_dir_all(&keys);
 }

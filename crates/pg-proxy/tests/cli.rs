@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 
+use portcullis_testkit::scratch::ScratchDir;
 use portcullis_testkit::{bin, repo, text};
 
 fn run(args: &[&str]) -> Output {
@@ -17,12 +18,13 @@ fn explain_example(args: &[&str]) -> Output {
     bin!().args(["policy", "explain", "--policy"]).arg(policy).args(args).output().unwrap()
 }
 
-fn temp_policy(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("portcullis-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// `text` as `policy.toml` in a fresh directory, removed with the
+/// returned guard.
+fn temp_policy(name: &str, text: &str) -> (ScratchDir, PathBuf) {
+    let dir = ScratchDir::new(&format!("cli-{name}"));
     let path = dir.join("policy.toml");
     std::fs::write(&path, text).unwrap();
-    path
+    (dir, path)
 }
 
 #[test]
@@ -31,7 +33,8 @@ fn check_accepts_the_example_and_names_the_line_of_an_error() {
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
     assert!(text(&ok.stdout).contains("ok"));
 
-    let bad = temp_policy("bad", "version = 1\n[[rule]]\nname = \"r\"\neffect = \"allow\"\nclasses = [\"reed\"]\n");
+    let (_bad_dir, bad) =
+        temp_policy("bad", "version = 1\n[[rule]]\nname = \"r\"\neffect = \"allow\"\nclasses = [\"reed\"]\n");
     let out = run(&["policy", "check", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
@@ -49,7 +52,7 @@ fn test_runs_embedded_tests_and_fails_loudly() {
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
     assert!(text(&ok.stdout).contains(" 0 failed"));
 
-    let failing = temp_policy(
+    let (_failing_dir, failing) = temp_policy(
         "failing",
         "version = 1\n[[rule]]\nname = \"r\"\neffect = \"allow\"\nclasses = [\"read\"]\n\n[[test]]\nsql = \"DROP TABLE t\"\nexpect = \"allow\"\n",
     );
@@ -158,7 +161,7 @@ fn help_explains_the_commands() {
 fn minted_tokens_verify_and_tampered_ones_do_not() {
     use policy_core::{verify_jwt, IdentityError, IdentityRules, Jwks};
     for key_type in ["ed25519", "rsa"] {
-        let dir = std::env::temp_dir().join(format!("portcullis-token-{}-{key_type}", std::process::id()));
+        let dir = ScratchDir::new(&format!("token-{key_type}"));
         let out = run(&["token", "keygen", "--out", dir.to_str().unwrap(), "--key-type", key_type]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         let key = dir.join("signing-key.pem");
@@ -339,7 +342,7 @@ fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 #[test]
 fn policies_with_hash_masks_need_the_pseudonymisation_key_to_run() {
-    let policy = temp_policy("hashed", HASHED);
+    let (_policy_dir, policy) = temp_policy("hashed", HASHED);
     let policy = policy.to_str().unwrap();
     let key_file = std::path::Path::new(policy).with_file_name("pseudonym.key");
     let secret = "a-pseudonymisation-key-never-printed";
@@ -411,8 +414,7 @@ fn policies_with_hash_masks_need_the_pseudonymisation_key_to_run() {
 /// demo makes them), passes `pg-proxy check` without a warning.
 #[test]
 fn the_example_configuration_passes_check() {
-    let dir = std::env::temp_dir().join(format!("portcullis-cli-{}-example", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("cli-example");
     for name in ["gateway.toml", "policy.toml"] {
         std::fs::copy(repo(&format!("examples/{name}")), dir.join(name)).unwrap();
     }
@@ -434,7 +436,6 @@ fn the_example_configuration_passes_check() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(": ok"), "{}", text(&out.stdout));
     assert_eq!(text(&out.stderr), "", "no warning for the example");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Completion scripts and the manual page come from the same definition

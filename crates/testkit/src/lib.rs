@@ -9,6 +9,7 @@
 //!   PostgreSQL cluster with the gateway in front of it, in the test's
 //!   process;
 //! - [`process`]: running a program under a deadline;
+//! - [`scratch`]: temporary directories removed when the test is done;
 //! - `browser` (feature `browser`): headless Chromium over WebDriver, for
 //!   the gateway's web pages.
 //!
@@ -40,6 +41,7 @@ use std::path::PathBuf;
 pub mod browser;
 pub mod corpus;
 pub mod process;
+pub mod scratch;
 #[cfg(feature = "stack")]
 pub mod stack;
 pub mod webhook;
