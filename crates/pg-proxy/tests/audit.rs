@@ -348,8 +348,7 @@ impl Drop for Tmpfs {
 #[test]
 fn a_record_tail_reads_only_new_whole_records() {
     use portcullis_audit::writer::{Writer, WriterOptions};
-    let dir = std::env::temp_dir().join(format!("portcullis-audit-tail-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = ScratchDir::new("audit-tail");
     let signer = portcullis_audit::note::NoteSigner::generate("example.org/audit").unwrap();
     let mut options = WriterOptions::new(&dir, signer);
     options.segment_bytes = 700;
@@ -381,7 +380,6 @@ fn a_record_tail_reads_only_new_whole_records() {
     assert!(tail.read_new().unwrap().is_empty());
     std::io::Write::write_all(&mut f, format!("{rest}\n").as_bytes()).unwrap();
     assert_eq!(sqls(tail.read_new().unwrap()), ["late"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `audit replay --follow` prints a live session's records as they are
@@ -719,8 +717,7 @@ async fn observe_mode_forwards_and_records_what_would_be_refused() {
 
 #[test]
 fn observe_mode_needs_an_audit_log() {
-    let dir = std::env::temp_dir().join(format!("portcullis-observe-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("observe-config");
     let config = dir.join("gw.toml");
     std::fs::write(
         &config,
@@ -729,7 +726,6 @@ fn observe_mode_needs_an_audit_log() {
     .unwrap();
     let e = pg_proxy::config::Config::load(&config).unwrap_err().to_string();
     assert!(e.contains("needs an [audit] section"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -951,8 +947,7 @@ async fn a_prepared_statement_refused_when_judged_again_is_recorded() {
 async fn approval_events_are_recorded_with_the_session_that_held_the_statement() {
     use pg_proxy::approvals::ledger::Approver;
     let keys = keys("approvals");
-    let log = std::env::temp_dir().join(format!("portcullis-audit-approvals-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&log);
+    let log = ScratchDir::new("audit-approvals");
     let stack = audit_stack(&keys, &log, "[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\ntimeout = \"60s\"\n");
     let store = stack.gateway.approvals.clone().expect("approvals are on with [admin]");
     let agent = std::sync::Arc::new(stack.connect_as("alice", &["ai-agents"], Some("copilot-7")).await);
@@ -1014,5 +1009,4 @@ async fn approval_events_are_recorded_with_the_session_that_held_the_statement()
     let request = approvals[3]["request"].as_str().unwrap();
     assert!(out.contains(&format!("approval {request} approved by bob: ticket 7")), "{out}");
     assert!(out.contains(&format!("approval {request} revoked by bob (grant {request}-grant)")), "{out}");
-    let _ = std::fs::remove_dir_all(&log);
 }

@@ -224,8 +224,7 @@ fn minted_tokens_verify_and_tampered_ones_do_not() {
 
 #[test]
 fn demo_script_plays_the_agent_session_and_cleans_up() {
-    let audit = std::env::temp_dir().join(format!("portcullis-demo-audit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&audit);
+    let audit = ScratchDir::new("demo-audit");
     let out = bin!()
         .args(["demo", "--script", "--policy"])
         .arg(repo("examples/policy.toml"))
@@ -264,7 +263,6 @@ fn demo_script_plays_the_agent_session_and_cleans_up() {
         bin!().args(["audit", "verify", "--key"]).arg(audit.join("audit-key.pub")).arg(&audit).output().unwrap();
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stdout));
     assert!(text(&verify.stdout).contains("closed"), "{}", text(&verify.stdout));
-    let _ = std::fs::remove_dir_all(&audit);
 }
 
 #[test]

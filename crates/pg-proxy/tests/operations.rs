@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_testkit::scratch::ScratchDir;
 use portcullis_testkit::stack::Stack;
 use portcullis_testkit::{repo, text};
 use serde_json::Value;
@@ -351,8 +352,7 @@ async fn tls_to(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_certificate_is_presented_to_new_connections_only() {
     use portcullis_testkit::wire::Raw;
-    let dir = std::env::temp_dir().join(format!("portcullis-reload-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("reload-tls");
     let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
     let write_pair = || {
         let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
@@ -387,7 +387,6 @@ async fn a_reloaded_certificate_is_presented_to_new_connections_only() {
     let tls = report.iter().find(|(what, _)| *what == pg_proxy::metrics::Reloaded::Tls).unwrap();
     assert!(tls.1.as_ref().is_err_and(|e| e.contains("do not make a pair")), "{report:?}");
     assert!(tls_to(stack.addr, &second).await.is_ok());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,9 +431,7 @@ async fn a_session_whose_client_stopped_reading_can_still_be_ended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_audit_log() {
-    let dir = std::env::temp_dir().join(format!("portcullis-ops-audit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("ops-audit");
     pg_proxy::audit::keygen(&dir, "portcullis").unwrap();
     let log = dir.join("log");
     let extra = format!(
@@ -465,5 +462,4 @@ async fn readiness_follows_the_audit_log() {
     std::fs::rename(&moved, &log).unwrap();
     assert_eq!(ready().await, (200, "ok".to_string()));
     drop(client);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use portcullis_testkit::process::json_output;
+use portcullis_testkit::scratch::ScratchDir;
 use portcullis_testkit::stack::Stack;
 use portcullis_testkit::{repo, text};
 use serde_json::{json, Value};
@@ -258,8 +259,7 @@ fn psycopg_cancel_safe_over_tls() {
         eprintln!("psycopg_cancel_safe_over_tls: SKIPPED because PORTCULLIS_SKIP_PYTHON=1");
         return;
     };
-    let dir = std::env::temp_dir().join(format!("portcullis-psycopg-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("psycopg-tls");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
@@ -271,7 +271,6 @@ fn psycopg_cancel_safe_over_tls() {
     let libpq = r["versions"]["libpq"].as_i64().unwrap();
     assert!(libpq >= 170_000, "cancel_safe() sends its cancel request over TLS from libpq 17 on; this is {libpq}");
     assert_cancelled(&r["cancel"], true);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// COPY TO STDOUT in CSV, in the text format with options (another

@@ -12,6 +12,7 @@ use pg_proxy::approvals::ledger::{Approver, LedgerError, Request};
 use pg_proxy::approvals::store::ApprovalStore;
 use pg_proxy::config::Config;
 use pg_proxy::server::Gateway;
+use portcullis_testkit::scratch::ScratchDir;
 use portcullis_testkit::stack::Stack;
 
 const SHARED: &str = "[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\nstore = \"postgres\"\nreplica = \"a\"\n\
@@ -227,8 +228,7 @@ async fn two_approvers_on_two_replicas_make_a_quorum() {
 /// once, from the replica that made it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_replica_records_its_own_sessions_requests_and_announces_its_own_changes() {
-    let keys = std::env::temp_dir().join(format!("portcullis-replica-keys-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&keys);
+    let keys = ScratchDir::new("replica-keys");
     let out = portcullis_testkit::bin!().args(["audit", "keygen", "--out"]).arg(&keys).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (url_a, to_a) = portcullis_testkit::webhook::receiver(false);
@@ -294,7 +294,6 @@ async fn each_replica_records_its_own_sessions_requests_and_announces_its_own_ch
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{dir}: {}", String::from_utf8_lossy(&out.stdout));
     }
-    let _ = std::fs::remove_dir_all(&keys);
 }
 
 /// A request nobody decides expires with its session's hold: both
@@ -412,8 +411,7 @@ async fn a_large_held_statement_is_shared_whatever_the_message_limit() {
 /// gateway's disk, which the log alone would take for a crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_replica_publishes_its_audit_checkpoints_and_they_catch_a_cut_log() {
-    let keys = std::env::temp_dir().join(format!("portcullis-replica-checkpoints-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&keys);
+    let keys = ScratchDir::new("replica-checkpoints");
     let out = portcullis_testkit::bin!().args(["audit", "keygen", "--out"]).arg(&keys).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let extra = format!(
@@ -487,5 +485,4 @@ async fn each_replica_publishes_its_audit_checkpoints_and_they_catch_a_cut_log()
     assert_eq!(code, Some(0), "{said}");
     let (code, said) = verify(true);
     assert_eq!(code, Some(1), "{said}");
-    let _ = std::fs::remove_dir_all(&keys);
 }
