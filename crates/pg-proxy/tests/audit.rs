@@ -19,10 +19,7 @@ use tokio_postgres::error::SqlState;
 /// A signing key and its verifier key in a fresh directory, removed with
 /// the returned guard.
 fn keys(name: &str) -> ScratchDir {
-    let dir = ScratchDir::new(&format!("audit-keys-{name}"));
-    let out = pg_proxy_cmd().args(["audit", "keygen", "--out"]).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    dir
+    portcullis_testkit::audit_keys!(&format!("audit-keys-{name}"))
 }
 
 fn pg_proxy_cmd() -> Command {

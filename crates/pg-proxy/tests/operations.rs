@@ -431,8 +431,7 @@ async fn a_session_whose_client_stopped_reading_can_still_be_ended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_audit_log() {
-    let dir = ScratchDir::new("ops-audit");
-    pg_proxy::audit::keygen(&dir, "portcullis").unwrap();
+    let dir = portcullis_testkit::audit_keys!("ops-audit");
     let log = dir.join("log");
     let extra = format!(
         "[audit]\ndir = {:?}\nsigning_key_file = {:?}\ndurability = \"commit\"\n",

@@ -12,7 +12,6 @@ use pg_proxy::approvals::ledger::{Approver, LedgerError, Request};
 use pg_proxy::approvals::store::ApprovalStore;
 use pg_proxy::config::Config;
 use pg_proxy::server::Gateway;
-use portcullis_testkit::scratch::ScratchDir;
 use portcullis_testkit::stack::Stack;
 
 const SHARED: &str = "[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\nstore = \"postgres\"\nreplica = \"a\"\n\
@@ -228,9 +227,7 @@ async fn two_approvers_on_two_replicas_make_a_quorum() {
 /// once, from the replica that made it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_replica_records_its_own_sessions_requests_and_announces_its_own_changes() {
-    let keys = ScratchDir::new("replica-keys");
-    let out = portcullis_testkit::bin!().args(["audit", "keygen", "--out"]).arg(&keys).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let keys = portcullis_testkit::audit_keys!("replica-keys");
     let (url_a, to_a) = portcullis_testkit::webhook::receiver(false);
     let (url_b, to_b) = portcullis_testkit::webhook::receiver(false);
     let extra = format!(
@@ -411,9 +408,7 @@ async fn a_large_held_statement_is_shared_whatever_the_message_limit() {
 /// gateway's disk, which the log alone would take for a crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_replica_publishes_its_audit_checkpoints_and_they_catch_a_cut_log() {
-    let keys = ScratchDir::new("replica-checkpoints");
-    let out = portcullis_testkit::bin!().args(["audit", "keygen", "--out"]).arg(&keys).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let keys = portcullis_testkit::audit_keys!("replica-checkpoints");
     let extra = format!(
         "[audit]\ndir = \"audit-a\"\nsigning_key_file = \"{}\"\ncheckpoint_interval = \"200ms\"\n",
         keys.join("audit-key.pem").display()

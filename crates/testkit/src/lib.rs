@@ -75,3 +75,19 @@ macro_rules! bin {
         ::std::process::Command::new(env!("CARGO_BIN_EXE_pg-proxy"))
     };
 }
+
+/// A [`scratch::ScratchDir`] labelled `label` holding a fresh audit
+/// signing key (`audit-key.pem`) and its verifier key (`audit-key.pub`),
+/// made by `pg-proxy audit keygen --out DIR` as an operator would make
+/// them. A macro for the reason [`bin!`] is one.
+///
+/// ```ignore
+/// let keys = portcullis_testkit::audit_keys!("my-test");
+/// let signing_key = keys.join("audit-key.pem");
+/// ```
+#[macro_export]
+macro_rules! audit_keys {
+    ($label:expr) => {
+        $crate::scratch::with_audit_keys($label, $crate::bin!())
+    };
+}

@@ -11,6 +11,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// A fresh, empty directory `portcullis-<label>-<pid>` in the temp dir,
 /// removed with what it holds when dropped. It reads as a [`Path`].
@@ -54,4 +55,22 @@ impl AsRef<OsStr> for ScratchDir {
     fn as_ref(&self) -> &OsStr {
         self.path.as_os_str()
     }
+}
+
+/// A new [`ScratchDir`] labelled `label` with an audit signing key and its
+/// verifier key in it, written by `pg_proxy` (a command for the `pg-proxy`
+/// binary) run as `audit keygen --out DIR`. Use it through
+/// [`audit_keys!`](crate::audit_keys), which supplies the command.
+pub fn with_audit_keys(label: &str, mut pg_proxy: Command) -> ScratchDir {
+    let dir = ScratchDir::new(label);
+    let out = pg_proxy
+        .args(["audit", "keygen", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run pg-proxy audit keygen: {e}"));
+    assert!(out.status.success(), "pg-proxy audit keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    for file in ["audit-key.pem", "audit-key.pub"] {
+        assert!(dir.join(file).is_file(), "pg-proxy audit keygen wrote no {file}");
+    }
+    dir
 }
