@@ -1015,6 +1015,11 @@ impl RecordSink for AuditLog {
         }))
     }
 
+    /// Only `"commit"` syncs before some statements and not others.
+    fn marks_durable(&self) -> bool {
+        self.durability == Durability::Commit
+    }
+
     fn log(&self, records: &[Record]) {
         if records.is_empty() {
             return;
@@ -1279,13 +1284,18 @@ mod tests {
 
     /// [`scratch_log`] with segments of `segment_bytes`.
     fn scratch_log_of(test: &str, segment_bytes: u64) -> (std::path::PathBuf, AuditLog) {
+        scratch_log_with(test, segment_bytes, Durability::None)
+    }
+
+    /// [`scratch_log_of`] with `durability`.
+    fn scratch_log_with(test: &str, segment_bytes: u64, durability: Durability) -> (std::path::PathBuf, AuditLog) {
         let dir = std::env::temp_dir().join(format!("portcullis-audit-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let origin = "test.example/audit";
         let (key, _) = keygen(&dir.join("keys"), origin).unwrap();
         let settings = AuditSettings {
             dir: dir.join("log"),
-            durability: Durability::None,
+            durability,
             segment_bytes,
             keep: None,
             signing_key_file: key,
@@ -1542,6 +1552,18 @@ mod tests {
         assert!(lines.last().unwrap().contains("\\n2\\n"), "the checkpoint is of both records: {text}");
         log.close();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Only `"commit"` needs to know which statements can make a change
+    /// durable; with the others the sessions do not work it out.
+    #[test]
+    fn only_commit_durability_asks_which_statements_make_changes_durable() {
+        for (durability, marks) in [(Durability::Commit, true), (Durability::Every, false), (Durability::None, false)] {
+            let (dir, log) = scratch_log_with(&format!("marks-{durability:?}"), 1 << 20, durability);
+            assert_eq!(log.marks_durable(), marks, "{durability:?}");
+            log.close();
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     #[test]

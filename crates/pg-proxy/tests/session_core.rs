@@ -1396,6 +1396,43 @@ fn execute_recorded(h: &mut Harness, id: &str, outcome: Result<(), RecordError>)
     r.clone()
 }
 
+/// The statement record of a simple query, written at once; the server
+/// then answers `tag` and is left in transaction status `status`.
+fn recorded_and_answered(h: &mut Harness, sql: &str, tag: &str, status: u8) -> StatementRecord {
+    h.client(&query(sql));
+    let needs = h.needs();
+    let [Need::Persist { batch, records }] = needs.as_slice() else { panic!("{sql}: {needs:?}") };
+    let r = statement_of(records).clone();
+    h.core.handle_persisted(*batch, Ok(()), h.now);
+    h.sent();
+    h.server(&cat(&[complete(tag), ready(status)]));
+    h.got();
+    r
+}
+
+/// With `durability = "commit"` a record is synced before a statement
+/// that can make a change durable: a `COMMIT`, or a write outside a
+/// transaction block; not a read, nor a write inside a block. A sink that
+/// syncs alike before every statement, or never, does not ask, and the
+/// session does not work it out.
+#[test]
+fn records_say_which_statements_can_make_a_change_durable_when_the_sink_asks() {
+    let script = [
+        ("SELECT total FROM orders WHERE id = 1", "SELECT 1", b'I', false),
+        ("UPDATE orders SET total = 2 WHERE id = 1", "UPDATE 1", b'I', true),
+        ("BEGIN", "BEGIN", b'T', false),
+        ("UPDATE orders SET total = 3 WHERE id = 1", "UPDATE 1", b'T', false),
+        ("COMMIT", "COMMIT", b'I', true),
+    ];
+    for marks in [true, false] {
+        let mut h = harness(CoreConfig { mark_durable: marks, ..recording() });
+        for (sql, tag, status, durable) in script {
+            let record = recorded_and_answered(&mut h, sql, tag, status);
+            assert_eq!(record.durable, durable && marks, "{sql} (marks: {marks})");
+        }
+    }
+}
+
 #[test]
 fn a_prepared_statement_executed_again_names_the_record_of_its_decision() {
     let mut h = harness(recording());

@@ -88,6 +88,11 @@ pub struct CoreConfig {
     pub record_rows: usize,
     /// Records carry the bound parameters.
     pub record_parameters: bool,
+    /// Statement records say whether running them can make a change
+    /// durable ([`StatementRecord::durable`](crate::session::record::StatementRecord::durable)),
+    /// for a sink that syncs before those alone
+    /// ([`RecordSink::marks_durable`](crate::session::record::RecordSink::marks_durable)).
+    pub mark_durable: bool,
 }
 
 impl Default for CoreConfig {
@@ -101,6 +106,7 @@ impl Default for CoreConfig {
             observe: false,
             record_rows: 0,
             record_parameters: false,
+            mark_durable: true,
         }
     }
 }
@@ -647,8 +653,36 @@ pub struct SessionCore {
     /// Decisions recorded in full lately, newest first, with the statement
     /// whose record holds each: a statement decided the same way again (a
     /// prepared statement executed again, a query of a shape seen before)
-    /// names that record instead.
-    recorded_decisions: Vec<(Arc<Decision>, u64)>,
+    /// names that record instead. Each is kept with its
+    /// [`fingerprints_key`], so that the list is scanned without reaching
+    /// into every decision.
+    recorded_decisions: Vec<RecordedDecision>,
+}
+
+/// A decision recorded in full, and where.
+#[derive(Debug)]
+struct RecordedDecision {
+    /// [`fingerprints_key`] of `decision`.
+    key: u64,
+    decision: Arc<Decision>,
+    /// The statement whose record holds it.
+    sequence: u64,
+}
+
+/// A key of a decision's statement fingerprints (FNV-1a over them, each
+/// followed by a separator). Decisions alike apart from their spans have
+/// equal fingerprints, so equal keys; decisions with unequal keys are
+/// not alike, and only an equal key is worth comparing whole.
+fn fingerprints_key(decision: &Decision) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut key: u64 = 0xcbf2_9ce4_8422_2325;
+    for statement in decision.statements.iter() {
+        for &b in statement.facts.fingerprint.as_bytes() {
+            key = (key ^ u64::from(b)).wrapping_mul(PRIME);
+        }
+        key = (key ^ 0x100).wrapping_mul(PRIME);
+    }
+    key
 }
 
 /// How many recorded decisions a session remembers.
@@ -1742,7 +1776,7 @@ impl SessionCore {
             return;
         }
         self.sequence += 1;
-        let durable = self.can_make_durable(decision);
+        let durable = self.config.mark_durable && self.can_make_durable(decision);
         let mut record = StatementRecord {
             session: self.id,
             sequence: self.sequence,
@@ -1756,18 +1790,18 @@ impl SessionCore {
         };
         // The same decision, or one recorded alike (a statement of a known
         // shape, with constants of other lengths).
-        match self
-            .recorded_decisions
-            .iter()
-            .position(|(d, _)| Arc::ptr_eq(d, decision) || d.same_apart_from_spans(decision))
-        {
+        let key = fingerprints_key(decision);
+        match self.recorded_decisions.iter().position(|r| {
+            r.key == key && (Arc::ptr_eq(&r.decision, decision) || r.decision.same_apart_from_spans(decision))
+        }) {
             Some(i) => {
                 let entry = self.recorded_decisions.remove(i);
-                record.decision_as_in = Some(entry.1);
+                record.decision_as_in = Some(entry.sequence);
                 self.recorded_decisions.insert(0, entry);
             }
             None => {
-                self.recorded_decisions.insert(0, (Arc::clone(decision), self.sequence));
+                let entry = RecordedDecision { key, decision: Arc::clone(decision), sequence: self.sequence };
+                self.recorded_decisions.insert(0, entry);
                 self.recorded_decisions.truncate(RECORDED_DECISIONS);
             }
         }

@@ -200,6 +200,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         record_rows: if recording { gw.config.audit.as_ref().map_or(0, |a| a.record_rows) } else { 0 },
         // A sink other than the audit log (tests, embedders) gets them.
         record_parameters: recording && gw.config.audit.as_ref().is_none_or(|a| a.record_parameters),
+        mark_durable: hooks.record_sink.marks_durable(),
     };
     let start = SessionStart {
         id: registration.id(),

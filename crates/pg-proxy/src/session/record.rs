@@ -155,6 +155,8 @@ pub struct StatementRecord {
     /// Whether running it can make a change durable (a `COMMIT`, or
     /// anything but a plain read outside a transaction block): with
     /// `durability = "commit"` its record is synced before it runs.
+    /// Worked out only for a sink that asks ([`RecordSink::marks_durable`]);
+    /// `false` for the others.
     pub durable: bool,
     /// Observe mode let it run although the verdict is not `allow`.
     pub observed: bool,
@@ -300,6 +302,13 @@ pub trait RecordSink: Send + Sync + std::fmt::Debug {
     /// and does not wait.
     fn is_noop(&self) -> bool {
         false
+    }
+
+    /// Whether the sink tells statements that can make a change durable
+    /// from the others ([`StatementRecord::durable`]): when it does not,
+    /// the session does not work that out for every statement.
+    fn marks_durable(&self) -> bool {
+        true
     }
 }
 
