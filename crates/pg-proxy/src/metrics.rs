@@ -45,8 +45,11 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+
+pub mod durations;
+
+use durations::DurationHistogram;
 
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -158,13 +161,13 @@ pub struct Metrics {
     connections: Gauge,
     logins: Family<OutcomeLabels, Counter>,
     statements: Family<StatementLabels, Counter>,
-    decision_seconds: Histogram,
+    decision_seconds: DurationHistogram,
     masked_cells: Counter,
     row_cap_hits: Counter,
     approvals_pending: Gauge,
     holds_ended: Family<OutcomeLabels, Counter>,
-    audit_write_seconds: Histogram,
-    audit_sync_seconds: Histogram,
+    audit_write_seconds: DurationHistogram,
+    audit_sync_seconds: DurationHistogram,
     audit_failures: Counter,
     upstream_connect_errors: Counter,
     reloads: Family<ReloadLabels, Counter>,
@@ -197,7 +200,7 @@ impl Metrics {
             statements.clone(),
         );
         // 1 µs to about 1 s.
-        let decision_seconds = Histogram::new(exponential_buckets(1e-6, 2.0, 21));
+        let decision_seconds = DurationHistogram::new(Duration::from_micros(1), 21);
         registry.register_with_unit(
             "decision",
             "Time the engine took to decide a statement",
@@ -213,14 +216,14 @@ impl Metrics {
         let holds_ended = Family::<OutcomeLabels, Counter>::default();
         registry.register("holds_ended", "Held statements whose hold ended, by how", holds_ended.clone());
         // 10 µs to about 5 s.
-        let audit_write_seconds = Histogram::new(exponential_buckets(1e-5, 2.0, 20));
+        let audit_write_seconds = DurationHistogram::new(Duration::from_micros(10), 20);
         registry.register_with_unit(
             "audit_write",
             "Time to hand a batch of audit records to the OS",
             Unit::Seconds,
             audit_write_seconds.clone(),
         );
-        let audit_sync_seconds = Histogram::new(exponential_buckets(1e-5, 2.0, 20));
+        let audit_sync_seconds = DurationHistogram::new(Duration::from_micros(10), 20);
         registry.register_with_unit(
             "audit_sync",
             "Time of one fdatasync of the audit log",
@@ -270,7 +273,7 @@ impl Metrics {
     pub fn time_decision<T>(&self, decide: impl FnOnce() -> T) -> T {
         let start = Instant::now();
         let decided = decide();
-        self.decision_seconds.observe(start.elapsed().as_secs_f64());
+        self.decision_seconds.observe(start.elapsed());
         decided
     }
 
@@ -309,12 +312,12 @@ impl Metrics {
 
     /// Times an audit write.
     pub fn audit_write(&self, took: Duration) {
-        self.audit_write_seconds.observe(took.as_secs_f64());
+        self.audit_write_seconds.observe(took);
     }
 
     /// Times an audit sync.
     pub fn audit_sync(&self, took: Duration) {
-        self.audit_sync_seconds.observe(took.as_secs_f64());
+        self.audit_sync_seconds.observe(took);
     }
 
     /// Counts batches the audit log refused.
