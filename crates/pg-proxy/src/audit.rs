@@ -1277,6 +1277,16 @@ mod tests {
         serde_json::from_slice(&out).unwrap()
     }
 
+    /// Persists `records` and waits for the answer. They are written in
+    /// place when the writer's lock is free, or queued when the sync
+    /// thread's periodic flush holds it (it starts with one).
+    fn persisted(log: &AuditLog, records: &[Record]) -> Result<(), RecordError> {
+        match log.persist(records) {
+            Persisting::Done(outcome) => outcome,
+            Persisting::Waiting(wait) => tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(wait),
+        }
+    }
+
     /// A log in a fresh directory, with nothing synced.
     fn scratch_log(test: &str) -> (std::path::PathBuf, AuditLog) {
         scratch_log_of(test, 1 << 20)
@@ -1338,16 +1348,16 @@ mod tests {
 
         // Session 1 finds the lock free: its statement is written at once,
         // its result left for the next write.
-        assert!(matches!(log.persist(&[statement(&engine, 1, 1)]).now(), Some(Ok(()))));
+        assert!(persisted(&log, &[statement(&engine, 1, 1)]).is_ok());
         log.log(&[result(1, 1)]);
         // Session 2 finds the lock taken: its records are queued.
-        let held = log.shared.writer.try_lock().unwrap();
+        let held = log.shared.writer.blocking_lock();
         let waiting = log.persist(&[statement(&engine, 2, 1)]);
         assert!(matches!(waiting, Persisting::Waiting(_)));
         log.log(&[result(2, 1)]);
         drop(held);
         // Session 1 again, the lock free: what was queued goes first.
-        assert!(matches!(log.persist(&[statement(&engine, 1, 2)]).now(), Some(Ok(()))));
+        assert!(persisted(&log, &[statement(&engine, 1, 2)]).is_ok());
         // Session 2's wait ends with its records written.
         assert!(runtime.block_on(waiting).is_ok());
         log.log(&[result(1, 2)]);
@@ -1538,7 +1548,7 @@ mod tests {
     fn a_checkpoint_writes_the_records_before_it() {
         let engine = allow_all();
         let (dir, log) = scratch_log("checkpoint");
-        assert!(matches!(log.persist(&[statement(&engine, 1, 1)]).now(), Some(Ok(()))));
+        assert!(persisted(&log, &[statement(&engine, 1, 1)]).is_ok());
         log.log(&[result(1, 1)]);
         assert!(log.shared.checkpoint());
         assert!(!log.shared.checkpoint(), "nothing new to checkpoint");
@@ -1642,7 +1652,7 @@ mod tests {
             r.duration = Duration::from_micros(1_500);
         }
         let records = [failed, result(1, 2), statement(&engine, 1, 3), result(2, 1), statement(&engine, 1, 4)];
-        assert!(matches!(log.persist(&records).now(), Some(Ok(()))));
+        assert!(persisted(&log, &records).is_ok());
         log.close();
 
         let logs = dir.join("log");
