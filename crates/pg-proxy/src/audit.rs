@@ -368,9 +368,13 @@ impl Shared {
         let written = match appended {
             Ok(()) => {
                 self.stats.writes.fetch_add(1, Ordering::Relaxed);
-                let start = Instant::now();
                 let written = writing.writer.write();
-                self.metrics.audit_write(start.elapsed());
+                // Timed from the clock read the records' time came from
+                // (one read fewer per write): appending and handing over.
+                // A wall clock stepped back meanwhile leaves it untimed.
+                if let Ok(took) = SystemTime::now().duration_since(now) {
+                    self.metrics.audit_write(took);
+                }
                 if written.as_ref().is_err_and(|e| !matches!(e, WriteError::Rotation(_))) {
                     // Records nothing waits for are not lost with the
                     // batch: they go with the next write that works.
@@ -838,7 +842,11 @@ impl Bodies {
                     written = body.serde("params", &params);
                 }
                 body.joined("fingerprint", s.decision.statements.iter().map(|x| x.facts.fingerprint.as_str()), "+");
-                body.str("policy", &s.policy);
+                // The session's start record names the policy it
+                // started with; a statement names it only after a reload.
+                if s.policy_changed {
+                    body.str("policy", &s.policy);
+                }
                 body.str("verdict", s.decision.verdict.as_str());
                 if s.observed {
                     body.bool("observed", true);
@@ -1607,8 +1615,11 @@ mod tests {
 
         record.observed = false;
         record.decision_as_in = Some(2);
+        // The session's start record names the policy it began with.
+        record.policy_changed = false;
         let v = written(&bodies(false), &Record::Statement(record));
         assert!(v.get("params").is_none() && v.get("observed").is_none() && v.get("decision").is_none());
+        assert!(v.get("policy").is_none(), "{v}");
         assert_eq!(v["decision_as_in"], 2);
     }
 

@@ -219,7 +219,7 @@ impl Metrics {
         let audit_write_seconds = DurationHistogram::new(Duration::from_micros(10), 20);
         registry.register_with_unit(
             "audit_write",
-            "Time to hand a batch of audit records to the OS",
+            "Time to append a batch of audit records (serialise, hash) and hand it to the OS",
             Unit::Seconds,
             audit_write_seconds.clone(),
         );

@@ -1433,6 +1433,28 @@ fn records_say_which_statements_can_make_a_change_durable_when_the_sink_asks() {
     }
 }
 
+/// Statement records say whether their policy may differ from the one
+/// the session started with: not before a reload, nor after one to the
+/// same policy; after one to another policy, yes.
+#[test]
+fn records_say_when_their_policy_is_not_the_session_s_first() {
+    let mut h = harness(recording());
+    let sql = "SELECT total FROM orders WHERE id = 1";
+    let first = query_recorded(&mut h, sql);
+    assert!(!first.policy_changed, "{first:?}");
+    let same = Policy::from_toml_str(POLICY, "policy.toml").unwrap();
+    h.core.set_engine(Arc::new(Engine::new(same, Keys::default()).unwrap()));
+    let after_same = query_recorded(&mut h, sql);
+    assert!(!after_same.policy_changed, "the same policy reloaded");
+    assert_eq!(after_same.policy, first.policy);
+    let other = POLICY.split("[[mask]]").next().unwrap();
+    let other = Policy::from_toml_str(other, "policy.toml").unwrap();
+    h.core.set_engine(Arc::new(Engine::new(other, Keys::default()).unwrap()));
+    let after_other = query_recorded(&mut h, sql);
+    assert!(after_other.policy_changed, "{after_other:?}");
+    assert_ne!(after_other.policy, first.policy);
+}
+
 #[test]
 fn a_prepared_statement_executed_again_names_the_record_of_its_decision() {
     let mut h = harness(recording());

@@ -650,6 +650,9 @@ pub struct SessionCore {
     spare_tag_lists: Vec<Vec<String>>,
     /// The digest of the policy in force, for records.
     policy_digest: Arc<str>,
+    /// The digest of the policy in force when the session started (the
+    /// one its start record names).
+    start_digest: Arc<str>,
     /// Decisions recorded in full lately, newest first, with the statement
     /// whose record holds each: a statement decided the same way again (a
     /// prepared statement executed again, a query of a shape seen before)
@@ -691,7 +694,13 @@ const RECORDED_DECISIONS: usize = 8;
 /// How long completed results wait for the session's next statement
 /// record to go with (one write for both) before they are handed over
 /// on their own.
-pub const RESULTS_WAIT: Duration = Duration::from_millis(10);
+///
+/// The driver's timer for it is not moved to a later deadline at every
+/// statement (that takes the timer wheel's lock), so a busy session's
+/// timer goes off about once per wait to find nothing due: the wait sets
+/// how often (at 10 ms, a third of a wake-up per tpcb transaction at
+/// `-c 8`).
+pub const RESULTS_WAIT: Duration = Duration::from_millis(50);
 /// The most completed results that wait so.
 const RESULTS_WAITING: usize = 64;
 
@@ -765,7 +774,8 @@ impl SessionCore {
             spare_records: Vec::new(),
             spare_tags: Vec::new(),
             spare_tag_lists: Vec::new(),
-            policy_digest: start_digest,
+            policy_digest: Arc::clone(&start_digest),
+            start_digest,
             recorded_decisions: Vec::new(),
         }
     }
@@ -818,6 +828,21 @@ impl SessionCore {
         if self.spare_records.len() < SPARE_RECORD_LISTS && records.capacity() <= SPARE_RECORD_CAPACITY {
             self.spare_records.push(records);
         }
+    }
+
+    /// The time of the last event the core was given: for an answer the
+    /// driver has at once, with no wait that would make another clock
+    /// read worth its cost (a sink done at once).
+    ///
+    /// ```
+    /// # use pg_proxy::session::core::SessionCore;
+    /// # fn answer(core: &mut SessionCore, batch: u64) {
+    /// let now = core.now();
+    /// core.handle_persisted(batch, Ok(()), now);
+    /// # }
+    /// ```
+    pub fn now(&self) -> Instant {
+        self.now
     }
 
     /// When [`SessionCore::handle_timeout`] must be called, if ever.
@@ -1784,6 +1809,9 @@ impl SessionCore {
             parameters,
             decision: Arc::clone(decision),
             policy: Arc::clone(&self.policy_digest),
+            // A reload to another policy makes another digest (and back
+            // to the first, another copy of it: named again, harmlessly).
+            policy_changed: !Arc::ptr_eq(&self.policy_digest, &self.start_digest),
             durable,
             observed: self.config.observe && decision.verdict != Verdict::Allow,
             decision_as_in: None,

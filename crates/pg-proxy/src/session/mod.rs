@@ -172,8 +172,10 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
     let hooks = gw.hooks();
     let started = Instant::now();
     let recording = !hooks.record_sink.is_noop();
+    // One engine for the session's start record and its core: statement
+    // records name the policy only when it is not the start's.
+    let engine = gw.engine();
     if recording {
-        let engine = gw.engine();
         let start = record::SessionStartRecord {
             session: registration.id(),
             identity: identity.clone(),
@@ -205,7 +207,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
     let start = SessionStart {
         id: registration.id(),
         identity,
-        engine: gw.engine(),
+        engine,
         search_path: start_search_path,
         standard_conforming_strings,
         user,
@@ -276,11 +278,15 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                 Need::Persist { batch, records } => {
                     // A sink that is done at once (the records are written
                     // and nothing waits for a sync) is answered here, with
-                    // no turn of the loop.
+                    // no turn of the loop, at the time the batch was
+                    // decided: the results' durations start there anyway.
                     let persisted = hooks.record_sink.persist(&records);
                     core.recycle(records);
                     match persisted {
-                        record::Persisting::Done(outcome) => core.handle_persisted(batch, outcome, Instant::now()),
+                        record::Persisting::Done(outcome) => {
+                            let now = core.now();
+                            core.handle_persisted(batch, outcome, now);
+                        }
                         record::Persisting::Waiting(future) => persisting = Some((batch, future)),
                     }
                 }

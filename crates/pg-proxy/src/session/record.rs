@@ -152,6 +152,10 @@ pub struct StatementRecord {
     pub decision: Arc<Decision>,
     /// The digest of the policy it was decided under.
     pub policy: Arc<str>,
+    /// Whether that policy may not be the one in force when the session
+    /// started (a reload since): when false, a sink that records the
+    /// session's start (with its policy) need not repeat the digest.
+    pub policy_changed: bool,
     /// Whether running it can make a change durable (a `COMMIT`, or
     /// anything but a plain read outside a transaction block): with
     /// `durability = "commit"` its record is synced before it runs.
@@ -183,6 +187,7 @@ impl StatementRecord {
             parameters,
             decision,
             policy: Arc::from(""),
+            policy_changed: true,
             durable: true,
             observed: false,
             decision_as_in: None,
