@@ -122,6 +122,9 @@ fn sink(c: &mut Criterion) {
             n += 1;
             let mut statement = StatementRecord::new(1, n, Arc::clone(&sql), Vec::new(), Arc::clone(&decision))
                 .with_policy(Arc::clone(&digest), false);
+            // As in a session whose policy was not reloaded since it began:
+            // its start record names the policy, its statements do not.
+            statement.policy_changed = false;
             statement.decision_as_in = (n > 1).then_some(1);
             let mut persisting = log.persist(&[Record::Statement(statement)]);
             let _ = black_box(std::future::Future::poll(std::pin::Pin::new(&mut persisting), &mut context));

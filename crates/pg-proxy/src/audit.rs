@@ -1641,7 +1641,7 @@ mod tests {
             serde_json::json!({"type": "result", "session": "0a1b2c3d-3", "n": 8, "ran": true,
                 "tags": ["SELECT 2", "UPDATE \"1\""], "rows": 2, "masked": 1, "ms": 12.345})
         );
-        result.error = Some(ReportedError { code: "42501".into(), message: "no \"way\"".into() });
+        result.error = Some(Box::new(ReportedError { code: "42501".into(), message: "no \"way\"".into() }));
         result.kept_rows = vec![vec![Some("a".into()), None]];
         let v = written(&bodies(false), &Record::Result(result));
         assert_eq!(v["error"], serde_json::json!({"code": "42501", "message": "no \"way\""}));
@@ -1659,7 +1659,7 @@ mod tests {
         let mut failed = result(1, 1);
         if let Record::Result(r) = &mut failed {
             r.ran = false;
-            r.error = Some(ReportedError { code: "22012".into(), message: "division by zero".into() });
+            r.error = Some(Box::new(ReportedError { code: "22012".into(), message: "division by zero".into() }));
             r.duration = Duration::from_micros(1_500);
         }
         let records = [failed, result(1, 2), statement(&engine, 1, 3), result(2, 1), statement(&engine, 1, 4)];

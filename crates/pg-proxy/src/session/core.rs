@@ -1681,7 +1681,7 @@ impl SessionCore {
             if records_written {
                 r.ran = false;
                 r.duration = self.now.saturating_duration_since(since);
-                r.error = Some(ReportedError { code: code.to_string(), message: message.clone() });
+                r.error = Some(Box::new(ReportedError { code: code.to_string(), message: message.clone() }));
                 results.push(Record::Result(r));
             }
         }
@@ -1869,7 +1869,7 @@ impl SessionCore {
     fn note_error(&mut self, code: &str, message: &str) {
         if let Some(r) = self.open.front_mut() {
             if r.error.is_none() {
-                r.error = Some(ReportedError { code: code.to_string(), message: message.to_string() });
+                r.error = Some(Box::new(ReportedError { code: code.to_string(), message: message.to_string() }));
             }
         }
     }

@@ -60,6 +60,10 @@ impl ApprovalRecord {
     }
 }
 
+// A session moves each record between its lists a few times per
+// statement: at this size the moves are a few vector stores, not calls.
+const _: () = assert!(std::mem::size_of::<Record>() <= 128, "Record grew past 128 bytes");
+
 /// Who opened a session, from where.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -115,8 +119,10 @@ pub struct ResultRecord {
     pub masked: u64,
     /// From forwarding to the end of the answer.
     pub duration: Duration,
-    /// The error the client got (after the gateway's scrubbing).
-    pub error: Option<ReportedError>,
+    /// The error the client got (after the gateway's scrubbing). Boxed:
+    /// most results have none, and records are moved between the core's
+    /// lists at every statement.
+    pub error: Option<Box<ReportedError>>,
     /// Whether the server ran it (false: refused, or skipped after an
     /// earlier error in its block).
     pub ran: bool,
