@@ -38,6 +38,7 @@
 //! assert!(text.ends_with("# EOF\n"));
 //! ```
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use policy_core::Verdict;
@@ -50,6 +51,16 @@ use prometheus_client::registry::{Registry, Unit};
 pub mod durations;
 
 use durations::DurationHistogram;
+
+/// A session's handles on the `portcullis_statements_total` counters it
+/// counted into, by verdict and rule ([`Metrics::count_statement`]).
+#[derive(Debug, Default)]
+pub struct StatementCounters {
+    known: Vec<(Verdict, Option<Arc<str>>, Counter)>,
+}
+
+/// How many counters a session keeps handles on.
+const STATEMENT_COUNTERS_KEPT: usize = 16;
 
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -269,6 +280,42 @@ impl Metrics {
         self.statements.get_or_create(&labels).inc();
     }
 
+    /// Counts a decided statement with a session's own handles on the
+    /// counters ([`StatementCounters`]): the same count as
+    /// [`Metrics::statement`], with no label string made and no look in
+    /// the family's map once the session met the verdict and rule.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use pg_proxy::metrics::{Live, Metrics, StatementCounters};
+    /// use policy_core::Verdict;
+    /// let metrics = Metrics::default();
+    /// let mut counters = StatementCounters::default();
+    /// let rule: Arc<str> = Arc::from("no-ddl");
+    /// metrics.count_statement(&mut counters, Verdict::Deny, Some(&rule));
+    /// metrics.count_statement(&mut counters, Verdict::Deny, Some(&rule));
+    /// metrics.statement(Verdict::Deny, Some("no-ddl"));
+    /// let text = metrics.render(&Live::default());
+    /// assert!(text.contains(r#"portcullis_statements_total{verdict="deny",rule="no-ddl"} 3"#), "{text}");
+    /// ```
+    pub fn count_statement(&self, counters: &mut StatementCounters, verdict: Verdict, rule: Option<&Arc<str>>) {
+        // An `Arc<str>` compares its address first: a rule of the engine
+        // in force is found without reading its name.
+        if let Some((_, _, counter)) = counters.known.iter().find(|(v, r, _)| *v == verdict && r.as_ref() == rule) {
+            counter.inc();
+            return;
+        }
+        let labels =
+            StatementLabels { verdict: verdict.as_str(), rule: rule.map(|r| r.to_string()).unwrap_or_default() };
+        let counter = self.statements.get_or_create(&labels).clone();
+        counter.inc();
+        // Reloads bring new rules: a session keeps the latest few.
+        if counters.known.len() >= STATEMENT_COUNTERS_KEPT {
+            counters.known.remove(0);
+        }
+        counters.known.push((verdict, rule.cloned(), counter));
+    }
+
     /// Runs `decide`, timing it.
     pub fn time_decision<T>(&self, decide: impl FnOnce() -> T) -> T {
         let start = Instant::now();
@@ -346,6 +393,41 @@ fn gauge(n: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session's handles count into the series the family renders: a
+    /// rule of a reloaded policy (another `Arc`, the same name) into the
+    /// same one, and rules past the handles kept are still counted.
+    #[test]
+    fn a_session_s_handles_count_into_the_family_s_series() {
+        let metrics = Metrics::new();
+        let mut counters = StatementCounters::default();
+        let rules: Vec<Arc<str>> = (0..STATEMENT_COUNTERS_KEPT + 4).map(|i| Arc::from(format!("rule-{i}"))).collect();
+        // Found again: the handles kept.
+        for _ in 0..3 {
+            metrics.count_statement(&mut counters, Verdict::Allow, rules.first());
+            metrics.count_statement(&mut counters, Verdict::Deny, None);
+        }
+        // More rules than handles kept, in turn: none is found again.
+        for _ in 0..3 {
+            for rule in rules.iter().skip(1) {
+                metrics.count_statement(&mut counters, Verdict::Allow, Some(rule));
+            }
+        }
+        let reloaded: Arc<str> = Arc::from("rule-0");
+        metrics.count_statement(&mut counters, Verdict::Allow, Some(&reloaded));
+        metrics.count_statement(&mut counters, Verdict::Deny, Some(&reloaded));
+        let text = metrics.render(&Live::default());
+        let count = |verdict: &str, rule: &str| {
+            let series = format!("portcullis_statements_total{{verdict=\"{verdict}\",rule=\"{rule}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_string)
+        };
+        assert_eq!(count("allow", "rule-0").as_deref(), Some("4"), "{text}");
+        let last = format!("rule-{}", STATEMENT_COUNTERS_KEPT + 3);
+        assert_eq!(count("allow", &last).as_deref(), Some("3"), "{text}");
+        assert_eq!(count("deny", "").as_deref(), Some("3"), "{text}");
+        assert_eq!(count("deny", "rule-0").as_deref(), Some("1"), "{text}");
+        assert!(counters.known.len() <= STATEMENT_COUNTERS_KEPT);
+    }
 
     #[test]
     fn every_metric_is_named_in_the_table_and_the_table_names_no_other() {

@@ -32,7 +32,7 @@ use crate::codec::{
     self, copy, BackendFrame, BackendMessage, BackendView, BindView, CodecError, FieldDescription, FormatCodes,
     FrontendFrame, FrontendView,
 };
-use crate::metrics::{HoldEnd, Metrics};
+use crate::metrics::{HoldEnd, Metrics, StatementCounters};
 
 /// Hashing of the masking plans' keys: foldhash, seeded per map (see
 /// [`super::names`]).
@@ -653,6 +653,8 @@ pub struct SessionCore {
     /// The digest of the policy in force when the session started (the
     /// one its start record names).
     start_digest: Arc<str>,
+    /// The session's handles on the statement counters.
+    statement_counters: StatementCounters,
     /// Decisions recorded in full lately, newest first, with the statement
     /// whose record holds each: a statement decided the same way again (a
     /// prepared statement executed again, a query of a shape seen before)
@@ -776,6 +778,7 @@ impl SessionCore {
             spare_tag_lists: Vec::new(),
             policy_digest: Arc::clone(&start_digest),
             start_digest,
+            statement_counters: StatementCounters::default(),
             recorded_decisions: Vec::new(),
         }
     }
@@ -1761,7 +1764,7 @@ impl SessionCore {
 
     fn decide(&mut self, sql: &str) -> Arc<Decision> {
         let decision = self.metrics.time_decision(|| self.engine.decide_in(&mut self.state.context, sql));
-        self.metrics.statement(decision.verdict, decision.rule.as_deref());
+        self.metrics.count_statement(&mut self.statement_counters, decision.verdict, decision.rule.as_ref());
         // Refusals are logged at info; allowed statements at debug (a line
         // per statement is the audit log's job, not the process log's).
         macro_rules! decided {
