@@ -27,10 +27,12 @@
 //! | `portcullis_reloads_total` | counter | `what`: `policy`, `keys`, `tls`; `outcome`: `ok`, `failed` |
 //!
 //! ```
-//! use pg_proxy::metrics::{Live, Metrics, Reloaded};
+//! use std::sync::Arc;
+//! use pg_proxy::metrics::{Live, Metrics, Reloaded, StatementCounters};
 //! use policy_core::Verdict;
 //! let metrics = Metrics::default();
-//! metrics.statement(Verdict::Deny, Some("no-ddl"));
+//! let mut counters = StatementCounters::default();
+//! metrics.count_statement(&mut counters, Verdict::Deny, Some(&Arc::from("no-ddl")));
 //! metrics.reload(Reloaded::Policy, false);
 //! let text = metrics.render(&Live::default());
 //! assert!(text.contains(r#"portcullis_statements_total{verdict="deny",rule="no-ddl"} 1"#));
@@ -274,16 +276,11 @@ impl Metrics {
         }
     }
 
-    /// Counts a decided statement.
-    pub fn statement(&self, verdict: Verdict, rule: Option<&str>) {
-        let labels = StatementLabels { verdict: verdict.as_str(), rule: rule.unwrap_or_default().to_string() };
-        self.statements.get_or_create(&labels).inc();
-    }
-
-    /// Counts a decided statement with a session's own handles on the
-    /// counters ([`StatementCounters`]): the same count as
-    /// [`Metrics::statement`], with no label string made and no look in
-    /// the family's map once the session met the verdict and rule.
+    /// Counts a decided statement under its verdict and rule, through a
+    /// session's own handles on the counters ([`StatementCounters`]): no
+    /// label string made and no look in the family's map once the session
+    /// met the verdict and rule. Sessions counting alike add to one
+    /// series.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -294,7 +291,8 @@ impl Metrics {
     /// let rule: Arc<str> = Arc::from("no-ddl");
     /// metrics.count_statement(&mut counters, Verdict::Deny, Some(&rule));
     /// metrics.count_statement(&mut counters, Verdict::Deny, Some(&rule));
-    /// metrics.statement(Verdict::Deny, Some("no-ddl"));
+    /// let mut other_session = StatementCounters::default();
+    /// metrics.count_statement(&mut other_session, Verdict::Deny, Some(&Arc::from("no-ddl")));
     /// let text = metrics.render(&Live::default());
     /// assert!(text.contains(r#"portcullis_statements_total{verdict="deny",rule="no-ddl"} 3"#), "{text}");
     /// ```
@@ -432,7 +430,7 @@ mod tests {
     #[test]
     fn every_metric_is_named_in_the_table_and_the_table_names_no_other() {
         let metrics = Metrics::new();
-        metrics.statement(Verdict::Allow, None);
+        metrics.count_statement(&mut StatementCounters::default(), Verdict::Allow, None);
         metrics.hold_ended(HoldEnd::TimedOut);
         metrics.login(true);
         metrics.reload(Reloaded::Tls, true);
