@@ -179,3 +179,42 @@ async fn a_failing_record_sink_refuses_with_58030_and_records_carry_parameters()
     client.simple_query("SELECT 1").await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(300), "forwarded only once the record was written");
 }
+
+/// A session whose client reads nothing takes its sink's answer all the
+/// same: the answer may hold what other sessions wait for (the audit
+/// log's writer lock goes to the next waiter when released), so it is not
+/// left waiting until the client reads. The client sends a statement with
+/// a large result and one more, then stops reading: the gateway's write
+/// to it stalls on the first result while the second one's record waits
+/// for the (slow) sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_s_answer_is_taken_while_the_client_reads_nothing() {
+    use portcullis_testkit::wire::{query, Raw};
+    let stack = Stack::start();
+    let sink = TestSink::new(TestSinkMode::Delay(Duration::from_millis(200)));
+    stack.gateway.set_hooks(SessionHooks { record_sink: Arc::new(sink.clone()), ..SessionHooks::default() });
+    // A small receive window: the gateway's writes to this client stall
+    // after a few megabytes of the large result.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(stack.addr).await.unwrap();
+    let mut raw = Raw::new(stream, "a client that stops reading").with_wait(Duration::from_secs(60));
+    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
+    raw.login(&[("user", "agent"), ("database", "app")], &token).await.unwrap();
+    let second = "SELECT 'after the large result'";
+    let mut both = query("SELECT repeat('x', 40000) FROM generate_series(1, 900)");
+    both.extend(query(second));
+    raw.send(&both).await;
+    let recorded = || sink.records().iter().any(|r| matches!(r, Record::Statement(s) if &*s.sql == second));
+    let mut waited = Duration::ZERO;
+    while !recorded() && waited < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    assert!(recorded(), "the second statement's record was not taken while the client read nothing");
+    // The client reads again: both results, the session usable.
+    let large = raw.until_ready().await;
+    assert_eq!(large.rows.len(), 900, "{:?}", large.errors);
+    let after = raw.until_ready().await;
+    assert_eq!(after.first_values(), vec![Some("after the large result".to_string())], "{:?}", after.errors);
+}

@@ -318,11 +318,15 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
             timer.as_mut().reset(at.into());
             timer_at = Some(at);
         }
-        // An order from the registry ends the wait for a client that does
-        // not read (a kill must reach a session stuck writing a large
-        // result to it), and so does the core's deadline (results waiting
-        // to be handed over are not kept waiting by such a client); the
-        // writes are cancel-safe.
+        // While the write to a client that does not read waits, the
+        // session still takes orders from the registry (a kill must reach
+        // a session stuck writing a large result), its deadline (results
+        // waiting to be handed over are not kept waiting by such a
+        // client), and the answers of its sink and hold handler: a sink's
+        // answer may hold what other sessions wait for (the audit log's
+        // writer lock, handed to the next waiter when it is released),
+        // so it is never left unpolled for as long as a client pleases.
+        // The writes are cancel-safe.
         let ordered = tokio::select! {
             biased;
             control = registration.control() => Some(Event::Control(control)),
@@ -330,69 +334,66 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                 Ok(()) => None,
                 Err(e) => break Err(e),
             },
+            outcome = poll_slot(&mut persisting), if persisting.is_some() => Some(Event::Persisted(outcome)),
+            outcome = poll_slot(&mut holding), if holding.is_some() => Some(Event::Held(outcome)),
             () = &mut timer, if timer_at.is_some() => Some(Event::Timeout),
         };
-        match ordered {
+        let event = match ordered {
             Some(Event::Control(Control::Terminate)) => {
                 core.handle_terminate();
                 break Ok(());
             }
-            Some(Event::Control(Control::Cancel)) => {
-                core.handle_cancel(Instant::now());
-                continue;
-            }
-            Some(_) => {
-                timer_at = None;
-                core.handle_timeout(Instant::now());
-                continue;
-            }
-            None => {}
-        }
-        registration.publish(core.activity(), || core.current_fingerprint());
-        if let Some(end) = core.end() {
-            break match end {
-                SessionEnd::Terminated => Ok(()),
-                other => Err(other.to_string()),
-            };
-        }
-        if core.activity() == registry::Activity::Idle {
-            up_read = READ_BYTES;
-            client_read = READ_BYTES;
-            core.shrink_buffers(KEEP_BUFFER_BYTES);
-        }
-        let read_client = core.wants_client_data();
-        let read_server = core.wants_server_data();
-        // The side expected to speak next is polled first: while the
-        // server owes answers, a wake-up is most often its data, and the
-        // wait then ends without polling the client's socket as well.
-        let server_first = core.statement_in_flight();
-        let (cbuf, sbuf) = core.read_buffers();
-        cbuf.reserve(client_read);
-        sbuf.reserve(up_read);
-        macro_rules! wait {
-            ($($branch:tt)*) => {
-                tokio::select! {
-                    // In this order, without drawing a random starting
-                    // branch: orders first (one atomic load), so a session
-                    // whose peers always have data is still told.
-                    biased;
-                    control = registration.control() => Event::Control(control),
-                    $($branch)*
-                    outcome = poll_slot(&mut persisting), if persisting.is_some() => Event::Persisted(outcome),
-                    outcome = poll_slot(&mut holding), if holding.is_some() => Event::Held(outcome),
-                    () = &mut timer, if deadline.is_some() => Event::Timeout,
+            Some(event) => event,
+            None => {
+                registration.publish(core.activity(), || core.current_fingerprint());
+                if let Some(end) = core.end() {
+                    break match end {
+                        SessionEnd::Terminated => Ok(()),
+                        other => Err(other.to_string()),
+                    };
                 }
-            };
-        }
-        let event = if server_first {
-            wait! {
-                r = up.stream.read_buf(sbuf), if read_server => Event::Server(r),
-                r = client.read_buf(cbuf), if read_client => Event::Client(r),
-            }
-        } else {
-            wait! {
-                r = client.read_buf(cbuf), if read_client => Event::Client(r),
-                r = up.stream.read_buf(sbuf), if read_server => Event::Server(r),
+                if core.activity() == registry::Activity::Idle {
+                    up_read = READ_BYTES;
+                    client_read = READ_BYTES;
+                    core.shrink_buffers(KEEP_BUFFER_BYTES);
+                }
+                let read_client = core.wants_client_data();
+                let read_server = core.wants_server_data();
+                // The side expected to speak next is polled first: while
+                // the server owes answers, a wake-up is most often its
+                // data, and the wait then ends without polling the
+                // client's socket as well.
+                let server_first = core.statement_in_flight();
+                let (cbuf, sbuf) = core.read_buffers();
+                cbuf.reserve(client_read);
+                sbuf.reserve(up_read);
+                macro_rules! wait {
+                    ($($branch:tt)*) => {
+                        tokio::select! {
+                            // In this order, without drawing a random
+                            // starting branch: orders first (one atomic
+                            // load), so a session whose peers always have
+                            // data is still told.
+                            biased;
+                            control = registration.control() => Event::Control(control),
+                            $($branch)*
+                            outcome = poll_slot(&mut persisting), if persisting.is_some() => Event::Persisted(outcome),
+                            outcome = poll_slot(&mut holding), if holding.is_some() => Event::Held(outcome),
+                            () = &mut timer, if deadline.is_some() => Event::Timeout,
+                        }
+                    };
+                }
+                if server_first {
+                    wait! {
+                        r = up.stream.read_buf(sbuf), if read_server => Event::Server(r),
+                        r = client.read_buf(cbuf), if read_client => Event::Client(r),
+                    }
+                } else {
+                    wait! {
+                        r = client.read_buf(cbuf), if read_client => Event::Client(r),
+                        r = up.stream.read_buf(sbuf), if read_server => Event::Server(r),
+                    }
+                }
             }
         };
         match event {
