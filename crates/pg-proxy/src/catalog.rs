@@ -10,8 +10,10 @@
 //! session there completes DDL (a renamed column must not keep its old
 //! name's mask), and it holds at most [`MAX_TABLES`] tables per database.
 //!
-//! A lookup that fails (the connection cannot be made, the query fails)
-//! leaves the column unresolved: the engine then judges it by the
+//! A connection the server ended since its last use is replaced, and the
+//! lookup tried once more on the new one. A lookup that fails (the
+//! connection cannot be made, the query fails) leaves the column
+//! unresolved: the engine then judges it by the
 //! statement's lineage alone, and a column whose lineage cannot be proven
 //! is masked whole.
 //!
@@ -44,7 +46,7 @@ use std::time::Duration;
 use policy_core::{ColumnInfo, Definitions, Function, FunctionBody, RowPolicy, Session, View, ViewKind};
 use tokio::sync::{watch, Mutex};
 
-use crate::upstream::{self, Connection, Target};
+use crate::upstream::{self, Connection, Target, UpstreamError};
 
 /// Most tables cached per database before the cache is cleared.
 pub const MAX_TABLES: usize = 10_000;
@@ -340,7 +342,36 @@ impl Catalog {
 impl Database {
     /// Runs one catalog query on the connection (made when needed, dropped
     /// after a failure); the error says why, without the query's data.
+    ///
+    /// A connection kept from earlier may have been closed by the server
+    /// since (a restart, an idle timeout, a terminated backend): when it
+    /// fails as a connection rather than with the query's own error, the
+    /// query is tried once more on a new one, so a stale connection is
+    /// never what a session's decision waits on.
     async fn query(&mut self, target: &Target, database: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+        let kept = self.conn.is_some();
+        let result = match self.query_once(target, database, sql).await {
+            Err(Lookup::Connection(e)) if kept => {
+                tracing::info!(database, "catalog connection lost ({e}); connecting again");
+                self.query_once(target, database, sql).await
+            }
+            other => other,
+        };
+        result.map_err(|lookup| match lookup {
+            Lookup::Connection(message) => {
+                tracing::warn!(database, "{message}");
+                message
+            }
+            Lookup::Query(message) => message,
+        })
+    }
+
+    async fn query_once(
+        &mut self,
+        target: &Target,
+        database: &str,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, Lookup> {
         if self.conn.is_none() {
             // An empty search_path: pg_get_viewdef qualifies every name
             // outside pg_catalog.
@@ -354,23 +385,27 @@ impl Database {
                     // at the next refresh).
                     if let Err(e) = c.simple_query(LOCK_TIMEOUT_SQL, target.max_message_bytes).await {
                         tracing::warn!(database, "catalog connection setup failed: {e}");
-                        return Err(format!("catalog connection setup failed: {e}"));
+                        return Err(Lookup::Query(format!("catalog connection setup failed: {e}")));
                     }
                     self.conn = Some(c);
                 }
                 Err(e) => {
                     tracing::warn!(database, "catalog connection failed: {e}");
-                    return Err(format!("catalog connection failed: {e}"));
+                    return Err(Lookup::Query(format!("catalog connection failed: {e}")));
                 }
             }
         }
-        let Some(conn) = self.conn.as_mut() else { return Err("no catalog connection".to_string()) };
+        let Some(conn) = self.conn.as_mut() else { return Err(Lookup::Query("no catalog connection".to_string())) };
         match conn.simple_query(sql, target.max_message_bytes).await {
             Ok(rows) => Ok(rows),
             Err(e) => {
-                tracing::warn!(database, "catalog lookup failed: {e}");
                 self.conn = None;
-                Err(format!("catalog lookup failed: {e}"))
+                let message = format!("catalog lookup failed: {e}");
+                if is_connection_lost(&e) {
+                    return Err(Lookup::Connection(message));
+                }
+                tracing::warn!(database, "{message}");
+                Err(Lookup::Query(message))
             }
         }
     }
@@ -488,6 +523,28 @@ impl Database {
             watched.fingerprint = fingerprint;
             watched.tx.send_replace(views);
         }
+    }
+}
+
+/// Why one try of a catalog query failed.
+#[derive(Debug)]
+enum Lookup {
+    /// The connection went away (closed, reset, or ended by the server):
+    /// worth one more try on a new connection when it was an old one.
+    Connection(String),
+    /// Anything else: the query's own error, or no connection to be had.
+    Query(String),
+}
+
+/// Whether a catalog query failed because its connection is gone rather
+/// than because of the query: an I/O error, the stream's end, or the
+/// server ending the backend (SQLSTATE class 57, operator intervention,
+/// as at a shutdown; class 08, connection exception).
+fn is_connection_lost(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::Io { .. } | UpstreamError::Protocol(_) => true,
+        UpstreamError::Failed { code, .. } => code.starts_with("57") || code.starts_with("08"),
+        _ => false,
     }
 }
 

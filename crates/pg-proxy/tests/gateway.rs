@@ -426,3 +426,48 @@ async fn a_long_pipeline_with_large_answers_does_not_stall() {
         assert_eq!(r.unwrap(), i as i32);
     }
 }
+
+/// The catalog's own connection, ended by the server since its last use
+/// (a restart, an idle timeout, `pg_terminate_backend`), is replaced at
+/// the next lookup: the views read after it are the database's, not a
+/// refusal naming a connection that was already gone (the first session
+/// after a database restart was refused so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_connection_the_server_ended_is_replaced_at_the_next_lookup() {
+    let stack = Stack::start();
+    let catalog = &stack.gateway.catalog;
+    let views = catalog.definitions("app").await;
+    assert_eq!(views.borrow().unavailable_reason(), None);
+    let direct = stack.direct().await;
+    let end_the_catalog_s_backend = || async {
+        direct
+            .simple_query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'portcullis-catalog'",
+            )
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            let left: i64 = direct
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'portcullis-catalog'", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if left == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the catalog's backend did not end");
+    };
+
+    // The views, read again on the ended connection's successor.
+    end_the_catalog_s_backend().await;
+    catalog.invalidate("app").await;
+    assert_eq!(views.borrow().unavailable_reason(), None, "the views after the catalog's connection ended");
+
+    // A table looked up on the ended connection's successor.
+    end_the_catalog_s_backend().await;
+    let oid: u32 = direct.query_one("SELECT 'public.orders'::regclass::oid", &[]).await.unwrap().get(0);
+    let tables = catalog.tables("app", &[oid]).await;
+    assert_eq!(tables.get(&oid).map(|t| t.name.as_str()), Some("orders"), "{tables:?}");
+}
