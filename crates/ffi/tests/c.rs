@@ -15,6 +15,7 @@ use std::process::{Command, Output};
 
 use policy_core::{Engine, Policy, Verdict};
 use portcullis_testkit::corpus;
+use portcullis_testkit::scratch::ScratchDir;
 
 fn repo() -> PathBuf {
     portcullis_testkit::repo("")
@@ -27,28 +28,6 @@ fn repo() -> PathBuf {
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().to_path_buf()
-}
-
-/// A scratch directory for one test, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("portcullis-ffi-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn cc() -> String {
@@ -197,12 +176,12 @@ fn verdict_number(v: Verdict) -> u32 {
 
 #[test]
 fn the_shared_corpus_decides_the_same_through_the_c_abi() {
-    let scratch = Scratch::new("corpus");
-    let program = scratch.path("corpus");
+    let scratch = ScratchDir::new("ffi-corpus");
+    let program = scratch.join("corpus");
     compile_static(&[repo().join("crates/ffi/tests/c/corpus.c")], &program);
     let (fixture, expected) = corpus_fixture();
     assert!(expected.len() > 700, "the corpus holds {} cases", expected.len());
-    let (fixture_path, output_path) = (scratch.path("fixture"), scratch.path("output"));
+    let (fixture_path, output_path) = (scratch.join("fixture"), scratch.join("output"));
     std::fs::write(&fixture_path, fixture).unwrap();
     let run = valgrind(&program, &[&fixture_path, &output_path]);
     let summary = String::from_utf8_lossy(&run.stderr);
@@ -228,8 +207,8 @@ fn the_shared_corpus_decides_the_same_through_the_c_abi() {
 
 /// A key set and a token it signs (alice@example.com in ai-agents, acting
 /// through copilot-7), written into `scratch`.
-fn token_files(scratch: &Scratch) -> (PathBuf, PathBuf) {
-    let (key, jwks) = pg_proxy::token::keygen(&scratch.0, pg_proxy::token::KeyType::Ed25519).unwrap();
+fn token_files(scratch: &ScratchDir) -> (PathBuf, PathBuf) {
+    let (key, jwks) = pg_proxy::token::keygen(scratch, pg_proxy::token::KeyType::Ed25519).unwrap();
     let groups = vec!["ai-agents".to_string()];
     let token = pg_proxy::token::mint(&pg_proxy::token::MintRequest {
         key: &key,
@@ -241,15 +220,15 @@ fn token_files(scratch: &Scratch) -> (PathBuf, PathBuf) {
         audience: None,
     })
     .unwrap();
-    let token_path = scratch.path("token");
+    let token_path = scratch.join("token");
     std::fs::write(&token_path, token).unwrap();
     (jwks, token_path)
 }
 
 #[test]
 fn the_abi_contract_holds_in_c_under_valgrind() {
-    let scratch = Scratch::new("abi");
-    let program = scratch.path("abi");
+    let scratch = ScratchDir::new("ffi-abi");
+    let program = scratch.join("abi");
     compile_static(&[repo().join("crates/ffi/tests/c/abi.c")], &program);
     let (jwks, token) = token_files(&scratch);
     let policy = repo().join("examples/policy.toml");
@@ -261,8 +240,8 @@ fn the_abi_contract_holds_in_c_under_valgrind() {
 
 #[test]
 fn the_header_compiles_as_strict_c99_and_as_cpp() {
-    let scratch = Scratch::new("header");
-    let source = scratch.path("h.c");
+    let scratch = ScratchDir::new("ffi-header");
+    let source = scratch.join("h.c");
     std::fs::write(&source, "#include \"portcullis.h\"\nint main(void) { return portcullis_version() == 0; }\n")
         .unwrap();
     let include = repo().join("crates/ffi/include");
@@ -285,16 +264,16 @@ fn expected_example_output() -> String {
     std::fs::read_to_string(repo().join("examples/expected-output.txt")).unwrap()
 }
 
-fn bad_policy(scratch: &Scratch) -> PathBuf {
-    let bad = scratch.path("bad.toml");
+fn bad_policy(scratch: &ScratchDir) -> PathBuf {
+    let bad = scratch.join("bad.toml");
     std::fs::write(&bad, "version = 1\n\n[[rule]]\nname = \"x\"\nefect = \"allow\"\n").unwrap();
     bad
 }
 
 #[test]
 fn the_c_example_runs_against_the_shared_library() {
-    let scratch = Scratch::new("example-c");
-    let program = scratch.path("decide");
+    let scratch = ScratchDir::new("ffi-example-c");
+    let program = scratch.join("decide");
     let lib_dir = target_dir();
     assert!(lib_dir.join("libportcullis.so").exists(), "libportcullis.so is missing from {}", lib_dir.display());
     let status = Command::new(cc())
@@ -320,7 +299,7 @@ fn the_c_example_runs_against_the_shared_library() {
 
 #[test]
 fn the_python_example_runs_through_ctypes() {
-    let scratch = Scratch::new("example-python");
+    let scratch = ScratchDir::new("ffi-example-python");
     let run = |policy: &Path| {
         Command::new("python3")
             .arg(repo().join("examples/python/decide.py"))

@@ -1261,6 +1261,7 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
     use crate::session::record::{ReportedError, ResultRecord, StatementRecord};
+    use portcullis_testkit::scratch::ScratchDir;
 
     #[test]
     fn session_ids_are_written_as_their_text() {
@@ -1287,7 +1288,8 @@ mod tests {
 
     /// Persists `records` and waits for the answer. They are written in
     /// place when the writer's lock is free, or queued when the sync
-    /// thread's periodic flush holds it (it starts with one).
+    /// thread's periodic flush holds it (it starts with one, and may
+    /// hold it a moment).
     fn persisted(log: &AuditLog, records: &[Record]) -> Result<(), RecordError> {
         match log.persist(records) {
             Persisting::Done(outcome) => outcome,
@@ -1296,19 +1298,18 @@ mod tests {
     }
 
     /// A log in a fresh directory, with nothing synced.
-    fn scratch_log(test: &str) -> (std::path::PathBuf, AuditLog) {
+    fn scratch_log(test: &str) -> (ScratchDir, AuditLog) {
         scratch_log_of(test, 1 << 20)
     }
 
     /// [`scratch_log`] with segments of `segment_bytes`.
-    fn scratch_log_of(test: &str, segment_bytes: u64) -> (std::path::PathBuf, AuditLog) {
+    fn scratch_log_of(test: &str, segment_bytes: u64) -> (ScratchDir, AuditLog) {
         scratch_log_with(test, segment_bytes, Durability::None)
     }
 
     /// [`scratch_log_of`] with `durability`.
-    fn scratch_log_with(test: &str, segment_bytes: u64, durability: Durability) -> (std::path::PathBuf, AuditLog) {
-        let dir = std::env::temp_dir().join(format!("portcullis-audit-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+    fn scratch_log_with(test: &str, segment_bytes: u64, durability: Durability) -> (ScratchDir, AuditLog) {
+        let dir = ScratchDir::new(&format!("audit-{test}"));
         let origin = "test.example/audit";
         let (key, _) = keygen(&dir.join("keys"), origin).unwrap();
         let settings = AuditSettings {
@@ -1394,33 +1395,31 @@ mod tests {
         let verifier = load_signer(&dir.join("keys").join(KEY_FILE), "test.example/audit").unwrap().verifier();
         let report = portcullis_audit::verify::verify_dir(&dir.join("log"), &verifier, &[], &mut |_| {}).unwrap();
         assert_eq!(report.records(), 6);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A log whose segment could not end (the next segments' names are
     /// taken): its next write, which needs a new segment, fails until
     /// [`Outage::end`].
     struct Outage {
-        dir: std::path::PathBuf,
         log: AuditLog,
         engine: policy_core::Engine,
-        runtime: tokio::runtime::Runtime,
         blockers: Vec<std::path::PathBuf>,
         /// The last statement's number (its write ended the segment).
         n: u64,
+        /// Last: removed after the log is dropped.
+        dir: ScratchDir,
     }
 
     impl Outage {
         fn begin(test: &str) -> Outage {
             let engine = allow_all();
-            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let (dir, log) = scratch_log_of(test, 4096);
             let logs = dir.join("log");
             let blockers: Vec<_> = (1..4).map(|i| logs.join(portcullis_audit::segment::segment_file_name(i))).collect();
             for b in &blockers {
                 std::fs::create_dir(b).unwrap();
             }
-            let mut outage = Outage { dir, log, engine, runtime, blockers, n: 0 };
+            let mut outage = Outage { log, engine, blockers, n: 0, dir };
             let rotation = loop {
                 outage.n += 1;
                 assert!(outage.n < 100, "the segment never ended");
@@ -1436,13 +1435,8 @@ mod tests {
             outage
         }
 
-        /// Persists records, waiting when needed (the sync thread's flush
-        /// may hold the lock a moment).
         fn persist(&self, records: &[Record]) -> Result<(), RecordError> {
-            match self.log.persist(records) {
-                Persisting::Done(outcome) => outcome,
-                Persisting::Waiting(wait) => self.runtime.block_on(wait),
-            }
+            persisted(&self.log, records)
         }
 
         fn statement(&self, n: u64) -> Record {
@@ -1471,9 +1465,7 @@ mod tests {
             let logs = self.dir.join("log");
             let verifier = load_signer(&self.dir.join("keys").join(KEY_FILE), "test.example/audit").unwrap().verifier();
             portcullis_audit::verify::verify_dir(&logs, &verifier, &[], &mut |_| {}).unwrap();
-            let records = read_records(&logs).unwrap();
-            let _ = std::fs::remove_dir_all(&self.dir);
-            records
+            read_records(&logs).unwrap()
         }
     }
 
@@ -1569,7 +1561,6 @@ mod tests {
         assert_eq!(&kinds[kinds.len() - 3..], ["statement", "result", "checkpoint"], "{text}");
         assert!(lines.last().unwrap().contains("\\n2\\n"), "the checkpoint is of both records: {text}");
         log.close();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Only `"commit"` needs to know which statements can make a change
@@ -1577,10 +1568,9 @@ mod tests {
     #[test]
     fn only_commit_durability_asks_which_statements_make_changes_durable() {
         for (durability, marks) in [(Durability::Commit, true), (Durability::Every, false), (Durability::None, false)] {
-            let (dir, log) = scratch_log_with(&format!("marks-{durability:?}"), 1 << 20, durability);
+            let (_dir, log) = scratch_log_with(&format!("marks-{durability:?}"), 1 << 20, durability);
             assert_eq!(log.marks_durable(), marks, "{durability:?}");
             log.close();
-            let _ = std::fs::remove_dir_all(dir);
         }
     }
 
@@ -1698,7 +1688,6 @@ mod tests {
         let verifier = load_signer(&dir.join("keys").join(KEY_FILE), "test.example/audit").unwrap().verifier();
         let report = portcullis_audit::verify::verify_dir(&logs, &verifier, &[], &mut |_| {}).unwrap();
         assert_eq!(report.records(), 3);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The record lines of a log as written.

@@ -1339,7 +1339,7 @@ mod tests {
     fn log_lines_land_in_their_own_sessions_span() {
         use tracing_subscriber::layer::SubscriberExt;
 
-        let dir = std::env::temp_dir().join(format!("portcullis-server-spans-{}", std::process::id()));
+        let dir = portcullis_testkit::scratch::ScratchDir::new("server-spans");
         let gw = gateway(&dir);
         let capture = Capture::default();
         let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
@@ -1370,6 +1370,5 @@ mod tests {
             assert_eq!(ended[0].1.as_deref(), Some(first_peer.as_str()), "{events:?}");
             second.shutdown().await.unwrap();
         });
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

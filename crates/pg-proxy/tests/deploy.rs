@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use portcullis_testkit::process::output_within;
+use portcullis_testkit::scratch::ScratchDir;
 use portcullis_testkit::{repo, text};
 
 /// How long `scripts/deploy-check` may take (a first run installs its
@@ -101,8 +102,8 @@ fn check_loads(name: &str, config: &str, policy: &str, dir: &Path) {
 
 #[test]
 fn the_chart_and_the_compose_file_validate_and_their_configurations_load() {
-    let out_dir = std::env::temp_dir().join(format!("portcullis-deploy-{}", std::process::id()));
-    let out = output_within(Command::new(repo("scripts/deploy-check")).arg(&out_dir), DEADLINE)
+    let out_dir = ScratchDir::new("deploy");
+    let out = output_within(Command::new(repo("scripts/deploy-check")).arg(&*out_dir), DEADLINE)
         .unwrap_or_else(|e| panic!("scripts/deploy-check: {e}"));
     assert!(out.status.success(), "scripts/deploy-check failed:\n{}", text_of(&out));
     assert!(text(&out.stdout).contains("ok"), "{}", text_of(&out));
@@ -118,7 +119,6 @@ fn the_chart_and_the_compose_file_validate_and_their_configurations_load() {
         let config = std::fs::read_to_string(repo(&format!("deploy/compose/{replica}.toml"))).unwrap();
         check_loads(replica, &config, &policy, &work.join(replica));
     }
-    let _ = std::fs::remove_dir_all(&out_dir);
 }
 
 #[test]

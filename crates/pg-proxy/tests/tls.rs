@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pg_proxy::cluster::{Auth, ClusterOptions};
+use portcullis_testkit::scratch::ScratchDir;
 use portcullis_testkit::stack::Stack;
 use portcullis_testkit::wire::{startup, Raw, ServerError};
 use portcullis_testkit::{repo, text};
@@ -16,15 +17,14 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A self-signed certificate for 127.0.0.1 and localhost, written to a
-/// fresh directory: (cert path, key path, DER).
-fn certificate(tag: &str) -> (PathBuf, PathBuf, Vec<u8>) {
-    let dir = std::env::temp_dir().join(format!("portcullis-tls-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// fresh directory: (the directory, cert path, key path, DER).
+fn certificate(tag: &str) -> (ScratchDir, PathBuf, PathBuf, Vec<u8>) {
+    let dir = ScratchDir::new(&format!("tls-{tag}"));
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    (cert_path, key_path, cert.cert.der().to_vec())
+    (dir, cert_path, key_path, cert.cert.der().to_vec())
 }
 
 fn policy() -> String {
@@ -49,7 +49,7 @@ async fn login_and_query<S: AsyncRead + AsyncWrite + Unpin>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_tls_both_ways_and_plain_tcp_rules() {
-    let (cert, key, der) = certificate("client");
+    let (_dir, cert, key, der) = certificate("client");
     let extra = format!("[tls]\ncert = {:?}\nkey = {:?}", cert.display().to_string(), key.display().to_string());
     let stack = Stack::with(&policy(), &extra);
     let token = stack.token("alice", &["developers"], None);
@@ -119,7 +119,6 @@ async fn client_tls_both_ways_and_plain_tcp_rules() {
     let err = login_and_query(&mut tcp, &token, "SELECT 1").await.unwrap_err();
     assert_eq!(err.code, "28000", "{err:?}");
     assert!(err.message.contains("only over TLS"), "{err:?}");
-    let _ = std::fs::remove_dir_all(cert.parent().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +270,7 @@ async fn upstream_tls_modes_verify_as_libpq() {
 #[test]
 fn check_reads_every_tls_file_and_warns_when_upstream_is_unverified() {
     let stack = Stack::start();
-    let (cert, key, _) = certificate("check");
+    let (_dir, cert, key, _) = certificate("check");
     let (ca, _, _) = signed(&["db.internal"]);
     let dir = stack.path("check-tls");
     std::fs::create_dir_all(&dir).unwrap();
@@ -322,7 +321,6 @@ fn check_reads_every_tls_file_and_warns_when_upstream_is_unverified() {
     let (code, _, err) = check(Some((&cert, &ca_file)), "tls = \"disable\"");
     assert_eq!(code, Some(1));
     assert!(err.contains("[tls] key"), "{err}");
-    let _ = std::fs::remove_dir_all(cert.parent().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,7 +435,7 @@ async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Res
 /// reports an error when the connection just drops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_ending_over_tls_send_close_notify() {
-    let (cert, key, der) = certificate("close-notify");
+    let (_dir, cert, key, der) = certificate("close-notify");
     let extra = format!("[tls]\ncert = {:?}\nkey = {:?}", cert.display().to_string(), key.display().to_string());
     let stack = Stack::with(&policy(), &extra);
 
@@ -470,5 +468,4 @@ async fn logins_ending_over_tls_send_close_notify() {
     let mut tls = tls_connect(stack.addr, &der).await;
     tls.shutdown().await.unwrap();
     read_until_closed(&mut tls).await.expect("a client's close is answered with close_notify");
-    let _ = std::fs::remove_dir_all(cert.parent().unwrap());
 }
