@@ -214,12 +214,9 @@ fn median_of(runs: &[Vec<Vec<AuditRun>>], ci: usize, m: Mode, f: impl Fn(&AuditR
 fn paired_ratios(runs: &[Vec<Vec<AuditRun>>], ci: usize, m: Mode) -> Vec<f64> {
     let of = |mode: Mode| runs.get(ci).and_then(|c| c.get(k_of(mode)));
     match (of(m), of(Mode::Off)) {
-        (Some(on), Some(off)) => on
-            .iter()
-            .zip(off)
-            .filter(|(_, off)| off.run.tps > 0.0)
-            .map(|(on, off)| on.run.tps / off.run.tps)
-            .collect(),
+        (Some(on), Some(off)) => {
+            on.iter().zip(off).filter(|(_, off)| off.run.tps > 0.0).map(|(on, off)| on.run.tps / off.run.tps).collect()
+        }
         _ => Vec::new(),
     }
 }
