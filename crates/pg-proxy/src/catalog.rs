@@ -538,12 +538,13 @@ enum Lookup {
 
 /// Whether a catalog query failed because its connection is gone rather
 /// than because of the query: an I/O error, the stream's end, or the
-/// server ending the backend (SQLSTATE class 57, operator intervention,
-/// as at a shutdown; class 08, connection exception).
+/// server ending the backend (`57P01` shutdown, `57P02` crash, `57P03`,
+/// `57P05` idle session timeout; class `08`, connection exception). A
+/// cancelled query (`57014`, a statement timeout) is the query's own.
 fn is_connection_lost(e: &UpstreamError) -> bool {
     match e {
         UpstreamError::Io { .. } | UpstreamError::Protocol(_) => true,
-        UpstreamError::Failed { code, .. } => code.starts_with("57") || code.starts_with("08"),
+        UpstreamError::Failed { code, .. } => code.starts_with("57P") || code.starts_with("08"),
         _ => false,
     }
 }
@@ -556,4 +557,28 @@ fn literal(s: &str) -> String {
         return "NULL".to_string();
     }
     format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_lost_when_it_ended_not_when_its_query_failed() {
+        let failed = |code: &str| UpstreamError::Failed { code: code.into(), message: "m".into() };
+        let io =
+            UpstreamError::Io { addr: "127.0.0.1:5432".into(), source: std::io::ErrorKind::ConnectionReset.into() };
+        for lost in [io, UpstreamError::Protocol("the server closed the connection".into())] {
+            assert!(is_connection_lost(&lost), "{lost}");
+        }
+        for code in ["57P01", "57P02", "57P05", "08006"] {
+            assert!(is_connection_lost(&failed(code)), "{code}");
+        }
+        // A statement timeout, a lock timeout, a missing relation: the
+        // query's own errors, not tried again.
+        for code in ["57014", "55P03", "42P01"] {
+            assert!(!is_connection_lost(&failed(code)), "{code}");
+        }
+        assert!(!is_connection_lost(&UpstreamError::Timeout("127.0.0.1:5432".into())));
+    }
 }
