@@ -221,27 +221,28 @@ fn paired_ratios(runs: &[Vec<Vec<AuditRun>>], ci: usize, m: Mode) -> Vec<f64> {
     }
 }
 
-/// `median [lowest–highest]` of paired ratios.
-fn spread(ratios: &[f64]) -> String {
+/// `median [lowest–highest]` of paired ratios, with `decimals` digits.
+fn spread(ratios: &[f64], decimals: usize) -> String {
     let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     match median(ratios) {
-        Some(m) if ratios.len() > 1 => format!("{m:.2} [{lowest:.2}–{highest:.2}]"),
-        Some(m) => format!("{m:.2}"),
+        Some(m) if ratios.len() > 1 => format!("{m:.decimals$} [{lowest:.decimals$}–{highest:.decimals$}]"),
+        Some(m) => format!("{m:.decimals$}"),
         None => "–".to_string(),
     }
 }
 
 /// A ratio target's verdict: met only when the ratio of the medians and
 /// the median of the paired ratios both reach `target`, which keeps one
-/// estimator's luck from deciding it.
+/// estimator's luck from deciding it. The figures have three digits, so
+/// that a ratio just short of the target does not print as the target.
 fn ratio_check(name: &str, what: &str, of_medians: Option<f64>, paired: &[f64], target: f64) -> String {
     let met = of_medians.zip(median(paired)).map(|(a, b)| a >= target && b >= target);
     format!(
         "- `{name}` with {what}: ≥ {target:.2}× audit off: {} (ratio of medians {}, paired {})",
         verdict(met),
-        fmt_opt(of_medians, 2),
-        spread(paired)
+        fmt_opt(of_medians, 3),
+        spread(paired, 3)
     )
 }
 
@@ -321,9 +322,9 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
             w,
             "| `{}` | {} | {} | {} |",
             config.args.join(" "),
-            spread(&paired_ratios(runs, ci, Mode::None)),
-            spread(&paired_ratios(runs, ci, Mode::Commit)),
-            spread(&paired_ratios(runs, ci, Mode::Every))
+            spread(&paired_ratios(runs, ci, Mode::None), 2),
+            spread(&paired_ratios(runs, ci, Mode::Commit), 2),
+            spread(&paired_ratios(runs, ci, Mode::Every), 2)
         );
     }
     let _ = writeln!(w, "\nThe gateway's CPU µs per transaction (user and kernel), medians:\n");
@@ -393,7 +394,10 @@ mod tests {
     #[test]
     fn a_ratio_target_is_met_only_when_both_estimates_reach_it() {
         let met = ratio_check("tpcb-c8", "`\"none\"`", Some(0.96), &[0.97, 0.95, 0.99], 0.95);
-        assert!(met.contains(": met (ratio of medians 0.96, paired 0.97 [0.95–0.99])"), "{met}");
+        assert!(met.contains(": met (ratio of medians 0.960, paired 0.970 [0.950–0.990])"), "{met}");
+        // Just short of the target: says so in its digits too.
+        let short = ratio_check("tpcb-c8", "`\"none\"`", Some(0.9459), &[0.9468, 0.95], 0.95);
+        assert!(short.contains("NOT met (ratio of medians 0.946, paired 0.948 [0.947–0.950])"), "{short}");
         let paired_short = ratio_check("tpcb-c8", "`\"none\"`", Some(0.96), &[0.90, 0.94, 0.99], 0.95);
         assert!(paired_short.contains("NOT met"), "{paired_short}");
         let medians_short = ratio_check("tpcb-c8", "`\"none\"`", Some(0.94), &[0.97, 0.96, 0.99], 0.95);
@@ -403,8 +407,9 @@ mod tests {
 
     #[test]
     fn a_spread_names_the_median_and_the_extremes() {
-        assert_eq!(spread(&[1.02, 0.91, 0.97, 0.95]), "0.96 [0.91–1.02]");
-        assert_eq!(spread(&[0.93]), "0.93");
-        assert_eq!(spread(&[]), "–");
+        assert_eq!(spread(&[1.02, 0.91, 0.97, 0.95], 2), "0.96 [0.91–1.02]");
+        assert_eq!(spread(&[0.93], 2), "0.93");
+        assert_eq!(spread(&[0.9468], 3), "0.947");
+        assert_eq!(spread(&[], 2), "–");
     }
 }
