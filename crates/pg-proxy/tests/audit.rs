@@ -489,10 +489,7 @@ async fn a_client_that_does_not_read_holds_back_no_record() {
     let stack = audit_stack(&keys, &log, "[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\ntimeout = \"1s\"\n");
     // A small receive window: the gateway's writes to this client stall
     // after a few megabytes of the large result.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(stack.addr).await.unwrap();
-    let mut raw = Raw::new(stream, "stalled client");
+    let mut raw = Raw::connect_small_window(stack.addr, "stalled client").await;
     let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
     raw.login(&[("user", "agent"), ("database", "app")], &token).await.unwrap();
     let delete = "DELETE FROM orders WHERE id = 40";

@@ -195,10 +195,8 @@ async fn a_sink_s_answer_is_taken_while_the_client_reads_nothing() {
     stack.gateway.set_hooks(SessionHooks { record_sink: Arc::new(sink.clone()), ..SessionHooks::default() });
     // A small receive window: the gateway's writes to this client stall
     // after a few megabytes of the large result.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(stack.addr).await.unwrap();
-    let mut raw = Raw::new(stream, "a client that stops reading").with_wait(Duration::from_secs(60));
+    let mut raw =
+        Raw::connect_small_window(stack.addr, "a client that stops reading").await.with_wait(Duration::from_secs(60));
     let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
     raw.login(&[("user", "agent"), ("database", "app")], &token).await.unwrap();
     let second = "SELECT 'after the large result'";

@@ -120,6 +120,19 @@ impl Raw<TcpStream> {
             .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
         Raw::new(stream, what)
     }
+
+    /// [`Raw::connect`] with a receive buffer of 4 KiB: what the peer
+    /// writes to it stalls after a few megabytes left unread, as it does
+    /// for a client that stops reading a large result.
+    pub async fn connect_small_window(addr: SocketAddr, what: &str) -> Raw<TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{what}: socket: {e}"));
+        socket.set_recv_buffer_size(4096).unwrap_or_else(|e| panic!("{what}: SO_RCVBUF: {e}"));
+        let stream = timeout(WAIT, socket.connect(addr))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: connect timed out"))
+            .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+        Raw::new(stream, what)
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
