@@ -483,19 +483,11 @@ async fn the_last_result_of_an_idle_session_is_recorded_while_it_stays_open() {
 ///   end before its last attempt to write to such a client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_holds_back_no_record() {
-    use portcullis_testkit::wire::{query, Raw};
     let keys = keys("stalled-client");
     let log = keys.join("log");
     let stack = audit_stack(&keys, &log, "[admin]\nlisten = \"127.0.0.1:9\"\n[approvals]\ntimeout = \"1s\"\n");
-    // A small receive window: the gateway's writes to this client stall
-    // after a few megabytes of the large result.
-    let mut raw = Raw::connect_small_window(stack.addr, "stalled client").await;
-    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
-    raw.login(&[("user", "agent"), ("database", "app")], &token).await.unwrap();
     let delete = "DELETE FROM orders WHERE id = 40";
-    let mut both = query("SELECT repeat('x', 40000) FROM generate_series(1, 900)");
-    both.extend(query(delete));
-    raw.send(&both).await;
+    let raw = stack.agent_stalled_after_a_large_result(delete).await;
     // The client reads nothing more.
     let mut seen = Vec::new();
     for _ in 0..200 {

@@ -189,20 +189,11 @@ async fn a_failing_record_sink_refuses_with_58030_and_records_carry_parameters()
 /// for the (slow) sink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_s_answer_is_taken_while_the_client_reads_nothing() {
-    use portcullis_testkit::wire::{query, Raw};
     let stack = Stack::start();
     let sink = TestSink::new(TestSinkMode::Delay(Duration::from_millis(200)));
     stack.gateway.set_hooks(SessionHooks { record_sink: Arc::new(sink.clone()), ..SessionHooks::default() });
-    // A small receive window: the gateway's writes to this client stall
-    // after a few megabytes of the large result.
-    let mut raw =
-        Raw::connect_small_window(stack.addr, "a client that stops reading").await.with_wait(Duration::from_secs(60));
-    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
-    raw.login(&[("user", "agent"), ("database", "app")], &token).await.unwrap();
     let second = "SELECT 'after the large result'";
-    let mut both = query("SELECT repeat('x', 40000) FROM generate_series(1, 900)");
-    both.extend(query(second));
-    raw.send(&both).await;
+    let mut raw = stack.agent_stalled_after_a_large_result(second).await.with_wait(Duration::from_secs(60));
     let recorded = || sink.records().iter().any(|r| matches!(r, Record::Statement(s) if &*s.sql == second));
     let mut waited = Duration::ZERO;
     while !recorded() && waited < Duration::from_secs(10) {

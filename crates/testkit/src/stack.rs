@@ -33,6 +33,7 @@ use pg_proxy::config::Config;
 use pg_proxy::server::Gateway;
 use pg_proxy::token::{KeyType, MintRequest};
 
+use crate::wire::{query, Raw};
 use crate::{repo, text};
 
 /// The password of `app`, the database's owner and the gateway's upstream
@@ -238,6 +239,23 @@ impl Stack {
         let request =
             MintRequest { key: &key, subject, groups: &groups, actor, ttl_seconds: 3600, issuer: None, audience: None };
         pg_proxy::token::mint(&request).unwrap_or_else(|e| panic!("minting a token: {e}"))
+    }
+
+    /// An agent (alice, for `copilot-7`) that logs in over a small
+    /// receive window ([`Raw::connect_small_window`]), sends a statement
+    /// with a 36 MB result and `then` in one write, and reads nothing
+    /// more: the gateway's writes to it stall on the first result, with
+    /// `then` read and on its way. The caller reads (or not) from there.
+    pub async fn agent_stalled_after_a_large_result(&self, then: &str) -> Raw<tokio::net::TcpStream> {
+        let mut raw = Raw::connect_small_window(self.addr, "a client that stops reading").await;
+        let token = self.token("alice", &["ai-agents"], Some("copilot-7"));
+        raw.login(&[("user", "agent"), ("database", "app")], &token)
+            .await
+            .unwrap_or_else(|e| panic!("login refused: {e:?}"));
+        let mut both = query("SELECT repeat('x', 40000) FROM generate_series(1, 900)");
+        both.extend(query(then));
+        raw.send(&both).await;
+        raw
     }
 
     /// A libpq connection string to the gateway.
