@@ -1623,7 +1623,15 @@ impl SessionCore {
         } else {
             self.to_server.extend_from_slice(&batch.bytes);
         }
-        self.pending.extend(batch.pending.drain(..));
+        if self.pending.is_empty() {
+            // Nothing in flight (the usual case): the batch's list becomes
+            // the queue, and the queue's emptied memory the batch's, with
+            // no element moved.
+            let batch_pending = VecDeque::from(std::mem::take(&mut batch.pending));
+            batch.pending = Vec::from(std::mem::replace(&mut self.pending, batch_pending));
+        } else {
+            self.pending.extend(batch.pending.drain(..));
+        }
         // A batch without an end (never the case once finished) is taken as
         // a whole query: nothing of a Flush applies to it.
         let end = batch.end.unwrap_or(BatchEnd::Query);
@@ -1635,6 +1643,16 @@ impl SessionCore {
         }
         if self.batch.pending.capacity() == 0 && batch.pending.capacity() <= SPARE_RECORD_CAPACITY {
             self.batch.pending = batch.pending;
+        }
+        // The names it defined matter only to a refusal: forwarded, it
+        // leaves their list to the next batch.
+        for (spare, names) in [(&mut self.batch.portals, batch.portals), (&mut self.batch.statements, batch.statements)]
+        {
+            if spare.capacity() == 0 && names.capacity() <= SPARE_RECORD_CAPACITY {
+                let mut names = names;
+                names.clear();
+                *spare = names;
+            }
         }
     }
 
