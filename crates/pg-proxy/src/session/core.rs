@@ -1837,18 +1837,27 @@ impl SessionCore {
             observed: self.config.observe && decision.verdict != Verdict::Allow,
             decision_as_in: None,
         };
-        // The same decision, or one recorded alike (a statement of a known
-        // shape, with constants of other lengths).
-        let key = fingerprints_key(decision);
-        match self.recorded_decisions.iter().position(|r| {
-            r.key == key && (Arc::ptr_eq(&r.decision, decision) || r.decision.same_apart_from_spans(decision))
-        }) {
-            Some(i) => {
+        // The same decision (a prepared statement executed again: most
+        // often the one recorded last), or one recorded alike (a statement
+        // of a known shape, with constants of other lengths).
+        let found = match self.recorded_decisions.iter().position(|r| Arc::ptr_eq(&r.decision, decision)) {
+            Some(i) => Ok(i),
+            None => {
+                let key = fingerprints_key(decision);
+                self.recorded_decisions
+                    .iter()
+                    .position(|r| r.key == key && r.decision.same_apart_from_spans(decision))
+                    .ok_or(key)
+            }
+        };
+        match found {
+            Ok(0) => record.decision_as_in = self.recorded_decisions.first().map(|r| r.sequence),
+            Ok(i) => {
                 let entry = self.recorded_decisions.remove(i);
                 record.decision_as_in = Some(entry.sequence);
                 self.recorded_decisions.insert(0, entry);
             }
-            None => {
+            Err(key) => {
                 let entry = RecordedDecision { key, decision: Arc::clone(decision), sequence: self.sequence };
                 self.recorded_decisions.insert(0, entry);
                 self.recorded_decisions.truncate(RECORDED_DECISIONS);
