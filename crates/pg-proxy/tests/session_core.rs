@@ -1550,6 +1550,34 @@ fn a_query_of_a_shape_seen_before_names_the_record_of_its_decision() {
     assert_eq!(other.decision_as_in, None);
 }
 
+/// The session remembers the decisions it recorded in full that it used
+/// last: one named again is remembered longer than one not used since.
+#[test]
+fn the_decisions_a_session_used_last_are_the_ones_it_remembers() {
+    let mut h = harness(recording());
+    let a = query_recorded(&mut h, "SELECT total FROM orders WHERE id = 1");
+    let b = query_recorded(&mut h, "SELECT id FROM orders WHERE id = 1");
+    assert_eq!((a.decision_as_in, b.decision_as_in), (None, None));
+    assert_eq!(query_recorded(&mut h, "SELECT total FROM orders WHERE id = 2").decision_as_in, Some(a.sequence));
+    // Seven shapes more: with the two above, one more than a session
+    // remembers.
+    for sql in [
+        "SELECT id, total FROM orders WHERE id = 1",
+        "SELECT total FROM orders WHERE id > 1",
+        "SELECT total FROM orders WHERE id < 1",
+        "SELECT total FROM orders ORDER BY id LIMIT 1",
+        "SELECT count(*) FROM orders",
+        "SELECT max(total) FROM orders",
+        "SELECT min(total) FROM orders",
+    ] {
+        assert_eq!(query_recorded(&mut h, sql).decision_as_in, None, "{sql}");
+    }
+    // The first shape was named again after the second: it is kept, the
+    // second is not.
+    assert_eq!(query_recorded(&mut h, "SELECT total FROM orders WHERE id = 3").decision_as_in, Some(a.sequence));
+    assert_eq!(query_recorded(&mut h, "SELECT id FROM orders WHERE id = 3").decision_as_in, None);
+}
+
 // ------------------------------------------------------------------- holds
 
 fn held_delete(h: &mut Harness) -> u64 {

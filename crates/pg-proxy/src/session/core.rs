@@ -1646,10 +1646,10 @@ impl SessionCore {
         }
         // The names it defined matter only to a refusal: forwarded, it
         // leaves their list to the next batch.
-        for (spare, names) in [(&mut self.batch.portals, batch.portals), (&mut self.batch.statements, batch.statements)]
+        for (spare, mut names) in
+            [(&mut self.batch.portals, batch.portals), (&mut self.batch.statements, batch.statements)]
         {
             if spare.capacity() == 0 && names.capacity() <= SPARE_RECORD_CAPACITY {
-                let mut names = names;
                 names.clear();
                 *spare = names;
             }
@@ -1851,11 +1851,12 @@ impl SessionCore {
             }
         };
         match found {
-            Ok(0) => record.decision_as_in = self.recorded_decisions.first().map(|r| r.sequence),
             Ok(i) => {
-                let entry = self.recorded_decisions.remove(i);
-                record.decision_as_in = Some(entry.sequence);
-                self.recorded_decisions.insert(0, entry);
+                // Moved to the front (most recently used first).
+                if let Some(up_to) = self.recorded_decisions.get_mut(..=i) {
+                    up_to.rotate_right(1);
+                }
+                record.decision_as_in = self.recorded_decisions.first().map(|r| r.sequence);
             }
             Err(key) => {
                 let entry = RecordedDecision { key, decision: Arc::clone(decision), sequence: self.sequence };
