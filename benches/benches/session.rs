@@ -350,6 +350,7 @@ fn session(c: &mut Criterion) {
         })
         .collect();
     workload(&mut group, "tpcb-like", Session::new(), &transactions);
+    workload(&mut group, "tpcb-like-recorded", Session::recording(), &transactions);
     group.finish();
 }
 

@@ -1292,6 +1292,42 @@ fn a_sink_failure_refuses_the_batch_with_58030_and_the_session_goes_on() {
 }
 
 #[test]
+fn a_refused_batch_restores_the_session_as_the_batches_before_it_left_it() {
+    // Each batch that changes the engine's session keeps a copy of it from
+    // before, to restore should the batch not run; the copy of a batch
+    // that ran is the memory the next copy is made in.
+    let mut h = harness(recording());
+    h.client(&query("PREPARE a AS SELECT * FROM customers"));
+    let needs = h.needs();
+    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    h.core.handle_persisted(*batch, Ok(()), h.now);
+    assert!(is_query(&h.sent()[0], "PREPARE a AS SELECT * FROM customers"));
+    h.server(&cat(&[complete("PREPARE"), ready(b'I')]));
+    h.got();
+    h.client(&query("PREPARE b AS SELECT * FROM orders"));
+    let needs = h.needs();
+    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
+    assert!(is_substitute(&h.sent()[0]));
+    h.server(&cat(&[error("22P02"), ready(b'I')]));
+    assert!(h.got()[0].1.starts_with("58030"));
+    // `a` is known as the first batch left it; `b` never ran.
+    for (sql, known) in [("EXECUTE a", true), ("EXECUTE b", false)] {
+        h.client(&query(sql));
+        let needs = h.needs();
+        let [Need::Persist { batch, records }] = needs.as_slice() else { panic!("{needs:?}") };
+        let [Record::Statement(r)] = records.as_slice() else { panic!("{records:?}") };
+        let tables = &r.decision.statements[0].facts.tables;
+        assert_eq!(tables.contains(&"public.customers".to_string()), known, "{sql}: {}", r.decision.to_json());
+        assert!(!tables.contains(&"public.orders".to_string()), "{sql}: {}", r.decision.to_json());
+        h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
+        h.sent();
+        h.server(&cat(&[error("22P02"), ready(b'I')]));
+        h.got();
+    }
+}
+
+#[test]
 fn a_refused_batch_whose_records_are_in_the_log_has_results_that_say_it_did_not_run() {
     // Not written (a full disk): nothing names the statement afterwards.
     let mut h = harness(recording());

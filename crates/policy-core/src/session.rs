@@ -43,7 +43,7 @@ pub struct Prepared {
 /// assert_eq!(session.search_path, ["app"]);
 /// # Ok::<(), policy_core::PolicyError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// Schemas searched for unqualified names, in order (`$user` allowed).
     /// Where the engine cannot tell which of two paths the server has (a
@@ -119,7 +119,7 @@ impl Default for Session {
 /// assert_eq!(transaction.savepoints[0].search_path, ["app"]); // ROLLBACK TO s
 /// # Ok::<(), policy_core::PolicyError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct TransactionPaths {
     /// The path when the transaction began: what `ROLLBACK` returns to.
@@ -143,7 +143,7 @@ pub struct TransactionPaths {
 }
 
 /// A savepoint's view of the path ([`TransactionPaths::savepoints`]).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct SavepointPaths {
     /// The savepoint's name, as the parser folded it.
@@ -153,6 +153,90 @@ pub struct SavepointPaths {
     /// What a `COMMIT` would have left at that moment, which `ROLLBACK TO`
     /// also restores.
     pub commit: Vec<String>,
+}
+
+// `clone_from` reuses the target's buffers: a caller that keeps a copy
+// of a session to restore (a gateway taking one before each statement
+// that changes it) copies into the same memory every time.
+impl Clone for Session {
+    fn clone(&self) -> Session {
+        let Session {
+            search_path,
+            reset_search_path,
+            standard_conforming_strings,
+            prepared,
+            user,
+            transaction,
+            definitions,
+        } = self;
+        Session {
+            search_path: search_path.clone(),
+            reset_search_path: reset_search_path.clone(),
+            standard_conforming_strings: *standard_conforming_strings,
+            prepared: prepared.clone(),
+            user: user.clone(),
+            transaction: transaction.clone(),
+            definitions: definitions.clone(),
+        }
+    }
+
+    fn clone_from(&mut self, source: &Session) {
+        // Destructured, so that a field added later is copied too.
+        let Session {
+            search_path,
+            reset_search_path,
+            standard_conforming_strings,
+            prepared,
+            user,
+            transaction,
+            definitions,
+        } = self;
+        search_path.clone_from(&source.search_path);
+        reset_search_path.clone_from(&source.reset_search_path);
+        *standard_conforming_strings = source.standard_conforming_strings;
+        if *prepared != source.prepared {
+            prepared.clone_from(&source.prepared);
+        }
+        user.clone_from(&source.user);
+        transaction.clone_from(&source.transaction);
+        definitions.clone_from(&source.definitions);
+    }
+}
+
+impl Clone for TransactionPaths {
+    fn clone(&self) -> TransactionPaths {
+        let TransactionPaths { start, commit, savepoints, implicit, seen } = self;
+        TransactionPaths {
+            start: start.clone(),
+            commit: commit.clone(),
+            savepoints: savepoints.clone(),
+            implicit: *implicit,
+            seen: seen.clone(),
+        }
+    }
+
+    fn clone_from(&mut self, source: &TransactionPaths) {
+        let TransactionPaths { start, commit, savepoints, implicit, seen } = self;
+        start.clone_from(&source.start);
+        commit.clone_from(&source.commit);
+        savepoints.clone_from(&source.savepoints);
+        *implicit = source.implicit;
+        seen.clone_from(&source.seen);
+    }
+}
+
+impl Clone for SavepointPaths {
+    fn clone(&self) -> SavepointPaths {
+        let SavepointPaths { name, search_path, commit } = self;
+        SavepointPaths { name: name.clone(), search_path: search_path.clone(), commit: commit.clone() }
+    }
+
+    fn clone_from(&mut self, source: &SavepointPaths) {
+        let SavepointPaths { name, search_path, commit } = self;
+        name.clone_from(&source.name);
+        search_path.clone_from(&source.search_path);
+        commit.clone_from(&source.commit);
+    }
 }
 
 impl TransactionPaths {

@@ -407,3 +407,42 @@ fn the_cache_keys_on_the_transaction() {
     }
     assert!(e.cache_stats().hits >= 4, "{:?}", e.cache_stats());
 }
+
+/// A copy of a session made into another's memory (`clone_from`, as the
+/// gateway keeps one to restore should a batch not run) is the session,
+/// whatever state either was in: in a block or not, with savepoints,
+/// prepared statements and paths of other lengths.
+#[test]
+fn a_session_copied_into_another_is_the_session() {
+    let e = engine();
+    let scripts = [
+        "",
+        "SET search_path = app, public, private",
+        "BEGIN",
+        "BEGIN; SET search_path = app; SAVEPOINT s; SET LOCAL search_path = public",
+        "BEGIN; SAVEPOINT a; SAVEPOINT b; SET search_path = x, y",
+        "PREPARE q AS SELECT 1; SET search_path = z",
+        "BEGIN; PREPARE r AS SELECT 2; SAVEPOINT s",
+    ];
+    let sessions: Vec<Session> = scripts
+        .iter()
+        .map(|sql| {
+            let mut s = private(&e);
+            run(&e, &mut s, sql);
+            s
+        })
+        .chain([Session { user: Some("app_owner".into()), standard_conforming_strings: false, ..private(&e) }])
+        .collect();
+    for (i, source) in sessions.iter().enumerate() {
+        for (j, target) in sessions.iter().enumerate() {
+            let mut copy = target.clone();
+            copy.clone_from(source);
+            assert_eq!(&copy, source, "session {j} copied over with session {i}");
+        }
+        assert_eq!(&source.clone(), source, "session {i} cloned");
+    }
+    // The scripts made sessions that differ where a copy could go wrong.
+    assert!(sessions.iter().filter(|s| s.transaction.is_some()).count() >= 3);
+    assert!(sessions.iter().any(|s| !s.prepared.is_empty()));
+    assert!(sessions.iter().any(|s| s.transaction.as_ref().is_some_and(|t| t.savepoints.len() == 2)));
+}

@@ -648,6 +648,11 @@ pub struct SessionCore {
     /// sink is done with: a result's tags allocate nothing.
     spare_tags: Vec<String>,
     spare_tag_lists: Vec<Vec<String>>,
+    /// The snapshot of the engine's session a forwarded batch no longer
+    /// needs, for the next batch that changes the session: copied into,
+    /// not allocated again (a transaction's `BEGIN` and `COMMIT` each take
+    /// one while batches can be refused).
+    spare_snapshot: Option<Box<EngineSession>>,
     /// The digest of the policy in force, for records.
     policy_digest: Arc<str>,
     /// The digest of the policy in force when the session started (the
@@ -775,6 +780,7 @@ impl SessionCore {
             finished_due: false,
             spare_records: Vec::new(),
             spare_tags: Vec::new(),
+            spare_snapshot: None,
             spare_tag_lists: Vec::new(),
             policy_digest: Arc::clone(&start_digest),
             start_digest,
@@ -1637,6 +1643,9 @@ impl SessionCore {
         let end = batch.end.unwrap_or(BatchEnd::Query);
         self.after_batch(end, batch.copy_in, batch.settings, batch.failed);
         // Its buffers serve the next batch, when that one has none yet.
+        if batch.snapshot.is_some() {
+            self.spare_snapshot = batch.snapshot.take();
+        }
         if self.batch.bytes.capacity() == 0 && batch.bytes.capacity() <= SPARE_BATCH_BYTES {
             batch.bytes.clear();
             self.batch.bytes = batch.bytes;
@@ -2037,7 +2046,14 @@ impl SessionCore {
     /// returns whether the settings must be read back afterwards.
     fn apply_effects(&mut self, facts: &StatementFacts, extended: bool) -> bool {
         if !facts.session_effects.is_empty() && self.batch.snapshot.is_none() && self.batches_can_be_refused() {
-            self.batch.snapshot = Some(Box::new(self.state.context.session().clone()));
+            let session = self.state.context.session();
+            self.batch.snapshot = Some(match self.spare_snapshot.take() {
+                Some(mut snapshot) => {
+                    (*snapshot).clone_from(session);
+                    snapshot
+                }
+                None => Box::new(session.clone()),
+            });
         }
         if extended && !facts.session_effects.is_empty() && self.state.transaction.is_none() {
             // Outside a transaction, what the extended protocol runs up to
