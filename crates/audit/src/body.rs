@@ -25,7 +25,9 @@
 
 /// A JSON object being written into a buffer; [`Body::end`] closes it.
 /// Field names are written as given: they must need no escaping (the
-/// writer's callers name fields with constants).
+/// writer's callers name fields with constants). The field methods are
+/// always inlined, so that a constant name is written by a few stores
+/// rather than a call to copy it.
 #[derive(Debug)]
 pub struct Body<'a> {
     out: &'a mut Vec<u8>,
@@ -47,6 +49,7 @@ impl<'a> Body<'a> {
         Body { out }
     }
 
+    #[inline(always)]
     fn key(&mut self, key: &str) {
         debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "field name {key:?}");
         self.out.extend_from_slice(b",\"");
@@ -55,12 +58,14 @@ impl<'a> Body<'a> {
     }
 
     /// A string field.
+    #[inline(always)]
     pub fn str(&mut self, key: &str, value: &str) {
         self.key(key);
         push_string(self.out, value);
     }
 
     /// A string field, or `null`.
+    #[inline(always)]
     pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
         match value {
             Some(v) => self.str(key, v),
@@ -70,6 +75,7 @@ impl<'a> Body<'a> {
 
     /// A string field made of pieces, each escaped, joined by `separator`
     /// (which must need no escaping).
+    #[inline(always)]
     pub fn joined<'s>(&mut self, key: &str, pieces: impl IntoIterator<Item = &'s str>, separator: &str) {
         self.key(key);
         self.out.push(b'"');
@@ -84,6 +90,7 @@ impl<'a> Body<'a> {
 
     /// A string field whose value is a prefix and a number joined by `-`
     /// (a session id): the prefix must need no escaping.
+    #[inline(always)]
     pub fn id(&mut self, key: &str, prefix: &str, number: u64) {
         self.key(key);
         self.out.push(b'"');
@@ -94,18 +101,21 @@ impl<'a> Body<'a> {
     }
 
     /// A number field.
+    #[inline(always)]
     pub fn u64(&mut self, key: &str, value: u64) {
         self.key(key);
         push_decimal(self.out, value);
     }
 
     /// A boolean field.
+    #[inline(always)]
     pub fn bool(&mut self, key: &str, value: bool) {
         self.key(key);
         self.out.extend_from_slice(if value { b"true" } else { b"false" });
     }
 
     /// A `null` field.
+    #[inline(always)]
     pub fn null(&mut self, key: &str) {
         self.key(key);
         self.out.extend_from_slice(b"null");
@@ -113,6 +123,7 @@ impl<'a> Body<'a> {
 
     /// A duration in milliseconds, given in microseconds: written with
     /// three decimals (`1.500` for 1500 µs), exactly.
+    #[inline(always)]
     pub fn millis(&mut self, key: &str, micros: u64) {
         self.key(key);
         push_decimal(self.out, micros / 1000);
@@ -126,6 +137,7 @@ impl<'a> Body<'a> {
     }
 
     /// An array of strings.
+    #[inline(always)]
     pub fn strs<'s>(&mut self, key: &str, values: impl IntoIterator<Item = &'s str>) {
         self.key(key);
         self.out.push(b'[');
@@ -195,6 +207,7 @@ pub struct Item<'a> {
 impl<'a> Item<'a> {
     /// Begins the object with a number field; the [`Body`] returned takes
     /// the other fields, and [`Body::end`] closes it.
+    #[inline(always)]
     pub fn u64(self, key: &str, value: u64) -> Body<'a> {
         debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "field name {key:?}");
         self.out.extend_from_slice(b"{\"");
