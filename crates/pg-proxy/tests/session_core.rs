@@ -1581,6 +1581,19 @@ fn a_query_of_a_shape_seen_before_names_the_record_of_its_decision() {
     let second = query_recorded(&mut h, "SELECT total FROM orders WHERE id = 123456");
     assert_ne!(first.decision.statements[0].span, second.decision.statements[0].span);
     assert_eq!(second.decision_as_in, Some(first.sequence));
+    // The engine's cache keeps a shape from its second text on, and
+    // answers later ones from that: each still names the first record,
+    // whichever decision the session compares them with.
+    for sql in [
+        "SELECT total FROM orders WHERE id = 8",
+        "SELECT total FROM orders WHERE id = 123457",
+        "SELECT total FROM orders WHERE id = 99",
+        "SELECT total FROM orders WHERE id = 9",
+    ] {
+        let later = query_recorded(&mut h, sql);
+        assert_eq!(later.decision_as_in, Some(first.sequence), "{sql}");
+        assert!(later.decision.same_apart_from_spans(&first.decision), "{sql}");
+    }
     // Another column read: a decision of its own.
     let other = query_recorded(&mut h, "SELECT id FROM orders WHERE id = 7");
     assert_eq!(other.decision_as_in, None);

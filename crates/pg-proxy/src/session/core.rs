@@ -1853,10 +1853,18 @@ impl SessionCore {
             Some(i) => Ok(i),
             None => {
                 let key = fingerprints_key(decision);
-                self.recorded_decisions
+                let alike = self
+                    .recorded_decisions
                     .iter()
-                    .position(|r| r.key == key && r.decision.same_apart_from_spans(decision))
-                    .ok_or(key)
+                    .position(|r| r.key == key && r.decision.same_apart_from_spans(decision));
+                if let Some(entry) = alike.and_then(|i| self.recorded_decisions.get_mut(i)) {
+                    // The engine's cache answers later texts of the shape
+                    // with decisions made from this one (sharing its facts,
+                    // often this very one): compared with it, they are
+                    // equal at a glance.
+                    entry.decision = Arc::clone(decision);
+                }
+                alike.ok_or(key)
             }
         };
         match found {
