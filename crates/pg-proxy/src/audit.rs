@@ -802,6 +802,7 @@ enum Form {
 }
 
 impl Form {
+    #[inline]
     fn begin<'a>(self, out: &'a mut Vec<u8>, kind: &str) -> Body<'a> {
         match self {
             Form::Whole => Body::begin(out, kind),
@@ -847,7 +848,7 @@ impl Bodies {
                 if s.policy_changed {
                     body.str("policy", &s.policy);
                 }
-                body.str("verdict", s.decision.verdict.as_str());
+                body.word("verdict", s.decision.verdict.as_str());
                 if s.observed {
                     body.bool("observed", true);
                 }
@@ -882,7 +883,7 @@ impl Bodies {
                 let mut body = form.begin(out, "approval");
                 body.id("session", &self.boot, a.session);
                 body.str("request", &a.request);
-                body.str("event", a.event);
+                body.word("event", a.event);
                 if !a.by.is_empty() {
                     body.strs("by", a.by.iter().map(String::as_str));
                 }
