@@ -1643,8 +1643,11 @@ impl SessionCore {
         let end = batch.end.unwrap_or(BatchEnd::Query);
         self.after_batch(end, batch.copy_in, batch.settings, batch.failed);
         // Its buffers serve the next batch, when that one has none yet.
-        if batch.snapshot.is_some() {
-            self.spare_snapshot = batch.snapshot.take();
+        if let Some(mut snapshot) = batch.snapshot.take() {
+            // Kept for its memory only: it lets go of the views it named,
+            // which a catalog read since may have replaced.
+            snapshot.definitions = None;
+            self.spare_snapshot = Some(snapshot);
         }
         if self.batch.bytes.capacity() == 0 && batch.bytes.capacity() <= SPARE_BATCH_BYTES {
             batch.bytes.clear();
