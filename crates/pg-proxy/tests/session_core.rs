@@ -1292,6 +1292,52 @@ fn a_sink_failure_refuses_the_batch_with_58030_and_the_session_goes_on() {
 }
 
 #[test]
+fn pipelined_batches_wait_their_turn_and_a_refused_one_leaves_nothing_to_the_next() {
+    // One batch waits for its records at a time; the next is read only
+    // once it went, into the memory the one before it left.
+    let mut h = harness(recording());
+    h.client(&cat(&[
+        query("SELECT 1"),
+        parse("", "SELECT 2"),
+        bind("", "", &[]),
+        execute(""),
+        flush(),
+        sync(),
+        parse("", "SELECT 3"),
+        bind("", "", &[]),
+        execute(""),
+        flush(),
+    ]));
+    let needs = h.needs();
+    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    assert!(h.sent().is_empty(), "nothing goes before its records");
+    h.core.handle_persisted(*batch, Ok(()), h.now);
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(is_query(&sent[0], "SELECT 1"), "{sent:?}");
+    // The extended block up to its Flush is the next batch: refused.
+    let needs = h.needs();
+    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
+    let sent = h.sent();
+    assert!(is_substitute(&sent[0]), "{sent:?}");
+    // The Sync after it goes at once (nothing to record), and the last
+    // block waits for its records as the first did: nothing of the
+    // refused one's failure is left to it.
+    assert_eq!(kinds(&sent[1..]), vec!["H", "S"], "Flush, Sync: {sent:?}");
+    let needs = h.needs();
+    let [Need::Persist { batch, records }] = needs.as_slice() else { panic!("{needs:?}") };
+    assert_eq!(&*statement_of(records).sql, "SELECT 3");
+    h.core.handle_persisted(*batch, Ok(()), h.now);
+    assert_eq!(kinds(&h.sent()), vec!["P", "B", "D", "E", "H"]);
+    h.client(&cat(&[bind("", "", &[]), execute(""), sync()]));
+    let needs = h.needs();
+    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    h.core.handle_persisted(*batch, Ok(()), h.now);
+    assert_eq!(kinds(&h.sent()), vec!["B", "D", "E", "S"]);
+}
+
+#[test]
 fn a_refused_batch_restores_the_session_as_the_batches_before_it_left_it() {
     // Each batch that changes the engine's session keeps a copy of it from
     // before, to restore should the batch not run; the copy of a batch
@@ -1637,6 +1683,10 @@ fn held_delete(h: &mut Harness) -> u64 {
     let [Need::Hold { hold, request }] = needs.as_slice() else { panic!("{needs:?}") };
     assert_eq!(&*request.statements[0].sql, "DELETE FROM orders WHERE id = 1");
     assert_eq!(h.core.poll_timeout(), Some(h.now + Duration::from_secs(60)));
+    // The registry shows what the session waits on.
+    let fingerprint = &request.statements[0].decision.statements[0].facts.fingerprint;
+    assert_eq!(h.core.current_fingerprint(), u64::from_str_radix(fingerprint, 16).ok());
+    assert!(h.core.current_fingerprint().is_some());
     *hold
 }
 

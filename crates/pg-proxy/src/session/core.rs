@@ -267,6 +267,36 @@ struct Batch {
     failed: bool,
 }
 
+impl Batch {
+    /// Empties a forwarded batch for a later one: its lists keep their
+    /// memory unless a rare large batch grew them (the snapshot is the
+    /// caller's to keep or drop).
+    fn empty(&mut self) {
+        fn keep<T>(list: &mut Vec<T>) {
+            if list.capacity() <= SPARE_RECORD_CAPACITY {
+                list.clear();
+            } else {
+                *list = Vec::new();
+            }
+        }
+        if self.bytes.capacity() <= SPARE_BATCH_BYTES {
+            self.bytes.clear();
+        } else {
+            self.bytes = BytesMut::new();
+        }
+        keep(&mut self.pending);
+        keep(&mut self.records);
+        keep(&mut self.held);
+        keep(&mut self.statements);
+        keep(&mut self.portals);
+        self.recorded = 0;
+        self.copy_in = false;
+        self.settings = false;
+        self.end = None;
+        self.failed = false;
+    }
+}
+
 /// How client messages are taken.
 #[derive(Debug)]
 enum ClientState {
@@ -277,10 +307,11 @@ enum ClientState {
     /// A message of this extended-protocol batch failed: the rest is
     /// dropped up to `Sync`, as the server does.
     DiscardingUntilSync,
-    /// The batch waits for its records to be persisted.
-    Recording { batch: Batch, id: u64 },
-    /// The batch is held until someone decides.
-    Held { batch: Batch, id: u64, deadline: Instant },
+    /// The batch (in [`SessionCore`]'s `waiting`) waits for its records
+    /// to be persisted.
+    Recording { id: u64 },
+    /// The batch (in `waiting`) is held until someone decides.
+    Held { id: u64, deadline: Instant },
     /// The settings are read back from the server before the client goes
     /// on.
     ReadingSettingsBack,
@@ -576,7 +607,13 @@ pub struct SessionCore {
     to_client: BytesMut,
     to_server: BytesMut,
     needs: VecDeque<Need>,
+    /// The batch being read.
     batch: Batch,
+    /// The batch that waits for its records or an approval
+    /// ([`ClientState::Recording`], [`ClientState::Held`]); otherwise an
+    /// emptied one whose buffers the next batch takes. The two trade
+    /// places rather than a batch being moved from state to state.
+    waiting: Batch,
     statements: NameMap<Option<Arc<Prepared>>>,
     portals: NameMap<Portal>,
     pending: VecDeque<Pending>,
@@ -747,6 +784,7 @@ impl SessionCore {
             to_server: BytesMut::new(),
             needs: VecDeque::new(),
             batch: Batch::default(),
+            waiting: Batch::default(),
             statements: NameMap::default(),
             portals: NameMap::default(),
             pending: VecDeque::new(),
@@ -914,8 +952,8 @@ impl SessionCore {
             }
         }
         let decision = match &self.client {
-            ClientState::Held { batch, .. } => batch.held.first().map(|h| &*h.decision),
-            ClientState::Recording { batch, .. } => batch.pending.iter().find_map(decision_of),
+            ClientState::Held { .. } => self.waiting.held.first().map(|h| &*h.decision),
+            ClientState::Recording { .. } => self.waiting.pending.iter().find_map(decision_of),
             _ => self.pending.iter().find_map(decision_of),
         }?;
         let statement = decision.statements.first()?;
@@ -1100,19 +1138,16 @@ impl SessionCore {
         if *id != batch {
             return;
         }
-        let ClientState::Recording { batch, .. } = std::mem::replace(&mut self.client, ClientState::Reading) else {
-            return;
-        };
+        self.client = ClientState::Reading;
         match outcome {
-            Ok(()) => self.commit(batch),
+            Ok(()) => self.commit_waiting(),
             Err(e) => {
                 tracing::warn!("a batch's records could not be written; refusing it: {e}");
                 // Records not written cannot be named by later ones.
                 self.recorded_decisions.clear();
                 let message =
                     format!("the gateway could not write the audit record of this statement, so it was not run: {e}");
-                let refused = self.refuse_batch(batch, IO_ERROR, message, e.written);
-                self.commit(refused);
+                self.refuse_waiting(IO_ERROR, message, e.written);
             }
         }
         self.process_client();
@@ -1139,12 +1174,10 @@ impl SessionCore {
         }
         match outcome {
             HoldOutcome::Release => {
-                let ClientState::Held { batch, .. } = std::mem::replace(&mut self.client, ClientState::Reading) else {
-                    return;
-                };
+                self.client = ClientState::Reading;
                 tracing::info!("held statement released");
                 self.metrics.hold_ended(HoldEnd::Released);
-                self.record_or_commit(batch);
+                self.record_or_commit();
             }
             HoldOutcome::Refuse { reason } => {
                 tracing::info!("held statement refused");
@@ -1191,15 +1224,11 @@ impl SessionCore {
         }
         if matches!(self.client, ClientState::Recording { .. }) {
             // Not on the server yet: the batch never runs.
-            let ClientState::Recording { batch, .. } = std::mem::replace(&mut self.client, ClientState::Reading) else {
-                return;
-            };
+            self.client = ClientState::Reading;
             tracing::info!("statement cancelled by the client before it was forwarded");
             // Its records went to the sink already: they are in the log
             // unless writing them fails.
-            let refused =
-                self.refuse_batch(batch, QUERY_CANCELED, "canceling statement due to user request".to_string(), true);
-            self.commit(refused);
+            self.refuse_waiting(QUERY_CANCELED, "canceling statement due to user request".to_string(), true);
             self.process_client();
             return;
         }
@@ -1573,39 +1602,45 @@ impl SessionCore {
             }
             return;
         }
-        let mut batch = std::mem::take(&mut self.batch);
-        if let Some(spare) = self.spare_records.pop() {
-            self.batch.records = spare;
+        // The batch waits in place; the emptied one that waited before
+        // takes its place, with its buffers.
+        std::mem::swap(&mut self.batch, &mut self.waiting);
+        if self.batch.records.capacity() == 0 {
+            if let Some(spare) = self.spare_records.pop() {
+                self.batch.records = spare;
+            }
         }
-        batch.end = Some(end);
+        self.waiting.end = Some(end);
         if end == BatchEnd::Terminate {
-            self.commit(batch);
+            self.commit_waiting();
             self.close(SessionEnd::Terminated);
             return;
         }
-        if !batch.held.is_empty() {
+        if !self.waiting.held.is_empty() {
             self.batches += 1;
             let id = self.batches;
             // The reason goes with this hold, whatever its outcome.
             let request = HoldRequest {
                 session: self.id,
-                statements: batch.held.clone(),
+                statements: self.waiting.held.clone(),
                 reason: self.reason.take(),
                 database: self.database.clone(),
             };
             let deadline = self.now + self.config.hold_timeout;
             self.needs.push_back(Need::Hold { hold: id, request });
-            self.client = ClientState::Held { batch: Batch { held: Vec::new(), ..batch }, id, deadline };
+            self.client = ClientState::Held { id, deadline };
             return;
         }
-        self.record_or_commit(batch);
+        self.record_or_commit();
     }
 
-    fn record_or_commit(&mut self, mut batch: Batch) {
-        if self.config.record && !batch.records.is_empty() {
+    /// Hands the waiting batch's records to the sink, or forwards it when
+    /// it has none to persist.
+    fn record_or_commit(&mut self) {
+        if self.config.record && !self.waiting.records.is_empty() {
             self.batches += 1;
             let id = self.batches;
-            let mut records = std::mem::take(&mut batch.records);
+            let mut records = std::mem::take(&mut self.waiting.records);
             // Completed results go first, in the same write.
             if !self.finished.is_empty() {
                 let spare = self.spare_records.pop().unwrap_or_default();
@@ -1616,14 +1651,15 @@ impl SessionCore {
                 self.finished_due = false;
             }
             self.needs.push_back(Need::Persist { batch: id, records });
-            self.client = ClientState::Recording { batch, id };
+            self.client = ClientState::Recording { id };
             return;
         }
-        self.commit(batch);
+        self.commit_waiting();
     }
 
-    /// Forwards a batch.
-    fn commit(&mut self, mut batch: Batch) {
+    /// Forwards the waiting batch, and empties it for the next.
+    fn commit_waiting(&mut self) {
+        let batch = &mut self.waiting;
         if self.to_server.is_empty() {
             std::mem::swap(&mut self.to_server, &mut batch.bytes);
         } else {
@@ -1640,32 +1676,27 @@ impl SessionCore {
         }
         // A batch without an end (never the case once finished) is taken as
         // a whole query: nothing of a Flush applies to it.
-        let end = batch.end.unwrap_or(BatchEnd::Query);
-        self.after_batch(end, batch.copy_in, batch.settings, batch.failed);
-        // Its buffers serve the next batch, when that one has none yet.
+        let end = batch.end.take().unwrap_or(BatchEnd::Query);
+        let (copy_in, settings, failed) = (batch.copy_in, batch.settings, batch.failed);
+        // Its buffers serve a later batch, unless a rare large one made
+        // them large; the names it defined matter only to a refusal.
+        batch.empty();
         if let Some(mut snapshot) = batch.snapshot.take() {
             // Kept for its memory only: it lets go of the views it named,
             // which a catalog read since may have replaced.
             snapshot.definitions = None;
             self.spare_snapshot = Some(snapshot);
         }
-        if self.batch.bytes.capacity() == 0 && batch.bytes.capacity() <= SPARE_BATCH_BYTES {
-            batch.bytes.clear();
-            self.batch.bytes = batch.bytes;
-        }
-        if self.batch.pending.capacity() == 0 && batch.pending.capacity() <= SPARE_RECORD_CAPACITY {
-            self.batch.pending = batch.pending;
-        }
-        // The names it defined matter only to a refusal: forwarded, it
-        // leaves their list to the next batch.
-        for (spare, mut names) in
-            [(&mut self.batch.portals, batch.portals), (&mut self.batch.statements, batch.statements)]
-        {
-            if spare.capacity() == 0 && names.capacity() <= SPARE_RECORD_CAPACITY {
-                names.clear();
-                *spare = names;
-            }
-        }
+        self.after_batch(end, copy_in, settings, failed);
+    }
+
+    /// Refuses the waiting batch (its records failed, or it was cancelled
+    /// or not approved), and forwards what stands in for it.
+    #[cold]
+    fn refuse_waiting(&mut self, code: &'static str, message: String, records_written: bool) {
+        let batch = std::mem::take(&mut self.waiting);
+        self.waiting = self.refuse_batch(batch, code, message, records_written);
+        self.commit_waiting();
     }
 
     /// The state a forwarded batch leaves the client in.
@@ -1750,7 +1781,7 @@ impl SessionCore {
     /// Ends a hold with a refusal.
     #[cold]
     fn end_hold(&mut self, code: &'static str, message: String, tell_handler: bool) {
-        let ClientState::Held { mut batch, id, .. } = std::mem::replace(&mut self.client, ClientState::Reading) else {
+        let ClientState::Held { id, .. } = std::mem::replace(&mut self.client, ClientState::Reading) else {
             return;
         };
         if tell_handler {
@@ -1759,10 +1790,9 @@ impl SessionCore {
         // A held batch's records were kept for its release: its statements
         // are recorded now (nothing of them runs, so nothing waits for the
         // records), with results saying they did not run, and why.
-        self.finished.append(&mut batch.records);
+        self.finished.append(&mut self.waiting.records);
         self.finished_grew();
-        let refused = self.refuse_batch(batch, code, message, true);
-        self.commit(refused);
+        self.refuse_waiting(code, message, true);
     }
 
     /// Refuses a message of the extended protocol: the error in turn, then
@@ -1950,7 +1980,7 @@ impl SessionCore {
     /// one waiting for its records or its approval).
     fn undecided_opens(&self) -> usize {
         let waiting = match &self.client {
-            ClientState::Recording { batch, .. } | ClientState::Held { batch, .. } => batch.recorded,
+            ClientState::Recording { .. } | ClientState::Held { .. } => self.waiting.recorded,
             _ => 0,
         };
         self.batch.recorded + waiting
