@@ -1337,6 +1337,52 @@ fn pipelined_batches_wait_their_turn_and_a_refused_one_leaves_nothing_to_the_nex
     assert_eq!(kinds(&h.sent()), vec!["B", "D", "E", "S"]);
 }
 
+/// Runs a simple query in a recording session: its records persisted,
+/// then the server answers it with `tag` and status.
+fn recorded(h: &mut Harness, sql: &str, tag: &str, status: u8) {
+    h.client(&query(sql));
+    let needs = h.needs();
+    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{sql}: {needs:?}") };
+    h.core.handle_persisted(*batch, Ok(()), h.now);
+    let sent = h.sent();
+    assert!(is_query(&sent[0], sql), "{sent:?}");
+    h.server(&cat(&[complete(tag), ready(status)]));
+    h.got();
+}
+
+#[test]
+fn a_refused_commit_restores_the_transaction_it_ended_not_an_earlier_one() {
+    // The copy of the session a COMMIT keeps is made in the memory of an
+    // earlier COMMIT's copy, which holds that transaction's paths.
+    let mut h = harness(recording());
+    recorded(&mut h, "BEGIN", "BEGIN", b'T');
+    recorded(&mut h, "COMMIT", "COMMIT", b'I');
+    h.client(&query("SET search_path = private"));
+    let needs = h.needs();
+    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    h.core.handle_persisted(*batch, Ok(()), h.now);
+    assert!(is_query(&h.sent()[0], "SET search_path = private"));
+    h.server(&cat(&[complete("SET"), ready(b'I')]));
+    read_back(&mut h, "private");
+    h.got();
+    recorded(&mut h, "BEGIN", "BEGIN", b'T');
+    h.client(&query("COMMIT"));
+    let needs = h.needs();
+    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
+    assert!(is_substitute(&h.sent()[0]));
+    h.server(&cat(&[error("22P02"), ready(b'E')]));
+    assert!(h.got()[0].1.starts_with("58030"));
+    // Still in the second transaction, begun on `private`: its ROLLBACK
+    // returns there, not to the first one's `public`.
+    recorded(&mut h, "ROLLBACK", "ROLLBACK", b'I');
+    h.client(&query("SELECT * FROM customers"));
+    let needs = h.needs();
+    let [Need::Persist { records, .. }] = needs.as_slice() else { panic!("{needs:?}") };
+    let r = statement_of(records);
+    assert_eq!(r.decision.statements[0].facts.tables, vec!["private.customers".to_string()]);
+}
+
 #[test]
 fn a_refused_batch_restores_the_session_as_the_batches_before_it_left_it() {
     // Each batch that changes the engine's session keeps a copy of it from

@@ -267,6 +267,36 @@ struct Batch {
     failed: bool,
 }
 
+/// Snapshots of the engine's session that forwarded batches no longer
+/// need, kept for their memory: one taken outside a transaction block and
+/// one inside, since a transaction's `BEGIN` and its `COMMIT` each take a
+/// snapshot, and a copy into one of the other kind would drop or allocate
+/// the transaction's paths every time.
+#[derive(Debug, Default)]
+struct SpareSnapshots {
+    outside: Option<Box<EngineSession>>,
+    inside: Option<Box<EngineSession>>,
+}
+
+impl SpareSnapshots {
+    /// The spare for a copy of `session`: one of its kind, not the other
+    /// (taken, it would leave the next copy of the other kind none: each
+    /// kind gets its own at its first copy).
+    fn take_for(&mut self, session: &EngineSession) -> Option<Box<EngineSession>> {
+        match session.transaction {
+            Some(_) => self.inside.take(),
+            None => self.outside.take(),
+        }
+    }
+
+    fn keep(&mut self, snapshot: Box<EngineSession>) {
+        match snapshot.transaction {
+            Some(_) => self.inside = Some(snapshot),
+            None => self.outside = Some(snapshot),
+        }
+    }
+}
+
 impl Batch {
     /// Empties a forwarded batch for a later one: its lists keep their
     /// memory unless a rare large batch grew them (the snapshot is the
@@ -685,11 +715,11 @@ pub struct SessionCore {
     /// sink is done with: a result's tags allocate nothing.
     spare_tags: Vec<String>,
     spare_tag_lists: Vec<Vec<String>>,
-    /// The snapshot of the engine's session a forwarded batch no longer
-    /// needs, for the next batch that changes the session: copied into,
+    /// Snapshots of the engine's session forwarded batches no longer
+    /// need, for the next batch that changes the session: copied into,
     /// not allocated again (a transaction's `BEGIN` and `COMMIT` each take
     /// one while batches can be refused).
-    spare_snapshot: Option<Box<EngineSession>>,
+    spare_snapshots: SpareSnapshots,
     /// The digest of the policy in force, for records.
     policy_digest: Arc<str>,
     /// The digest of the policy in force when the session started (the
@@ -818,7 +848,7 @@ impl SessionCore {
             finished_due: false,
             spare_records: Vec::new(),
             spare_tags: Vec::new(),
-            spare_snapshot: None,
+            spare_snapshots: SpareSnapshots::default(),
             spare_tag_lists: Vec::new(),
             policy_digest: Arc::clone(&start_digest),
             start_digest,
@@ -1685,7 +1715,7 @@ impl SessionCore {
             // Kept for its memory only: it lets go of the views it named,
             // which a catalog read since may have replaced.
             snapshot.definitions = None;
-            self.spare_snapshot = Some(snapshot);
+            self.spare_snapshots.keep(snapshot);
         }
         self.after_batch(end, copy_in, settings, failed);
     }
@@ -2088,7 +2118,7 @@ impl SessionCore {
     fn apply_effects(&mut self, facts: &StatementFacts, extended: bool) -> bool {
         if !facts.session_effects.is_empty() && self.batch.snapshot.is_none() && self.batches_can_be_refused() {
             let session = self.state.context.session();
-            self.batch.snapshot = Some(match self.spare_snapshot.take() {
+            self.batch.snapshot = Some(match self.spare_snapshots.take_for(session) {
                 Some(mut snapshot) => {
                     (*snapshot).clone_from(session);
                     snapshot
