@@ -1267,19 +1267,43 @@ fn a_batch_is_forwarded_only_when_its_records_are_persisted() {
     assert!(matches!(needs.as_slice(), [Need::Persist { .. }]), "{needs:?}");
 }
 
+/// Sends a simple query whose records the sink fails to write (a full
+/// disk): the substitute goes instead, the server fails it and answers
+/// `status`, and the client gets 58030. Returns the batch's records and
+/// the client's error.
+fn refused_by_the_sink(h: &mut Harness, sql: &str, status: u8) -> (Vec<Record>, String) {
+    h.client(&query(sql));
+    let needs = h.needs();
+    let [Need::Persist { batch, records }] = needs.as_slice() else { panic!("{sql}: {needs:?}") };
+    h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
+    let sent = h.sent();
+    assert!(is_substitute(&sent[0]), "{sql}: {sent:?}");
+    h.server(&cat(&[error("22P02"), ready(status)]));
+    let got = h.got();
+    assert!(got[0].1.starts_with("58030"), "{sql}: {got:?}");
+    (records.clone(), got[0].1.clone())
+}
+
+/// Runs a simple query in a recording session: its records persisted,
+/// then the server gives `answer`. Returns the statement's record.
+fn recorded(h: &mut Harness, sql: &str, answer: &[u8]) -> StatementRecord {
+    h.client(&query(sql));
+    let needs = h.needs();
+    let [Need::Persist { batch, records }] = needs.as_slice() else { panic!("{sql}: {needs:?}") };
+    let r = statement_of(records).clone();
+    h.core.handle_persisted(*batch, Ok(()), h.now);
+    let sent = h.sent();
+    assert!(sent.iter().any(|m| is_query(m, sql)), "{sql}: {sent:?}");
+    h.server(answer);
+    h.got();
+    r
+}
+
 #[test]
 fn a_sink_failure_refuses_the_batch_with_58030_and_the_session_goes_on() {
     let mut h = harness(recording());
-    h.client(&query("SET search_path = private"));
-    let needs = h.needs();
-    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
-    h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
-    let sent = h.sent();
-    assert!(is_substitute(&sent[0]), "{sent:?}");
-    h.server(&cat(&[error("22P02"), ready(b'I')]));
-    let got = h.got();
-    assert!(got[0].1.starts_with("58030"), "{got:?}");
-    assert!(got[0].1.contains("disk full"));
+    let (_, message) = refused_by_the_sink(&mut h, "SET search_path = private", b'I');
+    assert!(message.contains("disk full"), "{message}");
     // The settings the batch would have changed are read back.
     read_back(&mut h, "public");
     h.got();
@@ -1337,45 +1361,21 @@ fn pipelined_batches_wait_their_turn_and_a_refused_one_leaves_nothing_to_the_nex
     assert_eq!(kinds(&h.sent()), vec!["B", "D", "E", "S"]);
 }
 
-/// Runs a simple query in a recording session: its records persisted,
-/// then the server answers it with `tag` and status.
-fn recorded(h: &mut Harness, sql: &str, tag: &str, status: u8) {
-    h.client(&query(sql));
-    let needs = h.needs();
-    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{sql}: {needs:?}") };
-    h.core.handle_persisted(*batch, Ok(()), h.now);
-    let sent = h.sent();
-    assert!(is_query(&sent[0], sql), "{sent:?}");
-    h.server(&cat(&[complete(tag), ready(status)]));
-    h.got();
-}
-
 #[test]
 fn a_refused_commit_restores_the_transaction_it_ended_not_an_earlier_one() {
     // The copy of the session a COMMIT keeps is made in the memory of an
     // earlier COMMIT's copy, which holds that transaction's paths.
     let mut h = harness(recording());
-    recorded(&mut h, "BEGIN", "BEGIN", b'T');
-    recorded(&mut h, "COMMIT", "COMMIT", b'I');
-    h.client(&query("SET search_path = private"));
-    let needs = h.needs();
-    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
-    h.core.handle_persisted(*batch, Ok(()), h.now);
-    assert!(is_query(&h.sent()[0], "SET search_path = private"));
-    h.server(&cat(&[complete("SET"), ready(b'I')]));
+    recorded(&mut h, "BEGIN", &cat(&[complete("BEGIN"), ready(b'T')]));
+    recorded(&mut h, "COMMIT", &cat(&[complete("COMMIT"), ready(b'I')]));
+    recorded(&mut h, "SET search_path = private", &cat(&[complete("SET"), ready(b'I')]));
     read_back(&mut h, "private");
     h.got();
-    recorded(&mut h, "BEGIN", "BEGIN", b'T');
-    h.client(&query("COMMIT"));
-    let needs = h.needs();
-    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
-    h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
-    assert!(is_substitute(&h.sent()[0]));
-    h.server(&cat(&[error("22P02"), ready(b'E')]));
-    assert!(h.got()[0].1.starts_with("58030"));
+    recorded(&mut h, "BEGIN", &cat(&[complete("BEGIN"), ready(b'T')]));
+    refused_by_the_sink(&mut h, "COMMIT", b'E');
     // Still in the second transaction, begun on `private`: its ROLLBACK
     // returns there, not to the first one's `public`.
-    recorded(&mut h, "ROLLBACK", "ROLLBACK", b'I');
+    recorded(&mut h, "ROLLBACK", &cat(&[complete("ROLLBACK"), ready(b'I')]));
     h.client(&query("SELECT * FROM customers"));
     let needs = h.needs();
     let [Need::Persist { records, .. }] = needs.as_slice() else { panic!("{needs:?}") };
@@ -1389,33 +1389,15 @@ fn a_refused_batch_restores_the_session_as_the_batches_before_it_left_it() {
     // before, to restore should the batch not run; the copy of a batch
     // that ran is the memory the next copy is made in.
     let mut h = harness(recording());
-    h.client(&query("PREPARE a AS SELECT * FROM customers"));
-    let needs = h.needs();
-    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
-    h.core.handle_persisted(*batch, Ok(()), h.now);
-    assert!(is_query(&h.sent()[0], "PREPARE a AS SELECT * FROM customers"));
-    h.server(&cat(&[complete("PREPARE"), ready(b'I')]));
-    h.got();
-    h.client(&query("PREPARE b AS SELECT * FROM orders"));
-    let needs = h.needs();
-    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
-    h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
-    assert!(is_substitute(&h.sent()[0]));
-    h.server(&cat(&[error("22P02"), ready(b'I')]));
-    assert!(h.got()[0].1.starts_with("58030"));
+    recorded(&mut h, "PREPARE a AS SELECT * FROM customers", &cat(&[complete("PREPARE"), ready(b'I')]));
+    refused_by_the_sink(&mut h, "PREPARE b AS SELECT * FROM orders", b'I');
     // `a` is known as the first batch left it; `b` never ran.
     for (sql, known) in [("EXECUTE a", true), ("EXECUTE b", false)] {
-        h.client(&query(sql));
-        let needs = h.needs();
-        let [Need::Persist { batch, records }] = needs.as_slice() else { panic!("{needs:?}") };
+        let (records, _) = refused_by_the_sink(&mut h, sql, b'I');
         let [Record::Statement(r)] = records.as_slice() else { panic!("{records:?}") };
         let tables = &r.decision.statements[0].facts.tables;
         assert_eq!(tables.contains(&"public.customers".to_string()), known, "{sql}: {}", r.decision.to_json());
         assert!(!tables.contains(&"public.orders".to_string()), "{sql}: {}", r.decision.to_json());
-        h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
-        h.sent();
-        h.server(&cat(&[error("22P02"), ready(b'I')]));
-        h.got();
     }
 }
 
@@ -1423,12 +1405,7 @@ fn a_refused_batch_restores_the_session_as_the_batches_before_it_left_it() {
 fn a_refused_batch_whose_records_are_in_the_log_has_results_that_say_it_did_not_run() {
     // Not written (a full disk): nothing names the statement afterwards.
     let mut h = harness(recording());
-    h.client(&query("UPDATE orders SET total = 0 WHERE id = 1"));
-    let needs = h.needs();
-    let [Need::Persist { batch, .. }] = needs.as_slice() else { panic!("{needs:?}") };
-    h.core.handle_persisted(*batch, Err(RecordError::unwritten("disk full")), h.now);
-    h.server(&cat(&[error("22P02"), ready(b'I')]));
-    h.got();
+    refused_by_the_sink(&mut h, "UPDATE orders SET total = 0 WHERE id = 1", b'I');
     let needs = h.needs();
     assert!(
         !needs
@@ -1607,15 +1584,7 @@ fn a_prepared_statement_executed_again_names_the_record_of_its_decision() {
 
 /// A simple query through a recording core: its statement record.
 fn query_recorded(h: &mut Harness, sql: &str) -> StatementRecord {
-    h.client(&query(sql));
-    let needs = h.needs();
-    let [Need::Persist { batch, records }] = needs.as_slice() else { panic!("{needs:?}") };
-    let r = statement_of(records);
-    h.core.handle_persisted(*batch, Ok(()), h.now);
-    assert!(h.sent().iter().any(|m| is_query(m, sql)));
-    h.server(&cat(&[row_description(&[("total", 0, 0)]), complete("SELECT 0"), ready(b'I')]));
-    h.got();
-    r.clone()
+    recorded(h, sql, &cat(&[row_description(&[("total", 0, 0)]), complete("SELECT 0"), ready(b'I')]))
 }
 
 /// A completed result goes with the session's next statement record,
