@@ -223,16 +223,19 @@ impl MappedFile {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
     use super::*;
+    use portcullis_testkit::scratch::ScratchDir;
 
-    fn scratch(name: &str) -> (std::path::PathBuf, File) {
-        let path = std::env::temp_dir().join(format!("portcullis-mapped-{name}-{}", std::process::id()));
+    /// A file in a scratch directory (gone with it).
+    fn scratch(name: &str) -> (ScratchDir, std::path::PathBuf, File) {
+        let dir = ScratchDir::new(&format!("mapped-{name}"));
+        let path = dir.join("segment");
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-        (path, file)
+        (dir, path, file)
     }
 
     #[test]
     fn appends_across_chunks_and_finishes_at_the_log_length() {
-        let (path, file) = scratch("chunks");
+        let (_dir, path, file) = scratch("chunks");
         let mut m = MappedFile::new(file);
         let mut expected = Vec::new();
         // Pieces of odd sizes, crossing several chunk boundaries, one of
@@ -251,17 +254,15 @@ mod tests {
         assert!(on_disk[expected.len()..].iter().all(|&b| b == 0));
         m.finish().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), expected);
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
     fn an_empty_append_maps_nothing() {
-        let (path, file) = scratch("empty");
+        let (_dir, path, file) = scratch("empty");
         let mut m = MappedFile::new(file);
         m.append(b"").unwrap();
         assert_eq!(m.len(), 0);
         m.finish().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
-        std::fs::remove_file(&path).unwrap();
     }
 }

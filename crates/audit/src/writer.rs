@@ -643,6 +643,7 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_testkit::scratch::ScratchDir;
 
     #[test]
     fn numbers_and_hashes_are_written_in_place() {
@@ -662,12 +663,11 @@ mod tests {
 
     /// A writer of a new log in a fresh directory named for `test`, with
     /// segments of `segment_bytes`, and the log's verifier key.
-    fn scratch_log(test: &str, segment_bytes: Option<u64>) -> (PathBuf, Writer, crate::note::NoteVerifier) {
-        let dir = std::env::temp_dir().join(format!("portcullis-writer-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+    fn scratch_log(test: &str, segment_bytes: Option<u64>) -> (ScratchDir, Writer, crate::note::NoteVerifier) {
+        let dir = ScratchDir::new(&format!("writer-{test}"));
         let Ok(signer) = NoteSigner::generate("example.org/audit") else { panic!("a key") };
         let verifier = signer.verifier();
-        let mut options = WriterOptions::new(&dir, signer);
+        let mut options = WriterOptions::new(&*dir, signer);
         if let Some(bytes) = segment_bytes {
             options.segment_bytes = bytes;
         }
@@ -677,7 +677,7 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_one_line_of_json_is_refused() {
-        let (dir, mut w, _) = scratch_log("form", None);
+        let (_dir, mut w, _) = scratch_log("form", None);
         let now = SystemTime::now();
         for bad in [
             &b"{\"sql\":\"x\"}"[..],
@@ -689,7 +689,6 @@ mod tests {
         }
         assert_eq!(w.size(), 0);
         assert!(matches!(w.append(b"{\"type\":\"statement\"}", now), Ok(0)));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -724,7 +723,6 @@ mod tests {
         assert_eq!(records.len(), 2);
         assert_eq!(records[1]["seq"], 1);
         assert_eq!(records[1]["text"], "a \"quoted\" word");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -746,7 +744,6 @@ mod tests {
         assert!(w.close().is_ok());
         let report = crate::verify::verify_dir(&dir, &verifier, &[], &mut |_| {});
         assert!(matches!(&report, Ok(r) if r.size == 2), "{report:?}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -768,6 +765,5 @@ mod tests {
         let Ok(Some((_, path))) = list_segments(&dir).map(|s| s.into_iter().next()) else { panic!("a segment") };
         let Ok(text) = std::fs::read_to_string(&path) else { panic!("readable") };
         assert!(!text.contains("dropped"), "{text}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

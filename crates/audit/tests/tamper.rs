@@ -11,25 +11,18 @@ use portcullis_audit::segment::{content, hex, Line};
 use portcullis_audit::tree::{leaf_hash, Frontier};
 use portcullis_audit::verify::{verify_dir, Published, Report, VerifyError};
 use portcullis_audit::writer::{list_segments, Writer, WriterOptions};
+use portcullis_testkit::scratch::ScratchDir;
 
 const ORIGIN: &str = "test.example/audit";
 
 struct Log {
-    dir: PathBuf,
+    dir: ScratchDir,
     verifier: NoteVerifier,
     signer: NoteSigner,
 }
 
-impl Drop for Log {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("portcullis-audit-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn temp_dir(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("audit-{name}"))
 }
 
 /// A log of `records` records in segments of about `segment_bytes`,
@@ -38,7 +31,7 @@ fn log(name: &str, records: u64, segment_bytes: u64, close: bool) -> Log {
     let dir = temp_dir(name);
     let signer = NoteSigner::generate(ORIGIN).unwrap();
     let verifier = signer.verifier();
-    let mut options = WriterOptions::new(&dir, signer.clone());
+    let mut options = WriterOptions::new(&*dir, signer.clone());
     options.segment_bytes = segment_bytes;
     let mut w = Writer::open(options).unwrap();
     for i in 0..records {
@@ -297,7 +290,7 @@ fn a_crash_is_told_from_tampering() {
 
     // The gateway restarted: the log goes on in a new segment that vouches
     // for the crash's records.
-    let mut w = Writer::open(WriterOptions::new(&log.dir, log.signer.clone())).unwrap();
+    let mut w = Writer::open(WriterOptions::new(&*log.dir, log.signer.clone())).unwrap();
     // The zeros are gone; the torn record is left as the crash left it.
     assert!(std::fs::read(file).unwrap().ends_with(torn));
     w.append(r#"{"type":"statement","sql":"after"}"#, SystemTime::now()).unwrap();
@@ -323,7 +316,7 @@ fn a_copy_torn_by_a_crash_is_told_from_tampering() {
     assert_eq!(report.size, 9, "the log ends before the torn record");
     assert!(report.warnings.iter().any(|w| w.contains("copied in part")), "{:?}", report.warnings);
     // The gateway starts again and goes on in a new segment.
-    let mut w = Writer::open(WriterOptions::new(&log.dir, log.signer.clone())).unwrap();
+    let mut w = Writer::open(WriterOptions::new(&*log.dir, log.signer.clone())).unwrap();
     w.append(r#"{"type":"statement","sql":"after"}"#, SystemTime::now()).unwrap();
     w.close().unwrap();
     let report = verify(&log).unwrap();
@@ -358,7 +351,7 @@ fn a_writer_does_not_continue_a_tampered_log() {
     let at = record_lines(file)[1];
     l[at - 1] = l[at - 1].replace("SELECT 1", "SELECT 2");
     write_lines(file, &l);
-    let err = Writer::open(WriterOptions::new(&log.dir, log.signer.clone())).unwrap_err();
+    let err = Writer::open(WriterOptions::new(&*log.dir, log.signer.clone())).unwrap_err();
     assert!(err.to_string().contains("does not verify"), "{err}");
 }
 
@@ -367,7 +360,7 @@ fn retention_keeps_a_verifiable_log_and_receipts() {
     let log = log("retention", 100, 2048, true);
     let before = segments(&log).len();
     // Every closed segment is older than "no time at all".
-    let mut options = WriterOptions::new(&log.dir, log.signer.clone());
+    let mut options = WriterOptions::new(&*log.dir, log.signer.clone());
     options.keep = Some(Duration::ZERO);
     std::thread::sleep(Duration::from_millis(20));
     let mut w = Writer::open(options).unwrap();
@@ -418,7 +411,7 @@ fn write_fuzz_seeds() {
     let dir = temp_dir("fuzz-seeds");
     let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
     let signer = NoteSigner::new("fuzz.example/audit", key).unwrap();
-    let mut options = WriterOptions::new(&dir, signer);
+    let mut options = WriterOptions::new(&*dir, signer);
     options.segment_bytes = 1500;
     let mut w = Writer::open(options).unwrap();
     for i in 0..12 {
@@ -435,5 +428,4 @@ fn write_fuzz_seeds() {
     }
     let receipt = prove_dir(&dir, 5).unwrap();
     std::fs::write(out.join("receipt"), serde_json::to_string(&receipt).unwrap()).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
