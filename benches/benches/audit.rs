@@ -6,7 +6,9 @@
 //! The gateway's sink (`audit/sink`): a statement's record persisted and
 //! its result's logged, as a session of `pgbench -S -M prepared` hands
 //! them over, serialising and queueing included (`durability = "none"`:
-//! no sync), per statement.
+//! no sync), per statement; and the same statement with the result of
+//! the one before it handed over with it, written inside its record, as
+//! the gateway's sessions hand results over.
 //!
 //! Run: `cargo bench -p portcullis-benches --bench audit`.
 #![allow(missing_docs)]
@@ -136,6 +138,29 @@ fn sink(c: &mut Criterion) {
             result.ran = true;
             result.duration = Duration::from_micros(180);
             log.log(&[Record::Result(result)]);
+        })
+    });
+    let result = |n: u64| {
+        let mut result = ResultRecord::default();
+        result.session = 2;
+        result.sequence = n;
+        result.tags = vec!["SELECT 1".into()];
+        result.rows = 1;
+        result.ran = true;
+        result.duration = Duration::from_micros(180);
+        Record::Result(result)
+    };
+    let mut n = 0u64;
+    group.bench_function("a prepared read, the result before it inside its record", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut statement = StatementRecord::new(2, n, Arc::clone(&sql), Vec::new(), Arc::clone(&decision))
+                .with_policy(Arc::clone(&digest), false);
+            statement.policy_changed = false;
+            statement.decision_as_in = (n > 1).then_some(1);
+            let records = [result(n.saturating_sub(1)), Record::Statement(statement)];
+            let mut persisting = log.persist(if n > 1 { &records } else { &records[1..] });
+            let _ = black_box(std::future::Future::poll(std::pin::Pin::new(&mut persisting), &mut context));
         })
     });
     group.finish();
