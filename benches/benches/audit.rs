@@ -117,32 +117,20 @@ fn sink(c: &mut Criterion) {
     let waker = std::task::Waker::noop();
     let mut context = std::task::Context::from_waker(waker);
 
-    let mut group = c.benchmark_group("audit/sink");
-    let mut n = 0u64;
-    group.bench_function("a prepared read: its statement and its result", |b| {
-        b.iter(|| {
-            n += 1;
-            let mut statement = StatementRecord::new(1, n, Arc::clone(&sql), Vec::new(), Arc::clone(&decision))
-                .with_policy(Arc::clone(&digest), false);
-            // As in a session whose policy was not reloaded since it began:
-            // its start record names the policy, its statements do not.
-            statement.policy_changed = false;
-            statement.decision_as_in = (n > 1).then_some(1);
-            let mut persisting = log.persist(&[Record::Statement(statement)]);
-            let _ = black_box(std::future::Future::poll(std::pin::Pin::new(&mut persisting), &mut context));
-            let mut result = ResultRecord::default();
-            result.session = 1;
-            result.sequence = n;
-            result.tags = vec!["SELECT 1".into()];
-            result.rows = 1;
-            result.ran = true;
-            result.duration = Duration::from_micros(180);
-            log.log(&[Record::Result(result)]);
-        })
-    });
-    let result = |n: u64| {
+    // A prepared read's statement record of session `session`, number
+    // `n`, as in a session whose policy was not reloaded since it began
+    // (its start record names the policy, its statements do not), and the
+    // read's result.
+    let statement = |session: u64, n: u64| {
+        let mut statement = StatementRecord::new(session, n, Arc::clone(&sql), Vec::new(), Arc::clone(&decision))
+            .with_policy(Arc::clone(&digest), false);
+        statement.policy_changed = false;
+        statement.decision_as_in = (n > 1).then_some(1);
+        Record::Statement(statement)
+    };
+    let result = |session: u64, n: u64| {
         let mut result = ResultRecord::default();
-        result.session = 2;
+        result.session = session;
         result.sequence = n;
         result.tags = vec!["SELECT 1".into()];
         result.rows = 1;
@@ -150,15 +138,22 @@ fn sink(c: &mut Criterion) {
         result.duration = Duration::from_micros(180);
         Record::Result(result)
     };
+
+    let mut group = c.benchmark_group("audit/sink");
+    let mut n = 0u64;
+    group.bench_function("a prepared read: its statement and its result", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut persisting = log.persist(&[statement(1, n)]);
+            let _ = black_box(std::future::Future::poll(std::pin::Pin::new(&mut persisting), &mut context));
+            log.log(&[result(1, n)]);
+        })
+    });
     let mut n = 0u64;
     group.bench_function("a prepared read, the result before it inside its record", |b| {
         b.iter(|| {
             n += 1;
-            let mut statement = StatementRecord::new(2, n, Arc::clone(&sql), Vec::new(), Arc::clone(&decision))
-                .with_policy(Arc::clone(&digest), false);
-            statement.policy_changed = false;
-            statement.decision_as_in = (n > 1).then_some(1);
-            let records = [result(n.saturating_sub(1)), Record::Statement(statement)];
+            let records = [result(2, n.saturating_sub(1)), statement(2, n)];
             let mut persisting = log.persist(if n > 1 { &records } else { &records[1..] });
             let _ = black_box(std::future::Future::poll(std::pin::Pin::new(&mut persisting), &mut context));
         })
