@@ -309,21 +309,36 @@ impl Batch {
                 *list = Vec::new();
             }
         }
-        if self.bytes.capacity() <= SPARE_BATCH_BYTES {
-            self.bytes.clear();
+        // Destructured, so that a field added later is emptied too.
+        let Batch {
+            bytes,
+            pending,
+            records,
+            recorded,
+            held,
+            snapshot: _,
+            statements,
+            portals,
+            copy_in,
+            settings,
+            end,
+            failed,
+        } = self;
+        if bytes.capacity() <= SPARE_BATCH_BYTES {
+            bytes.clear();
         } else {
-            self.bytes = BytesMut::new();
+            *bytes = BytesMut::new();
         }
-        keep(&mut self.pending);
-        keep(&mut self.records);
-        keep(&mut self.held);
-        keep(&mut self.statements);
-        keep(&mut self.portals);
-        self.recorded = 0;
-        self.copy_in = false;
-        self.settings = false;
-        self.end = None;
-        self.failed = false;
+        keep(pending);
+        keep(records);
+        keep(held);
+        keep(statements);
+        keep(portals);
+        *recorded = 0;
+        *copy_in = false;
+        *settings = false;
+        *end = None;
+        *failed = false;
     }
 }
 
@@ -1633,7 +1648,9 @@ impl SessionCore {
             return;
         }
         // The batch waits in place; the emptied one that waited before
-        // takes its place, with its buffers.
+        // takes its place, with its buffers. (No batch waits now: the
+        // client's messages are not read while one does.)
+        debug_assert!(self.waiting.end.is_none() && self.waiting.bytes.is_empty(), "a batch is waiting already");
         std::mem::swap(&mut self.batch, &mut self.waiting);
         if self.batch.records.capacity() == 0 {
             if let Some(spare) = self.spare_records.pop() {
