@@ -289,6 +289,8 @@ impl SpareSnapshots {
         }
     }
 
+    /// Keeps a snapshot no batch needs any more as the spare of its kind,
+    /// in place of the one kept before (if any: one of each is enough).
     fn keep(&mut self, snapshot: Box<EngineSession>) {
         match snapshot.transaction {
             Some(_) => self.inside = Some(snapshot),
