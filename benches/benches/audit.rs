@@ -8,7 +8,10 @@
 //! them over, serialising and queueing included (`durability = "none"`:
 //! no sync), per statement; and the same statement with the result of
 //! the one before it handed over with it, written inside its record, as
-//! the gateway's sessions hand results over.
+//! the gateway's sessions hand results over. And that record written by
+//! two threads in turn, beside the turn passed with no write: what a write
+//! costs when the write before it ran on the other core (the log's state
+//! in that core's cache), as with the gateway's two runtime threads.
 //!
 //! Run: `cargo bench -p portcullis-benches --bench audit`.
 #![allow(missing_docs)]
@@ -158,6 +161,56 @@ fn sink(c: &mut Criterion) {
             let _ = black_box(std::future::Future::poll(std::pin::Pin::new(&mut persisting), &mut context));
         })
     });
+    // The same record, written by two threads in turn: each write follows
+    // one made on the other core, as when the gateway's sessions run on
+    // two runtime threads. Beside it, the turn passed with no write: the
+    // difference is what a write costs when the log's state was last
+    // touched elsewhere.
+    for write in [false, true] {
+        let name = if write { "two threads in turn, a prepared read each" } else { "two threads in turn, no write" };
+        let log = &log;
+        let statement = &statement;
+        let result = &result;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let turn = std::sync::atomic::AtomicU64::new(0);
+                let write_one = |session: u64, n: u64| {
+                    if write {
+                        let records = [result(session, n.saturating_sub(1)), statement(session, n)];
+                        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+                        let mut persisting = log.persist(if n > 1 { &records } else { &records[1..] });
+                        let _ = black_box(std::future::Future::poll(std::pin::Pin::new(&mut persisting), &mut context));
+                    }
+                };
+                std::thread::scope(|scope| {
+                    // Turns 0, 2, 4, ... are this thread's; 1, 3, 5, ... the other's.
+                    let turn = &turn;
+                    scope.spawn(move || {
+                        for i in 0..iters {
+                            while turn.load(std::sync::atomic::Ordering::Acquire) != 2 * i + 1 {
+                                std::hint::spin_loop();
+                            }
+                            write_one(4, i + 1);
+                            turn.store(2 * i + 2, std::sync::atomic::Ordering::Release);
+                        }
+                    });
+                    let start = std::time::Instant::now();
+                    for i in 0..iters {
+                        while turn.load(std::sync::atomic::Ordering::Acquire) != 2 * i {
+                            std::hint::spin_loop();
+                        }
+                        write_one(3, i + 1);
+                        turn.store(2 * i + 1, std::sync::atomic::Ordering::Release);
+                    }
+                    while turn.load(std::sync::atomic::Ordering::Acquire) != 2 * iters {
+                        std::hint::spin_loop();
+                    }
+                    // Two writes per iteration: the time of one.
+                    start.elapsed() / 2
+                })
+            })
+        });
+    }
     group.finish();
     log.close();
     let _ = std::fs::remove_dir_all(&dir);

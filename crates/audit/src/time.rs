@@ -31,14 +31,15 @@ pub fn format_utc(t: SystemTime) -> String {
 /// within the same second only the microseconds are written again.
 #[derive(Debug, Default)]
 pub(crate) struct TimeText {
-    /// The time `text` holds, and `text` ([`format_utc`]'s form, when
-    /// 27 bytes long; otherwise formatted every time).
-    last: Option<(Duration, String)>,
+    /// The time `text` holds, and `text` ([`format_utc`]'s form, ASCII;
+    /// when 27 bytes long the microseconds are rewritten in place,
+    /// otherwise it is formatted every time).
+    last: Option<(Duration, Vec<u8>)>,
 }
 
 impl TimeText {
-    /// `t` as [`format_utc`] writes it.
-    pub(crate) fn format(&mut self, t: SystemTime) -> &str {
+    /// `t` as [`format_utc`] writes it, as bytes (ASCII).
+    pub(crate) fn format(&mut self, t: SystemTime) -> &[u8] {
         let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
         let micros = Duration::new(since.as_secs(), since.subsec_micros() * 1000);
         match &mut self.last {
@@ -46,22 +47,17 @@ impl TimeText {
             // Fixed width: the six digits before the `Z`.
             Some((last, text)) if last.as_secs() == micros.as_secs() && text.len() == 27 => {
                 let mut n = micros.subsec_micros();
-                let mut digits = [b'0'; 6];
-                for d in digits.iter_mut().rev() {
-                    *d = b'0' + (n % 10) as u8;
-                    n /= 10;
+                if let Some(slot) = text.get_mut(20..26) {
+                    for d in slot.iter_mut().rev() {
+                        *d = b'0' + (n % 10) as u8;
+                        n /= 10;
+                    }
                 }
-                // Rebuilt in place: the text is ASCII, and stays so.
-                let mut bytes = std::mem::take(text).into_bytes();
-                if let Some(slot) = bytes.get_mut(20..26) {
-                    slot.copy_from_slice(&digits);
-                }
-                *text = String::from_utf8(bytes).unwrap_or_else(|_| format_utc(t));
                 *last = micros;
             }
-            last => *last = Some((micros, format_utc(t))),
+            last => *last = Some((micros, format_utc(t).into_bytes())),
         }
-        self.last.as_ref().map_or("", |(_, text)| text.as_str())
+        self.last.as_ref().map_or(&[], |(_, text)| text.as_slice())
     }
 }
 
@@ -149,7 +145,7 @@ mod tests {
             .chain([86_400_123_456_000, 86_400_123_456_321, 3_600_000_010_000, 0]);
         for offset in nanos {
             let t = base + Duration::from_nanos(offset);
-            assert_eq!(kept.format(t), format_utc(t), "{offset}");
+            assert_eq!(kept.format(t), format_utc(t).as_bytes(), "{offset}");
         }
     }
 

@@ -330,7 +330,7 @@ impl Writer {
         buf.extend_from_slice(b",\"prev\":\"");
         push_hex(buf, &self.prev);
         buf.extend_from_slice(b"\",\"time\":\"");
-        buf.extend_from_slice(self.time.format(time).as_bytes());
+        buf.extend_from_slice(self.time.format(time));
         buf.extend_from_slice(b"\",\"type\":");
         let fields = buf.len();
         body(buf);
