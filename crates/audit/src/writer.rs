@@ -191,6 +191,27 @@ impl Writer {
         Ok(writer)
     }
 
+    /// Where the log's end is: the current segment's number and the bytes
+    /// written to its file so far. Whoever syncs the segment from
+    /// elsewhere ([`Writer::sync_handle`]) can tell from it how much was
+    /// written since its last sync.
+    ///
+    /// ```
+    /// # use portcullis_audit::{note::NoteSigner, writer::{Writer, WriterOptions}};
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-position-{}", std::process::id()));
+    /// let mut writer = Writer::open(WriterOptions::new(&dir, NoteSigner::generate("example.com/log")?))?;
+    /// let (segment, header) = writer.position();
+    /// writer.append(r#"{"type":"note","n":1}"#, std::time::SystemTime::now())?;
+    /// assert_eq!(writer.position(), (segment, header)); // appended, not written
+    /// writer.write()?;
+    /// assert!(writer.position().1 > header);
+    /// # writer.close()?; std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn position(&self) -> (u64, u64) {
+        (self.segment, self.written)
+    }
+
     /// Whether records were appended and not yet written.
     pub fn has_buffered(&self) -> bool {
         !self.buf.is_empty()
