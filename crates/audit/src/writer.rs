@@ -217,6 +217,38 @@ impl Writer {
         !self.buf.is_empty()
     }
 
+    /// Lends the writer `other`'s memory for its buffer, and takes the
+    /// buffer's in exchange, when both are empty: returns whether it did.
+    /// A writer that threads take in turn can append in the memory of the
+    /// thread appending now, in that core's cache (the buffer the thread
+    /// before wrote to is in the other core's), and give it back, empty,
+    /// once written.
+    ///
+    /// ```
+    /// # use portcullis_audit::{note::NoteSigner, writer::{Writer, WriterOptions}};
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-exchange-{}", std::process::id()));
+    /// let mut writer = Writer::open(WriterOptions::new(&dir, NoteSigner::generate("example.com/log")?))?;
+    /// let mut mine = Vec::with_capacity(4096);
+    /// let memory = mine.as_ptr();
+    /// assert!(writer.exchange_buffer(&mut mine));
+    /// writer.append(r#"{"type":"note","n":1}"#, std::time::SystemTime::now())?;
+    /// // Not written yet: the buffer is not empty, and stays.
+    /// assert!(!writer.exchange_buffer(&mut mine));
+    /// writer.write()?;
+    /// // Written: the buffer is empty again, and `mine` gets its memory back.
+    /// assert!(writer.exchange_buffer(&mut mine));
+    /// assert_eq!(mine.as_ptr(), memory);
+    /// # writer.close()?; std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn exchange_buffer(&mut self, other: &mut Vec<u8>) -> bool {
+        if !self.buf.is_empty() || !other.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut self.buf, other);
+        true
+    }
+
     /// Forgets the records appended since the last write: the next record
     /// takes the first one's number, and what was written stays as it is.
     /// For a batch that cannot be written whole.

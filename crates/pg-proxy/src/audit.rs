@@ -102,6 +102,9 @@ struct Shared {
     writer: tokio::sync::Mutex<Option<Writing>>,
     /// Records queued for the writer, in the order of their tickets.
     queue: Mutex<Queue>,
+    /// How many records the queue holds (set under its lock): a write
+    /// that finds none leaves the queue's lock alone.
+    queued: std::sync::atomic::AtomicUsize,
     /// Records taken from the queue and written, or failed: a session's
     /// records are done when this reaches its ticket.
     processed: AtomicU64,
@@ -163,11 +166,12 @@ struct Writing {
     taken: Vec<u8>,
     taken_ends: Vec<usize>,
     taken_unwaited: Vec<bool>,
-    /// Records appended (their tickets the ones after `processed`) and not
-    /// handed to the OS yet.
+    /// Queued records appended (their tickets the ones after
+    /// `processed`) and not handed to the OS yet.
     appended: u64,
-    /// The lines those records make in the writer's buffer: fewer than
-    /// `appended` when results went inside a statement's record.
+    /// The lines appended and not handed to the OS yet, queued records'
+    /// and the writing sessions' own: fewer than the records when results
+    /// went inside a statement's record.
     lines: u64,
     /// Records nothing waits for that a failed write took back, appended
     /// again (no tickets: nobody asks how they went), before the lines
@@ -228,6 +232,7 @@ impl Shared {
             queue.ends.extend(ends.iter().map(|end| base + end));
         }
         queue.tickets += count;
+        self.queued.store(queue.ends.len(), Ordering::Release);
         Ok(queue.tickets)
     }
 
@@ -310,7 +315,37 @@ impl Shared {
     /// at once, or, with [`Hand::Later`] and nothing queued, leaves them
     /// to the next write. The sessions whose records were queued learn how
     /// it went through [`Shared::outcome`]; the caller, from the answer.
+    ///
+    /// The records are appended in memory of this thread's
+    /// ([`Writer::exchange_buffer`]): a session on another runtime thread
+    /// wrote the writer's own buffer last, and its lines would have to
+    /// move from that core's cache to this one's.
     fn write(
+        &self,
+        guard: &mut Option<Writing>,
+        own: Option<(&[Record], &Bodies)>,
+        hand: Hand,
+    ) -> Result<(), RecordError> {
+        LENT.with(|lent| {
+            let mut lent = lent.try_borrow_mut().ok();
+            if let (Some(writing), Some(memory)) = (guard.as_mut(), lent.as_deref_mut()) {
+                writing.writer.exchange_buffer(memory);
+            }
+            let outcome = self.write_batch(guard, own, hand);
+            // Back once written (the buffer empty); left with the writer
+            // otherwise, for the write that hands the buffer over.
+            if let (Some(writing), Some(memory)) = (guard.as_mut(), lent.as_deref_mut()) {
+                writing.writer.exchange_buffer(memory);
+                if memory.capacity() > LENT_KEPT {
+                    *memory = Vec::new();
+                }
+            }
+            outcome
+        })
+    }
+
+    /// [`Shared::write`], in whatever memory the writer's buffer has.
+    fn write_batch(
         &self,
         guard: &mut Option<Writing>,
         own: Option<(&[Record], &Bodies)>,
@@ -318,18 +353,17 @@ impl Shared {
     ) -> Result<(), RecordError> {
         let Some(writing) = guard.as_mut() else { return Err(RecordError::unwritten("the audit log is closed")) };
         let own_count = own.map_or(0, |(records, _)| records.len() as u64);
-        {
+        // Only queued records have tickets: the caller learns how its own
+        // went from the answer. A session that queued records after the
+        // look below waits for the writer's lock, and then takes them
+        // itself (or the sync thread's flush does).
+        if self.queued.load(Ordering::Acquire) > 0 {
             let mut queue = lock(&self.queue);
-            if own_count > 0 {
-                if queue.closed {
-                    return Err(RecordError::unwritten("the audit log is closed"));
-                }
-                queue.tickets += own_count;
-            }
             let queue = &mut *queue;
             std::mem::swap(&mut queue.pending, &mut writing.taken);
             std::mem::swap(&mut queue.ends, &mut writing.taken_ends);
             std::mem::swap(&mut queue.unwaited, &mut writing.taken_unwaited);
+            self.queued.store(0, Ordering::Release);
         }
         let taken = writing.taken_ends.len() as u64;
         if taken == 0 && own_count == 0 && writing.appended == 0 && !writing.writer.has_buffered() {
@@ -374,7 +408,7 @@ impl Shared {
                 rest = after;
             }
         }
-        writing.appended += taken + own_count;
+        writing.appended += taken;
         writing.lines += taken + own_lines;
         if appended.is_ok() && hand == Hand::Later && taken == 0 {
             return Ok(());
@@ -683,6 +717,7 @@ impl AuditLog {
                 again: 0,
             })),
             queue: Mutex::new(Queue::default()),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             processed: AtomicU64::new(0),
             failures: Mutex::new(std::collections::VecDeque::new()),
             failed_through: AtomicU64::new(0),
@@ -999,6 +1034,15 @@ thread_local! {
 
 /// The most scratch memory a thread keeps between batches.
 const SCRATCH_KEPT: usize = 64 * 1024;
+
+thread_local! {
+    /// The memory a thread lends the writer's buffer while it writes
+    /// ([`Shared::write`]).
+    static LENT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most memory a thread keeps to lend the writer between writes.
+const LENT_KEPT: usize = 256 * 1024;
 
 impl RecordSink for AuditLog {
     fn persist(&self, records: &[Record]) -> Persisting {

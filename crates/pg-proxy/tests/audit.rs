@@ -645,7 +645,13 @@ async fn a_segment_that_cannot_end_refuses_the_change_it_carried_and_records_why
     let (sql, e) = refused.expect("a statement refused when its segment could not end");
     let db = e.as_db_error().unwrap();
     assert_eq!(db.code(), &SqlState::IO_ERROR, "{e}");
-    assert!(db.message().contains("records were written"), "{}", db.message());
+    // Most often the statement's own write fills the segment and cannot
+    // end it: its record is written, and it is refused. Under load the log's
+    // own thread may write a result left waiting (more than 50 ms without
+    // a next statement) and be the one that fills it: then the statement's
+    // write cannot begin the next segment, and its record is not written.
+    let ended_by_it = db.message().contains("records were written");
+    assert!(ended_by_it || db.message().contains("creating"), "{}", db.message());
     for b in &blockers {
         std::fs::remove_dir(b).unwrap();
     }
@@ -655,12 +661,17 @@ async fn a_segment_that_cannot_end_refuses_the_change_it_carried_and_records_why
     sessions_ended(&stack).await;
     stack.gateway.audit.as_ref().unwrap().close();
     // The refused statement's record is in the log, and its result says it
-    // did not run.
+    // did not run; or, when its record could not be written, it is not.
     let all = records(&log);
-    let statement = all.iter().find(|r| r["sql"] == sql.as_str()).expect("the refused statement's record");
-    let result = result_of(&all, statement).expect("its result");
-    assert_eq!(result["ran"], false, "{result}");
-    assert_eq!(result["error"]["code"], "58030", "{result}");
+    let statement = all.iter().find(|r| r["sql"] == sql.as_str());
+    if ended_by_it {
+        let statement = statement.expect("the refused statement's record");
+        let result = result_of(&all, statement).expect("its result");
+        assert_eq!(result["ran"], false, "{result}");
+        assert_eq!(result["error"]["code"], "58030", "{result}");
+    } else {
+        assert!(statement.is_none(), "{statement:?}");
+    }
     let (code, stdout, stderr) =
         run(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(keys.join("audit-key.pub")).arg(&log));
     assert_eq!(code, 0, "{stdout}{stderr}");
