@@ -680,6 +680,40 @@ fn checkpoint_line(note: &str) -> Vec<u8> {
     bytes
 }
 
+/// Drops from the kernel's page cache the pages of a segment file (a
+/// [`Writer::sync_handle`]) from `from` up to where the writer still
+/// appends, once a sync covered its first `synced` bytes
+/// ([`Writer::position`] when the handle was taken); returns where the
+/// next call starts. The log is written once and read rarely: its pages
+/// would otherwise push the database's out of the cache, and a busy log
+/// would keep taking memory the machine has not touched in a while. Only
+/// whole chunks the writer no longer maps are dropped (1 MiB); it is
+/// advice, and a failure leaves the pages where they are.
+///
+/// ```
+/// # use portcullis_audit::{note::NoteSigner, writer::{drop_synced, Writer, WriterOptions}};
+/// # let dir = std::env::temp_dir().join(format!("portcullis-doc-drop-{}", std::process::id()));
+/// let mut writer = Writer::open(WriterOptions::new(&dir, NoteSigner::generate("example.com/log")?))?;
+/// writer.append(r#"{"type":"note","n":1}"#, std::time::SystemTime::now())?;
+/// writer.write()?;
+/// let (file, (_, bytes)) = (writer.sync_handle().unwrap(), writer.position());
+/// file.sync_data()?;
+/// // Less than a chunk written: nothing the writer has done with.
+/// assert_eq!(drop_synced(&file, 0, bytes), 0);
+/// # writer.close()?; std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn drop_synced(file: &File, from: u64, synced: u64) -> u64 {
+    let to = synced - synced % crate::mapped::CHUNK;
+    if let Some(len) = to.checked_sub(from).and_then(std::num::NonZeroU64::new) {
+        if rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::DontNeed).is_err() {
+            return from;
+        }
+        return to;
+    }
+    from.max(to)
+}
+
 /// The segment files of a directory, in index order.
 pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();

@@ -1121,8 +1121,10 @@ impl RecordSink for AuditLog {
 /// checkpoint is written every `interval` while records arrive.
 fn sync_loop(shared: &Shared, interval: Duration) {
     let mut next_checkpoint = Instant::now() + interval;
-    // Where the log's end was when the segment was last synced.
+    // Where the log's end was when the segment was last synced, and up to
+    // where its pages were dropped from the page cache since.
     let mut synced_at = (0, 0);
+    let mut dropped_at = (0, 0);
     loop {
         let mut writeback = false;
         let (waiters, closing) = {
@@ -1178,7 +1180,7 @@ fn sync_loop(shared: &Shared, interval: Duration) {
                 Some(w) => (w.writer.sync_handle(), Some(w.writer.position())),
                 None => (None, None),
             };
-            let synced = match handle {
+            let synced = match &handle {
                 Some(file) => {
                     let injected = shared
                         .failing_syncs
@@ -1223,6 +1225,12 @@ fn sync_loop(shared: &Shared, interval: Duration) {
             };
             for ack in waiters {
                 let _ = ack.send(answer.clone());
+            }
+            // What this sync made durable leaves the page cache (the
+            // chunks the writer is done with).
+            if let (Ok(()), Some(at), Some(file)) = (&answer, at, &handle) {
+                let from = if dropped_at.0 == at.0 { dropped_at.1 } else { 0 };
+                dropped_at = (at.0, portcullis_audit::writer::drop_synced(file, from, at.1));
             }
         }
         if closing {
@@ -1514,6 +1522,42 @@ mod tests {
         }
         assert_eq!(writebacks(), 1);
         assert_eq!(log.stats.syncs.load(Ordering::Relaxed), 0, "no statement waited for a sync");
+        log.close();
+    }
+
+    /// What a sync made durable leaves the page cache, chunk by chunk,
+    /// once the writer is past it: a busy log does not take the memory
+    /// the database's pages would use. (`fincore`, from util-linux,
+    /// counts a file's cached bytes.)
+    #[test]
+    fn synced_chunks_leave_the_page_cache() {
+        let engine = allow_all();
+        let (_dir, log) =
+            scratch_log_with("uncached", portcullis_audit::writer::DEFAULT_SEGMENT_BYTES, Durability::None);
+        let threshold = writeback_bytes(portcullis_audit::writer::DEFAULT_SEGMENT_BYTES);
+        let end = |log: &AuditLog| log.shared.writer.blocking_lock().as_ref().map(|w| w.writer.position()).unwrap();
+        let mut n = 0;
+        while end(&log).1 < threshold + (1 << 20) {
+            n += 1;
+            assert!(persisted(&log, &[statement(&engine, 1, n)]).is_ok());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.stats.writebacks.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::sleep(FLUSH_INTERVAL);
+        }
+        assert_eq!(log.stats.writebacks.load(Ordering::Relaxed), 1);
+        let path = log.shared.writer.blocking_lock().as_ref().map(|w| w.writer.path().to_path_buf()).unwrap();
+        let fincore = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(&path)
+            .output()
+            .expect("fincore (util-linux-extra; scripts/install-deps installs it)");
+        assert!(fincore.status.success(), "{}", String::from_utf8_lossy(&fincore.stderr));
+        let cached: u64 = String::from_utf8_lossy(&fincore.stdout).trim().parse().unwrap();
+        let written = end(&log).1;
+        // Synced past 8 MiB: the first 8 chunks dropped, at most the last
+        // couple of MiB (and the space reserved after them) left.
+        assert!(cached + threshold <= written + (1 << 20), "cached {cached} of {written} written");
         log.close();
     }
 
