@@ -10,7 +10,9 @@
 //!                           for the next write                              ▼
 //!             sync thread: takes every waiter, one fdatasync, answers them all
 //!                          (group commit); what is left unwritten is written
-//!                          within 20 ms; a checkpoint every interval
+//!                          within 20 ms; a checkpoint every interval; a sync
+//!                          of its own after an eighth of a segment; what a
+//!                          sync made durable leaves the page cache
 //! ```
 //!
 //! Sessions hand their statements' records to the OS themselves, before
@@ -310,8 +312,8 @@ impl Shared {
         }
     }
 
-    /// Appends every queued record, then `own`'s (serialised in place,
-    /// with the tickets after the queued ones), and hands them to the OS
+    /// Appends every queued record, then `own`'s (serialised in place;
+    /// they take no tickets), and hands them to the OS
     /// at once, or, with [`Hand::Later`] and nothing queued, leaves them
     /// to the next write. The sessions whose records were queued learn how
     /// it went through [`Shared::outcome`]; the caller, from the answer.
