@@ -81,7 +81,7 @@ pub struct AuditStats {
     /// it.
     pub lock_waits: AtomicU64,
     /// Syncs the sync thread made on its own because much was written
-    /// since the last sync ([`writeback_bytes`]).
+    /// since the last sync (an eighth of a segment, at most 8 MiB).
     pub writebacks: AtomicU64,
 }
 
