@@ -247,6 +247,13 @@ impl Frontier {
     /// leaving the frontier unchanged) if the tree already holds `u64::MAX`
     /// leaves.
     pub fn try_push(&mut self, leaf: Hash) -> Result<(), TreeError> {
+        self.push_keeping(leaf, None)
+    }
+
+    /// Appends a leaf hash as [`Frontier::try_push`] does, keeping in
+    /// `rewind` the nodes the push merges away that were there when
+    /// `rewind` was set ([`Frontier::set_rewind`]).
+    fn push_keeping(&mut self, leaf: Hash, mut rewind: Option<&mut Rewind>) -> Result<(), TreeError> {
         let Some(new_size) = self.size.checked_add(1) else {
             return Err(TreeError::TreeFull { size: self.size });
         };
@@ -256,7 +263,13 @@ impl Frontier {
         let mut merges = self.size.trailing_ones();
         while merges > 0 {
             match self.nodes.pop() {
-                Some(left) => carried = node_hash(&left, &carried),
+                Some(left) => {
+                    if let Some(r) = rewind.as_deref_mut().filter(|r| self.nodes.len() < r.kept) {
+                        r.merged.push(left);
+                        r.kept = self.nodes.len();
+                    }
+                    carried = node_hash(&left, &carried);
+                }
                 // Unreachable: `from_parts` keeps one node per set bit.
                 None => break,
             }
@@ -265,6 +278,40 @@ impl Frontier {
         self.nodes.push(carried);
         self.size = new_size;
         Ok(())
+    }
+
+    /// Sets `rewind` to this frontier as it is now, for
+    /// [`Frontier::rewind`] to take it back there after pushes made with
+    /// [`Frontier::push_rewindable`]. Copies no node.
+    pub fn set_rewind(&self, rewind: &mut Rewind) {
+        rewind.size = self.size;
+        rewind.kept = self.nodes.len();
+        rewind.merged.clear();
+    }
+
+    /// Appends a leaf hash (as [`Frontier::push`] does) so that `rewind`
+    /// can still take the frontier back to where it was set: the nodes
+    /// the push merges away are kept in it (one per push, on average).
+    pub fn push_rewindable(&mut self, leaf: Hash, rewind: &mut Rewind) {
+        // Ignoring the error is the documented behaviour of a full tree.
+        let _ = self.push_keeping(leaf, Some(rewind));
+    }
+
+    /// Takes the frontier back to where `rewind` was set, undoing the
+    /// pushes made since with [`Frontier::push_rewindable`].
+    pub fn rewind(&mut self, rewind: &Rewind) {
+        self.nodes.truncate(rewind.kept);
+        self.nodes.extend(rewind.merged.iter().rev());
+        self.size = rewind.size;
+    }
+
+    /// The frontier as it was where `rewind` was set, this one left as it
+    /// is.
+    pub fn as_at(&self, rewind: &Rewind) -> Frontier {
+        let mut nodes = Vec::with_capacity(rewind.kept + rewind.merged.len());
+        nodes.extend(self.nodes.iter().take(rewind.kept));
+        nodes.extend(rewind.merged.iter().rev());
+        Frontier { size: rewind.size, nodes }
     }
 
     /// Appends a leaf hash in amortised constant time.
@@ -298,6 +345,39 @@ impl Frontier {
             Some(last) => rest.fold(*last, |acc, node| node_hash(node, &acc)),
         }
     }
+}
+
+/// A point a [`Frontier`] can be taken back to, kept as cheaply as the
+/// pushes since allow: the size then, and the nodes those pushes merged
+/// away (about one per push), not a copy of the frontier. A writer sets
+/// one before each batch, and takes the tree back to it when the batch
+/// cannot be written.
+///
+/// ```
+/// use portcullis_audit::tree::{leaf_hash, Frontier, Rewind};
+///
+/// let mut frontier = Frontier::new();
+/// for i in 0u32..5 {
+///     frontier.push(leaf_hash(&i.to_be_bytes()));
+/// }
+/// let before = frontier.clone();
+/// let mut rewind = Rewind::default();
+/// frontier.set_rewind(&mut rewind);
+/// for i in 5u32..12 {
+///     frontier.push_rewindable(leaf_hash(&i.to_be_bytes()), &mut rewind);
+/// }
+/// assert_eq!(frontier.as_at(&rewind), before);
+/// frontier.rewind(&rewind);
+/// assert_eq!(frontier, before);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Rewind {
+    /// The frontier's size when this was set.
+    size: u64,
+    /// How many of the frontier's first nodes are still those it had then.
+    kept: usize,
+    /// The nodes it had then after those, last first.
+    merged: Vec<Hash>,
 }
 
 /// The inclusion proof of leaf `index` in the tree of all `leaves`: the

@@ -38,7 +38,7 @@ use crate::note::{Checkpoint, NoteSigner};
 use crate::segment::{
     hex, push_hex, segment_file_name, segment_index, CheckpointLine, Header, NO_PREVIOUS, SCHEMA_VERSION,
 };
-use crate::tree::{leaf_hash, Frontier, Hash};
+use crate::tree::{leaf_hash, Frontier, Hash, Rewind};
 
 /// The extension line of the checkpoint a writer closes the log with: a
 /// record after it is not the writer's.
@@ -108,7 +108,7 @@ pub enum WriteError {
 /// The state of the tree that a batch may have to be taken back to.
 #[derive(Debug, Clone)]
 struct Mark {
-    frontier: Frontier,
+    rewind: Rewind,
     prev: Hash,
 }
 
@@ -394,7 +394,11 @@ impl Writer {
         self.mark_batch();
         let leaf = leaf_hash(self.buf.get(start..).unwrap_or_default());
         self.buf.push(b'\n');
-        self.frontier.push(leaf);
+        match self.mark.as_mut() {
+            Some(mark) => self.frontier.push_rewindable(leaf, &mut mark.rewind),
+            // Unreachable: the batch was just marked.
+            None => self.frontier.push(leaf),
+        }
         self.prev = leaf;
         Ok(seq)
     }
@@ -413,7 +417,7 @@ impl Writer {
             // The segment a failure left behind is not written to again;
             // the new one takes the log up where the batch begins.
             let (frontier, prev) = match &self.mark {
-                Some(m) => (m.frontier.clone(), m.prev),
+                Some(m) => (self.frontier.as_at(&m.rewind), m.prev),
                 None => (self.frontier.clone(), self.prev),
             };
             if let Err(e) = self.begin_segment(self.segment + 1, &frontier, &prev) {
@@ -552,9 +556,11 @@ impl Writer {
 
     fn mark_batch(&mut self) {
         if self.mark.is_none() {
+            // Nothing of the frontier is copied: the pushes of the batch
+            // keep what they merge away.
             let mut mark =
-                self.spare_mark.take().unwrap_or_else(|| Mark { frontier: Frontier::new(), prev: self.prev });
-            mark.frontier.clone_from(&self.frontier);
+                self.spare_mark.take().unwrap_or_else(|| Mark { rewind: Rewind::default(), prev: self.prev });
+            self.frontier.set_rewind(&mut mark.rewind);
             mark.prev = self.prev;
             self.mark = Some(mark);
         }
@@ -569,8 +575,8 @@ impl Writer {
 
     /// Takes the tree back to where the batch began.
     fn restore_mark(&mut self) {
-        if let Some(mut mark) = self.mark.take() {
-            std::mem::swap(&mut self.frontier, &mut mark.frontier);
+        if let Some(mark) = self.mark.take() {
+            self.frontier.rewind(&mark.rewind);
             self.prev = mark.prev;
             self.spare_mark = Some(mark);
         }

@@ -2,7 +2,7 @@
 //! every proof verifies, and no tampered proof does.
 
 use portcullis_audit::tree::{
-    consistency_proof, inclusion_proof, leaf_hash, root, verify_consistency, verify_inclusion, Frontier, Hash,
+    consistency_proof, inclusion_proof, leaf_hash, root, verify_consistency, verify_inclusion, Frontier, Hash, Rewind,
     TreeError,
 };
 use proptest::prelude::*;
@@ -49,6 +49,34 @@ proptest! {
         prop_assert_eq!(frontier.size(), n);
         prop_assert_eq!(frontier.nodes().len(), n.count_ones() as usize);
         prop_assert_eq!(frontier.root(), root(&all));
+    }
+
+    #[test]
+    fn a_rewind_takes_the_frontier_back_after_any_pushes(
+        seed in any::<u64>(),
+        at in 0u64..1100,
+        pushed in 0u64..1100,
+        again in 0u64..40,
+    ) {
+        let all = leaves(seed, at + pushed);
+        let (before, after) = all.split_at(at as usize);
+        let mut frontier = Frontier::new();
+        before.iter().for_each(|l| frontier.push(*l));
+        let then = frontier.clone();
+        // A rewind used before, for other pushes, is set afresh.
+        let mut rewind = Rewind::default();
+        frontier.set_rewind(&mut rewind);
+        leaves(!seed, again).iter().for_each(|l| frontier.push_rewindable(*l, &mut rewind));
+        frontier.rewind(&rewind);
+        prop_assert_eq!(&frontier, &then);
+        frontier.set_rewind(&mut rewind);
+        after.iter().for_each(|l| frontier.push_rewindable(*l, &mut rewind));
+        // The pushes themselves are those of `push`.
+        prop_assert_eq!(frontier.root(), root(&all));
+        prop_assert_eq!(frontier.as_at(&rewind), then.clone());
+        frontier.rewind(&rewind);
+        prop_assert_eq!(&frontier, &then);
+        prop_assert_eq!(frontier.root(), root(before));
     }
 
     #[test]

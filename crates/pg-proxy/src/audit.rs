@@ -68,9 +68,12 @@ type Ack = tokio::sync::oneshot::Sender<Result<(), RecordError>>;
 #[derive(Debug, Default)]
 pub struct AuditStats {
     /// Records written (a statement's record with the results it carries
-    /// counts once).
+    /// counts once). Counted by the writer and published here by the sync
+    /// thread's flush (every 20 ms while records arrive) and when the log
+    /// is closed.
     pub records: AtomicU64,
-    /// Writes of record batches (each hands many records to the OS).
+    /// Writes of record batches (each hands many records to the OS),
+    /// published as `records` is.
     pub writes: AtomicU64,
     /// `fdatasync` calls for statements waiting on one.
     pub syncs: AtomicU64,
@@ -168,9 +171,6 @@ struct Writing {
     taken: Vec<u8>,
     taken_ends: Vec<usize>,
     taken_unwaited: Vec<bool>,
-    /// Queued records appended (their tickets the ones after
-    /// `processed`) and not handed to the OS yet.
-    appended: u64,
     /// The lines appended and not handed to the OS yet, queued records'
     /// and the writing sessions' own: fewer than the records when results
     /// went inside a statement's record.
@@ -179,6 +179,21 @@ struct Writing {
     /// again (no tickets: nobody asks how they went), before the lines
     /// `lines` counts.
     again: u64,
+    /// Records written and writes made, counted here (under the writer's
+    /// lock, in memory the writing thread has in its cache) and published
+    /// to [`AuditStats`] by [`Writing::publish`]: no shared counter moves
+    /// between the cores on every write.
+    records: u64,
+    writes: u64,
+}
+
+impl Writing {
+    /// Publishes the counts to `stats` (at each flush of the sync thread,
+    /// and when the log is closed).
+    fn publish(&self, stats: &AuditStats) {
+        stats.records.store(self.records, Ordering::Relaxed);
+        stats.writes.store(self.writes, Ordering::Relaxed);
+    }
 }
 
 /// When [`Shared::write`] hands what it appended to the OS.
@@ -283,7 +298,9 @@ impl Shared {
         if !self.failing.load(Ordering::Relaxed) {
             let _ = self.write(&mut guard, None, Hand::Now);
         }
-        guard.as_ref().map(|w| w.writer.position())
+        let writing = guard.as_ref()?;
+        writing.publish(&self.stats);
+        Some(writing.writer.position())
     }
 
     /// Writes what is queued or buffered, then a signed checkpoint of the
@@ -368,7 +385,7 @@ impl Shared {
             self.queued.store(0, Ordering::Release);
         }
         let taken = writing.taken_ends.len() as u64;
-        if taken == 0 && own_count == 0 && writing.appended == 0 && !writing.writer.has_buffered() {
+        if taken == 0 && own_count == 0 && !writing.writer.has_buffered() {
             return Ok(());
         }
         // The lines the buffer holds before the queued records: records
@@ -410,17 +427,18 @@ impl Shared {
                 rest = after;
             }
         }
-        writing.appended += taken;
         writing.lines += taken + own_lines;
         if appended.is_ok() && hand == Hand::Later && taken == 0 {
             return Ok(());
         }
-        let count = std::mem::take(&mut writing.appended);
+        // Queued records are handed over in the call that took them: those
+        // of this call are all there are.
+        let count = taken;
         let lines = std::mem::take(&mut writing.lines);
         let again = std::mem::take(&mut writing.again);
         let written = match appended {
             Ok(()) => {
-                self.stats.writes.fetch_add(1, Ordering::Relaxed);
+                writing.writes += 1;
                 let written = writing.writer.write();
                 // Timed from the clock read the records' time came from
                 // (one read fewer per write): appending and handing over.
@@ -477,10 +495,10 @@ impl Shared {
         };
         writing.taken_unwaited = taken_unwaited;
         writing.taken_unwaited.clear();
-        let before = self.processed.load(Ordering::Acquire);
+        let before = if count > 0 { self.processed.load(Ordering::Acquire) } else { 0 };
         let outcome = match written {
             Ok(()) => {
-                self.stats.records.fetch_add(lines + again, Ordering::Relaxed);
+                writing.records += lines + again;
                 self.recovered();
                 Ok(())
             }
@@ -500,7 +518,11 @@ impl Shared {
                 Err(error)
             }
         };
-        self.processed.store(before + count, Ordering::Release);
+        // Only when queued records were taken: a store would take the
+        // line from the cores that look at it.
+        if count > 0 {
+            self.processed.store(before + count, Ordering::Release);
+        }
         outcome
     }
 
@@ -714,9 +736,10 @@ impl AuditLog {
                 taken: Vec::new(),
                 taken_ends: Vec::new(),
                 taken_unwaited: Vec::new(),
-                appended: 0,
                 lines: 0,
                 again: 0,
+                records: 0,
+                writes: 0,
             })),
             queue: Mutex::new(Queue::default()),
             queued: std::sync::atomic::AtomicUsize::new(0),
@@ -801,6 +824,7 @@ impl AuditLog {
         let Some(writing) = guard.take() else { return };
         drop(guard);
         let stats = &self.shared.stats;
+        writing.publish(stats);
         match writing.writer.close() {
             Ok(()) => tracing::info!(
                 records = stats.records.load(Ordering::Relaxed),
@@ -1435,6 +1459,32 @@ mod tests {
 
     fn result(session: u64, n: u64) -> Record {
         Record::Result(ResultRecord { session, sequence: n, ran: true, ..ResultRecord::default() })
+    }
+
+    /// The writer counts records and writes in memory of its own; the
+    /// sync thread's flush publishes the counts, and closing the log
+    /// publishes the last ones.
+    #[test]
+    fn the_counts_are_published_by_the_flush_and_when_the_log_closes() {
+        let engine = allow_all();
+        let (dir, log) = scratch_log("counts");
+        for n in 1..=3 {
+            assert!(persisted(&log, &[statement(&engine, 1, n)]).is_ok());
+        }
+        let stats = Arc::clone(&log.stats);
+        // Within a few flush intervals (the log has no other traffic).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.records.load(Ordering::Relaxed) < 3 && Instant::now() < deadline {
+            std::thread::sleep(FLUSH_INTERVAL);
+        }
+        assert_eq!(stats.records.load(Ordering::Relaxed), 3);
+        assert!((1..=3).contains(&stats.writes.load(Ordering::Relaxed)));
+        // Results left for a later write, then the close's own write.
+        log.log(&[result(1, 3)]);
+        assert!(persisted(&log, &[statement(&engine, 1, 4)]).is_ok());
+        log.close();
+        assert_eq!(stats.records.load(Ordering::Relaxed), 5, "every record the log holds is counted");
+        assert_eq!(read_lines(&dir.join("log")).len(), 5);
     }
 
     /// The records of both paths (the writer's lock free: written in
