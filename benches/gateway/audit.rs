@@ -18,10 +18,10 @@ use super::{
 use pg_proxy::cluster::Cluster;
 
 /// The modes compared, in the report's order.
-const MODES: [Mode; 4] = [Mode::Off, Mode::None, Mode::Commit, Mode::Every];
+pub(super) const MODES: [Mode; 4] = [Mode::Off, Mode::None, Mode::Commit, Mode::Every];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(super) enum Mode {
     Off,
     None,
     Commit,
@@ -29,6 +29,14 @@ enum Mode {
 }
 
 impl Mode {
+    /// A mode by its name in `--modes`: `off`, or the durability.
+    pub(super) fn parse(name: &str) -> Result<Mode, String> {
+        MODES
+            .into_iter()
+            .find(|m| m.durability().unwrap_or("off") == name)
+            .ok_or_else(|| format!("unknown mode {name:?} (off, none, commit, every)"))
+    }
+
     fn name(self) -> &'static str {
         match self {
             Mode::Off => "audit off",
@@ -84,8 +92,8 @@ pub(super) fn run(
     let mut serial = 0usize;
     for rep in 0..options.reps {
         for (ci, config) in options.configs.iter().enumerate() {
-            for k in 0..MODES.len() {
-                let Some(&mode) = MODES.get((rep + ci + k) % MODES.len()) else { continue };
+            for k in 0..options.modes.len() {
+                let Some(&mode) = options.modes.get(run_order(rep + ci, k, options.modes.len())) else { continue };
                 check_interrupted()?;
                 serial += 1;
                 let run = one_run(options, tools, cluster, password, &keys, config, mode, serial)?;
@@ -110,6 +118,28 @@ pub(super) fn run(
         }
     }
     Ok(report(options, command, &runs, fsync))
+}
+
+/// The `k`th mode run in row `row` of a Williams square of `n` modes: the
+/// rows rotate `0, 1, n-1, 2, n-2, …`, so over `n` repetitions each mode
+/// runs once in each place and right after each other mode once (`n`
+/// even). A run is not always the one after the same mode: with a plain
+/// rotation, "commit" always came right after "none", and paid for what
+/// "none" left behind (the deletion of the largest log).
+fn run_order(row: usize, k: usize, n: usize) -> usize {
+    let step = if k % 2 == 1 { k.div_ceil(2) } else { n - k / 2 };
+    (row + if k == 0 { 0 } else { step }) % n
+}
+
+/// Lets the previous run's deletion of its directory finish before the
+/// next run begins: `sync` commits the file system's journal, and with
+/// it the discards of the freed blocks (the disk here is mounted with
+/// `discard`); then a moment for the flusher. Every run, audit off's
+/// too, begins after the same wait.
+fn settle() -> Result<(), String> {
+    run_command(std::process::Command::new("sync"), "sync")?;
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(())
 }
 
 fn k_of(mode: Mode) -> usize {
@@ -172,6 +202,7 @@ fn one_run(
         }
     };
     let _ = std::fs::remove_dir_all(cluster.dir().join(&name));
+    settle()?;
     Ok(AuditRun { run, syncs_per_txn, writes_per_txn, lock_waits_per_txn })
 }
 
@@ -465,7 +496,25 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
 
 #[cfg(test)]
 mod tests {
-    use super::{ratio_check, spread, Pair};
+    use super::{ratio_check, run_order, spread, Pair};
+
+    /// Over `n` repetitions every mode runs once in each row and each
+    /// place, and right after every other mode exactly once.
+    #[test]
+    fn each_mode_follows_each_other_once_in_n_rows() {
+        for n in [2, 4, 6] {
+            let rows: Vec<Vec<usize>> = (0..n).map(|r| (0..n).map(|k| run_order(r, k, n)).collect()).collect();
+            for row in &rows {
+                let mut sorted = row.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "{rows:?}");
+            }
+            let mut pairs: Vec<(usize, usize)> = rows.iter().flat_map(|r| r.windows(2).map(|w| (w[0], w[1]))).collect();
+            pairs.sort_unstable();
+            pairs.dedup();
+            assert_eq!(pairs.len(), n * (n - 1), "{rows:?}");
+        }
+    }
 
     fn quiet(on: f64, off: f64) -> Pair {
         Pair { on, off, steal: 0.4 }

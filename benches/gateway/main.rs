@@ -65,6 +65,7 @@ Options:
   --audit                 compare the gateway with its audit log off and on with each durability
                           (none, commit, every) instead; configurations default to
                           select-prepared-c16,tpcb-c8
+  --modes A,B             with --audit, only these modes: off, none, commit, every (default: all)
   --help                  this text
 
 The relay target is this program run as `gateway-bench --relay PORT UPSTREAM_PORT`.
@@ -137,6 +138,8 @@ struct Options {
     stream: bool,
     pg_proxy: Option<PathBuf>,
     audit: bool,
+    /// With `--audit`: the modes compared; all four by default.
+    modes: Vec<audit::Mode>,
 }
 
 impl Options {
@@ -152,6 +155,7 @@ impl Options {
             stream: true,
             pg_proxy: None,
             audit: false,
+            modes: audit::MODES.to_vec(),
         };
         let mut configs_given = false;
         let (mut reps, mut duration) = (None, None);
@@ -167,6 +171,9 @@ impl Options {
                 "--idle-connections" => o.idle_connections = number(&value("--idle-connections")?)?,
                 "--no-stream" => o.stream = false,
                 "--audit" => o.audit = true,
+                "--modes" => {
+                    o.modes = value("--modes")?.split(',').map(audit::Mode::parse).collect::<Result<_, _>>()?;
+                }
                 "--pg-proxy" => o.pg_proxy = Some(PathBuf::from(value("--pg-proxy")?)),
                 "--configs" => {
                     configs_given = true;
@@ -191,8 +198,8 @@ impl Options {
         }
         o.reps = reps.unwrap_or(if o.quick { 1 } else { 3 });
         o.duration = duration.unwrap_or(if o.quick { 5 } else { 15 });
-        if o.reps == 0 || o.duration == 0 || o.configs.is_empty() || o.targets.is_empty() {
-            return Err("--reps, --duration, --configs and --targets may not be zero or empty".to_string());
+        if o.reps == 0 || o.duration == 0 || o.configs.is_empty() || o.targets.is_empty() || o.modes.is_empty() {
+            return Err("--reps, --duration, --configs, --targets and --modes may not be zero or empty".to_string());
         }
         Ok(Some(o))
     }
