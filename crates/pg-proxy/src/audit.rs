@@ -1479,7 +1479,8 @@ mod tests {
         }
         assert_eq!(stats.records.load(Ordering::Relaxed), 3);
         assert!((1..=3).contains(&stats.writes.load(Ordering::Relaxed)));
-        // Results left for a later write, then the close's own write.
+        // A result left for the next write (the statement's after it);
+        // closing publishes the counts of both.
         log.log(&[result(1, 3)]);
         assert!(persisted(&log, &[statement(&engine, 1, 4)]).is_ok());
         log.close();
