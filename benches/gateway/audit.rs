@@ -360,6 +360,16 @@ fn ratio_check(name: &str, what: &str, pairs: &[Pair], target: f64) -> String {
     )
 }
 
+/// A table of one row per configuration and one cell per mode.
+fn mode_table(w: &mut String, options: &Options, cell: impl Fn(usize, Mode) -> String) {
+    let _ = writeln!(w, "| configuration | audit off | \"none\" | \"commit\" | \"every\" |");
+    let _ = writeln!(w, "|---|---|---|---|---|");
+    for (ci, config) in options.configs.iter().enumerate() {
+        let cells: Vec<String> = MODES.iter().map(|&m| cell(ci, m)).collect();
+        let _ = writeln!(w, "| `{}` | {} |", config.args.join(" "), cells.join(" | "));
+    }
+}
+
 fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: Duration) -> String {
     let mut out = String::new();
     let w = &mut out;
@@ -435,43 +445,17 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
         );
     }
     let _ = writeln!(w, "\nThe gateway's CPU µs per transaction (user and kernel), medians:\n");
-    let _ = writeln!(w, "| configuration | audit off | \"none\" | \"commit\" | \"every\" |");
-    let _ = writeln!(w, "|---|---|---|---|---|");
-    for (ci, config) in options.configs.iter().enumerate() {
-        let cpu = |m: Mode| median_of(runs, ci, m, |r| r.run.cpu_us_per_txn());
-        let _ = writeln!(
-            w,
-            "| `{}` | {} | {} | {} | {} |",
-            config.args.join(" "),
-            fmt_opt(cpu(Mode::Off), 1),
-            fmt_opt(cpu(Mode::None), 1),
-            fmt_opt(cpu(Mode::Commit), 1),
-            fmt_opt(cpu(Mode::Every), 1)
-        );
-    }
+    mode_table(w, options, |ci, m| fmt_opt(median_of(runs, ci, m, |r| r.run.cpu_us_per_txn()), 1));
     let _ = writeln!(
         w,
         "\nThe whole machine's busy CPU µs per transaction (pgbench, PostgreSQL, the gateway and the kernel's \
          threads; from /proc/stat), and in brackets the share of the machine's CPU left idle, medians:\n"
     );
-    let _ = writeln!(w, "| configuration | audit off | \"none\" | \"commit\" | \"every\" |");
-    let _ = writeln!(w, "|---|---|---|---|---|");
-    for (ci, config) in options.configs.iter().enumerate() {
-        let cell = |m: Mode| {
-            let busy = median_of(runs, ci, m, |r| r.run.machine_us_per_txn());
-            let idle = median_of(runs, ci, m, |r| Some(r.run.machine.shares().0));
-            format!("{} ({} %)", fmt_opt(busy, 1), fmt_opt(idle, 1))
-        };
-        let _ = writeln!(
-            w,
-            "| `{}` | {} | {} | {} | {} |",
-            config.args.join(" "),
-            cell(Mode::Off),
-            cell(Mode::None),
-            cell(Mode::Commit),
-            cell(Mode::Every)
-        );
-    }
+    mode_table(w, options, |ci, m| {
+        let busy = median_of(runs, ci, m, |r| r.run.machine_us_per_txn());
+        let idle = median_of(runs, ci, m, |r| Some(r.run.machine.shares().0));
+        format!("{} ({} %)", fmt_opt(busy, 1), fmt_opt(idle, 1))
+    });
     let _ = writeln!(
         w,
         "\nThe gateway's share of the machine's busy CPU (medians over the runs with no steal over {STEAL_LIMIT} %), \
@@ -481,33 +465,19 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
          a slower host is slower in every process alike, so the shares move little between runs where the throughput moves \
          by a fifth; the kernel's writeback of the log is in the rest of the machine, and not counted:\n"
     );
-    let _ = writeln!(w, "| configuration | audit off | \"none\" | \"commit\" | \"every\" |");
-    let _ = writeln!(w, "|---|---|---|---|---|");
-    for (ci, config) in options.configs.iter().enumerate() {
-        let share = |m: Mode| {
-            median_of(runs, ci, m, |r| {
-                let quiet = r.run.machine.shares().1 <= STEAL_LIMIT;
-                r.run.cpu_us_per_txn().zip(r.run.machine_us_per_txn()).filter(|_| quiet).map(|(g, all)| g / all)
-            })
-        };
-        let off = share(Mode::Off);
-        let cell = |m: Mode| {
-            let implied = off.zip(share(m)).and_then(|(off, on)| implied_ratio(off, on));
-            match m {
-                Mode::Off => fmt_opt(off, 3),
-                _ => format!("{} ({})", fmt_opt(share(m), 3), fmt_opt(implied, 3)),
-            }
-        };
-        let _ = writeln!(
-            w,
-            "| `{}` | {} | {} | {} | {} |",
-            config.args.join(" "),
-            cell(Mode::Off),
-            cell(Mode::None),
-            cell(Mode::Commit),
-            cell(Mode::Every)
-        );
-    }
+    let share = |ci: usize, m: Mode| {
+        median_of(runs, ci, m, |r| {
+            let quiet = r.run.machine.shares().1 <= STEAL_LIMIT;
+            r.run.cpu_us_per_txn().zip(r.run.machine_us_per_txn()).filter(|_| quiet).map(|(g, all)| g / all)
+        })
+    };
+    mode_table(w, options, |ci, m| match m {
+        Mode::Off => fmt_opt(share(ci, m), 3),
+        _ => {
+            let implied = share(ci, Mode::Off).zip(share(ci, m)).and_then(|(off, on)| implied_ratio(off, on));
+            format!("{} ({})", fmt_opt(share(ci, m), 3), fmt_opt(implied, 3))
+        }
+    });
     let _ = writeln!(w, "\nTargets:\n\n{}", checks.join("\n"));
     let _ = writeln!(w, "\nEvery run (TPS; syncs per transaction; the hypervisor's steal, when any):\n");
     for (ci, config) in options.configs.iter().enumerate() {
