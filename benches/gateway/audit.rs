@@ -123,9 +123,9 @@ pub(super) fn run(
 /// The `k`th mode run in row `row` of a Williams square of `n` modes: the
 /// rows rotate `0, 1, n-1, 2, n-2, …`, so over `n` repetitions each mode
 /// runs once in each place and right after each other mode once (`n`
-/// even). A run is not always the one after the same mode: with a plain
-/// rotation, "commit" always came right after "none", and paid for what
-/// "none" left behind (the deletion of the largest log).
+/// even). With a plain rotation "commit" always came right after "none",
+/// and whatever a run leaves behind (its log's deletion) fell on the
+/// same mode every time.
 fn run_order(row: usize, k: usize, n: usize) -> usize {
     let step = if k % 2 == 1 { k.div_ceil(2) } else { n - k / 2 };
     (row + if k == 0 { 0 } else { step }) % n
