@@ -317,13 +317,51 @@ fn spread(ratios: &[f64], decimals: usize) -> String {
     }
 }
 
+/// Student's t for a two-sided 95 % interval with `df` degrees of
+/// freedom (1 to 30 from the table, 1.96 beyond).
+fn t95(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    df.checked_sub(1).and_then(|i| T.get(i)).copied().unwrap_or(1.96)
+}
+
+/// The 95 % interval of the paired ratios' geometric mean: a t interval
+/// on their logarithms, `(low, high, half width in logarithm)`. `None`
+/// with fewer than two ratios or one that is not positive.
+fn interval(ratios: &[f64]) -> Option<(f64, f64, f64)> {
+    if ratios.len() < 2 || ratios.iter().any(|r| r.is_nan() || *r <= 0.0) {
+        return None;
+    }
+    let logs: Vec<f64> = ratios.iter().map(|r| r.ln()).collect();
+    let n = logs.len() as f64;
+    let mean = logs.iter().sum::<f64>() / n;
+    let variance = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let half = t95(logs.len() - 1) * (variance / n).sqrt();
+    Some(((mean - half).exp(), (mean + half).exp(), half))
+}
+
+/// About how many quiet repetitions an interval as wide as this one per
+/// repetition would need to lie wholly on one side of `target`, from a
+/// geometric mean of `mean` (the normal's 1.96 in place of t).
+fn repetitions_needed(n: usize, half: f64, mean: f64, target: f64) -> Option<u64> {
+    let distance = (mean.ln() - target.ln()).abs();
+    let sd = half / t95(n.checked_sub(1)?) * (n as f64).sqrt();
+    (distance > 0.0).then(|| ((1.96 * sd / distance).powi(2)).ceil() as u64)
+}
+
 /// A ratio target's verdict, from the pairs without steal
-/// ([`STEAL_LIMIT`]): met only when the ratio of their medians and the
-/// median of their ratios both reach `target`, which keeps one
-/// estimator's luck from deciding it; undetermined when fewer than
-/// [`QUIET_PAIRS_NEEDED`] pairs are left. The estimates over every pair
-/// follow. The figures have three digits, so that a ratio just short of
-/// the target does not print as the target.
+/// ([`STEAL_LIMIT`]). Met only when the ratio of their medians and the
+/// median of their ratios both reach `target` (one estimator's luck does
+/// not decide it) and the 95 % interval of the ratios' geometric mean
+/// ([`interval`]) lies at or above it; NOT met when both estimates and
+/// the interval fall short of it. Otherwise undetermined: the runs
+/// spread more than the distance to the target, and the verdict says
+/// about how many repetitions it would take at this spread. Undetermined
+/// too when fewer than [`QUIET_PAIRS_NEEDED`] pairs are left. The
+/// estimates over every pair follow. The figures have three digits, so
+/// that a ratio just short of the target does not print as the target.
 fn ratio_check(name: &str, what: &str, pairs: &[Pair], target: f64) -> String {
     let estimates = |pairs: &[&Pair]| {
         let on: Vec<f64> = pairs.iter().map(|p| p.on).collect();
@@ -347,17 +385,30 @@ fn ratio_check(name: &str, what: &str, pairs: &[Pair], target: f64) -> String {
         );
     }
     let (of_medians, paired) = estimates(&quiet);
-    let met = of_medians.zip(median(&paired)).map(|(a, b)| a >= target && b >= target);
+    let bounds = interval(&paired);
+    let figures = format!(
+        "ratio of medians {}, paired {}, 95 % interval {}",
+        fmt_opt(of_medians, 3),
+        spread(&paired, 3),
+        bounds.map_or("–".to_string(), |(low, high, _)| format!("{low:.3}–{high:.3}"))
+    );
     let set_aside = match pairs.len() - quiet.len() {
         0 => String::new(),
         n => format!("; {n} of {} repetitions set aside for steal, every repetition: {every}", pairs.len()),
     };
-    format!(
-        "{head} {} (ratio of medians {}, paired {}{set_aside})",
-        verdict(met),
-        fmt_opt(of_medians, 3),
-        spread(&paired, 3)
-    )
+    let reached = of_medians.zip(median(&paired)).map(|(a, b)| (a >= target, b >= target));
+    let outcome = match (reached, bounds) {
+        (Some((true, true)), Some((low, _, _))) if low >= target => "met".to_string(),
+        (Some((false, false)), Some((_, high, _))) if high < target => "NOT met".to_string(),
+        (_, Some((low, high, half))) => {
+            let mean = (low * high).sqrt();
+            let needed = repetitions_needed(paired.len(), half, mean, target)
+                .map_or(String::new(), |n| format!("; at this spread, about {n} quiet repetitions would tell"));
+            format!("undetermined: the interval holds {target:.2}{needed}")
+        }
+        _ => "undetermined".to_string(),
+    };
+    format!("{head} {outcome} ({figures}{set_aside})")
 }
 
 /// A table of one row per configuration and one cell per mode.
@@ -511,7 +562,7 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
 
 #[cfg(test)]
 mod tests {
-    use super::{implied_ratio, ratio_check, run_order, spread, Pair};
+    use super::{implied_ratio, interval, ratio_check, repetitions_needed, run_order, spread, t95, Pair};
 
     /// A gateway taking 0.30 of the machine with the log off and 0.33
     /// with it on, the rest doing the same work: the machine's time per
@@ -551,33 +602,76 @@ mod tests {
     }
 
     #[test]
-    fn a_ratio_target_is_met_only_when_both_estimates_reach_it() {
+    fn a_ratio_target_is_met_only_when_both_estimates_and_the_interval_reach_it() {
         let none = "`\"none\"`";
-        let met = ratio_check("tpcb-c8", none, &[quiet(97.0, 100.0), quiet(95.0, 100.0), quiet(99.0, 100.0)], 0.95);
-        assert!(met.contains(": met (ratio of medians 0.970, paired 0.970 [0.950–0.990])"), "{met}");
-        // Just short of the target: says so in its digits too.
+        let close = [quiet(97.0, 100.0), quiet(96.5, 100.0), quiet(97.5, 100.0), quiet(97.0, 100.0)];
+        let met = ratio_check("tpcb-c8", none, &close, 0.95);
+        assert!(
+            met.contains(": met (ratio of medians 0.970, paired 0.970 [0.965–0.975], 95 % interval 0.964–0.977)"),
+            "{met}"
+        );
+        // Just short of the target, and the runs agree: NOT met, and its
+        // digits say so too.
         let short = ratio_check("tpcb-c8", none, &[quiet(94.59, 100.0), quiet(94.68, 100.0), quiet(94.7, 100.0)], 0.95);
-        assert!(short.contains("NOT met (ratio of medians 0.947, paired 0.947 [0.946–0.947])"), "{short}");
-        // The medians' ratio 1.000, the pairs' median 0.939.
+        assert!(
+            short.contains("NOT met (ratio of medians 0.947, paired 0.947 [0.946–0.947], 95 % interval 0.945–0.948)"),
+            "{short}"
+        );
+        // Both estimates reach it, and the runs spread past it.
+        let wide = [quiet(97.0, 100.0), quiet(90.0, 100.0), quiet(103.0, 100.0), quiet(96.0, 100.0)];
+        let undecided = ratio_check("tpcb-c8", none, &wide, 0.95);
+        assert!(undecided.contains(": undetermined: the interval holds 0.95; at this spread, about "), "{undecided}");
+        assert!(undecided.contains("quiet repetitions would tell (ratio of medians 0.965"), "{undecided}");
+        // The medians' ratio 1.000, the pairs' median 0.939: one
+        // estimator's luck does not decide it either way.
         let paired_short =
             ratio_check("tpcb-c8", none, &[quiet(100.0, 100.0), quiet(90.0, 100.0), quiet(200.0, 213.0)], 0.95);
-        assert!(paired_short.contains("NOT met (ratio of medians 1.000, paired 0.939"), "{paired_short}");
-        // The pairs' median 0.976, the medians' ratio 0.769.
-        let medians_short =
-            ratio_check("tpcb-c8", none, &[quiet(100.0, 100.0), quiet(200.0, 205.0), quiet(85.0, 130.0)], 0.95);
-        assert!(medians_short.contains("NOT met (ratio of medians 0.769, paired 0.976"), "{medians_short}");
+        assert!(paired_short.contains("undetermined: the interval holds 0.95"), "{paired_short}");
+        assert!(paired_short.contains("(ratio of medians 1.000, paired 0.939"), "{paired_short}");
         assert!(ratio_check("x", "y", &[], 0.95).contains("not measured"));
+    }
+
+    #[test]
+    fn the_interval_is_a_t_interval_of_the_ratios_logarithms() {
+        assert_eq!(interval(&[1.0, 1.0]), Some((1.0, 1.0, 0.0)));
+        assert_eq!(interval(&[1.0]), None);
+        assert_eq!(interval(&[1.0, 0.0]), None);
+        assert_eq!(interval(&[1.0, f64::NAN]), None);
+        // Logarithms 0.1 and -0.1: mean 0, standard deviation 0.1414,
+        // t 12.706 with one degree of freedom.
+        let (low, high, half) = interval(&[0.1f64.exp(), (-0.1f64).exp()]).unwrap_or_default();
+        assert!((half - 1.2706).abs() < 1e-4, "{half}");
+        assert!((low * high - 1.0).abs() < 1e-9 && (low - (-1.2706f64).exp()).abs() < 1e-4, "{low} {high}");
+        assert_eq!(t95(3), 3.182);
+        assert_eq!(t95(100), 1.96);
+    }
+
+    #[test]
+    fn the_repetitions_a_verdict_needs_grow_with_the_spread_and_nearness() {
+        // Four repetitions with logarithms spread by 0.05, a geometric
+        // mean of 0.96 against 0.95: (1.96 × 0.05 / ln(0.96 / 0.95))² = 87.6.
+        let half = t95(3) * 0.05 / 2.0;
+        assert_eq!(repetitions_needed(4, half, 0.96, 0.95), Some(88));
+        assert_eq!(repetitions_needed(4, half / 2.0, 0.96, 0.95), Some(22));
+        assert_eq!(repetitions_needed(4, half, 0.95, 0.95), None);
+        assert_eq!(repetitions_needed(0, half, 0.96, 0.95), None);
     }
 
     #[test]
     fn repetitions_the_hypervisor_took_cpu_from_are_set_aside() {
         let none = "`\"none\"`";
-        let pairs =
-            [quiet(97.0, 100.0), stolen(50.0, 100.0), quiet(96.0, 100.0), stolen(70.0, 100.0), quiet(98.0, 100.0)];
+        let pairs = [
+            quiet(97.0, 100.0),
+            stolen(50.0, 100.0),
+            quiet(96.9, 100.0),
+            stolen(70.0, 100.0),
+            quiet(97.1, 100.0),
+            quiet(97.0, 100.0),
+        ];
         let check = ratio_check("tpcb-c8", none, &pairs, 0.95);
-        assert!(check.contains(": met (ratio of medians 0.970, paired 0.970 [0.960–0.980]"), "{check}");
+        assert!(check.contains(": met (ratio of medians 0.970, paired 0.970 [0.969–0.971]"), "{check}");
         assert!(
-            check.contains("2 of 5 repetitions set aside for steal, every repetition: ratio of medians 0.960"),
+            check.contains("2 of 6 repetitions set aside for steal, every repetition: ratio of medians 0.970"),
             "{check}"
         );
         // Steal in the run with the audit log off counts too: the pair is
