@@ -8,7 +8,6 @@
 //! Ed25519. A checkpoint kept elsewhere pins every record before it.
 
 pub mod body;
-pub mod cache;
 mod mapped;
 pub mod note;
 pub mod proof;

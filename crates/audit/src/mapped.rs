@@ -170,17 +170,6 @@ impl MappedFile {
     /// `chunk`) that are reserved and not populated yet: cheaper than a
     /// fault per page as the copies reach them. Best effort: without it
     /// (a kernel before 5.14) the copies fault the pages in.
-    /// Asks for the cache lines the next `len` bytes appended will be
-    /// copied to (those mapped now), to be written.
-    pub(crate) fn prefetch_tail(&self, len: usize) {
-        if let Some(m) = &self.mapping {
-            if let Some(at) = self.len.checked_sub(m.offset).filter(|at| *at < CHUNK) {
-                let len = len.min((CHUNK - at) as usize);
-                crate::cache::prefetch_for_write(m.ptr.as_ptr().wrapping_add(at as usize), len);
-            }
-        }
-    }
-
     fn populate(&mut self, ptr: std::ptr::NonNull<u8>, chunk: u64) {
         let end = self.reserved.min(chunk + CHUNK);
         if self.populated >= end {

@@ -329,16 +329,6 @@ impl Frontier {
         self.size
     }
 
-    /// Asks for the memory the next pushes write (the last nodes), to be
-    /// written ([`crate::cache`]).
-    pub fn prefetch(&self) {
-        crate::cache::prefetch_value(self);
-        let n = self.nodes.len().min(2);
-        if let Some(last) = self.nodes.get(self.nodes.len() - n..) {
-            crate::cache::prefetch_for_write(last.as_ptr().cast(), std::mem::size_of_val(last) + 32);
-        }
-    }
-
     /// The roots of the perfect subtrees along the tree's right edge, largest
     /// (leftmost) first: one per set bit of [`Frontier::size`].
     pub fn nodes(&self) -> &[Hash] {
@@ -388,14 +378,6 @@ pub struct Rewind {
     kept: usize,
     /// The nodes it had then after those, last first.
     merged: Vec<Hash>,
-}
-
-impl Rewind {
-    /// Asks for the memory the next pushes keep nodes in, to be written
-    /// ([`crate::cache`]).
-    pub fn prefetch(&self) {
-        crate::cache::prefetch_for_write(self.merged.as_ptr().cast(), 2 * std::mem::size_of::<Hash>());
-    }
 }
 
 /// The inclusion proof of leaf `index` in the tree of all `leaves`: the

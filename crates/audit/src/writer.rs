@@ -328,21 +328,6 @@ impl Writer {
         &self.path
     }
 
-    /// Asks for the memory the next append and write use: this value, the
-    /// tree's last nodes, the batch's mark and where the segment's next
-    /// bytes go ([`crate::cache`]). Worth it when the last write ran on
-    /// another core.
-    pub fn prefetch(&self, bytes: usize) {
-        crate::cache::prefetch_value(self);
-        self.frontier.prefetch();
-        if let Some(m) = self.spare_mark.as_ref().or(self.mark.as_ref()) {
-            m.rewind.prefetch();
-        }
-        if let Some(f) = &self.file {
-            f.prefetch_tail(bytes);
-        }
-    }
-
     /// Adds a record to the buffer and returns its number. `body` is the
     /// record's own JSON object, `{"type":"...", ...}`; the writer puts
     /// the schema version, the number, the previous record's hash and

@@ -345,13 +345,6 @@ impl Shared {
         own: Option<(&[Record], &Bodies)>,
         hand: Hand,
     ) -> Result<(), RecordError> {
-        if let Some(writing) = guard.as_ref() {
-            // The write before this one most often ran on the other
-            // runtime thread: its lines are asked for at once, not met
-            // one by one as the write goes.
-            portcullis_audit::cache::prefetch_value(writing);
-            writing.writer.prefetch(PREFETCHED_BYTES);
-        }
         LENT.with(|lent| {
             let mut lent = lent.try_borrow_mut().ok();
             if let (Some(writing), Some(memory)) = (guard.as_mut(), lent.as_deref_mut()) {
@@ -1073,10 +1066,6 @@ thread_local! {
     /// ([`Shared::write`]).
     static LENT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
-
-/// How much of the segment after its end a write asks for ahead: about
-/// two records.
-const PREFETCHED_BYTES: usize = 1024;
 
 /// The most memory a thread keeps to lend the writer between writes.
 const LENT_KEPT: usize = 256 * 1024;
