@@ -514,7 +514,10 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
          does the same work per transaction and the CPU is what limits the throughput (not so with \"every\", \
          which leaves much of it idle waiting for the disk): (1 − the mode's share) / (1 − off's share). A run on \
          a slower host is slower in every process alike, so the shares move little between runs where the throughput moves \
-         by a fifth; the kernel's writeback of the log is in the rest of the machine, and not counted:\n"
+         by a fifth. Not counted: the kernel's writeback of the log, what else the log makes the rest \
+         of the machine do per transaction (it has moved by several µs from one invocation to the next), \
+         and the longer time a transaction holds its rows' locks, so these do not stand in for the \
+         throughput ratios:\n"
     );
     let share = |ci: usize, m: Mode| {
         median_of(runs, ci, m, |r| {
