@@ -404,7 +404,7 @@ fn ratio_check(name: &str, what: &str, pairs: &[Pair], target: f64) -> String {
             let mean = (low * high).sqrt();
             let needed = repetitions_needed(paired.len(), half, mean, target)
                 .map_or(String::new(), |n| format!("; at this spread, about {n} quiet repetitions would tell"));
-            format!("undetermined: the interval holds {target:.2}{needed}")
+            format!("undetermined: the estimates and the interval do not all fall on one side of {target:.2}{needed}")
         }
         _ => "undetermined".to_string(),
     };
@@ -623,13 +623,16 @@ mod tests {
         // Both estimates reach it, and the runs spread past it.
         let wide = [quiet(97.0, 100.0), quiet(90.0, 100.0), quiet(103.0, 100.0), quiet(96.0, 100.0)];
         let undecided = ratio_check("tpcb-c8", none, &wide, 0.95);
-        assert!(undecided.contains(": undetermined: the interval holds 0.95; at this spread, about "), "{undecided}");
+        assert!(undecided.contains(": undetermined: the estimates and the interval do not all fall on one side of 0.95; at this spread, about "), "{undecided}");
         assert!(undecided.contains("quiet repetitions would tell (ratio of medians 0.965"), "{undecided}");
         // The medians' ratio 1.000, the pairs' median 0.939: one
         // estimator's luck does not decide it either way.
         let paired_short =
             ratio_check("tpcb-c8", none, &[quiet(100.0, 100.0), quiet(90.0, 100.0), quiet(200.0, 213.0)], 0.95);
-        assert!(paired_short.contains("undetermined: the interval holds 0.95"), "{paired_short}");
+        assert!(
+            paired_short.contains("undetermined: the estimates and the interval do not all fall on one side of 0.95"),
+            "{paired_short}"
+        );
         assert!(paired_short.contains("(ratio of medians 1.000, paired 0.939"), "{paired_short}");
         assert!(ratio_check("x", "y", &[], 0.95).contains("not measured"));
     }
