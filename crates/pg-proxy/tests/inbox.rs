@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use portcullis_testkit::browser::Browser;
 use portcullis_testkit::stack::Stack;
+use serde_json::json;
 
 /// A gateway with approvals on, its admin server (API and inbox) on a
 /// port of its own, and its URL.
@@ -107,12 +108,19 @@ async fn a_denial_needs_a_reason_and_the_agent_is_told_it() {
         assert!(browser.find("article[data-request] img").is_none(), "the agent's text became markup");
         assert!(browser.text_of(CARD).contains("<img src=x onerror=alert(1)>"));
 
-        browser.click_on("article[data-request] .deny");
+        let id = browser.execute("return document.querySelector(arguments[0]).dataset.request", json!([CARD]));
+        let card = format!("article[data-request=\"{}\"]", id.as_str().unwrap_or_default());
+        browser.click_on(&format!("{card} .deny"));
         browser.wait_until("the missing reason", || {
-            browser.text_of(CARD).contains("A denial needs a reason").then_some(())
+            browser.text_of(&card).contains("A denial needs a reason").then_some(())
         });
-        browser.type_into_field("article[data-request] .reason", "not during the freeze");
-        browser.click_on("article[data-request] .deny");
+        // Another request refreshes the list live: the card, rendered
+        // again, still says what is missing.
+        let _other = agent_psql(&stack, &["DELETE FROM orders WHERE id = 33"]);
+        browser.wait_until("the second request", || browser.page_text().contains("id = 33").then_some(()));
+        assert!(browser.text_of(&card).contains("A denial needs a reason"), "{}", browser.page_text());
+        browser.type_into_field(&format!("{card} .reason"), "not during the freeze");
+        browser.click_on(&format!("{card} .deny"));
         let out = psql.join().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());

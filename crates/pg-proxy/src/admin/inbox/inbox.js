@@ -294,13 +294,16 @@ async function show() {
       empty.textContent = tab === "pending" ? "Nothing waits for you." : "Nothing decided yet.";
       if (tab === "pending") $("#pending-count").textContent = approvals.length ? `(${approvals.length})` : "";
     }
-    // What an approver is typing survives the refresh, focus included.
+    // What an approver is typing, and what the card told them last (a
+    // denial without a reason), survive the refresh, focus included.
     let focus = null;
     for (const card of cards) {
       const old = card.dataset.request && list.querySelector(`[data-request="${CSS.escape(card.dataset.request)}"]`);
       if (old && $(".reason", old) && $(".reason", card)) {
         $(".reason", card).value = $(".reason", old).value;
         $(".grant-for", card).value = $(".grant-for", old).value;
+        $(".outcome", card).textContent = $(".outcome", old).textContent;
+        $(".outcome", card).className = $(".outcome", old).className;
         if (document.activeElement === $(".reason", old)) focus = $(".reason", card);
       }
     }
