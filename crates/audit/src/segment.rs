@@ -176,16 +176,29 @@ pub fn hex(hash: &Hash) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// Every byte's two lower-case hex digits.
+#[allow(clippy::indexing_slicing, reason = "a constant's initialiser: an index out of range fails the build")]
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [DIGITS[b >> 4], DIGITS[b & 15]];
+        b += 1;
+    }
+    pairs
+};
+
 /// Appends a hash in lower-case hex (no allocation: the writer's per-record
 /// path).
 pub(crate) fn push_hex(buf: &mut Vec<u8>, hash: &Hash) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    // Filled on the stack and appended at once: one capacity check, not
-    // one per digit (this runs for every record).
+    // Filled on the stack, a byte's two digits at a time from a table, and
+    // appended at once: one capacity check, not one per digit (this runs
+    // for every record).
     let mut text = [0u8; 64];
-    for (pair, b) in text.chunks_exact_mut(2).zip(hash) {
-        for (slot, nibble) in pair.iter_mut().zip([b >> 4, b & 15]) {
-            *slot = DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0');
+    for (pair, &b) in text.chunks_exact_mut(2).zip(hash) {
+        if let Some(digits) = HEX_PAIRS.get(usize::from(b)) {
+            pair.copy_from_slice(digits);
         }
     }
     buf.extend_from_slice(&text);

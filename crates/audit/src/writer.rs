@@ -740,18 +740,25 @@ mod tests {
 
     #[test]
     fn numbers_and_hashes_are_written_in_place() {
-        for n in [0u64, 7, 10, 99, 100, 12_345, u64::MAX] {
-            let mut buf = Vec::new();
+        let mut powers: Vec<u64> = (0..20).map(|e| 10u64.pow(e)).collect();
+        powers.extend(powers.clone().iter().filter(|&&p| p > 1).map(|p| p - 1));
+        for n in powers.into_iter().chain([0u64, 7, 12_345, u64::MAX]) {
+            // After other bytes, as in a record.
+            let mut buf = b"x".to_vec();
             push_decimal(&mut buf, n);
-            assert_eq!(buf, n.to_string().into_bytes());
+            assert_eq!(buf, format!("x{n}").into_bytes());
         }
-        let mut hash = [0u8; 32];
-        for (i, b) in hash.iter_mut().enumerate() {
-            *b = (i * 29 + 3) as u8;
+        for seed in [3usize, 29, 101] {
+            let mut hash = [0u8; 32];
+            for (i, b) in hash.iter_mut().enumerate() {
+                *b = (i * seed + 3) as u8;
+            }
+            let mut buf = b"x".to_vec();
+            push_hex(&mut buf, &hash);
+            let expected: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(buf, format!("x{expected}").into_bytes());
+            assert_eq!(hex(&hash), expected);
         }
-        let mut buf = Vec::new();
-        push_hex(&mut buf, &hash);
-        assert_eq!(buf, hex(&hash).into_bytes());
     }
 
     /// A writer of a new log in a fresh directory named for `test`, with
