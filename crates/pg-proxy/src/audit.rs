@@ -69,8 +69,8 @@ type Ack = tokio::sync::oneshot::Sender<Result<(), RecordError>>;
 pub struct AuditStats {
     /// Records written (a statement's record with the results it carries
     /// counts once). Counted by the writer and published here by the sync
-    /// thread's flush (every 20 ms while records arrive) and when the log
-    /// is closed.
+    /// thread: at its flush (every 20 ms while records arrive and no one
+    /// waits for a sync), before each sync, and when the log is closed.
     pub records: AtomicU64,
     /// Writes of record batches (each hands many records to the OS),
     /// published as `records` is.
@@ -1203,7 +1203,13 @@ fn sync_loop(shared: &Shared, interval: Duration) {
         }
         if !waiters.is_empty() || checkpointed || writeback {
             let (handle, at) = match shared.writer.blocking_lock().as_ref() {
-                Some(w) => (w.writer.sync_handle(), Some(w.writer.position())),
+                Some(w) => {
+                    // What this sync covers is counted before anyone
+                    // waiting for it hears back (under steady syncs the
+                    // flush above does not run).
+                    w.publish(&shared.stats);
+                    (w.writer.sync_handle(), Some(w.writer.position()))
+                }
                 None => (None, None),
             };
             let synced = match &handle {
@@ -1486,6 +1492,31 @@ mod tests {
         log.close();
         assert_eq!(stats.records.load(Ordering::Relaxed), 5, "every record the log holds is counted");
         assert_eq!(read_lines(&dir.join("log")).len(), 5);
+    }
+
+    /// Under `"every"`, with sessions that always wait for a sync, the
+    /// sync thread goes from one sync to the next and its flush does not
+    /// run: the counts are published before each sync, so every statement
+    /// whose sync returned is counted.
+    #[test]
+    fn a_statement_whose_sync_returned_is_counted() {
+        let engine = allow_all();
+        let (_dir, log) = scratch_log_with("counted-synced", 64 << 20, Durability::Every);
+        let returned = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for session in 1..=4 {
+                let (log, engine, returned) = (&log, &engine, &returned);
+                scope.spawn(move || {
+                    for n in 1..=100 {
+                        assert!(persisted(log, &[statement(engine, session, n)]).is_ok());
+                        let returned = returned.fetch_add(1, Ordering::Relaxed) + 1;
+                        let counted = log.stats.records.load(Ordering::Relaxed);
+                        assert!(counted >= returned, "{returned} statements synced, {counted} counted");
+                    }
+                });
+            }
+        });
+        log.close();
     }
 
     /// The records of both paths (the writer's lock free: written in
