@@ -131,6 +131,8 @@ struct Shared {
     writeback_bytes: u64,
     /// Syncs still to fail on purpose ([`AuditLog::fail_next_syncs`]).
     failing_syncs: std::sync::atomic::AtomicU32,
+    /// Whether syncs wait until released ([`AuditLog::hold_syncs`]).
+    holding_syncs: AtomicBool,
     /// Where write and sync times and failures are counted.
     metrics: Arc<Metrics>,
     /// The signed note of the last checkpoint known synced (what may be
@@ -754,6 +756,7 @@ impl AuditLog {
             commit_delay: settings.commit_delay,
             writeback_bytes: writeback_bytes(settings.segment_bytes),
             failing_syncs: std::sync::atomic::AtomicU32::new(0),
+            holding_syncs: AtomicBool::new(false),
             metrics,
             durable_checkpoint: Mutex::new(None),
         });
@@ -801,6 +804,15 @@ impl AuditLog {
     #[doc(hidden)]
     pub fn fail_next_syncs(&self, n: u32) {
         self.shared.failing_syncs.store(n, Ordering::Relaxed);
+    }
+
+    /// Makes the sync thread's syncs wait while `hold` (released by
+    /// `hold_syncs(false)`), as a slow disk would, for tests of what a
+    /// session waiting for a sync does to the others. Release it before
+    /// [`AuditLog::close`].
+    #[doc(hidden)]
+    pub fn hold_syncs(&self, hold: bool) {
+        self.shared.holding_syncs.store(hold, Ordering::Relaxed);
     }
 
     /// Answers whoever waits for a sync, writes a closing checkpoint, and
@@ -1218,6 +1230,9 @@ fn sync_loop(shared: &Shared, interval: Duration) {
                         .failing_syncs
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                         .is_ok();
+                    while shared.holding_syncs.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                     let start = Instant::now();
                     let synced = if injected {
                         Err(std::io::Error::from_raw_os_error(5)) // EIO

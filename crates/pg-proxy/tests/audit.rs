@@ -322,6 +322,71 @@ async fn reads_share_no_sync_and_commits_are_synced() {
     drop(client);
 }
 
+/// A session whose COMMIT waits for its sync holds up no other session:
+/// while the sync is held (as by a slow disk), the COMMIT is not
+/// forwarded (the write-ahead rule), and another session's reads, which
+/// need no sync under "commit", run and are recorded after the COMMIT's
+/// record; once the sync is let go, the COMMIT runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_waiting_for_its_sync_holds_up_no_other_session() {
+    let keys = keys("held-sync");
+    let log = keys.join("log");
+    let stack = audit_stack(&keys, &log, "durability = \"commit\"");
+    let audit = std::sync::Arc::clone(stack.gateway.audit.as_ref().unwrap());
+    let writer = stack.connect_as("bob", &["developers"], None).await;
+    let reader = stack.connect_as("bob", &["developers"], None).await;
+    let before = order_status(&stack);
+    assert_ne!(before, "held");
+    writer.simple_query("BEGIN").await.unwrap();
+    writer.simple_query("UPDATE orders SET status = 'held' WHERE id = 2").await.unwrap();
+    let syncs = audit.stats.syncs.load(Ordering::Relaxed);
+    audit.hold_syncs(true);
+    let commit = tokio::spawn(async move { writer.simple_query("COMMIT").await.map(|_| writer) });
+    // The COMMIT's record is written, and its session waits for the sync.
+    let mut waited = false;
+    for _ in 0..400 {
+        if records(&log).iter().any(|r| r["type"] == "statement" && r["sql"] == "COMMIT") {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(waited, "the COMMIT's record was not written");
+    let reads = async {
+        for id in 1..=20 {
+            reader.query("SELECT id FROM orders WHERE id = $1", &[&id]).await.unwrap();
+        }
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(20), reads).await.is_err() {
+        audit.hold_syncs(false);
+        panic!("the other session's reads waited for the COMMIT's sync");
+    }
+    assert_eq!(order_status(&stack), before, "the COMMIT reached the database before its record was synced");
+    assert!(!commit.is_finished(), "the COMMIT did not wait for its sync");
+    audit.hold_syncs(false);
+    let writer = commit.await.unwrap().expect("the COMMIT runs once its record is synced");
+    assert_eq!(order_status(&stack), "held");
+    assert!(audit.stats.syncs.load(Ordering::Relaxed) > syncs);
+    // The reads were recorded while the COMMIT waited: after its record.
+    let all = records(&log);
+    let seq_of = |r: &Value| r["seq"].as_u64().unwrap();
+    let commit_seq = all.iter().find(|r| r["type"] == "statement" && r["sql"] == "COMMIT").map(seq_of).unwrap();
+    let reads: Vec<u64> = all
+        .iter()
+        .filter(|r| r["type"] == "statement" && r["sql"] == "SELECT id FROM orders WHERE id = $1")
+        .map(seq_of)
+        .collect();
+    assert_eq!(reads.len(), 20, "{all:#?}");
+    assert!(reads.iter().all(|&s| s > commit_seq), "reads at {reads:?}, the COMMIT at {commit_seq}");
+    writer.simple_query(&format!("UPDATE orders SET status = '{before}' WHERE id = 2")).await.unwrap();
+    drop((writer, reader));
+    sessions_ended(&stack).await;
+    audit.close();
+    let (code, stdout, stderr) =
+        run(pg_proxy_cmd().args(["audit", "verify", "--key"]).arg(keys.join("audit-key.pub")).arg(&log));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
 /// A small tmpfs, mounted for the test and unmounted after.
 struct Tmpfs(PathBuf);
 
