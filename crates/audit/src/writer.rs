@@ -608,14 +608,20 @@ impl Writer {
     }
 
     /// Cuts the current segment to its length (the space reserved after
-    /// it goes) and syncs it, size and all.
+    /// it goes) and syncs it, size and all. Its pages then leave the page
+    /// cache: the writer is done with them, and what of them the sync
+    /// thread had not dropped yet (up to a write-back's worth) would
+    /// otherwise stay, one segment's tail after another.
     fn finish_segment(&mut self) -> Result<(), WriteError> {
         let Some(f) = self.file.take() else { return Ok(()) };
-        f.finish().and_then(|file| file.sync_data()).map_err(|source| WriteError::Io {
+        let file = f.finish().and_then(|file| file.sync_data().map(|()| file)).map_err(|source| WriteError::Io {
             what: "finishing",
             path: self.path.clone(),
             source,
-        })
+        })?;
+        // Advice only: a file system that keeps its pages keeps them.
+        let _ = rustix::fs::fadvise(&*file, 0, None, rustix::fs::Advice::DontNeed);
+        Ok(())
     }
 
     /// Creates segment `index` with its header (the tree as `frontier`
@@ -773,6 +779,41 @@ mod tests {
         }
         let Ok(w) = Writer::open(options) else { panic!("a writer") };
         (dir, w, verifier)
+    }
+
+    /// Bytes of `path` in the page cache, by `fincore`.
+    fn cached_bytes(path: &Path) -> u64 {
+        let out = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(path)
+            .output();
+        let Ok(out) = out.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()) else {
+            panic!("fincore (util-linux-extra; scripts/install-deps installs it): {out:?}")
+        };
+        out.parse().unwrap_or_else(|_| panic!("fincore said {out:?}"))
+    }
+
+    /// A segment that ended, and the last one once the log is closed,
+    /// leave nothing of themselves in the page cache.
+    #[test]
+    fn finished_segments_leave_the_page_cache() {
+        let (dir, mut w, _) = scratch_log("uncached", Some(2 << 20));
+        let body = format!("{{\"type\":\"note\",\"text\":\"{}\"}}", "x".repeat(1000));
+        let now = SystemTime::now();
+        // Two segments ended by rotation, and a third by closing.
+        let first = w.position().0;
+        while w.position().0 < first + 2 {
+            assert!(w.append(&body, now).is_ok());
+            assert!(w.write().is_ok());
+        }
+        assert!(w.close().is_ok());
+        let segments = list_segments(&dir).unwrap_or_default();
+        assert_eq!(segments.len(), 3);
+        for (_, path) in &segments {
+            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            assert!(size > 0);
+            assert_eq!(cached_bytes(path), 0, "{} ({size} bytes) is still cached", path.display());
+        }
     }
 
     #[test]
