@@ -806,10 +806,9 @@ impl AuditLog {
         self.shared.failing_syncs.store(n, Ordering::Relaxed);
     }
 
-    /// Makes the sync thread's syncs wait while `hold` (released by
-    /// `hold_syncs(false)`), as a slow disk would, for tests of what a
-    /// session waiting for a sync does to the others. Release it before
-    /// [`AuditLog::close`].
+    /// Makes the sync thread's syncs wait while `hold` (until
+    /// `hold_syncs(false)` or [`AuditLog::close`]), as a slow disk would,
+    /// for tests of what a session waiting for a sync does to the others.
     #[doc(hidden)]
     pub fn hold_syncs(&self, hold: bool) {
         self.shared.holding_syncs.store(hold, Ordering::Relaxed);
@@ -1230,7 +1229,8 @@ fn sync_loop(shared: &Shared, interval: Duration) {
                         .failing_syncs
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                         .is_ok();
-                    while shared.holding_syncs.load(Ordering::Relaxed) {
+                    // A hold ends when it is released or the log closes.
+                    while shared.holding_syncs.load(Ordering::Relaxed) && !lock(&shared.board).closing {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                     let start = Instant::now();

@@ -340,6 +340,14 @@ async fn a_commit_waiting_for_its_sync_holds_up_no_other_session() {
     writer.simple_query("BEGIN").await.unwrap();
     writer.simple_query("UPDATE orders SET status = 'held' WHERE id = 2").await.unwrap();
     let syncs = audit.stats.syncs.load(Ordering::Relaxed);
+    /// Lets the syncs go when dropped, should an assertion fail first.
+    struct Release(std::sync::Arc<pg_proxy::audit::AuditLog>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.hold_syncs(false);
+        }
+    }
+    let release = Release(std::sync::Arc::clone(&audit));
     audit.hold_syncs(true);
     let commit = tokio::spawn(async move { writer.simple_query("COMMIT").await.map(|_| writer) });
     // The COMMIT's record is written, and its session waits for the sync.
@@ -358,12 +366,11 @@ async fn a_commit_waiting_for_its_sync_holds_up_no_other_session() {
         }
     };
     if tokio::time::timeout(std::time::Duration::from_secs(20), reads).await.is_err() {
-        audit.hold_syncs(false);
         panic!("the other session's reads waited for the COMMIT's sync");
     }
     assert_eq!(order_status(&stack), before, "the COMMIT reached the database before its record was synced");
     assert!(!commit.is_finished(), "the COMMIT did not wait for its sync");
-    audit.hold_syncs(false);
+    drop(release);
     let writer = commit.await.unwrap().expect("the COMMIT runs once its record is synced");
     assert_eq!(order_status(&stack), "held");
     assert!(audit.stats.syncs.load(Ordering::Relaxed) > syncs);
