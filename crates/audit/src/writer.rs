@@ -781,18 +781,6 @@ mod tests {
         (dir, w, verifier)
     }
 
-    /// Bytes of `path` in the page cache, by `fincore`.
-    fn cached_bytes(path: &Path) -> u64 {
-        let out = std::process::Command::new("fincore")
-            .args(["--bytes", "--noheadings", "--output", "RES"])
-            .arg(path)
-            .output();
-        let Ok(out) = out.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()) else {
-            panic!("fincore (util-linux-extra; scripts/install-deps installs it): {out:?}")
-        };
-        out.parse().unwrap_or_else(|_| panic!("fincore said {out:?}"))
-    }
-
     /// A segment that ended, and the last one once the log is closed,
     /// leave nothing of themselves in the page cache.
     #[test]
@@ -812,7 +800,12 @@ mod tests {
         for (_, path) in &segments {
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             assert!(size > 0);
-            assert_eq!(cached_bytes(path), 0, "{} ({size} bytes) is still cached", path.display());
+            assert_eq!(
+                portcullis_testkit::scratch::cached_bytes(path),
+                0,
+                "{} ({size} bytes) is still cached",
+                path.display()
+            );
         }
     }
 

@@ -1646,13 +1646,7 @@ mod tests {
         }
         assert_eq!(log.stats.writebacks.load(Ordering::Relaxed), 1);
         let path = log.shared.writer.blocking_lock().as_ref().map(|w| w.writer.path().to_path_buf()).unwrap();
-        let fincore = std::process::Command::new("fincore")
-            .args(["--bytes", "--noheadings", "--output", "RES"])
-            .arg(&path)
-            .output()
-            .expect("fincore (util-linux-extra; scripts/install-deps installs it)");
-        assert!(fincore.status.success(), "{}", String::from_utf8_lossy(&fincore.stderr));
-        let cached: u64 = String::from_utf8_lossy(&fincore.stdout).trim().parse().unwrap();
+        let cached = portcullis_testkit::scratch::cached_bytes(&path);
         let written = end(&log).1;
         // Synced past 8 MiB: the first 8 chunks dropped, at most the last
         // couple of MiB (and the space reserved after them) left.

@@ -9,7 +9,8 @@
 //!   PostgreSQL cluster with the gateway in front of it, in the test's
 //!   process;
 //! - [`process`]: running a program under a deadline;
-//! - [`scratch`]: temporary directories removed when the test is done;
+//! - [`scratch`]: temporary directories removed when the test is done,
+//!   and how much of a file the page cache holds;
 //! - `browser` (feature `browser`): headless Chromium over WebDriver, for
 //!   the gateway's web pages.
 //!

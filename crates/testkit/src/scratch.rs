@@ -74,3 +74,24 @@ pub fn with_audit_keys(label: &str, mut pg_proxy: Command) -> ScratchDir {
     }
     dir
 }
+
+/// How many bytes of the file at `path` are in the kernel's page cache,
+/// as `fincore` (util-linux; `scripts/install-deps` installs it) counts
+/// them: for tests of what a writer leaves cached.
+///
+/// ```
+/// let dir = portcullis_testkit::scratch::ScratchDir::new("doc-cached");
+/// let path = dir.join("a.bin");
+/// std::fs::write(&path, vec![1u8; 8192]).unwrap();
+/// assert!(portcullis_testkit::scratch::cached_bytes(&path) <= 8192);
+/// ```
+pub fn cached_bytes(path: &Path) -> u64 {
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("fincore (util-linux; scripts/install-deps installs it): {e}"));
+    assert!(out.status.success(), "fincore {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().unwrap_or_else(|_| panic!("fincore said {text:?} of {}", path.display()))
+}
