@@ -4,7 +4,10 @@
 //! Every (configuration, mode) run starts a fresh gateway (a fresh log),
 //! warms it for a second, runs pgbench, and stops it with SIGTERM: its
 //! closing log line counts the records, writes and syncs of its life,
-//! which give the syncs per committed transaction. The machine's own
+//! which give the syncs per committed transaction. With `--alternate`,
+//! a gateway per (configuration, mode) is started once instead, and
+//! rounds of short runs alternate between them ([`run_alternating`]).
+//! The machine's own
 //! sync latency (4 KiB written and `fdatasync`ed, in the directory the logs
 //! are in) is measured beside.
 
@@ -89,6 +92,10 @@ pub(super) fn run(
 
     let mut runs: Vec<Vec<Vec<AuditRun>>> =
         (0..options.configs.len()).map(|_| MODES.map(|_| Vec::new()).into()).collect();
+    if options.alternate {
+        run_alternating(options, tools, cluster, password, &keys, &mut runs)?;
+        return Ok(report(options, command, &runs, fsync));
+    }
     let mut serial = 0usize;
     for rep in 0..options.reps {
         for (ci, config) in options.configs.iter().enumerate() {
@@ -97,20 +104,7 @@ pub(super) fn run(
                 check_interrupted()?;
                 serial += 1;
                 let run = one_run(options, tools, cluster, password, &keys, config, mode, serial)?;
-                let (idle, steal) = run.run.machine.shares();
-                eprintln!(
-                    "rep {}/{} {:<20} {:<10} tps {:>9.1}  gateway CPU {} µs/txn  machine CPU {} µs/txn (idle {idle:.1} %, steal {steal:.1} %)  syncs/txn {}  writes/txn {}  lock waits/txn {}",
-                    rep + 1,
-                    options.reps,
-                    config.name,
-                    mode.name(),
-                    run.run.tps,
-                    fmt_opt(run.run.cpu_us_per_txn(), 1),
-                    fmt_opt(run.run.machine_us_per_txn(), 1),
-                    fmt_opt(run.syncs_per_txn, 3),
-                    fmt_opt(run.writes_per_txn, 3),
-                    fmt_opt(run.lock_waits_per_txn, 3)
-                );
+                progress(&format!("rep {}/{}", rep + 1, options.reps), config, mode, &run);
                 if let Some(slot) = runs.get_mut(ci).and_then(|c| c.get_mut(k_of(mode))) {
                     slot.push(run);
                 }
@@ -155,6 +149,106 @@ fn k_of(mode: Mode) -> usize {
     MODES.iter().position(|m| *m == mode).unwrap_or(0)
 }
 
+/// A gateway running one mode, started and warmed, for one
+/// configuration's runs.
+struct Gateway {
+    proc: super::Proc,
+    endpoint: Endpoint,
+    /// Its directory's name in the cluster's.
+    name: String,
+    mode: Mode,
+    /// Transactions it carried, the warm-up's too.
+    transactions: u64,
+}
+
+/// The log's counters over a gateway's life, per transaction it
+/// carried: syncs, writes, and writes whose session found the writer's
+/// lock taken (`None` with the log off).
+type Counters = (Option<f64>, Option<f64>, Option<f64>);
+
+/// Starts a gateway in `mode` (its configuration and log in
+/// `cluster.dir()/name`) and warms it with a second of `config`.
+#[allow(clippy::too_many_arguments)]
+fn start(
+    tools: &Tools,
+    cluster: &Cluster,
+    password: &str,
+    keys: &std::path::Path,
+    config: &BenchConfig,
+    mode: Mode,
+    name: String,
+) -> Result<Gateway, String> {
+    // The log in the gateway's directory, or under
+    // GATEWAY_BENCH_AUDIT_DIR (another file system: a tmpfs leaves the
+    // disk out of the comparison).
+    let dir = match std::env::var_os("GATEWAY_BENCH_AUDIT_DIR") {
+        Some(base) => std::path::Path::new(&base).join(&name).join("audit").display().to_string(),
+        None => "audit".to_string(),
+    };
+    let extra = match mode.durability() {
+        Some(d) => format!(
+            "[audit]\ndir = {dir:?}\nsigning_key_file = {:?}\ndurability = \"{d}\"\n",
+            keys.join("audit-key.pem").display().to_string()
+        ),
+        None => String::new(),
+    };
+    let (proc, port, jwt) = start_gateway_in(tools, cluster, password, &name, &extra, "warn,pg_proxy::audit=info")?;
+    let endpoint = Endpoint { port, user: "bench".to_string(), password: jwt };
+    let warm = pgbench(tools, &endpoint, config.args, 1, None)?;
+    Ok(Gateway { proc, endpoint, name, mode, transactions: warm.transactions })
+}
+
+impl Gateway {
+    /// One pgbench run of `seconds` through this gateway.
+    fn run(&mut self, tools: &Tools, config: &BenchConfig, seconds: u64) -> Result<Run, String> {
+        let run = pgbench(tools, &self.endpoint, config.args, seconds, Some(self.proc.pid()))?;
+        self.proc.check_running()?;
+        self.transactions += run.transactions;
+        Ok(run)
+    }
+
+    /// Stops the gateway with SIGTERM (it closes its log and says what
+    /// it did), removes its directory, and gives its log's counters.
+    fn stop(mut self, cluster: &Cluster) -> Result<Counters, String> {
+        let pid = self.proc.pid().to_string();
+        run_command(
+            {
+                let mut kill = std::process::Command::new("kill");
+                kill.args(["-TERM", &pid]);
+                kill
+            },
+            "kill -TERM",
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while self.proc.child.try_wait().map_err(|e| e.to_string())?.is_none() {
+            if Instant::now() > deadline {
+                return Err("the gateway did not stop within 40 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let counters = match self.mode {
+            Mode::Off => (None, None, None),
+            _ => {
+                let log = std::fs::read_to_string(&self.proc.log).map_err(|e| e.to_string())?;
+                let line = log
+                    .lines()
+                    .find(|l| l.contains("audit log closed"))
+                    .ok_or_else(|| format!("no \"audit log closed\" line in the gateway's log:\n{log}"))?;
+                let transactions = self.transactions.max(1) as f64;
+                let per_txn = |name| field(line, name).map(|n| Some(n as f64 / transactions));
+                (per_txn("syncs")?, per_txn("writes")?, per_txn("lock_waits")?)
+            }
+        };
+        let _ = std::fs::remove_dir_all(cluster.dir().join(&self.name));
+        if let Some(base) = std::env::var_os("GATEWAY_BENCH_AUDIT_DIR") {
+            let _ = std::fs::remove_dir_all(std::path::Path::new(&base).join(&self.name));
+        }
+        Ok(counters)
+    }
+}
+
+/// One run with a gateway of its own: started, warmed, run, stopped, and
+/// its directory deleted before the next run begins ([`settle`]).
 #[allow(clippy::too_many_arguments)]
 fn one_run(
     options: &Options,
@@ -166,53 +260,101 @@ fn one_run(
     mode: Mode,
     serial: usize,
 ) -> Result<AuditRun, String> {
-    let name = format!("gateway-audit-{serial}");
-    let extra = match mode.durability() {
-        Some(d) => format!(
-            "[audit]\ndir = \"audit\"\nsigning_key_file = {:?}\ndurability = \"{d}\"\n",
-            keys.join("audit-key.pem").display().to_string()
-        ),
-        None => String::new(),
-    };
-    let (mut gateway, port, jwt) =
-        start_gateway_in(tools, cluster, password, &name, &extra, "warn,pg_proxy::audit=info")?;
-    let endpoint = Endpoint { port, user: "bench".to_string(), password: jwt };
-    let warm = pgbench(tools, &endpoint, config.args, 1, None)?;
-    let run = pgbench(tools, &endpoint, config.args, options.duration, Some(gateway.pid()))?;
-    gateway.check_running()?;
-    // SIGTERM: the gateway closes its log and says what it did.
-    let pid = gateway.pid().to_string();
-    run_command(
-        {
-            let mut kill = std::process::Command::new("kill");
-            kill.args(["-TERM", &pid]);
-            kill
-        },
-        "kill -TERM",
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while gateway.child.try_wait().map_err(|e| e.to_string())?.is_none() {
-        if Instant::now() > deadline {
-            return Err("the gateway did not stop within 40 s of SIGTERM".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (syncs_per_txn, writes_per_txn, lock_waits_per_txn) = match mode {
-        Mode::Off => (None, None, None),
-        _ => {
-            let log = std::fs::read_to_string(&gateway.log).map_err(|e| e.to_string())?;
-            let line = log
-                .lines()
-                .find(|l| l.contains("audit log closed"))
-                .ok_or_else(|| format!("no \"audit log closed\" line in the gateway's log:\n{log}"))?;
-            let transactions = (run.transactions + warm.transactions).max(1) as f64;
-            let per_txn = |name| field(line, name).map(|n| Some(n as f64 / transactions));
-            (per_txn("syncs")?, per_txn("writes")?, per_txn("lock_waits")?)
-        }
-    };
-    let _ = std::fs::remove_dir_all(cluster.dir().join(&name));
+    let mut gateway = start(tools, cluster, password, keys, config, mode, format!("gateway-audit-{serial}"))?;
+    let run = gateway.run(tools, config, options.duration)?;
+    let (syncs_per_txn, writes_per_txn, lock_waits_per_txn) = gateway.stop(cluster)?;
     settle()?;
     Ok(AuditRun { run, syncs_per_txn, writes_per_txn, lock_waits_per_txn })
+}
+
+/// `--alternate`: a gateway per (configuration, mode), started once and
+/// kept running; every round runs each configuration's modes one after
+/// the other, `options.duration` seconds each, in the order
+/// [`run_order`] gives. Short runs alternated this way give many pairs
+/// in the time a few long ones take, and a pair's ratio spreads about as
+/// much at 3 s as at 15 s on a shared host (its speed moves on every time
+/// scale), so the verdicts' intervals narrow with the square root of the
+/// rounds. The log's counters are those of each gateway's whole life.
+fn run_alternating(
+    options: &Options,
+    tools: &Tools,
+    cluster: &Cluster,
+    password: &str,
+    keys: &std::path::Path,
+    runs: &mut [Vec<Vec<AuditRun>>],
+) -> Result<(), String> {
+    let mut gateways: Vec<Vec<Option<Gateway>>> = Vec::new();
+    for config in &options.configs {
+        let mut row: Vec<Option<Gateway>> = MODES.map(|_| None).into();
+        for &mode in &options.modes {
+            check_interrupted()?;
+            let name = format!("gateway-audit-{}-{}", config.name, mode.durability().unwrap_or("off"));
+            if let Some(slot) = row.get_mut(k_of(mode)) {
+                *slot = Some(start(tools, cluster, password, keys, config, mode, name)?);
+            }
+        }
+        gateways.push(row);
+    }
+    for round in 0..options.reps {
+        for (ci, config) in options.configs.iter().enumerate() {
+            for k in 0..options.modes.len() {
+                let Some(&mode) = options.modes.get(run_order(round + ci, k, options.modes.len())) else { continue };
+                check_interrupted()?;
+                let Some(gateway) =
+                    gateways.get_mut(ci).and_then(|row| row.get_mut(k_of(mode))).and_then(Option::as_mut)
+                else {
+                    continue;
+                };
+                let run = gateway.run(tools, config, options.duration)?;
+                let run = AuditRun { run, syncs_per_txn: None, writes_per_txn: None, lock_waits_per_txn: None };
+                progress(&format!("round {}/{}", round + 1, options.reps), config, mode, &run);
+                if let Some(slot) = runs.get_mut(ci).and_then(|c| c.get_mut(k_of(mode))) {
+                    slot.push(run);
+                }
+            }
+        }
+    }
+    for (ci, row) in gateways.into_iter().enumerate() {
+        for gateway in row.into_iter().flatten() {
+            let mode = gateway.mode;
+            let (syncs, writes, lock_waits) = gateway.stop(cluster)?;
+            for run in runs.get_mut(ci).and_then(|c| c.get_mut(k_of(mode))).into_iter().flatten() {
+                run.syncs_per_txn = syncs;
+                run.writes_per_txn = writes;
+                run.lock_waits_per_txn = lock_waits;
+            }
+            if mode != Mode::Off {
+                eprintln!(
+                    "{} {:<10} over the gateway's life: syncs/txn {}  writes/txn {}  lock waits/txn {}",
+                    options.configs.get(ci).map_or("", |c| c.name),
+                    mode.name(),
+                    fmt_opt(syncs, 3),
+                    fmt_opt(writes, 3),
+                    fmt_opt(lock_waits, 3)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A run's line on standard error.
+fn progress(place: &str, config: &BenchConfig, mode: Mode, run: &AuditRun) {
+    let (idle, steal) = run.run.machine.shares();
+    eprintln!(
+        "{place} {:<20} {:<10} tps {:>9.1}  gateway CPU {} µs/txn (kernel {})  machine CPU {} µs/txn (kernel {}; idle {idle:.1} %, steal {steal:.1} %)  switches/txn {}  syncs/txn {}  writes/txn {}  lock waits/txn {}",
+        config.name,
+        mode.name(),
+        run.run.tps,
+        fmt_opt(run.run.cpu_us_per_txn(), 1),
+        fmt_opt(run.run.per_txn(|c| c.kernel), 1),
+        fmt_opt(run.run.machine_us_per_txn(), 1),
+        fmt_opt(run.run.machine_kernel_us_per_txn(), 1),
+        fmt_opt(run.run.switches_per_txn(), 2),
+        fmt_opt(run.syncs_per_txn, 3),
+        fmt_opt(run.writes_per_txn, 3),
+        fmt_opt(run.lock_waits_per_txn, 3)
+    );
 }
 
 /// `name=value` of a log line.
@@ -426,14 +568,23 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
     let w = &mut out;
     let _ = writeln!(w, "\n## The audit log's cost\n");
     let _ = writeln!(w, "Command: `{command}`  ");
+    let method = match options.alternate {
+        true => format!(
+            "{} round(s) of {} s per (configuration, mode), each mode's gateway started once and kept running \
+             (`--alternate`; its log's counters are over its whole life)",
+            options.reps, options.duration
+        ),
+        false => format!(
+            "{} repetition(s) of {} s per (configuration, mode), a fresh gateway for every run",
+            options.reps, options.duration
+        ),
+    };
     let _ = writeln!(
         w,
-        "Machine: {}; pgbench scale {}, {} repetition(s) of {} s per (configuration, mode), medians; \
+        "Machine: {}; pgbench scale {}, {method}, medians; \
          `fdatasync` of 4 KiB in the log's file system: {:.3} ms (median of 200).\n",
         super::machine(),
         options.scale,
-        options.reps,
-        options.duration,
         fsync.as_secs_f64() * 1e3
     );
     let _ = writeln!(

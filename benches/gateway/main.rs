@@ -66,6 +66,10 @@ Options:
                           (none, commit, every) instead; configurations default to
                           select-prepared-c16,tpcb-c8
   --modes A,B             with --audit, only these modes: off, none, commit, every (default: all)
+  --alternate             with --audit, start one gateway per (configuration, mode) and keep it
+                          running; each of --reps rounds runs every mode for --duration seconds,
+                          in turn (try --reps 200 --duration 3: many short pairs narrow the
+                          targets' intervals faster than a few long ones)
   --help                  this text
 
 The relay target is this program run as `gateway-bench --relay PORT UPSTREAM_PORT`.
@@ -73,7 +77,9 @@ The relay target is this program run as `gateway-bench --relay PORT UPSTREAM_POR
 Environment: GATEWAY_BENCH_THREADS=N gives the gateway and the relay N
 runtime threads (default: one per CPU); GATEWAY_BENCH_RELAY_WRAPPER=PROGRAM
 starts the relay as `PROGRAM <this program> --relay ...` (a profiler, as
---pg-proxy can name one for the gateway).
+--pg-proxy can name one for the gateway); GATEWAY_BENCH_AUDIT_DIR=DIR puts
+--audit's logs under DIR (a tmpfs, to leave the disk out) rather than beside
+each gateway.
 
 Needs PostgreSQL's server binaries (initdb, pg_ctl), pgbench, psql and pgbouncer.";
 
@@ -140,6 +146,9 @@ struct Options {
     audit: bool,
     /// With `--audit`: the modes compared; all four by default.
     modes: Vec<audit::Mode>,
+    /// With `--audit`: each mode's gateway started once, the modes'
+    /// runs alternated in rounds.
+    alternate: bool,
 }
 
 impl Options {
@@ -156,6 +165,7 @@ impl Options {
             pg_proxy: None,
             audit: false,
             modes: audit::MODES.to_vec(),
+            alternate: false,
         };
         let mut configs_given = false;
         let (mut reps, mut duration) = (None, None);
@@ -171,6 +181,7 @@ impl Options {
                 "--idle-connections" => o.idle_connections = number(&value("--idle-connections")?)?,
                 "--no-stream" => o.stream = false,
                 "--audit" => o.audit = true,
+                "--alternate" => o.alternate = true,
                 "--modes" => {
                     o.modes = value("--modes")?.split(',').map(audit::Mode::parse).collect::<Result<_, _>>()?;
                 }
@@ -192,6 +203,9 @@ impl Options {
                 }
                 other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
             }
+        }
+        if o.alternate && !o.audit {
+            return Err("--alternate goes with --audit".to_string());
         }
         if o.audit && !configs_given {
             o.configs = audit::default_configs();
@@ -690,8 +704,12 @@ fn clock_ticks_per_second() -> f64 {
 #[derive(Debug, Clone, Copy)]
 struct MachineTicks {
     busy: u64,
+    /// Of `busy`, in the kernel (system, interrupts, soft interrupts).
+    kernel: u64,
     idle: u64,
     steal: u64,
+    /// Context switches on every CPU since boot.
+    switches: u64,
 }
 
 fn machine_ticks() -> Result<MachineTicks, String> {
@@ -700,8 +718,11 @@ fn machine_ticks() -> Result<MachineTicks, String> {
     let fields = line.split_whitespace().map(number::<u64>).collect::<Result<Vec<_>, _>>()?;
     let field = |i: usize| fields.get(i).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal (guest time is in user already).
+    let switches = stat.lines().find_map(|l| l.strip_prefix("ctxt ")).map(number::<u64>).transpose()?.unwrap_or(0);
     Ok(MachineTicks {
+        switches,
         busy: field(0) + field(1) + field(2) + field(5) + field(6),
+        kernel: field(2) + field(5) + field(6),
         idle: field(3) + field(4),
         steal: field(7),
     })
@@ -711,8 +732,13 @@ fn machine_ticks() -> Result<MachineTicks, String> {
 #[derive(Debug, Clone, Copy)]
 struct Machine {
     busy: f64,
+    /// Of `busy`, in the kernel: system calls and faults of every
+    /// process, the kernel's own threads, interrupts.
+    kernel: f64,
     idle: f64,
     steal: f64,
+    /// Context switches.
+    switches: u64,
 }
 
 impl Machine {
@@ -721,6 +747,8 @@ impl Machine {
         let seconds = |a: u64, b: u64| a.saturating_sub(b) as f64 / tck;
         Machine {
             busy: seconds(after.busy, before.busy),
+            kernel: seconds(after.kernel, before.kernel),
+            switches: after.switches.saturating_sub(before.switches),
             idle: seconds(after.idle, before.idle),
             steal: seconds(after.steal, before.steal),
         }
@@ -787,6 +815,16 @@ impl Run {
     /// The whole machine's busy CPU µs per transaction.
     fn machine_us_per_txn(&self) -> Option<f64> {
         (self.transactions > 0).then(|| self.machine.busy * 1e6 / self.transactions as f64)
+    }
+
+    /// The machine's context switches per transaction.
+    fn switches_per_txn(&self) -> Option<f64> {
+        (self.transactions > 0).then(|| self.machine.switches as f64 / self.transactions as f64)
+    }
+
+    /// Of it, the kernel's µs per transaction.
+    fn machine_kernel_us_per_txn(&self) -> Option<f64> {
+        (self.transactions > 0).then(|| self.machine.kernel * 1e6 / self.transactions as f64)
     }
 }
 
@@ -1313,4 +1351,27 @@ fn report(
         fmt_opt(idle_kib, 1)
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Options;
+
+    fn parse(args: &[&str]) -> Result<Option<Options>, String> {
+        Options::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    /// `--alternate` is a way of running `--audit`'s comparison, and
+    /// means nothing without it.
+    #[test]
+    fn alternating_runs_go_with_the_audit_comparison() {
+        let Ok(Some(options)) = parse(&["--audit", "--alternate", "--reps", "200", "--duration", "3"]) else {
+            panic!("--audit --alternate is accepted")
+        };
+        assert!(options.alternate && options.audit);
+        assert_eq!((options.reps, options.duration), (200, 3));
+        assert_eq!(parse(&["--alternate"]).err().as_deref(), Some("--alternate goes with --audit"));
+        let Ok(Some(plain)) = parse(&["--audit"]) else { panic!("--audit is accepted") };
+        assert!(!plain.alternate);
+    }
 }
