@@ -484,6 +484,10 @@ fn interval(ratios: &[f64]) -> Option<(f64, f64, f64)> {
     Some(((mean - half).exp(), (mean + half).exp(), half))
 }
 
+/// The most repetitions a verdict names as needed: beyond it, the
+/// estimate sits on the target, and the number says nothing useful.
+const MOST_REPETITIONS_NAMED: u64 = 10_000;
+
 /// About how many quiet repetitions an interval as wide as this one per
 /// repetition would need to lie wholly on one side of `target`, from a
 /// geometric mean of `mean` (the normal's 1.96 in place of t).
@@ -544,8 +548,14 @@ fn ratio_check(name: &str, what: &str, pairs: &[Pair], target: f64) -> String {
         (Some((false, false)), Some((_, high, _))) if high < target => "NOT met".to_string(),
         (_, Some((low, high, half))) => {
             let mean = (low * high).sqrt();
-            let needed = repetitions_needed(paired.len(), half, mean, target)
-                .map_or(String::new(), |n| format!("; at this spread, about {n} quiet repetitions would tell"));
+            let needed = match repetitions_needed(paired.len(), half, mean, target) {
+                Some(n) if n > MOST_REPETITIONS_NAMED => format!(
+                    "; the geometric mean is within a hair of {target:.2}: more than {MOST_REPETITIONS_NAMED} quiet \
+                     repetitions would tell"
+                ),
+                Some(n) => format!("; at this spread, about {n} quiet repetitions would tell"),
+                None => String::new(),
+            };
             format!("undetermined: the estimates and the interval do not all fall on one side of {target:.2}{needed}")
         }
         _ => "undetermined".to_string(),
@@ -631,7 +641,7 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
     }
     let _ = writeln!(
         w,
-        "\nThe same ratios taken within each repetition (its four modes run back to back), \
+        "\nThe same ratios taken within each repetition or round (its modes run back to back), \
          median [lowest–highest]:\n"
     );
     let _ = writeln!(w, "| configuration | none/off | commit/off | every/off |");
@@ -776,6 +786,13 @@ mod tests {
         let undecided = ratio_check("tpcb-c8", none, &wide, 0.95);
         assert!(undecided.contains(": undetermined: the estimates and the interval do not all fall on one side of 0.95; at this spread, about "), "{undecided}");
         assert!(undecided.contains("quiet repetitions would tell (ratio of medians 0.965"), "{undecided}");
+        // A geometric mean a hair from the target: no absurd count.
+        let on_target = [quiet(97.0, 100.0), quiet(93.0, 100.0), quiet(95.0, 100.0), quiet(95.02, 100.0)];
+        let hair = ratio_check("tpcb-c8", none, &on_target, 0.95);
+        assert!(
+            hair.contains("the geometric mean is within a hair of 0.95: more than 10000 quiet repetitions would tell"),
+            "{hair}"
+        );
         // The medians' ratio 1.000, the pairs' median 0.939: one
         // estimator's luck does not decide it either way.
         let paired_short =
