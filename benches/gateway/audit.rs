@@ -92,8 +92,9 @@ pub(super) fn run(
 
     let mut runs: Vec<Vec<Vec<AuditRun>>> =
         (0..options.configs.len()).map(|_| MODES.map(|_| Vec::new()).into()).collect();
+    let setup = Setup { tools, cluster, password, keys: &keys };
     if options.alternate {
-        run_alternating(options, tools, cluster, password, &keys, &mut runs)?;
+        run_alternating(options, &setup, &mut runs)?;
         return Ok(report(options, command, &runs, fsync));
     }
     let mut serial = 0usize;
@@ -103,7 +104,7 @@ pub(super) fn run(
                 let Some(&mode) = options.modes.get(run_order(rep + ci, k, options.modes.len())) else { continue };
                 check_interrupted()?;
                 serial += 1;
-                let run = one_run(options, tools, cluster, password, &keys, config, mode, serial)?;
+                let run = one_run(options, &setup, config, mode, serial)?;
                 progress(&format!("rep {}/{}", rep + 1, options.reps), config, mode, &run);
                 if let Some(slot) = runs.get_mut(ci).and_then(|c| c.get_mut(k_of(mode))) {
                     slot.push(run);
@@ -166,18 +167,20 @@ struct Gateway {
 /// lock taken (`None` with the log off).
 type Counters = (Option<f64>, Option<f64>, Option<f64>);
 
+/// What every gateway of the comparison is started with.
+struct Setup<'a> {
+    tools: &'a Tools,
+    cluster: &'a Cluster,
+    /// The upstream role's password.
+    password: &'a str,
+    /// The directory of the logs' signing key.
+    keys: &'a std::path::Path,
+}
+
 /// Starts a gateway in `mode` (its configuration and log in
 /// `cluster.dir()/name`) and warms it with a second of `config`.
-#[allow(clippy::too_many_arguments)]
-fn start(
-    tools: &Tools,
-    cluster: &Cluster,
-    password: &str,
-    keys: &std::path::Path,
-    config: &BenchConfig,
-    mode: Mode,
-    name: String,
-) -> Result<Gateway, String> {
+fn start(setup: &Setup<'_>, config: &BenchConfig, mode: Mode, name: String) -> Result<Gateway, String> {
+    let Setup { tools, cluster, password, keys } = *setup;
     // The log in the gateway's directory, or under
     // GATEWAY_BENCH_AUDIT_DIR (another file system: a tmpfs leaves the
     // disk out of the comparison).
@@ -249,20 +252,16 @@ impl Gateway {
 
 /// One run with a gateway of its own: started, warmed, run, stopped, and
 /// its directory deleted before the next run begins ([`settle`]).
-#[allow(clippy::too_many_arguments)]
 fn one_run(
     options: &Options,
-    tools: &Tools,
-    cluster: &Cluster,
-    password: &str,
-    keys: &std::path::Path,
+    setup: &Setup<'_>,
     config: &BenchConfig,
     mode: Mode,
     serial: usize,
 ) -> Result<AuditRun, String> {
-    let mut gateway = start(tools, cluster, password, keys, config, mode, format!("gateway-audit-{serial}"))?;
-    let run = gateway.run(tools, config, options.duration)?;
-    let (syncs_per_txn, writes_per_txn, lock_waits_per_txn) = gateway.stop(cluster)?;
+    let mut gateway = start(setup, config, mode, format!("gateway-audit-{serial}"))?;
+    let run = gateway.run(setup.tools, config, options.duration)?;
+    let (syncs_per_txn, writes_per_txn, lock_waits_per_txn) = gateway.stop(setup.cluster)?;
     settle()?;
     Ok(AuditRun { run, syncs_per_txn, writes_per_txn, lock_waits_per_txn })
 }
@@ -275,14 +274,7 @@ fn one_run(
 /// much at 3 s as at 15 s on a shared host (its speed moves on every time
 /// scale), so the verdicts' intervals narrow with the square root of the
 /// rounds. The log's counters are those of each gateway's whole life.
-fn run_alternating(
-    options: &Options,
-    tools: &Tools,
-    cluster: &Cluster,
-    password: &str,
-    keys: &std::path::Path,
-    runs: &mut [Vec<Vec<AuditRun>>],
-) -> Result<(), String> {
+fn run_alternating(options: &Options, setup: &Setup<'_>, runs: &mut [Vec<Vec<AuditRun>>]) -> Result<(), String> {
     let mut gateways: Vec<Vec<Option<Gateway>>> = Vec::new();
     for config in &options.configs {
         let mut row: Vec<Option<Gateway>> = MODES.map(|_| None).into();
@@ -290,7 +282,7 @@ fn run_alternating(
             check_interrupted()?;
             let name = format!("gateway-audit-{}-{}", config.name, mode.durability().unwrap_or("off"));
             if let Some(slot) = row.get_mut(k_of(mode)) {
-                *slot = Some(start(tools, cluster, password, keys, config, mode, name)?);
+                *slot = Some(start(setup, config, mode, name)?);
             }
         }
         gateways.push(row);
@@ -305,7 +297,7 @@ fn run_alternating(
                 else {
                     continue;
                 };
-                let run = gateway.run(tools, config, options.duration)?;
+                let run = gateway.run(setup.tools, config, options.duration)?;
                 let run = AuditRun { run, syncs_per_txn: None, writes_per_txn: None, lock_waits_per_txn: None };
                 progress(&format!("round {}/{}", round + 1, options.reps), config, mode, &run);
                 if let Some(slot) = runs.get_mut(ci).and_then(|c| c.get_mut(k_of(mode))) {
@@ -317,7 +309,7 @@ fn run_alternating(
     for (ci, row) in gateways.into_iter().enumerate() {
         for gateway in row.into_iter().flatten() {
             let mode = gateway.mode;
-            let (syncs, writes, lock_waits) = gateway.stop(cluster)?;
+            let (syncs, writes, lock_waits) = gateway.stop(setup.cluster)?;
             for run in runs.get_mut(ci).and_then(|c| c.get_mut(k_of(mode))).into_iter().flatten() {
                 run.syncs_per_txn = syncs;
                 run.writes_per_txn = writes;
