@@ -270,10 +270,12 @@ fn one_run(
 /// kept running; every round runs each configuration's modes one after
 /// the other, `options.duration` seconds each, in the order
 /// [`run_order`] gives. Short runs alternated this way give many pairs
-/// in the time a few long ones take, and a pair's ratio spreads about as
-/// much at 3 s as at 15 s on a shared host (its speed moves on every time
-/// scale), so the verdicts' intervals narrow with the square root of the
-/// rounds. The log's counters are those of each gateway's whole life.
+/// in the time a few long ones take: on the shared host of
+/// `benches/README.md` a pair's log-ratio spread 0.09–0.14 at 3 s against
+/// about 0.08 at 15 s (the host's speed moves on every time scale), and a
+/// round took a fifth of the time, so for the same hours the verdicts'
+/// intervals narrow about two to four times as much. The log's counters
+/// are those of each gateway's whole life.
 fn run_alternating(options: &Options, setup: &Setup<'_>, runs: &mut [Vec<Vec<AuditRun>>]) -> Result<(), String> {
     let mut gateways: Vec<Vec<Option<Gateway>>> = Vec::new();
     for config in &options.configs {
