@@ -1513,6 +1513,14 @@ mod tests {
     /// sync thread goes from one sync to the next and its flush does not
     /// run: the counts are published before each sync, so every statement
     /// whose sync returned is counted.
+    ///
+    /// The loads are relaxed, and exact all the same on any machine: the
+    /// session's record was counted under the writer's lock before it
+    /// joined the sync's waiters, the sync thread published the count
+    /// under that lock after taking them, and the acknowledgement that
+    /// wakes the session follows the publication through the channel.
+    /// The store thus happens before the load, which must see it or a
+    /// later one.
     #[test]
     fn a_statement_whose_sync_returned_is_counted() {
         let engine = allow_all();
