@@ -160,6 +160,22 @@ struct Gateway {
     mode: Mode,
     /// Transactions it carried, the warm-up's too.
     transactions: u64,
+    /// Its log's directory under `GATEWAY_BENCH_AUDIT_DIR`, when there:
+    /// removed when the gateway is dropped, stopped or not (an error or
+    /// an interrupt leaves no log behind on the file system it names).
+    outside: Option<std::path::PathBuf>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.outside {
+            // Killed first (a no-op once stopped): nothing writes while
+            // the directory goes.
+            let _ = self.proc.child.kill();
+            let _ = self.proc.child.wait();
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// The log's counters over a gateway's life, per transaction it
@@ -184,8 +200,9 @@ fn start(setup: &Setup<'_>, config: &BenchConfig, mode: Mode, name: String) -> R
     // The log in the gateway's directory, or under
     // GATEWAY_BENCH_AUDIT_DIR (another file system: a tmpfs leaves the
     // disk out of the comparison).
-    let dir = match std::env::var_os("GATEWAY_BENCH_AUDIT_DIR") {
-        Some(base) => std::path::Path::new(&base).join(&name).join("audit").display().to_string(),
+    let outside = std::env::var_os("GATEWAY_BENCH_AUDIT_DIR").map(|base| std::path::Path::new(&base).join(&name));
+    let dir = match &outside {
+        Some(outside) => outside.join("audit").display().to_string(),
         None => "audit".to_string(),
     };
     let extra = match mode.durability() {
@@ -197,8 +214,9 @@ fn start(setup: &Setup<'_>, config: &BenchConfig, mode: Mode, name: String) -> R
     };
     let (proc, port, jwt) = start_gateway_in(tools, cluster, password, &name, &extra, "warn,pg_proxy::audit=info")?;
     let endpoint = Endpoint { port, user: "bench".to_string(), password: jwt };
-    let warm = pgbench(tools, &endpoint, config.args, 1, None)?;
-    Ok(Gateway { proc, endpoint, name, mode, transactions: warm.transactions })
+    let mut gateway = Gateway { proc, endpoint, name, mode, transactions: 0, outside };
+    gateway.transactions = pgbench(tools, &gateway.endpoint, config.args, 1, None)?.transactions;
+    Ok(gateway)
 }
 
 impl Gateway {
@@ -242,10 +260,9 @@ impl Gateway {
                 (per_txn("syncs")?, per_txn("writes")?, per_txn("lock_waits")?)
             }
         };
+        // The log under GATEWAY_BENCH_AUDIT_DIR goes when `self` is
+        // dropped, here or on any way out.
         let _ = std::fs::remove_dir_all(cluster.dir().join(&self.name));
-        if let Some(base) = std::env::var_os("GATEWAY_BENCH_AUDIT_DIR") {
-            let _ = std::fs::remove_dir_all(std::path::Path::new(&base).join(&self.name));
-        }
         Ok(counters)
     }
 }
