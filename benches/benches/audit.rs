@@ -135,7 +135,7 @@ fn sink(c: &mut Criterion) {
         let mut result = ResultRecord::default();
         result.session = session;
         result.sequence = n;
-        result.tags = vec!["SELECT 1".into()];
+        result.tags = ["SELECT 1"].into_iter().collect();
         result.rows = 1;
         result.ran = true;
         result.duration = Duration::from_micros(180);

@@ -1034,7 +1034,7 @@ impl Bodies {
 /// A result's own fields (after its session and number).
 fn result_fields(body: &mut Body<'_>, r: &ResultRecord) -> Result<(), serde_json::Error> {
     body.bool("ran", r.ran);
-    body.strs("tags", r.tags.iter().map(String::as_str));
+    body.strs("tags", r.tags.iter());
     body.u64("rows", r.rows);
     body.u64("masked", r.masked);
     body.millis("ms", u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX));
@@ -1884,7 +1884,7 @@ mod tests {
             session: 3,
             sequence: 8,
             ran: true,
-            tags: vec!["SELECT 2".into(), "UPDATE \"1\"".into()],
+            tags: ["SELECT 2", "UPDATE \"1\""].into_iter().collect(),
             rows: 2,
             masked: 1,
             duration: Duration::from_micros(12_345),

@@ -1601,8 +1601,8 @@ fn a_result_goes_with_the_next_statement_record() {
     let [Need::Persist { records, .. }] = needs.as_slice() else { panic!("{needs:?}") };
     let [Record::Result(result), Record::Statement(next)] = records.as_slice() else { panic!("{records:?}") };
     assert_eq!(
-        (result.sequence, result.ran, result.tags.as_slice()),
-        (first.sequence, true, ["SELECT 0".to_string()].as_slice())
+        (result.sequence, result.ran, result.tags.iter().collect::<Vec<_>>()),
+        (first.sequence, true, vec!["SELECT 0"])
     );
     assert_eq!(next.sequence, first.sequence + 1);
     assert_eq!(h.core.poll_timeout(), None, "nothing waits any more");

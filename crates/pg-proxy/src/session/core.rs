@@ -728,10 +728,6 @@ pub struct SessionCore {
     /// for the next batch's records: a session that records allocates no
     /// list per statement.
     spare_records: Vec<Vec<Record>>,
-    /// Command tag strings, and emptied lists of them, from results the
-    /// sink is done with: a result's tags allocate nothing.
-    spare_tags: Vec<String>,
-    spare_tag_lists: Vec<Vec<String>>,
     /// Snapshots of the engine's session forwarded batches no longer
     /// need, for the next batch that changes the session: copied into,
     /// not allocated again (a transaction's `BEGIN` and `COMMIT` each take
@@ -798,10 +794,6 @@ const RESULTS_WAITING: usize = 64;
 /// Record lists a session keeps for reuse, and the largest it keeps.
 const SPARE_RECORD_LISTS: usize = 4;
 const SPARE_RECORD_CAPACITY: usize = 64;
-/// Tag strings (and lists of them) kept for reuse, and the largest kept.
-const SPARE_TAGS: usize = 64;
-const SPARE_TAG_BYTES: usize = 64;
-const SPARE_TAG_LIST_CAPACITY: usize = 8;
 /// The largest buffer of a forwarded batch kept for the next one.
 const SPARE_BATCH_BYTES: usize = 64 * 1024;
 
@@ -864,9 +856,7 @@ impl SessionCore {
             finished_since: None,
             finished_due: false,
             spare_records: Vec::new(),
-            spare_tags: Vec::new(),
             spare_snapshots: SpareSnapshots::default(),
-            spare_tag_lists: Vec::new(),
             policy_digest: Arc::clone(&start_digest),
             start_digest,
             statement_counters: StatementCounters::default(),
@@ -905,20 +895,7 @@ impl SessionCore {
     /// Gives back the list of a [`Need::Persist`] or [`Need::Log`] once the
     /// sink has taken its records, to be used again.
     pub fn recycle(&mut self, mut records: Vec<Record>) {
-        for record in records.drain(..) {
-            if let Record::Result(mut result) = record {
-                let capacity = result.tags.capacity();
-                if capacity > 0 && capacity <= SPARE_TAG_LIST_CAPACITY && self.spare_tag_lists.len() < SPARE_TAGS {
-                    for mut tag in result.tags.drain(..) {
-                        if self.spare_tags.len() < SPARE_TAGS && tag.capacity() <= SPARE_TAG_BYTES {
-                            tag.clear();
-                            self.spare_tags.push(tag);
-                        }
-                    }
-                    self.spare_tag_lists.push(result.tags);
-                }
-            }
-        }
+        records.clear();
         if self.spare_records.len() < SPARE_RECORD_LISTS && records.capacity() <= SPARE_RECORD_CAPACITY {
             self.spare_records.push(records);
         }
@@ -2010,17 +1987,10 @@ impl SessionCore {
         if let Some(r) = self.open.front_mut() {
             let body = frame.body();
             let tag = body.strip_suffix(b"\0").unwrap_or(body);
-            if r.tags.capacity() == 0 {
-                if let Some(list) = self.spare_tag_lists.pop() {
-                    r.tags = list;
-                }
-            }
-            let mut text = self.spare_tags.pop().unwrap_or_default();
             match std::str::from_utf8(tag) {
-                Ok(tag) => text.push_str(tag),
-                Err(_) => text.push_str(&String::from_utf8_lossy(tag)),
+                Ok(tag) => r.tags.push(tag),
+                Err(_) => r.tags.push(&String::from_utf8_lossy(tag)),
             }
-            r.tags.push(text);
             r.rows += rows;
         }
     }

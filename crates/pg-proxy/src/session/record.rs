@@ -112,7 +112,7 @@ pub struct ResultRecord {
     pub sequence: u64,
     /// Command tags, in order (several for a simple query of many
     /// statements).
-    pub tags: Vec<String>,
+    pub tags: CommandTags,
     /// Rows sent to the client.
     pub rows: u64,
     /// Values the masks changed in them.
@@ -129,6 +129,114 @@ pub struct ResultRecord {
     /// The first result rows, as the client got them (masked), when the
     /// gateway keeps some (`[audit] record_rows`).
     pub kept_rows: Vec<Vec<Option<String>>>,
+}
+
+/// The command tags of a result, in order: kept in place while they are
+/// short (one tag, most often), so that a result allocates nothing.
+///
+/// A tag is what the server's `CommandComplete` names, a C string: one
+/// pushed with a NUL in it is cut there, as a client reading it would
+/// cut it.
+///
+/// ```
+/// use pg_proxy::session::record::CommandTags;
+/// let mut tags = CommandTags::default();
+/// tags.push("SELECT 1");
+/// tags.push("UPDATE 12\0 and more");
+/// assert_eq!(tags.iter().collect::<Vec<_>>(), ["SELECT 1", "UPDATE 12"]);
+/// let many: CommandTags = ["INSERT 0 1"; 8].into_iter().collect();
+/// assert_eq!(many.len(), 8);
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct CommandTags {
+    /// The tags, each followed by a NUL: in `inline` while they fit.
+    inline: [u8; INLINE_TAG_BYTES],
+    /// How many bytes of `inline` are used.
+    used: u8,
+    /// The tags, once they no longer fit in place.
+    #[allow(clippy::box_collection, reason = "a thin pointer: results are moved between lists at every statement")]
+    spilled: Option<Box<String>>,
+}
+
+/// Room for tags in place: `SELECT 1`, `INSERT 0 1`, `UPDATE 12345678`,
+/// or two short ones, each with its NUL.
+const INLINE_TAG_BYTES: usize = 22;
+
+impl CommandTags {
+    /// Adds a tag (cut at a NUL, if it holds one).
+    pub fn push(&mut self, tag: &str) {
+        let tag = tag.get(..tag.bytes().position(|b| b == 0).unwrap_or(tag.len())).unwrap_or_default();
+        let used = usize::from(self.used);
+        let end = used + tag.len() + 1;
+        if self.spilled.is_none() && end <= INLINE_TAG_BYTES {
+            if let Some(room) = self.inline.get_mut(used..end) {
+                let (text, nul) = room.split_at_mut(tag.len());
+                text.copy_from_slice(tag.as_bytes());
+                nul.fill(0);
+                self.used = end as u8;
+                return;
+            }
+        }
+        if self.spilled.is_none() {
+            let mut all = String::with_capacity(2 * INLINE_TAG_BYTES);
+            all.push_str(self.as_str());
+            self.spilled = Some(Box::new(all));
+        }
+        if let Some(all) = self.spilled.as_mut() {
+            all.push_str(tag);
+            all.push('\0');
+        }
+    }
+
+    /// The tags, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        // Every tag ends with a NUL (an ASCII byte: the pieces between
+        // them are whole `str`s).
+        let mut rest = self.as_str();
+        std::iter::from_fn(move || {
+            let end = rest.bytes().position(|b| b == 0)?;
+            let tag = rest.get(..end)?;
+            rest = rest.get(end + 1..)?;
+            Some(tag)
+        })
+    }
+
+    /// How many tags there are.
+    pub fn len(&self) -> usize {
+        self.as_str().bytes().filter(|&b| b == 0).count()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.as_str().is_empty()
+    }
+
+    /// The tags, each followed by a NUL.
+    fn as_str(&self) -> &str {
+        match &self.spilled {
+            Some(all) => all,
+            // Only whole `&str`s and NULs are copied in.
+            None => {
+                std::str::from_utf8(self.inline.get(..usize::from(self.used)).unwrap_or_default()).unwrap_or_default()
+            }
+        }
+    }
+}
+
+impl<'a> FromIterator<&'a str> for CommandTags {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(tags: I) -> CommandTags {
+        let mut all = CommandTags::default();
+        for tag in tags {
+            all.push(tag);
+        }
+        all
+    }
+}
+
+impl std::fmt::Debug for CommandTags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 /// An error as the client got it.
@@ -410,5 +518,33 @@ impl RecordSink for TestSink {
             }
             Ok(())
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommandTags;
+
+    #[test]
+    fn command_tags_read_back_in_order_in_place_and_past_it() {
+        let tags = ["SELECT 1", "", "INSERT 0 1", "UPDATE 12345678", "COPY 7", "BEGIN", "COMMIT"];
+        for n in 0..=tags.len() {
+            let mut kept = CommandTags::default();
+            for tag in &tags[..n] {
+                kept.push(tag);
+            }
+            assert_eq!(kept.iter().collect::<Vec<_>>(), &tags[..n], "{n} tags");
+            assert_eq!(kept.len(), n);
+            assert_eq!(kept.is_empty(), n == 0);
+            assert_eq!(format!("{kept:?}"), format!("{:?}", &tags[..n]));
+        }
+        // The first tag alone fills the room in place, exactly.
+        let exact = "X".repeat(21);
+        let mut kept = CommandTags::default();
+        kept.push(&exact);
+        assert!(kept.spilled.is_none());
+        kept.push("Y");
+        assert!(kept.spilled.is_some());
+        assert_eq!(kept.iter().collect::<Vec<_>>(), [exact.as_str(), "Y"]);
     }
 }
