@@ -238,6 +238,8 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
     tokio::pin!(timer);
     // Where the timer is set; `None` once it went off.
     let mut timer_at: Option<Instant> = None;
+    // Whether the timer holds this task's waker since it was last set.
+    let mut timer_armed = false;
     let mut up_read = READ_BYTES;
     let mut client_read = READ_BYTES;
     let outcome: Result<(), String> = loop {
@@ -317,6 +319,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
         if let Some(at) = deadline.filter(|at| timer_at.is_none_or(|set| *at < set)) {
             timer.as_mut().reset(at.into());
             timer_at = Some(at);
+            timer_armed = false;
         }
         // While the write to a client that does not read waits, the
         // session still takes orders from the registry (a kill must reach
@@ -336,7 +339,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
             },
             outcome = poll_slot(&mut persisting), if persisting.is_some() => Some(Event::Persisted(outcome)),
             outcome = poll_slot(&mut holding), if holding.is_some() => Some(Event::Held(outcome)),
-            () = &mut timer, if timer_at.is_some() => Some(Event::Timeout),
+            () = timer_elapsed(timer.as_mut(), &mut timer_armed), if timer_at.is_some() => Some(Event::Timeout),
         };
         let event = match ordered {
             Some(Event::Control(Control::Terminate)) => {
@@ -379,7 +382,7 @@ pub async fn run(gw: Arc<Gateway>, ready: Ready, mut registration: Registration)
                             $($branch)*
                             outcome = poll_slot(&mut persisting), if persisting.is_some() => Event::Persisted(outcome),
                             outcome = poll_slot(&mut holding), if holding.is_some() => Event::Held(outcome),
-                            () = &mut timer, if deadline.is_some() => Event::Timeout,
+                            () = timer_elapsed(timer.as_mut(), &mut timer_armed), if deadline.is_some() => Event::Timeout,
                         }
                     };
                 }
@@ -572,6 +575,29 @@ fn write_now(stream: &crate::tls::Stream, out: &mut bytes::BytesMut) -> std::io:
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Waits for the session's timer to go off. The timer is polled (which
+/// gives the timer wheel the task's waker) only in the first wait after
+/// it was set, `armed` then noting that it holds the waker: later waits
+/// only look whether it went off, with no poll of the timer (which took
+/// its state's lock and looked at the task's waker in every wait of a
+/// recording session, whose results' timer is nearly always set). The
+/// waker stays the task's own for the session's life.
+fn timer_elapsed<'a>(mut timer: Pin<&'a mut tokio::time::Sleep>, armed: &'a mut bool) -> impl Future<Output = ()> + 'a {
+    std::future::poll_fn(move |cx| {
+        if *armed {
+            if timer.is_elapsed() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        } else {
+            let polled = timer.as_mut().poll(cx);
+            *armed = polled.is_pending();
+            polled
+        }
+    })
 }
 
 /// Awaits the future in a slot (the select guard makes sure there is one).
