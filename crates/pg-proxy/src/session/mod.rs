@@ -584,6 +584,10 @@ fn write_now(stream: &crate::tls::Stream, out: &mut bytes::BytesMut) -> std::io:
 /// its state's lock and looked at the task's waker in every wait of a
 /// recording session, whose results' timer is nearly always set). The
 /// waker stays the task's own for the session's life.
+///
+/// The arming poll is made outside the task's budget: a timer polled
+/// when the budget is spent answers `Pending` without taking the waker,
+/// and, noted as armed, would never go off.
 fn timer_elapsed<'a>(mut timer: Pin<&'a mut tokio::time::Sleep>, armed: &'a mut bool) -> impl Future<Output = ()> + 'a {
     std::future::poll_fn(move |cx| {
         if *armed {
@@ -593,7 +597,7 @@ fn timer_elapsed<'a>(mut timer: Pin<&'a mut tokio::time::Sleep>, armed: &'a mut 
                 std::task::Poll::Pending
             }
         } else {
-            let polled = timer.as_mut().poll(cx);
+            let polled = Pin::new(&mut tokio::task::unconstrained(timer.as_mut())).poll(cx);
             *armed = polled.is_pending();
             polled
         }
@@ -605,5 +609,41 @@ async fn poll_slot<T>(slot: &mut Option<(u64, Boxed<T>)>) -> T {
     match slot {
         Some((_, future)) => future.as_mut().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::timer_elapsed;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    /// The wait that arms the timer may come when the task has spent its
+    /// budget (a session whose peers always had data): the timer is armed
+    /// all the same, or it would never go off (a hold would never time
+    /// out).
+    #[tokio::test]
+    async fn a_timer_armed_when_the_tasks_budget_is_spent_still_goes_off() {
+        let timer = tokio::time::sleep(Duration::from_millis(20));
+        tokio::pin!(timer);
+        let mut armed = false;
+        // In one poll of this task: spend its budget, then arm the timer.
+        std::future::poll_fn(|cx| {
+            let mut spent = 0;
+            while Pin::new(&mut Box::pin(tokio::task::consume_budget())).poll(cx).is_ready() {
+                spent += 1;
+                assert!(spent < 100_000, "the task's budget was never spent");
+            }
+            let first = Pin::new(&mut Box::pin(timer_elapsed(timer.as_mut(), &mut armed))).poll(cx);
+            assert!(first.is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        assert!(armed);
+        let went_off = tokio::time::timeout(Duration::from_secs(10), timer_elapsed(timer.as_mut(), &mut armed)).await;
+        assert!(went_off.is_ok(), "the timer never went off");
     }
 }
