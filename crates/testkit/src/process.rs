@@ -1,5 +1,5 @@
-//! Running a program under a deadline, and reading what a test client
-//! printed as JSON.
+//! Running a program under a deadline, a test under a deadline
+//! ([`Watchdog`]), and reading what a test client printed as JSON.
 //!
 //! ```
 //! use std::process::Command;
@@ -10,8 +10,86 @@
 //! ```
 
 use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::text;
+
+/// Processes a [`Watchdog`] kills before it ends the test binary (see
+/// [`track`]).
+static TRACKED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Notes a child process that must not outlive the test binary should a
+/// [`Watchdog`] end it: a gateway started with the test's standard error
+/// holds that pipe open, and whoever reads the test's output to its end
+/// (CI, through `tee`) would wait for it as long as it runs. Undone by
+/// [`untrack`] when the child is reaped.
+pub fn track(pid: u32) {
+    if let Ok(mut tracked) = TRACKED.lock() {
+        tracked.push(pid);
+    }
+}
+
+/// Forgets a child noted by [`track`].
+pub fn untrack(pid: u32) {
+    if let Ok(mut tracked) = TRACKED.lock() {
+        tracked.retain(|&p| p != pid);
+    }
+}
+
+/// A test under a deadline: when the test that armed it is still running
+/// after the limit, it says which test hangs (the harness names each
+/// test's thread after the test), runs the test's last words (a stack
+/// stops its cluster), kills the processes [`track`]ed, and ends the test
+/// binary with status 101, as a failed test does. Without it a test that
+/// hangs (a barrier one party never reaches, a read nobody answers) holds
+/// up the whole suite until the CI's own time runs out, with nothing said
+/// of which test it was. Dropping it disarms it.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let watchdog = portcullis_testkit::process::Watchdog::arm(Duration::from_secs(600), || {});
+/// // ... the test ...
+/// drop(watchdog);
+/// ```
+#[must_use = "the watchdog is disarmed when dropped"]
+pub struct Watchdog {
+    // Dropped with the watchdog: its thread sees the channel close.
+    _disarm: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    /// Arms a watchdog for the calling test, going off after `limit`.
+    pub fn arm(limit: Duration, last_words: impl FnOnce() + Send + 'static) -> Watchdog {
+        use std::io::Write;
+        let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+        let test = std::thread::current().name().unwrap_or("a test").to_string();
+        let name = format!("watchdog of {test}");
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                if disarmed.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    let pids = TRACKED.lock().map(|t| t.clone()).unwrap_or_default();
+                    // Straight to the file descriptor: what `eprintln!`
+                    // prints here is the harness's to capture, and would
+                    // go with the process.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "\n{test} is still running after {limit:?}: it hangs. Ending the test binary; \
+                         its processes {pids:?} are killed first."
+                    );
+                    last_words();
+                    for pid in pids {
+                        let _ = Command::new("kill").args(["-s", "KILL", &pid.to_string()]).status();
+                    }
+                    std::process::exit(101);
+                }
+            })
+            .unwrap_or_else(|e| panic!("starting the {name}: {e}"));
+        Watchdog { _disarm: disarm }
+    }
+}
 
 /// Runs `command` (stdin closed, stdout and stderr captured) and returns
 /// its output, or kills it and returns `Err` with what it had printed to

@@ -8,6 +8,11 @@
 //! process, on its own runtime, on a free loopback port with the given
 //! policy. Dropping the stack stops the gateway and removes the cluster.
 //!
+//! A test that holds its stack past [`STACK_LIMIT`] hangs: a [`Watchdog`]
+//! armed with the stack then names it and ends the test binary, rather
+//! than leave the suite waiting for the CI's own limit. The stack also
+//! raises the test process's open-file limit ([`raise_open_files_limit`]).
+//!
 //! Tokens are minted with `pg_proxy::token`, as `pg-proxy token mint` mints
 //! them, so the stack needs no `pg-proxy` binary and serves any crate's
 //! tests.
@@ -27,12 +32,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pg_proxy::cluster::{Cluster, ClusterOptions};
 use pg_proxy::config::Config;
 use pg_proxy::server::Gateway;
 use pg_proxy::token::{KeyType, MintRequest};
 
+use crate::process::Watchdog;
 use crate::wire::{query, Raw};
 use crate::{repo, text};
 
@@ -98,11 +105,21 @@ impl StackBuilder {
     /// Starts the cluster, loads it, and starts the gateway. Fails the test
     /// when any step fails.
     pub fn start(self) -> Stack {
+        raise_open_files_limit();
         let policy = match self.policy {
             Some(p) => p,
             None => std::fs::read_to_string(repo("examples/policy.toml")).unwrap(),
         };
         let cluster = Cluster::start(&self.cluster).unwrap();
+        // Should it go off, the cluster is stopped at once (its
+        // postmaster's SIGQUIT), as the stack's drop would have.
+        let postmaster_pid = cluster.data_dir().join("postmaster.pid");
+        let watchdog = Watchdog::arm(STACK_LIMIT, move || {
+            let pid = std::fs::read_to_string(&postmaster_pid).unwrap_or_default();
+            if let Some(pid) = pid.lines().next().filter(|p| p.parse::<u32>().is_ok()) {
+                let _ = Command::new("kill").args(["-s", "QUIT", pid]).status();
+            }
+        });
         cluster.create_role("app", APP_PASSWORD, false).unwrap();
         cluster.create_database("app", "app").unwrap();
         let demo = std::fs::read_to_string(repo("examples/demo.sql")).unwrap();
@@ -136,7 +153,7 @@ impl StackBuilder {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             let _ = gw.serve(listener).await;
         });
-        Stack { cluster, addr, dir, gateway, runtime: Some(runtime) }
+        Stack { cluster, addr, dir, gateway, runtime: Some(runtime), _watchdog: watchdog }
     }
 }
 
@@ -183,6 +200,7 @@ pub struct Stack {
     /// The gateway.
     pub gateway: Arc<Gateway>,
     runtime: Option<tokio::runtime::Runtime>,
+    _watchdog: Watchdog,
 }
 
 impl Stack {
@@ -361,6 +379,7 @@ impl Stack {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("starting pg-proxy serve: {e}"));
+        crate::process::track(child.id());
         let served = Served { child, port, config };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -369,6 +388,29 @@ impl Stack {
         }
         served
     }
+}
+
+/// How long a test may hold a stack before its [`Watchdog`] ends the test
+/// binary: some ten times what the longest test takes here (ten thousand
+/// connects, about two minutes), and well within what CI allows the whole
+/// suite.
+pub const STACK_LIMIT: Duration = Duration::from_secs(600);
+
+/// Raises the test process's soft limit on open files to its hard limit,
+/// as the gateway raises its own, and returns it (`u64::MAX`: none). A
+/// test with a thousand clients at once holds a thousand sockets, past
+/// the common default soft limit of 1024; a connect refused for it would
+/// be a failure of the machine, not of the gateway.
+pub fn raise_open_files_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum) {
+        if current < maximum {
+            limit.current = Some(maximum);
+            let _ = setrlimit(Resource::Nofile, limit);
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// A free loopback port (free when asked).
@@ -418,6 +460,7 @@ impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        crate::process::untrack(self.child.id());
     }
 }
 
