@@ -570,8 +570,14 @@ impl Gateway {
                 Ok(None)
             }
             Opening::Startup { version, params } => {
-                let admitted =
-                    tokio::time::timeout_at(deadline, self.admit(&mut stream, &mut buf, peer, version, &params)).await;
+                // The client's own waits end at the deadline, inside
+                // `admit`; the grace past it is for telling a client whose
+                // database did not answer in time.
+                let admitted = tokio::time::timeout_at(
+                    deadline + LOGIN_GRACE,
+                    self.admit(&mut stream, &mut buf, peer, version, &params, deadline),
+                )
+                .await;
                 match admitted {
                     Ok(Ok(Some(a))) => {
                         let tls = stream.is_tls();
@@ -685,6 +691,7 @@ impl Gateway {
         peer: SocketAddr,
         version: u32,
         params: &[(Str, Str)],
+        deadline: tokio::time::Instant,
     ) -> Result<Option<Admitted>, String> {
         let max = self.config.limits.max_message_bytes;
         let mut out = BytesMut::new();
@@ -742,7 +749,12 @@ impl Gateway {
                     }
                 },
                 Ok(None) => {
-                    if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+                    // A client that does not answer in time is dropped
+                    // without a word, as at the startup packet.
+                    let read = tokio::time::timeout_at(deadline, stream.read_buf(buf))
+                        .await
+                        .map_err(|_| "login timed out".to_string())?;
+                    if read.map_err(|e| e.to_string())? == 0 {
                         return Ok(None);
                     }
                 }
@@ -782,9 +794,21 @@ impl Gateway {
         if startup.setting("application_name").is_none() {
             upstream_params.push(("application_name", "pg-proxy"));
         }
-        let conn = match upstream::connect(&self.target, &database, &upstream_params).await {
-            Ok(c) => c,
-            Err(e) => {
+        // A database that accepts the connection and then says nothing
+        // (overloaded, or a pooler that is stuck) is the gateway's side of
+        // the login: the client, which did its part, is told.
+        let connected = tokio::time::timeout_at(deadline, upstream::connect(&self.target, &database, &upstream_params));
+        let conn = match connected.await {
+            Ok(Ok(c)) => c,
+            Err(_) => {
+                self.metrics.upstream_connect_error();
+                let timeout = self.config.limits.login_timeout;
+                tracing::warn!(database = %database, "upstream connection not ready within login_timeout ({timeout:?})");
+                let message = format!("the database did not answer within the login timeout ({timeout:?})");
+                fatal(stream, "08006", &message).await;
+                return Err("the upstream connection was not ready within the login timeout".to_string());
+            }
+            Ok(Err(e)) => {
                 self.metrics.upstream_connect_error();
                 tracing::warn!(database = %database, "upstream connection failed: {e}");
                 let (code, message) = match &e {
@@ -853,6 +877,11 @@ impl Gateway {
         }))
     }
 }
+
+/// How long past the login deadline the gateway takes to tell a client
+/// that its database did not answer in time (a few bytes, to a client that
+/// is waiting for them).
+const LOGIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a client's first packets asked for, once its transport is settled.
 enum Opening {

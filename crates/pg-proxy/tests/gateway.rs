@@ -125,6 +125,47 @@ async fn bad_tokens_get_28p01_and_nothing_else() {
     }
 }
 
+/// A database that accepts the gateway's connection and then says nothing
+/// (overloaded, or a stuck pooler): the client, whose token was good, gets
+/// a FATAL 08006 naming the login timeout, not a connection closed
+/// without a word once the time is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_never_answers_the_login_is_reported_to_the_client() {
+    use std::sync::Arc;
+    let stack = Stack::start();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let config = std::fs::read_to_string(stack.path("gateway.toml"))
+        .unwrap()
+        .replace(&format!("port = {}", stack.cluster.port()), &format!("port = {silent_port}"));
+    let config_path = stack.path("gateway-silent-upstream.toml");
+    std::fs::write(&config_path, format!("{config}\n[limits]\nlogin_timeout = \"1s\"\n")).unwrap();
+    let config = pg_proxy::config::Config::load(&config_path).unwrap();
+    assert_eq!(config.upstream.port, silent_port);
+    let gateway = Arc::new(pg_proxy::server::Gateway::new(config).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(Arc::clone(&gateway).serve(listener));
+
+    let token = stack.token("alice", &["developers"], None);
+    let conninfo = format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable password={token}");
+    let login = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio_postgres::connect(&conninfo, tokio_postgres::NoTls),
+    );
+    let refused = login.await.expect("the login hangs").err().expect("a login with no database answering");
+    let db = refused.as_db_error().unwrap_or_else(|| panic!("an ErrorResponse, not {refused:?}"));
+    assert_eq!(db.code(), &SqlState::CONNECTION_FAILURE, "{refused:?}");
+    assert_eq!(db.message(), "the database did not answer within the login timeout (1s)");
+    holding.abort();
+}
+
 /// A stack whose database also has `evil.orders` (one row, -1), readable
 /// by the gateway's upstream role: what a path starting with `evil` reads.
 fn stack_with_evil_orders() -> Stack {

@@ -505,14 +505,6 @@ async fn refused_parse_messages_do_not_pile_up_in_the_gateway() {
     assert!(grown < 50, "200 refused Parse messages with 1 MB names grew the gateway by {grown} MiB");
 }
 
-/// The soft limit on open files, from /proc/self/limits.
-fn open_files_limit() -> usize {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
-    let soft = line.split_whitespace().nth(3).unwrap();
-    soft.parse().unwrap_or(usize::MAX)
-}
-
 /// This process's resident set size in KiB.
 fn rss_kib() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -543,7 +535,7 @@ async fn at_password_prompt(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 async fn a_thousand_connections_idle_at_the_password_prompt() {
     // Each connection costs two descriptors in this process (client and
     // gateway side).
-    let fds = open_files_limit();
+    let fds = usize::try_from(portcullis_testkit::stack::raise_open_files_limit()).unwrap_or(usize::MAX);
     let n = 1000.min(fds.saturating_sub(300) / 2);
     println!("open files limit {fds}: {n} idle connections");
     assert!(n >= 100, "too few file descriptors ({fds}) for this test");
