@@ -92,7 +92,7 @@ pub(super) fn run(
 
     let mut runs: Vec<Vec<Vec<AuditRun>>> =
         (0..options.configs.len()).map(|_| MODES.map(|_| Vec::new()).into()).collect();
-    let setup = Setup { tools, cluster, password, keys: &keys };
+    let setup = Setup { tools, cluster, password, keys: &keys, placement: options.placement.as_ref() };
     if options.alternate {
         run_alternating(options, &setup, &mut runs)?;
         return Ok(report(options, command, &runs, fsync));
@@ -191,12 +191,14 @@ struct Setup<'a> {
     password: &'a str,
     /// The directory of the logs' signing key.
     keys: &'a std::path::Path,
+    /// Where the gateways run (`--proxy-cpus`).
+    placement: Option<&'a crate::cpus::Placement>,
 }
 
 /// Starts a gateway in `mode` (its configuration and log in
 /// `cluster.dir()/name`) and warms it with a second of `config`.
 fn start(setup: &Setup<'_>, config: &BenchConfig, mode: Mode, name: String) -> Result<Gateway, String> {
-    let Setup { tools, cluster, password, keys } = *setup;
+    let Setup { tools, cluster, password, keys, .. } = *setup;
     // The log in the gateway's directory, or under
     // GATEWAY_BENCH_AUDIT_DIR (another file system: a tmpfs leaves the
     // disk out of the comparison).
@@ -212,7 +214,9 @@ fn start(setup: &Setup<'_>, config: &BenchConfig, mode: Mode, name: String) -> R
         ),
         None => String::new(),
     };
-    let (proc, port, jwt) = start_gateway_in(tools, cluster, password, &name, &extra, "warn,pg_proxy::audit=info")?;
+    let (proc, port, jwt) = crate::cpus::start_proxy(setup.placement, || {
+        start_gateway_in(tools, cluster, password, &name, &extra, "warn,pg_proxy::audit=info")
+    })?;
     let endpoint = Endpoint { port, user: "bench".to_string(), password: jwt };
     let mut gateway = Gateway { proc, endpoint, name, mode, transactions: 0, outside };
     gateway.transactions = pgbench(tools, &gateway.endpoint, config.args, 1, None)?.transactions;
@@ -604,7 +608,7 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
         w,
         "Machine: {}; pgbench scale {}, {method}, medians; \
          `fdatasync` of 4 KiB in the log's file system: {:.3} ms (median of 200).\n",
-        super::machine(),
+        super::machine(options.placement.as_ref()),
         options.scale,
         fsync.as_secs_f64() * 1e3
     );

@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 mod audit;
+mod cpus;
 
 use pg_proxy::cluster::{Cluster, ClusterOptions};
 use pg_proxy::token::{self, KeyType, MintRequest};
@@ -70,6 +71,9 @@ Options:
                           running; each of --reps rounds runs every mode for --duration seconds,
                           in turn (try --reps 200 --duration 3: many short pairs narrow the
                           targets' intervals faster than a few long ones)
+  --proxy-cpus LIST       run the proxies (the gateway, pgbouncer, the relay) on these CPUs (`1`,
+                          `2,3`, `2-3`) and PostgreSQL, pgbench and psql on the others, as a
+                          gateway deployed on CPUs of its own runs (default: all share every CPU)
   --help                  this text
 
 The relay target is this program run as `gateway-bench --relay PORT UPSTREAM_PORT`.
@@ -149,6 +153,8 @@ struct Options {
     /// With `--audit`: each mode's gateway started once, the modes'
     /// runs alternated in rounds.
     alternate: bool,
+    /// With `--proxy-cpus`: the proxies on some CPUs, the rest on others.
+    placement: Option<cpus::Placement>,
 }
 
 impl Options {
@@ -166,6 +172,7 @@ impl Options {
             audit: false,
             modes: audit::MODES.to_vec(),
             alternate: false,
+            placement: None,
         };
         let mut configs_given = false;
         let (mut reps, mut duration) = (None, None);
@@ -185,6 +192,7 @@ impl Options {
                 "--modes" => {
                     o.modes = value("--modes")?.split(',').map(audit::Mode::parse).collect::<Result<_, _>>()?;
                 }
+                "--proxy-cpus" => o.placement = Some(cpus::Placement::split(&value("--proxy-cpus")?)?),
                 "--pg-proxy" => o.pg_proxy = Some(PathBuf::from(value("--pg-proxy")?)),
                 "--configs" => {
                     configs_given = true;
@@ -247,6 +255,11 @@ fn real_main() -> Result<(), String> {
         println!("{USAGE}");
         return Ok(());
     };
+    // Before any thread or process is started: they keep the CPUs their
+    // parent thread had.
+    if let Some(placement) = &options.placement {
+        placement.enter_rest()?;
+    }
     let command = if args.is_empty() {
         "cargo run --release -p portcullis-benches --bin gateway-bench".to_string()
     } else {
@@ -999,9 +1012,11 @@ fn run(options: &Options, command: &str, runtime: &tokio::runtime::Runtime) -> R
     check_interrupted()?;
 
     eprintln!("starting the gateway and pgbouncer...");
-    let (mut gateway, gateway_port, jwt) = start_gateway(&tools, &cluster, &password)?;
-    let (mut pgbouncer, pgbouncer_port) = start_pgbouncer(&tools, &cluster, &password, run_as.as_ref())?;
-    let (mut relay, relay_port) = start_relay(&cluster)?;
+    let placement = options.placement.as_ref();
+    let (mut gateway, gateway_port, jwt) = cpus::start_proxy(placement, || start_gateway(&tools, &cluster, &password))?;
+    let (mut pgbouncer, pgbouncer_port) =
+        cpus::start_proxy(placement, || start_pgbouncer(&tools, &cluster, &password, run_as.as_ref()))?;
+    let (mut relay, relay_port) = cpus::start_proxy(placement, || start_relay(&cluster))?;
     let endpoint = |target: Target| match target {
         Target::Direct => direct.clone(),
         Target::Gateway => Endpoint { port: gateway_port, user: "bench".to_string(), password: jwt.clone() },
@@ -1109,14 +1124,23 @@ fn run(options: &Options, command: &str, runtime: &tokio::runtime::Runtime) -> R
     cluster.stop().map_err(|e| e.to_string())
 }
 
-fn machine() -> String {
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+/// The machine, and where the proxies ran when `--proxy-cpus` placed them.
+fn machine(placement: Option<&cpus::Placement>) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    // Counted from /proc/cpuinfo: this program's own CPU mask may be a
+    // part of them (`--proxy-cpus`).
+    let nproc = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
     let model = cpuinfo
         .lines()
         .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()))
         .unwrap_or_else(|| "unknown CPU".to_string());
-    format!("{nproc} CPUs ({model})")
+    match placement {
+        Some(p) => format!(
+            "{nproc} CPUs ({model}), the proxies on CPU {} and PostgreSQL with pgbench on the others",
+            p.describe()
+        ),
+        None => format!("{nproc} CPUs ({model})"),
+    }
 }
 
 /// The CPU figures of one configuration that the target compares.
@@ -1145,7 +1169,7 @@ fn report(
     let _ = writeln!(
         w,
         "Machine: {}; pgbench scale {}, {} repetition(s) of {} s per (configuration, target), medians.\n",
-        machine(),
+        machine(options.placement.as_ref()),
         options.scale,
         options.reps,
         options.duration
