@@ -770,7 +770,26 @@ impl Gateway {
             format!("sha256:{:x}", sha2::Sha256::digest(token))
         };
         let verified = match std::str::from_utf8(token) {
-            Ok(t) => self.verify_token(t).await.map_err(|e| e.to_string()),
+            // A token naming a key the gateway does not hold loads the key
+            // set again: an identity provider that does not answer in time
+            // is the gateway's side of the login, and the client is told.
+            Ok(t) => match tokio::time::timeout_at(deadline, self.verify_token(t)).await {
+                Ok(verified) => verified.map_err(|e| e.to_string()),
+                Err(_) => {
+                    self.metrics.login(false);
+                    let timeout = self.config.limits.login_timeout;
+                    tracing::warn!(
+                        user = %startup.user,
+                        source = %self.config.auth.jwks,
+                        "the key set was not loaded within login_timeout ({timeout:?}) to check a token"
+                    );
+                    let message = format!(
+                        "the identity provider's keys could not be loaded within the login timeout ({timeout:?})"
+                    );
+                    fatal(stream, "08006", &message).await;
+                    return Err("the key set was not loaded within the login timeout".to_string());
+                }
+            },
             Err(_) => Err("the token is not UTF-8".to_string()),
         };
         let identity = match verified {
@@ -879,8 +898,8 @@ impl Gateway {
 }
 
 /// How long past the login deadline the gateway takes to tell a client
-/// that its database did not answer in time (a few bytes, to a client that
-/// is waiting for them).
+/// that its database, or the identity provider, did not answer in time (a
+/// few bytes, to a client that is waiting for them).
 const LOGIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a client's first packets asked for, once its transport is settled.

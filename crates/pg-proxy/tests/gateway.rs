@@ -131,7 +131,6 @@ async fn bad_tokens_get_28p01_and_nothing_else() {
 /// without a word once the time is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_never_answers_the_login_is_reported_to_the_client() {
-    use std::sync::Arc;
     let stack = Stack::start();
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_port = silent.local_addr().unwrap().port();
@@ -141,17 +140,12 @@ async fn a_database_that_never_answers_the_login_is_reported_to_the_client() {
             held.push(socket);
         }
     });
-    let config = std::fs::read_to_string(stack.path("gateway.toml"))
-        .unwrap()
-        .replace(&format!("port = {}", stack.cluster.port()), &format!("port = {silent_port}"));
-    let config_path = stack.path("gateway-silent-upstream.toml");
-    std::fs::write(&config_path, format!("{config}\n[limits]\nlogin_timeout = \"1s\"\n")).unwrap();
-    let config = pg_proxy::config::Config::load(&config_path).unwrap();
-    assert_eq!(config.upstream.port, silent_port);
-    let gateway = Arc::new(pg_proxy::server::Gateway::new(config).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(Arc::clone(&gateway).serve(listener));
+    let addr = stack.another_gateway("gateway-silent-upstream.toml", |config| {
+        let config = config.replace(&format!("port = {}", stack.cluster.port()), &format!("port = {silent_port}"));
+        assert!(config.contains(&format!("port = {silent_port}")));
+        format!("{config}\n[limits]\nlogin_timeout = \"1s\"\n")
+    });
+    let port = addr.port();
 
     let token = stack.token("alice", &["developers"], None);
     let conninfo = format!("host=127.0.0.1 port={port} user=alice dbname=app sslmode=disable password={token}");

@@ -323,62 +323,83 @@ fn check_reads_every_tls_file_and_warns_when_upstream_is_unverified() {
     assert!(err.contains("[tls] key"), "{err}");
 }
 
+/// A small HTTP server for a key set: each request is answered with the
+/// key set it holds then, or, while it holds none, accepted and never
+/// answered (an identity provider that hangs).
+struct KeySetServer {
+    url: String,
+    served: Arc<std::sync::Mutex<Option<String>>>,
+    fetches: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl KeySetServer {
+    async fn start(json: String) -> KeySetServer {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let server = KeySetServer { url, served: Arc::new(Some(json).into()), fetches: Arc::default() };
+        let (served, fetches) = (Arc::clone(&server.served), Arc::clone(&server.fetches));
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut request = vec![0u8; 4096];
+                let _ = sock.read(&mut request).await;
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let Some(json) = served.lock().unwrap().clone() else {
+                    held.push(sock);
+                    continue;
+                };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+                let _ = sock.write_all(response.as_bytes()).await;
+            }
+        });
+        server
+    }
+
+    /// What later requests get: a key set, or (`None`) no answer.
+    fn serve(&self, json: Option<String>) {
+        *self.served.lock().unwrap() = json;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A new signing key in the stack's directory `name` (`pg-proxy token
+/// keygen`); the directory.
+fn keygen(stack: &Stack, name: &str) -> PathBuf {
+    let dir = stack.path(name);
+    let out = portcullis_testkit::bin!().args(["token", "keygen", "--out"]).arg(&dir).output().unwrap();
+    assert!(out.status.success());
+    dir
+}
+
+/// A token for alice (developers) signed with the key in `key_dir`.
+fn mint(key_dir: &std::path::Path) -> String {
+    let out = portcullis_testkit::bin!()
+        .args(["token", "mint", "--key"])
+        .arg(key_dir.join("signing-key.pem"))
+        .args(["--sub", "alice", "--groups", "developers"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_sets_from_a_url_follow_rotation_with_a_rate_limit() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-
     let stack = Stack::start();
-    let keygen = |name: &str| {
-        let dir = stack.path(name);
-        let out = portcullis_testkit::bin!().args(["token", "keygen", "--out"]).arg(&dir).output().unwrap();
-        assert!(out.status.success());
-        dir
-    };
-    let (rotated, stranger) = (keygen("rotated"), keygen("stranger"));
-    let served = Arc::new(Mutex::new(std::fs::read_to_string(stack.path("keys/jwks.json")).unwrap()));
-    let fetches = Arc::new(AtomicUsize::new(0));
-
-    // A small HTTP server for the key set.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-    let (body, count) = (Arc::clone(&served), Arc::clone(&fetches));
-    tokio::spawn(async move {
-        loop {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            let mut request = vec![0u8; 4096];
-            let _ = sock.read(&mut request).await;
-            count.fetch_add(1, Ordering::SeqCst);
-            let json = body.lock().unwrap().clone();
-            let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
-                json.len()
-            );
-            let _ = sock.write_all(response.as_bytes()).await;
-        }
+    let (rotated, stranger) = (keygen(&stack, "rotated"), keygen(&stack, "stranger"));
+    let server = KeySetServer::start(std::fs::read_to_string(stack.path("keys/jwks.json")).unwrap()).await;
+    let addr = stack.another_gateway("gateway-url.toml", |config| {
+        let url = &server.url;
+        config.replace("jwks_file = \"keys/jwks.json\"", &format!("jwks_url = {url:?}\njwks_min_refresh = \"300ms\""))
     });
-
-    let config_path = stack.path("gateway-url.toml");
-    let text = std::fs::read_to_string(stack.path("gateway.toml"))
-        .unwrap()
-        .replace("jwks_file = \"keys/jwks.json\"", &format!("jwks_url = {url:?}\njwks_min_refresh = \"300ms\""));
-    std::fs::write(&config_path, text).unwrap();
-    let config = pg_proxy::config::Config::load(&config_path).unwrap();
-    let gateway =
-        Arc::new(tokio::task::spawn_blocking(move || pg_proxy::server::Gateway::new(config)).await.unwrap().unwrap());
-    assert_eq!(fetches.load(Ordering::SeqCst), 1, "loaded once at start");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(Arc::clone(&gateway).serve(listener));
-    let mint = |key_dir: &std::path::Path| {
-        let out = portcullis_testkit::bin!()
-            .args(["token", "mint", "--key"])
-            .arg(key_dir.join("signing-key.pem"))
-            .args(["--sub", "alice", "--groups", "developers"])
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    assert_eq!(server.fetches(), 1, "loaded once at start");
     let login = |token: String| async move {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         login_and_query(&mut tcp, &token, "SELECT 1").await
@@ -386,19 +407,52 @@ async fn key_sets_from_a_url_follow_rotation_with_a_rate_limit() {
     assert_eq!(login(mint(&stack.path("keys"))).await, Ok(Some("1".into())));
 
     // The provider rotates its keys: a token from the new key loads the set again.
-    *served.lock().unwrap() = std::fs::read_to_string(rotated.join("jwks.json")).unwrap();
+    server.serve(Some(std::fs::read_to_string(rotated.join("jwks.json")).unwrap()));
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(login(mint(&rotated)).await, Ok(Some("1".into())));
-    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(server.fetches(), 2);
 
     // Tokens naming unknown keys, in a burst: at most one more fetch.
     for _ in 0..20 {
         let err = login(mint(&stranger)).await.unwrap_err();
         assert_eq!(err.code, "28P01");
     }
-    assert!(fetches.load(Ordering::SeqCst) <= 3, "{} fetches", fetches.load(Ordering::SeqCst));
+    assert!(server.fetches() <= 3, "{} fetches", server.fetches());
     // The old key is gone with the rotation.
     assert_eq!(login(mint(&stack.path("keys"))).await.unwrap_err().code, "28P01");
+}
+
+/// An identity provider that stops answering while a token waits for its
+/// key set: the client is told within the login timeout (FATAL 08006
+/// naming it), not closed without a word once the time is up, and tokens
+/// whose keys the gateway holds still log in meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_provider_that_hangs_is_reported_to_the_client() {
+    let stack = Stack::start();
+    let stranger = keygen(&stack, "stranger");
+    let server = KeySetServer::start(std::fs::read_to_string(stack.path("keys/jwks.json")).unwrap()).await;
+    let addr = stack.another_gateway("gateway-hanging-idp.toml", |config| {
+        let url = &server.url;
+        let config = config
+            .replace("jwks_file = \"keys/jwks.json\"", &format!("jwks_url = {url:?}\njwks_min_refresh = \"100ms\""));
+        format!("{config}\n[limits]\nlogin_timeout = \"1s\"\n")
+    });
+    assert_eq!(server.fetches(), 1, "loaded once at start");
+    server.serve(None);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let refused =
+        tokio::time::timeout(Duration::from_secs(30), login_and_query(&mut tcp, &mint(&stranger), "SELECT 1"))
+            .await
+            .expect("the login hangs")
+            .expect_err("a token whose key set cannot be loaded");
+    assert_eq!(refused.code, "08006", "{refused:?}");
+    assert_eq!(refused.message, "the identity provider's keys could not be loaded within the login timeout (1s)");
+    assert_eq!(server.fetches(), 2, "the unknown key sent the gateway to the provider");
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(login_and_query(&mut tcp, &mint(&stack.path("keys")), "SELECT 1").await, Ok(Some("1".into())));
 }
 
 /// A TLS client (SSLRequest, then the handshake) trusting `der`.

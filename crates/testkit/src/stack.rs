@@ -232,13 +232,40 @@ impl Stack {
 
     /// Serves the same gateway on another address too (port chosen freely).
     pub fn listen_also(&self, ip: &str) -> SocketAddr {
+        self.serve_gateway(Arc::clone(&self.gateway), ip)
+    }
+
+    /// Another gateway in this process, on a loopback port of its own: the
+    /// stack's `gateway.toml` as `edit` changes it, written as `name` in
+    /// the gateway's directory (its relative paths still hold) and loaded.
+    /// For a gateway whose upstream or key source differs from the
+    /// stack's. Loading it may fetch a key set over the network: call it
+    /// from a test's body, not from a task of its runtime.
+    ///
+    /// ```no_run
+    /// # let stack = portcullis_testkit::stack::Stack::start();
+    /// let addr = stack.another_gateway("short-logins.toml", |config| {
+    ///     format!("{config}\n[limits]\nlogin_timeout = \"1s\"\n")
+    /// });
+    /// ```
+    pub fn another_gateway(&self, name: &str, edit: impl FnOnce(&str) -> String) -> SocketAddr {
+        let text = std::fs::read_to_string(self.path("gateway.toml")).unwrap();
+        let path = self.path(name);
+        std::fs::write(&path, edit(&text)).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let gateway = Gateway::new(config).unwrap_or_else(|e| panic!("{name}: {e}"));
+        self.serve_gateway(Arc::new(gateway), "127.0.0.1")
+    }
+
+    /// Serves `gateway` on `ip`, a port chosen freely, on the stack's
+    /// runtime.
+    fn serve_gateway(&self, gateway: Arc<Gateway>, ip: &str) -> SocketAddr {
         let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let gw = Arc::clone(&self.gateway);
         self.runtime.as_ref().unwrap().spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let _ = gw.serve(listener).await;
+            let _ = gateway.serve(listener).await;
         });
         addr
     }
