@@ -418,9 +418,9 @@ impl Stack {
 }
 
 /// How long a test may hold a stack before its [`Watchdog`] ends the test
-/// binary: some ten times what the longest test takes here (ten thousand
-/// connects, about two minutes), and well within what CI allows the whole
-/// suite.
+/// binary: five to ten times what the longest test takes here (ten
+/// thousand connects, one to two minutes), and well within what CI allows
+/// the whole suite.
 pub const STACK_LIMIT: Duration = Duration::from_secs(600);
 
 /// Raises the test process's soft limit on open files to its hard limit,
