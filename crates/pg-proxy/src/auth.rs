@@ -13,7 +13,10 @@
 //!   one per login;
 //! - when the copy is older than `max_age` (default 1 h), at the next login.
 //!
-//! A failed reload keeps the keys already loaded and is logged.
+//! A failed reload keeps the keys already loaded and is logged. A reload
+//! runs to its end (a fetch gives up after 10 s) even when the login that
+//! started it stops waiting at its `login_timeout`: what it loads is kept,
+//! and the next login finds it.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -62,9 +65,10 @@ impl Default for Refresh {
 pub struct KeySet {
     source: Source,
     refresh: Refresh,
-    state: RwLock<State>,
-    /// Serialises reloads.
-    loading: tokio::sync::Mutex<()>,
+    /// Shared with a load in progress, which stores what it loaded.
+    state: Arc<RwLock<State>>,
+    /// Serialises loads; held by a load in progress until it ends.
+    loading: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug)]
@@ -87,7 +91,8 @@ impl KeySet {
         let diagnostics = jwks.diagnostics().to_vec();
         let now = Instant::now();
         let state = State { jwks: Arc::new(jwks), loaded: now, fetched: now };
-        Ok((KeySet { source, refresh, state: RwLock::new(state), loading: tokio::sync::Mutex::new(()) }, diagnostics))
+        let (state, loading) = (Arc::new(RwLock::new(state)), Arc::new(tokio::sync::Mutex::new(())));
+        Ok((KeySet { source, refresh, state, loading }, diagnostics))
     }
 
     fn current(&self) -> (Arc<Jwks>, Instant) {
@@ -103,18 +108,18 @@ impl KeySet {
     /// Loads the key set again unless a load happened less than the
     /// minimum interval ago; returns whether the keys changed hands.
     async fn reload(&self) -> bool {
-        let _one_at_a_time = self.loading.lock().await;
+        let one_at_a_time = Arc::clone(&self.loading).lock_owned().await;
         if self.current().1.elapsed() < self.refresh.min_interval {
             return false;
         }
-        self.load_again().await.is_ok()
+        self.load_again(one_at_a_time).await.is_ok()
     }
 
     /// Loads the key set again now (an operator's reload); a set that does
     /// not load is refused, and the keys already loaded are kept.
     pub async fn reload_now(&self) -> Result<(), String> {
-        let _one_at_a_time = self.loading.lock().await;
-        self.load_again().await
+        let one_at_a_time = Arc::clone(&self.loading).lock_owned().await;
+        self.load_again(one_at_a_time).await
     }
 
     /// How long ago the keys in use were loaded.
@@ -144,29 +149,21 @@ impl KeySet {
         Ok(())
     }
 
-    async fn load_again(&self) -> Result<(), String> {
-        let source = self.source.clone();
-        let loaded = tokio::task::spawn_blocking(move || read(&source)).await.map_err(|e| e.to_string());
-        let mut state = match self.state.write() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        state.loaded = Instant::now();
-        match loaded.and_then(|r| r) {
-            Ok(jwks) => {
-                for d in jwks.diagnostics() {
-                    tracing::warn!(source = %self.source, "{d}");
-                }
-                tracing::info!(source = %self.source, "key set reloaded");
-                state.jwks = Arc::new(jwks);
-                state.fetched = state.loaded;
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!("reloading the key set: {e}; keeping the keys already loaded");
-                Err(e)
-            }
-        }
+    /// Loads the key set on a blocking thread, which stores it and then
+    /// lets the next load begin (`one_at_a_time`). A caller that stops
+    /// waiting (a login at its deadline) leaves the load to finish: what it
+    /// loads is kept, and the logins after it find the keys rather than
+    /// start another fetch.
+    async fn load_again(&self, one_at_a_time: tokio::sync::OwnedMutexGuard<()>) -> Result<(), String> {
+        let (source, state) = (self.source.clone(), Arc::clone(&self.state));
+        tokio::task::spawn_blocking(move || {
+            let loaded = read(&source);
+            let stored = store(&state, &source, loaded);
+            drop(one_at_a_time);
+            stored
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// Verifies `token` now.
@@ -187,6 +184,31 @@ impl KeySet {
                 }
             }
             other => other,
+        }
+    }
+}
+
+/// Keeps a load's outcome: the keys it loaded, or the keys already
+/// loaded when it failed; either way, when it happened.
+fn store(state: &RwLock<State>, source: &Source, loaded: Result<Jwks, String>) -> Result<(), String> {
+    let mut state = match state.write() {
+        Ok(s) => s,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    state.loaded = Instant::now();
+    match loaded {
+        Ok(jwks) => {
+            for d in jwks.diagnostics() {
+                tracing::warn!(source = %source, "{d}");
+            }
+            tracing::info!(source = %source, "key set reloaded");
+            state.jwks = Arc::new(jwks);
+            state.fetched = state.loaded;
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!("reloading the key set: {e}; keeping the keys already loaded");
+            Err(e)
         }
     }
 }

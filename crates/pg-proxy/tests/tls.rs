@@ -321,12 +321,12 @@ fn check_reads_every_tls_file_and_warns_when_upstream_is_unverified() {
     assert!(err.contains("[tls] key"), "{err}");
 }
 
-/// A small HTTP server for a key set: each request is answered with the
-/// key set it holds then, or, while it holds none, accepted and never
-/// answered (an identity provider that hangs).
+/// A small HTTP server for a key set: each request is answered, after the
+/// delay set then, with the key set it holds then, or, while it holds
+/// none, accepted and never answered (an identity provider that hangs).
 struct KeySetServer {
     url: String,
-    served: Arc<std::sync::Mutex<Option<String>>>,
+    served: Arc<std::sync::Mutex<(Option<String>, Duration)>>,
     fetches: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -335,24 +335,30 @@ impl KeySetServer {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-        let server = KeySetServer { url, served: Arc::new(Some(json).into()), fetches: Arc::default() };
+        let served = Arc::new(std::sync::Mutex::new((Some(json), Duration::ZERO)));
+        let server = KeySetServer { url, served, fetches: Arc::default() };
         let (served, fetches) = (Arc::clone(&server.served), Arc::clone(&server.fetches));
         tokio::spawn(async move {
-            let mut held = Vec::new();
             loop {
                 let (mut sock, _) = listener.accept().await.unwrap();
                 let mut request = vec![0u8; 4096];
                 let _ = sock.read(&mut request).await;
                 fetches.fetch_add(1, Ordering::SeqCst);
-                let Some(json) = served.lock().unwrap().clone() else {
-                    held.push(sock);
-                    continue;
-                };
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
-                    json.len()
-                );
-                let _ = sock.write_all(response.as_bytes()).await;
+                let (json, delay) = served.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let Some(json) = json else {
+                        // Held open, unanswered, until the test ends.
+                        std::future::pending::<()>().await;
+                        drop(sock);
+                        return;
+                    };
+                    tokio::time::sleep(delay).await;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                        json.len()
+                    );
+                    let _ = sock.write_all(response.as_bytes()).await;
+                });
             }
         });
         server
@@ -360,7 +366,12 @@ impl KeySetServer {
 
     /// What later requests get: a key set, or (`None`) no answer.
     fn serve(&self, json: Option<String>) {
-        *self.served.lock().unwrap() = json;
+        self.serve_after(json, Duration::ZERO);
+    }
+
+    /// What later requests get, `delay` after they arrive.
+    fn serve_after(&self, json: Option<String>, delay: Duration) {
+        *self.served.lock().unwrap() = (json, delay);
     }
 
     fn fetches(&self) -> usize {
@@ -423,15 +434,16 @@ async fn key_sets_from_a_url_follow_rotation_with_a_rate_limit() {
     assert_eq!(login(mint(&stack.path("keys"))).await.unwrap_err().code, "28P01");
 }
 
-/// An identity provider that stops answering while a token waits for its
-/// key set: the client is told within the login timeout (FATAL 08006
-/// naming it), not closed without a word once the time is up, and tokens
-/// whose keys the gateway holds still log in meanwhile.
+/// An identity provider that answers late, or not at all, while a token
+/// waits for its key set: the client is told within the login timeout
+/// (FATAL 08006 naming it), not closed without a word once the time is
+/// up; a late answer is kept for the next login rather than fetched again;
+/// and tokens whose keys the gateway holds log in meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_provider_that_hangs_is_reported_to_the_client() {
     let stack = Stack::start();
-    let stranger = keygen(&stack, "stranger");
-    let server = KeySetServer::start(std::fs::read_to_string(stack.path("keys/jwks.json")).unwrap()).await;
+    let (original, stranger) = (stack.path("keys"), keygen(&stack, "stranger"));
+    let server = KeySetServer::start(std::fs::read_to_string(original.join("jwks.json")).unwrap()).await;
     let addr = stack.another_gateway("gateway-hanging-idp.toml", |config| {
         let url = &server.url;
         let config = config
@@ -439,21 +451,36 @@ async fn an_identity_provider_that_hangs_is_reported_to_the_client() {
         format!("{config}\n[limits]\nlogin_timeout = \"1s\"\n")
     });
     assert_eq!(server.fetches(), 1, "loaded once at start");
-    server.serve(None);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let refused =
-        tokio::time::timeout(Duration::from_secs(30), login_and_query(&mut tcp, &mint(&stranger), "SELECT 1"))
+    let login = |token: String| async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), login_and_query(&mut tcp, &token, "SELECT 1"))
             .await
             .expect("the login hangs")
-            .expect_err("a token whose key set cannot be loaded");
-    assert_eq!(refused.code, "08006", "{refused:?}");
-    assert_eq!(refused.message, "the identity provider's keys could not be loaded within the login timeout (1s)");
-    assert_eq!(server.fetches(), 2, "the unknown key sent the gateway to the provider");
+    };
+    let timed_out = |e: ServerError| {
+        assert_eq!(e.code, "08006", "{e:?}");
+        assert_eq!(e.message, "the identity provider's keys could not be loaded within the login timeout (1s)");
+    };
 
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    assert_eq!(login_and_query(&mut tcp, &mint(&stack.path("keys")), "SELECT 1").await, Ok(Some("1".into())));
+    // The provider rotates to the stranger's key and answers two seconds
+    // late: the login that sent the gateway to it is told at its deadline,
+    // and the answer, when it comes, is kept.
+    server.serve_after(Some(std::fs::read_to_string(stranger.join("jwks.json")).unwrap()), Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stranger_token = mint(&stranger);
+    timed_out(login(stranger_token.clone()).await.expect_err("a token whose key set comes too late"));
+    assert_eq!(server.fetches(), 2, "the unknown key sent the gateway to the provider");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(login(stranger_token.clone()).await, Ok(Some("1".into())));
+    assert_eq!(server.fetches(), 2, "the late answer was kept, not fetched again");
+
+    // Then it stops answering: a token from the key it dropped waits for
+    // a fetch that never ends, and is told; the stranger's still log in.
+    server.serve(None);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    timed_out(login(mint(&original)).await.expect_err("a token whose key set cannot be loaded"));
+    assert_eq!(server.fetches(), 3);
+    assert_eq!(login(stranger_token).await, Ok(Some("1".into())));
 }
 
 /// A TLS client (SSLRequest, then the handshake) trusting `der`.
