@@ -10,7 +10,8 @@
 //! - when a token names a key id the set does not hold (the provider
 //!   rotated its keys), at most once per `min_refresh` (default 30 s), so a
 //!   flood of tokens with made-up key ids costs one fetch per interval, not
-//!   one per login;
+//!   one per login, and tokens from a rotated key that arrive together are
+//!   all verified with the set the first of them fetched;
 //! - when the copy is older than `max_age` (default 1 h), at the next login.
 //!
 //! A failed reload keeps the keys already loaded and is logged. A reload
@@ -106,13 +107,14 @@ impl KeySet {
     }
 
     /// Loads the key set again unless a load happened less than the
-    /// minimum interval ago; returns whether the keys changed hands.
-    async fn reload(&self) -> bool {
+    /// minimum interval ago (while another load runs, waits for it: that
+    /// one then counts).
+    async fn reload(&self) {
         let one_at_a_time = Arc::clone(&self.loading).lock_owned().await;
         if self.current().1.elapsed() < self.refresh.min_interval {
-            return false;
+            return;
         }
-        self.load_again(one_at_a_time).await.is_ok()
+        let _ = self.load_again(one_at_a_time).await;
     }
 
     /// Loads the key set again now (an operator's reload); a set that does
@@ -169,18 +171,23 @@ impl KeySet {
     /// Verifies `token` now.
     pub async fn verify(&self, token: &str, rules: &IdentityRules) -> Result<Identity, IdentityError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let (jwks, _) = self.current();
-        // Keys older than the maximum age are loaded again (at most once
-        // per minimum interval while loading fails).
-        if self.age() > self.refresh.max_age && self.reload().await {
-            return verify_jwt(token, &self.current().0, rules, now);
+        // Keys older than the maximum age are loaded again first (at most
+        // once per minimum interval while loading fails).
+        if self.age() > self.refresh.max_age {
+            self.reload().await;
         }
+        let (jwks, _) = self.current();
         match verify_jwt(token, &jwks, rules, now) {
             Err(IdentityError::UnknownKeyId(kid)) => {
-                if self.reload().await {
-                    verify_jwt(token, &self.current().0, rules, now)
-                } else {
+                // Loaded again by this login, or by the one whose load it
+                // waited for: a burst of tokens from a rotated key is
+                // verified with the keys the first of them fetched.
+                self.reload().await;
+                let (current, _) = self.current();
+                if Arc::ptr_eq(&current, &jwks) {
                     Err(IdentityError::UnknownKeyId(kid))
+                } else {
+                    verify_jwt(token, &current, rules, now)
                 }
             }
             other => other,

@@ -415,11 +415,15 @@ async fn key_sets_from_a_url_follow_rotation_with_a_rate_limit() {
     };
     assert_eq!(login(mint(&stack.path("keys"))).await, Ok(Some("1".into())));
 
-    // The provider rotates its keys: a token from the new key loads the set again.
+    // The provider rotates its keys: tokens from the new key, twenty at
+    // once, load the set again, once, and all log in with it.
     server.serve(Some(std::fs::read_to_string(rotated.join("jwks.json")).unwrap()));
     let rotated_token = mint(&rotated);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(login(rotated_token).await, Ok(Some("1".into())));
+    let burst: Vec<_> = (0..20).map(|_| tokio::spawn(login(rotated_token.clone()))).collect();
+    for login in burst {
+        assert_eq!(login.await.unwrap(), Ok(Some("1".into())));
+    }
     assert_eq!(server.fetches(), 2);
 
     // Tokens naming unknown keys, twenty at once: at most one more fetch
