@@ -671,17 +671,31 @@ fn report(options: &Options, command: &str, runs: &[Vec<Vec<AuditRun>>], fsync: 
             spread(&paired_ratios(runs, ci, Mode::Every), 2)
         );
     }
-    let _ = writeln!(w, "\nThe gateway's CPU µs per transaction (user and kernel), medians:\n");
-    mode_table(w, options, |ci, m| fmt_opt(median_of(runs, ci, m, |r| r.run.cpu_us_per_txn()), 1));
+    let _ = writeln!(
+        w,
+        "\nThe gateway's CPU µs per transaction, and in brackets its user / kernel parts (each a median of its \
+         own, so the two need not add up to the first), medians:\n"
+    );
+    mode_table(w, options, |ci, m| {
+        let total = median_of(runs, ci, m, |r| r.run.cpu_us_per_txn());
+        let user = median_of(runs, ci, m, |r| r.run.per_txn(|c| c.user));
+        let kernel = median_of(runs, ci, m, |r| r.run.per_txn(|c| c.kernel));
+        format!("{} ({} / {})", fmt_opt(total, 1), fmt_opt(user, 1), fmt_opt(kernel, 1))
+    });
     let _ = writeln!(
         w,
         "\nThe whole machine's busy CPU µs per transaction (pgbench, PostgreSQL, the gateway and the kernel's \
-         threads; from /proc/stat), and in brackets the share of the machine's CPU left idle, medians:\n"
+         threads; from /proc/stat), in brackets its user / kernel parts (medians of their own) and the share of \
+         the machine's CPU left idle, medians:\n"
     );
     mode_table(w, options, |ci, m| {
         let busy = median_of(runs, ci, m, |r| r.run.machine_us_per_txn());
+        let kernel = median_of(runs, ci, m, |r| r.run.machine_kernel_us_per_txn());
+        let user = median_of(runs, ci, m, |r| {
+            r.run.machine_us_per_txn().zip(r.run.machine_kernel_us_per_txn()).map(|(b, k)| b - k)
+        });
         let idle = median_of(runs, ci, m, |r| Some(r.run.machine.shares().0));
-        format!("{} ({} %)", fmt_opt(busy, 1), fmt_opt(idle, 1))
+        format!("{} ({} / {}; idle {} %)", fmt_opt(busy, 1), fmt_opt(user, 1), fmt_opt(kernel, 1), fmt_opt(idle, 1))
     });
     let _ = writeln!(
         w,
@@ -882,5 +896,44 @@ mod tests {
         assert_eq!(spread(&[0.93], 2), "0.93");
         assert_eq!(spread(&[0.9468], 3), "0.947");
         assert_eq!(spread(&[], 2), "–");
+    }
+
+    /// The CPU tables of the report give each mode's time per transaction
+    /// with its user and kernel parts, the gateway's and the machine's.
+    #[test]
+    fn the_cpu_tables_split_user_and_kernel_time() {
+        use super::{report, AuditRun, Mode, MODES};
+        let args: Vec<String> =
+            ["--audit", "--modes", "off,none", "--configs", "select-prepared-c16"].map(String::from).to_vec();
+        let options = crate::Options::parse(&args).unwrap().unwrap();
+        // A million transactions: a CPU second is a µs per transaction.
+        let run = |user: f64, kernel: f64, machine_busy: f64, machine_kernel: f64| AuditRun {
+            run: crate::Run {
+                tps: 10_000.0,
+                transactions: 1_000_000,
+                proxy_cpu: Some(crate::Cpu { user, kernel }),
+                machine: crate::Machine {
+                    busy: machine_busy,
+                    kernel: machine_kernel,
+                    idle: 5.0,
+                    steal: 0.0,
+                    switches: 0,
+                },
+            },
+            syncs_per_txn: None,
+            writes_per_txn: None,
+            lock_waits_per_txn: None,
+        };
+        let runs = vec![MODES
+            .iter()
+            .map(|m| match m {
+                Mode::Off => vec![run(10.0, 30.0, 150.0, 90.0)],
+                Mode::None => vec![run(15.0, 33.0, 165.0, 95.0)],
+                _ => Vec::new(),
+            })
+            .collect()];
+        let text = report(&options, "gateway-bench --audit", &runs, std::time::Duration::from_millis(1));
+        assert!(text.contains("| 40.0 (10.0 / 30.0) | 48.0 (15.0 / 33.0) | – (– / –) |"), "{text}");
+        assert!(text.contains("| 150.0 (60.0 / 90.0; idle 3.2 %) | 165.0 (70.0 / 95.0; idle 2.9 %) |"), "{text}");
     }
 }
