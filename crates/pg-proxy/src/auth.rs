@@ -3,7 +3,8 @@
 //! set.
 //!
 //! The key set comes from a file or from a URL (the provider's `jwks_uri`;
-//! `https://`, or `http://` to a loopback address only). It is loaded when
+//! `https://`, or `http://` to a loopback address only; redirects lead
+//! from `https://` to `https://` only, and from `http://` nowhere). It is loaded when
 //! the gateway starts — a gateway that cannot load it does not start — and
 //! loaded again:
 //!
@@ -220,24 +221,27 @@ fn store(state: &RwLock<State>, source: &Source, loaded: Result<Jwks, String>) -
     }
 }
 
-/// Key sets travel over TLS, except from the machine itself.
+/// Key sets travel over TLS, except from the machine itself. The URL is
+/// read with the parser the fetch uses, so the host judged is the host
+/// connected to (`http://127.0.0.1:80@idp.example/` names `idp.example`).
 fn check_url(url: &str) -> Result<(), String> {
-    if url.starts_with("https://") {
-        return Ok(());
+    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("jwks_url {url:?}: {e}"))?;
+    let host = uri.host().unwrap_or_default();
+    match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("https") if !host.is_empty() => Ok(()),
+        Some("http") if is_loopback(host) => Ok(()),
+        Some("http") => Err(format!("jwks_url {url:?}: plain http is accepted only for a loopback address; use https")),
+        _ => Err(format!("jwks_url {url:?}: only https:// (or http:// to a loopback address) is accepted")),
     }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(format!("jwks_url {url:?}: only https:// (or http:// to a loopback address) is accepted"));
-    };
-    let host = rest.split(['/', '?']).next().unwrap_or_default();
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    let loopback = host == "localhost"
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        || host.trim_matches(['[', ']']).parse::<std::net::Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
-    if loopback {
-        Ok(())
-    } else {
-        Err(format!("jwks_url {url:?}: plain http is accepted only for a loopback address; use https"))
-    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn read(source: &Source) -> Result<Jwks, String> {
@@ -248,25 +252,107 @@ fn read(source: &Source) -> Result<Jwks, String> {
     Jwks::from_json(&bytes).map_err(|e| format!("{source}: {e}"))
 }
 
+/// The client for one key set URL. From an `https://` URL, redirects are
+/// followed only to `https://` ones; from a loopback `http://` URL, none
+/// are (a redirect could lead off the machine in the clear).
+fn agent_for(url: &str) -> ureq::Agent {
+    let https = url.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .https_only(https)
+        .max_redirects(if https { 3 } else { 0 })
+        .build()
+        .into()
+}
+
 fn fetch(url: &str) -> Result<Vec<u8>, String> {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).max_redirects(3).build().into();
-    let mut response = agent.get(url).header("Accept", "application/json").call().map_err(|e| format!("{url}: {e}"))?;
+    let mut response =
+        agent_for(url).get(url).header("Accept", "application/json").call().map_err(|e| format!("{url}: {e}"))?;
+    if response.status().is_redirection() {
+        let to = response.headers().get("location").and_then(|l| l.to_str().ok()).unwrap_or("nowhere");
+        return Err(format!(
+            "{url}: answered {} with a redirect to {to:?}, which a plain-http key set URL does not follow; \
+             name the key set's own URL",
+            response.status().as_u16()
+        ));
+    }
     response.body_mut().with_config().limit(MAX_JWKS_BYTES).read_to_vec().map_err(|e| format!("{url}: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::check_url;
+    use super::{agent_for, check_url, read, Source};
+    use std::io::{Read, Write};
 
     #[test]
     fn key_sets_travel_over_tls_or_loopback() {
         assert!(check_url("https://idp.example.com/.well-known/jwks.json").is_ok());
+        assert!(check_url("HTTPS://idp.example.com/jwks").is_ok());
         assert!(check_url("http://127.0.0.1:8080/jwks").is_ok());
         assert!(check_url("http://localhost/jwks").is_ok());
         assert!(check_url("http://[::1]:99/jwks").is_ok());
         assert!(check_url("http://idp.example.com/jwks").is_err());
         assert!(check_url("http://127.0.0.1.evil.example/jwks").is_err());
         assert!(check_url("ftp://x/jwks").is_err());
+        assert!(check_url("https:///jwks").is_err());
+        assert!(check_url("not a url").is_err());
+    }
+
+    /// What comes before an `@` is the user, not the host: the fetch would
+    /// connect to the host after it, in the clear.
+    #[test]
+    fn a_loopback_address_as_the_user_is_not_a_loopback_host() {
+        for url in [
+            "http://127.0.0.1:80@idp.example/jwks",
+            "http://localhost@idp.example/jwks",
+            "http://[::1]:1@idp.example/jwks",
+            "http://user:127.0.0.1@idp.example:8080/jwks",
+        ] {
+            let err = check_url(url).unwrap_err();
+            assert!(err.contains("plain http is accepted only for a loopback address"), "{url}: {err}");
+        }
+        assert!(check_url("http://user@127.0.0.1:8080/jwks").is_ok());
+    }
+
+    #[test]
+    fn redirects_from_https_stay_on_https() {
+        let https = agent_for("https://idp.example/jwks");
+        assert!(https.config().https_only());
+        assert!(https.config().max_redirects() > 0);
+        let http = agent_for("http://127.0.0.1:1/jwks");
+        assert_eq!(http.config().max_redirects(), 0);
+    }
+
+    /// Answers one request on a loopback port with `response`; the URL.
+    fn answer_once(response: String) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            if let Ok((mut sock, _)) = listener.accept() {
+                let mut request = [0u8; 4096];
+                let _ = sock.read(&mut request);
+                let _ = sock.write_all(response.as_bytes());
+            }
+        });
+        url
+    }
+
+    /// A loopback key set URL that redirects is refused with the place it
+    /// pointed to, even when that place serves a good key set (it could as
+    /// well be off the machine, in the clear).
+    #[test]
+    fn a_plain_http_key_set_url_does_not_follow_redirects() {
+        let jwks = r#"{"keys":[]}"#;
+        let target = answer_once(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{jwks}",
+            jwks.len()
+        ));
+        let redirect = answer_once(format!(
+            "HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ));
+        let err = read(&Source::Url(redirect.clone())).unwrap_err();
+        assert!(err.contains("answered 302 with a redirect to") && err.contains(&target), "{err}");
+        // The same key set, asked for directly, loads.
+        assert!(read(&Source::Url(target)).is_ok());
     }
 }
