@@ -64,6 +64,24 @@ async fn agents_read_masked_rows_and_are_refused_what_the_policy_denies() {
     assert_eq!(rows[0][0].as_deref(), Some("123-45-6789"));
 }
 
+/// The extended protocol: a `Parse` runs nothing, so its errors keep their
+/// text for a masked caller; an `Execute` over a masked column that fails
+/// has its message withheld, the SQLSTATE kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_errors_are_withheld_only_where_a_masked_value_may_be() {
+    let stack = Stack::start();
+    let agent = stack.connect(&["ai-agents"]).await;
+    let e = agent.prepare("SELECT sn FROM customers WHERE id = $1").await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::UNDEFINED_COLUMN), "{e}");
+    assert_eq!(e.as_db_error().unwrap().message(), "column \"sn\" does not exist");
+    let e = agent.query("SELECT ssn::int FROM customers WHERE id = $1", &[&1i32]).await.unwrap_err();
+    assert_eq!(code(&e), Some(&SqlState::INVALID_TEXT_REPRESENTATION), "{e}");
+    let message = e.as_db_error().unwrap().message();
+    assert!(message.contains("withheld") && !message.contains("6789"), "{message}");
+    let e = agent.query("SELECT (id || 'x')::regclass FROM customers WHERE id = $1", &[&1i32]).await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().message(), "relation \"1x\" does not exist");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_row_cap_stops_a_bulk_read_and_the_session_goes_on() {
     let stack = Stack::start();

@@ -76,6 +76,58 @@ fn psql_sessions() {
     assert!(text(&out.stderr).contains("invalid token"), "{}", text(&out.stderr));
 }
 
+/// A masked value reaches a server message in more ways than a list of
+/// error codes names: a name looked up from it (`current_setting`, a
+/// `regclass` cast, a privilege function), a cursor's query failing in
+/// `FETCH` or `MOVE`, the stored row a failed `UPDATE` quotes. For a caller
+/// a mask applies to, every such message is withheld (its SQLSTATE kept);
+/// messages of reads that touch no masked column, and those answering a
+/// `Parse`, keep their text.
+#[test]
+fn errors_never_quote_a_value_masked_for_the_caller() {
+    let stack = Stack::start();
+    let agent = stack.token("alice", &["ai-agents"], Some("copilot-cli"));
+    let developer = stack.token("dave", &["developers"], None);
+    let secrets = ["6789", "7890", "8901", "alice@", "bob@", "carol@"];
+    let withheld = |out: &std::process::Output, code: &str, what: &str| {
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains(&format!("SQLSTATE {code}")) && err.contains("withheld"), "{what}: {err}");
+        for secret in secrets {
+            assert!(!err.contains(secret), "{what} quotes {secret}: {err}");
+        }
+    };
+    for (sql, code) in [
+        ("SELECT current_setting(string_agg(ssn || '|' || email, ';')) FROM customers", "42704"),
+        ("SELECT ssn::regclass FROM customers", "42P01"),
+        ("SELECT ssn::regnamespace FROM customers", "3F000"),
+        ("SELECT has_database_privilege(email, 'CONNECT') FROM customers", "3D000"),
+        ("SELECT (ssn || ' &')::tsquery FROM customers", "42601"),
+        ("SELECT ssn::int FROM customers", "22P02"),
+    ] {
+        withheld(&stack.psql(&agent, &["-At", "-c", sql]), code, sql);
+    }
+    // A cursor over a masked column fails in FETCH and MOVE, statements of
+    // their own: the rows are masked, and so are the errors.
+    for step in ["FETCH c", "MOVE ALL IN c"] {
+        let out = stack.psql(
+            &agent,
+            &["-At", "-c", "BEGIN", "-c", "DECLARE c CURSOR FOR SELECT email::int FROM customers", "-c", step],
+        );
+        withheld(&out, "22P02", step);
+    }
+    // An UPDATE that reads no masked column: the server quotes the row.
+    let out = stack.psql(&developer, &["-At", "-c", "UPDATE customers SET id = NULL WHERE id = 1"]);
+    withheld(&out, "23502", "the failing row");
+    // What carries no value keeps its text, and so do reads of no masked
+    // column.
+    let out = stack.psql(&agent, &["-At", "-c", "BEGIN", "-c", "SELECT 1/0", "-c", "SELECT 1"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("division by zero") && err.contains("current transaction is aborted"), "{err}");
+    let out = stack.psql(&agent, &["-At", "-c", "SELECT (id || 'x')::regclass FROM customers WHERE id = 1"]);
+    assert!(text(&out.stderr).contains("relation \"1x\" does not exist"), "{}", text(&out.stderr));
+}
+
 #[test]
 fn masked_values_cannot_be_laundered_through_a_write() {
     let stack = Stack::start();

@@ -410,14 +410,39 @@ impl Engine {
     }
 
     /// Prepares the scrubbing of the server's error and notice texts for
-    /// `identity` while `statements` run (see [`MessageScrubber`]); pass no
-    /// statements for messages outside any statement.
+    /// `identity` while `statements` run (see [`MessageScrubber`]). With
+    /// no statements (a message the caller cannot tie to one), messages
+    /// are withheld from a caller a column mask applies to.
     pub fn scrubber<'a>(
         &self,
         identity: &Identity,
         statements: impl IntoIterator<Item = &'a StatementFacts>,
     ) -> MessageScrubber {
         MessageScrubber::new(&self.inner.masks, &self.inner.detectors, identity, statements)
+    }
+
+    /// Prepares the scrubbing of texts that answer no statement of
+    /// `identity`'s — a notification's payload, the answer to a `Parse`,
+    /// `Bind`, `Describe` or `Close`, which read no data —: the detectors
+    /// alone.
+    ///
+    /// ```
+    /// use policy_core::{Engine, Identity, Policy, Scrubbed};
+    /// let policy = Policy::from_toml_str(r#"
+    ///     version = 1
+    ///     [[detector]]
+    ///     name = "mail"
+    ///     kinds = ["email"]
+    ///     strategy = "redact"
+    /// "#, "p.toml")?;
+    /// let engine = Engine::new(policy, Default::default())?;
+    /// let s = engine.text_scrubber(&Identity::new("bob"));
+    /// assert_eq!(s.scrub("00000", b'M', "ship to bob@example.com"), Scrubbed::Replace("ship to [redacted]".into()));
+    /// assert_eq!(s.scrub("42703", b'M', r#"column "sn" does not exist"#), Scrubbed::Keep);
+    /// # Ok::<(), policy_core::PolicyError>(())
+    /// ```
+    pub fn text_scrubber(&self, identity: &Identity) -> MessageScrubber {
+        MessageScrubber::text(&self.inner.detectors, identity)
     }
 
     /// The policy's detectors, compiled.

@@ -256,7 +256,7 @@ pub use definitions::{Definitions, Function, FunctionBody, RowPolicy, View, View
 pub use detect::{DetectorMatch, Detectors};
 pub use engine::{Engine, EngineOptions, Keys, TestOutcome};
 pub use identity::{verify_jwt, Actor, Identity, IdentityError, IdentityRules, Jwks, MAX_LEEWAY_SECONDS};
-pub use mask::{quotes_values, ColumnInfo, Masking, MessageScrubber, RowMasker, Scrubbed, REDACTED};
+pub use mask::{carries_no_values, ColumnInfo, Masking, MessageScrubber, RowMasker, Scrubbed, REDACTED};
 pub use policy::{
     Detector, DetectorKind, Effect, IdentityConfig, Location, Mask, Patterns, Policy, PolicyError, PolicyTest, Rule,
     Settings, Strategy, ViewReading,

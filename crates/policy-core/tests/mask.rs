@@ -269,55 +269,120 @@ mod scrub {
     }
 
     #[test]
-    fn value_quoting_errors_of_masked_reads_become_generic() {
+    fn errors_of_statements_that_may_read_a_masked_value_are_withheld() {
         for sql in [
             "SELECT ssn::int FROM users",
             "SELECT 1 FROM users WHERE ssn::int = 1",
             "SELECT * FROM users",
             "SELECT 1 FROM users u WHERE u::text::int = 1",
             "SELECT ssn::int FROM users JOIN orders ON true",
+            "SELECT current_setting(string_agg(ssn, ';')) FROM users",
+            "SELECT ssn::regclass FROM users",
             "INSERT INTO archive SELECT ssn::int FROM users",
             "DO $$ BEGIN RAISE EXCEPTION '%', (SELECT ssn FROM users LIMIT 1); END $$",
+            // Statements that show no masked column but may run one.
+            "FETCH c",
+            "MOVE ALL IN c",
+            "COMMIT",
+            "END",
+            "UPDATE users SET id = NULL WHERE id = 1",
+            "DELETE FROM orders WHERE id = 1",
+            "ALTER TABLE users ADD CHECK (id > 0)",
+            "this is not sql",
         ] {
             let s = scrubber(sql, &bob());
-            assert!(s.reads_masked(), "{sql}");
-            match s.scrub("22P02", b'M', QUOTING) {
-                Scrubbed::Replace(m) => {
-                    assert!(!m.contains("6789") && m.contains("22P02"), "{sql}: {m}")
+            assert!(s.withholds(), "{sql}");
+            for (code, text) in [
+                ("22P02", QUOTING),
+                ("42704", r#"unrecognized configuration parameter "123-45-6789""#),
+                ("42P01", r#"relation "123-45-6789" does not exist"#),
+                ("3D000", r#"database "123-45-6789" does not exist"#),
+                ("42601", r#"syntax error in tsquery: "123-45-6789""#),
+                ("23502", r#"null value in column "id" of relation "users" violates not-null constraint"#),
+                ("XX000", "anything"),
+                ("0A000", "anything"),
+                ("", "no code"),
+            ] {
+                match s.scrub(code, b'M', text) {
+                    Scrubbed::Replace(m) => {
+                        assert!(!m.contains("6789") && m.contains(code) && m.contains("withheld"), "{sql}: {m}")
+                    }
+                    other => panic!("{sql} {code}: {other:?}"),
                 }
-                other => panic!("{sql}: {other:?}"),
             }
+            assert_eq!(s.scrub("23502", b'D', "Failing row contains (null, 123-45-6789)."), Scrubbed::Drop, "{sql}");
             assert_eq!(s.scrub("23505", b'D', "Key (ssn)=(123-45-6789) already exists."), Scrubbed::Drop, "{sql}");
             assert_eq!(s.scrub("P0001", b'W', "PL/pgSQL function inline_code_block"), Scrubbed::Drop, "{sql}");
+            assert_eq!(s.scrub("42601", b'H', "hint"), Scrubbed::Drop, "{sql}");
+            assert_eq!(s.scrub("42601", b'q', "SELECT 1"), Scrubbed::Drop, "{sql}");
             // Identifiers, positions and codes are kept.
             assert_eq!(s.scrub("22P02", b'C', "22P02"), Scrubbed::Keep, "{sql}");
             assert_eq!(s.scrub("23505", b'n', "users_ssn_key"), Scrubbed::Keep, "{sql}");
-            // Errors that quote no values pass (through the detectors).
-            assert_eq!(s.scrub("42P01", b'M', r#"relation "users" does not exist"#), Scrubbed::Keep, "{sql}");
+            assert_eq!(s.scrub("22P02", b'P', "8"), Scrubbed::Keep, "{sql}");
+            // Messages that carry no value keep their text (through the
+            // detectors), without their detail.
+            for (code, text) in [
+                ("25P02", "current transaction is aborted, commands ignored until end of transaction block"),
+                ("40P01", "deadlock detected"),
+                ("57014", "canceling statement due to statement timeout"),
+                ("42501", "permission denied for table users"),
+                ("53200", "out of memory"),
+            ] {
+                assert_eq!(s.scrub(code, b'M', text), Scrubbed::Keep, "{sql} {code}");
+            }
+            assert_eq!(s.scrub("40P01", b'D', "Process 1 waits for ShareLock"), Scrubbed::Drop, "{sql}");
+            assert!(
+                matches!(s.scrub("57014", b'M', "mail bob@example.com"), Scrubbed::Replace(m) if m == "mail [redacted]")
+            );
         }
     }
 
     #[test]
     fn other_messages_pass_through_the_detectors() {
-        for sql in ["SELECT '123-45-6789'::int", "SELECT id::int FROM orders", "SELECT name FROM users"] {
+        for sql in [
+            "SELECT '123-45-6789'::int",
+            "SELECT id::int FROM orders",
+            "SELECT name FROM users",
+            "SELECT (id || 'x')::regclass FROM users",
+            "SET search_path = app",
+            "BEGIN",
+            "ROLLBACK",
+            "PREPARE p AS SELECT ssn FROM users",
+            "SELECT 1; SELECT name FROM users",
+        ] {
             let s = scrubber(sql, &bob());
-            assert!(!s.reads_masked(), "{sql}");
+            assert!(!s.withholds(), "{sql}");
             assert_eq!(
                 s.scrub("22P02", b'M', QUOTING),
                 Scrubbed::Replace(r#"invalid input syntax for type integer: "[redacted]""#.to_string()),
                 "{sql}"
             );
             assert_eq!(s.scrub("22P02", b'M', r#"invalid input syntax for type integer: "abc""#), Scrubbed::Keep);
+            assert_eq!(s.scrub("42P01", b'M', r#"relation "1x" does not exist"#), Scrubbed::Keep, "{sql}");
         }
+        // One statement of a string that may read a masked value withholds
+        // the messages of the whole string.
+        assert!(scrubber("SELECT name FROM users; SELECT ssn::int FROM users", &bob()).withholds());
         // Exempt from the mask: the detectors still apply.
         let reader = Identity::new("carol").with_groups(["pii-readers"]);
         let s = scrubber("SELECT ssn::int FROM users", &reader);
-        assert!(!s.reads_masked());
+        assert!(!s.withholds());
         assert!(matches!(s.scrub("22P02", b'M', QUOTING), Scrubbed::Replace(m) if m.contains("[redacted]")));
-        // Messages outside any statement.
+        let s = scrubber("UPDATE users SET id = NULL WHERE id = 1", &reader);
+        assert!(!s.withholds());
+        // A message tied to no statement is withheld from a masked caller;
+        // a text that answers none (a notification, a Parse) is not.
         let e = detecting();
         let s = e.scrubber(&bob(), &[]);
+        assert!(s.withholds());
+        assert!(
+            matches!(s.scrub("XX000", b'M', "mail bob@example.com"), Scrubbed::Replace(m) if m.contains("withheld"))
+        );
+        assert!(!e.scrubber(&reader, &[]).withholds());
+        let s = e.text_scrubber(&bob());
+        assert!(!s.withholds());
         assert_eq!(s.scrub("XX000", b'M', "mail bob@example.com"), Scrubbed::Replace("mail [redacted]".to_string()));
+        assert_eq!(s.scrub("42703", b'M', r#"column "sn" does not exist"#), Scrubbed::Keep);
     }
 }
 

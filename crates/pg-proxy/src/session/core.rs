@@ -3575,7 +3575,7 @@ impl SessionCore {
             self.unexpected("a malformed NotificationResponse from the database".to_string());
             return;
         };
-        let scrubber = self.engine.scrubber(self.state.identity(), []);
+        let scrubber = self.engine.text_scrubber(self.state.identity());
         let Scrubbed::Replace(clean) = scrubber.scrub("00000", b'M', payload) else {
             self.forward_to_client(frame);
             return;
@@ -3603,12 +3603,29 @@ impl SessionCore {
                 return;
             }
         };
-        let facts: Vec<Arc<StatementFacts>> = match self.pending.front() {
-            Some(Pending::Query { decision, .. }) => decision.statements.iter().map(|s| Arc::clone(&s.facts)).collect(),
-            Some(Pending::Execute { result, .. }) => result.facts.iter().cloned().collect(),
-            _ => Vec::new(),
+        // A message answers the statements of a query string, the one an
+        // `Execute` runs, or a message that runs nothing (`Parse`, `Bind`,
+        // `Describe`, `Close`). Anything else (a `Sync` committing the
+        // implicit transaction, a message the server sends unasked) is
+        // tied to no statement, which the scrubber takes as unproven.
+        let identity = self.state.identity();
+        let scrubber = match self.pending.front() {
+            Some(Pending::Query { decision, .. }) => {
+                self.engine.scrubber(identity, decision.statements.iter().map(|s| &*s.facts))
+            }
+            Some(Pending::Execute { result, .. }) => self.engine.scrubber(identity, result.facts.as_deref()),
+            Some(
+                Pending::Parse
+                | Pending::Bind
+                | Pending::DescribeStatement { .. }
+                | Pending::DescribePortal { .. }
+                | Pending::Close
+                | Pending::Refused(_),
+            ) => self.engine.text_scrubber(identity),
+            Some(Pending::Sync { .. } | Pending::MaybeSync | Pending::ReadSearchPath { .. }) | None => {
+                self.engine.scrubber(identity, [])
+            }
         };
-        let scrubber = self.engine.scrubber(self.state.identity(), facts.iter().map(|f| &**f));
         let sqlstate = fields.iter().find(|(c, _)| *c == b'C').map(|(_, v)| v.as_str().to_string()).unwrap_or_default();
         let mut changed = false;
         let mut out: Vec<(u8, Cow<'_, str>)> = Vec::with_capacity(fields.len());

@@ -99,7 +99,7 @@ mod values;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-pub use scrub::{quotes_values, MessageScrubber, Scrubbed};
+pub use scrub::{carries_no_values, MessageScrubber, Scrubbed};
 pub use strategy::{Masking, REDACTED};
 
 use crate::analyze::{Class, Clause, OutputColumn, RowLayout, StatementFacts, WholeRow};

@@ -5,22 +5,35 @@
 //! `Failing row contains (...)`, and whatever a `RAISE` prints). A client
 //! could read a masked column through them: `SELECT ssn::int FROM users`.
 //!
-//! For every field of an `ErrorResponse` or `NoticeResponse` the gateway
-//! relays, it asks a [`MessageScrubber`] (from
+//! A value can reach a message in more ways than a list of error codes
+//! can name: a cast to `regclass`, `current_setting(...)`, a privilege
+//! function given a name, a broken `tsquery`, a `FETCH` from a cursor over
+//! a masked column, the stored row a constraint quotes when an `UPDATE`
+//! fails. So the rule starts from what the statement is, not from the
+//! message. For every field of an `ErrorResponse` or `NoticeResponse` the
+//! gateway relays, it asks a [`MessageScrubber`] (from
 //! [`Engine::scrubber`](crate::Engine::scrubber)) what to send:
 //!
-//! - when the statement may read a column masked for the caller and the
-//!   SQLSTATE is of a class whose messages quote values (see
-//!   [`quotes_values`]), the message becomes a generic one with the same
-//!   SQLSTATE and the detail, hint, context and internal query are
-//!   dropped;
+//! - when a column mask applies to the caller and the statement is not
+//!   proven to read no masked value (see [`MessageScrubber::withholds`]),
+//!   every message becomes a generic one with the same SQLSTATE, and the
+//!   detail, hint, context and internal query are dropped; only messages
+//!   whose SQLSTATE carries no values ([`carries_no_values`]: the
+//!   transaction's state, conflicts, resources, the operator, the
+//!   connection, permission refusals) keep their text, through the
+//!   detectors;
 //! - otherwise the message, detail, hint, context and internal query pass
 //!   through the detectors the caller is not exempt from;
 //! - the other fields (severity, SQLSTATE, position, schema, table, column,
 //!   type and constraint names, source file and line) carry no values and
 //!   are kept.
+//!
+//! Texts that answer no statement of the caller's — a notification's
+//! payload, the answer to a `Parse`, `Bind`, `Describe` or `Close`, which
+//! run nothing — take [`Engine::text_scrubber`](crate::Engine::text_scrubber):
+//! the detectors alone.
 
-use crate::analyze::StatementFacts;
+use crate::analyze::{Class, StatementFacts};
 use crate::detect::Detectors;
 use crate::identity::Identity;
 use crate::mask::{active_masks, reads_masked, values, ActiveDetectors, ColumnMask};
@@ -36,31 +49,58 @@ pub enum Scrubbed {
     Drop,
 }
 
-/// Whether messages of this SQLSTATE's class may quote a value: data
-/// exceptions (`22`), integrity constraint violations (`23`), `WITH CHECK
-/// OPTION` violations (`44`), PL/pgSQL `RAISE` (`P0`), routine exceptions
-/// (`2F`, `38`, `39`), notices and warnings (`00`, `01`: `RAISE NOTICE`
-/// prints anything), and internal errors (`XX`).
+/// Whether messages of this SQLSTATE carry no value of the database, so a
+/// withheld statement's message of it may still be shown: the
+/// transaction's state (class `25`: "current transaction is aborted"),
+/// conflicts (`40`: serialization failures, deadlocks), resources (`53`),
+/// the operator (`57`: cancels, timeouts, shutdown), the connection
+/// (`08`), and permission refusals (`42501`, which name catalog objects).
+/// Every other code, even one whose usual texts are fixed, may quote a
+/// value: `42704` names the setting `current_setting(ssn)` asked for.
 ///
 /// ```
-/// use policy_core::quotes_values;
-/// assert!(quotes_values("22P02")); // invalid input syntax
-/// assert!(quotes_values("23505")); // unique violation: "Key (x)=(...)"
-/// assert!(!quotes_values("42P01")); // undefined table
+/// use policy_core::carries_no_values;
+/// assert!(carries_no_values("25P02")); // in failed transaction
+/// assert!(carries_no_values("42501")); // permission denied for table t
+/// assert!(!carries_no_values("22P02")); // invalid input syntax: "..."
+/// assert!(!carries_no_values("42704")); // unrecognized configuration parameter "..."
 /// ```
-pub fn quotes_values(sqlstate: &str) -> bool {
-    matches!(sqlstate.get(..2), Some("22" | "23" | "44" | "P0" | "2F" | "38" | "39" | "00" | "01" | "XX"))
-        || sqlstate.len() != 5
+pub fn carries_no_values(sqlstate: &str) -> bool {
+    sqlstate.len() == 5 && (matches!(sqlstate.get(..2), Some("25" | "40" | "53" | "57" | "08")) || sqlstate == "42501")
+}
+
+/// Whether nothing `facts` runs can put a value of a column masked for the
+/// caller (`active`) into a message: a read the engine follows whole that
+/// reads no such column, a setting, a `PREPARE`, a transaction's start or
+/// rollback. A `FETCH` or `MOVE` runs a cursor's query the statement does
+/// not show, a `COMMIT` checks deferred constraints and fills `WITH HOLD`
+/// cursors, and a write, DDL or opaque code can make the server quote a
+/// stored row: none of them is proven.
+fn proven_clean(active: &[&ColumnMask], facts: &StatementFacts) -> bool {
+    if facts.opaque {
+        return false;
+    }
+    match facts.class {
+        // A `PREPARE` takes the class of what it prepares, and runs none of it.
+        _ if facts.command == "PREPARE" => true,
+        Class::Read => !matches!(facts.command.as_str(), "FETCH" | "MOVE") && !reads_masked(active, facts),
+        Class::Session => true,
+        Class::Transaction => !matches!(facts.command.as_str(), "COMMIT" | "COMMIT PREPARED" | "PREPARE TRANSACTION"),
+        Class::Write | Class::Ddl | Class::Dcl | Class::Admin | Class::Procedural | Class::Unknown => false,
+    }
 }
 
 /// Scrubs the error and notice texts of one statement for one caller.
 #[derive(Debug, Clone, Default)]
 pub struct MessageScrubber {
-    reads_masked: bool,
+    withholds: bool,
     detectors: Option<ActiveDetectors>,
 }
 
 impl MessageScrubber {
+    /// The scrubber for the messages of `statements` (all of one query
+    /// string, or the one an `Execute` runs; none when the gateway cannot
+    /// tell which statement a message answers, which withholds).
     pub(crate) fn new<'a>(
         masks: &[ColumnMask],
         detectors: &Detectors,
@@ -68,15 +108,26 @@ impl MessageScrubber {
         statements: impl IntoIterator<Item = &'a StatementFacts>,
     ) -> Self {
         let active = active_masks(masks, identity);
-        MessageScrubber {
-            reads_masked: statements.into_iter().any(|f| reads_masked(&active, f)),
-            detectors: ActiveDetectors::for_identity(detectors, identity),
-        }
+        let withholds = !active.is_empty() && {
+            let mut statements = statements.into_iter().peekable();
+            statements.peek().is_none() || statements.any(|f| !proven_clean(&active, f))
+        };
+        MessageScrubber { withholds, detectors: ActiveDetectors::for_identity(detectors, identity) }
     }
 
-    /// Whether the statement may read a column masked for the caller.
-    pub fn reads_masked(&self) -> bool {
-        self.reads_masked
+    /// The scrubber for texts no statement of the caller produced: the
+    /// detectors alone.
+    pub(crate) fn text(detectors: &Detectors, identity: &Identity) -> Self {
+        MessageScrubber { withholds: false, detectors: ActiveDetectors::for_identity(detectors, identity) }
+    }
+
+    /// Whether the messages are withheld (except those of SQLSTATEs that
+    /// [carry no values](carries_no_values)): a column mask applies to
+    /// the caller and the statement is not a read the engine follows whole
+    /// that reads no masked column (nor a setting, a `PREPARE`, a
+    /// transaction's start or rollback).
+    pub fn withholds(&self) -> bool {
+        self.withholds
     }
 
     /// What to send for field `code` (the protocol's field type byte: `M`
@@ -120,13 +171,15 @@ impl MessageScrubber {
         if !matches!(code, b'M' | b'D' | b'H' | b'W' | b'q') {
             return Scrubbed::Keep;
         }
-        if self.reads_masked && quotes_values(sqlstate) {
-            return match code {
-                b'M' => Scrubbed::Replace(format!(
-                    "the server's message (SQLSTATE {sqlstate}) is withheld: the statement reads a masked column"
-                )),
-                _ => Scrubbed::Drop,
-            };
+        if self.withholds {
+            if code != b'M' {
+                return Scrubbed::Drop;
+            }
+            if !carries_no_values(sqlstate) {
+                return Scrubbed::Replace(format!(
+                    "the server's message (SQLSTATE {sqlstate}) is withheld: it may quote a value masked for you"
+                ));
+            }
         }
         let Some(d) = &self.detectors else { return Scrubbed::Keep };
         match values::scan(&d.detectors, &d.active, values::Syntax::Plain, text.as_bytes()) {
