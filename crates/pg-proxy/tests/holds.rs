@@ -148,6 +148,63 @@ async fn a_client_that_leaves_during_a_hold_ends_its_session_at_once() {
     assert!(stack.gateway.sessions.is_empty(), "{:?}", stack.gateway.sessions.list());
 }
 
+/// `Parse`, `Bind`, `Execute` of a statement that needs approval and of a
+/// `COMMIT`, then `Terminate` with no `Sync`: the client leaves without waiting, and the
+/// statement does not run (it did, unheld, when a batch ended this way
+/// skipped the hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_needing_approval_sent_with_terminate_does_not_run() {
+    use bytes::BytesMut;
+    use postgres_protocol::message::frontend;
+    let stack = Stack::start();
+    let mut requests = with_holds(&stack, Duration::from_secs(60));
+    let direct = stack.direct().await;
+    let count =
+        || async { direct.query_one("SELECT count(*) FROM orders WHERE id = 7", &[]).await.unwrap().get::<_, i64>(0) };
+    assert_eq!(count().await, 1);
+    let token = stack.token("alice", &["ai-agents"], Some("copilot-7"));
+    let mut raw = portcullis_testkit::wire::Raw::connect(stack.addr, "terminate after execute").await;
+    let application = "terminate-after-execute";
+    raw.login(&[("user", "agent"), ("database", "app"), ("application_name", application)], &token).await.unwrap();
+    let backends = || {
+        let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application}'");
+        tokio::task::block_in_place(|| stack.cluster.psql("postgres", &sql)).unwrap().parse::<i64>().unwrap()
+    };
+    assert_eq!(backends(), 1);
+    let mut batch = BytesMut::new();
+    frontend::parse("", "DELETE FROM orders WHERE id = 7", [], &mut batch).unwrap();
+    frontend::bind("", "", [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], &mut batch)
+        .map_err(|_| "bind")
+        .unwrap();
+    frontend::execute("", 0, &mut batch).unwrap();
+    // A COMMIT in the batch, or the server's exit would undo the DELETE.
+    frontend::parse("", "COMMIT", [], &mut batch).unwrap();
+    frontend::bind("", "", [], [], |_: (), _| Ok(postgres_protocol::IsNull::No), [], &mut batch)
+        .map_err(|_| "bind")
+        .unwrap();
+    frontend::execute("", 0, &mut batch).unwrap();
+    frontend::terminate(&mut batch);
+    raw.send(&batch).await;
+    raw.expect_closed().await;
+    for _ in 0..100 {
+        if stack.gateway.sessions.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stack.gateway.sessions.is_empty(), "{:?}", stack.gateway.sessions.list());
+    // The server's side is over too: whatever reached it has run.
+    for _ in 0..100 {
+        if backends() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(backends(), 0, "the server's session ended");
+    assert!(requests.try_recv().is_err(), "no hold for a client that left");
+    assert_eq!(count().await, 1, "the DELETE never ran");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_record_sink_refuses_with_58030_and_records_carry_parameters() {
     let stack = Stack::start();

@@ -1802,6 +1802,44 @@ fn a_client_that_leaves_during_a_hold_is_noticed_at_once() {
     assert!(matches!(sent.as_slice(), [Frontend::Terminate]), "the held statement never ran: {sent:?}");
 }
 
+/// A batch the client ends with `Terminate` instead of `Sync` (`Parse`,
+/// `Bind`, `Execute`, `Terminate`): a statement in it that needs approval
+/// does not run, nor does anything else of the batch, and the server gets
+/// the Terminate.
+#[test]
+fn a_batch_ended_by_terminate_does_not_skip_the_hold() {
+    let mut h = harness(holding());
+    let terminate = raw(b'X', b"");
+    h.client(&cat(&[parse("", "DELETE FROM orders WHERE id = 1"), bind("", "", &[]), execute(""), terminate]));
+    assert_eq!(h.core.end(), Some(&SessionEnd::Terminated));
+    assert!(h.needs().iter().all(|n| !matches!(n, Need::Hold { .. })), "no hold for a client that left");
+    let sent = h.sent();
+    assert!(matches!(sent.last(), Some(Frontend::Terminate)), "{sent:?}");
+    assert!(
+        !sent.iter().any(|m| matches!(m, Frontend::Parse { sql, .. } if sql.contains("DELETE"))),
+        "the statement that needs approval never ran: {sent:?}"
+    );
+}
+
+/// The same batch in a recording session: its records are written before
+/// any of it is forwarded, as for a batch ended by `Sync`.
+#[test]
+fn a_batch_ended_by_terminate_is_recorded_before_it_runs() {
+    let mut h = harness(recording());
+    let terminate = raw(b'X', b"");
+    h.client(&cat(&[parse("", "SELECT id FROM orders WHERE id = $1"), bind("", "", &["3"]), execute(""), terminate]));
+    assert!(h.sent().is_empty(), "nothing is forwarded before the records are written");
+    let needs = h.needs();
+    let [Need::Persist { batch, records }] = needs.as_slice() else { panic!("{needs:?}") };
+    assert_eq!(&*statement_of(records).sql, "SELECT id FROM orders WHERE id = $1");
+    assert_eq!(h.core.end(), None);
+    h.core.handle_persisted(*batch, Ok(()), h.now);
+    let sent = h.sent();
+    assert!(matches!(sent.first(), Some(Frontend::Parse { .. })), "{sent:?}");
+    assert!(matches!(sent.last(), Some(Frontend::Terminate)), "{sent:?}");
+    assert_eq!(h.core.end(), Some(&SessionEnd::Terminated));
+}
+
 #[test]
 fn a_client_that_floods_during_a_hold_gets_an_error() {
     let mut h = harness(CoreConfig { max_buffered_bytes: 1024, ..holding() });

@@ -1637,8 +1637,20 @@ impl SessionCore {
             }
         }
         self.waiting.end = Some(end);
-        if end == BatchEnd::Terminate {
-            self.commit_waiting();
+        if end == BatchEnd::Terminate && !self.waiting.held.is_empty() {
+            // The client leaves without waiting for an approval: nothing of
+            // the batch runs, as when it leaves during a hold, and its
+            // statements are recorded as not run.
+            self.finished.append(&mut self.waiting.records);
+            self.finished_grew();
+            self.refuse_waiting(
+                QUERY_CANCELED,
+                "the client ended the session before the statement was approved".to_string(),
+                true,
+            );
+            let mut terminate = BytesMut::new();
+            frontend::terminate(&mut terminate);
+            self.to_server.extend_from_slice(&terminate);
             self.close(SessionEnd::Terminated);
             return;
         }
@@ -1714,6 +1726,11 @@ impl SessionCore {
             self.spare_snapshots.keep(snapshot);
         }
         self.after_batch(end, copy_in, settings, failed);
+        if end == BatchEnd::Terminate {
+            // Forwarded (once its records were written) with the client's
+            // Terminate: the session is over.
+            self.close(SessionEnd::Terminated);
+        }
     }
 
     /// Refuses the waiting batch (its records failed, or it was cancelled
