@@ -138,6 +138,19 @@ fn masked_values_cannot_be_laundered_through_a_write() {
     assert!(text(&out.stderr).contains("masked data may not be copied"), "{}", text(&out.stderr));
     let out = stack.psql(&developer, &["-At", "-c", "SELECT set_config('my.v', ssn, false) FROM customers"]);
     assert_eq!(out.status.code(), Some(1));
+    // Advisory lock keys show in pg_locks; the random seed replays in
+    // random(); a sequence keeps its value.
+    for sql in [
+        "SELECT pg_advisory_lock(replace(ssn, '-', '')::bigint) FROM customers",
+        "SELECT setseed(ascii(ssn) / 256.0) FROM customers",
+        "SELECT setval('orders_id_seq', replace(ssn, '-', '')::bigint) FROM customers",
+    ] {
+        let out = stack.psql(&developer, &["-At", "-c", sql]);
+        assert_eq!(out.status.code(), Some(1), "{sql}");
+        assert!(text(&out.stderr).contains("masked data may not be copied"), "{sql}: {}", text(&out.stderr));
+    }
+    let out = stack.psql(&developer, &["-At", "-c", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"]);
+    assert_eq!(text(&out.stdout), "0\n");
     let out = stack.psql(&developer, &["-At", "-c", "SELECT count(*) FROM orders WHERE status LIKE '%-%-%'"]);
     assert_eq!(text(&out.stdout), "0\n", "no SSN reached orders");
 }

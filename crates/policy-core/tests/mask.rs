@@ -417,6 +417,12 @@ exempt_groups = ["pii-readers"]
             "CREATE VIEW v AS SELECT ssn AS x FROM customers",
             "SELECT set_config('my.v', ssn, false) FROM customers",
             "SELECT pg_catalog.pg_notify('c', ssn) FROM customers",
+            "SELECT pg_advisory_lock(replace(ssn, '-', '')::bigint) FROM customers",
+            "SELECT pg_try_advisory_xact_lock(length(ssn), ascii(ssn)) FROM customers",
+            "SELECT setseed(ascii(ssn) / 256.0) FROM customers",
+            "SELECT setval('orders_id_seq', replace(ssn, '-', '')::bigint) FROM customers",
+            "SELECT lo_create(replace(ssn, '-', '')::oid) FROM customers",
+            "SELECT lo_lseek64(0, replace(ssn, '-', '')::bigint, 0) FROM customers",
             "INSERT INTO notes SELECT * FROM customers",
             "WITH x AS (SELECT ssn FROM customers) INSERT INTO notes SELECT * FROM x",
         ] {
@@ -432,6 +438,8 @@ exempt_groups = ["pii-readers"]
             "DELETE FROM customers WHERE id = 1",
             "SELECT ssn FROM customers",
             "SELECT set_config('my.v', 'x', false)",
+            "SELECT pg_advisory_lock(42)",
+            "SELECT ssn, pg_sleep(0) FROM customers",
         ] {
             assert_eq!(e.decide(&bob, &s, sql).verdict, Verdict::Allow, "{sql}");
         }

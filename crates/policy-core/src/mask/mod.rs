@@ -367,19 +367,43 @@ pub(crate) fn inference(active: &[&ColumnMask], facts: &StatementFacts) -> Optio
 }
 
 /// Functions that store a value where a later statement can read it back
-/// unmasked: settings, notifications, large objects, other databases.
-const STORING_FUNCTIONS: [&str; 11] = [
+/// unmasked: settings, notifications, large objects (their data, their
+/// OIDs, a descriptor's position or length), sequences, advisory locks
+/// (their keys show in `pg_locks`), the random seed (`random()` replays
+/// it), other databases, files, the WAL. Drawn from PostgreSQL's volatile
+/// built-in functions that take arguments; the others read, wait or
+/// compute (`pg_sleep`, `currval`, `pg_relation_size`, ...).
+const STORING_FUNCTIONS: [&str; 30] = [
     "set_config",
     "pg_notify",
     "lo_from_bytea",
     "lo_put",
     "lowrite",
     "lo_import",
+    "lo_create",
+    "lo_creat",
+    "lo_lseek",
+    "lo_lseek64",
+    "lo_truncate",
+    "lo_truncate64",
+    "setval",
+    "setseed",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
     "dblink",
     "dblink_exec",
     "dblink_send_query",
     "pg_file_write",
     "pg_logical_emit_message",
+    "pg_replication_origin_create",
+    "pg_replication_origin_advance",
+    "pg_replication_origin_session_setup",
 ];
 
 /// The masking's data-flow check (docs/policy.md §5 extended to writes): a
@@ -406,7 +430,7 @@ pub(crate) fn masked_write(active: &[&ColumnMask], facts: &StatementFacts) -> Op
     let masks: Vec<&str> = active.iter().map(|m| m.name.as_str()).collect();
     Some(format!(
         "the statement reads columns masked for this identity (masks: {}) and stores what it reads; \
-         masked data may not be copied into tables, settings or notifications",
+         masked data may not be copied into tables, settings, notifications or other state",
         masks.join(", ")
     ))
 }
