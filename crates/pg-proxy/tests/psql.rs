@@ -128,6 +128,35 @@ fn errors_never_quote_a_value_masked_for_the_caller() {
     assert!(text(&out.stderr).contains("relation \"1x\" does not exist"), "{}", text(&out.stderr));
 }
 
+/// Two ways PostgreSQL reads a column the statement does not name as one:
+/// attribute notation (`c.to_json` is `to_json(c)`, the whole row, when
+/// `customers` has no column `to_json`) and a subquery's bare column its
+/// table lacks (`(SELECT email FROM orders)` reads the outer
+/// `customers.email`). Both come out masked.
+#[test]
+fn columns_postgresql_resolves_elsewhere_are_masked() {
+    let stack = Stack::start();
+    let agent = stack.token("alice", &["ai-agents"], Some("copilot-cli"));
+    for sql in [
+        "SELECT c.to_json FROM customers c WHERE c.id = 1",
+        "SELECT c.concat FROM customers c WHERE c.id = 1",
+        "SELECT customers.to_jsonb ->> 'ssn' FROM customers WHERE id = 1",
+        "SELECT (SELECT ssn FROM orders LIMIT 1) FROM customers WHERE id = 1",
+        "SELECT (SELECT email FROM orders LIMIT 1) FROM customers WHERE id = 1",
+        "SELECT (SELECT c FROM orders LIMIT 1) FROM customers c WHERE c.id = 1",
+        "SELECT x.v FROM customers c, LATERAL (SELECT email AS v FROM orders LIMIT 1) x WHERE c.id = 1",
+    ] {
+        let out = stack.psql(&agent, &["-At", "-c", sql]);
+        assert!(out.status.success(), "{sql}: {}", text(&out.stderr));
+        let got = text(&out.stdout);
+        assert!(!got.trim().is_empty(), "{sql}: a row");
+        assert!(!got.contains("6789") && !got.contains("alice@"), "{sql}: {got}");
+    }
+    // A real column of a name a function also has keeps its own masking.
+    let out = stack.psql(&agent, &["-At", "-c", "SELECT c.name FROM customers c WHERE c.id = 1"]);
+    assert_eq!(text(&out.stdout), "Alice Martin\n");
+}
+
 #[test]
 fn masked_values_cannot_be_laundered_through_a_write() {
     let stack = Stack::start();

@@ -174,12 +174,14 @@
 //!   outside `pg_catalog` is opaque unless `settings.trusted_functions`
 //!   vouches for it. Functions in other languages are opaque either way.
 //! - PostgreSQL's functional notation (`t.f` meaning `f(t)` when `t` has no
-//!   column `f`) is not followed, and without [`Definitions`] neither are
-//!   overloads of built-in names created in other schemas (with them, an
-//!   unqualified built-in name that a function of a schema on the path
-//!   also has is followed into that function, or opaque when it is not
-//!   SQL); both require an earlier `CREATE FUNCTION`, which a policy should
-//!   keep from agents.
+//!   column `f`) is taken as a whole-row read when `f` is a built-in that
+//!   takes a row, and as opaque when the [`Definitions`] hold a function
+//!   `f`; without them, a function of the database in that position is not
+//!   seen, and neither are overloads of built-in names created in other
+//!   schemas (with them, an unqualified built-in name that a function of a
+//!   schema on the path also has is followed into that function, or opaque
+//!   when it is not SQL); both require an earlier `CREATE FUNCTION`, which a
+//!   policy should keep from agents.
 //! - A statement nesting deeper than about 50 levels of expressions or
 //!   subqueries exceeds the protobuf decoder's recursion limit; it is
 //!   `unknown`, so `on_parse_error` applies.

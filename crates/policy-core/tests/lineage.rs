@@ -716,3 +716,71 @@ fn a_masked_value_through_a_recursive_cte_is_still_not_stored() {
                INSERT INTO notes (body) SELECT n::text FROM t";
     assert_eq!(e.decide(&bob(), &s, sql).verdict, Verdict::Allow, "{sql}");
 }
+
+/// `t.f`, where the table `t` has no column `f`, is PostgreSQL's attribute
+/// notation for `f(t)`: `c.to_json` is the whole row as JSON. Lineage
+/// takes the whole row as a source (a real column of that name is reported
+/// by the server as the table's, and masked by its own name).
+#[test]
+fn attribute_notation_reads_the_whole_row() {
+    for sql in [
+        "SELECT c.to_json FROM customers c",
+        "SELECT customers.to_jsonb ->> 'email' FROM customers",
+        "SELECT c.concat FROM customers c",
+        "SELECT c.record_out FROM customers c",
+        "SELECT c.array_agg FROM customers c",
+        "SELECT public.customers.row_to_json FROM customers",
+    ] {
+        let cols = output_columns(sql);
+        assert!(cols[0].sources.iter().any(|s| s == "public.customers.*"), "{sql}: {cols:?}");
+        assert!(!cols[0].direct, "{sql}: {cols:?}");
+        let m = computed(sql, 1);
+        assert_eq!(
+            apply(&m, &[r#"{"ssn":"123-45-6789"}"#])[0].as_deref().map(|v| v.contains("6789")),
+            Some(false),
+            "{sql}"
+        );
+    }
+    // Names that are never a function of a row stay plain columns.
+    let cols = output_columns("SELECT c.upper, c.status FROM customers c");
+    assert_eq!(sources_of(&cols, "upper"), ["public.customers.upper"]);
+    assert!(cols.iter().all(|c| c.direct));
+}
+
+/// A bare column in a subquery whose table may lack it is the enclosing
+/// query's: `(SELECT email FROM orders)` inside `FROM customers` reads
+/// `customers.email` when `orders` has no `email`; `(SELECT c FROM
+/// orders)` the whole row of `customers c`.
+#[test]
+fn a_subquery_column_may_be_the_outer_querys() {
+    let cols = output_columns("SELECT (SELECT email FROM orders LIMIT 1) AS e FROM customers");
+    let sources = sources_of(&cols, "e");
+    assert!(sources.iter().any(|s| s == "public.customers.email"), "{sources:?}");
+    let cols = output_columns("SELECT (SELECT c FROM orders LIMIT 1) AS r FROM customers c");
+    assert!(sources_of(&cols, "r").iter().any(|s| s == "public.customers.*"), "{cols:?}");
+    let cols = output_columns("SELECT x.v FROM customers c, LATERAL (SELECT ssn AS v FROM orders LIMIT 1) x");
+    assert!(sources_of(&cols, "v").iter().any(|s| s == "public.customers.ssn"), "{cols:?}");
+    let m = computed("SELECT (SELECT email FROM orders LIMIT 1) FROM customers", 1);
+    assert!(m.mask_of(0).is_some());
+    // The query's own columns are not its outer candidates.
+    let cols = output_columns("SELECT status FROM orders");
+    assert_eq!(sources_of(&cols, "status"), ["public.orders.status"]);
+    // Nor are a sibling FROM subquery's (not LATERAL).
+    let cols = output_columns("SELECT x.v FROM customers c, (SELECT status AS v FROM orders) x");
+    assert_eq!(sources_of(&cols, "v"), ["public.orders.status"]);
+    // Stored: a masked column of the outer query read through a subquery.
+    use policy_core::Verdict;
+    let policy = format!("{POLICY}\n[[rule]]\nname = \"everything\"\neffect = \"allow\"\n");
+    let e = Engine::new(Policy::from_toml_str(&policy, "flow.toml").unwrap(), Keys::default()).unwrap();
+    let s = e.new_session();
+    for sql in [
+        "INSERT INTO notes (body) SELECT (SELECT email FROM orders LIMIT 1) FROM customers",
+        "UPDATE orders SET status = (SELECT email FROM order_items LIMIT 1) FROM customers WHERE orders.id = 1",
+        "INSERT INTO notes (body) SELECT c.to_json::text FROM customers c",
+    ] {
+        let d = e.decide(&bob(), &s, sql);
+        assert_eq!(d.verdict, Verdict::Deny, "{sql}");
+        assert!(d.reason.contains("masked"), "{sql}: {}", d.reason);
+    }
+    assert_eq!(e.decide(&bob(), &s, "INSERT INTO notes (body) SELECT status FROM orders").verdict, Verdict::Allow);
+}

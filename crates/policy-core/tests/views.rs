@@ -533,3 +533,24 @@ fn functions_named_like_built_in_ones_are_followed_or_opaque() {
     // A qualified built-in call is the built-in.
     assert!(!e.analyze(&s, "SELECT pg_catalog.upper('x')").statements[0].opaque);
 }
+
+/// `u.forget`, where `users` has no column `forget`, is the call
+/// `forget(u)` (PostgreSQL's attribute notation, a "computed field"): with
+/// a function of that name in the database, the reference is opaque, as
+/// the call itself would be, unless the policy trusts the function.
+#[test]
+fn attribute_notation_naming_a_database_function_is_opaque() {
+    let e = engine("");
+    let s = session(&e, functions());
+    for sql in
+        ["SELECT u.forget FROM users u", "SELECT users.hidden FROM users", "SELECT public.users.forget FROM users"]
+    {
+        let facts = e.analyze(&s, sql).statements.remove(0);
+        assert!(facts.opaque, "{sql}");
+        assert!(facts.notes.iter().any(|n| n.contains("on the whole row")), "{sql}: {:?}", facts.notes);
+        assert_eq!(e.decide(&agent(), &s, sql).verdict, Verdict::Deny, "{sql}");
+    }
+    for sql in ["SELECT u.phone FROM users u", "SELECT u.to_json FROM users u"] {
+        assert!(!e.analyze(&s, sql).statements[0].opaque, "{sql}");
+    }
+}

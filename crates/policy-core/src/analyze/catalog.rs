@@ -37,6 +37,41 @@ pub(crate) fn is_builtin_operator(name: &str) -> bool {
     SET.get_or_init(|| set(&[OPERATORS_TXT])).contains(name)
 }
 
+/// Whether `t.name`, where `t` is a table with no column `name`, is the
+/// call `name(t)` of a built-in function on the whole row (PostgreSQL's
+/// attribute notation): the built-ins that take one argument of any row
+/// type, as PostgreSQL 15 resolves `SELECT t.name FROM t` (`t.to_json` is
+/// the row as JSON, `t.concat` and `t.record_out` as text, `t.array_agg`
+/// an aggregate of rows); `t.upper` is only ever a column.
+pub(crate) fn is_attribute_function(name: &str) -> bool {
+    matches!(
+        name,
+        "to_json"
+            | "to_jsonb"
+            | "row_to_json"
+            | "json_build_array"
+            | "jsonb_build_array"
+            | "json_build_object"
+            | "jsonb_build_object"
+            | "json_agg"
+            | "jsonb_agg"
+            | "array_agg"
+            | "concat"
+            | "quote_literal"
+            | "quote_nullable"
+            | "record_out"
+            | "record_send"
+            | "hash_record"
+            | "hash_record_extended"
+            | "count"
+            | "num_nulls"
+            | "num_nonnulls"
+            | "pg_column_size"
+            | "pg_column_compression"
+            | "pg_typeof"
+    )
+}
+
 /// What calling a built-in function does, beyond computing a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Effect {

@@ -18,6 +18,7 @@
 //! round of the outer one, so all rounds of a statement share one budget).
 
 use std::collections::BTreeSet;
+use std::rc::Rc;
 
 use pg_query::protobuf as pb;
 use pg_query::{NodeEnum, NodeRef};
@@ -200,6 +201,11 @@ impl Lin {
 
 struct Ctx<'e> {
     env: &'e Env<'e>,
+    /// The FROM items of the enclosing queries, innermost last: a bare
+    /// column a subquery's table may lack is the outer query's (`SELECT
+    /// (SELECT name FROM orders) FROM customers` reads `customers.name`
+    /// when `orders` has no `name`).
+    outer: Vec<Rc<Vec<Item>>>,
     /// CTE outputs in scope, innermost last.
     ctes: Vec<Vec<(String, Vec<OutputColumn>)>>,
     depth: usize,
@@ -256,7 +262,7 @@ fn explain_columns() -> Vec<OutputColumn> {
 
 /// Lineage of the result columns of a statement that returns rows.
 pub(crate) fn outputs(stmt: NodeRef<'_>, env: &Env<'_>) -> Vec<OutputColumn> {
-    let mut ctx = Ctx { env, ctes: Vec::new(), depth: 0, in_step: 0, budget: STEP_BUDGET };
+    let mut ctx = Ctx { env, outer: Vec::new(), ctes: Vec::new(), depth: 0, in_step: 0, budget: STEP_BUDGET };
     match stmt {
         NodeRef::SelectStmt(s) if s.into_clause.is_none() => ctx.select(s),
         NodeRef::DeclareCursorStmt(d) => node(&d.query).map_or_else(Vec::new, |q| outputs(q, env)),
@@ -312,8 +318,11 @@ impl Ctx<'_> {
     ) -> Vec<OutputColumn> {
         let (Some(rv), Some(ret)) = (target, returning) else { return Vec::new() };
         let alias = rv.alias.as_ref().map_or_else(|| rv.relname.clone(), |a| a.aliasname.clone());
-        let items = vec![Item::Relation { alias, tables: self.relation_tables(rv) }];
-        self.target_list(&ret.exprs, &items, false)
+        let items = Rc::new(vec![Item::Relation { alias, tables: self.relation_tables(rv) }]);
+        self.outer.push(Rc::clone(&items));
+        let out = self.target_list(&ret.exprs, &items, false);
+        self.outer.pop();
+        out
     }
 
     fn with(&mut self, with: Option<&pb::WithClause>) -> bool {
@@ -439,7 +448,12 @@ impl Ctx<'_> {
             for f in nodes(&s.from_clause) {
                 self.add_from_item(f, &mut items);
             }
-            self.target_list(&s.target_list, &items, merged_join(&s.from_clause))
+            // The subqueries of the target list see these items as outer.
+            let items = Rc::new(items);
+            self.outer.push(Rc::clone(&items));
+            let out = self.target_list(&s.target_list, &items, merged_join(&s.from_clause));
+            self.outer.pop();
+            out
         };
         if pushed {
             self.ctes.pop();
@@ -465,10 +479,17 @@ impl Ctx<'_> {
             }
             NodeRef::RangeSubselect(sub) => {
                 let alias = sub.alias.as_ref().map_or_else(String::new, |a| a.aliasname.clone());
+                // A LATERAL subquery sees the FROM items before it.
+                if sub.lateral {
+                    self.outer.push(Rc::new(items.clone()));
+                }
                 let mut columns = match node(&sub.subquery) {
                     Some(NodeRef::SelectStmt(s)) => self.select(s),
                     _ => vec![unknown_star()],
                 };
+                if sub.lateral {
+                    self.outer.pop();
+                }
                 if let Some(a) = &sub.alias {
                     rename(&mut columns, &a.colnames);
                 }
@@ -551,6 +572,10 @@ impl Ctx<'_> {
                 if !found {
                     // A correlated reference to an outer query.
                     lin.unknown = true;
+                } else if items.iter().any(|i| matches!(i, Item::Relation { .. })) {
+                    // A table here may lack the column: then it is the
+                    // nearest outer query's that has it.
+                    self.outer_candidates(col, &mut lin);
                 }
             }
             [q, col] => match items.iter().find(|i| i.alias() == *q) {
@@ -558,6 +583,7 @@ impl Ctx<'_> {
                     lin.contributors = 1;
                     lin.direct = true;
                     lin.sources = tables.iter().map(|t| names::dotted(t, col)).collect();
+                    self.attribute_notation(tables, col, &mut lin);
                 }
                 Some(Item::Derived { columns, .. }) => match columns.iter().find(|c| c.name == *col) {
                     Some(c) => lin = Lin::from_column(c),
@@ -573,11 +599,64 @@ impl Ctx<'_> {
             [schema, table, col] | [_, schema, table, col] => {
                 lin.contributors = 1;
                 lin.direct = true;
-                lin.sources.insert(format!("{}.{}", names::qualified(schema, table), names::part(col)));
+                let table = names::qualified(schema, table);
+                lin.sources.insert(format!("{}.{}", table, names::part(col)));
+                self.attribute_notation(&[table], col, &mut lin);
             }
             _ => lin.unknown = true,
         }
         lin
+    }
+
+    /// What a bare column may stand for in the enclosing queries: the
+    /// column of each of their tables, the whole row of one aliased so,
+    /// the matching column of a subquery, anything of an item whose
+    /// columns are unknown.
+    fn outer_candidates(&self, col: &str, lin: &mut Lin) {
+        // The last level is the query the column is in.
+        for level in self.outer.iter().rev().skip(1) {
+            for item in level.iter() {
+                match item {
+                    Item::Relation { tables, alias } => {
+                        for t in tables {
+                            lin.sources.insert(names::dotted(t, col));
+                            if alias == col {
+                                lin.sources.insert(format!("{t}.*"));
+                            }
+                        }
+                    }
+                    Item::Derived { columns, alias } => {
+                        for c in columns.iter().filter(|c| c.name == *col || c.name == "*" || alias == col) {
+                            lin.sources.extend(c.sources.iter().cloned());
+                            lin.unknown |= c.unknown || c.name == "*";
+                            if alias == col {
+                                lin.direct = false;
+                            }
+                        }
+                    }
+                    Item::Unknown { .. } => lin.unknown = true,
+                }
+            }
+        }
+    }
+
+    /// `t.f` where table `t` has no column `f` is PostgreSQL's attribute
+    /// notation for `f(t)`: the engine does not know the table's columns,
+    /// so when `f` is a built-in that takes a whole row, or a function of
+    /// the database, the value may be derived from the whole row. (A
+    /// column the server reports as a table's is masked by that column, so
+    /// a real column of that name loses nothing.)
+    fn attribute_notation(&self, tables: &[String], col: &str, lin: &mut Lin) {
+        let database_function = self.env.definitions.is_some_and(|d| {
+            names::relation_candidates(&self.env.search_path, self.env.user.as_deref(), col)
+                .iter()
+                .any(|f| !d.functions(f).is_empty())
+        });
+        if catalog::is_attribute_function(col) || database_function {
+            lin.direct = false;
+            lin.unknown |= database_function;
+            lin.sources.extend(tables.iter().map(|t| format!("{t}.*")));
+        }
     }
 
     fn expr(&mut self, e: NodeRef<'_>, items: &[Item]) -> Lin {

@@ -1261,11 +1261,44 @@ impl<'st, 's> Walker<'st, 's> {
 
     fn column_ref(&mut self, c: &pb::ColumnRef) {
         let Some((rendered, whole_rows)) = self.resolve_column(c) else { return };
+        self.attribute_call(c);
         if let Some(clause) = self.clause {
             self.record_clause_column(clause, &rendered, &whole_rows);
         }
         self.columns.extend(whole_rows);
         self.columns.insert(rendered);
+    }
+
+    /// `t.f` is PostgreSQL's attribute notation for `f(t)` when the table
+    /// `t` has no column `f`. The engine does not know the table's
+    /// columns: when a function of the database is named `f` (a "computed
+    /// field"), the reference may call it, whose body is not read here.
+    fn attribute_call(&mut self, c: &pb::ColumnRef) {
+        if c.fields.len() < 2 {
+            return;
+        }
+        let Some(NodeRef::String(f)) = c.fields.last().and_then(|f| f.node.as_ref()).map(|n| n.to_ref()) else {
+            return;
+        };
+        let Some(definitions) = self.state.definitions else { return };
+        let candidates = names::relation_candidates(&self.state.search_path, self.state.user.as_deref(), &f.sval);
+        let Some(found) = candidates.into_iter().find(|q| !definitions.functions(q).is_empty()) else { return };
+        self.functions.insert(found.clone());
+        let trusted = self.options.trusted_functions.as_ref().is_some_and(|g| g.is_match(&found));
+        if !trusted {
+            self.make_opaque(format!(
+                "reads `{}`, which PostgreSQL calls as the function `{found}` on the whole row when the table has \
+                 no such column: its body is not judged here",
+                c.fields
+                    .iter()
+                    .filter_map(|f| match f.node.as_ref() {
+                        Some(pg_query::NodeEnum::String(s)) => Some(s.sval.as_str()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(".")
+            ));
+        }
     }
 
     /// Records a column read in `clause`. A bare name (several FROM items,
@@ -1318,6 +1351,17 @@ impl<'st, 's> Walker<'st, 's> {
                     .filter_map(|(_, t)| t.as_ref().map(|t| names::dotted(t, "*")))
                     .collect();
                 whole = whole_rows;
+                if !star {
+                    // A table of this query may lack the column: then it is
+                    // an enclosing query's (`SELECT (SELECT name FROM
+                    // orders) FROM customers` reads `customers.name`).
+                    let outer = self.from_scopes.len().saturating_sub(1);
+                    for (_, t) in self.from_scopes.iter().take(outer).flatten() {
+                        if let Some(t) = t {
+                            whole.push(names::dotted(t, column));
+                        }
+                    }
+                }
                 let tables: Vec<&String> =
                     self.from_scopes.last().into_iter().flatten().filter_map(|(_, t)| t.as_ref()).collect();
                 match (tables.as_slice(), self.from_scopes.last().map_or(0, Vec::len)) {
@@ -1327,20 +1371,32 @@ impl<'st, 's> Walker<'st, 's> {
             }
             [q] => {
                 let hit = self.from_scopes.iter().rev().flatten().find(|(alias, _)| alias == q).map(|(_, t)| t.clone());
-                match hit {
-                    Some(Some(t)) => names::dotted(&t, column),
-                    Some(None) => names::dotted(&names::part(q), column),
-                    None => {
-                        let resolved =
-                            names::relation_candidates(&self.state.search_path, self.state.user.as_deref(), q);
-                        match resolved.first() {
-                            Some(t) => names::dotted(t, column),
-                            None => names::dotted(&names::part(q), column),
+                let table = match hit {
+                    Some(Some(t)) => Some(t),
+                    Some(None) => None,
+                    None => names::relation_candidates(&self.state.search_path, self.state.user.as_deref(), q)
+                        .into_iter()
+                        .next(),
+                };
+                match table {
+                    Some(t) => {
+                        if !star && catalog::is_attribute_function(column) {
+                            // `t.to_json` is `to_json(t)` when `t` has no
+                            // such column: the whole row.
+                            whole.push(names::dotted(&t, "*"));
                         }
+                        names::dotted(&t, column)
                     }
+                    None => names::dotted(&names::part(q), column),
                 }
             }
-            [schema, table] | [_, schema, table] => names::dotted(&names::qualified(schema, table), column),
+            [schema, table] | [_, schema, table] => {
+                let t = names::qualified(schema, table);
+                if !star && catalog::is_attribute_function(column) {
+                    whole.push(names::dotted(&t, "*"));
+                }
+                names::dotted(&t, column)
+            }
             _ => return None,
         };
         Some((rendered, whole))
