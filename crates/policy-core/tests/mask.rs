@@ -144,6 +144,26 @@ fn lineage_carries_masks_through_expressions() {
     assert_eq!(m.mask_of(0), Some("ssn"), "no sources and a star: lineage unproven, masked whole");
 }
 
+/// A `hash` mask hashes the column itself, never a value computed from it:
+/// with one key, the pseudonym of `substr(name, 1, 1)` would match the
+/// pseudonym of a guess derived from the same column, one character at a
+/// time.
+#[test]
+fn a_hash_mask_hashes_only_the_column_itself() {
+    let direct = computed("SELECT name AS n FROM users", 1);
+    let pseudonym = apply(&direct, &["Ann"])[0].clone().unwrap();
+    assert_ne!(pseudonym, REDACTED);
+    assert_eq!(apply(&computed("SELECT name::text FROM users", 1), &["Ann"])[0].as_deref(), Some(&*pseudonym));
+    for sql in [
+        "SELECT substr(name, 1, 1) FROM users",
+        "SELECT CASE WHEN false THEN name ELSE 'A' END FROM users",
+        "SELECT lower(name) FROM users",
+        "SELECT u FROM users u",
+    ] {
+        assert_eq!(apply(&computed(sql, 1), &["A"])[0].as_deref(), Some(REDACTED), "{sql}");
+    }
+}
+
 #[test]
 fn non_text_columns_are_retyped_and_binary_values_masked_whole() {
     let e = engine();

@@ -48,12 +48,23 @@ impl Masking {
 
     /// The masking a value derived from a masked column gets: only plain
     /// references keep `partial`/`email` (pieces of a value would rebuild
-    /// it), so anything else is masked whole, keeping `null`, `hash` and
-    /// `fixed`.
+    /// it) and `hash`, so anything else is masked whole, keeping `null`
+    /// and `fixed`. A derived value is not hashed: with one key for all,
+    /// the pseudonym of `substr(ssn, 1, 1)` would equal that of the
+    /// caller's guess `'1'` derived from the same column (`CASE WHEN false
+    /// THEN ssn ELSE '1' END`), an oracle for every piece of the value.
+    ///
+    /// ```
+    /// use policy_core::{Masking, Strategy};
+    /// assert_eq!(Masking::new(Strategy::Hash).whole().strategy, Strategy::Redact);
+    /// assert_eq!(Masking::new(Strategy::Null).whole().strategy, Strategy::Null);
+    /// ```
     pub fn whole(&self) -> Masking {
         match self.strategy {
-            Strategy::Null | Strategy::Hash | Strategy::Fixed | Strategy::Redact => self.clone(),
-            Strategy::Partial | Strategy::Email => Masking { strategy: Strategy::Redact, ..self.clone() },
+            Strategy::Null | Strategy::Fixed | Strategy::Redact => self.clone(),
+            Strategy::Partial | Strategy::Email | Strategy::Hash => {
+                Masking { strategy: Strategy::Redact, ..self.clone() }
+            }
         }
     }
 
@@ -150,7 +161,7 @@ mod tests {
     fn whole_masks_drop_partial_views() {
         assert_eq!(Masking::new(Strategy::Partial).whole().strategy, Strategy::Redact);
         assert_eq!(Masking::new(Strategy::Email).whole().strategy, Strategy::Redact);
-        assert_eq!(keyed(Strategy::Hash).whole().strategy, Strategy::Hash);
+        assert_eq!(keyed(Strategy::Hash).whole().strategy, Strategy::Redact);
         assert_eq!(Masking::new(Strategy::Null).whole().strategy, Strategy::Null);
         assert_eq!(Masking::new(Strategy::Email).apply("no-at-sign").as_deref(), Some(REDACTED));
     }
