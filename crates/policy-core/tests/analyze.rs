@@ -845,3 +845,23 @@ fn a_schema_dropped_with_its_relations_needs_a_rule_for_them_all() {
     }
     assert_eq!(e.decide(&who, &s, "DROP SCHEMA public CASCADE").verdict, policy_core::Verdict::Allow);
 }
+
+/// A statement runs the commands of its actions: `MERGE ... THEN DELETE`
+/// deletes, `INSERT ... ON CONFLICT DO UPDATE` updates, and rules on
+/// `commands` see them.
+#[test]
+fn merge_and_upsert_run_the_commands_of_their_actions() {
+    let commands = |sql: &str| one(sql).commands;
+    assert_eq!(
+        commands(
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE WHEN NOT MATCHED THEN INSERT VALUES (1)"
+        ),
+        ["DELETE", "INSERT", "MERGE"]
+    );
+    assert_eq!(commands("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET x = 1"), ["MERGE", "UPDATE"]);
+    assert_eq!(commands("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DO NOTHING"), ["MERGE"]);
+    assert_eq!(commands("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 2"), ["INSERT", "UPDATE"]);
+    assert_eq!(commands("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING"), ["INSERT"]);
+    // Under plain EXPLAIN nothing runs but the EXPLAIN.
+    assert_eq!(commands("EXPLAIN MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE"), ["EXPLAIN"]);
+}

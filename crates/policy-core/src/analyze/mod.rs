@@ -1759,6 +1759,10 @@ impl<'st, 's> Walker<'st, 's> {
                 self.list(&s.cols);
                 self.opt(&s.select_stmt);
                 if let Some(c) = &s.on_conflict_clause {
+                    if c.action == pb::OnConflictAction::OnconflictUpdate as i32 {
+                        // `ON CONFLICT DO UPDATE` updates the rows it meets.
+                        self.enter_dml("UPDATE");
+                    }
                     self.visit(NodeRef::OnConflictClause(c));
                 }
                 if let Some(r) = &s.returning_clause {
@@ -1809,6 +1813,18 @@ impl<'st, 's> Walker<'st, 's> {
                     let by_source = pb::MergeMatchKind::MergeWhenNotMatchedBySource as i32;
                     if changing.iter().any(|w| w.match_kind == by_source && w.condition.is_none()) {
                         self.unbounded = true;
+                    }
+                }
+                // Each action runs its command: a rule on `DELETE` holds for
+                // `MERGE ... THEN DELETE` as for `DELETE`.
+                for w in nodes(&s.merge_when_clauses) {
+                    if let NodeRef::MergeWhenClause(w) = w {
+                        match pb::CmdType::try_from(w.command_type) {
+                            Ok(pb::CmdType::CmdUpdate) => self.enter_dml("UPDATE"),
+                            Ok(pb::CmdType::CmdDelete) => self.enter_dml("DELETE"),
+                            Ok(pb::CmdType::CmdInsert) => self.enter_dml("INSERT"),
+                            _ => {}
+                        }
                     }
                 }
                 self.opt(&s.source_relation);
