@@ -862,6 +862,11 @@ fn merge_and_upsert_run_the_commands_of_their_actions() {
     assert_eq!(commands("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DO NOTHING"), ["MERGE"]);
     assert_eq!(commands("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 2"), ["INSERT", "UPDATE"]);
     assert_eq!(commands("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING"), ["INSERT"]);
+    // The aliases of a MERGE name its tables.
+    let f =
+        one("MERGE INTO orders o USING customers c ON o.customer_id = c.id WHEN MATCHED THEN UPDATE SET x = c.email");
+    assert!(f.columns.contains(&"public.customers.email".to_string()), "{:?}", f.columns);
+    assert!(f.columns.contains(&"public.orders.customer_id".to_string()), "{:?}", f.columns);
     // Under plain EXPLAIN nothing runs but the EXPLAIN.
     assert_eq!(commands("EXPLAIN MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE"), ["EXPLAIN"]);
 }

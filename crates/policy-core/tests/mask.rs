@@ -445,6 +445,9 @@ exempt_groups = ["pii-readers"]
             "SELECT lo_lseek64(0, replace(ssn, '-', '')::bigint, 0) FROM customers",
             "INSERT INTO notes SELECT * FROM customers",
             "WITH x AS (SELECT ssn FROM customers) INSERT INTO notes SELECT * FROM x",
+            "MERGE INTO notes n USING customers c ON n.id = c.id WHEN MATCHED THEN UPDATE SET body = c.ssn",
+            "MERGE INTO notes n USING (SELECT id, ssn FROM customers) c ON n.id = c.id \
+             WHEN NOT MATCHED THEN INSERT (body) VALUES (c.ssn)",
         ] {
             let d = e.decide(&bob, &s, sql);
             assert_eq!(d.verdict, Verdict::Deny, "{sql}");

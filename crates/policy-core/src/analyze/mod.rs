@@ -1827,12 +1827,17 @@ impl<'st, 's> Walker<'st, 's> {
                         }
                     }
                 }
+                // The target's and the source's aliases name their tables
+                // in the condition, the actions and RETURNING.
+                let source = s.source_relation.as_deref().map_or(&[][..], std::slice::from_ref);
+                self.push_from_with(source, s.relation.as_ref());
                 self.opt(&s.source_relation);
                 self.in_clause(Clause::Join, node(&s.join_condition));
                 self.list(&s.merge_when_clauses);
                 if let Some(r) = &s.returning_clause {
                     self.visit(NodeRef::ReturningClause(r));
                 }
+                self.from_scopes.pop();
                 self.end_with(pushed);
             }
             NodeRef::LockingClause(l) => {
