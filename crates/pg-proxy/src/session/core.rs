@@ -439,6 +439,11 @@ struct Portal {
     /// Parameter formats and values, for records and holds.
     param_formats: Vec<i16>,
     params: Vec<Option<Bytes>>,
+    /// A `Describe` of the portal was sent (the client's or the
+    /// gateway's): its answer tells the columns, so an `Execute` need not
+    /// ask again. Kept here, not found by scanning what is in flight, so a
+    /// pipeline of executions costs each the same.
+    describe_sent: bool,
 }
 
 /// The lines of a COPY TO STDOUT being relayed.
@@ -1456,10 +1461,11 @@ impl SessionCore {
                 self.stage(m.frame, Some(pending));
             }
             FrontendView::Describe { name, .. } => {
-                let Some(p) = self.portals.get(name) else {
+                let Some(p) = self.portals.get_mut(name) else {
                     self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_portal(name));
                     return true;
                 };
+                p.describe_sent = true;
                 let pending = Pending::DescribePortal { name: name.to_string(), id: p.id, internal: false };
                 self.stage(m.frame, Some(pending));
             }
@@ -1577,7 +1583,7 @@ impl SessionCore {
         } else {
             (Vec::new(), Vec::new())
         };
-        let portal = Portal { id, prepared, fields, rows: 0, param_formats, params };
+        let portal = Portal { id, prepared, fields, rows: 0, param_formats, params, describe_sent: false };
         self.portals.insert(bind.portal, portal);
         self.stage(frame, Some(Pending::Bind));
     }
@@ -2266,13 +2272,8 @@ impl SessionCore {
         // The columns: known from a Describe, or about to be told by a
         // Describe of this portal already on its way; otherwise the
         // gateway asks (and keeps the answer from the client).
-        let describing = || {
-            self.pending
-                .iter()
-                .chain(self.batch.pending.iter())
-                .any(|e| matches!(e, Pending::DescribePortal { id: d, .. } if *d == id))
-        };
-        if fields.is_none() && !describing() {
+        let describing = self.portals.get_mut(portal).map(|p| std::mem::replace(&mut p.describe_sent, true));
+        if fields.is_none() && describing == Some(false) {
             let mut describe = BytesMut::new();
             if frontend::describe(b'P', portal, &mut describe).is_ok() {
                 let pending = Pending::DescribePortal { name: portal.to_string(), id, internal: true };
