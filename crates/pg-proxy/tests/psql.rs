@@ -178,6 +178,11 @@ fn masked_values_cannot_be_laundered_through_a_write() {
         assert_eq!(out.status.code(), Some(1), "{sql}");
         assert!(text(&out.stderr).contains("masked data may not be copied"), "{sql}: {}", text(&out.stderr));
     }
+    // The planner's statistics hold sampled values of masked columns.
+    let out =
+        stack.psql(&developer, &["-At", "-c", "SELECT histogram_bounds FROM pg_stats WHERE tablename = 'customers'"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("values sampled from every column"), "{}", text(&out.stderr));
     let out = stack.psql(&developer, &["-At", "-c", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"]);
     assert_eq!(text(&out.stdout), "0\n");
     let out = stack.psql(&developer, &["-At", "-c", "SELECT count(*) FROM orders WHERE status LIKE '%-%-%'"]);

@@ -342,7 +342,9 @@ impl Engine {
             let only_dml = analysis.only_dml;
             let active = crate::mask::active_masks(&inner.masks, identity);
             let guard = |facts: &StatementFacts| {
-                crate::mask::masked_write(&active, facts).or_else(|| crate::mask::inference(&active, facts))
+                crate::mask::masked_write(&active, facts)
+                    .or_else(|| crate::mask::masked_statistics(&active, facts))
+                    .or_else(|| crate::mask::inference(&active, facts))
             };
             let decision = rules::decide(&inner.policy, identity, analysis, sql, guard);
             (decision, cacheable, only_dml && !literal::was_read())

@@ -466,6 +466,20 @@ exempt_groups = ["pii-readers"]
         ] {
             assert_eq!(e.decide(&bob, &s, sql).verdict, Verdict::Allow, "{sql}");
         }
+        // The planner's statistics sample every column's values.
+        for sql in [
+            "SELECT histogram_bounds FROM pg_stats WHERE tablename = 'customers'",
+            "SELECT * FROM pg_catalog.pg_statistic",
+            "SELECT count(*) FROM pg_stats_ext",
+        ] {
+            let d = e.decide(&bob, &s, sql);
+            assert_eq!(d.verdict, Verdict::Deny, "{sql}");
+            assert!(d.reason.contains("sampled"), "{sql}: {}", d.reason);
+            assert_eq!(e.decide(&reader, &s, sql).verdict, Verdict::Allow, "exempt: {sql}");
+        }
+        for sql in ["SELECT relname FROM pg_class"] {
+            assert_eq!(e.decide(&bob, &s, sql).verdict, Verdict::Allow, "{sql}");
+        }
     }
 }
 

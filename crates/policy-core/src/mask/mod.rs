@@ -435,6 +435,33 @@ pub(crate) fn masked_write(active: &[&ColumnMask], facts: &StatementFacts) -> Op
     ))
 }
 
+/// The relations that hold values sampled from every column, masked ones
+/// too: the planner's statistics (`most_common_vals`, `histogram_bounds`).
+const STATISTICS: [&str; 5] = [
+    "pg_catalog.pg_statistic",
+    "pg_catalog.pg_stats",
+    "pg_catalog.pg_stats_ext",
+    "pg_catalog.pg_stats_ext_exprs",
+    "pg_catalog.pg_statistic_ext_data",
+];
+
+/// The reason for refusing a statement that reads the planner's statistics
+/// when a column mask applies to the caller: they show sampled values of
+/// the masked columns as plain text, and the engine cannot tell which
+/// column each row describes before the server answers.
+pub(crate) fn masked_statistics(active: &[&ColumnMask], facts: &StatementFacts) -> Option<String> {
+    if active.is_empty() {
+        return None;
+    }
+    let table = facts.tables.iter().find(|t| STATISTICS.contains(&t.as_str()))?;
+    let masks: Vec<&str> = active.iter().map(|m| m.name.as_str()).collect();
+    Some(format!(
+        "{table} holds values sampled from every column, masked ones included, and masks apply to this identity \
+         (masks: {})",
+        masks.join(", ")
+    ))
+}
+
 /// A whole row written as JSON ([`WholeRow`]), masked field by field: a
 /// member is masked when a mask the caller is not exempt from covers the
 /// column it stands for (`schema.table.key` of the row's table, through
