@@ -477,9 +477,7 @@ exempt_groups = ["pii-readers"]
             assert!(d.reason.contains("sampled"), "{sql}: {}", d.reason);
             assert_eq!(e.decide(&reader, &s, sql).verdict, Verdict::Allow, "exempt: {sql}");
         }
-        for sql in ["SELECT relname FROM pg_class"] {
-            assert_eq!(e.decide(&bob, &s, sql).verdict, Verdict::Allow, "{sql}");
-        }
+        assert_eq!(e.decide(&bob, &s, "SELECT relname FROM pg_class").verdict, Verdict::Allow);
     }
 }
 
