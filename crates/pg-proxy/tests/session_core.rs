@@ -1109,6 +1109,35 @@ fn a_prepared_statement_described_again_keeps_its_plan_until_the_policy_changes(
     assert_eq!(run_prepared(&mut h, "987654321"), (20, "1,987654321".to_string()));
 }
 
+/// Executions of the unnamed portal pipelined before one Sync, each bound
+/// anew (`Parse`, `Bind`, `Execute`, N times): the gateway asks the columns
+/// of each with a `Describe` of its own, and each answer reaches its
+/// `Execute` although the portal was bound again by then, so every result
+/// is masked by its plan (the SSN partly, the id not at all), not whole.
+#[test]
+fn pipelined_executions_of_a_rebound_portal_each_get_their_columns() {
+    let mut h = harness(CoreConfig::default());
+    let masked = [("id", PEOPLE, 1), ("ssn", PEOPLE, 3)];
+    let one = [parse("", "SELECT id, ssn FROM people"), bind("", "", &[]), execute("")];
+    let mut batch: Vec<Vec<u8>> = (0..3).flat_map(|_| one.clone()).collect();
+    batch.push(sync());
+    h.client(&cat(&batch));
+    let kinds = kinds(&h.sent());
+    assert_eq!(kinds.iter().filter(|k| **k == "D").count(), 3, "{kinds:?}");
+    let mut answer = Vec::new();
+    for ssn in ["111-11-1111", "222-22-2222", "333-33-3333"] {
+        answer.extend([raw(b'1', b""), raw(b'2', b""), row_description(&masked), rows_of(&[&["7", ssn]])]);
+        answer.push(complete("SELECT 1"));
+    }
+    answer.push(ready(b'I'));
+    h.server(&cat(&answer));
+    if let [Need::ResolveTables { .. }] = h.needs().as_slice() {
+        h.core.handle_tables(people_table(), h.now);
+    }
+    let rows: Vec<String> = h.got().into_iter().filter(|(k, _)| *k == 'D').map(|(_, v)| v).collect();
+    assert_eq!(rows, ["7,****1111", "7,****2222", "7,****3333"]);
+}
+
 #[test]
 fn a_reload_waits_for_the_statements_in_flight_and_the_next_batch_waits_for_the_reload() {
     let mut h = harness(CoreConfig::default());

@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -444,7 +444,15 @@ struct Portal {
     /// ask again. Kept here, not found by scanning what is in flight, so a
     /// pipeline of executions costs each the same.
     describe_sent: bool,
+    /// Where that answer puts the columns for the `Execute`s already on
+    /// their way (shared with them and with the `Describe`).
+    told: ToldFields,
 }
+
+/// The columns a `Describe` of a portal tells, once it does: shared by the
+/// `Describe` in flight and the portal's `Execute`s staged before its
+/// answer, so the answer reaches them without a search.
+type ToldFields = Arc<OnceLock<Arc<Vec<FieldDescription>>>>;
 
 /// The lines of a COPY TO STDOUT being relayed.
 #[derive(Debug)]
@@ -531,9 +539,15 @@ enum Pending {
     /// `ParameterDescription` and `RowDescription` or `NoData`.
     DescribeStatement { name: String, id: u64 },
     /// `RowDescription` or `NoData`; `internal` when the gateway asked.
-    DescribePortal { name: String, id: u64, internal: bool },
-    /// Rows and the end of an `Execute`.
-    Execute { portal: String, id: u64, fields: Option<Arc<Vec<FieldDescription>>>, result: ResultState },
+    DescribePortal { name: String, id: u64, internal: bool, told: ToldFields },
+    /// Rows and the end of an `Execute`; `told`: where a `Describe` in
+    /// flight puts the columns when they are not known yet.
+    Execute {
+        portal: String,
+        fields: Option<Arc<Vec<FieldDescription>>>,
+        told: Option<ToldFields>,
+        result: ResultState,
+    },
     /// `CloseComplete`.
     Close,
     /// `ReadyForQuery` after `Sync`: the client's, or the gateway's own
@@ -1466,7 +1480,8 @@ impl SessionCore {
                     return true;
                 };
                 p.describe_sent = true;
-                let pending = Pending::DescribePortal { name: name.to_string(), id: p.id, internal: false };
+                let told = Arc::clone(&p.told);
+                let pending = Pending::DescribePortal { name: name.to_string(), id: p.id, internal: false, told };
                 self.stage(m.frame, Some(pending));
             }
             FrontendView::Execute { portal, .. } => self.on_execute(portal, m.frame),
@@ -1583,7 +1598,8 @@ impl SessionCore {
         } else {
             (Vec::new(), Vec::new())
         };
-        let portal = Portal { id, prepared, fields, rows: 0, param_formats, params, describe_sent: false };
+        let portal =
+            Portal { id, prepared, fields, rows: 0, param_formats, params, describe_sent: false, told: Arc::default() };
         self.portals.insert(bind.portal, portal);
         self.stage(frame, Some(Pending::Bind));
     }
@@ -2272,17 +2288,22 @@ impl SessionCore {
         // The columns: known from a Describe, or about to be told by a
         // Describe of this portal already on its way; otherwise the
         // gateway asks (and keeps the answer from the client).
-        let describing = self.portals.get_mut(portal).map(|p| std::mem::replace(&mut p.describe_sent, true));
-        if fields.is_none() && describing == Some(false) {
+        let (described, told) = match self.portals.get_mut(portal) {
+            Some(p) => (std::mem::replace(&mut p.describe_sent, true), Some(Arc::clone(&p.told))),
+            None => (true, None),
+        };
+        if fields.is_none() && !described {
             let mut describe = BytesMut::new();
-            if frontend::describe(b'P', portal, &mut describe).is_ok() {
-                let pending = Pending::DescribePortal { name: portal.to_string(), id, internal: true };
+            if let (Some(told), Ok(())) = (&told, frontend::describe(b'P', portal, &mut describe)) {
+                let pending =
+                    Pending::DescribePortal { name: portal.to_string(), id, internal: true, told: Arc::clone(told) };
                 self.stage(&describe, Some(pending));
             }
         }
+        let told = if fields.is_none() { told } else { None };
         let mut result = ResultState::new(prepared.facts.clone(), &prepared.decision);
         result.rows = rows;
-        let pending = Pending::Execute { portal: portal.to_string(), id, fields, result };
+        let pending = Pending::Execute { portal: portal.to_string(), fields, told, result };
         self.stage(frame, Some(pending));
     }
 
@@ -2758,20 +2779,20 @@ impl SessionCore {
     }
 
     fn on_describe_frame(&mut self, message: BackendMessage, frame: BackendView<'_>) -> bool {
-        let (facts, id, statement, internal) = match self.pending.front() {
+        let (facts, id, told, internal) = match self.pending.front() {
             Some(Pending::DescribeStatement { name, id }) => {
                 let facts = match self.statements.get(name) {
                     Some(Some(p)) if p.id == *id => p.facts.clone(),
                     _ => None,
                 };
-                (facts, *id, true, false)
+                (facts, *id, None, false)
             }
-            Some(Pending::DescribePortal { name, id, internal }) => {
+            Some(Pending::DescribePortal { name, id, internal, told }) => {
                 let facts = match self.portals.get(name) {
                     Some(p) if p.id == *id => p.prepared.facts.clone(),
                     _ => None,
                 };
-                (facts, *id, false, *internal)
+                (facts, *id, Some(Arc::clone(told)), *internal)
             }
             _ => return true,
         };
@@ -2784,7 +2805,7 @@ impl SessionCore {
         if let Some(last) = again {
             let (fields, masker) = (Arc::clone(&last.fields), Arc::clone(&last.masker));
             let name = self.pop_described();
-            self.remember_fields(statement, &name, id, &fields);
+            self.remember_fields(told.as_ref(), &name, id, &fields);
             if !internal {
                 self.forward_row_description(&frame, &fields, &masker);
             }
@@ -2831,7 +2852,7 @@ impl SessionCore {
         };
         let name = self.pop_described();
         let fields = Arc::new(fields);
-        self.remember_fields(statement, &name, id, &fields);
+        self.remember_fields(told.as_ref(), &name, id, &fields);
         if let (Some((masker, true)), Some(owned)) = (&masker, owned) {
             self.last_description = Some(LastDescription {
                 frame: owned.frame,
@@ -2858,10 +2879,11 @@ impl SessionCore {
         }
     }
 
-    /// Keeps the columns a `Describe` told for its statement or portal
-    /// (and the `Execute`s of the portal already on their way).
-    fn remember_fields(&mut self, statement: bool, name: &str, id: u64, fields: &Arc<Vec<FieldDescription>>) {
-        if statement {
+    /// Keeps the columns a `Describe` told for its statement, or for its
+    /// portal (`told`, which the portal's `Execute`s already on their way
+    /// share).
+    fn remember_fields(&mut self, told: Option<&ToldFields>, name: &str, id: u64, fields: &Arc<Vec<FieldDescription>>) {
+        let Some(told) = told else {
             if let Some(Some(p)) = self.statements.get_mut(name) {
                 if p.id == id {
                     // Portals bound before keep the columns they had.
@@ -2869,14 +2891,8 @@ impl SessionCore {
                 }
             }
             return;
-        }
-        for entry in self.pending.iter_mut() {
-            if let Pending::Execute { id: e, fields: f @ None, .. } = entry {
-                if *e == id {
-                    *f = Some(Arc::clone(fields));
-                }
-            }
-        }
+        };
+        let _ = told.set(Arc::clone(fields));
         if let Some(p) = self.portals.get_mut(name) {
             if p.id == id {
                 p.fields = Some(Arc::clone(fields));
@@ -2885,11 +2901,12 @@ impl SessionCore {
     }
 
     fn on_execute_frame(&mut self, message: BackendMessage, frame: BackendView<'_>) -> bool {
-        let Some(Pending::Execute { fields, result, .. }) = self.pending.front() else { return true };
+        let Some(Pending::Execute { fields, told, result, .. }) = self.pending.front() else { return true };
         // The masker is planned at the first row of the result.
         if result.masker.is_none() && message == BackendMessage::DataRow {
             let facts = result.facts.clone();
-            let masker = match fields.clone() {
+            let fields = fields.clone().or_else(|| told.as_ref().and_then(|t| t.get().cloned()));
+            let masker = match fields {
                 Some(fields) => match self.execute_masker(facts, fields) {
                     Some(m) => m,
                     None => {
