@@ -475,3 +475,34 @@ fn policy_explain_reads_the_views_from_the_catalog() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("not a URI"), "{}", text(&out.stderr));
 }
+
+/// A SQL function whose body sets `search_path`: the gateway reads the
+/// path back after the call, so the next statement is judged with the path
+/// the server now uses (here a schema the policy does not grant), and the
+/// rest of the same string with both paths.
+#[test]
+fn a_function_that_sets_search_path_is_followed() {
+    let setup = format!(
+        "{VIEWS}
+CREATE SCHEMA private;
+CREATE TABLE private.orders (secret text);
+INSERT INTO private.orders VALUES ('PRIVATE-ORDER');
+CREATE FUNCTION public.switch_path() RETURNS text LANGUAGE sql AS $$ SELECT set_config('search_path', 'private', false) $$;
+"
+    );
+    let stack = Stack::builder()
+        .policy(&POLICY.replace("VIEWS", ""))
+        .config("[catalog]\nrefresh_interval = \"1h\"")
+        .setup_sql(&setup)
+        .start();
+    let agent = stack.token("alice", &["ai-agents"], None);
+    for args in [
+        vec!["-At", "-c", "SELECT switch_path()", "-c", "SELECT * FROM orders"],
+        vec!["-At", "-c", "SELECT switch_path(); SELECT * FROM orders"],
+    ] {
+        let out = stack.psql(&agent, &args);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(!stdout.contains("PRIVATE-ORDER"), "{args:?}: {stdout}");
+        assert!(stderr.contains("refused by policy"), "{args:?}: {stderr}");
+    }
+}

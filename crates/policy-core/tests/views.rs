@@ -554,3 +554,22 @@ fn attribute_notation_naming_a_database_function_is_opaque() {
         assert!(!e.analyze(&s, sql).statements[0].opaque, "{sql}");
     }
 }
+
+/// A SQL function whose body changes `search_path` changes the caller's
+/// path: the statement calling it changes settings (the gateway reads the
+/// path back once it ran), and what follows in the same string is judged
+/// with the old and the new path both, as the function may or may not
+/// have run.
+#[test]
+fn a_function_that_sets_search_path_moves_the_callers_path() {
+    let e = engine("");
+    let mut d = functions();
+    let sql = |body: &str| Function::new(FunctionBody::Sql(body.to_string()), None);
+    d.insert_function("public", "switch_path", sql("SELECT set_config('search_path', 'private', false)"));
+    let s = session(&e, d);
+    let a = e.analyze(&s, "SELECT switch_path(); SELECT * FROM orders");
+    assert!(a.statements[0].changes_settings, "{:?}", a.statements[0]);
+    assert!(a.statements[1].tables.contains(&"private.orders".to_string()), "{:?}", a.statements[1].tables);
+    assert!(a.statements[1].tables.contains(&"public.orders".to_string()), "{:?}", a.statements[1].tables);
+    assert!(!e.analyze(&s, "SELECT user_count()").statements[0].changes_settings);
+}

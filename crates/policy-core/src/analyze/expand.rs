@@ -21,7 +21,7 @@ use pg_query::NodeRef;
 use super::lineage::{FUNCTION_SOURCE, MAYBE_FUNCTION_SOURCE};
 use super::{analyze, dotted, Analysis, AnalyzeOptions, Class, ClauseColumn, OutputColumn, StatementFacts};
 use crate::definitions::{Definitions, Function, FunctionBody, SYSTEM_SCHEMAS};
-use crate::session::Session;
+use crate::session::{Session, SessionEffect};
 
 /// Most views and functions one statement may reach, all levels together;
 /// beyond it the statement is opaque.
@@ -85,7 +85,7 @@ pub(crate) fn expand(
     changed: bool,
     search_path: &[String],
     user: Option<&str>,
-) {
+) -> Vec<SessionEffect> {
     let mut x = Expansion {
         definitions,
         options,
@@ -104,6 +104,8 @@ pub(crate) fn expand(
         clause_columns: Vec::new(),
         opaque: Vec::new(),
         followed: false,
+        changes_settings: false,
+        path_effects: Vec::new(),
     };
     if facts.class != Class::Unknown {
         x.run(facts, changed);
@@ -111,6 +113,8 @@ pub(crate) fn expand(
     for why in std::mem::take(&mut x.opaque) {
         make_opaque(facts, why);
     }
+    facts.changes_settings |= x.changes_settings;
+    let path_effects = std::mem::take(&mut x.path_effects);
     facts.clause_columns.append(&mut x.clause_columns);
     let resolver = Resolver { lineage: &x.lineage, views: &x.view_columns, functions: &x.function_lineage };
     // Clause columns read through views and functions: what they derive
@@ -148,7 +152,7 @@ pub(crate) fn expand(
         }
     }
     if x.view_columns.is_empty() && x.function_lineage.is_empty() && !x.followed {
-        return;
+        return path_effects;
     }
     let mut expanded = Vec::with_capacity(x.lineage.len());
     for (name, out) in &x.lineage {
@@ -173,6 +177,7 @@ pub(crate) fn expand(
     facts.functions = x.functions.into_iter().collect();
     facts.columns = x.columns.into_iter().collect();
     facts.commands = x.commands.into_iter().collect();
+    path_effects
 }
 
 /// The state of one statement's expansion.
@@ -200,6 +205,12 @@ struct Expansion<'a> {
     opaque: Vec<String>,
     /// Whether a rule or a row security policy was followed.
     followed: bool,
+    /// A SQL function body changes settings (`set_config`, `SET`).
+    changes_settings: bool,
+    /// The `search_path` changes of the SQL function bodies, each as one
+    /// that may or may not happen (a function runs once per row, or not
+    /// at all).
+    path_effects: Vec<SessionEffect>,
 }
 
 impl Expansion<'_> {
@@ -289,6 +300,7 @@ impl Expansion<'_> {
                         Ok(bodies) => {
                             for body in &bodies {
                                 self.merge(body, &format!("function {function}"), &mut relations, &mut calls);
+                                self.body_settings(&function, body);
                                 self.clause_columns.extend(body.clause_columns.iter().cloned());
                                 // A function's result: what its last statement returns, and
                                 // whatever any statement reads (a body may compute from it).
@@ -310,6 +322,29 @@ impl Expansion<'_> {
                 self.function_lineage.insert(function, result);
             } else {
                 return;
+            }
+        }
+    }
+
+    /// The settings a SQL function's body changes: the statement changes
+    /// them too, so the caller reads them back once it ran, and a change
+    /// of `search_path` leaves the path the union of the old and the new
+    /// one for what follows in the same string.
+    fn body_settings(&mut self, function: &str, body: &StatementFacts) {
+        self.changes_settings |= body.changes_settings;
+        for effect in &body.session_effects {
+            match effect {
+                SessionEffect::SetSearchPath { path, local, .. } => {
+                    self.path_effects.push(SessionEffect::SetSearchPath {
+                        path: path.clone(),
+                        local: *local,
+                        uncertain: true,
+                    });
+                }
+                SessionEffect::ResetSearchPath | SessionEffect::ResetSearchPathLocal => {
+                    self.opaque.push(format!("the body of function {function} resets search_path"));
+                }
+                _ => {}
             }
         }
     }

@@ -475,7 +475,14 @@ pub(crate) fn analyze(sql: &str, session: &Session, options: &AnalyzeOptions) ->
         };
         if let Some(definitions) = views.filter(|_| !options.inner) {
             let path = state.search_path.clone();
-            expand::expand(&mut facts, definitions, options, definitions_changed, &path, state.user.as_deref());
+            let path_effects =
+                expand::expand(&mut facts, definitions, options, definitions_changed, &path, state.user.as_deref());
+            // A called function's `search_path` change may happen: what
+            // follows in the string is judged with both paths.
+            for effect in path_effects {
+                state.apply(&effect);
+                facts.session_effects.push(effect);
+            }
         }
         definitions_changed |= facts.changes_definitions;
         facts.index = index;
