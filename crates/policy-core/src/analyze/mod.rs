@@ -141,8 +141,9 @@ impl std::fmt::Display for Class {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Clause {
-    /// `WHERE`, `HAVING`, an aggregate's `FILTER (WHERE ...)`, and the
-    /// `WHERE` of `UPDATE` and `DELETE`.
+    /// `WHERE`, `HAVING`, an aggregate's `FILTER (WHERE ...)`, the `WHERE`
+    /// of `UPDATE` and `DELETE`, and the arguments of a function in `FROM`
+    /// (they decide how many rows it returns).
     Filter,
     /// `ORDER BY`, in a query, an aggregate (`string_agg(x, ',' ORDER BY
     /// c)`) or a window (`OVER (ORDER BY c)`).
@@ -1751,6 +1752,14 @@ impl<'st, 's> Walker<'st, 's> {
             NodeRef::SortBy(s) => {
                 self.operator(&s.use_op);
                 self.children(n);
+            }
+            NodeRef::RangeFunction(_) => {
+                // A function in FROM returns as many rows as its arguments
+                // say (`generate_series(1, ascii(ssn))`): what they read
+                // selects rows, as a filter does.
+                let outer = self.clause.replace(Clause::Filter);
+                self.children(n);
+                self.clause = outer;
             }
             NodeRef::SubLink(s) => {
                 self.operator(&s.oper_name);
