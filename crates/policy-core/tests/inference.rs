@@ -44,7 +44,12 @@ fn agent() -> Identity {
 
 #[test]
 fn each_clause_is_refused_only_where_the_mask_names_it() {
-    let cases: [(&str, Clause); 21] = [
+    let cases: [(&str, Clause); 25] = [
+        // A position inside a star's columns.
+        ("SELECT * FROM people ORDER BY 2 LIMIT 5", Clause::Order),
+        ("SELECT p.* FROM people p ORDER BY 3", Clause::Order),
+        ("SELECT DISTINCT ON (2) * FROM people", Clause::Group),
+        ("SELECT DISTINCT ON (2) id, ssn FROM people", Clause::Group),
         // A function in FROM returns rows its arguments count out.
         ("SELECT p.id, count(*) FROM people p, generate_series(1, ascii(p.ssn)) g GROUP BY p.id", Clause::Filter),
         ("SELECT p.id FROM people p CROSS JOIN LATERAL unnest(array_fill(0, ARRAY[length(p.ssn)])) u", Clause::Filter),

@@ -658,6 +658,11 @@ impl State<'_> {
     }
 }
 
+/// Whether a target is a star (`*`, `t.*`).
+fn is_star(rt: &pb::ResTarget) -> bool {
+    matches!(node(&rt.val), Some(NodeRef::ColumnRef(c)) if nodes(&c.fields).any(|f| matches!(f, NodeRef::AStar(_))))
+}
+
 /// The facts of one statement, whose effects move `state`; `first`: it is
 /// the string's first statement.
 fn analyze_statement(
@@ -1467,7 +1472,14 @@ impl<'st, 's> Walker<'st, 's> {
             let named = match item {
                 NodeRef::AConst(c) => match literal::value(c) {
                     Some(Val::Ival(i)) => {
-                        usize::try_from(i.ival).ok().and_then(|k| k.checked_sub(1)).and_then(|k| targets.get(k))
+                        let k = usize::try_from(i.ival).ok().and_then(|k| k.checked_sub(1));
+                        // A position at or past a `*` names a column the
+                        // engine cannot: any of the star's.
+                        if k.is_some_and(|k| targets.iter().take(k.saturating_add(1)).any(|t| is_star(t))) {
+                            self.clause_columns.insert((clause, "*".to_string()));
+                            continue;
+                        }
+                        k.and_then(|k| targets.get(k))
                     }
                     _ => None,
                 },
@@ -2046,6 +2058,8 @@ impl<'st, 's> Walker<'st, 's> {
         for d in nodes(distinct_clause) {
             self.in_clause(Clause::Group, Some(d));
         }
+        // `DISTINCT ON (2)` names a target by position, as `ORDER BY 2` does.
+        self.targets_named(Clause::Group, distinct_clause, target_list);
         if !distinct_clause.is_empty() && distinct_clause.iter().all(|d| d.node.is_none()) {
             // Plain DISTINCT groups by every target.
             for t in nodes(target_list) {
