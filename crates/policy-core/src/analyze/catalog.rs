@@ -181,6 +181,11 @@ pub(crate) fn effect(name: &str) -> Effect {
         | "pg_restore_attribute_stats"
         | "pg_set_attribute_stats"
         | "pg_clear_attribute_stats"
+        // Index maintenance: changes indexes, as VACUUM does.
+        | "brin_summarize_new_values"
+        | "brin_summarize_range"
+        | "brin_desummarize_range"
+        | "gin_clean_pending_list"
         | "binary_upgrade_set_next_pg_type_oid" => Effect::Admin,
         n if n.starts_with("pg_ls_")
             || n.starts_with("pg_logical_slot_")
@@ -279,6 +284,8 @@ mod tests {
     fn effects() {
         assert_eq!(effect("pg_terminate_backend"), Effect::Admin);
         assert_eq!(effect("pg_ls_waldir"), Effect::Admin);
+        assert_eq!(effect("brin_summarize_range"), Effect::Admin);
+        assert_eq!(effect("gin_clean_pending_list"), Effect::Admin);
         assert_eq!(effect("query_to_xml"), Effect::Opaque);
         assert_eq!(effect("nextval"), Effect::Sequence);
         assert_eq!(effect("lower"), Effect::None);
