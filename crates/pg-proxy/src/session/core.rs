@@ -439,14 +439,12 @@ struct Portal {
     /// Parameter formats and values, for records and holds.
     param_formats: Vec<i16>,
     params: Vec<Option<Bytes>>,
-    /// A `Describe` of the portal was sent (the client's or the
-    /// gateway's): its answer tells the columns, so an `Execute` need not
-    /// ask again. Kept here, not found by scanning what is in flight, so a
-    /// pipeline of executions costs each the same.
-    describe_sent: bool,
-    /// Where that answer puts the columns for the `Execute`s already on
-    /// their way (shared with them and with the `Describe`).
-    told: ToldFields,
+    /// Set once a `Describe` of the portal is sent (the client's or the
+    /// gateway's): where its answer puts the columns, shared with the
+    /// `Execute`s staged before it comes, so an `Execute` neither asks
+    /// again nor searches what is in flight (a pipeline of executions costs
+    /// each the same).
+    told: Option<ToldFields>,
 }
 
 /// The columns a `Describe` of a portal tells, once it does: shared by the
@@ -1479,8 +1477,7 @@ impl SessionCore {
                     self.fail_block(INSUFFICIENT_PRIVILEGE, unknown_portal(name));
                     return true;
                 };
-                p.describe_sent = true;
-                let told = Arc::clone(&p.told);
+                let told = Arc::clone(p.told.get_or_insert_with(Arc::default));
                 let pending = Pending::DescribePortal { name: name.to_string(), id: p.id, internal: false, told };
                 self.stage(m.frame, Some(pending));
             }
@@ -1598,8 +1595,7 @@ impl SessionCore {
         } else {
             (Vec::new(), Vec::new())
         };
-        let portal =
-            Portal { id, prepared, fields, rows: 0, param_formats, params, describe_sent: false, told: Arc::default() };
+        let portal = Portal { id, prepared, fields, rows: 0, param_formats, params, told: None };
         self.portals.insert(bind.portal, portal);
         self.stage(frame, Some(Pending::Bind));
     }
@@ -2288,19 +2284,22 @@ impl SessionCore {
         // The columns: known from a Describe, or about to be told by a
         // Describe of this portal already on its way; otherwise the
         // gateway asks (and keeps the answer from the client).
-        let (described, told) = match self.portals.get_mut(portal) {
-            Some(p) => (std::mem::replace(&mut p.describe_sent, true), Some(Arc::clone(&p.told))),
-            None => (true, None),
+        let told = match self.portals.get_mut(portal) {
+            Some(p) if fields.is_none() => {
+                let asked = p.told.is_some();
+                Some((asked, Arc::clone(p.told.get_or_insert_with(Arc::default))))
+            }
+            _ => None,
         };
-        if fields.is_none() && !described {
+        if let Some((false, told)) = &told {
             let mut describe = BytesMut::new();
-            if let (Some(told), Ok(())) = (&told, frontend::describe(b'P', portal, &mut describe)) {
+            if frontend::describe(b'P', portal, &mut describe).is_ok() {
                 let pending =
                     Pending::DescribePortal { name: portal.to_string(), id, internal: true, told: Arc::clone(told) };
                 self.stage(&describe, Some(pending));
             }
         }
-        let told = if fields.is_none() { told } else { None };
+        let told = told.map(|(_, told)| told);
         let mut result = ResultState::new(prepared.facts.clone(), &prepared.decision);
         result.rows = rows;
         let pending = Pending::Execute { portal: portal.to_string(), fields, told, result };
